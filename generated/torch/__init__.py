@@ -82,6 +82,7 @@ class AdaBelief(GeneratedOptimizer):
     """
 
     RULE = "adabelief"
+    META = _numpy_adabelief
     NUMPY = _numpy_adabelief
     TRITON = _triton_adabelief
     TORCH = None
@@ -148,6 +149,7 @@ class Adadelta(GeneratedOptimizer):
     """
 
     RULE = "adadelta"
+    META = _numpy_adadelta
     NUMPY = _numpy_adadelta
     TRITON = _triton_adadelta
     TORCH = TorchEquivalent(
@@ -207,6 +209,7 @@ class Adagrad(GeneratedOptimizer):
     """
 
     RULE = "adagrad"
+    META = _numpy_adagrad
     NUMPY = _numpy_adagrad
     TRITON = _triton_adagrad
     TORCH = TorchEquivalent(
@@ -267,6 +270,7 @@ class Adam(GeneratedOptimizer):
     """
 
     RULE = "adam"
+    META = _numpy_adam
     NUMPY = _numpy_adam
     TRITON = _triton_adam
     TORCH = TorchEquivalent(
@@ -339,6 +343,7 @@ class Adamax(GeneratedOptimizer):
     """
 
     RULE = "adamax"
+    META = _numpy_adamax
     NUMPY = _numpy_adamax
     TRITON = _triton_adamax
     TORCH = TorchEquivalent(
@@ -403,6 +408,7 @@ class AdamW(GeneratedOptimizer):
     """
 
     RULE = "adamw"
+    META = _numpy_adamw
     NUMPY = _numpy_adamw
     TRITON = _triton_adamw
     TORCH = TorchEquivalent(
@@ -466,6 +472,7 @@ class AMSGrad(GeneratedOptimizer):
     """
 
     RULE = "amsgrad"
+    META = _numpy_amsgrad
     NUMPY = _numpy_amsgrad
     TRITON = _triton_amsgrad
     TORCH = TorchEquivalent(
@@ -544,6 +551,7 @@ class DCASGD(GeneratedOptimizer):
     """
 
     RULE = "dcasgd"
+    META = _numpy_dcasgd
     NUMPY = _numpy_dcasgd
     TRITON = _triton_dcasgd
     TORCH = None
@@ -613,6 +621,7 @@ class FTML(GeneratedOptimizer):
     """
 
     RULE = "ftml"
+    META = _numpy_ftml
     NUMPY = _numpy_ftml
     TRITON = _triton_ftml
     TORCH = None
@@ -674,6 +683,7 @@ class Ftrl(GeneratedOptimizer):
     """
 
     RULE = "ftrl"
+    META = _numpy_ftrl
     NUMPY = _numpy_ftrl
     TRITON = _triton_ftrl
     TORCH = None
@@ -732,6 +742,7 @@ class LAMB(GeneratedOptimizer):
     """
 
     RULE = "lamb"
+    META = _numpy_lamb
     NUMPY = _numpy_lamb
     TRITON = _triton_lamb
     TORCH = None
@@ -797,6 +808,7 @@ class LARS(GeneratedOptimizer):
     """
 
     RULE = "lars"
+    META = _numpy_lars
     NUMPY = _numpy_lars
     TRITON = _triton_lars
     TORCH = None
@@ -865,6 +877,7 @@ class LBSGD(GeneratedOptimizer):
     """
 
     RULE = "lbsgd"
+    META = _numpy_lbsgd
     NUMPY = _numpy_lbsgd
     TRITON = _triton_lbsgd
     TORCH = None
@@ -922,6 +935,7 @@ class Lion(GeneratedOptimizer):
     """
 
     RULE = "lion"
+    META = _numpy_lion
     NUMPY = _numpy_lion
     TRITON = _triton_lion
     TORCH = None
@@ -998,6 +1012,7 @@ class NAdam(GeneratedOptimizer):
     """
 
     RULE = "nadam"
+    META = _numpy_nadam
     NUMPY = _numpy_nadam
     TRITON = _triton_nadam
     TORCH = TorchEquivalent(
@@ -1083,6 +1098,7 @@ class NAG(GeneratedOptimizer):
     """
 
     RULE = "nag"
+    META = _numpy_nag
     NUMPY = _numpy_nag
     TRITON = _triton_nag
     TORCH = None
@@ -1133,6 +1149,7 @@ class RAdam(GeneratedOptimizer):
     """
 
     RULE = "radam"
+    META = _numpy_radam
     NUMPY = _numpy_radam
     TRITON = _triton_radam
     TORCH = TorchEquivalent(
@@ -1202,6 +1219,7 @@ class RMSprop(GeneratedOptimizer):
     """
 
     RULE = "rmsprop"
+    META = _numpy_rmsprop
     NUMPY = _numpy_rmsprop
     TRITON = _triton_rmsprop
     TORCH = TorchEquivalent(
@@ -1268,6 +1286,7 @@ class RMSpropCentered(GeneratedOptimizer):
     """
 
     RULE = "rmsprop_centered"
+    META = _numpy_rmsprop_centered
     NUMPY = _numpy_rmsprop_centered
     TRITON = _triton_rmsprop_centered
     TORCH = TorchEquivalent(
@@ -1338,6 +1357,7 @@ class SGD(GeneratedOptimizer):
     """
 
     RULE = "sgd"
+    META = _numpy_sgd
     NUMPY = _numpy_sgd
     TRITON = _triton_sgd
     TORCH = TorchEquivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {}, {})
@@ -1387,6 +1407,7 @@ class SGDMomentum(GeneratedOptimizer):
     """
 
     RULE = "sgd_mom"
+    META = _numpy_sgd_mom
     NUMPY = _numpy_sgd_mom
     TRITON = _triton_sgd_mom
     TORCH = TorchEquivalent(
@@ -1444,6 +1465,7 @@ class SGLD(GeneratedOptimizer):
     """
 
     RULE = "sgld"
+    META = _numpy_sgld
     NUMPY = _numpy_sgld
     TRITON = _triton_sgld
     TORCH = None
@@ -1503,6 +1525,7 @@ class SignSGD(GeneratedOptimizer):
     """
 
     RULE = "signsgd"
+    META = _numpy_signsgd
     NUMPY = _numpy_signsgd
     TRITON = _triton_signsgd
     TORCH = None
@@ -1563,6 +1586,7 @@ class Signum(GeneratedOptimizer):
     """
 
     RULE = "signum"
+    META = _numpy_signum
     NUMPY = _numpy_signum
     TRITON = _triton_signum
     TORCH = None
