@@ -140,18 +140,6 @@ def host_state_values(rule: str, state: Any, names: tuple[str, ...]) -> dict[str
     return values
 
 
-def check_state_keys(rule: str, state: Any, names: tuple[str, ...]) -> None:
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{rule}: state must be a dict of {names}, got {type(state).__name__}")
-    missing = [n for n in names if n not in state]
-    extra = [n for n in state if n not in names]
-    if missing or extra:
-        raise ValueError(
-            f"{rule}: state must have exactly the buffers {names}; "
-            f"missing {missing}, unexpected {extra}"
-        )
-
-
 def step_counts(rule: str, t: Any, n: int) -> list[int]:
     """Per-tensor step counts of a multi-tensor step: one int for all, or a sequence of ``n``."""
     if isinstance(t, Sequence) and not isinstance(t, str):

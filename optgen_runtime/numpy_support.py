@@ -1,4 +1,5 @@
-"""Input checks for the generated NumPy reference modules."""
+"""Input checks (:mod:`optgen_runtime.checks`) and chunked execution for the generated NumPy
+reference modules."""
 
 from __future__ import annotations
 
@@ -9,17 +10,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from optgen_runtime.common import check_state_keys
+from optgen_runtime.checks import (
+    check_contiguous,
+    check_disjoint,
+    check_dtype,
+    check_kind,
+    check_shape,
+    check_state_keys,
+)
 from optgen_runtime.philox import randn
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_weight(rule: str, weight: Any) -> None:
-    if not isinstance(weight, np.ndarray):
-        raise TypeError(f"{rule}: weight must be a numpy.ndarray, got {type(weight).__name__}")
-    if weight.dtype not in DTYPES:
-        raise TypeError(f"{rule}: weight dtype must be float32 or float64, got {weight.dtype}")
+    check_kind(rule, "weight", weight, np.ndarray, "numpy.ndarray")
+    check_dtype(rule, "weight", weight, DTYPES, "float32 or float64")
 
 
 def normal_chunk(
@@ -47,23 +53,16 @@ def flat_views(
     check_state_keys(rule, state, names + host_names)
     arrays = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
     for label, a in arrays:
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{rule}: {label} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype != weight.dtype:
-            raise TypeError(f"{rule}: {label} dtype is {a.dtype}, weight's is {weight.dtype}")
-        if a.shape != weight.shape:
-            raise ValueError(f"{rule}: {label} shape is {a.shape}, weight's is {weight.shape}")
+        check_kind(rule, label, a, np.ndarray, "numpy.ndarray")
+        check_dtype(rule, label, a, (weight.dtype,), f"the weight's ({weight.dtype})")
+        check_shape(rule, label, a, weight)
     everything = [("weight", weight)] + arrays
     for label, a in everything:
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{rule}: {label} must be C-contiguous")
+        check_contiguous(rule, label, a)
     for label, a in [everything[0]] + everything[2:]:
         if not a.flags.writeable:
             raise ValueError(f"{rule}: {label} is read-only but is updated in place")
-    for i, (la, a) in enumerate(everything):
-        for lb, b in everything[i + 1 :]:
-            if a.size and np.may_share_memory(a, b):
-                raise ValueError(f"{rule}: {la} and {lb} share memory")
+    check_disjoint(rule, everything)
     return [a.reshape(-1) for _, a in everything]
 
 

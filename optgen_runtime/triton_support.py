@@ -1,4 +1,4 @@
-"""Input checks and launch glue for the generated Triton modules."""
+"""Input checks (:mod:`optgen_runtime.checks`) and launch glue for the generated Triton modules."""
 
 from __future__ import annotations
 
@@ -9,25 +9,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import check_state_keys
+from optgen_runtime.checks import (
+    check_contiguous,
+    check_dense,
+    check_device,
+    check_disjoint,
+    check_dtype,
+    check_kind,
+    check_shape,
+    check_state_keys,
+)
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_DTYPE = torch.float32
 
 
-def check_weight(rule: str, weight: Any) -> None:
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{rule}: weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dtype not in WEIGHT_DTYPES:
-        raise TypeError(
-            f"{rule}: weight dtype must be float32, float16 or bfloat16, got {weight.dtype}"
-        )
-    if weight.device.type != "cuda" and not interpreting():
+def check_kernel_dtype(rule: str, label: str, x: Any) -> None:
+    """A weight or gradient the kernels take: fp32, fp16 or bf16."""
+    check_dtype(rule, label, x, WEIGHT_DTYPES, "float32, float16 or bfloat16")
+
+
+def check_kernel_device(rule: str, label: str, x: Any) -> None:
+    """On CUDA, or on any device when the interpreter runs the kernels."""
+    if x.device.type != "cuda" and not interpreting():
         raise ValueError(
-            f"{rule}: weight is on {weight.device}; Triton kernels need a CUDA tensor "
+            f"{rule}: {label} is on {x.device}; Triton kernels need a CUDA tensor "
             "(or TRITON_INTERPRET=1 to run them on CPU tensors)"
         )
+
+
+def check_weight(rule: str, weight: Any, label: str = "weight") -> None:
+    check_kind(rule, label, weight, torch.Tensor, "torch.Tensor")
+    check_kernel_dtype(rule, label, weight)
+    check_kernel_device(rule, label, weight)
 
 
 def check_tensors(
@@ -41,42 +56,23 @@ def check_tensors(
     """Check every tensor before anything is written; return [weight, grad, *states].
 
     weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape, same
-    device, contiguous, no two sharing memory.
+    device, dense, contiguous, no two sharing memory.
     """
     check_weight(rule, weight)
     check_state_keys(rule, state, tuple(names) + tuple(host_names))
     tensors = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
     for label, x in tensors:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{rule}: {label} must be a torch.Tensor, got {type(x).__name__}")
-        if x.device != weight.device:
-            raise ValueError(f"{rule}: {label} is on {x.device}, weight is on {weight.device}")
-        if x.shape != weight.shape:
-            raise ValueError(
-                f"{rule}: {label} shape is {tuple(x.shape)}, weight's is {tuple(weight.shape)}"
-            )
-    if grad.dtype not in WEIGHT_DTYPES:
-        raise TypeError(
-            f"{rule}: grad dtype must be float32, float16 or bfloat16, got {grad.dtype}"
-        )
+        check_kind(rule, label, x, torch.Tensor, "torch.Tensor")
+        check_device(rule, label, x, weight)
+        check_shape(rule, label, x, weight)
+    check_kernel_dtype(rule, "grad", grad)
     for label, x in tensors[1:]:
-        if x.dtype != STATE_DTYPE:
-            raise TypeError(f"{rule}: {label} dtype must be float32, got {x.dtype}")
+        check_dtype(rule, label, x, (STATE_DTYPE,), "float32")
     everything = [("weight", weight)] + tensors
     for label, x in everything:
-        if not x.is_contiguous():
-            raise ValueError(f"{rule}: {label} must be contiguous")
-        if x.is_sparse:
-            raise TypeError(f"{rule}: {label} is sparse; only dense tensors are supported")
-    spans = []
-    for label, x in everything:
-        if x.numel():
-            start = x.data_ptr()
-            spans.append((start, start + x.numel() * x.element_size(), label))
-    spans.sort()
-    for (_, end, la), (start, _, lb) in zip(spans, spans[1:], strict=False):
-        if start < end:
-            raise ValueError(f"{rule}: {la} and {lb} share memory")
+        check_dense(rule, label, x)
+        check_contiguous(rule, label, x)
+    check_disjoint(rule, everything)
     return [x for _, x in everything]
 
 

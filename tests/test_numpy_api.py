@@ -36,7 +36,11 @@ def test_api_shape(rule_name: str) -> None:
 
 BAD = {
     "grad shape": (lambda w, g, s: (w, g[:-1], s), ValueError, r"grad shape is \(9,\)"),
-    "grad dtype": (lambda w, g, s: (w, g.astype(np.float64), s), TypeError, "grad dtype is"),
+    "grad dtype": (
+        lambda w, g, s: (w, g.astype(np.float64), s),
+        TypeError,
+        "grad dtype must be the weight.s",
+    ),
     "float16 weight": (
         lambda w, g, s: (w.astype(np.float16), g, s),
         TypeError,
