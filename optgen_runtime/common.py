@@ -1,4 +1,5 @@
-"""Checks shared by every generated module: hyperparameters and the step count."""
+"""Checks shared by every generated module (hyperparameters, the step count, host states) and
+the torch.optim mapping type of a rule; imports neither torch nor sympy."""
 
 from __future__ import annotations
 
@@ -44,6 +45,23 @@ class Legal(NamedTuple):
         if self.integer:
             text = f"an integer in {text}"
         return text + " or None" if self.allow_none else text
+
+
+class TorchEquivalent(NamedTuple):
+    """How a torch.optim optimizer maps onto a rule (for state_dict exchange and comparison).
+
+    ``hyper``: our hyperparameter -> torch's param-group key (``"betas[0]"`` for a tuple item).
+    ``states``: our state -> (torch's state key, factor), ours = factor * torch's. In a spec a
+    factor is a SymPy expression of hyperparameters (SGD keeps ``momentum_buffer = -mom / lr``:
+    factor ``-lr``); in generated code, a function of the hyperparameters as keyword arguments.
+    ``fixed``: torch settings the rule always has (``{"centered": True}``): exported as such and
+    required on import. Every other torch setting must keep torch's default on import.
+    """
+
+    class_name: str
+    hyper: dict[str, str]
+    states: dict[str, tuple[str, Any]]
+    fixed: dict[str, bool | int | float | str | None] = {}  # noqa: RUF012 (never mutated)
 
 
 def resolve_hyperparams(

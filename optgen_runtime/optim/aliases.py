@@ -1,0 +1,111 @@
+"""torch's tuple settings (``betas``) kept in every param group, in step with the rule's names.
+
+Rules whose torch equivalent keeps a tuple (``betas``) also keep that tuple in every group, in
+step with ``beta1``/``beta2``: whichever of the two a user or a scheduler (OneCycleLR, CyclicLR
+with ``cycle_momentum``) changed since the last step wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optgen_runtime.optim.exchange import plain, same, split_key, torch_defaults
+
+
+class TupleAliases:
+    """The ``betas`` aliases of ``GeneratedOptimizer``'s param groups."""
+
+    @classmethod
+    def _aliases(cls) -> dict[str, list[tuple[int, str]]]:
+        """torch's tuple keys this rule maps item by item: {"betas": [(0, "beta1"), ...]}."""
+        aliases: dict[str, list[tuple[int, str]]] = {}
+        if cls.TORCH is not None:
+            for ours, theirs in cls.TORCH.hyper.items():
+                base, index = split_key(theirs)
+                if index is not None:
+                    aliases.setdefault(base, []).append((index, ours))
+        return aliases
+
+    def _alias_from_names(
+        self, base: str, items: list[tuple[int, str]], values: dict[str, Any]
+    ) -> tuple[Any, ...]:
+        assert self.TORCH is not None
+        result = list(torch_defaults(self.TORCH.class_name)[base])
+        for index, ours in items:
+            result[index] = values[ours]
+        return tuple(result)
+
+    def _alias_value(self, base: str, items: list[tuple[int, str]], value: Any) -> tuple:
+        size = max(index for index, _ in items) + 1
+        if not isinstance(value, (tuple, list)) or len(value) < size:
+            raise ValueError(
+                f"{type(self).__name__}: {base} must be a tuple of {size} values, got {value!r}"
+            )
+        return tuple(plain(v) for v in value)
+
+    def _snapshot(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            base: (tuple(group[base]), tuple(group[ours] for _, ours in items))
+            for base, items in self._aliases().items()
+        }
+
+    def _adopt_aliases(self, group: dict[str, Any], given: set[str]) -> None:
+        """A new group: ``betas`` given by the user sets beta1/beta2, else it follows them."""
+        name = type(self).__name__
+        for base, items in self._aliases().items():
+            if base in given:
+                value = self._alias_value(base, items, group[base])
+                for index, ours in items:
+                    if ours in given and not same(group[ours], value[index]):
+                        raise ValueError(
+                            f"{name}: param group gives {base}={value} and {ours}={group[ours]}"
+                        )
+                    group[ours] = value[index]
+                group[base] = value
+            else:
+                group[base] = self._alias_from_names(base, items, group)
+        self._seen[id(group)] = (group, self._snapshot(group))
+
+    def _check_saved_aliases(self, saved: dict[str, Any]) -> None:
+        """A loaded group: ``betas`` (filled in when absent) must agree with beta1/beta2."""
+        for base, items in self._aliases().items():
+            if base not in saved:
+                saved[base] = self._alias_from_names(base, items, saved)
+            value = self._alias_value(base, items, saved[base])
+            for index, ours in items:
+                if not same(value[index], saved[ours]):
+                    raise ValueError(
+                        f"{type(self).__name__}.load_state_dict: group has "
+                        f"{base}={value} but {ours}={saved[ours]}"
+                    )
+            saved[base] = value
+
+    def _sync_aliases(self, group: dict[str, Any]) -> None:
+        """Bring ``betas`` and beta1/beta2 together: the one changed since the last sync wins."""
+        aliases = self._aliases()
+        if not aliases:
+            return
+        name = type(self).__name__
+        seen = self._seen.get(id(group))
+        old = seen[1] if seen is not None and seen[0] is group else None
+        for base, items in aliases.items():
+            if base not in group:
+                group[base] = self._alias_from_names(base, items, group)
+                continue
+            value = self._alias_value(base, items, group[base])
+            old_alias, old_names = old[base] if old else (value, tuple(group[o] for _, o in items))
+            merged = list(value)
+            for k, (index, ours) in enumerate(items):
+                alias_changed = not same(value[index], old_alias[index])
+                name_changed = not same(group[ours], old_names[k])
+                if alias_changed and name_changed and not same(value[index], group[ours]):
+                    raise ValueError(
+                        f"{name}: {base}[{index}] was set to {value[index]} and {ours} to "
+                        f"{group[ours]} since the last step; set one of them"
+                    )
+                if alias_changed:
+                    group[ours] = value[index]
+                else:
+                    merged[index] = group[ours]
+            group[base] = tuple(merged)
+        self._seen[id(group)] = (group, self._snapshot(group))

@@ -1,0 +1,136 @@
+"""GradScaler (AMP): skipped steps and unscaling, on the device where the kernels allow it.
+
+The classes declare ``_step_supports_amp_scaling``, so ``torch.amp.GradScaler`` only checks the
+gradients for inf/NaN and hands the optimizer ``grad_scale`` and ``found_inf``. A step with
+``found_inf`` set is skipped (weights, state, step counts and host states untouched).
+
+On the Triton path of a rule without per-tensor reductions neither is read on the host: the
+update kernels take [found_inf, inv_scale] on the device (``amp_flags``; inv_scale computed as
+GradScaler.unscale_ does), write nothing when the flag is set and unscale the gradient right
+after loading it; the step count and host states advance speculatively and ``_settle`` rolls
+them back, before anything reads or steps the state again, if the flag (copied to the host
+without blocking) was set. Otherwise (the NumPy backend; LAMB/LARS/LBSGD, which copy their
+partial sums to the host anyway) both are read on the host: a flagged step returns at once, and
+the loss scale is undone as ``rescale_grad / scale`` where the gradient enters only through
+``rescale_grad * grad`` (``FOLDS_GRAD_SCALE``, decided symbolically at generation), else by
+unscaling the gradients in place first, as GradScaler.unscale_ would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from optgen_runtime.triton_support import amp_flags
+
+# What a skipped step rolls back, per parameter: (param, its state, its step count before the
+# step or None if the step created the state, its host states before the step).
+Undo = list[tuple[torch.Tensor, dict[str, Any], float | None, dict[str, float]]]
+
+
+class Pending(NamedTuple):
+    """A step taken with GradScaler's ``found_inf`` on the device: a non-blocking copy of the
+    flag to the host, the event that marks it done (None for a CPU flag: the copy is
+    synchronous), and what to roll back if it was set (``AmpScaling._settle``)."""
+
+    flag: torch.Tensor
+    event: Any
+    undo: Undo
+
+    @classmethod
+    def start(cls, found_inf: torch.Tensor, undo: Undo) -> Pending:
+        source = found_inf.detach().reshape(1)
+        cuda = source.device.type == "cuda"
+        flag = torch.empty(1, dtype=source.dtype, pin_memory=cuda)
+        flag.copy_(source, non_blocking=True)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(source.device))
+        return cls(flag, event, undo)
+
+    def found(self) -> bool:
+        if self.event is not None:
+            self.event.synchronize()
+        return float(self.flag[0]) != 0.0
+
+
+class AmpScaling:
+    """GradScaler support of ``GeneratedOptimizer`` (see the module docstring)."""
+
+    _step_supports_amp_scaling = True  # GradScaler passes grad_scale / found_inf
+
+    def _amp_on_device(self, scale: Any, found_inf: Any) -> bool:
+        """Whether this step leaves GradScaler's ``found_inf``/``grad_scale`` on the device.
+
+        True when there is one and every parameter with a gradient goes through the Triton
+        kernels of a rule without per-tensor reductions: the kernels skip and unscale, and the
+        step count and host states advance speculatively (``_settle`` rolls them back). Other
+        steps read ``found_inf`` and ``grad_scale`` on the host: the NumPy backend, and rules
+        with reductions, which copy their partial sums to the host anyway (one sync per step).
+        """
+        if (scale is None and found_inf is None) or self.META.REDUCTIONS:
+            return False
+        return all(
+            self._use_triton(p)
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        )
+
+    def _undo(self, params: list[torch.Tensor]) -> Undo:
+        """What a step of ``params`` skipped on the device rolls back (read before the step)."""
+        undo: Undo = []
+        for p in params:
+            state = self.state.get(p)
+            if not state:
+                undo.append((p, {}, None, {}))
+            else:
+                old = {key: state[key] for key in self.META.HOST_STATES}
+                undo.append((p, state, float(state["step"]), old))
+        return undo
+
+    def _device_amp(
+        self, devices: list[torch.device], scale: Any, found_inf: Any, undo: Undo
+    ) -> dict[torch.device, torch.Tensor]:
+        """The kernels' [found_inf, inv_scale] per device; a set flag is settled later."""
+        amps = {device: amp_flags(found_inf, scale, device) for device in devices}
+        if found_inf is not None:
+            self._pending = Pending.start(found_inf, undo)
+        return amps
+
+    def _unscale(self, grads: list[torch.Tensor], inverse: float) -> None:
+        """Gradients unscaled in place, where ``rescale_grad`` cannot take the scale."""
+        if inverse != 1.0 and not self.META.FOLDS_GRAD_SCALE:
+            for grad in grads:
+                grad.mul_(inverse)
+
+    def _fold_scale(self, hp: dict[str, Any], inverse: float) -> None:
+        """The inverse loss scale folded into ``rescale_grad``, where the spec proves it exact."""
+        if inverse != 1.0 and self.META.FOLDS_GRAD_SCALE:
+            hp["rescale_grad"] = hp["rescale_grad"] * inverse
+
+    def _settle(self) -> None:
+        """Resolve the last step's speculative state; every read or step of state calls this.
+
+        A step that left ``found_inf`` on the device (``_amp_on_device``) advanced every step
+        count and host state as if it was taken and started a non-blocking copy of the flag to
+        the host. Here the copy is waited for (long complete by now) and, if the flag was set,
+        the kernels wrote nothing, so step counts and host states are rolled back and state
+        created by that step is dropped: as if ``step()`` had not been called. (``opt.state``
+        read directly in between shows the speculative step counts; ``state_dict()`` settles.)
+        """
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None or not pending.found():
+            return
+        for p, state, step, host in pending.undo:
+            if step is None:
+                self.state.pop(p, None)
+            else:
+                state["step"].fill_(step)
+                state.update(host)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._settle()
+        return super().__getstate__()

@@ -1,0 +1,93 @@
+"""``GeneratedOptimizer``: the behaviour every generated ``torch.optim``-style class shares.
+
+A generated class (``generated/torch``) only names its rule's metadata (``META``: hyperparameters,
+legal values, states, ...), its code (``NUMPY``, ``TRITON``), its torch.optim mapping (``TORCH``)
+and its hyperparameters; this class follows torch.optim's conventions: param groups with
+per-group hyperparameters (checked when a group is added and at every step),
+``add_param_group``, ``zero_grad``, ``step(closure)``, lr schedulers editing ``group["lr"]``:
+hyperparameters are runtime kernel arguments, so changing them never recompiles.
+
+It is composed of one part per concern, each in its own module:
+
+- :mod:`~optgen_runtime.optim.aliases`: torch's tuple settings (``betas``) kept in every group;
+- :mod:`~optgen_runtime.optim.state`: per-parameter state, its checks, ``state_dict()`` /
+  ``load_state_dict()``, multi-precision master weights;
+- :mod:`~optgen_runtime.optim.amp`: ``torch.amp.GradScaler`` support (skipped steps rolled back);
+- :mod:`~optgen_runtime.optim.step`: the step on the NumPy or Triton backend;
+- :mod:`~optgen_runtime.optim.exchange`: state exchange with torch.optim, and the torch.optim
+  optimizer that runs a rule (``torch_optimizer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any, ClassVar
+
+import torch
+
+from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
+from optgen_runtime.optim.aliases import TupleAliases
+from optgen_runtime.optim.amp import AmpScaling, Pending
+from optgen_runtime.optim.exchange import TorchExchange
+from optgen_runtime.optim.state import ParamState
+from optgen_runtime.optim.step import Stepping
+
+
+class GeneratedOptimizer(
+    TupleAliases, ParamState, AmpScaling, Stepping, TorchExchange, torch.optim.Optimizer
+):
+    """Base class of the generated optimizers; see the module docstring."""
+
+    RULE: ClassVar[str]
+    META: ClassVar[ModuleType]  # HYPERPARAMS, LEGAL, NONE_MEANS, STATES, HOST_STATES, ...
+    NUMPY: ClassVar[ModuleType]  # init_state, step
+    TRITON: ClassVar[ModuleType]  # step_multi
+    TORCH: ClassVar[TorchEquivalent | None] = None
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        if backend not in ("auto", "numpy", "triton"):
+            raise ValueError(f"{type(self).__name__}: backend must be auto, numpy or triton")
+        self._check(defaults)
+        self.multi_precision = bool(multi_precision)
+        self.backend = backend
+        defaults = dict(defaults)
+        for base, items in self._aliases().items():
+            defaults[base] = self._alias_from_names(base, items, defaults)
+        self._seen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # see TupleAliases
+        self._scratch: torch.Tensor | None = None  # see Stepping._grad_scratch
+        self._pending: Pending | None = None  # see AmpScaling._settle
+        super().__init__(params, defaults)
+
+    def _check(self, values: dict[str, Any]) -> dict[str, float]:
+        """The group's hyperparameters, resolved and checked (the generated modules' check)."""
+        meta = self.META
+        hp = {k: values[k] for k in meta.HYPERPARAMS if k in values}
+        try:
+            return resolve_hyperparams(
+                type(self).__name__, meta.HYPERPARAMS, meta.LEGAL, meta.NONE_MEANS, hp
+            )
+        except (TypeError, ValueError) as error:
+            raise type(error)(str(error)) from None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._settle()
+        given = set(param_group) if isinstance(param_group, dict) else set()
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._adopt_aliases(group, given)
+            self._check(group)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {k: group[k] for k in self.META.HYPERPARAMS}

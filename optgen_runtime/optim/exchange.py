@@ -1,0 +1,241 @@
+"""State exchange with torch.optim, and the torch.optim optimizer that runs a rule.
+
+``to_torch_state_dict`` / ``load_torch_state_dict``: names and scaling from the spec's
+``torch_equivalent`` (the class's ``TORCH``); the rule's ``fixed`` torch settings are exported and
+required on import; any other torch setting must keep torch's default (read from a
+default-constructed ``torch.optim.<class>``), else the import is refused before anything is
+written. Implementation switches (``IMPLEMENTATION_ONLY``) are ignored.
+
+``torch_optimizer`` builds, from the same mapping, the torch.optim optimizer that runs what a
+generated class runs with given hyperparameters (tests and benchmarks compare the two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+import torch
+
+from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
+
+# torch.optim group keys that choose an implementation, not the math: never refused on import.
+IMPLEMENTATION_ONLY = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
+
+@cache
+def torch_defaults(class_name: str) -> dict[str, Any]:
+    """Every group setting of ``torch.optim.<class_name>`` with torch's default value."""
+    cls = getattr(torch.optim, class_name)
+    return dict(cls([torch.zeros(1, requires_grad=True)]).defaults)
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    """``"betas[0]"`` -> ("betas", 0); ``"lr"`` -> ("lr", None)."""
+    if key.endswith("]"):
+        base, index = key[:-1].split("[")
+        return base, int(index)
+    return key, None
+
+
+def plain(value: Any) -> Any:
+    """A torch group value as a Python value (0-d tensors -> float, lists -> tuples)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, list):
+        return tuple(plain(v) for v in value)
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as group settings (tensors, lists and tuples compared by value)."""
+    a, b = plain(a), plain(b)
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return (
+            isinstance(a, tuple)
+            and isinstance(b, tuple)
+            and len(a) == len(b)
+            and all(same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if a is None or b is None:
+        return a is b
+    return bool(a == b)
+
+
+def torch_settings(
+    where: str,
+    eq: TorchEquivalent,
+    defaults: Mapping[str, Any],
+    values: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Our hyperparameter ``values`` as ``torch.optim.<eq.class_name>`` keyword arguments.
+
+    Mapped through ``eq.hyper`` (a tuple item such as ``betas[0]`` completed from torch's
+    defaults), plus ``eq.fixed``. A hyperparameter of ours that torch has no counterpart for must
+    be at its default (``defaults``): torch could not run it otherwise.
+    """
+    for key, default in defaults.items():
+        if key not in eq.hyper and not same(values[key], default):
+            raise ValueError(
+                f"{where}: {key}={values[key]!r} has no torch.optim.{eq.class_name} "
+                f"counterpart (only {key}={default!r} does)"
+            )
+    kwargs: dict[str, Any] = dict(eq.fixed)
+    for key, theirs in eq.hyper.items():
+        base, index = split_key(theirs)
+        if index is None:
+            kwargs[base] = values[key]
+        else:
+            items = list(kwargs.get(base, torch_defaults(eq.class_name)[base]))
+            items[index] = values[key]
+            kwargs[base] = tuple(items)
+    return kwargs
+
+
+def torch_optimizer(
+    rule: Any,
+    params: Iterable[Any],
+    *,
+    override: Mapping[str, Any] | None = None,
+    **hyperparams: Any,
+) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer over ``params`` that runs ``rule(params, **hyperparams)``.
+
+    ``rule``: a generated optimizer class (or one of its instances) with a ``TORCH`` mapping.
+    Our hyperparameters (their defaults where not given) become torch's settings through
+    ``torch_settings``; ``override``: torch settings set on top (an implementation switch such
+    as ``foreach``, or a deliberate difference a test documents).
+    """
+    cls = rule if isinstance(rule, type) else type(rule)
+    if cls.TORCH is None:
+        raise NotImplementedError(f"{cls.__name__} has no torch.optim equivalent")
+    meta = cls.META
+    resolve_hyperparams(cls.__name__, meta.HYPERPARAMS, meta.LEGAL, meta.NONE_MEANS, hyperparams)
+    values = {**meta.HYPERPARAMS, **hyperparams}
+    where = f"torch_optimizer({cls.__name__})"
+    kwargs = torch_settings(where, cls.TORCH, meta.HYPERPARAMS, values) | dict(override or {})
+    return getattr(torch.optim, cls.TORCH.class_name)(params, **kwargs)
+
+
+class TorchExchange:
+    """``to_torch_state_dict`` / ``load_torch_state_dict`` of ``GeneratedOptimizer``."""
+
+    def _equivalent(self) -> TorchEquivalent:
+        if self.TORCH is None:
+            raise NotImplementedError(f"{type(self).__name__} has no torch.optim equivalent")
+        return self.TORCH
+
+    def to_torch_state_dict(self) -> dict[str, Any]:
+        """A state_dict that ``torch.optim.<TORCH.class_name>`` loads (its names and scaling).
+
+        The group settings are torch's defaults, the rule's ``fixed`` settings and the mapped
+        hyperparameters (``torch_settings``).
+        """
+        eq = self._equivalent()
+        where = f"{type(self).__name__}.to_torch_state_dict"
+        cls = getattr(torch.optim, eq.class_name)
+        ours = self.state_dict()
+        groups = []
+        for group in ours["param_groups"]:
+            kwargs = torch_settings(where, eq, self.META.HYPERPARAMS, group)
+            settings = cls([torch.zeros(1, requires_grad=True)], **kwargs).defaults
+            extras = {k: v for k, v in group.items() if k not in self.META.HYPERPARAMS}
+            groups.append(extras | settings)
+        state: dict[int, dict[str, Any]] = {}
+        hp_of = {i: g for g in ours["param_groups"] for i in g["params"]}
+        for index, st in ours["state"].items():
+            hp = self._hyper(hp_of[index])
+            out: dict[str, Any] = {"step": st["step"]}
+            for key, (theirs, factor) in eq.states.items():
+                value = st[key]
+                out[theirs] = value / factor(**hp) if isinstance(value, torch.Tensor) else value
+            state[index] = out
+        return {"state": state, "param_groups": groups}
+
+    def _check_torch_group(self, group: dict[str, Any], number: int) -> None:
+        """Refuse any torch setting this rule cannot honour (see the module docstring)."""
+        eq = self._equivalent()
+        name = type(self).__name__
+        mapped: dict[str, set[int] | None] = {}
+        for theirs in eq.hyper.values():
+            base, index = split_key(theirs)
+            if index is None:
+                mapped[base] = None
+            else:
+                indices = mapped.setdefault(base, set())
+                assert indices is not None
+                indices.add(index)
+        for key, default in torch_defaults(eq.class_name).items():
+            if key in IMPLEMENTATION_ONLY or (key in mapped and mapped[key] is None):
+                continue
+            value, expected = plain(group.get(key, default)), plain(eq.fixed.get(key, default))
+            indices = mapped.get(key)
+            if indices is not None:  # a tuple mapped item by item: the other items are torch's
+                value = tuple(value)
+                expected = tuple(
+                    value[i] if i in indices and i < len(value) else item
+                    for i, item in enumerate(expected)
+                )
+            if not same(value, expected):
+                why = "fixed by the rule" if key in eq.fixed else "torch's default"
+                raise ValueError(
+                    f"{name}.load_torch_state_dict: torch.optim.{eq.class_name} param group "
+                    f"{number} has {key}={value!r}, which {name} cannot honour "
+                    f"(it runs {key}={expected!r}, {why})"
+                )
+
+    def load_torch_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``torch.optim.<TORCH.class_name>`` state_dict (renamed and rescaled to ours).
+
+        Every group setting is checked first (see ``_check_torch_group``); nothing is written
+        unless the whole state_dict is accepted.
+        """
+        eq = self._equivalent()
+        name = type(self).__name__
+        theirs_groups = state_dict["param_groups"]
+        if len(theirs_groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}.load_torch_state_dict: {len(theirs_groups)} param groups, "
+                f"this optimizer has {len(self.param_groups)}"
+            )
+        defaults = torch_defaults(eq.class_name)
+        groups = []
+        for number, (theirs_group, own) in enumerate(
+            zip(theirs_groups, self.param_groups, strict=True)
+        ):
+            self._check_torch_group(theirs_group, number)
+            group = {k: v for k, v in own.items() if k != "params"}
+            group.update(  # scheduler bookkeeping (initial_lr, ...), not torch settings
+                {k: v for k, v in theirs_group.items() if k not in defaults and k != "params"}
+            )
+            group["params"] = list(theirs_group["params"])
+            for key, theirs in eq.hyper.items():
+                base, index = split_key(theirs)
+                value = theirs_group.get(base, defaults[base])
+                group[key] = plain(value if index is None else value[index])
+            for base, items in self._aliases().items():
+                group[base] = self._alias_from_names(base, items, group)
+            groups.append(group)
+        hp_of = {i: g for g in groups for i in g["params"]}
+        state: dict[int, dict[str, Any]] = {}
+        for index, st in state_dict["state"].items():
+            if index not in hp_of or not st:
+                continue
+            hp = self._hyper(hp_of[index])
+            # torch's SGD keeps no step count (its math needs none): count from 0 again
+            step = torch.as_tensor(st.get("step", 0.0), dtype=torch.float32)
+            out: dict[str, Any] = {"step": step}
+            for key, (theirs, factor) in eq.states.items():
+                value = st.get(theirs)
+                if value is None:
+                    raise ValueError(
+                        f"{name}.load_torch_state_dict: state {index} has no {theirs!r} "
+                        f"(keys {sorted(st)})"
+                    )
+                if isinstance(value, torch.Tensor) and key in self.META.STATES:
+                    out[key] = value * factor(**hp)
+                else:
+                    out[key] = float(value)
+            state[index] = out
+        self.load_state_dict({"state": state, "param_groups": groups})

@@ -1,0 +1,151 @@
+"""The step: every check first, then the NumPy reference or the Triton kernels.
+
+- CUDA parameters go through the rule's Triton kernels, one ``step_multi`` per group: one update
+  launch per dtype combination (plus one reduction launch for per-tensor norms), whatever the
+  parameters' step counts and host states; CPU parameters through the NumPy reference on
+  zero-copy views (a fp16/bf16 gradient of a ``multi_precision`` parameter is converted into a
+  reused fp32 scratch buffer); ``backend="triton"`` forces the kernels (CPU tensors need
+  ``TRITON_INTERPRET=1``).
+- Random draws (SGLD): parameter ``i`` of the optimizer (its index in ``state_dict()``, counting
+  through the groups in order) draws from the stream ``tensor_seed(seed, i)``, on both backends:
+  the noise of a parameter depends neither on the backend nor on which others have gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from optgen_runtime.philox import tensor_seed
+
+# One group's step: (hyperparameters as given, resolved, parameters with a gradient).
+Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
+
+
+class Stepping:
+    """``step`` of ``GeneratedOptimizer`` and its two backends."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._settle()
+        scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        on_device = self._amp_on_device(scale, found_inf)
+        if not on_device and found_inf is not None and float(found_inf) != 0.0:
+            return loss  # GradScaler found inf/NaN gradients: skip the step, write nothing
+        inverse = 1.0 / float(scale) if scale is not None and not on_device else 1.0
+        indices = self._indices()
+        plans = self._plans(indices, inverse)  # every check before any write (state too)
+        speculative = on_device and found_inf is not None
+        undo = self._undo([p for _, _, ps in plans for p in ps]) if speculative else []
+        states = [[self._state_for(p) for p in params] for _, _, params in plans]
+        amps = {}
+        if on_device:
+            devices = list(dict.fromkeys(params[0].device for _, _, params in plans))
+            amps = self._device_amp(devices, scale, found_inf, undo)
+        self._unscale([p.grad for _, _, params in plans for p in params], inverse)
+        for (hp, resolved, params), group_states in zip(plans, states, strict=True):
+            triton = [i for i, p in enumerate(params) if self._use_triton(p)]
+            numpy = [i for i in range(len(params)) if i not in set(triton)]
+            for i in numpy:
+                stream = indices[id(params[i])]
+                seed = tensor_seed(resolved["seed"], stream) if self.META.DRAWS else 0
+                self._numpy_step(params[i], group_states[i], hp, seed)
+            if triton:
+                self._triton_step(
+                    [params[i] for i in triton],
+                    [group_states[i] for i in triton],
+                    hp,
+                    [indices[id(params[i])] for i in triton],
+                    amps.get(params[0].device),
+                )
+        return loss
+
+    def _plans(self, indices: dict[int, int], inverse: float) -> list[Plan]:
+        """Every group checked (hyperparameters, devices, each parameter and its state)."""
+        plans = []
+        for group in self.param_groups:
+            self._sync_aliases(group)
+            hp = self._hyper(group)
+            resolved = self._check(hp)
+            self._fold_scale(hp, inverse)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            devices = {p.device for p in params}
+            if len(devices) > 1:
+                raise ValueError(
+                    f"{type(self).__name__}: one param group spans devices "
+                    f"{sorted(map(str, devices))}"
+                )
+            for p in params:
+                self._check_param(p, indices[id(p)])
+            plans.append((hp, resolved, params))
+        return plans
+
+    def _views(
+        self, state: dict[str, Any], convert: Callable[[torch.Tensor], Any]
+    ) -> dict[str, Any]:
+        views = {key: convert(state[key]) for key in self.META.STATES}
+        views.update({key: state[key] for key in self.META.HOST_STATES})
+        return views
+
+    def _finish(self, p: torch.Tensor, state: dict[str, Any], views: dict[str, Any]) -> None:
+        state["step"] += 1
+        for key in self.META.HOST_STATES:
+            state[key] = float(views[key])
+        if "master" in state:
+            p.copy_(state["master"])
+
+    def _numpy_step(
+        self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int
+    ) -> None:
+        weight = state.get("master", p)
+        grad = p.grad.detach()
+        if grad.dtype != weight.dtype:
+            grad = self._grad_scratch(grad, weight.dtype)
+        grad = grad.contiguous()
+        views = self._views(state, lambda t: t.detach().numpy())
+        t = int(state["step"]) + 1
+        hp = {**hp, "seed": seed} if self.META.DRAWS else hp
+        self.NUMPY.step(weight.detach().numpy(), grad.numpy(), views, t, **hp)
+        self._finish(p, state, views)
+
+    def _grad_scratch(self, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``grad`` converted to ``dtype`` (a fp16/bf16 gradient for its fp32 master) in a
+        scratch buffer the optimizer reuses, sized to its largest parameter and never part of
+        ``state_dict()``: no parameter-sized allocation per step."""
+        n = grad.numel()
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.numel() < n or scratch.dtype != dtype:
+            sizes = [p.numel() for group in self.param_groups for p in group["params"]]
+            scratch = torch.empty(max([n, *sizes]), dtype=dtype, device=grad.device)
+            self._scratch = scratch
+        view = scratch[:n].view(grad.shape)
+        view.copy_(grad)
+        return view
+
+    def _triton_step(
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        hp: dict[str, Any],
+        streams: list[int],
+        amp: torch.Tensor | None = None,
+    ) -> None:
+        """One ``step_multi`` for the group's parameters, each at its own step count; the j-th
+        draws from ``tensor_seed(seed, streams[j])`` (its index in ``state_dict()``); ``amp``:
+        GradScaler's [found_inf, inv_scale] on the device (``amp_flags``), or None."""
+        weights = [state.get("master", p).detach() for p, state in zip(params, states, strict=True)]
+        grads = [p.grad.detach().contiguous() for p in params]
+        views = [self._views(state, lambda x: x) for state in states]
+        ts = [int(state["step"]) + 1 for state in states]
+        self.TRITON.step_multi(weights, grads, views, ts, stream_ids=streams, amp=amp, **hp)
+        for p, state, v in zip(params, states, views, strict=True):
+            self._finish(p, state, v)
