@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +35,28 @@ def numpy_module(name: str) -> ModuleType:
 
 def triton_module(name: str) -> ModuleType:
     return importlib.import_module(f"generated.triton.{name}")
+
+
+# Where a test's torch.optim side is not what the spec's torch_equivalent maps the rule to:
+# rule -> (the rule whose mapping builds it, torch settings set on top); see
+# tests/test_torch_optim.py's docstring for why.
+TORCH_DIFFERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "nag": ("sgd_mom", {"nesterov": True}),  # no mapping declared: equal while lr is constant
+    "adamax": ("adamax", {"eps": 1e-12}),  # eps inside (torch) or outside (ours) the max: tiny
+}
+
+
+def torch_peer(
+    rule: str, params: Any, hp: dict[str, Any], differs: dict[str, Any] | None = None
+) -> Any:
+    """The real torch.optim optimizer over ``params`` that runs ``rule`` with our ``hp``, built
+    from the spec's ``torch_equivalent`` by ``optgen_runtime.optim.torch_optimizer``, changed as
+    ``differs`` (``TORCH_DIFFERS``, say) says for the rule."""
+    from generated.torch import RULES as CLASSES
+    from optgen_runtime.optim import torch_optimizer
+
+    like, override = (differs or {}).get(rule, (rule, {}))
+    return torch_optimizer(CLASSES[like], params, override=override, **hp)
 
 
 # Rounding budget of one step, in units of the dtype's machine epsilon: each of the ~20

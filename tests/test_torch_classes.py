@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import RULES, numpy_module, tolerance
+from conftest import RULES, TORCH_DIFFERS, numpy_module, tolerance, torch_peer
 from reference import sample_hyperparams
 
 from generated.torch import RULES as CLASSES
@@ -300,33 +300,25 @@ def test_lr_scheduler_changes_the_rate_without_recompiling() -> None:
     torch.testing.assert_close(params[1].detach() - before, first / 2)
 
 
-# Rules whose math coincides with torch.optim's (mappings in tests/test_torch_optim.py).
+# Rules whose math coincides with torch.optim's (mappings in tests/test_torch_optim.py): our
+# hyperparameters; the torch side from the spec's torch_equivalent, but for TORCH_DIFFERS.
 TORCH_TRAINING = {
-    "sgd": (dict(lr=0.05, wd=0.01), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.01)),
-    "sgd_mom": (dict(lr=0.05, momentum=0.9, wd=0.01), lambda p: torch.optim.SGD(
-        p, lr=0.05, momentum=0.9, weight_decay=0.01)),
-    "nag": (dict(lr=0.05, momentum=0.9, wd=0.01), lambda p: torch.optim.SGD(
-        p, lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True)),
-    # MXNet's Adam is torch's with eps_t = epsilon / sqrt(1 - beta2^t): set per step (TORCH_EPS)
-    "adam": (dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
-        lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.01)),
-    "amsgrad": (dict(lr=0.01, epsilon=1e-3, wd=0.01), lambda p: torch.optim.Adam(
-        p, lr=0.01, eps=1e-3, weight_decay=0.01, amsgrad=True)),
-    "adamw": (dict(lr=0.01, wd=0.05), lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05)),
-    "adamax": (dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-20, wd=0.01), lambda p: (
-        torch.optim.Adamax(p, lr=0.01, betas=(0.8, 0.95), eps=1e-12, weight_decay=0.01))),
-    "adagrad": (dict(lr=0.05, eps=1e-12), lambda p: torch.optim.Adagrad(p, lr=0.05, eps=1e-12)),
-    "rmsprop": (dict(lr=0.01, gamma1=0.9, epsilon=1e-20, wd=0.01), lambda p: torch.optim.RMSprop(
-        p, lr=0.01, alpha=0.9, eps=1e-20, weight_decay=0.01)),
-    "rmsprop_centered": (dict(lr=0.01, gamma1=0.9, gamma2=0.8, epsilon=1e-20, wd=0.01),
-        lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-20, weight_decay=0.01,
-                                      centered=True, momentum=0.8)),
-    "adadelta": (dict(rho=0.9, epsilon=1e-5), lambda p: torch.optim.Adadelta(
-        p, lr=1.0, rho=0.9, eps=1e-5)),
-    "nadam": (dict(lr=0.01), lambda p: torch.optim.NAdam(p, lr=0.01)),
-    "radam": (dict(lr=0.01), lambda p: torch.optim.RAdam(p, lr=0.01)),
-}  # fmt: skip
-TORCH_EPS = {"adam"}  # torch's eps set to epsilon / sqrt(1 - beta2^t) before step t
+    "sgd": dict(lr=0.05, wd=0.01),
+    "sgd_mom": dict(lr=0.05, momentum=0.9, wd=0.01),
+    "nag": dict(lr=0.05, momentum=0.9, wd=0.01),
+    "adam": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
+    "amsgrad": dict(lr=0.01, epsilon=1e-3, wd=0.01),
+    "adamw": dict(lr=0.01, wd=0.05),
+    "adamax": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-20, wd=0.01),
+    "adagrad": dict(lr=0.05, eps=1e-12),
+    "rmsprop": dict(lr=0.01, gamma1=0.9, epsilon=1e-20, wd=0.01),
+    "rmsprop_centered": dict(lr=0.01, gamma1=0.9, gamma2=0.8, epsilon=1e-20, wd=0.01),
+    "adadelta": dict(rho=0.9, epsilon=1e-5),
+    "nadam": dict(lr=0.01),
+    "radam": dict(lr=0.01),
+}
+# MXNet's Adam is torch's with eps_t = epsilon / sqrt(1 - beta2^t), set before step t:
+TORCH_EPS = {"adam"}
 
 
 def network(seed: int) -> torch.nn.Module:
@@ -336,12 +328,13 @@ def network(seed: int) -> torch.nn.Module:
 
 @pytest.mark.parametrize("rule", sorted(TORCH_TRAINING))
 def test_training_matches_torch_optim(rule: str) -> None:
-    hp, make = TORCH_TRAINING[rule]
+    hp = TORCH_TRAINING[rule]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(128, 6, generator=gen)
     y = torch.sin(x.sum(dim=1, keepdim=True))
     ours, theirs = network(0), network(0)
-    opt_ours, opt_theirs = CLASSES[rule](ours.parameters(), **hp), make(theirs.parameters())
+    opt_ours = CLASSES[rule](ours.parameters(), **hp)
+    opt_theirs = torch_peer(rule, theirs.parameters(), hp, TORCH_DIFFERS)
     for t in range(1, 21):
         if rule in TORCH_EPS:
             opt_theirs.param_groups[0]["eps"] = hp["epsilon"] / (1 - hp["beta2"] ** t) ** 0.5
@@ -357,28 +350,31 @@ def test_training_matches_torch_optim(rule: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-EXCHANGE = {
-    "sgd": (dict(lr=0.05, wd=0.01), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.01)),
-    "rmsprop_centered": (dict(lr=0.01, gamma2=0.8, epsilon=1e-20), lambda p: torch.optim.RMSprop(
-        p, lr=0.01, alpha=0.9, eps=1e-20, centered=True, momentum=0.8)),
-    "sgd_mom": (dict(lr=0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
-    "adam": (dict(lr=0.01, epsilon=1e-12), lambda p: torch.optim.Adam(p, lr=0.01, eps=1e-12)),
-    "adamw": (dict(lr=0.01), lambda p: torch.optim.AdamW(p, lr=0.01)),
-    "adagrad": (dict(lr=0.05, eps=1e-12), lambda p: torch.optim.Adagrad(p, lr=0.05, eps=1e-12)),
-    "rmsprop": (dict(lr=0.01, epsilon=1e-12), lambda p: torch.optim.RMSprop(p, lr=0.01, eps=1e-12)),
-    "adadelta": (dict(), lambda p: torch.optim.Adadelta(p, lr=1.0)),
-    "adamax": (dict(lr=0.01, epsilon=1e-12), lambda p: torch.optim.Adamax(p, lr=0.01, eps=1e-12)),
-    "nadam": (dict(lr=0.01), lambda p: torch.optim.NAdam(p, lr=0.01)),
-    "radam": (dict(lr=0.01), lambda p: torch.optim.RAdam(p, lr=0.01)),
-    "amsgrad": (dict(lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True)),
-}  # fmt: skip
+EXCHANGE = {  # our hyperparameters; the torch side from the spec's torch_equivalent
+    "sgd": dict(lr=0.05, wd=0.01),
+    "rmsprop_centered": dict(lr=0.01, gamma2=0.8, epsilon=1e-20),
+    "sgd_mom": dict(lr=0.05, momentum=0.9),
+    "adam": dict(lr=0.01, epsilon=1e-12),
+    "adamw": dict(lr=0.01),
+    "adagrad": dict(lr=0.05, eps=1e-12),
+    "rmsprop": dict(lr=0.01, epsilon=1e-12),
+    "adadelta": dict(),
+    "adamax": dict(lr=0.01, epsilon=1e-12),
+    "nadam": dict(lr=0.01),
+    "radam": dict(lr=0.01),
+    "amsgrad": dict(lr=0.01),
+}
 
 
 @pytest.mark.parametrize("direction", ["torch->ours", "ours->torch"])
 @pytest.mark.parametrize("rule", sorted(EXCHANGE))
 def test_state_dict_exchange_with_torch(rule: str, direction: str) -> None:
     """Train 10 steps with one, load its state into the other, continue 10 steps on both."""
-    hp, make = EXCHANGE[rule]
+    hp = EXCHANGE[rule]
+
+    def make(params):
+        return torch_peer(rule, params, hp)
+
     params = make_params()
     first = make(params) if direction == "torch->ours" else CLASSES[rule](params, **hp)
     train(None, 10, params=params, opt=first)
@@ -537,18 +533,19 @@ def offset_grads(params: list[torch.nn.Parameter], t: int) -> None:
         p.grad.add_(1.0)
 
 
-VARIANTS = {  # rule: (torch setting, our hyperparameters, torch class, gradients)
-    "amsgrad": ("amsgrad", dict(lr=0.01, beta2=0.9), torch.optim.Adam, falling_grads),
-    "rmsprop_centered": (
-        "centered", dict(lr=0.01, gamma2=0.8, epsilon=1e-20), torch.optim.RMSprop, offset_grads
-    ),
-}  # fmt: skip
+VARIANTS = {  # rule: (our hyperparameters, gradients); torch's setting: the rule's fixed one
+    "amsgrad": (dict(lr=0.01, beta2=0.9), falling_grads),
+    "rmsprop_centered": (dict(lr=0.01, gamma2=0.8, epsilon=1e-20), offset_grads),
+}
 
 
 @pytest.mark.parametrize("rule", sorted(VARIANTS))
 def test_export_selects_torchs_variant(rule: str) -> None:
     """Export into a default-constructed torch optimizer: it runs the variant the rule is."""
-    setting, hp, cls, grads = VARIANTS[rule]
+    hp, grads = VARIANTS[rule]
+    eq = CLASSES[rule].TORCH
+    ((setting, _),) = eq.fixed.items()
+    cls = getattr(torch.optim, eq.class_name)
 
     def run(params, opt, start):
         for t in range(start, start + 10):
@@ -719,7 +716,7 @@ def test_momentum_cycling_schedulers_drive_beta1(scheduler: str) -> None:
     y = torch.sin(x.sum(dim=1, keepdim=True))
     ours, theirs = network(0), network(0)
     opt_ours = CLASSES["adamw"](ours.parameters(), lr=0.01, wd=0.05)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=0.01, weight_decay=0.05)
+    opt_theirs = torch_peer("adamw", theirs.parameters(), dict(lr=0.01, wd=0.05))
     scheds = [SCHEDULERS[scheduler](o) for o in (opt_ours, opt_theirs)]
     beta1s = set()
     for _ in range(20):

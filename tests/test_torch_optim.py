@@ -1,11 +1,14 @@
 """Generated rules against torch.optim where the math coincides (>= 20 steps).
 
-Hyperparameter mapping (MXNet names -> torch):
+The torch.optim side is built from each spec's ``torch_equivalent`` (``conftest.torch_peer``),
+except where ``conftest.TORCH_DIFFERS`` says (nag, adamax). The mappings, and why the math
+coincides (MXNet names -> torch):
 - sgd_mom:  lr, momentum, wd -> SGD(lr, momentum, weight_decay=wd, dampening=0); MXNet's state
   is mom = -lr * buf (torch's buffer), so the weights coincide for a constant lr.
-- nag:      same, torch SGD(nesterov=True): w += mu*mom - lr*G equals torch's
-  w -= lr*(g + mu*buf) with buf = -mom/lr while lr is constant; a test below pins the exact
-  difference after an lr change (ours keeps each step's lr in mom, torch rescales its buffer).
+- nag:      no torch_equivalent declared; sgd_mom's mapping with SGD(nesterov=True):
+  w += mu*mom - lr*G equals torch's w -= lr*(g + mu*buf) with buf = -mom/lr while lr is
+  constant; a test below pins the exact difference after an lr change (ours keeps each step's
+  lr in mom, torch rescales its buffer).
 - sgd:      SGD(lr, momentum=0, weight_decay=wd).
 - adam:     lr, (beta1, beta2), wd -> Adam(lr, betas, weight_decay=wd); MXNet folds the bias
   correction into the rate and leaves epsilon uncorrected, which is torch's Adam with
@@ -26,7 +29,7 @@ Hyperparameter mapping (MXNet names -> torch):
 - adadelta: rho, epsilon -> Adadelta(lr=1.0, rho, eps); MXNet has no lr and decoupled,
   unscaled wd, torch couples wd into the gradient: wd = 0.
 - adamax:   lr, (beta1, beta2), wd -> Adamax(lr, betas, weight_decay=wd); torch adds eps inside
-  the max, optgen (like MXNet master) outside: a tiny epsilon.
+  the max, optgen (like MXNet master) outside: a tiny epsilon (1e-20 here, 1e-12 in torch).
 """
 
 from __future__ import annotations
@@ -36,66 +39,29 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import RULES, numpy_module, tolerance, triton_module
+from conftest import RULES, TORCH_DIFFERS, numpy_module, tolerance, torch_peer, triton_module
+
+from generated.torch import RULES as CLASSES
+from optgen_runtime.optim import torch_optimizer
 
 STEPS = 20
 
+# Our hyperparameters; the torch.optim side is built from the spec's torch_equivalent
+# (conftest.torch_peer), but for the differences in conftest.TORCH_DIFFERS (nag, adamax).
 CASES = {
-    "sgd": (dict(lr=0.05, wd=0.01), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.01)),
-    "sgd_mom": (
-        dict(lr=0.05, momentum=0.9, wd=0.01),
-        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01),
-    ),
-    "nag": (
-        dict(lr=0.05, momentum=0.9, wd=0.01),
-        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
-    ),
-    "adam": (
-        dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
-        lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.01),
-    ),
-    "nadam": (
-        dict(lr=0.01, beta1=0.9, beta2=0.99, epsilon=1e-8, wd=0.01, schedule_decay=0.004),
-        lambda p: torch.optim.NAdam(
-            p, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01, momentum_decay=0.004
-        ),
-    ),
-    "adamw": (
-        dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.05),
-        lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.05),
-    ),
-    "radam": (  # beta2 = 0.9: the rectified branch takes over from step 6 on
-        dict(lr=0.01, beta1=0.8, beta2=0.9, epsilon=1e-3, wd=0.01),
-        lambda p: torch.optim.RAdam(p, lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.01),
-    ),
-    "amsgrad": (
-        dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
-        lambda p: torch.optim.Adam(
-            p, lr=0.01, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.01, amsgrad=True
-        ),
-    ),
-    "adagrad": (
-        dict(lr=0.1, eps=1e-12),
-        lambda p: torch.optim.Adagrad(p, lr=0.1, eps=1e-12),
-    ),
-    "rmsprop": (
-        dict(lr=0.01, gamma1=0.9, epsilon=1e-20, wd=0.01),
-        lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-20, weight_decay=0.01),
-    ),
-    "rmsprop_centered": (
-        dict(lr=0.01, gamma1=0.9, gamma2=0.8, epsilon=1e-20, wd=0.01),
-        lambda p: torch.optim.RMSprop(
-            p, lr=0.01, alpha=0.9, eps=1e-20, weight_decay=0.01, centered=True, momentum=0.8
-        ),
-    ),
-    "adadelta": (
-        dict(rho=0.9, epsilon=1e-5),
-        lambda p: torch.optim.Adadelta(p, lr=1.0, rho=0.9, eps=1e-5),
-    ),
-    "adamax": (
-        dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-20, wd=0.01),
-        lambda p: torch.optim.Adamax(p, lr=0.01, betas=(0.8, 0.95), eps=1e-12, weight_decay=0.01),
-    ),
+    "sgd": dict(lr=0.05, wd=0.01),
+    "sgd_mom": dict(lr=0.05, momentum=0.9, wd=0.01),
+    "nag": dict(lr=0.05, momentum=0.9, wd=0.01),
+    "adam": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
+    "nadam": dict(lr=0.01, beta1=0.9, beta2=0.99, epsilon=1e-8, wd=0.01, schedule_decay=0.004),
+    "adamw": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.05),
+    "radam": dict(lr=0.01, beta1=0.8, beta2=0.9, epsilon=1e-3, wd=0.01),  # rectified from t=6
+    "amsgrad": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
+    "adagrad": dict(lr=0.1, eps=1e-12),
+    "rmsprop": dict(lr=0.01, gamma1=0.9, epsilon=1e-20, wd=0.01),
+    "rmsprop_centered": dict(lr=0.01, gamma1=0.9, gamma2=0.8, epsilon=1e-20, wd=0.01),
+    "adadelta": dict(rho=0.9, epsilon=1e-5),
+    "adamax": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-20, wd=0.01),
 }
 
 
@@ -109,11 +75,11 @@ def before_torch_step(rule: str, optimizer: torch.optim.Optimizer, hp: dict, t: 
 def test_matches_torch_optim(rule: str, target: str) -> None:
     if rule not in RULES:
         pytest.fail(f"no spec for {rule}")
-    hp, make = CASES[rule]
+    hp = CASES[rule]
     rng = np.random.default_rng(3)
     w0 = rng.standard_normal(257).astype(np.float32)
     param = torch.nn.Parameter(torch.tensor(w0))
-    optimizer = make([param])
+    optimizer = torch_peer(rule, [param], hp, TORCH_DIFFERS)
     module = numpy_module(rule) if target == "numpy" else triton_module(rule)
     w = w0.copy() if target == "numpy" else torch.tensor(w0)
     state = module.init_state(w)
@@ -130,11 +96,11 @@ def test_matches_torch_optim(rule: str, target: str) -> None:
 
 def test_adam_epsilon_placement_is_a_real_difference() -> None:
     """Without the per-step eps mapping torch's Adam and MXNet's differ (documented in the spec)."""
-    hp, make = CASES["adam"]
+    hp = CASES["adam"]
     rng = np.random.default_rng(4)
     w0 = rng.standard_normal(64).astype(np.float32)
     param = torch.nn.Parameter(torch.tensor(w0))
-    optimizer = make([param])
+    optimizer = torch_peer("adam", [param], hp)
     w, module = w0.copy(), numpy_module("adam")
     state = module.init_state(w)
     for t in range(1, STEPS + 1):
@@ -204,15 +170,8 @@ NADAM_TOL = tolerance(np.float32, STEPS)
 
 
 def _torch_nadam(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.NAdam:
-    h = NADAM
-    return torch.optim.NAdam(
-        params,
-        lr=h["lr"],
-        betas=(h["beta1"], h["beta2"]),
-        eps=h["epsilon"],
-        momentum_decay=h["schedule_decay"],
-        **kwargs,
-    )
+    """torch's NAdam running NADAM (the spec's mapping), with the torch settings ``kwargs``."""
+    return torch_optimizer(CLASSES["nadam"], params, override=kwargs, **NADAM)
 
 
 @pytest.mark.parametrize("target", ["numpy", "triton"])

@@ -46,38 +46,21 @@ ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 3
 RSS_STEPS = 3  # measured steps per variant in peak_rss (after WARMUP untimed ones)
 
-# torch.optim peers with the same hyperparameters (mappings as in tests/test_torch_optim.py):
-# rule -> (hyperparameters of the generated step, torch.optim class, its keyword arguments).
-PEERS: dict[str, tuple[dict[str, float], str, dict[str, Any]]] = {
-    "adam": (
-        {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
-        "Adam",
-        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8},
-    ),
-    "adamw": (
-        {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "wd": 0.01},
-        "AdamW",
-        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
-    ),
-    "amsgrad": (
-        {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
-        "Adam",
-        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": True},
-    ),
-    "sgd": ({"lr": 1e-2}, "SGD", {"lr": 1e-2}),
-    "sgd_mom": ({"lr": 1e-2, "momentum": 0.9}, "SGD", {"lr": 1e-2, "momentum": 0.9}),
-    "nag": (
-        {"lr": 1e-2, "momentum": 0.9},
-        "SGD",
-        {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
-    ),
-    "rmsprop": (
-        {"lr": 1e-3, "gamma1": 0.9, "epsilon": 1e-8},
-        "RMSprop",
-        {"lr": 1e-3, "alpha": 0.9, "eps": 1e-8},
-    ),
-    "adagrad": ({"lr": 1e-2, "eps": 1e-7}, "Adagrad", {"lr": 1e-2, "eps": 1e-7}),
+# Our hyperparameters of the rules benchmarked against torch.optim. Each peer is built from the
+# spec's torch_equivalent (optgen_runtime.optim.torch_optimizer), but for PEER_DIFFERS.
+PEERS: dict[str, dict[str, float]] = {
+    "adam": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
+    "adamw": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "wd": 0.01},
+    "amsgrad": {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
+    "sgd": {"lr": 1e-2},
+    "sgd_mom": {"lr": 1e-2, "momentum": 0.9},
+    "nag": {"lr": 1e-2, "momentum": 0.9},
+    "rmsprop": {"lr": 1e-3, "gamma1": 0.9, "epsilon": 1e-8},
+    "adagrad": {"lr": 1e-2, "eps": 1e-7},
 }
+# Rules whose spec declares no torch mapping: (the rule whose mapping builds the peer, torch
+# settings on top); see tests/test_torch_optim.py.
+PEER_DIFFERS: dict[str, tuple[str, dict[str, Any]]] = {"nag": ("sgd_mom", {"nesterov": True})}
 
 # Variants of one step, as the report and the JSON name them.
 VARIANTS = {
@@ -89,15 +72,17 @@ VARIANTS = {
 
 
 def hyperparams(rule_name: str) -> dict[str, float]:
-    return PEERS[rule_name][0] if rule_name in PEERS else {}
+    return PEERS.get(rule_name, {})
 
 
 def make_peer(rule_name: str, params: list[Any], foreach: bool) -> Any:
-    """The torch.optim optimizer PEERS names for the rule, over ``params``."""
-    import torch
+    """The torch.optim optimizer that runs the rule with its PEERS hyperparameters."""
+    from generated.torch import RULES
+    from optgen_runtime.optim import torch_optimizer
 
-    _, cls, kwargs = PEERS[rule_name]
-    return getattr(torch.optim, cls)(params, foreach=foreach, **kwargs)
+    like, settings = PEER_DIFFERS.get(rule_name, (rule_name, {}))
+    override = {**settings, "foreach": foreach}
+    return torch_optimizer(RULES[like], params, override=override, **PEERS[rule_name])
 
 
 def traffic(lowered: Any) -> tuple[int, int]:
