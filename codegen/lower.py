@@ -1,95 +1,91 @@
-"""Lowering: a checked :class:`Rule` to host scalars plus straight-line per-element code.
+"""Lowering: a checked :class:`Rule` through passes over the one IR (:mod:`codegen.ir`).
 
-An ordered list of pure passes (each reports what it produced, see :func:`lower`):
+:func:`from_spec` makes the first block: the spec's equations in dependency order, each with its
+role and spec line. Then every pass in :data:`PASSES` maps a block to a block, in order, and
+:func:`lower` records each pass's op counts:
 
-1. ``inline``: substitute intermediates and new values, so every output is an expression of the
-   step-i inputs (weight, grad, states) and the host inputs (hyperparameters, t).
+1. ``inline``: substitute intermediates and new values, so every output (new states and weight,
+   new host states, reductions' summands) is an expression of the step-i inputs and the host
+   inputs; each ``let``'s inlined value is kept, to name what later passes compute.
 2. ``extract_host``: every maximal subexpression that depends only on host inputs becomes a host
-   scalar ``_h<k>``, computed once per step on the host in double precision and handed to the
-   kernel (bias corrections, 1 - beta, -lr, ...). Mixed sums and products are split so that their
-   host-only terms form one scalar.
-3. ``cse``: one deterministic common-subexpression elimination over all outputs at once, with
-   temporaries ``_t<k>`` that no spec symbol may take.
-4. ``linearize``: three-address ops (``add``, ``mul``, ``div``, ``sqrt``, ...), the form both
-   printers consume; unsupported constructs are refused here by name.
+   scalar, computed once per step on the host in double precision and handed to the kernel (bias
+   corrections, 1 - beta, -lr, ...). Mixed sums and products are split so that their host-only
+   terms form one scalar.
+3. ``cse``: one deterministic common-subexpression elimination per phase, over all its outputs.
+4. ``linearize``: three-address operations from :mod:`codegen.ops`, the form every printer
+   consumes; unsupported constructs are refused here by name.
+5. ``name``: names what was computed after the spec: a host scalar that is a bare hyperparameter,
+   host state or reduction is passed under its own name, one equal to a host ``let`` takes the
+   let's name (and host code computes each such let once, by name), a per-element value equal to
+   a ``let`` takes its name. Renaming after linearization never changes an operation.
+6. ``trace``: each equation's first operation carries its spec line(s).
+
+Passes 1-4 name their temporaries by position (``_h``, ``_t``, ``_s``, ``_v``) because SymPy orders
+the operands of sums and products by name: naming before the operations are fixed would change
+the order of floating-point additions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import sympy as sp
 
+from codegen import ops as opdefs
+from codegen.ir import Assign, Block, Operand, Origin
 from codegen.spec import Rule, SpecError
 
-Operand = sp.Expr  # a Symbol (buffer, register or host scalar) or an exact constant
 
-
-@dataclass(frozen=True)
-class Op:
-    """``dest = kind(*args)`` on one element; ``dest`` is a temporary or an output."""
-
-    dest: sp.Symbol
-    kind: str
-    args: tuple[Operand, ...]
-
-
-@dataclass
-class Lowered:
-    rule: Rule
-    outputs: dict[sp.Symbol, sp.Symbol]  # current symbol -> new symbol, in buffer order
-    inlined: dict[sp.Symbol, sp.Expr]  # new symbol -> expression of step-i inputs
-    host: dict[sp.Symbol, sp.Expr]  # host scalar -> expression of hyperparameters and t
-    host_updates: dict[sp.Symbol, sp.Expr]  # new host state -> expression of host inputs
-    element: dict[sp.Symbol, sp.Expr]  # new symbol -> expression using host scalars
-    cse: list[tuple[sp.Symbol, sp.Expr]]
-    ops: list[Op]
-    reads: list[sp.Symbol]  # per-element inputs actually read, in buffer order
-    # Per-tensor reductions, computed in a phase before the update (empty for most rules):
-    summands: dict[sp.Symbol, sp.Expr] = field(default_factory=dict)  # using host scalars
-    raw_summands: dict[sp.Symbol, sp.Expr] = field(default_factory=dict)  # before extraction
-    reduce_ops: list[Op] = field(default_factory=list)
-    reduce_reads: list[sp.Symbol] = field(default_factory=list)
-    reduce_host: list[sp.Symbol] = field(default_factory=list)  # host scalars phase 1 needs
-    draws: list[sp.Symbol] = field(default_factory=list)  # normal draws the update uses
-    stats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def host_scalars(self) -> list[sp.Symbol]:
-        return list(self.host)
-
-    def op_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for op in self.ops:
-            counts[op.kind] = counts.get(op.kind, 0) + 1
-        return dict(sorted(counts.items()))
+# ---------------------------------------------------------------------------------- start
+def from_spec(rule: Rule) -> Block:
+    """The spec's equations in dependency order, each with its role and origin."""
+    element = set(rule.element_inputs) | set(rule.draws)
+    per_element: set[sp.Symbol] = set()
+    assigns = []
+    for eq in rule.ordered_equations():
+        deps = eq.expr.free_symbols
+        if eq.target in rule.reductions:
+            role = "reduction"
+        elif deps & (element | per_element) or eq.target in rule.outputs.values():
+            role = "element"
+            per_element.add(eq.target)
+        else:
+            role = "host"
+        assigns.append(Assign(eq.target, eq.expr, role, (eq.origin,)))
+    return Block(rule, "spec", tuple(assigns))
 
 
 # ---------------------------------------------------------------------------------- pass 1
-def inline(
-    rule: Rule,
-) -> tuple[dict[sp.Symbol, sp.Expr], dict[sp.Symbol, sp.Expr], dict[sp.Symbol, sp.Expr]]:
+def inline(block: Block) -> Block:
     """Every new value as an expression of step-i inputs, host inputs and reductions.
 
-    Returns the per-element outputs (states, then the weight), the host-state updates and the
-    reductions' summands (reductions stay symbols: one number per tensor, known after phase 1).
+    Output order: reductions' summands, new host states, then the per-element outputs in buffer
+    order (states, then the weight). Reductions stay symbols: one number per tensor.
     """
+    rule: Rule = block.rule
     values: dict[sp.Symbol, sp.Expr] = {}
-    summands: dict[sp.Symbol, sp.Expr] = {}
-    for eq in rule.ordered_equations():
-        expr = eq.expr.xreplace(values)
-        if eq.target in rule.reductions:
+    summands: list[Assign] = []
+    lets: dict[sp.Symbol, tuple[sp.Expr, tuple[Origin, ...]]] = {}
+    origins: dict[sp.Symbol, tuple[Origin, ...]] = {}
+    for a in block.assigns:
+        expr = a.expr.xreplace(values)
+        origins[a.target] = a.origin
+        if a.target in rule.reductions:
             nested = expr.free_symbols & set(rule.reductions)
             if nested:
                 raise SpecError(
-                    f"{rule.source}: reduction {eq.target} uses reduction(s) "
+                    f"{rule.source}: reduction {a.target} uses reduction(s) "
                     f"{', '.join(sorted(map(str, nested)))}; only one reduction phase is supported"
                 )
-            summands[eq.target] = expr
+            summands.append(a.with_(expr=expr))
             continue
-        values[eq.target] = expr
-    outputs = [rule.weight_new] + [s.new for s in rule.states.values()]
-    host_updates = {}
+        values[a.target] = expr
+        if a.target in rule.lets:
+            lets[a.target] = (expr, a.origin)
+    host_updates = []
     for hs in rule.host_states.values():
         expr = values[hs.new]
         element = expr.free_symbols - set(rule.host_inputs)
@@ -98,22 +94,23 @@ def inline(
                 f"{rule.source}: host state {hs.name} would depend on per-element values "
                 f"{', '.join(sorted(map(str, element)))}"
             )
-        host_updates[hs.new] = expr
-    element = {new: values[new] for new in _buffer_order(rule, outputs)}
-    return element, host_updates, summands
-
-
-def _buffer_order(rule: Rule, news: list[sp.Symbol]) -> list[sp.Symbol]:
-    order = [s.new for s in rule.states.values()] + [rule.weight_new]
-    return [n for n in order if n in news]
+        host_updates.append(Assign(hs.new, expr, "host", origins[hs.new]))
+    outputs = [Assign(new, values[new], "element", origins[new]) for new in rule.outputs.values()]
+    inlined = {a.target: a.expr for a in outputs}
+    raw_summands = {a.target: a.expr for a in summands}
+    block = block.then(
+        "inlined", [*summands, *host_updates, *outputs], inlined=inlined, raw_summands=raw_summands
+    )
+    return replace(block, lets=lets)
 
 
 # ---------------------------------------------------------------------------------- pass 2
 class _HostExtractor:
     """Replaces host-only subtrees by ``_h<k>`` scalars; ``host_inputs`` may grow between uses."""
 
-    def __init__(self, host_inputs: set[sp.Symbol]) -> None:
+    def __init__(self, host_inputs: set[sp.Symbol], new: Callable[[], sp.Symbol]) -> None:
         self.host_inputs = host_inputs
+        self.new = new
         self.host: dict[sp.Symbol, sp.Expr] = {}
         self._by_expr: dict[sp.Expr, sp.Symbol] = {}
 
@@ -122,7 +119,7 @@ class _HostExtractor:
 
     def scalar(self, expr: sp.Expr) -> sp.Symbol:
         if expr not in self._by_expr:
-            symbol = sp.Symbol(f"_h{len(self.host)}", real=True)
+            symbol = self.new()
             self._by_expr[expr] = symbol
             self.host[symbol] = expr
         return self._by_expr[expr]
@@ -148,52 +145,69 @@ class _HostExtractor:
         return expr.func(*[self(a) for a in expr.args], evaluate=False)
 
 
-def extract_host(
-    rule: Rule, inlined: dict[sp.Symbol, sp.Expr], summands: dict[sp.Symbol, sp.Expr]
-) -> tuple[dict[sp.Symbol, sp.Expr], dict[sp.Symbol, sp.Expr], dict[sp.Symbol, sp.Expr]]:
+def extract_host(block: Block) -> Block:
     """Split host-only subexpressions out of the per-element expressions.
 
     Summands first, with the hyperparameters, t and host states as host inputs; then the outputs,
-    where the reductions' results count as host inputs too.
+    where the reductions' results count as host inputs too. Host scalars come first in the block.
     """
-    extractor = _HostExtractor(set(rule.host_inputs))
-    reduced = {r: extractor(expr) for r, expr in summands.items()}
+    rule: Rule = block.rule
+    extractor = _HostExtractor(set(rule.host_inputs), lambda: block.temps.new("host"))
+    summands = [a.with_(expr=extractor(a.expr)) for a in block.role("reduction")]
     extractor.host_inputs = set(rule.scalar_inputs)
-    element = {new: extractor(expr) for new, expr in inlined.items()}
-    return extractor.host, element, reduced
+    outputs = [a.with_(expr=extractor(a.expr)) for a in block.role("element")]
+    host = [Assign(s, e, "host") for s, e in extractor.host.items()]
+    return block.then("host", [*host, *block.role("host"), *summands, *outputs])
 
 
 # ---------------------------------------------------------------------------------- pass 3
-def cse(
-    element: dict[sp.Symbol, sp.Expr], prefix: str = "_t"
-) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
-    """One deterministic CSE over all outputs (canonical order, reserved ``_t`` names)."""
+def _cse_phase(assigns: list[Assign], prefix: str, role: str) -> list[Assign]:
     replacements, reduced = sp.cse(
-        list(element.values()),
+        [a.expr for a in assigns],
         symbols=sp.numbered_symbols(prefix, real=True),
         order="canonical",
         optimizations=None,
     )
-    return replacements, reduced
+    temps = [Assign(t, e, role) for t, e in replacements]
+    return temps + [a.with_(expr=e) for a, e in zip(assigns, reduced, strict=True)]
+
+
+def cse(block: Block) -> Block:
+    """One deterministic CSE per phase over all its outputs (canonical order).
+
+    Temporaries: ``_s<k>`` in the reduction phase, ``_t<k>`` in the update (registered prefixes).
+    """
+    reduction = (
+        _cse_phase(block.role("reduction"), "_s", "reduction") if block.role("reduction") else []
+    )
+    element = _cse_phase(block.role("element"), "_t", "element")
+    return block.then("cse", [*block.role("host"), *reduction, *element])
 
 
 # ---------------------------------------------------------------------------------- pass 4
 class _Linearizer:
     """Turns expressions into three-address ops, refusing what a kernel cannot do."""
 
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
-        self.ops: list[Op] = []
-        self._count = 0
+    RELATIONAL: ClassVar[dict[type, str]] = {
+        op.sympy: op.name for op in opdefs.OPS if op.boolean and op.sympy
+    }
+    UNARY: ClassVar[dict[type, str]] = {
+        op.sympy: op.name
+        for op in opdefs.OPS
+        if op.arity == 1 and op.sympy is not None and not op.host_only
+    }
 
-    def temp(self) -> sp.Symbol:
-        symbol = sp.Symbol(f"_v{self._count}", real=True)
-        self._count += 1
-        return symbol
+    def __init__(self, rule: Rule, role: str, host: set[sp.Symbol], temp: Callable) -> None:
+        self.rule = rule
+        self.role = role
+        self.host = host
+        self.temp = temp
+        self.assigns: list[Assign] = []
 
     def emit(self, kind: str, *args: Operand, dest: sp.Symbol | None = None) -> sp.Symbol:
         dest = dest if dest is not None else self.temp()
-        self.ops.append(Op(dest, kind, tuple(args)))
+        expr = opdefs.build(kind, *args) if kind != "copy" else args[0]
+        self.assigns.append(Assign(dest, expr, self.role, op=kind, args=tuple(args)))
         return dest
 
     def fail(self, expr: sp.Expr, why: str) -> SpecError:
@@ -216,26 +230,19 @@ class _Linearizer:
         if isinstance(expr, sp.Pow):
             return self.pow(expr, dest)
         if isinstance(expr, (sp.Max, sp.Min)):
-            kind = "max" if isinstance(expr, sp.Max) else "min"
+            kind = opdefs.FROM_SYMPY[type(expr)].name
             args = [self.operand(a) for a in expr.args]
             acc = args[0]
             for i, a in enumerate(args[1:], start=1):
                 acc = self.emit(kind, acc, a, dest=dest if i == len(args) - 1 else None)
             return acc  # type: ignore[return-value]
-        unary = {sp.Abs: "abs", sp.sign: "sign", sp.exp: "exp", sp.log: "log"}
-        if type(expr) in unary:
-            return self.emit(unary[type(expr)], self.operand(expr.args[0]), dest=dest)
+        if type(expr) in self.UNARY:
+            return self.emit(self.UNARY[type(expr)], self.operand(expr.args[0]), dest=dest)
         if isinstance(expr, sp.Piecewise):
             return self.piecewise(expr, dest)
-        relational = {
-            sp.StrictGreaterThan: "gt",
-            sp.GreaterThan: "ge",
-            sp.StrictLessThan: "lt",
-            sp.LessThan: "le",
-        }
-        if type(expr) in relational:
+        if type(expr) in self.RELATIONAL:
             lhs, rhs = (self.operand(a) for a in expr.args)
-            return self.emit(relational[type(expr)], lhs, rhs, dest=dest)
+            return self.emit(self.RELATIONAL[type(expr)], lhs, rhs, dest=dest)
         raise self.fail(expr, f"{type(expr).__name__} is not supported")
 
     def wrap(self, operand: Operand, dest: sp.Symbol | None) -> sp.Symbol:
@@ -320,80 +327,370 @@ class _Linearizer:
         if not rest:
             raise self.fail(expr, "a Piecewise needs a final (value, True) branch")
         mask = self.operand(cond)
-        if isinstance(mask, sp.Symbol) and mask.name.startswith("_h"):
+        if mask in self.host:
             mask = self.emit("ne", mask, sp.Integer(0))  # a host condition arrives as 1.0/0.0
         otherwise = self.operand(sp.Piecewise(*rest))
         return self.emit("where", mask, self.operand(value), otherwise, dest=dest)
 
-
-def linearize(
-    rule: Rule,
-    replacements: list[tuple[sp.Symbol, sp.Expr]],
-    outputs: dict[sp.Symbol, sp.Expr],
-    prefix: str = "_t",
-) -> list[Op]:
-    # A CSE temporary that is exactly an output is computed straight into that output.
-    alias: dict[sp.Symbol, sp.Symbol] = {}
-    temps = {t for t, _ in replacements}
-    for new, expr in outputs.items():
-        if expr in temps and expr not in alias:
-            alias[expr] = new
-    if alias:
-        replacements = [(alias.get(t, t), e.xreplace(alias)) for t, e in replacements]
-        outputs = {
-            new: (new if alias.get(e) == new else e.xreplace(alias)) for new, e in outputs.items()
-        }
-    lin = _Linearizer(rule)
-    for temp, expr in replacements:
-        if isinstance(expr, sp.Symbol) or expr.is_Number:
-            lin.emit("copy", lin.operand(expr), dest=temp)
-        else:
-            lin.node(expr, temp)
-    for new, expr in outputs.items():
-        if expr == new:
-            continue  # computed above, in place of its CSE temporary
-        if isinstance(expr, sp.Symbol) or expr.is_Number:
-            lin.emit("copy", lin.operand(expr), dest=new)
-        else:
-            lin.node(expr, new)
-    return lin.ops
+    def phase(self, assigns: list[Assign], outputs: set[sp.Symbol]) -> list[Assign]:
+        """Linearize a phase's CSE temporaries and outputs (in order)."""
+        # A CSE temporary that is exactly an output is computed straight into that output.
+        alias: dict[sp.Symbol, sp.Symbol] = {}
+        temps = {a.target for a in assigns if a.target not in outputs}
+        for a in assigns:
+            if a.target in outputs and a.expr in temps and a.expr not in alias:
+                alias[a.expr] = a.target
+        origins = {a.target: a.origin for a in assigns}
+        for a in assigns:
+            target = alias.get(a.target, a.target)
+            expr = a.expr.xreplace(alias) if alias else a.expr
+            if a.target in outputs and expr == target:
+                continue  # computed above, in place of its CSE temporary
+            start = len(self.assigns)
+            if isinstance(expr, sp.Symbol) or expr.is_Number:
+                self.emit("copy", self.operand(expr), dest=target)
+            else:
+                self.node(expr, target)
+            if origins.get(a.target) and len(self.assigns) > start:
+                last = self.assigns[-1]
+                self.assigns[-1] = last.with_(origin=origins[a.target])
+        return self.assigns
 
 
-# ---------------------------------------------------------------------------------- driver
-def lower(rule: Rule) -> Lowered:
-    """Run every pass; a rule that reaches the printers is fully checked."""
-    rule.finish()
-    outputs = {st.symbol: st.new for st in rule.states.values()}
-    outputs[rule.weight] = rule.weight_new
-    inlined, host_updates, raw_summands = inline(rule)
-    host, element, summands = extract_host(rule, inlined, raw_summands)
-    replacements, reduced = cse(element)
-    reduced_outputs = dict(zip(element, reduced, strict=True))
-    ops = linearize(rule, replacements, reduced_outputs)
-    lowered = Lowered(
-        rule, outputs, inlined, host, host_updates, element, replacements, ops, _reads(rule, ops)
+def linearize(block: Block) -> Block:
+    """Three-address operations per phase; temporaries ``_v<k>`` unique across the rule."""
+    rule: Rule = block.rule
+    host = {a.target for a in block.role("host")}
+    new_value = lambda: block.temps.new("value")  # noqa: E731
+    element = _Linearizer(rule, "element", host, new_value).phase(
+        block.role("element"), set(rule.outputs.values())
     )
-    if summands:
-        sum_replacements, sum_reduced = cse(summands, prefix="_s")
-        lowered.summands = summands
-        lowered.raw_summands = raw_summands
-        lowered.reduce_ops = linearize(
-            rule, sum_replacements, dict(zip(summands, sum_reduced, strict=True)), prefix="_s"
-        )
-        lowered.reduce_reads = _reads(rule, lowered.reduce_ops)
-        used = {a for op in lowered.reduce_ops for a in op.args}
-        lowered.reduce_host = [h for h in host if h in used]
-        if set(rule.draws) & used:
-            raise SpecError(f"{rule.source}: a reduction may not use a random draw")
-    used_update = {a for op in ops for a in op.args}
-    lowered.draws = [d for d in rule.draws if d in used_update]
-    lowered.stats = {
-        "host_scalars": len(host),
-        "cse_temps": len(replacements),
-        "ops": len(ops),
-        "reduce_ops": len(lowered.reduce_ops),
+    reduction = _Linearizer(rule, "reduction", host, new_value).phase(
+        block.role("reduction"), set(rule.reductions)
+    )
+    used = {x for a in reduction for x in a.args}
+    if set(rule.draws) & used:
+        raise SpecError(f"{rule.source}: a reduction may not use a random draw")
+    return block.then("ops", [*block.role("host"), *reduction, *element])
+
+
+# ---------------------------------------------------------------------------------- pass 5
+def _host_lets(block: Block) -> dict[sp.Symbol, sp.Expr]:
+    """The ``let``s whose inlined value is host-only (and not a plain constant), in spec order."""
+    rule: Rule = block.rule
+    scalar_inputs = set(rule.scalar_inputs)
+    return {
+        s: v
+        for s, (v, _) in block.lets.items()
+        if v.free_symbols and v.free_symbols <= scalar_inputs
     }
-    return lowered
+
+
+def _substitute_lets(expr: sp.Expr, lets: dict[sp.Expr, sp.Symbol], own: sp.Expr | None = None):
+    """``expr`` with every host let's value replaced by the let (largest first, top-down)."""
+    if own is not None:  # a let's own definition: substitute inside it, not the whole
+        if not expr.args:
+            return expr
+        return expr.func(*[_substitute_lets(a, lets) for a in expr.args])
+    return expr.xreplace(lets)
+
+
+class _Point:
+    """A random point (two, to be safe) at which values are compared to name them."""
+
+    def __init__(self, rule: Rule, host: dict[sp.Symbol, sp.Expr]) -> None:
+        rng = random.Random(f"optgen:{rule.name}")
+        inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs]
+        self.points = []
+        for _ in range(2):
+            point = {s: sp.Rational(rng.randint(600, 1400), 1000) for s in inputs}
+            point[rule.t] = sp.Integer(rng.randint(2, 9))
+            values = {s: self.value(e, point) for s, e in host.items()}
+            point.update({s: v for s, v in values.items() if v is not None})
+            self.points.append(point)
+
+    @staticmethod
+    def value(expr: sp.Expr, point: dict[sp.Symbol, sp.Expr]) -> sp.Expr | None:
+        try:
+            value = expr.xreplace(point)
+            if isinstance(value, sp.logic.boolalg.BooleanAtom):
+                return value  # a mask
+            value = sp.N(value, 30)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return value if value.is_Number and value.is_finite else None
+
+    def fingerprint(self, expr: sp.Expr, values: list[dict]) -> tuple | None:
+        out = []
+        for point, known in zip(self.points, values, strict=True):
+            v = self.value(expr, {**point, **known})
+            if v is None:
+                return None
+            out.append(v)
+        return tuple(out)
+
+
+def _same(a: tuple | None, b: tuple | None) -> bool:
+    if a is None or b is None or not all(x.is_Number for x in [*a, *b]):
+        return False
+    return all(
+        abs(x - y) <= sp.Float("1e-20", 30) * max(1, abs(x)) for x, y in zip(a, b, strict=True)
+    )
+
+
+def name_values(block: Block) -> Block:
+    """Give what the passes computed the spec's names, without changing any operation."""
+    rule: Rule = block.rule
+    lets = _host_lets(block)
+    by_value = {v: s for s, v in lets.items()}
+    host = {a.target: a.expr for a in block.role("host") if a.target not in rule.host_news}
+    updates = [a for a in block.role("host") if a.target in rule.host_news]
+    bare = (
+        set(rule.hypers_symbols)
+        | set(rule.reductions)
+        | {h.symbol for h in rule.host_states.values()}
+    )
+    rename: dict[sp.Symbol, sp.Symbol] = {}
+    scalars: dict[sp.Symbol, sp.Expr] = {}
+    for h, expr in host.items():
+        named = _substitute_lets(expr, by_value)
+        if named in bare or named in lets:
+            rename[h] = named
+        else:
+            scalars[h] = named
+    # the remaining positional host scalars, numbered again in order
+    for k, h in enumerate(list(scalars)):
+        rename[h] = sp.Symbol(f"_h{k}", real=True)
+    scalars = {rename[h]: e for h, e in scalars.items()}
+    # host lets the host code computes by name: those the scalars and updates use
+    needed: set[sp.Symbol] = set()
+    pending = [
+        *scalars.values(),
+        *rename.values(),
+        *(_substitute_lets(a.expr, by_value) for a in updates),
+    ]
+    while pending:
+        expr = pending.pop()
+        for s in expr.free_symbols & set(lets) - needed:
+            needed.add(s)
+            pending.append(_substitute_lets(lets[s], by_value, own=lets[s]))
+    let_assigns = [
+        Assign(s, _substitute_lets(v, by_value, own=v), "host", block.lets[s][1])
+        for s, v in lets.items()
+        if s in needed
+    ]
+    host_assigns = [Assign(h, e, "host") for h, e in scalars.items()]
+    updates = [a.with_(expr=_substitute_lets(a.expr, by_value)) for a in updates]
+
+    # per-element values equal to an element-role let take its name
+    element_lets = {s: v for s, (v, _) in block.lets.items() if s not in lets}
+    expanded_host = {s: _expand(e, let_assigns) for s, e in scalars.items()}
+    expanded_host.update({s: s for s in bare})
+    expanded_host.update({s: _expand(s, let_assigns) for s in lets})
+    point = _Point(rule, expanded_host)
+    wanted = {s: point.fingerprint(v, [{}, {}]) for s, v in element_lets.items()}
+    renamed = [*rename.items()]
+    out: list[Assign] = []
+    for role in ("reduction", "element"):
+        taken: set[sp.Symbol] = set()
+        local: dict[sp.Symbol, sp.Symbol] = dict(rename)
+        known: list[dict] = [{}, {}]
+        for a in block.role(role):
+            args = tuple(local.get(x, x) if isinstance(x, sp.Symbol) else x for x in a.args)
+            target = a.target
+            value = opdefs.build(a.op, *args) if a.op != "copy" else args[0]
+            fp = []
+            for i, pt in enumerate(point.points):
+                v = point.value(value, {**pt, **known[i]})
+                fp.append(v)
+            for i, v in enumerate(fp):
+                if v is not None:
+                    known[i][target] = v
+            temporary = target not in rule.outputs.values() and target not in rule.reductions
+            if temporary and a.op != "copy" and None not in fp:
+                for s, want in wanted.items():
+                    if s not in taken and _same(tuple(fp), want):
+                        taken.add(s)
+                        local[target] = s
+                        renamed.append((target, s))
+                        for i in range(2):
+                            known[i][s] = known[i][target]
+                        target = s
+                        break
+            out.append(a.with_(target=target, args=args))
+    return block.then(
+        "named",
+        [*let_assigns, *host_assigns, *updates, *out],
+        scalars=list(scalars),
+        renamed=renamed,
+        host_lets=[a.target for a in let_assigns],
+    )
+
+
+def _expand(expr: sp.Expr, let_assigns: list[Assign]) -> sp.Expr:
+    """``expr`` with host lets replaced by their values (for evaluation)."""
+    for a in reversed(let_assigns):
+        expr = expr.xreplace({a.target: a.expr})
+    return expr
+
+
+# ---------------------------------------------------------------------------------- pass 6
+def trace(block: Block) -> Block:
+    """Put each equation's spec line on its first operation, per phase.
+
+    An equation's operations are those its value needs that no earlier equation already
+    computed; an equation with no operation of its own (a ``let`` merged into its user) is named
+    on the first operation of the first equation that uses it.
+    """
+    rule: Rule = block.rule
+    equations = [a for a in from_spec(rule).assigns if a.role != "host"]
+    deps: dict[sp.Symbol, set[sp.Symbol]] = {}
+    for eq in equations:
+        direct = eq.expr.free_symbols
+        deps[eq.target] = set(direct).union(*(deps.get(s, set()) for s in direct))
+    out = [*block.role("host")]
+    for role in ("reduction", "element"):
+        assigns = block.role(role)
+        index = {a.target: i for i, a in enumerate(assigns)}
+        owner: dict[int, sp.Symbol] = {}
+        first: dict[int, list[Origin]] = {}
+        pending: list[Assign] = []
+        for eq in equations:
+            if eq.target not in index:
+                if eq.target in rule.lets:
+                    pending.append(eq)
+                continue
+            cone, stack = [], [index[eq.target]]
+            while stack:
+                i = stack.pop()
+                if i in owner:
+                    continue
+                owner[i] = eq.target
+                cone.append(i)
+                stack += [
+                    index[x] for x in assigns[i].args if isinstance(x, sp.Symbol) and x in index
+                ]
+            if not cone:
+                continue
+            merged = [p for p in pending if p.target in deps[eq.target]]
+            pending = [p for p in pending if p not in merged]
+            first[min(cone)] = [o for p in [*merged, eq] for o in p.origin]
+        out += [a.with_(origin=tuple(first.get(i, ()))) for i, a in enumerate(assigns)]
+    return block.then("traced", out)
+
+
+PASSES: list[tuple[str, Callable[[Block], Block]]] = [
+    ("inline", inline),
+    ("extract_host", extract_host),
+    ("cse", cse),
+    ("linearize", linearize),
+    ("name", name_values),
+    ("trace", trace),
+]
+
+
+# ---------------------------------------------------------------------------------- views
+@dataclass(frozen=True)
+class Op:
+    """``dest = kind(*args)`` on one element, as the printers see it."""
+
+    dest: sp.Symbol
+    kind: str
+    args: tuple[Operand, ...]
+    origin: tuple[Origin, ...] = field(default=(), compare=False)
+
+
+def ops_of(assigns: list[Assign]) -> list[Op]:
+    return [Op(a.target, a.op, a.args, a.origin) for a in assigns]  # type: ignore[arg-type]
+
+
+@dataclass
+class Lowered:
+    """The final block, as the targets read it (all derived from ``block``)."""
+
+    rule: Rule
+    block: Block
+    report: list[tuple[str, dict[str, dict[str, int]]]]
+    ops: list[Op]
+    reduce_ops: list[Op]
+
+    @property
+    def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
+        """Current symbol -> new symbol, in buffer order (states, then the weight)."""
+        return dict(self.rule.outputs)
+
+    @property
+    def inlined(self) -> dict[sp.Symbol, sp.Expr]:
+        return self.block.notes["inlined"]  # type: ignore[return-value]
+
+    @property
+    def raw_summands(self) -> dict[sp.Symbol, sp.Expr]:
+        return self.block.notes["raw_summands"]  # type: ignore[return-value]
+
+    @property
+    def summands(self) -> list[sp.Symbol]:
+        return list(self.raw_summands)
+
+    @property
+    def host_lets(self) -> list[Assign]:
+        names = set(self.block.notes["host_lets"])  # type: ignore[arg-type]
+        return [a for a in self.block.role("host") if a.target in names]
+
+    @property
+    def host(self) -> dict[sp.Symbol, sp.Expr]:
+        """Every host scalar a kernel takes -> its host expression (lets by name)."""
+        assigns = {a.target: a.expr for a in self.block.role("host")}
+        used = {x for op in [*self.reduce_ops, *self.ops] for x in op.args}
+        names = list(self.block.notes["scalars"])  # type: ignore[arg-type]
+        names += [x for x in self._bare() if x in used]
+        return {s: assigns.get(s, s) for s in names}
+
+    def _bare(self) -> list[sp.Symbol]:
+        lets = [a.target for a in self.host_lets]
+        states = [h.symbol for h in self.rule.host_states.values()]
+        return [*self.rule.hypers_symbols, *states, *self.rule.reductions, *lets]
+
+    def scalars(self, ops: list[Op]) -> list[sp.Symbol]:
+        """The host scalars ``ops`` read, in the order of :attr:`host`."""
+        used = {x for op in ops for x in op.args}
+        return [s for s in self.host if s in used]
+
+    @property
+    def update_scalars(self) -> list[sp.Symbol]:
+        return self.scalars(self.ops)
+
+    @property
+    def reduce_host(self) -> list[sp.Symbol]:
+        return self.scalars(self.reduce_ops)
+
+    def host_value(self, symbol: sp.Symbol) -> sp.Expr:
+        """A host scalar as an expression of hyperparameters, t, host states and reductions."""
+        return _expand(self.host.get(symbol, symbol), self.host_lets)
+
+    @property
+    def host_updates(self) -> dict[sp.Symbol, sp.Expr]:
+        return {
+            a.target: a.expr for a in self.block.role("host") if a.target in self.rule.host_news
+        }
+
+    @property
+    def draws(self) -> list[sp.Symbol]:
+        used = {a for op in self.ops for a in op.args}
+        return [d for d in self.rule.draws if d in used]
+
+    @property
+    def reads(self) -> list[sp.Symbol]:
+        return _reads(self.rule, self.ops)
+
+    @property
+    def reduce_reads(self) -> list[sp.Symbol]:
+        return _reads(self.rule, self.reduce_ops)
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.kind] = counts.get(op.kind, 0) + 1
+        return dict(sorted(counts.items()))
 
 
 def _reads(rule: Rule, ops: list[Op]) -> list[sp.Symbol]:
@@ -401,107 +698,34 @@ def _reads(rule: Rule, ops: list[Op]) -> list[sp.Symbol]:
     return [s for s in rule.element_inputs if s in used]
 
 
+# ---------------------------------------------------------------------------------- driver
+def lower(rule: Rule) -> Lowered:
+    """Run every pass in order; a rule that reaches the printers is fully checked."""
+    rule.finish()
+    block = from_spec(rule)
+    report = [("spec", block.op_counts())]
+    for name, run in PASSES:
+        block = run(block)
+        report.append((name, block.op_counts()))
+    return Lowered(
+        rule, block, report, ops_of(block.role("element")), ops_of(block.role("reduction"))
+    )
+
+
 def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:
     """Rebuild each output from the ops and host scalars (for the equivalence proof in tests)."""
     values: dict[sp.Symbol, sp.Expr] = {}
-    build = {
-        "add": lambda a, b: a + b,
-        "sub": lambda a, b: a - b,
-        "mul": lambda a, b: a * b,
-        "div": lambda a, b: a / b,
-        "neg": lambda a: -a,
-        "copy": lambda a: a,
-        "sqrt": sp.sqrt,
-        "abs": sp.Abs,
-        "sign": sp.sign,
-        "exp": sp.exp,
-        "log": sp.log,
-        "max": sp.Max,
-        "min": sp.Min,
-        "gt": lambda a, b: sp.StrictGreaterThan(a, b),
-        "ge": lambda a, b: sp.GreaterThan(a, b),
-        "lt": lambda a, b: sp.StrictLessThan(a, b),
-        "le": lambda a, b: sp.LessThan(a, b),
-        # a host condition (1.0/0.0 at run time) compared with 0 is the condition itself
-        "ne": lambda a, b: a if isinstance(a, sp.logic.boolalg.Boolean) and b == 0 else sp.Ne(a, b),
-        "where": lambda c, a, b: sp.Piecewise((a, c), (b, True)),
-    }
 
     def value(a: Operand) -> sp.Expr:
         if isinstance(a, sp.Symbol):
             if a in values:
                 return values[a]
-            return lowered.host.get(a, a)
+            return lowered.host_value(a)
         return a
 
     for op in [*lowered.reduce_ops, *lowered.ops]:
-        values[op.dest] = build[op.kind](*(value(a) for a in op.args))
+        args = [value(a) for a in op.args]
+        values[op.dest] = opdefs.build(op.kind, *args) if op.kind != "copy" else args[0]
     rebuilt = {new: values[new] for new in lowered.inlined}
     rebuilt.update({r: values[r] for r in lowered.summands})
     return rebuilt
-
-
-# ---------------------------------------------------------------------------------- arrays
-BOOL_KINDS = frozenset({"gt", "ge", "lt", "le", "ne"})
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """Where each per-element value lives in an array target that computes chunk by chunk.
-
-    ``storage[v]`` is ``("array", x)`` (the chunk of input buffer x: outputs are written over
-    their own buffer as soon as its old value is dead), ``("scratch", k)`` (a chunk-sized scratch
-    buffer, reused once its value is dead) or ``("bool", v)`` (a mask, allocated per chunk).
-    ``copies`` are (buffer, scratch) pairs copied back at the end of a chunk, for outputs computed
-    while their old value was still needed.
-    """
-
-    storage: dict[sp.Symbol, tuple[str, object]]
-    scratch: int
-    copies: list[tuple[sp.Symbol, int]]
-
-
-def allocate(lowered: Lowered, reduce: bool = False) -> Allocation:
-    """Storage for the update ops, or (``reduce``) for the reduction phase's ops."""
-    ops = lowered.reduce_ops if reduce else lowered.ops
-    last_read: dict[sp.Symbol, int] = {}
-    for i, op in enumerate(ops):
-        for a in op.args:
-            if isinstance(a, sp.Symbol):
-                last_read[a] = i
-    current_of = {} if reduce else {new: cur for cur, new in lowered.outputs.items()}
-    storage: dict[sp.Symbol, tuple[str, object]] = {
-        s: ("array", s) for s in [*lowered.rule.element_inputs, *lowered.rule.draws]
-    }
-    free: list[int] = []
-    pinned: set[int] = set()
-    count = 0
-    copies: list[tuple[sp.Symbol, int]] = []
-
-    def take() -> int:
-        nonlocal count
-        if free:
-            free.sort()
-            return free.pop(0)
-        count += 1
-        return count - 1
-
-    for i, op in enumerate(ops):
-        for a in set(op.args):
-            where = storage.get(a) if isinstance(a, sp.Symbol) else None
-            if where and where[0] == "scratch" and last_read[a] == i and where[1] not in pinned:
-                free.append(where[1])  # type: ignore[arg-type]
-        if op.dest in current_of:
-            cur = current_of[op.dest]
-            if last_read.get(cur, -1) <= i:
-                storage[op.dest] = ("array", cur)
-            else:
-                k = take()
-                pinned.add(k)
-                storage[op.dest] = ("scratch", k)
-                copies.append((cur, k))
-        elif op.kind in BOOL_KINDS:
-            storage[op.dest] = ("bool", op.dest)
-        else:
-            storage[op.dest] = ("scratch", take())
-    return Allocation(storage, count, copies)

@@ -20,60 +20,16 @@ import os
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.functions.elementary.piecewise import ExprCondPair
 
-from optgen_runtime.common import Legal
+from codegen import names, ops
+from codegen.ir import Origin
+from optgen_runtime.common import Legal, TorchEquivalent
 
-# Functions a spec may use per element; anything else is rejected by name.
-SUPPORTED_FUNCTIONS: tuple[type[sp.Basic], ...] = (
-    sp.Abs,
-    sp.sign,
-    sp.Max,
-    sp.Min,
-    sp.exp,
-    sp.log,
-    sp.Piecewise,
-)
-_RELATIONALS = (sp.StrictGreaterThan, sp.GreaterThan, sp.StrictLessThan, sp.LessThan)
-# Boolean structure: fine in host expressions (flags, choices, schedules); per element, the
-# lowering accepts only plain comparisons and says so.
-_BOOLEAN = (sp.Eq, sp.Ne, sp.And, sp.Or, sp.Not, ExprCondPair)
-# Host-only arithmetic (schedules on the step count); refused per element by the lowering.
-_HOST_ONLY = (sp.Mod, sp.floor, sp.ceiling)
-
-# Names generated code uses for itself (module globals, template locals); a spec symbol may not
-# take one, nor start with an underscore (the prefix of generated temporaries).
-RESERVED_NAMES = frozenset(
-    {
-        "np",
-        "tl",
-        "triton",
-        "torch",
-        "math",
-        "weight",
-        "grad",
-        "state",
-        "t",
-        "hyperparams",
-        "step",
-        "init_state",
-        "n_elements",
-        "scratch",
-        "offs",
-        "mask",
-        "pid",
-        "chunk",
-        "start",
-        "stop",
-        "dtype",
-        "out",
-        "HYPERPARAMS",
-        "STATES",
-        "BLOCK_SIZE",
-        "RULE",
-        "SPEC",
-    }
-)
+# What a spec may write comes from the one table of operations (codegen/ops.py).
+SUPPORTED_FUNCTIONS = ops.SPEC_FUNCTIONS
+_RELATIONALS = ops.RELATIONALS
+_BOOLEAN = ops.BOOLEAN_STRUCTURE
+_HOST_ONLY = ops.HOST_ONLY
 
 
 class SpecError(ValueError):
@@ -140,35 +96,25 @@ class HostState:
 
 
 @dataclass(frozen=True)
-class TorchEquivalent:
-    """How a torch.optim optimizer's state maps onto this rule's (for state_dict exchange).
-
-    ``hyper``: our hyperparameter -> torch's param-group key (``"betas[0]"`` for a tuple item).
-    ``states``: our state -> (torch's state key, factor): ours = factor * torch's, where factor is
-    an expression of hyperparameters (SGD keeps ``momentum_buffer = -mom / lr``: factor ``-lr``).
-    ``fixed``: torch settings this rule always has (``{"centered": True}``): exported as such and
-    required on import. Every other torch setting must keep torch's default on import.
-    """
-
-    class_name: str
-    hyper: dict[str, str]
-    states: dict[str, tuple[str, sp.Expr]]
-    fixed: dict[str, bool | int | float | str | None]
-
-
-@dataclass(frozen=True)
 class Equation:
     """``target = expr``: target is a new state/weight symbol or a named intermediate."""
 
     target: sp.Symbol
     expr: sp.Expr
+    origin: Origin
+
+
+def _spec_frame() -> inspect.FrameInfo | None:
+    """The innermost caller outside codegen/: the spec line that declared something."""
+    for frame in inspect.stack()[2:]:
+        if os.path.basename(os.path.dirname(frame.filename)) != "codegen":
+            return frame
+    return None
 
 
 def _caller_file() -> str:
-    for frame in inspect.stack()[2:]:
-        if os.path.basename(os.path.dirname(frame.filename)) != "codegen":
-            return frame.filename
-    return "<unknown>"
+    frame = _spec_frame()
+    return frame.filename if frame else "<unknown>"
 
 
 def _display_path(path: str) -> str:
@@ -223,20 +169,22 @@ class Rule:
 
     # ----------------------------------------------------------------------------- declarations
     def _claim(self, name: str, what: str) -> None:
-        if not name.isidentifier() or keyword.iskeyword(name):
-            raise SpecError(f"{self.source}: {what} name {name!r} is not a Python identifier")
-        if name.startswith("_"):
-            raise SpecError(
-                f"{self.source}: {what} {name!r} clashes with generated temporaries "
-                "(names starting with '_' are reserved)"
-            )
-        if name in RESERVED_NAMES or name.endswith("_new") or name.endswith("_ptr"):
-            raise SpecError(
-                f"{self.source}: {what} {name!r} clashes with a name the generated code uses"
-            )
+        why = names.refusal(name)
+        if why is not None:
+            raise SpecError(f"{self.source}: {what} name {name!r} {why}")
         if name in self._names:
             raise SpecError(f"{self.source}: {what} {name!r} is declared twice")
         self._names.add(name)
+
+    def _equation(self, target: sp.Symbol, expr: sp.Expr) -> None:
+        """Record ``target = expr`` with the spec line that wrote it."""
+        frame = _spec_frame()
+        if frame is None:
+            origin = Origin(self.source, 0, f"{target} = {expr}")
+        else:
+            line = frame.lineno
+            origin = Origin(_display_path(frame.filename), line, f"{target} = {expr}")
+        self.equations.append(Equation(target, expr, origin))
 
     def hyper(
         self,
@@ -356,7 +304,7 @@ class Rule:
         self._claim(name, "reduction")
         symbol = sp.Symbol(name, real=True)
         self.reductions[symbol] = sp.sympify(summand)
-        self.equations.append(Equation(symbol, sp.sympify(summand)))
+        self._equation(symbol, sp.sympify(summand))
         return symbol
 
     def norm(self, name: str, expr: sp.Expr) -> sp.Expr:
@@ -392,7 +340,7 @@ class Rule:
         self._claim(name, "intermediate")
         symbol = sp.Symbol(name, real=True)
         self.lets[symbol] = name
-        self.equations.append(Equation(symbol, sp.sympify(expr)))
+        self._equation(symbol, sp.sympify(expr))
         return symbol
 
     def new(self, current: sp.Symbol) -> sp.Symbol:
@@ -410,7 +358,7 @@ class Rule:
         if current in self._updated:
             raise SpecError(f"{self.source}: {current} is updated twice")
         self._updated[current] = new
-        self.equations.append(Equation(new, sp.sympify(expr)))
+        self._equation(new, sp.sympify(expr))
         return new
 
     # ---------------------------------------------------------------------------------- checks
@@ -424,6 +372,29 @@ class Rule:
         """Values known on the host before a step: hyperparameters and the step count."""
         hypers = [h.symbol for h in self.hypers.values()]
         return hypers + [self.t] + [s.symbol for s in self.host_states.values()]
+
+    @property
+    def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
+        """Per-element buffers written, current -> new, in buffer order (states, then weight)."""
+        out = {s.symbol: s.new for s in self.states.values()}
+        out[self.weight] = self.weight_new
+        return out
+
+    @property
+    def host_news(self) -> set[sp.Symbol]:
+        """The new values of the host states."""
+        return {s.new for s in self.host_states.values()}
+
+    @property
+    def hypers_symbols(self) -> list[sp.Symbol]:
+        return [h.symbol for h in self.hypers.values()]
+
+    @property
+    def spec_names(self) -> set[str]:
+        """Every name the spec declared (generated code may use these, and registered names)."""
+        declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
+        declared |= {str(s) for s in [*self.reductions, *self.draws]}
+        return declared | {self.name, self.class_name}
 
     @property
     def scalar_inputs(self) -> list[sp.Symbol]:

@@ -190,6 +190,19 @@ class _Group:
         return int(self.counts.sum())
 
 
+@dataclass(frozen=True)
+class TableLayout:
+    """Rows of a multi-tensor kernel's int64 meta table, each ``n_tensors`` long except the chunk
+    rows: ``pointers[k]`` holds buffer k's data pointers, ``sizes`` the element counts,
+    ``ints[i]`` the i-th per-tensor integer; the chunks' tensor indices start at row ``chunks``
+    (``n_chunks`` long) and their first elements follow."""
+
+    pointers: tuple[int, ...]
+    sizes: int
+    ints: tuple[int, ...]
+    chunks: int
+
+
 class ChunkTable:
     """Many tensors cut into ``block``-element chunks for the multi-tensor kernels.
 
@@ -202,6 +215,16 @@ class ChunkTable:
     a float32 table, one row per tensor (``update``, ``reduce``): Python floats rounded to
     float32 to nearest, as Triton rounds a float kernel argument. Empty tensors launch nothing.
     """
+
+    @staticmethod
+    def layout(n_buffers: int, n_ints: int) -> TableLayout:
+        """The meta table's rows, as the generated multi-tensor kernels read them."""
+        return TableLayout(
+            tuple(range(n_buffers)),
+            n_buffers,
+            tuple(range(n_buffers + 1, n_buffers + 1 + n_ints)),
+            n_buffers + 1 + n_ints,
+        )
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ def test_generated_files_are_headed() -> None:
             rule_modules += 1
             assert named == [f"specs/{path.stem}.py"], (path, head)
             assert (SPECS_DIR / f"{path.stem}.py").is_file(), path
-    assert rule_modules == 2 * len(list(SPECS_DIR.glob("[!_]*.py")))  # numpy/ and triton/
+    assert rule_modules == 3 * len(list(SPECS_DIR.glob("[!_]*.py")))  # rules/, numpy/, triton/
 
 
 def test_check_cli_reports_a_stale_file(tmp_path: Path) -> None:
@@ -122,3 +122,19 @@ def test_readme_rule_table_is_current() -> None:
     readme = README.read_text()
     current = readme[readme.index(BEGIN) + len(BEGIN) : readme.index(END)]
     assert current == "\n" + table(), "stale README rule table: python -m tools.docs --write"
+
+
+def test_regeneration_deletes_the_modules_of_a_removed_spec(tmp_path: Path) -> None:
+    specs, out = tmp_path / "specs", tmp_path / "generated"
+    specs.mkdir()
+    for name in ("sgd", "adam"):
+        shutil.copy(SPECS_DIR / f"{name}.py", specs)
+    write(generate_all(specs), out, prune=True)
+    assert (out / "rules" / "adam.py").exists() and (out / "triton" / "adam.py").exists()
+    (specs / "adam.py").unlink()
+    changed = write(generate_all(specs), out, prune=True)
+    assert not any(out.rglob("adam.py"))
+    assert {c for c in changed if "adam" in c} == {
+        f"generated/{t}/adam.py (deleted)" for t in ("rules", "numpy", "triton")
+    }
+    assert stale(specs, out) == []

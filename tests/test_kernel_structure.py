@@ -1,7 +1,9 @@
 """Every generated Triton kernel, read as source: the properties the numerics tests cannot see.
 
 Kernels are found by parsing generated/triton/*.py (every ``@triton.jit`` function), so a new
-spec's kernels are covered without touching this file. Checked per kernel:
+spec's kernels are covered without touching this file. A kernel's call of its rule's shared body
+(``<rule>_kernel_body``, ``<rule>_reduce_kernel_body``) is inlined first, with the arguments the
+kernel passes (``if AMP:`` resolved), and the kernel is checked as it runs. Checked per kernel:
 
 - ``tl.program_id`` is cast to int64 before any offset is formed (no wrap past 2**31 elements);
 - every block load/store (addressed through ``tl.arange``) is masked; the only unmasked accesses
@@ -12,10 +14,10 @@ spec's kernels are covered without touching this file. Checked per kernel:
   not the GPU's approximate ``div.full``/``sqrt.approx``); no ``tl.sqrt``, ``tl.rsqrt``,
   ``tl.fdiv``, ``pow``;
 - ``tl.maximum``/``tl.minimum`` propagate NaN (``propagate_nan=tl.PropagateNan.ALL``);
-- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter; every other parameter is a pointer, a
-  tensor size, a host scalar (``_h<k>``, launched as a Python float, which Triton never
-  specializes on) or listed in ``do_not_specialize``: a new hyperparameter value never
-  recompiles;
+- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter of a kernel (``AMP`` of a shared body);
+  every other parameter is a pointer, a tensor size, a host scalar (the lowering's host scalars,
+  launched as Python floats, which Triton never specializes on) or listed in
+  ``do_not_specialize``: a new hyperparameter value never recompiles;
 - no ``triton.autotune``/``triton.heuristics``: one compiled variant per dtype combination;
 - block stores cast to the pointer's element type (``.to(<ptr>.dtype.element_ty)``);
 - a kernel taking ``amp_ptr`` (GradScaler's [found_inf, inv_scale], the multi-tensor update
@@ -26,13 +28,16 @@ spec's kernels are covered without touching this file. Checked per kernel:
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
 import os
 import re
 from pathlib import Path
 
 import pytest
-from conftest import RULE_NAMES
+from conftest import RULE_NAMES, RULES
+
+from codegen.lower import lower
 
 ROOT = Path(os.environ.get("OPTGEN_ROOT") or Path(__file__).resolve().parent.parent)
 TRITON_DIR = ROOT / "generated" / "triton"
@@ -40,7 +45,8 @@ FILES = sorted(p for p in TRITON_DIR.glob("*.py") if p.name != "__init__.py")
 
 SIZES = {"n_elements", "n_tensors", "n_chunks"}
 AMP_READS = {"amp_ptr", "amp_ptr + 1"}  # found_inf, inv_scale: the same two for every program
-HOST_SCALAR = re.compile(r"_h\d+$")
+# Every rule's host scalars (launched as Python floats, never specialized on).
+HOST_SCALARS = {name: {s.name for s in lower(RULES[name]).host} for name in RULE_NAMES}
 FORBIDDEN_CALLS = {
     "sqrt": "tl.sqrt_rn",
     "rsqrt": "tl.div_rn(1.0, tl.sqrt_rn(x))",
@@ -55,12 +61,59 @@ def is_jit(decorator: ast.expr) -> bool:
     return ast.unparse(target) == "triton.jit"
 
 
-def kernels(tree: ast.Module) -> list[ast.FunctionDef]:
+def jit_functions(tree: ast.Module) -> list[ast.FunctionDef]:
     return [
         node
         for node in ast.walk(tree)
         if isinstance(node, ast.FunctionDef) and any(is_jit(d) for d in node.decorator_list)
     ]
+
+
+def kernels(tree: ast.Module) -> list[ast.FunctionDef]:
+    """The launched kernels (not the shared bodies they call)."""
+    return [fn for fn in jit_functions(tree) if not fn.name.endswith("_body")]
+
+
+class _Substitute(ast.NodeTransformer):
+    """A body's parameters replaced by the caller's arguments; ``if <constant>:`` resolved."""
+
+    def __init__(self, mapping: dict[str, ast.expr]) -> None:
+        self.mapping = mapping
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if isinstance(node.ctx, ast.Load) and node.id in self.mapping:
+            return copy.deepcopy(self.mapping[node.id])
+        return node
+
+    def visit_If(self, node: ast.If) -> list[ast.stmt] | ast.If:
+        node = self.generic_visit(node)
+        if isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        return node
+
+
+def inlined(fn: ast.FunctionDef, bodies: dict[str, ast.FunctionDef]) -> ast.FunctionDef:
+    """``fn`` with each call of a shared body replaced by the body's statements."""
+    fn = copy.deepcopy(fn)
+    statements: list[ast.stmt] = []
+    for stmt in fn.body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if isinstance(call, ast.Call) and ast.unparse(call.func) in bodies:
+            body = bodies[ast.unparse(call.func)]
+            params = [a.arg for a in body.args.args]
+            assert len(params) == len(call.args), ast.unparse(call)
+            mapping = dict(zip(params, call.args, strict=True))
+            for inner in copy.deepcopy(body.body):
+                result = _Substitute(mapping).visit(inner)
+                statements += result if isinstance(result, list) else [result]
+        else:
+            statements.append(stmt)
+    fn.body = [
+        s
+        for s in statements
+        if not isinstance(s, ast.Expr) or not isinstance(s.value, ast.Constant)
+    ]
+    return fn
 
 
 def names_in(node: ast.AST) -> set[str]:
@@ -93,7 +146,7 @@ def is_int64_cast(node: ast.AST) -> bool:
     )
 
 
-def kernel_violations(fn: ast.FunctionDef) -> list[str]:
+def kernel_violations(fn: ast.FunctionDef, scalars: set[str] = frozenset()) -> list[str]:
     where = fn.name
     problems: list[str] = []
     parents = {child: node for node in ast.walk(fn) for child in ast.iter_child_nodes(node)}
@@ -118,7 +171,7 @@ def kernel_violations(fn: ast.FunctionDef) -> list[str]:
             constexpr
             or arg.arg.endswith(("_ptr", "_like"))
             or arg.arg in SIZES
-            or HOST_SCALAR.match(arg.arg)
+            or arg.arg in scalars
             or arg.arg in no_specialize
         ):
             problems.append(f"{where}: parameter {arg.arg} is specialized on (do_not_specialize)")
@@ -208,17 +261,32 @@ def amp_violations(fn: ast.FunctionDef) -> list[str]:
     return problems
 
 
-def violations(source: str) -> list[str]:
+def body_violations(fn: ast.FunctionDef) -> list[str]:
+    """A shared body: only ``AMP`` is constexpr; it never forms offsets itself."""
+    problems = []
+    for arg in fn.args.args:
+        constexpr = arg.annotation is not None and "constexpr" in ast.unparse(arg.annotation)
+        if constexpr != (arg.arg == "AMP"):
+            problems.append(f"{fn.name}: parameter {arg.arg} constexpr={constexpr}")
+    if calls_to(fn, "program_id"):
+        problems.append(f"{fn.name}: a shared body reads tl.program_id")
+    return problems
+
+
+def violations(source: str, scalars: set[str] = frozenset()) -> list[str]:
     tree = ast.parse(source)
-    found = kernels(tree)
+    bodies = {fn.name: fn for fn in jit_functions(tree) if fn.name.endswith("_body")}
+    found = [inlined(fn, bodies) for fn in kernels(tree)]
     problems = [] if found else ["no @triton.jit kernel"]
+    for body in bodies.values():
+        problems += body_violations(body)
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.ClassDef):
             for d in node.decorator_list:
                 if re.search(r"autotune|heuristics", ast.unparse(d)):
                     problems.append(f"{node.name}: decorator {ast.unparse(d)}")
     for fn in found:
-        problems += kernel_violations(fn)
+        problems += kernel_violations(fn, scalars)
     return problems
 
 
@@ -229,7 +297,7 @@ def test_every_rule_has_a_kernel_file() -> None:
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_kernel_structure(path: Path) -> None:
     source = path.read_text()
-    assert violations(source) == []
+    assert violations(source, HOST_SCALARS[path.stem]) == []
     # the parse sees every kernel the module defines
     module = importlib.import_module(f"generated.triton.{path.stem}")
     defined = {name for name in vars(module) if name.endswith("_kernel")}
@@ -256,25 +324,25 @@ MUTATIONS = {  # rule: (old, new) in generated/triton/<rule>.py, the violation e
         "unmasked block access",
     ),
     "plain division": ("adam", "tl.div_rn(_v11, _v10)", "_v11 / _v10", "Div in"),
-    "power": ("adam", "_v7 = _t0 * _t0", "_v7 = _t0**2", "Pow in"),
+    "power": ("adam", "_v7 = G * G", "_v7 = G**2", "Pow in"),
     "approximate sqrt": ("adam", "tl.sqrt_rn(var_new)", "tl.sqrt(var_new)", "use tl.sqrt_rn"),
     "fdiv": ("adam", "tl.div_rn(_v11, _v10)", "tl.fdiv(_v11, _v10)", "use tl.div_rn"),
     "NaN-dropping max": (
         "adam",
-        "tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)",
-        "tl.maximum(_h2, _v2)",
+        "tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)",
+        "tl.maximum(_h0, _v2)",
         "maximum without NaN propagation",
     ),
     "constexpr hyperparameter": (
         "adam",
-        "    _h9,\n    BLOCK_SIZE",
-        "    _h9: tl.constexpr,\n    BLOCK_SIZE",
-        "_h9 constexpr=True",
+        "    epsilon,\n    BLOCK_SIZE",
+        "    epsilon: tl.constexpr,\n    BLOCK_SIZE",
+        "epsilon constexpr=True",
     ),
     "integer hyperparameter": (
         "adam",
-        "    _h9,\n    BLOCK_SIZE",
-        "    _h9,\n    step,\n    BLOCK_SIZE",
+        "    epsilon,\n    BLOCK_SIZE",
+        "    epsilon,\n    step,\n    BLOCK_SIZE",
         "step is specialized",
     ),
     "autotune": (
@@ -303,7 +371,7 @@ MUTATIONS = {  # rule: (old, new) in generated/triton/<rule>.py, the violation e
     ),
     "partial sum not indexed by the program": (
         "lamb",
-        "tl.store(partial_ptr + pid * 2 + 0,",
+        "tl.store(partial_ptr + slot * 2 + 0,",
         "tl.store(partial_ptr + 0,",
         "one-element access not indexed by the program id",
     ),
@@ -333,7 +401,8 @@ MUTATIONS = {  # rule: (old, new) in generated/triton/<rule>.py, the violation e
     ),
     "gradient not unscaled": (
         "adam",
-        "    grad = grad * inv_scale\n",
+        "    if AMP:  # GradScaler's inverse scale, right after the load\n"
+        "        grad = grad * inv_scale\n",
         "",
         "gradient not unscaled right after its load",
     ),
@@ -358,5 +427,5 @@ def test_the_structure_check_catches_a_broken_kernel(mutation: str) -> None:
     rule, old, new, expected = MUTATIONS[mutation]
     source = (TRITON_DIR / f"{rule}.py").read_text()
     assert old in source, old
-    found = violations(source.replace(old, new, 1))
+    found = violations(source.replace(old, new, 1), HOST_SCALARS[rule])
     assert any(expected in problem for problem in found), found

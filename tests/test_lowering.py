@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import sympy as sp
 from conftest import RULES
 
-from codegen.lower import lower, reconstruct
+from codegen.lower import PASSES, lower, reconstruct
+from tools.op_counts import GOLDEN
 
 
 def raw_outputs(rule):
@@ -50,8 +54,8 @@ def test_every_op_is_per_element(rule_name: str) -> None:
         element_args = [a for a in op.args if isinstance(a, sp.Symbol) and a not in host]
         # copies may broadcast a scalar; "ne" turns a host condition into a mask
         assert element_args or op.kind in ("copy", "ne"), op
-    for expr in lowered.host.values():
-        assert expr.free_symbols <= set(RULES[rule_name].scalar_inputs)
+    for scalar in lowered.host:
+        assert lowered.host_value(scalar).free_symbols <= set(RULES[rule_name].scalar_inputs)
 
 
 def test_lowering_is_deterministic(rule_name: str) -> None:
@@ -68,5 +72,24 @@ def test_adam_op_counts_are_pinned() -> None:
     assert sp.Symbol("t", positive=True, integer=True) not in {
         a for op in lowered.ops for a in op.args
     }
-    bias = [e for e in lowered.host.values() if RULES["adam"].t in e.free_symbols]
+    bias = [s for s in lowered.host if RULES["adam"].t in lowered.host_value(s).free_symbols]
     assert len(bias) == 1  # lr * sqrt(1 - beta2^t) / (1 - beta1^t), once per step on the host
+
+
+def test_op_counts_are_pinned(rule_name: str) -> None:
+    """Each pass's op counts per role, for every rule, against tests/goldens/op_counts.json
+    (re-record with ``python -m tools.op_counts --write`` after an intended change)."""
+    golden = json.loads(GOLDEN.read_text())
+    if rule_name not in golden:
+        pytest.skip(f"{rule_name} is not pinned yet: python -m tools.op_counts --write")
+    assert dict(lower(RULES[rule_name]).report) == golden[rule_name]
+
+
+def test_passes_run_in_order_and_report() -> None:
+    lowered = lower(RULES["lamb"])
+    assert [name for name, _ in lowered.report] == ["spec", *(name for name, _ in PASSES)]
+    assert lowered.block.stage == "traced"
+    roles = {a.role for a in lowered.block.assigns}
+    assert roles == {"host", "reduction", "element"}
+    # every element and reduction assignment is an operation from the table
+    assert all(a.op is not None for a in lowered.block.assigns if a.role != "host")

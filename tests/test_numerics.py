@@ -40,11 +40,12 @@ def coverage(tmp_path_factory: pytest.TempPathFactory):
     (root / "specs").mkdir()
     (root / "specs" / "coverage.py").write_text(COVERAGE_SPEC)
     write(generate_all(root / "specs"), root / "out")
-    packages = [importlib.import_module(f"generated.{t}") for t in ("numpy", "triton")]
-    for package, target in zip(packages, ("numpy", "triton"), strict=True):
+    targets = ("rules", "numpy", "triton")
+    packages = [importlib.import_module(f"generated.{t}") for t in targets]
+    for package, target in zip(packages, targets, strict=True):
         package.__path__.append(str(root / "out" / target))
     yield [importlib.import_module(f"generated.{t}.coverage") for t in ("numpy", "triton")]
-    for package, target in zip(packages, ("numpy", "triton"), strict=True):
+    for package, target in zip(packages, targets, strict=True):
         package.__path__.remove(str(root / "out" / target))
         sys.modules.pop(f"generated.{target}.coverage", None)
 

@@ -12,8 +12,8 @@ from conftest import RULES, numpy_module, tolerance
 from reference import sample_hyperparams, spec_trajectory
 from test_symbolic import STEPS, case, max_rel_error, run_numpy
 
-from codegen.generate import render_numpy
 from codegen.lower import Op, lower
+from codegen.targets.numpy import TARGET as NUMPY_TARGET
 from optgen_runtime.numpy_support import THREADS
 
 
@@ -153,9 +153,9 @@ def test_the_promotion_check_catches_a_float64_host_scalar(
 ) -> None:
     """Test the tester: Adam with its host scalars cast to np.float64 instead of the dtype."""
     source = inspect.getsource(numpy_module("adam"))
-    assert source.count("(dtype(x) for x in scalars)") == 1
+    assert source.count("dtype(_x) for _x in scalars") == 1
     module = types.ModuleType("adam_float64_scalars")
-    code = source.replace("(dtype(x) for x in scalars)", "(np.float64(x) for x in scalars)")
+    code = source.replace("dtype(_x) for _x in scalars", "np.float64(_x) for _x in scalars")
     exec(compile(code, module.__name__, "exec"), module.__dict__)
     found = float64_operands(module, monkeypatch)
     assert found and {name for name, _ in found} >= {"multiply", "add"}, found
@@ -198,7 +198,7 @@ def mutant(rule_name: str, index: int, kind: str) -> types.ModuleType:
     op = lowered.ops[index]
     lowered.ops[index] = Op(op.dest, kind, op.args)
     module = types.ModuleType(f"mutant_{rule_name}")
-    exec(compile(render_numpy(lowered), module.__name__, "exec"), module.__dict__)
+    exec(compile(NUMPY_TARGET.render(lowered), module.__name__, "exec"), module.__dict__)
     return module
 
 

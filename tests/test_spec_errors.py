@@ -62,11 +62,12 @@ CASES = {
     ),
     "clash with generated temporaries": (
         "b = RULE.hyper('_t0', 0.5)\nRULE.update(w, w - b * RULE.grad)",
-        r"specs/bad.py: hyperparameter '_t0' clashes with generated temporaries",
+        r"specs/bad.py: hyperparameter name '_t0' clashes with generated temporaries",
     ),
     "clash with a template name": (
         "m = RULE.state('offs')\nRULE.update(m, m)\nRULE.update(w, w - m)",
-        r"specs/bad.py: state 'offs' clashes with a name the generated code uses",
+        r"specs/bad.py: state name 'offs' clashes with a name the generated code uses "
+        r"\(a local of the generated kernels\)",
     ),
     "duplicate name": (
         "b = RULE.hyper('lr', 0.5)",

@@ -58,14 +58,21 @@ APPROX_SQRT = re.compile(r"\b(?:sqrt|rsqrt)\.approx\.[a-z0-9.]+")
 
 
 def source_ops(source: str, kernel: str) -> dict[str, int]:
-    """Division, square-root and ``tl.randn`` calls in one kernel's source."""
-    fn = next(
-        node
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.FunctionDef) and node.name == kernel
-    )
+    """Division, square-root and ``tl.randn`` calls in one kernel's source, including the shared
+    ``@triton.jit`` bodies it calls (compiled into it)."""
+    functions = {
+        node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
+    }
+    fn = functions[kernel]
+    called = {
+        node.func.id
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
     counts = {"div": 0, "sqrt": 0, "randn": 0}
-    for node in ast.walk(fn):
+    for node in [
+        n for f in [fn, *(functions[c] for c in called & functions.keys())] for n in ast.walk(f)
+    ]:
         if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Div):
             counts["div"] += 1
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):

@@ -97,7 +97,8 @@ def scratch_per_element(lowered: Any, itemsize: int) -> tuple[int, int, int]:
     Rows as the generator sizes them (``for_chunks(..., CHUNK, rows, ...)``), plus the boolean
     masks a chunk may hold and one transient ``np.where`` result.
     """
-    from codegen.lower import BOOL_KINDS, allocate
+    from codegen.ops import BOOLEAN as BOOL_KINDS
+    from codegen.targets.numpy import allocate
 
     rows = max(allocate(lowered).scratch, allocate(lowered, reduce=True).scratch)
     ops = [*lowered.ops, *lowered.reduce_ops]

@@ -40,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         start = time.perf_counter()
         files = generate_all(args.specs, args.rules or None)
-        write(files, args.out)
-        for f in files:
-            timing = f" ({f.seconds * 1000:.0f} ms)" if f.seconds else ""
-            print(f"wrote {args.out.name}/{f.path}{timing}")
-        print(f"{len(files)} files in {time.perf_counter() - start:.2f} s")
+        changed = write(files, args.out, prune=not args.rules)
+        for path in changed:
+            print(f"changed {path}")
+        slowest = max(files, key=lambda f: f.seconds)
+        print(
+            f"{len(files)} files generated in {time.perf_counter() - start:.2f} s "
+            f"(slowest: {slowest.path}, {slowest.seconds * 1000:.0f} ms); {len(changed)} changed"
+        )
         return 0
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)

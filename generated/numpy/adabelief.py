@@ -22,82 +22,42 @@ corrections into lr_t (epsilon in the denominator is then not bias-corrected, as
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.adabelief import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "adabelief"
-SPEC = "specs/adabelief.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.001,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "beta1": 0.9,  # decay of the first moment
-    "beta2": 0.999,  # decay of the belief
-    "epsilon": 1e-06,  # added to s and to sqrt(s)
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "beta1": Legal(0.0, 1.0, False, True, False),
-    "beta2": Legal(0.0, 1.0, False, True, False),
-    "epsilon": Legal(0.0, math.inf, True, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("mean", "var")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 8 add, 1 div, 1 max, 1 min, 10 mul, 1 sqrt.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    beta1: float,
-    beta2: float,
-    epsilon: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = beta1
-    _h1 = clip_gradient
-    _h2 = -clip_gradient
-    _h3 = rescale_grad
-    _h4 = wd
-    _h5 = 1 - beta1
-    _h6 = beta2
-    _h7 = -beta1
-    _h8 = beta1 - 1
-    _h9 = 1 - beta2
-    _h10 = epsilon
-    _h11 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.adabelief; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -127,7 +87,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -138,28 +100,32 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        np.multiply(_h3, _grad, out=_b0)
-        np.multiply(_h4, _weight, out=_b1)
+        # specs/adabelief.py:33: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
-        if _h1 != np.inf:
-            np.minimum(_h1, _b0, out=_b0)
-        np.multiply(_h0, _mean, out=_b1)
-        np.multiply(_h5, _b0, out=_b2)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/adabelief.py:34: mean_new = G*(1 - beta1) + beta1*mean
+        np.multiply(beta1, _mean, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.multiply(_h6, _var, out=_b2)
-        np.add(_h10, _b2, out=_b2)
-        np.multiply(_h7, _mean, out=_b3)
+        # specs/adabelief.py:35: var_new = beta2*var + epsilon + (1 - beta2)*(G - mean_new)**2
+        np.multiply(beta2, _var, out=_b2)
+        np.add(epsilon, _b2, out=_b2)
+        np.multiply(_h2, _mean, out=_b3)
         np.add(_b0, _b3, out=_b3)
-        np.multiply(_h8, _b0, out=_b0)
+        np.multiply(_h3, _b0, out=_b0)
         np.add(_b3, _b0, out=_b0)
         np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h9, _b0, out=_b0)
+        np.multiply(_h4, _b0, out=_b0)
         np.add(_b2, _b0, out=_var)
+        # specs/adabelief.py:37: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         np.sqrt(_var, out=_b0)
-        np.add(_h10, _b0, out=_b0)
-        np.multiply(_h11, _b1, out=_b2)
+        np.add(epsilon, _b0, out=_b0)
+        np.multiply(_h5, _b1, out=_b2)
         np.divide(_b2, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
         np.copyto(_mean, _b1)

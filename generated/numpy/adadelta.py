@@ -34,66 +34,42 @@ gradient.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.adadelta import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "adadelta"
-SPEC = "specs/adadelta.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "rho": 0.9,  # decay of both running averages
-    "epsilon": 1e-05,  # added inside both square roots
-}
-LEGAL = {
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "rho": Legal(0.0, 1.0, False, True, False),
-    "epsilon": Legal(0.0, math.inf, True, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("acc_g", "acc_delta")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 5 add, 2 div, 1 max, 1 min, 8 mul, 2 sqrt, 1 sub.
-
-
-def host_scalars(
-    t: int, wd: float, rescale_grad: float, clip_gradient: float, rho: float, epsilon: float
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = rho
-    _h1 = clip_gradient
-    _h2 = -clip_gradient
-    _h3 = rescale_grad
-    _h4 = 1 - rho
-    _h5 = epsilon
-    _h6 = -wd
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.adadelta; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -123,7 +99,7 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, rescale_grad, clip_gradient, rho, epsilon = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -135,22 +111,27 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        np.multiply(_h3, _grad, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
-        if _h1 != np.inf:
-            np.minimum(_h1, _b0, out=_b0)
+        # specs/adadelta.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/adadelta.py:50: acc_g_new = G**2*(1 - rho) + acc_g*rho
         np.multiply(_b0, _b0, out=_b1)
-        np.multiply(_h4, _b1, out=_b1)
-        np.multiply(_h0, _acc_g, out=_b2)
+        np.multiply(_h1, _b1, out=_b1)
+        np.multiply(rho, _acc_g, out=_b2)
         np.add(_b1, _b2, out=_acc_g)
-        np.add(_h5, _acc_g, out=_b2)
-        np.add(_h5, _acc_delta, out=_b3)
-        np.multiply(_h0, _acc_delta, out=_b4)
+        # specs/adadelta.py:51: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
+        np.add(epsilon, _acc_g, out=_b2)
+        np.add(epsilon, _acc_delta, out=_b3)
+        # specs/adadelta.py:52: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+        np.multiply(rho, _acc_delta, out=_b4)
         np.multiply(_b1, _b3, out=_b1)
         np.divide(_b1, _b2, out=_b1)
         np.add(_b4, _b1, out=_acc_delta)
-        np.multiply(_h6, _weight, out=_b1)
+        # specs/adadelta.py:53: weight_new = -delta - wd*weight + weight
+        np.multiply(_h2, _weight, out=_b1)
         np.add(_weight, _b1, out=_b1)
         np.sqrt(_b3, out=_b3)
         np.sqrt(_b2, out=_b2)

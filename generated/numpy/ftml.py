@@ -39,83 +39,42 @@ MXNet master changed the default lr to 0.0025 and moved wd outside the clip; opt
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.ftml import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "ftml"
-SPEC = "specs/ftml.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.01,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "beta1": 0.6,  # decay of the moving leader
-    "beta2": 0.999,  # decay of the second moment
-    "epsilon": 1e-08,  # added to the root of v
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "beta1": Legal(0.0, 1.0, False, True, False),
-    "beta2": Legal(0.0, 1.0, False, True, False),
-    "epsilon": Legal(0.0, math.inf, True, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("prev_d", "prev_v", "prev_z")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 5 add, 1 div, 1 max, 1 min, 12 mul, 1 sqrt, 1 sub.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    beta1: float,
-    beta2: float,
-    epsilon: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = beta2
-    _h1 = clip_gradient
-    _h2 = -clip_gradient
-    _h3 = rescale_grad
-    _h4 = wd
-    _h5 = 1 - beta2
-    _h6 = (1 - beta2**t) ** (-1)
-    _h7 = epsilon
-    _h8 = (1 - beta1**t) / lr
-    _h9 = beta1
-    _h10 = 1 - beta1
-    _h11 = -beta1
-    _h12 = -lr / (1 - beta1**t)
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11, _h12)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.ftml; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -146,7 +105,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11, _h12 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -158,29 +119,34 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        np.multiply(_h3, _grad, out=_b0)
-        np.multiply(_h4, _weight, out=_b1)
+        # specs/ftml.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
-        if _h1 != np.inf:
-            np.minimum(_h1, _b0, out=_b0)
-        np.multiply(_h0, _prev_v, out=_b1)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/ftml.py:52: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
+        np.multiply(beta2, _prev_v, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
-        np.multiply(_h5, _b2, out=_b2)
+        np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_prev_v)
-        np.multiply(_h6, _prev_v, out=_b1)
+        # specs/ftml.py:53: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
+        # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
+        np.multiply(_h2, _prev_v, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.add(_h7, _b1, out=_b1)
-        np.multiply(_h8, _b1, out=_b2)
-        np.multiply(_h10, _b0, out=_b0)
-        np.multiply(_h9, _prev_z, out=_b3)
+        np.add(epsilon, _b1, out=_b1)
+        np.multiply(_h3, _b1, out=_b2)
+        np.multiply(_h4, _b0, out=_b0)
+        np.multiply(beta1, _prev_z, out=_b3)
         np.add(_b0, _b3, out=_b0)
-        np.multiply(_h11, _prev_d, out=_b3)
+        np.multiply(_h5, _prev_d, out=_b3)
         np.add(_b2, _b3, out=_b3)
         np.multiply(_weight, _b3, out=_b3)
         np.subtract(_b0, _b3, out=_prev_z)
-        np.multiply(_h12, _prev_z, out=_b0)
+        # specs/ftml.py:56: weight_new = -prev_z_new/d_t
+        np.multiply(_h6, _prev_z, out=_b0)
         np.divide(_b0, _b1, out=_weight)
         np.copyto(_prev_d, _b2)
 

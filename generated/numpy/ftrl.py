@@ -29,75 +29,42 @@ which is the same number: where |z| > lamda1 the numerators agree to the bit, el
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.ftrl import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "ftrl"
-SPEC = "specs/ftrl.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.1,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "lamda1": 0.01,  # L1 regularization strength
-    "beta": 1.0,  # added to sqrt(n) in the per-element rate
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "lamda1": Legal(0.0, math.inf, False, False, False),
-    "beta": Legal(0.0, math.inf, False, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("z", "n")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 1 abs, 6 add, 1 div, 2 max, 1 min, 6 mul, 1 neg, 1 sign, 2 sqrt, 1 sub.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    lamda1: float,
-    beta: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = clip_gradient
-    _h1 = -clip_gradient
-    _h2 = rescale_grad
-    _h3 = -1 / lr
-    _h4 = beta
-    _h5 = lr ** (-1)
-    _h6 = wd
-    _h7 = -lamda1
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.ftrl; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -127,7 +94,7 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -139,27 +106,31 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        np.multiply(_h2, _grad, out=_b0)
-        if _h1 != -np.inf:
-            np.maximum(_h1, _b0, out=_b0)
-        if _h0 != np.inf:
-            np.minimum(_h0, _b0, out=_b0)
+        # specs/ftrl.py:39: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/ftrl.py:40: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
         np.multiply(_b0, _b0, out=_b1)
         np.add(_n, _b1, out=_b1)
         np.sqrt(_b1, out=_b2)
         np.add(_b0, _z, out=_b0)
         np.sqrt(_n, out=_b3)
         np.subtract(_b2, _b3, out=_b3)
-        np.multiply(_h3, _weight, out=_b4)
+        np.multiply(_h1, _weight, out=_b4)
         np.multiply(_b4, _b3, out=_b3)
         np.add(_b0, _b3, out=_z)
+        # specs/ftrl.py:43: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
         np.absolute(_z, out=_b0)
-        np.add(_h7, _b0, out=_b0)
+        np.add(_h3, _b0, out=_b0)
         np.maximum(0.0, _b0, out=_b0)
         np.sign(_z, out=_b3)
-        np.add(_h4, _b2, out=_b2)
-        np.multiply(_h5, _b2, out=_b2)
-        np.add(_h6, _b2, out=_b2)
+        # specs/ftrl.py:42: denominator = wd + (beta + sqrt(n_new))/lr
+        np.add(beta, _b2, out=_b2)
+        np.multiply(_h2, _b2, out=_b2)
+        np.add(wd, _b2, out=_b2)
         np.multiply(_b0, _b3, out=_b0)
         np.divide(_b0, _b2, out=_b0)
         np.negative(_b0, out=_weight)

@@ -28,127 +28,44 @@ phase instead of storing it (no extra buffer).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.lamb import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
+    reduction_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "lamb"
-SPEC = "specs/lamb.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.001,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "beta1": 0.9,  # decay of the first moment
-    "beta2": 0.999,  # decay of the second moment
-    "epsilon": 1e-06,  # added to sqrt(vhat)
-    "lower_bound": None,  # lower clamp of ||w||; None: none
-    "upper_bound": None,  # upper clamp of ||w||; None: none
-    "bias_correction": True,  # divide m, v by 1 - beta^t
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "beta1": Legal(0.0, 1.0, False, True, False),
-    "beta2": Legal(0.0, 1.0, False, True, False),
-    "epsilon": Legal(0.0, math.inf, True, False, False),
-    "lower_bound": Legal(0.0, math.inf, False, False, True),
-    "upper_bound": Legal(0.0, math.inf, True, False, True),
-    "bias_correction": Legal(0.0, 1.0, False, False, False, flag=True),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-    "lower_bound": 0.0,
-    "upper_bound": math.inf,
-}
-STATES: tuple[str, ...] = ("mean", "var")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ("w_sq", "u_sq")
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 5 add, 1 div, 1 max, 1 min, 10 mul, 1 sqrt.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    beta1: float,
-    beta2: float,
-    epsilon: float,
-    lower_bound: float,
-    upper_bound: float,
-    bias_correction: float,
-    w_sq: float,
-    u_sq: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = wd
-    _h1 = beta2
-    _h2 = clip_gradient
-    _h3 = -clip_gradient
-    _h4 = rescale_grad
-    _h5 = 1 - beta2
-    _h6 = (-(beta2**t) * bias_correction + 1) ** (-1)
-    _h7 = epsilon
-    _h8 = beta1
-    _h9 = 1 - beta1
-    _h10 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    _h11 = -lr * (
-        (1)
-        if (math.sqrt(u_sq) == 0) or (min(upper_bound, max(lower_bound, math.sqrt(w_sq))) == 0)
-        else (min(upper_bound, max(lower_bound, math.sqrt(w_sq))) / math.sqrt(u_sq))
-    )
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11)
-    return scalars, {}
-
-
-def reduction_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    beta1: float,
-    beta2: float,
-    epsilon: float,
-    lower_bound: float,
-    upper_bound: float,
-    bias_correction: float,
-) -> tuple[float, ...]:
-    """The host scalars the reduction phase needs (doubles)."""
-    _h0 = wd
-    _h1 = beta2
-    _h2 = clip_gradient
-    _h3 = -clip_gradient
-    _h4 = rescale_grad
-    _h5 = 1 - beta2
-    _h6 = (-(beta2**t) * bias_correction + 1) ** (-1)
-    _h7 = epsilon
-    _h8 = beta1
-    _h9 = 1 - beta1
-    _h10 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    return (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10)
-
+# The rule's metadata and host code live in generated.rules.lamb; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "reduction_scalars",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -178,8 +95,8 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10 = (
-        dtype(x) for x in reduction_scalars(t, **hp, **host)
+    _h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+        dtype(_x) for _x in reduction_scalars(t, **hp, **host)
     )
 
     def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
@@ -192,26 +109,30 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        np.multiply(_h4, _grad, out=_b0)
-        if _h3 != -np.inf:
-            np.maximum(_h3, _b0, out=_b0)
-        if _h2 != np.inf:
-            np.minimum(_h2, _b0, out=_b0)
+        # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/lamb.py:52: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        np.multiply(_h0, _weight, out=_b2)
-        np.multiply(_h8, _mean, out=_b3)
-        np.multiply(_h9, _b0, out=_b4)
+        # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        np.multiply(wd, _weight, out=_b2)
+        np.multiply(beta1, _mean, out=_b3)
+        np.multiply(_h3, _b0, out=_b4)
         np.add(_b3, _b4, out=_b3)
-        np.multiply(_h1, _var, out=_b4)
+        np.multiply(beta2, _var, out=_b4)
         np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h5, _b0, out=_b0)
+        np.multiply(_h1, _b0, out=_b0)
         np.add(_b4, _b0, out=_b0)
-        np.multiply(_h6, _b0, out=_b0)
+        np.multiply(_h2, _b0, out=_b0)
         np.sqrt(_b0, out=_b0)
-        np.add(_h7, _b0, out=_b0)
-        np.multiply(_h10, _b3, out=_b3)
+        np.add(epsilon, _b0, out=_b0)
+        np.multiply(_h4, _b3, out=_b3)
         np.divide(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
+        # specs/lamb.py:53: u_sq = u**2
         np.multiply(_b0, _b0, out=_b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -223,7 +144,9 @@ def step(
             sums[name] += value
     # Phase 2: the update.
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -235,26 +158,31 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        np.multiply(_h4, _grad, out=_b0)
-        if _h3 != -np.inf:
-            np.maximum(_h3, _b0, out=_b0)
-        if _h2 != np.inf:
-            np.minimum(_h2, _b0, out=_b0)
-        np.multiply(_h8, _mean, out=_b1)
-        np.multiply(_h9, _b0, out=_b2)
+        # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/lamb.py:47: mean_new = G*(1 - beta1) + beta1*mean
+        np.multiply(beta1, _mean, out=_b1)
+        np.multiply(_h3, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        np.multiply(_h1, _var, out=_b1)
+        # specs/lamb.py:48: var_new = G**2*(1 - beta2) + beta2*var
+        np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h5, _b0, out=_b0)
+        np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_var)
-        np.multiply(_h0, _weight, out=_b0)
-        np.multiply(_h6, _var, out=_b1)
+        # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        np.multiply(wd, _weight, out=_b0)
+        np.multiply(_h2, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.add(_h7, _b1, out=_b1)
-        np.multiply(_h10, _mean, out=_b2)
+        np.add(epsilon, _b1, out=_b1)
+        np.multiply(_h4, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        np.multiply(_h11, _b0, out=_b0)
+        # specs/lamb.py:55: weight_new = -lr*ratio*u + weight
+        np.multiply(_h5, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
     for_chunks(weight.size, CHUNK, 5, weight.dtype, update)

@@ -27,96 +27,44 @@ LARS for parameters whose names end in gamma/beta/bias: that is the caller's cho
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.lars import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
+    reduction_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "lars"
-SPEC = "specs/lars.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.01,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "momentum": 0.0,  # momentum factor
-    "eta": 0.001,  # trust coefficient
-    "eps": 0.0,  # added to the rate's denominator
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "momentum": Legal(0.0, 1.0, False, True, False),
-    "eta": Legal(0.0, math.inf, True, False, False),
-    "eps": Legal(0.0, math.inf, False, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("mom",)
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ("w_sq", "g_sq")
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = False
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 3 add, 1 max, 1 min, 4 mul.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    momentum: float,
-    eta: float,
-    eps: float,
-    w_sq: float,
-    g_sq: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = momentum
-    _h1 = wd
-    _h2 = clip_gradient
-    _h3 = -clip_gradient
-    _h4 = rescale_grad
-    _h5 = -(
-        (eta * lr * math.sqrt(w_sq) / (eps + math.sqrt(g_sq) * rescale_grad + math.sqrt(w_sq) * wd))
-        if (math.sqrt(g_sq) > 0) and (math.sqrt(w_sq) > 0)
-        else (lr)
-    )
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5)
-    return scalars, {}
-
-
-def reduction_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    momentum: float,
-    eta: float,
-    eps: float,
-) -> tuple[float, ...]:
-    """The host scalars the reduction phase needs (doubles)."""
-    return ()
-
+# The rule's metadata and host code live in generated.rules.lars; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "reduction_scalars",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -150,7 +98,9 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
+        # specs/lars.py:37: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b0)
+        # specs/lars.py:38: g_sq = grad**2
         np.multiply(_grad, _grad, out=_b1)
         return (
             float(np.sum(_b0, dtype=np.float64)),
@@ -162,7 +112,7 @@ def step(
             sums[name] += value
     # Phase 2: the update.
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5 = (dtype(x) for x in scalars)
+    _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -171,16 +121,18 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        np.multiply(_h0, _mom, out=_b0)
-        np.multiply(_h1, _weight, out=_b1)
-        np.multiply(_h4, _grad, out=_b2)
-        if _h3 != -np.inf:
-            np.maximum(_h3, _b2, out=_b2)
-        if _h2 != np.inf:
-            np.minimum(_h2, _b2, out=_b2)
+        # specs/lars.py:41: mom_new = -local_lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+        np.multiply(momentum, _mom, out=_b0)
+        np.multiply(wd, _weight, out=_b1)
+        np.multiply(rescale_grad, _grad, out=_b2)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b2, out=_b2)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b2, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.multiply(_h5, _b1, out=_b1)
+        np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_mom)
+        # specs/lars.py:42: weight_new = mom_new + weight
         np.add(_mom, _weight, out=_weight)
 
     for_chunks(weight.size, CHUNK, 3, weight.dtype, update)

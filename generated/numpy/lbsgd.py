@@ -36,133 +36,44 @@ are left out.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.lbsgd import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
+    reduction_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "lbsgd"
-SPEC = "specs/lbsgd.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.01,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "momentum": 0.0,  # momentum factor
-    "warmup_strategy": "linear",  # rate multiplier
-    "warmup_epochs": 5.0,  # epochs of warmup
-    "batch_scale": 1.0,  # macro-batch size B, in calls
-    "updates_per_epoch": 32.0,  # calls per epoch
-    "begin_epoch": 0.0,  # epoch the counter starts at
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "momentum": Legal(0.0, 1.0, False, True, False),
-    "warmup_strategy": Legal(
-        0.0, 3.0, False, False, False, choices=("linear", "power2", "sqrt", "lars")
-    ),
-    "warmup_epochs": Legal(0.0, math.inf, False, False, False, integer=True),
-    "batch_scale": Legal(1.0, math.inf, False, False, False, integer=True),
-    "updates_per_epoch": Legal(1.0, math.inf, False, False, False, integer=True),
-    "begin_epoch": Legal(0.0, math.inf, False, False, False, integer=True),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("mom", "acc")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ("w_sq", "gbar_sq")
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = False
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 4 add, 1 max, 1 min, 4 mul, 3 ne, 3 where.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    momentum: float,
-    warmup_strategy: float,
-    warmup_epochs: float,
-    batch_scale: float,
-    updates_per_epoch: float,
-    begin_epoch: float,
-    w_sq: float,
-    gbar_sq: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = batch_scale ** (-2)
-    _h1 = momentum
-    _h2 = wd
-    _h3 = clip_gradient
-    _h4 = -clip_gradient
-    _h5 = rescale_grad / batch_scale
-    _h6 = -lr * (
-        (min(100, max(0.01, math.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))))
-        if (warmup_strategy == 3)
-        else (batch_scale)
-        if (updates_per_epoch * warmup_epochs <= begin_epoch * updates_per_epoch + t)
-        else (
-            1
-            + (batch_scale - 1)
-            * (begin_epoch * updates_per_epoch + t)
-            / (updates_per_epoch * warmup_epochs)
-        )
-        if (warmup_strategy == 0)
-        else (
-            1
-            + (batch_scale - 1)
-            * (begin_epoch * updates_per_epoch + t) ** 2
-            / (updates_per_epoch**2 * warmup_epochs**2)
-        )
-        if (warmup_strategy == 1)
-        else (
-            math.sqrt((begin_epoch * updates_per_epoch + t) / (updates_per_epoch * warmup_epochs))
-            * (batch_scale - 1)
-            + 1
-        )
-    )
-    _h7 = (begin_epoch * updates_per_epoch + t) % batch_scale == 0
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7)
-    return scalars, {}
-
-
-def reduction_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    momentum: float,
-    warmup_strategy: float,
-    warmup_epochs: float,
-    batch_scale: float,
-    updates_per_epoch: float,
-    begin_epoch: float,
-) -> tuple[float, ...]:
-    """The host scalars the reduction phase needs (doubles)."""
-    _h0 = batch_scale ** (-2)
-    return (_h0,)
-
+# The rule's metadata and host code live in generated.rules.lbsgd; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "reduction_scalars",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -192,7 +103,7 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
-    (_h0,) = (dtype(x) for x in reduction_scalars(t, **hp, **host))
+    (_h0,) = (dtype(_x) for _x in reduction_scalars(t, **hp, **host))
 
     def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
         _weight = _weight_flat[start:stop]
@@ -202,8 +113,12 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
+        # specs/lbsgd.py:58: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b0)
+        # specs/lbsgd.py:55: total = acc + grad
         np.add(_acc, _grad, out=_b1)
+        # specs/lbsgd.py:56: gbar = total/batch_scale
+        # specs/lbsgd.py:59: gbar_sq = gbar**2
         np.multiply(_b1, _b1, out=_b1)
         np.multiply(_h0, _b1, out=_b1)
         return (
@@ -216,7 +131,7 @@ def step(
             sums[name] += value
     # Phase 2: the update.
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7 = (dtype(x) for x in scalars)
+    _h1, _h2, _h3, _h4, wd, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -227,22 +142,28 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
+        # specs/lbsgd.py:55: total = acc + grad
         np.add(_acc, _grad, out=_b0)
-        __v0 = np.not_equal(_h7, 0.0)
-        np.multiply(_h1, _mom, out=_b1)
-        np.multiply(_h2, _weight, out=_b2)
-        np.multiply(_h5, _b0, out=_b3)
-        if _h4 != -np.inf:
-            np.maximum(_h4, _b3, out=_b3)
-        if _h3 != np.inf:
-            np.minimum(_h3, _b3, out=_b3)
+        # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
+        __v0 = np.not_equal(_h4, 0.0)
+        np.multiply(momentum, _mom, out=_b1)
+        # specs/lbsgd.py:56: gbar = total/batch_scale
+        # specs/lbsgd.py:73: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, gbar*rescale_grad))
+        np.multiply(wd, _weight, out=_b2)
+        np.multiply(_h2, _b0, out=_b3)
+        if _h1 != -np.inf:
+            np.maximum(_h1, _b3, out=_b3)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b3, out=_b3)
         np.add(_b2, _b3, out=_b2)
-        np.multiply(_h6, _b2, out=_b2)
+        np.multiply(_h3, _b2, out=_b2)
         np.add(_b1, _b2, out=_b1)
         np.copyto(_mom, np.where(__v0, _b1, _mom))
-        __v9 = np.not_equal(_h7, 0.0)
+        # specs/lbsgd.py:75: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
+        __v9 = np.not_equal(_h4, 0.0)
         np.copyto(_acc, np.where(__v9, 0.0, _b0))
-        __v10 = np.not_equal(_h7, 0.0)
+        # specs/lbsgd.py:76: weight_new = Piecewise((mom_new + weight, Eq(Mod(k, batch_scale), 0)), (weight, True))
+        __v10 = np.not_equal(_h4, 0.0)
         np.add(_mom, _weight, out=_b0)
         np.copyto(_weight, np.where(__v10, _b0, _weight))
 

@@ -19,76 +19,42 @@ beta1 0.9, beta2 0.99).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.lion import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "lion"
-SPEC = "specs/lion.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.0001,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "beta1": 0.9,  # interpolation for the update direction
-    "beta2": 0.99,  # decay of the momentum
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "beta1": Legal(0.0, 1.0, False, True, False),
-    "beta2": Legal(0.0, 1.0, False, True, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("mom",)
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 4 add, 1 max, 1 min, 7 mul, 1 sign.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    beta1: float,
-    beta2: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = beta2
-    _h1 = clip_gradient
-    _h2 = -clip_gradient
-    _h3 = rescale_grad
-    _h4 = 1 - beta2
-    _h5 = wd
-    _h6 = beta1
-    _h7 = 1 - beta1
-    _h8 = -lr
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.lion; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -115,7 +81,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2 = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -125,21 +93,25 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        np.multiply(_h3, _grad, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
-        if _h1 != np.inf:
-            np.minimum(_h1, _b0, out=_b0)
-        np.multiply(_h0, _mom, out=_b1)
-        np.multiply(_h4, _b0, out=_b2)
+        # specs/lion.py:28: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/lion.py:30: mom_new = G*(1 - beta2) + beta2*mom
+        np.multiply(beta2, _mom, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.multiply(_h5, _weight, out=_b2)
-        np.multiply(_h6, _mom, out=_b3)
-        np.multiply(_h7, _b0, out=_b0)
+        # specs/lion.py:31: weight_new = -lr*(wd*weight + sign(c)) + weight
+        np.multiply(wd, _weight, out=_b2)
+        # specs/lion.py:29: c = G*(1 - beta1) + beta1*mom
+        np.multiply(beta1, _mom, out=_b3)
+        np.multiply(_h2, _b0, out=_b0)
         np.add(_b3, _b0, out=_b0)
         np.sign(_b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
-        np.multiply(_h8, _b0, out=_b0)
+        np.multiply(_h3, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
         np.copyto(_mom, _b1)
 

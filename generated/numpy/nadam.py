@@ -46,101 +46,42 @@ tests/test_torch_optim.py.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.nadam import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "nadam"
-SPEC = "specs/nadam.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.001,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "beta1": 0.9,  # decay of the first moment
-    "beta2": 0.999,  # decay of the second moment
-    "epsilon": 1e-08,  # added to sqrt(vhat)
-    "schedule_decay": 0.004,  # momentum schedule decay
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "beta1": Legal(0.0, 1.0, False, True, False),
-    "beta2": Legal(0.0, 1.0, False, True, False),
-    "epsilon": Legal(0.0, math.inf, True, False, False),
-    "schedule_decay": Legal(0.0, math.inf, True, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("mean", "var")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ("m_schedule",)
-
-# Per element: 6 add, 1 div, 1 max, 1 min, 11 mul, 1 sqrt.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    beta1: float,
-    beta2: float,
-    epsilon: float,
-    schedule_decay: float,
-    m_schedule: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = beta1
-    _h1 = clip_gradient
-    _h2 = -clip_gradient
-    _h3 = rescale_grad
-    _h4 = wd
-    _h5 = 1 - beta1
-    _h6 = beta2
-    _h7 = 1 - beta2
-    _h8 = (1 - beta2**t) ** (-1)
-    _h9 = epsilon
-    _h10 = (-beta1 * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1) / (
-        -beta1 * m_schedule * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1
-    )
-    _h11 = (
-        beta1
-        * (1 - (1 / 2) * 0.96 ** (schedule_decay * (t + 1)))
-        / (
-            -(beta1**2)
-            * m_schedule
-            * (1 - (1 / 2) * 0.96 ** (schedule_decay * t))
-            * (1 - (1 / 2) * 0.96 ** (schedule_decay * (t + 1)))
-            + 1
-        )
-    )
-    _h12 = -lr
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11, _h12)
-    return scalars, {
-        "m_schedule": beta1 * m_schedule * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)),
-    }
-
+# The rule's metadata and host code live in generated.rules.nadam; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -171,7 +112,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, _h11, _h12 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -181,27 +124,32 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        np.multiply(_h3, _grad, out=_b0)
-        np.multiply(_h4, _weight, out=_b1)
+        # specs/nadam.py:73: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
-        if _h1 != np.inf:
-            np.minimum(_h1, _b0, out=_b0)
-        np.multiply(_h0, _mean, out=_b1)
-        np.multiply(_h5, _b0, out=_b2)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/nadam.py:79: mean_new = G*(1 - beta1) + beta1*mean
+        np.multiply(beta1, _mean, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        np.multiply(_h6, _var, out=_b1)
+        # specs/nadam.py:80: var_new = G**2*(1 - beta2) + beta2*var
+        np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
-        np.multiply(_h7, _b2, out=_b2)
+        np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_var)
-        np.multiply(_h10, _b0, out=_b0)
-        np.multiply(_h11, _mean, out=_b1)
+        # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+        # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+        np.multiply(_h4, _b0, out=_b0)
+        np.multiply(_h5, _mean, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        np.multiply(_h8, _var, out=_b1)
+        np.multiply(_h3, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.add(_h9, _b1, out=_b1)
-        np.multiply(_h12, _b0, out=_b0)
+        np.add(epsilon, _b1, out=_b1)
+        np.multiply(_h6, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

@@ -29,85 +29,42 @@ centered=True, momentum=gamma2) puts eps outside the root and keeps its buffer a
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.rmsprop_centered import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "rmsprop_centered"
-SPEC = "specs/rmsprop_centered.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.001,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "gamma1": 0.9,  # decay of the mean and mean square
-    "gamma2": 0.9,  # momentum of the step delta
-    "epsilon": 1e-08,  # added inside the square root
-    "clip_weights": None,  # clip the new weight to [-c, c]; None: no clipping
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "gamma1": Legal(0.0, 1.0, False, True, False),
-    "gamma2": Legal(0.0, 1.0, False, True, False),
-    "epsilon": Legal(0.0, math.inf, True, False, False),
-    "clip_weights": Legal(0.0, math.inf, True, False, True),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-    "clip_weights": math.inf,
-}
-STATES: tuple[str, ...] = ("n", "g", "delta")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 6 add, 1 div, 2 max, 2 min, 10 mul, 1 sqrt, 1 sub.
-
-
-def host_scalars(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    gamma1: float,
-    gamma2: float,
-    epsilon: float,
-    clip_weights: float,
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = gamma1
-    _h1 = clip_gradient
-    _h2 = -clip_gradient
-    _h3 = rescale_grad
-    _h4 = wd
-    _h5 = 1 - gamma1
-    _h6 = gamma2
-    _h7 = epsilon
-    _h8 = -lr
-    _h9 = clip_weights
-    _h10 = -clip_weights
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.rmsprop_centered; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -138,7 +95,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, gamma1, gamma2, epsilon, clip_weights = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -150,32 +109,37 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        np.multiply(_h3, _grad, out=_b0)
-        np.multiply(_h4, _weight, out=_b1)
+        # specs/rmsprop_centered.py:50: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        np.multiply(rescale_grad, _grad, out=_b0)
+        np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
-        if _h1 != np.inf:
-            np.minimum(_h1, _b0, out=_b0)
-        np.multiply(_h0, _n, out=_b1)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        # specs/rmsprop_centered.py:58: n_new = G**2*(1 - gamma1) + gamma1*n
+        np.multiply(gamma1, _n, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
-        np.multiply(_h5, _b2, out=_b2)
+        np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_n)
-        np.multiply(_h0, _g, out=_b1)
-        np.multiply(_h5, _b0, out=_b2)
+        # specs/rmsprop_centered.py:59: g_new = G*(1 - gamma1) + g*gamma1
+        np.multiply(gamma1, _g, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_g)
-        np.multiply(_h6, _delta, out=_b1)
-        np.add(_h7, _n, out=_b2)
+        # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+        np.multiply(gamma2, _delta, out=_b1)
+        np.add(epsilon, _n, out=_b2)
         np.multiply(_g, _g, out=_b3)
         np.subtract(_b2, _b3, out=_b2)
         np.sqrt(_b2, out=_b2)
-        np.multiply(_h8, _b0, out=_b0)
+        np.multiply(_h2, _b0, out=_b0)
         np.divide(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_delta)
+        # specs/rmsprop_centered.py:61: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         np.add(_delta, _weight, out=_b0)
-        if _h10 != -np.inf:
-            np.maximum(_h10, _b0, out=_b0)
-        np.minimum(_h9, _b0, out=_weight)
+        if _h3 != -np.inf:
+            np.maximum(_h3, _b0, out=_b0)
+        np.minimum(clip_weights, _b0, out=_weight)
 
     for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
     state.update(host_new)

@@ -21,62 +21,42 @@ then, so optgen keeps the two as two rules (no unused state buffer for plain SGD
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.sgd import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "sgd"
-SPEC = "specs/sgd.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.01,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ()
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 2 add, 1 max, 1 min, 3 mul.
-
-
-def host_scalars(
-    t: int, lr: float, wd: float, rescale_grad: float, clip_gradient: float
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = clip_gradient
-    _h1 = -clip_gradient
-    _h2 = rescale_grad
-    _h3 = -lr
-    _h4 = -lr * wd
-    scalars = (_h0, _h1, _h2, _h3, _h4)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.sgd; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -101,21 +81,22 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4 = (dtype(x) for x in scalars)
+    _h0, _h1, _h2, rescale_grad, clip_gradient = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        np.multiply(_h2, _grad, out=_b0)
-        if _h1 != -np.inf:
-            np.maximum(_h1, _b0, out=_b0)
-        if _h0 != np.inf:
-            np.minimum(_h0, _b0, out=_b0)
-        np.multiply(_h3, _b0, out=_b0)
+        # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+        np.multiply(rescale_grad, _grad, out=_b0)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b0, out=_b0)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b0, out=_b0)
+        np.multiply(_h1, _b0, out=_b0)
         np.add(_weight, _b0, out=_b0)
-        np.multiply(_h4, _weight, out=_b1)
+        np.multiply(_h2, _weight, out=_b1)
         np.add(_b0, _b1, out=_weight)
 
     for_chunks(weight.size, CHUNK, 2, weight.dtype, update)

@@ -23,65 +23,42 @@ the two trajectories coincide.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.sgd_mom import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "sgd_mom"
-SPEC = "specs/sgd_mom.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.01,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "momentum": 0.0,  # momentum factor
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "momentum": Legal(0.0, 1.0, False, True, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ("mom",)
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 3 add, 1 max, 1 min, 4 mul.
-
-
-def host_scalars(
-    t: int, lr: float, wd: float, rescale_grad: float, clip_gradient: float, momentum: float
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = momentum
-    _h1 = wd
-    _h2 = clip_gradient
-    _h3 = -clip_gradient
-    _h4 = rescale_grad
-    _h5 = -lr
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.sgd_mom; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -108,7 +85,7 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1, _h2, _h3, _h4, _h5 = (dtype(x) for x in scalars)
+    _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -117,16 +94,18 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        np.multiply(_h0, _mom, out=_b0)
-        np.multiply(_h1, _weight, out=_b1)
-        np.multiply(_h4, _grad, out=_b2)
-        if _h3 != -np.inf:
-            np.maximum(_h3, _b2, out=_b2)
-        if _h2 != np.inf:
-            np.minimum(_h2, _b2, out=_b2)
+        # specs/sgd_mom.py:35: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+        np.multiply(momentum, _mom, out=_b0)
+        np.multiply(wd, _weight, out=_b1)
+        np.multiply(rescale_grad, _grad, out=_b2)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b2, out=_b2)
+        if clip_gradient != np.inf:
+            np.minimum(clip_gradient, _b2, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.multiply(_h5, _b1, out=_b1)
+        np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_mom)
+        # specs/sgd_mom.py:36: weight_new = mom_new + weight
         np.add(_mom, _weight, out=_weight)
 
     for_chunks(weight.size, CHUNK, 3, weight.dtype, update)

@@ -31,61 +31,42 @@ With the default wd_lh = 0 this is 1.9.1 exactly.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    Legal,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
+from generated.rules.signsgd import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    HOST_STATES,
+    HYPERPARAMS,
+    LEGAL,
+    NONE_MEANS,
+    REDUCTIONS,
+    RULE,
+    SPEC,
+    STATES,
+    host_scalars,
 )
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 
-RULE = "signsgd"
-SPEC = "specs/signsgd.py"
-
-HYPERPARAMS: dict[str, float | None] = {
-    "lr": 0.01,  # learning rate
-    "wd": 0.0,  # weight decay (L2) coefficient
-    "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
-    "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
-    "wd_lh": 0.0,  # decoupled weight decay, added to wd
-}
-LEGAL = {
-    "lr": Legal(0.0, math.inf, True, False, False),
-    "wd": Legal(0.0, math.inf, False, False, False),
-    "rescale_grad": Legal(-math.inf, math.inf, False, False, False),
-    "clip_gradient": Legal(0.0, math.inf, True, False, True),
-    "wd_lh": Legal(0.0, math.inf, False, False, False),
-}
-NONE_MEANS = {
-    "clip_gradient": math.inf,
-}
-STATES: tuple[str, ...] = ()
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
-REDUCTIONS: tuple[str, ...] = ()
-# Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
-DRAWS: tuple[str, ...] = ()
-# The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = False
-# Scalars carried across steps on the host (Python floats in the state dict).
-HOST_STATES: tuple[str, ...] = ()
-
-# Per element: 1 abs, 1 add, 1 gt, 2 mul, 1 sign, 1 where.
-
-
-def host_scalars(
-    t: int, lr: float, wd: float, rescale_grad: float, clip_gradient: float, wd_lh: float
-) -> tuple[tuple[float, ...], dict[str, float]]:
-    """Kernel scalars and new host states, from hyperparameters, t and host states (doubles)."""
-    _h0 = -lr * (wd + wd_lh) + 1
-    _h1 = -lr
-    scalars = (_h0, _h1)
-    return scalars, {}
-
+# The rule's metadata and host code live in generated.rules.signsgd; re-exported here.
+__all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "HOST_STATES",
+    "HYPERPARAMS",
+    "LEGAL",
+    "NONE_MEANS",
+    "REDUCTIONS",
+    "RULE",
+    "SPEC",
+    "STATES",
+    "host_scalars",
+    "init_state",
+    "step",
+]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
 # weight-sized. 65536 was the fastest of 4096..262144 for Adam on 10 M, 3 M and 1 M elements
@@ -110,13 +91,14 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
-    _h0, _h1 = (dtype(x) for x in scalars)
+    _h0, _h1 = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
+        # specs/signsgd.py:36: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
         np.multiply(_h0, _weight, out=_b0)
         np.absolute(_grad, out=_b1)
         __v2 = np.greater(_b1, 0.0)

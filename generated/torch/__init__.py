@@ -4,7 +4,7 @@
 ``opt = Adam(model.parameters(), lr=1e-3)``: on CUDA tensors each step runs the rule's generated
 Triton kernel; on CPU tensors, the generated NumPy reference on zero-copy views of the tensors.
 ``RULES`` maps each spec name to its class. The behaviour shared by every class (param groups,
-state_dict, mixed precision, AMP) is in :mod:`optgen_runtime.torch_optim`.
+state_dict, mixed precision, AMP) is in :mod:`optgen_runtime.optim`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,30 @@ from generated.numpy import sgd_mom as _numpy_sgd_mom
 from generated.numpy import sgld as _numpy_sgld
 from generated.numpy import signsgd as _numpy_signsgd
 from generated.numpy import signum as _numpy_signum
+from generated.rules import adabelief as _rules_adabelief
+from generated.rules import adadelta as _rules_adadelta
+from generated.rules import adagrad as _rules_adagrad
+from generated.rules import adam as _rules_adam
+from generated.rules import adamax as _rules_adamax
+from generated.rules import adamw as _rules_adamw
+from generated.rules import amsgrad as _rules_amsgrad
+from generated.rules import dcasgd as _rules_dcasgd
+from generated.rules import ftml as _rules_ftml
+from generated.rules import ftrl as _rules_ftrl
+from generated.rules import lamb as _rules_lamb
+from generated.rules import lars as _rules_lars
+from generated.rules import lbsgd as _rules_lbsgd
+from generated.rules import lion as _rules_lion
+from generated.rules import nadam as _rules_nadam
+from generated.rules import nag as _rules_nag
+from generated.rules import radam as _rules_radam
+from generated.rules import rmsprop as _rules_rmsprop
+from generated.rules import rmsprop_centered as _rules_rmsprop_centered
+from generated.rules import sgd as _rules_sgd
+from generated.rules import sgd_mom as _rules_sgd_mom
+from generated.rules import sgld as _rules_sgld
+from generated.rules import signsgd as _rules_signsgd
+from generated.rules import signum as _rules_signum
 from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
 from generated.triton import adagrad as _triton_adagrad
@@ -59,7 +83,7 @@ from generated.triton import sgd_mom as _triton_sgd_mom
 from generated.triton import sgld as _triton_sgld
 from generated.triton import signsgd as _triton_signsgd
 from generated.triton import signum as _triton_signum
-from optgen_runtime.torch_optim import GeneratedOptimizer, TorchEquivalent
+from optgen_runtime.optim import GeneratedOptimizer
 
 
 class AdaBelief(GeneratedOptimizer):
@@ -82,10 +106,10 @@ class AdaBelief(GeneratedOptimizer):
     """
 
     RULE = "adabelief"
-    META = _numpy_adabelief
+    META = _rules_adabelief
     NUMPY = _numpy_adabelief
     TRITON = _triton_adabelief
-    TORCH = None
+    TORCH = _rules_adabelief.TORCH
 
     def __init__(
         self,
@@ -149,15 +173,10 @@ class Adadelta(GeneratedOptimizer):
     """
 
     RULE = "adadelta"
-    META = _numpy_adadelta
+    META = _rules_adadelta
     NUMPY = _numpy_adadelta
     TRITON = _triton_adadelta
-    TORCH = TorchEquivalent(
-        "Adadelta",
-        {"rho": "rho", "epsilon": "eps", "wd": "weight_decay"},
-        {"acc_g": ("square_avg", lambda **_: 1), "acc_delta": ("acc_delta", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_adadelta.TORCH
 
     def __init__(
         self,
@@ -209,15 +228,10 @@ class Adagrad(GeneratedOptimizer):
     """
 
     RULE = "adagrad"
-    META = _numpy_adagrad
+    META = _rules_adagrad
     NUMPY = _numpy_adagrad
     TRITON = _triton_adagrad
-    TORCH = TorchEquivalent(
-        "Adagrad",
-        {"lr": "lr", "eps": "eps", "wd": "weight_decay"},
-        {"history": ("sum", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_adagrad.TORCH
 
     def __init__(
         self,
@@ -270,21 +284,10 @@ class Adam(GeneratedOptimizer):
     """
 
     RULE = "adam"
-    META = _numpy_adam
+    META = _rules_adam
     NUMPY = _numpy_adam
     TRITON = _triton_adam
-    TORCH = TorchEquivalent(
-        "Adam",
-        {
-            "lr": "lr",
-            "beta1": "betas[0]",
-            "beta2": "betas[1]",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-        },
-        {"mean": ("exp_avg", lambda **_: 1), "var": ("exp_avg_sq", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_adam.TORCH
 
     def __init__(
         self,
@@ -343,21 +346,10 @@ class Adamax(GeneratedOptimizer):
     """
 
     RULE = "adamax"
-    META = _numpy_adamax
+    META = _rules_adamax
     NUMPY = _numpy_adamax
     TRITON = _triton_adamax
-    TORCH = TorchEquivalent(
-        "Adamax",
-        {
-            "lr": "lr",
-            "beta1": "betas[0]",
-            "beta2": "betas[1]",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-        },
-        {"mean": ("exp_avg", lambda **_: 1), "u": ("exp_inf", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_adamax.TORCH
 
     def __init__(
         self,
@@ -408,21 +400,10 @@ class AdamW(GeneratedOptimizer):
     """
 
     RULE = "adamw"
-    META = _numpy_adamw
+    META = _rules_adamw
     NUMPY = _numpy_adamw
     TRITON = _triton_adamw
-    TORCH = TorchEquivalent(
-        "AdamW",
-        {
-            "lr": "lr",
-            "beta1": "betas[0]",
-            "beta2": "betas[1]",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-        },
-        {"mean": ("exp_avg", lambda **_: 1), "var": ("exp_avg_sq", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_adamw.TORCH
 
     def __init__(
         self,
@@ -472,25 +453,10 @@ class AMSGrad(GeneratedOptimizer):
     """
 
     RULE = "amsgrad"
-    META = _numpy_amsgrad
+    META = _rules_amsgrad
     NUMPY = _numpy_amsgrad
     TRITON = _triton_amsgrad
-    TORCH = TorchEquivalent(
-        "Adam",
-        {
-            "lr": "lr",
-            "beta1": "betas[0]",
-            "beta2": "betas[1]",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-        },
-        {
-            "mean": ("exp_avg", lambda **_: 1),
-            "var": ("exp_avg_sq", lambda **_: 1),
-            "max_var": ("max_exp_avg_sq", lambda **_: 1),
-        },
-        {"amsgrad": True},
-    )
+    TORCH = _rules_amsgrad.TORCH
 
     def __init__(
         self,
@@ -551,10 +517,10 @@ class DCASGD(GeneratedOptimizer):
     """
 
     RULE = "dcasgd"
-    META = _numpy_dcasgd
+    META = _rules_dcasgd
     NUMPY = _numpy_dcasgd
     TRITON = _triton_dcasgd
-    TORCH = None
+    TORCH = _rules_dcasgd.TORCH
 
     def __init__(
         self,
@@ -621,10 +587,10 @@ class FTML(GeneratedOptimizer):
     """
 
     RULE = "ftml"
-    META = _numpy_ftml
+    META = _rules_ftml
     NUMPY = _numpy_ftml
     TRITON = _triton_ftml
-    TORCH = None
+    TORCH = _rules_ftml.TORCH
 
     def __init__(
         self,
@@ -683,10 +649,10 @@ class Ftrl(GeneratedOptimizer):
     """
 
     RULE = "ftrl"
-    META = _numpy_ftrl
+    META = _rules_ftrl
     NUMPY = _numpy_ftrl
     TRITON = _triton_ftrl
-    TORCH = None
+    TORCH = _rules_ftrl.TORCH
 
     def __init__(
         self,
@@ -742,10 +708,10 @@ class LAMB(GeneratedOptimizer):
     """
 
     RULE = "lamb"
-    META = _numpy_lamb
+    META = _rules_lamb
     NUMPY = _numpy_lamb
     TRITON = _triton_lamb
-    TORCH = None
+    TORCH = _rules_lamb.TORCH
 
     def __init__(
         self,
@@ -808,10 +774,10 @@ class LARS(GeneratedOptimizer):
     """
 
     RULE = "lars"
-    META = _numpy_lars
+    META = _rules_lars
     NUMPY = _numpy_lars
     TRITON = _triton_lars
-    TORCH = None
+    TORCH = _rules_lars.TORCH
 
     def __init__(
         self,
@@ -877,10 +843,10 @@ class LBSGD(GeneratedOptimizer):
     """
 
     RULE = "lbsgd"
-    META = _numpy_lbsgd
+    META = _rules_lbsgd
     NUMPY = _numpy_lbsgd
     TRITON = _triton_lbsgd
-    TORCH = None
+    TORCH = _rules_lbsgd.TORCH
 
     def __init__(
         self,
@@ -935,10 +901,10 @@ class Lion(GeneratedOptimizer):
     """
 
     RULE = "lion"
-    META = _numpy_lion
+    META = _rules_lion
     NUMPY = _numpy_lion
     TRITON = _triton_lion
-    TORCH = None
+    TORCH = _rules_lion.TORCH
 
     def __init__(
         self,
@@ -1012,26 +978,10 @@ class NAdam(GeneratedOptimizer):
     """
 
     RULE = "nadam"
-    META = _numpy_nadam
+    META = _rules_nadam
     NUMPY = _numpy_nadam
     TRITON = _triton_nadam
-    TORCH = TorchEquivalent(
-        "NAdam",
-        {
-            "lr": "lr",
-            "beta1": "betas[0]",
-            "beta2": "betas[1]",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-            "schedule_decay": "momentum_decay",
-        },
-        {
-            "mean": ("exp_avg", lambda **_: 1),
-            "var": ("exp_avg_sq", lambda **_: 1),
-            "m_schedule": ("mu_product", lambda **_: 1),
-        },
-        {},
-    )
+    TORCH = _rules_nadam.TORCH
 
     def __init__(
         self,
@@ -1098,10 +1048,10 @@ class NAG(GeneratedOptimizer):
     """
 
     RULE = "nag"
-    META = _numpy_nag
+    META = _rules_nag
     NUMPY = _numpy_nag
     TRITON = _triton_nag
-    TORCH = None
+    TORCH = _rules_nag.TORCH
 
     def __init__(
         self,
@@ -1149,21 +1099,10 @@ class RAdam(GeneratedOptimizer):
     """
 
     RULE = "radam"
-    META = _numpy_radam
+    META = _rules_radam
     NUMPY = _numpy_radam
     TRITON = _triton_radam
-    TORCH = TorchEquivalent(
-        "RAdam",
-        {
-            "lr": "lr",
-            "beta1": "betas[0]",
-            "beta2": "betas[1]",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-        },
-        {"mean": ("exp_avg", lambda **_: 1), "var": ("exp_avg_sq", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_radam.TORCH
 
     def __init__(
         self,
@@ -1219,15 +1158,10 @@ class RMSprop(GeneratedOptimizer):
     """
 
     RULE = "rmsprop"
-    META = _numpy_rmsprop
+    META = _rules_rmsprop
     NUMPY = _numpy_rmsprop
     TRITON = _triton_rmsprop
-    TORCH = TorchEquivalent(
-        "RMSprop",
-        {"lr": "lr", "gamma1": "alpha", "epsilon": "eps", "wd": "weight_decay"},
-        {"n": ("square_avg", lambda **_: 1)},
-        {},
-    )
+    TORCH = _rules_rmsprop.TORCH
 
     def __init__(
         self,
@@ -1286,25 +1220,10 @@ class RMSpropCentered(GeneratedOptimizer):
     """
 
     RULE = "rmsprop_centered"
-    META = _numpy_rmsprop_centered
+    META = _rules_rmsprop_centered
     NUMPY = _numpy_rmsprop_centered
     TRITON = _triton_rmsprop_centered
-    TORCH = TorchEquivalent(
-        "RMSprop",
-        {
-            "lr": "lr",
-            "gamma1": "alpha",
-            "gamma2": "momentum",
-            "epsilon": "eps",
-            "wd": "weight_decay",
-        },
-        {
-            "n": ("square_avg", lambda **_: 1),
-            "g": ("grad_avg", lambda **_: 1),
-            "delta": ("momentum_buffer", lambda lr, **_: -lr),
-        },
-        {"centered": True},
-    )
+    TORCH = _rules_rmsprop_centered.TORCH
 
     def __init__(
         self,
@@ -1357,10 +1276,10 @@ class SGD(GeneratedOptimizer):
     """
 
     RULE = "sgd"
-    META = _numpy_sgd
+    META = _rules_sgd
     NUMPY = _numpy_sgd
     TRITON = _triton_sgd
-    TORCH = TorchEquivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {}, {})
+    TORCH = _rules_sgd.TORCH
 
     def __init__(
         self,
@@ -1407,15 +1326,10 @@ class SGDMomentum(GeneratedOptimizer):
     """
 
     RULE = "sgd_mom"
-    META = _numpy_sgd_mom
+    META = _rules_sgd_mom
     NUMPY = _numpy_sgd_mom
     TRITON = _triton_sgd_mom
-    TORCH = TorchEquivalent(
-        "SGD",
-        {"lr": "lr", "momentum": "momentum", "wd": "weight_decay"},
-        {"mom": ("momentum_buffer", lambda lr, **_: -lr)},
-        {},
-    )
+    TORCH = _rules_sgd_mom.TORCH
 
     def __init__(
         self,
@@ -1465,10 +1379,10 @@ class SGLD(GeneratedOptimizer):
     """
 
     RULE = "sgld"
-    META = _numpy_sgld
+    META = _rules_sgld
     NUMPY = _numpy_sgld
     TRITON = _triton_sgld
-    TORCH = None
+    TORCH = _rules_sgld.TORCH
 
     def __init__(
         self,
@@ -1525,10 +1439,10 @@ class SignSGD(GeneratedOptimizer):
     """
 
     RULE = "signsgd"
-    META = _numpy_signsgd
+    META = _rules_signsgd
     NUMPY = _numpy_signsgd
     TRITON = _triton_signsgd
-    TORCH = None
+    TORCH = _rules_signsgd.TORCH
 
     def __init__(
         self,
@@ -1586,10 +1500,10 @@ class Signum(GeneratedOptimizer):
     """
 
     RULE = "signum"
-    META = _numpy_signum
+    META = _rules_signum
     NUMPY = _numpy_signum
     TRITON = _triton_signum
-    TORCH = None
+    TORCH = _rules_signum.TORCH
 
     def __init__(
         self,

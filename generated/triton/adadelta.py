@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.adadelta import (
+from generated.rules.adadelta import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -62,7 +62,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.adadelta; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -84,6 +84,69 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def adadelta_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    acc_g_ptr,
+    acc_delta_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    rescale_grad,
+    clip_gradient,
+    rho,
+    epsilon,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by adadelta_kernel and adadelta_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.adadelta, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - rho
+    #   _h2 = -wd
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   rho: hyperparameter
+    #   epsilon: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    acc_g = tl.load(acc_g_ptr + offs, mask=mask).to(tl.float32)
+    acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
+    # specs/adadelta.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v0 = rescale_grad * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    # specs/adadelta.py:50: acc_g_new = G**2*(1 - rho) + acc_g*rho
+    _v2 = G * G
+    _t1 = _h1 * _v2
+    _v3 = rho * acc_g
+    acc_g_new = _t1 + _v3
+    # specs/adadelta.py:51: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
+    _t3 = epsilon + acc_g_new
+    _t4 = epsilon + acc_delta
+    # specs/adadelta.py:52: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+    _v4 = rho * acc_delta
+    _v5 = _t1 * _t4
+    _v6 = tl.div_rn(_v5, _t3)
+    acc_delta_new = _v4 + _v6
+    # specs/adadelta.py:53: weight_new = -delta - wd*weight + weight
+    _v7 = _h2 * weight
+    _v8 = weight + _v7
+    _v9 = tl.sqrt_rn(_t4)
+    _v10 = tl.sqrt_rn(_t3)
+    _v11 = G * _v9
+    delta = tl.div_rn(_v11, _v10)
+    weight_new = _v8 - delta
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(acc_g_ptr + offs, acc_g_new.to(acc_g_ptr.dtype.element_ty), mask=mask)
+    tl.store(acc_delta_ptr + offs, acc_delta_new.to(acc_delta_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def adadelta_kernel(
     weight_ptr,
     grad_ptr,
@@ -93,10 +156,10 @@ def adadelta_kernel(
     _h0,
     _h1,
     _h2,
-    _h3,
-    _h4,
-    _h5,
-    _h6,
+    rescale_grad,
+    clip_gradient,
+    rho,
+    epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -107,37 +170,27 @@ def adadelta_kernel(
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    acc_g = tl.load(acc_g_ptr + offs, mask=mask).to(tl.float32)
-    acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = tl.maximum(_h2, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _t0 * _t0
-    _t1 = _h4 * _v2
-    _v3 = _h0 * acc_g
-    acc_g_new = _t1 + _v3
-    _t3 = _h5 + acc_g_new
-    _t4 = _h5 + acc_delta
-    _v4 = _h0 * acc_delta
-    _v5 = _t1 * _t4
-    _v6 = tl.div_rn(_v5, _t3)
-    acc_delta_new = _v4 + _v6
-    _v7 = _h6 * weight
-    _v8 = weight + _v7
-    _v9 = tl.sqrt_rn(_t4)
-    _v10 = tl.sqrt_rn(_t3)
-    _v11 = _t0 * _v9
-    _v12 = tl.div_rn(_v11, _v10)
-    weight_new = _v8 - _v12
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_g_ptr + offs, acc_g_new.to(acc_g_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_delta_ptr + offs, acc_delta_new.to(acc_delta_ptr.dtype.element_ty), mask=mask)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    rho = tl.cast(rho, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    adadelta_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        acc_g_ptr,
+        acc_delta_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        rescale_grad,
+        clip_gradient,
+        rho,
+        epsilon,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -154,8 +207,8 @@ def adadelta_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -177,38 +230,27 @@ def adadelta_multi_kernel(
     _h0 = tl.load(scalars_ptr + tensor * 7 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 7 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 7 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 7 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 7 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 7 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 7 + 6)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    acc_g = tl.load(acc_g_ptr + offs, mask=mask).to(tl.float32)
-    acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = tl.maximum(_h2, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _t0 * _t0
-    _t1 = _h4 * _v2
-    _v3 = _h0 * acc_g
-    acc_g_new = _t1 + _v3
-    _t3 = _h5 + acc_g_new
-    _t4 = _h5 + acc_delta
-    _v4 = _h0 * acc_delta
-    _v5 = _t1 * _t4
-    _v6 = tl.div_rn(_v5, _t3)
-    acc_delta_new = _v4 + _v6
-    _v7 = _h6 * weight
-    _v8 = weight + _v7
-    _v9 = tl.sqrt_rn(_t4)
-    _v10 = tl.sqrt_rn(_t3)
-    _v11 = _t0 * _v9
-    _v12 = tl.div_rn(_v11, _v10)
-    weight_new = _v8 - _v12
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_g_ptr + offs, acc_g_new.to(acc_g_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_delta_ptr + offs, acc_delta_new.to(acc_delta_ptr.dtype.element_ty), mask=mask)
+    rescale_grad = tl.load(scalars_ptr + tensor * 7 + 3)
+    clip_gradient = tl.load(scalars_ptr + tensor * 7 + 4)
+    rho = tl.load(scalars_ptr + tensor * 7 + 5)
+    epsilon = tl.load(scalars_ptr + tensor * 7 + 6)
+    adadelta_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        acc_g_ptr,
+        acc_delta_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        rescale_grad,
+        clip_gradient,
+        rho,
+        epsilon,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -271,17 +313,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(adadelta_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(adadelta_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

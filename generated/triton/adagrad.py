@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.adagrad import (
+from generated.rules.adagrad import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -54,7 +54,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.adagrad; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -76,6 +76,54 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def adagrad_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    history_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    eps,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by adagrad_kernel and adagrad_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.adagrad, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = -lr
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   eps: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    history = tl.load(history_ptr + offs, mask=mask).to(tl.float32)
+    # specs/adagrad.py:34: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v0 = rescale_grad * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    # specs/adagrad.py:38: history_new = G**2 + history
+    _v2 = G * G
+    history_new = history + _v2
+    # specs/adagrad.py:39: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+    _v3 = wd * weight
+    _v4 = eps + history_new
+    _v5 = tl.sqrt_rn(_v4)
+    _v6 = tl.div_rn(G, _v5)
+    _v7 = _v3 + _v6
+    _v8 = _h1 * _v7
+    weight_new = weight + _v8
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(history_ptr + offs, history_new.to(history_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def adagrad_kernel(
     weight_ptr,
     grad_ptr,
@@ -83,10 +131,10 @@ def adagrad_kernel(
     n_elements,
     _h0,
     _h1,
-    _h2,
-    _h3,
-    _h4,
-    _h5,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    eps,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -96,27 +144,25 @@ def adagrad_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
-    _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    history = tl.load(history_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h2 * grad
-    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _t0 * _t0
-    history_new = history + _v2
-    _v3 = _h3 * weight
-    _v4 = _h4 + history_new
-    _v5 = tl.sqrt_rn(_v4)
-    _v6 = tl.div_rn(_t0, _v5)
-    _v7 = _v3 + _v6
-    _v8 = _h5 * _v7
-    weight_new = weight + _v8
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(history_ptr + offs, history_new.to(history_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    adagrad_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        history_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        eps,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -132,8 +178,8 @@ def adagrad_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (3 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (3 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 4 * n_tensors + pid)
     start = tl.load(meta_ptr + 4 * n_tensors + n_chunks + pid)
@@ -151,28 +197,25 @@ def adagrad_multi_kernel(
     # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 6 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 6 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 6 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 6 + 5)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    history = tl.load(history_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h2 * grad
-    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _t0 * _t0
-    history_new = history + _v2
-    _v3 = _h3 * weight
-    _v4 = _h4 + history_new
-    _v5 = tl.sqrt_rn(_v4)
-    _v6 = tl.div_rn(_t0, _v5)
-    _v7 = _v3 + _v6
-    _v8 = _h5 * _v7
-    weight_new = weight + _v8
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(history_ptr + offs, history_new.to(history_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 6 + 2)
+    rescale_grad = tl.load(scalars_ptr + tensor * 6 + 3)
+    clip_gradient = tl.load(scalars_ptr + tensor * 6 + 4)
+    eps = tl.load(scalars_ptr + tensor * 6 + 5)
+    adagrad_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        history_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        eps,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -234,17 +277,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(adagrad_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(adagrad_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

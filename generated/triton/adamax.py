@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.adamax import (
+from generated.rules.adamax import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -57,7 +57,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.adamax; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -79,6 +79,67 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def adamax_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mean_ptr,
+    u_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by adamax_kernel and adamax_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.adamax, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - beta1
+    #   _h2 = -lr/(1 - beta1 ** t)
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   beta1: hyperparameter
+    #   beta2: hyperparameter
+    #   epsilon: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
+    u = tl.load(u_ptr + offs, mask=mask).to(tl.float32)
+    # specs/adamax.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    _v0 = rescale_grad * grad
+    _v1 = wd * weight
+    _v2 = _v0 + _v1
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    # specs/adamax.py:47: mean_new = G*(1 - beta1) + beta1*mean
+    _v4 = beta1 * mean
+    _v5 = _h1 * G
+    mean_new = _v4 + _v5
+    # specs/adamax.py:48: u_new = Max(beta2*u, Abs(G))
+    _v6 = tl.abs(G)
+    _v7 = beta2 * u
+    u_new = tl.maximum(_v6, _v7, propagate_nan=tl.PropagateNan.ALL)
+    # specs/adamax.py:49: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
+    _v8 = epsilon + u_new
+    _v9 = _h2 * mean_new
+    _v10 = tl.div_rn(_v9, _v8)
+    weight_new = weight + _v10
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
+    tl.store(u_ptr + offs, u_new.to(u_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def adamax_kernel(
     weight_ptr,
     grad_ptr,
@@ -88,12 +149,12 @@ def adamax_kernel(
     _h0,
     _h1,
     _h2,
-    _h3,
-    _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -104,34 +165,31 @@ def adamax_kernel(
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
-    u = tl.load(u_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * mean
-    _v5 = _h5 * _t0
-    mean_new = _v4 + _v5
-    _v6 = tl.abs(_t0)
-    _v7 = _h6 * u
-    u_new = tl.maximum(_v6, _v7, propagate_nan=tl.PropagateNan.ALL)
-    _v8 = _h7 + u_new
-    _v9 = _h8 * mean_new
-    _v10 = tl.div_rn(_v9, _v8)
-    weight_new = weight + _v10
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
-    tl.store(u_ptr + offs, u_new.to(u_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    beta1 = tl.cast(beta1, tl.float32)
+    beta2 = tl.cast(beta2, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    adamax_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        u_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -148,8 +206,8 @@ def adamax_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -169,35 +227,31 @@ def adamax_multi_kernel(
     _h0 = tl.load(scalars_ptr + tensor * 9 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 9 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 9 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 9 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 9 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 9 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 9 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 9 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 9 + 8)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
-    u = tl.load(u_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * mean
-    _v5 = _h5 * _t0
-    mean_new = _v4 + _v5
-    _v6 = tl.abs(_t0)
-    _v7 = _h6 * u
-    u_new = tl.maximum(_v6, _v7, propagate_nan=tl.PropagateNan.ALL)
-    _v8 = _h7 + u_new
-    _v9 = _h8 * mean_new
-    _v10 = tl.div_rn(_v9, _v8)
-    weight_new = weight + _v10
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
-    tl.store(u_ptr + offs, u_new.to(u_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 9 + 3)
+    rescale_grad = tl.load(scalars_ptr + tensor * 9 + 4)
+    clip_gradient = tl.load(scalars_ptr + tensor * 9 + 5)
+    beta1 = tl.load(scalars_ptr + tensor * 9 + 6)
+    beta2 = tl.load(scalars_ptr + tensor * 9 + 7)
+    epsilon = tl.load(scalars_ptr + tensor * 9 + 8)
+    adamax_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        u_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -260,17 +314,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(adamax_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(adamax_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

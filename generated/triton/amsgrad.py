@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.amsgrad import (
+from generated.rules.amsgrad import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -48,7 +48,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.amsgrad; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -70,6 +70,79 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def amsgrad_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mean_ptr,
+    var_ptr,
+    max_var_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    _h4,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by amsgrad_kernel and amsgrad_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.amsgrad, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - beta1
+    #   _h2 = 1 - beta2
+    #   _h3 = (1.0 / math.sqrt(1 - beta2 ** t))
+    #   _h4 = -lr/(1 - beta1 ** t)
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   beta1: hyperparameter
+    #   beta2: hyperparameter
+    #   epsilon: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
+    var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
+    max_var = tl.load(max_var_ptr + offs, mask=mask).to(tl.float32)
+    # specs/amsgrad.py:32: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    _v0 = rescale_grad * grad
+    _v1 = wd * weight
+    _v2 = _v0 + _v1
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    # specs/amsgrad.py:33: mean_new = G*(1 - beta1) + beta1*mean
+    _v4 = beta1 * mean
+    _v5 = _h1 * G
+    mean_new = _v4 + _v5
+    # specs/amsgrad.py:34: var_new = G**2*(1 - beta2) + beta2*var
+    _v6 = beta2 * var
+    _v7 = G * G
+    _v8 = _h2 * _v7
+    var_new = _v6 + _v8
+    # specs/amsgrad.py:35: max_var_new = Max(max_var, var_new)
+    max_var_new = tl.maximum(max_var, var_new, propagate_nan=tl.PropagateNan.ALL)
+    # specs/amsgrad.py:43: weight_new = -lr*mean_new/((1 - beta1**t)*(epsilon + sqrt(max_var_new)/sqrt(1 - beta2**t))) + weight
+    _v9 = tl.sqrt_rn(max_var_new)
+    _v10 = _h3 * _v9
+    _v11 = epsilon + _v10
+    _v12 = _h4 * mean_new
+    _v13 = tl.div_rn(_v12, _v11)
+    weight_new = weight + _v13
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
+    tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
+    tl.store(max_var_ptr + offs, max_var_new.to(max_var_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def amsgrad_kernel(
     weight_ptr,
     grad_ptr,
@@ -82,12 +155,12 @@ def amsgrad_kernel(
     _h2,
     _h3,
     _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
-    _h9,
-    _h10,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -100,40 +173,34 @@ def amsgrad_kernel(
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    _h10 = tl.cast(_h10, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    max_var = tl.load(max_var_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * mean
-    _v5 = _h5 * _t0
-    mean_new = _v4 + _v5
-    _v6 = _h6 * var
-    _v7 = _t0 * _t0
-    _v8 = _h7 * _v7
-    var_new = _v6 + _v8
-    max_var_new = tl.maximum(max_var, var_new, propagate_nan=tl.PropagateNan.ALL)
-    _v9 = tl.sqrt_rn(max_var_new)
-    _v10 = _h8 * _v9
-    _v11 = _h9 + _v10
-    _v12 = _h10 * mean_new
-    _v13 = tl.div_rn(_v12, _v11)
-    weight_new = weight + _v13
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
-    tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
-    tl.store(max_var_ptr + offs, max_var_new.to(max_var_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    beta1 = tl.cast(beta1, tl.float32)
+    beta2 = tl.cast(beta2, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    amsgrad_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        var_ptr,
+        max_var_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -151,8 +218,8 @@ def amsgrad_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (5 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (5 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 6 * n_tensors + pid)
     start = tl.load(meta_ptr + 6 * n_tensors + n_chunks + pid)
@@ -175,41 +242,34 @@ def amsgrad_multi_kernel(
     _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 11 + 3)
     _h4 = tl.load(scalars_ptr + tensor * 11 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 11 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 11 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 11 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 11 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 11 + 9)
-    _h10 = tl.load(scalars_ptr + tensor * 11 + 10)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    max_var = tl.load(max_var_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * mean
-    _v5 = _h5 * _t0
-    mean_new = _v4 + _v5
-    _v6 = _h6 * var
-    _v7 = _t0 * _t0
-    _v8 = _h7 * _v7
-    var_new = _v6 + _v8
-    max_var_new = tl.maximum(max_var, var_new, propagate_nan=tl.PropagateNan.ALL)
-    _v9 = tl.sqrt_rn(max_var_new)
-    _v10 = _h8 * _v9
-    _v11 = _h9 + _v10
-    _v12 = _h10 * mean_new
-    _v13 = tl.div_rn(_v12, _v11)
-    weight_new = weight + _v13
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
-    tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
-    tl.store(max_var_ptr + offs, max_var_new.to(max_var_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 11 + 5)
+    rescale_grad = tl.load(scalars_ptr + tensor * 11 + 6)
+    clip_gradient = tl.load(scalars_ptr + tensor * 11 + 7)
+    beta1 = tl.load(scalars_ptr + tensor * 11 + 8)
+    beta2 = tl.load(scalars_ptr + tensor * 11 + 9)
+    epsilon = tl.load(scalars_ptr + tensor * 11 + 10)
+    amsgrad_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        var_ptr,
+        max_var_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -273,17 +333,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(amsgrad_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(amsgrad_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.dcasgd import (
+from generated.rules.dcasgd import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -59,7 +59,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.dcasgd; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -81,6 +81,66 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def dcasgd_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mom_ptr,
+    prev_weight_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    momentum,
+    lamda,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by dcasgd_kernel and dcasgd_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.dcasgd, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = -lr
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   momentum: hyperparameter
+    #   lamda: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
+    prev_weight = tl.load(prev_weight_ptr + offs, mask=mask).to(tl.float32)
+    # specs/dcasgd.py:39: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v0 = rescale_grad * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    # specs/dcasgd.py:41: mom_new = mom*momentum + s
+    _v2 = momentum * mom
+    # specs/dcasgd.py:40: s = -lr*(G**2*lamda*(-prev_weight + weight) + G + wd*weight)
+    _v3 = wd * weight
+    _v4 = G + _v3
+    _v5 = G * G
+    _v6 = weight - prev_weight
+    _v7 = lamda * _v5
+    _v8 = _v7 * _v6
+    _v9 = _v4 + _v8
+    s = _h1 * _v9
+    mom_new = _v2 + s
+    # specs/dcasgd.py:42: prev_weight_new = weight
+    prev_weight_new = weight
+    # specs/dcasgd.py:43: weight_new = mom_new + weight
+    weight_new = mom_new + weight
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        prev_weight_ptr + offs, prev_weight_new.to(prev_weight_ptr.dtype.element_ty), mask=mask
+    )
+
+
+@triton.jit
 def dcasgd_kernel(
     weight_ptr,
     grad_ptr,
@@ -89,11 +149,11 @@ def dcasgd_kernel(
     n_elements,
     _h0,
     _h1,
-    _h2,
-    _h3,
-    _h4,
-    _h5,
-    _h6,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    momentum,
+    lamda,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -103,34 +163,27 @@ def dcasgd_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
-    _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    prev_weight = tl.load(prev_weight_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h4 * grad
-    _v1 = tl.maximum(_h3, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h2, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _h0 * mom
-    _v3 = _h1 * weight
-    _v4 = _t0 + _v3
-    _v5 = _t0 * _t0
-    _v6 = weight - prev_weight
-    _v7 = _h5 * _v5
-    _v8 = _v7 * _v6
-    _v9 = _v4 + _v8
-    _v10 = _h6 * _v9
-    mom_new = _v2 + _v10
-    prev_weight_new = weight
-    weight_new = mom_new + weight
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
-    tl.store(
-        prev_weight_ptr + offs, prev_weight_new.to(prev_weight_ptr.dtype.element_ty), mask=mask
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    momentum = tl.cast(momentum, tl.float32)
+    lamda = tl.cast(lamda, tl.float32)
+    dcasgd_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mom_ptr,
+        prev_weight_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        momentum,
+        lamda,
+        1.0,
+        False,
     )
 
 
@@ -148,8 +201,8 @@ def dcasgd_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -170,35 +223,27 @@ def dcasgd_multi_kernel(
     # This tensor's host scalars: row `tensor` of the fp32 table (7 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 7 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 7 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 7 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 7 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 7 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 7 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 7 + 6)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    prev_weight = tl.load(prev_weight_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h4 * grad
-    _v1 = tl.maximum(_h3, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h2, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _h0 * mom
-    _v3 = _h1 * weight
-    _v4 = _t0 + _v3
-    _v5 = _t0 * _t0
-    _v6 = weight - prev_weight
-    _v7 = _h5 * _v5
-    _v8 = _v7 * _v6
-    _v9 = _v4 + _v8
-    _v10 = _h6 * _v9
-    mom_new = _v2 + _v10
-    prev_weight_new = weight
-    weight_new = mom_new + weight
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
-    tl.store(
-        prev_weight_ptr + offs, prev_weight_new.to(prev_weight_ptr.dtype.element_ty), mask=mask
+    wd = tl.load(scalars_ptr + tensor * 7 + 2)
+    rescale_grad = tl.load(scalars_ptr + tensor * 7 + 3)
+    clip_gradient = tl.load(scalars_ptr + tensor * 7 + 4)
+    momentum = tl.load(scalars_ptr + tensor * 7 + 5)
+    lamda = tl.load(scalars_ptr + tensor * 7 + 6)
+    dcasgd_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mom_ptr,
+        prev_weight_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        momentum,
+        lamda,
+        inv_scale,
+        True,
     )
 
 
@@ -262,17 +307,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(dcasgd_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(dcasgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

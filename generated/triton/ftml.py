@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.ftml import (
+from generated.rules.ftml import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -67,7 +67,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.ftml; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -89,6 +89,86 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def ftml_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    prev_d_ptr,
+    prev_v_ptr,
+    prev_z_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    _h4,
+    _h5,
+    _h6,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by ftml_kernel and ftml_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.ftml, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - beta2
+    #   _h2 = (1 - beta2 ** t) ** (-1)
+    #   _h3 = (1 - beta1 ** t)/lr
+    #   _h4 = 1 - beta1
+    #   _h5 = -beta1
+    #   _h6 = -lr/(1 - beta1 ** t)
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   beta1: hyperparameter
+    #   beta2: hyperparameter
+    #   epsilon: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    prev_d = tl.load(prev_d_ptr + offs, mask=mask).to(tl.float32)
+    prev_v = tl.load(prev_v_ptr + offs, mask=mask).to(tl.float32)
+    prev_z = tl.load(prev_z_ptr + offs, mask=mask).to(tl.float32)
+    # specs/ftml.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    _v0 = rescale_grad * grad
+    _v1 = wd * weight
+    _v2 = _v0 + _v1
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    # specs/ftml.py:52: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
+    _v4 = beta2 * prev_v
+    _v5 = G * G
+    _v6 = _h1 * _v5
+    prev_v_new = _v4 + _v6
+    # specs/ftml.py:53: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
+    # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
+    _v7 = _h2 * prev_v_new
+    _v8 = tl.sqrt_rn(_v7)
+    _t2 = epsilon + _v8
+    prev_d_new = _h3 * _t2
+    _v9 = _h4 * G
+    _v10 = beta1 * prev_z
+    _v11 = _v9 + _v10
+    _v12 = _h5 * prev_d
+    _v13 = prev_d_new + _v12
+    _v14 = weight * _v13
+    prev_z_new = _v11 - _v14
+    # specs/ftml.py:56: weight_new = -prev_z_new/d_t
+    _v15 = _h6 * prev_z_new
+    weight_new = tl.div_rn(_v15, _t2)
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(prev_d_ptr + offs, prev_d_new.to(prev_d_ptr.dtype.element_ty), mask=mask)
+    tl.store(prev_v_ptr + offs, prev_v_new.to(prev_v_ptr.dtype.element_ty), mask=mask)
+    tl.store(prev_z_ptr + offs, prev_z_new.to(prev_z_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def ftml_kernel(
     weight_ptr,
     grad_ptr,
@@ -103,12 +183,12 @@ def ftml_kernel(
     _h4,
     _h5,
     _h6,
-    _h7,
-    _h8,
-    _h9,
-    _h10,
-    _h11,
-    _h12,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -123,43 +203,36 @@ def ftml_kernel(
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
     _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    _h10 = tl.cast(_h10, tl.float32)
-    _h11 = tl.cast(_h11, tl.float32)
-    _h12 = tl.cast(_h12, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    prev_d = tl.load(prev_d_ptr + offs, mask=mask).to(tl.float32)
-    prev_v = tl.load(prev_v_ptr + offs, mask=mask).to(tl.float32)
-    prev_z = tl.load(prev_z_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * prev_v
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    prev_v_new = _v4 + _v6
-    _v7 = _h6 * prev_v_new
-    _v8 = tl.sqrt_rn(_v7)
-    _t2 = _h7 + _v8
-    prev_d_new = _h8 * _t2
-    _v9 = _h10 * _t0
-    _v10 = _h9 * prev_z
-    _v11 = _v9 + _v10
-    _v12 = _h11 * prev_d
-    _v13 = prev_d_new + _v12
-    _v14 = weight * _v13
-    prev_z_new = _v11 - _v14
-    _v15 = _h12 * prev_z_new
-    weight_new = tl.div_rn(_v15, _t2)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(prev_d_ptr + offs, prev_d_new.to(prev_d_ptr.dtype.element_ty), mask=mask)
-    tl.store(prev_v_ptr + offs, prev_v_new.to(prev_v_ptr.dtype.element_ty), mask=mask)
-    tl.store(prev_z_ptr + offs, prev_z_new.to(prev_z_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    beta1 = tl.cast(beta1, tl.float32)
+    beta2 = tl.cast(beta2, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    ftml_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        prev_d_ptr,
+        prev_v_ptr,
+        prev_z_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        _h5,
+        _h6,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -177,8 +250,8 @@ def ftml_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (5 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (5 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 6 * n_tensors + pid)
     start = tl.load(meta_ptr + 6 * n_tensors + n_chunks + pid)
@@ -203,44 +276,36 @@ def ftml_multi_kernel(
     _h4 = tl.load(scalars_ptr + tensor * 13 + 4)
     _h5 = tl.load(scalars_ptr + tensor * 13 + 5)
     _h6 = tl.load(scalars_ptr + tensor * 13 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 13 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 13 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 13 + 9)
-    _h10 = tl.load(scalars_ptr + tensor * 13 + 10)
-    _h11 = tl.load(scalars_ptr + tensor * 13 + 11)
-    _h12 = tl.load(scalars_ptr + tensor * 13 + 12)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    prev_d = tl.load(prev_d_ptr + offs, mask=mask).to(tl.float32)
-    prev_v = tl.load(prev_v_ptr + offs, mask=mask).to(tl.float32)
-    prev_z = tl.load(prev_z_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * prev_v
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    prev_v_new = _v4 + _v6
-    _v7 = _h6 * prev_v_new
-    _v8 = tl.sqrt_rn(_v7)
-    _t2 = _h7 + _v8
-    prev_d_new = _h8 * _t2
-    _v9 = _h10 * _t0
-    _v10 = _h9 * prev_z
-    _v11 = _v9 + _v10
-    _v12 = _h11 * prev_d
-    _v13 = prev_d_new + _v12
-    _v14 = weight * _v13
-    prev_z_new = _v11 - _v14
-    _v15 = _h12 * prev_z_new
-    weight_new = tl.div_rn(_v15, _t2)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(prev_d_ptr + offs, prev_d_new.to(prev_d_ptr.dtype.element_ty), mask=mask)
-    tl.store(prev_v_ptr + offs, prev_v_new.to(prev_v_ptr.dtype.element_ty), mask=mask)
-    tl.store(prev_z_ptr + offs, prev_z_new.to(prev_z_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 13 + 7)
+    rescale_grad = tl.load(scalars_ptr + tensor * 13 + 8)
+    clip_gradient = tl.load(scalars_ptr + tensor * 13 + 9)
+    beta1 = tl.load(scalars_ptr + tensor * 13 + 10)
+    beta2 = tl.load(scalars_ptr + tensor * 13 + 11)
+    epsilon = tl.load(scalars_ptr + tensor * 13 + 12)
+    ftml_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        prev_d_ptr,
+        prev_v_ptr,
+        prev_z_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        _h5,
+        _h6,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -304,17 +369,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(ftml_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(ftml_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

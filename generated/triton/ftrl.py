@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.ftrl import (
+from generated.rules.ftrl import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -57,7 +57,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.ftrl; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -79,6 +79,72 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def ftrl_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    z_ptr,
+    n_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by ftrl_kernel and ftrl_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.ftrl, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = -1/lr
+    #   _h2 = lr ** (-1)
+    #   _h3 = -lamda1
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   beta: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
+    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
+    # specs/ftrl.py:39: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v0 = rescale_grad * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    # specs/ftrl.py:40: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+    _v2 = G * G
+    n_new = n + _v2
+    _t2 = tl.sqrt_rn(n_new)
+    _v3 = G + z
+    _v4 = tl.sqrt_rn(n)
+    _v5 = _t2 - _v4
+    _v6 = _h1 * weight
+    _v7 = _v6 * _v5
+    z_new = _v3 + _v7
+    # specs/ftrl.py:43: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+    _v8 = tl.abs(z_new)
+    _v9 = _h3 + _v8
+    _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
+    _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
+    # specs/ftrl.py:42: denominator = wd + (beta + sqrt(n_new))/lr
+    _v12 = beta + _t2
+    _v13 = _h2 * _v12
+    denominator = wd + _v13
+    _v15 = _v10 * _v11
+    _v16 = tl.div_rn(_v15, denominator)
+    weight_new = -_v16
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
+    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def ftrl_kernel(
     weight_ptr,
     grad_ptr,
@@ -89,10 +155,10 @@ def ftrl_kernel(
     _h1,
     _h2,
     _h3,
-    _h4,
-    _h5,
-    _h6,
-    _h7,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -104,39 +170,28 @@ def ftrl_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
-    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h2 * grad
-    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _t0 * _t0
-    n_new = n + _v2
-    _t2 = tl.sqrt_rn(n_new)
-    _v3 = _t0 + z
-    _v4 = tl.sqrt_rn(n)
-    _v5 = _t2 - _v4
-    _v6 = _h3 * weight
-    _v7 = _v6 * _v5
-    z_new = _v3 + _v7
-    _v8 = tl.abs(z_new)
-    _v9 = _h7 + _v8
-    _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
-    _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
-    _v12 = _h4 + _t2
-    _v13 = _h5 * _v12
-    _v14 = _h6 + _v13
-    _v15 = _v10 * _v11
-    _v16 = tl.div_rn(_v15, _v14)
-    weight_new = -_v16
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    beta = tl.cast(beta, tl.float32)
+    ftrl_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        z_ptr,
+        n_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -153,8 +208,8 @@ def ftrl_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -175,40 +230,28 @@ def ftrl_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 8 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 8 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 8 + 7)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
-    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h2 * grad
-    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _t0 * _t0
-    n_new = n + _v2
-    _t2 = tl.sqrt_rn(n_new)
-    _v3 = _t0 + z
-    _v4 = tl.sqrt_rn(n)
-    _v5 = _t2 - _v4
-    _v6 = _h3 * weight
-    _v7 = _v6 * _v5
-    z_new = _v3 + _v7
-    _v8 = tl.abs(z_new)
-    _v9 = _h7 + _v8
-    _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
-    _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
-    _v12 = _h4 + _t2
-    _v13 = _h5 * _v12
-    _v14 = _h6 + _v13
-    _v15 = _v10 * _v11
-    _v16 = tl.div_rn(_v15, _v14)
-    weight_new = -_v16
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 8 + 4)
+    rescale_grad = tl.load(scalars_ptr + tensor * 8 + 5)
+    clip_gradient = tl.load(scalars_ptr + tensor * 8 + 6)
+    beta = tl.load(scalars_ptr + tensor * 8 + 7)
+    ftrl_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        z_ptr,
+        n_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -271,17 +314,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(ftrl_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(ftrl_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

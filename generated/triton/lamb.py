@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.lamb import (
+from generated.rules.lamb import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -63,7 +63,7 @@ from optgen_runtime.triton_support import (
     reduce_sums,
 )
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.lamb; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -86,6 +86,78 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def lamb_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mean_ptr,
+    var_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    _h4,
+    _h5,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - beta2
+    #   _h2 = (-beta2 ** t*bias_correction + 1) ** (-1)
+    #   _h3 = 1 - beta1
+    #   _h4 = (-beta1 ** t*bias_correction + 1) ** (-1)
+    #   _h5 = -lr*ratio
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   beta1: hyperparameter
+    #   beta2: hyperparameter
+    #   epsilon: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
+    var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
+    # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v0 = rescale_grad * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    # specs/lamb.py:47: mean_new = G*(1 - beta1) + beta1*mean
+    _v2 = beta1 * mean
+    _v3 = _h3 * G
+    mean_new = _v2 + _v3
+    # specs/lamb.py:48: var_new = G**2*(1 - beta2) + beta2*var
+    _v4 = beta2 * var
+    _v5 = G * G
+    _v6 = _h1 * _v5
+    var_new = _v4 + _v6
+    # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    _v7 = wd * weight
+    _v8 = _h2 * var_new
+    _v9 = tl.sqrt_rn(_v8)
+    _v10 = epsilon + _v9
+    _v11 = _h4 * mean_new
+    _v12 = tl.div_rn(_v11, _v10)
+    u = _v7 + _v12
+    # specs/lamb.py:55: weight_new = -lr*ratio*u + weight
+    _v14 = _h5 * u
+    weight_new = weight + _v14
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
+    tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def lamb_kernel(
     weight_ptr,
     grad_ptr,
@@ -98,12 +170,12 @@ def lamb_kernel(
     _h3,
     _h4,
     _h5,
-    _h6,
-    _h7,
-    _h8,
-    _h9,
-    _h10,
-    _h11,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -117,38 +189,34 @@ def lamb_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    _h10 = tl.cast(_h10, tl.float32)
-    _h11 = tl.cast(_h11, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h4 * grad
-    _v1 = tl.maximum(_h3, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h2, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _h8 * mean
-    _v3 = _h9 * _t0
-    mean_new = _v2 + _v3
-    _v4 = _h1 * var
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    var_new = _v4 + _v6
-    _v7 = _h0 * weight
-    _v8 = _h6 * var_new
-    _v9 = tl.sqrt_rn(_v8)
-    _v10 = _h7 + _v9
-    _v11 = _h10 * mean_new
-    _v12 = tl.div_rn(_v11, _v10)
-    _v13 = _v7 + _v12
-    _v14 = _h11 * _v13
-    weight_new = weight + _v14
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
-    tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    beta1 = tl.cast(beta1, tl.float32)
+    beta2 = tl.cast(beta2, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    lamb_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        var_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        _h5,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -165,8 +233,8 @@ def lamb_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -189,39 +257,101 @@ def lamb_multi_kernel(
     _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
     _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
     _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 12 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 12 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 12 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 12 + 9)
-    _h10 = tl.load(scalars_ptr + tensor * 12 + 10)
-    _h11 = tl.load(scalars_ptr + tensor * 12 + 11)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h4 * grad
-    _v1 = tl.maximum(_h3, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h2, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = _h8 * mean
-    _v3 = _h9 * _t0
-    mean_new = _v2 + _v3
-    _v4 = _h1 * var
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    var_new = _v4 + _v6
-    _v7 = _h0 * weight
-    _v8 = _h6 * var_new
-    _v9 = tl.sqrt_rn(_v8)
-    _v10 = _h7 + _v9
-    _v11 = _h10 * mean_new
-    _v12 = tl.div_rn(_v11, _v10)
-    _v13 = _v7 + _v12
-    _v14 = _h11 * _v13
-    weight_new = weight + _v14
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
-    tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 12 + 6)
+    rescale_grad = tl.load(scalars_ptr + tensor * 12 + 7)
+    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 8)
+    beta1 = tl.load(scalars_ptr + tensor * 12 + 9)
+    beta2 = tl.load(scalars_ptr + tensor * 12 + 10)
+    epsilon = tl.load(scalars_ptr + tensor * 12 + 11)
+    lamb_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        var_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        _h5,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        inv_scale,
+        True,
+    )
+
+
+@triton.jit
+def lamb_reduce_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mean_ptr,
+    var_ptr,
+    partial_ptr,
+    slot,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    _h4,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
+):
+    # Phase 1 for one block: one float32 partial sum per reduction into slot `slot` of the
+    # partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
+    # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - beta2
+    #   _h2 = (-beta2 ** t*bias_correction + 1) ** (-1)
+    #   _h3 = 1 - beta1
+    #   _h4 = (-beta1 ** t*bias_correction + 1) ** (-1)
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   beta1: hyperparameter
+    #   beta2: hyperparameter
+    #   epsilon: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    var = tl.load(var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v15 = rescale_grad * grad
+    _v16 = tl.maximum(_h0, _v15, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v16, propagate_nan=tl.PropagateNan.ALL)
+    # specs/lamb.py:52: w_sq = weight**2
+    w_sq = weight * weight
+    # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    _v17 = wd * weight
+    _v18 = beta1 * mean
+    _v19 = _h3 * G
+    _v20 = _v18 + _v19
+    _v21 = beta2 * var
+    _v22 = G * G
+    _v23 = _h1 * _v22
+    _v24 = _v21 + _v23
+    _v25 = _h2 * _v24
+    _v26 = tl.sqrt_rn(_v25)
+    _v27 = epsilon + _v26
+    _v28 = _h4 * _v20
+    _v29 = tl.div_rn(_v28, _v27)
+    u = _v17 + _v29
+    # specs/lamb.py:53: u_sq = u**2
+    u_sq = u * u
+    tl.store(partial_ptr + slot * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
+    tl.store(partial_ptr + slot * 2 + 1, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
 
 
 @triton.jit
@@ -237,16 +367,15 @@ def lamb_reduce_kernel(
     _h2,
     _h3,
     _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
-    _h9,
-    _h10,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    beta1,
+    beta2,
+    epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
-    # Phase 1: one float32 partial sum per block and reduction, each in its own slot (no
-    # atomics); reduce_sums adds them on the host in float64, in block order.
+    # Phase 1: reduce_sums adds the per-block partials on the host in float64, in block order.
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -255,37 +384,33 @@ def lamb_reduce_kernel(
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    _h10 = tl.cast(_h10, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    _v0 = _h4 * grad
-    _v1 = tl.maximum(_h3, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _s0 = tl.minimum(_h2, _v1, propagate_nan=tl.PropagateNan.ALL)
-    w_sq = weight * weight
-    _v2 = _h0 * weight
-    _v3 = _h8 * mean
-    _v4 = _h9 * _s0
-    _v5 = _v3 + _v4
-    _v6 = _h1 * var
-    _v7 = _s0 * _s0
-    _v8 = _h5 * _v7
-    _v9 = _v6 + _v8
-    _v10 = _h6 * _v9
-    _v11 = tl.sqrt_rn(_v10)
-    _v12 = _h7 + _v11
-    _v13 = _h10 * _v5
-    _v14 = tl.div_rn(_v13, _v12)
-    _v15 = _v2 + _v14
-    u_sq = _v15 * _v15
-    tl.store(partial_ptr + pid * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
-    tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    beta1 = tl.cast(beta1, tl.float32)
+    beta2 = tl.cast(beta2, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    lamb_reduce_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        var_ptr,
+        partial_ptr,
+        pid,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+    )
 
 
 @triton.jit
@@ -302,8 +427,8 @@ def lamb_multi_reduce_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -314,44 +439,40 @@ def lamb_multi_reduce_kernel(
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
     mean_ptr = tl.load(meta_ptr + 2 * n_tensors + tensor).to(mean_like.dtype, bitcast=True)
     var_ptr = tl.load(meta_ptr + 3 * n_tensors + tensor).to(var_like.dtype, bitcast=True)
-    # Phase 1 over the chunk table: one float32 partial per chunk and reduction (no atomics);
-    # ChunkTable.reduce adds each tensor's partials on the host in float64, in chunk order.
+    # Phase 1 over the chunk table: ChunkTable.reduce adds each tensor's partials on the host in
+    # float64, in chunk order.
     _h0 = tl.load(scalars_ptr + tensor * 11 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 11 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 11 + 3)
     _h4 = tl.load(scalars_ptr + tensor * 11 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 11 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 11 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 11 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 11 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 11 + 9)
-    _h10 = tl.load(scalars_ptr + tensor * 11 + 10)
-    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    var = tl.load(var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    _v0 = _h4 * grad
-    _v1 = tl.maximum(_h3, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _s0 = tl.minimum(_h2, _v1, propagate_nan=tl.PropagateNan.ALL)
-    w_sq = weight * weight
-    _v2 = _h0 * weight
-    _v3 = _h8 * mean
-    _v4 = _h9 * _s0
-    _v5 = _v3 + _v4
-    _v6 = _h1 * var
-    _v7 = _s0 * _s0
-    _v8 = _h5 * _v7
-    _v9 = _v6 + _v8
-    _v10 = _h6 * _v9
-    _v11 = tl.sqrt_rn(_v10)
-    _v12 = _h7 + _v11
-    _v13 = _h10 * _v5
-    _v14 = tl.div_rn(_v13, _v12)
-    _v15 = _v2 + _v14
-    u_sq = _v15 * _v15
-    tl.store(partial_ptr + pid * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
-    tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
+    wd = tl.load(scalars_ptr + tensor * 11 + 5)
+    rescale_grad = tl.load(scalars_ptr + tensor * 11 + 6)
+    clip_gradient = tl.load(scalars_ptr + tensor * 11 + 7)
+    beta1 = tl.load(scalars_ptr + tensor * 11 + 8)
+    beta2 = tl.load(scalars_ptr + tensor * 11 + 9)
+    epsilon = tl.load(scalars_ptr + tensor * 11 + 10)
+    lamb_reduce_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mean_ptr,
+        var_ptr,
+        partial_ptr,
+        pid,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -419,19 +540,22 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    pre = [reduction_scalars(tj, **hp, **h) for tj, h in zip(ts, hosts, strict=True)]
+    pre = [reduction_scalars(_tj, **hp, **_host) for _tj, _host in zip(ts, hosts, strict=True)]
     sums = chunks.reduce(lamb_multi_reduce_kernel, pre, REDUCTIONS)
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(lamb_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(lamb_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.lbsgd import (
+from generated.rules.lbsgd import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -71,7 +71,7 @@ from optgen_runtime.triton_support import (
     reduce_sums,
 )
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.lbsgd; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -94,20 +94,79 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def lbsgd_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mom_ptr,
+    acc_ptr,
+    offs,
+    mask,
+    _h1,
+    _h2,
+    _h3,
+    _h4,
+    wd,
+    clip_gradient,
+    momentum,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by lbsgd_kernel and lbsgd_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.lbsgd, once per step):
+    #   _h1 = -clip_gradient
+    #   _h2 = rescale_grad/batch_scale
+    #   _h3 = -lr*mult
+    #   _h4 = (k % batch_scale == 0)
+    #   wd: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   momentum: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
+    acc = tl.load(acc_ptr + offs, mask=mask).to(tl.float32)
+    # specs/lbsgd.py:55: total = acc + grad
+    total = acc + grad
+    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _v0 = _h4 != 0.0
+    _v1 = momentum * mom
+    # specs/lbsgd.py:56: gbar = total/batch_scale
+    # specs/lbsgd.py:73: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, gbar*rescale_grad))
+    _v2 = wd * weight
+    _v3 = _h2 * total
+    _v4 = tl.maximum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
+    _v5 = tl.minimum(clip_gradient, _v4, propagate_nan=tl.PropagateNan.ALL)
+    G = _v2 + _v5
+    _v7 = _h3 * G
+    _v8 = _v1 + _v7
+    mom_new = tl.where(_v0, _v8, mom)
+    # specs/lbsgd.py:75: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
+    _v9 = _h4 != 0.0
+    acc_new = tl.where(_v9, 0.0, total)
+    # specs/lbsgd.py:76: weight_new = Piecewise((mom_new + weight, Eq(Mod(k, batch_scale), 0)), (weight, True))
+    _v10 = _h4 != 0.0
+    _v11 = mom_new + weight
+    weight_new = tl.where(_v10, _v11, weight)
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
+    tl.store(acc_ptr + offs, acc_new.to(acc_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def lbsgd_kernel(
     weight_ptr,
     grad_ptr,
     mom_ptr,
     acc_ptr,
     n_elements,
-    _h0,
     _h1,
     _h2,
     _h3,
     _h4,
-    _h5,
-    _h6,
-    _h7,
+    wd,
+    clip_gradient,
+    momentum,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -115,37 +174,30 @@ def lbsgd_kernel(
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
-    _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    acc = tl.load(acc_ptr + offs, mask=mask).to(tl.float32)
-    _t0 = acc + grad
-    _v0 = _h7 != 0.0
-    _v1 = _h1 * mom
-    _v2 = _h2 * weight
-    _v3 = _h5 * _t0
-    _v4 = tl.maximum(_h4, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = tl.minimum(_h3, _v4, propagate_nan=tl.PropagateNan.ALL)
-    _v6 = _v2 + _v5
-    _v7 = _h6 * _v6
-    _v8 = _v1 + _v7
-    mom_new = tl.where(_v0, _v8, mom)
-    _v9 = _h7 != 0.0
-    acc_new = tl.where(_v9, 0.0, _t0)
-    _v10 = _h7 != 0.0
-    _v11 = mom_new + weight
-    weight_new = tl.where(_v10, _v11, weight)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_ptr + offs, acc_new.to(acc_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    momentum = tl.cast(momentum, tl.float32)
+    lbsgd_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mom_ptr,
+        acc_ptr,
+        offs,
+        mask,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        wd,
+        clip_gradient,
+        momentum,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -162,8 +214,8 @@ def lbsgd_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -179,39 +231,61 @@ def lbsgd_multi_kernel(
     found_inf = tl.load(amp_ptr)
     inv_scale = tl.load(amp_ptr + 1)
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 8 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 8 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 8 + 7)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    acc = tl.load(acc_ptr + offs, mask=mask).to(tl.float32)
-    _t0 = acc + grad
-    _v0 = _h7 != 0.0
-    _v1 = _h1 * mom
-    _v2 = _h2 * weight
-    _v3 = _h5 * _t0
-    _v4 = tl.maximum(_h4, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = tl.minimum(_h3, _v4, propagate_nan=tl.PropagateNan.ALL)
-    _v6 = _v2 + _v5
-    _v7 = _h6 * _v6
-    _v8 = _v1 + _v7
-    mom_new = tl.where(_v0, _v8, mom)
-    _v9 = _h7 != 0.0
-    acc_new = tl.where(_v9, 0.0, _t0)
-    _v10 = _h7 != 0.0
-    _v11 = mom_new + weight
-    weight_new = tl.where(_v10, _v11, weight)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
-    tl.store(acc_ptr + offs, acc_new.to(acc_ptr.dtype.element_ty), mask=mask)
+    # This tensor's host scalars: row `tensor` of the fp32 table (7 per tensor).
+    _h1 = tl.load(scalars_ptr + tensor * 7 + 0)
+    _h2 = tl.load(scalars_ptr + tensor * 7 + 1)
+    _h3 = tl.load(scalars_ptr + tensor * 7 + 2)
+    _h4 = tl.load(scalars_ptr + tensor * 7 + 3)
+    wd = tl.load(scalars_ptr + tensor * 7 + 4)
+    clip_gradient = tl.load(scalars_ptr + tensor * 7 + 5)
+    momentum = tl.load(scalars_ptr + tensor * 7 + 6)
+    lbsgd_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mom_ptr,
+        acc_ptr,
+        offs,
+        mask,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        wd,
+        clip_gradient,
+        momentum,
+        inv_scale,
+        True,
+    )
+
+
+@triton.jit
+def lbsgd_reduce_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    acc_ptr,
+    partial_ptr,
+    slot,
+    offs,
+    mask,
+    _h0,
+):
+    # Phase 1 for one block: one float32 partial sum per reduction into slot `slot` of the
+    # partials (no atomics), shared by lbsgd_reduce_kernel and lbsgd_multi_reduce_kernel.
+    # Host scalars (fp32; from reduction_scalars in generated.rules.lbsgd, once per step):
+    #   _h0 = batch_scale ** (-2)
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # specs/lbsgd.py:58: w_sq = weight**2
+    w_sq = weight * weight
+    # specs/lbsgd.py:55: total = acc + grad
+    total = acc + grad
+    # specs/lbsgd.py:56: gbar = total/batch_scale
+    # specs/lbsgd.py:59: gbar_sq = gbar**2
+    _v13 = total * total
+    gbar_sq = _h0 * _v13
+    tl.store(partial_ptr + slot * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
+    tl.store(partial_ptr + slot * 2 + 1, tl.sum(tl.where(mask, gbar_sq, 0.0), axis=0))
 
 
 @triton.jit
@@ -225,21 +299,12 @@ def lbsgd_reduce_kernel(
     _h0,
     BLOCK_SIZE: tl.constexpr,
 ):
-    # Phase 1: one float32 partial sum per block and reduction, each in its own slot (no
-    # atomics); reduce_sums adds them on the host in float64, in block order.
+    # Phase 1: reduce_sums adds the per-block partials on the host in float64, in block order.
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     _h0 = tl.cast(_h0, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    w_sq = weight * weight
-    _v0 = acc + grad
-    _v1 = _v0 * _v0
-    gbar_sq = _h0 * _v1
-    tl.store(partial_ptr + pid * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
-    tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.where(mask, gbar_sq, 0.0), axis=0))
+    lbsgd_reduce_kernel_body(weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, _h0)
 
 
 @triton.jit
@@ -256,8 +321,8 @@ def lbsgd_multi_reduce_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (4 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
@@ -267,18 +332,10 @@ def lbsgd_multi_reduce_kernel(
     weight_ptr = tl.load(meta_ptr + 0 * n_tensors + tensor).to(weight_like.dtype, bitcast=True)
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
     acc_ptr = tl.load(meta_ptr + 3 * n_tensors + tensor).to(acc_like.dtype, bitcast=True)
-    # Phase 1 over the chunk table: one float32 partial per chunk and reduction (no atomics);
-    # ChunkTable.reduce adds each tensor's partials on the host in float64, in chunk order.
+    # Phase 1 over the chunk table: ChunkTable.reduce adds each tensor's partials on the host in
+    # float64, in chunk order.
     _h0 = tl.load(scalars_ptr + tensor * 1 + 0)
-    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    w_sq = weight * weight
-    _v0 = acc + grad
-    _v1 = _v0 * _v0
-    gbar_sq = _h0 * _v1
-    tl.store(partial_ptr + pid * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
-    tl.store(partial_ptr + pid * 2 + 1, tl.sum(tl.where(mask, gbar_sq, 0.0), axis=0))
+    lbsgd_reduce_kernel_body(weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, _h0)
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -346,19 +403,22 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    pre = [reduction_scalars(tj, **hp, **h) for tj, h in zip(ts, hosts, strict=True)]
+    pre = [reduction_scalars(_tj, **hp, **_host) for _tj, _host in zip(ts, hosts, strict=True)]
     sums = chunks.reduce(lbsgd_multi_reduce_kernel, pre, REDUCTIONS)
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(lbsgd_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(lbsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

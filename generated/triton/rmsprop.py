@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.rmsprop import (
+from generated.rules.rmsprop import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -54,7 +54,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.rmsprop; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -76,6 +76,66 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def rmsprop_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    n_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    gamma1,
+    epsilon,
+    clip_weights,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by rmsprop_kernel and rmsprop_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.rmsprop, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - gamma1
+    #   _h2 = -clip_weights
+    #   _h3 = -lr
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   gamma1: hyperparameter
+    #   epsilon: hyperparameter
+    #   clip_weights: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
+    # specs/rmsprop.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    _v0 = rescale_grad * grad
+    _v1 = wd * weight
+    _v2 = _v0 + _v1
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    # specs/rmsprop.py:50: n_new = G**2*(1 - gamma1) + gamma1*n
+    _v4 = gamma1 * n
+    _v5 = G * G
+    _v6 = _h1 * _v5
+    n_new = _v4 + _v6
+    # specs/rmsprop.py:51: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+    _v7 = epsilon + n_new
+    _v8 = tl.sqrt_rn(_v7)
+    _v9 = _h3 * G
+    _v10 = tl.div_rn(_v9, _v8)
+    _v11 = weight + _v10
+    _v12 = tl.maximum(_h2, _v11, propagate_nan=tl.PropagateNan.ALL)
+    weight_new = tl.minimum(clip_weights, _v12, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def rmsprop_kernel(
     weight_ptr,
     grad_ptr,
@@ -85,12 +145,12 @@ def rmsprop_kernel(
     _h1,
     _h2,
     _h3,
-    _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
-    _h9,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    gamma1,
+    epsilon,
+    clip_weights,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -102,33 +162,31 @@ def rmsprop_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * n
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    n_new = _v4 + _v6
-    _v7 = _h8 + n_new
-    _v8 = tl.sqrt_rn(_v7)
-    _v9 = _h9 * _t0
-    _v10 = tl.div_rn(_v9, _v8)
-    _v11 = weight + _v10
-    _v12 = tl.maximum(_h7, _v11, propagate_nan=tl.PropagateNan.ALL)
-    weight_new = tl.minimum(_h6, _v12, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    gamma1 = tl.cast(gamma1, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    clip_weights = tl.cast(clip_weights, tl.float32)
+    rmsprop_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        n_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        gamma1,
+        epsilon,
+        clip_weights,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -144,8 +202,8 @@ def rmsprop_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (3 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (3 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 4 * n_tensors + pid)
     start = tl.load(meta_ptr + 4 * n_tensors + n_chunks + pid)
@@ -165,34 +223,31 @@ def rmsprop_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 10 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 10 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 10 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 10 + 9)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * n
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    n_new = _v4 + _v6
-    _v7 = _h8 + n_new
-    _v8 = tl.sqrt_rn(_v7)
-    _v9 = _h9 * _t0
-    _v10 = tl.div_rn(_v9, _v8)
-    _v11 = weight + _v10
-    _v12 = tl.maximum(_h7, _v11, propagate_nan=tl.PropagateNan.ALL)
-    weight_new = tl.minimum(_h6, _v12, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 10 + 4)
+    rescale_grad = tl.load(scalars_ptr + tensor * 10 + 5)
+    clip_gradient = tl.load(scalars_ptr + tensor * 10 + 6)
+    gamma1 = tl.load(scalars_ptr + tensor * 10 + 7)
+    epsilon = tl.load(scalars_ptr + tensor * 10 + 8)
+    clip_weights = tl.load(scalars_ptr + tensor * 10 + 9)
+    rmsprop_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        n_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        gamma1,
+        epsilon,
+        clip_weights,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -254,17 +309,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(rmsprop_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(rmsprop_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.rmsprop_centered import (
+from generated.rules.rmsprop_centered import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -57,7 +57,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.rmsprop_centered; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -79,6 +79,83 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def rmsprop_centered_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    n_ptr,
+    g_ptr,
+    delta_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    _h3,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    gamma1,
+    gamma2,
+    epsilon,
+    clip_weights,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by rmsprop_centered_kernel and rmsprop_centered_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.rmsprop_centered, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = 1 - gamma1
+    #   _h2 = -lr
+    #   _h3 = -clip_weights
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   gamma1: hyperparameter
+    #   gamma2: hyperparameter
+    #   epsilon: hyperparameter
+    #   clip_weights: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    delta = tl.load(delta_ptr + offs, mask=mask).to(tl.float32)
+    # specs/rmsprop_centered.py:50: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    _v0 = rescale_grad * grad
+    _v1 = wd * weight
+    _v2 = _v0 + _v1
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    # specs/rmsprop_centered.py:58: n_new = G**2*(1 - gamma1) + gamma1*n
+    _v4 = gamma1 * n
+    _v5 = G * G
+    _v6 = _h1 * _v5
+    n_new = _v4 + _v6
+    # specs/rmsprop_centered.py:59: g_new = G*(1 - gamma1) + g*gamma1
+    _v7 = gamma1 * g
+    _v8 = _h1 * G
+    g_new = _v7 + _v8
+    # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+    _v9 = gamma2 * delta
+    _v10 = epsilon + n_new
+    _v11 = g_new * g_new
+    _v12 = _v10 - _v11
+    _v13 = tl.sqrt_rn(_v12)
+    _v14 = _h2 * G
+    _v15 = tl.div_rn(_v14, _v13)
+    delta_new = _v9 + _v15
+    # specs/rmsprop_centered.py:61: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+    _v16 = delta_new + weight
+    _v17 = tl.maximum(_h3, _v16, propagate_nan=tl.PropagateNan.ALL)
+    weight_new = tl.minimum(clip_weights, _v17, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
+    tl.store(g_ptr + offs, g_new.to(g_ptr.dtype.element_ty), mask=mask)
+    tl.store(delta_ptr + offs, delta_new.to(delta_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def rmsprop_centered_kernel(
     weight_ptr,
     grad_ptr,
@@ -90,13 +167,13 @@ def rmsprop_centered_kernel(
     _h1,
     _h2,
     _h3,
-    _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
-    _h9,
-    _h10,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    gamma1,
+    gamma2,
+    epsilon,
+    clip_weights,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -108,45 +185,35 @@ def rmsprop_centered_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    _h10 = tl.cast(_h10, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-    delta = tl.load(delta_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * n
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    n_new = _v4 + _v6
-    _v7 = _h0 * g
-    _v8 = _h5 * _t0
-    g_new = _v7 + _v8
-    _v9 = _h6 * delta
-    _v10 = _h7 + n_new
-    _v11 = g_new * g_new
-    _v12 = _v10 - _v11
-    _v13 = tl.sqrt_rn(_v12)
-    _v14 = _h8 * _t0
-    _v15 = tl.div_rn(_v14, _v13)
-    delta_new = _v9 + _v15
-    _v16 = delta_new + weight
-    _v17 = tl.maximum(_h10, _v16, propagate_nan=tl.PropagateNan.ALL)
-    weight_new = tl.minimum(_h9, _v17, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
-    tl.store(g_ptr + offs, g_new.to(g_ptr.dtype.element_ty), mask=mask)
-    tl.store(delta_ptr + offs, delta_new.to(delta_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    gamma1 = tl.cast(gamma1, tl.float32)
+    gamma2 = tl.cast(gamma2, tl.float32)
+    epsilon = tl.cast(epsilon, tl.float32)
+    clip_weights = tl.cast(clip_weights, tl.float32)
+    rmsprop_centered_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        n_ptr,
+        g_ptr,
+        delta_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        gamma1,
+        gamma2,
+        epsilon,
+        clip_weights,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -164,8 +231,8 @@ def rmsprop_centered_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (5 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (5 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 6 * n_tensors + pid)
     start = tl.load(meta_ptr + 6 * n_tensors + n_chunks + pid)
@@ -187,46 +254,35 @@ def rmsprop_centered_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 11 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 11 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 11 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 11 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 11 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 11 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 11 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 11 + 9)
-    _h10 = tl.load(scalars_ptr + tensor * 11 + 10)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-    delta = tl.load(delta_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h3 * grad
-    _v1 = _h4 * weight
-    _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h2, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _t0 = tl.minimum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = _h0 * n
-    _v5 = _t0 * _t0
-    _v6 = _h5 * _v5
-    n_new = _v4 + _v6
-    _v7 = _h0 * g
-    _v8 = _h5 * _t0
-    g_new = _v7 + _v8
-    _v9 = _h6 * delta
-    _v10 = _h7 + n_new
-    _v11 = g_new * g_new
-    _v12 = _v10 - _v11
-    _v13 = tl.sqrt_rn(_v12)
-    _v14 = _h8 * _t0
-    _v15 = tl.div_rn(_v14, _v13)
-    delta_new = _v9 + _v15
-    _v16 = delta_new + weight
-    _v17 = tl.maximum(_h10, _v16, propagate_nan=tl.PropagateNan.ALL)
-    weight_new = tl.minimum(_h9, _v17, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
-    tl.store(g_ptr + offs, g_new.to(g_ptr.dtype.element_ty), mask=mask)
-    tl.store(delta_ptr + offs, delta_new.to(delta_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 11 + 4)
+    rescale_grad = tl.load(scalars_ptr + tensor * 11 + 5)
+    clip_gradient = tl.load(scalars_ptr + tensor * 11 + 6)
+    gamma1 = tl.load(scalars_ptr + tensor * 11 + 7)
+    gamma2 = tl.load(scalars_ptr + tensor * 11 + 8)
+    epsilon = tl.load(scalars_ptr + tensor * 11 + 9)
+    clip_weights = tl.load(scalars_ptr + tensor * 11 + 10)
+    rmsprop_centered_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        n_ptr,
+        g_ptr,
+        delta_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        gamma1,
+        gamma2,
+        epsilon,
+        clip_weights,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -290,17 +346,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(rmsprop_centered_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(rmsprop_centered_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

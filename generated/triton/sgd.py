@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.sgd import (
+from generated.rules.sgd import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -49,7 +49,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.sgd; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -71,6 +71,42 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def sgd_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    rescale_grad,
+    clip_gradient,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by sgd_kernel and sgd_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.sgd, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = -lr
+    #   _h2 = -lr*wd
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+    _v0 = rescale_grad * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    _v2 = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = _h1 * _v2
+    _v4 = weight + _v3
+    _v5 = _h2 * weight
+    weight_new = _v4 + _v5
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def sgd_kernel(
     weight_ptr,
     grad_ptr,
@@ -78,8 +114,8 @@ def sgd_kernel(
     _h0,
     _h1,
     _h2,
-    _h3,
-    _h4,
+    rescale_grad,
+    clip_gradient,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -90,18 +126,11 @@ def sgd_kernel(
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h2 * grad
-    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = tl.minimum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v3 = _h3 * _v2
-    _v4 = weight + _v3
-    _v5 = _h4 * weight
-    weight_new = _v4 + _v5
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    sgd_kernel_body(
+        weight_ptr, grad_ptr, offs, mask, _h0, _h1, _h2, rescale_grad, clip_gradient, 1.0, False
+    )
 
 
 @triton.jit
@@ -116,8 +145,8 @@ def sgd_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (2 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (2 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 3 * n_tensors + pid)
     start = tl.load(meta_ptr + 3 * n_tensors + n_chunks + pid)
@@ -135,19 +164,21 @@ def sgd_multi_kernel(
     _h0 = tl.load(scalars_ptr + tensor * 5 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 5 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 5 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 5 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 5 + 4)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    _v0 = _h2 * grad
-    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
-    _v2 = tl.minimum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v3 = _h3 * _v2
-    _v4 = weight + _v3
-    _v5 = _h4 * weight
-    weight_new = _v4 + _v5
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    rescale_grad = tl.load(scalars_ptr + tensor * 5 + 3)
+    clip_gradient = tl.load(scalars_ptr + tensor * 5 + 4)
+    sgd_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        rescale_grad,
+        clip_gradient,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -207,17 +238,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(sgd_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(sgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

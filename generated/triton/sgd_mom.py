@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.sgd_mom import (
+from generated.rules.sgd_mom import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -51,7 +51,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.sgd_mom; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -73,6 +73,50 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def sgd_mom_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    mom_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    momentum,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by sgd_mom_kernel and sgd_mom_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.sgd_mom, once per step):
+    #   _h0 = -clip_gradient
+    #   _h1 = -lr
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    #   momentum: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
+    # specs/sgd_mom.py:35: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+    _v0 = momentum * mom
+    _v1 = wd * weight
+    _v2 = rescale_grad * grad
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _v4 = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    _v5 = _v1 + _v4
+    _v6 = _h1 * _v5
+    mom_new = _v0 + _v6
+    # specs/sgd_mom.py:36: weight_new = mom_new + weight
+    weight_new = mom_new + weight
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def sgd_mom_kernel(
     weight_ptr,
     grad_ptr,
@@ -80,10 +124,10 @@ def sgd_mom_kernel(
     n_elements,
     _h0,
     _h1,
-    _h2,
-    _h3,
-    _h4,
-    _h5,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    momentum,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -93,24 +137,25 @@ def sgd_mom_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
-    _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h0 * mom
-    _v1 = _h1 * weight
-    _v2 = _h4 * grad
-    _v3 = tl.maximum(_h3, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = tl.minimum(_h2, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = _v1 + _v4
-    _v6 = _h5 * _v5
-    mom_new = _v0 + _v6
-    weight_new = mom_new + weight
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    momentum = tl.cast(momentum, tl.float32)
+    sgd_mom_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mom_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        momentum,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -126,8 +171,8 @@ def sgd_mom_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (3 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (3 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 4 * n_tensors + pid)
     start = tl.load(meta_ptr + 4 * n_tensors + n_chunks + pid)
@@ -145,25 +190,25 @@ def sgd_mom_multi_kernel(
     # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 6 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 6 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 6 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 6 + 5)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h0 * mom
-    _v1 = _h1 * weight
-    _v2 = _h4 * grad
-    _v3 = tl.maximum(_h3, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = tl.minimum(_h2, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = _v1 + _v4
-    _v6 = _h5 * _v5
-    mom_new = _v0 + _v6
-    weight_new = mom_new + weight
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
+    wd = tl.load(scalars_ptr + tensor * 6 + 2)
+    rescale_grad = tl.load(scalars_ptr + tensor * 6 + 3)
+    clip_gradient = tl.load(scalars_ptr + tensor * 6 + 4)
+    momentum = tl.load(scalars_ptr + tensor * 6 + 5)
+    sgd_mom_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        mom_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        momentum,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -225,17 +270,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(sgd_mom_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(sgd_mom_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

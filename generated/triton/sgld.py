@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.sgld import (
+from generated.rules.sgld import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -53,7 +53,7 @@ from optgen_runtime.philox import stream_seed, tensor_seed
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.sgld; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -74,6 +74,50 @@ __all__ = [
 BLOCK_SIZE = 1024
 
 
+@triton.jit
+def sgld_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    _h2,
+    wd,
+    rescale_grad,
+    clip_gradient,
+    key,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by sgld_kernel and sgld_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.sgld, once per step):
+    #   _h0 = math.sqrt(lr)
+    #   _h1 = -clip_gradient
+    #   _h2 = -(1 / 2)*lr
+    #   wd: hyperparameter
+    #   rescale_grad: hyperparameter
+    #   clip_gradient: hyperparameter
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    # Philox-4x32-10 normal draw keyed by (seed, step), counter = element index: the NumPy
+    # module draws the same numbers (optgen_runtime.philox).
+    xi = tl.randn(key, offs)
+    # specs/sgld.py:31: weight_new = sqrt(lr)*xi - lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))/2 + weight
+    _v0 = _h0 * xi
+    _v1 = weight + _v0
+    _v2 = wd * weight
+    _v3 = rescale_grad * grad
+    _v4 = tl.maximum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
+    _v5 = tl.minimum(clip_gradient, _v4, propagate_nan=tl.PropagateNan.ALL)
+    _v6 = _v2 + _v5
+    _v7 = _h2 * _v6
+    weight_new = _v1 + _v7
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit(do_not_specialize=["key"])
 def sgld_kernel(
     weight_ptr,
@@ -82,9 +126,9 @@ def sgld_kernel(
     _h0,
     _h1,
     _h2,
-    _h3,
-    _h4,
-    _h5,
+    wd,
+    rescale_grad,
+    clip_gradient,
     key,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -96,24 +140,24 @@ def sgld_kernel(
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    # Philox-4x32-10 normal draw keyed by (seed, step), counter = element index: the NumPy
-    # module draws the same numbers (optgen_runtime.philox).
-    xi = tl.randn(key, offs)
-    _v0 = _h0 * xi
-    _v1 = weight + _v0
-    _v2 = _h1 * weight
-    _v3 = _h4 * grad
-    _v4 = tl.maximum(_h3, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = tl.minimum(_h2, _v4, propagate_nan=tl.PropagateNan.ALL)
-    _v6 = _v2 + _v5
-    _v7 = _h5 * _v6
-    weight_new = _v1 + _v7
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    wd = tl.cast(wd, tl.float32)
+    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    clip_gradient = tl.cast(clip_gradient, tl.float32)
+    sgld_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        key,
+        1.0,
+        False,
+    )
 
 
 @triton.jit
@@ -128,8 +172,8 @@ def sgld_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (2 x n_tensors),
-    # the tensors' sizes, the Philox keys, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (2 x
+    # n_tensors), the tensors' sizes, the Philox keys, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 4 * n_tensors + pid)
     start = tl.load(meta_ptr + 4 * n_tensors + n_chunks + pid)
@@ -147,26 +191,25 @@ def sgld_multi_kernel(
     _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 6 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 6 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 6 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 6 + 5)
+    wd = tl.load(scalars_ptr + tensor * 6 + 3)
+    rescale_grad = tl.load(scalars_ptr + tensor * 6 + 4)
+    clip_gradient = tl.load(scalars_ptr + tensor * 6 + 5)
     key = tl.load(meta_ptr + 3 * n_tensors + tensor)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    # Philox-4x32-10 normal draw keyed by (seed, step), counter = element index: the NumPy
-    # module draws the same numbers (optgen_runtime.philox).
-    xi = tl.randn(key, offs)
-    _v0 = _h0 * xi
-    _v1 = weight + _v0
-    _v2 = _h1 * weight
-    _v3 = _h4 * grad
-    _v4 = tl.maximum(_h3, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = tl.minimum(_h2, _v4, propagate_nan=tl.PropagateNan.ALL)
-    _v6 = _v2 + _v5
-    _v7 = _h5 * _v6
-    weight_new = _v1 + _v7
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    sgld_kernel_body(
+        weight_ptr,
+        grad_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        key,
+        inv_scale,
+        True,
+    )
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -227,19 +270,23 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
     # The per-tensor integers of the meta table: the Philox keys, as ``step`` makes them.
     ints = [
-        (stream_seed(tensor_seed(hp["seed"], k), tj),) for k, tj in zip(streams, ts, strict=True)
+        (stream_seed(tensor_seed(hp["seed"], _k), _tj),)
+        for _k, _tj in zip(streams, ts, strict=True)
     ]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(sgld_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(sgld_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

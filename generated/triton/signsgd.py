@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from generated.numpy.signsgd import (
+from generated.rules.signsgd import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     HOST_STATES,
@@ -59,7 +59,7 @@ from optgen_runtime.common import (
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
-# The rule's constants and host-side scalars are the NumPy module's: one source for both targets.
+# The rule's metadata and host code live in generated.rules.signsgd; re-exported here.
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
@@ -81,6 +81,36 @@ BLOCK_SIZE = 1024
 
 
 @triton.jit
+def signsgd_kernel_body(
+    weight_ptr,
+    grad_ptr,
+    offs,
+    mask,
+    _h0,
+    _h1,
+    inv_scale,
+    AMP: tl.constexpr,
+):
+    # The update of one block, shared by signsgd_kernel and signsgd_multi_kernel.
+    # Host scalars (fp32; from host_scalars in generated.rules.signsgd, once per step):
+    #   _h0 = -lr*(wd + wd_lh) + 1
+    #   _h1 = -lr
+    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    if AMP:  # GradScaler's inverse scale, right after the load
+        grad = grad * inv_scale
+    # specs/signsgd.py:36: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
+    _v0 = _h0 * weight
+    _v1 = tl.abs(grad)
+    _v2 = _v1 > 0.0
+    _v3 = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, grad))
+    _v4 = tl.where(_v2, _v3, 0.0)
+    _v5 = _h1 * _v4
+    weight_new = _v0 + _v5
+    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def signsgd_kernel(
     weight_ptr,
     grad_ptr,
@@ -96,16 +126,7 @@ def signsgd_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    _v0 = _h0 * weight
-    _v1 = tl.abs(grad)
-    _v2 = _v1 > 0.0
-    _v3 = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, grad))
-    _v4 = tl.where(_v2, _v3, 0.0)
-    _v5 = _h1 * _v4
-    weight_new = _v0 + _v5
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    signsgd_kernel_body(weight_ptr, grad_ptr, offs, mask, _h0, _h1, 1.0, False)
 
 
 @triton.jit
@@ -120,8 +141,8 @@ def signsgd_multi_kernel(
     BLOCK_SIZE: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable): a pointer table per buffer (2 x n_tensors),
-    # the tensors' sizes, then per chunk its tensor and its first element.
+    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (2 x
+    # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 3 * n_tensors + pid)
     start = tl.load(meta_ptr + 3 * n_tensors + n_chunks + pid)
@@ -138,17 +159,7 @@ def signsgd_multi_kernel(
     # This tensor's host scalars: row `tensor` of the fp32 table (2 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 2 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 2 + 1)
-    weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
-    grad = grad * inv_scale
-    _v0 = _h0 * weight
-    _v1 = tl.abs(grad)
-    _v2 = _v1 > 0.0
-    _v3 = tl.where(grad > 0, 1.0, tl.where(grad < 0, -1.0, grad))
-    _v4 = tl.where(_v2, _v3, 0.0)
-    _v5 = _h1 * _v4
-    weight_new = _v0 + _v5
-    tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    signsgd_kernel_body(weight_ptr, grad_ptr, offs, mask, _h0, _h1, inv_scale, True)
 
 
 def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,17 +219,20 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, s, HOST_STATES) for s in states]
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = [
-        check_tensors(RULE, w, g, s, STATES, HOST_STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
+        for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    # The per-tensor integers of the meta table: none (no draws).
+    # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    new = [host_scalars(tj, **hp, **h, **s) for tj, h, s in zip(ts, hosts, sums, strict=True)]
-    chunks.update(signsgd_multi_kernel, [scalars for scalars, _ in new], RULE, amp)
-    for s, (_, host_new) in zip(states, new, strict=True):
-        s.update(host_new)
+    new = [
+        host_scalars(_tj, **hp, **_host, **_sums)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
+    ]
+    chunks.update(signsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+    for _s, (_, host_new) in zip(states, new, strict=True):
+        _s.update(host_new)
     return chunks.launches

@@ -1,0 +1,149 @@
+"""The one registry of names generated code uses for itself.
+
+Every identifier in a generated module is either a name the spec declared (its hyperparameters,
+states, host states, reductions, draws, ``let`` intermediates, its rule and class names) or one
+registered here: a fixed name (:data:`RESERVED`, with why it is taken), a spec name with a
+registered suffix (:data:`SUFFIXES`: ``mean_new``, ``mean_ptr``, ...), the rule's name with a
+registered suffix (:data:`RULE_SUFFIXES`: ``adam_kernel``), or a generated temporary (a leading
+underscore: :class:`Temps` hands them out). The spec check asks :func:`refusal` before it accepts
+a name, the printers ask :class:`Temps` and :func:`derived` for theirs, and a test parses every
+generated module and asks :func:`registered` about each identifier it finds.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import unicodedata
+from typing import ClassVar
+
+import sympy as sp
+
+RESERVED: dict[str, str] = {}
+
+
+def _reserve(why: str, names: str) -> None:
+    for name in names.split():
+        RESERVED.setdefault(name, why)
+
+
+_reserve("a module the generated code imports", "np tl triton torch math annotations")
+_reserve("a typing name the generated code imports", "Any Sequence")
+_reserve(
+    "a runtime helper the generated code imports",
+    "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
+    "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
+    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed",
+)
+_reserve(
+    "a module global of every generated module",
+    "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
+    "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS BLOCK_SIZE CHUNK RULES META NUMPY TRITON "
+    "init_state step step_multi host_scalars reduction_scalars",
+)
+_reserve(
+    "an argument of the step API (module step/step_multi, torch classes)",
+    "weight grad state t hyperparams weights grads states stream_ids amp "
+    "self params multi_precision backend",
+)
+_reserve(
+    "a local of the generated kernels",
+    "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
+    "meta meta_ptr scalars_ptr amp_ptr partial_ptr",
+)
+_reserve(
+    "a local of the generated step functions",
+    "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
+    "dtype update reduce scratch stop name value partial",
+)
+_reserve(
+    "a keyword argument the generated code passes",
+    "out other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
+    "integer lo hi lo_open hi_open allow_none",
+)
+_reserve(
+    "a Python builtin the generated code calls",
+    " ".join(n for n in dir(builtins) if not n.startswith("_")),
+)
+
+# Names a spec symbol gets with one of these suffixes in generated code.
+SUFFIXES: dict[str, str] = {
+    "_new": "the value at step i+1 (states and the weight)",
+    "_ptr": "a buffer's pointer in a kernel",
+    "_like": "a buffer's pointer-type witness in a multi-tensor kernel",
+    "_flat": "a buffer's flat view in the NumPy module",
+}
+# Names the rule's name gets with one of these suffixes (kernels).
+RULE_SUFFIXES: tuple[str, ...] = (
+    "_kernel",
+    "_multi_kernel",
+    "_reduce_kernel",
+    "_multi_reduce_kernel",
+    "_kernel_body",
+    "_reduce_kernel_body",
+)
+TEMP_PREFIX = "_"
+
+
+def refusal(name: str) -> str | None:
+    """Why a spec may not declare ``name`` (None: it may)."""
+    if not name.isidentifier() or keyword.iskeyword(name):
+        return "is not a Python identifier"
+    if unicodedata.normalize("NFKC", name) != name:
+        return (
+            f"changes under Unicode normalisation (Python reads it as "
+            f"{unicodedata.normalize('NFKC', name)!r}); spell it in its normal form"
+        )
+    if name.startswith(TEMP_PREFIX):
+        return "clashes with generated temporaries (names starting with '_' are reserved)"
+    if name in RESERVED:
+        return f"clashes with a name the generated code uses ({RESERVED[name]})"
+    for suffix, why in SUFFIXES.items():
+        if name.endswith(suffix):
+            return f"ends with {suffix!r}, reserved for {why}"
+    for suffix in RULE_SUFFIXES:
+        if name.endswith(suffix):
+            return f"ends with {suffix!r}, reserved for the generated kernels"
+    return None
+
+
+def derived(name: str, suffix: str) -> str:
+    """A spec name with a registered suffix (``derived("mean", "_ptr") == "mean_ptr"``)."""
+    if suffix not in SUFFIXES and suffix not in RULE_SUFFIXES:
+        raise KeyError(f"suffix {suffix!r} is not registered in codegen/names.py")
+    return f"{name}{suffix}"
+
+
+def registered(identifier: str, spec_names: set[str]) -> bool:
+    """True when generated code may contain ``identifier`` next to these spec names."""
+    if identifier in spec_names or identifier in RESERVED:
+        return True
+    if identifier.startswith(TEMP_PREFIX):
+        return True
+    for suffix in [*SUFFIXES, *RULE_SUFFIXES]:
+        if identifier.endswith(suffix) and identifier[: -len(suffix)] in spec_names:
+            return True
+    return False
+
+
+class Temps:
+    """Hands out a rule's generated temporaries, unique across all of its kernels.
+
+    Kinds (prefix): host scalar ``_h``, CSE temporary ``_t``, three-address value ``_v``,
+    NumPy scratch buffer ``_b``.
+    """
+
+    PREFIXES: ClassVar[dict[str, str]] = {"host": "_h", "cse": "_t", "value": "_v", "scratch": "_b"}
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.PREFIXES, 0)
+
+    def new(self, kind: str) -> sp.Symbol:
+        symbol = sp.Symbol(f"{self.PREFIXES[kind]}{self.counts[kind]}", real=True)
+        self.counts[kind] += 1
+        return symbol
+
+    def numbered(self, kind: str) -> sp.core.symbol.Symbol:
+        """An endless source of ``kind`` temporaries (for SymPy's CSE)."""
+        while True:
+            yield self.new(kind)

@@ -1,0 +1,114 @@
+"""The one table of operations: every operation a spec may use, and what each layer makes of it.
+
+An :class:`OpDef` says where the operation comes from in SymPy (``sympy``: the function class a
+spec writes, or None for arithmetic the linearizer builds from ``Add``/``Mul``/``Pow``), how to
+rebuild it symbolically (``build``: the equivalence proof in the tests), whether its result is a
+mask (``boolean``), whether it exists only on the host (``host_only``: schedules on the step
+count), and its cost in the lowering's op counts. Derived from this table, and nothing else:
+
+- the functions a spec may use (:data:`SPEC_FUNCTIONS`, :data:`RELATIONALS`, :data:`HOST_ONLY`);
+- the linearizer's SymPy-to-op mapping (:data:`FROM_SYMPY`);
+- the symbolic reconstruction (:func:`build`);
+- the mask kinds (:data:`BOOLEAN`);
+- each target's printer: a target declares one entry per element operation and calls
+  :func:`require` at import, which fails naming any operation the target lacks.
+
+Adding an operation (``tanh``, say) is one row here plus one entry per target printer; a target
+that forgets its entry fails when it is imported, not when a spec first uses the operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One operation: ``dest = name(*args)`` on one element (or on the host, ``host_only``)."""
+
+    name: str
+    arity: int
+    build: Callable[..., sp.Expr]
+    sympy: type[sp.Basic] | None = None  # the spec-level function this op comes from
+    boolean: bool = False  # the result is a mask (comparisons)
+    host_only: bool = False  # refused per element: the host computes it
+    cost: int = 1  # weight in op counts (a later matrix product costs more)
+    doc: str = ""
+
+
+def _ne(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    """A host condition (1.0/0.0 at run time) compared with 0 is the condition itself."""
+    return a if isinstance(a, sp.logic.boolalg.Boolean) and b == 0 else sp.Ne(a, b)
+
+
+OPS: tuple[OpDef, ...] = (
+    OpDef("add", 2, lambda a, b: a + b, doc="a + b"),
+    OpDef("sub", 2, lambda a, b: a - b, doc="a - b"),
+    OpDef("mul", 2, lambda a, b: a * b, doc="a * b"),
+    OpDef("div", 2, lambda a, b: a / b, doc="a / b, IEEE round to nearest"),
+    OpDef("neg", 1, lambda a: -a, doc="-a"),
+    OpDef("copy", 1, lambda a: a, cost=0, doc="a (a constant or a host scalar broadcast)"),
+    OpDef("sqrt", 1, sp.sqrt, doc="sqrt(a), IEEE round to nearest"),
+    OpDef("abs", 1, sp.Abs, sympy=sp.Abs),
+    OpDef("sign", 1, sp.sign, sympy=sp.sign, doc="-1, 0, 1; NaN stays NaN"),
+    OpDef("exp", 1, sp.exp, sympy=sp.exp),
+    OpDef("log", 1, sp.log, sympy=sp.log),
+    OpDef("max", 2, sp.Max, sympy=sp.Max, doc="NaN-propagating"),
+    OpDef("min", 2, sp.Min, sympy=sp.Min, doc="NaN-propagating"),
+    OpDef("gt", 2, sp.StrictGreaterThan, sympy=sp.StrictGreaterThan, boolean=True),
+    OpDef("ge", 2, sp.GreaterThan, sympy=sp.GreaterThan, boolean=True),
+    OpDef("lt", 2, sp.StrictLessThan, sympy=sp.StrictLessThan, boolean=True),
+    OpDef("le", 2, sp.LessThan, sympy=sp.LessThan, boolean=True),
+    OpDef("ne", 2, _ne, boolean=True, doc="a host condition arrives as 1.0/0.0"),
+    OpDef(
+        "where",
+        3,
+        lambda c, a, b: sp.Piecewise((a, c), (b, True)),
+        sympy=sp.Piecewise,
+        doc="c ? a : b",
+    ),
+    OpDef("mod", 2, sp.Mod, sympy=sp.Mod, host_only=True),
+    OpDef("floor", 1, sp.floor, sympy=sp.floor, host_only=True),
+    OpDef("ceiling", 1, sp.ceiling, sympy=sp.ceiling, host_only=True),
+)
+
+BY_NAME: dict[str, OpDef] = {op.name: op for op in OPS}
+ELEMENT_OPS: tuple[str, ...] = tuple(op.name for op in OPS if not op.host_only)
+BOOLEAN: frozenset[str] = frozenset(op.name for op in OPS if op.boolean)
+# SymPy function class -> op, for every op a spec writes as a function (unary, Max/Min,
+# comparisons, Piecewise); arithmetic (Add, Mul, Pow) is built structurally by the linearizer.
+FROM_SYMPY: dict[type[sp.Basic], OpDef] = {op.sympy: op for op in OPS if op.sympy is not None}
+RELATIONALS: tuple[type[sp.Basic], ...] = tuple(
+    op.sympy for op in OPS if op.boolean and op.sympy is not None
+)
+HOST_ONLY: tuple[type[sp.Basic], ...] = tuple(
+    op.sympy for op in OPS if op.host_only and op.sympy is not None
+)
+SPEC_FUNCTIONS: tuple[type[sp.Basic], ...] = tuple(
+    op.sympy for op in OPS if op.sympy is not None and not op.boolean and not op.host_only
+)
+# Boolean structure: fine in host expressions (flags, choices, schedules); per element, the
+# lowering accepts only plain comparisons and says so.
+BOOLEAN_STRUCTURE: tuple[type[sp.Basic], ...] = (sp.Eq, sp.Ne, sp.And, sp.Or, sp.Not, ExprCondPair)
+
+
+def build(name: str, *args: sp.Expr) -> sp.Expr:
+    """The SymPy value of ``name(*args)``: how the tests rebuild the equations from the ops."""
+    return BY_NAME[name].build(*args)
+
+
+def require(target: str, entries: Mapping[str, object]) -> None:
+    """Fail at import when ``target``'s printer lacks an element operation (or has a stray one)."""
+    missing = [name for name in ELEMENT_OPS if name not in entries]
+    if missing:
+        raise ImportError(
+            f"the {target} printer has no entry for operation(s) {', '.join(missing)} "
+            "(codegen/ops.py lists every operation; add the entry to the printer)"
+        )
+    unknown = sorted(set(entries) - set(ELEMENT_OPS))
+    if unknown:
+        raise ImportError(f"the {target} printer prints unknown operation(s) {', '.join(unknown)}")

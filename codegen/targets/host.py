@@ -1,0 +1,93 @@
+"""Host code: plain Python floats (double precision), computed once per step.
+
+Shared by every target: the rule's metadata module (``generated/rules``) holds the host code, and
+the NumPy and Triton modules call it. Every decision about literals and function names is made
+here, never by editing printed text.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from codegen.spec import SpecError
+from optgen_runtime.common import Legal
+
+
+class HostPrinter(PythonCodePrinter):
+    """Host scalars in plain Python floats (double), computed once per step."""
+
+    def _math(self, name: str) -> str:
+        """``math.<name>``, recorded as an import the module needs."""
+        self.module_imports["math"].add(name)
+        return f"math.{name}"
+
+    def _print_Infinity(self, expr: sp.Expr) -> str:
+        """``math.inf`` rather than ``float('inf')``."""
+        return self._math("inf")
+
+    def _print_NegativeInfinity(self, expr: sp.Expr) -> str:
+        """``-math.inf`` rather than ``-float('inf')``."""
+        return f"-{self._math('inf')}"
+
+    def _print_Rational(self, expr: sp.Rational) -> str:
+        """Exact ratios as a float division of integers (1/3, not 0.3333)."""
+        return f"({expr.p} / {expr.q})"
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        """repr of the double, which round-trips (SymPy prints 15 digits)."""
+        return repr(float(expr))
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        """sqrt as ``math.sqrt``; other powers as Python ``**`` on floats."""
+        if expr.exp == sp.Rational(1, 2):
+            return f"{self._math('sqrt')}({self._print(expr.base)})"
+        if expr.exp == -sp.Rational(1, 2):
+            return f"(1.0 / {self._math('sqrt')}({self._print(expr.base)}))"
+        base = self.parenthesize(expr.base, 100)
+        exponent = self.parenthesize(expr.exp, 100)
+        return f"{base} ** {exponent}"
+
+
+def host_code(expr: sp.Expr) -> str:
+    printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
+    text = printer.doprint(expr)
+    unsupported = printer.module_imports.keys() - {"math"}
+    if unsupported:  # never fall back silently to another module
+        raise SpecError(f"host expression {expr} needs {sorted(unsupported)}")
+    return text
+
+
+def uses_math(*exprs: sp.Expr) -> bool:
+    """True when the host code of any of ``exprs`` calls into ``math``."""
+    printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
+    for expr in exprs:
+        printer.doprint(expr)
+    return "math" in printer.module_imports
+
+
+def legal_code(legal: Legal) -> str:
+    """A hyperparameter's legal values as a ``Legal(...)`` call with keywords (defaults omitted)."""
+    parts = []
+    for field, default in Legal._field_defaults.items():
+        value = getattr(legal, field)
+        if value == default and not (isinstance(value, float) and math.isnan(value)):
+            continue
+        if field in ("lo", "hi"):
+            parts.append(f"{field}={host_code(sp.sympify(value))}")
+        else:
+            parts.append(f"{field}={value!r}")
+    return f"Legal({', '.join(parts)})"
+
+
+def literal(value: sp.Expr) -> str:
+    """A per-element constant: the double's repr; it must be a normal fp32 number (or 0)."""
+    x = float(value)
+    if math.isinf(x) or math.isnan(x):
+        raise SpecError(f"constant {x!r} is not finite")
+    if x != 0 and not (np.finfo(np.float32).tiny <= abs(x) <= np.finfo(np.float32).max):
+        raise SpecError(f"constant {x!r} is outside float32's normal range")
+    return repr(x)

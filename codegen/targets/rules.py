@@ -1,0 +1,147 @@
+"""The rule's metadata module, ``generated/rules/<rule>.py``: the one generated place that holds
+its hyperparameters (defaults, legal values, what None means), states, reductions, draws, host
+states, torch equivalent and host code. The NumPy, Triton and torch layers all read it.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from codegen.ir import Assign
+from codegen.lower import Lowered
+from codegen.spec import Rule
+from codegen.targets import Target
+from codegen.targets.host import host_code, legal_code, uses_math
+
+
+def folds_gradient_scale(lowered: Lowered) -> bool:
+    """True when the gradient enters only as ``rescale_grad * grad``.
+
+    Then an AMP loss scale s can be undone by passing ``rescale_grad / s`` to the kernel instead
+    of a pass over the gradients: substituting grad -> grad / s, rescale_grad -> rescale_grad * s
+    must leave every output and every reduction unchanged (SymPy cancels s in products).
+    """
+    rule = lowered.rule
+    rescale = rule.hypers.get("rescale_grad")
+    if rescale is None:
+        return False
+    s = sp.Symbol("_loss_scale", positive=True)
+    swap = {rule.grad: rule.grad / s, rescale.symbol: rescale.symbol * s}
+    exprs = [*lowered.inlined.values(), *lowered.raw_summands.values()]
+    return all(sp.expand(e.xreplace(swap) - e) == 0 for e in exprs)
+
+
+def torch_equivalent_code(rule: Rule) -> str:
+    """The rule's TorchEquivalent(...) as code; factors become functions of the hyperparameters."""
+    if rule.torch is None:
+        return "None"
+    states = []
+    for ours, (theirs, factor) in rule.torch.states.items():
+        args = ", ".join([*sorted(str(s) for s in factor.free_symbols), "**_"])
+        states.append(f"{ours!r}: ({theirs!r}, lambda {args}: {host_code(factor)})")
+    eq = rule.torch
+    return (
+        f"TorchEquivalent({eq.class_name!r}, {eq.hyper!r}, {{{', '.join(states)}}}, {eq.fixed!r})"
+    )
+
+
+def host_program(lowered: Lowered, wanted: list[sp.Symbol]) -> list[Assign]:
+    """The host assignments (lets by name, positional scalars) that compute ``wanted``, in order."""
+    assigns = [
+        *lowered.host_lets,
+        *(a for a in lowered.block.role("host") if a.target in lowered.host),
+    ]
+    by_target = {a.target: a for a in assigns if a.expr != a.target}
+    needed: set[sp.Symbol] = set()
+    pending = list(wanted)
+    while pending:
+        s = pending.pop()
+        if s in by_target and s not in needed:
+            needed.add(s)
+            pending += list(by_target[s].expr.free_symbols)
+    seen: set[sp.Symbol] = set()
+    out = []
+    for a in assigns:
+        if a.target in needed and a.target not in seen:
+            seen.add(a.target)
+            out.append(a)
+    return out
+
+
+def exported(lowered: Lowered) -> list[str]:
+    """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
+    names = [
+        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
+        "REDUCTIONS", "RULE", "SPEC", "STATES", "host_scalars",
+    ]  # fmt: skip
+    return sorted([*names, "reduction_scalars"] if lowered.summands else names)
+
+
+def _lines(assigns: list[Assign]) -> list[str]:
+    lines = []
+    for a in assigns:
+        lines += [f"# {o.comment()}" for o in a.origin]
+        lines.append(f"{a.target} = {host_code(a.expr)}")
+    return lines
+
+
+def context(lowered: Lowered) -> dict[str, object]:
+    rule = lowered.rule
+    update = lowered.update_scalars
+    reduce = lowered.reduce_host
+    host_names = [*rule.hypers, *rule.host_states]
+    update_code = _lines(host_program(lowered, update))
+    reduce_code = _lines(host_program(lowered, reduce))
+    updates = [
+        (hs.name, host_code(lowered.host_updates[hs.new])) for hs in rule.host_states.values()
+    ]
+    exprs = [lowered.host_value(s) for s in [*update, *reduce]]
+    exprs += [e for e in lowered.host_updates.values()]
+    exprs += [sp.sympify(h.none_value) for h in rule.hypers.values() if h.none_value is not None]
+    exprs += [sp.sympify(x) for h in rule.hypers.values() for x in (h.legal.lo, h.legal.hi)]
+    return {
+        "rule": rule,
+        "doc": rule.doc,
+        "hypers": [
+            {
+                "name": h.name,
+                "default": repr(h.default),
+                "legal": legal_code(h.legal),
+                "none": None if h.none_value is None else host_code(sp.sympify(h.none_value)),
+                "doc": h.doc,
+            }
+            for h in rule.hypers.values()
+        ],
+        "states": list(rule.states.values()),
+        "reductions": [str(r) for r in lowered.summands],
+        "draws": [str(d) for d in lowered.draws],
+        "host_states": list(rule.host_states.values()),
+        "folds_scale": folds_gradient_scale(lowered),
+        "torch": torch_equivalent_code(rule),
+        "host_args": host_names + [str(r) for r in lowered.summands],
+        "reduce_args": host_names,
+        "update_code": update_code,
+        "update_names": [s.name for s in update],
+        "reduce_code": reduce_code,
+        "reduce_names": [s.name for s in reduce],
+        "host_updates": updates,
+        "op_counts": lowered.op_counts(),
+        "reduce_op_counts": dict(
+            sorted(
+                {
+                    k: sum(op.kind == k for op in lowered.reduce_ops)
+                    for k in {o.kind for o in lowered.reduce_ops}
+                }.items()
+            )
+        ),
+        "uses_math": uses_math(*exprs, *(a.expr for a in lowered.host_lets)),
+    }
+
+
+TARGET = Target(
+    "rules",
+    "rules",
+    "rules_module.py.j2",
+    context,
+    "metadata and host code, read by every other layer",
+)
