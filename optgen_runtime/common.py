@@ -94,14 +94,7 @@ def resolve_hyperparams(
                 raise ValueError(f"{rule}: hyperparameter {name} may not be None")
             values[name] = none_means[name]
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = float(value)  # numpy and 0-d torch scalars
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{rule}: hyperparameter {name} must be a real number, got {value!r}"
-                ) from None
-        value = float(value)
+        value = _real(rule, name, value)
         if rule_legal.integer and math.isfinite(value) and not value.is_integer():
             raise ValueError(
                 f"{rule}: hyperparameter {name}={value!r} must be an integer "
@@ -116,6 +109,21 @@ def resolve_hyperparams(
     return values
 
 
+def _real(rule: str, name: str, value: Any) -> float:
+    """A numeric hyperparameter as a float: Python/NumPy reals and 1-element torch tensors;
+    never a bool, a string or bytes (``"0.05"`` would pass ``float()`` and fail later)."""
+    bad = isinstance(value, (bool, str, bytes, bytearray)) or type(value).__name__ == "bool_"
+    if not bad and not isinstance(value, (int, float)):
+        bad = not (hasattr(value, "__float__") or hasattr(value, "__index__"))
+        bad = bad or (getattr(value, "dtype", None) is not None and "bool" in str(value.dtype))
+    if not bad:
+        try:
+            return float(value)  # numpy and 0-d torch scalars
+        except (TypeError, ValueError, OverflowError, RuntimeError):
+            pass
+    raise TypeError(f"{rule}: hyperparameter {name} must be a real number, got {value!r}")
+
+
 def _discrete(rule: str, name: str, value: Any, legal: Legal) -> float:
     """A choice as the index of its string, a flag as 1.0/0.0."""
     if legal.flag:
@@ -127,15 +135,34 @@ def _discrete(rule: str, name: str, value: Any, legal: Legal) -> float:
     return float(legal.choices.index(value))
 
 
+# The largest step count: counts are kept exactly as int64 (the torch classes' state["step"]).
+MAX_STEP = 2**63 - 1
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+
+
 def check_step_count(rule: str, t: Any) -> int:
-    """The step count is an integer >= 1 (1 on the first step)."""
-    if isinstance(t, bool) or not isinstance(t, int):
+    """The step count is an integer in [1, 2**63 - 1] (1 on the first step); a bool, a float
+    (even 2.0), NaN or a string is refused with a TypeError, an out-of-range integer with a
+    ValueError, each naming the rule."""
+    if isinstance(t, bool) or type(t).__name__ == "bool_":
+        raise TypeError(f"{rule}: step count t must be an int >= 1, got the bool {t!r}")
+    if not isinstance(t, int):
         try:
             t = operator.index(t)
         except TypeError:
-            raise TypeError(f"{rule}: step count t must be an int >= 1, got {t!r}") from None
+            raise TypeError(
+                f"{rule}: step count t must be an int >= 1, got {_short(t)} ({type(t).__name__})"
+            ) from None
     if t < 1:
         raise ValueError(f"{rule}: step count t must be >= 1 (1 on the first step), got {t}")
+    if t > MAX_STEP:
+        raise ValueError(
+            f"{rule}: step count t={_short(t)} is past the largest step count 2**63 - 1"
+        )
     return int(t)
 
 

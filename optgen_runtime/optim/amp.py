@@ -26,7 +26,7 @@ from optgen_runtime.triton_support import amp_flags
 
 # What a skipped step rolls back, per parameter: (param, its state, its step count before the
 # step or None if the step created the state, its host states before the step).
-Undo = list[tuple[torch.Tensor, dict[str, Any], float | None, dict[str, float]]]
+Undo = list[tuple[torch.Tensor, dict[str, Any], int | None, dict[str, float]]]
 
 
 class Pending(NamedTuple):
@@ -88,7 +88,7 @@ class AmpScaling:
                 undo.append((p, {}, None, {}))
             else:
                 old = {key: state[key] for key in self.META.HOST_STATES}
-                undo.append((p, state, float(state["step"]), old))
+                undo.append((p, state, int(state["step"]), old))
         return undo
 
     def _device_amp(

@@ -146,7 +146,8 @@ class TorchExchange:
         hp_of = {i: g for g in ours["param_groups"] for i in g["params"]}
         for index, st in ours["state"].items():
             hp = self._hyper(hp_of[index])
-            out: dict[str, Any] = {"step": st["step"]}
+            # torch's format: a float32 count (exact up to 2**24, as torch's own)
+            out: dict[str, Any] = {"step": st["step"].to(torch.float32)}
             for key, (theirs, factor) in eq.states.items():
                 value = st[key]
                 out[theirs] = value / factor(**hp) if isinstance(value, torch.Tensor) else value
@@ -224,8 +225,7 @@ class TorchExchange:
                 continue
             hp = self._hyper(hp_of[index])
             # torch's SGD keeps no step count (its math needs none): count from 0 again
-            step = torch.as_tensor(st.get("step", 0.0), dtype=torch.float32)
-            out: dict[str, Any] = {"step": step}
+            out: dict[str, Any] = {"step": st.get("step", 0)}  # checked by load_state_dict
             for key, (theirs, factor) in eq.states.items():
                 value = st.get(theirs)
                 if value is None:

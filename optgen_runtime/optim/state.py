@@ -1,10 +1,16 @@
 """Per-parameter state: creation, checks, restore, ``state_dict`` / ``load_state_dict``.
 
-- State in torch's format (``"step"`` as a float32 tensor, the rule's buffers, its host-side
+- State in torch's layout (``"step"`` as a 0-d CPU tensor, the rule's buffers, its host-side
   scalars as Python floats, ``"master"`` for multi-precision), so ``state_dict()`` /
   ``load_state_dict()`` round-trip and a resumed run is bit-identical to an uninterrupted one
   (the loader restores every buffer in the rule's dtype: fp32 state of fp16/bf16 parameters never
-  passes through the parameter's dtype, unlike torch.optim's loader).
+  passes through the parameter's dtype, unlike torch.optim's loader). ``"step"`` is an int64
+  tensor, exact up to ``2**63 - 1`` (torch's float32 count stops counting at ``2**24``: SGLD
+  would draw the same noise every step); ``to_torch_state_dict`` exports torch's float32 count,
+  and the loaders accept either, if it holds a whole number.
+- ``state_dict()`` records the rule (``"rule"`` in every param group), and ``load_state_dict``
+  refuses another rule's state dict; one without the record (an older one) must have exactly
+  this rule's state entries and hyperparameters.
 - Every check comes before any write: a step validates every group, parameter and state buffer
   (hyperparameters, sparse gradients, shapes, dtypes, devices, a group spanning devices) before
   it creates state or updates anything, with the checks the generated modules use
@@ -33,11 +39,52 @@ from optgen_runtime.checks import (
     check_state_keys,
     state_key_problems,
 )
-from optgen_runtime.common import host_state_values
+from optgen_runtime.common import MAX_STEP, host_state_values
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, *LOW_PRECISION)
+RULE_KEY = "optgen_rule"  # state_dict()'s record of the rule that saved it
+
+
+def _root(cls: type) -> type:
+    """The outermost class of the MRO that has ``META`` annotations: ``GeneratedOptimizer``."""
+    for base in reversed(cls.__mro__):
+        if "RULE" in getattr(base, "__annotations__", {}):
+            return base
+    return cls
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out, todo = [], [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            out.append(sub)
+            todo.append(sub)
+    return out
+
+
+def step_tensor(count: int) -> torch.Tensor:
+    """A step count as the classes keep it: an exact int64 0-d CPU tensor."""
+    return torch.tensor(count, dtype=torch.int64)
+
+
+def step_value(value: Any) -> int | None:
+    """The step count held by ``value`` (an int64 or float 0-d tensor, a Python number), or
+    ``None`` when it holds no step count of ours: not a whole number in ``[0, 2**63 - 2]``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            return None
+        if value.is_meta:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    return value if 0 <= value < MAX_STEP else None
 
 
 class ParamState:
@@ -67,11 +114,14 @@ class ParamState:
         """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)."""
         state = self.state[p]
         if state:
+            step = state["step"]
+            if step.dtype != torch.int64 or step.device.type != "cpu" or step.dim():
+                state["step"] = step_tensor(int(step.item()))  # exact from now on
             return state
         dtype = self._working_dtype(p)
         weight = p.detach().to(dtype).cpu().numpy()
         initial = self.NUMPY.init_state(weight.copy())
-        state["step"] = torch.tensor(0.0)
+        state["step"] = step_tensor(0)
         for key in self.META.STATES:
             state[key] = torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype)
         for key in self.META.HOST_STATES:
@@ -117,9 +167,12 @@ class ParamState:
         step = state["step"]
         if not isinstance(step, torch.Tensor) or step.numel() != 1:
             self._fail(ValueError, f"{label}'s state['step'] must be a 1-element tensor")
-        count = float(step)
-        if not (math.isfinite(count) and count >= 0 and count == int(count)):
-            self._fail(ValueError, f"{label}'s state['step'] = {count} is not a step count")
+        if step_value(step) is None:
+            self._fail(
+                ValueError,
+                f"{label}'s state['step'] = {step!r} is not a step count "
+                "(a whole number in [0, 2**63 - 2])",
+            )
         host_state_values(name, state, self.META.HOST_STATES)
         dtype = self._working_dtype(p)
         buffers = [(k, state[k], dtype) for k in self.META.STATES]
@@ -148,11 +201,18 @@ class ParamState:
         missing, extra = state_key_problems(saved, self._state_names(), ("master",))
         if extra or missing:
             raise ValueError(self._foreign(f"state {index} has keys {sorted(saved)}"))
-        out: dict[str, Any] = {
-            "step": torch.as_tensor(saved["step"]).detach().to("cpu", torch.float32, copy=True)
-        }
-        for key in self.META.HOST_STATES:
-            out[key] = float(saved[key])
+        name = type(self).__name__
+        count = step_value(saved["step"])
+        if count is None:
+            raise ValueError(
+                f"{name}.load_state_dict: saved state {index}['step'] = {saved['step']!r} is "
+                "not a step count (a whole number in [0, 2**63 - 2])"
+            )
+        out: dict[str, Any] = {"step": step_tensor(count)}
+        for key, value in host_state_values(
+            f"{name}.load_state_dict: saved state {index}", saved, self.META.HOST_STATES
+        ).items():
+            out[key] = value
         tensors = [(k, self._working_dtype(p)) for k in self.META.STATES]
         if "master" in saved:
             tensors.append(("master", torch.float32))
@@ -187,7 +247,40 @@ class ParamState:
         self._settle()
         for group in self.param_groups:
             self._sync_aliases(group)
-        return super().state_dict()
+        out = super().state_dict()
+        out[RULE_KEY] = self.RULE  # torch.optim's loaders read only "state" and "param_groups"
+        return out
+
+    def _check_origin(self, state_dict: Any) -> None:
+        """Refuse a state dict saved by another rule (before anything is written)."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise TypeError(
+                f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups', "
+                f"got {type(state_dict).__name__}"
+            )
+        rule = state_dict.get(RULE_KEY)
+        if rule is not None and rule != self.RULE:
+            raise ValueError(self._foreign(f"it was saved by the rule {rule!r}, not {self.RULE!r}"))
+        if rule is None:  # an older state dict: no hyperparameter of another rule
+            ours = set(self.META.HYPERPARAMS) | set(self._aliases())
+            others: dict[str, str] = {}
+            for cls in _all_subclasses(_root(type(self))):
+                meta = getattr(cls, "META", None)
+                for key in getattr(meta, "HYPERPARAMS", ()):
+                    if key not in ours:
+                        others.setdefault(key, cls.__name__)
+            for number, group in enumerate(state_dict["param_groups"]):
+                if not isinstance(group, dict):
+                    continue
+                foreign = sorted(k for k in group if k in others)
+                if foreign:
+                    raise ValueError(
+                        self._foreign(
+                            f"its param group {number} has {foreign}, which {name} does not have "
+                            f"(hyperparameters of another rule, e.g. {others[foreign[0]]})"
+                        )
+                    )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's loader, except that buffers keep the rule's dtypes and are checked first.
@@ -197,7 +290,8 @@ class ParamState:
         the rule keeps it in, and nothing is changed unless the whole state_dict is accepted.
         """
         self._settle()
-        state_dict = state_dict.copy()
+        self._check_origin(state_dict)
+        state_dict = {k: v for k, v in state_dict.items() if k != RULE_KEY}
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)
             if result is not None:

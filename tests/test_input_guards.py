@@ -1,0 +1,227 @@
+"""Inputs the runtime refuses (issue 9): step counts, foreign state dicts, hyperparameter types.
+
+Every refused call leaves parameters, gradients, state and step counts byte-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from generated.numpy import adam as np_adam
+from generated.torch import LAMB, LBSGD, NAG, SGLD, AdaBelief, Adam, Signum
+from optgen_runtime.common import check_step_count
+
+
+def make(cls, n=5, **hp):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n)) for _ in range(2)]
+    for p in params:
+        p.grad = torch.randn(n)
+    return params, cls(params, **hp)
+
+
+def snapshot(params, opt):
+    """Everything a refused call must leave as it was, as bytes."""
+    out = []
+    for p in params:
+        out.append(p.detach().clone().numpy().tobytes())
+        out.append(None if p.grad is None else p.grad.clone().numpy().tobytes())
+    for p in params:
+        st = opt.state.get(p, {})
+        for key in sorted(st):
+            v = st[key]
+            out.append(
+                (key, str(v.dtype), v.clone().numpy().tobytes()) if torch.is_tensor(v) else v
+            )
+    out.append(
+        copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+    )
+    return out
+
+
+def refused(params, opt, error, match, call):
+    before = snapshot(params, opt)
+    with pytest.raises(error, match=match):
+        call()
+    assert snapshot(params, opt) == before
+
+
+# 1. step counts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2**24, 2**53, 2**62])
+def test_step_counts_stay_exact_past_float32(count):
+    params, opt = make(SGLD, lr=1e-3)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for st in saved["state"].values():
+        st["step"] = torch.tensor(float(count) if count <= 2**24 else count)
+    opt.load_state_dict(saved)
+    before = params[0].detach().clone()
+    opt.step()
+    first = params[0].detach() - before
+    before = params[0].detach().clone()
+    opt.step()
+    second = params[0].detach() - before
+    assert [int(opt.state[p]["step"]) for p in params] == [count + 2] * 2
+    assert not torch.equal(first, second)  # a new step count draws new noise
+    again = opt.state_dict()
+    assert int(again["state"][0]["step"]) == count + 2
+
+
+def test_torch_export_keeps_torchs_float32_count():
+    params, opt = make(Adam)
+    opt.step()
+    exported = opt.to_torch_state_dict()
+    assert exported["state"][0]["step"].dtype == torch.float32
+    assert opt.state[params[0]]["step"].dtype == torch.int64
+    reference = torch.optim.Adam([torch.nn.Parameter(p.detach().clone()) for p in params])
+    reference.load_state_dict(exported)
+    params2, back = make(Adam)
+    back.load_torch_state_dict(exported)
+    assert int(back.state[params2[0]]["step"]) == 1
+
+
+def test_lbsgd_batch_scale_2_keeps_updating_past_2_24():
+    params, opt = make(LBSGD, lr=0.1, batch_scale=2.0)
+    opt.step()
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for st in saved["state"].values():
+        st["step"] = torch.tensor(2**24, dtype=torch.int64)
+    opt.load_state_dict(saved)
+    moved = 0
+    for _ in range(4):
+        before = params[0].detach().clone()
+        opt.step()
+        moved += not torch.equal(before, params[0].detach())
+    assert moved == 2  # every second call updates
+
+
+@pytest.mark.parametrize("t", [10**400, 2**63, -(10**400)])
+def test_check_step_count_refuses_huge_counts(t):
+    with pytest.raises(ValueError, match=r"^adam: step count t"):
+        check_step_count("adam", t)
+
+
+@pytest.mark.parametrize("t", [True, False, 1.5, 2.0, math.nan, "3", np.bool_(True)])
+def test_check_step_count_refuses_non_integers(t):
+    with pytest.raises(TypeError, match=r"^adam: step count t must be an int >= 1"):
+        check_step_count("adam", t)
+
+
+def test_check_step_count_accepts_the_largest():
+    assert check_step_count("adam", 2**63 - 1) == 2**63 - 1
+    assert check_step_count("adam", np.int64(7)) == 7
+
+
+def test_numpy_step_refuses_huge_t_before_writing():
+    w = np.ones(4, np.float32)
+    g = np.ones(4, np.float32)
+    state = np_adam.init_state(w)
+    before = [w.tobytes(), g.tobytes(), *(v.tobytes() for v in state.values())]
+    with pytest.raises(ValueError, match="adam: step count"):
+        np_adam.step(w, g, state, 10**400)
+    assert [w.tobytes(), g.tobytes(), *(v.tobytes() for v in state.values())] == before
+
+
+# 2. load_state_dict ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "target"), [(Adam, AdaBelief), (Signum, NAG)])
+def test_load_state_dict_refuses_another_rules_state(source, target):
+    _params, opt = make(source)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    params2, other = make(target)
+    other.step()
+    refused(
+        params2,
+        other,
+        ValueError,
+        rf"{target.__name__}.*not a state_dict",
+        lambda: other.load_state_dict(saved),
+    )
+
+
+def test_load_state_dict_without_the_record_refuses_another_rules_hyperparameters():
+    _params, opt = make(Signum)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved.pop("optgen_rule")
+    params2, nag = make(NAG)
+    nag.step()
+    refused(params2, nag, ValueError, r"NAG.*wd_lh", lambda: nag.load_state_dict(saved))
+
+
+def test_load_state_dict_without_the_record_still_loads_own_state():
+    _params, opt = make(Adam)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved.pop("optgen_rule")
+    for st in saved["state"].values():
+        st["step"] = st["step"].to(torch.float32)  # an older state dict: torch's float32 count
+    params2, other = make(Adam)
+    other.load_state_dict(saved)
+    assert other.state[params2[0]]["step"].dtype == torch.int64
+
+
+@pytest.mark.parametrize("step", [math.nan, -1.0, 1.5, math.inf, 2.0**63, "3", None])
+def test_load_state_dict_refuses_bad_step_counts(step):
+    params, opt = make(Adam)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][1]["step"] = torch.tensor(step) if isinstance(step, float) else step
+    refused(
+        params,
+        opt,
+        ValueError,
+        r"Adam.load_state_dict: saved state 1\['step'\]",
+        lambda: opt.load_state_dict(saved),
+    )
+    opt.step()  # still usable
+
+
+# 3. hyperparameter types -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0.05", b"0.05", True, np.bool_(False), torch.tensor(True)])
+def test_numeric_hyperparameters_refuse_strings_bytes_and_bools(value):
+    with pytest.raises(TypeError, match="Adam: hyperparameter lr must be a real number"):
+        Adam([torch.nn.Parameter(torch.ones(2))], lr=value)
+    with pytest.raises(TypeError, match="adam: hyperparameter lr must be a real number"):
+        np_adam.step(
+            np.ones(2, np.float32),
+            np.ones(2, np.float32),
+            np_adam.init_state(np.ones(2, np.float32)),
+            1,
+            lr=value,
+        )
+    params, opt = make(Adam)
+    opt.step()
+    refused(
+        params,
+        opt,
+        TypeError,
+        "lr",
+        lambda: opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "lr": value}),
+    )
+    opt.param_groups[0]["lr"] = value
+    before = snapshot(params, opt)[:-1]
+    with pytest.raises(TypeError, match="Adam: hyperparameter lr must be a real number"):
+        opt.step()
+    assert snapshot(params, opt)[:-1] == before
+
+
+def test_numeric_hyperparameters_still_accept_numbers():
+    Adam([torch.nn.Parameter(torch.ones(2))], lr=np.float32(0.1), wd=torch.tensor(0.01), epsilon=1)
+
+
+def test_flags_and_choices_keep_their_values():
+    LAMB([torch.nn.Parameter(torch.ones(2))], bias_correction=False)
+    LBSGD([torch.nn.Parameter(torch.ones(2))], warmup_strategy="sqrt")
