@@ -131,6 +131,10 @@ def context(lowered: Lowered) -> dict[str, object]:
     buffers = [s.name for s in rule.element_inputs]
     reduce_reads = {s.name for s in lowered.reduce_reads}
     layout = ChunkTable.layout(len(buffers), 1 if lowered.draws else 0)
+    pointers = [
+        (row, b, names.derived(b, "_ptr"), names.derived(b, "_like"))
+        for row, b in zip(layout.pointers, buffers, strict=True)
+    ]
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",
@@ -154,7 +158,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "buffers": buffers,
         "ptrs": [names.derived(b, "_ptr") for b in buffers],
         "likes": [names.derived(b, "_like") for b in buffers],
-        "reads": [s.name for s in lowered.reads],
+        "reads": [(s.name, names.derived(s.name, "_ptr")) for s in lowered.reads],
         "grad_name": rule.grad.name,
         "states": list(rule.states.values()),
         "host_states": list(rule.host_states.values()),
@@ -163,14 +167,14 @@ def context(lowered: Lowered) -> dict[str, object]:
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "ops": printer.lines(lowered.ops),
         "reduce_ops": printer.lines(lowered.reduce_ops),
-        "outputs": [(cur.name, new.name) for cur, new in _stores(lowered)],
+        "outputs": [(names.derived(cur.name, "_ptr"), new.name) for cur, new in _stores(lowered)],
         "host_names": [s.name for s in lowered.update_scalars],
         "legend": legend(lowered, lowered.update_scalars),
         "reduce_host_names": [s.name for s in lowered.reduce_host],
         "reduce_legend": legend(lowered, lowered.reduce_host),
-        "reduce_pointers": [(i, b) for i, b in enumerate(buffers) if b in reduce_reads],
+        "reduce_pointers": [p for p in pointers if p[1] in reduce_reads],
         "reduce_ptrs": [names.derived(b, "_ptr") for b in buffers if b in reduce_reads],
-        "pointers": list(enumerate(buffers)),
+        "pointers": pointers,
         "sizes_row": layout.sizes,
         "tensor_ints": [("key", layout.ints[0])] if lowered.draws else [],
         "chunk_row": layout.chunks,
