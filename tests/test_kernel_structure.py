@@ -429,3 +429,25 @@ def test_the_structure_check_catches_a_broken_kernel(mutation: str) -> None:
     assert old in source, old
     found = violations(source.replace(old, new, 1), HOST_SCALARS[rule])
     assert any(expected in problem for problem in found), found
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_single_and_multi_tensor_kernels_share_one_body(path: Path) -> None:
+    """One ``@triton.jit`` update body per rule (and one reduction body), called by both the
+    single-tensor and the multi-tensor kernel: the two cannot drift apart."""
+    tree = ast.parse(path.read_text())
+    calls = {
+        fn.name: {
+            ast.unparse(c.func)
+            for c in ast.walk(fn)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+        }
+        for fn in kernels(tree)
+    }
+    rule = path.stem
+    body = f"{rule}_kernel_body"
+    assert body in calls[f"{rule}_kernel"] and body in calls[f"{rule}_multi_kernel"]
+    if f"{rule}_reduce_kernel" in calls:
+        reduce_body = f"{rule}_reduce_kernel_body"
+        assert reduce_body in calls[f"{rule}_reduce_kernel"]
+        assert reduce_body in calls[f"{rule}_multi_reduce_kernel"]
