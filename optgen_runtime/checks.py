@@ -43,9 +43,19 @@ def check_device(where: str, label: str, x: Any, like: Any, like_label: str = "w
 
 
 def check_dense(where: str, label: str, x: Any) -> None:
-    """``x`` is not a sparse tensor."""
-    if getattr(x, "is_sparse", False):
-        raise TypeError(f"{where}: {label} is sparse; only dense tensors are supported")
+    """``x`` is a dense (strided) tensor with data: not sparse in any layout (COO, CSR, CSC,
+    BSR, BSC), not a meta tensor. NumPy arrays always are."""
+    layout = getattr(x, "layout", None)
+    if getattr(x, "is_sparse", False) or (layout is not None and "sparse" in str(layout)):
+        kind = f" ({layout})" if layout is not None else ""
+        raise TypeError(f"{where}: {label} is sparse{kind}; only dense tensors are supported")
+    if layout is not None and str(layout) != "torch.strided":
+        raise TypeError(f"{where}: {label} has layout {layout}; only dense tensors are supported")
+    if getattr(x, "is_meta", False):
+        raise ValueError(
+            f"{where}: {label} is a meta tensor (shape and dtype only, no data); "
+            "only tensors with data can be updated"
+        )
 
 
 def check_contiguous(where: str, label: str, x: Any) -> None:

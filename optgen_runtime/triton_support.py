@@ -41,6 +41,7 @@ def check_kernel_device(rule: str, label: str, x: Any) -> None:
 
 def check_weight(rule: str, weight: Any, label: str = "weight") -> None:
     check_kind(rule, label, weight, torch.Tensor, "torch.Tensor")
+    check_dense(rule, label, weight)  # before its device: a meta tensor is said to be one
     check_kernel_dtype(rule, label, weight)
     check_kernel_device(rule, label, weight)
 

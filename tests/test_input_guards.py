@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from generated.numpy import adam as np_adam
-from generated.torch import LAMB, LBSGD, NAG, SGLD, AdaBelief, Adam, Signum
+from generated.torch import LAMB, LBSGD, NAG, SGLD, AdaBelief, Adam, RMSpropCentered, Signum
 from optgen_runtime.common import check_step_count
 
 
@@ -225,3 +225,74 @@ def test_numeric_hyperparameters_still_accept_numbers():
 def test_flags_and_choices_keep_their_values():
     LAMB([torch.nn.Parameter(torch.ones(2))], bias_correction=False)
     LBSGD([torch.nn.Parameter(torch.ones(2))], warmup_strategy="sqrt")
+
+
+def test_rmsprop_centered_loads_torchs_own_centered_rmsprop_state():
+    """torch's RMSprop makes no momentum_buffer with momentum=0 (ours: delta, zeros then)."""
+    torch.manual_seed(1)
+    ref = [torch.nn.Parameter(torch.randn(6, dtype=torch.float64)) for _ in range(2)]
+    theirs = torch.optim.RMSprop(ref, lr=0.01, centered=True)
+    for _ in range(3):
+        for p in ref:
+            p.grad = torch.randn_like(p)
+        theirs.step()
+    ours_params = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    ours = RMSpropCentered(ours_params, lr=0.01, gamma2=0.0, epsilon=1e-8)
+    ours.load_torch_state_dict(theirs.state_dict())
+    assert int(ours.state[ours_params[0]]["step"]) == 3
+    for p, q in zip(ref, ours_params, strict=True):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    theirs.step()
+    ours.step()
+    for p, q in zip(ref, ours_params, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-7)  # eps placement differs
+
+
+def test_rmsprop_centered_still_refuses_a_missing_buffer_torch_makes():
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    theirs = torch.optim.RMSprop([p], centered=True, momentum=0.5)
+    theirs.step()
+    saved = copy.deepcopy(theirs.state_dict())
+    del saved["state"][0]["momentum_buffer"]
+    _params, ours = make(RMSpropCentered, n=3)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        ours.load_torch_state_dict({"state": saved["state"], "param_groups": saved["param_groups"]})
+
+
+def test_triton_path_says_sparse_for_a_csr_gradient():
+    from generated.triton import adam as tr_adam
+
+    w = torch.ones(2, 2)
+    g = torch.ones(2, 2).to_sparse_csr()
+    state = {"mean": torch.zeros(2, 2), "var": torch.zeros(2, 2)}
+    before = [w.clone(), state["mean"].clone(), state["var"].clone()]
+    for call in (
+        lambda: tr_adam.step(w, g, state, 1),
+        lambda: tr_adam.step_multi([w], [g], [state], 1),
+    ):
+        with pytest.raises(TypeError, match="adam: grad is sparse"):
+            call()
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, [w, state["mean"], state["var"]], strict=True)
+    )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton", "auto"])
+def test_meta_tensors_are_called_meta_tensors(backend):
+    p = torch.nn.Parameter(torch.ones(4, device="meta"))
+    p.grad = torch.ones(4, device="meta")
+    opt = Adam([p], backend=backend)
+    with pytest.raises(ValueError, match="Adam: parameter 0 is a meta tensor"):
+        opt.step()
+    assert not opt.state
+
+
+def test_triton_module_says_meta_tensor():
+    from generated.triton import adam as tr_adam
+
+    w = torch.ones(4, device="meta")
+    state = {"mean": torch.zeros(4, device="meta"), "var": torch.zeros(4, device="meta")}
+    with pytest.raises(ValueError, match="adam: weight is a meta tensor"):
+        tr_adam.step(w, torch.ones(4, device="meta"), state, 1)

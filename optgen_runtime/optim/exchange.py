@@ -31,6 +31,27 @@ def torch_defaults(class_name: str) -> dict[str, Any]:
     return dict(cls([torch.zeros(1, requires_grad=True)]).defaults)
 
 
+def torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> frozenset[str]:
+    """The state keys ``torch.optim.<class_name>`` with ``settings`` creates on a step: torch
+    creates some buffers only when a setting needs them (RMSprop's ``momentum_buffer`` only with
+    ``momentum > 0``), so a state dict of it may lack them."""
+    return _torch_creates(class_name, tuple((k, plain(v)) for k, v in settings))
+
+
+@cache
+def _torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> frozenset[str]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
+    opt = getattr(torch.optim, class_name)([p])
+    # set as a loaded group would be (some group keys are no constructor arguments)
+    opt.param_groups[0].update({k: v for k, v in settings if k not in IMPLEMENTATION_ONLY})
+    try:
+        opt.step()
+    except Exception:
+        return frozenset({"*"})
+    return frozenset(k for k, v in opt.state[p].items() if v is not None)
+
+
 def split_key(key: str) -> tuple[str, int | None]:
     """``"betas[0]"`` -> ("betas", 0); ``"lr"`` -> ("lr", None)."""
     if key.endswith("]"):
@@ -219,15 +240,36 @@ class TorchExchange:
                 group[base] = self._alias_from_names(base, items, group)
             groups.append(group)
         hp_of = {i: g for g in groups for i in g["params"]}
+        torch_group_of = {i: g for g in theirs_groups for i in g["params"]}
+        param_of = {
+            i: p
+            for g, own in zip(groups, self.param_groups, strict=True)
+            for i, p in zip(g["params"], own["params"], strict=False)
+        }
         state: dict[int, dict[str, Any]] = {}
         for index, st in state_dict["state"].items():
             if index not in hp_of or not st:
                 continue
             hp = self._hyper(hp_of[index])
+            settings = tuple((k, v) for k, v in torch_group_of[index].items() if k in defaults)
+            created = torch_creates(eq.class_name, settings)
+            initial: dict[str, Any] | None = None
             # torch's SGD keeps no step count (its math needs none): count from 0 again
             out: dict[str, Any] = {"step": st.get("step", 0)}  # checked by load_state_dict
             for key, (theirs, factor) in eq.states.items():
                 value = st.get(theirs)
+                absent = "*" not in created and theirs not in created
+                if value is None and absent and index in param_of:
+                    # torch never made it under these settings: the rule's initial value
+                    if initial is None:
+                        p = param_of[index].detach()
+                        dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+                        initial = self.NUMPY.init_state(p.to("cpu", dtype).numpy().copy())
+                    value = initial[key]
+                    if key in self.META.STATES:
+                        value = torch.from_numpy(value)
+                        out[key] = value
+                        continue
                 if value is None:
                     raise ValueError(
                         f"{name}.load_torch_state_dict: state {index} has no {theirs!r} "

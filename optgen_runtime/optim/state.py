@@ -137,6 +137,7 @@ class ParamState:
         """Everything ``step`` needs of ``p``, its gradient and its state; writes nothing."""
         name, label = type(self).__name__, f"parameter {index}"
         grad = p.grad
+        check_dense(name, label, p)
         check_dense(name, f"{label}'s grad", grad)
         check_shape(name, f"{label}'s grad", grad, p, label)
         check_device(name, f"{label}'s grad", grad, p, label)
