@@ -319,7 +319,7 @@ class Rule:
         hyperparameter on first use. Scale it in the equations: ``sp.sqrt(lr) * xi`` is N(0, lr).
         """
         if "seed" not in self.hypers:
-            self.hyper("seed", 0, Legal(0.0, 2.0**52), doc="noise is keyed by (seed, t)")
+            self.hyper("seed", 0, integer(0, 2**52), doc="noise is keyed by (seed, t)")
         self._claim(name, "random draw")
         symbol = sp.Symbol(name, real=True)
         self.draws.append(symbol)

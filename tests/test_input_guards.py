@@ -296,3 +296,17 @@ def test_triton_module_says_meta_tensor():
     state = {"mean": torch.zeros(4, device="meta"), "var": torch.zeros(4, device="meta")}
     with pytest.raises(ValueError, match="adam: weight is a meta tensor"):
         tr_adam.step(w, torch.ones(4, device="meta"), state, 1)
+
+
+def test_sgld_seed_must_be_a_whole_number() -> None:
+    """seed=0.7 used to draw seed=0's noise; a fractional seed is refused before any write."""
+    from generated.numpy import sgld
+
+    w = np.ones(8, dtype=np.float32)
+    g = np.ones(8, dtype=np.float32)
+    state = sgld.init_state(w)
+    before = w.copy()
+    with pytest.raises(ValueError, match="seed"):
+        sgld.step(w, g, state, 1, seed=0.7)
+    np.testing.assert_array_equal(w, before)
+    sgld.step(w, g, state, 1, seed=7)

@@ -44,7 +44,7 @@ LEGAL: dict[str, Legal] = {
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),
-    "seed": Legal(lo=0.0, hi=4503599627370496.0),
+    "seed": Legal(lo=0.0, hi=4503599627370496.0, integer=True),
 }
 # What None stands for, where a hyperparameter accepts it.
 NONE_MEANS: dict[str, float] = {
