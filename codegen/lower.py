@@ -14,11 +14,12 @@ role and spec line. Then every pass in :data:`PASSES` maps a block to a block, i
 3. ``cse``: one deterministic common-subexpression elimination per phase, over all its outputs.
 4. ``linearize``: three-address operations from :mod:`codegen.ops`, the form every printer
    consumes; unsupported constructs are refused here by name.
-5. ``name``: names what was computed after the spec: a host scalar that is a bare hyperparameter,
-   host state or reduction is passed under its own name, one equal to a host ``let`` takes the
-   let's name (and host code computes each such let once, by name), a per-element value equal to
-   a ``let`` takes its name. Renaming after linearization never changes an operation.
-6. ``trace``: each equation's first operation carries its spec line(s).
+5. ``name`` (:mod:`codegen.naming`): names what was computed after the spec: a host scalar that
+   is a bare hyperparameter, host state or reduction is passed under its own name, one equal to a
+   host ``let`` takes the let's name (and host code computes each such let once, by name), a
+   per-element value equal to a ``let`` takes its name. Renaming after linearization never
+   changes an operation.
+6. ``trace`` (:mod:`codegen.naming`): each equation's first operation carries its spec line(s).
 
 Passes 1-4 name their temporaries by position (``_h``, ``_t``, ``_s``, ``_v``) because SymPy orders
 the operands of sums and products by name: naming before the operations are fixed would change
@@ -27,15 +28,18 @@ the order of floating-point additions.
 
 from __future__ import annotations
 
-import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import ClassVar
 
 import sympy as sp
 
 from codegen import ops as opdefs
 from codegen.ir import Assign, Block, Operand, Origin
+from codegen.names import Temps
+from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
 
 
@@ -55,7 +59,7 @@ def from_spec(rule: Rule) -> Block:
         else:
             role = "host"
         assigns.append(Assign(eq.target, eq.expr, role, (eq.origin,)))
-    return Block(rule, "spec", tuple(assigns))
+    return Block(rule, "spec", tuple(assigns), notes={"equations": tuple(assigns)})
 
 
 # ---------------------------------------------------------------------------------- pass 1
@@ -177,10 +181,10 @@ def cse(block: Block) -> Block:
 
     Temporaries: ``_s<k>`` in the reduction phase, ``_t<k>`` in the update (registered prefixes).
     """
-    reduction = (
-        _cse_phase(block.role("reduction"), "_s", "reduction") if block.role("reduction") else []
-    )
-    element = _cse_phase(block.role("element"), "_t", "element")
+    reduction = block.role("reduction")
+    if reduction:
+        reduction = _cse_phase(reduction, Temps.PREFIXES["reduce_cse"], "reduction")
+    element = _cse_phase(block.role("element"), Temps.PREFIXES["cse"], "element")
     return block.then("cse", [*block.role("host"), *reduction, *element])
 
 
@@ -374,211 +378,6 @@ def linearize(block: Block) -> Block:
     return block.then("ops", [*block.role("host"), *reduction, *element])
 
 
-# ---------------------------------------------------------------------------------- pass 5
-def _host_lets(block: Block) -> dict[sp.Symbol, sp.Expr]:
-    """The ``let``s whose inlined value is host-only (and not a plain constant), in spec order."""
-    rule: Rule = block.rule
-    scalar_inputs = set(rule.scalar_inputs)
-    return {
-        s: v
-        for s, (v, _) in block.lets.items()
-        if v.free_symbols and v.free_symbols <= scalar_inputs
-    }
-
-
-def _substitute_lets(expr: sp.Expr, lets: dict[sp.Expr, sp.Symbol], own: sp.Expr | None = None):
-    """``expr`` with every host let's value replaced by the let (largest first, top-down)."""
-    if own is not None:  # a let's own definition: substitute inside it, not the whole
-        if not expr.args:
-            return expr
-        return expr.func(*[_substitute_lets(a, lets) for a in expr.args])
-    return expr.xreplace(lets)
-
-
-class _Point:
-    """A random point (two, to be safe) at which values are compared to name them."""
-
-    def __init__(self, rule: Rule, host: dict[sp.Symbol, sp.Expr]) -> None:
-        rng = random.Random(f"optgen:{rule.name}")
-        inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs]
-        self.points = []
-        for _ in range(2):
-            point = {s: sp.Rational(rng.randint(600, 1400), 1000) for s in inputs}
-            point[rule.t] = sp.Integer(rng.randint(2, 9))
-            values = {s: self.value(e, point) for s, e in host.items()}
-            point.update({s: v for s, v in values.items() if v is not None})
-            self.points.append(point)
-
-    @staticmethod
-    def value(expr: sp.Expr, point: dict[sp.Symbol, sp.Expr]) -> sp.Expr | None:
-        try:
-            value = expr.xreplace(point)
-            if isinstance(value, sp.logic.boolalg.BooleanAtom):
-                return value  # a mask
-            value = sp.N(value, 30)
-        except (TypeError, ValueError, ZeroDivisionError):
-            return None
-        return value if value.is_Number and value.is_finite else None
-
-    def fingerprint(self, expr: sp.Expr, values: list[dict]) -> tuple | None:
-        out = []
-        for point, known in zip(self.points, values, strict=True):
-            v = self.value(expr, {**point, **known})
-            if v is None:
-                return None
-            out.append(v)
-        return tuple(out)
-
-
-def _same(a: tuple | None, b: tuple | None) -> bool:
-    if a is None or b is None or not all(x.is_Number for x in [*a, *b]):
-        return False
-    return all(
-        abs(x - y) <= sp.Float("1e-20", 30) * max(1, abs(x)) for x, y in zip(a, b, strict=True)
-    )
-
-
-def name_values(block: Block) -> Block:
-    """Give what the passes computed the spec's names, without changing any operation."""
-    rule: Rule = block.rule
-    lets = _host_lets(block)
-    by_value = {v: s for s, v in lets.items()}
-    host = {a.target: a.expr for a in block.role("host") if a.target not in rule.host_news}
-    updates = [a for a in block.role("host") if a.target in rule.host_news]
-    bare = (
-        set(rule.hypers_symbols)
-        | set(rule.reductions)
-        | {h.symbol for h in rule.host_states.values()}
-    )
-    rename: dict[sp.Symbol, sp.Symbol] = {}
-    scalars: dict[sp.Symbol, sp.Expr] = {}
-    for h, expr in host.items():
-        named = _substitute_lets(expr, by_value)
-        if named in bare or named in lets:
-            rename[h] = named
-        else:
-            scalars[h] = named
-    # the remaining positional host scalars, numbered again in order
-    for k, h in enumerate(list(scalars)):
-        rename[h] = sp.Symbol(f"_h{k}", real=True)
-    scalars = {rename[h]: e for h, e in scalars.items()}
-    # host lets the host code computes by name: those the scalars and updates use
-    needed: set[sp.Symbol] = set()
-    pending = [
-        *scalars.values(),
-        *rename.values(),
-        *(_substitute_lets(a.expr, by_value) for a in updates),
-    ]
-    while pending:
-        expr = pending.pop()
-        for s in expr.free_symbols & set(lets) - needed:
-            needed.add(s)
-            pending.append(_substitute_lets(lets[s], by_value, own=lets[s]))
-    let_assigns = [
-        Assign(s, _substitute_lets(v, by_value, own=v), "host", block.lets[s][1])
-        for s, v in lets.items()
-        if s in needed
-    ]
-    host_assigns = [Assign(h, e, "host") for h, e in scalars.items()]
-    updates = [a.with_(expr=_substitute_lets(a.expr, by_value)) for a in updates]
-
-    # per-element values equal to an element-role let take its name
-    element_lets = {s: v for s, (v, _) in block.lets.items() if s not in lets}
-    expanded_host = {s: _expand(e, let_assigns) for s, e in scalars.items()}
-    expanded_host.update({s: s for s in bare})
-    expanded_host.update({s: _expand(s, let_assigns) for s in lets})
-    point = _Point(rule, expanded_host)
-    wanted = {s: point.fingerprint(v, [{}, {}]) for s, v in element_lets.items()}
-    renamed = [*rename.items()]
-    out: list[Assign] = []
-    for role in ("reduction", "element"):
-        taken: set[sp.Symbol] = set()
-        local: dict[sp.Symbol, sp.Symbol] = dict(rename)
-        known: list[dict] = [{}, {}]
-        for a in block.role(role):
-            args = tuple(local.get(x, x) if isinstance(x, sp.Symbol) else x for x in a.args)
-            target = a.target
-            value = opdefs.build(a.op, *args) if a.op != "copy" else args[0]
-            fp = []
-            for i, pt in enumerate(point.points):
-                v = point.value(value, {**pt, **known[i]})
-                fp.append(v)
-            for i, v in enumerate(fp):
-                if v is not None:
-                    known[i][target] = v
-            temporary = target not in rule.outputs.values() and target not in rule.reductions
-            if temporary and a.op != "copy" and None not in fp:
-                for s, want in wanted.items():
-                    if s not in taken and _same(tuple(fp), want):
-                        taken.add(s)
-                        local[target] = s
-                        renamed.append((target, s))
-                        for i in range(2):
-                            known[i][s] = known[i][target]
-                        target = s
-                        break
-            out.append(a.with_(target=target, args=args))
-    return block.then(
-        "named",
-        [*let_assigns, *host_assigns, *updates, *out],
-        scalars=list(scalars),
-        renamed=renamed,
-        host_lets=[a.target for a in let_assigns],
-    )
-
-
-def _expand(expr: sp.Expr, let_assigns: list[Assign]) -> sp.Expr:
-    """``expr`` with host lets replaced by their values (for evaluation)."""
-    for a in reversed(let_assigns):
-        expr = expr.xreplace({a.target: a.expr})
-    return expr
-
-
-# ---------------------------------------------------------------------------------- pass 6
-def trace(block: Block) -> Block:
-    """Put each equation's spec line on its first operation, per phase.
-
-    An equation's operations are those its value needs that no earlier equation already
-    computed; an equation with no operation of its own (a ``let`` merged into its user) is named
-    on the first operation of the first equation that uses it.
-    """
-    rule: Rule = block.rule
-    equations = [a for a in from_spec(rule).assigns if a.role != "host"]
-    deps: dict[sp.Symbol, set[sp.Symbol]] = {}
-    for eq in equations:
-        direct = eq.expr.free_symbols
-        deps[eq.target] = set(direct).union(*(deps.get(s, set()) for s in direct))
-    out = [*block.role("host")]
-    for role in ("reduction", "element"):
-        assigns = block.role(role)
-        index = {a.target: i for i, a in enumerate(assigns)}
-        owner: dict[int, sp.Symbol] = {}
-        first: dict[int, list[Origin]] = {}
-        pending: list[Assign] = []
-        for eq in equations:
-            if eq.target not in index:
-                if eq.target in rule.lets:
-                    pending.append(eq)
-                continue
-            cone, stack = [], [index[eq.target]]
-            while stack:
-                i = stack.pop()
-                if i in owner:
-                    continue
-                owner[i] = eq.target
-                cone.append(i)
-                stack += [
-                    index[x] for x in assigns[i].args if isinstance(x, sp.Symbol) and x in index
-                ]
-            if not cone:
-                continue
-            merged = [p for p in pending if p.target in deps[eq.target]]
-            pending = [p for p in pending if p not in merged]
-            first[min(cone)] = [o for p in [*merged, eq] for o in p.origin]
-        out += [a.with_(origin=tuple(first.get(i, ()))) for i, a in enumerate(assigns)]
-    return block.then("traced", out)
-
-
 PASSES: list[tuple[str, Callable[[Block], Block]]] = [
     ("inline", inline),
     ("extract_host", extract_host),
@@ -631,12 +430,12 @@ class Lowered:
     def summands(self) -> list[sp.Symbol]:
         return list(self.raw_summands)
 
-    @property
+    @cached_property
     def host_lets(self) -> list[Assign]:
         names = set(self.block.notes["host_lets"])  # type: ignore[arg-type]
         return [a for a in self.block.role("host") if a.target in names]
 
-    @property
+    @cached_property
     def host(self) -> dict[sp.Symbol, sp.Expr]:
         """Every host scalar a kernel takes -> its host expression (lets by name)."""
         assigns = {a.target: a.expr for a in self.block.role("host")}
@@ -665,7 +464,7 @@ class Lowered:
 
     def host_value(self, symbol: sp.Symbol) -> sp.Expr:
         """A host scalar as an expression of hyperparameters, t, host states and reductions."""
-        return _expand(self.host.get(symbol, symbol), self.host_lets)
+        return expand(self.host.get(symbol, symbol), self.host_lets)
 
     @property
     def host_updates(self) -> dict[sp.Symbol, sp.Expr]:
@@ -686,11 +485,9 @@ class Lowered:
     def reduce_reads(self) -> list[sp.Symbol]:
         return _reads(self.rule, self.reduce_ops)
 
-    def op_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for op in self.ops:
-            counts[op.kind] = counts.get(op.kind, 0) + 1
-        return dict(sorted(counts.items()))
+    def op_counts(self, ops: list[Op] | None = None) -> dict[str, int]:
+        """Operations by kind in ``ops`` (the update's by default)."""
+        return dict(sorted(Counter(op.kind for op in (self.ops if ops is None else ops)).items()))
 
 
 def _reads(rule: Rule, ops: list[Op]) -> list[sp.Symbol]:

@@ -129,11 +129,17 @@ def registered(identifier: str, spec_names: set[str]) -> bool:
 class Temps:
     """Hands out a rule's generated temporaries, unique across all of its kernels.
 
-    Kinds (prefix): host scalar ``_h``, CSE temporary ``_t``, three-address value ``_v``,
-    NumPy scratch buffer ``_b``.
+    Kinds (prefix): host scalar ``_h``, CSE temporary ``_t`` (``_s`` in the reduction phase),
+    three-address value ``_v``, NumPy scratch buffer ``_b``.
     """
 
-    PREFIXES: ClassVar[dict[str, str]] = {"host": "_h", "cse": "_t", "value": "_v", "scratch": "_b"}
+    PREFIXES: ClassVar[dict[str, str]] = {
+        "host": "_h",
+        "cse": "_t",
+        "reduce_cse": "_s",
+        "value": "_v",
+        "scratch": "_b",
+    }
 
     def __init__(self) -> None:
         self.counts = dict.fromkeys(self.PREFIXES, 0)
@@ -142,8 +148,3 @@ class Temps:
         symbol = sp.Symbol(f"{self.PREFIXES[kind]}{self.counts[kind]}", real=True)
         self.counts[kind] += 1
         return symbol
-
-    def numbered(self, kind: str) -> sp.core.symbol.Symbol:
-        """An endless source of ``kind`` temporaries (for SymPy's CSE)."""
-        while True:
-            yield self.new(kind)

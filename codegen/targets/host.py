@@ -52,24 +52,31 @@ class HostPrinter(PythonCodePrinter):
         return f"{base} ** {exponent}"
 
 
+class HostCode:
+    """Prints host expressions for one generated file and records the modules they need."""
+
+    def __init__(self) -> None:
+        self.printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
+
+    def __call__(self, expr: sp.Expr) -> str:
+        text = self.printer.doprint(expr)
+        unsupported = self.printer.module_imports.keys() - {"math"}
+        if unsupported:  # never fall back silently to another module
+            raise SpecError(f"host expression {expr} needs {sorted(unsupported)}")
+        return text
+
+    @property
+    def uses_math(self) -> bool:
+        """True when anything printed so far calls into ``math``."""
+        return "math" in self.printer.module_imports
+
+
 def host_code(expr: sp.Expr) -> str:
-    printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
-    text = printer.doprint(expr)
-    unsupported = printer.module_imports.keys() - {"math"}
-    if unsupported:  # never fall back silently to another module
-        raise SpecError(f"host expression {expr} needs {sorted(unsupported)}")
-    return text
+    """One host expression as code (where no import bookkeeping is needed: comments)."""
+    return HostCode()(expr)
 
 
-def uses_math(*exprs: sp.Expr) -> bool:
-    """True when the host code of any of ``exprs`` calls into ``math``."""
-    printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
-    for expr in exprs:
-        printer.doprint(expr)
-    return "math" in printer.module_imports
-
-
-def legal_code(legal: Legal) -> str:
+def legal_code(legal: Legal, code: HostCode) -> str:
     """A hyperparameter's legal values as a ``Legal(...)`` call with keywords (defaults omitted)."""
     parts = []
     for field, default in Legal._field_defaults.items():
@@ -77,7 +84,7 @@ def legal_code(legal: Legal) -> str:
         if value == default and not (isinstance(value, float) and math.isnan(value)):
             continue
         if field in ("lo", "hi"):
-            parts.append(f"{field}={host_code(sp.sympify(value))}")
+            parts.append(f"{field}={code(sp.sympify(value))}")
         else:
             parts.append(f"{field}={value!r}")
     return f"Legal({', '.join(parts)})"

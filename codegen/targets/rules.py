@@ -11,7 +11,7 @@ from codegen.ir import Assign
 from codegen.lower import Lowered
 from codegen.spec import Rule
 from codegen.targets import Target
-from codegen.targets.host import host_code, legal_code, uses_math
+from codegen.targets.host import HostCode, legal_code
 
 
 def folds_gradient_scale(lowered: Lowered) -> bool:
@@ -31,14 +31,14 @@ def folds_gradient_scale(lowered: Lowered) -> bool:
     return all(sp.expand(e.xreplace(swap) - e) == 0 for e in exprs)
 
 
-def torch_equivalent_code(rule: Rule) -> str:
+def torch_equivalent_code(rule: Rule, code: HostCode) -> str:
     """The rule's TorchEquivalent(...) as code; factors become functions of the hyperparameters."""
     if rule.torch is None:
         return "None"
     states = []
     for ours, (theirs, factor) in rule.torch.states.items():
         args = ", ".join([*sorted(str(s) for s in factor.free_symbols), "**_"])
-        states.append(f"{ours!r}: ({theirs!r}, lambda {args}: {host_code(factor)})")
+        states.append(f"{ours!r}: ({theirs!r}, lambda {args}: {code(factor)})")
     eq = rule.torch
     return (
         f"TorchEquivalent({eq.class_name!r}, {eq.hyper!r}, {{{', '.join(states)}}}, {eq.fixed!r})"
@@ -47,11 +47,9 @@ def torch_equivalent_code(rule: Rule) -> str:
 
 def host_program(lowered: Lowered, wanted: list[sp.Symbol]) -> list[Assign]:
     """The host assignments (lets by name, positional scalars) that compute ``wanted``, in order."""
-    assigns = [
-        *lowered.host_lets,
-        *(a for a in lowered.block.role("host") if a.target in lowered.host),
-    ]
-    by_target = {a.target: a for a in assigns if a.expr != a.target}
+    news = lowered.rule.host_news
+    assigns = [a for a in lowered.block.role("host") if a.target not in news]
+    by_target = {a.target: a for a in assigns}
     needed: set[sp.Symbol] = set()
     pending = list(wanted)
     while pending:
@@ -59,13 +57,7 @@ def host_program(lowered: Lowered, wanted: list[sp.Symbol]) -> list[Assign]:
         if s in by_target and s not in needed:
             needed.add(s)
             pending += list(by_target[s].expr.free_symbols)
-    seen: set[sp.Symbol] = set()
-    out = []
-    for a in assigns:
-        if a.target in needed and a.target not in seen:
-            seen.add(a.target)
-            out.append(a)
-    return out
+    return [a for a in assigns if a.target in needed]
 
 
 def exported(lowered: Lowered) -> list[str]:
@@ -77,37 +69,28 @@ def exported(lowered: Lowered) -> list[str]:
     return sorted([*names, "reduction_scalars"] if lowered.summands else names)
 
 
-def _lines(assigns: list[Assign]) -> list[str]:
+def _lines(assigns: list[Assign], code: HostCode) -> list[str]:
     lines = []
     for a in assigns:
         lines += [f"# {o.comment()}" for o in a.origin]
-        lines.append(f"{a.target} = {host_code(a.expr)}")
+        lines.append(f"{a.target} = {code(a.expr)}")
     return lines
 
 
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
-    update = lowered.update_scalars
-    reduce = lowered.reduce_host
+    code = HostCode()
+    update, reduce = lowered.update_scalars, lowered.reduce_host
     host_names = [*rule.hypers, *rule.host_states]
-    update_code = _lines(host_program(lowered, update))
-    reduce_code = _lines(host_program(lowered, reduce))
-    updates = [
-        (hs.name, host_code(lowered.host_updates[hs.new])) for hs in rule.host_states.values()
-    ]
-    exprs = [lowered.host_value(s) for s in [*update, *reduce]]
-    exprs += [e for e in lowered.host_updates.values()]
-    exprs += [sp.sympify(h.none_value) for h in rule.hypers.values() if h.none_value is not None]
-    exprs += [sp.sympify(x) for h in rule.hypers.values() for x in (h.legal.lo, h.legal.hi)]
-    return {
+    context = {
         "rule": rule,
         "doc": rule.doc,
         "hypers": [
             {
                 "name": h.name,
                 "default": repr(h.default),
-                "legal": legal_code(h.legal),
-                "none": None if h.none_value is None else host_code(sp.sympify(h.none_value)),
+                "legal": legal_code(h.legal, code),
+                "none": None if h.none_value is None else code(sp.sympify(h.none_value)),
                 "doc": h.doc,
             }
             for h in rule.hypers.values()
@@ -117,25 +100,20 @@ def context(lowered: Lowered) -> dict[str, object]:
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),
         "folds_scale": folds_gradient_scale(lowered),
-        "torch": torch_equivalent_code(rule),
+        "torch": torch_equivalent_code(rule, code),
         "host_args": host_names + [str(r) for r in lowered.summands],
         "reduce_args": host_names,
-        "update_code": update_code,
+        "update_code": _lines(host_program(lowered, update), code),
         "update_names": [s.name for s in update],
-        "reduce_code": reduce_code,
+        "reduce_code": _lines(host_program(lowered, reduce), code),
         "reduce_names": [s.name for s in reduce],
-        "host_updates": updates,
+        "host_updates": [
+            (hs.name, code(lowered.host_updates[hs.new])) for hs in rule.host_states.values()
+        ],
         "op_counts": lowered.op_counts(),
-        "reduce_op_counts": dict(
-            sorted(
-                {
-                    k: sum(op.kind == k for op in lowered.reduce_ops)
-                    for k in {o.kind for o in lowered.reduce_ops}
-                }.items()
-            )
-        ),
-        "uses_math": uses_math(*exprs, *(a.expr for a in lowered.host_lets)),
+        "reduce_op_counts": lowered.op_counts(lowered.reduce_ops),
     }
+    return context | {"uses_math": code.uses_math}  # after everything is printed
 
 
 TARGET = Target(
