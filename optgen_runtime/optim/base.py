@@ -29,13 +29,20 @@ import torch
 from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
 from optgen_runtime.optim.aliases import TupleAliases
 from optgen_runtime.optim.amp import AmpScaling, Pending
+from optgen_runtime.optim.checkpoint import Checkpoint
 from optgen_runtime.optim.exchange import TorchExchange
 from optgen_runtime.optim.state import ParamState
 from optgen_runtime.optim.step import Stepping
 
 
 class GeneratedOptimizer(
-    TupleAliases, ParamState, AmpScaling, Stepping, TorchExchange, torch.optim.Optimizer
+    TupleAliases,
+    Checkpoint,
+    ParamState,
+    AmpScaling,
+    Stepping,
+    TorchExchange,
+    torch.optim.Optimizer,
 ):
     """Base class of the generated optimizers; see the module docstring."""
 
