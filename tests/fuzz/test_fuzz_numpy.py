@@ -1,0 +1,209 @@
+"""Fuzz the generated NumPy modules' ``step``: every case is refused before any write (with
+the rule and the culprit named) or equals the module called on clean copies of its inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuzz.conftest import examples
+from fuzz.harness import (
+    META,
+    RULE_NAMES,
+    SHAPES,
+    VALUES,
+    Case,
+    canonical_hyperparams,
+    fill,
+    hyperparams,
+    numpy_module,
+    snap,
+    step_count,
+    verdict,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+BUFFER_PERTURBATIONS = [
+    "grad_dtype", "grad_shape", "grad_is_weight", "grad_view_of_weight", "weight_strided",
+    "grad_strided", "state_strided", "state_is_weight", "state_view_of_weight", "states_shared",
+    "state_missing", "state_extra", "other_rules_state", "state_dtype", "state_shape",
+    "state_list", "state_not_dict", "weight_readonly", "grad_readonly", "weight_int",
+    "weight_float16", "weight_list", "weight_matrix", "host_state_bad", "fortran",
+]  # fmt: skip
+
+
+@st.composite
+def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str, Any]]:
+    rule = draw(st.sampled_from(RULE_NAMES))
+    meta = META[rule]
+    case = Case(rule)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    shape = draw(st.sampled_from(SHAPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(VALUES))
+    weight = fill(rng, shape, kind, "weight").astype(dtype)
+    grad = fill(rng, shape, kind, "grad").astype(dtype)
+    state: Any = numpy_module(rule).init_state(weight.copy())
+    for name in meta.STATES:
+        state[name][...] = fill(rng, shape, kind, "state")
+    hp = draw(hyperparams(rule, case))
+    t = draw(step_count(case))
+    count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
+    for p in draw(st.lists(st.sampled_from(BUFFER_PERTURBATIONS), min_size=count, max_size=count)):
+        weight, grad, state = perturb(draw, rule, case, p, weight, grad, state, rng)
+    return case, rule, weight, grad, state, t, hp
+
+
+def perturb(draw, rule, case, p, weight, grad, state, rng):
+    meta = META[rule]
+    states = list(meta.STATES)
+    s = draw(st.sampled_from(states)) if states else None
+    is_dict = isinstance(state, dict)
+    w_ok = isinstance(weight, np.ndarray) and weight.dtype in (np.float32, np.float64)
+    if p == "grad_dtype" and w_ok:
+        other = np.float64 if weight.dtype == np.float32 else np.float32
+        grad = np.asarray(grad).astype(draw(st.sampled_from([other, np.float16, np.int32])))
+        case.perturb(p, ["grad"], True)
+    elif p == "grad_shape":
+        grad = np.zeros((np.size(grad) + 1,), dtype=getattr(grad, "dtype", np.float32))
+        case.perturb(p, ["grad"], True)
+    elif p == "grad_is_weight" and w_ok:
+        grad = weight
+        case.perturb(p, ["grad", "weight"], weight.size > 0 or None)
+    elif p == "grad_view_of_weight" and w_ok and weight.ndim:
+        grad = weight.reshape(weight.shape)  # a view with the same shape
+        case.perturb(p, ["grad", "weight"], weight.size > 0 or None)
+    elif p in ("weight_strided", "grad_strided", "state_strided", "fortran"):
+
+        def strided(a):
+            if p == "fortran":
+                return np.asfortranarray(a) if a.ndim >= 2 else a
+            big = np.zeros(a.shape + (2,), dtype=a.dtype)
+            big[..., 0] = a
+            return big[..., 0]
+
+        target = {"weight_strided": "weight", "grad_strided": "grad"}.get(p, "state")
+        if p == "fortran":
+            target = draw(st.sampled_from(["weight", "grad"]))
+        if target == "weight" and w_ok:
+            weight = strided(weight)
+            noncontig = not weight.flags.c_contiguous
+            case.perturb(p, ["weight"], bool(noncontig))
+        elif target == "grad" and isinstance(grad, np.ndarray):
+            grad = strided(grad)
+            case.perturb(p, ["grad"], bool(not grad.flags.c_contiguous))
+        elif target == "state" and s and is_dict and isinstance(state.get(s), np.ndarray):
+            state[s] = strided(state[s])
+            case.perturb(p, [s], bool(not state[s].flags.c_contiguous))
+    elif p in ("state_is_weight", "state_view_of_weight") and s and is_dict and w_ok:
+        state[s] = weight if p == "state_is_weight" else weight[...]
+        case.perturb(p, [s, "weight"], weight.size > 0 or None)
+    elif p == "states_shared" and len(states) >= 2 and is_dict:
+        state[states[1]] = state[states[0]]
+        case.perturb(p, states[:2], weight.size > 0 or None)
+    elif p == "state_missing" and s and is_dict:
+        del state[s]
+        case.perturb(p, [s], True)
+    elif p == "state_extra" and is_dict:
+        state["momentum_extra"] = np.zeros_like(weight)
+        case.perturb(p, ["momentum_extra"], True)
+    elif p == "other_rules_state" and is_dict:
+        other = draw(st.sampled_from([r for r in RULE_NAMES if META[r].STATES != meta.STATES]))
+        state = {
+            k: np.zeros(np.shape(weight), dtype=getattr(weight, "dtype", np.float32))
+            for k in META[other].STATES
+        }
+        state.update({k: 1.0 for k in META[other].HOST_STATES})
+        names = sorted(set(meta.STATES + meta.HOST_STATES) ^ set(state))
+        case.perturb(f"{p}:{other}", names, True)
+    elif p == "state_dtype" and s and is_dict and isinstance(state.get(s), np.ndarray):
+        other = np.float64 if state[s].dtype == np.float32 else np.float32
+        state[s] = state[s].astype(other)
+        case.perturb(p, [s], True)
+    elif p == "state_shape" and s and is_dict and isinstance(state.get(s), np.ndarray):
+        state[s] = np.zeros((state[s].size + 2,), dtype=state[s].dtype)
+        case.perturb(p, [s], True)
+    elif p == "state_list" and s and is_dict and isinstance(state.get(s), np.ndarray):
+        state[s] = state[s].tolist()
+        case.perturb(p, [s], True)
+    elif p == "state_not_dict" and is_dict:
+        state = list(state.values())
+        case.perturb(p, ["state"], True)
+    elif p in ("weight_readonly", "grad_readonly"):
+        a = weight if p == "weight_readonly" else grad
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+            must = p == "weight_readonly" and a.size > 0
+            case.perturb(p, ["weight" if p == "weight_readonly" else "grad"], must or None)
+    elif p in ("weight_int", "weight_float16") and w_ok:
+        weight = weight.astype(np.int32 if p == "weight_int" else np.float16)
+        case.perturb(p, ["weight"], True)
+    elif p == "weight_list" and w_ok:
+        weight = weight.tolist()
+        case.perturb(p, ["weight"], True)
+    elif p == "weight_matrix" and w_ok and weight.ndim == 2:
+        target = draw(st.sampled_from(["weight", "grad", "state"]))
+        if target == "weight":
+            weight = np.asmatrix(weight)
+        elif target == "grad" and isinstance(grad, np.ndarray) and grad.ndim == 2:
+            grad = np.asmatrix(grad)
+        elif s and is_dict and isinstance(state.get(s), np.ndarray) and state[s].ndim == 2:
+            state[s], target = np.asmatrix(state[s]), s
+        else:
+            return weight, grad, state
+        case.perturb(f"{target} as np.matrix", [target], True)
+    elif p == "host_state_bad" and meta.HOST_STATES and is_dict:
+        h = meta.HOST_STATES[0]
+        value = draw(st.sampled_from([float("nan"), float("inf"), "1.0", True, None, 2, 0.5]))
+        state[h] = value
+        legal = None if value in (2, 0.5) and not isinstance(value, bool) else True
+        case.perturb(f"{h}={value!r}", [h], legal)
+    return weight, grad, state
+
+
+def copy_state(state: Any) -> Any:
+    return {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+@settings(max_examples=examples(400))
+@given(numpy_case())
+def test_numpy_step(drawn):
+    case, rule, weight, grad, state, t, hp = drawn
+    module = numpy_module(rule)
+    # The reference inputs are copied before the call: clean, contiguous, plain Python values.
+    ref = None
+    if not case.must_refuse:
+        try:
+            ref = (
+                np.array(weight, copy=True, order="C"),
+                np.array(grad, copy=True, order="C"),
+                copy_state(state),
+                int(t),
+                canonical_hyperparams(rule, hp),
+            )
+        except Exception:
+            ref = None
+
+    def reference(_):
+        if ref is None:
+            return "accepted inputs that have no canonical form"
+        w, g, s, tt, h = ref
+        module.step(w, g, s, tt, **h)
+        if snap(w) != snap(np.asarray(weight)):
+            return "weight differs from the module on clean copies"
+        if snap(s) != snap(copy_state(state)):
+            return "state differs from the module on clean copies"
+        return None
+
+    verdict(
+        "numpy step",
+        case,
+        lambda: (weight, grad, state, t, hp),
+        lambda: module.step(weight, grad, state, t, **hp),
+        reference,
+    )
