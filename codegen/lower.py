@@ -256,18 +256,38 @@ class _Linearizer:
         return self.emit("copy", operand, dest=dest)
 
     def add(self, expr: sp.Add, dest: sp.Symbol | None) -> sp.Symbol:
-        plus = [a for a in expr.args if not a.could_extract_minus_sign()]
-        minus = [-a for a in expr.args if a.could_extract_minus_sign()]
-        terms = [("add", a) for a in plus] + [("sub", a) for a in minus]
+        """A sum, left to right: per-element terms first, the host-only term (at most one, after
+        ``extract_host``) last, so that ``n - g**2 + epsilon`` adds epsilon to the difference,
+        as the spec and MXNet do, never to ``n`` first (where float32 would lose it). Within each
+        part the order is SymPy's canonical one; the generator reorders a sum in no other way.
+        """
+
+        def host_only(term: sp.Expr) -> bool:
+            term = -term if term.could_extract_minus_sign() else term
+            return term in self.host or bool(term.is_Number)
+
+        ordered = sorted(expr.args, key=host_only)  # stable: canonical order within each part
+        plus = [a for a in ordered if not a.could_extract_minus_sign()]
+        minus = [-a for a in ordered if a.could_extract_minus_sign()]
         if not plus:  # -(a + b + ...)
             total = self.operand(sp.Add(*minus, evaluate=False)) if len(minus) > 1 else None
             arg = total if total is not None else self.operand(minus[0])
             return self.emit("neg", arg, dest=dest)
-        acc = self.operand(terms[0][1])
-        for i, (kind, term) in enumerate(terms[1:], start=1):
-            last = i == len(terms) - 1
+        # start from the first added term, then every other term in order
+        first = plus[0]
+        terms = [
+            (
+                "sub" if a.could_extract_minus_sign() else "add",
+                -a if a.could_extract_minus_sign() else a,
+            )
+            for a in ordered
+            if a is not first
+        ]
+        acc = self.operand(first)
+        for i, (kind, term) in enumerate(terms, start=1):
+            last = i == len(terms)
             acc = self.emit(kind, acc, self.operand(term), dest=dest if last else None)
-        return self.wrap(acc, dest) if len(terms) == 1 else acc  # type: ignore[return-value]
+        return self.wrap(acc, dest) if not terms else acc  # type: ignore[return-value]
 
     def mul(self, expr: sp.Mul, dest: sp.Symbol | None) -> sp.Symbol:
         coeff, factors = expr.as_coeff_mul()

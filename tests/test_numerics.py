@@ -201,3 +201,47 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
 
 # MXNet's sign counts a NaN gradient (signsgd) or momentum (signum) as 0: the weight is only decayed
 RULES_THAT_IGNORE_NAN_IN_WEIGHT: set[str] = {"signsgd", "signum"}
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+def test_rmsprop_centered_keeps_epsilon_when_gamma1_is_zero(target: str) -> None:
+    """gamma1 = 0 (legal) makes n - g**2 exactly 0 in float32: epsilon must be added to that
+    difference, as the spec writes it (n - g^2 + epsilon) and MXNet computes it. Added to n first
+    ((epsilon + n) - g^2), it is lost and the step divides by zero (the weights went to +-inf)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(4096).astype(np.float32)
+    hp = dict(gamma1=0.0, epsilon=1e-8, lr=1e-3)
+    module = (
+        numpy_module("rmsprop_centered") if target == "numpy" else triton_module("rmsprop_centered")
+    )
+    weight = w.copy() if target == "numpy" else torch.from_numpy(w.copy())
+    state = module.init_state(weight)
+    for t in range(1, 4):
+        g = rng.standard_normal(4096).astype(np.float32)
+        module.step(weight, g if target == "numpy" else torch.from_numpy(g), state, t, **hp)
+    out = weight if target == "numpy" else weight.numpy()
+    assert np.isfinite(out).all()
+    # each step moves by at most lr * |G| / sqrt(epsilon) (delta accumulates over 3 steps)
+    assert np.abs(out - w).max() < 3 * 1e-3 * 5 / 1e-4 + 1
+
+
+def test_sums_add_the_host_term_last() -> None:
+    """The lowering's one reassociation rule: in a sum, per-element terms first, the host-only
+    term last. Every add/sub whose operand is a host scalar ends its chain."""
+    from codegen.lower import lower
+
+    for rule in RULES.values():
+        lowered = lower(rule)
+        host = set(lowered.host)
+        for ops_ in (lowered.ops, lowered.reduce_ops):
+            users = {}
+            for op in ops_:
+                for a in op.args:
+                    users.setdefault(a, []).append(op)
+            for op in ops_:
+                if op.kind in ("add", "sub") and op.args[0] in host:
+                    # a host scalar may start a chain only when no element term is added to it
+                    assert not any(u.kind in ("add", "sub") for u in users.get(op.dest, [])), (
+                        rule.name,
+                        op,
+                    )

@@ -110,7 +110,7 @@ def step(
         np.add(_history, _b1, out=_history)
         # specs/adagrad.py:39: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
         np.multiply(wd, _weight, out=_b1)
-        np.add(eps, _history, out=_b2)
+        np.add(_history, eps, out=_b2)
         np.sqrt(_b2, out=_b2)
         np.divide(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_b0)

@@ -123,7 +123,7 @@ def step(
         np.add(_b1, _b0, out=_var)
         # specs/adam.py:47: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         np.sqrt(_var, out=_b0)
-        np.add(epsilon, _b0, out=_b0)
+        np.add(_b0, epsilon, out=_b0)
         np.multiply(_h3, _mean, out=_b1)
         np.divide(_b1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)

@@ -123,7 +123,7 @@ def step(
         np.multiply(beta2, _u, out=_b1)
         np.maximum(_b0, _b1, out=_u)
         # specs/adamax.py:49: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
-        np.add(epsilon, _u, out=_b0)
+        np.add(_u, epsilon, out=_b0)
         np.multiply(_h2, _mean, out=_b1)
         np.divide(_b1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)

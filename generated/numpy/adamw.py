@@ -118,7 +118,7 @@ def step(
         np.add(_weight, _b0, out=_b0)
         np.sqrt(_var, out=_b1)
         np.multiply(_h4, _b1, out=_b1)
-        np.add(epsilon, _b1, out=_b1)
+        np.add(_b1, epsilon, out=_b1)
         np.multiply(_h5, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)

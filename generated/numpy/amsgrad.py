@@ -121,7 +121,7 @@ def step(
         # specs/amsgrad.py:43: weight_new = -lr*mean_new/((1 - beta1**t)*(epsilon + sqrt(max_var_new)/sqrt(1 - beta2**t))) + weight
         np.sqrt(_max_var, out=_b0)
         np.multiply(_h3, _b0, out=_b0)
-        np.add(epsilon, _b0, out=_b0)
+        np.add(_b0, epsilon, out=_b0)
         np.multiply(_h4, _mean, out=_b1)
         np.divide(_b1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)

@@ -136,7 +136,7 @@ def step(
         # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
         np.multiply(_h2, _prev_v, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.add(epsilon, _b1, out=_b1)
+        np.add(_b1, epsilon, out=_b1)
         np.multiply(_h3, _b1, out=_b2)
         np.multiply(_h4, _b0, out=_b0)
         np.multiply(beta1, _prev_z, out=_b3)

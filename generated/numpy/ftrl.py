@@ -124,13 +124,13 @@ def step(
         np.add(_b0, _b3, out=_z)
         # specs/ftrl.py:43: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
         np.absolute(_z, out=_b0)
-        np.add(_h3, _b0, out=_b0)
+        np.add(_b0, _h3, out=_b0)
         np.maximum(0.0, _b0, out=_b0)
         np.sign(_z, out=_b3)
         # specs/ftrl.py:42: denominator = wd + (beta + sqrt(n_new))/lr
-        np.add(beta, _b2, out=_b2)
+        np.add(_b2, beta, out=_b2)
         np.multiply(_h2, _b2, out=_b2)
-        np.add(wd, _b2, out=_b2)
+        np.add(_b2, wd, out=_b2)
         np.multiply(_b0, _b3, out=_b0)
         np.divide(_b0, _b2, out=_b0)
         np.negative(_b0, out=_weight)

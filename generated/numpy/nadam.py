@@ -148,7 +148,7 @@ def step(
         np.add(_b0, _b1, out=_b0)
         np.multiply(_h3, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.add(epsilon, _b1, out=_b1)
+        np.add(_b1, epsilon, out=_b1)
         np.multiply(_h6, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)
         np.add(_weight, _b0, out=_weight)

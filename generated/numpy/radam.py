@@ -120,7 +120,7 @@ def step(
         __v9 = np.not_equal(_h4, 0.0)
         np.multiply(_h5, _mean, out=_b0)
         np.sqrt(_var, out=_b1)
-        np.add(epsilon, _b1, out=_b1)
+        np.add(_b1, epsilon, out=_b1)
         np.multiply(_h3, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.copyto(_b0, np.where(__v9, _b1, _b0))

@@ -113,7 +113,7 @@ def step(
         np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_n)
         # specs/rmsprop.py:51: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
-        np.add(epsilon, _n, out=_b1)
+        np.add(_n, epsilon, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.multiply(_h3, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)

@@ -108,7 +108,6 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        _b3 = scratch[3, : stop - start]
         # specs/rmsprop_centered.py:50: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
@@ -128,9 +127,9 @@ def step(
         np.add(_b1, _b2, out=_g)
         # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
         np.multiply(gamma2, _delta, out=_b1)
-        np.add(epsilon, _n, out=_b2)
-        np.multiply(_g, _g, out=_b3)
-        np.subtract(_b2, _b3, out=_b2)
+        np.multiply(_g, _g, out=_b2)
+        np.subtract(_n, _b2, out=_b2)
+        np.add(_b2, epsilon, out=_b2)
         np.sqrt(_b2, out=_b2)
         np.multiply(_h2, _b0, out=_b0)
         np.divide(_b0, _b2, out=_b0)
@@ -141,5 +140,5 @@ def step(
             np.maximum(_h3, _b0, out=_b0)
         np.minimum(clip_weights, _b0, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
+    for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
     state.update(host_new)

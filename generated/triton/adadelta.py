@@ -126,8 +126,8 @@ def adadelta_kernel_body(
     _v3 = rho * acc_g
     acc_g_new = _t1 + _v3
     # specs/adadelta.py:51: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
-    _t3 = epsilon + acc_g_new
-    _t4 = epsilon + acc_delta
+    _t3 = acc_g_new + epsilon
+    _t4 = acc_delta + epsilon
     # specs/adadelta.py:52: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
     _v4 = rho * acc_delta
     _v5 = _t1 * _t4

@@ -113,7 +113,7 @@ def adagrad_kernel_body(
     history_new = history + _v2
     # specs/adagrad.py:39: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
     _v3 = wd * weight
-    _v4 = eps + history_new
+    _v4 = history_new + eps
     _v5 = tl.sqrt_rn(_v4)
     _v6 = tl.div_rn(G, _v5)
     _v7 = _v3 + _v6

@@ -132,7 +132,7 @@ def adam_kernel_body(
     var_new = _v6 + _v8
     # specs/adam.py:47: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
     _v9 = tl.sqrt_rn(var_new)
-    _v10 = epsilon + _v9
+    _v10 = _v9 + epsilon
     _v11 = _h3 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
     weight_new = weight + _v12

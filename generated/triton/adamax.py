@@ -130,7 +130,7 @@ def adamax_kernel_body(
     _v7 = beta2 * u
     u_new = tl.maximum(_v6, _v7, propagate_nan=tl.PropagateNan.ALL)
     # specs/adamax.py:49: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
-    _v8 = epsilon + u_new
+    _v8 = u_new + epsilon
     _v9 = _h2 * mean_new
     _v10 = tl.div_rn(_v9, _v8)
     weight_new = weight + _v10

@@ -129,7 +129,7 @@ def adamw_kernel_body(
     _v8 = weight + _v7
     _v9 = tl.sqrt_rn(var_new)
     _v10 = _h4 * _v9
-    _v11 = epsilon + _v10
+    _v11 = _v10 + epsilon
     _v12 = _h5 * mean_new
     _v13 = tl.div_rn(_v12, _v11)
     weight_new = _v8 + _v13

@@ -132,7 +132,7 @@ def amsgrad_kernel_body(
     # specs/amsgrad.py:43: weight_new = -lr*mean_new/((1 - beta1**t)*(epsilon + sqrt(max_var_new)/sqrt(1 - beta2**t))) + weight
     _v9 = tl.sqrt_rn(max_var_new)
     _v10 = _h3 * _v9
-    _v11 = epsilon + _v10
+    _v11 = _v10 + epsilon
     _v12 = _h4 * mean_new
     _v13 = tl.div_rn(_v12, _v11)
     weight_new = weight + _v13

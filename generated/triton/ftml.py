@@ -150,7 +150,7 @@ def ftml_kernel_body(
     # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
     _v7 = _h2 * prev_v_new
     _v8 = tl.sqrt_rn(_v7)
-    _t2 = epsilon + _v8
+    _t2 = _v8 + epsilon
     prev_d_new = _h3 * _t2
     _v9 = _h4 * G
     _v10 = beta1 * prev_z

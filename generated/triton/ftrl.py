@@ -129,13 +129,13 @@ def ftrl_kernel_body(
     z_new = _v3 + _v7
     # specs/ftrl.py:43: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
     _v8 = tl.abs(z_new)
-    _v9 = _h3 + _v8
+    _v9 = _v8 + _h3
     _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
     _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
     # specs/ftrl.py:42: denominator = wd + (beta + sqrt(n_new))/lr
-    _v12 = beta + _t2
+    _v12 = _t2 + beta
     _v13 = _h2 * _v12
-    denominator = wd + _v13
+    denominator = _v13 + wd
     _v15 = _v10 * _v11
     _v16 = tl.div_rn(_v15, denominator)
     weight_new = -_v16

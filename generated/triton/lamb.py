@@ -145,7 +145,7 @@ def lamb_kernel_body(
     _v7 = wd * weight
     _v8 = _h2 * var_new
     _v9 = tl.sqrt_rn(_v8)
-    _v10 = epsilon + _v9
+    _v10 = _v9 + epsilon
     _v11 = _h4 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
     u = _v7 + _v12
@@ -344,7 +344,7 @@ def lamb_reduce_kernel_body(
     _v24 = _v21 + _v23
     _v25 = _h2 * _v24
     _v26 = tl.sqrt_rn(_v25)
-    _v27 = epsilon + _v26
+    _v27 = _v26 + epsilon
     _v28 = _h4 * _v20
     _v29 = tl.div_rn(_v28, _v27)
     u = _v17 + _v29

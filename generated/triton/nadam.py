@@ -162,7 +162,7 @@ def nadam_kernel_body(
     _v11 = _v9 + _v10
     _v12 = _h3 * var_new
     _v13 = tl.sqrt_rn(_v12)
-    _v14 = epsilon + _v13
+    _v14 = _v13 + epsilon
     _v15 = _h6 * _v11
     _v16 = tl.div_rn(_v15, _v14)
     weight_new = weight + _v16

@@ -135,7 +135,7 @@ def radam_kernel_body(
     _v9 = _h4 != 0.0
     _v10 = _h5 * mean_new
     _v11 = tl.sqrt_rn(var_new)
-    _v12 = epsilon + _v11
+    _v12 = _v11 + epsilon
     _v13 = _h3 * mean_new
     _v14 = tl.div_rn(_v13, _v12)
     _v15 = tl.where(_v9, _v14, _v10)

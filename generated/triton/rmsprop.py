@@ -124,7 +124,7 @@ def rmsprop_kernel_body(
     _v6 = _h1 * _v5
     n_new = _v4 + _v6
     # specs/rmsprop.py:51: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
-    _v7 = epsilon + n_new
+    _v7 = n_new + epsilon
     _v8 = tl.sqrt_rn(_v7)
     _v9 = _h3 * G
     _v10 = tl.div_rn(_v9, _v8)

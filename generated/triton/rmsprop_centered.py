@@ -138,9 +138,9 @@ def rmsprop_centered_kernel_body(
     g_new = _v7 + _v8
     # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
     _v9 = gamma2 * delta
-    _v10 = epsilon + n_new
-    _v11 = g_new * g_new
-    _v12 = _v10 - _v11
+    _v10 = g_new * g_new
+    _v11 = n_new - _v10
+    _v12 = _v11 + epsilon
     _v13 = tl.sqrt_rn(_v12)
     _v14 = _h2 * G
     _v15 = tl.div_rn(_v14, _v13)
