@@ -67,8 +67,10 @@ def snap(x: Any, seen: set[int] | None = None) -> Any:
     if isinstance(x, torch.Tensor):
         d = x.detach()
         if d.is_meta or d.layout != torch.strided:
-            return ("tensor", str(d.dtype), tuple(d.shape), repr(d.layout), id(d))
-        raw = d.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+            return ("tensor", str(d.dtype), tuple(d.shape), repr(d.layout), d.is_meta)
+        flat = torch.empty(d.numel(), dtype=d.dtype)  # a fresh contiguous copy
+        flat.copy_(d.cpu().reshape(-1))
+        raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
         return ("tensor", str(d.dtype), tuple(d.shape), raw)
     if isinstance(x, float):
         return ("float", x.hex())
@@ -143,7 +145,7 @@ def verdict(
     COUNTS[category][outcome] += 1
     COUNTS[category]["drawn"] += 1
     if outcome not in (REFUSED, EQUAL, KNOWN):
-        raise AssertionError(f"{category}: {outcome}: {why}; case {case.notes}")
+        raise AssertionError(f"{category}: {case.where}: {outcome}: {why}; case {case.notes}")
     return outcome
 
 
@@ -196,7 +198,12 @@ def predicted_legal(rule: str, name: str, value: Any) -> bool | None:
         return None  # a numpy float32/float16 scalar: a number, widened
     if not isinstance(value, (int, float, np.integer, np.floating)):
         return False
-    return legal.contains(float(value))
+    if not legal.contains(float(value)):
+        return False
+    magnitude = abs(float(value))
+    if magnitude and not 1e-6 <= magnitude <= 1e6:
+        return None  # legal, but a kernel scalar made from it may not fit float32: refused
+    return True
 
 
 @st.composite
