@@ -216,10 +216,10 @@ def torch_step_case(draw: st.DrawFn):
 
 def torch_reference(rule, backend, before, opt, params):
     """Each parameter with a gradient updated by the rule's module on copies of ``before``."""
-    ps, grads, states, groups = before
+    ps, grads, states, _ = before
     meta = META[rule]
     index = 0
-    for group, saved in zip(opt.param_groups, groups, strict=True):
+    for group in opt.param_groups:
         hp = {k: group[k] for k in meta.HYPERPARAMS}
         resolved = resolve_hyperparams(rule, meta.HYPERPARAMS, meta.LEGAL, meta.NONE_MEANS, hp)
         hp = canonical_hyperparams(rule, hp)
@@ -441,7 +441,7 @@ def load_case(draw: st.DrawFn):
 @settings(max_examples=examples(150))
 @given(load_case())
 def test_torch_load_state_dict(drawn):
-    case, rule, params, opt, sd = drawn
+    case, _, params, opt, sd = drawn
     if isinstance(case.where, str) and "load_state_dict" in case.where:
         case.where = type(opt).__name__
     verdict(
@@ -540,7 +540,7 @@ def torch_load_case(draw: st.DrawFn):
 @settings(max_examples=examples(80))
 @given(torch_load_case())
 def test_torch_load_torch_state_dict(drawn):
-    case, rule, params, opt, sd, reference = drawn
+    case, _, params, opt, sd, reference = drawn
     verdict(
         "torch load_torch_state_dict",
         case,

@@ -1,0 +1,86 @@
+"""Minimal reproductions of what the fuzz suite found, each a strict xfail until fixed (the
+fuzz tests count such cases as ``known issue 9`` instead of failing; remove both when fixed)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from fuzz.harness import snap
+from generated.torch import Adadelta, Adagrad, Adam, RAdam
+
+
+def one_param(cls, **hp):
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 0.5)
+    return p, cls([p], **hp)
+
+
+def everything(p, opt):
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return snap((p.detach(), p.grad, dict(opt.state.get(p, {})), groups))
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 9: torch classes write before raising (betas synced from beta1)"
+)
+@pytest.mark.parametrize(
+    "cls, key, value", [(Adam, "beta1", math.nan), (RAdam, "betas", (1.0, 0.9))]
+)
+def test_refused_step_leaves_the_param_group_alone(cls, key, value):
+    p, opt = one_param(cls)
+    opt.param_groups[0][key] = value
+    before = everything(p, opt)
+    with pytest.raises(ValueError, match=cls.__name__):
+        opt.step()
+    assert everything(p, opt) == before  # fails: group["betas"] (or beta1) was rewritten
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 9: torch classes write before raising (state of a first step)"
+)
+def test_first_step_refused_for_a_kernel_scalar_creates_no_state():
+    p, opt = one_param(Adadelta)
+    opt.param_groups[0]["clip_gradient"] = 1e308  # legal, but -1e308 does not fit float32
+    with pytest.raises(ValueError, match="kernel scalar"):
+        opt.step()
+    assert not opt.state.get(p)  # fails: {'step': 0, 'acc_g': 0, 'acc_delta': 0} was created
+
+
+@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: int/complex gradients accepted")
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64])
+def test_numpy_path_refuses_a_non_float_gradient(dtype):
+    p, opt = one_param(Adam)
+    p.grad_dtype = None  # torch 2.13: allow a gradient dtype other than the parameter's
+    p.grad = torch.ones(3, dtype=dtype)
+    with pytest.raises(TypeError, match="Adam: parameter 0's grad"):
+        opt.step()  # fails: converted to float32 (complex: imaginary part dropped)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: torch's messages, no class name")
+@pytest.mark.parametrize("what", ["groups", "params"])
+def test_load_state_dict_group_mismatch_names_the_class(what):
+    _, opt = one_param(Adam)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    if what == "groups":
+        sd["param_groups"].append(copy.deepcopy(sd["param_groups"][0]))
+    else:
+        sd["param_groups"][0]["params"].append(99)
+    with pytest.raises(ValueError, match="Adam"):  # fails: "loaded state dict has a different
+        opt.load_state_dict(sd)  # number of parameter groups" (torch's words)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: float() on a non-tensor buffer")
+def test_load_torch_state_dict_names_a_non_tensor_buffer():
+    _, opt = one_param(Adagrad)
+    peer = torch.optim.Adagrad([torch.nn.Parameter(torch.ones(3))], lr=0.01)
+    peer.param_groups[0]["params"][0].grad = torch.ones(3)
+    peer.step()
+    sd = copy.deepcopy(peer.state_dict())
+    sd["state"][0]["sum"] = sd["state"][0]["sum"].tolist()
+    with pytest.raises((TypeError, ValueError), match=r"Adagrad.*sum"):
+        opt.load_torch_state_dict(sd)  # fails: "float() argument must be ... not 'list'"
