@@ -67,24 +67,57 @@ def check_contiguous(where: str, label: str, x: Any) -> None:
         raise ValueError(f"{where}: {label} must be C-contiguous")
 
 
-def _span(x: Any) -> tuple[int, int]:
-    """(first byte, size in bytes) of a contiguous array or tensor."""
+def _span(x: Any) -> tuple[Any, int, int]:
+    """(device, first byte, one past the last byte) of the memory an array or tensor can touch:
+    its whole extent, gaps of a strided view included (so a conservative overlap test)."""
     if hasattr(x, "data_ptr"):
-        return x.data_ptr(), x.numel() * x.element_size()
-    return x.__array_interface__["data"][0], x.nbytes
+        start, item = x.data_ptr(), x.element_size()
+        strides = [s * item for s in x.stride()]
+        device = str(x.device)
+    else:
+        start, item = x.__array_interface__["data"][0], x.itemsize
+        strides = list(x.strides)
+        device = "cpu"
+    if 0 in tuple(x.shape):
+        return device, start, start
+    low = sum((n - 1) * s for n, s in zip(x.shape, strides, strict=True) if s < 0)
+    high = sum((n - 1) * s for n, s in zip(x.shape, strides, strict=True) if s > 0)
+    return device, start + low, start + high + item
+
+
+def view_key(x: Any) -> tuple[Any, ...]:
+    """Equal for two arrays or tensors that view the same elements the same way."""
+    device, start, end = _span(x)
+    strides = x.stride() if hasattr(x, "stride") else x.strides
+    return device, start, end, str(x.dtype), tuple(x.shape), tuple(strides)
+
+
+def check_overlaps(where: str, buffers: Sequence[tuple[str, Any, bool]]) -> None:
+    """No buffer that is written overlaps any other buffer of ``(label, buffer, written)``:
+    buffers only read may share memory with each other; empty ones never overlap. Memory is
+    compared by extent (a strided view covers the span from its first to its last element).
+    Raises ValueError naming the first pair found, in the callers' order on ties."""
+    spans = []
+    for label, x, written in buffers:
+        device, start, end = _span(x)
+        if end > start:
+            spans.append((device, start, end, label, written))
+    spans.sort(key=lambda span: (span[0], span[1]))  # stable: equal starts keep their order
+    furthest: dict[tuple[Any, str], tuple[int, str]] = {}  # (device, "any"/"written"): max end
+    for device, start, end, label, written in spans:
+        # a written buffer may overlap nothing seen before it, a read one no written one
+        seen = furthest.get((device, "any" if written else "written"))
+        if seen is not None and start < seen[0]:
+            raise ValueError(f"{where}: {seen[1]} and {label} share memory")
+        for kind in ("any", "written") if written else ("any",):
+            seen = furthest.get((device, kind))
+            if seen is None or end > seen[0]:
+                furthest[device, kind] = (end, label)
 
 
 def check_disjoint(where: str, buffers: Sequence[tuple[str, Any]]) -> None:
-    """No two of the (contiguous) ``(label, buffer)`` pairs share memory; empty ones never do."""
-    spans = []
-    for label, x in buffers:
-        start, size = _span(x)
-        if size:
-            spans.append((start, start + size, label))
-    spans.sort(key=lambda span: span[0])  # stable: equal starts keep the callers' order
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
-        if start < end:
-            raise ValueError(f"{where}: {a} and {b} share memory")
+    """No two of the ``(label, buffer)`` pairs share memory; empty ones never do."""
+    check_overlaps(where, [(label, x, True) for label, x in buffers])
 
 
 def state_key_problems(

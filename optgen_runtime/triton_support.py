@@ -16,6 +16,7 @@ from optgen_runtime.checks import (
     check_disjoint,
     check_dtype,
     check_kind,
+    check_overlaps,
     check_shape,
     check_state_keys,
 )
@@ -46,6 +47,16 @@ def check_weight(rule: str, weight: Any, label: str = "weight") -> None:
     check_kernel_device(rule, label, weight)
 
 
+class Checked(list):
+    """[weight, grad, *states] of one tensor as :func:`check_tensors` returns it, with the rule
+    and the buffers' labels, so :class:`ChunkTable` can name overlaps between tensors."""
+
+    def __init__(self, rule: str, buffers: Sequence[tuple[str, torch.Tensor]]) -> None:
+        super().__init__(x for _, x in buffers)
+        self.rule = rule
+        self.labels = [label for label, _ in buffers]
+
+
 def check_tensors(
     rule: str,
     weight: Any,
@@ -53,11 +64,12 @@ def check_tensors(
     state: Any,
     names: Sequence[str],
     host_names: Sequence[str] = (),
-) -> list[torch.Tensor]:
+) -> Checked:
     """Check every tensor before anything is written; return [weight, grad, *states].
 
     weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape, same
-    device, dense, contiguous, no two sharing memory.
+    device, dense, contiguous, no two sharing memory. (Between tensors of a multi-tensor step:
+    :func:`check_across`, which :class:`ChunkTable` calls.)
     """
     check_weight(rule, weight)
     check_state_keys(rule, state, tuple(names) + tuple(host_names))
@@ -74,7 +86,23 @@ def check_tensors(
         check_dense(rule, label, x)
         check_contiguous(rule, label, x)
     check_disjoint(rule, everything)
-    return [x for _, x in everything]
+    return Checked(rule, everything)
+
+
+def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
+    """No buffer a multi-tensor step writes (a weight, a state) shares memory with any buffer of
+    any tensor: the same weight or state dict twice, or a gradient that is another tensor's
+    weight, would be updated twice or read after being written. Gradients (only read) may share
+    memory with each other. ValueError naming the rule and both buffers, before any launch."""
+    rule = next((t.rule for t in tables if isinstance(t, Checked)), "step_multi")
+    buffers = []
+    for j, table in enumerate(tables):
+        labels = getattr(table, "labels", None) or [f"buffer {k}" for k in range(len(table))]
+        buffers += [
+            (f"tensor {j}'s {label}", x, k != 1)
+            for k, (label, x) in enumerate(zip(labels, table, strict=True))
+        ]
+    check_overlaps(rule, buffers)
 
 
 def add_partials(partials: np.ndarray) -> np.ndarray:
@@ -207,10 +235,11 @@ class TableLayout:
 class ChunkTable:
     """Many tensors cut into ``block``-element chunks for the multi-tensor kernels.
 
-    ``tables[j]`` is [weight, grad, *states] of tensor j (already checked). Tensors are grouped
-    by (weight dtype, grad dtype, device); each group is one launch of a multi-tensor kernel,
-    one program per chunk. A group's int64 ``meta`` table holds, with ``n`` tensors and ``c``
-    chunks: one row of ``n`` pointers per buffer, the ``n`` sizes, one row of ``n`` per entry
+    ``tables[j]`` is [weight, grad, *states] of tensor j (already checked, each on its own;
+    :func:`check_across` checks them against each other here, before any launch). Tensors are
+    grouped by (weight dtype, grad dtype, device); each group is one launch of a multi-tensor
+    kernel, one program per chunk. A group's int64 ``meta`` table holds, with ``n`` tensors and
+    ``c`` chunks: one row of ``n`` pointers per buffer, the ``n`` sizes, one row of ``n`` per entry
     of ``ints[j]`` (per-tensor integers, such as a Philox key), then the ``c`` chunks' tensor
     (index into the group) and the ``c`` chunks' first element. Per-tensor host scalars go in
     a float32 table, one row per tensor (``update``, ``reduce``): Python floats rounded to
@@ -233,6 +262,7 @@ class ChunkTable:
         block: int,
         ints: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        check_across(tables)  # before any launch
         self.block = block
         self.size = len(tables)
         self.launches = 0

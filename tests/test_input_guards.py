@@ -13,7 +13,17 @@ import pytest
 import torch
 
 from generated.numpy import adam as np_adam
-from generated.torch import LAMB, LBSGD, NAG, SGLD, AdaBelief, Adam, RMSpropCentered, Signum
+from generated.torch import (
+    LAMB,
+    LBSGD,
+    NAG,
+    RULES,
+    SGLD,
+    AdaBelief,
+    Adam,
+    RMSpropCentered,
+    Signum,
+)
 from optgen_runtime.common import check_step_count
 
 
@@ -310,3 +320,161 @@ def test_sgld_seed_must_be_a_whole_number() -> None:
         sgld.step(w, g, state, 1, seed=0.7)
     np.testing.assert_array_equal(w, before)
     sgld.step(w, g, state, 1, seed=7)
+
+
+# 4. aliasing: checked for the whole step before any state is created or anything written ------
+
+BACKENDS = ["numpy", "triton"]
+
+
+def alias_of(p: torch.Tensor, how: str) -> torch.Tensor:
+    """A gradient that shares ``p``'s memory: ``p.data`` itself, a reshaped view, a strided one."""
+    if how == "data":
+        return p.data
+    if how == "view":
+        return p.data.view(-1).view(p.shape)
+    return p.data.t()  # strided: its extent overlaps p's
+
+
+def make2d(cls, backend, **hp):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 3)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.randn(3, 3)
+    return params, cls(params, backend=backend, **hp)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["data", "view", "strided"])
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_first_step_refuses_a_grad_aliasing_its_parameter_before_anything(rule, how, backend):
+    """Used to: the NumPy backend updated parameter 0 before raising on parameter 2; the Triton
+    backend created every parameter's state first. Now: refused before any state or write."""
+    params, opt = make2d(RULES[rule], backend)
+    params[2].grad = alias_of(params[2], how)
+    refused(params, opt, ValueError, r"parameter 2 and parameter 2's grad share memory", opt.step)
+    assert not opt.state
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rule", ["adam", "nadam", "lamb", "sgld", "sgd"])
+def test_later_step_refuses_a_grad_that_is_another_parameters_weight(rule, backend):
+    params, opt = make2d(RULES[rule], backend)
+    opt.step()
+    params[2].grad = params[0].data
+    refused(params, opt, ValueError, r"parameter 0 and parameter 2's grad share memory", opt.step)
+    assert [int(opt.state[p]["step"]) for p in params] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overlapping_parameters_are_refused_disjoint_views_accepted(backend):
+    base = torch.randn(12)
+    params = [torch.nn.Parameter(base[:6]), torch.nn.Parameter(base[4:10])]
+    for p in params:
+        p.grad = torch.randn(6)
+    opt = Adam(params, backend=backend)
+    refused(params, opt, ValueError, r"parameter 0 and parameter 1 share memory", opt.step)
+    assert not opt.state
+    params = [torch.nn.Parameter(base[:6]), torch.nn.Parameter(base[6:])]
+    for p in params:
+        p.grad = torch.randn(6)
+    Adam(params, backend=backend).step()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_tensor_shared_by_two_parameters_is_refused(backend):
+    params, opt = make2d(Adam, backend)
+    opt.step()
+    opt.state[params[1]]["mean"] = opt.state[params[0]]["mean"]
+    refused(
+        params,
+        opt,
+        ValueError,
+        r"parameter 0's state\['mean'\] and parameter 1's state\['mean'\] share memory",
+        opt.step,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rule", ["adam", "lars", "signsgd"])
+def test_one_gradient_shared_by_parameters_is_still_accepted(rule, backend):
+    """Gradients are only read: the same one for two parameters steps as two equal copies do,
+    also where GradScaler's scale is taken out of the gradients in place (LARS, SignSGD)."""
+    results = []
+    for shared in (True, False):
+        params, opt = make2d(RULES[rule], backend)
+        grad = torch.randn(3, 3)
+        for p in params:
+            p.grad = grad if shared else grad.clone()
+        opt.grad_scale, opt.found_inf = torch.full((1,), 4.0), torch.zeros(1)
+        opt.step()
+        del opt.grad_scale, opt.found_inf
+        results.append([p.detach().clone() for p in params] + [params[0].grad.clone()])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+# 5. step_multi: buffers checked across tensors before any launch ------------------------------
+
+
+def multi_inputs(module, n=3):
+    torch.manual_seed(0)
+    weights = [torch.randn(7) for _ in range(n)]
+    grads = [torch.randn(7) for _ in range(n)]
+    states = [module.init_state(w) for w in weights]
+    for s in states:
+        for key in module.STATES:
+            s[key].uniform_(0.5, 1.0)  # positive: every rule's state is legal
+    return weights, grads, states
+
+
+def multi_bytes(weights, grads, states):
+    out = [x.numpy().tobytes() for x in (*weights, *grads)]
+    for s in states:
+        out += [(k, v.numpy().tobytes()) if torch.is_tensor(v) else (k, v) for k, v in s.items()]
+    return out
+
+
+MULTI_RULES = ["adam", "nadam", "sgd_mom", "lamb", "sgld", "adadelta"]
+
+
+@pytest.mark.parametrize("rule", MULTI_RULES)
+@pytest.mark.parametrize("case", ["same weight", "grad is a weight", "same state", "weight view"])
+def test_step_multi_refuses_overlaps_across_tensors_before_any_launch(rule, case):
+    import importlib
+
+    from optgen_runtime.triton_support import LAUNCHES
+
+    module = importlib.import_module(f"generated.triton.{rule}")
+    weights, grads, states = multi_inputs(module)
+    if case == "same weight":
+        weights[2], match = weights[0], r"tensor 0's weight and tensor 2's weight"
+    elif case == "grad is a weight":
+        grads[2], match = weights[0], r"tensor 0's weight and tensor 2's grad"
+    elif case == "weight view":
+        weights[2], match = weights[0][:], r"tensor 0's weight and tensor 2's weight"
+    else:
+        if not module.STATES:
+            pytest.skip("no state tensors: a shared (empty) state dict writes nothing twice")
+        states[2] = states[0]
+        match = r"tensor 0's state\['\w+'\] and tensor 2's state"
+    before = multi_bytes(weights, grads, states)
+    launches = LAUNCHES["count"]
+    with pytest.raises(ValueError, match=rf"^{rule}: .*{match}.* share memory"):
+        module.step_multi(weights, grads, states, 3)
+    assert multi_bytes(weights, grads, states) == before
+    assert LAUNCHES["count"] == launches
+
+
+@pytest.mark.parametrize("rule", MULTI_RULES)
+def test_step_multi_accepts_one_grad_for_several_weights(rule):
+    import importlib
+
+    module = importlib.import_module(f"generated.triton.{rule}")
+    weights, grads, states = multi_inputs(module)
+    ref_w, ref_g, ref_s = multi_inputs(module)
+    grads[1] = grads[2] = grads[0]
+    ref_g[1], ref_g[2] = ref_g[0].clone(), ref_g[0].clone()
+    module.step_multi(weights, grads, states, 3)
+    module.step_multi(ref_w, ref_g, ref_s, 3)
+    assert multi_bytes(weights, grads, states) == multi_bytes(ref_w, ref_g, ref_s)

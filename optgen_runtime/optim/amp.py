@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from optgen_runtime.checks import view_key
 from optgen_runtime.triton_support import amp_flags
 
 # What a skipped step rolls back, per parameter: (param, its state, its step count before the
@@ -101,10 +102,14 @@ class AmpScaling:
         return amps
 
     def _unscale(self, grads: list[torch.Tensor], inverse: float) -> None:
-        """Gradients unscaled in place, where ``rescale_grad`` cannot take the scale."""
-        if inverse != 1.0 and not self.META.FOLDS_GRAD_SCALE:
-            for grad in grads:
+        """Gradients unscaled in place, where ``rescale_grad`` cannot take the scale; a gradient
+        shared by parameters once (``_check_across`` refused partial overlaps)."""
+        if self._unscales_in_place(inverse):
+            for grad in {view_key(grad): grad for grad in grads}.values():
                 grad.mul_(inverse)
+
+    def _unscales_in_place(self, inverse: float) -> bool:
+        return inverse != 1.0 and not self.META.FOLDS_GRAD_SCALE
 
     def _fold_scale(self, hp: dict[str, Any], inverse: float) -> None:
         """The inverse loss scale folded into ``rescale_grad``, where the spec proves it exact."""

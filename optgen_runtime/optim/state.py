@@ -27,11 +27,12 @@ from optgen_runtime.checks import (
     check_contiguous,
     check_dense,
     check_device,
-    check_disjoint,
     check_dtype,
     check_kind,
+    check_overlaps,
     check_shape,
     check_state_keys,
+    view_key,
 )
 from optgen_runtime.common import MAX_STEP, host_state_values
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
@@ -165,11 +166,29 @@ class ParamState:
             check_device(name, where, value, p, label)
             check_dense(name, where, value)
             check_contiguous(name, where, value)
-        check_disjoint(
-            name,
-            [(label, p), (f"{label}'s grad", p.grad)]
-            + [(f"{label}'s state[{k!r}]", v) for k, v, _ in buffers],
-        )
+
+    def _check_across(
+        self, params: list[torch.Tensor], indices: dict[int, int], grads_written: bool
+    ) -> None:
+        """No buffer the step writes (a parameter, its state tensors, its master copy; its
+        gradient when unscaled in place) shares memory with any other buffer of the step, its
+        own or another parameter's (``p.grad = p``, one parameter a view of another, one
+        gradient another's parameter); gradients only read may share memory. Writes nothing."""
+        buffers: list[tuple[str, torch.Tensor, bool]] = []
+        grads: set[tuple[Any, ...]] = set()  # a gradient shared by parameters is unscaled once
+        for p in params:
+            label = f"parameter {indices[id(p)]}"
+            buffers.append((label, p, True))
+            if not (grads_written and view_key(p.grad) in grads):
+                buffers.append((f"{label}'s grad", p.grad, grads_written))
+            grads.add(view_key(p.grad))
+            state = self.state.get(p) or {}
+            buffers += [
+                (f"{label}'s state[{key!r}]", value, True)
+                for key, value in state.items()
+                if isinstance(value, torch.Tensor)
+            ]
+        check_overlaps(type(self).__name__, buffers)
 
     def _indices(self) -> dict[int, int]:
         """id(param) -> its index in ``state_dict()`` (through the groups in order)."""

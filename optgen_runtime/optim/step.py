@@ -68,7 +68,8 @@ class Stepping:
         return loss
 
     def _plans(self, indices: dict[int, int], inverse: float) -> list[Plan]:
-        """Every group checked (hyperparameters, devices, each parameter and its state)."""
+        """Every group checked (hyperparameters, devices, each parameter and its state), then
+        every buffer of the step against every other (``_check_across``)."""
         plans = []
         for group in self.param_groups:
             self._sync_aliases(group)
@@ -87,6 +88,8 @@ class Stepping:
             for p in params:
                 self._check_param(p, indices[id(p)])
             plans.append((hp, resolved, params))
+        every = [p for _, _, params in plans for p in params]
+        self._check_across(every, indices, self._unscales_in_place(inverse))
         return plans
 
     def _views(
