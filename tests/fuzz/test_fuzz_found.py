@@ -84,3 +84,17 @@ def test_load_torch_state_dict_names_a_non_tensor_buffer():
     sd["state"][0]["sum"] = sd["state"][0]["sum"].tolist()
     with pytest.raises((TypeError, ValueError), match=r"Adagrad.*sum"):
         opt.load_torch_state_dict(sd)  # fails: "float() argument must be ... not 'list'"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: spec error messages (a spec that raises)")
+@pytest.mark.parametrize("text", ["RULE.update(w,\n", "x = undefined_name\n"])
+def test_a_spec_that_raises_is_named(tmp_path, text):
+    from codegen.load import load_rule
+    from codegen.spec import SpecError
+
+    path = tmp_path / "fz.py"
+    path.write_text(
+        '"""A rule."""\nfrom codegen.spec import Rule\nRULE = Rule("fz", __doc__)\n' + text
+    )
+    with pytest.raises(SpecError, match=r"fz\.py"):  # fails: a bare SyntaxError / NameError
+        load_rule(path)
