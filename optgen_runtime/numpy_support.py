@@ -22,9 +22,25 @@ from optgen_runtime.philox import randn
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# ndarray subclasses that index, reshape and take ufunc ``out=`` as ndarray does. Others
+# (np.matrix: always 2-D, ``*`` is a matrix product; masked arrays; recarrays, chararrays, user
+# subclasses) would be updated with other semantics, part-way: refused.
+PLAIN_ARRAYS = (np.ndarray, np.memmap)
+
+
+def check_array(rule: str, label: str, x: Any) -> None:
+    """``x`` is a numpy.ndarray (or a np.memmap), not a subclass with its own semantics."""
+    check_kind(rule, label, x, np.ndarray, "numpy.ndarray")
+    if type(x) not in PLAIN_ARRAYS:
+        kind = f"{type(x).__module__}.{type(x).__qualname__}"
+        raise TypeError(
+            f"{rule}: {label} must be a plain numpy.ndarray, got a {kind} (an ndarray subclass "
+            "with its own semantics; np.asarray gives the plain array)"
+        )
+
 
 def check_weight(rule: str, weight: Any) -> None:
-    check_kind(rule, "weight", weight, np.ndarray, "numpy.ndarray")
+    check_array(rule, "weight", weight)
     check_dtype(rule, "weight", weight, DTYPES, "float32 or float64")
 
 
@@ -53,7 +69,7 @@ def flat_views(
     check_state_keys(rule, state, names + host_names)
     arrays = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
     for label, a in arrays:
-        check_kind(rule, label, a, np.ndarray, "numpy.ndarray")
+        check_array(rule, label, a)
         check_dtype(rule, label, a, (weight.dtype,), f"the weight's ({weight.dtype})")
         check_shape(rule, label, a, weight)
     everything = [("weight", weight)] + arrays

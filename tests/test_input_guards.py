@@ -478,3 +478,54 @@ def test_step_multi_accepts_one_grad_for_several_weights(rule):
     module.step_multi(weights, grads, states, 3)
     module.step_multi(ref_w, ref_g, ref_s, 3)
     assert multi_bytes(weights, grads, states) == multi_bytes(ref_w, ref_g, ref_s)
+
+
+# 6. the NumPy modules take plain arrays only ---------------------------------------------------
+
+
+def masked(a):
+    return np.ma.masked_array(a, mask=np.zeros(a.shape, bool))
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind", [np.asmatrix, masked])
+@pytest.mark.parametrize("which", ["weight", "grad", "state"])
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_numpy_modules_refuse_ndarray_subclasses_before_writing(rule, which, kind):
+    """np.matrix passed as the weight used to pass the type check: adadelta, adagrad and adamw
+    wrote state, then NumPy raised about broadcasting."""
+    import importlib
+
+    module = importlib.import_module(f"generated.numpy.{rule}")
+    w = np.full((1, 4), 0.5, np.float32)
+    g = np.full((1, 4), 0.25, np.float32)
+    state = module.init_state(w)
+    label = which
+    if which == "weight":
+        w = kind(w)
+    elif which == "grad":
+        g = kind(g)
+    elif module.STATES:
+        key = module.STATES[-1]
+        state[key] = kind(state[key])
+        label = rf"state\[{key!r}\]"
+    else:
+        pytest.skip("no state arrays")
+    before = [np.asarray(w).tobytes(), np.asarray(g).tobytes()]
+    before += [np.asarray(v).tobytes() if hasattr(v, "dtype") else v for v in state.values()]
+    with pytest.raises(TypeError, match=rf"^{rule}: {label} must be a plain numpy.ndarray"):
+        module.step(w, g, state, 1)
+    after = [np.asarray(w).tobytes(), np.asarray(g).tobytes()]
+    after += [np.asarray(v).tobytes() if hasattr(v, "dtype") else v for v in state.values()]
+    assert after == before
+    if which == "weight":
+        with pytest.raises(TypeError, match=rf"^{rule}: weight must be a plain numpy.ndarray"):
+            module.init_state(w)
+
+
+def test_numpy_modules_still_take_a_memmap(tmp_path):
+    w = np.memmap(tmp_path / "w", dtype=np.float32, mode="w+", shape=(4,))
+    w[:] = 1.0
+    state = np_adam.init_state(np.asarray(w))
+    np_adam.step(w, np.ones(4, np.float32), state, 1, lr=0.1)
+    assert np.all(np.asarray(w) < 1.0)
