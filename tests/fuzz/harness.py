@@ -8,7 +8,8 @@ Every case ends in one verdict, recorded per category (``fuzz.conftest.COUNTS``)
 - ``silently wrong``: accepted although an input is illegal, or different from the reference;
 - ``partial write``: refused, but an input changed;
 - ``unclear refusal``: refused without naming the rule and a culprit, or refusing a legal case;
-- ``known issue 9``: one of the open issue-9 bugs (pinned by a strict xfail elsewhere).
+- ``known (strict xfail)``: an open issue-9 bug or one this suite found, each pinned by a strict
+  xfail in ``test_fuzz_found.py``.
 
 The test fails on every verdict but the first two and the last.
 """
@@ -39,7 +40,7 @@ EQUAL = "accepted and equal"
 WRONG = "silently wrong"
 PARTIAL = "partial write"
 UNCLEAR = "unclear refusal"
-KNOWN = "known issue 9"
+KNOWN = "known (strict xfail)"
 OUTCOMES = (REFUSED, EQUAL, WRONG, PARTIAL, UNCLEAR, KNOWN)
 
 

@@ -1,5 +1,6 @@
 """Minimal reproductions of what the fuzz suite found, each a strict xfail until fixed (the
-fuzz tests count such cases as ``known issue 9`` instead of failing; remove both when fixed)."""
+fuzz tests count such cases as ``known (strict xfail)`` instead of failing; when one is fixed,
+remove its xfail here and its ``known`` label in the fuzz test)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,22 @@ def test_a_spec_that_raises_is_named(tmp_path, text):
     )
     with pytest.raises(SpecError, match=r"fz\.py"):  # fails: a bare SyntaxError / NameError
         load_rule(path)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: -0.0 scalar arrives as +0.0")
+def test_single_tensor_kernel_keeps_the_sign_of_a_zero_scalar():
+    from generated.numpy import dcasgd as numpy_dcasgd
+    from generated.triton import dcasgd
+
+    def inputs():
+        state = {"mom": torch.tensor([-0.001]), "prev_weight": torch.tensor([-0.1321])}
+        return torch.tensor([-0.1332]), torch.tensor([0.1049]), state
+
+    one, multi = inputs(), inputs()
+    dcasgd.step(*one, 2, rescale_grad=-0.0)
+    dcasgd.step_multi(*([x] for x in multi), 2, rescale_grad=-0.0)
+    w, g, s = inputs()
+    s = {k: v.numpy() for k, v in s.items()}
+    numpy_dcasgd.step(w.numpy(), g.numpy(), s, 2, rescale_grad=-0.0)
+    assert snap(multi[2]["mom"]) == snap(torch.from_numpy(s["mom"]))  # both +0.0
+    assert snap(one[2]["mom"]) == snap(multi[2]["mom"])  # fails: step gives -0.0
