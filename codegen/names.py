@@ -33,12 +33,13 @@ _reserve(
     "a runtime helper the generated code imports",
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
-    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed",
+    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
-    "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS BLOCK_SIZE CHUNK RULES META NUMPY TRITON "
+    "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS BLOCK_SIZE "
+    "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )
 _reserve(

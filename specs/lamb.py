@@ -20,6 +20,11 @@ The two norms are per-tensor reductions: optgen computes them in a reduction pha
 sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
+
+NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
+new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
+ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
+step instead.
 """
 
 import sympy as sp

@@ -245,3 +245,15 @@ def test_sums_add_the_host_term_last() -> None:
                         rule.name,
                         op,
                     )
+
+
+def test_lamb_one_nan_gradient_element_makes_the_whole_tensor_nan() -> None:
+    """As LAMB's docstring says: the norm of u is NaN, so the trust ratio and every weight are."""
+    module = numpy_module("lamb")
+    w = np.linspace(-1, 1, 100, dtype=np.float32)
+    g = np.full(100, 0.1, dtype=np.float32)
+    g[7] = np.nan
+    state = module.init_state(w)
+    with np.errstate(invalid="ignore"):
+        module.step(w, g, state, 1)
+    assert np.isnan(w).all()

@@ -200,8 +200,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     return {
         "rule": rule,
         "doc": rule.doc,
-        "rules_names": sorted(rules_names),
-        "exports": sorted([*rules_names, *["init_state", "step"]]),
+        "rules_names": rules_names,
+        "exports": sorted([*rules_names, "init_state", "step"]),
         "flats": [flat(s.name) for s in rule.element_inputs],
         "reduce_flats": [(s.name, flat(s.name)) for s in lowered.reduce_reads],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
@@ -216,7 +216,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_reads": [s.name for s in lowered.reduce_reads],
         "reduce_ops": reduce_printer.lines(lowered.reduce_ops),
         "reduce_values": [reduce_printer.name(r) for r in lowered.summands],
-        "reduce_unpack": unpack(lowered.reduce_host, "reduction_scalars(t, **hp, **host)"),
+        "reduce_unpack": unpack(lowered.reduce_host, "pre"),
         "host_unpack": unpack(lowered.update_scalars, "scalars"),
     }
 

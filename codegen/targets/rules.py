@@ -11,7 +11,7 @@ from codegen.ir import Assign
 from codegen.lower import Lowered
 from codegen.spec import Rule
 from codegen.targets import Target
-from codegen.targets.host import HostCode, legal_code
+from codegen.targets.host import HostCode, host_code, legal_code
 
 
 def folds_gradient_scale(lowered: Lowered) -> bool:
@@ -60,13 +60,35 @@ def host_program(lowered: Lowered, wanted: list[sp.Symbol]) -> list[Assign]:
     return [a for a in assigns if a.target in needed]
 
 
+def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
+    """What each host scalar a kernel takes is, in the spec's terms: (name, description)."""
+    rule = lowered.rule
+    lets = {a.target for a in lowered.host_lets}
+    out = []
+    for s in scalars:
+        if s.name in rule.hypers:
+            what = "hyperparameter"
+        elif s in rule.reductions:
+            what = "reduction (sum over the tensor)"
+        elif s.name in rule.host_states:
+            what = "host state"
+        elif s in lets:
+            what = "let, computed by host_scalars"
+        else:
+            what = f"= {host_code(lowered.host[s])}"
+        out.append((s.name, what))
+    return out
+
+
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     names = [
         "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
-        "REDUCTIONS", "RULE", "SPEC", "STATES", "host_scalars",
+        "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
     ]  # fmt: skip
-    return sorted([*names, "reduction_scalars"] if lowered.summands else names)
+    if lowered.summands:
+        names += ["REDUCE_SCALARS", "reduction_scalars"]
+    return sorted(names)
 
 
 def _lines(assigns: list[Assign], code: HostCode) -> list[str]:
@@ -112,6 +134,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         ],
         "op_counts": lowered.op_counts(),
         "reduce_op_counts": lowered.op_counts(lowered.reduce_ops),
+        "scalar_legend": legend(lowered, update),
+        "reduce_legend": legend(lowered, reduce),
     }
     return context | {"uses_math": code.uses_math}  # after everything is printed
 

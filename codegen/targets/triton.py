@@ -18,8 +18,8 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError
 from codegen.targets import Target
-from codegen.targets.host import host_code, literal
-from codegen.targets.rules import exported
+from codegen.targets.host import literal
+from codegen.targets.rules import exported, legend
 from optgen_runtime.triton_support import ChunkTable
 
 
@@ -100,25 +100,6 @@ def init_code(rule: Rule, expr: sp.Expr) -> str:
     raise SpecError(f"{rule.source}: initial value {expr} must be a constant or the weight itself")
 
 
-def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[str]:
-    """One line per host scalar a kernel body takes: what it is, in the spec's terms."""
-    rule = lowered.rule
-    lets = {a.target for a in lowered.host_lets}
-    out = []
-    for s in scalars:
-        if s.name in rule.hypers:
-            out.append(f"{s.name}: hyperparameter")
-        elif s in rule.reductions:
-            out.append(f"{s.name}: reduction (sum over the tensor)")
-        elif s.name in rule.host_states:
-            out.append(f"{s.name}: host state")
-        elif s in lets:
-            out.append(f"{s.name}: let, computed by host_scalars")
-        else:
-            out.append(f"{s.name} = {host_code(lowered.host[s])}")
-    return out
-
-
 def _stores(lowered: Lowered) -> list[tuple[sp.Symbol, sp.Symbol]]:
     """The buffers written, in buffer order (weight first, then states)."""
     order = lowered.rule.element_inputs
@@ -153,8 +134,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     return {
         "rule": rule,
         "doc": rule.doc,
-        "rules_names": sorted(rules_names),
-        "exports": sorted([*rules_names, *["init_state", "step", "step_multi"]]),
+        "rules_names": rules_names,
+        "exports": sorted([*rules_names, "init_state", "step", "step_multi"]),
         "buffers": buffers,
         "ptrs": [names.derived(b, "_ptr") for b in buffers],
         "likes": [names.derived(b, "_like") for b in buffers],
@@ -169,9 +150,9 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_ops": printer.lines(lowered.reduce_ops),
         "outputs": [(names.derived(cur.name, "_ptr"), new.name) for cur, new in _stores(lowered)],
         "host_names": [s.name for s in lowered.update_scalars],
-        "legend": legend(lowered, lowered.update_scalars),
+        "legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.update_scalars)],
         "reduce_host_names": [s.name for s in lowered.reduce_host],
-        "reduce_legend": legend(lowered, lowered.reduce_host),
+        "reduce_legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.reduce_host)],
         "reduce_pointers": [p for p in pointers if p[1] in reduce_reads],
         "reduce_ptrs": [names.derived(b, "_ptr") for b in buffers if b in reduce_reads],
         "pointers": pointers,

@@ -24,6 +24,11 @@ The two norms are per-tensor reductions: optgen computes them in a reduction pha
 sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
+
+NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
+new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
+ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
+step instead.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from generated.rules.lamb import (
     HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -48,6 +55,7 @@ from generated.rules.lamb import (
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars
 
 # The rule's metadata and host code live in generated.rules.lamb; re-exported here.
 __all__ = [
@@ -57,8 +65,10 @@ __all__ = [
     "HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -95,8 +105,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
+    pre = check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(t, **hp, **host), dtype)
     _h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
-        dtype(_x) for _x in reduction_scalars(t, **hp, **host)
+        dtype(_x) for _x in pre
     )
 
     def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
@@ -109,15 +120,15 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:52: w_sq = weight**2
+        # specs/lamb.py:57: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         np.multiply(wd, _weight, out=_b2)
         np.multiply(beta1, _mean, out=_b3)
         np.multiply(_h3, _b0, out=_b4)
@@ -132,7 +143,7 @@ def step(
         np.multiply(_h4, _b3, out=_b3)
         np.divide(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
-        # specs/lamb.py:53: u_sq = u**2
+        # specs/lamb.py:58: u_sq = u**2
         np.multiply(_b0, _b0, out=_b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -144,6 +155,7 @@ def step(
             sums[name] += value
     # Phase 2: the update.
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
         dtype(_x) for _x in scalars
     )
@@ -158,22 +170,22 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:47: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/lamb.py:52: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h3, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/lamb.py:48: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/lamb.py:53: var_new = G**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         np.multiply(wd, _weight, out=_b0)
         np.multiply(_h2, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
@@ -181,7 +193,7 @@ def step(
         np.multiply(_h4, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/lamb.py:55: weight_new = -lr*ratio*u + weight
+        # specs/lamb.py:60: weight_new = -lr*ratio*u + weight
         np.multiply(_h5, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

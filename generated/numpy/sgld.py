@@ -37,6 +37,7 @@ from generated.rules.sgld import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -44,6 +45,7 @@ from generated.rules.sgld import (
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks, normal_chunk
 from optgen_runtime.philox import stream_seed
+from optgen_runtime.scalars import check_scalars
 
 # The rule's metadata and host code live in generated.rules.sgld; re-exported here.
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -85,6 +88,7 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, wd, rescale_grad, clip_gradient = (dtype(_x) for _x in scalars)
     key = stream_seed(int(hp["seed"]), t)  # counter-based noise: keyed by (seed, step)
 

@@ -79,6 +79,16 @@ TORCH = TorchEquivalent(
 )
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "max": 1, "min": 1, "mul": 8, "sqrt": 2, "sub": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - rho",
+    "_h2": "= -wd",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "rho": "hyperparameter",
+    "epsilon": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -76,6 +76,19 @@ TORCH = TorchEquivalent(
 )
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 8, "sqrt": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - beta1",
+    "_h2": "= 1 - beta2",
+    "_h3": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta1": "hyperparameter",
+    "beta2": "hyperparameter",
+    "epsilon": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -73,6 +73,16 @@ HOST_STATES: tuple[str, ...] = ()
 TORCH = None
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 4, "copy": 1, "max": 1, "min": 1, "mul": 7, "sub": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= -lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "momentum": "hyperparameter",
+    "lamda": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -82,6 +82,17 @@ OP_COUNTS: dict[str, int] = {
     "sqrt": 2,
     "sub": 1,
 }
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= -1/lr",
+    "_h2": "= lr ** (-1)",
+    "_h3": "= -lamda1",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -24,6 +24,11 @@ The two norms are per-tensor reductions: optgen computes them in a reduction pha
 sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
+
+NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
+new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
+ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
+step instead.
 """
 
 from __future__ import annotations
@@ -81,6 +86,35 @@ TORCH = None
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 10, "sqrt": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - beta2",
+    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1)",
+    "_h3": "= 1 - beta1",
+    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1)",
+    "_h5": "= -lr*ratio",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta1": "hyperparameter",
+    "beta2": "hyperparameter",
+    "epsilon": "hyperparameter",
+}
+# The reduction phase's scalars, in the order reduction_scalars returns them.
+REDUCE_SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - beta2",
+    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1)",
+    "_h3": "= 1 - beta1",
+    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1)",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta1": "hyperparameter",
+    "beta2": "hyperparameter",
+    "epsilon": "hyperparameter",
+}
 
 
 def host_scalars(
@@ -99,11 +133,11 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/lamb.py:52: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:57: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = min(upper_bound, max(lower_bound, math.sqrt(w_sq)))
-    # specs/lamb.py:53: r2 = sqrt(u_sq)
+    # specs/lamb.py:58: r2 = sqrt(u_sq)
     r2 = math.sqrt(u_sq)
-    # specs/lamb.py:54: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:59: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = (1) if (r1 == 0) or (r2 == 0) else (r1 / math.sqrt(u_sq))
     _h0 = -clip_gradient
     _h1 = 1 - beta2

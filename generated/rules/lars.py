@@ -72,6 +72,17 @@ TORCH = None
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
 REDUCE_OP_COUNTS: dict[str, int] = {"mul": 2}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= -local_lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "momentum": "hyperparameter",
+}
+# The reduction phase's scalars, in the order reduction_scalars returns them.
+REDUCE_SCALARS: dict[str, str] = {}
 
 
 def host_scalars(

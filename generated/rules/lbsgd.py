@@ -87,6 +87,20 @@ TORCH = None
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 4, "ne": 3, "where": 3}
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "mul": 3}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h1": "= -clip_gradient",
+    "_h2": "= rescale_grad/batch_scale",
+    "_h3": "= -lr*mult",
+    "_h4": "= (k % batch_scale == 0)",
+    "wd": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "momentum": "hyperparameter",
+}
+# The reduction phase's scalars, in the order reduction_scalars returns them.
+REDUCE_SCALARS: dict[str, str] = {
+    "_h0": "= batch_scale ** (-2)",
+}
 
 
 def host_scalars(

@@ -61,6 +61,18 @@ HOST_STATES: tuple[str, ...] = ()
 TORCH = None
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 7, "sign": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - beta2",
+    "_h2": "= 1 - beta1",
+    "_h3": "= -lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta1": "hyperparameter",
+    "beta2": "hyperparameter",
+}
 
 
 def host_scalars(

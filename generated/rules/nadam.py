@@ -108,6 +108,22 @@ TORCH = TorchEquivalent(
 )
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - beta1",
+    "_h2": "= 1 - beta2",
+    "_h3": "= (1 - beta2 ** t) ** (-1)",
+    "_h4": "= (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)",
+    "_h5": "= beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1)",
+    "_h6": "= -lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta1": "hyperparameter",
+    "beta2": "hyperparameter",
+    "epsilon": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -80,6 +80,22 @@ OP_COUNTS: dict[str, int] = {
     "sqrt": 1,
     "where": 1,
 }
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - beta1",
+    "_h2": "= 1 - beta2",
+    "_h3": "= r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)",
+    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)",
+    "_h5": "= (1 - beta1 ** t) ** (-1)",
+    "_h6": "= -lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "beta1": "hyperparameter",
+    "beta2": "hyperparameter",
+    "epsilon": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -85,6 +85,20 @@ TORCH = TorchEquivalent(
 )
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 10, "sqrt": 1, "sub": 1}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= 1 - gamma1",
+    "_h2": "= -lr",
+    "_h3": "= -clip_weights",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "gamma1": "hyperparameter",
+    "gamma2": "hyperparameter",
+    "epsilon": "hyperparameter",
+    "clip_weights": "hyperparameter",
+}
 
 
 def host_scalars(

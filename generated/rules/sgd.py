@@ -59,6 +59,14 @@ HOST_STATES: tuple[str, ...] = ()
 TORCH = TorchEquivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {}, {})
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 2, "max": 1, "min": 1, "mul": 3}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= -lr",
+    "_h2": "= -lr*wd",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -68,6 +68,15 @@ TORCH = TorchEquivalent(
 )
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= -lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "momentum": "hyperparameter",
+}
 
 
 def host_scalars(

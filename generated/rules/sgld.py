@@ -64,6 +64,15 @@ HOST_STATES: tuple[str, ...] = ()
 TORCH = None
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= math.sqrt(lr)",
+    "_h1": "= -clip_gradient",
+    "_h2": "= -(1 / 2)*lr",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+}
 
 
 def host_scalars(

@@ -83,6 +83,17 @@ OP_COUNTS: dict[str, int] = {
     "sign": 1,
     "where": 1,
 }
+# The update kernel's scalars, in the order host_scalars returns them: what each one is.
+SCALARS: dict[str, str] = {
+    "_h0": "= -clip_gradient",
+    "_h1": "= momentum - 1",
+    "_h2": "= -lr*wd_lh + 1",
+    "lr": "hyperparameter",
+    "wd": "hyperparameter",
+    "rescale_grad": "hyperparameter",
+    "clip_gradient": "hyperparameter",
+    "momentum": "hyperparameter",
+}
 
 
 def host_scalars(

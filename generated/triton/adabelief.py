@@ -36,6 +36,7 @@ from generated.rules.adabelief import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -47,6 +48,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -60,6 +62,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -96,12 +99,12 @@ def adabelief_kernel_body(
 ):
     # The update of one block, shared by adabelief_kernel and adabelief_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adabelief, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - beta1
-    #   _h2 = -beta1
-    #   _h3 = beta1 - 1
-    #   _h4 = 1 - beta2
-    #   _h5 = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - beta1
+    #   _h2: = -beta1
+    #   _h3: = beta1 - 1
+    #   _h4: = 1 - beta2
+    #   _h5: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -298,6 +301,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(adabelief_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -348,6 +352,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(adabelief_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -48,6 +48,7 @@ from generated.rules.adadelta import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -59,6 +60,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -72,6 +74,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -103,9 +106,9 @@ def adadelta_kernel_body(
 ):
     # The update of one block, shared by adadelta_kernel and adadelta_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adadelta, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - rho
-    #   _h2 = -wd
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - rho
+    #   _h2: = -wd
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   rho: hyperparameter
@@ -276,6 +279,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(adadelta_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -326,6 +330,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(adadelta_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -35,6 +35,7 @@ from generated.rules.adamw import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -46,6 +47,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -59,6 +61,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -94,12 +97,12 @@ def adamw_kernel_body(
 ):
     # The update of one block, shared by adamw_kernel and adamw_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adamw, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - beta1
-    #   _h2 = 1 - beta2
-    #   _h3 = -lr*wd
-    #   _h4 = (1.0 / math.sqrt(1 - beta2 ** t))
-    #   _h5 = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - beta1
+    #   _h2: = 1 - beta2
+    #   _h3: = -lr*wd
+    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t))
+    #   _h5: = -lr/(1 - beta1 ** t)
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   beta1: hyperparameter
@@ -286,6 +289,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(adamw_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -336,6 +340,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(adamw_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

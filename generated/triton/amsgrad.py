@@ -34,6 +34,7 @@ from generated.rules.amsgrad import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -45,6 +46,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -58,6 +60,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -94,11 +97,11 @@ def amsgrad_kernel_body(
 ):
     # The update of one block, shared by amsgrad_kernel and amsgrad_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.amsgrad, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - beta1
-    #   _h2 = 1 - beta2
-    #   _h3 = (1.0 / math.sqrt(1 - beta2 ** t))
-    #   _h4 = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - beta1
+    #   _h2: = 1 - beta2
+    #   _h3: = (1.0 / math.sqrt(1 - beta2 ** t))
+    #   _h4: = -lr/(1 - beta1 ** t)
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -296,6 +299,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(amsgrad_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -346,6 +350,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(amsgrad_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -43,6 +43,7 @@ from generated.rules.ftrl import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -54,6 +55,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -67,6 +69,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -99,10 +102,10 @@ def ftrl_kernel_body(
 ):
     # The update of one block, shared by ftrl_kernel and ftrl_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.ftrl, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = -1/lr
-    #   _h2 = lr ** (-1)
-    #   _h3 = -lamda1
+    #   _h0: = -clip_gradient
+    #   _h1: = -1/lr
+    #   _h2: = lr ** (-1)
+    #   _h3: = -lamda1
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -277,6 +280,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(ftrl_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -327,6 +331,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(ftrl_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

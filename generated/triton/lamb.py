@@ -24,6 +24,11 @@ The two norms are per-tensor reductions: optgen computes them in a reduction pha
 sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
+
+NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
+new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
+ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
+step instead.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from generated.rules.lamb import (
     HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -54,6 +61,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
@@ -71,8 +79,10 @@ __all__ = [
     "HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -110,12 +120,12 @@ def lamb_kernel_body(
 ):
     # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - beta2
-    #   _h2 = (-beta2 ** t*bias_correction + 1) ** (-1)
-    #   _h3 = 1 - beta1
-    #   _h4 = (-beta1 ** t*bias_correction + 1) ** (-1)
-    #   _h5 = -lr*ratio
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - beta2
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
+    #   _h3: = 1 - beta1
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
+    #   _h5: = -lr*ratio
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -128,20 +138,20 @@ def lamb_kernel_body(
         grad = grad * inv_scale
     mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:47: mean_new = G*(1 - beta1) + beta1*mean
+    # specs/lamb.py:52: mean_new = G*(1 - beta1) + beta1*mean
     _v2 = beta1 * mean
     _v3 = _h3 * G
     mean_new = _v2 + _v3
-    # specs/lamb.py:48: var_new = G**2*(1 - beta2) + beta2*var
+    # specs/lamb.py:53: var_new = G**2*(1 - beta2) + beta2*var
     _v4 = beta2 * var
     _v5 = G * G
     _v6 = _h1 * _v5
     var_new = _v4 + _v6
-    # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
     _v7 = wd * weight
     _v8 = _h2 * var_new
     _v9 = tl.sqrt_rn(_v8)
@@ -149,7 +159,7 @@ def lamb_kernel_body(
     _v11 = _h4 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
     u = _v7 + _v12
-    # specs/lamb.py:55: weight_new = -lr*ratio*u + weight
+    # specs/lamb.py:60: weight_new = -lr*ratio*u + weight
     _v14 = _h5 * u
     weight_new = weight + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
@@ -312,11 +322,11 @@ def lamb_reduce_kernel_body(
     # Phase 1 for one block: one float32 partial sum per reduction into slot `slot` of the
     # partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - beta2
-    #   _h2 = (-beta2 ** t*bias_correction + 1) ** (-1)
-    #   _h3 = 1 - beta1
-    #   _h4 = (-beta1 ** t*bias_correction + 1) ** (-1)
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - beta2
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
+    #   _h3: = 1 - beta1
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -327,13 +337,13 @@ def lamb_reduce_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/lamb.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v15 = rescale_grad * grad
     _v16 = tl.maximum(_h0, _v15, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v16, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:52: w_sq = weight**2
+    # specs/lamb.py:57: w_sq = weight**2
     w_sq = weight * weight
-    # specs/lamb.py:51: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
     _v17 = wd * weight
     _v18 = beta1 * mean
     _v19 = _h3 * G
@@ -348,7 +358,7 @@ def lamb_reduce_kernel_body(
     _v28 = _h4 * _v20
     _v29 = tl.div_rn(_v28, _v27)
     u = _v17 + _v29
-    # specs/lamb.py:53: u_sq = u**2
+    # specs/lamb.py:58: u_sq = u**2
     u_sq = u * u
     tl.store(partial_ptr + slot * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
     tl.store(partial_ptr + slot * 2 + 1, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
@@ -497,9 +507,10 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
-    pre = reduction_scalars(t, **hp, **host)
+    pre = check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(t, **hp, **host), torch.float32)
     sums = reduce_sums(lamb_reduce_kernel, buffers, pre, REDUCTIONS, BLOCK_SIZE)
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(lamb_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -549,12 +560,17 @@ def step_multi(
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    pre = [reduction_scalars(_tj, **hp, **_host) for _tj, _host in zip(ts, hosts, strict=True)]
+    pre = [
+        check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(_tj, **hp, **_host), torch.float32)
+        for _tj, _host in zip(ts, hosts, strict=True)
+    ]
     sums = chunks.reduce(lamb_multi_reduce_kernel, pre, REDUCTIONS)
     new = [
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(lamb_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -39,8 +39,10 @@ from generated.rules.lars import (
     HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -53,6 +55,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
@@ -70,8 +73,10 @@ __all__ = [
     "HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -102,8 +107,8 @@ def lars_kernel_body(
 ):
     # The update of one block, shared by lars_kernel and lars_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lars, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = -local_lr
+    #   _h0: = -clip_gradient
+    #   _h1: = -local_lr
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -310,9 +315,10 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
-    pre = reduction_scalars(t, **hp, **host)
+    pre = check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(t, **hp, **host), torch.float32)
     sums = reduce_sums(lars_reduce_kernel, buffers, pre, REDUCTIONS, BLOCK_SIZE)
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(lars_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -362,12 +368,17 @@ def step_multi(
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    pre = [reduction_scalars(_tj, **hp, **_host) for _tj, _host in zip(ts, hosts, strict=True)]
+    pre = [
+        check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(_tj, **hp, **_host), torch.float32)
+        for _tj, _host in zip(ts, hosts, strict=True)
+    ]
     sums = chunks.reduce(lars_multi_reduce_kernel, pre, REDUCTIONS)
     new = [
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(lars_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -48,8 +48,10 @@ from generated.rules.lbsgd import (
     HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -62,6 +64,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
@@ -79,8 +82,10 @@ __all__ = [
     "HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -113,10 +118,10 @@ def lbsgd_kernel_body(
 ):
     # The update of one block, shared by lbsgd_kernel and lbsgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lbsgd, once per step):
-    #   _h1 = -clip_gradient
-    #   _h2 = rescale_grad/batch_scale
-    #   _h3 = -lr*mult
-    #   _h4 = (k % batch_scale == 0)
+    #   _h1: = -clip_gradient
+    #   _h2: = rescale_grad/batch_scale
+    #   _h3: = -lr*mult
+    #   _h4: = (k % batch_scale == 0)
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
@@ -272,7 +277,7 @@ def lbsgd_reduce_kernel_body(
     # Phase 1 for one block: one float32 partial sum per reduction into slot `slot` of the
     # partials (no atomics), shared by lbsgd_reduce_kernel and lbsgd_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lbsgd, once per step):
-    #   _h0 = batch_scale ** (-2)
+    #   _h0: = batch_scale ** (-2)
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -360,9 +365,10 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
-    pre = reduction_scalars(t, **hp, **host)
+    pre = check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(t, **hp, **host), torch.float32)
     sums = reduce_sums(lbsgd_reduce_kernel, buffers, pre, REDUCTIONS, BLOCK_SIZE)
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(lbsgd_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -412,12 +418,17 @@ def step_multi(
     ints = [() for _ in streams]
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
-    pre = [reduction_scalars(_tj, **hp, **_host) for _tj, _host in zip(ts, hosts, strict=True)]
+    pre = [
+        check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(_tj, **hp, **_host), torch.float32)
+        for _tj, _host in zip(ts, hosts, strict=True)
+    ]
     sums = chunks.reduce(lbsgd_multi_reduce_kernel, pre, REDUCTIONS)
     new = [
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(lbsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -60,6 +60,7 @@ from generated.rules.nadam import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -71,6 +72,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -84,6 +86,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -121,13 +124,13 @@ def nadam_kernel_body(
 ):
     # The update of one block, shared by nadam_kernel and nadam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.nadam, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - beta1
-    #   _h2 = 1 - beta2
-    #   _h3 = (1 - beta2 ** t) ** (-1)
-    #   _h4 = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)
-    #   _h5 = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1)
-    #   _h6 = -lr
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - beta1
+    #   _h2: = 1 - beta2
+    #   _h3: = (1 - beta2 ** t) ** (-1)
+    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)
+    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1)
+    #   _h6: = -lr
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -330,6 +333,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(nadam_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -380,6 +384,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(nadam_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

@@ -40,6 +40,7 @@ from generated.rules.rmsprop import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -51,6 +52,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -64,6 +66,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -97,10 +100,10 @@ def rmsprop_kernel_body(
 ):
     # The update of one block, shared by rmsprop_kernel and rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = 1 - gamma1
-    #   _h2 = -clip_weights
-    #   _h3 = -lr
+    #   _h0: = -clip_gradient
+    #   _h1: = 1 - gamma1
+    #   _h2: = -clip_weights
+    #   _h3: = -lr
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -272,6 +275,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(rmsprop_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -322,6 +326,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(rmsprop_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

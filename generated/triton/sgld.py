@@ -38,6 +38,7 @@ from generated.rules.sgld import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -50,6 +51,7 @@ from optgen_runtime.common import (
     stream_indices,
 )
 from optgen_runtime.philox import stream_seed, tensor_seed
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -63,6 +65,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -92,9 +95,9 @@ def sgld_kernel_body(
 ):
     # The update of one block, shared by sgld_kernel and sgld_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgld, once per step):
-    #   _h0 = math.sqrt(lr)
-    #   _h1 = -clip_gradient
-    #   _h2 = -(1 / 2)*lr
+    #   _h0: = math.sqrt(lr)
+    #   _h1: = -clip_gradient
+    #   _h2: = -(1 / 2)*lr
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -232,6 +235,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(sgld_kernel, buffers, scalars, BLOCK_SIZE, ints=(stream_seed(int(hp["seed"]), t),))
     state.update(host_new)
 
@@ -286,6 +290,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(sgld_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

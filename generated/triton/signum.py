@@ -46,6 +46,7 @@ from generated.rules.signum import (
     NONE_MEANS,
     REDUCTIONS,
     RULE,
+    SCALARS,
     SPEC,
     STATES,
     host_scalars,
@@ -57,6 +58,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import check_scalars
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -70,6 +72,7 @@ __all__ = [
     "NONE_MEANS",
     "REDUCTIONS",
     "RULE",
+    "SCALARS",
     "SPEC",
     "STATES",
     "host_scalars",
@@ -101,9 +104,9 @@ def signum_kernel_body(
 ):
     # The update of one block, shared by signum_kernel and signum_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.signum, once per step):
-    #   _h0 = -clip_gradient
-    #   _h1 = momentum - 1
-    #   _h2 = -lr*wd_lh + 1
+    #   _h0: = -clip_gradient
+    #   _h1: = momentum - 1
+    #   _h2: = -lr*wd_lh + 1
     #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
@@ -262,6 +265,7 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(signum_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
 
@@ -312,6 +316,8 @@ def step_multi(
         host_scalars(_tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
+    for _scalars, _ in new:
+        check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(signum_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)

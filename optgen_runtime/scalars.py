@@ -1,0 +1,44 @@
+"""The range check on kernel scalars: a hyperparameter legal in double precision can make a host
+scalar that float32 (the kernels' compute type, and float32 NumPy weights) cannot hold.
+
+``lr=1e300`` is a legal learning rate; the host computes ``-lr`` in double, and the kernel would
+receive ``-inf`` and write infinite weights where float64 weights stay finite. FTRL's ``1 / lr``
+at ``lr=1e300`` rounds to 0 in float32 and turns the weights into NaN. A step whose scalar
+float32 cannot hold (past its largest value, or a nonzero value that rounds to 0) is refused
+before anything is written, naming the scalar, what it is in the spec's terms (the rule's
+``SCALARS``) and its value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def check_scalars(
+    rule: str, legend: Mapping[str, str], values: Sequence[float], dtype: Any
+) -> Sequence[float]:
+    """``values`` (the scalars ``legend`` names, in its order) unchanged when ``dtype`` (a NumPy
+    or torch floating dtype) holds each finite one; else a ValueError naming the first it cannot.
+    """
+    if isinstance(dtype, torch.dtype):
+        dtype = torch.empty((), dtype=dtype).numpy().dtype
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        for (name, what), value in zip(legend.items(), values, strict=True):
+            if not math.isfinite(value):
+                continue  # an infinite clamp bound, or a NaN the caller's checks let through
+            held = float(dtype.type(value))
+            if math.isinf(held) or (held == 0.0 and value != 0.0):
+                why = "past its largest value" if math.isinf(held) else "rounds to 0"
+                raise ValueError(
+                    f"{rule}: with these hyperparameters the kernel scalar {name} ({what}) is "
+                    f"{value:.6g}, which {dtype.name} cannot hold ({why}): the step would not "
+                    "compute the rule. Use hyperparameters in range (float64 NumPy weights "
+                    "take them)."
+                )
+    return values
