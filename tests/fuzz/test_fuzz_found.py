@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -118,3 +119,16 @@ def test_single_tensor_kernel_keeps_the_sign_of_a_zero_scalar():
     numpy_dcasgd.step(w.numpy(), g.numpy(), s, 2, rescale_grad=-0.0)
     assert snap(multi[2]["mom"]) == snap(torch.from_numpy(s["mom"]))  # both +0.0
     assert snap(one[2]["mom"]) == snap(multi[2]["mom"])  # fails: step gives -0.0
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") in ("", "0"), reason="Triton's CPU interpreter only"
+)
+@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: bf16 subnormals (interpreter)")
+def test_bfloat16_subnormal_weights_survive_a_zero_gradient():
+    from generated.triton import sgd
+
+    w = torch.tensor([1e-39, -2.75e-40, 1e-30]).to(torch.bfloat16)  # two subnormals, one normal
+    before = w.clone()
+    sgd.step(w, torch.zeros(3, dtype=torch.bfloat16), {}, 1, lr=0.01)
+    assert torch.equal(w, before)  # fails: [5.8775e-39, -0.0, 1e-30] (TRITON_INTERPRET=1)

@@ -64,6 +64,8 @@ def perturb(draw, rule, case, p, weight, grad, state, rng):
     states = list(meta.STATES)
     s = draw(st.sampled_from(states)) if states else None
     is_dict = isinstance(state, dict)
+    if not is_dict or s not in state:
+        s = None  # removed by an earlier perturbation
     w_ok = isinstance(weight, np.ndarray) and weight.dtype in (np.float32, np.float64)
     if p == "grad_dtype" and w_ok:
         other = np.float64 if weight.dtype == np.float32 else np.float32

@@ -72,12 +72,11 @@ def record(outcome: str) -> str:
 
 
 @settings(max_examples=examples(15))
-@given(st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=2, unique_by=lambda m: m[0]))
-def test_malformed_spec_is_refused_naming_the_file(mutations):
-    text = BASE
-    for _, old, new in mutations:
-        text = mutate(text, old, new)
-    what = [m[0] for m in mutations]
+@given(st.sampled_from(MUTATIONS))
+def test_malformed_spec_is_refused_naming_the_file(mutation):
+    # One mutation per spec: two can cancel out (drop the weight's update, append another).
+    what, old, new = mutation
+    text = mutate(BASE, old, new)
     with tempfile.TemporaryDirectory() as tmp:
         specs, out = Path(tmp) / "specs", Path(tmp) / "out"
         specs.mkdir()
@@ -109,7 +108,7 @@ def test_malformed_spec_is_refused_naming_the_file(mutations):
         outcome, why = UNCLEAR, f"load_rule: {load_message!r}; generate: {code!r} {lines!r}"
     else:
         outcome, why = REFUSED, ""
-    if outcome != REFUSED and RAISES & set(what):
+    if outcome != REFUSED and what in RAISES:
         outcome = KNOWN
     record(outcome)
     assert outcome in (REFUSED, KNOWN), f"{what}: {outcome}: {why}"

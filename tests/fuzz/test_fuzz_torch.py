@@ -113,7 +113,7 @@ def torch_step_case(draw: st.DrawFn):
     count = draw(st.sampled_from([0, 0, 1, 1, 2]))
     touched: set[int] = set()
     for what in draw(
-        st.lists(st.sampled_from(TORCH_PERTURBATIONS), min_size=count, max_size=count)
+        st.lists(st.sampled_from(TORCH_PERTURBATIONS), min_size=count, max_size=count, unique=True)
     ):
         j = draw(st.integers(0, len(params) - 1))
         p = params[j]
@@ -210,6 +210,8 @@ def torch_step_case(draw: st.DrawFn):
 
                 legal = predicted_legal(rule, name, value)
                 sub.perturb(f"group {name}={value!r}", [name], None if legal is None else not legal)
+                if name in {n for items in cls._aliases().values() for _, n in items}:
+                    case.known = KNOWN_BETAS
                 opt.param_groups[0][name] = value
             case.perturb(
                 "; ".join(sub.notes),

@@ -37,6 +37,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 WEIGHT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
+# Found by this suite (pinned by a strict xfail in test_fuzz_found.py).
+FOUND_BF16_SUBNORMALS = "found: the interpreter mis-converts bfloat16 subnormals"
+
 PERTURBATIONS = [
     "grad_dtype", "grad_shape", "grad_is_weight", "grad_view_of_weight", "weight_strided",
     "grad_strided", "state_strided", "state_is_weight", "states_shared", "state_missing",
@@ -59,6 +62,8 @@ def one_tensor(draw: st.DrawFn, rule: str, case: Case, often: bool = True) -> tu
     kind = draw(st.sampled_from(VALUES))
     weight = tensor(fill(rng, shape, kind, "weight"), draw(st.sampled_from(WEIGHT_DTYPES)))
     grad = tensor(fill(rng, shape, kind, "grad"), draw(st.sampled_from(WEIGHT_DTYPES)))
+    if kind == "tiny" and torch.bfloat16 in (weight.dtype, grad.dtype):
+        case.known = FOUND_BF16_SUBNORMALS
     state: Any = triton_module(rule).init_state(weight)
     for name in meta.STATES:
         state[name].copy_(tensor(fill(rng, shape, kind, "state"), torch.float32))
@@ -73,6 +78,8 @@ def perturb(draw, rule, case, p, weight, grad, state):
     states = list(meta.STATES)
     s = draw(st.sampled_from(states)) if states else None
     is_dict = isinstance(state, dict)
+    if not is_dict or s not in state:
+        s = None  # removed by an earlier perturbation
     w_ok = isinstance(weight, torch.Tensor) and weight.dtype in WEIGHT_DTYPES
     g_ok = isinstance(grad, torch.Tensor) and grad.layout == torch.strided and not grad.is_meta
     s_ok = s is not None and is_dict and isinstance(state.get(s), torch.Tensor)
@@ -246,9 +253,10 @@ def multi_case(draw: st.DrawFn):
     tensors = [draw(one_tensor(rule, case, often=False)) for _ in range(n)]
     weights, grads, states = (list(x) for x in zip(*tensors, strict=True))
     hp = draw(hyperparams(rule, case))
-    t: Any = draw(step_count(case))
     if draw(st.booleans()):
-        t = [draw(st.sampled_from([1, 2, 3, 2**40])) for _ in range(n)]
+        t: Any = [draw(st.sampled_from([1, 2, 3, 2**40])) for _ in range(n)]
+    else:
+        t = draw(step_count(case))
     kwargs: dict[str, Any] = {}
     count = draw(st.sampled_from([0, 0, 1, 1, 2]))
     for p in draw(st.lists(st.sampled_from(MULTI_PERTURBATIONS), min_size=count, max_size=count)):
