@@ -17,6 +17,7 @@ import inspect
 import keyword
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import sympy as sp
@@ -104,17 +105,21 @@ class Equation:
     origin: Origin
 
 
-def _spec_frame() -> inspect.FrameInfo | None:
-    """The innermost caller outside codegen/: the spec line that declared something."""
-    for frame in inspect.stack()[2:]:
-        if os.path.basename(os.path.dirname(frame.filename)) != "codegen":
-            return frame
+def _spec_frame() -> tuple[str, int] | None:
+    """(file, line) of the innermost caller outside codegen/: the spec line that declared
+    something. Walks the frames directly (``inspect.stack`` reads every frame's source)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if os.path.basename(os.path.dirname(filename)) != "codegen":
+            return filename, frame.f_lineno
+        frame = frame.f_back
     return None
 
 
 def _caller_file() -> str:
     frame = _spec_frame()
-    return frame.filename if frame else "<unknown>"
+    return frame[0] if frame else "<unknown>"
 
 
 def _display_path(path: str) -> str:
@@ -138,18 +143,20 @@ class Rule:
         names one must be verified against goldens recorded from it (tests/test_mxnet_goldens.py),
         unless it draws random numbers (MXNet's own generator cannot be replayed)."""
         self.source = _display_path(source or _caller_file())
-        if not name.isidentifier() or keyword.iskeyword(name):
-            raise SpecError(f"{self.source}: rule name {name!r} is not a Python identifier")
-        if not doc or not doc.strip():
-            raise SpecError(f"{self.source}: rule {name!r} needs a docstring (pass __doc__)")
+        self._lines: dict[str, int] = {}  # declared name -> its spec line
+        self.line = self._line()  # the spec line of Rule(...)
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise SpecError(f"{self._where()}: rule name {name!r} is not a Python identifier")
+        if not isinstance(doc, str) or not doc.strip():
+            raise SpecError(f"{self._where()}: rule {name!r} needs a docstring (pass __doc__)")
         if mxnet is not None and not (isinstance(mxnet, str) and mxnet.isidentifier()):
-            raise SpecError(f"{self.source}: mxnet={mxnet!r} is not an MXNet optimizer name")
+            raise SpecError(f"{self._where()}: mxnet={mxnet!r} is not an MXNet optimizer name")
         self.name = name
         self.mxnet = mxnet
         # The torch.optim-style class: torch's name where torch has the rule, else CamelCase.
         self.class_name = class_name or "".join(p.title() for p in name.split("_"))
         if not self.class_name.isidentifier():
-            raise SpecError(f"{self.source}: class name {self.class_name!r} is not an identifier")
+            raise SpecError(f"{self._where()}: class name {self.class_name!r} is not an identifier")
         self.torch: TorchEquivalent | None = None
         self.doc = inspect.cleandoc(doc)
         self.weight = sp.Symbol("weight", real=True)
@@ -168,13 +175,44 @@ class Rule:
         self._finished = False
 
     # ----------------------------------------------------------------------------- declarations
+    def _line(self) -> int:
+        """The line of the spec file being run (0 when the call does not come from it)."""
+        frame = _spec_frame()
+        return frame[1] if frame and _display_path(frame[0]) == self.source else 0
+
+    def _where(self, line: int | None = None) -> str:
+        """``specs/<rule>.py:LINE`` for an error message: the given line, else the spec line
+        running now."""
+        line = self._line() if line is None else line
+        return f"{self.source}:{line}" if line else self.source
+
     def _claim(self, name: str, what: str) -> None:
+        if not isinstance(name, str):
+            raise SpecError(f"{self._where()}: {what} name {name!r} is not a string")
         why = names.refusal(name)
         if why is not None:
-            raise SpecError(f"{self.source}: {what} name {name!r} {why}")
+            raise SpecError(f"{self._where()}: {what} name {name!r} {why}")
         if name in self._names:
-            raise SpecError(f"{self.source}: {what} {name!r} is declared twice")
+            raise SpecError(f"{self._where()}: {what} {name!r} is declared twice")
         self._names.add(name)
+        self._lines[name] = self._line()
+
+    def _sympify(self, value: object, what: str) -> sp.Expr:
+        """A spec value as a SymPy expression; anything else is refused at its spec line."""
+        if isinstance(value, str):  # sympify would parse it: a typo must not become code
+            raise SpecError(f"{self._where()}: {what} is the string {value!r}, not an expression")
+        try:
+            expr = sp.sympify(value, strict=True)
+        except (sp.SympifyError, TypeError, ValueError):
+            raise SpecError(
+                f"{self._where()}: {what} is a {type(value).__name__}, not a SymPy expression"
+            ) from None
+        if not isinstance(expr, sp.Expr):
+            raise SpecError(
+                f"{self._where()}: {what} is {expr} (a {type(expr).__name__}), "
+                "not a number-valued expression"
+            )
+        return expr
 
     def _equation(self, target: sp.Symbol, expr: sp.Expr) -> None:
         """Record ``target = expr`` with the spec line that wrote it."""
@@ -182,8 +220,7 @@ class Rule:
         if frame is None:
             origin = Origin(self.source, 0, f"{target} = {expr}")
         else:
-            line = frame.lineno
-            origin = Origin(_display_path(frame.filename), line, f"{target} = {expr}")
+            origin = Origin(_display_path(frame[0]), frame[1], f"{target} = {expr}")
         self.equations.append(Equation(target, expr, origin))
 
     def hyper(
@@ -202,14 +239,14 @@ class Rule:
             legal = legal._replace(allow_none=True)
         if default is None and not legal.allow_none:
             raise SpecError(
-                f"{self.source}: hyperparameter {name!r} has no default "
+                f"{self._where()}: hyperparameter {name!r} has no default "
                 "(give one, or declare what None means with none=...)"
             )
         if isinstance(default, bool) or not (default is None or isinstance(default, (int, float))):
-            raise SpecError(f"{self.source}: hyperparameter {name!r} default must be a number")
+            raise SpecError(f"{self._where()}: hyperparameter {name!r} default must be a number")
         if default is not None and not legal.contains(float(default)):
             raise SpecError(
-                f"{self.source}: default {name}={default!r} is outside its legal values "
+                f"{self._where()}: default {name}={default!r} is outside its legal values "
                 f"{legal.describe()}"
             )
         symbol = sp.Symbol(name, real=True)
@@ -221,11 +258,11 @@ class Rule:
     def state(self, name: str, init: sp.Expr | float = 0, doc: str = "") -> sp.Symbol:
         """Declare a per-element state; ``init`` is a constant or an expression of the weight."""
         self._claim(name, "state")
-        init_expr = sp.sympify(init)
+        init_expr = self._sympify(init, f"the initial value of state {name!r}")
         extra = init_expr.free_symbols - {self.weight}
         if extra:
             raise SpecError(
-                f"{self.source}: initial value of state {name!r} may use only constants and "
+                f"{self._where()}: initial value of state {name!r} may use only constants and "
                 f"the weight, not {sorted(map(str, extra))}"
             )
         symbol = sp.Symbol(name, real=True)
@@ -245,25 +282,27 @@ class Rule:
         """
         unknown = set(hyper) - set(self.hypers)
         if unknown:
-            raise SpecError(f"{self.source}: torch_equivalent maps unknown {sorted(unknown)}")
+            raise SpecError(f"{self._where()}: torch_equivalent maps unknown {sorted(unknown)}")
         fixed = dict(fixed or {})
         mapped_keys = {key.split("[")[0] for key in hyper.values()}
         for key, value in fixed.items():
             if not key.isidentifier() or key in mapped_keys:
-                raise SpecError(f"{self.source}: torch_equivalent fixes {key!r}, a mapped/bad key")
+                raise SpecError(
+                    f"{self._where()}: torch_equivalent fixes {key!r}, a mapped/bad key"
+                )
             if value is not None and not isinstance(value, (bool, int, float, str)):
                 raise SpecError(
-                    f"{self.source}: torch_equivalent fixed {key}={value!r} must be a literal"
+                    f"{self._where()}: torch_equivalent fixed {key}={value!r} must be a literal"
                 )
         mapped: dict[str, tuple[str, sp.Expr]] = {}
         for symbol, (key, factor) in states.items():
             if str(symbol) not in self.states and str(symbol) not in self.host_states:
-                raise SpecError(f"{self.source}: torch_equivalent maps unknown state {symbol}")
-            factor = sp.sympify(factor)
+                raise SpecError(f"{self._where()}: torch_equivalent maps unknown state {symbol}")
+            factor = self._sympify(factor, f"the factor of state {symbol}")
             extra = factor.free_symbols - {h.symbol for h in self.hypers.values()}
             if extra:
                 raise SpecError(
-                    f"{self.source}: state factor {factor} may use only hyperparameters, "
+                    f"{self._where()}: state factor {factor} may use only hyperparameters, "
                     f"not {sorted(map(str, extra))}"
                 )
             mapped[str(symbol)] = (key, factor)
@@ -272,13 +311,13 @@ class Rule:
     def flag(self, name: str, default: bool, doc: str = "") -> sp.Symbol:
         """A True/False hyperparameter; in equations it is 1 or 0 (e.g. ``1 - flag * beta**t``)."""
         if not isinstance(default, bool):
-            raise SpecError(f"{self.source}: flag {name!r} needs a bool default")
+            raise SpecError(f"{self._where()}: flag {name!r} needs a bool default")
         return self._discrete(name, default, Legal(0.0, 1.0, flag=True), doc)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...], doc: str = "") -> sp.Symbol:
         """A hyperparameter taking one of ``choices`` (strings); see :meth:`is_choice`."""
         if default not in choices:
-            raise SpecError(f"{self.source}: default {name}={default!r} is not one of {choices}")
+            raise SpecError(f"{self._where()}: default {name}={default!r} is not one of {choices}")
         legal = Legal(0.0, float(len(choices) - 1), choices=tuple(choices))
         return self._discrete(name, default, legal, doc)
 
@@ -292,7 +331,7 @@ class Rule:
         """The condition ``symbol == value`` for a choice hyperparameter (for a Piecewise)."""
         hyper = self.hypers.get(str(symbol))
         if hyper is None or not hyper.legal.choices or value not in hyper.legal.choices:
-            raise SpecError(f"{self.source}: {symbol} has no choice {value!r}")
+            raise SpecError(f"{self._where()}: {symbol} has no choice {value!r}")
         return sp.Eq(symbol, hyper.legal.choices.index(value))
 
     def sum(self, name: str, summand: sp.Expr) -> sp.Symbol:
@@ -303,13 +342,14 @@ class Rule:
         """
         self._claim(name, "reduction")
         symbol = sp.Symbol(name, real=True)
-        self.reductions[symbol] = sp.sympify(summand)
-        self._equation(symbol, sp.sympify(summand))
+        summand = self._sympify(summand, f"the summand of {name!r}")
+        self.reductions[symbol] = summand
+        self._equation(symbol, summand)
         return symbol
 
     def norm(self, name: str, expr: sp.Expr) -> sp.Expr:
         """The L2 norm of a per-element expression: sqrt of the reduction ``name`` (its square)."""
-        return sp.sqrt(self.sum(name, sp.sympify(expr) ** 2))
+        return sp.sqrt(self.sum(name, self._sympify(expr, f"the norm {name!r}") ** 2))
 
     def normal(self, name: str) -> sp.Symbol:
         """A standard normal draw, fresh for every element and step.
@@ -329,7 +369,7 @@ class Rule:
         """Declare a host-side scalar state (one per weight), starting at ``init``."""
         self._claim(name, "host state")
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
-            raise SpecError(f"{self.source}: host state {name!r} needs a finite number as init")
+            raise SpecError(f"{self._where()}: host state {name!r} needs a finite number as init")
         symbol = sp.Symbol(name, real=True)
         new = sp.Symbol(f"{name}_new", real=True)
         self.host_states[name] = HostState(name, symbol, new, float(init), doc)
@@ -340,7 +380,7 @@ class Rule:
         self._claim(name, "intermediate")
         symbol = sp.Symbol(name, real=True)
         self.lets[symbol] = name
-        self._equation(symbol, sp.sympify(expr))
+        self._equation(symbol, self._sympify(expr, f"the value of {name!r}"))
         return symbol
 
     def new(self, current: sp.Symbol) -> sp.Symbol:
@@ -350,15 +390,16 @@ class Rule:
         for st in [*self.states.values(), *self.host_states.values()]:
             if st.symbol == current:
                 return st.new
-        raise SpecError(f"{self.source}: {current} is not the weight or a declared state")
+        raise SpecError(f"{self._where()}: {current} is not the weight or a declared state")
 
     def update(self, current: sp.Symbol, expr: sp.Expr | float) -> sp.Symbol:
         """Write the equation ``current_{i+1} = expr``; returns the new symbol."""
         new = self.new(current)
         if current in self._updated:
-            raise SpecError(f"{self.source}: {current} is updated twice")
+            raise SpecError(f"{self._where()}: {current} is updated twice")
+        expr = self._sympify(expr, f"the new value of {current}")
         self._updated[current] = new
-        self._equation(new, sp.sympify(expr))
+        self._equation(new, expr)
         return new
 
     # ---------------------------------------------------------------------------------- checks
@@ -409,7 +450,8 @@ class Rule:
         for current in [self.weight] + [s.symbol for s in stateful]:
             if current not in self._updated:
                 what = "the weight" if current == self.weight else f"state {current}"
-                raise SpecError(f"{self.source}: {what} is never updated")
+                line = self.line if current == self.weight else self._lines.get(str(current), 0)
+                raise SpecError(f"{self._where(line)}: {what} is never updated")
         known = set(self.element_inputs) | set(self.scalar_inputs) | set(self.lets)
         known |= set(self.draws)
         known |= set(self._updated.values())
@@ -417,16 +459,36 @@ class Rule:
             unknown = eq.expr.free_symbols - known
             if unknown:
                 raise SpecError(
-                    f"{self.source}: equation for {eq.target} uses undeclared symbol(s) "
+                    f"{self._at(eq)}: equation for {eq.target} uses undeclared symbol(s) "
                     f"{', '.join(sorted(map(str, unknown)))}"
                 )
             self._check_functions(eq)
+            self._check_piecewise(eq)
         self.ordered_equations()  # raises on a cycle
         self._finished = True
         return self
 
+    def _at(self, eq: Equation) -> str:
+        """``file:line`` of the spec line that wrote ``eq``."""
+        return f"{eq.origin.file}:{eq.origin.line}" if eq.origin.line else eq.origin.file
+
+    def _check_piecewise(self, eq: Equation) -> None:
+        """Every Piecewise ends with a ``(value, True)`` branch: without one, a step where no
+        condition holds has no value (host code would return None, a kernel garbage)."""
+        for node in sp.preorder_traversal(eq.expr):
+            if isinstance(node, sp.Piecewise) and node.args[-1].cond is not sp.true:
+                raise SpecError(
+                    f"{self._at(eq)}: equation for {eq.target} has a Piecewise with no default "
+                    f"branch (last condition {node.args[-1].cond}); end it with (value, True)"
+                )
+
     def _check_functions(self, eq: Equation) -> None:
         for node in sp.preorder_traversal(eq.expr):
+            if node is sp.nan or node is sp.zoo:
+                raise SpecError(
+                    f"{self._at(eq)}: equation for {eq.target} has the constant {node} "
+                    "(not a number)"
+                )
             if isinstance(node, (sp.Symbol, sp.Number, sp.Add, sp.Mul, sp.Pow)):
                 continue
             if isinstance(node, SUPPORTED_FUNCTIONS + _RELATIONALS + _BOOLEAN + _HOST_ONLY):
@@ -437,7 +499,7 @@ class Rule:
                 continue
             name = getattr(node, "func", type(node)).__name__
             raise SpecError(
-                f"{self.source}: equation for {eq.target} uses {name}, which is outside the "
+                f"{self._at(eq)}: equation for {eq.target} uses {name}, which is outside the "
                 f"supported elementwise set ({', '.join(f.__name__ for f in SUPPORTED_FUNCTIONS)}, "
                 "+, *, powers)"
             )
@@ -455,7 +517,7 @@ class Rule:
             if target in visiting:
                 cycle = visiting[visiting.index(target) :] + [target]
                 raise SpecError(
-                    f"{self.source}: the equations form a cycle: "
+                    f"{self._at(defined[target])}: the equations form a cycle: "
                     + " -> ".join(str(s) for s in cycle)
                 )
             visiting.append(target)

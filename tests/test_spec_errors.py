@@ -1,4 +1,7 @@
-"""Malformed specs are refused with an error naming the spec file and the culprit."""
+"""Malformed specs are refused with one line naming the spec file, the line and the culprit.
+
+The header below is 8 lines (it starts with a newline): a body's first line is line 9.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import sympy as sp
 
 from codegen.load import load_rule
 from codegen.lower import lower
 from codegen.spec import SpecError
+from codegen.targets.host import literal
 
 HEADER = '''
 """A test rule."""
@@ -24,58 +29,58 @@ w = RULE.weight
 CASES = {
     "undeclared symbol": (
         "RULE.update(w, w - mx.lr * sp.Symbol('mystery'))",
-        r"specs/bad.py: equation for weight_new uses undeclared symbol\(s\) mystery",
+        r"specs/bad.py:9: equation for weight_new uses undeclared symbol\(s\) mystery",
     ),
     "weight updated twice": (
         "RULE.update(w, w - mx.lr * RULE.grad)\nRULE.update(w, w)",
-        r"specs/bad.py: weight is updated twice",
+        r"specs/bad.py:10: weight is updated twice",
     ),
     "weight never updated": (
         "m = RULE.state('m')\nRULE.update(m, m + RULE.grad)",
-        r"specs/bad.py: the weight is never updated",
+        r"specs/bad.py:6: the weight is never updated",
     ),
     "state never updated": (
         "m = RULE.state('m')\nRULE.update(w, w - mx.lr * m)",
-        r"specs/bad.py: state m is never updated",
+        r"specs/bad.py:9: state m is never updated",
     ),
     "cycle": (
         "m = RULE.state('m')\n"
         "a = RULE.let('a', RULE.new(m) * 2)\n"
         "RULE.update(m, a + RULE.grad)\nRULE.update(w, w - a)",
-        r"specs/bad.py: the equations form a cycle: a -> m_new -> a",
+        r"specs/bad.py:10: the equations form a cycle: a -> m_new -> a",
     ),
     "unsupported function": (
         "RULE.update(w, w - mx.lr * sp.sin(RULE.grad))",
-        r"specs/bad.py: equation for weight_new uses sin, which is outside the supported",
+        r"specs/bad.py:9: equation for weight_new uses sin, which is outside the supported",
     ),
     "undefined function": (
         "RULE.update(w, w - mx.lr * sp.Function('f')(RULE.grad))",
-        r"specs/bad.py: equation for weight_new uses f, which is outside the supported",
+        r"specs/bad.py:9: equation for weight_new uses f, which is outside the supported",
     ),
     "hyperparameter without default": (
         "b = RULE.hyper('beta', None)\nRULE.update(w, w - b * RULE.grad)",
-        r"specs/bad.py: hyperparameter 'beta' has no default",
+        r"specs/bad.py:9: hyperparameter 'beta' has no default",
     ),
     "default outside legal values": (
         "b = RULE.hyper('beta', 1.5, unit())\nRULE.update(w, w - b * RULE.grad)",
-        r"specs/bad.py: default beta=1.5 is outside its legal values \[0, 1\)",
+        r"specs/bad.py:9: default beta=1.5 is outside its legal values \[0, 1\)",
     ),
     "clash with generated temporaries": (
         "b = RULE.hyper('_t0', 0.5)\nRULE.update(w, w - b * RULE.grad)",
-        r"specs/bad.py: hyperparameter name '_t0' clashes with generated temporaries",
+        r"specs/bad.py:9: hyperparameter name '_t0' clashes with generated temporaries",
     ),
     "clash with a template name": (
         "m = RULE.state('offs')\nRULE.update(m, m)\nRULE.update(w, w - m)",
-        r"specs/bad.py: state name 'offs' clashes with a name the generated code uses "
+        r"specs/bad.py:9: state name 'offs' clashes with a name the generated code uses "
         r"\(a local of the generated kernels\)",
     ),
     "duplicate name": (
         "b = RULE.hyper('lr', 0.5)",
-        r"specs/bad.py: hyperparameter 'lr' is declared twice",
+        r"specs/bad.py:9: hyperparameter 'lr' is declared twice",
     ),
     "state initialised from the gradient": (
         "m = RULE.state('m', RULE.grad)\nRULE.update(m, m)\nRULE.update(w, w - m)",
-        r"specs/bad.py: initial value of state 'm' may use only constants and the weight",
+        r"specs/bad.py:9: initial value of state 'm' may use only constants and the weight",
     ),
     "per-element power with a symbolic exponent": (
         "RULE.update(w, w - mx.lr * RULE.grad ** RULE.t)",
@@ -103,13 +108,13 @@ def test_malformed_spec_is_refused(tmp_path: Path, case: str) -> None:
 
 def test_file_name_must_match_rule_name(tmp_path: Path) -> None:
     path = write_spec(tmp_path, "RULE.update(w, w - mx.lr * RULE.grad)", name="other")
-    with pytest.raises(SpecError, match=r"specs/other.py: rule is named 'bad'"):
+    with pytest.raises(SpecError, match=r"specs/other.py:6: rule is named 'bad'"):
         load_rule(path)
 
 
 def test_mxnet_name_must_be_an_optimizer_name(tmp_path: Path) -> None:
     path = write_spec(tmp_path, "Rule('bad', __doc__, mxnet='mx.sgd')")
-    with pytest.raises(SpecError, match=r"specs/bad.py: mxnet='mx.sgd' is not an MXNet optimizer"):
+    with pytest.raises(SpecError, match=r"specs/bad.py:9: mxnet='mx.sgd' is not an MXNet "):
         load_rule(path)
 
 
@@ -117,3 +122,86 @@ def test_a_well_formed_spec_loads(tmp_path: Path) -> None:
     """The header above is sound: the errors come from the bodies, not the scaffolding."""
     path = write_spec(tmp_path, "RULE.update(w, w - mx.lr * RULE.grad)")
     assert lower(load_rule(path)).rule.name == "bad"
+
+
+# Found by an adversarial run (issue 9): each is refused at load, with the spec line.
+LOAD_CASES = {
+    "host Piecewise without a default branch": (
+        "f = RULE.let('f', sp.Piecewise((mx.lr, RULE.t > 3)))\nRULE.update(w, w - f * RULE.grad)",
+        r"specs/bad.py:9: equation for f has a Piecewise with no default branch \(last condition "
+        r"t > 3\); end it with \(value, True\)",
+    ),
+    "per-element Piecewise without a default branch": (
+        "RULE.update(w, sp.Piecewise((w - RULE.grad, RULE.grad > 0)))",
+        r"specs/bad.py:9: equation for weight_new has a Piecewise with no default branch",
+    ),
+    "NaN constant": (
+        "RULE.update(w, w - mx.lr * RULE.grad * sp.nan)",
+        r"specs/bad.py:9: equation for weight_new has the constant nan",
+    ),
+    "float NaN": (
+        "RULE.update(w, w - mx.lr * RULE.grad * float('nan'))",
+        r"specs/bad.py:9: equation for weight_new has the constant nan",
+    ),
+    "complex infinity": (
+        "RULE.update(w, w - mx.lr * RULE.grad / sp.S.Zero)",
+        r"specs/bad.py:9: equation for weight_new has the constant zoo",
+    ),
+    "sys.exit(0)": ("import sys\nsys.exit(0)", r"specs/bad.py:10: SystemExit: the spec called"),
+    "SystemExit": ("raise SystemExit", r"specs/bad.py:9: SystemExit"),
+    "KeyboardInterrupt": ("raise KeyboardInterrupt", r"specs/bad.py:9: KeyboardInterrupt"),
+    "BaseException": ("raise BaseException('x')", r"specs/bad.py:9: BaseException: x"),
+    "RuntimeError": ("raise RuntimeError('boom')", r"specs/bad.py:9: RuntimeError: boom"),
+    "undefined name": (
+        "RULE.update(w, w - nothing)",
+        r"specs/bad.py:9: NameError: name 'nothing' is not defined",
+    ),
+    "import error": ("import not_a_module", r"specs/bad.py:9: ModuleNotFoundError"),
+    "syntax error": ("RULE.update(w, (w", r"specs/bad.py:9: SyntaxError: '\(' was never closed"),
+    "wrong arguments to hyper": (
+        "RULE.hyper()",
+        r"specs/bad.py:9: TypeError: Rule.hyper\(\) missing 2 required positional arguments",
+    ),
+    "wrong arguments to state": (
+        "RULE.state('m', 0, 'doc', 4)",
+        r"specs/bad.py:9: TypeError: Rule.state\(\) takes from 2 to 4 positional arguments",
+    ),
+    "a name that is not a string": (
+        "RULE.hyper(3, 0.1)",
+        r"specs/bad.py:9: hyperparameter name 3 is not a string",
+    ),
+    "an expression written as a string": (
+        "RULE.update(w, 'w - )')",
+        r"specs/bad.py:9: the new value of weight is the string 'w - \)', not an expression",
+    ),
+    "a value that is not an expression": (
+        "RULE.update(w, object())",
+        r"specs/bad.py:9: the new value of weight is a object, not a SymPy expression",
+    ),
+    "a relation as a value": (
+        "RULE.update(w, w < RULE.grad)",
+        r"specs/bad.py:9: the new value of weight is weight < grad \(a StrictLessThan\)",
+    ),
+    "an error raised inside SymPy": (
+        "RULE.update(w, sp.Max(w, sp.I))",
+        r"specs/bad.py:9: ValueError: The argument 'I' is not comparable",
+    ),
+    "no RULE": ("del RULE", r"specs/bad.py: defines no RULE"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_CASES))
+def test_malformed_spec_is_refused_at_load_in_one_line(tmp_path: Path, case: str) -> None:
+    body, message = LOAD_CASES[case]
+    path = write_spec(tmp_path, body)
+    with pytest.raises(SpecError, match=message) as error:
+        load_rule(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_per_element_constant_outside_float32_names_where_it_is() -> None:
+    with pytest.raises(SpecError, match=r"specs/x.py:3: per-element constant 1e-42 is outside"):
+        literal(sp.Float(1e-42), "specs/x.py:3")
+    with pytest.raises(SpecError, match=r"specs/x.py: per-element constant nan is not finite"):
+        literal(sp.nan, "specs/x.py")
+    assert literal(sp.Float(0.5)) == "0.5"

@@ -3,18 +3,44 @@
 python -m tools.generate                 # every spec
 python -m tools.generate adam nag        # named rules only
 python -m tools.generate --check         # exit 1 with a diff when generated/ is stale
+
+A malformed spec prints one line, ``error: specs/<rule>.py:LINE: ...``, and exits 2 (``--debug``
+adds the traceback); the generator never exits 0 without having generated (or checked) every spec.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from codegen.generate import GENERATED_DIR, generate_all, stale, write
-from codegen.load import SPECS_DIR
+from codegen.load import SPECS_DIR, load_rules
 from codegen.spec import SpecError
+
+_NAMES_A_FILE = re.compile(r"^[^\s:]+\.py(:\d+)?: ")
+
+
+def _name_the_spec(error: SpecError, specs: Path, rules: list[str]) -> str:
+    """The error's message, prefixed with the spec it came from when it names none (an error
+    raised while rendering, e.g. a constant outside float32's range): the rules are generated
+    one at a time until one raises it again."""
+    message = str(error)
+    if _NAMES_A_FILE.match(message):
+        return message
+    try:
+        for rule in load_rules(specs, rules or None):
+            try:
+                generate_all(specs, [rule.name])
+            except SpecError as again:
+                if str(again) == message:
+                    return f"{rule.source}: {message}"
+    except Exception:  # only a better message was at stake
+        pass
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--specs", type=Path, default=SPECS_DIR, help="specs directory")
     parser.add_argument("--out", type=Path, default=GENERATED_DIR, help="output directory")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of a refused spec"
+    )
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -50,8 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     except SpecError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_name_the_spec(error, args.specs, args.rules)}", file=sys.stderr)
         return 2
+    except Exception as error:  # a generator bug (or a spec it fails to refuse): never exit 0
+        if args.debug:
+            traceback.print_exc()
+        text = " ".join(str(error).split())
+        print(
+            f"error: internal error: {type(error).__name__}: {text} "
+            "(python -m tools.generate --debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

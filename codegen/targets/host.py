@@ -90,11 +90,20 @@ def legal_code(legal: Legal, code: HostCode) -> str:
     return f"Legal({', '.join(parts)})"
 
 
-def literal(value: sp.Expr) -> str:
-    """A per-element constant: the double's repr; it must be a normal fp32 number (or 0)."""
+def literal(value: sp.Expr, where: str = "") -> str:
+    """A per-element constant: the double's repr; it must be a normal fp32 number (or 0).
+
+    ``where``: the spec file (``rule.source``) or ``file:line`` (an assignment's origin) that the
+    error names; ``python -m tools.generate`` names the rule's file when a caller passes none.
+    """
     x = float(value)
+    prefix = f"{where}: " if where else ""
     if math.isinf(x) or math.isnan(x):
-        raise SpecError(f"constant {x!r} is not finite")
+        raise SpecError(f"{prefix}per-element constant {x!r} is not finite")
     if x != 0 and not (np.finfo(np.float32).tiny <= abs(x) <= np.finfo(np.float32).max):
-        raise SpecError(f"constant {x!r} is outside float32's normal range")
+        raise SpecError(
+            f"{prefix}per-element constant {x!r} is outside float32's normal range "
+            f"({float(np.finfo(np.float32).tiny):.4g} to {float(np.finfo(np.float32).max):.4g} "
+            "in magnitude)"
+        )
     return repr(x)

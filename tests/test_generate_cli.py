@@ -1,0 +1,78 @@
+"""``python -m tools.generate``: a malformed spec is one line on stderr and exit 2, never exit 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tools.generate import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = '''"""A test rule."""
+import sympy as sp
+from codegen.mxnet import common
+from codegen.spec import Rule
+RULE = Rule("bad", __doc__)
+mx = common(RULE)
+w = RULE.weight
+'''
+
+BODIES = {
+    "exit(0)": ("import sys\nsys.exit(0)", "specs/bad.py:9: SystemExit"),
+    "syntax error": ("RULE.update(w, (w", "specs/bad.py:8: SyntaxError"),
+    "TypeError in a spec call": ("RULE.hyper()", "specs/bad.py:8: TypeError"),
+    "Piecewise without default": (
+        "RULE.update(w, w - sp.Piecewise((mx.lr, RULE.t > 3)) * RULE.grad)",
+        "specs/bad.py:8: equation for weight_new has a Piecewise with no default branch",
+    ),
+    "constant outside float32": (
+        "RULE.update(w, w - RULE.grad * sp.Float(1e-42))",
+        "specs/bad.py: per-element constant 1e-42 is outside float32's normal range",
+    ),
+}
+
+
+def specs_dir(tmp_path: Path, body: str) -> Path:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "bad.py").write_text(SPEC + textwrap.dedent(body) + "\n")
+    return specs
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["generate", "check"])
+@pytest.mark.parametrize("case", sorted(BODIES))
+def test_a_malformed_spec_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, check: bool
+) -> None:
+    body, message = BODIES[case]
+    specs = specs_dir(tmp_path, body)
+    argv = ["--specs", str(specs), "--out", str(tmp_path / "out")] + ["--check"] * check
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {message}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    specs = specs_dir(tmp_path, "RULE.hyper()")
+    assert main(["--debug", "--specs", str(specs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "TypeError" in err
+    assert err.splitlines()[-1].startswith("error: specs/bad.py:8: TypeError")
+
+
+def test_a_spec_calling_exit_0_fails_the_check(tmp_path: Path) -> None:
+    """The adversarial case: exit(0) while loading made ``--check`` pass on a stale tree."""
+    specs = specs_dir(tmp_path, "import sys\nsys.exit(0)")
+    command = [sys.executable, "-m", "tools.generate", "--check", "--specs", str(specs)]
+    command += ["--out", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done
+    assert done.stderr == "error: specs/bad.py:9: SystemExit: the spec called exit(0)\n"
+    assert "in sync" not in done.stdout
