@@ -132,3 +132,20 @@ def test_bfloat16_subnormal_weights_survive_a_zero_gradient():
     before = w.clone()
     sgd.step(w, torch.zeros(3, dtype=torch.bfloat16), {}, 1, lr=0.01)
     assert torch.equal(w, before)  # fails: [5.8775e-39, -0.0, 1e-30] (TRITON_INTERPRET=1)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: lars host division by zero")
+@pytest.mark.parametrize("rescale_grad", [0.0, -0.0])
+def test_lars_zero_denominator_is_not_a_bare_zero_division(rescale_grad):
+    import numpy as np
+
+    from generated.numpy import lars
+
+    w, g = np.ones(3, np.float32), np.ones(3, np.float32)
+    state = lars.init_state(w)
+    try:  # legal: rescale_grad is any real, eps (default 0) and wd (default 0) may be 0
+        lars.step(w, g, state, 1, rescale_grad=rescale_grad)
+    except ZeroDivisionError as error:  # fails: raised by host_scalars, naming nothing
+        pytest.fail(f"bare {error!r}")
+    except ValueError as error:
+        assert "lars" in str(error)

@@ -24,6 +24,7 @@ from fuzz.harness import (
     canonical_hyperparams,
     fill,
     hyperparams,
+    known_hyper,
     numpy_module,
     snap,
     torch_class,
@@ -210,6 +211,7 @@ def torch_step_case(draw: st.DrawFn):
 
                 legal = predicted_legal(rule, name, value)
                 sub.perturb(f"group {name}={value!r}", [name], None if legal is None else not legal)
+                case.known = case.known or known_hyper(rule, name, value)
                 if name in {n for items in cls._aliases().values() for _, n in items}:
                     case.known = KNOWN_BETAS
                 opt.param_groups[0][name] = value
@@ -424,6 +426,7 @@ def load_case(draw: st.DrawFn):
         sd["param_groups"][0][name] = value
         legal = predicted_legal(rule, name, value)
         case.perturb(f"{name}={value!r}", [name, "betas"], None if legal is None else not legal)
+        case.known = known_hyper(rule, name, value)
     elif what == "group_missing_hp":
         name = draw(st.sampled_from(list(meta.HYPERPARAMS)))
         del sd["param_groups"][0][name]
@@ -595,12 +598,15 @@ def group_case(draw: st.DrawFn):
             group[name] = value
             legal = predicted_legal(rule, name, value)
             case.perturb(f"{name}={value!r}", [name], None if legal is None else not legal)
+            # the first known bug the case may run into (one is enough to excuse it)
+            known = known_hyper(rule, name, value)
             if opt.backend == "triton" and str(value) == "-0.0":
-                case.known = FOUND_NEGATIVE_ZERO  # the reference is Triton's step
+                known = FOUND_NEGATIVE_ZERO  # the reference is Triton's step
             if name in {n for items in aliases.values() for _, n in items}:
-                case.known = KNOWN_BETAS
+                known = KNOWN_BETAS
             elif legal is None:
-                case.known = KNOWN_SCALARS
+                known = known or KNOWN_SCALARS
+            case.known = case.known or known
     return case, rule, params, opt
 
 
