@@ -88,7 +88,7 @@ def test_load_torch_state_dict_names_a_non_tensor_buffer():
         opt.load_torch_state_dict(sd)  # fails: "float() argument must be ... not 'list'"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: spec error messages (a spec that raises)")
+# Fixed (issue 9, spec error messages; was a strict xfail): kept as a regression test.
 @pytest.mark.parametrize("text", ["RULE.update(w,\n", "x = undefined_name\n"])
 def test_a_spec_that_raises_is_named(tmp_path, text):
     from codegen.load import load_rule
@@ -98,7 +98,7 @@ def test_a_spec_that_raises_is_named(tmp_path, text):
     path.write_text(
         '"""A rule."""\nfrom codegen.spec import Rule\nRULE = Rule("fz", __doc__)\n' + text
     )
-    with pytest.raises(SpecError, match=r"fz\.py"):  # fails: a bare SyntaxError / NameError
+    with pytest.raises(SpecError, match=r"fz\.py"):  # was a bare SyntaxError / NameError
         load_rule(path)
 
 

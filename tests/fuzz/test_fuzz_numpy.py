@@ -105,7 +105,7 @@ def perturb(draw, rule, case, p, weight, grad, state, rng):
     elif p in ("state_is_weight", "state_view_of_weight") and s and is_dict and w_ok:
         state[s] = weight if p == "state_is_weight" else weight[...]
         case.perturb(p, [s, "weight"], weight.size > 0 or None)
-    elif p == "states_shared" and len(states) >= 2 and is_dict:
+    elif p == "states_shared" and len(states) >= 2 and is_dict and set(states[:2]) <= set(state):
         state[states[1]] = state[states[0]]
         case.perturb(p, states[:2], weight.size > 0 or None)
     elif p == "state_missing" and s and is_dict:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from codegen.load import load_rule
 from fuzz.conftest import COUNTS, examples
-from fuzz.harness import EQUAL, KNOWN, PARTIAL, REFUSED, UNCLEAR, WRONG
+from fuzz.harness import EQUAL, PARTIAL, REFUSED, UNCLEAR, WRONG
 from tools import generate
 
 BASE = '''"""A fuzzed rule."""
@@ -47,14 +47,6 @@ MUTATIONS = [
     ("binary junk", "*", "\x00\x01 not python"),
     ("undeclared symbol", "RULE.grad)\n", "RULE.grad * sp.Symbol('mystery'))\n"),
 ]
-
-
-# A spec that raises while it runs (SyntaxError, NameError, ImportError, ...) is not yet wrapped
-# in a SpecError naming the file: load_rule re-raises it and tools.generate prints a traceback
-# (issue 9, spec error messages; pinned by test_fuzz_found.py).
-RAISES = {
-    "syntax error", "undefined name", "import error", "raises at import", "no RULE", "binary junk",
-}  # fmt: skip
 
 
 def mutate(text: str, old: str | None, new: str) -> str:
@@ -108,10 +100,8 @@ def test_malformed_spec_is_refused_naming_the_file(mutation):
         outcome, why = UNCLEAR, f"load_rule: {load_message!r}; generate: {code!r} {lines!r}"
     else:
         outcome, why = REFUSED, ""
-    if outcome != REFUSED and what in RAISES:
-        outcome = KNOWN
     record(outcome)
-    assert outcome in (REFUSED, KNOWN), f"{what}: {outcome}: {why}"
+    assert outcome == REFUSED, f"{what}: {outcome}: {why}"
 
 
 def test_a_good_spec_and_an_empty_specs_dir():
