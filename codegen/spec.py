@@ -197,6 +197,16 @@ class Rule:
         self._names.add(name)
         self._lines[name] = self._line()
 
+    def _doc(self, doc: object, what: str) -> str:
+        """A one-line description: generated code prints it after a ``#``, where a line break
+        would end the comment and make the rest code."""
+        if not isinstance(doc, str) or len(doc.splitlines()) > 1 or not doc.isprintable():
+            raise SpecError(
+                f"{self._where()}: the doc of {what} must be one line of printable text, "
+                f"not {doc!r}"
+            )
+        return doc
+
     def _sympify(self, value: object, what: str) -> sp.Expr:
         """A spec value as a SymPy expression; anything else is refused at its spec line."""
         if isinstance(value, str):  # sympify would parse it: a typo must not become code
@@ -234,7 +244,14 @@ class Rule:
     ) -> sp.Symbol:
         """Declare a hyperparameter with its default; ``none`` is what ``None`` stands for."""
         self._claim(name, "hyperparameter")
+        doc = self._doc(doc, f"hyperparameter {name!r}")
+        if legal is not None and not isinstance(legal, Legal):
+            raise SpecError(f"{self._where()}: legal values of {name!r} must be a Legal(...)")
         legal = legal or Legal()
+        if none is not None and (
+            isinstance(none, bool) or not isinstance(none, (int, float)) or math.isnan(none)
+        ):
+            raise SpecError(f"{self._where()}: none={none!r} of {name!r} must be a number")
         if none is not None:
             legal = legal._replace(allow_none=True)
         if default is None and not legal.allow_none:
@@ -258,6 +275,7 @@ class Rule:
     def state(self, name: str, init: sp.Expr | float = 0, doc: str = "") -> sp.Symbol:
         """Declare a per-element state; ``init`` is a constant or an expression of the weight."""
         self._claim(name, "state")
+        doc = self._doc(doc, f"state {name!r}")
         init_expr = self._sympify(init, f"the initial value of state {name!r}")
         extra = init_expr.free_symbols - {self.weight}
         if extra:
@@ -323,6 +341,7 @@ class Rule:
 
     def _discrete(self, name: str, default: str | bool, legal: Legal, doc: str) -> sp.Symbol:
         self._claim(name, "hyperparameter")
+        doc = self._doc(doc, f"hyperparameter {name!r}")
         symbol = sp.Symbol(name, real=True)
         self.hypers[name] = Hyper(name, symbol, default, legal, None, doc)
         return symbol
@@ -368,6 +387,7 @@ class Rule:
     def host_state(self, name: str, init: float, doc: str = "") -> sp.Symbol:
         """Declare a host-side scalar state (one per weight), starting at ``init``."""
         self._claim(name, "host state")
+        doc = self._doc(doc, f"host state {name!r}")
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
             raise SpecError(f"{self._where()}: host state {name!r} needs a finite number as init")
         symbol = sp.Symbol(name, real=True)

@@ -187,6 +187,18 @@ LOAD_CASES = {
         r"specs/bad.py:9: ValueError: The argument 'I' is not comparable",
     ),
     "no RULE": ("del RULE", r"specs/bad.py: defines no RULE"),
+    "a doc with a line break (it would end a comment in generated code)": (
+        "RULE.hyper('b', 0.5, doc='x\\n    \"y\": 1,')",
+        r"specs/bad.py:9: the doc of hyperparameter 'b' must be one line of printable text",
+    ),
+    "a state doc with a control character": (
+        "RULE.state('m', doc='x\\ry')",
+        r"specs/bad.py:9: the doc of state 'm' must be one line of printable text",
+    ),
+    "none given as a string (SymPy would parse it)": (
+        "RULE.hyper('b', 0.5, none='oo')",
+        r"specs/bad.py:9: none='oo' of 'b' must be a number",
+    ),
 }
 
 
