@@ -192,5 +192,18 @@ def trace(block: Block) -> Block:
                 merged = [p for p in pending if p.target in deps[eq.target]]
                 pending = [p for p in pending if p not in merged]
                 first[min(cone)] = [o for p in [*merged, eq] for o in p.origin]
-        out += [a.with_(origin=tuple(first.get(i, ()))) for i, a in enumerate(assigns)]
+        traced = [a.with_(origin=tuple(first.get(i, ()))) for i, a in enumerate(assigns)]
+        _check_constants(rule, traced)
+        out += traced
     return block.then("traced", out)
+
+
+def _check_constants(rule: Rule, assigns: list[Assign]) -> None:
+    """Every per-element constant is a float32 number, or a SpecError naming its spec line."""
+    where = rule.source
+    for a in assigns:
+        if a.origin:
+            where = f"{a.origin[-1].file}:{a.origin[-1].line}"
+        for x in a.args:
+            if not isinstance(x, sp.Symbol):
+                opdefs.element_constant(x, where=where)

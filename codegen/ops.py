@@ -19,11 +19,15 @@ that forgets its entry fails when it is imported, not when a spec first uses the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 from sympy.functions.elementary.piecewise import ExprCondPair
+
+from codegen.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -112,3 +116,19 @@ def require(target: str, entries: Mapping[str, object]) -> None:
     unknown = sorted(set(entries) - set(ELEMENT_OPS))
     if unknown:
         raise ImportError(f"the {target} printer prints unknown operation(s) {', '.join(unknown)}")
+
+
+def element_constant(value: sp.Expr, where: str = "") -> float:
+    """A per-element constant as a double; it must be 0 or a normal float32 number (the kernels
+    compute in float32). ``where``: the spec file or ``file:line`` the error names."""
+    x = float(value)
+    prefix = f"{where}: " if where else ""
+    if math.isinf(x) or math.isnan(x):
+        raise SpecError(f"{prefix}per-element constant {x!r} is not finite")
+    tiny, largest = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    if x != 0 and not (tiny <= abs(x) <= largest):
+        raise SpecError(
+            f"{prefix}per-element constant {x!r} is outside float32's normal range "
+            f"({tiny:.4g} to {largest:.4g} in magnitude)"
+        )
+    return x

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from codegen import names, ops
+from codegen.errors import SpecError
 from codegen.ir import Origin
 from optgen_runtime.common import Legal, TorchEquivalent
 
@@ -31,10 +32,6 @@ SUPPORTED_FUNCTIONS = ops.SPEC_FUNCTIONS
 _RELATIONALS = ops.RELATIONALS
 _BOOLEAN = ops.BOOLEAN_STRUCTURE
 _HOST_ONLY = ops.HOST_ONLY
-
-
-class SpecError(ValueError):
-    """A malformed spec; the message names the spec file and the offending symbol."""
 
 
 def positive(allow_none: bool = False) -> Legal:

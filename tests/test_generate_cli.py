@@ -32,7 +32,7 @@ BODIES = {
     ),
     "constant outside float32": (
         "RULE.update(w, w - RULE.grad * sp.Float(1e-42))",
-        "specs/bad.py: per-element constant 1e-42 is outside float32's normal range",
+        "specs/bad.py:8: per-element constant 1e-42 is outside float32's normal range",
     ),
 }
 

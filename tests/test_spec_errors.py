@@ -27,6 +27,10 @@ w = RULE.weight
 '''
 
 CASES = {
+    "per-element constant float32 cannot hold": (
+        "RULE.update(w, w - mx.lr * sp.Max(RULE.grad, 1e-42))",
+        r"specs/bad.py:9: per-element constant 1e-42 is outside float32's normal range",
+    ),
     "undeclared symbol": (
         "RULE.update(w, w - mx.lr * sp.Symbol('mystery'))",
         r"specs/bad.py:9: equation for weight_new uses undeclared symbol\(s\) mystery",

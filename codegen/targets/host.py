@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from codegen.ops import element_constant
 from codegen.spec import SpecError
 from optgen_runtime.common import Legal
 
@@ -91,19 +91,6 @@ def legal_code(legal: Legal, code: HostCode) -> str:
 
 
 def literal(value: sp.Expr, where: str = "") -> str:
-    """A per-element constant: the double's repr; it must be a normal fp32 number (or 0).
-
-    ``where``: the spec file (``rule.source``) or ``file:line`` (an assignment's origin) that the
-    error names; ``python -m tools.generate`` names the rule's file when a caller passes none.
-    """
-    x = float(value)
-    prefix = f"{where}: " if where else ""
-    if math.isinf(x) or math.isnan(x):
-        raise SpecError(f"{prefix}per-element constant {x!r} is not finite")
-    if x != 0 and not (np.finfo(np.float32).tiny <= abs(x) <= np.finfo(np.float32).max):
-        raise SpecError(
-            f"{prefix}per-element constant {x!r} is outside float32's normal range "
-            f"({float(np.finfo(np.float32).tiny):.4g} to {float(np.finfo(np.float32).max):.4g} "
-            "in magnitude)"
-        )
-    return repr(x)
+    """A per-element constant as code: the double's repr (checked by
+    :func:`codegen.ops.element_constant`; ``where`` names the spec file or line)."""
+    return repr(element_constant(value, where))

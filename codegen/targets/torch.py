@@ -21,10 +21,14 @@ def context(rules: list[Rule]) -> dict[str, object]:
         }
         for rule in rules
     ]
-    class_names = [c["name"] for c in classes]
-    duplicates = sorted({n for n in class_names if class_names.count(n) > 1})
-    if duplicates:
-        raise SpecError(f"two rules want the class name(s) {duplicates}: pass class_name=")
+    sources: dict[str, list[str]] = {}
+    for rule in rules:
+        sources.setdefault(rule.class_name, []).append(rule.source)
+    for name, files in sources.items():
+        if len(files) > 1:
+            raise SpecError(
+                f"{', '.join(files)}: each wants the class name {name!r}; pass class_name="
+            )
     return {"classes": classes}
 
 
