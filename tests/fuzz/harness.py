@@ -280,10 +280,12 @@ def step_count_legal(t: Any) -> bool | None:
 
 
 @st.composite
-def step_count(draw: st.DrawFn, case: Case) -> Any:
+def step_count(draw: st.DrawFn, case: Case, multi: bool = False) -> Any:
+    """A step count, perturbed one time in five (``multi``: for ``step_multi``, which also
+    takes a list, so no list is drawn)."""
     if draw(st.integers(0, 4)):
         return draw(st.sampled_from([1, 2, 5]))
-    t = draw(st.sampled_from(STEP_COUNTS))
+    t = draw(st.sampled_from([x for x in STEP_COUNTS if not (multi and isinstance(x, list))]))
     legal = step_count_legal(t)
     case.perturb(f"t={t!r}", ["step count", " t"], None if legal is None else not legal)
     return t
@@ -292,6 +294,18 @@ def step_count(draw: st.DrawFn, case: Case) -> Any:
 SHAPES = [(), (0,), (1,), (5,), (7,), (3, 4), (2, 3, 5), (1, 1030)]
 
 VALUES = ["normal", "nan", "inf", "zeros", "huge", "tiny", "negative_state"]
+
+
+def zero_signs_only(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` (nested tensors) differ only in the signs of zeros."""
+    if isinstance(a, dict):
+        return all(zero_signs_only(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return all(zero_signs_only(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor):
+        x, y = a.detach().double(), b.detach().double()
+        return bool(((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+    return a == b
 
 
 def fill(rng: np.random.Generator, shape: tuple[int, ...], kind: str, role: str) -> np.ndarray:

@@ -76,10 +76,10 @@ def perturb(draw, rule, case, p, weight, grad, state, rng):
         case.perturb(p, ["grad"], True)
     elif p == "grad_is_weight" and w_ok:
         grad = weight
-        case.perturb(p, ["grad", "weight"], weight.size > 0 or None)
+        case.perturb(p, ["grad", "weight"], np.size(weight) > 0 or None)
     elif p == "grad_view_of_weight" and w_ok and weight.ndim:
         grad = weight.reshape(weight.shape)  # a view with the same shape
-        case.perturb(p, ["grad", "weight"], weight.size > 0 or None)
+        case.perturb(p, ["grad", "weight"], np.size(weight) > 0 or None)
     elif p in ("weight_strided", "grad_strided", "state_strided", "fortran"):
 
         def strided(a):
@@ -104,10 +104,10 @@ def perturb(draw, rule, case, p, weight, grad, state, rng):
             case.perturb(p, [s], bool(not state[s].flags.c_contiguous))
     elif p in ("state_is_weight", "state_view_of_weight") and s and is_dict and w_ok:
         state[s] = weight if p == "state_is_weight" else weight[...]
-        case.perturb(p, [s, "weight"], weight.size > 0 or None)
+        case.perturb(p, [s, "weight"], np.size(weight) > 0 or None)
     elif p == "states_shared" and len(states) >= 2 and is_dict and set(states[:2]) <= set(state):
         state[states[1]] = state[states[0]]
-        case.perturb(p, states[:2], weight.size > 0 or None)
+        case.perturb(p, states[:2], np.size(weight) > 0 or None)
     elif p == "state_missing" and s and is_dict:
         del state[s]
         case.perturb(p, [s], True)

@@ -113,6 +113,7 @@ def torch_step_case(draw: st.DrawFn):
     meta = META[rule]
     count = draw(st.sampled_from([0, 0, 1, 1, 2]))
     touched: set[int] = set()
+    grads_touched: set[int] = set()
     for what in draw(
         st.lists(st.sampled_from(TORCH_PERTURBATIONS), min_size=count, max_size=count, unique=True)
     ):
@@ -126,7 +127,11 @@ def torch_step_case(draw: st.DrawFn):
             s = None  # removed or replaced by an earlier perturbation
         if p.grad is None or (what == "grad_none" and j in touched):
             continue  # a parameter without a gradient is skipped: its state is never read
+        if what.startswith("grad_") and j in grads_touched:
+            continue  # one gradient perturbation per parameter: a second would replace it
         touched.add(j)
+        if what.startswith("grad_"):
+            grads_touched.add(j)
         if what == "grad_dtype" and p.grad is not None:
             p.grad_dtype = None  # torch refuses the assignment itself otherwise
             p.grad = p.grad.to(draw(st.sampled_from([torch.float16, torch.int32, torch.complex64])))
@@ -214,6 +219,8 @@ def torch_step_case(draw: st.DrawFn):
                 case.known = case.known or known_hyper(rule, name, value)
                 if name in {n for items in cls._aliases().values() for _, n in items}:
                     case.known = KNOWN_BETAS
+                elif legal is None:
+                    case.known = case.known or KNOWN_SCALARS
                 opt.param_groups[0][name] = value
             case.perturb(
                 "; ".join(sub.notes),

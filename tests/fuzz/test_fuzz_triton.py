@@ -29,6 +29,7 @@ from fuzz.harness import (
     step_count,
     triton_module,
     verdict,
+    zero_signs_only,
 )
 from optgen_runtime.common import resolve_hyperparams
 from optgen_runtime.philox import tensor_seed
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 WEIGHT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # Found by this suite (pinned by a strict xfail in test_fuzz_found.py).
+FOUND_NEGATIVE_ZERO = "found: the single-tensor Triton kernel takes a -0.0 scalar as +0.0"
 FOUND_BF16_SUBNORMALS = "found: the interpreter mis-converts bfloat16 subnormals"
 
 PERTURBATIONS = [
@@ -187,6 +189,9 @@ def compare_to_numpy(rule, before, weight, state) -> str | None:
     """``weight`` and ``state`` (after the kernel) against NumPy on ``before`` (the inputs)."""
     w0, g0, s0, t, hp = before
     want_w, want_s = numpy_reference(rule, w0, g0, s0, t, hp)
+    # a float32 result past the weight dtype's range is stored as inf: compare with that
+    stored = torch.from_numpy(want_w).to(weight.dtype).float().numpy()
+    want_w = np.where(np.isinf(stored) & ~np.isinf(want_w), stored, want_w)
     try:
         scale = np.abs(w0.float().numpy())
         assert_matches_float32(weight.float().numpy(), want_w, weight.dtype, scale, "weight")
@@ -256,7 +261,7 @@ def multi_case(draw: st.DrawFn):
     if draw(st.booleans()):
         t: Any = [draw(st.sampled_from([1, 2, 3, 2**40])) for _ in range(n)]
     else:
-        t = draw(step_count(case))
+        t = draw(step_count(case, multi=True))
     kwargs: dict[str, Any] = {}
     count = draw(st.sampled_from([0, 0, 1, 1, 2]))
     drawn = draw(st.lists(st.sampled_from(MULTI_PERTURBATIONS), min_size=count, max_size=count))
@@ -331,7 +336,10 @@ def test_triton_step_multi(drawn):
                 hj["seed"] = tensor_seed(seed, j)
             module.step(w, g, s, tj, **hj)
         if snap((ws, ss)) != snap((weights, states)):
-            return "step_multi differs from one step per tensor"
+            if zero_signs_only((ws, ss), (weights, states)):
+                case.known = FOUND_NEGATIVE_ZERO  # step's kernel took a -0.0 scalar as +0.0
+            shown = [(tuple(w.shape), w.dtype, g.dtype) for w, g in zip(ws, gs, strict=True)]
+            return f"step_multi differs from one step per tensor: {shown}, t={tt!r}, {h!r}"
         return None
 
     verdict(
