@@ -33,7 +33,7 @@ _reserve(
     "a runtime helper the generated code imports",
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
-    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars",
+    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed",
 )
 _reserve(
     "a module global of every generated module",

@@ -12,11 +12,29 @@ before anything is written, naming the scalar, what it is in the spec's terms (t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+T = TypeVar("T")
+
+
+def computed(rule: str, host_code: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``host_code(*args, **kwargs)`` (a rule's ``host_scalars`` or ``reduction_scalars``), with
+    an arithmetic failure of the host code (a division by zero, a square root of a negative
+    number, an overflowing power) turned into a ValueError naming the rule and the failing line
+    of host code; nothing has been written when it is raised."""
+    try:
+        return host_code(*args, **kwargs)
+    except (ArithmeticError, ValueError) as error:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        raise ValueError(
+            f"{rule}: with these hyperparameters (and sums) the host cannot compute the kernel "
+            f"scalars: {error} in `{(frame.line or '').strip()}` ({frame.filename}:{frame.lineno})"
+        ) from error
 
 
 def check_scalars(

@@ -47,7 +47,7 @@ from generated.rules.adam import (
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars
+from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.adam; re-exported here.
 __all__ = [
@@ -94,7 +94,7 @@ def step(
     )
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
-    scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
         dtype(_x) for _x in scalars

@@ -58,7 +58,7 @@ from generated.rules.lbsgd import (
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars
+from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.lbsgd; re-exported here.
 __all__ = [
@@ -108,7 +108,9 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
     # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
-    pre = check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(t, **hp, **host), dtype)
+    pre = check_scalars(
+        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), dtype
+    )
     (_h0,) = (dtype(_x) for _x in pre)
 
     def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
@@ -136,7 +138,7 @@ def step(
         for name, value in zip(REDUCTIONS, partial, strict=True):
             sums[name] += value
     # Phase 2: the update.
-    scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h1, _h2, _h3, _h4, wd, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 

@@ -43,7 +43,7 @@ from generated.rules.sgd_mom import (
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars
+from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.sgd_mom; re-exported here.
 __all__ = [
@@ -87,7 +87,7 @@ def step(
     _weight_flat, _grad_flat, _mom_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
     dtype = weight.dtype.type
     sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
-    scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 

@@ -61,7 +61,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars
+from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
@@ -507,9 +507,11 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
-    pre = check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(t, **hp, **host), torch.float32)
+    pre = check_scalars(
+        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), torch.float32
+    )
     sums = reduce_sums(lamb_reduce_kernel, buffers, pre, REDUCTIONS, BLOCK_SIZE)
-    scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(lamb_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
@@ -561,12 +563,17 @@ def step_multi(
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
     pre = [
-        check_scalars(RULE, REDUCE_SCALARS, reduction_scalars(_tj, **hp, **_host), torch.float32)
+        check_scalars(
+            RULE,
+            REDUCE_SCALARS,
+            computed(RULE, reduction_scalars, _tj, **hp, **_host),
+            torch.float32,
+        )
         for _tj, _host in zip(ts, hosts, strict=True)
     ]
     sums = chunks.reduce(lamb_multi_reduce_kernel, pre, REDUCTIONS)
     new = [
-        host_scalars(_tj, **hp, **_host, **_sums)
+        computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
     for _scalars, _ in new:

@@ -58,7 +58,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars
+from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
@@ -264,7 +264,7 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
-    scalars, host_new = host_scalars(t, **hp, **host, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(signum_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
@@ -313,7 +313,7 @@ def step_multi(
     chunks = ChunkTable(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
     new = [
-        host_scalars(_tj, **hp, **_host, **_sums)
+        computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
     for _scalars, _ in new:

@@ -82,15 +82,26 @@ class TupleAliases:
 
     def _sync_aliases(self, group: dict[str, Any]) -> None:
         """Bring ``betas`` and beta1/beta2 together: the one changed since the last sync wins."""
+        self._apply_aliases(group, self._alias_updates(group))
+
+    def _apply_aliases(self, group: dict[str, Any], updates: dict[str, Any]) -> None:
+        group.update(updates)
+        if self._aliases():
+            self._seen[id(group)] = (group, self._snapshot(group))
+
+    def _alias_updates(self, group: dict[str, Any]) -> dict[str, Any]:
+        """What syncing ``group``'s aliases would write (the group is not changed): ``step``
+        checks the synced values first and writes them only when the whole step is accepted."""
         aliases = self._aliases()
+        updates: dict[str, Any] = {}
         if not aliases:
-            return
+            return updates
         name = type(self).__name__
         seen = self._seen.get(id(group))
         old = seen[1] if seen is not None and seen[0] is group else None
         for base, items in aliases.items():
             if base not in group:
-                group[base] = self._alias_from_names(base, items, group)
+                updates[base] = self._alias_from_names(base, items, group)
                 continue
             value = self._alias_value(base, items, group[base])
             old_alias, old_names = old[base] if old else (value, tuple(group[o] for _, o in items))
@@ -104,8 +115,8 @@ class TupleAliases:
                         f"{group[ours]} since the last step; set one of them"
                     )
                 if alias_changed:
-                    group[ours] = value[index]
+                    updates[ours] = value[index]
                 else:
                     merged[index] = group[ours]
-            group[base] = tuple(merged)
-        self._seen[id(group)] = (group, self._snapshot(group))
+            updates[base] = tuple(merged)
+        return updates

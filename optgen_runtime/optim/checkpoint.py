@@ -136,15 +136,18 @@ class Checkpoint:
                 state_dict = result
         groups = self.param_groups
         saved_groups = copy.deepcopy(state_dict["param_groups"])
+        where = f"{type(self).__name__}.load_state_dict"
         if len(groups) != len(saved_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        if any(
-            len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups, strict=True)
-        ):
             raise ValueError(
-                "loaded state dict contains a parameter group "
-                "that doesn't match the size of optimizer's group"
+                f"{where}: the state dict has {len(saved_groups)} param groups, "
+                f"the optimizer {len(groups)}"
             )
+        for number, (g, saved) in enumerate(zip(groups, saved_groups, strict=True)):
+            if len(g["params"]) != len(saved["params"]):
+                raise ValueError(
+                    f"{where}: param group {number} of the state dict has "
+                    f"{len(saved['params'])} parameters, the optimizer's {len(g['params'])}"
+                )
         for saved in saved_groups:
             missing = [k for k in self.META.HYPERPARAMS if k not in saved]
             if missing:

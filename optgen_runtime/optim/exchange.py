@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from optgen_runtime.checks import check_kind
 from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
 
 # torch.optim group keys that choose an implementation, not the math: never refused on import.
@@ -275,9 +276,18 @@ class TorchExchange:
                         f"{name}.load_torch_state_dict: state {index} has no {theirs!r} "
                         f"(keys {sorted(st)})"
                     )
-                if isinstance(value, torch.Tensor) and key in self.META.STATES:
+                if key in self.META.STATES:
+                    check_kind(
+                        f"{name}.load_torch_state_dict",
+                        f"state {index}[{theirs!r}]",
+                        value,
+                        torch.Tensor,
+                        "torch.Tensor",
+                    )
                     out[key] = value * factor(**hp)
+                elif isinstance(value, torch.Tensor) and value.numel() == 1:
+                    out[key] = value.item()  # a host state torch keeps as a 0-d tensor
                 else:
-                    out[key] = float(value)
+                    out[key] = value  # a host state: load_state_dict checks it
             state[index] = out
         self.load_state_dict({"state": state, "param_groups": groups})

@@ -119,6 +119,9 @@ class ParamState:
         check_shape(name, f"{label}'s grad", grad, p, label)
         check_device(name, f"{label}'s grad", grad, p, label)
         check_dtype(name, label, p, (*KERNEL_DTYPES, torch.float64), "floating point")
+        check_dtype(
+            name, f"{label}'s grad", grad, (*KERNEL_DTYPES, torch.float64), "floating point"
+        )
         state = self.state.get(p) or {}
         if self._use_triton(p):
             check_kernel_device(name, label, p)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from optgen_runtime.philox import tensor_seed
+from optgen_runtime.scalars import check_scalars, computed
 
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
@@ -42,6 +43,27 @@ class Stepping:
         inverse = 1.0 / float(scale) if scale is not None and not on_device else 1.0
         indices = self._indices()
         plans = self._plans(indices, inverse)  # every check before any write (state too)
+        every = [p for _, _, ps in plans for p in ps]
+        fresh = [p for p in every if not self.state.get(p)]
+        try:
+            self._apply(plans, indices, inverse, on_device, scale, found_inf)
+        except BaseException:
+            # a step the kernels refused (a scalar float32 cannot hold) leaves no new state
+            for p in fresh:
+                self.state.pop(p, None)
+            raise
+        return loss
+
+    def _apply(
+        self,
+        plans: list[Plan],
+        indices: dict[int, int],
+        inverse: float,
+        on_device: bool,
+        scale: Any,
+        found_inf: Any,
+    ) -> None:
+        """The step's writes, in order: state, AMP flags, unscaling, then each group's update."""
         speculative = on_device and found_inf is not None
         undo = self._undo([p for _, _, ps in plans for p in ps]) if speculative else []
         states = [[self._state_for(p) for p in params] for _, _, params in plans]
@@ -65,15 +87,16 @@ class Stepping:
                     [indices[id(params[i])] for i in triton],
                     amps.get(params[0].device),
                 )
-        return loss
 
     def _plans(self, indices: dict[int, int], inverse: float) -> list[Plan]:
         """Every group checked (hyperparameters, devices, each parameter and its state), then
         every buffer of the step against every other (``_check_across``)."""
         plans = []
+        synced = []
         for group in self.param_groups:
-            self._sync_aliases(group)
-            hp = self._hyper(group)
+            updates = self._alias_updates(group)
+            synced.append((group, updates))
+            hp = self._hyper({**group, **updates})
             resolved = self._check(hp)
             self._fold_scale(hp, inverse)
             params = [p for p in group["params"] if p.grad is not None]
@@ -87,10 +110,31 @@ class Stepping:
                 )
             for p in params:
                 self._check_param(p, indices[id(p)])
+            self._check_scalars(hp, params)
             plans.append((hp, resolved, params))
         every = [p for _, _, params in plans for p in params]
         self._check_across(every, indices, self._unscales_in_place(inverse))
+        for group, updates in synced:  # accepted: the synced aliases are written now
+            self._apply_aliases(group, updates)
         return plans
+
+    def _check_scalars(self, hp: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """The kernel scalars of each parameter's step, computed and range-checked as the
+        modules do (``optgen_runtime.scalars``) but before anything is written. Rules with
+        reductions need the step's sums first: their modules check once the sums are known."""
+        meta, name = self.META, type(self).__name__
+        if meta.REDUCTIONS:
+            return
+        resolved = self._check(hp)
+        for p in params:
+            state = self.state.get(p) or {}
+            if meta.HOST_STATES and not state:
+                continue  # a first step: the module checks with the initial host states
+            t = int(state["step"]) + 1 if state else 1
+            host = {key: state[key] for key in meta.HOST_STATES}
+            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host)
+            dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
+            check_scalars(name, meta.SCALARS, scalars, dtype)
 
     def _views(
         self, state: dict[str, Any], convert: Callable[[torch.Tensor], Any]
