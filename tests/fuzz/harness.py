@@ -296,6 +296,16 @@ SHAPES = [(), (0,), (1,), (5,), (7,), (3, 4), (2, 3, 5), (1, 1030)]
 VALUES = ["normal", "nan", "inf", "zeros", "huge", "tiny", "negative_state"]
 
 
+def targets(perturbation: str) -> set[str]:
+    """The inputs a perturbation replaces or aliases: two that share one can undo each other
+    (a strided copy of the weight ends grad-is-weight aliasing; a second dtype change can
+    restore the first), so a case applies a second perturbation only on other inputs."""
+    out = {part for part in ("weight", "grad", "state", "host") if part in perturbation}
+    if perturbation in ("fortran", "other_rules_state", "states_shared"):
+        out |= {"weight", "grad", "state"}
+    return out or {perturbation}
+
+
 def zero_signs_only(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` (nested tensors) differ only in the signs of zeros."""
     if isinstance(a, dict):

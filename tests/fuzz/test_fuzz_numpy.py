@@ -23,6 +23,7 @@ from fuzz.harness import (
     numpy_module,
     snap,
     step_count,
+    targets,
     verdict,
 )
 
@@ -54,7 +55,12 @@ def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str
     hp = draw(hyperparams(rule, case))
     t = draw(step_count(case))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
-    for p in draw(st.lists(st.sampled_from(BUFFER_PERTURBATIONS), min_size=count, max_size=count)):
+    drawn = draw(st.lists(st.sampled_from(BUFFER_PERTURBATIONS), min_size=count, max_size=count))
+    used: set[str] = set()
+    for p in drawn:
+        if targets(p) & used:
+            continue  # it could undo the first perturbation
+        used |= targets(p)
         weight, grad, state = perturb(draw, rule, case, p, weight, grad, state, rng)
     return case, rule, weight, grad, state, t, hp
 

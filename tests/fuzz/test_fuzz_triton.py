@@ -27,6 +27,7 @@ from fuzz.harness import (
     numpy_module,
     snap,
     step_count,
+    targets,
     triton_module,
     verdict,
     zero_signs_only,
@@ -70,7 +71,12 @@ def one_tensor(draw: st.DrawFn, rule: str, case: Case, often: bool = True) -> tu
     for name in meta.STATES:
         state[name].copy_(tensor(fill(rng, shape, kind, "state"), torch.float32))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2] if often else [0] * 7 + [1]))
-    for p in draw(st.lists(st.sampled_from(PERTURBATIONS), min_size=count, max_size=count)):
+    drawn = draw(st.lists(st.sampled_from(PERTURBATIONS), min_size=count, max_size=count))
+    used: set[str] = set()
+    for p in drawn:
+        if targets(p) & used:
+            continue  # it could undo the first perturbation
+        used |= targets(p)
         weight, grad, state = perturb(draw, rule, case, p, weight, grad, state)
     return weight, grad, state
 
@@ -256,6 +262,7 @@ def multi_case(draw: st.DrawFn):
     case = Case(rule)
     n = draw(st.integers(1, 3))
     tensors = [draw(one_tensor(rule, case, often=False)) for _ in range(n)]
+    per_tensor = bool(case.notes)  # then no perturbation across tensors (it could undo one)
     weights, grads, states = (list(x) for x in zip(*tensors, strict=True))
     hp = draw(hyperparams(rule, case))
     if draw(st.booleans()):
@@ -263,7 +270,7 @@ def multi_case(draw: st.DrawFn):
     else:
         t = draw(step_count(case, multi=True))
     kwargs: dict[str, Any] = {}
-    count = draw(st.sampled_from([0, 0, 1, 1, 2]))
+    count = 0 if per_tensor else draw(st.sampled_from([0, 0, 1, 1, 2]))
     drawn = draw(st.lists(st.sampled_from(MULTI_PERTURBATIONS), min_size=count, max_size=count))
     for p in sorted(drawn, key=lambda p: p == "lengths"):  # shortening a list comes last
         ok = all(isinstance(w, torch.Tensor) and w.dtype in WEIGHT_DTYPES for w in weights)
