@@ -216,19 +216,6 @@ def predicted_legal(rule: str, name: str, value: Any) -> bool | None:
     return True
 
 
-FOUND_LARS_ZERO = "found: lars divides by zero on the host (rescale_grad=0, eps=0)"
-
-
-def known_hyper(rule: str, name: str, value: Any) -> str | None:
-    """A known bug a hyperparameter value runs into (pinned in test_fuzz_found.py)."""
-    if rule == "lars" and name in ("rescale_grad", "eps", "wd"):
-        try:
-            return FOUND_LARS_ZERO if float(value) <= 0 else None
-        except (TypeError, ValueError, OverflowError, RuntimeError):
-            return None
-    return None
-
-
 @st.composite
 def hyperparams(draw: st.DrawFn, rule: str, case: Case, most: int = 2) -> dict[str, Any]:
     """0..``most`` hyperparameters overridden with drawn values (perhaps an unknown one)."""
@@ -240,7 +227,6 @@ def hyperparams(draw: st.DrawFn, rule: str, case: Case, most: int = 2) -> dict[s
         value = draw(st.sampled_from(hyper_candidates(rule, name)))
         legal = predicted_legal(rule, name, value)
         case.perturb(f"{name}={value!r}", [name], None if legal is None else not legal)
-        case.known = case.known or known_hyper(rule, name, value)
         out[name] = value
     if draw(st.integers(0, 19)) == 0:
         out["bogus"] = 1.0

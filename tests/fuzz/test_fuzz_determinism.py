@@ -17,7 +17,6 @@ from fuzz.harness import (
     RULE_NAMES,
     WRONG,
     canonical_hyperparams,
-    known_hyper,
     numpy_module,
     snap,
     torch_class,
@@ -39,8 +38,6 @@ def legal_hyperparams(draw: st.DrawFn, rule: str) -> dict:
         value = draw(st.floats(lo, hi, exclude_min=legal.lo_open, exclude_max=True))
         if legal.integer:
             value = float(int(value))
-        if known_hyper(rule, name, value):
-            continue  # pinned in test_fuzz_found.py
         if legal.contains(value) and (value == 0 or abs(value) >= 1e-6):
             out[name] = value
     return canonical_hyperparams(rule, out)

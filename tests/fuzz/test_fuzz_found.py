@@ -1,6 +1,6 @@
-"""Minimal reproductions of what the fuzz suite found, each a strict xfail until fixed (the
-fuzz tests count such cases as ``known (strict xfail)`` instead of failing; when one is fixed,
-remove its xfail here and its ``known`` label in the fuzz test)."""
+"""Minimal reproductions of what the fuzz suite found: a strict xfail while open (the fuzz tests
+count such cases as ``known (strict xfail)`` instead of failing; when one is fixed, remove its
+xfail here and its ``known`` label in the fuzz test), a regression test once fixed."""
 
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ def everything(p, opt):
     return snap((p.detach(), p.grad, dict(opt.state.get(p, {})), groups))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 9: torch classes write before raising (betas synced from beta1)"
-)
+# Fixed in 2e05a8d, a regression test (was a strict xfail:
+# issue 9: torch classes write before raising (betas synced from beta1)).
 @pytest.mark.parametrize(
     "cls, key, value", [(Adam, "beta1", math.nan), (RAdam, "betas", (1.0, 0.9))]
 )
@@ -38,31 +37,32 @@ def test_refused_step_leaves_the_param_group_alone(cls, key, value):
     before = everything(p, opt)
     with pytest.raises(ValueError, match=cls.__name__):
         opt.step()
-    assert everything(p, opt) == before  # fails: group["betas"] (or beta1) was rewritten
+    assert everything(p, opt) == before  # was: group["betas"] (or beta1) was rewritten
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 9: torch classes write before raising (state of a first step)"
-)
+# Fixed in 2e05a8d, a regression test (was a strict xfail:
+# issue 9: torch classes write before raising (state of a first step)).
 def test_first_step_refused_for_a_kernel_scalar_creates_no_state():
     p, opt = one_param(Adadelta)
     opt.param_groups[0]["clip_gradient"] = 1e308  # legal, but -1e308 does not fit float32
     with pytest.raises(ValueError, match="kernel scalar"):
         opt.step()
-    assert not opt.state.get(p)  # fails: {'step': 0, 'acc_g': 0, 'acc_delta': 0} was created
+    assert not opt.state.get(p)  # was: {'step': 0, 'acc_g': 0, 'acc_delta': 0} was created
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: int/complex gradients accepted")
+# Fixed in 2e05a8d, a regression test (was a strict xfail:
+# found by the fuzz suite: int/complex gradients accepted).
 @pytest.mark.parametrize("dtype", [torch.int32, torch.complex64])
 def test_numpy_path_refuses_a_non_float_gradient(dtype):
     p, opt = one_param(Adam)
     p.grad_dtype = None  # torch 2.13: allow a gradient dtype other than the parameter's
     p.grad = torch.ones(3, dtype=dtype)
     with pytest.raises(TypeError, match="Adam: parameter 0's grad"):
-        opt.step()  # fails: converted to float32 (complex: imaginary part dropped)
+        opt.step()  # was: converted to float32 (complex: imaginary part dropped)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: torch's messages, no class name")
+# Fixed in 2e05a8d, a regression test (was a strict xfail:
+# found by the fuzz suite: torch's messages, no class name).
 @pytest.mark.parametrize("what", ["groups", "params"])
 def test_load_state_dict_group_mismatch_names_the_class(what):
     _, opt = one_param(Adam)
@@ -72,11 +72,12 @@ def test_load_state_dict_group_mismatch_names_the_class(what):
         sd["param_groups"].append(copy.deepcopy(sd["param_groups"][0]))
     else:
         sd["param_groups"][0]["params"].append(99)
-    with pytest.raises(ValueError, match="Adam"):  # fails: "loaded state dict has a different
+    with pytest.raises(ValueError, match="Adam"):  # was: "loaded state dict has a different
         opt.load_state_dict(sd)  # number of parameter groups" (torch's words)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: float() on a non-tensor buffer")
+# Fixed in 2e05a8d, a regression test (was a strict xfail:
+# found by the fuzz suite: float() on a non-tensor buffer).
 def test_load_torch_state_dict_names_a_non_tensor_buffer():
     _, opt = one_param(Adagrad)
     peer = torch.optim.Adagrad([torch.nn.Parameter(torch.ones(3))], lr=0.01)
@@ -85,10 +86,10 @@ def test_load_torch_state_dict_names_a_non_tensor_buffer():
     sd = copy.deepcopy(peer.state_dict())
     sd["state"][0]["sum"] = sd["state"][0]["sum"].tolist()
     with pytest.raises((TypeError, ValueError), match=r"Adagrad.*sum"):
-        opt.load_torch_state_dict(sd)  # fails: "float() argument must be ... not 'list'"
+        opt.load_torch_state_dict(sd)  # was: "float() argument must be ... not 'list'"
 
 
-# Fixed (issue 9, spec error messages; was a strict xfail): kept as a regression test.
+# Fixed in ec6cdcf, a regression test (was a strict xfail: issue 9, spec error messages).
 @pytest.mark.parametrize("text", ["RULE.update(w,\n", "x = undefined_name\n"])
 def test_a_spec_that_raises_is_named(tmp_path, text):
     from codegen.load import load_rule
@@ -118,7 +119,7 @@ def test_single_tensor_kernel_keeps_the_sign_of_a_zero_scalar():
     s = {k: v.numpy() for k, v in s.items()}
     numpy_dcasgd.step(w.numpy(), g.numpy(), s, 2, rescale_grad=-0.0)
     assert snap(multi[2]["mom"]) == snap(torch.from_numpy(s["mom"]))  # both +0.0
-    assert snap(one[2]["mom"]) == snap(multi[2]["mom"])  # fails: step gives -0.0
+    assert snap(one[2]["mom"]) == snap(multi[2]["mom"])  # was: step gives -0.0
 
 
 @pytest.mark.skipif(
@@ -131,10 +132,11 @@ def test_bfloat16_subnormal_weights_survive_a_zero_gradient():
     w = torch.tensor([1e-39, -2.75e-40, 1e-30]).to(torch.bfloat16)  # two subnormals, one normal
     before = w.clone()
     sgd.step(w, torch.zeros(3, dtype=torch.bfloat16), {}, 1, lr=0.01)
-    assert torch.equal(w, before)  # fails: [5.8775e-39, -0.0, 1e-30] (TRITON_INTERPRET=1)
+    assert torch.equal(w, before)  # was: [5.8775e-39, -0.0, 1e-30] (TRITON_INTERPRET=1)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: lars host division by zero")
+# Fixed in 2e05a8d, a regression test (was a strict xfail:
+# found by the fuzz suite: lars host division by zero).
 @pytest.mark.parametrize("rescale_grad", [0.0, -0.0])
 def test_lars_zero_denominator_is_not_a_bare_zero_division(rescale_grad):
     import numpy as np
@@ -145,7 +147,7 @@ def test_lars_zero_denominator_is_not_a_bare_zero_division(rescale_grad):
     state = lars.init_state(w)
     try:  # legal: rescale_grad is any real, eps (default 0) and wd (default 0) may be 0
         lars.step(w, g, state, 1, rescale_grad=rescale_grad)
-    except ZeroDivisionError as error:  # fails: raised by host_scalars, naming nothing
+    except ZeroDivisionError as error:  # was: raised by host_scalars, naming nothing
         pytest.fail(f"bare {error!r}")
     except ValueError as error:
         assert "lars" in str(error)

@@ -24,7 +24,6 @@ from fuzz.harness import (
     canonical_hyperparams,
     fill,
     hyperparams,
-    known_hyper,
     numpy_module,
     snap,
     torch_class,
@@ -38,9 +37,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserW
 
 
 # Found by this suite (each pinned by a strict xfail in test_fuzz_found.py).
-FOUND_GRAD_DTYPE = "found: NumPy path accepts an int/complex gradient"
-FOUND_GROUP_COUNT = "found: load_state_dict's group-count messages name no class"
-FOUND_TORCH_LIST = "found: load_torch_state_dict calls float() on a non-tensor buffer"
 
 
 def make(draw: st.DrawFn, rule: str, backend: str, n: int | None = None):
@@ -139,8 +135,6 @@ def torch_step_case(draw: st.DrawFn):
                 case.perturb(what, [label], None)  # converted to the parameter's dtype
             else:
                 case.perturb(what, [label], True)
-                if backend != "triton":
-                    case.known = FOUND_GRAD_DTYPE
         elif what == "grad_shape" and p.grad is not None:
             try:
                 p.grad = torch.zeros(p.numel() + 1, dtype=p.dtype)
@@ -216,11 +210,6 @@ def torch_step_case(draw: st.DrawFn):
 
                 legal = predicted_legal(rule, name, value)
                 sub.perturb(f"group {name}={value!r}", [name], None if legal is None else not legal)
-                case.known = case.known or known_hyper(rule, name, value)
-                if name in {n for items in cls._aliases().values() for _, n in items}:
-                    case.known = KNOWN_BETAS
-                elif legal is None:
-                    case.known = case.known or KNOWN_SCALARS
                 opt.param_groups[0][name] = value
             case.perturb(
                 "; ".join(sub.notes),
@@ -433,7 +422,6 @@ def load_case(draw: st.DrawFn):
         sd["param_groups"][0][name] = value
         legal = predicted_legal(rule, name, value)
         case.perturb(f"{name}={value!r}", [name, "betas"], None if legal is None else not legal)
-        case.known = known_hyper(rule, name, value)
     elif what == "group_missing_hp":
         name = draw(st.sampled_from(list(meta.HYPERPARAMS)))
         del sd["param_groups"][0][name]
@@ -441,11 +429,9 @@ def load_case(draw: st.DrawFn):
     elif what == "groups_count":
         sd["param_groups"].append(copy.deepcopy(sd["param_groups"][0]))
         case.perturb(what, ["group"], True)
-        case.known = FOUND_GROUP_COUNT
     elif what == "params_count":
         sd["param_groups"][0]["params"].append(99)
         case.perturb(what, ["group", "parameter"], True)
-        case.known = FOUND_GROUP_COUNT
     elif what == "not_dict":
         sd = list(sd.items())
         case.perturb(what, ["dict"], True)
@@ -517,7 +503,6 @@ def torch_load_case(draw: st.DrawFn):
         k = draw(st.sampled_from(tensors))
         sd["state"][i][k] = sd["state"][i][k].tolist()
         case.perturb(what, [k, *META[rule].STATES], True)
-        case.known = FOUND_TORCH_LIST
     elif what == "setting":
         key, value = draw(
             st.sampled_from(
@@ -569,8 +554,6 @@ def test_torch_load_torch_state_dict(drawn):
 
 
 FOUND_NEGATIVE_ZERO = "found: the single-tensor Triton kernel takes a -0.0 scalar as +0.0"
-KNOWN_SCALARS = "issue 9: a first step refused for a kernel scalar has created the state"
-KNOWN_BETAS = "issue 9: a refused step has already synced betas from an illegal beta1/beta2"
 
 
 @st.composite
@@ -597,7 +580,6 @@ def group_case(draw: st.DrawFn):
             )
             group[name] = value
             case.perturb(f"{name}={value!r}", [name, *(n for _, n in items)], not ok)
-            case.known = KNOWN_BETAS
         else:
             from fuzz.harness import hyper_candidates, predicted_legal
 
@@ -605,15 +587,8 @@ def group_case(draw: st.DrawFn):
             group[name] = value
             legal = predicted_legal(rule, name, value)
             case.perturb(f"{name}={value!r}", [name], None if legal is None else not legal)
-            # the first known bug the case may run into (one is enough to excuse it)
-            known = known_hyper(rule, name, value)
             if opt.backend == "triton" and str(value) == "-0.0":
-                known = FOUND_NEGATIVE_ZERO  # the reference is Triton's step
-            if name in {n for items in aliases.values() for _, n in items}:
-                known = KNOWN_BETAS
-            elif legal is None:
-                known = known or KNOWN_SCALARS
-            case.known = case.known or known
+                case.known = FOUND_NEGATIVE_ZERO  # the reference is Triton's step
     return case, rule, params, opt
 
 
