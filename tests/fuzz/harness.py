@@ -210,6 +210,8 @@ def predicted_legal(rule: str, name: str, value: Any) -> bool | None:
         return False
     if not legal.contains(float(value)):
         return False
+    if rule == "lars" and name in ("rescale_grad", "eps", "wd") and float(value) <= 0:
+        return None  # legal, but the rate's denominator may be 0: refused (2e05a8d)
     magnitude = abs(float(value))
     if magnitude and not 1e-6 <= magnitude <= 1e6:
         return None  # legal, but a kernel scalar made from it may not fit float32: refused
