@@ -37,7 +37,7 @@ class TupleAliases:
 
     def _alias_value(self, base: str, items: list[tuple[int, str]], value: Any) -> tuple:
         size = max(index for index, _ in items) + 1
-        if not isinstance(value, (tuple, list)) or len(value) < size:
+        if not isinstance(value, (tuple, list)) or len(value) != size:
             raise ValueError(
                 f"{type(self).__name__}: {base} must be a tuple of {size} values, got {value!r}"
             )

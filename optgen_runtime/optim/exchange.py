@@ -82,6 +82,8 @@ def same(a: Any, b: Any) -> bool:
         )
     if a is None or b is None:
         return a is b
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):  # many elements
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
     return bool(a == b)
 
 

@@ -153,21 +153,21 @@ def test_lars_zero_denominator_is_not_a_bare_zero_division(rescale_grad):
         assert "lars" in str(error)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: betas with an extra item")
+# Fixed (was a strict xfail: found by the fuzz suite, betas with an extra item).
 def test_betas_with_an_extra_item_is_refused():
     p, opt = one_param(Adam)
     opt.param_groups[0]["betas"] = (0.9, 0.999, 0.5)  # torch.optim.Adam cannot unpack it
     before = everything(p, opt)
     with pytest.raises(ValueError, match=r"Adam.*betas"):
-        opt.step()  # fails: accepted, the 0.5 ignored
+        opt.step()  # was: accepted, the 0.5 ignored
     assert everything(p, opt) == before
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: tensor beta1 in a group")
+# Fixed (was a strict xfail: found by the fuzz suite, tensor beta1 in a group).
 def test_a_many_element_tensor_hyperparameter_in_a_group_is_named():
     p, opt = one_param(Adam)
     opt.param_groups[0]["beta1"] = torch.tensor([0.5, 0.5])
     before = everything(p, opt)
     with pytest.raises((TypeError, ValueError), match=r"Adam.*beta1"):
-        opt.step()  # fails: RuntimeError: Boolean value of Tensor with more than one value ...
+        opt.step()  # was: RuntimeError: Boolean value of Tensor with more than one value
     assert everything(p, opt) == before
