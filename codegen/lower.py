@@ -471,7 +471,7 @@ class Lowered:
 
     def scalars(self, ops: list[Op]) -> list[sp.Symbol]:
         """The host scalars ``ops`` read, in the order of :attr:`host`."""
-        used = {x for op in ops for x in op.args}
+        used = {x for op in ops for x in op.args} - {op.dest for op in ops}
         return [s for s in self.host if s in used]
 
     @property

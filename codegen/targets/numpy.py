@@ -45,6 +45,8 @@ def allocate(lowered: Lowered, reduce: bool = False) -> Allocation:
         for a in op.args:
             if isinstance(a, sp.Symbol):
                 last_read[a] = i
+    if reduce:  # each summand is summed after the last op: live to the end of the phase
+        last_read.update(dict.fromkeys(lowered.summands, len(ops_)))
     current_of = {} if reduce else {new: cur for cur, new in lowered.outputs.items()}
     storage: dict[sp.Symbol, tuple[str, object]] = {
         s: ("array", s) for s in [*lowered.rule.element_inputs, *lowered.rule.draws]
