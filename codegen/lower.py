@@ -109,6 +109,16 @@ def inline(block: Block) -> Block:
 
 
 # ---------------------------------------------------------------------------------- pass 2
+def _may_fail(expr: sp.Expr) -> bool:
+    """True when host code for ``expr`` can raise: a division, a fractional power or a log."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.log):
+            return True
+        if isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp >= 0):
+            return True
+    return False
+
+
 class _HostExtractor:
     """Replaces host-only subtrees by ``_h<k>`` scalars; ``host_inputs`` may grow between uses."""
 
@@ -117,11 +127,15 @@ class _HostExtractor:
         self.new = new
         self.host: dict[sp.Symbol, sp.Expr] = {}
         self._by_expr: dict[sp.Expr, sp.Symbol] = {}
+        self.guard: sp.Expr = sp.true  # the host condition of the Piecewise branch being read
 
     def is_host(self, expr: sp.Expr) -> bool:
         return bool(expr.free_symbols) and expr.free_symbols <= self.host_inputs
 
     def scalar(self, expr: sp.Expr) -> sp.Symbol:
+        guarded = self.guard is not sp.true and _may_fail(expr)
+        if guarded and expr.free_symbols & self.guard.free_symbols:
+            expr = opdefs.Guarded(expr, self.guard)
         if expr not in self._by_expr:
             symbol = self.new()
             self._by_expr[expr] = symbol
@@ -144,7 +158,17 @@ class _HostExtractor:
                 rest.insert(0, self.scalar(expr.func(*host_args)))
             return expr.func(*rest, evaluate=False) if len(rest) > 1 else rest[0]
         if isinstance(expr, sp.Piecewise):
-            pieces = [(self(e), self(c) if c is not sp.true else c) for e, c in expr.args]
+            # a branch's scalar that may fail on the host (a division, root or log of what the
+            # conditions test: x / s under s > 0) is computed only where its branch is taken
+            host_conditions = all(c is sp.true or self.is_host(c) for _, c in expr.args)
+            pieces, outer, before = [], self.guard, sp.true
+            for e, c in expr.args:
+                if host_conditions:
+                    self.guard = sp.And(outer, before, c)
+                pieces.append((self(e), c))
+                self.guard = outer
+                before = sp.And(before, sp.Not(c))
+            pieces = [(e, self(c) if c is not sp.true else c) for e, c in pieces]
             return sp.Piecewise(*pieces, evaluate=False)
         return expr.func(*[self(a) for a in expr.args], evaluate=False)
 
@@ -537,7 +561,7 @@ def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:
         if isinstance(a, sp.Symbol):
             if a in values:
                 return values[a]
-            return lowered.host_value(a)
+            return opdefs.unguarded(lowered.host_value(a))
         return a
 
     for op in [*lowered.reduce_ops, *lowered.ops]:

@@ -122,7 +122,7 @@ def name_values(block: Block) -> Block:
         for s, v in lets.items()
         if s in needed
     ]
-    host_values = {s: expand(e, let_assigns) for s, e in scalars.items()}
+    host_values = {s: opdefs.unguarded(expand(e, let_assigns)) for s, e in scalars.items()}
     host_values |= {s: s for s in bare} | {s: expand(s, let_assigns) for s in lets}
     points = _Points(rule, host_values)
     wanted = {s: points.values(v) for s, (v, _) in block.lets.items() if s not in lets}

@@ -100,6 +100,27 @@ SPEC_FUNCTIONS: tuple[type[sp.Basic], ...] = tuple(
 BOOLEAN_STRUCTURE: tuple[type[sp.Basic], ...] = (sp.Eq, sp.Ne, sp.And, sp.Or, sp.Not, ExprCondPair)
 
 
+class Guarded(sp.Function):
+    """``Guarded(value, condition)``: a host scalar that is only used where ``condition`` holds
+    (a Piecewise branch's), computed only there (0 elsewhere), so that ``x / s`` under ``s > 0``
+    never divides by a zero ``s`` on the host. The lowering adds it; specs never write it."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, value: sp.Expr, condition: sp.Expr) -> sp.Expr | None:
+        if condition is sp.true:
+            return value
+        if condition is sp.false:
+            return sp.Integer(0)
+        return None
+
+
+def unguarded(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with every :class:`Guarded` replaced by its value (equal where it is used)."""
+    return expr.replace(lambda e: isinstance(e, Guarded), lambda e: e.args[0])
+
+
 def build(name: str, *args: sp.Expr) -> sp.Expr:
     """The SymPy value of ``name(*args)``: how the tests rebuild the equations from the ops."""
     return BY_NAME[name].build(*args)

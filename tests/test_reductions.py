@@ -56,3 +56,29 @@ def test_sums_sharing_a_summand_are_both_right(twosums, target: str) -> None:
         w = torch.from_numpy(w0.astype(np.float32))
         module.step(w, torch.from_numpy(g.astype(np.float32)), module.init_state(w), 1)
         np.testing.assert_allclose(w.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+GUARDED = '''"""A division guarded by its sum."""
+import sympy as sp
+from codegen.spec import Rule
+RULE = Rule("guarded", __doc__)
+lr = RULE.hyper("lr", 0.1)
+w, g = RULE.weight, RULE.grad
+s = RULE.sum("s", g**2)
+RULE.update(w, w - lr * sp.Piecewise((g / sp.sqrt(s), s > 0), (0, True)))
+'''
+
+
+def test_a_division_guarded_by_its_sum_is_not_hoisted_out_of_the_guard(tmp_path) -> None:
+    """Issue 10, generator bug 2: ``Piecewise((g / sqrt(s), s > 0), (0, True))`` made an
+    unconditional host scalar ``1 / sqrt(s)``: a zero gradient divided by zero on the host. The
+    scalar is now computed only where its branch is taken (codegen.ops.Guarded)."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "guarded.py").write_text(GUARDED)
+    out = tmp_path / "out"
+    write(generate_all(tmp_path / "specs"), out)
+    namespace: dict = {}
+    exec(compile((out / "rules" / "guarded.py").read_text(), "guarded", "exec"), namespace)
+    namespace["host_scalars"](1, lr=0.1, s=0.0)  # was: ZeroDivisionError
+    scalars, _ = namespace["host_scalars"](1, lr=0.1, s=4.0)
+    assert 0.5 in scalars, scalars  # 1 / sqrt(s) where the branch is taken

@@ -41,6 +41,11 @@ class HostPrinter(PythonCodePrinter):
         """repr of the double, which round-trips (SymPy prints 15 digits)."""
         return repr(float(expr))
 
+    def _print_Guarded(self, expr: sp.Expr) -> str:
+        """A guarded scalar: its value where its branch's condition holds, else 0."""
+        value, condition = expr.args
+        return f"(({self._print(value)}) if ({self._print(condition)}) else 0.0)"
+
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         """sqrt as ``math.sqrt``; other powers as Python ``**`` on floats."""
         if expr.exp == sp.Rational(1, 2):

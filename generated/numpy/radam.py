@@ -121,8 +121,8 @@ def step(
         np.multiply(_h2, _b0, out=_b0)
         np.add(_b1, _b0, out=_var)
         # specs/radam.py:56: weight_new = -lr*Piecewise((mean_new*r_t*sqrt(1 - beta2**t)/((1 - beta1**t)*(epsilon + sqrt(var_new))), rho_t > 5), (mean_new/(1 - beta1**t), True)) + weight
-        __v9 = np.not_equal(_h4, 0.0)
-        np.multiply(_h5, _mean, out=_b0)
+        __v9 = np.not_equal(_h5, 0.0)
+        np.multiply(_h4, _mean, out=_b0)
         np.sqrt(_var, out=_b1)
         np.add(_b1, epsilon, out=_b1)
         np.multiply(_h3, _mean, out=_b2)

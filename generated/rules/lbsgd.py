@@ -90,8 +90,8 @@ REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h1": "= -clip_gradient",
-    "_h2": "= rescale_grad/batch_scale",
-    "_h3": "= -lr*mult",
+    "_h2": "= ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0)",
+    "_h3": "= ((-lr*mult) if ((k % batch_scale == 0)) else 0.0)",
     "_h4": "= (k % batch_scale == 0)",
     "wd": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -134,8 +134,8 @@ def host_scalars(
         else (math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1)
     )
     _h1 = -clip_gradient
-    _h2 = rescale_grad / batch_scale
-    _h3 = -lr * mult
+    _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
+    _h3 = (-lr * mult) if (k % batch_scale == 0) else 0.0
     _h4 = k % batch_scale == 0
     scalars = (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum)
     return scalars, {}

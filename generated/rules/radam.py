@@ -85,9 +85,9 @@ SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient",
     "_h1": "= 1 - beta1",
     "_h2": "= 1 - beta2",
-    "_h3": "= r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)",
-    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)",
-    "_h5": "= (1 - beta1 ** t) ** (-1)",
+    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0)",
+    "_h4": "= (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003e= -6)) else 0.0)",
+    "_h5": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)",
     "_h6": "= -lr",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
@@ -129,9 +129,17 @@ def host_scalars(
     _h0 = -clip_gradient
     _h1 = 1 - beta1
     _h2 = 1 - beta2
-    _h3 = r_t * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    _h4 = 2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6
-    _h5 = (1 - beta1**t) ** (-1)
+    _h3 = (
+        (r_t * math.sqrt(1 - beta2**t) / (1 - beta1**t))
+        if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)
+        else 0.0
+    )
+    _h4 = (
+        ((1 - beta1**t) ** (-1))
+        if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) >= -6)
+        else 0.0
+    )
+    _h5 = 2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6
     _h6 = -lr
     scalars = (
         _h0,

@@ -119,8 +119,8 @@ def lbsgd_kernel_body(
     # The update of one block, shared by lbsgd_kernel and lbsgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lbsgd, once per step):
     #   _h1: = -clip_gradient
-    #   _h2: = rescale_grad/batch_scale
-    #   _h3: = -lr*mult
+    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0)
+    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0)
     #   _h4: = (k % batch_scale == 0)
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter

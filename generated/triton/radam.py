@@ -103,9 +103,9 @@ def radam_kernel_body(
     #   _h0: = -clip_gradient
     #   _h1: = 1 - beta1
     #   _h2: = 1 - beta2
-    #   _h3: = r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)
-    #   _h5: = (1 - beta1 ** t) ** (-1)
+    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0)
+    #   _h4: = (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) >= -6)) else 0.0)
+    #   _h5: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)
     #   _h6: = -lr
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
@@ -135,8 +135,8 @@ def radam_kernel_body(
     _v8 = _h2 * _v7
     var_new = _v6 + _v8
     # specs/radam.py:56: weight_new = -lr*Piecewise((mean_new*r_t*sqrt(1 - beta2**t)/((1 - beta1**t)*(epsilon + sqrt(var_new))), rho_t > 5), (mean_new/(1 - beta1**t), True)) + weight
-    _v9 = _h4 != 0.0
-    _v10 = _h5 * mean_new
+    _v9 = _h5 != 0.0
+    _v10 = _h4 * mean_new
     _v11 = tl.sqrt_rn(var_new)
     _v12 = _v11 + epsilon
     _v13 = _h3 * mean_new
