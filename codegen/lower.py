@@ -92,7 +92,8 @@ def inline(block: Block) -> Block:
     host_updates = []
     for hs in rule.host_states.values():
         expr = values[hs.new]
-        element = expr.free_symbols - set(rule.host_inputs)
+        # host inputs and the step's reductions (a running norm): never per-element values
+        element = expr.free_symbols - set(rule.scalar_inputs)
         if element:
             raise SpecError(
                 f"{rule.source}: host state {hs.name} would depend on per-element values "

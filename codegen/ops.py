@@ -76,6 +76,9 @@ OPS: tuple[OpDef, ...] = (
         doc="c ? a : b",
     ),
     OpDef("mod", 2, sp.Mod, sympy=sp.Mod, host_only=True),
+    OpDef("cos", 1, sp.cos, sympy=sp.cos, host_only=True, doc="schedules (cosine decay)"),
+    OpDef("sin", 1, sp.sin, sympy=sp.sin, host_only=True, doc="schedules"),
+    OpDef("tanh", 1, sp.tanh, sympy=sp.tanh, host_only=True, doc="schedules"),
     OpDef("floor", 1, sp.floor, sympy=sp.floor, host_only=True),
     OpDef("ceiling", 1, sp.ceiling, sympy=sp.ceiling, host_only=True),
 )

@@ -82,3 +82,51 @@ def test_a_division_guarded_by_its_sum_is_not_hoisted_out_of_the_guard(tmp_path)
     namespace["host_scalars"](1, lr=0.1, s=0.0)  # was: ZeroDivisionError
     scalars, _ = namespace["host_scalars"](1, lr=0.1, s=4.0)
     assert 0.5 in scalars, scalars  # 1 / sqrt(s) where the branch is taken
+
+
+RUNNORM = '''"""SGD scaled by a running gradient norm (a host state fed by a sum), cosine lr."""
+import sympy as sp
+from codegen.spec import Rule, integer, positive
+RULE = Rule("runnorm", __doc__)
+lr = RULE.hyper("lr", 0.1, positive())
+period = RULE.hyper("period", 10, integer(1))
+w, g, t = RULE.weight, RULE.grad, RULE.t
+s = RULE.sum("s", g**2)
+rn = RULE.host_state("rn", 0.0)
+rn_new = RULE.update(rn, 0.9 * rn + 0.1 * sp.sqrt(s))
+lr_t = RULE.let("lr_t", lr * (1 + sp.cos(sp.pi * t / period)) / 2)
+RULE.update(w, w - lr_t * g / (rn_new + 1))
+'''
+
+
+def test_a_host_state_fed_by_a_reduction_with_a_cosine_schedule(tmp_path) -> None:
+    """Issue 10, bug 6: a host state that depends on a per-tensor sum was refused as depending
+    on "per-element values", and cos in a step-count schedule as outside the elementwise set."""
+    import math
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "runnorm.py").write_text(RUNNORM)
+    write(generate_all(tmp_path / "specs"), tmp_path / "out")
+    packages = [importlib.import_module(f"generated.{t}") for t in TARGETS]
+    for package, target in zip(packages, TARGETS, strict=True):
+        package.__path__.append(str(tmp_path / "out" / target))
+    try:
+        modules = [importlib.import_module(f"generated.{t}.runnorm") for t in ("numpy", "triton")]
+        rng = np.random.default_rng(0)
+        w0 = rng.standard_normal(100)
+        w, wt = w0.copy(), torch.from_numpy(w0.astype(np.float32))
+        states = [modules[0].init_state(w), modules[1].init_state(wt)]
+        rn, ref = 0.0, w0.copy()
+        for t in range(1, 4):
+            g = rng.standard_normal(100)
+            modules[0].step(w, g, states[0], t)
+            modules[1].step(wt, torch.from_numpy(g.astype(np.float32)), states[1], t)
+            rn = 0.9 * rn + 0.1 * math.sqrt(np.sum(g**2))
+            ref = ref - 0.1 * (1 + math.cos(math.pi * t / 10)) / 2 * g / (rn + 1)
+        np.testing.assert_allclose(w, ref, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(wt.numpy(), ref, rtol=1e-5, atol=1e-6)
+        assert states[0]["rn"] == pytest.approx(rn, rel=1e-13)
+    finally:
+        for package, target in zip(packages, TARGETS, strict=True):
+            package.__path__.remove(str(tmp_path / "out" / target))
+            sys.modules.pop(f"generated.{target}.runnorm", None)

@@ -54,8 +54,12 @@ CASES = {
         r"specs/bad.py:10: the equations form a cycle: a -> m_new -> a",
     ),
     "unsupported function": (
+        "RULE.update(w, w - mx.lr * sp.erf(RULE.grad))",
+        r"specs/bad.py:9: equation for weight_new uses erf, which is outside the supported",
+    ),
+    "host-only function per element": (
         "RULE.update(w, w - mx.lr * sp.sin(RULE.grad))",
-        r"specs/bad.py:9: equation for weight_new uses sin, which is outside the supported",
+        r"specs/bad.py: cannot generate per-element code for sin\(grad\): sin is not supported",
     ),
     "undefined function": (
         "RULE.update(w, w - mx.lr * sp.Function('f')(RULE.grad))",

@@ -39,7 +39,7 @@ MUTATIONS = [
     ("name mismatch", 'Rule("fz", __doc__)', 'Rule("other", __doc__)'),
     ("reserved name", 'RULE.state("m")', 'RULE.state("key")'),
     ("default outside", None, "b = RULE.hyper('beta', 1.5, unit())\n"),
-    ("unsupported function", "- mx.lr * RULE.new(m))", "- mx.lr * sp.sin(RULE.new(m)))"),
+    ("unsupported function", "- mx.lr * RULE.new(m))", "- mx.lr * sp.erf(RULE.new(m)))"),
     ("weight never updated", "RULE.update(w, w - mx.lr * RULE.new(m))\n", ""),
     ("state never updated", "RULE.update(m, 0.9 * m + RULE.grad)\n", ""),
     ("weight updated twice", None, "RULE.update(w, w)\n"),
