@@ -1,8 +1,8 @@
 """Write a commented spec skeleton for a new rule: ``python -m tools.new NAME``.
 
 The skeleton is a working rule (plain SGD) with every feature of the spec language shown in
-comments; edit the equations, then run ``python -m tools.generate NAME`` and the tests (which
-pick the new spec up automatically).
+comments; edit the equations, then run ``python -m tools.generate`` (the rule's modules and the
+package indexes) and the tests (which pick the new spec up automatically).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(SKELETON.format(name=name, title=title))
     print(f"wrote {path}")
     print(
-        f"next: edit it, then `python -m tools.generate {name}` and `bash tools/test.sh -k {name}`"
+        f"next: edit it, then `python -m tools.generate` (its modules and the indexes), "
+        f"`bash tools/test.sh -k {name}` and `python -m tools.docs --write` (the README table)"
     )
     return 0
 
