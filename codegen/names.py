@@ -59,7 +59,7 @@ _reserve(
 )
 _reserve(
     "a keyword argument the generated code passes",
-    "out other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
+    "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
     "integer lo hi lo_open hi_open allow_none",
 )
 _reserve(

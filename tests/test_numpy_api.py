@@ -231,3 +231,10 @@ def test_threads_do_not_change_results(rule_name: str, monkeypatch: pytest.Monke
             m.step(w, rng.standard_normal(w.size).astype(np.float32), state, t)
         results.append(w)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_selects_write_in_place(rule_name: str) -> None:
+    """Issue 10, bug 5: a select was ``np.copyto(dest, np.where(mask, a, b))``, a chunk-sized
+    temporary per select; it is now ``np.copyto(..., where=mask)`` into its own buffer."""
+    source = inspect.getsource(numpy_module(rule_name))
+    assert "np.where(" not in source

@@ -95,7 +95,8 @@ def scratch_per_element(lowered: Any, itemsize: int) -> tuple[int, int, int]:
     """(scratch rows, masks, bytes per chunk element) of the NumPy target for this rule.
 
     Rows as the generator sizes them (``for_chunks(..., CHUNK, rows, ...)``), plus the boolean
-    masks a chunk may hold and one transient ``np.where`` result.
+    masks a chunk may hold and one transient negated mask (a select writes in place with
+    ``np.copyto(..., where=...)``, never a chunk-sized ``np.where`` result).
     """
     from codegen.ops import BOOLEAN as BOOL_KINDS
     from codegen.targets.numpy import allocate
@@ -104,7 +105,7 @@ def scratch_per_element(lowered: Any, itemsize: int) -> tuple[int, int, int]:
     ops = [*lowered.ops, *lowered.reduce_ops]
     masks = sum(op.kind in BOOL_KINDS for op in ops)
     where = any(op.kind == "where" for op in ops)
-    return rows, masks, rows * itemsize + masks + (itemsize if where else 0)
+    return rows, masks, rows * itemsize + masks + (1 if where else 0)
 
 
 def scratch_bound(n: int, chunk: int, per_element: int) -> int:

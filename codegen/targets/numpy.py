@@ -133,7 +133,7 @@ class NumpyOpPrinter:
         if op.kind == "copy":
             return f"{fn}({dest}, {args})"
         if op.kind == "where":
-            return f"np.copyto({dest}, {fn}({args}))"
+            return self.select(dest, *(self.name(a) for a in op.args))
         if op.kind in ops.BOOLEAN:
             return f"{dest} = {fn}({args})"
         call = f"{fn}({args}, out={dest})"
@@ -141,6 +141,19 @@ class NumpyOpPrinter:
         if identity is not None:
             return f"if {identity}:\n    {call}"
         return call
+
+    @staticmethod
+    def select(dest: str, mask: str, a: str, b: str) -> str:
+        """``dest = where(mask, a, b)`` in place, without ``np.where``'s chunk-sized result:
+        ``b`` is copied in, then ``a`` where the mask holds (the order that leaves an operand
+        living in ``dest`` itself intact until it is read)."""
+        if dest == a == b:
+            return "pass"
+        if dest == b:
+            return f"np.copyto({dest}, {a}, where={mask})"
+        if dest == a:
+            return f"np.copyto({dest}, {b}, where=np.logical_not({mask}))"
+        return f"np.copyto({dest}, {b})\nnp.copyto({dest}, {a}, where={mask})"
 
     def lines(self, ops_: list[Op]) -> list[str]:
         """Each op, after a comment naming the spec line(s) of the equation it starts."""

@@ -127,7 +127,7 @@ def step(
         np.add(_b1, epsilon, out=_b1)
         np.multiply(_h3, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
-        np.copyto(_b0, np.where(__v9, _b1, _b0))
+        np.copyto(_b0, _b1, where=__v9)
         np.multiply(_h6, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

@@ -107,7 +107,7 @@ def step(
         np.absolute(_grad, out=_b1)
         __v2 = np.greater(_b1, 0.0)
         np.sign(_grad, out=_b1)
-        np.copyto(_b1, np.where(__v2, _b1, 0.0))
+        np.copyto(_b1, 0.0, where=np.logical_not(__v2))
         np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 

@@ -122,7 +122,7 @@ def step(
         np.absolute(_mom, out=_b0)
         __v8 = np.greater(_b0, 0.0)
         np.sign(_mom, out=_b0)
-        np.copyto(_b0, np.where(__v8, _b0, 0.0))
+        np.copyto(_b0, 0.0, where=np.logical_not(__v8))
         np.multiply(lr, _b0, out=_b0)
         np.multiply(_h2, _weight, out=_b1)
         np.add(_b0, _b1, out=_weight)
