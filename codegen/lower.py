@@ -269,6 +269,14 @@ class _Linearizer:
             return self.emit(self.UNARY[type(expr)], self.operand(expr.args[0]), dest=dest)
         if isinstance(expr, sp.Piecewise):
             return self.piecewise(expr, dest)
+        if isinstance(expr, sp.logic.boolalg.ITE):
+            # SymPy's form of a comparison with a Piecewise operand (g > Piecewise(...) becomes
+            # ITE(c, g > a, g > b)): a select between two masks
+            condition, yes, no = expr.args
+            mask = self.operand(condition)
+            if mask in self.host:
+                mask = self.emit("ne", mask, sp.Integer(0))
+            return self.emit("where", mask, self.operand(yes), self.operand(no), dest=dest)
         if type(expr) in self.RELATIONAL:
             lhs, rhs = (self.operand(a) for a in expr.args)
             return self.emit(self.RELATIONAL[type(expr)], lhs, rhs, dest=dest)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -133,3 +135,24 @@ def assert_matches_float32(
 @pytest.fixture(params=RULE_NAMES)
 def rule_name(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@contextlib.contextmanager
+def temporary_rule(root: Path, name: str, spec: str) -> Iterator[dict[str, ModuleType]]:
+    """A spec written under ``root``, generated and importable as ``generated.<target>.<name>``
+    while the context lasts; yields its {"rules", "numpy", "triton"} modules."""
+    from codegen.generate import generate_all, write
+
+    (root / "specs").mkdir(parents=True, exist_ok=True)
+    (root / "specs" / f"{name}.py").write_text(spec)
+    write(generate_all(root / "specs"), root / "out")
+    targets = ("rules", "numpy", "triton")
+    packages = [importlib.import_module(f"generated.{t}") for t in targets]
+    for package, target in zip(packages, targets, strict=True):
+        package.__path__.append(str(root / "out" / target))
+    try:
+        yield {t: importlib.import_module(f"generated.{t}.{name}") for t in targets}
+    finally:
+        for package, target in zip(packages, targets, strict=True):
+            package.__path__.remove(str(root / "out" / target))
+            sys.modules.pop(f"generated.{target}.{name}", None)

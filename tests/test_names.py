@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import ast
 import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import RULES
+from conftest import RULES, temporary_rule
 
 from codegen import names
-from codegen.generate import GENERATED_DIR, generate_all, write
+from codegen.generate import GENERATED_DIR
 from codegen.load import load_rule
 from codegen.spec import SpecError
 
@@ -124,17 +123,8 @@ RULE.update(RULE.weight, RULE.weight - lr * keys_new / tensors_new)
 @pytest.fixture(scope="module")
 def freenames(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("freenames")
-    (root / "specs").mkdir()
-    (root / "specs" / "freenames.py").write_text(FREE_SPEC)
-    write(generate_all(root / "specs"), root / "out")
-    targets = ("rules", "numpy", "triton")
-    packages = [importlib.import_module(f"generated.{t}") for t in targets]
-    for package, target in zip(packages, targets, strict=True):
-        package.__path__.append(str(root / "out" / target))
-    yield root / "out"
-    for package, target in zip(packages, targets, strict=True):
-        package.__path__.remove(str(root / "out" / target))
-        sys.modules.pop(f"generated.{target}.freenames", None)
+    with temporary_rule(root, "freenames", FREE_SPEC):
+        yield root / "out"
 
 
 def test_names_next_to_registered_ones_work_on_every_target(freenames: Path) -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import numpy as np
 import pytest
 import sympy as sp
 import torch
-from conftest import RULES, numpy_module, tolerance, triton_module
-
-from codegen.generate import generate_all, write
+from conftest import RULES, numpy_module, temporary_rule, tolerance, triton_module
 
 COVERAGE_SPEC = '''
 """Backend coverage: one of every supported construct, pushed through every printer."""
@@ -36,18 +32,8 @@ SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.25, -3.5, math.nan, math.inf, -math.inf, 1e-3
 @pytest.fixture(scope="module")
 def coverage(tmp_path_factory: pytest.TempPathFactory):
     """The coverage spec generated into a temp dir, importable as generated.<target>.coverage."""
-    root = tmp_path_factory.mktemp("coverage")
-    (root / "specs").mkdir()
-    (root / "specs" / "coverage.py").write_text(COVERAGE_SPEC)
-    write(generate_all(root / "specs"), root / "out")
-    targets = ("rules", "numpy", "triton")
-    packages = [importlib.import_module(f"generated.{t}") for t in targets]
-    for package, target in zip(packages, targets, strict=True):
-        package.__path__.append(str(root / "out" / target))
-    yield [importlib.import_module(f"generated.{t}.coverage") for t in ("numpy", "triton")]
-    for package, target in zip(packages, targets, strict=True):
-        package.__path__.remove(str(root / "out" / target))
-        sys.modules.pop(f"generated.{target}.coverage", None)
+    with temporary_rule(tmp_path_factory.mktemp("coverage"), "coverage", COVERAGE_SPEC) as modules:
+        yield [modules["numpy"], modules["triton"]]
 
 
 def reference(g: float) -> tuple[float, float]:

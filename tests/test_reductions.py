@@ -4,14 +4,10 @@ sum twice. Checked against the sums computed directly, on both targets."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import numpy as np
 import pytest
 import torch
-
-from codegen.generate import generate_all, write
+from conftest import temporary_rule
 
 SPEC = '''"""Two sums, the first a subexpression of the second."""
 from codegen.spec import Rule
@@ -27,17 +23,8 @@ TARGETS = ("rules", "numpy", "triton")
 
 @pytest.fixture(scope="module")
 def twosums(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("twosums")
-    (root / "specs").mkdir()
-    (root / "specs" / "twosums.py").write_text(SPEC)
-    write(generate_all(root / "specs"), root / "out")
-    packages = [importlib.import_module(f"generated.{t}") for t in TARGETS]
-    for package, target in zip(packages, TARGETS, strict=True):
-        package.__path__.append(str(root / "out" / target))
-    yield {t: importlib.import_module(f"generated.{t}.twosums") for t in ("numpy", "triton")}
-    for package, target in zip(packages, TARGETS, strict=True):
-        package.__path__.remove(str(root / "out" / target))
-        sys.modules.pop(f"generated.{target}.twosums", None)
+    with temporary_rule(tmp_path_factory.mktemp("twosums"), "twosums", SPEC) as modules:
+        yield modules
 
 
 @pytest.mark.parametrize("target", ["numpy", "triton"])
@@ -73,14 +60,10 @@ def test_a_division_guarded_by_its_sum_is_not_hoisted_out_of_the_guard(tmp_path)
     """Issue 10, generator bug 2: ``Piecewise((g / sqrt(s), s > 0), (0, True))`` made an
     unconditional host scalar ``1 / sqrt(s)``: a zero gradient divided by zero on the host. The
     scalar is now computed only where its branch is taken (codegen.ops.Guarded)."""
-    (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "guarded.py").write_text(GUARDED)
-    out = tmp_path / "out"
-    write(generate_all(tmp_path / "specs"), out)
-    namespace: dict = {}
-    exec(compile((out / "rules" / "guarded.py").read_text(), "guarded", "exec"), namespace)
-    namespace["host_scalars"](1, lr=0.1, s=0.0)  # was: ZeroDivisionError
-    scalars, _ = namespace["host_scalars"](1, lr=0.1, s=4.0)
+    with temporary_rule(tmp_path, "guarded", GUARDED) as generated:
+        host_scalars = generated["rules"].host_scalars
+        host_scalars(1, lr=0.1, s=0.0)  # was: ZeroDivisionError
+        scalars, _ = host_scalars(1, lr=0.1, s=4.0)
     assert 0.5 in scalars, scalars  # 1 / sqrt(s) where the branch is taken
 
 
@@ -104,14 +87,8 @@ def test_a_host_state_fed_by_a_reduction_with_a_cosine_schedule(tmp_path) -> Non
     on "per-element values", and cos in a step-count schedule as outside the elementwise set."""
     import math
 
-    (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "runnorm.py").write_text(RUNNORM)
-    write(generate_all(tmp_path / "specs"), tmp_path / "out")
-    packages = [importlib.import_module(f"generated.{t}") for t in TARGETS]
-    for package, target in zip(packages, TARGETS, strict=True):
-        package.__path__.append(str(tmp_path / "out" / target))
-    try:
-        modules = [importlib.import_module(f"generated.{t}.runnorm") for t in ("numpy", "triton")]
+    with temporary_rule(tmp_path, "runnorm", RUNNORM) as generated:
+        modules = [generated["numpy"], generated["triton"]]
         rng = np.random.default_rng(0)
         w0 = rng.standard_normal(100)
         w, wt = w0.copy(), torch.from_numpy(w0.astype(np.float32))
@@ -126,7 +103,34 @@ def test_a_host_state_fed_by_a_reduction_with_a_cosine_schedule(tmp_path) -> Non
         np.testing.assert_allclose(w, ref, rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(wt.numpy(), ref, rtol=1e-5, atol=1e-6)
         assert states[0]["rn"] == pytest.approx(rn, rel=1e-13)
-    finally:
-        for package, target in zip(packages, TARGETS, strict=True):
-            package.__path__.remove(str(tmp_path / "out" / target))
-            sys.modules.pop(f"generated.{target}.runnorm", None)
+
+
+COMPARE = '''"""A per-element comparison with a host-side Piecewise."""
+import sympy as sp
+from codegen.spec import Rule
+RULE = Rule("compare", __doc__)
+lr = RULE.hyper("lr", 0.1)
+w, g, t = RULE.weight, RULE.grad, RULE.t
+thr = RULE.let("thr", sp.Piecewise((lr, t > 3), (0, True)))
+RULE.update(w, w - lr * sp.Piecewise((g, g > thr), (0, True)))
+'''
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+def test_a_comparison_with_a_host_piecewise(tmp_path, target: str) -> None:
+    """Issue 10, bug 3: SymPy writes ``g > Piecewise(...)`` as ``ITE(c, g > a, g > b)``, which was
+    refused (``ITE is not supported``); it is a select between two masks."""
+    with temporary_rule(tmp_path, "compare", COMPARE) as generated:
+        module = generated[target]
+        rng = np.random.default_rng(0)
+        for t in (1, 5):
+            w0, g = rng.standard_normal(50), rng.standard_normal(50) * 0.3
+            expected = w0 - 0.1 * np.where(g > (0.1 if t > 3 else 0.0), g, 0.0)
+            if target == "numpy":
+                w = w0.copy()
+                module.step(w, g, {}, t)
+                np.testing.assert_array_equal(w, expected)
+            else:
+                w = torch.from_numpy(w0.astype(np.float32))
+                module.step(w, torch.from_numpy(g.astype(np.float32)), {}, t)
+                np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6, atol=1e-6)

@@ -37,6 +37,15 @@ class Allocation:
     copies: list[tuple[sp.Symbol, int]]
 
 
+def _masks(operands: tuple, storage: dict) -> bool:
+    """True when ``operands`` are masks (a select between comparisons is itself a mask)."""
+    return all(
+        isinstance(x, sp.logic.boolalg.BooleanAtom)
+        or (isinstance(x, sp.Symbol) and storage.get(x, ("",))[0] == "bool")
+        for x in operands
+    )
+
+
 def allocate(lowered: Lowered, reduce: bool = False) -> Allocation:
     """Storage for the update ops, or (``reduce``) for the reduction phase's ops."""
     ops_ = lowered.reduce_ops if reduce else lowered.ops
@@ -78,7 +87,7 @@ def allocate(lowered: Lowered, reduce: bool = False) -> Allocation:
                 pinned.add(k)
                 storage[op.dest] = ("scratch", k)
                 copies.append((cur, k))
-        elif op.kind in ops.BOOLEAN:
+        elif op.kind in ops.BOOLEAN or (op.kind == "where" and _masks(op.args[1:], storage)):
             storage[op.dest] = ("bool", op.dest)
         else:
             storage[op.dest] = ("scratch", take())
@@ -132,6 +141,8 @@ class NumpyOpPrinter:
         fn = self.UFUNC[op.kind]
         if op.kind == "copy":
             return f"{fn}({dest}, {args})"
+        if op.kind == "where" and self.allocation.storage[op.dest][0] == "bool":
+            return f"{dest} = {fn}({args})"  # a select between masks: a mask of its own
         if op.kind == "where":
             return self.select(dest, *(self.name(a) for a in op.args))
         if op.kind in ops.BOOLEAN:
