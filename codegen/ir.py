@@ -25,7 +25,18 @@ import sympy as sp
 
 from codegen.names import Temps
 
-ROLES = ("host", "reduction", "element")
+ROLES = ("host", "reduction", "element")  # and "reduction2", ...: later reduction phases
+
+
+def reduction_role(phase: int) -> str:
+    """The role of reduction phase ``phase`` (1: ``reduction``, then ``reduction2``, ...)."""
+    return "reduction" if phase == 1 else f"reduction{phase}"
+
+
+def is_reduction(role: str) -> bool:
+    return role == "reduction" or (role.startswith("reduction") and role[9:].isdigit())
+
+
 Operand = sp.Expr  # a Symbol (buffer value, temporary or host scalar) or an exact constant
 
 
@@ -53,7 +64,7 @@ class Assign:
     args: tuple[Operand, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.role not in ROLES:
+        if self.role not in ROLES and not is_reduction(self.role):
             raise ValueError(f"unknown role {self.role!r} for {self.target}")
 
     def with_(self, **changes: object) -> Assign:
@@ -78,6 +89,11 @@ class Block:
 
     def role(self, role: str) -> list[Assign]:
         return [a for a in self.assigns if a.role == role]
+
+    def reduction_roles(self) -> list[str]:
+        """The reduction phases' roles present, in phase order."""
+        present = {a.role for a in self.assigns if is_reduction(a.role)}
+        return [reduction_role(k) for k in range(1, len(present) + 1)]
 
     def then(self, stage: str, assigns: list[Assign], **notes: object) -> Block:
         # SSA per role: the reduction and update phases are separate kernels, where one value

@@ -37,7 +37,7 @@ from typing import ClassVar
 import sympy as sp
 
 from codegen import ops as opdefs
-from codegen.ir import Assign, Block, Operand, Origin
+from codegen.ir import Assign, Block, Operand, Origin, reduction_role
 from codegen.names import Temps
 from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
@@ -49,10 +49,11 @@ def from_spec(rule: Rule) -> Block:
     element = set(rule.element_inputs) | set(rule.draws)
     per_element: set[sp.Symbol] = set()
     assigns = []
+    phases = rule.reduction_phases()
     for eq in rule.ordered_equations():
         deps = eq.expr.free_symbols
         if eq.target in rule.reductions:
-            role = "reduction"
+            role = reduction_role(phases[eq.target])
         elif deps & (element | per_element) or eq.target in rule.outputs.values():
             role = "element"
             per_element.add(eq.target)
@@ -78,12 +79,6 @@ def inline(block: Block) -> Block:
         expr = a.expr.xreplace(values)
         origins[a.target] = a.origin
         if a.target in rule.reductions:
-            nested = expr.free_symbols & set(rule.reductions)
-            if nested:
-                raise SpecError(
-                    f"{rule.source}: reduction {a.target} uses reduction(s) "
-                    f"{', '.join(sorted(map(str, nested)))}; only one reduction phase is supported"
-                )
             summands.append(a.with_(expr=expr))
             continue
         values[a.target] = expr
@@ -182,7 +177,10 @@ def extract_host(block: Block) -> Block:
     """
     rule: Rule = block.rule
     extractor = _HostExtractor(set(rule.host_inputs), lambda: block.temps.new("host"))
-    summands = [a.with_(expr=extractor(a.expr)) for a in block.role("reduction")]
+    summands = []
+    for role in block.reduction_roles():  # a phase's host inputs: the earlier phases' results
+        summands += [a.with_(expr=extractor(a.expr)) for a in block.role(role)]
+        extractor.host_inputs |= {a.target for a in block.role(role)}
     extractor.host_inputs = set(rule.scalar_inputs)
     outputs = [a.with_(expr=extractor(a.expr)) for a in block.role("element")]
     host = [Assign(s, e, "host") for s, e in extractor.host.items()]
@@ -206,9 +204,9 @@ def cse(block: Block) -> Block:
 
     Temporaries: ``_s<k>`` in the reduction phase, ``_t<k>`` in the update (registered prefixes).
     """
-    reduction = block.role("reduction")
-    if reduction:
-        reduction = _cse_phase(reduction, Temps.PREFIXES["reduce_cse"], "reduction")
+    reduction = []
+    for role in block.reduction_roles():
+        reduction += _cse_phase(block.role(role), Temps.PREFIXES["reduce_cse"], role)
     element = _cse_phase(block.role("element"), Temps.PREFIXES["cse"], "element")
     return block.then("cse", [*block.role("host"), *reduction, *element])
 
@@ -422,9 +420,11 @@ def linearize(block: Block) -> Block:
     element = _Linearizer(rule, "element", host, new_value).phase(
         block.role("element"), set(rule.outputs.values())
     )
-    reduction = _Linearizer(rule, "reduction", host, new_value).phase(
-        block.role("reduction"), set(rule.reductions)
-    )
+    reduction = []
+    for role in block.reduction_roles():
+        reduction += _Linearizer(rule, role, host, new_value).phase(
+            block.role(role), set(rule.reductions)
+        )
     used = {x for a in reduction for x in a.args}
     if set(rule.draws) & used:
         raise SpecError(f"{rule.source}: a reduction may not use a random draw")
@@ -464,7 +464,17 @@ class Lowered:
     block: Block
     report: list[tuple[str, dict[str, dict[str, int]]]]
     ops: list[Op]
-    reduce_ops: list[Op]
+    reduce_phases: list[list[Op]]
+
+    @property
+    def reduce_ops(self) -> list[Op]:
+        """Every reduction phase's ops, in phase order."""
+        return [op for phase in self.reduce_phases for op in phase]
+
+    def phase_reductions(self, phase: int) -> list[sp.Symbol]:
+        """The reductions computed in ``phase`` (1-based), in declaration order."""
+        phases = self.rule.reduction_phases()
+        return [r for r in self.summands if phases[r] == phase]
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
@@ -513,7 +523,11 @@ class Lowered:
 
     @property
     def reduce_host(self) -> list[sp.Symbol]:
-        return self.scalars(self.reduce_ops)
+        """The first reduction phase's host scalars."""
+        return self.phase_host(1)
+
+    def phase_host(self, phase: int) -> list[sp.Symbol]:
+        return self.scalars(self.reduce_phases[phase - 1]) if self.reduce_phases else []
 
     def host_value(self, symbol: sp.Symbol) -> sp.Expr:
         """A host scalar as an expression of hyperparameters, t, host states and reductions."""
@@ -538,6 +552,9 @@ class Lowered:
     def reduce_reads(self) -> list[sp.Symbol]:
         return _reads(self.rule, self.reduce_ops)
 
+    def phase_reads(self, phase: int) -> list[sp.Symbol]:
+        return _reads(self.rule, self.reduce_phases[phase - 1])
+
     def op_counts(self, ops: list[Op] | None = None) -> dict[str, int]:
         """Operations by kind in ``ops`` (the update's by default)."""
         return dict(sorted(Counter(op.kind for op in (self.ops if ops is None else ops)).items()))
@@ -557,9 +574,8 @@ def lower(rule: Rule) -> Lowered:
     for name, run in PASSES:
         block = run(block)
         report.append((name, block.op_counts()))
-    return Lowered(
-        rule, block, report, ops_of(block.role("element")), ops_of(block.role("reduction"))
-    )
+    phases = [ops_of(block.role(role)) for role in block.reduction_roles()]
+    return Lowered(rule, block, report, ops_of(block.role("element")), phases)
 
 
 def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:

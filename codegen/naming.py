@@ -15,7 +15,10 @@ from codegen.ir import Assign, Block, Origin
 from codegen.names import Temps
 from codegen.spec import Rule
 
-PHASES = ("reduction", "element")
+
+def phases(block: Block) -> list[str]:
+    """The per-element roles, in execution order: the reduction phases, then the update."""
+    return [*block.reduction_roles(), "element"]
 
 
 # ---------------------------------------------------------------------------------- host lets
@@ -127,7 +130,7 @@ def name_values(block: Block) -> Block:
     points = _Points(rule, host_values)
     wanted = {s: points.values(v) for s, (v, _) in block.lets.items() if s not in lets}
     out: list[Assign] = []
-    for role in PHASES:
+    for role in phases(block):
         local = dict(rename)
         known: list[dict] = [{} for _ in points.points]
         for a in block.role(role):
@@ -170,7 +173,7 @@ def trace(block: Block) -> Block:
         direct = eq.expr.free_symbols
         deps[eq.target] = set(direct).union(*(deps.get(s, set()) for s in direct))
     out = [*block.role("host")]
-    for role in PHASES:
+    for role in phases(block):
         assigns = block.role(role)
         index = {a.target: i for i, a in enumerate(assigns)}
         owned: set[int] = set()

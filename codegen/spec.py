@@ -164,10 +164,12 @@ class Rule:
         self.states: dict[str, State] = {}
         self.host_states: dict[str, HostState] = {}
         self.reductions: dict[sp.Symbol, sp.Expr] = {}  # symbol -> summand (per element)
+        self.reduction_kinds: dict[sp.Symbol, str] = {}  # symbol -> "sum", "max" or "min"
+        self.sizes: list[sp.Symbol] = []  # per-tensor sizes the spec uses (``numel``)
         self.draws: list[sp.Symbol] = []  # standard normal draws, one per element and step
         self.lets: dict[sp.Symbol, str] = {}
         self.equations: list[Equation] = []
-        self._names: set[str] = {"weight", "grad", "t", "weight_new"}
+        self._names: set[str] = {"weight", "grad", "t", "weight_new", "numel"}
         self._updated: dict[sp.Symbol, sp.Symbol] = {}  # current symbol -> new symbol
         self._finished = False
 
@@ -353,13 +355,40 @@ class Rule:
     def sum(self, name: str, summand: sp.Expr) -> sp.Symbol:
         """The sum over all elements of a per-element expression (a per-tensor reduction).
 
-        Computed in a phase before the update; the summand may use step-i values, intermediates
-        and new values, but not another reduction.
+        Computed in a phase before the update. The summand may use step-i values, intermediates,
+        new values and other reductions: a reduction that uses another one (a chained
+        reduction) is computed in a later phase, one more pass over the tensor.
         """
+        return self._reduction(name, summand, "sum")
+
+    def max(self, name: str, expr: sp.Expr) -> sp.Symbol:
+        """The largest element of a per-element expression (NaN if any element is NaN; -inf for
+        an empty tensor). ``RULE.max("g_inf", sp.Abs(g))`` is the infinity norm."""
+        return self._reduction(name, expr, "max")
+
+    def min(self, name: str, expr: sp.Expr) -> sp.Symbol:
+        """The smallest element of a per-element expression (NaN if any element is NaN; +inf for
+        an empty tensor)."""
+        return self._reduction(name, expr, "min")
+
+    def mean(self, name: str, expr: sp.Expr) -> sp.Expr:
+        """The mean over all elements: the sum reduction ``name`` divided by :attr:`numel`, and 0
+        for an empty tensor (which has no mean; nothing is updated there either)."""
+        return self.sum(name, expr) / sp.Max(self.numel, 1)  # the sum is 0 when empty
+
+    @property
+    def numel(self) -> sp.Symbol:
+        """The tensor's element count (a per-tensor host input, known before the step)."""
+        if not self.sizes:
+            self.sizes.append(sp.Symbol("numel", nonnegative=True, integer=True))
+        return self.sizes[0]
+
+    def _reduction(self, name: str, summand: sp.Expr, kind: str) -> sp.Symbol:
         self._claim(name, "reduction")
         symbol = sp.Symbol(name, real=True)
-        summand = self._sympify(summand, f"the summand of {name!r}")
+        summand = self._sympify(summand, f"the {kind} {name!r}")
         self.reductions[symbol] = summand
+        self.reduction_kinds[symbol] = kind
         self._equation(symbol, summand)
         return symbol
 
@@ -429,7 +458,7 @@ class Rule:
     def host_inputs(self) -> list[sp.Symbol]:
         """Values known on the host before a step: hyperparameters and the step count."""
         hypers = [h.symbol for h in self.hypers.values()]
-        return hypers + [self.t] + [s.symbol for s in self.host_states.values()]
+        return hypers + [self.t] + [s.symbol for s in self.host_states.values()] + self.sizes
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
@@ -451,7 +480,7 @@ class Rule:
     def spec_names(self) -> set[str]:
         """Every name the spec declared (generated code may use these, and registered names)."""
         declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
-        declared |= {str(s) for s in [*self.reductions, *self.draws]}
+        declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
         return declared | {self.name, self.class_name}
 
     @property
@@ -548,6 +577,19 @@ class Rule:
         for eq in self.equations:
             visit(eq.target)
         return order
+
+    def reduction_phases(self) -> dict[sp.Symbol, int]:
+        """Each reduction's phase: 1 + the latest phase of the reductions its summand uses."""
+        phase: dict[sp.Symbol, int] = {}
+        uses: dict[sp.Symbol, set[sp.Symbol]] = {}
+        for eq in self.ordered_equations():
+            found = set()
+            for s in eq.expr.free_symbols:
+                found |= {s} if s in self.reductions else uses.get(s, set())
+            uses[eq.target] = found
+            if eq.target in self.reductions:
+                phase[eq.target] = 1 + max((phase[r] for r in found), default=0)
+        return phase
 
     def hyperparameter_defaults(self) -> dict[str, float | None]:
         return {h.name: h.default for h in self.hypers.values()}

@@ -3,6 +3,7 @@ reference modules."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -116,3 +117,25 @@ def for_chunks(
     size = -(-len(bounds) // workers)
     parts = [bounds[i : i + size] for i in range(0, len(bounds), size)]
     return [r for part in _POOL.map(run, parts) for r in part]
+
+
+# Each reduction kind's value over no elements, and how two partials combine (max and min
+# propagate NaN, as the kernels' do).
+IDENTITY = {"sum": 0.0, "max": -math.inf, "min": math.inf}
+COMBINE: dict[str, Callable[[float, float], float]] = {
+    "sum": lambda a, b: a + b,
+    "max": lambda a, b: a if math.isnan(a) or a >= b else b,
+    "min": lambda a, b: a if math.isnan(a) or a <= b else b,
+}
+
+
+def combine(
+    kinds: dict[str, str], names: list[str], partials: list[tuple[float, ...]]
+) -> dict[str, float]:
+    """Per-chunk partials (in chunk order) combined per reduction, in chunk order: sums add in
+    float64 one chunk after the other, max/min keep a NaN. The same result on every run."""
+    out = {name: IDENTITY[kinds[name]] for name in names}
+    for partial in partials:
+        for name, value in zip(names, partial, strict=True):
+            out[name] = COMBINE[kinds[name]](out[name], value)
+    return out

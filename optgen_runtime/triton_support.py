@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from optgen_runtime.checks import (
     check_shape,
     check_state_keys,
 )
-from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, triton
+from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_DTYPE = torch.float32
@@ -114,19 +115,50 @@ def add_partials(partials: np.ndarray) -> np.ndarray:
     return np.add.accumulate(partials.astype(np.float64), axis=0)[-1]
 
 
+def combine_partials(
+    partials: np.ndarray, kinds: dict[str, str], names: Sequence[str]
+) -> dict[str, float]:
+    """Each reduction's per-chunk partials (a column, chunks in order) combined by its kind:
+    sums by :func:`add_partials`, max/min NaN-propagating (-inf/+inf over no chunks)."""
+    out = {}
+    for k, name in enumerate(names):
+        column = partials[:, k : k + 1]
+        kind = kinds[name]
+        if kind == "sum":
+            out[name] = float(add_partials(column)[0])
+        elif not len(column):
+            out[name] = -math.inf if kind == "max" else math.inf
+        else:
+            out[name] = float(np.max(column) if kind == "max" else np.min(column))
+    return out
+
+
+@triton.jit
+def nan_max(a, b):
+    """The combine function of a max reduction: NaN-propagating (tl.max drops NaN)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def nan_min(a, b):
+    """The combine function of a min reduction: NaN-propagating."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
 def reduce_sums(
     kernel: Any,
     buffers: list[torch.Tensor],
     scalars: Sequence[float],
+    kinds: dict[str, str],
     names: Sequence[str],
     block: int,
 ) -> dict[str, float]:
-    """Run a reduction kernel, then add its per-block partials on the host.
+    """Run a reduction kernel, then combine its per-block partials on the host.
 
-    The kernel writes one float32 partial sum per block and name, each to its own slot (no
-    atomics); the partials are copied to the host (one device synchronisation per step) and
-    added by :func:`add_partials` in float64, in block order: the same bits on every run and
-    every device for the same partials. Returns Python floats.
+    The kernel writes one float32 partial per block and name, each to its own slot (no
+    atomics); the partials are copied to the host (one device synchronisation per phase) and
+    combined by :func:`combine_partials` (sums in float64), in block order: the same bits on
+    every run and every device for the same partials. Returns Python floats.
     """
     n = buffers[0].numel()
     blocks = triton.cdiv(n, block)
@@ -136,8 +168,7 @@ def reduce_sums(
             *buffers, partial, n, *(float(s) for s in scalars), BLOCK_SIZE=block, **LAUNCH_OPTIONS
         )
         LAUNCHES["count"] += 1
-    totals = add_partials(partial.cpu().numpy().reshape(blocks, len(names)))
-    return dict(zip(names, totals.tolist(), strict=True))
+    return combine_partials(partial.cpu().numpy().reshape(blocks, len(names)), kinds, names)
 
 
 def _padded(n: int, align: int = 2) -> int:
@@ -327,14 +358,19 @@ class ChunkTable:
             self._launch(kernel, group, meta, scalars, flags)
 
     def reduce(
-        self, kernel: Any, rows: Sequence[Sequence[float]], names: Sequence[str]
+        self,
+        kernel: Any,
+        rows: Sequence[Sequence[float]],
+        kinds: dict[str, str],
+        names: Sequence[str],
     ) -> list[dict[str, float]]:
         """Every tensor's reductions: one launch per group, one float32 partial per chunk and
         name (no atomics), copied to the host once per device and added per tensor in chunk
         order by :func:`add_partials` (the same bits as ``reduce_sums`` for that tensor).
         ``rows[j]``: tensor j's reduction-phase scalars (``reduction_scalars``)."""
         width = len(names)
-        sums = [dict.fromkeys(names, 0.0) for _ in range(self.size)]
+        nothing = combine_partials(np.zeros((0, len(names)), np.float32), kinds, names)
+        sums = [dict(nothing) for _ in range(self.size)]
         offsets: list[int] = []
         used: dict[torch.device, int] = {}  # chunks per device, each group 16-byte aligned
         for group in self.groups:
@@ -350,8 +386,7 @@ class ChunkTable:
         for group, offset in zip(self.groups, offsets, strict=True):
             ends = offset + np.cumsum(group.counts)
             for j, end, count in zip(group.members, ends, group.counts, strict=True):
-                totals = add_partials(host[group.device][end - count : end])
-                sums[j] = dict(zip(names, totals.tolist(), strict=True))
+                sums[j] = combine_partials(host[group.device][end - count : end], kinds, names)
         return sums
 
 

@@ -18,7 +18,7 @@ from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError
 from codegen.targets import Target
 from codegen.targets.host import literal
-from codegen.targets.rules import exported
+from codegen.targets.rules import exported, reduce_scalars_name, reduction_scalars_name
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,17 @@ def _masks(operands: tuple, storage: dict) -> bool:
     )
 
 
-def allocate(lowered: Lowered, reduce: bool = False) -> Allocation:
-    """Storage for the update ops, or (``reduce``) for the reduction phase's ops."""
-    ops_ = lowered.reduce_ops if reduce else lowered.ops
+def allocate(lowered: Lowered, phase: int = 0) -> Allocation:
+    """Storage for the update ops, or for reduction phase ``phase``'s ops (1-based)."""
+    reduce = phase > 0
+    ops_ = lowered.reduce_phases[phase - 1] if reduce else lowered.ops
     last_read: dict[sp.Symbol, int] = {}
     for i, op in enumerate(ops_):
         for a in op.args:
             if isinstance(a, sp.Symbol):
                 last_read[a] = i
-    if reduce:  # each summand is summed after the last op: live to the end of the phase
-        last_read.update(dict.fromkeys(lowered.summands, len(ops_)))
+    if reduce:  # each summand is reduced after the last op: live to the end of the phase
+        last_read.update(dict.fromkeys(lowered.phase_reductions(phase), len(ops_)))
     current_of = {} if reduce else {new: cur for cur, new in lowered.outputs.items()}
     storage: dict[sp.Symbol, tuple[str, object]] = {
         s: ("array", s) for s in [*lowered.rule.element_inputs, *lowered.rule.draws]
@@ -216,12 +217,40 @@ def unpack(symbols: list[sp.Symbol], source: str) -> str:
     return f"{targets} = (dtype(_x) for _x in {source})"
 
 
+REDUCE: dict[str, str] = {  # a chunk's partial, as a Python float (np.max/np.min keep NaN)
+    "sum": "float(np.sum({}, dtype=np.float64))",
+    "max": "float(np.max({}))",
+    "min": "float(np.min({}))",
+}
+
+
+def phase_context(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str, object]:
+    """Reduction phase ``phase``: its chunk function's reads, ops and partials."""
+    allocation = allocate(lowered, phase)
+    printer = NumpyOpPrinter(allocation, host)
+    reductions = lowered.phase_reductions(phase)
+    kinds = [lowered.rule.reduction_kinds[r] for r in reductions]
+    return {
+        "phase": phase,
+        "reductions": [str(r) for r in reductions],
+        "kinds": kinds,
+        "table": reduce_scalars_name(phase),
+        "function": reduction_scalars_name(phase),
+        "reads": [(s.name, flat(s.name)) for s in lowered.phase_reads(phase)],
+        "ops": printer.lines(lowered.reduce_phases[phase - 1]),
+        "partials": [
+            REDUCE[k].format(printer.name(r)) for r, k in zip(reductions, kinds, strict=True)
+        ],
+        "unpack": unpack(lowered.phase_host(phase), "pre"),
+        "scratch": allocation.scratch,
+    }
+
+
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     host = set(lowered.host)
     allocation = allocate(lowered)
-    reduce_allocation = allocate(lowered, reduce=True)
-    reduce_printer = NumpyOpPrinter(reduce_allocation, host)
+    phases = [phase_context(lowered, k, host) for k in range(1, len(lowered.reduce_phases) + 1)]
     rules_names = exported(lowered)
     return {
         "rule": rule,
@@ -229,20 +258,17 @@ def context(lowered: Lowered) -> dict[str, object]:
         "rules_names": rules_names,
         "exports": sorted([*rules_names, "init_state", "step"]),
         "flats": [flat(s.name) for s in rule.element_inputs],
-        "reduce_flats": [(s.name, flat(s.name)) for s in lowered.reduce_reads],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
         "states": list(rule.states.values()),
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
+        "phases": phases,
+        "sizes": ", numel=weight.size" if rule.sizes else "",
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "init": {s.name: init_code(rule, s.init) for s in rule.states.values()},
         "ops": NumpyOpPrinter(allocation, host).lines(lowered.ops),
-        "scratch": max(allocation.scratch, reduce_allocation.scratch),
+        "scratch": max([allocation.scratch, *(p["scratch"] for p in phases)]),
         "copies": [(cur.name, k) for cur, k in allocation.copies],
-        "reduce_reads": [s.name for s in lowered.reduce_reads],
-        "reduce_ops": reduce_printer.lines(lowered.reduce_ops),
-        "reduce_values": [reduce_printer.name(r) for r in lowered.summands],
-        "reduce_unpack": unpack(lowered.reduce_host, "pre"),
         "host_unpack": unpack(lowered.update_scalars, "scalars"),
     }
 

@@ -19,7 +19,12 @@ from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError
 from codegen.targets import Target
 from codegen.targets.host import literal
-from codegen.targets.rules import exported, legend
+from codegen.targets.rules import (
+    exported,
+    legend,
+    reduce_scalars_name,
+    reduction_scalars_name,
+)
 from optgen_runtime.triton_support import ChunkTable
 
 
@@ -106,16 +111,59 @@ def _stores(lowered: Lowered) -> list[tuple[sp.Symbol, sp.Symbol]]:
     return sorted(lowered.outputs.items(), key=lambda pair: order.index(pair[0]))
 
 
+# A block's partial of each reduction kind (masked lanes hold the kind's identity; max and min
+# keep a NaN, as NumPy's do).
+PARTIAL: dict[str, str] = {
+    "sum": "tl.sum(tl.where(mask, {}, 0.0), axis=0)",
+    "max": 'tl.reduce(tl.where(mask, {}, -float("inf")), 0, nan_max)',
+    "min": 'tl.reduce(tl.where(mask, {}, float("inf")), 0, nan_min)',
+}
+
+
+def phase_context(
+    lowered: Lowered, phase: int, printer: TritonOpPrinter, pointers: list
+) -> dict[str, object]:
+    """Reduction phase ``phase``'s kernels: body, single- and multi-tensor kernel."""
+    reads = {s.name for s in lowered.phase_reads(phase)}
+    reductions = lowered.phase_reductions(phase)
+    host_names = [s.name for s in lowered.phase_host(phase)]
+    name = lowered.rule.name
+    return {
+        "phase": phase,
+        "body": names.phased(names.derived(name, "_reduce_kernel_body"), phase),
+        "kernel": names.phased(names.derived(name, "_reduce_kernel"), phase),
+        "multi": names.phased(names.derived(name, "_multi_reduce_kernel"), phase),
+        "function": reduction_scalars_name(phase),
+        "table": reduce_scalars_name(phase),
+        "reductions": [str(r) for r in reductions],
+        "pointers": [p for p in pointers if p[1] in reads],
+        "ptrs": [p[2] for p in pointers if p[1] in reads],
+        "host_names": host_names,
+        "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.phase_host(phase))],
+        "ops": printer.lines(lowered.reduce_phases[phase - 1]),
+        "partials": [
+            (r.name, PARTIAL[lowered.rule.reduction_kinds[r]].format(r.name)) for r in reductions
+        ],
+    }
+
+
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     printer = TritonOpPrinter(set(lowered.host))
     buffers = [s.name for s in rule.element_inputs]
-    reduce_reads = {s.name for s in lowered.reduce_reads}
     layout = ChunkTable.layout(len(buffers), 1 if lowered.draws else 0)
     pointers = [
         (row, b, names.derived(b, "_ptr"), names.derived(b, "_like"))
         for row, b in zip(layout.pointers, buffers, strict=True)
     ]
+    phases = [
+        phase_context(lowered, k, printer, pointers)
+        for k in range(1, len(lowered.reduce_phases) + 1)
+    ]
+    kinds = set(rule.reduction_kinds.values())
+    support = ["ChunkTable", "check_tensors", "check_weight", "launch"]
+    support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
+    support += ["reduce_sums"] if phases else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",
@@ -147,14 +195,13 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reductions": [str(r) for r in lowered.summands],
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "ops": printer.lines(lowered.ops),
-        "reduce_ops": printer.lines(lowered.reduce_ops),
+        "phases": phases,
+        "support_imports": ", ".join(sorted(support)),
+        "sizes": ", numel=weight.numel()" if rule.sizes else "",
+        "multi_sizes": ", numel=_w.numel()" if rule.sizes else "",
         "outputs": [(names.derived(cur.name, "_ptr"), new.name) for cur, new in _stores(lowered)],
         "host_names": [s.name for s in lowered.update_scalars],
         "legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.update_scalars)],
-        "reduce_host_names": [s.name for s in lowered.reduce_host],
-        "reduce_legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.reduce_host)],
-        "reduce_pointers": [p for p in pointers if p[1] in reduce_reads],
-        "reduce_ptrs": [names.derived(b, "_ptr") for b in buffers if b in reduce_reads],
         "pointers": pointers,
         "sizes_row": layout.sizes,
         "tensor_ints": [("key", layout.ints[0])] if lowered.draws else [],

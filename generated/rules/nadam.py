@@ -80,8 +80,10 @@ NONE_MEANS: dict[str, float] = {
 }
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("mean", "var")
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
+# Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ()
+# Per-tensor sizes the host code takes (numel: the element count).
+SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
