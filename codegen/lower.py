@@ -37,7 +37,7 @@ from typing import ClassVar
 import sympy as sp
 
 from codegen import ops as opdefs
-from codegen.ir import Assign, Block, Operand, Origin, reduction_role
+from codegen.ir import Assign, Block, Operand, Origin, sweep_role
 from codegen.names import Temps
 from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
@@ -46,17 +46,13 @@ from codegen.spec import Rule, SpecError
 # ---------------------------------------------------------------------------------- start
 def from_spec(rule: Rule) -> Block:
     """The spec's equations in dependency order, each with its role and origin."""
-    element = set(rule.element_inputs) | set(rule.draws)
-    per_element: set[sp.Symbol] = set()
+    staged = rule.staged()
     assigns = []
-    phases = rule.reduction_phases()
     for eq in rule.ordered_equations():
-        deps = eq.expr.free_symbols
-        if eq.target in rule.reductions:
-            role = reduction_role(phases[eq.target])
-        elif deps & (element | per_element) or eq.target in rule.outputs.values():
+        if eq.target in staged:
+            role = sweep_role(*staged[eq.target])
+        elif rule.domain(eq.target) or eq.target in rule.outputs.values():
             role = "element"
-            per_element.add(eq.target)
         else:
             role = "host"
         assigns.append(Assign(eq.target, eq.expr, role, (eq.origin,)))
@@ -75,10 +71,11 @@ def inline(block: Block) -> Block:
     summands: list[Assign] = []
     lets: dict[sp.Symbol, tuple[sp.Expr, tuple[Origin, ...]]] = {}
     origins: dict[sp.Symbol, tuple[Origin, ...]] = {}
+    staged = rule.staged()
     for a in block.assigns:
         expr = a.expr.xreplace(values)
         origins[a.target] = a.origin
-        if a.target in rule.reductions:
+        if a.target in staged:  # computed in a sweep: later phases read it by name
             summands.append(a.with_(expr=expr))
             continue
         values[a.target] = expr
@@ -180,7 +177,7 @@ def extract_host(block: Block) -> Block:
     summands = []
     for role in block.reduction_roles():  # a phase's host inputs: the earlier phases' results
         summands += [a.with_(expr=extractor(a.expr)) for a in block.role(role)]
-        extractor.host_inputs |= {a.target for a in block.role(role)}
+        extractor.host_inputs |= {a.target for a in block.role(role) if not rule.domain(a.target)}
     extractor.host_inputs = set(rule.scalar_inputs)
     outputs = [a.with_(expr=extractor(a.expr)) for a in block.role("element")]
     host = [Assign(s, e, "host") for s, e in extractor.host.items()]
@@ -423,7 +420,7 @@ def linearize(block: Block) -> Block:
     reduction = []
     for role in block.reduction_roles():
         reduction += _Linearizer(rule, role, host, new_value).phase(
-            block.role(role), set(rule.reductions)
+            block.role(role), set(rule.staged())
         )
     used = {x for a in reduction for x in a.args}
     if set(rule.draws) & used:
@@ -464,7 +461,8 @@ class Lowered:
     block: Block
     report: list[tuple[str, dict[str, dict[str, int]]]]
     ops: list[Op]
-    reduce_phases: list[list[Op]]
+    reduce_phases: list[list[Op]]  # each sweep's ops, in order
+    sweep_roles: list[str] = field(default_factory=list)
 
     @property
     def reduce_ops(self) -> list[Op]:
@@ -472,9 +470,13 @@ class Lowered:
         return [op for phase in self.reduce_phases for op in phase]
 
     def phase_reductions(self, phase: int) -> list[sp.Symbol]:
-        """The reductions computed in ``phase`` (1-based), in declaration order."""
-        phases = self.rule.reduction_phases()
-        return [r for r in self.summands if phases[r] == phase]
+        """The values sweep ``phase`` (1-based, in order) computes, in declaration order."""
+        staged = self.rule.staged()
+        role = self.sweep_roles[phase - 1]
+        return [r for r in self.summands if sweep_role(*staged[r]) == role]
+
+    def sweep_domain(self, phase: int) -> frozenset[str]:
+        return self.rule.staged()[self.phase_reductions(phase)[0]][1]
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
@@ -574,8 +576,9 @@ def lower(rule: Rule) -> Lowered:
     for name, run in PASSES:
         block = run(block)
         report.append((name, block.op_counts()))
-    phases = [ops_of(block.role(role)) for role in block.reduction_roles()]
-    return Lowered(rule, block, report, ops_of(block.role("element")), phases)
+    roles = block.reduction_roles()
+    phases = [ops_of(block.role(role)) for role in roles]
+    return Lowered(rule, block, report, ops_of(block.role("element")), phases, roles)
 
 
 def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:
