@@ -433,6 +433,7 @@ class Rule:
 
     def _count(self, domain: frozenset[str], axis: int | None) -> sp.Expr:
         """How many values a reduction of a ``domain`` value along ``axis`` adds."""
+
         def length(a: str) -> sp.Expr:
             if a == "b":
                 return self.numel / (self.rows * self.cols)
