@@ -53,12 +53,13 @@ _reserve(
 _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
-    "meta meta_ptr scalars_ptr amp_ptr partial_ptr",
+    "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane",
 )
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial",
+    "dtype update reduce scratch stop name value partial elements vectors dims sizes tiles tile "
+    "shape",
 )
 _reserve(
     "a keyword argument the generated code passes",
@@ -85,6 +86,8 @@ RULE_SUFFIXES: tuple[str, ...] = (
     "_multi_reduce_kernel",
     "_kernel_body",
     "_reduce_kernel_body",
+    "_row_reduce_kernel",
+    "_col_reduce_kernel",
 )
 TEMP_PREFIX = "_"
 

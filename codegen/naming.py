@@ -52,7 +52,7 @@ class _Points:
 
     def __init__(self, rule: Rule, host: dict[sp.Symbol, sp.Expr]) -> None:
         rng = random.Random(f"optgen:{rule.name}")
-        inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs]
+        inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs, *rule.vector_values]
         self.points: list[dict[sp.Symbol, sp.Expr]] = []
         for _ in range(2):
             point = {s: sp.Rational(rng.randint(600, 1400), 1000) for s in inputs}
@@ -102,7 +102,8 @@ def name_values(block: Block) -> Block:
         for a in block.role("host")
         if a.target in rule.host_news
     ]
-    bare = {*rule.hypers_symbols, *rule.reductions, *(h.symbol for h in rule.host_states.values())}
+    bare = {*rule.hypers_symbols, *rule.scalar_reductions}
+    bare |= {h.symbol for h in rule.host_states.values()}
     rename: dict[sp.Symbol, sp.Symbol] = {}
     scalars: dict[sp.Symbol, sp.Expr] = {}
     positional = Temps()

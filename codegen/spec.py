@@ -184,7 +184,16 @@ class Rule:
         self.draws: list[sp.Symbol] = []  # standard normal draws, one per element and step
         self.lets: dict[sp.Symbol, str] = {}
         self.equations: list[Equation] = []
-        self._names: set[str] = {"weight", "grad", "t", "weight_new", "numel", "rows", "cols"}
+        self._names: set[str] = {
+            "weight",
+            "grad",
+            "t",
+            "weight_new",
+            "numel",
+            "ndim",
+            "rows",
+            "cols",
+        }
         self._updated: dict[sp.Symbol, sp.Symbol] = {}  # current symbol -> new symbol
         self._finished = False
 
@@ -422,6 +431,11 @@ class Rule:
         return self._size("numel")
 
     @property
+    def ndim(self) -> sp.Symbol:
+        """The weight's number of dimensions (a per-tensor host input)."""
+        return self._size("ndim")
+
+    @property
     def rows(self) -> sp.Symbol:
         """The length of the weight's second-to-last axis (1 for a 0-D or 1-D weight)."""
         return self._size("rows")
@@ -597,7 +611,19 @@ class Rule:
     @property
     def scalar_inputs(self) -> list[sp.Symbol]:
         """Host inputs plus per-tensor reductions: everything that is one number per tensor."""
-        return self.host_inputs + [r for r in self.reductions if self.reduction_axes[r] is None]
+        return self.host_inputs + self.scalar_reductions
+
+    @property
+    def scalar_reductions(self) -> list[sp.Symbol]:
+        """The reductions over a whole tensor (one number each; the others are vectors)."""
+        return [r for r in self.reductions if self.reduction_axes[r] is None]
+
+    @property
+    def vector_values(self) -> list[sp.Symbol]:
+        """Values of one number per row, column or matrix: the vector states (old and new),
+        axis reductions and vector lets, each a small buffer a sweep reads."""
+        out = [s.symbol for s in self.vector_states]
+        return out + [v for v in self.staged() if self.domain(v) not in (ELEMENT, SCALAR)]
 
     def finish(self) -> Rule:
         """Check the whole rule; called by the loader after the spec module ran."""
@@ -610,6 +636,7 @@ class Rule:
                 line = self.line if current == self.weight else self._lines.get(str(current), 0)
                 raise SpecError(f"{self._where(line)}: {what} is never updated")
         known = set(self.element_inputs) | set(self.scalar_inputs) | set(self.lets)
+        known |= {s.symbol for s in self.vector_states} | set(self.reductions)
         known |= set(self.draws)
         known |= set(self._updated.values())
         for eq in self.equations:

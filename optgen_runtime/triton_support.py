@@ -21,6 +21,7 @@ from optgen_runtime.checks import (
     check_shape,
     check_state_keys,
 )
+from optgen_runtime.common import vector_shape
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -65,20 +66,28 @@ def check_tensors(
     state: Any,
     names: Sequence[str],
     host_names: Sequence[str] = (),
+    axes: dict[str, int] | None = None,
 ) -> Checked:
     """Check every tensor before anything is written; return [weight, grad, *states].
 
-    weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape, same
+    weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape (a
+    state with an axis in ``axes``: one value per row or column, ``vector_shape``), same
     device, dense, contiguous, no two sharing memory. (Between tensors of a multi-tensor step:
     :func:`check_across`, which :class:`ChunkTable` calls.)
     """
     check_weight(rule, weight)
     check_state_keys(rule, state, tuple(names) + tuple(host_names))
+    axes = axes or {}
     tensors = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
-    for label, x in tensors:
+    for (label, x), name in zip(tensors, ["", *names], strict=True):
         check_kind(rule, label, x, torch.Tensor, "torch.Tensor")
         check_device(rule, label, x, weight)
-        check_shape(rule, label, x, weight)
+        if name in axes:
+            shape = vector_shape(weight.shape, axes[name])
+            if tuple(x.shape) != shape:
+                raise ValueError(f"{rule}: {label} shape is {tuple(x.shape)}, expected {shape}")
+        else:
+            check_shape(rule, label, x, weight)
     check_kernel_dtype(rule, "grad", grad)
     for label, x in tensors[1:]:
         check_dtype(rule, label, x, (STATE_DTYPE,), "float32")
@@ -410,3 +419,61 @@ def launch(
     kernel[grid](
         *buffers, n, *(float(s) for s in scalars), *ints, BLOCK_SIZE=block, **LAUNCH_OPTIONS
     )
+
+
+# ---------------------------------------------------------------------------------- matrices
+def domain_size(dims: tuple[int, int, int], domain: str) -> int:
+    """How many values vary along ``domain`` (a subset of "brc") of a (batch, rows, cols) view."""
+    size = 1
+    for n, a in zip(dims, "brc", strict=True):
+        size *= n if a in domain else 1
+    return size
+
+
+def matrix_sweep(
+    kernel: Any,
+    shape: str,
+    tensors: Sequence[torch.Tensor],
+    dims: tuple[int, int, int],
+    domain: str,
+    scalars: Sequence[float],
+    block: int,
+    kinds: dict[str, str] | None = None,
+    names: Sequence[str] = (),
+) -> dict[str, float]:
+    """Launch one kernel of a sweep over ``domain`` of the (batch, rows, cols) view.
+
+    ``shape`` "flat": one program per block of the domain's flat indices (maps; whole-tensor
+    reductions ``names`` as one float32 partial per block, combined on the host in block order
+    as :func:`reduce_sums` does); "last": one program per index of the other axes, looping
+    over the last; "middle": one program per (matrix, block of columns), looping over rows. The
+    axis reductions write their vectors on the device (no host synchronisation)."""
+    batch, rows, cols = dims
+    size = domain_size(dims, domain)
+    if shape == "flat":
+        grid = triton.cdiv(size, block)
+    elif shape == "last":
+        last = {"brc": cols, "br": rows, "bc": cols}[domain]
+        grid = size // last if last else domain_size(dims, domain[:-1])
+    else:
+        grid = batch * triton.cdiv(cols, block)
+    partial = torch.zeros(
+        max(grid * len(names), 1), dtype=torch.float32, device=tensors[0].device
+    )
+    if grid:
+        kernel[(grid,)](
+            *tensors,
+            partial,
+            size,
+            batch,
+            rows,
+            cols,
+            *(float(s) for s in scalars),
+            BLOCK_SIZE=block,
+            **LAUNCH_OPTIONS,
+        )
+        LAUNCHES["count"] += 1
+    if not names:
+        return {}
+    found = partial[: grid * len(names)].cpu().numpy().reshape(grid, len(names))
+    return combine_partials(found, kinds or {}, names)

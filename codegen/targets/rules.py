@@ -93,7 +93,20 @@ def exported(lowered: Lowered) -> list[str]:
         out += [reduce_scalars_name(k), reduction_scalars_name(k)]
     if lowered.summands:
         out += ["REDUCE_KINDS"]
-    return sorted(out)
+    rule = lowered.rule
+    if rule.reductions and rule.vector_values:
+        out += ["REDUCE_AXES"]
+    if rule.sizes:
+        out += ["SIZES"]
+    if rule.vector_states:
+        out += ["STATE_AXES"]
+    return sorted(out, key=lambda n: n.replace("_", " "))  # isort's order: "STATE_AXES" < "STATES"
+
+
+def reduced_axis(rule: Rule, reduction: sp.Symbol) -> str:
+    """The axis a reduction removes, by name: ``r`` (rows) or ``c`` (columns)."""
+    present = [a for a in "brc" if a in rule.domain(rule.reductions[reduction])]
+    return present[rule.reduction_axes[reduction]]
 
 
 def reduction_scalars_name(phase: int) -> str:
@@ -111,12 +124,13 @@ def phases(lowered: Lowered, code: HostCode) -> list[dict[str, object]]:
     out, earlier = [], []
     for k in range(1, len(lowered.reduce_phases) + 1):
         wanted = lowered.phase_host(k)
-        reductions = [str(r) for r in lowered.phase_reductions(k)]
+        found = [r for r in lowered.phase_reductions(k) if r in lowered.rule.scalar_reductions]
+        reductions = [str(r) for r in found]
         out.append(
             {
                 "phase": k,
                 "reductions": reductions,
-                "kinds": [lowered.rule.reduction_kinds[r] for r in lowered.phase_reductions(k)],
+                "kinds": [lowered.rule.reduction_kinds[r] for r in found],
                 "function": reduction_scalars_name(k),
                 "table": reduce_scalars_name(k),
                 "args": host_names + earlier,
@@ -157,15 +171,23 @@ def context(lowered: Lowered) -> dict[str, object]:
             for h in rule.hypers.values()
         ],
         "states": list(rule.states.values()),
-        "reductions": [str(r) for r in lowered.summands],
+        "reductions": [str(r) for r in lowered.summands if r in rule.reductions],
         "kinds": {str(r): k for r, k in rule.reduction_kinds.items()},
+        "axes": repr(
+            {
+                str(r): None if a is None else reduced_axis(rule, r)
+                for r, a in rule.reduction_axes.items()
+            }
+        ),
+        "matrix": bool(rule.vector_values),
+        "state_axes": {s.name: s.axis for s in rule.vector_states},
         "sizes": [str(s) for s in rule.sizes],
         "phases": phases(lowered, code),
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),
         "folds_scale": folds_gradient_scale(lowered),
         "torch": torch_equivalent_code(rule, code),
-        "host_args": host_names + [str(r) for r in lowered.summands],
+        "host_args": host_names + [str(r) for r in lowered.summands if r in rule.scalar_reductions],
         "update_code": _lines(host_program(lowered, update), code),
         "update_names": [s.name for s in update],
         "host_updates": [
