@@ -18,8 +18,9 @@ from optgen_runtime.checks import (
     check_kind,
     check_shape,
     check_state_keys,
+    check_state_shape,
 )
-from optgen_runtime.common import matrix_dims, vector_shape
+from optgen_runtime.common import matrix_dims
 from optgen_runtime.philox import randn
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -169,18 +170,11 @@ def matrix_views(
     check_weight(rule, weight)
     check_state_keys(rule, state, names + host_names)
     dims = matrix_dims(weight.shape)
-    arrays = [("grad", grad, weight.shape)]
-    arrays += [
-        (f"state[{n!r}]", state[n], vector_shape(weight.shape, axes[n]) if n in axes else None)
-        for n in names
-    ]
-    for label, a, shape in arrays:
+    arrays = [("grad", grad, None)] + [(f"state[{n!r}]", state[n], axes.get(n)) for n in names]
+    for label, a, axis in arrays:
         check_array(rule, label, a)
         check_dtype(rule, label, a, (weight.dtype,), f"the weight's ({weight.dtype})")
-        if shape is None:
-            check_shape(rule, label, a, weight)
-        elif tuple(a.shape) != shape:
-            raise ValueError(f"{rule}: {label} shape is {tuple(a.shape)}, expected {shape}")
+        check_state_shape(rule, label, a, weight, axis)
     everything = [("weight", weight)] + [(label, a) for label, a, _ in arrays]
     for label, a in everything:
         check_contiguous(rule, label, a)

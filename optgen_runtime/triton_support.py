@@ -18,10 +18,9 @@ from optgen_runtime.checks import (
     check_dtype,
     check_kind,
     check_overlaps,
-    check_shape,
     check_state_keys,
+    check_state_shape,
 )
-from optgen_runtime.common import vector_shape
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -82,12 +81,7 @@ def check_tensors(
     for (label, x), name in zip(tensors, ["", *names], strict=True):
         check_kind(rule, label, x, torch.Tensor, "torch.Tensor")
         check_device(rule, label, x, weight)
-        if name in axes:
-            shape = vector_shape(weight.shape, axes[name])
-            if tuple(x.shape) != shape:
-                raise ValueError(f"{rule}: {label} shape is {tuple(x.shape)}, expected {shape}")
-        else:
-            check_shape(rule, label, x, weight)
+        check_state_shape(rule, label, x, weight, axes.get(name))
     check_kernel_dtype(rule, "grad", grad)
     for label, x in tensors[1:]:
         check_dtype(rule, label, x, (STATE_DTYPE,), "float32")
@@ -457,9 +451,7 @@ def matrix_sweep(
         grid = size // last if last else domain_size(dims, domain[:-1])
     else:
         grid = batch * triton.cdiv(cols, block)
-    partial = torch.zeros(
-        max(grid * len(names), 1), dtype=torch.float32, device=tensors[0].device
-    )
+    partial = torch.zeros(max(grid * len(names), 1), dtype=torch.float32, device=tensors[0].device)
     if grid:
         kernel[(grid,)](
             *tensors,

@@ -77,6 +77,8 @@ STATES: tuple[str, ...] = ("mean", "var")
 REDUCTIONS: tuple[str, ...] = ("w_sq", "u_sq")
 # Each reduction's kind: "sum", "max" or "min".
 REDUCE_KINDS: dict[str, str] = {"u_sq": "sum", "w_sq": "sum"}
+# States of one value per row (-1: the weight's shape without its last dim) or column (-2).
+STATE_AXES: dict[str, int] = {}
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).

@@ -61,6 +61,8 @@ NONE_MEANS: dict[str, float] = {
 STATES: tuple[str, ...] = ()
 # Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ()
+# States of one value per row (-1: the weight's shape without its last dim) or column (-2).
+STATE_AXES: dict[str, int] = {}
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
