@@ -273,10 +273,10 @@ def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str
         ]
         where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
         reads += [
-            (v.name, f'vectors["{v.name}"]{where[_domain(rule.domain(v))]}') for v in vector_reads
+            (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}') for v in vector_reads
         ]
     else:
-        reads = [(v.name, f'vectors["{v.name}"]') for v in vector_reads]
+        reads = [(v.name, f'_vectors["{v.name}"]') for v in vector_reads]
     partials, maps = [], []
     for v in values:
         name = printer.name(v)
@@ -337,7 +337,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
         "tile_reads": [(s.name, f"_{s.name}_m[_mb, _r0:_r1, _c0:_c1]") for s in rule.element_inputs]
         + [
-            (v.name, f'vectors["{v.name}"]{where[_domain(rule.domain(v))]}')
+            (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}')
             for v in rule.vector_values
             if v in used
         ],

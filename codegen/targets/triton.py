@@ -400,7 +400,7 @@ def matrix_context(lowered: Lowered, printer: TritonOpPrinter) -> dict[str, obje
     vector_states = {s.symbol for s in rule.vector_states}
     staged = [v for v in rule.vector_values if v not in vector_states]
     args = [f"buffers[{index[s.name]}]" for s in [*rule.element_inputs, *vector_states_in(rule)]]
-    args += [f'vectors["{v.name}"]' for v in staged]
+    args += [f'_vectors["{v.name}"]' for v in staged]
     return {
         "matrix": True,
         "all_ptrs": [names.derived(s.name, "_ptr") for s in buffers],
