@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RULES, RULE_NAMES, triton_module
+from conftest import RULE_NAMES, RULES, triton_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
