@@ -248,6 +248,7 @@ def phase_context(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[st
         ],
         "unpack": unpack(lowered.phase_host(phase), "pre"),
         "scratch": allocation.scratch,
+        "group": [str(r) for r in reductions if r in lowered.rule.group_reductions],
     }
 
 
@@ -330,7 +331,10 @@ def context(lowered: Lowered) -> dict[str, object]:
         "rule": rule,
         "doc": rule.doc,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step"]),
+        "exports": sorted(
+            [*rules_names, "init_state", "step"] + (["step_multi"] if rule.group_reductions else [])
+        ),
+        "group": [str(r) for r in rule.group_reductions],
         "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],
         "matrices": [f"_{s.name}_m" for s in rule.element_inputs],

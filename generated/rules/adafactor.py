@@ -75,6 +75,8 @@ REDUCE_AXES: dict[str, str | None] = {
 }
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {"col": -2, "row": -1}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ("numel", "cols", "rows", "ndim")
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
