@@ -37,7 +37,7 @@ _reserve(
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
-    "run_group check_arrays_across group_totals Iterator",
+    "run_group check_arrays_across group_totals Iterator host_max host_min",
 )
 _reserve(
     "a module global of every generated module",

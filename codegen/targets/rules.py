@@ -198,7 +198,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_op_counts": lowered.op_counts(lowered.reduce_ops),
         "scalar_legend": legend(lowered, update),
     }
-    return context | {"uses_math": code.uses_math}  # after everything is printed
+    # after everything is printed
+    return context | {"uses_math": code.uses_math, "runtime_imports": code.runtime}
 
 
 TARGET = Target(

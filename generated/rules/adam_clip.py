@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_min
 
 RULE = "adam_clip"
 SPEC = "specs/adam_clip.py"
@@ -73,7 +73,7 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "mul": 9, "sqrt": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {"mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= min(1, max_norm/(math.sqrt(grad_sq) + 1e-06))",
+    "_h0": "= host_min(1, max_norm/(math.sqrt(grad_sq) + 1e-06))",
     "_h1": "= 1 - beta1",
     "_h2": "= 1 - beta2",
     "_h3": "= (1.0 / math.sqrt(1 - beta2 ** t))",
@@ -98,7 +98,7 @@ def host_scalars(
     grad_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    _h0 = min(1, max_norm / (math.sqrt(grad_sq) + 1e-06))
+    _h0 = host_min(1, max_norm / (math.sqrt(grad_sq) + 1e-06))
     _h1 = 1 - beta1
     _h2 = 1 - beta2
     _h3 = 1.0 / math.sqrt(1 - beta2**t)

@@ -109,7 +109,7 @@ def adam_clip_kernel_body(
 ):
     # The update of one block, shared by adam_clip_kernel and adam_clip_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adam_clip, once per step):
-    #   _h0: = min(1, max_norm/(math.sqrt(grad_sq) + 1e-06))
+    #   _h0: = host_min(1, max_norm/(math.sqrt(grad_sq) + 1e-06))
     #   _h1: = 1 - beta1
     #   _h2: = 1 - beta2
     #   _h3: = (1.0 / math.sqrt(1 - beta2 ** t))
