@@ -20,6 +20,19 @@ from optgen_runtime.philox import randn, stream_seed
 DIGITS = 40
 
 
+def _nan_max(*args: Any) -> Any:
+    return mpmath.nan if any(mpmath.isnan(a) for a in args) else max(args)
+
+
+def _nan_min(*args: Any) -> Any:
+    return mpmath.nan if any(mpmath.isnan(a) for a in args) else min(args)
+
+
+# How the equations are evaluated: mpmath, with Max/Min NaN-propagating as in every target
+# (Python's max/min answer NaN or not depending on the argument order).
+MODULES: list[Any] = [{"Max": _nan_max, "Min": _nan_min}, "mpmath"]
+
+
 def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float | None]:
     """A random legal setting near the defaults, with wd, rescaling and clipping active.
 
@@ -57,7 +70,9 @@ def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float 
     return values
 
 
-def _resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
+def resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
+    """The hyperparameters as the equations see them: floats, a choice's index, a flag's 0/1,
+    what None stands for; unset ones at their defaults."""
     out = {}
     for h in rule.hypers.values():
         v = hp.get(h.name, h.default)
@@ -94,13 +109,13 @@ def spec_trajectory(
     symbols = sorted(
         set().union(*(eq.expr.free_symbols for eq in equations)) | {rule.weight}, key=str
     )
-    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules="mpmath")) for eq in equations]
-    values = _resolved(rule, hp)
+    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules=MODULES)) for eq in equations]
+    values = resolved(rule, hp)
     n = weight0.size
     w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
     states = {}
     for st in rule.states.values():
-        f = sp.lambdify([rule.weight], st.init, modules="mpmath")
+        f = sp.lambdify([rule.weight], st.init, modules=MODULES)
         states[st.name] = [mpmath.mpf(f(w[i])) for i in range(n)]
     host = {hs.name: mpmath.mpf(hs.init) for hs in rule.host_states.values()}
     history = []
