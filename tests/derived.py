@@ -57,11 +57,17 @@ def _holds(condition: sp.Basic, env: dict[sp.Symbol, Any]) -> bool | None:
         return bool(condition)
     if not condition.free_symbols <= env.keys():
         return None
-    args = sorted(condition.free_symbols, key=str)
+    args, f = _condition(condition)
     try:
-        return bool(sp.lambdify(args, condition, modules=MODULES)(*(env[s] for s in args)))
+        return bool(f(*(env[s] for s in args)))
     except (ZeroDivisionError, ValueError, TypeError):
         return None
+
+
+@functools.cache
+def _condition(condition: sp.Basic) -> tuple[list[sp.Symbol], Callable[..., Any]]:
+    args = sorted(condition.free_symbols, key=str)
+    return args, sp.lambdify(args, condition, modules=MODULES)
 
 
 def _visit(expr: sp.Basic, env: dict, seen: dict, t: int) -> None:
