@@ -11,8 +11,9 @@ From what a rule declares:
 - steps: at least ``STEPS``, and more where a branch decided on the host (its condition depends
   only on hyperparameters, the step count and host states: a warmup that ends, a rectification
   that starts) is first taken later, up to ``MAX_STEPS`` (``steps_for``);
-- data for branches random normal data cannot reach (exact zeros: MXNet's sign of 0, a zero
-  norm), run at the defaults for every rule (``SPECIAL_DATA``);
+- data for branches random normal vectors cannot reach (exact zeros: MXNet's sign of 0, a zero
+  norm; a stack of matrices: per-row and per-column values), run at every rule's defaults
+  (``SPECIAL_DATA``);
 - which states a setting freezes: a state whose update, with the setting's flags and choices
   substituted, is the state itself (AMSGrad's maximum with the maximum switched off) need not
   move under it (``frozen_states``).
@@ -162,9 +163,16 @@ def zero_weight(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]
     return np.zeros(6), [np.zeros(6)] + [rng.standard_normal(6) for _ in range(STEPS - 1)]
 
 
-# Data that reaches branches random normal data cannot (exact zeros), run for every rule at its
-# defaults (MXNet's wd is 0 by default, so a zero gradient leaves a momentum at exactly 0).
-SPECIAL_DATA = (zeros_in_gradients, zero_weight)
+def stacked_matrices(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A 2 x 3 x 4 weight: the other settings' weights are vectors (one row), where per-row and
+    per-column values, ``rows``, ``cols`` and ``ndim`` cannot show a mistake."""
+    return rng.standard_normal((2, 3, 4)), [rng.standard_normal((2, 3, 4)) for _ in range(STEPS)]
+
+
+# Data that reaches branches random normal vectors cannot (exact zeros, more than one axis), run
+# for every rule at its defaults (MXNet's wd is 0 by default: a zero gradient leaves a momentum
+# at exactly 0).
+SPECIAL_DATA = (zeros_in_gradients, zero_weight, stacked_matrices)
 
 
 # ------------------------------------------------------------------------------ frozen states

