@@ -249,11 +249,13 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
         np.testing.assert_array_equal(np.isnan(w), expected, err_msg="weight")
 
 
-# Open, found by the expectation above: where the generated code and the spec's equations differ.
+# Open, found by the expectation above: host code prints the spec's Max/Min as Python's max/min,
+# and max(1, nan) is 1, where the operation table's Max/Min propagate NaN (codegen/ops.py).
 NAN_OPEN = {
-    "adafactor": "host code prints the spec's Max as Python's max, and max(1, nan) is 1: "
-    "denom = Max(1, RMS(U)/d) drops the NaN that the operation table's NaN-propagating Max "
-    "spreads to every weight (torch.optim.Adafactor's max(1.0, norm.item()) drops it too)",
+    "adafactor": "denom = Max(1, RMS(U)/d) drops the NaN that the equations spread to every "
+    "weight (torch.optim.Adafactor's max(1.0, norm.item()) drops it too)",
+    "adam_clip": "min(1, max_norm / (||g|| + 1e-6)) drops the NaN that the equations, "
+    "codegen/clipping.py's docstring and torch's clip_grad_norm_ spread to every gradient",
 }
 
 
