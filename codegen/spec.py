@@ -106,6 +106,17 @@ class HostState:
 
 
 @dataclass(frozen=True)
+class TestCase:
+    """A setting the test suite runs besides the ones it derives (``Rule.test_case``)."""
+
+    __test__ = False  # not a pytest class
+
+    hyperparams: dict[str, float | str | bool | None]
+    steps: int | None  # None: as many as the suite derives for the setting
+    line: int
+
+
+@dataclass(frozen=True)
 class Equation:
     """``target = expr``: target is a new state/weight symbol or a named intermediate."""
 
@@ -185,6 +196,7 @@ class Rule:
         self.draws: list[sp.Symbol] = []  # standard normal draws, one per element and step
         self.lets: dict[sp.Symbol, str] = {}
         self.equations: list[Equation] = []
+        self.test_cases: list[TestCase] = []
         self._names: set[str] = {
             "weight",
             "grad",
@@ -381,6 +393,43 @@ class Rule:
         symbol = sp.Symbol(name, real=True)
         self.hypers[name] = Hyper(name, symbol, default, legal, None, doc)
         return symbol
+
+    def test_case(self, steps: int | None = None, **hyperparams: float | str | bool | None) -> None:
+        """Ask the test suite to also run this setting (the rest at their defaults), for ``steps``
+        steps: for a branch or a state that the settings the suite derives from the declarations
+        (random legal values, every flag and choice value, steps until every branch decided on
+        the host is reached) cannot reach. The suite compares it with the equations at 40 digits
+        and Triton with NumPy, and counts it for branch coverage (tests/derived.py)."""
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100
+        ):
+            raise SpecError(f"{self._where()}: test_case steps={steps!r} must be an int in 1..100")
+        for name, value in hyperparams.items():
+            hyper = self.hypers.get(name)
+            if hyper is None:
+                raise SpecError(
+                    f"{self._where()}: test_case sets {name!r}, which is not a hyperparameter "
+                    "declared before it"
+                )
+            legal = hyper.legal
+            if legal.flag:
+                ok = isinstance(value, bool)
+            elif legal.choices:
+                ok = isinstance(value, str) and value in legal.choices
+            elif value is None:
+                ok = legal.allow_none
+            else:
+                ok = (
+                    not isinstance(value, bool)
+                    and isinstance(value, (int, float))
+                    and legal.contains(float(value))
+                )
+            if not ok:
+                raise SpecError(
+                    f"{self._where()}: test_case {name}={value!r} is outside its legal values "
+                    f"{legal.describe()}"
+                )
+        self.test_cases.append(TestCase(dict(hyperparams), steps, self._line()))
 
     def is_choice(self, symbol: sp.Symbol, value: str) -> sp.Expr:
         """The condition ``symbol == value`` for a choice hyperparameter (for a Piecewise)."""

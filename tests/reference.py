@@ -20,6 +20,19 @@ from optgen_runtime.philox import randn, stream_seed
 DIGITS = 40
 
 
+def _nan_max(*args: Any) -> Any:
+    return mpmath.nan if any(mpmath.isnan(a) for a in args) else max(args)
+
+
+def _nan_min(*args: Any) -> Any:
+    return mpmath.nan if any(mpmath.isnan(a) for a in args) else min(args)
+
+
+# How the equations are evaluated: mpmath, with Max/Min NaN-propagating as in every target
+# (Python's max/min answer NaN or not depending on the argument order).
+MODULES: list[Any] = [{"Max": _nan_max, "Min": _nan_min}, "mpmath"]
+
+
 def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float | None]:
     """A random legal setting near the defaults, with wd, rescaling and clipping active.
 
@@ -57,7 +70,9 @@ def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float 
     return values
 
 
-def _resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
+def resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
+    """The hyperparameters as the equations see them: floats, a choice's index, a flag's 0/1,
+    what None stands for; unset ones at their defaults."""
     out = {}
     for h in rule.hypers.values():
         v = hp.get(h.name, h.default)
@@ -78,6 +93,21 @@ def _reduce(kind: str, values: list[Any]) -> Any:
     return max(values) if kind == "max" else min(values)
 
 
+def _view(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(batch, rows, cols) of a weight's shape: 0-D is one element, 1-D one row."""
+    if len(shape) < 2:
+        return 1, 1, (shape[0] if shape else 1)
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def _state_shape(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
+    """A state's shape: the weight's; without its last axis (one value per row); or without its
+    second-to-last (one per column; a 1-D weight's columns are its elements)."""
+    if axis is None or not shape:
+        return shape
+    return shape[:-1] if axis == -1 else shape[:-2] + shape[-1:]
+
+
 def spec_trajectory(
     rule: Rule,
     weight0: np.ndarray,
@@ -88,20 +118,41 @@ def spec_trajectory(
     """Weight and states after each step, from the raw equations at high precision.
 
     ``on_element`` sees every element's values (inputs, intermediates, new values) at every step.
+    The weight is viewed as (batch, rows, cols) (``codegen.spec.Rule.domain``): a value of a
+    smaller domain (a row state, a reduction along an axis) is one number per row, column, matrix
+    or tensor, which every element of it sees; a reduction adds each of its summand's values once.
     """
     mpmath.mp.dps = DIGITS
     equations = rule.ordered_equations()
     symbols = sorted(
         set().union(*(eq.expr.free_symbols for eq in equations)) | {rule.weight}, key=str
     )
-    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules="mpmath")) for eq in equations]
-    values = _resolved(rule, hp)
+    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules=MODULES)) for eq in equations]
+    values = resolved(rule, hp)
     n = weight0.size
+    dims = dict(zip("brc", _view(weight0.shape), strict=True))
+    sizes = {"numel": n, "ndim": weight0.ndim, "rows": dims["r"], "cols": dims["c"]}
+
+    def index(i: int, domain: frozenset[str]) -> int:
+        """Element i's position in a value of ``domain`` (C order over the axes it has)."""
+        at = {
+            "b": i // (dims["r"] * dims["c"]),
+            "r": i // dims["c"] % dims["r"],
+            "c": i % dims["c"],
+        }
+        out = 0
+        for a in "brc":
+            if a in domain:
+                out = out * dims[a] + at[a]
+        return out
+
+    state_domain = {st.name: rule.domain(st.symbol) for st in rule.states.values()}
     w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
     states = {}
     for st in rule.states.values():
-        f = sp.lambdify([rule.weight], st.init, modules="mpmath")
-        states[st.name] = [mpmath.mpf(f(w[i])) for i in range(n)]
+        f = sp.lambdify([rule.weight], st.init, modules=MODULES)
+        count = math.prod(dims[a] for a in state_domain[st.name])
+        states[st.name] = [mpmath.mpf(f(w[i])) for i in range(count)]  # axis: a constant init
     host = {hs.name: mpmath.mpf(hs.init) for hs in rule.host_states.values()}
     history = []
     for t, g in enumerate(grads, start=1):
@@ -114,18 +165,18 @@ def spec_trajectory(
                 counters = np.arange(n, dtype=np.int64) * len(rule.draws) + k
                 draws[d] = [mpmath.mpf(float(x)) for x in randn(key, counters)]
         new_w = []
-        new_states: dict[str, list[Any]] = {s: [] for s in states}
+        new_states: dict[str, list[Any]] = {s: list(v) for s, v in states.items()}
 
         def element_env(
             i: int, w=w, gflat=gflat, t=t, states=states, host=host, draws=draws
         ) -> dict:
             env: dict[sp.Symbol, Any] = {rule.weight: w[i], rule.grad: gflat[i], rule.t: t}
-            env.update({size: n for size in rule.sizes})
+            env.update({size: sizes[size.name] for size in rule.sizes})
             for h in rule.hypers.values():
                 v = values[h.name]
                 env[h.symbol] = mpmath.inf if math.isinf(v) else mpmath.mpf(v)
             for st in rule.states.values():
-                env[st.symbol] = states[st.name][i]
+                env[st.symbol] = states[st.name][index(i, state_domain[st.name])]
             for hs in rule.host_states.values():
                 env[hs.symbol] = host[hs.name]
             for d, vals in draws.items():
@@ -133,38 +184,51 @@ def spec_trajectory(
             return env
 
         # The reductions, phase by phase (a chained reduction's summand uses earlier ones).
-        totals: dict[sp.Symbol, Any] = {}
+        # (each reduction: one value per position of its own domain; element i sees its own).
+        totals: dict[sp.Symbol, list[Any]] = {}
+
+        def reduced(i: int, totals=totals) -> dict[sp.Symbol, Any]:
+            return {r: v[index(i, rule.domain(r))] for r, v in totals.items()}
+
         phases = rule.reduction_phases()
         for phase in range(1, max(phases.values(), default=0) + 1):
             current = [r for r in rule.reductions if phases[r] == phase]
-            parts: dict[sp.Symbol, list[Any]] = {r: [] for r in current}
+            # reduction -> output position -> input position -> value (each input value once)
+            parts: dict[sp.Symbol, dict[int, dict[int, Any]]] = {r: {} for r in current}
             for i in range(n):
                 env = element_env(i)
-                env.update(totals)
+                env.update(reduced(i))
                 for target, f in functions:
                     if target not in totals:
                         env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
                 for r in current:
-                    parts[r].append(env[r])
+                    inner = rule.domain(rule.reductions[r])
+                    out = parts[r].setdefault(index(i, rule.domain(r)), {})
+                    out[index(i, inner)] = env[r]
             for r in current:
-                totals[r] = _reduce(rule.reduction_kinds[r], parts[r])
+                count = math.prod(dims[a] for a in rule.domain(r))
+                kind = rule.reduction_kinds[r]
+                totals[r] = [
+                    _reduce(kind, list(parts[r].get(k, {}).values())) for k in range(count)
+                ]
         # Pass 2: every equation, with the reductions known.
         for i in range(n):
             env = element_env(i)
-            env.update(totals)
+            env.update(reduced(i))
             for target, f in functions:
                 if target not in totals:
                     env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
             if on_element is not None:
                 on_element(env)
             new_w.append(env[rule.weight_new])
-            for st in rule.states.values():
-                new_states[st.name].append(env[st.new])
+            for st in rule.states.values():  # a row/column state: every element of it agrees
+                new_states[st.name][index(i, state_domain[st.name])] = env[st.new]
         host = {hs.name: env[hs.new] for hs in rule.host_states.values()}  # same for every i
         w, states = new_w, new_states
         snapshot = {"weight": np.array([float(x) for x in w]).reshape(weight0.shape)}
-        for name, vals in states.items():
-            snapshot[name] = np.array([float(x) for x in vals]).reshape(weight0.shape)
+        for st in rule.states.values():
+            shape = _state_shape(weight0.shape, st.axis)
+            snapshot[st.name] = np.array([float(x) for x in states[st.name]]).reshape(shape)
         snapshot.update({name: np.array(float(v)) for name, v in host.items()})
         history.append(snapshot)
     return history
