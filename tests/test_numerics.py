@@ -243,20 +243,7 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
     # sign counts a NaN (signsgd, signum: the weight is only decayed), LAMB's norm spreads it.
     want = spec_trajectory(RULES[rule_name], w0.astype(np.float64), [g.astype(np.float64)] * 3, {})
     expected = np.isnan(want[-1]["weight"])
-    if rule_name in NAN_OPEN:  # pinned: fails once fixed, then drop the entry
-        assert not np.array_equal(np.isnan(w), expected), NAN_OPEN[rule_name]
-    else:
-        np.testing.assert_array_equal(np.isnan(w), expected, err_msg="weight")
-
-
-# Open, found by the expectation above: host code prints the spec's Max/Min as Python's max/min,
-# and max(1, nan) is 1, where the operation table's Max/Min propagate NaN (codegen/ops.py).
-NAN_OPEN = {
-    "adafactor": "denom = Max(1, RMS(U)/d) drops the NaN that the equations spread to every "
-    "weight (torch.optim.Adafactor's max(1.0, norm.item()) drops it too)",
-    "adam_clip": "min(1, max_norm / (||g|| + 1e-6)) drops the NaN that the equations, "
-    "codegen/clipping.py's docstring and torch's clip_grad_norm_ spread to every gradient",
-}
+    np.testing.assert_array_equal(np.isnan(w), expected, err_msg="weight")
 
 
 @pytest.mark.parametrize("target", ["numpy", "triton"])
