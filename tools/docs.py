@@ -39,6 +39,14 @@ def _paper(rule: Rule) -> str:
     return match.group(0) if match else "-"
 
 
+# Rules verified against an independent implementation in a test of their own (tests/test_<rule>.py
+# or tests/test_references.py), as the README's table says.
+EXTERNAL = {
+    "adafactor": "torch.optim.Adafactor",
+    "adam_clip": "torch clip_grad_norm_ + torch.optim.Adam",
+}
+
+
 def table() -> str:
     torch_cases = _torch_cases()
     rows = [
@@ -49,8 +57,12 @@ def table() -> str:
         features = []
         if rule.host_states:
             features.append("host state")
-        if rule.reductions:
-            features.append("per-tensor norms")
+        if rule.vector_values:
+            features.append("row/column factors")
+        if rule.group_reductions:
+            features.append("group reductions")
+        elif rule.reductions and not rule.vector_values:
+            features.append("per-tensor reductions")
         if rule.draws:
             features.append("Philox noise")
         oracles = ["equations (40 digits)", "Triton = NumPy"]
@@ -58,6 +70,8 @@ def table() -> str:
             oracles.append("MXNet 1.9.1 goldens")
         if rule.name in torch_cases:
             oracles.append("torch.optim")
+        if rule.name in EXTERNAL:
+            oracles.append(EXTERNAL[rule.name])
         if rule.draws:
             oracles.append("noise statistics")
         rows.append(
