@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from codegen import matrix, matrix_targets
 from codegen.load import SPECS_DIR, load_rules
 from codegen.lower import lower
 from codegen.targets import ENV, package_targets, rule_targets
@@ -48,6 +49,14 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
     """Render every target of the named rules (all by default), plus the package indexes."""
     files: list[Generated] = []
     rules = load_rules(specs_dir, names)
+    for rule in [r for r in rules if matrix.is_matrix_rule(r)]:  # codegen/matrix_targets.py
+        start = time.perf_counter()
+        texts = matrix_targets.render(rule)
+        for target in rule_targets():
+            path = Path(target.directory) / f"{rule.name}.py"
+            text = ruff_format(texts[target.name], str(path))
+            files.append(Generated(path, text, time.perf_counter() - start))
+    rules = [r for r in rules if not matrix.is_matrix_rule(r)]
     for rule in rules:
         start = time.perf_counter()
         lowered = lower(rule)

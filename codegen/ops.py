@@ -40,8 +40,9 @@ class OpDef:
     sympy: type[sp.Basic] | None = None  # the spec-level function this op comes from
     boolean: bool = False  # the result is a mask (comparisons)
     host_only: bool = False  # refused per element: the host computes it
-    cost: int = 1  # weight in op counts (a later matrix product costs more)
+    cost: int = 1  # weight in op counts; a matrix op: per multiply-add (see matrix_cost)
     doc: str = ""
+    matrix: bool = False  # on whole matrices (codegen/matrix.py), not per element
 
 
 def _ne(a: sp.Expr, b: sp.Expr) -> sp.Expr:
@@ -81,10 +82,16 @@ OPS: tuple[OpDef, ...] = (
     OpDef("tanh", 1, sp.tanh, sympy=sp.tanh, host_only=True, doc="schedules"),
     OpDef("floor", 1, sp.floor, sympy=sp.floor, host_only=True),
     OpDef("ceiling", 1, sp.ceiling, sympy=sp.ceiling, host_only=True),
+    # Matrix operations (codegen/matrix.py): operands are whole (rows, cols) matrices.
+    OpDef("matmul", 2, sp.MatMul, matrix=True, cost=2, doc="a @ b: 2 flops per multiply-add"),
+    OpDef("transpose", 1, sp.Transpose, matrix=True, cost=0, doc="a.T: a view, no arithmetic"),
+    OpDef("madd", 2, lambda a, b: a + b, matrix=True, cost=1, doc="a + b, elementwise on matrices"),
+    OpDef("mscale", 2, lambda s, a: s * a, matrix=True, cost=1, doc="s * a, s a host scalar"),
 )
 
 BY_NAME: dict[str, OpDef] = {op.name: op for op in OPS}
-ELEMENT_OPS: tuple[str, ...] = tuple(op.name for op in OPS if not op.host_only)
+ELEMENT_OPS: tuple[str, ...] = tuple(op.name for op in OPS if not op.host_only and not op.matrix)
+MATRIX_OPS: tuple[str, ...] = tuple(op.name for op in OPS if op.matrix)
 BOOLEAN: frozenset[str] = frozenset(op.name for op in OPS if op.boolean)
 # SymPy function class -> op, for every op a spec writes as a function (unary, Max/Min,
 # comparisons, Piecewise); arithmetic (Add, Mul, Pow) is built structurally by the linearizer.
@@ -127,6 +134,19 @@ def unguarded(expr: sp.Expr) -> sp.Expr:
 def build(name: str, *args: sp.Expr) -> sp.Expr:
     """The SymPy value of ``name(*args)``: how the tests rebuild the equations from the ops."""
     return BY_NAME[name].build(*args)
+
+
+def matrix_cost(name: str, *shapes: tuple[int, int]) -> int:
+    """Flops of matrix op ``name`` on operands of the given (rows, cols) shapes: what the matrix
+    lowering minimises (a matmul of (m, k) by (k, n) is m*k*n multiply-adds)."""
+    op = BY_NAME[name]
+    if not op.matrix:
+        raise ValueError(f"{name} is not a matrix operation")
+    if name == "matmul":
+        (m, k), (_, n) = shapes
+        return op.cost * m * k * n
+    rows, cols = shapes[-1]
+    return op.cost * rows * cols
 
 
 def require(target: str, entries: Mapping[str, object]) -> None:

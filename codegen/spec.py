@@ -194,6 +194,8 @@ class Rule:
         self._computing: set[sp.Symbol] = set()
         self.sizes: list[sp.Symbol] = []  # per-tensor sizes the spec uses (``numel``)
         self.draws: list[sp.Symbol] = []  # standard normal draws, one per element and step
+        # per-element values computed by matrix equations (codegen/matrix.py): symbol -> record
+        self.matrix_values: dict[sp.Symbol, object] = {}
         self.lets: dict[sp.Symbol, str] = {}
         self.equations: list[Equation] = []
         self.test_cases: list[TestCase] = []
@@ -549,6 +551,8 @@ class Rule:
             return known
         if symbol in (self.weight, self.grad, self.weight_new) or symbol in self.draws:
             return ELEMENT
+        if symbol in self.matrix_values:
+            return ELEMENT
         for st in self.states.values():
             if symbol in (st.symbol, st.new):
                 return ELEMENT if st.axis is None else (ROW if st.axis == -1 else COL)
@@ -673,6 +677,7 @@ class Rule:
         """Every name the spec declared (generated code may use these, and registered names)."""
         declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
         declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
+        declared |= {str(s) for s in self.matrix_values}
         return declared | {self.name, self.class_name}
 
     @property
@@ -704,7 +709,7 @@ class Rule:
                 raise SpecError(f"{self._where(line)}: {what} is never updated")
         known = set(self.element_inputs) | set(self.scalar_inputs) | set(self.lets)
         known |= {s.symbol for s in self.vector_states} | set(self.reductions)
-        known |= set(self.draws)
+        known |= set(self.draws) | set(self.matrix_values)
         known |= set(self._updated.values())
         for eq in self.equations:
             unknown = eq.expr.free_symbols - known

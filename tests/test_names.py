@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RULES, temporary_rule
+from conftest import ALL_RULES, RULES, temporary_rule
 
 from codegen import names
 from codegen.generate import GENERATED_DIR
@@ -44,7 +44,7 @@ def unregistered(source: str, spec_names: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(GENERATED_DIR)) for p in FILES])
 def test_every_generated_identifier_is_declared_or_registered(path: Path) -> None:
-    rule = RULES.get(path.stem)
+    rule = ALL_RULES.get(path.stem)
     declared = rule.spec_names if rule else set().union(*(r.spec_names for r in RULES.values()))
     assert unregistered(path.read_text(), declared | BUFFERS) == []
 

@@ -44,6 +44,7 @@ def _paper(rule: Rule) -> str:
 EXTERNAL = {
     "adafactor": "torch.optim.Adafactor",
     "adam_clip": "torch clip_grad_norm_ + torch.optim.Adam",
+    "muon": "torch.optim.Muon (float32 Newton-Schulz; bfloat16 bounded)",
 }
 
 
@@ -54,7 +55,7 @@ def table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for rule in load_rules():
-        features = []
+        features = ["matrix equations"] if rule.matrix_values else []
         if rule.host_states:
             features.append("host state")
         if rule.vector_values:

@@ -1,0 +1,268 @@
+"""Matrix equations: a spec's values that act on the weight as a whole (rows, cols) matrix.
+
+A spec writes the per-element part of a rule in the usual language and its matrix part with
+:func:`iterate`: a per-element value viewed as the weight's matrix is the start ``X``, and a
+function of ``X`` built from products (``@``), transposes (``.T``), sums and host-scalar multiples
+is applied ``steps`` times (``steps`` an integer hyperparameter). Muon's Newton-Schulz iteration
+is four lines::
+
+    def newton_schulz(X):
+        A = X @ X.T
+        return a * X + (b * A + c * (A @ A)) @ X
+
+    ortho = matrix.iterate(RULE, "ortho", X0, ns_steps, newton_schulz)
+
+``ortho`` is then a per-element value like any other. A value used twice (``A``) is computed once:
+the matrix equations are a graph of :class:`Mat` nodes, lowered to three-address matrix ops of
+the one operation table (``matmul``, ``transpose``, ``madd``, ``mscale`` in :mod:`codegen.ops`),
+each with a flop cost (:func:`codegen.ops.matrix_cost`). The lowering proves with SymPy whether
+the step is transpose-equivariant (``f(X^T)^T = f(X)``: any odd polynomial ``p(X X^T) X``); if
+so the generated code runs it on whichever orientation of the matrix costs fewer flops (the
+Gram matrix of the shorter side), chosen at run time from the shape.
+
+A rule with matrix equations needs a 2-D weight: the generated code refuses any other shape
+before anything is written (torch.optim.Muon refuses them too). The rest of the generator
+(``codegen/matrix_targets.py``) prints these rules whole-matrix, unchunked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from codegen import ops
+from codegen.errors import SpecError
+from codegen.spec import ELEMENT, Rule
+
+
+class Mat:
+    """A node of a spec's matrix equations: ``kind`` is ``input`` or a matrix op of
+    :mod:`codegen.ops`; ``shape`` is ``("r", "c")`` (the weight's) or ``("c", "r")`` etc."""
+
+    def __init__(
+        self,
+        rule: Rule,
+        kind: str,
+        args: tuple[Mat, ...],
+        shape: tuple[str, str],
+        scalar: sp.Expr | None = None,
+    ) -> None:
+        self.rule, self.kind, self.args, self.shape, self.scalar = rule, kind, args, shape, scalar
+
+    def _fail(self, why: str) -> SpecError:
+        return SpecError(f"{self.rule._where()}: matrix equation: {why}")
+
+    @property
+    def T(self) -> Mat:
+        return Mat(self.rule, "transpose", (self,), (self.shape[1], self.shape[0]))
+
+    def __matmul__(self, other: object) -> Mat:
+        if not isinstance(other, Mat):
+            raise self._fail(f"@ needs two matrices, not {other!r} (scale with *)")
+        if self.shape[1] != other.shape[0]:
+            raise self._fail(
+                f"product of shapes {self._dims()} and {other._dims()}: inner sizes differ"
+            )
+        return Mat(self.rule, "matmul", (self, other), (self.shape[0], other.shape[1]))
+
+    def __add__(self, other: object) -> Mat:
+        if not isinstance(other, Mat):
+            raise self._fail(f"a matrix plus {other!r}: add matrices, scale with *")
+        if self.shape != other.shape:
+            raise self._fail(f"sum of shapes {self._dims()} and {other._dims()}")
+        return Mat(self.rule, "madd", (self, other), self.shape)
+
+    def __sub__(self, other: object) -> Mat:
+        return self + (-1) * other  # type: ignore[operator]
+
+    def __neg__(self) -> Mat:
+        return (-1) * self
+
+    def __mul__(self, scalar: object) -> Mat:
+        if isinstance(scalar, Mat):
+            raise self._fail("* of two matrices: write the product with @")
+        expr = self.rule._sympify(scalar, "a matrix's scale")
+        host = set(self.rule.host_inputs)
+        if not expr.free_symbols <= host:
+            extra = sorted(map(str, expr.free_symbols - host))
+            raise self._fail(
+                f"a matrix's scale must be a host scalar (hyperparameters, t, sizes), not {extra}"
+            )
+        return Mat(self.rule, "mscale", (self,), self.shape, expr)
+
+    __rmul__ = __mul__
+
+    def _dims(self) -> str:
+        return "(" + ", ".join({"r": "rows", "c": "cols"}[d] for d in self.shape) + ")"
+
+
+@dataclass(frozen=True)
+class MatOp:
+    """``dest = kind(*args)`` on whole matrices; ``scalar`` is ``mscale``'s host factor."""
+
+    dest: str
+    kind: str
+    args: tuple[str, ...]
+    scalar: sp.Expr | None = None
+
+
+@dataclass
+class Iteration:
+    """``symbol = body^steps(start)``: a per-element value computed by matrix equations."""
+
+    name: str
+    symbol: sp.Symbol
+    start: sp.Symbol
+    steps: sp.Symbol
+    body: Mat
+    line: int
+    equivariant: bool = False
+    program: list[MatOp] = field(default_factory=list)
+
+    def sympy(self, x: sp.MatrixExpr) -> sp.MatrixExpr:
+        """One step as a SymPy matrix expression of ``x`` (built from the ops' ``build``)."""
+        values: dict[int, sp.MatrixExpr] = {}
+
+        def value(node: Mat) -> sp.MatrixExpr:
+            if id(node) not in values:
+                if node.kind == "input":
+                    values[id(node)] = x
+                elif node.kind == "mscale":
+                    values[id(node)] = ops.build("mscale", node.scalar, value(node.args[0]))
+                else:
+                    values[id(node)] = ops.build(node.kind, *(value(a) for a in node.args))
+            return values[id(node)]
+
+        return value(self.body)
+
+    def cost(self, rows: sp.Expr, cols: sp.Expr) -> sp.Expr:
+        """Flops of one step on a (rows, cols) matrix, as a polynomial in the sizes."""
+        shapes = {"X": (rows, cols)}
+        total = sp.Integer(0)
+        for op in self.program:
+            arg_shapes = [shapes[a] for a in op.args]
+            if op.kind == "matmul":
+                shapes[op.dest] = (arg_shapes[0][0], arg_shapes[1][1])
+                total += (
+                    ops.BY_NAME["matmul"].cost
+                    * arg_shapes[0][0]
+                    * arg_shapes[0][1]
+                    * (arg_shapes[1][1])
+                )
+            elif op.kind == "transpose":
+                shapes[op.dest] = (arg_shapes[0][1], arg_shapes[0][0])
+            else:
+                shapes[op.dest] = arg_shapes[-1]
+                total += ops.BY_NAME[op.kind].cost * arg_shapes[-1][0] * arg_shapes[-1][1]
+        return sp.expand(total)
+
+
+def iterate(
+    rule: Rule,
+    name: str,
+    start: sp.Symbol,
+    steps: sp.Symbol,
+    body: Callable[[Mat], Mat],
+) -> sp.Symbol:
+    """Declare ``name = body(body(... body(start)))`` (``steps`` times) on the weight's matrix.
+
+    ``start``: a per-element value (a ``let``), viewed as the (rows, cols) matrix of the weight;
+    ``steps``: an integer hyperparameter (``integer()``); ``body``: a function of one :class:`Mat`
+    returning a Mat of the same shape. Returns the result as a per-element symbol.
+    """
+    if not isinstance(rule, Rule):
+        raise SpecError(f"matrix.iterate needs the spec's Rule, not {rule!r}")
+    where = rule._where()
+    if not isinstance(start, sp.Symbol) or start not in rule.lets or rule.domain(start) != ELEMENT:
+        raise SpecError(
+            f"{where}: matrix value {name!r} starts from {start!r}, which is not a per-element let"
+        )
+    hyper = next((h for h in rule.hypers.values() if h.symbol == steps), None)
+    if hyper is None or not hyper.legal.integer or hyper.legal.lo < 0:
+        raise SpecError(
+            f"{where}: matrix value {name!r} repeats its step {steps!r} times: that must be a "
+            "hyperparameter declared with integer(0, ...)"
+        )
+    rule._claim(name, "matrix value")
+    x = Mat(rule, "input", (), ("r", "c"))
+    result = body(x)
+    if not isinstance(result, Mat):
+        raise SpecError(f"{where}: the step of matrix value {name!r} returns {result!r}, not a Mat")
+    if result.shape != x.shape:
+        raise SpecError(
+            f"{where}: the step of matrix value {name!r} maps (rows, cols) to {result._dims()}"
+        )
+    symbol = sp.Symbol(name, real=True)
+    iteration = Iteration(name, symbol, start, steps, result, rule._line())
+    iteration.program = linearize(iteration)
+    iteration.equivariant = transpose_equivariant(iteration)
+    rule.matrix_values[symbol] = iteration
+    return symbol
+
+
+def linearize(iteration: Iteration) -> list[MatOp]:
+    """The step as three-address matrix ops; a node used twice is computed once. The input is
+    ``X``, the result the last op's ``dest``, temporaries ``_m<k>``."""
+    program: list[MatOp] = []
+    names: dict[int, str] = {}
+
+    def visit(node: Mat) -> str:
+        if id(node) in names:
+            return names[id(node)]
+        if node.kind == "input":
+            names[id(node)] = "X"
+            return "X"
+        args = tuple(visit(a) for a in node.args)
+        dest = f"_m{len(program)}"
+        program.append(MatOp(dest, node.kind, args, node.scalar))
+        names[id(node)] = dest
+        return dest
+
+    visit(iteration.body)
+    if not program:  # the identity step: one copy, so that the result is a fresh matrix
+        program.append(MatOp("_m0", "mscale", ("X",), sp.Integer(1)))
+    return program
+
+
+def transpose_equivariant(iteration: Iteration) -> bool:
+    """True when SymPy proves ``step(X^T)^T == step(X)``: then the step may run on either
+    orientation and the generated code takes the cheaper one."""
+    rows, cols = sp.symbols("rows cols", positive=True, integer=True)
+    x = sp.MatrixSymbol("X", rows, cols)
+
+    def flat(e: sp.MatrixExpr) -> sp.MatrixExpr:
+        """Products spelled out (SymPy writes A @ A as a power), sums distributed."""
+        e = e.doit()
+        for _ in range(8):  # nested powers, innermost last
+            if not any(isinstance(n, sp.MatPow) for n in sp.preorder_traversal(e)):
+                break
+            e = e.replace(
+                lambda n: isinstance(n, sp.MatPow) and n.exp.is_Integer and n.exp > 0,
+                lambda n: sp.MatMul(*[n.base] * int(n.exp)),
+            )
+        return sp.expand(e)
+
+    try:
+        difference = flat(iteration.sympy(x) - sp.Transpose(iteration.sympy(x.T)))
+    except (TypeError, ValueError, AttributeError, NotImplementedError):
+        return False
+    return difference == 0 or difference == sp.ZeroMatrix(rows, cols)
+
+
+def iterations(rule: Rule) -> list[Iteration]:
+    """The rule's matrix values, in declaration order."""
+    return list(rule.matrix_values.values())  # type: ignore[arg-type]
+
+
+def is_matrix_rule(rule: Rule) -> bool:
+    return bool(getattr(rule, "matrix_values", None))
+
+
+def op_counts(iteration: Iteration) -> dict[str, int]:
+    """How many of each matrix op one step runs."""
+    counts: dict[str, int] = {}
+    for op in iteration.program:
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+    return counts

@@ -1,0 +1,414 @@
+"""Targets of rules with matrix equations (:mod:`codegen.matrix`): metadata, NumPy, Triton.
+
+Such a rule's step is a sequence of stages over the whole weight matrix, in dependency order:
+
+- ``element`` segments: per-element equations (three-address ops from the one linearizer and op
+  table, :mod:`codegen.lower`/:mod:`codegen.ops`), fused per segment: a segment is every
+  equation at the same depth of reductions and matrix values (NumPy: whole-array ufuncs;
+  Triton: one generated kernel per segment);
+- ``reduce``: a per-tensor sum of a summand a segment wrote (float64 on the host);
+- ``matrix``: an iteration of matrix ops (:class:`codegen.matrix.Iteration`); NumPy prints
+  ``np.matmul``, the GPU path ``torch.matmul`` (cuBLAS), both in the weight's orientation or its
+  transpose, whichever the ops' costs say is cheaper for the shape at run time (when the
+  lowering proved the step transpose-equivariant).
+
+Host scalars (expressions of hyperparameters, t, sizes and finished reductions) are computed in
+double precision on the host, right before the stage that needs them. New states and the new
+weight are written only after every stage has run (and after every input was checked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from codegen import matrix, names, ops
+from codegen.ir import Assign
+from codegen.lower import Op, _HostExtractor, _Linearizer
+from codegen.names import Temps
+from codegen.spec import SCALAR, Rule, SpecError
+from codegen.targets import ENV
+from codegen.targets.host import HostCode, legal_code, literal
+from codegen.targets.numpy import NumpyOpPrinter
+from codegen.targets.triton import TritonOpPrinter
+
+# How each target prints a matrix op (every op of codegen/ops.py marked ``matrix``).
+NUMPY_MATRIX = {
+    "matmul": lambda a: f"np.matmul({a[0]}, {a[1]})",
+    "transpose": lambda a: f"np.transpose({a[0]})",
+    "madd": lambda a: f"np.add({a[0]}, {a[1]})",
+    "mscale": lambda a: f"np.multiply({a[0]}, {a[1]})",
+}
+TORCH_MATRIX = {
+    "matmul": lambda a: f"torch.matmul({a[0]}, {a[1]})",
+    "transpose": lambda a: f"torch.t({a[0]})",
+    "madd": lambda a: f"torch.add({a[0]}, {a[1]})",
+    "mscale": lambda a: f"torch.mul({a[1]}, {a[0]})",
+}
+for _target, _entries in (("NumPy matrix", NUMPY_MATRIX), ("torch matrix", TORCH_MATRIX)):
+    if set(_entries) != set(ops.MATRIX_OPS):
+        raise ImportError(
+            f"the {_target} printer prints {sorted(_entries)}, not the matrix operations "
+            f"{sorted(ops.MATRIX_OPS)} of codegen/ops.py"
+        )
+
+
+@dataclass
+class Segment:
+    """Per-element equations fused into one pass; ``reads``/``writes`` are whole arrays."""
+
+    index: int
+    ops: list[Op] = field(default_factory=list)
+    reads: list[sp.Symbol] = field(default_factory=list)
+    writes: list[sp.Symbol] = field(default_factory=list)
+    host: list[sp.Symbol] = field(default_factory=list)  # host scalars the ops use
+
+
+@dataclass
+class Plan:
+    rule: Rule
+    host_lets: list[tuple[sp.Symbol, sp.Expr]]  # scalars of hyperparameters, t and sizes
+    host: dict[sp.Symbol, sp.Expr]  # host scalars of the element ops, by name
+    stages: list[tuple[str, object]]  # ("element", Segment) | ("reduce", (sym, summand)) | ...
+    outputs: dict[sp.Symbol, sp.Symbol]  # current -> new (states, then the weight)
+
+    def host_before(self, stage: int) -> list[sp.Symbol]:
+        """Host scalars first needed by stage ``stage`` (computed right before it)."""
+        seen: set[sp.Symbol] = set()
+        for i, (kind, what) in enumerate(self.stages):
+            needed = list(what.host) if kind == "element" else []  # type: ignore[attr-defined]
+            if kind == "matrix":
+                exprs = _matrix_scalars(what)  # type: ignore[arg-type]
+                needed = [s for s, e in self.host.items() if e in exprs]
+            fresh = [s for s in needed if s not in seen]
+            seen |= set(fresh)
+            if i == stage:
+                return fresh
+        return []
+
+
+def _matrix_scalars(iteration: matrix.Iteration) -> set[sp.Symbol]:
+    return {s for op in iteration.program if op.scalar is not None for s in [op.scalar]}  # type: ignore[misc]
+
+
+def plan(rule: Rule) -> Plan:
+    """The rule's stages in dependency order (see the module docstring)."""
+    iterations = {it.symbol: it for it in matrix.iterations(rule)}
+    defined = {eq.target: eq for eq in rule.equations}
+    inputs = set(rule.element_inputs)
+    host_inputs = set(rule.host_inputs)
+    level: dict[sp.Symbol, int] = dict.fromkeys(inputs | host_inputs, 0)
+    host_lets: list[tuple[sp.Symbol, sp.Expr]] = []
+    element: list[tuple[sp.Symbol, sp.Expr, int]] = []  # (target, expr, level)
+
+    def deps(symbol: sp.Symbol) -> set[sp.Symbol]:
+        if symbol in iterations:
+            return {iterations[symbol].start}
+        return set(defined[symbol].expr.free_symbols) if symbol in defined else set()
+
+    visiting: set[sp.Symbol] = set()
+
+    def visit(symbol: sp.Symbol) -> int:
+        if symbol in level:
+            return level[symbol]
+        if symbol in visiting:
+            raise SpecError(f"{rule.source}: the equations form a cycle through {symbol}")
+        visiting.add(symbol)
+        below = max((visit(d) for d in sorted(deps(symbol), key=str)), default=0)
+        visiting.discard(symbol)
+        if symbol in iterations or symbol in rule.reductions:
+            # the value exists after the stage that computes its input: one level deeper
+            level[symbol] = below + 1
+            if symbol in rule.reductions:
+                element.append((_summand(symbol), defined[symbol].expr, below))
+        elif rule.domain(symbol) == SCALAR:
+            level[symbol] = 0
+            host_lets.append((symbol, defined[symbol].expr))
+            host_inputs.add(symbol)
+        else:
+            level[symbol] = below
+            element.append((symbol, defined[symbol].expr, below))
+        return level[symbol]
+
+    for eq in rule.ordered_equations():
+        visit(eq.target)
+    for it in iterations.values():
+        visit(it.symbol)
+    if any(lv and s in host_inputs and s not in rule.reductions for s, lv in level.items()):
+        raise SpecError(f"{rule.source}: a host value may not use a reduction (first slice)")
+
+    temps = Temps()
+    scalars = host_inputs | set(rule.reductions)
+    extractor = _HostExtractor(scalars, lambda: temps.new("host"))
+    depth = max((lv for _, _, lv in element), default=0)
+    stages: list[tuple[str, object]] = []
+    later_reads: dict[sp.Symbol, int] = {}  # array -> the last level reading it
+    for _target, expr, lv in element:
+        for s in expr.free_symbols:
+            later_reads[s] = max(later_reads.get(s, -1), lv)
+    outputs = dict(rule.outputs)
+    for it in iterations.values():
+        later_reads[it.start] = max(later_reads.get(it.start, -1), level[it.symbol])
+    for lv in range(depth + 1):
+        segment = Segment(lv)
+        members = [(t, e) for t, e, v in element if v == lv]
+        for target, expr in members:
+            extracted = extractor(expr)
+            host = scalars | set(extractor.host)
+            lin = _Linearizer(rule, "element", host, lambda: temps.new("value"))
+            assigns = lin.phase([Assign(target, extracted, "element")], {target})
+            segment.ops += [Op(a.target, a.op, a.args, a.origin) for a in assigns]  # type: ignore[arg-type]
+        produced = {t for t, _ in members}
+        for op in segment.ops:
+            for a in op.args:
+                if isinstance(a, sp.Symbol) and a in extractor.host and a not in segment.host:
+                    segment.host.append(a)
+                elif (
+                    isinstance(a, sp.Symbol)
+                    and a not in produced
+                    and a not in extractor.host
+                    and a not in scalars
+                    and a not in {o.dest for o in segment.ops}
+                    and a not in segment.reads
+                ):
+                    segment.reads.append(a)
+        finals = set(outputs.values())
+        segment.writes = [
+            t
+            for t, _ in members
+            if t in finals or later_reads.get(t, -1) > lv or t in _summands(rule)
+        ]
+        if segment.ops:
+            stages.append(("element", segment))
+        for red in rule.reductions:
+            if level[red] == lv + 1:
+                stages.append(("reduce", (red, _summand(red))))
+        for it in iterations.values():
+            if level[it.symbol] == lv + 1:
+                stages.append(("matrix", it))
+    host = dict(extractor.host)
+    for it in iterations.values():  # the matrix ops' scalars: hyperparameter expressions
+        for op in it.program:
+            if op.scalar is not None and op.scalar not in host.values():
+                host[temps.new("host")] = op.scalar
+    return Plan(rule, host_lets, host, stages, outputs)
+
+
+def _summand(reduction: sp.Symbol) -> sp.Symbol:
+    return sp.Symbol(f"_sum_{reduction.name}", real=True)
+
+
+def _summands(rule: Rule) -> set[sp.Symbol]:
+    return {_summand(r) for r in rule.reductions}
+
+
+def scalar_name(plan_: Plan, expr: sp.Expr) -> str:
+    """The host scalar holding a matrix op's factor."""
+    for s, e in plan_.host.items():
+        if e == expr:
+            return s.name
+    raise KeyError(expr)
+
+
+# ------------------------------------------------------------------------------------ printers
+class WholeArrayPrinter(NumpyOpPrinter):
+    """NumPy ops on whole arrays, each result a fresh array (the ufuncs of NumpyOpPrinter)."""
+
+    def __init__(self, host: set[sp.Symbol]) -> None:
+        self.host = host
+
+    def name(self, operand: object) -> str:  # type: ignore[override]
+        return operand.name if isinstance(operand, sp.Symbol) else literal(operand)  # type: ignore[arg-type]
+
+    def op(self, op: Op) -> str:
+        dest = self.name(op.dest)
+        args = [self.name(a) for a in op.args]
+        if op.kind == "copy":
+            if isinstance(op.args[0], sp.Symbol) and op.args[0] not in self.host:
+                return f"{dest} = {args[0]}"
+            return f"{dest} = np.full_like(weight, {args[0]})"
+        return f"{dest} = {self.UFUNC[op.kind]}({', '.join(args)})"
+
+
+def _host_lines(plan_: Plan, code: HostCode) -> list[str]:
+    return [f"{s.name} = {code(e)}" for s, e in plan_.host_lets]
+
+
+def _matrix_lines(it: matrix.Iteration, plan_: Plan, printer: dict) -> list[str]:
+    """One step of the iteration, the iterate named after the matrix value."""
+    rename = {"X": it.name}
+    lines = []
+    for op in it.program:
+        args = [rename.get(a, a) for a in op.args]
+        if op.kind == "mscale":
+            args = [scalar_name(plan_, op.scalar), *args]
+        lines.append(f"{op.dest} = {printer[op.kind](args)}")
+    lines.append(f"{it.name} = {it.program[-1].dest}")
+    return lines
+
+
+def _costs(it: matrix.Iteration, code: HostCode) -> tuple[str, str]:
+    rows, cols = sp.Symbol("rows", positive=True), sp.Symbol("cols", positive=True)
+    return code(it.cost(rows, cols)), code(it.cost(cols, rows))
+
+
+def numpy_context(plan_: Plan, code: HostCode) -> dict[str, object]:
+    printer = WholeArrayPrinter(set(plan_.host))
+    stages = []
+    for i, (kind, what) in enumerate(plan_.stages):
+        host = [(s.name, code(plan_.host[s])) for s in plan_.host_before(i)]
+        if kind == "element":
+            stages.append({"kind": kind, "host": host, "lines": printer.lines(what.ops)})  # type: ignore[attr-defined]
+        elif kind == "reduce":
+            red, summand = what  # type: ignore[misc]
+            stages.append({"kind": kind, "host": host, "name": red.name, "summand": summand.name})
+        else:
+            it: matrix.Iteration = what  # type: ignore[assignment]
+            direct, swapped = _costs(it, code)
+            stages.append(
+                {
+                    "kind": kind,
+                    "host": host,
+                    "name": it.name,
+                    "start": it.start.name,
+                    "steps": it.steps.name,
+                    "equivariant": it.equivariant,
+                    "cost": direct,
+                    "cost_t": swapped,
+                    "lines": _matrix_lines(it, plan_, NUMPY_MATRIX),
+                }
+            )
+    return {"stages": stages}
+
+
+def _common(rule: Rule, code: HostCode) -> dict[str, object]:
+    return {
+        "rule": rule,
+        "source": rule.source,
+        "doc": rule.doc,
+        "hypers": [
+            (h.name, repr(h.default), legal_code(h.legal, code), h.doc)
+            for h in rule.hypers.values()
+        ],
+        "none_means": [
+            (h.name, code(sp.sympify(h.none_value)))
+            for h in rule.hypers.values()
+            if h.none_value is not None
+        ],
+        "states": [(s.name, s.doc, literal(s.init)) for s in rule.states.values()],
+        "outputs": [(cur.name, new.name) for cur, new in rule.outputs.items()],
+        "sizes": [s.name for s in rule.sizes],
+        "matrix_values": [it.name for it in matrix.iterations(rule)],
+        "op_counts": {it.name: matrix.op_counts(it) for it in matrix.iterations(rule)},
+        "triton_kernels": [],
+    }
+
+
+def render(rule: Rule) -> dict[str, str]:
+    """directory -> module text (unformatted) for each target of a matrix rule."""
+    for s in rule.states.values():
+        if s.axis is not None or not sp.sympify(s.init).is_Number:
+            raise SpecError(
+                f"{rule.source}: a matrix rule's states start at a constant (first slice)"
+            )
+    if rule.host_states or rule.draws or rule.group_reductions:
+        raise SpecError(
+            f"{rule.source}: host states, random draws and group reductions are not supported in "
+            "a rule with matrix equations yet"
+        )
+    plan_ = plan(rule)
+    out = {}
+    code = HostCode()
+    ctx = _common(rule, code)
+    ctx.update(numpy_context(plan_, code))
+    ctx["host_lets"] = _host_lines(plan_, code)
+    ctx["runtime"] = sorted({"check_step_count", "resolve_hyperparams", *code.runtime})
+    ctx["uses_math"] = code.uses_math
+    out["rules"] = ENV.get_template("matrix_rules_module.py.j2").render(ctx)
+    out["numpy"] = ENV.get_template("matrix_numpy_module.py.j2").render(ctx)
+    tcode = HostCode()
+    tctx = _common(rule, tcode)
+    tctx.update(triton_context(plan_, tcode))
+    tctx["host_lets"] = _host_lines(plan_, tcode)
+    tctx["runtime"] = sorted({"check_step_count", "resolve_hyperparams", *tcode.runtime})
+    tctx["uses_math"] = tcode.uses_math
+    out["triton"] = ENV.get_template("matrix_triton_module.py.j2").render(tctx)
+    return out
+
+
+def kernel_name(rule: Rule, segment: int) -> str:
+    return f"{rule.name}_segment{segment}_kernel"
+
+
+def triton_context(plan_: Plan, code: HostCode) -> dict[str, object]:
+    rule = plan_.rule
+    kernels = []
+    stages = []
+    for i, (kind, what) in enumerate(plan_.stages):
+        host = [(s.name, code(plan_.host[s])) for s in plan_.host_before(i)]
+        if kind == "element":
+            seg: Segment = what  # type: ignore[assignment]
+            printer = TritonOpPrinter(set(seg.host))
+            name = kernel_name(rule, seg.index)
+            params = [names.derived(s.name, "_ptr") for s in seg.reads]
+            stores = [s for s in seg.writes if s not in seg.reads]
+            params += [names.derived(s.name, "_ptr") for s in stores]
+            kernels.append(
+                {
+                    "name": name,
+                    "params": params,
+                    "scalars": [s.name for s in seg.host],
+                    "loads": [(s.name, names.derived(s.name, "_ptr")) for s in seg.reads],
+                    "lines": printer.lines(seg.ops),
+                    "stores": [(s.name, names.derived(s.name, "_ptr")) for s in seg.writes],
+                }
+            )
+            stages.append(
+                {
+                    "kind": kind,
+                    "host": host,
+                    "kernel": name,
+                    "buffers": [s.name for s in seg.reads] + [s.name for s in stores],
+                    "fresh": [s.name for s in stores],
+                    "scalars": [s.name for s in seg.host],
+                }
+            )
+        elif kind == "reduce":
+            red, summand = what  # type: ignore[misc]
+            stages.append({"kind": kind, "host": host, "name": red.name, "summand": summand.name})
+        else:
+            it: matrix.Iteration = what  # type: ignore[assignment]
+            direct, swapped = _costs(it, code)
+            stages.append(
+                {
+                    "kind": kind,
+                    "host": host,
+                    "name": it.name,
+                    "start": it.start.name,
+                    "steps": it.steps.name,
+                    "equivariant": it.equivariant,
+                    "cost": direct,
+                    "cost_t": swapped,
+                    "lines": _matrix_lines(it, plan_, TORCH_MATRIX),
+                }
+            )
+    return {"stages": stages, "kernels": kernels, "triton_kernels": [k["name"] for k in kernels]}
+
+
+def op_counts(rule: Rule) -> dict[str, dict[str, dict[str, int]]]:
+    """The generated step's operations, as ``tools.op_counts`` reports them: per-element ops per
+    segment, and the matrix ops of one iteration step of each matrix value."""
+    plan_ = plan(rule)
+    report: dict[str, dict[str, int]] = {}
+    for kind, what in plan_.stages:
+        if kind == "element":
+            seg: Segment = what  # type: ignore[assignment]
+            counts: dict[str, int] = {}
+            for op in seg.ops:
+                counts[op.kind] = counts.get(op.kind, 0) + 1
+            report[f"segment{seg.index}"] = dict(sorted(counts.items()))
+        elif kind == "matrix":
+            it: matrix.Iteration = what  # type: ignore[assignment]
+            report[f"{it.name} (per step)"] = dict(sorted(matrix.op_counts(it).items()))
+    return {"matrix_plan": report}

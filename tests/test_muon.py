@@ -1,0 +1,322 @@
+"""Muon (specs/muon.py), the first rule with matrix equations (codegen/matrix.py).
+
+References, none of them the generator's own output:
+- ``torch.optim.Muon`` (torch 2.13) with its bfloat16 cast patched to a float32 copy (so torch's
+  own code runs the same algorithm in float32): the NumPy module agrees over 25 steps on square,
+  tall, wide and 1 x n weights to a few float32 ulps;
+- the unpatched ``torch.optim.Muon`` (Newton-Schulz in bfloat16): its difference from our float32
+  iteration is bounded (a few percent of how far the weight moved);
+- the spec's own equations, evaluated at 40 digits (mpmath; the matrix equations node by node)
+  vs the NumPy module in float64;
+- the GPU path (Triton kernels under the interpreter, torch.matmul) vs NumPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import textwrap
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+from codegen import matrix, ops
+from codegen.load import SPECS_DIR, load_rule
+from codegen.spec import SpecError
+
+muon = importlib.import_module("generated.numpy.muon")
+tmuon = importlib.import_module("generated.triton.muon")
+RULE = load_rule(SPECS_DIR / "muon.py")
+SHAPES = [(8, 8), (12, 5), (5, 12), (1, 7)]
+SETTINGS = [
+    {"lr": 0.02},
+    {"lr": 0.02, "nesterov": False, "wd": 0.0},
+    {"lr": 0.05, "adjust_lr_fn": "match_rms_adamw", "momentum": 0.9, "ns_steps": 3},
+]
+TORCH_NAMES = {"wd": "weight_decay", "epsilon": "eps"}
+
+
+def _torch_kwargs(hp: dict) -> dict:
+    kw = {TORCH_NAMES.get(k, k): v for k, v in hp.items() if not k.startswith("ns_")}
+    kw.setdefault("weight_decay", muon.HYPERPARAMS["wd"])
+    if "ns_steps" in hp:
+        kw["ns_steps"] = hp["ns_steps"]
+    return kw
+
+
+def _run_both(shape, hp, steps, monkeypatch=None, seed=0):
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal(shape).astype(np.float32)
+    grads = [rng.standard_normal(shape).astype(np.float32) for _ in range(steps)]
+    ours = w0.copy()
+    state = muon.init_state(ours)
+    p = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.Muon([p], **_torch_kwargs(hp))
+    for t, g in enumerate(grads, start=1):
+        muon.step(ours, g.copy(), state, t, **hp)
+        p.grad = torch.tensor(g)
+        opt.step()
+    return w0, ours, p.detach().numpy(), state, opt.state[p]["momentum_buffer"].numpy()
+
+
+def _float32_newton_schulz(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's own Newton-Schulz, run in float32: its bfloat16 cast becomes a float32 copy (a
+    copy, as the cast is: torch divides the result in place)."""
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.to(torch.float32, copy=True))
+
+
+@pytest.mark.parametrize("hp", SETTINGS, ids=["default", "no_nesterov", "match_rms"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_numpy_matches_torch_muon_in_float32(shape, hp, monkeypatch) -> None:
+    _float32_newton_schulz(monkeypatch)
+    w0, ours, theirs, state, buf = _run_both(shape, hp, steps=25)
+    assert np.abs(ours - w0).max() > 0.05  # it moved
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=16 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(state["momentum_buffer"], buf, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_torch_bfloat16_iteration_is_within_a_bound_of_ours(shape) -> None:
+    """torch iterates on bfloat16 operands (8 bits of mantissa); ours on float32. Over 20 steps
+    the weights differ by at most 3% of how far they moved (measured: under 1%)."""
+    w0, ours, theirs, _, _ = _run_both(shape, {"lr": 0.02}, steps=20)
+    moved = np.abs(ours - w0).max()
+    diff = np.abs(ours - theirs).max()
+    assert 0 < diff <= 0.03 * moved, (diff, moved)
+
+
+# ------------------------------------------------------------------------ 40-digit equations
+def _reference_step(weight, grad, state, t, hp):
+    """The spec's equations at 40 digits: element equations per element, reductions summed,
+    the matrix equations node by node on mpmath matrices (its ops: codegen/ops.py)."""
+    mpmath.mp.dps = 40
+    rows, cols = len(weight), len(weight[0])
+    values = {RULE.hypers[k].symbol: v for k, v in hp.items()}
+    values.update({RULE.t: t, sp.Symbol("rows"): rows, sp.Symbol("cols"): cols})
+    for size in RULE.sizes:
+        values[size] = {"rows": rows, "cols": cols, "numel": rows * cols, "ndim": 2}[size.name]
+    arrays = {RULE.weight: weight, RULE.grad: grad}
+    arrays.update({RULE.states[n].symbol: a for n, a in state.items()})
+    iterations = {it.symbol: it for it in matrix.iterations(RULE)}
+
+    def element(expr, i, j):
+        sub = {s: sp.Float(a[i][j], 45) for s, a in arrays.items() if s in expr.free_symbols}
+        sub.update({s: sp.Float(v, 45) for s, v in values.items() if s in expr.free_symbols})
+        return sp.N(expr.xreplace(sub), 40)
+
+    pending = list(RULE.ordered_equations())
+    while pending:
+        eq = pending.pop(0)
+        needs = eq.expr.free_symbols & set(iterations)
+        for sym in needs - set(arrays):
+            it = iterations[sym]
+            if it.start not in arrays:
+                break
+            x = mpmath.matrix([[mpmath.mpf(str(v)) for v in row] for row in arrays[it.start]])
+            for _ in range(int(hp["ns_steps"])):
+                x = _apply(it.body, x, values)
+            arrays[sym] = [[x[i, j] for j in range(cols)] for i in range(rows)]
+        if eq.target in RULE.reductions:
+            values[eq.target] = sum(
+                element(eq.expr, i, j) for i in range(rows) for j in range(cols)
+            )
+        elif RULE.domain(eq.target):
+            arrays[eq.target] = [[element(eq.expr, i, j) for j in range(cols)] for i in range(rows)]
+        else:
+            values[eq.target] = element(eq.expr, 0, 0)
+    new_state = {n: arrays[s.new] for n, s in RULE.states.items()}
+    return arrays[RULE.weight_new], new_state
+
+
+def _apply(node: matrix.Mat, x, values):
+    memo: dict[int, object] = {}
+
+    def value(n: matrix.Mat):
+        if id(n) not in memo:
+            args = [value(a) for a in n.args]
+            if n.kind == "input":
+                memo[id(n)] = x
+            elif n.kind == "matmul":
+                memo[id(n)] = args[0] * args[1]
+            elif n.kind == "transpose":
+                memo[id(n)] = args[0].T
+            elif n.kind == "madd":
+                memo[id(n)] = args[0] + args[1]
+            elif n.kind == "mscale":
+                s = n.scalar.xreplace({k: sp.Float(v, 45) for k, v in values.items()})
+                memo[id(n)] = mpmath.mpf(str(sp.N(s, 40))) * args[0]
+            else:  # a matrix op this reference does not know: extend it with the table
+                raise AssertionError(n.kind)
+        return memo[id(n)]
+
+    return value(node)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (4, 2), (1, 3)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_numpy_float64_matches_the_equations_at_40_digits(shape, nesterov) -> None:
+    rng = np.random.default_rng(1)
+    hp = dict(muon.HYPERPARAMS, lr=0.1, nesterov=nesterov, ns_steps=3)
+    resolved = {k: float(v) if not isinstance(v, str) else 0.0 for k, v in hp.items()}
+    weight = rng.standard_normal(shape)
+    state = muon.init_state(weight.copy())
+    ref_w = [[mpmath.mpf(float(v)) for v in row] for row in weight]
+    ref_state = {"momentum_buffer": [[mpmath.mpf(0)] * shape[1] for _ in range(shape[0])]}
+    ours = weight.copy()
+    for t in range(1, 4):
+        g = rng.standard_normal(shape)
+        muon.step(ours, g.copy(), state, t, **hp)
+        ref_w, ref_state = _reference_step(ref_w, g.tolist(), ref_state, t, resolved)
+        expected = np.array([[float(v) for v in row] for row in ref_w])
+        np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-13)
+        buf = np.array([[float(v) for v in row] for row in ref_state["momentum_buffer"]])
+        np.testing.assert_allclose(state["momentum_buffer"], buf, rtol=1e-13, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------- GPU path
+@pytest.mark.parametrize("shape", SHAPES + [(40, 33)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_triton_path_matches_numpy(shape) -> None:
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(shape).astype(np.float32)
+    ours, theirs = w.copy(), torch.tensor(w)
+    s_np, s_tr = muon.init_state(ours), tmuon.init_state(theirs)
+    for t in range(1, 6):
+        g = rng.standard_normal(shape).astype(np.float32)
+        muon.step(ours, g, s_np, t, lr=0.02)
+        tmuon.step(theirs, torch.tensor(g), s_tr, t, lr=0.02)
+    # the same float32 ops, except matmul's summation order (NumPy's BLAS vs torch's)
+    np.testing.assert_allclose(theirs.numpy(), ours, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(s_tr["momentum_buffer"].numpy(), s_np["momentum_buffer"], atol=1e-6)
+
+
+def test_step_multi_is_step_on_each() -> None:
+    rng = np.random.default_rng(3)
+    ws = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    gs = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    one, many = [w.copy() for w in ws], [w.copy() for w in ws]
+    s1, s2 = [muon.init_state(w) for w in one], [muon.init_state(w) for w in many]
+    for w, g, s in zip(one, gs, s1, strict=True):
+        muon.step(w, g, s, 1)
+    assert muon.step_multi(many, gs, s2, 1) == len(SHAPES)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("shape", [(7,), (), (2, 3, 4)])
+def test_a_weight_that_is_not_a_matrix_is_refused_before_anything_is_written(shape) -> None:
+    """torch.optim.Muon refuses every non-2-D parameter; so do the NumPy and the GPU path."""
+    w = np.ones(shape, np.float32)
+    with pytest.raises(ValueError, match=r"muon: the weight must be a 2-D matrix"):
+        muon.init_state(w)
+    good = muon.init_state(np.ones((2, 2), np.float32))
+    state = {"momentum_buffer": np.zeros(shape, np.float32)}
+    before = w.copy()
+    with pytest.raises(ValueError, match=r"2-D matrix.*shape " + re.escape(repr(shape))):
+        muon.step(w, np.ones(shape, np.float32), state, 1)
+    np.testing.assert_array_equal(w, before)
+    assert not state["momentum_buffer"].any()
+    weights = [np.ones((2, 2), np.float32), w]
+    first = weights[0].copy()
+    with pytest.raises(ValueError, match="2-D matrix"):
+        muon.step_multi(weights, [np.ones_like(x) for x in weights], [good, state], 1)
+    np.testing.assert_array_equal(weights[0], first)  # the good one was not written either
+    with pytest.raises(ValueError, match="2-D matrix"):
+        tmuon.init_state(torch.ones(shape))
+    tw = torch.ones(shape)
+    with pytest.raises(ValueError, match="2-D matrix"):
+        tmuon.step(tw, torch.ones(shape), {"momentum_buffer": torch.zeros(shape)}, 1)
+    assert bool((tw == 1).all())
+
+
+def test_ns_steps_must_be_a_whole_number() -> None:
+    w = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match="ns_steps"):
+        muon.step(w, w.copy(), muon.init_state(w), 1, ns_steps=2.5)
+
+
+# ------------------------------------------------------------------------------- the lowering
+def test_the_matrix_ops_come_from_the_one_table_with_costs() -> None:
+    (it,) = matrix.iterations(RULE)
+    assert {op.kind for op in it.program} <= set(ops.MATRIX_OPS)
+    assert matrix.op_counts(it) == {"mscale": 3, "transpose": 1, "matmul": 3, "madd": 2}
+    r, c = sp.symbols("r c", positive=True)
+    # X X^T (r r c), A A (r^3), (..) X (r r c): 2 flops per multiply-add, plus the scales/sums
+    assert it.cost(r, c) == sp.expand(2 * (r * r * c + r**3 + r * r * c) + 3 * r * r + 2 * r * c)
+    assert ops.matrix_cost("matmul", (4, 3), (3, 5)) == 2 * 4 * 3 * 5
+    assert it.equivariant  # an odd polynomial p(X X^T) X: either orientation is the same matrix
+
+
+def test_the_cheaper_orientation_is_taken_as_torch_does() -> None:
+    """torch transposes a tall matrix (rows > cols): the smaller Gram matrix. The generated
+    code decides from the ops' costs; a tall weight runs on its transpose."""
+    (it,) = matrix.iterations(RULE)
+    r, c = sp.symbols("r c", positive=True)
+    for rows, cols in [(12, 5), (5, 12), (8, 8), (1, 7)]:
+        swapped = it.cost(c, r).subs({r: rows, c: cols}) < it.cost(r, c).subs({r: rows, c: cols})
+        assert swapped == (rows > cols)
+
+
+def test_equivariance_is_proven_for_other_steps(tmp_path: Path) -> None:
+    """A word in X and X^T mapping (rows, cols) to itself is X (X^T X)^k: always equivariant."""
+    rule = _spec(tmp_path, "return X @ X.T @ X + X.T.T")
+    (it,) = matrix.iterations(rule)
+    assert it.equivariant  # X X^T X + X
+    rule = _spec(tmp_path, "return a * X + X @ X.T @ X @ X.T @ X", name="probe2")
+    assert matrix.iterations(rule)[0].equivariant
+
+
+def _spec(tmp_path: Path, body: str, steps: str = "n", name: str = "probe") -> object:
+    path = tmp_path / f"{name}.py"
+    path.write_text(
+        textwrap.dedent(
+            f'''
+            """Probe."""
+            from codegen import matrix
+            from codegen.spec import Rule, integer
+            RULE = Rule("{name}", __doc__)
+            a = RULE.hyper("a", 1.0)
+            n = RULE.hyper("n", 2, integer(0, 9))
+            x0 = RULE.let("x0", RULE.grad)
+            def body(X):
+                {body}
+            ortho = matrix.iterate(RULE, "ortho", x0, {steps}, body)
+            RULE.update(RULE.weight, RULE.weight - ortho)
+            '''
+        )
+    )
+    return load_rule(path)
+
+
+@pytest.mark.parametrize(
+    ("body", "steps", "message"),
+    [
+        ("return X @ X", "n", r"probe.py:\d+: matrix equation: product of shapes \(rows, cols\)"),
+        ("return X @ X.T", "n", r"probe.py:\d+: the step of matrix value 'ortho' maps"),
+        ("return X * X", "n", r"probe.py:\d+: matrix equation: \* of two matrices"),
+        ("return RULE.grad * X", "n", r"probe.py:\d+: matrix equation: .*host scalar"),
+        ("return X", "a", r"probe.py:\d+: matrix value 'ortho' repeats its step a times"),
+        ("return 3", "n", r"probe.py:\d+: the step of matrix value 'ortho' returns 3"),
+    ],
+)
+def test_a_malformed_matrix_equation_is_refused_naming_the_spec_line(
+    tmp_path, body, steps, message
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        _spec(tmp_path, body, steps)
+
+
+def test_op_counts_are_pinned() -> None:
+    """The generated step's ops (per-element segments, matrix ops per iteration step) against
+    tests/goldens/op_counts.json (``python -m tools.op_counts --write``)."""
+    import json
+
+    from codegen import matrix_targets
+
+    golden = json.loads((Path(__file__).parent / "goldens" / "op_counts.json").read_text())
+    assert matrix_targets.op_counts(RULE) == golden["muon"]
+    assert golden["muon"]["matrix_plan"]["ortho (per step)"]["matmul"] == 3
