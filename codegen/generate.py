@@ -56,6 +56,7 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
             path = Path(target.directory) / f"{rule.name}.py"
             text = ruff_format(texts[target.name], str(path))
             files.append(Generated(path, text, time.perf_counter() - start))
+    every = rules
     rules = [r for r in rules if not matrix.is_matrix_rule(r)]
     for rule in rules:
         start = time.perf_counter()
@@ -74,7 +75,7 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
         for package in package_targets():
             start = time.perf_counter()
             path = Path(package.directory) / "__init__.py"
-            text = ruff_format(package.render(rules), str(path))
+            text = ruff_format(package.render(every), str(path))
             files.append(Generated(path, text, time.perf_counter() - start))
     return files
 

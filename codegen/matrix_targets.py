@@ -31,6 +31,7 @@ from codegen.spec import SCALAR, Rule, SpecError
 from codegen.targets import ENV
 from codegen.targets.host import HostCode, legal_code, literal
 from codegen.targets.numpy import NumpyOpPrinter
+from codegen.targets.rules import torch_equivalent_code
 from codegen.targets.triton import TritonOpPrinter
 
 # How each target prints a matrix op (every op of codegen/ops.py marked ``matrix``).
@@ -302,6 +303,8 @@ def _common(rule: Rule, code: HostCode) -> dict[str, object]:
         "matrix_values": [it.name for it in matrix.iterations(rule)],
         "op_counts": {it.name: matrix.op_counts(it) for it in matrix.iterations(rule)},
         "triton_kernels": [],
+        "reductions": [r.name for r in rule.reductions],
+        "torch": torch_equivalent_code(rule, code),
     }
 
 
@@ -323,7 +326,10 @@ def render(rule: Rule) -> dict[str, str]:
     ctx = _common(rule, code)
     ctx.update(numpy_context(plan_, code))
     ctx["host_lets"] = _host_lines(plan_, code)
-    ctx["runtime"] = sorted({"check_step_count", "resolve_hyperparams", *code.runtime})
+    ctx["runtime"] = sorted(
+        {"check_step_count", "resolve_hyperparams", "step_counts", *code.runtime}
+    )
+    ctx["target"] = "numpy"
     ctx["uses_math"] = code.uses_math
     out["rules"] = ENV.get_template("matrix_rules_module.py.j2").render(ctx)
     out["numpy"] = ENV.get_template("matrix_numpy_module.py.j2").render(ctx)
@@ -331,7 +337,10 @@ def render(rule: Rule) -> dict[str, str]:
     tctx = _common(rule, tcode)
     tctx.update(triton_context(plan_, tcode))
     tctx["host_lets"] = _host_lines(plan_, tcode)
-    tctx["runtime"] = sorted({"check_step_count", "resolve_hyperparams", *tcode.runtime})
+    tctx["runtime"] = sorted(
+        {"check_step_count", "resolve_hyperparams", "step_counts", "stream_indices", *tcode.runtime}
+    )
+    tctx["target"] = "triton"
     tctx["uses_math"] = tcode.uses_math
     out["triton"] = ENV.get_template("matrix_triton_module.py.j2").render(tctx)
     return out

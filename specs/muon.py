@@ -63,4 +63,20 @@ lr_adj = RULE.let(
         (sp.Rational(1, 5) * lr * sp.sqrt(sp.Max(rows, cols)), True),
     ),
 )
+RULE.torch_equivalent(
+    "Muon",
+    {
+        "lr": "lr",
+        "wd": "weight_decay",
+        "momentum": "momentum",
+        "nesterov": "nesterov",
+        "ns_a": "ns_coefficients[0]",
+        "ns_b": "ns_coefficients[1]",
+        "ns_c": "ns_coefficients[2]",
+        "epsilon": "eps",
+        "ns_steps": "ns_steps",
+        "adjust_lr_fn": "adjust_lr_fn",
+    },
+    {buf: ("momentum_buffer", 1)},
+)
 RULE.update(w, w * (1 - lr * wd) - lr_adj * ortho)

@@ -320,3 +320,68 @@ def test_op_counts_are_pinned() -> None:
     golden = json.loads((Path(__file__).parent / "goldens" / "op_counts.json").read_text())
     assert matrix_targets.op_counts(RULE) == golden["muon"]
     assert golden["muon"]["matrix_plan"]["ortho (per step)"]["matmul"] == 3
+
+
+# ------------------------------------------------------------------------------ torch class
+def test_torch_class_matches_torch_muon_and_exchanges_state(monkeypatch) -> None:
+    """``generated.torch.Muon`` (CPU: the NumPy module) vs torch.optim.Muon (float32
+    Newton-Schulz) over 20 steps, then its state moved into a torch.optim.Muon and back."""
+    from generated.torch import Muon
+
+    _float32_newton_schulz(monkeypatch)
+    rng = np.random.default_rng(4)
+    w0 = [rng.standard_normal(s).astype(np.float32) for s in [(6, 4), (3, 9)]]
+    ours = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    theirs = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
+    opt = Muon(ours, lr=0.02, nesterov=False)
+    # torch's default adjust_lr_fn=None means "original"; ours names it (None is not loaded)
+    ref = torch.optim.Muon(theirs, lr=0.02, nesterov=False, adjust_lr_fn="original")
+    for _ in range(20):
+        for a, b in zip(ours, theirs, strict=True):
+            g = torch.tensor(rng.standard_normal(tuple(a.shape)).astype(np.float32))
+            a.grad, b.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=2e-6)
+    exported = opt.to_torch_state_dict()
+    moved = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in ours])
+    moved.load_state_dict(exported)
+    for i, p in enumerate(ours):
+        torch.testing.assert_close(
+            moved.state_dict()["state"][i]["momentum_buffer"], opt.state[p]["momentum_buffer"]
+        )
+    back = Muon([torch.nn.Parameter(p.detach().clone()) for p in theirs], lr=0.02)
+    back.load_torch_state_dict(ref.state_dict())
+    assert back.param_groups[0]["nesterov"] is False
+    bias = torch.nn.Parameter(torch.ones(5))
+    bias.grad = torch.ones(5)
+    with pytest.raises(ValueError, match="2-D matrix"):  # torch: at construction; here: at step
+        Muon([bias]).step()
+    assert bool((bias == 1).all())
+
+
+def test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90() -> None:
+    """``python -m tools.aot muon``: every generated kernel, fp32/bf16/fp16 weights, IEEE
+    division (the PTX check of tools/aot.py) - without a GPU."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.aot", "--json", "muon"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout)
+    kernels = {r["kernel"] for r in rows}
+    assert kernels == {f"muon_segment{i}_kernel" for i in range(3)}
+    assert len(rows) == 3 * 2 * 3  # kernels x archs x weight dtypes

@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import RULES, TORCH_DIFFERS, numpy_module, tolerance, torch_peer
+from conftest import ALL_RULES, RULES, TORCH_DIFFERS, numpy_module, tolerance, torch_peer
 from reference import sample_hyperparams
 
 from generated.torch import RULES as CLASSES
@@ -21,7 +21,7 @@ SIZES = [(3, 5), (7,), (1,), (4, 4)]
 
 
 def test_every_rule_has_a_class() -> None:
-    assert set(CLASSES) == set(RULES)
+    assert set(CLASSES) == set(ALL_RULES)
     assert CLASSES["adam"].__name__ == "Adam" and CLASSES["rmsprop"].__name__ == "RMSprop"
     assert "w_{i+1}" in CLASSES["adam"].__doc__  # the rule's equations
 

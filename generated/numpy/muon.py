@@ -30,32 +30,47 @@ parameter's shape before anything is written.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from generated.rules.muon import (
+    DRAWS,
+    FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
     MATRIX_VALUES,
     NONE_MEANS,
+    REDUCTIONS,
     RULE,
     SPEC,
+    STATE_AXES,
     STATES,
+    TORCH,
     check_matrix,
 )
-from optgen_runtime.common import check_step_count, host_max, resolve_hyperparams
+from optgen_runtime.common import check_step_count, host_max, resolve_hyperparams, step_counts
 from optgen_runtime.numpy_support import check_weight, flat_views
 
+# The rule's metadata lives in generated.rules.muon; re-exported here.
 __all__ = [
+    "DRAWS",
+    "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
+    "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",
     "MATRIX_VALUES",
     "NONE_MEANS",
+    "REDUCTIONS",
     "RULE",
     "SPEC",
     "STATES",
+    "STATE_AXES",
+    "TORCH",
     "init_state",
     "step",
     "step_multi",
@@ -90,19 +105,20 @@ def step_multi(
     weights: list[np.ndarray],
     grads: list[np.ndarray],
     states: list[dict[str, np.ndarray]],
-    t: int,
+    t: int | Sequence[int],
     **hyperparams: Any,
 ) -> int:
-    """``step`` on each weight, after checking all of them (nothing written if one is bad)."""
+    """``step`` on each weight (``t``: one step count, or one per weight), after checking all of
+    them: nothing is written if one is bad. Returns the number of weights updated."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    t = check_step_count(RULE, t)
     if not len(weights) == len(grads) == len(states):
         raise ValueError(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
+    ts = step_counts(RULE, t, len(weights))
     for weight, grad, state in zip(weights, grads, states, strict=True):
         _check(weight, grad, state)
-    for weight, grad, state in zip(weights, grads, states, strict=True):
+    for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
         _step(weight, grad, state, t, hp)
     return len(weights)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, TorchEquivalent
 
 RULE = "muon"
 SPEC = "specs/muon.py"
@@ -67,6 +67,30 @@ NONE_MEANS: dict[str, float] = {}
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("momentum_buffer",)
 HOST_STATES: tuple[str, ...] = ()
+STATE_AXES: dict[str, int] = {}
+# Per-tensor reductions (summed in float64 on the host between stages).
+REDUCTIONS: tuple[str, ...] = ("U_norm",)
+GROUP_REDUCTIONS: tuple[str, ...] = ()
+DRAWS: tuple[str, ...] = ()
+FOLDS_GRAD_SCALE = False
+# The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
+TORCH = TorchEquivalent(
+    "Muon",
+    {
+        "lr": "lr",
+        "wd": "weight_decay",
+        "momentum": "momentum",
+        "nesterov": "nesterov",
+        "ns_a": "ns_coefficients[0]",
+        "ns_b": "ns_coefficients[1]",
+        "ns_c": "ns_coefficients[2]",
+        "epsilon": "eps",
+        "ns_steps": "ns_steps",
+        "adjust_lr_fn": "adjust_lr_fn",
+    },
+    {"momentum_buffer": ("momentum_buffer", lambda **_: 1)},
+    {},
+)
 # Values computed by matrix equations (codegen/matrix.py): the weight must be 2-D.
 MATRIX_VALUES: tuple[str, ...] = ("ortho",)
 # Matrix operations per iteration step of each matrix value.

@@ -27,6 +27,7 @@ from generated.numpy import lamb as _numpy_lamb
 from generated.numpy import lars as _numpy_lars
 from generated.numpy import lbsgd as _numpy_lbsgd
 from generated.numpy import lion as _numpy_lion
+from generated.numpy import muon as _numpy_muon
 from generated.numpy import nadam as _numpy_nadam
 from generated.numpy import nag as _numpy_nag
 from generated.numpy import radam as _numpy_radam
@@ -53,6 +54,7 @@ from generated.rules import lamb as _rules_lamb
 from generated.rules import lars as _rules_lars
 from generated.rules import lbsgd as _rules_lbsgd
 from generated.rules import lion as _rules_lion
+from generated.rules import muon as _rules_muon
 from generated.rules import nadam as _rules_nadam
 from generated.rules import nag as _rules_nag
 from generated.rules import radam as _rules_radam
@@ -79,6 +81,7 @@ from generated.triton import lamb as _triton_lamb
 from generated.triton import lars as _triton_lars
 from generated.triton import lbsgd as _triton_lbsgd
 from generated.triton import lion as _triton_lion
+from generated.triton import muon as _triton_muon
 from generated.triton import nadam as _triton_nadam
 from generated.triton import nag as _triton_nag
 from generated.triton import radam as _triton_radam
@@ -1056,6 +1059,74 @@ class Lion(GeneratedOptimizer):
         )
 
 
+class Muon(GeneratedOptimizer):
+    """Muon: momentum orthogonalised by a Newton-Schulz iteration, for 2-D weights.
+
+    Jordan et al. (2024), "Muon: An optimizer for hidden layers in neural networks"
+    (https://kellerjordan.github.io/posts/muon/); Liu et al. (2025), "Muon is Scalable for LLM
+    Training" (the ``match_rms_adamw`` scale). Follows ``torch.optim.Muon`` (torch 2.13).
+
+    Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer):
+        B_t = B + (1 - mu) (G - B)                         # torch's buf.lerp_(grad, 1 - mu)
+        U = B_t - (1 - mu) (B_t - G) if nesterov else B_t  # torch's grad.lerp(buf, mu)
+        X_0 = U / max(||U||_F, eps)
+        X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
+        W <- W (1 - lr wd) - lr_adj X_{ns_steps}
+        lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original", torch's default)
+               = 0.2 lr sqrt(max(rows, cols))      ("match_rms_adamw")
+
+    torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
+    an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
+    lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
+    X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or float64).
+
+    Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
+    embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
+    parameter's shape before anything is written.
+    """
+
+    RULE = "muon"
+    META = _rules_muon
+    NUMPY = _numpy_muon
+    TRITON = _triton_muon
+    TORCH = _rules_muon.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        wd: Any = 0.1,
+        momentum: Any = 0.95,
+        nesterov: Any = True,
+        ns_a: Any = 3.4445,
+        ns_b: Any = -4.775,
+        ns_c: Any = 2.0315,
+        epsilon: Any = 1e-07,
+        ns_steps: Any = 5.0,
+        adjust_lr_fn: Any = "original",
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "wd": wd,
+                "momentum": momentum,
+                "nesterov": nesterov,
+                "ns_a": ns_a,
+                "ns_b": ns_b,
+                "ns_c": ns_c,
+                "epsilon": epsilon,
+                "ns_steps": ns_steps,
+                "adjust_lr_fn": adjust_lr_fn,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class NAdam(GeneratedOptimizer):
     """NAdam: Adam with Nesterov momentum and Dozat's warming momentum schedule, as MXNet computes it.
 
@@ -1672,6 +1743,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "lars": LARS,
     "lbsgd": LBSGD,
     "lion": Lion,
+    "muon": Muon,
     "nadam": NAdam,
     "nag": NAG,
     "radam": RAdam,

@@ -28,8 +28,20 @@ IMPLEMENTATION_ONLY = frozenset({"foreach", "fused", "capturable", "differentiab
 @cache
 def torch_defaults(class_name: str) -> dict[str, Any]:
     """Every group setting of ``torch.optim.<class_name>`` with torch's default value."""
+    return dict(_probe(class_name, torch.zeros(1, requires_grad=True)).defaults)
+
+
+def _probe(class_name: str, p: torch.Tensor, **kwargs: Any) -> torch.optim.Optimizer:
+    """``torch.optim.<class_name>([p])``; for an optimizer that takes only matrices
+    (torch.optim.Muon refuses a 1-D parameter), over a 1 x 1 parameter instead."""
     cls = getattr(torch.optim, class_name)
-    return dict(cls([torch.zeros(1, requires_grad=True)]).defaults)
+    try:
+        return cls([p], **kwargs)
+    except ValueError:
+        matrix = torch.nn.Parameter(p.detach().reshape(1, 1))
+        if p.grad is not None:
+            matrix.grad = p.grad.reshape(1, 1)
+        return cls([matrix], **kwargs)
 
 
 def torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> frozenset[str]:
@@ -43,7 +55,8 @@ def torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> fro
 def _torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> frozenset[str]:
     p = torch.nn.Parameter(torch.zeros(1))
     p.grad = torch.zeros(1)
-    opt = getattr(torch.optim, class_name)([p])
+    opt = _probe(class_name, p)
+    p = opt.param_groups[0]["params"][0]
     # set as a loaded group would be (some group keys are no constructor arguments)
     opt.param_groups[0].update({k: v for k, v in settings if k not in IMPLEMENTATION_ONLY})
     try:
@@ -158,12 +171,11 @@ class TorchExchange:
         """
         eq = self._equivalent()
         where = f"{type(self).__name__}.to_torch_state_dict"
-        cls = getattr(torch.optim, eq.class_name)
         ours = self.state_dict()
         groups = []
         for group in ours["param_groups"]:
             kwargs = torch_settings(where, eq, self.META.HYPERPARAMS, group)
-            settings = cls([torch.zeros(1, requires_grad=True)], **kwargs).defaults
+            settings = _probe(eq.class_name, torch.zeros(1, requires_grad=True), **kwargs).defaults
             extras = {k: v for k, v in group.items() if k not in self.META.HYPERPARAMS}
             groups.append(extras | settings)
         state: dict[int, dict[str, Any]] = {}
