@@ -44,7 +44,7 @@ _reserve(
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
     "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS BLOCK_SIZE "
     "REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
-    "CHUNK RULES META NUMPY TRITON "
+    "CHUNK RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars",
 )
 _reserve(
@@ -91,6 +91,7 @@ RULE_SUFFIXES: tuple[str, ...] = (
     "_reduce_kernel_body",
     "_row_reduce_kernel",
     "_col_reduce_kernel",
+    "_segment_kernel",  # a matrix rule's per-element stages: <rule>_segment<k>_kernel
 )
 TEMP_PREFIX = "_"
 
@@ -140,6 +141,8 @@ def _unphased(identifier: str) -> str:
     if tail.isdigit() and head in ("reduction_scalars", "REDUCE_SCALARS"):
         return head
     match = re.search(r"_reduce(\d+)_", identifier)
+    if match is None and (match := re.search(r"_segment(\d+)_", identifier)):
+        return identifier.replace(match.group(0), "_segment_", 1)
     return identifier.replace(match.group(0), "_reduce_", 1) if match else identifier
 
 
