@@ -96,7 +96,7 @@ def exported(lowered: Lowered) -> list[str]:
     rule = lowered.rule
     if rule.reductions and rule.vector_values:
         out += ["REDUCE_AXES"]
-    if rule.sizes:
+    if rule.sizes or rule.vector_values:  # the matrix modules always compute the sizes
         out += ["SIZES"]
     if rule.vector_states:
         out += ["STATE_AXES"]

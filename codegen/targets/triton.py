@@ -211,7 +211,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "common_imports": sorted(
             ["check_step_count", "host_state_values", "resolve_hyperparams", "step_counts"]
             + ["stream_indices"]
-            + (["matrix_sizes"] if rule.sizes else [])
+            + (["matrix_sizes"] if rule.sizes or matrix else [])
             + (["matrix_dims"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
         ),
