@@ -18,7 +18,12 @@ from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
 from codegen.targets.host import literal
-from codegen.targets.rules import exported, reduce_scalars_name, reduction_scalars_name
+from codegen.targets.rules import (
+    exported,
+    natural,
+    reduce_scalars_name,
+    reduction_scalars_name,
+)
 
 
 @dataclass(frozen=True)
@@ -330,7 +335,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "rule": rule,
         "doc": rule.doc,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step"]),
+        "exports": sorted([*rules_names, "init_state", "step"], key=natural),
         "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],
         "matrices": [f"_{s.name}_m" for s in rule.element_inputs],

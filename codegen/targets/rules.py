@@ -5,6 +5,8 @@ states, torch equivalent and host code. The NumPy, Triton and torch layers all r
 
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 
 from codegen import names
@@ -100,7 +102,13 @@ def exported(lowered: Lowered) -> list[str]:
         out += ["SIZES"]
     if rule.vector_states:
         out += ["STATE_AXES"]
-    return sorted(out, key=lambda n: n.replace("_", " "))  # isort's order: "STATE_AXES" < "STATES"
+    return sorted(out, key=lambda n: natural(n.replace("_", " ")))  # "STATE_AXES" < "STATES"
+
+
+def natural(name: str) -> list[str | int]:
+    """Sort key of ruff's isort and ``__all__`` orders: digit runs as numbers (``_2`` < ``_10``,
+    which a rule with ten or more sweeps has)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def reduced_axis(rule: Rule, reduction: sp.Symbol) -> str:

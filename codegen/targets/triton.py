@@ -22,6 +22,7 @@ from codegen.targets.host import literal
 from codegen.targets.rules import (
     exported,
     legend,
+    natural,
     reduce_scalars_name,
     reduction_scalars_name,
 )
@@ -194,7 +195,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "rule": rule,
         "doc": rule.doc,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step", "step_multi"]),
+        "exports": sorted([*rules_names, "init_state", "step", "step_multi"], key=natural),
         "buffers": buffers,
         "ptrs": [names.derived(b, "_ptr") for b in buffers],
         "likes": [names.derived(b, "_like") for b in buffers],
