@@ -49,15 +49,21 @@ def table() -> str:
         features = []
         if rule.host_states:
             features.append("host state")
-        if rule.reductions:
+        if rule.vector_states:
+            features.append("row/column states")
+        elif rule.reductions:
             features.append("per-tensor norms")
         if rule.draws:
             features.append("Philox noise")
         oracles = ["equations (40 digits)", "Triton = NumPy"]
         if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
             oracles.append("MXNet 1.9.1 goldens")
-        if rule.name in torch_cases:
+        own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own test, against its reference
+        own_text = own.read_text() if own.exists() else ""
+        if rule.name in torch_cases or "torch.optim." in own_text:
             oracles.append("torch.optim")
+        if "from pytorch_optimizer import" in own_text:
+            oracles.append("pytorch-optimizer 4.1.0")
         if rule.draws:
             oracles.append("noise statistics")
         rows.append(

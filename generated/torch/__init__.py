@@ -19,6 +19,7 @@ from generated.numpy import adam as _numpy_adam
 from generated.numpy import adamax as _numpy_adamax
 from generated.numpy import adamw as _numpy_adamw
 from generated.numpy import amsgrad as _numpy_amsgrad
+from generated.numpy import came as _numpy_came
 from generated.numpy import dcasgd as _numpy_dcasgd
 from generated.numpy import ftml as _numpy_ftml
 from generated.numpy import ftrl as _numpy_ftrl
@@ -36,6 +37,7 @@ from generated.numpy import sgd_mom as _numpy_sgd_mom
 from generated.numpy import sgld as _numpy_sgld
 from generated.numpy import signsgd as _numpy_signsgd
 from generated.numpy import signum as _numpy_signum
+from generated.numpy import sm3 as _numpy_sm3
 from generated.rules import adabelief as _rules_adabelief
 from generated.rules import adadelta as _rules_adadelta
 from generated.rules import adafactor as _rules_adafactor
@@ -44,6 +46,7 @@ from generated.rules import adam as _rules_adam
 from generated.rules import adamax as _rules_adamax
 from generated.rules import adamw as _rules_adamw
 from generated.rules import amsgrad as _rules_amsgrad
+from generated.rules import came as _rules_came
 from generated.rules import dcasgd as _rules_dcasgd
 from generated.rules import ftml as _rules_ftml
 from generated.rules import ftrl as _rules_ftrl
@@ -61,6 +64,7 @@ from generated.rules import sgd_mom as _rules_sgd_mom
 from generated.rules import sgld as _rules_sgld
 from generated.rules import signsgd as _rules_signsgd
 from generated.rules import signum as _rules_signum
+from generated.rules import sm3 as _rules_sm3
 from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
 from generated.triton import adafactor as _triton_adafactor
@@ -69,6 +73,7 @@ from generated.triton import adam as _triton_adam
 from generated.triton import adamax as _triton_adamax
 from generated.triton import adamw as _triton_adamw
 from generated.triton import amsgrad as _triton_amsgrad
+from generated.triton import came as _triton_came
 from generated.triton import dcasgd as _triton_dcasgd
 from generated.triton import ftml as _triton_ftml
 from generated.triton import ftrl as _triton_ftrl
@@ -86,6 +91,7 @@ from generated.triton import sgd_mom as _triton_sgd_mom
 from generated.triton import sgld as _triton_sgld
 from generated.triton import signsgd as _triton_signsgd
 from generated.triton import signum as _triton_signum
+from generated.triton import sm3 as _triton_sm3
 from optgen_runtime.optim import GeneratedOptimizer
 
 
@@ -543,6 +549,75 @@ class AMSGrad(GeneratedOptimizer):
                 "beta1": beta1,
                 "beta2": beta2,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class CAME(GeneratedOptimizer):
+    """CAME: Adafactor's factored second moment, and a factored confidence of the momentum's update.
+
+    Luo et al. (2023), "CAME: Confidence-guided Adaptive Memory Efficient
+    Optimization". Follows ``pytorch_optimizer.CAME`` (pytorch-optimizer 4.1.0), verified against it.
+
+    Paper's equations (Algorithm 1, weight W of shape (n, m), G the gradient, 1 the ones vector):
+        R = b2 R + (1 - b2) (G^2 + eps1) 1_m;   C = b2 C + (1 - b2) 1_n^T (G^2 + eps1)
+        V = R C / (1_n^T R);   U = G / sqrt(V);   U^ = U / max(1, RMS(U) / d)
+        m = b1 m + (1 - b1) U^;   Res = (U^ - m)^2 + eps2
+        R' = b3 R' + (1 - b3) Res 1_m;   C' = b3 C' + (1 - b3) 1_n^T Res;   S = R' C' / (1_n^T R')
+        W <- W - lr m / sqrt(S)
+
+    The reference's code (followed here; states ``exp_avg`` = m, ``row``/``col`` = R/C as means over
+    the rows/columns, ``res_row``/``res_col`` = R'/C'; beta1..3 its ``betas``, d its clip_threshold):
+        the sums are means, V^(-1/2) = rsqrt(R / mean(R)) rsqrt(C), S^(-1/2) likewise;
+        m is updated with lerp(m, U^, 1 - b1) (written m + (1 - b1) (U^ - m) here);
+        weight decay before all: W <- W (1 - wd lr) (weight_decouple, the default; 1 - wd with
+        fixed_decay), else G <- G + wd W. A weight of more than two dims is factored over its last two.
+        A 0-D or 1-D weight keeps the full second moment V and has no confidence: W <- W - lr m.
+
+    optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so the column states
+    ``col`` and ``res_col`` are full there (V = C, the reference's unfactored update; ``res_col`` and
+    the one-value row states are kept but unused). Not supported: ``ams_bound=True`` (a full-size
+    state more), ``maximize=True`` (pass -G). The reference also stores RMS(W), which no update uses.
+    """
+
+    RULE = "came"
+    META = _rules_came
+    NUMPY = _numpy_came
+    TRITON = _triton_came
+    TORCH = _rules_came.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.0002,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        beta3: Any = 0.9999,
+        wd: Any = 0.0,
+        weight_decouple: Any = True,
+        fixed_decay: Any = False,
+        clip_threshold: Any = 1.0,
+        eps1: Any = 1e-30,
+        eps2: Any = 1e-16,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "wd": wd,
+                "weight_decouple": weight_decouple,
+                "fixed_decay": fixed_decay,
+                "clip_threshold": clip_threshold,
+                "eps1": eps1,
+                "eps2": eps2,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1599,6 +1674,66 @@ class Signum(GeneratedOptimizer):
         )
 
 
+class SM3(GeneratedOptimizer):
+    """SM3: Adagrad-like steps from one accumulator per row and one per column (a cover of the weight).
+
+    Anil, Gupta, Koren & Singer (2019), "Memory-Efficient Adaptive Optimization". Follows
+    ``pytorch_optimizer.SM3`` (pytorch-optimizer 4.1.0), which it is verified against.
+
+    Paper's equations (SM3-II, cover sets S_r, accumulators mu_r starting at 0, G the gradient):
+        nu_t(i) = min_{r: i in S_r} mu_{t-1}(r) + G(i)^2
+        mu_t(r) = max_{j in S_r} nu_t(j)
+        W(i) <- W(i) - lr G(i) / sqrt(nu_t(i))
+
+    The reference's code (followed here; states ``row`` and ``col`` are mu over the rows and columns
+    of a matrix, ``mom`` its ``momentum_buffer``; beta its ``beta``, epsilon its ``eps``):
+        nu = beta min(row_i, col_j) + (1 - beta) G^2     (min(row_i, col_j) + G^2 when beta = 0:
+                                                          it multiplies by beta only when beta > 0)
+        row_i = max(row_i, max_j nu),  col_j = max(col_j, max_i nu)   (old value dropped if beta = 0)
+        U = G / sqrt(nu + epsilon);   mom = lerp(mom, U, 1 - momentum) (used if momentum > 0)
+        W <- W - lr mom
+    The lerp is written momentum mom + (1 - momentum) U: U itself when momentum = 0.
+
+    Where it differs: the reference keeps one accumulator per tensor dimension (for a (B, R, C) weight
+    three, of B, R and C values); optgen views every weight as (batch, rows, cols) and keeps one per
+    row and one per column of each matrix: B R + B C values, the cover {(b, r, :)} and {(b, :, c)}. It
+    is a valid SM3 cover (each element in a row set and a column set), finer than the reference's, so
+    steps of >= 3-D weights differ from the reference (tests/test_sm3.py checks them against NumPy).
+    0-D, 1-D and 2-D weights get the reference's covers: a 1-D weight is one row, its column
+    accumulator the full nu (min(row, col_j) = col_j there), a 0-D weight one element, whose
+    accumulator the reference sets to nu without the max when beta > 0 (an EMA of G^2): so here.
+    """
+
+    RULE = "sm3"
+    META = _rules_sm3
+    NUMPY = _numpy_sm3
+    TRITON = _triton_sm3
+    TORCH = _rules_sm3.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.1,
+        momentum: Any = 0.0,
+        beta: Any = 0.0,
+        epsilon: Any = 1e-30,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "beta": beta,
+                "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
@@ -1608,6 +1743,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "adamax": Adamax,
     "adamw": AdamW,
     "amsgrad": AMSGrad,
+    "came": CAME,
     "dcasgd": DCASGD,
     "ftml": FTML,
     "ftrl": Ftrl,
@@ -1625,4 +1761,5 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "sgld": SGLD,
     "signsgd": SignSGD,
     "signum": Signum,
+    "sm3": SM3,
 }

@@ -10,6 +10,7 @@ RULES = (
     "adamax",
     "adamw",
     "amsgrad",
+    "came",
     "dcasgd",
     "ftml",
     "ftrl",
@@ -27,4 +28,5 @@ RULES = (
     "sgld",
     "signsgd",
     "signum",
+    "sm3",
 )
