@@ -351,7 +351,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
         "phases": phases,
-        "sizes": ", **sizes" if rule.sizes else "",
+        "sizes": ", **_sizes" if rule.sizes else "",
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "init": {s.name: init_code(rule, s) for s in rule.states.values()},
         "ops": NumpyOpPrinter(allocation, host).lines(lowered.ops),
