@@ -78,6 +78,20 @@ def _reduce(kind: str, values: list[Any]) -> Any:
     return max(values) if kind == "max" else min(values)
 
 
+def _matrix(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The weight as (batch, rows, cols), as the spec language defines it: the last two dims are
+    the matrix, the others the batch; a 1-D weight is one row, a 0-D weight one element."""
+    dims = (1, 1, *shape)
+    return math.prod(dims[:-2]), dims[-2], dims[-1]
+
+
+def _vector_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """The array shape of a state of one value per row (axis -1) or column (axis -2)."""
+    if len(shape) < 2:
+        return (1,) if axis == -1 or not shape else shape
+    return shape[:-1] if axis == -1 else shape[:-2] + shape[-1:]
+
+
 def spec_trajectory(
     rule: Rule,
     weight0: np.ndarray,
@@ -87,6 +101,10 @@ def spec_trajectory(
 ) -> list[dict[str, np.ndarray]]:
     """Weight and states after each step, from the raw equations at high precision.
 
+    Every value is evaluated at every element (b, r, c) of the weight viewed as (batch, rows,
+    cols); a value of one per row (column, matrix) is the same at each element of its row and is
+    kept once, keyed by (b, r) ((b, c), (b,)). A reduction gathers its summand once per key of
+    the summand's own domain and groups the values by the key of its result's.
     ``on_element`` sees every element's values (inputs, intermediates, new values) at every step.
     """
     mpmath.mp.dps = DIGITS
@@ -95,13 +113,31 @@ def spec_trajectory(
         set().union(*(eq.expr.free_symbols for eq in equations)) | {rule.weight}, key=str
     )
     functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules="mpmath")) for eq in equations]
+    uses = {eq.target: eq.expr.free_symbols for eq in equations}
     values = _resolved(rule, hp)
+    shape = tuple(weight0.shape)
     n = weight0.size
+    _, rows, cols = _matrix(shape)
+    coords = [(i // (rows * cols), i // cols % rows, i % cols) for i in range(n)]
+
+    def key(i: int, domain: frozenset[str]) -> tuple[int, ...]:
+        return tuple(x for a, x in zip("brc", coords[i], strict=True) if a in domain)
+
+    def first(i: int, domain: frozenset[str]) -> bool:
+        """Whether element i is the first of its key (the one that stands for a vector value)."""
+        return all(x == 0 for a, x in zip("brc", coords[i], strict=True) if a not in domain)
+
+    sizes = {"numel": n, "ndim": len(shape), "rows": rows, "cols": cols}
+    domains = {st.name: rule.domain(st.symbol) for st in rule.states.values()}
     w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
-    states = {}
+    states: dict[str, dict[tuple[int, ...], Any]] = {}
     for st in rule.states.values():
         f = sp.lambdify([rule.weight], st.init, modules="mpmath")
-        states[st.name] = [mpmath.mpf(f(w[i])) for i in range(n)]
+        states[st.name] = {
+            key(i, domains[st.name]): mpmath.mpf(f(w[i]))
+            for i in range(n)
+            if first(i, domains[st.name])
+        }
     host = {hs.name: mpmath.mpf(hs.init) for hs in rule.host_states.values()}
     history = []
     for t, g in enumerate(grads, start=1):
@@ -109,62 +145,75 @@ def spec_trajectory(
         # Random draws come from the runtime's Philox stream (the spec says which stream).
         draws = {}
         if rule.draws:
-            key = stream_seed(int(values["seed"]), t)
+            key_ = stream_seed(int(values["seed"]), t)
             for k, d in enumerate(rule.draws):
                 counters = np.arange(n, dtype=np.int64) * len(rule.draws) + k
-                draws[d] = [mpmath.mpf(float(x)) for x in randn(key, counters)]
-        new_w = []
-        new_states: dict[str, list[Any]] = {s: [] for s in states}
+                draws[d] = [mpmath.mpf(float(x)) for x in randn(key_, counters)]
 
         def element_env(
             i: int, w=w, gflat=gflat, t=t, states=states, host=host, draws=draws
         ) -> dict:
             env: dict[sp.Symbol, Any] = {rule.weight: w[i], rule.grad: gflat[i], rule.t: t}
-            env.update({size: n for size in rule.sizes})
+            env.update({size: sizes[size.name] for size in rule.sizes})
             for h in rule.hypers.values():
                 v = values[h.name]
                 env[h.symbol] = mpmath.inf if math.isinf(v) else mpmath.mpf(v)
             for st in rule.states.values():
-                env[st.symbol] = states[st.name][i]
+                env[st.symbol] = states[st.name][key(i, domains[st.name])]
             for hs in rule.host_states.values():
                 env[hs.symbol] = host[hs.name]
             for d, vals in draws.items():
                 env[d] = vals[i]
             return env
 
-        # The reductions, phase by phase (a chained reduction's summand uses earlier ones).
-        totals: dict[sp.Symbol, Any] = {}
+        def evaluate(i: int, totals: dict, wanted: set[sp.Symbol] | None = None) -> dict:
+            env = element_env(i)
+            env.update({r: by_key[key(i, rule.domain(r))] for r, by_key in totals.items()})
+            for target, f in functions:
+                if target not in totals and (wanted is None or target in wanted):
+                    env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
+            return env
+
+        # The reductions, phase by phase (a chained reduction's summand uses earlier ones);
+        # in each phase only what the phase's summands need (later values may divide by them).
+        totals: dict[sp.Symbol, dict[tuple[int, ...], Any]] = {}
         phases = rule.reduction_phases()
         for phase in range(1, max(phases.values(), default=0) + 1):
             current = [r for r in rule.reductions if phases[r] == phase]
-            parts: dict[sp.Symbol, list[Any]] = {r: [] for r in current}
+            wanted, todo = set(), list(current)
+            while todo:
+                s = todo.pop()
+                if s not in wanted and s in uses and s not in totals:
+                    wanted.add(s)
+                    todo += list(uses[s])
+            parts: dict[sp.Symbol, dict[tuple[int, ...], list[Any]]] = {r: {} for r in current}
             for i in range(n):
-                env = element_env(i)
-                env.update(totals)
-                for target, f in functions:
-                    if target not in totals:
-                        env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
+                env = evaluate(i, totals, wanted)
                 for r in current:
-                    parts[r].append(env[r])
+                    if first(i, rule.domain(rule.reductions[r])):
+                        parts[r].setdefault(key(i, rule.domain(r)), []).append(env[r])
             for r in current:
-                totals[r] = _reduce(rule.reduction_kinds[r], parts[r])
+                totals[r] = {k: _reduce(rule.reduction_kinds[r], v) for k, v in parts[r].items()}
         # Pass 2: every equation, with the reductions known.
+        new_w = []
+        new_states: dict[str, dict[tuple[int, ...], Any]] = {s: {} for s in states}
         for i in range(n):
-            env = element_env(i)
-            env.update(totals)
-            for target, f in functions:
-                if target not in totals:
-                    env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
+            env = evaluate(i, totals)
             if on_element is not None:
                 on_element(env)
             new_w.append(env[rule.weight_new])
             for st in rule.states.values():
-                new_states[st.name].append(env[st.new])
+                if first(i, domains[st.name]):
+                    new_states[st.name][key(i, domains[st.name])] = env[st.new]
         host = {hs.name: env[hs.new] for hs in rule.host_states.values()}  # same for every i
         w, states = new_w, new_states
-        snapshot = {"weight": np.array([float(x) for x in w]).reshape(weight0.shape)}
-        for name, vals in states.items():
-            snapshot[name] = np.array([float(x) for x in vals]).reshape(weight0.shape)
+        snapshot = {"weight": np.array([float(x) for x in w]).reshape(shape)}
+        for st in rule.states.values():
+            vals = [float(states[st.name][k]) for k in sorted(states[st.name])]
+            axis = st.axis
+            snapshot[st.name] = np.array(vals).reshape(
+                shape if axis is None else _vector_shape(shape, axis)
+            )
         snapshot.update({name: np.array(float(v)) for name, v in host.items()})
         history.append(snapshot)
     return history

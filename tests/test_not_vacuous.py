@@ -16,7 +16,7 @@ import pytest
 import sympy as sp
 from conftest import RULES, numpy_module, tolerance
 from reference import spec_trajectory
-from test_symbolic import EXTRA, STEPS, case, max_rel_error, run_numpy
+from test_symbolic import EXTRA, MATRIX_SHAPES, STEPS, case, matrix_case, max_rel_error, run_numpy
 
 SEEDS = (0, 1)  # test_symbolic.test_numpy_float64_matches_equations
 
@@ -88,6 +88,8 @@ def _settings(rule_name: str) -> list[tuple[dict[str, Any], np.ndarray, list[np.
     for name, hp, data in SPECIAL_DATA:
         if name == rule_name:
             out.append((hp, *data(np.random.default_rng(11))))
+    if RULES[rule_name].vector_values:  # test_matrix_weights_match_equations
+        out += [matrix_case(rule_name, shape)[1:] for shape in MATRIX_SHAPES]
     return out
 
 

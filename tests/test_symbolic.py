@@ -66,6 +66,8 @@ EXTRA = [
         for s in ("linear", "power2", "sqrt", "lars")
     ],
     ("lamb", dict(bias_correction=False, lower_bound=0.5, upper_bound=2.0, wd=0.01), 5),
+    ("came", dict(weight_decouple=False, wd=0.05, lr=0.01), 5),
+    ("came", dict(fixed_decay=True, wd=0.05, lr=0.01), 5),
 ]
 
 
@@ -85,3 +87,27 @@ def test_defaults_match_equations(rule_name: str) -> None:
     reference = spec_trajectory(rule, w0, grads, {})
     history = run_numpy(numpy_module(rule_name), w0, grads, {})
     assert max_rel_error(history, reference) < tolerance(np.float64, STEPS)["rtol"]
+
+
+# A rule with row or column values (reductions along an axis, row/column states) on weights of
+# more rows than one (a 1-D weight is one row) and on a 0-D weight (one element).
+MATRIX_SHAPES = [(), (3, 4), (2, 3, 4)]
+
+
+def matrix_case(rule_name: str, shape: tuple[int, ...], seed: int = 3):
+    rule = RULES[rule_name]
+    rng = np.random.default_rng(seed)
+    hp = sample_hyperparams(rule, rng)
+    w0 = np.asarray(rng.standard_normal(shape))
+    scale = np.exp(rng.standard_normal(shape[:-1] + (1,) if shape else ()))  # rows differ
+    return rule, hp, w0, [np.asarray(rng.standard_normal(shape) * scale) for _ in range(STEPS)]
+
+
+@pytest.mark.parametrize("shape", MATRIX_SHAPES, ids=str)
+def test_matrix_weights_match_equations(rule_name: str, shape: tuple[int, ...]) -> None:
+    if not RULES[rule_name].vector_values:
+        pytest.skip("no row or column values: every element of any shape alike")
+    rule, hp, w0, grads = matrix_case(rule_name, shape)
+    reference = spec_trajectory(rule, w0, grads, hp)
+    history = run_numpy(numpy_module(rule_name), w0, grads, hp)
+    assert max_rel_error(history, reference) < tolerance(np.float64, STEPS)["rtol"], hp
