@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import RULES, TORCH_DIFFERS, numpy_module, tolerance, torch_peer
+from conftest import RULES, TORCH_DIFFERS, numpy_module, tolerance, torch_peer, triton_module
 from reference import sample_hyperparams
 
 from generated.torch import RULES as CLASSES
@@ -85,6 +85,12 @@ def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
     twin_groups = [{**groups[0], "params": twins[:2]}, {**groups[1], "params": twins[2:]}]
     reference = CLASSES[rule_name](twin_groups, backend="numpy")
     per_step = 2 if module.REDUCTIONS else 1
+    matrix = bool(RULES[rule_name].vector_values)
+    if matrix:  # row/column values: sweeps shaped by each tensor's (batch, rows, cols) view
+        trm, w = triton_module(rule_name), torch.randn(3, 4)
+        LAUNCHES["count"] = 0
+        trm.step(w, torch.randn(3, 4), trm.init_state(w), 1)
+        per_tensor = LAUNCHES["count"]
     for t in range(1, 5):
         set_grads(params, t)
         if t == 1:
@@ -93,7 +99,10 @@ def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
             q.grad = None if p.grad is None else p.grad.clone()
         LAUNCHES["count"] = 0
         opt.step()
-        assert LAUNCHES["count"] == per_step * 3  # group 1: fp32; group 2: fp32 and bf16
+        if matrix:  # one step per tensor
+            assert LAUNCHES["count"] == per_tensor * sum(p.grad is not None for p in params)
+        else:
+            assert LAUNCHES["count"] == per_step * 3  # group 1: fp32; group 2: fp32 and bf16
         reference.step()
     steps = [int(opt.state[p]["step"]) for p in params]
     assert steps == [4, 3, 4, 4, 4]
