@@ -57,6 +57,31 @@ def is_reduction(role: str) -> bool:
     return parse_sweep(role) is not None
 
 
+def free_symbols(expr: sp.Expr, cache: dict[sp.Expr, frozenset[sp.Symbol]]) -> frozenset[sp.Symbol]:
+    """``expr.free_symbols``, memoized per subexpression in ``cache``: inlined equations share
+    subtrees (a chain of lets, each using the one before twice), and SymPy recomputes the set
+    for every occurrence, which grows with the expanded size, not the number of distinct nodes."""
+    found = cache.get(expr)
+    if found is None:
+        if isinstance(expr, sp.Symbol):
+            found = frozenset((expr,))
+        elif not expr.args:
+            found = frozenset()
+        else:
+            found = frozenset().union(*(free_symbols(a, cache) for a in expr.args))
+        cache[expr] = found
+    return found
+
+
+def count_ops(expr: sp.Expr, seen: set[sp.Expr]) -> int:
+    """The operations of ``expr`` not already in ``seen`` (each distinct subexpression once)."""
+    if expr in seen or not getattr(expr, "args", ()) or isinstance(expr, sp.Symbol):
+        return 0
+    seen.add(expr)
+    own = max(len(expr.args) - 1, 1) if isinstance(expr, (sp.Add, sp.Mul)) else 1
+    return own + sum(count_ops(a, seen) for a in expr.args)
+
+
 Operand = sp.Expr  # a Symbol (buffer value, temporary or host scalar) or an exact constant
 
 
@@ -127,12 +152,14 @@ class Block:
         return replace(self, stage=stage, assigns=tuple(assigns), notes={**self.notes, **notes})
 
     def op_counts(self) -> dict[str, dict[str, int]]:
-        """Per role: operations by kind (op form) or SymPy's operation count (expression form)."""
+        """Per role: operations by kind (op form) or, in expression form, the distinct
+        operations (a subexpression shared by several outputs of a role counts once)."""
         counts: dict[str, Counter[str]] = {}
+        seen: dict[str, set[sp.Expr]] = {}
         for a in self.assigns:
             bucket = counts.setdefault(a.role, Counter())
             if a.op is not None:
                 bucket[a.op] += 1
             else:
-                bucket["expr_ops"] += int(sp.count_ops(a.expr))
+                bucket["expr_ops"] += count_ops(a.expr, seen.setdefault(a.role, set()))
         return {role: dict(sorted(c.items())) for role, c in sorted(counts.items())}

@@ -37,7 +37,7 @@ from typing import ClassVar
 import sympy as sp
 
 from codegen import ops as opdefs
-from codegen.ir import Assign, Block, Operand, Origin, sweep_role
+from codegen.ir import Assign, Block, Operand, Origin, free_symbols, sweep_role
 from codegen.names import Temps
 from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
@@ -121,9 +121,11 @@ class _HostExtractor:
         self.host: dict[sp.Symbol, sp.Expr] = {}
         self._by_expr: dict[sp.Expr, sp.Symbol] = {}
         self.guard: sp.Expr = sp.true  # the host condition of the Piecewise branch being read
+        self._free: dict[sp.Expr, frozenset[sp.Symbol]] = {}
 
     def is_host(self, expr: sp.Expr) -> bool:
-        return bool(expr.free_symbols) and expr.free_symbols <= self.host_inputs
+        free = free_symbols(expr, self._free)
+        return bool(free) and free <= self.host_inputs
 
     def scalar(self, expr: sp.Expr) -> sp.Symbol:
         guarded = self.guard is not sp.true and _may_fail(expr)
@@ -142,7 +144,7 @@ class _HostExtractor:
             return expr
         if isinstance(expr, (sp.Add, sp.Mul)):
             # constants join the host part (-1 * lr is one scalar -lr), when there is one
-            joins = [self.is_host(a) or (a.is_Number and not a.free_symbols) for a in expr.args]
+            joins = [self.is_host(a) or (a.is_Number and not a.args) for a in expr.args]
             if not any(self.is_host(a) for a in expr.args):
                 joins = [False] * len(expr.args)
             host_args = [a for a, j in zip(expr.args, joins, strict=True) if j]

@@ -36,13 +36,14 @@ _reserve(
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
-    "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep",
+    "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
+    "run_group check_arrays_across group_totals Iterator host_max host_min",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
     "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS BLOCK_SIZE "
-    "REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES "
+    "REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )

@@ -11,7 +11,7 @@ import random
 import sympy as sp
 
 from codegen import ops as opdefs
-from codegen.ir import Assign, Block, Origin
+from codegen.ir import Assign, Block, Origin, free_symbols
 from codegen.names import Temps
 from codegen.spec import Rule
 
@@ -26,10 +26,11 @@ def host_lets(block: Block) -> dict[sp.Symbol, sp.Expr]:
     """The ``let``s whose inlined value is host-only (and not a plain constant), in spec order."""
     rule: Rule = block.rule
     scalar_inputs = set(rule.scalar_inputs)
+    cache: dict[sp.Expr, frozenset[sp.Symbol]] = {}
     return {
         s: v
         for s, (v, _) in block.lets.items()
-        if v.free_symbols and v.free_symbols <= scalar_inputs
+        if free_symbols(v, cache) and free_symbols(v, cache) <= scalar_inputs
     }
 
 
@@ -48,7 +49,8 @@ def expand(expr: sp.Expr, let_assigns: list[Assign]) -> sp.Expr:
 # ---------------------------------------------------------------------------------- evaluation
 class _Points:
     """Two random points at which values are compared to name them (exact rationals, evaluated
-    to 30 digits); ``host`` values are evaluated there once."""
+    to 30 digits); ``host`` values are evaluated there once, in order, each definition with the
+    values before it known (a chain of lets costs its length, not its expanded size)."""
 
     def __init__(self, rule: Rule, host: dict[sp.Symbol, sp.Expr]) -> None:
         rng = random.Random(f"optgen:{rule.name}")
@@ -57,8 +59,10 @@ class _Points:
         for _ in range(2):
             point = {s: sp.Rational(rng.randint(600, 1400), 1000) for s in inputs}
             point[rule.t] = sp.Integer(rng.randint(2, 9))
-            values = {s: self.value(e, point) for s, e in host.items()}
-            point.update({s: v for s, v in values.items() if v is not None})
+            for s, e in host.items():
+                v = self.value(e, point)
+                if v is not None:
+                    point[s] = v
             self.points.append(point)
 
     @staticmethod
@@ -126,8 +130,8 @@ def name_values(block: Block) -> Block:
         for s, v in lets.items()
         if s in needed
     ]
-    host_values = {s: opdefs.unguarded(expand(e, let_assigns)) for s, e in scalars.items()}
-    host_values |= {s: s for s in bare} | {s: expand(s, let_assigns) for s in lets}
+    host_values = {s: definition(v, by_value) for s, v in lets.items()}  # spec order
+    host_values |= {s: opdefs.unguarded(e) for s, e in scalars.items()}
     points = _Points(rule, host_values)
     wanted = {s: points.values(v) for s, (v, _) in block.lets.items() if s not in lets}
     out: list[Assign] = []

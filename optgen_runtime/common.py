@@ -237,3 +237,15 @@ def matrix_sizes(shape: Sequence[int], names: tuple[str, ...]) -> dict[str, int]
     batch, rows, cols = matrix_dims(shape)
     every = {"numel": batch * rows * cols, "ndim": len(shape), "rows": rows, "cols": cols}
     return {name: every[name] for name in names}
+
+
+# ---------------------------------------------------------------------------------- host max/min
+def host_max(*values: float) -> float:
+    """The largest value, or NaN if any is NaN: the kernels' max, on the host (Python's
+    ``max`` keeps whichever comes first when a NaN is compared)."""
+    return math.nan if any(v != v for v in values) else max(values)
+
+
+def host_min(*values: float) -> float:
+    """The smallest value, or NaN if any is NaN."""
+    return math.nan if any(v != v for v in values) else min(values)

@@ -74,3 +74,17 @@ G = RULE.let("G", mx.clipped().xreplace({g: gbar}) + mx.wd * w)
 mom_new = RULE.update(mom, sp.Piecewise((momentum * mom - mx.lr * mult * G, complete), (mom, True)))
 RULE.update(acc, sp.Piecewise((0, complete), (total, True)))
 RULE.update(w, sp.Piecewise((w + mom_new, complete), (w, True)))
+
+# Each strategy with a macro-batch of 2 calls and a warmup of 3 that ends within the 8 steps
+# (k < N and k >= N both taken), besides the settings the tests derive.
+for kind in ("linear", "power2", "sqrt", "lars"):
+    RULE.test_case(
+        steps=8,
+        batch_scale=2,
+        warmup_epochs=1,
+        updates_per_epoch=3,
+        momentum=0.9,
+        warmup_strategy=kind,
+        wd=0.01,
+        clip_gradient=0.8,
+    )

@@ -54,3 +54,6 @@ r_t = RULE.let(
 mhat = mean_new / (1 - beta1**t)
 adaptive = r_t * mhat * sp.sqrt(1 - beta2**t) / (sp.sqrt(var_new) + epsilon)
 RULE.update(w, w - mx.lr * sp.Piecewise((adaptive, rectified), (mhat, True)))
+
+# A faster beta2 (rho_t > 5 from step 6 on): many rectified steps, besides the derived settings.
+RULE.test_case(steps=10, beta2=0.9, lr=0.01)

@@ -20,6 +20,19 @@ from optgen_runtime.philox import randn, stream_seed
 DIGITS = 40
 
 
+def _nan_max(*args: Any) -> Any:
+    return mpmath.nan if any(mpmath.isnan(a) for a in args) else max(args)
+
+
+def _nan_min(*args: Any) -> Any:
+    return mpmath.nan if any(mpmath.isnan(a) for a in args) else min(args)
+
+
+# How the equations are evaluated: mpmath, with Max/Min NaN-propagating as in every target
+# (Python's max/min answer NaN or not depending on the argument order).
+MODULES: list[Any] = [{"Max": _nan_max, "Min": _nan_min}, "mpmath"]
+
+
 def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float | None]:
     """A random legal setting near the defaults, with wd, rescaling and clipping active.
 
@@ -57,7 +70,9 @@ def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float 
     return values
 
 
-def _resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
+def resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
+    """The hyperparameters as the equations see them: floats, a choice's index, a flag's 0/1,
+    what None stands for; unset ones at their defaults."""
     out = {}
     for h in rule.hypers.values():
         v = hp.get(h.name, h.default)
@@ -78,17 +93,18 @@ def _reduce(kind: str, values: list[Any]) -> Any:
     return max(values) if kind == "max" else min(values)
 
 
-def _matrix(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """The weight as (batch, rows, cols), as the spec language defines it: the last two dims are
-    the matrix, the others the batch; a 1-D weight is one row, a 0-D weight one element."""
-    dims = (1, 1, *shape)
-    return math.prod(dims[:-2]), dims[-2], dims[-1]
-
-
-def _vector_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    """The array shape of a state of one value per row (axis -1) or column (axis -2)."""
+def _view(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(batch, rows, cols) of a weight's shape: 0-D is one element, 1-D one row."""
     if len(shape) < 2:
-        return (1,) if axis == -1 or not shape else shape
+        return 1, 1, (shape[0] if shape else 1)
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def _state_shape(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
+    """A state's shape: the weight's; without its last axis (one value per row); or without its
+    second-to-last (one per column; a 1-D weight's columns are its elements)."""
+    if axis is None or not shape:
+        return shape
     return shape[:-1] if axis == -1 else shape[:-2] + shape[-1:]
 
 
@@ -101,43 +117,42 @@ def spec_trajectory(
 ) -> list[dict[str, np.ndarray]]:
     """Weight and states after each step, from the raw equations at high precision.
 
-    Every value is evaluated at every element (b, r, c) of the weight viewed as (batch, rows,
-    cols); a value of one per row (column, matrix) is the same at each element of its row and is
-    kept once, keyed by (b, r) ((b, c), (b,)). A reduction gathers its summand once per key of
-    the summand's own domain and groups the values by the key of its result's.
     ``on_element`` sees every element's values (inputs, intermediates, new values) at every step.
+    The weight is viewed as (batch, rows, cols) (``codegen.spec.Rule.domain``): a value of a
+    smaller domain (a row state, a reduction along an axis) is one number per row, column, matrix
+    or tensor, which every element of it sees; a reduction adds each of its summand's values once.
     """
     mpmath.mp.dps = DIGITS
     equations = rule.ordered_equations()
     symbols = sorted(
         set().union(*(eq.expr.free_symbols for eq in equations)) | {rule.weight}, key=str
     )
-    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules="mpmath")) for eq in equations]
-    uses = {eq.target: eq.expr.free_symbols for eq in equations}
-    values = _resolved(rule, hp)
-    shape = tuple(weight0.shape)
+    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules=MODULES)) for eq in equations]
+    values = resolved(rule, hp)
     n = weight0.size
-    _, rows, cols = _matrix(shape)
-    coords = [(i // (rows * cols), i // cols % rows, i % cols) for i in range(n)]
+    dims = dict(zip("brc", _view(weight0.shape), strict=True))
+    sizes = {"numel": n, "ndim": weight0.ndim, "rows": dims["r"], "cols": dims["c"]}
 
-    def key(i: int, domain: frozenset[str]) -> tuple[int, ...]:
-        return tuple(x for a, x in zip("brc", coords[i], strict=True) if a in domain)
-
-    def first(i: int, domain: frozenset[str]) -> bool:
-        """Whether element i is the first of its key (the one that stands for a vector value)."""
-        return all(x == 0 for a, x in zip("brc", coords[i], strict=True) if a not in domain)
-
-    sizes = {"numel": n, "ndim": len(shape), "rows": rows, "cols": cols}
-    domains = {st.name: rule.domain(st.symbol) for st in rule.states.values()}
-    w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
-    states: dict[str, dict[tuple[int, ...], Any]] = {}
-    for st in rule.states.values():
-        f = sp.lambdify([rule.weight], st.init, modules="mpmath")
-        states[st.name] = {
-            key(i, domains[st.name]): mpmath.mpf(f(w[i]))
-            for i in range(n)
-            if first(i, domains[st.name])
+    def index(i: int, domain: frozenset[str]) -> int:
+        """Element i's position in a value of ``domain`` (C order over the axes it has)."""
+        at = {
+            "b": i // (dims["r"] * dims["c"]),
+            "r": i // dims["c"] % dims["r"],
+            "c": i % dims["c"],
         }
+        out = 0
+        for a in "brc":
+            if a in domain:
+                out = out * dims[a] + at[a]
+        return out
+
+    state_domain = {st.name: rule.domain(st.symbol) for st in rule.states.values()}
+    w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
+    states = {}
+    for st in rule.states.values():
+        f = sp.lambdify([rule.weight], st.init, modules=MODULES)
+        count = math.prod(dims[a] for a in state_domain[st.name])
+        states[st.name] = [mpmath.mpf(f(w[i])) for i in range(count)]  # axis: a constant init
     host = {hs.name: mpmath.mpf(hs.init) for hs in rule.host_states.values()}
     history = []
     for t, g in enumerate(grads, start=1):
@@ -145,10 +160,12 @@ def spec_trajectory(
         # Random draws come from the runtime's Philox stream (the spec says which stream).
         draws = {}
         if rule.draws:
-            key_ = stream_seed(int(values["seed"]), t)
+            key = stream_seed(int(values["seed"]), t)
             for k, d in enumerate(rule.draws):
                 counters = np.arange(n, dtype=np.int64) * len(rule.draws) + k
-                draws[d] = [mpmath.mpf(float(x)) for x in randn(key_, counters)]
+                draws[d] = [mpmath.mpf(float(x)) for x in randn(key, counters)]
+        new_w = []
+        new_states: dict[str, list[Any]] = {s: list(v) for s, v in states.items()}
 
         def element_env(
             i: int, w=w, gflat=gflat, t=t, states=states, host=host, draws=draws
@@ -159,61 +176,59 @@ def spec_trajectory(
                 v = values[h.name]
                 env[h.symbol] = mpmath.inf if math.isinf(v) else mpmath.mpf(v)
             for st in rule.states.values():
-                env[st.symbol] = states[st.name][key(i, domains[st.name])]
+                env[st.symbol] = states[st.name][index(i, state_domain[st.name])]
             for hs in rule.host_states.values():
                 env[hs.symbol] = host[hs.name]
             for d, vals in draws.items():
                 env[d] = vals[i]
             return env
 
-        def evaluate(i: int, totals: dict, wanted: set[sp.Symbol] | None = None) -> dict:
-            env = element_env(i)
-            env.update({r: by_key[key(i, rule.domain(r))] for r, by_key in totals.items()})
-            for target, f in functions:
-                if target not in totals and (wanted is None or target in wanted):
-                    env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
-            return env
+        # The reductions, phase by phase (a chained reduction's summand uses earlier ones).
+        # (each reduction: one value per position of its own domain; element i sees its own).
+        totals: dict[sp.Symbol, list[Any]] = {}
 
-        # The reductions, phase by phase (a chained reduction's summand uses earlier ones);
-        # in each phase only what the phase's summands need (later values may divide by them).
-        totals: dict[sp.Symbol, dict[tuple[int, ...], Any]] = {}
+        def reduced(i: int, totals=totals) -> dict[sp.Symbol, Any]:
+            return {r: v[index(i, rule.domain(r))] for r, v in totals.items()}
+
         phases = rule.reduction_phases()
         for phase in range(1, max(phases.values(), default=0) + 1):
             current = [r for r in rule.reductions if phases[r] == phase]
-            wanted, todo = set(), list(current)
-            while todo:
-                s = todo.pop()
-                if s not in wanted and s in uses and s not in totals:
-                    wanted.add(s)
-                    todo += list(uses[s])
-            parts: dict[sp.Symbol, dict[tuple[int, ...], list[Any]]] = {r: {} for r in current}
+            # reduction -> output position -> input position -> value (each input value once)
+            parts: dict[sp.Symbol, dict[int, dict[int, Any]]] = {r: {} for r in current}
             for i in range(n):
-                env = evaluate(i, totals, wanted)
+                env = element_env(i)
+                env.update(reduced(i))
+                for target, f in functions:
+                    if target not in totals:
+                        env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
                 for r in current:
-                    if first(i, rule.domain(rule.reductions[r])):
-                        parts[r].setdefault(key(i, rule.domain(r)), []).append(env[r])
+                    inner = rule.domain(rule.reductions[r])
+                    out = parts[r].setdefault(index(i, rule.domain(r)), {})
+                    out[index(i, inner)] = env[r]
             for r in current:
-                totals[r] = {k: _reduce(rule.reduction_kinds[r], v) for k, v in parts[r].items()}
+                count = math.prod(dims[a] for a in rule.domain(r))
+                kind = rule.reduction_kinds[r]
+                totals[r] = [
+                    _reduce(kind, list(parts[r].get(k, {}).values())) for k in range(count)
+                ]
         # Pass 2: every equation, with the reductions known.
-        new_w = []
-        new_states: dict[str, dict[tuple[int, ...], Any]] = {s: {} for s in states}
         for i in range(n):
-            env = evaluate(i, totals)
+            env = element_env(i)
+            env.update(reduced(i))
+            for target, f in functions:
+                if target not in totals:
+                    env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
             if on_element is not None:
                 on_element(env)
             new_w.append(env[rule.weight_new])
-            for st in rule.states.values():
-                if first(i, domains[st.name]):
-                    new_states[st.name][key(i, domains[st.name])] = env[st.new]
+            for st in rule.states.values():  # a row/column state: every element of it agrees
+                new_states[st.name][index(i, state_domain[st.name])] = env[st.new]
         host = {hs.name: env[hs.new] for hs in rule.host_states.values()}  # same for every i
         w, states = new_w, new_states
-        snapshot = {"weight": np.array([float(x) for x in w]).reshape(shape)}
+        snapshot = {"weight": np.array([float(x) for x in w]).reshape(weight0.shape)}
         for st in rule.states.values():
-            vals = [float(states[st.name][k]) for k in sorted(states[st.name])]
-            axis = st.axis
-            snapshot[st.name] = np.array(vals).reshape(
-                shape if axis is None else _vector_shape(shape, axis)
-            )
+            shape = _state_shape(weight0.shape, st.axis)
+            snapshot[st.name] = np.array([float(x) for x in states[st.name]]).reshape(shape)
         snapshot.update({name: np.array(float(v)) for name, v in host.items()})
         history.append(snapshot)
     return history

@@ -16,13 +16,17 @@ import pytest
 from conftest import RULE_NAMES, RULES, triton_module
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tree whose generated/ is compiled: OPTGEN_ROOT's, when the suite runs on another tree
+# (tests/conftest.py); tools and the runtime still come from this repository.
+TREE = Path(os.environ.get("OPTGEN_ROOT") or ROOT)
 
 
 def aot(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run(
         [sys.executable, "-m", "tools.aot", "--json", *args],
-        cwd=ROOT,
+        cwd=TREE,
         env=env,
         capture_output=True,
         text=True,

@@ -30,6 +30,10 @@ BODIES = {
         "RULE.update(w, w - sp.Piecewise((mx.lr, RULE.t > 3)) * RULE.grad)",
         "specs/bad.py:8: equation for weight_new has a Piecewise with no default branch",
     ),
+    "test case with an undeclared hyperparameter": (
+        "RULE.test_case(steps=3, beta=0.5)",
+        "specs/bad.py:8: test_case sets 'beta', which is not a hyperparameter declared before it",
+    ),
     "constant outside float32": (
         "RULE.update(w, w - RULE.grad * sp.Float(1e-42))",
         "specs/bad.py:8: per-element constant 1e-42 is outside float32's normal range",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy as sp
 from conftest import RULES
@@ -93,3 +95,33 @@ def test_passes_run_in_order_and_report() -> None:
     assert roles == {"host", "reduction", "element"}
     # every element and reduction assignment is an operation from the table
     assert all(a.op is not None for a in lowered.block.assigns if a.role != "host")
+
+
+CHAIN = '''"""A chain of host schedules, each let using the one before twice."""
+import sympy as sp
+from codegen.spec import Rule
+RULE = Rule("chain", __doc__)
+lr = RULE.hyper("lr", 0.1)
+b = RULE.hyper("b", 0.9)
+w, g, t = RULE.weight, RULE.grad, RULE.t
+m = RULE.state("m", 0)
+h = lr
+for k in range(40):
+    h = RULE.let(f"h{k}", h * (1 - b**t) / (1 + sp.sqrt(t + k)) + sp.cos(t * (k + 1)) * h)
+m_new = RULE.update(m, b * m + (1 - b) * g * h)
+RULE.update(w, w - h * m_new)
+'''
+
+
+def test_a_chain_of_host_lets_stays_linear(tmp_path) -> None:
+    """Issue 10, generator bug 4: inlined lets share subtrees, and SymPy's free_symbols,
+    count_ops and evaluation walked them expanded (2**40 nodes here; 8 lets took 43 s). The
+    host code computes each let once, by name: the module grows with the chain, linearly."""
+    from conftest import temporary_rule
+
+    with temporary_rule(tmp_path, "chain", CHAIN) as modules:
+        source = Path(modules["rules"].__file__).read_text()
+        assert source.count("\n    h39 = ") == 1 and len(source.splitlines()) < 400
+        w = np.ones(5)
+        modules["numpy"].step(w, np.ones(5), modules["numpy"].init_state(w), 3)
+        assert np.isfinite(w).all()

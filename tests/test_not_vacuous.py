@@ -3,8 +3,9 @@
 A random setting under which the weight never changes (an LBSGD macro-batch that never completes)
 makes the 40-digit comparison in test_symbolic.py pass vacuously; a Piecewise branch that none of
 its settings reaches is never compared with the equations at all. These tests replay exactly the
-settings test_symbolic.py uses, plus a few data cases here for branches only special values reach
-(zero gradients, zero weights), which are compared with the equations too.
+settings test_symbolic.py uses (derived from each spec's declarations by tests/derived.py, plus
+the spec's own ``RULE.test_case`` settings), and data cases for branches only special values
+reach (zero gradients, zero weights), which are compared with the equations too.
 """
 
 from __future__ import annotations
@@ -15,81 +16,72 @@ import numpy as np
 import pytest
 import sympy as sp
 from conftest import RULES, numpy_module, tolerance
-from reference import spec_trajectory
-from test_symbolic import EXTRA, MATRIX_SHAPES, STEPS, case, matrix_case, max_rel_error, run_numpy
+from derived import SPECIAL_DATA, STEPS, frozen_states, variant_data, variants
+from reference import MODULES, spec_trajectory
+from test_symbolic import case, max_rel_error, run_numpy
 
 SEEDS = (0, 1)  # test_symbolic.test_numpy_float64_matches_equations
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_random_settings_move_every_weight_and_state(rule_name: str, seed: int) -> None:
-    """Within the steps tested, every element of the weight and of every state changes."""
-    _, hp, w0, grads = case(rule_name, seed)
+def _assert_moves(rule_name: str, hp: dict, w0: np.ndarray, grads: list[np.ndarray]) -> None:
+    """Within the steps tested, every element of the weight and of every state the setting does
+    not freeze (``derived.frozen_states``) changes."""
     module = numpy_module(rule_name)
     history = run_numpy(module, w0, grads, hp)
     init = module.init_state(w0.copy())
-    assert len(history) == STEPS
+    assert len(history) == len(grads) >= STEPS
     moved = np.zeros(w0.shape, dtype=bool)
     for snapshot in history:
         moved |= snapshot["weight"] != w0
     assert moved.all(), f"{rule_name}: weight elements {np.flatnonzero(~moved)} never move ({hp})"
+    frozen = frozen_states(RULES[rule_name], hp)
     for name, start in init.items():
+        if name in frozen:
+            continue
         changed = np.zeros(np.shape(start), dtype=bool)
         for snapshot in history:
             changed |= snapshot[name] != start
         assert np.all(changed), f"{rule_name}: state {name} never changes ({hp})"
 
 
-# Data that reaches branches random normal data cannot: exact zeros.
-def _zeros_in_gradients(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-    w0 = rng.standard_normal(6)
-    grads = [rng.standard_normal(6) for _ in range(STEPS)]
-    for g in grads:
-        g[:2] = 0.0  # the first two elements see a zero gradient at every step
-    grads[1][:] = 0.0  # and a whole step of zero gradients: a zero gradient norm
-    return w0, grads
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_settings_move_every_weight_and_state(rule_name: str, seed: int) -> None:
+    _, hp, w0, grads = case(rule_name, seed)
+    _assert_moves(rule_name, hp, w0, grads)
 
 
-def _zero_weight(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-    return np.zeros(6), [np.zeros(6)] + [rng.standard_normal(6) for _ in range(STEPS - 1)]
+def test_flag_and_choice_settings_move_every_weight_and_state(rule_name: str) -> None:
+    """The derived settings with another value of a flag or choice move as the random ones do,
+    and every state moves in some derived setting (none is frozen everywhere)."""
+    rule = RULES[rule_name]
+    derived = [(hp, steps) for label, hp, steps in variants(rule) if "=" in label]
+    for hp, steps in derived:
+        _assert_moves(rule_name, hp, *variant_data(steps))
+    settings = [case(rule_name, seed)[1] for seed in SEEDS] + [hp for hp, _ in derived]
+    for name in rule.states:
+        assert any(name not in frozen_states(rule, hp) for hp in settings), (
+            f"{rule_name}: state {name} is frozen in every setting"
+        )
 
 
-SPECIAL_DATA: list[tuple[str, dict[str, Any], Any]] = [
-    ("signsgd", {}, _zeros_in_gradients),  # MXNet's sign of a zero gradient
-    ("signum", {"wd": 0.0}, _zeros_in_gradients),  # mom stays 0: its sign is 0
-    ("lars", {}, _zeros_in_gradients),  # ||g|| = 0: the plain learning rate
-    ("lars", {}, _zero_weight),  # ||w|| = 0
-    ("lamb", {}, _zero_weight),  # ||w|| = 0, then ||update|| = 0: ratio 1
-]
-
-
-@pytest.mark.parametrize(
-    ("rule_name", "hp", "data"),
-    SPECIAL_DATA,
-    ids=[f"{r}-{d.__name__.strip('_')}" for r, _, d in SPECIAL_DATA],
-)
-def test_special_data_match_equations(rule_name: str, hp: dict, data: Any) -> None:
+@pytest.mark.parametrize("data", SPECIAL_DATA, ids=[d.__name__ for d in SPECIAL_DATA])
+def test_special_data_match_equations(rule_name: str, data: Any) -> None:
+    """At the defaults, data random normal values cannot produce (exact zeros: MXNet's sign of a
+    zero gradient, a zero gradient or weight norm) give the equations' values too."""
     w0, grads = data(np.random.default_rng(11))
-    reference = spec_trajectory(RULES[rule_name], w0, grads, hp)
-    history = run_numpy(numpy_module(rule_name), w0, grads, hp)
+    reference = spec_trajectory(RULES[rule_name], w0, grads, {})
+    history = run_numpy(numpy_module(rule_name), w0, grads, {})
     assert max_rel_error(history, reference) < tolerance(np.float64, STEPS)["rtol"]
 
 
 def _settings(rule_name: str) -> list[tuple[dict[str, Any], np.ndarray, list[np.ndarray]]]:
     """Every (hyperparameters, w0, gradients) the equation tests run for this rule."""
     out = [case(rule_name, seed)[1:] for seed in SEEDS]
-    _, _, w0, grads = case(rule_name, 2)
-    out.append(({}, w0, grads))  # test_defaults_match_equations
-    for name, hp, steps in EXTRA:  # test_extra_settings_match_equations
-        if name == rule_name:
-            rng = np.random.default_rng(7)
-            w0 = rng.standard_normal(5)
-            out.append((hp, w0, [rng.standard_normal(5) for _ in range(steps)]))
-    for name, hp, data in SPECIAL_DATA:
-        if name == rule_name:
-            out.append((hp, *data(np.random.default_rng(11))))
-    if RULES[rule_name].vector_values:  # test_matrix_weights_match_equations
-        out += [matrix_case(rule_name, shape)[1:] for shape in MATRIX_SHAPES]
+    out.append(case(rule_name, 2, {})[1:])  # test_defaults_match_equations
+    for _, hp, steps in variants(RULES[rule_name]):  # test_variant_settings_match_equations
+        out.append((hp, *variant_data(steps)))
+    for data in SPECIAL_DATA:  # test_special_data_match_equations
+        out.append(({}, *data(np.random.default_rng(11))))
     return out
 
 
@@ -125,7 +117,7 @@ class BranchRecorder:
         if condition is sp.true:
             return True
         symbols = sorted(condition.free_symbols, key=str)
-        f = sp.lambdify(symbols, condition, modules="mpmath")
+        f = sp.lambdify(symbols, condition, modules=MODULES)
         return bool(f(*(env[s] for s in symbols)))
 
     def _visit(self, expr: sp.Basic, env: dict[sp.Symbol, Any]) -> None:
@@ -154,7 +146,10 @@ def test_every_branch_is_taken(rule_name: str) -> None:
     for hp, w0, grads in _settings(rule_name):
         spec_trajectory(rule, w0, grads, hp, on_element=recorder)
     missing = sorted(recorder.all - recorder.taken)
-    assert not missing, f"{rule_name}: branches never taken: {missing}"
+    assert not missing, (
+        f"{rule_name}: branches never taken: {missing} (where no derived setting reaches one, the "
+        "spec can ask for a setting that does: RULE.test_case(steps=..., **hyperparams))"
+    )
 
 
 @pytest.mark.parametrize(

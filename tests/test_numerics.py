@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from conftest import RULES, numpy_module, temporary_rule, tolerance, triton_module
+from conftest import RULE_NAMES, RULES, numpy_module, temporary_rule, tolerance, triton_module
+from derived import uses_sign
+from reference import MODULES, spec_trajectory
 
 COVERAGE_SPEC = '''
 """Backend coverage: one of every supported construct, pushed through every printer."""
@@ -131,8 +133,62 @@ SIGN_CASES: dict[str, tuple[dict[str, float], list[float]]] = {
 
 
 def test_every_sign_rule_has_a_sign_case() -> None:
-    using_sign = {n for n, r in RULES.items() if any(eq.expr.has(sp.sign) for eq in r.equations)}
-    assert using_sign == set(SIGN_CASES)
+    """The hand-computed cases above are rules that take a sign; every rule that takes one (a new
+    spec too) is checked against its own equations by test_sign_at_zero_and_nan_matches_equations.
+    """
+    assert set(SIGN_CASES) <= {n for n, r in RULES.items() if uses_sign(r)}
+
+
+SIGN_RULES = [name for name in RULE_NAMES if uses_sign(RULES[name])]
+SIGN_GRADS = [0.0, math.nan, 2.0, -2.0]
+
+
+def _sign_arguments(rule) -> list:
+    """(arguments, mpmath function) of each sign in the rule's equations."""
+    nodes = {
+        n for eq in rule.equations for n in sp.preorder_traversal(eq.expr) if n.func == sp.sign
+    }
+    out = []
+    for node in sorted(nodes, key=str):
+        args = sorted(node.args[0].free_symbols, key=str)
+        out.append((args, sp.lambdify(args, node.args[0], modules=MODULES)))
+    return out
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+@pytest.mark.parametrize("rule_name", SIGN_RULES)
+def test_sign_at_zero_and_nan_matches_equations(rule_name: str, target: str) -> None:
+    """Every rule that takes a sign, one step from w = W0 with the gradients 0, NaN, 2, -2, at its
+    defaults and at each of its spec's RULE.test_case settings: weight and states are what the
+    spec's equations give at 40 digits (NaN exactly where they give NaN; SymPy's sign keeps a NaN,
+    MXNet's counts it as 0), and in one of these settings some sign's argument is exactly 0."""
+    rule = RULES[rule_name]
+    signs = _sign_arguments(rule)
+    zero_seen = []
+
+    def record(env) -> None:
+        for args, f in signs:
+            value = f(*(env[a] for a in args))
+            zero_seen.append(value == 0)
+
+    for hp in [{}] + [dict(case.hyperparams) for case in rule.test_cases]:
+        want = spec_trajectory(rule, np.full(4, W0), [np.array(SIGN_GRADS)], hp, on_element=record)
+        if target == "numpy":
+            module, w, grad = numpy_module(rule_name), np.full(4, W0), np.array(SIGN_GRADS)
+        else:
+            module, w = triton_module(rule_name), torch.full((4,), W0)
+            grad = torch.tensor(SIGN_GRADS, dtype=torch.float32)
+        dtype = np.float64 if target == "numpy" else np.float32
+        state = module.init_state(w)
+        with np.errstate(invalid="ignore"):
+            module.step(w, grad, state, 1, **hp)
+        for name, value in [("weight", w), *state.items()]:
+            got = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value, np.float64)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want[0][name]), err_msg=name)
+            np.testing.assert_allclose(
+                got, want[0][name], **tolerance(dtype), err_msg=f"{rule_name} {target} {name} {hp}"
+            )
+    assert any(zero_seen), f"{rule_name}: no sign argument is 0 at a zero gradient"
 
 
 @pytest.mark.parametrize("target", ["numpy", "triton"])
@@ -172,6 +228,7 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
     g = rng.standard_normal(40).astype(np.float32)
     g[[3, 17]] = np.nan
     w = rng.standard_normal(40).astype(np.float32)
+    w0 = w.copy()
     npm, trm = numpy_module(rule_name), triton_module(rule_name)
     tw = torch.tensor(w)
     nstate, tstate = npm.init_state(w), trm.init_state(tw)
@@ -182,11 +239,11 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
     for name, ours, theirs in [("weight", w, tw)] + [(s, nstate[s], tstate[s]) for s in npm.STATES]:
         np.testing.assert_array_equal(np.isnan(theirs.numpy()), np.isnan(ours), err_msg=name)
         np.testing.assert_allclose(theirs.numpy(), ours, **tolerance(np.float32, 3), err_msg=name)
-    assert np.isnan(w[3]) or rule_name in RULES_THAT_IGNORE_NAN_IN_WEIGHT
-
-
-# MXNet's sign counts a NaN gradient (signsgd) or momentum (signum) as 0: the weight is only decayed
-RULES_THAT_IGNORE_NAN_IN_WEIGHT: set[str] = {"signsgd", "signum"}
+    # Whether a NaN gradient reaches the weight is the equations' answer at 40 digits: MXNet's
+    # sign counts a NaN (signsgd, signum: the weight is only decayed), LAMB's norm spreads it.
+    want = spec_trajectory(RULES[rule_name], w0.astype(np.float64), [g.astype(np.float64)] * 3, {})
+    expected = np.isnan(want[-1]["weight"])
+    np.testing.assert_array_equal(np.isnan(w), expected, err_msg="weight")
 
 
 @pytest.mark.parametrize("target", ["numpy", "triton"])

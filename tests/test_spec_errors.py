@@ -203,6 +203,38 @@ LOAD_CASES = {
         "RULE.state('m', doc='x\\ry')",
         r"specs/bad.py:9: the doc of state 'm' must be one line of printable text",
     ),
+    "a test case setting an undeclared hyperparameter": (
+        "RULE.test_case(beta=0.5)",
+        r"specs/bad.py:9: test_case sets 'beta', which is not a hyperparameter declared before it",
+    ),
+    "a test case with an illegal value": (
+        "RULE.test_case(lr=-1.0)",
+        r"specs/bad.py:9: test_case lr=-1.0 is outside its legal values \(0, inf\)",
+    ),
+    "a test case with None where None is not legal": (
+        "RULE.test_case(lr=None)",
+        r"specs/bad.py:9: test_case lr=None is outside its legal values",
+    ),
+    "a test case with a choice given by its index": (
+        "m = RULE.choice('mode', 'a', ('a', 'b'))\nRULE.test_case(mode=1)",
+        r"specs/bad.py:10: test_case mode=1 is outside its legal values one of 'a', 'b'",
+    ),
+    "a test case with a flag given as a number": (
+        "f = RULE.flag('on', False)\nRULE.test_case(on=1)",
+        r"specs/bad.py:10: test_case on=1 is outside its legal values True or False",
+    ),
+    "a test case with zero steps": (
+        "RULE.test_case(steps=0)",
+        r"specs/bad.py:9: test_case steps=0 must be an int in 1..100",
+    ),
+    "a test case with fractional steps": (
+        "RULE.test_case(steps=2.5, lr=0.1)",
+        r"specs/bad.py:9: test_case steps=2.5 must be an int in 1..100",
+    ),
+    "a test case with positional hyperparameters": (
+        "RULE.test_case(3, 0.1)",
+        r"specs/bad.py:9: TypeError: Rule.test_case\(\) takes from 1 to 2 positional arguments",
+    ),
     "none given as a string (SymPy would parse it)": (
         "RULE.hyper('b', 0.5, none='oo')",
         r"specs/bad.py:9: none='oo' of 'b' must be a number",
@@ -217,6 +249,16 @@ def test_malformed_spec_is_refused_at_load_in_one_line(tmp_path: Path, case: str
     with pytest.raises(SpecError, match=message) as error:
         load_rule(path)
     assert "\n" not in str(error.value)
+
+
+def test_a_test_case_is_recorded_with_its_line(tmp_path: Path) -> None:
+    """``RULE.test_case`` keeps the setting as written (the tests read it from the spec)."""
+    body = (
+        "RULE.update(w, w - mx.lr * RULE.grad)\nRULE.test_case(steps=7, lr=0.5, clip_gradient=None)"
+    )
+    rule = load_rule(write_spec(tmp_path, body))
+    [case] = rule.test_cases
+    assert (case.hyperparams, case.steps, case.line) == ({"lr": 0.5, "clip_gradient": None}, 7, 10)
 
 
 def test_a_per_element_constant_outside_float32_names_where_it_is() -> None:

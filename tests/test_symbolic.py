@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RULES, numpy_module, tolerance
+from conftest import RULE_NAMES, RULES, numpy_module, tolerance
+from derived import steps_for, variant_data, variants
 from reference import sample_hyperparams, spec_trajectory
-
-STEPS = 5
 
 
 def run_numpy(module, w0, grads, hp):
@@ -29,12 +28,15 @@ def max_rel_error(history, reference) -> float:
     return worst
 
 
-def case(rule_name: str, seed: int):
+def case(rule_name: str, seed: int, hp: dict | None = None):
+    """A random legal setting (or ``hp``), a weight of 7 elements and one gradient per step: as
+    many steps as ``derived.steps_for`` says the setting needs (at least ``STEPS``)."""
     rule = RULES[rule_name]
     rng = np.random.default_rng(seed)
-    hp = sample_hyperparams(rule, rng)
+    sampled = sample_hyperparams(rule, rng)
+    hp = sampled if hp is None else hp
     w0 = rng.standard_normal(7)
-    grads = [rng.standard_normal(7) * 1.5 for _ in range(STEPS)]
+    grads = [rng.standard_normal(7) * 1.5 for _ in range(steps_for(rule, hp))]
     return rule, hp, w0, grads
 
 
@@ -43,71 +45,26 @@ def test_numpy_float64_matches_equations(rule_name: str, seed: int) -> None:
     rule, hp, w0, grads = case(rule_name, seed)
     reference = spec_trajectory(rule, w0, grads, hp)
     history = run_numpy(numpy_module(rule_name), w0, grads, hp)
-    assert max_rel_error(history, reference) < tolerance(np.float64, STEPS)["rtol"], hp
+    assert max_rel_error(history, reference) < tolerance(np.float64, len(grads))["rtol"], hp
 
 
-# Settings that reach branches random near-default settings miss, with enough steps.
-EXTRA = [
-    ("radam", dict(beta2=0.9, lr=0.01), 10),  # rho_t > 5 from step 6 on
-    *[
-        (
-            "lbsgd",
-            dict(
-                batch_scale=2,
-                warmup_epochs=1,
-                updates_per_epoch=3,
-                momentum=0.9,
-                warmup_strategy=s,
-                wd=0.01,
-                clip_gradient=0.8,
-            ),
-            8,
-        )
-        for s in ("linear", "power2", "sqrt", "lars")
-    ],
-    ("lamb", dict(bias_correction=False, lower_bound=0.5, upper_bound=2.0, wd=0.01), 5),
-    ("came", dict(weight_decouple=False, wd=0.05, lr=0.01), 5),
-    ("came", dict(fixed_decay=True, wd=0.05, lr=0.01), 5),
-]
+# Beyond the random settings: every other value of every flag and choice, and the settings the
+# specs ask for with RULE.test_case (tests/derived.py).
+VARIANTS = [(name, *v) for name in RULE_NAMES for v in variants(RULES[name])]
+VARIANT_IDS = [f"{name}-{label}" for name, label, _, _ in VARIANTS]
 
 
-@pytest.mark.parametrize(("rule_name", "hp", "steps"), EXTRA)
-def test_extra_settings_match_equations(rule_name: str, hp: dict, steps: int) -> None:
+@pytest.mark.parametrize(("rule_name", "label", "hp", "steps"), VARIANTS, ids=VARIANT_IDS)
+def test_variant_settings_match_equations(rule_name: str, label: str, hp: dict, steps: int) -> None:
     rule = RULES[rule_name]
-    rng = np.random.default_rng(7)
-    w0 = rng.standard_normal(5)
-    grads = [rng.standard_normal(5) for _ in range(steps)]
+    w0, grads = variant_data(steps)
     reference = spec_trajectory(rule, w0, grads, hp)
     history = run_numpy(numpy_module(rule_name), w0, grads, hp)
-    assert max_rel_error(history, reference) < tolerance(np.float64, steps)["rtol"]
+    assert max_rel_error(history, reference) < tolerance(np.float64, steps)["rtol"], label
 
 
 def test_defaults_match_equations(rule_name: str) -> None:
-    rule, _, w0, grads = case(rule_name, 2)
+    rule, _, w0, grads = case(rule_name, 2, {})
     reference = spec_trajectory(rule, w0, grads, {})
     history = run_numpy(numpy_module(rule_name), w0, grads, {})
-    assert max_rel_error(history, reference) < tolerance(np.float64, STEPS)["rtol"]
-
-
-# A rule with row or column values (reductions along an axis, row/column states) on weights of
-# more rows than one (a 1-D weight is one row) and on a 0-D weight (one element).
-MATRIX_SHAPES = [(), (3, 4), (2, 3, 4)]
-
-
-def matrix_case(rule_name: str, shape: tuple[int, ...], seed: int = 3):
-    rule = RULES[rule_name]
-    rng = np.random.default_rng(seed)
-    hp = sample_hyperparams(rule, rng)
-    w0 = np.asarray(rng.standard_normal(shape))
-    scale = np.exp(rng.standard_normal(shape[:-1] + (1,) if shape else ()))  # rows differ
-    return rule, hp, w0, [np.asarray(rng.standard_normal(shape) * scale) for _ in range(STEPS)]
-
-
-@pytest.mark.parametrize("shape", MATRIX_SHAPES, ids=str)
-def test_matrix_weights_match_equations(rule_name: str, shape: tuple[int, ...]) -> None:
-    if not RULES[rule_name].vector_values:
-        pytest.skip("no row or column values: every element of any shape alike")
-    rule, hp, w0, grads = matrix_case(rule_name, shape)
-    reference = spec_trajectory(rule, w0, grads, hp)
-    history = run_numpy(numpy_module(rule_name), w0, grads, hp)
-    assert max_rel_error(history, reference) < tolerance(np.float64, STEPS)["rtol"], hp
+    assert max_rel_error(history, reference) < tolerance(np.float64, len(grads))["rtol"]

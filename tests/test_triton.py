@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DEVICE, RULES, assert_matches_float32, numpy_module, triton_module
 from reference import sample_hyperparams
-from test_symbolic import EXTRA
+from test_symbolic import VARIANT_IDS, VARIANTS
 
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.triton_support import LAUNCHES, scalar_table
@@ -63,8 +63,11 @@ def test_triton_matches_numpy_float32(rule_name: str, size: int) -> None:
     assert list(lockstep(rule_name, size))
 
 
-@pytest.mark.parametrize(("rule_name", "hp", "steps"), EXTRA)
-def test_triton_matches_numpy_on_extra_settings(rule_name: str, hp: dict, steps: int) -> None:
+@pytest.mark.parametrize(("rule_name", "label", "hp", "steps"), VARIANTS, ids=VARIANT_IDS)
+def test_triton_matches_numpy_on_variant_settings(
+    rule_name: str, label: str, hp: dict, steps: int
+) -> None:
+    """Every other value of every flag and choice, and each spec's RULE.test_case settings."""
     assert list(lockstep(rule_name, 1025, hp=hp, steps=steps))
 
 

@@ -1,8 +1,9 @@
 """Write a commented spec skeleton for a new rule: ``python -m tools.new NAME``.
 
 The skeleton is a working rule (plain SGD) with every feature of the spec language shown in
-comments; edit the equations, then run ``python -m tools.generate`` (the rule's modules and the
-package indexes) and the tests (which pick the new spec up automatically).
+comments; edit the equations, then run the commands in ``NEXT`` (printed as a hint; README's
+"Adding an optimizer" lists the same, tests/test_new_spec.py checks): the tests pick the new spec
+up and derive their settings from its declarations, with no test edit.
 """
 
 from __future__ import annotations
@@ -59,7 +60,27 @@ w, g, t = RULE.weight, RULE.grad, RULE.t
 # Anything that depends only on hyperparameters, t and host states is computed on the host.
 G = RULE.let("G", mx.clipped())              # clip(rescale_grad * g, clip_gradient)
 RULE.update(w, w - mx.lr * G)
+
+# The tests derive their settings from the declarations above (random legal values, every flag
+# and choice value, enough steps for every branch the host decides, up to 40). Where that cannot
+# reach a branch or make a state move, ask for a setting (the rest at their defaults):
+#   RULE.test_case(steps=10, beta2=0.9)
 '''
+
+
+# Every command a new rule needs once its spec is written, in order, with what it does.
+NEXT: tuple[tuple[str, str], ...] = (
+    ("python -m tools.generate", "generated/{rules,numpy,triton}/NAME.py and the indexes"),
+    ("python -m tools.op_counts --write", "pins its op counts (tests/goldens/op_counts.json)"),
+    ("python -m tools.docs --write", "adds it to README's rule table"),
+    ("bash tools/test.sh -k NAME", "its tests: every parametrized test picks it up"),
+    ("bash tools/test.sh", "lint and the whole suite"),
+)
+
+
+def next_commands(name: str) -> list[str]:
+    """``NEXT``'s commands for the rule ``name``."""
+    return [command.replace("NAME", name) for command, _ in NEXT]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     title = name.replace("_", " ").title()
     path.write_text(SKELETON.format(name=name, title=title))
     print(f"wrote {path}")
-    print(
-        f"next: edit it, then `python -m tools.generate` (its modules and the indexes), "
-        f"`bash tools/test.sh -k {name}` and `python -m tools.docs --write` (the README table)"
-    )
+    print("next: edit it, then run")
+    for command, what in NEXT:
+        print(f"  {command.replace('NAME', name):<40} # {what.replace('NAME', name)}")
     return 0
 
 

@@ -41,6 +41,19 @@ class HostPrinter(PythonCodePrinter):
         """repr of the double, which round-trips (SymPy prints 15 digits)."""
         return repr(float(expr))
 
+    def _runtime(self, name: str) -> str:
+        """A helper of ``optgen_runtime.common``, recorded as an import the module needs."""
+        self.runtime.add(name)
+        return name
+
+    def _print_Max(self, expr: sp.Expr) -> str:
+        """NaN-propagating, as the kernels' max (Python's ``max(1, nan)`` is 1)."""
+        return f"{self._runtime('host_max')}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr: sp.Expr) -> str:
+        """NaN-propagating, as the kernels' min."""
+        return f"{self._runtime('host_min')}({', '.join(self._print(a) for a in expr.args)})"
+
     def _print_Guarded(self, expr: sp.Expr) -> str:
         """A guarded scalar: its value where its branch's condition holds, else 0."""
         value, condition = expr.args
@@ -62,6 +75,7 @@ class HostCode:
 
     def __init__(self) -> None:
         self.printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
+        self.printer.runtime = set()
 
     def __call__(self, expr: sp.Expr) -> str:
         text = self.printer.doprint(expr)
@@ -69,6 +83,11 @@ class HostCode:
         if unsupported:  # never fall back silently to another module
             raise SpecError(f"host expression {expr} needs {sorted(unsupported)}")
         return text
+
+    @property
+    def runtime(self) -> list[str]:
+        """The ``optgen_runtime.common`` helpers printed so far."""
+        return sorted(self.printer.runtime)
 
     @property
     def uses_math(self) -> bool:

@@ -253,6 +253,7 @@ def phase_context(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[st
         ],
         "unpack": unpack(lowered.phase_host(phase), "pre"),
         "scratch": allocation.scratch,
+        "group": [str(r) for r in reductions if r in lowered.rule.group_reductions],
     }
 
 
@@ -331,11 +332,13 @@ def context(lowered: Lowered) -> dict[str, object]:
     rules_names = exported(lowered)
     used = {a for op in lowered.ops for a in op.args if isinstance(a, sp.Symbol)}
     where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
+    multi = ["step_multi"] if rule.group_reductions else []
     return {
         "rule": rule,
         "doc": rule.doc,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step"], key=natural),
+        "exports": sorted([*rules_names, "init_state", "step", *multi], key=natural),
+        "group": [str(r) for r in rule.group_reductions],
         "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],
         "matrices": [f"_{s.name}_m" for s in rule.element_inputs],

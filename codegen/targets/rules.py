@@ -190,6 +190,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "matrix": bool(rule.vector_values),
         "state_axes": {s.name: s.axis for s in rule.vector_states},
         "sizes": [str(s) for s in rule.sizes],
+        "group": [str(r) for r in rule.group_reductions],
         "phases": phases(lowered, code),
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),
@@ -205,7 +206,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_op_counts": lowered.op_counts(lowered.reduce_ops),
         "scalar_legend": legend(lowered, update),
     }
-    return context | {"uses_math": code.uses_math}  # after everything is printed
+    # after everything is printed
+    return context | {"uses_math": code.uses_math, "runtime_imports": code.runtime}
 
 
 TARGET = Target(

@@ -152,6 +152,7 @@ def phase_context(
         "partials": [
             (r.name, PARTIAL[lowered.rule.reduction_kinds[r]].format(r.name)) for r in reductions
         ],
+        "group": [r.name for r in reductions if r in lowered.rule.group_reductions],
     }
 
 
@@ -176,6 +177,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
     else:
         support += ["ChunkTable", "launch"] + (["reduce_sums"] if phases else [])
+        support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",

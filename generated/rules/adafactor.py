@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_max, host_min
 
 RULE = "adafactor"
 SPEC = "specs/adafactor.py"
@@ -75,6 +75,8 @@ REDUCE_AXES: dict[str, str | None] = {
 }
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {"col": -2, "row": -1}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ("numel", "cols", "rows", "ndim")
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
@@ -102,25 +104,25 @@ SCALARS: dict[str, str] = {
     "_h2": "= eps1 ** 2",
     "_h3": "= (ndim \u003c 2)",
     "_h4": "= -lr*wd + 1",
-    "_h5": "= -max(eps2, math.sqrt(w_sq)/math.sqrt(max(1, numel)))*min(lr, (1.0 / math.sqrt(t)))/denom",
+    "_h5": "= -host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom",
 }
 # Reduction phase 1's scalars (w_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {}
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h0": "= max(1, cols) ** (-1)",
+    "_h0": "= host_max(1, cols) ** (-1)",
     "omb": "let, computed by host_scalars",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h1": "= max(1, rows) ** (-1)",
+    "_h1": "= host_max(1, rows) ** (-1)",
     "omb": "let, computed by host_scalars",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}
 # Reduction phase 5's scalars (), in the order reduction_scalars_5 returns them.
 REDUCE_SCALARS_5: dict[str, str] = {
-    "_h1": "= max(1, rows) ** (-1)",
+    "_h1": "= host_max(1, rows) ** (-1)",
     "eps1": "hyperparameter",
 }
 # Reduction phase 6's scalars (u_sq), in the order reduction_scalars_6 returns them.
@@ -147,13 +149,13 @@ def host_scalars(
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/adafactor.py:50: denom = Max(1, sqrt(u_sq)/(d*sqrt(Max(1, numel))))
-    denom = max(1, math.sqrt(u_sq) / (d * math.sqrt(max(1, numel))))
+    denom = host_max(1, math.sqrt(u_sq) / (d * math.sqrt(host_max(1, numel))))
     _h2 = eps1**2
     _h3 = ndim < 2
     _h4 = -lr * wd + 1
     _h5 = (
-        -max(eps2, math.sqrt(w_sq) / math.sqrt(max(1, numel)))
-        * min(lr, (1.0 / math.sqrt(t)))
+        -host_max(eps2, math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
+        * host_min(lr, (1.0 / math.sqrt(t)))
         / denom
     )
     scalars = (_h2, _h3, _h4, _h5)
@@ -194,7 +196,7 @@ def reduction_scalars_2(
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
     # specs/adafactor.py:41: omb = t**beta2_decay
     omb = t**beta2_decay
-    _h0 = max(1, cols) ** (-1)
+    _h0 = host_max(1, cols) ** (-1)
     return (_h0, omb)
 
 
@@ -215,7 +217,7 @@ def reduction_scalars_3(
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
     # specs/adafactor.py:41: omb = t**beta2_decay
     omb = t**beta2_decay
-    _h1 = max(1, rows) ** (-1)
+    _h1 = host_max(1, rows) ** (-1)
     return (_h1, omb)
 
 
@@ -252,7 +254,7 @@ def reduction_scalars_5(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 5's scalars (doubles), once per step (after phase 4's reductions)."""
-    _h1 = max(1, rows) ** (-1)
+    _h1 = host_max(1, rows) ** (-1)
     return (_h1, eps1)
 
 

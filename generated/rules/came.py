@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_max
 
 RULE = "came"
 SPEC = "specs/came.py"
@@ -90,6 +90,8 @@ REDUCE_AXES: dict[str, str | None] = {
 }
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {"col": -2, "res_col": -2, "res_row": -1, "row": -1}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ("ndim", "cols", "rows", "numel")
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
@@ -116,7 +118,7 @@ REDUCE_OP_COUNTS: dict[str, int] = {
 SCALARS: dict[str, str] = {
     "_h0": "= ((0) if (weight_decouple \u003e 0) else (wd))",
     "_h4": "= (ndim \u003c 2)",
-    "_h5": "= max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(max(1, numel)))) ** (-1)",
+    "_h5": "= host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)",
     "_h9": "= 1 - beta1",
     "_h10": "= ((-wd*((1) if (fixed_decay \u003e 0) else (lr)) + 1) if (weight_decouple \u003e 0) else (1))",
     "_h11": "= -lr",
@@ -128,19 +130,19 @@ REDUCE_SCALARS: dict[str, str] = {
 }
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h1": "= (1 - beta2)/max(1, cols)",
+    "_h1": "= (1 - beta2)/host_max(1, cols)",
     "beta2": "hyperparameter",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h2": "= (1 - beta2)/max(1, rows)",
+    "_h2": "= (1 - beta2)/host_max(1, rows)",
     "beta2": "hyperparameter",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}
 # Reduction phase 5's scalars (), in the order reduction_scalars_5 returns them.
 REDUCE_SCALARS_5: dict[str, str] = {
-    "_h3": "= (1.0 / math.sqrt(max(1, rows)))",
+    "_h3": "= (1.0 / math.sqrt(host_max(1, rows)))",
 }
 # Reduction phase 6's scalars (u_sq), in the order reduction_scalars_6 returns them.
 REDUCE_SCALARS_6: dict[str, str] = {
@@ -151,25 +153,25 @@ REDUCE_SCALARS_6: dict[str, str] = {
 REDUCE_SCALARS_7: dict[str, str] = {
     "_h0": "= ((0) if (weight_decouple \u003e 0) else (wd))",
     "_h4": "= (ndim \u003c 2)",
-    "_h5": "= max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(max(1, numel)))) ** (-1)",
+    "_h5": "= host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)",
     "_h6": "= beta1 - 1",
     "eps2": "hyperparameter",
 }
 # Reduction phase 8's scalars (), in the order reduction_scalars_8 returns them.
 REDUCE_SCALARS_8: dict[str, str] = {
-    "_h7": "= (1 - beta3)/max(1, cols)",
+    "_h7": "= (1 - beta3)/host_max(1, cols)",
     "beta3": "hyperparameter",
 }
 # Reduction phase 9's scalars (), in the order reduction_scalars_9 returns them.
 REDUCE_SCALARS_9: dict[str, str] = {
-    "_h8": "= (1 - beta3)/max(1, rows)",
+    "_h8": "= (1 - beta3)/host_max(1, rows)",
     "beta3": "hyperparameter",
 }
 # Reduction phase 10's scalars (), in the order reduction_scalars_10 returns them.
 REDUCE_SCALARS_10: dict[str, str] = {}
 # Reduction phase 11's scalars (), in the order reduction_scalars_11 returns them.
 REDUCE_SCALARS_11: dict[str, str] = {
-    "_h3": "= (1.0 / math.sqrt(max(1, rows)))",
+    "_h3": "= (1.0 / math.sqrt(host_max(1, rows)))",
 }
 
 
@@ -194,7 +196,7 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     _h0 = (0) if (weight_decouple > 0) else (wd)
     _h4 = ndim < 2
-    _h5 = max(1, math.sqrt(u_sq) / (clip_threshold * math.sqrt(max(1, numel)))) ** (-1)
+    _h5 = host_max(1, math.sqrt(u_sq) / (clip_threshold * math.sqrt(host_max(1, numel)))) ** (-1)
     _h9 = 1 - beta1
     _h10 = (-wd * ((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1)
     _h11 = -lr
@@ -242,7 +244,7 @@ def reduction_scalars_2(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
-    _h1 = (1 - beta2) / max(1, cols)
+    _h1 = (1 - beta2) / host_max(1, cols)
     return (_h1, beta2)
 
 
@@ -264,7 +266,7 @@ def reduction_scalars_3(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
-    _h2 = (1 - beta2) / max(1, rows)
+    _h2 = (1 - beta2) / host_max(1, rows)
     return (_h2, beta2)
 
 
@@ -307,7 +309,7 @@ def reduction_scalars_5(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 5's scalars (doubles), once per step (after phase 4's reductions)."""
-    _h3 = 1.0 / math.sqrt(max(1, rows))
+    _h3 = 1.0 / math.sqrt(host_max(1, rows))
     return (_h3,)
 
 
@@ -355,7 +357,7 @@ def reduction_scalars_7(
     """Reduction phase 7's scalars (doubles), once per step (after phase 6's reductions)."""
     _h0 = (0) if (weight_decouple > 0) else (wd)
     _h4 = ndim < 2
-    _h5 = max(1, math.sqrt(u_sq) / (clip_threshold * math.sqrt(max(1, numel)))) ** (-1)
+    _h5 = host_max(1, math.sqrt(u_sq) / (clip_threshold * math.sqrt(host_max(1, numel)))) ** (-1)
     _h6 = beta1 - 1
     return (_h0, _h4, _h5, _h6, eps2)
 
@@ -379,7 +381,7 @@ def reduction_scalars_8(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 8's scalars (doubles), once per step (after phase 7's reductions)."""
-    _h7 = (1 - beta3) / max(1, cols)
+    _h7 = (1 - beta3) / host_max(1, cols)
     return (_h7, beta3)
 
 
@@ -402,7 +404,7 @@ def reduction_scalars_9(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 9's scalars (doubles), once per step (after phase 8's reductions)."""
-    _h8 = (1 - beta3) / max(1, rows)
+    _h8 = (1 - beta3) / host_max(1, rows)
     return (_h8, beta3)
 
 
@@ -447,5 +449,5 @@ def reduction_scalars_11(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 11's scalars (doubles), once per step (after phase 10's reductions)."""
-    _h3 = 1.0 / math.sqrt(max(1, rows))
+    _h3 = 1.0 / math.sqrt(host_max(1, rows))
     return (_h3,)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_max, host_min
 
 RULE = "lamb"
 SPEC = "specs/lamb.py"
@@ -79,6 +79,8 @@ REDUCTIONS: tuple[str, ...] = ("w_sq", "u_sq")
 REDUCE_KINDS: dict[str, str] = {"u_sq": "sum", "w_sq": "sum"}
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
@@ -140,7 +142,7 @@ def host_scalars(
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/lamb.py:57: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
-    r1 = min(upper_bound, max(lower_bound, math.sqrt(w_sq)))
+    r1 = host_min(upper_bound, host_max(lower_bound, math.sqrt(w_sq)))
     # specs/lamb.py:58: r2 = sqrt(u_sq)
     r2 = math.sqrt(u_sq)
     # specs/lamb.py:59: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))

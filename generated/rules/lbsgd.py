@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_max, host_min
 
 RULE = "lbsgd"
 SPEC = "specs/lbsgd.py"
@@ -80,6 +80,8 @@ REDUCTIONS: tuple[str, ...] = ("w_sq", "gbar_sq")
 REDUCE_KINDS: dict[str, str] = {"gbar_sq": "sum", "w_sq": "sum"}
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
@@ -129,7 +131,7 @@ def host_scalars(
     k = begin_epoch * updates_per_epoch + t
     # specs/lbsgd.py:63: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
     mult = (
-        (min(100, max(0.01, math.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))))
+        (host_min(100, host_max(0.01, math.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))))
         if (warmup_strategy == 3)
         else (batch_scale)
         if (k >= updates_per_epoch * warmup_epochs)

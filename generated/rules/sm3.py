@@ -63,6 +63,8 @@ REDUCE_KINDS: dict[str, str] = {"col_max": "max", "row_max": "max"}
 REDUCE_AXES: dict[str, str | None] = {"row_max": "c", "col_max": "r"}
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {"col": -2, "row": -1}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ("ndim",)
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).

@@ -7,6 +7,7 @@ RULES = (
     "adafactor",
     "adagrad",
     "adam",
+    "adam_clip",
     "adamax",
     "adamw",
     "amsgrad",

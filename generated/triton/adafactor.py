@@ -438,7 +438,7 @@ def adafactor_kernel(
     #   _h2: = eps1 ** 2
     #   _h3: = (ndim < 2)
     #   _h4: = -lr*wd + 1
-    #   _h5: = -max(eps2, math.sqrt(w_sq)/math.sqrt(max(1, numel)))*min(lr, (1.0 / math.sqrt(t)))/denom
+    #   _h5: = -host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)

@@ -888,7 +888,7 @@ def came_kernel(
     # Host scalars (fp32; from host_scalars in generated.rules.came, once per step):
     #   _h0: = ((0) if (weight_decouple > 0) else (wd))
     #   _h4: = (ndim < 2)
-    #   _h5: = max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(max(1, numel)))) ** (-1)
+    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)
     #   _h9: = 1 - beta1
     #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1))
     #   _h11: = -lr
