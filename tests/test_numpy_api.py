@@ -17,11 +17,12 @@ from codegen.targets.numpy import TARGET as NUMPY_TARGET
 from optgen_runtime.numpy_support import THREADS
 
 
-def _inputs(rule_name, dtype=np.float32, size=10):
+def _inputs(rule_name, dtype=np.float32, size=10, shape=None):
     m = numpy_module(rule_name)
     rng = np.random.default_rng(0)
-    w = rng.standard_normal(size).astype(dtype)
-    return m, w, rng.standard_normal(size).astype(dtype), m.init_state(w)
+    shape = shape or (size,)
+    w = rng.standard_normal(shape).astype(dtype)
+    return m, w, rng.standard_normal(shape).astype(dtype), m.init_state(w)
 
 
 def test_api_shape(rule_name: str) -> None:
@@ -166,11 +167,11 @@ def test_extra_memory_is_bounded_by_the_chunk(rule_name: str) -> None:
     # per worker thread: at most 8 chunk-sized float32 scratch buffers, plus Philox's per-chunk
     # integer work arrays; the weight is made 4x larger than that bound (in bytes)
     bound = THREADS * (8 * 4 + 96 * len(m.DRAWS)) * m.CHUNK + 64 * 1024
-    m, w, g, state = _inputs(rule_name, np.float32, size=bound)
-    if RULES[rule_name].vector_values:
-        # a matrix: a 1-D weight is one row, whose column states (and their new values, and
-        # the reductions along the column) are as large as the weight; here they are small
-        m, w, g, state = _inputs(rule_name, np.float32, size=(bound // 1024, 1024))
+    # a rule with row/column vectors holds a few of them (float64 accumulators included): a
+    # matrix's are O(rows + cols); a 1-D weight's column vector is its full second moment
+    side = int(bound**0.5) + 1
+    shape = (side, side) if RULES[rule_name].vector_values else None
+    m, w, g, state = _inputs(rule_name, np.float32, size=bound, shape=shape)
     m.step(w, g, state, 1)  # warm up
     tracemalloc.start()
     m.step(w, g, state, 2)

@@ -89,7 +89,7 @@ def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     out = [
         "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
-        "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
+        "GROUP_REDUCTIONS", "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
     ]  # fmt: skip
     for k in range(1, len(lowered.reduce_phases) + 1):
         out += [reduce_scalars_name(k), reduction_scalars_name(k)]

@@ -26,6 +26,7 @@ import numpy as np
 from generated.rules.lion import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -45,6 +46,7 @@ from optgen_runtime.scalars import check_scalars, computed
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",

@@ -29,6 +29,7 @@ import torch
 from generated.rules.adamw import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -55,6 +56,7 @@ from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weigh
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",

@@ -39,6 +39,7 @@ import torch
 from generated.rules.dcasgd import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -65,6 +66,7 @@ from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weigh
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",

@@ -27,6 +27,7 @@ import torch
 from generated.rules.lion import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -53,6 +54,7 @@ from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weigh
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",

@@ -30,6 +30,7 @@ import torch
 from generated.rules.radam import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -56,6 +57,7 @@ from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weigh
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",

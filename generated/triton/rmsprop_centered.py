@@ -37,6 +37,7 @@ import torch
 from generated.rules.rmsprop_centered import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -63,6 +64,7 @@ from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weigh
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",
