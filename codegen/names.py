@@ -33,13 +33,14 @@ _reserve(
     "a runtime helper the generated code imports",
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
-    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed",
+    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
+    "scalar_inputs input_lists",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
-    "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS BLOCK_SIZE "
-    "CHUNK RULES META NUMPY TRITON "
+    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS "
+    "REDUCE_SCALARS BLOCK_SIZE CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )
 _reserve(
@@ -55,7 +56,7 @@ _reserve(
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial",
+    "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(
     "a keyword argument the generated code passes",

@@ -100,6 +100,7 @@ def name_values(block: Block) -> Block:
         if a.target in rule.host_news
     ]
     bare = {*rule.hypers_symbols, *rule.reductions, *(h.symbol for h in rule.host_states.values())}
+    bare |= {x.symbol for x in rule.scalars.values()}
     rename: dict[sp.Symbol, sp.Symbol] = {}
     scalars: dict[sp.Symbol, sp.Expr] = {}
     positional = Temps()

@@ -18,6 +18,7 @@ from optgen_runtime.checks import (
     check_shape,
     check_state_keys,
 )
+from optgen_runtime.common import check_inputs_given
 from optgen_runtime.philox import randn
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -59,15 +60,19 @@ def flat_views(
     state: Any,
     names: tuple[str, ...],
     host_names: tuple[str, ...] = (),
+    inputs: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """Check every array, then return 1-D views of weight, grad and the states (in that order).
+    """Check every array, then return 1-D views of weight, grad, the inputs (the rule's
+    per-element inputs besides the gradient, read-only like it) and the states, in that order.
 
     Everything is checked before anything is written: dtype (all equal, float32 or float64),
     shape, C-contiguity, writability, and that no two buffers share memory.
     """
     check_weight(rule, weight)
+    check_inputs_given(rule, inputs or {})
     check_state_keys(rule, state, names + host_names)
-    arrays = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
+    arrays = [("grad", grad)] + list((inputs or {}).items())
+    arrays += [(f"state[{n!r}]", state[n]) for n in names]
     for label, a in arrays:
         check_array(rule, label, a)
         check_dtype(rule, label, a, (weight.dtype,), f"the weight's ({weight.dtype})")
@@ -75,7 +80,7 @@ def flat_views(
     everything = [("weight", weight)] + arrays
     for label, a in everything:
         check_contiguous(rule, label, a)
-    for label, a in [everything[0]] + everything[2:]:
+    for label, a in [everything[0]] + everything[2 + len(inputs or {}) :]:
         if not a.flags.writeable:
             raise ValueError(f"{rule}: {label} is read-only but is updated in place")
     check_disjoint(rule, everything)

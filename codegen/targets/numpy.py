@@ -232,6 +232,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_flats": [(s.name, flat(s.name)) for s in lowered.reduce_reads],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs),
+        "scalar_args": list(rule.scalars),
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],

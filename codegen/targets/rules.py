@@ -72,6 +72,8 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
             what = "reduction (sum over the tensor)"
         elif s.name in rule.host_states:
             what = "host state"
+        elif s.name in rule.scalars:
+            what = "scalar input (given at each step)"
         elif s in lets:
             what = "let, computed by host_scalars"
         else:
@@ -83,8 +85,9 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     names = [
-        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
-        "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
+        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "INPUTS", "LEGAL",
+        "NONE_MEANS", "REDUCTIONS", "RULE", "STEP_SCALARS", "SCALARS", "SPEC", "STATES",
+        "host_scalars",
     ]  # fmt: skip
     if lowered.summands:
         names += ["REDUCE_SCALARS", "reduction_scalars"]
@@ -103,7 +106,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     code = HostCode()
     update, reduce = lowered.update_scalars, lowered.reduce_host
-    host_names = [*rule.hypers, *rule.host_states]
+    host_names = [*rule.hypers, *rule.host_states, *rule.scalars]
     context = {
         "rule": rule,
         "doc": rule.doc,
@@ -118,6 +121,8 @@ def context(lowered: Lowered) -> dict[str, object]:
             for h in rule.hypers.values()
         ],
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs.values()),
+        "scalar_inputs": list(rule.scalars.values()),
         "reductions": [str(r) for r in lowered.summands],
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),

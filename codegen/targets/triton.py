@@ -142,6 +142,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reads": [(s.name, names.derived(s.name, "_ptr")) for s in lowered.reads],
         "grad_name": rule.grad.name,
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs),
+        "scalar_args": list(rule.scalars),
         "host_states": list(rule.host_states.values()),
         "init": {s.name: init_code(rule, s.init) for s in rule.states.values()},
         "reductions": [str(r) for r in lowered.summands],

@@ -5,6 +5,7 @@ RULES = (
     "adabelief",
     "adadelta",
     "adagrad",
+    "adahessian",
     "adam",
     "adamax",
     "adamw",

@@ -43,6 +43,7 @@ from generated.rules.adadelta import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -50,6 +51,7 @@ from generated.rules.adadelta import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
@@ -62,6 +64,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -69,6 +72,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",

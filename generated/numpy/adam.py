@@ -36,6 +36,7 @@ from generated.rules.adam import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -43,6 +44,7 @@ from generated.rules.adam import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
@@ -55,6 +57,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -62,6 +65,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",

@@ -40,6 +40,7 @@ from generated.rules.dcasgd import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -47,6 +48,7 @@ from generated.rules.dcasgd import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
@@ -59,6 +61,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -66,6 +69,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",

@@ -35,6 +35,7 @@ from generated.rules.rmsprop import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -42,6 +43,7 @@ from generated.rules.rmsprop import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
@@ -54,6 +56,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -61,6 +64,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",

@@ -36,6 +36,7 @@ from generated.rules.adagrad import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -43,6 +44,7 @@ from generated.rules.adagrad import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import (
@@ -62,6 +64,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -69,6 +72,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",
