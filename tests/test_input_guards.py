@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import class_inputs, step_inputs
 
 from generated.numpy import adam as np_adam
 from generated.torch import (
@@ -352,7 +353,8 @@ def test_first_step_refuses_a_grad_aliasing_its_parameter_before_anything(rule, 
     backend created every parameter's state first. Now: refused before any state or write."""
     params, opt = make2d(RULES[rule], backend)
     params[2].grad = alias_of(params[2], how)
-    refused(params, opt, ValueError, r"parameter 2 and parameter 2's grad share memory", opt.step)
+    step = lambda: opt.step(**class_inputs(opt))  # noqa: E731
+    refused(params, opt, ValueError, r"parameter 2 and parameter 2's grad share memory", step)
     assert not opt.state
 
 
@@ -500,6 +502,7 @@ def test_numpy_modules_refuse_ndarray_subclasses_before_writing(rule, which, kin
     w = np.full((1, 4), 0.5, np.float32)
     g = np.full((1, 4), 0.25, np.float32)
     state = module.init_state(w)
+    extra = step_inputs(module, w, 1)  # the rule's other inputs (AdaHessian's hessian), plain
     label = which
     if which == "weight":
         w = kind(w)
@@ -514,7 +517,7 @@ def test_numpy_modules_refuse_ndarray_subclasses_before_writing(rule, which, kin
     before = [np.asarray(w).tobytes(), np.asarray(g).tobytes()]
     before += [np.asarray(v).tobytes() if hasattr(v, "dtype") else v for v in state.values()]
     with pytest.raises(TypeError, match=rf"^{rule}: {label} must be a plain numpy.ndarray"):
-        module.step(w, g, state, 1)
+        module.step(w, g, state, 1, **extra)
     after = [np.asarray(w).tobytes(), np.asarray(g).tobytes()]
     after += [np.asarray(v).tobytes() if hasattr(v, "dtype") else v for v in state.values()]
     assert after == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RULES, numpy_module, tolerance
+from conftest import RULES, numpy_module, step_inputs, tolerance
 from reference import sample_hyperparams, spec_trajectory
 
 STEPS = 5
@@ -15,7 +15,7 @@ def run_numpy(module, w0, grads, hp):
     state = module.init_state(w)
     history = []
     for t, g in enumerate(grads, start=1):
-        module.step(w, g.copy(), state, t, **hp)
+        module.step(w, g.copy(), state, t, **hp, **step_inputs(module, w, t))
         history.append({"weight": w.copy(), **{k: np.copy(v) for k, v in state.items()}})
     return history
 
@@ -66,6 +66,9 @@ EXTRA = [
         for s in ("linear", "power2", "sqrt", "lars")
     ],
     ("lamb", dict(bias_correction=False, lower_bound=0.5, upper_bound=2.0, wd=0.01), 5),
+    # coupled L2, and a power k != 1 (the exp/log branch)
+    ("adahessian", dict(weight_decouple=False, wd=0.05, hessian_power=0.5), 5),
+    ("adahessian", dict(fixed_decay=True, wd=0.05, hessian_power=1.0), 5),  # decay not * lr
 ]
 
 
