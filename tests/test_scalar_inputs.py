@@ -45,7 +45,7 @@ def expected(w: np.ndarray, g: np.ndarray, loss: float, lr: float = 0.5) -> np.n
 
 
 def test_the_loss_is_a_host_input(demo) -> None:
-    modules, rule = demo
+    modules, _ = demo
     meta = modules["rules"]
     assert meta.STEP_SCALARS == ("loss",) and meta.INPUTS == ()
     assert meta.SCALARS == {"_h0": "= -size"}  # the kernel's one scalar, from the loss
