@@ -12,9 +12,9 @@ import numpy as np
 
 from optgen_runtime.checks import (
     check_contiguous,
-    check_disjoint,
     check_dtype,
     check_kind,
+    check_overlaps,
     check_shape,
     check_state_keys,
 )
@@ -66,7 +66,8 @@ def flat_views(
     per-element inputs besides the gradient, read-only like it) and the states, in that order.
 
     Everything is checked before anything is written: dtype (all equal, float32 or float64),
-    shape, C-contiguity, writability, and that no two buffers share memory.
+    shape, C-contiguity, writability, and that no buffer the step writes (weight, states) shares
+    memory with another (the gradient and the inputs, only read, may share memory).
     """
     check_weight(rule, weight)
     check_inputs_given(rule, inputs or {})
@@ -83,7 +84,10 @@ def flat_views(
     for label, a in [everything[0]] + everything[2 + len(inputs or {}) :]:
         if not a.flags.writeable:
             raise ValueError(f"{rule}: {label} is read-only but is updated in place")
-    check_disjoint(rule, everything)
+    read = 1 + len(inputs or {})
+    check_overlaps(
+        rule, [(label, a, k == 0 or k > read) for k, (label, a) in enumerate(everything)]
+    )
     return [a.reshape(-1) for _, a in everything]
 
 

@@ -13,7 +13,6 @@ from optgen_runtime.checks import (
     check_contiguous,
     check_dense,
     check_device,
-    check_disjoint,
     check_dtype,
     check_kind,
     check_overlaps,
@@ -75,8 +74,9 @@ def check_tensors(
 
     weight, grad and the inputs (the rule's per-element inputs besides the gradient, read-only
     like it): fp32/fp16/bf16 (each may differ from the weight), states fp32; same shape, same
-    device, dense, contiguous, no two sharing memory. (Between tensors of a multi-tensor step:
-    :func:`check_across`, which :class:`ChunkTable` calls.)
+    device, dense, contiguous, no buffer the step writes sharing memory with another (the
+    gradient and the inputs, only read, may share memory). (Between tensors of a multi-tensor
+    step: :func:`check_across`, which :class:`ChunkTable` calls.)
     """
     check_weight(rule, weight)
     check_inputs_given(rule, inputs or {})
@@ -95,8 +95,9 @@ def check_tensors(
     for label, x in everything:
         check_dense(rule, label, x)
         check_contiguous(rule, label, x)
-    check_disjoint(rule, everything)
-    return Checked(rule, everything, len(read))
+    checked = Checked(rule, everything, len(read))
+    check_overlaps(rule, list(zip(checked.labels, checked, checked.written, strict=True)))
+    return checked
 
 
 def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:

@@ -166,7 +166,9 @@ def step_inputs(source: Any, like: Any, t: int, seed: int = 0) -> dict[str, Any]
 def class_inputs(opt: Any, t: int = 1) -> dict[str, Any]:
     """A torch class's ``step()`` inputs besides the gradients: per-element inputs as a list,
     one tensor per parameter in param_groups order (parameter i's as ``step_inputs`` draws with
-    seed i), scalar inputs as numbers; {} for most rules."""
+    seed i), scalar inputs as numbers; {} for most rules (and for a torch.optim optimizer)."""
+    if not hasattr(opt, "META"):
+        return {}
     params = [p for group in opt.param_groups for p in group["params"]]
     each = [step_inputs(opt.META, p.detach(), t, seed=i) for i, p in enumerate(params)]
     out: dict[str, Any] = {k: [e[k] for e in each] for k in opt.META.INPUTS}
