@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 import unicodedata
 from typing import ClassVar
 
@@ -34,13 +35,14 @@ _reserve(
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
-    "scalar_inputs input_lists",
+    "combine nan_max nan_min scalar_inputs input_lists",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS "
-    "REDUCE_SCALARS BLOCK_SIZE CHUNK RULES META NUMPY TRITON "
+    "REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS SIZES "
+    "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )
 _reserve(
@@ -51,12 +53,13 @@ _reserve(
 _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
-    "meta meta_ptr scalars_ptr amp_ptr partial_ptr",
+    "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane",
 )
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial given per_tensor",
+    "dtype update reduce scratch stop name value partial elements vectors dims sizes tiles tile "
+    "shape given per_tensor",
 )
 _reserve(
     "a keyword argument the generated code passes",
@@ -83,6 +86,8 @@ RULE_SUFFIXES: tuple[str, ...] = (
     "_multi_reduce_kernel",
     "_kernel_body",
     "_reduce_kernel_body",
+    "_row_reduce_kernel",
+    "_col_reduce_kernel",
 )
 TEMP_PREFIX = "_"
 
@@ -116,8 +121,28 @@ def derived(name: str, suffix: str) -> str:
     return f"{name}{suffix}"
 
 
+def phased(name: str, phase: int) -> str:
+    """A reduction phase's name: ``name`` for phase 1; later phases get ``_2``, ... (host code:
+    ``reduction_scalars_2``) or a number after ``_reduce`` (kernels: ``lamb_reduce2_kernel``)."""
+    if phase == 1:
+        return name
+    if "_reduce_" in name:
+        return name.replace("_reduce_", f"_reduce{phase}_", 1)
+    return f"{name}_{phase}"
+
+
+def _unphased(identifier: str) -> str:
+    """The phase-1 name of a phased name (:func:`phased`)."""
+    head, _, tail = identifier.rpartition("_")
+    if tail.isdigit() and head in ("reduction_scalars", "REDUCE_SCALARS"):
+        return head
+    match = re.search(r"_reduce(\d+)_", identifier)
+    return identifier.replace(match.group(0), "_reduce_", 1) if match else identifier
+
+
 def registered(identifier: str, spec_names: set[str]) -> bool:
     """True when generated code may contain ``identifier`` next to these spec names."""
+    identifier = _unphased(identifier)
     if identifier in spec_names or identifier in RESERVED:
         return True
     if identifier.startswith(TEMP_PREFIX):

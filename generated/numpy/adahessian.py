@@ -117,7 +117,7 @@ def step(
         },
     )
     dtype = weight.dtype.type
-    sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
+    sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, _h3, _h4, _h5, _h6, beta1, beta2, epsilon, shrink = (dtype(_x) for _x in scalars)

@@ -4,6 +4,7 @@
 RULES = (
     "adabelief",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adahessian",
     "adam",

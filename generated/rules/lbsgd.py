@@ -79,8 +79,14 @@ STATES: tuple[str, ...] = ("mom", "acc")
 INPUTS: tuple[str, ...] = ()
 # Per-step scalar inputs (finite numbers, required at every step): keyword arguments too.
 STEP_SCALARS: tuple[str, ...] = ()
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
+# Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ("w_sq", "gbar_sq")
+# Each reduction's kind: "sum", "max" or "min".
+REDUCE_KINDS: dict[str, str] = {"gbar_sq": "sum", "w_sq": "sum"}
+# States of one value per row (-1: the weight's shape without its last dim) or column (-2).
+STATE_AXES: dict[str, int] = {}
+# Per-tensor sizes the host code takes (numel: the element count).
+SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
@@ -102,7 +108,7 @@ SCALARS: dict[str, str] = {
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
 }
-# The reduction phase's scalars, in the order reduction_scalars returns them.
+# Reduction phase 1's scalars (w_sq, gbar_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
     "_h0": "= batch_scale ** (-2)",
 }
@@ -159,6 +165,6 @@ def reduction_scalars(
     updates_per_epoch: float,
     begin_epoch: float,
 ) -> tuple[float, ...]:
-    """The reduction phase's scalars (doubles), once per step."""
+    """Reduction phase 1's scalars (doubles), once per step."""
     _h0 = batch_scale ** (-2)
     return (_h0,)

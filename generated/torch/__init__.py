@@ -13,6 +13,7 @@ from typing import Any
 
 from generated.numpy import adabelief as _numpy_adabelief
 from generated.numpy import adadelta as _numpy_adadelta
+from generated.numpy import adafactor as _numpy_adafactor
 from generated.numpy import adagrad as _numpy_adagrad
 from generated.numpy import adahessian as _numpy_adahessian
 from generated.numpy import adam as _numpy_adam
@@ -38,6 +39,7 @@ from generated.numpy import signsgd as _numpy_signsgd
 from generated.numpy import signum as _numpy_signum
 from generated.rules import adabelief as _rules_adabelief
 from generated.rules import adadelta as _rules_adadelta
+from generated.rules import adafactor as _rules_adafactor
 from generated.rules import adagrad as _rules_adagrad
 from generated.rules import adahessian as _rules_adahessian
 from generated.rules import adam as _rules_adam
@@ -63,6 +65,7 @@ from generated.rules import signsgd as _rules_signsgd
 from generated.rules import signum as _rules_signum
 from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
+from generated.triton import adafactor as _triton_adafactor
 from generated.triton import adagrad as _triton_adagrad
 from generated.triton import adahessian as _triton_adahessian
 from generated.triton import adam as _triton_adam
@@ -201,6 +204,64 @@ class Adadelta(GeneratedOptimizer):
                 "clip_gradient": clip_gradient,
                 "rho": rho,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class Adafactor(GeneratedOptimizer):
+    """Adafactor: a second moment factored into a row and a column vector, relative step sizes.
+
+    Shazeer & Stern (2018), "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost".
+    Follows ``torch.optim.Adafactor`` (torch 2.13), which it is verified against.
+
+    Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
+        rho_t = min(lr, 1 / sqrt(t));   alpha_t = max(eps2, RMS(W)) * rho_t;   beta2_t = 1 - t^c
+        R_t = beta2_t R + (1 - beta2_t) mean_cols(G^2 + eps1);  C_t likewise with mean_rows
+        V_t = R_t C_t / mean(R_t);   U_t = G / sqrt(V_t);   U^_t = U_t / max(1, RMS(U_t) / d)
+        W <- W - alpha_t U^_t
+
+    torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
+        eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
+        eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+        alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
+        last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
+
+    optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
+    ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
+    one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
+    epsilon; here it is float32's (1.19e-7) for every dtype.
+    """
+
+    RULE = "adafactor"
+    META = _rules_adafactor
+    NUMPY = _numpy_adafactor
+    TRITON = _triton_adafactor
+    TORCH = _rules_adafactor.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        beta2_decay: Any = -0.8,
+        eps1: Any = 1.1920928955078125e-07,
+        eps2: Any = 0.001,
+        d: Any = 1.0,
+        wd: Any = 0.0,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta2_decay": beta2_decay,
+                "eps1": eps1,
+                "eps2": eps2,
+                "d": d,
+                "wd": wd,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1609,6 +1670,7 @@ class Signum(GeneratedOptimizer):
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
+    "adafactor": Adafactor,
     "adagrad": Adagrad,
     "adahessian": AdaHessian,
     "adam": Adam,

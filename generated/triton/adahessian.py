@@ -323,7 +323,7 @@ def step(
         state,
         STATES,
         HOST_STATES,
-        {
+        inputs={
             "hessian": hessian,
         },
     )
@@ -380,7 +380,7 @@ def step_multi(
         len(weights),
     )
     tables = [
-        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, _x)
+        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, inputs=_x)
         for _w, _g, _s, _x in zip(weights, grads, states, per_tensor, strict=True)
     ]
     # The per-tensor integers of the meta table: none.

@@ -141,7 +141,10 @@ class Stepping:
                 continue  # a first step: the module checks with the initial host states
             t = int(state["step"]) + 1 if state else 1
             host = {key: state[key] for key in meta.HOST_STATES}
-            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host, **given.scalars)
+            sizes = {"numel": p.numel()} if meta.SIZES else {}
+            scalars, _ = computed(
+                name, meta.host_scalars, t, **resolved, **host, **given.scalars, **sizes
+            )
             dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
