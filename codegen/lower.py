@@ -593,9 +593,16 @@ def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:
             return opdefs.unguarded(lowered.host_value(a))
         return a
 
-    for op in [*lowered.reduce_ops, *lowered.ops]:
-        args = [value(a) for a in op.args]
-        values[op.dest] = opdefs.build(op.kind, *args) if op.kind != "copy" else args[0]
+    reductions: dict[sp.Symbol, sp.Expr] = {}
+    for phase in [*lowered.reduce_phases, lowered.ops]:
+        for op in phase:
+            args = [value(a) for a in op.args]
+            values[op.dest] = opdefs.build(op.kind, *args) if op.kind != "copy" else args[0]
+        for r in lowered.rule.reductions:  # after its sweep a reduction is one value: a symbol
+            if r in values and r not in reductions:
+                reductions[r] = values[r]
+                values[r] = r
     rebuilt = {new: values[new] for new in lowered.inlined}
-    rebuilt.update({r: values[r] for r in lowered.summands})
+    rebuilt.update(reductions)
+    rebuilt.update({s.new: values[s.new] for s in lowered.rule.vector_states})
     return rebuilt

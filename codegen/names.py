@@ -35,13 +35,15 @@ _reserve(
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
-    "combine nan_max nan_min scalar_inputs input_lists",
+    "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
+    "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
+    "run_group check_arrays_across group_totals Iterator scalar_inputs input_lists",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS "
-    "REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS SIZES "
+    "REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )
@@ -53,17 +55,18 @@ _reserve(
 _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
-    "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane",
+    "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane "
+    "n_blocks",
 )
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial elements vectors dims sizes tiles tile "
-    "shape given per_tensor",
+    "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
+    "keepdims device "
     "integer lo hi lo_open hi_open allow_none",
 )
 _reserve(
@@ -148,8 +151,11 @@ def registered(identifier: str, spec_names: set[str]) -> bool:
     if identifier.startswith(TEMP_PREFIX):
         return True
     for suffix in [*SUFFIXES, *RULE_SUFFIXES]:
-        if identifier.endswith(suffix) and identifier[: -len(suffix)] in spec_names:
+        base = identifier[: -len(suffix)]
+        if identifier.endswith(suffix) and (base in spec_names or base in ("weight", "grad")):
             return True
+        if identifier.endswith(suffix) and suffix in SUFFIXES and base.endswith("_new"):
+            return registered(base, spec_names)  # a new value's pointer: ``row_new_ptr``
     return False
 
 

@@ -200,6 +200,7 @@ class Rule:
         self.reductions: dict[sp.Symbol, sp.Expr] = {}  # symbol -> summand (per element)
         self.reduction_kinds: dict[sp.Symbol, str] = {}  # symbol -> "sum", "max" or "min"
         self.reduction_axes: dict[sp.Symbol, int | None] = {}  # None: over the whole tensor
+        self.group_reductions: list[sp.Symbol] = []  # over every tensor of the group
         self._domains: dict[sp.Symbol, frozenset[str]] = {}
         self._computing: set[sp.Symbol] = set()
         self.sizes: list[sp.Symbol] = []  # per-tensor sizes the spec uses (``numel``)
@@ -410,7 +411,9 @@ class Rule:
             raise SpecError(f"{self._where()}: {symbol} has no choice {value!r}")
         return sp.Eq(symbol, hyper.legal.choices.index(value))
 
-    def sum(self, name: str, summand: sp.Expr, *, axis: int | None = None) -> sp.Symbol:
+    def sum(
+        self, name: str, summand: sp.Expr, *, axis: int | None = None, group: bool = False
+    ) -> sp.Symbol:
         """The sum over all elements of a per-element expression (a per-tensor reduction).
 
         Computed in a phase before the update. The summand may use step-i values, intermediates,
@@ -421,18 +424,25 @@ class Rule:
         row vector, broadcast back over the row where it is used); ``axis=-2``: along the
         second-to-last (one per column). The axes are the value's own: the weight viewed as
         (batch, rows, columns), a row vector as (batch, rows), a column vector as (batch, cols).
-        """
-        return self._reduction(name, summand, "sum", axis)
 
-    def max(self, name: str, expr: sp.Expr, *, axis: int | None = None) -> sp.Symbol:
+        ``group=True``: the sum over every element of every tensor updated together (a torch
+        class's parameter group; a module's ``step_multi`` call): a global gradient norm.
+        """
+        return self._reduction(name, summand, "sum", axis, group)
+
+    def max(
+        self, name: str, expr: sp.Expr, *, axis: int | None = None, group: bool = False
+    ) -> sp.Symbol:
         """The largest element of a per-element expression (NaN if any element is NaN; -inf for
         an empty tensor). ``RULE.max("g_inf", sp.Abs(g))`` is the infinity norm."""
-        return self._reduction(name, expr, "max", axis)
+        return self._reduction(name, expr, "max", axis, group)
 
-    def min(self, name: str, expr: sp.Expr, *, axis: int | None = None) -> sp.Symbol:
+    def min(
+        self, name: str, expr: sp.Expr, *, axis: int | None = None, group: bool = False
+    ) -> sp.Symbol:
         """The smallest element of a per-element expression (NaN if any element is NaN; +inf for
         an empty tensor)."""
-        return self._reduction(name, expr, "min", axis)
+        return self._reduction(name, expr, "min", axis, group)
 
     def mean(self, name: str, expr: sp.Expr, *, axis: int | None = None) -> sp.Expr:
         """The mean: the sum reduction ``name`` divided by the number of elements it adds (0 where
@@ -479,10 +489,16 @@ class Rule:
             return self.numel / sp.Mul(*(length(a) for a in "rc" if a not in domain))
         return length([a for a in "brc" if a in domain][axis])
 
-    def _reduction(self, name: str, summand: sp.Expr, kind: str, axis: int | None) -> sp.Symbol:
+    def _reduction(
+        self, name: str, summand: sp.Expr, kind: str, axis: int | None, group: bool = False
+    ) -> sp.Symbol:
         self._claim(name, "reduction")
         if axis not in (None, -1, -2):
             raise SpecError(f"{self._where()}: reduction {name!r}: axis must be None, -1 or -2")
+        if group and axis is not None:
+            raise SpecError(f"{self._where()}: reduction {name!r}: a group reduction has no axis")
+        if group:
+            self.group_reductions.append(sp.Symbol(name, real=True))
         symbol = sp.Symbol(name, real=True)
         summand = self._sympify(summand, f"the {kind} {name!r}")
         self.reductions[symbol] = summand
@@ -535,9 +551,11 @@ class Rule:
             return result
         return frozenset()  # hyperparameters, t, sizes, host states
 
-    def norm(self, name: str, expr: sp.Expr) -> sp.Expr:
-        """The L2 norm of a per-element expression: sqrt of the reduction ``name`` (its square)."""
-        return sp.sqrt(self.sum(name, self._sympify(expr, f"the norm {name!r}") ** 2))
+    def norm(self, name: str, expr: sp.Expr, *, group: bool = False) -> sp.Expr:
+        """The L2 norm of a per-element expression: sqrt of the reduction ``name`` (its square);
+        ``group=True``: over every tensor of the group (a global norm)."""
+        squared = self._sympify(expr, f"the norm {name!r}") ** 2
+        return sp.sqrt(self.sum(name, squared, group=group))
 
     def normal(self, name: str) -> sp.Symbol:
         """A standard normal draw, fresh for every element and step.
@@ -725,6 +743,11 @@ class Rule:
                     "(reduce it along an axis first)"
                 )
         self.staged()
+        if self.group_reductions and self.vector_values:
+            raise SpecError(
+                f"{self.source}: group reductions ({', '.join(map(str, self.group_reductions))}) "
+                "in a rule with row or column vectors are not supported yet"
+            )
 
     def _at(self, eq: Equation) -> str:
         """``file:line`` of the spec line that wrote ``eq``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -274,3 +274,43 @@ def combine_tiles(
             else:
                 (np.maximum if kind == "max" else np.minimum)(where, partial[k], out=where)
         vectors[name] = acc.astype(dtype)
+
+
+# ---------------------------------------------------------------------------------- groups
+def run_group(rule: str, steppers: list[Iterator[Any]], kinds: dict[str, str]) -> None:
+    """Drive the steps of the tensors updated together, phase by phase: each yields its group
+    reductions after a phase and is sent the group's totals (sums added in tensor order, max
+    and min NaN-propagating); each then yields None once checked, and only when all have does
+    any write (a refusal of any tensor leaves every tensor as it was)."""
+    pending = [next(s) for s in steppers]
+    while pending and pending[0] is not None:
+        names = list(pending[0])
+        totals = combine(kinds, names, [tuple(p[n] for n in names) for p in pending])
+        pending = [s.send(totals) for s in steppers]
+    for s in steppers:
+        try:
+            next(s)
+        except StopIteration:
+            continue
+        raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a generator bug
+
+
+def check_arrays_across(
+    rule: str,
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: tuple[str, ...],
+) -> None:
+    """No buffer a many-tensor step writes (a weight, a state) shares memory with any buffer of
+    any tensor (the same weight twice, a gradient that is another tensor's weight); gradients,
+    only read, may share memory with each other. Each tensor's own buffers are checked by its
+    step; this needs them to be arrays."""
+    buffers = []
+    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+        buffers.append((f"tensor {j}'s weight", w, True))
+        buffers.append((f"tensor {j}'s grad", g, False))
+        if isinstance(s, dict):
+            buffers += [(f"tensor {j}'s state[{n!r}]", s[n], True) for n in names if n in s]
+    arrays = [(label, x, written) for label, x, written in buffers if isinstance(x, np.ndarray)]
+    check_overlaps(rule, arrays)

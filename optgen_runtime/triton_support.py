@@ -485,3 +485,13 @@ def matrix_sweep(
         return {}
     found = partial[: grid * len(names)].cpu().numpy().reshape(grid, len(names))
     return combine_partials(found, kinds or {}, names)
+
+
+def group_totals(sums: list[dict[str, float]], kinds: dict[str, str], names: Sequence[str]) -> None:
+    """Replace each tensor's group reductions ``names`` by their totals over all the tensors
+    (sums added in tensor order, in float64; max/min NaN-propagating), in place."""
+    for name in names:
+        values = np.array([[s[name]] for s in sums], dtype=np.float64)
+        total = combine_partials(values, kinds, [name])[name]
+        for s in sums:
+            s[name] = total

@@ -23,13 +23,13 @@ epsilon; here it is float32's (1.19e-7) for every dtype.
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, positive
+from codegen.spec import Legal, Rule, nonnegative, positive
 
 RULE = Rule("adafactor", __doc__, class_name="Adafactor")
 lr = RULE.hyper(
     "lr", 0.01, nonnegative(), doc="relative step size cap (rho_t = min(lr, 1/sqrt(t)))"
 )
-c = RULE.hyper("beta2_decay", -0.8, doc="beta2_t = 1 - t^beta2_decay")
+c = RULE.hyper("beta2_decay", -0.8, Legal(hi=0.0), doc="beta2_t = 1 - t^beta2_decay (<= 0)")
 eps1 = RULE.hyper("eps1", 2.0**-23, positive(), doc="floor of the second moment estimate")
 eps2 = RULE.hyper("eps2", 1e-3, nonnegative(), doc="floor of RMS(weight) in the step size")
 d = RULE.hyper("d", 1.0, positive(), doc="clipping threshold of RMS(update)")

@@ -248,6 +248,7 @@ def phase_context(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[st
         ],
         "unpack": unpack(lowered.phase_host(phase), "pre"),
         "scratch": allocation.scratch,
+        "group": [str(r) for r in reductions if r in lowered.rule.group_reductions],
     }
 
 
@@ -273,10 +274,10 @@ def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str
         ]
         where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
         reads += [
-            (v.name, f'vectors["{v.name}"]{where[_domain(rule.domain(v))]}') for v in vector_reads
+            (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}') for v in vector_reads
         ]
     else:
-        reads = [(v.name, f'vectors["{v.name}"]') for v in vector_reads]
+        reads = [(v.name, f'_vectors["{v.name}"]') for v in vector_reads]
     partials, maps = [], []
     for v in values:
         name = printer.name(v)
@@ -318,11 +319,11 @@ def context(lowered: Lowered) -> dict[str, object]:
     host = set(lowered.host)
     allocation = allocate(lowered)
     matrix = bool(rule.vector_values)
-    if matrix and (rule.inputs or rule.scalars):
+    if (matrix or rule.group_reductions) and (rule.inputs or rule.scalars):
         extra = ", ".join([*rule.inputs, *rule.scalars])
         raise SpecError(
             f"{rule.source}: inputs ({extra}) are not supported yet in a rule with row or column "
-            "states or axis reductions"
+            "states, axis reductions or group reductions"
         )
     count = len(lowered.reduce_phases) + 1
     if matrix:
@@ -336,14 +337,17 @@ def context(lowered: Lowered) -> dict[str, object]:
         "rule": rule,
         "doc": rule.doc,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step"]),
+        "exports": sorted(
+            [*rules_names, "init_state", "step"] + (["step_multi"] if rule.group_reductions else [])
+        ),
+        "group": [str(r) for r in rule.group_reductions],
         "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],
         "matrices": [f"_{s.name}_m" for s in rule.element_inputs],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
         "tile_reads": [(s.name, f"_{s.name}_m[_mb, _r0:_r1, _c0:_c1]") for s in rule.element_inputs]
         + [
-            (v.name, f'vectors["{v.name}"]{where[_domain(rule.domain(v))]}')
+            (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}')
             for v in rule.vector_values
             if v in used
         ],

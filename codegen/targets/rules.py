@@ -188,6 +188,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "matrix": bool(rule.vector_values),
         "state_axes": {s.name: s.axis for s in rule.vector_states},
         "sizes": [str(s) for s in rule.sizes],
+        "group": [str(r) for r in rule.group_reductions],
         "phases": phases(lowered, code),
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),

@@ -151,6 +151,7 @@ def phase_context(
         "partials": [
             (r.name, PARTIAL[lowered.rule.reduction_kinds[r]].format(r.name)) for r in reductions
         ],
+        "group": [r.name for r in reductions if r in lowered.rule.group_reductions],
     }
 
 
@@ -164,11 +165,11 @@ def context(lowered: Lowered) -> dict[str, object]:
         for row, b in zip(layout.pointers, buffers, strict=True)
     ]
     matrix = bool(rule.vector_values)
-    if matrix and (rule.inputs or rule.scalars):
+    if (matrix or rule.group_reductions) and (rule.inputs or rule.scalars):
         extra = ", ".join([*rule.inputs, *rule.scalars])
         raise SpecError(
             f"{rule.source}: inputs ({extra}) are not supported yet in a rule with row or column "
-            "states or axis reductions"
+            "states, axis reductions or group reductions"
         )
     count = len(lowered.reduce_phases) + 1
     phases = (
@@ -181,6 +182,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
     else:
         support += ["ChunkTable", "launch"] + (["reduce_sums"] if phases else [])
+        support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",
@@ -410,7 +412,7 @@ def matrix_context(lowered: Lowered, printer: TritonOpPrinter) -> dict[str, obje
     vector_states = {s.symbol for s in rule.vector_states}
     staged = [v for v in rule.vector_values if v not in vector_states]
     args = [f"buffers[{index[s.name]}]" for s in [*rule.element_inputs, *vector_states_in(rule)]]
-    args += [f'vectors["{v.name}"]' for v in staged]
+    args += [f'_vectors["{v.name}"]' for v in staged]
     return {
         "matrix": True,
         "all_ptrs": [names.derived(s.name, "_ptr") for s in buffers],

@@ -8,6 +8,7 @@ RULES = (
     "adagrad",
     "adahessian",
     "adam",
+    "adam_clip",
     "adamax",
     "adamw",
     "amsgrad",

@@ -141,23 +141,23 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
     # (batch, rows, 1), column vectors as (batch, 1, cols): NumPy broadcasting lines them up.
-    elements, vectors = matrix_views(RULE, weight, grad, state, STATES, STATE_AXES, HOST_STATES)
-    _weight_m, _grad_m = elements
-    dims = matrix_dims(weight.shape)
-    sizes = matrix_sizes(weight.shape, SIZES)
-    tiles = matrix_tiles(dims, CHUNK)
+    _elements, _vectors = matrix_views(RULE, weight, grad, state, STATES, STATE_AXES, HOST_STATES)
+    _weight_m, _grad_m = _elements
+    _dims = matrix_dims(weight.shape)
+    _sizes = matrix_sizes(weight.shape, SIZES)
+    _tiles = matrix_tiles(_dims, CHUNK)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
     check_scalars(
         RULE,
         REDUCE_SCALARS,
-        computed(RULE, reduction_scalars, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
 
-    def _sweep1(tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = tile
+    def _sweep1(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _mb, _r0, _r1, _c0, _c1 = _tile
         _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
         _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
@@ -179,106 +179,106 @@ def step(
         REDUCE_KINDS,
         REDUCE_AXES,
         ["w_sq", "row_g2", "col_g2"],
-        dims,
+        _dims,
         "brc",
-        tiles,
-        for_tiles(tiles, 3, weight.dtype, _sweep1),
+        _tiles,
+        for_tiles(_tiles, 3, weight.dtype, _sweep1),
         sums,
-        vectors,
+        _vectors,
         dtype,
     )
     # Sweep 2 (whole vectors: br): row_new.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_2,
-        computed(RULE, reduction_scalars_2, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
     _h0, omb = (dtype(_x) for _x in pre)
-    shape = domain_shape(dims, "br")
-    _row = vectors["row"]
-    _row_g2 = vectors["row_g2"]
-    _b0 = np.empty(shape, dtype=weight.dtype)
+    _shape = domain_shape(_dims, "br")
+    _row = _vectors["row"]
+    _row_g2 = _vectors["row_g2"]
+    _b0 = np.empty(_shape, dtype=weight.dtype)
     # specs/adafactor.py:45: row_new = omb*(-row + row_g2/Max(1, cols)) + row
     np.multiply(_h0, _row_g2, out=_b0)
     np.subtract(_b0, _row, out=_b0)
     np.multiply(omb, _b0, out=_b0)
     np.add(_row, _b0, out=_b0)
-    vectors["row_new"] = _b0
+    _vectors["row_new"] = _b0
     # Sweep 3 (whole vectors: bc): col_new.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_3,
-        computed(RULE, reduction_scalars_3, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
     _h1, omb = (dtype(_x) for _x in pre)
-    shape = domain_shape(dims, "bc")
-    _col = vectors["col"]
-    _col_g2 = vectors["col_g2"]
-    _b0 = np.empty(shape, dtype=weight.dtype)
+    _shape = domain_shape(_dims, "bc")
+    _col = _vectors["col"]
+    _col_g2 = _vectors["col_g2"]
+    _b0 = np.empty(_shape, dtype=weight.dtype)
     # specs/adafactor.py:46: col_new = col + omb*(-col + col_g2/Max(1, rows))
     np.multiply(_h1, _col_g2, out=_b0)
     np.subtract(_b0, _col, out=_b0)
     np.multiply(omb, _b0, out=_b0)
     np.add(_col, _b0, out=_b0)
-    vectors["col_new"] = _b0
+    _vectors["col_new"] = _b0
     # Sweep 4 (whole vectors: br): row_mean.
     check_scalars(
         RULE,
         REDUCE_SCALARS_4,
-        computed(RULE, reduction_scalars_4, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_4, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    shape = domain_shape(dims, "br")
-    _row_new = vectors["row_new"]
-    _b0 = np.empty(shape, dtype=weight.dtype)
+    _shape = domain_shape(_dims, "br")
+    _row_new = _vectors["row_new"]
+    _b0 = np.empty(_shape, dtype=weight.dtype)
     # specs/adafactor.py:47: row_mean = row_new
     np.copyto(_b0, _row_new)
     combine_tiles(
         REDUCE_KINDS,
         REDUCE_AXES,
         ["row_mean"],
-        dims,
+        _dims,
         "br",
         None,
         [(np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),)],
         sums,
-        vectors,
+        _vectors,
         dtype,
     )
     # Sweep 5 (whole vectors: br): scale.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_5,
-        computed(RULE, reduction_scalars_5, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
     _h1, eps1 = (dtype(_x) for _x in pre)
-    shape = domain_shape(dims, "br")
-    _row_new = vectors["row_new"]
-    _row_mean = vectors["row_mean"]
-    _b0 = np.empty(shape, dtype=weight.dtype)
+    _shape = domain_shape(_dims, "br")
+    _row_new = _vectors["row_new"]
+    _row_mean = _vectors["row_mean"]
+    _b0 = np.empty(_shape, dtype=weight.dtype)
     # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
     np.multiply(_h1, _row_mean, out=_b0)
     if eps1 != -np.inf:
         np.maximum(eps1, _b0, out=_b0)
     np.divide(_row_new, _b0, out=_b0)
-    vectors["scale"] = _b0
+    _vectors["scale"] = _b0
     # Sweep 6 (tiles of the elements): u_sq.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_6,
-        computed(RULE, reduction_scalars_6, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
     _h2, _h3 = (dtype(_x) for _x in pre)
 
-    def _sweep6(tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = tile
+    def _sweep6(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _mb, _r0, _r1, _c0, _c1 = _tile
         _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = vectors["col_new"][_mb, :, _c0:_c1]
-        _scale = vectors["scale"][_mb, _r0:_r1]
+        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
+        _scale = _vectors["scale"][_mb, _r0:_r1]
         _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         # specs/adafactor.py:49: U = grad/sqrt(Max(V, eps1**2))
@@ -298,25 +298,25 @@ def step(
         REDUCE_KINDS,
         REDUCE_AXES,
         ["u_sq"],
-        dims,
+        _dims,
         "brc",
-        tiles,
-        for_tiles(tiles, 2, weight.dtype, _sweep6),
+        _tiles,
+        for_tiles(_tiles, 2, weight.dtype, _sweep6),
         sums,
-        vectors,
+        _vectors,
         dtype,
     )
     # The update, tile by tile; then the vector states.
-    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sizes, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h2, _h3, _h4, _h5 = (dtype(_x) for _x in scalars)
 
-    def update(tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
-        _mb, _r0, _r1, _c0, _c1 = tile
+    def update(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
+        _mb, _r0, _r1, _c0, _c1 = _tile
         _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = vectors["col_new"][_mb, :, _c0:_c1]
-        _scale = vectors["scale"][_mb, _r0:_r1]
+        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
+        _scale = _vectors["scale"][_mb, _r0:_r1]
         _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
@@ -335,7 +335,7 @@ def step(
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 
-    for_tiles(tiles, 3, weight.dtype, update)
-    np.copyto(vectors["row"], vectors["row_new"])
-    np.copyto(vectors["col"], vectors["col_new"])
+    for_tiles(_tiles, 3, weight.dtype, update)
+    np.copyto(_vectors["row"], _vectors["row_new"])
+    np.copyto(_vectors["col"], _vectors["col_new"])
     state.update(host_new)

@@ -37,7 +37,7 @@ CLASS_NAME = "Adafactor"
 
 HYPERPARAMS: dict[str, float | str | bool | None] = {
     "lr": 0.01,  # relative step size cap (rho_t = min(lr, 1/sqrt(t)))
-    "beta2_decay": -0.8,  # beta2_t = 1 - t^beta2_decay
+    "beta2_decay": -0.8,  # beta2_t = 1 - t^beta2_decay (<= 0)
     "eps1": 1.1920928955078125e-07,  # floor of the second moment estimate
     "eps2": 0.001,  # floor of RMS(weight) in the step size
     "d": 1.0,  # clipping threshold of RMS(update)
@@ -45,7 +45,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
-    "beta2_decay": Legal(),
+    "beta2_decay": Legal(hi=0.0),
     "eps1": Legal(lo=0.0, lo_open=True),
     "eps2": Legal(lo=0.0),
     "d": Legal(lo=0.0, lo_open=True),
@@ -80,6 +80,8 @@ REDUCE_AXES: dict[str, str | None] = {
 }
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
 STATE_AXES: dict[str, int] = {"col": -2, "row": -1}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
 # Per-tensor sizes the host code takes (numel: the element count).
 SIZES: tuple[str, ...] = ("numel", "cols", "rows", "ndim")
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).

@@ -17,6 +17,7 @@ from generated.numpy import adafactor as _numpy_adafactor
 from generated.numpy import adagrad as _numpy_adagrad
 from generated.numpy import adahessian as _numpy_adahessian
 from generated.numpy import adam as _numpy_adam
+from generated.numpy import adam_clip as _numpy_adam_clip
 from generated.numpy import adamax as _numpy_adamax
 from generated.numpy import adamw as _numpy_adamw
 from generated.numpy import amsgrad as _numpy_amsgrad
@@ -43,6 +44,7 @@ from generated.rules import adafactor as _rules_adafactor
 from generated.rules import adagrad as _rules_adagrad
 from generated.rules import adahessian as _rules_adahessian
 from generated.rules import adam as _rules_adam
+from generated.rules import adam_clip as _rules_adam_clip
 from generated.rules import adamax as _rules_adamax
 from generated.rules import adamw as _rules_adamw
 from generated.rules import amsgrad as _rules_amsgrad
@@ -69,6 +71,7 @@ from generated.triton import adafactor as _triton_adafactor
 from generated.triton import adagrad as _triton_adagrad
 from generated.triton import adahessian as _triton_adahessian
 from generated.triton import adam as _triton_adam
+from generated.triton import adam_clip as _triton_adam_clip
 from generated.triton import adamax as _triton_adamax
 from generated.triton import adamw as _triton_adamw
 from generated.triton import amsgrad as _triton_amsgrad
@@ -442,6 +445,59 @@ class Adam(GeneratedOptimizer):
                 "beta1": beta1,
                 "beta2": beta2,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class AdamClip(GeneratedOptimizer):
+    """Adam with the gradients clipped by their global norm first (torch.optim.Adam after
+    torch.nn.utils.clip_grad_norm_ over the parameter group).
+
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization"; clipping by the global norm:
+    Pascanu, Mikolov & Bengio (2013), "On the difficulty of training recurrent neural networks".
+
+    torch's code (followed here; states ``mean`` = m, ``var`` = v):
+        c = min(1, max_norm / (||g||_group + 1e-6))     # ||g||_group: over every gradient of the group
+        G = c g + wd w                                  # L2 weight decay, after the clip
+        m = beta1 m + (1 - beta1) G;  v = beta2 v + (1 - beta2) G^2
+        w = w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + epsilon)
+
+    torch adds the norm in float32 (a norm of per-tensor norms) and updates the moments by lerp; optgen
+    adds the squares in float64 in a fixed order and writes the moments as above: equal up to
+    rounding. The norm is a group reduction: the torch class computes it over each parameter group,
+    the modules' ``step_multi`` over the tensors of the call (``step``: the one tensor).
+    """
+
+    RULE = "adam_clip"
+    META = _rules_adam_clip
+    NUMPY = _numpy_adam_clip
+    TRITON = _triton_adam_clip
+    TORCH = _rules_adam_clip.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        max_norm: Any = 1.0,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        epsilon: Any = 1e-08,
+        wd: Any = 0.0,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "max_norm": max_norm,
+                "beta1": beta1,
+                "beta2": beta2,
+                "epsilon": epsilon,
+                "wd": wd,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1674,6 +1730,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "adagrad": Adagrad,
     "adahessian": AdaHessian,
     "adam": Adam,
+    "adam_clip": AdamClip,
     "adamax": Adamax,
     "adamw": AdamW,
     "amsgrad": AMSGrad,

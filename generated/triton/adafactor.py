@@ -184,7 +184,7 @@ def adafactor_row_reduce_kernel(
         # specs/adafactor.py:45: row_g2 = grad**2
         row_g2 = grad * grad
         _acc_row_g2 = _acc_row_g2 + tl.where(mask, row_g2, 0.0)
-    tl.store(row_g2_ptr + outer, tl.sum(_acc_row_g2, axis=0))
+    tl.store(row_g2_ptr + outer, tl.sum(_acc_row_g2, axis=0).to(row_g2_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -221,7 +221,9 @@ def adafactor_col_reduce_kernel(
         # specs/adafactor.py:46: col_g2 = grad**2
         col_g2 = row_g2
         _acc_col_g2 = _acc_col_g2 + tl.where(mask, col_g2, 0.0)
-    tl.store(col_g2_ptr + outer * n_cols + lane, _acc_col_g2, mask=mask)
+    tl.store(
+        col_g2_ptr + outer * n_cols + lane, _acc_col_g2.to(col_g2_ptr.dtype.element_ty), mask=mask
+    )
 
 
 @triton.jit
@@ -258,7 +260,7 @@ def adafactor_reduce2_kernel(
     _v9 = _v8 - row
     _v10 = omb * _v9
     row_new = row + _v10
-    tl.store(row_new_ptr + offs, row_new, mask=mask)
+    tl.store(row_new_ptr + offs, row_new.to(row_new_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -295,7 +297,7 @@ def adafactor_reduce3_kernel(
     _v12 = _v11 - col
     _v13 = omb * _v12
     col_new = col + _v13
-    tl.store(col_new_ptr + offs, col_new, mask=mask)
+    tl.store(col_new_ptr + offs, col_new.to(col_new_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -328,7 +330,7 @@ def adafactor_row_reduce4_kernel(
         # specs/adafactor.py:47: row_mean = row_new
         row_mean = row_new
         _acc_row_mean = _acc_row_mean + tl.where(mask, row_mean, 0.0)
-    tl.store(row_mean_ptr + outer, tl.sum(_acc_row_mean, axis=0))
+    tl.store(row_mean_ptr + outer, tl.sum(_acc_row_mean, axis=0).to(row_mean_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -364,7 +366,7 @@ def adafactor_reduce5_kernel(
     _v14 = _h1 * row_mean
     _v15 = tl.maximum(eps1, _v14, propagate_nan=tl.PropagateNan.ALL)
     scale = tl.div_rn(row_new, _v15)
-    tl.store(scale_ptr + offs, scale, mask=mask)
+    tl.store(scale_ptr + offs, scale.to(scale_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -496,44 +498,44 @@ def step(
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES, STATE_AXES)
-    dims = matrix_dims(weight.shape)
-    sizes = matrix_sizes(weight.shape, SIZES)
+    _dims = matrix_dims(weight.shape)
+    _sizes = matrix_sizes(weight.shape, SIZES)
     # The vectors the sweeps compute (float32, on the weight's device; one value per row,
     # column or matrix: small next to the weight).
-    vectors = {
-        "row_g2": torch.empty(domain_size(dims, "br"), dtype=torch.float32, device=weight.device),
-        "row_new": torch.empty(domain_size(dims, "br"), dtype=torch.float32, device=weight.device),
-        "col_g2": torch.empty(domain_size(dims, "bc"), dtype=torch.float32, device=weight.device),
-        "col_new": torch.empty(domain_size(dims, "bc"), dtype=torch.float32, device=weight.device),
-        "row_mean": torch.empty(domain_size(dims, "b"), dtype=torch.float32, device=weight.device),
-        "scale": torch.empty(domain_size(dims, "br"), dtype=torch.float32, device=weight.device),
+    _vectors = {
+        "row_g2": torch.empty(domain_size(_dims, "br"), dtype=torch.float32, device=weight.device),
+        "row_new": torch.empty(domain_size(_dims, "br"), dtype=torch.float32, device=weight.device),
+        "col_g2": torch.empty(domain_size(_dims, "bc"), dtype=torch.float32, device=weight.device),
+        "col_new": torch.empty(domain_size(_dims, "bc"), dtype=torch.float32, device=weight.device),
+        "row_mean": torch.empty(domain_size(_dims, "b"), dtype=torch.float32, device=weight.device),
+        "scale": torch.empty(domain_size(_dims, "br"), dtype=torch.float32, device=weight.device),
     }
-    tensors = [
+    _tensors = [
         buffers[0],
         buffers[1],
         buffers[2],
         buffers[3],
-        vectors["row_g2"],
-        vectors["row_new"],
-        vectors["col_g2"],
-        vectors["col_new"],
-        vectors["row_mean"],
-        vectors["scale"],
+        _vectors["row_g2"],
+        _vectors["row_new"],
+        _vectors["col_g2"],
+        _vectors["col_new"],
+        _vectors["row_mean"],
+        _vectors["scale"],
     ]
     sums: dict[str, float] = {}
     # Sweep 1 over brc: w_sq, row_g2, col_g2.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS,
-        computed(RULE, reduction_scalars, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
         torch.float32,
     )
     sums.update(
         matrix_sweep(
             adafactor_reduce_kernel,
             "flat",
-            tensors,
-            dims,
+            _tensors,
+            _dims,
             "brc",
             pre,
             BLOCK_SIZE,
@@ -541,53 +543,53 @@ def step(
             ["w_sq"],
         )
     )
-    matrix_sweep(adafactor_row_reduce_kernel, "last", tensors, dims, "brc", pre, BLOCK_SIZE)
-    matrix_sweep(adafactor_col_reduce_kernel, "middle", tensors, dims, "brc", pre, BLOCK_SIZE)
+    matrix_sweep(adafactor_row_reduce_kernel, "last", _tensors, _dims, "brc", pre, BLOCK_SIZE)
+    matrix_sweep(adafactor_col_reduce_kernel, "middle", _tensors, _dims, "brc", pre, BLOCK_SIZE)
     # Sweep 2 over br: row_new.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_2,
-        computed(RULE, reduction_scalars_2, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
         torch.float32,
     )
-    matrix_sweep(adafactor_reduce2_kernel, "flat", tensors, dims, "br", pre, BLOCK_SIZE)
+    matrix_sweep(adafactor_reduce2_kernel, "flat", _tensors, _dims, "br", pre, BLOCK_SIZE)
     # Sweep 3 over bc: col_new.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_3,
-        computed(RULE, reduction_scalars_3, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
         torch.float32,
     )
-    matrix_sweep(adafactor_reduce3_kernel, "flat", tensors, dims, "bc", pre, BLOCK_SIZE)
+    matrix_sweep(adafactor_reduce3_kernel, "flat", _tensors, _dims, "bc", pre, BLOCK_SIZE)
     # Sweep 4 over br: row_mean.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_4,
-        computed(RULE, reduction_scalars_4, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_4, t, **hp, **host, **_sizes, **sums),
         torch.float32,
     )
-    matrix_sweep(adafactor_row_reduce4_kernel, "last", tensors, dims, "br", pre, BLOCK_SIZE)
+    matrix_sweep(adafactor_row_reduce4_kernel, "last", _tensors, _dims, "br", pre, BLOCK_SIZE)
     # Sweep 5 over br: scale.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_5,
-        computed(RULE, reduction_scalars_5, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums),
         torch.float32,
     )
-    matrix_sweep(adafactor_reduce5_kernel, "flat", tensors, dims, "br", pre, BLOCK_SIZE)
+    matrix_sweep(adafactor_reduce5_kernel, "flat", _tensors, _dims, "br", pre, BLOCK_SIZE)
     # Sweep 6 over brc: u_sq.
     pre = check_scalars(
         RULE,
         REDUCE_SCALARS_6,
-        computed(RULE, reduction_scalars_6, t, **hp, **host, **sizes, **sums),
+        computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums),
         torch.float32,
     )
     sums.update(
         matrix_sweep(
             adafactor_reduce6_kernel,
             "flat",
-            tensors,
-            dims,
+            _tensors,
+            _dims,
             "brc",
             pre,
             BLOCK_SIZE,
@@ -595,11 +597,11 @@ def step(
             ["u_sq"],
         )
     )
-    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sizes, **sums)
+    scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    matrix_sweep(adafactor_kernel, "flat", tensors, dims, "brc", scalars, BLOCK_SIZE)
-    state["row"].copy_(vectors["row_new"].view_as(state["row"]))
-    state["col"].copy_(vectors["col_new"].view_as(state["col"]))
+    matrix_sweep(adafactor_kernel, "flat", _tensors, _dims, "brc", scalars, BLOCK_SIZE)
+    state["row"].copy_(_vectors["row_new"].view_as(state["row"]))
+    state["col"].copy_(_vectors["col_new"].view_as(state["col"]))
     state.update(host_new)
 
 
@@ -636,7 +638,7 @@ def step_multi(
         for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
     check_across(tables)
-    before = LAUNCHES["count"]
+    _before = LAUNCHES["count"]
     for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True):
         step(_w, _g, _s, _tj, **hyperparams)
-    return LAUNCHES["count"] - before
+    return LAUNCHES["count"] - _before

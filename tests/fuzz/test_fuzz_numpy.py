@@ -58,7 +58,7 @@ def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str
     grad = fill(rng, shape, kind, "grad").astype(dtype)
     state: Any = numpy_module(rule).init_state(weight.copy())
     for name in meta.STATES:
-        state[name][...] = fill(rng, shape, kind, "state")
+        state[name][...] = fill(rng, state[name].shape, kind, "state")
     hp = draw(hyperparams(rule, case))
     extra = {name: fill(rng, shape, kind, "grad").astype(dtype) for name in meta.INPUTS}
     t = draw(step_count(case))
