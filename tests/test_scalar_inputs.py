@@ -146,3 +146,40 @@ def test_the_triton_kernel_gets_no_loss_argument(demo) -> None:
     modules, _ = demo
     source = inspect.getsource(modules["triton"])
     assert "loss" not in source.split("def polyak_demo_kernel_body(")[1].split("):")[0]
+
+
+ROW_STATE_WITH_INPUT = '''"""An input next to a row state (not supported yet)."""
+
+from codegen.spec import Rule
+
+RULE = Rule("row_input", __doc__)
+h = RULE.input("hessian", doc="an input")
+r = RULE.state("r", 0, doc="one per row", axis=-1)
+RULE.update(r, r + RULE.sum("hsq", h**2, axis=-1))
+RULE.update(RULE.weight, RULE.weight - RULE.grad * h)
+'''
+
+GROUP_WITH_SCALAR = '''"""A scalar input next to a group reduction (not supported yet)."""
+
+from codegen.spec import Rule
+
+RULE = Rule("group_loss", __doc__)
+loss = RULE.scalar("loss", doc="the loss")
+n = RULE.sum("g_sq", RULE.grad**2, group=True)
+RULE.update(RULE.weight, RULE.weight - loss / (n + 1) * RULE.grad)
+'''
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"), [("row_input", ROW_STATE_WITH_INPUT), ("group_loss", GROUP_WITH_SCALAR)]
+)
+def test_inputs_next_to_row_states_or_group_reductions_are_refused_by_name(
+    tmp_path, name: str, spec: str
+) -> None:
+    """Not supported yet: refused when generating, naming the spec file and the inputs."""
+    from codegen.generate import generate_all
+    from codegen.spec import SpecError
+
+    (tmp_path / f"{name}.py").write_text(spec)
+    with pytest.raises(SpecError, match=rf"{name}.py: inputs \((hessian|loss)\) are not supported"):
+        generate_all(tmp_path)
