@@ -66,7 +66,7 @@ _reserve(
 _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
-    "keepdims device "
+    "keepdims device inputs "
     "integer lo hi lo_open hi_open allow_none",
 )
 _reserve(
