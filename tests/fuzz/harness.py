@@ -35,8 +35,8 @@ META: dict[str, ModuleType] = {
     r: importlib.import_module(f"generated.rules.{r}") for r in ALL_RULES
 }
 # Rules whose step takes inputs besides the gradient (AdaHessian's hessian, a loss) are drawn
-# by the NumPy step fuzz only (WITH_INPUTS: per-element inputs, perturbed like the gradient);
-# elsewhere their inputs' guards are tested in tests/test_input_guards.py, not fuzzed.
+# by the NumPy and Triton step fuzz only (WITH_INPUTS: per-element inputs, perturbed like the
+# gradient); elsewhere their inputs' guards are tested in tests/test_input_guards.py.
 RULE_NAMES = [r for r in ALL_RULES if not META[r].INPUTS and not META[r].STEP_SCALARS]
 WITH_INPUTS = [r for r in ALL_RULES if META[r].INPUTS and not META[r].STEP_SCALARS]
 
