@@ -108,6 +108,7 @@ def name_values(block: Block) -> Block:
     ]
     bare = {*rule.hypers_symbols, *rule.scalar_reductions}
     bare |= {h.symbol for h in rule.host_states.values()}
+    bare |= {x.symbol for x in rule.scalars.values()}
     rename: dict[sp.Symbol, sp.Symbol] = {}
     scalars: dict[sp.Symbol, sp.Expr] = {}
     positional = Temps()

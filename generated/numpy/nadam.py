@@ -56,6 +56,7 @@ from generated.rules.nadam import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -63,6 +64,7 @@ from generated.rules.nadam import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
@@ -76,6 +78,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -83,6 +86,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",

@@ -57,6 +57,7 @@ from generated.rules.nadam import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -64,6 +65,7 @@ from generated.rules.nadam import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import (
@@ -84,6 +86,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -91,6 +94,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",
