@@ -152,10 +152,10 @@ def step(
         np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_var)
         # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
-        # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
         np.multiply(_h4, _b0, out=_b0)
         np.multiply(_h5, _mean, out=_b1)
         np.add(_b0, _b1, out=_b0)
+        # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
         np.multiply(_h3, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)
