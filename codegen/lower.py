@@ -514,7 +514,8 @@ class Lowered:
     def _bare(self) -> list[sp.Symbol]:
         lets = [a.target for a in self.host_lets]
         states = [h.symbol for h in self.rule.host_states.values()]
-        return [*self.rule.hypers_symbols, *states, *self.rule.scalar_reductions, *lets]
+        scalars = [x.symbol for x in self.rule.scalars.values()]
+        return [*self.rule.hypers_symbols, *states, *scalars, *self.rule.scalar_reductions, *lets]
 
     def scalars(self, ops: list[Op]) -> list[sp.Symbol]:
         """The host scalars ``ops`` read, in the order of :attr:`host`."""

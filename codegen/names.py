@@ -37,13 +37,14 @@ _reserve(
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
-    "run_group check_arrays_across group_totals Iterator host_max host_min",
+    "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
+    "input_lists",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
-    "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS BLOCK_SIZE "
-    "REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
+    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS "
+    "REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )
@@ -61,12 +62,12 @@ _reserve(
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial",
+    "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
-    "keepdims device "
+    "keepdims device inputs "
     "integer lo hi lo_open hi_open allow_none",
 )
 _reserve(

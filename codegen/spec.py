@@ -117,6 +117,26 @@ class TestCase:
 
 
 @dataclass(frozen=True)
+class Input:
+    """A per-element input besides the gradient (weight-shaped, read-only): AdaHessian's
+    Hessian-diagonal estimate. Every step function takes it as a keyword argument."""
+
+    name: str
+    symbol: sp.Symbol
+    doc: str
+
+
+@dataclass(frozen=True)
+class ScalarInput:
+    """One number per step given by the caller (the loss, say): a host input like a
+    hyperparameter, but required at every step and never a group setting."""
+
+    name: str
+    symbol: sp.Symbol
+    doc: str
+
+
+@dataclass(frozen=True)
 class Equation:
     """``target = expr``: target is a new state/weight symbol or a named intermediate."""
 
@@ -186,6 +206,8 @@ class Rule:
         self.hypers: dict[str, Hyper] = {}
         self.states: dict[str, State] = {}
         self.host_states: dict[str, HostState] = {}
+        self.inputs: dict[str, Input] = {}  # per-element inputs besides the gradient
+        self.scalars: dict[str, ScalarInput] = {}  # per-step scalar inputs
         self.reductions: dict[sp.Symbol, sp.Expr] = {}  # symbol -> summand (per element)
         self.reduction_kinds: dict[sp.Symbol, str] = {}  # symbol -> "sum", "max" or "min"
         self.reduction_axes: dict[sp.Symbol, int | None] = {}  # None: over the whole tensor
@@ -549,6 +571,8 @@ class Rule:
             return known
         if symbol in (self.weight, self.grad, self.weight_new) or symbol in self.draws:
             return ELEMENT
+        if any(symbol == i.symbol for i in self.inputs.values()):
+            return ELEMENT
         for st in self.states.values():
             if symbol in (st.symbol, st.new):
                 return ELEMENT if st.axis is None else (ROW if st.axis == -1 else COL)
@@ -607,6 +631,25 @@ class Rule:
         self.host_states[name] = HostState(name, symbol, new, float(init), doc)
         return symbol
 
+    def input(self, name: str, doc: str = "") -> sp.Symbol:
+        """Declare a per-element input besides the gradient: weight-shaped, read-only, passed to
+        every step as the keyword argument ``name`` (a list per input for ``step_multi``)."""
+        self._claim(name, "input")
+        doc = self._doc(doc, f"input {name!r}")
+        symbol = sp.Symbol(name, real=True)
+        self.inputs[name] = Input(name, symbol, doc)
+        return symbol
+
+    def scalar(self, name: str, doc: str = "") -> sp.Symbol:
+        """Declare a per-step scalar input (the loss, say): a finite number the caller passes
+        to every step as the keyword argument ``name``; what depends only on it, the
+        hyperparameters and t is computed on the host, like any host scalar."""
+        self._claim(name, "scalar input")
+        doc = self._doc(doc, f"scalar input {name!r}")
+        symbol = sp.Symbol(name, real=True)
+        self.scalars[name] = ScalarInput(name, symbol, doc)
+        return symbol
+
     def let(self, name: str, expr: sp.Expr | float) -> sp.Symbol:
         """A named intermediate value (it appears in the docstring equations, not in memory)."""
         self._claim(name, "intermediate")
@@ -637,9 +680,17 @@ class Rule:
     # ---------------------------------------------------------------------------------- checks
     @property
     def element_inputs(self) -> list[sp.Symbol]:
-        """Per-element values at step i, in buffer order: weight, grad, states (not the states
-        of one value per row or column: :attr:`vector_states`)."""
-        return [self.weight, self.grad] + [s.symbol for s in self.states.values() if s.axis is None]
+        """Per-element values at step i, in buffer order: weight, grad, inputs, states (not the
+        states of one value per row or column: :attr:`vector_states`). The one list every phase
+        and target iterates (a reduction's summand may read an input too)."""
+        inputs = [i.symbol for i in self.inputs.values()]
+        states = [s.symbol for s in self.states.values() if s.axis is None]
+        return [self.weight, self.grad, *inputs, *states]
+
+    @property
+    def read_only(self) -> list[sp.Symbol]:
+        """The buffers a step only reads: the gradient and the inputs."""
+        return [self.grad] + [i.symbol for i in self.inputs.values()]
 
     @property
     def vector_states(self) -> list[State]:
@@ -648,9 +699,12 @@ class Rule:
 
     @property
     def host_inputs(self) -> list[sp.Symbol]:
-        """Values known on the host before a step: hyperparameters and the step count."""
+        """Values known on the host before a step: hyperparameters, the step count, host states
+        and the per-step scalar inputs."""
         hypers = [h.symbol for h in self.hypers.values()]
-        return hypers + [self.t] + [s.symbol for s in self.host_states.values()] + self.sizes
+        states = [s.symbol for s in self.host_states.values()]
+        scalars = [s.symbol for s in self.scalars.values()]
+        return hypers + [self.t] + states + scalars + self.sizes
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
@@ -672,6 +726,7 @@ class Rule:
     def spec_names(self) -> set[str]:
         """Every name the spec declared (generated code may use these, and registered names)."""
         declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
+        declared |= {*self.inputs, *self.scalars}
         declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
         return declared | {self.name, self.class_name}
 

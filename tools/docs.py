@@ -44,8 +44,6 @@ def _paper(rule: Rule) -> str:
 EXTERNAL = {
     "adafactor": "torch.optim.Adafactor",
     "adam_clip": "torch clip_grad_norm_ + torch.optim.Adam",
-    "came": "pytorch-optimizer 4.1.0 CAME",
-    "sm3": "pytorch-optimizer 4.1.0 SM3 (0-D to 2-D)",
 }
 
 
@@ -67,6 +65,10 @@ def table() -> str:
             features.append("per-tensor reductions")
         if rule.draws:
             features.append("Philox noise")
+        if rule.inputs:
+            features.append(f"input {', '.join(rule.inputs)}")
+        if rule.scalars:
+            features.append(f"scalar input {', '.join(rule.scalars)}")
         oracles = ["equations (40 digits)", "Triton = NumPy"]
         if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
             oracles.append("MXNet 1.9.1 goldens")
@@ -74,6 +76,9 @@ def table() -> str:
             oracles.append("torch.optim")
         if rule.name in EXTERNAL:
             oracles.append(EXTERNAL[rule.name])
+        own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own reference comparison
+        if own.exists() and "from pytorch_optimizer import" in own.read_text():
+            oracles.append("pytorch-optimizer 4.1.0")
         if rule.draws:
             oracles.append("noise statistics")
         rows.append(

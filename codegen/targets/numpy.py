@@ -324,6 +324,12 @@ def context(lowered: Lowered) -> dict[str, object]:
     host = set(lowered.host)
     allocation = allocate(lowered)
     matrix = bool(rule.vector_values)
+    if (matrix or rule.group_reductions) and (rule.inputs or rule.scalars):
+        extra = ", ".join([*rule.inputs, *rule.scalars])
+        raise SpecError(
+            f"{rule.source}: inputs ({extra}) are not supported yet in a rule with row or column "
+            "states, axis reductions or group reductions"
+        )
     count = len(lowered.reduce_phases) + 1
     if matrix:
         phases = [matrix_sweep(lowered, k, host) for k in range(1, count)]
@@ -351,6 +357,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         ],
         "vector_states": [(s.name, s.new.name) for s in rule.vector_states],
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs),
+        "scalar_args": list(rule.scalars),
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
         "phases": phases,

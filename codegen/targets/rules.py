@@ -77,6 +77,8 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
             what = "the tensor's element count"
         elif s.name in rule.host_states:
             what = "host state"
+        elif s.name in rule.scalars:
+            what = "scalar input (given at each step)"
         elif s in lets:
             what = "let, computed by host_scalars"
         else:
@@ -88,8 +90,9 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     out = [
-        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
-        "GROUP_REDUCTIONS", "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
+        "DRAWS", "FOLDS_GRAD_SCALE", "GROUP_REDUCTIONS", "HOST_STATES", "HYPERPARAMS", "INPUTS",
+        "LEGAL", "NONE_MEANS", "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "STEP_SCALARS",
+        "host_scalars",
     ]  # fmt: skip
     for k in range(1, len(lowered.reduce_phases) + 1):
         out += [reduce_scalars_name(k), reduction_scalars_name(k)]
@@ -128,7 +131,8 @@ def reduce_scalars_name(phase: int) -> str:
 
 def phases(lowered: Lowered, code: HostCode) -> list[dict[str, object]]:
     """Each reduction phase: its reductions, host function, arguments and code."""
-    host_names = [*lowered.rule.hypers, *lowered.rule.host_states, *map(str, lowered.rule.sizes)]
+    rule = lowered.rule
+    host_names = [*rule.hypers, *rule.host_states, *rule.scalars, *map(str, rule.sizes)]
     out, earlier = [], []
     for k in range(1, len(lowered.reduce_phases) + 1):
         wanted = lowered.phase_host(k)
@@ -164,7 +168,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     code = HostCode()
     update = lowered.update_scalars
-    host_names = [*rule.hypers, *rule.host_states, *map(str, rule.sizes)]
+    host_names = [*rule.hypers, *rule.host_states, *rule.scalars, *map(str, rule.sizes)]
     context = {
         "rule": rule,
         "doc": rule.doc,
@@ -179,6 +183,8 @@ def context(lowered: Lowered) -> dict[str, object]:
             for h in rule.hypers.values()
         ],
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs.values()),
+        "scalar_inputs": list(rule.scalars.values()),
         "reductions": [str(r) for r in lowered.summands if r in rule.reductions],
         "kinds": {str(r): k for r, k in rule.reduction_kinds.items()},
         "axes": repr(

@@ -166,6 +166,12 @@ def context(lowered: Lowered) -> dict[str, object]:
         for row, b in zip(layout.pointers, buffers, strict=True)
     ]
     matrix = bool(rule.vector_values)
+    if (matrix or rule.group_reductions) and (rule.inputs or rule.scalars):
+        extra = ", ".join([*rule.inputs, *rule.scalars])
+        raise SpecError(
+            f"{rule.source}: inputs ({extra}) are not supported yet in a rule with row or column "
+            "states, axis reductions or group reductions"
+        )
     count = len(lowered.reduce_phases) + 1
     phases = (
         [] if matrix else [phase_context(lowered, k, printer, pointers) for k in range(1, count)]
@@ -204,6 +210,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reads": [(s.name, names.derived(s.name, "_ptr")) for s in lowered.reads],
         "grad_name": rule.grad.name,
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs),
+        "scalar_args": list(rule.scalars),
         "host_states": list(rule.host_states.values()),
         "init": {s.name: init_code(rule, s) for s in rule.states.values()},
         "reductions": [str(r) for r in lowered.summands],
@@ -217,6 +225,8 @@ def context(lowered: Lowered) -> dict[str, object]:
             + (["matrix_sizes"] if rule.sizes or matrix else [])
             + (["matrix_dims"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
+            + (["input_lists"] if rule.inputs else [])
+            + (["scalar_inputs"] if rule.scalars else [])
         ),
         "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
         "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",

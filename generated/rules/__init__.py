@@ -6,6 +6,7 @@ RULES = (
     "adadelta",
     "adafactor",
     "adagrad",
+    "adahessian",
     "adam",
     "adam_clip",
     "adamax",

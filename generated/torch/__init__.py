@@ -15,6 +15,7 @@ from generated.numpy import adabelief as _numpy_adabelief
 from generated.numpy import adadelta as _numpy_adadelta
 from generated.numpy import adafactor as _numpy_adafactor
 from generated.numpy import adagrad as _numpy_adagrad
+from generated.numpy import adahessian as _numpy_adahessian
 from generated.numpy import adam as _numpy_adam
 from generated.numpy import adam_clip as _numpy_adam_clip
 from generated.numpy import adamax as _numpy_adamax
@@ -43,6 +44,7 @@ from generated.rules import adabelief as _rules_adabelief
 from generated.rules import adadelta as _rules_adadelta
 from generated.rules import adafactor as _rules_adafactor
 from generated.rules import adagrad as _rules_adagrad
+from generated.rules import adahessian as _rules_adahessian
 from generated.rules import adam as _rules_adam
 from generated.rules import adam_clip as _rules_adam_clip
 from generated.rules import adamax as _rules_adamax
@@ -71,6 +73,7 @@ from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
 from generated.triton import adafactor as _triton_adafactor
 from generated.triton import adagrad as _triton_adagrad
+from generated.triton import adahessian as _triton_adahessian
 from generated.triton import adam as _triton_adam
 from generated.triton import adam_clip as _triton_adam_clip
 from generated.triton import adamax as _triton_adamax
@@ -323,6 +326,71 @@ class Adagrad(GeneratedOptimizer):
                 "rescale_grad": rescale_grad,
                 "clip_gradient": clip_gradient,
                 "eps": eps,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class AdaHessian(GeneratedOptimizer):
+    """AdaHessian: Adam's second moment replaced by that of a Hessian-diagonal estimate.
+
+    Yao et al. (2021), "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning" (AAAI).
+    Reference code: pytorch-optimizer 4.1.0 ``pytorch_optimizer.AdaHessian`` (followed here).
+
+    Paper's equations (D: the Hessian diagonal by Hutchinson's method, D = E[z * (H z)] with
+    Rademacher z; D^(s): D averaged over the spatial dimensions of a convolution kernel):
+        m_t = (1 - beta1) sum_i beta1^(t-i) g_i / (1 - beta1^t)
+        v_t = ( sqrt( (1 - beta2) sum_i beta2^(t-i) D_i^(s) D_i^(s) / (1 - beta2^t) ) )^k
+        w_{t+1} = w_t - lr * m_t / v_t
+
+    Reference code's order (states ``exp_avg`` = m, ``exp_hessian_diag_sq`` = v, from 0; h = the
+    estimate of this step):
+        w <- w * (1 - wd * (1 if fixed_decay else lr))   if weight_decouple (default), else
+        g <- g + wd * w                                    (coupled L2)
+        m <- lerp(m, g, 1 - beta1);   v <- beta2 * v + (1 - beta2) * h^2
+        w <- w - lr / (1 - beta1^t) * m / ((v / (1 - beta2^t))^(k / 2) + epsilon)
+
+    Where they differ: the reference draws z and computes h = z * (H z) inside its step from a loss
+    backpropagated with create_graph=True, and does no spatial averaging (4.1.0; the paper's D^(s)).
+    Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
+    does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
+    lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
+    step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+    """
+
+    RULE = "adahessian"
+    META = _rules_adahessian
+    NUMPY = _numpy_adahessian
+    TRITON = _triton_adahessian
+    TORCH = _rules_adahessian.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.1,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        wd: Any = 0.0,
+        epsilon: Any = 1e-16,
+        hessian_power: Any = 1.0,
+        weight_decouple: Any = True,
+        fixed_decay: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "wd": wd,
+                "epsilon": epsilon,
+                "hessian_power": hessian_power,
+                "weight_decouple": weight_decouple,
+                "fixed_decay": fixed_decay,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1795,6 +1863,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "adadelta": Adadelta,
     "adafactor": Adafactor,
     "adagrad": Adagrad,
+    "adahessian": AdaHessian,
     "adam": Adam,
     "adam_clip": AdamClip,
     "adamax": Adamax,

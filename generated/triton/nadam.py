@@ -57,6 +57,7 @@ from generated.rules.nadam import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -64,6 +65,7 @@ from generated.rules.nadam import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import (
@@ -84,6 +86,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -91,6 +94,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",
@@ -161,14 +165,14 @@ def nadam_kernel_body(
     _v8 = _h2 * _v7
     var_new = _v6 + _v8
     # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
-    # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
     _v9 = _h4 * G
     _v10 = _h5 * mean_new
-    _v11 = _v9 + _v10
+    mbar = _v9 + _v10
+    # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
     _v12 = _h3 * var_new
     _v13 = tl.sqrt_rn(_v12)
     _v14 = _v13 + epsilon
-    _v15 = _h6 * _v11
+    _v15 = _h6 * mbar
     _v16 = tl.div_rn(_v15, _v14)
     weight_new = weight + _v16
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)

@@ -172,7 +172,11 @@ class ParamState:
             check_contiguous(name, where, value)
 
     def _check_across(
-        self, params: list[torch.Tensor], indices: dict[int, int], grads_written: bool
+        self,
+        params: list[torch.Tensor],
+        indices: dict[int, int],
+        grads_written: bool,
+        given: Any = None,
     ) -> None:
         """No buffer the step writes (a parameter, its state tensors, its master copy; its
         gradient when unscaled in place) shares memory with any other buffer of the step, its
@@ -186,6 +190,8 @@ class ParamState:
             if not (grads_written and view_key(p.grad) in grads):
                 buffers.append((f"{label}'s grad", p.grad, grads_written))
             grads.add(view_key(p.grad))
+            if given is not None:  # the step's per-element inputs: read only, like gradients
+                buffers += [(f"{label}'s {key}", x, False) for key, x in given.of(p).items()]
             state = self.state.get(p) or {}
             buffers += [
                 (f"{label}'s state[{key!r}]", value, True)
