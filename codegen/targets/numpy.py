@@ -17,7 +17,7 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError
 from codegen.targets import Target
-from codegen.targets.host import literal
+from codegen.targets.host import HostCode, literal
 from codegen.targets.rules import exported
 
 
@@ -111,6 +111,10 @@ class NumpyOpPrinter:
         "min": "np.minimum",  # NaN-propagating
         "exp": "np.exp",
         "log": "np.log",
+        "tanh": "np.tanh",
+        "softplus": "np.logaddexp",  # logaddexp(0, a) = log(1 + exp(a)), computed stably
+        "cbrt": "np.cbrt",  # then NaN where a < 0 (codegen/ops.py)
+        "pow": "np.power",  # a float32 array ** a weak Python float: float32; NaN guard below
         "gt": "np.greater",
         "ge": "np.greater_equal",
         "lt": "np.less",
@@ -147,6 +151,16 @@ class NumpyOpPrinter:
             return self.select(dest, *(self.name(a) for a in op.args))
         if op.kind in ops.BOOLEAN:
             return f"{dest} = {fn}({args})"
+        if op.kind == "softplus":
+            return f"{fn}(0.0, {args}, out={dest})"
+        if op.kind == "cbrt":  # np.cbrt is the odd real root; cbrt(a) < 0 exactly where a < 0
+            return f"{fn}({args}, out={dest})\nnp.copyto({dest}, np.nan, where={dest} < 0.0)"
+        if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
+            base = self.name(op.args[0])
+            guard = f"np.copyto({dest}, np.nan, where={base} < 0.0)"
+            if base == dest:  # the base is dead: guard it first (pow(NaN) is NaN)
+                return f"{guard}\n{fn}({args}, out={dest})"
+            return f"{fn}({args}, out={dest})\n{guard}"
         call = f"{fn}({args}, out={dest})"
         identity = self.identity_bound(op)
         if identity is not None:
@@ -194,12 +208,14 @@ class NumpyOpPrinter:
 ops.require("NumPy", NumpyOpPrinter.UFUNC)
 
 
-def init_code(rule: Rule, expr: sp.Expr) -> str:
-    """The initial value of a state buffer, as NumPy code."""
+def init_code(rule: Rule, expr: sp.Expr, code: HostCode) -> str:
+    """The initial value of a state buffer, as NumPy code (hyperparameters are locals)."""
     if expr == rule.weight:
         return "weight.copy()"
     if expr.is_Number:
         return f"np.full_like(weight, {literal(expr) if expr != 0 else '0.0'})"
+    if not expr.free_symbols & {rule.weight}:  # hyperparameters: a double, cast by full_like
+        return f"np.full_like(weight, {code(expr)})"
     raise SpecError(f"{rule.source}: initial value {expr} must be a constant or the weight itself")
 
 
@@ -223,6 +239,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     reduce_allocation = allocate(lowered, reduce=True)
     reduce_printer = NumpyOpPrinter(reduce_allocation, host)
     rules_names = exported(lowered)
+    code = HostCode()
     return {
         "rule": rule,
         "doc": rule.doc,
@@ -235,7 +252,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
-        "init": {s.name: init_code(rule, s.init) for s in rule.states.values()},
+        "init": {s.name: init_code(rule, s.init, code) for s in rule.states.values()},
+        "init_hypers": rule.init_hypers,
         "ops": NumpyOpPrinter(allocation, host).lines(lowered.ops),
         "scratch": max(allocation.scratch, reduce_allocation.scratch),
         "copies": [(cur.name, k) for cur, k in allocation.copies],
@@ -244,7 +262,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_values": [reduce_printer.name(r) for r in lowered.summands],
         "reduce_unpack": unpack(lowered.reduce_host, "pre"),
         "host_unpack": unpack(lowered.update_scalars, "scalars"),
-    }
+    } | {"uses_math": code.uses_math}  # after everything is printed
 
 
 TARGET = Target(

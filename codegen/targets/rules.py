@@ -83,7 +83,8 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     names = [
-        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
+        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "INIT_HYPERPARAMS", "LEGAL",
+        "NONE_MEANS",
         "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
     ]  # fmt: skip
     if lowered.summands:
@@ -118,6 +119,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             for h in rule.hypers.values()
         ],
         "states": list(rule.states.values()),
+        "init_hypers": rule.init_hypers,
         "reductions": [str(r) for r in lowered.summands],
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),

@@ -41,6 +41,7 @@ from generated.rules.signum import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -60,6 +61,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -78,8 +80,12 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "mom": np.full_like(weight, 0.0),

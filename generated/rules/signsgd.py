@@ -59,6 +59,8 @@ NONE_MEANS: dict[str, float] = {
 }
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ()
+# The hyperparameters the initial state depends on (init_state takes them, with step's defaults).
+INIT_HYPERPARAMS: tuple[str, ...] = ()
 # Per-tensor reductions (sums over all elements), computed in a phase before the update.
 REDUCTIONS: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).

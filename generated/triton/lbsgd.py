@@ -46,6 +46,7 @@ from generated.rules.lbsgd import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
     REDUCE_SCALARS,
@@ -80,6 +81,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCE_SCALARS",
@@ -343,8 +345,12 @@ def lbsgd_multi_reduce_kernel(
     lbsgd_reduce_kernel_body(weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, _h0)
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight`` (same shape and device, float32).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "mom": torch.full_like(weight, 0.0, dtype=torch.float32),

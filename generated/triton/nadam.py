@@ -56,6 +56,7 @@ from generated.rules.nadam import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -82,6 +83,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -309,8 +311,12 @@ def nadam_multi_kernel(
     )
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight`` (same shape and device, float32).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "mean": torch.full_like(weight, 0.0, dtype=torch.float32),

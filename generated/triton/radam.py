@@ -32,6 +32,7 @@ from generated.rules.radam import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -58,6 +59,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -284,8 +286,12 @@ def radam_multi_kernel(
     )
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight`` (same shape and device, float32).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "mean": torch.full_like(weight, 0.0, dtype=torch.float32),

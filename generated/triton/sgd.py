@@ -31,6 +31,7 @@ from generated.rules.sgd import (
     FOLDS_GRAD_SCALE,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -57,6 +58,7 @@ __all__ = [
     "FOLDS_GRAD_SCALE",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -184,8 +186,12 @@ def sgd_multi_kernel(
     )
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight`` (same shape and device, float32).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {}
 
