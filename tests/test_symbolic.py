@@ -12,7 +12,7 @@ STEPS = 5
 
 def run_numpy(module, w0, grads, hp):
     w = w0.copy()
-    state = module.init_state(w)
+    state = module.init_state(w, **hp)
     history = []
     for t, g in enumerate(grads, start=1):
         module.step(w, g.copy(), state, t, **hp)
@@ -66,6 +66,9 @@ EXTRA = [
         for s in ("linear", "power2", "sqrt", "lars")
     ],
     ("lamb", dict(bias_correction=False, lower_bound=0.5, upper_bound=2.0, wd=0.01), 5),
+    ("adan", dict(weight_decouple=True, wd=0.05, lr=0.01), 5),
+    # momentum 0: the origin x0 recovered from the weight, moved by the decoupled decay
+    ("madgrad", dict(weight_decouple=True, wd=0.05, momentum=0.0, lr=0.01), 5),
 ]
 
 
