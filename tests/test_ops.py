@@ -176,3 +176,19 @@ def test_new_element_functions_lower_to_their_ops() -> None:
     assert {op.name for op in ops.OPS if not op.host_only} >= {"tanh", "softplus", "cbrt", "pow"}
     kinds = {op.kind for op in lower(RULES["madgrad"]).ops}
     assert "cbrt" in kinds and "pow" not in kinds
+
+
+def test_softplus_on_the_host_is_the_stable_form() -> None:
+    """A host scalar with softplus (of a hyperparameter) prints max(x, 0) + log1p(exp(-|x|)):
+    log(1 + exp(x)) to the last bits, without overflow at x = 1000."""
+    from codegen.targets.host import host_code
+
+    x = sp.Symbol("x", real=True)
+    code = host_code(ops.softplus(x))
+    f = eval(f"lambda x: {code}", {"math": math})
+    for v in (-1000.0, -30.0, -1.0, -0.0, 0.0, 1e-300, 0.5, 30.0, 1000.0):
+        mpmath.mp.dps = 60
+        want = float(mpmath.log(1 + mpmath.exp(mpmath.mpf(v))))
+        assert abs(f(v) - want) <= 2 * math.ulp(want), (v, f(v), want)
+    assert ops.softplus(sp.Integer(0)) == sp.log(2)
+    assert ops.exact(ops.softplus(x)) == sp.log(1 + sp.exp(x))

@@ -461,8 +461,8 @@ class Adan(GeneratedOptimizer):
 
     The reference's code (followed here; states ``mean`` = m, ``diff_mean`` = v, ``var`` = n, and
     ``prev_grad``, all starting at 0):
-        d = g - g_prev, 0 at t = 1 (it starts g_prev at the first gradient: g - g, so a non-finite
-            first gradient gives NaN there, as here: the factor 0 times g - 0)
+        d = g - g_prev, 0 at t = 1 (it starts g_prev at the first gradient: d = g - g, 0 or, for a
+            non-finite g, NaN; here d = 0 * (g - 0) at t = 1, the same values)
         m, v, n as above (torch's lerp and addcmul: the same values to rounding)
         denom = sqrt(n) / sqrt(1 - beta3^t) + epsilon                 # bias-corrected n, not in
         w -= lr / (1 - beta1^t) * m / denom                            # the paper's Algorithm 1
