@@ -243,10 +243,14 @@ class _Linearizer:
         return SpecError(f"{self.rule.source}: cannot generate per-element code for {expr}: {why}")
 
     def operand(self, expr: sp.Expr) -> Operand:
-        """A leaf as it is, anything else computed into a fresh temporary."""
+        """A leaf as it is, anything else computed into a fresh temporary. A constant expression
+        (``2**(2/5)``, ``sqrt(2)``: SymPy splits ``(2*g)**(2/5)`` into ``2**(2/5) * g**(2/5)``) is
+        a leaf: the printers write its value, never an operation per element."""
         if isinstance(expr, sp.Symbol):
             return expr
         if expr.is_Number or isinstance(expr, sp.core.numbers.NumberSymbol):
+            return expr
+        if isinstance(expr, sp.Expr) and not expr.free_symbols:
             return expr
         return self.node(expr, None)
 
@@ -414,7 +418,7 @@ class _Linearizer:
             if a.target in outputs and expr == target:
                 continue  # computed above, in place of its CSE temporary
             start = len(self.assigns)
-            if isinstance(expr, sp.Symbol) or expr.is_Number:
+            if isinstance(expr, sp.Symbol) or not expr.free_symbols:
                 self.emit("copy", self.operand(expr), dest=target)
             else:
                 self.node(expr, target)
