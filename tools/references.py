@@ -97,6 +97,15 @@ def _pytorch_optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
     return factory
 
 
+def _torch_optim(name: str) -> Callable[..., torch.optim.Optimizer]:
+    """A torch.optim class as a factory (Adafactor, say): ``_torch_optim("Adafactor")``."""
+
+    def factory(params: list[torch.Tensor], **kwargs: Any) -> torch.optim.Optimizer:
+        return getattr(torch.optim, name)(params, **kwargs)
+
+    return factory
+
+
 ADAN = {
     "lr": "lr",
     "beta1": "betas[0]",
