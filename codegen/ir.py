@@ -25,7 +25,38 @@ import sympy as sp
 
 from codegen.names import Temps
 
-ROLES = ("host", "reduction", "element")
+ROLES = ("host", "reduction", "element")  # and the later sweeps' roles: sweep_role()
+# A sweep over the weight's elements is a reduction phase; one over a row, column or batch
+# vector (Adafactor's factors) computes vectors.
+SWEEP_KINDS = {"brc": "reduction", "br": "rows", "bc": "cols", "b": "batch"}
+
+
+def sweep_role(stage: int, domain: frozenset[str] | str = "brc") -> str:
+    """The role of the sweep over ``domain`` at ``stage``: ``reduction`` for the first sweep over
+    the elements, then ``reduction2``, ...; ``rows2``, ``cols3``, ... for vector sweeps."""
+    kind = SWEEP_KINDS["".join(a for a in "brc" if a in domain)]
+    return "reduction" if (kind, stage) == ("reduction", 1) else f"{kind}{stage}"
+
+
+def reduction_role(phase: int) -> str:
+    """The role of the element sweep (reduction phase) at stage ``phase``."""
+    return sweep_role(phase)
+
+
+def parse_sweep(role: str) -> tuple[int, str] | None:
+    """(stage, kind) of a sweep's role; None for ``host`` and ``element``."""
+    for kind in SWEEP_KINDS.values():
+        if role == kind == "reduction":
+            return 1, kind
+        if role.startswith(kind) and role[len(kind) :].isdigit():
+            return int(role[len(kind) :]), kind
+    return None
+
+
+def is_reduction(role: str) -> bool:
+    return parse_sweep(role) is not None
+
+
 Operand = sp.Expr  # a Symbol (buffer value, temporary or host scalar) or an exact constant
 
 
@@ -53,7 +84,7 @@ class Assign:
     args: tuple[Operand, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.role not in ROLES:
+        if self.role not in ROLES and not is_reduction(self.role):
             raise ValueError(f"unknown role {self.role!r} for {self.target}")
 
     def with_(self, **changes: object) -> Assign:
@@ -78,6 +109,13 @@ class Block:
 
     def role(self, role: str) -> list[Assign]:
         return [a for a in self.assigns if a.role == role]
+
+    def reduction_roles(self) -> list[str]:
+        """The sweeps' roles present (reduction phases and vector sweeps), in execution order:
+        by stage, and within a stage, the element sweep first."""
+        present = {a.role for a in self.assigns if is_reduction(a.role)}
+        kinds = list(SWEEP_KINDS.values())
+        return sorted(present, key=lambda r: (parse_sweep(r)[0], kinds.index(parse_sweep(r)[1])))
 
     def then(self, stage: str, assigns: list[Assign], **notes: object) -> Block:
         # SSA per role: the reduction and update phases are separate kernels, where one value

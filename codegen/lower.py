@@ -37,7 +37,7 @@ from typing import ClassVar
 import sympy as sp
 
 from codegen import ops as opdefs
-from codegen.ir import Assign, Block, Operand, Origin
+from codegen.ir import Assign, Block, Operand, Origin, sweep_role
 from codegen.names import Temps
 from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
@@ -46,16 +46,13 @@ from codegen.spec import Rule, SpecError
 # ---------------------------------------------------------------------------------- start
 def from_spec(rule: Rule) -> Block:
     """The spec's equations in dependency order, each with its role and origin."""
-    element = set(rule.element_inputs) | set(rule.draws)
-    per_element: set[sp.Symbol] = set()
+    staged = rule.staged()
     assigns = []
     for eq in rule.ordered_equations():
-        deps = eq.expr.free_symbols
-        if eq.target in rule.reductions:
-            role = "reduction"
-        elif deps & (element | per_element) or eq.target in rule.outputs.values():
+        if eq.target in staged:
+            role = sweep_role(*staged[eq.target])
+        elif rule.domain(eq.target) or eq.target in rule.outputs.values():
             role = "element"
-            per_element.add(eq.target)
         else:
             role = "host"
         assigns.append(Assign(eq.target, eq.expr, role, (eq.origin,)))
@@ -74,16 +71,11 @@ def inline(block: Block) -> Block:
     summands: list[Assign] = []
     lets: dict[sp.Symbol, tuple[sp.Expr, tuple[Origin, ...]]] = {}
     origins: dict[sp.Symbol, tuple[Origin, ...]] = {}
+    staged = rule.staged()
     for a in block.assigns:
         expr = a.expr.xreplace(values)
         origins[a.target] = a.origin
-        if a.target in rule.reductions:
-            nested = expr.free_symbols & set(rule.reductions)
-            if nested:
-                raise SpecError(
-                    f"{rule.source}: reduction {a.target} uses reduction(s) "
-                    f"{', '.join(sorted(map(str, nested)))}; only one reduction phase is supported"
-                )
+        if a.target in staged:  # computed in a sweep: later phases read it by name
             summands.append(a.with_(expr=expr))
             continue
         values[a.target] = expr
@@ -182,7 +174,10 @@ def extract_host(block: Block) -> Block:
     """
     rule: Rule = block.rule
     extractor = _HostExtractor(set(rule.host_inputs), lambda: block.temps.new("host"))
-    summands = [a.with_(expr=extractor(a.expr)) for a in block.role("reduction")]
+    summands = []
+    for role in block.reduction_roles():  # a phase's host inputs: the earlier phases' results
+        summands += [a.with_(expr=extractor(a.expr)) for a in block.role(role)]
+        extractor.host_inputs |= {a.target for a in block.role(role) if not rule.domain(a.target)}
     extractor.host_inputs = set(rule.scalar_inputs)
     outputs = [a.with_(expr=extractor(a.expr)) for a in block.role("element")]
     host = [Assign(s, e, "host") for s, e in extractor.host.items()]
@@ -206,9 +201,9 @@ def cse(block: Block) -> Block:
 
     Temporaries: ``_s<k>`` in the reduction phase, ``_t<k>`` in the update (registered prefixes).
     """
-    reduction = block.role("reduction")
-    if reduction:
-        reduction = _cse_phase(reduction, Temps.PREFIXES["reduce_cse"], "reduction")
+    reduction = []
+    for role in block.reduction_roles():
+        reduction += _cse_phase(block.role(role), Temps.PREFIXES["reduce_cse"], role)
     element = _cse_phase(block.role("element"), Temps.PREFIXES["cse"], "element")
     return block.then("cse", [*block.role("host"), *reduction, *element])
 
@@ -436,9 +431,11 @@ def linearize(block: Block) -> Block:
     element = _Linearizer(rule, "element", host, new_value).phase(
         block.role("element"), set(rule.outputs.values())
     )
-    reduction = _Linearizer(rule, "reduction", host, new_value).phase(
-        block.role("reduction"), set(rule.reductions)
-    )
+    reduction = []
+    for role in block.reduction_roles():
+        reduction += _Linearizer(rule, role, host, new_value).phase(
+            block.role(role), set(rule.staged())
+        )
     used = {x for a in reduction for x in a.args}
     if set(rule.draws) & used:
         raise SpecError(f"{rule.source}: a reduction may not use a random draw")
@@ -478,7 +475,22 @@ class Lowered:
     block: Block
     report: list[tuple[str, dict[str, dict[str, int]]]]
     ops: list[Op]
-    reduce_ops: list[Op]
+    reduce_phases: list[list[Op]]  # each sweep's ops, in order
+    sweep_roles: list[str] = field(default_factory=list)
+
+    @property
+    def reduce_ops(self) -> list[Op]:
+        """Every reduction phase's ops, in phase order."""
+        return [op for phase in self.reduce_phases for op in phase]
+
+    def phase_reductions(self, phase: int) -> list[sp.Symbol]:
+        """The values sweep ``phase`` (1-based, in order) computes, in declaration order."""
+        staged = self.rule.staged()
+        role = self.sweep_roles[phase - 1]
+        return [r for r in self.summands if sweep_role(*staged[r]) == role]
+
+    def sweep_domain(self, phase: int) -> frozenset[str]:
+        return self.rule.staged()[self.phase_reductions(phase)[0]][1]
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
@@ -514,7 +526,7 @@ class Lowered:
     def _bare(self) -> list[sp.Symbol]:
         lets = [a.target for a in self.host_lets]
         states = [h.symbol for h in self.rule.host_states.values()]
-        return [*self.rule.hypers_symbols, *states, *self.rule.reductions, *lets]
+        return [*self.rule.hypers_symbols, *states, *self.rule.scalar_reductions, *lets]
 
     def scalars(self, ops: list[Op]) -> list[sp.Symbol]:
         """The host scalars ``ops`` read, in the order of :attr:`host`."""
@@ -527,7 +539,11 @@ class Lowered:
 
     @property
     def reduce_host(self) -> list[sp.Symbol]:
-        return self.scalars(self.reduce_ops)
+        """The first reduction phase's host scalars."""
+        return self.phase_host(1)
+
+    def phase_host(self, phase: int) -> list[sp.Symbol]:
+        return self.scalars(self.reduce_phases[phase - 1]) if self.reduce_phases else []
 
     def host_value(self, symbol: sp.Symbol) -> sp.Expr:
         """A host scalar as an expression of hyperparameters, t, host states and reductions."""
@@ -552,6 +568,9 @@ class Lowered:
     def reduce_reads(self) -> list[sp.Symbol]:
         return _reads(self.rule, self.reduce_ops)
 
+    def phase_reads(self, phase: int) -> list[sp.Symbol]:
+        return _reads(self.rule, self.reduce_phases[phase - 1])
+
     def op_counts(self, ops: list[Op] | None = None) -> dict[str, int]:
         """Operations by kind in ``ops`` (the update's by default)."""
         return dict(sorted(Counter(op.kind for op in (self.ops if ops is None else ops)).items()))
@@ -571,9 +590,9 @@ def lower(rule: Rule) -> Lowered:
     for name, run in PASSES:
         block = run(block)
         report.append((name, block.op_counts()))
-    return Lowered(
-        rule, block, report, ops_of(block.role("element")), ops_of(block.role("reduction"))
-    )
+    roles = block.reduction_roles()
+    phases = [ops_of(block.role(role)) for role in roles]
+    return Lowered(rule, block, report, ops_of(block.role("element")), phases, roles)
 
 
 def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:
@@ -587,9 +606,16 @@ def reconstruct(lowered: Lowered) -> dict[sp.Symbol, sp.Expr]:
             return opdefs.unguarded(lowered.host_value(a))
         return a
 
-    for op in [*lowered.reduce_ops, *lowered.ops]:
-        args = [value(a) for a in op.args]
-        values[op.dest] = opdefs.build(op.kind, *args) if op.kind != "copy" else args[0]
+    reductions: dict[sp.Symbol, sp.Expr] = {}
+    for phase in [*lowered.reduce_phases, lowered.ops]:
+        for op in phase:
+            args = [value(a) for a in op.args]
+            values[op.dest] = opdefs.build(op.kind, *args) if op.kind != "copy" else args[0]
+        for r in lowered.rule.reductions:  # after its sweep a reduction is one value: a symbol
+            if r in values and r not in reductions:
+                reductions[r] = values[r]
+                values[r] = r
     rebuilt = {new: values[new] for new in lowered.inlined}
-    rebuilt.update({r: values[r] for r in lowered.summands})
+    rebuilt.update(reductions)
+    rebuilt.update({s.new: values[s.new] for s in lowered.rule.vector_states})
     return rebuilt

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 import unicodedata
 from typing import ClassVar
 
@@ -33,13 +34,17 @@ _reserve(
     "a runtime helper the generated code imports",
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
-    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed",
+    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
+    "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
+    "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
+    "run_group check_arrays_across group_totals Iterator",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
     "FOLDS_GRAD_SCALE INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS "
-    "BLOCK_SIZE CHUNK RULES META NUMPY TRITON "
+    "BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
+    "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )
 _reserve(
@@ -50,7 +55,8 @@ _reserve(
 _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
-    "meta meta_ptr scalars_ptr amp_ptr partial_ptr",
+    "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane "
+    "n_blocks",
 )
 _reserve(
     "a local of the generated step functions",
@@ -60,6 +66,7 @@ _reserve(
 _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
+    "keepdims device "
     "integer lo hi lo_open hi_open allow_none",
 )
 _reserve(
@@ -82,6 +89,8 @@ RULE_SUFFIXES: tuple[str, ...] = (
     "_multi_reduce_kernel",
     "_kernel_body",
     "_reduce_kernel_body",
+    "_row_reduce_kernel",
+    "_col_reduce_kernel",
 )
 TEMP_PREFIX = "_"
 
@@ -115,15 +124,38 @@ def derived(name: str, suffix: str) -> str:
     return f"{name}{suffix}"
 
 
+def phased(name: str, phase: int) -> str:
+    """A reduction phase's name: ``name`` for phase 1; later phases get ``_2``, ... (host code:
+    ``reduction_scalars_2``) or a number after ``_reduce`` (kernels: ``lamb_reduce2_kernel``)."""
+    if phase == 1:
+        return name
+    if "_reduce_" in name:
+        return name.replace("_reduce_", f"_reduce{phase}_", 1)
+    return f"{name}_{phase}"
+
+
+def _unphased(identifier: str) -> str:
+    """The phase-1 name of a phased name (:func:`phased`)."""
+    head, _, tail = identifier.rpartition("_")
+    if tail.isdigit() and head in ("reduction_scalars", "REDUCE_SCALARS"):
+        return head
+    match = re.search(r"_reduce(\d+)_", identifier)
+    return identifier.replace(match.group(0), "_reduce_", 1) if match else identifier
+
+
 def registered(identifier: str, spec_names: set[str]) -> bool:
     """True when generated code may contain ``identifier`` next to these spec names."""
+    identifier = _unphased(identifier)
     if identifier in spec_names or identifier in RESERVED:
         return True
     if identifier.startswith(TEMP_PREFIX):
         return True
     for suffix in [*SUFFIXES, *RULE_SUFFIXES]:
-        if identifier.endswith(suffix) and identifier[: -len(suffix)] in spec_names:
+        base = identifier[: -len(suffix)]
+        if identifier.endswith(suffix) and (base in spec_names or base in ("weight", "grad")):
             return True
+        if identifier.endswith(suffix) and suffix in SUFFIXES and base.endswith("_new"):
+            return registered(base, spec_names)  # a new value's pointer: ``row_new_ptr``
     return False
 
 

@@ -15,7 +15,10 @@ from codegen.ir import Assign, Block, Origin
 from codegen.names import Temps
 from codegen.spec import Rule
 
-PHASES = ("reduction", "element")
+
+def phases(block: Block) -> list[str]:
+    """The per-element roles, in execution order: the reduction phases, then the update."""
+    return [*block.reduction_roles(), "element"]
 
 
 # ---------------------------------------------------------------------------------- host lets
@@ -49,7 +52,7 @@ class _Points:
 
     def __init__(self, rule: Rule, host: dict[sp.Symbol, sp.Expr]) -> None:
         rng = random.Random(f"optgen:{rule.name}")
-        inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs]
+        inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs, *rule.vector_values]
         self.points: list[dict[sp.Symbol, sp.Expr]] = []
         for _ in range(2):
             point = {s: sp.Rational(rng.randint(600, 1400), 1000) for s in inputs}
@@ -99,7 +102,8 @@ def name_values(block: Block) -> Block:
         for a in block.role("host")
         if a.target in rule.host_news
     ]
-    bare = {*rule.hypers_symbols, *rule.reductions, *(h.symbol for h in rule.host_states.values())}
+    bare = {*rule.hypers_symbols, *rule.scalar_reductions}
+    bare |= {h.symbol for h in rule.host_states.values()}
     rename: dict[sp.Symbol, sp.Symbol] = {}
     scalars: dict[sp.Symbol, sp.Expr] = {}
     positional = Temps()
@@ -127,7 +131,7 @@ def name_values(block: Block) -> Block:
     points = _Points(rule, host_values)
     wanted = {s: points.values(v) for s, (v, _) in block.lets.items() if s not in lets}
     out: list[Assign] = []
-    for role in PHASES:
+    for role in phases(block):
         local = dict(rename)
         known: list[dict] = [{} for _ in points.points]
         for a in block.role(role):
@@ -170,7 +174,7 @@ def trace(block: Block) -> Block:
         direct = eq.expr.free_symbols
         deps[eq.target] = set(direct).union(*(deps.get(s, set()) for s in direct))
     out = [*block.role("host")]
-    for role in PHASES:
+    for role in phases(block):
         assigns = block.role(role)
         index = {a.target: i for i, a in enumerate(assigns)}
         owned: set[int] = set()

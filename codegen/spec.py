@@ -58,6 +58,17 @@ def integer(lo: float = 0, hi: float = math.inf) -> Legal:
     return Legal(lo=float(lo), hi=float(hi), integer=True)
 
 
+# What a value varies along, of the weight viewed as (batch, rows, cols): its domain.
+ELEMENT, ROW, COL, BATCH, SCALAR = (frozenset(a) for a in ("brc", "br", "bc", "b", ""))
+_DOMAIN_NAMES = {
+    ELEMENT: "per element",
+    ROW: "one per row",
+    COL: "one per column",
+    BATCH: "one per matrix",
+    SCALAR: "one per tensor",
+}
+
+
 @dataclass(frozen=True)
 class Hyper:
     """A hyperparameter: runtime argument of every generated step function."""
@@ -79,6 +90,7 @@ class State:
     new: sp.Symbol
     init: sp.Expr  # a constant, or an expression of the initial weight
     doc: str
+    axis: int | None = None  # reduced along the weight's axis -1 (a row vector) or -2, or not
 
 
 @dataclass(frozen=True)
@@ -167,10 +179,25 @@ class Rule:
         self.states: dict[str, State] = {}
         self.host_states: dict[str, HostState] = {}
         self.reductions: dict[sp.Symbol, sp.Expr] = {}  # symbol -> summand (per element)
+        self.reduction_kinds: dict[sp.Symbol, str] = {}  # symbol -> "sum", "max" or "min"
+        self.reduction_axes: dict[sp.Symbol, int | None] = {}  # None: over the whole tensor
+        self.group_reductions: list[sp.Symbol] = []  # over every tensor of the group
+        self._domains: dict[sp.Symbol, frozenset[str]] = {}
+        self._computing: set[sp.Symbol] = set()
+        self.sizes: list[sp.Symbol] = []  # per-tensor sizes the spec uses (``numel``)
         self.draws: list[sp.Symbol] = []  # standard normal draws, one per element and step
         self.lets: dict[sp.Symbol, str] = {}
         self.equations: list[Equation] = []
-        self._names: set[str] = {"weight", "grad", "t", "weight_new"}
+        self._names: set[str] = {
+            "weight",
+            "grad",
+            "t",
+            "weight_new",
+            "numel",
+            "ndim",
+            "rows",
+            "cols",
+        }
         self._updated: dict[sp.Symbol, sp.Symbol] = {}  # current symbol -> new symbol
         self._finished = False
 
@@ -272,10 +299,21 @@ class Rule:
         )
         return symbol
 
-    def state(self, name: str, init: sp.Expr | float = 0, doc: str = "") -> sp.Symbol:
+    def state(
+        self, name: str, init: sp.Expr | float = 0, doc: str = "", *, axis: int | None = None
+    ) -> sp.Symbol:
         """Declare a per-element state; ``init`` is the weight itself, or a constant or an
-        expression of hyperparameters declared before (``init_state`` then takes them)."""
+        expression of hyperparameters declared before (``init_state`` then takes them).
+
+        ``axis=-1``: one value per row instead (the weight's shape without its last axis:
+        Adafactor's row factor); ``axis=-2``: one value per column (without the second-to-last
+        axis). A 1-D weight is one row, a 0-D weight one element.
+        """
         self._claim(name, "state")
+        if axis not in (None, -1, -2):
+            raise SpecError(f"{self._where()}: state {name!r}: axis must be None, -1 or -2")
+        if axis is not None and not sp.sympify(init).is_Number:
+            raise SpecError(f"{self._where()}: state {name!r} has an axis: its init is a constant")
         doc = self._doc(doc, f"state {name!r}")
         init_expr = self._sympify(init, f"the initial value of state {name!r}")
         extra = init_expr.free_symbols - {self.weight} - set(self.hypers_symbols)
@@ -292,7 +330,8 @@ class Rule:
         origin = Origin(self.source, self._line(), f"{name} = {init_expr}")
         self._check_functions(Equation(sp.Symbol(f"initial {name}"), init_expr, origin))
         symbol = sp.Symbol(name, real=True)
-        self.states[name] = State(name, symbol, sp.Symbol(f"{name}_new", real=True), init_expr, doc)
+        new = sp.Symbol(f"{name}_new", real=True)
+        self.states[name] = State(name, symbol, new, init_expr, doc, axis)
         return symbol
 
     def torch_equivalent(
@@ -361,22 +400,149 @@ class Rule:
             raise SpecError(f"{self._where()}: {symbol} has no choice {value!r}")
         return sp.Eq(symbol, hyper.legal.choices.index(value))
 
-    def sum(self, name: str, summand: sp.Expr) -> sp.Symbol:
+    def sum(
+        self, name: str, summand: sp.Expr, *, axis: int | None = None, group: bool = False
+    ) -> sp.Symbol:
         """The sum over all elements of a per-element expression (a per-tensor reduction).
 
-        Computed in a phase before the update; the summand may use step-i values, intermediates
-        and new values, but not another reduction.
+        Computed in a phase before the update. The summand may use step-i values, intermediates,
+        new values and other reductions: a reduction that uses another one (a chained
+        reduction) is computed in a later phase, one more pass over the tensor.
+
+        ``axis=-1``: the sum along the value's last axis instead (one per row of a matrix: a
+        row vector, broadcast back over the row where it is used); ``axis=-2``: along the
+        second-to-last (one per column). The axes are the value's own: the weight viewed as
+        (batch, rows, columns), a row vector as (batch, rows), a column vector as (batch, cols).
+
+        ``group=True``: the sum over every element of every tensor updated together (a torch
+        class's parameter group; a module's ``step_multi`` call): a global gradient norm.
         """
+        return self._reduction(name, summand, "sum", axis, group)
+
+    def max(
+        self, name: str, expr: sp.Expr, *, axis: int | None = None, group: bool = False
+    ) -> sp.Symbol:
+        """The largest element of a per-element expression (NaN if any element is NaN; -inf for
+        an empty tensor). ``RULE.max("g_inf", sp.Abs(g))`` is the infinity norm."""
+        return self._reduction(name, expr, "max", axis, group)
+
+    def min(
+        self, name: str, expr: sp.Expr, *, axis: int | None = None, group: bool = False
+    ) -> sp.Symbol:
+        """The smallest element of a per-element expression (NaN if any element is NaN; +inf for
+        an empty tensor)."""
+        return self._reduction(name, expr, "min", axis, group)
+
+    def mean(self, name: str, expr: sp.Expr, *, axis: int | None = None) -> sp.Expr:
+        """The mean: the sum reduction ``name`` divided by the number of elements it adds (0 where
+        there are none: an empty tensor, which has no mean and is not updated either)."""
+        total = self.sum(name, expr, axis=axis)
+        return total / sp.Max(self._count(self.domain(self.reductions[total]), axis), 1)
+
+    def _size(self, name: str) -> sp.Symbol:
+        for s in self.sizes:
+            if s.name == name:
+                return s
+        self.sizes.append(sp.Symbol(name, nonnegative=True, integer=True))
+        return self.sizes[-1]
+
+    @property
+    def numel(self) -> sp.Symbol:
+        """The tensor's element count (a per-tensor host input, known before the step)."""
+        return self._size("numel")
+
+    @property
+    def ndim(self) -> sp.Symbol:
+        """The weight's number of dimensions (a per-tensor host input)."""
+        return self._size("ndim")
+
+    @property
+    def rows(self) -> sp.Symbol:
+        """The length of the weight's second-to-last axis (1 for a 0-D or 1-D weight)."""
+        return self._size("rows")
+
+    @property
+    def cols(self) -> sp.Symbol:
+        """The length of the weight's last axis (1 for a 0-D weight)."""
+        return self._size("cols")
+
+    def _count(self, domain: frozenset[str], axis: int | None) -> sp.Expr:
+        """How many values a reduction of a ``domain`` value along ``axis`` adds."""
+
+        def length(a: str) -> sp.Expr:
+            if a == "b":
+                return self.numel / (self.rows * self.cols)
+            return self.rows if a == "r" else self.cols
+
+        if axis is None:
+            return self.numel / sp.Mul(*(length(a) for a in "rc" if a not in domain))
+        return length([a for a in "brc" if a in domain][axis])
+
+    def _reduction(
+        self, name: str, summand: sp.Expr, kind: str, axis: int | None, group: bool = False
+    ) -> sp.Symbol:
         self._claim(name, "reduction")
+        if axis not in (None, -1, -2):
+            raise SpecError(f"{self._where()}: reduction {name!r}: axis must be None, -1 or -2")
+        if group and axis is not None:
+            raise SpecError(f"{self._where()}: reduction {name!r}: a group reduction has no axis")
+        if group:
+            self.group_reductions.append(sp.Symbol(name, real=True))
         symbol = sp.Symbol(name, real=True)
-        summand = self._sympify(summand, f"the summand of {name!r}")
+        summand = self._sympify(summand, f"the {kind} {name!r}")
         self.reductions[symbol] = summand
+        self.reduction_kinds[symbol] = kind
+        self.reduction_axes[symbol] = axis
         self._equation(symbol, summand)
+        self.domain(symbol)  # raises on a reduction along an axis its value does not have
         return symbol
 
-    def norm(self, name: str, expr: sp.Expr) -> sp.Expr:
-        """The L2 norm of a per-element expression: sqrt of the reduction ``name`` (its square)."""
-        return sp.sqrt(self.sum(name, self._sympify(expr, f"the norm {name!r}") ** 2))
+    def domain(self, expr: sp.Expr) -> frozenset[str]:
+        """The axes a value varies along: of the weight viewed as (batch, rows, cols), ``b``,
+        ``r`` and ``c`` (all three per element, ``br`` per row, none per tensor or step)."""
+        axes: set[str] = set()
+        for s in expr.free_symbols:
+            axes |= self._domain_of(s)
+        return frozenset(axes)
+
+    def _domain_of(self, symbol: sp.Symbol) -> frozenset[str]:
+        known = self._domains.get(symbol)
+        if known is not None:
+            return known
+        if symbol in (self.weight, self.grad, self.weight_new) or symbol in self.draws:
+            return ELEMENT
+        for st in self.states.values():
+            if symbol in (st.symbol, st.new):
+                return ELEMENT if st.axis is None else (ROW if st.axis == -1 else COL)
+        defined = {eq.target: eq for eq in self.equations}
+        if symbol in self.reductions:
+            inner = self.domain(self.reductions[symbol])
+            axis = self.reduction_axes[symbol]
+            if axis is None:
+                result: frozenset[str] = frozenset()
+            else:
+                present = [a for a in "brc" if a in inner]
+                if len(present) < -axis or present[axis] == "b":
+                    raise SpecError(
+                        f"{self._at(defined[symbol])}: reduction {symbol} along axis {axis}: its "
+                        f"value ({_DOMAIN_NAMES.get(inner, ''.join(present))}) has no such axis"
+                    )
+                result = inner - {present[axis]}
+            self._domains[symbol] = result
+            return result
+        if symbol in defined and symbol not in self._computing:
+            self._computing.add(symbol)
+            result = self.domain(defined[symbol].expr)
+            self._computing.discard(symbol)
+            self._domains[symbol] = result
+            return result
+        return frozenset()  # hyperparameters, t, sizes, host states
+
+    def norm(self, name: str, expr: sp.Expr, *, group: bool = False) -> sp.Expr:
+        """The L2 norm of a per-element expression: sqrt of the reduction ``name`` (its square);
+        ``group=True``: over every tensor of the group (a global norm)."""
+        squared = self._sympify(expr, f"the norm {name!r}") ** 2
+        return sp.sqrt(self.sum(name, squared, group=group))
 
     def normal(self, name: str) -> sp.Symbol:
         """A standard normal draw, fresh for every element and step.
@@ -433,19 +599,25 @@ class Rule:
     # ---------------------------------------------------------------------------------- checks
     @property
     def element_inputs(self) -> list[sp.Symbol]:
-        """Per-element values at step i, in buffer order: weight, grad, states."""
-        return [self.weight, self.grad] + [s.symbol for s in self.states.values()]
+        """Per-element values at step i, in buffer order: weight, grad, states (not the states
+        of one value per row or column: :attr:`vector_states`)."""
+        return [self.weight, self.grad] + [s.symbol for s in self.states.values() if s.axis is None]
+
+    @property
+    def vector_states(self) -> list[State]:
+        """The states of one value per row (``axis=-1``) or per column (``axis=-2``)."""
+        return [s for s in self.states.values() if s.axis is not None]
 
     @property
     def host_inputs(self) -> list[sp.Symbol]:
         """Values known on the host before a step: hyperparameters and the step count."""
         hypers = [h.symbol for h in self.hypers.values()]
-        return hypers + [self.t] + [s.symbol for s in self.host_states.values()]
+        return hypers + [self.t] + [s.symbol for s in self.host_states.values()] + self.sizes
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
         """Per-element buffers written, current -> new, in buffer order (states, then weight)."""
-        out = {s.symbol: s.new for s in self.states.values()}
+        out = {s.symbol: s.new for s in self.states.values() if s.axis is None}
         out[self.weight] = self.weight_new
         return out
 
@@ -468,13 +640,25 @@ class Rule:
     def spec_names(self) -> set[str]:
         """Every name the spec declared (generated code may use these, and registered names)."""
         declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
-        declared |= {str(s) for s in [*self.reductions, *self.draws]}
+        declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
         return declared | {self.name, self.class_name}
 
     @property
     def scalar_inputs(self) -> list[sp.Symbol]:
         """Host inputs plus per-tensor reductions: everything that is one number per tensor."""
-        return self.host_inputs + list(self.reductions)
+        return self.host_inputs + self.scalar_reductions
+
+    @property
+    def scalar_reductions(self) -> list[sp.Symbol]:
+        """The reductions over a whole tensor (one number each; the others are vectors)."""
+        return [r for r in self.reductions if self.reduction_axes[r] is None]
+
+    @property
+    def vector_values(self) -> list[sp.Symbol]:
+        """Values of one number per row, column or matrix: the vector states (old and new),
+        axis reductions and vector lets, each a small buffer a sweep reads."""
+        out = [s.symbol for s in self.vector_states]
+        return out + [v for v in self.staged() if self.domain(v) not in (ELEMENT, SCALAR)]
 
     def finish(self) -> Rule:
         """Check the whole rule; called by the loader after the spec module ran."""
@@ -487,6 +671,7 @@ class Rule:
                 line = self.line if current == self.weight else self._lines.get(str(current), 0)
                 raise SpecError(f"{self._where(line)}: {what} is never updated")
         known = set(self.element_inputs) | set(self.scalar_inputs) | set(self.lets)
+        known |= {s.symbol for s in self.vector_states} | set(self.reductions)
         known |= set(self.draws)
         known |= set(self._updated.values())
         for eq in self.equations:
@@ -499,8 +684,32 @@ class Rule:
             self._check_functions(eq)
             self._check_piecewise(eq)
         self.ordered_equations()  # raises on a cycle
+        self._check_domains()
         self._finished = True
         return self
+
+    def _check_domains(self) -> None:
+        """A state of one value per row (or column, or tensor) gets a value of that domain."""
+        defined = {eq.target: eq for eq in self.equations}
+        targets = [
+            (s.new, ELEMENT if s.axis is None else self._domain_of(s.new), s.name)
+            for s in self.states.values()
+        ]
+        targets += [(h.new, SCALAR, h.name) for h in self.host_states.values()]
+        for new, domain, name in targets:
+            got = self.domain(defined[new].expr)
+            if not got <= domain:
+                raise SpecError(
+                    f"{self._at(defined[new])}: state {name} holds {_DOMAIN_NAMES[domain]} but its "
+                    f"new value varies {_DOMAIN_NAMES.get(got, 'per ' + ''.join(sorted(got)))} "
+                    "(reduce it along an axis first)"
+                )
+        self.staged()
+        if self.group_reductions and self.vector_values:
+            raise SpecError(
+                f"{self.source}: group reductions ({', '.join(map(str, self.group_reductions))}) "
+                "in a rule with row or column vectors are not supported yet"
+            )
 
     def _at(self, eq: Equation) -> str:
         """``file:line`` of the spec line that wrote ``eq``."""
@@ -565,6 +774,38 @@ class Rule:
         for eq in self.equations:
             visit(eq.target)
         return order
+
+    def staged(self) -> dict[sp.Symbol, tuple[int, frozenset[str]]]:
+        """Every value computed in a sweep before the update -> (stage, the sweep's domain).
+
+        Reductions are computed in a sweep over their summand's domain, and values of a vector
+        domain (a row factor) in a sweep over that domain; a sweep comes after the sweeps of the
+        staged values it uses (stage = 1 + theirs), so chained reductions become phases.
+        """
+        out: dict[sp.Symbol, tuple[int, frozenset[str]]] = {}
+        uses: dict[sp.Symbol, set[sp.Symbol]] = {}
+        for eq in self.ordered_equations():
+            found: set[sp.Symbol] = set()
+            for s in eq.expr.free_symbols:
+                found |= {s} if s in out else uses.get(s, set())
+            if eq.target in self.reductions:
+                domain = self.domain(eq.expr)
+                if not domain:
+                    raise SpecError(
+                        f"{self._at(eq)}: reduction {eq.target} of {eq.expr}, which is one number "
+                        "per tensor (reduce a per-element value)"
+                    )
+            elif self.domain(eq.target) in (ROW, COL, BATCH):
+                domain = self.domain(eq.target)
+            else:
+                uses[eq.target] = found
+                continue
+            out[eq.target] = (1 + max((out[r][0] for r in found), default=0), domain)
+        return out
+
+    def reduction_phases(self) -> dict[sp.Symbol, int]:
+        """Each reduction's stage (its sweep's place in the order of sweeps)."""
+        return {r: stage for r, (stage, _) in self.staged().items() if r in self.reductions}
 
     def hyperparameter_defaults(self) -> dict[str, float | None]:
         return {h.name: h.default for h in self.hypers.values()}

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from optgen_runtime.common import vector_shape
+
 
 def check_kind(where: str, label: str, x: Any, kind: type, kind_name: str) -> None:
     """``x`` is an instance of ``kind`` (``numpy.ndarray``, ``torch.Tensor``)."""
@@ -33,6 +35,22 @@ def check_shape(where: str, label: str, x: Any, like: Any, like_label: str = "we
     if tuple(x.shape) != tuple(like.shape):
         raise ValueError(
             f"{where}: {label} shape is {tuple(x.shape)}, {like_label}'s is {tuple(like.shape)}"
+        )
+
+
+def check_state_shape(
+    where: str, label: str, x: Any, like: Any, axis: int | None, like_label: str = "weight"
+) -> None:
+    """``x`` has the shape of ``like``, or (``axis`` -1 or -2) of its row or column vector."""
+    if axis is None:
+        check_shape(where, label, x, like, like_label)
+        return
+    want = vector_shape(like.shape, axis)
+    if tuple(x.shape) != want:
+        per = "row" if axis == -1 else "column"
+        raise ValueError(
+            f"{where}: {label} shape is {tuple(x.shape)}, expected {want} (one value per {per} "
+            f"of the {like_label}, {tuple(like.shape)})"
         )
 
 

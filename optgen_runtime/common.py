@@ -210,3 +210,30 @@ def stream_indices(rule: str, stream_ids: Any, n: int) -> list[int]:
             raise ValueError(f"{rule}: stream id {k!r} is not an int >= 0")
         out.append(index)
     return out
+
+
+# ---------------------------------------------------------------------------------- matrices
+def matrix_dims(shape: Sequence[int]) -> tuple[int, int, int]:
+    """A weight of this shape viewed as (batch, rows, cols): its last two dims are the matrix,
+    the others the batch; a 1-D weight is one row, a 0-D weight one element."""
+    dims = [1, 1, *shape]
+    batch = 1
+    for n in dims[:-2]:
+        batch *= int(n)
+    return batch, int(dims[-2]), int(dims[-1])
+
+
+def vector_shape(shape: Sequence[int], axis: int) -> tuple[int, ...]:
+    """The shape of a state of one value per row (``axis=-1``: the weight's shape without its
+    last dim) or per column (``axis=-2``: without the second-to-last); 1-D: one row."""
+    shape = tuple(int(n) for n in shape)
+    if axis == -1:
+        return shape[:-1] if len(shape) >= 2 else (1,)
+    return shape[:-2] + shape[-1:] if len(shape) >= 2 else shape[-1:] or (1,)
+
+
+def matrix_sizes(shape: Sequence[int], names: tuple[str, ...]) -> dict[str, int]:
+    """The per-tensor sizes a rule's host code takes (``SIZES``), for a weight of this shape."""
+    batch, rows, cols = matrix_dims(shape)
+    every = {"numel": batch * rows * cols, "ndim": len(shape), "rows": rows, "cols": cols}
+    return {name: every[name] for name in names}

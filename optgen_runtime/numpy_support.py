@@ -3,8 +3,9 @@ reference modules."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -15,9 +16,12 @@ from optgen_runtime.checks import (
     check_disjoint,
     check_dtype,
     check_kind,
+    check_overlaps,
     check_shape,
     check_state_keys,
+    check_state_shape,
 )
+from optgen_runtime.common import matrix_dims
 from optgen_runtime.philox import randn
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -116,3 +120,189 @@ def for_chunks(
     size = -(-len(bounds) // workers)
     parts = [bounds[i : i + size] for i in range(0, len(bounds), size)]
     return [r for part in _POOL.map(run, parts) for r in part]
+
+
+# Each reduction kind's value over no elements, and how two partials combine (max and min
+# propagate NaN, as the kernels' do).
+IDENTITY = {"sum": 0.0, "max": -math.inf, "min": math.inf}
+COMBINE: dict[str, Callable[[float, float], float]] = {
+    "sum": lambda a, b: a + b,
+    "max": lambda a, b: a if math.isnan(a) or a >= b else b,
+    "min": lambda a, b: a if math.isnan(a) or a <= b else b,
+}
+
+
+def combine(
+    kinds: dict[str, str], names: list[str], partials: list[tuple[float, ...]]
+) -> dict[str, float]:
+    """Per-chunk partials (in chunk order) combined per reduction, in chunk order: sums add in
+    float64 one chunk after the other, max/min keep a NaN. The same result on every run."""
+    out = {name: IDENTITY[kinds[name]] for name in names}
+    for partial in partials:
+        for name, value in zip(names, partial, strict=True):
+            out[name] = COMBINE[kinds[name]](out[name], value)
+    return out
+
+
+# ---------------------------------------------------------------------------------- matrices
+# A rule with row or column vectors (Adafactor's factors) sees every weight as (batch, rows,
+# cols): element buffers as 3-D views, a row vector as (batch, rows, 1), a column vector as
+# (batch, 1, cols), one value per matrix as (batch, 1, 1), so NumPy broadcasting lines them up.
+AXIS_OF = {"r": 1, "c": 2}
+
+
+def domain_shape(dims: tuple[int, int, int], domain: str) -> tuple[int, int, int]:
+    """The 3-D shape of a value varying along ``domain`` (a subset of "brc")."""
+    return tuple(n if a in domain else 1 for n, a in zip(dims, "brc", strict=True))  # type: ignore[return-value]
+
+
+def matrix_views(
+    rule: str,
+    weight: Any,
+    grad: Any,
+    state: Any,
+    names: tuple[str, ...],
+    axes: dict[str, int],
+    host_names: tuple[str, ...] = (),
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Check every array, then return 3-D views of weight, grad and the per-element states (in
+    that order) and of the vector states (by name): everything is checked before anything is
+    written, as :func:`flat_views` does."""
+    check_weight(rule, weight)
+    check_state_keys(rule, state, names + host_names)
+    dims = matrix_dims(weight.shape)
+    arrays = [("grad", grad, None)] + [(f"state[{n!r}]", state[n], axes.get(n)) for n in names]
+    for label, a, axis in arrays:
+        check_array(rule, label, a)
+        check_dtype(rule, label, a, (weight.dtype,), f"the weight's ({weight.dtype})")
+        check_state_shape(rule, label, a, weight, axis)
+    everything = [("weight", weight)] + [(label, a) for label, a, _ in arrays]
+    for label, a in everything:
+        check_contiguous(rule, label, a)
+    for label, a in [everything[0]] + everything[2:]:
+        if not a.flags.writeable:
+            raise ValueError(f"{rule}: {label} is read-only but is updated in place")
+    check_disjoint(rule, everything)
+    elements = [weight.reshape(dims), grad.reshape(dims)]
+    elements += [state[n].reshape(dims) for n in names if n not in axes]
+    vectors = {
+        n: state[n].reshape(domain_shape(dims, "br" if axes[n] == -1 else "bc")) for n in axes
+    }
+    return elements, vectors
+
+
+def matrix_tiles(dims: tuple[int, int, int], chunk: int) -> list[tuple[int, int, int, int, int]]:
+    """(b, r0, r1, c0, c1) tiles of at most ``chunk`` elements covering the (batch, rows, cols)
+    view in order: whole rows when a row fits, else pieces of one row."""
+    batch, rows, cols = dims
+    tiles = []
+    if cols == 0 or rows == 0:
+        return tiles
+    per = max(1, chunk // cols)
+    for b in range(batch):
+        for r0 in range(0, rows, per):
+            r1 = min(rows, r0 + per)
+            for c0 in range(0, cols, chunk):
+                tiles.append((b, r0, r1, c0, min(cols, c0 + chunk)))
+    return tiles
+
+
+def for_tiles(
+    tiles: list[tuple[int, int, int, int, int]],
+    rows: int,
+    dtype: np.dtype,
+    fn: Callable[[tuple[int, int, int, int, int], np.ndarray], T],
+) -> list[T]:
+    """``fn(tile, scratch)`` for each tile, results in tile order. As :func:`for_chunks`: a
+    worker thread takes a contiguous run of tiles and its own ``rows x tile size`` scratch;
+    the tiles do not depend on the thread count, so neither do the results."""
+    global _POOL
+    size = max(((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in tiles), default=0)
+    workers = min(THREADS, len(tiles) // _MIN_CHUNKS_PER_THREAD)
+
+    def run(part: list[tuple[int, int, int, int, int]]) -> list[T]:
+        scratch = np.empty((rows, size), dtype=dtype)
+        return [fn(tile, scratch) for tile in part]
+
+    if workers <= 1:
+        return run(tiles)
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="optgen")
+    per = -(-len(tiles) // workers)
+    runs = [tiles[i : i + per] for i in range(0, len(tiles), per)]
+    return [r for part in _POOL.map(run, runs) for r in part]
+
+
+def combine_tiles(
+    kinds: dict[str, str],
+    axes: dict[str, str | None],
+    names: list[str],
+    dims: tuple[int, int, int],
+    domain: str,
+    tiles: list[tuple[int, int, int, int, int]] | None,
+    partials: list[tuple[Any, ...]],
+    sums: dict[str, float],
+    vectors: dict[str, np.ndarray],
+    dtype: type,
+) -> None:
+    """Combine a sweep's partials in order into ``sums`` (whole-tensor reductions: Python
+    floats, sums in float64) and ``vectors`` (along an axis: arrays of the reduced domain,
+    accumulated in float64, then cast to ``dtype``). ``tiles`` is None for a vector sweep,
+    whose one partial per reduction is already whole."""
+    for k, name in enumerate(names):
+        kind, axis = kinds[name], axes[name]
+        if axis is None:
+            sums[name] = combine(kinds, [name], [(p[k],) for p in partials])[name]
+            continue
+        reduced = domain.replace(axis, "")
+        acc = np.full(domain_shape(dims, reduced), IDENTITY[kind], dtype=np.float64)
+        if tiles is None:
+            acc[...] = partials[0][k]
+        for tile, partial in zip(tiles or [], partials, strict=False):
+            b, r0, r1, c0, c1 = tile
+            where = acc[b, r0:r1] if axis == "c" else acc[b, :, c0:c1]
+            if kind == "sum":
+                where += partial[k]
+            else:
+                (np.maximum if kind == "max" else np.minimum)(where, partial[k], out=where)
+        vectors[name] = acc.astype(dtype)
+
+
+# ---------------------------------------------------------------------------------- groups
+def run_group(rule: str, steppers: list[Iterator[Any]], kinds: dict[str, str]) -> None:
+    """Drive the steps of the tensors updated together, phase by phase: each yields its group
+    reductions after a phase and is sent the group's totals (sums added in tensor order, max
+    and min NaN-propagating); each then yields None once checked, and only when all have does
+    any write (a refusal of any tensor leaves every tensor as it was)."""
+    pending = [next(s) for s in steppers]
+    while pending and pending[0] is not None:
+        names = list(pending[0])
+        totals = combine(kinds, names, [tuple(p[n] for n in names) for p in pending])
+        pending = [s.send(totals) for s in steppers]
+    for s in steppers:
+        try:
+            next(s)
+        except StopIteration:
+            continue
+        raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a generator bug
+
+
+def check_arrays_across(
+    rule: str,
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: tuple[str, ...],
+) -> None:
+    """No buffer a many-tensor step writes (a weight, a state) shares memory with any buffer of
+    any tensor (the same weight twice, a gradient that is another tensor's weight); gradients,
+    only read, may share memory with each other. Each tensor's own buffers are checked by its
+    step; this needs them to be arrays."""
+    buffers = []
+    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+        buffers.append((f"tensor {j}'s weight", w, True))
+        buffers.append((f"tensor {j}'s grad", g, False))
+        if isinstance(s, dict):
+            buffers += [(f"tensor {j}'s state[{n!r}]", s[n], True) for n in names if n in s]
+    arrays = [(label, x, written) for label, x, written in buffers if isinstance(x, np.ndarray)]
+    check_overlaps(rule, arrays)

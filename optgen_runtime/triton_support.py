@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +18,10 @@ from optgen_runtime.checks import (
     check_dtype,
     check_kind,
     check_overlaps,
-    check_shape,
     check_state_keys,
+    check_state_shape,
 )
-from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, triton
+from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_DTYPE = torch.float32
@@ -64,20 +65,23 @@ def check_tensors(
     state: Any,
     names: Sequence[str],
     host_names: Sequence[str] = (),
+    axes: dict[str, int] | None = None,
 ) -> Checked:
     """Check every tensor before anything is written; return [weight, grad, *states].
 
-    weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape, same
+    weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape (a
+    state with an axis in ``axes``: one value per row or column, ``vector_shape``), same
     device, dense, contiguous, no two sharing memory. (Between tensors of a multi-tensor step:
     :func:`check_across`, which :class:`ChunkTable` calls.)
     """
     check_weight(rule, weight)
     check_state_keys(rule, state, tuple(names) + tuple(host_names))
+    axes = axes or {}
     tensors = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
-    for label, x in tensors:
+    for (label, x), name in zip(tensors, ["", *names], strict=True):
         check_kind(rule, label, x, torch.Tensor, "torch.Tensor")
         check_device(rule, label, x, weight)
-        check_shape(rule, label, x, weight)
+        check_state_shape(rule, label, x, weight, axes.get(name))
     check_kernel_dtype(rule, "grad", grad)
     for label, x in tensors[1:]:
         check_dtype(rule, label, x, (STATE_DTYPE,), "float32")
@@ -114,19 +118,50 @@ def add_partials(partials: np.ndarray) -> np.ndarray:
     return np.add.accumulate(partials.astype(np.float64), axis=0)[-1]
 
 
+def combine_partials(
+    partials: np.ndarray, kinds: dict[str, str], names: Sequence[str]
+) -> dict[str, float]:
+    """Each reduction's per-chunk partials (a column, chunks in order) combined by its kind:
+    sums by :func:`add_partials`, max/min NaN-propagating (-inf/+inf over no chunks)."""
+    out = {}
+    for k, name in enumerate(names):
+        column = partials[:, k : k + 1]
+        kind = kinds[name]
+        if kind == "sum":
+            out[name] = float(add_partials(column)[0])
+        elif not len(column):
+            out[name] = -math.inf if kind == "max" else math.inf
+        else:
+            out[name] = float(np.max(column) if kind == "max" else np.min(column))
+    return out
+
+
+@triton.jit
+def nan_max(a, b):
+    """The combine function of a max reduction: NaN-propagating (tl.max drops NaN)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def nan_min(a, b):
+    """The combine function of a min reduction: NaN-propagating."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
 def reduce_sums(
     kernel: Any,
     buffers: list[torch.Tensor],
     scalars: Sequence[float],
+    kinds: dict[str, str],
     names: Sequence[str],
     block: int,
 ) -> dict[str, float]:
-    """Run a reduction kernel, then add its per-block partials on the host.
+    """Run a reduction kernel, then combine its per-block partials on the host.
 
-    The kernel writes one float32 partial sum per block and name, each to its own slot (no
-    atomics); the partials are copied to the host (one device synchronisation per step) and
-    added by :func:`add_partials` in float64, in block order: the same bits on every run and
-    every device for the same partials. Returns Python floats.
+    The kernel writes one float32 partial per block and name, each to its own slot (no
+    atomics); the partials are copied to the host (one device synchronisation per phase) and
+    combined by :func:`combine_partials` (sums in float64), in block order: the same bits on
+    every run and every device for the same partials. Returns Python floats.
     """
     n = buffers[0].numel()
     blocks = triton.cdiv(n, block)
@@ -136,8 +171,7 @@ def reduce_sums(
             *buffers, partial, n, *(float(s) for s in scalars), BLOCK_SIZE=block, **LAUNCH_OPTIONS
         )
         LAUNCHES["count"] += 1
-    totals = add_partials(partial.cpu().numpy().reshape(blocks, len(names)))
-    return dict(zip(names, totals.tolist(), strict=True))
+    return combine_partials(partial.cpu().numpy().reshape(blocks, len(names)), kinds, names)
 
 
 def _padded(n: int, align: int = 2) -> int:
@@ -327,14 +361,19 @@ class ChunkTable:
             self._launch(kernel, group, meta, scalars, flags)
 
     def reduce(
-        self, kernel: Any, rows: Sequence[Sequence[float]], names: Sequence[str]
+        self,
+        kernel: Any,
+        rows: Sequence[Sequence[float]],
+        kinds: dict[str, str],
+        names: Sequence[str],
     ) -> list[dict[str, float]]:
         """Every tensor's reductions: one launch per group, one float32 partial per chunk and
         name (no atomics), copied to the host once per device and added per tensor in chunk
         order by :func:`add_partials` (the same bits as ``reduce_sums`` for that tensor).
         ``rows[j]``: tensor j's reduction-phase scalars (``reduction_scalars``)."""
         width = len(names)
-        sums = [dict.fromkeys(names, 0.0) for _ in range(self.size)]
+        nothing = combine_partials(np.zeros((0, len(names)), np.float32), kinds, names)
+        sums = [dict(nothing) for _ in range(self.size)]
         offsets: list[int] = []
         used: dict[torch.device, int] = {}  # chunks per device, each group 16-byte aligned
         for group in self.groups:
@@ -350,8 +389,7 @@ class ChunkTable:
         for group, offset in zip(self.groups, offsets, strict=True):
             ends = offset + np.cumsum(group.counts)
             for j, end, count in zip(group.members, ends, group.counts, strict=True):
-                totals = add_partials(host[group.device][end - count : end])
-                sums[j] = dict(zip(names, totals.tolist(), strict=True))
+                sums[j] = combine_partials(host[group.device][end - count : end], kinds, names)
         return sums
 
 
@@ -375,3 +413,69 @@ def launch(
     kernel[grid](
         *buffers, n, *(float(s) for s in scalars), *ints, BLOCK_SIZE=block, **LAUNCH_OPTIONS
     )
+
+
+# ---------------------------------------------------------------------------------- matrices
+def domain_size(dims: tuple[int, int, int], domain: str) -> int:
+    """How many values vary along ``domain`` (a subset of "brc") of a (batch, rows, cols) view."""
+    size = 1
+    for n, a in zip(dims, "brc", strict=True):
+        size *= n if a in domain else 1
+    return size
+
+
+def matrix_sweep(
+    kernel: Any,
+    shape: str,
+    tensors: Sequence[torch.Tensor],
+    dims: tuple[int, int, int],
+    domain: str,
+    scalars: Sequence[float],
+    block: int,
+    kinds: dict[str, str] | None = None,
+    names: Sequence[str] = (),
+) -> dict[str, float]:
+    """Launch one kernel of a sweep over ``domain`` of the (batch, rows, cols) view.
+
+    ``shape`` "flat": one program per block of the domain's flat indices (maps; whole-tensor
+    reductions ``names`` as one float32 partial per block, combined on the host in block order
+    as :func:`reduce_sums` does); "last": one program per index of the other axes, looping
+    over the last; "middle": one program per (matrix, block of columns), looping over rows. The
+    axis reductions write their vectors on the device (no host synchronisation)."""
+    batch, rows, cols = dims
+    size = domain_size(dims, domain)
+    if shape == "flat":
+        grid = triton.cdiv(size, block)
+    elif shape == "last":
+        last = {"brc": cols, "br": rows, "bc": cols}[domain]
+        grid = size // last if last else domain_size(dims, domain[:-1])
+    else:
+        grid = batch * triton.cdiv(cols, block)
+    partial = torch.zeros(max(grid * len(names), 1), dtype=torch.float32, device=tensors[0].device)
+    if grid:
+        kernel[(grid,)](
+            *tensors,
+            partial,
+            size,
+            batch,
+            rows,
+            cols,
+            *(float(s) for s in scalars),
+            BLOCK_SIZE=block,
+            **LAUNCH_OPTIONS,
+        )
+        LAUNCHES["count"] += 1
+    if not names:
+        return {}
+    found = partial[: grid * len(names)].cpu().numpy().reshape(grid, len(names))
+    return combine_partials(found, kinds or {}, names)
+
+
+def group_totals(sums: list[dict[str, float]], kinds: dict[str, str], names: Sequence[str]) -> None:
+    """Replace each tensor's group reductions ``names`` by their totals over all the tensors
+    (sums added in tensor order, in float64; max/min NaN-propagating), in place."""
+    for name in names:
+        values = np.array([[s[name]] for s in sums], dtype=np.float64)
+        total = combine_partials(values, kinds, [name])[name]
+        for s in sums:
+            s[name] = total

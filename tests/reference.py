@@ -68,6 +68,17 @@ def _resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
     return out
 
 
+def _reduce(kind: str, values: list[Any]) -> Any:
+    """A reduction of exact values: a sum, or a max/min that is NaN if any value is."""
+    if kind == "sum":
+        return mpmath.fsum(values)
+    if any(mpmath.isnan(v) for v in values):
+        return mpmath.nan
+    if not values:
+        return -mpmath.inf if kind == "max" else mpmath.inf
+    return max(values) if kind == "max" else min(values)
+
+
 def spec_trajectory(
     rule: Rule,
     weight0: np.ndarray,
@@ -116,6 +127,7 @@ def spec_trajectory(
             i: int, w=w, gflat=gflat, t=t, states=states, host=host, draws=draws
         ) -> dict:
             env: dict[sp.Symbol, Any] = {rule.weight: w[i], rule.grad: gflat[i], rule.t: t}
+            env.update({size: n for size in rule.sizes})
             for h in rule.hypers.values():
                 v = values[h.name]
                 env[h.symbol] = mpmath.inf if math.isinf(v) else mpmath.mpf(v)
@@ -127,15 +139,22 @@ def spec_trajectory(
                 env[d] = vals[i]
             return env
 
-        # Pass 1: the reductions' summands, summed over the tensor (summands use no reduction).
-        totals = {r: mpmath.mpf(0) for r in rule.reductions}
-        if totals:
+        # The reductions, phase by phase (a chained reduction's summand uses earlier ones).
+        totals: dict[sp.Symbol, Any] = {}
+        phases = rule.reduction_phases()
+        for phase in range(1, max(phases.values(), default=0) + 1):
+            current = [r for r in rule.reductions if phases[r] == phase]
+            parts: dict[sp.Symbol, list[Any]] = {r: [] for r in current}
             for i in range(n):
                 env = element_env(i)
+                env.update(totals)
                 for target, f in functions:
-                    env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
-                for r in totals:
-                    totals[r] += env[r]
+                    if target not in totals:
+                        env[target] = f(*(env.get(s, mpmath.mpf(0)) for s in symbols))
+                for r in current:
+                    parts[r].append(env[r])
+            for r in current:
+                totals[r] = _reduce(rule.reduction_kinds[r], parts[r])
         # Pass 2: every equation, with the reductions known.
         for i in range(n):
             env = element_env(i)

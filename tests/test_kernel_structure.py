@@ -43,7 +43,7 @@ ROOT = Path(os.environ.get("OPTGEN_ROOT") or Path(__file__).resolve().parent.par
 TRITON_DIR = ROOT / "generated" / "triton"
 FILES = sorted(p for p in TRITON_DIR.glob("*.py") if p.name != "__init__.py")
 
-SIZES = {"n_elements", "n_tensors", "n_chunks"}
+SIZES = {"n_elements", "n_tensors", "n_chunks", "n_batch", "n_rows", "n_cols"}
 AMP_READS = {"amp_ptr", "amp_ptr + 1"}  # found_inf, inv_scale: the same two for every program
 # Every rule's host scalars (launched as Python floats, never specialized on).
 HOST_SCALARS = {name: {s.name for s in lower(RULES[name]).host} for name in RULE_NAMES}
@@ -131,8 +131,10 @@ def calls_to(node: ast.AST, attr: str) -> list[ast.Call]:
 def tainted(fn: ast.FunctionDef, seed) -> set[str]:
     """Names assigned (in order) from an expression that ``seed`` accepts or that uses one."""
     names: set[str] = set()
-    for stmt in fn.body:
-        if isinstance(stmt, ast.Assign) and (seed(stmt.value) or names_in(stmt.value) & names):
+    # in source order, loop bodies included (a loop's offsets: ``offs = outer * n + lane``)
+    assigns = sorted((n for n in ast.walk(fn) if isinstance(n, ast.Assign)), key=lambda n: n.lineno)
+    for stmt in assigns:
+        if seed(stmt.value) or names_in(stmt.value) & names:
             names |= {t.id for t in stmt.targets if isinstance(t, ast.Name)}
     return names
 
@@ -445,6 +447,9 @@ def test_single_and_multi_tensor_kernels_share_one_body(path: Path) -> None:
         for fn in kernels(tree)
     }
     rule = path.stem
+    if RULES[rule].vector_values:  # row/column vectors: one kernel per sweep, step_multi loops
+        assert f"{rule}_kernel" in calls and f"{rule}_multi_kernel" not in calls
+        return
     body = f"{rule}_kernel_body"
     assert body in calls[f"{rule}_kernel"] and body in calls[f"{rule}_multi_kernel"]
     if f"{rule}_reduce_kernel" in calls:

@@ -48,7 +48,7 @@ def signature(kernel: Any, weight_type: str) -> dict[str, str]:
         elif name.endswith(("_ptr", "_like")):
             # states, partial sums, the multi-tensor host-scalar table, GradScaler's amp pair
             types[name] = "*fp32"
-        elif name in ("n_elements", "n_tensors", "n_chunks", "key"):
+        elif name in ("n_elements", "n_tensors", "n_chunks", "key", "n_batch", "n_rows", "n_cols"):
             types[name] = "i64"
         else:
             types[name] = "fp32"

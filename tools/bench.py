@@ -101,7 +101,8 @@ def scratch_per_element(lowered: Any, itemsize: int) -> tuple[int, int, int]:
     from codegen.ops import BOOLEAN as BOOL_KINDS
     from codegen.targets.numpy import allocate
 
-    rows = max(allocate(lowered).scratch, allocate(lowered, reduce=True).scratch)
+    phases = range(1, len(lowered.reduce_phases) + 1)
+    rows = max([allocate(lowered).scratch, *(allocate(lowered, k).scratch for k in phases)])
     ops = [*lowered.ops, *lowered.reduce_ops]
     masks = sum(op.kind in BOOL_KINDS for op in ops)
     where = any(op.kind == "where" for op in ops)

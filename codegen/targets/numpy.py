@@ -15,10 +15,10 @@ import sympy as sp
 
 from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
-from codegen.spec import Rule, SpecError
+from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
 from codegen.targets.host import HostCode, literal
-from codegen.targets.rules import exported
+from codegen.targets.rules import exported, reduce_scalars_name, reduction_scalars_name
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,21 @@ def _masks(operands: tuple, storage: dict) -> bool:
     )
 
 
-def allocate(lowered: Lowered, reduce: bool = False) -> Allocation:
-    """Storage for the update ops, or (``reduce``) for the reduction phase's ops."""
-    ops_ = lowered.reduce_ops if reduce else lowered.ops
+def allocate(lowered: Lowered, phase: int = 0) -> Allocation:
+    """Storage for the update ops, or for reduction phase ``phase``'s ops (1-based)."""
+    reduce = phase > 0
+    ops_ = lowered.reduce_phases[phase - 1] if reduce else lowered.ops
     last_read: dict[sp.Symbol, int] = {}
     for i, op in enumerate(ops_):
         for a in op.args:
             if isinstance(a, sp.Symbol):
                 last_read[a] = i
-    if reduce:  # each summand is summed after the last op: live to the end of the phase
-        last_read.update(dict.fromkeys(lowered.summands, len(ops_)))
+    if reduce:  # each summand is reduced after the last op: live to the end of the phase
+        last_read.update(dict.fromkeys(lowered.phase_reductions(phase), len(ops_)))
     current_of = {} if reduce else {new: cur for cur, new in lowered.outputs.items()}
+    rule = lowered.rule
     storage: dict[sp.Symbol, tuple[str, object]] = {
-        s: ("array", s) for s in [*lowered.rule.element_inputs, *lowered.rule.draws]
+        s: ("array", s) for s in [*rule.element_inputs, *rule.draws, *rule.vector_values]
     }
     free: list[int] = []
     pinned: set[int] = set()
@@ -208,8 +210,12 @@ class NumpyOpPrinter:
 ops.require("NumPy", NumpyOpPrinter.UFUNC)
 
 
-def init_code(rule: Rule, expr: sp.Expr, code: HostCode) -> str:
+def init_code(rule: Rule, state: State, code: HostCode) -> str:
     """The initial value of a state buffer, as NumPy code (hyperparameters are locals)."""
+    expr = state.init
+    if state.axis is not None:
+        value = literal(expr) if expr != 0 else "0.0"
+        return f"np.full(vector_shape(weight.shape, {state.axis}), {value}, dtype=weight.dtype)"
     if expr == rule.weight:
         return "weight.copy()"
     if expr.is_Number:
@@ -232,35 +238,142 @@ def unpack(symbols: list[sp.Symbol], source: str) -> str:
     return f"{targets} = (dtype(_x) for _x in {source})"
 
 
+REDUCE: dict[str, str] = {  # a chunk's partial, as a Python float (np.max/np.min keep NaN)
+    "sum": "float(np.sum({}, dtype=np.float64))",
+    "max": "float(np.max({}))",
+    "min": "float(np.min({}))",
+}
+
+
+def phase_context(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str, object]:
+    """Reduction phase ``phase``: its chunk function's reads, ops and partials."""
+    allocation = allocate(lowered, phase)
+    printer = NumpyOpPrinter(allocation, host)
+    reductions = lowered.phase_reductions(phase)
+    kinds = [lowered.rule.reduction_kinds[r] for r in reductions]
+    return {
+        "phase": phase,
+        "reductions": [str(r) for r in reductions],
+        "kinds": kinds,
+        "table": reduce_scalars_name(phase),
+        "function": reduction_scalars_name(phase),
+        "reads": [(s.name, flat(s.name)) for s in lowered.phase_reads(phase)],
+        "ops": printer.lines(lowered.reduce_phases[phase - 1]),
+        "partials": [
+            REDUCE[k].format(printer.name(r)) for r, k in zip(reductions, kinds, strict=True)
+        ],
+        "unpack": unpack(lowered.phase_host(phase), "pre"),
+        "scratch": allocation.scratch,
+        "group": [str(r) for r in reductions if r in lowered.rule.group_reductions],
+    }
+
+
+def _domain(domain: frozenset[str]) -> str:
+    return "".join(a for a in "brc" if a in domain)
+
+
+def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str, object]:
+    """A sweep of a rule with vectors: over tiles of the (batch, rows, cols) view (an element
+    sweep), or over whole vectors at once (a row, column or matrix sweep: small arrays)."""
+    rule = lowered.rule
+    allocation = allocate(lowered, phase)
+    printer = NumpyOpPrinter(allocation, host)
+    domain = _domain(lowered.sweep_domain(phase))
+    values = lowered.phase_reductions(phase)
+    ops_ = lowered.reduce_phases[phase - 1]
+    used = {a for op in ops_ for a in op.args if isinstance(a, sp.Symbol)}
+    used -= {op.dest for op in ops_}
+    vector_reads = [v for v in rule.vector_values if v in used]
+    if domain == "brc":
+        reads = [
+            (s.name, f"_{s.name}_m[_mb, _r0:_r1, _c0:_c1]") for s in lowered.phase_reads(phase)
+        ]
+        where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
+        reads += [
+            (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}') for v in vector_reads
+        ]
+    else:
+        reads = [(v.name, f'_vectors["{v.name}"]') for v in vector_reads]
+    partials, maps = [], []
+    for v in values:
+        name = printer.name(v)
+        if v not in rule.reductions:
+            maps.append((v.name, name))
+            continue
+        axis = rule.reduction_axes[v]
+        if axis is None:
+            partials.append(REDUCE[rule.reduction_kinds[v]].format(name))
+            continue
+        present = [a for a in "brc" if a in domain]
+        along = AXIS[present[axis]] if domain != "brc" else TILE_AXIS[present[axis]]
+        fn = {"sum": "np.sum", "max": "np.max", "min": "np.min"}[rule.reduction_kinds[v]]
+        dtype = ", dtype=np.float64" if fn == "np.sum" else ""
+        partials.append(f"{fn}({name}, axis={along}, keepdims=True{dtype})")
+    return {
+        "phase": phase,
+        "domain": domain,
+        "kind": "tiles" if domain == "brc" else "vectors",
+        "reductions": [str(v) for v in values if v in rule.reductions],
+        "maps": maps,
+        "table": reduce_scalars_name(phase),
+        "function": reduction_scalars_name(phase),
+        "reads": reads,
+        "ops": printer.lines(ops_),
+        "partials": partials,
+        "unpack": unpack(lowered.phase_host(phase), "pre"),
+        "scratch": allocation.scratch,
+    }
+
+
+# Axis of a tile (2-D: rows, cols) and of a whole vector (3-D: batch, rows, cols) per name.
+TILE_AXIS = {"r": 0, "c": 1}
+AXIS = {"r": 1, "c": 2}
+
+
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     host = set(lowered.host)
     allocation = allocate(lowered)
-    reduce_allocation = allocate(lowered, reduce=True)
-    reduce_printer = NumpyOpPrinter(reduce_allocation, host)
+    matrix = bool(rule.vector_values)
+    count = len(lowered.reduce_phases) + 1
+    if matrix:
+        phases = [matrix_sweep(lowered, k, host) for k in range(1, count)]
+    else:
+        phases = [phase_context(lowered, k, host) for k in range(1, count)]
     rules_names = exported(lowered)
     code = HostCode()
+    used = {a for op in lowered.ops for a in op.args if isinstance(a, sp.Symbol)}
+    where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
     return {
         "rule": rule,
         "doc": rule.doc,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step"]),
+        "exports": sorted(
+            [*rules_names, "init_state", "step"] + (["step_multi"] if rule.group_reductions else [])
+        ),
+        "group": [str(r) for r in rule.group_reductions],
+        "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],
-        "reduce_flats": [(s.name, flat(s.name)) for s in lowered.reduce_reads],
+        "matrices": [f"_{s.name}_m" for s in rule.element_inputs],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
+        "tile_reads": [(s.name, f"_{s.name}_m[_mb, _r0:_r1, _c0:_c1]") for s in rule.element_inputs]
+        + [
+            (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}')
+            for v in rule.vector_values
+            if v in used
+        ],
+        "vector_states": [(s.name, s.new.name) for s in rule.vector_states],
         "states": list(rule.states.values()),
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
+        "phases": phases,
+        "sizes": ", **sizes" if rule.sizes else "",
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
-        "init": {s.name: init_code(rule, s.init, code) for s in rule.states.values()},
+        "init": {s.name: init_code(rule, s, code) for s in rule.states.values()},
         "init_hypers": rule.init_hypers,
         "ops": NumpyOpPrinter(allocation, host).lines(lowered.ops),
-        "scratch": max(allocation.scratch, reduce_allocation.scratch),
+        "scratch": max([allocation.scratch, *(p["scratch"] for p in phases)]),
         "copies": [(cur.name, k) for cur, k in allocation.copies],
-        "reduce_reads": [s.name for s in lowered.reduce_reads],
-        "reduce_ops": reduce_printer.lines(lowered.reduce_ops),
-        "reduce_values": [reduce_printer.name(r) for r in lowered.summands],
-        "reduce_unpack": unpack(lowered.reduce_host, "pre"),
         "host_unpack": unpack(lowered.update_scalars, "scalars"),
     } | {"uses_math": code.uses_math}  # after everything is printed
 

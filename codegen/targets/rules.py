@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from codegen import names
 from codegen.ir import Assign
 from codegen.lower import Lowered
 from codegen.spec import Rule
@@ -69,7 +70,9 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
         if s.name in rule.hypers:
             what = "hyperparameter"
         elif s in rule.reductions:
-            what = "reduction (sum over the tensor)"
+            what = f"reduction ({rule.reduction_kinds[s]} over the tensor)"
+        elif s in rule.sizes:
+            what = "the tensor's element count"
         elif s.name in rule.host_states:
             what = "host state"
         elif s in lets:
@@ -82,14 +85,64 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
 
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
-    names = [
+    out = [
         "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "INIT_HYPERPARAMS", "LEGAL",
         "NONE_MEANS",
         "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
     ]  # fmt: skip
+    for k in range(1, len(lowered.reduce_phases) + 1):
+        out += [reduce_scalars_name(k), reduction_scalars_name(k)]
     if lowered.summands:
-        names += ["REDUCE_SCALARS", "reduction_scalars"]
-    return sorted(names)
+        out += ["REDUCE_KINDS"]
+    rule = lowered.rule
+    if rule.reductions and rule.vector_values:
+        out += ["REDUCE_AXES"]
+    if rule.sizes:
+        out += ["SIZES"]
+    if rule.vector_states:
+        out += ["STATE_AXES"]
+    return sorted(out, key=lambda n: n.replace("_", " "))  # isort's order: "STATE_AXES" < "STATES"
+
+
+def reduced_axis(rule: Rule, reduction: sp.Symbol) -> str:
+    """The axis a reduction removes, by name: ``r`` (rows) or ``c`` (columns)."""
+    present = [a for a in "brc" if a in rule.domain(rule.reductions[reduction])]
+    return present[rule.reduction_axes[reduction]]
+
+
+def reduction_scalars_name(phase: int) -> str:
+    """The host function of reduction phase ``phase``: ``reduction_scalars``, then ``_2``, ..."""
+    return names.phased("reduction_scalars", phase)
+
+
+def reduce_scalars_name(phase: int) -> str:
+    return names.phased("REDUCE_SCALARS", phase)
+
+
+def phases(lowered: Lowered, code: HostCode) -> list[dict[str, object]]:
+    """Each reduction phase: its reductions, host function, arguments and code."""
+    host_names = [*lowered.rule.hypers, *lowered.rule.host_states, *map(str, lowered.rule.sizes)]
+    out, earlier = [], []
+    for k in range(1, len(lowered.reduce_phases) + 1):
+        wanted = lowered.phase_host(k)
+        found = [r for r in lowered.phase_reductions(k) if r in lowered.rule.scalar_reductions]
+        reductions = [str(r) for r in found]
+        out.append(
+            {
+                "phase": k,
+                "reductions": reductions,
+                "kinds": [lowered.rule.reduction_kinds[r] for r in found],
+                "function": reduction_scalars_name(k),
+                "table": reduce_scalars_name(k),
+                "args": host_names + earlier,
+                "code": _lines(host_program(lowered, wanted), code),
+                "names": [s.name for s in wanted],
+                "legend": legend(lowered, wanted),
+                "op_counts": lowered.op_counts(lowered.reduce_phases[k - 1]),
+            }
+        )
+        earlier = earlier + reductions
+    return out
 
 
 def _lines(assigns: list[Assign], code: HostCode) -> list[str]:
@@ -103,8 +156,8 @@ def _lines(assigns: list[Assign], code: HostCode) -> list[str]:
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     code = HostCode()
-    update, reduce = lowered.update_scalars, lowered.reduce_host
-    host_names = [*rule.hypers, *rule.host_states]
+    update = lowered.update_scalars
+    host_names = [*rule.hypers, *rule.host_states, *map(str, rule.sizes)]
     context = {
         "rule": rule,
         "doc": rule.doc,
@@ -120,24 +173,32 @@ def context(lowered: Lowered) -> dict[str, object]:
         ],
         "states": list(rule.states.values()),
         "init_hypers": rule.init_hypers,
-        "reductions": [str(r) for r in lowered.summands],
+        "reductions": [str(r) for r in lowered.summands if r in rule.reductions],
+        "kinds": {str(r): k for r, k in rule.reduction_kinds.items()},
+        "axes": repr(
+            {
+                str(r): None if a is None else reduced_axis(rule, r)
+                for r, a in rule.reduction_axes.items()
+            }
+        ),
+        "matrix": bool(rule.vector_values),
+        "state_axes": {s.name: s.axis for s in rule.vector_states},
+        "sizes": [str(s) for s in rule.sizes],
+        "group": [str(r) for r in rule.group_reductions],
+        "phases": phases(lowered, code),
         "draws": [str(d) for d in lowered.draws],
         "host_states": list(rule.host_states.values()),
         "folds_scale": folds_gradient_scale(lowered),
         "torch": torch_equivalent_code(rule, code),
-        "host_args": host_names + [str(r) for r in lowered.summands],
-        "reduce_args": host_names,
+        "host_args": host_names + [str(r) for r in lowered.summands if r in rule.scalar_reductions],
         "update_code": _lines(host_program(lowered, update), code),
         "update_names": [s.name for s in update],
-        "reduce_code": _lines(host_program(lowered, reduce), code),
-        "reduce_names": [s.name for s in reduce],
         "host_updates": [
             (hs.name, code(lowered.host_updates[hs.new])) for hs in rule.host_states.values()
         ],
         "op_counts": lowered.op_counts(),
         "reduce_op_counts": lowered.op_counts(lowered.reduce_ops),
         "scalar_legend": legend(lowered, update),
-        "reduce_legend": legend(lowered, reduce),
     }
     return context | {"uses_math": code.uses_math}  # after everything is printed
 

@@ -16,10 +16,15 @@ import sympy as sp
 
 from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
-from codegen.spec import Rule, SpecError
+from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
 from codegen.targets.host import HostCode, literal
-from codegen.targets.rules import exported, legend
+from codegen.targets.rules import (
+    exported,
+    legend,
+    reduce_scalars_name,
+    reduction_scalars_name,
+)
 from optgen_runtime.triton_support import ChunkTable
 
 
@@ -105,9 +110,16 @@ LIBDEVICE = frozenset(
 )
 
 
-def init_code(rule: Rule, expr: sp.Expr, code: HostCode) -> str:
+def init_code(rule: Rule, state: State, code: HostCode) -> str:
     """The initial value of a state buffer, as torch code (float32 state; hyperparameters are
     locals)."""
+    expr = state.init
+    if state.axis is not None:
+        value = literal(expr) if expr != 0 else "0.0"
+        return (
+            f"torch.full(vector_shape(weight.shape, {state.axis}), {value}, "
+            "dtype=torch.float32, device=weight.device)"
+        )
     if expr == rule.weight:
         return "weight.detach().to(torch.float32, copy=True)"
     if expr.is_Number:
@@ -124,16 +136,65 @@ def _stores(lowered: Lowered) -> list[tuple[sp.Symbol, sp.Symbol]]:
     return sorted(lowered.outputs.items(), key=lambda pair: order.index(pair[0]))
 
 
+# A block's partial of each reduction kind (masked lanes hold the kind's identity; max and min
+# keep a NaN, as NumPy's do).
+PARTIAL: dict[str, str] = {
+    "sum": "tl.sum(tl.where(mask, {}, 0.0), axis=0)",
+    "max": 'tl.reduce(tl.where(mask, {}, -float("inf")), 0, nan_max)',
+    "min": 'tl.reduce(tl.where(mask, {}, float("inf")), 0, nan_min)',
+}
+
+
+def phase_context(
+    lowered: Lowered, phase: int, printer: TritonOpPrinter, pointers: list
+) -> dict[str, object]:
+    """Reduction phase ``phase``'s kernels: body, single- and multi-tensor kernel."""
+    reads = {s.name for s in lowered.phase_reads(phase)}
+    reductions = lowered.phase_reductions(phase)
+    host_names = [s.name for s in lowered.phase_host(phase)]
+    name = lowered.rule.name
+    return {
+        "phase": phase,
+        "body": names.phased(names.derived(name, "_reduce_kernel_body"), phase),
+        "kernel": names.phased(names.derived(name, "_reduce_kernel"), phase),
+        "multi": names.phased(names.derived(name, "_multi_reduce_kernel"), phase),
+        "function": reduction_scalars_name(phase),
+        "table": reduce_scalars_name(phase),
+        "reductions": [str(r) for r in reductions],
+        "pointers": [p for p in pointers if p[1] in reads],
+        "ptrs": [p[2] for p in pointers if p[1] in reads],
+        "host_names": host_names,
+        "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.phase_host(phase))],
+        "ops": printer.lines(lowered.reduce_phases[phase - 1]),
+        "partials": [
+            (r.name, PARTIAL[lowered.rule.reduction_kinds[r]].format(r.name)) for r in reductions
+        ],
+        "group": [r.name for r in reductions if r in lowered.rule.group_reductions],
+    }
+
+
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     printer = TritonOpPrinter(set(lowered.host))
     buffers = [s.name for s in rule.element_inputs]
-    reduce_reads = {s.name for s in lowered.reduce_reads}
     layout = ChunkTable.layout(len(buffers), 1 if lowered.draws else 0)
     pointers = [
         (row, b, names.derived(b, "_ptr"), names.derived(b, "_like"))
         for row, b in zip(layout.pointers, buffers, strict=True)
     ]
+    matrix = bool(rule.vector_values)
+    count = len(lowered.reduce_phases) + 1
+    phases = (
+        [] if matrix else [phase_context(lowered, k, printer, pointers) for k in range(1, count)]
+    )
+    kinds = set(rule.reduction_kinds.values())
+    support = ["check_tensors", "check_weight"]
+    support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
+    if matrix:
+        support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
+    else:
+        support += ["ChunkTable", "launch"] + (["reduce_sums"] if phases else [])
+        support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",
@@ -162,20 +223,26 @@ def context(lowered: Lowered) -> dict[str, object]:
         "grad_name": rule.grad.name,
         "states": list(rule.states.values()),
         "host_states": list(rule.host_states.values()),
-        "init": {s.name: init_code(rule, s.init, code) for s in rule.states.values()},
+        "init": {s.name: init_code(rule, s, code) for s in rule.states.values()},
         "init_hypers": rule.init_hypers,
+        "libdevice": any(op.kind in LIBDEVICE for op in [*lowered.ops, *lowered.reduce_ops]),
         "reductions": [str(r) for r in lowered.summands],
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "ops": printer.lines(lowered.ops),
-        "reduce_ops": printer.lines(lowered.reduce_ops),
-        "libdevice": any(op.kind in LIBDEVICE for op in [*lowered.ops, *lowered.reduce_ops]),
+        "phases": phases,
+        "support_imports": ", ".join(sorted(support)),
+        "common_imports": sorted(
+            ["check_step_count", "host_state_values", "resolve_hyperparams", "step_counts"]
+            + ["stream_indices"]
+            + (["matrix_sizes"] if rule.sizes else [])
+            + (["matrix_dims"] if matrix else [])
+            + (["vector_shape"] if rule.vector_states else [])
+        ),
+        "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
+        "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",
         "outputs": [(names.derived(cur.name, "_ptr"), new.name) for cur, new in _stores(lowered)],
         "host_names": [s.name for s in lowered.update_scalars],
         "legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.update_scalars)],
-        "reduce_host_names": [s.name for s in lowered.reduce_host],
-        "reduce_legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.reduce_host)],
-        "reduce_pointers": [p for p in pointers if p[1] in reduce_reads],
-        "reduce_ptrs": [names.derived(b, "_ptr") for b in buffers if b in reduce_reads],
         "pointers": pointers,
         "sizes_row": layout.sizes,
         "tensor_ints": [("key", layout.ints[0])] if lowered.draws else [],
@@ -187,6 +254,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             else "[() for _ in streams]"
         ),
         "ints_comment": "the Philox keys, as ``step`` makes them" if lowered.draws else "none",
+        **(matrix_context(lowered, printer) if matrix else {"matrix": False}),
         "multi_doc": doc,
     } | {"uses_math": code.uses_math}  # after everything is printed
 
@@ -198,3 +266,177 @@ TARGET = Target(
     context,
     "fused Triton kernels (fp32 compute; fp32/fp16/bf16 weights)",
 )
+
+
+# ---------------------------------------------------------------------------------- matrices
+# A rule with row or column vectors sees the weight as (batch, rows, cols). A sweep over a
+# domain (elements "brc", rows "br", columns "bc", matrices "b") runs over flat indices `offs`
+# of that domain; a value of a smaller domain is gathered at its own index, computed from offs.
+INDEX: dict[tuple[str, str], str] = {
+    ("brc", "br"): "offs // n_cols",
+    ("brc", "bc"): "offs // (n_rows * n_cols) * n_cols + offs % n_cols",
+    ("brc", "b"): "offs // (n_rows * n_cols)",
+    ("br", "b"): "offs // n_rows",
+    ("bc", "b"): "offs // n_cols",
+}
+# The length of the axis a LAST kernel reduces (the domain's last), per domain.
+_LAST = {"brc": "n_cols", "br": "n_rows", "bc": "n_cols"}
+IDENTITY = {"sum": "0.0", "max": '-float("inf")', "min": 'float("inf")'}
+ACCUMULATE = {
+    "sum": "{acc} + tl.where(mask, {x}, 0.0)",
+    "max": 'nan_max({acc}, tl.where(mask, {x}, -float("inf")))',
+    "min": 'nan_min({acc}, tl.where(mask, {x}, float("inf")))',
+}
+FINISH = {
+    "sum": "tl.sum({acc}, axis=0)",
+    "max": "tl.reduce({acc}, 0, nan_max)",
+    "min": "tl.reduce({acc}, 0, nan_min)",
+}
+
+
+def _dom(domain: frozenset[str]) -> str:
+    return "".join(a for a in "brc" if a in domain)
+
+
+def _loads(lowered: Lowered, ops_: list[Op], domain: str) -> list[str]:
+    """A kernel's loads: element buffers at offs, vectors at their index."""
+    rule = lowered.rule
+    used = {a for op in ops_ for a in op.args if isinstance(a, sp.Symbol)} - {o.dest for o in ops_}
+    lines = []
+    for s in [*rule.element_inputs, *rule.vector_values]:
+        if s not in used:
+            continue
+        own = _dom(rule.domain(s)) if s not in rule.element_inputs else "brc"
+        index = "offs" if own == domain else INDEX[(domain, own)]
+        ptr = names.derived(s.name, "_ptr")
+        lines.append(f"{s.name} = tl.load({ptr} + {index}, mask=mask, other=0.0).to(tl.float32)")
+    return lines
+
+
+def needed(ops_: list[Op], outputs: list[sp.Symbol]) -> list[Op]:
+    """The ops ``outputs`` depend on, in order."""
+    want = set(outputs)
+    kept = []
+    for op in reversed(ops_):
+        if op.dest in want:
+            kept.append(op)
+            want |= {a for a in op.args if isinstance(a, sp.Symbol)}
+    return kept[::-1]
+
+
+def matrix_kernels(
+    lowered: Lowered, phase: int, printer: TritonOpPrinter
+) -> list[dict[str, object]]:
+    """The kernels of sweep ``phase``: one over flat indices of its domain (maps and whole
+    reductions, if any), one per reduced axis (along the last: a program per outer index looping
+    over it; along the rows of the elements: a program per block of columns looping over rows)."""
+    rule = lowered.rule
+    domain = _dom(lowered.sweep_domain(phase))
+    ops_ = lowered.reduce_phases[phase - 1]
+    values = lowered.phase_reductions(phase)
+    base = names.phased(names.derived(rule.name, "_reduce_kernel"), phase)
+    host_names = [s.name for s in lowered.phase_host(phase)]
+
+    def code(outputs: list[sp.Symbol]) -> tuple[list[str], list[str]]:
+        kept = needed(ops_, outputs)  # each kernel computes only what its outputs need
+        return _loads(lowered, kept, domain), printer.lines(kept)
+
+    flat_maps = [v for v in values if v not in rule.reductions]
+    whole = [v for v in values if v in rule.reductions and rule.reduction_axes[v] is None]
+    kernels = []
+    if flat_maps or whole:
+        loads, lines = code(flat_maps + whole)
+        kernels.append(
+            {
+                "shape": "flat",
+                "name": base,
+                "domain": domain,
+                "loads": loads,
+                "ops": lines,
+                "stores": [(names.derived(v.name, "_ptr"), v.name) for v in flat_maps],
+                "partials": [PARTIAL[rule.reduction_kinds[v]].format(v.name) for v in whole],
+                "host_names": host_names,
+                "whole": [v.name for v in whole],
+            }
+        )
+    for axis_kind in ("last", "middle"):
+        outs = []
+        for v in values:
+            if v not in rule.reductions or rule.reduction_axes[v] is None:
+                continue
+            present = [a for a in "brc" if a in domain]
+            removed = present[rule.reduction_axes[v]]
+            last = removed == present[-1]
+            if (axis_kind == "last") == last:
+                kind = rule.reduction_kinds[v]
+                acc = f"_acc_{v.name}"
+                outs.append(
+                    {
+                        "acc": acc,
+                        "init": f"{acc} = tl.full((BLOCK_SIZE,), {IDENTITY[kind]}, tl.float32)",
+                        "accumulate": f"{acc} = " + ACCUMULATE[kind].format(acc=acc, x=v.name),
+                        "finish": FINISH[kind].format(acc=acc) if last else acc,
+                        "ptr": names.derived(v.name, "_ptr"),
+                        "value": v,
+                    }
+                )
+        if outs:
+            loads, lines = code([o["value"] for o in outs])
+            suffix = "_row_reduce_kernel" if axis_kind == "last" else "_col_reduce_kernel"
+            kernels.append(
+                {
+                    "shape": axis_kind,
+                    "domain": domain,
+                    "name": names.phased(names.derived(rule.name, suffix), phase),
+                    "length": _LAST.get(domain, ""),
+                    "loads": loads,
+                    "ops": lines,
+                    "outs": outs,
+                    "host_names": host_names,
+                    "whole": [],
+                }
+            )
+    return kernels
+
+
+def matrix_context(lowered: Lowered, printer: TritonOpPrinter) -> dict[str, object]:
+    """The template's view of a rule with row or column vectors: its sweeps' kernels, the
+    buffers every kernel takes (elements, then vectors), the update's loads."""
+    rule = lowered.rule
+    count = len(lowered.reduce_phases) + 1
+    phases = []
+    for k in range(1, count):
+        kernels = matrix_kernels(lowered, k, printer)
+        phases.append(
+            {
+                "phase": k,
+                "domain": _dom(lowered.sweep_domain(k)),
+                "computes": [v.name for v in lowered.phase_reductions(k)],
+                "table": reduce_scalars_name(k),
+                "function": reduction_scalars_name(k),
+                "kernels": kernels,
+            }
+        )
+    buffers = [*rule.element_inputs, *rule.vector_values]
+    states = [s.name for s in rule.states.values()]
+    index = {"weight": 0, "grad": 1, **{n: 2 + i for i, n in enumerate(states)}}
+    vector_states = {s.symbol for s in rule.vector_states}
+    staged = [v for v in rule.vector_values if v not in vector_states]
+    args = [f"buffers[{index[s.name]}]" for s in [*rule.element_inputs, *vector_states_in(rule)]]
+    args += [f'_vectors["{v.name}"]' for v in staged]
+    return {
+        "matrix": True,
+        "all_ptrs": [names.derived(s.name, "_ptr") for s in buffers],
+        "matrix_kernels": [kernel for p in phases for kernel in p["kernels"]],
+        "matrix_phases": phases,
+        "staged_vectors": [(v.name, _dom(rule.domain(v))) for v in staged],
+        "tensor_args": args,
+        "vector_states": [(s.name, s.new.name) for s in rule.vector_states],
+        "update_loads": _loads(lowered, lowered.ops, "brc"),
+    }
+
+
+def vector_states_in(rule: Rule) -> list[sp.Symbol]:
+    """The vector states' symbols, in :attr:`Rule.vector_values` order."""
+    states = {s.symbol for s in rule.vector_states}
+    return [v for v in rule.vector_values if v in states]

@@ -93,7 +93,7 @@ def step(
         RULE, weight, grad, state, STATES, HOST_STATES
     )
     dtype = weight.dtype.type
-    sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
+    sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, _h3, _h4, _h5, rescale_grad, clip_gradient, beta1, beta2, epsilon = (

@@ -45,6 +45,7 @@ from generated.rules.lamb import (
     INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_KINDS,
     REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
@@ -55,7 +56,7 @@ from generated.rules.lamb import (
     reduction_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.lamb; re-exported here.
@@ -67,6 +68,7 @@ __all__ = [
     "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_KINDS",
     "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
@@ -109,16 +111,16 @@ def step(
         RULE, weight, grad, state, STATES, HOST_STATES
     )
     dtype = weight.dtype.type
-    sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
-    # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
+    sums: dict[str, float] = {}
+    # Reduction phase 1: one partial per chunk (sums in float64), in chunk order.
     pre = check_scalars(
-        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), dtype
+        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host, **sums), dtype
     )
     _h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
         dtype(_x) for _x in pre
     )
 
-    def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
+    def _reduce1(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _mean = _mean_flat[start:stop]
@@ -158,10 +160,14 @@ def step(
             float(np.sum(_b0, dtype=np.float64)),
         )
 
-    for partial in for_chunks(weight.size, CHUNK, 5, weight.dtype, reduce):
-        for name, value in zip(REDUCTIONS, partial, strict=True):
-            sums[name] += value
-    # Phase 2: the update.
+    sums.update(
+        combine(
+            REDUCE_KINDS,
+            ["w_sq", "u_sq"],
+            for_chunks(weight.size, CHUNK, 5, weight.dtype, _reduce1),
+        )
+    )
+    # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (

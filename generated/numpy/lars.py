@@ -39,6 +39,7 @@ from generated.rules.lars import (
     INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_KINDS,
     REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
@@ -49,7 +50,7 @@ from generated.rules.lars import (
     reduction_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.lars; re-exported here.
@@ -61,6 +62,7 @@ __all__ = [
     "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_KINDS",
     "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
@@ -100,16 +102,17 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _mom_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
     dtype = weight.dtype.type
-    sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
-    # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
-    check_scalars(RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), dtype)
+    sums: dict[str, float] = {}
+    # Reduction phase 1: one partial per chunk (sums in float64), in chunk order.
+    check_scalars(
+        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host, **sums), dtype
+    )
 
-    def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
+    def _reduce1(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        _b2 = scratch[2, : stop - start]
         # specs/lars.py:37: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b0)
         # specs/lars.py:38: g_sq = grad**2
@@ -119,10 +122,14 @@ def step(
             float(np.sum(_b1, dtype=np.float64)),
         )
 
-    for partial in for_chunks(weight.size, CHUNK, 3, weight.dtype, reduce):
-        for name, value in zip(REDUCTIONS, partial, strict=True):
-            sums[name] += value
-    # Phase 2: the update.
+    sums.update(
+        combine(
+            REDUCE_KINDS,
+            ["w_sq", "g_sq"],
+            for_chunks(weight.size, CHUNK, 3, weight.dtype, _reduce1),
+        )
+    )
+    # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)

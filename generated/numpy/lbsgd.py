@@ -48,6 +48,7 @@ from generated.rules.lbsgd import (
     INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_KINDS,
     REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
@@ -58,7 +59,7 @@ from generated.rules.lbsgd import (
     reduction_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.lbsgd; re-exported here.
@@ -70,6 +71,7 @@ __all__ = [
     "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_KINDS",
     "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
@@ -112,21 +114,19 @@ def step(
         RULE, weight, grad, state, STATES, HOST_STATES
     )
     dtype = weight.dtype.type
-    sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
-    # Phase 1: per-tensor reductions, float64 sums per chunk, added in chunk order.
+    sums: dict[str, float] = {}
+    # Reduction phase 1: one partial per chunk (sums in float64), in chunk order.
     pre = check_scalars(
-        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), dtype
+        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host, **sums), dtype
     )
     (_h0,) = (dtype(_x) for _x in pre)
 
-    def reduce(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
+    def _reduce1(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _acc = _acc_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        _b2 = scratch[2, : stop - start]
-        _b3 = scratch[3, : stop - start]
         # specs/lbsgd.py:58: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b0)
         # specs/lbsgd.py:55: total = acc + grad
@@ -140,10 +140,14 @@ def step(
             float(np.sum(_b1, dtype=np.float64)),
         )
 
-    for partial in for_chunks(weight.size, CHUNK, 4, weight.dtype, reduce):
-        for name, value in zip(REDUCTIONS, partial, strict=True):
-            sums[name] += value
-    # Phase 2: the update.
+    sums.update(
+        combine(
+            REDUCE_KINDS,
+            ["w_sq", "gbar_sq"],
+            for_chunks(weight.size, CHUNK, 4, weight.dtype, _reduce1),
+        )
+    )
+    # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h1, _h2, _h3, _h4, wd, clip_gradient, momentum = (dtype(_x) for _x in scalars)

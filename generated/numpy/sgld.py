@@ -92,7 +92,7 @@ def step(
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
     dtype = weight.dtype.type
-    sums: dict[str, float] = {name: 0.0 for name in REDUCTIONS}
+    sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, wd, rescale_grad, clip_gradient = (dtype(_x) for _x in scalars)

@@ -4,8 +4,10 @@
 RULES = (
     "adabelief",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
+    "adam_clip",
     "adamax",
     "adamw",
     "adan",

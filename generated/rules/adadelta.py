@@ -64,8 +64,14 @@ NONE_MEANS: dict[str, float] = {
 STATES: tuple[str, ...] = ("acc_g", "acc_delta")
 # The hyperparameters the initial state depends on (init_state takes them, with step's defaults).
 INIT_HYPERPARAMS: tuple[str, ...] = ()
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
+# Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ()
+# States of one value per row (-1: the weight's shape without its last dim) or column (-2).
+STATE_AXES: dict[str, int] = {}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
+# Per-tensor sizes the host code takes (numel: the element count).
+SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.

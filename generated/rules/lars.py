@@ -61,8 +61,16 @@ NONE_MEANS: dict[str, float] = {
 STATES: tuple[str, ...] = ("mom",)
 # The hyperparameters the initial state depends on (init_state takes them, with step's defaults).
 INIT_HYPERPARAMS: tuple[str, ...] = ()
-# Per-tensor reductions (sums over all elements), computed in a phase before the update.
+# Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ("w_sq", "g_sq")
+# Each reduction's kind: "sum", "max" or "min".
+REDUCE_KINDS: dict[str, str] = {"g_sq": "sum", "w_sq": "sum"}
+# States of one value per row (-1: the weight's shape without its last dim) or column (-2).
+STATE_AXES: dict[str, int] = {}
+# Reductions over every tensor updated together (a parameter group; a step_multi call).
+GROUP_REDUCTIONS: tuple[str, ...] = ()
+# Per-tensor sizes the host code takes (numel: the element count).
+SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
@@ -83,7 +91,7 @@ SCALARS: dict[str, str] = {
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
 }
-# The reduction phase's scalars, in the order reduction_scalars returns them.
+# Reduction phase 1's scalars (w_sq, g_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {}
 
 
@@ -126,5 +134,5 @@ def reduction_scalars(
     eta: float,
     eps: float,
 ) -> tuple[float, ...]:
-    """The reduction phase's scalars (doubles), once per step."""
+    """Reduction phase 1's scalars (doubles), once per step."""
     return ()

@@ -13,8 +13,10 @@ from typing import Any
 
 from generated.numpy import adabelief as _numpy_adabelief
 from generated.numpy import adadelta as _numpy_adadelta
+from generated.numpy import adafactor as _numpy_adafactor
 from generated.numpy import adagrad as _numpy_adagrad
 from generated.numpy import adam as _numpy_adam
+from generated.numpy import adam_clip as _numpy_adam_clip
 from generated.numpy import adamax as _numpy_adamax
 from generated.numpy import adamw as _numpy_adamw
 from generated.numpy import adan as _numpy_adan
@@ -39,8 +41,10 @@ from generated.numpy import signsgd as _numpy_signsgd
 from generated.numpy import signum as _numpy_signum
 from generated.rules import adabelief as _rules_adabelief
 from generated.rules import adadelta as _rules_adadelta
+from generated.rules import adafactor as _rules_adafactor
 from generated.rules import adagrad as _rules_adagrad
 from generated.rules import adam as _rules_adam
+from generated.rules import adam_clip as _rules_adam_clip
 from generated.rules import adamax as _rules_adamax
 from generated.rules import adamw as _rules_adamw
 from generated.rules import adan as _rules_adan
@@ -65,8 +69,10 @@ from generated.rules import signsgd as _rules_signsgd
 from generated.rules import signum as _rules_signum
 from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
+from generated.triton import adafactor as _triton_adafactor
 from generated.triton import adagrad as _triton_adagrad
 from generated.triton import adam as _triton_adam
+from generated.triton import adam_clip as _triton_adam_clip
 from generated.triton import adamax as _triton_adamax
 from generated.triton import adamw as _triton_adamw
 from generated.triton import adan as _triton_adan
@@ -210,6 +216,64 @@ class Adadelta(GeneratedOptimizer):
         )
 
 
+class Adafactor(GeneratedOptimizer):
+    """Adafactor: a second moment factored into a row and a column vector, relative step sizes.
+
+    Shazeer & Stern (2018), "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost".
+    Follows ``torch.optim.Adafactor`` (torch 2.13), which it is verified against.
+
+    Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
+        rho_t = min(lr, 1 / sqrt(t));   alpha_t = max(eps2, RMS(W)) * rho_t;   beta2_t = 1 - t^c
+        R_t = beta2_t R + (1 - beta2_t) mean_cols(G^2 + eps1);  C_t likewise with mean_rows
+        V_t = R_t C_t / mean(R_t);   U_t = G / sqrt(V_t);   U^_t = U_t / max(1, RMS(U_t) / d)
+        W <- W - alpha_t U^_t
+
+    torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
+        eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
+        eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+        alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
+        last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
+
+    optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
+    ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
+    one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
+    epsilon; here it is float32's (1.19e-7) for every dtype.
+    """
+
+    RULE = "adafactor"
+    META = _rules_adafactor
+    NUMPY = _numpy_adafactor
+    TRITON = _triton_adafactor
+    TORCH = _rules_adafactor.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        beta2_decay: Any = -0.8,
+        eps1: Any = 1.1920928955078125e-07,
+        eps2: Any = 0.001,
+        d: Any = 1.0,
+        wd: Any = 0.0,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta2_decay": beta2_decay,
+                "eps1": eps1,
+                "eps2": eps2,
+                "d": d,
+                "wd": wd,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class Adagrad(GeneratedOptimizer):
     """AdaGrad: per-element learning rates from the running sum of squared gradients.
 
@@ -324,6 +388,59 @@ class Adam(GeneratedOptimizer):
                 "beta1": beta1,
                 "beta2": beta2,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class AdamClip(GeneratedOptimizer):
+    """Adam with the gradients clipped by their global norm first (torch.optim.Adam after
+    torch.nn.utils.clip_grad_norm_ over the parameter group).
+
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization"; clipping by the global norm:
+    Pascanu, Mikolov & Bengio (2013), "On the difficulty of training recurrent neural networks".
+
+    torch's code (followed here; states ``mean`` = m, ``var`` = v):
+        c = min(1, max_norm / (||g||_group + 1e-6))     # ||g||_group: over every gradient of the group
+        G = c g + wd w                                  # L2 weight decay, after the clip
+        m = beta1 m + (1 - beta1) G;  v = beta2 v + (1 - beta2) G^2
+        w = w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + epsilon)
+
+    torch adds the norm in float32 (a norm of per-tensor norms) and updates the moments by lerp; optgen
+    adds the squares in float64 in a fixed order and writes the moments as above: equal up to
+    rounding. The norm is a group reduction: the torch class computes it over each parameter group,
+    the modules' ``step_multi`` over the tensors of the call (``step``: the one tensor).
+    """
+
+    RULE = "adam_clip"
+    META = _rules_adam_clip
+    NUMPY = _numpy_adam_clip
+    TRITON = _triton_adam_clip
+    TORCH = _rules_adam_clip.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        max_norm: Any = 1.0,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        epsilon: Any = 1e-08,
+        wd: Any = 0.0,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "max_norm": max_norm,
+                "beta1": beta1,
+                "beta2": beta2,
+                "epsilon": epsilon,
+                "wd": wd,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1678,8 +1795,10 @@ class Signum(GeneratedOptimizer):
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
+    "adafactor": Adafactor,
     "adagrad": Adagrad,
     "adam": Adam,
+    "adam_clip": AdamClip,
     "adamax": Adamax,
     "adamw": AdamW,
     "adan": Adan,

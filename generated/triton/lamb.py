@@ -46,6 +46,7 @@ from generated.rules.lamb import (
     INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_KINDS,
     REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
@@ -81,6 +82,7 @@ __all__ = [
     "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_KINDS",
     "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
@@ -321,8 +323,8 @@ def lamb_reduce_kernel_body(
     beta2,
     epsilon,
 ):
-    # Phase 1 for one block: one float32 partial sum per reduction into slot `slot` of the
-    # partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
+    # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
+    # of the partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
     #   _h0: = -clip_gradient
     #   _h1: = 1 - beta2
@@ -387,7 +389,7 @@ def lamb_reduce_kernel(
     epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
-    # Phase 1: reduce_sums adds the per-block partials on the host in float64, in block order.
+    # Phase 1: the host combines the per-block partials in block order (sums in float64).
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -451,8 +453,8 @@ def lamb_multi_reduce_kernel(
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
     mean_ptr = tl.load(meta_ptr + 2 * n_tensors + tensor).to(mean_like.dtype, bitcast=True)
     var_ptr = tl.load(meta_ptr + 3 * n_tensors + tensor).to(var_like.dtype, bitcast=True)
-    # Phase 1 over the chunk table: ChunkTable.reduce adds each tensor's partials on the host in
-    # float64, in chunk order.
+    # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials on
+    # the host in chunk order (sums in float64).
     _h0 = tl.load(scalars_ptr + tensor * 11 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 11 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
@@ -514,9 +516,14 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     pre = check_scalars(
-        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), torch.float32
+        RULE,
+        REDUCE_SCALARS,
+        computed(RULE, reduction_scalars, t, **hp, **host, **sums),
+        torch.float32,
     )
-    sums = reduce_sums(lamb_reduce_kernel, buffers, pre, REDUCTIONS, BLOCK_SIZE)
+    sums.update(
+        reduce_sums(lamb_reduce_kernel, buffers, pre, REDUCE_KINDS, ["w_sq", "u_sq"], BLOCK_SIZE)
+    )
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(lamb_kernel, buffers, scalars, BLOCK_SIZE)
@@ -572,12 +579,17 @@ def step_multi(
         check_scalars(
             RULE,
             REDUCE_SCALARS,
-            computed(RULE, reduction_scalars, _tj, **hp, **_host),
+            computed(RULE, reduction_scalars, _tj, **hp, **_host, **_sums),
             torch.float32,
         )
-        for _tj, _host in zip(ts, hosts, strict=True)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
-    sums = chunks.reduce(lamb_multi_reduce_kernel, pre, REDUCTIONS)
+    for _sums, _new in zip(
+        sums,
+        chunks.reduce(lamb_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "u_sq"]),
+        strict=True,
+    ):
+        _sums.update(_new)
     new = [
         computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)

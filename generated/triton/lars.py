@@ -40,6 +40,7 @@ from generated.rules.lars import (
     INIT_HYPERPARAMS,
     LEGAL,
     NONE_MEANS,
+    REDUCE_KINDS,
     REDUCE_SCALARS,
     REDUCTIONS,
     RULE,
@@ -75,6 +76,7 @@ __all__ = [
     "INIT_HYPERPARAMS",
     "LEGAL",
     "NONE_MEANS",
+    "REDUCE_KINDS",
     "REDUCE_SCALARS",
     "REDUCTIONS",
     "RULE",
@@ -239,8 +241,8 @@ def lars_reduce_kernel_body(
     offs,
     mask,
 ):
-    # Phase 1 for one block: one float32 partial sum per reduction into slot `slot` of the
-    # partials (no atomics), shared by lars_reduce_kernel and lars_multi_reduce_kernel.
+    # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
+    # of the partials (no atomics), shared by lars_reduce_kernel and lars_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lars, once per step):
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -261,7 +263,7 @@ def lars_reduce_kernel(
     n_elements,
     BLOCK_SIZE: tl.constexpr,
 ):
-    # Phase 1: reduce_sums adds the per-block partials on the host in float64, in block order.
+    # Phase 1: the host combines the per-block partials in block order (sums in float64).
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -291,8 +293,8 @@ def lars_multi_reduce_kernel(
     mask = offs < n_elements
     weight_ptr = tl.load(meta_ptr + 0 * n_tensors + tensor).to(weight_like.dtype, bitcast=True)
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
-    # Phase 1 over the chunk table: ChunkTable.reduce adds each tensor's partials on the host in
-    # float64, in chunk order.
+    # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials on
+    # the host in chunk order (sums in float64).
     lars_reduce_kernel_body(weight_ptr, grad_ptr, partial_ptr, pid, offs, mask)
 
 
@@ -322,9 +324,14 @@ def step(
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     pre = check_scalars(
-        RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host), torch.float32
+        RULE,
+        REDUCE_SCALARS,
+        computed(RULE, reduction_scalars, t, **hp, **host, **sums),
+        torch.float32,
     )
-    sums = reduce_sums(lars_reduce_kernel, buffers, pre, REDUCTIONS, BLOCK_SIZE)
+    sums.update(
+        reduce_sums(lars_reduce_kernel, buffers, pre, REDUCE_KINDS, ["w_sq", "g_sq"], BLOCK_SIZE)
+    )
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(lars_kernel, buffers, scalars, BLOCK_SIZE)
@@ -380,12 +387,17 @@ def step_multi(
         check_scalars(
             RULE,
             REDUCE_SCALARS,
-            computed(RULE, reduction_scalars, _tj, **hp, **_host),
+            computed(RULE, reduction_scalars, _tj, **hp, **_host, **_sums),
             torch.float32,
         )
-        for _tj, _host in zip(ts, hosts, strict=True)
+        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
-    sums = chunks.reduce(lars_multi_reduce_kernel, pre, REDUCTIONS)
+    for _sums, _new in zip(
+        sums,
+        chunks.reduce(lars_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "g_sq"]),
+        strict=True,
+    ):
+        _sums.update(_new)
     new = [
         computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)

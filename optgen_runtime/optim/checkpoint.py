@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from optgen_runtime.checks import check_kind, check_shape, state_key_problems
+from optgen_runtime.checks import check_kind, check_state_shape, state_key_problems
 from optgen_runtime.common import host_state_values
 from optgen_runtime.optim.state import ParamState, step_tensor, step_value
 
@@ -63,7 +63,8 @@ class Checkpoint:
         for key, dtype in tensors:
             value, label = saved[key], f"saved state {index}[{key!r}]"
             check_kind(where, label, value, torch.Tensor, "torch.Tensor")
-            check_shape(where, label, value, p, "its parameter")
+            axis = self.META.STATE_AXES.get(key)
+            check_state_shape(where, label, value, p, axis, "its parameter")
             out[key] = value.detach().to(
                 device=p.device, dtype=dtype, memory_format=torch.contiguous_format, copy=True
             )

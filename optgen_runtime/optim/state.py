@@ -32,6 +32,7 @@ from optgen_runtime.checks import (
     check_overlaps,
     check_shape,
     check_state_keys,
+    check_state_shape,
     view_key,
 )
 from optgen_runtime.common import MAX_STEP, host_state_values
@@ -171,7 +172,7 @@ class ParamState:
             where = f"{label}'s state[{key!r}]"
             check_kind(name, where, value, torch.Tensor, "torch.Tensor")
             check_dtype(name, where, value, (want,), str(want))
-            check_shape(name, where, value, p, label)
+            check_state_shape(name, where, value, p, self.META.STATE_AXES.get(key), label)
             check_device(name, where, value, p, label)
             check_dense(name, where, value)
             check_contiguous(name, where, value)

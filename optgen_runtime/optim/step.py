@@ -75,6 +75,11 @@ class Stepping:
         for (hp, resolved, params), group_states in zip(plans, states, strict=True):
             triton = [i for i, p in enumerate(params) if self._use_triton(p)]
             numpy = [i for i in range(len(params)) if i not in set(triton)]
+            if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
+                self._numpy_group_step(
+                    [params[i] for i in numpy], [group_states[i] for i in numpy], hp
+                )
+                numpy = []
             for i in numpy:
                 stream = indices[id(params[i])]
                 seed = tensor_seed(resolved["seed"], stream) if self.META.DRAWS else 0
@@ -132,7 +137,8 @@ class Stepping:
                 continue  # a first step: the module checks with the initial host states
             t = int(state["step"]) + 1 if state else 1
             host = {key: state[key] for key in meta.HOST_STATES}
-            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host)
+            sizes = {"numel": p.numel()} if meta.SIZES else {}
+            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host, **sizes)
             dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
@@ -163,6 +169,24 @@ class Stepping:
         hp = {**hp, "seed": seed} if self.META.DRAWS else hp
         self.NUMPY.step(weight.detach().numpy(), grad.numpy(), views, t, **hp)
         self._finish(p, state, views)
+
+    def _numpy_group_step(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any]
+    ) -> None:
+        """The group's CPU parameters in one ``step_multi``: its group reductions (a global
+        gradient norm) cover all of them. A gradient of another dtype than its (master) weight
+        is converted into a temporary of its own."""
+        weights = [state.get("master", p).detach() for p, state in zip(params, states, strict=True)]
+        grads = [
+            p.grad.detach().to(w.dtype).contiguous() for p, w in zip(params, weights, strict=True)
+        ]
+        views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
+        ts = [int(state["step"]) + 1 for state in states]
+        self.NUMPY.step_multi(
+            [w.numpy() for w in weights], [g.numpy() for g in grads], views, ts, **hp
+        )
+        for p, state, v in zip(params, states, views, strict=True):
+            self._finish(p, state, v)
 
     def _grad_scratch(self, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``grad`` converted to ``dtype`` (a fp16/bf16 gradient for its fp32 master) in a

@@ -51,7 +51,7 @@ def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str
     grad = fill(rng, shape, kind, "grad").astype(dtype)
     state: Any = numpy_module(rule).init_state(weight.copy())
     for name in meta.STATES:
-        state[name][...] = fill(rng, shape, kind, "state")
+        state[name][...] = fill(rng, state[name].shape, kind, "state")
     hp = draw(hyperparams(rule, case))
     t = draw(step_count(case))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))

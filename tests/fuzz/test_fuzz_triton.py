@@ -69,7 +69,7 @@ def one_tensor(draw: st.DrawFn, rule: str, case: Case, often: bool = True) -> tu
         case.known = FOUND_BF16_SUBNORMALS
     state: Any = triton_module(rule).init_state(weight)
     for name in meta.STATES:
-        state[name].copy_(tensor(fill(rng, shape, kind, "state"), torch.float32))
+        state[name].copy_(tensor(fill(rng, tuple(state[name].shape), kind, "state"), torch.float32))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2] if often else [0] * 7 + [1]))
     drawn = draw(st.lists(st.sampled_from(PERTURBATIONS), min_size=count, max_size=count))
     used: set[str] = set()

@@ -1,0 +1,51 @@
+"""Adafactor: a second moment factored into a row and a column vector, relative step sizes.
+
+Shazeer & Stern (2018), "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost".
+Follows ``torch.optim.Adafactor`` (torch 2.13), which it is verified against.
+
+Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
+    rho_t = min(lr, 1 / sqrt(t));   alpha_t = max(eps2, RMS(W)) * rho_t;   beta2_t = 1 - t^c
+    R_t = beta2_t R + (1 - beta2_t) mean_cols(G^2 + eps1);  C_t likewise with mean_rows
+    V_t = R_t C_t / mean(R_t);   U_t = G / sqrt(V_t);   U^_t = U_t / max(1, RMS(U_t) / d)
+    W <- W - alpha_t U^_t
+
+torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
+    eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
+    eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+    alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
+    last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
+
+optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
+``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
+one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
+epsilon; here it is float32's (1.19e-7) for every dtype.
+"""
+
+import sympy as sp
+
+from codegen.spec import Legal, Rule, nonnegative, positive
+
+RULE = Rule("adafactor", __doc__, class_name="Adafactor")
+lr = RULE.hyper(
+    "lr", 0.01, nonnegative(), doc="relative step size cap (rho_t = min(lr, 1/sqrt(t)))"
+)
+c = RULE.hyper("beta2_decay", -0.8, Legal(hi=0.0), doc="beta2_t = 1 - t^beta2_decay (<= 0)")
+eps1 = RULE.hyper("eps1", 2.0**-23, positive(), doc="floor of the second moment estimate")
+eps2 = RULE.hyper("eps2", 1e-3, nonnegative(), doc="floor of RMS(weight) in the step size")
+d = RULE.hyper("d", 1.0, positive(), doc="clipping threshold of RMS(update)")
+wd = RULE.hyper("wd", 0.0, nonnegative(), doc="decoupled weight decay")
+w, g, t = RULE.weight, RULE.grad, RULE.t
+row = RULE.state("row", 0, doc="row factor R (mean of g^2 over each row)", axis=-1)
+col = RULE.state("col", 0, doc="column factor C (mean of g^2 over each column)", axis=-2)
+
+omb = RULE.let("omb", t**c)  # 1 - beta2_t
+alpha = RULE.let(
+    "alpha", sp.Max(eps2, sp.sqrt(RULE.mean("w_sq", w**2))) * sp.Min(lr, 1 / sp.sqrt(t))
+)
+row_new = RULE.update(row, row + omb * (RULE.mean("row_g2", g**2, axis=-1) - row))
+col_new = RULE.update(col, col + omb * (RULE.mean("col_g2", g**2, axis=-2) - col))
+scale = RULE.let("scale", row_new / sp.Max(RULE.mean("row_mean", row_new, axis=-1), eps1))
+V = RULE.let("V", sp.Piecewise((col_new, RULE.ndim < 2), (col_new * scale, True)))
+U = RULE.let("U", g / sp.sqrt(sp.Max(V, eps1**2)))
+denom = RULE.let("denom", sp.Max(1, sp.sqrt(RULE.mean("u_sq", U**2)) / d))
+RULE.update(w, w * (1 - lr * wd) - alpha / denom * U)
