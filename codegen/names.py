@@ -28,7 +28,7 @@ def _reserve(why: str, names: str) -> None:
         RESERVED.setdefault(name, why)
 
 
-_reserve("a module the generated code imports", "np tl triton torch math annotations")
+_reserve("a module the generated code imports", "np tl triton torch math annotations libdevice")
 _reserve("a typing name the generated code imports", "Any Sequence")
 _reserve(
     "a runtime helper the generated code imports",
@@ -43,8 +43,8 @@ _reserve(
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
-    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS "
-    "REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
+    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
+    "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )

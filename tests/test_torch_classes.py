@@ -53,7 +53,8 @@ def test_class_matches_the_numpy_module(rule_name: str, backend: str) -> None:
     opt = CLASSES[rule_name](groups, backend=backend)
     module = numpy_module(rule_name)
     arrays = [p.detach().numpy().copy() for p in params]
-    states = [module.init_state(a) for a in arrays]
+    hps = [{k: v for k, v in g.items() if k in module.HYPERPARAMS} for g in groups]
+    states = [module.init_state(a, **hps[0 if i < 2 else 1]) for i, a in enumerate(arrays)]
     for t in range(1, 21):
         set_grads(params, t)
         grads = [p.grad.numpy().copy() for p in params]
