@@ -21,6 +21,7 @@ RULES = (
     "lion",
     "nadam",
     "nag",
+    "prodigy",
     "radam",
     "rmsprop",
     "rmsprop_centered",
