@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_max, host_min
 
 RULE = "prodigy"
 SPEC = "specs/prodigy.py"
@@ -119,7 +119,7 @@ SCALARS: dict[str, str] = {
     "_h2": "= d_old*(1 - beta1)",
     "_h3": "= d_old ** 2*(1 - beta2)",
     "_h4": "= -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1",
-    "_h5": "= ((epsilon*((d_old) if (s_sum == 0) else (min(max(d0, d_hat, d_max), growth_rate*((max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0)",
+    "_h5": "= ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0)",
     "_h6": "= -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1)",
     "_h7": "= (s_sum == 0)",
     "beta1": "hyperparameter",
@@ -156,7 +156,7 @@ def host_scalars(
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/prodigy.py:65: d_old = Max(d, d0)
-    d_old = max(d, d0)
+    d_old = host_max(d, d0)
     # specs/prodigy.py:66: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
     # specs/prodigy.py:73: d_hat = Piecewise((d0, Eq(s_sum, 0)), (d_coef*d_numerator_new/s_sum, True))
@@ -207,9 +207,9 @@ def host_scalars(
                 (d_old)
                 if (s_sum == 0)
                 else (
-                    min(
-                        max(d0, d_hat, d_max),
-                        growth_rate * ((max(d, d0, d_hat)) if (d0 == d_old) else (d_old)),
+                    host_min(
+                        host_max(d0, d_hat, d_max),
+                        growth_rate * ((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)),
                     )
                 )
             )
@@ -230,13 +230,13 @@ def host_scalars(
             (d_old)
             if (s_sum == 0)
             else (
-                min(
-                    max(d0, d_hat, d_max),
-                    growth_rate * ((max(d, d0, d_hat)) if (d0 == d_old) else (d_old)),
+                host_min(
+                    host_max(d0, d_hat, d_max),
+                    growth_rate * ((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)),
                 )
             )
         ),
-        "d_max": max(d0, d_hat, d_max),
+        "d_max": host_max(d0, d_hat, d_max),
         "d_numerator": b3 * d_numerator
         + d_old**2
         * dot
@@ -266,7 +266,7 @@ def reduction_scalars(
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
     # specs/prodigy.py:65: d_old = Max(d, d0)
-    d_old = max(d, d0)
+    d_old = host_max(d, d0)
     # specs/prodigy.py:66: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
     _h0 = wd * (1 - weight_decouple)

@@ -136,7 +136,7 @@ def prodigy_kernel_body(
     #   _h2: = d_old*(1 - beta1)
     #   _h3: = d_old ** 2*(1 - beta2)
     #   _h4: = -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1
-    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (min(max(d0, d_hat, d_max), growth_rate*((max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0)
+    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0)
     #   _h6: = -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1)
     #   _h7: = (s_sum == 0)
     #   beta1: hyperparameter
@@ -168,8 +168,8 @@ def prodigy_kernel_body(
     _v6 = b3 * s
     _v7 = _h1 * G
     s_new = _v6 + _v7
-    # specs/prodigy.py:78: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
-    # specs/prodigy.py:79: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
+    # specs/prodigy.py:77: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
+    # specs/prodigy.py:78: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
     _v8 = _h7 != 0.0
     _v9 = _h4 * weight
     _v10 = tl.sqrt_rn(var_new)
