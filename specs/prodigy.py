@@ -14,6 +14,7 @@ The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both can
 The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
 states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
     d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+           # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
     r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
     m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
     s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)

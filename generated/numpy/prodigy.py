@@ -18,6 +18,7 @@ The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both can
 The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
 states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
     d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+           # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
     r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
     m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
     s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)
@@ -183,13 +184,13 @@ def _stepper(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/prodigy.py:64: G = grad + wd*weight*(1 - weight_decouple)
+        # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
-        # specs/prodigy.py:68: dot = G*(p0 - weight)
+        # specs/prodigy.py:69: dot = G*(p0 - weight)
         np.subtract(_p0, _weight, out=_b1)
         np.multiply(_b0, _b1, out=_b1)
-        # specs/prodigy.py:72: s_sum = Abs(s_new)
+        # specs/prodigy.py:73: s_sum = Abs(s_new)
         np.multiply(b3, _s, out=_b2)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
@@ -230,26 +231,26 @@ def _stepper(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/prodigy.py:64: G = grad + wd*weight*(1 - weight_decouple)
+        # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
-        # specs/prodigy.py:69: mean_new = G*d_old*(1 - beta1) + beta1*mean
+        # specs/prodigy.py:70: mean_new = G*d_old*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h2, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/prodigy.py:70: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
+        # specs/prodigy.py:71: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h3, _b2, out=_b2)
         np.add(_b1, _b2, out=_var)
-        # specs/prodigy.py:63: p0_new = p0
+        # specs/prodigy.py:64: p0_new = p0
         np.copyto(_p0, _p0)
-        # specs/prodigy.py:71: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
+        # specs/prodigy.py:72: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
         np.multiply(b3, _s, out=_b1)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_s)
-        # specs/prodigy.py:77: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
-        # specs/prodigy.py:78: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
+        # specs/prodigy.py:78: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
+        # specs/prodigy.py:79: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
         __v8 = np.not_equal(_h7, 0.0)
         np.multiply(_h4, _weight, out=_b0)
         np.sqrt(_var, out=_b1)

@@ -18,6 +18,7 @@ The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both can
 The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
 states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
     d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+           # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
     r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
     m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
     s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)
@@ -155,11 +156,11 @@ def host_scalars(
     s_sum: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/prodigy.py:65: d_old = Max(d, d0)
+    # specs/prodigy.py:66: d_old = Max(d, d0)
     d_old = host_max(d, d0)
-    # specs/prodigy.py:66: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
+    # specs/prodigy.py:67: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
-    # specs/prodigy.py:73: d_hat = Piecewise((d0, Eq(s_sum, 0)), (d_coef*d_numerator_new/s_sum, True))
+    # specs/prodigy.py:74: d_hat = Piecewise((d0, Eq(s_sum, 0)), (d_coef*d_numerator_new/s_sum, True))
     d_hat = (
         (d0)
         if (s_sum == 0)
@@ -265,9 +266,9 @@ def reduction_scalars(
     d_numerator: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    # specs/prodigy.py:65: d_old = Max(d, d0)
+    # specs/prodigy.py:66: d_old = Max(d, d0)
     d_old = host_max(d, d0)
-    # specs/prodigy.py:66: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
+    # specs/prodigy.py:67: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
     _h0 = wd * (1 - weight_decouple)
     _h1 = (

@@ -18,6 +18,7 @@ The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both can
 The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
 states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
     d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+           # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
     r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
     m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
     s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)
@@ -150,26 +151,26 @@ def prodigy_kernel_body(
     s = tl.load(s_ptr + offs, mask=mask).to(tl.float32)
     mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    # specs/prodigy.py:64: G = grad + wd*weight*(1 - weight_decouple)
+    # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
     _v0 = _h0 * weight
     G = grad + _v0
-    # specs/prodigy.py:69: mean_new = G*d_old*(1 - beta1) + beta1*mean
+    # specs/prodigy.py:70: mean_new = G*d_old*(1 - beta1) + beta1*mean
     _v1 = beta1 * mean
     _v2 = _h2 * G
     mean_new = _v1 + _v2
-    # specs/prodigy.py:70: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
+    # specs/prodigy.py:71: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
     _v3 = beta2 * var
     _v4 = G * G
     _v5 = _h3 * _v4
     var_new = _v3 + _v5
-    # specs/prodigy.py:63: p0_new = p0
+    # specs/prodigy.py:64: p0_new = p0
     p0_new = p0
-    # specs/prodigy.py:71: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
+    # specs/prodigy.py:72: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
     _v6 = b3 * s
     _v7 = _h1 * G
     s_new = _v6 + _v7
-    # specs/prodigy.py:77: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
-    # specs/prodigy.py:78: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
+    # specs/prodigy.py:78: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
+    # specs/prodigy.py:79: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
     _v8 = _h7 != 0.0
     _v9 = _h4 * weight
     _v10 = tl.sqrt_rn(var_new)
@@ -344,13 +345,13 @@ def prodigy_reduce_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     p0 = tl.load(p0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/prodigy.py:64: G = grad + wd*weight*(1 - weight_decouple)
+    # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
     _v15 = _h0 * weight
     G = grad + _v15
-    # specs/prodigy.py:68: dot = G*(p0 - weight)
+    # specs/prodigy.py:69: dot = G*(p0 - weight)
     _v16 = p0 - weight
     dot = G * _v16
-    # specs/prodigy.py:72: s_sum = Abs(s_new)
+    # specs/prodigy.py:73: s_sum = Abs(s_new)
     _v17 = b3 * s
     _v18 = _h1 * G
     _v19 = _v17 + _v18
