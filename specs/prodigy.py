@@ -30,9 +30,11 @@ Where optgen differs: without weight_decouple the reference adds wd w to the gra
 moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
 ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
 dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
-group: the same sums). d and d_max start at 0, read as d0 (d, d_max >= d0 since
-growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2), ``fixed_decay`` and
-``maximize``.
+group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+``fixed_decay`` and ``maximize``.
 """
 
 import sympy as sp

@@ -34,9 +34,11 @@ Where optgen differs: without weight_decouple the reference adds wd w to the gra
 moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
 ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
 dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
-group: the same sums). d and d_max start at 0, read as d0 (d, d_max >= d0 since
-growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2), ``fixed_decay`` and
-``maximize``.
+group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+``fixed_decay`` and ``maximize``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import numpy as np
 from generated.rules.prodigy import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -83,6 +86,7 @@ from optgen_runtime.scalars import check_scalars, computed
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",
@@ -184,13 +188,13 @@ def _stepper(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
+        # specs/prodigy.py:67: G = grad + wd*weight*(1 - weight_decouple)
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
-        # specs/prodigy.py:69: dot = G*(p0 - weight)
+        # specs/prodigy.py:71: dot = G*(p0 - weight)
         np.subtract(_p0, _weight, out=_b1)
         np.multiply(_b0, _b1, out=_b1)
-        # specs/prodigy.py:73: s_sum = Abs(s_new)
+        # specs/prodigy.py:75: s_sum = Abs(s_new)
         np.multiply(b3, _s, out=_b2)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
@@ -231,26 +235,26 @@ def _stepper(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
+        # specs/prodigy.py:67: G = grad + wd*weight*(1 - weight_decouple)
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
-        # specs/prodigy.py:70: mean_new = G*d_old*(1 - beta1) + beta1*mean
+        # specs/prodigy.py:72: mean_new = G*d_old*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h2, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/prodigy.py:71: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
+        # specs/prodigy.py:73: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h3, _b2, out=_b2)
         np.add(_b1, _b2, out=_var)
-        # specs/prodigy.py:64: p0_new = p0
+        # specs/prodigy.py:66: p0_new = p0
         np.copyto(_p0, _p0)
-        # specs/prodigy.py:72: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
+        # specs/prodigy.py:74: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
         np.multiply(b3, _s, out=_b1)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_s)
-        # specs/prodigy.py:78: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
-        # specs/prodigy.py:79: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
+        # specs/prodigy.py:80: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
+        # specs/prodigy.py:81: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
         __v8 = np.not_equal(_h7, 0.0)
         np.multiply(_h4, _weight, out=_b0)
         np.sqrt(_var, out=_b1)

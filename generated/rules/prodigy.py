@@ -34,9 +34,11 @@ Where optgen differs: without weight_decouple the reference adds wd w to the gra
 moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
 ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
 dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
-group: the same sums). d and d_max start at 0, read as d0 (d, d_max >= d0 since
-growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2), ``fixed_decay`` and
-``maximize``.
+group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+``fixed_decay`` and ``maximize``.
 """
 
 from __future__ import annotations
@@ -156,11 +158,11 @@ def host_scalars(
     s_sum: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/prodigy.py:66: d_old = Max(d, d0)
+    # specs/prodigy.py:68: d_old = Max(d, d0)
     d_old = host_max(d, d0)
-    # specs/prodigy.py:67: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
+    # specs/prodigy.py:69: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
-    # specs/prodigy.py:74: d_hat = Piecewise((d0, Eq(s_sum, 0)), (d_coef*d_numerator_new/s_sum, True))
+    # specs/prodigy.py:76: d_hat = Piecewise((d0, Eq(s_sum, 0)), (d_coef*d_numerator_new/s_sum, True))
     d_hat = (
         (d0)
         if (s_sum == 0)
@@ -266,9 +268,9 @@ def reduction_scalars(
     d_numerator: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    # specs/prodigy.py:66: d_old = Max(d, d0)
+    # specs/prodigy.py:68: d_old = Max(d, d0)
     d_old = host_max(d, d0)
-    # specs/prodigy.py:67: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
+    # specs/prodigy.py:69: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
     _h0 = wd * (1 - weight_decouple)
     _h1 = (

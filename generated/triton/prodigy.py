@@ -34,9 +34,11 @@ Where optgen differs: without weight_decouple the reference adds wd w to the gra
 moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
 ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
 dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
-group: the same sums). d and d_max start at 0, read as d0 (d, d_max >= d0 since
-growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2), ``fixed_decay`` and
-``maximize``.
+group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+``fixed_decay`` and ``maximize``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import torch
 from generated.rules.prodigy import (
     DRAWS,
     FOLDS_GRAD_SCALE,
+    GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
     LEGAL,
@@ -85,6 +88,7 @@ from optgen_runtime.triton_support import (
 __all__ = [
     "DRAWS",
     "FOLDS_GRAD_SCALE",
+    "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
     "LEGAL",
@@ -151,26 +155,26 @@ def prodigy_kernel_body(
     s = tl.load(s_ptr + offs, mask=mask).to(tl.float32)
     mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
+    # specs/prodigy.py:67: G = grad + wd*weight*(1 - weight_decouple)
     _v0 = _h0 * weight
     G = grad + _v0
-    # specs/prodigy.py:70: mean_new = G*d_old*(1 - beta1) + beta1*mean
+    # specs/prodigy.py:72: mean_new = G*d_old*(1 - beta1) + beta1*mean
     _v1 = beta1 * mean
     _v2 = _h2 * G
     mean_new = _v1 + _v2
-    # specs/prodigy.py:71: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
+    # specs/prodigy.py:73: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
     _v3 = beta2 * var
     _v4 = G * G
     _v5 = _h3 * _v4
     var_new = _v3 + _v5
-    # specs/prodigy.py:64: p0_new = p0
+    # specs/prodigy.py:66: p0_new = p0
     p0_new = p0
-    # specs/prodigy.py:72: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
+    # specs/prodigy.py:74: s_new = G*d_old*(d_lr*(1 - safeguard_warmup) + d_old*safeguard_warmup)/d0 + b3*s
     _v6 = b3 * s
     _v7 = _h1 * G
     s_new = _v6 + _v7
-    # specs/prodigy.py:78: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
-    # specs/prodigy.py:79: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
+    # specs/prodigy.py:80: moved = -d_lr*mean_new/(d_new*epsilon + sqrt(var_new)) + weight*(-d_lr*wd*weight_decouple + 1)
+    # specs/prodigy.py:81: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
     _v8 = _h7 != 0.0
     _v9 = _h4 * weight
     _v10 = tl.sqrt_rn(var_new)
@@ -345,13 +349,13 @@ def prodigy_reduce_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     p0 = tl.load(p0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/prodigy.py:65: G = grad + wd*weight*(1 - weight_decouple)
+    # specs/prodigy.py:67: G = grad + wd*weight*(1 - weight_decouple)
     _v15 = _h0 * weight
     G = grad + _v15
-    # specs/prodigy.py:69: dot = G*(p0 - weight)
+    # specs/prodigy.py:71: dot = G*(p0 - weight)
     _v16 = p0 - weight
     dot = G * _v16
-    # specs/prodigy.py:73: s_sum = Abs(s_new)
+    # specs/prodigy.py:75: s_sum = Abs(s_new)
     _v17 = b3 * s
     _v18 = _h1 * G
     _v19 = _v17 + _v18
