@@ -44,7 +44,6 @@ def _paper(rule: Rule) -> str:
 EXTERNAL = {
     "adafactor": "torch.optim.Adafactor",
     "adam_clip": "torch clip_grad_norm_ + torch.optim.Adam",
-    "prodigy": "pytorch-optimizer 4.1.0 Prodigy",
 }
 
 

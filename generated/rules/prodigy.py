@@ -86,6 +86,11 @@ NONE_MEANS: dict[str, float] = {
 }
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("p0", "s", "mean", "var")
+# Per-element inputs besides the gradient (the weight's shape, read-only): keyword arguments of
+# every step function (none).
+INPUTS: tuple[str, ...] = ()
+# Per-step scalar inputs (finite numbers, required at every step): keyword arguments too.
+STEP_SCALARS: tuple[str, ...] = ()
 # Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ("dot", "s_sum")
 # Each reduction's kind: "sum", "max" or "min".
