@@ -23,6 +23,7 @@ RULES = (
     "madgrad",
     "nadam",
     "nag",
+    "prodigy",
     "radam",
     "rmsprop",
     "rmsprop_centered",

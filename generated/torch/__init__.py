@@ -32,6 +32,7 @@ from generated.numpy import lion as _numpy_lion
 from generated.numpy import madgrad as _numpy_madgrad
 from generated.numpy import nadam as _numpy_nadam
 from generated.numpy import nag as _numpy_nag
+from generated.numpy import prodigy as _numpy_prodigy
 from generated.numpy import radam as _numpy_radam
 from generated.numpy import rmsprop as _numpy_rmsprop
 from generated.numpy import rmsprop_centered as _numpy_rmsprop_centered
@@ -61,6 +62,7 @@ from generated.rules import lion as _rules_lion
 from generated.rules import madgrad as _rules_madgrad
 from generated.rules import nadam as _rules_nadam
 from generated.rules import nag as _rules_nag
+from generated.rules import prodigy as _rules_prodigy
 from generated.rules import radam as _rules_radam
 from generated.rules import rmsprop as _rules_rmsprop
 from generated.rules import rmsprop_centered as _rules_rmsprop_centered
@@ -90,6 +92,7 @@ from generated.triton import lion as _triton_lion
 from generated.triton import madgrad as _triton_madgrad
 from generated.triton import nadam as _triton_nadam
 from generated.triton import nag as _triton_nag
+from generated.triton import prodigy as _triton_prodigy
 from generated.triton import radam as _triton_radam
 from generated.triton import rmsprop as _triton_rmsprop
 from generated.triton import rmsprop_centered as _triton_rmsprop_centered
@@ -1406,6 +1409,92 @@ class NAG(GeneratedOptimizer):
         )
 
 
+class Prodigy(GeneratedOptimizer):
+    """Prodigy: Adam whose step size d is estimated from the distance travelled from the start.
+
+    Mishchenko & Defazio (2023), "Prodigy: An Expeditiously Adaptive Parameter-Free Learner"
+    (arXiv:2306.06101). Reference: pytorch-optimizer 4.1.0 ``pytorch_optimizer.Prodigy``.
+
+    Paper's equations (Algorithm 3, Adam version; x_0 the initial weight, d_0 > 0):
+        m_{k+1} = beta1 m_k + (1 - beta1) d_k g_k;   v_{k+1} = beta2 v_k + (1 - beta2) d_k^2 g_k^2
+        r_{k+1} = sqrt(beta2) r_k + (1 - sqrt(beta2)) lr_k d_k^2 <g_k, x_0 - x_k>
+        s_{k+1} = sqrt(beta2) s_k + (1 - sqrt(beta2)) lr_k d_k^2 g_k
+        d_{k+1} = max(d_k, r_{k+1} / ||s_{k+1}||_1)
+        x_{k+1} = x_k - lr_k d_k m_{k+1} / (sqrt(v_{k+1}) + d_k epsilon)
+    The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both cancel in d_hat).
+
+    The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
+    states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
+        d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+               # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
+        r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
+        m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
+        s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)
+        if sum_group |s| == 0: stop here (moments, s and r updated; weight, d, d_max kept)
+        d_hat = d_coef r / sum_group |s|;   d = max(d, d_hat) only while d == d0
+        d_max = max(d_max, d_hat);   d = min(d_max, d growth_rate)
+        w = w (1 - wd d_lr) - d_lr m / (sqrt(v) + d epsilon)   # the NEW d
+
+    On that early return the reference keeps r decayed and added to (its tensor changes in place;
+    ``prodigyopt`` keeps the old r); optgen follows the reference.
+
+    Where optgen differs: without weight_decouple the reference adds wd w to the gradient after the
+    moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
+    ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
+    dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
+    group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+    group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+    and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+    as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+    ``fixed_decay`` and ``maximize``.
+    """
+
+    RULE = "prodigy"
+    META = _rules_prodigy
+    NUMPY = _numpy_prodigy
+    TRITON = _triton_prodigy
+    TORCH = _rules_prodigy.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1.0,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        beta3: Any = None,
+        epsilon: Any = 1e-08,
+        wd: Any = 0.0,
+        d0: Any = 1e-06,
+        d_coef: Any = 1.0,
+        growth_rate: Any = None,
+        weight_decouple: Any = True,
+        bias_correction: Any = False,
+        safeguard_warmup: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "epsilon": epsilon,
+                "wd": wd,
+                "d0": d0,
+                "d_coef": d_coef,
+                "growth_rate": growth_rate,
+                "weight_decouple": weight_decouple,
+                "bias_correction": bias_correction,
+                "safeguard_warmup": safeguard_warmup,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class RAdam(GeneratedOptimizer):
     """RAdam: Adam with a rectified adaptive rate, plain momentum SGD while the variance is unreliable.
 
@@ -1882,6 +1971,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "madgrad": MADGRAD,
     "nadam": NAdam,
     "nag": NAG,
+    "prodigy": Prodigy,
     "radam": RAdam,
     "rmsprop": RMSprop,
     "rmsprop_centered": RMSpropCentered,
