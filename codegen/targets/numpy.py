@@ -353,6 +353,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     return {
         "rule": rule,
         "doc": rule.doc,
+        # host states fed by the step's sums may turn NaN: checked before any write
+        "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "rules_names": rules_names,
         "exports": sorted(
             [*rules_names, "init_state", "step"] + (["step_multi"] if rule.group_reductions else [])

@@ -54,6 +54,7 @@ from generated.rules.prodigy import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -82,7 +83,7 @@ from optgen_runtime.numpy_support import (
     for_chunks,
     run_group,
 )
-from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.scalars import check_host_states, check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.prodigy; re-exported here.
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -115,8 +117,12 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "p0": weight.copy(),
@@ -225,6 +231,7 @@ def _stepper(
     )  # the group's totals
     # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
+    check_host_states(RULE, host_new)  # fed by the step's sums: finite, or refused
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, beta1, beta2, b3 = (dtype(_x) for _x in scalars)
     yield None  # every tensor checked and its scalars computed: now the writes

@@ -323,7 +323,7 @@ def step_multi(
         computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
-    for _scalars, _ in new:
+    for _scalars, _host_new in new:
         check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(lion_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):

@@ -54,6 +54,7 @@ from generated.rules.prodigy import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -75,7 +76,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.scalars import check_host_states, check_scalars, computed
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
@@ -93,6 +94,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -433,8 +435,12 @@ def prodigy_multi_reduce_kernel(
     )
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight`` (same shape and device, float32).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "p0": weight.detach().to(torch.float32, copy=True),
@@ -470,6 +476,7 @@ def step(
         reduce_sums(prodigy_reduce_kernel, buffers, pre, REDUCE_KINDS, ["dot", "s_sum"], BLOCK_SIZE)
     )
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
+    check_host_states(RULE, host_new)  # fed by the step's sums: finite, or refused
     check_scalars(RULE, SCALARS, scalars, torch.float32)
     launch(prodigy_kernel, buffers, scalars, BLOCK_SIZE)
     state.update(host_new)
@@ -540,8 +547,9 @@ def step_multi(
         computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
-    for _scalars, _ in new:
+    for _scalars, _host_new in new:
         check_scalars(RULE, SCALARS, _scalars, torch.float32)
+        check_host_states(RULE, _host_new)
     chunks.update(prodigy_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)
