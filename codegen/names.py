@@ -28,7 +28,7 @@ def _reserve(why: str, names: str) -> None:
         RESERVED.setdefault(name, why)
 
 
-_reserve("a module the generated code imports", "np tl triton torch math annotations")
+_reserve("a module the generated code imports", "np tl triton torch math annotations libdevice")
 _reserve("a typing name the generated code imports", "Any Sequence")
 _reserve(
     "a runtime helper the generated code imports",
@@ -38,13 +38,14 @@ _reserve(
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
+    "check_host_states "
     "input_lists",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
-    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS "
-    "REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
+    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
+    "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON "
     "init_state step step_multi host_scalars reduction_scalars",
 )

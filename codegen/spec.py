@@ -25,7 +25,10 @@ import sympy as sp
 from codegen import names, ops
 from codegen.errors import SpecError
 from codegen.ir import Origin
+from codegen.ops import softplus
 from optgen_runtime.common import Legal, TorchEquivalent
+
+__all__ = ["Legal", "Rule", "integer", "nonnegative", "positive", "softplus", "unit"]
 
 # What a spec may write comes from the one table of operations (codegen/ops.py).
 SUPPORTED_FUNCTIONS = ops.SPEC_FUNCTIONS
@@ -333,7 +336,8 @@ class Rule:
     def state(
         self, name: str, init: sp.Expr | float = 0, doc: str = "", *, axis: int | None = None
     ) -> sp.Symbol:
-        """Declare a per-element state; ``init`` is a constant or an expression of the weight.
+        """Declare a per-element state; ``init`` is the weight itself, or a constant or an
+        expression of hyperparameters declared before (``init_state`` then takes them).
 
         ``axis=-1``: one value per row instead (the weight's shape without its last axis:
         Adafactor's row factor); ``axis=-2``: one value per column (without the second-to-last
@@ -346,12 +350,19 @@ class Rule:
             raise SpecError(f"{self._where()}: state {name!r} has an axis: its init is a constant")
         doc = self._doc(doc, f"state {name!r}")
         init_expr = self._sympify(init, f"the initial value of state {name!r}")
-        extra = init_expr.free_symbols - {self.weight}
+        extra = init_expr.free_symbols - {self.weight} - set(self.hypers_symbols)
         if extra:
             raise SpecError(
-                f"{self._where()}: initial value of state {name!r} may use only constants and "
-                f"the weight, not {sorted(map(str, extra))}"
+                f"{self._where()}: initial value of state {name!r} may use only constants, "
+                f"hyperparameters declared before it and the weight, not {sorted(map(str, extra))}"
             )
+        if self.weight in init_expr.free_symbols and init_expr != self.weight:
+            raise SpecError(
+                f"{self._where()}: initial value of state {name!r} is {init_expr}: it may be the "
+                "weight itself or an expression of constants and hyperparameters, not a mix"
+            )
+        origin = Origin(self.source, self._line(), f"{name} = {init_expr}")
+        self._check_functions(Equation(sp.Symbol(f"initial {name}"), init_expr, origin))
         symbol = sp.Symbol(name, real=True)
         new = sp.Symbol(f"{name}_new", real=True)
         self.states[name] = State(name, symbol, new, init_expr, doc, axis)
@@ -721,6 +732,12 @@ class Rule:
     @property
     def hypers_symbols(self) -> list[sp.Symbol]:
         return [h.symbol for h in self.hypers.values()]
+
+    @property
+    def init_hypers(self) -> list[str]:
+        """The hyperparameters the initial state depends on (``init_state`` takes them)."""
+        used = set().union(*(s.init.free_symbols for s in self.states.values()))
+        return [h.name for h in self.hypers.values() if h.symbol in used]
 
     @property
     def spec_names(self) -> set[str]:

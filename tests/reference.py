@@ -14,6 +14,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
+from codegen.ops import exact
 from codegen.spec import Rule
 from optgen_runtime.philox import randn, stream_seed
 
@@ -134,7 +135,11 @@ def spec_trajectory(
     symbols = sorted(
         set().union(*(eq.expr.free_symbols for eq in equations)) | {rule.weight}, key=str
     )
-    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules=MODULES)) for eq in equations]
+    # spec functions SymPy does not know are evaluated as their exact math (softplus as
+    # log(1 + exp(x))), never as the generated code computes them
+    functions = [
+        (eq.target, sp.lambdify(symbols, exact(eq.expr), modules=MODULES)) for eq in equations
+    ]
     values = resolved(rule, hp)
     n = weight0.size
     dims = dict(zip("brc", _view(weight0.shape), strict=True))
@@ -156,10 +161,13 @@ def spec_trajectory(
     state_domain = {st.name: rule.domain(st.symbol) for st in rule.states.values()}
     w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
     states = {}
+    hypers = [h.symbol for h in rule.hypers.values()]
+    hyper_values = [mpmath.mpf(values[h.name]) for h in rule.hypers.values()]
     for st in rule.states.values():
-        f = sp.lambdify([rule.weight], st.init, modules=MODULES)
+        f = sp.lambdify([rule.weight, *hypers], exact(st.init), modules=MODULES)
         count = math.prod(dims[a] for a in state_domain[st.name])
-        states[st.name] = [mpmath.mpf(f(w[i])) for i in range(count)]  # axis: a constant init
+        # axis: a constant init
+        states[st.name] = [mpmath.mpf(f(w[i], *hyper_values)) for i in range(count)]
     host = {hs.name: mpmath.mpf(hs.init) for hs in rule.host_states.values()}
     history = []
     for t, g in enumerate(grads, start=1):

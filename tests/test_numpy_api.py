@@ -249,3 +249,44 @@ def test_selects_write_in_place(rule_name: str) -> None:
     temporary per select; it is now ``np.copyto(..., where=mask)`` into its own buffer."""
     source = inspect.getsource(numpy_module(rule_name))
     assert "np.where(" not in source
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+def test_init_state_takes_and_checks_the_hyperparameters(target: str) -> None:
+    """A state initialised from a hyperparameter (Adagrad's history): init_state takes step's
+    hyperparameters with the spec's defaults, and refuses unknown names and illegal values as
+    step does; a rule whose initial state uses none accepts and checks them all the same."""
+    import importlib
+
+    import torch
+
+    module = importlib.import_module(f"generated.{target}.adagrad")
+    w = np.ones(3, np.float32) if target == "numpy" else torch.ones(3)
+    assert module.INIT_HYPERPARAMS == ("initial_accumulator_value",)
+    assert float(module.init_state(w)["history"].sum()) == 0.0  # the default: MXNet's 0
+    state = module.init_state(w, initial_accumulator_value=0.25, lr=0.5)
+    assert state["history"].dtype == (np.float32 if target == "numpy" else torch.float32)
+    assert (np.asarray(state["history"]) == 0.25).all()
+    with pytest.raises(TypeError, match=r"adagrad: unknown hyperparameter\(s\) initial_acc\b"):
+        module.init_state(w, initial_acc=0.25)
+    with pytest.raises(ValueError, match=r"initial_accumulator_value=-1.0 is outside"):
+        module.init_state(w, initial_accumulator_value=-1.0)
+    adam = importlib.import_module(f"generated.{target}.adam")
+    assert adam.INIT_HYPERPARAMS == ()
+    adam.init_state(w, lr=0.1, beta1=0.5)
+    with pytest.raises(ValueError, match=r"adam: hyperparameter beta1=2.0 is outside"):
+        adam.init_state(w, beta1=2.0)
+
+
+def test_torch_class_initialises_state_from_each_groups_hyperparameters() -> None:
+    """The torch class passes each param group's initial_accumulator_value to init_state."""
+    import torch
+
+    from generated.torch import Adagrad
+
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))
+    opt = Adagrad([{"params": [a], "initial_accumulator_value": 0.5}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(2)
+    opt.step()
+    assert torch.equal(opt.state[a]["history"], torch.full((4,), 1.5))  # 0.5 + 1**2
+    assert torch.equal(opt.state[b]["history"], torch.full((2,), 1.0))  # 0 + 1**2

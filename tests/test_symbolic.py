@@ -11,7 +11,7 @@ from reference import sample_hyperparams, spec_trajectory
 
 def run_numpy(module, w0, grads, hp):
     w = w0.copy()
-    state = module.init_state(w)
+    state = module.init_state(w, **hp)
     history = []
     for t, g in enumerate(grads, start=1):
         module.step(w, g.copy(), state, t, **hp, **step_inputs(module, w, t))

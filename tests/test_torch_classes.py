@@ -53,7 +53,8 @@ def test_class_matches_the_numpy_module(rule_name: str, backend: str) -> None:
     opt = CLASSES[rule_name](groups, backend=backend)
     module = numpy_module(rule_name)
     arrays = [p.detach().numpy().copy() for p in params]
-    states = [module.init_state(a) for a in arrays]
+    hps = [{k: v for k, v in g.items() if k in module.HYPERPARAMS} for g in groups]
+    states = [module.init_state(a, **hps[0 if i < 2 else 1]) for i, a in enumerate(arrays)]
     for t in range(1, 21):
         set_grads(params, t)
         grads = [p.grad.numpy().copy() for p in params]
@@ -106,10 +107,12 @@ def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
         reference.step(**class_inputs(reference, t))
     steps = [int(opt.state[p]["step"]) for p in params]
     assert steps == [4, 3, 4, 4, 4]
+    if module.GROUP_REDUCTIONS:
+        # the twins' group 2 lacks the bf16 parameter, so its group reductions differ; host
+        # states may be group values (Prodigy's d: d0 in both until the estimate grows)
+        return
     for name in module.HOST_STATES:  # e.g. NAdam's schedule: different per parameter
         assert opt.state[params[0]][name] != opt.state[params[1]][name]
-    if module.GROUP_REDUCTIONS:
-        return  # the twins' group 2 lacks the bf16 parameter, so its group reductions differ
     for p, q in zip(params, twins, strict=False):
         np.testing.assert_allclose(
             p.detach().numpy(), q.detach().numpy(), **tolerance(np.float32, 4)

@@ -57,6 +57,13 @@ def lockstep(rule_name, size, dtype=torch.float32, seed=0, hp=None, steps=STEPS)
         assert set(tstate) == set(nstate)
         for name in nstate:  # buffers (float32 whatever the weight) and host states alike
             assert not isinstance(tstate[name], torch.Tensor) or tstate[name].dtype == STATE
+            if name in npm.HOST_STATES and npm.REDUCTIONS:
+                # fed by the step's sums: Triton adds float32 partials per block, NumPy float64
+                # per chunk; a sum whose terms cancel (Prodigy's <g, p0 - w>) keeps ~1e-5 of it
+                np.testing.assert_allclose(
+                    tstate[name], nstate[name], rtol=1e-4, err_msg=f"{rule_name} {name}, step {t}"
+                )
+                continue
             scale = np.max(np.abs(np.concatenate([np.ravel(state0[name]), np.ravel(nstate[name])])))
             assert_matches_float32(
                 _host(tstate[name]), nstate[name], STATE, scale, f"{rule_name} {name}, step {t}"

@@ -30,6 +30,19 @@ def _torch_cases() -> set[str]:
     return set()
 
 
+def _references() -> dict[str, str]:
+    """Rule -> the reference optimizer tools/references.py runs it against (its REFERENCES
+    entries, read without importing torch)."""
+    tree = ast.parse((ROOT / "tools" / "references.py").read_text())
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Reference":
+            rule, name = (a.value for a in node.args[:2] if isinstance(a, ast.Constant))
+            package = "pytorch_optimizer."  # pinned: pytorch-optimizer 4.1.0 (pyproject.toml)
+            out[rule] = "pytorch-optimizer 4.1.0" if name.startswith(package) else name
+    return out
+
+
 def _paper(rule: Rule) -> str:
     """The first citation in the docstring's second paragraph: 'Author et al. (year)'."""
     paragraphs = rule.doc.split("\n\n")
@@ -49,6 +62,7 @@ EXTERNAL = {
 
 def table() -> str:
     torch_cases = _torch_cases()
+    references = _references()
     rows = [
         "| rule | class | spec | paper | features | verified against |",
         "|---|---|---|---|---|---|",
@@ -81,6 +95,8 @@ def table() -> str:
             oracles.append("pytorch-optimizer 4.1.0")
         if rule.draws:
             oracles.append("noise statistics")
+        if rule.name in references:
+            oracles.append(references[rule.name])
         rows.append(
             f"| `{rule.name}` | `{rule.class_name}` | [specs/{rule.name}.py](specs/{rule.name}.py) "
             f"| {_paper(rule)} | {', '.join(features) or 'elementwise'} | {', '.join(oracles)} |"

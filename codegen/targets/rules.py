@@ -90,9 +90,9 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     out = [
-        "DRAWS", "FOLDS_GRAD_SCALE", "GROUP_REDUCTIONS", "HOST_STATES", "HYPERPARAMS", "INPUTS",
-        "LEGAL", "NONE_MEANS", "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "STEP_SCALARS",
-        "host_scalars",
+        "DRAWS", "FOLDS_GRAD_SCALE", "GROUP_REDUCTIONS", "HOST_STATES", "HYPERPARAMS",
+        "INIT_HYPERPARAMS", "INPUTS", "LEGAL", "NONE_MEANS", "REDUCTIONS", "RULE", "SCALARS",
+        "SPEC", "STATES", "STEP_SCALARS", "host_scalars",
     ]  # fmt: skip
     for k in range(1, len(lowered.reduce_phases) + 1):
         out += [reduce_scalars_name(k), reduction_scalars_name(k)]
@@ -185,6 +185,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "states": list(rule.states.values()),
         "inputs": list(rule.inputs.values()),
         "scalar_inputs": list(rule.scalars.values()),
+        "init_hypers": rule.init_hypers,
         "reductions": [str(r) for r in lowered.summands if r in rule.reductions],
         "kinds": {str(r): k for r, k in rule.reduction_kinds.items()},
         "axes": repr(

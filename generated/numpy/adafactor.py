@@ -37,6 +37,7 @@ from generated.rules.adafactor import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -89,6 +90,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -125,8 +127,12 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "row": np.full(vector_shape(weight.shape, -1), 0.0, dtype=weight.dtype),

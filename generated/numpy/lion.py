@@ -29,6 +29,7 @@ from generated.rules.lion import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -51,6 +52,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -71,8 +73,12 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "mom": np.full_like(weight, 0.0),

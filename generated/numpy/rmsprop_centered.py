@@ -39,6 +39,7 @@ from generated.rules.rmsprop_centered import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -61,6 +62,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -81,8 +83,12 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "n": np.full_like(weight, 0.0),

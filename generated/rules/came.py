@@ -71,6 +71,8 @@ STATES: tuple[str, ...] = ("exp_avg", "row", "col", "res_row", "res_col")
 INPUTS: tuple[str, ...] = ()
 # Per-step scalar inputs (finite numbers, required at every step): keyword arguments too.
 STEP_SCALARS: tuple[str, ...] = ()
+# The hyperparameters the initial state depends on (init_state takes them, with step's defaults).
+INIT_HYPERPARAMS: tuple[str, ...] = ()
 # Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ("row_sq", "col_sq", "row_mean", "u_sq", "rr", "rc", "res_mean")
 # Each reduction's kind: "sum", "max" or "min".

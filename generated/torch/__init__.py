@@ -20,6 +20,7 @@ from generated.numpy import adam as _numpy_adam
 from generated.numpy import adam_clip as _numpy_adam_clip
 from generated.numpy import adamax as _numpy_adamax
 from generated.numpy import adamw as _numpy_adamw
+from generated.numpy import adan as _numpy_adan
 from generated.numpy import amsgrad as _numpy_amsgrad
 from generated.numpy import came as _numpy_came
 from generated.numpy import dcasgd as _numpy_dcasgd
@@ -29,8 +30,10 @@ from generated.numpy import lamb as _numpy_lamb
 from generated.numpy import lars as _numpy_lars
 from generated.numpy import lbsgd as _numpy_lbsgd
 from generated.numpy import lion as _numpy_lion
+from generated.numpy import madgrad as _numpy_madgrad
 from generated.numpy import nadam as _numpy_nadam
 from generated.numpy import nag as _numpy_nag
+from generated.numpy import prodigy as _numpy_prodigy
 from generated.numpy import radam as _numpy_radam
 from generated.numpy import rmsprop as _numpy_rmsprop
 from generated.numpy import rmsprop_centered as _numpy_rmsprop_centered
@@ -49,6 +52,7 @@ from generated.rules import adam as _rules_adam
 from generated.rules import adam_clip as _rules_adam_clip
 from generated.rules import adamax as _rules_adamax
 from generated.rules import adamw as _rules_adamw
+from generated.rules import adan as _rules_adan
 from generated.rules import amsgrad as _rules_amsgrad
 from generated.rules import came as _rules_came
 from generated.rules import dcasgd as _rules_dcasgd
@@ -58,8 +62,10 @@ from generated.rules import lamb as _rules_lamb
 from generated.rules import lars as _rules_lars
 from generated.rules import lbsgd as _rules_lbsgd
 from generated.rules import lion as _rules_lion
+from generated.rules import madgrad as _rules_madgrad
 from generated.rules import nadam as _rules_nadam
 from generated.rules import nag as _rules_nag
+from generated.rules import prodigy as _rules_prodigy
 from generated.rules import radam as _rules_radam
 from generated.rules import rmsprop as _rules_rmsprop
 from generated.rules import rmsprop_centered as _rules_rmsprop_centered
@@ -78,6 +84,7 @@ from generated.triton import adam as _triton_adam
 from generated.triton import adam_clip as _triton_adam_clip
 from generated.triton import adamax as _triton_adamax
 from generated.triton import adamw as _triton_adamw
+from generated.triton import adan as _triton_adan
 from generated.triton import amsgrad as _triton_amsgrad
 from generated.triton import came as _triton_came
 from generated.triton import dcasgd as _triton_dcasgd
@@ -87,8 +94,10 @@ from generated.triton import lamb as _triton_lamb
 from generated.triton import lars as _triton_lars
 from generated.triton import lbsgd as _triton_lbsgd
 from generated.triton import lion as _triton_lion
+from generated.triton import madgrad as _triton_madgrad
 from generated.triton import nadam as _triton_nadam
 from generated.triton import nag as _triton_nag
+from generated.triton import prodigy as _triton_prodigy
 from generated.triton import radam as _triton_radam
 from generated.triton import rmsprop as _triton_rmsprop
 from generated.triton import rmsprop_centered as _triton_rmsprop_centered
@@ -298,6 +307,9 @@ class Adagrad(GeneratedOptimizer):
     MXNet master renamed the keyword ``epsilon`` (default 1e-6), moved it outside the root and feeds
     clip(rescale_grad * g) + wd * w into history; optgen follows 1.9.1. torch.optim.Adagrad(eps)
     also puts eps outside the root and adds wd * w to the gradient before accumulating it.
+
+    ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
+    0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
     """
 
     RULE = "adagrad"
@@ -314,6 +326,7 @@ class Adagrad(GeneratedOptimizer):
         rescale_grad: Any = 1.0,
         clip_gradient: Any = None,
         eps: Any = 1e-07,
+        initial_accumulator_value: Any = 0.0,
         *,
         multi_precision: bool = False,
         backend: str = "auto",
@@ -326,6 +339,7 @@ class Adagrad(GeneratedOptimizer):
                 "rescale_grad": rescale_grad,
                 "clip_gradient": clip_gradient,
                 "eps": eps,
+                "initial_accumulator_value": initial_accumulator_value,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -620,6 +634,69 @@ class AdamW(GeneratedOptimizer):
                 "beta1": beta1,
                 "beta2": beta2,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class Adan(GeneratedOptimizer):
+    """Adan: Nesterov momentum from a moment of gradient differences, as pytorch-optimizer computes it.
+
+    Xie, Zhou, Li, Lin & Yan (2022), "Adan: Adaptive Nesterov Momentum Algorithm for Faster
+    Optimizing Deep Models". Reference: pytorch-optimizer 4.1.0 ``pytorch_optimizer.Adan`` (not an
+    MXNet rule; its betas are the paper's 1 - beta_k: decay factors, as Adam's).
+
+    Paper's equations (Algorithm 1; g_k the gradient, eta = lr, lambda = wd):
+        m_k = beta1 * m_{k-1} + (1 - beta1) * g_k
+        v_k = beta2 * v_{k-1} + (1 - beta2) * (g_k - g_{k-1})
+        n_k = beta3 * n_{k-1} + (1 - beta3) * [g_k + beta2 * (g_k - g_{k-1})]^2
+        w_{k+1} = (1 + eta * lambda)^-1 * [w_k - eta / (sqrt(n_k) + epsilon) * (m_k + beta2 * v_k)]
+
+    The reference's code (followed here; states ``mean`` = m, ``diff_mean`` = v, ``var`` = n, and
+    ``prev_grad``, all starting at 0):
+        d = g - g_prev, 0 at t = 1 (it starts g_prev at the first gradient: d = g - g, 0 or, for a
+            non-finite g, NaN; here d = 0 * (g - 0) at t = 1, the same values)
+        m, v, n as above (torch's lerp and addcmul: the same values to rounding)
+        denom = sqrt(n) / sqrt(1 - beta3^t) + epsilon                 # bias-corrected n, not in
+        w -= lr / (1 - beta1^t) * m / denom                            # the paper's Algorithm 1
+        w -= lr * beta2 / (1 - beta2^t) * v / denom
+    with weight decay as the paper's division by 1 + lr * wd after the step, or, with
+    ``weight_decouple``, as a multiplication by 1 - lr * wd before it. Not reproduced: its global
+    gradient-norm clipping (``max_grad_norm``, off by default: it needs every tensor's norm),
+    ``adanorm``, ``use_gc`` and ``maximize``; the paper's restart condition is in neither.
+    """
+
+    RULE = "adan"
+    META = _rules_adan
+    NUMPY = _numpy_adan
+    TRITON = _triton_adan
+    TORCH = _rules_adan.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        wd: Any = 0.0,
+        beta1: Any = 0.98,
+        beta2: Any = 0.92,
+        beta3: Any = 0.99,
+        epsilon: Any = 1e-08,
+        weight_decouple: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "wd": wd,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "epsilon": epsilon,
+                "weight_decouple": weight_decouple,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1199,6 +1276,69 @@ class Lion(GeneratedOptimizer):
         )
 
 
+class MADGRAD(GeneratedOptimizer):
+    """MADGRAD: momentumized, adaptive, dual-averaged gradient descent, as pytorch-optimizer has it.
+
+    Defazio & Jelassi (2021), "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged
+    Gradient Method for Stochastic Optimization". Reference: pytorch-optimizer 4.1.0
+    ``pytorch_optimizer.MADGRAD`` (the authors' code, dense gradients; not an MXNet rule).
+
+    Paper's equations (Algorithm 1; lambda_k = lr * sqrt(k + 1), c = 1 - momentum, x0 the initial
+    weight):
+        s_{k+1} = s_k + lambda_k * g_k
+        nu_{k+1} = nu_k + lambda_k * g_k^2
+        z_{k+1} = x0 - s_{k+1} / (nu_{k+1}^(1/3) + epsilon)
+        x_{k+1} = (1 - c) * x_k + c * z_{k+1}
+
+    The reference's code (followed here; states ``grad_sum`` = s and ``grad_sum_sq`` = nu starting at
+    0, ``x0`` at the weight; its step counter k + 1 is our t):
+        lr' = lr + epsilon                      # its learning rate, epsilon added (authors' code)
+        lambda = lr' * sqrt(t)
+        G = g + wd * w                          # unless weight_decouple
+        x0 = w + s / (nu^(1/3) + epsilon)        # with momentum = 0 only: recovered from w each step
+                                                 # (it keeps no x0 then); otherwise the stored x0
+        nu += lambda * G^2;  s += lambda * G;  z = x0 - s / (nu^(1/3) + epsilon)
+        w_{k+1} = momentum * w + (1 - momentum) * z        (torch's lerp: the same to rounding)
+        w_{k+1} -= lr' * wd * w                 # with weight_decouple, the old weight
+    Here ``x0`` is written back each step: the recovered origin with momentum = 0 (equal to the
+    stored one unless weight_decouple moves it), itself otherwise. Its step counter is global (one
+    per optimizer); t is per weight: the same while every parameter gets a gradient every step.
+    epsilon must be positive (the reference also takes 0, masking 0 / 0). nu^(1/3): the cube root
+    (nu >= 0; a fractional power of a negative base is NaN, codegen/ops.py).
+    """
+
+    RULE = "madgrad"
+    META = _rules_madgrad
+    NUMPY = _numpy_madgrad
+    TRITON = _triton_madgrad
+    TORCH = _rules_madgrad.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        momentum: Any = 0.9,
+        wd: Any = 0.0,
+        epsilon: Any = 1e-06,
+        weight_decouple: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "wd": wd,
+                "epsilon": epsilon,
+                "weight_decouple": weight_decouple,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class NAdam(GeneratedOptimizer):
     """NAdam: Adam with Nesterov momentum and Dozat's warming momentum schedule, as MXNet computes it.
 
@@ -1338,6 +1478,92 @@ class NAG(GeneratedOptimizer):
                 "rescale_grad": rescale_grad,
                 "clip_gradient": clip_gradient,
                 "momentum": momentum,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class Prodigy(GeneratedOptimizer):
+    """Prodigy: Adam whose step size d is estimated from the distance travelled from the start.
+
+    Mishchenko & Defazio (2023), "Prodigy: An Expeditiously Adaptive Parameter-Free Learner"
+    (arXiv:2306.06101). Reference: pytorch-optimizer 4.1.0 ``pytorch_optimizer.Prodigy``.
+
+    Paper's equations (Algorithm 3, Adam version; x_0 the initial weight, d_0 > 0):
+        m_{k+1} = beta1 m_k + (1 - beta1) d_k g_k;   v_{k+1} = beta2 v_k + (1 - beta2) d_k^2 g_k^2
+        r_{k+1} = sqrt(beta2) r_k + (1 - sqrt(beta2)) lr_k d_k^2 <g_k, x_0 - x_k>
+        s_{k+1} = sqrt(beta2) s_k + (1 - sqrt(beta2)) lr_k d_k^2 g_k
+        d_{k+1} = max(d_k, r_{k+1} / ||s_{k+1}||_1)
+        x_{k+1} = x_k - lr_k d_k m_{k+1} / (sqrt(v_{k+1}) + d_k epsilon)
+    The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both cancel in d_hat).
+
+    The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
+    states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
+        d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+               # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
+        r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
+        m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
+        s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)
+        if sum_group |s| == 0: stop here (moments, s and r updated; weight, d, d_max kept)
+        d_hat = d_coef r / sum_group |s|;   d = max(d, d_hat) only while d == d0
+        d_max = max(d_max, d_hat);   d = min(d_max, d growth_rate)
+        w = w (1 - wd d_lr) - d_lr m / (sqrt(v) + d epsilon)   # the NEW d
+
+    On that early return the reference keeps r decayed and added to (its tensor changes in place;
+    ``prodigyopt`` keeps the old r); optgen follows the reference.
+
+    Where optgen differs: without weight_decouple the reference adds wd w to the gradient after the
+    moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
+    ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
+    dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
+    group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+    group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+    and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+    as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+    ``fixed_decay`` and ``maximize``.
+    """
+
+    RULE = "prodigy"
+    META = _rules_prodigy
+    NUMPY = _numpy_prodigy
+    TRITON = _triton_prodigy
+    TORCH = _rules_prodigy.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1.0,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        beta3: Any = None,
+        epsilon: Any = 1e-08,
+        wd: Any = 0.0,
+        d0: Any = 1e-06,
+        d_coef: Any = 1.0,
+        growth_rate: Any = None,
+        weight_decouple: Any = True,
+        bias_correction: Any = False,
+        safeguard_warmup: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "epsilon": epsilon,
+                "wd": wd,
+                "d0": d0,
+                "d_coef": d_coef,
+                "growth_rate": growth_rate,
+                "weight_decouple": weight_decouple,
+                "bias_correction": bias_correction,
+                "safeguard_warmup": safeguard_warmup,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1868,6 +2094,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "adam_clip": AdamClip,
     "adamax": Adamax,
     "adamw": AdamW,
+    "adan": Adan,
     "amsgrad": AMSGrad,
     "came": CAME,
     "dcasgd": DCASGD,
@@ -1877,8 +2104,10 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "lars": LARS,
     "lbsgd": LBSGD,
     "lion": Lion,
+    "madgrad": MADGRAD,
     "nadam": NAdam,
     "nag": NAG,
+    "prodigy": Prodigy,
     "radam": RAdam,
     "rmsprop": RMSprop,
     "rmsprop_centered": RMSpropCentered,

@@ -41,6 +41,7 @@ from generated.rules.came import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -106,6 +107,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -950,9 +952,13 @@ def came_kernel(
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
     """Initial state buffers for ``weight``: float32 on its device (a row or column vector for
-    a state with an axis)."""
+    a state with an axis).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "exp_avg": torch.full_like(weight, 0.0, dtype=torch.float32),

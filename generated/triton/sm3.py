@@ -44,6 +44,7 @@ from generated.rules.sm3 import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
     INPUTS,
     LEGAL,
     NONE_MEANS,
@@ -94,6 +95,7 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
     "INPUTS",
     "LEGAL",
     "NONE_MEANS",
@@ -358,9 +360,13 @@ def sm3_kernel(
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
     """Initial state buffers for ``weight``: float32 on its device (a row or column vector for
-    a state with an axis)."""
+    a state with an axis).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "row": torch.full(

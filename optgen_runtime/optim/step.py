@@ -73,7 +73,7 @@ class Stepping:
         """The step's writes, in order: state, AMP flags, unscaling, then each group's update."""
         speculative = on_device and found_inf is not None
         undo = self._undo([p for _, _, ps in plans for p in ps]) if speculative else []
-        states = [[self._state_for(p) for p in params] for _, _, params in plans]
+        states = [[self._state_for(p, hp) for p in params] for hp, _, params in plans]
         amps = {}
         if on_device:
             devices = list(dict.fromkeys(params[0].device for _, _, params in plans))
