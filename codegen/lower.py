@@ -240,10 +240,14 @@ class _Linearizer:
         return SpecError(f"{self.rule.source}: cannot generate per-element code for {expr}: {why}")
 
     def operand(self, expr: sp.Expr) -> Operand:
-        """A leaf as it is, anything else computed into a fresh temporary."""
+        """A leaf as it is, anything else computed into a fresh temporary. A constant expression
+        (``2**(2/5)``, ``sqrt(2)``: SymPy splits ``(2*g)**(2/5)`` into ``2**(2/5) * g**(2/5)``) is
+        a leaf: the printers write its value, never an operation per element."""
         if isinstance(expr, sp.Symbol):
             return expr
         if expr.is_Number or isinstance(expr, sp.core.numbers.NumberSymbol):
+            return expr
+        if isinstance(expr, sp.Expr) and not expr.free_symbols:
             return expr
         return self.node(expr, None)
 
@@ -350,13 +354,18 @@ class _Linearizer:
         return acc  # type: ignore[return-value]
 
     def pow(self, expr: sp.Pow, dest: sp.Symbol | None) -> sp.Symbol:
+        """A constant power (codegen/ops.py says which op does what, and the rule for negative
+        bases): whole exponents 2..4 multiply, negative ones divide, q = 2 and q = 3 in p/q take
+        ``sqrt``/``cbrt`` of the base times a whole power of it, anything else is ``pow``."""
         base, exp = expr.base, expr.exp
         if not exp.is_Number:
             raise self.fail(
-                expr, "a per-element power needs a constant exponent (compute it on the host)"
+                expr,
+                "a per-element power needs a constant exponent, a number (2, Rational(1, 3), "
+                "0.25), not "
+                + ("a symbolic constant" if not exp.free_symbols else "a symbol")
+                + " (compute such a power on the host)",
             )
-        if exp == sp.Rational(1, 2):
-            return self.emit("sqrt", self.operand(base), dest=dest)
         if exp < 0:
             return self.emit("div", sp.Integer(1), self.operand(sp.Pow(base, -exp)), dest=dest)
         if exp.is_Integer and 2 <= exp <= 4:
@@ -365,14 +374,19 @@ class _Linearizer:
             for i in range(int(exp) - 1):
                 acc = self.emit("mul", acc, b, dest=dest if i == int(exp) - 2 else None)
             return acc  # type: ignore[return-value]
-        if exp.is_Rational and exp.q == 2 and exp > 0:
-            b = self.operand(base)
-            root = self.emit("sqrt", b)
-            whole = self.operand(sp.Pow(base, (exp.p - 1) // 2)) if exp.p > 1 else None
-            if whole is None:
-                return self.wrap(root, dest)
-            return self.emit("mul", whole, root, dest=dest)
-        raise self.fail(expr, f"exponent {exp} is not supported per element")
+        if exp.is_Rational and exp.q in (2, 3):
+            kind, b = ("sqrt" if exp.q == 2 else "cbrt"), self.operand(base)
+            if exp.p == 1:
+                return self.emit(kind, b, dest=dest)
+            root = self.emit(kind, b)
+            factors: list[Operand] = [root] * (exp.p % exp.q)
+            if exp.p >= exp.q:  # the whole part first: x * cbrt(x), as x**(4/3) reads
+                factors.insert(0, self.operand(sp.Pow(base, exp.p // exp.q)))
+            acc = factors[0]
+            for i, f in enumerate(factors[1:], start=1):
+                acc = self.emit("mul", acc, f, dest=dest if i == len(factors) - 1 else None)
+            return acc  # type: ignore[return-value]
+        return self.emit("pow", self.operand(base), exp, dest=dest)
 
     def piecewise(self, expr: sp.Piecewise, dest: sp.Symbol | None) -> sp.Symbol:
         (value, cond), *rest = expr.args
@@ -401,7 +415,7 @@ class _Linearizer:
             if a.target in outputs and expr == target:
                 continue  # computed above, in place of its CSE temporary
             start = len(self.assigns)
-            if isinstance(expr, sp.Symbol) or expr.is_Number:
+            if isinstance(expr, sp.Symbol) or not expr.free_symbols:
                 self.emit("copy", self.operand(expr), dest=target)
             else:
                 self.node(expr, target)
@@ -514,7 +528,8 @@ class Lowered:
     def _bare(self) -> list[sp.Symbol]:
         lets = [a.target for a in self.host_lets]
         states = [h.symbol for h in self.rule.host_states.values()]
-        return [*self.rule.hypers_symbols, *states, *self.rule.scalar_reductions, *lets]
+        scalars = [x.symbol for x in self.rule.scalars.values()]
+        return [*self.rule.hypers_symbols, *states, *scalars, *self.rule.scalar_reductions, *lets]
 
     def scalars(self, ops: list[Op]) -> list[sp.Symbol]:
         """The host scalars ``ops`` read, in the order of :attr:`host`."""

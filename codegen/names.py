@@ -28,7 +28,7 @@ def _reserve(why: str, names: str) -> None:
         RESERVED.setdefault(name, why)
 
 
-_reserve("a module the generated code imports", "np tl triton torch math annotations")
+_reserve("a module the generated code imports", "np tl triton torch math annotations libdevice")
 _reserve("a typing name the generated code imports", "Any Sequence")
 _reserve(
     "a runtime helper the generated code imports",
@@ -37,13 +37,15 @@ _reserve(
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
-    "run_group check_arrays_across group_totals Iterator host_max host_min",
+    "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
+    "check_host_states "
+    "input_lists",
 )
 _reserve(
     "a module global of every generated module",
     "RULE SPEC CLASS_NAME HYPERPARAMS LEGAL NONE_MEANS STATES REDUCTIONS DRAWS HOST_STATES "
-    "FOLDS_GRAD_SCALE TORCH OP_COUNTS REDUCE_OP_COUNTS SCALARS REDUCE_SCALARS BLOCK_SIZE "
-    "REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
+    "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
+    "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars",
 )
@@ -61,12 +63,12 @@ _reserve(
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial",
+    "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
-    "keepdims device "
+    "keepdims device inputs "
     "integer lo hi lo_open hi_open allow_none",
 )
 _reserve(

@@ -57,7 +57,8 @@ class _Points:
         inputs = [*rule.element_inputs, *rule.draws, *rule.scalar_inputs, *rule.vector_values]
         self.points: list[dict[sp.Symbol, sp.Expr]] = []
         for _ in range(2):
-            point = {s: sp.Rational(rng.randint(600, 1400), 1000) for s in inputs}
+            # 30-digit floats: exact rationals made SymPy evaluate exp(log(...)) symbolically
+            point = {s: sp.Float(rng.randint(600, 1400) / 1000, 30) for s in inputs}
             point[rule.t] = sp.Integer(rng.randint(2, 9))
             for s, e in host.items():
                 v = self.value(e, point)
@@ -108,6 +109,7 @@ def name_values(block: Block) -> Block:
     ]
     bare = {*rule.hypers_symbols, *rule.scalar_reductions}
     bare |= {h.symbol for h in rule.host_states.values()}
+    bare |= {x.symbol for x in rule.scalars.values()}
     rename: dict[sp.Symbol, sp.Symbol] = {}
     scalars: dict[sp.Symbol, sp.Expr] = {}
     positional = Temps()

@@ -13,8 +13,14 @@ count), and its cost in the lowering's op counts. Derived from this table, and n
 - each target's printer: a target declares one entry per element operation and calls
   :func:`require` at import, which fails naming any operation the target lacks.
 
-Adding an operation (``tanh``, say) is one row here plus one entry per target printer; a target
-that forgets its entry fails when it is imported, not when a spec first uses the operation.
+Adding an operation is one row here plus one entry per target printer; a target that forgets
+its entry fails when it is imported, not when a spec first uses the operation.
+
+Powers per element (the linearizer builds them from ``Pow``): whole exponents 2..4 multiply,
+negative ones divide, 1/2 is ``sqrt``, k/3 is ``cbrt`` (times itself), and any other rational
+exponent is ``pow`` with that constant. A fractional power of a negative base is NaN, whatever
+the denominator (as ``sqrt``, IEEE ``pow`` and ``torch.pow``; SymPy's ``x**(1/3)`` has no real
+value there): write ``sign(x) * Abs(x)**(1/3)`` for the odd real root. -0.0 is not negative.
 """
 
 from __future__ import annotations
@@ -45,6 +51,40 @@ class OpDef:
     matrix: bool = False  # on whole matrices (codegen/matrix.py), not per element
 
 
+class softplus(sp.Function):  # a spec function: lower case, as SymPy's
+    """``softplus(x) = log(1 + exp(x))``, exactly (the 40-digit reference evaluates that).
+
+    Generated code computes it stably, ``max(x, 0) + log1p(exp(-|x|))``: no overflow for large
+    x (softplus(x) = x there), no loss for very negative x (where it is exp(x)).
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_zero:
+            return sp.log(2)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return 1 / (1 + sp.exp(-self.args[0]))
+
+    def _eval_rewrite_as_log(self, x: sp.Expr, **kwargs: object) -> sp.Expr:
+        return sp.log(1 + sp.exp(x))
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def _eval_is_positive(self) -> bool | None:
+        return True if self.args[0].is_real else None
+
+
+def exact(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with every spec function that SymPy does not know written out in SymPy's own
+    functions (``softplus(x)`` as ``log(1 + exp(x))``): what the oracle and the proofs read."""
+    return expr.replace(lambda e: isinstance(e, softplus), lambda e: sp.log(1 + sp.exp(e.args[0])))
+
+
 def _ne(a: sp.Expr, b: sp.Expr) -> sp.Expr:
     """A host condition (1.0/0.0 at run time) compared with 0 is the condition itself."""
     return a if isinstance(a, sp.logic.boolalg.Boolean) and b == 0 else sp.Ne(a, b)
@@ -62,6 +102,15 @@ OPS: tuple[OpDef, ...] = (
     OpDef("sign", 1, sp.sign, sympy=sp.sign, doc="-1, 0, 1; NaN stays NaN"),
     OpDef("exp", 1, sp.exp, sympy=sp.exp),
     OpDef("log", 1, sp.log, sympy=sp.log),
+    OpDef("tanh", 1, sp.tanh, sympy=sp.tanh),
+    OpDef("softplus", 1, softplus, sympy=softplus, doc="log(1 + exp(a)), computed stably"),
+    OpDef("cbrt", 1, lambda a: a ** sp.Rational(1, 3), doc="a**(1/3); NaN for a < 0"),
+    OpDef(
+        "pow",
+        2,
+        lambda a, b: a**b,
+        doc="a**b, b a constant exponent; NaN for a < 0 unless b is whole",
+    ),
     OpDef("max", 2, sp.Max, sympy=sp.Max, doc="NaN-propagating"),
     OpDef("min", 2, sp.Min, sympy=sp.Min, doc="NaN-propagating"),
     OpDef("gt", 2, sp.StrictGreaterThan, sympy=sp.StrictGreaterThan, boolean=True),
@@ -79,7 +128,6 @@ OPS: tuple[OpDef, ...] = (
     OpDef("mod", 2, sp.Mod, sympy=sp.Mod, host_only=True),
     OpDef("cos", 1, sp.cos, sympy=sp.cos, host_only=True, doc="schedules (cosine decay)"),
     OpDef("sin", 1, sp.sin, sympy=sp.sin, host_only=True, doc="schedules"),
-    OpDef("tanh", 1, sp.tanh, sympy=sp.tanh, host_only=True, doc="schedules"),
     OpDef("floor", 1, sp.floor, sympy=sp.floor, host_only=True),
     OpDef("ceiling", 1, sp.ceiling, sympy=sp.ceiling, host_only=True),
     # Matrix operations (codegen/matrix.py): operands are whole (rows, cols) matrices.

@@ -25,7 +25,10 @@ import sympy as sp
 from codegen import names, ops
 from codegen.errors import SpecError
 from codegen.ir import Origin
+from codegen.ops import softplus
 from optgen_runtime.common import Legal, TorchEquivalent
+
+__all__ = ["Legal", "Rule", "integer", "nonnegative", "positive", "softplus", "unit"]
 
 # What a spec may write comes from the one table of operations (codegen/ops.py).
 SUPPORTED_FUNCTIONS = ops.SPEC_FUNCTIONS
@@ -117,6 +120,26 @@ class TestCase:
 
 
 @dataclass(frozen=True)
+class Input:
+    """A per-element input besides the gradient (weight-shaped, read-only): AdaHessian's
+    Hessian-diagonal estimate. Every step function takes it as a keyword argument."""
+
+    name: str
+    symbol: sp.Symbol
+    doc: str
+
+
+@dataclass(frozen=True)
+class ScalarInput:
+    """One number per step given by the caller (the loss, say): a host input like a
+    hyperparameter, but required at every step and never a group setting."""
+
+    name: str
+    symbol: sp.Symbol
+    doc: str
+
+
+@dataclass(frozen=True)
 class Equation:
     """``target = expr``: target is a new state/weight symbol or a named intermediate."""
 
@@ -186,6 +209,8 @@ class Rule:
         self.hypers: dict[str, Hyper] = {}
         self.states: dict[str, State] = {}
         self.host_states: dict[str, HostState] = {}
+        self.inputs: dict[str, Input] = {}  # per-element inputs besides the gradient
+        self.scalars: dict[str, ScalarInput] = {}  # per-step scalar inputs
         self.reductions: dict[sp.Symbol, sp.Expr] = {}  # symbol -> summand (per element)
         self.reduction_kinds: dict[sp.Symbol, str] = {}  # symbol -> "sum", "max" or "min"
         self.reduction_axes: dict[sp.Symbol, int | None] = {}  # None: over the whole tensor
@@ -313,7 +338,8 @@ class Rule:
     def state(
         self, name: str, init: sp.Expr | float = 0, doc: str = "", *, axis: int | None = None
     ) -> sp.Symbol:
-        """Declare a per-element state; ``init`` is a constant or an expression of the weight.
+        """Declare a per-element state; ``init`` is the weight itself, or a constant or an
+        expression of hyperparameters declared before (``init_state`` then takes them).
 
         ``axis=-1``: one value per row instead (the weight's shape without its last axis:
         Adafactor's row factor); ``axis=-2``: one value per column (without the second-to-last
@@ -326,12 +352,19 @@ class Rule:
             raise SpecError(f"{self._where()}: state {name!r} has an axis: its init is a constant")
         doc = self._doc(doc, f"state {name!r}")
         init_expr = self._sympify(init, f"the initial value of state {name!r}")
-        extra = init_expr.free_symbols - {self.weight}
+        extra = init_expr.free_symbols - {self.weight} - set(self.hypers_symbols)
         if extra:
             raise SpecError(
-                f"{self._where()}: initial value of state {name!r} may use only constants and "
-                f"the weight, not {sorted(map(str, extra))}"
+                f"{self._where()}: initial value of state {name!r} may use only constants, "
+                f"hyperparameters declared before it and the weight, not {sorted(map(str, extra))}"
             )
+        if self.weight in init_expr.free_symbols and init_expr != self.weight:
+            raise SpecError(
+                f"{self._where()}: initial value of state {name!r} is {init_expr}: it may be the "
+                "weight itself or an expression of constants and hyperparameters, not a mix"
+            )
+        origin = Origin(self.source, self._line(), f"{name} = {init_expr}")
+        self._check_functions(Equation(sp.Symbol(f"initial {name}"), init_expr, origin))
         symbol = sp.Symbol(name, real=True)
         new = sp.Symbol(f"{name}_new", real=True)
         self.states[name] = State(name, symbol, new, init_expr, doc, axis)
@@ -551,6 +584,8 @@ class Rule:
             return known
         if symbol in (self.weight, self.grad, self.weight_new) or symbol in self.draws:
             return ELEMENT
+        if any(symbol == i.symbol for i in self.inputs.values()):
+            return ELEMENT
         if symbol in self.matrix_values:
             return ELEMENT
         for st in self.states.values():
@@ -611,6 +646,25 @@ class Rule:
         self.host_states[name] = HostState(name, symbol, new, float(init), doc)
         return symbol
 
+    def input(self, name: str, doc: str = "") -> sp.Symbol:
+        """Declare a per-element input besides the gradient: weight-shaped, read-only, passed to
+        every step as the keyword argument ``name`` (a list per input for ``step_multi``)."""
+        self._claim(name, "input")
+        doc = self._doc(doc, f"input {name!r}")
+        symbol = sp.Symbol(name, real=True)
+        self.inputs[name] = Input(name, symbol, doc)
+        return symbol
+
+    def scalar(self, name: str, doc: str = "") -> sp.Symbol:
+        """Declare a per-step scalar input (the loss, say): a finite number the caller passes
+        to every step as the keyword argument ``name``; what depends only on it, the
+        hyperparameters and t is computed on the host, like any host scalar."""
+        self._claim(name, "scalar input")
+        doc = self._doc(doc, f"scalar input {name!r}")
+        symbol = sp.Symbol(name, real=True)
+        self.scalars[name] = ScalarInput(name, symbol, doc)
+        return symbol
+
     def let(self, name: str, expr: sp.Expr | float) -> sp.Symbol:
         """A named intermediate value (it appears in the docstring equations, not in memory)."""
         self._claim(name, "intermediate")
@@ -641,9 +695,17 @@ class Rule:
     # ---------------------------------------------------------------------------------- checks
     @property
     def element_inputs(self) -> list[sp.Symbol]:
-        """Per-element values at step i, in buffer order: weight, grad, states (not the states
-        of one value per row or column: :attr:`vector_states`)."""
-        return [self.weight, self.grad] + [s.symbol for s in self.states.values() if s.axis is None]
+        """Per-element values at step i, in buffer order: weight, grad, inputs, states (not the
+        states of one value per row or column: :attr:`vector_states`). The one list every phase
+        and target iterates (a reduction's summand may read an input too)."""
+        inputs = [i.symbol for i in self.inputs.values()]
+        states = [s.symbol for s in self.states.values() if s.axis is None]
+        return [self.weight, self.grad, *inputs, *states]
+
+    @property
+    def read_only(self) -> list[sp.Symbol]:
+        """The buffers a step only reads: the gradient and the inputs."""
+        return [self.grad] + [i.symbol for i in self.inputs.values()]
 
     @property
     def vector_states(self) -> list[State]:
@@ -652,9 +714,12 @@ class Rule:
 
     @property
     def host_inputs(self) -> list[sp.Symbol]:
-        """Values known on the host before a step: hyperparameters and the step count."""
+        """Values known on the host before a step: hyperparameters, the step count, host states
+        and the per-step scalar inputs."""
         hypers = [h.symbol for h in self.hypers.values()]
-        return hypers + [self.t] + [s.symbol for s in self.host_states.values()] + self.sizes
+        states = [s.symbol for s in self.host_states.values()]
+        scalars = [s.symbol for s in self.scalars.values()]
+        return hypers + [self.t] + states + scalars + self.sizes
 
     @property
     def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
@@ -673,9 +738,16 @@ class Rule:
         return [h.symbol for h in self.hypers.values()]
 
     @property
+    def init_hypers(self) -> list[str]:
+        """The hyperparameters the initial state depends on (``init_state`` takes them)."""
+        used = set().union(*(s.init.free_symbols for s in self.states.values()))
+        return [h.name for h in self.hypers.values() if h.symbol in used]
+
+    @property
     def spec_names(self) -> set[str]:
         """Every name the spec declared (generated code may use these, and registered names)."""
         declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
+        declared |= {*self.inputs, *self.scalars}
         declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
         declared |= {str(s) for s in self.matrix_values}
         return declared | {self.name, self.class_name}

@@ -135,6 +135,56 @@ def _discrete(rule: str, name: str, value: Any, legal: Legal) -> float:
     return float(legal.choices.index(value))
 
 
+def scalar_inputs(rule: str, names: Sequence[str], given: Mapping[str, Any]) -> dict[str, float]:
+    """A step's scalar inputs (the loss, say) as floats, each a finite real number: NaN, an
+    infinity, a bool, a string or a many-element tensor is refused naming the input, before
+    anything is written."""
+    values = {}
+    for name in names:
+        value = given[name]
+        if value is None:
+            raise TypeError(f"{rule}: the scalar input {name} is missing (a keyword argument)")
+        try:
+            number = _real(rule, name, value)
+        except TypeError:
+            raise TypeError(
+                f"{rule}: scalar input {name} must be a real number, got {_short(value)}"
+            ) from None
+        if not math.isfinite(number):
+            raise ValueError(f"{rule}: scalar input {name}={number!r} must be finite")
+        values[name] = number
+    return values
+
+
+def check_inputs_given(rule: str, given: Mapping[str, Any]) -> None:
+    """Every per-element input of a step is there: a TypeError naming the first missing one."""
+    for name, value in given.items():
+        if value is None:
+            raise TypeError(
+                f"{rule}: the input {name} is missing (a keyword argument of the step, "
+                "shaped like the weight)"
+            )
+
+
+def input_lists(rule: str, given: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    """A multi-tensor step's per-element inputs, one list of ``n`` per input, as one dict per
+    tensor; a list of another length (or no list) is refused naming the input."""
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, values in given.items():
+        if values is None:
+            raise TypeError(f"{rule}: the input {name} is missing (a list of {n} tensors)")
+        if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+            raise TypeError(
+                f"{rule}: input {name} must be a list of {n} tensors (one per weight), "
+                f"got {type(values).__name__}"
+            )
+        if len(values) != n:
+            raise ValueError(f"{rule}: {len(values)} {name} tensors for {n} weights")
+        for j, value in enumerate(values):
+            out[j][name] = value
+    return out
+
+
 # The largest step count: counts are kept exactly as int64 (the torch classes' state["step"]).
 MAX_STEP = 2**63 - 1
 

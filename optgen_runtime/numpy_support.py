@@ -21,7 +21,7 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import matrix_dims
+from optgen_runtime.common import check_inputs_given, matrix_dims
 from optgen_runtime.philox import randn
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -63,15 +63,20 @@ def flat_views(
     state: Any,
     names: tuple[str, ...],
     host_names: tuple[str, ...] = (),
+    inputs: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """Check every array, then return 1-D views of weight, grad and the states (in that order).
+    """Check every array, then return 1-D views of weight, grad, the inputs (the rule's
+    per-element inputs besides the gradient, read-only like it) and the states, in that order.
 
     Everything is checked before anything is written: dtype (all equal, float32 or float64),
-    shape, C-contiguity, writability, and that no two buffers share memory.
+    shape, C-contiguity, writability, and that no buffer the step writes (weight, states) shares
+    memory with another (the gradient and the inputs, only read, may share memory).
     """
     check_weight(rule, weight)
+    check_inputs_given(rule, inputs or {})
     check_state_keys(rule, state, names + host_names)
-    arrays = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
+    arrays = [("grad", grad)] + list((inputs or {}).items())
+    arrays += [(f"state[{n!r}]", state[n]) for n in names]
     for label, a in arrays:
         check_array(rule, label, a)
         check_dtype(rule, label, a, (weight.dtype,), f"the weight's ({weight.dtype})")
@@ -79,10 +84,13 @@ def flat_views(
     everything = [("weight", weight)] + arrays
     for label, a in everything:
         check_contiguous(rule, label, a)
-    for label, a in [everything[0]] + everything[2:]:
+    for label, a in [everything[0]] + everything[2 + len(inputs or {}) :]:
         if not a.flags.writeable:
             raise ValueError(f"{rule}: {label} is read-only but is updated in place")
-    check_disjoint(rule, everything)
+    read = 1 + len(inputs or {})
+    check_overlaps(
+        rule, [(label, a, k == 0 or k > read) for k, (label, a) in enumerate(everything)]
+    )
     return [a.reshape(-1) for _, a in everything]
 
 

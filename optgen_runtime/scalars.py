@@ -60,3 +60,16 @@ def check_scalars(
                     "take them)."
                 )
     return values
+
+
+def check_host_states(rule: str, new: Mapping[str, float]) -> Mapping[str, float]:
+    """The new host states, unchanged when finite; else a ValueError naming the first that is
+    not, raised before the step writes anything (a state dict's host states stay finite numbers:
+    a NaN or inf in the step's sums, from a NaN gradient, say, would otherwise be stored)."""
+    for name, value in new.items():
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{rule}: this step would make host state {name} {value!r} (a NaN or inf in the "
+                "gradients or the step's reductions); refused before anything is written"
+            )
+    return new

@@ -6,8 +6,10 @@ Everything else imports ``triton``, ``tl`` and the AOT helpers from here.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import triton
 import triton.language as tl
 
@@ -23,10 +25,12 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "LAUNCH_OPTIONS",
+    "LIBDEVICE_FUNCTIONS",
     "ASTSource",
     "GPUTarget",
     "aot_compile",
     "interpreting",
+    "libdevice",
     "tl",
     "triton",
 ]
@@ -35,13 +39,52 @@ __all__ = [
 # mul + add into fma.rn.f32 (one rounding instead of two), so float32 kernels would no longer
 # match the NumPy reference (separate ufuncs, two roundings) to the last bit. The kernels are
 # bandwidth-bound, so the extra instruction costs nothing measurable. The interpreter ignores
-# launch keywords the kernel does not declare.
+# launch keywords the kernel does not declare. (Triton's default enable_reflect_ftz stays: CUDA's
+# libdevice functions, such as the cbrt of MADGRAD's cube root, flush float32 subnormals to 0 on a
+# GPU, which NumPy and the interpreter do not; turning it off would also change tl.randn's code.)
 LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 
 
 def interpreting() -> bool:
     """True when kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# The libdevice functions generated kernels call (codegen/targets/triton.py), with the NumPy
+# function the interpreter computes each with, in the operand's dtype (fp32).
+LIBDEVICE_FUNCTIONS: dict[str, Any] = {
+    "cbrt": np.cbrt,
+    "log1p": np.log1p,
+    "pow": np.power,
+    "tanh": np.tanh,
+}
+
+
+def _interpreted(function: Any) -> Any:
+    """A libdevice function for the interpreter, which has no extern calls (Triton 3.8 raises
+    on them): the NumPy function on the interpreter's arrays."""
+    from triton.runtime.interpreter import TensorHandle
+
+    def call(*args: Any) -> Any:
+        shaped = next((a for a in args if a.type.is_block()), args[0])
+        with np.errstate(all="ignore"):  # NaN for a negative base, as on the device
+            data = function(*(a.handle.data for a in args))
+        handle = TensorHandle(data.astype(shaped.handle.data.dtype), shaped.handle.dtype.scalar)
+        return tl.core.tensor(handle, shaped.type)
+
+    return call
+
+
+def _libdevice() -> Any:
+    """CUDA's libdevice (resolved per backend when a kernel compiles), or its interpreter twin."""
+    if interpreting():
+        return SimpleNamespace(**{k: _interpreted(f) for k, f in LIBDEVICE_FUNCTIONS.items()})
+    from triton.language.extra import libdevice as device
+
+    return device
+
+
+libdevice = _libdevice()
 
 
 def aot_compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int) -> Any:

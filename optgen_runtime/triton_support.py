@@ -14,13 +14,13 @@ from optgen_runtime.checks import (
     check_contiguous,
     check_dense,
     check_device,
-    check_disjoint,
     check_dtype,
     check_kind,
     check_overlaps,
     check_state_keys,
     check_state_shape,
 )
+from optgen_runtime.common import check_inputs_given
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -49,13 +49,17 @@ def check_weight(rule: str, weight: Any, label: str = "weight") -> None:
 
 
 class Checked(list):
-    """[weight, grad, *states] of one tensor as :func:`check_tensors` returns it, with the rule
-    and the buffers' labels, so :class:`ChunkTable` can name overlaps between tensors."""
+    """[weight, grad, *inputs, *states] of one tensor as :func:`check_tensors` returns it, with
+    the rule, the buffers' labels and which of them a step writes, so :class:`ChunkTable` can
+    name overlaps between tensors."""
 
-    def __init__(self, rule: str, buffers: Sequence[tuple[str, torch.Tensor]]) -> None:
+    def __init__(
+        self, rule: str, buffers: Sequence[tuple[str, torch.Tensor]], read_only: int = 1
+    ) -> None:
         super().__init__(x for _, x in buffers)
         self.rule = rule
         self.labels = [label for label, _ in buffers]
+        self.written = [k == 0 or k > read_only for k in range(len(buffers))]
 
 
 def check_tensors(
@@ -66,45 +70,55 @@ def check_tensors(
     names: Sequence[str],
     host_names: Sequence[str] = (),
     axes: dict[str, int] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Checked:
-    """Check every tensor before anything is written; return [weight, grad, *states].
+    """Check every tensor before anything is written; return [weight, grad, *inputs, *states].
 
-    weight and grad: fp32/fp16/bf16 (grad may differ from weight), states fp32; same shape (a
+    weight, grad and the inputs (the rule's per-element inputs besides the gradient, read-only
+    like it): fp32/fp16/bf16 (each may differ from the weight), states fp32; same shape (a
     state with an axis in ``axes``: one value per row or column, ``vector_shape``), same
-    device, dense, contiguous, no two sharing memory. (Between tensors of a multi-tensor step:
-    :func:`check_across`, which :class:`ChunkTable` calls.)
+    device, dense, contiguous, no buffer the step writes sharing memory with another (the
+    gradient and the inputs, only read, may share memory). (Between tensors of a multi-tensor
+    step: :func:`check_across`, which :class:`ChunkTable` calls.)
     """
     check_weight(rule, weight)
+    check_inputs_given(rule, inputs or {})
     check_state_keys(rule, state, tuple(names) + tuple(host_names))
     axes = axes or {}
-    tensors = [("grad", grad)] + [(f"state[{n!r}]", state[n]) for n in names]
-    for (label, x), name in zip(tensors, ["", *names], strict=True):
+    read = [("grad", grad)] + list((inputs or {}).items())
+    tensors = read + [(f"state[{n!r}]", state[n]) for n in names]
+    keys = [""] * len(read) + list(names)
+    for (label, x), name in zip(tensors, keys, strict=True):
         check_kind(rule, label, x, torch.Tensor, "torch.Tensor")
         check_device(rule, label, x, weight)
         check_state_shape(rule, label, x, weight, axes.get(name))
-    check_kernel_dtype(rule, "grad", grad)
-    for label, x in tensors[1:]:
+    for label, x in read:
+        check_kernel_dtype(rule, label, x)
+    for label, x in tensors[len(read) :]:
         check_dtype(rule, label, x, (STATE_DTYPE,), "float32")
     everything = [("weight", weight)] + tensors
     for label, x in everything:
         check_dense(rule, label, x)
         check_contiguous(rule, label, x)
-    check_disjoint(rule, everything)
-    return Checked(rule, everything)
+    checked = Checked(rule, everything, len(read))
+    check_overlaps(rule, list(zip(checked.labels, checked, checked.written, strict=True)))
+    return checked
 
 
 def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
     """No buffer a multi-tensor step writes (a weight, a state) shares memory with any buffer of
     any tensor: the same weight or state dict twice, or a gradient that is another tensor's
     weight, would be updated twice or read after being written. Gradients (only read) may share
-    memory with each other. ValueError naming the rule and both buffers, before any launch."""
+    memory with each other, and so may the rule's other inputs (also only read). ValueError
+    naming the rule and both buffers, before any launch."""
     rule = next((t.rule for t in tables if isinstance(t, Checked)), "step_multi")
     buffers = []
     for j, table in enumerate(tables):
         labels = getattr(table, "labels", None) or [f"buffer {k}" for k in range(len(table))]
+        written = getattr(table, "written", None) or [k != 1 for k in range(len(table))]
         buffers += [
-            (f"tensor {j}'s {label}", x, k != 1)
-            for k, (label, x) in enumerate(zip(labels, table, strict=True))
+            (f"tensor {j}'s {label}", x, w)
+            for label, x, w in zip(labels, table, written, strict=True)
         ]
     check_overlaps(rule, buffers)
 
@@ -239,7 +253,7 @@ def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class _Group:
-    """The tensors of one (weight dtype, grad dtype, device) combination: one launch each."""
+    """The tensors of one device and dtype combination (weight, grad, inputs): one launch."""
 
     device: torch.device
     members: list[int]  # indices into the step's tensors, in order
@@ -271,13 +285,15 @@ class ChunkTable:
 
     ``tables[j]`` is [weight, grad, *states] of tensor j (already checked, each on its own;
     :func:`check_across` checks them against each other here, before any launch). Tensors are
-    grouped by (weight dtype, grad dtype, device); each group is one launch of a multi-tensor
-    kernel, one program per chunk. A group's int64 ``meta`` table holds, with ``n`` tensors and
-    ``c`` chunks: one row of ``n`` pointers per buffer, the ``n`` sizes, one row of ``n`` per entry
-    of ``ints[j]`` (per-tensor integers, such as a Philox key), then the ``c`` chunks' tensor
-    (index into the group) and the ``c`` chunks' first element. Per-tensor host scalars go in
-    a float32 table, one row per tensor (``update``, ``reduce``): Python floats rounded to
-    float32 to nearest, as Triton rounds a float kernel argument. Empty tensors launch nothing.
+    grouped by device and the dtypes of their buffers (weight, grad and per-element inputs vary;
+    the pointer tables are typed by the group's first member); each group is one launch of a
+    multi-tensor kernel, one program per chunk. A group's int64 ``meta`` table holds, with ``n``
+    tensors and ``c`` chunks: one row of ``n`` pointers per buffer, the ``n`` sizes, one row of
+    ``n`` per entry of ``ints[j]`` (per-tensor integers, such as a Philox key), then the ``c``
+    chunks' tensor (index into the group) and the ``c`` chunks' first element. Per-tensor host
+    scalars go in a float32 table, one row per tensor (``update``, ``reduce``): Python floats
+    rounded to float32 to nearest, as Triton rounds a float kernel argument. Empty tensors
+    launch nothing.
     """
 
     @staticmethod
@@ -300,13 +316,13 @@ class ChunkTable:
         self.block = block
         self.size = len(tables)
         self.launches = 0
-        keyed: dict[tuple[torch.dtype, torch.dtype, torch.device], list[int]] = {}
+        keyed: dict[tuple[torch.device, tuple[torch.dtype, ...]], list[int]] = {}
         for j, buffers in enumerate(tables):
             if buffers[0].numel():
-                key = (buffers[0].dtype, buffers[1].dtype, buffers[0].device)
+                key = (buffers[0].device, tuple(b.dtype for b in buffers))
                 keyed.setdefault(key, []).append(j)
         self.groups: list[_Group] = []
-        for (_, _, device), members in keyed.items():
+        for (device, _), members in keyed.items():
             likes = tables[members[0]]
             sizes = np.array([tables[j][0].numel() for j in members], dtype=np.int64)
             counts = -(-sizes // block)

@@ -18,22 +18,35 @@ added outside the adaptive term: it is scaled by lr alone and never accumulated 
 MXNet master renamed the keyword ``epsilon`` (default 1e-6), moved it outside the root and feeds
 clip(rescale_grad * g) + wd * w into history; optgen follows 1.9.1. torch.optim.Adagrad(eps)
 also puts eps outside the root and adds wd * w to the gradient before accumulating it.
+
+``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
+0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
 """
 
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, positive
+from codegen.spec import Rule, nonnegative, positive
 
 RULE = Rule("adagrad", __doc__, class_name="Adagrad", mxnet="adagrad")
 mx = common(RULE, lr=0.01)
 eps = RULE.hyper("eps", 1e-7, positive(), doc="added to history inside the square root")
+initial_accumulator_value = RULE.hyper(
+    "initial_accumulator_value", 0.0, nonnegative(), doc="history's initial value (torch's)"
+)
 w = RULE.weight
-history = RULE.state("history", 0, doc="sum of squared clipped gradients h")
+history = RULE.state("history", initial_accumulator_value, doc="sum of squared clipped gradients h")
 
 G = RULE.let("G", mx.clipped())
 RULE.torch_equivalent(
-    "Adagrad", {"lr": "lr", "eps": "eps", "wd": "weight_decay"}, {history: ("sum", 1)}
+    "Adagrad",
+    {
+        "lr": "lr",
+        "eps": "eps",
+        "wd": "weight_decay",
+        "initial_accumulator_value": "initial_accumulator_value",
+    },
+    {history: ("sum", 1)},
 )
 history_new = RULE.update(history, history + G**2)
 RULE.update(w, w - mx.lr * (G / sp.sqrt(history_new + eps) + mx.wd * w))

@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -134,6 +135,50 @@ def assert_matches_float32(
             f"by more than 1 ulp of {dtype}; first at [{i}]: got {got.flat[i]!r}, float32 "
             f"{want.flat[i]!r}, 1 ulp = {float(ulp(want.flat[i], dtype))!r}"
         )
+
+
+def input_names(source: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(per-element inputs, scalar inputs) a rule's step takes besides the gradient, from a
+    generated module (``INPUTS``, ``STEP_SCALARS``) or a spec's Rule."""
+    if hasattr(source, "INPUTS"):
+        return tuple(source.INPUTS), tuple(source.STEP_SCALARS)
+    return tuple(source.inputs), tuple(source.scalars)
+
+
+def step_inputs(source: Any, like: Any, t: int, seed: int = 0) -> dict[str, Any]:
+    """The keyword inputs of step ``t`` (per-element inputs shaped like ``like``, scalar
+    inputs), drawn from (seed, t, name) alone: every side of a comparison (NumPy, Triton, the
+    40-digit equations, a torch class) feeds the same data without passing it around. Arrays
+    take ``like``'s type (NumPy array or torch tensor), dtype and device; {} for most rules."""
+    arrays, scalars = input_names(source)
+    out: dict[str, Any] = {}
+    for name in (*arrays, *scalars):
+        rng = np.random.default_rng([seed, t, zlib.crc32(name.encode())])
+        if name in scalars:
+            out[name] = float(rng.uniform(0.5, 2.0))
+            continue
+        x = rng.standard_normal(tuple(like.shape))
+        if isinstance(like, np.ndarray):
+            out[name] = x.astype(like.dtype)
+        else:
+            import torch
+
+            out[name] = torch.from_numpy(x).to(device=like.device, dtype=like.dtype)
+    return out
+
+
+def class_inputs(opt: Any, t: int = 1) -> dict[str, Any]:
+    """A torch class's ``step()`` inputs besides the gradients: per-element inputs as a list,
+    one tensor per parameter in param_groups order (parameter i's as ``step_inputs`` draws with
+    seed i), scalar inputs as numbers; {} for most rules (and for a torch.optim optimizer)."""
+    if not hasattr(opt, "META"):
+        return {}
+    params = [p for group in opt.param_groups for p in group["params"]]
+    each = [step_inputs(opt.META, p.detach(), t, seed=i) for i, p in enumerate(params)]
+    out: dict[str, Any] = {k: [e[k] for e in each] for k in opt.META.INPUTS}
+    if opt.META.STEP_SCALARS and params:
+        out.update({k: each[0][k] for k in opt.META.STEP_SCALARS})
+    return out
 
 
 @pytest.fixture(params=RULE_NAMES)

@@ -14,6 +14,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
+from codegen.ops import exact
 from codegen.spec import Rule
 from optgen_runtime.philox import randn, stream_seed
 
@@ -114,6 +115,7 @@ def spec_trajectory(
     grads: list[np.ndarray],
     hp: dict[str, Any],
     on_element: Callable[[dict[sp.Symbol, Any]], None] | None = None,
+    inputs: Callable[[int], dict[str, Any]] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Weight and states after each step, from the raw equations at high precision.
 
@@ -121,13 +123,23 @@ def spec_trajectory(
     The weight is viewed as (batch, rows, cols) (``codegen.spec.Rule.domain``): a value of a
     smaller domain (a row state, a reduction along an axis) is one number per row, column, matrix
     or tensor, which every element of it sees; a reduction adds each of its summand's values once.
+    ``inputs(t)``: step t's per-element and scalar inputs (the rule's ``input``s and
+    ``scalar``s); by default conftest's ``step_inputs``, as the tests feed the generated code.
     """
+    if inputs is None:
+        from conftest import step_inputs
+
+        inputs = lambda t: step_inputs(rule, weight0, t)  # noqa: E731
     mpmath.mp.dps = DIGITS
     equations = rule.ordered_equations()
     symbols = sorted(
         set().union(*(eq.expr.free_symbols for eq in equations)) | {rule.weight}, key=str
     )
-    functions = [(eq.target, sp.lambdify(symbols, eq.expr, modules=MODULES)) for eq in equations]
+    # spec functions SymPy does not know are evaluated as their exact math (softplus as
+    # log(1 + exp(x))), never as the generated code computes them
+    functions = [
+        (eq.target, sp.lambdify(symbols, exact(eq.expr), modules=MODULES)) for eq in equations
+    ]
     values = resolved(rule, hp)
     n = weight0.size
     dims = dict(zip("brc", _view(weight0.shape), strict=True))
@@ -149,14 +161,26 @@ def spec_trajectory(
     state_domain = {st.name: rule.domain(st.symbol) for st in rule.states.values()}
     w = [mpmath.mpf(float(x)) for x in weight0.ravel()]
     states = {}
+    hypers = [h.symbol for h in rule.hypers.values()]
+    hyper_values = [mpmath.mpf(values[h.name]) for h in rule.hypers.values()]
     for st in rule.states.values():
-        f = sp.lambdify([rule.weight], st.init, modules=MODULES)
+        f = sp.lambdify([rule.weight, *hypers], exact(st.init), modules=MODULES)
         count = math.prod(dims[a] for a in state_domain[st.name])
-        states[st.name] = [mpmath.mpf(f(w[i])) for i in range(count)]  # axis: a constant init
+        # axis: a constant init
+        states[st.name] = [mpmath.mpf(f(w[i], *hyper_values)) for i in range(count)]
     host = {hs.name: mpmath.mpf(hs.init) for hs in rule.host_states.values()}
     history = []
     for t, g in enumerate(grads, start=1):
         gflat = [mpmath.mpf(float(x)) for x in np.asarray(g).ravel()]
+        given = inputs(t)
+        extra = {
+            rule.inputs[k].symbol: [mpmath.mpf(float(x)) for x in np.asarray(v).ravel()]
+            for k, v in given.items()
+            if k in rule.inputs
+        }
+        extra_scalars = {
+            rule.scalars[k].symbol: mpmath.mpf(v) for k, v in given.items() if k in rule.scalars
+        }
         # Random draws come from the runtime's Philox stream (the spec says which stream).
         draws = {}
         if rule.draws:
@@ -168,9 +192,19 @@ def spec_trajectory(
         new_states: dict[str, list[Any]] = {s: list(v) for s, v in states.items()}
 
         def element_env(
-            i: int, w=w, gflat=gflat, t=t, states=states, host=host, draws=draws
+            i: int,
+            w=w,
+            gflat=gflat,
+            t=t,
+            states=states,
+            host=host,
+            draws=draws,
+            extra=extra,
+            extra_scalars=extra_scalars,
         ) -> dict:
             env: dict[sp.Symbol, Any] = {rule.weight: w[i], rule.grad: gflat[i], rule.t: t}
+            env.update({x: values[i] for x, values in extra.items()})
+            env.update(extra_scalars)
             env.update({size: sizes[size.name] for size in rule.sizes})
             for h in rule.hypers.values():
                 v = values[h.name]

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import RULE_NAMES
+from conftest import RULE_NAMES, step_inputs
 
 EXTREMES = (1e300, 1e-300)
 
@@ -34,7 +34,8 @@ def run(module, weight, make, state, hp) -> Exception | None:
     rng = np.random.default_rng(0)
     try:
         for t in (1, 2):
-            module.step(weight, make(rng.standard_normal(64).astype(np.float32)), state, t, **hp)
+            grad = make(rng.standard_normal(64).astype(np.float32))
+            module.step(weight, grad, state, t, **hp, **step_inputs(module, weight, t))
     except ValueError as error:
         return error
     return None

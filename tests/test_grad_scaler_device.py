@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from conftest import class_inputs
 from test_torch_classes import make_params, set_grads, two_groups
 
 from generated.torch import RULES as CLASSES
@@ -25,7 +26,7 @@ def amp_step(opt, scale: float | None, found: float) -> None:
     opt.grad_scale = None if scale is None else torch.full((1,), scale)
     opt.found_inf = torch.full((1,), found)
     try:
-        opt.step()
+        opt.step(**class_inputs(opt))  # inputs besides the gradients are never scaled
     finally:
         del opt.grad_scale, opt.found_inf
 
@@ -102,7 +103,7 @@ def test_the_kernel_unscales_as_grad_scaler_does(rule: str) -> None:
                 torch._amp_foreach_non_finite_check_and_unscale_(
                     [p.grad for p in params], found, inv
                 )
-                opt.step()
+                opt.step(**class_inputs(opt))
             runs.append(snapshot(params, opt))
         assert_same(runs[0], runs[1])
         if scale == 2.0**12:
@@ -110,7 +111,7 @@ def test_the_kernel_unscales_as_grad_scaler_does(rule: str) -> None:
             opt = CLASSES[rule](two_groups(rule, params), backend="triton")
             for t in (1, 2, 3):
                 set_grads(params, t)
-                opt.step()
+                opt.step(**class_inputs(opt))
             assert_same(runs[0], snapshot(params, opt))
 
 

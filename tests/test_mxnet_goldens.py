@@ -29,6 +29,7 @@ NOT_VARIED: dict[str, set[str]] = {
     "adamax": {"epsilon"},  # 1.9.1 has no epsilon: recorded with optgen's epsilon = 0
     "signsgd": {"wd_lh"},  # 1.9.1 raises for wd_lh != 0 with momentum 0
     "dcasgd": {"momentum"},  # 1.9.1 crashes for momentum > 0
+    "adagrad": {"initial_accumulator_value"},  # torch's; 1.9.1 has none: its history starts at 0
 }
 
 

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from conftest import RULE_NAMES, RULES, numpy_module, temporary_rule, tolerance, triton_module
+from conftest import (
+    RULE_NAMES,
+    RULES,
+    numpy_module,
+    step_inputs,
+    temporary_rule,
+    tolerance,
+    triton_module,
+)
 from derived import uses_sign
 from reference import MODULES, spec_trajectory
 
@@ -217,8 +225,9 @@ def test_zero_gradients_stay_finite(rule_name: str, target: str) -> None:
     make = np.zeros if target == "numpy" else (lambda n: torch.zeros(n))
     w = make(33) + 0.5
     state = module.init_state(w)
-    for t in range(1, 201):
-        module.step(w, make(33), state, t)
+    for t in range(1, 201):  # per-element inputs (a Hessian estimate) all zero too
+        zeros = {k: make(33) for k in module.INPUTS}
+        module.step(w, make(33), state, t, **{**step_inputs(module, w, t), **zeros})
     values = [w] + [state[s] for s in module.STATES]
     assert all(np.all(np.isfinite(np.asarray(v))) for v in values)
 
@@ -234,8 +243,20 @@ def test_nan_gradient_propagates_the_same_way(rule_name: str) -> None:
     nstate, tstate = npm.init_state(w), trm.init_state(tw)
     with np.errstate(invalid="ignore"):
         for t in range(1, 4):
-            npm.step(w, g.copy(), nstate, t)
-            trm.step(tw, torch.tensor(g), tstate, t)
+            extra = step_inputs(npm, w, t)
+            textra = {k: torch.tensor(v) for k, v in extra.items()}
+            if npm.HOST_STATES and npm.REDUCTIONS:  # a host state fed by a NaN sum: refused
+                try:
+                    npm.step(w, g.copy(), nstate, t, **extra)
+                except ValueError as error:
+                    assert "would make host state" in str(error) and np.array_equal(w, w0)
+                    with pytest.raises(ValueError, match="would make host state"):
+                        trm.step(tw, torch.tensor(g), tstate, t, **textra)
+                    assert np.array_equal(tw.numpy(), w0)
+                    return
+            else:
+                npm.step(w, g.copy(), nstate, t, **extra)
+            trm.step(tw, torch.tensor(g), tstate, t, **textra)
     for name, ours, theirs in [("weight", w, tw)] + [(s, nstate[s], tstate[s]) for s in npm.STATES]:
         np.testing.assert_array_equal(np.isnan(theirs.numpy()), np.isnan(ours), err_msg=name)
         np.testing.assert_allclose(theirs.numpy(), ours, **tolerance(np.float32, 3), err_msg=name)

@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import RULES, numpy_module, tolerance
+from conftest import RULES, numpy_module, step_inputs, tolerance
 from reference import sample_hyperparams, spec_trajectory
 from test_symbolic import case, max_rel_error, run_numpy
 
@@ -61,29 +61,31 @@ BAD = {
 def test_bad_inputs_raise_before_any_write(rule_name: str, bad: str) -> None:
     make, error, message = BAD[bad]
     m, w, g, state = _inputs(rule_name)
+    extra = step_inputs(m, w, 1)
     w, g, state = make(w, g, state)
     buffers = [state[name] for name in m.STATES]
     before = [np.array(w, copy=True)] + [v.copy() for v in buffers]
     with pytest.raises(error, match=message):
-        m.step(w, g, state, 1)
+        m.step(w, g, state, 1, **extra)
     for x, y in zip(before, [w, *buffers], strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 def test_hyperparameter_errors(rule_name: str) -> None:
     m, w, g, state = _inputs(rule_name)
+    x = step_inputs(m, w, 1)
     with pytest.raises(TypeError, match=r"unknown hyperparameter\(s\) learning_rate"):
-        m.step(w, g, state, 1, learning_rate=0.1)
+        m.step(w, g, state, 1, learning_rate=0.1, **x)
     first = next(iter(m.HYPERPARAMS))
     with pytest.raises(ValueError, match=f"{first}=inf is outside"):
-        m.step(w, g, state, 1, **{first: float("inf")})
+        m.step(w, g, state, 1, **{first: float("inf")}, **x)
     with pytest.raises(TypeError, match="must be a real number"):
-        m.step(w, g, state, 1, **{first: "fast"})
+        m.step(w, g, state, 1, **{first: "fast"}, **x)
     with pytest.raises(TypeError, match="step count t must be an int"):
-        m.step(w, g, state, 1.5)
+        m.step(w, g, state, 1.5, **x)
     if "clip_gradient" in m.HYPERPARAMS:
         with pytest.raises(ValueError, match=r"clip_gradient=0.0 is outside"):
-            m.step(w, g, state, 1, clip_gradient=0.0)
+            m.step(w, g, state, 1, clip_gradient=0.0, **x)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -92,7 +94,7 @@ def test_dtype_is_preserved(rule_name: str, dtype) -> None:
     m, w, g, state = _inputs(rule_name, dtype)
     hp = sample_hyperparams(RULES[rule_name], np.random.default_rng(1))
     for t in range(1, 4):
-        m.step(w, g, state, t, **hp)
+        m.step(w, g, state, t, **hp, **step_inputs(m, w, t))
     assert w.dtype == dtype and all(state[s].dtype == dtype for s in m.STATES)
     assert np.all(np.isfinite(w))
 
@@ -135,7 +137,7 @@ def float64_operands(module: types.ModuleType, monkeypatch: pytest.MonkeyPatch) 
     state = module.init_state(w)
     hp = sample_hyperparams(RULES[module.RULE], np.random.default_rng(1))
     for t in range(1, 4):
-        module.step(w, g, state, t, **hp)
+        module.step(w, g, state, t, **hp, **step_inputs(module, w, t))
     assert len(recorder.calls) > 3, "the module made no calls through its np global"
     return [call for call in recorder.calls if "float64" in call[1]]
 
@@ -172,9 +174,10 @@ def test_extra_memory_is_bounded_by_the_chunk(rule_name: str) -> None:
     side = int(bound**0.5) + 1
     shape = (side, side) if RULES[rule_name].vector_values else None
     m, w, g, state = _inputs(rule_name, np.float32, size=bound, shape=shape)
-    m.step(w, g, state, 1)  # warm up
+    x = step_inputs(m, w, 1)
+    m.step(w, g, state, 1, **x)  # warm up
     tracemalloc.start()
-    m.step(w, g, state, 2)
+    m.step(w, g, state, 2, **x)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < bound <= w.nbytes / 4, f"peak {peak} bytes"
@@ -192,9 +195,11 @@ def test_chunk_boundaries(rule_name: str) -> None:
     pieces = [slice(0, 5), slice(5, m.CHUNK + 1), slice(m.CHUNK + 1, n)]
     parts = [(w[s].copy(), m.init_state(w[s].copy())) for s in pieces]
     hp = sample_hyperparams(RULES[rule_name], rng)  # every hyperparameter active (wd, say)
-    m.step(w, g, state, 1, **hp)
+    x = step_inputs(m, w, 1)
+    m.step(w, g, state, 1, **hp, **x)
     for s, (pw, ps) in zip(pieces, parts, strict=True):
-        m.step(pw, g[s].copy(), ps, 1, **hp)
+        mine = {k: v[s].copy() if k in m.INPUTS else v for k, v in x.items()}
+        m.step(pw, g[s].copy(), ps, 1, **hp, **mine)
         np.testing.assert_array_equal(pw, w[s])
 
 
@@ -244,3 +249,44 @@ def test_selects_write_in_place(rule_name: str) -> None:
     temporary per select; it is now ``np.copyto(..., where=mask)`` into its own buffer."""
     source = inspect.getsource(numpy_module(rule_name))
     assert "np.where(" not in source
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+def test_init_state_takes_and_checks_the_hyperparameters(target: str) -> None:
+    """A state initialised from a hyperparameter (Adagrad's history): init_state takes step's
+    hyperparameters with the spec's defaults, and refuses unknown names and illegal values as
+    step does; a rule whose initial state uses none accepts and checks them all the same."""
+    import importlib
+
+    import torch
+
+    module = importlib.import_module(f"generated.{target}.adagrad")
+    w = np.ones(3, np.float32) if target == "numpy" else torch.ones(3)
+    assert module.INIT_HYPERPARAMS == ("initial_accumulator_value",)
+    assert float(module.init_state(w)["history"].sum()) == 0.0  # the default: MXNet's 0
+    state = module.init_state(w, initial_accumulator_value=0.25, lr=0.5)
+    assert state["history"].dtype == (np.float32 if target == "numpy" else torch.float32)
+    assert (np.asarray(state["history"]) == 0.25).all()
+    with pytest.raises(TypeError, match=r"adagrad: unknown hyperparameter\(s\) initial_acc\b"):
+        module.init_state(w, initial_acc=0.25)
+    with pytest.raises(ValueError, match=r"initial_accumulator_value=-1.0 is outside"):
+        module.init_state(w, initial_accumulator_value=-1.0)
+    adam = importlib.import_module(f"generated.{target}.adam")
+    assert adam.INIT_HYPERPARAMS == ()
+    adam.init_state(w, lr=0.1, beta1=0.5)
+    with pytest.raises(ValueError, match=r"adam: hyperparameter beta1=2.0 is outside"):
+        adam.init_state(w, beta1=2.0)
+
+
+def test_torch_class_initialises_state_from_each_groups_hyperparameters() -> None:
+    """The torch class passes each param group's initial_accumulator_value to init_state."""
+    import torch
+
+    from generated.torch import Adagrad
+
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))
+    opt = Adagrad([{"params": [a], "initial_accumulator_value": 0.5}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(2)
+    opt.step()
+    assert torch.equal(opt.state[a]["history"], torch.full((4,), 1.5))  # 0.5 + 1**2
+    assert torch.equal(opt.state[b]["history"], torch.full((2,), 1.0))  # 0 + 1**2

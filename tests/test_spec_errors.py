@@ -88,7 +88,33 @@ CASES = {
     ),
     "state initialised from the gradient": (
         "m = RULE.state('m', RULE.grad)\nRULE.update(m, m)\nRULE.update(w, w - m)",
-        r"specs/bad.py:9: initial value of state 'm' may use only constants and the weight",
+        r"specs/bad.py:9: initial value of state 'm' may use only constants, hyperparameters "
+        r"declared before it and the weight, not \['grad'\]",
+    ),
+    "state initialised from a hyperparameter declared after it": (
+        "b = sp.Symbol('b0', real=True)\nm = RULE.state('m', b)\nb0 = RULE.hyper('b0', 1.0)\n"
+        "RULE.update(m, m)\nRULE.update(w, w - m)",
+        r"specs/bad.py:10: initial value of state 'm' may use only constants, hyperparameters "
+        r"declared before it and the weight, not \['b0'\]",
+    ),
+    "state initialised from the weight and a hyperparameter": (
+        "m = RULE.state('m', mx.lr * w)\nRULE.update(m, m)\nRULE.update(w, w - m)",
+        r"specs/bad.py:9: initial value of state 'm' is lr\*weight: it may be the weight itself "
+        r"or an expression of constants and hyperparameters, not a mix",
+    ),
+    "state initialised with an unsupported function": (
+        "m = RULE.state('m', sp.erf(mx.lr))\nRULE.update(m, m)\nRULE.update(w, w - m)",
+        r"specs/bad.py:9: equation for initial m uses erf, which is outside the supported",
+    ),
+    "per-element power with an irrational exponent": (
+        "RULE.update(w, w - mx.lr * sp.Abs(RULE.grad) ** sp.pi)",
+        r"specs/bad.py: cannot generate per-element code for Abs\(grad\)\*\*pi: a per-element "
+        r"power needs a constant exponent, a number \(2, Rational\(1, 3\), 0.25\), not a "
+        r"symbolic constant",
+    ),
+    "softplus of two arguments": (
+        "from codegen.spec import softplus\nRULE.update(w, w - mx.lr * softplus(RULE.grad, w))",
+        r"specs/bad.py:10: TypeError: softplus takes exactly 1 argument \(2 given\)",
     ),
     "per-element power with a symbolic exponent": (
         "RULE.update(w, w - mx.lr * RULE.grad ** RULE.t)",

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RULE_NAMES, RULES, numpy_module, tolerance
+from conftest import RULE_NAMES, RULES, numpy_module, step_inputs, tolerance
 from derived import steps_for, variant_data, variants
 from reference import sample_hyperparams, spec_trajectory
 
 
 def run_numpy(module, w0, grads, hp):
     w = w0.copy()
-    state = module.init_state(w)
+    state = module.init_state(w, **hp)
     history = []
     for t, g in enumerate(grads, start=1):
-        module.step(w, g.copy(), state, t, **hp)
+        module.step(w, g.copy(), state, t, **hp, **step_inputs(module, w, t))
         history.append({"weight": w.copy(), **{k: np.copy(v) for k, v in state.items()}})
     return history
 

@@ -20,8 +20,9 @@ coincides (MXNet names -> torch):
   MXNet's clip of rescale_grad * g + wd * w, which torch does not have.
 - adamw, radam, amsgrad: follow torch.optim.AdamW, RAdam and Adam(amsgrad=True) by design
   (names: beta1/beta2 -> betas, epsilon -> eps, wd -> weight_decay).
-- adagrad:  lr, eps -> Adagrad(lr, eps); MXNet puts eps inside the sqrt and keeps wd out of the
-  accumulator (torch: outside, and wd inside), so they coincide for wd = 0 and a tiny eps.
+- adagrad:  lr, eps, initial_accumulator_value -> Adagrad(lr, eps, initial_accumulator_value)
+  (ours reaches the state through init_state); MXNet puts eps inside the sqrt and keeps wd out
+  of the accumulator (torch: outside, and wd inside), so they coincide for wd = 0 and a tiny eps.
 - rmsprop:  lr, gamma1, wd -> RMSprop(lr, alpha=gamma1, weight_decay=wd); eps inside (MXNet) vs
   outside (torch) the sqrt: a tiny epsilon.
 - rmsprop_centered: + gamma2 -> RMSprop(centered=True, momentum=gamma2); MXNet's delta is
@@ -57,7 +58,7 @@ CASES = {
     "adamw": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.05),
     "radam": dict(lr=0.01, beta1=0.8, beta2=0.9, epsilon=1e-3, wd=0.01),  # rectified from t=6
     "amsgrad": dict(lr=0.01, beta1=0.8, beta2=0.95, epsilon=1e-3, wd=0.01),
-    "adagrad": dict(lr=0.1, eps=1e-12),
+    "adagrad": dict(lr=0.1, eps=1e-12, initial_accumulator_value=0.5),  # torch's, via init_state
     "rmsprop": dict(lr=0.01, gamma1=0.9, epsilon=1e-20, wd=0.01),
     "rmsprop_centered": dict(lr=0.01, gamma1=0.9, gamma2=0.8, epsilon=1e-20, wd=0.01),
     "adadelta": dict(rho=0.9, epsilon=1e-5),
@@ -82,7 +83,7 @@ def test_matches_torch_optim(rule: str, target: str) -> None:
     optimizer = torch_peer(rule, [param], hp, TORCH_DIFFERS)
     module = numpy_module(rule) if target == "numpy" else triton_module(rule)
     w = w0.copy() if target == "numpy" else torch.tensor(w0)
-    state = module.init_state(w)
+    state = module.init_state(w, **hp)
     for t in range(1, STEPS + 1):
         g = rng.standard_normal(257).astype(np.float32)
         param.grad = torch.tensor(g)

@@ -60,6 +60,16 @@ class Problem:
     def grad(self, w: np.ndarray) -> np.ndarray:
         return self.a.T @ (self.a @ w - self.b)
 
+    def inputs(self, module: object, w: np.ndarray) -> dict[str, object]:
+        """A rule's step inputs besides the gradient: the Hessian diagonal (exact here:
+        diag(A^T A), what a Hutchinson estimate averages to) and the loss."""
+        known = {"hessian": lambda: (self.a * self.a).sum(axis=0), "loss": lambda: self.loss(w)}
+        names = (*module.INPUTS, *module.STEP_SCALARS)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"the demo has no value for the input(s) {', '.join(unknown)}")
+        return {n: known[n]() for n in names}
+
 
 def hyperparams(rule: str, defaults: dict[str, object]) -> dict[str, float]:
     """The demo's overrides for ``rule``, restricted to what its module takes."""
@@ -73,7 +83,7 @@ def run_numpy(rule: str, problem: Problem) -> np.ndarray:
     w = problem.w0.copy()
     state = module.init_state(w)
     for t in range(1, STEPS + 1):
-        module.step(w, problem.grad(w), state, t, **hp)
+        module.step(w, problem.grad(w), state, t, **hp, **problem.inputs(module, w))
     return w
 
 
@@ -86,7 +96,11 @@ def run_triton(rule: str, problem: Problem) -> np.ndarray:
     state = module.init_state(w)
     for t in range(1, STEPS + 1):
         grad = torch.from_numpy(problem.grad(w.cpu().numpy())).to(device)
-        module.step(w, grad, state, t, **hp)
+        extra = {
+            k: torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) else v
+            for k, v in problem.inputs(module, w.cpu().numpy()).items()
+        }
+        module.step(w, grad, state, t, **hp, **extra)
     return w.cpu().numpy()
 
 

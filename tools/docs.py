@@ -30,6 +30,19 @@ def _torch_cases() -> set[str]:
     return set()
 
 
+def _references() -> dict[str, str]:
+    """Rule -> the reference optimizer tools/references.py runs it against (its REFERENCES
+    entries, read without importing torch)."""
+    tree = ast.parse((ROOT / "tools" / "references.py").read_text())
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Reference":
+            rule, name = (a.value for a in node.args[:2] if isinstance(a, ast.Constant))
+            package = "pytorch_optimizer."  # pinned: pytorch-optimizer 4.1.0 (pyproject.toml)
+            out[rule] = "pytorch-optimizer 4.1.0" if name.startswith(package) else name
+    return out
+
+
 def _paper(rule: Rule) -> str:
     """The first citation in the docstring's second paragraph: 'Author et al. (year)'."""
     paragraphs = rule.doc.split("\n\n")
@@ -50,6 +63,7 @@ EXTERNAL = {
 
 def table() -> str:
     torch_cases = _torch_cases()
+    references = _references()
     rows = [
         "| rule | class | spec | paper | features | verified against |",
         "|---|---|---|---|---|---|",
@@ -66,6 +80,10 @@ def table() -> str:
             features.append("per-tensor reductions")
         if rule.draws:
             features.append("Philox noise")
+        if rule.inputs:
+            features.append(f"input {', '.join(rule.inputs)}")
+        if rule.scalars:
+            features.append(f"scalar input {', '.join(rule.scalars)}")
         oracles = ["equations (40 digits)", "Triton = NumPy"]
         if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
             oracles.append("MXNet 1.9.1 goldens")
@@ -73,8 +91,13 @@ def table() -> str:
             oracles.append("torch.optim")
         if rule.name in EXTERNAL:
             oracles.append(EXTERNAL[rule.name])
+        own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own reference comparison
+        if own.exists() and "from pytorch_optimizer import" in own.read_text():
+            oracles.append("pytorch-optimizer 4.1.0")
         if rule.draws:
             oracles.append("noise statistics")
+        if rule.name in references:
+            oracles.append(references[rule.name])
         rows.append(
             f"| `{rule.name}` | `{rule.class_name}` | [specs/{rule.name}.py](specs/{rule.name}.py) "
             f"| {_paper(rule)} | {', '.join(features) or 'elementwise'} | {', '.join(oracles)} |"

@@ -28,10 +28,10 @@ Code followed here (and every difference from the paper or from MXNet, with the 
     w_{{i+1}} = w_i - lr * G
 """
 
-import sympy as sp  # noqa: F401  (sqrt, Abs, sign, Max, Min, exp, log, Piecewise)
+import sympy as sp  # noqa: F401  (sqrt, Abs, sign, Max, Min, exp, log, tanh, Piecewise)
 
 from codegen.mxnet import common  # also clip(x, c), mxnet_sign(x) (MXNet's sign: 0 at NaN)
-from codegen.spec import Rule, positive, unit  # noqa: F401  (legal values; integer too)
+from codegen.spec import Rule, positive, unit  # noqa: F401  (legal values; integer, softplus)
 
 # class_name="..." names its torch.optim-style class (default: CamelCase of the rule name);
 # mxnet="sgd" says it reproduces that MXNet 1.9.1 optimizer, which then requires goldens recorded
@@ -46,8 +46,11 @@ mx = common(RULE, lr=0.01)
 #   period = RULE.hyper("period", 4, integer(1))   # a count: whole numbers only
 w, g, t = RULE.weight, RULE.grad, RULE.t
 
-# Per-element states (same shape as the weight), with their initial value (a constant or w):
+# Per-element states (same shape as the weight), with their initial value (a constant, w, or
+# hyperparameters declared above: init_state then takes them):
 #   mean = RULE.state("mean", 0, doc="first moment")
+# Powers: x**2, x**(3/2) (sqrt), x**(1/3) (cbrt), x**sp.Rational(2, 5) (pow); a fractional power
+# of a negative base is NaN.
 # Host-side scalars carried across steps (one per weight), e.g. a schedule product:
 #   prod = RULE.host_state("prod", 1.0)
 # Per-tensor reductions over all elements, computed in a phase before the update:

@@ -59,6 +59,12 @@ class HostPrinter(PythonCodePrinter):
         value, condition = expr.args
         return f"(({self._print(value)}) if ({self._print(condition)}) else 0.0)"
 
+    def _print_softplus(self, expr: sp.Expr) -> str:
+        """``log(1 + exp(x))`` as ``max(x, 0) + log1p(exp(-|x|))``: no overflow for large x."""
+        x = self._print(expr.args[0])
+        log1p, exp = self._math("log1p"), self._math("exp")
+        return f"(max({x}, 0.0) + {log1p}({exp}(-abs({x}))))"
+
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         """sqrt as ``math.sqrt``; other powers as Python ``**`` on floats."""
         if expr.exp == sp.Rational(1, 2):

@@ -17,8 +17,13 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
-from codegen.targets.host import literal
-from codegen.targets.rules import exported, reduce_scalars_name, reduction_scalars_name
+from codegen.targets.host import HostCode, literal
+from codegen.targets.rules import (
+    exported,
+    natural,
+    reduce_scalars_name,
+    reduction_scalars_name,
+)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ class NumpyOpPrinter:
         "min": "np.minimum",  # NaN-propagating
         "exp": "np.exp",
         "log": "np.log",
+        "tanh": "np.tanh",
+        "softplus": "np.logaddexp",  # logaddexp(0, a) = log(1 + exp(a)), computed stably
+        "cbrt": "np.cbrt",  # then NaN where a < 0 (codegen/ops.py)
+        "pow": "np.power",  # a float32 array ** a weak Python float: float32; NaN guard below
         "gt": "np.greater",
         "ge": "np.greater_equal",
         "lt": "np.less",
@@ -149,6 +158,16 @@ class NumpyOpPrinter:
             return self.select(dest, *(self.name(a) for a in op.args))
         if op.kind in ops.BOOLEAN:
             return f"{dest} = {fn}({args})"
+        if op.kind == "softplus":
+            return f"{fn}(0.0, {args}, out={dest})"
+        if op.kind == "cbrt":  # np.cbrt is the odd real root; cbrt(a) < 0 exactly where a < 0
+            return f"{fn}({args}, out={dest})\nnp.copyto({dest}, np.nan, where={dest} < 0.0)"
+        if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
+            base = self.name(op.args[0])
+            guard = f"np.copyto({dest}, np.nan, where={base} < 0.0)"
+            if base == dest:  # the base is dead: guard it first (pow(NaN) is NaN)
+                return f"{guard}\n{fn}({args}, out={dest})"
+            return f"{fn}({args}, out={dest})\n{guard}"
         call = f"{fn}({args}, out={dest})"
         identity = self.identity_bound(op)
         if identity is not None:
@@ -196,8 +215,8 @@ class NumpyOpPrinter:
 ops.require("NumPy", NumpyOpPrinter.UFUNC)
 
 
-def init_code(rule: Rule, state: State) -> str:
-    """The initial value of a state buffer, as NumPy code."""
+def init_code(rule: Rule, state: State, code: HostCode) -> str:
+    """The initial value of a state buffer, as NumPy code (hyperparameters are locals)."""
     expr = state.init
     if state.axis is not None:
         value = literal(expr) if expr != 0 else "0.0"
@@ -206,6 +225,8 @@ def init_code(rule: Rule, state: State) -> str:
         return "weight.copy()"
     if expr.is_Number:
         return f"np.full_like(weight, {literal(expr) if expr != 0 else '0.0'})"
+    if not expr.free_symbols & {rule.weight}:  # hyperparameters: a double, cast by full_like
+        return f"np.full_like(weight, {code(expr)})"
     raise SpecError(f"{rule.source}: initial value {expr} must be a constant or the weight itself")
 
 
@@ -319,21 +340,29 @@ def context(lowered: Lowered) -> dict[str, object]:
     host = set(lowered.host)
     allocation = allocate(lowered)
     matrix = bool(rule.vector_values)
+    if (matrix or rule.group_reductions) and (rule.inputs or rule.scalars):
+        extra = ", ".join([*rule.inputs, *rule.scalars])
+        raise SpecError(
+            f"{rule.source}: inputs ({extra}) are not supported yet in a rule with row or column "
+            "states, axis reductions or group reductions"
+        )
     count = len(lowered.reduce_phases) + 1
     if matrix:
         phases = [matrix_sweep(lowered, k, host) for k in range(1, count)]
     else:
         phases = [phase_context(lowered, k, host) for k in range(1, count)]
     rules_names = exported(lowered)
+    code = HostCode()
     used = {a for op in lowered.ops for a in op.args if isinstance(a, sp.Symbol)}
     where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
+    multi = ["step_multi"] if rule.group_reductions else []
     return {
         "rule": rule,
         "doc": rule.doc,
+        # host states fed by the step's sums may turn NaN: checked before any write
+        "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "rules_names": rules_names,
-        "exports": sorted(
-            [*rules_names, "init_state", "step"] + (["step_multi"] if rule.group_reductions else [])
-        ),
+        "exports": sorted([*rules_names, "init_state", "step", *multi], key=natural),
         "group": [str(r) for r in rule.group_reductions],
         "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],
@@ -347,17 +376,20 @@ def context(lowered: Lowered) -> dict[str, object]:
         ],
         "vector_states": [(s.name, s.new.name) for s in rule.vector_states],
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs),
+        "scalar_args": list(rule.scalars),
         "host_states": list(rule.host_states.values()),
         "reductions": [str(r) for r in lowered.summands],
         "phases": phases,
         "sizes": ", **_sizes" if rule.sizes else "",
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
-        "init": {s.name: init_code(rule, s) for s in rule.states.values()},
+        "init": {s.name: init_code(rule, s, code) for s in rule.states.values()},
+        "init_hypers": rule.init_hypers,
         "ops": NumpyOpPrinter(allocation, host).lines(lowered.ops),
         "scratch": max([allocation.scratch, *(p["scratch"] for p in phases)]),
         "copies": [(cur.name, k) for cur, k in allocation.copies],
         "host_unpack": unpack(lowered.update_scalars, "scalars"),
-    }
+    } | {"uses_math": code.uses_math}  # after everything is printed
 
 
 TARGET = Target(

@@ -5,6 +5,8 @@ states, torch equivalent and host code. The NumPy, Triton and torch layers all r
 
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 
 from codegen import names
@@ -75,6 +77,8 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
             what = "the tensor's element count"
         elif s.name in rule.host_states:
             what = "host state"
+        elif s.name in rule.scalars:
+            what = "scalar input (given at each step)"
         elif s in lets:
             what = "let, computed by host_scalars"
         else:
@@ -86,8 +90,9 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
 def exported(lowered: Lowered) -> list[str]:
     """What the NumPy and Triton modules import from the rule's metadata module and re-export."""
     out = [
-        "DRAWS", "FOLDS_GRAD_SCALE", "HOST_STATES", "HYPERPARAMS", "LEGAL", "NONE_MEANS",
-        "GROUP_REDUCTIONS", "REDUCTIONS", "RULE", "SCALARS", "SPEC", "STATES", "host_scalars",
+        "DRAWS", "FOLDS_GRAD_SCALE", "GROUP_REDUCTIONS", "HOST_STATES", "HYPERPARAMS",
+        "INIT_HYPERPARAMS", "INPUTS", "LEGAL", "NONE_MEANS", "REDUCTIONS", "RULE", "SCALARS",
+        "SPEC", "STATES", "STEP_SCALARS", "host_scalars",
     ]  # fmt: skip
     for k in range(1, len(lowered.reduce_phases) + 1):
         out += [reduce_scalars_name(k), reduction_scalars_name(k)]
@@ -96,11 +101,17 @@ def exported(lowered: Lowered) -> list[str]:
     rule = lowered.rule
     if rule.reductions and rule.vector_values:
         out += ["REDUCE_AXES"]
-    if rule.sizes:
+    if rule.sizes or rule.vector_values:  # the matrix modules always compute the sizes
         out += ["SIZES"]
     if rule.vector_states:
         out += ["STATE_AXES"]
-    return sorted(out, key=lambda n: n.replace("_", " "))  # isort's order: "STATE_AXES" < "STATES"
+    return sorted(out, key=lambda n: natural(n.replace("_", " ")))  # "STATE_AXES" < "STATES"
+
+
+def natural(name: str) -> list[str | int]:
+    """Sort key of ruff's isort and ``__all__`` orders: digit runs as numbers (``_2`` < ``_10``,
+    which a rule with ten or more sweeps has)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def reduced_axis(rule: Rule, reduction: sp.Symbol) -> str:
@@ -120,7 +131,8 @@ def reduce_scalars_name(phase: int) -> str:
 
 def phases(lowered: Lowered, code: HostCode) -> list[dict[str, object]]:
     """Each reduction phase: its reductions, host function, arguments and code."""
-    host_names = [*lowered.rule.hypers, *lowered.rule.host_states, *map(str, lowered.rule.sizes)]
+    rule = lowered.rule
+    host_names = [*rule.hypers, *rule.host_states, *rule.scalars, *map(str, rule.sizes)]
     out, earlier = [], []
     for k in range(1, len(lowered.reduce_phases) + 1):
         wanted = lowered.phase_host(k)
@@ -156,7 +168,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     code = HostCode()
     update = lowered.update_scalars
-    host_names = [*rule.hypers, *rule.host_states, *map(str, rule.sizes)]
+    host_names = [*rule.hypers, *rule.host_states, *rule.scalars, *map(str, rule.sizes)]
     context = {
         "rule": rule,
         "doc": rule.doc,
@@ -171,6 +183,9 @@ def context(lowered: Lowered) -> dict[str, object]:
             for h in rule.hypers.values()
         ],
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs.values()),
+        "scalar_inputs": list(rule.scalars.values()),
+        "init_hypers": rule.init_hypers,
         "reductions": [str(r) for r in lowered.summands if r in rule.reductions],
         "kinds": {str(r): k for r, k in rule.reduction_kinds.items()},
         "axes": repr(

@@ -18,10 +18,11 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
-from codegen.targets.host import literal
+from codegen.targets.host import HostCode, literal
 from codegen.targets.rules import (
     exported,
     legend,
+    natural,
     reduce_scalars_name,
     reduction_scalars_name,
 )
@@ -44,6 +45,14 @@ class TritonOpPrinter:
         "sign": lambda a: f"tl.where({a[0]} > 0, 1.0, tl.where({a[0]} < 0, -1.0, {a[0]}))",
         "exp": lambda a: f"tl.exp({a[0]})",
         "log": lambda a: f"tl.log({a[0]})",
+        "tanh": lambda a: f"libdevice.tanh({a[0]})",
+        "softplus": lambda a: (
+            f"tl.maximum({a[0]}, 0.0, {TritonOpPrinter.MAX_MIN})"
+            f" + libdevice.log1p(tl.exp(-tl.abs({a[0]})))"
+        ),
+        # libdevice's cbrt is the odd real root; a fractional power of a negative base is NaN
+        "cbrt": lambda a: f'tl.where({a[0]} < 0.0, float("nan"), libdevice.cbrt({a[0]}))',
+        "pow": lambda a: f"libdevice.pow({a[0]}, {a[1]})",  # NaN guard in op() below
         "max": lambda a: f"tl.maximum({a[0]}, {a[1]}, {TritonOpPrinter.MAX_MIN})",
         "min": lambda a: f"tl.minimum({a[0]}, {a[1]}, {TritonOpPrinter.MAX_MIN})",
         "gt": lambda a: f"{a[0]} > {a[1]}",
@@ -67,7 +76,7 @@ class TritonOpPrinter:
         a = [self.name(x) for x in op.args]
         if op.kind in self.ELEMENTWISE and all(not isinstance(x, sp.Symbol) for x in op.args):
             raise SpecError(f"op {op} has no per-element operand")
-        if op.kind == "div":  # div_rn needs tensors: a literal operand becomes an fp32 scalar
+        if op.kind in ("div", "pow"):  # tensors only: a literal operand becomes an fp32 scalar
             a = [self.tensor(x, text) for x, text in zip(op.args, a, strict=True)]
         if op.kind == "copy" and not isinstance(op.args[0], sp.Symbol):
             expr = f"tl.full((BLOCK_SIZE,), {a[0]}, tl.float32)"
@@ -75,6 +84,8 @@ class TritonOpPrinter:
             expr = f"tl.broadcast_to({a[0]}, (BLOCK_SIZE,))"
         else:
             expr = self.FORMS[op.kind](a)
+        if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
+            expr = f'tl.where({a[0]} < 0.0, float("nan"), {expr})'
         return f"{self.name(op.dest)} = {expr}"
 
     def lines(self, ops_: list[Op]) -> list[str]:
@@ -93,10 +104,16 @@ class TritonOpPrinter:
 
 
 ops.require("Triton", TritonOpPrinter.FORMS)
+# Operations whose form calls libdevice (optgen_runtime.triton_compat.libdevice: CUDA's libdevice
+# when compiled, NumPy's functions under the interpreter); the module imports it only then.
+LIBDEVICE = frozenset(
+    k for k, form in TritonOpPrinter.FORMS.items() if "libdevice." in form(["a"] * 3)
+)
 
 
-def init_code(rule: Rule, state: State) -> str:
-    """The initial value of a state buffer, as torch code (float32 state)."""
+def init_code(rule: Rule, state: State, code: HostCode) -> str:
+    """The initial value of a state buffer, as torch code (float32 state; hyperparameters are
+    locals)."""
     expr = state.init
     if state.axis is not None:
         value = literal(expr) if expr != 0 else "0.0"
@@ -109,6 +126,8 @@ def init_code(rule: Rule, state: State) -> str:
     if expr.is_Number:
         value = literal(expr) if expr != 0 else "0.0"
         return f"torch.full_like(weight, {value}, dtype=torch.float32)"
+    if not expr.free_symbols & {rule.weight}:  # hyperparameters: a double, rounded once
+        return f"torch.full_like(weight, {code(expr)}, dtype=torch.float32)"
     raise SpecError(f"{rule.source}: initial value {expr} must be a constant or the weight itself")
 
 
@@ -165,6 +184,12 @@ def context(lowered: Lowered) -> dict[str, object]:
         for row, b in zip(layout.pointers, buffers, strict=True)
     ]
     matrix = bool(rule.vector_values)
+    if (matrix or rule.group_reductions) and (rule.inputs or rule.scalars):
+        extra = ", ".join([*rule.inputs, *rule.scalars])
+        raise SpecError(
+            f"{rule.source}: inputs ({extra}) are not supported yet in a rule with row or column "
+            "states, axis reductions or group reductions"
+        )
     count = len(lowered.reduce_phases) + 1
     phases = (
         [] if matrix else [phase_context(lowered, k, printer, pointers) for k in range(1, count)]
@@ -192,19 +217,26 @@ def context(lowered: Lowered) -> dict[str, object]:
     else:
         doc += ["``stream_ids`` is checked, but the rule draws no noise."]
     rules_names = exported(lowered)
+    code = HostCode()
     return {
         "rule": rule,
         "doc": rule.doc,
+        # host states fed by the step's sums may turn NaN: checked before any write
+        "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step", "step_multi"]),
+        "exports": sorted([*rules_names, "init_state", "step", "step_multi"], key=natural),
         "buffers": buffers,
         "ptrs": [names.derived(b, "_ptr") for b in buffers],
         "likes": [names.derived(b, "_like") for b in buffers],
         "reads": [(s.name, names.derived(s.name, "_ptr")) for s in lowered.reads],
         "grad_name": rule.grad.name,
         "states": list(rule.states.values()),
+        "inputs": list(rule.inputs),
+        "scalar_args": list(rule.scalars),
         "host_states": list(rule.host_states.values()),
-        "init": {s.name: init_code(rule, s) for s in rule.states.values()},
+        "init": {s.name: init_code(rule, s, code) for s in rule.states.values()},
+        "init_hypers": rule.init_hypers,
+        "libdevice": any(op.kind in LIBDEVICE for op in [*lowered.ops, *lowered.reduce_ops]),
         "reductions": [str(r) for r in lowered.summands],
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "ops": printer.lines(lowered.ops),
@@ -213,9 +245,11 @@ def context(lowered: Lowered) -> dict[str, object]:
         "common_imports": sorted(
             ["check_step_count", "host_state_values", "resolve_hyperparams", "step_counts"]
             + ["stream_indices"]
-            + (["matrix_sizes"] if rule.sizes else [])
+            + (["matrix_sizes"] if rule.sizes or matrix else [])
             + (["matrix_dims"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
+            + (["input_lists"] if rule.inputs else [])
+            + (["scalar_inputs"] if rule.scalars else [])
         ),
         "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
         "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",
@@ -235,7 +269,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "ints_comment": "the Philox keys, as ``step`` makes them" if lowered.draws else "none",
         **(matrix_context(lowered, printer) if matrix else {"matrix": False}),
         "multi_doc": doc,
-    }
+    } | {"uses_math": code.uses_math}  # after everything is printed
 
 
 TARGET = Target(

@@ -37,6 +37,8 @@ from generated.rules.adafactor import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCE_AXES,
@@ -54,6 +56,7 @@ from generated.rules.adafactor import (
     SPEC,
     STATE_AXES,
     STATES,
+    STEP_SCALARS,
     host_scalars,
     reduction_scalars,
     reduction_scalars_2,
@@ -87,6 +90,8 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCE_AXES",
@@ -104,6 +109,7 @@ __all__ = [
     "SPEC",
     "STATES",
     "STATE_AXES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "reduction_scalars",
@@ -121,8 +127,12 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "row": np.full(vector_shape(weight.shape, -1), 0.0, dtype=weight.dtype),

@@ -22,6 +22,9 @@ added outside the adaptive term: it is scaled by lr alone and never accumulated 
 MXNet master renamed the keyword ``epsilon`` (default 1e-6), moved it outside the root and feeds
 clip(rescale_grad * g) + wd * w into history; optgen follows 1.9.1. torch.optim.Adagrad(eps)
 also puts eps outside the root and adds wd * w to the gradient before accumulating it.
+
+``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
+0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from generated.rules.adagrad import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -43,6 +48,7 @@ from generated.rules.adagrad import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
@@ -56,6 +62,8 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -63,6 +71,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",
@@ -74,11 +83,16 @@ __all__ = [
 CHUNK = 65536
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype)."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; the initial state depends on initial_accumulator_value (INIT_HYPERPARAMS).
+    """
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
+    initial_accumulator_value = hp["initial_accumulator_value"]
     return {
-        "history": np.full_like(weight, 0.0),
+        "history": np.full_like(weight, initial_accumulator_value),
     }
 
 
@@ -105,16 +119,16 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/adagrad.py:34: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/adagrad.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adagrad.py:38: history_new = G**2 + history
+        # specs/adagrad.py:51: history_new = G**2 + history
         np.multiply(_b0, _b0, out=_b1)
         np.add(_history, _b1, out=_history)
-        # specs/adagrad.py:39: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+        # specs/adagrad.py:52: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
         np.multiply(wd, _weight, out=_b1)
         np.add(_history, eps, out=_b2)
         np.sqrt(_b2, out=_b2)

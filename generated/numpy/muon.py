@@ -41,6 +41,8 @@ from generated.rules.muon import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
+    INPUTS,
     LEGAL,
     MATRIX_VALUES,
     NONE_MEANS,
@@ -49,6 +51,7 @@ from generated.rules.muon import (
     SPEC,
     STATE_AXES,
     STATES,
+    STEP_SCALARS,
     TORCH,
     check_matrix,
 )
@@ -62,6 +65,8 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "MATRIX_VALUES",
     "NONE_MEANS",
@@ -70,6 +75,7 @@ __all__ = [
     "SPEC",
     "STATES",
     "STATE_AXES",
+    "STEP_SCALARS",
     "TORCH",
     "init_state",
     "step",
@@ -77,8 +83,10 @@ __all__ = [
 ]
 
 
-def init_state(weight: np.ndarray) -> dict[str, np.ndarray]:
-    """Initial state buffers for ``weight`` (same shape and dtype); ``weight`` must be 2-D."""
+def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
+    """Initial state buffers for ``weight`` (same shape and dtype); ``weight`` must be 2-D.
+    Takes the hyperparameters ``step`` takes, checked the same way (INIT_HYPERPARAMS)."""
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     check_matrix(weight)
     return {

@@ -22,6 +22,9 @@ added outside the adaptive term: it is scaled by lr alone and never accumulated 
 MXNet master renamed the keyword ``epsilon`` (default 1e-6), moved it outside the root and feeds
 clip(rescale_grad * g) + wd * w into history; optgen follows 1.9.1. torch.optim.Adagrad(eps)
 also puts eps outside the root and adds wd * w to the gradient before accumulating it.
+
+``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
+0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "rescale_grad": 1.0,  # gradient multiplier (Gluon: 1/batch_size)
     "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
     "eps": 1e-07,  # added to history inside the square root
+    "initial_accumulator_value": 0.0,  # history's initial value (torch's)
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0, lo_open=True),
@@ -47,6 +51,7 @@ LEGAL: dict[str, Legal] = {
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),
     "eps": Legal(lo=0.0, lo_open=True),
+    "initial_accumulator_value": Legal(lo=0.0),
 }
 # What None stands for, where a hyperparameter accepts it.
 NONE_MEANS: dict[str, float] = {
@@ -54,6 +59,13 @@ NONE_MEANS: dict[str, float] = {
 }
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("history",)
+# Per-element inputs besides the gradient (the weight's shape, read-only): keyword arguments of
+# every step function (none).
+INPUTS: tuple[str, ...] = ()
+# Per-step scalar inputs (finite numbers, required at every step): keyword arguments too.
+STEP_SCALARS: tuple[str, ...] = ()
+# The hyperparameters the initial state depends on (init_state takes them, with step's defaults).
+INIT_HYPERPARAMS: tuple[str, ...] = ("initial_accumulator_value",)
 # Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ()
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).
@@ -71,7 +83,12 @@ HOST_STATES: tuple[str, ...] = ()
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "Adagrad",
-    {"lr": "lr", "eps": "eps", "wd": "weight_decay"},
+    {
+        "lr": "lr",
+        "eps": "eps",
+        "wd": "weight_decay",
+        "initial_accumulator_value": "initial_accumulator_value",
+    },
     {"history": ("sum", lambda **_: 1)},
     {},
 )
@@ -95,6 +112,7 @@ def host_scalars(
     rescale_grad: float,
     clip_gradient: float,
     eps: float,
+    initial_accumulator_value: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
     _h0 = -clip_gradient

@@ -80,6 +80,13 @@ NONE_MEANS: dict[str, float] = {
 }
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("mean", "var")
+# Per-element inputs besides the gradient (the weight's shape, read-only): keyword arguments of
+# every step function (none).
+INPUTS: tuple[str, ...] = ()
+# Per-step scalar inputs (finite numbers, required at every step): keyword arguments too.
+STEP_SCALARS: tuple[str, ...] = ()
+# The hyperparameters the initial state depends on (init_state takes them, with step's defaults).
+INIT_HYPERPARAMS: tuple[str, ...] = ()
 # Per-tensor reductions over all elements, computed in phases before the update.
 REDUCTIONS: tuple[str, ...] = ()
 # States of one value per row (-1: the weight's shape without its last dim) or column (-2).

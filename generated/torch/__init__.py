@@ -15,11 +15,14 @@ from generated.numpy import adabelief as _numpy_adabelief
 from generated.numpy import adadelta as _numpy_adadelta
 from generated.numpy import adafactor as _numpy_adafactor
 from generated.numpy import adagrad as _numpy_adagrad
+from generated.numpy import adahessian as _numpy_adahessian
 from generated.numpy import adam as _numpy_adam
 from generated.numpy import adam_clip as _numpy_adam_clip
 from generated.numpy import adamax as _numpy_adamax
 from generated.numpy import adamw as _numpy_adamw
+from generated.numpy import adan as _numpy_adan
 from generated.numpy import amsgrad as _numpy_amsgrad
+from generated.numpy import came as _numpy_came
 from generated.numpy import dcasgd as _numpy_dcasgd
 from generated.numpy import ftml as _numpy_ftml
 from generated.numpy import ftrl as _numpy_ftrl
@@ -27,9 +30,11 @@ from generated.numpy import lamb as _numpy_lamb
 from generated.numpy import lars as _numpy_lars
 from generated.numpy import lbsgd as _numpy_lbsgd
 from generated.numpy import lion as _numpy_lion
+from generated.numpy import madgrad as _numpy_madgrad
 from generated.numpy import muon as _numpy_muon
 from generated.numpy import nadam as _numpy_nadam
 from generated.numpy import nag as _numpy_nag
+from generated.numpy import prodigy as _numpy_prodigy
 from generated.numpy import radam as _numpy_radam
 from generated.numpy import rmsprop as _numpy_rmsprop
 from generated.numpy import rmsprop_centered as _numpy_rmsprop_centered
@@ -38,15 +43,19 @@ from generated.numpy import sgd_mom as _numpy_sgd_mom
 from generated.numpy import sgld as _numpy_sgld
 from generated.numpy import signsgd as _numpy_signsgd
 from generated.numpy import signum as _numpy_signum
+from generated.numpy import sm3 as _numpy_sm3
 from generated.rules import adabelief as _rules_adabelief
 from generated.rules import adadelta as _rules_adadelta
 from generated.rules import adafactor as _rules_adafactor
 from generated.rules import adagrad as _rules_adagrad
+from generated.rules import adahessian as _rules_adahessian
 from generated.rules import adam as _rules_adam
 from generated.rules import adam_clip as _rules_adam_clip
 from generated.rules import adamax as _rules_adamax
 from generated.rules import adamw as _rules_adamw
+from generated.rules import adan as _rules_adan
 from generated.rules import amsgrad as _rules_amsgrad
+from generated.rules import came as _rules_came
 from generated.rules import dcasgd as _rules_dcasgd
 from generated.rules import ftml as _rules_ftml
 from generated.rules import ftrl as _rules_ftrl
@@ -54,9 +63,11 @@ from generated.rules import lamb as _rules_lamb
 from generated.rules import lars as _rules_lars
 from generated.rules import lbsgd as _rules_lbsgd
 from generated.rules import lion as _rules_lion
+from generated.rules import madgrad as _rules_madgrad
 from generated.rules import muon as _rules_muon
 from generated.rules import nadam as _rules_nadam
 from generated.rules import nag as _rules_nag
+from generated.rules import prodigy as _rules_prodigy
 from generated.rules import radam as _rules_radam
 from generated.rules import rmsprop as _rules_rmsprop
 from generated.rules import rmsprop_centered as _rules_rmsprop_centered
@@ -65,15 +76,19 @@ from generated.rules import sgd_mom as _rules_sgd_mom
 from generated.rules import sgld as _rules_sgld
 from generated.rules import signsgd as _rules_signsgd
 from generated.rules import signum as _rules_signum
+from generated.rules import sm3 as _rules_sm3
 from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
 from generated.triton import adafactor as _triton_adafactor
 from generated.triton import adagrad as _triton_adagrad
+from generated.triton import adahessian as _triton_adahessian
 from generated.triton import adam as _triton_adam
 from generated.triton import adam_clip as _triton_adam_clip
 from generated.triton import adamax as _triton_adamax
 from generated.triton import adamw as _triton_adamw
+from generated.triton import adan as _triton_adan
 from generated.triton import amsgrad as _triton_amsgrad
+from generated.triton import came as _triton_came
 from generated.triton import dcasgd as _triton_dcasgd
 from generated.triton import ftml as _triton_ftml
 from generated.triton import ftrl as _triton_ftrl
@@ -81,9 +96,11 @@ from generated.triton import lamb as _triton_lamb
 from generated.triton import lars as _triton_lars
 from generated.triton import lbsgd as _triton_lbsgd
 from generated.triton import lion as _triton_lion
+from generated.triton import madgrad as _triton_madgrad
 from generated.triton import muon as _triton_muon
 from generated.triton import nadam as _triton_nadam
 from generated.triton import nag as _triton_nag
+from generated.triton import prodigy as _triton_prodigy
 from generated.triton import radam as _triton_radam
 from generated.triton import rmsprop as _triton_rmsprop
 from generated.triton import rmsprop_centered as _triton_rmsprop_centered
@@ -92,6 +109,7 @@ from generated.triton import sgd_mom as _triton_sgd_mom
 from generated.triton import sgld as _triton_sgld
 from generated.triton import signsgd as _triton_signsgd
 from generated.triton import signum as _triton_signum
+from generated.triton import sm3 as _triton_sm3
 from optgen_runtime.optim import GeneratedOptimizer
 
 
@@ -292,6 +310,9 @@ class Adagrad(GeneratedOptimizer):
     MXNet master renamed the keyword ``epsilon`` (default 1e-6), moved it outside the root and feeds
     clip(rescale_grad * g) + wd * w into history; optgen follows 1.9.1. torch.optim.Adagrad(eps)
     also puts eps outside the root and adds wd * w to the gradient before accumulating it.
+
+    ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
+    0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
     """
 
     RULE = "adagrad"
@@ -308,6 +329,7 @@ class Adagrad(GeneratedOptimizer):
         rescale_grad: Any = 1.0,
         clip_gradient: Any = None,
         eps: Any = 1e-07,
+        initial_accumulator_value: Any = 0.0,
         *,
         multi_precision: bool = False,
         backend: str = "auto",
@@ -320,6 +342,72 @@ class Adagrad(GeneratedOptimizer):
                 "rescale_grad": rescale_grad,
                 "clip_gradient": clip_gradient,
                 "eps": eps,
+                "initial_accumulator_value": initial_accumulator_value,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class AdaHessian(GeneratedOptimizer):
+    """AdaHessian: Adam's second moment replaced by that of a Hessian-diagonal estimate.
+
+    Yao et al. (2021), "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning" (AAAI).
+    Reference code: pytorch-optimizer 4.1.0 ``pytorch_optimizer.AdaHessian`` (followed here).
+
+    Paper's equations (D: the Hessian diagonal by Hutchinson's method, D = E[z * (H z)] with
+    Rademacher z; D^(s): D averaged over the spatial dimensions of a convolution kernel):
+        m_t = (1 - beta1) sum_i beta1^(t-i) g_i / (1 - beta1^t)
+        v_t = ( sqrt( (1 - beta2) sum_i beta2^(t-i) D_i^(s) D_i^(s) / (1 - beta2^t) ) )^k
+        w_{t+1} = w_t - lr * m_t / v_t
+
+    Reference code's order (states ``exp_avg`` = m, ``exp_hessian_diag_sq`` = v, from 0; h = the
+    estimate of this step):
+        w <- w * (1 - wd * (1 if fixed_decay else lr))   if weight_decouple (default), else
+        g <- g + wd * w                                    (coupled L2)
+        m <- lerp(m, g, 1 - beta1);   v <- beta2 * v + (1 - beta2) * h^2
+        w <- w - lr / (1 - beta1^t) * m / ((v / (1 - beta2^t))^(k / 2) + epsilon)
+
+    Where they differ: the reference draws z and computes h = z * (H z) inside its step from a loss
+    backpropagated with create_graph=True, and does no spatial averaging (4.1.0; the paper's D^(s)).
+    Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
+    does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
+    lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
+    step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+    """
+
+    RULE = "adahessian"
+    META = _rules_adahessian
+    NUMPY = _numpy_adahessian
+    TRITON = _triton_adahessian
+    TORCH = _rules_adahessian.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.1,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        wd: Any = 0.0,
+        epsilon: Any = 1e-16,
+        hessian_power: Any = 1.0,
+        weight_decouple: Any = True,
+        fixed_decay: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "wd": wd,
+                "epsilon": epsilon,
+                "hessian_power": hessian_power,
+                "weight_decouple": weight_decouple,
+                "fixed_decay": fixed_decay,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -555,6 +643,69 @@ class AdamW(GeneratedOptimizer):
         )
 
 
+class Adan(GeneratedOptimizer):
+    """Adan: Nesterov momentum from a moment of gradient differences, as pytorch-optimizer computes it.
+
+    Xie, Zhou, Li, Lin & Yan (2022), "Adan: Adaptive Nesterov Momentum Algorithm for Faster
+    Optimizing Deep Models". Reference: pytorch-optimizer 4.1.0 ``pytorch_optimizer.Adan`` (not an
+    MXNet rule; its betas are the paper's 1 - beta_k: decay factors, as Adam's).
+
+    Paper's equations (Algorithm 1; g_k the gradient, eta = lr, lambda = wd):
+        m_k = beta1 * m_{k-1} + (1 - beta1) * g_k
+        v_k = beta2 * v_{k-1} + (1 - beta2) * (g_k - g_{k-1})
+        n_k = beta3 * n_{k-1} + (1 - beta3) * [g_k + beta2 * (g_k - g_{k-1})]^2
+        w_{k+1} = (1 + eta * lambda)^-1 * [w_k - eta / (sqrt(n_k) + epsilon) * (m_k + beta2 * v_k)]
+
+    The reference's code (followed here; states ``mean`` = m, ``diff_mean`` = v, ``var`` = n, and
+    ``prev_grad``, all starting at 0):
+        d = g - g_prev, 0 at t = 1 (it starts g_prev at the first gradient: d = g - g, 0 or, for a
+            non-finite g, NaN; here d = 0 * (g - 0) at t = 1, the same values)
+        m, v, n as above (torch's lerp and addcmul: the same values to rounding)
+        denom = sqrt(n) / sqrt(1 - beta3^t) + epsilon                 # bias-corrected n, not in
+        w -= lr / (1 - beta1^t) * m / denom                            # the paper's Algorithm 1
+        w -= lr * beta2 / (1 - beta2^t) * v / denom
+    with weight decay as the paper's division by 1 + lr * wd after the step, or, with
+    ``weight_decouple``, as a multiplication by 1 - lr * wd before it. Not reproduced: its global
+    gradient-norm clipping (``max_grad_norm``, off by default: it needs every tensor's norm),
+    ``adanorm``, ``use_gc`` and ``maximize``; the paper's restart condition is in neither.
+    """
+
+    RULE = "adan"
+    META = _rules_adan
+    NUMPY = _numpy_adan
+    TRITON = _triton_adan
+    TORCH = _rules_adan.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        wd: Any = 0.0,
+        beta1: Any = 0.98,
+        beta2: Any = 0.92,
+        beta3: Any = 0.99,
+        epsilon: Any = 1e-08,
+        weight_decouple: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "wd": wd,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "epsilon": epsilon,
+                "weight_decouple": weight_decouple,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class AMSGrad(GeneratedOptimizer):
     """AMSGrad: Adam whose denominator uses the running maximum of the second moment.
 
@@ -602,6 +753,75 @@ class AMSGrad(GeneratedOptimizer):
                 "beta1": beta1,
                 "beta2": beta2,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class CAME(GeneratedOptimizer):
+    """CAME: Adafactor's factored second moment, and a factored confidence of the momentum's update.
+
+    Luo et al. (2023), "CAME: Confidence-guided Adaptive Memory Efficient
+    Optimization". Follows ``pytorch_optimizer.CAME`` (pytorch-optimizer 4.1.0), verified against it.
+
+    Paper's equations (Algorithm 1, weight W of shape (n, m), G the gradient, 1 the ones vector):
+        R = b2 R + (1 - b2) (G^2 + eps1) 1_m;   C = b2 C + (1 - b2) 1_n^T (G^2 + eps1)
+        V = R C / (1_n^T R);   U = G / sqrt(V);   U^ = U / max(1, RMS(U) / d)
+        m = b1 m + (1 - b1) U^;   Res = (U^ - m)^2 + eps2
+        R' = b3 R' + (1 - b3) Res 1_m;   C' = b3 C' + (1 - b3) 1_n^T Res;   S = R' C' / (1_n^T R')
+        W <- W - lr m / sqrt(S)
+
+    The reference's code (followed here; states ``exp_avg`` = m, ``row``/``col`` = R/C as means over
+    the rows/columns, ``res_row``/``res_col`` = R'/C'; beta1..3 its ``betas``, d its clip_threshold):
+        the sums are means, V^(-1/2) = rsqrt(R / mean(R)) rsqrt(C), S^(-1/2) likewise;
+        m is updated with lerp(m, U^, 1 - b1) (written m + (1 - b1) (U^ - m) here);
+        weight decay before all: W <- W (1 - wd lr) (weight_decouple, the default; 1 - wd with
+        fixed_decay), else G <- G + wd W. A weight of more than two dims is factored over its last two.
+        A 0-D or 1-D weight keeps the full second moment V and has no confidence: W <- W - lr m.
+
+    optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so the column states
+    ``col`` and ``res_col`` are full there (V = C, the reference's unfactored update; ``res_col`` and
+    the one-value row states are kept but unused). Not supported: ``ams_bound=True`` (a full-size
+    state more), ``maximize=True`` (pass -G). The reference also stores RMS(W), which no update uses.
+    """
+
+    RULE = "came"
+    META = _rules_came
+    NUMPY = _numpy_came
+    TRITON = _triton_came
+    TORCH = _rules_came.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.0002,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        beta3: Any = 0.9999,
+        wd: Any = 0.0,
+        weight_decouple: Any = True,
+        fixed_decay: Any = False,
+        clip_threshold: Any = 1.0,
+        eps1: Any = 1e-30,
+        eps2: Any = 1e-16,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "wd": wd,
+                "weight_decouple": weight_decouple,
+                "fixed_decay": fixed_decay,
+                "clip_threshold": clip_threshold,
+                "eps1": eps1,
+                "eps2": eps2,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1059,6 +1279,69 @@ class Lion(GeneratedOptimizer):
         )
 
 
+class MADGRAD(GeneratedOptimizer):
+    """MADGRAD: momentumized, adaptive, dual-averaged gradient descent, as pytorch-optimizer has it.
+
+    Defazio & Jelassi (2021), "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged
+    Gradient Method for Stochastic Optimization". Reference: pytorch-optimizer 4.1.0
+    ``pytorch_optimizer.MADGRAD`` (the authors' code, dense gradients; not an MXNet rule).
+
+    Paper's equations (Algorithm 1; lambda_k = lr * sqrt(k + 1), c = 1 - momentum, x0 the initial
+    weight):
+        s_{k+1} = s_k + lambda_k * g_k
+        nu_{k+1} = nu_k + lambda_k * g_k^2
+        z_{k+1} = x0 - s_{k+1} / (nu_{k+1}^(1/3) + epsilon)
+        x_{k+1} = (1 - c) * x_k + c * z_{k+1}
+
+    The reference's code (followed here; states ``grad_sum`` = s and ``grad_sum_sq`` = nu starting at
+    0, ``x0`` at the weight; its step counter k + 1 is our t):
+        lr' = lr + epsilon                      # its learning rate, epsilon added (authors' code)
+        lambda = lr' * sqrt(t)
+        G = g + wd * w                          # unless weight_decouple
+        x0 = w + s / (nu^(1/3) + epsilon)        # with momentum = 0 only: recovered from w each step
+                                                 # (it keeps no x0 then); otherwise the stored x0
+        nu += lambda * G^2;  s += lambda * G;  z = x0 - s / (nu^(1/3) + epsilon)
+        w_{k+1} = momentum * w + (1 - momentum) * z        (torch's lerp: the same to rounding)
+        w_{k+1} -= lr' * wd * w                 # with weight_decouple, the old weight
+    Here ``x0`` is written back each step: the recovered origin with momentum = 0 (equal to the
+    stored one unless weight_decouple moves it), itself otherwise. Its step counter is global (one
+    per optimizer); t is per weight: the same while every parameter gets a gradient every step.
+    epsilon must be positive (the reference also takes 0, masking 0 / 0). nu^(1/3): the cube root
+    (nu >= 0; a fractional power of a negative base is NaN, codegen/ops.py).
+    """
+
+    RULE = "madgrad"
+    META = _rules_madgrad
+    NUMPY = _numpy_madgrad
+    TRITON = _triton_madgrad
+    TORCH = _rules_madgrad.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        momentum: Any = 0.9,
+        wd: Any = 0.0,
+        epsilon: Any = 1e-06,
+        weight_decouple: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "wd": wd,
+                "epsilon": epsilon,
+                "weight_decouple": weight_decouple,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class Muon(GeneratedOptimizer):
     """Muon: momentum orthogonalised by a Newton-Schulz iteration, for 2-D weights.
 
@@ -1266,6 +1549,92 @@ class NAG(GeneratedOptimizer):
                 "rescale_grad": rescale_grad,
                 "clip_gradient": clip_gradient,
                 "momentum": momentum,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class Prodigy(GeneratedOptimizer):
+    """Prodigy: Adam whose step size d is estimated from the distance travelled from the start.
+
+    Mishchenko & Defazio (2023), "Prodigy: An Expeditiously Adaptive Parameter-Free Learner"
+    (arXiv:2306.06101). Reference: pytorch-optimizer 4.1.0 ``pytorch_optimizer.Prodigy``.
+
+    Paper's equations (Algorithm 3, Adam version; x_0 the initial weight, d_0 > 0):
+        m_{k+1} = beta1 m_k + (1 - beta1) d_k g_k;   v_{k+1} = beta2 v_k + (1 - beta2) d_k^2 g_k^2
+        r_{k+1} = sqrt(beta2) r_k + (1 - sqrt(beta2)) lr_k d_k^2 <g_k, x_0 - x_k>
+        s_{k+1} = sqrt(beta2) s_k + (1 - sqrt(beta2)) lr_k d_k^2 g_k
+        d_{k+1} = max(d_k, r_{k+1} / ||s_{k+1}||_1)
+        x_{k+1} = x_k - lr_k d_k m_{k+1} / (sqrt(v_{k+1}) + d_k epsilon)
+    The code drops the (1 - sqrt(beta2)) factors and divides r and s by d0 (both cancel in d_hat).
+
+    The reference's code (followed here; states ``p0`` = x_0, ``s``, ``mean`` = m, ``var`` = v, host
+    states ``d``, ``d_max``, ``d_numerator`` = r, the same in every tensor of a group):
+        d_lr = d lr sqrt(1 - beta2^t) / (1 - beta1^t)   (bias_correction; else d lr), from the OLD d
+               # its group['step'] starts at 1 (its defaults) and counts after this: t = 1, 2, ...
+        r = beta3 r + (d / d0) d_lr <g, p0 - w>_group      # beta3 = sqrt(beta2) by default
+        m = beta1 m + d (1 - beta1) g;   v = beta2 v + d^2 (1 - beta2) g^2
+        s = beta3 s + (d / d0) d_lr g   (safeguard_warmup: (d / d0) d g)
+        if sum_group |s| == 0: stop here (moments, s and r updated; weight, d, d_max kept)
+        d_hat = d_coef r / sum_group |s|;   d = max(d, d_hat) only while d == d0
+        d_max = max(d_max, d_hat);   d = min(d_max, d growth_rate)
+        w = w (1 - wd d_lr) - d_lr m / (sqrt(v) + d epsilon)   # the NEW d
+
+    On that early return the reference keeps r decayed and added to (its tensor changes in place;
+    ``prodigyopt`` keeps the old r); optgen follows the reference.
+
+    Where optgen differs: without weight_decouple the reference adds wd w to the gradient after the
+    moments used it (a no-op on the weights); optgen adds it before every use, as Mishchenko's
+    ``prodigyopt`` does. The reference keeps r and the sum of |s| as float32 tensors (torch's default
+    dtype) and sums over all parameter groups; optgen keeps doubles and sums over each group (one
+    group: the same sums). Every tensor keeps its own copy of d, d_max and r, equal while the
+    group's tensors step together; a tensor that joins late (no gradient at first) starts from d0
+    and follows its own copy, where the reference has one d per group. d and d_max start at 0, read
+    as d0 (d, d_max >= d0 since growth_rate >= 1). Not offered: the reference's ``eps=None`` (atan2),
+    ``fixed_decay`` and ``maximize``.
+    """
+
+    RULE = "prodigy"
+    META = _rules_prodigy
+    NUMPY = _numpy_prodigy
+    TRITON = _triton_prodigy
+    TORCH = _rules_prodigy.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1.0,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        beta3: Any = None,
+        epsilon: Any = 1e-08,
+        wd: Any = 0.0,
+        d0: Any = 1e-06,
+        d_coef: Any = 1.0,
+        growth_rate: Any = None,
+        weight_decouple: Any = True,
+        bias_correction: Any = False,
+        safeguard_warmup: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta3": beta3,
+                "epsilon": epsilon,
+                "wd": wd,
+                "d0": d0,
+                "d_coef": d_coef,
+                "growth_rate": growth_rate,
+                "weight_decouple": weight_decouple,
+                "bias_correction": bias_correction,
+                "safeguard_warmup": safeguard_warmup,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -1726,16 +2095,79 @@ class Signum(GeneratedOptimizer):
         )
 
 
+class SM3(GeneratedOptimizer):
+    """SM3: Adagrad-like steps from one accumulator per row and one per column (a cover of the weight).
+
+    Anil, Gupta, Koren & Singer (2019), "Memory-Efficient Adaptive Optimization". Follows
+    ``pytorch_optimizer.SM3`` (pytorch-optimizer 4.1.0), which it is verified against.
+
+    Paper's equations (SM3-II, cover sets S_r, accumulators mu_r starting at 0, G the gradient):
+        nu_t(i) = min_{r: i in S_r} mu_{t-1}(r) + G(i)^2
+        mu_t(r) = max_{j in S_r} nu_t(j)
+        W(i) <- W(i) - lr G(i) / sqrt(nu_t(i))
+
+    The reference's code (followed here; states ``row`` and ``col`` are mu over the rows and columns
+    of a matrix, ``mom`` its ``momentum_buffer``; beta its ``beta``, epsilon its ``eps``):
+        nu = beta min(row_i, col_j) + (1 - beta) G^2     (min(row_i, col_j) + G^2 when beta = 0:
+                                                          it multiplies by beta only when beta > 0)
+        row_i = max(row_i, max_j nu),  col_j = max(col_j, max_i nu)   (old value dropped if beta = 0)
+        U = G / sqrt(nu + epsilon);   mom = lerp(mom, U, 1 - momentum) (used if momentum > 0)
+        W <- W - lr mom
+    The lerp is written momentum mom + (1 - momentum) U: U itself when momentum = 0.
+
+    Where it differs: the reference keeps one accumulator per tensor dimension (for a (B, R, C) weight
+    three, of B, R and C values); optgen views every weight as (batch, rows, cols) and keeps one per
+    row and one per column of each matrix: B R + B C values, the cover {(b, r, :)} and {(b, :, c)}. It
+    is a valid SM3 cover (each element in a row set and a column set), finer than the reference's, so
+    steps of >= 3-D weights differ from the reference (tests/test_sm3.py checks them against NumPy).
+    0-D, 1-D and 2-D weights get the reference's covers: a 1-D weight is one row, its column
+    accumulator the full nu (min(row, col_j) = col_j there), a 0-D weight one element, whose
+    accumulator the reference sets to nu without the max when beta > 0 (an EMA of G^2): so here.
+    """
+
+    RULE = "sm3"
+    META = _rules_sm3
+    NUMPY = _numpy_sm3
+    TRITON = _triton_sm3
+    TORCH = _rules_sm3.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.1,
+        momentum: Any = 0.0,
+        beta: Any = 0.0,
+        epsilon: Any = 1e-30,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "beta": beta,
+                "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
     "adafactor": Adafactor,
     "adagrad": Adagrad,
+    "adahessian": AdaHessian,
     "adam": Adam,
     "adam_clip": AdamClip,
     "adamax": Adamax,
     "adamw": AdamW,
+    "adan": Adan,
     "amsgrad": AMSGrad,
+    "came": CAME,
     "dcasgd": DCASGD,
     "ftml": FTML,
     "ftrl": Ftrl,
@@ -1743,9 +2175,11 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "lars": LARS,
     "lbsgd": LBSGD,
     "lion": Lion,
+    "madgrad": MADGRAD,
     "muon": Muon,
     "nadam": NAdam,
     "nag": NAG,
+    "prodigy": Prodigy,
     "radam": RAdam,
     "rmsprop": RMSprop,
     "rmsprop_centered": RMSpropCentered,
@@ -1754,4 +2188,5 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "sgld": SGLD,
     "signsgd": SignSGD,
     "signum": Signum,
+    "sm3": SM3,
 }

@@ -38,6 +38,8 @@ from generated.rules.adafactor import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCE_AXES,
@@ -55,6 +57,7 @@ from generated.rules.adafactor import (
     SPEC,
     STATE_AXES,
     STATES,
+    STEP_SCALARS,
     host_scalars,
     reduction_scalars,
     reduction_scalars_2,
@@ -91,6 +94,8 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCE_AXES",
@@ -108,6 +113,7 @@ __all__ = [
     "SPEC",
     "STATES",
     "STATE_AXES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "reduction_scalars",
@@ -470,9 +476,13 @@ def adafactor_kernel(
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
     """Initial state buffers for ``weight``: float32 on its device (a row or column vector for
-    a state with an axis)."""
+    a state with an axis).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; none changes the initial state (INIT_HYPERPARAMS).
+    """
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     return {
         "row": torch.full(

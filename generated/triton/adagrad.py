@@ -22,6 +22,9 @@ added outside the adaptive term: it is scaled by lr alone and never accumulated 
 MXNet master renamed the keyword ``epsilon`` (default 1e-6), moved it outside the root and feeds
 clip(rescale_grad * g) + wd * w into history; optgen follows 1.9.1. torch.optim.Adagrad(eps)
 also puts eps outside the root and adds wd * w to the gradient before accumulating it.
+
+``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
+0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from generated.rules.adagrad import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
+    INPUTS,
     LEGAL,
     NONE_MEANS,
     REDUCTIONS,
@@ -44,6 +49,7 @@ from generated.rules.adagrad import (
     SCALARS,
     SPEC,
     STATES,
+    STEP_SCALARS,
     host_scalars,
 )
 from optgen_runtime.common import (
@@ -64,6 +70,8 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "NONE_MEANS",
     "REDUCTIONS",
@@ -71,6 +79,7 @@ __all__ = [
     "SCALARS",
     "SPEC",
     "STATES",
+    "STEP_SCALARS",
     "host_scalars",
     "init_state",
     "step",
@@ -109,14 +118,14 @@ def adagrad_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     history = tl.load(history_ptr + offs, mask=mask).to(tl.float32)
-    # specs/adagrad.py:34: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/adagrad.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/adagrad.py:38: history_new = G**2 + history
+    # specs/adagrad.py:51: history_new = G**2 + history
     _v2 = G * G
     history_new = history + _v2
-    # specs/adagrad.py:39: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+    # specs/adagrad.py:52: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
     _v3 = wd * weight
     _v4 = history_new + eps
     _v5 = tl.sqrt_rn(_v4)
@@ -223,11 +232,16 @@ def adagrad_multi_kernel(
     )
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight`` (same shape and device, float32).
+
+    Takes the hyperparameters ``step`` takes, checked the same way; the initial state depends on initial_accumulator_value (INIT_HYPERPARAMS).
+    """
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
+    initial_accumulator_value = hp["initial_accumulator_value"]
     return {
-        "history": torch.full_like(weight, 0.0, dtype=torch.float32),
+        "history": torch.full_like(weight, initial_accumulator_value, dtype=torch.float32),
     }
 
 
@@ -296,7 +310,7 @@ def step_multi(
         computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
         for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
     ]
-    for _scalars, _ in new:
+    for _scalars, _host_new in new:
         check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(adagrad_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):

@@ -42,6 +42,8 @@ from generated.rules.muon import (
     GROUP_REDUCTIONS,
     HOST_STATES,
     HYPERPARAMS,
+    INIT_HYPERPARAMS,
+    INPUTS,
     LEGAL,
     MATRIX_VALUES,
     NONE_MEANS,
@@ -50,6 +52,7 @@ from generated.rules.muon import (
     SPEC,
     STATE_AXES,
     STATES,
+    STEP_SCALARS,
     TORCH,
     check_matrix,
 )
@@ -70,6 +73,8 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "HOST_STATES",
     "HYPERPARAMS",
+    "INIT_HYPERPARAMS",
+    "INPUTS",
     "LEGAL",
     "MATRIX_VALUES",
     "NONE_MEANS",
@@ -78,6 +83,7 @@ __all__ = [
     "SPEC",
     "STATES",
     "STATE_AXES",
+    "STEP_SCALARS",
     "TORCH",
     "init_state",
     "step",
@@ -172,8 +178,10 @@ def muon_segment2_kernel(
     tl.store(weight_new_ptr + offs, weight_new.to(weight_new_ptr.dtype.element_ty), mask=mask)
 
 
-def init_state(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Initial state buffers for ``weight``: same shape and device, float32; ``weight`` 2-D."""
+def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
+    """Initial state buffers for ``weight``: same shape and device, float32; ``weight`` 2-D.
+    Takes the hyperparameters ``step`` takes, checked the same way (INIT_HYPERPARAMS)."""
+    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     check_weight(RULE, weight)
     check_matrix(weight)
     return {

@@ -279,7 +279,7 @@ class TorchExchange:
                     if initial is None:
                         p = param_of[index].detach()
                         dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                        initial = self.NUMPY.init_state(p.to("cpu", dtype).numpy().copy())
+                        initial = self._initial(p.to("cpu", dtype).numpy().copy(), hp)
                     value = initial[key]
                     if key in self.META.STATES:
                         value = torch.from_numpy(value)

@@ -88,8 +88,14 @@ class ParamState:
         master.copy_(p.detach())
         return master
 
-    def _state_for(self, p: torch.Tensor) -> dict[str, Any]:
-        """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)."""
+    def _initial(self, weight: Any, hp: dict[str, Any]) -> dict[str, Any]:
+        """The rule's initial state for ``weight`` (a NumPy array), from the hyperparameters of
+        its param group that the initial state depends on (``INIT_HYPERPARAMS``)."""
+        return self.NUMPY.init_state(weight, **{k: hp[k] for k in self.META.INIT_HYPERPARAMS})
+
+    def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
+        """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)
+        with its group's hyperparameters ``hp``."""
         state = self.state[p]
         if state:
             step = state["step"]
@@ -98,7 +104,7 @@ class ParamState:
             return state
         dtype = self._working_dtype(p)
         weight = p.detach().to(dtype).cpu().numpy()
-        initial = self.NUMPY.init_state(weight.copy())
+        initial = self._initial(weight.copy(), hp)
         state["step"] = step_tensor(0)
         for key in self.META.STATES:
             state[key] = torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype)
@@ -172,7 +178,11 @@ class ParamState:
             check_contiguous(name, where, value)
 
     def _check_across(
-        self, params: list[torch.Tensor], indices: dict[int, int], grads_written: bool
+        self,
+        params: list[torch.Tensor],
+        indices: dict[int, int],
+        grads_written: bool,
+        given: Any = None,
     ) -> None:
         """No buffer the step writes (a parameter, its state tensors, its master copy; its
         gradient when unscaled in place) shares memory with any other buffer of the step, its
@@ -186,6 +196,8 @@ class ParamState:
             if not (grads_written and view_key(p.grad) in grads):
                 buffers.append((f"{label}'s grad", p.grad, grads_written))
             grads.add(view_key(p.grad))
+            if given is not None:  # the step's per-element inputs: read only, like gradients
+                buffers += [(f"{label}'s {key}", x, False) for key, x in given.of(p).items()]
             state = self.state.get(p) or {}
             buffers += [
                 (f"{label}'s state[{key!r}]", value, True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -29,12 +30,17 @@ class Stepping:
     """``step`` of ``GeneratedOptimizer`` and its two backends."""
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
+    def step(self, closure: Callable[[], Any] | None = None, **inputs: Any) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss.
+
+        ``inputs``: the rule's step inputs besides the gradients (``META.INPUTS``,
+        ``META.STEP_SCALARS``; none for most rules), see :mod:`optgen_runtime.optim.inputs`.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        given = self._given(inputs, loss)
         self._settle()
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         on_device = self._amp_on_device(scale, found_inf)
@@ -42,11 +48,11 @@ class Stepping:
             return loss  # GradScaler found inf/NaN gradients: skip the step, write nothing
         inverse = 1.0 / float(scale) if scale is not None and not on_device else 1.0
         indices = self._indices()
-        plans = self._plans(indices, inverse)  # every check before any write (state too)
+        plans = self._plans(indices, inverse, given)  # every check before any write
         every = [p for _, _, ps in plans for p in ps]
         fresh = [p for p in every if not self.state.get(p)]
         try:
-            self._apply(plans, indices, inverse, on_device, scale, found_inf)
+            self._apply(plans, indices, inverse, on_device, scale, found_inf, given)
         except BaseException:
             # a step the kernels refused (a scalar float32 cannot hold) leaves no new state
             for p in fresh:
@@ -62,11 +68,12 @@ class Stepping:
         on_device: bool,
         scale: Any,
         found_inf: Any,
+        given: Given,
     ) -> None:
         """The step's writes, in order: state, AMP flags, unscaling, then each group's update."""
         speculative = on_device and found_inf is not None
         undo = self._undo([p for _, _, ps in plans for p in ps]) if speculative else []
-        states = [[self._state_for(p) for p in params] for _, _, params in plans]
+        states = [[self._state_for(p, hp) for p in params] for hp, _, params in plans]
         amps = {}
         if on_device:
             devices = list(dict.fromkeys(params[0].device for _, _, params in plans))
@@ -83,7 +90,7 @@ class Stepping:
             for i in numpy:
                 stream = indices[id(params[i])]
                 seed = tensor_seed(resolved["seed"], stream) if self.META.DRAWS else 0
-                self._numpy_step(params[i], group_states[i], hp, seed)
+                self._numpy_step(params[i], group_states[i], hp, seed, given)
             if triton:
                 self._triton_step(
                     [params[i] for i in triton],
@@ -91,9 +98,10 @@ class Stepping:
                     hp,
                     [indices[id(params[i])] for i in triton],
                     amps.get(params[0].device),
+                    given,
                 )
 
-    def _plans(self, indices: dict[int, int], inverse: float) -> list[Plan]:
+    def _plans(self, indices: dict[int, int], inverse: float, given: Given) -> list[Plan]:
         """Every group checked (hyperparameters, devices, each parameter and its state), then
         every buffer of the step against every other (``_check_across``)."""
         plans = []
@@ -115,15 +123,16 @@ class Stepping:
                 )
             for p in params:
                 self._check_param(p, indices[id(p)])
-            self._check_scalars(hp, params)
+                self._check_inputs(p, f"parameter {indices[id(p)]}", given)
+            self._check_scalars(hp, params, given)
             plans.append((hp, resolved, params))
         every = [p for _, _, params in plans for p in params]
-        self._check_across(every, indices, self._unscales_in_place(inverse))
+        self._check_across(every, indices, self._unscales_in_place(inverse), given)
         for group, updates in synced:  # accepted: the synced aliases are written now
             self._apply_aliases(group, updates)
         return plans
 
-    def _check_scalars(self, hp: dict[str, Any], params: list[torch.Tensor]) -> None:
+    def _check_scalars(self, hp: dict[str, Any], params: list[torch.Tensor], given: Given) -> None:
         """The kernel scalars of each parameter's step, computed and range-checked as the
         modules do (``optgen_runtime.scalars``) but before anything is written. Rules with
         reductions need the step's sums first: their modules check once the sums are known."""
@@ -138,7 +147,9 @@ class Stepping:
             t = int(state["step"]) + 1 if state else 1
             host = {key: state[key] for key in meta.HOST_STATES}
             sizes = {"numel": p.numel()} if meta.SIZES else {}
-            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host, **sizes)
+            scalars, _ = computed(
+                name, meta.host_scalars, t, **resolved, **host, **given.scalars, **sizes
+            )
             dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
@@ -157,7 +168,7 @@ class Stepping:
             p.copy_(state["master"])
 
     def _numpy_step(
-        self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int
+        self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int, given: Given
     ) -> None:
         weight = state.get("master", p)
         grad = p.grad.detach()
@@ -167,7 +178,14 @@ class Stepping:
         views = self._views(state, lambda t: t.detach().numpy())
         t = int(state["step"]) + 1
         hp = {**hp, "seed": seed} if self.META.DRAWS else hp
-        self.NUMPY.step(weight.detach().numpy(), grad.numpy(), views, t, **hp)
+        # per-element inputs in the weight's dtype, as the NumPy reference takes them (a copy
+        # only where the dtype differs or the tensor is not contiguous)
+        arrays = {
+            key: x.detach().to(weight.dtype).contiguous().numpy() for key, x in given.of(p).items()
+        }
+        self.NUMPY.step(
+            weight.detach().numpy(), grad.numpy(), views, t, **hp, **arrays, **given.scalars
+        )
         self._finish(p, state, views)
 
     def _numpy_group_step(
@@ -209,6 +227,7 @@ class Stepping:
         hp: dict[str, Any],
         streams: list[int],
         amp: torch.Tensor | None = None,
+        given: Given | None = None,
     ) -> None:
         """One ``step_multi`` for the group's parameters, each at its own step count; the j-th
         draws from ``tensor_seed(seed, streams[j])`` (its index in ``state_dict()``); ``amp``:
@@ -217,6 +236,13 @@ class Stepping:
         grads = [p.grad.detach().contiguous() for p in params]
         views = [self._views(state, lambda x: x) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
-        self.TRITON.step_multi(weights, grads, views, ts, stream_ids=streams, amp=amp, **hp)
+        given = given or Given()
+        arrays = {
+            key: [given.of(p)[key].detach().contiguous() for p in params]
+            for key in self.META.INPUTS
+        }
+        self.TRITON.step_multi(
+            weights, grads, views, ts, stream_ids=streams, amp=amp, **hp, **arrays, **given.scalars
+        )
         for p, state, v in zip(params, states, views, strict=True):
             self._finish(p, state, v)

@@ -26,14 +26,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from conftest import RULE_NAMES
+from conftest import RULE_NAMES as ALL_RULES
 from hypothesis import strategies as st
 
 from fuzz.conftest import COUNTS
 
 META: dict[str, ModuleType] = {
-    r: importlib.import_module(f"generated.rules.{r}") for r in RULE_NAMES
+    r: importlib.import_module(f"generated.rules.{r}") for r in ALL_RULES
 }
+# Rules whose step takes inputs besides the gradient (AdaHessian's hessian, a loss) are drawn
+# by the NumPy and Triton step fuzz only (WITH_INPUTS: per-element inputs, perturbed like the
+# gradient); elsewhere their inputs' guards are tested in tests/test_input_guards.py.
+RULE_NAMES = [r for r in ALL_RULES if not META[r].INPUTS and not META[r].STEP_SCALARS]
+WITH_INPUTS = [r for r in ALL_RULES if META[r].INPUTS and not META[r].STEP_SCALARS]
 
 REFUSED = "refused cleanly"
 EQUAL = "accepted and equal"
@@ -288,7 +293,7 @@ def targets(perturbation: str) -> set[str]:
     """The inputs a perturbation replaces or aliases: two that share one can undo each other
     (a strided copy of the weight ends grad-is-weight aliasing; a second dtype change can
     restore the first), so a case applies a second perturbation only on other inputs."""
-    out = {part for part in ("weight", "grad", "state", "host") if part in perturbation}
+    out = {part for part in ("weight", "grad", "state", "host", "input") if part in perturbation}
     if perturbation in ("fortran", "other_rules_state", "states_shared"):
         out |= {"weight", "grad", "state"}
     return out or {perturbation}

@@ -16,6 +16,7 @@ from fuzz.harness import (
     RULE_NAMES,
     SHAPES,
     VALUES,
+    WITH_INPUTS,
     Case,
     canonical_hyperparams,
     fill,
@@ -36,11 +37,17 @@ BUFFER_PERTURBATIONS = [
     "state_list", "state_not_dict", "weight_readonly", "grad_readonly", "weight_int",
     "weight_float16", "weight_list", "weight_matrix", "host_state_bad", "fortran",
 ]  # fmt: skip
+# A per-element input besides the gradient (AdaHessian's hessian): checked like the gradient,
+# read-only (it may share memory with the gradient, not with a buffer the step writes).
+INPUT_PERTURBATIONS = [
+    "input_missing", "input_dtype", "input_shape", "input_is_weight", "input_is_grad",
+    "input_is_state", "input_strided", "input_list", "input_readonly",
+]  # fmt: skip
 
 
 @st.composite
 def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str, Any]]:
-    rule = draw(st.sampled_from(RULE_NAMES))
+    rule = draw(st.sampled_from(RULE_NAMES + WITH_INPUTS))
     meta = META[rule]
     case = Case(rule)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
@@ -53,16 +60,60 @@ def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str
     for name in meta.STATES:
         state[name][...] = fill(rng, state[name].shape, kind, "state")
     hp = draw(hyperparams(rule, case))
+    extra = {name: fill(rng, shape, kind, "grad").astype(dtype) for name in meta.INPUTS}
     t = draw(step_count(case))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
-    drawn = draw(st.lists(st.sampled_from(BUFFER_PERTURBATIONS), min_size=count, max_size=count))
+    kinds = BUFFER_PERTURBATIONS + (INPUT_PERTURBATIONS if meta.INPUTS else [])
+    drawn = draw(st.lists(st.sampled_from(kinds), min_size=count, max_size=count))
     used: set[str] = set()
     for p in drawn:
         if targets(p) & used:
             continue  # it could undo the first perturbation
         used |= targets(p)
+        if p in INPUT_PERTURBATIONS:
+            perturb_input(draw, rule, case, p, weight, grad, state, extra)
+            continue
         weight, grad, state = perturb(draw, rule, case, p, weight, grad, state, rng)
-    return case, rule, weight, grad, state, t, hp
+    return case, rule, weight, grad, state, t, {**hp, **extra}
+
+
+def perturb_input(draw, rule, case, p, weight, grad, state, extra) -> None:
+    """Perturb one per-element input in ``extra`` (in place)."""
+    key = draw(st.sampled_from(META[rule].INPUTS))
+    x = extra[key]
+    nonempty = x.size > 0 or None
+    if p == "input_missing":
+        del extra[key]
+        case.perturb(p, [key], True)
+    elif p == "input_dtype":
+        other = np.float64 if x.dtype == np.float32 else np.float32
+        extra[key] = x.astype(draw(st.sampled_from([other, np.float16, np.int32])))
+        case.perturb(p, [key], True)
+    elif p == "input_shape":
+        extra[key] = np.zeros((x.size + 1,), dtype=x.dtype)
+        case.perturb(p, [key], True)
+    elif p == "input_is_weight" and isinstance(weight, np.ndarray) and weight.dtype == x.dtype:
+        extra[key] = weight
+        case.perturb(p, [key, "weight"], nonempty)
+    elif p == "input_is_grad" and isinstance(grad, np.ndarray):
+        extra[key] = grad  # only read, like the gradient: legal when the gradient is
+        case.perturb(p, [key, "grad"], grad.dtype != x.dtype)
+    elif p == "input_is_state" and isinstance(state, dict) and META[rule].STATES:
+        s = draw(st.sampled_from(META[rule].STATES))
+        if isinstance(state.get(s), np.ndarray) and state[s].dtype == x.dtype:
+            extra[key] = state[s]
+            case.perturb(p, [key, s], nonempty)
+    elif p == "input_strided" and x.ndim:
+        big = np.zeros(x.shape + (2,), dtype=x.dtype)
+        big[..., 0] = x
+        extra[key] = big[..., 0]
+        case.perturb(p, [key], bool(not extra[key].flags.c_contiguous))
+    elif p == "input_list":
+        extra[key] = x.tolist()
+        case.perturb(p, [key], True)
+    elif p == "input_readonly":
+        x.flags.writeable = False  # only read: legal
+        case.perturb(p, [key], False)
 
 
 def perturb(draw, rule, case, p, weight, grad, state, rng):
@@ -187,12 +238,14 @@ def test_numpy_step(drawn):
     ref = None
     if not case.must_refuse:
         try:
+            extra = {k: v for k, v in hp.items() if k in module.INPUTS}
             ref = (
                 np.array(weight, copy=True, order="C"),
                 np.array(grad, copy=True, order="C"),
                 copy_state(state),
                 int(t),
-                canonical_hyperparams(rule, hp),
+                canonical_hyperparams(rule, {k: v for k, v in hp.items() if k not in extra}),
+                {k: np.array(v, copy=True, order="C") for k, v in extra.items()},
             )
         except Exception:
             ref = None
@@ -200,8 +253,8 @@ def test_numpy_step(drawn):
     def reference(_):
         if ref is None:
             return "accepted inputs that have no canonical form"
-        w, g, s, tt, h = ref
-        module.step(w, g, s, tt, **h)
+        w, g, s, tt, h, x = ref
+        module.step(w, g, s, tt, **h, **x)
         if snap(w) != snap(np.asarray(weight)):
             return "weight differs from the module on clean copies"
         if snap(s) != snap(copy_state(state)):

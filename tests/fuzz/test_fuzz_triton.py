@@ -20,6 +20,7 @@ from fuzz.harness import (
     RULE_NAMES,
     SHAPES,
     VALUES,
+    WITH_INPUTS,
     Case,
     canonical_hyperparams,
     fill,
@@ -187,7 +188,9 @@ def numpy_reference(rule, weight, grad, state, t, hp) -> tuple[np.ndarray, dict[
     s = {
         k: v.float().numpy().copy() if isinstance(v, torch.Tensor) else v for k, v in state.items()
     }
-    numpy_module(rule).step(w, g, s, int(t), **canonical_hyperparams(rule, hp))
+    inputs = {k: v.float().numpy().copy() for k, v in hp.items() if k in META[rule].INPUTS}
+    hyper = {k: v for k, v in hp.items() if k not in inputs}
+    numpy_module(rule).step(w, g, s, int(t), **canonical_hyperparams(rule, hyper), **inputs)
     return w, s
 
 
@@ -215,12 +218,56 @@ def compare_to_numpy(rule, before, weight, state) -> str | None:
 
 @st.composite
 def triton_case(draw: st.DrawFn):
-    rule = draw(st.sampled_from(RULE_NAMES))
+    rule = draw(st.sampled_from(RULE_NAMES + WITH_INPUTS))
     case = Case(rule)
     weight, grad, state = draw(one_tensor(rule, case))
     hp = draw(hyperparams(rule, case))
     t = draw(step_count(case))
-    return case, rule, weight, grad, state, t, hp
+    return case, rule, weight, grad, state, t, {**hp, **draw(inputs(rule, case, weight, grad))}
+
+
+INPUT_PERTURBATIONS = [
+    "input_missing", "input_dtype", "input_shape", "input_is_weight", "input_is_grad",
+    "input_meta", "input_numpy",
+]  # fmt: skip
+
+
+@st.composite
+def inputs(draw: st.DrawFn, rule: str, case: Case, weight: Any, grad: Any) -> dict[str, Any]:
+    """A rule's per-element inputs besides the gradient (AdaHessian's hessian): fp32, fp16 or
+    bf16 like a gradient, perhaps perturbed (a read-only input may be the gradient itself)."""
+    names = META[rule].INPUTS
+    if not names:
+        return {}
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = tuple(np.shape(weight))
+    out = {k: tensor(fill(rng, shape, "normal", "grad"), draw(st.sampled_from(WEIGHT_DTYPES)))
+           for k in names}  # fmt: skip
+    if draw(st.sampled_from([False, False, True])):
+        p, key = draw(st.sampled_from(INPUT_PERTURBATIONS)), draw(st.sampled_from(names))
+        w_ok = isinstance(weight, torch.Tensor) and weight.numel() > 0
+        if p == "input_missing":
+            del out[key]
+            case.perturb(p, [key], True)
+        elif p == "input_dtype":
+            out[key] = out[key].to(draw(st.sampled_from([torch.float64, torch.int32])))
+            case.perturb(p, [key], True)
+        elif p == "input_shape":
+            out[key] = torch.zeros(out[key].numel() + 1)
+            case.perturb(p, [key], True)
+        elif p == "input_is_weight" and isinstance(weight, torch.Tensor):
+            out[key] = weight
+            case.perturb(p, [key, "weight"], True if w_ok else None)
+        elif p == "input_is_grad" and isinstance(grad, torch.Tensor):
+            out[key] = grad  # both only read: legal wherever the gradient is
+            case.perturb(p, [key, "grad"], None)
+        elif p == "input_meta":
+            out[key] = out[key].to("meta")
+            case.perturb(p, [key], True)
+        elif p == "input_numpy":
+            out[key] = out[key].float().numpy()
+            case.perturb(p, [key], True)
+    return out
 
 
 @settings(max_examples=examples(200))
