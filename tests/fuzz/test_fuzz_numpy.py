@@ -60,6 +60,9 @@ def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str
     for name in meta.STATES:
         state[name][...] = fill(rng, state[name].shape, kind, "state")
     hp = draw(hyperparams(rule, case))
+    if meta.HOST_STATES and meta.REDUCTIONS and kind in ("nan", "inf", "huge", "negative_state"):
+        # a host state fed by the step's sums (Prodigy's d) turned NaN/inf: refused, unwritten
+        case.perturb(f"{kind} data into host states fed by sums", ["would make host state"], None)
     extra = {name: fill(rng, shape, kind, "grad").astype(dtype) for name in meta.INPUTS}
     t = draw(step_count(case))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
