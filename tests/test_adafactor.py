@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import triton_module
+from factored import check_torch_class, row_scaled_case, trajectory
 
 from generated.numpy import adafactor
 from generated.torch import Adafactor
 
-STEPS = 20
 SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70)]
 SETTINGS = [
     {},
@@ -26,30 +26,21 @@ BOUNDS = {np.float64: (1e-11, 1e-13), np.float32: (0.0, 2e-5)}
 
 
 def torch_reference(w0: np.ndarray, grads: list[np.ndarray], hp: dict) -> list[np.ndarray]:
-    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = torch.optim.Adafactor(
-        [p],
-        lr=hp.get("lr", 0.01),
-        beta2_decay=hp.get("beta2_decay", -0.8),
-        eps=(2.0**-23, hp.get("eps2", 1e-3)),  # torch's default eps1 is the dtype's epsilon
-        d=hp.get("d", 1.0),
-        weight_decay=hp.get("wd", 0.0),
+    return trajectory(
+        lambda params: torch.optim.Adafactor(
+            params,
+            lr=hp.get("lr", 0.01),
+            beta2_decay=hp.get("beta2_decay", -0.8),
+            eps=(2.0**-23, hp.get("eps2", 1e-3)),  # torch's default eps1 is the dtype's epsilon
+            d=hp.get("d", 1.0),
+            weight_decay=hp.get("wd", 0.0),
+        ),
+        w0,
+        grads,
     )
-    out = []
-    for g in grads:
-        p.grad = torch.from_numpy(g.copy())
-        opt.step()
-        out.append(p.detach().numpy().copy())
-    return out
 
 
-def case(shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(len(shape) * 100 + int(np.prod(shape)))
-    w0 = np.asarray(rng.standard_normal(shape), dtype=dtype)
-    # gradients of varied scale per row, so that the factors differ from row to row
-    scale = np.exp(rng.standard_normal(shape[:-1] + (1,) if shape else ()))
-    grads = [np.asarray(rng.standard_normal(shape) * scale, dtype=dtype) for _ in range(STEPS)]
-    return w0, grads
+case = row_scaled_case
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, dtype: type) -> None:
@@ -82,18 +73,9 @@ def test_states_have_one_value_per_row_and_per_column() -> None:
 def test_torch_class_matches_torch_optim(shape) -> None:
     w0, grads = case(shape, np.float32)
     hp = {"lr": 0.05, "wd": 0.1}
-    reference = torch_reference(w0, grads, hp)
-    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = Adafactor([p], **hp)
-    for t, g in enumerate(grads, start=1):
-        p.grad = torch.from_numpy(g.copy())
-        opt.step()
-        assert_close(p.detach().numpy(), reference[t - 1], np.float32)
-    # the factored state survives a checkpoint round trip
-    saved = opt.state_dict()
-    again = Adafactor([torch.nn.Parameter(p.detach().clone())], **hp)
-    again.load_state_dict(saved)
-    assert torch.equal(again.state_dict()["state"][0]["row"], saved["state"][0]["row"])
+    want = torch_reference(w0, grads, hp)
+    close = lambda got, theirs: assert_close(got, theirs, np.float32)  # noqa: E731
+    check_torch_class(Adafactor, hp, w0, grads, want, close, "row")
 
 
 @pytest.mark.parametrize("shape", [(), (9,), (6, 10), (3, 4, 5), (20, 1100)], ids=str)

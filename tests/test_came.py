@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import triton_module
+from factored import check_torch_class, row_scaled_case, trajectory
 from pytorch_optimizer import CAME as ReferenceCAME
 
 from generated.numpy import came
 from generated.torch import CAME
 
-STEPS = 20
 SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70)]
 SETTINGS = [
     {},
@@ -31,34 +31,25 @@ BOUNDS = {np.float64: (1e-12, 1e-14), np.float32: (1e-5, 2e-6)}
 
 
 def reference(w0: np.ndarray, grads: list[np.ndarray], hp: dict) -> list[np.ndarray]:
-    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = ReferenceCAME(
-        [p],
-        lr=hp.get("lr", 2e-4),
-        betas=(hp.get("beta1", 0.9), hp.get("beta2", 0.999), hp.get("beta3", 0.9999)),
-        weight_decay=hp.get("wd", 0.0),
-        weight_decouple=hp.get("weight_decouple", True),
-        fixed_decay=hp.get("fixed_decay", False),
-        clip_threshold=hp.get("clip_threshold", 1.0),
-        eps1=hp.get("eps1", 1e-30),
-        eps2=hp.get("eps2", 1e-16),
-        foreach=False,  # the per-parameter path
+    return trajectory(
+        lambda params: ReferenceCAME(
+            params,
+            lr=hp.get("lr", 2e-4),
+            betas=(hp.get("beta1", 0.9), hp.get("beta2", 0.999), hp.get("beta3", 0.9999)),
+            weight_decay=hp.get("wd", 0.0),
+            weight_decouple=hp.get("weight_decouple", True),
+            fixed_decay=hp.get("fixed_decay", False),
+            clip_threshold=hp.get("clip_threshold", 1.0),
+            eps1=hp.get("eps1", 1e-30),
+            eps2=hp.get("eps2", 1e-16),
+            foreach=False,  # the per-parameter path
+        ),
+        w0,
+        grads,
     )
-    out = []
-    for g in grads:
-        p.grad = torch.from_numpy(g.copy())
-        opt.step()
-        out.append(p.detach().numpy().copy())
-    return out
 
 
-def case(shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(len(shape) * 100 + int(np.prod(shape)))
-    w0 = np.asarray(rng.standard_normal(shape), dtype=dtype)
-    # gradients of varied scale per row, so that the factors differ from row to row
-    scale = np.exp(rng.standard_normal(shape[:-1] + (1,) if shape else ()))
-    grads = [np.asarray(rng.standard_normal(shape) * scale, dtype=dtype) for _ in range(STEPS)]
-    return w0, grads
+case = row_scaled_case  # row-scaled gradients: the row and column factors differ
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, dtype: type) -> None:
@@ -95,16 +86,8 @@ def test_torch_class_matches_pytorch_optimizer(shape) -> None:
     w0, grads = case(shape, np.float32)
     hp = SETTINGS[1]
     want = reference(w0, grads, hp)
-    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = CAME([p], **hp)
-    for t, g in enumerate(grads, start=1):
-        p.grad = torch.from_numpy(g.copy())
-        opt.step()
-        assert_close(p.detach().numpy(), want[t - 1], np.float32)
-    saved = opt.state_dict()
-    again = CAME([torch.nn.Parameter(p.detach().clone())], **hp)
-    again.load_state_dict(saved)
-    assert torch.equal(again.state_dict()["state"][0]["res_row"], saved["state"][0]["res_row"])
+    close = lambda got, theirs: assert_close(got, theirs, np.float32)  # noqa: E731
+    check_torch_class(CAME, hp, w0, grads, want, close, "res_row")
 
 
 @pytest.mark.parametrize("setting", [0, 2])

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import triton_module
+from factored import check_torch_class, row_scaled_case, trajectory
 from pytorch_optimizer import SM3 as ReferenceSM3
 
 from generated.numpy import sm3
 from generated.torch import SM3
 
-STEPS = 20
 SHAPES = [(), (9,), (6, 10), (1, 8), (130, 70)]
 SETTINGS = [
     {},
@@ -31,21 +31,18 @@ BOUNDS = {np.float64: (1e-12, 1e-14), np.float32: (0.0, 2e-6)}
 
 
 def reference(w0: np.ndarray, grads: list[np.ndarray], hp: dict) -> list[np.ndarray]:
-    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = ReferenceSM3(
-        [p],
-        lr=hp.get("lr", 0.1),
-        momentum=hp.get("momentum", 0.0),
-        beta=hp.get("beta", 0.0),
-        eps=hp.get("epsilon", 1e-30),
-        foreach=False,  # the per-parameter path
+    return trajectory(
+        lambda params: ReferenceSM3(
+            params,
+            lr=hp.get("lr", 0.1),
+            momentum=hp.get("momentum", 0.0),
+            beta=hp.get("beta", 0.0),
+            eps=hp.get("epsilon", 1e-30),
+            foreach=False,  # the per-parameter path
+        ),
+        w0,
+        grads,
     )
-    out = []
-    for g in grads:
-        p.grad = torch.from_numpy(g.copy())
-        opt.step()
-        out.append(p.detach().numpy().copy())
-    return out
 
 
 def formula(w0: np.ndarray, grads: list[np.ndarray], hp: dict) -> list[np.ndarray]:
@@ -69,13 +66,7 @@ def formula(w0: np.ndarray, grads: list[np.ndarray], hp: dict) -> list[np.ndarra
     return out
 
 
-def case(shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(len(shape) * 100 + int(np.prod(shape)))
-    w0 = np.asarray(rng.standard_normal(shape), dtype=dtype)
-    # gradients of varied scale per row, so that the row and column maxima differ
-    scale = np.exp(rng.standard_normal(shape[:-1] + (1,) if shape else ()))
-    grads = [np.asarray(rng.standard_normal(shape) * scale, dtype=dtype) for _ in range(STEPS)]
-    return w0, grads
+case = row_scaled_case  # row-scaled gradients: the row and column factors differ
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, dtype: type) -> None:
@@ -130,16 +121,8 @@ def test_torch_class_matches_pytorch_optimizer(shape) -> None:
     w0, grads = case(shape, np.float32)
     hp = SETTINGS[1]
     want = reference(w0, grads, hp)
-    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = SM3([p], **hp)
-    for t, g in enumerate(grads, start=1):
-        p.grad = torch.from_numpy(g.copy())
-        opt.step()
-        assert_close(p.detach().numpy(), want[t - 1], np.float32)
-    saved = opt.state_dict()
-    again = SM3([torch.nn.Parameter(p.detach().clone())], **hp)
-    again.load_state_dict(saved)
-    assert torch.equal(again.state_dict()["state"][0]["col"], saved["state"][0]["col"])
+    close = lambda got, theirs: assert_close(got, theirs, np.float32)  # noqa: E731
+    check_torch_class(SM3, hp, w0, grads, want, close, "col")
 
 
 @pytest.mark.parametrize("setting", [0, 1])
