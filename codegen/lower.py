@@ -112,7 +112,7 @@ def _may_fail(expr: sp.Expr) -> bool:
     return False
 
 
-class _HostExtractor:
+class HostExtractor:
     """Replaces host-only subtrees by ``_h<k>`` scalars; ``host_inputs`` may grow between uses."""
 
     def __init__(self, host_inputs: set[sp.Symbol], new: Callable[[], sp.Symbol]) -> None:
@@ -175,7 +175,7 @@ def extract_host(block: Block) -> Block:
     where the reductions' results count as host inputs too. Host scalars come first in the block.
     """
     rule: Rule = block.rule
-    extractor = _HostExtractor(set(rule.host_inputs), lambda: block.temps.new("host"))
+    extractor = HostExtractor(set(rule.host_inputs), lambda: block.temps.new("host"))
     summands = []
     for role in block.reduction_roles():  # a phase's host inputs: the earlier phases' results
         summands += [a.with_(expr=extractor(a.expr)) for a in block.role(role)]
@@ -211,7 +211,7 @@ def cse(block: Block) -> Block:
 
 
 # ---------------------------------------------------------------------------------- pass 4
-class _Linearizer:
+class Linearizer:
     """Turns expressions into three-address ops, refusing what a kernel cannot do."""
 
     RELATIONAL: ClassVar[dict[type, str]] = {
@@ -430,12 +430,12 @@ def linearize(block: Block) -> Block:
     rule: Rule = block.rule
     host = {a.target for a in block.role("host")}
     new_value = lambda: block.temps.new("value")  # noqa: E731
-    element = _Linearizer(rule, "element", host, new_value).phase(
+    element = Linearizer(rule, "element", host, new_value).phase(
         block.role("element"), set(rule.outputs.values())
     )
     reduction = []
     for role in block.reduction_roles():
-        reduction += _Linearizer(rule, role, host, new_value).phase(
+        reduction += Linearizer(rule, role, host, new_value).phase(
             block.role(role), set(rule.staged())
         )
     used = {x for a in reduction for x in a.args}

@@ -25,7 +25,7 @@ import sympy as sp
 
 from codegen import matrix, names, ops
 from codegen.ir import Assign
-from codegen.lower import Op, _HostExtractor, _Linearizer
+from codegen.lower import Op, HostExtractor, Linearizer
 from codegen.names import Temps
 from codegen.spec import SCALAR, Rule, SpecError
 from codegen.targets import ENV
@@ -141,7 +141,7 @@ def plan(rule: Rule) -> Plan:
 
     temps = Temps()
     scalars = host_inputs | set(rule.reductions)
-    extractor = _HostExtractor(scalars, lambda: temps.new("host"))
+    extractor = HostExtractor(scalars, lambda: temps.new("host"))
     depth = max((lv for _, _, lv in element), default=0)
     stages: list[tuple[str, object]] = []
     later_reads: dict[sp.Symbol, int] = {}  # array -> the last level reading it
@@ -157,7 +157,7 @@ def plan(rule: Rule) -> Plan:
         for target, expr in members:
             extracted = extractor(expr)
             host = scalars | set(extractor.host)
-            lin = _Linearizer(rule, "element", host, lambda: temps.new("value"))
+            lin = Linearizer(rule, "element", host, lambda: temps.new("value"))
             assigns = lin.phase([Assign(target, extracted, "element")], {target})
             segment.ops += [Op(a.target, a.op, a.args, a.origin) for a in assigns]  # type: ignore[arg-type]
         produced = {t for t, _ in members}
