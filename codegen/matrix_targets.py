@@ -25,7 +25,7 @@ import sympy as sp
 
 from codegen import matrix, names, ops
 from codegen.ir import Assign
-from codegen.lower import Op, HostExtractor, Linearizer
+from codegen.lower import HostExtractor, Linearizer, Op
 from codegen.names import Temps
 from codegen.spec import SCALAR, Rule, SpecError
 from codegen.targets import ENV
