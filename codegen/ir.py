@@ -38,11 +38,6 @@ def sweep_role(stage: int, domain: frozenset[str] | str = "brc") -> str:
     return "reduction" if (kind, stage) == ("reduction", 1) else f"{kind}{stage}"
 
 
-def reduction_role(phase: int) -> str:
-    """The role of the element sweep (reduction phase) at stage ``phase``."""
-    return sweep_role(phase)
-
-
 def parse_sweep(role: str) -> tuple[int, str] | None:
     """(stage, kind) of a sweep's role; None for ``host`` and ``element``."""
     for kind in SWEEP_KINDS.values():

@@ -540,11 +540,6 @@ class Lowered:
     def update_scalars(self) -> list[sp.Symbol]:
         return self.scalars(self.ops)
 
-    @property
-    def reduce_host(self) -> list[sp.Symbol]:
-        """The first reduction phase's host scalars."""
-        return self.phase_host(1)
-
     def phase_host(self, phase: int) -> list[sp.Symbol]:
         return self.scalars(self.reduce_phases[phase - 1]) if self.reduce_phases else []
 
