@@ -19,6 +19,7 @@ from generated.numpy import adahessian as _numpy_adahessian
 from generated.numpy import adam as _numpy_adam
 from generated.numpy import adam_clip as _numpy_adam_clip
 from generated.numpy import adamax as _numpy_adamax
+from generated.numpy import adamuon as _numpy_adamuon
 from generated.numpy import adamw as _numpy_adamw
 from generated.numpy import adan as _numpy_adan
 from generated.numpy import amsgrad as _numpy_amsgrad
@@ -52,6 +53,7 @@ from generated.rules import adahessian as _rules_adahessian
 from generated.rules import adam as _rules_adam
 from generated.rules import adam_clip as _rules_adam_clip
 from generated.rules import adamax as _rules_adamax
+from generated.rules import adamuon as _rules_adamuon
 from generated.rules import adamw as _rules_adamw
 from generated.rules import adan as _rules_adan
 from generated.rules import amsgrad as _rules_amsgrad
@@ -85,6 +87,7 @@ from generated.triton import adahessian as _triton_adahessian
 from generated.triton import adam as _triton_adam
 from generated.triton import adam_clip as _triton_adam_clip
 from generated.triton import adamax as _triton_adamax
+from generated.triton import adamuon as _triton_adamuon
 from generated.triton import adamw as _triton_adamw
 from generated.triton import adan as _triton_adan
 from generated.triton import amsgrad as _triton_amsgrad
@@ -583,6 +586,85 @@ class Adamax(GeneratedOptimizer):
                 "beta1": beta1,
                 "beta2": beta2,
                 "epsilon": epsilon,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class AdaMuon(GeneratedOptimizer):
+    """AdaMuon: Muon's orthogonalised momentum with an Adam-style second moment, for 2-D weights.
+
+    Si, Zhang, Li, Wu, Wang & Chen (2025), "AdaMuon: Adaptive Muon Optimizer"
+    (https://arxiv.org/abs/2507.11005). Reference: pytorch-optimizer 4.1.0
+    ``pytorch_optimizer.AdaMuon`` (a ``use_muon=True`` group, ``foreach=False``), followed here.
+    Written with the matrix equations of ``codegen.matrix`` and nothing else: the proof that a second
+    matrix rule needs no change to the generator.
+
+    Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
+        G' = G + wd W if not weight_decouple else G            # coupled decay, into the gradient
+        m_t = m + (1 - beta1) (G' - m)                         # the reference's m.lerp_(grad, 1 - beta1)
+        X_0 = m_t / max(||m_t||_F, 1e-7)                       # its Newton-Schulz floor, not settable
+        X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
+        O = X_{ns_steps}
+        v_t = beta2 v + (1 - beta2) O^2                        # per element
+        U = O / (sqrt(v_t / (1 - beta2^t)) + epsilon)
+        W <- W (1 - lr wd [weight_decouple]) - lr_adj sqrt(min(rows, cols)) U / (||U||_F + epsilon)
+        lr_adj = 0.2 lr sqrt(max(rows, cols))   (use_adjusted_lr, the reference's default)
+               = lr sqrt(max(1, rows / cols))   (Keller Jordan's scale)
+
+    The reference keeps v flattened (shape (rows*cols,)); here it has the weight's shape, the same
+    numbers. Like Muon's, the iteration runs on the cheaper orientation (the lowering proves the step
+    transpose-equivariant), as the reference does (it transposes when rows > cols). The reference
+    casts X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
+    float64): tests/test_adamuon.py compares with the reference's own iteration run in float32 and
+    bounds the bfloat16 difference.
+
+    Non-matrix weights: the reference flattens a weight of more than 2 dimensions to (rows, rest) and
+    sends 1-D ones to its AdamW branch (``use_muon=False``); optgen refuses every weight that is not
+    2-D, with a ValueError naming its shape before anything is written (give biases and gains to
+    another optimizer, as with Muon). Not reproduced: the AdamW branch, ``maximize`` and the
+    ``foreach`` batching of same-shape matrices (the same numbers per matrix).
+    """
+
+    RULE = "adamuon"
+    META = _rules_adamuon
+    NUMPY = _numpy_adamuon
+    TRITON = _triton_adamuon
+    TORCH = _rules_adamuon.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.02,
+        wd: Any = 0.0,
+        beta1: Any = 0.9,
+        beta2: Any = 0.95,
+        epsilon: Any = 1e-10,
+        ns_a: Any = 3.4445,
+        ns_b: Any = -4.775,
+        ns_c: Any = 2.0315,
+        ns_steps: Any = 5.0,
+        use_adjusted_lr: Any = True,
+        weight_decouple: Any = True,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "wd": wd,
+                "beta1": beta1,
+                "beta2": beta2,
+                "epsilon": epsilon,
+                "ns_a": ns_a,
+                "ns_b": ns_b,
+                "ns_c": ns_c,
+                "ns_steps": ns_steps,
+                "use_adjusted_lr": use_adjusted_lr,
+                "weight_decouple": weight_decouple,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -2164,6 +2246,7 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "adam": Adam,
     "adam_clip": AdamClip,
     "adamax": Adamax,
+    "adamuon": AdaMuon,
     "adamw": AdamW,
     "adan": Adan,
     "amsgrad": AMSGrad,
