@@ -18,11 +18,11 @@ import re
 import textwrap
 from pathlib import Path
 
-import mpmath
 import numpy as np
 import pytest
 import sympy as sp
 import torch
+from matrix_reference import as_float, mp_array, reference_step
 
 from codegen import matrix, ops
 from codegen.load import SPECS_DIR, load_rule
@@ -90,72 +90,6 @@ def test_torch_bfloat16_iteration_is_within_a_bound_of_ours(shape) -> None:
 
 
 # ------------------------------------------------------------------------ 40-digit equations
-def _reference_step(weight, grad, state, t, hp):
-    """The spec's equations at 40 digits: element equations per element, reductions summed,
-    the matrix equations node by node on mpmath matrices (its ops: codegen/ops.py)."""
-    mpmath.mp.dps = 40
-    rows, cols = len(weight), len(weight[0])
-    values = {RULE.hypers[k].symbol: v for k, v in hp.items()}
-    values.update({RULE.t: t, sp.Symbol("rows"): rows, sp.Symbol("cols"): cols})
-    for size in RULE.sizes:
-        values[size] = {"rows": rows, "cols": cols, "numel": rows * cols, "ndim": 2}[size.name]
-    arrays = {RULE.weight: weight, RULE.grad: grad}
-    arrays.update({RULE.states[n].symbol: a for n, a in state.items()})
-    iterations = {it.symbol: it for it in matrix.iterations(RULE)}
-
-    def element(expr, i, j):
-        sub = {s: sp.Float(a[i][j], 45) for s, a in arrays.items() if s in expr.free_symbols}
-        sub.update({s: sp.Float(v, 45) for s, v in values.items() if s in expr.free_symbols})
-        return sp.N(expr.xreplace(sub), 40)
-
-    pending = list(RULE.ordered_equations())
-    while pending:
-        eq = pending.pop(0)
-        needs = eq.expr.free_symbols & set(iterations)
-        for sym in needs - set(arrays):
-            it = iterations[sym]
-            if it.start not in arrays:
-                break
-            x = mpmath.matrix([[mpmath.mpf(str(v)) for v in row] for row in arrays[it.start]])
-            for _ in range(int(hp["ns_steps"])):
-                x = _apply(it.body, x, values)
-            arrays[sym] = [[x[i, j] for j in range(cols)] for i in range(rows)]
-        if eq.target in RULE.reductions:
-            values[eq.target] = sum(
-                element(eq.expr, i, j) for i in range(rows) for j in range(cols)
-            )
-        elif RULE.domain(eq.target):
-            arrays[eq.target] = [[element(eq.expr, i, j) for j in range(cols)] for i in range(rows)]
-        else:
-            values[eq.target] = element(eq.expr, 0, 0)
-    new_state = {n: arrays[s.new] for n, s in RULE.states.items()}
-    return arrays[RULE.weight_new], new_state
-
-
-def _apply(node: matrix.Mat, x, values):
-    memo: dict[int, object] = {}
-
-    def value(n: matrix.Mat):
-        if id(n) not in memo:
-            args = [value(a) for a in n.args]
-            if n.kind == "input":
-                memo[id(n)] = x
-            elif n.kind == "matmul":
-                memo[id(n)] = args[0] * args[1]
-            elif n.kind == "transpose":
-                memo[id(n)] = args[0].T
-            elif n.kind == "madd":
-                memo[id(n)] = args[0] + args[1]
-            elif n.kind == "mscale":
-                s = n.scalar.xreplace({k: sp.Float(v, 45) for k, v in values.items()})
-                memo[id(n)] = mpmath.mpf(str(sp.N(s, 40))) * args[0]
-            else:  # a matrix op this reference does not know: extend it with the table
-                raise AssertionError(n.kind)
-        return memo[id(n)]
-
-    return value(node)
-
-
 @pytest.mark.parametrize("shape", [(3, 4), (4, 2), (1, 3)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_numpy_float64_matches_the_equations_at_40_digits(shape, nesterov) -> None:
@@ -164,16 +98,16 @@ def test_numpy_float64_matches_the_equations_at_40_digits(shape, nesterov) -> No
     resolved = {k: float(v) if not isinstance(v, str) else 0.0 for k, v in hp.items()}
     weight = rng.standard_normal(shape)
     state = muon.init_state(weight.copy())
-    ref_w = [[mpmath.mpf(float(v)) for v in row] for row in weight]
-    ref_state = {"momentum_buffer": [[mpmath.mpf(0)] * shape[1] for _ in range(shape[0])]}
+    ref_w = mp_array(weight)
+    ref_state = {"momentum_buffer": mp_array(np.zeros(shape))}
     ours = weight.copy()
     for t in range(1, 4):
         g = rng.standard_normal(shape)
         muon.step(ours, g.copy(), state, t, **hp)
-        ref_w, ref_state = _reference_step(ref_w, g.tolist(), ref_state, t, resolved)
-        expected = np.array([[float(v) for v in row] for row in ref_w])
+        ref_w, ref_state = reference_step(RULE, ref_w, g.tolist(), ref_state, t, resolved)
+        expected = np.array(as_float(ref_w))
         np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-13)
-        buf = np.array([[float(v) for v in row] for row in ref_state["momentum_buffer"]])
+        buf = np.array(as_float(ref_state["momentum_buffer"]))
         np.testing.assert_allclose(state["momentum_buffer"], buf, rtol=1e-13, atol=1e-14)
 
 
