@@ -284,6 +284,11 @@ def numpy_context(plan_: Plan, code: HostCode) -> dict[str, object]:
 
 
 def _common(rule: Rule, code: HostCode) -> dict[str, object]:
+    none_means = [
+        (h.name, code(sp.sympify(h.none_value)))
+        for h in rule.hypers.values()
+        if h.none_value is not None
+    ]
     return {
         "rule": rule,
         "source": rule.source,
@@ -292,11 +297,8 @@ def _common(rule: Rule, code: HostCode) -> dict[str, object]:
             (h.name, repr(h.default), legal_code(h.legal, code), h.doc)
             for h in rule.hypers.values()
         ],
-        "none_means": [
-            (h.name, code(sp.sympify(h.none_value)))
-            for h in rule.hypers.values()
-            if h.none_value is not None
-        ],
+        "none_means": none_means,
+        "none_means_math": any("math." in value for _, value in none_means),  # math.inf
         "states": [(s.name, s.doc, literal(s.init)) for s in rule.states.values()],
         "outputs": [(cur.name, new.name) for cur, new in rule.outputs.items()],
         "sizes": [s.name for s in rule.sizes],

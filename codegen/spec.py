@@ -415,18 +415,38 @@ class Rule:
             raise SpecError(f"{self._where()}: flag {name!r} needs a bool default")
         return self._discrete(name, default, Legal(0.0, 1.0, flag=True), doc)
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...], doc: str = "") -> sp.Symbol:
-        """A hyperparameter taking one of ``choices`` (strings); see :meth:`is_choice`."""
+    def choice(
+        self,
+        name: str,
+        default: str,
+        choices: tuple[str, ...],
+        doc: str = "",
+        *,
+        none: str | None = None,
+    ) -> sp.Symbol:
+        """A hyperparameter taking one of ``choices`` (strings); see :meth:`is_choice`.
+        ``none``: the choice that ``None`` stands for, where the reference takes None (torch's
+        ``Muon(adjust_lr_fn=None)`` is "original")."""
         if default not in choices:
             raise SpecError(f"{self._where()}: default {name}={default!r} is not one of {choices}")
-        legal = Legal(0.0, float(len(choices) - 1), choices=tuple(choices))
-        return self._discrete(name, default, legal, doc)
+        if none is not None and none not in choices:
+            raise SpecError(f"{self._where()}: none={none!r} of {name!r} is not one of {choices}")
+        legal = Legal(0.0, float(len(choices) - 1), allow_none=none is not None, choices=choices)
+        none_value = None if none is None else float(choices.index(none))
+        return self._discrete(name, default, legal, doc, none_value)
 
-    def _discrete(self, name: str, default: str | bool, legal: Legal, doc: str) -> sp.Symbol:
+    def _discrete(
+        self,
+        name: str,
+        default: str | bool,
+        legal: Legal,
+        doc: str,
+        none_value: float | None = None,
+    ) -> sp.Symbol:
         self._claim(name, "hyperparameter")
         doc = self._doc(doc, f"hyperparameter {name!r}")
         symbol = sp.Symbol(name, real=True)
-        self.hypers[name] = Hyper(name, symbol, default, legal, None, doc)
+        self.hypers[name] = Hyper(name, symbol, default, legal, none_value, doc)
         return symbol
 
     def test_case(self, steps: int | None = None, **hyperparams: float | str | bool | None) -> None:

@@ -30,7 +30,8 @@ class Legal(NamedTuple):
 
     def describe(self) -> str:
         if self.choices:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+            return text + " or None" if self.allow_none else text
         if self.flag:
             return "True or False"
 
@@ -87,7 +88,8 @@ def resolve_hyperparams(
         value = given.get(name, default)
         rule_legal = legal[name]
         if rule_legal.choices or rule_legal.flag:
-            values[name] = _discrete(rule, name, value, rule_legal)
+            none = value is None and rule_legal.allow_none  # the choice None stands for
+            values[name] = none_means[name] if none else _discrete(rule, name, value, rule_legal)
             continue
         if value is None:
             if not legal[name].allow_none:

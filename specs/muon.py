@@ -10,7 +10,7 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
     X_0 = U / max(||U||_F, eps)
     X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
     W <- W (1 - lr wd) - lr_adj X_{ns_steps}
-    lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original", torch's default)
+    lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original" or None, torch's default)
            = 0.2 lr sqrt(max(rows, cols))      ("match_rms_adamw")
 
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
@@ -39,7 +39,11 @@ c = RULE.hyper("ns_c", 2.0315, doc="Newton-Schulz coefficient c (of A^2 X)")
 eps = RULE.hyper("epsilon", 1e-7, positive(), doc="floor of the Frobenius norm")
 ns_steps = RULE.hyper("ns_steps", 5, integer(0, 99), doc="Newton-Schulz iterations")
 adjust = RULE.choice(
-    "adjust_lr_fn", "original", ("original", "match_rms_adamw"), doc="learning rate scale"
+    "adjust_lr_fn",
+    "original",
+    ("original", "match_rms_adamw"),
+    doc="learning rate scale (None: original, as torch's default None)",
+    none="original",
 )
 w, g = RULE.weight, RULE.grad
 buf = RULE.state("momentum_buffer", 0, doc="momentum B")

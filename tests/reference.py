@@ -77,7 +77,7 @@ def resolved(rule: Rule, hp: dict[str, float | None]) -> dict[str, float]:
     out = {}
     for h in rule.hypers.values():
         v = hp.get(h.name, h.default)
-        if h.legal.choices:
+        if h.legal.choices and v is not None:  # None: the choice it stands for (none_value)
             v = h.legal.choices.index(v)
         out[h.name] = h.none_value if v is None else float(v)
     return out

@@ -268,8 +268,7 @@ def test_torch_class_matches_torch_muon_and_exchanges_state(monkeypatch) -> None
     ours = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
     theirs = [torch.nn.Parameter(torch.tensor(w)) for w in w0]
     opt = Muon(ours, lr=0.02, nesterov=False)
-    # torch's default adjust_lr_fn=None means "original"; ours names it (None is not loaded)
-    ref = torch.optim.Muon(theirs, lr=0.02, nesterov=False, adjust_lr_fn="original")
+    ref = torch.optim.Muon(theirs, lr=0.02, nesterov=False)  # adjust_lr_fn=None: "original"
     for _ in range(20):
         for a, b in zip(ours, theirs, strict=True):
             g = torch.tensor(rng.standard_normal(tuple(a.shape)).astype(np.float32))
@@ -279,20 +278,70 @@ def test_torch_class_matches_torch_muon_and_exchanges_state(monkeypatch) -> None
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=2e-6)
     exported = opt.to_torch_state_dict()
-    moved = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in ours])
+    moved_params = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    moved = torch.optim.Muon(moved_params)
     moved.load_state_dict(exported)
     for i, p in enumerate(ours):
         torch.testing.assert_close(
             moved.state_dict()["state"][i]["momentum_buffer"], opt.state[p]["momentum_buffer"]
         )
+    assert type(moved.param_groups[0]["ns_steps"]) is int  # torch's range(ns_steps)
+    for p in moved_params:
+        p.grad = torch.ones_like(p)
+    moved.step()  # torch runs what was exported
     back = Muon([torch.nn.Parameter(p.detach().clone()) for p in theirs], lr=0.02)
     back.load_torch_state_dict(ref.state_dict())
     assert back.param_groups[0]["nesterov"] is False
+    assert back.param_groups[0]["adjust_lr_fn"] is None  # torch's None, kept: "original"
+
+
+def test_adjust_lr_fn_none_is_original_as_in_torch() -> None:
+    """torch.optim.Muon's adjust_lr_fn defaults to None and scales as "original" then
+    (torch/optim/_muon.py, _adjust_lr); the spec says so (``none="original"``): the NumPy
+    module, the Triton path and the torch class take None, and a torch state_dict with it
+    loads; any other value is refused naming the choices."""
+    rng = np.random.default_rng(5)
+    w, g = (rng.standard_normal((6, 4)).astype(np.float32) for _ in range(2))
+    runs = {}
+    for setting in ("original", None, "match_rms_adamw"):
+        ours = w.copy()
+        muon.step(ours, g.copy(), muon.init_state(ours), 1, lr=0.05, adjust_lr_fn=setting)
+        theirs = torch.tensor(w)
+        tmuon.step(
+            theirs, torch.tensor(g), tmuon.init_state(theirs), 1, lr=0.05, adjust_lr_fn=setting
+        )
+        np.testing.assert_allclose(theirs.numpy(), ours, rtol=0, atol=1e-6)
+        runs[setting] = ours
+    np.testing.assert_array_equal(runs[None], runs["original"])
+    assert np.abs(runs["match_rms_adamw"] - runs["original"]).max() > 0.01
+    with pytest.raises(ValueError, match=r"adjust_lr_fn='sqrt' is not one of .* or None"):
+        muon.step(w, g, muon.init_state(w), 1, adjust_lr_fn="sqrt")
+    from generated.torch import Muon
+
+    p = torch.nn.Parameter(torch.tensor(w))
+    ref = torch.optim.Muon([p], lr=0.02)
+    p.grad = torch.tensor(g)
+    ref.step()
+    ours = Muon([torch.nn.Parameter(torch.tensor(w))], lr=0.02, adjust_lr_fn="match_rms_adamw")
+    ours.load_torch_state_dict(ref.state_dict())
+    assert ours.param_groups[0]["adjust_lr_fn"] is None
+    assert ours.to_torch_state_dict()["param_groups"][0]["adjust_lr_fn"] is None
+
+
+def test_a_non_matrix_parameter_is_refused_when_added_as_torch_does() -> None:
+    """torch.optim.Muon refuses a parameter that is not 2-D at construction; so does ours, and
+    add_param_group leaves the optimizer as it was."""
+    from generated.torch import Muon
+
     bias = torch.nn.Parameter(torch.ones(5))
-    bias.grad = torch.ones(5)
-    with pytest.raises(ValueError, match="2-D matrix"):  # torch: at construction; here: at step
-        Muon([bias]).step()
-    assert bool((bias == 1).all())
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        torch.optim.Muon([bias])
+    with pytest.raises(ValueError, match=r"muon: the weight must be a 2-D matrix.*\(5,\)"):
+        Muon([bias])
+    opt = Muon([torch.nn.Parameter(torch.ones(3, 2))])
+    with pytest.raises(ValueError, match=r"2-D matrix.*\(2, 3, 4\)"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2, 3, 4))]})
+    assert len(opt.param_groups) == 1
 
 
 def test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90() -> None:

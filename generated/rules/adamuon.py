@@ -12,9 +12,9 @@ Written with the matrix equations of ``codegen.matrix`` and nothing else: the pr
 matrix rule needs no change to the generator.
 
 Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
-    G' = G + wd W if not weight_decouple else G            # coupled decay, into the gradient
-    m_t = m + (1 - beta1) (G' - m)                         # the reference's m.lerp_(grad, 1 - beta1)
-    X_0 = m_t / max(||m_t||_F, 1e-7)                       # its Newton-Schulz floor, not settable
+    G' = G + wd W if not weight_decouple else G      # coupled decay, into the gradient
+    m_t = m + (1 - beta1) (G' - m)                   # the reference's m.lerp_(grad, 1 - beta1)
+    X_0 = m_t / max(||m_t||_F, 1e-7)                 # its Newton-Schulz floor, not settable
     X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
     O = X_{ns_steps}
     v_t = beta2 v + (1 - beta2) O^2                        # per element
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal
 
 RULE = "adamuon"
 SPEC = "specs/adamuon.py"

@@ -15,7 +15,7 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
     X_0 = U / max(||U||_F, eps)
     X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
     W <- W (1 - lr wd) - lr_adj X_{ns_steps}
-    lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original", torch's default)
+    lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original" or None, torch's default)
            = 0.2 lr sqrt(max(rows, cols))      ("match_rms_adamw")
 
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
@@ -48,7 +48,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "ns_c": 2.0315,  # Newton-Schulz coefficient c (of A^2 X)
     "epsilon": 1e-07,  # floor of the Frobenius norm
     "ns_steps": 5.0,  # Newton-Schulz iterations
-    "adjust_lr_fn": "original",  # learning rate scale
+    "adjust_lr_fn": "original",  # learning rate scale (None: original, as torch's default None)
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
@@ -60,10 +60,12 @@ LEGAL: dict[str, Legal] = {
     "ns_c": Legal(),
     "epsilon": Legal(lo=0.0, lo_open=True),
     "ns_steps": Legal(lo=0.0, hi=99.0, integer=True),
-    "adjust_lr_fn": Legal(lo=0.0, hi=1.0, choices=("original", "match_rms_adamw")),
+    "adjust_lr_fn": Legal(lo=0.0, hi=1.0, allow_none=True, choices=("original", "match_rms_adamw")),
 }
 # What None stands for, where a hyperparameter accepts it.
-NONE_MEANS: dict[str, float] = {}
+NONE_MEANS: dict[str, float] = {
+    "adjust_lr_fn": 0.0,
+}
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("momentum_buffer",)
 HOST_STATES: tuple[str, ...] = ()

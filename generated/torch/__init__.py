@@ -602,9 +602,9 @@ class AdaMuon(GeneratedOptimizer):
     matrix rule needs no change to the generator.
 
     Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
-        G' = G + wd W if not weight_decouple else G            # coupled decay, into the gradient
-        m_t = m + (1 - beta1) (G' - m)                         # the reference's m.lerp_(grad, 1 - beta1)
-        X_0 = m_t / max(||m_t||_F, 1e-7)                       # its Newton-Schulz floor, not settable
+        G' = G + wd W if not weight_decouple else G      # coupled decay, into the gradient
+        m_t = m + (1 - beta1) (G' - m)                   # the reference's m.lerp_(grad, 1 - beta1)
+        X_0 = m_t / max(||m_t||_F, 1e-7)                 # its Newton-Schulz floor, not settable
         X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
         O = X_{ns_steps}
         v_t = beta2 v + (1 - beta2) O^2                        # per element
@@ -1437,7 +1437,7 @@ class Muon(GeneratedOptimizer):
         X_0 = U / max(||U||_F, eps)
         X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
         W <- W (1 - lr wd) - lr_adj X_{ns_steps}
-        lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original", torch's default)
+        lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original" or None, torch's default)
                = 0.2 lr sqrt(max(rows, cols))      ("match_rms_adamw")
 
     torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is

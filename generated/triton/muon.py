@@ -15,7 +15,7 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
     X_0 = U / max(||U||_F, eps)
     X_{k+1} = a X_k + (b A + c A^2) X_k,  A = X_k X_k^T     (k < ns_steps)
     W <- W (1 - lr wd) - lr_adj X_{ns_steps}
-    lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original", torch's default)
+    lr_adj = lr sqrt(max(1, rows / cols))      (adjust_lr_fn "original" or None, torch's default)
            = 0.2 lr sqrt(max(rows, cols))      ("match_rms_adamw")
 
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
@@ -252,6 +252,8 @@ def _step(
     ns_steps = hp["ns_steps"]
     adjust_lr_fn = hp["adjust_lr_fn"]
     rows, cols = check_matrix(weight)
+    if rows == 0 or cols == 0:
+        return  # an empty matrix: nothing to update (and its sizes may divide by 0)
     momentum_buffer = state["momentum_buffer"]
     lr_adj = (
         (lr * math.sqrt(host_max(1, rows / cols)))

@@ -96,6 +96,9 @@ class GeneratedOptimizer(
         try:
             self._adopt_aliases(group, given)
             self._check(group)
+            check_matrix = getattr(self.META, "check_matrix", None)  # a rule of matrix equations
+            for p in group["params"] if check_matrix else ():
+                check_matrix(p)  # 2-D only, refused when added (as torch.optim.Muon does)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise

@@ -119,15 +119,23 @@ def torch_settings(
                 f"counterpart (only {key}={default!r} does)"
             )
     kwargs: dict[str, Any] = dict(eq.fixed)
+    torch_default = torch_defaults(eq.class_name)
     for key, theirs in eq.hyper.items():
         base, index = split_key(theirs)
         if index is None:
-            kwargs[base] = values[key]
+            kwargs[base] = _as_torch_type(values[key], torch_default.get(base))
         else:
-            items = list(kwargs.get(base, torch_defaults(eq.class_name)[base]))
-            items[index] = values[key]
+            items = list(kwargs.get(base, torch_default[base]))
+            items[index] = _as_torch_type(values[key], items[index])
             kwargs[base] = tuple(items)
     return kwargs
+
+
+def _as_torch_type(value: Any, default: Any) -> Any:
+    """A whole-number float where torch's default is an int (a count: Muon's ns_steps, which
+    torch passes to range()) becomes an int; anything else is passed as it is."""
+    whole = isinstance(value, float) and value.is_integer()
+    return int(value) if whole and type(default) is int else value
 
 
 def torch_optimizer(
