@@ -41,8 +41,10 @@ def ruff_format(text: str, filename: str) -> str:
     return done.stdout
 
 
-def _package_init(target: str, names: list[str]) -> str:
-    return ENV.get_template("package_init.py.j2").render(target=target, names=names)
+def _package_init(target: str, names: list[str], matrix_names: list[str]) -> str:
+    return ENV.get_template("package_init.py.j2").render(
+        target=target, names=names, matrix_names=matrix_names
+    )
 
 
 def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) -> list[Generated]:
@@ -67,10 +69,11 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
             files.append(Generated(path, text, time.perf_counter() - start))
     if names is None:
         all_names = [r.name for r in rules]
-        files.append(Generated(Path("__init__.py"), _package_init("", all_names), 0.0))
+        matrix_names = [r.name for r in every if matrix.is_matrix_rule(r)]
+        files.append(Generated(Path("__init__.py"), _package_init("", all_names, []), 0.0))
         for target in rule_targets():
             path = Path(target.directory) / "__init__.py"
-            text = ruff_format(_package_init(target.name, all_names), str(path))
+            text = ruff_format(_package_init(target.name, all_names, matrix_names), str(path))
             files.append(Generated(path, text, 0.0))
         for package in package_targets():
             start = time.perf_counter()

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RULE_NAMES, RULES, triton_module
+from conftest import MATRIX_RULE_NAMES, MATRIX_RULES, RULE_NAMES, RULES, triton_module
+
+from codegen.matrix_targets import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tree whose generated/ is compiled: OPTGEN_ROOT's, when the suite runs on another tree
@@ -91,8 +93,26 @@ def test_the_ptx_check_catches_approximate_division_and_sqrt(tmp_path: Path) -> 
             assert_ieee_division_and_sqrt(rows[kernel])
 
 
+@pytest.mark.parametrize("rule", MATRIX_RULE_NAMES)
+def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
+    compiled: list[dict], rule: str
+) -> None:
+    """``python -m tools.aot`` with no arguments compiles the matrix rules' Triton too: one
+    kernel per per-element segment (codegen/matrix_targets.py), every arch and weight dtype."""
+    kernels = {n for n in vars(triton_module(rule)) if n.endswith("_kernel")}
+    assert kernels and all(k.startswith(f"{rule}_segment") for k in kernels)
+    assert len(kernels) == sum(kind == "element" for kind, _ in plan(MATRIX_RULES[rule]).stages)
+    rows = [r for r in compiled if r["rule"] == rule]
+    assert {(r["kernel"], r["arch"], r["weight"]) for r in rows} == {
+        (k, a, w) for k in kernels for a in (80, 90) for w in ("fp32", "bf16", "fp16")
+    }
+    for r in rows:
+        assert r["target_ok"] and r["cubin_bytes"] > 0, r
+        assert_ieee_division_and_sqrt(r)
+
+
 def test_all_rules_were_compiled(compiled: list[dict]) -> None:
-    assert {r["rule"] for r in compiled} == set(RULE_NAMES)
+    assert {r["rule"] for r in compiled} == set(RULE_NAMES) | set(MATRIX_RULE_NAMES)
 
 
 def test_refuses_to_compile_under_the_interpreter() -> None:

@@ -1,6 +1,7 @@
 """Compile every generated Triton kernel ahead of time (no GPU needed) and report.
 
-    python -m tools.aot                     # all rules, sm_80 and sm_90, fp32/bf16/fp16 weights
+    python -m tools.aot                     # all rules (matrix rules too), sm_80 and sm_90,
+                                            # fp32/bf16/fp16 weights
     python -m tools.aot adam --arch 90 --json
     python -m tools.aot path/to/module.py   # a kernel module outside generated/ (same checks)
 
@@ -164,11 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("error: unset TRITON_INTERPRET to compile kernels", file=sys.stderr)
         return 2
-    from generated.triton import RULES
+    from generated.triton import MATRIX_RULES, RULES
 
-    rows = [
-        row for rule in args.rules or RULES for row in compile_rule(rule, args.arch, args.weight)
-    ]
+    rules = args.rules or [*RULES, *MATRIX_RULES]  # the matrix rules' segment kernels too
+    rows = [row for rule in rules for row in compile_rule(rule, args.arch, args.weight)]
     if args.json:
         print(json.dumps(rows))
     else:
