@@ -29,11 +29,14 @@ _ROOT = os.environ.get("OPTGEN_ROOT")
 if _ROOT:
     sys.path.insert(0, _ROOT)
 ALL_RULES = {rule.name: rule for rule in load_rules(Path(_ROOT) / "specs" if _ROOT else SPECS_DIR)}
-# Rules with matrix equations (codegen/matrix.py: Muon) have their own targets
-# (codegen/matrix_targets.py) and tests (tests/test_muon.py); the rule-parametrized suites run
-# the per-element rules.
+# Rules with matrix equations (codegen/matrix.py: Muon, AdaMuon) have their own targets
+# (codegen/matrix_targets.py); the rule-parametrized suites run the per-element rules, and
+# tests/test_matrix_rules.py runs what applies of them on every matrix rule (with the list of
+# what does not, and why).
 RULES = {name: rule for name, rule in ALL_RULES.items() if not rule.matrix_values}
 RULE_NAMES = sorted(RULES)
+MATRIX_RULES = {name: rule for name, rule in ALL_RULES.items() if rule.matrix_values}
+MATRIX_RULE_NAMES = sorted(MATRIX_RULES)
 
 
 def numpy_module(name: str) -> ModuleType:

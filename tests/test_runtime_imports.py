@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import RULE_NAMES
+from conftest import MATRIX_RULE_NAMES, RULE_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR_ONLY = ("sympy", "jinja2", "mpmath", "codegen")
@@ -40,7 +40,9 @@ def generator_modules_loaded(modules: list[str], preamble: str = "") -> list[str
 
 def test_generated_modules_import_without_the_generator() -> None:
     modules = [
-        f"generated.{target}.{rule}" for target in ("numpy", "triton") for rule in RULE_NAMES
+        f"generated.{target}.{rule}"
+        for target in ("numpy", "triton")
+        for rule in [*RULE_NAMES, *MATRIX_RULE_NAMES]
     ]
     assert generator_modules_loaded([*modules, "generated.torch"]) == []
 
