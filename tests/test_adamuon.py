@@ -4,8 +4,9 @@ codegen/ (the proof that the matrix extension is general).
 References, none of them the generator's own output:
 - ``pytorch_optimizer.AdaMuon`` (pytorch-optimizer 4.1.0, a ``use_muon=True`` group) with its
   Newton-Schulz iteration run in the weight's dtype (its own ``zero_power_via_newton_schulz_5``
-  with ``dtype=float32``/``float64`` instead of its bfloat16 default): the NumPy module and the
-  torch class agree over 25 steps on square, tall, wide and 1 x n weights to a few ulps;
+  with ``dtype=float32``/``float64`` instead of its bfloat16 default): the NumPy module (25 steps)
+  and the torch class (20 steps, a checkpoint) agree on square, tall, wide and 1 x n weights to a
+  few ulps;
 - the unpatched reference (Newton-Schulz on bfloat16 operands): its difference from our float32
   iteration is bounded relative to how far the weight moved;
 - the spec's equations at 40 digits (tests/matrix_reference.py) vs the NumPy module in float64;
