@@ -50,3 +50,19 @@ def test_strict_build_is_offline(tmp_path: Path) -> None:
         assert remote == [], (page.name, remote[:3])
     css = "".join(p.read_text() for p in site.rglob("*.css"))
     assert "fonts.googleapis" not in css
+
+
+def test_screenshot_of_a_rule_page(tmp_path: Path) -> None:
+    """The tool's own check (a non-blank page) on a headless Chromium, where one is installed."""
+    import shutil
+
+    from tools.docs import screenshot
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium on PATH (Debian: apt-get install -y chromium)")
+    out = tmp_path / "adam.png"
+    assert screenshot("adam", out, site=tmp_path / "site", work=tmp_path / "work") == 0
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size == (1280, 2000)

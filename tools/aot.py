@@ -157,8 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "rules", nargs="*", help="rule names or module files (default: every generated rule)"
     )
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
-    parser.add_argument("--weight", nargs="+", default=["fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=[80, 90], help="CUDA compute capabilities (80 90)"
+    )
+    parser.add_argument(
+        "--weight",
+        nargs="+",
+        default=["fp32", "bf16", "fp16"],
+        help="weight dtypes (fp32 bf16 fp16)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):

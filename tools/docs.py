@@ -116,7 +116,7 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def screenshot(rule: str, out: Path) -> int:
+def screenshot(rule: str, out: Path, site: Path | None = None, work: Path | None = None) -> int:
     """Build the site for ``rule``, then take a headless Chromium screenshot of its page and check
     that it is not blank; skips (exit 0, saying why) without a browser."""
     import shutil
@@ -130,7 +130,7 @@ def screenshot(rule: str, out: Path) -> int:
     if browser is None:
         print("screenshot skipped: no Chromium on PATH (Debian: apt-get install -y chromium)")
         return 0
-    site = docs_site.build([rule])
+    site = docs_site.build([rule], site=site or docs_site.SITE, work=work or docs_site.BUILD)
     out.parent.mkdir(parents=True, exist_ok=True)
     page = (site / "rules" / f"{rule}.html").resolve()
     subprocess.run(

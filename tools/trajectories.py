@@ -224,11 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.trajectories", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("rules", nargs="*", help="only these rules (default: every rule)")
-    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder ({OUT})")
     parser.add_argument(
-        "--no-compare", action="store_true", help="skip the comparison figures (one rule's GIF)"
+        "rules", nargs="*", help="only these rules' GIFs (default: every rule, and the comparisons)"
     )
+    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder ({OUT})")
     args = parser.parse_args(argv)
     names = args.rules or rules()
     unknown = set(names) - set(rules())
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             by_fn[fn_name][rule] = result
         path = gif(rule, paths, args.out / f"{rule}.gif")
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
-    if not args.no_compare:
+    if not args.rules:  # the comparisons show every rule: only a full run rewrites them
         for fn in FUNCTIONS:
             path = compare(fn, by_fn[fn.name], args.out / f"compare_{fn.name}.png")
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
