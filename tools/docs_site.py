@@ -43,9 +43,19 @@ class SpecLatex(LatexPrinter):
     spec names: a new value prints as its name primed, a multi-word name upright, a Piecewise as
     ``{a if c; b otherwise}``, a reduction's summand under its sum."""
 
-    def __init__(self, primes: dict[sp.Symbol, sp.Symbol]) -> None:
+    def __init__(
+        self, primes: dict[sp.Symbol, sp.Symbol], choices: dict[sp.Symbol, tuple[str, ...]]
+    ) -> None:
         super().__init__({"mul_symbol": "dot"})
         self.primes = primes
+        self.choices = choices  # a choice hyperparameter compares with its value's index
+
+    def _print_Equality(self, expr: sp.Eq) -> str:
+        lhs, rhs = expr.args
+        if lhs in self.choices and rhs.is_Integer and 0 <= int(rhs) < len(self.choices[lhs]):
+            value = self.choices[lhs][int(rhs)].replace("_", r"\_")
+            return rf"{self._print(lhs)} = \mathrm{{{value}}}"
+        return super()._print_Relational(expr)
 
     def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
         if expr in self.primes:
@@ -82,7 +92,8 @@ def _primes(rule: Rule) -> dict[sp.Symbol, sp.Symbol]:
 def equation_latex(rule: Rule) -> list[tuple[str, str, int]]:
     """(LaTeX, where it is computed, spec line) per spec equation, in spec order; a top-level
     Piecewise is one line per branch."""
-    printer = SpecLatex(_primes(rule))
+    choices = {h.symbol: h.legal.choices for h in rule.hypers.values() if h.legal.choices}
+    printer = SpecLatex(_primes(rule), choices)
     out = []
     for eq in rule.equations:
         lhs = printer.doprint(eq.target)
@@ -163,10 +174,11 @@ def _traffic(rule: Rule) -> tuple[int, int, dict[str, int], list[tuple[str, str,
         reads = len(set(lowered.reads) | set(lowered.reduce_reads))
         writes = len(lowered.outputs)
     final = list(passes.values())[-1]
-    kinds: dict[str, int] = {}
-    for ops in final.values():
+    kinds: dict[str, int] = {}  # per element: the update's and the reduction sweeps' operations
+    for role, ops in final.items():
         for kind, n in ops.items():
-            kinds[kind] = kinds.get(kind, 0) + n
+            if role != "host":
+                kinds[kind] = kinds.get(kind, 0) + n
     totals = [
         (name, role, sum(ops.values()))
         for name, roles in passes.items()
@@ -239,7 +251,8 @@ def rule_page(rule: Rule, images: dict[str, bytes]) -> str:
     lines += ["", "## Cost (from the lowering)", ""]
     lines += [
         f"Per element: {reads} buffers read, {writes} written: **{4 * (reads + writes)} B** with "
-        f"float32 weight and state. Operations after the last pass: "
+        f"float32 weight and state. Operations per element after the last pass (update and "
+        "reduction sweeps; host operations run once per step): "
         + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
         + ".",
         "",
