@@ -194,7 +194,10 @@ def rule_page(rule: Rule, images: dict[str, bytes]) -> str:
     meta = importlib.import_module(f"generated.rules.{rule.name}")
     title = rule.doc.partition("\n")[0]
     lines = [f"# {rule.class_name} (`{rule.name}`)", "", title.strip(), ""]
-    lines += [f"**Paper**: {paper(rule)}. **Spec**: `{rule.source}`. ", ""]
+    paragraphs = rule.doc.split("\n\n")
+    cited = " ".join(paragraphs[1].split()).replace("``", "`") if len(paragraphs) > 1 else ""
+    lines += [f"**Paper**: {paper(rule)}. **Spec**: `{rule.source}`.", ""]
+    lines += [f"> {cited}", ""] if cited else []
     verified = ", ".join(oracles(rule))
     lines += [f"**Features**: {features(rule)}. **Verified against**: {verified}.", ""]
     lines += ["## Equations", ""]

@@ -61,7 +61,7 @@ w, g, t = RULE.weight, RULE.grad, RULE.t
 
 # Equations: RULE.update(x, expr) returns x at step i+1; RULE.let names an intermediate.
 # Anything that depends only on hyperparameters, t and host states is computed on the host.
-G = RULE.let("G", mx.clipped())              # clip(rescale_grad * g, clip_gradient)
+G = RULE.let("G", mx.clipped())  # clip(rescale_grad * g, clip_gradient)
 RULE.update(w, w - mx.lr * G)
 
 # The tests derive their settings from the declarations above (random legal values, every flag
