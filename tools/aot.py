@@ -142,7 +142,9 @@ def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[d
     """A generated rule (``generated.triton.<rule>``), or a module file (``rule`` ends in .py)."""
     if rule.endswith(".py"):
         path = Path(rule)
-        spec = importlib.util.spec_from_file_location(f"aot_{path.stem}", path)
+        # a module of generated.triton by name: it imports its rule's metadata relatively
+        importlib.import_module("generated.triton")
+        spec = importlib.util.spec_from_file_location(f"generated.triton._aot_{path.stem}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
