@@ -58,6 +58,8 @@ def test_one_rules_gif_is_deterministic(tmp_path: Path) -> None:
     assert sorted(p.name for p in first.iterdir()) == ["sgd_mom.gif"]  # no partial comparisons
     data = (first / "sgd_mom.gif").read_bytes()
     assert data == (second / "sgd_mom.gif").read_bytes()
+    committed = tr.OUT / "sgd_mom.gif"
+    assert data == committed.read_bytes(), "stale pictures: python -m tools.trajectories"
     with Image.open(first / "sgd_mom.gif") as image:
         assert image.n_frames == tr.FRAMES + 1
         assert max(image.size) <= 480
