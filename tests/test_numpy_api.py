@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import tracemalloc
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -225,11 +224,7 @@ def test_the_symbolic_check_catches_a_broken_kernel(kind: str) -> None:
     adds = [i for i, op in enumerate(lower(rule).ops) if op.kind == "add"]
     for index in adds:
         broken = mutant("adam", index, kind)
-        # a mutant may take the root of a negative number: NumPy's warning is expected there
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            assert max_rel_error(run_numpy(broken, w0, grads, hp), reference) > rtol, index
-        assert all("invalid value encountered" in str(w.message) for w in caught), caught
+        assert max_rel_error(run_numpy(broken, w0, grads, hp), reference) > rtol, index
     assert max_rel_error(run_numpy(numpy_module("adam"), w0, grads, hp), reference) < rtol
 
 
