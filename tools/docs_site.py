@@ -204,7 +204,8 @@ def rule_page(rule: Rule, images: dict[str, bytes]) -> str:
     lines += [
         "Rendered from the spec's SymPy expressions, in spec order (`x'` is `x` after the step; "
         "*host*: computed once per step on the host; a reduction's summand is shown under its "
-        "sum).",
+        "sum; a choice of values is one line per branch, the first whose condition holds "
+        "applies).",
         "",
     ]
     for k, (latex, where, line) in enumerate(equation_latex(rule)):
