@@ -102,6 +102,18 @@ _POOL: ThreadPoolExecutor | None = None
 _MIN_CHUNKS_PER_THREAD = 4  # below this, threads cost more than they save
 
 
+def quiet(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` without NumPy's floating-point warnings, on whichever thread calls it: a step
+    computes both sides of a select (a division by zero in the branch not taken is normal) and
+    returns IEEE results, NaN and inf included, silently, as the Triton kernels and torch do."""
+
+    def call(*args: Any) -> T:
+        with np.errstate(all="ignore"):
+            return fn(*args)
+
+    return call
+
+
 def for_chunks(
     n: int, chunk: int, rows: int, dtype: np.dtype, fn: Callable[[int, int, np.ndarray], T]
 ) -> list[T]:
@@ -113,6 +125,7 @@ def for_chunks(
     so a reduction summed over them is the same on every run and every machine.
     """
     global _POOL
+    fn = quiet(fn)
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     workers = min(THREADS, len(bounds) // _MIN_CHUNKS_PER_THREAD)
     if workers <= 1:
@@ -225,6 +238,7 @@ def for_tiles(
     worker thread takes a contiguous run of tiles and its own ``rows x tile size`` scratch;
     the tiles do not depend on the thread count, so neither do the results."""
     global _POOL
+    fn = quiet(fn)
     size = max(((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in tiles), default=0)
     workers = min(THREADS, len(tiles) // _MIN_CHUNKS_PER_THREAD)
 

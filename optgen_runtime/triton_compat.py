@@ -87,6 +87,28 @@ def _libdevice() -> Any:
 libdevice = _libdevice()
 
 
+def _quiet_interpreter() -> None:
+    """Under the interpreter, kernels run without NumPy's floating-point warnings, as on a GPU
+    (no FP exceptions): the interpreter evaluates both sides of a ``tl.where`` in NumPy, and a
+    division by zero in the side not taken would warn."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+    if getattr(run, "optgen_quiet", False):
+        return
+
+    def quiet_run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with np.errstate(all="ignore"):
+            return run(self, *args, **kwargs)
+
+    quiet_run.optgen_quiet = True  # type: ignore[attr-defined]
+    InterpretedFunction.run = quiet_run  # type: ignore[method-assign]
+
+
+if interpreting():
+    _quiet_interpreter()
+
+
 def aot_compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int) -> Any:
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU; returns the artifact."""
     if not isinstance(fn, triton.runtime.jit.JITFunction):

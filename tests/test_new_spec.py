@@ -130,3 +130,29 @@ def test_the_hint_and_the_readme_list_the_same_commands(tmp_path: Path) -> None:
     )
     hint = [line.split("#")[0].strip() for line in done.stdout.splitlines()[2:]]
     assert hint == next_commands("my_rule"), done.stdout
+
+
+def test_the_skeleton_passes_the_linters(tmp_path: Path) -> None:
+    """tools/test.sh runs ``ruff check`` and ``ruff format --check`` first: a fresh skeleton
+    must pass both, or the hint's ``bash tools/test.sh -k NAME`` fails before any test."""
+    subprocess.run(
+        [sys.executable, "-m", "tools.new", "my_rule", "--specs", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    ruff = Path(sys.executable).parent / "ruff"
+    for command in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        done = subprocess.run(
+            [
+                str(ruff),
+                *command,
+                "--config",
+                str(ROOT / "pyproject.toml"),
+                str(tmp_path / "my_rule.py"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr

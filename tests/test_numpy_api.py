@@ -158,6 +158,7 @@ def test_the_promotion_check_catches_a_float64_host_scalar(
     source = inspect.getsource(numpy_module("adam"))
     assert source.count("dtype(_x) for _x in scalars") == 1
     module = types.ModuleType("adam_float64_scalars")
+    module.__package__ = "generated.numpy"  # the module imports its metadata relatively
     code = source.replace("dtype(_x) for _x in scalars", "np.float64(_x) for _x in scalars")
     exec(compile(code, module.__name__, "exec"), module.__dict__)
     found = float64_operands(module, monkeypatch)
@@ -209,6 +210,7 @@ def mutant(rule_name: str, index: int, kind: str) -> types.ModuleType:
     op = lowered.ops[index]
     lowered.ops[index] = Op(op.dest, kind, op.args)
     module = types.ModuleType(f"mutant_{rule_name}")
+    module.__package__ = "generated.numpy"  # the module imports its metadata relatively
     exec(compile(NUMPY_TARGET.render(lowered), module.__name__, "exec"), module.__dict__)
     return module
 

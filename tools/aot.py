@@ -143,7 +143,9 @@ def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[d
     """A generated rule (``generated.triton.<rule>``), or a module file (``rule`` ends in .py)."""
     if rule.endswith(".py"):
         path = Path(rule)
-        spec = importlib.util.spec_from_file_location(f"aot_{path.stem}", path)
+        # a module of generated.triton by name: it imports its rule's metadata relatively
+        importlib.import_module("generated.triton")
+        spec = importlib.util.spec_from_file_location(f"generated.triton._aot_{path.stem}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -158,8 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "rules", nargs="*", help="rule names or module files (default: every generated rule)"
     )
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
-    parser.add_argument("--weight", nargs="+", default=["fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=[80, 90], help="CUDA compute capabilities (80 90)"
+    )
+    parser.add_argument(
+        "--weight",
+        nargs="+",
+        default=["fp32", "bf16", "fp16"],
+        help="weight dtypes (fp32 bf16 fp16)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):

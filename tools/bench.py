@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--rule", default="adam")
+    parser.add_argument("--rule", default="adam", help="the rule to time (adam)")
     parser.add_argument("--n", type=int, help="parameters (default 10 000 000)")
     parser.add_argument("--steps", type=int, help="timed steps (default 20)")
     parser.add_argument(

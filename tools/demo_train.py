@@ -3,7 +3,8 @@
 ``python -m tools.demo_train``: a 2-layer MLP learns a built-in synthetic regression task
 (y = sin(x . a) + 0.5 cos(x . b), fixed seed, no downloads) with mini-batches, each optimizer
 from the same initial weights, on the CPU (the generated NumPy reference path on zero-copy views
-of the parameters). Prints a progress bar and the loss table per optimizer.
+of the parameters). Prints progress (a bar on a terminal; in a log, one line per optimizer and
+quarter of the epochs, no carriage returns) and the loss table per optimizer.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def model() -> torch.nn.Module:
 
 
 def bar(done: int, total: int, label: str, loss: float) -> None:
+    if not sys.stdout.isatty():  # a log: whole lines, at each quarter of the run
+        if done == total or done % max(1, total // 4) == 0:
+            print(f"  {label:14s} epoch {done:3d}/{total}  loss {loss:.4f}", flush=True)
+        return
     width = 30
     filled = width * done // total
     sys.stdout.write(f"\r  {label:14s} [{'#' * filled}{'.' * (width - filled)}] {done:3d}/{total}"
@@ -54,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo_train", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the data (20)")
+    parser.add_argument("--batch", type=int, default=64, help="mini-batch size (64)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the optimizers' NumPy path runs its own threads
     x, y = task()
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 total += loss.item()
             epoch_losses.append(total / len(batches))
             bar(epoch + 1, args.epochs, label, epoch_losses[-1])
-        print()
+        if sys.stdout.isatty():
+            print()  # end the bar's line
         with torch.no_grad():
             final = (net(x) - y).pow(2).mean().item()
         table.append((label, epoch_losses[0], epoch_losses[len(epoch_losses) // 2], final,
@@ -88,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'optimizer':14s} {'epoch 1':>9s} {'midway':>9s} {'final':>9s} {'time':>7s}")
     for label, first, mid, final, seconds in table:
         print(f"{label:14s} {first:9.4f} {mid:9.4f} {final:9.4f} {seconds:6.1f}s")
+    print(
+        "\nepoch 1, midway: mean squared error over that epoch's mini-batches (midway: epoch "
+        f"{args.epochs // 2 + 1});\nfinal: over all {len(x)} samples after the last epoch; "
+        "time: wall-clock seconds of the training loop"
+    )
     return 0
 
 

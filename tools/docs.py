@@ -1,8 +1,10 @@
-"""The README's rule table, from the specs and the test oracles: ``python -m tools.docs``.
+"""Documentation from the specs: the README's rule table and the mkdocs site.
 
-python -m tools.docs            # print the table
-python -m tools.docs --write    # replace the table between the markers in README.md
-python -m tools.docs --check    # exit 1 when README.md's table is stale
+python -m tools.docs                      # print the README's rule table
+python -m tools.docs --write              # replace the table between the markers in README.md
+python -m tools.docs --check              # exit 1 when README.md's table is stale
+python -m tools.docs build [RULE ...]     # the site (one page per rule) into site/, strict
+python -m tools.docs screenshot [--rule adam]   # build, then a headless Chromium screenshot
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _references() -> dict[str, str]:
     return out
 
 
-def _paper(rule: Rule) -> str:
+def paper(rule: Rule) -> str:
     """The first citation in the docstring's second paragraph: 'Author et al. (year)'."""
     paragraphs = rule.doc.split("\n\n")
     text = " ".join(paragraphs[1].split()) if len(paragraphs) > 1 else ""
@@ -61,57 +63,123 @@ EXTERNAL = {
 }
 
 
-def table() -> str:
-    torch_cases = _torch_cases()
+def features(rule: Rule) -> str:
+    """What the rule needs beyond an elementwise update, as the README's table says."""
+    out = ["matrix equations"] if rule.matrix_values else []
+    if rule.host_states:
+        out.append("host state")
+    if rule.vector_values:
+        out.append("row/column factors")
+    if rule.group_reductions:
+        out.append("group reductions")
+    elif rule.reductions and not rule.vector_values:
+        out.append("per-tensor reductions")
+    if rule.draws:
+        out.append("Philox noise")
+    if rule.inputs:
+        out.append(f"input {', '.join(rule.inputs)}")
+    if rule.scalars:
+        out.append(f"scalar input {', '.join(rule.scalars)}")
+    return ", ".join(out) or "elementwise"
+
+
+def oracles(rule: Rule) -> list[str]:
+    """What the test suite compares the rule with."""
+    out = ["equations (40 digits)", "Triton = NumPy"]
+    if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
+        out.append("MXNet 1.9.1 goldens")
+    if rule.name in _torch_cases():
+        out.append("torch.optim")
+    if rule.name in EXTERNAL:
+        out.append(EXTERNAL[rule.name])
+    own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own reference comparison
+    if own.exists() and "from pytorch_optimizer import" in own.read_text():
+        out.append("pytorch-optimizer 4.1.0")
+    if rule.draws:
+        out.append("noise statistics")
     references = _references()
+    if rule.name in references:
+        out.append(references[rule.name])
+    return out
+
+
+def table() -> str:
     rows = [
         "| rule | class | spec | paper | features | verified against |",
         "|---|---|---|---|---|---|",
     ]
     for rule in load_rules():
-        features = ["matrix equations"] if rule.matrix_values else []
-        if rule.host_states:
-            features.append("host state")
-        if rule.vector_values:
-            features.append("row/column factors")
-        if rule.group_reductions:
-            features.append("group reductions")
-        elif rule.reductions and not rule.vector_values:
-            features.append("per-tensor reductions")
-        if rule.draws:
-            features.append("Philox noise")
-        if rule.inputs:
-            features.append(f"input {', '.join(rule.inputs)}")
-        if rule.scalars:
-            features.append(f"scalar input {', '.join(rule.scalars)}")
-        oracles = ["equations (40 digits)", "Triton = NumPy"]
-        if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
-            oracles.append("MXNet 1.9.1 goldens")
-        if rule.name in torch_cases:
-            oracles.append("torch.optim")
-        if rule.name in EXTERNAL:
-            oracles.append(EXTERNAL[rule.name])
-        own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own reference comparison
-        if own.exists() and "from pytorch_optimizer import" in own.read_text():
-            oracles.append("pytorch-optimizer 4.1.0")
-        if rule.draws:
-            oracles.append("noise statistics")
-        if rule.name in references:
-            oracles.append(references[rule.name])
         rows.append(
             f"| `{rule.name}` | `{rule.class_name}` | [specs/{rule.name}.py](specs/{rule.name}.py) "
-            f"| {_paper(rule)} | {', '.join(features) or 'elementwise'} | {', '.join(oracles)} |"
+            f"| {paper(rule)} | {features(rule)} | {', '.join(oracles(rule))} |"
         )
     return "\n".join(rows) + "\n"
 
 
+def screenshot(rule: str, out: Path, site: Path | None = None, work: Path | None = None) -> int:
+    """Build the site for ``rule``, then take a headless Chromium screenshot of its page and check
+    that it is not blank; skips (exit 0, saying why) without a browser."""
+    import shutil
+    import subprocess
+
+    from tools import docs_site
+
+    browser = next(
+        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+    if browser is None:
+        print("screenshot skipped: no Chromium on PATH (Debian: apt-get install -y chromium)")
+        return 0
+    site = docs_site.build([rule], site=site or docs_site.SITE, work=work or docs_site.BUILD)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page = (site / "rules" / f"{rule}.html").resolve()
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+        + [f"--screenshot={out.resolve()}", "--window-size=1280,2000", page.as_uri()],
+        check=True,
+        capture_output=True,
+    )
+    from PIL import Image
+
+    with Image.open(out) as image:
+        colours = image.convert("L").getextrema()
+    if colours[1] - colours[0] < 128:
+        print(f"{out}: blank screenshot (grey levels {colours})")
+        return 1
+    print(f"wrote {out} ({page.name}, grey levels {colours[0]}-{colours[1]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.docs", description=__doc__.split("\n")[0]
+        prog="python -m tools.docs",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
     )
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--check", action="store_true")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="table",
+        choices=("table", "build", "screenshot"),
+        help="table: the README's rule table (default); build: the site; screenshot: one page",
+    )
+    parser.add_argument("rules", nargs="*", help="build: only these rules' pages (default: all)")
+    parser.add_argument("--write", action="store_true", help="table: write it into README.md")
+    parser.add_argument("--check", action="store_true", help="table: exit 1 when README's is stale")
+    parser.add_argument("--rule", default="adam", help="screenshot: the rule's page (adam)")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "site" / "screenshot.png", help="screenshot: PNG path"
+    )
     args = parser.parse_args(argv)
+    if args.command == "build":
+        from tools import docs_site
+
+        site = docs_site.build(args.rules or None)
+        print(f"built {site} (open {site / 'index.html'})")
+        return 0
+    if args.command == "screenshot":
+        return screenshot(args.rule, args.out)
     text = table()
     if not (args.write or args.check):
         sys.stdout.write(text)

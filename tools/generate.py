@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         changed = write(files, args.out, prune=not args.rules)
         for path in changed:
             print(f"changed {path}")
+        if not changed:
+            print(f"nothing changed: {args.out.name}/ already matches the specs")
         slowest = max(files, key=lambda f: f.seconds)
         print(
             f"{len(files)} files generated in {time.perf_counter() - start:.2f} s "

@@ -61,7 +61,7 @@ w, g, t = RULE.weight, RULE.grad, RULE.t
 
 # Equations: RULE.update(x, expr) returns x at step i+1; RULE.let names an intermediate.
 # Anything that depends only on hyperparameters, t and host states is computed on the host.
-G = RULE.let("G", mx.clipped())              # clip(rescale_grad * g, clip_gradient)
+G = RULE.let("G", mx.clipped())  # clip(rescale_grad * g, clip_gradient)
 RULE.update(w, w - mx.lr * G)
 
 # The tests derive their settings from the declarations above (random legal values, every flag
@@ -76,6 +76,7 @@ NEXT: tuple[tuple[str, str], ...] = (
     ("python -m tools.generate", "generated/{rules,numpy,triton}/NAME.py and the indexes"),
     ("python -m tools.op_counts --write", "pins its op counts (tests/goldens/op_counts.json)"),
     ("python -m tools.docs --write", "adds it to README's rule table"),
+    ("python -m tools.trajectories", "draws docs/trajectories/NAME.gif and the comparisons"),
     ("bash tools/test.sh -k NAME", "its tests: every parametrized test picks it up"),
     ("bash tools/test.sh", "lint and the whole suite"),
 )
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     title = name.replace("_", " ").title()
     path.write_text(SKELETON.format(name=name, title=title))
     print(f"wrote {path}")
-    print("next: edit it, then run")
+    print("next: edit it, then run (python: .venv/bin/python, or source .venv/bin/activate)")
     for command, what in NEXT:
         print(f"  {command.replace('NAME', name):<40} # {what.replace('NAME', name)}")
     return 0

@@ -31,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.adam import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.adam import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -49,9 +53,6 @@ from generated.rules.adam import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.adam; re-exported here.
 __all__ = [

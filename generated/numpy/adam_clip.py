@@ -27,7 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.adam_clip import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    step_counts,
+)
+from optgen_runtime.numpy_support import (
+    check_arrays_across,
+    check_weight,
+    combine,
+    flat_views,
+    for_chunks,
+    run_group,
+)
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.adam_clip import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -48,21 +64,6 @@ from generated.rules.adam_clip import (
     host_scalars,
     reduction_scalars,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-)
-from optgen_runtime.numpy_support import (
-    check_arrays_across,
-    check_weight,
-    combine,
-    flat_views,
-    for_chunks,
-    run_group,
-)
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.adam_clip; re-exported here.
 __all__ = [

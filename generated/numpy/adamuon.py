@@ -44,7 +44,16 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.adamuon import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_max,
+    host_min,
+    resolve_hyperparams,
+    step_counts,
+)
+from optgen_runtime.numpy_support import check_weight, flat_views
+
+from ..rules.adamuon import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -64,14 +73,6 @@ from generated.rules.adamuon import (
     TORCH,
     check_matrix,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_max,
-    host_min,
-    resolve_hyperparams,
-    step_counts,
-)
-from optgen_runtime.numpy_support import check_weight, flat_views
 
 # The rule's metadata lives in generated.rules.adamuon; re-exported here.
 __all__ = [

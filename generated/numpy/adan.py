@@ -34,7 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.adan import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.adan import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -52,9 +56,6 @@ from generated.rules.adan import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.adan; re-exported here.
 __all__ = [

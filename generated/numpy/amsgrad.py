@@ -24,7 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.amsgrad import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.amsgrad import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -42,9 +46,6 @@ from generated.rules.amsgrad import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.amsgrad; re-exported here.
 __all__ = [

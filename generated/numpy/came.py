@@ -34,7 +34,25 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.came import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matrix_dims,
+    matrix_sizes,
+    resolve_hyperparams,
+    vector_shape,
+)
+from optgen_runtime.numpy_support import (
+    check_weight,
+    combine_tiles,
+    domain_shape,
+    for_tiles,
+    matrix_tiles,
+    matrix_views,
+)
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.came import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -78,23 +96,6 @@ from generated.rules.came import (
     reduction_scalars_10,
     reduction_scalars_11,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    matrix_dims,
-    matrix_sizes,
-    resolve_hyperparams,
-    vector_shape,
-)
-from optgen_runtime.numpy_support import (
-    check_weight,
-    combine_tiles,
-    domain_shape,
-    for_tiles,
-    matrix_tiles,
-    matrix_views,
-)
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.came; re-exported here.
 __all__ = [

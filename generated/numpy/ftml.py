@@ -43,7 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.ftml import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.ftml import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -61,9 +65,6 @@ from generated.rules.ftml import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.ftml; re-exported here.
 __all__ = [

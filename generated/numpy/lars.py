@@ -31,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.lars import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.lars import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -52,9 +56,6 @@ from generated.rules.lars import (
     host_scalars,
     reduction_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.lars; re-exported here.
 __all__ = [

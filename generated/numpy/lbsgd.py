@@ -40,7 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.lbsgd import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.lbsgd import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -61,9 +65,6 @@ from generated.rules.lbsgd import (
     host_scalars,
     reduction_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.lbsgd; re-exported here.
 __all__ = [

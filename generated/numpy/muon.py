@@ -35,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.muon import (
+from optgen_runtime.common import check_step_count, host_max, resolve_hyperparams, step_counts
+from optgen_runtime.numpy_support import check_weight, flat_views
+
+from ..rules.muon import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -55,8 +58,6 @@ from generated.rules.muon import (
     TORCH,
     check_matrix,
 )
-from optgen_runtime.common import check_step_count, host_max, resolve_hyperparams, step_counts
-from optgen_runtime.numpy_support import check_weight, flat_views
 
 # The rule's metadata lives in generated.rules.muon; re-exported here.
 __all__ = [

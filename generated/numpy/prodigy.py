@@ -48,7 +48,23 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.prodigy import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    step_counts,
+)
+from optgen_runtime.numpy_support import (
+    check_arrays_across,
+    check_weight,
+    combine,
+    flat_views,
+    for_chunks,
+    run_group,
+)
+from optgen_runtime.scalars import check_host_states, check_scalars, computed
+
+from ..rules.prodigy import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -69,21 +85,6 @@ from generated.rules.prodigy import (
     host_scalars,
     reduction_scalars,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-)
-from optgen_runtime.numpy_support import (
-    check_arrays_across,
-    check_weight,
-    combine,
-    flat_views,
-    for_chunks,
-    run_group,
-)
-from optgen_runtime.scalars import check_host_states, check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.prodigy; re-exported here.
 __all__ = [

@@ -27,7 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.sgd_mom import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.sgd_mom import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -45,9 +49,6 @@ from generated.rules.sgd_mom import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.sgd_mom; re-exported here.
 __all__ = [

@@ -28,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.sgld import (
+from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks, normal_chunk
+from optgen_runtime.philox import stream_seed
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.sgld import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -46,10 +51,6 @@ from generated.rules.sgld import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks, normal_chunk
-from optgen_runtime.philox import stream_seed
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.sgld; re-exported here.
 __all__ = [

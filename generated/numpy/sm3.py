@@ -37,7 +37,25 @@ from typing import Any
 
 import numpy as np
 
-from generated.rules.sm3 import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matrix_dims,
+    matrix_sizes,
+    resolve_hyperparams,
+    vector_shape,
+)
+from optgen_runtime.numpy_support import (
+    check_weight,
+    combine_tiles,
+    domain_shape,
+    for_tiles,
+    matrix_tiles,
+    matrix_views,
+)
+from optgen_runtime.scalars import check_scalars, computed
+
+from ..rules.sm3 import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -65,23 +83,6 @@ from generated.rules.sm3 import (
     reduction_scalars_2,
     reduction_scalars_3,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    matrix_dims,
-    matrix_sizes,
-    resolve_hyperparams,
-    vector_shape,
-)
-from optgen_runtime.numpy_support import (
-    check_weight,
-    combine_tiles,
-    domain_shape,
-    for_tiles,
-    matrix_tiles,
-    matrix_views,
-)
-from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.sm3; re-exported here.
 __all__ = [

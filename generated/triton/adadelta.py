@@ -39,7 +39,18 @@ from typing import Any
 
 import torch
 
-from generated.rules.adadelta import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+)
+from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
+
+from ..rules.adadelta import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -57,16 +68,6 @@ from generated.rules.adadelta import (
     STEP_SCALARS,
     host_scalars,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-)
-from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
 
 # The rule's metadata and host code live in generated.rules.adadelta; re-exported here.
 __all__ = [

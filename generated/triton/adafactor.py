@@ -32,7 +32,28 @@ from typing import Any
 
 import torch
 
-from generated.rules.adafactor import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matrix_dims,
+    matrix_sizes,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+    vector_shape,
+)
+from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import (
+    LAUNCHES,
+    check_across,
+    check_tensors,
+    check_weight,
+    domain_size,
+    matrix_sweep,
+)
+
+from ..rules.adafactor import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -65,26 +86,6 @@ from generated.rules.adafactor import (
     reduction_scalars_4,
     reduction_scalars_5,
     reduction_scalars_6,
-)
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    matrix_dims,
-    matrix_sizes,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-    vector_shape,
-)
-from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    LAUNCHES,
-    check_across,
-    check_tensors,
-    check_weight,
-    domain_size,
-    matrix_sweep,
 )
 
 # The rule's metadata and host code live in generated.rules.adafactor; re-exported here.

@@ -27,7 +27,25 @@ from typing import Any
 
 import torch
 
-from generated.rules.adam_clip import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+)
+from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import (
+    ChunkTable,
+    check_tensors,
+    check_weight,
+    group_totals,
+    launch,
+    reduce_sums,
+)
+
+from ..rules.adam_clip import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -47,23 +65,6 @@ from generated.rules.adam_clip import (
     STEP_SCALARS,
     host_scalars,
     reduction_scalars,
-)
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-)
-from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    ChunkTable,
-    check_tensors,
-    check_weight,
-    group_totals,
-    launch,
-    reduce_sums,
 )
 
 # The rule's metadata and host code live in generated.rules.adam_clip; re-exported here.

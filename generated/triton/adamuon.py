@@ -45,7 +45,18 @@ from typing import Any
 
 import torch
 
-from generated.rules.adamuon import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_max,
+    host_min,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+)
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import check_tensors, check_weight, launch
+
+from ..rules.adamuon import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -65,16 +76,6 @@ from generated.rules.adamuon import (
     TORCH,
     check_matrix,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_max,
-    host_min,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-)
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import check_tensors, check_weight, launch
 
 # The rule's metadata lives in generated.rules.adamuon; re-exported here.
 __all__ = [

@@ -35,7 +35,28 @@ from typing import Any
 
 import torch
 
-from generated.rules.came import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matrix_dims,
+    matrix_sizes,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+    vector_shape,
+)
+from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import (
+    LAUNCHES,
+    check_across,
+    check_tensors,
+    check_weight,
+    domain_size,
+    matrix_sweep,
+)
+
+from ..rules.came import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -78,26 +99,6 @@ from generated.rules.came import (
     reduction_scalars_9,
     reduction_scalars_10,
     reduction_scalars_11,
-)
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    matrix_dims,
-    matrix_sizes,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-    vector_shape,
-)
-from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    LAUNCHES,
-    check_across,
-    check_tensors,
-    check_weight,
-    domain_size,
-    matrix_sweep,
 )
 
 # The rule's metadata and host code live in generated.rules.came; re-exported here.

@@ -32,7 +32,24 @@ from typing import Any
 
 import torch
 
-from generated.rules.lars import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+)
+from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import (
+    ChunkTable,
+    check_tensors,
+    check_weight,
+    launch,
+    reduce_sums,
+)
+
+from ..rules.lars import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -52,22 +69,6 @@ from generated.rules.lars import (
     STEP_SCALARS,
     host_scalars,
     reduction_scalars,
-)
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-)
-from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    ChunkTable,
-    check_tensors,
-    check_weight,
-    launch,
-    reduce_sums,
 )
 
 # The rule's metadata and host code live in generated.rules.lars; re-exported here.

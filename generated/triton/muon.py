@@ -36,7 +36,17 @@ from typing import Any
 
 import torch
 
-from generated.rules.muon import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_max,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+)
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import check_tensors, check_weight, launch
+
+from ..rules.muon import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -56,15 +66,6 @@ from generated.rules.muon import (
     TORCH,
     check_matrix,
 )
-from optgen_runtime.common import (
-    check_step_count,
-    host_max,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-)
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import check_tensors, check_weight, launch
 
 # The rule's metadata lives in generated.rules.muon; re-exported here.
 __all__ = [

@@ -38,7 +38,29 @@ from typing import Any
 
 import torch
 
-from generated.rules.sm3 import (
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matrix_dims,
+    matrix_sizes,
+    resolve_hyperparams,
+    step_counts,
+    stream_indices,
+    vector_shape,
+)
+from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_support import (
+    LAUNCHES,
+    check_across,
+    check_tensors,
+    check_weight,
+    domain_size,
+    matrix_sweep,
+    nan_max,
+)
+
+from ..rules.sm3 import (
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -65,27 +87,6 @@ from generated.rules.sm3 import (
     reduction_scalars,
     reduction_scalars_2,
     reduction_scalars_3,
-)
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    matrix_dims,
-    matrix_sizes,
-    resolve_hyperparams,
-    step_counts,
-    stream_indices,
-    vector_shape,
-)
-from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    LAUNCHES,
-    check_across,
-    check_tensors,
-    check_weight,
-    domain_size,
-    matrix_sweep,
-    nan_max,
 )
 
 # The rule's metadata and host code live in generated.rules.sm3; re-exported here.
