@@ -258,6 +258,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.update_scalars)],
         "pointers": pointers,
         "sizes_row": layout.sizes,
+        "vector": ChunkTable.VECTOR,
         "tensor_ints": [("key", layout.ints[0])] if lowered.draws else [],
         "chunk_row": layout.chunks,
         "meta_ints_doc": ", the Philox keys" if lowered.draws else "",
