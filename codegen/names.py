@@ -38,7 +38,7 @@ _reserve(
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
-    "check_host_states computed_each distinct "
+    "check_host_states computed_each distinct check_tensors_each "
     "input_lists",
 )
 _reserve(

@@ -105,6 +105,76 @@ def check_tensors(
     return checked
 
 
+# (rule, fingerprint) of the latest multi-tensor calls whose every tensor passed check_tensors
+_CHECKED: dict[tuple[str, tuple[Any, ...]], None] = {}
+_CHECKED_KEPT = 8  # several optimizers, param groups
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _fingerprint(
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: Sequence[str],
+    inputs: Sequence[dict[str, Any]] | None,
+) -> tuple[Any, ...] | None:
+    """Everything :func:`check_tensors` looks at, for every tensor of a call: each state dict's
+    keys, and each buffer's address, shape, dtype and device (all contiguous: so their extent);
+    None for anything but plain contiguous tensors in plain dicts (a tensor subclass such as a
+    DTensor, a strided view, a missing state: checked in full). Built flat, with few
+    allocations: a call of many tensors makes little garbage."""
+    parts: list[Any] = [interpreting(), len(weights), len(grads), len(states)]
+    try:
+        for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+            if type(s) is not dict:
+                return None
+            parts += (len(s), *s)
+            extra = inputs[j].values() if inputs is not None else ()
+            for x in (w, g, *extra, *(s[n] for n in names)):
+                if type(x) not in _PLAIN or not x.is_contiguous():
+                    return None
+                parts += (x.data_ptr(), x.shape, x.dtype, x.get_device())
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError):
+        return None
+    return tuple(parts)
+
+
+def check_tensors_each(
+    rule: str,
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: Sequence[str],
+    host_names: Sequence[str] = (),
+    inputs: Sequence[dict[str, Any]] | None = None,
+) -> list[Checked]:
+    """:func:`check_tensors` for every tensor of a multi-tensor step, in full only when some
+    buffer changed since the rule's last call that passed (:func:`_fingerprint`: address, shape,
+    dtype and device of contiguous buffers decide every one of those checks; strided ones are
+    checked in full every call): a step of unchanged tensors costs one fingerprint per buffer,
+    not the checks. Host states are values, checked by the caller every step
+    (``host_state_values``)."""
+    found = _fingerprint(weights, grads, states, names, inputs)
+    key = (rule, found) if found is not None else None
+    if key is None or key not in _CHECKED:
+        each = inputs or [None] * len(weights)
+        tables = [
+            check_tensors(rule, w, g, s, names, host_names, inputs=x)
+            for w, g, s, x in zip(weights, grads, states, each, strict=True)
+        ]
+        if key is not None:
+            if len(_CHECKED) >= _CHECKED_KEPT:
+                _CHECKED.pop(next(iter(_CHECKED)))
+            _CHECKED[key] = None
+        return tables
+    out = []
+    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+        read = [("grad", g), *(inputs[j].items() if inputs is not None else [])]
+        buffers = [("weight", w), *read, *((f"state[{n!r}]", s[n]) for n in names)]
+        out.append(Checked(rule, buffers, len(read)))
+    return out
+
+
 def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
     """No buffer a multi-tensor step writes (a weight, a state) shares memory with any buffer of
     any tensor: the same weight or state dict twice, or a gradient that is another tensor's

@@ -200,7 +200,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     if matrix:
         support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
     else:
-        support += ["ChunkTable", "launch"] + (["reduce_sums"] if phases else [])
+        support += ["ChunkTable", "check_tensors_each", "launch"]
+        support += ["reduce_sums"] if phases else []
         support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [

@@ -63,7 +63,13 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
+from optgen_runtime.triton_support import (
+    ChunkTable,
+    check_tensors,
+    check_tensors_each,
+    check_weight,
+    launch,
+)
 
 # The rule's metadata and host code live in generated.rules.adahessian; re-exported here.
 __all__ = [
@@ -399,10 +405,7 @@ def step_multi(
         },
         len(weights),
     )
-    tables = [
-        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, inputs=_x)
-        for _w, _g, _s, _x in zip(weights, grads, states, per_tensor, strict=True)
-    ]
+    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES, per_tensor)
     # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable.cached(tables, BLOCK_SIZE, ints)

@@ -87,6 +87,7 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
+    check_tensors_each,
     check_weight,
     group_totals,
     launch,
@@ -549,10 +550,7 @@ def step_multi(
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    tables = [
-        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
-        for _w, _g, _s in zip(weights, grads, states, strict=True)
-    ]
+    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES)
     # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
     chunks = ChunkTable.cached(tables, BLOCK_SIZE, ints)
