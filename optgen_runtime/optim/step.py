@@ -82,7 +82,8 @@ class Stepping:
         self._unscale([p.grad for _, _, params in plans for p in params], inverse)
         for (hp, resolved, params), group_states in zip(plans, states, strict=True):
             triton = [i for i, p in enumerate(params) if self._use_triton(p)]
-            numpy = [i for i in range(len(params)) if i not in set(triton)]
+            on_triton = set(triton)  # once: a set per index made this quadratic in the tensors
+            numpy = [i for i in range(len(params)) if i not in on_triton]
             if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
                 self._numpy_group_step(
                     [params[i] for i in numpy], [group_states[i] for i in numpy], hp
