@@ -51,3 +51,38 @@ def test_gpt2_small_and_the_figures() -> None:
     assert gpu_check.nominal_bytes(0, weight_bytes=2) == 6
     assert gpu_check.bandwidth(28, 10**9, 7.0) == 4000.0
     assert gpu_check.fits(100, 120) and not gpu_check.fits(100, 119)
+
+
+def test_the_bit_checks_run_under_the_interpreter() -> None:
+    """The GPU run's bit checks, on CPU tensors through the interpreter with small sizes: the
+    code path cannot rot, and both variants and one step per tensor agree here too."""
+    rows = gpu_check.bit_checks(["adam", "sgld"], device="cpu", sizes=(16, 48, 7))
+    assert [r["rule"] for r in rows] == ["adam", "sgld"]
+    assert rows[0]["aligned"] == [True, True, False, False, True]  # 16, 48, 7, view, bf16
+    assert all(r["ok"] and r["same_bits_as_scalar"] and r["same_bits_as_single"] for r in rows)
+    assert rows[0]["adam_fp32_equals_numpy"]
+
+
+def test_the_report_renders() -> None:
+    result = {
+        "started": "now",
+        "environment": {"device": "H200 (sm_90)", "torch": "2", "triton": "3", "cuda": "12"},
+        "seconds": 1.0,
+        "bit_checks": [{"rule": "adam", "same_bits_as_single": True, "same_bits_as_scalar": True}],
+        "tests": {"ran": False, "why": "pytest is not installed on this machine"},
+        "benchmarks": [
+            {
+                "list": "GPT-2",
+                "rule": "adam",
+                "ours_ms": 1.0,
+                "torch_fused_ms": 2.0,
+                "copy_ms": 0.5,
+                "ours_over_fused": 0.5,
+                "ours_GBps": 3000.0,
+            },
+            {"list": "big", "rule": "lamb", "skipped": "needs 20 GiB"},
+        ],
+    }
+    text = gpu_check.markdown(result)
+    assert "| GPT-2 | adam | 1.000 | 2.000 | - | 0.500 | 0.50 |" in text
+    assert "skipped: needs 20 GiB" in text and "pytest is not installed" in text

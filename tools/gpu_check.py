@@ -121,8 +121,11 @@ def fits(needed: int, free: int, margin: float = 1.2) -> bool:
 
 
 # ------------------------------------------------------------------------------ bit checks
-def bit_checks(rules: list[str]) -> list[dict[str, Any]]:
-    """step_multi against one step per tensor and against the scalar variant, on CUDA."""
+def bit_checks(
+    rules: list[str], device: str = "cuda", sizes: tuple[int, ...] = (16, 1 << 16, 1000003, 7)
+) -> list[dict[str, Any]]:
+    """step_multi against one step per tensor and against the scalar variant, on CUDA (or on
+    ``device`` under the interpreter: tests/test_gpu_check.py runs it so, with small sizes)."""
     import copy
     import importlib
 
@@ -137,17 +140,16 @@ def bit_checks(rules: list[str]) -> list[dict[str, Any]]:
     for rule in rules:
         trm = importlib.import_module(f"generated.triton.{rule}")
         torch.manual_seed(0)
-        base = torch.randn(4096 + 16, device="cuda")
-        shapes = [16, 1 << 16, 1000003, 7]
-        weights = [torch.randn(n, device="cuda") for n in shapes] + [base[1:4097]]
-        weights.append(torch.randn(1 << 12, device="cuda", dtype=torch.bfloat16))
+        base = torch.randn(4096 + 16, device=device)
+        weights = [torch.randn(n, device=device) for n in sizes] + [base[1:4097]]
+        weights.append(torch.randn(1 << 12, device=device, dtype=torch.bfloat16))
         grads = [torch.randn_like(w) * 1e-2 for w in weights]
         aligned = [vectorisable([w, g]) for w, g in zip(weights, grads, strict=True)]
         seed = trm.HYPERPARAMS.get("seed")
         runs = {}
         for mode in ("routed", "scalar", "single"):
             ws = [w.clone() for w in weights]
-            ws[4] = base.clone()[1:4097]
+            ws[len(sizes)] = base.clone()[1:4097]  # one element off a 16-byte boundary
             states = [trm.init_state(w) for w in ws]
             ChunkTable._cache.clear()
             saved = triton_support.vectorisable
@@ -163,7 +165,8 @@ def bit_checks(rules: list[str]) -> list[dict[str, Any]]:
                         trm.step_multi(ws, grads, states, t, **OURS[rule])
             finally:
                 triton_support.vectorisable = saved
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
             runs[mode] = (ws, [copy.deepcopy(s) for s in states])
         row: dict[str, Any] = {"rule": rule, "aligned": aligned}
         (ws, ss) = runs["routed"]
@@ -176,7 +179,7 @@ def bit_checks(rules: list[str]) -> list[dict[str, Any]]:
             row[f"same_bits_as_{mode}"] = bool(same)
         if rule == "adam":
             npm = importlib.import_module(f"generated.numpy.{rule}")
-            w0 = torch.randn(1 << 16, device="cuda")
+            w0 = torch.randn(1 << 16, device=device)
             g0 = torch.randn_like(w0)
             s0 = trm.init_state(w0)
             w_np, g_np = w0.cpu().numpy().copy(), g0.cpu().numpy()
