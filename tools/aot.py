@@ -179,15 +179,15 @@ def access_bytes(key: str) -> int:
     return lanes * int(re.sub(r"\D", "", parts[-1])) // 8
 
 
-def minimum_traffic(rule_name: str, kernel: str, weight_type: str) -> int | None:
+def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
     """The spec's minimal bytes per element for ``kernel``: each array it reads read once, each
     it writes written once (weight, gradient and inputs in ``weight_type``, states fp32), from
     the lowered spec; None for a kernel that is neither the update nor a reduction phase (the
-    sweeps of a rule with row or column states)."""
-    lowered = _lowered(rule_name)
-    rule = lowered.rule
-    if rule.vector_values:
+    sweeps of a rule with row or column states), or a rule whose spec is not found."""
+    lowered = _lowered(module)
+    if lowered is None or lowered.rule.vector_values:
         return None
+    rule = lowered.rule
     narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[weight_type]
 
     def size(symbol: Any) -> int:
@@ -205,14 +205,22 @@ def minimum_traffic(rule_name: str, kernel: str, weight_type: str) -> int | None
 _LOWERED: dict[str, Any] = {}
 
 
-def _lowered(rule_name: str) -> Any:
-    """The rule's lowered spec (specs/<rule>.py), once per process."""
-    if rule_name not in _LOWERED:
-        from codegen.load import load_rules
-        from codegen.lower import lower
+def _lowered(module: Any) -> Any:
+    """The rule's lowered spec, once per process: specs/<rule>.py of the tree the module was
+    generated in (``<tree>/generated/triton/<rule>.py``), else of the working directory, else
+    this repository's; None when none has it."""
+    from codegen.load import SPECS_DIR, load_rules
+    from codegen.lower import lower
 
-        _LOWERED[rule_name] = lower(load_rules(names=[rule_name])[0])
-    return _LOWERED[rule_name]
+    rule = module.RULE
+    if rule not in _LOWERED:
+        here = Path(getattr(module, "__file__", "") or ".").resolve()
+        trees = [here.parents[2] / "specs"] if len(here.parents) > 2 else []
+        found = [
+            d for d in [*trees, Path.cwd() / "specs", SPECS_DIR] if (d / f"{rule}.py").exists()
+        ]
+        _LOWERED[rule] = lower(load_rules(found[0], names=[rule])[0]) if found else None
+    return _LOWERED[rule]
 
 
 def resources(cubin: bytes) -> dict[str, int] | None:
@@ -270,7 +278,7 @@ def _row(
         accesses["ld.b32"] -= table_loads
         accesses = {k: n for k, n in accesses.items() if n}
     threads = compiled.metadata.num_warps * 32
-    minimum = minimum_traffic(module.RULE, name, weight_type)
+    minimum = minimum_traffic(module, name, weight_type)
     # Bytes per thread of the accesses narrower than 16 bytes beyond the kernel's one value per
     # program (its uniform loads of the tables): 0 when every per-element access is 128-bit.
     narrow = sum(access_bytes(k) * n for k, n in accesses.items() if access_bytes(k) < 16)
