@@ -38,7 +38,7 @@ _reserve(
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
-    "check_host_states "
+    "check_host_states computed_each distinct check_tensors_each "
     "input_lists",
 )
 _reserve(
@@ -58,7 +58,7 @@ _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
     "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane "
-    "n_blocks",
+    "n_blocks ALIGNED",
 )
 _reserve(
     "a local of the generated step functions",

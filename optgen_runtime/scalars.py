@@ -73,3 +73,30 @@ def check_host_states(rule: str, new: Mapping[str, float]) -> Mapping[str, float
                 "gradients or the step's reductions); refused before anything is written"
             )
     return new
+
+
+def computed_each(
+    rule: str,
+    host_code: Callable[..., T],
+    ts: Sequence[int],
+    each: Sequence[Mapping[str, float]],
+    **kwargs: Any,
+) -> list[T]:
+    """``computed(rule, host_code, ts[j], **kwargs, **each[j])`` for every tensor j of a
+    multi-tensor step, computed once per distinct (step count, per-tensor values): the tensors
+    of a step mostly share both, and then share one result object (``distinct`` lists each
+    once; ``triton_support.scalar_table`` converts each once)."""
+    memo: dict[tuple, T] = {}
+    out = []
+    for t, extra in zip(ts, each, strict=True):
+        # the sign too: 0.0 == -0.0, and the host code may tell them apart
+        key = (t, *((k, v, math.copysign(1.0, v)) for k, v in extra.items()))
+        if key not in memo:
+            memo[key] = computed(rule, host_code, t, **kwargs, **extra)
+        out.append(memo[key])
+    return out
+
+
+def distinct(results: Sequence[T]) -> list[T]:
+    """Each result object of :func:`computed_each` once, in order (for the range checks)."""
+    return list({id(r): r for r in results}.values())

@@ -29,8 +29,10 @@ __all__ = [
     "ASTSource",
     "GPUTarget",
     "aot_compile",
+    "aot_compile_as_launched",
     "interpreting",
     "libdevice",
+    "resource_usage",
     "tl",
     "triton",
 ]
@@ -117,3 +119,46 @@ def aot_compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], 
         fn = triton.runtime.jit.JITFunction(fn.fn)
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=LAUNCH_OPTIONS)
+
+
+def aot_compile_as_launched(fn: Any, args: list[Any], kwargs: dict[str, Any], arch: int) -> Any:
+    """Compile ``fn`` for ``sm_<arch>`` as the JIT would compile ``fn[grid](*args, **kwargs)``
+    on that device, without one: the JIT's own binder turns the arguments into the signature,
+    constexprs and specialisation (a tensor whose address is a multiple of 16 and an integer
+    that is: ``tt.divisibility`` 16; an integer equal to 1: a constant). ``args`` may be CPU
+    tensors standing in for device ones (only their dtype and address count). ``kwargs``: the
+    kernel's constexprs; LAUNCH_OPTIONS are added."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    if not isinstance(fn, JITFunction):
+        fn = JITFunction(fn.fn)  # under TRITON_INTERPRET=1 (see aot_compile)
+    target = GPUTarget("cuda", arch, 32)
+    backend = CUDABackend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    options = {**kwargs, **LAUNCH_OPTIONS}
+    bound, specialization, options = binder(*args, **options)
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, options, bound, specialization, options
+    )
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=target, options=options.__dict__)
+
+
+def resource_usage(cubin: bytes) -> dict[str, int] | None:
+    """REG, STACK, SHARED and LOCAL (bytes per thread) of the one kernel in ``cubin``, as the
+    ``cuobjdump -res-usage`` shipped with Triton reports them; None without that tool."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        done = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True)
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", done.stdout))
+    return {k.lower(): int(v) for k, v in found.items()} or None

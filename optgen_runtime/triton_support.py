@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -105,6 +105,76 @@ def check_tensors(
     return checked
 
 
+# (rule, fingerprint) of the latest multi-tensor calls whose every tensor passed check_tensors
+_CHECKED: dict[tuple[str, tuple[Any, ...]], None] = {}
+_CHECKED_KEPT = 8  # several optimizers, param groups
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _fingerprint(
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: Sequence[str],
+    inputs: Sequence[dict[str, Any]] | None,
+) -> tuple[Any, ...] | None:
+    """Everything :func:`check_tensors` looks at, for every tensor of a call: each state dict's
+    keys, and each buffer's address, shape, dtype and device (all contiguous: so their extent);
+    None for anything but plain contiguous tensors in plain dicts (a tensor subclass such as a
+    DTensor, a strided view, a missing state: checked in full). Built flat, with few
+    allocations: a call of many tensors makes little garbage."""
+    parts: list[Any] = [interpreting(), len(weights), len(grads), len(states)]
+    try:
+        for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+            if type(s) is not dict:
+                return None
+            parts += (len(s), *s)
+            extra = inputs[j].values() if inputs is not None else ()
+            for x in (w, g, *extra, *(s[n] for n in names)):
+                if type(x) not in _PLAIN or not x.is_contiguous():
+                    return None
+                parts += (x.data_ptr(), x.shape, x.dtype, x.get_device())
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError):
+        return None
+    return tuple(parts)
+
+
+def check_tensors_each(
+    rule: str,
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: Sequence[str],
+    host_names: Sequence[str] = (),
+    inputs: Sequence[dict[str, Any]] | None = None,
+) -> list[Checked]:
+    """:func:`check_tensors` for every tensor of a multi-tensor step, in full only when some
+    buffer changed since the rule's last call that passed (:func:`_fingerprint`: address, shape,
+    dtype and device of contiguous buffers decide every one of those checks; strided ones are
+    checked in full every call): a step of unchanged tensors costs one fingerprint per buffer,
+    not the checks. Host states are values, checked by the caller every step
+    (``host_state_values``)."""
+    found = _fingerprint(weights, grads, states, names, inputs)
+    key = (rule, found) if found is not None else None
+    if key is None or key not in _CHECKED:
+        each = inputs or [None] * len(weights)
+        tables = [
+            check_tensors(rule, w, g, s, names, host_names, inputs=x)
+            for w, g, s, x in zip(weights, grads, states, each, strict=True)
+        ]
+        if key is not None:
+            if len(_CHECKED) >= _CHECKED_KEPT:
+                _CHECKED.pop(next(iter(_CHECKED)))
+            _CHECKED[key] = None
+        return tables
+    out = []
+    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+        read = [("grad", g), *(inputs[j].items() if inputs is not None else [])]
+        buffers = [("weight", w), *read, *((f"state[{n!r}]", s[n]) for n in names)]
+        out.append(Checked(rule, buffers, len(read)))
+    return out
+
+
 def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
     """No buffer a multi-tensor step writes (a weight, a state) shares memory with any buffer of
     any tensor: the same weight or state dict twice, or a gradient that is another tensor's
@@ -202,8 +272,19 @@ def scalar_table(rows: Sequence[Sequence[float]]) -> torch.Tensor:
     the interpreter casts with NumPy), so a kernel reading the table computes what the
     single-tensor kernel computes with the same scalars as arguments.
     """
-    table = torch.tensor([[float(x) for x in row] or [0.0] for row in rows], dtype=torch.float32)
-    table = table.ravel()
+    # The rows of tensors at one step count are one object (``computed_each``): each distinct
+    # object converted once (by identity: 0.0 and -0.0, or two NaNs, are never merged).
+    index: dict[int, int] = {}
+    distinct: list[Sequence[float]] = []
+    picks = []
+    for row in rows:
+        if id(row) not in index:
+            index[id(row)] = len(distinct)
+            distinct.append(row)
+        picks.append(index[id(row)])
+    array = np.array([[float(x) for x in row] or [0.0] for row in distinct], dtype=np.float64)
+    with np.errstate(over="ignore"):
+        table = torch.from_numpy(array.astype(np.float32)[picks].ravel())
     return torch.cat([table, table.new_zeros(_padded(len(table), 4) - len(table))])
 
 
@@ -253,13 +334,15 @@ def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class _Group:
-    """The tensors of one device and dtype combination (weight, grad, inputs): one launch."""
+    """The tensors of one device, dtype combination (weight, grad, inputs) and alignment class:
+    one launch."""
 
     device: torch.device
     members: list[int]  # indices into the step's tensors, in order
     likes: list[torch.Tensor]  # the first member's buffers: they type the pointer tables
     counts: np.ndarray  # chunks per member
     meta: np.ndarray  # int64: pointer rows, sizes, int rows, chunk tensor ids, chunk starts
+    aligned: bool = False  # the vectorised variant (ChunkTable.vectorisable)
     meta_device: torch.Tensor | None = None
 
     @property
@@ -280,21 +363,40 @@ class TableLayout:
     chunks: int
 
 
+def vectorisable(buffers: Sequence[torch.Tensor]) -> bool:
+    """Whether a tensor's buffers may take the multi-tensor kernels' vectorised variant
+    (``ALIGNED``): every buffer starts on a ``ChunkTable.VECTOR``-byte boundary and the size is a
+    multiple of ``VECTOR`` elements (16 bytes of the narrowest, 2-byte, buffer are 8), so every
+    chunk starts on a block boundary and no 128-bit access straddles the end. torch's
+    multi_tensor_apply checks the same (``is_aligned`` on every pointer, the size a multiple of
+    its ILP) before taking its vectorised path."""
+    vector = ChunkTable.VECTOR
+    return buffers[0].numel() % vector == 0 and all(b.data_ptr() % vector == 0 for b in buffers)
+
+
 class ChunkTable:
     """Many tensors cut into ``block``-element chunks for the multi-tensor kernels.
 
     ``tables[j]`` is [weight, grad, *states] of tensor j (already checked, each on its own;
     :func:`check_across` checks them against each other here, before any launch). Tensors are
-    grouped by device and the dtypes of their buffers (weight, grad and per-element inputs vary;
-    the pointer tables are typed by the group's first member); each group is one launch of a
-    multi-tensor kernel, one program per chunk. A group's int64 ``meta`` table holds, with ``n``
-    tensors and ``c`` chunks: one row of ``n`` pointers per buffer, the ``n`` sizes, one row of
-    ``n`` per entry of ``ints[j]`` (per-tensor integers, such as a Philox key), then the ``c``
-    chunks' tensor (index into the group) and the ``c`` chunks' first element. Per-tensor host
-    scalars go in a float32 table, one row per tensor (``update``, ``reduce``): Python floats
-    rounded to float32 to nearest, as Triton rounds a float kernel argument. Empty tensors
-    launch nothing.
+    grouped by device, the dtypes of their buffers (weight, grad and per-element inputs vary;
+    the pointer tables are typed by the group's first member) and :func:`vectorisable`; each
+    group is one launch of a multi-tensor kernel, one program per chunk, the vectorisable ones
+    with ``ALIGNED=True`` (128-bit loads and stores; the same arithmetic, so the same bits as the
+    scalar variant). A group's int64 ``meta`` table holds, with ``n`` tensors and ``c`` chunks:
+    one row of ``n`` pointers per buffer, the ``n`` sizes, one row of ``n`` per entry of
+    ``ints[j]`` (per-tensor integers, such as a Philox key), then the ``c`` chunks' tensor
+    (index into the group) and the ``c`` chunks' first element. Per-tensor host scalars go in a
+    float32 table, one row per tensor (``update``, ``reduce``): Python floats rounded to float32
+    to nearest, as Triton rounds a float kernel argument. Empty tensors launch nothing.
+
+    :meth:`cached` reuses the table (and its copy on the device) of an earlier step when every
+    buffer's address, size, dtype and device and the integers are unchanged.
     """
+
+    VECTOR = 16  # bytes of one vectorised access; element multiple of a vectorisable size
+    CACHE = 8  # tables kept by ``cached`` (several optimizers, param groups)
+    _cache: ClassVar[dict[tuple, ChunkTable]] = {}
 
     @staticmethod
     def layout(n_buffers: int, n_ints: int) -> TableLayout:
@@ -306,6 +408,34 @@ class ChunkTable:
             n_buffers + 1 + n_ints,
         )
 
+    @classmethod
+    def cached(
+        cls,
+        tables: list[list[torch.Tensor]],
+        block: int,
+        ints: Sequence[Sequence[int]] | None = None,
+    ) -> ChunkTable:
+        """``ChunkTable(tables, block, ints)``, or the one an earlier call built from buffers at
+        the same addresses with the same sizes, dtypes and devices (so the same overlaps,
+        groups and meta table): no rebuild and no upload, but for per-tensor integers that
+        changed (a Philox key per step), rewritten in place. Each tensor's own checks
+        (``check_tensors``: shapes, strides) run every step before this."""
+        key = (
+            block,
+            tuple(len(t) for t in tables),
+            tuple((b.data_ptr(), b.numel(), b.dtype, b.device) for t in tables for b in t),
+        )
+        table = cls._cache.get(key)
+        if table is None:
+            table = cls(tables, block, ints)
+            if len(cls._cache) >= cls.CACHE:
+                cls._cache.pop(next(iter(cls._cache)))
+            cls._cache[key] = table
+        else:
+            table._retarget(tables, ints)
+        table.launches = 0
+        return table
+
     def __init__(
         self,
         tables: list[list[torch.Tensor]],
@@ -316,13 +446,15 @@ class ChunkTable:
         self.block = block
         self.size = len(tables)
         self.launches = 0
-        keyed: dict[tuple[torch.device, tuple[torch.dtype, ...]], list[int]] = {}
+        self.ints = [tuple(row) for row in ints] if ints is not None else None
+        keyed: dict[tuple[torch.device, tuple[torch.dtype, ...], bool], list[int]] = {}
         for j, buffers in enumerate(tables):
             if buffers[0].numel():
-                key = (buffers[0].device, tuple(b.dtype for b in buffers))
+                aligned = vectorisable(buffers)
+                key = (buffers[0].device, tuple(b.dtype for b in buffers), aligned)
                 keyed.setdefault(key, []).append(j)
         self.groups: list[_Group] = []
-        for (device, _), members in keyed.items():
+        for (device, _, aligned), members in keyed.items():
             likes = tables[members[0]]
             sizes = np.array([tables[j][0].numel() for j in members], dtype=np.int64)
             counts = -(-sizes // block)
@@ -339,7 +471,29 @@ class ChunkTable:
                 ]
             )
             meta = np.concatenate([meta, np.zeros(_padded(len(meta)) - len(meta), np.int64)])
-            self.groups.append(_Group(device, members, likes, counts, meta))
+            self.groups.append(_Group(device, members, likes, counts, meta, aligned))
+
+    def _retarget(
+        self, tables: list[list[torch.Tensor]], ints: Sequence[Sequence[int]] | None
+    ) -> None:
+        """A cached table for this call: the pointer-typing buffers of this call (a cached
+        table holds no tensor of an earlier step alive) and this call's integers."""
+        for group in self.groups:
+            group.likes = tables[group.members[0]]
+        new = [tuple(row) for row in ints] if ints is not None else None
+        if new == self.ints:
+            return
+        self.ints = new
+        for group in self.groups:
+            n, first = len(group.members), (len(group.likes) + 1) * len(group.members)
+            columns = np.array([new[j] for j in group.members], dtype=np.int64).reshape(n, -1)
+            group.meta[first : first + columns.size] = columns.T.ravel()
+            group.meta_device = None  # uploaded again with the step's scalars
+
+    def forget(self) -> None:
+        """Drop the tensors of the call (the pointer-typing buffers) once it is done."""
+        for group in self.groups:
+            group.likes = []
 
     def _tables(
         self, group: _Group, rows: Sequence[Sequence[float]]
@@ -361,6 +515,7 @@ class ChunkTable:
             group.chunks,
             *group.likes,
             BLOCK_SIZE=self.block,
+            ALIGNED=group.aligned,
             **LAUNCH_OPTIONS,
         )
         self.launches += 1
@@ -375,6 +530,7 @@ class ChunkTable:
         for group, flags in zip(self.groups, amps, strict=True):
             meta, scalars = self._tables(group, rows)
             self._launch(kernel, group, meta, scalars, flags)
+        self.forget()
 
     def reduce(
         self,

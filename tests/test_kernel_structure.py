@@ -14,7 +14,8 @@ kernel passes (``if AMP:`` resolved), and the kernel is checked as it runs. Chec
   not the GPU's approximate ``div.full``/``sqrt.approx``); no ``tl.sqrt``, ``tl.rsqrt``,
   ``tl.fdiv``, ``pow``;
 - ``tl.maximum``/``tl.minimum`` propagate NaN (``propagate_nan=tl.PropagateNan.ALL``);
-- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter of a kernel (``AMP`` of a shared body);
+- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter of a kernel (``AMP`` of a shared body;
+  ``ALIGNED`` too of a multi-tensor kernel: its vectorised variant, ChunkTable.vectorisable);
   every other parameter is a pointer, a tensor size, a host scalar (the lowering's host scalars,
   launched as Python floats, which Triton never specializes on) or listed in
   ``do_not_specialize``: a new hyperparameter value never recompiles;
@@ -169,7 +170,8 @@ def kernel_violations(fn: ast.FunctionDef, scalars: set[str] = frozenset()) -> l
     params = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
     for arg in params:
         constexpr = arg.annotation is not None and "constexpr" in ast.unparse(arg.annotation)
-        if constexpr != (arg.arg == "BLOCK_SIZE"):
+        allowed = ("BLOCK_SIZE", "ALIGNED") if "meta_ptr" in [a.arg for a in params] else ()
+        if constexpr != (arg.arg in (allowed or ("BLOCK_SIZE",))):
             problems.append(f"{where}: parameter {arg.arg} constexpr={constexpr}")
         elif not (
             constexpr

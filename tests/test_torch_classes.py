@@ -88,10 +88,10 @@ def test_class_matches_the_numpy_module(rule_name: str, backend: str) -> None:
 
 
 def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
-    """The Triton backend makes exactly one update launch per (group, dtype combination), and one
-    reduction launch more for per-tensor norms, whatever the parameters' step counts (a
-    parameter skipped earlier for want of a gradient), host states and noise streams; and its
-    results follow the NumPy backend's."""
+    """The Triton backend makes exactly one update launch per (group, dtype combination,
+    alignment class: ChunkTable.vectorisable), and one reduction launch more for per-tensor
+    norms, whatever the parameters' step counts (a parameter skipped earlier for want of a
+    gradient), host states and noise streams; and its results follow the NumPy backend's."""
     module = numpy_module(rule_name)
     params = make_params()
     params.append(torch.nn.Parameter(torch.randn(6).to(torch.bfloat16)))  # group 2: two dtypes
@@ -111,7 +111,9 @@ def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
         LAUNCHES["count"] = 0
         opt.step(**class_inputs(opt, t))
         if not RULES[rule_name].vector_values:  # those: one launch per sweep and tensor
-            assert LAUNCHES["count"] == per_step * 3  # group 1: fp32; group 2: fp32 and bf16
+            # group 1: fp32 (sizes 15 and 7: the scalar variant); group 2: fp32 size 1 (scalar),
+            # fp32 4x4 (16 elements, 16-byte aligned: the vectorised variant) and bf16
+            assert LAUNCHES["count"] == per_step * 4
         reference.step(**class_inputs(reference, t))
     steps = [int(opt.state[p]["step"]) for p in params]
     assert steps == [4, 3, 4, 4, 4]

@@ -332,3 +332,59 @@ def _host(value: object) -> np.ndarray | float:
     if isinstance(value, torch.Tensor):
         return value.detach().float().cpu().numpy().copy()
     return value
+
+
+@pytest.mark.parametrize("rule_name", ["adam", "sgld", "lamb", "adahessian", "adam_clip"])
+def test_vectorised_and_scalar_variants_give_the_same_bits(rule_name, monkeypatch) -> None:
+    """step_multi sends tensors whose buffers are 16-byte aligned and whose sizes are multiples
+    of 16 to the multi-tensor kernels' ALIGNED variant (128-bit accesses on a GPU), the rest
+    (a view one element off, sizes 7 and 1025) to the scalar variant: one launch per (dtypes,
+    alignment class) and phase. Every tensor's result is bit-identical to the one every tensor
+    gets with the vectorised variant turned off, and (without group reductions) to one ``step``
+    per tensor. (Under the
+    interpreter the hints are no-ops: this proves the routing; on CUDA, tools/gpu_check.py
+    runs it with the hints compiled.)"""
+    from optgen_runtime import triton_support
+    from optgen_runtime.triton_support import ChunkTable, vectorisable
+
+    trm = triton_module(rule_name)
+    torch.manual_seed(3)
+    base = torch.randn(80, device=DEVICE)
+    weights = [torch.randn(n, device=DEVICE) for n in (16, 1024 + 48, 7, 1025)]
+    weights.insert(2, base[1:33])  # contiguous, 4 bytes past a 16-byte boundary
+    weights.append(torch.randn(32, dtype=torch.bfloat16, device=DEVICE))
+    grads = [torch.randn(w.shape, dtype=w.dtype, device=DEVICE) for w in weights]
+    hp = sample_hyperparams(RULES[rule_name], np.random.default_rng(4))
+    runs = {}
+    for mode in ("routed", "scalar", "single"):
+        ws = [w.clone() for w in weights]
+        ws[2] = base.clone()[1:33]  # keep the offset view misaligned
+        states = [trm.init_state(w) for w in ws]
+        ChunkTable._cache.clear()
+        if mode == "scalar":
+            monkeypatch.setattr(triton_support, "vectorisable", lambda buffers: False)
+        for t in (1, 2):
+            extra = _multi_inputs(trm, ws, t)
+            if mode == "single":
+                for j, (w, g, s) in enumerate(zip(ws, grads, states, strict=True)):
+                    seed = hp.get("seed", trm.HYPERPARAMS.get("seed"))
+                    own = {"seed": tensor_seed(seed, j)} if trm.DRAWS else {}
+                    mine = {k: v[j] if k in trm.INPUTS else v for k, v in extra.items()}
+                    trm.step(w, g, s, t, **{**hp, **own}, **mine)
+                continue
+            LAUNCHES["count"] = 0
+            launches = trm.step_multi(ws, grads, states, t, **hp, **extra)
+            phases = sum(name.startswith("reduction_scalars") for name in vars(trm))
+            groups = 3 if mode == "routed" else 2  # fp32 aligned and not; bf16 (aligned)
+            assert launches == LAUNCHES["count"] == (1 + phases) * groups
+        monkeypatch.undo()
+        runs[mode] = (ws, states)
+    tables = [[w, g] for w, g in zip(weights, grads, strict=True)]
+    assert [vectorisable(t) for t in tables] == [True, True, False, False, False, True]
+    # a group reduction (adam_clip's global norm) covers every tensor of a step_multi call
+    for mode in ("scalar",) if RULES[rule_name].group_reductions else ("scalar", "single"):
+        (wa, sa_), (wb, sb_) = runs["routed"], runs[mode]
+        for a, b, sa, sb in zip(wa, wb, sa_, sb_, strict=True):
+            assert torch.equal(a, b), (mode, (a - b).abs().max())
+            for name in trm.STATES:
+                assert torch.equal(sa[name], sb[name]), (mode, name)

@@ -18,8 +18,18 @@ kernel that calls ``tl.randn``: Triton's own Box-Muller transform takes it, not 
 ``rcp.approx.ftz.f32`` only in a kernel that calls libdevice (``libdevice.cbrt``, ``tanh``,
 ``pow``, ``log1p``): CUDA's libdevice computes these with it (then refines the result: cbrtf is
 within 1 ulp, CUDA's programming guide), not the spec's divisions, which stay ``div.rn.f32``
-(its functions also use ``fma.rn.ftz.f32``, which ``ptx_fma`` does not count; ``libdevice_ops``
-says which kernels call libdevice).
+(its functions also use ``fma.rn.ftz.f32``; ``libdevice_ops`` says which kernels call libdevice).
+
+Each kernel is compiled as launched, in two variants: ``aligned`` (every buffer on a 16-byte
+boundary, every size a multiple of 16: what the JIT specialises on, and the multi-tensor kernels'
+``ALIGNED=True`` that ``ChunkTable`` sends such tensors to) and ``unaligned``. Per variant: global
+loads and stores by width (``ld.v4.b32``, ``st.b16``...), bytes per element moved (per thread,
+less the kernel's loads of one value per program from its own tables, times threads over the
+block) against the spec's minimum (each array the lowered rule reads read once, each it writes
+written once), registers and local memory (``cuobjdump -res-usage``), approximate division and
+square root, and fused multiply-adds in any form with where they come from (the spec's arithmetic
+never: ``LAUNCH_OPTIONS``; tl.randn, libdevice or tl.exp/tl.log). The exit status is 1 when a
+variant loses 128-bit access, moves more than the minimum or divides approximately.
 """
 
 from __future__ import annotations
@@ -35,25 +45,55 @@ import sys
 from pathlib import Path
 from typing import Any
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Buffers our own runtime allocates (tables, partial sums): 16-byte aligned in every variant.
+OWN = ("meta_ptr", "scalars_ptr", "amp_ptr", "partial_ptr")
+# Integer arguments as launched: (a multiple of 16, as the aligned variant sees them; not).
+INTS = {
+    "n_elements": (1 << 20, 1_000_003),
+    "n_tensors": (7, 7),
+    "n_chunks": (999, 999),
+    "key": (12345, 12345),
+    "n_batch": (16, 3),
+    "n_rows": (768, 7),
+    "n_cols": (768, 33),
+}
+VARIANTS = ("aligned", "unaligned")
 
-def signature(kernel: Any, weight_type: str) -> dict[str, str]:
-    """Argument types: weight/grad pointers in ``weight_type``, other buffers fp32."""
-    types = {}
-    for name in kernel.arg_names:
-        if name == "BLOCK_SIZE":
-            continue
-        if name in ("weight_ptr", "grad_ptr", "weight_like", "grad_like"):
-            types[name] = f"*{weight_type}"
+
+def launch_args(
+    kernel: Any, weight_type: str, aligned: bool, inputs: tuple[str, ...] = ()
+) -> tuple[list[Any], dict[str, Any]]:
+    """Stand-ins for the arguments the runtime launches ``kernel`` with (CPU tensors: only their
+    dtype and address count), and its constexprs but BLOCK_SIZE: weight, gradient and the rule's
+    ``inputs`` in ``weight_type``, states fp32; ``aligned``: every buffer on a 16-byte boundary
+    and every size a multiple of 16 (what ``ChunkTable.vectorisable`` sends to ``ALIGNED=True``,
+    and what the JIT specialises a single-tensor launch on); else buffers one element off and
+    odd sizes. The kernel's own tables and partials are ours, always aligned. Host scalars:
+    Python floats (fp32)."""
+    import torch
+
+    narrow = getattr(torch, DTYPES[weight_type])
+    args: list[Any] = []
+    constexprs: dict[str, Any] = {}
+    for name, param in zip(kernel.arg_names, kernel.params, strict=True):
+        buffer = name.removesuffix("_ptr").removesuffix("_like")
+        if param.is_constexpr:
+            if name == "ALIGNED":
+                constexprs[name] = aligned
         elif name == "meta_ptr":
-            types[name] = "*i64"  # the multi-tensor kernels' pointer, integer and chunk tables
-        elif name.endswith(("_ptr", "_like")):
-            # states, partial sums, the multi-tensor host-scalar table, GradScaler's amp pair
-            types[name] = "*fp32"
-        elif name in ("n_elements", "n_tensors", "n_chunks", "key", "n_batch", "n_rows", "n_cols"):
-            types[name] = "i64"
+            args.append(torch.zeros(64, dtype=torch.int64))
+        elif name in OWN:
+            args.append(torch.zeros(64, dtype=torch.float32))
+        elif buffer != name:
+            dtype = narrow if buffer in ("weight", "grad", *inputs) else torch.float32
+            base = torch.zeros(64, dtype=dtype)
+            args.append(base if aligned else base[1:])
+        elif name in INTS:
+            args.append(INTS[name][0 if aligned else 1])
         else:
-            types[name] = "fp32"
-    return types
+            args.append(0.5)
+    return args, constexprs
 
 
 DIVISIONS = ("div_rn", "fdiv", "div")
@@ -61,14 +101,26 @@ SQRTS = ("sqrt_rn", "sqrt", "rsqrt")
 # Approximate instructions: never acceptable for the spec's arithmetic.
 APPROX_DIV = re.compile(r"\b(?:div\.(?:full|approx)|rcp\.approx)\.[a-z0-9.]+")
 APPROX_SQRT = re.compile(r"\b(?:sqrt|rsqrt)\.approx\.[a-z0-9.]+")
+# Floating-point fused multiply-add in any form (fma.rn.f32, fma.rn.ftz.f32, mad.f32...; the
+# integer mad.lo/mad.wide of address arithmetic are not).
+FMA = re.compile(r"\b(?:fma|mad)(?:\.[a-z0-9]+)*\.(?:f16|f32|f64|bf16)(?:x2)?\b")
+# A module-level constant table (libdevice's __cudart_i2opi_f: the sin/cos range reduction of
+# tl.randn's Box-Muller transform, a cold path) and the loads of it (one per address taken).
+TABLE = re.compile(r"^\.global \.align \d+ \.b8 (\w+)\[", re.M)
+# Triton's own lowering of these uses fma (tl.exp, tl.log: ex2/lg2 with a polynomial).
+TRANSCENDENTAL = ("exp", "log", "exp2", "log2", "sin", "cos")
+# A global load or store: its qualifiers (.v4, .b32, .nc, ...) follow.
+GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[a-z0-9]+)+)")
 # What libdevice's own functions contain (measured: Triton 3.8, sm_80/sm_90): tolerated only in a
 # kernel that calls libdevice.
 LIBDEVICE_APPROX = frozenset({"rcp.approx.ftz.f32"})
 
 
 def source_ops(source: str, kernel: str) -> dict[str, int]:
-    """Division, square-root and ``tl.randn`` calls in one kernel's source, including the shared
-    ``@triton.jit`` bodies it calls (compiled into it)."""
+    """Division, square-root, ``tl.randn`` and libdevice calls in one kernel's source, including
+    the shared ``@triton.jit`` bodies it calls (compiled into it), and its loads and stores of
+    one value per program (``uniform``: from the tables and partials the runtime owns, in bytes
+    per thread; what is left of the PTX's global traffic is per element)."""
     functions = {
         node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
     }
@@ -78,7 +130,7 @@ def source_ops(source: str, kernel: str) -> dict[str, int]:
         for node in ast.walk(fn)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
-    counts = {"div": 0, "sqrt": 0, "randn": 0, "libdevice": 0}
+    counts = {"div": 0, "sqrt": 0, "randn": 0, "libdevice": 0, "uniform": 0, "math": 0}
     for node in [
         n for f in [fn, *(functions[c] for c in called & functions.keys())] for n in ast.walk(f)
     ]:
@@ -91,13 +143,99 @@ def source_ops(source: str, kernel: str) -> dict[str, int]:
             counts["randn"] += name.startswith("randn")
             owner = node.func.value
             counts["libdevice"] += isinstance(owner, ast.Name) and owner.id == "libdevice"
+            counts["math"] += (
+                isinstance(owner, ast.Name) and owner.id == "tl" and (name in TRANSCENDENTAL)
+            )
+            if name in ("load", "store") and node.args:
+                base = _base(node.args[0])
+                if base in OWN:
+                    counts["uniform"] += 8 if base == "meta_ptr" else 4
     return counts
+
+
+def _base(node: ast.AST) -> str:
+    """The leftmost name of a pointer expression (``meta_ptr + 5 * n_tensors + pid``)."""
+    while isinstance(node, ast.BinOp):
+        node = node.left
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def global_accesses(ptx: str) -> dict[str, int]:
+    """Global loads and stores by width, as ``ld.v4.b32`` / ``st.b16`` (cache qualifiers
+    dropped): instructions in the PTX, each executed once per thread."""
+    out: dict[str, int] = {}
+    for op, qualifiers in GLOBAL.findall(ptx):
+        parts = qualifiers.strip(".").split(".")
+        vector = next((q for q in parts if re.fullmatch(r"v[248]", q)), "")
+        kind = next((q for q in parts if re.fullmatch(r"[bfus](?:8|16|32|64)", q)), "?")
+        key = ".".join(filter(None, [op, vector, kind]))
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def access_bytes(key: str) -> int:
+    """Bytes per thread of one access counted by ``global_accesses``."""
+    parts = key.split(".")
+    lanes = int(parts[1][1:]) if len(parts) == 3 else 1
+    return lanes * int(re.sub(r"\D", "", parts[-1])) // 8
+
+
+def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
+    """The spec's minimal bytes per element for ``kernel``: each array it reads read once, each
+    it writes written once (weight, gradient and inputs in ``weight_type``, states fp32), from
+    the lowered spec; None for a kernel that is neither the update nor a reduction phase (the
+    sweeps of a rule with row or column states), or a rule whose spec is not found."""
+    lowered = _lowered(module)
+    if lowered is None or lowered.rule.vector_values:
+        return None
+    rule = lowered.rule
+    narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[weight_type]
+
+    def size(symbol: Any) -> int:
+        return 4 if symbol.name in rule.states else narrow
+
+    name = rule.name
+    if kernel in (f"{name}_kernel", f"{name}_multi_kernel"):
+        return sum(map(size, lowered.reads)) + sum(map(size, lowered.outputs))
+    match = re.fullmatch(rf"{name}_(?:multi_)?reduce_kernel(\d*)", kernel)
+    if match:
+        return sum(map(size, lowered.phase_reads(int(match.group(1) or 1))))
+    return None
+
+
+_LOWERED: dict[str, Any] = {}
+
+
+def _lowered(module: Any) -> Any:
+    """The rule's lowered spec, once per process: specs/<rule>.py of the tree the module was
+    generated in (``<tree>/generated/triton/<rule>.py``), else of the working directory, else
+    this repository's; None when none has it."""
+    from codegen.load import SPECS_DIR, load_rules
+    from codegen.lower import lower
+
+    rule = module.RULE
+    if rule not in _LOWERED:
+        here = Path(getattr(module, "__file__", "") or ".").resolve()
+        trees = [here.parents[2] / "specs"] if len(here.parents) > 2 else []
+        found = [
+            d for d in [*trees, Path.cwd() / "specs", SPECS_DIR] if (d / f"{rule}.py").exists()
+        ]
+        _LOWERED[rule] = lower(load_rules(found[0], names=[rule])[0]) if found else None
+    return _LOWERED[rule]
+
+
+def resources(cubin: bytes) -> dict[str, int] | None:
+    """Registers, local memory (bytes per thread) and stack of the cubin's kernel, read by the
+    cuobjdump that ships with Triton (None when it is not there)."""
+    from optgen_runtime.triton_compat import resource_usage
+
+    return resource_usage(cubin)
 
 
 def compile_module(
     module: Any, source: str, archs: list[int], weight_types: list[str]
 ) -> list[dict[str, Any]]:
-    from optgen_runtime.triton_compat import aot_compile
+    from optgen_runtime.triton_compat import aot_compile_as_launched
 
     kernels = [n for n in vars(module) if n.endswith("_kernel")]
     rows = []
@@ -106,37 +244,98 @@ def compile_module(
         ops = source_ops(source, name)
         for arch in archs:
             for weight_type in weight_types:
-                compiled = aot_compile(
-                    kernel, signature(kernel, weight_type), {"BLOCK_SIZE": module.BLOCK_SIZE}, arch
-                )
-                ptx = compiled.asm["ptx"]
-                approx = sorted(set(APPROX_DIV.findall(ptx) + APPROX_SQRT.findall(ptx)))
-                approx_sqrt = [a for a in approx if APPROX_SQRT.match(a)]
-                approx_div = [a for a in approx if APPROX_DIV.match(a)]
-                if ops["libdevice"]:
-                    approx_div = [a for a in approx_div if a not in LIBDEVICE_APPROX]
-                rows.append(
-                    {
-                        "rule": module.RULE,
-                        "kernel": name,
-                        "arch": arch,
-                        "weight": weight_type,
-                        "target_ok": f".target sm_{arch}" in ptx,
-                        "ptx_bytes": len(ptx),
-                        "cubin_bytes": len(compiled.asm["cubin"]),
-                        "div_ops": ops["div"],
-                        "sqrt_ops": ops["sqrt"],
-                        "libdevice_ops": ops["libdevice"],
-                        "ptx_div_rn": ptx.count("div.rn.f32"),
-                        "ptx_sqrt_rn": ptx.count("sqrt.rn.f32"),
-                        "ptx_fma": ptx.count("fma.rn.f32"),
-                        "approx": approx,
-                        "div_rn_ok": (ops["div"] == 0 or "div.rn.f32" in ptx) and not approx_div,
-                        "sqrt_rn_ok": (ops["sqrt"] == 0 or "sqrt.rn.f32" in ptx)
-                        and (not approx_sqrt or ops["randn"] > 0),
-                    }
-                )
+                for variant in VARIANTS:
+                    args, constexprs = launch_args(
+                        kernel, weight_type, variant == "aligned", tuple(module.INPUTS)
+                    )
+                    constexprs["BLOCK_SIZE"] = module.BLOCK_SIZE
+                    compiled = aot_compile_as_launched(kernel, args, constexprs, arch)
+                    rows.append(_row(module, name, ops, arch, weight_type, variant, compiled))
     return rows
+
+
+def _row(
+    module: Any,
+    name: str,
+    ops: dict[str, int],
+    arch: int,
+    weight_type: str,
+    variant: str,
+    compiled: Any,
+) -> dict[str, Any]:
+    ptx = compiled.asm["ptx"]
+    approx = sorted(set(APPROX_DIV.findall(ptx) + APPROX_SQRT.findall(ptx)))
+    approx_sqrt = [a for a in approx if APPROX_SQRT.match(a)]
+    approx_div = [a for a in approx if APPROX_DIV.match(a)]
+    if ops["libdevice"]:
+        approx_div = [a for a in approx_div if a not in LIBDEVICE_APPROX]
+    fma: dict[str, int] = {}
+    for form in FMA.findall(ptx):
+        fma[form] = fma.get(form, 0) + 1
+    accesses = global_accesses(ptx)
+    tables = [t for t in TABLE.findall(ptx) if not t.startswith("_$_str")]
+    table_loads = sum(len(re.findall(rf"mov\.b64\s+%rd\d+, {re.escape(t)};", ptx)) for t in tables)
+    if table_loads:  # attributed to the table, not the per-element traffic
+        accesses["ld.b32"] -= table_loads
+        accesses = {k: n for k, n in accesses.items() if n}
+    threads = compiled.metadata.num_warps * 32
+    minimum = minimum_traffic(module, name, weight_type)
+    # Bytes per thread of the accesses narrower than 16 bytes beyond the kernel's one value per
+    # program (its uniform loads of the tables): 0 when every per-element access is 128-bit.
+    narrow = sum(access_bytes(k) * n for k, n in accesses.items() if access_bytes(k) < 16)
+    per_thread = sum(access_bytes(k) * n for k, n in accesses.items()) - ops["uniform"]
+    # a sweep that loops over rows or columns: static instruction counts are not the traffic
+    element_bytes = None if minimum is None else per_thread * threads / module.BLOCK_SIZE
+    return {
+        "rule": module.RULE,
+        "kernel": name,
+        "arch": arch,
+        "weight": weight_type,
+        "variant": variant,
+        "target_ok": f".target sm_{arch}" in ptx,
+        "ptx_bytes": len(ptx),
+        "cubin_bytes": len(compiled.asm["cubin"]),
+        "div_ops": ops["div"],
+        "sqrt_ops": ops["sqrt"],
+        "libdevice_ops": ops["libdevice"],
+        "randn_ops": ops["randn"],
+        "ptx_div_rn": ptx.count("div.rn.f32"),
+        "ptx_sqrt_rn": ptx.count("sqrt.rn.f32"),
+        "ptx_fma": sum(fma.values()),
+        "fma": fma,
+        "fma_source": _fma_source(fma, ops),
+        "approx": approx,
+        "div_rn_ok": (ops["div"] == 0 or "div.rn.f32" in ptx) and not approx_div,
+        "sqrt_rn_ok": (ops["sqrt"] == 0 or "sqrt.rn.f32" in ptx)
+        and (not approx_sqrt or ops["randn"] > 0),
+        "accesses": accesses,
+        "table_loads": table_loads,
+        "threads": threads,
+        "uniform_bytes": ops["uniform"],
+        "bytes_per_element": element_bytes,
+        "min_bytes_per_element": minimum,
+        "narrow_bytes": narrow - ops["uniform"],
+        "vectorised": narrow == ops["uniform"],
+        "resources": resources(compiled.asm["cubin"]),
+    }
+
+
+def _fma_source(fma: dict[str, int], ops: dict[str, int]) -> str:
+    """Where a kernel's fma comes from: none from the spec's arithmetic (LAUNCH_OPTIONS turns
+    contraction off); Triton's tl.randn (Philox to normal: Box-Muller's log, sin, cos),
+    libdevice's own functions, or Triton's lowering of tl.exp and tl.log."""
+    if not fma:
+        return ""
+    sources = [
+        s
+        for s, n in (
+            ("tl.randn", ops["randn"]),
+            ("libdevice", ops["libdevice"]),
+            ("tl.exp/tl.log", ops["math"]),
+        )
+        if n
+    ]
+    return " and ".join(sources) or "the kernel's own arithmetic"
 
 
 def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[dict[str, Any]]:
@@ -182,13 +381,60 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows))
     else:
         for r in rows:
-            flags = "" if r["div_rn_ok"] and r["sqrt_rn_ok"] else f"  APPROXIMATE {r['approx']}"
-            print(
-                f"{r['kernel']:32s} sm_{r['arch']} {r['weight']:5s} "
-                f"ptx {r['ptx_bytes']:7d} B  cubin {r['cubin_bytes']:6d} B{flags}"
-            )
-    ok = all(r["target_ok"] and r["div_rn_ok"] and r["sqrt_rn_ok"] for r in rows)
-    return 0 if ok else 1
+            print(line(r))
+        print(summary(rows))
+    return 0 if all(row_ok(r) for r in rows) else 1
+
+
+def traffic_ok(r: dict[str, Any]) -> bool:
+    """At the spec's minimal traffic (where it is known), and 128-bit throughout when aligned."""
+    if r["min_bytes_per_element"] is None:
+        return True
+    at_minimum = r["bytes_per_element"] == r["min_bytes_per_element"]
+    return at_minimum and (r["variant"] != "aligned" or r["vectorised"])
+
+
+def row_ok(r: dict[str, Any]) -> bool:
+    return r["target_ok"] and r["div_rn_ok"] and r["sqrt_rn_ok"] and traffic_ok(r)
+
+
+def line(r: dict[str, Any]) -> str:
+    """One variant: global accesses by width, bytes per element against the minimum, registers
+    and local memory, approximate instructions and fma with their source."""
+    accesses = " ".join(f"{k}x{n}" for k, n in r["accesses"].items())
+    res = r["resources"]
+    regs = (
+        f"reg {res['reg']:3d} local {res['local']} stack {res['stack']:2d}"
+        if res
+        else "reg ? (no cuobjdump)"
+    )
+    if r["min_bytes_per_element"] is None:
+        traffic = "B/elem n/a (sweep)"
+    else:
+        traffic = f"B/elem {r['bytes_per_element']:g}/{r['min_bytes_per_element']}"
+    fma = f" fma {sum(r['fma'].values())} ({r['fma_source']})" if r["fma"] else ""
+    approx = f" approx {','.join(r['approx'])}" if r["approx"] else ""
+    table = f" +{r['table_loads']} table loads" if r["table_loads"] else ""
+    flag = "" if row_ok(r) else "  FAIL"
+    return (
+        f"{r['kernel']:34s} sm_{r['arch']} {r['weight']:4s} {r['variant']:9s} {traffic:18s} "
+        f"{regs}  {accesses}{table}{approx}{fma}{flag}"
+    )
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    measured = [r for r in rows if r["min_bytes_per_element"] is not None]
+    aligned = [r for r in measured if r["variant"] == "aligned"]
+    return (
+        f"{len(rows)} variants compiled; {sum(map(traffic_ok, measured))}/{len(measured)} with a "
+        f"known minimum move exactly it, {sum(r['vectorised'] for r in aligned)}/{len(aligned)} "
+        f"aligned ones 128-bit throughout; "
+        f"{sum(not (r['div_rn_ok'] and r['sqrt_rn_ok']) for r in rows)} with approximate "
+        f"division/sqrt; fma in {sum(bool(r['fma']) for r in rows)} "
+        f"({', '.join(sorted({r['fma_source'] for r in rows if r['fma']})) or 'none'}); "
+        f"max registers {max((r['resources'] or {}).get('reg', 0) for r in rows)}, local memory "
+        f"in {sum(bool((r['resources'] or {}).get('local')) for r in rows)}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     python -m tools.bench --quick              # 100 000 parameters, 3 steps (smoke test)
     python -m tools.bench --quick --n 1000000  # --n and --steps given with --quick win
     python -m tools.bench --json bench.json    # also write the figures
+    python -m tools.bench --host               # host time of step(), launches stubbed
 
 Prints ms per step (median of the timed steps, after warm-up) of the generated NumPy step and of
 torch.optim (for-loop and foreach) on the same tensors with the same hyperparameters, the ratios
@@ -433,7 +434,20 @@ def main(argv: list[str] | None = None) -> int:
         help="defaults 100 000 parameters, 3 steps; times the generation of --rule only",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures")
+    parser.add_argument(
+        "--host",
+        action="store_true",
+        help="host time of step() with launches stubbed, 10/148/1000 tensors (tools.host_bench)",
+    )
     args = parser.parse_args(argv)
+    if args.host:
+        from tools import host_bench
+
+        rows = host_bench.run(args.steps or 20)
+        print(host_bench.report(rows, args.steps or 20))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        return 0
     n = args.n or (100_000 if args.quick else 10_000_000)
     steps = args.steps or (3 if args.quick else 20)
     import torch

@@ -200,7 +200,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     if matrix:
         support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
     else:
-        support += ["ChunkTable", "launch"] + (["reduce_sums"] if phases else [])
+        support += ["ChunkTable", "check_tensors_each", "launch"]
+        support += ["reduce_sums"] if phases else []
         support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
@@ -258,6 +259,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.update_scalars)],
         "pointers": pointers,
         "sizes_row": layout.sizes,
+        "vector": ChunkTable.VECTOR,
         "tensor_ints": [("key", layout.ints[0])] if lowered.draws else [],
         "chunk_row": layout.chunks,
         "meta_ints_doc": ", the Philox keys" if lowered.draws else "",

@@ -45,11 +45,12 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
+    check_tensors_each,
     check_weight,
     launch,
     reduce_sums,
@@ -252,20 +253,31 @@ def lamb_multi_kernel(
     mean_like,
     var_like,
     BLOCK_SIZE: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
     # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
+    # ALIGNED (ChunkTable.vectorisable): every buffer starts on a 16-byte boundary and every
+    # size is a multiple of 16, so chunks start at multiples of BLOCK_SIZE.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
     n_elements = tl.load(meta_ptr + 4 * n_tensors + tensor)
+    if ALIGNED:  # ChunkTable's vectorised group: the host checked what these hints promise
+        start = tl.multiple_of(start, BLOCK_SIZE)
+        n_elements = tl.multiple_of(n_elements, 16)
     offs = start + tl.arange(0, BLOCK_SIZE).to(tl.int64)
     mask = offs < n_elements
     weight_ptr = tl.load(meta_ptr + 0 * n_tensors + tensor).to(weight_like.dtype, bitcast=True)
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
     mean_ptr = tl.load(meta_ptr + 2 * n_tensors + tensor).to(mean_like.dtype, bitcast=True)
     var_ptr = tl.load(meta_ptr + 3 * n_tensors + tensor).to(var_like.dtype, bitcast=True)
+    if ALIGNED:  # 16-byte aligned pointers: 128-bit loads and stores
+        weight_ptr = tl.multiple_of(weight_ptr, 16)
+        grad_ptr = tl.multiple_of(grad_ptr, 16)
+        mean_ptr = tl.multiple_of(mean_ptr, 16)
+        var_ptr = tl.multiple_of(var_ptr, 16)
     # torch.amp.GradScaler, on the device (no host sync): amp = [found_inf, inv_scale] (fp32;
     # [0, 1] without a scaler). A set flag masks every access: the step writes nothing.
     found_inf = tl.load(amp_ptr)
@@ -446,20 +458,31 @@ def lamb_multi_reduce_kernel(
     mean_like,
     var_like,
     BLOCK_SIZE: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
     # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
+    # ALIGNED (ChunkTable.vectorisable): every buffer starts on a 16-byte boundary and every
+    # size is a multiple of 16, so chunks start at multiples of BLOCK_SIZE.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
     start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
     n_elements = tl.load(meta_ptr + 4 * n_tensors + tensor)
+    if ALIGNED:  # ChunkTable's vectorised group: the host checked what these hints promise
+        start = tl.multiple_of(start, BLOCK_SIZE)
+        n_elements = tl.multiple_of(n_elements, 16)
     offs = start + tl.arange(0, BLOCK_SIZE).to(tl.int64)
     mask = offs < n_elements
     weight_ptr = tl.load(meta_ptr + 0 * n_tensors + tensor).to(weight_like.dtype, bitcast=True)
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
     mean_ptr = tl.load(meta_ptr + 2 * n_tensors + tensor).to(mean_like.dtype, bitcast=True)
     var_ptr = tl.load(meta_ptr + 3 * n_tensors + tensor).to(var_like.dtype, bitcast=True)
+    if ALIGNED:  # 16-byte aligned pointers: 128-bit loads and stores
+        weight_ptr = tl.multiple_of(weight_ptr, 16)
+        grad_ptr = tl.multiple_of(grad_ptr, 16)
+        mean_ptr = tl.multiple_of(mean_ptr, 16)
+        var_ptr = tl.multiple_of(var_ptr, 16)
     # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials on
     # the host in chunk order (sums in float64).
     _h0 = tl.load(scalars_ptr + tensor * 11 + 0)
@@ -574,13 +597,10 @@ def step_multi(
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    tables = [
-        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES)
-        for _w, _g, _s in zip(weights, grads, states, strict=True)
-    ]
+    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES)
     # The per-tensor integers of the meta table: none.
     ints = [() for _ in streams]
-    chunks = ChunkTable(tables, BLOCK_SIZE, ints)
+    chunks = ChunkTable.cached(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]
     pre = [
         check_scalars(
@@ -597,11 +617,15 @@ def step_multi(
         strict=True,
     ):
         _sums.update(_new)
-    new = [
-        computed(RULE, host_scalars, _tj, **hp, **_host, **_sums)
-        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
-    ]
-    for _scalars, _host_new in new:
+    # computed once per distinct (step count, host states, sums): mostly once per call
+    new = computed_each(
+        RULE,
+        host_scalars,
+        ts,
+        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
+        **hp,
+    )
+    for _scalars, _host_new in distinct(new):
         check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(lamb_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from optgen_runtime.common import host_state_values
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
@@ -81,7 +82,8 @@ class Stepping:
         self._unscale([p.grad for _, _, params in plans for p in params], inverse)
         for (hp, resolved, params), group_states in zip(plans, states, strict=True):
             triton = [i for i, p in enumerate(params) if self._use_triton(p)]
-            numpy = [i for i in range(len(params)) if i not in set(triton)]
+            on_triton = set(triton)  # once: a set per index made this quadratic in the tensors
+            numpy = [i for i in range(len(params)) if i not in on_triton]
             if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
                 self._numpy_group_step(
                     [params[i] for i in numpy], [group_states[i] for i in numpy], hp
@@ -106,6 +108,9 @@ class Stepping:
         every buffer of the step against every other (``_check_across``)."""
         plans = []
         synced = []
+        grads_written = self._unscales_in_place(inverse)
+        key = self._checked_key(grads_written, given)
+        known = key is not None and key == getattr(self, "_checked", None)
         for group in self.param_groups:
             updates = self._alias_updates(group)
             synced.append((group, updates))
@@ -122,15 +127,54 @@ class Stepping:
                     f"{sorted(map(str, devices))}"
                 )
             for p in params:
+                if known:  # the buffers passed these checks; host states are values
+                    if self.state.get(p):
+                        host_state_values(type(self).__name__, self.state[p], self.META.HOST_STATES)
+                    continue
                 self._check_param(p, indices[id(p)])
                 self._check_inputs(p, f"parameter {indices[id(p)]}", given)
             self._check_scalars(hp, params, given)
             plans.append((hp, resolved, params))
         every = [p for _, _, params in plans for p in params]
-        self._check_across(every, indices, self._unscales_in_place(inverse), given)
+        if not known:
+            self._check_across(every, indices, grads_written, given)
+            self._checked = key
         for group, updates in synced:  # accepted: the synced aliases are written now
             self._apply_aliases(group, updates)
         return plans
+
+    def _checked_key(self, grads_written: bool, given: Given) -> tuple[Any, ...] | None:
+        """What ``_check_param``, ``_check_inputs`` and ``_check_across`` look at, for every
+        parameter with a gradient: the state's keys, and each buffer's address, shape, dtype and
+        device (parameter, gradient, inputs, state tensors; all contiguous, so that is their
+        extent), and the backend. Equal to the last step's that passed: those checks are skipped
+        (the host states, values, are still checked). None (check in full) for a tensor subclass
+        (a DTensor), a non-contiguous or sparse buffer or a state that is not a plain dict; a
+        step count changed in place is not seen here (the modules refuse a bad count). Built
+        flat, with few allocations: a step of many tensors makes little garbage."""
+        plain = (torch.Tensor, torch.nn.Parameter)
+        parts: list[Any] = [grads_written, getattr(self, "backend", None), self.multi_precision]
+        try:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    grad = p.grad
+                    if grad is None:
+                        continue
+                    state = self.state.get(p) or {}
+                    if type(state) is not dict:
+                        return None
+                    parts += (id(p), len(state), *state)
+                    for x in (p, grad, *given.of(p).values(), *state.values()):
+                        if type(x) not in plain:
+                            if isinstance(x, float | int):
+                                continue  # a host state: a value, checked every step
+                            return None
+                        if not x.is_contiguous():
+                            return None
+                        parts += (x.data_ptr(), x.shape, x.dtype, x.get_device())
+        except RuntimeError:  # a sparse tensor has no data pointer: checked in full
+            return None
+        return tuple(parts)
 
     def _check_scalars(self, hp: dict[str, Any], params: list[torch.Tensor], given: Given) -> None:
         """The kernel scalars of each parameter's step, computed and range-checked as the
@@ -140,6 +184,7 @@ class Stepping:
         if meta.REDUCTIONS:
             return
         resolved = self._check(hp)
+        done = set()  # each distinct (t, host states, size, dtype) once: mostly once per group
         for p in params:
             state = self.state.get(p) or {}
             if meta.HOST_STATES and not state:
@@ -147,10 +192,14 @@ class Stepping:
             t = int(state["step"]) + 1 if state else 1
             host = {key: state[key] for key in meta.HOST_STATES}
             sizes = {"numel": p.numel()} if meta.SIZES else {}
+            dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
+            seen = (t, dtype, *host.items(), *sizes.items())
+            if seen in done and all(v == v and v != 0 for v in host.values()):
+                continue  # (0.0 and -0.0, or NaNs, are never taken for one another)
+            done.add(seen)
             scalars, _ = computed(
                 name, meta.host_scalars, t, **resolved, **host, **given.scalars, **sizes
             )
-            dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
     def _views(

@@ -1,0 +1,88 @@
+"""tools/gpu_check.py's CPU-safe parts: arguments, the no-CUDA exit, the figures it derives
+(the GPU run itself needs a lent device: README's GPU section)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tools import gpu_check
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_arguments(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OUT", str(tmp_path))
+    args = gpu_check.parse_args([])
+    assert args.out == tmp_path / "gpu_check.md"
+    assert (args.big, args.steps, args.test_budget) == (1 << 30, 20, 240)
+    assert args.rules == ["adam", "adamw", "sgd_mom", "lamb", "sgld"]
+    quick = gpu_check.parse_args(["--quick", "--out", "x.md", "--rules", "adam"])
+    assert (quick.big, quick.steps, quick.skip_tests, quick.out) == (1 << 22, 3, True, Path("x.md"))
+
+
+def test_without_cuda_it_says_so_and_exits_3(tmp_path: Path, capsys) -> None:
+    """This machine has no CUDA device: nothing runs, the reason is printed and written."""
+    out = tmp_path / "gpu.md"
+    assert gpu_check.main(["--out", str(out)]) == gpu_check.NO_CUDA == 3
+    assert "no GPU checks run" in capsys.readouterr().err
+    assert "Not run:" in out.read_text()
+
+
+def test_the_script_runs_the_module(tmp_path: Path) -> None:
+    script = ROOT / "tools" / "gpu_check.sh"
+    assert os.access(script, os.X_OK)
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "sees no CUDA device" in done.stderr or "not importable" in done.stderr
+    assert (tmp_path / "gpu_check.md").exists()
+
+
+def test_gpt2_small_and_the_figures() -> None:
+    shapes = gpu_check.gpt2_small_shapes()
+    assert len(shapes) == 148
+    # GPT-2 small's parameter count (124,439,808 with the output layer tied to the embedding)
+    assert sum(math.prod(s) for s in shapes) == 124_439_808
+    assert gpu_check.nominal_bytes(2) == 28  # Adam, fp32: tools.aot's minimum for adam_kernel
+    assert gpu_check.nominal_bytes(0, weight_bytes=2) == 6
+    assert gpu_check.bandwidth(28, 10**9, 7.0) == 4000.0
+    assert gpu_check.fits(100, 120) and not gpu_check.fits(100, 119)
+
+
+def test_the_bit_checks_run_under_the_interpreter() -> None:
+    """The GPU run's bit checks, on CPU tensors through the interpreter with small sizes: the
+    code path cannot rot, and both variants and one step per tensor agree here too."""
+    rows = gpu_check.bit_checks(["adam", "sgld"], device="cpu", sizes=(16, 48, 7))
+    assert [r["rule"] for r in rows] == ["adam", "sgld"]
+    assert rows[0]["aligned"] == [True, True, False, False, True]  # 16, 48, 7, view, bf16
+    assert all(r["ok"] and r["same_bits_as_scalar"] and r["same_bits_as_single"] for r in rows)
+    assert rows[0]["adam_fp32_equals_numpy"]
+
+
+def test_the_report_renders() -> None:
+    result = {
+        "started": "now",
+        "environment": {"device": "H200 (sm_90)", "torch": "2", "triton": "3", "cuda": "12"},
+        "seconds": 1.0,
+        "bit_checks": [{"rule": "adam", "same_bits_as_single": True, "same_bits_as_scalar": True}],
+        "tests": {"ran": False, "why": "pytest is not installed on this machine"},
+        "benchmarks": [
+            {
+                "list": "GPT-2",
+                "rule": "adam",
+                "ours_ms": 1.0,
+                "torch_fused_ms": 2.0,
+                "copy_ms": 0.5,
+                "ours_over_fused": 0.5,
+                "ours_GBps": 3000.0,
+            },
+            {"list": "big", "rule": "lamb", "skipped": "needs 20 GiB"},
+        ],
+    }
+    text = gpu_check.markdown(result)
+    assert "| GPT-2 | adam | 1.000 | 2.000 | - | 0.500 | 0.50 |" in text
+    assert "skipped: needs 20 GiB" in text and "pytest is not installed" in text

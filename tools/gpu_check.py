@@ -1,0 +1,420 @@
+"""Every GPU check in one command, for a lent CUDA machine: ``tools/gpu_check.sh`` runs this.
+
+    tools/gpu_check.sh                        # checks, CUDA tests, benchmarks: gpu_check.md
+    PYTHONPATH=. python3 -m tools.gpu_check --out /tmp/gpu.md --test-budget 120
+    PYTHONPATH=. python3 -m tools.gpu_check --quick      # small sizes (a smoke run)
+
+Uses the machine's own python3 (CUDA torch and Triton, NumPy, SymPy; no package index needed):
+
+1. bit checks on CUDA tensors, no pytest needed: for Adam, AdamW, momentum SGD, LAMB and SGLD,
+   ``step_multi`` over tensors of both alignment classes (16-byte aligned with sizes a multiple
+   of 16: the vectorised variant; a view one element off and odd sizes: the scalar one) gives
+   the bits of one ``step`` per tensor, and the bits of the same call with the vectorised
+   variant turned off; fp32 Adam equals the generated NumPy reference to the last bit;
+2. the Triton test files on CUDA (``TRITON_INTERPRET=0``: tests/conftest.py then puts every
+   tensor on ``cuda``), when pytest is installed, within ``--test-budget`` seconds;
+3. benchmarks: the generated torch classes of those five rules on GPT-2 small's 148 parameter
+   tensors and on one tensor of ``--big`` elements (1 G: 4 GB per fp32 array; skipped, saying
+   so, when the device lacks the memory), against torch.optim's fused and foreach optimizers
+   where torch has the rule, and a device copy of the same bytes: ms per step (median, CUDA
+   events), ratios, and effective bandwidth from the nominal traffic (weight read and written,
+   gradient read, every state read and written).
+
+Results go to one markdown file (``--out``; tables, then the raw figures as JSON). Without CUDA
+it prints why and exits with status 3 (nothing run); a failed check exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+NO_CUDA = 3
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ("adam", "adamw", "sgd_mom", "lamb", "sgld")
+# Our hyperparameters, and torch.optim's optimizer and settings for the same step (None: torch
+# has no such optimizer; the device copy is the peer).
+OURS: dict[str, dict[str, float]] = {
+    "adam": {"lr": 1e-3},
+    "adamw": {"lr": 1e-3, "wd": 0.01},
+    "sgd_mom": {"lr": 1e-2, "momentum": 0.9},
+    "lamb": {"lr": 1e-3},
+    "sgld": {"lr": 1e-4},
+}
+TORCH: dict[str, tuple[str, dict[str, float]] | None] = {
+    "adam": ("Adam", {"lr": 1e-3}),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.01}),
+    "sgd_mom": ("SGD", {"lr": 1e-2, "momentum": 0.9}),
+    "lamb": None,
+    "sgld": None,
+}
+TEST_FILES = (
+    "tests/test_triton.py",
+    "tests/test_host_cache.py",
+    "tests/test_grad_scaler_device.py",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tools.gpu_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, help="markdown file (default: $OUT/gpu_check.md)")
+    parser.add_argument("--big", type=int, default=1 << 30, help="elements of the one big tensor")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
+    parser.add_argument("--test-budget", type=int, default=240, help="seconds for the pytest run")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 3 steps, no pytest")
+    parser.add_argument("--skip-tests", action="store_true", help="no pytest run")
+    parser.add_argument("--skip-bench", action="store_true", help="no benchmarks")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(os.environ.get("OUT") or ".") / "gpu_check.md"
+    if args.quick:
+        args.big, args.steps, args.skip_tests = min(args.big, 1 << 22), 3, True
+    return args
+
+
+def cuda_problem() -> str | None:
+    """Why the checks cannot run here (None: a CUDA device is usable)."""
+    try:
+        import torch
+    except ImportError as error:
+        return f"torch is not importable ({error})"
+    if not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
+        return f"torch {torch.__version__} sees no CUDA device ({built})"
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return "TRITON_INTERPRET is set: unset it to run the kernels on the device"
+    return None
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    from tools.host_bench import gpt2_small_shapes as shapes
+
+    return shapes()
+
+
+def nominal_bytes(states: int, weight_bytes: int = 4) -> int:
+    """Bytes per element of one step as torch's fused kernels move them: the weight read and
+    written, the gradient read, each fp32 state read and written."""
+    return 3 * weight_bytes + 8 * states
+
+
+def bandwidth(bytes_per_element: int, elements: int, ms: float) -> float:
+    """GB/s (1e9 bytes) of ``bytes_per_element * elements`` moved in ``ms``."""
+    return bytes_per_element * elements / (ms * 1e-3) / 1e9
+
+
+def fits(needed: int, free: int, margin: float = 1.2) -> bool:
+    """Whether ``needed`` bytes (with a margin for the allocator) fit in ``free``."""
+    return needed * margin <= free
+
+
+# ------------------------------------------------------------------------------ bit checks
+def bit_checks(
+    rules: list[str], device: str = "cuda", sizes: tuple[int, ...] = (16, 1 << 16, 1000003, 7)
+) -> list[dict[str, Any]]:
+    """step_multi against one step per tensor and against the scalar variant, on CUDA (or on
+    ``device`` under the interpreter: tests/test_gpu_check.py runs it so, with small sizes)."""
+    import copy
+    import importlib
+
+    import numpy as np
+    import torch
+
+    from optgen_runtime import triton_support
+    from optgen_runtime.philox import tensor_seed
+    from optgen_runtime.triton_support import ChunkTable, vectorisable
+
+    out = []
+    for rule in rules:
+        trm = importlib.import_module(f"generated.triton.{rule}")
+        torch.manual_seed(0)
+        base = torch.randn(4096 + 16, device=device)
+        weights = [torch.randn(n, device=device) for n in sizes] + [base[1:4097]]
+        weights.append(torch.randn(1 << 12, device=device, dtype=torch.bfloat16))
+        grads = [torch.randn_like(w) * 1e-2 for w in weights]
+        aligned = [vectorisable([w, g]) for w, g in zip(weights, grads, strict=True)]
+        seed = trm.HYPERPARAMS.get("seed")
+        runs = {}
+        for mode in ("routed", "scalar", "single"):
+            ws = [w.clone() for w in weights]
+            ws[len(sizes)] = base.clone()[1:4097]  # one element off a 16-byte boundary
+            states = [trm.init_state(w) for w in ws]
+            ChunkTable._cache.clear()
+            saved = triton_support.vectorisable
+            if mode == "scalar":
+                triton_support.vectorisable = lambda buffers: False
+            try:
+                for t in (1, 2, 3):
+                    if mode == "single":
+                        for j, (w, g, s) in enumerate(zip(ws, grads, states, strict=True)):
+                            own = {"seed": tensor_seed(seed, j)} if trm.DRAWS else {}
+                            trm.step(w, g, s, t, **OURS[rule], **own)
+                    else:
+                        trm.step_multi(ws, grads, states, t, **OURS[rule])
+            finally:
+                triton_support.vectorisable = saved
+            if device == "cuda":
+                torch.cuda.synchronize()
+            runs[mode] = (ws, [copy.deepcopy(s) for s in states])
+        row: dict[str, Any] = {"rule": rule, "aligned": aligned}
+        (ws, ss) = runs["routed"]
+        for mode in ("scalar", "single"):
+            (wb, sb) = runs[mode]
+            same = all(
+                torch.equal(a, b) and all(torch.equal(x[k], y[k]) for k in trm.STATES)
+                for a, b, x, y in zip(ws, wb, ss, sb, strict=True)
+            )
+            row[f"same_bits_as_{mode}"] = bool(same)
+        if rule == "adam":
+            npm = importlib.import_module(f"generated.numpy.{rule}")
+            w0 = torch.randn(1 << 16, device=device)
+            g0 = torch.randn_like(w0)
+            s0 = trm.init_state(w0)
+            w_np, g_np = w0.cpu().numpy().copy(), g0.cpu().numpy()
+            s_np = {k: v.cpu().numpy().copy() for k, v in s0.items()}
+            for t in (1, 2, 3):
+                trm.step(w0, g0, s0, t, **OURS[rule])
+                npm.step(w_np, g_np, s_np, t, **OURS[rule])
+            row["adam_fp32_equals_numpy"] = bool(np.array_equal(w0.cpu().numpy(), w_np))
+        row["ok"] = all(v for k, v in row.items() if k.startswith(("same_bits", "adam_fp32")))
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------- pytest run
+def run_tests(budget: int) -> dict[str, Any]:
+    """The Triton test files on CUDA tensors, if pytest is installed, within ``budget`` s."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        return {"ran": False, "why": "pytest is not installed on this machine"}
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TEST_FILES]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget
+        )
+    except subprocess.TimeoutExpired as expired:
+        tail = (expired.stdout or b"")[-2000:]
+        tail = tail.decode() if isinstance(tail, bytes) else tail
+        return {"ran": True, "timed_out": True, "budget_s": budget, "tail": tail}
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return {
+        "ran": True,
+        "timed_out": False,
+        "returncode": done.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "summary": lines[-1] if lines else done.stderr[-500:],
+        "failures": [line for line in lines if line.startswith("FAILED")][:20],
+    }
+
+
+# ------------------------------------------------------------------------------- benchmarks
+def timed(step: Callable[[], object], steps: int) -> float:
+    """Median ms per call over ``steps`` calls after 3 warm-up calls (CUDA events)."""
+    import torch
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_ms(elements: int, steps: int) -> float:
+    """A device copy of ``elements`` fp32 values (read once, written once): the peer bandwidth."""
+    import torch
+
+    src = torch.empty(elements, device="cuda")
+    dst = torch.empty_like(src)
+    return timed(lambda: dst.copy_(src), steps)  # freed on return
+
+
+def bench_case(rule: str, shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
+    """One rule on one parameter list: ours, torch fused and foreach (where torch has the rule),
+    and a device copy of a tensor as big as the whole list."""
+    import torch
+
+    from generated.torch import RULES as CLASSES
+
+    torch.cuda.empty_cache()
+    elements = sum(int(torch.Size(s).numel()) for s in shapes)
+    cls = CLASSES[rule]
+    states = len(cls.META.STATES)
+    per_element = nominal_bytes(states)
+    free, _ = torch.cuda.mem_get_info()
+    needed = 4 * elements * (2 + states)  # weight, gradient, states (ours, then torch's)
+    row: dict[str, Any] = {"rule": rule, "tensors": len(shapes), "elements": elements}
+    if not fits(needed, free):
+        row["skipped"] = f"needs ~{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+        return row
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    ours = cls(params, **OURS[rule])
+    row["ours_ms"] = timed(ours.step, steps)
+    del ours
+    torch.cuda.empty_cache()
+    peer = TORCH[rule]
+    for kind in ("fused", "foreach"):
+        if peer is None:
+            continue
+        name, hp = peer
+        opt = getattr(torch.optim, name)(params, **hp, **{kind: True})
+        row[f"torch_{kind}_ms"] = timed(opt.step, steps)
+        del opt
+        torch.cuda.empty_cache()
+    del params
+    torch.cuda.empty_cache()
+    row["copy_ms"] = copy_ms(elements, steps)
+    row["nominal_bytes_per_element"] = per_element
+    row["ours_GBps"] = bandwidth(per_element, elements, row["ours_ms"])
+    row["copy_GBps"] = bandwidth(8, elements, row["copy_ms"])
+    for kind in ("fused", "foreach"):
+        if f"torch_{kind}_ms" in row:
+            row[f"ours_over_{kind}"] = row["ours_ms"] / row[f"torch_{kind}_ms"]
+            row[f"torch_{kind}_GBps"] = bandwidth(per_element, elements, row[f"torch_{kind}_ms"])
+    row["ours_over_copy_time_per_byte"] = (row["ours_ms"] / per_element) / (row["copy_ms"] / 8)
+    return row
+
+
+def benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
+    shapes = gpt2_small_shapes()
+    if args.quick:
+        shapes = [tuple(max(1, d // 16) for d in s) for s in shapes]
+    lists = {"GPT-2 small (148 tensors)": shapes, f"one tensor of {args.big:,}": [(args.big,)]}
+    rows = []
+    for label, shape_list in lists.items():
+        for rule in args.rules:
+            started = time.perf_counter()
+            row = {"list": label, **bench_case(rule, shape_list, args.steps)}
+            row["wall_s"] = round(time.perf_counter() - started, 1)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------- report
+def markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        "# optgen GPU check",
+        "",
+        f"{env.get('device', '?')}; torch {env.get('torch')}, Triton {env.get('triton')}, "
+        f"CUDA {env.get('cuda')}; {result['started']}; {result.get('seconds', '?')} s.",
+        "",
+    ]
+    if result.get("no_cuda"):
+        return "\n".join([*lines, f"Not run: {result['no_cuda']}.", ""])
+    lines += ["## Bit checks (step_multi, CUDA)", ""]
+    lines += ["| rule | = one step per tensor | = scalar variant | other |", "|---|---|---|---|"]
+    for r in result.get("bit_checks", []):
+        other = "fp32 = NumPy" if r.get("adam_fp32_equals_numpy") else ""
+        if r.get("adam_fp32_equals_numpy") is False:
+            other = "fp32 != NumPy"
+        lines.append(
+            f"| {r['rule']} | {r['same_bits_as_single']} | {r['same_bits_as_scalar']} | {other} |"
+        )
+    tests = result.get("tests", {})
+    lines += ["", "## Triton tests on CUDA", ""]
+    if not tests.get("ran"):
+        lines.append(f"Not run: {tests.get('why', 'skipped')}.")
+    elif tests.get("timed_out"):
+        lines.append(f"Stopped at the budget ({tests['budget_s']} s).")
+    else:
+        lines.append(f"`{tests['summary']}` ({tests['seconds']} s)")
+    lines += ["", "## Benchmarks (ms per step, median; GB/s from the nominal traffic)", ""]
+    lines += [
+        "| list | rule | ours | torch fused | torch foreach | copy | ours/fused | ours/foreach "
+        "| ours GB/s | fused GB/s | copy GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(row: dict[str, Any], key: str, form: str = "{:.3f}") -> str:
+        return form.format(row[key]) if key in row else "-"
+
+    for r in result.get("benchmarks", []):
+        if "skipped" in r:
+            lines.append(f"| {r['list']} | {r['rule']} | skipped: {r['skipped']} |")
+            continue
+        lines.append(
+            f"| {r['list']} | {r['rule']} | {f(r, 'ours_ms')} | {f(r, 'torch_fused_ms')} | "
+            f"{f(r, 'torch_foreach_ms')} | {f(r, 'copy_ms')} | {f(r, 'ours_over_fused', '{:.2f}')}"
+            f" | {f(r, 'ours_over_foreach', '{:.2f}')} | {f(r, 'ours_GBps', '{:.0f}')} | "
+            f"{f(r, 'torch_fused_GBps', '{:.0f}')} | {f(r, 'copy_GBps', '{:.0f}')} |"
+        )
+    lines += ["", "## Raw figures", "", "```json", json.dumps(result, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    env: dict[str, Any] = {"python": platform.python_version()}
+    try:
+        import torch
+
+        env["torch"], env["cuda"] = torch.__version__, torch.version.cuda
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            env["device"] = f"{props.name} (sm_{props.major}{props.minor})"
+            env["memory_GiB"] = round(props.total_memory / 2**30, 1)
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "environment": environment(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    problem = cuda_problem()
+    if problem is not None:
+        print(f"gpu_check: no GPU checks run: {problem}.", file=sys.stderr)
+        result["no_cuda"] = problem
+        args.out.write_text(markdown(result))
+        return NO_CUDA
+    result["bit_checks"] = bit_checks(args.rules)
+    print(json.dumps(result["bit_checks"]), flush=True)
+    result["tests"] = {"ran": False, "why": "--skip-tests"}
+    if not args.skip_tests:
+        result["tests"] = run_tests(args.test_budget)
+        print(json.dumps(result["tests"]), flush=True)
+    if not args.skip_bench:
+        result["benchmarks"] = benchmarks(args)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    args.out.write_text(markdown(result))
+    print(f"gpu_check: wrote {args.out}")
+    tests = result["tests"]
+    failed = tests.get("ran") and (tests.get("timed_out") or tests.get("returncode") != 0)
+    return 1 if failed or not all(r["ok"] for r in result["bit_checks"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
