@@ -89,6 +89,8 @@ def table() -> str:
             oracles.append("MXNet 1.9.1 goldens")
         if rule.name in torch_cases:
             oracles.append("torch.optim")
+        if rule.drop_ins:  # tests/test_dropin.py: every option combination, checkpoints
+            oracles.append("torch.optim (drop-in)")
         if rule.name in EXTERNAL:
             oracles.append(EXTERNAL[rule.name])
         own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own reference comparison
@@ -98,8 +100,11 @@ def table() -> str:
             oracles.append("noise statistics")
         if rule.name in references:
             oracles.append(references[rule.name])
+        names = f"`{rule.class_name}`"
+        if rule.drop_ins:
+            names += "; drop-in " + ", ".join(f"`optim.{d.class_name}`" for d in rule.drop_ins)
         rows.append(
-            f"| `{rule.name}` | `{rule.class_name}` | [specs/{rule.name}.py](specs/{rule.name}.py) "
+            f"| `{rule.name}` | {names} | [specs/{rule.name}.py](specs/{rule.name}.py) "
             f"| {_paper(rule)} | {', '.join(features) or 'elementwise'} | {', '.join(oracles)} |"
         )
     return "\n".join(rows) + "\n"

@@ -34,4 +34,8 @@ RULES = (
     "signsgd",
     "signum",
     "sm3",
+    "torch_adagrad",
+    "torch_adam",
+    "torch_rmsprop",
+    "torch_sgd",
 )

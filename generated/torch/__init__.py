@@ -44,6 +44,10 @@ from generated.numpy import sgld as _numpy_sgld
 from generated.numpy import signsgd as _numpy_signsgd
 from generated.numpy import signum as _numpy_signum
 from generated.numpy import sm3 as _numpy_sm3
+from generated.numpy import torch_adagrad as _numpy_torch_adagrad
+from generated.numpy import torch_adam as _numpy_torch_adam
+from generated.numpy import torch_rmsprop as _numpy_torch_rmsprop
+from generated.numpy import torch_sgd as _numpy_torch_sgd
 from generated.rules import adabelief as _rules_adabelief
 from generated.rules import adadelta as _rules_adadelta
 from generated.rules import adafactor as _rules_adafactor
@@ -77,6 +81,10 @@ from generated.rules import sgld as _rules_sgld
 from generated.rules import signsgd as _rules_signsgd
 from generated.rules import signum as _rules_signum
 from generated.rules import sm3 as _rules_sm3
+from generated.rules import torch_adagrad as _rules_torch_adagrad
+from generated.rules import torch_adam as _rules_torch_adam
+from generated.rules import torch_rmsprop as _rules_torch_rmsprop
+from generated.rules import torch_sgd as _rules_torch_sgd
 from generated.triton import adabelief as _triton_adabelief
 from generated.triton import adadelta as _triton_adadelta
 from generated.triton import adafactor as _triton_adafactor
@@ -110,6 +118,10 @@ from generated.triton import sgld as _triton_sgld
 from generated.triton import signsgd as _triton_signsgd
 from generated.triton import signum as _triton_signum
 from generated.triton import sm3 as _triton_sm3
+from generated.triton import torch_adagrad as _triton_torch_adagrad
+from generated.triton import torch_adam as _triton_torch_adam
+from generated.triton import torch_rmsprop as _triton_torch_rmsprop
+from generated.triton import torch_sgd as _triton_torch_sgd
 from optgen_runtime.optim import GeneratedOptimizer
 
 
@@ -2155,6 +2167,230 @@ class SM3(GeneratedOptimizer):
         )
 
 
+class TorchAdagrad(GeneratedOptimizer):
+    """AdaGrad exactly as torch.optim.Adagrad computes it: the drop-in ``Adagrad``.
+
+    Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning and Stochastic
+    Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
+    gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
+
+    torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+        g = (-grad if maximize else grad) + weight_decay * w
+        clr = lr / (1 + (t - 1) * lr_decay)
+        sum <- sum + g^2                                   # starts at initial_accumulator_value
+        w <- w - clr * g / (sqrt(sum) + eps)
+
+    Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
+    enters the accumulated gradient.
+    """
+
+    RULE = "torch_adagrad"
+    META = _rules_torch_adagrad
+    NUMPY = _numpy_torch_adagrad
+    TRITON = _triton_torch_adagrad
+    TORCH = _rules_torch_adagrad.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        lr_decay: Any = 0.0,
+        weight_decay: Any = 0.0,
+        initial_accumulator_value: Any = 0.0,
+        eps: Any = 1e-10,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "lr_decay": lr_decay,
+                "weight_decay": weight_decay,
+                "initial_accumulator_value": initial_accumulator_value,
+                "eps": eps,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchAdam(GeneratedOptimizer):
+    """Adam and AdamW exactly as torch.optim computes them: the drop-ins ``Adam`` and ``AdamW``.
+
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization"; Loshchilov & Hutter (2019),
+    "Decoupled Weight Decay Regularization"; Reddi et al. (2018) for ``amsgrad``. Follows
+    ``torch.optim.Adam`` / ``torch.optim.AdamW`` (torch 2.13, single-tensor path), names and
+    defaults included; the MXNet-semantics rules are ``adam``, ``adamw`` and ``amsgrad``.
+
+    torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_exp_avg_sq``):
+        g = -grad if maximize else grad
+        decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
+        m <- m + (1 - beta1) * (g - m)                      # lerp
+        v <- beta2 * v + (1 - beta2) * g^2
+        amsgrad: vmax <- max(vmax, v), used for v below
+        w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
+    never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
+    ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
+    without amsgrad too; the state_dict leaves it out there, as torch's does.
+    """
+
+    RULE = "torch_adam"
+    META = _rules_torch_adam
+    NUMPY = _numpy_torch_adam
+    TRITON = _triton_torch_adam
+    TORCH = _rules_torch_adam.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        amsgrad: Any = False,
+        maximize: Any = False,
+        decoupled_weight_decay: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "maximize": maximize,
+                "decoupled_weight_decay": decoupled_weight_decay,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchRMSprop(GeneratedOptimizer):
+    """RMSprop (plain, centered, with momentum) exactly as torch.optim.RMSprop computes it.
+
+    Tieleman & Hinton (2012), "Lecture 6.5 - rmsprop"; Graves (2013), "Generating Sequences With
+    Recurrent Neural Networks" for the centered form. Follows ``torch.optim.RMSprop`` (torch 2.13,
+    single-tensor path), names and defaults included; the MXNet-semantics rules are ``rmsprop`` and
+    ``rmsprop_centered``.
+
+    torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``momentum_buffer`` = b):
+        g = (-grad if maximize else grad) + weight_decay * w
+        n <- alpha * n + (1 - alpha) * g^2
+        centered: a <- a + (1 - alpha) * (g - a);  avg = sqrt(n - a^2) + eps
+        else:     avg = sqrt(n) + eps
+        momentum > 0: b <- momentum * b + g / avg;  w <- w - lr * b
+        else:         w <- w - lr * g / avg
+
+    Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
+    ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
+    out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
+    negative and the root NaN, is refused.
+    """
+
+    RULE = "torch_rmsprop"
+    META = _rules_torch_rmsprop
+    NUMPY = _numpy_torch_rmsprop
+    TRITON = _triton_torch_rmsprop
+    TORCH = _rules_torch_rmsprop.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        alpha: Any = 0.99,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        momentum: Any = 0.0,
+        centered: Any = False,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "alpha": alpha,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "momentum": momentum,
+                "centered": centered,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchSGD(GeneratedOptimizer):
+    """SGD with momentum, dampening and Nesterov momentum exactly as torch.optim.SGD computes it.
+
+    Sutskever et al. (2013), "On the importance of initialization and momentum in deep learning".
+    Follows ``torch.optim.SGD`` (torch 2.13, single-tensor path), names and defaults included; the
+    MXNet-semantics rules are ``sgd``, ``sgd_mom`` and ``nag``.
+
+    torch's code (followed here; the state ``momentum_buffer`` = b):
+        g = (-grad if maximize else grad) + weight_decay * w
+        momentum != 0:  b <- g at the first step, else momentum * b + (1 - dampening) * g
+                        d = g + momentum * b if nesterov else b
+        momentum == 0:  d = g
+        w <- w - lr * d
+
+    Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
+    lr takes effect at once), the first step copies the gradient undamped, and weight decay is
+    added before the momentum. torch keeps no step count for SGD: a state_dict of it has only the
+    buffer (and nothing without momentum); loading one, the step count is taken as 1 where there is
+    a buffer (the count only tells the first step from the others).
+    """
+
+    RULE = "torch_sgd"
+    META = _rules_torch_sgd
+    NUMPY = _numpy_torch_sgd
+    TRITON = _triton_torch_sgd
+    TORCH = _rules_torch_sgd.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        momentum: Any = 0.0,
+        dampening: Any = 0.0,
+        weight_decay: Any = 0.0,
+        nesterov: Any = False,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
@@ -2189,4 +2425,8 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "signsgd": SignSGD,
     "signum": Signum,
     "sm3": SM3,
+    "torch_adagrad": TorchAdagrad,
+    "torch_adam": TorchAdam,
+    "torch_rmsprop": TorchRMSprop,
+    "torch_sgd": TorchSGD,
 }
