@@ -18,6 +18,84 @@ from generated import torch as _classes
 from optgen_runtime.optim.dropin import DropIn
 
 
+class ASGD(DropIn, _classes.TorchASGD):
+    """``torch.optim.ASGD`` as the rule ``torch_asgd`` (specs/torch_asgd.py) computes it."""
+
+    DROP_IN = "ASGD"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        lambd: Any = 0.0001,
+        alpha: Any = 0.75,
+        t0: Any = 1000000.0,
+        weight_decay: Any = 0.0,
+        foreach: Any = None,
+        maximize: Any = False,
+        differentiable: Any = False,
+        capturable: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "lambd": lambd,
+                "alpha": alpha,
+                "t0": t0,
+                "weight_decay": weight_decay,
+                "foreach": foreach,
+                "maximize": maximize,
+                "differentiable": differentiable,
+                "capturable": capturable,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class Adadelta(DropIn, _classes.TorchAdadelta):
+    """``torch.optim.Adadelta`` as the rule ``torch_adadelta`` (specs/torch_adadelta.py) computes it."""
+
+    DROP_IN = "Adadelta"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1.0,
+        rho: Any = 0.9,
+        eps: Any = 1e-06,
+        weight_decay: Any = 0.0,
+        foreach: Any = None,
+        *,
+        capturable: Any = False,
+        maximize: Any = False,
+        differentiable: Any = False,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "rho": rho,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "foreach": foreach,
+                "capturable": capturable,
+                "maximize": maximize,
+                "differentiable": differentiable,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class Adagrad(DropIn, _classes.TorchAdagrad):
     """``torch.optim.Adagrad`` as the rule ``torch_adagrad`` (specs/torch_adagrad.py) computes it."""
 
@@ -144,6 +222,126 @@ class AdamW(DropIn, _classes.TorchAdam):
         )
 
 
+class Adamax(DropIn, _classes.TorchAdamax):
+    """``torch.optim.Adamax`` as the rule ``torch_adamax`` (specs/torch_adamax.py) computes it."""
+
+    DROP_IN = "Adamax"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.002,
+        betas: Any = (0.9, 0.999),
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        foreach: Any = None,
+        *,
+        maximize: Any = False,
+        differentiable: Any = False,
+        capturable: Any = False,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "foreach": foreach,
+                "maximize": maximize,
+                "differentiable": differentiable,
+                "capturable": capturable,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class NAdam(DropIn, _classes.TorchNAdam):
+    """``torch.optim.NAdam`` as the rule ``torch_nadam`` (specs/torch_nadam.py) computes it."""
+
+    DROP_IN = "NAdam"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.002,
+        betas: Any = (0.9, 0.999),
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        momentum_decay: Any = 0.004,
+        decoupled_weight_decay: Any = False,
+        *,
+        foreach: Any = None,
+        maximize: Any = False,
+        capturable: Any = False,
+        differentiable: Any = False,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "momentum_decay": momentum_decay,
+                "decoupled_weight_decay": decoupled_weight_decay,
+                "foreach": foreach,
+                "maximize": maximize,
+                "capturable": capturable,
+                "differentiable": differentiable,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class RAdam(DropIn, _classes.TorchRAdam):
+    """``torch.optim.RAdam`` as the rule ``torch_radam`` (specs/torch_radam.py) computes it."""
+
+    DROP_IN = "RAdam"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        betas: Any = (0.9, 0.999),
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        decoupled_weight_decay: Any = False,
+        *,
+        foreach: Any = None,
+        maximize: Any = False,
+        capturable: Any = False,
+        differentiable: Any = False,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "decoupled_weight_decay": decoupled_weight_decay,
+                "foreach": foreach,
+                "maximize": maximize,
+                "capturable": capturable,
+                "differentiable": differentiable,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class RMSprop(DropIn, _classes.TorchRMSprop):
     """``torch.optim.RMSprop`` as the rule ``torch_rmsprop`` (specs/torch_rmsprop.py) computes it."""
 
@@ -176,6 +374,42 @@ class RMSprop(DropIn, _classes.TorchRMSprop):
                 "weight_decay": weight_decay,
                 "momentum": momentum,
                 "centered": centered,
+                "capturable": capturable,
+                "foreach": foreach,
+                "maximize": maximize,
+                "differentiable": differentiable,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class Rprop(DropIn, _classes.TorchRprop):
+    """``torch.optim.Rprop`` as the rule ``torch_rprop`` (specs/torch_rprop.py) computes it."""
+
+    DROP_IN = "Rprop"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        etas: Any = (0.5, 1.2),
+        step_sizes: Any = (1e-06, 50.0),
+        *,
+        capturable: Any = False,
+        foreach: Any = None,
+        maximize: Any = False,
+        differentiable: Any = False,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "etas": etas,
+                "step_sizes": step_sizes,
                 "capturable": capturable,
                 "foreach": foreach,
                 "maximize": maximize,
@@ -227,9 +461,15 @@ class SGD(DropIn, _classes.TorchSGD):
 
 
 __all__ = [
+    "ASGD",
     "SGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
     "RMSprop",
+    "Rprop",
 ]

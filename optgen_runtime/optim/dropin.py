@@ -15,8 +15,10 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
 - ``state_dict()`` is torch's: groups without the tuple items' names; per parameter only the
   buffers torch creates under the group's settings (Adam's ``max_exp_avg_sq`` only with
   ``amsgrad``; the rule keeps every buffer, unused ones at their initial value), under torch's
-  keys, and ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
-  none); plus the top-level ``"optgen_rule"``, which torch's loader ignores.
+  keys, ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
+  none), host states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) as 0-d float64 tensors
+  (torch keeps float32 ones; its loader casts them); plus the top-level ``"optgen_rule"``, which
+  torch's loader ignores.
 - ``load_state_dict`` takes torch's (or ours): item names filled in from the tuples, absent
   switches and fixed settings from the defaults, buffers torch did not create at the rule's
   initial values, and, where torch keeps no step count (SGD), a count of 1 for a parameter with
@@ -114,6 +116,8 @@ class DropIn(GeneratedOptimizer):
                 if "*" in created or theirs in created or key == "master":
                     if key == "step":
                         value = value.to(torch.float32)  # torch's format
+                    elif key in self.META.HOST_STATES:  # torch keeps a 0-d tensor
+                        value = torch.tensor(value, dtype=torch.float64)
                     kept[theirs] = value
             if kept:
                 state[index] = kept
@@ -159,6 +163,14 @@ class DropIn(GeneratedOptimizer):
                 continue
             p, group = param_of[index]
             out = {renames.get(k, k): v for k, v in st.items()}
+            for key in self.META.HOST_STATES:  # torch's 0-d tensor: a Python float here
+                value = out.get(key)
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.numel() == 1
+                    and value.is_floating_point()
+                ):
+                    out[key] = value.item()
             created = torch_creates(self.DROP_IN, self._torch_settings(group))
             if "*" not in created and "step" not in created and "step" not in out:
                 out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
