@@ -125,6 +125,7 @@ class DropIn:
     class_name: str
     signature: tuple[tuple[str, object], ...]
     fixed: dict[str, object]
+    below_2d: dict[str, str]  # row/column state -> torch's key for a weight of < 2 dims
     line: int
 
 
@@ -430,7 +431,14 @@ class Rule:
             mapped[str(symbol)] = (key, factor)
         self.torch = TorchEquivalent(class_name, dict(hyper), mapped, fixed)
 
-    def drop_in(self, class_name: str, signature: str, **settings: object) -> None:
+    def drop_in(
+        self,
+        class_name: str,
+        signature: str,
+        *,
+        below_2d: dict[str, str] | None = None,
+        **settings: object,
+    ) -> None:
         """Declare ``torch.optim.<class_name>`` as this rule, generated as a drop-in class of that
         name in ``generated/torch/optim.py``: torch's constructor ``signature`` (its arguments
         after ``params`` in order, ``*`` where they become keyword-only), defaults and
@@ -438,7 +446,10 @@ class Rule:
         torch key of the same name or to an item of a torch tuple (``betas[0]``), every state
         with factor 1. ``settings``: a default other than the hyperparameter's (AdamW's
         ``weight_decay=0.01``) for an argument in the signature, else a torch setting the class
-        always passes (AdamW's ``decoupled_weight_decay=True``)."""
+        always passes (AdamW's ``decoupled_weight_decay=True``). ``below_2d``: for a rule with
+        row/column states (``axis``), torch's key of each state kept for a weight of fewer than
+        two dims (Adafactor's ``{"col": "variance"}``; the others are not kept there); for
+        larger weights torch keeps them with the reduced axis (keepdim)."""
         where = self._where()
         eq = self.torch
         if eq is None:
@@ -490,11 +501,16 @@ class Rule:
         missing = sorted((scalars | set(tuples)) - set(given) - set(settings))
         if missing:
             raise SpecError(f"{where}: drop_in signature lacks {missing}")
+        below = dict(below_2d or {})
+        for key, value in below.items():
+            state = self.states.get(key)
+            if state is None or state.axis is None or not isinstance(value, str):
+                raise SpecError(f"{where}: drop_in below_2d maps {key!r}: not a row/column state")
         fixed = {k: v for k, v in settings.items() if k not in given}
         for key, value in fixed.items():
             if key not in scalars or not isinstance(value, (bool, int, float, str, type(None))):
                 raise SpecError(f"{where}: drop_in fixes {key}={value!r}: not a mapped literal")
-        self.drop_ins.append(DropIn(class_name, tuple(args), fixed, self._line()))
+        self.drop_ins.append(DropIn(class_name, tuple(args), fixed, below, self._line()))
 
     def flag(self, name: str, default: bool, doc: str = "") -> sp.Symbol:
         """A True/False hyperparameter; in equations it is 1 or 0 (e.g. ``1 - flag * beta**t``)."""

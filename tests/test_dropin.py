@@ -108,6 +108,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         )
     ),
 ]
+CASES += [
+    ("Adafactor", {**o, **other})
+    for o in product(weight_decay=[0.0, 0.1], maximize=[False, True])
+    for other in ({}, {"eps": (1e-20, 1e-2), "beta2_decay": -0.5, "d": 2.0})
+]
 LR = {
     "SGD": 0.05,
     "Adam": 0.01,
@@ -120,6 +125,7 @@ LR = {
     "RAdam": 0.01,
     "ASGD": 0.05,
     "Rprop": 0.01,
+    "Adafactor": 0.05,
 }
 
 

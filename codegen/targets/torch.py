@@ -54,6 +54,7 @@ def drop_in_context(rules: list[Rule]) -> dict[str, object]:
                     "base": rule.class_name,
                     "args": [(n, "" if n == "*" else repr(v)) for n, v in d.signature],
                     "fixed": repr(dict(d.fixed)),
+                    "below_2d": repr(dict(d.below_2d)),
                     "source": rule.source,
                 }
             )

@@ -281,8 +281,14 @@ class Adafactor(GeneratedOptimizer):
 
     optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
     ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
-    one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
-    epsilon; here it is float32's (1.19e-7) for every dtype.
+    one-value ``row`` is kept but unused). torch's default eps1 (None) is the weight dtype's machine
+    epsilon; here None is float32's (1.19e-7) for every dtype.
+
+    The hyperparameters carry torch's names (``weight_decay``, ``maximize``; ``eps1``/``eps2`` are
+    the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Adafactor`` has
+    torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
+    (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
+    rule's ``col``) instead.
     """
 
     RULE = "adafactor"
@@ -296,10 +302,11 @@ class Adafactor(GeneratedOptimizer):
         params: Any,
         lr: Any = 0.01,
         beta2_decay: Any = -0.8,
-        eps1: Any = 1.1920928955078125e-07,
+        eps1: Any = None,
         eps2: Any = 0.001,
         d: Any = 1.0,
-        wd: Any = 0.0,
+        weight_decay: Any = 0.0,
+        maximize: Any = False,
         *,
         multi_precision: bool = False,
         backend: str = "auto",
@@ -312,7 +319,8 @@ class Adafactor(GeneratedOptimizer):
                 "eps1": eps1,
                 "eps2": eps2,
                 "d": d,
-                "wd": wd,
+                "weight_decay": weight_decay,
+                "maximize": maximize,
             },
             multi_precision=multi_precision,
             backend=backend,

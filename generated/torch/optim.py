@@ -96,6 +96,43 @@ class Adadelta(DropIn, _classes.TorchAdadelta):
         )
 
 
+class Adafactor(DropIn, _classes.Adafactor):
+    """``torch.optim.Adafactor`` as the rule ``adafactor`` (specs/adafactor.py) computes it."""
+
+    DROP_IN = "Adafactor"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+    BELOW_2D: dict[str, str] = {"col": "variance"}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        beta2_decay: Any = -0.8,
+        eps: Any = (None, 0.001),
+        d: Any = 1.0,
+        weight_decay: Any = 0.0,
+        *,
+        foreach: Any = None,
+        maximize: Any = False,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta2_decay": beta2_decay,
+                "eps": eps,
+                "d": d,
+                "weight_decay": weight_decay,
+                "foreach": foreach,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class Adagrad(DropIn, _classes.TorchAdagrad):
     """``torch.optim.Adagrad`` as the rule ``torch_adagrad`` (specs/torch_adagrad.py) computes it."""
 
@@ -464,6 +501,7 @@ __all__ = [
     "ASGD",
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

@@ -17,8 +17,9 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
   ``amsgrad``; the rule keeps every buffer, unused ones at their initial value), under torch's
   keys, ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
   none), host states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) as 0-d float64 tensors
-  (torch keeps float32 ones; its loader casts them); plus the top-level ``"optgen_rule"``, which
-  torch's loader ignores.
+  (torch keeps float32 ones; its loader casts them), row/column states (Adafactor's) with
+  torch's kept axis, or under torch's name for a weight of fewer than two dims (``BELOW_2D``);
+  plus the top-level ``"optgen_rule"``, which torch's loader ignores.
 - ``load_state_dict`` takes torch's (or ours): item names filled in from the tuples, absent
   switches and fixed settings from the defaults, buffers torch did not create at the rule's
   initial values, and, where torch keeps no step count (SGD), a count of 1 for a parameter with
@@ -50,6 +51,7 @@ class DropIn(GeneratedOptimizer):
 
     DROP_IN: ClassVar[str]  # the torch.optim class name
     FIXED: ClassVar[dict[str, Any]] = {}
+    BELOW_2D: ClassVar[dict[str, str]] = {}  # see Rule.drop_in (Adafactor's variance)
 
     def __init__(
         self,
@@ -97,28 +99,48 @@ class DropIn(GeneratedOptimizer):
         keys = torch_defaults(self.DROP_IN)
         return tuple((k, v) for k, v in group.items() if k in keys)
 
+    def _layout(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, str | None]:
+        """Each state of ``p`` (and ``"step"``) -> its key in torch's state, None where torch
+        keeps none under the group's settings (``torch_creates``). A row/column state is kept
+        for a weight of two dims or more, else under its ``BELOW_2D`` name, if any."""
+        created = torch_creates(self.DROP_IN, self._torch_settings(group))
+        axes = self.META.STATE_AXES
+        layout: dict[str, str | None] = {}
+        for key in ("step", *self.META.STATES, *self.META.HOST_STATES):
+            theirs = self.TORCH.states[key][0] if key in self.TORCH.states else key
+            if key in axes:
+                layout[key] = theirs if p.dim() >= 2 else self.BELOW_2D.get(key)
+            else:
+                layout[key] = theirs if "*" in created or theirs in created else None
+        return layout
+
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
         items = {ours for pairs in self._aliases().values() for _, ours in pairs}
         groups = [{k: v for k, v in g.items() if k not in items} for g in out["param_groups"]]
-        renames = {ours: theirs for ours, (theirs, _) in self.TORCH.states.items()}
+        params = [p for g in self.param_groups for p in g["params"]]
         group_of = {i: g for g in groups for i in g["params"]}
+        axes = self.META.STATE_AXES
         state: dict[Any, Any] = {}
         for index, st in out["state"].items():
             group = group_of.get(index)
             if group is None or not isinstance(st, dict):
                 state[index] = st
                 continue
-            created = torch_creates(self.DROP_IN, self._torch_settings(group))
+            p = params[index]
+            layout = self._layout(p, group)
             kept: dict[str, Any] = {}
             for key, value in st.items():
-                theirs = renames.get(key, key)
-                if "*" in created or theirs in created or key == "master":
-                    if key == "step":
-                        value = value.to(torch.float32)  # torch's format
-                    elif key in self.META.HOST_STATES:  # torch keeps a 0-d tensor
-                        value = torch.tensor(value, dtype=torch.float64)
-                    kept[theirs] = value
+                theirs = "master" if key == "master" else layout.get(key)
+                if theirs is None:
+                    continue
+                if key == "step":
+                    value = value.to(torch.float32)  # torch's format
+                elif key in self.META.HOST_STATES:  # torch keeps a 0-d tensor
+                    value = torch.tensor(value, dtype=torch.float64)
+                elif key in axes and p.dim() >= 2:  # torch keeps the reduced axis
+                    value = value.unsqueeze(axes[key])
+                kept[theirs] = value
             if kept:
                 state[index] = kept
         out["state"] = state
@@ -150,38 +172,33 @@ class DropIn(GeneratedOptimizer):
                 group.setdefault(key, default)
             self._refuse_switches(group, f".load_state_dict: param group {number}")
             groups.append(group)
-        renames = {theirs: ours for ours, (theirs, _) in self.TORCH.states.items()}
         param_of: dict[Any, tuple[torch.Tensor, dict[str, Any]]] = {}
         for group, own in zip(groups, self.param_groups, strict=False):
             if isinstance(group, dict) and isinstance(group.get("params"), list):
                 for index, p in zip(group["params"], own["params"], strict=False):
                     param_of[index] = (p, group)
+        axes = self.META.STATE_AXES
         state: dict[Any, Any] = {}
         for index, st in state_dict["state"].items():
             if not isinstance(st, dict) or not st or index not in param_of:
                 state[index] = st
                 continue
             p, group = param_of[index]
-            out = {renames.get(k, k): v for k, v in st.items()}
-            for key in self.META.HOST_STATES:  # torch's 0-d tensor: a Python float here
-                value = out.get(key)
-                if (
-                    isinstance(value, torch.Tensor)
-                    and value.numel() == 1
-                    and value.is_floating_point()
-                ):
-                    out[key] = value.item()
-            created = torch_creates(self.DROP_IN, self._torch_settings(group))
-            if "*" not in created and "step" not in created and "step" not in out:
+            layout = self._layout(p, group)
+            ours_of = {theirs: key for key, theirs in layout.items() if theirs is not None}
+            out: dict[str, Any] = {}
+            for theirs, value in st.items():
+                key = ours_of.get(theirs, theirs)
+                tensor = isinstance(value, torch.Tensor)
+                if key in self.META.HOST_STATES and tensor and value.numel() == 1:
+                    value = value.item()  # torch's 0-d tensor: a Python float here
+                elif key in axes and tensor and p.dim() >= 2 and value.dim() == p.dim():
+                    value = value.squeeze(axes[key])  # torch keeps the reduced axis
+                out[key] = value
+            if layout["step"] is None and "step" not in out:
                 out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
-            absent = [
-                key
-                for key in self.META.STATES
-                if key not in out
-                and "*" not in created
-                and self.TORCH.states[key][0] not in created
-            ]
-            if absent:  # buffers torch does not create under these settings: initial values
+            absent = [key for key in self.META.STATES if key not in out and layout[key] is None]
+            if absent:  # buffers torch does not keep here: the rule's initial values
                 dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
                 hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
                 initial = self._initial(p.detach().to("cpu", dtype).numpy().copy(), hp)
