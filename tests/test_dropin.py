@@ -301,3 +301,72 @@ def test_every_drop_in_is_compared() -> None:
     """Each class of generated.torch.optim has trajectory cases above (a new drop-in adds its
     option combinations there)."""
     assert {name for name, _ in CASES} == set(dropin.__all__)
+
+
+SPEC = '''
+"""A test rule."""
+import sympy as sp
+from codegen.spec import Rule, nonnegative, unit
+RULE = Rule("bad", __doc__)
+lr = RULE.hyper("lr", 0.1, nonnegative())
+beta1 = RULE.hyper("beta1", 0.9, unit())
+m = RULE.state("m", 0)
+RULE.update(m, beta1 * m + RULE.grad)
+RULE.update(RULE.weight, RULE.weight - lr * RULE.new(m))
+'''
+MAPPED = (
+    'RULE.torch_equivalent("SGD", {"lr": "lr", "beta1": "momentum"}, {m: ("momentum_buffer", 1)})'
+)
+TUPLE = 'RULE.torch_equivalent("Adam", {"lr": "lr", "beta1": "betas[0]"}, {m: ("exp_avg", 1)})'
+SPEC_ERRORS = {
+    "no torch_equivalent": ('RULE.drop_in("SGD", "lr")', r"bad.py:11: drop_in\('SGD'\) needs"),
+    "renamed hyperparameter": (
+        MAPPED + '\nRULE.drop_in("SGD", "lr, momentum")',
+        r"bad.py:12: drop_in: hyperparameter 'beta1' maps to torch's 'momentum'",
+    ),
+    "unknown argument": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, betas, amsgrad")',
+        r"bad.py:12: drop_in signature names 'amsgrad', which is neither",
+    ),
+    "argument missing": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, *, foreach")',
+        r"bad.py:12: drop_in signature lacks \['betas'\]",
+    ),
+    "twice": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, betas")\nRULE.drop_in("Adam", "lr, betas")',
+        r"bad.py:13: drop_in 'Adam' is declared twice",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPEC_ERRORS))
+def test_malformed_drop_in_is_refused(tmp_path: Any, case: str) -> None:
+    """A malformed ``RULE.drop_in`` is refused naming the spec file, line and culprit."""
+    from codegen.load import load_rule
+    from codegen.spec import SpecError
+
+    body, message = SPEC_ERRORS[case]
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "bad.py"
+    path.write_text(SPEC + body + "\n")
+    with pytest.raises(SpecError, match=message):
+        load_rule(path)
+
+
+def test_another_optimizers_state_dict_is_refused() -> None:
+    """torch's SGD state_dict does not load into the Adam drop-in (nothing written); torch's
+    Adam one loads into AdamW, as it does in torch."""
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    sgd.step()
+    ours = dropin.Adam([torch.nn.Parameter(torch.ones(3))])
+    before = copy.deepcopy(ours.state_dict())
+    with pytest.raises(ValueError, match=r"Adam\.load_state_dict: not a state_dict of Adam"):
+        ours.load_state_dict(sgd.state_dict())
+    assert ours.state_dict() == before
+    adam = torch.optim.Adam([p], lr=0.1)
+    adam.step()
+    adamw = dropin.AdamW([torch.nn.Parameter(torch.ones(3))])
+    adamw.load_state_dict(copy.deepcopy(adam.state_dict()))
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is False  # the saved group, as torch
