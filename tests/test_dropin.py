@@ -370,3 +370,13 @@ def test_another_optimizers_state_dict_is_refused() -> None:
     adamw = dropin.AdamW([torch.nn.Parameter(torch.ones(3))])
     adamw.load_state_dict(copy.deepcopy(adam.state_dict()))
     assert adamw.param_groups[0]["decoupled_weight_decay"] is False  # the saved group, as torch
+
+
+def test_spec_named_factored_class_points_to_the_drop_in() -> None:
+    """``generated.torch.Adafactor`` (optgen's class of the same rule) does not export torch's
+    layout itself: it names the drop-in that does."""
+    from generated.torch import Adafactor
+
+    opt = Adafactor([torch.nn.Parameter(torch.ones(2, 3))])
+    with pytest.raises(NotImplementedError, match=r"generated\.torch\.optim\.Adafactor"):
+        opt.to_torch_state_dict()
