@@ -853,6 +853,8 @@ class Rule:
         declared |= {*self.inputs, *self.scalars}
         declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
         declared |= {str(s) for s in self.matrix_values}
+        for d in self.drop_ins:  # the drop-in classes and their torch arguments (betas, foreach)
+            declared |= {d.class_name, *(name for name, _ in d.signature if name != "*")}
         return declared | {self.name, self.class_name}
 
     @property
