@@ -77,7 +77,7 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
             files.append(Generated(path, text, 0.0))
         for package in package_targets():
             start = time.perf_counter()
-            path = Path(package.directory) / "__init__.py"
+            path = Path(package.directory) / package.filename
             text = ruff_format(package.render(every), str(path))
             files.append(Generated(path, text, time.perf_counter() - start))
     return files

@@ -39,7 +39,7 @@ _reserve(
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
     "check_host_states computed_each distinct check_tensors_each "
-    "input_lists",
+    "input_lists DropIn",
 )
 _reserve(
     "a module global of every generated module",
@@ -49,6 +49,7 @@ _reserve(
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars",
 )
+_reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp "

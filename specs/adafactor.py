@@ -17,8 +17,14 @@ torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for <
 
 optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
 ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
-one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
-epsilon; here it is float32's (1.19e-7) for every dtype.
+one-value ``row`` is kept but unused). torch's default eps1 (None) is the weight dtype's machine
+epsilon; here None is float32's (1.19e-7) for every dtype.
+
+The hyperparameters carry torch's names (``weight_decay``, ``maximize``; ``eps1``/``eps2`` are
+the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Adafactor`` has
+torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
+(shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
+rule's ``col``) instead.
 """
 
 import sympy as sp
@@ -30,14 +36,22 @@ lr = RULE.hyper(
     "lr", 0.01, nonnegative(), doc="relative step size cap (rho_t = min(lr, 1/sqrt(t)))"
 )
 c = RULE.hyper("beta2_decay", -0.8, Legal(hi=0.0), doc="beta2_t = 1 - t^beta2_decay (<= 0)")
-eps1 = RULE.hyper("eps1", 2.0**-23, positive(), doc="floor of the second moment estimate")
-eps2 = RULE.hyper("eps2", 1e-3, nonnegative(), doc="floor of RMS(weight) in the step size")
+eps1 = RULE.hyper(
+    "eps1",
+    None,
+    positive(allow_none=True),
+    none=2.0**-23,
+    doc="floor of the second moment estimate (eps[0]; None: float32's epsilon)",
+)
+eps2 = RULE.hyper("eps2", 1e-3, nonnegative(), doc="floor of RMS(weight) in the step size (eps[1])")
 d = RULE.hyper("d", 1.0, positive(), doc="clipping threshold of RMS(update)")
-wd = RULE.hyper("wd", 0.0, nonnegative(), doc="decoupled weight decay")
-w, g, t = RULE.weight, RULE.grad, RULE.t
+wd = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="decoupled weight decay")
+maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
+w, t = RULE.weight, RULE.t
 row = RULE.state("row", 0, doc="row factor R (mean of g^2 over each row)", axis=-1)
 col = RULE.state("col", 0, doc="column factor C (mean of g^2 over each column)", axis=-2)
 
+g = RULE.let("g", (1 - 2 * maximize) * RULE.grad)
 omb = RULE.let("omb", t**c)  # 1 - beta2_t
 alpha = RULE.let(
     "alpha", sp.Max(eps2, sp.sqrt(RULE.mean("w_sq", w**2))) * sp.Min(lr, 1 / sp.sqrt(t))
@@ -49,3 +63,22 @@ V = RULE.let("V", sp.Piecewise((col_new, RULE.ndim < 2), (col_new * scale, True)
 U = RULE.let("U", g / sp.sqrt(sp.Max(V, eps1**2)))
 denom = RULE.let("denom", sp.Max(1, sp.sqrt(RULE.mean("u_sq", U**2)) / d))
 RULE.update(w, w * (1 - lr * wd) - alpha / denom * U)
+
+RULE.torch_equivalent(
+    "Adafactor",
+    {
+        "lr": "lr",
+        "beta2_decay": "beta2_decay",
+        "eps1": "eps[0]",
+        "eps2": "eps[1]",
+        "d": "d",
+        "weight_decay": "weight_decay",
+        "maximize": "maximize",
+    },
+    {row: ("row_var", 1), col: ("col_var", 1)},
+)
+RULE.drop_in(
+    "Adafactor",
+    "lr, beta2_decay, eps, d, weight_decay, *, foreach, maximize",
+    below_2d={"col": "variance"},
+)

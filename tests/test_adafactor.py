@@ -16,7 +16,7 @@ from generated.torch import Adafactor
 SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70)]
 SETTINGS = [
     {},
-    {"lr": 0.05, "wd": 0.1},
+    {"lr": 0.05, "weight_decay": 0.1},
     {"beta2_decay": -0.5, "eps2": 1e-2, "d": 2.0},
 ]
 # float64: the two implementations differ by rounding only (torch: (R C) / mean(R) and
@@ -33,7 +33,7 @@ def torch_reference(w0: np.ndarray, grads: list[np.ndarray], hp: dict) -> list[n
             beta2_decay=hp.get("beta2_decay", -0.8),
             eps=(2.0**-23, hp.get("eps2", 1e-3)),  # torch's default eps1 is the dtype's epsilon
             d=hp.get("d", 1.0),
-            weight_decay=hp.get("wd", 0.0),
+            weight_decay=hp.get("weight_decay", 0.0),
         ),
         w0,
         grads,
@@ -72,7 +72,7 @@ def test_states_have_one_value_per_row_and_per_column() -> None:
 @pytest.mark.parametrize("shape", [(9,), (6, 10), (3, 4, 5)], ids=str)
 def test_torch_class_matches_torch_optim(shape) -> None:
     w0, grads = case(shape, np.float32)
-    hp = {"lr": 0.05, "wd": 0.1}
+    hp = {"lr": 0.05, "weight_decay": 0.1}
     want = torch_reference(w0, grads, hp)
     close = lambda got, theirs: assert_close(got, theirs, np.float32)  # noqa: E731
     check_torch_class(Adafactor, hp, w0, grads, want, close, "row")
@@ -87,8 +87,8 @@ def test_triton_matches_numpy(shape) -> None:
     tw = torch.from_numpy(w0.copy())
     tstate = module.init_state(tw)
     for t, g in enumerate(grads[:4], start=1):
-        adafactor.step(w, g.copy(), state, t, wd=0.1)
-        module.step(tw, torch.from_numpy(g.copy()), tstate, t, wd=0.1)
+        adafactor.step(w, g.copy(), state, t, weight_decay=0.1)
+        module.step(tw, torch.from_numpy(g.copy()), tstate, t, weight_decay=0.1)
     np.testing.assert_allclose(tw.numpy(), w, rtol=0, atol=1e-6)
     for key in ("row", "col"):
         np.testing.assert_allclose(tstate[key].numpy(), state[key], rtol=1e-6, atol=1e-12)

@@ -27,6 +27,7 @@ CONSTANT: dict[tuple[str, str], str] = {
         "madgrad",
         "x0",
     ): "the origin: moves only with momentum = 0 (RULE.test_case in specs/madgrad.py)",
+    ("torch_asgd", "mu"): "1 until t > t0 (torch's default 1e6; RULE.test_case in the spec)",
 }
 
 

@@ -121,8 +121,9 @@ def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
         # the twins' group 2 lacks the bf16 parameter, so its group reductions differ; host
         # states may be group values (Prodigy's d: d0 in both until the estimate grows)
         return
-    for name in module.HOST_STATES:  # e.g. NAdam's schedule: different per parameter
-        assert opt.state[params[0]][name] != opt.state[params[1]][name]
+    if module.HOST_STATES:  # e.g. NAdam's schedule: different per parameter (ASGD's mu is 1
+        # in both until t0)
+        assert any(opt.state[params[0]][k] != opt.state[params[1]][k] for k in module.HOST_STATES)
     for p, q in zip(params, twins, strict=False):
         np.testing.assert_allclose(
             p.detach().numpy(), q.detach().numpy(), **tolerance(np.float32, 4)

@@ -90,6 +90,8 @@ def oracles(rule: Rule) -> list[str]:
         out.append("MXNet 1.9.1 goldens")
     if rule.name in _torch_cases():
         out.append("torch.optim")
+    if rule.drop_ins:  # tests/test_dropin.py: every option combination, checkpoints
+        out.append("torch.optim (drop-in)")
     if rule.name in EXTERNAL:
         out.append(EXTERNAL[rule.name])
     own = ROOT / "tests" / f"test_{rule.name}.py"  # a rule's own reference comparison
@@ -109,8 +111,11 @@ def table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for rule in load_rules():
+        names = f"`{rule.class_name}`"
+        if rule.drop_ins:
+            names += "; drop-in " + ", ".join(f"`optim.{d.class_name}`" for d in rule.drop_ins)
         rows.append(
-            f"| `{rule.name}` | `{rule.class_name}` | [specs/{rule.name}.py](specs/{rule.name}.py) "
+            f"| `{rule.name}` | {names} | [specs/{rule.name}.py](specs/{rule.name}.py) "
             f"| {paper(rule)} | {features(rule)} | {', '.join(oracles(rule))} |"
         )
     return "\n".join(rows) + "\n"

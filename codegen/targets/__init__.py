@@ -53,12 +53,13 @@ class Target:
 
 @dataclass(frozen=True)
 class PackageTarget:
-    """One generated file for all rules: ``generated/<directory>/__init__.py``."""
+    """One generated file for all rules: ``generated/<directory>/<filename>``."""
 
     name: str
     directory: str
     template: str
     context: Callable[[list[Rule]], dict[str, object]]
+    filename: str = "__init__.py"
 
     def render(self, rules: list[Rule]) -> str:
         return ENV.get_template(self.template).render(self.context(rules))
@@ -74,4 +75,4 @@ def rule_targets() -> list[Target]:
 def package_targets() -> list[PackageTarget]:
     from codegen.targets import torch
 
-    return [torch.TARGET]
+    return [torch.TARGET, torch.DROP_IN_TARGET]

@@ -36,6 +36,16 @@ RULES = (
     "signsgd",
     "signum",
     "sm3",
+    "torch_adadelta",
+    "torch_adagrad",
+    "torch_adam",
+    "torch_adamax",
+    "torch_asgd",
+    "torch_nadam",
+    "torch_radam",
+    "torch_rmsprop",
+    "torch_rprop",
+    "torch_sgd",
 )
 MATRIX_RULES = (
     "adamuon",

@@ -21,8 +21,14 @@ torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for <
 
 optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
 ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
-one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
-epsilon; here it is float32's (1.19e-7) for every dtype.
+one-value ``row`` is kept but unused). torch's default eps1 (None) is the weight dtype's machine
+epsilon; here None is float32's (1.19e-7) for every dtype.
+
+The hyperparameters carry torch's names (``weight_decay``, ``maximize``; ``eps1``/``eps2`` are
+the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Adafactor`` has
+torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
+(shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
+rule's ``col``) instead.
 """
 
 from __future__ import annotations
@@ -158,12 +164,13 @@ def step(
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
-    check_scalars(
+    pre = check_scalars(
         RULE,
         REDUCE_SCALARS,
         computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
+    (_h0,) = (dtype(_x) for _x in pre)
 
     def _sweep1(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
         _mb, _r0, _r1, _c0, _c1 = _tile
@@ -172,11 +179,13 @@ def step(
         _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        # specs/adafactor.py:45: row_g2 = grad**2
+        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:59: row_g2 = g**2
         np.multiply(_grad, _grad, out=_b0)
-        # specs/adafactor.py:43: w_sq = weight**2
+        np.multiply(_h0, _b0, out=_b0)
+        # specs/adafactor.py:57: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/adafactor.py:46: col_g2 = grad**2
+        # specs/adafactor.py:60: col_g2 = g**2
         np.copyto(_b2, _b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -203,13 +212,14 @@ def step(
         computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _h0, omb = (dtype(_x) for _x in pre)
+    _h1, omb = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
     _row = _vectors["row"]
     _row_g2 = _vectors["row_g2"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:45: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-    np.multiply(_h0, _row_g2, out=_b0)
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+    np.multiply(_h1, _row_g2, out=_b0)
     np.subtract(_b0, _row, out=_b0)
     np.multiply(omb, _b0, out=_b0)
     np.add(_row, _b0, out=_b0)
@@ -221,13 +231,14 @@ def step(
         computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _h1, omb = (dtype(_x) for _x in pre)
+    _h2, omb = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "bc")
     _col = _vectors["col"]
     _col_g2 = _vectors["col_g2"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:46: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    np.multiply(_h1, _col_g2, out=_b0)
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+    np.multiply(_h2, _col_g2, out=_b0)
     np.subtract(_b0, _col, out=_b0)
     np.multiply(omb, _b0, out=_b0)
     np.add(_col, _b0, out=_b0)
@@ -242,7 +253,8 @@ def step(
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:47: row_mean = row_new
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:61: row_mean = row_new
     np.copyto(_b0, _row_new)
     combine_tiles(
         REDUCE_KINDS,
@@ -263,13 +275,14 @@ def step(
         computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _h1, eps1 = (dtype(_x) for _x in pre)
+    _h2, eps1 = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _row_mean = _vectors["row_mean"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    np.multiply(_h1, _row_mean, out=_b0)
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    np.multiply(_h2, _row_mean, out=_b0)
     if eps1 != -np.inf:
         np.maximum(eps1, _b0, out=_b0)
     np.divide(_row_new, _b0, out=_b0)
@@ -281,7 +294,7 @@ def step(
         computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _h2, _h3 = (dtype(_x) for _x in pre)
+    _h0, _h3, _h4 = (dtype(_x) for _x in pre)
 
     def _sweep6(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
         _mb, _r0, _r1, _c0, _c1 = _tile
@@ -290,16 +303,18 @@ def step(
         _scale = _vectors["scale"][_mb, _r0:_r1]
         _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        # specs/adafactor.py:49: U = grad/sqrt(Max(V, eps1**2))
-        # specs/adafactor.py:50: u_sq = U**2
+        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
+        # specs/adafactor.py:64: u_sq = U**2
         np.multiply(_grad, _grad, out=_b0)
-        # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-        # specs/adafactor.py:48: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-        __v17 = np.not_equal(_h3, 0.0)
+        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+        __v18 = np.not_equal(_h4, 0.0)
         np.multiply(_col_new, _scale, out=_b1)
-        np.copyto(_b1, _col_new, where=__v17)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b1, out=_b1)
+        np.copyto(_b1, _col_new, where=__v18)
+        if _h3 != -np.inf:
+            np.maximum(_h3, _b1, out=_b1)
+        np.multiply(_h0, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)
         return (float(np.sum(_b0, dtype=np.float64)),)
 
@@ -318,7 +333,7 @@ def step(
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h2, _h3, _h4, _h5 = (dtype(_x) for _x in scalars)
+    _h3, _h4, _h5, _h6 = (dtype(_x) for _x in scalars)
 
     def update(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
         _mb, _r0, _r1, _c0, _c1 = _tile
@@ -329,18 +344,19 @@ def step(
         _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
         _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        # specs/adafactor.py:49: U = grad/sqrt(Max(V, eps1**2))
-        # specs/adafactor.py:51: weight_new = -U*alpha/denom + weight*(-lr*wd + 1)
-        np.multiply(_h4, _weight, out=_b0)
-        # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-        # specs/adafactor.py:48: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-        __v1 = np.not_equal(_h3, 0.0)
+        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
+        # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+        np.multiply(_h5, _weight, out=_b0)
+        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+        __v1 = np.not_equal(_h4, 0.0)
         np.multiply(_col_new, _scale, out=_b1)
         np.copyto(_b1, _col_new, where=__v1)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b1, out=_b1)
+        if _h3 != -np.inf:
+            np.maximum(_h3, _b1, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.multiply(_h5, _grad, out=_b2)
+        np.multiply(_h6, _grad, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 

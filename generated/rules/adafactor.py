@@ -21,15 +21,21 @@ torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for <
 
 optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
 ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
-one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
-epsilon; here it is float32's (1.19e-7) for every dtype.
+one-value ``row`` is kept but unused). torch's default eps1 (None) is the weight dtype's machine
+epsilon; here None is float32's (1.19e-7) for every dtype.
+
+The hyperparameters carry torch's names (``weight_decay``, ``maximize``; ``eps1``/``eps2`` are
+the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Adafactor`` has
+torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
+(shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
+rule's ``col``) instead.
 """
 
 from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, host_max, host_min
+from optgen_runtime.common import Legal, TorchEquivalent, host_max, host_min
 
 RULE = "adafactor"
 SPEC = "specs/adafactor.py"
@@ -38,21 +44,25 @@ CLASS_NAME = "Adafactor"
 HYPERPARAMS: dict[str, float | str | bool | None] = {
     "lr": 0.01,  # relative step size cap (rho_t = min(lr, 1/sqrt(t)))
     "beta2_decay": -0.8,  # beta2_t = 1 - t^beta2_decay (<= 0)
-    "eps1": 1.1920928955078125e-07,  # floor of the second moment estimate
-    "eps2": 0.001,  # floor of RMS(weight) in the step size
+    "eps1": None,  # floor of the second moment estimate (eps[0]; None: float32's epsilon)
+    "eps2": 0.001,  # floor of RMS(weight) in the step size (eps[1])
     "d": 1.0,  # clipping threshold of RMS(update)
-    "wd": 0.0,  # decoupled weight decay
+    "weight_decay": 0.0,  # decoupled weight decay
+    "maximize": False,  # ascend: use -grad
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
     "beta2_decay": Legal(hi=0.0),
-    "eps1": Legal(lo=0.0, lo_open=True),
+    "eps1": Legal(lo=0.0, lo_open=True, allow_none=True),
     "eps2": Legal(lo=0.0),
     "d": Legal(lo=0.0, lo_open=True),
-    "wd": Legal(lo=0.0),
+    "weight_decay": Legal(lo=0.0),
+    "maximize": Legal(lo=0.0, hi=1.0, flag=True),
 }
 # What None stands for, where a hyperparameter accepts it.
-NONE_MEANS: dict[str, float] = {}
+NONE_MEANS: dict[str, float] = {
+    "eps1": 1.1920928955078125e-07,
+}
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("row", "col")
 # Per-element inputs besides the gradient (the weight's shape, read-only): keyword arguments of
@@ -93,7 +103,20 @@ FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
-TORCH = None
+TORCH = TorchEquivalent(
+    "Adafactor",
+    {
+        "lr": "lr",
+        "beta2_decay": "beta2_decay",
+        "eps1": "eps[0]",
+        "eps2": "eps[1]",
+        "d": "d",
+        "weight_decay": "weight_decay",
+        "maximize": "maximize",
+    },
+    {"row": ("row_var", lambda **_: 1), "col": ("col_var", lambda **_: 1)},
+    {},
+)
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 1, "div": 1, "max": 1, "mul": 3, "ne": 1, "sqrt": 1, "where": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {
@@ -101,41 +124,44 @@ REDUCE_OP_COUNTS: dict[str, int] = {
     "copy": 2,
     "div": 2,
     "max": 2,
-    "mul": 9,
+    "mul": 11,
     "ne": 1,
     "sub": 2,
     "where": 1,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h2": "= eps1 ** 2",
-    "_h3": "= (ndim \u003c 2)",
-    "_h4": "= -lr*wd + 1",
-    "_h5": "= -host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom",
+    "_h3": "= eps1 ** 2",
+    "_h4": "= (ndim \u003c 2)",
+    "_h5": "= -lr*weight_decay + 1",
+    "_h6": "= -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom",
 }
 # Reduction phase 1's scalars (w_sq), in the order reduction_scalars returns them.
-REDUCE_SCALARS: dict[str, str] = {}
+REDUCE_SCALARS: dict[str, str] = {
+    "_h0": "= (1 - 2*maximize) ** 2",
+}
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h0": "= host_max(1, cols) ** (-1)",
+    "_h1": "= host_max(1, cols) ** (-1)",
     "omb": "let, computed by host_scalars",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h1": "= host_max(1, rows) ** (-1)",
+    "_h2": "= host_max(1, rows) ** (-1)",
     "omb": "let, computed by host_scalars",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}
 # Reduction phase 5's scalars (), in the order reduction_scalars_5 returns them.
 REDUCE_SCALARS_5: dict[str, str] = {
-    "_h1": "= host_max(1, rows) ** (-1)",
+    "_h2": "= host_max(1, rows) ** (-1)",
     "eps1": "hyperparameter",
 }
 # Reduction phase 6's scalars (u_sq), in the order reduction_scalars_6 returns them.
 REDUCE_SCALARS_6: dict[str, str] = {
-    "_h2": "= eps1 ** 2",
-    "_h3": "= (ndim \u003c 2)",
+    "_h0": "= (1 - 2*maximize) ** 2",
+    "_h3": "= eps1 ** 2",
+    "_h4": "= (ndim \u003c 2)",
 }
 
 
@@ -146,7 +172,8 @@ def host_scalars(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
@@ -155,17 +182,18 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adafactor.py:50: denom = Max(1, sqrt(u_sq)/(d*sqrt(Max(1, numel))))
+    # specs/adafactor.py:64: denom = Max(1, sqrt(u_sq)/(d*sqrt(Max(1, numel))))
     denom = host_max(1, math.sqrt(u_sq) / (d * math.sqrt(host_max(1, numel))))
-    _h2 = eps1**2
-    _h3 = ndim < 2
-    _h4 = -lr * wd + 1
-    _h5 = (
-        -host_max(eps2, math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
+    _h3 = eps1**2
+    _h4 = ndim < 2
+    _h5 = -lr * weight_decay + 1
+    _h6 = (
+        -(1 - 2 * maximize)
+        * host_max(eps2, math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
         * host_min(lr, (1.0 / math.sqrt(t)))
         / denom
     )
-    scalars = (_h2, _h3, _h4, _h5)
+    scalars = (_h3, _h4, _h5, _h6)
     return scalars, {}
 
 
@@ -176,14 +204,16 @@ def reduction_scalars(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
     ndim: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    return ()
+    _h0 = (1 - 2 * maximize) ** 2
+    return (_h0,)
 
 
 def reduction_scalars_2(
@@ -193,7 +223,8 @@ def reduction_scalars_2(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
@@ -201,10 +232,10 @@ def reduction_scalars_2(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
-    # specs/adafactor.py:41: omb = t**beta2_decay
+    # specs/adafactor.py:55: omb = t**beta2_decay
     omb = t**beta2_decay
-    _h0 = host_max(1, cols) ** (-1)
-    return (_h0, omb)
+    _h1 = host_max(1, cols) ** (-1)
+    return (_h1, omb)
 
 
 def reduction_scalars_3(
@@ -214,7 +245,8 @@ def reduction_scalars_3(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
@@ -222,10 +254,10 @@ def reduction_scalars_3(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
-    # specs/adafactor.py:41: omb = t**beta2_decay
+    # specs/adafactor.py:55: omb = t**beta2_decay
     omb = t**beta2_decay
-    _h1 = host_max(1, rows) ** (-1)
-    return (_h1, omb)
+    _h2 = host_max(1, rows) ** (-1)
+    return (_h2, omb)
 
 
 def reduction_scalars_4(
@@ -235,7 +267,8 @@ def reduction_scalars_4(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
@@ -253,7 +286,8 @@ def reduction_scalars_5(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
@@ -261,8 +295,8 @@ def reduction_scalars_5(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 5's scalars (doubles), once per step (after phase 4's reductions)."""
-    _h1 = host_max(1, rows) ** (-1)
-    return (_h1, eps1)
+    _h2 = host_max(1, rows) ** (-1)
+    return (_h2, eps1)
 
 
 def reduction_scalars_6(
@@ -272,7 +306,8 @@ def reduction_scalars_6(
     eps1: float,
     eps2: float,
     d: float,
-    wd: float,
+    weight_decay: float,
+    maximize: float,
     numel: float,
     cols: float,
     rows: float,
@@ -280,6 +315,7 @@ def reduction_scalars_6(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 6's scalars (doubles), once per step (after phase 5's reductions)."""
-    _h2 = eps1**2
-    _h3 = ndim < 2
-    return (_h2, _h3)
+    _h0 = (1 - 2 * maximize) ** 2
+    _h3 = eps1**2
+    _h4 = ndim < 2
+    return (_h0, _h3, _h4)

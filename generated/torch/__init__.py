@@ -47,6 +47,16 @@ from ..numpy import sgld as _numpy_sgld
 from ..numpy import signsgd as _numpy_signsgd
 from ..numpy import signum as _numpy_signum
 from ..numpy import sm3 as _numpy_sm3
+from ..numpy import torch_adadelta as _numpy_torch_adadelta
+from ..numpy import torch_adagrad as _numpy_torch_adagrad
+from ..numpy import torch_adam as _numpy_torch_adam
+from ..numpy import torch_adamax as _numpy_torch_adamax
+from ..numpy import torch_asgd as _numpy_torch_asgd
+from ..numpy import torch_nadam as _numpy_torch_nadam
+from ..numpy import torch_radam as _numpy_torch_radam
+from ..numpy import torch_rmsprop as _numpy_torch_rmsprop
+from ..numpy import torch_rprop as _numpy_torch_rprop
+from ..numpy import torch_sgd as _numpy_torch_sgd
 from ..rules import adabelief as _rules_adabelief
 from ..rules import adadelta as _rules_adadelta
 from ..rules import adafactor as _rules_adafactor
@@ -81,6 +91,16 @@ from ..rules import sgld as _rules_sgld
 from ..rules import signsgd as _rules_signsgd
 from ..rules import signum as _rules_signum
 from ..rules import sm3 as _rules_sm3
+from ..rules import torch_adadelta as _rules_torch_adadelta
+from ..rules import torch_adagrad as _rules_torch_adagrad
+from ..rules import torch_adam as _rules_torch_adam
+from ..rules import torch_adamax as _rules_torch_adamax
+from ..rules import torch_asgd as _rules_torch_asgd
+from ..rules import torch_nadam as _rules_torch_nadam
+from ..rules import torch_radam as _rules_torch_radam
+from ..rules import torch_rmsprop as _rules_torch_rmsprop
+from ..rules import torch_rprop as _rules_torch_rprop
+from ..rules import torch_sgd as _rules_torch_sgd
 from ..triton import adabelief as _triton_adabelief
 from ..triton import adadelta as _triton_adadelta
 from ..triton import adafactor as _triton_adafactor
@@ -115,6 +135,16 @@ from ..triton import sgld as _triton_sgld
 from ..triton import signsgd as _triton_signsgd
 from ..triton import signum as _triton_signum
 from ..triton import sm3 as _triton_sm3
+from ..triton import torch_adadelta as _triton_torch_adadelta
+from ..triton import torch_adagrad as _triton_torch_adagrad
+from ..triton import torch_adam as _triton_torch_adam
+from ..triton import torch_adamax as _triton_torch_adamax
+from ..triton import torch_asgd as _triton_torch_asgd
+from ..triton import torch_nadam as _triton_torch_nadam
+from ..triton import torch_radam as _triton_torch_radam
+from ..triton import torch_rmsprop as _triton_torch_rmsprop
+from ..triton import torch_rprop as _triton_torch_rprop
+from ..triton import torch_sgd as _triton_torch_sgd
 
 
 class AdaBelief(GeneratedOptimizer):
@@ -255,8 +285,14 @@ class Adafactor(GeneratedOptimizer):
 
     optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
     ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
-    one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
-    epsilon; here it is float32's (1.19e-7) for every dtype.
+    one-value ``row`` is kept but unused). torch's default eps1 (None) is the weight dtype's machine
+    epsilon; here None is float32's (1.19e-7) for every dtype.
+
+    The hyperparameters carry torch's names (``weight_decay``, ``maximize``; ``eps1``/``eps2`` are
+    the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Adafactor`` has
+    torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
+    (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
+    rule's ``col``) instead.
     """
 
     RULE = "adafactor"
@@ -270,10 +306,11 @@ class Adafactor(GeneratedOptimizer):
         params: Any,
         lr: Any = 0.01,
         beta2_decay: Any = -0.8,
-        eps1: Any = 1.1920928955078125e-07,
+        eps1: Any = None,
         eps2: Any = 0.001,
         d: Any = 1.0,
-        wd: Any = 0.0,
+        weight_decay: Any = 0.0,
+        maximize: Any = False,
         *,
         multi_precision: bool = False,
         backend: str = "auto",
@@ -286,7 +323,8 @@ class Adafactor(GeneratedOptimizer):
                 "eps1": eps1,
                 "eps2": eps2,
                 "d": d,
-                "wd": wd,
+                "weight_decay": weight_decay,
+                "maximize": maximize,
             },
             multi_precision=multi_precision,
             backend=backend,
@@ -2238,6 +2276,551 @@ class SM3(GeneratedOptimizer):
         )
 
 
+class TorchAdadelta(GeneratedOptimizer):
+    """Adadelta exactly as torch.optim.Adadelta computes it: the drop-in ``Adadelta``.
+
+    Zeiler (2012), "ADADELTA: An Adaptive Learning Rate Method". Follows ``torch.optim.Adadelta``
+    (torch 2.13, single-tensor path), names and defaults included; the MXNet-semantics rule is
+    ``adadelta``.
+
+    torch's code (followed here; states ``square_avg`` = E[g^2], ``acc_delta`` = E[dx^2]):
+        g = (-grad if maximize else grad) + weight_decay * w
+        E[g^2] <- rho * E[g^2] + (1 - rho) * g^2
+        dx = sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps) * g
+        E[dx^2] <- rho * E[dx^2] + (1 - rho) * dx^2
+        w <- w - lr * dx
+
+    Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
+    gradient before the averages.
+    """
+
+    RULE = "torch_adadelta"
+    META = _rules_torch_adadelta
+    NUMPY = _numpy_torch_adadelta
+    TRITON = _triton_torch_adadelta
+    TORCH = _rules_torch_adadelta.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1.0,
+        rho: Any = 0.9,
+        eps: Any = 1e-06,
+        weight_decay: Any = 0.0,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "rho": rho,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchAdagrad(GeneratedOptimizer):
+    """AdaGrad exactly as torch.optim.Adagrad computes it: the drop-in ``Adagrad``.
+
+    Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning and Stochastic
+    Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
+    gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
+
+    torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+        g = (-grad if maximize else grad) + weight_decay * w
+        clr = lr / (1 + (t - 1) * lr_decay)
+        sum <- sum + g^2                                   # starts at initial_accumulator_value
+        w <- w - clr * g / (sqrt(sum) + eps)
+
+    Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
+    enters the accumulated gradient.
+    """
+
+    RULE = "torch_adagrad"
+    META = _rules_torch_adagrad
+    NUMPY = _numpy_torch_adagrad
+    TRITON = _triton_torch_adagrad
+    TORCH = _rules_torch_adagrad.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        lr_decay: Any = 0.0,
+        weight_decay: Any = 0.0,
+        initial_accumulator_value: Any = 0.0,
+        eps: Any = 1e-10,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "lr_decay": lr_decay,
+                "weight_decay": weight_decay,
+                "initial_accumulator_value": initial_accumulator_value,
+                "eps": eps,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchAdam(GeneratedOptimizer):
+    """Adam and AdamW exactly as torch.optim computes them: the drop-ins ``Adam`` and ``AdamW``.
+
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization"; Loshchilov & Hutter (2019),
+    "Decoupled Weight Decay Regularization"; Reddi et al. (2018) for ``amsgrad``. Follows
+    ``torch.optim.Adam`` / ``torch.optim.AdamW`` (torch 2.13, single-tensor path), names and
+    defaults included; the MXNet-semantics rules are ``adam``, ``adamw`` and ``amsgrad``.
+
+    torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_exp_avg_sq``):
+        g = -grad if maximize else grad
+        decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
+        m <- m + (1 - beta1) * (g - m)                      # lerp
+        v <- beta2 * v + (1 - beta2) * g^2
+        amsgrad: vmax <- max(vmax, v), used for v below
+        w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
+    never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
+    ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
+    without amsgrad too; the state_dict leaves it out there, as torch's does.
+    """
+
+    RULE = "torch_adam"
+    META = _rules_torch_adam
+    NUMPY = _numpy_torch_adam
+    TRITON = _triton_torch_adam
+    TORCH = _rules_torch_adam.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        amsgrad: Any = False,
+        maximize: Any = False,
+        decoupled_weight_decay: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "maximize": maximize,
+                "decoupled_weight_decay": decoupled_weight_decay,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchAdamax(GeneratedOptimizer):
+    """Adamax exactly as torch.optim.Adamax computes it: the drop-in ``Adamax``.
+
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", section 7.1. Follows
+    ``torch.optim.Adamax`` (torch 2.13, single-tensor path), names and defaults included; the
+    MXNet-semantics rule is ``adamax``.
+
+    torch's code (followed here; states ``exp_avg`` = m, ``exp_inf`` = u):
+        g = (-grad if maximize else grad) + weight_decay * w
+        m <- m + (1 - beta1) * (g - m)                      # lerp
+        u <- max(beta2 * u, |g| + eps)
+        w <- w - lr / (1 - beta1^t) * m / u
+
+    Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+    """
+
+    RULE = "torch_adamax"
+    META = _rules_torch_adamax
+    NUMPY = _numpy_torch_adamax
+    TRITON = _triton_torch_adamax
+    TORCH = _rules_torch_adamax.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.002,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchASGD(GeneratedOptimizer):
+    """Averaged SGD exactly as torch.optim.ASGD computes it: the drop-in ``ASGD``.
+
+    Polyak & Juditsky (1992), "Acceleration of Stochastic Approximation by Averaging"; Bottou
+    (2012), "Stochastic Gradient Descent Tricks" for the step-size schedule. Follows
+    ``torch.optim.ASGD`` (torch 2.13, single-tensor path), names and defaults included.
+
+    torch's code (followed here; state ``ax``, the average; host states ``eta`` and ``mu``, set at
+    the end of each step for the next one: eta starts at lr, mu at 1):
+        g = (-grad if maximize else grad) + weight_decay * w
+        w <- w * (1 - lambd * eta) - eta * g
+        ax <- w if mu == 1 else ax + (w - ax) * mu
+        eta <- lr / (1 + lambd * lr * t)^alpha;  mu <- 1 / max(1, t - t0)
+
+    At the first step eta is lr (torch's initial value; the host state starts at 0 and is set by
+    the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
+    (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
+    the weights.
+    """
+
+    RULE = "torch_asgd"
+    META = _rules_torch_asgd
+    NUMPY = _numpy_torch_asgd
+    TRITON = _triton_torch_asgd
+    TORCH = _rules_torch_asgd.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        lambd: Any = 0.0001,
+        alpha: Any = 0.75,
+        t0: Any = 1000000.0,
+        weight_decay: Any = 0.0,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "lambd": lambd,
+                "alpha": alpha,
+                "t0": t0,
+                "weight_decay": weight_decay,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchNAdam(GeneratedOptimizer):
+    """NAdam (and NAdamW) exactly as torch.optim.NAdam computes it: the drop-in ``NAdam``.
+
+    Dozat (2016), "Incorporating Nesterov Momentum into Adam". Follows ``torch.optim.NAdam`` (torch
+    2.13, single-tensor path), names and defaults included; the MXNet-semantics rule is ``nadam``.
+
+    torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host state
+    ``mu_product`` = M, the running product of the momentum schedule, starting at 1):
+        g = -grad if maximize else grad
+        decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
+        mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay)); mu_t1 likewise at t + 1
+        M <- M * mu_t
+        m <- m + (1 - beta1) * (g - m);  v <- beta2 * v + (1 - beta2) * g^2
+        denom = sqrt(v / (1 - beta2^t)) + eps
+        w <- w - lr (1 - mu_t) / (1 - M) * g / denom - lr mu_t1 / (1 - M mu_t1) * m / denom
+
+    torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
+    (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
+    the weights.
+    """
+
+    RULE = "torch_nadam"
+    META = _rules_torch_nadam
+    NUMPY = _numpy_torch_nadam
+    TRITON = _triton_torch_nadam
+    TORCH = _rules_torch_nadam.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.002,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        momentum_decay: Any = 0.004,
+        decoupled_weight_decay: Any = False,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "momentum_decay": momentum_decay,
+                "decoupled_weight_decay": decoupled_weight_decay,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchRAdam(GeneratedOptimizer):
+    """RAdam (and RAdamW) exactly as torch.optim.RAdam computes it: the drop-in ``RAdam``.
+
+    Liu et al. (2020), "On the Variance of the Adaptive Learning Rate and Beyond". Follows
+    ``torch.optim.RAdam`` (torch 2.13, single-tensor path), names and defaults included; the
+    MXNet-semantics rule is ``radam``.
+
+    torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v):
+        g = -grad if maximize else grad
+        decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
+        m <- m + (1 - beta1) * (g - m);  v <- beta2 * v + (1 - beta2) * g^2
+        mhat = m / (1 - beta1^t)
+        rho_inf = 2 / (1 - beta2) - 1;  rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)
+        rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+                   w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
+        else:      w <- w - mhat * lr
+    """
+
+    RULE = "torch_radam"
+    META = _rules_torch_radam
+    NUMPY = _numpy_torch_radam
+    TRITON = _triton_torch_radam
+    TORCH = _rules_torch_radam.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        decoupled_weight_decay: Any = False,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "decoupled_weight_decay": decoupled_weight_decay,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchRMSprop(GeneratedOptimizer):
+    """RMSprop (plain, centered, with momentum) exactly as torch.optim.RMSprop computes it.
+
+    Tieleman & Hinton (2012), "Lecture 6.5 - rmsprop"; Graves (2013), "Generating Sequences With
+    Recurrent Neural Networks" for the centered form. Follows ``torch.optim.RMSprop`` (torch 2.13,
+    single-tensor path), names and defaults included; the MXNet-semantics rules are ``rmsprop`` and
+    ``rmsprop_centered``.
+
+    torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``momentum_buffer`` = b):
+        g = (-grad if maximize else grad) + weight_decay * w
+        n <- alpha * n + (1 - alpha) * g^2
+        centered: a <- a + (1 - alpha) * (g - a);  avg = sqrt(n - a^2) + eps
+        else:     avg = sqrt(n) + eps
+        momentum > 0: b <- momentum * b + g / avg;  w <- w - lr * b
+        else:         w <- w - lr * g / avg
+
+    Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
+    ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
+    out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
+    negative and the root NaN, is refused.
+    """
+
+    RULE = "torch_rmsprop"
+    META = _rules_torch_rmsprop
+    NUMPY = _numpy_torch_rmsprop
+    TRITON = _triton_torch_rmsprop
+    TORCH = _rules_torch_rmsprop.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        alpha: Any = 0.99,
+        eps: Any = 1e-08,
+        weight_decay: Any = 0.0,
+        momentum: Any = 0.0,
+        centered: Any = False,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "alpha": alpha,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "momentum": momentum,
+                "centered": centered,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchRprop(GeneratedOptimizer):
+    """Rprop exactly as torch.optim.Rprop computes it: the drop-in ``Rprop``.
+
+    Riedmiller & Braun (1993), "A Direct Adaptive Method for Faster Backpropagation Learning: The
+    RPROP Algorithm". Follows ``torch.optim.Rprop`` (torch 2.13, single-tensor path), names and
+    defaults included.
+
+    torch's code (followed here; states ``prev``, the last gradient used, and ``step_size``, one
+    step size per element, starting at lr):
+        g = -grad if maximize else grad
+        s = sign(g * prev)
+        step_size <- clamp(step_size * (etaplus if s > 0, etaminus if s < 0, else 1),
+                           step_size_min, step_size_max)
+        g <- 0 where s < 0
+        w <- w - sign(g) * step_size;  prev <- g
+
+    A NaN product leaves torch's step size NaN and sets this rule's factor to 1 (a NaN gradient
+    still makes the weight NaN in both).
+    """
+
+    RULE = "torch_rprop"
+    META = _rules_torch_rprop
+    NUMPY = _numpy_torch_rprop
+    TRITON = _triton_torch_rprop
+    TORCH = _rules_torch_rprop.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.01,
+        etaminus: Any = 0.5,
+        etaplus: Any = 1.2,
+        step_size_min: Any = 1e-06,
+        step_size_max: Any = 50.0,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "etaminus": etaminus,
+                "etaplus": etaplus,
+                "step_size_min": step_size_min,
+                "step_size_max": step_size_max,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
+class TorchSGD(GeneratedOptimizer):
+    """SGD with momentum, dampening and Nesterov momentum exactly as torch.optim.SGD computes it.
+
+    Sutskever et al. (2013), "On the importance of initialization and momentum in deep learning".
+    Follows ``torch.optim.SGD`` (torch 2.13, single-tensor path), names and defaults included; the
+    MXNet-semantics rules are ``sgd``, ``sgd_mom`` and ``nag``.
+
+    torch's code (followed here; the state ``momentum_buffer`` = b):
+        g = (-grad if maximize else grad) + weight_decay * w
+        momentum != 0:  b <- g at the first step, else momentum * b + (1 - dampening) * g
+                        d = g + momentum * b if nesterov else b
+        momentum == 0:  d = g
+        w <- w - lr * d
+
+    Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
+    lr takes effect at once), the first step copies the gradient undamped, and weight decay is
+    added before the momentum. torch keeps no step count for SGD: a state_dict of it has only the
+    buffer (and nothing without momentum); loading one, the step count is taken as 1 where there is
+    a buffer (the count only tells the first step from the others).
+    """
+
+    RULE = "torch_sgd"
+    META = _rules_torch_sgd
+    NUMPY = _numpy_torch_sgd
+    TRITON = _triton_torch_sgd
+    TORCH = _rules_torch_sgd.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        momentum: Any = 0.0,
+        dampening: Any = 0.0,
+        weight_decay: Any = 0.0,
+        nesterov: Any = False,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
@@ -2273,4 +2856,14 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "signsgd": SignSGD,
     "signum": Signum,
     "sm3": SM3,
+    "torch_adadelta": TorchAdadelta,
+    "torch_adagrad": TorchAdagrad,
+    "torch_adam": TorchAdam,
+    "torch_adamax": TorchAdamax,
+    "torch_asgd": TorchASGD,
+    "torch_nadam": TorchNAdam,
+    "torch_radam": TorchRAdam,
+    "torch_rmsprop": TorchRMSprop,
+    "torch_rprop": TorchRprop,
+    "torch_sgd": TorchSGD,
 }

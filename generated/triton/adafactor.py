@@ -21,8 +21,14 @@ torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for <
 
 optgen views every weight as (batch, rows, cols): a 1-D weight is one row, so its column vector
 ``col`` is the full second moment and V_t = C_t there, exactly torch's unfactored update (the
-one-value ``row`` is kept but unused). torch's default eps1 is the weight dtype's machine
-epsilon; here it is float32's (1.19e-7) for every dtype.
+one-value ``row`` is kept but unused). torch's default eps1 (None) is the weight dtype's machine
+epsilon; here None is float32's (1.19e-7) for every dtype.
+
+The hyperparameters carry torch's names (``weight_decay``, ``maximize``; ``eps1``/``eps2`` are
+the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Adafactor`` has
+torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
+(shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
+rule's ``col``) instead.
 """
 
 from __future__ import annotations
@@ -147,14 +153,16 @@ def adafactor_reduce_kernel(
     n_batch,
     n_rows,
     n_cols,
+    _h0,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over brc of the (batch, rows, cols) view: one program per block of flat indices.
+    _h0 = tl.cast(_h0, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:43: w_sq = weight**2
+    # specs/adafactor.py:57: w_sq = weight**2
     w_sq = weight * weight
     tl.store(partial_ptr + pid * 1 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
 
@@ -176,9 +184,11 @@ def adafactor_row_reduce_kernel(
     n_batch,
     n_rows,
     n_cols,
+    _h0,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over brc of the (batch, rows, cols) view: one program per index of the other axes, looping over the last.
+    _h0 = tl.cast(_h0, tl.float32)
     outer = tl.program_id(0).to(tl.int64)
     _acc_row_g2 = tl.full((BLOCK_SIZE,), 0.0, tl.float32)
     for start in range(0, n_cols, BLOCK_SIZE):
@@ -186,8 +196,10 @@ def adafactor_row_reduce_kernel(
         mask = lane < n_cols
         offs = outer * n_cols + lane
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:45: row_g2 = grad**2
-        row_g2 = grad * grad
+        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:59: row_g2 = g**2
+        _v8 = grad * grad
+        row_g2 = _h0 * _v8
         _acc_row_g2 = _acc_row_g2 + tl.where(mask, row_g2, 0.0)
     tl.store(row_g2_ptr + outer, tl.sum(_acc_row_g2, axis=0).to(row_g2_ptr.dtype.element_ty))
 
@@ -209,9 +221,11 @@ def adafactor_col_reduce_kernel(
     n_batch,
     n_rows,
     n_cols,
+    _h0,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over brc of the (batch, rows, cols) view: one program per (matrix, block of columns), looping over the rows.
+    _h0 = tl.cast(_h0, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     n_blocks = tl.cdiv(n_cols, BLOCK_SIZE)
     outer = pid // n_blocks
@@ -221,9 +235,11 @@ def adafactor_col_reduce_kernel(
     for _r in range(0, n_rows):
         offs = (outer * n_rows + _r) * n_cols + lane
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:45: row_g2 = grad**2
-        row_g2 = grad * grad
-        # specs/adafactor.py:46: col_g2 = grad**2
+        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:59: row_g2 = g**2
+        _v8 = grad * grad
+        row_g2 = _h0 * _v8
+        # specs/adafactor.py:60: col_g2 = g**2
         col_g2 = row_g2
         _acc_col_g2 = _acc_col_g2 + tl.where(mask, col_g2, 0.0)
     tl.store(
@@ -248,23 +264,24 @@ def adafactor_reduce2_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h0,
+    _h1,
     omb,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over br of the (batch, rows, cols) view: one program per block of flat indices.
-    _h0 = tl.cast(_h0, tl.float32)
+    _h1 = tl.cast(_h1, tl.float32)
     omb = tl.cast(omb, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     row = tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     row_g2 = tl.load(row_g2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:45: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-    _v8 = _h0 * row_g2
-    _v9 = _v8 - row
-    _v10 = omb * _v9
-    row_new = row + _v10
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+    _v9 = _h1 * row_g2
+    _v10 = _v9 - row
+    _v11 = omb * _v10
+    row_new = row + _v11
     tl.store(row_new_ptr + offs, row_new.to(row_new_ptr.dtype.element_ty), mask=mask)
 
 
@@ -285,23 +302,24 @@ def adafactor_reduce3_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h1,
+    _h2,
     omb,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over bc of the (batch, rows, cols) view: one program per block of flat indices.
-    _h1 = tl.cast(_h1, tl.float32)
+    _h2 = tl.cast(_h2, tl.float32)
     omb = tl.cast(omb, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     col = tl.load(col_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     col_g2 = tl.load(col_g2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:46: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    _v11 = _h1 * col_g2
-    _v12 = _v11 - col
-    _v13 = omb * _v12
-    col_new = col + _v13
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+    _v12 = _h2 * col_g2
+    _v13 = _v12 - col
+    _v14 = omb * _v13
+    col_new = col + _v14
     tl.store(col_new_ptr + offs, col_new.to(col_new_ptr.dtype.element_ty), mask=mask)
 
 
@@ -332,7 +350,8 @@ def adafactor_row_reduce4_kernel(
         mask = lane < n_rows
         offs = outer * n_rows + lane
         row_new = tl.load(row_new_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:47: row_mean = row_new
+        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:61: row_mean = row_new
         row_mean = row_new
         _acc_row_mean = _acc_row_mean + tl.where(mask, row_mean, 0.0)
     tl.store(row_mean_ptr + outer, tl.sum(_acc_row_mean, axis=0).to(row_mean_ptr.dtype.element_ty))
@@ -355,22 +374,23 @@ def adafactor_reduce5_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h1,
+    _h2,
     eps1,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over br of the (batch, rows, cols) view: one program per block of flat indices.
-    _h1 = tl.cast(_h1, tl.float32)
+    _h2 = tl.cast(_h2, tl.float32)
     eps1 = tl.cast(eps1, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     row_new = tl.load(row_new_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     row_mean = tl.load(row_mean_ptr + offs // n_rows, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    _v14 = _h1 * row_mean
-    _v15 = tl.maximum(eps1, _v14, propagate_nan=tl.PropagateNan.ALL)
-    scale = tl.div_rn(row_new, _v15)
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    _v15 = _h2 * row_mean
+    _v16 = tl.maximum(eps1, _v15, propagate_nan=tl.PropagateNan.ALL)
+    scale = tl.div_rn(row_new, _v16)
     tl.store(scale_ptr + offs, scale.to(scale_ptr.dtype.element_ty), mask=mask)
 
 
@@ -391,13 +411,15 @@ def adafactor_reduce6_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h2,
+    _h0,
     _h3,
+    _h4,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over brc of the (batch, rows, cols) view: one program per block of flat indices.
-    _h2 = tl.cast(_h2, tl.float32)
+    _h0 = tl.cast(_h0, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
+    _h4 = tl.cast(_h4, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -406,16 +428,18 @@ def adafactor_reduce6_kernel(
         col_new_ptr + offs // (n_rows * n_cols) * n_cols + offs % n_cols, mask=mask, other=0.0
     ).to(tl.float32)
     scale = tl.load(scale_ptr + offs // n_cols, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:49: U = grad/sqrt(Max(V, eps1**2))
-    # specs/adafactor.py:50: u_sq = U**2
-    _v16 = grad * grad
-    # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    # specs/adafactor.py:48: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-    _v17 = _h3 != 0.0
-    _v18 = col_new * scale
-    V = tl.where(_v17, col_new, _v18)
-    _v20 = tl.maximum(_h2, V, propagate_nan=tl.PropagateNan.ALL)
-    u_sq = tl.div_rn(_v16, _v20)
+    # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
+    # specs/adafactor.py:64: u_sq = U**2
+    _v17 = grad * grad
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+    _v18 = _h4 != 0.0
+    _v19 = col_new * scale
+    V = tl.where(_v18, col_new, _v19)
+    _v21 = tl.maximum(_h3, V, propagate_nan=tl.PropagateNan.ALL)
+    _v22 = _h0 * _v17
+    u_sq = tl.div_rn(_v22, _v21)
     tl.store(partial_ptr + pid * 1 + 0, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
 
 
@@ -436,22 +460,22 @@ def adafactor_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h2,
     _h3,
     _h4,
     _h5,
+    _h6,
     BLOCK_SIZE: tl.constexpr,
 ):
     # The update: one program per block of elements; vectors gathered at their row/column.
     # Host scalars (fp32; from host_scalars in generated.rules.adafactor, once per step):
-    #   _h2: = eps1 ** 2
-    #   _h3: = (ndim < 2)
-    #   _h4: = -lr*wd + 1
-    #   _h5: = -host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom
-    _h2 = tl.cast(_h2, tl.float32)
+    #   _h3: = eps1 ** 2
+    #   _h4: = (ndim < 2)
+    #   _h5: = -lr*weight_decay + 1
+    #   _h6: = -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -461,17 +485,18 @@ def adafactor_kernel(
         col_new_ptr + offs // (n_rows * n_cols) * n_cols + offs % n_cols, mask=mask, other=0.0
     ).to(tl.float32)
     scale = tl.load(scale_ptr + offs // n_cols, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:49: U = grad/sqrt(Max(V, eps1**2))
-    # specs/adafactor.py:51: weight_new = -U*alpha/denom + weight*(-lr*wd + 1)
-    _v0 = _h4 * weight
-    # specs/adafactor.py:47: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    # specs/adafactor.py:48: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-    _v1 = _h3 != 0.0
+    # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
+    # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+    _v0 = _h5 * weight
+    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+    _v1 = _h4 != 0.0
     _v2 = col_new * scale
     V = tl.where(_v1, col_new, _v2)
-    _v4 = tl.maximum(_h2, V, propagate_nan=tl.PropagateNan.ALL)
+    _v4 = tl.maximum(_h3, V, propagate_nan=tl.PropagateNan.ALL)
     _v5 = tl.sqrt_rn(_v4)
-    _v6 = _h5 * grad
+    _v6 = _h6 * grad
     _v7 = tl.div_rn(_v6, _v5)
     weight_new = _v0 + _v7
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)

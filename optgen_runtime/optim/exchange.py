@@ -169,6 +169,12 @@ class TorchExchange:
     def _equivalent(self) -> TorchEquivalent:
         if self.TORCH is None:
             raise NotImplementedError(f"{type(self).__name__} has no torch.optim equivalent")
+        if self.META.STATE_AXES:  # the drop-in (optim/dropin.py) overrides both methods
+            raise NotImplementedError(
+                f"{type(self).__name__}: torch keeps row/column states in its own layout; "
+                f"generated.torch.optim.{self.TORCH.class_name} exchanges them (its state_dict "
+                "is torch's)"
+            )
         return self.TORCH
 
     def to_torch_state_dict(self) -> dict[str, Any]:

@@ -233,6 +233,7 @@ def torch_reference(rule, backend, before, opt, params):
         hp = {k: group[k] for k in meta.HYPERPARAMS}
         resolved = resolve_hyperparams(rule, meta.HYPERPARAMS, meta.LEGAL, meta.NONE_MEANS, hp)
         hp = canonical_hyperparams(rule, hp)
+        init = {k: hp[k] for k in meta.INIT_HYPERPARAMS}  # the class's first state: the group's
         for p in group["params"]:
             j = index
             index += 1
@@ -247,11 +248,13 @@ def torch_reference(rule, backend, before, opt, params):
                 w = ps[j].clone()
                 s = {k: state.get(k) for k in meta.STATES}
                 if not state:
-                    s = triton_module(rule).init_state(w)
+                    s = triton_module(rule).init_state(w, **init)
                     s.update(
                         {
                             k: v
-                            for k, v in numpy_module(rule).init_state(w.numpy().copy()).items()
+                            for k, v in numpy_module(rule)
+                            .init_state(w.numpy().copy(), **init)
+                            .items()
                             if k in meta.HOST_STATES
                         }
                     )
@@ -273,7 +276,7 @@ def torch_reference(rule, backend, before, opt, params):
                         if k != "step"
                     }
                 else:
-                    s = numpy_module(rule).init_state(w.copy())
+                    s = numpy_module(rule).init_state(w.copy(), **init)
                 t = int(state["step"]) + 1 if state else 1
                 g = grads[j].to(ps[j].dtype).numpy().copy()  # the class converts it
                 numpy_module(rule).step(w, g, s, t, **hp)
@@ -461,7 +464,9 @@ def test_torch_load_state_dict(drawn):
     )
 
 
-TORCH_RULES = [r for r in RULE_NAMES if META[r].TORCH is not None]
+# Rules with row/column states (Adafactor) exchange through their drop-in class only
+# (tests/test_dropin.py): the spec-named class refuses.
+TORCH_RULES = [r for r in RULE_NAMES if META[r].TORCH is not None and not META[r].STATE_AXES]
 
 TORCH_LOAD_PERTURBATIONS = [
     "none", "state_missing", "step_bad", "buffer_shape", "setting", "groups_count",
@@ -526,6 +531,9 @@ def torch_load_case(draw: st.DrawFn):
         if key in sd["param_groups"][0] and sd["param_groups"][0][key] != value:
             sd["param_groups"][0][key] = value
             either = key in ("foreach", "differentiable")  # how torch runs, not what it computes
+            # a setting the rule maps (a drop-in rule's maximize, amsgrad, ...) is legal
+            mapped = {theirs.split("[")[0] for theirs in META[rule].TORCH.hyper.values()}
+            either = either or (key in mapped and key != "lr")
             case.perturb(f"{key}={value!r}", [key, "lr"], None if either else True)
     elif what == "groups_count":
         sd["param_groups"].append(copy.deepcopy(sd["param_groups"][0]))
@@ -563,14 +571,18 @@ FOUND_NEGATIVE_ZERO = "found: the single-tensor Triton kernel takes a -0.0 scala
 
 @st.composite
 def group_case(draw: st.DrawFn):
-    rule = draw(st.sampled_from(RULE_NAMES))
+    rule = draw(st.sampled_from(PER_PARAMETER))  # compared per parameter, as torch_case
     cls = torch_class(rule)
     case = Case(cls.__name__, rule)
     params, opt = make(draw, rule, draw(st.sampled_from(["auto", "auto", "triton"])))
     group = opt.param_groups[0]
     aliases = cls._aliases()
     names = [*META[rule].HYPERPARAMS, *aliases]
-    for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True)):
+    chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True))
+    for base, items in aliases.items():  # betas and beta1 both changed: refused if they differ
+        if base in chosen and any(n in chosen for _, n in items):
+            case.perturb(f"{base} and an item both set", [base, *(n for _, n in items)], None)
+    for name in chosen:
         if name in aliases:  # torch's tuple (betas): one item replaced, or a malformed tuple
             items = aliases[name]
             value = draw(

@@ -1,0 +1,216 @@
+"""Drop-in ``torch.optim`` classes (``generated/torch/optim.py``): torch's constructor and
+state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``specs/torch_*.py``).
+
+- Constructor: torch's arguments and defaults (generated from the spec). A torch tuple
+  (``betas``, ``etas``) sets the hyperparameters of its items (``beta1``, ``beta2``), which every
+  group keeps next to it, in step with it (:mod:`~optgen_runtime.optim.aliases`: a scheduler may
+  edit either); the class's ``FIXED`` settings (AdamW's ``decoupled_weight_decay=True``) are
+  always passed. The keyword-only ``multi_precision`` and ``backend`` are optgen's own.
+- torch's implementation switches: ``foreach`` and ``fused`` are accepted and kept in the groups
+  but change nothing: every step already runs one fused kernel per dtype combination on CUDA and
+  the chunked NumPy reference on the CPU. ``capturable=True`` is refused (the step computes its
+  scalars from step counts on the host, so it cannot be captured in a CUDA graph), and so is
+  ``differentiable=True`` (the step writes in place under ``no_grad``): in the constructor,
+  ``add_param_group`` and ``load_state_dict``, before anything is written.
+- ``state_dict()`` is torch's: groups without the tuple items' names; per parameter only the
+  buffers torch creates under the group's settings (Adam's ``max_exp_avg_sq`` only with
+  ``amsgrad``; the rule keeps every buffer, unused ones at their initial value), under torch's
+  keys, ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
+  none), host states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) as 0-d float64 tensors
+  (torch keeps float32 ones; its loader casts them), row/column states (Adafactor's) with
+  torch's kept axis, or under torch's name for a weight of fewer than two dims (``BELOW_2D``);
+  plus the top-level ``"optgen_rule"``, which torch's loader ignores.
+- ``load_state_dict`` takes torch's (or ours): item names filled in from the tuples, absent
+  switches and fixed settings from the defaults, buffers torch did not create at the rule's
+  initial values, and, where torch keeps no step count (SGD), a count of 1 for a parameter with
+  state (the count only tells the first step). Then :mod:`~optgen_runtime.optim.checkpoint`'s
+  checks and restore. ``to_torch_state_dict`` / ``load_torch_state_dict`` are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+
+from optgen_runtime.optim.base import GeneratedOptimizer
+from optgen_runtime.optim.exchange import torch_creates, torch_defaults
+from optgen_runtime.optim.state import step_tensor
+
+# torch.optim's switches that no step of a generated class can honour, and why.
+REFUSED = {
+    "capturable": "the step computes its scalars from step counts on the host: it cannot be "
+    "captured in a CUDA graph",
+    "differentiable": "the step writes in place under no_grad: it cannot be differentiated",
+}
+
+
+class DropIn(GeneratedOptimizer):
+    """Base of the drop-in classes; see the module docstring."""
+
+    DROP_IN: ClassVar[str]  # the torch.optim class name
+    FIXED: ClassVar[dict[str, Any]] = {}
+    BELOW_2D: ClassVar[dict[str, str]] = {}  # see Rule.drop_in (Adafactor's variance)
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        settings: dict[str, Any],
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        self._refuse_switches(settings, "")
+        self._torch_checks(settings)
+        settings = {**settings, **self.FIXED}
+        defaults = dict(settings)
+        for base, items in self._aliases().items():
+            value = self._alias_value(base, items, defaults.pop(base))
+            for index, ours in items:
+                defaults[ours] = value[index]
+        GeneratedOptimizer.__init__(
+            self, params, defaults, multi_precision=multi_precision, backend=backend
+        )
+
+    def _torch_checks(self, settings: dict[str, Any]) -> None:
+        """torch's own checks of its constructor arguments (ranges, Nesterov's need of momentum
+        and no dampening, ...): ``torch.optim.<DROP_IN>`` built over a one-element tensor."""
+        try:
+            getattr(torch.optim, self.DROP_IN)([torch.zeros(1, requires_grad=True)], **settings)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise type(error)(f"{type(self).__name__}: {error}") from None
+
+    def _refuse_switches(self, settings: Any, where: str) -> None:
+        if not isinstance(settings, dict):
+            return
+        for key, why in REFUSED.items():
+            if settings.get(key):
+                raise ValueError(
+                    f"{type(self).__name__}{where}: {key}=True is not supported ({why}); "
+                    f"pass {key}=False"
+                )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._refuse_switches(param_group, ".add_param_group")
+        super().add_param_group(param_group)
+
+    def _torch_settings(self, group: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        keys = torch_defaults(self.DROP_IN)
+        return tuple((k, v) for k, v in group.items() if k in keys)
+
+    def _layout(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, str | None]:
+        """Each state of ``p`` (and ``"step"``) -> its key in torch's state, None where torch
+        keeps none under the group's settings (``torch_creates``). A row/column state is kept
+        for a weight of two dims or more, else under its ``BELOW_2D`` name, if any."""
+        created = torch_creates(self.DROP_IN, self._torch_settings(group))
+        axes = self.META.STATE_AXES
+        layout: dict[str, str | None] = {}
+        for key in ("step", *self.META.STATES, *self.META.HOST_STATES):
+            theirs = self.TORCH.states[key][0] if key in self.TORCH.states else key
+            if key in axes:
+                layout[key] = theirs if p.dim() >= 2 else self.BELOW_2D.get(key)
+            else:
+                layout[key] = theirs if "*" in created or theirs in created else None
+        return layout
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        items = {ours for pairs in self._aliases().values() for _, ours in pairs}
+        groups = [{k: v for k, v in g.items() if k not in items} for g in out["param_groups"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        group_of = {i: g for g in groups for i in g["params"]}
+        axes = self.META.STATE_AXES
+        state: dict[Any, Any] = {}
+        for index, st in out["state"].items():
+            group = group_of.get(index)
+            if group is None or not isinstance(st, dict):
+                state[index] = st
+                continue
+            p = params[index]
+            layout = self._layout(p, group)
+            kept: dict[str, Any] = {}
+            for key, value in st.items():
+                theirs = "master" if key == "master" else layout.get(key)
+                if theirs is None:
+                    continue
+                if key == "step":
+                    value = value.to(torch.float32)  # torch's format
+                elif key in self.META.HOST_STATES:  # torch keeps a 0-d tensor
+                    value = torch.tensor(value, dtype=torch.float64)
+                elif key in axes and p.dim() >= 2:  # torch keeps the reduced axis
+                    value = value.unsqueeze(axes[key])
+                kept[theirs] = value
+            if kept:
+                state[index] = kept
+        out["state"] = state
+        out["param_groups"] = groups
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not (
+            isinstance(state_dict, dict)
+            and {"state", "param_groups"} <= set(state_dict)
+            and isinstance(state_dict["param_groups"], list)
+            and isinstance(state_dict["state"], dict)
+        ):
+            super().load_state_dict(state_dict)  # refused there, with its message
+            return
+        self._settle()
+        groups = []
+        for number, saved in enumerate(state_dict["param_groups"]):
+            if not isinstance(saved, dict):
+                groups.append(saved)
+                continue
+            group = dict(saved)
+            for base, items in self._aliases().items():
+                if base in group:
+                    value = self._alias_value(base, items, group[base])
+                    for index, ours in items:
+                        group.setdefault(ours, value[index])
+            for key, default in self.defaults.items():
+                group.setdefault(key, default)
+            self._refuse_switches(group, f".load_state_dict: param group {number}")
+            groups.append(group)
+        param_of: dict[Any, tuple[torch.Tensor, dict[str, Any]]] = {}
+        for group, own in zip(groups, self.param_groups, strict=False):
+            if isinstance(group, dict) and isinstance(group.get("params"), list):
+                for index, p in zip(group["params"], own["params"], strict=False):
+                    param_of[index] = (p, group)
+        axes = self.META.STATE_AXES
+        state: dict[Any, Any] = {}
+        for index, st in state_dict["state"].items():
+            if not isinstance(st, dict) or not st or index not in param_of:
+                state[index] = st
+                continue
+            p, group = param_of[index]
+            layout = self._layout(p, group)
+            ours_of = {theirs: key for key, theirs in layout.items() if theirs is not None}
+            out: dict[str, Any] = {}
+            for theirs, value in st.items():
+                key = ours_of.get(theirs, theirs)
+                tensor = isinstance(value, torch.Tensor)
+                if key in self.META.HOST_STATES and tensor and value.numel() == 1:
+                    value = value.item()  # torch's 0-d tensor: a Python float here
+                elif key in axes and tensor and p.dim() >= 2 and value.dim() == p.dim():
+                    value = value.squeeze(axes[key])  # torch keeps the reduced axis
+                out[key] = value
+            if layout["step"] is None and "step" not in out:
+                out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
+            absent = [key for key in self.META.STATES if key not in out and layout[key] is None]
+            if absent:  # buffers torch does not keep here: the rule's initial values
+                dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+                hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
+                initial = self._initial(p.detach().to("cpu", dtype).numpy().copy(), hp)
+                for key in absent:
+                    out[key] = torch.from_numpy(initial[key])
+            state[index] = out
+        super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+
+    def to_torch_state_dict(self) -> dict[str, Any]:
+        """The same as ``state_dict()``: it is torch's format already."""
+        return self.state_dict()
+
+    def load_torch_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The same as ``load_state_dict``: it takes torch's format."""
+        self.load_state_dict(state_dict)

@@ -1,0 +1,51 @@
+"""Adadelta exactly as torch.optim.Adadelta computes it: the drop-in ``Adadelta``.
+
+Zeiler (2012), "ADADELTA: An Adaptive Learning Rate Method". Follows ``torch.optim.Adadelta``
+(torch 2.13, single-tensor path), names and defaults included; the MXNet-semantics rule is
+``adadelta``.
+
+torch's code (followed here; states ``square_avg`` = E[g^2], ``acc_delta`` = E[dx^2]):
+    g = (-grad if maximize else grad) + weight_decay * w
+    E[g^2] <- rho * E[g^2] + (1 - rho) * g^2
+    dx = sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps) * g
+    E[dx^2] <- rho * E[dx^2] + (1 - rho) * dx^2
+    w <- w - lr * dx
+
+Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
+gradient before the averages.
+"""
+
+import sympy as sp
+
+from codegen.spec import Rule, nonnegative, unit
+
+RULE = Rule("torch_adadelta", __doc__)
+lr = RULE.hyper("lr", 1.0, nonnegative(), doc="learning rate (scales dx)")
+rho = RULE.hyper("rho", 0.9, unit(hi_open=False), doc="decay of both running averages")
+eps = RULE.hyper("eps", 1e-6, nonnegative(), doc="added inside both square roots")
+weight_decay = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="L2 penalty")
+maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
+w, g = RULE.weight, RULE.grad
+square_avg = RULE.state("square_avg", 0, doc="running mean of g^2")
+acc_delta = RULE.state("acc_delta", 0, doc="running mean of dx^2")
+
+G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
+sq_new = RULE.update(square_avg, rho * square_avg + (1 - rho) * G**2)
+delta = RULE.let("delta", sp.sqrt(acc_delta + eps) / sp.sqrt(sq_new + eps) * G)
+RULE.update(acc_delta, rho * acc_delta + (1 - rho) * delta**2)
+RULE.update(w, w - lr * delta)
+
+RULE.torch_equivalent(
+    "Adadelta",
+    {
+        "lr": "lr",
+        "rho": "rho",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "maximize": "maximize",
+    },
+    {square_avg: ("square_avg", 1), acc_delta: ("acc_delta", 1)},
+)
+RULE.drop_in(
+    "Adadelta", "lr, rho, eps, weight_decay, foreach, *, capturable, maximize, differentiable"
+)

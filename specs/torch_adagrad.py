@@ -1,0 +1,52 @@
+"""AdaGrad exactly as torch.optim.Adagrad computes it: the drop-in ``Adagrad``.
+
+Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning and Stochastic
+Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
+gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
+
+torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+    g = (-grad if maximize else grad) + weight_decay * w
+    clr = lr / (1 + (t - 1) * lr_decay)
+    sum <- sum + g^2                                   # starts at initial_accumulator_value
+    w <- w - clr * g / (sqrt(sum) + eps)
+
+Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
+enters the accumulated gradient.
+"""
+
+import sympy as sp
+
+from codegen.spec import Rule, nonnegative
+
+RULE = Rule("torch_adagrad", __doc__)
+lr = RULE.hyper("lr", 0.01, nonnegative(), doc="learning rate")
+lr_decay = RULE.hyper("lr_decay", 0.0, nonnegative(), doc="clr = lr / (1 + (t - 1) lr_decay)")
+weight_decay = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="L2 penalty")
+initial = RULE.hyper("initial_accumulator_value", 0.0, nonnegative(), doc="the sum's initial value")
+eps = RULE.hyper("eps", 1e-10, nonnegative(), doc="added to sqrt(sum)")
+maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
+w, g, t = RULE.weight, RULE.grad, RULE.t
+state_sum = RULE.state("state_sum", initial, doc="sum of squared gradients (torch's 'sum')")
+
+G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
+clr = RULE.let("clr", lr / (1 + (t - 1) * lr_decay))
+sum_new = RULE.update(state_sum, state_sum + G**2)
+RULE.update(w, w - clr * G / (sp.sqrt(sum_new) + eps))
+
+RULE.torch_equivalent(
+    "Adagrad",
+    {
+        "lr": "lr",
+        "lr_decay": "lr_decay",
+        "weight_decay": "weight_decay",
+        "initial_accumulator_value": "initial_accumulator_value",
+        "eps": "eps",
+        "maximize": "maximize",
+    },
+    {state_sum: ("sum", 1)},
+)
+RULE.drop_in(
+    "Adagrad",
+    "lr, lr_decay, weight_decay, initial_accumulator_value, eps, foreach, *, maximize, "
+    "differentiable, fused",
+)

@@ -1,0 +1,78 @@
+"""Adam and AdamW exactly as torch.optim computes them: the drop-ins ``Adam`` and ``AdamW``.
+
+Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization"; Loshchilov & Hutter (2019),
+"Decoupled Weight Decay Regularization"; Reddi et al. (2018) for ``amsgrad``. Follows
+``torch.optim.Adam`` / ``torch.optim.AdamW`` (torch 2.13, single-tensor path), names and
+defaults included; the MXNet-semantics rules are ``adam``, ``adamw`` and ``amsgrad``.
+
+torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_exp_avg_sq``):
+    g = -grad if maximize else grad
+    decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
+    m <- m + (1 - beta1) * (g - m)                      # lerp
+    v <- beta2 * v + (1 - beta2) * g^2
+    amsgrad: vmax <- max(vmax, v), used for v below
+    w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
+never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
+without amsgrad too; the state_dict leaves it out there, as torch's does.
+"""
+
+import sympy as sp
+
+from codegen.spec import Rule, nonnegative, unit
+
+RULE = Rule("torch_adam", __doc__)
+lr = RULE.hyper("lr", 0.001, nonnegative(), doc="learning rate")
+beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment (betas[0])")
+beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment (betas[1])")
+eps = RULE.hyper("eps", 1e-8, nonnegative(), doc="added to the corrected sqrt(v)")
+weight_decay = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="L2 penalty (or decoupled)")
+amsgrad = RULE.flag("amsgrad", False, doc="use the running maximum of v (AMSGrad)")
+maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
+decoupled = RULE.flag("decoupled_weight_decay", False, doc="decay the weight (AdamW)")
+w, g, t = RULE.weight, RULE.grad, RULE.t
+exp_avg = RULE.state("exp_avg", 0, doc="first moment m")
+exp_avg_sq = RULE.state("exp_avg_sq", 0, doc="second moment v")
+max_exp_avg_sq = RULE.state("max_exp_avg_sq", 0, doc="running maximum of v (amsgrad)")
+
+coupled = RULE.let("coupled", sp.Piecewise((0, decoupled > 0), (weight_decay, True)))
+G = RULE.let("G", (1 - 2 * maximize) * g + coupled * w)
+decay = RULE.let("decay", sp.Piecewise((1 - lr * weight_decay, decoupled > 0), (1, True)))
+m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
+v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * G**2)
+vmax_new = RULE.update(
+    max_exp_avg_sq,
+    sp.Piecewise((sp.Max(max_exp_avg_sq, v_new), amsgrad > 0), (max_exp_avg_sq, True)),
+)
+vhat = sp.Piecewise((vmax_new, amsgrad > 0), (v_new, True))
+denom = RULE.let("denom", sp.sqrt(vhat) / sp.sqrt(1 - beta2**t) + eps)
+RULE.update(w, w * decay - lr / (1 - beta1**t) * m_new / denom)
+
+RULE.torch_equivalent(
+    "Adam",
+    {
+        "lr": "lr",
+        "beta1": "betas[0]",
+        "beta2": "betas[1]",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "amsgrad": "amsgrad",
+        "maximize": "maximize",
+        "decoupled_weight_decay": "decoupled_weight_decay",
+    },
+    {exp_avg: ("exp_avg", 1), exp_avg_sq: ("exp_avg_sq", 1), max_exp_avg_sq: ("max_exp_avg_sq", 1)},
+)
+RULE.drop_in(
+    "Adam",
+    "lr, betas, eps, weight_decay, amsgrad, *, foreach, maximize, capturable, differentiable, "
+    "fused, decoupled_weight_decay",
+)
+RULE.drop_in(
+    "AdamW",
+    "lr, betas, eps, weight_decay, amsgrad, *, maximize, foreach, capturable, differentiable, "
+    "fused",
+    weight_decay=0.01,
+    decoupled_weight_decay=True,
+)

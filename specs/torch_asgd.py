@@ -1,0 +1,59 @@
+"""Averaged SGD exactly as torch.optim.ASGD computes it: the drop-in ``ASGD``.
+
+Polyak & Juditsky (1992), "Acceleration of Stochastic Approximation by Averaging"; Bottou
+(2012), "Stochastic Gradient Descent Tricks" for the step-size schedule. Follows
+``torch.optim.ASGD`` (torch 2.13, single-tensor path), names and defaults included.
+
+torch's code (followed here; state ``ax``, the average; host states ``eta`` and ``mu``, set at
+the end of each step for the next one: eta starts at lr, mu at 1):
+    g = (-grad if maximize else grad) + weight_decay * w
+    w <- w * (1 - lambd * eta) - eta * g
+    ax <- w if mu == 1 else ax + (w - ax) * mu
+    eta <- lr / (1 + lambd * lr * t)^alpha;  mu <- 1 / max(1, t - t0)
+
+At the first step eta is lr (torch's initial value; the host state starts at 0 and is set by
+the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
+(exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
+the weights.
+"""
+
+import sympy as sp
+
+from codegen.spec import Legal, Rule, nonnegative
+
+RULE = Rule("torch_asgd", __doc__, class_name="TorchASGD")
+lr = RULE.hyper("lr", 0.01, nonnegative(), doc="learning rate")
+lambd = RULE.hyper("lambd", 1e-4, nonnegative(), doc="decay term")
+alpha = RULE.hyper("alpha", 0.75, Legal(), doc="power of the eta schedule")
+t0 = RULE.hyper("t0", 1e6, Legal(), doc="the step at which averaging starts")
+weight_decay = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="L2 penalty")
+maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
+w, g, t = RULE.weight, RULE.grad, RULE.t
+ax = RULE.state("ax", 0, doc="the averaged weight")
+eta = RULE.host_state("eta", 0.0, doc="step size of this step (lr at the first)")
+mu = RULE.host_state("mu", 1.0, doc="averaging factor of this step")
+
+eta_t = RULE.let("eta_t", sp.Piecewise((lr, sp.Eq(t, 1)), (eta, True)))
+G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
+w_new = RULE.update(w, w * (1 - lambd * eta_t) - eta_t * G)
+RULE.update(ax, sp.Piecewise((w_new, sp.Eq(mu, 1)), (ax + (w_new - ax) * mu, True)))
+RULE.update(eta, lr / (1 + lambd * lr * t) ** alpha)
+RULE.update(mu, 1 / sp.Max(1, t - t0))
+
+RULE.torch_equivalent(
+    "ASGD",
+    {
+        "lr": "lr",
+        "lambd": "lambd",
+        "alpha": "alpha",
+        "t0": "t0",
+        "weight_decay": "weight_decay",
+        "maximize": "maximize",
+    },
+    {ax: ("ax", 1), eta: ("eta", 1), mu: ("mu", 1)},
+)
+RULE.drop_in(
+    "ASGD", "lr, lambd, alpha, t0, weight_decay, foreach, maximize, differentiable, capturable"
+)
+# Averaging from step 3 on (mu < 1): the default t0 = 1e6 never reaches it.
+RULE.test_case(steps=8, t0=3.0)

@@ -1,0 +1,74 @@
+"""RMSprop (plain, centered, with momentum) exactly as torch.optim.RMSprop computes it.
+
+Tieleman & Hinton (2012), "Lecture 6.5 - rmsprop"; Graves (2013), "Generating Sequences With
+Recurrent Neural Networks" for the centered form. Follows ``torch.optim.RMSprop`` (torch 2.13,
+single-tensor path), names and defaults included; the MXNet-semantics rules are ``rmsprop`` and
+``rmsprop_centered``.
+
+torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``momentum_buffer`` = b):
+    g = (-grad if maximize else grad) + weight_decay * w
+    n <- alpha * n + (1 - alpha) * g^2
+    centered: a <- a + (1 - alpha) * (g - a);  avg = sqrt(n - a^2) + eps
+    else:     avg = sqrt(n) + eps
+    momentum > 0: b <- momentum * b + g / avg;  w <- w - lr * b
+    else:         w <- w - lr * g / avg
+
+Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
+``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
+out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
+negative and the root NaN, is refused.
+"""
+
+import sympy as sp
+
+from codegen.spec import Rule, nonnegative, unit
+
+RULE = Rule("torch_rmsprop", __doc__, class_name="TorchRMSprop")
+lr = RULE.hyper("lr", 0.01, nonnegative(), doc="learning rate")
+alpha = RULE.hyper("alpha", 0.99, unit(hi_open=False), doc="decay of the mean square (<= 1)")
+eps = RULE.hyper("eps", 1e-8, nonnegative(), doc="added to the root mean square")
+weight_decay = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="L2 penalty")
+momentum = RULE.hyper("momentum", 0.0, nonnegative(), doc="momentum factor (0: none)")
+centered = RULE.flag("centered", False, doc="divide by an estimate of the gradient's variance")
+maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
+w, g = RULE.weight, RULE.grad
+square_avg = RULE.state("square_avg", 0, doc="running mean of g^2, n")
+momentum_buffer = RULE.state("momentum_buffer", 0, doc="momentum buffer b (momentum > 0)")
+grad_avg = RULE.state("grad_avg", 0, doc="running mean of g, a (centered)")
+
+G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
+n_new = RULE.update(square_avg, alpha * square_avg + (1 - alpha) * G**2)
+lerp = grad_avg + (1 - alpha) * (G - grad_avg)
+a_new = RULE.update(grad_avg, sp.Piecewise((lerp, centered > 0), (grad_avg, True)))
+avg = RULE.let(
+    "avg", sp.Piecewise((sp.sqrt(n_new - a_new**2), centered > 0), (sp.sqrt(n_new), True)) + eps
+)
+b_new = RULE.update(
+    momentum_buffer,
+    sp.Piecewise((momentum * momentum_buffer + G / avg, momentum > 0), (momentum_buffer, True)),
+)
+RULE.update(w, sp.Piecewise((w - lr * b_new, momentum > 0), (w - lr * G / avg, True)))
+
+RULE.torch_equivalent(
+    "RMSprop",
+    {
+        "lr": "lr",
+        "alpha": "alpha",
+        "eps": "eps",
+        "weight_decay": "weight_decay",
+        "momentum": "momentum",
+        "centered": "centered",
+        "maximize": "maximize",
+    },
+    {
+        square_avg: ("square_avg", 1),
+        momentum_buffer: ("momentum_buffer", 1),
+        grad_avg: ("grad_avg", 1),
+    },
+)
+RULE.drop_in(
+    "RMSprop",
+    "lr, alpha, eps, weight_decay, momentum, centered, capturable, foreach, maximize, "
+    "differentiable",
+)
+RULE.test_case(steps=6, momentum=0.9, centered=True)

@@ -1,0 +1,382 @@
+"""The drop-in classes (``generated.torch.optim``) against torch.optim itself, on the CPU.
+
+For every option combination torch documents: 50 steps of ours and of ``torch.optim.<name>``
+(single-tensor path) from the same weights and gradients, two param groups; at step 25 each
+saves a state_dict that a fresh optimizer of the other kind loads and continues from. All four
+must stay within ``ULPS`` float32 ulps of torch's weights (and the state buffers likewise, by
+their magnitude). Also: torch's signature and defaults, LR schedulers (lr and betas/momentum
+cycling), the implementation switches, torch's argument checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import ulp
+
+import generated.torch.optim as dropin
+
+ULPS = 8  # largest error allowed after 50 steps, in float32 ulps of torch's value
+STEPS, RESUME = 50, 25
+SHAPES = [(3, 5), (7,), (2, 2, 3)]
+
+
+def product(**options: list[Any]) -> list[dict[str, Any]]:
+    keys = list(options)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*options.values())]
+
+
+SGD_MOMENTUM = [
+    {"momentum": 0.0},
+    {"momentum": 0.9},
+    {"momentum": 0.9, "dampening": 0.5},
+    {"momentum": 0.9, "nesterov": True},
+]
+CASES: list[tuple[str, dict[str, Any]]] = [
+    *(
+        ("SGD", {**m, **o})
+        for m in SGD_MOMENTUM
+        for o in product(weight_decay=[0.0, 0.1], maximize=[False, True])
+    ),
+    *(
+        ("Adam", o)
+        for o in product(
+            amsgrad=[False, True],
+            maximize=[False, True],
+            weight_decay=[0.0, 0.1],
+            decoupled_weight_decay=[False, True],
+        )
+    ),
+    *(("AdamW", o) for o in product(amsgrad=[False, True], maximize=[False, True])),
+    *(
+        ("Adagrad", o)
+        for o in product(
+            lr_decay=[0.0, 0.01],
+            weight_decay=[0.0, 0.1],
+            initial_accumulator_value=[0.0, 0.1],
+            maximize=[False, True],
+        )
+    ),
+    *(
+        ("RMSprop", o)
+        for o in product(
+            centered=[False, True],
+            momentum=[0.0, 0.9],
+            weight_decay=[0.0, 0.1],
+            maximize=[False, True],
+        )
+    ),
+    *(
+        ("Adadelta", o)
+        for o in product(weight_decay=[0.0, 0.1], maximize=[False, True], rho=[0.9, 0.5])
+    ),
+    *(("Adamax", o) for o in product(weight_decay=[0.0, 0.1], maximize=[False, True])),
+    *(
+        ("NAdam", o)
+        for o in product(
+            weight_decay=[0.0, 0.1],
+            decoupled_weight_decay=[False, True],
+            maximize=[False, True],
+            momentum_decay=[0.004, 0.1],
+        )
+    ),
+    *(
+        ("RAdam", o)
+        for o in product(
+            weight_decay=[0.0, 0.1],
+            decoupled_weight_decay=[False, True],
+            maximize=[False, True],
+            betas=[(0.9, 0.999), (0.9, 0.9)],  # rectified from step 6 with beta2 = 0.9
+        )
+    ),
+    *(
+        ("ASGD", o)
+        for o in product(weight_decay=[0.0, 0.1], maximize=[False, True], t0=[1e6, 10.0])
+    ),
+    *(
+        ("Rprop", o)
+        for o in product(
+            maximize=[False, True],
+            etas=[(0.5, 1.2), (0.3, 1.5)],
+            step_sizes=[(1e-6, 50), (1e-3, 0.02)],
+        )
+    ),
+]
+CASES += [
+    ("Adafactor", {**o, **other})
+    for o in product(weight_decay=[0.0, 0.1], maximize=[False, True])
+    for other in ({}, {"eps": (1e-20, 1e-2), "beta2_decay": -0.5, "d": 2.0})
+]
+LR = {
+    "SGD": 0.05,
+    "Adam": 0.01,
+    "AdamW": 0.01,
+    "Adagrad": 0.05,
+    "RMSprop": 0.005,
+    "Adadelta": 1.0,
+    "Adamax": 0.01,
+    "NAdam": 0.01,
+    "RAdam": 0.01,
+    "ASGD": 0.05,
+    "Rprop": 0.01,
+    "Adafactor": 0.05,
+}
+
+
+def case_id(case: tuple[str, dict[str, Any]]) -> str:
+    name, options = case
+    return name + "".join(f"-{k}={v}" for k, v in options.items())
+
+
+def params_from(weights: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(w.clone()) for w in weights]
+
+
+def groups(params: list[torch.nn.Parameter], lr: float) -> list[dict[str, Any]]:
+    return [{"params": params[:2]}, {"params": params[2:], "lr": lr / 2}]
+
+
+def set_grads(params: list[torch.nn.Parameter], step: int) -> None:
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in params:  # a pull towards 0.5 plus noise: the weights move on every path
+        p.grad = (p.detach() - 0.5) + torch.randn(p.shape, generator=gen)
+
+
+def ulps(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """The largest difference in float32 ulps at the tensor's largest magnitude (an element
+    that crossed 0 is only as accurate as the values it was computed from)."""
+    a = ours.detach().double().numpy()
+    b = theirs.detach().double().numpy()
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    if not b.size:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / ulp(np.abs(b).max(), np.float32))
+
+
+def run(opts: list[tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]], steps: range) -> None:
+    for t in steps:
+        for opt, params in opts:
+            set_grads(params, t)
+            opt.step()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_matches_torch(case: tuple[str, dict[str, Any]]) -> None:
+    """50 steps equal to torch's within ULPS; a checkpoint crosses over either way at step 25."""
+    name, options = case
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    kwargs = {"lr": LR[name], "foreach": False, **options}
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = getattr(torch.optim, name)(groups(theirs_p, LR[name]), **kwargs)
+    ours = getattr(dropin, name)(groups(ours_p, LR[name]), **kwargs)
+    run([(theirs, theirs_p), (ours, ours_p)], range(1, RESUME + 1))
+    # resume each from the other's checkpoint, on fresh parameters at the step-25 weights
+    theirs2_p, ours2_p = params_from(list(ours_p)), params_from(list(theirs_p))
+    theirs2 = getattr(torch.optim, name)(groups(theirs2_p, LR[name]), **kwargs)
+    theirs2.load_state_dict(copy.deepcopy(ours.state_dict()))  # as saved: torch's loader
+    # keeps same-dtype tensors it is given, so a live state dict would be shared
+    ours2 = getattr(dropin, name)(groups(ours2_p, LR[name]), **kwargs)
+    ours2.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    assert_same_state(ours, theirs)
+    everyone = [(theirs, theirs_p), (ours, ours_p), (theirs2, theirs2_p), (ours2, ours2_p)]
+    run(everyone, range(RESUME + 1, STEPS + 1))
+    for other in (ours_p, theirs2_p, ours2_p):
+        for a, b in zip(other, theirs_p, strict=True):
+            assert ulps(a, b) <= ULPS
+    assert all(not torch.equal(b, w) for b, w in zip(theirs_p, weights, strict=True))
+    assert_same_state(ours, theirs)
+    assert_same_state(ours2, theirs)
+
+
+def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer) -> None:
+    """Our state_dict has torch's keys, group settings and (within ULPS) values."""
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() - {"optgen_rule"} == reference.keys()
+    for a, b in zip(mine["param_groups"], reference["param_groups"], strict=True):
+        assert a.keys() == b.keys()
+        for key in b:
+            assert a[key] == b[key], key
+    assert mine["state"].keys() == reference["state"].keys()
+    for index, st in reference["state"].items():
+        assert mine["state"][index].keys() == st.keys()
+        for key, value in st.items():
+            got = mine["state"][index][key]
+            # host states (NAdam's mu_product, ASGD's eta and mu): float64 here, float32 there
+            host = key in type(ours).META.HOST_STATES and got.dtype == torch.float64
+            assert got.dtype == value.dtype or host, key
+            assert got.shape == value.shape, key
+            assert ulps(got, value) <= ULPS, key
+
+
+@pytest.mark.parametrize("name", sorted(dropin.__all__))
+def test_signature_is_torchs(name: str) -> None:
+    """torch's arguments, in order, of the same kinds and defaults; ours adds keyword-only
+    ``multi_precision`` and ``backend`` after them."""
+    theirs = list(inspect.signature(getattr(torch.optim, name)).parameters.values())
+    ours = list(inspect.signature(getattr(dropin, name)).parameters.values())
+    assert [p.name for p in ours] == [p.name for p in theirs] + ["multi_precision", "backend"]
+    for a, b in zip(ours, theirs, strict=False):
+        assert a.kind == b.kind, a.name
+        assert a.default == b.default, a.name
+        assert type(a.default) is type(b.default) or isinstance(b.default, (int, float)), a.name
+    assert issubclass(getattr(dropin, name), torch.optim.Optimizer)
+
+
+def test_defaults_match_torch() -> None:
+    """A default-constructed drop-in's groups hold torch's settings (and the tuple items)."""
+    for name in dropin.__all__:
+        p = torch.nn.Parameter(torch.zeros(2))
+        ours = getattr(dropin, name)([p]).state_dict()["param_groups"][0]
+        theirs = getattr(torch.optim, name)([p]).state_dict()["param_groups"][0]
+        assert ours == theirs, name
+
+
+@pytest.mark.parametrize(
+    ("name", "scheduler"),
+    [
+        ("Adam", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=30)),
+        ("SGD", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=30)),
+        ("RMSprop", lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10)),
+        ("Adagrad", lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.5)),
+    ],
+)
+def test_lr_schedulers(name: str, scheduler: Any) -> None:
+    """A scheduler drives ours as it drives torch's (OneCycleLR cycles Adam's betas and SGD's
+    momentum too)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    kwargs = {"foreach": False, **({"momentum": 0.9} if name in ("SGD", "RMSprop") else {})}
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = getattr(torch.optim, name)(theirs_p, lr=0.01, **kwargs)
+    ours = getattr(dropin, name)(ours_p, lr=0.01, **kwargs)
+    schedules = [scheduler(theirs), scheduler(ours)]
+    for t in range(1, 30):
+        for opt, params, s in ((theirs, theirs_p, schedules[0]), (ours, ours_p, schedules[1])):
+            set_grads(params, t)
+            opt.step()
+            s.step()
+        assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+    for a, b in zip(ours_p, theirs_p, strict=True):
+        assert ulps(a, b) <= ULPS
+    assert_same_state(ours, theirs)
+
+
+def test_switches() -> None:
+    """foreach/fused accepted (no effect); capturable/differentiable refused, with the reason."""
+    p = torch.nn.Parameter(torch.ones(3))
+    for kwargs in ({"foreach": True}, {"fused": True}, {"foreach": False, "fused": False}):
+        opt = dropin.Adam([p], **kwargs)
+        assert all(opt.param_groups[0][k] == v for k, v in kwargs.items())
+    for key in ("capturable", "differentiable"):
+        with pytest.raises(ValueError, match=f"Adam: {key}=True is not supported"):
+            dropin.Adam([p], **{key: True})
+        opt = dropin.Adam([p])
+        with pytest.raises(ValueError, match=f"{key}=True is not supported"):
+            opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], key: True})
+        saved = opt.state_dict()
+        saved["param_groups"][0][key] = True
+        with pytest.raises(ValueError, match=f"param group 0: {key}=True is not supported"):
+            opt.load_state_dict(saved)
+
+
+def test_torch_argument_checks() -> None:
+    """torch's own checks, with torch's messages, named by our class."""
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="SGD: Nesterov momentum requires"):
+        dropin.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="Adam: Invalid beta parameter at index 1"):
+        dropin.Adam([p], betas=(0.9, 1.5))
+    with pytest.raises(ValueError, match="betas must be a tuple of 2 values"):
+        dropin.Adam([p], betas=(0.9, 0.99, 0.5))
+
+
+def test_every_drop_in_is_compared() -> None:
+    """Each class of generated.torch.optim has trajectory cases above (a new drop-in adds its
+    option combinations there)."""
+    assert {name for name, _ in CASES} == set(dropin.__all__)
+
+
+SPEC = '''
+"""A test rule."""
+import sympy as sp
+from codegen.spec import Rule, nonnegative, unit
+RULE = Rule("bad", __doc__)
+lr = RULE.hyper("lr", 0.1, nonnegative())
+beta1 = RULE.hyper("beta1", 0.9, unit())
+m = RULE.state("m", 0)
+RULE.update(m, beta1 * m + RULE.grad)
+RULE.update(RULE.weight, RULE.weight - lr * RULE.new(m))
+'''
+MAPPED = (
+    'RULE.torch_equivalent("SGD", {"lr": "lr", "beta1": "momentum"}, {m: ("momentum_buffer", 1)})'
+)
+TUPLE = 'RULE.torch_equivalent("Adam", {"lr": "lr", "beta1": "betas[0]"}, {m: ("exp_avg", 1)})'
+SPEC_ERRORS = {
+    "no torch_equivalent": ('RULE.drop_in("SGD", "lr")', r"bad.py:11: drop_in\('SGD'\) needs"),
+    "renamed hyperparameter": (
+        MAPPED + '\nRULE.drop_in("SGD", "lr, momentum")',
+        r"bad.py:12: drop_in: hyperparameter 'beta1' maps to torch's 'momentum'",
+    ),
+    "unknown argument": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, betas, amsgrad")',
+        r"bad.py:12: drop_in signature names 'amsgrad', which is neither",
+    ),
+    "argument missing": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, *, foreach")',
+        r"bad.py:12: drop_in signature lacks \['betas'\]",
+    ),
+    "twice": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, betas")\nRULE.drop_in("Adam", "lr, betas")',
+        r"bad.py:13: drop_in 'Adam' is declared twice",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPEC_ERRORS))
+def test_malformed_drop_in_is_refused(tmp_path: Any, case: str) -> None:
+    """A malformed ``RULE.drop_in`` is refused naming the spec file, line and culprit."""
+    from codegen.load import load_rule
+    from codegen.spec import SpecError
+
+    body, message = SPEC_ERRORS[case]
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "bad.py"
+    path.write_text(SPEC + body + "\n")
+    with pytest.raises(SpecError, match=message):
+        load_rule(path)
+
+
+def test_another_optimizers_state_dict_is_refused() -> None:
+    """torch's SGD state_dict does not load into the Adam drop-in (nothing written); torch's
+    Adam one loads into AdamW, as it does in torch."""
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    sgd.step()
+    ours = dropin.Adam([torch.nn.Parameter(torch.ones(3))])
+    before = copy.deepcopy(ours.state_dict())
+    with pytest.raises(ValueError, match=r"Adam\.load_state_dict: not a state_dict of Adam"):
+        ours.load_state_dict(sgd.state_dict())
+    assert ours.state_dict() == before
+    adam = torch.optim.Adam([p], lr=0.1)
+    adam.step()
+    adamw = dropin.AdamW([torch.nn.Parameter(torch.ones(3))])
+    adamw.load_state_dict(copy.deepcopy(adam.state_dict()))
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is False  # the saved group, as torch
+
+
+def test_spec_named_factored_class_points_to_the_drop_in() -> None:
+    """``generated.torch.Adafactor`` (optgen's class of the same rule) does not export torch's
+    layout itself: it names the drop-in that does."""
+    from generated.torch import Adafactor
+
+    opt = Adafactor([torch.nn.Parameter(torch.ones(2, 3))])
+    with pytest.raises(NotImplementedError, match=r"generated\.torch\.optim\.Adafactor"):
+        opt.to_torch_state_dict()
