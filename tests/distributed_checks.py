@@ -47,6 +47,8 @@ TOLERANCE = 1e-5  # largest relative error allowed to a REDUCING rule after STEP
 NO_ZERO_LR = {
     n for n, c in RULES.items() if "lr" in c.META.LEGAL and not c.META.LEGAL["lr"].contains(0)
 }
+SAVE_LOAD = ("adam", "lamb", "sgld", "ftrl")  # DCP through files
+TRITON = ("lamb", "sgld")  # FSDP2 on the Triton backend (interpreted on CPU: slow) too
 SETTINGS: dict[str, dict[str, Any]] = {"sgld": {"seed": 3.0, "lr": 1e-3}}
 
 
@@ -223,9 +225,25 @@ def run() -> dict[str, Any]:
         check(report, f"zero/{name}", zero)
         check(report, f"fsdp/{name}", fsdp)
         check(report, f"fsdp_dcp/{name}", fsdp_dcp)
-    for name in ("adam", "lamb", "sgld", "ftrl"):
+    for name in SAVE_LOAD:
         check(report, f"dcp_save_load/{name}", lambda name=name: save_load(name))
+    for name in TRITON:
+        check(report, f"fsdp_triton/{name}", lambda name=name: fsdp_triton(name))
     return report
+
+
+def fsdp_triton(name: str) -> Any:
+    """FSDP2 on the Triton backend (the interpreter on CPU) against one process on it, for
+    SPLIT steps (the interpreter is slow)."""
+    cls, kw = RULES[name], {**SETTINGS.get(name, {}), "backend": "triton"}
+    alone = model()
+    train(alone, cls(alone.parameters(), **kw), range(1, SPLIT + 1))
+    net = sharded(name)
+    train(net, cls(net.parameters(), **kw), range(1, SPLIT + 1))
+    err = error(full(net), full(alone))
+    if name in REDUCING:  # float32 partials per block: the shards' blocks differ
+        return err if err <= TOLERANCE else f"off by {err:.3g}"
+    return None if err == 0.0 else f"off by {err:.3g}"
 
 
 def save_load(name: str) -> Any:
