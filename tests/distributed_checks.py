@@ -27,9 +27,10 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,11 +226,44 @@ def run() -> dict[str, Any]:
         check(report, f"zero/{name}", zero)
         check(report, f"fsdp/{name}", fsdp)
         check(report, f"fsdp_dcp/{name}", fsdp_dcp)
+    check(report, "refusals", refusals)
     for name in SAVE_LOAD:
         check(report, f"dcp_save_load/{name}", lambda name=name: save_load(name))
     for name in TRITON:
         check(report, f"fsdp_triton/{name}", lambda name=name: fsdp_triton(name))
     return report
+
+
+def refusals() -> Any:
+    """What the classes cannot do for a DTensor is refused at construction, naming the
+    parameter and the reason; what they can is accepted."""
+    torch.manual_seed(0)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    grid = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("a", "b"))
+
+    def param(where: Any, placements: list[Any]) -> torch.nn.Parameter:
+        return torch.nn.Parameter(distribute_tensor(torch.randn(4, 6), where, placements))
+
+    plain = torch.nn.Parameter(torch.randn(3))
+    cases = [
+        ("adam", [param(mesh, [Shard(1)])], "parameter 0 is a DTensor placed Shard(dim=1)"),
+        ("adam", [param(grid, [Shard(0), Replicate()])], "parameter 0 is a DTensor on a 2-D"),
+        ("lamb", [param(mesh, [Shard(0)]), plain], "parameters 0..1 of one param group mix"),
+        ("adafactor", [plain, param(mesh, [Shard(0)])], "parameter 1 is sharded"),
+        ("sm3", [param(mesh, [Shard(0)])], "reductions along rows or columns"),
+        ("muon", [param(mesh, [Shard(0)])], "needs the whole matrix"),
+    ]
+    for name, params, message in cases:
+        try:
+            RULES[name](params)
+        except ValueError as refused:
+            if message not in str(refused):
+                return f"{name}: {refused}"
+        else:
+            return f"{name} accepted {message!r}"
+    RULES["adam"]([param(mesh, [Shard(0)]), plain])  # elementwise: mixing is fine
+    RULES["adafactor"]([param(mesh, [Replicate()])])  # a replicated weight is whole
+    return None
 
 
 def fsdp_triton(name: str) -> Any:

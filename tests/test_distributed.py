@@ -85,7 +85,7 @@ CHECKS = [
     for kind in ("ddp", "ddp_dcp", "zero", "fsdp", "fsdp_dcp")
 ]
 CHECKS += [f"dcp_save_load/{name}" for name in SAVE_LOAD]
-CHECKS += [f"fsdp_triton/{name}" for name in TRITON]
+CHECKS += [f"fsdp_triton/{name}" for name in TRITON] + ["refusals"]
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -64,7 +64,7 @@ def placement(where: str, label: str, p: torch.Tensor) -> Placement | None:
         return Placement(False, 0, mesh.get_group())
     if not (isinstance(place, Shard) and place.dim in (0, -p.dim())) or p.dim() == 0:
         raise ValueError(
-            f"{where}: {label} is a DTensor placed {place}; only Shard(0) (fully_shard) and "
+            f"{where}: {label} is a DTensor placed {place!r}; only Shard(0) (fully_shard) and "
             "Replicate() are supported"
         )
     rows, size = p.shape[0], mesh.size()
