@@ -17,11 +17,10 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from optgen_runtime.checks import check_kind, check_state_shape, state_key_problems
 from optgen_runtime.common import host_state_values
-from optgen_runtime.optim.distributed import like, local
+from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.optim.state import ParamState, step_tensor, step_value
 
 RULE_KEY = "optgen_rule"  # state_dict()'s record of the rule that saved it
@@ -84,9 +83,9 @@ class Checkpoint:
         a DTensor placed like ``p`` gives its local shard (torch.distributed.checkpoint loads
         it so), a plain tensor its rows of ``p``'s shard; all of it for a plain ``p`` (a
         DTensor saved from sharded state is gathered: every rank loads together)."""
-        if not isinstance(p, DTensor):
-            return value.full_tensor() if isinstance(value, DTensor) else value
-        if isinstance(value, DTensor):
+        if not is_dtensor(p):
+            return value.full_tensor() if is_dtensor(value) else value
+        if is_dtensor(value):
             if value.device_mesh != p.device_mesh or value.placements != p.placements:
                 raise ValueError(
                     f"{what} is placed {value.placements} on {value.device_mesh}, its parameter "

@@ -24,21 +24,27 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from optgen_runtime.numpy_support import COMBINE, IDENTITY
 from optgen_runtime.sharding import Reducer
 
 
+def is_dtensor(x: Any) -> bool:
+    """Whether ``x`` is a DTensor. torch.distributed.tensor is not imported here (it costs
+    about a second and loads sympy): while nothing else has imported it, there are none."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(x, module.DTensor)
+
+
 def local(x: Any) -> Any:
     """A DTensor's local shard (a plain tensor as it is)."""
-    return x.to_local() if isinstance(x, DTensor) else x
+    return x.to_local() if is_dtensor(x) else x
 
 
 class Placement(NamedTuple):
@@ -51,8 +57,10 @@ class Placement(NamedTuple):
 
 def placement(where: str, label: str, p: torch.Tensor) -> Placement | None:
     """``p``'s placement (None for a plain tensor); refuses what the classes do not support."""
-    if not isinstance(p, DTensor):
+    if not is_dtensor(p):
         return None
+    from torch.distributed.tensor import Replicate, Shard
+
     mesh = p.device_mesh
     if mesh.ndim != 1:
         raise ValueError(
@@ -83,8 +91,10 @@ def placement(where: str, label: str, p: torch.Tensor) -> Placement | None:
 def like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x`` (shaped like ``p``'s local shard) as a DTensor placed as ``p`` is; as it is for a
     plain ``p``."""
-    if not isinstance(p, DTensor):
+    if not is_dtensor(p):
         return x
+    from torch.distributed.tensor import DTensor
+
     return DTensor.from_local(
         x, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
     )
@@ -94,6 +104,8 @@ def gather_reducer(group: Any) -> Reducer:
     """Combine each tensor's reductions over the ranks of ``group``: every rank gathers every
     rank's float64 values and combines them in rank order (sums added, max/min NaN-propagating),
     so every rank gets the same bits."""
+
+    import torch.distributed as dist
 
     def reduce(kinds: dict[str, str], sums: list[dict[str, float]]) -> list[dict[str, float]]:
         names = [sorted(s) for s in sums]
@@ -121,18 +133,19 @@ def gather_reducer(group: Any) -> Reducer:
 
 def zero_owner() -> Callable[[], Any] | None:
     """A weak reference to the ``ZeroRedundancyOptimizer`` whose constructor is building this
-    optimizer (its partition of the parameters), or None."""
-    try:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-    except ImportError:  # pragma: no cover - torch without distributed support
+    optimizer (its partition of the parameters), or None (as :func:`is_dtensor`, nothing is
+    imported: while nothing else has imported ZeRO, there is none)."""
+    module = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    if module is None:
         return None
+    zero = module.ZeroRedundancyOptimizer
     frame = inspect.currentframe()
     for _ in range(16):
         frame = frame.f_back if frame is not None else None
         if frame is None:
             return None
         owner = frame.f_locals.get("self")
-        if isinstance(owner, ZeroRedundancyOptimizer):
+        if isinstance(owner, zero):
             return weakref.ref(owner)
     return None
 

@@ -22,7 +22,6 @@ import math
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from optgen_runtime.checks import (
     check_contiguous,
@@ -37,7 +36,7 @@ from optgen_runtime.checks import (
     view_key,
 )
 from optgen_runtime.common import MAX_STEP, host_state_values
-from optgen_runtime.optim.distributed import like, local
+from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -126,7 +125,7 @@ class ParamState:
         local shards); writes nothing."""
         name, label = type(self).__name__, f"parameter {index}"
         self._check_distributed([param], index)
-        if isinstance(param, DTensor) and not isinstance(param.grad, DTensor):
+        if is_dtensor(param) and not is_dtensor(param.grad):
             self._fail(ValueError, f"{label} is a DTensor but its grad is not")
         p, grad = local(param), local(param.grad)
         check_dense(name, label, p)
@@ -179,8 +178,8 @@ class ParamState:
         for key, value, want in buffers:
             where = f"{label}'s state[{key!r}]"
             check_kind(name, where, value, torch.Tensor, "torch.Tensor")
-            if isinstance(value, DTensor) != isinstance(param, DTensor):
-                kind = "a DTensor" if isinstance(param, DTensor) else "a plain tensor"
+            if is_dtensor(value) != is_dtensor(param):
+                kind = "a DTensor" if is_dtensor(param) else "a plain tensor"
                 self._fail(ValueError, f"{where} must be {kind}, as its parameter is")
             value = local(value)
             check_dtype(name, where, value, (want,), str(want))
