@@ -100,18 +100,17 @@ def like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def gather_reducer(group: Any) -> Reducer:
+def gather_reducer(group: Any, device: torch.device) -> Reducer:
     """Combine each tensor's reductions over the ranks of ``group``: every rank gathers every
-    rank's float64 values and combines them in rank order (sums added, max/min NaN-propagating),
-    so every rank gets the same bits."""
+    rank's float64 values (a tensor on ``device``, the parameters': NCCL needs CUDA) and
+    combines them in rank order (sums added, max/min NaN-propagating), so every rank gets the
+    same bits."""
 
     import torch.distributed as dist
 
     def reduce(kinds: dict[str, str], sums: list[dict[str, float]]) -> list[dict[str, float]]:
         names = [sorted(s) for s in sums]
         values = [s[n] for s, keys in zip(sums, names, strict=True) for n in keys]
-        backend = dist.get_backend(group)
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
         mine = torch.tensor(values, dtype=torch.float64, device=device)
         every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
         dist.all_gather(every, mine, group=group)
@@ -196,7 +195,9 @@ class Distributed:
         if not (self.META.REDUCTIONS and params):
             return None
         where = self._placement(params[0], "parameter")
-        return gather_reducer(where.group) if where is not None and where.sharded else None
+        if where is None or not where.sharded:
+            return None
+        return gather_reducer(where.group, params[0].device)
 
     def _noise_offset(self, p: torch.Tensor) -> int:
         where = self._placement(p, "parameter")
