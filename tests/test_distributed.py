@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -101,7 +102,20 @@ def test_the_readme_example_runs_under_torchrun() -> None:
     command += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
     command += [str(ROOT / "tools" / "dist_example.py"), "--steps", "10"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    losses = [float(line.split()[-1]) for line in done.stdout.splitlines() if "loss" in line]
-    assert len(losses) == 3 and losses[-1] < losses[0], done.stdout
+    # its own session, so that a timeout kills torchrun's workers too
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    losses = [float(line.split()[-1]) for line in out.splitlines() if "loss" in line]
+    assert len(losses) == 3 and losses[-1] < losses[0], out
