@@ -35,6 +35,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if os.environ.get("OPTGEN_ROOT"):  # another tree's generated/ (tests/conftest.py, a new spec)
+    sys.path.insert(0, os.environ["OPTGEN_ROOT"])
 
 from generated.torch import RULES  # noqa: E402
 
