@@ -70,10 +70,14 @@ def common(rule: Rule, lr: float | None = 0.01, lr_legal: Legal | None = None) -
 
     MXNet's base ``Optimizer`` uses lr = 0.01 unless the subclass sets its own default.
     ``lr=None`` declares no learning rate, for a rule that has none (AdaDelta ignores it).
+    ``lr`` is legal at 0 (a step that moves no weight, as torch.optim allows, and as
+    torch.distributed.checkpoint's state initialisation needs); a rule that divides by lr
+    declares ``lr_legal=positive()``.
     """
+    legal = lr_legal or nonnegative()
     return Common(
         rule,
-        None if lr is None else rule.hyper("lr", lr, lr_legal or positive(), doc="learning rate"),
+        None if lr is None else rule.hyper("lr", lr, legal, doc="learning rate"),
         rule.hyper("wd", 0.0, nonnegative(), doc="weight decay (L2) coefficient"),
         rule.hyper("rescale_grad", 1.0, doc="gradient multiplier (Gluon: 1/batch_size)"),
         rule.hyper(

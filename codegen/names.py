@@ -38,7 +38,7 @@ _reserve(
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
-    "check_host_states computed_each distinct check_tensors_each "
+    "check_host_states computed_each distinct check_tensors_each element_offsets "
     "input_lists DropIn",
 )
 _reserve(
@@ -52,7 +52,8 @@ _reserve(
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
-    "weight grad state t hyperparams weights grads states stream_ids amp "
+    "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
+    "noise_offsets "
     "self params multi_precision backend",
 )
 _reserve(
@@ -63,7 +64,7 @@ _reserve(
 )
 _reserve(
     "a local of the generated step functions",
-    "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
+    "hp host buffers sums pre scalars host_new ts streams offsets hosts tables ints chunks new "
     "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(

@@ -301,3 +301,23 @@ def host_max(*values: float) -> float:
 def host_min(*values: float) -> float:
     """The smallest value, or NaN if any is NaN."""
     return math.nan if any(v != v for v in values) else min(values)
+
+
+def element_offsets(rule: str, offsets: Any, n: int) -> list[int]:
+    """Per-tensor noise offsets of a step (ints in ``[0, 2**62]``): the index of each tensor's
+    first element in the full tensor it is a shard of, so that a shard draws the full tensor's
+    noise; ``None``: 0 for each of the ``n`` tensors."""
+    if offsets is None:
+        return [0] * n
+    if not isinstance(offsets, Sequence) or len(offsets) != n:
+        raise ValueError(f"{rule}: noise offsets must be a sequence of {n} ints, got {offsets!r}")
+    out = []
+    for k in offsets:
+        try:
+            value = -1 if isinstance(k, bool) else operator.index(k)
+        except TypeError:
+            value = -1
+        if not 0 <= value <= 2**62:
+            raise ValueError(f"{rule}: noise offset {k!r} is not an int in [0, 2**62]")
+        out.append(value)
+    return out

@@ -23,6 +23,7 @@ from optgen_runtime.checks import (
 )
 from optgen_runtime.common import check_inputs_given, matrix_dims
 from optgen_runtime.philox import randn
+from optgen_runtime.sharding import across_shards
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -157,7 +158,14 @@ def combine(
     kinds: dict[str, str], names: list[str], partials: list[tuple[float, ...]]
 ) -> dict[str, float]:
     """Per-chunk partials (in chunk order) combined per reduction, in chunk order: sums add in
-    float64 one chunk after the other, max/min keep a NaN. The same result on every run."""
+    float64 one chunk after the other, max/min keep a NaN. The same result on every run. A
+    sharded tensor's are then combined across its shards (``optgen_runtime.sharding``)."""
+    return across_shards(kinds, [_combine(kinds, names, partials)])[0]
+
+
+def _combine(
+    kinds: dict[str, str], names: list[str], partials: list[tuple[float, ...]]
+) -> dict[str, float]:
     out = {name: IDENTITY[kinds[name]] for name in names}
     for partial in partials:
         for name, value in zip(names, partial, strict=True):
@@ -299,7 +307,7 @@ def run_group(rule: str, steppers: list[Iterator[Any]], kinds: dict[str, str]) -
     pending = [next(s) for s in steppers]
     while pending and pending[0] is not None:
         names = list(pending[0])
-        totals = combine(kinds, names, [tuple(p[n] for n in names) for p in pending])
+        totals = _combine(kinds, names, [tuple(p[n] for n in names) for p in pending])
         pending = [s.send(totals) for s in steppers]
     for s in steppers:
         try:

@@ -21,6 +21,7 @@ from optgen_runtime.checks import (
     check_state_shape,
 )
 from optgen_runtime.common import check_inputs_given
+from optgen_runtime.sharding import across_shards
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -255,7 +256,8 @@ def reduce_sums(
             *buffers, partial, n, *(float(s) for s in scalars), BLOCK_SIZE=block, **LAUNCH_OPTIONS
         )
         LAUNCHES["count"] += 1
-    return combine_partials(partial.cpu().numpy().reshape(blocks, len(names)), kinds, names)
+    sums = combine_partials(partial.cpu().numpy().reshape(blocks, len(names)), kinds, names)
+    return across_shards(kinds, [sums])[0]  # a sharded tensor's: over all its shards
 
 
 def _padded(n: int, align: int = 2) -> int:
@@ -562,7 +564,7 @@ class ChunkTable:
             ends = offset + np.cumsum(group.counts)
             for j, end, count in zip(group.members, ends, group.counts, strict=True):
                 sums[j] = combine_partials(host[group.device][end - count : end], kinds, names)
-        return sums
+        return across_shards(kinds, sums)  # a sharded tensor's: over all its shards
 
 
 # Kernel launches made through this module (tests count them).

@@ -26,10 +26,10 @@ step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/
 
 import sympy as sp
 
-from codegen.spec import Legal, Rule, nonnegative, positive, unit
+from codegen.spec import Legal, Rule, nonnegative, unit
 
 RULE = Rule("adahessian", __doc__, class_name="AdaHessian")
-lr = RULE.hyper("lr", 0.1, positive(), doc="learning rate")
+lr = RULE.hyper("lr", 0.1, nonnegative(), doc="learning rate")
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the gradient mean")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the squared Hessian diagonal mean")
 wd = RULE.hyper("wd", 0.0, nonnegative(), doc="weight decay coefficient")

@@ -22,7 +22,7 @@ from codegen.clipping import global_norm_clip
 from codegen.spec import Rule, nonnegative, positive, unit
 
 RULE = Rule("adam_clip", __doc__, class_name="AdamClip")
-lr = RULE.hyper("lr", 0.001, positive(), doc="learning rate")
+lr = RULE.hyper("lr", 0.001, nonnegative(), doc="learning rate")
 max_norm = RULE.hyper("max_norm", 1.0, positive(), doc="largest global gradient norm")
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")

@@ -29,7 +29,7 @@ import sympy as sp
 from codegen.spec import Rule, nonnegative, positive, unit
 
 RULE = Rule("adan", __doc__, class_name="Adan")
-lr = RULE.hyper("lr", 0.001, positive(), doc="learning rate")
+lr = RULE.hyper("lr", 0.001, nonnegative(), doc="learning rate")
 wd = RULE.hyper("wd", 0.0, nonnegative(), doc="weight decay")
 beta1 = RULE.hyper("beta1", 0.98, unit(), doc="decay of the gradient moment m")
 beta2 = RULE.hyper("beta2", 0.92, unit(), doc="decay of the gradient-difference moment v")

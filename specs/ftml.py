@@ -39,7 +39,7 @@ from codegen.mxnet import common
 from codegen.spec import Rule, positive, unit
 
 RULE = Rule("ftml", __doc__, class_name="FTML", mxnet="ftml")
-mx = common(RULE, lr=0.01)
+mx = common(RULE, lr=0.01, lr_legal=positive())  # lr > 0: d_t divides by lr
 beta1 = RULE.hyper("beta1", 0.6, unit(), doc="decay of the moving leader")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")
 epsilon = RULE.hyper("epsilon", 1e-8, positive(), doc="added to the root of v")

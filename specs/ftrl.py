@@ -26,10 +26,12 @@ which is the same number: where |z| > lamda1 the numerators agree to the bit, el
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, nonnegative
+from codegen.spec import Rule, nonnegative, positive
 
 RULE = Rule("ftrl", __doc__, class_name="Ftrl", mxnet="ftrl")
-mx = common(RULE, lr=0.1)
+# lr > 0: z and the weight divide by lr (the weight is recomputed from z, so lr=0 cannot be a
+# step that moves nothing); the only MXNet rules refusing lr=0 are this one and FTML.
+mx = common(RULE, lr=0.1, lr_legal=positive())
 lamda1 = RULE.hyper("lamda1", 0.01, nonnegative(), doc="L1 regularization strength")
 beta = RULE.hyper("beta", 1.0, nonnegative(), doc="added to sqrt(n) in the per-element rate")
 w = RULE.weight

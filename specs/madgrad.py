@@ -33,6 +33,7 @@ import sympy as sp
 from codegen.spec import Rule, nonnegative, positive, unit
 
 RULE = Rule("madgrad", __doc__, class_name="MADGRAD")
+# lr > 0: the step size is lr + epsilon, so lr=0 would still move the weights
 lr = RULE.hyper("lr", 0.001, positive(), doc="learning rate")
 momentum = RULE.hyper("momentum", 0.9, unit(), doc="1 - c: weight of the previous iterate")
 wd = RULE.hyper("wd", 0.0, nonnegative(), doc="weight decay")

@@ -42,7 +42,7 @@ import sympy as sp
 from codegen.spec import Legal, Rule, nonnegative, positive, unit
 
 RULE = Rule("prodigy", __doc__, class_name="Prodigy")
-lr = RULE.hyper("lr", 1.0, positive(), doc="multiplies the estimated step size d")
+lr = RULE.hyper("lr", 1.0, nonnegative(), doc="multiplies the estimated step size d")
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")
 beta3 = RULE.hyper("beta3", None, unit(), none=-1.0, doc="decay of r and s; None: sqrt(beta2)")

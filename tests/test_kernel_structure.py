@@ -420,7 +420,7 @@ MUTATIONS = {  # rule: (old, new) in generated/triton/<rule>.py, the violation e
     ),
     "sgld's Philox key specialized on": (
         "sgld",
-        '@triton.jit(do_not_specialize=["key"])',
+        '@triton.jit(do_not_specialize=["key", "noise_offset"])',
         "@triton.jit",
         "key is specialized",
     ),

@@ -235,7 +235,7 @@ LOAD_CASES = {
     ),
     "a test case with an illegal value": (
         "RULE.test_case(lr=-1.0)",
-        r"specs/bad.py:9: test_case lr=-1.0 is outside its legal values \(0, inf\)",
+        r"specs/bad.py:9: test_case lr=-1.0 is outside its legal values \[0, inf\)",
     ),
     "a test case with None where None is not legal": (
         "RULE.test_case(lr=None)",

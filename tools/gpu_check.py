@@ -75,7 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 steps, no pytest")
     parser.add_argument("--skip-tests", action="store_true", help="no pytest run")
     parser.add_argument("--skip-bench", action="store_true", help="no benchmarks")
-    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    parser.add_argument(
+        "--rules", nargs="+", default=list(RULES), choices=RULES, help="rules to benchmark"
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(os.environ.get("OUT") or ".") / "gpu_check.md"

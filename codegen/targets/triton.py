@@ -178,7 +178,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     printer = TritonOpPrinter(set(lowered.host))
     buffers = [s.name for s in rule.element_inputs]
-    layout = ChunkTable.layout(len(buffers), 1 if lowered.draws else 0)
+    layout = ChunkTable.layout(len(buffers), 2 if lowered.draws else 0)
     pointers = [
         (row, b, names.derived(b, "_ptr"), names.derived(b, "_like"))
         for row, b in zip(layout.pointers, buffers, strict=True)
@@ -213,7 +213,9 @@ def context(lowered: Lowered) -> dict[str, object]:
     if lowered.draws:
         doc += [
             "Tensor j draws the noise ``step`` draws with the seed ``tensor_seed(seed, k)``, k =",
-            "``stream_ids[j]`` (by default j): one noise stream per tensor.",
+            "``stream_ids[j]`` (by default j): one noise stream per tensor; its element i draws",
+            "the noise of element ``noise_offsets[j] + i`` (by default i): a shard of a sharded",
+            "tensor draws the full tensor's noise.",
         ]
     else:
         doc += ["``stream_ids`` is checked, but the rule draws no noise."]
@@ -246,6 +248,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "common_imports": sorted(
             ["check_step_count", "host_state_values", "resolve_hyperparams", "step_counts"]
             + ["stream_indices"]
+            + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])
             + (["matrix_dims"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
@@ -260,15 +263,21 @@ def context(lowered: Lowered) -> dict[str, object]:
         "pointers": pointers,
         "sizes_row": layout.sizes,
         "vector": ChunkTable.VECTOR,
-        "tensor_ints": [("key", layout.ints[0])] if lowered.draws else [],
+        "tensor_ints": (
+            [("key", layout.ints[0]), ("noise_offset", layout.ints[1])] if lowered.draws else []
+        ),
         "chunk_row": layout.chunks,
-        "meta_ints_doc": ", the Philox keys" if lowered.draws else "",
+        "meta_ints_doc": ", the Philox keys and noise offsets" if lowered.draws else "",
         "tensor_ints_code": (
-            f"[({key},) for _k, _tj in zip(streams, ts, strict=True)]"
+            f"[({key}, _o) for _k, _tj, _o in zip(streams, ts, offsets, strict=True)]"
             if lowered.draws
             else "[() for _ in streams]"
         ),
-        "ints_comment": "the Philox keys, as ``step`` makes them" if lowered.draws else "none",
+        "ints_comment": (
+            "the Philox keys, as ``step`` makes them, and the noise offsets"
+            if lowered.draws
+            else "none"
+        ),
         **(matrix_context(lowered, printer) if matrix else {"matrix": False}),
         "multi_doc": doc,
     } | {"uses_math": code.uses_math}  # after everything is printed

@@ -28,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    element_offsets,
+    host_state_values,
+    resolve_hyperparams,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks, normal_chunk
 from optgen_runtime.philox import stream_seed
 from optgen_runtime.scalars import check_scalars, computed
@@ -91,10 +96,21 @@ def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
 
 
 def step(
-    weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
+    weight: np.ndarray,
+    grad: np.ndarray,
+    state: dict[str, np.ndarray],
+    t: int,
+    *,
+    noise_offset: int = 0,
+    **hyperparams: Any,
 ) -> None:
-    """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
+    """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step).
+
+    ``noise_offset``: the index of ``weight``'s first element in the full tensor it is a shard
+    of (0 for a whole tensor): element i draws the noise of element ``noise_offset + i``.
+    """
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    noise_offset = element_offsets(RULE, [noise_offset], 1)[0]
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -111,7 +127,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        _xi = normal_chunk(key, start, stop, 1, 0, weight.dtype)
+        _xi = normal_chunk(key, start + noise_offset, stop + noise_offset, 1, 0, weight.dtype)
         # specs/sgld.py:31: weight_new = sqrt(lr)*xi - lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))/2 + weight
         np.multiply(_h0, _xi, out=_b0)
         np.add(_weight, _b0, out=_b0)

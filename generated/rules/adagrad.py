@@ -46,7 +46,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "initial_accumulator_value": 0.0,  # history's initial value (torch's)
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

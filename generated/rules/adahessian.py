@@ -47,7 +47,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "fixed_decay": False,  # decoupled decay not scaled by lr
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "beta1": Legal(lo=0.0, hi=1.0, hi_open=True),
     "beta2": Legal(lo=0.0, hi=1.0, hi_open=True),
     "wd": Legal(lo=0.0),

@@ -45,7 +45,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "epsilon": 1e-08,  # added to sqrt(v)
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

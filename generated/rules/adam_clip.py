@@ -39,7 +39,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "wd": 0.0,  # L2 weight decay, added to the clipped gradient
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "max_norm": Legal(lo=0.0, lo_open=True),
     "beta1": Legal(lo=0.0, hi=1.0, hi_open=True),
     "beta2": Legal(lo=0.0, hi=1.0, hi_open=True),

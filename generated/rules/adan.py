@@ -48,7 +48,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "weight_decouple": False,  # decay by 1 - lr*wd before the step, not 1 / (1 + lr*wd) after
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "beta1": Legal(lo=0.0, hi=1.0, hi_open=True),
     "beta2": Legal(lo=0.0, hi=1.0, hi_open=True),

@@ -48,7 +48,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "lamda": 0.04,  # scale of the delay compensation
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

@@ -54,7 +54,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "bias_correction": True,  # divide m, v by 1 - beta^t
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

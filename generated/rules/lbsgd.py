@@ -57,7 +57,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "begin_epoch": 0.0,  # epoch the counter starts at
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

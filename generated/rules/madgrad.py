@@ -106,9 +106,9 @@ def host_scalars(
     weight_decouple: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/madgrad.py:46: lr_eps = epsilon + lr
+    # specs/madgrad.py:47: lr_eps = epsilon + lr
     lr_eps = epsilon + lr
-    # specs/madgrad.py:47: lamb = lr_eps*sqrt(t)
+    # specs/madgrad.py:48: lamb = lr_eps*sqrt(t)
     lamb = lr_eps * math.sqrt(t)
     _h0 = wd * (1 - weight_decouple)
     _h1 = momentum == 0

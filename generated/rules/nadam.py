@@ -65,7 +65,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "schedule_decay": 0.004,  # momentum schedule decay
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

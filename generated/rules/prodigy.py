@@ -66,7 +66,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "safeguard_warmup": False,  # s grows by d, not by d_lr
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "beta1": Legal(lo=0.0, hi=1.0, hi_open=True),
     "beta2": Legal(lo=0.0, hi=1.0, hi_open=True),
     "beta3": Legal(lo=0.0, hi=1.0, hi_open=True, allow_none=True),

@@ -36,7 +36,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "clip_gradient": None,  # clip the rescaled gradient to [-c, c]; None: no clipping
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

@@ -47,7 +47,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "wd_lh": 0.0,  # decoupled weight decay, added to wd
 }
 LEGAL: dict[str, Legal] = {
-    "lr": Legal(lo=0.0, lo_open=True),
+    "lr": Legal(lo=0.0),
     "wd": Legal(lo=0.0),
     "rescale_grad": Legal(),
     "clip_gradient": Legal(lo=0.0, lo_open=True, allow_none=True),

@@ -131,11 +131,11 @@ def ftrl_kernel_body(
         grad = grad * inv_scale
     z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
     n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    # specs/ftrl.py:39: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/ftrl.py:41: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/ftrl.py:40: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+    # specs/ftrl.py:42: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
     _v2 = G * G
     n_new = n + _v2
     _t2 = tl.sqrt_rn(n_new)
@@ -145,12 +145,12 @@ def ftrl_kernel_body(
     _v6 = _h1 * weight
     _v7 = _v6 * _v5
     z_new = _v3 + _v7
-    # specs/ftrl.py:43: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+    # specs/ftrl.py:45: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
     _v8 = tl.abs(z_new)
     _v9 = _v8 + _h3
     _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
     _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
-    # specs/ftrl.py:42: denominator = wd + (beta + sqrt(n_new))/lr
+    # specs/ftrl.py:44: denominator = wd + (beta + sqrt(n_new))/lr
     _v12 = _t2 + beta
     _v13 = _h2 * _v12
     denominator = _v13 + wd

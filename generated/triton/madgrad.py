@@ -136,27 +136,27 @@ def madgrad_kernel_body(
     grad_sum_sq = tl.load(grad_sum_sq_ptr + offs, mask=mask).to(tl.float32)
     grad_sum = tl.load(grad_sum_ptr + offs, mask=mask).to(tl.float32)
     x0 = tl.load(x0_ptr + offs, mask=mask).to(tl.float32)
-    # specs/madgrad.py:48: G = grad + wd*weight*(1 - weight_decouple)
+    # specs/madgrad.py:49: G = grad + wd*weight*(1 - weight_decouple)
     _v0 = _h0 * weight
     G = grad + _v0
-    # specs/madgrad.py:53: grad_sum_sq_new = G**2*lamb + grad_sum_sq
+    # specs/madgrad.py:54: grad_sum_sq_new = G**2*lamb + grad_sum_sq
     _v1 = G * G
     _v2 = lamb * _v1
     grad_sum_sq_new = grad_sum_sq + _v2
-    # specs/madgrad.py:54: grad_sum_new = G*lamb + grad_sum
+    # specs/madgrad.py:55: grad_sum_new = G*lamb + grad_sum
     _v3 = lamb * G
     grad_sum_new = grad_sum + _v3
-    # specs/madgrad.py:51: origin = Piecewise((grad_sum/(epsilon + grad_sum_sq**(1/3)) + weight, Eq(momentum, 0)), (x0, True))
-    # specs/madgrad.py:52: x0_new = origin
+    # specs/madgrad.py:52: origin = Piecewise((grad_sum/(epsilon + grad_sum_sq**(1/3)) + weight, Eq(momentum, 0)), (x0, True))
+    # specs/madgrad.py:53: x0_new = origin
     _v4 = _h1 != 0.0
     _v5 = tl.where(grad_sum_sq < 0.0, float("nan"), libdevice.cbrt(grad_sum_sq))
     _v6 = _v5 + epsilon
     _v7 = tl.div_rn(grad_sum, _v6)
     _v8 = weight + _v7
     x0_new = tl.where(_v4, _v8, x0)
-    # specs/madgrad.py:56: weight_new = -lr_eps*wd*weight*weight_decouple + momentum*weight + z*(1 - momentum)
+    # specs/madgrad.py:57: weight_new = -lr_eps*wd*weight*weight_decouple + momentum*weight + z*(1 - momentum)
     _v9 = momentum * weight
-    # specs/madgrad.py:55: z = -grad_sum_new/(epsilon + grad_sum_sq_new**(1/3)) + origin
+    # specs/madgrad.py:56: z = -grad_sum_new/(epsilon + grad_sum_sq_new**(1/3)) + origin
     _v10 = tl.where(grad_sum_sq_new < 0.0, float("nan"), libdevice.cbrt(grad_sum_sq_new))
     _v11 = _v10 + epsilon
     _v12 = tl.div_rn(grad_sum_new, _v11)

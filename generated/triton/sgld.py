@@ -31,6 +31,7 @@ import torch
 
 from optgen_runtime.common import (
     check_step_count,
+    element_offsets,
     host_state_values,
     resolve_hyperparams,
     step_counts,
@@ -105,6 +106,7 @@ def sgld_kernel_body(
     rescale_grad,
     clip_gradient,
     key,
+    noise_offset,
     inv_scale,
     AMP: tl.constexpr,
 ):
@@ -120,9 +122,10 @@ def sgld_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    # Philox-4x32-10 normal draw keyed by (seed, step), counter = element index: the NumPy
-    # module draws the same numbers (optgen_runtime.philox).
-    xi = tl.randn(key, offs)
+    # Philox-4x32-10 normal draw keyed by (seed, step), counter = element index in the full
+    # tensor (noise_offset: a shard's first element): the NumPy module draws the same numbers
+    # (optgen_runtime.philox).
+    xi = tl.randn(key, offs + noise_offset)
     # specs/sgld.py:31: weight_new = sqrt(lr)*xi - lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))/2 + weight
     _v0 = _h0 * xi
     _v1 = weight + _v0
@@ -136,7 +139,7 @@ def sgld_kernel_body(
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["key"])
+@triton.jit(do_not_specialize=["key", "noise_offset"])
 def sgld_kernel(
     weight_ptr,
     grad_ptr,
@@ -148,6 +151,7 @@ def sgld_kernel(
     rescale_grad,
     clip_gradient,
     key,
+    noise_offset,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -173,6 +177,7 @@ def sgld_kernel(
         rescale_grad,
         clip_gradient,
         key,
+        noise_offset,
         1.0,
         False,
     )
@@ -192,12 +197,12 @@ def sgld_multi_kernel(
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (2 x
-    # n_tensors), the tensors' sizes, the Philox keys, then per chunk its tensor and its first element.
+    # n_tensors), the tensors' sizes, the Philox keys and noise offsets, then per chunk its tensor and its first element.
     # ALIGNED (ChunkTable.vectorisable): every buffer starts on a 16-byte boundary and every
     # size is a multiple of 16, so chunks start at multiples of BLOCK_SIZE.
     pid = tl.program_id(0).to(tl.int64)
-    tensor = tl.load(meta_ptr + 4 * n_tensors + pid)
-    start = tl.load(meta_ptr + 4 * n_tensors + n_chunks + pid)
+    tensor = tl.load(meta_ptr + 5 * n_tensors + pid)
+    start = tl.load(meta_ptr + 5 * n_tensors + n_chunks + pid)
     n_elements = tl.load(meta_ptr + 2 * n_tensors + tensor)
     if ALIGNED:  # ChunkTable's vectorised group: the host checked what these hints promise
         start = tl.multiple_of(start, BLOCK_SIZE)
@@ -222,6 +227,7 @@ def sgld_multi_kernel(
     rescale_grad = tl.load(scalars_ptr + tensor * 6 + 4)
     clip_gradient = tl.load(scalars_ptr + tensor * 6 + 5)
     key = tl.load(meta_ptr + 3 * n_tensors + tensor)
+    noise_offset = tl.load(meta_ptr + 4 * n_tensors + tensor)
     sgld_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -234,6 +240,7 @@ def sgld_multi_kernel(
         rescale_grad,
         clip_gradient,
         key,
+        noise_offset,
         inv_scale,
         True,
     )
@@ -254,17 +261,30 @@ def step(
     grad: torch.Tensor,
     state: dict[str, torch.Tensor],
     t: int,
+    *,
+    noise_offset: int = 0,
     **hyperparams: Any,
 ) -> None:
-    """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
+    """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch.
+
+    ``noise_offset``: the index of ``weight``'s first element in the full tensor it is a shard
+    of (0 for a whole tensor): element i draws the noise of element ``noise_offset + i``.
+    """
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
+    noise_offset = element_offsets(RULE, [noise_offset], 1)[0]
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(sgld_kernel, buffers, scalars, BLOCK_SIZE, ints=(stream_seed(int(hp["seed"]), t),))
+    launch(
+        sgld_kernel,
+        buffers,
+        scalars,
+        BLOCK_SIZE,
+        ints=(stream_seed(int(hp["seed"]), t), noise_offset),
+    )
     state.update(host_new)
 
 
@@ -275,6 +295,7 @@ def step_multi(
     t: int | Sequence[int],
     *,
     stream_ids: Sequence[int] | None = None,
+    noise_offsets: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
     **hyperparams: Any,
 ) -> int:
@@ -287,7 +308,9 @@ def step_multi(
     table: the same results as one ``step`` per tensor.
 
     Tensor j draws the noise ``step`` draws with the seed ``tensor_seed(seed, k)``, k =
-    ``stream_ids[j]`` (by default j): one noise stream per tensor.
+    ``stream_ids[j]`` (by default j): one noise stream per tensor; its element i draws
+    the noise of element ``noise_offsets[j] + i`` (by default i): a shard of a sharded
+    tensor draws the full tensor's noise.
 
     ``amp``: torch.amp.GradScaler's state on the weights' device, a float32 tensor
     [found_inf, inv_scale] (``optgen_runtime.triton_support.amp_flags``): the kernel multiplies
@@ -302,12 +325,13 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
+    offsets = element_offsets(RULE, noise_offsets, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES)
-    # The per-tensor integers of the meta table: the Philox keys, as ``step`` makes them.
+    # The per-tensor integers of the meta table: the Philox keys, as ``step`` makes them, and the noise offsets.
     ints = [
-        (stream_seed(tensor_seed(hp["seed"], _k), _tj),)
-        for _k, _tj in zip(streams, ts, strict=True)
+        (stream_seed(tensor_seed(hp["seed"], _k), _tj), _o)
+        for _k, _tj, _o in zip(streams, ts, offsets, strict=True)
     ]
     chunks = ChunkTable.cached(tables, BLOCK_SIZE, ints)
     sums: list[dict[str, float]] = [{} for _ in tables]

@@ -17,7 +17,9 @@ It is composed of one part per concern, each in its own module:
 - :mod:`~optgen_runtime.optim.inputs`: a step's inputs besides the gradients (``hessian=``,
   a loss);
 - :mod:`~optgen_runtime.optim.exchange`: state exchange with torch.optim, and the torch.optim
-  optimizer that runs a rule (``torch_optimizer``).
+  optimizer that runs a rule (``torch_optimizer``);
+- :mod:`~optgen_runtime.optim.distributed`: FSDP2's DTensor parameters (local shards, state as
+  DTensors, reductions across shards), ZeRO's noise keys.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
 from optgen_runtime.optim.aliases import TupleAliases
 from optgen_runtime.optim.amp import AmpScaling, Pending
 from optgen_runtime.optim.checkpoint import Checkpoint
+from optgen_runtime.optim.distributed import Distributed, zero_owner
 from optgen_runtime.optim.exchange import TorchExchange
 from optgen_runtime.optim.inputs import StepInputs
 from optgen_runtime.optim.state import ParamState
@@ -46,6 +49,7 @@ class GeneratedOptimizer(
     StepInputs,
     Stepping,
     TorchExchange,
+    Distributed,
     torch.optim.Optimizer,
 ):
     """Base class of the generated optimizers; see the module docstring."""
@@ -75,6 +79,15 @@ class GeneratedOptimizer(
         self._seen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # see TupleAliases
         self._scratch: torch.Tensor | None = None  # see Stepping._grad_scratch
         self._pending: Pending | None = None  # see AmpScaling._settle
+        # ZeRO: the ZeroRedundancyOptimizer building this one keys the noise (Distributed._stream)
+        self._zero = zero_owner()
+        if self._zero is not None and self.META.GROUP_REDUCTIONS:
+            raise ValueError(
+                f"{type(self).__name__}: ZeroRedundancyOptimizer gives each rank a part of every "
+                f"param group, and {type(self).__name__}'s group reductions "
+                f"({', '.join(self.META.GROUP_REDUCTIONS)}) need the whole group: not supported "
+                "(use DDP or FSDP2)"
+            )
         super().__init__(params, defaults)
 
     def _check(self, values: dict[str, Any]) -> dict[str, float]:
@@ -86,7 +99,29 @@ class GeneratedOptimizer(
                 type(self).__name__, meta.HYPERPARAMS, meta.LEGAL, meta.NONE_MEANS, hp
             )
         except (TypeError, ValueError) as error:
-            raise type(error)(str(error)) from None
+            message = str(error)
+            lr = hp.get("lr")
+            zero = isinstance(lr, (int, float)) and lr == 0
+            if zero and "lr" in meta.LEGAL and not meta.LEGAL["lr"].contains(0.0):
+                message += (
+                    f" ({type(self).__name__} cannot step at lr=0; for "
+                    "torch.distributed.checkpoint's set_optimizer_state_dict, which initialises "
+                    "state with a step at lr=0, call init_state() first)"
+                )
+            raise type(error)(message) from None
+
+    @torch.no_grad()
+    def init_state(self) -> None:
+        """Create the state of every parameter that has none, as its first step would, without
+        stepping: torch.distributed.checkpoint's ``set_optimizer_state_dict`` then loads into it
+        instead of initialising it with a step at lr=0 (which FTRL, FTML and MADGRAD refuse)."""
+        self._settle()
+        for group in self.param_groups:
+            hp = self._hyper(group)
+            self._check(hp)
+            for p in group["params"]:
+                if not self.state.get(p):
+                    self._state_for(p, hp)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._settle()
@@ -99,6 +134,8 @@ class GeneratedOptimizer(
             check_matrix = getattr(self.META, "check_matrix", None)  # a rule of matrix equations
             for p in group["params"] if check_matrix else ():
                 check_matrix(p)  # 2-D only, refused when added (as torch.optim.Muon does)
+            first = sum(len(g["params"]) for g in self.param_groups[:-1])
+            self._check_distributed(group["params"], first)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise

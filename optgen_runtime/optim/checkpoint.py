@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from optgen_runtime.checks import check_kind, check_state_shape, state_key_problems
 from optgen_runtime.common import host_state_values
+from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.optim.state import ParamState, step_tensor, step_value
 
 RULE_KEY = "optgen_rule"  # state_dict()'s record of the rule that saved it
@@ -65,12 +67,36 @@ class Checkpoint:
             check_kind(where, label, value, torch.Tensor, "torch.Tensor")
             axis = self.META.STATE_AXES.get(key)
             check_state_shape(where, label, value, p, axis, "its parameter")
-            out[key] = value.detach().to(
-                device=p.device, dtype=dtype, memory_format=torch.contiguous_format, copy=True
+            shard = self._shard_of(p, value, f"{where}: {label}").detach()
+            out[key] = like(
+                p,
+                shard.to(
+                    device=p.device, dtype=dtype, memory_format=torch.contiguous_format, copy=True
+                ),
             )
         if "master" not in out and self._needs_master(p):
             out["master"] = self._master(p)
         return out
+
+    def _shard_of(self, p: torch.Tensor, value: torch.Tensor, what: str) -> torch.Tensor:
+        """The part of a saved state tensor (of ``p``'s full shape) that ``p``'s rank keeps:
+        a DTensor placed like ``p`` gives its local shard (torch.distributed.checkpoint loads
+        it so), a plain tensor its rows of ``p``'s shard; all of it for a plain ``p`` (a
+        DTensor saved from sharded state is gathered: every rank loads together)."""
+        if not is_dtensor(p):
+            return value.full_tensor() if is_dtensor(value) else value
+        if is_dtensor(value):
+            if value.device_mesh != p.device_mesh or value.placements != p.placements:
+                raise ValueError(
+                    f"{what} is placed {value.placements} on {value.device_mesh}, its parameter "
+                    f"{p.placements} on {p.device_mesh}"
+                )
+            return value.to_local()
+        shard = local(p)
+        if shard.shape == value.shape:
+            return value
+        row = math.prod(p.shape[1:])
+        return value.narrow(0, self._noise_offset(p) // row if row else 0, shard.shape[0])
 
     def _foreign(self, what: str) -> str:
         name = type(self).__name__

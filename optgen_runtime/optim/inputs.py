@@ -69,7 +69,9 @@ class StepInputs:
             if value is None:
                 raise TypeError(
                     f"{name}: the step input {key} is missing: pass step({key}=[...]), one "
-                    "tensor per parameter in param_groups order (or a callable returning it)"
+                    "tensor per parameter in param_groups order (or a callable returning it); "
+                    "torch.distributed.checkpoint's set_optimizer_state_dict steps without it: "
+                    "call init_state() before it"
                 )
             if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
                 raise TypeError(

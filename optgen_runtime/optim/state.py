@@ -36,6 +36,7 @@ from optgen_runtime.checks import (
     view_key,
 )
 from optgen_runtime.common import MAX_STEP, host_state_values
+from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -84,9 +85,11 @@ class ParamState:
         return self.multi_precision and p.dtype in LOW_PRECISION
 
     def _master(self, p: torch.Tensor) -> torch.Tensor:
-        master = torch.empty(p.shape, dtype=torch.float32, device=p.device)
-        master.copy_(p.detach())
-        return master
+        """An fp32 copy of ``p`` (of its local shard, as a DTensor placed like ``p``)."""
+        shard = local(p)
+        master = torch.empty(shard.shape, dtype=torch.float32, device=p.device)
+        master.copy_(shard.detach())
+        return like(p, master)
 
     def _initial(self, weight: Any, hp: dict[str, Any]) -> dict[str, Any]:
         """The rule's initial state for ``weight`` (a NumPy array), from the hyperparameters of
@@ -95,7 +98,7 @@ class ParamState:
 
     def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
         """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)
-        with its group's hyperparameters ``hp``."""
+        with its group's hyperparameters ``hp``; a DTensor's state: DTensors placed like it."""
         state = self.state[p]
         if state:
             step = state["step"]
@@ -103,11 +106,11 @@ class ParamState:
                 state["step"] = step_tensor(int(step.item()))  # exact from now on
             return state
         dtype = self._working_dtype(p)
-        weight = p.detach().to(dtype).cpu().numpy()
+        weight = local(p).detach().to(dtype).cpu().numpy()
         initial = self._initial(weight.copy(), hp)
         state["step"] = step_tensor(0)
         for key in self.META.STATES:
-            state[key] = torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype)
+            state[key] = like(p, torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype))
         for key in self.META.HOST_STATES:
             state[key] = float(initial[key])
         if self._needs_master(p):
@@ -117,10 +120,14 @@ class ParamState:
     def _fail(self, error: type[Exception], message: str) -> None:
         raise error(f"{type(self).__name__}: {message}")
 
-    def _check_param(self, p: torch.Tensor, index: int) -> None:
-        """Everything ``step`` needs of ``p``, its gradient and its state; writes nothing."""
+    def _check_param(self, param: torch.Tensor, index: int) -> None:
+        """Everything ``step`` needs of ``param``, its gradient and its state (of a DTensor's
+        local shards); writes nothing."""
         name, label = type(self).__name__, f"parameter {index}"
-        grad = p.grad
+        self._check_distributed([param], index)
+        if is_dtensor(param) and not is_dtensor(param.grad):
+            self._fail(ValueError, f"{label} is a DTensor but its grad is not")
+        p, grad = local(param), local(param.grad)
         check_dense(name, label, p)
         check_dense(name, f"{label}'s grad", grad)
         check_shape(name, f"{label}'s grad", grad, p, label)
@@ -129,7 +136,7 @@ class ParamState:
         check_dtype(
             name, f"{label}'s grad", grad, (*KERNEL_DTYPES, torch.float64), "floating point"
         )
-        state = self.state.get(p) or {}
+        state = self.state.get(param) or {}
         if self._use_triton(p):
             check_kernel_device(name, label, p)
             check_kernel_dtype(name, label, p)
@@ -144,12 +151,12 @@ class ParamState:
                     "(the NumPy reference computes in float32/float64)",
                 )
         if state:
-            self._check_state(p, state, label)
+            self._check_state(param, state, label)
         elif not self._needs_master(p):
             check_contiguous(name, label, p)  # updated in place
 
-    def _check_state(self, p: torch.Tensor, state: dict[str, Any], label: str) -> None:
-        name = type(self).__name__
+    def _check_state(self, param: torch.Tensor, state: dict[str, Any], label: str) -> None:
+        name, p = type(self).__name__, local(param)
         names = self._state_names()
         check_state_keys(name, state, names, ("master",), label=f"{label}'s state")
         step = state["step"]
@@ -171,6 +178,10 @@ class ParamState:
         for key, value, want in buffers:
             where = f"{label}'s state[{key!r}]"
             check_kind(name, where, value, torch.Tensor, "torch.Tensor")
+            if is_dtensor(value) != is_dtensor(param):
+                kind = "a DTensor" if is_dtensor(param) else "a plain tensor"
+                self._fail(ValueError, f"{where} must be {kind}, as its parameter is")
+            value = local(value)
             check_dtype(name, where, value, (want,), str(want))
             check_state_shape(name, where, value, p, self.META.STATE_AXES.get(key), label)
             check_device(name, where, value, p, label)
@@ -192,15 +203,16 @@ class ParamState:
         grads: set[tuple[Any, ...]] = set()  # a gradient shared by parameters is unscaled once
         for p in params:
             label = f"parameter {indices[id(p)]}"
-            buffers.append((label, p, True))
-            if not (grads_written and view_key(p.grad) in grads):
-                buffers.append((f"{label}'s grad", p.grad, grads_written))
-            grads.add(view_key(p.grad))
+            buffers.append((label, local(p), True))
+            grad = local(p.grad)
+            if not (grads_written and view_key(grad) in grads):
+                buffers.append((f"{label}'s grad", grad, grads_written))
+            grads.add(view_key(grad))
             if given is not None:  # the step's per-element inputs: read only, like gradients
-                buffers += [(f"{label}'s {key}", x, False) for key, x in given.of(p).items()]
+                buffers += [(f"{label}'s {key}", local(x), False) for key, x in given.of(p).items()]
             state = self.state.get(p) or {}
             buffers += [
-                (f"{label}'s state[{key!r}]", value, True)
+                (f"{label}'s state[{key!r}]", local(value), True)
                 for key, value in state.items()
                 if isinstance(value, torch.Tensor)
             ]

@@ -7,8 +7,12 @@
   reused fp32 scratch buffer); ``backend="triton"`` forces the kernels (CPU tensors need
   ``TRITON_INTERPRET=1``).
 - Random draws (SGLD): parameter ``i`` of the optimizer (its index in ``state_dict()``, counting
-  through the groups in order) draws from the stream ``tensor_seed(seed, i)``, on both backends:
-  the noise of a parameter depends neither on the backend nor on which others have gradients.
+  through the groups in order; under ZeRO, in the ZeRO optimizer's) draws from the stream
+  ``tensor_seed(seed, i)``, on both backends, each element at its index in the full tensor (a
+  shard's offset added): the noise of a parameter depends neither on the backend nor on which
+  others have gradients nor on how it is sharded or partitioned.
+- DTensor parameters (FSDP2) are stepped through their local shards, with their reductions
+  combined across the shards (:mod:`optgen_runtime.optim.distributed`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import host_state_values
+from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.sharding import shards
 
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
@@ -79,29 +85,41 @@ class Stepping:
         if on_device:
             devices = list(dict.fromkeys(params[0].device for _, _, params in plans))
             amps = self._device_amp(devices, scale, found_inf, undo)
-        self._unscale([p.grad for _, _, params in plans for p in params], inverse)
+        self._unscale([local(p.grad) for _, _, params in plans for p in params], inverse)
         for (hp, resolved, params), group_states in zip(plans, states, strict=True):
-            triton = [i for i, p in enumerate(params) if self._use_triton(p)]
-            on_triton = set(triton)  # once: a set per index made this quadratic in the tensors
-            numpy = [i for i in range(len(params)) if i not in on_triton]
-            if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
-                self._numpy_group_step(
-                    [params[i] for i in numpy], [group_states[i] for i in numpy], hp
-                )
-                numpy = []
-            for i in numpy:
-                stream = indices[id(params[i])]
-                seed = tensor_seed(resolved["seed"], stream) if self.META.DRAWS else 0
-                self._numpy_step(params[i], group_states[i], hp, seed, given)
-            if triton:
-                self._triton_step(
-                    [params[i] for i in triton],
-                    [group_states[i] for i in triton],
-                    hp,
-                    [indices[id(params[i])] for i in triton],
-                    amps.get(params[0].device),
-                    given,
-                )
+            with shards(self._reducer(params)):  # a sharded tensor's reductions: all shards'
+                self._apply_group(hp, resolved, params, group_states, indices, amps, given)
+
+    def _apply_group(
+        self,
+        hp: dict[str, Any],
+        resolved: dict[str, float],
+        params: list[torch.Tensor],
+        group_states: list[dict[str, Any]],
+        indices: dict[int, int],
+        amps: dict[torch.device, torch.Tensor],
+        given: Given,
+    ) -> None:
+        """One group's update: its CPU parameters on the NumPy backend, the others on Triton."""
+        triton = [i for i, p in enumerate(params) if self._use_triton(p)]
+        on_triton = set(triton)  # once: a set per index made this quadratic in the tensors
+        numpy = [i for i in range(len(params)) if i not in on_triton]
+        if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
+            self._numpy_group_step([params[i] for i in numpy], [group_states[i] for i in numpy], hp)
+            numpy = []
+        for i in numpy:
+            stream = self._stream(params[i], indices)
+            seed = tensor_seed(resolved["seed"], stream) if self.META.DRAWS else 0
+            self._numpy_step(params[i], group_states[i], hp, seed, given)
+        if triton:
+            self._triton_step(
+                [params[i] for i in triton],
+                [group_states[i] for i in triton],
+                hp,
+                [self._stream(params[i], indices) for i in triton],
+                amps.get(params[0].device),
+                given,
+            )
 
     def _plans(self, indices: dict[int, int], inverse: float, given: Given) -> list[Plan]:
         """Every group checked (hyperparameters, devices, each parameter and its state), then
@@ -205,7 +223,7 @@ class Stepping:
     def _views(
         self, state: dict[str, Any], convert: Callable[[torch.Tensor], Any]
     ) -> dict[str, Any]:
-        views = {key: convert(state[key]) for key in self.META.STATES}
+        views = {key: convert(local(state[key])) for key in self.META.STATES}
         views.update({key: state[key] for key in self.META.HOST_STATES})
         return views
 
@@ -214,23 +232,25 @@ class Stepping:
         for key in self.META.HOST_STATES:
             state[key] = float(views[key])
         if "master" in state:
-            p.copy_(state["master"])
+            local(p).copy_(local(state["master"]))
 
     def _numpy_step(
         self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int, given: Given
     ) -> None:
-        weight = state.get("master", p)
-        grad = p.grad.detach()
+        weight = local(state.get("master", p))
+        grad = local(p.grad).detach()
         if grad.dtype != weight.dtype:
             grad = self._grad_scratch(grad, weight.dtype)
         grad = grad.contiguous()
         views = self._views(state, lambda t: t.detach().numpy())
         t = int(state["step"]) + 1
-        hp = {**hp, "seed": seed} if self.META.DRAWS else hp
+        if self.META.DRAWS:  # its stream, at its elements' indices in the full tensor
+            hp = {**hp, "seed": seed, "noise_offset": self._noise_offset(p)}
         # per-element inputs in the weight's dtype, as the NumPy reference takes them (a copy
         # only where the dtype differs or the tensor is not contiguous)
         arrays = {
-            key: x.detach().to(weight.dtype).contiguous().numpy() for key, x in given.of(p).items()
+            key: local(x).detach().to(weight.dtype).contiguous().numpy()
+            for key, x in given.of(p).items()
         }
         self.NUMPY.step(
             weight.detach().numpy(), grad.numpy(), views, t, **hp, **arrays, **given.scalars
@@ -243,9 +263,12 @@ class Stepping:
         """The group's CPU parameters in one ``step_multi``: its group reductions (a global
         gradient norm) cover all of them. A gradient of another dtype than its (master) weight
         is converted into a temporary of its own."""
-        weights = [state.get("master", p).detach() for p, state in zip(params, states, strict=True)]
+        weights = [
+            local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
+        ]
         grads = [
-            p.grad.detach().to(w.dtype).contiguous() for p, w in zip(params, weights, strict=True)
+            local(p.grad).detach().to(w.dtype).contiguous()
+            for p, w in zip(params, weights, strict=True)
         ]
         views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
@@ -281,15 +304,19 @@ class Stepping:
         """One ``step_multi`` for the group's parameters, each at its own step count; the j-th
         draws from ``tensor_seed(seed, streams[j])`` (its index in ``state_dict()``); ``amp``:
         GradScaler's [found_inf, inv_scale] on the device (``amp_flags``), or None."""
-        weights = [state.get("master", p).detach() for p, state in zip(params, states, strict=True)]
-        grads = [p.grad.detach().contiguous() for p in params]
+        weights = [
+            local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
+        ]
+        grads = [local(p.grad).detach().contiguous() for p in params]
         views = [self._views(state, lambda x: x) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
         given = given or Given()
         arrays = {
-            key: [given.of(p)[key].detach().contiguous() for p in params]
+            key: [local(given.of(p)[key]).detach().contiguous() for p in params]
             for key in self.META.INPUTS
         }
+        if self.META.DRAWS:  # each element at its index in the full tensor
+            arrays["noise_offsets"] = [self._noise_offset(p) for p in params]
         self.TRITON.step_multi(
             weights, grads, views, ts, stream_ids=streams, amp=amp, **hp, **arrays, **given.scalars
         )

@@ -1,0 +1,319 @@
+"""The distributed checks, run by ``tests/test_distributed.py`` as two processes (gloo, CPU,
+127.0.0.1, world size 2; RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment, as
+torchrun sets them) in one process group: every generated class under DDP, ZeRO and FSDP2
+against one-process training, and torch.distributed.checkpoint round trips.
+
+Both ranks see the same batch, so the averaged gradients equal the one-process gradients to
+the bit ((g + g) / 2 == g): every difference from one-process training is the optimizer's.
+Rank 0 writes a JSON report to ``argv[1]``: per check, None (passed) or what failed, and the
+largest relative error of each rule whose reductions are combined across shards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if os.environ.get("OPTGEN_ROOT"):  # another tree's generated/ (tests/conftest.py, a new spec)
+    sys.path.insert(0, os.environ["OPTGEN_ROOT"])
+
+from generated.torch import RULES  # noqa: E402
+
+STEPS = 10
+SPLIT = 5  # a checkpoint taken after this many steps, resumed for the rest
+# Rules whose reductions are combined across shards under FSDP2 (float64 partials added in
+# another order): equal to one-process training within float32 rounding of their scalars.
+REDUCING = {name for name, cls in RULES.items() if cls.META.REDUCTIONS}
+TOLERANCE = 1e-5  # largest relative error allowed to a REDUCING rule after STEPS steps
+# The rules that refuse lr=0 (tests/test_lr_zero.py): DCP needs init_state() first.
+NO_ZERO_LR = {
+    n for n, c in RULES.items() if "lr" in c.META.LEGAL and not c.META.LEGAL["lr"].contains(0)
+}
+SAVE_LOAD = ("adam", "lamb", "sgld", "ftrl")  # DCP through files
+TRITON = ("lamb", "sgld")  # FSDP2 on the Triton backend (interpreted on CPU: slow) too
+SETTINGS: dict[str, dict[str, Any]] = {"sgld": {"seed": 3.0, "lr": 1e-3}}
+
+
+def needs_whole(meta: Any) -> bool:
+    """A rule refused for sharded parameters: row/column reductions, sizes, matrix products."""
+    return bool(meta.STATE_AXES or getattr(meta, "SIZES", ()) or getattr(meta, "MATRIX_VALUES", ()))
+
+
+def needs_init_state(cls: Any) -> bool:
+    """DCP's own initialisation (a step at lr=0 without step inputs) cannot step this class."""
+    return cls.RULE in NO_ZERO_LR or bool(cls.META.INPUTS)
+
+
+def model() -> torch.nn.Module:
+    """A small MLP: 2-D weights of 5 and 3 rows (an uneven Shard(0) over 2 ranks)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 5, bias=False), torch.nn.Tanh(), torch.nn.Linear(5, 3, bias=False)
+    )
+
+
+def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + t)
+    return torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+
+
+def inputs(opt: Any, params: list[torch.Tensor]) -> dict[str, Any]:
+    """AdaHessian's hessian: the squared gradient (any tensor like the gradient will do)."""
+    return {"hessian": [p.grad * p.grad for p in params]} if "hessian" in opt.META.INPUTS else {}
+
+
+def train(net: torch.nn.Module, opt: Any, steps: range) -> None:
+    ours = getattr(opt, "optim", opt)  # ZeRO: this rank's optimizer, of its partition
+    params = [p for group in ours.param_groups for p in group["params"]]
+    for t in steps:
+        x, y = batch(t)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step(**inputs(ours, params))
+
+
+def full(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [
+        (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+        for p in net.parameters()
+    ]
+
+
+def error(ours: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """The largest relative error (0.0: the same bits)."""
+    worst = 0.0
+    for a, b in zip(ours, want, strict=True):
+        if not torch.equal(a, b):
+            worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()))
+            worst = worst or float("inf")  # NaN where the reference has none
+    return worst
+
+
+def one_process(name: str) -> list[torch.Tensor]:
+    net = model()
+    train(net, RULES[name](net.parameters(), **SETTINGS.get(name, {})), range(1, STEPS + 1))
+    return full(net)
+
+
+def sharded(name: str) -> torch.nn.Module:
+    net = model()
+    for layer in net:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(net)
+
+
+def same_on_ranks(values: list[torch.Tensor]) -> bool:
+    flat = torch.cat([v.reshape(-1) for v in values])
+    every = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, flat)
+    return all(torch.equal(every[0], x) for x in every)
+
+
+def dcp_resume(name: str, net: torch.nn.Module, make: Any) -> torch.nn.Module:
+    """SPLIT steps, the optimizer state through get/set_optimizer_state_dict into a fresh
+    optimizer (its state created by DCP's step at lr=0, or by init_state()), the rest."""
+    opt = make(net)
+    train(net, opt, range(1, SPLIT + 1))
+    saved = get_optimizer_state_dict(net, opt)
+    saved = copy.deepcopy(saved)
+    net.zero_grad(set_to_none=True)  # as in a new process: DCP's step at lr=0 creates the state
+    fresh = make(net)
+    if needs_init_state(fresh):
+        fresh.init_state()
+    set_optimizer_state_dict(net, fresh, saved)
+    train(net, fresh, range(SPLIT + 1, STEPS + 1))
+    return net
+
+
+def check(report: dict[str, Any], key: str, fn: Any) -> None:
+    try:
+        report[key] = fn()
+    except Exception:  # reported, so one failure does not hide the others
+        report[key] = traceback.format_exc(limit=4)
+    ok = torch.tensor([report[key] is None or isinstance(report[key], float)], dtype=torch.int32)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # both ranks continue in step
+
+
+def run() -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    only = [n for n in os.environ.get("OPTGEN_DIST_RULES", "").split(",") if n]
+    for name in only or sorted(RULES):
+        cls = RULES[name]
+        kw = SETTINGS.get(name, {})
+        want = one_process(name)
+
+        def ddp(name: str = name, cls: Any = cls, kw: Any = kw, want: Any = want) -> Any:
+            net = DDP(model())
+            train(net, cls(net.parameters(), **kw), range(1, STEPS + 1))
+            got = full(net.module)
+            if not same_on_ranks(got):
+                return "ranks differ"
+            return None if error(got, want) == 0.0 else f"off by {error(got, want):.3g}"
+
+        def ddp_dcp(name: str = name, cls: Any = cls, kw: Any = kw, want: Any = want) -> Any:
+            net = dcp_resume(name, DDP(model()), lambda n: cls(n.parameters(), **kw))
+            got = full(net.module)
+            return None if error(got, want) == 0.0 else f"off by {error(got, want):.3g}"
+
+        def zero(name: str = name, cls: Any = cls, kw: Any = kw, want: Any = want) -> Any:
+            net = DDP(model())
+            try:
+                opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **kw)
+            except ValueError as refused:
+                if cls.META.GROUP_REDUCTIONS and "ZeroRedundancyOptimizer" in str(refused):
+                    return None  # refused at construction, as it must be
+                raise
+            if cls.META.GROUP_REDUCTIONS:
+                return "not refused: group reductions under ZeRO"
+            train(net, opt, range(1, STEPS + 1))
+            got = full(net.module)
+            return None if error(got, want) == 0.0 else f"off by {error(got, want):.3g}"
+
+        def fsdp(name: str = name, cls: Any = cls, kw: Any = kw, want: Any = want) -> Any:
+            net = sharded(name)
+            try:
+                opt = cls(net.parameters(), **kw)
+            except ValueError as refused:
+                meta = cls.META
+                if needs_whole(meta):
+                    return None if "sharded" in str(refused) else str(refused)
+                raise
+            train(net, opt, range(1, STEPS + 1))
+            state = next(iter(opt.state.values()))
+            if any(
+                isinstance(v, torch.Tensor) and v.dim() and not isinstance(v, DTensor)
+                for v in state.values()
+            ):
+                return "state is not DTensors"
+            got = full(net)
+            err = error(got, want)
+            if name in REDUCING:
+                return err if err <= TOLERANCE else f"off by {err:.3g}"
+            return None if err == 0.0 else f"off by {err:.3g}"
+
+        def fsdp_dcp(name: str = name, cls: Any = cls, kw: Any = kw) -> Any:
+            meta = cls.META
+            if needs_whole(meta):
+                return None  # refused under FSDP2 (fsdp checks the refusal)
+            straight = sharded(name)
+            train(straight, cls(straight.parameters(), **kw), range(1, STEPS + 1))
+            net = dcp_resume(name, sharded(name), lambda n: cls(n.parameters(), **kw))
+            err = error(full(net), full(straight))
+            return None if err == 0.0 else f"resumed run off by {err:.3g}"
+
+        check(report, f"ddp/{name}", ddp)
+        check(report, f"ddp_dcp/{name}", ddp_dcp)
+        check(report, f"zero/{name}", zero)
+        check(report, f"fsdp/{name}", fsdp)
+        check(report, f"fsdp_dcp/{name}", fsdp_dcp)
+    check(report, "refusals", refusals)
+    for name in SAVE_LOAD:
+        check(report, f"dcp_save_load/{name}", lambda name=name: save_load(name))
+    for name in TRITON:
+        check(report, f"fsdp_triton/{name}", lambda name=name: fsdp_triton(name))
+    return report
+
+
+def refusals() -> Any:
+    """What the classes cannot do for a DTensor is refused at construction, naming the
+    parameter and the reason; what they can is accepted."""
+    torch.manual_seed(0)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    grid = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("a", "b"))
+
+    def param(where: Any, placements: list[Any]) -> torch.nn.Parameter:
+        return torch.nn.Parameter(distribute_tensor(torch.randn(4, 6), where, placements))
+
+    plain = torch.nn.Parameter(torch.randn(3))
+    cases = [
+        ("adam", [param(mesh, [Shard(1)])], "parameter 0 is a DTensor placed Shard(dim=1)"),
+        ("adam", [param(grid, [Shard(0), Replicate()])], "parameter 0 is a DTensor on a 2-D"),
+        ("lamb", [param(mesh, [Shard(0)]), plain], "parameters 0..1 of one param group mix"),
+        ("adafactor", [plain, param(mesh, [Shard(0)])], "parameter 1 is sharded"),
+        ("sm3", [param(mesh, [Shard(0)])], "reductions along rows or columns"),
+        ("muon", [param(mesh, [Shard(0)])], "needs the whole matrix"),
+    ]
+    for name, params, message in cases:
+        try:
+            RULES[name](params)
+        except ValueError as refused:
+            if message not in str(refused):
+                return f"{name}: {refused}"
+        else:
+            return f"{name} accepted {message!r}"
+    RULES["adam"]([param(mesh, [Shard(0)]), plain])  # elementwise: mixing is fine
+    RULES["adafactor"]([param(mesh, [Replicate()])])  # a replicated weight is whole
+    return None
+
+
+def fsdp_triton(name: str) -> Any:
+    """FSDP2 on the Triton backend (the interpreter on CPU) against one process on it, for
+    SPLIT steps (the interpreter is slow)."""
+    cls, kw = RULES[name], {**SETTINGS.get(name, {}), "backend": "triton"}
+    alone = model()
+    train(alone, cls(alone.parameters(), **kw), range(1, SPLIT + 1))
+    net = sharded(name)
+    train(net, cls(net.parameters(), **kw), range(1, SPLIT + 1))
+    err = error(full(net), full(alone))
+    if name in REDUCING:  # float32 partials per block: the shards' blocks differ
+        return err if err <= TOLERANCE else f"off by {err:.3g}"
+    return None if err == 0.0 else f"off by {err:.3g}"
+
+
+def save_load(name: str) -> Any:
+    """dcp.save / dcp.load of an FSDP2 optimizer's state through files, then resumed."""
+    cls, kw = RULES[name], SETTINGS.get(name, {})
+    straight = sharded(name)
+    train(straight, cls(straight.parameters(), **kw), range(1, STEPS + 1))
+    net = sharded(name)
+    opt = cls(net.parameters(), **kw)
+    train(net, opt, range(1, SPLIT + 1))
+    where = os.environ["OPTGEN_DCP_DIR"]
+    dcp.save({"optim": get_optimizer_state_dict(net, opt)}, checkpoint_id=f"{where}/{name}")
+    net.zero_grad(set_to_none=True)  # as in a new process (DCP initialises no state otherwise)
+    fresh = cls(net.parameters(), **kw)
+    if needs_init_state(fresh):
+        fresh.init_state()
+    template = {"optim": get_optimizer_state_dict(net, fresh)}
+    dcp.load(template, checkpoint_id=f"{where}/{name}")
+    set_optimizer_state_dict(net, fresh, template["optim"])
+    train(net, fresh, range(SPLIT + 1, STEPS + 1))
+    err = error(full(net), full(straight))
+    return None if err == 0.0 else f"resumed run off by {err:.3g}"
+
+
+def main() -> None:
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    torch.set_num_threads(1)
+    try:
+        report = run()
+        if dist.get_rank() == 0:
+            Path(sys.argv[1]).write_text(json.dumps(report, indent=1, sort_keys=True))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
