@@ -28,7 +28,9 @@ def _reserve(why: str, names: str) -> None:
         RESERVED.setdefault(name, why)
 
 
-_reserve("a module the generated code imports", "np tl triton torch math annotations libdevice")
+_reserve(
+    "a module the generated code imports", "np tl triton torch math annotations libdevice numba"
+)
 _reserve("a typing name the generated code imports", "Any Sequence")
 _reserve(
     "a runtime helper the generated code imports",
@@ -39,7 +41,7 @@ _reserve(
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
     "check_host_states "
-    "input_lists",
+    "input_lists NJIT by_dtype partials_of prepare view",
 )
 _reserve(
     "a module global of every generated module",
@@ -47,7 +49,7 @@ _reserve(
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
-    "init_state step step_multi host_scalars reduction_scalars",
+    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA",
 )
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
@@ -82,6 +84,7 @@ SUFFIXES: dict[str, str] = {
     "_ptr": "a buffer's pointer in a kernel",
     "_like": "a buffer's pointer-type witness in a multi-tensor kernel",
     "_flat": "a buffer's flat view in the NumPy module",
+    "_buf": "a buffer's chunk in a numba kernel",
 }
 # Names the rule's name gets with one of these suffixes (kernels).
 RULE_SUFFIXES: tuple[str, ...] = (
