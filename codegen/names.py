@@ -71,7 +71,7 @@ _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
     "keepdims device inputs "
-    "integer lo hi lo_open hi_open allow_none",
+    "integer lo hi lo_open hi_open allow_none parallel",
 )
 _reserve(
     "a Python builtin the generated code calls",

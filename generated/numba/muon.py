@@ -8,10 +8,11 @@ module on CPU. The API is the NumPy module's, re-exported.
 
 from __future__ import annotations
 
-from generated.numpy.muon import *  # noqa: F403 (the NumPy reference's whole API)
-from generated.numpy.muon import __all__ as _REFERENCE
+from generated.numpy import muon as _reference
 
 COMPILED = False
 FALLBACK = "matrix rules are not compiled"
 
-__all__ = [*_REFERENCE, "COMPILED", "FALLBACK"]
+# The NumPy reference's whole API (its __all__), as this module's own names.
+globals().update({_n: getattr(_reference, _n) for _n in _reference.__all__})
+__all__ = [*_reference.__all__, "COMPILED", "FALLBACK"]
