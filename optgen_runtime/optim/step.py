@@ -1,11 +1,15 @@
-"""The step: every check first, then the NumPy reference or the Triton kernels.
+"""The step: every check first, then the compiled CPU loops, the NumPy reference or the Triton
+kernels.
 
 - CUDA parameters go through the rule's Triton kernels, one ``step_multi`` per group: one update
   launch per dtype combination (plus one reduction launch for per-tensor norms), whatever the
-  parameters' step counts and host states; CPU parameters through the NumPy reference on
-  zero-copy views (a fp16/bf16 gradient of a ``multi_precision`` parameter is converted into a
-  reused fp32 scratch buffer); ``backend="triton"`` forces the kernels (CPU tensors need
-  ``TRITON_INTERPRET=1``).
+  parameters' step counts and host states; CPU parameters through the rule's compiled numba
+  module (``generated/numba``), one ``step_multi`` per group on zero-copy views, where the rule
+  is compiled (``COMPILED``), else through the NumPy reference (a fp16/bf16 gradient of a
+  ``multi_precision`` parameter is converted into a reused fp32 scratch buffer). ``backend=
+  "numpy"`` (or OPTGEN_CPU_BACKEND=numpy with ``"auto"``) forces the NumPy reference,
+  ``backend="numba"`` the compiled loops (refused for a rule that is not compiled);
+  ``backend="triton"`` forces the kernels (CPU tensors need ``TRITON_INTERPRET=1``).
 - Random draws (SGLD): parameter ``i`` of the optimizer (its index in ``state_dict()``, counting
   through the groups in order) draws from the stream ``tensor_seed(seed, i)``, on both backends:
   the noise of a parameter depends neither on the backend nor on which others have gradients.
@@ -13,7 +17,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -82,6 +89,11 @@ class Stepping:
         for (hp, resolved, params), group_states in zip(plans, states, strict=True):
             triton = [i for i, p in enumerate(params) if self._use_triton(p)]
             numpy = [i for i in range(len(params)) if i not in set(triton)]
+            if numpy and self._use_numba():  # one compiled call for the group's CPU tensors
+                self._numba_step(
+                    [params[i] for i in numpy], [group_states[i] for i in numpy], hp, given
+                )
+                numpy = []
             if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
                 self._numpy_group_step(
                     [params[i] for i in numpy], [group_states[i] for i in numpy], hp
@@ -187,6 +199,55 @@ class Stepping:
             weight.detach().numpy(), grad.numpy(), views, t, **hp, **arrays, **given.scalars
         )
         self._finish(p, state, views)
+
+    def _use_numba(self) -> bool:
+        """CPU parameters run the compiled module: ``backend="numba"``, or ``"auto"`` where the
+        rule is compiled and OPTGEN_CPU_BACKEND does not say ``numpy``."""
+        if self.backend == "numba":
+            return True
+        if self.backend != "auto" or os.environ.get("OPTGEN_CPU_BACKEND", "") == "numpy":
+            return False
+        return bool(self._numba().COMPILED)
+
+    def _numba(self) -> ModuleType:
+        """The rule's numba module, imported on first use (numba loads only when needed)."""
+        return importlib.import_module(f"generated.numba.{self.RULE}")
+
+    def _numba_step(
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        hp: dict[str, Any],
+        given: Given,
+    ) -> None:
+        """The group's CPU parameters in one ``step_multi`` of the compiled module, on zero-copy
+        views; a gradient of another dtype than its (master) weight is converted into a
+        temporary of its own, as are per-element inputs."""
+        weights = [state.get("master", p).detach() for p, state in zip(params, states, strict=True)]
+        grads = [p.grad.detach() for p in params]
+        grads = [
+            g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grads, weights, strict=True)
+        ]
+        views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
+        ts = [int(state["step"]) + 1 for state in states]
+        arrays = {
+            key: [
+                given.of(p)[key].detach().to(w.dtype).contiguous().numpy()
+                for p, w in zip(params, weights, strict=True)
+            ]
+            for key in self.META.INPUTS
+        }
+        self._numba().step_multi(
+            [w.numpy() for w in weights],
+            [g.contiguous().numpy() for g in grads],
+            views,
+            ts,
+            **hp,
+            **arrays,
+            **given.scalars,
+        )
+        for p, state, v in zip(params, states, views, strict=True):
+            self._finish(p, state, v)
 
     def _numpy_group_step(
         self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any]
