@@ -66,11 +66,12 @@ def prepare(
     names: tuple[str, ...],
     host_names: tuple[str, ...],
     inputs: dict[str, Sequence[Any]],
-    single: bool,
+    mode: str,
 ) -> list[list[np.ndarray]]:
-    """Every tensor's arrays checked as the NumPy module checks them (``single``: one tensor, as
-    its ``step`` does), then across tensors; returns each tensor's flat buffers in buffer
-    order (weight, grad, inputs, states)."""
+    """Each tensor's flat buffers in buffer order (weight, grad, inputs, states). ``mode``:
+    "single" (one tensor, checked as the NumPy module's ``step`` checks it), "multi" (every
+    tensor so, then across tensors: ``step_multi``), "prechecked" (the caller checked them all:
+    only the counts are checked here)."""
     if not (len(weights) == len(grads) == len(states)):
         counts = f"{len(weights)} weights, {len(grads)} grads, {len(states)} states"
         raise ValueError(f"{rule}: {counts}")
@@ -79,11 +80,20 @@ def prepare(
             continue
         if not isinstance(values, (list, tuple)) or len(values) != len(weights):
             raise ValueError(f"{rule}: {key} must be a list of {len(weights)} arrays, one each")
+    if mode == "prechecked":
+        flats = [
+            [w, g] + [values[j] for values in inputs.values()] + [s[n] for n in names]
+            for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True))
+        ]
+        # a view of a non-contiguous array would be a copy: the update would be lost
+        if all(type(a) is np.ndarray and a.flags.c_contiguous for f in flats for a in f):
+            return [[a.reshape(-1) for a in f] for f in flats]
+        mode = "multi"  # not what the caller promised: every check, naming the culprit
     flats = []
     for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
         given = {key: (values[j] if values is not None else None) for key, values in inputs.items()}
         flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
-    if not single:
+    if mode == "multi":
         check_arrays_across(rule, weights, grads, states, names)
     return flats
 

@@ -259,3 +259,20 @@ def test_auto_runs_numba_on_cpu_unless_told_otherwise(monkeypatch: pytest.Monkey
     assert not SGLD([p])._use_numba()  # not compiled: the NumPy reference, by its flag
     with pytest.raises(ValueError, match="SGLD: backend='numba': noise draws"):
         SGLD([p], backend="numba")
+
+
+def test_step_prechecked_equals_step_multi_and_still_refuses_what_it_cannot_update() -> None:
+    """The torch classes' entry (arrays checked by the caller) computes what step_multi does;
+    a buffer it could only update through a copy (not C-contiguous) gets every check."""
+    nb = numba_module("adam")
+    rng = np.random.default_rng(2)
+    ws = [rng.standard_normal(1000).astype(np.float32) for _ in range(3)]
+    gs = [rng.standard_normal(1000).astype(np.float32) for _ in range(3)]
+    a, b = [w.copy() for w in ws], [w.copy() for w in ws]
+    sa, sb = [nb.init_state(w) for w in a], [nb.init_state(w) for w in b]
+    nb.step_multi(a, gs, sa, 3, lr=0.1)
+    nb.step_prechecked(b, gs, sb, 3, lr=0.1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    strided = np.zeros(2000, np.float32)[::2]
+    with pytest.raises(ValueError, match="weight must be C-contiguous"):
+        nb.step_prechecked([strided], [gs[0]], [nb.init_state(gs[0])], 1)

@@ -157,7 +157,7 @@ def step(
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
-    _run([weight], [grad], [state], [t], hp, {}, {}, True)
+    _run([weight], [grad], [state], [t], hp, {}, {}, "single")
 
 
 def step_multi(
@@ -172,7 +172,23 @@ def step_multi(
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, False)
+    _run(weights, grads, states, ts, hp, {}, {}, "multi")
+
+
+def step_prechecked(
+    weights: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    states: Sequence[dict[str, np.ndarray]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """``step_multi`` for a caller that has checked every array as ``step_multi`` would, and
+    more (the torch classes check every parameter, state and buffer of a step before any
+    write): the arrays are taken as they are; hyperparameters, step counts and host scalars
+    are still checked."""
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, len(weights))
+    _run(weights, grads, states, ts, hp, {}, {}, "prechecked")
 
 
 def _run(
@@ -183,11 +199,12 @@ def _run(
     hp: dict[str, float],
     inputs: dict[str, Any],
     _scalar_args: dict[str, Any],
-    _single: bool,
+    mode: str,
 ) -> None:
-    """The checks, the host scalars of every tensor, then the compiled loops."""
+    """The checks (``mode``: "single", "multi" or "prechecked", see ``prepare``), the host
+    scalars of every tensor, then the compiled loops."""
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, _single)
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, mode)
     tables = by_dtype(buffers)
     _sizes: list[dict[str, int]] = [{} for _ in weights]
     sums: list[dict[str, float]] = [{} for _ in weights]

@@ -237,7 +237,7 @@ class Stepping:
             ]
             for key in self.META.INPUTS
         }
-        self._numba().step_multi(
+        self._numba().step_prechecked(  # every array checked in _plans
             [w.numpy() for w in weights],
             [g.contiguous().numpy() for g in grads],
             views,
