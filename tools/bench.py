@@ -5,6 +5,7 @@
     python -m tools.bench --quick              # 100 000 parameters, 3 steps (smoke test)
     python -m tools.bench --quick --n 1000000  # --n and --steps given with --quick win
     python -m tools.bench --json bench.json    # also write the figures
+    python -m tools.bench --cpu                # the compiled numba target (tools/bench_cpu.py)
 
 Prints ms per step (median of the timed steps, after warm-up) of the generated NumPy step and of
 torch.optim (for-loop and foreach) on the same tensors with the same hyperparameters, the ratios
@@ -433,7 +434,18 @@ def main(argv: list[str] | None = None) -> int:
         help="defaults 100 000 parameters, 3 steps; times the generation of --rule only",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures")
+    parser.add_argument(
+        "--cpu", action="store_true", help="the compiled numba target vs torch (tools/bench_cpu)"
+    )
     args = parser.parse_args(argv)
+    if args.cpu:
+        from tools import bench_cpu
+
+        figures = bench_cpu.run(args.quick, args.steps)
+        print(bench_cpu.report(figures))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        return 0
     n = args.n or (100_000 if args.quick else 10_000_000)
     steps = args.steps or (3 if args.quick else 20)
     import torch

@@ -220,14 +220,12 @@ class Stepping:
         hp: dict[str, Any],
         given: Given,
     ) -> None:
-        """The group's CPU parameters in one ``step_multi`` of the compiled module, on zero-copy
-        views; a gradient of another dtype than its (master) weight is converted into a
-        temporary of its own, as are per-element inputs."""
+        """The group's CPU parameters in one ``step_prechecked`` of the compiled module, on
+        zero-copy views; a gradient of another dtype than its (master) weight is converted into
+        its own slice of a reused scratch buffer (``_grad_scratches``); per-element inputs of
+        another dtype into temporaries."""
         weights = [state.get("master", p).detach() for p, state in zip(params, states, strict=True)]
-        grads = [p.grad.detach() for p in params]
-        grads = [
-            g if g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grads, weights, strict=True)
-        ]
+        grads = self._grad_scratches([p.grad.detach() for p in params], [w.dtype for w in weights])
         views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
         arrays = {
@@ -280,6 +278,34 @@ class Stepping:
         view = scratch[:n].view(grad.shape)
         view.copy_(grad)
         return view
+
+    def _grad_scratches(
+        self, grads: list[torch.Tensor], dtypes: list[torch.dtype]
+    ) -> list[torch.Tensor]:
+        """``grads`` converted to ``dtypes`` where they differ (fp16/bf16 gradients for their
+        fp32 masters), all at once: each in its own slice of one scratch buffer the optimizer
+        reuses (sized to the largest total a group needed), never part of ``state_dict()``."""
+        need = [g.numel() for g, d in zip(grads, dtypes, strict=True) if g.dtype != d]
+        if not need:
+            return grads
+        dtype = next(d for g, d in zip(grads, dtypes, strict=True) if g.dtype != d)
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.numel() < sum(need) or scratch.dtype != dtype:
+            scratch = torch.empty(sum(need), dtype=dtype, device=grads[0].device)
+            self._scratch = scratch
+        out, at = [], 0
+        for g, d in zip(grads, dtypes, strict=True):
+            if g.dtype == d:
+                out.append(g)
+                continue
+            if d != dtype:  # another master dtype in the same group: a temporary
+                out.append(g.to(d))
+                continue
+            view = scratch[at : at + g.numel()].view(g.shape)
+            view.copy_(g)
+            out.append(view)
+            at += g.numel()
+        return out
 
     def _triton_step(
         self,
