@@ -52,6 +52,28 @@ def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
     return numba.carray(_pointer(address + start * like.itemsize), (stop - start,), like.dtype)
 
 
+# Below this many chunks per thread, fewer threads: waking a worker costs more than it saves
+# (the NumPy module's rule too), and on a loaded machine a parallel region waits a whole
+# scheduler slice for a descheduled worker.
+MIN_CHUNKS_PER_THREAD = 4
+
+
+def launch(kernel: Any, addresses: np.ndarray, chunks: np.ndarray, *args: Any) -> None:
+    """``kernel(addresses, chunks, *args)`` on as many threads as the chunks keep busy (at most
+    numba's current setting: ``numba.set_num_threads`` and NUMBA_NUM_THREADS cap it); one
+    thread runs the loop on the caller's, with no worker to wake."""
+    threads = numba.get_num_threads()
+    workers = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
+    if workers == threads:
+        kernel(addresses, chunks, *args)
+        return
+    numba.set_num_threads(workers)
+    try:
+        kernel(addresses, chunks, *args)
+    finally:
+        numba.set_num_threads(threads)
+
+
 def chunk_table(sizes: Sequence[int], chunk: int = CHUNK) -> np.ndarray:
     """(tensor, start, stop) of every chunk of every tensor, tensor by tensor in order."""
     rows = [(j, s, min(s + chunk, n)) for j, n in enumerate(sizes) for s in range(0, n, chunk)]

@@ -61,7 +61,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, by_dtype, partials_of, prepare, view
+from optgen_runtime.numba_support import NJIT, by_dtype, launch, partials_of, prepare, view
 from optgen_runtime.numpy_support import combine
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -286,7 +286,13 @@ def _run(
             for _j in _indices
         ]
         partial = np.empty((len(_chunks), 1), dtype=np.float64)
-        _reduce(_addresses, _chunks, np.array(pre, dtype=dtype).reshape(len(_indices), 0), partial)
+        launch(
+            _reduce,
+            _addresses,
+            _chunks,
+            np.array(pre, dtype=dtype).reshape(len(_indices), 0),
+            partial,
+        )
         for _j, _rows in zip(_indices, partials_of(partial, _chunks, len(_indices)), strict=True):
             sums[_j].update(combine(REDUCE_KINDS, ["grad_sq"], _rows))
     # The group's totals, over every tensor of the call in order.
@@ -307,4 +313,4 @@ def _run(
             _rows.append(check_scalars(RULE, SCALARS, _value, dtype))
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 9))
     for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
-        _update(_addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table)

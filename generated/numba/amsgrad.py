@@ -56,7 +56,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, by_dtype, prepare, view
+from optgen_runtime.numba_support import NJIT, by_dtype, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.amsgrad; re-exported here.
@@ -257,4 +257,4 @@ def _run(
             _rows.append(per_tensor[key])
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 11))
     for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
-        _update(_addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table)

@@ -82,7 +82,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, by_dtype, prepare, view
+from optgen_runtime.numba_support import NJIT, by_dtype, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.nadam; re-exported here.
@@ -285,6 +285,6 @@ def _run(
             host_new[_j] = new
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 13))
     for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
-        _update(_addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table)
     for _s, new in zip(states, host_new, strict=True):
         _s.update(new)

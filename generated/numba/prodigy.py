@@ -82,7 +82,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, by_dtype, partials_of, prepare, view
+from optgen_runtime.numba_support import NJIT, by_dtype, launch, partials_of, prepare, view
 from optgen_runtime.numpy_support import combine
 from optgen_runtime.scalars import check_host_states, check_scalars, computed
 
@@ -359,7 +359,13 @@ def _run(
             for _j in _indices
         ]
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
-        _reduce(_addresses, _chunks, np.array(pre, dtype=dtype).reshape(len(_indices), 3), partial)
+        launch(
+            _reduce,
+            _addresses,
+            _chunks,
+            np.array(pre, dtype=dtype).reshape(len(_indices), 3),
+            partial,
+        )
         for _j, _rows in zip(_indices, partials_of(partial, _chunks, len(_indices)), strict=True):
             sums[_j].update(combine(REDUCE_KINDS, ["dot", "s_sum"], _rows))
     # The group's totals, over every tensor of the call in order.
@@ -383,6 +389,6 @@ def _run(
             host_new[_j] = new
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 11))
     for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
-        _update(_addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table)
     for _s, new in zip(states, host_new, strict=True):
         _s.update(new)

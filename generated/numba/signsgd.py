@@ -67,7 +67,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, by_dtype, prepare, view
+from optgen_runtime.numba_support import NJIT, by_dtype, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 # The rule's metadata and host code live in generated.rules.signsgd; re-exported here.
@@ -215,4 +215,4 @@ def _run(
             _rows.append(per_tensor[key])
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 2))
     for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
-        _update(_addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table)
