@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -158,7 +159,9 @@ def test_per_tensor_step_counts_and_mixed_dtypes() -> None:
     sa, sb = [ref.init_state(w) for w in a], [nb.init_state(w) for w in b]
     for j, t in enumerate([1, 5, 9]):
         ref.step(a[j], gs[j], sa[j], t, lr=0.01)
-    nb.step_multi(b, gs, sb, [1, 5, 9], lr=0.01)
+    threads = numba.get_num_threads()
+    nb.step_multi(b, gs, sb, [1, 5, 9], lr=0.01)  # 2 chunks per dtype: one thread each
+    assert numba.get_num_threads() == threads  # restored
     for x, y in zip(a, b, strict=True):
         assert x.dtype == y.dtype and np.array_equal(x, y)
 
