@@ -11,7 +11,8 @@ platform's libm, which may differ from NumPy's own SIMD routines in the last bit
 accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwise: equal up to
 float64 rounding. Rules the target cannot express yet get a module that runs the NumPy
 reference and says so (``COMPILED = False``, ``FALLBACK``): noise draws, row/column states and
-axis reductions, matrix rules.
+axis reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's
+(``SLOWER``: cube roots).
 """
 
 from __future__ import annotations
@@ -122,12 +123,22 @@ def _buf(name: str) -> str:
     return names.derived(name, "_buf")
 
 
-def fallback_reason(rule: Rule) -> str | None:
+# Operations whose compiled form is slower than NumPy's: a scalar libm call per element that
+# LLVM does not vectorise, where NumPy has a SIMD loop (MADGRAD's two cube roots per element:
+# 4.6x the NumPy step's time at 10 M parameters, python -m tools.bench --cpu).
+SLOWER = frozenset({"cbrt"})
+
+
+def fallback_reason(rule: Rule, lowered: Lowered | None = None) -> str | None:
     """Why the rule runs the NumPy reference in its numba module (None: it is compiled)."""
     if rule.draws:
         return "noise draws (Philox streams) are not compiled yet"
     if rule.vector_values or any(a is not None for a in rule.reduction_axes.values()):
         return "row/column states and axis reductions are not compiled yet"
+    kinds = {op.kind for op in [*lowered.ops, *lowered.reduce_ops]} if lowered else set()
+    if kinds & SLOWER:
+        slower = ", ".join(sorted(kinds & SLOWER))
+        return f"{slower} compiles to a scalar libm call per element, slower than NumPy's SIMD loop"
     return None
 
 
@@ -164,7 +175,7 @@ def phase_context(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict
 
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
-    reason = fallback_reason(rule)
+    reason = fallback_reason(rule, lowered)
     rules_names = exported(lowered)
     common = {
         "rule": rule,
