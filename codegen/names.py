@@ -49,7 +49,8 @@ _reserve(
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
-    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA",
+    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
+    "step_prechecked",
 )
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
@@ -64,7 +65,7 @@ _reserve(
 )
 _reserve(
     "a local of the generated step functions",
-    "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
+    "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new mode "
     "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(

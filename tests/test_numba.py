@@ -19,9 +19,8 @@ import numba
 import numpy as np
 import pytest
 import torch
-from conftest import RULE_NAMES, numpy_module, step_inputs, tolerance
+from conftest import ALL_RULES, RULE_NAMES, numpy_module, step_inputs, tolerance
 
-from codegen.load import load_rules
 from codegen.lower import lower
 from codegen.targets.numba import fallback_reason
 
@@ -47,7 +46,7 @@ def numba_module(name: str) -> ModuleType:
 
 def exactness(name: str) -> str:
     """'bits' where every op rounds as NumPy's does, else why not."""
-    lowered = lower(load_rules(names=[name])[0])
+    lowered = lower(ALL_RULES[name])
     kinds = {op.kind for op in [*lowered.ops, *lowered.reduce_ops]}
     if kinds & LIBM:
         return f"libm ({', '.join(sorted(kinds & LIBM))})"
@@ -79,6 +78,10 @@ def run_both(name: str, dtype: type, steps: int = 3) -> tuple[list, list]:
     return list(zip(a, sa, strict=True)), list(zip(b, sb, strict=True))
 
 
+def bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+
+
 def compare(name: str, dtype: type) -> None:
     nb = numba_module(name)
     want, got = run_both(name, dtype)
@@ -88,7 +91,7 @@ def compare(name: str, dtype: type) -> None:
         pairs += [(k, np.float64(sa[k]), np.float64(sb[k])) for k in nb.HOST_STATES]
         for label, x, y in pairs:
             if how == "bits":
-                assert x.dtype == y.dtype and np.array_equal(x.view(np.uint8), y.view(np.uint8)), (
+                assert x.dtype == y.dtype and np.array_equal(bits(x), bits(y)), (
                     f"{name} {dtype.__name__} {label} ({x.shape}) differs from NumPy's bits"
                 )
             else:
@@ -138,7 +141,7 @@ def test_fallback_is_explicit() -> None:
     compiled."""
     for name in [*RULE_NAMES, "muon"]:
         nb, ref = numba_module(name), numpy_module(name)
-        rule = load_rules(names=[name])[0]
+        rule = ALL_RULES[name]
         if rule.matrix_values:
             reason = "matrix rules are not compiled"
         else:
