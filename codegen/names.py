@@ -65,7 +65,7 @@ _reserve(
 )
 _reserve(
     "a local of the generated step functions",
-    "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new mode "
+    "hp host buffers sums pre scalars host_new ts streams hosts tables ints chunks new "
     "dtype update reduce scratch stop name value partial given per_tensor",
 )
 _reserve(

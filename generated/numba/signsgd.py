@@ -190,12 +190,12 @@ def _run(
     hp: dict[str, float],
     inputs: dict[str, Any],
     _scalar_args: dict[str, Any],
-    mode: str,
+    _mode: str,
 ) -> None:
-    """The checks (``mode``: "single", "multi" or "prechecked", see ``prepare``), the host
+    """The checks (``_mode``: "single", "multi" or "prechecked", see ``prepare``), the host
     scalars of every tensor, then the compiled loops."""
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, mode)
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, _mode)
     tables = by_dtype(buffers)
     _sizes: list[dict[str, int]] = [{} for _ in weights]
     sums: list[dict[str, float]] = [{} for _ in weights]
