@@ -17,6 +17,7 @@ from codegen import matrix, matrix_targets
 from codegen.load import SPECS_DIR, load_rules
 from codegen.lower import lower
 from codegen.targets import ENV, package_targets, rule_targets
+from codegen.targets import numba as numba_target
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED_DIR = ROOT / "generated"
@@ -54,6 +55,7 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
     for rule in [r for r in rules if matrix.is_matrix_rule(r)]:  # codegen/matrix_targets.py
         start = time.perf_counter()
         texts = matrix_targets.render(rule)
+        texts.setdefault("numba", numba_target.fallback_text(rule, "matrix rules are not compiled"))
         for target in rule_targets():
             path = Path(target.directory) / f"{rule.name}.py"
             text = ruff_format(texts[target.name], str(path))

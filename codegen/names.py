@@ -28,7 +28,9 @@ def _reserve(why: str, names: str) -> None:
         RESERVED.setdefault(name, why)
 
 
-_reserve("a module the generated code imports", "np tl triton torch math annotations libdevice")
+_reserve(
+    "a module the generated code imports", "np tl triton torch math annotations libdevice numba"
+)
 _reserve("a typing name the generated code imports", "Any Sequence")
 _reserve(
     "a runtime helper the generated code imports",
@@ -39,7 +41,7 @@ _reserve(
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
     "check_host_states computed_each distinct check_tensors_each element_offsets "
-    "input_lists DropIn",
+    "input_lists combine_group DropIn NJIT by_dtype partials_of prepare view",
 )
 _reserve(
     "a module global of every generated module",
@@ -47,7 +49,8 @@ _reserve(
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
-    "init_state step step_multi host_scalars reduction_scalars",
+    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
+    "step_prechecked",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
@@ -71,7 +74,7 @@ _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
     "keepdims device inputs "
-    "integer lo hi lo_open hi_open allow_none",
+    "integer lo hi lo_open hi_open allow_none parallel",
 )
 _reserve(
     "a Python builtin the generated code calls",
@@ -84,6 +87,7 @@ SUFFIXES: dict[str, str] = {
     "_ptr": "a buffer's pointer in a kernel",
     "_like": "a buffer's pointer-type witness in a multi-tensor kernel",
     "_flat": "a buffer's flat view in the NumPy module",
+    "_buf": "a buffer's chunk in a numba kernel",
 }
 # Names the rule's name gets with one of these suffixes (kernels).
 RULE_SUFFIXES: tuple[str, ...] = (

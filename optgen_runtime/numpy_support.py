@@ -163,6 +163,14 @@ def combine(
     return across_shards(kinds, [_combine(kinds, names, partials)])[0]
 
 
+def combine_group(
+    kinds: dict[str, str], names: list[str], partials: list[tuple[float, ...]]
+) -> dict[str, float]:
+    """A group's totals from its tensors' reductions, in tensor order. Each tensor's were
+    combined across its shards already (``combine``): no second combination."""
+    return _combine(kinds, names, partials)
+
+
 def _combine(
     kinds: dict[str, str], names: list[str], partials: list[tuple[float, ...]]
 ) -> dict[str, float]:

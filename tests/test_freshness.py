@@ -41,7 +41,8 @@ def test_generated_files_are_headed() -> None:
             rule_modules += 1
             assert named == [f"specs/{path.stem}.py"], (path, head)
             assert (SPECS_DIR / f"{path.stem}.py").is_file(), path
-    assert rule_modules == 3 * len(list(SPECS_DIR.glob("[!_]*.py")))  # rules/, numpy/, triton/
+    # rules/, numpy/, triton/, numba/
+    assert rule_modules == 4 * len(list(SPECS_DIR.glob("[!_]*.py")))
 
 
 def test_check_cli_reports_a_stale_file(tmp_path: Path) -> None:
@@ -136,6 +137,6 @@ def test_regeneration_deletes_the_modules_of_a_removed_spec(tmp_path: Path) -> N
     changed = write(generate_all(specs), out, prune=True)
     assert not any(out.rglob("adam.py"))
     assert {c for c in changed if "adam" in c} == {
-        f"generated/{t}/adam.py (deleted)" for t in ("rules", "numpy", "triton")
+        f"generated/{t}/adam.py (deleted)" for t in ("rules", "numpy", "triton", "numba")
     }
     assert stale(specs, out) == []

@@ -120,7 +120,14 @@ NOT_FOR_MATRIX_RULES: dict[str, tuple[str, list[str]]] = {
     ),
 }
 # Generic suites that run every rule, matrix rules included (they read ALL_RULES or every file).
-FOR_EVERY_RULE = {"test_freshness.py", "test_names.py", "test_runtime_imports.py"}
+FOR_EVERY_RULE = {
+    "test_distributed.py",  # every class on 2-D weights (a sharded matrix rule refused: tested)
+    "test_freshness.py",
+    "test_lr_zero.py",  # every class on a 4 x 6 weight
+    "test_names.py",
+    "test_numba.py",  # a matrix rule's numba module is an explicit fallback (tested)
+    "test_runtime_imports.py",
+}
 
 
 def test_every_generic_suite_is_classified() -> None:

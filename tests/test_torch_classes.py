@@ -218,14 +218,18 @@ def test_low_precision_with_master_weights(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_master_weight_steps_reuse_one_gradient_buffer(dtype: torch.dtype) -> None:
     """On the CPU a fp16/bf16 gradient reaches its fp32 master through one scratch buffer the
-    optimizer keeps (the largest parameter's size, not in ``state_dict()``): after the first
-    step no ``Tensor.to`` runs (the old per-step full-size conversion) and the buffer stays."""
+    optimizer keeps (not in ``state_dict()``; the NumPy backend converts one parameter at a time
+    into the largest parameter's size, the numba backend all of a group's at once into their
+    total size): after the first step no ``Tensor.to`` runs (the old per-step full-size
+    conversion) and the buffer stays."""
     params = make_params(dtype)
     opt = CLASSES["adam"](params, lr=0.01, multi_precision=True)
     set_grads(params, 1)
     opt.step()
     scratch = opt._scratch
-    assert scratch.dtype == torch.float32 and scratch.numel() == max(p.numel() for p in params)
+    sizes = [p.numel() for p in params]
+    size = sum(sizes) if opt._use_numba() else max(sizes)
+    assert scratch.dtype == torch.float32 and scratch.numel() == size
     pointer = scratch.data_ptr()
     conversions = []
     to = torch.Tensor.to

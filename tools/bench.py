@@ -6,6 +6,7 @@
     python -m tools.bench --quick --n 1000000  # --n and --steps given with --quick win
     python -m tools.bench --json bench.json    # also write the figures
     python -m tools.bench --host               # host time of step(), launches stubbed
+    python -m tools.bench --cpu                # the compiled numba target (tools/bench_cpu.py)
 
 Prints ms per step (median of the timed steps, after warm-up) of the generated NumPy step and of
 torch.optim (for-loop and foreach) on the same tensors with the same hyperparameters, the ratios
@@ -439,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="host time of step() with launches stubbed, 10/148/1000 tensors (tools.host_bench)",
     )
+    parser.add_argument(
+        "--cpu", action="store_true", help="the compiled numba target vs torch (tools/bench_cpu)"
+    )
     args = parser.parse_args(argv)
     if args.host:
         from tools import host_bench
@@ -447,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
         print(host_bench.report(rows, args.steps or 20))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        return 0
+    if args.cpu:
+        from tools import bench_cpu
+
+        figures = bench_cpu.run(args.quick, args.steps)
+        print(bench_cpu.report(figures))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
         return 0
     n = args.n or (100_000 if args.quick else 10_000_000)
     steps = args.steps or (3 if args.quick else 20)

@@ -67,9 +67,9 @@ class PackageTarget:
 
 def rule_targets() -> list[Target]:
     """Every per-rule target, in the order files are generated (metadata first)."""
-    from codegen.targets import numpy, rules, triton
+    from codegen.targets import numba, numpy, rules, triton
 
-    return [rules.TARGET, numpy.TARGET, triton.TARGET]
+    return [rules.TARGET, numpy.TARGET, triton.TARGET, numba.TARGET]
 
 
 def package_targets() -> list[PackageTarget]:

@@ -13,7 +13,7 @@ It is composed of one part per concern, each in its own module:
 - :mod:`~optgen_runtime.optim.state`: per-parameter state, its checks, ``state_dict()`` /
   ``load_state_dict()``, multi-precision master weights;
 - :mod:`~optgen_runtime.optim.amp`: ``torch.amp.GradScaler`` support (skipped steps rolled back);
-- :mod:`~optgen_runtime.optim.step`: the step on the NumPy or Triton backend;
+- :mod:`~optgen_runtime.optim.step`: the step on the numba, NumPy or Triton backend;
 - :mod:`~optgen_runtime.optim.inputs`: a step's inputs besides the gradients (``hessian=``,
   a loss);
 - :mod:`~optgen_runtime.optim.exchange`: state exchange with torch.optim, and the torch.optim
@@ -68,8 +68,12 @@ class GeneratedOptimizer(
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
-        if backend not in ("auto", "numpy", "triton"):
-            raise ValueError(f"{type(self).__name__}: backend must be auto, numpy or triton")
+        if backend not in ("auto", "numpy", "numba", "triton"):
+            raise ValueError(f"{type(self).__name__}: backend must be auto, numpy, numba or triton")
+        if backend == "numba":
+            module = self._numba()
+            if not module.COMPILED:
+                raise ValueError(f"{type(self).__name__}: backend='numba': {module.FALLBACK}")
         self._check(defaults)
         self.multi_precision = bool(multi_precision)
         self.backend = backend

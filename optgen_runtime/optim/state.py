@@ -143,7 +143,9 @@ class ParamState:
             check_kernel_dtype(name, f"{label}'s grad", grad)
         else:
             if p.device.type != "cpu":
-                self._fail(ValueError, f"{label} is on {p.device}; the NumPy backend needs CPU")
+                self._fail(
+                    ValueError, f"{label} is on {p.device}; the {self.backend} backend needs CPU"
+                )
             if p.dtype in LOW_PRECISION and not self.multi_precision and "master" not in state:
                 self._fail(
                     TypeError,

@@ -1,11 +1,15 @@
-"""The step: every check first, then the NumPy reference or the Triton kernels.
+"""The step: every check first, then the compiled CPU loops, the NumPy reference or the Triton
+kernels.
 
 - CUDA parameters go through the rule's Triton kernels, one ``step_multi`` per group: one update
   launch per dtype combination (plus one reduction launch for per-tensor norms), whatever the
-  parameters' step counts and host states; CPU parameters through the NumPy reference on
-  zero-copy views (a fp16/bf16 gradient of a ``multi_precision`` parameter is converted into a
-  reused fp32 scratch buffer); ``backend="triton"`` forces the kernels (CPU tensors need
-  ``TRITON_INTERPRET=1``).
+  parameters' step counts and host states; CPU parameters through the rule's compiled numba
+  module (``generated/numba``), one ``step_multi`` per group on zero-copy views, where the rule
+  is compiled (``COMPILED``), else through the NumPy reference (a fp16/bf16 gradient of a
+  ``multi_precision`` parameter is converted into a reused fp32 scratch buffer). ``backend=
+  "numpy"`` (or OPTGEN_CPU_BACKEND=numpy with ``"auto"``) forces the NumPy reference,
+  ``backend="numba"`` the compiled loops (refused for a rule that is not compiled);
+  ``backend="triton"`` forces the kernels (CPU tensors need ``TRITON_INTERPRET=1``).
 - Random draws (SGLD): parameter ``i`` of the optimizer (its index in ``state_dict()``, counting
   through the groups in order; under ZeRO, in the ZeRO optimizer's) draws from the stream
   ``tensor_seed(seed, i)``, on both backends, each element at its index in the full tensor (a
@@ -17,7 +21,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -100,10 +107,15 @@ class Stepping:
         amps: dict[torch.device, torch.Tensor],
         given: Given,
     ) -> None:
-        """One group's update: its CPU parameters on the NumPy backend, the others on Triton."""
+        """One group's update: its CPU parameters on numba (or NumPy), the others on Triton."""
         triton = [i for i, p in enumerate(params) if self._use_triton(p)]
         on_triton = set(triton)  # once: a set per index made this quadratic in the tensors
         numpy = [i for i in range(len(params)) if i not in on_triton]
+        if numpy and self._use_numba():  # one compiled call for the group's CPU tensors
+            self._numba_step(
+                [params[i] for i in numpy], [group_states[i] for i in numpy], hp, given
+            )
+            numpy = []
         if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
             self._numpy_group_step([params[i] for i in numpy], [group_states[i] for i in numpy], hp)
             numpy = []
@@ -257,6 +269,59 @@ class Stepping:
         )
         self._finish(p, state, views)
 
+    def _use_numba(self) -> bool:
+        """CPU parameters run the compiled module: ``backend="numba"``, or ``"auto"`` where the
+        rule is compiled and OPTGEN_CPU_BACKEND does not say ``numpy``."""
+        if self.backend == "numba":
+            return True
+        if self.backend != "auto" or os.environ.get("OPTGEN_CPU_BACKEND", "") == "numpy":
+            return False
+        return bool(self._numba().COMPILED)
+
+    def _numba(self) -> ModuleType:
+        """The rule's numba module, imported on first use (numba loads only when needed), from
+        the package of the rule's metadata (``generated`` in a checkout, ``optgen`` installed)."""
+        package = self.META.__name__.rsplit(".", 2)[0]
+        return importlib.import_module(f"{package}.numba.{self.RULE}")
+
+    def _numba_step(
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        hp: dict[str, Any],
+        given: Given,
+    ) -> None:
+        """The group's CPU parameters in one ``step_prechecked`` of the compiled module, on
+        zero-copy views; a gradient of another dtype than its (master) weight is converted into
+        its own slice of a reused scratch buffer (``_grad_scratches``); per-element inputs of
+        another dtype into temporaries."""
+        weights = [
+            local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
+        ]
+        grads = self._grad_scratches(
+            [local(p.grad).detach() for p in params], [w.dtype for w in weights]
+        )
+        views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
+        ts = [int(state["step"]) + 1 for state in states]
+        arrays = {
+            key: [
+                local(given.of(p)[key]).detach().to(w.dtype).contiguous().numpy()
+                for p, w in zip(params, weights, strict=True)
+            ]
+            for key in self.META.INPUTS
+        }
+        self._numba().step_prechecked(  # every array checked in _plans
+            [w.numpy() for w in weights],
+            [g.contiguous().numpy() for g in grads],
+            views,
+            ts,
+            **hp,
+            **arrays,
+            **given.scalars,
+        )
+        for p, state, v in zip(params, states, views, strict=True):
+            self._finish(p, state, v)
+
     def _numpy_group_step(
         self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any]
     ) -> None:
@@ -291,6 +356,34 @@ class Stepping:
         view = scratch[:n].view(grad.shape)
         view.copy_(grad)
         return view
+
+    def _grad_scratches(
+        self, grads: list[torch.Tensor], dtypes: list[torch.dtype]
+    ) -> list[torch.Tensor]:
+        """``grads`` converted to ``dtypes`` where they differ (fp16/bf16 gradients for their
+        fp32 masters), all at once: each in its own slice of one scratch buffer the optimizer
+        reuses (sized to the largest total a group needed), never part of ``state_dict()``."""
+        need = [g.numel() for g, d in zip(grads, dtypes, strict=True) if g.dtype != d]
+        if not need:
+            return grads
+        dtype = next(d for g, d in zip(grads, dtypes, strict=True) if g.dtype != d)
+        scratch = getattr(self, "_scratch", None)
+        if scratch is None or scratch.numel() < sum(need) or scratch.dtype != dtype:
+            scratch = torch.empty(sum(need), dtype=dtype, device=grads[0].device)
+            self._scratch = scratch
+        out, at = [], 0
+        for g, d in zip(grads, dtypes, strict=True):
+            if g.dtype == d:
+                out.append(g)
+                continue
+            if d != dtype:  # another master dtype in the same group: a temporary
+                out.append(g.to(d))
+                continue
+            view = scratch[at : at + g.numel()].view(g.shape)
+            view.copy_(g)
+            out.append(view)
+            at += g.numel()
+        return out
 
     def _triton_step(
         self,

@@ -1,11 +1,13 @@
 """Fuzz the torch.optim-style classes: ``step``, ``load_state_dict`` and
 ``load_torch_state_dict`` are refused before any write (class and culprit named; parameters,
 gradients, every state entry, the param groups and the loaded state dict byte-identical) or
-equal the reference: the rule's NumPy (or, with ``backend="triton"``, Triton) module on copies."""
+equal the reference: the rule's module on copies (the one the class runs: numba where the rule is
+compiled, else NumPy; with ``backend="triton"``, Triton)."""
 
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from typing import Any
 
@@ -268,6 +270,9 @@ def torch_reference(rule, backend, before, opt, params):
                 triton_module(rule).step(w, grads[j].clone(), s, t, **hp)
                 got_w = p.detach()
             else:
+                cpu = numpy_module(rule)
+                if opt._use_numba():  # the class runs the compiled module (= NumPy: test_numba)
+                    cpu = importlib.import_module(f"generated.numba.{rule}")
                 w = ps[j].numpy().copy()
                 if state:
                     s = {
@@ -276,10 +281,10 @@ def torch_reference(rule, backend, before, opt, params):
                         if k != "step"
                     }
                 else:
-                    s = numpy_module(rule).init_state(w.copy(), **init)
+                    s = cpu.init_state(w.copy(), **init)
                 t = int(state["step"]) + 1 if state else 1
                 g = grads[j].to(ps[j].dtype).numpy().copy()  # the class converts it
-                numpy_module(rule).step(w, g, s, t, **hp)
+                cpu.step(w, g, s, t, **hp)
                 w = torch.from_numpy(w)
                 s = {
                     k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)

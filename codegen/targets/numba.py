@@ -1,0 +1,238 @@
+"""The numba target: a compiled, multi-threaded CPU module per rule (``generated/numba``).
+
+Each three-address op is one scalar statement in a serial loop over a chunk's elements (LLVM
+vectorises it), in the weight's dtype: values load as float32 or float64, host scalars arrive in
+a table of that dtype (rounded as the NumPy module rounds them) and every literal is cast to it
+(``_T(0.5)``: a bare Python float would promote a float32 expression to float64 in numba). So
+each op computes what the NumPy module's ufunc computes on the same operands: +, -, *, /, sqrt,
+comparisons, selects, max/min (NumPy's: ``a > b ? a : b`` with a NaN in ``a`` kept) and sign
+(NumPy's: sign(-0.0) = 0.0) to the last bit; exp, log, tanh, softplus, cbrt and pow call the
+platform's libm, which may differ from NumPy's own SIMD routines in the last bit. Reductions
+accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwise: equal up to
+float64 rounding. Rules the target cannot express yet get a module that runs the NumPy
+reference and says so (``COMPILED = False``, ``FALLBACK``): noise draws, row/column states and
+axis reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's
+(``SLOWER``: cube roots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import sympy as sp
+
+from codegen import names, ops
+from codegen.lower import Lowered, Op, Operand
+from codegen.spec import Rule
+from codegen.targets import Target
+from codegen.targets.host import HostCode, literal
+from codegen.targets.rules import (
+    exported,
+    legend,
+    natural,
+    reduce_scalars_name,
+    reduction_scalars_name,
+)
+
+DTYPE = "_T"  # the chunk's dtype (float32 or float64), as a callable: literals are cast to it
+
+
+def _max(a: list[str]) -> str:  # NumPy's maximum: b when equal or b is NaN; a NaN in a kept
+    return f"({a[0]} if ({a[0]} > {a[1]} or {a[0]} != {a[0]}) else {a[1]})"
+
+
+def _min(a: list[str]) -> str:
+    return f"({a[0]} if ({a[0]} < {a[1]} or {a[0]} != {a[0]}) else {a[1]})"
+
+
+class NumbaOpPrinter:
+    """numba: each op is one scalar statement on the chunk's element ``_i``."""
+
+    FORMS: ClassVar[dict[str, Callable[[list[str]], str]]] = {
+        "add": lambda a: f"{a[0]} + {a[1]}",
+        "sub": lambda a: f"{a[0]} - {a[1]}",
+        "mul": lambda a: f"{a[0]} * {a[1]}",
+        "div": lambda a: f"{a[0]} / {a[1]}",  # IEEE; x / 0 is inf (error_model="numpy")
+        "neg": lambda a: f"-{a[0]}",
+        "copy": lambda a: a[0],
+        "sqrt": lambda a: f"np.sqrt({a[0]})",
+        "abs": lambda a: f"np.abs({a[0]})",
+        "sign": lambda a: (
+            f"({DTYPE}(1.0) if {a[0]} > 0 else ({DTYPE}(-1.0) if {a[0]} < 0 else "
+            f"({a[0]} if {a[0]} != {a[0]} else {DTYPE}(0.0))))"
+        ),
+        "max": _max,
+        "min": _min,
+        "exp": lambda a: f"np.exp({a[0]})",
+        "log": lambda a: f"np.log({a[0]})",
+        "tanh": lambda a: f"np.tanh({a[0]})",
+        # NumPy's logaddexp(0, a): a > 0: a + log1p(exp(-a)); else log1p(exp(a)); NaN stays
+        "softplus": lambda a: (
+            f"({a[0]} + np.log1p(np.exp(-{a[0]})) if {a[0]} > 0 else "
+            f"(np.log1p(np.exp({a[0]})) if {a[0]} <= 0 else {a[0]}))"
+        ),
+        "cbrt": lambda a: f"({DTYPE}(np.nan) if {a[0]} < 0.0 else np.cbrt({a[0]}))",
+        "pow": lambda a: f"{a[0]} ** {a[1]}",  # NaN guard in op() below
+        "gt": lambda a: f"{a[0]} > {a[1]}",
+        "ge": lambda a: f"{a[0]} >= {a[1]}",
+        "lt": lambda a: f"{a[0]} < {a[1]}",
+        "le": lambda a: f"{a[0]} <= {a[1]}",
+        "ne": lambda a: f"{a[0]} != {a[1]}",
+        "where": lambda a: f"({a[1]} if {a[0]} else {a[2]})",
+    }
+
+    def name(self, operand: Operand) -> str:
+        """Values and host scalars by name; constants cast to the chunk's dtype."""
+        if isinstance(operand, sp.Symbol):
+            return operand.name
+        if isinstance(operand, sp.logic.boolalg.BooleanAtom):
+            return "True" if operand is sp.true else "False"
+        return f"{DTYPE}({literal(operand)})"
+
+    def op(self, op: Op) -> str:
+        a = [self.name(x) for x in op.args]
+        expr = self.FORMS[op.kind](a)
+        if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
+            expr = f"({DTYPE}(np.nan) if {a[0]} < 0.0 else {expr})"
+        return f"{self.name(op.dest)} = {expr}"
+
+    def lines(self, ops_: list[Op]) -> list[str]:
+        """Each op, after a comment naming the spec line(s) of the equation it starts."""
+        out = []
+        for op in ops_:
+            out += [f"# {o.comment()}" for o in op.origin]
+            out.append(self.op(op))
+        return out
+
+
+ops.require("numba", NumbaOpPrinter.FORMS)
+
+# A chunk's partial of each reduction kind: its identity, and how an element joins it (sums in
+# float64, max and min NaN-propagating as NumPy's np.max/np.min).
+IDENTITY = {"sum": "0.0", "max": "-np.inf", "min": "np.inf"}
+ACCUMULATE = {
+    "sum": "{acc} += np.float64({x})",
+    "max": "{acc} = {acc} if ({acc} != {acc} or {acc} >= {x}) else np.float64({x})",
+    "min": "{acc} = {acc} if ({acc} != {acc} or {acc} <= {x}) else np.float64({x})",
+}
+
+
+def _buf(name: str) -> str:
+    """A buffer's chunk in a kernel (``mean_buf``); the element it holds is ``mean``."""
+    return names.derived(name, "_buf")
+
+
+# Operations whose compiled form is slower than NumPy's: a scalar libm call per element that
+# LLVM does not vectorise, where NumPy has a SIMD loop (MADGRAD's two cube roots per element:
+# 4.6x the NumPy step's time at 10 M parameters, python -m tools.bench --cpu).
+SLOWER = frozenset({"cbrt"})
+
+
+def fallback_reason(rule: Rule, lowered: Lowered | None = None) -> str | None:
+    """Why the rule runs the NumPy reference in its numba module (None: it is compiled)."""
+    if rule.draws:
+        return "noise draws (Philox streams) are not compiled yet"
+    if rule.vector_values or any(a is not None for a in rule.reduction_axes.values()):
+        return "row/column states and axis reductions are not compiled yet"
+    kinds = {op.kind for op in [*lowered.ops, *lowered.reduce_ops]} if lowered else set()
+    if kinds & SLOWER:
+        slower = ", ".join(sorted(kinds & SLOWER))
+        return f"{slower} compiles to a scalar libm call per element, slower than NumPy's SIMD loop"
+    return None
+
+
+def phase_context(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[str, object]:
+    """Reduction phase ``phase``: its chunk function's loads, ops and accumulators."""
+    rule = lowered.rule
+    reductions = lowered.phase_reductions(phase)
+    accs = []
+    for k, r in enumerate(reductions):
+        kind = rule.reduction_kinds[r]
+        acc = f"_p{k}"
+        accs.append(
+            {
+                "acc": acc,
+                "init": f"{acc} = {IDENTITY[kind]}",
+                "accumulate": ACCUMULATE[kind].format(acc=acc, x=r.name),
+            }
+        )
+    return {
+        "phase": phase,
+        "chunk": names.phased("_reduce_chunk", phase),
+        "kernel": names.phased("_reduce", phase),
+        "reductions": [str(r) for r in reductions],
+        "group": [str(r) for r in reductions if r in rule.group_reductions],
+        "table": reduce_scalars_name(phase),
+        "function": reduction_scalars_name(phase),
+        "reads": [(s.name, _buf(s.name)) for s in lowered.phase_reads(phase)],
+        "host_names": [s.name for s in lowered.phase_host(phase)],
+        "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.phase_host(phase))],
+        "ops": printer.lines(lowered.reduce_phases[phase - 1]),
+        "accs": accs,
+    }
+
+
+def context(lowered: Lowered) -> dict[str, object]:
+    rule = lowered.rule
+    reason = fallback_reason(rule, lowered)
+    rules_names = exported(lowered)
+    common = {
+        "rule": rule,
+        "doc": rule.doc,
+        "fallback": reason,
+        "rules_names": rules_names,
+    }
+    if reason is not None:
+        return common | {"exports": sorted(rules_names, key=natural)}
+    printer = NumbaOpPrinter()
+    phases = [phase_context(lowered, k, printer) for k in range(1, len(lowered.reduce_phases) + 1)]
+    code = HostCode()
+    return (
+        common
+        | {
+            "exports": sorted(
+                [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"],
+                key=natural,
+            ),
+            "host_fed": bool(rule.host_states and rule.scalar_reductions),
+            "buffers": [_buf(s.name) for s in rule.element_inputs],
+            "reads": [(s.name, _buf(s.name)) for s in lowered.reads],
+            "stores": [
+                (_buf(cur.name), new.name)
+                for cur, new in sorted(
+                    lowered.outputs.items(), key=lambda p: rule.element_inputs.index(p[0])
+                )
+            ],
+            "inputs": list(rule.inputs),
+            "scalar_args": list(rule.scalars),
+            "host_states": bool(rule.host_states),
+            "sizes": bool(rule.sizes),
+            "group": [str(r) for r in rule.group_reductions],
+            "memo": not (rule.host_states or lowered.summands),
+            "host_names": [s.name for s in lowered.update_scalars],
+            "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.update_scalars)],
+            "ops": printer.lines(lowered.ops),
+            "phases": phases,
+        }
+        | {"uses_math": code.uses_math}
+    )
+
+
+TARGET = Target(
+    "numba",
+    "numba",
+    "numba_module.py.j2",
+    context,
+    "compiled, multi-threaded CPU loops (numba; float32, float64)",
+)
+
+
+def fallback_text(rule: Rule, reason: str) -> str:
+    """The numba module of a rule whose other modules come from elsewhere (a matrix rule,
+    ``codegen/matrix_targets.py``): the NumPy reference, said so."""
+    from codegen.targets import ENV
+
+    return ENV.get_template("numba_module.py.j2").render(
+        rule=rule, doc=rule.doc, fallback=reason, rules_names=[], exports=[]
+    )

@@ -1,0 +1,142 @@
+"""Runtime of the generated numba modules (``generated/numba``): compile options, buffer tables
+and the checks they share with the NumPy reference.
+
+A compiled step runs one parallel loop over a chunk table that spans every tensor of the call
+(rows: tensor, start, stop), as the Triton multi-tensor kernels do: a tensor's buffers are found
+through a table of addresses (``view``), so one call updates any number of tensors without a
+per-tensor dispatch, and the loop over a chunk's elements is a plain serial function that LLVM
+vectorises. Every array is checked exactly as the NumPy module checks it (``flat_views``,
+``check_arrays_across``) before an address is taken.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from optgen_runtime.numpy_support import check_arrays_across, flat_views
+
+# IEEE arithmetic (no reassociation, no contraction to fused multiply-add: float32 results round
+# as NumPy's ufuncs do), NumPy's error model (x / 0 is inf, not ZeroDivisionError: it also keeps
+# the element loops free of branches, so they vectorise), the GIL released. Compiled code is
+# cached in ``__pycache__`` next to the generated module, as Python caches bytecode there (numba
+# falls back to its user-wide cache directory when that is not writable; NUMBA_CACHE_DIR moves
+# it); OPTGEN_NUMBA_CACHE=0 compiles in every process.
+CACHE = os.environ.get("OPTGEN_NUMBA_CACHE", "1") != "0"
+NJIT: dict[str, Any] = {"fastmath": False, "error_model": "numpy", "nogil": True, "cache": CACHE}
+
+# Elements per chunk, the NumPy module's CHUNK: a reduction's per-chunk partials cover the same
+# elements in both modules and are combined in the same order.
+CHUNK = 65536
+
+
+@intrinsic
+def _pointer(typingctx: Any, address: Any) -> Any:
+    """An int64 address as a void pointer (for ``numba.carray``)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@numba.njit(**NJIT)
+def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
+    """Elements [start, stop) of the buffer at ``address``, of ``like``'s dtype."""
+    return numba.carray(_pointer(address + start * like.itemsize), (stop - start,), like.dtype)
+
+
+# Below this many chunks per thread, fewer threads: waking a worker costs more than it saves
+# (the NumPy module's rule too), and on a loaded machine a parallel region waits a whole
+# scheduler slice for a descheduled worker.
+MIN_CHUNKS_PER_THREAD = 4
+
+
+def launch(kernel: Any, addresses: np.ndarray, chunks: np.ndarray, *args: Any) -> None:
+    """``kernel(addresses, chunks, *args)`` on as many threads as the chunks keep busy (at most
+    numba's current setting: ``numba.set_num_threads`` and NUMBA_NUM_THREADS cap it); one
+    thread runs the loop on the caller's, with no worker to wake."""
+    threads = numba.get_num_threads()
+    workers = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
+    if workers == threads:
+        kernel(addresses, chunks, *args)
+        return
+    numba.set_num_threads(workers)
+    try:
+        kernel(addresses, chunks, *args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def chunk_table(sizes: Sequence[int], chunk: int = CHUNK) -> np.ndarray:
+    """(tensor, start, stop) of every chunk of every tensor, tensor by tensor in order."""
+    rows = [(j, s, min(s + chunk, n)) for j, n in enumerate(sizes) for s in range(0, n, chunk)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def prepare(
+    rule: str,
+    weights: Sequence[Any],
+    grads: Sequence[Any],
+    states: Sequence[Any],
+    names: tuple[str, ...],
+    host_names: tuple[str, ...],
+    inputs: dict[str, Sequence[Any]],
+    mode: str,
+) -> list[list[np.ndarray]]:
+    """Each tensor's flat buffers in buffer order (weight, grad, inputs, states). ``mode``:
+    "single" (one tensor, checked as the NumPy module's ``step`` checks it), "multi" (every
+    tensor so, then across tensors: ``step_multi``), "prechecked" (the caller checked them all:
+    only the counts are checked here)."""
+    if not (len(weights) == len(grads) == len(states)):
+        counts = f"{len(weights)} weights, {len(grads)} grads, {len(states)} states"
+        raise ValueError(f"{rule}: {counts}")
+    for key, values in inputs.items():
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)) or len(values) != len(weights):
+            raise ValueError(f"{rule}: {key} must be a list of {len(weights)} arrays, one each")
+    if mode == "prechecked":
+        flats = [
+            [w, g] + [values[j] for values in inputs.values()] + [s[n] for n in names]
+            for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True))
+        ]
+        # a view of a non-contiguous array would be a copy: the update would be lost
+        if all(type(a) is np.ndarray and a.flags.c_contiguous for f in flats for a in f):
+            return [[a.reshape(-1) for a in f] for f in flats]
+        mode = "multi"  # not what the caller promised: every check, naming the culprit
+    flats = []
+    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+        given = {key: (values[j] if values is not None else None) for key, values in inputs.items()}
+        flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
+    if mode == "multi":
+        check_arrays_across(rule, weights, grads, states, names)
+    return flats
+
+
+def by_dtype(flats: list[list[np.ndarray]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """The tensors grouped by dtype (one compiled call each): (indices, addresses, chunks)."""
+    groups: dict[np.dtype, list[int]] = {}
+    for j, buffers in enumerate(flats):
+        groups.setdefault(buffers[0].dtype, []).append(j)
+    out = []
+    for indices in groups.values():
+        addresses = np.array(
+            [[b.ctypes.data for b in flats[j]] for j in indices], dtype=np.int64
+        ).reshape(len(indices), -1)
+        out.append((indices, addresses, chunk_table([flats[j][0].size for j in indices])))
+    return out
+
+
+def partials_of(partials: np.ndarray, chunks: np.ndarray, count: int) -> list[list[tuple]]:
+    """Each tensor's rows of per-chunk partials, in chunk order (as NumPy's ``for_chunks``)."""
+    out: list[list[tuple]] = [[] for _ in range(count)]
+    for row, j in zip(partials.tolist(), chunks[:, 0].tolist(), strict=True):
+        out[j].append(tuple(row))
+    return out

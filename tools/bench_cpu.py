@@ -1,0 +1,196 @@
+"""CPU benchmark of the compiled numba target against torch.optim, every figure in one run.
+
+    python -m tools.bench --cpu                   # everything below (a few minutes)
+    python -m tools.bench --cpu --quick           # 100 000 parameters, Adam only (smoke test)
+    python -m tools.bench --cpu --json cpu.json   # also write the figures
+
+1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
+   tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
+   ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` on the same tensors.
+2. Every compiled rule's numba ``step`` at 1 M, 4 M and 10 M float32 parameters against torch's
+   foreach optimizer where torch has the rule (the spec's ``torch_equivalent``), else against
+   the rule's NumPy module (the reference).
+
+Milliseconds per step: the median of the timed steps after warm-up (their minimum with
+OPTGEN_BENCH_STAT=min; compilation happens in the warm-up, and the compiled code is cached in
+``generated/numba/__pycache__``). Speed is reported
+against peers measured in the same run, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+WARMUP = 3
+STAT = os.environ.get("OPTGEN_BENCH_STAT", "median")
+SIZES = (1_000_000, 4_000_000, 10_000_000)
+# Our hyperparameters where the defaults would make the peers do different work (torch's
+# weight decay is a separate pass): as tools.bench's PEERS.
+HYPERPARAMS: dict[str, dict[str, float]] = {
+    "adamw": {"wd": 0.01},
+    "sgd_mom": {"momentum": 0.9},
+    "nag": {"momentum": 0.9},
+}
+
+
+def gpt2_small_shapes(d: int = 128, layers: int = 12, vocab: int = 1024, ctx: int = 256) -> list:
+    """The parameter list of GPT-2 small (token and position embeddings, per block: two layer
+    norms, the attention's qkv and output projections, the MLP's two layers, each with its
+    bias; a final layer norm): 148 tensors, with a narrow width (d=128: 2.5 M parameters)."""
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    block = [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,)]
+    block += [(4 * d, d), (d,)]
+    for _ in range(layers):
+        shapes += block
+    return [*shapes, (d,), (d,)]
+
+
+def timed(fn: Callable[[], object], steps: int) -> float:
+    """Milliseconds per call, after WARMUP untimed calls: the median of ``steps`` calls, or their
+    minimum with OPTGEN_BENCH_STAT=min (on a loaded machine a multi-threaded step waits whole
+    scheduler slices for a descheduled thread, torch's and ours alike: the minimum is then the
+    code's own time)."""
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return min(times) if STAT == "min" else statistics.median(times)
+
+
+def _params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    return params
+
+
+def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step of generated.torch.Adam (CPU: numba) and of torch's fused and foreach Adam."""
+    import torch
+
+    from generated.torch import Adam
+
+    out = {}
+    variants = {
+        "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
+        "generated.torch.Adam (NumPy)": lambda ps: Adam(ps, lr=1e-3, backend="numpy"),
+        "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
+        "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+    }
+    for label, make in variants.items():
+        opt = make(_params(shapes))
+        out[label] = timed(opt.step, steps)
+        del opt
+    return out
+
+
+def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
+    """The numba module's step against the rule's peer on ``n`` parameters."""
+    import torch
+
+    from generated.torch import RULES as CLASSES
+    from optgen_runtime.optim import torch_optimizer
+
+    nb = importlib.import_module(f"generated.numba.{name}")
+    ref = importlib.import_module(f"generated.numpy.{name}")
+    hp = HYPERPARAMS.get(name, {})
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    # a rule's inputs besides the gradient (AdaHessian's hessian), a loss for a scalar input
+    extra = {**{k: np.abs(g) for k in nb.INPUTS}, **dict.fromkeys(nb.STEP_SCALARS, 1.0)}
+    state = nb.init_state(w)
+    counter = iter(range(1, 10**9))
+    row: dict[str, Any] = {"rule": name, "n": n}
+    row["numba_ms"] = timed(lambda: nb.step(w, g, state, next(counter), **hp, **extra), steps)
+    if CLASSES[name].TORCH is not None:
+        p = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        p.grad = torch.from_numpy(g.copy())
+        opt = torch_optimizer(CLASSES[name], [p], override={"foreach": True}, **hp)
+        row["peer"] = f"torch.optim.{CLASSES[name].TORCH.class_name}(foreach=True)"
+        row["peer_ms"] = timed(opt.step, steps)
+    else:
+        w2 = w.copy()
+        state2 = ref.init_state(w2)
+        counter2 = iter(range(1, 10**9))
+        row["peer"] = "NumPy module"
+        step = lambda: ref.step(w2, g, state2, next(counter2), **hp, **extra)  # noqa: E731
+        row["peer_ms"] = timed(step, steps)
+    row["ratio"] = row["numba_ms"] / row["peer_ms"]
+    return row
+
+
+def run(quick: bool, steps: int | None) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    import numba
+
+    from generated.numba import RULES as NAMES
+
+    n = 100_000 if quick else 10_000_000
+    steps = steps or (3 if quick else 10)
+    result: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
+        "steps": steps,
+        "warmup": WARMUP,
+        "statistic": STAT,
+        "load_average": os.getloadavg(),
+        "adam_one_tensor": {"n": n, **adam_class([(n,)], steps)},
+    }
+    shapes = gpt2_small_shapes()
+    result["adam_gpt2_small"] = {
+        "tensors": len(shapes),
+        "n": int(sum(np.prod(s) for s in shapes)),
+        **adam_class(shapes, steps),
+    }
+    compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
+    names = ["adam"] if quick else compiled
+    sizes = (n,) if quick else SIZES
+    result["rules"] = [rule_size(name, size, steps) for name in names for size in sizes]
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        f"threads: torch {r['torch_threads']}, numba {r['numba_threads']} "
+        f"(os.cpu_count() = {r['cpu_count']}); {r['statistic']} of {r['steps']} steps after "
+        f"{r['warmup']} warm-up; float32; load average {r['load_average'][0]:.2f} at the start",
+    ]
+    for key, title in (
+        ("adam_one_tensor", "Adam, one tensor of {n:,} parameters"),
+        ("adam_gpt2_small", "Adam, GPT-2-small-shaped list: {tensors} tensors, {n:,} parameters"),
+    ):
+        block = r[key]
+        fused = block["torch Adam fused"]
+        lines += ["", title.format(**block), f"  {'':30s} {'ms/step':>9s} {'this/fused':>11s}"]
+        for label, ms in block.items():
+            if label in ("n", "tensors"):
+                continue
+            lines.append(f"  {label:30s} {ms:9.2f} {ms / fused:10.2f}x")
+    lines += [
+        "",
+        "every compiled rule: the numba module's step against torch foreach (else NumPy)",
+        f"  {'rule':18s} {'N':>11s} {'numba ms':>9s} {'peer ms':>9s} {'ratio':>7s}  peer",
+    ]
+    for row in r["rules"]:
+        lines.append(
+            f"  {row['rule']:18s} {row['n']:11,} {row['numba_ms']:9.2f} {row['peer_ms']:9.2f} "
+            f"{row['ratio']:6.2f}x  {row['peer']}"
+        )
+    return "\n".join(lines)
