@@ -8,6 +8,7 @@ here, never by editing printed text.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
@@ -118,6 +119,31 @@ def legal_code(legal: Legal, code: HostCode) -> str:
         else:
             parts.append(f"{field}={value!r}")
     return f"Legal({', '.join(parts)})"
+
+
+# Comparisons printed infix, the same in every scalar-expression target (Triton, numba).
+INFIX_COMPARISONS = {
+    "gt": lambda a: f"{a[0]} > {a[1]}",
+    "ge": lambda a: f"{a[0]} >= {a[1]}",
+    "lt": lambda a: f"{a[0]} < {a[1]}",
+    "le": lambda a: f"{a[0]} <= {a[1]}",
+    "ne": lambda a: f"{a[0]} != {a[1]}",
+}
+
+
+class CommentedLines:
+    """A per-element printer's ``lines``: each op (``self.op``), after a comment naming the spec
+    line(s) of the equation it starts."""
+
+    def op(self, op: Any) -> str:
+        raise NotImplementedError
+
+    def lines(self, ops_: list[Any]) -> list[str]:
+        out = []
+        for op in ops_:
+            out += [f"# {o.comment()}" for o in op.origin]
+            out.append(self.op(op))
+        return out
 
 
 def literal(value: sp.Expr, where: str = "") -> str:

@@ -26,7 +26,7 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule
 from codegen.targets import Target
-from codegen.targets.host import HostCode, literal
+from codegen.targets.host import INFIX_COMPARISONS, CommentedLines, HostCode, literal
 from codegen.targets.rules import (
     exported,
     legend,
@@ -46,7 +46,7 @@ def _min(a: list[str]) -> str:
     return f"({a[0]} if ({a[0]} < {a[1]} or {a[0]} != {a[0]}) else {a[1]})"
 
 
-class NumbaOpPrinter:
+class NumbaOpPrinter(CommentedLines):
     """numba: each op is one scalar statement on the chunk's element ``_i``."""
 
     FORMS: ClassVar[dict[str, Callable[[list[str]], str]]] = {
@@ -74,11 +74,7 @@ class NumbaOpPrinter:
         ),
         "cbrt": lambda a: f"({DTYPE}(np.nan) if {a[0]} < 0.0 else np.cbrt({a[0]}))",
         "pow": lambda a: f"{a[0]} ** {a[1]}",  # NaN guard in op() below
-        "gt": lambda a: f"{a[0]} > {a[1]}",
-        "ge": lambda a: f"{a[0]} >= {a[1]}",
-        "lt": lambda a: f"{a[0]} < {a[1]}",
-        "le": lambda a: f"{a[0]} <= {a[1]}",
-        "ne": lambda a: f"{a[0]} != {a[1]}",
+        **INFIX_COMPARISONS,
         "where": lambda a: f"({a[1]} if {a[0]} else {a[2]})",
     }
 
@@ -96,14 +92,6 @@ class NumbaOpPrinter:
         if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
             expr = f"({DTYPE}(np.nan) if {a[0]} < 0.0 else {expr})"
         return f"{self.name(op.dest)} = {expr}"
-
-    def lines(self, ops_: list[Op]) -> list[str]:
-        """Each op, after a comment naming the spec line(s) of the equation it starts."""
-        out = []
-        for op in ops_:
-            out += [f"# {o.comment()}" for o in op.origin]
-            out.append(self.op(op))
-        return out
 
 
 ops.require("numba", NumbaOpPrinter.FORMS)

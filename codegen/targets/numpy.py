@@ -17,7 +17,7 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
-from codegen.targets.host import HostCode, literal
+from codegen.targets.host import CommentedLines, HostCode, literal
 from codegen.targets.rules import (
     exported,
     natural,
@@ -101,7 +101,7 @@ def allocate(lowered: Lowered, phase: int = 0) -> Allocation:
     return Allocation(storage, count, copies)
 
 
-class NumpyOpPrinter:
+class NumpyOpPrinter(CommentedLines):
     """NumPy: each op is one ufunc call writing into a preallocated chunk buffer (``out=``)."""
 
     UFUNC: ClassVar[dict[str, str]] = {
@@ -186,14 +186,6 @@ class NumpyOpPrinter:
         if dest == a:
             return f"np.copyto({dest}, {b}, where=np.logical_not({mask}))"
         return f"np.copyto({dest}, {b})\nnp.copyto({dest}, {a}, where={mask})"
-
-    def lines(self, ops_: list[Op]) -> list[str]:
-        """Each op, after a comment naming the spec line(s) of the equation it starts."""
-        out = []
-        for op in ops_:
-            out += [f"# {o.comment()}" for o in op.origin]
-            out.append(self.op(op))
-        return out
 
     def identity_bound(self, op: Op) -> str | None:
         """A clamp by a host scalar that is +-inf is the identity: skip the pass at run time.

@@ -18,7 +18,7 @@ from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
-from codegen.targets.host import HostCode, literal
+from codegen.targets.host import INFIX_COMPARISONS, CommentedLines, HostCode, literal
 from codegen.targets.rules import (
     exported,
     legend,
@@ -29,7 +29,7 @@ from codegen.targets.rules import (
 from optgen_runtime.triton_support import ChunkTable
 
 
-class TritonOpPrinter:
+class TritonOpPrinter(CommentedLines):
     """Triton: each op is one fp32 expression on registers."""
 
     MAX_MIN = "propagate_nan=tl.PropagateNan.ALL"
@@ -55,11 +55,7 @@ class TritonOpPrinter:
         "pow": lambda a: f"libdevice.pow({a[0]}, {a[1]})",  # NaN guard in op() below
         "max": lambda a: f"tl.maximum({a[0]}, {a[1]}, {TritonOpPrinter.MAX_MIN})",
         "min": lambda a: f"tl.minimum({a[0]}, {a[1]}, {TritonOpPrinter.MAX_MIN})",
-        "gt": lambda a: f"{a[0]} > {a[1]}",
-        "ge": lambda a: f"{a[0]} >= {a[1]}",
-        "lt": lambda a: f"{a[0]} < {a[1]}",
-        "le": lambda a: f"{a[0]} <= {a[1]}",
-        "ne": lambda a: f"{a[0]} != {a[1]}",
+        **INFIX_COMPARISONS,
         "where": lambda a: f"tl.where({a[0]}, {a[1]}, {a[2]})",
     }
     # Operations that need a per-element operand (a comparison of two scalars is no mask).
@@ -87,14 +83,6 @@ class TritonOpPrinter:
         if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
             expr = f'tl.where({a[0]} < 0.0, float("nan"), {expr})'
         return f"{self.name(op.dest)} = {expr}"
-
-    def lines(self, ops_: list[Op]) -> list[str]:
-        """Each op, after a comment naming the spec line(s) of the equation it starts."""
-        out = []
-        for op in ops_:
-            out += [f"# {o.comment()}" for o in op.origin]
-            out.append(self.op(op))
-        return out
 
     @staticmethod
     def tensor(operand: Operand, text: str) -> str:
