@@ -22,13 +22,14 @@ from __future__ import annotations
 import importlib
 import os
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-WARMUP = 3
+from tools.bench import WARMUP
+from tools.bench import timed as each_call
+
 STAT = os.environ.get("OPTGEN_BENCH_STAT", "median")
 SIZES = (1_000_000, 4_000_000, 10_000_000)
 # Our hyperparameters where the defaults would make the peers do different work (torch's
@@ -53,17 +54,11 @@ def gpt2_small_shapes(d: int = 128, layers: int = 12, vocab: int = 1024, ctx: in
 
 
 def timed(fn: Callable[[], object], steps: int) -> float:
-    """Milliseconds per call, after WARMUP untimed calls: the median of ``steps`` calls, or their
-    minimum with OPTGEN_BENCH_STAT=min (on a loaded machine a multi-threaded step waits whole
-    scheduler slices for a descheduled thread, torch's and ours alike: the minimum is then the
-    code's own time)."""
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
+    """Milliseconds per call, after WARMUP untimed calls (``tools.bench.timed``): the median of
+    ``steps`` calls, or their minimum with OPTGEN_BENCH_STAT=min (on a loaded machine a
+    multi-threaded step waits whole scheduler slices for a descheduled thread, torch's and ours
+    alike: the minimum is then the code's own time)."""
+    times = each_call(fn, steps)
     return min(times) if STAT == "min" else statistics.median(times)
 
 

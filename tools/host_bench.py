@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-WARMUP = 3
+from tools.bench import WARMUP
+from tools.bench import timed as each_call
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -97,18 +98,11 @@ def stubbed() -> Iterator[dict[str, int]]:
 
 
 def timed_steps(step: Callable[[], object], steps: int) -> tuple[float, float]:
-    """(first step, median of ``steps`` after WARMUP more) in milliseconds."""
+    """(first step, median of ``steps`` after WARMUP more: ``tools.bench.timed``) in ms."""
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
-    for _ in range(WARMUP):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return first * 1e3, statistics.median(times) * 1e3
+    return first * 1e3, statistics.median(each_call(step, steps))
 
 
 def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
