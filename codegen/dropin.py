@@ -1,0 +1,109 @@
+"""torch.optim drop-in declarations (``Rule.drop_in``): a rule generated as a class with
+torch.optim's name, constructor signature, defaults and state_dict format
+(``generated/torch/optim.py``). Kept apart from the spec model: this is torch's API, checked
+against the rule's ``torch_equivalent``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sympy as sp
+
+from codegen.errors import SpecError
+
+if TYPE_CHECKING:
+    from codegen.spec import Rule
+
+# torch.optim's implementation switches and their defaults: accepted by a drop-in class (see
+# optgen_runtime/optim/dropin.py for what each means there), never hyperparameters.
+SWITCHES = {"foreach": None, "fused": None, "capturable": False, "differentiable": False}
+
+
+@dataclass(frozen=True)
+class DropIn:
+    """A class with torch.optim's name, constructor and state_dict format (``Rule.drop_in``).
+
+    ``signature``: torch's arguments after ``params``, in order, with ``"*"`` where they become
+    keyword-only, each with its default; ``fixed``: torch settings the class always passes
+    (AdamW's ``decoupled_weight_decay=True``).
+    """
+
+    class_name: str
+    signature: tuple[tuple[str, object], ...]
+    fixed: dict[str, object]
+    below_2d: dict[str, str]  # row/column state -> torch's key for a weight of < 2 dims
+    line: int
+
+
+def declare(
+    rule: Rule,
+    where: str,
+    line: int,
+    class_name: str,
+    signature: str,
+    below_2d: dict[str, str] | None,
+    settings: dict[str, object],
+) -> DropIn:
+    """``rule.drop_in(...)`` checked against the rule (see :meth:`codegen.spec.Rule.drop_in`);
+    ``where``/``line``: the spec line, for errors and the record."""
+    eq = rule.torch
+    if eq is None:
+        raise SpecError(f"{where}: drop_in({class_name!r}) needs torch_equivalent first")
+    if not (isinstance(class_name, str) and class_name.isidentifier()):
+        raise SpecError(f"{where}: drop_in class name {class_name!r} is not an identifier")
+    if any(d.class_name == class_name for d in rule.drop_ins):
+        raise SpecError(f"{where}: drop_in {class_name!r} is declared twice")
+    tuples: dict[str, dict[int, str]] = {}
+    for ours, theirs in eq.hyper.items():
+        base, _, index = theirs.partition("[")
+        if index:
+            tuples.setdefault(base, {})[int(index.rstrip("]"))] = ours
+        elif base != ours:
+            raise SpecError(
+                f"{where}: drop_in: hyperparameter {ours!r} maps to torch's {theirs!r}; "
+                "a drop-in rule names its hyperparameters as torch does"
+            )
+    for state, (key, factor) in eq.states.items():
+        if sp.sympify(factor) != 1:
+            raise SpecError(f"{where}: drop_in: state {state} ({key!r}) needs factor 1")
+    scalars = {theirs for theirs in eq.hyper.values() if "[" not in theirs}
+    names_ = [n.strip() for n in signature.split(",")] if isinstance(signature, str) else []
+    args: list[tuple[str, object]] = []
+    for name in names_:
+        if name == "*":
+            args.append(("*", None))
+            continue
+        if name in scalars:
+            default: object = rule.hypers[name].default
+        elif name in tuples:
+            items = tuples[name]
+            if sorted(items) != list(range(len(items))):
+                raise SpecError(f"{where}: drop_in: torch tuple {name!r} has missing items")
+            default = tuple(rule.hypers[items[i]].default for i in range(len(items)))
+        elif name in SWITCHES:
+            default = SWITCHES[name]
+        else:
+            raise SpecError(
+                f"{where}: drop_in signature names {name!r}, which is neither a mapped "
+                f"hyperparameter, a torch tuple of them nor one of {sorted(SWITCHES)}"
+            )
+        if name in settings:
+            default = settings[name]
+        args.append((name, default))
+    given = [n for n, _ in args if n != "*"]
+    if len(set(given)) != len(given) or not given or names_.count("*") > 1:
+        raise SpecError(f"{where}: drop_in signature {signature!r} is malformed")
+    missing = sorted((scalars | set(tuples)) - set(given) - set(settings))
+    if missing:
+        raise SpecError(f"{where}: drop_in signature lacks {missing}")
+    below = dict(below_2d or {})
+    for key, value in below.items():
+        state = rule.states.get(key)
+        if state is None or state.axis is None or not isinstance(value, str):
+            raise SpecError(f"{where}: drop_in below_2d maps {key!r}: not a row/column state")
+    fixed = {k: v for k, v in settings.items() if k not in given}
+    for key, value in fixed.items():
+        if key not in scalars or not isinstance(value, (bool, int, float, str, type(None))):
+            raise SpecError(f"{where}: drop_in fixes {key}={value!r}: not a mapped literal")
+    return DropIn(class_name, tuple(args), fixed, below, line)
