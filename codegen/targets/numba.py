@@ -180,7 +180,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         common
         | {
             "exports": sorted(
-                [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"],
+                [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"]
+                + ["step_buffers"],
                 key=natural,
             ),
             "host_fed": bool(rule.host_states and rule.scalar_reductions),

@@ -56,6 +56,9 @@ class Stepping:
                 loss = closure()
         given = self._given(inputs, loss)
         self._settle()
+        if self._fast_step(given):  # nothing changed since the last full step but the grads
+            return loss
+        self._plan = None
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         on_device = self._amp_on_device(scale, found_inf)
         if not on_device and found_inf is not None and float(found_inf) != 0.0:
@@ -72,6 +75,7 @@ class Stepping:
             for p in fresh:
                 self.state.pop(p, None)
             raise
+        self._remember()
         return loss
 
     def _apply(
