@@ -104,6 +104,22 @@ def _update_chunk(
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     _T = weight_buf.dtype.type
+    if _h0 == -np.inf and clip_gradient == np.inf:
+        # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
+        # NaN included, so the loop leaves them out (same bits, fewer instructions)
+        for _i in range(weight_buf.shape[0]):
+            weight = weight_buf[_i]
+            grad = grad_buf[_i]
+            # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+            _v0 = rescale_grad * grad
+            _v1 = _v0
+            _v2 = _v1
+            _v3 = _h1 * _v2
+            _v4 = weight + _v3
+            _v5 = _h2 * weight
+            weight_new = _v4 + _v5
+            weight_buf[_i] = weight_new
+        return
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]

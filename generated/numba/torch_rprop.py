@@ -108,6 +108,40 @@ def _update_chunk(
     #   step_size_min: hyperparameter
     #   step_size_max: hyperparameter
     _T = weight_buf.dtype.type
+    if step_size_max == np.inf and step_size_min == -np.inf:
+        # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
+        # NaN included, so the loop leaves them out (same bits, fewer instructions)
+        for _i in range(weight_buf.shape[0]):
+            weight = weight_buf[_i]
+            grad = grad_buf[_i]
+            prev = prev_buf[_i]
+            step_size = step_size_buf[_i]
+            # specs/torch_rprop.py:37: G = grad*(1 - 2*maximize)
+            G = _h0 * grad
+            # specs/torch_rprop.py:38: s = G*prev
+            s = G * prev
+            # specs/torch_rprop.py:40: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+            _t2 = s < _T(0.0)
+            # specs/torch_rprop.py:41: used = Piecewise((0, s < 0), (G, True))
+            prev_new = _T(0.0) if _t2 else G
+            _v0 = s > _T(0.0)
+            _v1 = etaminus if _t2 else _T(1.0)
+            _v2 = etaplus if _v0 else _v1
+            _v3 = step_size * _v2
+            _v4 = _v3
+            step_size_new = _v4
+            used = (
+                _T(1.0)
+                if prev_new > 0
+                else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
+            )
+            # specs/torch_rprop.py:42: weight_new = -step_size_new*sign(used) + weight
+            _v6 = step_size_new * used
+            weight_new = weight - _v6
+            weight_buf[_i] = weight_new
+            prev_buf[_i] = prev_new
+            step_size_buf[_i] = step_size_new
+        return
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
