@@ -200,3 +200,35 @@ def test_the_overlap_test_sees_a_gradient_starting_inside_a_written_span() -> No
     ]:
         plan.grad_bytes = torch.tensor([size]).numpy()
         assert fast.FastStep._grads_clear(plan, [[start]]) is clear, (start, size)
+
+
+@pytest.mark.parametrize(
+    ("name", "hp"), [("Adam", {}), ("NAdam", {}), ("SGLD", {"seed": 3}), ("LAMB", {})]
+)
+def test_triton_fast_steps_equal_full_steps(
+    monkeypatch: pytest.MonkeyPatch, name: str, hp: dict
+) -> None:
+    """On the Triton kernels (interpreted here) the fast step launches what the full step
+    launches, from the remembered weights, views, noise streams and offsets: the same bits as
+    a run that never remembers a plan."""
+    shapes = [(40, 9), (3000,), (5,)]
+
+    def run(remember: bool) -> tuple[list[torch.Tensor], list[int]]:
+        g = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+        groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
+        opt = getattr(gt, name)(groups, backend="triton", **hp)
+        if not remember:
+            opt._remember = lambda: None
+        calls = count_full_checks(monkeypatch, type(opt))
+        keep: list = []
+        for _ in range(4):
+            new_grads(params, g, keep)
+            opt.step()
+        return snapshot(opt, params), list(calls)
+
+    fast_run, fast_calls = run(True)
+    full_run, full_calls = run(False)
+    assert len(fast_calls) == len(shapes) and len(full_calls) == 4 * len(shapes)
+    for x, y in zip(full_run, fast_run, strict=True):
+        assert torch.equal(x, y)

@@ -40,6 +40,24 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
+class Group:
+    """One param group's part of a plan: its parameters' state dicts and what each backend
+    takes (the compiled loops: ``buffers`` by address; the Triton kernels: the weights, state
+    views, noise streams and offsets), and each tensor's kernel dtype for the scalar checks."""
+
+    __slots__ = ("buffers", "dtypes", "group", "offsets", "states", "streams", "views", "weights")
+
+    def __init__(self, group: dict[str, Any], states: list[dict[str, Any]]) -> None:
+        self.group = group
+        self.states = states
+        self.dtypes: list[Any] = []
+        self.buffers: Buffers | None = None
+        self.weights: list[torch.Tensor] = []
+        self.views: list[dict[str, Any]] = []
+        self.streams: list[int] = []
+        self.offsets: list[int] = []
+
+
 class Plan:
     """What a full step checked and built, for the next steps on the same buffers."""
 
@@ -47,6 +65,7 @@ class Plan:
         "counts",
         "grad_bytes",
         "groups",
+        "kind",
         "masters",
         "signature",
         "steps",
@@ -56,11 +75,10 @@ class Plan:
         "written_starts",
     )
 
-    def __init__(self, signature: tuple[Any, ...]) -> None:
+    def __init__(self, signature: tuple[Any, ...], kind: str = "numba") -> None:
         self.signature = signature
-        # per group: (group dict, its buffers by address, the state dicts, the grad column of
-        # each dtype group: the step's tensor indices in that group's rows)
-        self.groups: list[tuple[dict[str, Any], Buffers, list[dict[str, Any]]]] = []
+        self.kind = kind  # "numba" (the compiled CPU loops) or "triton"
+        self.groups: list[Group] = []
         self.steps: list[torch.Tensor] = []  # every step count tensor of the step, in order
         self.counts: list[int] = []
         self.versions: list[int] = []
@@ -119,7 +137,9 @@ class FastStep:
         """The step on the remembered plan, if this step finds what it was built on; False
         (nothing written) for a full step."""
         plan = self._plan
-        if plan is None or given.arrays or given.scalars or not self._use_numba():
+        if plan is None or given.arrays or given.scalars:
+            return False
+        if plan.kind == "numba" and not self._use_numba():
             return False
         if getattr(self, "grad_scale", None) is not None:
             return False
@@ -138,28 +158,26 @@ class FastStep:
         ts = [c + 1 for c in plan.counts]
         # every group's hyperparameters and host scalars checked before any write
         hps, synced, at = [], [], 0
-        for group, buffers, states in plan.groups:
-            updates = self._alias_updates(group)
-            hp = self._hyper({**group, **updates})
+        for part in plan.groups:
+            updates = self._alias_updates(part.group)
+            hp = self._hyper({**part.group, **updates})
             resolved = self._check(hp)
-            self._check_fast_scalars(resolved, ts[at : at + buffers.count], buffers, states)
+            self._check_fast_scalars(resolved, ts[at : at + len(part.states)], part)
             hps.append(hp)
-            synced.append((group, updates))
-            at += buffers.count
+            synced.append((part.group, updates))
+            at += len(part.states)
         for group, updates in synced:
             self._apply_aliases(group, updates)
-        module, at = self._numba(), 0
-        for (_, buffers, states), hp, ptrs in zip(plan.groups, hps, pointers, strict=True):
-            for indices, addresses, _, _ in buffers.groups:
-                addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
-            counts = ts[at : at + buffers.count]
+        at = 0
+        for part, hp, gs, ptrs in zip(plan.groups, hps, grads, pointers, strict=True):
+            counts = ts[at : at + len(part.states)]
+            at += len(part.states)
             if counts.count(counts[0]) == len(counts):
                 counts = counts[0]  # one step count for all: checked once
-            module.step_buffers(buffers, states, counts, **hp)
-            for s in states if self.META.HOST_STATES else ():
-                for key in self.META.HOST_STATES:
-                    s[key] = float(s[key])
-            at += buffers.count
+            if plan.kind == "numba":
+                self._fast_numba(part, ptrs, counts, hp)
+            else:
+                self._fast_triton(part, gs, counts, hp)
         torch._foreach_add_(steps, 1)
         plan.counts = ts
         plan.versions = [s._version for s in steps]
@@ -167,34 +185,54 @@ class FastStep:
             torch._foreach_copy_(plan.weights, plan.masters)
         return True
 
-    def _check_fast_scalars(
-        self,
-        resolved: dict[str, float],
-        ts: list[int],
-        buffers: Buffers,
-        states: list[dict[str, Any]],
+    def _fast_numba(self, part: Group, ptrs: list[int], counts: Any, hp: dict[str, Any]) -> None:
+        """One compiled call for the group: only the gradient column of the address table is
+        rewritten; host states are written into the state dicts by the module."""
+        assert part.buffers is not None
+        for indices, addresses, _, _ in part.buffers.groups:
+            addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
+        self._numba().step_buffers(part.buffers, part.states, counts, **hp)
+        for s in part.states if self.META.HOST_STATES else ():
+            for key in self.META.HOST_STATES:
+                s[key] = float(s[key])
+
+    def _fast_triton(
+        self, part: Group, grads: list[torch.Tensor], counts: Any, hp: dict[str, Any]
     ) -> None:
+        """One ``step_multi`` of the Triton module for the group, on the remembered weights and
+        state views (their host states refreshed from the state dicts, then written back)."""
+        host = self.META.HOST_STATES
+        for view, s in zip(part.views, part.states, strict=True) if host else ():
+            view.update({key: s[key] for key in host})
+        arrays = {"noise_offsets": part.offsets} if self.META.DRAWS else {}
+        self.TRITON.step_multi(
+            part.weights, grads, part.views, counts, stream_ids=part.streams, **hp, **arrays
+        )
+        for view, s in zip(part.views, part.states, strict=True) if host else ():
+            for key in host:
+                s[key] = float(view[key])
+
+    def _check_fast_scalars(self, resolved: dict[str, float], ts: list[int], part: Group) -> None:
         """The group's kernel scalars computed and range-checked (as ``_check_scalars``) once
-        per distinct step count and dtype (and host states); rules with reductions are checked
-        by the module once its sums are known, before it writes."""
+        per distinct step count and kernel dtype (and host states); rules with reductions are
+        checked by the module once its sums are known, before it writes."""
         meta, name = self.META, type(self).__name__
         if meta.REDUCTIONS:
             return
+        if not meta.HOST_STATES:
+            for t, dtype in sorted(set(zip(ts, part.dtypes, strict=True)), key=str):
+                scalars, _ = computed(name, meta.host_scalars, t, **resolved)
+                check_scalars(name, meta.SCALARS, scalars, dtype)
+            return
         done = set()
-        for indices, _, _, dtype in buffers.groups:
-            if not meta.HOST_STATES:  # once per distinct step count
-                for t in sorted({ts[j] for j in indices}):
-                    scalars, _ = computed(name, meta.host_scalars, t, **resolved)
-                    check_scalars(name, meta.SCALARS, scalars, dtype.type)
-                continue
-            for j in indices:
-                host = host_state_values(name, states[j], meta.HOST_STATES)
-                seen = (ts[j], dtype, *host.items())
-                if seen in done and all(v == v and v != 0 for v in host.values()):
-                    continue
-                done.add(seen)
-                scalars, _ = computed(name, meta.host_scalars, ts[j], **resolved, **host)
-                check_scalars(name, meta.SCALARS, scalars, dtype.type)
+        for t, dtype, s in zip(ts, part.dtypes, part.states, strict=True):
+            host = host_state_values(name, s, meta.HOST_STATES)
+            seen = (t, dtype, *host.items())
+            if seen in done and all(v == v and v != 0 for v in host.values()):
+                continue  # (0.0 and -0.0, or NaNs, are never taken for one another)
+            done.add(seen)
+            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host)
+            check_scalars(name, meta.SCALARS, scalars, dtype)
 
     @staticmethod
     def _grads_clear(plan: Plan, pointers: list[list[int]]) -> bool:
@@ -212,38 +250,51 @@ class FastStep:
 
     def _remember(self) -> None:
         """After a full step that passed: the plan for the next ones, where they can take it
-        (every parameter with a gradient on the compiled CPU loops, as plain tensors)."""
+        (every parameter with a gradient on the compiled CPU loops, or every one on the Triton
+        kernels, as plain tensors)."""
         self._plan = None
         meta = self.META
-        if not self._use_numba() or meta.DRAWS or meta.INPUTS or meta.STEP_SCALARS:
+        if meta.INPUTS or meta.STEP_SCALARS or meta.SIZES:
             return
-        if meta.SIZES or getattr(self, "grad_scale", None) is not None:
+        if getattr(self, "grad_scale", None) is not None:
             return
         surveyed = self._survey()
         if surveyed is None:
             return
-        plan = Plan(surveyed[0])
+        groups = [g for g in self.param_groups if any(p.grad is not None for p in g["params"])]
+        every = [p for g in groups for p in g["params"] if p.grad is not None]
+        if all(self._use_triton(p) for p in every):
+            kind = "triton"
+        elif self._use_numba() and not meta.DRAWS and all(p.device.type == "cpu" for p in every):
+            kind = "numba"
+        else:
+            return
+        plan = Plan(surveyed[0], kind)
+        indices = self._indices() if kind == "triton" else {}
         written: list[tuple[int, int]] = []
         grad_bytes: list[int] = []
-        groups = [g for g in self.param_groups if any(p.grad is not None for p in g["params"])]
         for group, gs in zip(groups, surveyed[1], strict=True):
             params = [p for p in group["params"] if p.grad is not None]
-            states = [self.state[p] for p in params]
-            rows, shapes, dtypes = [], [], []
-            for p, g, s in zip(params, gs, states, strict=True):
+            part = Group(group, [self.state[p] for p in params])
+            rows, shapes = [], []
+            for p, g, s in zip(params, gs, part.states, strict=True):
                 weight = s.get("master", p)
-                if p.device.type != "cpu" or g.dtype != weight.dtype or weight.dtype not in _NUMPY:
-                    return  # the full step converts or launches elsewhere
-                if not weight.is_contiguous():
-                    return
                 buffers = [weight, *(s[k] for k in meta.STATES)]
                 if any(not x.is_contiguous() for x in buffers):
                     return
-                rows.append([weight.data_ptr(), g.data_ptr(), *(x.data_ptr() for x in buffers[1:])])
-                shapes.append(tuple(p.shape))
-                dtypes.append(_NUMPY[weight.dtype])
-                size = weight.element_size() * weight.numel()
-                grad_bytes.append(size)
+                if kind == "numba":
+                    if g.dtype != weight.dtype or weight.dtype not in _NUMPY:
+                        return  # the full step converts the gradient
+                    rows.append([x.data_ptr() for x in (weight, g, *buffers[1:])])
+                    shapes.append(tuple(p.shape))
+                    part.dtypes.append(_NUMPY[weight.dtype])
+                else:
+                    part.weights.append(weight.detach())
+                    part.views.append(self._views(s, lambda x: x))
+                    part.streams.append(self._stream(p, indices))
+                    part.offsets.append(self._noise_offset(p))
+                    part.dtypes.append(np.float32)
+                grad_bytes.append(g.element_size() * g.numel())
                 spans = [*buffers, p] if "master" in s else buffers
                 written += [
                     (x.data_ptr(), x.data_ptr() + x.element_size() * x.numel()) for x in spans
@@ -252,15 +303,17 @@ class FastStep:
                     plan.weights.append(p)
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
-            plan.groups.append((group, Buffers.at(rows, shapes, dtypes), states))
+            if kind == "numba":
+                part.buffers = Buffers.at(rows, shapes, part.dtypes)
+            plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
         if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):
             return  # the full step would have refused this: never fast
+        if len(set(map(id, plan.steps))) != len(plan.steps):
+            return  # a step count shared by two parameters would advance twice
         plan.written_starts = np.array([a for a, _ in written], dtype=np.int64)
         plan.written_ends = np.array([b for _, b in written], dtype=np.int64)
         plan.grad_bytes = np.array(grad_bytes, dtype=np.int64)
         plan.counts = [int(s) for s in plan.steps]
         plan.versions = [s._version for s in plan.steps]
-        if len(set(map(id, plan.steps))) != len(plan.steps):
-            return  # a step count shared by two parameters would advance twice
         self._plan = plan
