@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,12 +183,16 @@ def test_a_legal_change_is_computed_as_the_reference_computes_it(change: Callabl
     assert all(torch.equal(x, y) for x, y in zip(want, got, strict=True))
 
 
-def test_the_overlap_test_sees_a_gradient_starting_inside_a_written_span() -> None:
-    """The vectorised test against the sorted written spans, alone: before, inside, straddling
-    the end, after, empty."""
+@pytest.mark.parametrize("small", [64, 0])  # compared one by one, vectorised
+def test_the_overlap_test_sees_a_gradient_starting_inside_a_written_span(
+    monkeypatch: pytest.MonkeyPatch, small: int
+) -> None:
+    """The test against the sorted written spans, alone: before, inside, straddling the end,
+    after, empty."""
+    monkeypatch.setattr(fast, "SMALL", small)
     plan = fast.Plan(())
-    plan.written_starts = torch.tensor([100, 300]).numpy()
-    plan.written_ends = torch.tensor([200, 400]).numpy()
+    plan.written_starts = np.array([100, 300], dtype=np.int64)
+    plan.written_ends = np.array([200, 400], dtype=np.int64)
     for start, size, clear in [
         (0, 100, True),
         (0, 101, False),
@@ -198,7 +203,9 @@ def test_the_overlap_test_sees_a_gradient_starting_inside_a_written_span() -> No
         (400, 8, True),
         (350, 0, True),
     ]:
-        plan.grad_bytes = torch.tensor([size]).numpy()
+        plan.grad_bytes = np.array([size], dtype=np.int64)
+        plan.spans = ([100, 300], [200, 400], [size])
+        plan.clear = []
         assert fast.FastStep._grads_clear(plan, [[start]]) is clear, (start, size)
 
 

@@ -27,6 +27,7 @@ full step. The step counts advance in one ``torch._foreach_add_`` per step.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+SMALL = 64  # gradients compared one by one below this many; vectorised above
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
@@ -62,12 +64,14 @@ class Plan:
     """What a full step checked and built, for the next steps on the same buffers."""
 
     __slots__ = (
+        "clear",
         "counts",
         "grad_bytes",
         "groups",
         "kind",
         "masters",
         "signature",
+        "spans",
         "steps",
         "versions",
         "weights",
@@ -87,6 +91,9 @@ class Plan:
         self.written_ends: np.ndarray = np.zeros(0, dtype=np.int64)
         self.weights: list[torch.Tensor] = []  # parameters written from a master copy
         self.masters: list[torch.Tensor] = []
+        self.clear: list[int] = []  # the gradient addresses last found clear
+        # the written spans' starts and ends, and the gradients' sizes, as lists
+        self.spans: tuple[list[int], list[int], list[int]] = ([], [], [])
 
 
 class FastStep:
@@ -238,15 +245,27 @@ class FastStep:
     def _grads_clear(plan: Plan, pointers: list[list[int]]) -> bool:
         """No gradient overlaps a buffer the step writes: the written spans are disjoint and
         sorted (the full step checked them), so each gradient need only be compared with the
-        last span starting before its end."""
-        starts = np.fromiter((a for ptrs in pointers for a in ptrs), dtype=np.int64)
-        ends = starts + plan.grad_bytes
-        if plan.written_starts.size == 0:
+        last span starting before its end (vectorised for many gradients; the gradients of
+        the last step that passed, at the same addresses, again: nothing to compare)."""
+        flat = [a for ptrs in pointers for a in ptrs]
+        if flat == plan.clear or plan.written_starts.size == 0:
             return True
-        at = np.searchsorted(plan.written_starts, ends, side="left") - 1
-        before = at < 0
-        clear = before | (plan.written_ends[np.maximum(at, 0)] <= starts) | (ends == starts)
-        return bool(clear.all())
+        if len(flat) <= SMALL:
+            starts, ends, _ = plan.spans
+            for a, size in zip(flat, plan.spans[2], strict=True):
+                k = bisect.bisect_left(starts, a + size) - 1
+                if size and k >= 0 and ends[k] > a:
+                    return False
+            plan.clear = flat
+            return True
+        begin = np.array(flat, dtype=np.int64)
+        end = begin + plan.grad_bytes
+        at = np.searchsorted(plan.written_starts, end, side="left") - 1
+        clear = (at < 0) | (plan.written_ends[np.maximum(at, 0)] <= begin) | (end == begin)
+        if not clear.all():
+            return False
+        plan.clear = flat
+        return True
 
     def _remember(self) -> None:
         """After a full step that passed: the plan for the next ones, where they can take it
@@ -314,6 +333,7 @@ class FastStep:
         plan.written_starts = np.array([a for a, _ in written], dtype=np.int64)
         plan.written_ends = np.array([b for _, b in written], dtype=np.int64)
         plan.grad_bytes = np.array(grad_bytes, dtype=np.int64)
+        plan.spans = ([a for a, _ in written], [b for _, b in written], grad_bytes)
         plan.counts = [int(s) for s in plan.steps]
         plan.versions = [s._version for s in plan.steps]
         self._plan = plan
