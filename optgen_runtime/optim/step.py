@@ -17,6 +17,9 @@ kernels.
   others have gradients nor on how it is sharded or partitioned.
 - DTensor parameters (FSDP2) are stepped through their local shards, with their reductions
   combined across the shards (:mod:`optgen_runtime.optim.distributed`).
+- A step that finds nothing changed since the last full step but the gradients takes the fast
+  step (:mod:`optgen_runtime.optim.fast`): the same checks' outcome from one pass over the
+  parameters, then the same kernels; anything else takes the full step below.
 """
 
 from __future__ import annotations
