@@ -335,5 +335,8 @@ class FastStep:
         plan.grad_bytes = np.array(grad_bytes, dtype=np.int64)
         plan.spans = ([a for a, _ in written], [b for _, b in written], grad_bytes)
         plan.counts = [int(s) for s in plan.steps]
-        plan.versions = [s._version for s in plan.steps]
+        try:
+            plan.versions = [s._version for s in plan.steps]
+        except RuntimeError:  # an inference-mode tensor keeps no version counter: never fast
+            return
         self._plan = plan
