@@ -273,8 +273,10 @@ class FastStep:
         kernels, as plain tensors)."""
         self._plan = None
         meta = self.META
-        if meta.INPUTS or meta.STEP_SCALARS or meta.SIZES:
+        if meta.INPUTS or meta.STEP_SCALARS or getattr(meta, "SIZES", ()):
             return
+        if hasattr(meta, "MATRIX_VALUES"):
+            return  # a rule of matrix equations: its own kernels and checks, every step
         if getattr(self, "grad_scale", None) is not None:
             return
         surveyed = self._survey()
