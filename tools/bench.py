@@ -426,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--rule", default="adam", help="the rule to time (adam)")
+    parser.add_argument(
+        "--rule", help="the rule to time (adam; with --cpu: only this rule, at 1 M, 4 M, 10 M)"
+    )
     parser.add_argument("--n", type=int, help="parameters (default 10 000 000)")
     parser.add_argument("--steps", type=int, help="timed steps (default 20)")
     parser.add_argument(
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         from tools import bench_cpu
 
-        figures = bench_cpu.run(args.quick, args.steps)
+        figures = bench_cpu.run(args.quick, args.steps, args.rule)
         print(bench_cpu.report(figures))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")
@@ -465,8 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    result = bench(args.rule, n, steps)
-    gen = generation_times([args.rule] if args.quick else None)
+    rule = args.rule or "adam"
+    result = bench(rule, n, steps)
+    gen = generation_times([rule] if args.quick else None)
     print(report(result, gen))
     if args.json:
         args.json.write_text(json.dumps({**result, "generation_s": gen}, indent=1) + "\n")

@@ -3,6 +3,7 @@
     python -m tools.bench --cpu                   # everything below (a few minutes)
     python -m tools.bench --cpu --quick           # 100 000 parameters, Adam only (smoke test)
     python -m tools.bench --cpu --json cpu.json   # also write the figures
+    python -m tools.bench --cpu --rule torch_sgd  # one rule's step at 1 M, 4 M and 10 M only
 
 1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
@@ -128,7 +129,7 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     return row
 
 
-def run(quick: bool, steps: int | None) -> dict[str, Any]:
+def run(quick: bool, steps: int | None, rule: str | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -146,8 +147,11 @@ def run(quick: bool, steps: int | None) -> dict[str, Any]:
         "warmup": WARMUP,
         "statistic": STAT,
         "load_average": os.getloadavg(),
-        "adam_one_tensor": {"n": n, **adam_class([(n,)], steps)},
     }
+    if rule is not None:  # that rule's row only (at n with --quick, else at every size)
+        sizes = (n,) if quick else SIZES
+        return result | {"rules": [rule_size(rule, size, steps) for size in sizes]}
+    result["adam_one_tensor"] = {"n": n, **adam_class([(n,)], steps)}
     shapes = gpt2_small_shapes()
     result["adam_gpt2_small"] = {
         "tensors": len(shapes),
@@ -171,6 +175,8 @@ def report(r: dict[str, Any]) -> str:
         ("adam_one_tensor", "Adam, one tensor of {n:,} parameters"),
         ("adam_gpt2_small", "Adam, GPT-2-small-shaped list: {tensors} tensors, {n:,} parameters"),
     ):
+        if key not in r:  # --rule: that rule only
+            continue
         block = r[key]
         fused = block["torch Adam fused"]
         lines += ["", title.format(**block), f"  {'':30s} {'ms/step':>9s} {'this/fused':>11s}"]
