@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", action="store_true", help="the compiled numba target vs torch (tools/bench_cpu)"
     )
+    parser.add_argument(
+        "--threads", type=int, help="with --cpu: torch and numba threads (default: every core)"
+    )
     args = parser.parse_args(argv)
     if args.host:
         from tools import host_bench
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         from tools import bench_cpu
 
-        figures = bench_cpu.run(args.quick, args.steps, args.rule)
+        figures = bench_cpu.run(args.quick, args.steps, args.rule, args.threads)
         print(bench_cpu.report(figures))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")

@@ -4,6 +4,8 @@
     python -m tools.bench --cpu --quick           # 100 000 parameters, Adam only (smoke test)
     python -m tools.bench --cpu --json cpu.json   # also write the figures
     python -m tools.bench --cpu --rule torch_sgd  # one rule's step at 1 M, 4 M and 10 M only
+    python -m tools.bench --cpu --threads 1       # torch and numba on one thread each (a loaded
+                                                  # machine: less waiting for a descheduled one)
 
 1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
@@ -129,11 +131,16 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     return row
 
 
-def run(quick: bool, steps: int | None, rule: str | None = None) -> dict[str, Any]:
+def run(
+    quick: bool, steps: int | None, rule: str | None = None, threads: int | None = None
+) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     import numba
+
+    if threads:
+        numba.set_num_threads(threads)
 
     from generated.numba import RULES as NAMES
 
