@@ -72,8 +72,11 @@ FUNCTIONS = (
 
 
 def rules() -> list[str]:
-    """Every generated NumPy module (per-element and matrix rules alike)."""
-    return sorted(p.stem for p in (ROOT / "generated" / "numpy").glob("*.py") if p.stem[0] != "_")
+    """Every generated rule (per-element and matrix rules alike; not the variants a rule runs
+    where a state is absent, ``<rule>_without_<state>``: its own module runs them)."""
+    from generated.numpy import MATRIX_RULES, RULES
+
+    return sorted([*RULES, *MATRIX_RULES])
 
 
 def run(rule: str, fn: Function, lr: float | None, steps: int = STEPS) -> np.ndarray:
