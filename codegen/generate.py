@@ -16,8 +16,10 @@ from pathlib import Path
 from codegen import matrix, matrix_targets
 from codegen.load import SPECS_DIR, load_rules
 from codegen.lower import lower
+from codegen.spec import SpecError
 from codegen.targets import ENV, package_targets, rule_targets
 from codegen.targets import numba as numba_target
+from codegen.variants import absent_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED_DIR = ROOT / "generated"
@@ -53,6 +55,8 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
     files: list[Generated] = []
     rules = load_rules(specs_dir, names)
     for rule in [r for r in rules if matrix.is_matrix_rule(r)]:  # codegen/matrix_targets.py
+        if rule.absent:
+            raise SpecError(f"{rule.source}: absent_when is not supported in matrix rules yet")
         start = time.perf_counter()
         texts = matrix_targets.render(rule)
         texts.setdefault("numba", numba_target.fallback_text(rule, "matrix rules are not compiled"))
@@ -64,11 +68,13 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
     rules = [r for r in rules if not matrix.is_matrix_rule(r)]
     for rule in rules:
         start = time.perf_counter()
-        lowered = lower(rule)
-        for target in rule_targets():
-            path = Path(target.directory) / f"{rule.name}.py"
-            text = ruff_format(target.render(lowered), str(path))
-            files.append(Generated(path, text, time.perf_counter() - start))
+        # the rule, then its variant without the absent states (codegen/variants.py), if any
+        variant = absent_variant(rule)
+        for lowered in [lower(rule)] + ([lower(variant)] if variant else []):
+            for target in rule_targets():
+                path = Path(target.directory) / f"{lowered.rule.name}.py"
+                text = ruff_format(target.render(lowered), str(path))
+                files.append(Generated(path, text, time.perf_counter() - start))
     if names is None:
         all_names = [r.name for r in rules]
         matrix_names = [r.name for r in every if matrix.is_matrix_rule(r)]

@@ -41,6 +41,7 @@ from codegen.ir import Assign, Block, Operand, Origin, free_symbols, sweep_role
 from codegen.names import Temps
 from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
+from codegen.variants import absent_variant
 
 
 # ---------------------------------------------------------------------------------- start
@@ -581,8 +582,11 @@ def _reads(rule: Rule, ops: list[Op]) -> list[sp.Symbol]:
 
 # ---------------------------------------------------------------------------------- driver
 def lower(rule: Rule) -> Lowered:
-    """Run every pass in order; a rule that reaches the printers is fully checked."""
+    """Run every pass in order; a rule that reaches the printers is fully checked (its variant
+    without absent states too: codegen/variants.py refuses one that still reads them)."""
     rule.finish()
+    if rule.absent:
+        absent_variant(rule)
     block = from_spec(rule)
     report = [("spec", block.op_counts())]
     for name, run in PASSES:

@@ -41,7 +41,8 @@ _reserve(
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
     "check_host_states computed_each distinct check_tensors_each element_offsets "
-    "input_lists combine_group DropIn NJIT Buffers partials_of prepare view",
+    "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
+    "run_variant",
 )
 _reserve(
     "a module global of every generated module",
@@ -50,7 +51,7 @@ _reserve(
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
-    "step_prechecked step_buffers",
+    "step_prechecked step_buffers ABSENT VARIANT",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(

@@ -224,6 +224,9 @@ class Rule:
         # per-element values computed by matrix equations (codegen/matrix.py): symbol -> record
         self.matrix_values: dict[sp.Symbol, object] = {}
         self.lets: dict[sp.Symbol, str] = {}
+        # states absent while hyperparameters have these values (``state(absent_when=...)``)
+        self.absent: dict[str, dict[sp.Symbol, float]] = {}
+        self.variant_of: str | None = None  # a variant (codegen/variants.py): the rule it is of
         self.equations: list[Equation] = []
         self.test_cases: list[TestCase] = []
         self._names: set[str] = {
@@ -338,7 +341,13 @@ class Rule:
         return symbol
 
     def state(
-        self, name: str, init: sp.Expr | float = 0, doc: str = "", *, axis: int | None = None
+        self,
+        name: str,
+        init: sp.Expr | float = 0,
+        doc: str = "",
+        *,
+        axis: int | None = None,
+        absent_when: dict[sp.Symbol, float | bool] | None = None,
     ) -> sp.Symbol:
         """Declare a per-element state; ``init`` is the weight itself, or a constant or an
         expression of hyperparameters declared before (``init_state`` then takes them).
@@ -346,8 +355,15 @@ class Rule:
         ``axis=-1``: one value per row instead (the weight's shape without its last axis:
         Adafactor's row factor); ``axis=-2``: one value per column (without the second-to-last
         axis). A 1-D weight is one row, a 0-D weight one element.
+
+        ``absent_when={hyper: value, ...}``: while those hyperparameters have those values the
+        state does not exist (torch's SGD keeps no momentum buffer at momentum=0): the
+        generator emits a variant of the update with the values substituted, which must then
+        neither read nor write the state (:mod:`codegen.variants`), and the host runs it
+        whenever a call's hyperparameters match (no recompilation: they stay runtime values).
         """
         self._claim(name, "state")
+        absent = self._absent_when(name, absent_when, axis)
         if axis not in (None, -1, -2):
             raise SpecError(f"{self._where()}: state {name!r}: axis must be None, -1 or -2")
         if axis is not None and not sp.sympify(init).is_Number:
@@ -370,7 +386,52 @@ class Rule:
         symbol = sp.Symbol(name, real=True)
         new = sp.Symbol(f"{name}_new", real=True)
         self.states[name] = State(name, symbol, new, init_expr, doc, axis)
+        if absent is not None:
+            self.absent[name] = absent
         return symbol
+
+    def _absent_when(
+        self, name: str, absent_when: object, axis: int | None
+    ) -> dict[sp.Symbol, float] | None:
+        """``absent_when`` checked: hyperparameters declared before, each at a legal value; one
+        condition per rule (its variant is one more set of modules)."""
+        if absent_when is None:
+            return None
+        where = f"{self._where()}: state {name!r}: absent_when"
+        if not isinstance(absent_when, dict) or not absent_when:
+            raise SpecError(f"{where} must be a non-empty dict {{hyperparameter: value}}")
+        if axis is not None:
+            raise SpecError(f"{where} is for per-element states (this one has an axis)")
+        out: dict[sp.Symbol, float] = {}
+        by_symbol = {h.symbol: h for h in self.hypers.values()}
+        for key, value in absent_when.items():
+            hyper = by_symbol.get(key) if isinstance(key, sp.Symbol) else None
+            if hyper is None:
+                raise SpecError(
+                    f"{where} names {key!r}, which is not a hyperparameter declared before it"
+                )
+            if hyper.legal.choices:
+                ok = isinstance(value, str) and value in hyper.legal.choices
+                number = float(hyper.legal.choices.index(value)) if ok else math.nan
+            elif hyper.legal.flag:
+                ok, number = isinstance(value, bool), float(bool(value))
+            else:
+                ok = not isinstance(value, bool) and isinstance(value, (int, float))
+                number = float(value) if ok else math.nan
+                ok = ok and hyper.legal.contains(number)
+            if not ok:
+                raise SpecError(
+                    f"{where} {hyper.name}={value!r} is outside its legal values "
+                    f"{hyper.legal.describe()}"
+                )
+            out[key] = number
+        for other, condition in self.absent.items():
+            if condition != out:
+                raise SpecError(
+                    f"{where} differs from state {other!r}'s; a rule has one absent_when "
+                    "condition (one variant of the update)"
+                )
+        return out
 
     def torch_equivalent(
         self,
@@ -797,7 +858,14 @@ class Rule:
         declared |= {str(s) for s in self.matrix_values}
         for d in self.drop_ins:  # the drop-in classes and their torch arguments (betas, foreach)
             declared |= {d.class_name, *(name for name, _ in d.signature if name != "*")}
-        return declared | {self.name, self.class_name}
+        variant = {self.variant_name} if self.absent else set()
+        return declared | {self.name, self.class_name} | variant
+
+    @property
+    def variant_name(self) -> str:
+        """``<rule>_without_<state>[_<state>...]``: the modules (and kernels) of the variant
+        without the absent states (:mod:`codegen.variants`)."""
+        return "_".join([self.name, "without", *self.absent])
 
     @property
     def scalar_inputs(self) -> list[sp.Symbol]:

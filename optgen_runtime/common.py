@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 
@@ -321,3 +321,36 @@ def element_offsets(rule: str, offsets: Any, n: int) -> list[int]:
             raise ValueError(f"{rule}: noise offset {k!r} is not an int in [0, 2**62]")
         out.append(value)
     return out
+
+
+def absent_states(absent: Mapping[str, Mapping[str, float]], hp: Mapping[str, float]) -> bool:
+    """True when the resolved hyperparameters ``hp`` make a rule's ``ABSENT`` states absent (its
+    spec's ``state(absent_when=...)``): the step then runs the rule's variant modules."""
+    return any(all(hp[n] == v for n, v in when.items()) for when in absent.values())
+
+
+def run_variant(
+    function: Callable[..., Any],
+    weights: Any,
+    grads: Any,
+    states: Any,
+    t: Any,
+    absent: Collection[str],
+    **kwargs: Any,
+) -> Any:
+    """``function`` (a variant's step function) on ``states`` without the ``absent`` entries: a
+    state that has them (momentum switched off mid-run) keeps them, untouched; what the variant
+    sets (host states) is written back. States that are not dicts go as they are (refused)."""
+    single = isinstance(states, Mapping)
+    given = [states] if single else list(states) if isinstance(states, Sequence) else []
+    if not any(isinstance(s, Mapping) and any(k in s for k in absent) for s in given):
+        return function(weights, grads, states, t, **kwargs)
+    views = [
+        {k: v for k, v in s.items() if k not in absent} if isinstance(s, Mapping) else s
+        for s in given
+    ]
+    result = function(weights, grads, views[0] if single else views, t, **kwargs)
+    for s, view in zip(given, views, strict=True):
+        if isinstance(s, MutableMapping):
+            s.update(view)
+    return result

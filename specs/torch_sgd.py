@@ -30,7 +30,8 @@ weight_decay = RULE.hyper("weight_decay", 0.0, nonnegative(), doc="L2 penalty")
 nesterov = RULE.flag("nesterov", False, doc="Nesterov momentum")
 maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
 w, g, t = RULE.weight, RULE.grad, RULE.t
-buf = RULE.state("momentum_buffer", 0, doc="momentum buffer b")
+# torch keeps no buffer at momentum=0: neither do we (a variant of the update without it)
+buf = RULE.state("momentum_buffer", 0, doc="momentum buffer b", absent_when={momentum: 0})
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 keep = RULE.let("keep", sp.Piecewise((0, sp.Eq(t, 1)), (momentum, True)))

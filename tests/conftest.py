@@ -163,6 +163,14 @@ def input_names(source: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(source.inputs), tuple(source.scalars)
 
 
+def states_present(module: Any) -> dict[str, float]:
+    """Hyperparameters under which every state of ``module``'s rule exists: a state absent at
+    some value (``absent_when``: torch_sgd's momentum buffer at momentum=0) is neither read nor
+    checked there, so a test of bad states sets that value plus 0.5."""
+    absent = importlib.import_module(f"generated.rules.{module.RULE}").ABSENT
+    return {h: v + 0.5 for when in absent.values() for h, v in when.items()}
+
+
 def step_inputs(source: Any, like: Any, t: int, seed: int = 0) -> dict[str, Any]:
     """The keyword inputs of step ``t`` (per-element inputs shaped like ``like``, scalar
     inputs), drawn from (seed, t, name) alone: every side of a comparison (NumPy, Triton, the

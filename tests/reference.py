@@ -141,6 +141,13 @@ def spec_trajectory(
         (eq.target, sp.lambdify(symbols, exact(eq.expr), modules=MODULES)) for eq in equations
     ]
     values = resolved(rule, hp)
+    # states the spec declares absent at these hyperparameters (absent_when: torch_sgd's
+    # momentum buffer at momentum=0): computed by the equations, but not part of the result
+    absent = {
+        name
+        for name, when in rule.absent.items()
+        if all(values[h.name] == v for h, v in when.items())
+    }
     n = weight0.size
     dims = dict(zip("brc", _view(weight0.shape), strict=True))
     sizes = {"numel": n, "ndim": weight0.ndim, "rows": dims["r"], "cols": dims["c"]}
@@ -261,6 +268,8 @@ def spec_trajectory(
         w, states = new_w, new_states
         snapshot = {"weight": np.array([float(x) for x in w]).reshape(weight0.shape)}
         for st in rule.states.values():
+            if st.name in absent:  # no such state at these settings: nothing to compare
+                continue
             shape = _state_shape(weight0.shape, st.axis)
             snapshot[st.name] = np.array([float(x) for x in states[st.name]]).reshape(shape)
         snapshot.update({name: np.array(float(v)) for name, v in host.items()})

@@ -112,7 +112,9 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
 
 
 def test_all_rules_were_compiled(compiled: list[dict]) -> None:
-    assert {r["rule"] for r in compiled} == set(RULE_NAMES) | set(MATRIX_RULE_NAMES)
+    variants = {rule.variant_name for rule in RULES.values() if rule.absent}
+    assert variants == {"torch_sgd_without_momentum_buffer"}
+    assert {r["rule"] for r in compiled} == set(RULE_NAMES) | set(MATRIX_RULE_NAMES) | variants
 
 
 def test_refuses_to_compile_under_the_interpreter() -> None:
@@ -166,6 +168,30 @@ def test_every_variant_moves_the_minimum_128_bit_when_aligned(compiled: list[dic
     assert adam["adam_multi_kernel", "fp32", "aligned"]["accesses"]["st.v4.b32"] == 6
     assert adam["adam_multi_kernel", "fp32", "aligned"]["min_bytes_per_element"] == 28
     assert adam["adam_multi_kernel", "bf16", "aligned"]["min_bytes_per_element"] == 22
+
+
+def test_an_absent_state_moves_no_bytes(compiled: list[dict]) -> None:
+    """torch_sgd at momentum=0 runs its variant without the momentum buffer (``absent_when``):
+    its kernels take no buffer pointer for it and move 12 bytes per fp32 element (weight read
+    and written, gradient read) where the rule's own move 20; both at their spec's minimum."""
+    rows = {
+        (r["kernel"], r["weight"], r["variant"]): r
+        for r in compiled
+        if r["arch"] == 90 and r["rule"] in ("torch_sgd", "torch_sgd_without_momentum_buffer")
+    }
+    for kernel in ("kernel", "multi_kernel"):
+        full = rows[f"torch_sgd_{kernel}", "fp32", "aligned"]
+        absent = rows[f"torch_sgd_without_momentum_buffer_{kernel}", "fp32", "aligned"]
+        assert full["bytes_per_element"] == full["min_bytes_per_element"] == 20
+        assert absent["bytes_per_element"] == absent["min_bytes_per_element"] == 12
+        assert absent["vectorised"]
+        bf16 = rows[f"torch_sgd_without_momentum_buffer_{kernel}", "bf16", "unaligned"]
+        assert bf16["bytes_per_element"] == bf16["min_bytes_per_element"] == 6
+    variant = triton_module("torch_sgd_without_momentum_buffer")
+    for kernel in ("kernel", "multi_kernel"):
+        args = getattr(variant, f"torch_sgd_without_momentum_buffer_{kernel}").arg_names
+        assert {"weight_ptr", "weight_like"} & set(args)
+        assert not [a for a in args if "momentum" in a]
 
 
 def test_the_traffic_check_catches_lost_vectorisation_and_extra_traffic(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ def count_full_checks(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
         ("NAdam", {}, True),  # host states (m_schedule)
         ("LAMB", {}, False),  # per-tensor sums: two compiled phases
         ("TorchSGD", {"momentum": 0.9, "nesterov": True}, True),
+        ("TorchSGD", {}, True),  # momentum=0: no momentum buffer (absent_when), the variant
     ],
 )
 def test_fast_steps_equal_the_numpy_reference(
@@ -167,6 +168,16 @@ def _lr_changed(opt: Any, params: list) -> None:
     opt.param_groups[1]["lr"] = 0.05
 
 
+def _momentum_switched_on(opt: Any, params: list) -> None:
+    if "momentum" in opt.param_groups[0]:
+        opt.param_groups[0]["momentum"] = 0.9
+
+
+def _momentum_switched_off(opt: Any, params: list) -> None:
+    if "momentum" in opt.param_groups[0]:
+        opt.param_groups[0]["momentum"] = 0.0
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -181,6 +192,21 @@ def test_a_legal_change_is_computed_as_the_reference_computes_it(change: Callabl
     got, _ = trajectory("Adam", "numba", 5, change)
     want, _ = trajectory("Adam", "numpy", 5, change)
     assert all(torch.equal(x, y) for x, y in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("change", "momentum"), [(_momentum_switched_on, 0.0), (_momentum_switched_off, 0.9)]
+)
+def test_a_state_that_comes_or_goes_with_a_hyperparameter(
+    change: Callable, momentum: float
+) -> None:
+    """torch_sgd's momentum buffer is absent at momentum=0: switching momentum between steps
+    changes which kernels run and which buffers they take; computed as the reference does."""
+    got, opt = trajectory("TorchSGD", "numba", 5, change, momentum=momentum)
+    want, _ = trajectory("TorchSGD", "numpy", 5, change, momentum=momentum)
+    assert len(got) == len(want)
+    assert all(torch.equal(x, y) for x, y in zip(want, got, strict=True))
+    assert opt._plan is not None
 
 
 @pytest.mark.parametrize("small", [64, 0])  # compared one by one, vectorised

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from codegen.generate import GENERATED_DIR, generate_all, stale, write
-from codegen.load import SPECS_DIR
+from codegen.load import SPECS_DIR, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,9 @@ def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
 
 
 def test_generated_files_are_headed() -> None:
-    """Every generated file says so in its first line, and a rule's module names its own spec."""
+    """Every generated file says so in its first line, and a rule's module names its own spec
+    (a variant's, ``state(absent_when=...)``, its rule's)."""
+    variants = {r.variant_name: r.name for r in load_rules() if r.absent}
     rule_modules = 0
     for path in sorted(GENERATED_DIR.rglob("*.py")):
         head = path.read_text().splitlines()[0]
@@ -39,10 +41,11 @@ def test_generated_files_are_headed() -> None:
             assert named in ([], ["specs/*.py"]), (path, head)
         else:
             rule_modules += 1
-            assert named == [f"specs/{path.stem}.py"], (path, head)
-            assert (SPECS_DIR / f"{path.stem}.py").is_file(), path
+            stem = variants.get(path.stem, path.stem)
+            assert named == [f"specs/{stem}.py"], (path, head)
+            assert (SPECS_DIR / f"{stem}.py").is_file(), path
     # rules/, numpy/, triton/, numba/
-    assert rule_modules == 4 * len(list(SPECS_DIR.glob("[!_]*.py")))
+    assert rule_modules == 4 * (len(list(SPECS_DIR.glob("[!_]*.py"))) + len(variants))
 
 
 def test_check_cli_reports_a_stale_file(tmp_path: Path) -> None:

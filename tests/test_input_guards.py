@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import class_inputs, step_inputs
+from conftest import class_inputs, states_present, step_inputs
 
 from generated.numpy import adam as np_adam
 from generated.torch import (
@@ -505,6 +505,7 @@ def test_numpy_modules_refuse_ndarray_subclasses_before_writing(rule, which, kin
     g = np.full((1, 4), 0.25, np.float32)
     state = module.init_state(w)
     extra = step_inputs(module, w, 1)  # the rule's other inputs (AdaHessian's hessian), plain
+    extra |= states_present(module)
     label = which
     if which == "weight":
         w = kind(w)

@@ -32,6 +32,7 @@ SHAPE = (4, 6)
 # Generic suites (test modules reading conftest's rule lists) that do not run the matrix rules:
 # module -> (why, the tests "file::name" that check what does apply on the matrix rules).
 NOT_FOR_MATRIX_RULES: dict[str, tuple[str, list[str]]] = {
+    "test_absent.py": ("torch_sgd's absent momentum buffer; matrix rules refuse absent_when", []),
     "test_aot.py": (
         "per-element <rule>_kernel/_multi_kernel names",
         ["test_aot.py::test_no_arguments_compiles_the_matrix_rules_segment_kernels"],

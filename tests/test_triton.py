@@ -13,6 +13,7 @@ from conftest import (
     RULES,
     assert_matches_float32,
     numpy_module,
+    states_present,
     step_inputs,
     triton_module,
 )
@@ -193,6 +194,7 @@ def test_bad_inputs_raise_before_any_write(rule_name: str, case: str) -> None:
     if case in ("missing state", "state dtype") and not trm.STATES:
         pytest.skip("rule has no state")
     extra = step_inputs(trm, w, 1)
+    extra |= states_present(trm)
     w, g, state = make(w, g, state)
     buffers = [v for v in state.values() if isinstance(v, torch.Tensor)]
     before = [w.clone()] + [v.clone() for v in buffers]

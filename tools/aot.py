@@ -212,16 +212,20 @@ def _lowered(module: Any) -> Any:
     this repository's; None when none has it."""
     from codegen.load import SPECS_DIR, load_rules
     from codegen.lower import lower
+    from codegen.variants import absent_variant
 
-    rule = module.RULE
-    if rule not in _LOWERED:
+    rule, name = module.RULE, module_rule(module)
+    if name not in _LOWERED:
         here = Path(getattr(module, "__file__", "") or ".").resolve()
         trees = [here.parents[2] / "specs"] if len(here.parents) > 2 else []
         found = [
             d for d in [*trees, Path.cwd() / "specs", SPECS_DIR] if (d / f"{rule}.py").exists()
         ]
-        _LOWERED[rule] = lower(load_rules(found[0], names=[rule])[0]) if found else None
-    return _LOWERED[rule]
+        spec = load_rules(found[0], names=[rule])[0] if found else None
+        if spec is not None and name != rule:  # a variant without the absent states
+            spec = absent_variant(spec) if spec.variant_name == name else None
+        _LOWERED[name] = lower(spec) if spec is not None else None
+    return _LOWERED[name]
 
 
 def resources(cubin: bytes) -> dict[str, int] | None:
@@ -287,7 +291,7 @@ def _row(
     # a sweep that loops over rows or columns: static instruction counts are not the traffic
     element_bytes = None if minimum is None else per_thread * threads / module.BLOCK_SIZE
     return {
-        "rule": module.RULE,
+        "rule": module_rule(module),
         "kernel": name,
         "arch": arch,
         "weight": weight_type,
@@ -354,6 +358,19 @@ def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[d
     return compile_module(module, path.read_text(), archs, weight_types)
 
 
+def variants(rules: list[str]) -> list[str]:
+    """The variant modules of ``rules`` (``generated.rules.<rule>.VARIANT``), in order."""
+    metas = [importlib.import_module(f"generated.rules.{rule}") for rule in rules]
+    return [meta.VARIANT for meta in metas if meta.VARIANT]
+
+
+def module_rule(module: Any) -> str:
+    """The rule a kernel module is generated for, or the variant: ``<rule>_without_<state>``,
+    its module name (a variant's ``RULE`` is its rule's, for messages)."""
+    stem = module.__name__.rsplit(".", 1)[-1].removeprefix("_aot_")
+    return stem if stem.startswith(f"{module.RULE}_without_") else module.RULE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.aot", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -375,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from generated.triton import MATRIX_RULES, RULES
 
-    rules = args.rules or [*RULES, *MATRIX_RULES]  # the matrix rules' segment kernels too
+    # the matrix rules' segment kernels too, and the variants the rules launch where a state is
+    # absent (torch_sgd at momentum=0: codegen/variants.py)
+    rules = args.rules or [*RULES, *variants(RULES), *MATRIX_RULES]
     rows = [row for rule in rules for row in compile_rule(rule, args.arch, args.weight)]
     if args.json:
         print(json.dumps(rows))

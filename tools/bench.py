@@ -426,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--rule", default="adam", help="the rule to time (adam)")
+    parser.add_argument(
+        "--rule",
+        help="the rule to time (adam; with --cpu: only these rules, comma-separated, at 1 M, "
+        "4 M, 10 M)",
+    )
     parser.add_argument("--n", type=int, help="parameters (default 10 000 000)")
     parser.add_argument("--steps", type=int, help="timed steps (default 20)")
     parser.add_argument(
@@ -444,9 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu", action="store_true", help="the compiled numba target vs torch (tools/bench_cpu)"
     )
     parser.add_argument(
-        "--only",
-        metavar="RULES",
-        help="with --cpu: only these rules (comma-separated) in the every-rule table",
+        "--threads", type=int, help="with --cpu: torch and numba threads (default: every core)"
     )
     args = parser.parse_args(argv)
     if args.host:
@@ -460,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         from tools import bench_cpu
 
-        only = args.only.split(",") if args.only else None
-        figures = bench_cpu.run(args.quick, args.steps, only)
+        figures = bench_cpu.run(args.quick, args.steps, args.rule, args.threads)
         print(bench_cpu.report(figures))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")
@@ -471,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    result = bench(args.rule, n, steps)
-    gen = generation_times([args.rule] if args.quick else None)
+    rule = args.rule or "adam"
+    result = bench(rule, n, steps)
+    gen = generation_times([rule] if args.quick else None)
     print(report(result, gen))
     if args.json:
         args.json.write_text(json.dumps({**result, "generation_s": gen}, indent=1) + "\n")

@@ -3,6 +3,9 @@
     python -m tools.bench --cpu                   # everything below (a few minutes)
     python -m tools.bench --cpu --quick           # 100 000 parameters, Adam only (smoke test)
     python -m tools.bench --cpu --json cpu.json   # also write the figures
+    python -m tools.bench --cpu --rule torch_sgd  # one rule's step at 1 M, 4 M and 10 M only
+    python -m tools.bench --cpu --threads 1       # torch and numba on one thread each (a loaded
+                                                  # machine: less waiting for a descheduled one)
 
 1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
@@ -134,11 +137,16 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     return row
 
 
-def run(quick: bool, steps: int | None, only: list[str] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool, steps: int | None, rule: str | None = None, threads: int | None = None
+) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     import numba
+
+    if threads:
+        numba.set_num_threads(threads)
 
     from generated.numba import RULES as NAMES
 
@@ -152,8 +160,12 @@ def run(quick: bool, steps: int | None, only: list[str] | None = None) -> dict[s
         "warmup": WARMUP,
         "statistic": STAT,
         "load_average": os.getloadavg(),
-        "adam_one_tensor": {"n": n, **adam_class([(n,)], steps)},
     }
+    if rule is not None:  # those rules' rows only (at n with --quick, else at every size)
+        sizes = (n,) if quick else SIZES
+        rows = [rule_size(name, size, steps) for name in rule.split(",") for size in sizes]
+        return result | {"rules": rows}
+    result["adam_one_tensor"] = {"n": n, **adam_class([(n,)], steps)}
     shapes = gpt2_small_shapes()
     result["adam_gpt2_small"] = {
         "tensors": len(shapes),
@@ -161,10 +173,7 @@ def run(quick: bool, steps: int | None, only: list[str] | None = None) -> dict[s
         **adam_class(shapes, steps),
     }
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
-    unknown = sorted(set(only or ()) - set(compiled))
-    if unknown:
-        raise SystemExit(f"--only: not compiled rules: {', '.join(unknown)}")
-    names = only or (["adam"] if quick else compiled)
+    names = ["adam"] if quick else compiled
     sizes = (n,) if quick else SIZES
     result["rules"] = [rule_size(name, size, steps) for name in names for size in sizes]
     return result
@@ -180,6 +189,8 @@ def report(r: dict[str, Any]) -> str:
         ("adam_one_tensor", "Adam, one tensor of {n:,} parameters"),
         ("adam_gpt2_small", "Adam, GPT-2-small-shaped list: {tensors} tensors, {n:,} parameters"),
     ):
+        if key not in r:  # --rule: that rule only
+            continue
         block = r[key]
         fused = block["torch Adam fused"]
         lines += ["", title.format(**block), f"  {'':30s} {'ms/step':>9s} {'this/fused':>11s}"]

@@ -33,6 +33,7 @@ from codegen.targets.rules import (
     natural,
     reduce_scalars_name,
     reduction_scalars_name,
+    variant_context,
 )
 
 DTYPE = "_T"  # the chunk's dtype (float32 or float64), as a callable: literals are cast to it
@@ -194,7 +195,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "doc": rule.doc,
         "fallback": reason,
         "rules_names": rules_names,
-    }
+    } | variant_context(rule)
     if reason is not None:
         return common | {"exports": sorted(rules_names, key=natural)}
     printer = NumbaOpPrinter()

@@ -23,6 +23,7 @@ from codegen.targets.rules import (
     natural,
     reduce_scalars_name,
     reduction_scalars_name,
+    variant_context,
 )
 
 
@@ -349,6 +350,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
     multi = ["step_multi"] if rule.group_reductions else []
     return {
+        **variant_context(rule),
         "rule": rule,
         "doc": rule.doc,
         # host states fed by the step's sums may turn NaN: checked before any write

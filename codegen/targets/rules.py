@@ -15,6 +15,7 @@ from codegen.lower import Lowered
 from codegen.spec import Rule
 from codegen.targets import Target
 from codegen.targets.host import HostCode, host_code, legal_code
+from codegen.variants import variant_name
 
 
 def folds_gradient_scale(lowered: Lowered) -> bool:
@@ -105,6 +106,8 @@ def exported(lowered: Lowered) -> list[str]:
         out += ["SIZES"]
     if rule.vector_states:
         out += ["STATE_AXES"]
+    if rule.absent:
+        out += ["ABSENT"]
     return sorted(out, key=lambda n: natural(n.replace("_", " ")))  # "STATE_AXES" < "STATES"
 
 
@@ -112,6 +115,16 @@ def natural(name: str) -> list[str | int]:
     """Sort key of ruff's isort and ``__all__`` orders: digit runs as numbers (``_2`` < ``_10``,
     which a rule with ten or more sweeps has)."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def variant_context(rule: Rule) -> dict[str, object]:
+    """What a module's step functions need to run the rule's variant without its absent states
+    (``Rule.state(absent_when=...)``, :mod:`codegen.variants`): its module name, or None."""
+    if not rule.absent:
+        return {"variant": None}
+    when = next(iter(rule.absent.values()))
+    setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
+    return {"variant": rule.variant_name, "absent_doc": f"{setting}: no {', '.join(rule.absent)}"}
 
 
 def reduced_axis(rule: Rule, reduction: sp.Symbol) -> str:
@@ -203,6 +216,10 @@ def context(lowered: Lowered) -> dict[str, object]:
         "host_states": list(rule.host_states.values()),
         "folds_scale": folds_gradient_scale(lowered),
         "torch": torch_equivalent_code(rule, code),
+        "absent": repr(
+            {name: {str(h): v for h, v in when.items()} for name, when in rule.absent.items()}
+        ),
+        "variant": repr(variant_name(rule) if rule.absent else None),
         "host_args": host_names + [str(r) for r in lowered.summands if r in rule.scalar_reductions],
         "update_code": _lines(host_program(lowered, update), code),
         "update_names": [s.name for s in update],

@@ -25,6 +25,7 @@ from codegen.targets.rules import (
     natural,
     reduce_scalars_name,
     reduction_scalars_name,
+    variant_context,
 )
 from optgen_runtime.triton_support import ChunkTable
 
@@ -210,6 +211,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     rules_names = exported(lowered)
     code = HostCode()
     return {
+        **variant_context(rule),
         "rule": rule,
         "doc": rule.doc,
         # host states fed by the step's sums may turn NaN: checked before any write
@@ -242,6 +244,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             + (["vector_shape"] if rule.vector_states else [])
             + (["input_lists"] if rule.inputs else [])
             + (["scalar_inputs"] if rule.scalars else [])
+            + (["absent_states", "run_variant"] if rule.absent else [])
         ),
         "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
         "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",

@@ -35,12 +35,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    absent_states,
+    check_step_count,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_sgd import init_state
 from ..rules.torch_sgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -58,9 +65,11 @@ from ..rules.torch_sgd import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_without_momentum_buffer as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_sgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "FALLBACK",
@@ -118,18 +127,18 @@ def _update_chunk(
         weight = weight_buf[_i]
         grad = grad_buf[_i]
         momentum_buffer = momentum_buffer_buf[_i]
-        # specs/torch_sgd.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_sgd.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_sgd.py:38: momentum_buffer_new = G*take + keep*momentum_buffer
+        # specs/torch_sgd.py:39: momentum_buffer_new = G*take + keep*momentum_buffer
         _v2 = keep * momentum_buffer
         _v3 = take * G
         momentum_buffer_new = _v2 + _v3
-        # specs/torch_sgd.py:43: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:44: weight_new = -d*lr + weight
         _v4 = _h1 != _T(0.0)
         _v5 = _h2 != _T(0.0)
-        # specs/torch_sgd.py:39: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+        # specs/torch_sgd.py:40: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
         _v6 = momentum * momentum_buffer_new
         d = G + _v6
         _v8 = d if _v5 else momentum_buffer_new
@@ -167,6 +176,8 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    if absent_states(ABSENT, hp):  # momentum = 0: no momentum_buffer: the variant's update (ABSENT)
+        return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
     _run(buffers, [state], [t], hp, {})
@@ -183,6 +194,8 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    if absent_states(ABSENT, hp):  # momentum = 0: no momentum_buffer: the variant's update (ABSENT)
+        return run_variant(_variant.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
     _run(buffers, states, ts, hp, {})
@@ -200,6 +213,10 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    if absent_states(ABSENT, hp):  # momentum = 0: no momentum_buffer: the variant's update (ABSENT)
+        return run_variant(
+            _variant.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
     _run(buffers, states, ts, hp, {})
@@ -217,6 +234,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # momentum = 0: no momentum_buffer: the variant's update (``buffers``: its columns)
+    if absent_states(ABSENT, hp):
+        return _variant.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

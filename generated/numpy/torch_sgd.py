@@ -28,11 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    absent_states,
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_sgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -50,9 +57,11 @@ from ..rules.torch_sgd import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_without_momentum_buffer as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_sgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -96,6 +105,8 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    if absent_states(ABSENT, hp):  # momentum = 0: no momentum_buffer: the variant's update (ABSENT)
+        return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _momentum_buffer_flat = flat_views(
@@ -114,18 +125,18 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_sgd.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_sgd.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_sgd.py:38: momentum_buffer_new = G*take + keep*momentum_buffer
+        # specs/torch_sgd.py:39: momentum_buffer_new = G*take + keep*momentum_buffer
         np.multiply(keep, _momentum_buffer, out=_b1)
         np.multiply(take, _b0, out=_b2)
         np.add(_b1, _b2, out=_momentum_buffer)
-        # specs/torch_sgd.py:43: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:44: weight_new = -d*lr + weight
         __v4 = np.not_equal(_h1, 0.0)
         __v5 = np.not_equal(_h2, 0.0)
-        # specs/torch_sgd.py:39: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+        # specs/torch_sgd.py:40: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
         np.multiply(momentum, _momentum_buffer, out=_b1)
         np.add(_b0, _b1, out=_b1)
         np.copyto(_b1, _momentum_buffer, where=np.logical_not(__v5))

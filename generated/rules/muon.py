@@ -69,6 +69,9 @@ NONE_MEANS: dict[str, float] = {
 # Per-element state buffers (the weight's shape).
 STATES: tuple[str, ...] = ("momentum_buffer",)
 HOST_STATES: tuple[str, ...] = ()
+# States absent while hyperparameters have these values (none in a matrix rule).
+ABSENT: dict[str, dict[str, float]] = {}
+VARIANT: str | None = None
 STATE_AXES: dict[str, int] = {}
 # Per-tensor reductions (summed in float64 on the host between stages).
 REDUCTIONS: tuple[str, ...] = ("U_norm",)

@@ -80,6 +80,11 @@ DRAWS: tuple[str, ...] = ()
 FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
+# States absent while hyperparameters have these values (state(absent_when=...)): a step at
+# those values runs the modules of VARIANT, generated.<target>.<VARIANT>, which neither read nor
+# write them (codegen/variants.py).
+ABSENT: dict[str, dict[str, float]] = {}
+VARIANT: str | None = None
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
 # Operations per element of the update and of the reduction phase.

@@ -71,6 +71,11 @@ DRAWS: tuple[str, ...] = ()
 FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
+# States absent while hyperparameters have these values (state(absent_when=...)): a step at
+# those values runs the modules of VARIANT, generated.<target>.<VARIANT>, which neither read nor
+# write them (codegen/variants.py).
+ABSENT: dict[str, dict[str, float]] = {"momentum_buffer": {"momentum": 0.0}}
+VARIANT: str | None = "torch_sgd_without_momentum_buffer"
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "SGD",
@@ -110,9 +115,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_sgd.py:36: keep = Piecewise((0, Eq(t, 1)), (momentum, True))
+    # specs/torch_sgd.py:37: keep = Piecewise((0, Eq(t, 1)), (momentum, True))
     keep = (0) if (t == 1) else (momentum)
-    # specs/torch_sgd.py:37: take = Piecewise((1, Eq(t, 1)), (1 - dampening, True))
+    # specs/torch_sgd.py:38: take = Piecewise((1, Eq(t, 1)), (1 - dampening, True))
     take = (1) if (t == 1) else (1 - dampening)
     _h0 = 1 - 2 * maximize
     _h1 = momentum == 0

@@ -30,9 +30,11 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
+    absent_states,
     check_step_count,
     host_state_values,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -47,6 +49,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_sgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -64,9 +67,11 @@ from ..rules.torch_sgd import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_without_momentum_buffer as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_sgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -124,18 +129,18 @@ def torch_sgd_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     momentum_buffer = tl.load(momentum_buffer_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_sgd.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_sgd.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_sgd.py:38: momentum_buffer_new = G*take + keep*momentum_buffer
+    # specs/torch_sgd.py:39: momentum_buffer_new = G*take + keep*momentum_buffer
     _v2 = keep * momentum_buffer
     _v3 = take * G
     momentum_buffer_new = _v2 + _v3
-    # specs/torch_sgd.py:43: weight_new = -d*lr + weight
+    # specs/torch_sgd.py:44: weight_new = -d*lr + weight
     _v4 = _h1 != 0.0
     _v5 = _h2 != 0.0
-    # specs/torch_sgd.py:39: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+    # specs/torch_sgd.py:40: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
     _v6 = momentum * momentum_buffer_new
     d = G + _v6
     _v8 = tl.where(_v5, d, momentum_buffer_new)
@@ -288,6 +293,10 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    if absent_states(
+        ABSENT, hp
+    ):  # momentum = 0: no momentum_buffer: the variant's kernels (ABSENT)
+        return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -329,6 +338,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    if absent_states(
+        ABSENT, hp
+    ):  # momentum = 0: no momentum_buffer: the variant's kernels (ABSENT)
+        return run_variant(
+            _variant.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ABSENT,
+            stream_ids=stream_ids,
+            amp=amp,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     streams = stream_indices(RULE, stream_ids, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]

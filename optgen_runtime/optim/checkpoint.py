@@ -43,7 +43,8 @@ class Checkpoint:
         """One parameter's saved state in the rule's dtypes and ``p``'s device (copies)."""
         if not saved:
             return {}
-        missing, extra = state_key_problems(saved, self._state_names(), ("master",))
+        optional = ("master", *self.META.ABSENT)  # may be missing (see ParamState._absent)
+        missing, extra = state_key_problems(saved, self._state_names(), optional)
         if extra or missing:
             raise ValueError(self._foreign(f"state {index} has keys {sorted(saved)}"))
         name = type(self).__name__
@@ -58,7 +59,7 @@ class Checkpoint:
             f"{name}.load_state_dict: saved state {index}", saved, self.META.HOST_STATES
         ).items():
             out[key] = value
-        tensors = [(k, self._working_dtype(p)) for k in self.META.STATES]
+        tensors = [(k, self._working_dtype(p)) for k in self.META.STATES if k in saved]
         if "master" in saved:
             tensors.append(("master", torch.float32))
         where = f"{type(self).__name__}.load_state_dict"

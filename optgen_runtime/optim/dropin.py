@@ -189,6 +189,8 @@ class DropIn(GeneratedOptimizer):
             out: dict[str, Any] = {}
             for theirs, value in st.items():
                 key = ours_of.get(theirs, theirs)
+                if value is None and key in self.META.ABSENT:
+                    continue  # torch before 2.x kept momentum_buffer=None where it had none
                 tensor = isinstance(value, torch.Tensor)
                 if key in self.META.HOST_STATES and tensor and value.numel() == 1:
                     value = value.item()  # torch's 0-d tensor: a Python float here
@@ -197,10 +199,15 @@ class DropIn(GeneratedOptimizer):
                 out[key] = value
             if layout["step"] is None and "step" not in out:
                 out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
-            absent = [key for key in self.META.STATES if key not in out and layout[key] is None]
+            hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
+            gone = self._absent(hp)  # no such state under these settings (nor in torch)
+            absent = [
+                key
+                for key in self.META.STATES
+                if key not in out and layout[key] is None and key not in gone
+            ]
             if absent:  # buffers torch does not keep here: the rule's initial values
                 dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
                 initial = self._initial(p.detach().to("cpu", dtype).numpy().copy(), hp)
                 for key in absent:
                     out[key] = torch.from_numpy(initial[key])

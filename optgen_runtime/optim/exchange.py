@@ -199,6 +199,8 @@ class TorchExchange:
             # torch's format: a float32 count (exact up to 2**24, as torch's own)
             out: dict[str, Any] = {"step": st["step"].to(torch.float32)}
             for key, (theirs, factor) in eq.states.items():
+                if key not in st and key in self.META.ABSENT:
+                    continue  # absent under the group's settings: torch keeps none either
                 value = st[key]
                 out[theirs] = value / factor(**hp) if isinstance(value, torch.Tensor) else value
             state[index] = out
@@ -288,6 +290,8 @@ class TorchExchange:
             for key, (theirs, factor) in eq.states.items():
                 value = st.get(theirs)
                 absent = "*" not in created and theirs not in created
+                if value is None and key in self._absent(hp):
+                    continue  # absent under these settings: created when they change
                 if value is None and absent and index in param_of:
                     # torch never made it under these settings: the rule's initial value
                     if initial is None:

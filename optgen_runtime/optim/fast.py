@@ -47,11 +47,22 @@ class Group:
     takes (the compiled loops: ``buffers`` by address; the Triton kernels: the weights, state
     views, noise streams and offsets), and each tensor's kernel dtype for the scalar checks."""
 
-    __slots__ = ("buffers", "dtypes", "group", "offsets", "states", "streams", "views", "weights")
+    __slots__ = (
+        "absent",
+        "buffers",
+        "dtypes",
+        "group",
+        "offsets",
+        "states",
+        "streams",
+        "views",
+        "weights",
+    )
 
     def __init__(self, group: dict[str, Any], states: list[dict[str, Any]]) -> None:
         self.group = group
         self.states = states
+        self.absent: tuple[str, ...] = ()  # the states absent under the plan's hyperparameters
         self.dtypes: list[Any] = []
         self.buffers: Buffers | None = None
         self.weights: list[torch.Tensor] = []
@@ -107,6 +118,7 @@ class FastStep:
         parameter without state)."""
         state = self.state
         names = self.META.STATES
+        absent = self.META.ABSENT  # may be missing (``absent_when``): presence in the signature
         parts: list[Any] = [self.backend, self.multi_precision, len(self.param_groups)]
         grads: list[list[torch.Tensor]] = []
         try:
@@ -122,7 +134,7 @@ class FastStep:
                 if not all(map(torch.Tensor.is_contiguous, gs)):
                     return None  # copied by the full step: no address to give
                 steps = [s["step"] for s in states]  # KeyError, TypeError: no state yet
-                held = [s[k] for s in states for k in names]
+                held = [s[k] for s in states for k in names if k in s or k not in absent]
                 masters = [s.get("master") for s in states]
                 held += [m for m in masters if m is not None]
                 if not {*map(type, held), *map(type, steps)} <= {*_PLAIN}:
@@ -169,6 +181,8 @@ class FastStep:
             updates = self._alias_updates(part.group)
             hp = self._hyper({**part.group, **updates})
             resolved = self._check(hp)
+            if self._absent(resolved) != part.absent:
+                return False  # a state comes or goes (SGD's momentum switched): a full step
             self._check_fast_scalars(resolved, ts[at : at + len(part.states)], part)
             hps.append(hp)
             synced.append((part.group, updates))
@@ -297,10 +311,12 @@ class FastStep:
         for group, gs in zip(groups, surveyed[1], strict=True):
             params = [p for p in group["params"] if p.grad is not None]
             part = Group(group, [self.state[p] for p in params])
+            part.absent = self._absent(self._check(self._hyper(group)))
+            present = [k for k in meta.STATES if k not in part.absent]
             rows, shapes = [], []
             for p, g, s in zip(params, gs, part.states, strict=True):
                 weight = s.get("master", p)
-                buffers = [weight, *(s[k] for k in meta.STATES)]
+                buffers = [weight, *(s[k] for k in present)]
                 if any(not x.is_contiguous() for x in buffers):
                     return
                 if kind == "numba":
@@ -316,7 +332,10 @@ class FastStep:
                     part.offsets.append(self._noise_offset(p))
                     part.dtypes.append(np.float32)
                 grad_bytes.append(g.element_size() * g.numel())
-                spans = [*buffers, p] if "master" in s else buffers
+                # every state tensor counts as written, as in the full step's check (a buffer
+                # absent by the hyperparameters but kept is not passed, nor may a grad overlap it)
+                spans = [weight, *(s[k] for k in meta.STATES if k in s)]
+                spans += [p] if "master" in s else []
                 written += [
                     (x.data_ptr(), x.data_ptr() + x.element_size() * x.numel()) for x in spans
                 ]

@@ -35,7 +35,7 @@ from optgen_runtime.checks import (
     check_state_shape,
     view_key,
 )
-from optgen_runtime.common import MAX_STEP, host_state_values
+from optgen_runtime.common import MAX_STEP, absent_states, host_state_values
 from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
@@ -79,7 +79,20 @@ class ParamState:
         return torch.float32
 
     def _state_names(self) -> tuple[str, ...]:
-        return ("step", *self.META.STATES, *self.META.HOST_STATES)
+        """The keys every state has (the ``ABSENT`` states may be missing: see ``_absent``)."""
+        absent = self.META.ABSENT
+        states = [k for k in self.META.STATES if k not in absent]
+        return ("step", *states, *self.META.HOST_STATES)
+
+    def _absent(self, hp: dict[str, Any]) -> tuple[str, ...]:
+        """The rule's states that do not exist under the group's hyperparameters ``hp`` (its
+        spec's ``absent_when``: SGD's momentum buffer at momentum=0, as torch keeps none): not
+        created, not expected, and where a state has one (momentum switched off mid-run) kept
+        but neither read nor written. Created when the hyperparameters change back."""
+        absent = self.META.ABSENT
+        if not absent or not absent_states(absent, hp):
+            return ()
+        return tuple(absent)
 
     def _needs_master(self, p: torch.Tensor) -> bool:
         return self.multi_precision and p.dtype in LOW_PRECISION
@@ -100,16 +113,27 @@ class ParamState:
         """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)
         with its group's hyperparameters ``hp``; a DTensor's state: DTensors placed like it."""
         state = self.state[p]
+        absent = self._absent(hp)
         if state:
             step = state["step"]
             if step.dtype != torch.int64 or step.device.type != "cpu" or step.dim():
                 state["step"] = step_tensor(int(step.item()))  # exact from now on
-            return state
+            if not any(k not in state and k not in absent for k in self.META.ABSENT):
+                return state
         dtype = self._working_dtype(p)
         weight = local(p).detach().to(dtype).cpu().numpy()
         initial = self._initial(weight.copy(), hp)
+        if state:  # a state absent until now (momentum switched on): its initial value
+            for key in self.META.ABSENT:
+                if key not in state and key not in absent:
+                    state[key] = like(
+                        p, torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype)
+                    )
+            return state
         state["step"] = step_tensor(0)
         for key in self.META.STATES:
+            if key in absent:
+                continue
             state[key] = like(p, torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype))
         for key in self.META.HOST_STATES:
             state[key] = float(initial[key])
@@ -160,7 +184,8 @@ class ParamState:
     def _check_state(self, param: torch.Tensor, state: dict[str, Any], label: str) -> None:
         name, p = type(self).__name__, local(param)
         names = self._state_names()
-        check_state_keys(name, state, names, ("master",), label=f"{label}'s state")
+        optional = ("master", *self.META.ABSENT)
+        check_state_keys(name, state, names, optional, label=f"{label}'s state")
         step = state["step"]
         if not isinstance(step, torch.Tensor) or step.numel() != 1:
             self._fail(ValueError, f"{label}'s state['step'] must be a 1-element tensor")
@@ -172,7 +197,7 @@ class ParamState:
             )
         host_state_values(name, state, self.META.HOST_STATES)
         dtype = self._working_dtype(p)
-        buffers = [(k, state[k], dtype) for k in self.META.STATES]
+        buffers = [(k, state[k], dtype) for k in self.META.STATES if k in state]
         if "master" in state:
             buffers.append(("master", state["master"], torch.float32))
         else:

@@ -221,6 +221,9 @@ class Stepping:
         if meta.REDUCTIONS:
             return
         resolved = self._check(hp)
+        if self._absent(resolved):  # the variant's scalars: the modules run it (ABSENT)
+            package = meta.__name__.rsplit(".", 1)[0]
+            meta = importlib.import_module(f"{package}.{meta.VARIANT}")
         done = set()  # each distinct (t, host states, size, dtype) once: mostly once per group
         for p in params:
             state = self.state.get(p) or {}
@@ -242,7 +245,8 @@ class Stepping:
     def _views(
         self, state: dict[str, Any], convert: Callable[[torch.Tensor], Any]
     ) -> dict[str, Any]:
-        views = {key: convert(local(state[key])) for key in self.META.STATES}
+        # an ABSENT state may be missing (the modules then run the variant without it)
+        views = {key: convert(local(state[key])) for key in self.META.STATES if key in state}
         views.update({key: state[key] for key in self.META.HOST_STATES})
         return views
 

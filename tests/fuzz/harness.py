@@ -105,6 +105,9 @@ class Case:
     may_refuse: bool = False
     known: str | None = None
     notes: list[str] = field(default_factory=list)
+    # states absent under the drawn hyperparameters (ABSENT: torch_sgd's momentum buffer at
+    # momentum=0): the step neither reads nor checks them, so perturbing them proves nothing
+    absent: frozenset[str] = frozenset()
 
     def perturb(self, note: str, culprits: list[str], must: bool | None) -> None:
         """``must``: True (illegal: must be refused), False (legal), None (either is fine)."""
@@ -238,7 +241,26 @@ def hyperparams(draw: st.DrawFn, rule: str, case: Case, most: int = 2) -> dict[s
     if draw(st.integers(0, 19)) == 0:
         out["bogus"] = 1.0
         case.perturb("bogus=1.0", ["bogus"], True)
+    case.absent = absent_under(rule, out)
     return out
+
+
+def absent_under(rule: str, hp: dict[str, Any]) -> frozenset[str]:
+    """The rule's ABSENT states at ``hp`` (the rest at their defaults), as the modules decide."""
+    meta = META[rule]
+    out = set()
+    for name, when in meta.ABSENT.items():
+        try:
+            if all(bool(hp.get(h, meta.HYPERPARAMS[h]) == v) for h, v in when.items()):
+                out.add(name)
+        except Exception:  # a value that is no number: refused for itself
+            continue
+    return frozenset(out)
+
+
+def live_states(rule: str, case: Case) -> list[str]:
+    """The rule's states the step reads and checks under the case's hyperparameters."""
+    return [s for s in META[rule].STATES if s not in case.absent]
 
 
 def canonical_hyperparams(rule: str, hp: dict[str, Any]) -> dict[str, Any]:

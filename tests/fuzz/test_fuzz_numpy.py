@@ -22,6 +22,7 @@ from fuzz.harness import (
     canonical_hyperparams,
     fill,
     hyperparams,
+    live_states,
     numpy_module,
     snap,
     step_count,
@@ -111,8 +112,8 @@ def perturb_input(draw, rule, case, p, weight, grad, state, extra) -> None:
     elif p == "input_is_grad" and isinstance(grad, np.ndarray):
         extra[key] = grad  # only read, like the gradient: legal when the gradient is
         case.perturb(p, [key, "grad"], grad.dtype != x.dtype)
-    elif p == "input_is_state" and isinstance(state, dict) and META[rule].STATES:
-        s = draw(st.sampled_from(META[rule].STATES))
+    elif p == "input_is_state" and isinstance(state, dict) and live_states(rule, case):
+        s = draw(st.sampled_from(live_states(rule, case)))
         if isinstance(state.get(s), np.ndarray) and state[s].dtype == x.dtype:
             extra[key] = state[s]
             case.perturb(p, [key, s], nonempty)
@@ -131,7 +132,7 @@ def perturb_input(draw, rule, case, p, weight, grad, state, extra) -> None:
 
 def perturb(draw, rule, case, p, weight, grad, state, rng):
     meta = META[rule]
-    states = list(meta.STATES)
+    states = live_states(rule, case)
     s = draw(st.sampled_from(states)) if states else None
     is_dict = isinstance(state, dict)
     if not is_dict or s not in state:

@@ -23,6 +23,7 @@ from fuzz.harness import (
     META,
     RULE_NAMES,
     Case,
+    absent_under,
     canonical_hyperparams,
     fill,
     hyperparams,
@@ -171,7 +172,8 @@ def torch_step_case(draw: st.DrawFn):
             pass  # a Parameter's storage cannot be swapped cheaply; covered by state views
         elif state and what == "state_missing" and s:
             del state[s]
-            case.perturb(what, [label, s], True)
+            # an ABSENT state (SGD's momentum buffer) is created when the group needs it
+            case.perturb(what, [label, s], s not in meta.ABSENT)
         elif state and what == "state_extra":
             state["exp_avg"] = torch.zeros_like(p)
             case.perturb(what, [label, "exp_avg"], True)
@@ -246,6 +248,14 @@ def torch_reference(rule, backend, before, opt, params):
             if meta.DRAWS:
                 hp = {**hp, "seed": tensor_seed(resolved["seed"], j)}
             state = dict(states[j])
+            needed = [k for k in meta.ABSENT if k not in absent_under(rule, resolved)]
+            if state and [k for k in needed if k not in state]:  # created by the class now
+                if backend == "triton":
+                    first = triton_module(rule).init_state(ps[j].clone(), **init)
+                else:
+                    first = numpy_module(rule).init_state(ps[j].numpy().copy(), **init)
+                    first = {k: torch.from_numpy(v) for k, v in first.items() if k in needed}
+                state.update({k: first[k] for k in needed if k not in state})
             if backend == "triton":
                 w = ps[j].clone()
                 s = {k: state.get(k) for k in meta.STATES}
@@ -295,6 +305,8 @@ def torch_reference(rule, backend, before, opt, params):
                 return f"parameter {j} differs from the module"
             got = opt.state[p]
             for k in meta.STATES:
+                if k in meta.ABSENT and k not in got:  # absent at these settings: not created
+                    continue
                 if snap(got[k]) != snap(s[k]):
                     return f"parameter {j}'s state[{k!r}] differs from the module"
             for k in meta.HOST_STATES:
@@ -383,6 +395,8 @@ def load_case(draw: st.DrawFn):
     what = draw(st.sampled_from(LOAD_PERTURBATIONS))
     i = draw(st.sampled_from(sorted(sd["state"]))) if sd["state"] else None
     s = draw(st.sampled_from(meta.STATES)) if meta.STATES else None
+    if i is not None and s not in sd["state"][i]:
+        s = None  # an ABSENT state the run never created (SGD at momentum=0)
     if what == "other_rule":
         other = draw(st.sampled_from([r for r in RULE_NAMES if r != rule]))
         _, c = make(draw, other, "auto", n)
@@ -397,7 +411,7 @@ def load_case(draw: st.DrawFn):
         case.perturb(what, [sd["optgen_rule"]], True)
     elif what == "state_missing" and i is not None and s:
         del sd["state"][i][s]
-        case.perturb(what, ["state", s], True)
+        case.perturb(what, ["state", s], s not in meta.ABSENT)  # ABSENT: created when needed
     elif what == "state_extra" and i is not None:
         sd["state"][i]["exp_avg_extra"] = torch.zeros(1)
         case.perturb(what, ["state", "exp_avg_extra"], True)

@@ -25,6 +25,7 @@ from fuzz.harness import (
     canonical_hyperparams,
     fill,
     hyperparams,
+    live_states,
     numpy_module,
     snap,
     step_count,
@@ -84,7 +85,8 @@ def one_tensor(draw: st.DrawFn, rule: str, case: Case, often: bool = True) -> tu
 
 def perturb(draw, rule, case, p, weight, grad, state):
     meta = META[rule]
-    states = list(meta.STATES)
+    # not an ABSENT state: the hyperparameters, drawn later, may leave it unread and unchecked
+    states = [s for s in meta.STATES if s not in meta.ABSENT]
     s = draw(st.sampled_from(states)) if states else None
     is_dict = isinstance(state, dict)
     if not is_dict or s not in state:
@@ -331,12 +333,12 @@ def multi_case(draw: st.DrawFn):
                 case.perturb(p, ["grad", "weight"], big or None)
         elif p == "shared_state_dict" and n >= 2:
             weights[1], grads[1], states[1] = clone(weights[0]), clone(grads[0]), states[0]
-            must = big and bool(META[rule].STATES)
+            must = big and bool(live_states(rule, case))
             case.perturb(p, ["state", *META[rule].STATES], must or None)
             if META[rule].HOST_STATES and not META[rule].STATES:
                 case.known = "shared host states"
-        elif p == "shared_state_buffer" and n >= 2 and META[rule].STATES:
-            s = META[rule].STATES[0]
+        elif p == "shared_state_buffer" and n >= 2 and live_states(rule, case):
+            s = live_states(rule, case)[0]
             if isinstance(states[0], dict) and isinstance(states[1], dict) and s in states[0]:
                 weights[1], grads[1] = clone(weights[0]), clone(grads[0])
                 states[1] = clone(states[0])
