@@ -58,6 +58,7 @@ from optgen_runtime.common import (
 from optgen_runtime.scalars import (
     check_host_states,
     check_scalars,
+    checked_each,
     computed,
     computed_each,
     distinct,
@@ -565,15 +566,15 @@ def step_multi(
         RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
     )
     sums: list[dict[str, float]] = [{} for _ in weights]
-    pre = [
-        check_scalars(
-            RULE,
-            REDUCE_SCALARS,
-            computed(RULE, reduction_scalars, _tj, **hp, **_host, **_sums),
-            torch.float32,
-        )
-        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
-    ]
+    # computed and checked once per distinct (step count, host states, sums)
+    pre = checked_each(
+        RULE,
+        REDUCE_SCALARS,
+        reduction_scalars,
+        ts,
+        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
+        **hp,
+    )
     for _sums, _new in zip(
         sums,
         chunks.reduce(prodigy_multi_reduce_kernel, pre, REDUCE_KINDS, ["dot", "s_sum"]),
