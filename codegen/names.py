@@ -41,7 +41,7 @@ _reserve(
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
     "check_host_states computed_each checked_each distinct check_tensors_each step_rows "
-    "element_offsets "
+    "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT by_dtype partials_of prepare view",
 )
 _reserve(

@@ -23,7 +23,7 @@ from optgen_runtime.checks import (
     check_state_shape,
 )
 from optgen_runtime.common import check_inputs_given, host_state_values
-from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
 from optgen_runtime.sharding import across_shards
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
@@ -291,6 +291,58 @@ def step_rows(
         where = {t: i for i, t in enumerate(distinct_ts)}
         index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
     return ScalarRows(_float32_rows(results), index)
+
+
+def host_columns(rule: str, states: Sequence[Any], names: Sequence[str]) -> list[list[float]]:
+    """The host states of a multi-tensor step, one column of floats per name, read once: each a
+    finite float (or int) in every state dict, at C speed; anything else goes through
+    ``host_state_values`` tensor by tensor, which names the first bad one."""
+    try:
+        columns = [list(map(itemgetter(name), states)) for name in names]
+        kinds = set(map(type, chain.from_iterable(columns)))
+        if set(map(type, states)) == {dict} and not kinds - {float, int}:
+            columns = [col if kinds == {float} else list(map(float, col)) for col in columns]
+            if all(math.isfinite(math.fsum(col)) for col in columns):  # inf/NaN reach the sum
+                return columns
+    except (KeyError, TypeError, OverflowError, ValueError):  # fsum: inf + -inf, overflow
+        pass
+    each = [host_state_values(rule, s, tuple(names)) for s in states]
+    return [[h[name] for h in each] for name in names]
+
+
+def host_rows(
+    rule: str,
+    host_code: Any,
+    ts: Sequence[int],
+    names: Sequence[str],
+    columns: Sequence[Sequence[float]],
+    legend: dict[str, str],
+    **kwargs: Any,
+) -> tuple[ScalarRows, list[dict[str, float]]]:
+    """The host scalars and new host states of a multi-tensor step whose host code takes the
+    step count and the host states (``columns``, :func:`host_columns`): computed once per
+    distinct (t, host states), then range-checked (what ``computed_each`` and the checks of
+    each ``distinct`` result give, in that order), with no Python row per tensor. A zero among
+    the host states (0.0 and -0.0 are one key, and the host code may tell them apart) goes
+    through ``computed_each``. Returns the rows and each tensor's new host states."""
+    if any(0.0 in column for column in columns):
+        each = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        new = computed_each(rule, host_code, ts, each, **kwargs)
+        for scalars, _ in distinct(new):
+            check_scalars(rule, legend, scalars, torch.float32)
+        return ScalarRows.of([scalars for scalars, _ in new]), [h for _, h in new]
+    keys = list(zip(ts, *columns, strict=True))
+    where = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    results = [
+        computed(rule, host_code, key[0], **kwargs, **dict(zip(names, key[1:], strict=True)))
+        for key in where
+    ]
+    for scalars, _ in results:
+        check_scalars(rule, legend, scalars, torch.float32)
+    index = list(map(where.__getitem__, keys))
+    new = [host_new for _, host_new in results]
+    rows = ScalarRows(_float32_rows([scalars for scalars, _ in results]), np.array(index, np.int64))
+    return rows, list(map(new.__getitem__, index))
 
 
 _NO_AMP: dict[torch.device, torch.Tensor] = {}

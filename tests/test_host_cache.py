@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import weakref
 
 import pytest
@@ -16,9 +17,9 @@ from conftest import DEVICE
 from test_torch_classes import TORCH_DIFFERS, network, torch_peer
 
 from generated.torch import RULES as CLASSES
-from generated.triton import adam, sgld
+from generated.triton import adam, sgld, torch_nadam
 from optgen_runtime.philox import tensor_seed
-from optgen_runtime.triton_support import ChunkTable, ScalarRows
+from optgen_runtime.triton_support import ChunkTable, ScalarRows, host_rows
 
 
 def test_an_lr_schedule_and_bias_corrections_reach_cached_tables() -> None:
@@ -242,3 +243,48 @@ def test_host_bench_runs_and_restores_the_stubs() -> None:
     assert row["ours_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] > 0
     assert torch._foreach_mul_ is real and ChunkTable._launch is launch
     assert len(host_bench.gpt2_small_shapes()) == 148
+
+
+def test_host_states_are_read_once_and_checked_as_before() -> None:
+    """A rule whose host scalars take the host states (NAdam's ``mu_product``) reads them as one
+    column per state: a NaN, a bool or a missing one is refused naming it, before anything is
+    written; the values that differ per tensor give each tensor its own row and new state."""
+    weights = [torch.randn(8, device=DEVICE) for _ in range(3)]
+    grads = [torch.randn_like(w) for w in weights]
+    states = [torch_nadam.init_state(w) for w in weights]
+    before = [w.clone() for w in weights]
+    for bad, error, words in (
+        (math.nan, ValueError, "host state mu_product must be a finite float, got nan"),
+        (True, ValueError, "host state mu_product must be a finite float, got True"),
+        (None, ValueError, "state has no host state 'mu_product'"),
+    ):
+        broken = [dict(s) for s in states]
+        if bad is None:
+            del broken[2]["mu_product"]
+        else:
+            broken[2]["mu_product"] = bad
+        with pytest.raises(error, match=words):
+            torch_nadam.step_multi(weights, grads, broken, 1)
+        assert all(torch.equal(a, b) for a, b in zip(weights, before, strict=True))
+    states[1]["mu_product"] = 0.5
+    singles, single_states = [w.clone() for w in weights], copy.deepcopy(states)
+    torch_nadam.step_multi(weights, grads, states, 2)
+    for w, g, s in zip(singles, grads, single_states, strict=True):
+        torch_nadam.step(w, g, s, 2)
+    assert all(torch.equal(a, b) for a, b in zip(weights, singles, strict=True))
+    assert [s["mu_product"] for s in states] == [s["mu_product"] for s in single_states]
+    assert states[0]["mu_product"] != states[1]["mu_product"]
+
+
+def test_host_rows_tell_zero_from_minus_zero() -> None:
+    """0.0 and -0.0 are one dict key; host code may tell them apart (``copysign``): each gets
+    its own row, and a state's new value is its own."""
+
+    def host_code(t: int, h: float) -> tuple[tuple[float, ...], dict[str, float]]:
+        return (math.copysign(1.0, h) * t,), {"h": h}
+
+    rows, new = host_rows("r", host_code, [1, 1, 1], ["h"], [[0.0, -0.0, 0.0]], {"s": "s"})
+    assert rows.table()[:3].tolist() == [1.0, -1.0, 1.0]
+    assert [math.copysign(1.0, n["h"]) for n in new] == [1.0, -1.0, 1.0]
+    rows, new = host_rows("r", host_code, [1, 2, 1], ["h"], [[3.0, 3.0, 3.0]], {"s": "s"})
+    assert rows.table()[:3].tolist() == [1.0, 2.0, 1.0] and len(rows.rows) == 2

@@ -185,6 +185,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     kinds = set(rule.reduction_kinds.values())
     # host scalars that vary by more than the step count: a row per tensor (computed_each)
     per_tensor_scalars = bool(rule.host_states or phases or rule.sizes)
+    # ... but for the host states alone: a column per host state (host_columns, host_rows)
+    host_only = bool(rule.host_states and not phases and not rule.sizes)
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
     if matrix:
@@ -192,6 +194,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     else:
         support += ["ChunkTable", "launch"]
         support += [] if per_tensor_scalars else ["step_rows"]
+        support += ["host_columns", "host_rows"] if host_only else []
         support += ["reduce_sums"] if phases else []
         support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
@@ -218,6 +221,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         # host states fed by the step's sums may turn NaN: checked before any write
         "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "per_tensor_scalars": per_tensor_scalars,
+        "host_only": host_only,
         "rules_names": rules_names,
         "exports": sorted([*rules_names, "init_state", "step", "step_multi"], key=natural),
         "buffers": buffers,

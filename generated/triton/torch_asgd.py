@@ -35,9 +35,16 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
+from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch
+from optgen_runtime.triton_support import (
+    ChunkTable,
+    check_tensors,
+    check_weight,
+    host_columns,
+    host_rows,
+    launch,
+)
 
 from ..rules.torch_asgd import (
     DRAWS,
@@ -299,24 +306,15 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
+    hosts = host_columns(RULE, states, HOST_STATES)  # read once, a column per host state
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
         RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
     )
-    sums: list[dict[str, float]] = [{} for _ in weights]
-    # computed once per distinct (step count, host states, sums): mostly once per call
-    new = computed_each(
-        RULE,
-        host_scalars,
-        ts,
-        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
-        **hp,
-    )
-    for _scalars, _host_new in distinct(new):
-        check_scalars(RULE, SCALARS, _scalars, torch.float32)
-    chunks.update(torch_asgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
-    for _s, (_, host_new) in zip(states, new, strict=True):
-        _s.update(host_new)
+    # The host scalars depend on the step count and the host states: once per distinct pair.
+    rows, new = host_rows(RULE, host_scalars, ts, HOST_STATES, hosts, SCALARS, **hp)
+    chunks.update(torch_asgd_multi_kernel, rows, RULE, amp)
+    for _s, _host_new in zip(states, new, strict=True):
+        _s.update(_host_new)
     return chunks.launches
