@@ -127,8 +127,8 @@ def bit_checks(
     rules: list[str], device: str = "cuda", sizes: tuple[int, ...] = (16, 1 << 16, 1000003, 7)
 ) -> list[dict[str, Any]]:
     """step_multi against one step per tensor and against the scalar variant, with new gradients
-    from step 2 on, on CUDA (or on
-    ``device`` under the interpreter: tests/test_gpu_check.py runs it so, with small sizes)."""
+    from step 2 on, on CUDA (or on ``device`` under the interpreter: tests/test_gpu_check.py
+    runs it so, with small sizes)."""
     import copy
     import importlib
 
