@@ -719,6 +719,19 @@ class _Signature:
         return [column[j] for column in self.columns]
 
 
+def spans_overlap(low: np.ndarray, high: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether a nonempty span ``[starts[i], ends[i])`` overlaps one of the disjoint spans
+    ``[low[k], high[k])`` sorted by start (the buffers a step writes, which passed the checks):
+    vectorised, as the last written span starting before a span ends is its only candidate
+    (``np.searchsorted``). Byte addresses of one device; for moved gradients against the
+    weights and states (``ChunkTable.prepared``; the torch classes may do the same)."""
+    live = ends > starts
+    if not len(low) or not live.any():
+        return False
+    last = np.searchsorted(low, ends[live], side="left") - 1
+    return bool(np.any((last >= 0) & (high[np.maximum(last, 0)] > starts[live])))
+
+
 class _Prepared:
     """A chunk table and the buffers it was built from, all checked (``ChunkTable.prepared``).
 
@@ -841,12 +854,8 @@ class _Prepared:
         if not new.prechecked:
             ends = starts + self.read_bytes
             for code, (low, high) in self.written.items():
-                if not len(low):
-                    continue  # nothing written on that device
-                mine = (self.read_codes == code) & (ends > starts)
-                # the last written buffer starting before a read one ends: the only candidate
-                last = np.searchsorted(low, ends[mine], side="left") - 1
-                if np.any((last >= 0) & (high[np.maximum(last, 0)] > starts[mine])):
+                mine = self.read_codes == code
+                if spans_overlap(low, high, starts[mine], ends[mine]):
                     return False
         columns = starts.reshape(new.reads, n)
         for group in self.table.groups:

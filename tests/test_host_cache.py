@@ -11,6 +11,7 @@ import gc
 import math
 import weakref
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE
@@ -19,7 +20,7 @@ from test_torch_classes import TORCH_DIFFERS, network, torch_peer
 from generated.torch import RULES as CLASSES
 from generated.triton import adam, sgld, torch_nadam
 from optgen_runtime.philox import tensor_seed
-from optgen_runtime.triton_support import ChunkTable, ScalarRows, host_rows
+from optgen_runtime.triton_support import ChunkTable, ScalarRows, host_rows, spans_overlap
 
 
 def test_an_lr_schedule_and_bias_corrections_reach_cached_tables() -> None:
@@ -288,3 +289,21 @@ def test_host_rows_tell_zero_from_minus_zero() -> None:
     assert [math.copysign(1.0, n["h"]) for n in new] == [1.0, -1.0, 1.0]
     rows, new = host_rows("r", host_code, [1, 2, 1], ["h"], [[3.0, 3.0, 3.0]], {"s": "s"})
     assert rows.table()[:3].tolist() == [1.0, 2.0, 1.0] and len(rows.rows) == 2
+
+
+def test_spans_overlap_agrees_with_a_pairwise_test() -> None:
+    """The vectorised interval test of moved gradients against the written buffers, on random
+    spans (touching ones do not overlap, empty ones never do), against the pairwise test."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        cuts = np.sort(rng.choice(200, size=2 * rng.integers(0, 6), replace=False))
+        low, high = cuts[0::2], cuts[1::2]  # disjoint, sorted: as written buffers are
+        starts = rng.integers(0, 210, size=rng.integers(1, 4))
+        ends = starts + rng.integers(0, 12, size=len(starts))
+        pairwise = any(
+            s < hi and lo < e
+            for s, e in zip(starts, ends, strict=True)
+            if e > s
+            for lo, hi in zip(low, high, strict=True)
+        )
+        assert spans_overlap(low, high, starts, ends) == pairwise
