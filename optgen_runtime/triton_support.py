@@ -250,7 +250,7 @@ class ScalarRows(NamedTuple):
         (``computed_each``): each distinct object converted once (by identity: 0.0 and -0.0, or
         two NaNs, are never merged)."""
         ids = list(map(id, rows))
-        first = {k: None for k in ids}  # distinct objects, in order
+        first = dict.fromkeys(ids)  # distinct objects, in order
         where = {k: i for i, k in enumerate(first)}
         distinct_rows = dict(zip(ids, rows, strict=True))
         index = np.fromiter(map(where.__getitem__, ids), dtype=np.int64, count=len(ids))
@@ -274,6 +274,7 @@ def step_rows(
     host_code: Any,
     ts: Sequence[int],
     legend: dict[str, str],
+    /,
     **kwargs: Any,
 ) -> ScalarRows:
     """The host scalars of a multi-tensor step whose host code depends on the tensor only
@@ -317,6 +318,7 @@ def host_rows(
     names: Sequence[str],
     columns: Sequence[Sequence[float]],
     legend: dict[str, str],
+    /,
     **kwargs: Any,
 ) -> tuple[ScalarRows, list[dict[str, float]]]:
     """The host scalars and new host states of a multi-tensor step whose host code takes the
