@@ -42,7 +42,7 @@ _reserve(
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
     "check_host_states computed_each checked_each distinct check_tensors_each step_rows "
     "element_offsets host_columns host_rows "
-    "input_lists combine_group DropIn NJIT by_dtype partials_of prepare view",
+    "input_lists combine_group DropIn NJIT Buffers partials_of prepare view",
 )
 _reserve(
     "a module global of every generated module",
@@ -51,7 +51,7 @@ _reserve(
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
-    "step_prechecked",
+    "step_prechecked step_buffers",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
@@ -69,7 +69,7 @@ _reserve(
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams offsets hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial given per_tensor rows",
+    "dtype update reduce scratch stop name value partial given per_tensor rows key at",
 )
 _reserve(
     "a keyword argument the generated code passes",

@@ -11,6 +11,7 @@ vectorises. Every array is checked exactly as the NumPy module checks it (``flat
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -80,6 +81,40 @@ def chunk_table(sizes: Sequence[int], chunk: int = CHUNK) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
+class Buffers:
+    """Every tensor of a compiled call by address, grouped by dtype (one compiled call each).
+
+    ``groups``: (indices of the tensors, their addresses as rows of (weight, grad, inputs,
+    states), their chunk table, the dtype); ``shapes``: each tensor's shape (for rules whose
+    scalars depend on it). Built by ``prepare`` from checked arrays, or by a caller that
+    checked every buffer itself and knows their addresses (``at``: the torch classes)."""
+
+    __slots__ = ("count", "groups", "shapes")
+
+    def __init__(
+        self, groups: list[tuple[list[int], np.ndarray, np.ndarray, Any]], shapes: list[Any]
+    ) -> None:
+        self.groups = groups
+        self.shapes = shapes
+        self.count = len(shapes)
+
+    @classmethod
+    def at(
+        cls, rows: Sequence[Sequence[int]], shapes: Sequence[Any], dtypes: Sequence[Any]
+    ) -> Buffers:
+        """The buffers at the addresses ``rows`` (one row per tensor, in buffer order), of
+        ``shapes`` and (NumPy) ``dtypes``: nothing is checked."""
+        by: dict[Any, list[int]] = {}
+        for j, dtype in enumerate(dtypes):
+            by.setdefault(np.dtype(dtype), []).append(j)
+        groups = []
+        for dtype, indices in by.items():
+            addresses = np.array([rows[j] for j in indices], dtype=np.int64)
+            sizes = [math.prod(shapes[j]) for j in indices]
+            groups.append((indices, addresses.reshape(len(indices), -1), chunk_table(sizes), dtype))
+        return cls(groups, [tuple(s) for s in shapes])
+
+
 def prepare(
     rule: str,
     weights: Sequence[Any],
@@ -89,11 +124,11 @@ def prepare(
     host_names: tuple[str, ...],
     inputs: dict[str, Sequence[Any]],
     mode: str,
-) -> list[list[np.ndarray]]:
-    """Each tensor's flat buffers in buffer order (weight, grad, inputs, states). ``mode``:
-    "single" (one tensor, checked as the NumPy module's ``step`` checks it), "multi" (every
-    tensor so, then across tensors: ``step_multi``), "prechecked" (the caller checked them all:
-    only the counts are checked here)."""
+) -> Buffers:
+    """Every tensor's flat buffers in buffer order (weight, grad, inputs, states), checked, by
+    address. ``mode``: "single" (one tensor, checked as the NumPy module's ``step`` checks it),
+    "multi" (every tensor so, then across tensors: ``step_multi``), "prechecked" (the caller
+    checked them all: only the counts are checked here)."""
     if not (len(weights) == len(grads) == len(states)):
         counts = f"{len(weights)} weights, {len(grads)} grads, {len(states)} states"
         raise ValueError(f"{rule}: {counts}")
@@ -102,36 +137,30 @@ def prepare(
             continue
         if not isinstance(values, (list, tuple)) or len(values) != len(weights):
             raise ValueError(f"{rule}: {key} must be a list of {len(weights)} arrays, one each")
+    flats = None
     if mode == "prechecked":
         flats = [
             [w, g] + [values[j] for values in inputs.values()] + [s[n] for n in names]
             for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True))
         ]
         # a view of a non-contiguous array would be a copy: the update would be lost
-        if all(type(a) is np.ndarray and a.flags.c_contiguous for f in flats for a in f):
-            return [[a.reshape(-1) for a in f] for f in flats]
-        mode = "multi"  # not what the caller promised: every check, naming the culprit
-    flats = []
-    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
-        given = {key: (values[j] if values is not None else None) for key, values in inputs.items()}
-        flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
-    if mode == "multi":
-        check_arrays_across(rule, weights, grads, states, names)
-    return flats
-
-
-def by_dtype(flats: list[list[np.ndarray]]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
-    """The tensors grouped by dtype (one compiled call each): (indices, addresses, chunks)."""
-    groups: dict[np.dtype, list[int]] = {}
-    for j, buffers in enumerate(flats):
-        groups.setdefault(buffers[0].dtype, []).append(j)
-    out = []
-    for indices in groups.values():
-        addresses = np.array(
-            [[b.ctypes.data for b in flats[j]] for j in indices], dtype=np.int64
-        ).reshape(len(indices), -1)
-        out.append((indices, addresses, chunk_table([flats[j][0].size for j in indices])))
-    return out
+        if not all(type(a) is np.ndarray and a.flags.c_contiguous for f in flats for a in f):
+            flats = None  # not what the caller promised: every check, naming the culprit
+            mode = "multi"
+    if flats is None:
+        flats = []
+        for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+            given = {
+                key: (values[j] if values is not None else None) for key, values in inputs.items()
+            }
+            flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
+        if mode == "multi":
+            check_arrays_across(rule, weights, grads, states, names)
+    return Buffers.at(
+        [[b.ctypes.data for b in f] for f in flats],
+        [np.shape(w) for w in weights],
+        [f[0].dtype for f in flats],
+    )
 
 
 def partials_of(partials: np.ndarray, chunks: np.ndarray, count: int) -> list[list[tuple]]:

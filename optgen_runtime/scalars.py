@@ -12,6 +12,7 @@ before anything is written, naming the scalar, what it is in the spec's terms (t
 from __future__ import annotations
 
 import math
+import struct
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -37,28 +38,50 @@ def computed(rule: str, host_code: Callable[..., T], *args: Any, **kwargs: Any) 
         ) from error
 
 
+# struct's IEEE formats by width: packing rounds to nearest even, as NumPy's casts do, and
+# raises OverflowError where the value rounds past the largest finite one (no warning state to
+# save and restore: this runs for every step)
+_FORMATS = {4: "f", 2: "e"}
+_DTYPES: dict[Any, np.dtype] = {}
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    """A NumPy or torch floating dtype as a NumPy dtype (memoised)."""
+    found = _DTYPES.get(dtype)
+    if found is None:
+        if isinstance(dtype, torch.dtype):
+            found = torch.empty((), dtype=dtype).numpy().dtype
+        else:
+            found = np.dtype(dtype)
+        _DTYPES[dtype] = found
+    return found
+
+
 def check_scalars(
     rule: str, legend: Mapping[str, str], values: Sequence[float], dtype: Any
 ) -> Sequence[float]:
     """``values`` (the scalars ``legend`` names, in its order) unchanged when ``dtype`` (a NumPy
     or torch floating dtype) holds each finite one; else a ValueError naming the first it cannot.
     """
-    if isinstance(dtype, torch.dtype):
-        dtype = torch.empty((), dtype=dtype).numpy().dtype
-    dtype = np.dtype(dtype)
-    with np.errstate(over="ignore", under="ignore"):
-        for (name, what), value in zip(legend.items(), values, strict=True):
-            if not math.isfinite(value):
-                continue  # an infinite clamp bound, or a NaN the caller's checks let through
-            held = float(dtype.type(value))
-            if math.isinf(held) or (held == 0.0 and value != 0.0):
-                why = "past its largest value" if math.isinf(held) else "rounds to 0"
-                raise ValueError(
-                    f"{rule}: with these hyperparameters the kernel scalar {name} ({what}) is "
-                    f"{value:.6g}, which {dtype.name} cannot hold ({why}): the step would not "
-                    "compute the rule. Use hyperparameters in range (float64 NumPy weights "
-                    "take them)."
-                )
+    dtype = _numpy_dtype(dtype)
+    form = _FORMATS.get(dtype.itemsize)
+    if form is None:
+        return values  # float64: a finite double holds itself
+    for (name, what), value in zip(legend.items(), values, strict=True):
+        if not math.isfinite(value):
+            continue  # an infinite clamp bound, or a NaN the caller's checks let through
+        try:
+            held = struct.unpack(form, struct.pack(form, value))[0]
+        except OverflowError:
+            held = math.inf
+        if math.isinf(held) or (held == 0.0 and value != 0.0):
+            why = "past its largest value" if math.isinf(held) else "rounds to 0"
+            raise ValueError(
+                f"{rule}: with these hyperparameters the kernel scalar {name} ({what}) is "
+                f"{value:.6g}, which {dtype.name} cannot hold ({why}): the step would not "
+                "compute the rule. Use hyperparameters in range (float64 NumPy weights "
+                "take them)."
+            )
     return values
 
 

@@ -13,6 +13,7 @@ every rule is marked slow; a representative set covers each feature in the quick
 from __future__ import annotations
 
 import importlib
+import inspect
 from types import ModuleType
 
 import numba
@@ -55,7 +56,9 @@ def exactness(name: str) -> str:
     return "bits"
 
 
-def run_both(name: str, dtype: type, steps: int = 3) -> tuple[list, list]:
+def run_both(
+    name: str, dtype: type, steps: int = 3, specials: bool = False, **hp: float
+) -> tuple[list, list]:
     """NumPy's step (step_multi for group rules) and numba's step_multi over SHAPES."""
     ref, nb = numpy_module(name), numba_module(name)
     rng = np.random.default_rng(0)
@@ -65,16 +68,18 @@ def run_both(name: str, dtype: type, steps: int = 3) -> tuple[list, list]:
     sa = [ref.init_state(w) for w in a]
     sb = [nb.init_state(w) for w in b]
     for t in range(1, steps + 1):
-        grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        grads = [(rng.standard_normal(s) * 3).astype(dtype) for s in SHAPES]
+        if specials:  # what a clamp must pass through or cut: NaN, +-inf, huge values
+            grads[1][:6] = [np.nan, np.inf, -np.inf, 1e30, -1e30, -0.0]
         extra = [step_inputs(ref, w, t, seed=j) for j, w in enumerate(weights)]
         if ref.GROUP_REDUCTIONS:
-            ref.step_multi(a, grads, sa, t)
+            ref.step_multi(a, grads, sa, t, **hp)
         else:
             for j in range(len(a)):
-                ref.step(a[j], grads[j], sa[j], t, **extra[j])
+                ref.step(a[j], grads[j], sa[j], t, **extra[j], **hp)
         lists = {k: [e[k] for e in extra] for k in nb.INPUTS}
         scalars = {k: extra[0][k] for k in nb.STEP_SCALARS}
-        nb.step_multi(b, grads, sb, t, **lists, **scalars)
+        nb.step_multi(b, grads, sb, t, **lists, **scalars, **hp)
     return list(zip(a, sa, strict=True)), list(zip(b, sb, strict=True))
 
 
@@ -82,9 +87,9 @@ def bits(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1).view(np.uint8)
 
 
-def compare(name: str, dtype: type) -> None:
+def compare(name: str, dtype: type, specials: bool = False, **hp: float) -> None:
     nb = numba_module(name)
-    want, got = run_both(name, dtype)
+    want, got = run_both(name, dtype, specials=specials, **hp)
     how = exactness(name)
     for (wa, sa), (wb, sb) in zip(want, got, strict=True):
         pairs = [("weight", wa, wb)] + [(k, sa[k], sb[k]) for k in nb.STATES]
@@ -104,6 +109,16 @@ def compare(name: str, dtype: type) -> None:
 @pytest.mark.parametrize("name", REPRESENTATIVE)
 def test_numba_equals_numpy(name: str, dtype: type) -> None:
     compare(name, dtype)
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("name", ["sgd", "adam", "signum"])
+def test_both_loops_of_a_clamped_rule_equal_numpy(name: str, clip: float | None) -> None:
+    """A rule that clamps by a host scalar has two loops: without the clamps when every bound is
+    infinite (clip_gradient=None), with them otherwise; both equal NumPy's bits, NaN and
+    infinities included."""
+    assert "clip_gradient == np.inf:" in inspect.getsource(numba_module(name)._update_chunk.py_func)
+    compare(name, np.float32, specials=True, clip_gradient=clip)
 
 
 @pytest.mark.slow

@@ -450,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", action="store_true", help="the compiled numba target vs torch (tools/bench_cpu)"
     )
+    parser.add_argument(
+        "--only",
+        metavar="RULES",
+        help="with --cpu: only these rules (comma-separated) in the every-rule table",
+    )
     args = parser.parse_args(argv)
     if args.host:
         from tools import host_bench
@@ -462,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         from tools import bench_cpu
 
-        figures = bench_cpu.run(args.quick, args.steps)
+        only = args.only.split(",") if args.only else None
+        figures = bench_cpu.run(args.quick, args.steps, only)
         print(bench_cpu.report(figures))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")

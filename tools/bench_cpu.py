@@ -111,6 +111,11 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     counter = iter(range(1, 10**9))
     row: dict[str, Any] = {"rule": name, "n": n}
     row["numba_ms"] = timed(lambda: nb.step(w, g, state, next(counter), **hp, **extra), steps)
+    row["class_ms"] = None  # the torch class on the same loops (its fast step), as users run it
+    if not extra:
+        mine = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        mine.grad = torch.from_numpy(g.copy())
+        row["class_ms"] = timed(CLASSES[name]([mine], **hp).step, steps)
     if CLASSES[name].TORCH is not None:
         p = torch.nn.Parameter(torch.from_numpy(w.copy()))
         p.grad = torch.from_numpy(g.copy())
@@ -125,10 +130,11 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
         step = lambda: ref.step(w2, g, state2, next(counter2), **hp, **extra)  # noqa: E731
         row["peer_ms"] = timed(step, steps)
     row["ratio"] = row["numba_ms"] / row["peer_ms"]
+    row["class_ratio"] = None if row["class_ms"] is None else row["class_ms"] / row["peer_ms"]
     return row
 
 
-def run(quick: bool, steps: int | None) -> dict[str, Any]:
+def run(quick: bool, steps: int | None, only: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -155,7 +161,10 @@ def run(quick: bool, steps: int | None) -> dict[str, Any]:
         **adam_class(shapes, steps),
     }
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
-    names = ["adam"] if quick else compiled
+    unknown = sorted(set(only or ()) - set(compiled))
+    if unknown:
+        raise SystemExit(f"--only: not compiled rules: {', '.join(unknown)}")
+    names = only or (["adam"] if quick else compiled)
     sizes = (n,) if quick else SIZES
     result["rules"] = [rule_size(name, size, steps) for name in names for size in sizes]
     return result
@@ -180,12 +189,17 @@ def report(r: dict[str, Any]) -> str:
             lines.append(f"  {label:30s} {ms:9.2f} {ms / fused:10.2f}x")
     lines += [
         "",
-        "every compiled rule: the numba module's step against torch foreach (else NumPy)",
-        f"  {'rule':18s} {'N':>11s} {'numba ms':>9s} {'peer ms':>9s} {'ratio':>7s}  peer",
+        "every compiled rule: the numba module's step and the torch class's (numba backend)",
+        "against torch foreach (else the NumPy module); ratio = this / peer",
+        f"  {'rule':18s} {'N':>11s} {'numba ms':>9s} {'class ms':>9s} {'peer ms':>9s} "
+        f"{'module':>7s} {'class':>7s}  peer",
     ]
     for row in r["rules"]:
+        mine = row.get("class_ms")
+        mine_ms = "-" if mine is None else f"{mine:.2f}"
+        mine_ratio = "-" if mine is None else f"{row['class_ratio']:.2f}x"
         lines.append(
-            f"  {row['rule']:18s} {row['n']:11,} {row['numba_ms']:9.2f} {row['peer_ms']:9.2f} "
-            f"{row['ratio']:6.2f}x  {row['peer']}"
+            f"  {row['rule']:18s} {row['n']:11,} {row['numba_ms']:9.2f} {mine_ms:>9s} "
+            f"{row['peer_ms']:9.2f} {row['ratio']:6.2f}x {mine_ratio:>7s}  {row['peer']}"
         )
     return "\n".join(lines)

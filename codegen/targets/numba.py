@@ -86,7 +86,12 @@ class NumbaOpPrinter(CommentedLines):
             return "True" if operand is sp.true else "False"
         return f"{DTYPE}({literal(operand)})"
 
+    def __init__(self, identities: dict[sp.Symbol, Operand] | None = None) -> None:
+        self.identities = identities or {}  # clamps printed as a copy of their operand
+
     def op(self, op: Op) -> str:
+        if op.dest in self.identities:  # a clamp by an infinite bound: its operand, unchanged
+            return f"{self.name(op.dest)} = {self.name(self.identities[op.dest])}"
         a = [self.name(x) for x in op.args]
         expr = self.FORMS[op.kind](a)
         if op.kind == "pow" and not op.args[1].is_integer:  # NaN for a < 0 (-inf included)
@@ -95,6 +100,25 @@ class NumbaOpPrinter(CommentedLines):
 
 
 ops.require("numba", NumbaOpPrinter.FORMS)
+
+
+def identity_clamps(ops_: list[Op], host: list[sp.Symbol]) -> tuple[dict[sp.Symbol, Operand], str]:
+    """The clamps of ``ops_`` by one host scalar (``max(h, x)``, ``min(h, x)``), which are the
+    identity, NaN included, when h is -inf (max) or +inf (min): (their destinations, the
+    condition under which all of them are), as the NumPy printer's ``identity_bound`` skips
+    each such pass. ``clip_gradient=None`` (clip to infinity) then costs nothing per element."""
+    copies, conditions = {}, set()
+    for op in ops_:
+        if op.kind not in ("max", "min") or len(op.args) != 2:
+            continue
+        bounds = [a for a in op.args if a in host]
+        if len(bounds) != 1:
+            continue
+        copies[op.dest] = next(a for a in op.args if a not in host)
+        infinity = "-np.inf" if op.kind == "max" else "np.inf"
+        conditions.add(f"{bounds[0].name} == {infinity}")
+    return copies, " and ".join(sorted(conditions))
+
 
 # A chunk's partial of each reduction kind: its identity, and how an element joins it (sums in
 # float64, max and min NaN-propagating as NumPy's np.max/np.min).
@@ -176,11 +200,13 @@ def context(lowered: Lowered) -> dict[str, object]:
     printer = NumbaOpPrinter()
     phases = [phase_context(lowered, k, printer) for k in range(1, len(lowered.reduce_phases) + 1)]
     code = HostCode()
+    copies, unclamped_if = identity_clamps(lowered.ops, lowered.update_scalars)
     return (
         common
         | {
             "exports": sorted(
-                [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"],
+                [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"]
+                + ["step_buffers"],
                 key=natural,
             ),
             "host_fed": bool(rule.host_states and rule.scalar_reductions),
@@ -201,6 +227,8 @@ def context(lowered: Lowered) -> dict[str, object]:
             "host_names": [s.name for s in lowered.update_scalars],
             "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.update_scalars)],
             "ops": printer.lines(lowered.ops),
+            "unclamped": NumbaOpPrinter(copies).lines(lowered.ops) if copies else [],
+            "unclamped_if": unclamped_if,
             "phases": phases,
         }
         | {"uses_math": code.uses_math}

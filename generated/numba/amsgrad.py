@@ -31,13 +31,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-)
-from optgen_runtime.numba_support import NJIT, by_dtype, launch, prepare, view
+from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.amsgrad import init_state
@@ -82,6 +77,7 @@ __all__ = [
     "host_scalars",
     "init_state",
     "step",
+    "step_buffers",
     "step_multi",
 ]
 
@@ -122,6 +118,44 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = weight_buf.dtype.type
+    if _h0 == -np.inf and clip_gradient == np.inf:
+        # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
+        # NaN included, so the loop leaves them out (same bits, fewer instructions)
+        for _i in range(weight_buf.shape[0]):
+            weight = weight_buf[_i]
+            grad = grad_buf[_i]
+            mean = mean_buf[_i]
+            var = var_buf[_i]
+            max_var = max_var_buf[_i]
+            # specs/amsgrad.py:32: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            _v0 = rescale_grad * grad
+            _v1 = wd * weight
+            _v2 = _v0 + _v1
+            _v3 = _v2
+            G = _v3
+            # specs/amsgrad.py:33: mean_new = G*(1 - beta1) + beta1*mean
+            _v4 = beta1 * mean
+            _v5 = _h1 * G
+            mean_new = _v4 + _v5
+            # specs/amsgrad.py:34: var_new = G**2*(1 - beta2) + beta2*var
+            _v6 = beta2 * var
+            _v7 = G * G
+            _v8 = _h2 * _v7
+            var_new = _v6 + _v8
+            # specs/amsgrad.py:35: max_var_new = Max(max_var, var_new)
+            max_var_new = max_var if (max_var > var_new or max_var != max_var) else var_new
+            # specs/amsgrad.py:43: weight_new = -lr*mean_new/((1 - beta1**t)*(epsilon + sqrt(max_var_new)/sqrt(1 - beta2**t))) + weight
+            _v9 = np.sqrt(max_var_new)
+            _v10 = _h3 * _v9
+            _v11 = _v10 + epsilon
+            _v12 = _h4 * mean_new
+            _v13 = _v12 / _v11
+            weight_new = weight + _v13
+            weight_buf[_i] = weight_new
+            mean_buf[_i] = mean_new
+            var_buf[_i] = var_new
+            max_var_buf[_i] = max_var_new
+        return
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
@@ -191,7 +225,8 @@ def step(
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
-    _run([weight], [grad], [state], [t], hp, {}, {}, "single")
+    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    _run(buffers, [state], [t], hp, {})
 
 
 def step_multi(
@@ -206,7 +241,8 @@ def step_multi(
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "multi")
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    _run(buffers, states, ts, hp, {})
 
 
 def step_prechecked(
@@ -222,40 +258,50 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "prechecked")
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    _run(buffers, states, ts, hp, {})
+
+
+def step_buffers(
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """``step_prechecked`` for a caller that has checked every buffer and gives their
+    addresses (``optgen_runtime.numba_support.Buffers.at``: weight, grad, then ``STATES``
+    in order; the torch classes, which check every buffer of a step before any write and know
+    when nothing changed since): ``states`` only for their host states (none: unused);
+    hyperparameters, step counts and host scalars are still checked."""
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, buffers.count)
+    _run(buffers, states, ts, hp, {})
 
 
 def _run(
-    weights: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    states: Sequence[dict[str, np.ndarray]],
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
     ts: list[int],
     hp: dict[str, float],
-    inputs: dict[str, Any],
     _scalar_args: dict[str, Any],
-    _mode: str,
 ) -> None:
-    """The checks (``_mode``: "single", "multi" or "prechecked", see ``prepare``), the host
-    scalars of every tensor, then the compiled loops."""
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, _mode)
-    tables = by_dtype(buffers)
-    _sizes: list[dict[str, int]] = [{} for _ in weights]
-    sums: list[dict[str, float]] = [{} for _ in weights]
+    """The host scalars of every tensor of ``buffers`` (checked by the caller), every one
+    checked before anything is written, then the compiled loops."""
     # The update's host scalars, every one checked before anything is written.
     scalars = []
-    for _indices, _, _ in tables:
-        dtype = buffers[_indices[0]][0].dtype.type
-        per_tensor: dict[tuple[Any, ...], Any] = {}  # no host state or reduction: by (t, sizes)
+    for _indices, _, _, dtype in buffers.groups:
+        # no host state or reduction: computed once per distinct step count, rows picked per tensor
+        _distinct: dict[Any, int] = {}
         _rows = []
+        _which = []
         for _j in _indices:
-            key = (ts[_j], *_sizes[_j].values())
-            if key not in per_tensor:
-                _value, _new = computed(
-                    RULE, host_scalars, ts[_j], **hp, **hosts[_j], **_sizes[_j], **sums[_j]
-                )
-                per_tensor[key] = check_scalars(RULE, SCALARS, _value, dtype)
-            _rows.append(per_tensor[key])
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 11))
-    for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
+            key = ts[_j]
+            at = _distinct.get(key)
+            if at is None:
+                _value, _ = computed(RULE, host_scalars, ts[_j], **hp)
+                at = _distinct[key] = len(_rows)
+                _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
+            _which.append(at)
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 11)[_which])
+    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
         launch(_update, _addresses, _chunks, _table)

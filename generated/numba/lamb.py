@@ -44,13 +44,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-)
-from optgen_runtime.numba_support import NJIT, by_dtype, launch, partials_of, prepare, view
+from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.numba_support import NJIT, Buffers, launch, partials_of, prepare, view
 from optgen_runtime.numpy_support import combine
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -102,6 +97,7 @@ __all__ = [
     "init_state",
     "reduction_scalars",
     "step",
+    "step_buffers",
     "step_multi",
 ]
 
@@ -240,6 +236,42 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = weight_buf.dtype.type
+    if _h0 == -np.inf and clip_gradient == np.inf:
+        # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
+        # NaN included, so the loop leaves them out (same bits, fewer instructions)
+        for _i in range(weight_buf.shape[0]):
+            weight = weight_buf[_i]
+            grad = grad_buf[_i]
+            mean = mean_buf[_i]
+            var = var_buf[_i]
+            # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            _v0 = rescale_grad * grad
+            _v1 = _v0
+            G = _v1
+            # specs/lamb.py:52: mean_new = G*(1 - beta1) + beta1*mean
+            _v2 = beta1 * mean
+            _v3 = _h3 * G
+            mean_new = _v2 + _v3
+            # specs/lamb.py:53: var_new = G**2*(1 - beta2) + beta2*var
+            _v4 = beta2 * var
+            _v5 = G * G
+            _v6 = _h1 * _v5
+            var_new = _v4 + _v6
+            # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            _v7 = wd * weight
+            _v8 = _h2 * var_new
+            _v9 = np.sqrt(_v8)
+            _v10 = _v9 + epsilon
+            _v11 = _h4 * mean_new
+            _v12 = _v11 / _v10
+            u = _v7 + _v12
+            # specs/lamb.py:60: weight_new = -lr*ratio*u + weight
+            _v14 = _h5 * u
+            weight_new = weight + _v14
+            weight_buf[_i] = weight_new
+            mean_buf[_i] = mean_new
+            var_buf[_i] = var_new
+        return
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
@@ -307,7 +339,8 @@ def step(
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
-    _run([weight], [grad], [state], [t], hp, {}, {}, "single")
+    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    _run(buffers, [state], [t], hp, {})
 
 
 def step_multi(
@@ -322,7 +355,8 @@ def step_multi(
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "multi")
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    _run(buffers, states, ts, hp, {})
 
 
 def step_prechecked(
@@ -338,37 +372,44 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "prechecked")
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    _run(buffers, states, ts, hp, {})
+
+
+def step_buffers(
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """``step_prechecked`` for a caller that has checked every buffer and gives their
+    addresses (``optgen_runtime.numba_support.Buffers.at``: weight, grad, then ``STATES``
+    in order; the torch classes, which check every buffer of a step before any write and know
+    when nothing changed since): ``states`` only for their host states (none: unused);
+    hyperparameters, step counts and host scalars are still checked."""
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, buffers.count)
+    _run(buffers, states, ts, hp, {})
 
 
 def _run(
-    weights: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    states: Sequence[dict[str, np.ndarray]],
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
     ts: list[int],
     hp: dict[str, float],
-    inputs: dict[str, Any],
     _scalar_args: dict[str, Any],
-    _mode: str,
 ) -> None:
-    """The checks (``_mode``: "single", "multi" or "prechecked", see ``prepare``), the host
-    scalars of every tensor, then the compiled loops."""
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, _mode)
-    tables = by_dtype(buffers)
-    _sizes: list[dict[str, int]] = [{} for _ in weights]
-    sums: list[dict[str, float]] = [{} for _ in weights]
+    """The host scalars of every tensor of ``buffers`` (checked by the caller), every one
+    checked before anything is written, then the compiled loops."""
+    sums: list[dict[str, float]] = [{} for _ in range(buffers.count)]
     # Reduction phase 1: one row of partials per chunk, combined per tensor in chunk order.
-    for _indices, _addresses, _chunks in tables:
-        dtype = buffers[_indices[0]][0].dtype.type
+    for _indices, _addresses, _chunks, dtype in buffers.groups:
         pre = [
             check_scalars(
                 RULE,
                 REDUCE_SCALARS,
-                computed(
-                    RULE, reduction_scalars, ts[_j], **hp, **hosts[_j], **_sizes[_j], **sums[_j]
-                ),
-                dtype,
+                computed(RULE, reduction_scalars, ts[_j], **hp, **sums[_j]),
+                dtype.type,
             )
             for _j in _indices
         ]
@@ -384,14 +425,11 @@ def _run(
             sums[_j].update(combine(REDUCE_KINDS, ["w_sq", "u_sq"], _rows))
     # The update's host scalars, every one checked before anything is written.
     scalars = []
-    for _indices, _, _ in tables:
-        dtype = buffers[_indices[0]][0].dtype.type
+    for _indices, _, _, dtype in buffers.groups:
         _rows = []
         for _j in _indices:
-            _value, _ = computed(
-                RULE, host_scalars, ts[_j], **hp, **hosts[_j], **_sizes[_j], **sums[_j]
-            )
-            _rows.append(check_scalars(RULE, SCALARS, _value, dtype))
+            _value, _ = computed(RULE, host_scalars, ts[_j], **hp, **sums[_j])
+            _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 12))
-    for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
+    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
         launch(_update, _addresses, _chunks, _table)

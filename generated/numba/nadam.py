@@ -63,7 +63,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, by_dtype, launch, prepare, view
+from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.nadam import init_state
@@ -108,6 +108,7 @@ __all__ = [
     "host_scalars",
     "init_state",
     "step",
+    "step_buffers",
     "step_multi",
 ]
 
@@ -151,6 +152,44 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = weight_buf.dtype.type
+    if _h0 == -np.inf and clip_gradient == np.inf:
+        # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
+        # NaN included, so the loop leaves them out (same bits, fewer instructions)
+        for _i in range(weight_buf.shape[0]):
+            weight = weight_buf[_i]
+            grad = grad_buf[_i]
+            mean = mean_buf[_i]
+            var = var_buf[_i]
+            # specs/nadam.py:73: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            _v0 = rescale_grad * grad
+            _v1 = wd * weight
+            _v2 = _v0 + _v1
+            _v3 = _v2
+            G = _v3
+            # specs/nadam.py:79: mean_new = G*(1 - beta1) + beta1*mean
+            _v4 = beta1 * mean
+            _v5 = _h1 * G
+            mean_new = _v4 + _v5
+            # specs/nadam.py:80: var_new = G**2*(1 - beta2) + beta2*var
+            _v6 = beta2 * var
+            _v7 = G * G
+            _v8 = _h2 * _v7
+            var_new = _v6 + _v8
+            # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+            _v9 = _h4 * G
+            _v10 = _h5 * mean_new
+            mbar = _v9 + _v10
+            # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+            _v12 = _h3 * var_new
+            _v13 = np.sqrt(_v12)
+            _v14 = _v13 + epsilon
+            _v15 = _h6 * mbar
+            _v16 = _v15 / _v14
+            weight_new = weight + _v16
+            weight_buf[_i] = weight_new
+            mean_buf[_i] = mean_new
+            var_buf[_i] = var_new
+        return
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
@@ -221,7 +260,9 @@ def step(
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
-    _run([weight], [grad], [state], [t], hp, {}, {}, "single")
+    hosts = [host_state_values(RULE, state, HOST_STATES)]
+    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    _run(buffers, [state], [t], hp, hosts, {})
 
 
 def step_multi(
@@ -236,7 +277,9 @@ def step_multi(
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "multi")
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    _run(buffers, states, ts, hp, hosts, {})
 
 
 def step_prechecked(
@@ -252,40 +295,49 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "prechecked")
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    _run(buffers, states, ts, hp, hosts, {})
+
+
+def step_buffers(
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """``step_prechecked`` for a caller that has checked every buffer and gives their
+    addresses (``optgen_runtime.numba_support.Buffers.at``: weight, grad, then ``STATES``
+    in order; the torch classes, which check every buffer of a step before any write and know
+    when nothing changed since): ``states`` only for their host states;
+    hyperparameters, step counts and host scalars are still checked."""
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, buffers.count)
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
+    _run(buffers, states, ts, hp, hosts, {})
 
 
 def _run(
-    weights: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    states: Sequence[dict[str, np.ndarray]],
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
     ts: list[int],
     hp: dict[str, float],
-    inputs: dict[str, Any],
+    hosts: list[dict[str, float]],
     _scalar_args: dict[str, Any],
-    _mode: str,
 ) -> None:
-    """The checks (``_mode``: "single", "multi" or "prechecked", see ``prepare``), the host
-    scalars of every tensor, then the compiled loops."""
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, _mode)
-    tables = by_dtype(buffers)
-    _sizes: list[dict[str, int]] = [{} for _ in weights]
-    sums: list[dict[str, float]] = [{} for _ in weights]
+    """The host scalars of every tensor of ``buffers`` (checked by the caller), every one
+    checked before anything is written, then the compiled loops."""
     # The update's host scalars, every one checked before anything is written.
-    host_new: list[dict[str, float]] = [{} for _ in weights]
+    host_new: list[dict[str, float]] = [{} for _ in range(buffers.count)]
     scalars = []
-    for _indices, _, _ in tables:
-        dtype = buffers[_indices[0]][0].dtype.type
+    for _indices, _, _, dtype in buffers.groups:
         _rows = []
         for _j in _indices:
-            _value, new = computed(
-                RULE, host_scalars, ts[_j], **hp, **hosts[_j], **_sizes[_j], **sums[_j]
-            )
-            _rows.append(check_scalars(RULE, SCALARS, _value, dtype))
+            _value, new = computed(RULE, host_scalars, ts[_j], **hp, **hosts[_j])
+            _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             host_new[_j] = new
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 13))
-    for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
+    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
         launch(_update, _addresses, _chunks, _table)
     for _s, new in zip(states, host_new, strict=True):
         _s.update(new)

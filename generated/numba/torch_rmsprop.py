@@ -36,13 +36,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import (
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-)
-from optgen_runtime.numba_support import NJIT, by_dtype, launch, prepare, view
+from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_rmsprop import init_state
@@ -87,6 +82,7 @@ __all__ = [
     "host_scalars",
     "init_state",
     "step",
+    "step_buffers",
     "step_multi",
 ]
 
@@ -205,7 +201,8 @@ def step(
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
-    _run([weight], [grad], [state], [t], hp, {}, {}, "single")
+    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    _run(buffers, [state], [t], hp, {})
 
 
 def step_multi(
@@ -220,7 +217,8 @@ def step_multi(
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "multi")
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    _run(buffers, states, ts, hp, {})
 
 
 def step_prechecked(
@@ -236,40 +234,50 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    _run(weights, grads, states, ts, hp, {}, {}, "prechecked")
+    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    _run(buffers, states, ts, hp, {})
+
+
+def step_buffers(
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """``step_prechecked`` for a caller that has checked every buffer and gives their
+    addresses (``optgen_runtime.numba_support.Buffers.at``: weight, grad, then ``STATES``
+    in order; the torch classes, which check every buffer of a step before any write and know
+    when nothing changed since): ``states`` only for their host states (none: unused);
+    hyperparameters, step counts and host scalars are still checked."""
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, buffers.count)
+    _run(buffers, states, ts, hp, {})
 
 
 def _run(
-    weights: Sequence[np.ndarray],
-    grads: Sequence[np.ndarray],
-    states: Sequence[dict[str, np.ndarray]],
+    buffers: Buffers,
+    states: Sequence[dict[str, Any]],
     ts: list[int],
     hp: dict[str, float],
-    inputs: dict[str, Any],
     _scalar_args: dict[str, Any],
-    _mode: str,
 ) -> None:
-    """The checks (``_mode``: "single", "multi" or "prechecked", see ``prepare``), the host
-    scalars of every tensor, then the compiled loops."""
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, inputs, _mode)
-    tables = by_dtype(buffers)
-    _sizes: list[dict[str, int]] = [{} for _ in weights]
-    sums: list[dict[str, float]] = [{} for _ in weights]
+    """The host scalars of every tensor of ``buffers`` (checked by the caller), every one
+    checked before anything is written, then the compiled loops."""
     # The update's host scalars, every one checked before anything is written.
     scalars = []
-    for _indices, _, _ in tables:
-        dtype = buffers[_indices[0]][0].dtype.type
-        per_tensor: dict[tuple[Any, ...], Any] = {}  # no host state or reduction: by (t, sizes)
+    for _indices, _, _, dtype in buffers.groups:
+        # no host state or reduction: computed once per distinct step count, rows picked per tensor
+        _distinct: dict[Any, int] = {}
         _rows = []
+        _which = []
         for _j in _indices:
-            key = (ts[_j], *_sizes[_j].values())
-            if key not in per_tensor:
-                _value, _new = computed(
-                    RULE, host_scalars, ts[_j], **hp, **hosts[_j], **_sizes[_j], **sums[_j]
-                )
-                per_tensor[key] = check_scalars(RULE, SCALARS, _value, dtype)
-            _rows.append(per_tensor[key])
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 9))
-    for (_, _addresses, _chunks), _table in zip(tables, scalars, strict=True):
+            key = ts[_j]
+            at = _distinct.get(key)
+            if at is None:
+                _value, _ = computed(RULE, host_scalars, ts[_j], **hp)
+                at = _distinct[key] = len(_rows)
+                _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
+            _which.append(at)
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 9)[_which])
+    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
         launch(_update, _addresses, _chunks, _table)

@@ -14,6 +14,8 @@ It is composed of one part per concern, each in its own module:
   ``load_state_dict()``, multi-precision master weights;
 - :mod:`~optgen_runtime.optim.amp`: ``torch.amp.GradScaler`` support (skipped steps rolled back);
 - :mod:`~optgen_runtime.optim.step`: the step on the numba, NumPy or Triton backend;
+- :mod:`~optgen_runtime.optim.fast`: the step of an unchanged parameter set on the numba
+  backend, its checks cut to one pass;
 - :mod:`~optgen_runtime.optim.inputs`: a step's inputs besides the gradients (``hessian=``,
   a loss);
 - :mod:`~optgen_runtime.optim.exchange`: state exchange with torch.optim, and the torch.optim
@@ -36,6 +38,7 @@ from optgen_runtime.optim.amp import AmpScaling, Pending
 from optgen_runtime.optim.checkpoint import Checkpoint
 from optgen_runtime.optim.distributed import Distributed, zero_owner
 from optgen_runtime.optim.exchange import TorchExchange
+from optgen_runtime.optim.fast import FastStep
 from optgen_runtime.optim.inputs import StepInputs
 from optgen_runtime.optim.state import ParamState
 from optgen_runtime.optim.step import Stepping
@@ -47,6 +50,7 @@ class GeneratedOptimizer(
     ParamState,
     AmpScaling,
     StepInputs,
+    FastStep,
     Stepping,
     TorchExchange,
     Distributed,

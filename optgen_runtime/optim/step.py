@@ -17,6 +17,9 @@ kernels.
   others have gradients nor on how it is sharded or partitioned.
 - DTensor parameters (FSDP2) are stepped through their local shards, with their reductions
   combined across the shards (:mod:`optgen_runtime.optim.distributed`).
+- A step that finds nothing changed since the last full step but the gradients takes the fast
+  step (:mod:`optgen_runtime.optim.fast`): the same checks' outcome from one pass over the
+  parameters, then the same kernels; anything else takes the full step below.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class Stepping:
                 loss = closure()
         given = self._given(inputs, loss)
         self._settle()
+        if self._fast_step(given):  # nothing changed since the last full step but the grads
+            return loss
+        self._plan = None
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         on_device = self._amp_on_device(scale, found_inf)
         if not on_device and found_inf is not None and float(found_inf) != 0.0:
@@ -72,6 +78,7 @@ class Stepping:
             for p in fresh:
                 self.state.pop(p, None)
             raise
+        self._remember()
         return loss
 
     def _apply(

@@ -1,0 +1,344 @@
+"""The step of an unchanged parameter set on the compiled CPU loops: host work per tensor cut to
+what Python cannot avoid.
+
+A full step (:mod:`optgen_runtime.optim.step`) checks every parameter, gradient and state
+buffer, then creates views, step counts and address tables tensor by tensor. Once a step has
+passed, the next one rarely differs but for its gradients (``zero_grad(set_to_none=True)`` and a
+backward give new tensors, often at new addresses) and the step counts. ``FastStep`` remembers
+what the full step checked and built (``Plan``) and takes a step on it when one pass over the
+parameters finds the same:
+
+- the same parameters with a gradient, in the same groups, with the same backend settings;
+- each parameter and master copy at the same address with the same shape and dtype, each
+  state dict the same object with the same entries, each state tensor the same object at the
+  same address, unmodified by torch since (its version counter: any in-place torch op, a
+  ``resize_`` or ``set_`` bumps it; the compiled loops write through raw addresses and do not);
+- each gradient a plain, dense, contiguous tensor of its parameter's shape, dtype and device,
+  overlapping no buffer the step writes (one vectorised test over the sorted spans of the
+  written buffers, which the full step proved disjoint);
+- each step count the value the last step left (its version counter again).
+
+Anything else (a first step, a new or reshaped buffer, a DTensor, a GradScaler, step inputs, a
+gradient of another dtype, a rule that is not compiled) takes the full step, which checks
+everything and names the culprit, then remembers the new plan. Hyperparameters are resolved and
+checked every step, and every host scalar is checked before anything is written, as in the
+full step. The step counts advance in one ``torch._foreach_add_`` per step.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import numpy as np
+import torch
+
+from optgen_runtime.common import host_state_values
+from optgen_runtime.numba_support import Buffers
+from optgen_runtime.scalars import check_scalars, computed
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+SMALL = 64  # gradients compared one by one below this many; vectorised above
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class Group:
+    """One param group's part of a plan: its parameters' state dicts and what each backend
+    takes (the compiled loops: ``buffers`` by address; the Triton kernels: the weights, state
+    views, noise streams and offsets), and each tensor's kernel dtype for the scalar checks."""
+
+    __slots__ = ("buffers", "dtypes", "group", "offsets", "states", "streams", "views", "weights")
+
+    def __init__(self, group: dict[str, Any], states: list[dict[str, Any]]) -> None:
+        self.group = group
+        self.states = states
+        self.dtypes: list[Any] = []
+        self.buffers: Buffers | None = None
+        self.weights: list[torch.Tensor] = []
+        self.views: list[dict[str, Any]] = []
+        self.streams: list[int] = []
+        self.offsets: list[int] = []
+
+
+class Plan:
+    """What a full step checked and built, for the next steps on the same buffers."""
+
+    __slots__ = (
+        "clear",
+        "counts",
+        "grad_bytes",
+        "groups",
+        "kind",
+        "masters",
+        "signature",
+        "spans",
+        "steps",
+        "versions",
+        "weights",
+        "written_ends",
+        "written_starts",
+    )
+
+    def __init__(self, signature: tuple[Any, ...], kind: str = "numba") -> None:
+        self.signature = signature
+        self.kind = kind  # "numba" (the compiled CPU loops) or "triton"
+        self.groups: list[Group] = []
+        self.steps: list[torch.Tensor] = []  # every step count tensor of the step, in order
+        self.counts: list[int] = []
+        self.versions: list[int] = []
+        self.grad_bytes: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.written_starts: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.written_ends: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.weights: list[torch.Tensor] = []  # parameters written from a master copy
+        self.masters: list[torch.Tensor] = []
+        self.clear: list[int] = []  # the gradient addresses last found clear
+        # the written spans' starts and ends, and the gradients' sizes, as lists
+        self.spans: tuple[list[int], list[int], list[int]] = ([], [], [])
+
+
+class FastStep:
+    """The fast step of ``GeneratedOptimizer`` (see the module docstring)."""
+
+    _plan: Plan | None = None
+
+    def _survey(self) -> tuple[tuple[Any, ...], list[list[torch.Tensor]]] | None:
+        """(signature, each group's gradients) of this step in one pass; None where the fast
+        step does not apply (a tensor subclass, a sparse or non-contiguous gradient, a
+        parameter without state)."""
+        state = self.state
+        names = self.META.STATES
+        parts: list[Any] = [self.backend, self.multi_precision, len(self.param_groups)]
+        grads: list[list[torch.Tensor]] = []
+        try:
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                parts += (id(group), len(params))
+                if not params:
+                    continue
+                gs = [p.grad for p in params]
+                states = [state.get(p) for p in params]
+                if not {*map(type, params), *map(type, gs)} <= {*_PLAIN}:
+                    return None
+                if not all(map(torch.Tensor.is_contiguous, gs)):
+                    return None  # copied by the full step: no address to give
+                steps = [s["step"] for s in states]  # KeyError, TypeError: no state yet
+                held = [s[k] for s in states for k in names]
+                masters = [s.get("master") for s in states]
+                held += [m for m in masters if m is not None]
+                if not {*map(type, held), *map(type, steps)} <= {*_PLAIN}:
+                    return None
+                parts += (*map(id, params), *map(id, states), *map(len, states))
+                parts += (*map(id, steps), *map(id, held), *map(id, masters))
+                parts += (*map(torch.Tensor.data_ptr, params), *map(torch.Tensor.size, params))
+                parts += [p.dtype for p in params]
+                parts += (*map(torch.Tensor.size, gs), *map(torch.Tensor.get_device, gs))
+                parts += [g.dtype for g in gs]
+                parts += [g.layout for g in gs]
+                parts += (*map(torch.Tensor.data_ptr, held), *[x._version for x in held])
+                grads.append(gs)
+        except (KeyError, TypeError, AttributeError, RuntimeError):
+            return None  # no state yet; a sparse gradient has no data pointer
+        return tuple(parts), grads
+
+    def _fast_step(self, given: Any) -> bool:
+        """The step on the remembered plan, if this step finds what it was built on; False
+        (nothing written) for a full step."""
+        plan = self._plan
+        if plan is None or given.arrays or given.scalars:
+            return False
+        if plan.kind == "numba" and not self._use_numba():
+            return False
+        if getattr(self, "grad_scale", None) is not None:
+            return False
+        if getattr(self, "found_inf", None) is not None:
+            return False
+        surveyed = self._survey()
+        if surveyed is None or surveyed[0] != plan.signature:
+            return False
+        grads = surveyed[1]
+        pointers = [list(map(torch.Tensor.data_ptr, gs)) for gs in grads]
+        if not self._grads_clear(plan, pointers):
+            return False  # the full step names the overlap
+        steps = plan.steps
+        if [s._version for s in steps] != plan.versions:
+            return False  # a step count changed in place: checked in full
+        ts = [c + 1 for c in plan.counts]
+        # every group's hyperparameters and host scalars checked before any write
+        hps, synced, at = [], [], 0
+        for part in plan.groups:
+            updates = self._alias_updates(part.group)
+            hp = self._hyper({**part.group, **updates})
+            resolved = self._check(hp)
+            self._check_fast_scalars(resolved, ts[at : at + len(part.states)], part)
+            hps.append(hp)
+            synced.append((part.group, updates))
+            at += len(part.states)
+        for group, updates in synced:
+            self._apply_aliases(group, updates)
+        at = 0
+        for part, hp, gs, ptrs in zip(plan.groups, hps, grads, pointers, strict=True):
+            counts = ts[at : at + len(part.states)]
+            at += len(part.states)
+            if counts.count(counts[0]) == len(counts):
+                counts = counts[0]  # one step count for all: checked once
+            if plan.kind == "numba":
+                self._fast_numba(part, ptrs, counts, hp)
+            else:
+                self._fast_triton(part, gs, counts, hp)
+        torch._foreach_add_(steps, 1)
+        plan.counts = ts
+        plan.versions = [s._version for s in steps]
+        if plan.masters:
+            torch._foreach_copy_(plan.weights, plan.masters)
+        return True
+
+    def _fast_numba(self, part: Group, ptrs: list[int], counts: Any, hp: dict[str, Any]) -> None:
+        """One compiled call for the group: only the gradient column of the address table is
+        rewritten; host states are written into the state dicts by the module."""
+        assert part.buffers is not None
+        for indices, addresses, _, _ in part.buffers.groups:
+            addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
+        self._numba().step_buffers(part.buffers, part.states, counts, **hp)
+        for s in part.states if self.META.HOST_STATES else ():
+            for key in self.META.HOST_STATES:
+                s[key] = float(s[key])
+
+    def _fast_triton(
+        self, part: Group, grads: list[torch.Tensor], counts: Any, hp: dict[str, Any]
+    ) -> None:
+        """One ``step_multi`` of the Triton module for the group, on the remembered weights and
+        state views (their host states refreshed from the state dicts, then written back)."""
+        host = self.META.HOST_STATES
+        for view, s in zip(part.views, part.states, strict=True) if host else ():
+            view.update({key: s[key] for key in host})
+        arrays = {"noise_offsets": part.offsets} if self.META.DRAWS else {}
+        self.TRITON.step_multi(
+            part.weights, grads, part.views, counts, stream_ids=part.streams, **hp, **arrays
+        )
+        for view, s in zip(part.views, part.states, strict=True) if host else ():
+            for key in host:
+                s[key] = float(view[key])
+
+    def _check_fast_scalars(self, resolved: dict[str, float], ts: list[int], part: Group) -> None:
+        """The group's kernel scalars computed and range-checked (as ``_check_scalars``) once
+        per distinct step count and kernel dtype (and host states); rules with reductions are
+        checked by the module once its sums are known, before it writes."""
+        meta, name = self.META, type(self).__name__
+        if meta.REDUCTIONS:
+            return
+        if not meta.HOST_STATES:
+            for t, dtype in sorted(set(zip(ts, part.dtypes, strict=True)), key=str):
+                scalars, _ = computed(name, meta.host_scalars, t, **resolved)
+                check_scalars(name, meta.SCALARS, scalars, dtype)
+            return
+        done = set()
+        for t, dtype, s in zip(ts, part.dtypes, part.states, strict=True):
+            host = host_state_values(name, s, meta.HOST_STATES)
+            seen = (t, dtype, *host.items())
+            if seen in done and all(v == v and v != 0 for v in host.values()):
+                continue  # (0.0 and -0.0, or NaNs, are never taken for one another)
+            done.add(seen)
+            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host)
+            check_scalars(name, meta.SCALARS, scalars, dtype)
+
+    @staticmethod
+    def _grads_clear(plan: Plan, pointers: list[list[int]]) -> bool:
+        """No gradient overlaps a buffer the step writes: the written spans are disjoint and
+        sorted (the full step checked them), so each gradient need only be compared with the
+        last span starting before its end (vectorised for many gradients; the gradients of
+        the last step that passed, at the same addresses, again: nothing to compare)."""
+        flat = [a for ptrs in pointers for a in ptrs]
+        if flat == plan.clear or plan.written_starts.size == 0:
+            return True
+        if len(flat) <= SMALL:
+            starts, ends, _ = plan.spans
+            for a, size in zip(flat, plan.spans[2], strict=True):
+                k = bisect.bisect_left(starts, a + size) - 1
+                if size and k >= 0 and ends[k] > a:
+                    return False
+            plan.clear = flat
+            return True
+        begin = np.array(flat, dtype=np.int64)
+        end = begin + plan.grad_bytes
+        at = np.searchsorted(plan.written_starts, end, side="left") - 1
+        clear = (at < 0) | (plan.written_ends[np.maximum(at, 0)] <= begin) | (end == begin)
+        if not clear.all():
+            return False
+        plan.clear = flat
+        return True
+
+    def _remember(self) -> None:
+        """After a full step that passed: the plan for the next ones, where they can take it
+        (every parameter with a gradient on the compiled CPU loops, or every one on the Triton
+        kernels, as plain tensors)."""
+        self._plan = None
+        meta = self.META
+        if meta.INPUTS or meta.STEP_SCALARS or getattr(meta, "SIZES", ()):
+            return
+        if hasattr(meta, "MATRIX_VALUES"):
+            return  # a rule of matrix equations: its own kernels and checks, every step
+        if getattr(self, "grad_scale", None) is not None:
+            return
+        surveyed = self._survey()
+        if surveyed is None:
+            return
+        groups = [g for g in self.param_groups if any(p.grad is not None for p in g["params"])]
+        every = [p for g in groups for p in g["params"] if p.grad is not None]
+        if all(self._use_triton(p) for p in every):
+            kind = "triton"
+        elif self._use_numba() and not meta.DRAWS and all(p.device.type == "cpu" for p in every):
+            kind = "numba"
+        else:
+            return
+        plan = Plan(surveyed[0], kind)
+        indices = self._indices() if kind == "triton" else {}
+        written: list[tuple[int, int]] = []
+        grad_bytes: list[int] = []
+        for group, gs in zip(groups, surveyed[1], strict=True):
+            params = [p for p in group["params"] if p.grad is not None]
+            part = Group(group, [self.state[p] for p in params])
+            rows, shapes = [], []
+            for p, g, s in zip(params, gs, part.states, strict=True):
+                weight = s.get("master", p)
+                buffers = [weight, *(s[k] for k in meta.STATES)]
+                if any(not x.is_contiguous() for x in buffers):
+                    return
+                if kind == "numba":
+                    if g.dtype != weight.dtype or weight.dtype not in _NUMPY:
+                        return  # the full step converts the gradient
+                    rows.append([x.data_ptr() for x in (weight, g, *buffers[1:])])
+                    shapes.append(tuple(p.shape))
+                    part.dtypes.append(_NUMPY[weight.dtype])
+                else:
+                    part.weights.append(weight.detach())
+                    part.views.append(self._views(s, lambda x: x))
+                    part.streams.append(self._stream(p, indices))
+                    part.offsets.append(self._noise_offset(p))
+                    part.dtypes.append(np.float32)
+                grad_bytes.append(g.element_size() * g.numel())
+                spans = [*buffers, p] if "master" in s else buffers
+                written += [
+                    (x.data_ptr(), x.data_ptr() + x.element_size() * x.numel()) for x in spans
+                ]
+                if "master" in s:
+                    plan.weights.append(p)
+                    plan.masters.append(s["master"])
+                plan.steps.append(s["step"])
+            if kind == "numba":
+                part.buffers = Buffers.at(rows, shapes, part.dtypes)
+            plan.groups.append(part)
+        written = sorted((a, b) for a, b in written if b > a)
+        if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):
+            return  # the full step would have refused this: never fast
+        if len(set(map(id, plan.steps))) != len(plan.steps):
+            return  # a step count shared by two parameters would advance twice
+        plan.written_starts = np.array([a for a, _ in written], dtype=np.int64)
+        plan.written_ends = np.array([b for _, b in written], dtype=np.int64)
+        plan.grad_bytes = np.array(grad_bytes, dtype=np.int64)
+        plan.spans = ([a for a, _ in written], [b for _, b in written], grad_bytes)
+        plan.counts = [int(s) for s in plan.steps]
+        try:
+            plan.versions = [s._version for s in plan.steps]
+        except RuntimeError:  # an inference-mode tensor keeps no version counter: never fast
+            return
+        self._plan = plan

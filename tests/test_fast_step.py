@@ -1,0 +1,241 @@
+"""The torch classes' fast step (``optgen_runtime.optim.fast``) on the compiled CPU loops: taken
+once nothing changed but the gradients, equal to the NumPy reference backend step by step, and
+never taken on a buffer that changed since the last full step: a stale plan would write through
+old addresses or skip a check, so every change below must either be refused (naming it, with
+nothing written) or computed as the reference computes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import generated.torch as gt
+from optgen_runtime.optim import fast
+
+SHAPES = [(40, 9), (70001,), (5,)]
+
+
+def make(name: str, backend: str, seed: int = 0, **hp: Any) -> tuple[Any, list, torch.Generator]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
+    return getattr(gt, name)(groups, backend=backend, **hp), params, g
+
+
+def new_grads(params: list, g: torch.Generator, keep: list) -> None:
+    """Fresh gradients, the old ones kept alive: every step's are at new addresses."""
+    keep += [p.grad for p in params if p.grad is not None]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+def snapshot(opt: Any, params: list) -> list[torch.Tensor]:
+    state = [v.clone() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return [p.detach().clone() for p in params] + state
+
+
+def trajectory(
+    name: str, backend: str, steps: int, change: Callable[[Any, list], None] | None = None, **hp
+) -> tuple[list[torch.Tensor], Any]:
+    opt, params, g = make(name, backend, **hp)
+    keep: list = []
+    for t in range(steps):
+        new_grads(params, g, keep)
+        if change is not None and t == steps - 2:
+            change(opt, params)
+        opt.step()
+    return snapshot(opt, params), opt
+
+
+def count_full_checks(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
+    calls: list[int] = []
+    original = cls._check_param
+    monkeypatch.setattr(
+        cls, "_check_param", lambda self, p, i: (calls.append(i), original(self, p, i))
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "hp", "exact"),
+    [
+        ("Adam", {}, True),  # scalars memoised per step count
+        ("NAdam", {}, True),  # host states (m_schedule)
+        ("LAMB", {}, False),  # per-tensor sums: two compiled phases
+        ("TorchSGD", {"momentum": 0.9, "nesterov": True}, True),
+    ],
+)
+def test_fast_steps_equal_the_numpy_reference(
+    monkeypatch: pytest.MonkeyPatch, name: str, hp: dict, exact: bool
+) -> None:
+    calls = count_full_checks(monkeypatch, getattr(gt, name))
+    got, opt = trajectory(name, "numba", 6, **hp)
+    assert len(calls) == len(SHAPES) and opt._plan is not None  # only the first step in full
+    want, ref = trajectory(name, "numpy", 6, **hp)
+    assert ref._plan is None  # the reference never takes the fast step
+    for x, y in zip(want, got, strict=True):
+        if exact:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-7)
+
+
+def _grad_of_another_shape(opt: Any, params: list) -> None:
+    params[1].grad.resize_(70000)  # torch refuses to assign one; in place, at the same address
+
+
+def _grad_is_a_state_buffer(opt: Any, params: list) -> None:
+    params[0].grad = opt.state[params[0]]["mean"]
+
+
+def _grad_is_the_parameter(opt: Any, params: list) -> None:
+    params[2].grad = params[2].detach()
+
+
+def _grad_inside_a_state_buffer(opt: Any, params: list) -> None:
+    params[2].grad = opt.state[params[1]]["var"][100:105]
+
+
+def _state_resized_in_place(opt: Any, params: list) -> None:
+    opt.state[params[1]]["var"].resize_(3)
+
+
+def _state_replaced_by_another_dtype(opt: Any, params: list) -> None:
+    opt.state[params[0]]["mean"] = torch.zeros(40, 9, dtype=torch.float64)
+
+
+def _parameter_data_replaced(opt: Any, params: list) -> None:
+    params[0].data = torch.randn(9, 40)
+    params[0].grad = torch.randn(9, 40)
+
+
+def _state_entry_removed(opt: Any, params: list) -> None:
+    del opt.state[params[2]]["var"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_grad_of_another_shape, r"parameter 1's grad"),
+        (_grad_is_a_state_buffer, r"share memory"),
+        (_grad_is_the_parameter, r"share memory"),
+        (_grad_inside_a_state_buffer, r"share memory"),
+        (_state_resized_in_place, r"parameter 1's state\['var'\]"),
+        (_state_replaced_by_another_dtype, r"parameter 0's state\['mean'\]"),
+        (_parameter_data_replaced, r"parameter 0"),
+        (_state_entry_removed, r"parameter 2's state"),
+    ],
+)
+def test_a_changed_buffer_is_refused_with_nothing_written(change: Callable, message: str) -> None:
+    opt, params, g = make("Adam", "numba")
+    keep: list = []
+    for _ in range(3):
+        new_grads(params, g, keep)
+        opt.step()
+    assert opt._plan is not None
+    new_grads(params, g, keep)
+    change(opt, params)
+    before = snapshot(opt, params)
+    with pytest.raises((ValueError, TypeError), match=message):
+        opt.step()
+    after = snapshot(opt, params)
+    assert len(before) == len(after)
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
+def _step_count_set_in_place(opt: Any, params: list) -> None:
+    opt.state[params[1]]["step"].fill_(40)
+
+
+def _grad_not_contiguous(opt: Any, params: list) -> None:
+    params[1].grad = torch.randn(140002, generator=torch.Generator().manual_seed(5))[::2]
+
+
+def _a_parameter_without_grad(opt: Any, params: list) -> None:
+    params[0].grad = None
+
+
+def _state_edited_in_place(opt: Any, params: list) -> None:
+    opt.state[params[0]]["var"].mul_(2.0)
+
+
+def _lr_changed(opt: Any, params: list) -> None:
+    opt.param_groups[1]["lr"] = 0.05
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _step_count_set_in_place,
+        _grad_not_contiguous,
+        _a_parameter_without_grad,
+        _state_edited_in_place,
+        _lr_changed,
+    ],
+)
+def test_a_legal_change_is_computed_as_the_reference_computes_it(change: Callable) -> None:
+    got, _ = trajectory("Adam", "numba", 5, change)
+    want, _ = trajectory("Adam", "numpy", 5, change)
+    assert all(torch.equal(x, y) for x, y in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("small", [64, 0])  # compared one by one, vectorised
+def test_the_overlap_test_sees_a_gradient_starting_inside_a_written_span(
+    monkeypatch: pytest.MonkeyPatch, small: int
+) -> None:
+    """The test against the sorted written spans, alone: before, inside, straddling the end,
+    after, empty."""
+    monkeypatch.setattr(fast, "SMALL", small)
+    plan = fast.Plan(())
+    plan.written_starts = np.array([100, 300], dtype=np.int64)
+    plan.written_ends = np.array([200, 400], dtype=np.int64)
+    for start, size, clear in [
+        (0, 100, True),
+        (0, 101, False),
+        (150, 10, False),
+        (199, 10, False),
+        (200, 100, True),
+        (250, 100, False),
+        (400, 8, True),
+        (350, 0, True),
+    ]:
+        plan.grad_bytes = np.array([size], dtype=np.int64)
+        plan.spans = ([100, 300], [200, 400], [size])
+        plan.clear = []
+        assert fast.FastStep._grads_clear(plan, [[start]]) is clear, (start, size)
+
+
+@pytest.mark.parametrize(
+    ("name", "hp"), [("Adam", {}), ("NAdam", {}), ("SGLD", {"seed": 3}), ("LAMB", {})]
+)
+def test_triton_fast_steps_equal_full_steps(
+    monkeypatch: pytest.MonkeyPatch, name: str, hp: dict
+) -> None:
+    """On the Triton kernels (interpreted here) the fast step launches what the full step
+    launches, from the remembered weights, views, noise streams and offsets: the same bits as
+    a run that never remembers a plan."""
+    shapes = [(40, 9), (3000,), (5,)]
+
+    def run(remember: bool) -> tuple[list[torch.Tensor], list[int]]:
+        g = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+        groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
+        opt = getattr(gt, name)(groups, backend="triton", **hp)
+        if not remember:
+            opt._remember = lambda: None
+        calls = count_full_checks(monkeypatch, type(opt))
+        keep: list = []
+        for _ in range(4):
+            new_grads(params, g, keep)
+            opt.step()
+        return snapshot(opt, params), list(calls)
+
+    fast_run, fast_calls = run(True)
+    full_run, full_calls = run(False)
+    assert len(fast_calls) == len(shapes) and len(full_calls) == 4 * len(shapes)
+    for x, y in zip(full_run, fast_run, strict=True):
+        assert torch.equal(x, y)
