@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import inspect
 import math
 import weakref
 
@@ -307,3 +308,10 @@ def test_spans_overlap_agrees_with_a_pairwise_test() -> None:
             for lo, hi in zip(low, high, strict=True)
         )
         assert spans_overlap(low, high, starts, ends) == pairwise
+
+
+def test_every_triton_step_multi_takes_prechecked() -> None:
+    """The torch classes may pass ``prechecked=True`` to any rule's Triton ``step_multi``
+    (the rules with row or column vectors and the matrix rules take it and check anyway)."""
+    for name, cls in CLASSES.items():
+        assert "prechecked" in inspect.signature(cls.TRITON.step_multi).parameters, name
