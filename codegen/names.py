@@ -40,7 +40,8 @@ _reserve(
     "combine nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims matrix_sizes "
     "matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size matrix_sweep "
     "run_group check_arrays_across group_totals Iterator host_max host_min scalar_inputs "
-    "check_host_states computed_each distinct check_tensors_each element_offsets "
+    "check_host_states computed_each checked_each distinct check_tensors_each step_rows "
+    "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
     "run_variant",
 )
@@ -57,7 +58,7 @@ _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
-    "noise_offsets "
+    "noise_offsets prechecked "
     "self params multi_precision backend",
 )
 _reserve(
@@ -69,7 +70,7 @@ _reserve(
 _reserve(
     "a local of the generated step functions",
     "hp host buffers sums pre scalars host_new ts streams offsets hosts tables ints chunks new "
-    "dtype update reduce scratch stop name value partial given per_tensor key at",
+    "dtype update reduce scratch stop name value partial given per_tensor rows key at",
 )
 _reserve(
     "a keyword argument the generated code passes",

@@ -242,6 +242,8 @@ def step_counts(rule: str, t: Any, n: int) -> list[int]:
     if isinstance(t, Sequence) and not isinstance(t, str):
         if len(t) != n:
             raise ValueError(f"{rule}: {len(t)} step counts for {n} tensors")
+        if n and set(map(type, t)) == {int} and 1 <= min(t) and max(t) <= MAX_STEP:
+            return list(t)  # plain ints in range: what check_step_count returns, at C speed
         return [check_step_count(rule, x) for x in t]
     return [check_step_count(rule, t)] * n
 
@@ -252,6 +254,8 @@ def stream_indices(rule: str, stream_ids: Any, n: int) -> list[int]:
         return list(range(n))
     if not isinstance(stream_ids, Sequence) or len(stream_ids) != n:
         raise ValueError(f"{rule}: stream_ids must be a sequence of {n} ints, got {stream_ids!r}")
+    if n and set(map(type, stream_ids)) == {int} and min(stream_ids) >= 0:
+        return list(stream_ids)  # plain ints >= 0: what the loop below returns, at C speed
     out = []
     for k in stream_ids:
         try:

@@ -108,7 +108,37 @@ def computed_each(
     """``computed(rule, host_code, ts[j], **kwargs, **each[j])`` for every tensor j of a
     multi-tensor step, computed once per distinct (step count, per-tensor values): the tensors
     of a step mostly share both, and then share one result object (``distinct`` lists each
-    once; ``triton_support.scalar_table`` converts each once)."""
+    once; ``triton_support.ScalarRows.of`` converts each once). A rule whose host code takes the
+    step count alone skips the per-tensor keys: ``triton_support.step_rows``."""
+    return _each(rule, host_code, ts, each, None, kwargs)
+
+
+def checked_each(
+    rule: str,
+    legend: Mapping[str, str],
+    host_code: Callable[..., Sequence[float]],
+    ts: Sequence[int],
+    each: Sequence[Mapping[str, float]],
+    /,
+    **kwargs: Any,
+) -> list[Sequence[float]]:
+    """:func:`computed_each` of host code that returns the scalars ``legend`` names (a rule's
+    ``reduction_scalars``), each distinct result range-checked for float32 (``check_scalars``)
+    as soon as it is computed: the errors, in the order, of computing and checking one tensor
+    after the other, with the work done once per distinct step count and values."""
+    return _each(
+        rule, host_code, ts, each, lambda v: check_scalars(rule, legend, v, np.float32), kwargs
+    )
+
+
+def _each(
+    rule: str,
+    host_code: Callable[..., T],
+    ts: Sequence[int],
+    each: Sequence[Mapping[str, float]],
+    check: Callable[[T], object] | None,
+    kwargs: dict[str, Any],
+) -> list[T]:
     memo: dict[tuple, T] = {}
     out = []
     for t, extra in zip(ts, each, strict=True):
@@ -116,6 +146,8 @@ def computed_each(
         key = (t, *((k, v, math.copysign(1.0, v)) for k, v in extra.items()))
         if key not in memo:
             memo[key] = computed(rule, host_code, t, **kwargs, **extra)
+            if check is not None:
+                check(memo[key])
         out.append(memo[key])
     return out
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from itertools import chain
+from operator import attrgetter, eq, itemgetter
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +22,8 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import check_inputs_given
+from optgen_runtime.common import check_inputs_given, host_state_values
+from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
 from optgen_runtime.sharding import across_shards
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
@@ -106,40 +109,6 @@ def check_tensors(
     return checked
 
 
-# (rule, fingerprint) of the latest multi-tensor calls whose every tensor passed check_tensors
-_CHECKED: dict[tuple[str, tuple[Any, ...]], None] = {}
-_CHECKED_KEPT = 8  # several optimizers, param groups
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
-
-
-def _fingerprint(
-    weights: Sequence[Any],
-    grads: Sequence[Any],
-    states: Sequence[Any],
-    names: Sequence[str],
-    inputs: Sequence[dict[str, Any]] | None,
-) -> tuple[Any, ...] | None:
-    """Everything :func:`check_tensors` looks at, for every tensor of a call: each state dict's
-    keys, and each buffer's address, shape, dtype and device (all contiguous: so their extent);
-    None for anything but plain contiguous tensors in plain dicts (a tensor subclass such as a
-    DTensor, a strided view, a missing state: checked in full). Built flat, with few
-    allocations: a call of many tensors makes little garbage."""
-    parts: list[Any] = [interpreting(), len(weights), len(grads), len(states)]
-    try:
-        for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
-            if type(s) is not dict:
-                return None
-            parts += (len(s), *s)
-            extra = inputs[j].values() if inputs is not None else ()
-            for x in (w, g, *extra, *(s[n] for n in names)):
-                if type(x) not in _PLAIN or not x.is_contiguous():
-                    return None
-                parts += (x.data_ptr(), x.shape, x.dtype, x.get_device())
-    except (KeyError, RuntimeError, TypeError, ValueError, IndexError):
-        return None
-    return tuple(parts)
-
-
 def check_tensors_each(
     rule: str,
     weights: Sequence[Any],
@@ -149,31 +118,13 @@ def check_tensors_each(
     host_names: Sequence[str] = (),
     inputs: Sequence[dict[str, Any]] | None = None,
 ) -> list[Checked]:
-    """:func:`check_tensors` for every tensor of a multi-tensor step, in full only when some
-    buffer changed since the rule's last call that passed (:func:`_fingerprint`: address, shape,
-    dtype and device of contiguous buffers decide every one of those checks; strided ones are
-    checked in full every call): a step of unchanged tensors costs one fingerprint per buffer,
-    not the checks. Host states are values, checked by the caller every step
-    (``host_state_values``)."""
-    found = _fingerprint(weights, grads, states, names, inputs)
-    key = (rule, found) if found is not None else None
-    if key is None or key not in _CHECKED:
-        each = inputs or [None] * len(weights)
-        tables = [
-            check_tensors(rule, w, g, s, names, host_names, inputs=x)
-            for w, g, s, x in zip(weights, grads, states, each, strict=True)
-        ]
-        if key is not None:
-            if len(_CHECKED) >= _CHECKED_KEPT:
-                _CHECKED.pop(next(iter(_CHECKED)))
-            _CHECKED[key] = None
-        return tables
-    out = []
-    for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
-        read = [("grad", g), *(inputs[j].items() if inputs is not None else [])]
-        buffers = [("weight", w), *read, *((f"state[{n!r}]", s[n]) for n in names)]
-        out.append(Checked(rule, buffers, len(read)))
-    return out
+    """:func:`check_tensors` for every tensor of a multi-tensor step (``ChunkTable.prepared``
+    calls it only when some buffer changed since the last call that passed)."""
+    each = inputs or [None] * len(weights)
+    return [
+        check_tensors(rule, w, g, s, names, host_names, inputs=x)
+        for w, g, s, x in zip(weights, grads, states, each, strict=True)
+    ]
 
 
 def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
@@ -266,28 +217,134 @@ def _padded(n: int, align: int = 2) -> int:
     return -(-n // align) * align
 
 
-def scalar_table(rows: Sequence[Sequence[float]]) -> torch.Tensor:
-    """Host scalars as a flat float32 table, one row per tensor, padded to 16 bytes.
-
-    Each double is rounded to float32 to nearest (even), overflowing to inf: exactly what
-    Triton's launcher does to a Python float passed as an fp32 argument (a C ``(float)`` cast;
-    the interpreter casts with NumPy), so a kernel reading the table computes what the
-    single-tensor kernel computes with the same scalars as arguments.
-    """
-    # The rows of tensors at one step count are one object (``computed_each``): each distinct
-    # object converted once (by identity: 0.0 and -0.0, or two NaNs, are never merged).
-    index: dict[int, int] = {}
-    distinct: list[Sequence[float]] = []
-    picks = []
-    for row in rows:
-        if id(row) not in index:
-            index[id(row)] = len(distinct)
-            distinct.append(row)
-        picks.append(index[id(row)])
-    array = np.array([[float(x) for x in row] or [0.0] for row in distinct], dtype=np.float64)
+def _float32_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """Rows of host scalars as a float32 array, each double rounded to nearest (even),
+    overflowing to inf: exactly what Triton's launcher does to a Python float passed as an fp32
+    argument (a C ``(float)`` cast; the interpreter casts with NumPy), so a kernel reading the
+    table computes what the single-tensor kernel computes with the same scalars as arguments.
+    A rule without host scalars gets one 0 per row (a table is never empty)."""
+    array = np.array([[float(x) for x in row] or [0.0] for row in rows], dtype=np.float64)
     with np.errstate(over="ignore"):
-        table = torch.from_numpy(array.astype(np.float32)[picks].ravel())
-    return torch.cat([table, table.new_zeros(_padded(len(table), 4) - len(table))])
+        return array.astype(np.float32)
+
+
+def _padded_table(values: np.ndarray) -> torch.Tensor:
+    """A flat float32 table padded with zeros to 16 bytes."""
+    flat = values.ravel()
+    table = np.zeros(_padded(len(flat), 4), dtype=np.float32)
+    table[: len(flat)] = flat
+    return torch.from_numpy(table)
+
+
+class ScalarRows(NamedTuple):
+    """The host scalars of a multi-tensor step: each distinct row once (``rows``, float32, as
+    :func:`_float32_rows` rounds), and the row of each tensor (``index``): the tensors of a step
+    mostly share one row, which is then computed and converted once and broadcast."""
+
+    rows: np.ndarray  # float32, (distinct rows, scalars per row)
+    index: np.ndarray  # int64, one per tensor
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[float]]) -> ScalarRows:
+        """One row per tensor; the rows of tensors at one step count are one object
+        (``computed_each``): each distinct object converted once (by identity: 0.0 and -0.0, or
+        two NaNs, are never merged)."""
+        ids = list(map(id, rows))
+        first = dict.fromkeys(ids)  # distinct objects, in order
+        where = {k: i for i, k in enumerate(first)}
+        distinct_rows = dict(zip(ids, rows, strict=True))
+        index = np.fromiter(map(where.__getitem__, ids), dtype=np.int64, count=len(ids))
+        return cls(_float32_rows([distinct_rows[k] for k in first]), index)
+
+    def table(self, members: np.ndarray | None = None) -> torch.Tensor:
+        """The flat float32 table of the tensors ``members`` (all: None), one row each, padded
+        to 16 bytes."""
+        index = self.index if members is None else self.index[members]
+        return _padded_table(self.rows[index])
+
+
+def scalar_table(rows: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Host scalars as a flat float32 table, one row per tensor, padded to 16 bytes
+    (:class:`ScalarRows`: rounded as Triton rounds a float kernel argument)."""
+    return ScalarRows.of(rows).table()
+
+
+def step_rows(
+    rule: str,
+    host_code: Any,
+    ts: Sequence[int],
+    legend: dict[str, str],
+    /,
+    **kwargs: Any,
+) -> ScalarRows:
+    """The host scalars of a multi-tensor step whose host code depends on the tensor only
+    through its step count (no host states, sums or sizes): ``host_code(t, **kwargs)`` computed
+    and range-checked (``check_scalars`` against ``legend``) once per distinct step count, in
+    order of first appearance (the errors ``computed_each`` gives), and broadcast: no Python
+    row per tensor."""
+    distinct_ts = list(dict.fromkeys(ts))
+    results = [computed(rule, host_code, t, **kwargs)[0] for t in distinct_ts]
+    for scalars in results:
+        check_scalars(rule, legend, scalars, torch.float32)
+    if len(distinct_ts) == 1:
+        index = np.zeros(len(ts), dtype=np.int64)
+    else:
+        where = {t: i for i, t in enumerate(distinct_ts)}
+        index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
+    return ScalarRows(_float32_rows(results), index)
+
+
+def host_columns(rule: str, states: Sequence[Any], names: Sequence[str]) -> list[list[float]]:
+    """The host states of a multi-tensor step, one column of floats per name, read once: each a
+    finite float (or int) in every state dict, at C speed; anything else goes through
+    ``host_state_values`` tensor by tensor, which names the first bad one."""
+    try:
+        columns = [list(map(itemgetter(name), states)) for name in names]
+        kinds = set(map(type, chain.from_iterable(columns)))
+        if set(map(type, states)) == {dict} and not kinds - {float, int}:
+            columns = [col if kinds == {float} else list(map(float, col)) for col in columns]
+            if all(math.isfinite(math.fsum(col)) for col in columns):  # inf/NaN reach the sum
+                return columns
+    except (KeyError, TypeError, OverflowError, ValueError):  # fsum: inf + -inf, overflow
+        pass
+    each = [host_state_values(rule, s, tuple(names)) for s in states]
+    return [[h[name] for h in each] for name in names]
+
+
+def host_rows(
+    rule: str,
+    host_code: Any,
+    ts: Sequence[int],
+    names: Sequence[str],
+    columns: Sequence[Sequence[float]],
+    legend: dict[str, str],
+    /,
+    **kwargs: Any,
+) -> tuple[ScalarRows, list[dict[str, float]]]:
+    """The host scalars and new host states of a multi-tensor step whose host code takes the
+    step count and the host states (``columns``, :func:`host_columns`): computed once per
+    distinct (t, host states), then range-checked (what ``computed_each`` and the checks of
+    each ``distinct`` result give, in that order), with no Python row per tensor. A zero among
+    the host states (0.0 and -0.0 are one key, and the host code may tell them apart) goes
+    through ``computed_each``. Returns the rows and each tensor's new host states."""
+    if any(0.0 in column for column in columns):
+        each = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        new = computed_each(rule, host_code, ts, each, **kwargs)
+        for scalars, _ in distinct(new):
+            check_scalars(rule, legend, scalars, torch.float32)
+        return ScalarRows.of([scalars for scalars, _ in new]), [h for _, h in new]
+    keys = list(zip(ts, *columns, strict=True))
+    where = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    results = [
+        computed(rule, host_code, key[0], **kwargs, **dict(zip(names, key[1:], strict=True)))
+        for key in where
+    ]
+    for scalars, _ in results:
+        check_scalars(rule, legend, scalars, torch.float32)
+    index = list(map(where.__getitem__, keys))
+    new = [host_new for _, host_new in results]
+    rows = ScalarRows(_float32_rows([scalars for scalars, _ in results]), np.array(index, np.int64))
+    return rows, list(map(new.__getitem__, index))
 
 
 _NO_AMP: dict[torch.device, torch.Tensor] = {}
@@ -347,6 +404,18 @@ class _Group:
     aligned: bool = False  # the vectorised variant (ChunkTable.vectorisable)
     meta_device: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        self.index = np.array(self.members, dtype=np.int64)  # members, for NumPy indexing
+        self.stale: tuple[int, int] | None = None  # meta[lo:hi] rewritten since the upload
+
+    def rewrite(self, lo: int, hi: int, values: np.ndarray) -> None:
+        """``meta[lo:hi] = values``; on the device with the step's next upload (that span
+        only: the chunk rows, most of the table, are uploaded once)."""
+        self.meta[lo:hi] = values
+        if self.meta_device is not None:
+            old = self.stale or (lo, hi)
+            self.stale = (min(old[0], lo), max(old[1], hi))
+
     @property
     def chunks(self) -> int:
         return int(self.counts.sum())
@@ -392,13 +461,14 @@ class ChunkTable:
     float32 table, one row per tensor (``update``, ``reduce``): Python floats rounded to float32
     to nearest, as Triton rounds a float kernel argument. Empty tensors launch nothing.
 
-    :meth:`cached` reuses the table (and its copy on the device) of an earlier step when every
-    buffer's address, size, dtype and device and the integers are unchanged.
+    :meth:`prepared` reuses the table (and its copy on the device) of an earlier step while the
+    buffers are unchanged but for the gradients' (and inputs') addresses, and rewrites the
+    per-tensor integers that changed.
     """
 
     VECTOR = 16  # bytes of one vectorised access; element multiple of a vectorisable size
-    CACHE = 8  # tables kept by ``cached`` (several optimizers, param groups)
-    _cache: ClassVar[dict[tuple, ChunkTable]] = {}
+    CACHE = 8  # tables kept per rule by ``prepared`` (several optimizers, param groups)
+    _cache: ClassVar[dict[str, list[_Prepared]]] = {}  # per rule, most recent first
 
     @staticmethod
     def layout(n_buffers: int, n_ints: int) -> TableLayout:
@@ -411,30 +481,52 @@ class ChunkTable:
         )
 
     @classmethod
-    def cached(
+    def prepared(
         cls,
-        tables: list[list[torch.Tensor]],
+        rule: str,
+        weights: Sequence[Any],
+        grads: Sequence[Any],
+        states: Sequence[Any],
+        names: Sequence[str],
+        host_names: Sequence[str],
+        inputs: Sequence[dict[str, Any]] | None,
         block: int,
         ints: Sequence[Sequence[int]] | None = None,
+        prechecked: bool = False,
     ) -> ChunkTable:
-        """``ChunkTable(tables, block, ints)``, or the one an earlier call built from buffers at
-        the same addresses with the same sizes, dtypes and devices (so the same overlaps,
-        groups and meta table): no rebuild and no upload, but for per-tensor integers that
-        changed (a Philox key per step), rewritten in place. Each tensor's own checks
-        (``check_tensors``: shapes, strides) run every step before this."""
-        key = (
-            block,
-            tuple(len(t) for t in tables),
-            tuple((b.data_ptr(), b.numel(), b.dtype, b.device) for t in tables for b in t),
-        )
-        table = cls._cache.get(key)
-        if table is None:
-            table = cls(tables, block, ints)
-            if len(cls._cache) >= cls.CACHE:
-                cls._cache.pop(next(iter(cls._cache)))
-            cls._cache[key] = table
-        else:
-            table._retarget(tables, ints)
+        """The chunk table of a multi-tensor step, every buffer checked (``check_tensors_each``,
+        :func:`check_across`) before it is returned; the table of an earlier call when the
+        buffers are those it was built from (:class:`_Prepared`: one pass over the buffers), with
+        only the pointer rows of the read-only buffers (gradients, inputs) rewritten when only
+        those moved, as ``zero_grad()`` and a backward pass make them every step.
+
+        ``prechecked``: the caller has checked every buffer as ``check_tensors`` and
+        :func:`check_across` would (the torch classes check each parameter, its state and every
+        buffer of the step against every other before any write); the pass then reads only what
+        the table is built from (addresses; the weights' devices; the sizes and dtypes of the
+        weights, gradients and inputs: a gradient of another size is never read out of
+        bounds, but one of another shape and the same size is not refused) and skips the
+        overlap check of moved gradients.
+        """
+        entries = cls._cache.setdefault(rule, [])
+        found = _Prepared.signature(weights, grads, states, names, host_names, inputs, prechecked)
+        if found is not None:
+            for k, entry in enumerate(entries):
+                if entry.table.block == block and entry.reuse(found):
+                    entries.insert(0, entries.pop(k))  # most recent first
+                    table = entry.table
+                    table._retarget(found, ints)
+                    table.launches = 0
+                    found.release()
+                    return table
+        for s in states:  # the errors of a step without a cache, in the same order
+            host_state_values(rule, s, tuple(host_names))
+        tables = check_tensors_each(rule, weights, grads, states, names, host_names, inputs)
+        table = cls(tables, block, ints)  # check_across, before any launch
+        if found is not None:
+            entries.insert(0, _Prepared(found, table))
+            del entries[cls.CACHE :]
+            found.release()
         table.launches = 0
         return table
 
@@ -475,9 +567,7 @@ class ChunkTable:
             meta = np.concatenate([meta, np.zeros(_padded(len(meta)) - len(meta), np.int64)])
             self.groups.append(_Group(device, members, likes, counts, meta, aligned))
 
-    def _retarget(
-        self, tables: list[list[torch.Tensor]], ints: Sequence[Sequence[int]] | None
-    ) -> None:
+    def _retarget(self, tables: Any, ints: Sequence[Sequence[int]] | None) -> None:
         """A cached table for this call: the pointer-typing buffers of this call (a cached
         table holds no tensor of an earlier step alive) and this call's integers."""
         for group in self.groups:
@@ -489,19 +579,28 @@ class ChunkTable:
         for group in self.groups:
             n, first = len(group.members), (len(group.likes) + 1) * len(group.members)
             columns = np.array([new[j] for j in group.members], dtype=np.int64).reshape(n, -1)
-            group.meta[first : first + columns.size] = columns.T.ravel()
-            group.meta_device = None  # uploaded again with the step's scalars
+            group.rewrite(first, first + columns.size, columns.T.ravel())
 
     def forget(self) -> None:
         """Drop the tensors of the call (the pointer-typing buffers) once it is done."""
         for group in self.groups:
             group.likes = []
 
-    def _tables(
-        self, group: _Group, rows: Sequence[Sequence[float]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tables(self, group: _Group, rows: ScalarRows) -> tuple[torch.Tensor, torch.Tensor]:
         """The group's meta table and its members' scalar rows on the device (one copy)."""
-        scalars = scalar_table([rows[j] for j in group.members])
+        scalars = rows.table(group.index)
+        if group.meta_device is not None and group.stale is not None:
+            # the rewritten span and the scalars in one copy, the span then copied into place
+            # on the device (ordered after the launches that read the old one)
+            lo, hi = group.stale
+            group.stale = None
+            span = np.zeros(_padded(hi - lo), dtype=np.int64)  # the scalars 16-byte aligned
+            span[: hi - lo] = group.meta[lo:hi]
+            both = _upload(
+                torch.cat([torch.from_numpy(span), scalars.view(torch.int64)]), group.device
+            )
+            group.meta_device[lo:hi].copy_(both[: hi - lo], non_blocking=True)
+            return group.meta_device, both[len(span) :].view(torch.float32)
         if group.meta_device is not None:
             return group.meta_device, _upload(scalars, group.device)
         both = _upload(
@@ -524,11 +623,17 @@ class ChunkTable:
         LAUNCHES["count"] += 1
 
     def update(
-        self, kernel: Any, rows: Sequence[Sequence[float]], rule: str = "", amp: Any = None
+        self,
+        kernel: Any,
+        rows: ScalarRows | Sequence[Sequence[float]],
+        rule: str = "",
+        amp: Any = None,
     ) -> None:
-        """One launch per group; ``rows[j]``: tensor j's host scalars (``host_scalars``);
-        ``amp``: [found_inf, inv_scale] on the groups' device (None: [0, 1])."""
+        """One launch per group; ``rows``: the tensors' host scalars (``host_scalars``), one
+        row per tensor or a :class:`ScalarRows`; ``amp``: [found_inf, inv_scale] on the groups'
+        device (None: [0, 1])."""
         amps = [_check_amp(rule, amp, group.device) for group in self.groups]  # before any write
+        rows = rows if isinstance(rows, ScalarRows) else ScalarRows.of(rows)
         for group, flags in zip(self.groups, amps, strict=True):
             meta, scalars = self._tables(group, rows)
             self._launch(kernel, group, meta, scalars, flags)
@@ -546,6 +651,7 @@ class ChunkTable:
         order by :func:`add_partials` (the same bits as ``reduce_sums`` for that tensor).
         ``rows[j]``: tensor j's reduction-phase scalars (``reduction_scalars``)."""
         width = len(names)
+        scalar_rows = ScalarRows.of(rows)
         nothing = combine_partials(np.zeros((0, len(names)), np.float32), kinds, names)
         sums = [dict(nothing) for _ in range(self.size)]
         offsets: list[int] = []
@@ -557,7 +663,7 @@ class ChunkTable:
             d: torch.empty(n * width, dtype=torch.float32, device=d) for d, n in used.items()
         }
         for group, offset in zip(self.groups, offsets, strict=True):
-            meta, scalars = self._tables(group, rows)
+            meta, scalars = self._tables(group, scalar_rows)
             self._launch(kernel, group, meta, scalars, partials[group.device][offset * width :])
         host = {d: p.cpu().numpy().reshape(-1, width) for d, p in partials.items()}
         for group, offset in zip(self.groups, offsets, strict=True):
@@ -565,6 +671,199 @@ class ChunkTable:
             for j, end, count in zip(group.members, ends, group.counts, strict=True):
                 sums[j] = combine_partials(host[group.device][end - count : end], kinds, names)
         return across_shards(kinds, sums)  # a sharded tensor's: over all its shards
+
+
+_PLAIN = {torch.Tensor, torch.nn.Parameter}
+_POINTER = torch.Tensor.data_ptr
+_CONTIGUOUS = torch.Tensor.is_contiguous
+_NUMEL = torch.Tensor.numel
+_SHAPE, _DTYPE, _DEVICE = attrgetter("shape"), attrgetter("dtype"), attrgetter("device")
+
+
+@dataclass
+class _Signature:
+    """One pass over the buffers of a multi-tensor step (``_Prepared.signature``): ``columns``
+    [weights, grads, *inputs, *states] (a list of ``n`` tensors each), ``pointers`` their
+    addresses column after column, ``looks`` everything else the checks and the table depend
+    on (shapes, dtypes, devices; in a prechecked call only what the table depends on) as
+    (getter, tensors) pairs, read when compared (:meth:`same_looks`) or kept (:meth:`kept`):
+    a step that keeps no list of shapes makes little garbage for the collector to scan."""
+
+    n: int
+    reads: int  # read-only columns after the weights: the gradients and the inputs
+    prechecked: bool
+    interpreting: bool
+    columns: list[list[torch.Tensor]]
+    pointers: list[int]
+    looks: tuple[tuple[Any, list[torch.Tensor]], ...]
+    kept_looks: tuple[list[Any], ...] = ()
+
+    def same_looks(self, old: tuple[list[Any], ...]) -> bool:
+        """Whether every look equals the one ``old`` (a :meth:`kept` of the same layout) holds."""
+        return all(
+            all(map(eq, map(get, xs), seen))
+            for (get, xs), seen in zip(self.looks, old, strict=True)
+        )
+
+    def release(self) -> None:
+        """Keep the looks, drop the tensors: a cached table holds no tensor of a step alive."""
+        self.kept()
+        self.columns, self.looks = [], ()
+
+    def kept(self) -> tuple[list[Any], ...]:
+        """The looks read into lists, to be compared with a later step's."""
+        if not self.kept_looks:
+            self.kept_looks = tuple(list(map(get, xs)) for get, xs in self.looks)
+        return self.kept_looks
+
+    def __getitem__(self, j: int) -> list[torch.Tensor]:
+        """Tensor j's buffers (``ChunkTable._retarget`` types a group's pointers by them)."""
+        return [column[j] for column in self.columns]
+
+
+def spans_overlap(low: np.ndarray, high: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether a nonempty span ``[starts[i], ends[i])`` overlaps one of the disjoint spans
+    ``[low[k], high[k])`` sorted by start (the buffers a step writes, which passed the checks):
+    vectorised, as the last written span starting before a span ends is its only candidate
+    (``np.searchsorted``). Byte addresses of one device; for moved gradients against the
+    weights and states (``ChunkTable.prepared``; the torch classes may do the same)."""
+    live = ends > starts
+    if not len(low) or not live.any():
+        return False
+    last = np.searchsorted(low, ends[live], side="left") - 1
+    return bool(np.any((last >= 0) & (high[np.maximum(last, 0)] > starts[live])))
+
+
+class _Prepared:
+    """A chunk table and the buffers it was built from, all checked (``ChunkTable.prepared``).
+
+    A later step reuses it when every buffer is a plain contiguous tensor with the same shape,
+    dtype and device as then (what every check of ``check_tensors`` depends on), the weights
+    and states at the same addresses; read-only buffers (gradients, inputs) may have moved:
+    then none may now overlap a buffer the step writes (a vectorised interval test over the
+    written buffers, sorted by address; any overlap found goes to the full checks, which name
+    it), and their pointer rows are rewritten in the cached table, which is uploaded again.
+    A moved buffer that changes a tensor's alignment class (``vectorisable``) rebuilds the
+    table."""
+
+    def __init__(self, found: _Signature, table: ChunkTable) -> None:
+        self.found = found
+        self.table = table
+        n, reads = found.n, found.reads
+        flat = list(chain.from_iterable(found.columns))
+        nbytes = np.array([x.numel() * x.element_size() for x in flat], dtype=np.int64)
+        starts = np.array(found.pointers, dtype=np.int64)
+        devices = {d: k for k, d in enumerate(dict.fromkeys(x.device for x in found.columns[0]))}
+        code = np.array([devices[w.device] for w in found.columns[0]], dtype=np.int64)
+        written = np.ones(len(flat), dtype=bool)
+        written[n : n * (1 + reads)] = False
+        codes = np.tile(code, len(found.columns))
+        live = written & (nbytes > 0)
+        # the written buffers of each device, sorted by address (disjoint: they passed)
+        self.written: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k in devices.values():
+            mine = live & (codes == k)
+            order = np.argsort(starts[mine], kind="stable")
+            self.written[k] = (starts[mine][order], (starts + nbytes)[mine][order])
+        self.read_bytes = nbytes[n : n * (1 + reads)]
+        self.read_codes = codes[n : n * (1 + reads)]
+        # each tensor's alignment class but for its read buffers, and whether it is in a group
+        sizes = nbytes[:n] // np.array([w.element_size() for w in found.columns[0]])
+        aligned = sizes % ChunkTable.VECTOR == 0
+        for k in [0, *range(1 + reads, len(found.columns))]:  # the written columns
+            aligned &= starts[k * n : (k + 1) * n] % ChunkTable.VECTOR == 0
+        self.base_aligned = aligned
+        self.nonempty = sizes > 0
+        self.aligned = aligned & self._reads_aligned(starts[n : n * (1 + reads)])
+
+    def _reads_aligned(self, reads: np.ndarray) -> np.ndarray:
+        return np.all(reads.reshape(-1, self.found.n) % ChunkTable.VECTOR == 0, axis=0)
+
+    @staticmethod
+    def signature(
+        weights: Sequence[Any],
+        grads: Sequence[Any],
+        states: Sequence[Any],
+        names: Sequence[str],
+        host_names: Sequence[str],
+        inputs: Sequence[dict[str, Any]] | None,
+        prechecked: bool,
+    ) -> _Signature | None:
+        """The step's buffers in one pass (C-level maps, no Python loop per tensor), or None
+        when they cannot be cached (a state that is not a plain dict with exactly the rule's
+        entries, a tensor subclass such as a DTensor, a strided or sparse buffer): checked in
+        full every call."""
+        n = len(weights)
+        try:
+            entries = {len(names) + len(host_names)}  # exactly the rule's (each read below)
+            plain = not set(map(type, states)) - {dict} and not set(map(len, states)) - entries
+            if not prechecked and not plain:
+                return None
+            columns = [list(weights), list(grads)]
+            if inputs:
+                columns += [list(map(itemgetter(k), inputs)) for k in inputs[0]]
+            reads = len(columns) - 1
+            columns += [list(map(itemgetter(k), states)) for k in names]
+            if n and not prechecked and host_names:
+                list(map(itemgetter(*host_names), states))  # every host state there
+            flat = list(chain.from_iterable(columns))
+            if set(map(type, flat)) - _PLAIN:
+                return None
+            pointers = list(map(_POINTER, flat))
+            if prechecked:
+                read = flat[: n * (1 + reads)]  # the weights, the gradients, the inputs
+                looks = ((_NUMEL, read), (_DEVICE, columns[0]), (_DTYPE, read))
+            else:
+                if not all(map(_CONTIGUOUS, flat)):
+                    return None
+                looks = ((_SHAPE, flat), (_DTYPE, flat), (_DEVICE, flat))
+        except (KeyError, IndexError, TypeError, RuntimeError, ValueError):
+            return None
+        return _Signature(n, reads, prechecked, interpreting(), columns, pointers, looks)
+
+    def reuse(self, new: _Signature) -> bool:
+        """Whether the cached table serves ``new``'s step (its read-only pointer rows rewritten
+        where they moved); False: rebuild, with every check."""
+        old = self.found
+        n = old.n
+        if (new.n, new.reads, new.prechecked, new.interpreting) != (
+            n,
+            old.reads,
+            old.prechecked,
+            old.interpreting,
+        ) or len(new.pointers) != len(old.pointers):
+            return False
+        split = n * (1 + old.reads)
+        if new.pointers[:n] != old.pointers[:n] or new.pointers[split:] != old.pointers[split:]:
+            return False  # another list of weights, or a weight or state moved
+        if not new.same_looks(old.kept_looks):
+            return False
+        if new.pointers[n:split] != old.pointers[n:split] and not self._moved(new):
+            return False
+        new.kept_looks = old.kept_looks
+        self.found = new
+        return True
+
+    def _moved(self, new: _Signature) -> bool:
+        """The read-only buffers moved: True when the table is rewritten for them, False when
+        the step must be checked in full (an overlap with a written buffer, to be named) or the
+        table rebuilt (a tensor's alignment class changed)."""
+        n, split = new.n, new.n * (1 + new.reads)
+        starts = np.array(new.pointers[n:split], dtype=np.int64)
+        aligned = self.base_aligned & self._reads_aligned(starts)
+        if not np.array_equal(aligned[self.nonempty], self.aligned[self.nonempty]):
+            return False
+        if not new.prechecked:
+            ends = starts + self.read_bytes
+            for code, (low, high) in self.written.items():
+                mine = self.read_codes == code
+                if spans_overlap(low, high, starts[mine], ends[mine]):
+                    return False
+        columns = starts.reshape(new.reads, n)
+        for group in self.table.groups:
+            m = len(group.members)  # rows 1 to reads: the read buffers' pointers
+            group.rewrite(m, (1 + new.reads) * m, columns[:, group.index].ravel())
+        return True
 
 
 # Kernel launches made through this module (tests count them).

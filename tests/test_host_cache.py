@@ -1,22 +1,27 @@
 """Host work that does not grow per step: the multi-tensor step's chunk table and checks are
-cached while no buffer changes (``ChunkTable.cached``, ``check_tensors_each``, the torch classes'
-``_checked_key``), host scalars computed once per distinct step count (``computed_each``). What
-changes per step must still reach the kernels (an lr schedule, bias corrections, Philox keys),
-and a buffer that changes must be checked again."""
+cached while no buffer changes but the gradients' addresses (``ChunkTable.prepared``, the torch
+classes' ``_checked_key``), host scalars computed once per distinct step count (``step_rows``,
+``computed_each``). What changes per step must still reach the kernels (an lr schedule, bias
+corrections, Philox keys, new gradients), and a buffer that changes must be checked again."""
 
 from __future__ import annotations
 
 import copy
+import gc
+import inspect
+import math
+import weakref
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE
 from test_torch_classes import TORCH_DIFFERS, network, torch_peer
 
 from generated.torch import RULES as CLASSES
-from generated.triton import adam, sgld
+from generated.triton import adam, sgld, torch_nadam
 from optgen_runtime.philox import tensor_seed
-from optgen_runtime.triton_support import ChunkTable, check_tensors
+from optgen_runtime.triton_support import ChunkTable, ScalarRows, host_rows, spans_overlap
 
 
 def test_an_lr_schedule_and_bias_corrections_reach_cached_tables() -> None:
@@ -42,21 +47,138 @@ def test_an_lr_schedule_and_bias_corrections_reach_cached_tables() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def _prepared(weights, grads, states, prechecked: bool = False) -> ChunkTable:
+    return ChunkTable.prepared(
+        "adam", weights, grads, states, adam.STATES, (), None, 1024, None, prechecked
+    )
+
+
 def test_the_chunk_table_is_reused_until_a_buffer_changes() -> None:
+    """The same buffers: the same table; gradients at new addresses: the same table with the
+    gradient pointer row rewritten (and uploaded again); a weight that moved or shrank: a new
+    table."""
     torch.manual_seed(0)
-    weights = [torch.randn(n, device=DEVICE) for n in (16, 40)]
+    weights = [torch.randn(n, device=DEVICE) for n in (16, 48)]  # one group: both vectorisable
     grads = [torch.randn_like(w) for w in weights]
     states = [adam.init_state(w) for w in weights]
-    tables = [
-        check_tensors("adam", w, g, s, adam.STATES)
-        for w, g, s in zip(weights, grads, states, strict=True)
+    first = _prepared(weights, grads, states)
+    assert _prepared(weights, grads, states) is first
+    (group,) = first.groups
+    rows = ScalarRows.of([[1.0], [2.0]])
+    uploaded, _ = first._tables(group, rows)
+    moved = [torch.randn_like(g) for g in grads]
+    assert _prepared(weights, moved, states) is first
+    assert group.meta[2:4].tolist() == [g.data_ptr() for g in moved]  # row 1: the gradients
+    assert group.meta[0:2].tolist() == [w.data_ptr() for w in weights]
+    assert group.stale == (2, 4)  # only that row goes to the device, into the same table
+    meta, scalars = first._tables(group, rows)
+    assert meta is uploaded and meta.tolist() == group.meta.tolist() and group.stale is None
+    assert scalars[:2].tolist() == [1.0, 2.0] and scalars.data_ptr() % 16 == 0
+    assert _prepared([weights[0], torch.randn(48, device=DEVICE)], moved, states) is not first
+    shrunk = [weights[0], weights[1][:-16]]  # same addresses, fewer elements
+    shrunk_states = [states[0], {k: v[:-16] for k, v in states[1].items()}]
+    assert _prepared(shrunk, [moved[0], moved[1][:-16]], shrunk_states) is not first
+
+
+def test_a_moved_gradient_is_read_at_its_new_address() -> None:
+    """New gradient tensors every step (``zero_grad()`` and a backward pass), the old ones still
+    alive with other values: step_multi (both with its own checks and prechecked) gives the bits
+    of one ``step`` per tensor, step after step, and launches once: the cached table read the
+    new addresses. A gradient moved off a 16-byte boundary puts its tensor in the scalar
+    variant's launch (the table rebuilt), still with the same bits."""
+    torch.manual_seed(4)
+    for prechecked in (False, True):
+        ChunkTable._cache.clear()
+        weights = [torch.randn(n, device=DEVICE) for n in (32, 1040, 64)]
+        singles = [w.clone() for w in weights]
+        states = [adam.init_state(w) for w in weights]
+        single_states = copy.deepcopy(states)
+        kept = []
+        for t in range(1, 5):
+            grads = [torch.randn_like(w) for w in weights]
+            if t == 4:  # 4 bytes past a 16-byte boundary: not vectorisable
+                grads[2] = torch.randn(65, device=DEVICE)[1:]
+            kept.append(grads)
+            launches = adam.step_multi(weights, grads, states, t, lr=0.1, prechecked=prechecked)
+            assert launches == (2 if t == 4 else 1)
+            for w, g, s in zip(singles, grads, single_states, strict=True):
+                adam.step(w, g, s, t, lr=0.1)
+            assert all(torch.equal(a, b) for a, b in zip(weights, singles, strict=True)), t
+
+
+def _bad_grads(weights, states) -> list[tuple[list[torch.Tensor], type, str]]:
+    """Gradient lists, each with one bad gradient, the error and the words that name it."""
+    good = [torch.randn_like(w) for w in weights]
+
+    def but(j: int, g: torch.Tensor) -> list[torch.Tensor]:
+        return [g if k == j else x for k, x in enumerate(good)]
+
+    return [
+        (but(1, torch.randn(4, 3, device=DEVICE)), ValueError, "grad shape is \\(4, 3\\)"),
+        (but(0, good[0].double()), TypeError, "grad dtype must be"),
+        (but(1, torch.empty(4, 4, device="meta")), ValueError, "grad is on meta"),
+        (but(1, states[1]["mean"]), ValueError, "grad and state\\['mean'\\] share memory"),
+        (
+            but(0, states[1]["var"]),
+            ValueError,
+            "tensor 0's grad and tensor 1's state\\['var'\\] share memory"
+            "|tensor 1's state\\['var'\\] and tensor 0's grad share memory",
+        ),
+        (
+            but(2, weights[0].view(-1)[4:].view(4, 3)),  # the tail of another weight
+            ValueError,
+            "tensor 0's weight and tensor 2's grad share memory",
+        ),
     ]
-    first = ChunkTable.cached(tables, 1024, [() for _ in tables])
-    assert ChunkTable.cached(tables, 1024, [() for _ in tables]) is first
-    moved = [torch.randn(40, device=DEVICE), tables[1][1], *tables[1][2:]]
-    assert ChunkTable.cached([tables[0], moved], 1024, [(), ()]) is not first
-    reshaped = [t[:-16] for t in tables[1]]  # same addresses, fewer elements
-    assert ChunkTable.cached([tables[0], reshaped], 1024, [(), ()]) is not first
+
+
+def test_a_replaced_gradient_is_checked_again() -> None:
+    """Between two steps whose buffers were cached, a gradient replaced by one of another shape,
+    dtype or device, or one that overlaps a buffer the step writes (a state of its own tensor or
+    of another, another tensor's weight), is refused as on a first step, naming it, with nothing
+    written; then a good list of new gradients steps again."""
+    torch.manual_seed(5)
+    weights = [torch.randn(4, 4, device=DEVICE), torch.randn(4, 4, device=DEVICE)]
+    weights.append(torch.randn(4, 3, device=DEVICE))
+    states = [adam.init_state(w) for w in weights]
+    for t in (1, 2):
+        adam.step_multi(weights, [torch.randn_like(w) for w in weights], states, t)
+    for grads, error, words in _bad_grads(weights, states):
+        before = [w.clone() for w in weights], copy.deepcopy(states)
+        with pytest.raises(error, match=words):
+            adam.step_multi(weights, grads, states, 3)
+        assert all(torch.equal(a, b) for a, b in zip(weights, before[0], strict=True))
+        for s, b in zip(states, before[1], strict=True):
+            assert all(torch.equal(s[k], b[k]) for k in s)
+    adam.step_multi(weights, [torch.randn_like(w) for w in weights], states, 3)
+
+
+def test_a_fresh_table_is_checked_even_when_prechecked() -> None:
+    """``prechecked=True`` skips checks only on a table built from checked buffers: a call whose
+    buffers are new is checked in full and refused, naming the culprit."""
+    torch.manual_seed(6)
+    weights = [torch.randn(8, device=DEVICE) for _ in range(2)]
+    states = [adam.init_state(w) for w in weights]
+    grads = [torch.randn_like(weights[0]), weights[0]]
+    with pytest.raises(ValueError, match="share memory"):
+        adam.step_multi(weights, grads, states, 1, prechecked=True)
+    adam.step_multi(weights, [torch.randn_like(w) for w in weights], states, 1, prechecked=True)
+    with pytest.raises(ValueError, match="grad shape"):
+        adam.step_multi(weights, [grads[0], torch.randn(7)], states, 2, prechecked=True)
+
+
+def test_a_cached_table_keeps_no_tensor_alive() -> None:
+    """The cache holds addresses, not tensors: a step's gradients are freed once the caller
+    drops them (set_to_none), so the cache costs no device memory."""
+    weights = [torch.randn(16, device=DEVICE) for _ in range(3)]
+    states = [adam.init_state(w) for w in weights]
+    for t in (1, 2):
+        grads = [torch.randn_like(w) for w in weights]
+        refs = [weakref.ref(g) for g in grads]
+        adam.step_multi(weights, grads, states, t)
+        del grads
+        gc.collect()
+        assert all(r() is None for r in refs), t
 
 
 def test_philox_keys_change_in_a_cached_table() -> None:
@@ -123,3 +245,73 @@ def test_host_bench_runs_and_restores_the_stubs() -> None:
     assert row["ours_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] > 0
     assert torch._foreach_mul_ is real and ChunkTable._launch is launch
     assert len(host_bench.gpt2_small_shapes()) == 148
+
+
+def test_host_states_are_read_once_and_checked_as_before() -> None:
+    """A rule whose host scalars take the host states (NAdam's ``mu_product``) reads them as one
+    column per state: a NaN, a bool or a missing one is refused naming it, before anything is
+    written; the values that differ per tensor give each tensor its own row and new state."""
+    weights = [torch.randn(8, device=DEVICE) for _ in range(3)]
+    grads = [torch.randn_like(w) for w in weights]
+    states = [torch_nadam.init_state(w) for w in weights]
+    before = [w.clone() for w in weights]
+    for bad, error, words in (
+        (math.nan, ValueError, "host state mu_product must be a finite float, got nan"),
+        (True, ValueError, "host state mu_product must be a finite float, got True"),
+        (None, ValueError, "state has no host state 'mu_product'"),
+    ):
+        broken = [dict(s) for s in states]
+        if bad is None:
+            del broken[2]["mu_product"]
+        else:
+            broken[2]["mu_product"] = bad
+        with pytest.raises(error, match=words):
+            torch_nadam.step_multi(weights, grads, broken, 1)
+        assert all(torch.equal(a, b) for a, b in zip(weights, before, strict=True))
+    states[1]["mu_product"] = 0.5
+    singles, single_states = [w.clone() for w in weights], copy.deepcopy(states)
+    torch_nadam.step_multi(weights, grads, states, 2)
+    for w, g, s in zip(singles, grads, single_states, strict=True):
+        torch_nadam.step(w, g, s, 2)
+    assert all(torch.equal(a, b) for a, b in zip(weights, singles, strict=True))
+    assert [s["mu_product"] for s in states] == [s["mu_product"] for s in single_states]
+    assert states[0]["mu_product"] != states[1]["mu_product"]
+
+
+def test_host_rows_tell_zero_from_minus_zero() -> None:
+    """0.0 and -0.0 are one dict key; host code may tell them apart (``copysign``): each gets
+    its own row, and a state's new value is its own."""
+
+    def host_code(t: int, h: float) -> tuple[tuple[float, ...], dict[str, float]]:
+        return (math.copysign(1.0, h) * t,), {"h": h}
+
+    rows, new = host_rows("r", host_code, [1, 1, 1], ["h"], [[0.0, -0.0, 0.0]], {"s": "s"})
+    assert rows.table()[:3].tolist() == [1.0, -1.0, 1.0]
+    assert [math.copysign(1.0, n["h"]) for n in new] == [1.0, -1.0, 1.0]
+    rows, new = host_rows("r", host_code, [1, 2, 1], ["h"], [[3.0, 3.0, 3.0]], {"s": "s"})
+    assert rows.table()[:3].tolist() == [1.0, 2.0, 1.0] and len(rows.rows) == 2
+
+
+def test_spans_overlap_agrees_with_a_pairwise_test() -> None:
+    """The vectorised interval test of moved gradients against the written buffers, on random
+    spans (touching ones do not overlap, empty ones never do), against the pairwise test."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        cuts = np.sort(rng.choice(200, size=2 * rng.integers(0, 6), replace=False))
+        low, high = cuts[0::2], cuts[1::2]  # disjoint, sorted: as written buffers are
+        starts = rng.integers(0, 210, size=rng.integers(1, 4))
+        ends = starts + rng.integers(0, 12, size=len(starts))
+        pairwise = any(
+            s < hi and lo < e
+            for s, e in zip(starts, ends, strict=True)
+            if e > s
+            for lo, hi in zip(low, high, strict=True)
+        )
+        assert spans_overlap(low, high, starts, ends) == pairwise
+
+
+def test_every_triton_step_multi_takes_prechecked() -> None:
+    """The torch classes may pass ``prechecked=True`` to any rule's Triton ``step_multi``
+    (the rules with row or column vectors and the matrix rules take it and check anyway)."""
+    for name, cls in CLASSES.items():
+        assert "prechecked" in inspect.signature(cls.TRITON.step_multi).parameters, name

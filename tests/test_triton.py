@@ -259,9 +259,9 @@ def _carried(rule_name: str) -> bool:
 
 def test_step_multi_matches_per_tensor_steps(rule_name: str) -> None:
     """One launch per dtype combination (one more for a reduction phase) covers tensors at
-    different step counts, with different host states, noise streams and an empty tensor; the
-    results are bit-identical to one ``step`` per tensor (with ``tensor_seed(seed, stream id)``
-    as its seed for a rule with random draws)."""
+    different step counts, with different host states, noise streams and an empty tensor, and
+    new gradients on the second step; the results are bit-identical to one ``step`` per tensor
+    (with ``tensor_seed(seed, stream id)`` as its seed for a rule with random draws)."""
     trm = triton_module(rule_name)
     if RULES[rule_name].group_reductions:
         pytest.skip("group reductions: step_multi is one group (tests/test_group_reductions.py)")
@@ -279,6 +279,8 @@ def test_step_multi_matches_per_tensor_steps(rule_name: str) -> None:
     stream_ids = [5, 0, 9, 3, 1]
     seed = hp.get("seed", trm.HYPERPARAMS.get("seed"))
     for step in range(3):
+        if step == 1:  # new gradients (zero_grad, backward): the cached table reads them
+            grads = [torch.randn_like(g) for g in grads]
         ts = [start + step for start in starts]
         LAUNCHES["count"] = 0
         extra = _multi_inputs(trm, weights, step + 1)

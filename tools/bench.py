@@ -118,12 +118,19 @@ def scratch_bound(n: int, chunk: int, per_element: int) -> int:
     return max(workers, 1) * (chunk if workers > 1 else min(n, chunk)) * per_element
 
 
-def timed(fn: Callable[[], object], steps: int) -> list[float]:
-    """Milliseconds of each of ``steps`` calls, after WARMUP untimed calls."""
+def timed(
+    fn: Callable[[], object], steps: int, setup: Callable[[], object] | None = None
+) -> list[float]:
+    """Milliseconds of each of ``steps`` calls, after WARMUP untimed calls; ``setup`` (untimed)
+    before each call."""
     for _ in range(WARMUP):
+        if setup is not None:
+            setup()
         fn()
     times = []
     for _ in range(steps):
+        if setup is not None:
+            setup()
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)

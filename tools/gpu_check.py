@@ -126,8 +126,9 @@ def fits(needed: int, free: int, margin: float = 1.2) -> bool:
 def bit_checks(
     rules: list[str], device: str = "cuda", sizes: tuple[int, ...] = (16, 1 << 16, 1000003, 7)
 ) -> list[dict[str, Any]]:
-    """step_multi against one step per tensor and against the scalar variant, on CUDA (or on
-    ``device`` under the interpreter: tests/test_gpu_check.py runs it so, with small sizes)."""
+    """step_multi against one step per tensor and against the scalar variant, with new gradients
+    from step 2 on, on CUDA (or on ``device`` under the interpreter: tests/test_gpu_check.py
+    runs it so, with small sizes)."""
     import copy
     import importlib
 
@@ -146,6 +147,8 @@ def bit_checks(
         weights = [torch.randn(n, device=device) for n in sizes] + [base[1:4097]]
         weights.append(torch.randn(1 << 12, device=device, dtype=torch.bfloat16))
         grads = [torch.randn_like(w) * 1e-2 for w in weights]
+        # new gradients from step 2 on: the cached table's pointer rows rewritten on the device
+        moved = [torch.randn_like(g) * 1e-2 for g in grads]
         aligned = [vectorisable([w, g]) for w, g in zip(weights, grads, strict=True)]
         seed = trm.HYPERPARAMS.get("seed")
         runs = {}
@@ -159,12 +162,13 @@ def bit_checks(
                 triton_support.vectorisable = lambda buffers: False
             try:
                 for t in (1, 2, 3):
+                    gs = grads if t == 1 else moved
                     if mode == "single":
-                        for j, (w, g, s) in enumerate(zip(ws, grads, states, strict=True)):
+                        for j, (w, g, s) in enumerate(zip(ws, gs, states, strict=True)):
                             own = {"seed": tensor_seed(seed, j)} if trm.DRAWS else {}
                             trm.step(w, g, s, t, **OURS[rule], **own)
                     else:
-                        trm.step_multi(ws, grads, states, t, **OURS[rule])
+                        trm.step_multi(ws, gs, states, t, **OURS[rule])
             finally:
                 triton_support.vectorisable = saved
             if device == "cuda":

@@ -10,11 +10,15 @@ with the device work stubbed: our multi-tensor launch (``ChunkTable._launch``) a
 ``torch._foreach_*`` calls on parameter-sized tensors return at once (its step counters, CPU
 scalars, still advance). What is left is the host work a GPU would wait on
 (or overlap): it must not grow per tensor with the step once nothing changed, since the chunk
-table is cached (``ChunkTable.cached``) and the host scalars computed once per distinct step count
-(``computed_each``). Parameters are CPU tensors (``TRITON_INTERPRET=1`` lets the Triton backend
-take them; nothing is interpreted, as nothing is launched); on CUDA the one small table upload per
-step adds a pinned host-to-device copy. Medians of ``--steps`` steps after 3 warm-up steps; the
-first step (tables built) is reported on its own.
+table is cached (``ChunkTable.prepared``) and the host scalars computed once per distinct step
+count (``step_rows``). Each list is timed twice: with the gradients kept from step to step
+(``zero_grad(set_to_none=False)``), and with new gradient tensors before every step, at new
+addresses (what ``zero_grad()`` and a backward pass give; made untimed, the last step's kept
+alive so the new ones land elsewhere); ``module ms`` is the generated module's ``step_multi``
+alone on the same tensors. Parameters are CPU tensors (``TRITON_INTERPRET=1`` lets the Triton
+backend take them; nothing is interpreted, as nothing is launched); on CUDA the one small table
+upload per step adds a pinned host-to-device copy. Medians of ``--steps`` steps after 3 warm-up
+steps; the first step (tables built) is reported on its own.
 """
 
 from __future__ import annotations
@@ -97,12 +101,46 @@ def stubbed() -> Iterator[dict[str, int]]:
             setattr(torch, n, f)
 
 
-def timed_steps(step: Callable[[], object], steps: int) -> tuple[float, float]:
-    """(first step, median of ``steps`` after WARMUP more: ``tools.bench.timed``) in ms."""
+def timed_steps(
+    step: Callable[[], object], steps: int, setup: Callable[[], object] | None = None
+) -> tuple[float, float]:
+    """(first step, median of ``steps`` after WARMUP more: ``tools.bench.timed``) in ms;
+    ``setup`` (untimed) before each step."""
+    if setup is not None:
+        setup()
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
-    return first * 1e3, statistics.median(each_call(step, steps))
+    return first * 1e3, statistics.median(each_call(step, steps, setup))
+
+
+# The two ways gradients reach a step: suffix of the result keys, and the report's word.
+SCENARIOS = {"": "kept", "_new": "new"}
+
+
+def module_ms(params: list[Any], steps: int, setup: Callable[[], object] | None) -> float:
+    """Median ms of the generated Triton module's ``step_multi`` alone (its own checks, the
+    chunk table, the host scalars; launches stubbed by the caller) on ``params`` and their
+    gradients: the module's share of the class's step."""
+    import torch
+
+    from generated.triton import adam
+
+    weights = [p.detach() for p in params]
+    states = [adam.init_state(w) for w in weights]
+    grads: list[torch.Tensor] = []
+    count = [0]
+
+    def gather() -> None:
+        if setup is not None:
+            setup()
+        grads[:] = [p.grad for p in params]
+        count[0] += 1
+
+    def step() -> None:
+        adam.step_multi(weights, grads, states, count[0], lr=1e-3)
+
+    return timed_steps(step, steps, gather)[1]
 
 
 def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
@@ -116,17 +154,30 @@ def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
         p.grad = torch.empty_like(p)
     hp = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
     out: dict[str, Any] = {"tensors": len(params), "parameters": sum(p.numel() for p in params)}
-    with stubbed() as counts:
-        ours = Adam(params, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, backend="triton")
-        out["ours_first_ms"], out["ours_ms"] = timed_steps(ours.step, steps)
-        out["ours_launches"] = counts["ours"] / (1 + WARMUP + steps)
-        del ours
-        peer = torch.optim.Adam(params, foreach=True, **hp)
-        out["torch_first_ms"], out["torch_ms"] = timed_steps(peer.step, steps)
-        out["torch_foreach_calls"] = counts["torch"] / (1 + WARMUP + steps)
-        del peer
-    out["ratio"] = out["ours_ms"] / out["torch_ms"]
-    out["ours_us_per_tensor"] = out["ours_ms"] * 1e3 / len(params)
+    held: list[torch.Tensor] = []
+
+    def new_grads() -> None:
+        held[:] = [p.grad for p in params]  # alive: the new gradients land elsewhere
+        for p in params:
+            p.grad = torch.empty_like(p)
+
+    for key in SCENARIOS:
+        setup = new_grads if key else None
+        with stubbed() as counts:
+            ours = Adam(params, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, backend="triton")
+            out[f"ours_first_ms{key}"], out[f"ours_ms{key}"] = timed_steps(ours.step, steps, setup)
+            out[f"ours_launches{key}"] = counts["ours"] / (1 + WARMUP + steps)
+            del ours
+            peer = torch.optim.Adam(params, foreach=True, **hp)
+            out[f"torch_first_ms{key}"], out[f"torch_ms{key}"] = timed_steps(
+                peer.step, steps, setup
+            )
+            out[f"torch_foreach_calls{key}"] = counts["torch"] / (1 + WARMUP + steps)
+            del peer
+            out[f"module_ms{key}"] = module_ms(params, steps, setup)
+        held.clear()
+        out[f"ratio{key}"] = out[f"ours_ms{key}"] / out[f"torch_ms{key}"]
+        out[f"ours_us_per_tensor{key}"] = out[f"ours_ms{key}"] * 1e3 / len(params)
     return out
 
 
@@ -142,16 +193,20 @@ def report(rows: list[dict[str, Any]], steps: int) -> str:
     lines = [
         f"Host time of Adam's step(), launches stubbed (median of {steps} steps; first step "
         "apart):",
-        f"{'list':32s} {'ours ms':>8s} {'torch ms':>9s} {'ratio':>6s} {'us/tensor':>9s} "
-        f"{'ours 1st':>9s} {'torch 1st':>9s}",
+        f"{'list':32s} {'grads':5s} {'ours ms':>8s} {'torch ms':>9s} {'ratio':>6s} "
+        f"{'us/tensor':>9s} {'ours 1st':>9s} {'torch 1st':>9s} {'module ms':>9s}",
     ]
     for r in rows:
-        lines.append(
-            f"{r['list']:32s} {r['ours_ms']:8.3f} {r['torch_ms']:9.3f} {r['ratio']:6.2f} "
-            f"{r['ours_us_per_tensor']:9.2f} {r['ours_first_ms']:9.2f} {r['torch_first_ms']:9.2f}"
-        )
+        for key, word in SCENARIOS.items():
+            lines.append(
+                f"{r['list'] if not key else '':32s} {word:5s} {r[f'ours_ms{key}']:8.3f} "
+                f"{r[f'torch_ms{key}']:9.3f} {r[f'ratio{key}']:6.2f} "
+                f"{r[f'ours_us_per_tensor{key}']:9.2f} {r[f'ours_first_ms{key}']:9.2f} "
+                f"{r[f'torch_first_ms{key}']:9.2f} {r[f'module_ms{key}']:9.3f}"
+            )
     lines.append(
         "ours: generated.torch.Adam(backend='triton'); torch: torch.optim.Adam(foreach=True); "
-        "ratio = ours / torch"
+        "ratio = ours / torch; grads kept from step to step, or new tensors before every step;\n"
+        "module: generated.triton.adam.step_multi alone on the same tensors (its own checks)"
     )
     return "\n".join(lines)

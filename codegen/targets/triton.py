@@ -184,12 +184,18 @@ def context(lowered: Lowered) -> dict[str, object]:
         [] if matrix else [phase_context(lowered, k, printer, pointers) for k in range(1, count)]
     )
     kinds = set(rule.reduction_kinds.values())
+    # host scalars that vary by more than the step count: a row per tensor (computed_each)
+    per_tensor_scalars = bool(rule.host_states or phases or rule.sizes)
+    # ... but for the host states alone: a column per host state (host_columns, host_rows)
+    host_only = bool(rule.host_states and not phases and not rule.sizes)
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
     if matrix:
         support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
     else:
-        support += ["ChunkTable", "check_tensors_each", "launch"]
+        support += ["ChunkTable", "launch"]
+        support += [] if per_tensor_scalars else ["step_rows"]
+        support += ["host_columns", "host_rows"] if host_only else []
         support += ["reduce_sums"] if phases else []
         support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
@@ -216,6 +222,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         "doc": rule.doc,
         # host states fed by the step's sums may turn NaN: checked before any write
         "host_fed": bool(rule.host_states and rule.scalar_reductions),
+        "per_tensor_scalars": per_tensor_scalars,
+        "host_only": host_only,
         "rules_names": rules_names,
         "exports": sorted([*rules_names, "init_state", "step", "step_multi"], key=natural),
         "buffers": buffers,
@@ -262,7 +270,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "tensor_ints_code": (
             f"[({key}, _o) for _k, _tj, _o in zip(streams, ts, offsets, strict=True)]"
             if lowered.draws
-            else "[() for _ in streams]"
+            else "None"
         ),
         "ints_comment": (
             "the Philox keys, as ``step`` makes them, and the noise offsets"

@@ -647,6 +647,7 @@ def step_multi(
     *,
     stream_ids: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
+    prechecked: bool = False,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -655,6 +656,8 @@ def step_multi(
     updated by ``step``: a rule with row or column vectors shapes its sweeps by each tensor's
     (batch, rows, cols) view, so there is no one launch for many tensors. ``amp`` (a device-side
     GradScaler state) is not taken: unscale the gradients, or skip the step, before calling.
+    ``prechecked`` is taken for one API with the other rules' ``step_multi``; every tensor is
+    checked either way.
     """
     if not (len(weights) == len(grads) == len(states)):
         raise ValueError(

@@ -258,12 +258,15 @@ def step_multi(
     *,
     stream_ids: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
+    prechecked: bool = False,
     **hyperparams: Any,
 ) -> int:
     """``step`` on each weight (``t``: one step count, or one per weight), after checking all of
     them: nothing is written if one is bad. Returns the number of weights updated.
     ``stream_ids``: checked (the rule draws no noise); ``amp`` (GradScaler's flags on the device)
-    is refused: a rule with reductions reads GradScaler's state on the host instead."""
+    is refused: a rule with reductions reads GradScaler's state on the host instead.
+    ``prechecked`` is taken for one API with the other rules' ``step_multi``; every weight is
+    checked either way."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     if not len(weights) == len(grads) == len(states):
         raise ValueError(

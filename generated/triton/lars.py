@@ -39,12 +39,11 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
+from optgen_runtime.scalars import check_scalars, checked_each, computed, computed_each, distinct
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
-    check_tensors_each,
     check_weight,
     launch,
     reduce_sums,
@@ -373,6 +372,7 @@ def step_multi(
     *,
     stream_ids: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
+    prechecked: bool = False,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -393,6 +393,14 @@ def step_multi(
     the gradient by inv_scale after loading it and writes nothing where found_inf != 0, with no
     host sync; None is [0, 1] (bit-identical to no scaler). The host states and the step count
     advance either way: a caller skipping on found_inf rolls them back itself.
+
+    The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
+    those of an earlier one, but for the gradients' addresses, reads each buffer once and
+    rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
+    buffer passed the checks ``check_tensors`` and ``check_across`` make (the torch classes
+    check every parameter, its state and every buffer of the step before any write); they are
+    then skipped on a reused table (hyperparameters, step counts and host scalars are still
+    checked, and a table is never built unchecked).
     """
     if not (len(weights) == len(grads) == len(states)):
         raise ValueError(
@@ -400,22 +408,23 @@ def step_multi(
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    streams = stream_indices(RULE, stream_ids, len(weights))
+    stream_indices(RULE, stream_ids, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES)
     # The per-tensor integers of the meta table: none.
-    ints = [() for _ in streams]
-    chunks = ChunkTable.cached(tables, BLOCK_SIZE, ints)
-    sums: list[dict[str, float]] = [{} for _ in tables]
-    pre = [
-        check_scalars(
-            RULE,
-            REDUCE_SCALARS,
-            computed(RULE, reduction_scalars, _tj, **hp, **_host, **_sums),
-            torch.float32,
-        )
-        for _tj, _host, _sums in zip(ts, hosts, sums, strict=True)
-    ]
+    ints = None
+    chunks = ChunkTable.prepared(
+        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+    )
+    sums: list[dict[str, float]] = [{} for _ in weights]
+    # computed and checked once per distinct (step count, host states, sums)
+    pre = checked_each(
+        RULE,
+        REDUCE_SCALARS,
+        reduction_scalars,
+        ts,
+        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
+        **hp,
+    )
     for _sums, _new in zip(
         sums,
         chunks.reduce(lars_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "g_sq"]),
@@ -433,6 +442,4 @@ def step_multi(
     for _scalars, _host_new in distinct(new):
         check_scalars(RULE, SCALARS, _scalars, torch.float32)
     chunks.update(lars_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
-    for _s, (_, host_new) in zip(states, new, strict=True):
-        _s.update(host_new)
     return chunks.launches

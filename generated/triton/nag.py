@@ -47,15 +47,9 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
+from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    ChunkTable,
-    check_tensors,
-    check_tensors_each,
-    check_weight,
-    launch,
-)
+from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch, step_rows
 
 from ..rules.nag import (
     DRAWS,
@@ -293,6 +287,7 @@ def step_multi(
     *,
     stream_ids: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
+    prechecked: bool = False,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -310,6 +305,14 @@ def step_multi(
     the gradient by inv_scale after loading it and writes nothing where found_inf != 0, with no
     host sync; None is [0, 1] (bit-identical to no scaler). The host states and the step count
     advance either way: a caller skipping on found_inf rolls them back itself.
+
+    The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
+    those of an earlier one, but for the gradients' addresses, reads each buffer once and
+    rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
+    buffer passed the checks ``check_tensors`` and ``check_across`` make (the torch classes
+    check every parameter, its state and every buffer of the step before any write); they are
+    then skipped on a reused table (hyperparameters, step counts and host scalars are still
+    checked, and a table is never built unchecked).
     """
     if not (len(weights) == len(grads) == len(states)):
         raise ValueError(
@@ -317,24 +320,13 @@ def step_multi(
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    streams = stream_indices(RULE, stream_ids, len(weights))
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES)
+    stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.
-    ints = [() for _ in streams]
-    chunks = ChunkTable.cached(tables, BLOCK_SIZE, ints)
-    sums: list[dict[str, float]] = [{} for _ in tables]
-    # computed once per distinct (step count, host states, sums): mostly once per call
-    new = computed_each(
-        RULE,
-        host_scalars,
-        ts,
-        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
-        **hp,
+    ints = None
+    chunks = ChunkTable.prepared(
+        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
     )
-    for _scalars, _host_new in distinct(new):
-        check_scalars(RULE, SCALARS, _scalars, torch.float32)
-    chunks.update(nag_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
-    for _s, (_, host_new) in zip(states, new, strict=True):
-        _s.update(host_new)
+    # The host scalars depend on the step count alone: once per distinct count, broadcast.
+    rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
+    chunks.update(nag_multi_kernel, rows, RULE, amp)
     return chunks.launches

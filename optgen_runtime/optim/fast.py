@@ -36,6 +36,7 @@ import torch
 from optgen_runtime.common import host_state_values
 from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_support import spans_overlap
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 SMALL = 64  # gradients compared one by one below this many; vectorised above
@@ -226,8 +227,15 @@ class FastStep:
         for view, s in zip(part.views, part.states, strict=True) if host else ():
             view.update({key: s[key] for key in host})
         arrays = {"noise_offsets": part.offsets} if self.META.DRAWS else {}
-        self.TRITON.step_multi(
-            part.weights, grads, part.views, counts, stream_ids=part.streams, **hp, **arrays
+        self.TRITON.step_multi(  # every buffer checked: by the full step, then _survey
+            part.weights,
+            grads,
+            part.views,
+            counts,
+            stream_ids=part.streams,
+            prechecked=True,
+            **hp,
+            **arrays,
         )
         for view, s in zip(part.views, part.states, strict=True) if host else ():
             for key in host:
@@ -273,10 +281,7 @@ class FastStep:
             plan.clear = flat
             return True
         begin = np.array(flat, dtype=np.int64)
-        end = begin + plan.grad_bytes
-        at = np.searchsorted(plan.written_starts, end, side="left") - 1
-        clear = (at < 0) | (plan.written_ends[np.maximum(at, 0)] <= begin) | (end == begin)
-        if not clear.all():
+        if spans_overlap(plan.written_starts, plan.written_ends, begin, begin + plan.grad_bytes):
             return False
         plan.clear = flat
         return True

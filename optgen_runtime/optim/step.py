@@ -421,8 +421,17 @@ class Stepping:
         }
         if self.META.DRAWS:  # each element at its index in the full tensor
             arrays["noise_offsets"] = [self._noise_offset(p) for p in params]
-        self.TRITON.step_multi(
-            weights, grads, views, ts, stream_ids=streams, amp=amp, **hp, **arrays, **given.scalars
+        self.TRITON.step_multi(  # every buffer checked in _plans, before any write
+            weights,
+            grads,
+            views,
+            ts,
+            stream_ids=streams,
+            amp=amp,
+            prechecked=True,
+            **hp,
+            **arrays,
+            **given.scalars,
         )
         for p, state, v in zip(params, states, views, strict=True):
             self._finish(p, state, v)
