@@ -227,9 +227,9 @@ def context(lowered: Lowered) -> dict[str, object]:
             "memo": not (rule.host_states or lowered.summands),
             "host_names": [s.name for s in lowered.update_scalars],
             "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.update_scalars)],
-            "ops": printer.lines(lowered.ops),
-            "unclamped": NumbaOpPrinter(copies).lines(lowered.ops) if copies else [],
-            "unclamped_if": unclamped_if,
+            # the update loops: without the clamps when every bound is infinite, then in full
+            "loops": [(unclamped_if, NumbaOpPrinter(copies).lines(lowered.ops))] * bool(copies)
+            + [("", printer.lines(lowered.ops))],
             "phases": phases,
         }
         | {"uses_math": code.uses_math}

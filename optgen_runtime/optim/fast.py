@@ -35,7 +35,6 @@ import torch
 
 from optgen_runtime.common import host_state_values
 from optgen_runtime.numba_support import Buffers
-from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import spans_overlap
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -242,26 +241,18 @@ class FastStep:
                 s[key] = float(view[key])
 
     def _check_fast_scalars(self, resolved: dict[str, float], ts: list[int], part: Group) -> None:
-        """The group's kernel scalars computed and range-checked (as ``_check_scalars``) once
-        per distinct step count and kernel dtype (and host states); rules with reductions are
-        checked by the module once its sums are known, before it writes."""
-        meta, name = self.META, type(self).__name__
-        if meta.REDUCTIONS:
-            return
-        if not meta.HOST_STATES:
-            for t, dtype in sorted(set(zip(ts, part.dtypes, strict=True)), key=str):
-                scalars, _ = computed(name, meta.host_scalars, t, **resolved)
-                check_scalars(name, meta.SCALARS, scalars, dtype)
-            return
-        done = set()
-        for t, dtype, s in zip(ts, part.dtypes, part.states, strict=True):
-            host = host_state_values(name, s, meta.HOST_STATES)
-            seen = (t, dtype, *host.items())
-            if seen in done and all(v == v and v != 0 for v in host.values()):
-                continue  # (0.0 and -0.0, or NaNs, are never taken for one another)
-            done.add(seen)
-            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host)
-            check_scalars(name, meta.SCALARS, scalars, dtype)
+        """The group's kernel scalars checked as the full step checks them
+        (``_check_scalar_rows``): rows of distinct (step count, dtype) where there are no host
+        states, else one per tensor with its host states (read and checked here)."""
+        name, host = type(self).__name__, self.META.HOST_STATES
+        if host:
+            rows = [
+                (t, dtype, host_state_values(name, s, host), {})
+                for t, dtype, s in zip(ts, part.dtypes, part.states, strict=True)
+            ]
+        else:
+            rows = [(t, dtype, {}, {}) for t, dtype in set(zip(ts, part.dtypes, strict=True))]
+        self._check_scalar_rows(resolved, rows, {})
 
     @staticmethod
     def _grads_clear(plan: Plan, pointers: list[list[int]]) -> bool:

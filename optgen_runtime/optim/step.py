@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -215,31 +215,44 @@ class Stepping:
 
     def _check_scalars(self, hp: dict[str, Any], params: list[torch.Tensor], given: Given) -> None:
         """The kernel scalars of each parameter's step, computed and range-checked as the
-        modules do (``optgen_runtime.scalars``) but before anything is written. Rules with
+        modules do (``optgen_runtime.scalars``) but before anything is written."""
+
+        def rows() -> Iterator[tuple[int, Any, dict[str, Any], dict[str, int]]]:
+            for p in params:
+                state = self.state.get(p) or {}
+                if self.META.HOST_STATES and not state:
+                    continue  # a first step: the module checks with the initial host states
+                t = int(state["step"]) + 1 if state else 1
+                host = {key: state[key] for key in self.META.HOST_STATES}
+                sizes = {"numel": p.numel()} if self.META.SIZES else {}
+                dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
+                yield t, dtype, host, sizes
+
+        self._check_scalar_rows(self._check(hp), rows(), given.scalars)
+
+    def _check_scalar_rows(
+        self,
+        resolved: dict[str, float],
+        rows: Iterable[tuple[int, Any, dict[str, Any], dict[str, int]]],
+        given: dict[str, float],
+    ) -> None:
+        """Each (step count, kernel dtype, host states, sizes) row's kernel scalars computed and
+        range-checked, each distinct row once (mostly once per group), with the metadata of
+        the update that runs (a rule's absent-state variant: its own scalars). Rules with
         reductions need the step's sums first: their modules check once the sums are known."""
         meta, name = self.META, type(self).__name__
         if meta.REDUCTIONS:
             return
-        resolved = self._check(hp)
         if self._absent(resolved):  # the variant's scalars: the modules run it (ABSENT)
             package = meta.__name__.rsplit(".", 1)[0]
             meta = importlib.import_module(f"{package}.{meta.VARIANT}")
-        done = set()  # each distinct (t, host states, size, dtype) once: mostly once per group
-        for p in params:
-            state = self.state.get(p) or {}
-            if meta.HOST_STATES and not state:
-                continue  # a first step: the module checks with the initial host states
-            t = int(state["step"]) + 1 if state else 1
-            host = {key: state[key] for key in meta.HOST_STATES}
-            sizes = {"numel": p.numel()} if meta.SIZES else {}
-            dtype = torch.float32 if self._use_triton(p) else self._working_dtype(p)
+        done = set()
+        for t, dtype, host, sizes in rows:
             seen = (t, dtype, *host.items(), *sizes.items())
             if seen in done and all(v == v and v != 0 for v in host.values()):
                 continue  # (0.0 and -0.0, or NaNs, are never taken for one another)
             done.add(seen)
-            scalars, _ = computed(
-                name, meta.host_scalars, t, **resolved, **host, **given.scalars, **sizes
-            )
+            scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host, **given, **sizes)
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
     def _views(
