@@ -59,10 +59,18 @@ def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
 MIN_CHUNKS_PER_THREAD = 4
 
 
-def launch(kernel: Any, addresses: np.ndarray, chunks: np.ndarray, *args: Any) -> None:
+def launch(
+    kernel: Any, addresses: np.ndarray, chunks: np.ndarray, *args: Any, serial: Any = None
+) -> None:
     """``kernel(addresses, chunks, *args)`` on as many threads as the chunks keep busy (at most
     numba's current setting: ``numba.set_num_threads`` and NUMBA_NUM_THREADS cap it); one
-    thread runs the loop on the caller's, with no worker to wake."""
+    thread runs the loop on the caller's, with no worker to wake: ``serial`` (the kernel's
+    loop compiled without ``parallel``, the same chunks in order) where it is given, else the
+    kernel on one thread. (A parallel region costs microseconds to enter even on one thread,
+    and changing numba's thread count as many: a step of small tensors' fixed cost.)"""
+    if serial is not None and len(chunks) < 2 * MIN_CHUNKS_PER_THREAD:
+        serial(addresses, chunks, *args)
+        return
     threads = numba.get_num_threads()
     workers = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
     if workers == threads:

@@ -202,12 +202,15 @@ def context(lowered: Lowered) -> dict[str, object]:
     phases = [phase_context(lowered, k, printer) for k in range(1, len(lowered.reduce_phases) + 1)]
     code = HostCode()
     copies, unclamped_if = identity_clamps(lowered.ops, lowered.update_scalars)
+    # a table of host scalars that depends on the hyperparameters and t alone: step_tables
+    tables = not (rule.host_states or lowered.summands or rule.sizes or rule.scalars)
     return (
         common
         | {
             "exports": sorted(
                 [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"]
-                + ["step_buffers"],
+                + ["step_buffers"]
+                + ["step_tables"] * tables,
                 key=natural,
             ),
             "host_fed": bool(rule.host_states and rule.scalar_reductions),
@@ -225,6 +228,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             "sizes": bool(rule.sizes),
             "group": [str(r) for r in rule.group_reductions],
             "memo": not (rule.host_states or lowered.summands),
+            "tables": tables,
             "host_names": [s.name for s in lowered.update_scalars],
             "legend": [f"{n}: {what}" for n, what in legend(lowered, lowered.update_scalars)],
             # the update loops: without the clamps when every bound is infinite, then in full

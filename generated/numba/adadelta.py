@@ -93,6 +93,7 @@ __all__ = [
     "step",
     "step_buffers",
     "step_multi",
+    "step_tables",
 ]
 
 COMPILED = True  # False in a rule's module that runs the NumPy reference (FALLBACK says why)
@@ -217,6 +218,28 @@ def _update(_addresses, _chunks, _scalars):
         )
 
 
+@numba.njit(**NJIT)
+def _update_serial(_addresses, _chunks, _scalars):
+    # _update's loop on the caller's thread (``launch``: a few chunks).
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -276,6 +299,16 @@ def step_buffers(
     _run(buffers, states, ts, hp, {})
 
 
+def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
+    """The compiled loops on ``buffers`` with the host scalars given as ``_run`` makes them:
+    per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
+    (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
+    range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
+    the checked table of a step whose scalars are unchanged; nothing is checked here."""
+    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, tables, strict=True):
+        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+
 def _run(
     buffers: Buffers,
     states: Sequence[dict[str, Any]],
@@ -302,4 +335,4 @@ def _run(
             _which.append(at)
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 7)[_which])
     for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-        launch(_update, _addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table, serial=_update_serial)

@@ -185,6 +185,31 @@ def _update(_addresses, _chunks, _scalars):
         )
 
 
+@numba.njit(**NJIT)
+def _update_serial(_addresses, _chunks, _scalars):
+    # _update's loop on the caller's thread (``launch``: a few chunks).
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+        )
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -269,6 +294,6 @@ def _run(
             host_new[_j] = new
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 10))
     for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-        launch(_update, _addresses, _chunks, _table)
+        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
     for _s, new in zip(states, host_new, strict=True):
         _s.update(new)

@@ -23,11 +23,23 @@ gradient of another dtype, a rule that is not compiled) takes the full step, whi
 everything and names the culprit, then remembers the new plan. Hyperparameters are resolved and
 checked every step, and every host scalar is checked before anything is written, as in the
 full step. The step counts advance in one ``torch._foreach_add_`` per step.
+
+What the checks found is kept too, where it cannot change unseen: a group's hyperparameters,
+when each value (and ``betas``) is the very object of the last step that passed and of an
+immutable type (a float, an int, a bool, a string, None, a tuple of those), are that step's
+resolution; and on the compiled CPU loops (a rule whose host scalars depend on the
+hyperparameters and step count alone: the module's ``step_tables``) the host scalars are
+computed every step, but range-checked and made into the kernels' table only when their values
+(to the bit) differ from the last step's.
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib
+import operator
+import struct
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -35,11 +47,14 @@ import torch
 
 from optgen_runtime.common import host_state_values
 from optgen_runtime.numba_support import Buffers
+from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import spans_overlap
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 SMALL = 64  # gradients compared one by one below this many; vectorised above
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+# hyperparameter values that cannot change while the group holds them (see ``_raw``)
+_IMMUTABLE = frozenset((float, int, bool, str, type(None)))
 
 
 class Group:
@@ -52,9 +67,15 @@ class Group:
         "buffers",
         "dtypes",
         "group",
+        "hp",
         "offsets",
+        "raw",
+        "resolved",
         "states",
         "streams",
+        "table_key",
+        "tabled",
+        "tables",
         "views",
         "weights",
     )
@@ -69,6 +90,16 @@ class Group:
         self.views: list[dict[str, Any]] = []
         self.streams: list[int] = []
         self.offsets: list[int] = []
+        # the last accepted step's hyperparameters: as given (``raw``: the group's values, None
+        # when one may change in place), as passed, resolved
+        self.raw: tuple[Any, ...] | None = None
+        self.hp: dict[str, Any] = {}
+        self.resolved: dict[str, float] = {}
+        # the numba module whose step_tables takes this group (the rule's, or its absent-state
+        # variant's), with the last checked tables of host scalars and their key (``_tables``)
+        self.tabled: ModuleType | None = None
+        self.table_key: tuple[Any, ...] | None = None
+        self.tables: list[np.ndarray] = []
 
 
 class Plan:
@@ -81,6 +112,7 @@ class Plan:
         "groups",
         "kind",
         "masters",
+        "names",
         "signature",
         "spans",
         "steps",
@@ -103,6 +135,7 @@ class Plan:
         self.weights: list[torch.Tensor] = []  # parameters written from a master copy
         self.masters: list[torch.Tensor] = []
         self.clear: list[int] = []  # the gradient addresses last found clear
+        self.names: tuple[str, ...] = ()  # a group's hyperparameters and tuple aliases (_raw)
         # the written spans' starts and ends, and the gradients' sizes, as lists
         self.spans: tuple[list[int], list[int], list[int]] = ([], [], [])
 
@@ -176,29 +209,44 @@ class FastStep:
             return False  # a step count changed in place: checked in full
         ts = [c + 1 for c in plan.counts]
         # every group's hyperparameters and host scalars checked before any write
-        hps, synced, at = [], [], 0
+        checked, at = [], 0
         for part in plan.groups:
-            updates = self._alias_updates(part.group)
-            hp = self._hyper({**part.group, **updates})
-            resolved = self._check(hp)
-            if self._absent(resolved) != part.absent:
-                return False  # a state comes or goes (SGD's momentum switched): a full step
-            self._check_fast_scalars(resolved, ts[at : at + len(part.states)], part)
-            hps.append(hp)
-            synced.append((part.group, updates))
+            each = ts[at : at + len(part.states)]
             at += len(part.states)
-        for group, updates in synced:
-            self._apply_aliases(group, updates)
-        at = 0
-        for part, hp, gs, ptrs in zip(plan.groups, hps, grads, pointers, strict=True):
-            counts = ts[at : at + len(part.states)]
-            at += len(part.states)
-            if counts.count(counts[0]) == len(counts):
-                counts = counts[0]  # one step count for all: checked once
-            if plan.kind == "numba":
-                self._fast_numba(part, ptrs, counts, hp)
+            # one step count for all: checked once
+            counts = each[0] if each.count(each[0]) == len(each) else each
+            raw = self._raw(part.group, plan.names)
+            if raw is not None and part.raw is not None and all(map(operator.is_, raw, part.raw)):
+                hp, resolved, updates = part.hp, part.resolved, None  # as the last step's
             else:
+                updates = self._alias_updates(part.group)
+                hp = self._hyper({**part.group, **updates})
+                resolved = self._check(hp)
+                if self._absent(resolved) != part.absent:
+                    return False  # a state comes or goes (SGD's momentum switched): a full step
+            tables = None
+            if part.tabled is not None:
+                tables = self._tables(part, resolved, counts)
+            else:
+                self._check_fast_scalars(resolved, each, part)
+            checked.append((part, updates, hp, resolved, counts, tables))
+        for part, updates, hp, resolved, _, _ in checked:
+            if updates is not None:
+                self._apply_aliases(part.group, updates)
+                part.raw, part.hp, part.resolved = self._raw(part.group, plan.names), hp, resolved
+        for (part, _, hp, _, counts, tables), gs, ptrs in zip(
+            checked, grads, pointers, strict=True
+        ):
+            if plan.kind == "triton":
                 self._fast_triton(part, gs, counts, hp)
+                continue
+            assert part.buffers is not None
+            for indices, addresses, _, _ in part.buffers.groups:
+                addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
+            if part.tabled is not None:
+                part.tabled.step_tables(part.buffers, tables)
+            else:
+                self._fast_numba(part, counts, hp)
         torch._foreach_add_(steps, 1)
         plan.counts = ts
         plan.versions = [s._version for s in steps]
@@ -206,12 +254,63 @@ class FastStep:
             torch._foreach_copy_(plan.weights, plan.masters)
         return True
 
-    def _fast_numba(self, part: Group, ptrs: list[int], counts: Any, hp: dict[str, Any]) -> None:
-        """One compiled call for the group: only the gradient column of the address table is
-        rewritten; host states are written into the state dicts by the module."""
+    @staticmethod
+    def _raw(group: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...] | None:
+        """The group's hyperparameters and tuple aliases as the objects it holds, or None when
+        one is of a type that may change in place (a tensor) or a key is missing: equal by
+        identity to the last accepted step's, they resolve as it did."""
+        try:
+            raw = tuple(map(group.__getitem__, names))
+        except KeyError:
+            return None
+        for value in raw:
+            kind = type(value)
+            if kind is tuple:
+                if not {*map(type, value)} <= _IMMUTABLE:
+                    return None
+            elif kind not in _IMMUTABLE:
+                return None
+        return raw
+
+    def _tables(self, part: Group, resolved: dict[str, float], counts: Any) -> list[np.ndarray]:
+        """The group's tables of host scalars for the module's ``step_tables`` (per dtype group
+        of its buffers, one row per tensor), computed and range-checked as
+        ``_check_scalar_rows`` and the module's ``_run`` do, errors naming the class; the last
+        step's tables where the scalars are the same values, to the bit (-0.0 is not 0.0)."""
+        module, name = part.tabled, type(self).__name__
+        assert module is not None and part.buffers is not None
+        if type(counts) is int:
+            value = computed(name, module.host_scalars, counts, **resolved)[0]
+            try:
+                key = (*value, struct.pack(f"{len(value)}d", *value))
+            except (struct.error, OverflowError, TypeError):
+                key = None
+            if key is not None and key == part.table_key:
+                return part.tables
+            values, which = [value], None
+        else:
+            firsts: dict[int, int] = {}
+            which = [firsts.setdefault(t, len(firsts)) for t in counts]
+            values = [computed(name, module.host_scalars, t, **resolved)[0] for t in firsts]
+            key = None
+        tables = []
+        for indices, _, _, dtype in part.buffers.groups:
+            rows = [check_scalars(name, module.SCALARS, v, dtype.type) for v in values]
+            table = np.array(rows, dtype=dtype).reshape(len(rows), -1)
+            if which is None:
+                table = np.repeat(table, len(indices), axis=0)
+            else:
+                table = table[[which[j] for j in indices]]
+            tables.append(table)
+        if key is not None:
+            part.table_key, part.tables = key, tables
+        return tables
+
+    def _fast_numba(self, part: Group, counts: Any, hp: dict[str, Any]) -> None:
+        """One compiled call for the group (its gradient addresses written in the table): the
+        module checks the hyperparameters and host scalars again, and writes the host states
+        into the state dicts."""
         assert part.buffers is not None
-        for indices, addresses, _, _ in part.buffers.groups:
-            addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
         self._numba().step_buffers(part.buffers, part.states, counts, **hp)
         for s in part.states if self.META.HOST_STATES else ():
             for key in self.META.HOST_STATES:
@@ -301,6 +400,7 @@ class FastStep:
         else:
             return
         plan = Plan(surveyed[0], kind)
+        plan.names = (*meta.HYPERPARAMS, *self._aliases())
         indices = self._indices() if kind == "triton" else {}
         written: list[tuple[int, int]] = []
         grad_bytes: list[int] = []
@@ -341,6 +441,7 @@ class FastStep:
                 plan.steps.append(s["step"])
             if kind == "numba":
                 part.buffers = Buffers.at(rows, shapes, part.dtypes)
+                part.tabled = self._tabled(part.absent)
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
         if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):
@@ -357,3 +458,12 @@ class FastStep:
         except RuntimeError:  # an inference-mode tensor keeps no version counter: never fast
             return
         self._plan = plan
+
+    def _tabled(self, absent: tuple[str, ...]) -> ModuleType | None:
+        """The numba module that runs a group with these absent states (the rule's, or its
+        variant's: the same buffer columns) where it takes checked tables (``step_tables``)."""
+        module = self._numba()
+        if absent:
+            package = module.__name__.rsplit(".", 1)[0]
+            module = importlib.import_module(f"{package}.{self.META.VARIANT}")
+        return module if hasattr(module, "step_tables") else None

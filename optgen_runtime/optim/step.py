@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
@@ -41,25 +42,42 @@ from optgen_runtime.sharding import shards
 
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
+NO_INPUTS = Given()  # a step's inputs where none are given (of a rule that takes none)
 
 
 class Stepping:
     """``step`` of ``GeneratedOptimizer`` and its two backends."""
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, **inputs: Any) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss.
 
         ``inputs``: the rule's step inputs besides the gradients (``META.INPUTS``,
         ``META.STEP_SCALARS``; none for most rules), see :mod:`optgen_runtime.optim.inputs`.
         """
+        tried = closure is None and not inputs and self._plan is not None
+        if tried:
+            # the fast step's candidates: a rule without step inputs (a plan's), none given; in
+            # no-grad mode as the full step, set without a context object (host time per step)
+            self._settle()
+            enabled = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                if self._fast_step(NO_INPUTS):
+                    return None
+            finally:
+                torch._C._set_grad_enabled(enabled)
+        return self._step(closure, inputs, tried)
+
+    @torch.no_grad()
+    def _step(self, closure: Callable[[], Any] | None, inputs: dict[str, Any], tried: bool) -> Any:
+        """``step`` (``tried``: the fast step was tried on this step and refused)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         given = self._given(inputs, loss)
         self._settle()
-        if self._fast_step(given):  # nothing changed since the last full step but the grads
+        if not tried and self._fast_step(given):  # nothing changed but the grads
             return loss
         self._plan = None
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
@@ -306,7 +324,8 @@ class Stepping:
         """The rule's numba module, imported on first use (numba loads only when needed), from
         the package of the rule's metadata (``generated`` in a checkout, ``optgen`` installed)."""
         package = self.META.__name__.rsplit(".", 2)[0]
-        return importlib.import_module(f"{package}.numba.{self.RULE}")
+        name = f"{package}.numba.{self.RULE}"
+        return sys.modules.get(name) or importlib.import_module(name)
 
     def _numba_step(
         self,
