@@ -1,0 +1,187 @@
+"""What the fast step keeps from one step to the next (``optgen_runtime.optim.fast``): a group's
+resolved hyperparameters (while it holds the very same immutable values) and the checked tables
+of host scalars (while the scalars are the same bits). A stale cache would compute with old
+hyperparameters or skip a range check, so each change below must be computed as the NumPy
+reference computes it, or refused with nothing written; and the compiled loops' serial twin
+(``launch``: a few chunks) and parallel loop must both give NumPy's bits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import generated.numba.adam as numba_adam
+import generated.numpy.adam as numpy_adam
+import generated.torch as gt
+from optgen_runtime import numba_support
+
+SHAPES = [(40, 9), (70001,), (5,)]
+
+
+def run(
+    name: str, backend: str, change: Callable[[Any], None] | None, steps: int = 6, **hp: Any
+) -> tuple[list[torch.Tensor], Any]:
+    """``steps`` steps on fresh gradients, ``change`` applied before the last two."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+    params[0].data[0, :3] = torch.tensor([0.0, -0.0, 1e-30])  # signed zeros show a -0.0 scalar
+    opt = getattr(gt, name)([{"params": params[:2]}, {"params": params[2:]}], backend=backend, **hp)
+    keep = []
+    for t in range(steps):
+        keep += [p.grad for p in params if p.grad is not None]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        if change is not None and t >= steps - 2:
+            change(opt)
+        opt.step()
+    state = [v.clone() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return [p.detach().clone() for p in params] + state, opt
+
+
+def bits_equal(want: list[torch.Tensor], got: list[torch.Tensor]) -> bool:
+    def raw(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1).view(torch.int8)
+
+    return len(want) == len(got) and all(
+        x.dtype == y.dtype and torch.equal(raw(x), raw(y)) for x, y in zip(want, got, strict=True)
+    )
+
+
+def _lr_new_float(opt: Any) -> None:
+    opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"] * 3.0
+
+
+def _lr_same_value_new_object(opt: Any) -> None:
+    opt.param_groups[0]["lr"] = float(str(opt.param_groups[0]["lr"]))
+
+
+def _lr_tensor_edited_in_place(opt: Any) -> None:
+    group = opt.param_groups[0]
+    if not torch.is_tensor(group["lr"]):
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64)
+    group["lr"].mul_(2.0)  # the same object every step: never taken as the last step's value
+
+
+def _wd_to_negative_zero(opt: Any) -> None:
+    key = "wd" if "wd" in opt.param_groups[0] else "weight_decay"
+    opt.param_groups[0][key] = -0.0  # == 0.0: only the bits tell the scalars apart
+
+
+def _betas_tuple_replaced(opt: Any) -> None:
+    if "betas" in opt.param_groups[0]:
+        opt.param_groups[0]["betas"] = (0.8, 0.99)
+
+
+def _beta1_set(opt: Any) -> None:
+    if "beta1" in opt.param_groups[1]:
+        opt.param_groups[1]["beta1"] = 0.7
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _lr_new_float,
+        _lr_same_value_new_object,
+        _lr_tensor_edited_in_place,
+        _wd_to_negative_zero,
+        _betas_tuple_replaced,
+        _beta1_set,
+    ],
+)
+@pytest.mark.parametrize(
+    ("name", "hp"), [("SGD", {}), ("Adam", {}), ("TorchSGD", {}), ("TorchSGD", {"momentum": 0.9})]
+)
+def test_a_changed_hyperparameter_is_computed_as_the_reference_computes_it(
+    name: str, hp: dict, change: Callable
+) -> None:
+    got, opt = run(name, "numba", change, **hp)
+    want, ref = run(name, "numpy", change, **hp)
+    assert opt._plan is not None and ref._plan is None  # the fast step ran, the reference not
+    assert bits_equal(want, got)
+
+
+def test_an_unchanged_group_reuses_its_resolution_and_tables() -> None:
+    """SGD's host scalars do not depend on the step count: after the first fast step the
+    hyperparameters are not resolved again and the table is the same object."""
+    _, opt = run("SGD", "numba", None, steps=3)
+    part = opt._plan.groups[0]
+    resolved, tables = part.resolved, part.tables
+    assert resolved and tables
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    calls = []
+    check = opt._check
+    opt._check = lambda hp: (calls.append(hp), check(hp))[1]
+    opt.step()
+    assert calls == [] and part.resolved is resolved and part.tables is tables
+
+
+def test_a_scalar_that_changes_only_its_sign_is_not_taken_from_the_cache() -> None:
+    """SGD's -lr*wd is -0.0 at wd=0.0 and 0.0 at wd=-0.0 (equal as numbers): the kernels'
+    table must follow the bits (the sign of a zero reaches the weights through -0.0 + -0.0)."""
+    _, opt = run("SGD", "numba", None, steps=3)
+    part = opt._plan.groups[0]
+    assert list(opt.META.SCALARS)[2] == "_h2" and opt.META.SCALARS["_h2"] == "= -lr*wd"
+    assert np.signbit(part.tables[0][:, 2]).all()
+    opt.param_groups[0]["wd"] = -0.0
+    for p in opt.param_groups[0]["params"] + opt.param_groups[1]["params"]:
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    assert opt._plan.groups[0] is part and not np.signbit(part.tables[0][:, 2]).any()
+
+
+@pytest.mark.parametrize("mutable", [False, True])
+def test_an_overflowing_scalar_is_refused_after_cached_steps(mutable: bool) -> None:
+    """lr=1e300 is legal, but -lr is past float32's range: refused naming the scalar, with
+    nothing written, although the steps before had their resolution and table cached (a new
+    float, or a tensor lr edited in place)."""
+    _, opt = run("SGD", "numba", None, steps=4)
+    assert opt._plan is not None and opt._plan.groups[0].tables
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if mutable:
+        opt.param_groups[0]["lr"] = torch.tensor(0.01, dtype=torch.float64)
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+        opt.step()
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    before = [p.detach().clone() for p in params] + [s["step"].clone() for s in opt.state.values()]
+    if mutable:
+        opt.param_groups[0]["lr"].fill_(1e300)
+    else:
+        opt.param_groups[0]["lr"] = 1e300
+    with pytest.raises(ValueError, match=r"SGD: .*kernel scalar _h1 \(= -lr\).*float32"):
+        opt.step()
+    after = [p.detach().clone() for p in params] + [s["step"].clone() for s in opt.state.values()]
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("elements", [70001, 600001])  # 2 chunks: serial; 10: parallel
+def test_the_serial_and_the_parallel_loop_give_numpys_bits(
+    monkeypatch: pytest.MonkeyPatch, elements: int
+) -> None:
+    taken = []
+    original = numba_support.launch
+
+    def spy(kernel: Any, addresses: Any, chunks: Any, *args: Any, serial: Any = None) -> None:
+        taken.append(serial is not None and len(chunks) < 2 * numba_support.MIN_CHUNKS_PER_THREAD)
+        original(kernel, addresses, chunks, *args, serial=serial)
+
+    monkeypatch.setattr(numba_adam, "launch", spy)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(elements).astype(np.float32)
+    a, b = w.copy(), w.copy()
+    sa, sb = numpy_adam.init_state(a), numba_adam.init_state(b)
+    for t in (1, 2):
+        g = (rng.standard_normal(elements) * 3).astype(np.float32)
+        numpy_adam.step(a, g, sa, t, lr=0.01)
+        numba_adam.step(b, g, sb, t, lr=0.01)
+    assert taken == [elements < 2 * numba_support.MIN_CHUNKS_PER_THREAD * numba_support.CHUNK] * 2
+    for x, y in [(a, b), (sa["mean"], sb["mean"]), (sa["var"], sb["var"])]:
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
