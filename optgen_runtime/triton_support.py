@@ -492,7 +492,7 @@ class ChunkTable:
         inputs: Sequence[dict[str, Any]] | None,
         block: int,
         ints: Sequence[Sequence[int]] | None = None,
-        prechecked: bool = False,
+        prechecked: bool | Vouched = False,
     ) -> ChunkTable:
         """The chunk table of a multi-tensor step, every buffer checked (``check_tensors_each``,
         :func:`check_across`) before it is returned; the table of an earlier call when the
@@ -506,8 +506,16 @@ class ChunkTable:
         the table is built from (addresses; the weights' devices; the sizes and dtypes of the
         weights, gradients and inputs: a gradient of another size is never read out of
         bounds, but one of another shape and the same size is not refused) and skips the
-        overlap check of moved gradients.
+        overlap check of moved gradients. A :class:`Vouched` ``prechecked`` also vouches that
+        nothing but the gradients' addresses changed since the call that filled it in: its
+        table is taken without a pass over the buffers.
         """
+        vouched = prechecked if isinstance(prechecked, Vouched) else None
+        if vouched is not None and inputs is None:
+            table = vouched.table(rule, weights, grads, states, names, block, ints)
+            if table is not None:
+                return table
+        prechecked = bool(prechecked)
         entries = cls._cache.setdefault(rule, [])
         found = _Prepared.signature(weights, grads, states, names, host_names, inputs, prechecked)
         if found is not None:
@@ -518,6 +526,8 @@ class ChunkTable:
                     table._retarget(found, ints)
                     table.launches = 0
                     found.release()
+                    if vouched is not None:
+                        vouched.entry, vouched.rule = entry, rule
                     return table
         for s in states:  # the errors of a step without a cache, in the same order
             host_state_values(rule, s, tuple(host_names))
@@ -527,6 +537,8 @@ class ChunkTable:
             entries.insert(0, _Prepared(found, table))
             del entries[cls.CACHE :]
             found.release()
+            if vouched is not None:
+                vouched.entry, vouched.rule = entries[0], rule
         table.launches = 0
         return table
 
@@ -678,6 +690,71 @@ _POINTER = torch.Tensor.data_ptr
 _CONTIGUOUS = torch.Tensor.is_contiguous
 _NUMEL = torch.Tensor.numel
 _SHAPE, _DTYPE, _DEVICE = attrgetter("shape"), attrgetter("dtype"), attrgetter("device")
+
+
+class Vouched:
+    """``prechecked`` of a caller that knows when nothing but the gradients' addresses changed
+    since its last call (the torch classes' fast step: the same weights and states at the same
+    addresses, unmodified, the gradients of the same sizes, dtypes and device, none
+    overlapping a written buffer; :mod:`optgen_runtime.optim.fast`), given anew with every
+    change. The first call fills it in with the chunk table it took or built (every buffer
+    read, as with ``prechecked=True``); the next ones take that table with no pass over the
+    buffers but the gradients' addresses: rows rewritten where they moved, and the table
+    rebuilt (checked) where a move changes a tensor's alignment class. Truthy: it is a
+    ``prechecked=True``."""
+
+    __slots__ = ("entry", "rule")
+
+    def __init__(self) -> None:
+        self.entry: _Prepared | None = None
+        self.rule = ""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def table(
+        self,
+        rule: str,
+        weights: Sequence[Any],
+        grads: Sequence[Any],
+        states: Sequence[Any],
+        names: Sequence[str],
+        block: int,
+        ints: Sequence[Sequence[int]] | None,
+    ) -> ChunkTable | None:
+        """The table of the last call for this one, or None (a pass over the buffers)."""
+        entry = self.entry
+        if entry is None or rule != self.rule or entry.table.block != block:
+            return None
+        old = entry.found
+        n = old.n
+        if len(weights) != n or old.reads != 1 or not old.prechecked:
+            return None
+        if old.interpreting != interpreting():
+            return None
+        pointers = list(map(_POINTER, grads))
+        if pointers != old.pointers[n : 2 * n]:
+            moved = [*old.pointers[:n], *pointers, *old.pointers[2 * n :]]
+            new = _Signature(n, 1, True, old.interpreting, [], moved, (), old.kept_looks)
+            if not entry._moved(new):
+                return None
+            entry.found = new
+        table = entry.table
+        table._retarget(_Buffers(weights, grads, states, names), ints)
+        table.launches = 0
+        return table
+
+
+class _Buffers:
+    """Tensor j's buffers [weight, grad, *states] of a call (``ChunkTable._retarget``)."""
+
+    def __init__(
+        self, weights: Sequence[Any], grads: Sequence[Any], states: Sequence[Any], names: Any
+    ) -> None:
+        self.weights, self.grads, self.states, self.names = weights, grads, states, names
+
+    def __getitem__(self, j: int) -> list[Any]:
+        return [self.weights[j], self.grads[j], *(self.states[j][k] for k in self.names)]
 
 
 @dataclass

@@ -185,3 +185,44 @@ def test_the_serial_and_the_parallel_loop_give_numpys_bits(
     assert taken == [elements < 2 * numba_support.MIN_CHUNKS_PER_THREAD * numba_support.CHUNK] * 2
     for x, y in [(a, b), (sa["mean"], sb["mean"]), (sa["var"], sb["var"])]:
         assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+def test_the_triton_fast_step_keeps_its_chunk_table_and_rebuilds_it_when_alignment_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the Triton kernels (interpreted) the fast step hands step_multi a ``Vouched``: its
+    table is taken with only the moved gradients' rows rewritten, and rebuilt when a gradient
+    moves to an address that changes its tensor's alignment class (the vectorised variant):
+    the same bits as a run that never keeps a plan, step by step."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    shapes = [(32, 16), (64,), (5,)]  # two vectorisable sizes, one not
+
+    def grad(shape: tuple[int, ...], g: torch.Generator, misaligned: bool) -> torch.Tensor:
+        n = int(np.prod(shape))
+        flat = torch.randn(n + 1, generator=g)
+        return (flat[1:] if misaligned else flat[:n]).view(shape)  # 4 bytes off, or not
+
+    def run(remember: bool) -> tuple[list[torch.Tensor], list[Any]]:
+        g = torch.Generator().manual_seed(2)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+        opt = gt.Adam(params, backend="triton")
+        if not remember:
+            opt._remember = lambda: None
+        keep, entries = [], []
+        for t in range(5):
+            keep += [p.grad for p in params if p.grad is not None]
+            for p in params:
+                p.grad = grad(p.shape, g, misaligned=t == 3)
+            opt.step()
+            plan = opt._plan
+            entries.append(plan.groups[0].vouched.entry if plan is not None else None)
+        state = [v.clone() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+        return [p.detach().clone() for p in params] + state, entries
+
+    got, entries = run(True)
+    want, _ = run(False)
+    assert bits_equal(want, got)
+    # steps 2 and 3 took the table the first fast step found; the misaligned step 4 built its
+    # own, and step 5, aligned again, found the first one in step_multi's cache
+    assert entries[1] is not None and entries[2] is entries[1] and entries[3] is not entries[1]
+    assert entries[4] is entries[1]

@@ -39,6 +39,8 @@ import bisect
 import importlib
 import operator
 import struct
+from itertools import chain, repeat
+from operator import attrgetter, is_not, itemgetter
 from types import ModuleType
 from typing import Any
 
@@ -48,9 +50,13 @@ import torch
 from optgen_runtime.common import host_state_values
 from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_support import spans_overlap
+from optgen_runtime.triton_support import Vouched, spans_overlap
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
+# what the survey reads of each tensor and state, at C speed
+_GRAD, _DTYPE, _LAYOUT, _VERSION = (attrgetter(k) for k in ("grad", "dtype", "layout", "_version"))
+_STEP = itemgetter("step")
+_DATA_PTR, _SIZE, _GET_DEVICE = torch.Tensor.data_ptr, torch.Tensor.size, torch.Tensor.get_device
 SMALL = 64  # gradients compared one by one below this many; vectorised above
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 # hyperparameter values that cannot change while the group holds them (see ``_raw``)
@@ -77,6 +83,7 @@ class Group:
         "tabled",
         "tables",
         "views",
+        "vouched",
         "weights",
     )
 
@@ -100,6 +107,8 @@ class Group:
         self.tabled: ModuleType | None = None
         self.table_key: tuple[Any, ...] | None = None
         self.tables: list[np.ndarray] = []
+        # the Triton kernels' chunk table of this group's unchanged buffers (step_multi's)
+        self.vouched = Vouched()
 
 
 class Plan:
@@ -152,34 +161,40 @@ class FastStep:
         state = self.state
         names = self.META.STATES
         absent = self.META.ABSENT  # may be missing (``absent_when``): presence in the signature
+        every = itemgetter(*names) if names and not absent else None  # all present: at C speed
         parts: list[Any] = [self.backend, self.multi_precision, len(self.param_groups)]
         grads: list[list[torch.Tensor]] = []
         try:
             for group in self.param_groups:
-                params = [p for p in group["params"] if p.grad is not None]
+                params = group["params"]
+                gs = list(map(_GRAD, params))  # each gradient read once
+                if not all(map(is_not, gs, repeat(None))):
+                    params = [p for p, g in zip(params, gs, strict=True) if g is not None]
+                    gs = [g for g in gs if g is not None]
                 parts += (id(group), len(params))
                 if not params:
                     continue
-                gs = [p.grad for p in params]
-                states = [state.get(p) for p in params]
-                if not {*map(type, params), *map(type, gs)} <= {*_PLAIN}:
+                states = list(map(state.get, params))
+                if not {*map(type, params), *map(type, gs)} <= _PLAIN:
                     return None
                 if not all(map(torch.Tensor.is_contiguous, gs)):
                     return None  # copied by the full step: no address to give
-                steps = [s["step"] for s in states]  # KeyError, TypeError: no state yet
-                held = [s[k] for s in states for k in names if k in s or k not in absent]
+                steps = list(map(_STEP, states))  # KeyError, TypeError: no state yet
+                if every is None:
+                    held = [s[k] for s in states for k in names if k in s or k not in absent]
+                elif len(names) == 1:
+                    held = list(map(every, states))
+                else:
+                    held = list(chain.from_iterable(map(every, states)))
                 masters = [s.get("master") for s in states]
                 held += [m for m in masters if m is not None]
-                if not {*map(type, held), *map(type, steps)} <= {*_PLAIN}:
+                if not {*map(type, held), *map(type, steps)} <= _PLAIN:
                     return None
                 parts += (*map(id, params), *map(id, states), *map(len, states))
                 parts += (*map(id, steps), *map(id, held), *map(id, masters))
-                parts += (*map(torch.Tensor.data_ptr, params), *map(torch.Tensor.size, params))
-                parts += [p.dtype for p in params]
-                parts += (*map(torch.Tensor.size, gs), *map(torch.Tensor.get_device, gs))
-                parts += [g.dtype for g in gs]
-                parts += [g.layout for g in gs]
-                parts += (*map(torch.Tensor.data_ptr, held), *[x._version for x in held])
+                parts += (*map(_DATA_PTR, params), *map(_SIZE, params), *map(_DTYPE, params))
+                parts += (*map(_SIZE, gs), *map(_GET_DEVICE, gs), *map(_DTYPE, gs))
+                parts += (*map(_LAYOUT, gs), *map(_DATA_PTR, held), *map(_VERSION, held))
                 grads.append(gs)
         except (KeyError, TypeError, AttributeError, RuntimeError):
             return None  # no state yet; a sparse gradient has no data pointer
@@ -331,7 +346,7 @@ class FastStep:
             part.views,
             counts,
             stream_ids=part.streams,
-            prechecked=True,
+            prechecked=part.vouched,
             **hp,
             **arrays,
         )
