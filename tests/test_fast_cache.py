@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import generated.numba.adam as numba_adam
 import generated.numpy.adam as numpy_adam
@@ -226,3 +227,31 @@ def test_the_triton_fast_step_keeps_its_chunk_table_and_rebuilds_it_when_alignme
     # own, and step 5, aligned again, found the first one in step_multi's cache
     assert entries[1] is not None and entries[2] is entries[1] and entries[3] is not entries[1]
     assert entries[4] is entries[1]
+
+
+def test_step_hooks_and_the_profiler_still_see_every_step() -> None:
+    """``step`` enters torch's wrapper only where it has something to do: hooks registered on
+    the optimizer or globally run on every (fast) step, and a profiler records the step."""
+    _, opt = run("SGD", "numba", None, steps=3)
+    assert opt._plan is not None
+    seen: list[str] = []
+    handles = [
+        opt.register_step_pre_hook(lambda o, a, k: seen.append("pre")),
+        opt.register_step_post_hook(lambda o, a, k: seen.append("post")),
+    ]
+    opt.step()
+    for h in handles:
+        h.remove()
+    opt.step()
+    handle = register_optimizer_step_pre_hook(
+        lambda o, a, k: seen.append(f"global {type(o).__name__}")
+    )
+    try:
+        opt.step()
+    finally:
+        handle.remove()
+    opt.step()
+    assert seen == ["pre", "post", "global SGD"]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}

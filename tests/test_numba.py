@@ -139,14 +139,18 @@ def test_exact_rules_are_most_rules() -> None:
 def test_the_bit_comparison_catches_a_last_bit_difference(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel off by one ulp in one element fails the comparison (it is not vacuous)."""
     nb = numba_module("adam")
-    original = nb._update
 
-    def off_by_one_ulp(addresses, chunks, table):  # type: ignore[no-untyped-def]
-        original(addresses, chunks, table)
-        first = nb.view(int(addresses[0, 0]), 0, 1, table)  # weight 0's first element
-        first[0] = np.nextafter(first[0], np.inf)
+    def off_by_one_ulp(original):  # type: ignore[no-untyped-def]
+        def kernel(addresses, chunks, table):  # type: ignore[no-untyped-def]
+            original(addresses, chunks, table)
+            first = nb.view(int(addresses[0, 0]), 0, 1, table)  # weight 0's first element
+            first[0] = np.nextafter(first[0], np.inf)
 
-    monkeypatch.setattr(nb, "_update", off_by_one_ulp)
+        return kernel
+
+    # the parallel loop and its serial twin (``launch`` takes it for a few chunks)
+    monkeypatch.setattr(nb, "_update", off_by_one_ulp(nb._update))
+    monkeypatch.setattr(nb, "_update_serial", off_by_one_ulp(nb._update_serial))
     with pytest.raises(AssertionError, match="differs from NumPy's bits"):
         compare("adam", np.float32)
 

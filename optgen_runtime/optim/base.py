@@ -26,11 +26,13 @@ It is composed of one part per concern, each in its own module:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
+from torch.optim import optimizer as torch_optimizer
 
 from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
 from optgen_runtime.optim.aliases import TupleAliases
@@ -97,6 +99,36 @@ class GeneratedOptimizer(
                 "(use DDP or FSDP2)"
             )
         super().__init__(params, defaults)
+
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """torch.optim's wrapper of ``step`` (step hooks, the profiler's ``record_function``),
+        entered where it has something to do: a step hook registered (on the optimizer or
+        globally) or a profiler on. Else ``step`` is called directly: the wrapper's context
+        objects cost about as much host time as a fast step of one small tensor."""
+        hooked = torch.optim.Optimizer.profile_hook_step(func)
+        enabled = getattr(torch._C._autograd, "_profiler_enabled", None)
+        pre = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+        post = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
+        if enabled is None or pre is None or post is None:
+            return hooked  # another torch: its wrapper, always
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self = args[0]
+            if (
+                self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks
+                or pre
+                or post
+                or enabled()
+            ):
+                return hooked(*args, **kwargs)
+            out = func(*args, **kwargs)
+            self._optimizer_step_code()  # the profiler's python tracing hook, as torch's wrapper
+            return out
+
+        return wrapper
 
     def _check(self, values: dict[str, Any]) -> dict[str, float]:
         """The group's hyperparameters, resolved and checked (the generated modules' check)."""
