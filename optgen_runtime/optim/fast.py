@@ -312,9 +312,9 @@ class FastStep:
         for indices, _, _, dtype in part.buffers.groups:
             rows = [check_scalars(name, module.SCALARS, v, dtype.type) for v in values]
             table = np.array(rows, dtype=dtype).reshape(len(rows), -1)
-            if which is None:
+            if which is None and len(indices) > 1:
                 table = np.repeat(table, len(indices), axis=0)
-            else:
+            elif which is not None:
                 table = table[[which[j] for j in indices]]
             tables.append(table)
         if key is not None:
