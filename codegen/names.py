@@ -52,7 +52,7 @@ _reserve(
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
-    "step_prechecked step_buffers ABSENT VARIANT",
+    "step_prechecked step_buffers step_tables ABSENT VARIANT",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
@@ -76,7 +76,7 @@ _reserve(
     "a keyword argument the generated code passes",
     "out where other axis bitcast strict propagate_nan do_not_specialize copy choices flag "
     "keepdims device inputs "
-    "integer lo hi lo_open hi_open allow_none parallel",
+    "integer lo hi lo_open hi_open allow_none parallel serial",
 )
 _reserve(
     "a Python builtin the generated code calls",
