@@ -220,7 +220,7 @@ class FastStep:
         if not self._grads_clear(plan, pointers):
             return False  # the full step names the overlap
         steps = plan.steps
-        if [s._version for s in steps] != plan.versions:
+        if list(map(_VERSION, steps)) != plan.versions:
             return False  # a step count changed in place: checked in full
         ts = [c + 1 for c in plan.counts]
         # every group's hyperparameters and host scalars checked before any write
@@ -264,7 +264,7 @@ class FastStep:
                 self._fast_numba(part, counts, hp)
         torch._foreach_add_(steps, 1)
         plan.counts = ts
-        plan.versions = [s._version for s in steps]
+        plan.versions = list(map(_VERSION, steps))
         if plan.masters:
             torch._foreach_copy_(plan.weights, plan.masters)
         return True
