@@ -359,16 +359,18 @@ def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[d
 
 
 def variants(rules: list[str]) -> list[str]:
-    """The variant modules of ``rules`` (``generated.rules.<rule>.VARIANT``), in order."""
+    """The variant modules of ``rules`` (``generated.rules.<rule>``'s ``SPECIAL`` cases, then
+    its ``VARIANT`` without absent states), in order."""
     metas = [importlib.import_module(f"generated.rules.{rule}") for rule in rules]
-    return [meta.VARIANT for meta in metas if meta.VARIANT]
+    return [v for meta in metas for v in [*meta.SPECIAL, *[meta.VARIANT] * bool(meta.VARIANT)]]
 
 
 def module_rule(module: Any) -> str:
-    """The rule a kernel module is generated for, or the variant: ``<rule>_without_<state>``,
-    its module name (a variant's ``RULE`` is its rule's, for messages)."""
+    """The rule a kernel module is generated for, or the variant (``<rule>_without_<state>``,
+    ``<rule>_<special case>``): its module name (a variant's ``RULE`` is its rule's, for
+    messages)."""
     stem = module.__name__.rsplit(".", 1)[-1].removeprefix("_aot_")
-    return stem if stem.startswith(f"{module.RULE}_without_") else module.RULE
+    return stem if stem.startswith(f"{module.RULE}_") else module.RULE
 
 
 def main(argv: list[str] | None = None) -> int:
