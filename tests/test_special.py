@@ -22,7 +22,7 @@ from conftest import RULES
 from test_spec_errors import write_spec
 
 from codegen.generate import generate_all
-from codegen.load import load_rule
+from codegen.load import SPECS_DIR, load_rule
 from codegen.lower import lower
 from codegen.spec import SpecError
 from codegen.variants import special_variants
@@ -127,8 +127,7 @@ def test_the_special_cases_compute_less() -> None:
 
 CASES = {
     "not a hyperparameter": (
-        "RULE.update(w, w - mx.lr * RULE.grad)\n"
-        "RULE.special_case('plain', {RULE.t: 1}, doc='x')",
+        "RULE.update(w, w - mx.lr * RULE.grad)\nRULE.special_case('plain', {RULE.t: 1}, doc='x')",
         r"specs/bad.py:10: special_case 'plain' names t, which is not a hyperparameter",
     ),
     "illegal value": (
@@ -150,8 +149,7 @@ CASES = {
         r"specs/bad.py:11: special_case 'b' has the values of special case 'a'",
     ),
     "a multi-line doc": (
-        "RULE.update(w, w - mx.lr * RULE.grad)\n"
-        "RULE.special_case('a', {mx.wd: 0}, doc='x\\ny')",
+        "RULE.update(w, w - mx.lr * RULE.grad)\nRULE.special_case('a', {mx.wd: 0}, doc='x\\ny')",
         r"specs/bad.py:10: the doc of special case 'a' must be one line",
     ),
     "an absent state neither included nor excluded": (
@@ -196,3 +194,14 @@ def test_a_special_case_may_not_overwrite_another_rules_modules(tmp_path: Path) 
     )
     with pytest.raises(SpecError, match=r"specs/bad.py: its variant's modules 'bad_x' would"):
         generate_all(tmp_path / "specs")
+
+
+def test_a_matrix_rule_refuses_a_special_case(tmp_path: Path) -> None:
+    """Not supported in matrix rules yet: refused naming the spec, nothing generated."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    text = (SPECS_DIR / "muon.py").read_text()
+    text += "\nRULE.special_case('plain', {RULE.hypers['lr'].symbol: 0.5}, doc='x')\n"
+    (specs / "muon.py").write_text(text)
+    with pytest.raises(SpecError, match=r"specs/muon.py: special_case is not supported in matrix"):
+        generate_all(specs)
