@@ -19,7 +19,7 @@ from codegen.lower import lower
 from codegen.spec import SpecError
 from codegen.targets import ENV, package_targets, rule_targets
 from codegen.targets import numba as numba_target
-from codegen.variants import absent_variant
+from codegen.variants import variants
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED_DIR = ROOT / "generated"
@@ -55,8 +55,9 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
     files: list[Generated] = []
     rules = load_rules(specs_dir, names)
     for rule in [r for r in rules if matrix.is_matrix_rule(r)]:  # codegen/matrix_targets.py
-        if rule.absent:
-            raise SpecError(f"{rule.source}: absent_when is not supported in matrix rules yet")
+        if rule.absent or rule.special:
+            what = "absent_when" if rule.absent else "special_case"
+            raise SpecError(f"{rule.source}: {what} is not supported in matrix rules yet")
         start = time.perf_counter()
         texts = matrix_targets.render(rule)
         texts.setdefault("numba", numba_target.fallback_text(rule, "matrix rules are not compiled"))
@@ -65,12 +66,20 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
             text = ruff_format(texts[target.name], str(path))
             files.append(Generated(path, text, time.perf_counter() - start))
     every = rules
+    taken = {r.name: r for r in rules}
+    for rule in rules:
+        for name in [v.name for v in variants(rule)]:
+            if name in taken:
+                raise SpecError(
+                    f"{rule.source}: its variant's modules {name!r} would overwrite "
+                    f"{taken[name].source}'s (rename the special case)"
+                )
     rules = [r for r in rules if not matrix.is_matrix_rule(r)]
     for rule in rules:
         start = time.perf_counter()
-        # the rule, then its variant without the absent states (codegen/variants.py), if any
-        variant = absent_variant(rule)
-        for lowered in [lower(rule)] + ([lower(variant)] if variant else []):
+        # the rule, then its special cases and its variant without the absent states
+        # (codegen/variants.py)
+        for lowered in [lower(r) for r in [rule, *variants(rule)]]:
             for target in rule_targets():
                 path = Path(target.directory) / f"{lowered.rule.name}.py"
                 text = ruff_format(target.render(lowered), str(path))

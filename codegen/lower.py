@@ -41,7 +41,7 @@ from codegen.ir import Assign, Block, Operand, Origin, free_symbols, sweep_role
 from codegen.names import Temps
 from codegen.naming import expand, name_values, trace
 from codegen.spec import Rule, SpecError
-from codegen.variants import absent_variant
+from codegen.variants import variants
 
 
 # ---------------------------------------------------------------------------------- start
@@ -582,11 +582,10 @@ def _reads(rule: Rule, ops: list[Op]) -> list[sp.Symbol]:
 
 # ---------------------------------------------------------------------------------- driver
 def lower(rule: Rule) -> Lowered:
-    """Run every pass in order; a rule that reaches the printers is fully checked (its variant
-    without absent states too: codegen/variants.py refuses one that still reads them)."""
+    """Run every pass in order; a rule that reaches the printers is fully checked (its variants
+    too: codegen/variants.py refuses one that still reads an absent state)."""
     rule.finish()
-    if rule.absent:
-        absent_variant(rule)
+    variants(rule)
     block = from_spec(rule)
     report = [("spec", block.op_counts())]
     for name, run in PASSES:

@@ -43,7 +43,7 @@ _reserve(
     "check_host_states computed_each checked_each distinct check_tensors_each step_rows "
     "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
-    "run_variant",
+    "run_variant matches",
 )
 _reserve(
     "a module global of every generated module",
@@ -52,7 +52,7 @@ _reserve(
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
-    "step_prechecked step_buffers step_tables ABSENT VARIANT",
+    "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(

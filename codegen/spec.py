@@ -226,6 +226,10 @@ class Rule:
         self.lets: dict[sp.Symbol, str] = {}
         # states absent while hyperparameters have these values (``state(absent_when=...)``)
         self.absent: dict[str, dict[sp.Symbol, float]] = {}
+        # hyperparameter values at which the update runs with them substituted exactly
+        # (``special_case``): name -> values, in the order the host tries them
+        self.special: dict[str, dict[sp.Symbol, float]] = {}
+        self.special_docs: dict[str, str] = {}
         self.variant_of: str | None = None  # a variant (codegen/variants.py): the rule it is of
         self.equations: list[Equation] = []
         self.test_cases: list[TestCase] = []
@@ -398,13 +402,25 @@ class Rule:
         if absent_when is None:
             return None
         where = f"{self._where()}: state {name!r}: absent_when"
-        if not isinstance(absent_when, dict) or not absent_when:
-            raise SpecError(f"{where} must be a non-empty dict {{hyperparameter: value}}")
         if axis is not None:
             raise SpecError(f"{where} is for per-element states (this one has an axis)")
+        out = self._hyper_values(where, absent_when)
+        for other, condition in self.absent.items():
+            if condition != out:
+                raise SpecError(
+                    f"{where} differs from state {other!r}'s; a rule has one absent_when "
+                    "condition (one variant of the update)"
+                )
+        return out
+
+    def _hyper_values(self, where: str, values: object) -> dict[sp.Symbol, float]:
+        """``{hyperparameter: value}`` checked (hyperparameters declared before, each at a legal
+        value) and as the host passes them: a choice by its index, a flag as 0.0/1.0."""
+        if not isinstance(values, dict) or not values:
+            raise SpecError(f"{where} must be a non-empty dict {{hyperparameter: value}}")
         out: dict[sp.Symbol, float] = {}
         by_symbol = {h.symbol: h for h in self.hypers.values()}
-        for key, value in absent_when.items():
+        for key, value in values.items():
             hyper = by_symbol.get(key) if isinstance(key, sp.Symbol) else None
             if hyper is None:
                 raise SpecError(
@@ -425,13 +441,45 @@ class Rule:
                     f"{hyper.legal.describe()}"
                 )
             out[key] = number
-        for other, condition in self.absent.items():
-            if condition != out:
-                raise SpecError(
-                    f"{where} differs from state {other!r}'s; a rule has one absent_when "
-                    "condition (one variant of the update)"
-                )
         return out
+
+    def special_case(self, name: str, values: dict[sp.Symbol, float | bool], doc: str) -> None:
+        """Declare hyperparameter values at which the update is computed with them substituted
+        as exact numbers: what they make vanish is not computed (``wd * w`` at ``wd = 0``, a
+        factor ``rescale_grad = 1``, a Piecewise branch they decide).
+
+        The generator emits the update at those values as a variant (:mod:`codegen.variants`;
+        modules ``generated/<target>/<rule>_<name>.py``), and the rule's step functions run it
+        whenever a call's hyperparameters have them (first match in declaration order), so the
+        values stay runtime arguments. Fewer operations per element (plain SGD: one multiply
+        and one add where the whole update has five), and the value MXNet's and torch's code
+        give there: ``0 * w`` vanishes for an infinite weight too (torch skips weight decay at
+        0; MXNet computes ``(1 - lr * wd) * w``) where the general update's ``w - lr*wd*w``
+        gives NaN. A state whose ``absent_when`` these values include is absent in the special
+        case too; values that neither include nor contradict an ``absent_when`` are refused (a
+        step would match both).
+        """
+        where = f"{self._where()}: special_case {name!r}"
+        if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+            raise SpecError(f"{where}: the name must be a lower-case identifier")
+        if name in self.special:
+            raise SpecError(f"{where} is declared twice")
+        out = self._hyper_values(where, values)
+        self._doc(doc, f"special case {name!r}")
+        for state, condition in self.absent.items():
+            implied = all(out.get(h) == v for h, v in condition.items())
+            excluded = any(h in out and out[h] != v for h, v in condition.items())
+            if not implied and not excluded:
+                setting = ", ".join(f"{h} = {v:g}" for h, v in condition.items())
+                raise SpecError(
+                    f"{where}: state {state!r} is absent at {setting} (absent_when); the special "
+                    "case must include those values or exclude them"
+                )
+        for other, before in self.special.items():
+            if before == out:
+                raise SpecError(f"{where} has the values of special case {other!r}")
+        self.special[name] = out
+        self.special_docs[name] = doc
 
     def torch_equivalent(
         self,
@@ -859,6 +907,7 @@ class Rule:
         for d in self.drop_ins:  # the drop-in classes and their torch arguments (betas, foreach)
             declared |= {d.class_name, *(name for name, _ in d.signature if name != "*")}
         variant = {self.variant_name} if self.absent else set()
+        variant |= {self.special_name(name) for name in self.special}
         return declared | {self.name, self.class_name} | variant
 
     @property
@@ -866,6 +915,10 @@ class Rule:
         """``<rule>_without_<state>[_<state>...]``: the modules (and kernels) of the variant
         without the absent states (:mod:`codegen.variants`)."""
         return "_".join([self.name, "without", *self.absent])
+
+    def special_name(self, name: str) -> str:
+        """``<rule>_<name>``: the modules (and kernels) of special case ``name``."""
+        return f"{self.name}_{name}"
 
     @property
     def scalar_inputs(self) -> list[sp.Symbol]:

@@ -1,23 +1,32 @@
-"""Variants of a rule: the update with some states absent (``Rule.state(absent_when=...)``).
+"""Variants of a rule: the update at given hyperparameter values, substituted exactly.
 
-torch's SGD keeps no momentum buffer at momentum=0; one update for every setting would read and
-write it anyway (20 bytes per float32 element where 12 do). A state declared with
-``absent_when={momentum: 0}`` gets a variant rule: every equation with the hyperparameter values
-substituted (Piecewise branches decided by them fold away), the state and its equation dropped,
-then whatever no output needs any more. The variant is lowered and printed like any rule, into
-its own modules (``generated/<target>/<rule>_without_<state>.py``); the rule's own step
-functions run it whenever a call's hyperparameters have those values, so the values stay
-runtime arguments. A spec whose variant would still read the state is refused, naming the spec
-file and the state.
+Two kinds, each a variant rule lowered and printed like any rule into its own modules; the
+rule's own step functions run it whenever a call's hyperparameters have those values, so the
+values stay runtime arguments (no recompilation):
+
+- without absent states (``Rule.state(absent_when=...)``; ``<rule>_without_<state>``): torch's
+  SGD keeps no momentum buffer at momentum=0, and one update for every setting would read and
+  write it anyway (20 bytes per float32 element where 12 do);
+- special cases (``Rule.special_case``; ``<rule>_<name>``): plain SGD at ``wd = 0`` and
+  ``rescale_grad = 1`` is one multiply and one add per element where the whole update computes
+  five operations whatever the values.
+
+A variant has every equation with the values substituted (as exact numbers: ``0 * w``
+vanishes, Piecewise branches decided by them fold away), its absent states and their equations
+dropped, then whatever no output needs any more; its hyperparameters at those values take only
+them. A spec whose variant would still read an absent state is refused, naming the spec file
+and the state.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import sympy as sp
 
-from codegen.spec import Equation, Rule, SpecError
+from codegen.ir import Origin
+from codegen.spec import Equation, Hyper, Rule, SpecError
 
 
 def variant_name(rule: Rule) -> str:
@@ -44,9 +53,53 @@ def absent_variant(rule: Rule) -> Rule | None:
     """The rule without its absent states (None when it declares none), finished (checked)."""
     if not rule.absent:
         return None
+    values = next(iter(rule.absent.values()))
+    setting = _setting(values)
+    doc = (
+        f"`{rule.name}` at {setting}, where {', '.join(rule.absent)} does not exist: "
+        f"its step functions run this module then (codegen/variants.py)."
+    )
+    return _variant(rule, rule.variant_name, values, set(rule.absent), "absent_when", doc)
+
+
+def special_variants(rule: Rule) -> list[Rule]:
+    """The rule's special cases (``Rule.special_case``), each finished (checked): the update
+    with the values substituted exactly, without the states they make absent."""
+    out = []
+    for name, values in rule.special.items():
+        gone = {
+            state
+            for state, condition in rule.absent.items()
+            if all(values.get(h) == v for h, v in condition.items())
+        }
+        doc = (
+            f"`{rule.name}` at {_setting(values)} (special case {name!r}: "
+            f"{rule.special_docs[name]}): the update with those values substituted exactly; "
+            f"its step functions run this module then (codegen/variants.py)."
+        )
+        what = f"special_case {name!r}"
+        out.append(_variant(rule, rule.special_name(name), values, gone, what, doc))
+    return out
+
+
+def variants(rule: Rule) -> list[Rule]:
+    """Every variant of the rule: its special cases, then the one without its absent states."""
+    absent = absent_variant(rule)
+    return special_variants(rule) + ([absent] if absent else [])
+
+
+def _setting(values: dict[sp.Symbol, float]) -> str:
+    return ", ".join(f"{k} = {v:g}" for k, v in values.items())
+
+
+def _variant(
+    rule: Rule, name: str, values: dict[sp.Symbol, float], absent: set[str], what: str, doc: str
+) -> Rule:
+    """``rule`` with ``values`` substituted exactly and the ``absent`` states dropped; its
+    hyperparameters at those values take only them (a direct call at others is refused)."""
     unsupported = [
-        what
-        for what, present in [
+        kind
+        for kind, present in [
             ("per-element inputs", rule.inputs),
             ("per-step scalar inputs", rule.scalars),
             ("noise draws", rule.draws),
@@ -57,33 +110,36 @@ def absent_variant(rule: Rule) -> Rule | None:
     ]
     if unsupported:
         raise SpecError(
-            f"{rule.source}: absent_when ({', '.join(rule.absent)}) is not supported yet in a "
-            f"rule with {', '.join(unsupported)}"
+            f"{rule.source}: {what} is not supported yet in a rule with {', '.join(unsupported)}"
         )
-    values = next(iter(rule.absent.values()))
-    gone = {rule.states[name] for name in rule.absent}
+    gone = {rule.states[n] for n in absent}
     variant = copy.copy(rule)
-    variant.name = variant_name(rule)
+    variant.name = name
     variant.variant_of = rule.name
-    variant.states = {k: s for k, s in rule.states.items() if k not in rule.absent}
+    variant.states = {k: s for k, s in rule.states.items() if k not in absent}
     variant._updated = {c: n for c, n in rule._updated.items() if c not in {s.symbol for s in gone}}
+    variant.hypers = {
+        n: _only(h, values[h.symbol]) if h.symbol in values else h for n, h in rule.hypers.items()
+    }
     substitution = {
         s: sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v) for s, v in values.items()
     }
+    at = f"(at {_setting(values)})"
     equations = [
-        Equation(eq.target, eq.expr.subs(substitution), eq.origin)
+        Equation(eq.target, new, _origin(eq, new, at) if new != eq.expr else eq.origin)
         for eq in rule.equations
         if eq.target not in {s.new for s in gone}
+        for new in [eq.expr.subs(substitution)]
     ]
     equations = _needed(variant, equations)
-    setting = ", ".join(f"{k} = {v:g}" for k, v in values.items())
     for eq in equations:
         read = eq.expr.free_symbols & {x for s in gone for x in (s.symbol, s.new)}
         if read:
             state = ", ".join(sorted(str(x) for x in read))
             raise SpecError(
-                f"{rule._at(eq)}: state(s) {', '.join(rule.absent)} are absent at {setting} "
-                f"(absent_when), but the equation for {eq.target} still reads {state} there"
+                f"{rule._at(eq)}: state(s) {', '.join(sorted(absent))} are absent at "
+                f"{_setting(values)} ({what}), but the equation for {eq.target} still reads "
+                f"{state} there"
             )
     kept = {eq.target for eq in equations}
     variant.equations = equations
@@ -92,14 +148,30 @@ def absent_variant(rule: Rule) -> Rule | None:
     variant.reduction_kinds = {r: k for r, k in rule.reduction_kinds.items() if r in kept}
     variant.reduction_axes = {r: a for r, a in rule.reduction_axes.items() if r in kept}
     variant.group_reductions = [r for r in rule.group_reductions if r in kept]
-    variant.doc = (
-        f"`{rule.name}` at {setting}, where {', '.join(rule.absent)} does not exist: "
-        f"its step functions run this module then (codegen/variants.py).\n\n{rule.doc}"
-    )
+    variant.doc = f"{doc}\n\n{rule.doc}"
     variant.absent = {}
+    variant.special = {}
+    variant.special_docs = {}
     variant.torch = None
     variant.drop_ins = []
     variant.test_cases = []
     variant.mxnet = None
     variant._finished = False
     return variant.finish()
+
+
+def _origin(eq: Equation, expr: sp.Expr, at: str) -> Origin:
+    """The equation's origin, its text the variant's equation (generated code cites it)."""
+    return dataclasses.replace(eq.origin, text=f"{eq.target} = {expr} {at}")
+
+
+def _only(hyper: Hyper, value: float) -> Hyper:
+    """``hyper`` taking only ``value`` (a choice by its index, a flag as 0.0/1.0), its default."""
+    legal = hyper.legal._replace(lo=value, hi=value, lo_open=False, hi_open=False, allow_none=False)
+    if legal.choices:
+        default: float | str | bool = legal.choices[int(value)]
+    elif legal.flag:
+        default = bool(value)
+    else:
+        default = value
+    return dataclasses.replace(hyper, legal=legal, default=default)

@@ -29,6 +29,11 @@ class Legal(NamedTuple):
         return above and below and whole and not math.isinf(value)
 
     def describe(self) -> str:
+        if self.lo == self.hi:  # a variant's hyperparameter (codegen/variants.py): one value
+            if self.choices:
+                return f"only {self.choices[int(self.lo)]!r}"
+            if self.flag:
+                return f"only {bool(self.lo)}"
         if self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
             return text + " or None" if self.allow_none else text
@@ -43,6 +48,8 @@ class Legal(NamedTuple):
         lo = "(" if self.lo_open or math.isinf(self.lo) else "["
         hi = ")" if self.hi_open or math.isinf(self.hi) else "]"
         text = f"{lo}{num(self.lo)}, {num(self.hi)}{hi}"
+        if self.lo == self.hi:
+            text = f"only {num(self.lo)}"
         if self.integer:
             text = f"an integer in {text}"
         return text + " or None" if self.allow_none else text
@@ -331,6 +338,21 @@ def absent_states(absent: Mapping[str, Mapping[str, float]], hp: Mapping[str, fl
     """True when the resolved hyperparameters ``hp`` make a rule's ``ABSENT`` states absent (its
     spec's ``state(absent_when=...)``): the step then runs the rule's variant modules."""
     return any(all(hp[n] == v for n, v in when.items()) for when in absent.values())
+
+
+def matches(when: Mapping[str, float], hp: Mapping[str, float]) -> bool:
+    """True when the resolved hyperparameters ``hp`` have the values ``when`` (a rule's
+    ``SPECIAL`` case: its spec's ``special_case``): the step then runs that case's modules."""
+    return all(hp[n] == v for n, v in when.items())
+
+
+def running_variant(meta: Any, hp: Mapping[str, float]) -> str | None:
+    """The variant a rules module ``meta``'s step functions run at the resolved ``hp``: its
+    first matching special case, else the variant without its absent states, else None."""
+    for name, when in meta.SPECIAL.items():
+        if matches(when, hp):
+            return name
+    return meta.VARIANT if absent_states(meta.ABSENT, hp) else None
 
 
 def run_variant(

@@ -10,6 +10,10 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
+special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
+what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
+
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
@@ -24,3 +28,7 @@ w = RULE.weight
 
 RULE.torch_equivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {})
 RULE.update(w, w - mx.lr * mx.wd * w - mx.lr * mx.clipped())
+# At the defaults the update is w - lr * clip(g): one multiply and one add per element (clip off)
+# where the whole update computes five, and MXNet's value there ((1 - lr*wd)*w keeps an infinite
+# weight infinite; w - lr*wd*w would give inf - inf = NaN).
+RULE.special_case("plain", {mx.wd: 0, mx.rescale_grad: 1}, doc="no weight decay, no rescaling")

@@ -11,6 +11,10 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
+At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
+``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0).
+
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
 added before the momentum. torch keeps no step count for SGD: a state_dict of it has only the
@@ -42,6 +46,11 @@ d = RULE.let(
     sp.Piecewise((G, sp.Eq(momentum, 0)), (G + momentum * buf_new, nesterov > 0), (buf_new, True)),
 )
 RULE.update(w, w - lr * d)
+# torch's defaults: w - lr * g, one multiply and one add per element, and torch's value there
+# (it skips weight decay at 0: an infinite weight stays infinite where 0 * inf would be NaN)
+RULE.special_case(
+    "plain", {momentum: 0, weight_decay: 0, maximize: False}, doc="no momentum or weight decay"
+)
 
 RULE.torch_equivalent(
     "SGD",

@@ -16,6 +16,7 @@ import pytest
 from conftest import MATRIX_RULE_NAMES, MATRIX_RULES, RULE_NAMES, RULES, triton_module
 
 from codegen.matrix_targets import plan
+from codegen.variants import variants as all_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tree whose generated/ is compiled: OPTGEN_ROOT's, when the suite runs on another tree
@@ -112,8 +113,8 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
 
 
 def test_all_rules_were_compiled(compiled: list[dict]) -> None:
-    variants = {rule.variant_name for rule in RULES.values() if rule.absent}
-    assert variants == {"torch_sgd_without_momentum_buffer"}
+    variants = {v.name for rule in RULES.values() for v in all_variants(rule)}
+    assert variants == {"torch_sgd_without_momentum_buffer", "torch_sgd_plain", "sgd_plain"}
     assert {r["rule"] for r in compiled} == set(RULE_NAMES) | set(MATRIX_RULE_NAMES) | variants
 
 
@@ -192,6 +193,29 @@ def test_an_absent_state_moves_no_bytes(compiled: list[dict]) -> None:
         args = getattr(variant, f"torch_sgd_without_momentum_buffer_{kernel}").arg_names
         assert {"weight_ptr", "weight_like"} & set(args)
         assert not [a for a in args if "momentum" in a]
+
+
+@pytest.mark.parametrize("rule", ["sgd", "torch_sgd"])
+def test_a_special_case_moves_the_same_bytes_with_less_arithmetic(
+    compiled: list[dict], rule: str
+) -> None:
+    """A special case (``special_case``: SGD at its defaults) moves the spec's minimum, 128-bit
+    when aligned, and takes none of the hyperparameters it fixes."""
+    rows = {
+        (r["kernel"], r["weight"], r["variant"]): r
+        for r in compiled
+        if r["arch"] == 90 and r["rule"] == f"{rule}_plain"
+    }
+    for kernel in ("kernel", "multi_kernel"):
+        for weight, size in (("fp32", 12), ("bf16", 6)):
+            row = rows[f"{rule}_plain_{kernel}", weight, "aligned"]
+            assert row["bytes_per_element"] == row["min_bytes_per_element"] == size
+            assert row["vectorised"]
+    fixed = {"sgd": ("wd", "rescale_grad"), "torch_sgd": ("weight_decay", "maximize", "momentum")}
+    module = triton_module(f"{rule}_plain")
+    for kernel in ("kernel", "multi_kernel"):
+        args = getattr(module, f"{rule}_plain_{kernel}").arg_names
+        assert not [a for a in args if a in fixed[rule]], args
 
 
 def test_the_traffic_check_catches_lost_vectorisation_and_extra_traffic(tmp_path: Path) -> None:

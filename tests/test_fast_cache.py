@@ -72,6 +72,13 @@ def _wd_to_negative_zero(opt: Any) -> None:
     opt.param_groups[0][key] = -0.0  # == 0.0: only the bits tell the scalars apart
 
 
+def _special_case_left(opt: Any) -> None:
+    """SGD's and TorchSGD's defaults are their special cases (``special_case``): another
+    module runs, with other scalars."""
+    key = "rescale_grad" if "rescale_grad" in opt.param_groups[0] else "maximize"
+    opt.param_groups[0][key] = 2.0 if key == "rescale_grad" else True
+
+
 def _betas_tuple_replaced(opt: Any) -> None:
     if "betas" in opt.param_groups[0]:
         opt.param_groups[0]["betas"] = (0.8, 0.99)
@@ -89,6 +96,7 @@ def _beta1_set(opt: Any) -> None:
         _lr_same_value_new_object,
         _lr_tensor_edited_in_place,
         _wd_to_negative_zero,
+        _special_case_left,
         _betas_tuple_replaced,
         _beta1_set,
     ],
@@ -125,7 +133,7 @@ def test_an_unchanged_group_reuses_its_resolution_and_tables() -> None:
 def test_a_scalar_that_changes_only_its_sign_is_not_taken_from_the_cache() -> None:
     """SGD's -lr*wd is -0.0 at wd=0.0 and 0.0 at wd=-0.0 (equal as numbers): the kernels'
     table must follow the bits (the sign of a zero reaches the weights through -0.0 + -0.0)."""
-    _, opt = run("SGD", "numba", None, steps=3)
+    _, opt = run("SGD", "numba", None, steps=3, rescale_grad=2.0)  # not the special case
     part = opt._plan.groups[0]
     assert list(opt.META.SCALARS)[2] == "_h2" and opt.META.SCALARS["_h2"] == "= -lr*wd"
     assert np.signbit(part.tables[0][:, 2]).all()

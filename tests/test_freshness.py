@@ -10,6 +10,7 @@ from pathlib import Path
 
 from codegen.generate import GENERATED_DIR, generate_all, stale, write
 from codegen.load import SPECS_DIR, load_rules
+from codegen.variants import variants as all_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +30,8 @@ def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
 
 def test_generated_files_are_headed() -> None:
     """Every generated file says so in its first line, and a rule's module names its own spec
-    (a variant's, ``state(absent_when=...)``, its rule's)."""
-    variants = {r.variant_name: r.name for r in load_rules() if r.absent}
+    (a variant's, ``state(absent_when=...)`` or ``special_case``, its rule's)."""
+    variants = {v.name: r.name for r in load_rules() for v in all_variants(r)}
     rule_modules = 0
     for path in sorted(GENERATED_DIR.rglob("*.py")):
         head = path.read_text().splitlines()[0]

@@ -33,6 +33,10 @@ SHAPE = (4, 6)
 # module -> (why, the tests "file::name" that check what does apply on the matrix rules).
 NOT_FOR_MATRIX_RULES: dict[str, tuple[str, list[str]]] = {
     "test_absent.py": ("torch_sgd's absent momentum buffer; matrix rules refuse absent_when", []),
+    "test_special.py": (
+        "sgd's and torch_sgd's special cases; matrix rules refuse special_case",
+        ["test_special.py::test_a_matrix_rule_refuses_a_special_case"],
+    ),
     "test_aot.py": (
         "per-element <rule>_kernel/_multi_kernel names",
         ["test_aot.py::test_no_arguments_compiles_the_matrix_rules_segment_kernels"],

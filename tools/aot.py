@@ -212,7 +212,7 @@ def _lowered(module: Any) -> Any:
     this repository's; None when none has it."""
     from codegen.load import SPECS_DIR, load_rules
     from codegen.lower import lower
-    from codegen.variants import absent_variant
+    from codegen.variants import variants as of_rule
 
     rule, name = module.RULE, module_rule(module)
     if name not in _LOWERED:
@@ -222,8 +222,8 @@ def _lowered(module: Any) -> Any:
             d for d in [*trees, Path.cwd() / "specs", SPECS_DIR] if (d / f"{rule}.py").exists()
         ]
         spec = load_rules(found[0], names=[rule])[0] if found else None
-        if spec is not None and name != rule:  # a variant without the absent states
-            spec = absent_variant(spec) if spec.variant_name == name else None
+        if spec is not None and name != rule:  # a variant (codegen/variants.py)
+            spec = next((v for v in of_rule(spec) if v.name == name), None)
         _LOWERED[name] = lower(spec) if spec is not None else None
     return _LOWERED[name]
 
@@ -359,16 +359,21 @@ def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[d
 
 
 def variants(rules: list[str]) -> list[str]:
-    """The variant modules of ``rules`` (``generated.rules.<rule>.VARIANT``), in order."""
+    """The variant modules of ``rules`` (``generated.rules.<rule>``'s ``SPECIAL`` cases, then
+    its ``VARIANT`` without absent states), in order."""
     metas = [importlib.import_module(f"generated.rules.{rule}") for rule in rules]
-    return [meta.VARIANT for meta in metas if meta.VARIANT]
+    return [v for meta in metas for v in [*meta.SPECIAL, *[meta.VARIANT] * bool(meta.VARIANT)]]
 
 
 def module_rule(module: Any) -> str:
-    """The rule a kernel module is generated for, or the variant: ``<rule>_without_<state>``,
-    its module name (a variant's ``RULE`` is its rule's, for messages)."""
-    stem = module.__name__.rsplit(".", 1)[-1].removeprefix("_aot_")
-    return stem if stem.startswith(f"{module.RULE}_without_") else module.RULE
+    """The rule a kernel module is generated for, or the variant (``<rule>_without_<state>``,
+    ``<rule>_<special case>``): its module name (a variant's ``RULE`` is its rule's, for
+    messages)."""
+    # a variant's modules read its own rules module (generated.rules.<variant>); a copy of a
+    # rule's module under another file name (tests/test_aot.py) still reads its rule's
+    host = getattr(getattr(module, "host_scalars", None), "__module__", None) or ""
+    name = host.rsplit(".", 1)[-1]
+    return name if name.startswith(f"{module.RULE}_") else module.RULE
 
 
 def main(argv: list[str] | None = None) -> int:

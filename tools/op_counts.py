@@ -18,7 +18,7 @@ from codegen import matrix, matrix_targets
 from codegen.load import load_rules
 from codegen.lower import lower
 from codegen.spec import Rule
-from codegen.variants import absent_variant
+from codegen.variants import variants
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "goldens" / "op_counts.json"
 
@@ -31,13 +31,12 @@ def table_for(rule: Rule) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def table() -> dict[str, dict[str, dict[str, dict[str, int]]]]:
-    """rule -> pass -> role -> operation -> count; a rule's variant without its absent states
-    (codegen/variants.py) under the variant's name."""
+    """rule -> pass -> role -> operation -> count; a rule's variants (special cases, without
+    its absent states: codegen/variants.py) under their names."""
     out = {}
     for rule in load_rules():
         out[rule.name] = table_for(rule)
-        variant = absent_variant(rule)
-        if variant is not None:
+        for variant in variants(rule):
             out[variant.name] = table_for(variant)
     return out
 

@@ -106,8 +106,10 @@ def exported(lowered: Lowered) -> list[str]:
         out += ["SIZES"]
     if rule.vector_states:
         out += ["STATE_AXES"]
-    if rule.absent:
+    if rule.absent or rule.special:  # run_variant(..., ABSENT): a variant's states
         out += ["ABSENT"]
+    if rule.special:
+        out += ["SPECIAL"]
     return sorted(out, key=lambda n: natural(n.replace("_", " ")))  # "STATE_AXES" < "STATES"
 
 
@@ -118,13 +120,23 @@ def natural(name: str) -> list[str | int]:
 
 
 def variant_context(rule: Rule) -> dict[str, object]:
-    """What a module's step functions need to run the rule's variant without its absent states
-    (``Rule.state(absent_when=...)``, :mod:`codegen.variants`): its module name, or None."""
-    if not rule.absent:
-        return {"variant": None}
-    when = next(iter(rule.absent.values()))
-    setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
-    return {"variant": rule.variant_name, "absent_doc": f"{setting}: no {', '.join(rule.absent)}"}
+    """What a module's step functions need to run the rule's variants (:mod:`codegen.variants`),
+    in the order they are tried: each one's module, the alias it is imported as, the test of
+    the resolved hyperparameters ``hp`` that selects it, and a comment."""
+    out = []
+    for name, values in rule.special.items():
+        module = rule.special_name(name)
+        setting = ", ".join(f"{h} = {v:g}" for h, v in values.items())
+        test = f"matches(SPECIAL[{module!r}], hp)"
+        out.append({"module": module, "alias": f"_{name}", "test": test, "doc": setting})
+    if rule.absent:
+        when = next(iter(rule.absent.values()))
+        setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
+        doc = f"{setting}: no {', '.join(rule.absent)}"
+        test = "absent_states(ABSENT, hp)"
+        out.append({"module": rule.variant_name, "alias": "_variant", "test": test, "doc": doc})
+    tests = ["absent_states"] * bool(rule.absent) + ["matches"] * bool(rule.special)
+    return {"variants": out, "variant_tests": tests}
 
 
 def reduced_axis(rule: Rule, reduction: sp.Symbol) -> str:
@@ -220,6 +232,12 @@ def context(lowered: Lowered) -> dict[str, object]:
             {name: {str(h): v for h, v in when.items()} for name, when in rule.absent.items()}
         ),
         "variant": repr(variant_name(rule) if rule.absent else None),
+        "special": repr(
+            {
+                rule.special_name(name): {str(h): v for h, v in values.items()}
+                for name, values in rule.special.items()
+            }
+        ),
         "host_args": host_names + [str(r) for r in lowered.summands if r in rule.scalar_reductions],
         "update_code": _lines(host_program(lowered, update), code),
         "update_names": [s.name for s in update],

@@ -252,7 +252,9 @@ def context(lowered: Lowered) -> dict[str, object]:
             + (["vector_shape"] if rule.vector_states else [])
             + (["input_lists"] if rule.inputs else [])
             + (["scalar_inputs"] if rule.scalars else [])
-            + (["absent_states", "run_variant"] if rule.absent else [])
+            + (["absent_states"] if rule.absent else [])
+            + (["matches"] if rule.special else [])
+            + (["run_variant"] if rule.absent or rule.special else [])
         ),
         "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
         "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",

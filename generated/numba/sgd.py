@@ -19,6 +19,10 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
+special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
+what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
+
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
@@ -32,12 +36,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.sgd import init_state
 from ..rules.sgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -51,13 +62,16 @@ from ..rules.sgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import sgd_plain as _plain
 
 # The rule's metadata and host code live in generated.rules.sgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "FALLBACK",
@@ -73,6 +87,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -111,7 +126,7 @@ def _update_chunk(
         for _i in range(weight_buf.shape[0]):
             weight = weight_buf[_i]
             grad = grad_buf[_i]
-            # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+            # specs/sgd.py:30: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
             _v0 = rescale_grad * grad
             _v1 = _v0
             _v2 = _v1
@@ -124,7 +139,7 @@ def _update_chunk(
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
-        # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+        # specs/sgd.py:30: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         _v2 = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
@@ -176,6 +191,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's update
+    if matches(SPECIAL["sgd_plain"], hp):
+        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
     _run(buffers, [state], [t], hp, {})
@@ -192,6 +210,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's update
+    if matches(SPECIAL["sgd_plain"], hp):
+        return run_variant(_plain.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
     _run(buffers, states, ts, hp, {})
@@ -209,6 +230,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's update
+    if matches(SPECIAL["sgd_plain"], hp):
+        return run_variant(_plain.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
     _run(buffers, states, ts, hp, {})
@@ -226,6 +250,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["sgd_plain"], hp):
+        return _plain.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

@@ -14,6 +14,10 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
+special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
+what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
+
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
@@ -25,11 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.sgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -43,13 +54,16 @@ from ..rules.sgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import sgd_plain as _plain
 
 # The rule's metadata and host code live in generated.rules.sgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -63,6 +77,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -91,6 +106,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's update
+    if matches(SPECIAL["sgd_plain"], hp):
+        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -105,7 +123,7 @@ def step(
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+        # specs/sgd.py:30: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)

@@ -84,6 +84,7 @@ HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (none in a matrix rule).
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
+SPECIAL: dict[str, dict[str, float]] = {}
 STATE_AXES: dict[str, int] = {}
 # Per-tensor reductions (summed in float64 on the host between stages).
 REDUCTIONS: tuple[str, ...] = (

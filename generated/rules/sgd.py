@@ -14,6 +14,10 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
+special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
+what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
+
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
@@ -73,6 +77,9 @@ HOST_STATES: tuple[str, ...] = ()
 # write them (codegen/variants.py).
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
+# Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
+# with them substituted exactly (the first that matches; codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"sgd_plain": {"wd": 0.0, "rescale_grad": 1.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {}, {})
 # Operations per element of the update.

@@ -17,6 +17,10 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
+At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
+``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0).
+
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
 added before the momentum. torch keeps no step count for SGD: a state_dict of it has only the
@@ -42,7 +46,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
-    "momentum": Legal(lo=0.0),
+    "momentum": Legal(lo=0.0, hi=0.0),
     "dampening": Legal(),
     "weight_decay": Legal(lo=0.0),
     "nesterov": Legal(lo=0.0, hi=1.0, flag=True),
@@ -78,6 +82,9 @@ HOST_STATES: tuple[str, ...] = ()
 # write them (codegen/variants.py).
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
+# Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
+# with them substituted exactly (the first that matches; codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
 # Operations per element of the update.

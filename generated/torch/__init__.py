@@ -1953,6 +1953,10 @@ class SGD(GeneratedOptimizer):
         G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
         w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+    At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
+    special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
+    what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
+
     The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
     see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
     then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
@@ -2779,6 +2783,10 @@ class TorchSGD(GeneratedOptimizer):
                         d = g + momentum * b if nesterov else b
         momentum == 0:  d = g
         w <- w - lr * d
+
+    At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
+    ``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
+    torch computes there, an infinite weight included (torch skips weight decay at 0).
 
     Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
     lr takes effect at once), the first step copies the gradient undamped, and weight decay is

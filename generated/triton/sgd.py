@@ -14,6 +14,10 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
+special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
+what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
+
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
@@ -29,7 +33,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -38,6 +44,7 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch, step_rows
 
 from ..rules.sgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -51,13 +58,16 @@ from ..rules.sgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import sgd_plain as _plain
 
 # The rule's metadata and host code live in generated.rules.sgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -71,6 +81,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -107,7 +118,7 @@ def sgd_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    # specs/sgd.py:26: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+    # specs/sgd.py:30: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     _v2 = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
@@ -221,6 +232,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's kernels
+    if matches(SPECIAL["sgd_plain"], hp):
+        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -271,6 +285,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # wd = 0, rescale_grad = 1: that variant's kernels
+    if matches(SPECIAL["sgd_plain"], hp):
+        return run_variant(
+            _plain.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ABSENT,
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

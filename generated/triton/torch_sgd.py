@@ -15,6 +15,10 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
+At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
+``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0).
+
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
 added before the momentum. torch keeps no step count for SGD: a state_dict of it has only the
@@ -33,6 +37,7 @@ from optgen_runtime.common import (
     absent_states,
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
     run_variant,
     step_counts,
@@ -57,10 +62,12 @@ from ..rules.torch_sgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_plain as _plain
 from . import torch_sgd_without_momentum_buffer as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_sgd; re-exported here.
@@ -79,6 +86,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -123,18 +131,18 @@ def torch_sgd_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     momentum_buffer = tl.load(momentum_buffer_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_sgd.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_sgd.py:40: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_sgd.py:39: momentum_buffer_new = G*take + keep*momentum_buffer
+    # specs/torch_sgd.py:43: momentum_buffer_new = G*take + keep*momentum_buffer
     _v2 = keep * momentum_buffer
     _v3 = take * G
     momentum_buffer_new = _v2 + _v3
-    # specs/torch_sgd.py:44: weight_new = -d*lr + weight
+    # specs/torch_sgd.py:48: weight_new = -d*lr + weight
     _v4 = _h1 != 0.0
     _v5 = _h2 != 0.0
-    # specs/torch_sgd.py:40: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+    # specs/torch_sgd.py:44: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
     _v6 = momentum * momentum_buffer_new
     d = G + _v6
     _v8 = tl.where(_v5, d, momentum_buffer_new)
@@ -287,7 +295,10 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0: no momentum_buffer: the variant's kernels (ABSENT)
+    # momentum = 0, weight_decay = 0, maximize = 0: that variant's kernels
+    if matches(SPECIAL["torch_sgd_plain"], hp):
+        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+    # momentum = 0: no momentum_buffer: that variant's kernels
     if absent_states(ABSENT, hp):
         return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
@@ -340,7 +351,21 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0: no momentum_buffer: the variant's kernels (ABSENT)
+    # momentum = 0, weight_decay = 0, maximize = 0: that variant's kernels
+    if matches(SPECIAL["torch_sgd_plain"], hp):
+        return run_variant(
+            _plain.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ABSENT,
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
+    # momentum = 0: no momentum_buffer: that variant's kernels
     if absent_states(ABSENT, hp):
         return run_variant(
             _variant.step_multi,

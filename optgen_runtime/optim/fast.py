@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import host_state_values
+from optgen_runtime.common import host_state_values, running_variant
 from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import Vouched, spans_overlap
@@ -233,23 +233,26 @@ class FastStep:
             raw = self._raw(part.group, plan.names)
             if raw is not None and part.raw is not None and all(map(operator.is_, raw, part.raw)):
                 hp, resolved, updates = part.hp, part.resolved, None  # as the last step's
+                tabled = part.tabled
             else:
                 updates = self._alias_updates(part.group)
                 hp = self._hyper({**part.group, **updates})
                 resolved = self._check(hp)
                 if self._absent(resolved) != part.absent:
                     return False  # a state comes or goes (SGD's momentum switched): a full step
+                tabled = self._tabled(resolved) if plan.kind == "numba" else None
             tables = None
-            if part.tabled is not None:
-                tables = self._tables(part, resolved, counts)
+            if tabled is not None:
+                tables = self._tables(part, tabled, resolved, counts)
             else:
                 self._check_fast_scalars(resolved, each, part)
-            checked.append((part, updates, hp, resolved, counts, tables))
-        for part, updates, hp, resolved, _, _ in checked:
+            checked.append((part, updates, hp, resolved, counts, tabled, tables))
+        for part, updates, hp, resolved, _, tabled, _ in checked:
             if updates is not None:
                 self._apply_aliases(part.group, updates)
                 part.raw, part.hp, part.resolved = self._raw(part.group, plan.names), hp, resolved
-        for (part, _, hp, _, counts, tables), gs, ptrs in zip(
+                part.tabled = tabled
+        for (part, _, hp, _, counts, tabled, tables), gs, ptrs in zip(
             checked, grads, pointers, strict=True
         ):
             if plan.kind == "triton":
@@ -258,8 +261,8 @@ class FastStep:
             assert part.buffers is not None
             for indices, addresses, _, _ in part.buffers.groups:
                 addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
-            if part.tabled is not None:
-                part.tabled.step_tables(part.buffers, tables)
+            if tabled is not None:
+                tabled.step_tables(part.buffers, tables)
             else:
                 self._fast_numba(part, counts, hp)
         torch._foreach_add_(steps, 1)
@@ -287,17 +290,20 @@ class FastStep:
                 return None
         return raw
 
-    def _tables(self, part: Group, resolved: dict[str, float], counts: Any) -> list[np.ndarray]:
+    def _tables(
+        self, part: Group, module: ModuleType, resolved: dict[str, float], counts: Any
+    ) -> list[np.ndarray]:
         """The group's tables of host scalars for the module's ``step_tables`` (per dtype group
         of its buffers, one row per tensor), computed and range-checked as
         ``_check_scalar_rows`` and the module's ``_run`` do, errors naming the class; the last
-        step's tables where the scalars are the same values, to the bit (-0.0 is not 0.0)."""
-        module, name = part.tabled, type(self).__name__
-        assert module is not None and part.buffers is not None
+        step's tables where the same module takes the same values, to the bit (-0.0 is not 0.0).
+        ``module``: the numba module that runs at ``resolved`` (``_tabled``)."""
+        name = type(self).__name__
+        assert part.buffers is not None
         if type(counts) is int:
             value = computed(name, module.host_scalars, counts, **resolved)[0]
             try:
-                key = (*value, struct.pack(f"{len(value)}d", *value))
+                key = (module, *value, struct.pack(f"{len(value)}d", *value))
             except (struct.error, OverflowError, TypeError):
                 key = None
             if key is not None and key == part.table_key:
@@ -422,7 +428,8 @@ class FastStep:
         for group, gs in zip(groups, surveyed[1], strict=True):
             params = [p for p in group["params"] if p.grad is not None]
             part = Group(group, [self.state[p] for p in params])
-            part.absent = self._absent(self._check(self._hyper(group)))
+            resolved = self._check(self._hyper(group))
+            part.absent = self._absent(resolved)
             present = [k for k in meta.STATES if k not in part.absent]
             rows, shapes = [], []
             for p, g, s in zip(params, gs, part.states, strict=True):
@@ -456,7 +463,7 @@ class FastStep:
                 plan.steps.append(s["step"])
             if kind == "numba":
                 part.buffers = Buffers.at(rows, shapes, part.dtypes)
-                part.tabled = self._tabled(part.absent)
+                part.tabled = self._tabled(resolved)
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
         if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):
@@ -474,11 +481,13 @@ class FastStep:
             return
         self._plan = plan
 
-    def _tabled(self, absent: tuple[str, ...]) -> ModuleType | None:
-        """The numba module that runs a group with these absent states (the rule's, or its
-        variant's: the same buffer columns) where it takes checked tables (``step_tables``)."""
+    def _tabled(self, resolved: dict[str, float]) -> ModuleType | None:
+        """The numba module whose update runs at the resolved hyperparameters (the rule's, or
+        the variant its ``step_buffers`` runs: a special case, or the one without the absent
+        states; the same buffer columns) where it takes checked tables (``step_tables``)."""
         module = self._numba()
-        if absent:
+        variant = running_variant(self.META, resolved)
+        if variant is not None:
             package = module.__name__.rsplit(".", 1)[0]
-            module = importlib.import_module(f"{package}.{self.META.VARIANT}")
+            module = importlib.import_module(f"{package}.{variant}")
         return module if hasattr(module, "step_tables") else None

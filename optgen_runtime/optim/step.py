@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from optgen_runtime.common import host_state_values
+from optgen_runtime.common import host_state_values, running_variant
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
@@ -256,14 +256,16 @@ class Stepping:
     ) -> None:
         """Each (step count, kernel dtype, host states, sizes) row's kernel scalars computed and
         range-checked, each distinct row once (mostly once per group), with the metadata of
-        the update that runs (a rule's absent-state variant: its own scalars). Rules with
-        reductions need the step's sums first: their modules check once the sums are known."""
+        the update that runs (a rule's special case or absent-state variant: its own scalars).
+        Rules with reductions need the step's sums first: their modules check once the sums are
+        known."""
         meta, name = self.META, type(self).__name__
         if meta.REDUCTIONS:
             return
-        if self._absent(resolved):  # the variant's scalars: the modules run it (ABSENT)
+        variant = running_variant(meta, resolved)
+        if variant is not None:  # the variant's scalars: the modules run it (SPECIAL, ABSENT)
             package = meta.__name__.rsplit(".", 1)[0]
-            meta = importlib.import_module(f"{package}.{meta.VARIANT}")
+            meta = importlib.import_module(f"{package}.{variant}")
         done = set()
         for t, dtype, host, sizes in rows:
             seen = (t, dtype, *host.items(), *sizes.items())
