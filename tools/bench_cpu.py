@@ -10,7 +10,9 @@
 1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
    ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` on the same tensors.
-2. Every compiled rule's numba ``step`` at 1 M, 4 M and 10 M float32 parameters against torch's
+2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
+   ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
+3. Every compiled rule's numba ``step`` at 1 M, 4 M and 10 M float32 parameters against torch's
    foreach optimizer where torch has the rule (the spec's ``torch_equivalent``), else against
    the rule's NumPy module (the reference).
 
@@ -95,6 +97,31 @@ def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     return out
 
 
+FIXED_N = 1_000  # elements of the one tensor of the fixed-cost section: the step is all host work
+FIXED_STEPS = 2_000
+
+
+def fixed_cost(steps: int) -> dict[str, float]:
+    """us/step on one tensor of FIXED_N elements: what a step costs besides its arithmetic
+    (checks, scalars, the launch), ours through the torch classes' fast step against torch's
+    foreach optimizers with the same settings."""
+    import torch
+
+    from generated.torch import SGD, Adam, TorchSGD
+
+    variants = {
+        "generated.torch.SGD": lambda ps: SGD(ps, lr=0.01),
+        "generated.torch.TorchSGD": lambda ps: TorchSGD(ps, lr=0.01),
+        "torch SGD foreach": lambda ps: torch.optim.SGD(ps, lr=0.01, foreach=True),
+        "generated.torch.Adam": lambda ps: Adam(ps, lr=1e-3),
+        "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+    }
+    return {
+        label: 1e3 * timed(make(_params([(FIXED_N,)])).step, steps)
+        for label, make in variants.items()
+    }
+
+
 def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     """The numba module's step against the rule's peer on ``n`` parameters."""
     import torch
@@ -172,6 +199,7 @@ def run(
         "n": int(sum(np.prod(s) for s in shapes)),
         **adam_class(shapes, steps),
     }
+    result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
     names = ["adam"] if quick else compiled
     sizes = (n,) if quick else SIZES
@@ -198,6 +226,13 @@ def report(r: dict[str, Any]) -> str:
             if label in ("n", "tensors"):
                 continue
             lines.append(f"  {label:30s} {ms:9.2f} {ms / fused:10.2f}x")
+    if "fixed_cost" in r:
+        lines += [
+            "",
+            f"fixed cost: one tensor of {FIXED_N:,} elements",
+            f"  {'':30s} {'us/step':>9s}",
+        ]
+        lines += [f"  {label:30s} {us:9.1f}" for label, us in r["fixed_cost"].items()]
     lines += [
         "",
         "every compiled rule: the numba module's step and the torch class's (numba backend)",
