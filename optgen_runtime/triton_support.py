@@ -239,7 +239,7 @@ def _padded_table(values: np.ndarray) -> torch.Tensor:
 
 def _padded_rows(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``rows[index]`` flat, float32, padded with zeros to 16 bytes (one row broadcast where
-    there is one: no gather)."""
+    there is one: no gather, ``index`` only counted)."""
     n, width = len(index), rows.shape[1]
     table = np.empty(_padded(n * width, 4), dtype=np.float32)
     table[n * width :] = 0
@@ -277,6 +277,8 @@ class ScalarRows(NamedTuple):
 
     def padded(self, members: np.ndarray | None = None) -> np.ndarray:
         """:meth:`table` as a NumPy array."""
+        if len(self.rows) == 1:  # broadcast: no gather
+            return _padded_rows(self.rows, self.index if members is None else members)
         index = self.index if members is None else self.index[members]
         return _padded_rows(self.rows, index)
 
@@ -728,11 +730,13 @@ class Vouched:
     rebuilt (checked) where a move changes a tensor's alignment class. Truthy: it is a
     ``prechecked=True``."""
 
-    __slots__ = ("entry", "rule")
+    __slots__ = ("entry", "pointers", "rule")
 
     def __init__(self) -> None:
         self.entry: _Prepared | None = None
         self.rule = ""
+        # the gradients' addresses of the next call, as the caller read them (None: read here)
+        self.pointers: list[int] | None = None
 
     def __bool__(self) -> bool:
         return True
@@ -748,6 +752,7 @@ class Vouched:
         ints: Sequence[Sequence[int]] | None,
     ) -> ChunkTable | None:
         """The table of the last call for this one, or None (a pass over the buffers)."""
+        given, self.pointers = self.pointers, None
         entry = self.entry
         if entry is None or rule != self.rule or entry.table.block != block:
             return None
@@ -757,7 +762,7 @@ class Vouched:
             return None
         if old.interpreting != interpreting():
             return None
-        pointers = list(map(_POINTER, grads))
+        pointers = given if given is not None else list(map(_POINTER, grads))
         if pointers != old.pointers[n : 2 * n]:
             if not entry._grads_moved(pointers):
                 return None

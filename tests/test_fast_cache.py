@@ -403,3 +403,20 @@ def test_an_overflowing_scalar_is_refused_after_cached_triton_steps(name: str) -
         opt.step()
     after = [x.detach().clone() for x in params + state]
     assert bits_equal(before, after)
+
+
+def test_step_tables_refuses_what_it_cannot_take_from_a_caller() -> None:
+    """``step_tables`` trusts its rows and buffers: it takes only a ``Vouched`` token and one
+    row index per tensor, refused (naming the rule) before anything is written."""
+    import generated.triton.adam as triton_adam
+    from optgen_runtime.triton_support import ScalarRows, Vouched
+
+    w = torch.zeros(8)
+    g, state = torch.ones(8), triton_adam.init_state(w)
+    one = ScalarRows(np.zeros((1, len(triton_adam.SCALARS)), np.float32), np.zeros(1, np.int64))
+    two = ScalarRows(one.rows, np.zeros(2, np.int64))
+    with pytest.raises(TypeError, match="adam: step_tables takes a Vouched"):
+        triton_adam.step_tables([w], [g], [state], one, prechecked=True)
+    with pytest.raises(ValueError, match="adam: 1 weights, 1 grads, 1 states, 2 scalar rows"):
+        triton_adam.step_tables([w], [g], [state], two, prechecked=Vouched())
+    assert not w.any() and not state["mean"].any()

@@ -260,6 +260,7 @@ class FastStep:
             checked, grads, pointers, strict=True
         ):
             if plan.kind == "triton" and tabled is not None:
+                part.vouched.pointers = ptrs  # read above: not again
                 tabled.step_tables(part.weights, gs, part.views, tables, prechecked=part.vouched)
                 continue
             if plan.kind == "triton":
