@@ -404,6 +404,9 @@ def _check_amp(rule: str, amp: Any, device: torch.device) -> torch.Tensor:
     return amp
 
 
+_ZERO = np.zeros(1, dtype=np.int64)  # the padding of an odd span
+
+
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host table on ``device``; pinned first on CUDA, so the copy is asynchronous."""
     if device.type == "cuda":
@@ -629,10 +632,8 @@ class ChunkTable:
             lo, hi = group.stale
             group.stale = None
             pad = _padded(hi - lo)  # the scalars 16-byte aligned
-            host = np.empty(pad + len(scalars) // 2, dtype=np.int64)
-            host[: hi - lo] = group.meta[lo:hi]
-            host[hi - lo : pad] = 0
-            host[pad:] = scalars.view(np.int64)
+            parts = (group.meta[lo:hi], _ZERO[: pad - (hi - lo)], scalars.view(np.int64))
+            host = np.concatenate(parts)
             both = _upload(torch.from_numpy(host), group.device)
             span, rest = both.split_with_sizes((pad, len(host) - pad))
             if group.span is None or group.span[0] != (lo, hi):  # the same span every step
