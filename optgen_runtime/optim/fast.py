@@ -27,10 +27,12 @@ full step. The step counts advance in one ``torch._foreach_add_`` per step.
 What the checks found is kept too, where it cannot change unseen: a group's hyperparameters,
 when each value (and ``betas``) is the very object of the last step that passed and of an
 immutable type (a float, an int, a bool, a string, None, a tuple of those), are that step's
-resolution; and on the compiled CPU loops (a rule whose host scalars depend on the
-hyperparameters and step count alone: the module's ``step_tables``) the host scalars are
-computed every step, but range-checked and made into the kernels' table only when their values
-(to the bit) differ from the last step's.
+resolution; and where the module that runs takes checked tables (``step_tables``: on the
+compiled CPU loops, a rule whose host scalars depend on the hyperparameters and step count
+alone; on the Triton kernels, one that also has no host states, inputs or noise) the host
+scalars are computed every step, but range-checked and made into the kernels' table only when
+their values (to the bit) differ from the last step's, and the module neither resolves nor
+checks anything again.
 """
 
 from __future__ import annotations
@@ -102,11 +104,12 @@ class Group:
         self.raw: tuple[Any, ...] | None = None
         self.hp: dict[str, Any] = {}
         self.resolved: dict[str, float] = {}
-        # the numba module whose step_tables takes this group (the rule's, or its absent-state
-        # variant's), with the last checked tables of host scalars and their key (``_tables``)
+        # the numba or Triton module whose step_tables takes this group (the rule's, or the
+        # variant that runs), with the last checked tables of host scalars and their key
+        # (``_tables``: arrays per dtype group; ``_rows``: a ScalarRows)
         self.tabled: ModuleType | None = None
         self.table_key: tuple[Any, ...] | None = None
-        self.tables: list[np.ndarray] = []
+        self.tables: Any = []
         # the Triton kernels' chunk table of this group's unchanged buffers (step_multi's)
         self.vouched = Vouched()
 
