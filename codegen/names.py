@@ -43,7 +43,7 @@ _reserve(
     "check_host_states computed_each checked_each distinct check_tensors_each step_rows "
     "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
-    "run_variant matches",
+    "run_variant matches ScalarRows Vouched",
 )
 _reserve(
     "a module global of every generated module",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
 from itertools import chain
-from operator import attrgetter, eq, itemgetter
+from operator import attrgetter, eq, itemgetter, or_
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -217,28 +218,41 @@ def _padded(n: int, align: int = 2) -> int:
     return -(-n // align) * align
 
 
-def _float32_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
+def float32_rows(rows: Sequence[Sequence[float]], checked: bool = False) -> np.ndarray:
     """Rows of host scalars as a float32 array, each double rounded to nearest (even),
     overflowing to inf: exactly what Triton's launcher does to a Python float passed as an fp32
     argument (a C ``(float)`` cast; the interpreter casts with NumPy), so a kernel reading the
     table computes what the single-tensor kernel computes with the same scalars as arguments.
-    A rule without host scalars gets one 0 per row (a table is never empty)."""
+    A rule without host scalars gets one 0 per row (a table is never empty). ``checked``: every
+    finite value passed ``check_scalars`` for float32, so none overflows (no warning to mute)."""
     array = np.array([[float(x) for x in row] or [0.0] for row in rows], dtype=np.float64)
+    if checked:
+        return array.astype(np.float32)
     with np.errstate(over="ignore"):
         return array.astype(np.float32)
 
 
 def _padded_table(values: np.ndarray) -> torch.Tensor:
     """A flat float32 table padded with zeros to 16 bytes."""
-    flat = values.ravel()
-    table = np.zeros(_padded(len(flat), 4), dtype=np.float32)
-    table[: len(flat)] = flat
-    return torch.from_numpy(table)
+    return torch.from_numpy(_padded_rows(values, np.arange(len(values))))
+
+
+def _padded_rows(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``rows[index]`` flat, float32, padded with zeros to 16 bytes (one row broadcast where
+    there is one: no gather, ``index`` only counted)."""
+    n, width = len(index), rows.shape[1]
+    table = np.empty(_padded(n * width, 4), dtype=np.float32)
+    table[n * width :] = 0
+    if len(rows) == 1:
+        table[: n * width].reshape(n, width)[:] = rows[0]
+    else:
+        table[: n * width].reshape(n, width)[:] = rows[index]
+    return table
 
 
 class ScalarRows(NamedTuple):
     """The host scalars of a multi-tensor step: each distinct row once (``rows``, float32, as
-    :func:`_float32_rows` rounds), and the row of each tensor (``index``): the tensors of a step
+    :func:`float32_rows` rounds), and the row of each tensor (``index``): the tensors of a step
     mostly share one row, which is then computed and converted once and broadcast."""
 
     rows: np.ndarray  # float32, (distinct rows, scalars per row)
@@ -254,13 +268,19 @@ class ScalarRows(NamedTuple):
         where = {k: i for i, k in enumerate(first)}
         distinct_rows = dict(zip(ids, rows, strict=True))
         index = np.fromiter(map(where.__getitem__, ids), dtype=np.int64, count=len(ids))
-        return cls(_float32_rows([distinct_rows[k] for k in first]), index)
+        return cls(float32_rows([distinct_rows[k] for k in first]), index)
 
     def table(self, members: np.ndarray | None = None) -> torch.Tensor:
         """The flat float32 table of the tensors ``members`` (all: None), one row each, padded
         to 16 bytes."""
+        return torch.from_numpy(self.padded(members))
+
+    def padded(self, members: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`table` as a NumPy array."""
+        if len(self.rows) == 1:  # broadcast: no gather
+            return _padded_rows(self.rows, self.index if members is None else members)
         index = self.index if members is None else self.index[members]
-        return _padded_table(self.rows[index])
+        return _padded_rows(self.rows, index)
 
 
 def scalar_table(rows: Sequence[Sequence[float]]) -> torch.Tensor:
@@ -291,7 +311,7 @@ def step_rows(
     else:
         where = {t: i for i, t in enumerate(distinct_ts)}
         index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
-    return ScalarRows(_float32_rows(results), index)
+    return ScalarRows(float32_rows(results), index)
 
 
 def host_columns(rule: str, states: Sequence[Any], names: Sequence[str]) -> list[list[float]]:
@@ -343,7 +363,7 @@ def host_rows(
         check_scalars(rule, legend, scalars, torch.float32)
     index = list(map(where.__getitem__, keys))
     new = [host_new for _, host_new in results]
-    rows = ScalarRows(_float32_rows([scalars for scalars, _ in results]), np.array(index, np.int64))
+    rows = ScalarRows(float32_rows([scalars for scalars, _ in results]), np.array(index, np.int64))
     return rows, list(map(new.__getitem__, index))
 
 
@@ -384,6 +404,9 @@ def _check_amp(rule: str, amp: Any, device: torch.device) -> torch.Tensor:
     return amp
 
 
+_ZERO = np.zeros(1, dtype=np.int64)  # the padding of an odd span
+
+
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host table on ``device``; pinned first on CUDA, so the copy is asynchronous."""
     if device.type == "cuda":
@@ -407,8 +430,10 @@ class _Group:
     def __post_init__(self) -> None:
         self.index = np.array(self.members, dtype=np.int64)  # members, for NumPy indexing
         self.stale: tuple[int, int] | None = None  # meta[lo:hi] rewritten since the upload
+        self.whole = False  # the members are every tensor of the step, in order
+        self.span: tuple[tuple[int, int], torch.Tensor] | None = None  # meta_device[lo:hi]
 
-    def rewrite(self, lo: int, hi: int, values: np.ndarray) -> None:
+    def rewrite(self, lo: int, hi: int, values: np.ndarray | list[int]) -> None:
         """``meta[lo:hi] = values``; on the device with the step's next upload (that span
         only: the chunk rows, most of the table, are uploaded once)."""
         self.meta[lo:hi] = values
@@ -600,25 +625,28 @@ class ChunkTable:
 
     def _tables(self, group: _Group, rows: ScalarRows) -> tuple[torch.Tensor, torch.Tensor]:
         """The group's meta table and its members' scalar rows on the device (one copy)."""
-        scalars = rows.table(group.index)
+        scalars = rows.padded(group.index)
         if group.meta_device is not None and group.stale is not None:
             # the rewritten span and the scalars in one copy, the span then copied into place
             # on the device (ordered after the launches that read the old one)
             lo, hi = group.stale
             group.stale = None
-            span = np.zeros(_padded(hi - lo), dtype=np.int64)  # the scalars 16-byte aligned
-            span[: hi - lo] = group.meta[lo:hi]
-            both = _upload(
-                torch.cat([torch.from_numpy(span), scalars.view(torch.int64)]), group.device
-            )
-            group.meta_device[lo:hi].copy_(both[: hi - lo], non_blocking=True)
-            return group.meta_device, both[len(span) :].view(torch.float32)
+            pad = _padded(hi - lo)  # the scalars 16-byte aligned
+            parts = (group.meta[lo:hi], _ZERO[: pad - (hi - lo)], scalars.view(np.int64))
+            host = np.concatenate(parts)
+            both = _upload(torch.from_numpy(host), group.device)
+            span, rest = both.split_with_sizes((pad, len(host) - pad))
+            if group.span is None or group.span[0] != (lo, hi):  # the same span every step
+                group.span = ((lo, hi), group.meta_device[lo:hi])
+            group.span[1].copy_(span if pad == hi - lo else span[: hi - lo], non_blocking=True)
+            return group.meta_device, rest.view(torch.float32)
+        scalars = torch.from_numpy(scalars)
         if group.meta_device is not None:
             return group.meta_device, _upload(scalars, group.device)
         both = _upload(
             torch.cat([torch.from_numpy(group.meta), scalars.view(torch.int64)]), group.device
         )
-        group.meta_device = both[: len(group.meta)]
+        group.meta_device, group.span = both[: len(group.meta)], None
         return group.meta_device, both[len(group.meta) :].view(torch.float32)
 
     def _launch(self, kernel: Any, group: _Group, *tables: torch.Tensor) -> None:
@@ -703,11 +731,13 @@ class Vouched:
     rebuilt (checked) where a move changes a tensor's alignment class. Truthy: it is a
     ``prechecked=True``."""
 
-    __slots__ = ("entry", "rule")
+    __slots__ = ("entry", "pointers", "rule")
 
     def __init__(self) -> None:
         self.entry: _Prepared | None = None
         self.rule = ""
+        # the gradients' addresses of the next call, as the caller read them (None: read here)
+        self.pointers: list[int] | None = None
 
     def __bool__(self) -> bool:
         return True
@@ -723,6 +753,7 @@ class Vouched:
         ints: Sequence[Sequence[int]] | None,
     ) -> ChunkTable | None:
         """The table of the last call for this one, or None (a pass over the buffers)."""
+        given, self.pointers = self.pointers, None
         entry = self.entry
         if entry is None or rule != self.rule or entry.table.block != block:
             return None
@@ -732,13 +763,11 @@ class Vouched:
             return None
         if old.interpreting != interpreting():
             return None
-        pointers = list(map(_POINTER, grads))
+        pointers = given if given is not None else list(map(_POINTER, grads))
         if pointers != old.pointers[n : 2 * n]:
-            moved = [*old.pointers[:n], *pointers, *old.pointers[2 * n :]]
-            new = _Signature(n, 1, True, old.interpreting, [], moved, (), old.kept_looks)
-            if not entry._moved(new):
+            if not entry._grads_moved(pointers):
                 return None
-            entry.found = new
+            old.pointers[n : 2 * n] = pointers  # this signature's own list
         table = entry.table
         table._retarget(_Buffers(weights, grads, states, names), ints)
         table.launches = 0
@@ -798,17 +827,22 @@ class _Signature:
         return [column[j] for column in self.columns]
 
 
+_FEW = 64  # gradients whose addresses _grads_moved takes as a list, not an array
+
+
 def spans_overlap(low: np.ndarray, high: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
     """Whether a nonempty span ``[starts[i], ends[i])`` overlaps one of the disjoint spans
     ``[low[k], high[k])`` sorted by start (the buffers a step writes, which passed the checks):
     vectorised, as the last written span starting before a span ends is its only candidate
     (``np.searchsorted``). Byte addresses of one device; for moved gradients against the
     weights and states (``ChunkTable.prepared``; the torch classes may do the same)."""
-    live = ends > starts
-    if not len(low) or not live.any():
+    if not len(low):
         return False
-    last = np.searchsorted(low, ends[live], side="left") - 1
-    return bool(np.any((last >= 0) & (high[np.maximum(last, 0)] > starts[live])))
+    last = low.searchsorted(ends) - 1  # -1 (wrapping in ``take``) where none: masked out
+    hit = high.take(last) > starts
+    hit &= ends > low[0]
+    hit &= ends > starts
+    return bool(hit.any())
 
 
 class _Prepared:
@@ -852,6 +886,10 @@ class _Prepared:
         self.base_aligned = aligned
         self.nonempty = sizes > 0
         self.aligned = aligned & self._reads_aligned(starts[n : n * (1 + reads)])
+        # the alignment classes stay while every read buffer is aligned (``_grads_moved``)
+        self.classes_kept = np.array_equal(aligned[self.nonempty], self.aligned[self.nonempty])
+        for group in table.groups:
+            group.whole = group.members == list(range(n))
 
     def _reads_aligned(self, reads: np.ndarray) -> np.ndarray:
         return np.all(reads.reshape(-1, self.found.n) % ChunkTable.VECTOR == 0, axis=0)
@@ -919,6 +957,25 @@ class _Prepared:
             return False
         new.kept_looks = old.kept_looks
         self.found = new
+        return True
+
+    def _grads_moved(self, pointers: list[int]) -> bool:
+        """``_moved`` of a vouched call (``Vouched.table``: the gradients alone moved, the
+        caller tested them for overlaps): True when the table is rewritten for them; in one
+        NumPy pass where every gradient is aligned and the alignment classes stay."""
+        found = self.found
+        few = len(pointers) <= _FEW
+        starts = pointers if few else np.array(pointers, dtype=np.int64)
+        either = reduce(or_, starts, 0) if few else int(np.bitwise_or.reduce(starts))
+        if not self.classes_kept or either % ChunkTable.VECTOR:
+            moved = [*found.pointers[: found.n], *pointers, *found.pointers[2 * found.n :]]
+            return self._moved(_Signature(found.n, 1, True, found.interpreting, [], moved, ()))
+        for group in self.table.groups:
+            m = len(group.members)  # row 1: the gradients' pointers
+            if group.whole:
+                group.rewrite(m, 2 * m, starts)
+            else:
+                group.rewrite(m, 2 * m, np.asarray(starts, dtype=np.int64)[group.index])
         return True
 
     def _moved(self, new: _Signature) -> bool:

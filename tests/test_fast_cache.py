@@ -263,3 +263,160 @@ def test_step_hooks_and_the_profiler_still_see_every_step() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         opt.step()
     assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}
+
+
+# ------------------------------------------------------------------- the Triton modules' tables
+def triton_run(
+    name: str, changes: dict[int, Callable[[Any], None]], steps: int, remember: bool, **hp: Any
+) -> tuple[list[torch.Tensor], Any]:
+    """``steps`` steps of the class on the Triton kernels (interpreted) on fresh gradients,
+    ``changes[t]`` applied before step t; ``remember=False``: every step in full (the module's
+    ``step_multi`` resolves and checks everything itself), the reference of the fast step."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+    params[0].data[0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    groups = [{"params": params[:2]}, {"params": params[2:]}]
+    opt = getattr(gt, name)(groups, backend="triton", **hp)
+    if not remember:
+        opt._remember = lambda: None
+    keep = []
+    for t in range(steps):
+        keep += [p.grad for p in params if p.grad is not None]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        if t in changes:
+            changes[t](opt)
+        opt.step()
+    state = [v.clone() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return [p.detach().clone() for p in params] + state, opt
+
+
+def spy_step_tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The modules whose ``step_tables`` the fast step calls, in order."""
+    import generated.triton as triton_modules
+
+    called: list[str] = []
+    for module in vars(triton_modules).values():
+        original = getattr(module, "step_tables", None)
+        if original is not None:
+
+            def spy(*args: Any, _f: Any = original, _m: Any = module, **kwargs: Any) -> Any:
+                called.append(_m.__name__.rsplit(".", 1)[1])
+                return _f(*args, **kwargs)
+
+            monkeypatch.setattr(module, "step_tables", spy)
+    return called
+
+
+def _no_grad_for_one_step(opt: Any) -> None:
+    opt.param_groups[0]["params"][0].grad = None  # its step count falls behind its group's
+
+
+def _weight_decay_toggled(opt: Any) -> None:
+    """TorchSGD's defaults are its special case: weight decay leaves it, then comes back."""
+    group = opt.param_groups[0]
+    group["weight_decay"] = 0.0 if group["weight_decay"] else 0.1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _lr_new_float,
+        _lr_same_value_new_object,
+        _lr_tensor_edited_in_place,
+        _wd_to_negative_zero,
+        _special_case_left,
+        _betas_tuple_replaced,
+        _beta1_set,
+        _no_grad_for_one_step,
+    ],
+)
+@pytest.mark.parametrize(
+    ("name", "hp"), [("SGD", {}), ("Adam", {}), ("TorchSGD", {}), ("TorchSGD", {"momentum": 0.9})]
+)
+def test_the_triton_fast_step_hands_checked_rows_to_the_module_that_runs(
+    monkeypatch: pytest.MonkeyPatch, name: str, hp: dict, change: Callable
+) -> None:
+    """The fast step computes and checks the host scalars once and hands them to the running
+    module's ``step_tables`` (a special case's or absent-state variant's, where one runs), kept
+    while they are the same bits: each change computed as the step that checks everything
+    itself computes it, to the bit (a step count behind its group's: two rows)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    called = spy_step_tables(monkeypatch)
+    got, opt = triton_run(name, {5: change}, 9, True, **hp)
+    want, ref = triton_run(name, {5: change}, 9, False, **hp)
+    assert opt._plan is not None and ref._plan is None
+    assert len(called) >= 2 * 4  # two groups, at least the four fast steps before the change
+    assert bits_equal(want, got)
+
+
+def test_a_special_case_switched_on_and_off_between_triton_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TorchSGD leaves its special case (torch_sgd_plain) and comes back, step after step: each
+    fast step takes the tables of the module that runs, never the other's."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    called = spy_step_tables(monkeypatch)
+    changes = dict.fromkeys(range(3, 8), _weight_decay_toggled)
+    got, _ = triton_run("TorchSGD", changes, 9, True, lr=0.3)
+    want, _ = triton_run("TorchSGD", changes, 9, False, lr=0.3)
+    assert bits_equal(want, got)
+    # the first group's module in each fast step (steps 2 to 9; weight decay set at 4, 6, 8)
+    plain, decayed = "torch_sgd_plain", "torch_sgd_without_momentum_buffer"
+    assert called[0::2] == [plain, plain, decayed, plain, decayed, plain, decayed, decayed]
+    assert called[1::2] == [plain] * 8
+
+
+def test_the_triton_tables_are_kept_while_the_scalars_are_the_same_bits() -> None:
+    """SGD's scalars do not depend on the step count: the rows are the same object step after
+    step, until lr changes (new rows, with the new value)."""
+    _, opt = triton_run("SGD", {}, 4, True, rescale_grad=2.0)  # not the special case
+    part = opt._plan.groups[0]
+    rows = part.tables
+    assert rows is not None and part.tabled is not None
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    assert part.tables is rows
+    opt.param_groups[0]["lr"] = 0.5
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    assert part.tables is not rows
+    assert np.float32(-0.5) in part.tables.rows[0]  # _h1 = -lr
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_an_overflowing_scalar_is_refused_after_cached_triton_steps(name: str) -> None:
+    """lr=1e300 after cached fast steps on the Triton kernels: refused naming the class and the
+    scalar, with nothing written (weights, states, step counts)."""
+    _, opt = triton_run(name, {}, 4, True)
+    assert opt._plan is not None and opt._plan.groups[0].tables is not None
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    before = [x.detach().clone() for x in params + state]
+    opt.param_groups[1]["lr"] = 1e300  # the second group: the first group's check passed
+    with pytest.raises(ValueError, match=rf"{name}: .*kernel scalar _h\d \(= -lr.*float32"):
+        opt.step()
+    after = [x.detach().clone() for x in params + state]
+    assert bits_equal(before, after)
+
+
+def test_step_tables_refuses_what_it_cannot_take_from_a_caller() -> None:
+    """``step_tables`` trusts its rows and buffers: it takes only a ``Vouched`` token and one
+    row index per tensor, refused (naming the rule) before anything is written."""
+    import generated.triton.adam as triton_adam
+    from optgen_runtime.triton_support import ScalarRows, Vouched
+
+    w = torch.zeros(8)
+    g, state = torch.ones(8), triton_adam.init_state(w)
+    one = ScalarRows(np.zeros((1, len(triton_adam.SCALARS)), np.float32), np.zeros(1, np.int64))
+    two = ScalarRows(one.rows, np.zeros(2, np.int64))
+    with pytest.raises(TypeError, match="adam: step_tables takes a Vouched"):
+        triton_adam.step_tables([w], [g], [state], one, prechecked=True)
+    with pytest.raises(ValueError, match="adam: 1 weights, 1 grads, 1 states, 2 scalar rows"):
+        triton_adam.step_tables([w], [g], [state], two, prechecked=Vouched())
+    assert not w.any() and not state["mean"].any()

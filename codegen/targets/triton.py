@@ -188,6 +188,10 @@ def context(lowered: Lowered) -> dict[str, object]:
     per_tensor_scalars = bool(rule.host_states or phases or rule.sizes)
     # ... but for the host states alone: a column per host state (host_columns, host_rows)
     host_only = bool(rule.host_states and not phases and not rule.sizes)
+    # scalars of the step count and hyperparameters alone, nothing else per tensor: a caller that
+    # computed and checked them (the torch classes' fast step) passes them (step_tables)
+    tabled = not matrix and not per_tensor_scalars and not rule.inputs and not rule.scalars
+    tabled = tabled and not lowered.draws
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
     if matrix:
@@ -195,6 +199,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     else:
         support += ["ChunkTable", "launch"]
         support += [] if per_tensor_scalars else ["step_rows"]
+        support += ["ScalarRows", "Vouched"] if tabled else []
         support += ["host_columns", "host_rows"] if host_only else []
         support += ["reduce_sums"] if phases else []
         support += ["group_totals"] if rule.group_reductions else []
@@ -224,8 +229,12 @@ def context(lowered: Lowered) -> dict[str, object]:
         "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "per_tensor_scalars": per_tensor_scalars,
         "host_only": host_only,
+        "tabled": tabled,
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step", "step_multi"], key=natural),
+        "exports": sorted(
+            [*rules_names, "init_state", "step", "step_multi", *["step_tables"] * tabled],
+            key=natural,
+        ),
         "buffers": buffers,
         "ptrs": [names.derived(b, "_ptr") for b in buffers],
         "likes": [names.derived(b, "_like") for b in buffers],

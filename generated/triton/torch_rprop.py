@@ -37,7 +37,15 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import ChunkTable, check_tensors, check_weight, launch, step_rows
+from optgen_runtime.triton_support import (
+    ChunkTable,
+    ScalarRows,
+    Vouched,
+    check_tensors,
+    check_weight,
+    launch,
+    step_rows,
+)
 
 from ..rules.torch_rprop import (
     DRAWS,
@@ -79,6 +87,7 @@ __all__ = [
     "init_state",
     "step",
     "step_multi",
+    "step_tables",
 ]
 
 BLOCK_SIZE = 1024
@@ -326,5 +335,38 @@ def step_multi(
     )
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
+    chunks.update(torch_rprop_multi_kernel, rows, RULE, amp)
+    return chunks.launches
+
+
+def step_tables(
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: list[dict[str, torch.Tensor]],
+    rows: ScalarRows,
+    *,
+    prechecked: Vouched,
+    amp: torch.Tensor | None = None,
+) -> int:
+    """``step_multi`` for a caller that resolved the hyperparameters, computed and range-checked
+    the host scalars and checked every buffer itself (the torch classes' fast step, which keeps
+    the rows while the scalars are unchanged to the bit): nothing is resolved or checked again.
+
+    ``rows``: this module's ``host_scalars`` at each tensor's step count, checked against
+    ``SCALARS`` for float32 and rounded as ``step_rows`` rounds them (the rows of the module
+    that runs: the caller picks a special case or absent-state variant, ``running_variant``).
+    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``). Returns the launches made.
+    """
+    if not (len(weights) == len(grads) == len(states) == len(rows.index)):
+        raise ValueError(
+            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states, {len(rows.index)} scalar rows"
+        )
+    if not isinstance(prechecked, Vouched):
+        raise TypeError(
+            f"{RULE}: step_tables takes a Vouched prechecked, not {type(prechecked).__name__}"
+        )
+    chunks = ChunkTable.prepared(
+        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, None, prechecked
+    )
     chunks.update(torch_rprop_multi_kernel, rows, RULE, amp)
     return chunks.launches

@@ -27,10 +27,12 @@ full step. The step counts advance in one ``torch._foreach_add_`` per step.
 What the checks found is kept too, where it cannot change unseen: a group's hyperparameters,
 when each value (and ``betas``) is the very object of the last step that passed and of an
 immutable type (a float, an int, a bool, a string, None, a tuple of those), are that step's
-resolution; and on the compiled CPU loops (a rule whose host scalars depend on the
-hyperparameters and step count alone: the module's ``step_tables``) the host scalars are
-computed every step, but range-checked and made into the kernels' table only when their values
-(to the bit) differ from the last step's.
+resolution; and where the module that runs takes checked tables (``step_tables``: on the
+compiled CPU loops, a rule whose host scalars depend on the hyperparameters and step count
+alone; on the Triton kernels, one that also has no host states, inputs or noise) the host
+scalars are computed every step, but range-checked and made into the kernels' table only when
+their values (to the bit) differ from the last step's, and the module neither resolves nor
+checks anything again.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import torch
 from optgen_runtime.common import host_state_values, running_variant
 from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_support import Vouched, spans_overlap
+from optgen_runtime.triton_support import ScalarRows, Vouched, float32_rows, spans_overlap
 
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 # what the survey reads of each tensor and state, at C speed
@@ -102,11 +104,12 @@ class Group:
         self.raw: tuple[Any, ...] | None = None
         self.hp: dict[str, Any] = {}
         self.resolved: dict[str, float] = {}
-        # the numba module whose step_tables takes this group (the rule's, or its absent-state
-        # variant's), with the last checked tables of host scalars and their key (``_tables``)
+        # the numba or Triton module whose step_tables takes this group (the rule's, or the
+        # variant that runs), with the last checked tables of host scalars and their key
+        # (``_tables``: arrays per dtype group; ``_rows``: a ScalarRows)
         self.tabled: ModuleType | None = None
         self.table_key: tuple[Any, ...] | None = None
-        self.tables: list[np.ndarray] = []
+        self.tables: Any = []
         # the Triton kernels' chunk table of this group's unchanged buffers (step_multi's)
         self.vouched = Vouched()
 
@@ -240,9 +243,11 @@ class FastStep:
                 resolved = self._check(hp)
                 if self._absent(resolved) != part.absent:
                     return False  # a state comes or goes (SGD's momentum switched): a full step
-                tabled = self._tabled(resolved) if plan.kind == "numba" else None
+                tabled = self._tabled(resolved, plan.kind)
             tables = None
-            if tabled is not None:
+            if tabled is not None and plan.kind == "triton":
+                tables = self._rows(part, tabled, resolved, counts)
+            elif tabled is not None:
                 tables = self._tables(part, tabled, resolved, counts)
             else:
                 self._check_fast_scalars(resolved, each, part)
@@ -251,10 +256,16 @@ class FastStep:
             if updates is not None:
                 self._apply_aliases(part.group, updates)
                 part.raw, part.hp, part.resolved = self._raw(part.group, plan.names), hp, resolved
+                if tabled is not part.tabled:
+                    part.vouched = Vouched()  # another module's chunk table
                 part.tabled = tabled
         for (part, _, hp, _, counts, tabled, tables), gs, ptrs in zip(
             checked, grads, pointers, strict=True
         ):
+            if plan.kind == "triton" and tabled is not None:
+                part.vouched.pointers = ptrs  # read above: not again
+                tabled.step_tables(part.weights, gs, part.views, tables, prechecked=part.vouched)
+                continue
             if plan.kind == "triton":
                 self._fast_triton(part, gs, counts, hp)
                 continue
@@ -302,10 +313,7 @@ class FastStep:
         assert part.buffers is not None
         if type(counts) is int:
             value = computed(name, module.host_scalars, counts, **resolved)[0]
-            try:
-                key = (module, *value, struct.pack(f"{len(value)}d", *value))
-            except (struct.error, OverflowError, TypeError):
-                key = None
+            key = _key(module, value)
             if key is not None and key == part.table_key:
                 return part.tables
             values, which = [value], None
@@ -326,6 +334,33 @@ class FastStep:
         if key is not None:
             part.table_key, part.tables = key, tables
         return tables
+
+    def _rows(
+        self, part: Group, module: ModuleType, resolved: dict[str, float], counts: Any
+    ) -> ScalarRows:
+        """The group's host scalars for the Triton module's ``step_tables``: computed and
+        range-checked for float32 (the kernels' compute type) as ``_check_scalar_rows`` and the
+        module's ``step_rows`` do, errors naming the class, once per distinct step count, rounded
+        as ``step_rows`` rounds them; the last step's rows where the same module takes the same
+        values, to the bit. ``module``: the Triton module that runs at ``resolved``."""
+        name = type(self).__name__
+        if type(counts) is int:
+            value = computed(name, module.host_scalars, counts, **resolved)[0]
+            key = _key(module, value)
+            if key is not None and key == part.table_key:
+                return part.tables
+            check_scalars(name, module.SCALARS, value, np.float32)
+            rows = ScalarRows(float32_rows([value], True), np.zeros(len(part.states), np.int64))
+            if key is not None:
+                part.table_key, part.tables = key, rows
+            return rows
+        firsts: dict[int, int] = {}
+        which = [firsts.setdefault(t, len(firsts)) for t in counts]
+        values = []
+        for t in firsts:
+            value = computed(name, module.host_scalars, t, **resolved)[0]
+            values.append(check_scalars(name, module.SCALARS, value, np.float32))
+        return ScalarRows(float32_rows(values, True), np.array(which, dtype=np.int64))
 
     def _fast_numba(self, part: Group, counts: Any, hp: dict[str, Any]) -> None:
         """One compiled call for the group (its gradient addresses written in the table): the
@@ -445,7 +480,8 @@ class FastStep:
                     part.dtypes.append(_NUMPY[weight.dtype])
                 else:
                     part.weights.append(weight.detach())
-                    part.views.append(self._views(s, lambda x: x))
+                    views = self._views(s, lambda x: x)  # the absent states: not passed
+                    part.views.append({k: v for k, v in views.items() if k not in part.absent})
                     part.streams.append(self._stream(p, indices))
                     part.offsets.append(self._noise_offset(p))
                     part.dtypes.append(np.float32)
@@ -463,7 +499,7 @@ class FastStep:
                 plan.steps.append(s["step"])
             if kind == "numba":
                 part.buffers = Buffers.at(rows, shapes, part.dtypes)
-                part.tabled = self._tabled(resolved)
+            part.tabled = self._tabled(resolved, kind)
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
         if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):
@@ -481,13 +517,23 @@ class FastStep:
             return
         self._plan = plan
 
-    def _tabled(self, resolved: dict[str, float]) -> ModuleType | None:
-        """The numba module whose update runs at the resolved hyperparameters (the rule's, or
-        the variant its ``step_buffers`` runs: a special case, or the one without the absent
-        states; the same buffer columns) where it takes checked tables (``step_tables``)."""
-        module = self._numba()
+    def _tabled(self, resolved: dict[str, float], kind: str) -> ModuleType | None:
+        """The numba or Triton (``kind``) module whose update runs at the resolved
+        hyperparameters (the rule's, or the variant its ``step_buffers`` or ``step_multi``
+        runs: a special case, or the one without the absent states) where it takes checked
+        tables (``step_tables``)."""
+        module = self._numba() if kind == "numba" else self.TRITON
         variant = running_variant(self.META, resolved)
         if variant is not None:
             package = module.__name__.rsplit(".", 1)[0]
             module = importlib.import_module(f"{package}.{variant}")
         return module if hasattr(module, "step_tables") else None
+
+
+def _key(module: ModuleType, value: Any) -> tuple[Any, ...] | None:
+    """What a table of host scalars is kept under: the module and the values, to the bit
+    (-0.0 is not 0.0; a NaN never equals itself, so its table is never taken again)."""
+    try:
+        return (module, *value, struct.pack(f"{len(value)}d", *value))
+    except (struct.error, OverflowError, TypeError):
+        return None
