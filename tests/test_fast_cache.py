@@ -89,17 +89,21 @@ def _beta1_set(opt: Any) -> None:
         opt.param_groups[1]["beta1"] = 0.7
 
 
+# changes of a group's hyperparameters between two steps
+HYPER_CHANGES = [
+    _lr_new_float,
+    _lr_same_value_new_object,
+    _lr_tensor_edited_in_place,
+    _wd_to_negative_zero,
+    _special_case_left,
+    _betas_tuple_replaced,
+    _beta1_set,
+]
+
+
 @pytest.mark.parametrize(
     "change",
-    [
-        _lr_new_float,
-        _lr_same_value_new_object,
-        _lr_tensor_edited_in_place,
-        _wd_to_negative_zero,
-        _special_case_left,
-        _betas_tuple_replaced,
-        _beta1_set,
-    ],
+    HYPER_CHANGES,
 )
 @pytest.mark.parametrize(
     ("name", "hp"), [("SGD", {}), ("Adam", {}), ("TorchSGD", {}), ("TorchSGD", {"momentum": 0.9})]
@@ -320,16 +324,7 @@ def _weight_decay_toggled(opt: Any) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [
-        _lr_new_float,
-        _lr_same_value_new_object,
-        _lr_tensor_edited_in_place,
-        _wd_to_negative_zero,
-        _special_case_left,
-        _betas_tuple_replaced,
-        _beta1_set,
-        _no_grad_for_one_step,
-    ],
+    [*HYPER_CHANGES, _no_grad_for_one_step],
 )
 @pytest.mark.parametrize(
     ("name", "hp"), [("SGD", {}), ("Adam", {}), ("TorchSGD", {}), ("TorchSGD", {"momentum": 0.9})]
