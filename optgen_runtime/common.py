@@ -3,6 +3,7 @@ the torch.optim mapping type of a rule; imports neither torch nor sympy."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import operator
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
@@ -353,6 +354,16 @@ def running_variant(meta: Any, hp: Mapping[str, float]) -> str | None:
         if matches(when, hp):
             return name
     return meta.VARIANT if absent_states(meta.ABSENT, hp) else None
+
+
+def running_module(module: Any, meta: Any, hp: Mapping[str, float]) -> Any:
+    """The module of ``module``'s package (a rule's rules, numba or Triton module) whose update
+    runs at the resolved ``hp``: ``running_variant``'s, else ``module`` itself."""
+    variant = running_variant(meta, hp)
+    if variant is None:
+        return module
+    package = module.__name__.rsplit(".", 1)[0]
+    return importlib.import_module(f"{package}.{variant}")
 
 
 def run_variant(

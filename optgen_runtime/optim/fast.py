@@ -38,7 +38,6 @@ checks anything again.
 from __future__ import annotations
 
 import bisect
-import importlib
 import operator
 import struct
 from itertools import chain, repeat
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import host_state_values, running_variant
+from optgen_runtime.common import host_state_values, running_module
 from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import ScalarRows, Vouched, float32_rows, spans_overlap
@@ -523,10 +522,7 @@ class FastStep:
         runs: a special case, or the one without the absent states) where it takes checked
         tables (``step_tables``)."""
         module = self._numba() if kind == "numba" else self.TRITON
-        variant = running_variant(self.META, resolved)
-        if variant is not None:
-            package = module.__name__.rsplit(".", 1)[0]
-            module = importlib.import_module(f"{package}.{variant}")
+        module = running_module(module, self.META, resolved)
         return module if hasattr(module, "step_tables") else None
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from optgen_runtime.common import host_state_values, running_variant
+from optgen_runtime.common import host_state_values, running_module
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
@@ -262,10 +262,7 @@ class Stepping:
         meta, name = self.META, type(self).__name__
         if meta.REDUCTIONS:
             return
-        variant = running_variant(meta, resolved)
-        if variant is not None:  # the variant's scalars: the modules run it (SPECIAL, ABSENT)
-            package = meta.__name__.rsplit(".", 1)[0]
-            meta = importlib.import_module(f"{package}.{variant}")
+        meta = running_module(meta, meta, resolved)  # a variant's own scalars (SPECIAL, ABSENT)
         done = set()
         for t, dtype, host, sizes in rows:
             seen = (t, dtype, *host.items(), *sizes.items())
