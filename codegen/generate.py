@@ -67,19 +67,19 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
             files.append(Generated(path, text, time.perf_counter() - start))
     every = rules
     taken = {r.name: r for r in rules}
+    rules = [r for r in rules if not matrix.is_matrix_rule(r)]
+    # each rule's special cases and its variant without the absent states (codegen/variants.py)
+    derived = {rule.name: variants(rule) for rule in rules}
     for rule in rules:
-        for name in [v.name for v in variants(rule)]:
+        for name in [v.name for v in derived[rule.name]]:
             if name in taken:
                 raise SpecError(
                     f"{rule.source}: its variant's modules {name!r} would overwrite "
                     f"{taken[name].source}'s (rename the special case)"
                 )
-    rules = [r for r in rules if not matrix.is_matrix_rule(r)]
     for rule in rules:
         start = time.perf_counter()
-        # the rule, then its special cases and its variant without the absent states
-        # (codegen/variants.py)
-        for lowered in [lower(r) for r in [rule, *variants(rule)]]:
+        for lowered in [lower(r) for r in [rule, *derived[rule.name]]]:
             for target in rule_targets():
                 path = Path(target.directory) / f"{lowered.rule.name}.py"
                 text = ruff_format(target.render(lowered), str(path))
