@@ -51,7 +51,7 @@ _reserve(
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
-    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA "
+    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA EVEN_CHUNKS "
     "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")

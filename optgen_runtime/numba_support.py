@@ -58,6 +58,14 @@ def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
 # scheduler slice for a descheduled worker.
 MIN_CHUNKS_PER_THREAD = 4
 
+# The most threads numba runs (NUMBA_NUM_THREADS, fixed at its import; ``numba.set_num_threads``
+# lowers the count a thread uses, never above this).
+MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+
+# An even chunk's elements are a multiple of this (whole 64-byte cache lines of float32 and
+# float64 from an aligned buffer; LLVM's vector loop then needs no remainder but the last).
+ALIGN = 64
+
 
 def launch(
     kernel: Any, addresses: np.ndarray, chunks: np.ndarray, *args: Any, serial: Any = None
@@ -71,6 +79,9 @@ def launch(
     if serial is not None and len(chunks) < 2 * MIN_CHUNKS_PER_THREAD:
         serial(addresses, chunks, *args)
         return
+    if len(chunks) >= MIN_CHUNKS_PER_THREAD * MAX_THREADS:
+        kernel(addresses, chunks, *args)  # every thread numba may run is kept busy: no query
+        return
     threads = numba.get_num_threads()
     workers = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
     if workers == threads:
@@ -83,9 +94,36 @@ def launch(
         numba.set_num_threads(threads)
 
 
-def chunk_table(sizes: Sequence[int], chunk: int = CHUNK) -> np.ndarray:
-    """(tensor, start, stop) of every chunk of every tensor, tensor by tensor in order."""
-    rows = [(j, s, min(s + chunk, n)) for j, n in enumerate(sizes) for s in range(0, n, chunk)]
+def chunk_table(sizes: Sequence[int], chunk: int = CHUNK, *, even: bool = False) -> np.ndarray:
+    """(tensor, start, stop) of every chunk of every tensor: ``chunk`` elements each, tensor by
+    tensor in order (a reduction's per-chunk partials: the NumPy module's chunks).
+
+    ``even``, for loops that read no chunk boundary (no reduction): a tensor of more than one
+    chunk is cut into a multiple of ``MAX_THREADS`` equal chunks (of ``ALIGN`` elements each),
+    and the rows are ordered so that numba's static schedule, which hands each thread an equal
+    run of consecutive rows, hands each thread an equal share of every tensor. (Whole chunks of
+    ``chunk`` elements would leave a thread the tensor's short last chunk on top: a 1 M-element
+    tensor is 15.3 chunks, 8 for one thread and 7.3 for the other, 5% of the step waiting.)
+    One-chunk tensors are dealt round-robin."""
+    if not even:
+        rows = [(j, s, min(s + chunk, n)) for j, n in enumerate(sizes) for s in range(0, n, chunk)]
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    shares: list[list[tuple[int, int, int]]] = [[] for _ in range(MAX_THREADS)]
+    dealt = 0
+    for j, n in enumerate(sizes):
+        count = -(-n // chunk)
+        if count <= 1:
+            if n:
+                shares[dealt % MAX_THREADS].append((j, 0, n))
+                dealt += 1
+            continue
+        count = -(-count // MAX_THREADS) * MAX_THREADS
+        # chunk k starts at k * n / count rounded to the nearest multiple of ALIGN
+        bounds = [(2 * k * n + count * ALIGN) // (2 * count * ALIGN) * ALIGN for k in range(count)]
+        for k, (lo, hi) in enumerate(zip(bounds, [*bounds[1:], n], strict=True)):
+            if hi > lo:
+                shares[k * MAX_THREADS // count].append((j, lo, hi))
+    rows = [row for share in shares for row in share]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
@@ -108,10 +146,16 @@ class Buffers:
 
     @classmethod
     def at(
-        cls, rows: Sequence[Sequence[int]], shapes: Sequence[Any], dtypes: Sequence[Any]
+        cls,
+        rows: Sequence[Sequence[int]],
+        shapes: Sequence[Any],
+        dtypes: Sequence[Any],
+        *,
+        even: bool = False,
     ) -> Buffers:
         """The buffers at the addresses ``rows`` (one row per tensor, in buffer order), of
-        ``shapes`` and (NumPy) ``dtypes``: nothing is checked."""
+        ``shapes`` and (NumPy) ``dtypes``: nothing is checked. ``even``: chunk tables for
+        loops without reductions (``chunk_table``; a module's ``EVEN_CHUNKS``)."""
         by: dict[Any, list[int]] = {}
         for j, dtype in enumerate(dtypes):
             by.setdefault(np.dtype(dtype), []).append(j)
@@ -119,7 +163,8 @@ class Buffers:
         for dtype, indices in by.items():
             addresses = np.array([rows[j] for j in indices], dtype=np.int64)
             sizes = [math.prod(shapes[j]) for j in indices]
-            groups.append((indices, addresses.reshape(len(indices), -1), chunk_table(sizes), dtype))
+            table = chunk_table(sizes, even=even)
+            groups.append((indices, addresses.reshape(len(indices), -1), table, dtype))
         return cls(groups, [tuple(s) for s in shapes])
 
 
@@ -132,11 +177,13 @@ def prepare(
     host_names: tuple[str, ...],
     inputs: dict[str, Sequence[Any]],
     mode: str,
+    *,
+    even: bool = False,
 ) -> Buffers:
     """Every tensor's flat buffers in buffer order (weight, grad, inputs, states), checked, by
     address. ``mode``: "single" (one tensor, checked as the NumPy module's ``step`` checks it),
     "multi" (every tensor so, then across tensors: ``step_multi``), "prechecked" (the caller
-    checked them all: only the counts are checked here)."""
+    checked them all: only the counts are checked here). ``even``: as ``Buffers.at``."""
     if not (len(weights) == len(grads) == len(states)):
         counts = f"{len(weights)} weights, {len(grads)} grads, {len(states)} states"
         raise ValueError(f"{rule}: {counts}")
@@ -168,6 +215,7 @@ def prepare(
         [[b.ctypes.data for b in f] for f in flats],
         [np.shape(w) for w in weights],
         [f[0].dtype for f in flats],
+        even=even,
     )
 
 

@@ -24,6 +24,7 @@ from conftest import ALL_RULES, RULE_NAMES, numpy_module, step_inputs, tolerance
 
 from codegen.lower import lower
 from codegen.targets.numba import fallback_reason
+from optgen_runtime import numba_support
 
 LIBM = frozenset({"exp", "log", "tanh", "softplus", "cbrt", "pow"})
 # One rule per feature: plain elementwise, sign, selects, per-tensor sums over two phases,
@@ -170,6 +171,50 @@ def test_fallback_is_explicit() -> None:
             assert nb.step is ref.step and nb.init_state is ref.init_state
     assert not numba_module("sgld").COMPILED and "noise" in numba_module("sgld").FALLBACK
     assert "cbrt" in numba_module("madgrad").FALLBACK  # compiled, it would be slower
+
+
+def test_even_chunks_exactly_where_no_loop_reads_a_chunk_boundary() -> None:
+    """A rule whose loops sum per chunk keeps the NumPy module's chunks (its partials); every
+    other compiled rule takes even chunks."""
+    for name in RULE_NAMES:
+        nb = numba_module(name)
+        if nb.COMPILED:
+            reduces = bool(nb.REDUCTIONS or nb.GROUP_REDUCTIONS)
+            assert nb.EVEN_CHUNKS is not reduces, name
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_chunk_tables_cover_each_tensor_once_in_order(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Both chunk tables cover every element of every tensor once, each tensor's rows in order;
+    the NumPy module's chunks of CHUNK elements, or even ones whose consecutive equal runs of
+    rows (numba's static schedule: one run per thread) hold equal shares of the elements."""
+    monkeypatch.setattr(numba_support, "MAX_THREADS", threads)
+    sizes = [0, 5, 65536, 65537, 1_000_000, 3, 300_001, 131072, 64]
+    for even in (False, True):
+        table = numba_support.chunk_table(sizes, even=even)
+        for j, n in enumerate(sizes):
+            rows = table[table[:, 0] == j]
+            assert (len(rows) == 0) == (n == 0)
+            if n:
+                assert rows[0, 1] == 0 and rows[-1, 2] == n
+                assert np.array_equal(rows[1:, 1], rows[:-1, 2]) and (rows[:, 2] > rows[:, 1]).all()
+                lengths = rows[:-1, 2] - rows[:-1, 1]
+                assert (
+                    (lengths % numba_support.ALIGN == 0).all()
+                    if even
+                    else (lengths == numba_support.CHUNK).all()
+                )
+        if not even:
+            assert np.array_equal(table[:, 0], np.sort(table[:, 0]))  # tensor by tensor
+    one = numba_support.chunk_table([1_000_000], even=True)
+    shares = [int((r[:, 2] - r[:, 1]).sum()) for r in np.array_split(one, threads)]
+    assert max(shares) - min(shares) < numba_support.ALIGN * threads, shares
+    mixed = numba_support.chunk_table(sizes, even=True)
+    shares = [int((r[:, 2] - r[:, 1]).sum()) for r in np.array_split(mixed, threads)]
+    # within a few aligned rows and one single-chunk tensor (dealt round-robin) of each other
+    assert max(shares) - min(shares) <= numba_support.ALIGN * len(sizes) + 65537, shares
 
 
 def test_per_tensor_step_counts_and_mixed_dtypes() -> None:

@@ -208,7 +208,8 @@ def context(lowered: Lowered) -> dict[str, object]:
         common
         | {
             "exports": sorted(
-                [*rules_names, "COMPILED", "FALLBACK", "init_state", "step", "step_multi"]
+                [*rules_names, "COMPILED", "EVEN_CHUNKS", "FALLBACK", "init_state", "step"]
+                + ["step_multi"]
                 + ["step_buffers"]
                 + ["step_tables"] * tables,
                 key=natural,

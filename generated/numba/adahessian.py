@@ -69,6 +69,7 @@ from ..rules.adahessian import (
 __all__ = [
     "COMPILED",
     "DRAWS",
+    "EVEN_CHUNKS",
     "FALLBACK",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -94,6 +95,8 @@ __all__ = [
 
 COMPILED = True  # False in a rule's module that runs the NumPy reference (FALLBACK says why)
 FALLBACK = None
+# No loop reads a chunk boundary (no reduction): even chunks, an equal share for every thread.
+EVEN_CHUNKS = True
 
 
 @numba.njit(**NJIT)
@@ -246,6 +249,7 @@ def step(
             "hessian": [hessian],
         },
         "single",
+        even=EVEN_CHUNKS,
     )
     _run(buffers, [state], [t], hp, {})
 
@@ -275,6 +279,7 @@ def step_multi(
             "hessian": hessian,
         },
         "multi",
+        even=EVEN_CHUNKS,
     )
     _run(buffers, states, ts, hp, {})
 
@@ -305,6 +310,7 @@ def step_prechecked(
             "hessian": hessian,
         },
         "prechecked",
+        even=EVEN_CHUNKS,
     )
     _run(buffers, states, ts, hp, {})
 

@@ -74,6 +74,7 @@ __all__ = [
     "ABSENT",
     "COMPILED",
     "DRAWS",
+    "EVEN_CHUNKS",
     "FALLBACK",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -100,6 +101,8 @@ __all__ = [
 
 COMPILED = True  # False in a rule's module that runs the NumPy reference (FALLBACK says why)
 FALLBACK = None
+# No loop reads a chunk boundary (no reduction): even chunks, an equal share for every thread.
+EVEN_CHUNKS = True
 
 
 @numba.njit(**NJIT)
@@ -195,7 +198,9 @@ def step(
     if matches(SPECIAL["sgd_plain"], hp):
         return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
-    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    buffers = prepare(
+        RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
+    )
     _run(buffers, [state], [t], hp, {})
 
 
@@ -214,7 +219,9 @@ def step_multi(
     if matches(SPECIAL["sgd_plain"], hp):
         return run_variant(_plain.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, {})
 
 
@@ -234,7 +241,9 @@ def step_prechecked(
     if matches(SPECIAL["sgd_plain"], hp):
         return run_variant(_plain.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, {})
 
 

@@ -70,6 +70,7 @@ from ..rules.signsgd import (
 __all__ = [
     "COMPILED",
     "DRAWS",
+    "EVEN_CHUNKS",
     "FALLBACK",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -95,6 +96,8 @@ __all__ = [
 
 COMPILED = True  # False in a rule's module that runs the NumPy reference (FALLBACK says why)
 FALLBACK = None
+# No loop reads a chunk boundary (no reduction): even chunks, an equal share for every thread.
+EVEN_CHUNKS = True
 
 
 @numba.njit(**NJIT)
@@ -161,7 +164,9 @@ def step(
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
-    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    buffers = prepare(
+        RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
+    )
     _run(buffers, [state], [t], hp, {})
 
 
@@ -177,7 +182,9 @@ def step_multi(
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, {})
 
 
@@ -194,7 +201,9 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, {})
 
 

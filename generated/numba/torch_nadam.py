@@ -68,6 +68,7 @@ from ..rules.torch_nadam import (
 __all__ = [
     "COMPILED",
     "DRAWS",
+    "EVEN_CHUNKS",
     "FALLBACK",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -92,6 +93,8 @@ __all__ = [
 
 COMPILED = True  # False in a rule's module that runs the NumPy reference (FALLBACK says why)
 FALLBACK = None
+# No loop reads a chunk boundary (no reduction): even chunks, an equal share for every thread.
+EVEN_CHUNKS = True
 
 
 @numba.njit(**NJIT)
@@ -217,7 +220,9 @@ def step(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
     hosts = [host_state_values(RULE, state, HOST_STATES)]
-    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    buffers = prepare(
+        RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
+    )
     _run(buffers, [state], [t], hp, hosts, {})
 
 
@@ -234,7 +239,9 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, hosts, {})
 
 
@@ -252,7 +259,9 @@ def step_prechecked(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, hosts, {})
 
 

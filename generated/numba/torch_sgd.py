@@ -79,6 +79,7 @@ __all__ = [
     "ABSENT",
     "COMPILED",
     "DRAWS",
+    "EVEN_CHUNKS",
     "FALLBACK",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -105,6 +106,8 @@ __all__ = [
 
 COMPILED = True  # False in a rule's module that runs the NumPy reference (FALLBACK says why)
 FALLBACK = None
+# No loop reads a chunk boundary (no reduction): even chunks, an equal share for every thread.
+EVEN_CHUNKS = True
 
 
 @numba.njit(**NJIT)
@@ -214,7 +217,9 @@ def step(
     if absent_states(ABSENT, hp):
         return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
     t = check_step_count(RULE, t)
-    buffers = prepare(RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single")
+    buffers = prepare(
+        RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
+    )
     _run(buffers, [state], [t], hp, {})
 
 
@@ -236,7 +241,9 @@ def step_multi(
     if absent_states(ABSENT, hp):
         return run_variant(_variant.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
     ts = step_counts(RULE, t, len(weights))
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, {})
 
 
@@ -261,7 +268,9 @@ def step_prechecked(
             _variant.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams
         )
     ts = step_counts(RULE, t, len(weights))
-    buffers = prepare(RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked")
+    buffers = prepare(
+        RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
+    )
     _run(buffers, states, ts, hp, {})
 
 

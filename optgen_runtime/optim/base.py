@@ -27,6 +27,7 @@ It is composed of one part per concern, each in its own module:
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, ClassVar
@@ -65,6 +66,7 @@ class GeneratedOptimizer(
     NUMPY: ClassVar[ModuleType]  # init_state, step
     TRITON: ClassVar[ModuleType]  # step_multi
     TORCH: ClassVar[TorchEquivalent | None] = None
+    _numpy_by_env = False  # set by __init__ (an optimizer unpickled from before it: unset)
 
     def __init__(
         self,
@@ -83,6 +85,8 @@ class GeneratedOptimizer(
         self._check(defaults)
         self.multi_precision = bool(multi_precision)
         self.backend = backend
+        # OPTGEN_CPU_BACKEND=numpy: "auto" keeps the NumPy reference on CPU (Stepping._use_numba)
+        self._numpy_by_env = os.environ.get("OPTGEN_CPU_BACKEND", "") == "numpy"
         defaults = dict(defaults)
         for base, items in self._aliases().items():
             defaults[base] = self._alias_from_names(base, items, defaults)

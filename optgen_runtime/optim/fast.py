@@ -497,7 +497,8 @@ class FastStep:
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
             if kind == "numba":
-                part.buffers = Buffers.at(rows, shapes, part.dtypes)
+                even = self._numba().EVEN_CHUNKS
+                part.buffers = Buffers.at(rows, shapes, part.dtypes, even=even)
             part.tabled = self._tabled(resolved, kind)
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)

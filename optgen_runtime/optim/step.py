@@ -7,7 +7,8 @@ kernels.
   module (``generated/numba``), one ``step_multi`` per group on zero-copy views, where the rule
   is compiled (``COMPILED``), else through the NumPy reference (a fp16/bf16 gradient of a
   ``multi_precision`` parameter is converted into a reused fp32 scratch buffer). ``backend=
-  "numpy"`` (or OPTGEN_CPU_BACKEND=numpy with ``"auto"``) forces the NumPy reference,
+  "numpy"`` (or OPTGEN_CPU_BACKEND=numpy, read when the optimizer is built, with ``"auto"``)
+  forces the NumPy reference,
   ``backend="numba"`` the compiled loops (refused for a rule that is not compiled);
   ``backend="triton"`` forces the kernels (CPU tensors need ``TRITON_INTERPRET=1``).
 - Random draws (SGLD): parameter ``i`` of the optimizer (its index in ``state_dict()``, counting
@@ -25,8 +26,6 @@ kernels.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
@@ -43,6 +42,7 @@ from optgen_runtime.sharding import shards
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
 NO_INPUTS = Given()  # a step's inputs where none are given (of a rule that takes none)
+_NUMBA_MODULES: dict[ModuleType, ModuleType] = {}  # a rule's metadata module: its numba module
 
 
 class Stepping:
@@ -312,19 +312,23 @@ class Stepping:
 
     def _use_numba(self) -> bool:
         """CPU parameters run the compiled module: ``backend="numba"``, or ``"auto"`` where the
-        rule is compiled and OPTGEN_CPU_BACKEND does not say ``numpy``."""
+        rule is compiled and OPTGEN_CPU_BACKEND did not say ``numpy`` when the optimizer was
+        built (read once: the environment is not looked up on every step)."""
         if self.backend == "numba":
             return True
-        if self.backend != "auto" or os.environ.get("OPTGEN_CPU_BACKEND", "") == "numpy":
+        if self.backend != "auto" or self._numpy_by_env:
             return False
         return bool(self._numba().COMPILED)
 
     def _numba(self) -> ModuleType:
         """The rule's numba module, imported on first use (numba loads only when needed), from
         the package of the rule's metadata (``generated`` in a checkout, ``optgen`` installed)."""
-        package = self.META.__name__.rsplit(".", 2)[0]
-        name = f"{package}.numba.{self.RULE}"
-        return sys.modules.get(name) or importlib.import_module(name)
+        module = _NUMBA_MODULES.get(self.META)
+        if module is None:
+            package = self.META.__name__.rsplit(".", 2)[0]
+            module = importlib.import_module(f"{package}.numba.{self.RULE}")
+            _NUMBA_MODULES[self.META] = module
+        return module
 
     def _numba_step(
         self,
