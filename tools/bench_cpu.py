@@ -18,8 +18,8 @@
 
 Milliseconds per step: the median of the timed steps after warm-up (their minimum with
 OPTGEN_BENCH_STAT=min; compilation happens in the warm-up, and the compiled code is cached in
-``generated/numba/__pycache__``). Speed is reported
-against peers measured in the same run, never asserted in tests.
+``generated/numba/__pycache__``), the compared variants taking turns, BLOCK steps each. Speed
+is reported against peers measured in the same run, never asserted in tests.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import os
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,13 +59,36 @@ def gpt2_small_shapes(d: int = 128, layers: int = 12, vocab: int = 1024, ctx: in
     return [*shapes, (d,), (d,)]
 
 
-def timed(fn: Callable[[], object], steps: int) -> float:
-    """Milliseconds per call, after WARMUP untimed calls (``tools.bench.timed``): the median of
-    ``steps`` calls, or their minimum with OPTGEN_BENCH_STAT=min (on a loaded machine a
-    multi-threaded step waits whole scheduler slices for a descheduled thread, torch's and ours
-    alike: the minimum is then the code's own time)."""
-    times = each_call(fn, steps)
-    return min(times) if STAT == "min" else statistics.median(times)
+# Timed calls of one variant in a row before the next variant's (``timed_together``).
+BLOCK = 5
+
+
+def timed_together(fns: dict[str, Callable[[], object]], steps: int) -> dict[str, float]:
+    """Milliseconds per call of each of ``fns`` (compared variants), after WARMUP untimed calls
+    of each: the median of ``steps`` calls, or their minimum with OPTGEN_BENCH_STAT=min (on a
+    loaded machine a multi-threaded step waits whole scheduler slices for a descheduled thread,
+    torch's and ours alike: the minimum is then the code's own time). The variants take turns,
+    BLOCK calls each, so a change of load or clock during the run falls on all of them alike,
+    not on whichever ran last."""
+    for fn in fns.values():
+        each_call(fn, 0)  # the warm-up calls
+    times: dict[str, list[float]] = {label: [] for label in fns}
+    while any(len(t) < steps for t in times.values()):
+        for label, fn in fns.items():
+            block = min(BLOCK, steps - len(times[label]))
+            times[label] += _no_warmup(fn, block)
+    pick = min if STAT == "min" else statistics.median
+    return {label: pick(t) for label, t in times.items()}
+
+
+def _no_warmup(fn: Callable[[], object], calls: int) -> list[float]:
+    """Milliseconds of each of ``calls`` calls, none untimed."""
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
 
 
 def _params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Any]:
@@ -83,18 +107,14 @@ def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
 
     from generated.torch import Adam
 
-    out = {}
     variants = {
         "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
         "generated.torch.Adam (NumPy)": lambda ps: Adam(ps, lr=1e-3, backend="numpy"),
         "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
         "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
     }
-    for label, make in variants.items():
-        opt = make(_params(shapes))
-        out[label] = timed(opt.step, steps)
-        del opt
-    return out
+    optimizers = {label: make(_params(shapes)) for label, make in variants.items()}
+    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
 
 
 FIXED_N = 1_000  # elements of the one tensor of the fixed-cost section: the step is all host work
@@ -116,10 +136,9 @@ def fixed_cost(steps: int) -> dict[str, float]:
         "generated.torch.Adam": lambda ps: Adam(ps, lr=1e-3),
         "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
     }
-    return {
-        label: 1e3 * timed(make(_params([(FIXED_N,)])).step, steps)
-        for label, make in variants.items()
-    }
+    optimizers = {label: make(_params([(FIXED_N,)])) for label, make in variants.items()}
+    times = timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+    return {label: 1e3 * ms for label, ms in times.items()}
 
 
 def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
@@ -140,25 +159,27 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     state = nb.init_state(w)
     counter = iter(range(1, 10**9))
     row: dict[str, Any] = {"rule": name, "n": n}
-    row["numba_ms"] = timed(lambda: nb.step(w, g, state, next(counter), **hp, **extra), steps)
+    fns: dict[str, Callable[[], object]] = {
+        "numba_ms": lambda: nb.step(w, g, state, next(counter), **hp, **extra)
+    }
     row["class_ms"] = None  # the torch class on the same loops (its fast step), as users run it
     if not extra:
         mine = torch.nn.Parameter(torch.from_numpy(w.copy()))
         mine.grad = torch.from_numpy(g.copy())
-        row["class_ms"] = timed(CLASSES[name]([mine], **hp).step, steps)
+        fns["class_ms"] = CLASSES[name]([mine], **hp).step
     if CLASSES[name].TORCH is not None:
         p = torch.nn.Parameter(torch.from_numpy(w.copy()))
         p.grad = torch.from_numpy(g.copy())
         opt = torch_optimizer(CLASSES[name], [p], override={"foreach": True}, **hp)
         row["peer"] = f"torch.optim.{CLASSES[name].TORCH.class_name}(foreach=True)"
-        row["peer_ms"] = timed(opt.step, steps)
+        fns["peer_ms"] = opt.step
     else:
         w2 = w.copy()
         state2 = ref.init_state(w2)
         counter2 = iter(range(1, 10**9))
         row["peer"] = "NumPy module"
-        step = lambda: ref.step(w2, g, state2, next(counter2), **hp, **extra)  # noqa: E731
-        row["peer_ms"] = timed(step, steps)
+        fns["peer_ms"] = lambda: ref.step(w2, g, state2, next(counter2), **hp, **extra)
+    row |= timed_together(fns, steps)
     row["ratio"] = row["numba_ms"] / row["peer_ms"]
     row["class_ratio"] = None if row["class_ms"] is None else row["class_ms"] / row["peer_ms"]
     return row
@@ -178,7 +199,7 @@ def run(
     from generated.numba import RULES as NAMES
 
     n = 100_000 if quick else 10_000_000
-    steps = steps or (3 if quick else 10)
+    steps = steps or (3 if quick else 20)
     result: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -211,7 +232,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"threads: torch {r['torch_threads']}, numba {r['numba_threads']} "
         f"(os.cpu_count() = {r['cpu_count']}); {r['statistic']} of {r['steps']} steps after "
-        f"{r['warmup']} warm-up; float32; load average {r['load_average'][0]:.2f} at the start",
+        f"{r['warmup']} warm-up, the variants taking turns, {BLOCK} steps each; float32; "
+        f"load average {r['load_average'][0]:.2f} at the start",
     ]
     for key, title in (
         ("adam_one_tensor", "Adam, one tensor of {n:,} parameters"),
