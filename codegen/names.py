@@ -58,7 +58,7 @@ _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
-    "noise_offsets prechecked "
+    "noise_offsets prechecked even "
     "self params multi_precision backend",
 )
 _reserve(
