@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 from conftest import RULES, ulp
 from test_spec_errors import write_spec
@@ -27,7 +28,7 @@ from test_spec_errors import write_spec
 import generated.torch.optim as dropin
 from codegen.generate import generate_all
 from codegen.load import SPECS_DIR, load_rule
-from codegen.lower import lower
+from codegen.lower import lower, reconstruct
 from codegen.spec import SpecError
 from codegen.variants import special_variants
 
@@ -214,6 +215,26 @@ def test_no_decay_computes_less() -> None:
             assert (+less, -less) == ({"add": 1}, {"mul": 1})
         else:
             assert not -less and less["add"] >= 1 and less["mul"] >= 1, name
+
+
+def test_no_decay_leaves_no_trace_of_the_decay() -> None:
+    """The outputs rebuilt from the ops of each ``no_decay`` case: neither weight_decay nor
+    decoupled_weight_decay enter them (both forms vanish, on the host too), the new weight is
+    the weight plus what does not depend on it (no ``0*w``, no ``(1 - lr*0)*w``; ASGD's own
+    ``(1 - lambd*eta)*w`` stays), and no state reads the weight (ASGD's average: the new one)."""
+    for name, rule in RULES.items():
+        if "no_decay" not in rule.special:
+            continue
+        (case,) = [v for v in special_variants(rule) if v.name == f"{name}_no_decay"]
+        rebuilt = reconstruct(lower(case))
+        hypers = {h.symbol for n, h in rule.hypers.items() if "weight_decay" in n}
+        assert hypers and not hypers & set().union(*(e.free_symbols for e in rebuilt.values()))
+        w = rule.weight
+        for new, expr in rebuilt.items():
+            if name == "torch_asgd":
+                continue
+            slope = sp.diff(expr, w)
+            assert slope == (1 if new == rule.weight_new else 0), (name, new, slope)
 
 
 CASES = {
