@@ -130,19 +130,15 @@ def variant_context(rule: Rule) -> dict[str, object]:
         setting = ", ".join(f"{h} = {v:g}" for h, v in values.items())
         test = f"matches(SPECIAL[{module!r}], hp)"
         absent = special_absent(rule, name)
-        out.append(
-            {"module": module, "alias": f"_{name}", "test": test, "doc": setting, "absent": absent}
-        )
+        alias = f"_{name}"
+        out.append(dict(module=module, alias=alias, test=test, doc=setting, absent=absent))
     if rule.absent:
         when = next(iter(rule.absent.values()))
         setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
         doc = f"{setting}: no {', '.join(rule.absent)}"
         test = "absent_states(ABSENT, hp)"
-        absent = list(rule.absent)
-        out.append(
-            {"module": rule.variant_name, "alias": "_variant", "test": test, "doc": doc}
-            | {"absent": absent}
-        )
+        module, absent = rule.variant_name, list(rule.absent)
+        out.append(dict(module=module, alias="_variant", test=test, doc=doc, absent=absent))
     tests = ["absent_states"] * bool(rule.absent) + ["matches"] * bool(rule.special)
     return {"variants": out, "variant_tests": tests}
 
