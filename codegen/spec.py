@@ -457,7 +457,9 @@ class Rule:
         0; MXNet computes ``(1 - lr * wd) * w``) where the general update's ``w - lr*wd*w``
         gives NaN. A state whose ``absent_when`` these values include is absent in the special
         case too; values that neither include nor contradict an ``absent_when`` are refused (a
-        step would match both).
+        step would match both), unless an earlier special case has them together with those of
+        the ``absent_when`` (it runs wherever the state is absent, so this one runs only where
+        the state exists: torch_sgd's ``no_decay`` after ``plain``).
         """
         where = f"{self._where()}: special_case {name!r}"
         if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
@@ -469,11 +471,20 @@ class Rule:
         for state, condition in self.absent.items():
             implied = all(out.get(h) == v for h, v in condition.items())
             excluded = any(h in out and out[h] != v for h, v in condition.items())
-            if not implied and not excluded:
+            # an earlier case with the absent_when's values and only values of ``out`` matches
+            # first wherever this one matches with the state absent
+            both = {**out, **condition}
+            covered = any(
+                all(before.get(h) == v for h, v in condition.items())
+                and all(both.get(h) == v for h, v in before.items())
+                for before in self.special.values()
+            )
+            if not implied and not excluded and not covered:
                 setting = ", ".join(f"{h} = {v:g}" for h, v in condition.items())
                 raise SpecError(
                     f"{where}: state {state!r} is absent at {setting} (absent_when); the special "
-                    "case must include those values or exclude them"
+                    "case must include those values or exclude them, or follow a special case "
+                    "with its values and those"
                 )
         for other, before in self.special.items():
             if before == out:

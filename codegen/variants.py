@@ -67,11 +67,7 @@ def special_variants(rule: Rule) -> list[Rule]:
     with the values substituted exactly, without the states they make absent."""
     out = []
     for name, values in rule.special.items():
-        gone = {
-            state
-            for state, condition in rule.absent.items()
-            if all(values.get(h) == v for h, v in condition.items())
-        }
+        gone = set(special_absent(rule, name))
         doc = (
             f"`{rule.name}` at {_setting(values)} (special case {name!r}: "
             f"{rule.special_docs[name]}): the update with those values substituted exactly; "
@@ -80,6 +76,17 @@ def special_variants(rule: Rule) -> list[Rule]:
         what = f"special_case {name!r}"
         out.append(_variant(rule, rule.special_name(name), values, gone, what, doc))
     return out
+
+
+def special_absent(rule: Rule, name: str) -> list[str]:
+    """The states special case ``name`` has not: those whose ``absent_when`` its values
+    include (the others exist wherever it runs: ``Rule.special_case``)."""
+    values = rule.special[name]
+    return [
+        state
+        for state, condition in rule.absent.items()
+        if all(values.get(h) == v for h, v in condition.items())
+    ]
 
 
 def variants(rule: Rule) -> list[Rule]:

@@ -13,6 +13,10 @@ torch's code (followed here; states ``square_avg`` = E[g^2], ``acc_delta`` = E[d
 
 Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
 gradient before the averages.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 import sympy as sp
@@ -34,6 +38,10 @@ sq_new = RULE.update(square_avg, rho * square_avg + (1 - rho) * G**2)
 delta = RULE.let("delta", sp.sqrt(acc_delta + eps) / sp.sqrt(sq_new + eps) * G)
 RULE.update(acc_delta, rho * acc_delta + (1 - rho) * delta**2)
 RULE.update(w, w - lr * delta)
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "Adadelta",

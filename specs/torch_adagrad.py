@@ -12,6 +12,10 @@ torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
 
 Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
 enters the accumulated gradient.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 import sympy as sp
@@ -32,6 +36,10 @@ G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 clr = RULE.let("clr", lr / (1 + (t - 1) * lr_decay))
 sum_new = RULE.update(state_sum, state_sum + G**2)
 RULE.update(w, w - clr * G / (sp.sqrt(sum_new) + eps))
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "Adagrad",

@@ -17,6 +17,11 @@ Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weig
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
 ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
 without amsgrad too; the state_dict leaves it out there, as torch's does.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 import sympy as sp
@@ -49,6 +54,10 @@ vmax_new = RULE.update(
 vhat = sp.Piecewise((vmax_new, amsgrad > 0), (v_new, True))
 denom = RULE.let("denom", sp.sqrt(vhat) / sp.sqrt(1 - beta2**t) + eps)
 RULE.update(w, w * decay - lr / (1 - beta1**t) * m_new / denom)
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "Adam",

@@ -11,6 +11,10 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_inf`` = u):
     w <- w - lr / (1 - beta1^t) * m / u
 
 Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 import sympy as sp
@@ -32,6 +36,10 @@ G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
 u_new = RULE.update(exp_inf, sp.Max(beta2 * exp_inf, sp.Abs(G) + eps))
 RULE.update(w, w - lr / (1 - beta1**t) * m_new / u_new)
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "Adamax",

@@ -15,6 +15,10 @@ At the first step eta is lr (torch's initial value; the host state starts at 0 a
 the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
 (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 import sympy as sp
@@ -39,6 +43,10 @@ w_new = RULE.update(w, w * (1 - lambd * eta_t) - eta_t * G)
 RULE.update(ax, sp.Piecewise((w_new, sp.Eq(mu, 1)), (ax + (w_new - ax) * mu, True)))
 RULE.update(eta, lr / (1 + lambd * lr * t) ** alpha)
 RULE.update(mu, 1 / sp.Max(1, t - t0))
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "ASGD",

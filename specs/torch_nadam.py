@@ -16,6 +16,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
 torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
 (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 import sympy as sp
@@ -53,6 +58,10 @@ RULE.update(
     - lr * (1 - mu_t) / (1 - M_new) * G / denom
     - lr * mu_t1 / (1 - M_new * mu_t1) * m_new / denom,
 )
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "NAdam",

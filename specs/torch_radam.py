@@ -13,6 +13,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v):
     rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
                w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
     else:      w <- w - mhat * lr
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 import sympy as sp
@@ -52,6 +57,10 @@ r_t = RULE.let(
 )
 adaptive = sp.sqrt(1 - beta2**t) / (sp.sqrt(v_new) + eps)
 RULE.update(w, w * decay - mhat * lr * sp.Piecewise((adaptive * r_t, rectified), (1, True)))
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "RAdam",

@@ -17,6 +17,10 @@ Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight 
 ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
 out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
 negative and the root NaN, is refused.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 import sympy as sp
@@ -48,6 +52,10 @@ b_new = RULE.update(
     sp.Piecewise((momentum * momentum_buffer + G / avg, momentum > 0), (momentum_buffer, True)),
 )
 RULE.update(w, sp.Piecewise((w - lr * b_new, momentum > 0), (w - lr * G / avg, True)))
+
+# torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
+# where 0 * inf would be NaN), and one multiply-add less per element
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "RMSprop",

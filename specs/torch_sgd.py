@@ -11,9 +11,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -48,9 +50,10 @@ d = RULE.let(
 RULE.update(w, w - lr * d)
 # torch's defaults: w - lr * g, one multiply and one add per element, and torch's value there
 # (it skips weight decay at 0: an infinite weight stays infinite where 0 * inf would be NaN)
-RULE.special_case(
-    "plain", {momentum: 0, weight_decay: 0, maximize: False}, doc="no momentum or weight decay"
-)
+RULE.special_case("plain", {momentum: 0, weight_decay: 0}, doc="no momentum or weight decay")
+# with momentum: torch's value at weight_decay = 0 too, one multiply-add less (plain, tried
+# first, runs wherever the buffer is absent: this one only with it)
+RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(
     "SGD",

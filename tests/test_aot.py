@@ -114,7 +114,10 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
 
 def test_all_rules_were_compiled(compiled: list[dict]) -> None:
     variants = {v.name for rule in RULES.values() for v in all_variants(rule)}
-    assert variants == {"torch_sgd_without_momentum_buffer", "torch_sgd_plain", "sgd_plain"}
+    no_decay = {f"{r}_no_decay" for r in RULES if "no_decay" in RULES[r].special}
+    assert len(no_decay) == 9
+    others = {"torch_sgd_without_momentum_buffer", "torch_sgd_plain", "sgd_plain"}
+    assert variants == others | no_decay
     assert {r["rule"] for r in compiled} == set(RULE_NAMES) | set(MATRIX_RULE_NAMES) | variants
 
 

@@ -34,7 +34,7 @@ SHAPE = (4, 6)
 NOT_FOR_MATRIX_RULES: dict[str, tuple[str, list[str]]] = {
     "test_absent.py": ("torch_sgd's absent momentum buffer; matrix rules refuse absent_when", []),
     "test_special.py": (
-        "sgd's and torch_sgd's special cases; matrix rules refuse special_case",
+        "sgd's and the torch_* rules' special cases; matrix rules refuse special_case",
         ["test_special.py::test_a_matrix_rule_refuses_a_special_case"],
     ),
     "test_aot.py": (

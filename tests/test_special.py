@@ -2,28 +2,33 @@
 make vanish is not computed (codegen/variants.py).
 
 SGD at its defaults (``sgd``: wd = 0, rescale_grad = 1; ``torch_sgd``: momentum = 0,
-weight_decay = 0, maximize = False) runs ``w - lr * g``: one multiply and one add per element
-where the whole update computes five, and what MXNet's and torch's code give there for every
-weight, an infinite one included (the whole update's ``w - lr*wd*w`` is inf - inf = NaN there).
-The references are independent: MXNet's ``sgd_update`` formula as its kernel writes it,
-evaluated in float32 NumPy, and torch.optim.SGD. Malformed declarations are refused naming
-the spec file and line.
+weight_decay = 0) runs ``w - lr * g``: one multiply and one add per element where the whole
+update computes five, and what MXNet's and torch's code give there for every weight, an
+infinite one included (the whole update's ``w - lr*wd*w`` is inf - inf = NaN there). Every
+torch_* rule with weight decay runs without it at weight_decay = 0 (``no_decay``), as torch
+skips it there: an infinite weight keeps its value where ``g + 0*w`` would be NaN. The
+references are independent: MXNet's ``sgd_update`` formula as its kernel writes it, evaluated
+in float32 NumPy, and torch.optim's classes. Malformed declarations are refused naming the spec
+file and line.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 import torch
-from conftest import RULES
+from conftest import RULES, ulp
 from test_spec_errors import write_spec
 
+import generated.torch.optim as dropin
 from codegen.generate import generate_all
 from codegen.load import SPECS_DIR, load_rule
-from codegen.lower import lower
+from codegen.lower import lower, reconstruct
 from codegen.spec import SpecError
 from codegen.variants import special_variants
 
@@ -79,15 +84,18 @@ def test_torch_sgd_at_its_defaults_is_torchs_sgd(target: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", "triton"])
-def test_the_torch_class_switches_in_and_out_of_the_special_case(backend: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "kw"), [("SGD", {}), ("SGD", {"momentum": 0.9}), ("Adam", {"amsgrad": True})]
+)
+def test_the_torch_class_switches_in_and_out_of_the_special_case(
+    backend: str, name: str, kw: dict[str, object]
+) -> None:
     """weight_decay 0 -> 0.1 -> 0 between steps (the fast step's plan kept): each step as
-    torch.optim.SGD computes it, the infinite weight included."""
-    from generated.torch import TorchSGD
-
+    torch.optim's class computes it (plain SGD, then the no_decay cases with their states)."""
     ours = torch.nn.Parameter(torch.tensor(WEIGHTS[3:]))
     theirs = torch.nn.Parameter(torch.tensor(WEIGHTS[3:]))
-    opt = TorchSGD([ours], lr=LR, backend=backend)
-    ref = torch.optim.SGD([theirs], lr=LR, foreach=False)
+    opt = getattr(dropin, name)([ours], lr=LR, backend=backend, **kw)
+    ref = getattr(torch.optim, name)([theirs], lr=LR, foreach=False, **kw)
     for k, wd in enumerate([0.0, 0.0, 0.1, 0.0, 0.0]):
         for o in (opt, ref):
             o.param_groups[0]["weight_decay"] = wd
@@ -95,7 +103,74 @@ def test_the_torch_class_switches_in_and_out_of_the_special_case(backend: str) -
         ours.grad, theirs.grad = grad.clone(), grad.clone()
         opt.step()
         ref.step()
-        np.testing.assert_allclose(ours.detach(), theirs.detach(), rtol=4 * 2**-23, atol=0)
+        # (atol: an ulp at 1, the ordinary weights' scale, for a value that cancelled to ~0)
+        np.testing.assert_allclose(ours.detach(), theirs.detach(), rtol=4 * 2**-23, atol=2**-23)
+
+
+# torch.optim's classes with weight decay (the drop-ins of the torch_* rules, same names), in
+# settings that run a different update at weight_decay = 0 (each flag or branch it decides)
+NO_DECAY: dict[str, list[dict[str, object]]] = {
+    "SGD": [{}, {"maximize": True}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}],
+    "Adam": [{}, {"amsgrad": True, "maximize": True}, {"decoupled_weight_decay": True}],
+    "AdamW": [{"weight_decay": 0.0}],
+    "Adamax": [{}],
+    "NAdam": [{}, {"decoupled_weight_decay": True}],
+    "RAdam": [{}, {"decoupled_weight_decay": True, "betas": (0.9, 0.5)}],  # rectified at step 3
+    "RMSprop": [{}, {"momentum": 0.9, "centered": True}],
+    "Adagrad": [{}],
+    "Adadelta": [{}],
+    "ASGD": [{"t0": 2.0}],  # averaging from step 3: ax + (w - ax) * mu, inf - inf in both
+}
+NO_DECAY_CASES = [(name, kw) for name, settings in NO_DECAY.items() for kw in settings]
+# an infinite weight of each sign among ordinary ones (a zero, a tiny one)
+INF_WEIGHTS = np.array([np.inf, -np.inf, 1.5, -0.25, 0.0, 3.0, -2.0, 1e-3], np.float32)
+NO_DECAY_ULPS = 8  # finite values: torch's operation order rounds differently
+
+
+def test_every_torch_rule_with_weight_decay_skips_it_at_0() -> None:
+    """Each torch_* rule with a weight_decay has the special case ``no_decay`` at 0 (only), and
+    its drop-ins are all compared with torch below."""
+    rules = [r for n, r in RULES.items() if n.startswith("torch_") and "weight_decay" in r.hypers]
+    assert len(rules) == 9
+    for rule in rules:
+        assert rule.special["no_decay"] == {rule.hypers["weight_decay"].symbol: 0.0}
+    assert {d.class_name for r in rules for d in r.drop_ins} == set(NO_DECAY)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "triton"])
+@pytest.mark.parametrize(("name", "kw"), NO_DECAY_CASES, ids=[f"{n}{k}" for n, k in NO_DECAY_CASES])
+def test_at_weight_decay_0_infinite_weights_are_torchs(
+    backend: str, name: str, kw: dict[str, object]
+) -> None:
+    """Four steps of the drop-in and of torch.optim's class (single-tensor path) at
+    weight_decay = 0 from weights holding +inf and -inf: weights and per-element states
+    non-finite exactly where torch's are, to the bit (NaN where torch's is NaN), the finite ones
+    within ``NO_DECAY_ULPS`` ulps of torch's largest."""
+    ours = torch.nn.Parameter(torch.tensor(INF_WEIGHTS))
+    theirs = torch.nn.Parameter(torch.tensor(INF_WEIGHTS))
+    opt = getattr(dropin, name)([ours], backend=backend, **kw)
+    ref = getattr(torch.optim, name)([theirs], foreach=False, **kw)
+    assert opt.param_groups[0]["weight_decay"] == 0.0
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        grad = torch.tensor(rng.standard_normal(INF_WEIGHTS.size).astype(np.float32))
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref.step()
+    got = {"weight": ours.detach().numpy()}
+    want = {"weight": theirs.detach().numpy()}
+    for key, value in ref.state[theirs].items():
+        if torch.is_tensor(value) and value.shape == theirs.shape:
+            got[key] = opt.state_dict()["state"][0][key].numpy()
+            want[key] = value.numpy()
+    assert list(want["weight"][:2]) == [np.inf, -np.inf]  # torch's: inf - finite
+    for key in want:
+        finite = np.isfinite(want[key])
+        np.testing.assert_array_equal(bits(got[key][~finite]), bits(want[key][~finite]), key)
+        scale = ulp(np.abs(want[key][finite]).max(), np.float32)
+        np.testing.assert_allclose(
+            got[key][finite], want[key][finite], rtol=0, atol=NO_DECAY_ULPS * scale, err_msg=key
+        )
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -118,11 +193,48 @@ def test_the_special_cases_compute_less() -> None:
         "torch_sgd": ({"add": 1, "mul": 1}, None),
     }
     for name, (counts, whole) in want.items():
-        (special,) = special_variants(RULES[name])
+        special = special_variants(RULES[name])[0]
         assert special.name == f"{name}_plain"
         assert lower(special).op_counts() == counts
         if whole is not None:
             assert lower(RULES[name]).op_counts() == whole
+
+
+def test_no_decay_computes_less() -> None:
+    """Each ``no_decay`` case leaves out the decay's multiply-add (torch_sgd's, with momentum,
+    and torch_adamax's, which uses the gradient twice, one each; torch_rmsprop's as many
+    operations in all: with G = +-g the lowering's CSE shares 1/avg where the whole update
+    shares G/avg, one add less and one multiply more)."""
+    for name, rule in RULES.items():
+        if "no_decay" not in rule.special:
+            continue
+        (case,) = [v for v in special_variants(rule) if v.name == f"{name}_no_decay"]
+        less = Counter(lower(rule).op_counts())
+        less.subtract(lower(case).op_counts())
+        if name == "torch_rmsprop":
+            assert (+less, -less) == ({"add": 1}, {"mul": 1})
+        else:
+            assert not -less and less["add"] >= 1 and less["mul"] >= 1, name
+
+
+def test_no_decay_leaves_no_trace_of_the_decay() -> None:
+    """The outputs rebuilt from the ops of each ``no_decay`` case: neither weight_decay nor
+    decoupled_weight_decay enter them (both forms vanish, on the host too), the new weight is
+    the weight plus what does not depend on it (no ``0*w``, no ``(1 - lr*0)*w``; ASGD's own
+    ``(1 - lambd*eta)*w`` stays), and no state reads the weight (ASGD's average: the new one)."""
+    for name, rule in RULES.items():
+        if "no_decay" not in rule.special:
+            continue
+        (case,) = [v for v in special_variants(rule) if v.name == f"{name}_no_decay"]
+        rebuilt = reconstruct(lower(case))
+        hypers = {h.symbol for n, h in rule.hypers.items() if "weight_decay" in n}
+        assert hypers and not hypers & set().union(*(e.free_symbols for e in rebuilt.values()))
+        w = rule.weight
+        for new, expr in rebuilt.items():
+            if name == "torch_asgd":
+                continue
+            slope = sp.diff(expr, w)
+            assert slope == (1 if new == rule.weight_new else 0), (name, new, slope)
 
 
 CASES = {
@@ -158,6 +270,13 @@ CASES = {
         "RULE.special_case('a', {mx.rescale_grad: 1}, doc='x')",
         r"specs/bad.py:12: special_case 'a': state 'm' is absent at wd = 0 \(absent_when\)",
     ),
+    "the case that runs where the state is absent declared after": (
+        "m = RULE.state('m', absent_when={mx.wd: 0})\n"
+        "RULE.update(m, mx.wd * m + RULE.grad)\nRULE.update(w, w - mx.lr * mx.wd * m)\n"
+        "RULE.special_case('a', {mx.rescale_grad: 1}, doc='x')\n"
+        "RULE.special_case('b', {mx.wd: 0, mx.rescale_grad: 1}, doc='x')",
+        r"specs/bad.py:12: special_case 'a': state 'm' is absent at wd = 0 .* or follow a special",
+    ),
 }
 
 
@@ -171,16 +290,22 @@ def test_malformed_special_case_is_refused(tmp_path: Path, case: str) -> None:
 
 def test_a_special_case_drops_the_states_it_makes_absent(tmp_path: Path) -> None:
     """The error cases above fail for their own reason: these load. A special case including an
-    absent_when's values has no such state; one excluding them keeps it."""
+    absent_when's values has no such state; one excluding them keeps it, and so does one
+    after a case with its values and the absent_when's (that one runs where m is absent)."""
     path = write_spec(
         tmp_path,
         "m = RULE.state('m', absent_when={mx.wd: 0})\n"
         "RULE.update(m, mx.wd * m + RULE.grad)\nRULE.update(w, w - mx.lr * mx.wd * m)\n"
         "RULE.special_case('a', {mx.wd: 0, mx.rescale_grad: 1}, doc='x')\n"
-        "RULE.special_case('b', {mx.wd: 1}, doc='x')",
+        "RULE.special_case('b', {mx.wd: 1}, doc='x')\n"
+        "RULE.special_case('c', {mx.rescale_grad: 1}, doc='x')",
     )
-    a, b = special_variants(load_rule(path))
-    assert (a.name, list(a.states), b.name, list(b.states)) == ("bad_a", [], "bad_b", ["m"])
+    a, b, c = special_variants(load_rule(path))
+    assert [(v.name, list(v.states)) for v in (a, b, c)] == [
+        ("bad_a", []),
+        ("bad_b", ["m"]),
+        ("bad_c", ["m"]),
+    ]
 
 
 def test_a_special_case_may_not_overwrite_another_rules_modules(tmp_path: Path) -> None:

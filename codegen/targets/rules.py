@@ -15,7 +15,7 @@ from codegen.lower import Lowered
 from codegen.spec import Rule
 from codegen.targets import Target
 from codegen.targets.host import HostCode, host_code, legal_code
-from codegen.variants import variant_name
+from codegen.variants import special_absent, variant_name
 
 
 def folds_gradient_scale(lowered: Lowered) -> bool:
@@ -122,19 +122,23 @@ def natural(name: str) -> list[str | int]:
 def variant_context(rule: Rule) -> dict[str, object]:
     """What a module's step functions need to run the rule's variants (:mod:`codegen.variants`),
     in the order they are tried: each one's module, the alias it is imported as, the test of
-    the resolved hyperparameters ``hp`` that selects it, and a comment."""
+    the resolved hyperparameters ``hp`` that selects it, a comment, and the states it has not
+    (``run_variant`` passes it the state without them)."""
     out = []
     for name, values in rule.special.items():
         module = rule.special_name(name)
         setting = ", ".join(f"{h} = {v:g}" for h, v in values.items())
         test = f"matches(SPECIAL[{module!r}], hp)"
-        out.append({"module": module, "alias": f"_{name}", "test": test, "doc": setting})
+        absent = special_absent(rule, name)
+        alias = f"_{name}"
+        out.append(dict(module=module, alias=alias, test=test, doc=setting, absent=absent))
     if rule.absent:
         when = next(iter(rule.absent.values()))
         setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
         doc = f"{setting}: no {', '.join(rule.absent)}"
         test = "absent_states(ABSENT, hp)"
-        out.append({"module": rule.variant_name, "alias": "_variant", "test": test, "doc": doc})
+        module, absent = rule.variant_name, list(rule.absent)
+        out.append(dict(module=module, alias="_variant", test=test, doc=doc, absent=absent))
     tests = ["absent_states"] * bool(rule.absent) + ["matches"] * bool(rule.special)
     return {"variants": out, "variant_tests": tests}
 

@@ -196,7 +196,7 @@ def step(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     # wd = 0, rescale_grad = 1: that variant's update
     if matches(SPECIAL["sgd_plain"], hp):
-        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -217,7 +217,7 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     # wd = 0, rescale_grad = 1: that variant's update
     if matches(SPECIAL["sgd_plain"], hp):
-        return run_variant(_plain.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -239,7 +239,7 @@ def step_prechecked(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     # wd = 0, rescale_grad = 1: that variant's update
     if matches(SPECIAL["sgd_plain"], hp):
-        return run_variant(_plain.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS

@@ -22,6 +22,10 @@ torch's code (followed here; states ``square_avg`` = E[g^2], ``acc_delta`` = E[d
 
 Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
 gradient before the averages.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -32,12 +36,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_adadelta import init_state
 from ..rules.torch_adadelta import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -51,13 +62,16 @@ from ..rules.torch_adadelta import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adadelta_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adadelta; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -74,6 +88,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -117,24 +132,24 @@ def _update_chunk(
         grad = grad_buf[_i]
         square_avg = square_avg_buf[_i]
         acc_delta = acc_delta_buf[_i]
-        # specs/torch_adadelta.py:32: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_adadelta.py:33: square_avg_new = G**2*(1 - rho) + rho*square_avg
+        # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
         _v2 = G * G
         _t1 = _h1 * _v2
         _v3 = rho * square_avg
         square_avg_new = _t1 + _v3
-        # specs/torch_adadelta.py:34: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-        # specs/torch_adadelta.py:35: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+        # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
+        # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
         _t3 = square_avg_new + eps
         _t4 = acc_delta + eps
         _v4 = rho * acc_delta
         _v5 = _t1 * _t4
         _v6 = _v5 / _t3
         acc_delta_new = _v4 + _v6
-        # specs/torch_adadelta.py:36: weight_new = -delta*lr + weight
+        # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
         _v7 = np.sqrt(_t4)
         _v8 = np.sqrt(_t3)
         _v9 = _h2 * G
@@ -193,6 +208,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -211,6 +229,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -230,6 +251,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -249,6 +273,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

@@ -21,6 +21,10 @@ torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
 
 Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
 enters the accumulated gradient.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -31,12 +35,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_adagrad import init_state
 from ..rules.torch_adagrad import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -50,13 +61,16 @@ from ..rules.torch_adagrad import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adagrad_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adagrad; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -73,6 +87,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -110,14 +125,14 @@ def _update_chunk(
         weight = weight_buf[_i]
         grad = grad_buf[_i]
         state_sum = state_sum_buf[_i]
-        # specs/torch_adagrad.py:31: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_adagrad.py:33: state_sum_new = G**2 + state_sum
+        # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
         _v2 = G * G
         state_sum_new = state_sum + _v2
-        # specs/torch_adagrad.py:34: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
+        # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
         _v3 = np.sqrt(state_sum_new)
         _v4 = _v3 + eps
         _v5 = _h1 * G
@@ -168,6 +183,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -186,6 +204,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -205,6 +226,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -224,6 +248,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

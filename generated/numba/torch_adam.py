@@ -26,6 +26,11 @@ Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weig
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
 ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
 without amsgrad too; the state_dict leaves it out there, as torch's does.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -36,12 +41,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_adam import init_state
 from ..rules.torch_adam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -55,13 +67,16 @@ from ..rules.torch_adam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -78,6 +93,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -131,20 +147,20 @@ def _update_chunk(
         exp_avg = exp_avg_buf[_i]
         exp_avg_sq = exp_avg_sq_buf[_i]
         max_exp_avg_sq = max_exp_avg_sq_buf[_i]
-        # specs/torch_adam.py:41: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
         G = _h0 * grad
-        # specs/torch_adam.py:43: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         _v1 = coupled * weight
         _t0 = G + _v1
         _v2 = _t0 - exp_avg
         _v3 = _h1 * _v2
         exp_avg_new = exp_avg + _v3
-        # specs/torch_adam.py:44: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
         _v4 = beta2 * exp_avg_sq
         _v5 = _t0 * _t0
         _v6 = _h2 * _v5
         exp_avg_sq_new = _v4 + _v6
-        # specs/torch_adam.py:45: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         _t3 = (
             exp_avg_sq_new
             if (exp_avg_sq_new > max_exp_avg_sq or exp_avg_sq_new != exp_avg_sq_new)
@@ -152,8 +168,8 @@ def _update_chunk(
         )
         _v7 = _h3 != _T(0.0)
         max_exp_avg_sq_new = _t3 if _v7 else max_exp_avg_sq
-        # specs/torch_adam.py:50: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:51: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         _v8 = decay * weight
         _v9 = _h3 != _T(0.0)
         _v10 = np.sqrt(exp_avg_sq_new)
@@ -227,6 +243,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -245,6 +264,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -264,6 +286,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -283,6 +308,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

@@ -20,6 +20,10 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_inf`` = u):
     w <- w - lr / (1 - beta1^t) * m / u
 
 Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -30,12 +34,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_adamax import init_state
 from ..rules.torch_adamax import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -49,13 +60,16 @@ from ..rules.torch_adamax import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adamax_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adamax; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -72,6 +86,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -119,15 +134,15 @@ def _update_chunk(
         grad = grad_buf[_i]
         exp_avg = exp_avg_buf[_i]
         exp_inf = exp_inf_buf[_i]
-        # specs/torch_adamax.py:31: G = grad*(1 - 2*maximize) + weight*weight_decay
-        # specs/torch_adamax.py:32: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         _v0 = _h0 * grad
         _v1 = _v0 - exp_avg
         _v2 = weight_decay * weight
         _v3 = _v1 + _v2
         _v4 = _h1 * _v3
         exp_avg_new = exp_avg + _v4
-        # specs/torch_adamax.py:33: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
+        # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
         _v5 = beta2 * exp_inf
         _v6 = _h2 * grad
         _v7 = _h3 * weight
@@ -135,7 +150,7 @@ def _update_chunk(
         _v9 = np.abs(_v8)
         _v10 = _v9 + eps
         exp_inf_new = _v5 if (_v5 > _v10 or _v5 != _v5) else _v10
-        # specs/torch_adamax.py:34: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
+        # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
         _v11 = _h4 * exp_avg_new
         _v12 = _v11 / exp_inf_new
         weight_new = weight + _v12
@@ -195,6 +210,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -213,6 +231,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -232,6 +253,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -251,6 +275,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

@@ -24,6 +24,10 @@ At the first step eta is lr (torch's initial value; the host state starts at 0 a
 the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
 (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ import numpy as np
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
 )
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
@@ -45,6 +51,7 @@ from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_asgd import init_state
 from ..rules.torch_asgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -58,13 +65,16 @@ from ..rules.torch_asgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_asgd_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_asgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -81,6 +91,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -121,15 +132,15 @@ def _update_chunk(
         weight = weight_buf[_i]
         grad = grad_buf[_i]
         ax = ax_buf[_i]
-        # specs/torch_asgd.py:38: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
+        # specs/torch_asgd.py:42: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
         _v0 = _h0 * weight
-        # specs/torch_asgd.py:37: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_asgd.py:41: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v1 = _h1 * grad
         _v2 = weight_decay * weight
         G = _v1 + _v2
         _v4 = _h2 * G
         weight_new = _v0 + _v4
-        # specs/torch_asgd.py:39: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
+        # specs/torch_asgd.py:43: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
         _v5 = _h3 != _T(0.0)
         _v6 = weight_new - ax
         _v7 = mu * _v6
@@ -184,6 +195,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     hosts = [host_state_values(RULE, state, HOST_STATES)]
     buffers = prepare(
@@ -203,6 +217,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     buffers = prepare(
@@ -223,6 +240,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     buffers = prepare(
@@ -243,6 +263,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states;
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     _run(buffers, states, ts, hp, hosts, {})

@@ -22,6 +22,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v):
     rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
                w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
     else:      w <- w - mhat * lr
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -32,12 +37,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_radam import init_state
 from ..rules.torch_radam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -51,13 +63,16 @@ from ..rules.torch_radam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_radam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_radam; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -74,6 +89,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -125,21 +141,21 @@ def _update_chunk(
         grad = grad_buf[_i]
         exp_avg = exp_avg_buf[_i]
         exp_avg_sq = exp_avg_sq_buf[_i]
-        # specs/torch_radam.py:35: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
         G = _h0 * grad
-        # specs/torch_radam.py:37: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         _v1 = coupled * weight
         _t0 = G + _v1
         _v2 = _t0 - exp_avg
         _v3 = _h1 * _v2
         exp_avg_new = exp_avg + _v3
-        # specs/torch_radam.py:38: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
         _v4 = beta2 * exp_avg_sq
         _v5 = _t0 * _t0
         _v6 = _h2 * _v5
         exp_avg_sq_new = _v4 + _v6
-        # specs/torch_radam.py:39: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:54: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        # specs/torch_radam.py:44: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
         _v7 = decay * weight
         _v8 = _h4 != _T(0.0)
         _v9 = np.sqrt(exp_avg_sq_new)
@@ -209,6 +225,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -227,6 +246,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -246,6 +268,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -265,6 +290,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

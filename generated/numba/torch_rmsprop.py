@@ -26,6 +26,10 @@ Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight 
 ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
 out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
 negative and the root NaN, is refused.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -36,12 +40,19 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    check_step_count,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+    step_counts,
+)
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_rmsprop import init_state
 from ..rules.torch_rmsprop import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -55,13 +66,16 @@ from ..rules.torch_rmsprop import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_rmsprop_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -78,6 +92,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -129,21 +144,21 @@ def _update_chunk(
         square_avg = square_avg_buf[_i]
         momentum_buffer = momentum_buffer_buf[_i]
         grad_avg = grad_avg_buf[_i]
-        # specs/torch_rmsprop.py:39: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_rmsprop.py:40: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
+        # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
         _v2 = alpha * square_avg
         _v3 = G * G
         _v4 = _h1 * _v3
         square_avg_new = _v2 + _v4
-        # specs/torch_rmsprop.py:42: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:46: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
         _v5 = G - grad_avg
         _v6 = _h1 * _v5
         _t2 = grad_avg + _v6
-        # specs/torch_rmsprop.py:43: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:46: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:47: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         _v7 = _h2 != _T(0.0)
         _v8 = np.sqrt(square_avg_new)
         _v9 = _h2 != _T(0.0)
@@ -161,7 +176,7 @@ def _update_chunk(
         momentum_buffer_new = _v19 if _v17 else momentum_buffer
         _v20 = _h2 != _T(0.0)
         grad_avg_new = _t2 if _v20 else grad_avg
-        # specs/torch_rmsprop.py:50: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+        # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
         _v21 = _h3 != _T(0.0)
         _v22 = _h4 * _t3
         _v23 = weight + _v22
@@ -229,6 +244,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -247,6 +265,9 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -266,6 +287,9 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -285,6 +309,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

@@ -20,9 +20,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -71,6 +73,7 @@ from ..rules.torch_sgd import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_no_decay as _no_decay
 from . import torch_sgd_plain as _plain
 from . import torch_sgd_without_momentum_buffer as _variant
 
@@ -139,18 +142,18 @@ def _update_chunk(
         weight = weight_buf[_i]
         grad = grad_buf[_i]
         momentum_buffer = momentum_buffer_buf[_i]
-        # specs/torch_sgd.py:40: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_sgd.py:43: momentum_buffer_new = G*take + keep*momentum_buffer
+        # specs/torch_sgd.py:45: momentum_buffer_new = G*take + keep*momentum_buffer
         _v2 = keep * momentum_buffer
         _v3 = take * G
         momentum_buffer_new = _v2 + _v3
-        # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:50: weight_new = -d*lr + weight
         _v4 = _h1 != _T(0.0)
         _v5 = _h2 != _T(0.0)
-        # specs/torch_sgd.py:44: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+        # specs/torch_sgd.py:46: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
         _v6 = momentum * momentum_buffer_new
         d = G + _v6
         _v8 = d if _v5 else momentum_buffer_new
@@ -210,12 +213,17 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's update
+    # momentum = 0, weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_sgd_plain"], hp):
-        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
     if absent_states(ABSENT, hp):
-        return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+        )
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -234,12 +242,19 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's update
+    # momentum = 0, weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_sgd_plain"], hp):
-        return run_variant(_plain.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
+        return run_variant(
+            _plain.step_multi, weights, grads, states, t, ("momentum_buffer",), **hyperparams
+        )
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
     if absent_states(ABSENT, hp):
-        return run_variant(_variant.step_multi, weights, grads, states, t, ABSENT, **hyperparams)
+        return run_variant(
+            _variant.step_multi, weights, grads, states, t, ("momentum_buffer",), **hyperparams
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -259,13 +274,18 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's update
+    # momentum = 0, weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_sgd_plain"], hp):
-        return run_variant(_plain.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams)
+        return run_variant(
+            _plain.step_prechecked, weights, grads, states, t, ("momentum_buffer",), **hyperparams
+        )
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
     if absent_states(ABSENT, hp):
         return run_variant(
-            _variant.step_prechecked, weights, grads, states, t, ABSENT, **hyperparams
+            _variant.step_prechecked, weights, grads, states, t, ("momentum_buffer",), **hyperparams
         )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
@@ -286,9 +306,12 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's update (``buffers``: its columns)
+    # momentum = 0, weight_decay = 0: that variant's update (``buffers``: its columns)
     if matches(SPECIAL["torch_sgd_plain"], hp):
         return _plain.step_buffers(buffers, states, t, **hyperparams)
+    # weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update (``buffers``: its columns)
     if absent_states(ABSENT, hp):
         return _variant.step_buffers(buffers, states, t, **hyperparams)

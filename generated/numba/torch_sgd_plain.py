@@ -7,7 +7,7 @@ The NumPy module's API and checks; one parallel loop over the chunks of every te
 weight's dtype as the NumPy reference does (``codegen/targets/numba.py`` says where results may
 differ from it in the last bit).
 
-`torch_sgd` at momentum = 0, weight_decay = 0, maximize = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
+`torch_sgd` at momentum = 0, weight_decay = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
 
 SGD with momentum, dampening and Nesterov momentum exactly as torch.optim.SGD computes it.
 
@@ -22,9 +22,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -107,14 +109,14 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sgd_plain, once per step and tensor):
-    #   _h0: = -lr
+    #   _h0: = -lr*(1 - 2*maximize)
     _T = weight_buf.dtype.type
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
-        # specs/torch_sgd.py:40: G = grad (at momentum = 0, weight_decay = 0, maximize = 0)
-        # specs/torch_sgd.py:44: d = G (at momentum = 0, weight_decay = 0, maximize = 0)
-        # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) (at momentum = 0, weight_decay = 0)
+        # specs/torch_sgd.py:46: d = G (at momentum = 0, weight_decay = 0)
+        # specs/torch_sgd.py:50: weight_new = -d*lr + weight
         _v0 = _h0 * grad
         weight_new = weight + _v0
         weight_buf[_i] = weight_new

@@ -108,7 +108,7 @@ def step(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     # wd = 0, rescale_grad = 1: that variant's update
     if matches(SPECIAL["sgd_plain"], hp):
-        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)

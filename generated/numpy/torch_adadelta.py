@@ -17,6 +17,10 @@ torch's code (followed here; states ``square_avg`` = E[g^2], ``acc_delta`` = E[d
 
 Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
 gradient before the averages.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_adadelta import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -43,13 +54,16 @@ from ..rules.torch_adadelta import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adadelta_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adadelta; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -63,6 +77,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -94,6 +109,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _square_avg_flat, _acc_delta_flat = flat_views(
@@ -115,24 +133,24 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/torch_adadelta.py:32: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_adadelta.py:33: square_avg_new = G**2*(1 - rho) + rho*square_avg
+        # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
         np.multiply(_b0, _b0, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.multiply(rho, _square_avg, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_adadelta.py:34: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-        # specs/torch_adadelta.py:35: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+        # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
+        # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
         np.add(_square_avg, eps, out=_b2)
         np.add(_acc_delta, eps, out=_b3)
         np.multiply(rho, _acc_delta, out=_b4)
         np.multiply(_b1, _b3, out=_b1)
         np.divide(_b1, _b2, out=_b1)
         np.add(_b4, _b1, out=_acc_delta)
-        # specs/torch_adadelta.py:36: weight_new = -delta*lr + weight
+        # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
         np.sqrt(_b3, out=_b1)
         np.sqrt(_b2, out=_b2)
         np.multiply(_h2, _b0, out=_b0)

@@ -16,6 +16,10 @@ torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
 
 Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
 enters the accumulated gradient.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -24,11 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_adagrad import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -42,13 +53,16 @@ from ..rules.torch_adagrad import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adagrad_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adagrad; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -62,6 +76,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -93,6 +108,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _state_sum_flat = flat_views(
@@ -110,14 +128,14 @@ def step(
         _state_sum = _state_sum_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/torch_adagrad.py:31: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_adagrad.py:33: state_sum_new = G**2 + state_sum
+        # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
         np.multiply(_b0, _b0, out=_b1)
         np.add(_state_sum, _b1, out=_state_sum)
-        # specs/torch_adagrad.py:34: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
+        # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
         np.sqrt(_state_sum, out=_b1)
         np.add(_b1, eps, out=_b1)
         np.multiply(_h1, _b0, out=_b0)

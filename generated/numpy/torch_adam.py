@@ -21,6 +21,11 @@ Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weig
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
 ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
 without amsgrad too; the state_dict leaves it out there, as torch's does.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -29,11 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_adam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -47,13 +59,16 @@ from ..rules.torch_adam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -67,6 +82,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -99,6 +115,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _exp_avg_flat, _exp_avg_sq_flat, _max_exp_avg_sq_flat = flat_views(
@@ -119,25 +138,25 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_adam.py:41: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_adam.py:43: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         np.multiply(coupled, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
         np.subtract(_b0, _exp_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_adam.py:44: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
         np.multiply(_h2, _b0, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_adam.py:45: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         np.maximum(_exp_avg_sq, _max_exp_avg_sq, out=_b0)
         __v7 = np.not_equal(_h3, 0.0)
         np.copyto(_max_exp_avg_sq, _b0, where=__v7)
-        # specs/torch_adam.py:50: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:51: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         np.multiply(decay, _weight, out=_b1)
         __v9 = np.not_equal(_h3, 0.0)
         np.sqrt(_exp_avg_sq, out=_b2)

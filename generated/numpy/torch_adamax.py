@@ -15,6 +15,10 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_inf`` = u):
     w <- w - lr / (1 - beta1^t) * m / u
 
 Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_adamax import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -41,13 +52,16 @@ from ..rules.torch_adamax import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adamax_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adamax; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -61,6 +75,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -92,6 +107,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _exp_avg_flat, _exp_inf_flat = flat_views(
@@ -111,15 +129,15 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_adamax.py:31: G = grad*(1 - 2*maximize) + weight*weight_decay
-        # specs/torch_adamax.py:32: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         np.multiply(_h0, _grad, out=_b0)
         np.subtract(_b0, _exp_avg, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_exp_avg, _b0, out=_exp_avg)
-        # specs/torch_adamax.py:33: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
+        # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
         np.multiply(beta2, _exp_inf, out=_b0)
         np.multiply(_h2, _grad, out=_b1)
         np.multiply(_h3, _weight, out=_b2)
@@ -127,7 +145,7 @@ def step(
         np.absolute(_b1, out=_b1)
         np.add(_b1, eps, out=_b1)
         np.maximum(_b0, _b1, out=_exp_inf)
-        # specs/torch_adamax.py:34: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
+        # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
         np.multiply(_h4, _exp_avg, out=_b0)
         np.divide(_b0, _exp_inf, out=_b0)
         np.add(_weight, _b0, out=_weight)

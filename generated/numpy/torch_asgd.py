@@ -19,6 +19,10 @@ At the first step eta is lr (torch's initial value; the host state starts at 0 a
 the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
 (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -27,11 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_asgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -45,13 +56,16 @@ from ..rules.torch_asgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_asgd_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_asgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -65,6 +79,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -97,6 +112,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _ax_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -113,15 +131,15 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_asgd.py:38: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
+        # specs/torch_asgd.py:42: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
         np.multiply(_h0, _weight, out=_b0)
-        # specs/torch_asgd.py:37: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_asgd.py:41: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h1, _grad, out=_b1)
         np.multiply(weight_decay, _weight, out=_b2)
         np.add(_b1, _b2, out=_b1)
         np.multiply(_h2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
-        # specs/torch_asgd.py:39: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
+        # specs/torch_asgd.py:43: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
         __v5 = np.not_equal(_h3, 0.0)
         np.subtract(_weight, _ax, out=_b0)
         np.multiply(mu, _b0, out=_b0)

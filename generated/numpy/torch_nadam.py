@@ -20,6 +20,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
 torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
 (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -28,11 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_nadam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -46,13 +58,16 @@ from ..rules.torch_nadam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_nadam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_nadam; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -66,6 +81,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -98,6 +114,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_nadam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _exp_avg_flat, _exp_avg_sq_flat = flat_views(
@@ -117,21 +136,21 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_nadam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_nadam.py:47: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         np.multiply(coupled, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
         np.subtract(_b0, _exp_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_nadam.py:48: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_exp_avg_sq)
-        # specs/torch_nadam.py:49: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:50: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+        # specs/torch_nadam.py:54: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+        # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
         np.multiply(_h3, _exp_avg_sq, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, eps, out=_b1)

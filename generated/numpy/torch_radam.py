@@ -17,6 +17,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v):
     rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
                w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
     else:      w <- w - mhat * lr
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -25,11 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_radam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -43,13 +55,16 @@ from ..rules.torch_radam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_radam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_radam; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -63,6 +78,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -94,6 +110,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _exp_avg_flat, _exp_avg_sq_flat = flat_views(
@@ -113,21 +132,21 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_radam.py:35: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_radam.py:37: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+        # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         np.multiply(coupled, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
         np.subtract(_b0, _exp_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_radam.py:38: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
         np.multiply(_h2, _b0, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_radam.py:39: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:54: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        # specs/torch_radam.py:44: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
         np.multiply(decay, _weight, out=_b0)
         __v8 = np.not_equal(_h4, 0.0)
         np.sqrt(_exp_avg_sq, out=_b1)

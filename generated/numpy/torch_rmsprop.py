@@ -21,6 +21,10 @@ Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight 
 ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
 out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
 negative and the root NaN, is refused.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -29,11 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.torch_rmsprop import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -47,13 +58,16 @@ from ..rules.torch_rmsprop import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_rmsprop_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -67,6 +81,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -99,6 +114,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _square_avg_flat, _momentum_buffer_flat, _grad_avg_flat = flat_views(
@@ -121,21 +139,21 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/torch_rmsprop.py:39: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_rmsprop.py:40: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
+        # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
         np.multiply(alpha, _square_avg, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_rmsprop.py:42: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:46: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
         np.subtract(_b0, _grad_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_grad_avg, _b1, out=_b1)
-        # specs/torch_rmsprop.py:43: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:46: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:47: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         __v7 = np.not_equal(_h2, 0.0)
         np.sqrt(_square_avg, out=_b2)
         __v9 = np.not_equal(_h2, 0.0)
@@ -153,7 +171,7 @@ def step(
         np.copyto(_momentum_buffer, _b2, where=__v17)
         __v20 = np.not_equal(_h2, 0.0)
         np.copyto(_grad_avg, _b1, where=__v20)
-        # specs/torch_rmsprop.py:50: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+        # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
         __v21 = np.not_equal(_h3, 0.0)
         np.multiply(_h4, _b0, out=_b0)
         np.add(_weight, _b0, out=_b0)

@@ -15,9 +15,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -63,6 +65,7 @@ from ..rules.torch_sgd import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_no_decay as _no_decay
 from . import torch_sgd_plain as _plain
 from . import torch_sgd_without_momentum_buffer as _variant
 
@@ -113,12 +116,17 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's update
+    # momentum = 0, weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_sgd_plain"], hp):
-        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams)
+    # weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
     if absent_states(ABSENT, hp):
-        return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+        )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _momentum_buffer_flat = flat_views(
@@ -137,18 +145,18 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_sgd.py:40: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_sgd.py:43: momentum_buffer_new = G*take + keep*momentum_buffer
+        # specs/torch_sgd.py:45: momentum_buffer_new = G*take + keep*momentum_buffer
         np.multiply(keep, _momentum_buffer, out=_b1)
         np.multiply(take, _b0, out=_b2)
         np.add(_b1, _b2, out=_momentum_buffer)
-        # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:50: weight_new = -d*lr + weight
         __v4 = np.not_equal(_h1, 0.0)
         __v5 = np.not_equal(_h2, 0.0)
-        # specs/torch_sgd.py:44: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+        # specs/torch_sgd.py:46: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
         np.multiply(momentum, _momentum_buffer, out=_b1)
         np.add(_b0, _b1, out=_b1)
         np.copyto(_b1, _momentum_buffer, where=np.logical_not(__v5))

@@ -2,7 +2,7 @@
 # `python -m tools.generate`.
 """NumPy reference for `torch_sgd_plain` (float32 and float64, in place, chunked).
 
-`torch_sgd` at momentum = 0, weight_decay = 0, maximize = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
+`torch_sgd` at momentum = 0, weight_decay = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
 
 SGD with momentum, dampening and Nesterov momentum exactly as torch.optim.SGD computes it.
 
@@ -17,9 +17,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -113,9 +115,9 @@ def step(
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
-        # specs/torch_sgd.py:40: G = grad (at momentum = 0, weight_decay = 0, maximize = 0)
-        # specs/torch_sgd.py:44: d = G (at momentum = 0, weight_decay = 0, maximize = 0)
-        # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) (at momentum = 0, weight_decay = 0)
+        # specs/torch_sgd.py:46: d = G (at momentum = 0, weight_decay = 0)
+        # specs/torch_sgd.py:50: weight_new = -d*lr + weight
         np.multiply(_h0, _grad, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

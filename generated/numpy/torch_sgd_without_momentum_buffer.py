@@ -17,9 +17,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -114,12 +116,12 @@ def step(
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/torch_sgd.py:40: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_sgd.py:44: d = G (at momentum = 0)
-        # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+        # specs/torch_sgd.py:46: d = G (at momentum = 0)
+        # specs/torch_sgd.py:50: weight_new = -d*lr + weight
         np.multiply(_h1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

@@ -79,7 +79,8 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(

@@ -16,6 +16,10 @@ torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
 
 Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
 enters the accumulated gradient.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_adagrad_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "Adagrad",

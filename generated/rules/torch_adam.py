@@ -21,6 +21,11 @@ Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weig
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
 ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
 without amsgrad too; the state_dict leaves it out there, as torch's does.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -84,8 +89,9 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_adam_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "Adam",
@@ -144,9 +150,9 @@ def host_scalars(
     decoupled_weight_decay: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adam.py:40: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
+    # specs/torch_adam.py:45: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
     coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
-    # specs/torch_adam.py:42: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
+    # specs/torch_adam.py:47: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1

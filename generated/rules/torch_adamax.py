@@ -15,6 +15,10 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_inf`` = u):
     w <- w - lr / (1 - beta1^t) * m / u
 
 Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -72,8 +76,9 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_adamax_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "Adamax",

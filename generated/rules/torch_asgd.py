@@ -19,6 +19,10 @@ At the first step eta is lr (torch's initial value; the host state starts at 0 a
 the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
 (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -76,8 +80,9 @@ HOST_STATES: tuple[str, ...] = ("eta", "mu")
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_asgd_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "ASGD",
@@ -117,7 +122,7 @@ def host_scalars(
     mu: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_asgd.py:36: eta_t = Piecewise((lr, Eq(t, 1)), (eta, True))
+    # specs/torch_asgd.py:40: eta_t = Piecewise((lr, Eq(t, 1)), (eta, True))
     eta_t = (lr) if (t == 1) else (eta)
     _h0 = -eta_t * lambd + 1
     _h1 = 1 - 2 * maximize

@@ -20,6 +20,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
 torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
 (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -81,8 +86,9 @@ HOST_STATES: tuple[str, ...] = ("mu_product",)
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_nadam_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "NAdam",
@@ -133,9 +139,9 @@ def host_scalars(
     mu_product: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_nadam.py:39: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
+    # specs/torch_nadam.py:44: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
     coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
-    # specs/torch_nadam.py:41: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
+    # specs/torch_nadam.py:46: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1

@@ -17,6 +17,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v):
     rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
                w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
     else:      w <- w - mhat * lr
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -78,8 +83,9 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_radam_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "RAdam",
@@ -123,15 +129,15 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_radam.py:34: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
+    # specs/torch_radam.py:39: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
     coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
-    # specs/torch_radam.py:36: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
+    # specs/torch_radam.py:41: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
-    # specs/torch_radam.py:40: rho_inf = -1 + 2/(1 - beta2)
+    # specs/torch_radam.py:45: rho_inf = -1 + 2/(1 - beta2)
     rho_inf = -1 + 2 / (1 - beta2)
-    # specs/torch_radam.py:41: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
+    # specs/torch_radam.py:46: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
     rho_t = -2 * beta2**t * t / (1 - beta2**t) - 1 + 2 / (1 - beta2)
-    # specs/torch_radam.py:43: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
+    # specs/torch_radam.py:48: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
     r_t = (
         (
             math.sqrt(

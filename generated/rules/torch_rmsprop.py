@@ -21,6 +21,10 @@ Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight 
 ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
 out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
 negative and the root NaN, is refused.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
+SPECIAL: dict[str, dict[str, float]] = {"torch_rmsprop_no_decay": {"weight_decay": 0.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "RMSprop",

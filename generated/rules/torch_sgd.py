@@ -15,9 +15,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -81,9 +83,11 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {"momentum_buffer": {"momentum": 0.0}}
 VARIANT: str | None = "torch_sgd_without_momentum_buffer"
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
 SPECIAL: dict[str, dict[str, float]] = {
-    "torch_sgd_plain": {"momentum": 0.0, "weight_decay": 0.0, "maximize": 0.0}
+    "torch_sgd_plain": {"momentum": 0.0, "weight_decay": 0.0},
+    "torch_sgd_no_decay": {"weight_decay": 0.0},
 }
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
@@ -124,9 +128,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_sgd.py:41: keep = Piecewise((0, Eq(t, 1)), (momentum, True))
+    # specs/torch_sgd.py:43: keep = Piecewise((0, Eq(t, 1)), (momentum, True))
     keep = (0) if (t == 1) else (momentum)
-    # specs/torch_sgd.py:42: take = Piecewise((1, Eq(t, 1)), (1 - dampening, True))
+    # specs/torch_sgd.py:44: take = Piecewise((1, Eq(t, 1)), (1 - dampening, True))
     take = (1) if (t == 1) else (1 - dampening)
     _h0 = 1 - 2 * maximize
     _h1 = momentum == 0

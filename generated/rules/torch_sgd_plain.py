@@ -2,7 +2,7 @@
 # `python -m tools.generate`.
 """Metadata and host code of `torch_sgd_plain`, read by its NumPy, Triton and torch modules.
 
-`torch_sgd` at momentum = 0, weight_decay = 0, maximize = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
+`torch_sgd` at momentum = 0, weight_decay = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
 
 SGD with momentum, dampening and Nesterov momentum exactly as torch.optim.SGD computes it.
 
@@ -17,9 +17,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -50,7 +52,7 @@ LEGAL: dict[str, Legal] = {
     "dampening": Legal(),
     "weight_decay": Legal(lo=0.0, hi=0.0),
     "nesterov": Legal(lo=0.0, hi=1.0, flag=True),
-    "maximize": Legal(lo=0.0, hi=0.0, flag=True),
+    "maximize": Legal(lo=0.0, hi=1.0, flag=True),
 }
 # What None stands for, where a hyperparameter accepts it.
 NONE_MEANS: dict[str, float] = {}
@@ -83,7 +85,8 @@ HOST_STATES: tuple[str, ...] = ()
 ABSENT: dict[str, dict[str, float]] = {}
 VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
-# with them substituted exactly (the first that matches; codegen/variants.py).
+# with them substituted exactly, without the ABSENT states they include (the first that matches;
+# codegen/variants.py).
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
@@ -91,7 +94,7 @@ TORCH = None
 OP_COUNTS: dict[str, int] = {"add": 1, "mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -lr",
+    "_h0": "= -lr*(1 - 2*maximize)",
 }
 
 
@@ -105,6 +108,6 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    _h0 = -lr
+    _h0 = -lr * (1 - 2 * maximize)
     scalars = (_h0,)
     return scalars, {}

@@ -2296,6 +2296,10 @@ class TorchAdadelta(GeneratedOptimizer):
 
     Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
     gradient before the averages.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+    ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+    weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
     """
 
     RULE = "torch_adadelta"
@@ -2345,6 +2349,10 @@ class TorchAdagrad(GeneratedOptimizer):
 
     Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
     enters the accumulated gradient.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+    ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+    weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
     """
 
     RULE = "torch_adagrad"
@@ -2401,6 +2409,11 @@ class TorchAdam(GeneratedOptimizer):
     never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
     ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
     without amsgrad too; the state_dict leaves it out there, as torch's does.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+    (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+    torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+    would be NaN).
     """
 
     RULE = "torch_adam"
@@ -2455,6 +2468,10 @@ class TorchAdamax(GeneratedOptimizer):
         w <- w - lr / (1 - beta1^t) * m / u
 
     Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+    ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+    weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
     """
 
     RULE = "torch_adamax"
@@ -2509,6 +2526,10 @@ class TorchASGD(GeneratedOptimizer):
     the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
     (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
     the weights.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+    ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+    weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
     """
 
     RULE = "torch_asgd"
@@ -2564,6 +2585,11 @@ class TorchNAdam(GeneratedOptimizer):
     torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
     (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
     the weights.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+    (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+    torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+    would be NaN).
     """
 
     RULE = "torch_nadam"
@@ -2620,6 +2646,11 @@ class TorchRAdam(GeneratedOptimizer):
         rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
                    w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
         else:      w <- w - mhat * lr
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+    (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+    torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+    would be NaN).
     """
 
     RULE = "torch_radam"
@@ -2678,6 +2709,10 @@ class TorchRMSprop(GeneratedOptimizer):
     ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
     out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
     negative and the root NaN, is refused.
+
+    At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+    ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+    weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
     """
 
     RULE = "torch_rmsprop"
@@ -2784,9 +2819,11 @@ class TorchSGD(GeneratedOptimizer):
         momentum == 0:  d = g
         w <- w - lr * d
 
-    At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-    ``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-    torch computes there, an infinite weight included (torch skips weight decay at 0).
+    At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+    (the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+    weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+    is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+    ``0 * inf`` would be NaN).
 
     Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
     lr takes effect at once), the first step copies the gradient undamped, and weight decay is

@@ -243,7 +243,7 @@ def step(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     # wd = 0, rescale_grad = 1: that variant's kernels
     if matches(SPECIAL["sgd_plain"], hp):
-        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -302,7 +302,7 @@ def step_multi(
             grads,
             states,
             t,
-            ABSENT,
+            (),
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,

@@ -17,6 +17,10 @@ torch's code (followed here; states ``square_avg`` = E[g^2], ``acc_delta`` = E[d
 
 Unlike MXNet's AdaDelta, there is a learning rate (default 1.0) and weight decay enters the
 gradient before the averages.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -46,6 +52,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_adadelta import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -59,13 +66,16 @@ from ..rules.torch_adadelta import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adadelta_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adadelta; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -79,6 +89,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -122,24 +133,24 @@ def torch_adadelta_kernel_body(
         grad = grad * inv_scale
     square_avg = tl.load(square_avg_ptr + offs, mask=mask).to(tl.float32)
     acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adadelta.py:32: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_adadelta.py:33: square_avg_new = G**2*(1 - rho) + rho*square_avg
+    # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
     _v2 = G * G
     _t1 = _h1 * _v2
     _v3 = rho * square_avg
     square_avg_new = _t1 + _v3
-    # specs/torch_adadelta.py:34: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-    # specs/torch_adadelta.py:35: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+    # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
+    # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
     _t3 = square_avg_new + eps
     _t4 = acc_delta + eps
     _v4 = rho * acc_delta
     _v5 = _t1 * _t4
     _v6 = tl.div_rn(_v5, _t3)
     acc_delta_new = _v4 + _v6
-    # specs/torch_adadelta.py:36: weight_new = -delta*lr + weight
+    # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
     _v7 = tl.sqrt_rn(_t4)
     _v8 = tl.sqrt_rn(_t3)
     _v9 = _h2 * G
@@ -288,6 +299,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -338,6 +352,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adadelta_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

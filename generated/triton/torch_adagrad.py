@@ -16,6 +16,10 @@ torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
 
 Unlike MXNet 1.9.1's AdaGrad, eps sits outside the square root (default 1e-10) and weight decay
 enters the accumulated gradient.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -45,6 +51,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_adagrad import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -58,13 +65,16 @@ from ..rules.torch_adagrad import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adagrad_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adagrad; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -78,6 +88,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -115,14 +126,14 @@ def torch_adagrad_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     state_sum = tl.load(state_sum_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adagrad.py:31: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_adagrad.py:33: state_sum_new = G**2 + state_sum
+    # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
     _v2 = G * G
     state_sum_new = state_sum + _v2
-    # specs/torch_adagrad.py:34: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
+    # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
     _v3 = tl.sqrt_rn(state_sum_new)
     _v4 = _v3 + eps
     _v5 = _h1 * G
@@ -241,6 +252,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -291,6 +305,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adagrad_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

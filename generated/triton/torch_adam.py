@@ -21,6 +21,11 @@ Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weig
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
 ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
 without amsgrad too; the state_dict leaves it out there, as torch's does.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -50,6 +57,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_adam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -63,13 +71,16 @@ from ..rules.torch_adam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -83,6 +94,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -136,25 +148,25 @@ def torch_adam_kernel_body(
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
     max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adam.py:41: G = coupled*weight + grad*(1 - 2*maximize)
+    # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
     G = _h0 * grad
-    # specs/torch_adam.py:43: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _v1 = coupled * weight
     _t0 = G + _v1
     _v2 = _t0 - exp_avg
     _v3 = _h1 * _v2
     exp_avg_new = exp_avg + _v3
-    # specs/torch_adam.py:44: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+    # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _v4 = beta2 * exp_avg_sq
     _v5 = _t0 * _t0
     _v6 = _h2 * _v5
     exp_avg_sq_new = _v4 + _v6
-    # specs/torch_adam.py:45: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _t3 = tl.maximum(exp_avg_sq_new, max_exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
     _v7 = _h3 != 0.0
     max_exp_avg_sq_new = tl.where(_v7, _t3, max_exp_avg_sq)
-    # specs/torch_adam.py:50: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-    # specs/torch_adam.py:51: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+    # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _v8 = decay * weight
     _v9 = _h3 != 0.0
     _v10 = tl.sqrt_rn(exp_avg_sq_new)
@@ -339,6 +351,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -389,6 +404,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adam_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

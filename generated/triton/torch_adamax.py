@@ -15,6 +15,10 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_inf`` = u):
     w <- w - lr / (1 - beta1^t) * m / u
 
 Unlike MXNet 1.9.1's Adamax, eps is added to |g| inside the maximum.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -44,6 +50,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_adamax import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -57,13 +64,16 @@ from ..rules.torch_adamax import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_adamax_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_adamax; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -77,6 +87,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -124,15 +135,15 @@ def torch_adamax_kernel_body(
         grad = grad * inv_scale
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_inf = tl.load(exp_inf_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adamax.py:31: G = grad*(1 - 2*maximize) + weight*weight_decay
-    # specs/torch_adamax.py:32: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _v0 = _h0 * grad
     _v1 = _v0 - exp_avg
     _v2 = weight_decay * weight
     _v3 = _v1 + _v2
     _v4 = _h1 * _v3
     exp_avg_new = exp_avg + _v4
-    # specs/torch_adamax.py:33: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
+    # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
     _v5 = beta2 * exp_inf
     _v6 = _h2 * grad
     _v7 = _h3 * weight
@@ -140,7 +151,7 @@ def torch_adamax_kernel_body(
     _v9 = tl.abs(_v8)
     _v10 = _v9 + eps
     exp_inf_new = tl.maximum(_v5, _v10, propagate_nan=tl.PropagateNan.ALL)
-    # specs/torch_adamax.py:34: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
+    # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
     _v11 = _h4 * exp_avg_new
     _v12 = tl.div_rn(_v11, exp_inf_new)
     weight_new = weight + _v12
@@ -292,6 +303,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -342,6 +356,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_adamax_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

@@ -19,6 +19,10 @@ At the first step eta is lr (torch's initial value; the host state starts at 0 a
 the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
 (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -47,6 +53,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_asgd import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -60,13 +67,16 @@ from ..rules.torch_asgd import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_asgd_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_asgd; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -80,6 +90,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -120,15 +131,15 @@ def torch_asgd_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     ax = tl.load(ax_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_asgd.py:38: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
+    # specs/torch_asgd.py:42: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
     _v0 = _h0 * weight
-    # specs/torch_asgd.py:37: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_asgd.py:41: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v1 = _h1 * grad
     _v2 = weight_decay * weight
     G = _v1 + _v2
     _v4 = _h2 * G
     weight_new = _v0 + _v4
-    # specs/torch_asgd.py:39: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
+    # specs/torch_asgd.py:43: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
     _v5 = _h3 != 0.0
     _v6 = weight_new - ax
     _v7 = mu * _v6
@@ -254,6 +265,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -304,6 +318,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_asgd_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     hosts = host_columns(RULE, states, HOST_STATES)  # read once, a column per host state

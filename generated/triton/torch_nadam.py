@@ -20,6 +20,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
 torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
 (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
 the weights.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -48,6 +55,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_nadam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -61,13 +69,16 @@ from ..rules.torch_nadam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_nadam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_nadam; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -81,6 +92,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -131,21 +143,21 @@ def torch_nadam_kernel_body(
         grad = grad * inv_scale
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_nadam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
+    # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
     G = _h0 * grad
-    # specs/torch_nadam.py:47: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _v1 = coupled * weight
     _t0 = G + _v1
     _v2 = _t0 - exp_avg
     _v3 = _h1 * _v2
     exp_avg_new = exp_avg + _v3
-    # specs/torch_nadam.py:48: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+    # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _v4 = beta2 * exp_avg_sq
     _v5 = _t0 * _t0
     _v6 = _h2 * _v5
     exp_avg_sq_new = _v4 + _v6
-    # specs/torch_nadam.py:49: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-    # specs/torch_nadam.py:50: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+    # specs/torch_nadam.py:54: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+    # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
     _v7 = _h3 * exp_avg_sq_new
     _v8 = tl.sqrt_rn(_v7)
     _v9 = _v8 + eps
@@ -318,6 +330,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_nadam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -368,6 +383,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_nadam_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     hosts = host_columns(RULE, states, HOST_STATES)  # read once, a column per host state

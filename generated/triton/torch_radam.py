@@ -17,6 +17,11 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v):
     rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
                w <- w - mhat * lr * sqrt(1 - beta2^t) / (sqrt(v) + eps) * r_t
     else:      w <- w - mhat * lr
+
+At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
+(the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
+torch computes there, an infinite weight included (torch skips weight decay at 0; ``0 * inf``
+would be NaN).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -46,6 +53,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_radam import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -59,13 +67,16 @@ from ..rules.torch_radam import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_radam_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_radam; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -79,6 +90,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -130,21 +142,21 @@ def torch_radam_kernel_body(
         grad = grad * inv_scale
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_radam.py:35: G = coupled*weight + grad*(1 - 2*maximize)
+    # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
     G = _h0 * grad
-    # specs/torch_radam.py:37: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _v1 = coupled * weight
     _t0 = G + _v1
     _v2 = _t0 - exp_avg
     _v3 = _h1 * _v2
     exp_avg_new = exp_avg + _v3
-    # specs/torch_radam.py:38: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+    # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _v4 = beta2 * exp_avg_sq
     _v5 = _t0 * _t0
     _v6 = _h2 * _v5
     exp_avg_sq_new = _v4 + _v6
-    # specs/torch_radam.py:39: mhat = exp_avg_new/(1 - beta1**t)
-    # specs/torch_radam.py:54: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+    # specs/torch_radam.py:44: mhat = exp_avg_new/(1 - beta1**t)
+    # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
     _v7 = decay * weight
     _v8 = _h4 != 0.0
     _v9 = tl.sqrt_rn(exp_avg_sq_new)
@@ -314,6 +326,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -364,6 +379,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_radam_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

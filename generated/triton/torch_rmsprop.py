@@ -21,6 +21,10 @@ Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight 
 ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
 out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
 negative and the root NaN, is refused.
+
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
+``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
+weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import torch
 from optgen_runtime.common import (
     check_step_count,
     host_state_values,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
     stream_indices,
 )
@@ -50,6 +56,7 @@ from optgen_runtime.triton_support import (
 )
 
 from ..rules.torch_rmsprop import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -63,13 +70,16 @@ from ..rules.torch_rmsprop import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_rmsprop_no_decay as _no_decay
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -83,6 +93,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -134,21 +145,21 @@ def torch_rmsprop_kernel_body(
     square_avg = tl.load(square_avg_ptr + offs, mask=mask).to(tl.float32)
     momentum_buffer = tl.load(momentum_buffer_ptr + offs, mask=mask).to(tl.float32)
     grad_avg = tl.load(grad_avg_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_rmsprop.py:39: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_rmsprop.py:40: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
+    # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
     _v2 = alpha * square_avg
     _v3 = G * G
     _v4 = _h1 * _v3
     square_avg_new = _v2 + _v4
-    # specs/torch_rmsprop.py:42: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
+    # specs/torch_rmsprop.py:46: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
     _v5 = G - grad_avg
     _v6 = _h1 * _v5
     _t2 = grad_avg + _v6
-    # specs/torch_rmsprop.py:43: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-    # specs/torch_rmsprop.py:46: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+    # specs/torch_rmsprop.py:47: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+    # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _v7 = _h2 != 0.0
     _v8 = tl.sqrt_rn(square_avg_new)
     _v9 = _h2 != 0.0
@@ -166,7 +177,7 @@ def torch_rmsprop_kernel_body(
     momentum_buffer_new = tl.where(_v17, _v19, momentum_buffer)
     _v20 = _h2 != 0.0
     grad_avg_new = tl.where(_v20, _t2, grad_avg)
-    # specs/torch_rmsprop.py:50: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+    # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
     _v21 = _h3 != 0.0
     _v22 = _h4 * _t3
     _v23 = weight + _v22
@@ -342,6 +353,9 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -392,6 +406,20 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     # The per-tensor integers of the meta table: none.

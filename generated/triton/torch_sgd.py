@@ -15,9 +15,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -75,6 +77,7 @@ from ..rules.torch_sgd import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_sgd_no_decay as _no_decay
 from . import torch_sgd_plain as _plain
 from . import torch_sgd_without_momentum_buffer as _variant
 
@@ -140,18 +143,18 @@ def torch_sgd_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     momentum_buffer = tl.load(momentum_buffer_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_sgd.py:40: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_sgd.py:43: momentum_buffer_new = G*take + keep*momentum_buffer
+    # specs/torch_sgd.py:45: momentum_buffer_new = G*take + keep*momentum_buffer
     _v2 = keep * momentum_buffer
     _v3 = take * G
     momentum_buffer_new = _v2 + _v3
-    # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+    # specs/torch_sgd.py:50: weight_new = -d*lr + weight
     _v4 = _h1 != 0.0
     _v5 = _h2 != 0.0
-    # specs/torch_sgd.py:44: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
+    # specs/torch_sgd.py:46: d = Piecewise((G, Eq(momentum, 0)), (G + momentum*momentum_buffer_new, nesterov > 0), (momentum_buffer_new, True))
     _v6 = momentum * momentum_buffer_new
     d = G + _v6
     _v8 = tl.where(_v5, d, momentum_buffer_new)
@@ -304,12 +307,17 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` with one kernel launch."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's kernels
+    # momentum = 0, weight_decay = 0: that variant's kernels
     if matches(SPECIAL["torch_sgd_plain"], hp):
-        return run_variant(_plain.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(_plain.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams)
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's kernels
     if absent_states(ABSENT, hp):
-        return run_variant(_variant.step, weight, grad, state, t, ABSENT, **hyperparams)
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+        )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -360,7 +368,7 @@ def step_multi(
             f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
         )
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    # momentum = 0, weight_decay = 0, maximize = 0: that variant's kernels
+    # momentum = 0, weight_decay = 0: that variant's kernels
     if matches(SPECIAL["torch_sgd_plain"], hp):
         return run_variant(
             _plain.step_multi,
@@ -368,7 +376,21 @@ def step_multi(
             grads,
             states,
             t,
-            ABSENT,
+            ("momentum_buffer",),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            **hyperparams,
+        )
+    # weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_sgd_no_decay"], hp):
+        return run_variant(
+            _no_decay.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            (),
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,
@@ -382,7 +404,7 @@ def step_multi(
             grads,
             states,
             t,
-            ABSENT,
+            ("momentum_buffer",),
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,

@@ -2,7 +2,7 @@
 # `python -m tools.generate`.
 """Triton kernel for `torch_sgd_plain`: one fused pass, fp32 compute, fp32/fp16/bf16 weights.
 
-`torch_sgd` at momentum = 0, weight_decay = 0, maximize = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
+`torch_sgd` at momentum = 0, weight_decay = 0 (special case 'plain': no momentum or weight decay): the update with those values substituted exactly; its step functions run this module then (codegen/variants.py).
 
 SGD with momentum, dampening and Nesterov momentum exactly as torch.optim.SGD computes it.
 
@@ -17,9 +17,11 @@ torch's code (followed here; the state ``momentum_buffer`` = b):
     momentum == 0:  d = g
     w <- w - lr * d
 
-At momentum = 0, weight_decay = 0 and maximize = False (torch's defaults) the update runs as
-``w - lr * grad`` (the special case ``plain``: those values substituted exactly), which is what
-torch computes there, an infinite weight included (torch skips weight decay at 0).
+At momentum = 0 and weight_decay = 0 (torch's defaults) the update runs as ``w - lr * grad``
+(the special case ``plain``: those values substituted exactly; ``-grad`` with maximize), and at
+weight_decay = 0 with momentum as above without the decay (the special case ``no_decay``), which
+is what torch computes there, an infinite weight included (torch skips weight decay at 0;
+``0 * inf`` would be NaN).
 
 Unlike MXNet's SGD, the buffer holds the gradient's average, not -lr times it (so a change of
 lr takes effect at once), the first step copies the gradient undamped, and weight decay is
@@ -112,14 +114,14 @@ def torch_sgd_plain_kernel_body(
 ):
     # The update of one block, shared by torch_sgd_plain_kernel and torch_sgd_plain_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sgd_plain, once per step):
-    #   _h0: = -lr
+    #   _h0: = -lr*(1 - 2*maximize)
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    # specs/torch_sgd.py:40: G = grad (at momentum = 0, weight_decay = 0, maximize = 0)
-    # specs/torch_sgd.py:44: d = G (at momentum = 0, weight_decay = 0, maximize = 0)
-    # specs/torch_sgd.py:48: weight_new = -d*lr + weight
+    # specs/torch_sgd.py:42: G = grad*(1 - 2*maximize) (at momentum = 0, weight_decay = 0)
+    # specs/torch_sgd.py:46: d = G (at momentum = 0, weight_decay = 0)
+    # specs/torch_sgd.py:50: weight_new = -d*lr + weight
     _v0 = _h0 * grad
     weight_new = weight + _v0
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
