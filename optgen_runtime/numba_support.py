@@ -98,32 +98,41 @@ def chunk_table(sizes: Sequence[int], chunk: int = CHUNK, *, even: bool = False)
     """(tensor, start, stop) of every chunk of every tensor: ``chunk`` elements each, tensor by
     tensor in order (a reduction's per-chunk partials: the NumPy module's chunks).
 
-    ``even``, for loops that read no chunk boundary (no reduction): a tensor of more than one
-    chunk is cut into a multiple of ``MAX_THREADS`` equal chunks (of ``ALIGN`` elements each),
-    and the rows are ordered so that numba's static schedule, which hands each thread an equal
-    run of consecutive rows, hands each thread an equal share of every tensor. (Whole chunks of
-    ``chunk`` elements would leave a thread the tensor's short last chunk on top: a 1 M-element
-    tensor is 15.3 chunks, 8 for one thread and 7.3 for the other, 5% of the step waiting.)
-    One-chunk tensors are dealt round-robin."""
+    ``even``, for loops that read no chunk boundary (no reduction): the tensors, end to end, are
+    cut into ``MAX_THREADS`` runs of equal elements (a cut inside a tensor at a multiple of
+    ``ALIGN``), each tensor's piece of a run into equal chunks of at most ``chunk`` elements,
+    and every run padded with empty rows to the same number of rows, so that numba's static
+    schedule, which hands each thread an equal number of consecutive rows, hands each thread
+    one run. (Whole chunks of ``chunk`` elements split by their count leave threads unequal
+    work: a 1 M-element tensor is 15.3 chunks, 8 for one thread and 7.3 for the other; a list
+    of one-chunk tensors of many sizes, far worse.)"""
     if not even:
         rows = [(j, s, min(s + chunk, n)) for j, n in enumerate(sizes) for s in range(0, n, chunk)]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
-    shares: list[list[tuple[int, int, int]]] = [[] for _ in range(MAX_THREADS)]
-    dealt = 0
+    total = sum(sizes)
+    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(MAX_THREADS)]
+    first = 0  # the tensor's first element, the tensors end to end
     for j, n in enumerate(sizes):
-        count = -(-n // chunk)
-        if count <= 1:
-            if n:
-                shares[dealt % MAX_THREADS].append((j, 0, n))
-                dealt += 1
-            continue
-        count = -(-count // MAX_THREADS) * MAX_THREADS
-        # chunk k starts at k * n / count rounded to the nearest multiple of ALIGN
-        bounds = [(2 * k * n + count * ALIGN) // (2 * count * ALIGN) * ALIGN for k in range(count)]
-        for k, (lo, hi) in enumerate(zip(bounds, [*bounds[1:], n], strict=True)):
-            if hi > lo:
-                shares[k * MAX_THREADS // count].append((j, lo, hi))
-    rows = [row for share in shares for row in share]
+        cuts = {0, n}
+        for k in range(1, MAX_THREADS):
+            at = k * total // MAX_THREADS - first
+            if 0 < at < n:
+                cuts.add(min(n, (2 * at + ALIGN) // (2 * ALIGN) * ALIGN))
+        bounds = sorted(cuts)
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            run = min(MAX_THREADS - 1, (first + (lo + hi) // 2) * MAX_THREADS // total)
+            count = -(-(hi - lo) // chunk)
+            # chunk i of the piece starts i/count of the way, rounded to a multiple of ALIGN
+            starts = [
+                lo + (2 * i * (hi - lo) + count * ALIGN) // (2 * count * ALIGN) * ALIGN
+                for i in range(count)
+            ]
+            runs[run] += [
+                (j, a, b) for a, b in zip(starts, [*starts[1:], hi], strict=True) if b > a
+            ]
+        first += n
+    longest = max(map(len, runs))
+    rows = [row for run in runs for row in [*run, *[(0, 0, 0)] * (longest - len(run))]]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
