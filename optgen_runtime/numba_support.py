@@ -11,6 +11,7 @@ vectorises. Every array is checked exactly as the NumPy module checks it (``flat
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -95,11 +96,24 @@ def launch(
 
 
 def chunk_table(sizes: Sequence[int], chunk: int = CHUNK, *, even: bool = False) -> np.ndarray:
+    """``_chunk_table``'s read-only table, built once per list of sizes (a module's ``step``
+    builds the table of its tensors on every call)."""
+    return _chunk_table(tuple(sizes), chunk, even, MAX_THREADS)
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk_table(sizes: tuple[int, ...], chunk: int, even: bool, threads: int) -> np.ndarray:
+    table = _build_chunk_table(sizes, chunk, even, threads)
+    table.setflags(write=False)
+    return table
+
+
+def _build_chunk_table(sizes: Sequence[int], chunk: int, even: bool, threads: int) -> np.ndarray:
     """(tensor, start, stop) of every chunk of every tensor: ``chunk`` elements each, tensor by
     tensor in order (a reduction's per-chunk partials: the NumPy module's chunks).
 
     ``even``, for loops that read no chunk boundary (no reduction): the tensors, end to end, are
-    cut into ``MAX_THREADS`` runs of equal elements (a cut inside a tensor at a multiple of
+    cut into ``threads`` runs of equal elements (a cut inside a tensor at a multiple of
     ``ALIGN``), each tensor's piece of a run into equal chunks of at most ``chunk`` elements,
     and every run padded with empty rows to the same number of rows, so that numba's static
     schedule, which hands each thread an equal number of consecutive rows, hands each thread
@@ -110,17 +124,17 @@ def chunk_table(sizes: Sequence[int], chunk: int = CHUNK, *, even: bool = False)
         rows = [(j, s, min(s + chunk, n)) for j, n in enumerate(sizes) for s in range(0, n, chunk)]
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
     total = sum(sizes)
-    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(MAX_THREADS)]
+    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(threads)]
     first = 0  # the tensor's first element, the tensors end to end
     for j, n in enumerate(sizes):
         cuts = {0, n}
-        for k in range(1, MAX_THREADS):
-            at = k * total // MAX_THREADS - first
+        for k in range(1, threads):
+            at = k * total // threads - first
             if 0 < at < n:
                 cuts.add(min(n, (2 * at + ALIGN) // (2 * ALIGN) * ALIGN))
         bounds = sorted(cuts)
         for lo, hi in zip(bounds, bounds[1:], strict=False):
-            run = min(MAX_THREADS - 1, (first + (lo + hi) // 2) * MAX_THREADS // total)
+            run = min(threads - 1, (first + (lo + hi) // 2) * threads // total)
             count = -(-(hi - lo) // chunk)
             # chunk i of the piece starts i/count of the way, rounded to a multiple of ALIGN
             starts = [
