@@ -12,7 +12,11 @@
    ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` on the same tensors.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
-3. Every compiled rule's numba ``step`` at 1 M, 4 M and 10 M float32 parameters against torch's
+3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
+   matrix products run on torch's threads): per iteration and per step, the class against
+   torch's fused and foreach Adam (numba's OpenMP runtime and threads are not torch's: what
+   switching between them costs shows here, not in a loop of steps alone).
+4. Every compiled rule's numba ``step`` at 1 M, 4 M and 10 M float32 parameters against torch's
    foreach optimizer where torch has the rule (the spec's ``torch_equivalent``), else against
    the rule's NumPy module (the reference).
 
@@ -141,6 +145,55 @@ def fixed_cost(steps: int) -> dict[str, float]:
     return {label: 1e3 * ms for label, ms in times.items()}
 
 
+# The training loop's model: an MLP whose matrix products run on torch's threads, as a model's
+# forward and backward passes do, so that the step runs between torch's parallel regions (numba
+# has its own OpenMP runtime and threads: this shows what switching between them costs).
+LOOP_WIDTH, LOOP_HIDDEN, LOOP_BATCH = 1024, 2048, 64
+
+
+def training_loop(steps: int) -> dict[str, dict[str, float]]:
+    """ms per iteration (zero_grad, forward, backward, step) and of its step alone, Adam through
+    generated.torch.Adam (CPU: numba) against torch's fused and foreach Adam, each optimizer
+    on its own copy of the same model, the optimizers taking turns."""
+    import torch
+
+    from generated.torch import Adam
+
+    x = torch.randn(LOOP_BATCH, LOOP_WIDTH, generator=torch.Generator().manual_seed(1))
+    variants = {
+        "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
+        "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
+        "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+    }
+    step_ms: dict[str, list[float]] = {label: [] for label in variants}
+
+    def iteration(model: Any, opt: Any, label: str) -> Callable[[], None]:
+        def run() -> None:
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            start = time.perf_counter()
+            opt.step()
+            step_ms[label].append((time.perf_counter() - start) * 1000)
+
+        return run
+
+    runs = {}
+    for label, make in variants.items():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(LOOP_WIDTH, LOOP_HIDDEN),
+            torch.nn.GELU(),
+            torch.nn.Linear(LOOP_HIDDEN, LOOP_WIDTH),
+        )
+        runs[label] = iteration(model, make(list(model.parameters())), label)
+    iterations = timed_together(runs, steps)
+    pick = min if STAT == "min" else statistics.median
+    return {
+        label: {"iteration": ms, "step": pick(step_ms[label][WARMUP:])}
+        for label, ms in iterations.items()
+    }
+
+
 def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     """The numba module's step against the rule's peer on ``n`` parameters."""
     import torch
@@ -221,6 +274,7 @@ def run(
         **adam_class(shapes, steps),
     }
     result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
+    result["training_loop"] = training_loop(steps)
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
     names = ["adam"] if quick else compiled
     sizes = (n,) if quick else SIZES
@@ -255,6 +309,20 @@ def report(r: dict[str, Any]) -> str:
             f"  {'':30s} {'us/step':>9s}",
         ]
         lines += [f"  {label:30s} {us:9.1f}" for label, us in r["fixed_cost"].items()]
+    if "training_loop" in r:
+        params = 2 * LOOP_WIDTH * LOOP_HIDDEN + LOOP_WIDTH + LOOP_HIDDEN
+        lines += [
+            "",
+            f"Adam in a training loop: MLP {LOOP_WIDTH}-{LOOP_HIDDEN}-{LOOP_WIDTH} ({params:,} "
+            f"parameters), batch {LOOP_BATCH}: zero_grad, forward, backward, step",
+            f"  {'':30s} {'ms/iter':>9s} {'ms/step':>9s} {'iter/fused':>11s}",
+        ]
+        fused = r["training_loop"]["torch Adam fused"]["iteration"]
+        for label, ms in r["training_loop"].items():
+            lines.append(
+                f"  {label:30s} {ms['iteration']:9.2f} {ms['step']:9.2f} "
+                f"{ms['iteration'] / fused:10.2f}x"
+            )
     lines += [
         "",
         "every compiled rule: the numba module's step and the torch class's (numba backend)",
