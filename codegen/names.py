@@ -52,6 +52,7 @@ _reserve(
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA EVEN_CHUNKS "
+    "initial_values "
     "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")

@@ -87,6 +87,33 @@ def test_class_matches_the_numpy_module(rule_name: str, backend: str) -> None:
             np.testing.assert_allclose(p.detach().numpy(), a, **tolerance(np.float32, 20))
 
 
+@pytest.mark.parametrize("name", sorted(ALL_RULES))
+def test_initial_state_is_the_numpy_modules(name: str) -> None:
+    """The classes make a parameter's initial state where it lives (the rule's
+    ``initial_values``, no NumPy round trip): to the bit the NumPy module's ``init_state`` of
+    the same weight, at sampled hyperparameters (an initial accumulator value among them), in
+    float32 and float64, C-contiguous from a transposed weight; host states too."""
+    module = numpy_module(name)
+    hp = sample_hyperparams(ALL_RULES[name], np.random.default_rng(5))
+    hp = {k: v for k, v in hp.items() if k in module.HYPERPARAMS}
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(2)
+        p = torch.nn.Parameter(torch.randn(4, 6, dtype=dtype).t())  # not contiguous
+        opt = CLASSES[name]([{"params": [p], **hp}], backend="numpy")
+        opt.init_state()
+        want = module.init_state(p.detach().numpy().copy(), **hp)
+        state = opt.state[p]
+        made = [k for k in module.STATES if k in state]
+        assert {*made, *opt._absent(opt._hyper(opt.param_groups[0]))} == set(module.STATES)
+        for key in made:
+            got = state[key]
+            assert got.is_contiguous() and got.dtype == dtype, (name, key)
+            np.testing.assert_array_equal(got.numpy(), want[key], err_msg=f"{name} {key}")
+            assert np.array_equal(got.numpy().view(np.uint8), want[key].view(np.uint8))
+        for key in module.HOST_STATES:
+            assert state[key] == want[key] and type(state[key]) is float, (name, key)
+
+
 def test_one_launch_per_group_and_dtype(rule_name: str) -> None:
     """The Triton backend makes exactly one update launch per (group, dtype combination,
     alignment class: ChunkTable.vectorisable), and one reduction launch more for per-tensor

@@ -12,9 +12,9 @@ import sympy as sp
 from codegen import names
 from codegen.ir import Assign
 from codegen.lower import Lowered
-from codegen.spec import Rule
+from codegen.spec import Rule, State
 from codegen.targets import Target
-from codegen.targets.host import HostCode, host_code, legal_code
+from codegen.targets.host import HostCode, host_code, legal_code, literal
 from codegen.variants import special_absent, variant_name
 
 
@@ -33,6 +33,15 @@ def folds_gradient_scale(lowered: Lowered) -> bool:
     swap = {rule.grad: rule.grad / s, rescale.symbol: rescale.symbol * s}
     exprs = [*lowered.inlined.values(), *lowered.raw_summands.values()]
     return all(sp.expand(e.xreplace(swap) - e) == 0 for e in exprs)
+
+
+def initial_code(rule: Rule, state: State, code: HostCode) -> str:
+    """A state buffer's initial value for ``initial_values``: None (a copy of the weight), or a
+    number as Python code (hyperparameters are arguments). Checked by the spec model
+    (``Rule.state``): the weight itself, or an expression of constants and hyperparameters."""
+    if state.init == rule.weight:
+        return "None"
+    return literal(state.init) if state.init.is_Number else code(state.init)
 
 
 def torch_equivalent_code(rule: Rule, code: HostCode) -> str:
@@ -215,6 +224,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "inputs": list(rule.inputs.values()),
         "scalar_inputs": list(rule.scalars.values()),
         "init_hypers": rule.init_hypers,
+        "initial": {s.name: initial_code(rule, s, code) for s in rule.states.values()},
         "reductions": [str(r) for r in lowered.summands if r in rule.reductions],
         "kinds": {str(r): k for r, k in rule.reduction_kinds.items()},
         "axes": repr(

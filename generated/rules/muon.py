@@ -117,3 +117,11 @@ def check_matrix(weight: Any) -> tuple[int, int]:
             f"equations), not of shape {tuple(weight.shape)}; use another rule for it"
         )
     return int(weight.shape[0]), int(weight.shape[1])
+
+
+def initial_values() -> dict[str, float | None]:
+    """Each state buffer's initial value as the NumPy module's ``init_state`` fills it: a
+    number (a double, rounded to the buffer's dtype)."""
+    return {
+        "momentum_buffer": 0.0,
+    }

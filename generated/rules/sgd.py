@@ -95,6 +95,13 @@ SCALARS: dict[str, str] = {
 }
 
 
+def initial_values() -> dict[str, float | None]:
+    """Each state's initial value as the NumPy module's ``init_state`` makes it: a buffer's
+    number (a double, rounded to the buffer's dtype; from INIT_HYPERPARAMS, checked by the
+    caller) or None where it starts as a copy of the weight; a host state's number."""
+    return {}
+
+
 def host_scalars(
     t: int,
     lr: float,

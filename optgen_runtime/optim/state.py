@@ -35,7 +35,7 @@ from optgen_runtime.checks import (
     check_state_shape,
     view_key,
 )
-from optgen_runtime.common import MAX_STEP, absent_states, host_state_values
+from optgen_runtime.common import MAX_STEP, absent_states, host_state_values, vector_shape
 from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
@@ -109,6 +109,22 @@ class ParamState:
         its param group that the initial state depends on (``INIT_HYPERPARAMS``)."""
         return self.NUMPY.init_state(weight, **{k: hp[k] for k in self.META.INIT_HYPERPARAMS})
 
+    def _initial_buffer(
+        self, p: torch.Tensor, dtype: torch.dtype, key: str, value: float | None
+    ) -> torch.Tensor:
+        """State buffer ``key``'s initial value for ``p`` (its local shard), C-contiguous, in
+        ``dtype`` on ``p``'s device, as the NumPy module's ``init_state`` computes it: filled
+        with ``value`` (the rule's ``initial_values``: a double rounded to ``dtype``, as NumPy
+        rounds it), or a copy of the weight (None). Made where ``p`` lives, with no pass over
+        it on the host (for a large model the NumPy round trip took seconds; on a GPU, it
+        added two copies across)."""
+        weight = local(p).detach()
+        if value is None:
+            return weight.to(dtype, memory_format=torch.contiguous_format, copy=True)
+        axes = self.META.STATE_AXES
+        shape = vector_shape(weight.shape, axes[key]) if key in axes else weight.shape
+        return torch.full(shape, value, dtype=dtype, device=weight.device)
+
     def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
         """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)
         with its group's hyperparameters ``hp``; a DTensor's state: DTensors placed like it."""
@@ -121,22 +137,19 @@ class ParamState:
             if not any(k not in state and k not in absent for k in self.META.ABSENT):
                 return state
         dtype = self._working_dtype(p)
-        weight = local(p).detach().to(dtype).cpu().numpy()
-        initial = self._initial(weight.copy(), hp)
+        values = self.META.initial_values(**{k: hp[k] for k in self.META.INIT_HYPERPARAMS})
         if state:  # a state absent until now (momentum switched on): its initial value
             for key in self.META.ABSENT:
                 if key not in state and key not in absent:
-                    state[key] = like(
-                        p, torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype)
-                    )
+                    state[key] = like(p, self._initial_buffer(p, dtype, key, values[key]))
             return state
         state["step"] = step_tensor(0)
         for key in self.META.STATES:
             if key in absent:
                 continue
-            state[key] = like(p, torch.from_numpy(initial[key]).to(device=p.device, dtype=dtype))
+            state[key] = like(p, self._initial_buffer(p, dtype, key, values[key]))
         for key in self.META.HOST_STATES:
-            state[key] = float(initial[key])
+            state[key] = float(values[key])  # type: ignore[arg-type]
         if self._needs_master(p):
             state["master"] = self._master(p)
         return state
