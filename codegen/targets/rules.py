@@ -115,7 +115,7 @@ def exported(lowered: Lowered) -> list[str]:
         out += ["SIZES"]
     if rule.vector_states:
         out += ["STATE_AXES"]
-    if rule.absent or rule.special:  # run_variant(..., ABSENT): a variant's states
+    if rule.absent or rule.special:  # the absent-state test; beside SPECIAL, what it drops
         out += ["ABSENT"]
     if rule.special:
         out += ["SPECIAL"]
@@ -131,23 +131,37 @@ def natural(name: str) -> list[str | int]:
 def variant_context(rule: Rule) -> dict[str, object]:
     """What a module's step functions need to run the rule's variants (:mod:`codegen.variants`),
     in the order they are tried: each one's module, the alias it is imported as, the test of
-    the resolved hyperparameters ``hp`` that selects it, a comment, and the states it has not
-    (``run_variant`` passes it the state without them)."""
+    the resolved hyperparameters ``hp`` that selects it, a comment, and the tuple of the states
+    it has not, as code (``run_variant`` passes it the state without them)."""
     out = []
     for name, values in rule.special.items():
         module = rule.special_name(name)
         setting = ", ".join(f"{h} = {v:g}" for h, v in values.items())
         test = f"matches(SPECIAL[{module!r}], hp)"
         absent = special_absent(rule, name)
-        alias = f"_{name}"
-        out.append(dict(module=module, alias=alias, test=test, doc=setting, absent=absent))
+        out.append(
+            {
+                "module": module,
+                "alias": f"_{name}",
+                "test": test,
+                "doc": setting,
+                "absent_code": repr(tuple(absent)),
+            }
+        )
     if rule.absent:
         when = next(iter(rule.absent.values()))
         setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
         doc = f"{setting}: no {', '.join(rule.absent)}"
         test = "absent_states(ABSENT, hp)"
-        module, absent = rule.variant_name, list(rule.absent)
-        out.append(dict(module=module, alias="_variant", test=test, doc=doc, absent=absent))
+        out.append(
+            {
+                "module": rule.variant_name,
+                "alias": "_variant",
+                "test": test,
+                "doc": doc,
+                "absent_code": repr(tuple(rule.absent)),
+            }
+        )
     tests = ["absent_states"] * bool(rule.absent) + ["matches"] * bool(rule.special)
     return {"variants": out, "variant_tests": tests}
 

@@ -8,9 +8,9 @@ kernels.
   is compiled (``COMPILED``), else through the NumPy reference (a fp16/bf16 gradient of a
   ``multi_precision`` parameter is converted into a reused fp32 scratch buffer). ``backend=
   "numpy"`` (or OPTGEN_CPU_BACKEND=numpy, read when the optimizer is built, with ``"auto"``)
-  forces the NumPy reference,
-  ``backend="numba"`` the compiled loops (refused for a rule that is not compiled);
-  ``backend="triton"`` forces the kernels (CPU tensors need ``TRITON_INTERPRET=1``).
+  forces the NumPy reference, ``backend="numba"`` the compiled loops (refused for a rule that
+  is not compiled); ``backend="triton"`` forces the kernels (CPU tensors need
+  ``TRITON_INTERPRET=1``).
 - Random draws (SGLD): parameter ``i`` of the optimizer (its index in ``state_dict()``, counting
   through the groups in order; under ZeRO, in the ZeRO optimizer's) draws from the stream
   ``tensor_seed(seed, i)``, on both backends, each element at its index in the full tensor (a
