@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import Any, TypeVar
 
 import numpy as np
@@ -73,6 +74,11 @@ def flat_views(
     shape, C-contiguity, writability, and that no buffer the step writes (weight, states) shares
     memory with another (the gradient and the inputs, only read, may share memory).
     """
+    given = inputs or {}
+    if _all_fine(weight, grad, state, names, host_names, given):
+        return [weight.reshape(-1), grad.reshape(-1)] + [
+            a.reshape(-1) for a in chain(given.values(), map(state.__getitem__, names))
+        ]
     check_weight(rule, weight)
     check_inputs_given(rule, inputs or {})
     check_state_keys(rule, state, names + host_names)
@@ -93,6 +99,43 @@ def flat_views(
         rule, [(label, a, k == 0 or k > read) for k, (label, a) in enumerate(everything)]
     )
     return [a.reshape(-1) for _, a in everything]
+
+
+def _all_fine(
+    weight: Any,
+    grad: Any,
+    state: Any,
+    names: tuple[str, ...],
+    host_names: tuple[str, ...],
+    given: dict[str, Any],
+) -> bool:
+    """True when ``flat_views``'s checks would all pass, found in one quick pass that names no
+    culprit: plain C-contiguous arrays of one float dtype and shape, the written ones writable,
+    the state dict's entries exactly ``names`` and ``host_names``, and no written buffer sharing
+    memory with another (``np.may_share_memory``: the same extent test as ``check_overlaps``
+    for contiguous arrays, empty ones sharing nothing). False: the full checks run, and raise
+    naming the culprit (or pass: this pass is stricter, a np.memmap among them, say)."""
+    if type(weight) is not np.ndarray or weight.dtype not in DTYPES or type(state) is not dict:
+        return False
+    if len(state) != len(names) + len(host_names) or not all(map(state.__contains__, names)):
+        return False
+    if not all(map(state.__contains__, host_names)):
+        return False
+    read = [grad, *given.values()]
+    written = [weight, *map(state.__getitem__, names)]
+    dtype, shape = weight.dtype, weight.shape
+    for a in chain(read, written):
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+            return False
+        if not a.flags.c_contiguous:
+            return False
+    if not all(a.flags.writeable for a in written):
+        return False
+    for k, a in enumerate(written):
+        for b in chain(read, written[k + 1 :]):
+            if np.may_share_memory(a, b):
+                return False
+    return True
 
 
 T = TypeVar("T")
