@@ -45,6 +45,7 @@ def launch(args: list[str], tmp: Path, timeout: float = TIMEOUT) -> list[str]:
             "MASTER_PORT": str(port),
             "OPTGEN_DCP_DIR": str(tmp),
             "OMP_NUM_THREADS": "1",
+            "PYTHONFAULTHANDLER": "1",  # a rank that aborts shows where
             "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"),  # the Triton checks
         }
         out = open(tmp / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
