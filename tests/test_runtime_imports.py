@@ -51,3 +51,58 @@ def test_the_import_check_catches_a_generator_import() -> None:
     """Test the tester: a module that pulls in the generator (here, a preamble) is reported."""
     found = generator_modules_loaded(["generated.numpy.sgd"], preamble="import codegen.lower")
     assert "codegen.lower" in found and "sympy" in found and "jinja2" not in found
+
+
+NO_NUMBA = """
+import json, sys
+sys.modules["numba"] = None  # as on a machine without numba (a lent GPU's own Python)
+sys.modules["llvmlite"] = None
+import numpy as np
+import torch
+from generated.numpy import adam as reference
+from generated.torch import Adam
+from optgen_runtime.optim.step import NumbaMissing
+from tools import gpu_check
+
+p = torch.nn.Parameter(torch.linspace(-1, 1, 300))
+p.grad = torch.linspace(2, -1, 300)
+w, state = p.detach().numpy().copy(), None
+opt = Adam([p], lr=0.1)
+for t in (1, 2, 3):  # the first step in full, then the fast step: NumPy on CPU
+    opt.step()
+    state = state or reference.init_state(w)
+    reference.step(w, p.grad.numpy(), state, t, lr=0.1)
+try:
+    Adam([p], backend="numba")
+    refused = ""
+except NumbaMissing as error:
+    refused = str(error)
+rows = gpu_check.bit_checks(["adam"], device="cpu", sizes=(16, 48, 7))
+print(json.dumps({
+    "equal": bool(np.array_equal(p.detach().numpy(), w)),
+    "refused": refused,
+    "bit_checks": all(r["ok"] for r in rows),
+    "numba_loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite")
+                           and sys.modules[m] is not None),
+}))
+"""
+
+
+def test_the_torch_classes_and_the_gpu_check_run_without_numba() -> None:
+    """numba is needed only for the compiled CPU loops: without it (a lent GPU's Python has
+    torch, Triton, NumPy and SymPy, no numba) the classes import, ``backend="auto"`` runs the
+    NumPy reference on CPU (equal to it, fast step included), ``backend="numba"`` is refused
+    naming the class and why, and the GPU check's bit checks run."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_NUMBA],
+        cwd=ROOT,
+        env=dict(os.environ, TRITON_INTERPRET="1", OPTGEN_CPU_BACKEND=""),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["equal"] and found["bit_checks"], found
+    assert found["refused"].startswith("Adam: the compiled CPU loops need numba"), found
+    assert found["numba_loaded"] == [], found

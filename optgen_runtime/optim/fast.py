@@ -43,15 +43,17 @@ import struct
 from itertools import chain, repeat
 from operator import attrgetter, is_not, itemgetter
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from optgen_runtime.common import host_state_values, running_module
-from optgen_runtime.numba_support import Buffers
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import ScalarRows, Vouched, float32_rows, spans_overlap
+
+if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (optional)
+    from optgen_runtime.numba_support import Buffers
 
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 # what the survey reads of each tensor and state, at C speed
@@ -497,6 +499,8 @@ class FastStep:
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
             if kind == "numba":
+                from optgen_runtime.numba_support import Buffers  # numba is loaded by now
+
                 even = self._numba().EVEN_CHUNKS
                 part.buffers = Buffers.at(rows, shapes, part.dtypes, even=even)
             part.tabled = self._tabled(resolved, kind)

@@ -42,7 +42,14 @@ from optgen_runtime.sharding import shards
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
 NO_INPUTS = Given()  # a step's inputs where none are given (of a rule that takes none)
+
+
+class NumbaMissing(ImportError):
+    """numba (or llvmlite) cannot be imported: the compiled CPU loops cannot run."""
+
+
 _NUMBA_MODULES: dict[ModuleType, ModuleType] = {}  # a rule's metadata module: its numba module
+_NUMBA_MISSING: dict[ModuleType, str] = {}  # or why it cannot be imported (not tried again)
 
 
 class Stepping:
@@ -318,15 +325,33 @@ class Stepping:
             return True
         if self.backend != "auto" or self._numpy_by_env:
             return False
-        return bool(self._numba().COMPILED)
+        try:
+            return bool(self._numba().COMPILED)
+        except NumbaMissing:
+            return False  # the NumPy reference on CPU (a GPU machine's Python often lacks numba)
 
     def _numba(self) -> ModuleType:
         """The rule's numba module, imported on first use (numba loads only when needed), from
-        the package of the rule's metadata (``generated`` in a checkout, ``optgen`` installed)."""
+        the package of the rule's metadata (``generated`` in a checkout, ``optgen`` installed).
+        Raises ``NumbaMissing`` (an ImportError naming the class) where numba cannot be
+        imported: numba is needed only for the compiled CPU loops."""
         module = _NUMBA_MODULES.get(self.META)
         if module is None:
+            why = _NUMBA_MISSING.get(self.META)
+            if why is not None:
+                raise NumbaMissing(why)  # a new one each time: a kept one's traceback would grow
             package = self.META.__name__.rsplit(".", 2)[0]
-            module = importlib.import_module(f"{package}.numba.{self.RULE}")
+            try:
+                module = importlib.import_module(f"{package}.numba.{self.RULE}")
+            except ImportError as error:
+                if error.name is None or error.name.split(".")[0] not in ("numba", "llvmlite"):
+                    raise
+                why = _NUMBA_MISSING[self.META] = (
+                    f"{type(self).__name__}: the compiled CPU loops need numba, which cannot be "
+                    f"imported here ({error}); backend='auto' or 'numpy' runs the NumPy "
+                    "reference on CPU, 'triton' the Triton kernels"
+                )
+                raise NumbaMissing(why) from error
             _NUMBA_MODULES[self.META] = module
         return module
 
