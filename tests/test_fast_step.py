@@ -6,6 +6,8 @@ nothing written) or computed as the reference computes it."""
 
 from __future__ import annotations
 
+import copy
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -265,3 +267,41 @@ def test_triton_fast_steps_equal_full_steps(
     assert len(fast_calls) == len(shapes) and len(full_calls) == 4 * len(shapes)
     for x, y in zip(full_run, fast_run, strict=True):
         assert torch.equal(x, y)
+
+
+def test_the_step_counts_of_a_plan_advance_save_and_load_as_before() -> None:
+    """The plan keeps the step counts as 0-d views of one array (one add advances them all):
+    each is still an exact int64 0-d CPU tensor with its own 8-byte storage, advanced every
+    fast step, saved and copied alone; one replaced or edited by the user is seen."""
+    opt, params, g = make("Adam", "numba")
+    keep: list = []
+    for _ in range(3):
+        new_grads(params, g, keep)
+        opt.step()
+    assert opt._plan is not None
+    steps = [opt.state[p]["step"] for p in params]
+    assert [int(s) for s in steps] == [3, 3, 3]
+    assert all(s.dtype == torch.int64 and s.dim() == 0 and s.device.type == "cpu" for s in steps)
+    assert all(s.untyped_storage().nbytes() == 8 for s in steps)
+    saved = copy.deepcopy(opt.state_dict())
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    new_grads(params, g, keep)
+    opt.step()  # a fast step: the saved copies stay, the live counts advance
+    assert [int(s) for s in steps] == [4, 4, 4]
+    assert [int(s["step"]) for s in saved["state"].values()] == [3, 3, 3]
+    buffer.seek(0)
+    loaded = torch.load(buffer)
+    assert [int(s["step"]) for s in loaded["state"].values()] == [3, 3, 3]
+    opt.state[params[0]]["step"] = torch.tensor(10)  # replaced: a full step, from 10
+    opt.state[params[2]]["step"].add_(5)  # edited by a torch op: seen by its version
+    others = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    want = gt.Adam([{"params": others[:2]}, {"params": others[2:], "lr": 0.003}], backend="numpy")
+    want.load_state_dict(copy.deepcopy(opt.state_dict()))
+    new_grads(params, g, keep)
+    for o, p in zip(others, params, strict=True):
+        o.grad = p.grad.clone()
+    opt.step()
+    want.step()
+    assert [int(opt.state[p]["step"]) for p in params] == [11, 5, 10]
+    assert all(torch.equal(o, p) for o, p in zip(others, params, strict=True))
