@@ -292,3 +292,62 @@ def test_torch_class_initialises_state_from_each_groups_hyperparameters() -> Non
     opt.step()
     assert torch.equal(opt.state[a]["history"], torch.full((4,), 1.5))  # 0.5 + 1**2
     assert torch.equal(opt.state[b]["history"], torch.full((2,), 1.0))  # 0 + 1**2
+
+
+def test_the_quick_pass_accepts_only_what_the_full_checks_accept(monkeypatch) -> None:
+    """``flat_views`` takes plain, contiguous, disjoint arrays in one quick pass and runs the
+    full checks only when that pass finds something: over random mixes of defects (aliasing,
+    overlapping slices, other dtypes, shapes, strides, read-only buffers, memmaps, subclasses,
+    missing or extra entries), the quick pass never accepts what the full checks refuse, and
+    accepts every plain valid case."""
+    from optgen_runtime import numpy_support as ns
+
+    rng = np.random.default_rng(7)
+    names, host = ("a", "b"), ("h",)
+    accepted = refused = 0
+    for _ in range(600):
+        base = np.zeros(64, dtype=np.float32)
+        arrays = {k: np.zeros(8, dtype=np.float32) for k in ("w", "g", "a", "b")}
+        defects = int(rng.integers(0, 3))
+        for _ in range(defects):
+            k = str(rng.choice(list(arrays)))
+            kind = int(rng.integers(0, 9))
+            if kind == 0:  # a slice of a shared base, maybe overlapping another
+                at = int(rng.integers(0, 12)) * 4
+                arrays[k] = base[at : at + 8]
+            elif kind == 1:
+                arrays[k] = arrays[str(rng.choice(list(arrays)))]  # the same array twice
+            elif kind == 2:
+                arrays[k] = arrays[k].astype(np.float64)
+            elif kind == 3:
+                arrays[k] = np.zeros(9, dtype=np.float32)
+            elif kind == 4:
+                arrays[k] = np.zeros(16, dtype=np.float32)[::2]
+            elif kind == 5:
+                arrays[k].setflags(write=False)
+            elif kind == 6:
+                arrays[k] = np.zeros((8, 1), dtype=np.float32)
+            elif kind == 7:
+                arrays[k] = arrays[k].view(np.recarray)
+            else:
+                arrays[k] = np.zeros(8, dtype=">f4")
+        state: dict = {"a": arrays["a"], "b": arrays["b"], "h": 1.0}
+        if rng.random() < 0.05:
+            del state["h"]
+            defects += 1
+        if rng.random() < 0.05:
+            state["extra"] = 0.0
+            defects += 1
+        quick = ns._all_fine(arrays["w"], arrays["g"], state, names, host, {})
+        monkeypatch.setattr(ns, "_all_fine", lambda *a: False)
+        try:
+            ns.flat_views("r", arrays["w"], arrays["g"], state, names, host)
+            full = True
+        except (TypeError, ValueError):
+            full = False
+        monkeypatch.undo()
+        assert not quick or full, (arrays, state)
+        assert quick or defects, "a plain valid case must take the quick pass"
+        accepted += quick
+        refused += not full
+    assert accepted > 100 and refused > 100  # both sides drawn often
