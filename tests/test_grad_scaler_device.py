@@ -184,3 +184,31 @@ def test_real_grad_scaler_with_an_inf_gradient(rule: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     host_steps = [st["step"] for st in results["host"][1]["state"].values()]
     assert host_steps == steps
+
+
+@pytest.mark.parametrize("rule", ["adam", "nadam", "sgd_mom", "sgld"])
+def test_the_fast_step_takes_grad_scaler_steps(rule: str, monkeypatch) -> None:
+    """Under GradScaler, a step on unchanged buffers takes the fast step too (the flags passed
+    to the kernels on the device, the step counts and host states advanced speculatively): the
+    same bits as every step taken in full, a skipped step included, and only the first step
+    and the one after the skip (its state rolled back) checked in full."""
+    schedule = [(2.0**4, 0.0), (2.0**4, 0.0), (8.0, 1.0), (8.0, 0.0), (None, 0.0), (2.0, 0.0)]
+    results, full_steps = [], []
+    for fast in (True, False):
+        params = make_params()
+        opt = CLASSES[rule](two_groups(rule, params), backend="triton")
+        if not fast:
+            monkeypatch.setattr(opt, "_fast_step", lambda given: False)
+        checked: list[int] = []
+        original = type(opt)._check_param
+        monkeypatch.setattr(
+            type(opt), "_check_param", lambda self, p, i: (checked.append(i), original(self, p, i))
+        )
+        for t, (scale, found) in enumerate(schedule, 1):
+            scaled_grads(params, t, scale or 1.0)
+            amp_step(opt, scale, found)
+        monkeypatch.undo()
+        results.append(snapshot(params, opt))
+        full_steps.append(len(checked) // len(params))
+    assert_same(*results)
+    assert full_steps == [2, len(schedule)]

@@ -89,6 +89,7 @@ def stubbed() -> Iterator[dict[str, int]]:
         return stub
 
     names = [n for n in dir(torch) if n.startswith("_foreach_")]
+    names.append("_amp_foreach_non_finite_check_and_unscale_")  # GradScaler.unscale_'s kernel
     saved = {n: getattr(torch, n) for n in names}
     ChunkTable._launch = launch  # type: ignore[method-assign]
     for n in names:
@@ -114,8 +115,11 @@ def timed_steps(
     return first * 1e3, statistics.median(each_call(step, steps, setup))
 
 
-# The two ways gradients reach a step: suffix of the result keys, and the report's word.
-SCENARIOS = {"": "kept", "_new": "new"}
+# The ways gradients reach a step: suffix of the result keys, and the report's word. "amp":
+# new gradients and torch.amp.GradScaler (ours: grad_scale and found_inf set as GradScaler.step
+# sets them for an optimizer with _step_supports_amp_scaling; torch's foreach Adam has none:
+# GradScaler unscales its gradients with one kernel, reads found_inf on the host, then steps).
+SCENARIOS = {"": "kept", "_new": "new", "_amp": "amp"}
 
 
 def module_ms(params: list[Any], steps: int, setup: Callable[[], object] | None) -> float:
@@ -161,24 +165,51 @@ def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
         for p in params:
             p.grad = torch.empty_like(p)
 
+    scale, found_inf = torch.full((), 2.0**16), torch.zeros(())
+
+    def scaled(opt: Any) -> Callable[[], None]:
+        def step() -> None:  # as GradScaler.step for an optimizer that takes the scale
+            opt.grad_scale, opt.found_inf = scale * 1.0, found_inf * 1.0
+            opt.step()
+            del opt.grad_scale, opt.found_inf
+
+        return step
+
+    def unscaled(opt: Any) -> Callable[[], None]:
+        def step() -> None:  # as GradScaler.unscale_ and step for torch's foreach Adam
+            found = torch.zeros(())
+            grads = [p.grad for p in params]
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, scale.reciprocal())
+            if not found.item():
+                opt.step()
+
+        return step
+
     for key in SCENARIOS:
         setup = new_grads if key else None
+        amp = key == "_amp"
         with stubbed() as counts:
             ours = Adam(params, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, backend="triton")
-            out[f"ours_first_ms{key}"], out[f"ours_ms{key}"] = timed_steps(ours.step, steps, setup)
+            out[f"ours_first_ms{key}"], out[f"ours_ms{key}"] = timed_steps(
+                scaled(ours) if amp else ours.step, steps, setup
+            )
             out[f"ours_launches{key}"] = counts["ours"] / (1 + WARMUP + steps)
             del ours
             peer = torch.optim.Adam(params, foreach=True, **hp)
             out[f"torch_first_ms{key}"], out[f"torch_ms{key}"] = timed_steps(
-                peer.step, steps, setup
+                unscaled(peer) if amp else peer.step, steps, setup
             )
             out[f"torch_foreach_calls{key}"] = counts["torch"] / (1 + WARMUP + steps)
             del peer
-            out[f"module_ms{key}"] = module_ms(params, steps, setup)
+            out[f"module_ms{key}"] = None if amp else module_ms(params, steps, setup)
         held.clear()
         out[f"ratio{key}"] = out[f"ours_ms{key}"] / out[f"torch_ms{key}"]
         out[f"ours_us_per_tensor{key}"] = out[f"ours_ms{key}"] * 1e3 / len(params)
     return out
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def run(steps: int) -> list[dict[str, Any]]:
@@ -202,11 +233,13 @@ def report(rows: list[dict[str, Any]], steps: int) -> str:
                 f"{r['list'] if not key else '':32s} {word:5s} {r[f'ours_ms{key}']:8.3f} "
                 f"{r[f'torch_ms{key}']:9.3f} {r[f'ratio{key}']:6.2f} "
                 f"{r[f'ours_us_per_tensor{key}']:9.2f} {r[f'ours_first_ms{key}']:9.2f} "
-                f"{r[f'torch_first_ms{key}']:9.2f} {r[f'module_ms{key}']:9.3f}"
+                f"{r[f'torch_first_ms{key}']:9.2f} {_ms(r[f'module_ms{key}']):>9s}"
             )
     lines.append(
         "ours: generated.torch.Adam(backend='triton'); torch: torch.optim.Adam(foreach=True); "
-        "ratio = ours / torch; grads kept from step to step, or new tensors before every step;\n"
+        "ratio = ours / torch; grads kept from step to step, or new tensors before every step,\n"
+        "or new ones under torch.amp.GradScaler (amp: ours takes grad_scale and found_inf on the "
+        "device; torch's foreach Adam: GradScaler's unscale kernel, found_inf read, step);\n"
         "module: generated.triton.adam.step_multi alone on the same tensors (its own checks)"
     )
     return "\n".join(lines)

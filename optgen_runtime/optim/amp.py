@@ -18,6 +18,7 @@ unscaling the gradients in place first, as GradScaler.unscale_ would.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -26,8 +27,10 @@ from optgen_runtime.checks import view_key
 from optgen_runtime.triton_support import amp_flags
 
 # What a skipped step rolls back, per parameter: (param, its state, its step count before the
-# step or None if the step created the state, its host states before the step).
-Undo = list[tuple[torch.Tensor, dict[str, Any], int | None, dict[str, float]]]
+# step or None if the step created the state, its host states before the step). The param is
+# read only to drop a state the step created (None from the fast step, which creates none).
+# Read once, by ``_settle``, and only if the step was skipped: an iterator will do.
+Undo = Iterable[tuple[torch.Tensor | None, dict[str, Any], int | None, dict[str, float]]]
 
 
 class Pending(NamedTuple):
@@ -82,7 +85,7 @@ class AmpScaling:
 
     def _undo(self, params: list[torch.Tensor]) -> Undo:
         """What a step of ``params`` skipped on the device rolls back (read before the step)."""
-        undo: Undo = []
+        undo: list[tuple[torch.Tensor | None, dict[str, Any], int | None, dict[str, float]]] = []
         for p in params:
             state = self.state.get(p)
             if not state:

@@ -75,6 +75,7 @@ class Group:
     __slots__ = (
         "absent",
         "buffers",
+        "device",
         "dtypes",
         "group",
         "hp",
@@ -96,6 +97,7 @@ class Group:
         self.states = states
         self.absent: tuple[str, ...] = ()  # the states absent under the plan's hyperparameters
         self.dtypes: list[Any] = []
+        self.device: torch.device | None = None  # the Triton kernels': the group's one device
         self.buffers: Buffers | None = None
         self.weights: list[torch.Tensor] = []
         self.views: list[dict[str, Any]] = []
@@ -120,6 +122,7 @@ class Plan:
     """What a full step checked and built, for the next steps on the same buffers."""
 
     __slots__ = (
+        "amp",
         "clear",
         "counter",
         "counts",
@@ -130,6 +133,7 @@ class Plan:
         "names",
         "signature",
         "spans",
+        "states",
         "steps",
         "versions",
         "weights",
@@ -140,8 +144,11 @@ class Plan:
     def __init__(self, signature: tuple[Any, ...], kind: str = "numba") -> None:
         self.signature = signature
         self.kind = kind  # "numba" (the compiled CPU loops) or "triton"
+        # GradScaler's grad_scale and found_inf taken on the device (``_amp_on_device``)
+        self.amp = False
         self.groups: list[Group] = []
         self.steps: list[torch.Tensor] = []  # every step count tensor of the step, in order
+        self.states: list[dict[str, Any]] = []  # the state dict of each, in that order
         # their memory: ``steps`` are 0-d views of it, one NumPy add advances them all
         self.counter: np.ndarray = np.zeros(0, dtype=np.int64)
         self.counts: list[int] = []
@@ -216,10 +223,10 @@ class FastStep:
             return False
         if plan.kind == "numba" and not self._use_numba():
             return False
-        if getattr(self, "grad_scale", None) is not None:
-            return False
-        if getattr(self, "found_inf", None) is not None:
-            return False
+        scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        scaled = scale is not None or found_inf is not None
+        if scaled and not plan.amp:
+            return False  # GradScaler's tensors read on the host: the full step
         surveyed = self._survey()
         if surveyed is None or surveyed[0] != plan.signature:
             return False
@@ -257,6 +264,20 @@ class FastStep:
             else:
                 self._check_fast_scalars(resolved, each, part)
             checked.append((part, updates, hp, resolved, counts, tabled, tables))
+        amps: dict[Any, torch.Tensor] = {}
+        if scaled:  # as the full step: the kernels skip and unscale, the counts speculate
+            undo: Any = ()
+            if found_inf is not None:  # the states' counts and host states before the step
+                host, states = self.META.HOST_STATES, plan.states
+                if host:
+                    undo = [
+                        (None, s, c, {k: s[k] for k in host})
+                        for s, c in zip(states, plan.counts, strict=True)
+                    ]
+                else:  # read only after a skipped step: built then (plan.counts is not mutated)
+                    undo = zip(repeat(None), states, plan.counts, repeat({}))
+            devices = list(dict.fromkeys(part.device for part in plan.groups))
+            amps = self._device_amp(devices, scale, found_inf, undo)
         for part, updates, hp, resolved, _, tabled, _ in checked:
             if updates is not None:
                 self._apply_aliases(part.group, updates)
@@ -269,10 +290,17 @@ class FastStep:
         ):
             if plan.kind == "triton" and tabled is not None:
                 part.vouched.pointers = ptrs  # read above: not again
-                tabled.step_tables(part.weights, gs, part.views, tables, prechecked=part.vouched)
+                tabled.step_tables(
+                    part.weights,
+                    gs,
+                    part.views,
+                    tables,
+                    prechecked=part.vouched,
+                    amp=amps.get(part.device),
+                )
                 continue
             if plan.kind == "triton":
-                self._fast_triton(part, gs, counts, hp)
+                self._fast_triton(part, gs, counts, hp, amps.get(part.device))
                 continue
             assert part.buffers is not None
             for indices, addresses, _, _ in part.buffers.groups:
@@ -377,7 +405,12 @@ class FastStep:
                 s[key] = float(s[key])
 
     def _fast_triton(
-        self, part: Group, grads: list[torch.Tensor], counts: Any, hp: dict[str, Any]
+        self,
+        part: Group,
+        grads: list[torch.Tensor],
+        counts: Any,
+        hp: dict[str, Any],
+        amp: torch.Tensor | None = None,
     ) -> None:
         """One ``step_multi`` of the Triton module for the group, on the remembered weights and
         state views (their host states refreshed from the state dicts, then written back)."""
@@ -392,6 +425,7 @@ class FastStep:
             counts,
             stream_ids=part.streams,
             prechecked=part.vouched,
+            amp=amp,
             **hp,
             **arrays,
         )
@@ -446,8 +480,8 @@ class FastStep:
             return
         if hasattr(meta, "MATRIX_VALUES"):
             return  # a rule of matrix equations: its own kernels and checks, every step
-        if getattr(self, "grad_scale", None) is not None:
-            return
+        scaled = getattr(self, "grad_scale", None) is not None
+        scaled = scaled or getattr(self, "found_inf", None) is not None
         surveyed = self._survey()
         if surveyed is None:
             return
@@ -459,12 +493,14 @@ class FastStep:
             kind = "numba"
         else:
             return
+        if scaled and (kind != "triton" or meta.REDUCTIONS):
+            return  # GradScaler's tensors read on the host (``_amp_on_device``): every step full
         plan = Plan(surveyed[0], kind)
+        plan.amp = kind == "triton" and not meta.REDUCTIONS
         plan.names = (*meta.HYPERPARAMS, *self._aliases())
         indices = self._indices() if kind == "triton" else {}
         written: list[tuple[int, int]] = []
         grad_bytes: list[int] = []
-        owners: list[dict[str, Any]] = []  # the state dict of each of plan.steps
         for group, gs in zip(groups, surveyed[1], strict=True):
             params = [p for p in group["params"] if p.grad is not None]
             part = Group(group, [self.state[p] for p in params])
@@ -484,6 +520,7 @@ class FastStep:
                     shapes.append(tuple(p.shape))
                     part.dtypes.append(_NUMPY[weight.dtype])
                 else:
+                    part.device = weight.device
                     part.weights.append(weight.detach())
                     views = self._views(s, lambda x: x)  # the absent states: not passed
                     part.views.append({k: v for k, v in views.items() if k not in part.absent})
@@ -502,7 +539,7 @@ class FastStep:
                     plan.weights.append(p)
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
-                owners.append(s)
+                plan.states.append(s)
             if kind == "numba":
                 from optgen_runtime.numba_support import Buffers  # numba is loaded by now
 
@@ -529,9 +566,9 @@ class FastStep:
         # a step count (the user's, a full step's) still changes its version and is seen.
         plan.counter = np.array(plan.counts, dtype=np.int64)
         plan.steps = [
-            torch.from_numpy(plan.counter[j : j + 1].reshape(())) for j in range(len(owners))
+            torch.from_numpy(plan.counter[j : j + 1].reshape(())) for j in range(len(plan.states))
         ]
-        for owner, step in zip(owners, plan.steps, strict=True):
+        for owner, step in zip(plan.states, plan.steps, strict=True):
             owner["step"] = step
         try:
             plan.versions = list(map(_VERSION, plan.steps))
