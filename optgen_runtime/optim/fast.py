@@ -18,8 +18,12 @@ parameters finds the same:
   written buffers, which the full step proved disjoint);
 - each step count the value the last step left (its version counter again).
 
-Anything else (a first step, a new or reshaped buffer, a DTensor, a GradScaler, step inputs, a
-gradient of another dtype, a rule that is not compiled) takes the full step, which checks
+A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
+device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
+to the kernels, the step counts and host states advanced speculatively, rolled back by
+``_settle`` if the flag was set. Anything else (a first step, a new or reshaped buffer, a DTensor,
+a GradScaler whose tensors are read on the host, step inputs, a gradient of another dtype, a rule
+that is not compiled) takes the full step, which checks
 everything and names the culprit, then remembers the new plan. Hyperparameters are resolved and
 checked every step, and every host scalar is checked before anything is written, as in the
 full step. The step counts advance in one NumPy add per step (``Plan.counter``: the plan makes
