@@ -53,6 +53,17 @@ def trajectory(
     return snapshot(opt, params), opt
 
 
+def planned_adam() -> tuple[Any, list, torch.Generator, list]:
+    """Adam on the compiled loops after three steps: its fast step's plan made."""
+    opt, params, g = make("Adam", "numba")
+    keep: list = []
+    for _ in range(3):
+        new_grads(params, g, keep)
+        opt.step()
+    assert opt._plan is not None
+    return opt, params, g, keep
+
+
 def count_full_checks(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
     calls: list[int] = []
     original = cls._check_param
@@ -134,12 +145,7 @@ def _state_entry_removed(opt: Any, params: list) -> None:
     ],
 )
 def test_a_changed_buffer_is_refused_with_nothing_written(change: Callable, message: str) -> None:
-    opt, params, g = make("Adam", "numba")
-    keep: list = []
-    for _ in range(3):
-        new_grads(params, g, keep)
-        opt.step()
-    assert opt._plan is not None
+    opt, params, g, keep = planned_adam()
     new_grads(params, g, keep)
     change(opt, params)
     before = snapshot(opt, params)
@@ -273,12 +279,7 @@ def test_the_step_counts_of_a_plan_advance_save_and_load_as_before() -> None:
     """The plan keeps the step counts as 0-d views of one array (one add advances them all):
     each is still an exact int64 0-d CPU tensor with its own 8-byte storage, advanced every
     fast step, saved and copied alone; one replaced or edited by the user is seen."""
-    opt, params, g = make("Adam", "numba")
-    keep: list = []
-    for _ in range(3):
-        new_grads(params, g, keep)
-        opt.step()
-    assert opt._plan is not None
+    opt, params, g, keep = planned_adam()
     steps = [opt.state[p]["step"] for p in params]
     assert [int(s) for s in steps] == [3, 3, 3]
     assert all(s.dtype == torch.int64 and s.dim() == 0 and s.device.type == "cpu" for s in steps)

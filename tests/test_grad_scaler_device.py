@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 from conftest import class_inputs
+from test_fast_step import count_full_checks
 from test_torch_classes import make_params, set_grads, two_groups
 
 from generated.torch import RULES as CLASSES
@@ -199,11 +200,7 @@ def test_the_fast_step_takes_grad_scaler_steps(rule: str, monkeypatch) -> None:
         opt = CLASSES[rule](two_groups(rule, params), backend="triton")
         if not fast:
             monkeypatch.setattr(opt, "_fast_step", lambda given: False)
-        checked: list[int] = []
-        original = type(opt)._check_param
-        monkeypatch.setattr(
-            type(opt), "_check_param", lambda self, p, i: (checked.append(i), original(self, p, i))
-        )
+        checked = count_full_checks(monkeypatch, type(opt))
         for t, (scale, found) in enumerate(schedule, 1):
             scaled_grads(params, t, scale or 1.0)
             amp_step(opt, scale, found)
