@@ -80,9 +80,9 @@ def flat_views(
             a.reshape(-1) for a in chain(given.values(), map(state.__getitem__, names))
         ]
     check_weight(rule, weight)
-    check_inputs_given(rule, inputs or {})
+    check_inputs_given(rule, given)
     check_state_keys(rule, state, names + host_names)
-    arrays = [("grad", grad)] + list((inputs or {}).items())
+    arrays = [("grad", grad)] + list(given.items())
     arrays += [(f"state[{n!r}]", state[n]) for n in names]
     for label, a in arrays:
         check_array(rule, label, a)
@@ -91,10 +91,10 @@ def flat_views(
     everything = [("weight", weight)] + arrays
     for label, a in everything:
         check_contiguous(rule, label, a)
-    for label, a in [everything[0]] + everything[2 + len(inputs or {}) :]:
+    for label, a in [everything[0]] + everything[2 + len(given) :]:
         if not a.flags.writeable:
             raise ValueError(f"{rule}: {label} is read-only but is updated in place")
-    read = 1 + len(inputs or {})
+    read = 1 + len(given)
     check_overlaps(
         rule, [(label, a, k == 0 or k > read) for k, (label, a) in enumerate(everything)]
     )

@@ -560,7 +560,7 @@ class FastStep:
         plan.written_ends = np.array([b for _, b in written], dtype=np.int64)
         plan.grad_bytes = np.array(grad_bytes, dtype=np.int64)
         plan.spans = ([a for a, _ in written], [b for _, b in written], grad_bytes)
-        if any(s.is_inference() for s in plan.steps):
+        if torch.is_inference_mode_enabled() or any(s.is_inference() for s in plan.steps):
             return  # an inference-mode tensor keeps no version counter: never fast
         plan.counts = [int(s) for s in plan.steps]
         # Each step count becomes a 0-d view of one int64 array (an exact int64 CPU tensor as
@@ -574,10 +574,7 @@ class FastStep:
         ]
         for owner, step in zip(plan.states, plan.steps, strict=True):
             owner["step"] = step
-        try:
-            plan.versions = list(map(_VERSION, plan.steps))
-        except RuntimeError:  # made under inference mode: no version counter, never fast
-            return
+        plan.versions = list(map(_VERSION, plan.steps))
         surveyed = self._survey()  # the signature names the step counts' objects
         if surveyed is None:
             return
