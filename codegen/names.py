@@ -65,8 +65,8 @@ _reserve(
 _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
-    "meta meta_ptr scalars_ptr amp_ptr partial_ptr n_batch n_rows n_cols outer lane "
-    "n_blocks ALIGNED",
+    "meta meta_ptr scalars_ptr found_inf_ptr grad_scale_ptr partial_ptr n_batch n_rows n_cols "
+    "outer lane n_blocks ALIGNED",
 )
 _reserve(
     "a local of the generated step functions",

@@ -2,8 +2,9 @@
 
 GradScaler hands an optimizer with ``_step_supports_amp_scaling`` two tensors, ``grad_scale``
 and ``found_inf``, and deletes them after ``step()``. For rules without per-tensor reductions
-the kernels take them on the device: a set flag writes nothing, the gradient is multiplied by
-``scale.double().reciprocal().float()`` after its load, and the step count and host states
+the kernels read them on the device: a set flag writes nothing, the gradient is multiplied by
+``1 / scale`` (IEEE float32, in the kernel: the bits of GradScaler.unscale_'s
+``scale.double().reciprocal().float()``) after its load, and the step count and host states
 advance speculatively until the next read of the state rolls them back.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import class_inputs
@@ -18,6 +20,7 @@ from test_fast_step import count_full_checks
 from test_torch_classes import make_params, set_grads, two_groups
 
 from generated.torch import RULES as CLASSES
+from optgen_runtime.triton_support import amp_flags
 
 ELEMENTWISE = sorted(rule for rule, cls in CLASSES.items() if not cls.NUMPY.REDUCTIONS)
 
@@ -114,6 +117,52 @@ def test_the_kernel_unscales_as_grad_scaler_does(rule: str) -> None:
                 set_grads(params, t)
                 opt.step(**class_inputs(opt))
             assert_same(runs[0], snapshot(params, opt))
+
+
+def test_the_float32_reciprocal_is_grad_scalers_inverse_scale() -> None:
+    """The kernels compute the inverse scale as IEEE float32 ``1 / scale`` (``tl.div_rn``);
+    GradScaler.unscale_ rounds the float64 reciprocal to float32. Rounding twice is innocuous
+    for a quotient when the wider format has at least 2p + 2 bits (53 >= 2 * 24 + 2, Figueroa
+    1995), so the two agree on every float32: checked here on every exponent (normal,
+    subnormal results and overflow included) with random significands, and on GradScaler's
+    usual scales."""
+    rng = np.random.default_rng(7)
+    exponents = np.repeat(np.arange(0, 255, dtype=np.uint32), 4000)  # 0: subnormal scales
+    bits = (exponents << 23) | rng.integers(0, 1 << 23, exponents.size, dtype=np.uint32)
+    usual = np.array([2.0**k for k in range(-24, 25)] + [3000.0, 65536.0 * 0.5**3], np.float32)
+    scale = torch.from_numpy(np.concatenate([bits.view(np.float32), usual]))
+    with np.errstate(over="ignore"):  # 1 / a subnormal scale: inf in both
+        single = np.float32(1.0) / scale.numpy()  # what the interpreter's tl.div_rn computes
+    double = scale.double().reciprocal().float().numpy()  # GradScaler.unscale_'s
+    assert np.array_equal(single.view(np.uint32), double.view(np.uint32))
+    assert torch.equal(torch.reciprocal(scale), torch.from_numpy(double))  # torch's float32 too
+
+
+def test_grad_scalers_own_tensors_reach_the_kernels_as_they_are() -> None:
+    """No device operation before the launch: float32 one-element tensors on the weights'
+    device are the kernels' arguments themselves; another dtype is converted; a tensor of
+    more than one element is refused naming it, before the class writes anything."""
+    cpu = torch.device("cpu")
+    found, scale = torch.zeros(()), torch.full((1,), 8.0)
+    pair = amp_flags(found, scale, cpu)
+    assert pair[0] is found and pair[1] is scale
+    converted = amp_flags(torch.ones(1, dtype=torch.float64), None, cpu)
+    assert converted[0].dtype == torch.float32 and float(converted[0]) == 1.0
+    assert float(converted[1]) == 1.0
+    with pytest.raises(ValueError, match="found_inf has 2 elements"):
+        amp_flags(torch.zeros(2), scale, cpu)
+    params = make_params()
+    opt = CLASSES["adam"](two_groups("adam", params), backend="triton")
+    for fast in (False, True):  # the full step, then the fast step on its plan
+        set_grads(params, 1)
+        before = snapshot(params, opt)
+        opt.grad_scale, opt.found_inf = scale, torch.zeros(2)
+        with pytest.raises(ValueError, match="found_inf has 2 elements"):
+            opt.step()
+        del opt.grad_scale, opt.found_inf
+        assert_same(before, snapshot(params, opt))
+        assert (opt._plan is not None) == fast
+        opt.step()
 
 
 @pytest.mark.parametrize("rule", ["adam", "nadam", "lion"])

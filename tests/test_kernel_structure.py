@@ -21,9 +21,10 @@ kernel passes (``if AMP:`` resolved), and the kernel is checked as it runs. Chec
   ``do_not_specialize``: a new hyperparameter value never recompiles;
 - no ``triton.autotune``/``triton.heuristics``: one compiled variant per dtype combination;
 - block stores cast to the pointer's element type (``.to(<ptr>.dtype.element_ty)``);
-- a kernel taking ``amp_ptr`` (GradScaler's [found_inf, inv_scale], the multi-tensor update
-  kernels) reads exactly its two elements, masks every block store with ``found_inf`` and
-  multiplies the gradient by ``inv_scale`` in the statement right after loading it.
+- a kernel taking ``found_inf_ptr`` and ``grad_scale_ptr`` (GradScaler's, the multi-tensor
+  update kernels) reads exactly their one element each, masks every block store with
+  ``found_inf`` and multiplies the gradient by ``inv_scale`` in the statement right after
+  loading it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ TRITON_DIR = ROOT / "generated" / "triton"
 FILES = sorted(p for p in TRITON_DIR.glob("*.py") if p.name != "__init__.py" and p.stem in RULES)
 
 SIZES = {"n_elements", "n_tensors", "n_chunks", "n_batch", "n_rows", "n_cols"}
-AMP_READS = {"amp_ptr", "amp_ptr + 1"}  # found_inf, inv_scale: the same two for every program
+AMP_READS = {"found_inf_ptr", "grad_scale_ptr"}  # GradScaler's: the same two for every program
 # Every rule's host scalars (launched as Python floats, never specialized on).
 HOST_SCALARS = {name: {s.name for s in lower(RULES[name]).host} for name in RULE_NAMES}
 FORBIDDEN_CALLS = {
@@ -220,7 +221,7 @@ def kernel_violations(fn: ast.FunctionDef, scalars: set[str] = frozenset()) -> l
         elif not names_in(address) & int64 and ast.unparse(address) not in AMP_READS:
             problems.append(f"{where}: one-element access not indexed by the program id: {text}")
 
-    if "amp_ptr" in {arg.arg for arg in params}:
+    if "found_inf_ptr" in {arg.arg for arg in params}:
         problems += amp_violations(fn)
 
     # arithmetic
@@ -263,7 +264,7 @@ def amp_violations(fn: ast.FunctionDef) -> list[str]:
         if after != "grad = grad * inv_scale":
             problems.append(f"{where}: gradient not unscaled right after its load: {after}")
     if not loads:
-        problems.append(f"{where}: takes amp_ptr but loads no gradient")
+        problems.append(f"{where}: takes found_inf_ptr but loads no gradient")
     return problems
 
 
@@ -393,10 +394,10 @@ MUTATIONS = {  # rule: (old, new) in generated/triton/<rule>.py, the violation e
         "start = tl.load(meta_ptr + 5 * n_tensors + n_chunks)",
         "one-element access not indexed by the program id",
     ),
-    "AMP flags read past their two elements": (
+    "GradScaler's scale read past its one element": (
         "adam",
-        "inv_scale = tl.load(amp_ptr + 1)",
-        "inv_scale = tl.load(amp_ptr + 2)",
+        "inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))",
+        "inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr + 1))",
         "one-element access not indexed by the program id",
     ),
     "found_inf not folded into the mask": (

@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-# Buffers our own runtime allocates (tables, partial sums): 16-byte aligned in every variant.
-OWN = ("meta_ptr", "scalars_ptr", "amp_ptr", "partial_ptr")
+# Buffers our own runtime allocates (tables, partial sums) and GradScaler's one-element tensors:
+# 16-byte aligned in every variant (torch's allocations), read one value per program.
+OWN = ("meta_ptr", "scalars_ptr", "found_inf_ptr", "grad_scale_ptr", "partial_ptr")
 # Integer arguments as launched: (a multiple of 16, as the aligned variant sees them; not).
 INTS = {
     "n_elements": (1 << 20, 1_000_003),

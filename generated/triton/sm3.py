@@ -454,7 +454,7 @@ def step_multi(
     t: int | Sequence[int],
     *,
     stream_ids: Sequence[int] | None = None,
-    amp: torch.Tensor | None = None,
+    amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
     **hyperparams: Any,
 ) -> int:

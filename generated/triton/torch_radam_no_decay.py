@@ -213,7 +213,8 @@ def torch_radam_no_decay_kernel(
 def torch_radam_no_decay_multi_kernel(
     meta_ptr,
     scalars_ptr,
-    amp_ptr,
+    found_inf_ptr,
+    grad_scale_ptr,
     n_tensors,
     n_chunks,
     weight_like,
@@ -248,10 +249,12 @@ def torch_radam_no_decay_multi_kernel(
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
         exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
-    # torch.amp.GradScaler, on the device (no host sync): amp = [found_inf, inv_scale] (fp32;
-    # [0, 1] without a scaler). A set flag masks every access: the step writes nothing.
-    found_inf = tl.load(amp_ptr)
-    inv_scale = tl.load(amp_ptr + 1)
+    # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
+    # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
+    # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
+    # scale.double().reciprocal().float() to the bit (double rounding is innocuous: 53 >= 2*24+2).
+    found_inf = tl.load(found_inf_ptr)
+    inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
     # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
@@ -321,7 +324,7 @@ def step_multi(
     t: int | Sequence[int],
     *,
     stream_ids: Sequence[int] | None = None,
-    amp: torch.Tensor | None = None,
+    amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
     **hyperparams: Any,
 ) -> int:
@@ -335,11 +338,13 @@ def step_multi(
 
     ``stream_ids`` is checked, but the rule draws no noise.
 
-    ``amp``: torch.amp.GradScaler's state on the weights' device, a float32 tensor
-    [found_inf, inv_scale] (``optgen_runtime.triton_support.amp_flags``): the kernel multiplies
-    the gradient by inv_scale after loading it and writes nothing where found_inf != 0, with no
-    host sync; None is [0, 1] (bit-identical to no scaler). The host states and the step count
-    advance either way: a caller skipping on found_inf rolls them back itself.
+    ``amp``: torch.amp.GradScaler's ``(found_inf, grad_scale)`` on the weights' device, each a
+    one-element float32 tensor (``optgen_runtime.triton_support.amp_flags`` makes the pair),
+    read by the kernel itself, with no launch before it and no host sync: it writes nothing
+    where found_inf != 0 and multiplies the gradient right after loading it by 1 / grad_scale
+    (IEEE fp32, the bits of GradScaler.unscale_'s inverse scale); None is (0, 1)
+    (bit-identical to no scaler). The host states and the step count advance either way: a
+    caller skipping on found_inf rolls them back itself.
 
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
@@ -374,7 +379,7 @@ def step_tables(
     rows: ScalarRows,
     *,
     prechecked: Vouched,
-    amp: torch.Tensor | None = None,
+    amp: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> int:
     """``step_multi`` for a caller that resolved the hyperparameters, computed and range-checked
     the host scalars and checked every buffer itself (the torch classes' fast step, which keeps

@@ -5,9 +5,10 @@ gradients for inf/NaN and hands the optimizer ``grad_scale`` and ``found_inf``. 
 ``found_inf`` set is skipped (weights, state, step counts and host states untouched).
 
 On the Triton path of a rule without per-tensor reductions neither is read on the host: the
-update kernels take [found_inf, inv_scale] on the device (``amp_flags``; inv_scale computed as
-GradScaler.unscale_ does), write nothing when the flag is set and unscale the gradient right
-after loading it; the step count and host states advance speculatively and ``_settle`` rolls
+update kernels read GradScaler's found_inf and scale themselves (``amp_flags``: no device
+operation when both are float32 on the weights' device; the inverse scale computed in the kernel
+to GradScaler.unscale_'s bits), write nothing when the flag is set and unscale the gradient
+right after loading it; the step count and host states advance speculatively and ``_settle`` rolls
 them back, before anything reads or steps the state again, if the flag (copied to the host
 without blocking) was set. Otherwise (the NumPy backend; LAMB/LARS/LBSGD, which copy their
 partial sums to the host anyway) both are read on the host: a flagged step returns at once, and
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from optgen_runtime.checks import view_key
-from optgen_runtime.triton_support import amp_flags
+from optgen_runtime.triton_support import Amp, amp_flags
 
 # What a skipped step rolls back, per parameter: (param, its state, its step count before the
 # step or None if the step created the state, its host states before the step). The param is
@@ -43,21 +44,25 @@ class Pending(NamedTuple):
     undo: Undo
 
     @classmethod
-    def start(cls, found_inf: torch.Tensor, undo: Undo) -> Pending:
-        source = found_inf.detach().reshape(1)
-        cuda = source.device.type == "cuda"
-        flag = torch.empty(1, dtype=source.dtype, pin_memory=cuda)
-        flag.copy_(source, non_blocking=True)
+    def start(cls, found_inf: torch.Tensor, undo: Undo, flag: torch.Tensor | None) -> Pending:
+        """``flag``: the host buffer of the optimizer's last pending step, reused where it
+        suits (read by ``_settle`` before this step began), else None: a new one."""
+        cuda = found_inf.device.type == "cuda"
+        if flag is None or flag.dtype != found_inf.dtype or flag.is_pinned() != cuda:
+            flag = torch.empty(found_inf.shape, dtype=found_inf.dtype, pin_memory=cuda)
+        if flag.shape != found_inf.shape:
+            flag = flag.reshape(found_inf.shape)  # one element either way
+        flag.copy_(found_inf, non_blocking=True)
         event = None
         if cuda:
             event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(source.device))
+            event.record(torch.cuda.current_stream(found_inf.device))
         return cls(flag, event, undo)
 
     def found(self) -> bool:
         if self.event is not None:
             self.event.synchronize()
-        return float(self.flag[0]) != 0.0
+        return self.flag.item() != 0.0
 
 
 class AmpScaling:
@@ -97,11 +102,12 @@ class AmpScaling:
 
     def _device_amp(
         self, devices: list[torch.device], scale: Any, found_inf: Any, undo: Undo
-    ) -> dict[torch.device, torch.Tensor]:
-        """The kernels' [found_inf, inv_scale] per device; a set flag is settled later."""
+    ) -> dict[torch.device, Amp]:
+        """The kernels' (found_inf, grad_scale) per device; a set flag is settled later."""
         amps = {device: amp_flags(found_inf, scale, device) for device in devices}
         if found_inf is not None:
-            self._pending = Pending.start(found_inf, undo)
+            self._pending = Pending.start(found_inf, undo, getattr(self, "_flag", None))
+            self._flag = self._pending.flag
         return amps
 
     def _unscale(self, grads: list[torch.Tensor], inverse: float) -> None:

@@ -55,7 +55,7 @@ import torch
 
 from optgen_runtime.common import host_state_values, running_module
 from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_support import ScalarRows, Vouched, float32_rows, spans_overlap
+from optgen_runtime.triton_support import Amp, ScalarRows, Vouched, float32_rows, spans_overlap
 
 if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (optional)
     from optgen_runtime.numba_support import Buffers
@@ -268,7 +268,7 @@ class FastStep:
             else:
                 self._check_fast_scalars(resolved, each, part)
             checked.append((part, updates, hp, resolved, counts, tabled, tables))
-        amps: dict[Any, torch.Tensor] = {}
+        amps: dict[Any, Amp] = {}
         if scaled:  # as the full step: the kernels skip and unscale, the counts speculate
             undo: Any = ()
             if found_inf is not None:  # the states' counts and host states before the step
@@ -414,7 +414,7 @@ class FastStep:
         grads: list[torch.Tensor],
         counts: Any,
         hp: dict[str, Any],
-        amp: torch.Tensor | None = None,
+        amp: Amp | None = None,
     ) -> None:
         """One ``step_multi`` of the Triton module for the group, on the remembered weights and
         state views (their host states refreshed from the state dicts, then written back)."""

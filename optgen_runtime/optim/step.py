@@ -38,6 +38,7 @@ from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards
+from optgen_runtime.triton_support import Amp
 
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
@@ -136,7 +137,7 @@ class Stepping:
         params: list[torch.Tensor],
         group_states: list[dict[str, Any]],
         indices: dict[int, int],
-        amps: dict[torch.device, torch.Tensor],
+        amps: dict[torch.device, Amp],
         given: Given,
     ) -> None:
         """One group's update: its CPU parameters on numba (or NumPy), the others on Triton."""
@@ -462,12 +463,12 @@ class Stepping:
         states: list[dict[str, Any]],
         hp: dict[str, Any],
         streams: list[int],
-        amp: torch.Tensor | None = None,
+        amp: Amp | None = None,
         given: Given | None = None,
     ) -> None:
         """One ``step_multi`` for the group's parameters, each at its own step count; the j-th
         draws from ``tensor_seed(seed, streams[j])`` (its index in ``state_dict()``); ``amp``:
-        GradScaler's [found_inf, inv_scale] on the device (``amp_flags``), or None."""
+        GradScaler's (found_inf, grad_scale) on the device (``amp_flags``), or None."""
         weights = [
             local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
         ]

@@ -362,8 +362,18 @@ def multi_case(draw: st.DrawFn):
             kwargs["stream_ids"] = draw(st.sampled_from([[-1] * n, [0] * (n + 1), 3, ["a"] * n]))
             case.perturb(p, ["stream"], True)
         elif p == "amp_bad":
+            one = torch.ones(1)
             kwargs["amp"] = draw(
-                st.sampled_from([torch.zeros(3), torch.zeros(2, dtype=torch.float64), 1.0])
+                st.sampled_from(
+                    [
+                        torch.tensor([0.0, 1.0]),  # the old [found_inf, inv_scale] form
+                        (torch.zeros(1), torch.ones(1, dtype=torch.float64)),
+                        (torch.zeros(2), one),
+                        (torch.zeros(1),),
+                        (0.0, one),
+                        1.0,
+                    ]
+                )
             )
             # With every tensor empty nothing is launched and amp is never read.
             case.perturb(p, ["amp"], True if big else None)
