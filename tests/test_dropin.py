@@ -195,6 +195,46 @@ def test_matches_torch(case: tuple[str, dict[str, Any]]) -> None:
     assert_same_state(ours2, theirs)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("Adam", {"amsgrad": False}),
+        ("AdamW", {"amsgrad": False}),
+        ("RMSprop", {"centered": False, "momentum": 0.0}),
+        ("Adafactor", {}),
+    ],
+)
+def test_a_buffer_torch_does_not_keep_loads_as_a_first_step_makes_it(
+    name: str, options: dict[str, Any]
+) -> None:
+    """A state dict of torch's that lacks a buffer of ours (kept by neither at these settings:
+    amsgrad's maximum, RMSprop's mean gradient and momentum, Adafactor's factors of another
+    rank) loads it as our first step would make it: the NumPy module's ``init_state`` of that
+    parameter, in float32, where the parameter lives; a later switch (amsgrad on) starts there."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    kwargs = {"lr": LR[name], "foreach": False, **options}
+    theirs = getattr(torch.optim, name)(groups(theirs_p, LR[name]), **kwargs)
+    run([(theirs, theirs_p)], range(1, 3))
+    ours = getattr(dropin, name)(groups(ours_p, LR[name]), **kwargs)
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    meta, filled = type(ours).META, 0
+    for p, q in zip(ours_p, theirs_p, strict=True):
+        group = next(g for g in ours.param_groups if any(x is p for x in g["params"]))
+        init = type(ours).NUMPY.init_state(
+            p.detach().numpy().copy(), **{k: group[k] for k in meta.INIT_HYPERPARAMS}
+        )
+        kept = {key for key, theirs_key in ours._layout(p, group).items() if theirs_key}
+        assert {ours._layout(p, group)[k] for k in kept} <= set(theirs.state[q])
+        for key in set(init) - kept:  # (a state absent at these settings is not in init)
+            got = ours.state[p][key]
+            assert got.dtype == torch.float32 and got.device == p.device, key
+            assert torch.equal(got, torch.from_numpy(init[key])), key
+            filled += 1
+    assert filled  # the case has a buffer torch does not keep
+
+
 def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer) -> None:
     """Our state_dict has torch's keys, group settings and (within ULPS) values."""
     mine, reference = ours.state_dict(), theirs.state_dict()

@@ -450,6 +450,33 @@ def test_state_dict_exchange_with_torch(rule: str, direction: str) -> None:
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("rule", "peer"), [("torch_adam", "Adam"), ("torch_rmsprop", "RMSprop")])
+def test_a_buffer_torch_did_not_make_loads_as_a_first_step_makes_it(rule: str, peer: str) -> None:
+    """``load_torch_state_dict`` from a torch optimizer that never made one of our buffers at
+    its settings (Adam's amsgrad maximum, RMSprop's mean gradient and momentum at the
+    defaults): that buffer is the NumPy module's ``init_state`` of the parameter, float32,
+    where the parameter lives, as our first step would have made it."""
+    params = make_params()
+    theirs_p = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    theirs = getattr(torch.optim, peer)(theirs_p, lr=0.01)
+    train(None, 2, params=theirs_p, opt=theirs)
+    ours = CLASSES[rule](params, lr=0.01)
+    ours.load_torch_state_dict(copy.deepcopy(theirs.state_dict()))
+    meta, filled = type(ours).META, 0
+    for p, q in zip(params, theirs_p, strict=True):
+        hp = {k: ours.param_groups[0][k] for k in meta.INIT_HYPERPARAMS}
+        init = type(ours).NUMPY.init_state(p.detach().numpy().copy(), **hp)
+        made = theirs.state[q]
+        for key in init:
+            if key in made or key not in ours.state[p]:
+                continue  # torch's (exchanged, tested above), or absent at these settings
+            got = ours.state[p][key]
+            assert got.dtype == torch.float32 and got.device == p.device, key
+            assert torch.equal(got, torch.from_numpy(init[key])), key
+            filled += 1
+    assert filled  # the case has a buffer torch did not make
+
+
 def _continue_torch(make, params, first):
     opt = make(params)
     opt.load_state_dict(copy.deepcopy(first.state_dict()))

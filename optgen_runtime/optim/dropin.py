@@ -207,10 +207,9 @@ class DropIn(GeneratedOptimizer):
                 if key not in out and layout[key] is None and key not in gone
             ]
             if absent:  # buffers torch does not keep here: the rule's initial values
-                dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                initial = self._initial(p.detach().to("cpu", dtype).numpy().copy(), hp)
+                initial = self._initial(p, hp)
                 for key in absent:
-                    out[key] = torch.from_numpy(initial[key])
+                    out[key] = initial[key]
             state[index] = out
         super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
 

@@ -295,12 +295,9 @@ class TorchExchange:
                 if value is None and absent and index in param_of:
                     # torch never made it under these settings: the rule's initial value
                     if initial is None:
-                        p = param_of[index].detach()
-                        dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                        initial = self._initial(p.to("cpu", dtype).numpy().copy(), hp)
+                        initial = self._initial(param_of[index], hp)
                     value = initial[key]
                     if key in self.META.STATES:
-                        value = torch.from_numpy(value)
                         out[key] = value
                         continue
                 if value is None:

@@ -104,10 +104,21 @@ class ParamState:
         master.copy_(shard.detach())
         return like(p, master)
 
-    def _initial(self, weight: Any, hp: dict[str, Any]) -> dict[str, Any]:
-        """The rule's initial state for ``weight`` (a NumPy array), from the hyperparameters of
-        its param group that the initial state depends on (``INIT_HYPERPARAMS``)."""
-        return self.NUMPY.init_state(weight, **{k: hp[k] for k in self.META.INIT_HYPERPARAMS})
+    def _initial(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
+        """The rule's initial state for ``p`` as its first step makes it (``_state_for``): each
+        buffer in the working dtype where ``p`` lives, placed like it, each host state a number;
+        from its group's hyperparameters ``hp``, resolved and checked as ``init_state`` checks
+        them (for the buffers a loaded state dict lacks: no round trip through the host)."""
+        resolved = self._check(hp)
+        init = {k: resolved[k] for k in self.META.INIT_HYPERPARAMS}
+        values = self.META.initial_values(**init)
+        dtype = self._working_dtype(p)
+        out: dict[str, Any] = {
+            key: like(p, self._initial_buffer(p, dtype, key, values[key]))
+            for key in self.META.STATES
+        }
+        out.update({key: float(values[key]) for key in self.META.HOST_STATES})  # type: ignore[arg-type]
+        return out
 
     def _initial_buffer(
         self, p: torch.Tensor, dtype: torch.dtype, key: str, value: float | None
