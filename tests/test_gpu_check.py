@@ -60,6 +60,7 @@ def test_the_bit_checks_run_under_the_interpreter() -> None:
     assert [r["rule"] for r in rows] == ["adam", "sgld"]
     assert rows[0]["aligned"] == [True, True, False, False, True]  # 16, 48, 7, view, bf16
     assert all(r["ok"] and r["same_bits_as_scalar"] and r["same_bits_as_single"] for r in rows)
+    assert all(r["same_bits_under_grad_scaler"] for r in rows)
     assert rows[0]["adam_fp32_equals_numpy"]
 
 

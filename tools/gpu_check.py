@@ -183,6 +183,7 @@ def bit_checks(
                 for a, b, x, y in zip(ws, wb, ss, sb, strict=True)
             )
             row[f"same_bits_as_{mode}"] = bool(same)
+        row["same_bits_under_grad_scaler"] = grad_scaler_check(trm, weights, grads, device)
         if rule == "adam":
             npm = importlib.import_module(f"generated.numpy.{rule}")
             w0 = torch.randn(1 << 16, device=device)
@@ -197,6 +198,48 @@ def bit_checks(
         row["ok"] = all(v for k, v in row.items() if k.startswith(("same_bits", "adam_fp32")))
         out.append(row)
     return out
+
+
+def grad_scaler_check(trm: Any, weights: list[Any], grads: list[Any], device: str) -> bool:
+    """GradScaler on the device: ``step_multi`` with ``amp=(found_inf, scale)`` on gradients
+    scaled by 3000 gives the bits of torch's own unscale kernel
+    (``_amp_foreach_non_finite_check_and_unscale_``, inverse scale as GradScaler.unscale_
+    makes it) followed by a step without the scaler; a step with found_inf set writes nothing."""
+    import torch
+
+    if trm.REDUCTIONS:
+        return True  # rules with sums read the scaler on the host (the classes' amp.py)
+    # float32 gradients: torch's unscale of a bf16 gradient rounds it to bf16 again, the
+    # kernel's does not (it unscales in registers)
+    pairs = [(w, g) for w, g in zip(weights, grads, strict=True) if g.dtype == torch.float32]
+    weights, grads = [w for w, _ in pairs], [g for _, g in pairs]
+    scale = torch.full((1,), 3000.0, device=device)
+    found = torch.zeros(1, device=device)
+    runs = []
+    for path in ("kernel", "torch"):
+        ws = [w.clone() for w in weights]
+        states = [trm.init_state(w) for w in ws]
+        for t in (1, 2):
+            gs = [g * 3000.0 for g in grads]
+            if path == "kernel":
+                trm.step_multi(ws, gs, states, t, amp=(found, scale), **OURS[trm.RULE])
+            else:
+                inverse = scale.double().reciprocal().float()
+                torch._amp_foreach_non_finite_check_and_unscale_(gs, found, inverse)
+                trm.step_multi(ws, gs, states, t, **OURS[trm.RULE])
+        runs.append((ws, states))
+    same = all(
+        torch.equal(a, b) and all(torch.equal(x[k], y[k]) for k in trm.STATES)
+        for a, b, x, y in zip(runs[0][0], runs[1][0], runs[0][1], runs[1][1], strict=True)
+    )
+    ws, states = runs[0]
+    before = [w.clone() for w in ws], [{k: s[k].clone() for k in trm.STATES} for s in states]
+    flagged = (torch.ones(1, device=device), scale)
+    trm.step_multi(ws, grads, states, 3, amp=flagged, **OURS[trm.RULE])
+    untouched = all(torch.equal(a, b) for a, b in zip(ws, before[0], strict=True)) and all(
+        torch.equal(s[k], o[k]) for s, o in zip(states, before[1], strict=True) for k in trm.STATES
+    )
+    return bool(same and untouched and not float(found))
 
 
 # ------------------------------------------------------------------------------- pytest run
@@ -334,13 +377,18 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("no_cuda"):
         return "\n".join([*lines, f"Not run: {result['no_cuda']}.", ""])
     lines += ["## Bit checks (step_multi, CUDA)", ""]
-    lines += ["| rule | = one step per tensor | = scalar variant | other |", "|---|---|---|---|"]
+    lines += [
+        "| rule | = one step per tensor | = scalar variant | GradScaler = torch's unscale "
+        "| other |",
+        "|---|---|---|---|---|",
+    ]
     for r in result.get("bit_checks", []):
         other = "fp32 = NumPy" if r.get("adam_fp32_equals_numpy") else ""
         if r.get("adam_fp32_equals_numpy") is False:
             other = "fp32 != NumPy"
         lines.append(
-            f"| {r['rule']} | {r['same_bits_as_single']} | {r['same_bits_as_scalar']} | {other} |"
+            f"| {r['rule']} | {r['same_bits_as_single']} | {r['same_bits_as_scalar']} "
+            f"| {r.get('same_bits_under_grad_scaler', '-')} | {other} |"
         )
     tests = result.get("tests", {})
     lines += ["", "## Triton tests on CUDA", ""]
