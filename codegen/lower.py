@@ -195,8 +195,34 @@ def _cse_phase(assigns: list[Assign], prefix: str, role: str) -> list[Assign]:
         order="canonical",
         optimizations=None,
     )
+    replacements, reduced = _keep_quotients(replacements, reduced)
     temps = [Assign(t, e, role) for t, e in replacements]
     return temps + [a.with_(expr=e) for a, e in zip(assigns, reduced, strict=True)]
+
+
+def _keep_quotients(
+    replacements: list[tuple[sp.Symbol, sp.Expr]], reduced: list[sp.Expr]
+) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+    """CSE's bare reciprocals put back into the quotients that shared them.
+
+    For ``y/x`` and ``z/x`` SymPy's CSE makes a temporary ``r = 1/x`` and computes ``y*r``
+    and ``z*r``: a rounded reciprocal, then a rounded product (two roundings where the spec,
+    like torch's ``addcdiv``, divides once). Here such a temporary becomes ``x`` itself (a
+    temporary still, when ``x`` is a compound expression: computed once) and each use of
+    ``r`` becomes ``1/x``, which the printers emit as one division of its numerator.
+    """
+    inverse: dict[sp.Symbol, sp.Expr] = {}
+    kept: list[tuple[sp.Symbol, sp.Expr]] = []
+    for t, e in replacements:
+        e = e.xreplace(inverse)
+        if isinstance(e, sp.Pow) and e.exp == -1:
+            if isinstance(e.base, sp.Symbol):
+                inverse[t] = e  # 1/x of a named value: no temporary needed
+                continue
+            inverse[t] = sp.Pow(t, -1)
+            e = e.base
+        kept.append((t, e))
+    return kept, [r.xreplace(inverse) for r in reduced]
 
 
 def cse(block: Block) -> Block:

@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 from conftest import RULES
 
-from codegen.lower import PASSES, lower, reconstruct
+from codegen.lower import PASSES, _keep_quotients, lower, reconstruct
 from tools.op_counts import GOLDEN
 
 
@@ -85,6 +85,32 @@ def test_op_counts_are_pinned(rule_name: str) -> None:
     if rule_name not in golden:
         pytest.skip(f"{rule_name} is not pinned yet: python -m tools.op_counts --write")
     assert dict(lower(RULES[rule_name]).report) == golden[rule_name]
+
+
+def test_no_shared_reciprocal_is_multiplied_in(rule_name: str) -> None:
+    """A quotient is one division: no operation computes ``1/x`` for a product to use (CSE
+    shares ``1/x`` between ``y/x`` and ``z/x`` unless ``_keep_quotients`` puts it back: torch_nadam,
+    torch_rmsprop_no_decay and adan had one)."""
+    ops = lower(RULES[rule_name]).ops
+    reciprocals = {op.dest for op in ops if op.kind == "div" and op.args[0] == 1}
+    used = [op for op in ops if op.kind == "mul" and reciprocals & set(op.args)]
+    assert not used, used
+
+
+def test_a_shared_reciprocal_is_put_back_as_divisions() -> None:
+    """``_keep_quotients`` on CSE's own output: ``y/(a+b)`` and ``z/(a+b)`` are two divisions
+    by one temporary ``a + b``; ``1/a`` of a plain symbol needs no temporary."""
+    a, b, y, z = sp.symbols("a b y z", real=True)
+    replacements, reduced = sp.cse(
+        [y / (a + b), z / (a + b)], symbols=sp.numbered_symbols("_t", real=True)
+    )
+    assert replacements[0][1] == 1 / (a + b)  # what CSE makes
+    kept, exprs = _keep_quotients(replacements, reduced)
+    t = kept[0][0]
+    assert kept == [(t, a + b)] and exprs == [y / t, z / t]
+    replacements, reduced = sp.cse([y / a + 1, z / a], symbols=sp.numbered_symbols("_t"))
+    kept, exprs = _keep_quotients(replacements, reduced)
+    assert not any(e == 1 / a for _, e in kept) and exprs == [y / a + 1, z / a]
 
 
 def test_passes_run_in_order_and_report() -> None:

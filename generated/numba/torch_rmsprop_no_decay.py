@@ -159,23 +159,22 @@ def _update_chunk(
         _v11 = square_avg_new - _v10
         _v12 = np.sqrt(_v11)
         _v13 = _v12 if _v5 else _v6
-        _v14 = _v13 + eps
-        _t3 = _T(1.0) / _v14
-        _v15 = _h4 != _T(0.0)
-        _v16 = momentum * momentum_buffer
-        _v17 = G * _t3
-        _v18 = _v16 + _v17
-        momentum_buffer_new = _v18 if _v15 else momentum_buffer
-        _v19 = _h3 != _T(0.0)
-        grad_avg_new = _t2 if _v19 else grad_avg
+        _t3 = _v13 + eps
+        _v14 = _h4 != _T(0.0)
+        _v15 = momentum * momentum_buffer
+        _v16 = G / _t3
+        _v17 = _v15 + _v16
+        momentum_buffer_new = _v17 if _v14 else momentum_buffer
+        _v18 = _h3 != _T(0.0)
+        grad_avg_new = _t2 if _v18 else grad_avg
         # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-        _v20 = _h4 != _T(0.0)
-        _v21 = _h6 * _t3
-        _v22 = _v21 * grad
-        _v23 = weight + _v22
-        _v24 = _h5 * momentum_buffer_new
-        _v25 = weight + _v24
-        weight_new = _v25 if _v20 else _v23
+        _v19 = _h4 != _T(0.0)
+        _v20 = _h6 * grad
+        _v21 = _v20 / _t3
+        _v22 = weight + _v21
+        _v23 = _h5 * momentum_buffer_new
+        _v24 = weight + _v23
+        weight_new = _v24 if _v19 else _v22
         weight_buf[_i] = weight_new
         square_avg_buf[_i] = square_avg_new
         momentum_buffer_buf[_i] = momentum_buffer_new

@@ -123,6 +123,7 @@ def step(
         _exp_avg_sq = _exp_avg_sq_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
+        _b2 = scratch[2, : stop - start]
         # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
         # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
@@ -139,13 +140,12 @@ def step(
         np.sqrt(_b0, out=_b0)
         np.add(_b0, eps, out=_b0)
         # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-        np.divide(1.0, _b0, out=_b0)
-        np.multiply(_h4, _b0, out=_b1)
-        np.multiply(_b1, _exp_avg, out=_b1)
+        np.multiply(_h4, _exp_avg, out=_b1)
+        np.divide(_b1, _b0, out=_b1)
         np.add(_weight, _b1, out=_b1)
-        np.multiply(_h5, _b0, out=_b0)
-        np.multiply(_b0, _grad, out=_b0)
+        np.multiply(_h5, _grad, out=_b2)
+        np.divide(_b2, _b0, out=_b0)
         np.add(_b1, _b0, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+    for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
     state.update(host_new)

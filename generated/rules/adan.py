@@ -93,7 +93,7 @@ SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 7, "copy": 1, "div": 1, "mul": 15, "sqrt": 1, "sub": 1}
+OP_COUNTS: dict[str, int] = {"add": 7, "copy": 1, "div": 2, "mul": 13, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - beta1",

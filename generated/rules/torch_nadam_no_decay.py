@@ -94,7 +94,7 @@ SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "mul": 10, "sqrt": 1, "sub": 1}
+OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "mul": 8, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize",

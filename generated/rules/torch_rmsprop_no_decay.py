@@ -94,8 +94,8 @@ TORCH = None
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
     "add": 6,
-    "div": 1,
-    "mul": 12,
+    "div": 2,
+    "mul": 10,
     "ne": 5,
     "sqrt": 2,
     "sub": 2,

@@ -164,23 +164,22 @@ def torch_rmsprop_no_decay_kernel_body(
     _v11 = square_avg_new - _v10
     _v12 = tl.sqrt_rn(_v11)
     _v13 = tl.where(_v5, _v12, _v6)
-    _v14 = _v13 + eps
-    _t3 = tl.div_rn(tl.full((), 1.0, tl.float32), _v14)
-    _v15 = _h4 != 0.0
-    _v16 = momentum * momentum_buffer
-    _v17 = G * _t3
-    _v18 = _v16 + _v17
-    momentum_buffer_new = tl.where(_v15, _v18, momentum_buffer)
-    _v19 = _h3 != 0.0
-    grad_avg_new = tl.where(_v19, _t2, grad_avg)
+    _t3 = _v13 + eps
+    _v14 = _h4 != 0.0
+    _v15 = momentum * momentum_buffer
+    _v16 = tl.div_rn(G, _t3)
+    _v17 = _v15 + _v16
+    momentum_buffer_new = tl.where(_v14, _v17, momentum_buffer)
+    _v18 = _h3 != 0.0
+    grad_avg_new = tl.where(_v18, _t2, grad_avg)
     # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-    _v20 = _h4 != 0.0
-    _v21 = _h6 * _t3
-    _v22 = _v21 * grad
-    _v23 = weight + _v22
-    _v24 = _h5 * momentum_buffer_new
-    _v25 = weight + _v24
-    weight_new = tl.where(_v20, _v25, _v23)
+    _v19 = _h4 != 0.0
+    _v20 = _h6 * grad
+    _v21 = tl.div_rn(_v20, _t3)
+    _v22 = weight + _v21
+    _v23 = _h5 * momentum_buffer_new
+    _v24 = weight + _v23
+    weight_new = tl.where(_v19, _v24, _v22)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptr + offs, square_avg_new.to(square_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(
