@@ -175,14 +175,8 @@ def bit_checks(
                 torch.cuda.synchronize()
             runs[mode] = (ws, [copy.deepcopy(s) for s in states])
         row: dict[str, Any] = {"rule": rule, "aligned": aligned}
-        (ws, ss) = runs["routed"]
         for mode in ("scalar", "single"):
-            (wb, sb) = runs[mode]
-            same = all(
-                torch.equal(a, b) and all(torch.equal(x[k], y[k]) for k in trm.STATES)
-                for a, b, x, y in zip(ws, wb, ss, sb, strict=True)
-            )
-            row[f"same_bits_as_{mode}"] = bool(same)
+            row[f"same_bits_as_{mode}"] = same_bits(trm, runs["routed"], runs[mode])
         row["same_bits_under_grad_scaler"] = grad_scaler_check(trm, weights, grads, device)
         if rule == "adam":
             npm = importlib.import_module(f"generated.numpy.{rule}")
@@ -228,18 +222,22 @@ def grad_scaler_check(trm: Any, weights: list[Any], grads: list[Any], device: st
                 torch._amp_foreach_non_finite_check_and_unscale_(gs, found, inverse)
                 trm.step_multi(ws, gs, states, t, **OURS[trm.RULE])
         runs.append((ws, states))
-    same = all(
-        torch.equal(a, b) and all(torch.equal(x[k], y[k]) for k in trm.STATES)
-        for a, b, x, y in zip(runs[0][0], runs[1][0], runs[0][1], runs[1][1], strict=True)
-    )
     ws, states = runs[0]
     before = [w.clone() for w in ws], [{k: s[k].clone() for k in trm.STATES} for s in states]
+    same = same_bits(trm, runs[0], runs[1])
     flagged = (torch.ones(1, device=device), scale)
     trm.step_multi(ws, grads, states, 3, amp=flagged, **OURS[trm.RULE])
-    untouched = all(torch.equal(a, b) for a, b in zip(ws, before[0], strict=True)) and all(
-        torch.equal(s[k], o[k]) for s, o in zip(states, before[1], strict=True) for k in trm.STATES
+    return same and same_bits(trm, runs[0], before) and not float(found)
+
+
+def same_bits(trm: Any, a: tuple[list[Any], list[Any]], b: tuple[list[Any], list[Any]]) -> bool:
+    """Two runs' (weights, states) equal to the bit."""
+    import torch
+
+    return all(
+        torch.equal(wa, wb) and all(torch.equal(sa[k], sb[k]) for k in trm.STATES)
+        for wa, wb, sa, sb in zip(a[0], b[0], a[1], b[1], strict=True)
     )
-    return bool(same and untouched and not float(found))
 
 
 # ------------------------------------------------------------------------------- pytest run
