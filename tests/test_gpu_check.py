@@ -87,3 +87,56 @@ def test_the_report_renders() -> None:
     text = gpu_check.markdown(result)
     assert "| GPT-2 | adam | 1.000 | 2.000 | - | 0.500 | 0.50 |" in text
     assert "skipped: needs 20 GiB" in text and "pytest is not installed" in text
+
+
+def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
+    """The GPU run's benchmark cases, on CPU tensors with wall-clock timing (the classes take
+    their CPU path): every rule's hyperparameters are accepted by our class and by torch's
+    optimizer, fused and foreach, and the figures are derived; a case that raises is reported
+    and the others still run, each saved as it ends; cases past the budget are listed."""
+    args = gpu_check.parse_args(["--steps", "1", "--big", "4096"])
+    small = [(16, 8), (8,), (33,)]
+    monkeypatch.setattr(gpu_check, "gpt2_small_shapes", lambda: small)
+    real = gpu_check.bench_case
+
+    def case(rule: str, shapes: list[tuple[int, ...]], steps: int, device: str) -> dict:
+        if rule == "sgld" and shapes == [(4096,)]:
+            raise RuntimeError("CUDA out of memory")
+        return real(rule, shapes, steps, device)
+
+    monkeypatch.setattr(gpu_check, "bench_case", case)
+    rows: list[dict] = []
+    saved: list[int] = []
+    gpu_check.benchmarks(args, rows, lambda: saved.append(len(rows)), math.inf, "cpu")
+    assert saved == list(range(1, 11))
+    assert [r["rule"] for r in rows] == list(gpu_check.RULES) * 2
+    for row in rows[:-1]:
+        assert row["ours_ms"] > 0 and row["copy_ms"] > 0 and row["ours_GBps"] > 0, row
+        peer = gpu_check.TORCH[row["rule"]]
+        assert ("ours_over_fused" in row) == ("ours_over_foreach" in row) == (peer is not None)
+    assert rows[0]["elements"] == 16 * 8 + 8 + 33 and rows[5]["elements"] == 4096
+    assert rows[-1]["error"] == "RuntimeError: CUDA out of memory"
+    assert not gpu_check.passed({"bit_checks": [], "benchmarks": rows})
+    assert gpu_check.passed({"bit_checks": [], "benchmarks": rows[:-1]})
+    assert "failed: RuntimeError: CUDA out of memory" in gpu_check.markdown(
+        {"started": "now", "environment": {}, "benchmarks": rows}
+    )
+    late: list[dict] = []
+    gpu_check.benchmarks(args, late, lambda: None, -math.inf, "cpu")
+    assert all(r["skipped"] == "past the time budget (--budget)" for r in late) and len(late) == 10
+
+
+def test_a_bit_check_that_raises_is_reported_and_the_others_run(monkeypatch) -> None:
+    real = gpu_check.bit_check
+
+    def check(rule: str, device: str, sizes: tuple[int, ...]) -> dict:
+        if rule == "adam":
+            raise ValueError("no such kernel")
+        return real(rule, device, sizes)
+
+    monkeypatch.setattr(gpu_check, "bit_check", check)
+    rows = gpu_check.bit_checks(["adam", "sgd_mom"], device="cpu", sizes=(16, 7))
+    assert rows[0] == {"rule": "adam", "ok": False, "error": "ValueError: no such kernel"}
+    assert rows[1]["ok"] and not gpu_check.passed({"bit_checks": rows})
+    text = gpu_check.markdown({"started": "now", "environment": {}, "bit_checks": rows})
+    assert "| adam | failed: ValueError: no such kernel |" in text

@@ -20,8 +20,11 @@ Uses the machine's own python3 (CUDA torch and Triton, NumPy, SymPy; no package 
    events), ratios, and effective bandwidth from the nominal traffic (weight read and written,
    gradient read, every state read and written).
 
-Results go to one markdown file (``--out``; tables, then the raw figures as JSON). Without CUDA
-it prints why and exits with status 3 (nothing run); a failed check exits 1.
+Results go to one markdown file (``--out``; tables, then the raw figures as JSON), rewritten
+after every part, so a run stopped by its caller's time limit leaves what it measured. A rule or
+case that raises is reported as failed, naming the error, and the others still run; cases past
+``--budget`` seconds (450: the whole run within about 8 minutes) are listed as skipped. Without
+CUDA it prints why and exits with status 3 (nothing run); a failed check exits 1.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--big", type=int, default=1 << 30, help="elements of the one big tensor")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
     parser.add_argument("--test-budget", type=int, default=240, help="seconds for the pytest run")
+    parser.add_argument(
+        "--budget", type=int, default=450, help="seconds for everything; cases past it skipped"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 steps, no pytest")
     parser.add_argument("--skip-tests", action="store_true", help="no pytest run")
     parser.add_argument("--skip-bench", action="store_true", help="no benchmarks")
@@ -128,7 +134,19 @@ def bit_checks(
 ) -> list[dict[str, Any]]:
     """step_multi against one step per tensor and against the scalar variant, with new gradients
     from step 2 on, on CUDA (or on ``device`` under the interpreter: tests/test_gpu_check.py
-    runs it so, with small sizes)."""
+    runs it so, with small sizes); a rule whose check raises is reported as failed, naming the
+    error, and the other rules still run."""
+    out = []
+    for rule in rules:
+        try:
+            out.append(bit_check(rule, device, sizes))
+        except Exception as error:  # reported as failed; the other rules run
+            out.append({"rule": rule, "ok": False, "error": f"{type(error).__name__}: {error}"})
+    return out
+
+
+def bit_check(rule: str, device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """``bit_checks`` of one rule."""
     import copy
     import importlib
 
@@ -139,59 +157,56 @@ def bit_checks(
     from optgen_runtime.philox import tensor_seed
     from optgen_runtime.triton_support import ChunkTable, vectorisable
 
-    out = []
-    for rule in rules:
-        trm = importlib.import_module(f"generated.triton.{rule}")
-        torch.manual_seed(0)
-        base = torch.randn(4096 + 16, device=device)
-        weights = [torch.randn(n, device=device) for n in sizes] + [base[1:4097]]
-        weights.append(torch.randn(1 << 12, device=device, dtype=torch.bfloat16))
-        grads = [torch.randn_like(w) * 1e-2 for w in weights]
-        # new gradients from step 2 on: the cached table's pointer rows rewritten on the device
-        moved = [torch.randn_like(g) * 1e-2 for g in grads]
-        aligned = [vectorisable([w, g]) for w, g in zip(weights, grads, strict=True)]
-        seed = trm.HYPERPARAMS.get("seed")
-        runs = {}
-        for mode in ("routed", "scalar", "single"):
-            ws = [w.clone() for w in weights]
-            ws[len(sizes)] = base.clone()[1:4097]  # one element off a 16-byte boundary
-            states = [trm.init_state(w) for w in ws]
-            ChunkTable._cache.clear()
-            saved = triton_support.vectorisable
-            if mode == "scalar":
-                triton_support.vectorisable = lambda buffers: False
-            try:
-                for t in (1, 2, 3):
-                    gs = grads if t == 1 else moved
-                    if mode == "single":
-                        for j, (w, g, s) in enumerate(zip(ws, gs, states, strict=True)):
-                            own = {"seed": tensor_seed(seed, j)} if trm.DRAWS else {}
-                            trm.step(w, g, s, t, **OURS[rule], **own)
-                    else:
-                        trm.step_multi(ws, gs, states, t, **OURS[rule])
-            finally:
-                triton_support.vectorisable = saved
-            if device == "cuda":
-                torch.cuda.synchronize()
-            runs[mode] = (ws, [copy.deepcopy(s) for s in states])
-        row: dict[str, Any] = {"rule": rule, "aligned": aligned}
-        for mode in ("scalar", "single"):
-            row[f"same_bits_as_{mode}"] = same_bits(trm, runs["routed"], runs[mode])
-        row["same_bits_under_grad_scaler"] = grad_scaler_check(trm, weights, grads, device)
-        if rule == "adam":
-            npm = importlib.import_module(f"generated.numpy.{rule}")
-            w0 = torch.randn(1 << 16, device=device)
-            g0 = torch.randn_like(w0)
-            s0 = trm.init_state(w0)
-            w_np, g_np = w0.cpu().numpy().copy(), g0.cpu().numpy()
-            s_np = {k: v.cpu().numpy().copy() for k, v in s0.items()}
+    trm = importlib.import_module(f"generated.triton.{rule}")
+    torch.manual_seed(0)
+    base = torch.randn(4096 + 16, device=device)
+    weights = [torch.randn(n, device=device) for n in sizes] + [base[1:4097]]
+    weights.append(torch.randn(1 << 12, device=device, dtype=torch.bfloat16))
+    grads = [torch.randn_like(w) * 1e-2 for w in weights]
+    # new gradients from step 2 on: the cached table's pointer rows rewritten on the device
+    moved = [torch.randn_like(g) * 1e-2 for g in grads]
+    aligned = [vectorisable([w, g]) for w, g in zip(weights, grads, strict=True)]
+    seed = trm.HYPERPARAMS.get("seed")
+    runs = {}
+    for mode in ("routed", "scalar", "single"):
+        ws = [w.clone() for w in weights]
+        ws[len(sizes)] = base.clone()[1:4097]  # one element off a 16-byte boundary
+        states = [trm.init_state(w) for w in ws]
+        ChunkTable._cache.clear()
+        saved = triton_support.vectorisable
+        if mode == "scalar":
+            triton_support.vectorisable = lambda buffers: False
+        try:
             for t in (1, 2, 3):
-                trm.step(w0, g0, s0, t, **OURS[rule])
-                npm.step(w_np, g_np, s_np, t, **OURS[rule])
-            row["adam_fp32_equals_numpy"] = bool(np.array_equal(w0.cpu().numpy(), w_np))
-        row["ok"] = all(v for k, v in row.items() if k.startswith(("same_bits", "adam_fp32")))
-        out.append(row)
-    return out
+                gs = grads if t == 1 else moved
+                if mode == "single":
+                    for j, (w, g, s) in enumerate(zip(ws, gs, states, strict=True)):
+                        own = {"seed": tensor_seed(seed, j)} if trm.DRAWS else {}
+                        trm.step(w, g, s, t, **OURS[rule], **own)
+                else:
+                    trm.step_multi(ws, gs, states, t, **OURS[rule])
+        finally:
+            triton_support.vectorisable = saved
+        if device == "cuda":
+            torch.cuda.synchronize()
+        runs[mode] = (ws, [copy.deepcopy(s) for s in states])
+    row: dict[str, Any] = {"rule": rule, "aligned": aligned}
+    for mode in ("scalar", "single"):
+        row[f"same_bits_as_{mode}"] = same_bits(trm, runs["routed"], runs[mode])
+    row["same_bits_under_grad_scaler"] = grad_scaler_check(trm, weights, grads, device)
+    if rule == "adam":
+        npm = importlib.import_module(f"generated.numpy.{rule}")
+        w0 = torch.randn(1 << 16, device=device)
+        g0 = torch.randn_like(w0)
+        s0 = trm.init_state(w0)
+        w_np, g_np = w0.cpu().numpy().copy(), g0.cpu().numpy()
+        s_np = {k: v.cpu().numpy().copy() for k, v in s0.items()}
+        for t in (1, 2, 3):
+            trm.step(w0, g0, s0, t, **OURS[rule])
+            npm.step(w_np, g_np, s_np, t, **OURS[rule])
+        row["adam_fp32_equals_numpy"] = bool(np.array_equal(w0.cpu().numpy(), w_np))
+    row["ok"] = all(v for k, v in row.items() if k.startswith(("same_bits", "adam_fp32")))
+    return row
 
 
 def grad_scaler_check(trm: Any, weights: list[Any], grads: list[Any], device: str) -> bool:
@@ -270,15 +285,23 @@ def run_tests(budget: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- benchmarks
-def timed(step: Callable[[], object], steps: int) -> float:
-    """Median ms per call over ``steps`` calls after 3 warm-up calls (CUDA events)."""
+def timed(step: Callable[[], object], steps: int, device: str = "cuda") -> float:
+    """Median ms per call over ``steps`` calls after 3 warm-up calls (CUDA events; on another
+    device, wall time: tests/test_gpu_check.py runs the benchmarks so, with small sizes)."""
     import torch
 
     for _ in range(3):
         step()
-    torch.cuda.synchronize()
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     times = []
     for _ in range(steps):
+        if not cuda:
+            start_s = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start_s) * 1e3)
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         step()
@@ -288,53 +311,64 @@ def timed(step: Callable[[], object], steps: int) -> float:
     return statistics.median(times)
 
 
-def copy_ms(elements: int, steps: int) -> float:
+def copy_ms(elements: int, steps: int, device: str = "cuda") -> float:
     """A device copy of ``elements`` fp32 values (read once, written once): the peer bandwidth."""
     import torch
 
-    src = torch.empty(elements, device="cuda")
+    src = torch.empty(elements, device=device)
     dst = torch.empty_like(src)
-    return timed(lambda: dst.copy_(src), steps)  # freed on return
+    return timed(lambda: dst.copy_(src), steps, device)  # freed on return
 
 
-def bench_case(rule: str, shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
+def free_bytes(device: str) -> int | None:
+    """The device's free memory (None off CUDA: not checked)."""
+    import torch
+
+    if device != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info()[0]
+
+
+def bench_case(
+    rule: str, shapes: list[tuple[int, ...]], steps: int, device: str = "cuda"
+) -> dict[str, Any]:
     """One rule on one parameter list: ours, torch fused and foreach (where torch has the rule),
     and a device copy of a tensor as big as the whole list."""
     import torch
 
     from generated.torch import RULES as CLASSES
 
-    torch.cuda.empty_cache()
     elements = sum(int(torch.Size(s).numel()) for s in shapes)
     cls = CLASSES[rule]
     states = len(cls.META.STATES)
     per_element = nominal_bytes(states)
-    free, _ = torch.cuda.mem_get_info()
+    free = free_bytes(device)
     needed = 4 * elements * (2 + states)  # weight, gradient, states (ours, then torch's)
     row: dict[str, Any] = {"rule": rule, "tensors": len(shapes), "elements": elements}
-    if not fits(needed, free):
+    if free is not None and not fits(needed, free):
         row["skipped"] = f"needs ~{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
         return row
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in shapes]
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     ours = cls(params, **OURS[rule])
-    row["ours_ms"] = timed(ours.step, steps)
+    row["ours_ms"] = timed(ours.step, steps, device)
     del ours
-    torch.cuda.empty_cache()
+    free_bytes(device)
     peer = TORCH[rule]
     for kind in ("fused", "foreach"):
         if peer is None:
             continue
         name, hp = peer
         opt = getattr(torch.optim, name)(params, **hp, **{kind: True})
-        row[f"torch_{kind}_ms"] = timed(opt.step, steps)
+        row[f"torch_{kind}_ms"] = timed(opt.step, steps, device)
         del opt
-        torch.cuda.empty_cache()
+        free_bytes(device)
     del params
-    torch.cuda.empty_cache()
-    row["copy_ms"] = copy_ms(elements, steps)
+    free_bytes(device)
+    row["copy_ms"] = copy_ms(elements, steps, device)
     row["nominal_bytes_per_element"] = per_element
     row["ours_GBps"] = bandwidth(per_element, elements, row["ours_ms"])
     row["copy_GBps"] = bandwidth(8, elements, row["copy_ms"])
@@ -346,20 +380,36 @@ def bench_case(rule: str, shapes: list[tuple[int, ...]], steps: int) -> dict[str
     return row
 
 
-def benchmarks(args: argparse.Namespace) -> list[dict[str, Any]]:
+def benchmarks(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    save: Callable[[], object],
+    deadline: float,
+    device: str = "cuda",
+) -> None:
+    """Every case into ``rows``, saved after each: a case that fails (out of memory, an API
+    change) is reported and the others still run; cases past ``deadline`` (perf_counter) are
+    listed as skipped, so a run cut short by its caller's limit still leaves its figures."""
     shapes = gpt2_small_shapes()
     if args.quick:
         shapes = [tuple(max(1, d // 16) for d in s) for s in shapes]
     lists = {"GPT-2 small (148 tensors)": shapes, f"one tensor of {args.big:,}": [(args.big,)]}
-    rows = []
     for label, shape_list in lists.items():
         for rule in args.rules:
             started = time.perf_counter()
-            row = {"list": label, **bench_case(rule, shape_list, args.steps)}
-            row["wall_s"] = round(time.perf_counter() - started, 1)
+            row: dict[str, Any] = {"list": label, "rule": rule}
+            if started > deadline:
+                row["skipped"] = "past the time budget (--budget)"
+            else:
+                try:
+                    row.update(bench_case(rule, shape_list, args.steps, device))
+                except Exception as error:  # reported; the other cases still run
+                    row["error"] = f"{type(error).__name__}: {error}"[:300]
+                    free_bytes(device)
+                row["wall_s"] = round(time.perf_counter() - started, 1)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    return rows
+            save()
 
 
 # --------------------------------------------------------------------------------- report
@@ -381,6 +431,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for r in result.get("bit_checks", []):
+        if "error" in r:
+            lines.append(f"| {r['rule']} | failed: {r['error']} |")
+            continue
         other = "fp32 = NumPy" if r.get("adam_fp32_equals_numpy") else ""
         if r.get("adam_fp32_equals_numpy") is False:
             other = "fp32 != NumPy"
@@ -407,8 +460,9 @@ def markdown(result: dict[str, Any]) -> str:
         return form.format(row[key]) if key in row else "-"
 
     for r in result.get("benchmarks", []):
-        if "skipped" in r:
-            lines.append(f"| {r['list']} | {r['rule']} | skipped: {r['skipped']} |")
+        if "skipped" in r or "error" in r:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['error']}"
+            lines.append(f"| {r['list']} | {r['rule']} | {why} |")
             continue
         lines.append(
             f"| {r['list']} | {r['rule']} | {f(r, 'ours_ms')} | {f(r, 'torch_fused_ms')} | "
@@ -452,20 +506,39 @@ def main(argv: list[str] | None = None) -> int:
         result["no_cuda"] = problem
         args.out.write_text(markdown(result))
         return NO_CUDA
+    deadline = start + args.budget
+
+    def save() -> None:  # after every part: a run cut short still leaves what it measured
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        args.out.write_text(markdown(result))
+
     result["bit_checks"] = bit_checks(args.rules)
     print(json.dumps(result["bit_checks"]), flush=True)
     result["tests"] = {"ran": False, "why": "--skip-tests"}
+    save()
     if not args.skip_tests:
-        result["tests"] = run_tests(args.test_budget)
+        # the pytest run leaves the benchmarks a third of what is left of the budget
+        left = deadline - time.perf_counter()
+        budget = max(30, min(args.test_budget, int(left * 2 / 3)))
+        result["tests"] = run_tests(budget)
         print(json.dumps(result["tests"]), flush=True)
+        save()
     if not args.skip_bench:
-        result["benchmarks"] = benchmarks(args)
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.write_text(markdown(result))
+        result["benchmarks"] = []
+        benchmarks(args, result["benchmarks"], save, deadline)
+    save()
     print(f"gpu_check: wrote {args.out}")
-    tests = result["tests"]
-    failed = tests.get("ran") and (tests.get("timed_out") or tests.get("returncode") != 0)
-    return 1 if failed or not all(r["ok"] for r in result["bit_checks"]) else 0
+    return 0 if passed(result) else 1
+
+
+def passed(result: dict[str, Any]) -> bool:
+    """Every bit check and benchmark case ran and held, and the pytest run (if any) passed."""
+    tests = result.get("tests", {})
+    if tests.get("ran") and (tests.get("timed_out") or tests.get("returncode") != 0):
+        return False
+    if any("error" in row for row in result.get("benchmarks", [])):
+        return False
+    return all(row["ok"] for row in result.get("bit_checks", []))
 
 
 if __name__ == "__main__":
