@@ -106,3 +106,46 @@ def test_the_torch_classes_and_the_gpu_check_run_without_numba() -> None:
     assert found["equal"] and found["bit_checks"], found
     assert found["refused"].startswith("Adam: the compiled CPU loops need numba"), found
     assert found["numba_loaded"] == [], found
+
+
+# what a lent GPU's Python lacks (it has torch, Triton, NumPy, SymPy and maybe pytest): the
+# generator's templates, the compiled CPU loops, the test-only references and plugins
+LENT_LACKS = ("jinja2", "numba", "llvmlite", "hypothesis", "mxnet", "pytorch_optimizer", "ruff")
+LACKING = """
+import sys
+import pytest
+
+class Lacking:  # another finder with these hidden: not found, as where not installed
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {lacks!r}:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+sys.meta_path[:] = [Lacking(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+sys.exit(pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", *{files!r}]))
+"""
+
+
+def test_the_gpu_checks_test_files_collect_without_what_a_lent_machine_lacks() -> None:
+    """tools/gpu_check runs these files with pytest on the lent machine: none may need a
+    package that machine lacks (a failed collection would cost the device's minutes)."""
+    from tools import gpu_check
+
+    code = LACKING.format(lacks=LENT_LACKS, files=gpu_check.TEST_FILES)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, TRITON_INTERPRET="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    collected = [line for line in done.stdout.splitlines() if "tests collected" in line]
+    assert collected and int(collected[-1].split()[0]) > 500, done.stdout[-500:]
