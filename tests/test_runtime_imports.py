@@ -23,18 +23,24 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {forbidden!
 """
 
 
-def generator_modules_loaded(modules: list[str], preamble: str = "") -> list[str]:
-    """Import ``modules`` in a fresh interpreter; the generator-only modules it then holds."""
-    code = PROBE.format(preamble=preamble, modules=modules, forbidden=GENERATOR_ONLY)
+def python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter in the repository, ``env`` added; it must succeed."""
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env=dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1")),
+        env=dict(os.environ, **env),
         capture_output=True,
         text=True,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def generator_modules_loaded(modules: list[str], preamble: str = "") -> list[str]:
+    """Import ``modules`` in a fresh interpreter; the generator-only modules it then holds."""
+    code = PROBE.format(preamble=preamble, modules=modules, forbidden=GENERATOR_ONLY)
+    done = python(code, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -93,15 +99,7 @@ def test_the_torch_classes_and_the_gpu_check_run_without_numba() -> None:
     torch, Triton, NumPy and SymPy, no numba) the classes import, ``backend="auto"`` runs the
     NumPy reference on CPU (equal to it, fast step included), ``backend="numba"`` is refused
     naming the class and why, and the GPU check's bit checks run."""
-    done = subprocess.run(
-        [sys.executable, "-c", NO_NUMBA],
-        cwd=ROOT,
-        env=dict(os.environ, TRITON_INTERPRET="1", OPTGEN_CPU_BACKEND=""),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = python(NO_NUMBA, TRITON_INTERPRET="1", OPTGEN_CPU_BACKEND="")
     found = json.loads(done.stdout.splitlines()[-1])
     assert found["equal"] and found["bit_checks"], found
     assert found["refused"].startswith("Adam: the compiled CPU loops need numba"), found
@@ -138,14 +136,6 @@ def test_the_gpu_checks_test_files_collect_without_what_a_lent_machine_lacks() -
     from tools import gpu_check
 
     code = LACKING.format(lacks=LENT_LACKS, files=gpu_check.TEST_FILES)
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=dict(os.environ, TRITON_INTERPRET="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    done = python(code, TRITON_INTERPRET="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     collected = [line for line in done.stdout.splitlines() if "tests collected" in line]
     assert collected and int(collected[-1].split()[0]) > 500, done.stdout[-500:]
