@@ -247,6 +247,33 @@ def test_host_bench_runs_and_restores_the_stubs() -> None:
     assert len(host_bench.gpt2_small_shapes()) == 148
 
 
+def test_the_host_bench_variants_take_turns() -> None:
+    """The compared steps alternate in blocks (a change of load falls on all alike), each
+    after its own setup, with launches counted per variant."""
+    from tools import host_bench
+
+    order: list[str] = []
+    counts = {"ours": 0, "torch": 0}
+
+    def variant(label: str) -> host_bench.Variant:
+        def step() -> None:
+            assert order[-1] == f"setup {label}"
+            order.append(label)
+            counts[label] += 2 if label == "ours" else 3
+
+        return step, lambda: order.append(f"setup {label}")
+
+    timed = host_bench.taking_turns({"ours": variant("ours"), "torch": variant("torch")}, 7, counts)
+    steps = [x for x in order if not x.startswith("setup")]
+    warm = host_bench.WARMUP
+    assert steps[:2] == ["ours", "torch"]  # the first steps
+    assert steps[2 : 2 + 2 * warm] == ["ours"] * warm + ["torch"] * warm
+    timed_part = steps[2 + 2 * warm :]
+    assert timed_part == ["ours"] * 5 + ["torch"] * 5 + ["ours"] * 2 + ["torch"] * 2
+    assert timed["ours"][2] == {"ours": 2, "torch": 0} and timed["torch"][2]["torch"] == 3
+    assert all(first >= 0 and median >= 0 for first, median, _ in timed.values())
+
+
 def test_host_states_are_read_once_and_checked_as_before() -> None:
     """A rule whose host scalars take the host states (NAdam's ``mu_product``) reads them as one
     column per state: a NaN, a bool or a missing one is refused naming it, before anything is

@@ -18,7 +18,8 @@ alive so the new ones land elsewhere); ``module ms`` is the generated module's `
 alone on the same tensors. Parameters are CPU tensors (``TRITON_INTERPRET=1`` lets the Triton
 backend take them; nothing is interpreted, as nothing is launched); on CUDA the one small table
 upload per step adds a pinned host-to-device copy. Medians of ``--steps`` steps after 3 warm-up
-steps; the first step (tables built) is reported on its own.
+steps, ours, torch's and the module's taking turns, 5 steps each; the first step (tables built)
+is reported on its own.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tools.bench import WARMUP
-from tools.bench import timed as each_call
+from tools.bench_cpu import BLOCK
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -102,17 +103,52 @@ def stubbed() -> Iterator[dict[str, int]]:
             setattr(torch, n, f)
 
 
-def timed_steps(
-    step: Callable[[], object], steps: int, setup: Callable[[], object] | None = None
-) -> tuple[float, float]:
-    """(first step, median of ``steps`` after WARMUP more: ``tools.bench.timed``) in ms;
-    ``setup`` (untimed) before each step."""
-    if setup is not None:
-        setup()
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    return first * 1e3, statistics.median(each_call(step, steps, setup))
+# A variant of one comparison: its step, and what comes (untimed) before each call.
+Variant = tuple[Callable[[], object], Callable[[], object] | None]
+
+
+def taking_turns(
+    variants: dict[str, Variant], steps: int, counts: dict[str, int]
+) -> dict[str, tuple[float, float, dict[str, int]]]:
+    """Per variant: (its first step in ms, the median ms of ``steps`` more after WARMUP
+    untimed ones, the stubbed launches per call by kind, from ``counts``). The variants take
+    turns, BLOCK calls each (``tools.bench_cpu.timed_together``): a change of load during the
+    run falls on all of them alike, not on whichever ran last."""
+    first: dict[str, float] = {}
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    calls = dict.fromkeys(variants, 0)
+    launched = {label: dict.fromkeys(counts, 0) for label in variants}
+
+    def call(label: str) -> float:
+        step, setup = variants[label]
+        if setup is not None:
+            setup()
+        before = dict(counts)
+        start = time.perf_counter()
+        step()
+        ms = (time.perf_counter() - start) * 1e3
+        calls[label] += 1
+        for kind in counts:
+            launched[label][kind] += counts[kind] - before[kind]
+        return ms
+
+    for label in variants:
+        first[label] = call(label)
+    for label in variants:
+        for _ in range(WARMUP):
+            call(label)
+    while any(len(t) < steps for t in times.values()):
+        for label in variants:
+            for _ in range(min(BLOCK, steps - len(times[label]))):
+                times[label].append(call(label))
+    return {
+        label: (
+            first[label],
+            statistics.median(times[label]),
+            {kind: n / calls[label] for kind, n in launched[label].items()},
+        )
+        for label in variants
+    }
 
 
 # The ways gradients reach a step: suffix of the result keys, and the report's word. "amp":
@@ -122,10 +158,10 @@ def timed_steps(
 SCENARIOS = {"": "kept", "_new": "new", "_amp": "amp"}
 
 
-def module_ms(params: list[Any], steps: int, setup: Callable[[], object] | None) -> float:
-    """Median ms of the generated Triton module's ``step_multi`` alone (its own checks, the
-    chunk table, the host scalars; launches stubbed by the caller) on ``params`` and their
-    gradients: the module's share of the class's step."""
+def module_step(params: list[Any], setup: Callable[[], object] | None) -> Variant:
+    """The generated Triton module's ``step_multi`` alone (its own checks, the chunk table,
+    the host scalars; launches stubbed by the caller) on ``params`` and their gradients: the
+    module's share of the class's step."""
     import torch
 
     from generated.triton import adam
@@ -144,7 +180,7 @@ def module_ms(params: list[Any], steps: int, setup: Callable[[], object] | None)
     def step() -> None:
         adam.step_multi(weights, grads, states, count[0], lr=1e-3)
 
-    return timed_steps(step, steps, gather)[1]
+    return step, gather
 
 
 def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
@@ -190,18 +226,20 @@ def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
         amp = key == "_amp"
         with stubbed() as counts:
             ours = Adam(params, lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, backend="triton")
-            out[f"ours_first_ms{key}"], out[f"ours_ms{key}"] = timed_steps(
-                scaled(ours) if amp else ours.step, steps, setup
-            )
-            out[f"ours_launches{key}"] = counts["ours"] / (1 + WARMUP + steps)
-            del ours
             peer = torch.optim.Adam(params, foreach=True, **hp)
-            out[f"torch_first_ms{key}"], out[f"torch_ms{key}"] = timed_steps(
-                unscaled(peer) if amp else peer.step, steps, setup
-            )
-            out[f"torch_foreach_calls{key}"] = counts["torch"] / (1 + WARMUP + steps)
-            del peer
-            out[f"module_ms{key}"] = None if amp else module_ms(params, steps, setup)
+            variants: dict[str, Variant] = {
+                "ours": (scaled(ours) if amp else ours.step, setup),
+                "torch": (unscaled(peer) if amp else peer.step, setup),
+            }
+            if not amp:
+                variants["module"] = module_step(params, setup)
+            timed = taking_turns(variants, steps, counts)
+            del ours, peer
+        for label in ("ours", "torch"):
+            out[f"{label}_first_ms{key}"], out[f"{label}_ms{key}"], _ = timed[label]
+        out[f"ours_launches{key}"] = timed["ours"][2]["ours"]
+        out[f"torch_foreach_calls{key}"] = timed["torch"][2]["torch"]
+        out[f"module_ms{key}"] = timed["module"][1] if "module" in timed else None
         held.clear()
         out[f"ratio{key}"] = out[f"ours_ms{key}"] / out[f"torch_ms{key}"]
         out[f"ours_us_per_tensor{key}"] = out[f"ours_ms{key}"] * 1e3 / len(params)
