@@ -140,3 +140,19 @@ def test_a_bit_check_that_raises_is_reported_and_the_others_run(monkeypatch) -> 
     assert rows[1]["ok"] and not gpu_check.passed({"bit_checks": rows})
     text = gpu_check.markdown({"started": "now", "environment": {}, "bit_checks": rows})
     assert "| adam | failed: ValueError: no such kernel |" in text
+
+
+def test_a_pytest_run_stopped_at_its_budget_says_how_far_it_got() -> None:
+    out = (
+        "........................................................................ [  7%]\n"
+        "..F.....s.......E...........x...........................................\n"
+    )
+    seen = gpu_check.progress(out)
+    assert (seen["passed"], seen["failed"], seen["errors"], seen["skipped"]) == (140, 1, 1, 1)
+    result = {"started": "now", "environment": {}, "tests": {"ran": True, "timed_out": True}}
+    result["tests"] |= {"budget_s": 240, **seen}
+    text = gpu_check.markdown(result)
+    assert "Stopped at the budget (240 s) after 140 passed, 1 failed, 1 errors, 1 skipped." in text
+    assert not gpu_check.passed(result)
+    # the small files first: a run stopped at its budget has checked them
+    assert gpu_check.TEST_FILES[-1] == "tests/test_triton.py"

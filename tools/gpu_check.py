@@ -60,10 +60,11 @@ TORCH: dict[str, tuple[str, dict[str, float]] | None] = {
     "lamb": None,
     "sgld": None,
 }
+# the small files first: a run stopped at its budget has checked them
 TEST_FILES = (
-    "tests/test_triton.py",
-    "tests/test_host_cache.py",
     "tests/test_grad_scaler_device.py",
+    "tests/test_host_cache.py",
+    "tests/test_triton.py",
 )
 
 
@@ -270,9 +271,9 @@ def run_tests(budget: int) -> dict[str, Any]:
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget
         )
     except subprocess.TimeoutExpired as expired:
-        tail = (expired.stdout or b"")[-2000:]
-        tail = tail.decode() if isinstance(tail, bytes) else tail
-        return {"ran": True, "timed_out": True, "budget_s": budget, "tail": tail}
+        out = expired.stdout or b""
+        out = out.decode() if isinstance(out, bytes) else out
+        return {"ran": True, "timed_out": True, "budget_s": budget, **progress(out)}
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     return {
         "ran": True,
@@ -281,6 +282,21 @@ def run_tests(budget: int) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 1),
         "summary": lines[-1] if lines else done.stderr[-500:],
         "failures": [line for line in lines if line.startswith("FAILED")][:20],
+    }
+
+
+def progress(out: str) -> dict[str, Any]:
+    """What a pytest ``-q`` run stopped at its budget had done: its progress characters
+    counted (``.`` passed, ``F`` failed, ``E`` error, ``s`` skipped, ``x``/``X`` xfail/xpass),
+    and the tail of its output."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    marks = "".join(
+        line.split(" [")[0] for line in lines if set(line.split(" [")[0]) <= set(".FEsxX")
+    )
+    done = {"passed": ".", "failed": "F", "errors": "E", "skipped": "s"}
+    return {
+        **{key: marks.count(mark) for key, mark in done.items()},
+        "tail": out[-2000:],
     }
 
 
@@ -446,7 +462,11 @@ def markdown(result: dict[str, Any]) -> str:
     if not tests.get("ran"):
         lines.append(f"Not run: {tests.get('why', 'skipped')}.")
     elif tests.get("timed_out"):
-        lines.append(f"Stopped at the budget ({tests['budget_s']} s).")
+        lines.append(
+            f"Stopped at the budget ({tests['budget_s']} s) after {tests.get('passed', 0)} passed,"
+            f" {tests.get('failed', 0)} failed, {tests.get('errors', 0)} errors, "
+            f"{tests.get('skipped', 0)} skipped."
+        )
     else:
         lines.append(f"`{tests['summary']}` ({tests['seconds']} s)")
     lines += ["", "## Benchmarks (ms per step, median; GB/s from the nominal traffic)", ""]
@@ -532,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def passed(result: dict[str, Any]) -> bool:
-    """Every bit check and benchmark case ran and held, and the pytest run (if any) passed."""
+    """Every bit check and benchmark case ran and held, and the pytest run (if any) passed
+    within its budget (one stopped there, even without a failure so far, has not)."""
     tests = result.get("tests", {})
     if tests.get("ran") and (tests.get("timed_out") or tests.get("returncode") != 0):
         return False
