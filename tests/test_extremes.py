@@ -85,3 +85,21 @@ def test_float64_weights_take_what_float32_refuses() -> None:
     w = np.ones(4)
     sgd.step(w, np.ones(4), sgd.init_state(w), 1, lr=1e300)
     assert np.isfinite(w).all() and w[0] == -1e300 + 1
+
+
+def test_a_let_the_kernel_cannot_hold_is_named_with_its_inputs() -> None:
+    """A refused scalar that is a spec ``let`` names what it is computed from (found by the long
+    fuzz profile: torch_nadam at weight_decay=5e-324 named only the let ``coupled``)."""
+    from generated.numpy import torch_nadam
+    from generated.rules import sm3
+
+    w = np.ones(4, dtype=np.float32)
+    state = torch_nadam.init_state(w)
+    with pytest.raises(
+        ValueError,
+        match=r"kernel scalar coupled \(let, computed by host_scalars "
+        r"from decoupled_weight_decay, weight_decay\) is 4\.94066e-324",
+    ):
+        torch_nadam.step(w, np.ones(4, dtype=np.float32), state, 1, lr=0.0, weight_decay=5e-324)
+    assert w.tolist() == [1.0] * 4
+    assert sm3.SCALARS["decay"] == "let, computed by host_scalars from beta"

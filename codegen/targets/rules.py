@@ -90,11 +90,27 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
         elif s.name in rule.scalars:
             what = "scalar input (given at each step)"
         elif s in lets:
-            what = "let, computed by host_scalars"
+            what = f"let, computed by host_scalars{let_inputs(lowered, s)}"
         else:
             what = f"= {host_code(lowered.host[s])}"
         out.append((s.name, what))
     return out
+
+
+def let_inputs(lowered: Lowered, let: sp.Symbol) -> str:
+    """What a host ``let`` is computed from, in the spec's terms (hyperparameters, the step
+    count, host states, scalar inputs, reductions), through the lets it uses, as the legend's
+    tail (" from a, b"): a refusal naming the let (``check_scalars``) then names what to
+    change."""
+    rule = lowered.rule
+    free: set[sp.Symbol] = set()
+    for a in host_program(lowered, [let]):
+        free |= a.expr.free_symbols
+    named = {*rule.hypers, *rule.host_states, *rule.scalars}
+    inputs = sorted(
+        x.name for x in free if x.name in named or x in rule.reductions or x.name == "t"
+    )
+    return f" from {', '.join(inputs)}" if inputs else ""
 
 
 def exported(lowered: Lowered) -> list[str]:

@@ -130,7 +130,7 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
-    #   shrink: let, computed by host_scalars
+    #   shrink: let, computed by host_scalars from fixed_decay, lr, wd, weight_decouple
     _T = weight_buf.dtype.type
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]

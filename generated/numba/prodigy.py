@@ -138,7 +138,7 @@ def _reduce_chunk(
     # Reduction phase 1 over one chunk: dot, s_sum (sums in float64).
     #   _h0: = wd*(1 - weight_decouple)
     #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0
-    #   b3: let, computed by host_scalars
+    #   b3: let, computed by host_scalars from beta2, beta3
     _T = weight_buf.dtype.type
     _p0 = 0.0
     _p1 = 0.0
@@ -220,7 +220,7 @@ def _update_chunk(
     #   _h7: = (s_sum == 0)
     #   beta1: hyperparameter
     #   beta2: hyperparameter
-    #   b3: let, computed by host_scalars
+    #   b3: let, computed by host_scalars from beta2, beta3
     _T = weight_buf.dtype.type
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]

@@ -133,8 +133,8 @@ def _update_chunk(
     #   _h5: = -lr/(1 - beta1 ** t)
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    #   coupled: let, computed by host_scalars
-    #   decay: let, computed by host_scalars
+    #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
+    #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
     _T = weight_buf.dtype.type
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]

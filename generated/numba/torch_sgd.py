@@ -135,8 +135,8 @@ def _update_chunk(
     #   _h3: = -lr
     #   momentum: hyperparameter
     #   weight_decay: hyperparameter
-    #   keep: let, computed by host_scalars
-    #   take: let, computed by host_scalars
+    #   keep: let, computed by host_scalars from momentum, t
+    #   take: let, computed by host_scalars from dampening, t
     _T = weight_buf.dtype.type
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]

@@ -122,7 +122,7 @@ def _update_chunk(
     #   _h3: = (nesterov > 0)
     #   _h4: = -lr
     #   momentum: hyperparameter
-    #   keep: let, computed by host_scalars
+    #   keep: let, computed by host_scalars from momentum, t
     _T = weight_buf.dtype.type
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]

@@ -152,12 +152,12 @@ REDUCE_SCALARS: dict[str, str] = {
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
     "_h1": "= host_max(1, cols) ** (-1)",
-    "omb": "let, computed by host_scalars",
+    "omb": "let, computed by host_scalars from beta2_decay, t",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
     "_h2": "= host_max(1, rows) ** (-1)",
-    "omb": "let, computed by host_scalars",
+    "omb": "let, computed by host_scalars from beta2_decay, t",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}

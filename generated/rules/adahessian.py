@@ -115,7 +115,7 @@ SCALARS: dict[str, str] = {
     "beta1": "hyperparameter",
     "beta2": "hyperparameter",
     "epsilon": "hyperparameter",
-    "shrink": "let, computed by host_scalars",
+    "shrink": "let, computed by host_scalars from fixed_decay, lr, wd, weight_decouple",
 }
 
 

@@ -102,7 +102,7 @@ SCALARS: dict[str, str] = {
     "_h3": "= -lr_eps*wd*weight_decouple",
     "momentum": "hyperparameter",
     "epsilon": "hyperparameter",
-    "lamb": "let, computed by host_scalars",
+    "lamb": "let, computed by host_scalars from epsilon, lr, t",
 }
 
 

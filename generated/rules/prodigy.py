@@ -143,13 +143,13 @@ SCALARS: dict[str, str] = {
     "_h7": "= (s_sum == 0)",
     "beta1": "hyperparameter",
     "beta2": "hyperparameter",
-    "b3": "let, computed by host_scalars",
+    "b3": "let, computed by host_scalars from beta2, beta3",
 }
 # Reduction phase 1's scalars (dot, s_sum), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
     "_h0": "= wd*(1 - weight_decouple)",
     "_h1": "= d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0",
-    "b3": "let, computed by host_scalars",
+    "b3": "let, computed by host_scalars from beta2, beta3",
 }
 
 

@@ -109,12 +109,12 @@ SCALARS: dict[str, str] = {
     "_h3": "= -lr",
     "momentum": "hyperparameter",
     "epsilon": "hyperparameter",
-    "decay": "let, computed by host_scalars",
+    "decay": "let, computed by host_scalars from beta",
 }
 # Reduction phase 1's scalars (), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
     "_h0": "= 1 - beta",
-    "decay": "let, computed by host_scalars",
+    "decay": "let, computed by host_scalars from beta",
 }
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {

@@ -121,8 +121,8 @@ SCALARS: dict[str, str] = {
     "_h5": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1)",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
-    "coupled": "let, computed by host_scalars",
-    "decay": "let, computed by host_scalars",
+    "coupled": "let, computed by host_scalars from decoupled_weight_decay, weight_decay",
+    "decay": "let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay",
 }
 
 

@@ -113,8 +113,8 @@ SCALARS: dict[str, str] = {
     "_h5": "= -lr/(1 - beta1 ** t)",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
-    "coupled": "let, computed by host_scalars",
-    "decay": "let, computed by host_scalars",
+    "coupled": "let, computed by host_scalars from decoupled_weight_decay, weight_decay",
+    "decay": "let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay",
 }
 
 

@@ -113,8 +113,8 @@ SCALARS: dict[str, str] = {
     "_h3": "= -lr",
     "momentum": "hyperparameter",
     "weight_decay": "hyperparameter",
-    "keep": "let, computed by host_scalars",
-    "take": "let, computed by host_scalars",
+    "keep": "let, computed by host_scalars from momentum, t",
+    "take": "let, computed by host_scalars from dampening, t",
 }
 
 

@@ -100,7 +100,7 @@ SCALARS: dict[str, str] = {
     "_h3": "= (nesterov \u003e 0)",
     "_h4": "= -lr",
     "momentum": "hyperparameter",
-    "keep": "let, computed by host_scalars",
+    "keep": "let, computed by host_scalars from momentum, t",
 }
 
 

@@ -127,7 +127,7 @@ def adahessian_kernel_body(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
-    #   shrink: let, computed by host_scalars
+    #   shrink: let, computed by host_scalars from fixed_decay, lr, wd, weight_decouple
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load

@@ -131,7 +131,7 @@ def madgrad_kernel_body(
     #   _h3: = -lr_eps*wd*weight_decouple
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
-    #   lamb: let, computed by host_scalars
+    #   lamb: let, computed by host_scalars from epsilon, lr, t
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load

@@ -160,7 +160,7 @@ def prodigy_kernel_body(
     #   _h7: = (s_sum == 0)
     #   beta1: hyperparameter
     #   beta2: hyperparameter
-    #   b3: let, computed by host_scalars
+    #   b3: let, computed by host_scalars from beta2, beta3
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
@@ -374,7 +374,7 @@ def prodigy_reduce_kernel_body(
     # Host scalars (fp32; from reduction_scalars in generated.rules.prodigy, once per step):
     #   _h0: = wd*(1 - weight_decouple)
     #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0
-    #   b3: let, computed by host_scalars
+    #   b3: let, computed by host_scalars from beta2, beta3
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     p0 = tl.load(p0_ptr + offs, mask=mask, other=0.0).to(tl.float32)

@@ -324,7 +324,7 @@ def sm3_kernel(
     #   _h3: = -lr
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
-    #   decay: let, computed by host_scalars
+    #   decay: let, computed by host_scalars from beta
     _h0 = tl.cast(_h0, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)

@@ -139,8 +139,8 @@ def torch_adam_kernel_body(
     #   _h5: = -lr/(1 - beta1 ** t)
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    #   coupled: let, computed by host_scalars
-    #   decay: let, computed by host_scalars
+    #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
+    #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load

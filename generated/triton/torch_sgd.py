@@ -136,8 +136,8 @@ def torch_sgd_kernel_body(
     #   _h3: = -lr
     #   momentum: hyperparameter
     #   weight_decay: hyperparameter
-    #   keep: let, computed by host_scalars
-    #   take: let, computed by host_scalars
+    #   keep: let, computed by host_scalars from momentum, t
+    #   take: let, computed by host_scalars from dampening, t
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load

@@ -127,7 +127,7 @@ def torch_sgd_no_decay_kernel_body(
     #   _h3: = (nesterov > 0)
     #   _h4: = -lr
     #   momentum: hyperparameter
-    #   keep: let, computed by host_scalars
+    #   keep: let, computed by host_scalars from momentum, t
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
