@@ -88,10 +88,10 @@ def test_float64_weights_take_what_float32_refuses() -> None:
 
 
 def test_a_let_the_kernel_cannot_hold_is_named_with_its_inputs() -> None:
-    """A refused scalar that is a spec ``let`` names what it is computed from (found by the long
-    fuzz profile: torch_nadam at weight_decay=5e-324 named only the let ``coupled``)."""
+    """A refused scalar that is (or uses) a spec ``let`` names what it is computed from (found by
+    the long fuzz profile: torch_nadam at weight_decay=5e-324 named only the let ``coupled``)."""
     from generated.numpy import torch_nadam
-    from generated.rules import sm3
+    from generated.rules import lars, sm3
 
     w = np.ones(4, dtype=np.float32)
     state = torch_nadam.init_state(w)
@@ -103,3 +103,6 @@ def test_a_let_the_kernel_cannot_hold_is_named_with_its_inputs() -> None:
         torch_nadam.step(w, np.ones(4, dtype=np.float32), state, 1, lr=0.0, weight_decay=5e-324)
     assert w.tolist() == [1.0] * 4
     assert sm3.SCALARS["decay"] == "let, computed by host_scalars from beta"
+    # an expression that uses a let names the let's inputs too (LARS at momentum=5e-324,
+    # rescale_grad=1e308 was refused naming only -local_lr)
+    assert lars.SCALARS["_h1"] == "= -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd"

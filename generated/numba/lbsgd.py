@@ -179,9 +179,9 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lbsgd, once per step and tensor):
     #   _h1: = -clip_gradient
-    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0)
-    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0)
-    #   _h4: = (k % batch_scale == 0)
+    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
+    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h4: = (k % batch_scale == 0), from batch_scale, begin_epoch, t, updates_per_epoch
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter

@@ -116,7 +116,7 @@ def _update_chunk(
     #   _h0: = -clip_gradient
     #   _h1: = 1 - beta1
     #   _h2: = 1 - beta2
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0)
+    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), from beta1, beta2, t
     #   _h4: = (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) >= -6)) else 0.0)
     #   _h5: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)
     #   _h6: = -lr

@@ -121,9 +121,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_asgd, once per step and tensor):
-    #   _h0: = -eta_t*lambd + 1
+    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
     #   _h1: = 1 - 2*maximize
-    #   _h2: = -eta_t
+    #   _h2: = -eta_t, from eta, lr, t
     #   _h3: = (mu == 1)
     #   weight_decay: hyperparameter
     #   mu: host state

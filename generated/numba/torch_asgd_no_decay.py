@@ -114,8 +114,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_asgd_no_decay, once per step and tensor):
-    #   _h0: = -eta_t*lambd + 1
-    #   _h1: = -eta_t*(1 - 2*maximize)
+    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
+    #   _h1: = -eta_t*(1 - 2*maximize), from eta, lr, maximize, t
     #   _h2: = (mu == 1)
     #   mu: host state
     _T = weight_buf.dtype.type

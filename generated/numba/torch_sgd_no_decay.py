@@ -116,7 +116,7 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sgd_no_decay, once per step and tensor):
-    #   _h0: = take*(1 - 2*maximize)
+    #   _h0: = take*(1 - 2*maximize), from dampening, maximize, t
     #   _h1: = 1 - 2*maximize
     #   _h2: = (momentum == 0)
     #   _h3: = (nesterov > 0)

@@ -143,7 +143,7 @@ SCALARS: dict[str, str] = {
     "_h3": "= eps1 ** 2",
     "_h4": "= (ndim \u003c 2)",
     "_h5": "= -lr*weight_decay + 1",
-    "_h6": "= -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom",
+    "_h6": "= -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom, from d, eps2, lr, maximize, t, u_sq, w_sq",
 }
 # Reduction phase 1's scalars (w_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {

@@ -99,7 +99,7 @@ REDUCE_OP_COUNTS: dict[str, int] = {"mul": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient",
-    "_h1": "= -local_lr",
+    "_h1": "= -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -114,9 +114,9 @@ REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h1": "= -clip_gradient",
-    "_h2": "= ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0)",
-    "_h3": "= ((-lr*mult) if ((k % batch_scale == 0)) else 0.0)",
-    "_h4": "= (k % batch_scale == 0)",
+    "_h2": "= ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch",
+    "_h3": "= ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h4": "= (k % batch_scale == 0), from batch_scale, begin_epoch, t, updates_per_epoch",
     "wd": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",

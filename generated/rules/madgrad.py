@@ -99,7 +99,7 @@ SCALARS: dict[str, str] = {
     "_h0": "= wd*(1 - weight_decouple)",
     "_h1": "= (momentum == 0)",
     "_h2": "= 1 - momentum",
-    "_h3": "= -lr_eps*wd*weight_decouple",
+    "_h3": "= -lr_eps*wd*weight_decouple, from epsilon, lr, wd, weight_decouple",
     "momentum": "hyperparameter",
     "epsilon": "hyperparameter",
     "lamb": "let, computed by host_scalars from epsilon, lr, t",

@@ -101,9 +101,9 @@ TORCH = TorchEquivalent(
 OP_COUNTS: dict[str, int] = {"add": 3, "mul": 5, "ne": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -eta_t*lambd + 1",
+    "_h0": "= -eta_t*lambd + 1, from eta, lambd, lr, t",
     "_h1": "= 1 - 2*maximize",
-    "_h2": "= -eta_t",
+    "_h2": "= -eta_t, from eta, lr, t",
     "_h3": "= (mu == 1)",
     "weight_decay": "hyperparameter",
     "mu": "host state",

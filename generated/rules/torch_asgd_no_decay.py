@@ -91,8 +91,8 @@ TORCH = None
 OP_COUNTS: dict[str, int] = {"add": 2, "mul": 3, "ne": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -eta_t*lambd + 1",
-    "_h1": "= -eta_t*(1 - 2*maximize)",
+    "_h0": "= -eta_t*lambd + 1, from eta, lambd, lr, t",
+    "_h1": "= -eta_t*(1 - 2*maximize), from eta, lr, maximize, t",
     "_h2": "= (mu == 1)",
     "mu": "host state",
 }

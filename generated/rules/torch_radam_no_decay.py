@@ -97,7 +97,7 @@ SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize",
     "_h1": "= 1 - beta1",
     "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2",
-    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0)",
+    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), from beta2, t",
     "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)",
     "_h5": "= -lr/(1 - beta1 ** t)",
     "beta2": "hyperparameter",

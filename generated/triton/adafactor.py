@@ -471,7 +471,7 @@ def adafactor_kernel(
     #   _h3: = eps1 ** 2
     #   _h4: = (ndim < 2)
     #   _h5: = -lr*weight_decay + 1
-    #   _h6: = -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom
+    #   _h6: = -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom, from d, eps2, lr, maximize, t, u_sq, w_sq
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)

@@ -136,7 +136,7 @@ def lamb_kernel_body(
     #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
     #   _h3: = 1 - beta1
     #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
-    #   _h5: = -lr*ratio
+    #   _h5: = -lr*ratio, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -130,9 +130,9 @@ def lbsgd_kernel_body(
     # The update of one block, shared by lbsgd_kernel and lbsgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lbsgd, once per step):
     #   _h1: = -clip_gradient
-    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0)
-    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0)
-    #   _h4: = (k % batch_scale == 0)
+    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
+    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h4: = (k % batch_scale == 0), from batch_scale, begin_epoch, t, updates_per_epoch
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter

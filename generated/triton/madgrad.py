@@ -128,7 +128,7 @@ def madgrad_kernel_body(
     #   _h0: = wd*(1 - weight_decouple)
     #   _h1: = (momentum == 0)
     #   _h2: = 1 - momentum
-    #   _h3: = -lr_eps*wd*weight_decouple
+    #   _h3: = -lr_eps*wd*weight_decouple, from epsilon, lr, wd, weight_decouple
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
     #   lamb: let, computed by host_scalars from epsilon, lr, t

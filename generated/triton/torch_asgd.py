@@ -120,9 +120,9 @@ def torch_asgd_kernel_body(
 ):
     # The update of one block, shared by torch_asgd_kernel and torch_asgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_asgd, once per step):
-    #   _h0: = -eta_t*lambd + 1
+    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
     #   _h1: = 1 - 2*maximize
-    #   _h2: = -eta_t
+    #   _h2: = -eta_t, from eta, lr, t
     #   _h3: = (mu == 1)
     #   weight_decay: hyperparameter
     #   mu: host state

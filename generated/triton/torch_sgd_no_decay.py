@@ -121,7 +121,7 @@ def torch_sgd_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_sgd_no_decay_kernel and torch_sgd_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sgd_no_decay, once per step):
-    #   _h0: = take*(1 - 2*maximize)
+    #   _h0: = take*(1 - 2*maximize), from dampening, maximize, t
     #   _h1: = 1 - 2*maximize
     #   _h2: = (momentum == 0)
     #   _h3: = (nesterov > 0)

@@ -74,6 +74,10 @@ def numpy_case(draw: st.DrawFn) -> tuple[Case, str, Any, Any, Any, Any, dict[str
     if meta.HOST_STATES and meta.REDUCTIONS and kind in ("nan", "inf", "huge", "negative_state"):
         # a host state fed by the step's sums (Prodigy's d) turned NaN/inf: refused, unwritten
         case.perturb(f"{kind} data into host states fed by sums", ["would make host state"], None)
+    if meta.REDUCTIONS and kind in ("nan", "inf", "huge", "negative_state"):
+        # the host's arithmetic on such sums may fail (CAME's square root of a mean that a
+        # negative second-moment state made negative): refused naming the line, unwritten
+        case.perturb(f"{kind} data into the host's arithmetic", ["host cannot compute"], None)
     extra = {name: fill(rng, shape, kind, "grad").astype(dtype) for name in meta.INPUTS}
     t = draw(step_count(case))
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))

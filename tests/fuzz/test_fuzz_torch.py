@@ -175,8 +175,12 @@ def torch_step_case(draw: st.DrawFn):
             # an ABSENT state (SGD's momentum buffer) is created when the group needs it
             case.perturb(what, [label, s], s not in meta.ABSENT)
         elif state and what == "state_extra":
-            state["exp_avg"] = torch.zeros_like(p)
-            case.perturb(what, [label, "exp_avg"], True)
+            # a key of another rule's state, not of this one (TorchAdam keeps an exp_avg: the
+            # long profile drew it, and replacing a buffer with zeros is legal)
+            known = {*meta.STATES, *meta.HOST_STATES, "step", "master"}
+            extra = next(k for k in ("exp_avg", "momentum_buffer", "not_a_state") if k not in known)
+            state[extra] = torch.zeros_like(p)
+            case.perturb(what, [label, extra], True)
         elif state and what == "state_shape" and s:
             state[s] = torch.zeros(p.numel() + 1, dtype=state[s].dtype)
             case.perturb(what, [label, s], True)
@@ -619,13 +623,17 @@ def group_case(draw: st.DrawFn):
                     [(0.8, 0.99), (0.5,), (0.9, 0.999, 0.5), (1.0, 0.9), (math.nan, 0.9), "ab"]
                 )
             )
-            ok = (
-                isinstance(value, tuple)
-                and len(value) == len(items)
-                and all(0 <= v < 1 for v in value)
-            )
+            from fuzz.harness import predicted_legal
+
+            # each item as its hyperparameter's LEGAL takes it (Rprop's etas: each positive,
+            # not betas' [0, 1): the long profile drew etas=(1.0, 0.9))
+            legal = [False]
+            if isinstance(value, tuple) and len(value) == len(items):
+                named = [n for _, n in sorted(items)]
+                legal = [predicted_legal(rule, n, v) for n, v in zip(named, value, strict=True)]
             group[name] = value
-            case.perturb(f"{name}={value!r}", [name, *(n for _, n in items)], not ok)
+            must = None if None in legal and False not in legal else not all(legal)
+            case.perturb(f"{name}={value!r}", [name, *(n for _, n in items)], must)
         else:
             from fuzz.harness import hyper_candidates, predicted_legal
 

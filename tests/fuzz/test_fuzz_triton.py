@@ -5,6 +5,7 @@ any write or is bit-identical to one ``step`` per tensor."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,14 @@ def one_tensor(draw: st.DrawFn, rule: str, case: Case, often: bool = True) -> tu
     state: Any = triton_module(rule).init_state(weight)
     for name in meta.STATES:
         state[name].copy_(tensor(fill(rng, tuple(state[name].shape), kind, "state"), torch.float32))
+    if meta.HOST_STATES and meta.REDUCTIONS and kind in ("nan", "inf", "huge", "negative_state"):
+        # a host state fed by the step's sums (Prodigy's d) turned NaN/inf: refused, unwritten
+        # (as in test_fuzz_numpy.py; found by the long profile)
+        case.perturb(f"{kind} data into host states fed by sums", ["would make host state"], None)
+    if meta.REDUCTIONS and kind in ("nan", "inf", "huge", "negative_state"):
+        # the host's arithmetic on such sums may fail (CAME's square root of a mean that a
+        # negative second-moment state made negative): refused naming the line, unwritten
+        case.perturb(f"{kind} data into the host's arithmetic", ["host cannot compute"], None)
     count = draw(st.sampled_from([0, 0, 0, 1, 1, 2] if often else [0] * 7 + [1]))
     drawn = draw(st.lists(st.sampled_from(PERTURBATIONS), min_size=count, max_size=count))
     used: set[str] = set()
@@ -213,7 +222,11 @@ def compare_to_numpy(rule, before, weight, state) -> str | None:
         shown = (w0, g0, s0, t, hp) if w0.numel() <= 4 else ""
         return f"Triton differs from NumPy: {error} {shown}"
     for name in META[rule].HOST_STATES:
-        if float(state[name]) != float(want_s[name]):
+        got, want = float(state[name]), float(want_s[name])
+        # a host state fed by sums (Prodigy's d) takes the kernels' float32 block partials
+        # where NumPy sums in float64 (the long profile: 1.7e-8 apart); others are exact
+        close = META[rule].REDUCTIONS and math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-30)
+        if got != want and not close:
             return f"host state {name}: {state[name]!r}, NumPy {want_s[name]!r}"
     return None
 
@@ -392,6 +405,15 @@ def test_triton_step_multi(drawn):
 
     def reference(_):
         ws, gs, ss, tt, h = before
+        if META[rule].GROUP_REDUCTIONS:
+            # the group's sums span every tensor (Adam_clip's global norm): one step per
+            # tensor is another computation (found by the long profile), so the reference is
+            # step_multi on clean copies (tests/test_group_reductions.py checks it against the
+            # spec); determinism and refusals are checked as for every rule
+            module.step_multi(ws, gs, ss, tt, **clone(kwargs), **h)
+            if snap((ws, ss)) != snap((weights, states)):
+                return f"step_multi differs from step_multi on clean copies, t={tt!r}, {h!r}"
+            return None
         ts = tt if isinstance(tt, list) else [tt] * len(ws)
         for j, (w, g, s, tj) in enumerate(zip(ws, gs, ss, ts, strict=True)):
             hj = dict(h)
