@@ -110,6 +110,18 @@ def check_tensors(
     return checked
 
 
+def check_distinct_states(rule: str, states: Sequence[Any]) -> None:
+    """ValueError if one state dict is given for two tensors of a multi-tensor step."""
+    first: dict[int, int] = {}
+    for j, state in enumerate(states):
+        k = first.setdefault(id(state), j)
+        if k != j and isinstance(state, dict):
+            raise ValueError(
+                f"{rule}: tensors {k} and {j} share one state dict: its buffers and host "
+                "states would be updated twice"
+            )
+
+
 def check_tensors_each(
     rule: str,
     weights: Sequence[Any],
@@ -120,7 +132,10 @@ def check_tensors_each(
     inputs: Sequence[dict[str, Any]] | None = None,
 ) -> list[Checked]:
     """:func:`check_tensors` for every tensor of a multi-tensor step (``ChunkTable.prepared``
-    calls it only when some buffer changed since the last call that passed)."""
+    calls it only when some buffer changed since the last call that passed). One state dict
+    given for two tensors is refused whatever their sizes (empty tensors' buffers overlap
+    nothing, but their host states would be read once and written twice)."""
+    check_distinct_states(rule, states)
     each = inputs or [None] * len(weights)
     return [
         check_tensors(rule, w, g, s, names, host_names, inputs=x)

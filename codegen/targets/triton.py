@@ -195,7 +195,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
     if matrix:
-        support += ["LAUNCHES", "check_across", "domain_size", "matrix_sweep"]
+        support += ["LAUNCHES", "check_across", "check_distinct_states", "domain_size"]
+        support += ["matrix_sweep"]
     else:
         support += ["ChunkTable", "launch"]
         support += [] if per_tensor_scalars else ["step_rows"]

@@ -53,6 +53,7 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     LAUNCHES,
     check_across,
+    check_distinct_states,
     check_tensors,
     check_weight,
     domain_size,
@@ -670,6 +671,7 @@ def step_multi(
     resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
+    check_distinct_states(RULE, states)
     tables = [
         check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, STATE_AXES)
         for _w, _g, _s in zip(weights, grads, states, strict=True)
