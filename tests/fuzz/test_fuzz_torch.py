@@ -182,7 +182,9 @@ def torch_step_case(draw: st.DrawFn):
             state[extra] = torch.zeros_like(p)
             case.perturb(what, [label, extra], True)
         elif state and what == "state_shape" and s:
-            state[s] = torch.zeros(p.numel() + 1, dtype=state[s].dtype)
+            # one more element than the state has (not than the parameter: CAME's row factor
+            # of an empty vector has one element, the long profile found)
+            state[s] = torch.zeros(state[s].numel() + 1, dtype=state[s].dtype)
             case.perturb(what, [label, s], True)
         elif state and what == "state_dtype" and s:
             other = torch.float64 if state[s].dtype == torch.float32 else torch.float32
