@@ -583,6 +583,9 @@ class ChunkTable:
             if table is not None:
                 return table
         prechecked = bool(prechecked)
+        # before the cache: empty tensors' buffers all sit at address 0, so a table built for
+        # two state dicts would otherwise be reused for one dict given twice
+        check_distinct_states(rule, states)
         entries = cls._cache.setdefault(rule, [])
         found = _Prepared.signature(weights, grads, states, names, host_names, inputs, prechecked)
         if found is not None:
