@@ -336,8 +336,9 @@ def copy_ms(elements: int, steps: int, device: str = "cuda") -> float:
     return timed(lambda: dst.copy_(src), steps, device)  # freed on return
 
 
-def free_bytes(device: str) -> int | None:
-    """The device's free memory (None off CUDA: not checked)."""
+def emptied(device: str) -> int | None:
+    """Empty torch's CUDA cache (after a case frees its tensors); the free memory then (None
+    off CUDA: nothing to empty, not checked)."""
     import torch
 
     if device != "cuda":
@@ -359,7 +360,7 @@ def bench_case(
     cls = CLASSES[rule]
     states = len(cls.META.STATES)
     per_element = nominal_bytes(states)
-    free = free_bytes(device)
+    free = emptied(device)
     needed = 4 * elements * (2 + states)  # weight, gradient, states (ours, then torch's)
     row: dict[str, Any] = {"rule": rule, "tensors": len(shapes), "elements": elements}
     if free is not None and not fits(needed, free):
@@ -372,7 +373,7 @@ def bench_case(
     ours = cls(params, **OURS[rule])
     row["ours_ms"] = timed(ours.step, steps, device)
     del ours
-    free_bytes(device)
+    emptied(device)
     peer = TORCH[rule]
     for kind in ("fused", "foreach"):
         if peer is None:
@@ -381,9 +382,9 @@ def bench_case(
         opt = getattr(torch.optim, name)(params, **hp, **{kind: True})
         row[f"torch_{kind}_ms"] = timed(opt.step, steps, device)
         del opt
-        free_bytes(device)
+        emptied(device)
     del params
-    free_bytes(device)
+    emptied(device)
     row["copy_ms"] = copy_ms(elements, steps, device)
     row["nominal_bytes_per_element"] = per_element
     row["ours_GBps"] = bandwidth(per_element, elements, row["ours_ms"])
@@ -421,7 +422,7 @@ def benchmarks(
                     row.update(bench_case(rule, shape_list, args.steps, device))
                 except Exception as error:  # reported; the other cases still run
                     row["error"] = f"{type(error).__name__}: {error}"[:300]
-                    free_bytes(device)
+                    emptied(device)
                 row["wall_s"] = round(time.perf_counter() - started, 1)
             print(json.dumps(row), flush=True)
             rows.append(row)
