@@ -1,4 +1,5 @@
-"""torch.amp.GradScaler on the Triton path, with no host sync (Triton interpreter, CPU tensors).
+"""torch.amp.GradScaler on the Triton path, with no host sync (Triton interpreter on CPU tensors;
+CUDA tensors in a GPU run, ``TRITON_INTERPRET=0``: tools/gpu_check.py).
 
 GradScaler hands an optimizer with ``_step_supports_amp_scaling`` two tensors, ``grad_scale``
 and ``found_inf``, and deletes them after ``step()``. For rules without per-tensor reductions
@@ -15,9 +16,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import class_inputs
+from conftest import DEVICE, class_inputs
 from test_fast_step import count_full_checks
-from test_torch_classes import make_params, set_grads, two_groups
+from test_torch_classes import make_params as cpu_params
+from test_torch_classes import set_grads, two_groups
 
 from generated.torch import RULES as CLASSES
 from optgen_runtime.triton_support import amp_flags
@@ -25,10 +27,20 @@ from optgen_runtime.triton_support import amp_flags
 ELEMENTWISE = sorted(rule for rule, cls in CLASSES.items() if not cls.NUMPY.REDUCTIONS)
 
 
+def make_params() -> list[torch.nn.Parameter]:
+    """test_torch_classes' parameters on the kernels' device (CUDA in a GPU run)."""
+    return [torch.nn.Parameter(p.detach().to(DEVICE)) for p in cpu_params()]
+
+
+def flag(value: float) -> torch.Tensor:
+    """A one-element float32 tensor on the kernels' device, as GradScaler makes its own."""
+    return torch.full((1,), value, device=DEVICE)
+
+
 def amp_step(opt, scale: float | None, found: float) -> None:
     """One ``step()`` as GradScaler.step makes it: the attributes set, then deleted."""
-    opt.grad_scale = None if scale is None else torch.full((1,), scale)
-    opt.found_inf = torch.full((1,), found)
+    opt.grad_scale = None if scale is None else flag(scale)
+    opt.found_inf = flag(found)
     try:
         opt.step(**class_inputs(opt))  # inputs besides the gradients are never scaled
     finally:
@@ -103,7 +115,7 @@ def test_the_kernel_unscales_as_grad_scaler_does(rule: str) -> None:
                 if path == "device":
                     amp_step(opt, scale, 0.0)
                     continue
-                found, inv = torch.zeros(1), torch.full((1,), scale).double().reciprocal().float()
+                found, inv = flag(0.0), flag(scale).double().reciprocal().float()
                 torch._amp_foreach_non_finite_check_and_unscale_(
                     [p.grad for p in params], found, inv
                 )
@@ -156,7 +168,7 @@ def test_grad_scalers_own_tensors_reach_the_kernels_as_they_are() -> None:
     for fast in (False, True):  # the full step, then the fast step on its plan
         set_grads(params, 1)
         before = snapshot(params, opt)
-        opt.grad_scale, opt.found_inf = scale, torch.zeros(2)
+        opt.grad_scale, opt.found_inf = scale.to(DEVICE), torch.zeros(2, device=DEVICE)
         with pytest.raises(ValueError, match="found_inf has 2 elements"):
             opt.step()
         del opt.grad_scale, opt.found_inf
@@ -169,7 +181,7 @@ def test_grad_scalers_own_tensors_reach_the_kernels_as_they_are() -> None:
 def test_no_host_read_of_the_scaler_tensors(rule: str, monkeypatch) -> None:
     """During step() on the Triton path, reading found_inf or grad_scale on the host raises:
     the step still completes (and updates). LAMB, a rule with reductions, reads them."""
-    scale, found = torch.full((1,), 2.0**4), torch.zeros(1)
+    scale, found = flag(2.0**4), flag(0.0)
     watched = {id(scale), id(found)}
 
     def guarded(name):
@@ -200,25 +212,26 @@ def test_no_host_read_of_the_scaler_tensors(rule: str, monkeypatch) -> None:
 
 @pytest.mark.parametrize("rule", ["adam", "nadam"])
 def test_real_grad_scaler_with_an_inf_gradient(rule: str) -> None:
-    """torch.amp.GradScaler on CPU tensors, an inf gradient at step 3: the device path gives
-    the same weights and state as the same run without a scaler that leaves out step 3, and
-    agrees with the NumPy backend (host path) on which step was skipped."""
+    """torch.amp.GradScaler on the kernels' device (CPU tensors under the interpreter, CUDA in
+    a GPU run), an inf gradient at step 3: the device path gives the same weights and state as
+    the same run without a scaler that leaves out step 3, and agrees with the NumPy backend
+    (host path, CPU tensors) on which step was skipped."""
     torch.manual_seed(0)
     x = torch.randn(8, 4)
     results = {}
-    for name, backend, scaled in (
-        ("device", "triton", True),
-        ("host", "numpy", True),
-        ("plain", "triton", False),
+    for name, backend, scaled, device in (
+        ("device", "triton", True, DEVICE),
+        ("host", "numpy", True, "cpu"),
+        ("plain", "triton", False, DEVICE),
     ):
-        model = torch.nn.Linear(4, 3)
+        model = torch.nn.Linear(4, 3).to(device)
         torch.nn.init.constant_(model.weight, 0.5)
         torch.nn.init.constant_(model.bias, 0.1)
         opt = CLASSES[rule](model.parameters(), lr=0.05, backend=backend)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=scaled)
+        scaler = torch.amp.GradScaler(device, init_scale=2.0**10, enabled=scaled)
         for t in range(1, 6):
             opt.zero_grad()
-            scaler.scale(model(x).pow(2).mean()).backward()
+            scaler.scale(model(x.to(device)).pow(2).mean()).backward()
             if t == 3:
                 if not scaled:
                     continue
@@ -231,7 +244,7 @@ def test_real_grad_scaler_with_an_inf_gradient(rule: str) -> None:
     steps = [st["step"] for st in results["device"][1]["state"].values()]
     assert steps == [torch.tensor(4.0)] * 2
     for a, b in zip(results["device"][0], results["host"][0], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
     host_steps = [st["step"] for st in results["host"][1]["state"].values()]
     assert host_steps == steps
 

@@ -50,7 +50,7 @@ def two_groups(rule: str, params: list[torch.nn.Parameter]) -> list[dict]:
 def set_grads(params: list[torch.nn.Parameter], step: int) -> None:
     gen = torch.Generator().manual_seed(100 + step)
     for p in params:
-        p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+        p.grad = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "triton"])

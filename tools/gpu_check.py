@@ -62,6 +62,7 @@ TORCH: dict[str, tuple[str, dict[str, float]] | None] = {
 }
 # the small files first: a run stopped at its budget has checked them
 TEST_FILES = (
+    "tests/test_fixed_sum.py",
     "tests/test_grad_scaler_device.py",
     "tests/test_host_cache.py",
     "tests/test_triton.py",
@@ -258,13 +259,16 @@ def same_bits(trm: Any, a: tuple[list[Any], list[Any]], b: tuple[list[Any], list
 
 # ------------------------------------------------------------------------------- pytest run
 def run_tests(budget: int) -> dict[str, Any]:
-    """The Triton test files on CUDA tensors, if pytest is installed, within ``budget`` s."""
+    """The Triton test files on CUDA tensors, if pytest is installed, within ``budget`` s (in 8
+    processes with pytest-xdist: each compiles its own kernels, which is most of the time)."""
     import importlib.util
 
     if importlib.util.find_spec("pytest") is None:
         return {"ran": False, "why": "pytest is not installed on this machine"}
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TEST_FILES]
+    if importlib.util.find_spec("xdist") is not None:  # compiling dominates: 8 workers
+        command += ["-n", str(min(8, os.cpu_count() or 1))]
     start = time.perf_counter()
     try:
         done = subprocess.run(
