@@ -189,6 +189,37 @@ def combine_partials(
 
 
 @triton.jit
+def fixed_sum(x):
+    """A block's float32 sum of ``x`` (1-D float32, masked lanes 0), the same bits whatever the
+    compiled kernel's register layout: the sums reduction phases store per block.
+
+    ``tl.sum`` adds in an order set by the layout Triton picks, and that differs between a
+    vectorised variant (4 or 8 elements per thread) and a scalar one (1), so float32 sums of the
+    same data differed in the last bits between them on a GPU (LAMB's and LARS's, on an H200).
+    Here each term becomes an int64: the term in units of 2**-40 times the block's largest
+    power of two (below 2**41 in magnitude; truncated toward zero, so terms below 2**-40 of
+    the largest lose their low bits), converted exactly through float64. Integer addition is
+    associative, so their sum (below 2**53 for up to 4096 terms) is exact in any order; it is
+    scaled back exactly in float64 and rounded to float32 once. A block holding inf or NaN
+    gives what IEEE addition gives in any order: NaN for a NaN or for +inf with -inf, else
+    that inf. An all-zero block gives +0.0 (IEEE gives -0.0 when every term is -0.0)."""
+    bits = x.to(tl.int32, bitcast=True)
+    top = tl.max((bits >> 23) & 0xFF, axis=0)  # the largest biased exponent: 255 for inf/NaN
+    unit = tl.maximum(top, 1) - 127 - 40  # the fixed point's unit is 2**unit
+    up = ((1023 - unit).to(tl.int64) << 52).to(tl.float64, bitcast=True)  # 2**-unit
+    down = ((1023 + unit).to(tl.int64) << 52).to(tl.float64, bitcast=True)  # 2**unit
+    total = tl.sum((x.to(tl.float64) * up).to(tl.int64), axis=0)
+    result = (total.to(tl.float64) * down).to(tl.float32)
+    if top == 0xFF:  # a uniform branch: only a block holding inf or NaN reduces again
+        nan = tl.max((x != x).to(tl.int32), axis=0)
+        up_inf = tl.max((x == float("inf")).to(tl.int32), axis=0)
+        down_inf = tl.max((x == -float("inf")).to(tl.int32), axis=0)
+        result = tl.where(up_inf > 0, float("inf"), -float("inf"))
+        result = tl.where((nan + up_inf * down_inf) > 0, float("nan"), result)
+    return result
+
+
+@triton.jit
 def nan_max(a, b):
     """The combine function of a max reduction: NaN-propagating (tl.max drops NaN)."""
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)

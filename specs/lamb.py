@@ -17,7 +17,8 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v):
              ratio = r1 / r2, or 1 when r1 or r2 is 0;  w_{i+1} = w_i - lr * ratio * u
 
 The two norms are per-tensor reductions: optgen computes them in a reduction phase (NumPy: float64
-sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
+sums over chunks, in a fixed order; Triton: per-block sums exact in int64 fixed point, rounded to
+float32 (the same bits from the vectorised and the scalar kernel variant), added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 

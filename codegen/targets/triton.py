@@ -127,9 +127,11 @@ def _stores(lowered: Lowered) -> list[tuple[sp.Symbol, sp.Symbol]]:
 
 
 # A block's partial of each reduction kind (masked lanes hold the kind's identity; max and min
-# keep a NaN, as NumPy's do).
+# keep a NaN, as NumPy's do). Sums are exact fixed-point sums rounded to float32 (fixed_sum):
+# tl.sum's order follows the register layout, which differs between a multi-tensor kernel's
+# vectorised and scalar variants, and with it the last bits of a float32 sum.
 PARTIAL: dict[str, str] = {
-    "sum": "tl.sum(tl.where(mask, {}, 0.0), axis=0)",
+    "sum": "fixed_sum(tl.where(mask, {}, 0.0))",
     "max": 'tl.reduce(tl.where(mask, {}, -float("inf")), 0, nan_max)',
     "min": 'tl.reduce(tl.where(mask, {}, float("inf")), 0, nan_min)',
 }
@@ -194,6 +196,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     tabled = tabled and not lowered.draws
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
+    whole = {rule.reduction_kinds[r] for r in rule.scalar_reductions}
+    support += ["fixed_sum"] if "sum" in whole else []
     if matrix:
         support += ["LAUNCHES", "check_across", "check_distinct_states", "domain_size"]
         support += ["matrix_sweep"]

@@ -26,7 +26,8 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v):
              ratio = r1 / r2, or 1 when r1 or r2 is 0;  w_{i+1} = w_i - lr * ratio * u
 
 The two norms are per-tensor reductions: optgen computes them in a reduction phase (NumPy: float64
-sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
+sums over chunks, in a fixed order; Triton: per-block sums exact in int64 fixed point, rounded to
+float32 (the same bits from the vectorised and the scalar kernel variant), added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
@@ -146,13 +147,13 @@ def _reduce_chunk(
         grad = grad_buf[_i]
         mean = mean_buf[_i]
         var = var_buf[_i]
-        # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v15 = rescale_grad * grad
         _v16 = _h0 if (_h0 > _v15 or _h0 != _h0) else _v15
         G = clip_gradient if (clip_gradient < _v16 or clip_gradient != clip_gradient) else _v16
-        # specs/lamb.py:57: w_sq = weight**2
+        # specs/lamb.py:58: w_sq = weight**2
         w_sq = weight * weight
-        # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         _v17 = wd * weight
         _v18 = beta1 * mean
         _v19 = _h3 * G
@@ -167,7 +168,7 @@ def _reduce_chunk(
         _v28 = _h4 * _v20
         _v29 = _v28 / _v27
         u = _v17 + _v29
-        # specs/lamb.py:58: u_sq = u**2
+        # specs/lamb.py:59: u_sq = u**2
         u_sq = u * u
         _p0 += np.float64(w_sq)
         _p1 += np.float64(u_sq)
@@ -247,20 +248,20 @@ def _update_chunk(
             grad = grad_buf[_i]
             mean = mean_buf[_i]
             var = var_buf[_i]
-            # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/lamb.py:52: mean_new = G*(1 - beta1) + beta1*mean
+            # specs/lamb.py:53: mean_new = G*(1 - beta1) + beta1*mean
             _v2 = beta1 * mean
             _v3 = _h3 * G
             mean_new = _v2 + _v3
-            # specs/lamb.py:53: var_new = G**2*(1 - beta2) + beta2*var
+            # specs/lamb.py:54: var_new = G**2*(1 - beta2) + beta2*var
             _v4 = beta2 * var
             _v5 = G * G
             _v6 = _h1 * _v5
             var_new = _v4 + _v6
-            # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
             _v7 = wd * weight
             _v8 = _h2 * var_new
             _v9 = np.sqrt(_v8)
@@ -268,7 +269,7 @@ def _update_chunk(
             _v11 = _h4 * mean_new
             _v12 = _v11 / _v10
             u = _v7 + _v12
-            # specs/lamb.py:60: weight_new = -lr*ratio*u + weight
+            # specs/lamb.py:61: weight_new = -lr*ratio*u + weight
             _v14 = _h5 * u
             weight_new = weight + _v14
             weight_buf[_i] = weight_new
@@ -280,20 +281,20 @@ def _update_chunk(
         grad = grad_buf[_i]
         mean = mean_buf[_i]
         var = var_buf[_i]
-        # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/lamb.py:52: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/lamb.py:53: mean_new = G*(1 - beta1) + beta1*mean
         _v2 = beta1 * mean
         _v3 = _h3 * G
         mean_new = _v2 + _v3
-        # specs/lamb.py:53: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/lamb.py:54: var_new = G**2*(1 - beta2) + beta2*var
         _v4 = beta2 * var
         _v5 = G * G
         _v6 = _h1 * _v5
         var_new = _v4 + _v6
-        # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         _v7 = wd * weight
         _v8 = _h2 * var_new
         _v9 = np.sqrt(_v8)
@@ -301,7 +302,7 @@ def _update_chunk(
         _v11 = _h4 * mean_new
         _v12 = _v11 / _v10
         u = _v7 + _v12
-        # specs/lamb.py:60: weight_new = -lr*ratio*u + weight
+        # specs/lamb.py:61: weight_new = -lr*ratio*u + weight
         _v14 = _h5 * u
         weight_new = weight + _v14
         weight_buf[_i] = weight_new

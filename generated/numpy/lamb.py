@@ -21,7 +21,8 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v):
              ratio = r1 / r2, or 1 when r1 or r2 is 0;  w_{i+1} = w_i - lr * ratio * u
 
 The two norms are per-tensor reductions: optgen computes them in a reduction phase (NumPy: float64
-sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
+sums over chunks, in a fixed order; Triton: per-block sums exact in int64 fixed point, rounded to
+float32 (the same bits from the vectorised and the scalar kernel variant), added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
@@ -137,15 +138,15 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:57: w_sq = weight**2
+        # specs/lamb.py:58: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         np.multiply(wd, _weight, out=_b2)
         np.multiply(beta1, _mean, out=_b3)
         np.multiply(_h3, _b0, out=_b4)
@@ -160,7 +161,7 @@ def step(
         np.multiply(_h4, _b3, out=_b3)
         np.divide(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
-        # specs/lamb.py:58: u_sq = u**2
+        # specs/lamb.py:59: u_sq = u**2
         np.multiply(_b0, _b0, out=_b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -191,22 +192,22 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/lamb.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:52: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/lamb.py:53: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h3, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/lamb.py:53: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/lamb.py:54: var_new = G**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/lamb.py:56: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         np.multiply(wd, _weight, out=_b0)
         np.multiply(_h2, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
@@ -214,7 +215,7 @@ def step(
         np.multiply(_h4, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/lamb.py:60: weight_new = -lr*ratio*u + weight
+        # specs/lamb.py:61: weight_new = -lr*ratio*u + weight
         np.multiply(_h5, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

@@ -21,7 +21,8 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v):
              ratio = r1 / r2, or 1 when r1 or r2 is 0;  w_{i+1} = w_i - lr * ratio * u
 
 The two norms are per-tensor reductions: optgen computes them in a reduction phase (NumPy: float64
-sums over chunks, in a fixed order; Triton: float32 per-block partial sums, added on the host in
+sums over chunks, in a fixed order; Triton: per-block sums exact in int64 fixed point, rounded to
+float32 (the same bits from the vectorised and the scalar kernel variant), added on the host in
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
@@ -167,11 +168,11 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/lamb.py:57: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:58: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = host_min(upper_bound, host_max(lower_bound, math.sqrt(w_sq)))
-    # specs/lamb.py:58: r2 = sqrt(u_sq)
+    # specs/lamb.py:59: r2 = sqrt(u_sq)
     r2 = math.sqrt(u_sq)
-    # specs/lamb.py:59: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:60: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = (1) if (r1 == 0) or (r2 == 0) else (r1 / math.sqrt(u_sq))
     _h0 = -clip_gradient
     _h1 = 1 - beta2

@@ -57,6 +57,7 @@ from optgen_runtime.triton_support import (
     check_tensors,
     check_weight,
     domain_size,
+    fixed_sum,
     matrix_sweep,
 )
 
@@ -165,7 +166,7 @@ def adafactor_reduce_kernel(
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     # specs/adafactor.py:57: w_sq = weight**2
     w_sq = weight * weight
-    tl.store(partial_ptr + pid * 1 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
+    tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
 
 
 @triton.jit
@@ -441,7 +442,7 @@ def adafactor_reduce6_kernel(
     _v21 = tl.maximum(_h3, V, propagate_nan=tl.PropagateNan.ALL)
     _v22 = _h0 * _v17
     u_sq = tl.div_rn(_v22, _v21)
-    tl.store(partial_ptr + pid * 1 + 0, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
+    tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, u_sq, 0.0)))
 
 
 @triton.jit

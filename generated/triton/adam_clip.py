@@ -40,6 +40,7 @@ from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
     check_weight,
+    fixed_sum,
     group_totals,
     launch,
     reduce_sums,
@@ -302,7 +303,7 @@ def adam_clip_reduce_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     # specs/adam_clip.py:35: grad_sq = grad**2
     grad_sq = grad * grad
-    tl.store(partial_ptr + slot * 1 + 0, tl.sum(tl.where(mask, grad_sq, 0.0), axis=0))
+    tl.store(partial_ptr + slot * 1 + 0, fixed_sum(tl.where(mask, grad_sq, 0.0)))
 
 
 @triton.jit

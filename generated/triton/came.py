@@ -54,6 +54,7 @@ from optgen_runtime.triton_support import (
     check_tensors,
     check_weight,
     domain_size,
+    fixed_sum,
     matrix_sweep,
 )
 
@@ -502,7 +503,7 @@ def came_reduce6_kernel(
     conf = tl.where(_v29, 1.0, _v30)
     _v32 = _v28 * conf
     u_sq = tl.div_rn(_v32, col_new)
-    tl.store(partial_ptr + pid * 1 + 0, tl.sum(tl.where(mask, u_sq, 0.0), axis=0))
+    tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, u_sq, 0.0)))
 
 
 @triton.jit

@@ -45,6 +45,7 @@ from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
     check_weight,
+    fixed_sum,
     launch,
     reduce_sums,
 )
@@ -270,8 +271,8 @@ def lars_reduce_kernel_body(
     w_sq = weight * weight
     # specs/lars.py:38: g_sq = grad**2
     g_sq = grad * grad
-    tl.store(partial_ptr + slot * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
-    tl.store(partial_ptr + slot * 2 + 1, tl.sum(tl.where(mask, g_sq, 0.0), axis=0))
+    tl.store(partial_ptr + slot * 2 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
+    tl.store(partial_ptr + slot * 2 + 1, fixed_sum(tl.where(mask, g_sq, 0.0)))
 
 
 @triton.jit

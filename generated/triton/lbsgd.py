@@ -54,6 +54,7 @@ from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
     check_weight,
+    fixed_sum,
     launch,
     reduce_sums,
 )
@@ -314,8 +315,8 @@ def lbsgd_reduce_kernel_body(
     # specs/lbsgd.py:59: gbar_sq = gbar**2
     _v13 = total * total
     gbar_sq = _h0 * _v13
-    tl.store(partial_ptr + slot * 2 + 0, tl.sum(tl.where(mask, w_sq, 0.0), axis=0))
-    tl.store(partial_ptr + slot * 2 + 1, tl.sum(tl.where(mask, gbar_sq, 0.0), axis=0))
+    tl.store(partial_ptr + slot * 2 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
+    tl.store(partial_ptr + slot * 2 + 1, fixed_sum(tl.where(mask, gbar_sq, 0.0)))
 
 
 @triton.jit

@@ -68,6 +68,7 @@ from optgen_runtime.triton_support import (
     ChunkTable,
     check_tensors,
     check_weight,
+    fixed_sum,
     group_totals,
     launch,
     reduce_sums,
@@ -390,8 +391,8 @@ def prodigy_reduce_kernel_body(
     _v18 = _h1 * G
     _v19 = _v17 + _v18
     s_sum = tl.abs(_v19)
-    tl.store(partial_ptr + slot * 2 + 0, tl.sum(tl.where(mask, dot, 0.0), axis=0))
-    tl.store(partial_ptr + slot * 2 + 1, tl.sum(tl.where(mask, s_sum, 0.0), axis=0))
+    tl.store(partial_ptr + slot * 2 + 0, fixed_sum(tl.where(mask, dot, 0.0)))
+    tl.store(partial_ptr + slot * 2 + 1, fixed_sum(tl.where(mask, s_sum, 0.0)))
 
 
 @triton.jit
