@@ -80,12 +80,17 @@ def test_the_report_renders() -> None:
                 "copy_ms": 0.5,
                 "ours_over_fused": 0.5,
                 "ours_GBps": 3000.0,
+                "ours_kernel_ms": 0.8,
+                "torch_fused_kernel_ms": 1.6,
+                "kernels_ours_over_fused": 0.5,
+                "ours_kernel_GBps": 3750.0,
             },
             {"list": "big", "rule": "lamb", "skipped": "needs 20 GiB"},
         ],
     }
     text = gpu_check.markdown(result)
     assert "| GPT-2 | adam | 1.000 | 2.000 | - | 0.500 | 0.50 |" in text
+    assert "| 0.800 | 1.600 | 0.50 | 3750 |" in text  # the kernels' own device time
     assert "skipped: needs 20 GiB" in text and "pytest is not installed" in text
 
 
@@ -112,6 +117,7 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     assert [r["rule"] for r in rows] == args.rules * 2
     for row in rows[:-1]:
         assert row["ours_ms"] > 0 and row["copy_ms"] > 0 and row["ours_GBps"] > 0, row
+        assert not any("kernel" in key for key in row)  # kernel times: CUDA only
         peer = gpu_check.TORCH[row["rule"]]
         assert ("ours_over_fused" in row) == ("ours_over_foreach" in row) == (peer is not None)
     assert rows[0]["elements"] == 16 * 8 + 8 + 33 and rows[5]["elements"] == 4096

@@ -331,6 +331,29 @@ def timed(step: Callable[[], object], steps: int, device: str = "cuda") -> float
     return statistics.median(times)
 
 
+def kernel_ms(step: Callable[[], object], steps: int, device: str = "cuda") -> float | None:
+    """The device time of the kernels (and copies) one call launches, ms per call, from
+    torch.profiler over ``steps`` calls: the step's cost on the GPU alone, without the host time
+    that CUDA events also count when the host cannot keep ahead of the device (a list of many
+    small tensors on a slow host). None off CUDA."""
+    import torch
+
+    if device != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    total_us = sum(getattr(e, "device_time_total", 0.0) for e in events)
+    return total_us / steps / 1e3
+
+
 def copy_ms(elements: int, steps: int, device: str = "cuda") -> float:
     """A device copy of ``elements`` fp32 values (read once, written once): the peer bandwidth."""
     import torch
@@ -376,6 +399,7 @@ def bench_case(
         p.grad = torch.randn_like(p) * 1e-3
     ours = cls(params, **OURS[rule])
     row["ours_ms"] = timed(ours.step, steps, device)
+    row["ours_kernel_ms"] = kernel_ms(ours.step, steps, device)
     del ours
     emptied(device)
     peer = TORCH[rule]
@@ -385,6 +409,7 @@ def bench_case(
         name, hp = peer
         opt = getattr(torch.optim, name)(params, **hp, **{kind: True})
         row[f"torch_{kind}_ms"] = timed(opt.step, steps, device)
+        row[f"torch_{kind}_kernel_ms"] = kernel_ms(opt.step, steps, device)
         del opt
         emptied(device)
     del params
@@ -398,7 +423,11 @@ def bench_case(
             row[f"ours_over_{kind}"] = row["ours_ms"] / row[f"torch_{kind}_ms"]
             row[f"torch_{kind}_GBps"] = bandwidth(per_element, elements, row[f"torch_{kind}_ms"])
     row["ours_over_copy_time_per_byte"] = (row["ours_ms"] / per_element) / (row["copy_ms"] / 8)
-    return row
+    if row["ours_kernel_ms"] is not None:
+        row["ours_kernel_GBps"] = bandwidth(per_element, elements, row["ours_kernel_ms"])
+        if row.get("torch_fused_kernel_ms"):
+            row["kernels_ours_over_fused"] = row["ours_kernel_ms"] / row["torch_fused_kernel_ms"]
+    return {k: v for k, v in row.items() if v is not None}  # no kernel times off CUDA
 
 
 def benchmarks(
@@ -476,9 +505,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"`{tests['summary']}` ({tests['seconds']} s)")
     lines += ["", "## Benchmarks (ms per step, median; GB/s from the nominal traffic)", ""]
     lines += [
+        "Step times by CUDA events (host time included when the host cannot keep ahead); "
+        "kernel times: the device time of the step's kernels alone (torch.profiler).",
+        "",
         "| list | rule | ours | torch fused | torch foreach | copy | ours/fused | ours/foreach "
-        "| ours GB/s | fused GB/s | copy GB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ours GB/s | fused GB/s | copy GB/s | ours kernels | fused kernels "
+        "| kernels ours/fused | ours kernels GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(row: dict[str, Any], key: str, form: str = "{:.3f}") -> str:
@@ -493,7 +526,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['list']} | {r['rule']} | {f(r, 'ours_ms')} | {f(r, 'torch_fused_ms')} | "
             f"{f(r, 'torch_foreach_ms')} | {f(r, 'copy_ms')} | {f(r, 'ours_over_fused', '{:.2f}')}"
             f" | {f(r, 'ours_over_foreach', '{:.2f}')} | {f(r, 'ours_GBps', '{:.0f}')} | "
-            f"{f(r, 'torch_fused_GBps', '{:.0f}')} | {f(r, 'copy_GBps', '{:.0f}')} |"
+            f"{f(r, 'torch_fused_GBps', '{:.0f}')} | {f(r, 'copy_GBps', '{:.0f}')} | "
+            f"{f(r, 'ours_kernel_ms')} | {f(r, 'torch_fused_kernel_ms')} | "
+            f"{f(r, 'kernels_ours_over_fused', '{:.2f}')} | {f(r, 'ours_kernel_GBps', '{:.0f}')} |"
         )
     lines += ["", "## Raw figures", "", "```json", json.dumps(result, indent=1), "```", ""]
     return "\n".join(lines)
