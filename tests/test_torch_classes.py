@@ -837,6 +837,27 @@ def test_betas_and_beta1_stay_in_step() -> None:
                              "beta1": 0.4})  # fmt: skip
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_a_step_a_module_refuses_leaves_the_aliases_unsynced(backend: str) -> None:
+    """A first step of TorchNAdam whose weight decay float32 cannot hold is refused by the
+    module (a first step's host states are checked there), after the class's own checks: the
+    group keeps betas and beta1/beta2 as the user left them (the long fuzz run found beta1 and
+    beta2 synced to the new betas by the refused step), and a later step syncs them."""
+    params = make_params()
+    opt = CLASSES["torch_nadam"](params, backend=backend)
+    group = opt.param_groups[0]
+    group.update(betas=(0.8, 0.99), weight_decay=5e-324)
+    before = {k: v for k, v in group.items() if k != "params"}
+    set_grads(params, 1)
+    with pytest.raises(ValueError, match="float32 cannot hold"):
+        opt.step()
+    assert {k: v for k, v in group.items() if k != "params"} == before
+    assert opt.state_dict()["state"] == {}
+    group["weight_decay"] = 0.0
+    opt.step()
+    assert (group["beta1"], group["beta2"]) == (0.8, 0.99)
+
+
 # ------------------------------------------------------------- in place, no per-step buffers
 @pytest.mark.parametrize("rule", ["adam", "lamb", "nadam"])
 def test_cpu_steps_keep_buffers_and_allocate_no_full_size_array(rule: str) -> None:

@@ -94,7 +94,7 @@ class Stepping:
             return loss  # GradScaler found inf/NaN gradients: skip the step, write nothing
         inverse = 1.0 / float(scale) if scale is not None and not on_device else 1.0
         indices = self._indices()
-        plans = self._plans(indices, inverse, given)  # every check before any write
+        plans, synced = self._plans(indices, inverse, given)  # every check before any write
         every = [p for _, _, ps in plans for p in ps]
         fresh = [p for p in every if not self.state.get(p)]
         try:
@@ -104,6 +104,8 @@ class Stepping:
             for p in fresh:
                 self.state.pop(p, None)
             raise
+        for group, updates in synced:  # accepted: the synced aliases are written now
+            self._apply_aliases(group, updates)
         self._remember()
         return loss
 
@@ -166,9 +168,14 @@ class Stepping:
                 given,
             )
 
-    def _plans(self, indices: dict[int, int], inverse: float, given: Given) -> list[Plan]:
+    def _plans(
+        self, indices: dict[int, int], inverse: float, given: Given
+    ) -> tuple[list[Plan], list[tuple[dict[str, Any], dict[str, Any]]]]:
         """Every group checked (hyperparameters, devices, each parameter and its state), then
-        every buffer of the step against every other (``_check_across``)."""
+        every buffer of the step against every other (``_check_across``); with each group's
+        synced aliases (betas and beta1/beta2), which ``step`` writes only once the update is
+        done: a module can still refuse the step (a first step's host states, or a rule with
+        reductions, check their scalars there), and a refused step writes nothing."""
         plans = []
         synced = []
         grads_written = self._unscales_in_place(inverse)
@@ -202,9 +209,7 @@ class Stepping:
         if not known:
             self._check_across(every, indices, grads_written, given)
             self._checked = key
-        for group, updates in synced:  # accepted: the synced aliases are written now
-            self._apply_aliases(group, updates)
-        return plans
+        return plans, synced
 
     def _checked_key(self, grads_written: bool, given: Given) -> tuple[Any, ...] | None:
         """What ``_check_param``, ``_check_inputs`` and ``_check_across`` look at, for every

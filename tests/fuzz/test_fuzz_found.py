@@ -171,3 +171,29 @@ def test_a_many_element_tensor_hyperparameter_in_a_group_is_named():
     with pytest.raises((TypeError, ValueError), match=r"Adam.*beta1"):
         opt.step()  # was: RuntimeError: Boolean value of Tensor with more than one value
     assert everything(p, opt) == before
+
+
+@pytest.mark.xfail(
+    strict=True, reason="found by the long fuzz profile: NumPy path, per-tensor reductions"
+)
+def test_numpy_backend_refuses_a_later_tensor_before_writing_an_earlier_one():
+    """LARS on the NumPy backend over a weight and an empty one, lr = 5e-324 (float64's
+    smallest): the first tensor's trust ratio makes its kernel scalar -lr * ratio 0 in float64
+    (fine), the empty tensor's (ratio 1) 5e-324, which float32 cannot hold: refused, but only
+    after the first tensor's step was written (its momentum and step count). The class checks
+    a rule with per-tensor reductions in each module's ``step``, one tensor after another; the
+    numba and Triton paths reduce every tensor, check, then write. Fix: a NumPy ``step_multi``
+    for rules with reductions (run_group, as for group reductions)."""
+    from generated.torch import LARS
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(0))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = LARS(params, backend="numpy")
+    opt.step()
+    opt.param_groups[0]["lr"] = 5e-324
+    before = [everything(p, opt) for p in params]
+    with pytest.raises(ValueError, match="float32 cannot hold"):
+        opt.step()
+    assert [everything(p, opt) for p in params] == before  # was: tensor 0's mom and step written
