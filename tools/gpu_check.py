@@ -341,6 +341,7 @@ def kernel_ms(step: Callable[[], object], steps: int, device: str = "cuda") -> f
     if device != "cuda":
         return None
     from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
     from torch.profiler import ProfilerActivity, profile
 
     step()
@@ -350,8 +351,11 @@ def kernel_ms(step: Callable[[], object], steps: int, device: str = "cuda") -> f
             step()
         torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    total_us = sum(getattr(e, "device_time_total", 0.0) for e in events)
-    return total_us / steps / 1e3
+    # torch >= 2.4 names it device_time_total; older releases cuda_time_total
+    field = (
+        "device_time_total" if hasattr(FunctionEvent, "device_time_total") else "cuda_time_total"
+    )
+    return sum(getattr(e, field) for e in events) / steps / 1e3
 
 
 def copy_ms(elements: int, steps: int, device: str = "cuda") -> float:
