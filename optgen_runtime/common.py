@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 import operator
-from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 
@@ -391,3 +391,24 @@ def run_variant(
         if isinstance(s, MutableMapping):
             s.update(view)
     return result
+
+
+def run_steps(rule: str, steppers: Sequence[Iterator[None]]) -> None:
+    """One step per tensor in two stages: each stepper runs to its ``yield None`` (its
+    reductions, checks and host scalars: it reads, writes only temporaries) and only when
+    every one has does any resume to write, so a refusal of any tensor (a scalar its data
+    make unrepresentable) leaves every tensor as it was."""
+    for s in steppers:
+        if next(s) is not None:
+            raise RuntimeError(f"{rule}: a step yielded before its checks")  # a generator bug
+    finish_steps(rule, steppers)
+
+
+def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:
+    """Resume every stepper, each at its ``yield None``, to its writes and its end."""
+    for s in steppers:
+        try:
+            next(s)
+        except StopIteration:
+            continue
+        raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a generator bug

@@ -22,7 +22,7 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import check_inputs_given, matrix_dims
+from optgen_runtime.common import check_inputs_given, finish_steps, matrix_dims
 from optgen_runtime.philox import randn
 from optgen_runtime.sharding import across_shards
 
@@ -360,12 +360,7 @@ def run_group(rule: str, steppers: list[Iterator[Any]], kinds: dict[str, str]) -
         names = list(pending[0])
         totals = _combine(kinds, names, [tuple(p[n] for n in names) for p in pending])
         pending = [s.send(totals) for s in steppers]
-    for s in steppers:
-        try:
-            next(s)
-        except StopIteration:
-            continue
-        raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a generator bug
+    finish_steps(rule, steppers)
 
 
 def check_arrays_across(

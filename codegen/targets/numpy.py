@@ -348,15 +348,26 @@ def context(lowered: Lowered) -> dict[str, object]:
     code = HostCode()
     used = {a for op in lowered.ops for a in op.args if isinstance(a, sp.Symbol)}
     where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
-    multi = ["step_multi"] if rule.group_reductions else []
+    # A rule with reductions steps as a generator (``_stepper``): its scalars depend on the data,
+    # so a many-tensor call reduces and checks every tensor before any writes. ``step_multi``
+    # for it too, except with variants or noise draws (the torch classes loop over tensors).
+    variants = variant_context(rule)
+    staged = bool(phases)
+    multi = bool(rule.group_reductions) or (
+        staged and not variants["variants"] and not lowered.draws
+    )
     return {
-        **variant_context(rule),
+        **variants,
         "rule": rule,
+        "staged": staged,
+        "multi": multi,
         "doc": rule.doc,
         # host states fed by the step's sums may turn NaN: checked before any write
         "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "rules_names": rules_names,
-        "exports": sorted([*rules_names, "init_state", "step", *multi], key=natural),
+        "exports": sorted(
+            [*rules_names, "init_state", "step", *(["step_multi"] if multi else [])], key=natural
+        ),
         "group": [str(r) for r in rule.group_reductions],
         "matrix": matrix,
         "flats": [flat(s.name) for s in rule.element_inputs],

@@ -262,7 +262,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])
-            + (["matrix_dims"] if matrix else [])
+            + (["matrix_dims", "run_steps"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
             + (["input_lists"] if rule.inputs else [])
             + (["scalar_inputs"] if rule.scalars else [])

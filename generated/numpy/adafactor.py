@@ -33,6 +33,7 @@ rule's ``col``) instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,12 @@ from optgen_runtime.common import (
     matrix_dims,
     matrix_sizes,
     resolve_hyperparams,
+    run_steps,
+    step_counts,
     vector_shape,
 )
 from optgen_runtime.numpy_support import (
+    check_arrays_across,
     check_weight,
     combine_tiles,
     domain_shape,
@@ -126,6 +130,7 @@ __all__ = [
     "reduction_scalars_5",
     "reduction_scalars_6",
     "step",
+    "step_multi",
 ]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
@@ -152,6 +157,40 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    run_steps(RULE, [_stepper(weight, grad, state, t, hp)])
+
+
+def step_multi(
+    weights: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    states: Sequence[dict[str, np.ndarray]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """Update many weights, each with its own reductions (w_sq, row_g2, row_new, col_g2, col_new, row_mean, scale, u_sq): every
+    tensor is reduced and checked, and every host scalar computed, before anything is written
+    (a refusal leaves every tensor as it was). ``t``: one step count, or one per tensor."""
+    if not (len(weights) == len(grads) == len(states)):
+        raise ValueError(
+            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
+        )
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, len(weights))
+    check_arrays_across(RULE, weights, grads, states, STATES)
+    run_steps(
+        RULE,
+        [
+            _stepper(_w, _g, _s, _tj, hp)
+            for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
+        ],
+    )
+
+
+def _stepper(
+    weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
+) -> Iterator[None]:
+    """One tensor's step, as run_steps drives it: its reductions, checks and host scalars,
+    then it yields None, and writes when resumed (once every tensor of the call has)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
@@ -334,6 +373,7 @@ def step(
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h3, _h4, _h5, _h6 = (dtype(_x) for _x in scalars)
+    yield None  # every tensor checked and its scalars computed: now the writes
 
     def update(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
         _mb, _r0, _r1, _c0, _c1 = _tile

@@ -27,12 +27,25 @@ LARS for parameters whose names end in gamma/beta/bias: that is the caller's cho
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
-from optgen_runtime.numpy_support import check_weight, combine, flat_views, for_chunks
+from optgen_runtime.common import (
+    check_step_count,
+    host_state_values,
+    resolve_hyperparams,
+    run_steps,
+    step_counts,
+)
+from optgen_runtime.numpy_support import (
+    check_arrays_across,
+    check_weight,
+    combine,
+    flat_views,
+    for_chunks,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.lars import (
@@ -80,6 +93,7 @@ __all__ = [
     "init_state",
     "reduction_scalars",
     "step",
+    "step_multi",
 ]
 
 # Elements per chunk: temporaries are chunk-sized buffers (per worker thread), never
@@ -105,6 +119,40 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    run_steps(RULE, [_stepper(weight, grad, state, t, hp)])
+
+
+def step_multi(
+    weights: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    states: Sequence[dict[str, np.ndarray]],
+    t: int | Sequence[int],
+    **hyperparams: Any,
+) -> None:
+    """Update many weights, each with its own reductions (w_sq, g_sq): every
+    tensor is reduced and checked, and every host scalar computed, before anything is written
+    (a refusal leaves every tensor as it was). ``t``: one step count, or one per tensor."""
+    if not (len(weights) == len(grads) == len(states)):
+        raise ValueError(
+            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
+        )
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, len(weights))
+    check_arrays_across(RULE, weights, grads, states, STATES)
+    run_steps(
+        RULE,
+        [
+            _stepper(_w, _g, _s, _tj, hp)
+            for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
+        ],
+    )
+
+
+def _stepper(
+    weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
+) -> Iterator[None]:
+    """One tensor's step, as run_steps drives it: its reductions, checks and host scalars,
+    then it yields None, and writes when resumed (once every tensor of the call has)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _mom_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
@@ -140,6 +188,7 @@ def step(
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
     _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
+    yield None  # every tensor checked and its scalars computed: now the writes
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]

@@ -30,7 +30,7 @@ state more), ``maximize=True`` (pass -G). The reference also stores RMS(W), whic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from optgen_runtime.common import (
     matrix_dims,
     matrix_sizes,
     resolve_hyperparams,
+    run_steps,
     step_counts,
     stream_indices,
     vector_shape,
@@ -989,6 +990,19 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t``: one launch per sweep kernel."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    run_steps(RULE, [_stepper(weight, grad, state, t, hp)])
+
+
+def _stepper(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    t: int,
+    hp: dict[str, Any],
+) -> Iterator[None]:
+    """One tensor's step, as run_steps drives it: its sweeps (into temporary vectors), checks
+    and host scalars, then it yields None, and writes (the update sweep, the vector states)
+    when resumed, once every tensor of the call has."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES, STATE_AXES)
@@ -1140,6 +1154,7 @@ def step(
     matrix_sweep(came_reduce11_kernel, "flat", _tensors, _dims, "br", pre, BLOCK_SIZE)
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
+    yield None  # every tensor swept and checked, its scalars computed: now the writes
     matrix_sweep(came_kernel, "flat", _tensors, _dims, "brc", scalars, BLOCK_SIZE)
     state["row"].copy_(_vectors["row_new"].view_as(state["row"]))
     state["col"].copy_(_vectors["col_new"].view_as(state["col"]))
@@ -1161,12 +1176,12 @@ def step_multi(
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
 
-    Every tensor is checked (and against the others) before anything is written; then each is
-    updated by ``step``: a rule with row or column vectors shapes its sweeps by each tensor's
-    (batch, rows, cols) view, so there is no one launch for many tensors. ``amp`` (a device-side
-    GradScaler state) is not taken: unscale the gradients, or skip the step, before calling.
-    ``prechecked`` is taken for one API with the other rules' ``step_multi``; every tensor is
-    checked either way.
+    Every tensor is checked (and against the others), swept and its scalars checked before
+    anything is written; then each is updated: a rule with row or column vectors shapes its
+    sweeps by each tensor's (batch, rows, cols) view, so there is no one launch for many
+    tensors. ``amp`` (a device-side GradScaler state) is not taken: unscale the gradients, or
+    skip the step, before calling. ``prechecked`` is taken for one API with the other rules'
+    ``step_multi``; every tensor is checked either way.
     """
     if not (len(weights) == len(grads) == len(states)):
         raise ValueError(
@@ -1176,7 +1191,7 @@ def step_multi(
         raise TypeError(
             f"{RULE}: step_multi takes no amp state (a rule with row or column vectors)"
         )
-    resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     check_distinct_states(RULE, states)
@@ -1186,6 +1201,11 @@ def step_multi(
     ]
     check_across(tables)
     _before = LAUNCHES["count"]
-    for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True):
-        step(_w, _g, _s, _tj, **hyperparams)
+    run_steps(
+        RULE,
+        [
+            _stepper(_w, _g, _s, _tj, hp)
+            for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
+        ],
+    )
     return LAUNCHES["count"] - _before

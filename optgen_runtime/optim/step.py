@@ -151,8 +151,12 @@ class Stepping:
                 [params[i] for i in numpy], [group_states[i] for i in numpy], hp, given
             )
             numpy = []
-        if numpy and self.META.GROUP_REDUCTIONS:  # one call: reductions over the group
-            self._numpy_group_step([params[i] for i in numpy], [group_states[i] for i in numpy], hp)
+        if numpy and hasattr(self.NUMPY, "step_multi"):
+            # one call: group reductions over the group, or per-tensor ones (scalars that
+            # depend on the data) reduced and checked for every tensor before any write
+            self._numpy_group_step(
+                [params[i] for i in numpy], [group_states[i] for i in numpy], hp, given
+            )
             numpy = []
         for i in numpy:
             stream = self._stream(params[i], indices)
@@ -400,11 +404,16 @@ class Stepping:
             self._finish(p, state, v)
 
     def _numpy_group_step(
-        self, params: list[torch.Tensor], states: list[dict[str, Any]], hp: dict[str, Any]
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        hp: dict[str, Any],
+        given: Given,
     ) -> None:
-        """The group's CPU parameters in one ``step_multi``: its group reductions (a global
-        gradient norm) cover all of them. A gradient of another dtype than its (master) weight
-        is converted into a temporary of its own."""
+        """The group's CPU parameters in one ``step_multi`` of a rule with reductions: its group
+        reductions (a global gradient norm) cover all of them, and every tensor is reduced and
+        checked before any is written. A gradient or per-element input of another dtype than
+        its (master) weight is converted into a temporary of its own."""
         weights = [
             local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
         ]
@@ -414,8 +423,21 @@ class Stepping:
         ]
         views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
+        arrays = {
+            key: [
+                local(given.of(p)[key]).detach().to(w.dtype).contiguous().numpy()
+                for p, w in zip(params, weights, strict=True)
+            ]
+            for key in self.META.INPUTS
+        }
         self.NUMPY.step_multi(
-            [w.numpy() for w in weights], [g.numpy() for g in grads], views, ts, **hp
+            [w.numpy() for w in weights],
+            [g.numpy() for g in grads],
+            views,
+            ts,
+            **hp,
+            **arrays,
+            **given.scalars,
         )
         for p, state, v in zip(params, states, views, strict=True):
             self._finish(p, state, v)

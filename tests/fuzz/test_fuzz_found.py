@@ -173,17 +173,15 @@ def test_a_many_element_tensor_hyperparameter_in_a_group_is_named():
     assert everything(p, opt) == before
 
 
-@pytest.mark.xfail(
-    strict=True, reason="found by the long fuzz profile: NumPy path, per-tensor reductions"
-)
+# Fixed, a regression test (was a strict xfail: found by the long fuzz profile, the NumPy
+# path of a rule with per-tensor reductions).
 def test_numpy_backend_refuses_a_later_tensor_before_writing_an_earlier_one():
     """LARS on the NumPy backend over a weight and an empty one, lr = 5e-324 (float64's
     smallest): the first tensor's trust ratio makes its kernel scalar -lr * ratio 0 in float64
-    (fine), the empty tensor's (ratio 1) 5e-324, which float32 cannot hold: refused, but only
-    after the first tensor's step was written (its momentum and step count). The class checks
-    a rule with per-tensor reductions in each module's ``step``, one tensor after another; the
-    numba and Triton paths reduce every tensor, check, then write. Fix: a NumPy ``step_multi``
-    for rules with reductions (run_group, as for group reductions)."""
+    (fine), the empty tensor's (ratio 1) 5e-324, which float32 cannot hold: refused. The class
+    stepped such a rule one tensor after another through the module's ``step``, so the first
+    tensor's step was written (its momentum and step count) before the refusal; now one NumPy
+    ``step_multi`` reduces and checks every tensor before any write, as numba and Triton do."""
     from generated.torch import LARS
 
     torch.manual_seed(0)
