@@ -382,10 +382,15 @@ def run_variant(
     given = [states] if single else list(states) if isinstance(states, Sequence) else []
     if not any(isinstance(s, Mapping) and any(k in s for k in absent) for s in given):
         return function(weights, grads, states, t, **kwargs)
-    views = [
-        {k: v for k, v in s.items() if k not in absent} if isinstance(s, Mapping) else s
-        for s in given
-    ]
+    made: dict[int, dict[str, Any]] = {}  # one view per state dict: a dict given twice stays
+    views = []  # one object, so the variant's step refuses it as it refuses the dict itself
+    for s in given:
+        if isinstance(s, Mapping):
+            if id(s) not in made:
+                made[id(s)] = {k: v for k, v in s.items() if k not in absent}
+            views.append(made[id(s)])
+        else:
+            views.append(s)
     result = function(weights, grads, views[0] if single else views, t, **kwargs)
     for s, view in zip(given, views, strict=True):
         if isinstance(s, MutableMapping):
@@ -412,3 +417,15 @@ def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:
         except StopIteration:
             continue
         raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a generator bug
+
+
+def check_distinct_states(rule: str, states: Sequence[Any]) -> None:
+    """ValueError if one state dict is given for two tensors of a multi-tensor step."""
+    first: dict[int, int] = {}
+    for j, state in enumerate(states):
+        k = first.setdefault(id(state), j)
+        if k != j and isinstance(state, dict):
+            raise ValueError(
+                f"{rule}: tensors {k} and {j} share one state dict: its buffers and host "
+                "states would be updated twice"
+            )

@@ -22,7 +22,12 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import check_inputs_given, finish_steps, matrix_dims
+from optgen_runtime.common import (
+    check_distinct_states,
+    check_inputs_given,
+    finish_steps,
+    matrix_dims,
+)
 from optgen_runtime.philox import randn
 from optgen_runtime.sharding import across_shards
 
@@ -373,7 +378,9 @@ def check_arrays_across(
     """No buffer a many-tensor step writes (a weight, a state) shares memory with any buffer of
     any tensor (the same weight twice, a gradient that is another tensor's weight); gradients,
     only read, may share memory with each other. Each tensor's own buffers are checked by its
-    step; this needs them to be arrays."""
+    step; this needs them to be arrays. One state dict given twice is refused whatever it holds
+    (a variant's view without its absent states, an empty dict)."""
+    check_distinct_states(rule, states)
     buffers = []
     for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
         buffers.append((f"tensor {j}'s weight", w, True))

@@ -23,7 +23,7 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import check_inputs_given, host_state_values
+from optgen_runtime.common import check_distinct_states, check_inputs_given, host_state_values
 from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
 from optgen_runtime.sharding import across_shards
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
@@ -108,18 +108,6 @@ def check_tensors(
     checked = Checked(rule, everything, len(read))
     check_overlaps(rule, list(zip(checked.labels, checked, checked.written, strict=True)))
     return checked
-
-
-def check_distinct_states(rule: str, states: Sequence[Any]) -> None:
-    """ValueError if one state dict is given for two tensors of a multi-tensor step."""
-    first: dict[int, int] = {}
-    for j, state in enumerate(states):
-        k = first.setdefault(id(state), j)
-        if k != j and isinstance(state, dict):
-            raise ValueError(
-                f"{rule}: tensors {k} and {j} share one state dict: its buffers and host "
-                "states would be updated twice"
-            )
 
 
 def check_tensors_each(

@@ -199,7 +199,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     whole = {rule.reduction_kinds[r] for r in rule.scalar_reductions}
     support += ["fixed_sum"] if "sum" in whole else []
     if matrix:
-        support += ["LAUNCHES", "check_across", "check_distinct_states", "domain_size"]
+        support += ["LAUNCHES", "check_across", "domain_size"]
         support += ["matrix_sweep"]
     else:
         support += ["ChunkTable", "launch"]
@@ -262,7 +262,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])
-            + (["matrix_dims", "run_steps"] if matrix else [])
+            + (["check_distinct_states", "matrix_dims", "run_steps"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
             + (["input_lists"] if rule.inputs else [])
             + (["scalar_inputs"] if rule.scalars else [])

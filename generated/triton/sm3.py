@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
+    check_distinct_states,
     check_step_count,
     host_state_values,
     matrix_dims,
@@ -54,7 +55,6 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     LAUNCHES,
     check_across,
-    check_distinct_states,
     check_tensors,
     check_weight,
     domain_size,

@@ -31,17 +31,17 @@ def torch_defaults(class_name: str) -> dict[str, Any]:
     return dict(_probe(class_name, torch.zeros(1, requires_grad=True)).defaults)
 
 
-def _probe(class_name: str, p: torch.Tensor, **kwargs: Any) -> torch.optim.Optimizer:
+def _probe(class_name: str, p: torch.Tensor) -> torch.optim.Optimizer:
     """``torch.optim.<class_name>([p])``; for an optimizer that takes only matrices
     (torch.optim.Muon refuses a 1-D parameter), over a 1 x 1 parameter instead."""
     cls = getattr(torch.optim, class_name)
     try:
-        return cls([p], **kwargs)
+        return cls([p])
     except ValueError:
         matrix = torch.nn.Parameter(p.detach().reshape(1, 1))
         if p.grad is not None:
             matrix.grad = p.grad.reshape(1, 1)
-        return cls([matrix], **kwargs)
+        return cls([matrix])
 
 
 def torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> frozenset[str]:
@@ -189,7 +189,11 @@ class TorchExchange:
         groups = []
         for group in ours["param_groups"]:
             kwargs = torch_settings(where, eq, self.META.HYPERPARAMS, group)
-            settings = _probe(eq.class_name, torch.zeros(1, requires_grad=True), **kwargs).defaults
+            # torch's defaults with this group's settings, as torch's own state_dict holds
+            # them; not through torch's constructor, which refuses some groups its step and
+            # load_state_dict take (SGD's nesterov at momentum 0, which loads and runs as
+            # plain SGD)
+            settings = torch_defaults(eq.class_name) | kwargs
             extras = {k: v for k, v in group.items() if k not in self.META.HYPERPARAMS}
             groups.append(extras | settings)
         state: dict[int, dict[str, Any]] = {}
@@ -301,9 +305,15 @@ class TorchExchange:
                         out[key] = value
                         continue
                 if value is None:
+                    changed = [  # the settings that make torch keep it (RMSprop's centered)
+                        f"{k}={plain(v)!r}"
+                        for k, v in settings
+                        if k not in IMPLEMENTATION_ONLY and not same(v, defaults[k])
+                    ]
                     raise ValueError(
                         f"{name}.load_torch_state_dict: state {index} has no {theirs!r} "
-                        f"(keys {sorted(st)})"
+                        f"(keys {sorted(st)}), which torch.optim.{eq.class_name} keeps under "
+                        f"its group's settings ({', '.join(changed) or 'its defaults'})"
                     )
                 if key in self.META.STATES:
                     check_kind(

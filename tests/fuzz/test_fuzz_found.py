@@ -195,3 +195,77 @@ def test_numpy_backend_refuses_a_later_tensor_before_writing_an_earlier_one():
     with pytest.raises(ValueError, match="float32 cannot hold"):
         opt.step()
     assert [everything(p, opt) for p in params] == before  # was: tensor 0's mom and step written
+
+
+# Fixed, a regression test (found by the long fuzz profile: Triton step_multi, shared state dict).
+@pytest.mark.parametrize("target", ["triton", "numba"])
+def test_one_state_dict_for_two_tensors_is_refused_on_a_variant_path(target):
+    """TorchSGD at momentum 0 runs its variant without the momentum buffer; a state dict that
+    holds one anyway went to the variant as a view without it, a new dict per tensor, so one
+    state dict given for two tensors passed the identity check the full rule makes."""
+    import importlib
+
+    import numpy as np
+    from conftest import DEVICE
+
+    module = importlib.import_module(f"generated.{target}.torch_sgd")
+    if target == "triton":
+        weights = [torch.randn(5, device=DEVICE), torch.randn(5, device=DEVICE)]
+        grads = [torch.randn_like(w) for w in weights]
+    else:
+        weights = [np.ones(5, np.float32), np.ones(5, np.float32)]
+        grads = [np.full(5, 0.5, np.float32), np.full(5, 0.5, np.float32)]
+    state = module.init_state(weights[0])
+    assert "momentum_buffer" in state
+    before = snap((weights, state))
+    with pytest.raises(ValueError, match="torch_sgd: tensors 0 and 1 share one state dict"):
+        module.step_multi(weights, grads, [state, state], 1)
+    assert snap((weights, state)) == before
+
+
+# Fixed, a regression test (found by the long fuzz profile: torch load_torch_state_dict).
+def test_a_loaded_group_torch_would_not_construct_exports_and_runs_as_torch():
+    """A torch.optim.SGD state dict with nesterov=True at momentum 0: torch's load_state_dict
+    and step take it (plain SGD), its constructor refuses it. TorchSGD loaded it, then its
+    to_torch_state_dict raised torch's constructor error (naming neither class nor setting);
+    it now exports the group as torch holds it, and both step alike."""
+    from generated.torch import TorchSGD
+
+    p = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+    q = torch.nn.Parameter(p.detach().clone())
+    theirs = torch.optim.SGD([q], lr=0.1)
+    group = dict(theirs.state_dict()["param_groups"][0], nesterov=True)
+    saved = {"state": {}, "param_groups": [group]}
+    theirs.load_state_dict(saved)
+    ours = TorchSGD([p], lr=0.1)
+    ours.load_torch_state_dict(saved)
+    exported = ours.to_torch_state_dict()
+    assert exported["param_groups"][0]["nesterov"] is True
+    assert exported["param_groups"][0]["momentum"] == 0
+    for opt, x in ((ours, p), (theirs, q)):
+        x.grad = torch.tensor([1.0, 2.0])
+        opt.step()
+    assert torch.equal(p.detach(), q.detach())
+    back = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    back.load_state_dict(exported)  # torch loads what was exported
+
+
+# Fixed, a regression test (found by the long fuzz profile: torch load_torch_state_dict).
+def test_a_buffer_a_setting_needs_is_refused_naming_the_setting():
+    """A torch.optim.RMSprop state dict saved uncentered, then marked centered=True: torch's
+    own step would fail on the missing 'grad_avg' (KeyError); TorchRMSprop refuses it on
+    load, and now names the setting that needs it, not only the missing key."""
+    from generated.torch import TorchRMSprop
+
+    q = torch.nn.Parameter(torch.ones(3))
+    theirs = torch.optim.RMSprop([q], lr=0.01)
+    q.grad = torch.ones(3)
+    theirs.step()
+    saved = theirs.state_dict()
+    saved["param_groups"][0]["centered"] = True
+    p = torch.nn.Parameter(torch.ones(3))
+    ours = TorchRMSprop([p], lr=0.01)
+    before = everything(p, ours)
+    with pytest.raises(ValueError, match=r"TorchRMSprop.*'grad_avg'.*\(centered=True\)"):
+        ours.load_torch_state_dict(saved)
+    assert everything(p, ours) == before

@@ -448,13 +448,21 @@ def load_case(draw: st.DrawFn):
         from fuzz.harness import hyper_candidates
 
         value = draw(st.sampled_from(hyper_candidates(rule, name)))
-        if name in ("beta1", "beta2") and "betas" in sd["param_groups"][0]:
-            betas = list(sd["param_groups"][0]["betas"])
-            betas[0 if name == "beta1" else 1] = value
-            sd["param_groups"][0]["betas"] = tuple(betas)
+        # a saved group holds torch's tuple (betas, Rprop's etas and step_sizes) next to its
+        # items: both changed, as the class's own state_dict would have them (an item that
+        # disagrees with its tuple is ambiguous, and refused: the long profile drew Rprop's
+        # step_size_max alone)
+        bases = []
+        for base, items in cls._aliases().items():
+            for index, item in items:
+                if item == name and base in sd["param_groups"][0]:
+                    value_tuple = list(sd["param_groups"][0][base])
+                    value_tuple[index] = value
+                    sd["param_groups"][0][base] = tuple(value_tuple)
+                    bases.append(base)
         sd["param_groups"][0][name] = value
         legal = predicted_legal(rule, name, value)
-        case.perturb(f"{name}={value!r}", [name, "betas"], None if legal is None else not legal)
+        case.perturb(f"{name}={value!r}", [name, *bases], None if legal is None else not legal)
     elif what == "group_missing_hp":
         name = draw(st.sampled_from(list(meta.HYPERPARAMS)))
         del sd["param_groups"][0][name]

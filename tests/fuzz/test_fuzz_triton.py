@@ -390,7 +390,13 @@ def multi_case(draw: st.DrawFn):
             )
             # With every tensor empty nothing is launched and amp is never read.
             case.perturb(p, ["amp"], True if big else None)
-        elif p == "same_grad_twice" and n >= 2 and ok and weights[0].shape == weights[1].shape:
+        elif (
+            p == "same_grad_twice"
+            and n >= 2
+            and ok
+            and weights[0].shape == weights[1].shape
+            and "grad_is_other_weight" not in case.notes  # would undo it (the long profile)
+        ):
             grads[1] = grads[0]
             case.perturb(p, [], False)  # gradients are only read: sharing one is fine
     return case, rule, weights, grads, states, t, hp, kwargs
