@@ -39,7 +39,7 @@ _reserve(
     "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
     "combine fixed_sum nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims "
     "matrix_sizes matrix_tiles matrix_views vector_shape LAUNCHES check_across domain_size "
-    "matrix_sweep run_steps "
+    "matrix_sweep run_steps unavailable "
     "check_distinct_states run_group check_arrays_across group_totals Iterator host_max host_min "
     "scalar_inputs "
     "check_host_states computed_each checked_each distinct check_tensors_each step_rows "

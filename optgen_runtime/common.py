@@ -303,6 +303,35 @@ def matrix_sizes(shape: Sequence[int], names: tuple[str, ...]) -> dict[str, int]
     return {name: every[name] for name in names}
 
 
+# ------------------------------------------------------------------------- guarded host lets
+class Unavailable:
+    """A host ``let`` that could not be computed (``q = 1/n`` at ``n == 0``) and that only
+    branches of a Piecewise use: host code evaluates only the branch taken, so where its
+    guard is false the step goes on; any use of it (arithmetic, a comparison, ``float()``)
+    raises the error computing it raised, naming the let."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, name: str, error: BaseException) -> None:
+        self._error = (type(error), f"{name}: {error}")
+
+    def _raise(self, *_: Any) -> Any:
+        kind, message = self._error
+        raise kind(message)
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _raise
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _raise
+    __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _raise
+    __float__ = __int__ = __index__ = __bool__ = __round__ = __trunc__ = _raise
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _raise
+    __hash__ = None  # type: ignore[assignment]
+
+
+def unavailable(name: str, error: BaseException) -> Unavailable:
+    """What a guarded host let holds when computing it raised ``error``."""
+    return Unavailable(name, error)
+
+
 # ---------------------------------------------------------------------------------- host max/min
 def host_max(*values: float) -> float:
     """The largest value, or NaN if any is NaN: the kernels' max, on the host (Python's

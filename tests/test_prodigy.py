@@ -12,6 +12,7 @@ from d0 by orders of magnitude within the 20 steps: the estimate is exercised, n
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import pytest
@@ -193,22 +194,23 @@ RULE = Rule("guarded_let", __doc__)
 w, g = RULE.weight, RULE.grad
 n = RULE.sum("n", g**2)
 q = RULE.let("q", 1 / n)
-RULE.update(w, sp.Piecewise((w, sp.Eq(n, 0)), (w - q * g, True)))
+r = RULE.let("r", sp.sqrt(n - 1))
+RULE.update(w, sp.Piecewise((w, sp.Eq(n, 0)), (w - q * g, n < 4), (w - r * g, True)))
 '''
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="generator: a host let is computed before the Piecewise that guards its only use",
-)
+# Fixed, a regression test (was a strict xfail: a host let computed before the Piecewise
+# that guards its only use).
 def test_a_host_let_used_only_under_a_guard_is_not_computed_outside_it(tmp_path) -> None:
     """Why prodigy.py guards d_hat itself (d0 where sum |s| == 0) instead of only its uses:
-    host code computes every host let first (``q = n ** (-1)``), so a zero gradient makes the
-    step raise although the update's scalar is guarded (``(-q) if (n != 0) else 0.0``)."""
+    host code computed every host let first (``q = n ** (-1)``), so a zero gradient made the
+    step raise although the update's scalar is guarded (``(-q) if (n != 0) else 0.0``). A let
+    only Piecewise branches use is now computed in a ``try``, and raises only where a branch
+    taken uses it (``r = sqrt(n - 1)`` is a domain error at n = 0.5, used from n = 4 on)."""
     import importlib.util
 
     from codegen.generate import generate_all, write
+    from optgen_runtime.scalars import computed
 
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "guarded_let.py").write_text(GUARDED_LET)
@@ -217,8 +219,16 @@ def test_a_host_let_used_only_under_a_guard_is_not_computed_outside_it(tmp_path)
     spec = importlib.util.spec_from_file_location("guarded_let_rules", path)
     rules = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rules)
-    assert rules.host_scalars(1, 4.0)[0][0] == -0.25
-    assert rules.host_scalars(1, 0.0)[0][0] == 0.0  # the update's scalar where n == 0
+    assert 'unavailable("q", _error)' in path.read_text()
+    scalar = {n: rules.host_scalars(1, n)[0] for n in (0.0, 0.5, 2.0, 9.0)}
+    # the kernel's scalars -q (under n < 4) and -r (from n = 4 on), each 0 where unused
+    assert scalar[0.5][:2] == (-2.0, 0.0) and scalar[2.0][:2] == (-0.5, 0.0)
+    assert scalar[0.0][:2] == (0.0, 0.0)  # where n == 0: 1/0 and sqrt(-1) both unused
+    assert scalar[9.0][:2] == (0.0, -math.sqrt(8.0))
+    with pytest.raises(ZeroDivisionError, match=r"^q: float division by zero$"):
+        rules.unavailable("q", ZeroDivisionError("float division by zero")) + 1.0
+    ok, _ = computed("guarded_let", rules.host_scalars, 1, n=0.5)  # r fails, unused: fine
+    assert ok[0] == -2.0
 
 
 def measure() -> None:

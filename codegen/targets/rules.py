@@ -12,6 +12,7 @@ import sympy as sp
 from codegen import names
 from codegen.ir import Assign
 from codegen.lower import Lowered
+from codegen.ops import Guarded
 from codegen.spec import Rule, State
 from codegen.targets import Target
 from codegen.targets.host import HostCode, host_code, legal_code, literal
@@ -217,7 +218,7 @@ def phases(lowered: Lowered, code: HostCode) -> list[dict[str, object]]:
                 "function": reduction_scalars_name(k),
                 "table": reduce_scalars_name(k),
                 "args": host_names + earlier,
-                "code": _lines(host_program(lowered, wanted), code),
+                "code": _lines(lowered, host_program(lowered, wanted), code),
                 "names": [s.name for s in wanted],
                 "legend": legend(lowered, wanted),
                 "op_counts": lowered.op_counts(lowered.reduce_phases[k - 1]),
@@ -227,12 +228,59 @@ def phases(lowered: Lowered, code: HostCode) -> list[dict[str, object]]:
     return out
 
 
-def _lines(assigns: list[Assign], code: HostCode) -> list[str]:
+def _lines(lowered: Lowered, assigns: list[Assign], code: HostCode) -> list[str]:
+    """A host program as code. A let only Piecewise branches use (:func:`guarded_lets`) is
+    computed in a ``try``: where it cannot be (``1/n`` at ``n == 0``) it holds
+    ``unavailable(...)``, which raises only if the branch taken uses it."""
+    guarded = guarded_lets(lowered, assigns)
     lines = []
     for a in assigns:
         lines += [f"# {o.comment()}" for o in a.origin]
-        lines.append(f"{a.target} = {code(a.expr)}")
+        if a.target not in guarded:
+            lines.append(f"{a.target} = {code(a.expr)}")
+            continue
+        code.printer.runtime.add("unavailable")
+        lines += [
+            "try:",
+            f"    {a.target} = {code(a.expr)}",
+            "except (ArithmeticError, ValueError) as _error:  # used only under a guard",
+            f"    {a.target} = unavailable({a.target.name!r}, _error)",
+        ]
     return lines
+
+
+def guarded_lets(lowered: Lowered, assigns: list[Assign]) -> set[sp.Symbol]:
+    """The lets of ``assigns`` used only in Piecewise branches' values (host code's ``a if c
+    else b`` evaluates only the branch taken) or only by such lets: never in a condition, a
+    host state's update, or as a scalar a function returns."""
+    lets = {a.target for a in lowered.host_lets}
+    returned = {a.target for a in assigns if a.target not in lets}
+    updates = {x for e in lowered.host_updates.values() for x in e.free_symbols}
+    guarded: set[sp.Symbol] = set()
+    for a in reversed(assigns):  # a let's users come after it
+        if a.target not in lets or a.target in returned or a.target in updates:
+            continue
+        users = [b for b in assigns if a.target in b.expr.free_symbols]
+        if users and all(b.target in guarded or _only_in_branches(a.target, b.expr) for b in users):
+            guarded.add(a.target)
+    return guarded
+
+
+def _only_in_branches(symbol: sp.Symbol, expr: sp.Basic, guarded: bool = False) -> bool:
+    """True when every occurrence of ``symbol`` in ``expr`` lies in a Piecewise branch's value
+    or a ``Guarded`` value (the lowering's scalar of one branch, computed only where its
+    condition holds)."""
+    if expr == symbol:
+        return guarded
+    if isinstance(expr, Guarded):
+        value, cond = expr.args
+        return _only_in_branches(symbol, value, True) and _only_in_branches(symbol, cond, guarded)
+    if isinstance(expr, sp.Piecewise):
+        return all(
+            _only_in_branches(symbol, value, True) and _only_in_branches(symbol, cond, guarded)
+            for value, cond in expr.args
+        )
+    return all(_only_in_branches(symbol, a, guarded) for a in expr.args)
 
 
 def context(lowered: Lowered) -> dict[str, object]:
@@ -286,7 +334,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             }
         ),
         "host_args": host_names + [str(r) for r in lowered.summands if r in rule.scalar_reductions],
-        "update_code": _lines(host_program(lowered, update), code),
+        "update_code": _lines(lowered, host_program(lowered, update), code),
         "update_names": [s.name for s in update],
         "host_updates": [
             (hs.name, code(lowered.host_updates[hs.new])) for hs in rule.host_states.values()

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, host_max, host_min
+from optgen_runtime.common import Legal, host_max, host_min, unavailable
 
 RULE = "lbsgd"
 SPEC = "specs/lbsgd.py"
@@ -156,17 +156,20 @@ def host_scalars(
     # specs/lbsgd.py:53: k = begin_epoch*updates_per_epoch + t
     k = begin_epoch * updates_per_epoch + t
     # specs/lbsgd.py:63: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
-    mult = (
-        (host_min(100, host_max(0.01, math.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))))
-        if (warmup_strategy == 3)
-        else (batch_scale)
-        if (k >= updates_per_epoch * warmup_epochs)
-        else (k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1)
-        if (warmup_strategy == 0)
-        else (k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1)
-        if (warmup_strategy == 1)
-        else (math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1)
-    )
+    try:
+        mult = (
+            (host_min(100, host_max(0.01, math.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))))
+            if (warmup_strategy == 3)
+            else (batch_scale)
+            if (k >= updates_per_epoch * warmup_epochs)
+            else (k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1)
+            if (warmup_strategy == 0)
+            else (k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1)
+            if (warmup_strategy == 1)
+            else (math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1)
+        )
+    except (ArithmeticError, ValueError) as _error:  # used only under a guard
+        mult = unavailable("mult", _error)
     _h1 = -clip_gradient
     _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
     _h3 = (-lr * mult) if (k % batch_scale == 0) else 0.0

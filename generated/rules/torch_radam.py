@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, unavailable
 
 RULE = "torch_radam"
 SPEC = "specs/torch_radam.py"
@@ -144,22 +144,31 @@ def host_scalars(
     # specs/torch_radam.py:41: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
     # specs/torch_radam.py:45: rho_inf = -1 + 2/(1 - beta2)
-    rho_inf = -1 + 2 / (1 - beta2)
+    try:
+        rho_inf = -1 + 2 / (1 - beta2)
+    except (ArithmeticError, ValueError) as _error:  # used only under a guard
+        rho_inf = unavailable("rho_inf", _error)
     # specs/torch_radam.py:46: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
-    rho_t = -2 * beta2**t * t / (1 - beta2**t) - 1 + 2 / (1 - beta2)
+    try:
+        rho_t = -2 * beta2**t * t / (1 - beta2**t) - 1 + 2 / (1 - beta2)
+    except (ArithmeticError, ValueError) as _error:  # used only under a guard
+        rho_t = unavailable("rho_t", _error)
     # specs/torch_radam.py:48: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
-    r_t = (
-        (
-            math.sqrt(
-                rho_inf
-                * (-2 * beta2**t * t / (1 - beta2**t) - 5 + 2 / (1 - beta2))
-                * (-2 * beta2**t * t / (1 - beta2**t) - 3 + 2 / (1 - beta2))
-                / (rho_t * (-5 + 2 / (1 - beta2)) * (-3 + 2 / (1 - beta2)))
+    try:
+        r_t = (
+            (
+                math.sqrt(
+                    rho_inf
+                    * (-2 * beta2**t * t / (1 - beta2**t) - 5 + 2 / (1 - beta2))
+                    * (-2 * beta2**t * t / (1 - beta2**t) - 3 + 2 / (1 - beta2))
+                    / (rho_t * (-5 + 2 / (1 - beta2)) * (-3 + 2 / (1 - beta2)))
+                )
             )
+            if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)
+            else (0)
         )
-        if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)
-        else (0)
-    )
+    except (ArithmeticError, ValueError) as _error:  # used only under a guard
+        r_t = unavailable("r_t", _error)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
     _h2 = 1 - beta2
