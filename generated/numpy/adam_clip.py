@@ -114,15 +114,16 @@ def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step); the
-    group reductions (grad_sq) are over this tensor alone: ``step_multi`` for a group."""
+    group reductions (grad_sq) are over this tensor alone: ``step_multi`` for a group.
+    """
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
 
 
 def step_multi(
-    weights: list[np.ndarray],
-    grads: list[np.ndarray],
-    states: list[dict[str, np.ndarray]],
+    weights: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    states: Sequence[dict[str, np.ndarray]],
     t: int | Sequence[int],
     **hyperparams: Any,
 ) -> None:

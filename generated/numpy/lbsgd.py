@@ -45,7 +45,6 @@ from optgen_runtime.common import (
     check_step_count,
     host_state_values,
     resolve_hyperparams,
-    run_steps,
     step_counts,
 )
 from optgen_runtime.numpy_support import (
@@ -54,6 +53,7 @@ from optgen_runtime.numpy_support import (
     combine,
     flat_views,
     for_chunks,
+    run_group,
 )
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -129,7 +129,7 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    run_steps(RULE, [_stepper(weight, grad, state, t, hp)])
+    run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
 
 
 def step_multi(
@@ -149,20 +149,22 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)
-    run_steps(
+    run_group(
         RULE,
         [
             _stepper(_w, _g, _s, _tj, hp)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
+        REDUCE_KINDS,
     )
 
 
 def _stepper(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
 ) -> Iterator[None]:
-    """One tensor's step, as run_steps drives it: its reductions, checks and host scalars,
-    then it yields None, and writes when resumed (once every tensor of the call has)."""
+    """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
+    its reductions, checks and host scalars, then it yields None, and writes when resumed
+    (once every tensor of the call has)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _mom_flat, _acc_flat = flat_views(

@@ -44,7 +44,6 @@ from optgen_runtime.common import (
     matrix_dims,
     matrix_sizes,
     resolve_hyperparams,
-    run_steps,
     step_counts,
     vector_shape,
 )
@@ -56,6 +55,7 @@ from optgen_runtime.numpy_support import (
     for_tiles,
     matrix_tiles,
     matrix_views,
+    run_group,
 )
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -146,7 +146,7 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    run_steps(RULE, [_stepper(weight, grad, state, t, hp)])
+    run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
 
 
 def step_multi(
@@ -166,20 +166,22 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)
-    run_steps(
+    run_group(
         RULE,
         [
             _stepper(_w, _g, _s, _tj, hp)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
+        REDUCE_KINDS,
     )
 
 
 def _stepper(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
 ) -> Iterator[None]:
-    """One tensor's step, as run_steps drives it: its reductions, checks and host scalars,
-    then it yields None, and writes when resumed (once every tensor of the call has)."""
+    """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
+    its reductions, checks and host scalars, then it yields None, and writes when resumed
+    (once every tensor of the call has)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as

@@ -384,13 +384,7 @@ class Stepping:
         )
         views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
-        arrays = {
-            key: [
-                local(given.of(p)[key]).detach().to(w.dtype).contiguous().numpy()
-                for p, w in zip(params, weights, strict=True)
-            ]
-            for key in self.META.INPUTS
-        }
+        arrays = self._input_arrays(params, weights, given)
         self._numba().step_prechecked(  # every array checked in _plans
             [w.numpy() for w in weights],
             [g.contiguous().numpy() for g in grads],
@@ -423,13 +417,7 @@ class Stepping:
         ]
         views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
-        arrays = {
-            key: [
-                local(given.of(p)[key]).detach().to(w.dtype).contiguous().numpy()
-                for p, w in zip(params, weights, strict=True)
-            ]
-            for key in self.META.INPUTS
-        }
+        arrays = self._input_arrays(params, weights, given)
         self.NUMPY.step_multi(
             [w.numpy() for w in weights],
             [g.numpy() for g in grads],
@@ -441,6 +429,19 @@ class Stepping:
         )
         for p, state, v in zip(params, states, views, strict=True):
             self._finish(p, state, v)
+
+    def _input_arrays(
+        self, params: list[torch.Tensor], weights: list[torch.Tensor], given: Given
+    ) -> dict[str, list[Any]]:
+        """Each per-element input as one array per parameter, in its (master) weight's dtype
+        (a copy only where the dtype differs or the tensor is not contiguous)."""
+        return {
+            key: [
+                local(given.of(p)[key]).detach().to(w.dtype).contiguous().numpy()
+                for p, w in zip(params, weights, strict=True)
+            ]
+            for key in self.META.INPUTS
+        }
 
     def _grad_scratch(self, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``grad`` converted to ``dtype`` (a fp16/bf16 gradient for its fp32 master) in a
