@@ -1,4 +1,6 @@
-"""The drop-in classes (``generated.torch.optim``) against torch.optim itself, on the CPU.
+"""The drop-in classes (``generated.torch.optim``) against torch.optim itself, on the CPU (and,
+in a GPU run, ``TRITON_INTERPRET=0``, ``test_matches_torch`` on CUDA tensors: Triton against
+torch's CUDA kernels; tools/gpu_check.py runs it so).
 
 For every option combination torch documents: 50 steps of ours and of ``torch.optim.<name>``
 (single-tensor path) from the same weights and gradients, two param groups; at step 25 each
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ulp
+from conftest import DEVICE, ulp
 
 import generated.torch.optim as dropin
 
@@ -145,14 +147,15 @@ def groups(params: list[torch.nn.Parameter], lr: float) -> list[dict[str, Any]]:
 def set_grads(params: list[torch.nn.Parameter], step: int) -> None:
     gen = torch.Generator().manual_seed(1000 + step)
     for p in params:  # a pull towards 0.5 plus noise: the weights move on every path
-        p.grad = (p.detach() - 0.5) + torch.randn(p.shape, generator=gen)
+        noise = torch.randn(p.shape, generator=gen).to(p.device)  # the same draws on any device
+        p.grad = (p.detach() - 0.5) + noise
 
 
 def ulps(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     """The largest difference in float32 ulps at the tensor's largest magnitude (an element
     that crossed 0 is only as accurate as the values it was computed from)."""
-    a = ours.detach().double().numpy()
-    b = theirs.detach().double().numpy()
+    a = ours.detach().double().cpu().numpy()
+    b = theirs.detach().double().cpu().numpy()
     assert np.isfinite(a).all() and np.isfinite(b).all()
     if not b.size:
         return 0.0
@@ -171,7 +174,7 @@ def test_matches_torch(case: tuple[str, dict[str, Any]]) -> None:
     """50 steps equal to torch's within ULPS; a checkpoint crosses over either way at step 25."""
     name, options = case
     torch.manual_seed(0)
-    weights = [torch.randn(s) for s in SHAPES]
+    weights = [torch.randn(s).to(DEVICE) for s in SHAPES]
     kwargs = {"lr": LR[name], "foreach": False, **options}
     theirs_p, ours_p = params_from(weights), params_from(weights)
     theirs = getattr(torch.optim, name)(groups(theirs_p, LR[name]), **kwargs)

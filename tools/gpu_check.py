@@ -12,7 +12,8 @@ Uses the machine's own python3 (CUDA torch and Triton, NumPy, SymPy; no package 
    the bits of one ``step`` per tensor, and the bits of the same call with the vectorised
    variant turned off; fp32 Adam equals the generated NumPy reference to the last bit;
 2. the Triton test files on CUDA (``TRITON_INTERPRET=0``: tests/conftest.py then puts every
-   tensor on ``cuda``), when pytest is installed, within ``--test-budget`` seconds;
+   tensor on ``cuda``), and the drop-in classes against torch.optim's CUDA kernels
+   (tests/test_dropin.py), when pytest is installed, within ``--test-budget`` seconds;
 3. benchmarks: the generated torch classes of those five rules on GPT-2 small's 148 parameter
    tensors and on one tensor of ``--big`` elements (1 G: 4 GB per fp32 array; skipped, saying
    so, when the device lacks the memory), against torch.optim's fused and foreach optimizers
@@ -65,6 +66,7 @@ TEST_FILES = (
     "tests/test_fixed_sum.py",
     "tests/test_grad_scaler_device.py",
     "tests/test_host_cache.py",
+    "tests/test_dropin.py::test_matches_torch",  # the drop-ins against torch's CUDA kernels
     "tests/test_triton.py",
 )
 
