@@ -150,19 +150,34 @@ def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
 
 
 def add_partials(partials: np.ndarray) -> np.ndarray:
-    """Per-chunk float32 partial sums (rows: chunks in order, columns: reductions) added in
-    float64, one chunk after the other (``np.add.accumulate`` is a sequential scan): a fixed
-    order, so the same partials give the same sums on every device and machine."""
+    """Per-chunk partial sums (rows: chunks in order, columns: reductions) added in float64 as
+    one pairwise tree: the rows padded with zeros to a power of two, then neighbours added
+    level by level (rows 0+1, 2+3, ...; then those sums likewise). A fixed order, so the same
+    partials give the same sums on every device and machine: :func:`combine_on_device` adds
+    them in the same tree on the GPU (groups of ``COMBINE_GROUP`` rows, then the groups' sums;
+    the wider zero padding there changes nothing but the sign of a zero total, and both end
+    with ``+ 0.0``, so a zero total is +0.0 either way). The tree's rounding error grows with
+    the log of the chunk count (a sequential sum's, with the count)."""
     if not len(partials):
         return np.zeros(partials.shape[1:], dtype=np.float64)
-    return np.add.accumulate(partials.astype(np.float64), axis=0)[-1]
+    x = partials.astype(np.float64)
+    if len(x) == 1:  # most tensors of a model: one chunk
+        return x[0] + 0.0
+    size = 1 << (len(x) - 1).bit_length()
+    if size != len(x):
+        x = np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]))])
+    with np.errstate(invalid="ignore"):  # inf + -inf: NaN, as on the device
+        while len(x) > 1:
+            x = x[0::2] + x[1::2]
+    return x[0] + 0.0
 
 
 def combine_partials(
     partials: np.ndarray, kinds: dict[str, str], names: Sequence[str]
 ) -> dict[str, float]:
     """Each reduction's per-chunk partials (a column, chunks in order) combined by its kind:
-    sums by :func:`add_partials`, max/min NaN-propagating (-inf/+inf over no chunks)."""
+    sums by :func:`add_partials`, max/min NaN-propagating (-inf/+inf over no chunks); a zero
+    result is +0.0 (the same bits as :func:`combine_on_device`, whatever the order)."""
     out = {}
     for k, name in enumerate(names):
         column = partials[:, k : k + 1]
@@ -172,8 +187,138 @@ def combine_partials(
         elif not len(column):
             out[name] = -math.inf if kind == "max" else math.inf
         else:
-            out[name] = float(np.max(column) if kind == "max" else np.min(column))
+            out[name] = float(np.max(column) if kind == "max" else np.min(column)) + 0.0
     return out
+
+
+# Where the partials of a reduction are combined on the device (:func:`combine_on_device`)
+# rather than copied to the host whole: on CUDA, where the copy and a host pass over a large
+# tensor's partials (1 M of them for a 1 G-element tensor) cost more than the step's kernels.
+# Tests add "cpu" to run the combine kernel under the interpreter.
+DEVICE_COMBINE = {"cuda"}
+COMBINE_GROUP = 1024  # the rows one program of the combine kernel adds as one tree
+_KIND_CODES = {"sum": 0, "max": 1, "min": 2}
+
+
+def combines_on_device(device: torch.device) -> bool:
+    return device.type in DEVICE_COMBINE
+
+
+def combine_plan(starts: np.ndarray, counts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The levels of :func:`combine_on_device` for segments of rows ``starts[j]`` to
+    ``starts[j] + counts[j]`` (every count at least 1): per level, each program's first row
+    and row count (at most ``COMBINE_GROUP``) in that level's input; a level's output holds
+    each segment's group sums in order, the input of the next, until one row per segment."""
+    starts, counts = np.asarray(starts, np.int64), np.asarray(counts, np.int64)
+    levels = []
+    while True:
+        per = -(-counts // COMBINE_GROUP)
+        first = np.cumsum(per) - per
+        segment = np.repeat(np.arange(len(counts)), per)
+        index = np.arange(int(per.sum()), dtype=np.int64) - first[segment]
+        levels.append(
+            (
+                starts[segment] + index * COMBINE_GROUP,
+                np.minimum(counts[segment] - index * COMBINE_GROUP, COMBINE_GROUP),
+            )
+        )
+        if (per == 1).all():
+            return levels
+        starts, counts = first, per
+
+
+def device_plan(
+    starts: np.ndarray, counts: np.ndarray, device: torch.device
+) -> list[tuple[torch.Tensor, int]]:
+    """:func:`combine_plan` on ``device``: per level, one int64 table (the programs' first
+    rows, then their row counts) and the number of programs (a :class:`ChunkTable` keeps its
+    own, uploaded once: its segments never change)."""
+    levels = []
+    for first, count in combine_plan(starts, counts):
+        levels.append(
+            (_upload(torch.from_numpy(np.concatenate([first, count])), device), len(first))
+        )
+    return levels
+
+
+def combine_on_device(
+    partials: torch.Tensor,
+    plan: list[tuple[torch.Tensor, int]],
+    kinds: dict[str, str],
+    names: Sequence[str],
+) -> np.ndarray:
+    """:func:`combine_partials` of each segment of ``partials`` (float32 on the device, one
+    row per chunk, one column per name; the segments as :func:`device_plan` made ``plan``)
+    computed on the device, in the tree order of :func:`add_partials` (max/min in any order:
+    NaN-propagating, so the same): the same bits. One launch per level and name (one level up
+    to 1,024 chunks a segment, two up to 1 M; counted in ``LAUNCHES["combine"]``, not among the
+    rule's launches that ``step_multi`` returns), then one copy of the results (float64, one row
+    per segment) to the host."""
+    width = len(names)
+    src = partials
+    for table, rows in plan:
+        dst = torch.empty(rows * width, dtype=torch.float64, device=partials.device)
+        for k, name in enumerate(names):
+            combine_kernel[(rows,)](
+                src,
+                dst,
+                table,
+                table[rows:],
+                k,
+                width,
+                KIND=_KIND_CODES[kinds[name]],
+                GROUP=COMBINE_GROUP,
+                **LAUNCH_OPTIONS,
+            )
+            LAUNCHES["combine"] += 1  # apart from the rule's own launches
+        src = dst
+    return src.cpu().numpy().reshape(-1, width) + 0.0
+
+
+@triton.jit
+def _pairs(x, HALF: tl.constexpr, KIND: tl.constexpr):
+    """Neighbours of ``x`` (2 * HALF values) combined: 0+1, 2+3, ... (sum), or max/min."""
+    y = tl.reshape(x, (HALF, 2))
+    if KIND == 0:
+        out = tl.sum(y, axis=1)  # one addition per pair: the same in any order
+    elif KIND == 1:
+        out = tl.reduce(y, 1, nan_max)
+    else:
+        out = tl.reduce(y, 1, nan_min)
+    return out
+
+
+@triton.jit
+def combine_kernel(
+    src, dst, starts, counts, column, width, KIND: tl.constexpr, GROUP: tl.constexpr
+):
+    """One program per output row: the pairwise tree of up to GROUP (1,024) rows of ``src``'s
+    ``column`` (float32 partials, or float64 sums of the level below), padded with the kind's
+    identity (0, -inf, +inf), in float64, stored to ``dst``'s row (of ``width`` columns)."""
+    tl.static_assert(GROUP == 1024)  # the ten levels below
+    row = tl.program_id(0).to(tl.int64)
+    start = tl.load(starts + row)
+    count = tl.load(counts + row)
+    lanes = tl.arange(0, GROUP).to(tl.int64)
+    if KIND == 0:
+        other = 0.0
+    elif KIND == 1:
+        other = -float("inf")
+    else:
+        other = float("inf")
+    x = tl.load(src + (start + lanes) * width + column, mask=lanes < count, other=other)
+    x = x.to(tl.float64)
+    x = _pairs(x, 512, KIND)
+    x = _pairs(x, 256, KIND)
+    x = _pairs(x, 128, KIND)
+    x = _pairs(x, 64, KIND)
+    x = _pairs(x, 32, KIND)
+    x = _pairs(x, 16, KIND)
+    x = _pairs(x, 8, KIND)
+    x = _pairs(x, 4, KIND)
+    x = _pairs(x, 2, KIND)
+    x = _pairs(x, 1, KIND)
+    tl.store(dst + row * width + column + tl.arange(0, 1), x)
 
 
 @triton.jit
@@ -227,11 +372,12 @@ def reduce_sums(
     names: Sequence[str],
     block: int,
 ) -> dict[str, float]:
-    """Run a reduction kernel, then combine its per-block partials on the host.
+    """Run a reduction kernel, then combine its per-block partials.
 
     The kernel writes one float32 partial per block and name, each to its own slot (no
-    atomics); the partials are copied to the host (one device synchronisation per phase) and
-    combined by :func:`combine_partials` (sums in float64), in block order: the same bits on
+    atomics); they are combined by :func:`combine_partials` (sums in float64, one pairwise
+    tree) on the host, or on CUDA by :func:`combine_on_device` in the same order, with only the
+    sums copied to the host (one device synchronisation per phase either way): the same bits on
     every run and every device for the same partials. Returns Python floats.
     """
     n = buffers[0].numel()
@@ -242,7 +388,12 @@ def reduce_sums(
             *buffers, partial, n, *(float(s) for s in scalars), BLOCK_SIZE=block, **LAUNCH_OPTIONS
         )
         LAUNCHES["count"] += 1
-    sums = combine_partials(partial.cpu().numpy().reshape(blocks, len(names)), kinds, names)
+    if n and combines_on_device(partial.device):
+        plan = device_plan(np.zeros(1, np.int64), np.array([blocks]), partial.device)
+        row = combine_on_device(partial, plan, kinds, names)
+        sums = {name: float(value) for name, value in zip(names, row[0], strict=True)}
+    else:
+        sums = combine_partials(partial.cpu().numpy().reshape(blocks, len(names)), kinds, names)
     return across_shards(kinds, [sums])[0]  # a sharded tensor's: over all its shards
 
 
@@ -638,6 +789,7 @@ class ChunkTable:
         ints: Sequence[Sequence[int]] | None = None,
     ) -> None:
         check_across(tables)  # before any launch
+        self.plans: dict[torch.device, list[tuple[torch.Tensor, int]]] = {}  # device_plan's
         self.block = block
         self.size = len(tables)
         self.launches = 0
@@ -751,9 +903,11 @@ class ChunkTable:
         names: Sequence[str],
     ) -> list[dict[str, float]]:
         """Every tensor's reductions: one launch per group, one float32 partial per chunk and
-        name (no atomics), copied to the host once per device and added per tensor in chunk
-        order by :func:`add_partials` (the same bits as ``reduce_sums`` for that tensor).
-        ``rows[j]``: tensor j's reduction-phase scalars (``reduction_scalars``)."""
+        name (no atomics), combined per tensor in the order of :func:`add_partials` (the same
+        bits as ``reduce_sums`` for that tensor): on CUDA by :func:`combine_on_device`, with one
+        copy of the tensors' sums to the host per device; elsewhere on the host, the partials
+        copied once per device. ``rows[j]``: tensor j's reduction-phase scalars
+        (``reduction_scalars``)."""
         width = len(names)
         scalar_rows = ScalarRows.of(rows)
         nothing = combine_partials(np.zeros((0, len(names)), np.float32), kinds, names)
@@ -769,11 +923,25 @@ class ChunkTable:
         for group, offset in zip(self.groups, offsets, strict=True):
             meta, scalars = self._tables(group, scalar_rows)
             self._launch(kernel, group, meta, scalars, partials[group.device][offset * width :])
-        host = {d: p.cpu().numpy().reshape(-1, width) for d, p in partials.items()}
+        segments: dict[torch.device, tuple[list[int], list[np.ndarray], list[np.ndarray]]] = {}
         for group, offset in zip(self.groups, offsets, strict=True):
-            ends = offset + np.cumsum(group.counts)
-            for j, end, count in zip(group.members, ends, group.counts, strict=True):
-                sums[j] = combine_partials(host[group.device][end - count : end], kinds, names)
+            members, starts, counts = segments.setdefault(group.device, ([], [], []))
+            members += group.members
+            starts.append(offset + np.cumsum(group.counts) - group.counts)
+            counts.append(group.counts)
+        for device, (members, starts, counts) in segments.items():
+            first, count = np.concatenate(starts), np.concatenate(counts)
+            if combines_on_device(device):
+                plan = self.plans.get(device)
+                if plan is None:  # the segments are the table's: the same every step
+                    plan = self.plans[device] = device_plan(first, count, device)
+                found = combine_on_device(partials[device], plan, kinds, names)
+                for j, row in zip(members, found, strict=True):
+                    sums[j] = {name: float(v) for name, v in zip(names, row, strict=True)}
+                continue
+            host = partials[device].cpu().numpy().reshape(-1, width)
+            for j, lo, n in zip(members, first, count, strict=True):
+                sums[j] = combine_partials(host[lo : lo + n], kinds, names)
         return across_shards(kinds, sums)  # a sharded tensor's: over all its shards
 
 
@@ -1065,7 +1233,7 @@ class _Prepared:
 
 
 # Kernel launches made through this module (tests count them).
-LAUNCHES = {"count": 0}
+LAUNCHES = {"count": 0, "combine": 0}
 
 
 def launch(
@@ -1109,8 +1277,8 @@ def matrix_sweep(
     """Launch one kernel of a sweep over ``domain`` of the (batch, rows, cols) view.
 
     ``shape`` "flat": one program per block of the domain's flat indices (maps; whole-tensor
-    reductions ``names`` as one float32 partial per block, combined on the host in block order
-    as :func:`reduce_sums` does); "last": one program per index of the other axes, looping
+    reductions ``names`` as one float32 partial per block, combined on the host as
+    :func:`combine_partials` does); "last": one program per index of the other axes, looping
     over the last; "middle": one program per (matrix, block of columns), looping over rows. The
     axis reductions write their vectors on the device (no host synchronisation)."""
     batch, rows, cols = dims

@@ -56,12 +56,13 @@ def test_gpt2_small_and_the_figures() -> None:
 def test_the_bit_checks_run_under_the_interpreter() -> None:
     """The GPU run's bit checks, on CPU tensors through the interpreter with small sizes: the
     code path cannot rot, and both variants and one step per tensor agree here too."""
-    rows = gpu_check.bit_checks(["adam", "sgld"], device="cpu", sizes=(16, 48, 7))
-    assert [r["rule"] for r in rows] == ["adam", "sgld"]
+    rows = gpu_check.bit_checks(["adam", "sgld", "lamb"], device="cpu", sizes=(16, 48, 7))
+    assert [r["rule"] for r in rows] == ["adam", "sgld", "lamb"]
     assert rows[0]["aligned"] == [True, True, False, False, True]  # 16, 48, 7, view, bf16
     assert all(r["ok"] and r["same_bits_as_scalar"] and r["same_bits_as_single"] for r in rows)
     assert all(r["same_bits_under_grad_scaler"] for r in rows)
     assert rows[0]["adam_fp32_equals_numpy"]
+    assert rows[2]["same_bits_device_combine"]  # LAMB's sums: combined by the kernel too
 
 
 def test_the_report_renders() -> None:

@@ -10,7 +10,8 @@ Uses the machine's own python3 (CUDA torch and Triton, NumPy, SymPy; no package 
    ``step_multi`` over tensors of both alignment classes (16-byte aligned with sizes a multiple
    of 16: the vectorised variant; a view one element off and odd sizes: the scalar one) gives
    the bits of one ``step`` per tensor, and the bits of the same call with the vectorised
-   variant turned off; fp32 Adam equals the generated NumPy reference to the last bit;
+   variant turned off; fp32 Adam equals the generated NumPy reference to the last bit; the
+   reductions' partials (LAMB's) combined on the device give the host's bits;
 2. the Triton test files on CUDA (``TRITON_INTERPRET=0``: tests/conftest.py then puts every
    tensor on ``cuda``), and the drop-in classes against torch.optim's CUDA kernels
    (tests/test_dropin.py), when pytest is installed, within ``--test-budget`` seconds;
@@ -66,6 +67,7 @@ TEST_FILES = (
     "tests/test_fixed_sum.py",
     "tests/test_grad_scaler_device.py",
     "tests/test_host_cache.py",
+    "tests/test_device_combine.py",
     "tests/test_dropin.py::test_matches_torch",  # the drop-ins against torch's CUDA kernels
     "tests/test_triton.py",
 )
@@ -198,6 +200,8 @@ def bit_check(rule: str, device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     for mode in ("scalar", "single"):
         row[f"same_bits_as_{mode}"] = same_bits(trm, runs["routed"], runs[mode])
     row["same_bits_under_grad_scaler"] = grad_scaler_check(trm, weights, grads, device)
+    if trm.REDUCTIONS:
+        row["same_bits_device_combine"] = combine_check(device)
     if rule == "adam":
         npm = importlib.import_module(f"generated.numpy.{rule}")
         w0 = torch.randn(1 << 16, device=device)
@@ -211,6 +215,32 @@ def bit_check(rule: str, device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
         row["adam_fp32_equals_numpy"] = bool(np.array_equal(w0.cpu().numpy(), w_np))
     row["ok"] = all(v for k, v in row.items() if k.startswith(("same_bits", "adam_fp32")))
     return row
+
+
+def combine_check(device: str) -> bool:
+    """A reduction's partials combined on the device (``combine_on_device``: one, two and three
+    levels of 1,024-row trees on CUDA) give the host's bits (``combine_partials``), with NaN
+    and inf among them; under the interpreter, small segments only."""
+    import numpy as np
+    import torch
+
+    from optgen_runtime.triton_support import combine_on_device, combine_partials, device_plan
+
+    counts = np.array([1, 1025, 3] + ([(1 << 20) + 1] if device == "cuda" else []))
+    starts = np.cumsum(counts) - counts + 1
+    rng = np.random.default_rng(0)
+    rows = int(starts[-1] + counts[-1])
+    p = (rng.standard_normal((rows, 2)) * np.exp(rng.uniform(-20, 20, (rows, 2)))).astype("f4")
+    p[starts[1] + 3, 1] = np.nan
+    kinds, names = {"s": "sum", "m": "max"}, ["s", "m"]
+    plan = device_plan(starts, counts, torch.device(device))
+    found = combine_on_device(torch.from_numpy(p.ravel()).to(device), plan, kinds, names)
+    for j, (start, count) in enumerate(zip(starts, counts, strict=True)):
+        host = combine_partials(p[start : start + count], kinds, names)
+        want = np.array([host[n] for n in names], dtype=np.float64)
+        if want.tobytes() != found[j].tobytes():
+            return False
+    return True
 
 
 def grad_scaler_check(trm: Any, weights: list[Any], grads: list[Any], device: str) -> bool:
@@ -493,6 +523,8 @@ def markdown(result: dict[str, Any]) -> str:
         other = "fp32 = NumPy" if r.get("adam_fp32_equals_numpy") else ""
         if r.get("adam_fp32_equals_numpy") is False:
             other = "fp32 != NumPy"
+        if "same_bits_device_combine" in r:
+            other = f"sums combined on the device = on the host: {r['same_bits_device_combine']}"
         lines.append(
             f"| {r['rule']} | {r['same_bits_as_single']} | {r['same_bits_as_scalar']} "
             f"| {r.get('same_bits_under_grad_scaler', '-')} | {other} |"

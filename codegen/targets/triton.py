@@ -211,8 +211,9 @@ def context(lowered: Lowered) -> dict[str, object]:
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",
-        "float32 partial per chunk, added per tensor on the host in float64 in chunk order (the",
-        "sums ``step`` gets).",
+        "float32 partial per chunk, added per tensor in float64 as one pairwise tree (the sums",
+        "``step`` gets): on CUDA by a small kernel, with only the sums copied to the host (its",
+        "launches are counted in ``LAUNCHES['combine']``, not here).",
     ]
     doc = doc if lowered.summands else []
     if lowered.draws:

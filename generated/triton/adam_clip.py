@@ -34,7 +34,14 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, checked_each, computed, computed_each, distinct
+from optgen_runtime.scalars import (
+    check_scalars,
+    check_scalars_each,
+    checked_each,
+    computed,
+    computed_each,
+    distinct,
+)
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     ChunkTable,
@@ -316,7 +323,7 @@ def adam_clip_reduce_kernel(
     n_elements,
     BLOCK_SIZE: tl.constexpr,
 ):
-    # Phase 1: the host combines the per-block partials in block order (sums in float64).
+    # Phase 1: one partial per block, combined by reduce_sums (sums: a float64 tree).
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -354,8 +361,8 @@ def adam_clip_multi_reduce_kernel(
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
     if ALIGNED:  # 16-byte aligned pointers: 128-bit loads and stores
         grad_ptr = tl.multiple_of(grad_ptr, 16)
-    # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials on
-    # the host in chunk order (sums in float64).
+    # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials
+    # (sums: a float64 tree; on CUDA on the device).
     adam_clip_reduce_kernel_body(grad_ptr, partial_ptr, pid, offs, mask)
 
 
@@ -420,8 +427,9 @@ def step_multi(
     table: the same results as one ``step`` per tensor.
 
     The reductions take one more launch per combination, over the same chunk table: one
-    float32 partial per chunk, added per tensor on the host in float64 in chunk order (the
-    sums ``step`` gets).
+    float32 partial per chunk, added per tensor in float64 as one pairwise tree (the sums
+    ``step`` gets): on CUDA by a small kernel, with only the sums copied to the host (its
+    launches are counted in ``LAUNCHES['combine']``, not here).
     ``stream_ids`` is checked, but the rule draws no noise.
 
     ``amp``: torch.amp.GradScaler's ``(found_inf, grad_scale)`` on the weights' device, each a
@@ -478,7 +486,6 @@ def step_multi(
         [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
         **hp,
     )
-    for _scalars, _host_new in distinct(new):
-        check_scalars(RULE, SCALARS, _scalars, torch.float32)
+    check_scalars_each(RULE, SCALARS, distinct(new), torch.float32)
     chunks.update(adam_clip_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     return chunks.launches

@@ -58,6 +58,7 @@ from optgen_runtime.common import (
 from optgen_runtime.scalars import (
     check_host_states,
     check_scalars,
+    check_scalars_each,
     checked_each,
     computed,
     computed_each,
@@ -410,7 +411,7 @@ def prodigy_reduce_kernel(
     b3,
     BLOCK_SIZE: tl.constexpr,
 ):
-    # Phase 1: the host combines the per-block partials in block order (sums in float64).
+    # Phase 1: one partial per block, combined by reduce_sums (sums: a float64 tree).
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -461,8 +462,8 @@ def prodigy_multi_reduce_kernel(
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         p0_ptr = tl.multiple_of(p0_ptr, 16)
         s_ptr = tl.multiple_of(s_ptr, 16)
-    # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials on
-    # the host in chunk order (sums in float64).
+    # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials
+    # (sums: a float64 tree; on CUDA on the device).
     _h0 = tl.load(scalars_ptr + tensor * 3 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 3 + 1)
     b3 = tl.load(scalars_ptr + tensor * 3 + 2)
@@ -538,8 +539,9 @@ def step_multi(
     table: the same results as one ``step`` per tensor.
 
     The reductions take one more launch per combination, over the same chunk table: one
-    float32 partial per chunk, added per tensor on the host in float64 in chunk order (the
-    sums ``step`` gets).
+    float32 partial per chunk, added per tensor in float64 as one pairwise tree (the sums
+    ``step`` gets): on CUDA by a small kernel, with only the sums copied to the host (its
+    launches are counted in ``LAUNCHES['combine']``, not here).
     ``stream_ids`` is checked, but the rule draws no noise.
 
     ``amp``: torch.amp.GradScaler's ``(found_inf, grad_scale)`` on the weights' device, each a
@@ -596,9 +598,7 @@ def step_multi(
         [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
         **hp,
     )
-    for _scalars, _host_new in distinct(new):
-        check_scalars(RULE, SCALARS, _scalars, torch.float32)
-        check_host_states(RULE, _host_new)
+    check_scalars_each(RULE, SCALARS, distinct(new), torch.float32, host_states=True)
     chunks.update(prodigy_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
     for _s, (_, host_new) in zip(states, new, strict=True):
         _s.update(host_new)
