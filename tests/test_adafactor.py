@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import triton_module
+from conftest import DEVICE, triton_module
 from factored import check_torch_class, row_scaled_case, trajectory
 
 from generated.numpy import adafactor
@@ -84,21 +84,22 @@ def test_triton_matches_numpy(shape) -> None:
     w0, grads = case(shape, np.float32)
     w = w0.copy()
     state = adafactor.init_state(w)
-    tw = torch.from_numpy(w0.copy())
+    tw = torch.from_numpy(w0.copy()).to(DEVICE)
     tstate = module.init_state(tw)
     for t, g in enumerate(grads[:4], start=1):
         adafactor.step(w, g.copy(), state, t, weight_decay=0.1)
-        module.step(tw, torch.from_numpy(g.copy()), tstate, t, weight_decay=0.1)
-    np.testing.assert_allclose(tw.numpy(), w, rtol=0, atol=1e-6)
+        module.step(tw, torch.from_numpy(g.copy()).to(DEVICE), tstate, t, weight_decay=0.1)
+    np.testing.assert_allclose(tw.cpu().numpy(), w, rtol=0, atol=1e-6)
     for key in ("row", "col"):
-        np.testing.assert_allclose(tstate[key].numpy(), state[key], rtol=1e-6, atol=1e-12)
+        got = tstate[key].cpu().numpy()
+        np.testing.assert_allclose(got, state[key], rtol=1e-6, atol=1e-12)
 
 
 def test_triton_step_multi_equals_step_each() -> None:
     module = triton_module("adafactor")
     shapes = [(6, 10), (9,), (2, 3, 4)]
-    ws = [torch.from_numpy(case(s, np.float32)[0]) for s in shapes]
-    gs = [torch.from_numpy(case(s, np.float32)[1][0]) for s in shapes]
+    ws = [torch.from_numpy(case(s, np.float32)[0]).to(DEVICE) for s in shapes]
+    gs = [torch.from_numpy(case(s, np.float32)[1][0]).to(DEVICE) for s in shapes]
     single = [w.clone() for w in ws]
     for w, g in zip(single, gs, strict=True):
         module.step(w, g, module.init_state(w), 1)

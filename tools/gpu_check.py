@@ -69,6 +69,8 @@ TEST_FILES = (
     "tests/test_host_cache.py",
     "tests/test_device_combine.py",
     "tests/test_dropin.py::test_matches_torch",  # the drop-ins against torch's CUDA kernels
+    "tests/test_adafactor.py",  # the matrix rules' kernels and products on CUDA
+    "tests/test_matrix_rules.py",
     "tests/test_triton.py",
 )
 
