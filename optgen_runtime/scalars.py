@@ -85,6 +85,14 @@ def check_scalars(
     return values
 
 
+def checked_scalar(rule: str, name: str, what: str, value: float, dtype: Any) -> float:
+    """``value`` unchanged when ``dtype`` holds it (:func:`check_scalars` of one scalar, ``what``
+    its host code): the matrix rules' modules check each host scalar so as they compute it,
+    before the step writes anything."""
+    check_scalars(rule, {name: what}, (value,), dtype)
+    return value
+
+
 def check_scalars_each(
     rule: str,
     legend: Mapping[str, str],

@@ -564,3 +564,25 @@ def test_torch_class_refuses_a_non_matrix_parameter_before_writing(name: str) ->
     with pytest.raises(ValueError, match=r"2-D matrix.*\(5,\)"):
         opt.add_param_group({"params": params[2:]})
     assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+@pytest.mark.parametrize("name", MATRIX_RULE_NAMES)
+def test_a_scalar_float32_cannot_hold_is_refused_before_writing(name: str, target: str) -> None:
+    """lr=1e300 is a legal learning rate, but -lr * wd + 1 and -lr_adj overflow float32: refused,
+    naming the scalar and its host code, with nothing written (before the range check reached
+    the matrix rules' modules, both wrote infinite weights); float64 NumPy weights take it."""
+    m = numpy_module(name) if target == "numpy" else triton_module(name)
+    w = np.ones(SHAPE, np.float32) if target == "numpy" else torch.ones(SHAPE, device=DEVICE)
+    g, state = w * 0.5, m.init_state(w)
+    before = [w.copy() if target == "numpy" else w.clone()]
+    before += [v.copy() if target == "numpy" else v.clone() for v in state.values()]
+    refused = rf"{name}: .*kernel scalar \w+ \(.*lr.*\) is -?[\d.]+e\+\d+"
+    with pytest.raises(ValueError, match=refused):
+        m.step(w, g, state, 1, lr=1e300)
+    for x, y in zip(before, [w, *state.values()], strict=True):
+        assert bool((x == y).all())
+    if target == "numpy":
+        w64 = np.ones(SHAPE)
+        m.step(w64, w64 * 0.5, m.init_state(w64), 1, lr=1e300)
+        assert np.isfinite(w64).all() and not (w64 == 1).all()

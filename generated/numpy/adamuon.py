@@ -52,6 +52,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numpy_support import check_weight, flat_views
+from optgen_runtime.scalars import checked_scalar
 
 from ..rules.adamuon import (
     DRAWS,
@@ -174,9 +175,9 @@ def _step(
         else (lr * math.sqrt(host_max(1, rows / cols)))
     )
     _h0 = wd * (1 - weight_decouple)
-    _h0 = dtype(_h0)
+    _h0 = dtype(checked_scalar(RULE, "_h0", "wd*(1 - weight_decouple)", _h0, dtype))
     _h1 = 1 - beta1
-    _h1 = dtype(_h1)
+    _h1 = dtype(checked_scalar(RULE, "_h1", "1 - beta1", _h1, dtype))
     _v0 = np.subtract(grad, m)
     _v1 = np.multiply(_h0, weight)
     _v2 = np.add(_v0, _v1)
@@ -185,14 +186,16 @@ def _step(
     _sum_m_norm = np.multiply(m_new, m_new)
     m_norm = float(np.sum(_sum_m_norm, dtype=np.float64))
     _h2 = host_max(1e-07, math.sqrt(m_norm)) ** (-1)
-    _h2 = dtype(_h2)
+    _h2 = dtype(
+        checked_scalar(RULE, "_h2", "host_max(1e-07, math.sqrt(m_norm)) ** (-1)", _h2, dtype)
+    )
     X0 = np.multiply(_h2, m_new)
     _h9 = ns_a
-    _h9 = dtype(_h9)
+    _h9 = dtype(checked_scalar(RULE, "_h9", "ns_a", _h9, dtype))
     _h10 = ns_b
-    _h10 = dtype(_h10)
+    _h10 = dtype(checked_scalar(RULE, "_h10", "ns_b", _h10, dtype))
     _h11 = ns_c
-    _h11 = dtype(_h11)
+    _h11 = dtype(checked_scalar(RULE, "_h11", "ns_c", _h11, dtype))
     # ortho: ns_steps steps of its matrix equations on X0
     # the step is transpose-equivariant: run it on the cheaper orientation (flops per step)
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
@@ -212,13 +215,13 @@ def _step(
         ortho = _m8
     ortho = np.ascontiguousarray(np.transpose(ortho) if _swap else ortho)
     _h3 = beta2
-    _h3 = dtype(_h3)
+    _h3 = dtype(checked_scalar(RULE, "_h3", "beta2", _h3, dtype))
     _h4 = 1 - beta2
-    _h4 = dtype(_h4)
+    _h4 = dtype(checked_scalar(RULE, "_h4", "1 - beta2", _h4, dtype))
     _h5 = (1 - beta2**t) ** (-1)
-    _h5 = dtype(_h5)
+    _h5 = dtype(checked_scalar(RULE, "_h5", "(1 - beta2 ** t) ** (-1)", _h5, dtype))
     _h6 = epsilon
-    _h6 = dtype(_h6)
+    _h6 = dtype(checked_scalar(RULE, "_h6", "epsilon", _h6, dtype))
     _v4 = np.multiply(_h3, v)
     _v5 = np.multiply(ortho, ortho)
     _v6 = np.multiply(_h4, _v5)
@@ -230,9 +233,17 @@ def _step(
     _sum_U_norm = np.multiply(U, U)
     U_norm = float(np.sum(_sum_U_norm, dtype=np.float64))
     _h7 = -lr * wd * weight_decouple + 1
-    _h7 = dtype(_h7)
+    _h7 = dtype(checked_scalar(RULE, "_h7", "-lr*wd*weight_decouple + 1", _h7, dtype))
     _h8 = -lr_adj * math.sqrt(host_min(cols, rows)) / (math.sqrt(U_norm) + epsilon)
-    _h8 = dtype(_h8)
+    _h8 = dtype(
+        checked_scalar(
+            RULE,
+            "_h8",
+            "-lr_adj*math.sqrt(host_min(cols, rows))/(math.sqrt(U_norm) + epsilon)",
+            _h8,
+            dtype,
+        )
+    )
     _v10 = np.multiply(_h7, weight)
     _v11 = np.multiply(_h8, U)
     weight_new = np.add(_v10, _v11)

@@ -37,6 +37,7 @@ import numpy as np
 
 from optgen_runtime.common import check_step_count, host_max, resolve_hyperparams, step_counts
 from optgen_runtime.numpy_support import check_weight, flat_views
+from optgen_runtime.scalars import checked_scalar
 
 from ..rules.muon import (
     DRAWS,
@@ -156,11 +157,11 @@ def _step(
         else ((1 / 5) * lr * math.sqrt(host_max(cols, rows)))
     )
     _h0 = 1 - momentum
-    _h0 = dtype(_h0)
+    _h0 = dtype(checked_scalar(RULE, "_h0", "1 - momentum", _h0, dtype))
     _h2 = nesterov > 0
-    _h2 = dtype(_h2)
+    _h2 = dtype(checked_scalar(RULE, "_h2", "(nesterov \u003e 0)", _h2, dtype))
     _h1 = momentum - 1
-    _h1 = dtype(_h1)
+    _h1 = dtype(checked_scalar(RULE, "_h1", "momentum - 1", _h1, dtype))
     _v0 = np.subtract(grad, momentum_buffer)
     _v1 = np.multiply(_h0, _v0)
     momentum_buffer_new = np.add(momentum_buffer, _v1)
@@ -172,14 +173,16 @@ def _step(
     _sum_U_norm = np.multiply(U, U)
     U_norm = float(np.sum(_sum_U_norm, dtype=np.float64))
     _h3 = host_max(epsilon, math.sqrt(U_norm)) ** (-1)
-    _h3 = dtype(_h3)
+    _h3 = dtype(
+        checked_scalar(RULE, "_h3", "host_max(epsilon, math.sqrt(U_norm)) ** (-1)", _h3, dtype)
+    )
     X0 = np.multiply(_h3, U)
     _h6 = ns_a
-    _h6 = dtype(_h6)
+    _h6 = dtype(checked_scalar(RULE, "_h6", "ns_a", _h6, dtype))
     _h7 = ns_b
-    _h7 = dtype(_h7)
+    _h7 = dtype(checked_scalar(RULE, "_h7", "ns_b", _h7, dtype))
     _h8 = ns_c
-    _h8 = dtype(_h8)
+    _h8 = dtype(checked_scalar(RULE, "_h8", "ns_c", _h8, dtype))
     # ortho: ns_steps steps of its matrix equations on X0
     # the step is transpose-equivariant: run it on the cheaper orientation (flops per step)
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
@@ -199,9 +202,9 @@ def _step(
         ortho = _m8
     ortho = np.ascontiguousarray(np.transpose(ortho) if _swap else ortho)
     _h4 = -lr * wd + 1
-    _h4 = dtype(_h4)
+    _h4 = dtype(checked_scalar(RULE, "_h4", "-lr*wd + 1", _h4, dtype))
     _h5 = -lr_adj
-    _h5 = dtype(_h5)
+    _h5 = dtype(checked_scalar(RULE, "_h5", "-lr_adj", _h5, dtype))
     _v6 = np.multiply(_h4, weight)
     _v7 = np.multiply(_h5, ortho)
     weight_new = np.add(_v6, _v7)

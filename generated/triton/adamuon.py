@@ -53,6 +53,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import check_tensors, check_weight, launch
 
@@ -308,7 +309,9 @@ def _step(
         else (lr * math.sqrt(host_max(1, rows / cols)))
     )
     _h0 = wd * (1 - weight_decouple)
+    checked_scalar(RULE, "_h0", "wd*(1 - weight_decouple)", _h0, torch.float32)
     _h1 = 1 - beta1
+    checked_scalar(RULE, "_h1", "1 - beta1", _h1, torch.float32)
     m_new = torch.empty_like(weight, dtype=torch.float32)
     _sum_m_norm = torch.empty_like(weight, dtype=torch.float32)
     launch(
@@ -319,6 +322,7 @@ def _step(
     )
     m_norm = float(torch.sum(_sum_m_norm, dtype=torch.float64))
     _h2 = host_max(1e-07, math.sqrt(m_norm)) ** (-1)
+    checked_scalar(RULE, "_h2", "host_max(1e-07, math.sqrt(m_norm)) ** (-1)", _h2, torch.float32)
     X0 = torch.empty_like(weight, dtype=torch.float32)
     launch(
         adamuon_segment1_kernel,
@@ -327,8 +331,11 @@ def _step(
         BLOCK_SIZE,
     )
     _h9 = ns_a
+    checked_scalar(RULE, "_h9", "ns_a", _h9, torch.float32)
     _h10 = ns_b
+    checked_scalar(RULE, "_h10", "ns_b", _h10, torch.float32)
     _h11 = ns_c
+    checked_scalar(RULE, "_h11", "ns_c", _h11, torch.float32)
     # ortho: ns_steps steps of its matrix equations on X0
     # the step is transpose-equivariant: run it on the cheaper orientation (flops per step)
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
@@ -348,9 +355,13 @@ def _step(
         ortho = _m8
     ortho = (torch.t(ortho) if _swap else ortho).contiguous()
     _h3 = beta2
+    checked_scalar(RULE, "_h3", "beta2", _h3, torch.float32)
     _h4 = 1 - beta2
+    checked_scalar(RULE, "_h4", "1 - beta2", _h4, torch.float32)
     _h5 = (1 - beta2**t) ** (-1)
+    checked_scalar(RULE, "_h5", "(1 - beta2 ** t) ** (-1)", _h5, torch.float32)
     _h6 = epsilon
+    checked_scalar(RULE, "_h6", "epsilon", _h6, torch.float32)
     v_new = torch.empty_like(weight, dtype=torch.float32)
     U = torch.empty_like(weight, dtype=torch.float32)
     _sum_U_norm = torch.empty_like(weight, dtype=torch.float32)
@@ -362,7 +373,15 @@ def _step(
     )
     U_norm = float(torch.sum(_sum_U_norm, dtype=torch.float64))
     _h7 = -lr * wd * weight_decouple + 1
+    checked_scalar(RULE, "_h7", "-lr*wd*weight_decouple + 1", _h7, torch.float32)
     _h8 = -lr_adj * math.sqrt(host_min(cols, rows)) / (math.sqrt(U_norm) + epsilon)
+    checked_scalar(
+        RULE,
+        "_h8",
+        "-lr_adj*math.sqrt(host_min(cols, rows))/(math.sqrt(U_norm) + epsilon)",
+        _h8,
+        torch.float32,
+    )
     weight_new = torch.empty_like(weight, dtype=torch.float32)
     launch(
         adamuon_segment3_kernel,

@@ -43,6 +43,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import check_tensors, check_weight, launch
 
@@ -265,8 +266,11 @@ def _step(
         else ((1 / 5) * lr * math.sqrt(host_max(cols, rows)))
     )
     _h0 = 1 - momentum
+    checked_scalar(RULE, "_h0", "1 - momentum", _h0, torch.float32)
     _h2 = nesterov > 0
+    checked_scalar(RULE, "_h2", "(nesterov \u003e 0)", _h2, torch.float32)
     _h1 = momentum - 1
+    checked_scalar(RULE, "_h1", "momentum - 1", _h1, torch.float32)
     momentum_buffer_new = torch.empty_like(weight, dtype=torch.float32)
     U = torch.empty_like(weight, dtype=torch.float32)
     _sum_U_norm = torch.empty_like(weight, dtype=torch.float32)
@@ -278,6 +282,7 @@ def _step(
     )
     U_norm = float(torch.sum(_sum_U_norm, dtype=torch.float64))
     _h3 = host_max(epsilon, math.sqrt(U_norm)) ** (-1)
+    checked_scalar(RULE, "_h3", "host_max(epsilon, math.sqrt(U_norm)) ** (-1)", _h3, torch.float32)
     X0 = torch.empty_like(weight, dtype=torch.float32)
     launch(
         muon_segment1_kernel,
@@ -286,8 +291,11 @@ def _step(
         BLOCK_SIZE,
     )
     _h6 = ns_a
+    checked_scalar(RULE, "_h6", "ns_a", _h6, torch.float32)
     _h7 = ns_b
+    checked_scalar(RULE, "_h7", "ns_b", _h7, torch.float32)
     _h8 = ns_c
+    checked_scalar(RULE, "_h8", "ns_c", _h8, torch.float32)
     # ortho: ns_steps steps of its matrix equations on X0
     # the step is transpose-equivariant: run it on the cheaper orientation (flops per step)
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
@@ -307,7 +315,9 @@ def _step(
         ortho = _m8
     ortho = (torch.t(ortho) if _swap else ortho).contiguous()
     _h4 = -lr * wd + 1
+    checked_scalar(RULE, "_h4", "-lr*wd + 1", _h4, torch.float32)
     _h5 = -lr_adj
+    checked_scalar(RULE, "_h5", "-lr_adj", _h5, torch.float32)
     weight_new = torch.empty_like(weight, dtype=torch.float32)
     launch(
         muon_segment2_kernel,
