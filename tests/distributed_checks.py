@@ -2,6 +2,9 @@
 127.0.0.1, world size 2; RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment, as
 torchrun sets them) in one process group: every generated class under DDP, ZeRO and FSDP2
 against one-process training, and torch.distributed.checkpoint round trips.
+``OPTGEN_DIST_DEVICE=cuda`` runs them on CUDA tensors (both ranks on device 0, still gloo: NCCL
+refuses two ranks on one GPU; ``tools/gpu_check.py`` runs it so on a lent machine, with
+``OPTGEN_DIST_RULES`` naming a few rules), the classes on their Triton kernels.
 
 Both ranks see the same batch, so the averaged gradients equal the one-process gradients to
 the bit ((g + g) / 2 == g): every difference from one-process training is the optimizer's.
@@ -53,6 +56,7 @@ NO_ZERO_LR = {
 SAVE_LOAD = ("adam", "lamb", "sgld", "ftrl")  # DCP through files
 TRITON = ("lamb", "sgld")  # FSDP2 on the Triton backend (interpreted on CPU: slow) too
 SETTINGS: dict[str, dict[str, Any]] = {"sgld": {"seed": 3.0, "lr": 1e-3}}
+DEVICE = os.environ.get("OPTGEN_DIST_DEVICE", "cpu")
 
 
 def needs_whole(meta: Any) -> bool:
@@ -70,12 +74,13 @@ def model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
         torch.nn.Linear(6, 5, bias=False), torch.nn.Tanh(), torch.nn.Linear(5, 3, bias=False)
-    )
+    ).to(DEVICE)
 
 
 def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(100 + t)
-    return torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+    x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def inputs(opt: Any, params: list[torch.Tensor]) -> dict[str, Any]:
@@ -240,13 +245,14 @@ def refusals() -> Any:
     """What the classes cannot do for a DTensor is refused at construction, naming the
     parameter and the reason; what they can is accepted."""
     torch.manual_seed(0)
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    grid = init_device_mesh("cpu", (dist.get_world_size(), 1), mesh_dim_names=("a", "b"))
+    mesh = init_device_mesh(DEVICE, (dist.get_world_size(),))
+    grid = init_device_mesh(DEVICE, (dist.get_world_size(), 1), mesh_dim_names=("a", "b"))
 
     def param(where: Any, placements: list[Any]) -> torch.nn.Parameter:
-        return torch.nn.Parameter(distribute_tensor(torch.randn(4, 6), where, placements))
+        weight = torch.randn(4, 6).to(DEVICE)
+        return torch.nn.Parameter(distribute_tensor(weight, where, placements))
 
-    plain = torch.nn.Parameter(torch.randn(3))
+    plain = torch.nn.Parameter(torch.randn(3).to(DEVICE))
     cases = [
         ("adam", [param(mesh, [Shard(1)])], "parameter 0 is a DTensor placed Shard(dim=1)"),
         ("adam", [param(grid, [Shard(0), Replicate()])], "parameter 0 is a DTensor on a 2-D"),
@@ -305,6 +311,8 @@ def save_load(name: str) -> Any:
 
 
 def main() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.set_device(0)
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     try:

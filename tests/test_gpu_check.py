@@ -88,8 +88,20 @@ def test_the_report_renders() -> None:
             },
             {"list": "big", "rule": "lamb", "skipped": "needs 20 GiB"},
         ],
+        "distributed": {
+            "ran": True,
+            "rules": ["adam"],
+            "seconds": 9.0,
+            "returncodes": [0, 0],
+            "checks": 12,
+            "failed": {"fsdp/adam": "Traceback ...\nRuntimeError: no reduce_scatter"},
+            "largest_relative_error": 0.0,
+        },
     }
     text = gpu_check.markdown(result)
+    assert "11 of 12 checks passed (adam;" in text
+    assert "- fsdp/adam: `RuntimeError: no reduce_scatter`" in text
+    assert not gpu_check.passed(result)
     assert "| GPT-2 | adam | 1.000 | 2.000 | - | 0.500 | 0.50 |" in text
     assert "| 0.800 | 1.600 | 0.50 | 3750 |" in text  # the kernels' own device time
     assert "skipped: needs 20 GiB" in text and "pytest is not installed" in text
@@ -163,3 +175,12 @@ def test_a_pytest_run_stopped_at_its_budget_says_how_far_it_got() -> None:
     assert not gpu_check.passed(result)
     # the small files first: a run stopped at its budget has checked them
     assert gpu_check.TEST_FILES[-1] == "tests/test_triton.py"
+
+
+def test_the_distributed_run_launches_two_ranks_on_cpu() -> None:
+    """The GPU run's distributed part, on CPU tensors (``device="cpu"``: the same launcher,
+    environment and report as on CUDA): Adam's five checks, the DCP save/load and Triton
+    checks, the refusals; every one passed."""
+    found = gpu_check.distributed_check(["adam"], device="cpu", budget=200)
+    assert found["returncodes"] == [0, 0], found
+    assert found["checks"] == 5 + 4 + 2 + 1 and found["failed"] == {}, found

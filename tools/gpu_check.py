@@ -15,7 +15,11 @@ Uses the machine's own python3 (CUDA torch and Triton, NumPy, SymPy; no package 
 2. the Triton test files on CUDA (``TRITON_INTERPRET=0``: tests/conftest.py then puts every
    tensor on ``cuda``), and the drop-in classes against torch.optim's CUDA kernels
    (tests/test_dropin.py), when pytest is installed, within ``--test-budget`` seconds;
-3. benchmarks: the generated torch classes of those five rules on GPT-2 small's 148 parameter
+3. distributed training on CUDA tensors: ``tests/distributed_checks.py`` as two ranks on the one
+   device (gloo; NCCL refuses two ranks on one GPU) for ``DIST_RULES``: DDP, ZeRO, FSDP2 and
+   torch.distributed.checkpoint round trips against one-process training, the classes on their
+   Triton kernels, within ``--dist-budget`` seconds;
+4. benchmarks: the generated torch classes of those five rules on GPT-2 small's 148 parameter
    tensors and on one tensor of ``--big`` elements (1 G: 4 GB per fp32 array; skipped, saying
    so, when the device lacks the memory), against torch.optim's fused and foreach optimizers
    where torch has the rule, and a device copy of the same bytes: ms per step (median, CUDA
@@ -39,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,9 @@ TORCH: dict[str, tuple[str, dict[str, float]] | None] = {
     "lamb": None,
     "sgld": None,
 }
+# distributed_checks' rules on CUDA: an update rule of each kind (elementwise, momentum, per-tensor
+# sums, noise, FTRL's host-free state), every one of its DCP save/load and Triton checks
+DIST_RULES = ("adam", "sgd_mom", "lamb", "sgld", "ftrl")
 # the small files first: a run stopped at its budget has checked them
 TEST_FILES = (
     "tests/test_fixed_sum.py",
@@ -90,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-tests", action="store_true", help="no pytest run")
     parser.add_argument("--skip-bench", action="store_true", help="no benchmarks")
     parser.add_argument(
+        "--skip-distributed", action="store_true", help="no distributed run (two ranks)"
+    )
+    parser.add_argument(
+        "--dist-budget", type=int, default=180, help="seconds for the distributed run"
+    )
+    parser.add_argument(
         "--rules", nargs="+", default=list(RULES), choices=RULES, help="rules to benchmark"
     )
     args = parser.parse_args(argv)
@@ -97,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = Path(os.environ.get("OUT") or ".") / "gpu_check.md"
     if args.quick:
         args.big, args.steps, args.skip_tests = min(args.big, 1 << 22), 3, True
+        args.skip_distributed = True
     return args
 
 
@@ -338,6 +352,87 @@ def progress(out: str) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- distributed
+def distributed_check(
+    rules: Sequence[str] = DIST_RULES, device: str = "cuda", budget: int = 180
+) -> dict[str, Any]:
+    """``tests/distributed_checks.py`` as ranks 0 and 1 of a gloo group on 127.0.0.1 (the
+    environment torchrun sets), its tensors on ``device`` (``OPTGEN_DIST_DEVICE``; both ranks on
+    device 0), for ``rules`` (``OPTGEN_DIST_RULES``); both killed after ``budget`` s. Returns
+    how many checks ran, those that failed (with the start of what they raised), and the ranks'
+    exit codes and, without a report, the end of their output."""
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = Path(tempfile.mkdtemp(prefix="optgen-dist-"))
+    env = {
+        **os.environ,
+        "OPTGEN_DIST_DEVICE": device,
+        "OPTGEN_DIST_RULES": ",".join(rules),
+        "OPTGEN_DCP_DIR": str(tmp),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    if device == "cuda":
+        env["TRITON_INTERPRET"] = "0"
+    start = time.perf_counter()
+    procs = []
+    for rank in range(2):
+        log = open(tmp / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
+        command = [sys.executable, str(ROOT / "tests" / "distributed_checks.py")]
+        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        procs.append(
+            (
+                subprocess.Popen(
+                    [*command, str(tmp / "report.json")],
+                    env=rank_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                ),
+                log,
+            )
+        )
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=max(1.0, budget - (time.perf_counter() - start)))
+    except subprocess.TimeoutExpired:
+        for proc, _ in procs:
+            proc.kill()
+            proc.wait()
+    finally:
+        for _, log in procs:
+            log.close()
+    out: dict[str, Any] = {
+        "ran": True,
+        "rules": list(rules),
+        "seconds": round(time.perf_counter() - start, 1),
+        "returncodes": [proc.returncode for proc, _ in procs],
+    }
+    found = tmp / "report.json"
+    if not found.exists():
+        out["tail"] = [(tmp / f"rank{r}.log").read_text()[-1500:] for r in range(2)]
+        return out
+    report = json.loads(found.read_text())
+    out["checks"] = len(report)
+    out["failed"] = {
+        key: str(value)[-400:]
+        for key, value in report.items()
+        if not (value is None or isinstance(value, float))
+    }
+    out["largest_relative_error"] = max(
+        [v for v in report.values() if isinstance(v, float)], default=0.0
+    )
+    return out
+
+
 # ------------------------------------------------------------------------------- benchmarks
 def timed(step: Callable[[], object], steps: int, device: str = "cuda") -> float:
     """Median ms per call over ``steps`` calls after 3 warm-up calls (CUDA events; on another
@@ -543,6 +638,22 @@ def markdown(result: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"`{tests['summary']}` ({tests['seconds']} s)")
+    dist = result.get("distributed")
+    lines += ["", "## Distributed on CUDA (two ranks, gloo)", ""]
+    if not dist:
+        lines.append("Not run.")
+    elif "checks" not in dist:
+        lines.append(f"No report (exit codes {dist['returncodes']}, {dist['seconds']} s).")
+    else:
+        lines.append(
+            f"{dist['checks'] - len(dist['failed'])} of {dist['checks']} checks passed "
+            f"({', '.join(dist['rules'])}; largest relative error of a rule with sums across "
+            f"shards {dist['largest_relative_error']:.3g}; {dist['seconds']} s)."
+        )
+        lines += [
+            f"- {key}: `{why.splitlines()[-1] if why else ''}`"
+            for key, why in dist["failed"].items()
+        ]
     lines += ["", "## Benchmarks (ms per step, median; GB/s from the nominal traffic)", ""]
     lines += [
         "Step times by CUDA events (host time included when the host cannot keep ahead); "
@@ -623,6 +734,11 @@ def main(argv: list[str] | None = None) -> int:
         result["tests"] = run_tests(budget)
         print(json.dumps(result["tests"]), flush=True)
         save()
+    if not args.skip_distributed:
+        budget = max(30, min(args.dist_budget, int(deadline - time.perf_counter())))
+        result["distributed"] = distributed_check(DIST_RULES, budget=budget)
+        print(json.dumps(result["distributed"]), flush=True)
+        save()
     if not args.skip_bench:
         result["benchmarks"] = []
         benchmarks(args, result["benchmarks"], save, deadline)
@@ -638,6 +754,9 @@ def passed(result: dict[str, Any]) -> bool:
     if tests.get("ran") and (tests.get("timed_out") or tests.get("returncode") != 0):
         return False
     if any("error" in row for row in result.get("benchmarks", [])):
+        return False
+    dist = result.get("distributed")
+    if dist and (dist.get("failed") or "checks" not in dist or any(dist["returncodes"])):
         return False
     return all(row["ok"] for row in result.get("bit_checks", []))
 
