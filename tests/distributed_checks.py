@@ -99,10 +99,18 @@ def train(net: torch.nn.Module, opt: Any, steps: range) -> None:
 
 
 def full(net: torch.nn.Module) -> list[torch.Tensor]:
-    return [
-        (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-        for p in net.parameters()
-    ]
+    return [(whole(p) if isinstance(p, DTensor) else p).detach().clone() for p in net.parameters()]
+
+
+def whole(p: DTensor) -> torch.Tensor:
+    """The full tensor of a parameter FSDP2 shards on dim 0; on CUDA gathered through the CPU
+    (gloo's all-gather of an uneven CUDA shard crashed DTensor.full_tensor, SIGSEGV, torch
+    2.11 on an H200)."""
+    if DEVICE == "cpu":
+        return p.full_tensor()
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, p.to_local().detach().cpu())
+    return torch.cat(parts, dim=0).to(DEVICE)
 
 
 def error(ours: list[torch.Tensor], want: list[torch.Tensor]) -> float:
@@ -152,6 +160,9 @@ def dcp_resume(name: str, net: torch.nn.Module, make: Any) -> torch.nn.Module:
     return net
 
 
+REPORT: list[Path] = []  # where rank 0 writes the report, rewritten after every check
+
+
 def check(report: dict[str, Any], key: str, fn: Any) -> None:
     try:
         report[key] = fn()
@@ -159,6 +170,8 @@ def check(report: dict[str, Any], key: str, fn: Any) -> None:
         report[key] = traceback.format_exc(limit=4)
     ok = torch.tensor([report[key] is None or isinstance(report[key], float)], dtype=torch.int32)
     dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # both ranks continue in step
+    if REPORT and dist.get_rank() == 0:  # a run stopped at its caller's limit leaves its checks
+        REPORT[0].write_text(json.dumps(report, indent=1, sort_keys=True))
 
 
 def run() -> dict[str, Any]:
@@ -315,6 +328,7 @@ def main() -> None:
         torch.cuda.set_device(0)
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
+    REPORT.append(Path(sys.argv[1]))
     try:
         report = run()
         if dist.get_rank() == 0:

@@ -99,7 +99,7 @@ def test_the_report_renders() -> None:
         },
     }
     text = gpu_check.markdown(result)
-    assert "11 of 12 checks passed (adam;" in text
+    assert "11 of 12 checks passed (adam rules;" in text
     assert "- fsdp/adam: `RuntimeError: no reduce_scatter`" in text
     assert not gpu_check.passed(result)
     assert "| GPT-2 | adam | 1.000 | 2.000 | - | 0.500 | 0.50 |" in text
