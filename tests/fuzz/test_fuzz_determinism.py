@@ -4,6 +4,8 @@ property of the issue-9 fix: rmsprop_centered with gamma1=0 stays finite."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -50,6 +52,19 @@ def same(category: str, a, b) -> None:
     assert outcome == EQUAL, f"{category}: two runs on the same inputs gave different bits"
 
 
+def refusal(rule: str, steps: Callable[[], object]) -> str | None:
+    """Run ``steps``: None, or the ValueError it raised. Legal hyperparameters the data can
+    still make uncomputable (LARS at rescale_grad = wd = eps = 0: a zero trust-ratio
+    denominator, refused naming the rule) must give the same refusal, at the same point, in
+    both runs (``same`` compares it with the bits)."""
+    try:
+        steps()
+    except ValueError as error:
+        assert str(error).startswith(f"{rule}: "), error
+        return str(error)
+    return None
+
+
 @settings(max_examples=examples(12))
 @given(st.data())
 def test_numpy_repeats_on_threads(data):
@@ -65,9 +80,12 @@ def test_numpy_repeats_on_threads(data):
     for _ in range(2):
         w, g = w0.copy(), g0.copy()
         s = numpy_module(rule).init_state(w.copy())
-        for t in (1, 2):
-            numpy_module(rule).step(w, g, s, t, **hp)
-        runs.append((w, s))
+
+        def steps(w=w, g=g, s=s) -> None:
+            for t in (1, 2):
+                numpy_module(rule).step(w, g, s, t, **hp)
+
+        runs.append((w, s, refusal(rule, steps)))
     same("determinism: numpy", runs[0], runs[1])
 
 
@@ -86,9 +104,12 @@ def test_triton_repeats(data):
     for _ in range(2):
         ws, gs = [w.clone() for w in w0], [g.clone() for g in g0]
         ss = [module.init_state(w) for w in ws]
-        module.step(ws[0], gs[0], ss[0], 1, **hp)
-        module.step_multi(ws, gs, ss, [2] * len(ws), **hp)
-        runs.append((ws, ss))
+
+        def steps(ws=ws, gs=gs, ss=ss) -> None:
+            module.step(ws[0], gs[0], ss[0], 1, **hp)
+            module.step_multi(ws, gs, ss, [2] * len(ws), **hp)
+
+        runs.append((ws, ss, refusal(rule, steps)))
     same("determinism: triton", runs[0], runs[1])
 
 
@@ -104,18 +125,14 @@ def test_torch_class_repeats(data):
         gen = torch.Generator().manual_seed(seed)
         params = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (3, 1100)]
         opt = torch_class(rule)(params, backend=backend, **hp)
-        refused = None
-        try:
+
+        def steps(params=params, opt=opt, gen=gen) -> None:
             for _ in range(2):
                 for p in params:
                     p.grad = torch.randn(p.shape, generator=gen)
                 opt.step()
-        except ValueError as error:
-            # legal hyperparameters the data can still make uncomputable (LARS at
-            # rescale_grad = wd = eps = 0: a zero trust-ratio denominator, refused naming
-            # the rule): the same refusal, at the same point, both times
-            assert str(error).startswith(f"{rule}: "), error
-            refused = str(error)
+
+        refused = refusal(rule, steps)
         runs.append(([p.detach() for p in params], opt.state_dict()["state"], refused))
     same("determinism: torch classes", runs[0], runs[1])
 
