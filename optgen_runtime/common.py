@@ -336,11 +336,17 @@ def unavailable(name: str, error: BaseException) -> Unavailable:
 def host_max(*values: float) -> float:
     """The largest value, or NaN if any is NaN: the kernels' max, on the host (Python's
     ``max`` keeps whichever comes first when a NaN is compared)."""
+    if len(values) == 2:  # the common case, without a generator (once per tensor and step)
+        a, b = values
+        return math.nan if a != a or b != b else (b if b > a else a)  # max's choice
     return math.nan if any(v != v for v in values) else max(values)
 
 
 def host_min(*values: float) -> float:
     """The smallest value, or NaN if any is NaN."""
+    if len(values) == 2:
+        a, b = values
+        return math.nan if a != a or b != b else (b if b < a else a)  # min's choice
     return math.nan if any(v != v for v in values) else min(values)
 
 

@@ -15,6 +15,7 @@ import math
 import struct
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -186,14 +187,21 @@ def _each(
 ) -> list[T]:
     memo: dict[tuple, T] = {}
     out = []
+    bound = partial(host_code, **kwargs)  # the hyperparameters, bound once for every tensor
+    sign = math.copysign
     for t, extra in zip(ts, each, strict=True):
         # the sign too: 0.0 == -0.0, and the host code may tell them apart
-        key = (t, *((k, v, math.copysign(1.0, v)) for k, v in extra.items()))
-        if key not in memo:
-            memo[key] = computed(rule, host_code, t, **kwargs, **extra)
+        key = (t, *extra.items(), *[sign(1.0, v) for v in extra.values()])
+        found = memo.get(key)
+        if found is None:
+            try:
+                found = memo[key] = bound(t, **extra)
+            except (ArithmeticError, ValueError):  # again, for computed's error naming the line
+                computed(rule, host_code, t, **kwargs, **extra)
+                raise  # (not reached: the same call raises the same way)
             if check is not None:
-                check(memo[key])
-        out.append(memo[key])
+                check(found)
+        out.append(found)
     return out
 
 

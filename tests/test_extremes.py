@@ -106,3 +106,24 @@ def test_a_let_the_kernel_cannot_hold_is_named_with_its_inputs() -> None:
     # an expression that uses a let names the let's inputs too (LARS at momentum=5e-324,
     # rescale_grad=1e308 was refused naming only -local_lr)
     assert lars.SCALARS["_h1"] == "= -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd"
+
+
+def test_the_host_max_and_min_are_the_kernels_nan_propagating_ones() -> None:
+    """The host code's max/min (Max/Min of a host scalar): NaN if any argument is NaN, else
+    Python's max/min (the first of equal values, so -0.0 and 0.0 keep their order), with two
+    arguments (the fast path) and three."""
+    import itertools
+    import math
+
+    from optgen_runtime.common import host_max, host_min
+
+    values = [0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, 2.5, 1]
+    for args in [*itertools.product(values, repeat=2), *itertools.product(values[:7], repeat=3)]:
+        for ours, theirs in ((host_max, max), (host_min, min)):
+            got = ours(*args)
+            if any(math.isnan(a) for a in args):
+                assert math.isnan(got), args
+                continue
+            want = theirs(args)
+            assert got == want and type(got) is type(want), args
+            assert math.copysign(1.0, got) == math.copysign(1.0, want), args
