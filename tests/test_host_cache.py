@@ -250,6 +250,13 @@ def test_host_bench_runs_and_restores_the_stubs() -> None:
     assert row["ours_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] > 0
     assert torch._foreach_mul_ is real and ChunkTable._launch is launch
     assert len(host_bench.gpt2_small_shapes()) == 148
+    from optgen_runtime import triton_support
+
+    combine = triton_support.combine_on_device
+    sums = host_bench.bench_reductions([(4, 4)] * 5, steps=2)
+    assert sums["lamb_ms"] > 0 and sums["adam_ms"] > 0
+    assert triton_support.combine_on_device is combine and ChunkTable._launch is launch
+    assert "cpu" not in triton_support.DEVICE_COMBINE
 
 
 def test_the_host_bench_variants_take_turns() -> None:

@@ -246,6 +246,48 @@ def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def combined_on_the_host_for_free() -> Iterator[None]:
+    """The partials of a reduction combined "on the device" (as on CUDA) by a stub that returns
+    distinct sums per tensor at once (tensor j: j + 1, 2j + 2, ...): what remains is the host
+    work a step with per-tensor sums adds, the per-tensor host scalars. (The copy of the sums
+    to the host and the wait for the reduction kernel are not counted.)"""
+    import numpy as np
+
+    from optgen_runtime import triton_support
+
+    def combine(partials: Any, plan: Any, kinds: Any, names: Any) -> Any:
+        rows = plan[-1][1]
+        return np.arange(1.0, rows + 1.0)[:, None] * np.arange(1.0, len(names) + 1.0)
+
+    saved = triton_support.combine_on_device, triton_support.device_plan
+    triton_support.combine_on_device = combine
+    triton_support.device_plan = lambda starts, counts, device: [(None, len(starts))]
+    triton_support.DEVICE_COMBINE.add("cpu")
+    try:
+        yield
+    finally:
+        triton_support.combine_on_device, triton_support.device_plan = saved
+        triton_support.DEVICE_COMBINE.discard("cpu")
+
+
+def bench_reductions(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """LAMB's step() (per-tensor norms: a reduction launch, the sums, then per-tensor host
+    scalars) and Adam's, both generated.torch classes on the Triton backend, launches and the
+    device combine stubbed, taking turns: the host cost of per-tensor sums."""
+    import torch
+
+    from generated.torch import LAMB, Adam
+
+    params = [torch.nn.Parameter(torch.empty(s)) for s in shapes]
+    for p in params:
+        p.grad = torch.empty_like(p)
+    with stubbed() as counts, combined_on_the_host_for_free():
+        lamb, adam = LAMB(params, backend="triton"), Adam(params, backend="triton")
+        timed = taking_turns({"lamb": (lamb.step, None), "adam": (adam.step, None)}, steps, counts)
+    return {"lamb_ms": timed["lamb"][1], "adam_ms": timed["adam"][1]}
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -255,6 +297,7 @@ def run(steps: int) -> list[dict[str, Any]]:
     rows = []
     for name, shapes in LISTS.items():
         rows.append({"list": name, **bench_list(shapes(), steps)})
+        rows[-1].update(bench_reductions(shapes(), steps))
     return rows
 
 
@@ -280,4 +323,13 @@ def report(rows: list[dict[str, Any]], steps: int) -> str:
         "device; torch's foreach Adam: GradScaler's unscale kernel, found_inf read, step);\n"
         "module: generated.triton.adam.step_multi alone on the same tensors (its own checks)"
     )
+    lines += [
+        "",
+        "Per-tensor sums (LAMB's norms: per-tensor host scalars), launches and the device combine "
+        "stubbed, grads kept:",
+        f"{'list':32s} {'LAMB ms':>8s} {'Adam ms':>8s} {'LAMB us/tensor':>15s}",
+    ]
+    for r in rows:
+        per = r["lamb_ms"] * 1e3 / r["tensors"]
+        lines.append(f"{r['list']:32s} {r['lamb_ms']:8.3f} {r['adam_ms']:8.3f} {per:15.2f}")
     return "\n".join(lines)
