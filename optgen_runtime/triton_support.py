@@ -410,7 +410,16 @@ def float32_rows(rows: Sequence[Sequence[float]], checked: bool = False) -> np.n
     table computes what the single-tensor kernel computes with the same scalars as arguments.
     A rule without host scalars gets one 0 per row (a table is never empty). ``checked``: every
     finite value passed ``check_scalars`` for float32, so none overflows (no warning to mute)."""
-    array = np.array([[float(x) for x in row] or [0.0] for row in rows], dtype=np.float64)
+    array = None
+    if rows and len(rows[0]) and all(type(x) is float for x in rows[0]):
+        try:  # rows of Python floats (host code's results): converted in one C loop
+            array = np.array(rows, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):  # ragged, or another kind of number
+            array = None
+        if array is not None and array.ndim != 2:
+            array = None
+    if array is None:
+        array = np.array([[float(x) for x in row] or [0.0] for row in rows], dtype=np.float64)
     if checked:
         return array.astype(np.float32)
     with np.errstate(over="ignore"):
