@@ -7,6 +7,8 @@ import importlib
 import math
 import operator
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 
@@ -445,13 +447,55 @@ def run_steps(rule: str, steppers: Sequence[Iterator[None]]) -> None:
 
 
 def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:
-    """Resume every stepper, each at its ``yield None``, to its writes and its end."""
-    for s in steppers:
-        try:
-            next(s)
-        except StopIteration:
-            continue
-        raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a generator bug
+    """Resume every stepper, each at its ``yield None``, to its writes and its end (through
+    :func:`commit`: inside :func:`deferred_writes`, once every step of the block has passed)."""
+
+    def writes() -> None:
+        for s in steppers:
+            try:
+                next(s)
+            except StopIteration:
+                continue
+            raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a bug
+
+    commit(writes)
+
+
+# The writes of the steps made inside ``deferred_writes()``, queued in order (None: none is
+# open, a step writes at once). A torch class steps its param groups one after the other, and a
+# module can refuse a group only once it has its sums or host states: the class opens the block
+# around every group's step and runs the writes once all have passed, so a later group's refusal
+# leaves every group as it was.
+_PENDING: ContextVar[list[Callable[[], None]] | None] = ContextVar("optgen_pending", default=None)
+
+
+def commit(writes: Callable[[], None]) -> None:
+    """Run a step's ``writes`` (its every check passed) now, or queue them inside
+    :func:`deferred_writes`."""
+    pending = _PENDING.get()
+    if pending is None:
+        writes()
+    else:
+        pending.append(writes)
+
+
+@contextmanager
+def deferred_writes() -> Iterator[list[Callable[[], None]]]:
+    """A block whose steps queue their writes (:func:`commit`) instead of making them: the
+    caller runs the list it yields, in order, once the block has ended without an error (a
+    refused step leaves the list to be dropped: nothing written). Steps that take buffers of
+    the caller's must keep them unchanged until then (no scratch reused between them)."""
+    pending: list[Callable[[], None]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield pending
+    finally:
+        _PENDING.reset(token)
+
+
+def deferring() -> bool:
+    """Whether a :func:`deferred_writes` block is open (its steps' writes are queued)."""
+    return _PENDING.get() is not None
 
 
 def check_distinct_states(rule: str, states: Sequence[Any]) -> None:

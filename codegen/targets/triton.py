@@ -260,6 +260,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "support_imports": ", ".join(sorted(support)),
         "common_imports": sorted(
             ["check_step_count", "host_state_values", "resolve_hyperparams", "step_counts"]
+            + (["commit"] if per_tensor_scalars and not matrix else [])
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])

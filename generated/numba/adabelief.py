@@ -33,7 +33,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
 from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -353,5 +353,9 @@ def _run(
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 12)[_which])
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+    commit(_writes)

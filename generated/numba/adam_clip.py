@@ -33,7 +33,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, resolve_hyperparams, step_counts
+from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
 from optgen_runtime.numba_support import NJIT, Buffers, launch, partials_of, prepare, view
 from optgen_runtime.numpy_support import combine, combine_group
 from optgen_runtime.scalars import check_scalars, computed
@@ -348,5 +348,9 @@ def _run(
             _value, _ = computed(RULE, host_scalars, ts[_j], **hp, **sums[_j])
             _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 9))
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+    commit(_writes)

@@ -56,6 +56,7 @@ import numpy as np
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     resolve_hyperparams,
     step_counts,
@@ -438,7 +439,11 @@ def _run(
             _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             host_new[_j] = new
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 11))
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
-    for _s, new in zip(states, host_new, strict=True):
-        _s.update(new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        for _s, new in zip(states, host_new, strict=True):
+            _s.update(new)
+
+    commit(_writes)

@@ -38,6 +38,7 @@ import numpy as np
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     matches,
     resolve_hyperparams,
     run_variant,
@@ -301,5 +302,9 @@ def _run(
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 5)[_which])
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+
+    commit(_writes)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import check_step_count, commit, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -140,5 +140,8 @@ def step(
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

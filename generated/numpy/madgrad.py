@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import check_step_count, commit, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -163,5 +163,8 @@ def step(
         np.copyto(_grad_sum_sq, _b1)
         np.copyto(_grad_sum, _b0)
 
-    for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

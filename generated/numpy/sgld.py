@@ -30,6 +30,7 @@ import numpy as np
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     element_offsets,
     host_state_values,
     resolve_hyperparams,
@@ -141,5 +142,8 @@ def step(
         np.multiply(_h2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

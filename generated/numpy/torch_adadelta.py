@@ -31,6 +31,7 @@ import numpy as np
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     matches,
     resolve_hyperparams,
@@ -158,5 +159,8 @@ def step(
         np.divide(_b0, _b2, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

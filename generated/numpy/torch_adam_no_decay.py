@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_state_values, resolve_hyperparams
+from optgen_runtime.common import check_step_count, commit, host_state_values, resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -152,5 +152,8 @@ def step(
         np.divide(_b1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

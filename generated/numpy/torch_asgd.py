@@ -33,6 +33,7 @@ import numpy as np
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     matches,
     resolve_hyperparams,
@@ -147,5 +148,8 @@ def step(
         np.copyto(_ax, _b0)
         np.copyto(_ax, _weight, where=__v5)
 
-    for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

@@ -35,6 +35,7 @@ import numpy as np
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     matches,
     resolve_hyperparams,
@@ -180,5 +181,8 @@ def step(
         np.copyto(_weight, _b0)
         np.copyto(_weight, _b1, where=__v21)
 
-    for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

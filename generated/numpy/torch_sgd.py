@@ -37,6 +37,7 @@ import numpy as np
 from optgen_runtime.common import (
     absent_states,
     check_step_count,
+    commit,
     host_state_values,
     matches,
     resolve_hyperparams,
@@ -164,5 +165,8 @@ def step(
         np.multiply(_h3, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
-    state.update(host_new)
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        state.update(host_new)
+
+    commit(_writes)

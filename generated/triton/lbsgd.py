@@ -43,6 +43,7 @@ import torch
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     resolve_hyperparams,
     step_counts,
@@ -508,5 +509,9 @@ def step_multi(
         **hp,
     )
     check_scalars_each(RULE, SCALARS, distinct(new), torch.float32)
-    chunks.update(lbsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        chunks.update(lbsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+
+    commit(_writes)
     return chunks.launches

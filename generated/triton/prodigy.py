@@ -50,6 +50,7 @@ import torch
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     resolve_hyperparams,
     step_counts,
@@ -599,7 +600,11 @@ def step_multi(
         **hp,
     )
     check_scalars_each(RULE, SCALARS, distinct(new), torch.float32, host_states=True)
-    chunks.update(prodigy_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
-    for _s, (_, host_new) in zip(states, new, strict=True):
-        _s.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        chunks.update(prodigy_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+        for _s, (_, host_new) in zip(states, new, strict=True):
+            _s.update(host_new)
+
+    commit(_writes)
     return chunks.launches

@@ -36,6 +36,7 @@ import torch
 
 from optgen_runtime.common import (
     check_step_count,
+    commit,
     host_state_values,
     resolve_hyperparams,
     step_counts,
@@ -300,7 +301,11 @@ def step_multi(
     )
     # The host scalars depend on the step count and the host states: once per distinct pair.
     rows, new = host_rows(RULE, host_scalars, ts, HOST_STATES, hosts, SCALARS, **hp)
-    chunks.update(torch_asgd_no_decay_multi_kernel, rows, RULE, amp)
-    for _s, _host_new in zip(states, new, strict=True):
-        _s.update(_host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        chunks.update(torch_asgd_no_decay_multi_kernel, rows, RULE, amp)
+        for _s, _host_new in zip(states, new, strict=True):
+            _s.update(_host_new)
+
+    commit(_writes)
     return chunks.launches

@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import operator
 import struct
+from contextlib import nullcontext
 from itertools import chain, repeat
 from operator import attrgetter, is_not, itemgetter
 from types import ModuleType
@@ -53,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import host_state_values, running_module
+from optgen_runtime.common import deferred_writes, host_state_values, running_module
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import Amp, ScalarRows, Vouched, float32_rows, spans_overlap
 
@@ -282,13 +283,36 @@ class FastStep:
                     undo = zip(repeat(None), states, plan.counts, repeat({}))
             devices = list(dict.fromkeys(part.device for part in plan.groups))
             amps = self._device_amp(devices, scale, found_inf, undo)
-        for part, updates, hp, resolved, _, tabled, _ in checked:
+        for part, updates, _, _, _, tabled, _ in checked:
+            if updates is not None and tabled is not part.tabled:
+                part.vouched = Vouched()  # another module's chunk table
+                part.tabled = tabled
+        # a rule whose modules can refuse after these checks (sums, host states): every group's
+        # module checks first, the writes queued (commit) and made once all have passed
+        with deferred_writes() if self._refuses_late() else nullcontext([]) as writes:
+            self._fast_groups(plan, checked, grads, pointers, amps)
+        for write in writes:
+            write()
+        for part, updates, hp, resolved, _, tabled, _ in checked:  # accepted: the aliases
             if updates is not None:
                 self._apply_aliases(part.group, updates)
                 part.raw, part.hp, part.resolved = self._raw(part.group, plan.names), hp, resolved
-                if tabled is not part.tabled:
-                    part.vouched = Vouched()  # another module's chunk table
                 part.tabled = tabled
+        plan.counter += 1  # every step count, in place (no torch op: versions unchanged)
+        plan.counts = ts
+        if plan.masters:
+            torch._foreach_copy_(plan.weights, plan.masters)
+        return True
+
+    def _fast_groups(
+        self,
+        plan: Plan,
+        checked: list[Any],
+        grads: list[list[torch.Tensor]],
+        pointers: list[list[int]],
+        amps: dict[Any, Amp],
+    ) -> None:
+        """Each group's module step on the plan's buffers (``_fast_step``)."""
         for (part, _, hp, _, counts, tabled, tables), gs, ptrs in zip(
             checked, grads, pointers, strict=True
         ):
@@ -313,11 +337,6 @@ class FastStep:
                 tabled.step_tables(part.buffers, tables)
             else:
                 self._fast_numba(part, counts, hp)
-        plan.counter += 1  # every step count, in place (no torch op: versions unchanged)
-        plan.counts = ts
-        if plan.masters:
-            torch._foreach_copy_(plan.weights, plan.masters)
-        return True
 
     @staticmethod
     def _raw(group: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...] | None:

@@ -27,12 +27,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from optgen_runtime.common import host_state_values, running_module
+from optgen_runtime.common import (
+    commit,
+    deferred_writes,
+    deferring,
+    host_state_values,
+    running_module,
+)
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.philox import tensor_seed
@@ -128,9 +135,15 @@ class Stepping:
             devices = list(dict.fromkeys(params[0].device for _, _, params in plans))
             amps = self._device_amp(devices, scale, found_inf, undo)
         self._unscale([local(p.grad) for _, _, params in plans for p in params], inverse)
-        for (hp, resolved, params), group_states in zip(plans, states, strict=True):
-            with shards(self._reducer(params)):  # a sharded tensor's reductions: all shards'
-                self._apply_group(hp, resolved, params, group_states, indices, amps, given)
+        # every group's module checks and computes first, its writes queued (commit); the
+        # writes only once all have passed: a later group's refusal (a host scalar its sums or
+        # host states make unrepresentable) leaves every group as it was
+        with deferred_writes() if self._refuses_late() else nullcontext([]) as writes:
+            for (hp, resolved, params), group_states in zip(plans, states, strict=True):
+                with shards(self._reducer(params)):  # a sharded tensor's reductions: all shards'
+                    self._apply_group(hp, resolved, params, group_states, indices, amps, given)
+        for write in writes:
+            write()
 
     def _apply_group(
         self,
@@ -297,6 +310,18 @@ class Stepping:
         views.update({key: state[key] for key in self.META.HOST_STATES})
         return views
 
+    def _refuses_late(self) -> bool:
+        """Whether the rule's modules can refuse a step after the class's checks: host scalars
+        that depend on the step's sums or on host states, computed by the module."""
+        meta = self.META
+        return bool(meta.REDUCTIONS or meta.HOST_STATES)
+
+    def _finish_each(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]], views: list[Any]
+    ) -> None:
+        for p, state, v in zip(params, states, views, strict=True):
+            self._finish(p, state, v)
+
     def _finish(self, p: torch.Tensor, state: dict[str, Any], views: dict[str, Any]) -> None:
         state["step"] += 1
         for key in self.META.HOST_STATES:
@@ -325,7 +350,7 @@ class Stepping:
         self.NUMPY.step(
             weight.detach().numpy(), grad.numpy(), views, t, **hp, **arrays, **given.scalars
         )
-        self._finish(p, state, views)
+        commit(lambda: self._finish(p, state, views))  # after the module's writes
 
     def _use_numba(self) -> bool:
         """CPU parameters run the compiled module: ``backend="numba"``, or ``"auto"`` where the
@@ -394,8 +419,7 @@ class Stepping:
             **arrays,
             **given.scalars,
         )
-        for p, state, v in zip(params, states, views, strict=True):
-            self._finish(p, state, v)
+        commit(lambda: self._finish_each(params, states, views))  # after the module's writes
 
     def _numpy_group_step(
         self,
@@ -427,8 +451,7 @@ class Stepping:
             **arrays,
             **given.scalars,
         )
-        for p, state, v in zip(params, states, views, strict=True):
-            self._finish(p, state, v)
+        commit(lambda: self._finish_each(params, states, views))  # after the module's writes
 
     def _input_arrays(
         self, params: list[torch.Tensor], weights: list[torch.Tensor], given: Given
@@ -447,6 +470,8 @@ class Stepping:
         """``grad`` converted to ``dtype`` (a fp16/bf16 gradient for its fp32 master) in a
         scratch buffer the optimizer reuses, sized to its largest parameter and never part of
         ``state_dict()``: no parameter-sized allocation per step."""
+        if deferring():  # a queued step still reads it: no buffer shared with the next
+            return grad.to(dtype)
         n = grad.numel()
         scratch = getattr(self, "_scratch", None)
         if scratch is None or scratch.numel() < n or scratch.dtype != dtype:
@@ -466,6 +491,8 @@ class Stepping:
         need = [g.numel() for g, d in zip(grads, dtypes, strict=True) if g.dtype != d]
         if not need:
             return grads
+        if deferring():  # a queued step still reads them: no buffer shared with the next
+            return [g if g.dtype == d else g.to(d) for g, d in zip(grads, dtypes, strict=True)]
         dtype = next(d for g, d in zip(grads, dtypes, strict=True) if g.dtype != d)
         scratch = getattr(self, "_scratch", None)
         if scratch is None or scratch.numel() < sum(need) or scratch.dtype != dtype:
@@ -522,5 +549,4 @@ class Stepping:
             **arrays,
             **given.scalars,
         )
-        for p, state, v in zip(params, states, views, strict=True):
-            self._finish(p, state, v)
+        commit(lambda: self._finish_each(params, states, views))  # after the module's writes
