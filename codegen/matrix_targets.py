@@ -329,7 +329,14 @@ def render(rule: Rule) -> dict[str, str]:
     ctx.update(numpy_context(plan_, code))
     ctx["host_lets"] = _host_lines(plan_, code)
     ctx["runtime"] = sorted(
-        {"check_step_count", "resolve_hyperparams", "step_counts", *code.runtime}
+        {
+            "all_or_nothing",
+            "check_step_count",
+            "commit",
+            "resolve_hyperparams",
+            "step_counts",
+            *code.runtime,
+        }
     )
     ctx["target"] = "numpy"
     ctx["uses_math"] = code.uses_math
@@ -340,7 +347,15 @@ def render(rule: Rule) -> dict[str, str]:
     tctx.update(triton_context(plan_, tcode))
     tctx["host_lets"] = _host_lines(plan_, tcode)
     tctx["runtime"] = sorted(
-        {"check_step_count", "resolve_hyperparams", "step_counts", "stream_indices", *tcode.runtime}
+        {
+            "all_or_nothing",
+            "check_step_count",
+            "commit",
+            "resolve_hyperparams",
+            "step_counts",
+            "stream_indices",
+            *tcode.runtime,
+        }
     )
     tctx["target"] = "triton"
     tctx["uses_math"] = tcode.uses_math

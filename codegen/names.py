@@ -43,7 +43,7 @@ _reserve(
     "check_distinct_states run_group check_arrays_across group_totals Iterator host_max host_min "
     "scalar_inputs "
     "check_host_states check_scalars_each checked_scalar computed_each checked_each distinct "
-    "check_tensors_each step_rows host_states commit _writes "
+    "check_tensors_each step_rows host_states commit _writes all_or_nothing "
     "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
     "run_variant matches ScalarRows Vouched",

@@ -469,14 +469,27 @@ def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:
 _PENDING: ContextVar[list[Callable[[], None]] | None] = ContextVar("optgen_pending", default=None)
 
 
-def commit(writes: Callable[[], None]) -> None:
+def commit(writes: Callable[[], None], *alive: object) -> None:
     """Run a step's ``writes`` (its every check passed) now, or queue them inside
-    :func:`deferred_writes`."""
+    :func:`deferred_writes`, with ``alive`` (the buffers the writes reach by address: a
+    gradient converted for the step, say) kept alive while they wait."""
     pending = _PENDING.get()
     if pending is None:
         writes()
     else:
-        pending.append(writes)
+        pending.append(_Queued(writes, alive))
+
+
+class _Queued:
+    """Queued writes and what they need alive until they run."""
+
+    __slots__ = ("alive", "writes")
+
+    def __init__(self, writes: Callable[[], None], alive: tuple[object, ...]) -> None:
+        self.writes, self.alive = writes, alive
+
+    def __call__(self) -> None:
+        self.writes()
 
 
 @contextmanager
@@ -491,6 +504,20 @@ def deferred_writes() -> Iterator[list[Callable[[], None]]]:
         yield pending
     finally:
         _PENDING.reset(token)
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """The steps made inside write only if every one passes: their writes queued and made at
+    the end of the block, or, inside an enclosing :func:`deferred_writes` (a torch class's
+    step), left queued for its caller."""
+    if deferring():
+        yield
+        return
+    with deferred_writes() as writes:
+        yield
+    for write in writes:
+        write()
 
 
 def deferring() -> bool:

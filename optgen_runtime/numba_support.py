@@ -158,7 +158,7 @@ class Buffers:
     scalars depend on it). Built by ``prepare`` from checked arrays, or by a caller that
     checked every buffer itself and knows their addresses (``at``: the torch classes)."""
 
-    __slots__ = ("count", "groups", "shapes")
+    __slots__ = ("alive", "count", "groups", "shapes")
 
     def __init__(
         self, groups: list[tuple[list[int], np.ndarray, np.ndarray, Any]], shapes: list[Any]
@@ -166,6 +166,7 @@ class Buffers:
         self.groups = groups
         self.shapes = shapes
         self.count = len(shapes)
+        self.alive: object = None  # the arrays ``prepare`` took: alive while writes are queued
 
     @classmethod
     def at(
@@ -234,12 +235,14 @@ def prepare(
             flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
         if mode == "multi":
             check_arrays_across(rule, weights, grads, states, names)
-    return Buffers.at(
+    buffers = Buffers.at(
         [[b.ctypes.data for b in f] for f in flats],
         [np.shape(w) for w in weights],
         [f[0].dtype for f in flats],
         even=even,
     )
+    buffers.alive = flats  # the writes may be queued (optgen_runtime.common.commit)
+    return buffers
 
 
 def partials_of(partials: np.ndarray, chunks: np.ndarray, count: int) -> list[list[tuple]]:

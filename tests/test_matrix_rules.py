@@ -586,3 +586,40 @@ def test_a_scalar_float32_cannot_hold_is_refused_before_writing(name: str, targe
         w64 = np.ones(SHAPE)
         m.step(w64, w64 * 0.5, m.init_state(w64), 1, lr=1e300)
         assert np.isfinite(w64).all() and not (w64 == 1).all()
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton", "class-numpy", "class-triton"])
+@pytest.mark.parametrize("name", ["muon"])  # AdaMuon's zero gradient gives NaN, not a refusal
+def test_a_later_weights_refusal_leaves_the_earlier_ones_unwritten(name: str, target: str) -> None:
+    """``step_multi`` (and a torch class's step, over two param groups) on two weights, the
+    second with a zero gradient: its norm is 0, so 1 / max(epsilon, norm) at epsilon = 1e-40 is
+    past float32's range, refused (``checked_scalar``) once the first weight's step was computed,
+    which must not be written (the writes are queued: ``optgen_runtime.common.commit``; the
+    matrix modules' code is one template, so AdaMuon's step_multi queues them alike)."""
+    m = numpy_module(name) if target.endswith("numpy") else triton_module(name)
+    torch.manual_seed(0)
+    first, second = torch.randn(SHAPE), torch.zeros(SHAPE)
+    grads = [torch.randn(SHAPE), torch.zeros(SHAPE)]
+    if target.startswith("class"):
+        params = [torch.nn.Parameter(w.clone().to(_device(target[6:]))) for w in (first, second)]
+        opt = CLASSES[name](
+            [{"params": params[:1]}, {"params": params[1:]}], backend=target[6:], epsilon=1e-40
+        )
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.to(p.device)
+        with pytest.raises(ValueError, match=r"cannot hold"):
+            opt.step()
+        assert torch.equal(params[0].detach().cpu(), first) and not opt.state
+        return
+    if target == "numpy":
+        weights = [first.numpy().copy(), second.numpy().copy()]
+        gs = [g.numpy() for g in grads]
+    else:
+        weights, gs = [first.clone().to(DEVICE), second.clone().to(DEVICE)], grads
+        gs = [g.to(DEVICE) for g in gs]
+    states = [m.init_state(w) for w in weights]
+    with pytest.raises(ValueError, match=r"cannot hold"):
+        m.step_multi(weights, gs, states, 1, epsilon=1e-40)
+    got = weights[0] if target == "numpy" else weights[0].cpu().numpy()
+    np.testing.assert_array_equal(got, first.numpy())
+    assert all(bool((v == 0).all()) for s in states for v in s.values())

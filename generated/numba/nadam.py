@@ -382,4 +382,4 @@ def _run(
         for _s, new in zip(states, host_new, strict=True):
             _s.update(new)
 
-    commit(_writes)
+    commit(_writes, buffers.alive)

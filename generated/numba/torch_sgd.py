@@ -360,4 +360,4 @@ def _run(
         for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
             launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 
-    commit(_writes)
+    commit(_writes, buffers.alive)

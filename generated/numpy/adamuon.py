@@ -45,7 +45,9 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.common import (
+    all_or_nothing,
     check_step_count,
+    commit,
     host_max,
     host_min,
     resolve_hyperparams,
@@ -144,8 +146,9 @@ def step_multi(
     ts = step_counts(RULE, t, len(weights))
     for weight, grad, state in zip(weights, grads, states, strict=True):
         _check(weight, grad, state)
-    for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
-        _step(weight, grad, state, t, hp)
+    with all_or_nothing():  # every weight's scalars checked before any is written
+        for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
+            _step(weight, grad, state, t, hp)
     return len(weights)
 
 
@@ -247,6 +250,10 @@ def _step(
     _v10 = np.multiply(_h7, weight)
     _v11 = np.multiply(_h8, U)
     weight_new = np.add(_v10, _v11)
-    np.copyto(state["m"], m_new)
-    np.copyto(state["v"], v_new)
-    np.copyto(weight, weight_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        np.copyto(state["m"], m_new)
+        np.copyto(state["v"], v_new)
+        np.copyto(weight, weight_new)
+
+    commit(_writes)

@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, host_max, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    all_or_nothing,
+    check_step_count,
+    commit,
+    host_max,
+    resolve_hyperparams,
+    step_counts,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
 
@@ -128,8 +135,9 @@ def step_multi(
     ts = step_counts(RULE, t, len(weights))
     for weight, grad, state in zip(weights, grads, states, strict=True):
         _check(weight, grad, state)
-    for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
-        _step(weight, grad, state, t, hp)
+    with all_or_nothing():  # every weight's scalars checked before any is written
+        for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
+            _step(weight, grad, state, t, hp)
     return len(weights)
 
 
@@ -208,5 +216,9 @@ def _step(
     _v6 = np.multiply(_h4, weight)
     _v7 = np.multiply(_h5, ortho)
     weight_new = np.add(_v6, _v7)
-    np.copyto(state["momentum_buffer"], momentum_buffer_new)
-    np.copyto(weight, weight_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        np.copyto(state["momentum_buffer"], momentum_buffer_new)
+        np.copyto(weight, weight_new)
+
+    commit(_writes)

@@ -46,7 +46,9 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
+    all_or_nothing,
     check_step_count,
+    commit,
     host_max,
     host_min,
     resolve_hyperparams,
@@ -279,8 +281,9 @@ def step_multi(
         raise ValueError(f"{RULE}: amp flags on the device are not supported (it has reductions)")
     for weight, grad, state in zip(weights, grads, states, strict=True):
         _check(weight, grad, state)
-    for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
-        _step(weight, grad, state, t, hp)
+    with all_or_nothing():  # every weight's scalars checked before any is written
+        for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
+            _step(weight, grad, state, t, hp)
     return len(weights)
 
 
@@ -389,6 +392,10 @@ def _step(
         [_h7, _h8],
         BLOCK_SIZE,
     )
-    state["m"].copy_(m_new)
-    state["v"].copy_(v_new)
-    weight.copy_(weight_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        state["m"].copy_(m_new)
+        state["v"].copy_(v_new)
+        weight.copy_(weight_new)
+
+    commit(_writes)

@@ -459,5 +459,5 @@ def step_multi(
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         chunks.update(lars_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
 
-    commit(_writes)
+    commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches

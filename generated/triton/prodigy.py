@@ -606,5 +606,5 @@ def step_multi(
         for _s, (_, host_new) in zip(states, new, strict=True):
             _s.update(host_new)
 
-    commit(_writes)
+    commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches

@@ -307,5 +307,5 @@ def step_multi(
         for _s, _host_new in zip(states, new, strict=True):
             _s.update(_host_new)
 
-    commit(_writes)
+    commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import deferred_writes, host_state_values, running_module
+from optgen_runtime.common import commit, deferred_writes, host_state_values, running_module
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import Amp, ScalarRows, Vouched, float32_rows, spans_overlap
 
@@ -423,9 +423,15 @@ class FastStep:
         into the state dicts."""
         assert part.buffers is not None
         self._numba().step_buffers(part.buffers, part.states, counts, **hp)
-        for s in part.states if self.META.HOST_STATES else ():
-            for key in self.META.HOST_STATES:
-                s[key] = float(s[key])
+        if self.META.HOST_STATES:  # after the module's writes (queued with them)
+            commit(lambda: self._host_back(part.states, part.states))
+
+    def _host_back(self, views: list[dict[str, Any]], states: list[dict[str, Any]]) -> None:
+        """The host states a module wrote into ``views``, as Python floats in ``states``."""
+        host = self.META.HOST_STATES
+        for view, s in zip(views, states, strict=True):
+            for key in host:
+                s[key] = float(view[key])
 
     def _fast_triton(
         self,
@@ -452,9 +458,8 @@ class FastStep:
             **hp,
             **arrays,
         )
-        for view, s in zip(part.views, part.states, strict=True) if host else ():
-            for key in host:
-                s[key] = float(view[key])
+        if host:  # after the module's writes (queued with them inside deferred_writes)
+            commit(lambda: self._host_back(part.views, part.states))
 
     def _check_fast_scalars(self, resolved: dict[str, float], ts: list[int], part: Group) -> None:
         """The group's kernel scalars checked as the full step checks them
