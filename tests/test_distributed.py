@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,61 +16,22 @@ import pytest
 from distributed_checks import SAVE_LOAD, TRITON
 
 from generated.torch import RULES
+from tools.ranks import free_port, run_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # seconds for the whole run (about a minute on two cores)
 WORLD = 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args: list[str], tmp: Path, timeout: float = TIMEOUT) -> list[str]:
-    """Run ``python args`` as ranks 0 and 1 of a gloo group on 127.0.0.1 (the environment
-    torchrun sets); both are killed when ``timeout`` runs out. Returns their outputs."""
-    port = free_port()
-    procs = []
-    for rank in range(WORLD):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(WORLD),
-            "LOCAL_WORLD_SIZE": str(WORLD),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OPTGEN_DCP_DIR": str(tmp),
-            "OMP_NUM_THREADS": "1",
-            "PYTHONFAULTHANDLER": "1",  # a rank that aborts shows where
-            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"),  # the Triton checks
-        }
-        out = open(tmp / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(
-            (
-                subprocess.Popen(
-                    [sys.executable, *args], env=env, stdout=out, stderr=out, cwd=ROOT
-                ),
-                out,
-            )
-        )
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for proc, _ in procs:
-            proc.kill()
-        for proc, _ in procs:
-            proc.wait()
-    finally:
-        for _, out in procs:
-            out.close()
-    logs = [(tmp / f"rank{rank}.log").read_text() for rank in range(WORLD)]
-    for (proc, _), log in zip(procs, logs, strict=True):
-        assert proc.returncode == 0, f"a rank exited with {proc.returncode}:\n{log[-4000:]}"
-    return logs
+    """Run ``python args`` as ranks 0 and 1 of a gloo group on 127.0.0.1 (``tools.ranks``;
+    the Triton checks under the interpreter unless the environment says otherwise); both are
+    killed when ``timeout`` runs out. Returns their outputs; every rank must exit with 0."""
+    env = {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
+    ranks = run_ranks(args, tmp, timeout, env, WORLD)
+    for code, log in zip(ranks.returncodes, ranks.logs, strict=True):
+        assert code == 0, f"a rank exited with {code}:\n{log[-4000:]}"
+    return ranks.logs
 
 
 @pytest.fixture(scope="module")

@@ -363,68 +363,31 @@ def distributed_check(
     Returns how many checks ran, those that failed (with the end of what they raised), and the
     ranks' exit codes and, without a report, the end of their output. On an H200 (2026-12-04)
     all 44 classes took about 100 s, in four runs."""
-    import socket
     import tempfile
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tools.ranks import run_ranks
+
     tmp = Path(tempfile.mkdtemp(prefix="optgen-dist-"))
     env = {
-        **os.environ,
         "OPTGEN_DIST_DEVICE": device,
         "OPTGEN_DIST_RULES": ",".join(rules or ()),
-        "OPTGEN_DCP_DIR": str(tmp),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "WORLD_SIZE": "2",
-        "LOCAL_WORLD_SIZE": "2",
-        "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(ROOT),
-        "PYTHONFAULTHANDLER": "1",  # a rank that crashes shows where
     }
     if device == "cuda":
         env["TRITON_INTERPRET"] = "0"
     start = time.perf_counter()
-    procs = []
-    for rank in range(2):
-        log = open(tmp / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        command = [sys.executable, str(ROOT / "tests" / "distributed_checks.py")]
-        rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(
-            (
-                subprocess.Popen(
-                    [*command, str(tmp / "report.json")],
-                    env=rank_env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=ROOT,
-                ),
-                log,
-            )
-        )
-    timed_out = False
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=max(1.0, budget - (time.perf_counter() - start)))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        for proc, _ in procs:
-            proc.kill()
-            proc.wait()
-    finally:
-        for _, log in procs:
-            log.close()
+    script = str(ROOT / "tests" / "distributed_checks.py")
+    ranks = run_ranks([script, str(tmp / "report.json")], tmp, budget, env)
     out: dict[str, Any] = {
         "ran": True,
         "rules": list(rules) if rules else "all",
-        "timed_out": timed_out,
+        "timed_out": ranks.timed_out,
         "seconds": round(time.perf_counter() - start, 1),
-        "returncodes": [proc.returncode for proc, _ in procs],
+        "returncodes": ranks.returncodes,
     }
     found = tmp / "report.json"
     if not found.exists():
-        out["tail"] = [(tmp / f"rank{r}.log").read_text()[-1500:] for r in range(2)]
+        out["tail"] = [log[-1500:] for log in ranks.logs]
         return out
     report = json.loads(found.read_text())
     out["checks"] = len(report)
