@@ -46,7 +46,7 @@ _reserve(
     "check_tensors_each step_rows host_states commit _writes all_or_nothing "
     "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
-    "run_variant matches ScalarRows Vouched",
+    "run_variant matches ScalarRows Vouched phase_rows sum_rows rows_max rows_min scalar_columns",
 )
 _reserve(
     "a module global of every generated module",
@@ -54,8 +54,8 @@ _reserve(
     "FOLDS_GRAD_SCALE INPUTS STEP_SCALARS INIT_HYPERPARAMS TORCH OP_COUNTS REDUCE_OP_COUNTS "
     "SCALARS REDUCE_SCALARS BLOCK_SIZE REDUCE_KINDS REDUCE_AXES STATE_AXES SIZES GROUP_REDUCTIONS "
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
-    "init_state step step_multi host_scalars reduction_scalars COMPILED FALLBACK NUMBA EVEN_CHUNKS "
-    "initial_values "
+    "init_state step step_multi host_scalars host_scalars_rows reduction_scalars COMPILED FALLBACK "
+    "NUMBA EVEN_CHUNKS initial_values "
     "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")

@@ -113,15 +113,7 @@ def check_scalars_each(
             values = np.array([row for row, _ in results], dtype=np.float64)
         except (OverflowError, TypeError, ValueError):  # the one-by-one checks name it
             values = None
-        if values is None:
-            bad = 0
-        elif values.size:
-            with np.errstate(over="ignore"):
-                held = values.astype(dtype)
-            finite = np.isfinite(values)
-            wrong = finite & (np.isinf(held) | ((held == 0) & (values != 0)))
-            rows = np.flatnonzero(wrong.any(axis=1))
-            bad = int(rows[0]) if len(rows) else len(results)
+        bad = 0 if values is None else first_refused_row(values, dtype)
     if host_states:
         for _, new in results[:bad]:
             check_host_states(rule, new)
@@ -129,6 +121,20 @@ def check_scalars_each(
         if host_states:
             check_host_states(rule, new)
         check_scalars(rule, legend, row, dtype)
+
+
+def first_refused_row(values: np.ndarray, dtype: Any) -> int:
+    """The first row of ``values`` (float64, a row of scalars per tensor) that
+    :func:`check_scalars` refuses for ``dtype``, by one NumPy pass; ``len(values)`` if none."""
+    dtype = _numpy_dtype(dtype)
+    if dtype.itemsize not in _FORMATS or not values.size:
+        return len(values)
+    with np.errstate(over="ignore"):
+        held = values.astype(dtype)
+    finite = np.isfinite(values)
+    wrong = finite & (np.isinf(held) | ((held == 0) & (values != 0)))
+    rows = np.flatnonzero(wrong.any(axis=1))
+    return int(rows[0]) if len(rows) else len(values)
 
 
 def check_host_states(rule: str, new: Mapping[str, float]) -> Mapping[str, float]:

@@ -27,6 +27,11 @@ def across_shards(kinds: dict[str, str], sums: list[dict[str, float]]) -> list[d
     return sums if reducer is None or not sums else reducer(kinds, sums)
 
 
+def shards_combined() -> bool:
+    """True inside :func:`shards` with a reducer: :func:`across_shards` combines."""
+    return _REDUCER.get() is not None
+
+
 @contextlib.contextmanager
 def shards(reducer: Reducer | None) -> Iterator[None]:
     """Within this block :func:`across_shards` combines with ``reducer`` (None: not at all)."""

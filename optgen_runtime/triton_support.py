@@ -24,8 +24,15 @@ from optgen_runtime.checks import (
     check_state_shape,
 )
 from optgen_runtime.common import check_distinct_states, check_inputs_given, host_state_values
-from optgen_runtime.scalars import check_scalars, computed, computed_each, distinct
-from optgen_runtime.sharding import across_shards
+from optgen_runtime.scalars import (
+    check_scalars,
+    check_scalars_each,
+    computed,
+    computed_each,
+    distinct,
+    first_refused_row,
+)
+from optgen_runtime.sharding import across_shards, shards_combined
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -561,6 +568,66 @@ def host_rows(
     return rows, list(map(new.__getitem__, index))
 
 
+def sum_rows(
+    rule: str,
+    host_code: Any,
+    rows_code: Any,
+    ts: Sequence[int],
+    names: Sequence[str],
+    sums: np.ndarray,
+    legend: dict[str, str],
+    /,
+    **kwargs: Any,
+) -> ScalarRows:
+    """The host scalars of a multi-tensor step whose host code takes the step count and each
+    tensor's sums (``sums``: float64, a row per tensor, a column per name in ``names``;
+    :meth:`ChunkTable.reduce_rows`), range-checked for float32.
+
+    ``rows_code`` (the rule's ``host_scalars_rows``; ``optgen_runtime.columns``) computes them
+    all at once, to the bits of ``host_code`` row by row: taken when the tensors share one step
+    count, every sum is finite, NumPy flags nothing Python raises on (a division by zero, a
+    square root of a negative number, an overflow; ``np.where`` computes both branches, so an
+    untaken one flagging counts too) and float32 holds every scalar. Otherwise, or without
+    ``rows_code``, the rows are computed tensor by tensor (``computed_each``, once per distinct
+    step count and sums) and checked (``check_scalars_each``), which raise the errors they name:
+    the same rows, or the same refusal, either way."""
+    n = len(ts)
+    if rows_code is not None and n and ts.count(ts[0]) == n and np.isfinite(sums).all():
+        columns = {name: sums[:, k] for k, name in enumerate(names)}
+        try:
+            with np.errstate(divide="raise", over="raise", invalid="raise", under="ignore"):
+                values = rows_code(ts[0], **kwargs, **columns)
+        except (ArithmeticError, ValueError):  # FloatingPointError: tensor by tensor
+            values = None
+        if values is not None and first_refused_row(values, np.float32) == n:
+            return ScalarRows(values.astype(np.float32), np.arange(n, dtype=np.int64))
+    each = [dict(zip(names, row, strict=True)) for row in sums.tolist()]
+    new = computed_each(rule, host_code, ts, each, **kwargs)
+    check_scalars_each(rule, legend, distinct(new), torch.float32)
+    return ScalarRows.of([scalars for scalars, _ in new])
+
+
+def phase_rows(
+    rule: str,
+    host_code: Any,
+    ts: Sequence[int],
+    legend: dict[str, str],
+    /,
+    **kwargs: Any,
+) -> ScalarRows:
+    """A reduction phase's scalars (``reduction_scalars``) when they depend on the step count
+    alone, not on the tensor: computed and range-checked once per distinct step count, in order
+    of first appearance (the errors ``checked_each`` gives), and broadcast."""
+    distinct_ts = list(dict.fromkeys(ts))
+    results = [
+        check_scalars(rule, legend, computed(rule, host_code, t, **kwargs), torch.float32)
+        for t in distinct_ts
+    ]
+    where = {t: k for k, t in enumerate(distinct_ts)}
+    index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
+    return ScalarRows(float32_rows(results), index)
+
+
 Amp = tuple[torch.Tensor, torch.Tensor]  # the kernels' (found_inf, grad_scale)
 _NO_AMP: dict[torch.device, Amp] = {}
 
@@ -907,20 +974,33 @@ class ChunkTable:
     def reduce(
         self,
         kernel: Any,
-        rows: Sequence[Sequence[float]],
+        rows: ScalarRows | Sequence[Sequence[float]],
         kinds: dict[str, str],
         names: Sequence[str],
     ) -> list[dict[str, float]]:
-        """Every tensor's reductions: one launch per group, one float32 partial per chunk and
-        name (no atomics), combined per tensor in the order of :func:`add_partials` (the same
-        bits as ``reduce_sums`` for that tensor): on CUDA by :func:`combine_on_device`, with one
-        copy of the tensors' sums to the host per device; elsewhere on the host, the partials
-        copied once per device. ``rows[j]``: tensor j's reduction-phase scalars
-        (``reduction_scalars``)."""
+        """:meth:`reduce_rows`, one dict per tensor (name: value)."""
+        found = self.reduce_rows(kernel, rows, kinds, names).tolist()
+        return [dict(zip(names, row, strict=True)) for row in found]
+
+    def reduce_rows(
+        self,
+        kernel: Any,
+        rows: ScalarRows | Sequence[Sequence[float]],
+        kinds: dict[str, str],
+        names: Sequence[str],
+    ) -> np.ndarray:
+        """Every tensor's reductions, a float64 row per tensor (a column per name): one launch
+        per group, one float32 partial per chunk and name (no atomics), combined per tensor in
+        the order of :func:`add_partials` (the same bits as ``reduce_sums`` for that tensor): on
+        CUDA by :func:`combine_on_device`, with one copy of the tensors' sums to the host per
+        device; elsewhere on the host, the partials copied once per device. ``rows``: the
+        reduction-phase scalars (``reduction_scalars``), one row per tensor or a
+        :class:`ScalarRows`. A sharded tensor's are over all its shards (``across_shards``)."""
         width = len(names)
-        scalar_rows = ScalarRows.of(rows)
+        scalar_rows = rows if isinstance(rows, ScalarRows) else ScalarRows.of(rows)
         nothing = combine_partials(np.zeros((0, len(names)), np.float32), kinds, names)
-        sums = [dict(nothing) for _ in range(self.size)]
+        sums = np.empty((self.size, width), dtype=np.float64)
+        sums[:] = [nothing[name] for name in names]
         offsets: list[int] = []
         used: dict[torch.device, int] = {}  # chunks per device, each group 16-byte aligned
         for group in self.groups:
@@ -944,14 +1024,19 @@ class ChunkTable:
                 plan = self.plans.get(device)
                 if plan is None:  # the segments are the table's: the same every step
                     plan = self.plans[device] = device_plan(first, count, device)
-                found = combine_on_device(partials[device], plan, kinds, names)
-                for j, row in zip(members, found, strict=True):
-                    sums[j] = {name: float(v) for name, v in zip(names, row, strict=True)}
+                sums[members] = combine_on_device(partials[device], plan, kinds, names)
                 continue
             host = partials[device].cpu().numpy().reshape(-1, width)
             for j, lo, n in zip(members, first, count, strict=True):
-                sums[j] = combine_partials(host[lo : lo + n], kinds, names)
-        return across_shards(kinds, sums)  # a sharded tensor's: over all its shards
+                combined = combine_partials(host[lo : lo + n], kinds, names)
+                sums[j] = [combined[name] for name in names]
+        if shards_combined():  # a sharded tensor's: over all its shards
+            each = [dict(zip(names, row, strict=True)) for row in sums.tolist()]
+            sums = np.array(
+                [[d[name] for name in names] for d in across_shards(kinds, each)],
+                dtype=np.float64,
+            ).reshape(-1, width)
+        return sums
 
 
 _PLAIN = {torch.Tensor, torch.nn.Parameter}

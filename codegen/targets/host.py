@@ -13,7 +13,7 @@ from typing import Any
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from codegen.ops import element_constant
+from codegen.ops import Guarded, element_constant
 from codegen.spec import SpecError
 from optgen_runtime.common import Legal
 
@@ -150,3 +150,129 @@ def literal(value: sp.Expr, where: str = "") -> str:
     """A per-element constant as code: the double's repr (checked by
     :func:`codegen.ops.element_constant`; ``where`` names the spec file or line)."""
     return repr(element_constant(value, where))
+
+
+class NotColumnwise(Exception):
+    """A host expression over sums that :class:`RowsPrinter` cannot print with IEEE-exact NumPy
+    operations (a power, ``exp``, ``log``, a modulo of a sum): the rule gets no
+    ``host_scalars_rows``, and its multi-tensor steps compute tensor by tensor."""
+
+
+# What may sit above a sum in an expression host_scalars_rows computes: operations NumPy does
+# as Python does them on floats, to the bit (Pow: only sqrt, checked by the printer; Mul prints
+# a factor x**-1 as a division).
+COLUMNWISE = (
+    sp.Symbol,
+    sp.Number,
+    sp.Add,
+    sp.Mul,
+    sp.Pow,
+    sp.Max,
+    sp.Min,
+    sp.Piecewise,
+    sp.functions.elementary.piecewise.ExprCondPair,
+    sp.Abs,
+    Guarded,
+    sp.core.relational.Relational,
+    sp.And,
+    sp.Or,
+    sp.Not,
+    sp.logic.boolalg.BooleanAtom,
+)
+
+
+class RowsPrinter(HostPrinter):
+    """Host code over columns (``optgen_runtime.columns``): the ``varying`` symbols (a tensor's
+    sums, and the lets computed from them) hold a float64 NumPy array, one entry per tensor.
+    What depends on them is printed with NumPy's IEEE-exact operations; what does not, exactly
+    as :class:`HostPrinter` prints it (the same Python float operations: the same bits)."""
+
+    def varies(self, expr: sp.Basic) -> bool:
+        return bool(expr.free_symbols & self.varying)
+
+    def _print(self, expr: Any, **kwargs: Any) -> str:
+        if isinstance(expr, sp.Basic) and self.varies(expr) and not isinstance(expr, COLUMNWISE):
+            raise NotColumnwise(f"{type(expr).__name__} of a sum: {expr}")
+        return super()._print(expr, **kwargs)
+
+    def _numpy(self, name: str) -> str:
+        self.uses_numpy = True
+        return f"np.{name}"
+
+    def _columns(self, name: str) -> str:
+        """A helper of ``optgen_runtime.columns``, recorded as an import the module needs."""
+        self.columns.add(name)
+        return name
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        if not self.varies(expr):
+            return super()._print_Pow(expr, rational)
+        if expr.exp == sp.Rational(1, 2):
+            return f"{self._numpy('sqrt')}({self._print(expr.base)})"
+        if expr.exp == -sp.Rational(1, 2):
+            return f"(1.0 / {self._numpy('sqrt')}({self._print(expr.base)}))"
+        raise NotColumnwise(f"a power of a sum: {expr}")  # libm's pow and NumPy's may differ
+
+    def _print_Max(self, expr: sp.Expr) -> str:
+        if not self.varies(expr):
+            return super()._print_Max(expr)
+        return f"{self._columns('rows_max')}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr: sp.Expr) -> str:
+        if not self.varies(expr):
+            return super()._print_Min(expr)
+        return f"{self._columns('rows_min')}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        """``np.where`` nested from the last branch, which must hold everywhere."""
+        if not self.varies(expr):
+            return super()._print_Piecewise(expr)
+        if expr.args[-1].cond != sp.true:
+            raise NotColumnwise(f"a Piecewise without an otherwise branch: {expr}")
+        where = self._numpy("where")
+        text = self._print(expr.args[-1].expr)
+        for value, condition in reversed(expr.args[:-1]):
+            text = f"{where}({self._print(condition)}, {self._print(value)}, {text})"
+        return text
+
+    def _print_Guarded(self, expr: sp.Expr) -> str:
+        if not self.varies(expr):
+            return super()._print_Guarded(expr)
+        value, condition = expr.args
+        return f"{self._numpy('where')}({self._print(condition)}, {self._print(value)}, 0.0)"
+
+    def _logical(self, name: str, expr: sp.Basic) -> str:
+        function = self._numpy(name)
+        args = [self._print(a) for a in expr.args]
+        text = args[0]
+        for a in args[1:]:
+            text = f"{function}({text}, {a})"
+        return text
+
+    def _print_And(self, expr: sp.Basic) -> str:
+        return self._logical("logical_and", expr) if self.varies(expr) else super()._print_And(expr)
+
+    def _print_Or(self, expr: sp.Basic) -> str:
+        return self._logical("logical_or", expr) if self.varies(expr) else super()._print_Or(expr)
+
+    def _print_Not(self, expr: sp.Basic) -> str:
+        if not self.varies(expr):
+            return super()._print_Not(expr)
+        return f"{self._numpy('logical_not')}({self._print(expr.args[0])})"
+
+
+class RowsCode(HostCode):
+    """:class:`HostCode` of :class:`RowsPrinter`: ``varying`` grows as the caller assigns lets
+    computed from sums."""
+
+    def __init__(self, varying: set[sp.Symbol]) -> None:
+        self.printer = RowsPrinter({"standard": "python3", "fully_qualified_modules": True})
+        self.printer.runtime = set()
+        self.printer.columns = set()
+        self.printer.uses_numpy = False
+        self.printer.varying = varying
+
+    @property
+    def columns(self) -> list[str]:
+        """The ``optgen_runtime.columns`` helpers printed so far."""
+        return sorted(self.printer.columns)

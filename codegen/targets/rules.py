@@ -15,7 +15,14 @@ from codegen.lower import Lowered
 from codegen.ops import Guarded
 from codegen.spec import Rule, State
 from codegen.targets import Target
-from codegen.targets.host import HostCode, host_code, legal_code, literal
+from codegen.targets.host import (
+    HostCode,
+    NotColumnwise,
+    RowsCode,
+    host_code,
+    legal_code,
+    literal,
+)
 from codegen.variants import special_absent, variant_name
 
 
@@ -139,6 +146,8 @@ def exported(lowered: Lowered) -> list[str]:
         out += ["ABSENT"]
     if rule.special:
         out += ["SPECIAL"]
+    if rows_lines(lowered) is not None:
+        out += ["host_scalars_rows"]
     return sorted(out, key=lambda n: natural(n.replace("_", " ")))  # "STATE_AXES" < "STATES"
 
 
@@ -283,6 +292,38 @@ def _only_in_branches(symbol: sp.Symbol, expr: sp.Basic, guarded: bool = False) 
     return all(_only_in_branches(symbol, a, guarded) for a in expr.args)
 
 
+def columnwise(lowered: Lowered) -> bool:
+    """True when the rule's multi-tensor steps can compute every tensor's host scalars at once
+    (``host_scalars_rows``): per-tensor sums in one reduction phase that takes the step count
+    and hyperparameters alone, no group sums, host states, sizes, row or column states, no
+    guarded lets."""
+    rule = lowered.rule
+    plain = not (rule.group_reductions or rule.host_states or rule.sizes or rule.vector_values)
+    if not (rule.scalar_reductions and plain and len(lowered.reduce_phases) == 1):
+        return False
+    return not guarded_lets(lowered, host_program(lowered, lowered.update_scalars))
+
+
+def rows_lines(lowered: Lowered) -> tuple[list[str], RowsCode] | None:
+    """``host_scalars_rows``'s body, the host program of ``host_scalars`` over columns of sums
+    (:class:`codegen.targets.host.RowsPrinter`), and its printer; None where the rule is not
+    :func:`columnwise` or a sum enters an operation NumPy would not do to the same bits."""
+    if not columnwise(lowered):
+        return None
+    varying = set(lowered.rule.scalar_reductions)
+    code = RowsCode(varying)
+    lines = []
+    try:
+        for a in host_program(lowered, lowered.update_scalars):
+            lines += [f"# {o.comment()}" for o in a.origin]
+            lines.append(f"{a.target} = {code(a.expr)}")
+            if code.printer.varies(a.expr):
+                varying.add(a.target)
+    except NotColumnwise:
+        return None
+    return lines, code
+
+
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     code = HostCode()
@@ -343,8 +384,20 @@ def context(lowered: Lowered) -> dict[str, object]:
         "reduce_op_counts": lowered.op_counts(lowered.reduce_ops),
         "scalar_legend": legend(lowered, update),
     }
+    rows = rows_lines(lowered)
+    context |= {"rows_code": None, "uses_numpy": False}
+    if rows is not None:
+        lines, rows_code = rows
+        context |= {
+            "rows_code": lines,
+            "rows_first": str(rule.scalar_reductions[0]),
+            "columns_imports": sorted(["scalar_columns", *rows_code.columns]),
+            "uses_numpy": True,  # the columns are NumPy arrays
+        }
     # after everything is printed
-    return context | {"uses_math": code.uses_math, "runtime_imports": code.runtime}
+    uses_math = code.uses_math or (rows is not None and rows[1].uses_math)
+    runtime = sorted({*code.runtime, *(rows[1].runtime if rows else [])})
+    return context | {"uses_math": uses_math, "runtime_imports": runtime}
 
 
 TARGET = Target(

@@ -194,6 +194,9 @@ def context(lowered: Lowered) -> dict[str, object]:
     # computed and checked them (the torch classes' fast step) passes them (step_tables)
     tabled = not matrix and not per_tensor_scalars and not rule.inputs and not rule.scalars
     tabled = tabled and not lowered.draws
+    rules_names = exported(lowered)
+    # host scalars of every tensor at once (host_scalars_rows): see codegen.targets.rules.columnwise
+    columnwise = "host_scalars_rows" in rules_names
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]
     whole = {rule.reduction_kinds[r] for r in rule.scalar_reductions}
@@ -207,6 +210,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         support += ["ScalarRows", "Vouched"] if tabled else []
         support += ["host_columns", "host_rows"] if host_only else []
         support += ["reduce_sums"] if phases else []
+        support += ["phase_rows", "sum_rows"] if columnwise else []
         support += ["group_totals"] if rule.group_reductions else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
@@ -225,7 +229,6 @@ def context(lowered: Lowered) -> dict[str, object]:
         ]
     else:
         doc += ["``stream_ids`` is checked, but the rule draws no noise."]
-    rules_names = exported(lowered)
     code = HostCode()
     return {
         **variant_context(rule),
@@ -234,6 +237,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         # host states fed by the step's sums may turn NaN: checked before any write
         "host_fed": bool(rule.host_states and rule.scalar_reductions),
         "per_tensor_scalars": per_tensor_scalars,
+        "columnwise": columnwise,
         "host_only": host_only,
         "tabled": tabled,
         "rules_names": rules_names,

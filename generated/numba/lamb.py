@@ -70,6 +70,7 @@ from ..rules.lamb import (
     STATES,
     STEP_SCALARS,
     host_scalars,
+    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -96,6 +97,7 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
+    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",

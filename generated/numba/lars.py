@@ -63,6 +63,7 @@ from ..rules.lars import (
     STATES,
     STEP_SCALARS,
     host_scalars,
+    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -89,6 +90,7 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
+    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",

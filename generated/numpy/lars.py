@@ -67,6 +67,7 @@ from ..rules.lars import (
     STATES,
     STEP_SCALARS,
     host_scalars,
+    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -90,6 +91,7 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
+    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",

@@ -36,6 +36,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from optgen_runtime.columns import rows_max, rows_min, scalar_columns
 from optgen_runtime.common import Legal, host_max, host_min
 
 RULE = "lamb"
@@ -182,6 +185,43 @@ def host_scalars(
     _h5 = -lr * ratio
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}
+
+
+def host_scalars_rows(
+    t: int,
+    lr: float,
+    wd: float,
+    rescale_grad: float,
+    clip_gradient: float,
+    beta1: float,
+    beta2: float,
+    epsilon: float,
+    lower_bound: float,
+    upper_bound: float,
+    bias_correction: float,
+    w_sq: np.ndarray,
+    u_sq: np.ndarray,
+) -> np.ndarray:
+    """``host_scalars`` of many tensors at one step count: each sum a float64 column (one entry
+    per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
+    (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
+    tensor by tensor where NumPy flags what Python would raise on)."""
+    # specs/lamb.py:58: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    r1 = rows_min(upper_bound, rows_max(lower_bound, np.sqrt(w_sq)))
+    # specs/lamb.py:59: r2 = sqrt(u_sq)
+    r2 = np.sqrt(u_sq)
+    # specs/lamb.py:60: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    ratio = np.where(np.logical_or((r1 == 0), (r2 == 0)), 1, r1 / np.sqrt(u_sq))
+    _h0 = -clip_gradient
+    _h1 = 1 - beta2
+    _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
+    _h3 = 1 - beta1
+    _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
+    _h5 = -lr * ratio
+    return scalar_columns(
+        len(w_sq),
+        (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon),
+    )
 
 
 def reduction_scalars(

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from optgen_runtime.columns import scalar_columns
 from optgen_runtime.common import Legal
 
 RULE = "lars"
@@ -145,6 +148,37 @@ def host_scalars(
     _h1 = -local_lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum)
     return scalars, {}
+
+
+def host_scalars_rows(
+    t: int,
+    lr: float,
+    wd: float,
+    rescale_grad: float,
+    clip_gradient: float,
+    momentum: float,
+    eta: float,
+    eps: float,
+    w_sq: np.ndarray,
+    g_sq: np.ndarray,
+) -> np.ndarray:
+    """``host_scalars`` of many tensors at one step count: each sum a float64 column (one entry
+    per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
+    (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
+    tensor by tensor where NumPy flags what Python would raise on)."""
+    # specs/lars.py:37: w_norm = sqrt(w_sq)
+    w_norm = np.sqrt(w_sq)
+    # specs/lars.py:38: g_norm = sqrt(g_sq)
+    g_norm = np.sqrt(g_sq)
+    # specs/lars.py:40: local_lr = Piecewise((eta*lr*w_norm/(eps + g_norm*rescale_grad + w_norm*wd), (g_norm > 0) & (w_norm > 0)), (lr, True))
+    local_lr = np.where(
+        np.logical_and((g_norm > 0), (w_norm > 0)),
+        eta * lr * w_norm / (eps + g_norm * rescale_grad + w_norm * wd),
+        lr,
+    )
+    _h0 = -clip_gradient
+    _h1 = -local_lr
+    return scalar_columns(len(w_sq), (_h0, _h1, wd, rescale_grad, clip_gradient, momentum))
 
 
 def reduction_scalars(

@@ -1,0 +1,210 @@
+"""Host scalars of many tensors at once: a rule's ``host_scalars_rows`` (generated where every
+sum enters only IEEE-exact operations) and ``triton_support.sum_rows``, which takes it when it
+can and goes tensor by tensor through ``host_scalars`` otherwise.
+
+The reference is ``host_scalars`` called row by row (plain Python floats, the code every other
+path uses) and the single-tensor ``step``: the rows must be the same bits, and a step taking the
+columns must write what one ``step`` per tensor writes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+from conftest import DEVICE, RULES, triton_module
+from reference import sample_hyperparams
+
+from codegen.ops import Guarded
+from codegen.targets.host import NotColumnwise, RowsCode
+from optgen_runtime import triton_support
+from optgen_runtime.common import resolve_hyperparams
+from optgen_runtime.triton_support import ScalarRows, float32_rows, sum_rows
+
+COLUMNWISE = sorted(r for r in RULES if hasattr(triton_module(r), "host_scalars_rows"))
+
+s, u, a = sp.symbols("s u a")
+
+
+def test_columnwise_rules_are_the_per_tensor_sum_rules() -> None:
+    """LAMB and LARS (per-tensor norms in exact operations) get the columns; LBSGD (a guarded
+    let) and the rules whose sums are group sums or feed host states do not."""
+    assert COLUMNWISE == ["lamb", "lars"]
+
+
+def rows(expr: sp.Expr, varying: set[sp.Symbol] = frozenset({s, u})) -> str:
+    return RowsCode(set(varying))(expr)
+
+
+def test_the_rows_printer_prints_sums_with_numpy_and_the_rest_as_host_code() -> None:
+    assert rows(sp.sqrt(s)) == "np.sqrt(s)"
+    assert rows(1 / sp.sqrt(s)) == "(1.0 / np.sqrt(s))"
+    assert rows(sp.Max(a, sp.sqrt(s))) == "rows_max(a, np.sqrt(s))"
+    assert rows(sp.Min(a, 2)) == "host_min(2, a)"  # no sum: as host_scalars prints it
+    assert rows(sp.sqrt(a)) == "math.sqrt(a)"
+    assert rows(a**3) == "a ** 3"
+    text = rows(sp.Piecewise((1, sp.Eq(s, 0) | sp.Eq(u, 0)), (s / u, True)))
+    assert text == "np.where(np.logical_or((s == 0), (u == 0)), 1, s/u)"
+    assert rows(Guarded(s / u, s > 0)) == "np.where((s > 0), s/u, 0.0)"
+    assert rows(sp.Piecewise((s, a > 0), (u, True))) == "np.where((a > 0), s, u)"
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [s**2, s**a, a**s, sp.exp(s), sp.log(u), sp.Mod(s, 3), sp.Piecewise((s, a > 0))],
+    ids=["square", "power", "exponent", "exp", "log", "mod", "no-otherwise"],
+)
+def test_the_rows_printer_refuses_what_numpy_may_round_otherwise(expr: sp.Expr) -> None:
+    """libm's pow and NumPy's (SIMD) pow, exp and log may differ in the last bit: a rule whose
+    sums enter them gets no ``host_scalars_rows``."""
+    with pytest.raises(NotColumnwise):
+        rows(expr)
+
+
+def sums_for(rule_name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sums over 60 orders of magnitude, with exact zeros and equal pairs among them."""
+    names = list(triton_module(rule_name).REDUCTIONS)
+    sums = np.exp(rng.uniform(-70, 70, (n, len(names))))
+    sums[rng.random((n, len(names))) < 0.15] = 0.0
+    sums[-1] = sums[0]
+    return sums
+
+
+@pytest.mark.parametrize("rule_name", COLUMNWISE)
+@pytest.mark.parametrize("seed", range(6))
+def test_host_scalars_rows_are_host_scalars_row_by_row(rule_name: str, seed: int) -> None:
+    """Every row where ``host_scalars`` computes is its bits (NumPy's flags ignored: the
+    caller takes the columns only when there are none)."""
+    trm = triton_module(rule_name)
+    rng = np.random.default_rng(seed)
+    hp = sample_hyperparams(RULES[rule_name], rng)
+    hp = resolve_hyperparams(rule_name, trm.HYPERPARAMS, trm.LEGAL, trm.NONE_MEANS, hp)
+    if seed % 2:
+        hp.update({k: 0.0 for k in ("lower_bound", "wd") if k in hp})
+    sums = sums_for(rule_name, 64, rng)
+    names = list(trm.REDUCTIONS)
+    t = int(rng.integers(1, 50))
+    with np.errstate(all="ignore"):
+        got = trm.host_scalars_rows(t, **hp, **{n: sums[:, k] for k, n in enumerate(names)})
+    assert got.dtype == np.float64 and got.shape == (len(sums), len(trm.SCALARS))
+    compared = 0
+    for row, values in zip(got, sums.tolist(), strict=True):
+        try:
+            want, _ = trm.host_scalars(t, **hp, **dict(zip(names, values, strict=True)))
+        except (ArithmeticError, ValueError):
+            continue
+        assert np.array(want, dtype=np.float64).tobytes() == row.tobytes(), values
+        compared += 1
+    assert compared >= len(sums) // 2
+
+
+def _weights(n: int, rng: np.random.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    sizes = [int(rng.integers(1, 3000)) for _ in range(n)]
+    weights = [torch.randn(k, device=DEVICE) * float(rng.uniform(0.1, 10)) for k in sizes]
+    return weights, [torch.randn_like(w) for w in weights]
+
+
+def _both(rule_name: str, weights, grads, ts, **hp):
+    """step_multi, and one step per tensor on copies: their weights and states."""
+    trm = triton_module(rule_name)
+    singles = [w.clone() for w in weights]
+    states = [trm.init_state(w) for w in weights]
+    single_states = [trm.init_state(w) for w in singles]
+    trm.step_multi(weights, grads, states, ts, **hp)
+    for j, (w, g, st) in enumerate(zip(singles, grads, single_states, strict=True)):
+        trm.step(w, g, st, ts[j] if isinstance(ts, list) else ts, **hp)
+    return (weights, states), (singles, single_states)
+
+
+def _equal(ours, theirs, names) -> None:
+    for w, v in zip(ours[0], theirs[0], strict=True):
+        assert torch.equal(w, v)
+    for a_, b_ in zip(ours[1], theirs[1], strict=True):
+        for name in names:
+            assert torch.equal(a_[name], b_[name])
+
+
+@pytest.mark.parametrize("rule_name", COLUMNWISE)
+def test_a_step_multi_takes_the_columns_and_writes_what_steps_write(rule_name, monkeypatch):
+    """One step count, finite nonzero sums: no row is computed tensor by tensor, and the
+    weights and states are those of one ``step`` per tensor."""
+    trm = triton_module(rule_name)
+    rng = np.random.default_rng(1)
+    weights, grads = _weights(12, rng)
+    hp = sample_hyperparams(RULES[rule_name], rng)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed tensor by tensor")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(triton_support, "computed_each", refuse)
+        ours, theirs = _both(rule_name, weights, grads, 3, **hp)
+    _equal(ours, theirs, trm.STATES)
+
+
+@pytest.mark.parametrize("rule_name", COLUMNWISE)
+@pytest.mark.parametrize("case", ["zero tensor", "step counts", "nan grad"])
+def test_what_the_columns_cannot_take_goes_tensor_by_tensor(rule_name, case, monkeypatch):
+    """A zero norm (Python takes the ratio's other branch; NumPy flags the division it computes
+    too), tensors at different step counts, a NaN sum: computed tensor by tensor, the same bits
+    as one ``step`` per tensor."""
+    rng = np.random.default_rng(2)
+    weights, grads = _weights(6, rng)
+    ts: int | list[int] = 4
+    if case == "zero tensor":
+        weights[2].zero_()
+        grads[2].zero_()
+    elif case == "step counts":
+        ts = [1, 2, 3, 4, 5, 6]
+    else:
+        grads[3][5] = math.nan
+    calls = []
+    real = triton_support.computed_each
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_support, "computed_each", counted)
+    hp = {"wd": 0.0} if case == "zero tensor" else {}
+    ours, theirs = _both(rule_name, weights, grads, ts, **hp)
+    assert calls
+    for w, v in zip(ours[0], theirs[0], strict=True):
+        assert torch.equal(w, v) or (w.isnan().any() and torch.equal(w.isnan(), v.isnan()))
+
+
+@pytest.mark.parametrize("rule_name", COLUMNWISE)
+def test_a_scalar_float32_cannot_hold_is_refused_naming_it(rule_name: str) -> None:
+    """lr = 1e300: the columns fail the range check, and the tensor-by-tensor check names the
+    scalar, as ``step`` does; nothing written."""
+    trm = triton_module(rule_name)
+    weights, grads = _weights(4, np.random.default_rng(3))
+    before = [w.clone() for w in weights]
+    states = [trm.init_state(w) for w in weights]
+    with pytest.raises(ValueError, match=r"kernel scalar _h\d .* float32 cannot hold") as multi:
+        trm.step_multi(weights, grads, states, 1, lr=1e300)
+    with pytest.raises(ValueError) as single:
+        trm.step(weights[0], grads[0], trm.init_state(weights[0]), 1, lr=1e300)
+    assert str(multi.value) == str(single.value)
+    for w, b in zip(weights, before, strict=True):
+        assert torch.equal(w, b)
+
+
+def test_sum_rows_with_and_without_the_columns_are_the_same_rows() -> None:
+    """The same ScalarRows bits from the columns and tensor by tensor (rows_code None)."""
+    trm = triton_module("lamb")
+    sums = sums_for("lamb", 40, np.random.default_rng(4))
+    sums[sums == 0] = 1.0
+    names = list(trm.REDUCTIONS)
+    hp = resolve_hyperparams("lamb", trm.HYPERPARAMS, trm.LEGAL, trm.NONE_MEANS, {"lr": 0.01})
+    args = ("lamb", trm.host_scalars)
+    ts = [5] * len(sums)
+    fast = sum_rows(*args, trm.host_scalars_rows, ts, names, sums, trm.SCALARS, **hp)
+    slow = sum_rows(*args, None, ts, names, sums, trm.SCALARS, **hp)
+    assert isinstance(fast, ScalarRows)
+    assert fast.padded().tobytes() == slow.padded().tobytes()
+    assert float32_rows([list(r) for r in fast.rows]).tobytes() == fast.rows.tobytes()
