@@ -30,9 +30,9 @@ s, u, a = sp.symbols("s u a")
 
 
 def test_columnwise_rules_are_the_per_tensor_sum_rules() -> None:
-    """LAMB and LARS (per-tensor norms in exact operations) get the columns; LBSGD (a guarded
-    let) and the rules whose sums are group sums or feed host states do not."""
-    assert COLUMNWISE == ["lamb", "lars"]
+    """LAMB, LARS and LBSGD (per-tensor norms in exact operations) get the columns; the rules
+    whose sums are group sums (AdamClip, Prodigy) or feed host states do not."""
+    assert COLUMNWISE == ["lamb", "lars", "lbsgd"]
 
 
 def rows(expr: sp.Expr, varying: set[sp.Symbol] = frozenset({s, u})) -> str:
@@ -84,6 +84,8 @@ def test_host_scalars_rows_are_host_scalars_row_by_row(rule_name: str, seed: int
     hp = resolve_hyperparams(rule_name, trm.HYPERPARAMS, trm.LEGAL, trm.NONE_MEANS, hp)
     if seed % 2:
         hp.update({k: 0.0 for k in ("lower_bound", "wd") if k in hp})
+    if "warmup_epochs" in hp:  # LBSGD's: at 0, every warmup branch divides by zero (fallback)
+        hp["warmup_epochs"] = max(hp["warmup_epochs"], 1.0)
     sums = sums_for(rule_name, 64, rng)
     names = list(trm.REDUCTIONS)
     t = int(rng.integers(1, 50))
@@ -146,12 +148,25 @@ def test_a_step_multi_takes_the_columns_and_writes_what_steps_write(rule_name, m
     _equal(ours, theirs, trm.STATES)
 
 
+def tensor_by_tensor(monkeypatch) -> list[int]:
+    """A list that grows by one with every step computing its rows tensor by tensor."""
+    calls: list[int] = []
+    real = triton_support.computed_each
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_support, "computed_each", counted)
+    return calls
+
+
 @pytest.mark.parametrize("rule_name", COLUMNWISE)
 @pytest.mark.parametrize("case", ["zero tensor", "step counts", "nan grad"])
 def test_what_the_columns_cannot_take_goes_tensor_by_tensor(rule_name, case, monkeypatch):
-    """A zero norm (Python takes the ratio's other branch; NumPy flags the division it computes
-    too), tensors at different step counts, a NaN sum: computed tensor by tensor, the same bits
-    as one ``step`` per tensor."""
+    """A zero norm (Python takes the ratio's other branch; NumPy may flag the division it
+    computes too), tensors at different step counts, a NaN sum: computed tensor by tensor, the
+    same bits as one ``step`` per tensor."""
     rng = np.random.default_rng(2)
     weights, grads = _weights(6, rng)
     ts: int | list[int] = 4
@@ -162,19 +177,25 @@ def test_what_the_columns_cannot_take_goes_tensor_by_tensor(rule_name, case, mon
         ts = [1, 2, 3, 4, 5, 6]
     else:
         grads[3][5] = math.nan
-    calls = []
-    real = triton_support.computed_each
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(triton_support, "computed_each", counted)
+    calls = tensor_by_tensor(monkeypatch)
     hp = {"wd": 0.0} if case == "zero tensor" else {}
     ours, theirs = _both(rule_name, weights, grads, ts, **hp)
-    assert calls
+    # a zero norm flags LAMB's division; LBSGD adds 1e-18 first and keeps the columns
+    assert calls or (case == "zero tensor" and rule_name != "lamb")
     for w, v in zip(ours[0], theirs[0], strict=True):
         assert torch.equal(w, v) or (w.isnan().any() and torch.equal(w.isnan(), v.isnan()))
+
+
+def test_a_raising_branch_no_tensor_takes_goes_tensor_by_tensor(monkeypatch) -> None:
+    """LBSGD at warmup_epochs = 0: the warmup branches divide by zero; ``host_scalars`` never
+    computes them (k >= 0 takes the plain branch), the columns compute every branch and raise:
+    tensor by tensor, the same bits as one ``step`` per tensor."""
+    weights, grads = _weights(5, np.random.default_rng(5))
+    calls = tensor_by_tensor(monkeypatch)
+    hp = {"warmup_epochs": 0, "warmup_strategy": "linear", "batch_scale": 1}
+    ours, theirs = _both("lbsgd", weights, grads, 2, **hp)
+    assert calls
+    _equal(ours, theirs, triton_module("lbsgd").STATES)
 
 
 @pytest.mark.parametrize("rule_name", COLUMNWISE)

@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from optgen_runtime.columns import rows_max, rows_min, scalar_columns
 from optgen_runtime.common import Legal, host_max, host_min, unavailable
 
 RULE = "lbsgd"
@@ -176,6 +179,52 @@ def host_scalars(
     _h4 = k % batch_scale == 0
     scalars = (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum)
     return scalars, {}
+
+
+def host_scalars_rows(
+    t: int,
+    lr: float,
+    wd: float,
+    rescale_grad: float,
+    clip_gradient: float,
+    momentum: float,
+    warmup_strategy: float,
+    warmup_epochs: float,
+    batch_scale: float,
+    updates_per_epoch: float,
+    begin_epoch: float,
+    w_sq: np.ndarray,
+    gbar_sq: np.ndarray,
+) -> np.ndarray:
+    """``host_scalars`` of many tensors at one step count: each sum a float64 column (one entry
+    per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
+    (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
+    tensor by tensor where NumPy flags what Python would raise on)."""
+    # specs/lbsgd.py:53: k = begin_epoch*updates_per_epoch + t
+    k = begin_epoch * updates_per_epoch + t
+    # specs/lbsgd.py:63: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
+    mult = np.where(
+        (warmup_strategy == 3),
+        rows_min(100, rows_max(0.01, np.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))),
+        np.where(
+            (k >= updates_per_epoch * warmup_epochs),
+            batch_scale,
+            np.where(
+                (warmup_strategy == 0),
+                k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1,
+                np.where(
+                    (warmup_strategy == 1),
+                    k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1,
+                    math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1,
+                ),
+            ),
+        ),
+    )
+    _h1 = -clip_gradient
+    _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
+    _h3 = np.where((k % batch_scale == 0), -lr * mult, 0.0)
+    _h4 = k % batch_scale == 0
+    return scalar_columns(len(w_sq), (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum))
 
 
 def reduction_scalars(
