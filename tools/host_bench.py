@@ -250,7 +250,8 @@ def bench_list(shapes: list[tuple[int, ...]], steps: int) -> dict[str, Any]:
 def combined_on_the_host_for_free() -> Iterator[None]:
     """The partials of a reduction combined "on the device" (as on CUDA) by a stub that returns
     distinct sums per tensor at once (tensor j: j + 1, 2j + 2, ...): what remains is the host
-    work a step with per-tensor sums adds, the per-tensor host scalars. (The copy of the sums
+    work a step with per-tensor sums adds, a row of host scalars per tensor (all at once:
+    ``host_scalars_rows``, ``triton_support.sum_rows``). (The copy of the sums
     to the host and the wait for the reduction kernel are not counted.)"""
     import numpy as np
 
@@ -325,8 +326,8 @@ def report(rows: list[dict[str, Any]], steps: int) -> str:
     )
     lines += [
         "",
-        "Per-tensor sums (LAMB's norms: per-tensor host scalars), launches and the device combine "
-        "stubbed, grads kept:",
+        "Per-tensor sums (LAMB's norms: a row of host scalars per tensor, by host_scalars_rows), "
+        "launches and the device combine stubbed, grads kept:",
         f"{'list':32s} {'LAMB ms':>8s} {'Adam ms':>8s} {'LAMB us/tensor':>15s}",
     ]
     for r in rows:
