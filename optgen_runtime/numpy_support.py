@@ -29,7 +29,7 @@ from optgen_runtime.common import (
     matrix_dims,
 )
 from optgen_runtime.philox import randn
-from optgen_runtime.sharding import across_shards
+from optgen_runtime.sharding import across_shards, shards_combined
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -209,6 +209,56 @@ def combine(
     float64 one chunk after the other, max/min keep a NaN. The same result on every run. A
     sharded tensor's are then combined across its shards (``optgen_runtime.sharding``)."""
     return across_shards(kinds, [_combine(kinds, names, partials)])[0]
+
+
+# Tensors with more chunks than this combine their partials in a Python loop (as ``combine``);
+# the rest step through their k-th chunks together, one NumPy operation per k and reduction.
+_SHORT = 16
+
+
+def combine_rows(
+    kinds: dict[str, str], names: list[str], partials: np.ndarray, owners: np.ndarray, count: int
+) -> np.ndarray:
+    """:func:`combine` of every tensor at once: ``partials`` (float64, a row per chunk, a
+    column per name) belong to tensor ``owners[i]`` of ``count``, in chunk order; returns a
+    float64 row per tensor (the identity where a tensor has no chunk). The same bits as
+    ``combine`` tensor by tensor: each tensor's partials are combined one after the other in
+    row order, the k-th of every short tensor by one NumPy operation (IEEE addition; max/min
+    keep a NaN and the earlier value on a tie, as ``COMBINE``). A sharded tensor's go through
+    ``combine`` one by one (its across-shard combination as before)."""
+    width = len(names)
+    out = np.empty((count, width), dtype=np.float64)
+    out[:] = [IDENTITY[kinds[name]] for name in names]
+    if shards_combined():
+        rows = [[] for _ in range(count)]
+        for row, j in zip(partials.tolist(), owners.tolist(), strict=True):
+            rows[j].append(tuple(row))
+        for j, each in enumerate(rows):
+            found = combine(kinds, names, each)
+            out[j] = [found[name] for name in names]
+        return out
+    runs = np.bincount(owners, minlength=count)
+    order = np.argsort(owners, kind="stable")  # each tensor's rows together, in chunk order
+    owner, rows = owners[order], partials[order]
+    rank = np.arange(len(owner)) - (np.cumsum(runs) - runs)[owner]  # k: the tensor's k-th chunk
+    short = runs[owner] <= _SHORT
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflow: as Python's floats
+        for k in range(min(int(runs.max(initial=0)), _SHORT)):
+            at = short & (rank == k)
+            who, values = owner[at], rows[at]
+            for c, name in enumerate(names):
+                a, b = out[who, c], values[:, c]
+                kind = kinds[name]
+                if kind == "sum":
+                    out[who, c] = a + b
+                elif kind == "max":
+                    out[who, c] = np.where(np.isnan(a) | (a >= b), a, b)
+                else:
+                    out[who, c] = np.where(np.isnan(a) | (a <= b), a, b)
+    for j in np.flatnonzero(runs > _SHORT).tolist():
+        found = _combine(kinds, names, list(map(tuple, rows[owner == j].tolist())))
+        out[j] = [found[name] for name in names]
+    return out
 
 
 def combine_group(

@@ -211,6 +211,72 @@ def _each(
     return out
 
 
+def sum_scalar_rows(
+    rule: str,
+    host_code: Callable[..., tuple[Sequence[float], Mapping[str, float]]],
+    rows_code: Callable[..., np.ndarray] | None,
+    ts: Sequence[int],
+    names: Sequence[str],
+    sums: np.ndarray,
+    legend: Mapping[str, str],
+    dtype: Any,
+    /,
+    **kwargs: Any,
+) -> np.ndarray:
+    """The kernel scalars of many tensors whose host code takes the step count and each
+    tensor's sums (``sums``: float64, a row per tensor, a column per name in ``names``), one
+    float64 row per tensor, every one range-checked for ``dtype`` (:func:`check_scalars`).
+
+    ``rows_code`` (the rule's ``host_scalars_rows``; ``optgen_runtime.columns``) computes them
+    all at once, to the bits of ``host_code`` row by row: taken when the tensors share one step
+    count, every sum is finite, NumPy flags nothing Python raises on (a division by zero, a
+    square root of a negative number, an overflow; ``np.where`` computes both branches, so an
+    untaken one flagging counts too) and ``dtype`` holds every scalar. Otherwise, or without
+    ``rows_code``, the rows are computed tensor by tensor (:func:`computed_each`, once per
+    distinct step count and sums) and checked (:func:`check_scalars_each`), which raise the
+    errors they name: the same rows, or the same refusal, either way."""
+    n = len(ts)
+    if rows_code is not None and n and ts.count(ts[0]) == n and np.isfinite(sums).all():
+        columns = {name: sums[:, k] for k, name in enumerate(names)}
+        try:
+            with np.errstate(divide="raise", over="raise", invalid="raise", under="ignore"):
+                values = rows_code(ts[0], **kwargs, **columns)
+        except (ArithmeticError, ValueError):  # FloatingPointError: tensor by tensor
+            values = None
+        if values is not None and first_refused_row(values, dtype) == n:
+            return values
+    each = [dict(zip(names, row, strict=True)) for row in sums.tolist()]
+    new = computed_each(rule, host_code, ts, each, **kwargs)
+    check_scalars_each(rule, legend, distinct(new), dtype)
+    return np.array([scalars for scalars, _ in new], dtype=np.float64).reshape(n, len(legend))
+
+
+def step_scalar_rows(
+    rule: str,
+    host_code: Callable[..., Sequence[float]],
+    ts: Sequence[int],
+    legend: Mapping[str, str],
+    dtype: Any,
+    /,
+    **kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scalars that depend on the step count alone (a reduction phase's ``reduction_scalars``
+    without host states or earlier sums): computed and range-checked for ``dtype`` once per
+    distinct step count, in order of first appearance (the errors :func:`checked_each` gives).
+    Returns the distinct rows (float64) and each tensor's row index (int64)."""
+    distinct_ts = list(dict.fromkeys(ts))
+    results = [
+        check_scalars(rule, legend, computed(rule, host_code, t, **kwargs), dtype)
+        for t in distinct_ts
+    ]
+    if len(distinct_ts) == 1:
+        index = np.zeros(len(ts), dtype=np.int64)
+    else:
+        where = {t: k for k, t in enumerate(distinct_ts)}
+        index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
+    return np.array(results, dtype=np.float64).reshape(len(results), len(legend)), index
+
+
 def distinct(results: Sequence[T]) -> list[T]:
     """Each result object of :func:`computed_each` once, in order (for the range checks)."""
     return list({id(r): r for r in results}.values())

@@ -26,11 +26,11 @@ from optgen_runtime.checks import (
 from optgen_runtime.common import check_distinct_states, check_inputs_given, host_state_values
 from optgen_runtime.scalars import (
     check_scalars,
-    check_scalars_each,
     computed,
     computed_each,
     distinct,
-    first_refused_row,
+    step_scalar_rows,
+    sum_scalar_rows,
 )
 from optgen_runtime.sharding import across_shards, shards_combined
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, interpreting, tl, triton
@@ -581,30 +581,13 @@ def sum_rows(
 ) -> ScalarRows:
     """The host scalars of a multi-tensor step whose host code takes the step count and each
     tensor's sums (``sums``: float64, a row per tensor, a column per name in ``names``;
-    :meth:`ChunkTable.reduce_rows`), range-checked for float32.
-
-    ``rows_code`` (the rule's ``host_scalars_rows``; ``optgen_runtime.columns``) computes them
-    all at once, to the bits of ``host_code`` row by row: taken when the tensors share one step
-    count, every sum is finite, NumPy flags nothing Python raises on (a division by zero, a
-    square root of a negative number, an overflow; ``np.where`` computes both branches, so an
-    untaken one flagging counts too) and float32 holds every scalar. Otherwise, or without
-    ``rows_code``, the rows are computed tensor by tensor (``computed_each``, once per distinct
-    step count and sums) and checked (``check_scalars_each``), which raise the errors they name:
-    the same rows, or the same refusal, either way."""
-    n = len(ts)
-    if rows_code is not None and n and ts.count(ts[0]) == n and np.isfinite(sums).all():
-        columns = {name: sums[:, k] for k, name in enumerate(names)}
-        try:
-            with np.errstate(divide="raise", over="raise", invalid="raise", under="ignore"):
-                values = rows_code(ts[0], **kwargs, **columns)
-        except (ArithmeticError, ValueError):  # FloatingPointError: tensor by tensor
-            values = None
-        if values is not None and first_refused_row(values, np.float32) == n:
-            return ScalarRows(values.astype(np.float32), np.arange(n, dtype=np.int64))
-    each = [dict(zip(names, row, strict=True)) for row in sums.tolist()]
-    new = computed_each(rule, host_code, ts, each, **kwargs)
-    check_scalars_each(rule, legend, distinct(new), torch.float32)
-    return ScalarRows.of([scalars for scalars, _ in new])
+    :meth:`ChunkTable.reduce_rows`), range-checked for float32: ``scalars.sum_scalar_rows``
+    (all at once by ``rows_code``, the rule's ``host_scalars_rows``, where it can; else tensor
+    by tensor, raising the errors those name), rounded as :func:`float32_rows` rounds."""
+    values = sum_scalar_rows(
+        rule, host_code, rows_code, ts, names, sums, legend, torch.float32, **kwargs
+    )
+    return ScalarRows(_float32(values), np.arange(len(ts), dtype=np.int64))
 
 
 def phase_rows(
@@ -615,17 +598,20 @@ def phase_rows(
     /,
     **kwargs: Any,
 ) -> ScalarRows:
-    """A reduction phase's scalars (``reduction_scalars``) when they depend on the step count
-    alone, not on the tensor: computed and range-checked once per distinct step count, in order
-    of first appearance (the errors ``checked_each`` gives), and broadcast."""
-    distinct_ts = list(dict.fromkeys(ts))
-    results = [
-        check_scalars(rule, legend, computed(rule, host_code, t, **kwargs), torch.float32)
-        for t in distinct_ts
-    ]
-    where = {t: k for k, t in enumerate(distinct_ts)}
-    index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
-    return ScalarRows(float32_rows(results), index)
+    """A reduction phase's scalars when they depend on the step count alone, not on the
+    tensor: ``scalars.step_scalar_rows`` for float32 (once per distinct step count, checked),
+    broadcast."""
+    rows, index = step_scalar_rows(rule, host_code, ts, legend, torch.float32, **kwargs)
+    return ScalarRows(_float32(rows), index)
+
+
+def _float32(values: np.ndarray) -> np.ndarray:
+    """Checked float64 rows of scalars as :func:`float32_rows` rounds them (one 0 per row
+    where there are no scalars: a table is never empty)."""
+    if not values.shape[1]:
+        return np.zeros((len(values), 1), dtype=np.float32)
+    with np.errstate(over="ignore"):  # checked: only a NaN or inf the checks let through
+        return values.astype(np.float32)
 
 
 Amp = tuple[torch.Tensor, torch.Tensor]  # the kernels' (found_inf, grad_scale)

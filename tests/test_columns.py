@@ -9,6 +9,7 @@ columns must write what one ``step`` per tensor writes.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -20,8 +21,9 @@ from reference import sample_hyperparams
 
 from codegen.ops import Guarded
 from codegen.targets.host import NotColumnwise, RowsCode
-from optgen_runtime import triton_support
+from optgen_runtime import scalars
 from optgen_runtime.common import resolve_hyperparams
+from optgen_runtime.numpy_support import combine, combine_rows
 from optgen_runtime.triton_support import ScalarRows, float32_rows, sum_rows
 
 COLUMNWISE = sorted(r for r in RULES if hasattr(triton_module(r), "host_scalars_rows"))
@@ -143,21 +145,21 @@ def test_a_step_multi_takes_the_columns_and_writes_what_steps_write(rule_name, m
         raise AssertionError("computed tensor by tensor")
 
     with monkeypatch.context() as patch:
-        patch.setattr(triton_support, "computed_each", refuse)
+        patch.setattr(scalars, "computed_each", refuse)
         ours, theirs = _both(rule_name, weights, grads, 3, **hp)
     _equal(ours, theirs, trm.STATES)
 
 
-def tensor_by_tensor(monkeypatch) -> list[int]:
+def tensor_by_tensor(monkeypatch) -> list[int]:  # a MonkeyPatch, or one's context
     """A list that grows by one with every step computing its rows tensor by tensor."""
     calls: list[int] = []
-    real = triton_support.computed_each
+    real = scalars.computed_each
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(triton_support, "computed_each", counted)
+    monkeypatch.setattr(scalars, "computed_each", counted)
     return calls
 
 
@@ -229,3 +231,63 @@ def test_sum_rows_with_and_without_the_columns_are_the_same_rows() -> None:
     assert isinstance(fast, ScalarRows)
     assert fast.padded().tobytes() == slow.padded().tobytes()
     assert float32_rows([list(r) for r in fast.rows]).tobytes() == fast.rows.tobytes()
+
+
+def _partials(rng: np.random.Generator, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk rows of tensors with ``counts`` chunks each, interleaved across tensors (each
+    tensor's in order), with NaN, infinities, -0.0 and ties among the values."""
+    owners = np.concatenate([np.full(c, j) for j, c in enumerate(counts)]).astype(np.int64)
+    owners = owners[np.argsort(rng.random(len(owners)), kind="stable")]
+    values = rng.standard_normal((len(owners), 3)) * np.exp(rng.uniform(-20, 20, (len(owners), 3)))
+    special = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0]
+    pick = rng.random(values.shape) < 0.1
+    values[pick] = rng.choice(special, int(pick.sum()))
+    return values, owners
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_combine_rows_is_combine_tensor_by_tensor(seed: int) -> None:
+    """Every tensor's partials, combined at once, are ``combine``'s bits tensor by tensor: a
+    sum, a max and a min, tensors of no chunk, one, a few and more than the vectorised run."""
+    rng = np.random.default_rng(seed)
+    counts = [0, 1, 1, 2, 5, 16, 17, 40, *rng.integers(0, 20, 30).tolist()]
+    values, owners = _partials(rng, counts)
+    # ties of 0.0 and -0.0 each way, in three more tensors: the earlier value is kept
+    ties = np.array([[0.0] * 3, [-0.0] * 3, [-0.0] * 3, [0.0] * 3, [np.nan] * 3, [1.0] * 3])
+    values = np.concatenate([values, ties])
+    owners = np.concatenate([owners, np.repeat(np.arange(len(counts), len(counts) + 3), 2)])
+    counts += [2, 2, 2]
+    kinds = {"a": "sum", "b": "max", "c": "min"}
+    got = combine_rows(kinds, ["a", "b", "c"], values, owners, len(counts))
+    for j in range(len(counts)):
+        rows = [tuple(r) for r in values[owners == j].tolist()]
+        want = combine(kinds, ["a", "b", "c"], rows)
+        assert np.array([want[n] for n in "abc"]).tobytes() == got[j].tobytes(), j
+
+
+@pytest.mark.parametrize("rule_name", COLUMNWISE)
+def test_the_numba_step_takes_the_columns_with_the_same_bits(rule_name, monkeypatch) -> None:
+    """The compiled CPU step (numba) of many tensors at one step count: no row computed tensor
+    by tensor, and the weights and states of the same step with ``host_scalars_rows`` taken away
+    (every row through ``host_scalars``, as before the columns)."""
+    module = importlib.import_module(f"generated.numba.{rule_name}")
+    rng = np.random.default_rng(6)
+    weights = [rng.standard_normal(int(rng.integers(1, 5000))).astype(np.float32) for _ in range(9)]
+    grads = [rng.standard_normal(w.shape).astype(np.float32) for w in weights]
+    hp = sample_hyperparams(RULES[rule_name], rng)
+    runs = []
+    for columns in (True, False):
+        ws = [w.copy() for w in weights]
+        states = [module.init_state(w) for w in ws]
+        with monkeypatch.context() as patch:
+            calls = tensor_by_tensor(patch)
+            if not columns:
+                patch.setattr(module, "host_scalars_rows", None)
+            for t in (1, 2):
+                module.step_multi(ws, grads, states, t, **hp)
+        assert bool(calls) != columns
+        runs.append((ws, states))
+    for (wa, sa), (wb, sb) in zip(*[zip(*run, strict=True) for run in runs], strict=True):
+        assert wa.tobytes() == wb.tobytes()
+        for name in module.STATES:
+            assert sa[name].tobytes() == sb[name].tobytes()

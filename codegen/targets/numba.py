@@ -215,6 +215,8 @@ def context(lowered: Lowered) -> dict[str, object]:
                 key=natural,
             ),
             "host_fed": bool(rule.host_states and rule.scalar_reductions),
+            # host scalars of every tensor at once (codegen.targets.rules.columnwise)
+            "columnwise": "host_scalars_rows" in rules_names,
             "buffers": [_buf(s.name) for s in rule.element_inputs],
             "reads": [(s.name, _buf(s.name)) for s in lowered.reads],
             "stores": [
