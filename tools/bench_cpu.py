@@ -10,6 +10,8 @@
 1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
    ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` on the same tensors.
+   Beside it, LAMB (per-tensor norms) on the same list on the numba and NumPy backends, and
+   Adam on numba: what the per-tensor sums cost on many tensors.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
 3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
@@ -116,6 +118,21 @@ def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
         "generated.torch.Adam (NumPy)": lambda ps: Adam(ps, lr=1e-3, backend="numpy"),
         "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
         "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+    }
+    optimizers = {label: make(_params(shapes)) for label, make in variants.items()}
+    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+
+
+def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step of generated.torch.LAMB (per-tensor norms: a reduction pass, then each tensor's
+    trust ratio) on the numba and the NumPy backend, beside generated.torch.Adam (numba) on the
+    same tensors: what the per-tensor sums cost on a list of many tensors."""
+    from generated.torch import LAMB, Adam
+
+    variants = {
+        "generated.torch.LAMB (numba)": lambda ps: LAMB(ps, lr=1e-3),
+        "generated.torch.LAMB (NumPy)": lambda ps: LAMB(ps, lr=1e-3, backend="numpy"),
+        "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
     }
     optimizers = {label: make(_params(shapes)) for label, make in variants.items()}
     return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
@@ -273,6 +290,12 @@ def run(
         "n": int(sum(np.prod(s) for s in shapes)),
         **adam_class(shapes, steps),
     }
+    if not quick:
+        result["lamb_gpt2_small"] = {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **lamb_class(shapes, steps),
+        }
     result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
     result["training_loop"] = training_loop(steps)
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
@@ -302,6 +325,18 @@ def report(r: dict[str, Any]) -> str:
             if label in ("n", "tensors"):
                 continue
             lines.append(f"  {label:30s} {ms:9.2f} {ms / fused:10.2f}x")
+    if "lamb_gpt2_small" in r:
+        block = r["lamb_gpt2_small"]
+        numpy_ms = block["generated.torch.LAMB (NumPy)"]
+        lines += [
+            "",
+            "LAMB (per-tensor norms), GPT-2-small-shaped list: {tensors} tensors, {n:,} "
+            "parameters".format(**block),
+            f"  {'':30s} {'ms/step':>9s} {'this/NumPy':>11s}",
+        ]
+        for label, ms in block.items():
+            if label not in ("n", "tensors"):
+                lines.append(f"  {label:30s} {ms:9.2f} {ms / numpy_ms:10.2f}x")
     if "fixed_cost" in r:
         lines += [
             "",
