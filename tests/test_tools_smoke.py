@@ -57,3 +57,28 @@ def test_references_report() -> None:
     assert row[2] == "pytorch_optimizer.MADGRAD" and int(row[1]) <= 40
     f32, f64 = float(row[3]), float(row[4])
     assert 0 <= f64 < f32 < 1e-5  # float32 rounds more; both far below the moved distance
+
+
+def test_cpu_bench_reports_lamb_on_many_tensors() -> None:
+    """``tools.bench --cpu``'s report of the per-tensor-sum sections (figures made up here: a
+    full run takes minutes), each against the NumPy backend in the same run."""
+    from tools.bench_cpu import report
+
+    labels = ["generated.torch.LAMB (numba)", "generated.torch.LAMB (NumPy)"]
+    block = {labels[0]: 2.0, labels[1]: 8.0, "generated.torch.Adam (numba)": 1.0}
+    r = {
+        "torch_threads": 2,
+        "numba_threads": 2,
+        "cpu_count": 2,
+        "statistic": "median",
+        "steps": 20,
+        "warmup": 3,
+        "load_average": (0.5, 0.5, 0.5),
+        "lamb_gpt2_small": {"tensors": 148, "n": 2_543_360, **block},
+        "lamb_1000": {"tensors": 1000, "n": 4_096_000, **block},
+        "rules": [],
+    }
+    out = report(r)
+    assert "LAMB (per-tensor norms), GPT-2-small-shaped list: 148 tensors, 2,543,360" in out
+    assert "LAMB (per-tensor norms), 64 x 64 each: 1000 tensors, 4,096,000" in out
+    assert out.count("0.25x") == 2 and out.count("0.12x") == 2  # numba/NumPy, Adam/NumPy

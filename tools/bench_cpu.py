@@ -10,8 +10,8 @@
 1. Adam on 10 M float32 parameters in one tensor and on a GPT-2-small-shaped list of 148
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
    ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` on the same tensors.
-   Beside it, LAMB (per-tensor norms) on the same list on the numba and NumPy backends, and
-   Adam on numba: what the per-tensor sums cost on many tensors.
+   Beside it, LAMB (per-tensor norms) on the same list and on 1,000 tensors of 64 x 64, on the
+   numba and NumPy backends, and Adam on numba: what per-tensor sums cost on many tensors.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
 3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
@@ -291,11 +291,12 @@ def run(
         **adam_class(shapes, steps),
     }
     if not quick:
-        result["lamb_gpt2_small"] = {
-            "tensors": len(shapes),
-            "n": int(sum(np.prod(s) for s in shapes)),
-            **lamb_class(shapes, steps),
-        }
+        for key, listed in (("lamb_gpt2_small", shapes), ("lamb_1000", [(64, 64)] * 1000)):
+            result[key] = {
+                "tensors": len(listed),
+                "n": int(sum(np.prod(s) for s in listed)),
+                **lamb_class(listed, steps),
+            }
     result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
     result["training_loop"] = training_loop(steps)
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
@@ -325,13 +326,18 @@ def report(r: dict[str, Any]) -> str:
             if label in ("n", "tensors"):
                 continue
             lines.append(f"  {label:30s} {ms:9.2f} {ms / fused:10.2f}x")
-    if "lamb_gpt2_small" in r:
-        block = r["lamb_gpt2_small"]
+    for key, what in (
+        ("lamb_gpt2_small", "GPT-2-small-shaped list"),
+        ("lamb_1000", "64 x 64 each"),
+    ):
+        if key not in r:
+            continue
+        block = r[key]
         numpy_ms = block["generated.torch.LAMB (NumPy)"]
         lines += [
             "",
-            "LAMB (per-tensor norms), GPT-2-small-shaped list: {tensors} tensors, {n:,} "
-            "parameters".format(**block),
+            f"LAMB (per-tensor norms), {what}: {block['tensors']} tensors, {block['n']:,} "
+            "parameters",
             f"  {'':30s} {'ms/step':>9s} {'this/NumPy':>11s}",
         ]
         for label, ms in block.items():
