@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ALL_RULES, RULE_NAMES, numpy_module, step_inputs, tolerance
+from reference import sample_hyperparams
 
 from codegen.lower import lower
 from codegen.targets.numba import fallback_reason
 from optgen_runtime import numba_support
+from optgen_runtime.common import resolve_hyperparams
 
 LIBM = frozenset({"exp", "log", "tanh", "softplus", "cbrt", "pow"})
 # One rule per feature: plain elementwise, sign, selects, per-tensor sums over two phases,
@@ -352,3 +354,57 @@ def test_step_prechecked_equals_step_multi_and_still_refuses_what_it_cannot_upda
     strided = np.zeros(2000, np.float32)[::2]
     with pytest.raises(ValueError, match="weight must be C-contiguous"):
         nb.step_prechecked([strided], [gs[0]], [nb.init_state(gs[0])], 1)
+
+
+REDUCING = [n for n in RULE_NAMES if numba_module(n).COMPILED and numba_module(n).REDUCTIONS]
+
+
+def _reduction_inputs(name: str, dtype: type, specials: bool = False) -> list:
+    """A reduction pass's chunk arguments: every element buffer (3 blocks and a tail; with
+    ``specials``, NaN, infinities and -0.0 in the gradient), then its scalars at step 3 in
+    ``dtype``."""
+    nb = numba_module(name)
+    rng = np.random.default_rng(7)
+    n = 3 * 1024 + 77
+    hp = sample_hyperparams(ALL_RULES[name], rng)
+    hp = resolve_hyperparams(name, nb.HYPERPARAMS, nb.LEGAL, nb.NONE_MEANS, hp)
+    state = nb.init_state(rng.standard_normal(n).astype(dtype))
+    for k in nb.STATES:
+        state[k][...] = np.abs(rng.standard_normal(n)).astype(dtype)
+    grad = (rng.standard_normal(n) * 3).astype(dtype)
+    if specials:
+        grad[:5] = [np.nan, np.inf, -np.inf, -0.0, 1e30]
+    buffers = [rng.standard_normal(n).astype(dtype), grad, *(state[k] for k in nb.STATES)]
+    inputs = [np.abs(rng.standard_normal(n)).astype(dtype) for _ in nb.INPUTS]
+    host = {k: float(v) for k, v in state.items() if k in nb.HOST_STATES}
+    return [*buffers, *inputs, *(dtype(x) for x in nb.reduction_scalars(3, **hp, **host))]
+
+
+def _sums_bits(sums: tuple) -> bytes:
+    return np.array(sums, dtype=np.float64).tobytes()
+
+
+@pytest.mark.parametrize("specials", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", REDUCING)
+def test_a_compiled_reduction_pass_is_its_python_code_to_the_bit(
+    name: str, dtype: type, specials: bool
+) -> None:
+    """The reduction pass's chunk function, compiled (its values computed a block at a time,
+    vectorised, then added in element order), against the same function run by Python on NumPy
+    scalars: the same sums to the bit. (numba's and NumPy's sums are not compared bit for bit
+    elsewhere: NumPy adds a chunk pairwise.)"""
+    args = _reduction_inputs(name, dtype, specials)
+    chunk = numba_module(name)._reduce_chunk
+    with np.errstate(all="ignore"):  # the squares of 1e30 overflow in float32, as compiled
+        python = chunk.py_func(*args)
+    assert _sums_bits(chunk(*args)) == _sums_bits(python)
+
+
+def test_the_reduction_bit_check_sees_a_reassociated_sum() -> None:
+    """The check above tells a compiled pass that reorders the additions (fastmath) apart."""
+    args = _reduction_inputs("lamb", np.float32)
+    chunk = numba_module("lamb")._reduce_chunk
+    loose = numba.njit(fastmath=True)(chunk.py_func)
+    assert _sums_bits(chunk(*args)) == _sums_bits(chunk.py_func(*args))
+    assert _sums_bits(loose(*args)) != _sums_bits(chunk.py_func(*args))

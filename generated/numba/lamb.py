@@ -143,37 +143,50 @@ def _reduce_chunk(
     #   epsilon: hyperparameter
     _T = weight_buf.dtype.type
     _p0 = 0.0
+    _s0 = np.empty(1024, dtype=np.float64)
     _p1 = 0.0
-    for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mean = mean_buf[_i]
-        var = var_buf[_i]
-        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
-        _v15 = rescale_grad * grad
-        _v16 = _h0 if (_h0 > _v15 or _h0 != _h0) else _v15
-        G = clip_gradient if (clip_gradient < _v16 or clip_gradient != clip_gradient) else _v16
-        # specs/lamb.py:58: w_sq = weight**2
-        w_sq = weight * weight
-        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-        _v17 = wd * weight
-        _v18 = beta1 * mean
-        _v19 = _h3 * G
-        _v20 = _v18 + _v19
-        _v21 = beta2 * var
-        _v22 = G * G
-        _v23 = _h1 * _v22
-        _v24 = _v21 + _v23
-        _v25 = _h2 * _v24
-        _v26 = np.sqrt(_v25)
-        _v27 = _v26 + epsilon
-        _v28 = _h4 * _v20
-        _v29 = _v28 / _v27
-        u = _v17 + _v29
-        # specs/lamb.py:59: u_sq = u**2
-        u_sq = u * u
-        _p0 += np.float64(w_sq)
-        _p1 += np.float64(u_sq)
+    _s1 = np.empty(1024, dtype=np.float64)
+    # In blocks of 1024: the block's values first (no carried dependency: vectorised),
+    # then each added in element order (the bits of one loop doing both, which runs scalar).
+    for _lo in range(0, weight_buf.shape[0], 1024):
+        _m = min(1024, weight_buf.shape[0] - _lo)
+        _r0 = weight_buf[_lo : _lo + _m]
+        _r1 = grad_buf[_lo : _lo + _m]
+        _r2 = mean_buf[_lo : _lo + _m]
+        _r3 = var_buf[_lo : _lo + _m]
+        for _i in range(_m):
+            weight = _r0[_i]
+            grad = _r1[_i]
+            mean = _r2[_i]
+            var = _r3[_i]
+            # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            _v15 = rescale_grad * grad
+            _v16 = _h0 if (_h0 > _v15 or _h0 != _h0) else _v15
+            G = clip_gradient if (clip_gradient < _v16 or clip_gradient != clip_gradient) else _v16
+            # specs/lamb.py:58: w_sq = weight**2
+            w_sq = weight * weight
+            # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            _v17 = wd * weight
+            _v18 = beta1 * mean
+            _v19 = _h3 * G
+            _v20 = _v18 + _v19
+            _v21 = beta2 * var
+            _v22 = G * G
+            _v23 = _h1 * _v22
+            _v24 = _v21 + _v23
+            _v25 = _h2 * _v24
+            _v26 = np.sqrt(_v25)
+            _v27 = _v26 + epsilon
+            _v28 = _h4 * _v20
+            _v29 = _v28 / _v27
+            u = _v17 + _v29
+            # specs/lamb.py:59: u_sq = u**2
+            u_sq = u * u
+            _s0[_i] = np.float64(w_sq)
+            _s1[_i] = np.float64(u_sq)
+        for _i in range(_m):
+            _p0 += np.float64(_s0[_i])
+            _p1 += np.float64(_s1[_i])
     return (
         _p0,
         _p1,
