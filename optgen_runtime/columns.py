@@ -25,22 +25,20 @@ import numpy as np
 def rows_max(*values: Any) -> Any:
     """``common.host_max`` over columns (Python floats broadcast): NaN where any value is NaN,
     else the first largest, as ``host_max`` chooses (between 0.0 and -0.0: the first)."""
-    out = values[0]
-    for v in values[1:]:
-        out = np.where(v > out, v, out)  # a later value only when strictly larger: max's choice
-    nan = np.isnan(values[0])
-    for v in values[1:]:
-        nan = nan | np.isnan(v)
-    return np.where(nan, np.nan, out)
+    return _first_by(np.greater, values)
 
 
 def rows_min(*values: Any) -> Any:
     """``common.host_min`` over columns: NaN where any value is NaN, else the first smallest."""
-    out = values[0]
+    return _first_by(np.less, values)
+
+
+def _first_by(beats: Any, values: Sequence[Any]) -> Any:
+    """Per entry, the first of ``values`` no later one ``beats`` (a later value replaces the
+    kept one only when strictly beyond it: max's and min's choice), or NaN where any is NaN."""
+    out, nan = values[0], np.isnan(values[0])
     for v in values[1:]:
-        out = np.where(v < out, v, out)
-    nan = np.isnan(values[0])
-    for v in values[1:]:
+        out = np.where(beats(v, out), v, out)
         nan = nan | np.isnan(v)
     return np.where(nan, np.nan, out)
 

@@ -22,7 +22,8 @@ from reference import sample_hyperparams
 from codegen.ops import Guarded
 from codegen.targets.host import NotColumnwise, RowsCode
 from optgen_runtime import scalars
-from optgen_runtime.common import resolve_hyperparams
+from optgen_runtime.columns import rows_max, rows_min
+from optgen_runtime.common import host_max, host_min, resolve_hyperparams
 from optgen_runtime.numpy_support import combine, combine_rows
 from optgen_runtime.triton_support import ScalarRows, float32_rows, sum_rows
 
@@ -291,3 +292,18 @@ def test_the_numba_step_takes_the_columns_with_the_same_bits(rule_name, monkeypa
         assert wa.tobytes() == wb.tobytes()
         for name in module.STATES:
             assert sa[name].tobytes() == sb[name].tobytes()
+
+
+@pytest.mark.parametrize("arity", [2, 3])
+def test_rows_max_and_min_choose_as_host_max_and_min(arity: int) -> None:
+    """NaN anywhere gives NaN; otherwise the first extreme value (0.0 against -0.0: the first
+    given), entry by entry, with Python floats among the columns."""
+    rng = np.random.default_rng(arity)
+    pool = np.array([np.nan, 0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 2.5])
+    columns = [rng.choice(pool, 400) for _ in range(arity)]
+    columns[-1] = float(columns[-1][0])  # a hyperparameter: one Python float for every row
+    for rows_fn, host_fn in ((rows_max, host_max), (rows_min, host_min)):
+        got = rows_fn(*columns)
+        for j in range(400):
+            args = [c if isinstance(c, float) else float(c[j]) for c in columns]
+            assert np.float64(host_fn(*args)).tobytes() == np.float64(got[j]).tobytes(), args
