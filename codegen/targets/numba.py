@@ -158,9 +158,9 @@ def fallback_reason(rule: Rule, lowered: Lowered | None = None) -> str | None:
 # A reduction pass whose values take a division or a square root computes REDUCE_BLOCK elements'
 # values in a loop with no carried dependency (vectorised), then adds them to the sums in element
 # order: the bits of one loop doing both, which runs scalar and is bound by those operations
-# (LAMB at 10 M float32 elements, `python -m tools.bench --cpu --rule lamb`: 22.6 -> 14.7 ms per
-# step). A pass of products and sums alone stays one loop: bound by memory there, the block's
-# scratch made it slower (LARS at 10 M: 8.0-8.4 -> 9.2-10.4 ms).
+# (LAMB at 10 M float32 elements, `python -m tools.bench --cpu --rule lamb`: 22.6 -> 14.1-14.7
+# ms per step). A pass of products and sums alone stays one loop: bound by memory there, the
+# block's scratch made it slower (LARS at 10 M: 8.0-8.4 -> 9.2-10.4 ms).
 REDUCE_BLOCK = 1024
 BLOCKED_WHEN = {"div", "sqrt"}
 
