@@ -243,11 +243,3 @@ def prepare(
     )
     buffers.alive = flats  # the writes may be queued (optgen_runtime.common.commit)
     return buffers
-
-
-def partials_of(partials: np.ndarray, chunks: np.ndarray, count: int) -> list[list[tuple]]:
-    """Each tensor's rows of per-chunk partials, in chunk order (as NumPy's ``for_chunks``)."""
-    out: list[list[tuple]] = [[] for _ in range(count)]
-    for row, j in zip(partials.tolist(), chunks[:, 0].tolist(), strict=True):
-        out[j].append(tuple(row))
-    return out

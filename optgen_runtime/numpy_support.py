@@ -211,6 +211,15 @@ def combine(
     return across_shards(kinds, [_combine(kinds, names, partials)])[0]
 
 
+def partials_of(partials: np.ndarray, owners: np.ndarray, count: int) -> list[list[tuple]]:
+    """Each of ``count`` tensors' rows of per-chunk partials (row i is tensor ``owners[i]``'s),
+    in chunk order (as NumPy's ``for_chunks``)."""
+    out: list[list[tuple]] = [[] for _ in range(count)]
+    for row, j in zip(partials.tolist(), owners.tolist(), strict=True):
+        out[j].append(tuple(row))
+    return out
+
+
 # Tensors with more chunks than this combine their partials in a Python loop (as ``combine``);
 # the rest step through their k-th chunks together, one NumPy operation per k and reduction.
 _SHORT = 16
@@ -230,10 +239,7 @@ def combine_rows(
     out = np.empty((count, width), dtype=np.float64)
     out[:] = [IDENTITY[kinds[name]] for name in names]
     if shards_combined():
-        rows = [[] for _ in range(count)]
-        for row, j in zip(partials.tolist(), owners.tolist(), strict=True):
-            rows[j].append(tuple(row))
-        for j, each in enumerate(rows):
+        for j, each in enumerate(partials_of(partials, owners, count)):
             found = combine(kinds, names, each)
             out[j] = [found[name] for name in names]
         return out

@@ -264,17 +264,22 @@ def step_scalar_rows(
     without host states or earlier sums): computed and range-checked for ``dtype`` once per
     distinct step count, in order of first appearance (the errors :func:`checked_each` gives).
     Returns the distinct rows (float64) and each tensor's row index (int64)."""
-    distinct_ts = list(dict.fromkeys(ts))
+    distinct_ts, index = distinct_counts(ts)
     results = [
         check_scalars(rule, legend, computed(rule, host_code, t, **kwargs), dtype)
         for t in distinct_ts
     ]
-    if len(distinct_ts) == 1:
-        index = np.zeros(len(ts), dtype=np.int64)
-    else:
-        where = {t: k for k, t in enumerate(distinct_ts)}
-        index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
     return np.array(results, dtype=np.float64).reshape(len(results), len(legend)), index
+
+
+def distinct_counts(ts: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """The distinct step counts of a multi-tensor step, in order of first appearance, and each
+    tensor's index among them (int64)."""
+    distinct_ts = list(dict.fromkeys(ts))
+    if len(distinct_ts) == 1:
+        return distinct_ts, np.zeros(len(ts), dtype=np.int64)
+    where = {t: k for k, t in enumerate(distinct_ts)}
+    return distinct_ts, np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
 
 
 def distinct(results: Sequence[T]) -> list[T]:

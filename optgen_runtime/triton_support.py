@@ -29,6 +29,7 @@ from optgen_runtime.scalars import (
     computed,
     computed_each,
     distinct,
+    distinct_counts,
     step_scalar_rows,
     sum_scalar_rows,
 )
@@ -503,15 +504,10 @@ def step_rows(
     and range-checked (``check_scalars`` against ``legend``) once per distinct step count, in
     order of first appearance (the errors ``computed_each`` gives), and broadcast: no Python
     row per tensor."""
-    distinct_ts = list(dict.fromkeys(ts))
+    distinct_ts, index = distinct_counts(ts)
     results = [computed(rule, host_code, t, **kwargs)[0] for t in distinct_ts]
     for scalars in results:
         check_scalars(rule, legend, scalars, torch.float32)
-    if len(distinct_ts) == 1:
-        index = np.zeros(len(ts), dtype=np.int64)
-    else:
-        where = {t: i for i, t in enumerate(distinct_ts)}
-        index = np.fromiter(map(where.__getitem__, ts), dtype=np.int64, count=len(ts))
     return ScalarRows(float32_rows(results), index)
 
 

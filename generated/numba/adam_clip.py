@@ -34,8 +34,8 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, partials_of, prepare, view
-from optgen_runtime.numpy_support import combine, combine_group
+from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.adam_clip import init_state
@@ -332,7 +332,9 @@ def _run(
             np.array(pre, dtype=dtype).reshape(len(_indices), 0),
             partial,
         )
-        for _j, _rows in zip(_indices, partials_of(partial, _chunks, len(_indices)), strict=True):
+        for _j, _rows in zip(
+            _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
+        ):
             sums[_j].update(combine(REDUCE_KINDS, ["grad_sq"], _rows))
     # The group's totals, over every tensor of the call in order.
     _totals = combine_group(

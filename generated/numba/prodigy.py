@@ -61,8 +61,8 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, partials_of, prepare, view
-from optgen_runtime.numpy_support import combine, combine_group
+from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_host_states, check_scalars, computed
 
 from ..numpy.prodigy import init_state
@@ -420,7 +420,9 @@ def _run(
             np.array(pre, dtype=dtype).reshape(len(_indices), 3),
             partial,
         )
-        for _j, _rows in zip(_indices, partials_of(partial, _chunks, len(_indices)), strict=True):
+        for _j, _rows in zip(
+            _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
+        ):
             sums[_j].update(combine(REDUCE_KINDS, ["dot", "s_sum"], _rows))
     # The group's totals, over every tensor of the call in order.
     _totals = combine_group(
