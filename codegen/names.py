@@ -47,7 +47,7 @@ _reserve(
     "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn NJIT Buffers partials_of prepare view absent_states "
     "run_variant matches ScalarRows Vouched phase_rows sum_rows rows_max rows_min scalar_columns "
-    "combine_rows step_scalar_rows sum_scalar_rows",
+    "combine_rows step_scalar_rows sum_scalar_rows rows_where",
 )
 _reserve(
     "a module global of every generated module",

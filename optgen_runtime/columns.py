@@ -4,19 +4,21 @@ each per-tensor sum a float64 NumPy column with one entry per tensor.
 
 It computes what ``host_scalars`` computes tensor by tensor, to the bit: the expressions that
 depend on the sums are printed with IEEE-exact NumPy operations only (``+ - * /``, ``np.sqrt``,
-comparisons, ``np.where`` for a Piecewise, the NaN-propagating :func:`rows_max` and
-:func:`rows_min`), the rest exactly as ``host_scalars`` prints them (Python floats, once). A
-rule whose sums enter anything else (a power, ``exp``, a guarded let) gets no such function.
-Where Python would raise (a division by zero, a square root of a negative number) NumPy sets
-a floating-point flag instead: the caller (``triton_support.sum_rows``) computes under
-``np.errstate`` raising on it, and goes tensor by tensor through ``host_scalars`` then, which
-raises the error ``computed`` names, or gets the value from the branch Python takes. Imports
-NumPy only.
+comparisons, the NaN-propagating :func:`rows_max` and :func:`rows_min`, :func:`rows_where` for
+a Piecewise or a guarded value), the rest exactly as ``host_scalars`` prints them (Python
+floats, once). A rule whose sums enter anything else (a power, ``exp``, ``log``) gets no such
+function. Where Python would raise (a division by zero, a square root of a negative number)
+NumPy sets a floating-point flag instead: the caller (``scalars.sum_scalar_rows``) computes
+under ``np.errstate`` raising on it, and goes tensor by tensor through ``host_scalars`` then,
+which raises the error ``computed`` names. :func:`rows_where` computes each branch on the rows
+that take it alone, as Python's conditional does, so a branch a row does not take flags
+nothing (LAMB's trust ratio r1 / r2 where the update is zero and the ratio is 1). Imports NumPy
+only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,29 @@ def _first_by(beats: Any, values: Sequence[Any]) -> Any:
         out = np.where(beats(v, out), v, out)
         nan = nan | np.isnan(v)
     return np.where(nan, np.nan, out)
+
+
+def rows_where(rows: int | np.ndarray, *branches: Callable[[np.ndarray], Any]) -> np.ndarray:
+    """A Piecewise over columns (float64, one entry per row), each row computed as Python's
+    conditional expression computes it for that tensor alone. ``branches``: condition, value,
+    condition, value, ..., then the value where none holds; each a function of the indices of
+    the rows it runs on (into the columns; it returns a column over them, or one value for all)
+    and called only on those: a condition on the rows no earlier condition took, a value on the
+    rows its condition took. ``rows``: the number of rows (all), or the indices an enclosing
+    ``rows_where`` branch runs on."""
+    index = np.arange(rows) if isinstance(rows, int) else rows
+    out = np.empty(len(index), dtype=np.float64)
+    left = np.arange(len(index))  # the positions (in index) no condition took yet
+    for k in range(0, len(branches) - 1, 2):
+        here = index[left]
+        taken = np.broadcast_to(np.asarray(branches[k](here), dtype=bool), here.shape)
+        if taken.any():
+            out[left[taken]] = branches[k + 1](here[taken])
+            left = left[~taken]
+            if not len(left):
+                return out
+    out[left] = branches[-1](index[left])
+    return out
 
 
 def scalar_columns(n: int, values: Sequence[Any]) -> np.ndarray:

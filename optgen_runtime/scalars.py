@@ -229,12 +229,13 @@ def sum_scalar_rows(
 
     ``rows_code`` (the rule's ``host_scalars_rows``; ``optgen_runtime.columns``) computes them
     all at once, to the bits of ``host_code`` row by row: taken when the tensors share one step
-    count, every sum is finite, NumPy flags nothing Python raises on (a division by zero, a
-    square root of a negative number, an overflow; ``np.where`` computes both branches, so an
-    untaken one flagging counts too) and ``dtype`` holds every scalar. Otherwise, or without
-    ``rows_code``, the rows are computed tensor by tensor (:func:`computed_each`, once per
-    distinct step count and sums) and checked (:func:`check_scalars_each`), which raise the
-    errors they name: the same rows, or the same refusal, either way."""
+    count, every sum is finite, NumPy flags nothing (a division by zero, a square root of a
+    negative number, an overflow: where Python would raise, or give an infinity;
+    ``rows_where`` computes no branch a row does not take) and ``dtype`` holds every scalar.
+    Otherwise, or without ``rows_code``, the rows are computed tensor by tensor
+    (:func:`computed_each`, once per distinct step count and sums) and checked
+    (:func:`check_scalars_each`), which raise the errors they name: the same rows, or the same
+    refusal, either way."""
     n = len(ts)
     if rows_code is not None and n and ts.count(ts[0]) == n and np.isfinite(sums).all():
         columns = {name: sums[:, k] for k, name in enumerate(names)}

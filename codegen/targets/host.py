@@ -184,8 +184,10 @@ COLUMNWISE = (
 class RowsPrinter(HostPrinter):
     """Host code over columns (``optgen_runtime.columns``): the ``varying`` symbols (a tensor's
     sums, and the lets computed from them) hold a float64 NumPy array, one entry per tensor.
-    What depends on them is printed with NumPy's IEEE-exact operations; what does not, exactly
-    as :class:`HostPrinter` prints it (the same Python float operations: the same bits)."""
+    What depends on them is printed with NumPy's IEEE-exact operations, a Piecewise or guarded
+    value as ``rows_where`` (each branch computed on the rows that take it alone); what does
+    not, exactly as :class:`HostPrinter` prints it (the same Python float operations: the same
+    bits)."""
 
     def varies(self, expr: sp.Basic) -> bool:
         return bool(expr.free_symbols & self.varying)
@@ -223,23 +225,41 @@ class RowsPrinter(HostPrinter):
             return super()._print_Min(expr)
         return f"{self._columns('rows_min')}({', '.join(self._print(a) for a in expr.args)})"
 
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        """A column inside a branch (``rows_where``): only the rows that branch runs on."""
+        text = super()._print_Symbol(expr)
+        if self.within and expr in self.varying:
+            return f"{text}[{self.within[-1]}]"
+        return text
+
     def _print_Piecewise(self, expr: sp.Piecewise) -> str:
-        """``np.where`` nested from the last branch, which must hold everywhere."""
+        """``rows_where``: each condition and value a function of the rows it runs on, called
+        on the rows Python's conditional would evaluate it for (no untaken branch computed: NumPy
+        flags only what Python raises on); the last branch must hold everywhere."""
         if not self.varies(expr):
             return super()._print_Piecewise(expr)
         if expr.args[-1].cond != sp.true:
             raise NotColumnwise(f"a Piecewise without an otherwise branch: {expr}")
-        where = self._numpy("where")
-        text = self._print(expr.args[-1].expr)
-        for value, condition in reversed(expr.args[:-1]):
-            text = f"{where}({self._print(condition)}, {self._print(value)}, {text})"
-        return text
+        branches = [b for value, condition in expr.args[:-1] for b in (condition, value)]
+        return self._branches([*branches, expr.args[-1].expr])
 
     def _print_Guarded(self, expr: sp.Expr) -> str:
         if not self.varies(expr):
             return super()._print_Guarded(expr)
         value, condition = expr.args
-        return f"{self._numpy('where')}({self._print(condition)}, {self._print(value)}, 0.0)"
+        return self._branches([condition, value, sp.Float(0.0)])
+
+    def _branches(self, branches: list[sp.Basic]) -> str:
+        """``rows_where(rows, f, ...)``: ``rows`` the row count, or the enclosing branch's rows;
+        each ``f`` a lambda of the rows it runs on, whose columns print indexed by them."""
+        rows = self.within[-1] if self.within else self.count
+        name = f"_r{len(self.within)}"
+        self.within.append(name)
+        try:
+            parts = [f"lambda {name}: {self._print(b)}" for b in branches]
+        finally:
+            self.within.pop()
+        return f"{self._columns('rows_where')}({rows}, {', '.join(parts)})"
 
     def _logical(self, name: str, expr: sp.Basic) -> str:
         function = self._numpy(name)
@@ -265,12 +285,14 @@ class RowsCode(HostCode):
     """:class:`HostCode` of :class:`RowsPrinter`: ``varying`` grows as the caller assigns lets
     computed from sums."""
 
-    def __init__(self, varying: set[sp.Symbol]) -> None:
+    def __init__(self, varying: set[sp.Symbol], count: str) -> None:
         self.printer = RowsPrinter({"standard": "python3", "fully_qualified_modules": True})
         self.printer.runtime = set()
         self.printer.columns = set()
         self.printer.uses_numpy = False
         self.printer.varying = varying
+        self.printer.count = count  # the row count's code (``len(<a sum>)``)
+        self.printer.within: list[str] = []  # the lambdas' row parameters, innermost last
 
     @property
     def columns(self) -> list[str]:

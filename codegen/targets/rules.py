@@ -295,9 +295,7 @@ def _only_in_branches(symbol: sp.Symbol, expr: sp.Basic, guarded: bool = False) 
 def columnwise(lowered: Lowered) -> bool:
     """True when the rule's multi-tensor steps can compute every tensor's host scalars at once
     (``host_scalars_rows``): per-tensor sums in one reduction phase that takes the step count
-    and hyperparameters alone, no group sums, host states, sizes, row or column states. (A
-    guarded let, computed in ``host_scalars`` only where its branch is taken, is computed for
-    every row here: where that raises, the caller goes tensor by tensor.)"""
+    and hyperparameters alone, no group sums, host states, sizes, row or column states."""
     rule = lowered.rule
     plain = not (rule.group_reductions or rule.host_states or rule.sizes or rule.vector_values)
     return bool(rule.scalar_reductions and plain and len(lowered.reduce_phases) == 1)
@@ -310,7 +308,7 @@ def rows_lines(lowered: Lowered) -> tuple[list[str], RowsCode] | None:
     if not columnwise(lowered):
         return None
     varying = set(lowered.rule.scalar_reductions)
-    code = RowsCode(varying)
+    code = RowsCode(varying, f"len({lowered.rule.scalar_reductions[0]})")
     lines = []
     try:
         for a in host_program(lowered, lowered.update_scalars):

@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from optgen_runtime.columns import rows_max, rows_min, scalar_columns
+from optgen_runtime.columns import rows_max, rows_min, rows_where, scalar_columns
 from optgen_runtime.common import Legal, host_max, host_min
 
 RULE = "lamb"
@@ -211,7 +211,12 @@ def host_scalars_rows(
     # specs/lamb.py:59: r2 = sqrt(u_sq)
     r2 = np.sqrt(u_sq)
     # specs/lamb.py:60: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
-    ratio = np.where(np.logical_or((r1 == 0), (r2 == 0)), 1, r1 / np.sqrt(u_sq))
+    ratio = rows_where(
+        len(w_sq),
+        lambda _r0: np.logical_or((r1[_r0] == 0), (r2[_r0] == 0)),
+        lambda _r0: 1,
+        lambda _r0: r1[_r0] / np.sqrt(u_sq[_r0]),
+    )
     _h0 = -clip_gradient
     _h1 = 1 - beta2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from optgen_runtime.columns import scalar_columns
+from optgen_runtime.columns import rows_where, scalar_columns
 from optgen_runtime.common import Legal
 
 RULE = "lars"
@@ -171,10 +171,11 @@ def host_scalars_rows(
     # specs/lars.py:38: g_norm = sqrt(g_sq)
     g_norm = np.sqrt(g_sq)
     # specs/lars.py:40: local_lr = Piecewise((eta*lr*w_norm/(eps + g_norm*rescale_grad + w_norm*wd), (g_norm > 0) & (w_norm > 0)), (lr, True))
-    local_lr = np.where(
-        np.logical_and((g_norm > 0), (w_norm > 0)),
-        eta * lr * w_norm / (eps + g_norm * rescale_grad + w_norm * wd),
-        lr,
+    local_lr = rows_where(
+        len(w_sq),
+        lambda _r0: np.logical_and((g_norm[_r0] > 0), (w_norm[_r0] > 0)),
+        lambda _r0: eta * lr * w_norm[_r0] / (eps + g_norm[_r0] * rescale_grad + w_norm[_r0] * wd),
+        lambda _r0: lr,
     )
     _h0 = -clip_gradient
     _h1 = -local_lr

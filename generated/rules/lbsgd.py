@@ -40,7 +40,7 @@ import math
 
 import numpy as np
 
-from optgen_runtime.columns import rows_max, rows_min, scalar_columns
+from optgen_runtime.columns import rows_max, rows_min, rows_where, scalar_columns
 from optgen_runtime.common import Legal, host_max, host_min, unavailable
 
 RULE = "lbsgd"
@@ -203,26 +203,25 @@ def host_scalars_rows(
     # specs/lbsgd.py:53: k = begin_epoch*updates_per_epoch + t
     k = begin_epoch * updates_per_epoch + t
     # specs/lbsgd.py:63: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
-    mult = np.where(
-        (warmup_strategy == 3),
-        rows_min(100, rows_max(0.01, np.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))),
-        np.where(
-            (k >= updates_per_epoch * warmup_epochs),
-            batch_scale,
-            np.where(
-                (warmup_strategy == 0),
-                k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1,
-                np.where(
-                    (warmup_strategy == 1),
-                    k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1,
-                    math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1,
-                ),
-            ),
+    mult = rows_where(
+        len(w_sq),
+        lambda _r0: warmup_strategy == 3,
+        lambda _r0: rows_min(
+            100, rows_max(0.01, np.sqrt(w_sq[_r0] / (gbar_sq[_r0] + w_sq[_r0] * wd + 1e-18)))
         ),
+        lambda _r0: k >= updates_per_epoch * warmup_epochs,
+        lambda _r0: batch_scale,
+        lambda _r0: warmup_strategy == 0,
+        lambda _r0: k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1,
+        lambda _r0: warmup_strategy == 1,
+        lambda _r0: k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1,
+        lambda _r0: math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1,
     )
     _h1 = -clip_gradient
     _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
-    _h3 = np.where((k % batch_scale == 0), -lr * mult, 0.0)
+    _h3 = rows_where(
+        len(w_sq), lambda _r0: k % batch_scale == 0, lambda _r0: -lr * mult[_r0], lambda _r0: 0.0
+    )
     _h4 = k % batch_scale == 0
     return scalar_columns(len(w_sq), (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum))
 
