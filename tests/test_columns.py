@@ -353,6 +353,7 @@ def test_the_numba_step_takes_the_columns_with_the_same_bits(rule_name, monkeypa
     """The compiled CPU step (numba) of many tensors at one step count: no row computed tensor
     by tensor, and the weights and states of the same step with ``host_scalars_rows`` taken away
     (every row through ``host_scalars``, as before the columns)."""
+    pytest.importorskip("numba")  # absent from a lent GPU machine's Python (tools/gpu_check.py)
     module = importlib.import_module(f"generated.numba.{rule_name}")
     rng = np.random.default_rng(6)
     weights = [rng.standard_normal(int(rng.integers(1, 5000))).astype(np.float32) for _ in range(9)]
