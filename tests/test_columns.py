@@ -14,13 +14,10 @@ import math
 
 import numpy as np
 import pytest
-import sympy as sp
 import torch
 from conftest import DEVICE, RULES, triton_module
 from reference import sample_hyperparams
 
-from codegen.ops import Guarded
-from codegen.targets.host import NotColumnwise, RowsCode
 from optgen_runtime import scalars
 from optgen_runtime.columns import rows_max, rows_min, rows_where
 from optgen_runtime.common import host_max, host_min, resolve_hyperparams
@@ -29,43 +26,11 @@ from optgen_runtime.triton_support import ScalarRows, float32_rows, sum_rows
 
 COLUMNWISE = sorted(r for r in RULES if hasattr(triton_module(r), "host_scalars_rows"))
 
-s, u, a = sp.symbols("s u a")
-
 
 def test_columnwise_rules_are_the_per_tensor_sum_rules() -> None:
     """LAMB, LARS and LBSGD (per-tensor norms in exact operations) get the columns; the rules
     whose sums are group sums (AdamClip, Prodigy) or feed host states do not."""
     assert COLUMNWISE == ["lamb", "lars", "lbsgd"]
-
-
-def rows(expr: sp.Expr, varying: set[sp.Symbol] = frozenset({s, u})) -> str:
-    return RowsCode(set(varying), "len(s)")(expr)
-
-
-def test_the_rows_printer_prints_sums_with_numpy_and_the_rest_as_host_code() -> None:
-    assert rows(sp.sqrt(s)) == "np.sqrt(s)"
-    assert rows(1 / sp.sqrt(s)) == "(1.0 / np.sqrt(s))"
-    assert rows(sp.Max(a, sp.sqrt(s))) == "rows_max(a, np.sqrt(s))"
-    assert rows(sp.Min(a, 2)) == "host_min(2, a)"  # no sum: as host_scalars prints it
-    assert rows(sp.sqrt(a)) == "math.sqrt(a)"
-    assert rows(a**3) == "a ** 3"
-    text = rows(sp.Piecewise((1, sp.Eq(s, 0) | sp.Eq(u, 0)), (s / u, True)))
-    assert text == (
-        "rows_where(len(s), lambda _r0: np.logical_or((s[_r0] == 0), (u[_r0] == 0)), "
-        "lambda _r0: 1, lambda _r0: s[_r0]/u[_r0])"
-    )
-    text = rows(Guarded(s / u, s > 0))
-    assert text == (
-        "rows_where(len(s), lambda _r0: (s[_r0] > 0), lambda _r0: s[_r0]/u[_r0], lambda _r0: 0.0)"
-    )
-    text = rows(sp.Piecewise((s, a > 0), (u, True)))
-    assert text == "rows_where(len(s), lambda _r0: (a > 0), lambda _r0: s[_r0], lambda _r0: u[_r0])"
-    # a branch within a branch runs on the rows of its enclosing one
-    text = rows(sp.Piecewise((sp.Piecewise((s, u > 1), (a, True)), s > 0), (u, True)))
-    assert text == (
-        "rows_where(len(s), lambda _r0: (s[_r0] > 0), lambda _r0: rows_where(_r0, "
-        "lambda _r1: (u[_r1] > 1), lambda _r1: s[_r1], lambda _r1: a), lambda _r0: u[_r0])"
-    )
 
 
 def test_rows_where_runs_each_branch_on_the_rows_that_take_it_alone() -> None:
@@ -115,18 +80,6 @@ def test_rows_where_runs_each_branch_on_the_rows_that_take_it_alone() -> None:
         == [1.0] * 3
     )
     assert seen == {"c": [0, 1, 2], "v": [0, 1, 2]}  # the otherwise branch never called
-
-
-@pytest.mark.parametrize(
-    "expr",
-    [s**2, s**a, a**s, sp.exp(s), sp.log(u), sp.Mod(s, 3), sp.Piecewise((s, a > 0))],
-    ids=["square", "power", "exponent", "exp", "log", "mod", "no-otherwise"],
-)
-def test_the_rows_printer_refuses_what_numpy_may_round_otherwise(expr: sp.Expr) -> None:
-    """libm's pow and NumPy's (SIMD) pow, exp and log may differ in the last bit: a rule whose
-    sums enter them gets no ``host_scalars_rows``."""
-    with pytest.raises(NotColumnwise):
-        rows(expr)
 
 
 def sums_for(rule_name: str, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -126,11 +126,18 @@ def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
 def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step of generated.torch.LAMB (per-tensor norms: a reduction pass, then each tensor's
     trust ratio) on the numba and the NumPy backend, beside generated.torch.Adam (numba) on the
-    same tensors: what the per-tensor sums cost on a list of many tensors."""
+    same tensors: what the per-tensor sums cost on a list of many tensors. Also LAMB with one
+    gradient all zeros (at its default wd = 0: that tensor's update and norm are zero, its
+    trust ratio 1, as for a parameter DDP finds unused)."""
     from generated.torch import LAMB, Adam
+
+    def zero_gradient(ps: list[Any]) -> Any:
+        ps[1].grad.zero_()
+        return LAMB(ps, lr=1e-3)
 
     variants = {
         "generated.torch.LAMB (numba)": lambda ps: LAMB(ps, lr=1e-3),
+        "LAMB (numba), a zero gradient": zero_gradient,
         "generated.torch.LAMB (NumPy)": lambda ps: LAMB(ps, lr=1e-3, backend="numpy"),
         "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
     }
