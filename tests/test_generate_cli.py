@@ -80,3 +80,40 @@ def test_a_spec_calling_exit_0_fails_the_check(tmp_path: Path) -> None:
     assert done.returncode == 2, done
     assert done.stderr == "error: specs/bad.py:9: SystemExit: the spec called exit(0)\n"
     assert "in sync" not in done.stdout
+
+
+GOOD = '''"""A test rule."""
+from codegen.mxnet import common
+from codegen.spec import Rule
+RULE = Rule("{name}", __doc__)
+mx = common(RULE)
+RULE.update(RULE.weight, RULE.weight - mx.lr * RULE.grad)
+'''
+
+
+def test_a_named_new_rule_generates_every_spec_for_the_indexes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m tools.generate NEW`` for a spec the indexes do not list yet (as ``tools.new``
+    leaves it) regenerates every spec, so the new rule is importable from the packages and the
+    tree is fresh; a named rule already listed regenerates its own modules only."""
+    specs, out = tmp_path / "specs", tmp_path / "out"
+    specs.mkdir()
+    (specs / "one.py").write_text(GOOD.format(name="one"))
+    assert main(["--specs", str(specs), "--out", str(out)]) == 0
+    (specs / "two.py").write_text(GOOD.format(name="two"))
+    capsys.readouterr()
+    assert main(["--specs", str(specs), "--out", str(out), "two"]) == 0
+    printed = capsys.readouterr().out
+    assert "two: not in the package indexes yet" in printed
+    assert "generated/rules/__init__.py" in printed  # the index, rewritten
+    index = (out / "rules" / "__init__.py").read_text()
+    assert '"one"' in index and '"two"' in index
+    assert main(["--specs", str(specs), "--out", str(out), "--check"]) == 0
+    (specs / "two.py").write_text(GOOD.format(name="two").replace("mx.lr *", "2 * mx.lr *"))
+    capsys.readouterr()
+    assert main(["--specs", str(specs), "--out", str(out), "two"]) == 0
+    printed = capsys.readouterr().out
+    assert "not in the package indexes" not in printed
+    assert "changed generated/rules/two.py" in printed
+    assert "generated/rules/__init__.py" not in printed

@@ -1,8 +1,11 @@
 """Regenerate ``generated/`` from ``specs/``, or check that it is fresh.
 
 python -m tools.generate                 # every spec
-python -m tools.generate adam nag        # named rules only
+python -m tools.generate adam nag        # named rules only (a new one: every spec, see below)
 python -m tools.generate --check         # exit 1 with a diff when generated/ is stale
+
+The package indexes (``generated/*/__init__.py``, the torch classes) list every rule, so a named
+rule they do not list yet (a new spec) makes the run generate every spec, and says so.
 
 A malformed spec prints one line, ``error: specs/<rule>.py:LINE: ...``, and exits 2 (``--debug``
 adds the traceback); the generator never exits 0 without having generated (or checked) every spec.
@@ -11,6 +14,7 @@ adds the traceback); the generator never exits 0 without having generated (or ch
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 import time
@@ -43,6 +47,22 @@ def _name_the_spec(error: SpecError, specs: Path, rules: list[str]) -> str:
     return message
 
 
+def indexed(out: Path) -> set[str]:
+    """The rules ``out``'s package index lists (``rules/__init__.py``'s RULES and MATRIX_RULES;
+    none where there is no index yet)."""
+    try:
+        tree = ast.parse((out / "rules" / "__init__.py").read_text())
+    except (OSError, SyntaxError):
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id in ("RULES", "MATRIX_RULES") for t in node.targets
+        ):
+            names.update(ast.literal_eval(node.value))
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.generate", description=__doc__.split("\n")[0]
@@ -68,8 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             print("generated/ is in sync with specs/")
             return 0
         start = time.perf_counter()
-        files = generate_all(args.specs, args.rules or None)
-        changed = write(files, args.out, prune=not args.rules)
+        names = args.rules or None
+        new = sorted(set(names or ()) - indexed(args.out))
+        if new:
+            print(
+                f"{', '.join(new)}: not in the package indexes yet, which list every rule: "
+                "generating every spec"
+            )
+            names = None
+        files = generate_all(args.specs, names)
+        changed = write(files, args.out, prune=names is None)
         for path in changed:
             print(f"changed {path}")
         if not changed:
