@@ -29,8 +29,12 @@ COLUMNWISE = sorted(r for r in RULES if hasattr(triton_module(r), "host_scalars_
 
 def test_columnwise_rules_are_the_per_tensor_sum_rules() -> None:
     """LAMB, LARS and LBSGD (per-tensor norms in exact operations) get the columns; the rules
-    whose sums are group sums (AdamClip, Prodigy) or feed host states do not."""
-    assert COLUMNWISE == ["lamb", "lars", "lbsgd"]
+    whose sums are group sums (AdamClip, Prodigy) or feed host states do not (a new spec of
+    per-tensor sums may join them: every test here then checks it too)."""
+    assert {"lamb", "lars", "lbsgd"} <= set(COLUMNWISE)
+    assert not {"adam_clip", "prodigy"} & set(COLUMNWISE)
+    for name in COLUMNWISE:
+        assert RULES[name].scalar_reductions and not RULES[name].group_reductions
 
 
 def test_rows_where_runs_each_branch_on_the_rows_that_take_it_alone() -> None:
