@@ -885,3 +885,50 @@ def test_cpu_steps_keep_buffers_and_allocate_no_full_size_array(rule: str) -> No
     assert peak < n * 4 // 2, peak
     assert p.data_ptr() == weight and not torch.equal(p.detach(), before)
     assert {k: v.data_ptr() for k, v in opt.state[p].items() if k in pointers} == pointers
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("Adam", {}),  # the compiled CPU loops (numba)
+        ("Adam", {"backend": "numpy"}),
+        ("LAMB", {"backend": "triton"}),  # per-tensor sums, the Triton interpreter
+        ("Muon", {}),  # a matrix rule
+        ("optim.AdamW", {"foreach": True}),  # a drop-in: torch's argument names
+    ],
+    ids=["adam-numba", "adam-numpy", "lamb-triton", "muon", "dropin-adamw"],
+)
+@pytest.mark.parametrize("how", ["function", "method"])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_a_step_under_torch_compile_runs_eagerly_with_the_same_bits(name, kwargs, how) -> None:
+    """``torch.compile`` over a function calling ``opt.step()`` (torch's compiled-optimizer
+    tutorial), or over ``opt.step`` itself: Dynamo breaks the graph there and the step runs
+    eagerly (it used to trace into the step and fail in NumPy's interop), the same bits as the
+    step without it; a step hook still runs (the method's case)."""
+    import generated.torch
+    import generated.torch.optim
+
+    cls = generated.torch
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    torch._dynamo.reset()
+    runs = []
+    for compiled in (True, False):  # compiled first: its first step may be the process's
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(4, 3))]
+        opt = cls(params, **kwargs)
+        hooked: list[int] = []
+        if how == "method":  # torch's wrapper of step (hooks) then ours, and without
+            opt.register_step_post_hook(lambda *_, seen=hooked: seen.append(1))
+        step = opt.step
+        if compiled and how == "method":
+            step = torch.compile(opt.step)
+        elif compiled:
+            step = torch.compile(lambda opt=opt: opt.step())
+        for t in range(3):
+            set_grads(params, t)
+            step()
+        assert len(hooked) == (3 if how == "method" else 0)
+        runs.append([p.detach().clone() for p in params])
+    for traced, eager in zip(*runs, strict=True):
+        assert torch.equal(eager, traced)

@@ -47,6 +47,21 @@ from optgen_runtime.optim.state import ParamState
 from optgen_runtime.optim.step import Stepping
 
 
+def eager_when_compiled(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, run eagerly where ``torch.compile`` traces a call to it (a graph break), and
+    called directly otherwise (``torch.compiler.is_compiling()``: one cheap call, where a
+    ``torch.compiler.disable`` wrapper costs about 0.4 us per call)."""
+    eager = torch.compiler.disable(func)
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return eager(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    return call
+
+
 class GeneratedOptimizer(
     TupleAliases,
     Checkpoint,
@@ -109,16 +124,23 @@ class GeneratedOptimizer(
         """torch.optim's wrapper of ``step`` (step hooks, the profiler's ``record_function``),
         entered where it has something to do: a step hook registered (on the optimizer or
         globally) or a profiler on. Else ``step`` is called directly: the wrapper's context
-        objects cost about as much host time as a fast step of one small tensor."""
+        objects cost about as much host time as a fast step of one small tensor.
+
+        A ``step`` that ``torch.compile`` traces (``torch.compile(opt.step)``, or a compiled
+        function calling it, as torch's tutorials do with torch.optim's optimizers) runs eagerly
+        instead: a graph break (``torch.compiler.disable``). Its work is kernels and host code
+        that Dynamo cannot trace (numba, NumPy, Triton launches, checks reading values)."""
         hooked = torch.optim.Optimizer.profile_hook_step(func)
         enabled = getattr(torch._C._autograd, "_profiler_enabled", None)
         pre = getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
         post = getattr(torch_optimizer, "_global_optimizer_post_hooks", None)
         if enabled is None or pre is None or post is None:
-            return hooked  # another torch: its wrapper, always
+            return eager_when_compiled(hooked)  # another torch: its wrapper, always
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if torch.compiler.is_compiling():  # True only while Dynamo traces this call
+                return eager(*args, **kwargs)
             self = args[0]
             if (
                 self._optimizer_step_pre_hooks
@@ -132,6 +154,7 @@ class GeneratedOptimizer(
             self._optimizer_step_code()  # the profiler's python tracing hook, as torch's wrapper
             return out
 
+        eager = torch.compiler.disable(wrapper)
         return wrapper
 
     def _check(self, values: dict[str, Any]) -> dict[str, float]:
