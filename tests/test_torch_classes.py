@@ -932,3 +932,33 @@ def test_a_step_under_torch_compile_runs_eagerly_with_the_same_bits(name, kwargs
         runs.append([p.detach().clone() for p in params])
     for traced, eager in zip(*runs, strict=True):
         assert torch.equal(eager, traced)
+
+
+def test_an_unknown_keyword_is_refused_with_what_the_class_takes() -> None:
+    """Python's TypeError, then the class's arguments, a close match and the classes that take
+    the keyword: MXNet's ``SGD(momentum=...)`` points at SGDMomentum (and torch's drop-in SGD),
+    a torch name given to an MXNet-named class at its own name. Other binding errors keep
+    Python's message alone; the right names build as before."""
+    import inspect
+
+    import generated.torch.optim as dropins
+    from generated.torch import SGD, Adam
+
+    params = make_params()
+    with pytest.raises(TypeError) as sgd:
+        SGD(params, momentum=0.9)
+    text = str(sgd.value)
+    assert text.startswith("SGD.__init__() got an unexpected keyword argument 'momentum'; SGD")
+    assert "SGD takes lr, wd, rescale_grad, clip_gradient, multi_precision, backend;" in text
+    assert "'momentum' is taken by generated.torch.optim.SGD, SGDMomentum, " in text
+    with pytest.raises(TypeError, match=r"'bet1'; Adam takes .* \(did you mean 'beta1'\?\)$"):
+        Adam(params, bet1=0.9)
+    with pytest.raises(TypeError, match=r"\(did you mean 'betas'\?\); 'beta1' is taken by "):
+        dropins.Adam(params, beta1=0.9)
+    with pytest.raises(TypeError, match=r"^Adam\.__init__\(\) takes from 2 to \d+ positional "):
+        Adam(params, *range(12))
+    with pytest.raises(TypeError, match=r"^Adam\.__init__\(\) missing 1 required positional"):
+        Adam()
+    opt = Adam(params, lr=0.1, beta1=0.8)
+    assert opt.param_groups[0]["beta1"] == 0.8
+    assert list(inspect.signature(Adam).parameters)[:3] == ["params", "lr", "wd"]

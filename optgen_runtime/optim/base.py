@@ -26,7 +26,9 @@ It is composed of one part per concern, each in its own module:
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -62,6 +64,42 @@ def eager_when_compiled(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _unexpected(
+    init: Callable[..., Any], signature: inspect.Signature, given: dict[str, Any], error: TypeError
+) -> str:
+    """Python's message for a call ``signature`` cannot bind, with hints for each keyword it
+    does not take: the arguments it takes, a close match, the generated classes that take it."""
+    cls = init.__qualname__.split(".")[0]
+    message = str(error)
+    taken = [p for p in signature.parameters if p not in ("self", "params")]
+    for key in [k for k in given if k not in signature.parameters]:
+        message += f"; {cls} takes {', '.join(taken)}"
+        close = difflib.get_close_matches(key, taken, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        takers = [
+            c
+            for c in GeneratedOptimizer._classes
+            if getattr(c, "RULE", None) and key in inspect.signature(c.__init__).parameters
+        ]  # the same name or one it begins (SGD: SGDMomentum) first, then the most alike
+        takers.sort(
+            key=lambda c: (
+                not c.__name__.startswith(cls),
+                -difflib.SequenceMatcher(None, cls, c.__name__).ratio(),
+            )
+        )
+        others = [
+            c.__name__ if c.__module__ == init.__module__ else f"{c.__module__}.{c.__name__}"
+            for c in takers
+        ]
+        if others:
+            shown = ", ".join(others[:6]) + (
+                f" and {len(others) - 6} more" if len(others) > 6 else ""
+            )
+            message += f"; {key!r} is taken by {shown}"
+    return message
+
+
 class GeneratedOptimizer(
     TupleAliases,
     Checkpoint,
@@ -82,6 +120,32 @@ class GeneratedOptimizer(
     TRITON: ClassVar[ModuleType]  # step_multi
     TORCH: ClassVar[TorchEquivalent | None] = None
     _numpy_by_env = False  # set by __init__ (an optimizer unpickled from before it: unset)
+    _classes: ClassVar[list[type]] = []  # every subclass, for the hints of _unexpected
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A class's ``__init__`` given a keyword it does not take raises Python's TypeError
+        with what it does take, a close match and the classes that take that keyword (MXNet's
+        ``SGD(momentum=...)`` is ``SGDMomentum`` here), before anything is built."""
+        super().__init_subclass__(**kwargs)
+        GeneratedOptimizer._classes.append(cls)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def checked(self: Any, *args: Any, **kw: Any) -> None:
+            try:
+                signature.bind(self, *args, **kw)
+            except TypeError:
+                try:  # the call cannot bind either: Python's own message, then the hints
+                    init(self, *args, **kw)
+                except TypeError as error:
+                    raise TypeError(_unexpected(init, signature, kw, error)) from None
+                raise
+            init(self, *args, **kw)
+
+        cls.__init__ = checked  # type: ignore[method-assign]
 
     def __init__(
         self,
