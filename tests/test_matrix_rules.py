@@ -132,6 +132,7 @@ NOT_FOR_MATRIX_RULES: dict[str, tuple[str, list[str]]] = {
 FOR_EVERY_RULE = {
     "test_distributed.py",  # every class on 2-D weights (a sharded matrix rule refused: tested)
     "test_freshness.py",
+    "test_layouts.py",  # every class; matrix rules on transposed and sliced 2-D weights
     "test_lr_zero.py",  # every class on a 4 x 6 weight
     "test_names.py",
     "test_numba.py",  # a matrix rule's numba module is an explicit fallback (tested)

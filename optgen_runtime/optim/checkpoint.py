@@ -69,12 +69,13 @@ class Checkpoint:
             axis = self.META.STATE_AXES.get(key)
             check_state_shape(where, label, value, p, axis, "its parameter")
             shard = self._shard_of(p, value, f"{where}: {label}").detach()
-            out[key] = like(
-                p,
-                shard.to(
+            if axis is None and key != "master":  # laid out as the step would make it
+                buffer = self._new_buffer(p, dtype).copy_(shard)
+            else:
+                buffer = shard.to(
                     device=p.device, dtype=dtype, memory_format=torch.contiguous_format, copy=True
-                ),
-            )
+                )
+            out[key] = like(p, buffer)
         if "master" not in out and self._needs_master(p):
             out["master"] = self._master(p)
         return out

@@ -14,6 +14,9 @@
   (:mod:`optgen_runtime.checks`); parameters without a gradient are skipped.
 - ``multi_precision=True`` (MXNet's name): fp16/bf16 parameters keep an fp32 master copy that the
   rule updates, and the parameter is the master rounded to its dtype.
+- A parameter need not be contiguous (channels_last, a transposed view): it must not overlap
+  itself; a rule that sees each element alone gets its state buffers in the parameter's strides
+  (:mod:`optgen_runtime.optim.layout`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from typing import Any
 import torch
 
 from optgen_runtime.checks import (
-    check_contiguous,
     check_dense,
     check_device,
     check_dtype,
@@ -37,6 +39,7 @@ from optgen_runtime.checks import (
 )
 from optgen_runtime.common import MAX_STEP, absent_states, host_state_values, vector_shape
 from optgen_runtime.optim.distributed import is_dtensor, like, local
+from optgen_runtime.optim.layout import Shown, elementwise, memory_order, overlap_problem
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -131,10 +134,34 @@ class ParamState:
         added two copies across)."""
         weight = local(p).detach()
         if value is None:
-            return weight.to(dtype, memory_format=torch.contiguous_format, copy=True)
+            return self._new_buffer(p, dtype).copy_(weight)
         axes = self.META.STATE_AXES
-        shape = vector_shape(weight.shape, axes[key]) if key in axes else weight.shape
-        return torch.full(shape, value, dtype=dtype, device=weight.device)
+        if key in axes:
+            shape = vector_shape(weight.shape, axes[key])
+            return torch.full(shape, value, dtype=dtype, device=weight.device)
+        return self._new_buffer(p, dtype).fill_(value)
+
+    def _new_buffer(self, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised state buffer of ``p``'s (local shard's) shape on its device:
+        C-contiguous, or in ``p``'s strides where the module is shown ``p`` in its memory order
+        (``_shown``: channels_last states for a channels_last weight, as torch.optim's)."""
+        weight = local(p)
+        if self._in_memory_order(p) is None:
+            return torch.empty(weight.shape, dtype=dtype, device=weight.device)
+        return torch.empty_like(weight, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _in_memory_order(self, p: torch.Tensor) -> tuple[int, ...] | None:
+        """The permutation of ``p``'s dims the module is shown it in (``layout.memory_order``),
+        or None (shown as indexed): a parameter that is not contiguous, updated without a
+        master copy, by a rule that sees each element alone."""
+        weight = local(p)
+        if weight.is_contiguous() or not elementwise(self.META) or self._needs_master(p):
+            return None
+        return memory_order(weight)
+
+    def _shown(self, p: torch.Tensor, state: dict[str, Any]) -> Shown:
+        """How ``p``'s buffers are shown to the module this step (``layout.Shown``)."""
+        return Shown(None if "master" in state else self._in_memory_order(p))
 
     def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
         """``p``'s state, created on its first step (after ``_check_param`` accepted ``p``)
@@ -203,7 +230,7 @@ class ParamState:
         if state:
             self._check_state(param, state, label)
         elif not self._needs_master(p):
-            check_contiguous(name, label, p)  # updated in place
+            self._check_writable(label, p)  # updated in place
 
     def _check_state(self, param: torch.Tensor, state: dict[str, Any], label: str) -> None:
         name, p = type(self).__name__, local(param)
@@ -225,7 +252,7 @@ class ParamState:
         if "master" in state:
             buffers.append(("master", state["master"], torch.float32))
         else:
-            check_contiguous(name, label, p)  # updated in place
+            self._check_writable(label, p)  # updated in place
         for key, value, want in buffers:
             where = f"{label}'s state[{key!r}]"
             check_kind(name, where, value, torch.Tensor, "torch.Tensor")
@@ -237,7 +264,14 @@ class ParamState:
             check_state_shape(name, where, value, p, self.META.STATE_AXES.get(key), label)
             check_device(name, where, value, p, label)
             check_dense(name, where, value)
-            check_contiguous(name, where, value)
+            self._check_writable(where, value)
+
+    def _check_writable(self, label: str, x: torch.Tensor) -> None:
+        """``x`` can be updated in place: no two of its indices reach one element (any strides
+        otherwise: the module is shown a working copy where they are not contiguous)."""
+        problem = overlap_problem(x, label)
+        if problem is not None:
+            self._fail(ValueError, problem)
 
     def _check_across(
         self,

@@ -42,6 +42,7 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
+from optgen_runtime.optim.layout import Shown
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards
@@ -50,6 +51,10 @@ from optgen_runtime.triton_support import Amp
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
 NO_INPUTS = Given()  # a step's inputs where none are given (of a rule that takes none)
+
+
+def _as_it_is(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class NumbaMissing(ImportError):
@@ -231,10 +236,10 @@ class Stepping:
     def _checked_key(self, grads_written: bool, given: Given) -> tuple[Any, ...] | None:
         """What ``_check_param``, ``_check_inputs`` and ``_check_across`` look at, for every
         parameter with a gradient: the state's keys, and each buffer's address, shape, dtype and
-        device (parameter, gradient, inputs, state tensors; all contiguous, so that is their
-        extent), and the backend. Equal to the last step's that passed: those checks are skipped
-        (the host states, values, are still checked). None (check in full) for a tensor subclass
-        (a DTensor), a non-contiguous or sparse buffer or a state that is not a plain dict; a
+        device (parameter, gradient, inputs, state tensors; with the strides of one that is not
+        contiguous: its extent), and the backend. Equal to the last step's that passed: those
+        checks are skipped (the host states, values, are still checked). None (check in full)
+        for a tensor subclass (a DTensor), a sparse buffer or a state that is not a plain dict; a
         step count changed in place is not seen here (the modules refuse a bad count). Built
         flat, with few allocations: a step of many tensors makes little garbage."""
         plain = (torch.Tensor, torch.nn.Parameter)
@@ -254,8 +259,8 @@ class Stepping:
                             if isinstance(x, float | int):
                                 continue  # a host state: a value, checked every step
                             return None
-                        if not x.is_contiguous():
-                            return None
+                        if not x.is_contiguous():  # its extent: its strides too
+                            parts.append(("strides", x.stride()))
                         parts += (x.data_ptr(), x.shape, x.dtype, x.get_device())
         except RuntimeError:  # a sparse tensor has no data pointer: checked in full
             return None
@@ -303,10 +308,14 @@ class Stepping:
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
     def _views(
-        self, state: dict[str, Any], convert: Callable[[torch.Tensor], Any]
+        self,
+        state: dict[str, Any],
+        convert: Callable[[torch.Tensor], Any],
+        shown: Shown | None = None,
     ) -> dict[str, Any]:
         # an ABSENT state may be missing (the modules then run the variant without it)
-        views = {key: convert(local(state[key])) for key in self.META.STATES if key in state}
+        show = shown.written if shown is not None else _as_it_is
+        views = {key: convert(show(local(state[key]))) for key in self.META.STATES if key in state}
         views.update({key: state[key] for key in self.META.HOST_STATES})
         return views
 
@@ -317,40 +326,58 @@ class Stepping:
         return bool(meta.REDUCTIONS or meta.HOST_STATES)
 
     def _finish_each(
-        self, params: list[torch.Tensor], states: list[dict[str, Any]], views: list[Any]
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        views: list[Any],
+        shown: list[Shown],
     ) -> None:
-        for p, state, v in zip(params, states, views, strict=True):
-            self._finish(p, state, v)
+        for p, state, v, s in zip(params, states, views, shown, strict=True):
+            self._finish(p, state, v, s)
 
-    def _finish(self, p: torch.Tensor, state: dict[str, Any], views: dict[str, Any]) -> None:
+    def _finish(
+        self, p: torch.Tensor, state: dict[str, Any], views: dict[str, Any], shown: Shown
+    ) -> None:
+        shown.done()  # working copies of buffers that are not contiguous, written back
         state["step"] += 1
         for key in self.META.HOST_STATES:
             state[key] = float(views[key])
         if "master" in state:
             local(p).copy_(local(state["master"]))
 
+    def _weights(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]]
+    ) -> tuple[list[torch.Tensor], list[Shown]]:
+        """Each parameter's weight as its module updates it (its master copy, or the parameter
+        shown as ``_shown`` says), with how the rest of its buffers are shown."""
+        shown = [self._shown(p, s) for p, s in zip(params, states, strict=True)]
+        weights = [
+            sh.written(local(s.get("master", p)).detach())
+            for p, s, sh in zip(params, states, shown, strict=True)
+        ]
+        return weights, shown
+
     def _numpy_step(
         self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int, given: Given
     ) -> None:
-        weight = local(state.get("master", p))
-        grad = local(p.grad).detach()
+        [weight], [shown] = self._weights([p], [state])
+        grad = shown.read(local(p.grad).detach())
         if grad.dtype != weight.dtype:
             grad = self._grad_scratch(grad, weight.dtype)
-        grad = grad.contiguous()
-        views = self._views(state, lambda t: t.detach().numpy())
+        views = self._views(state, lambda t: t.detach().numpy(), shown)
         t = int(state["step"]) + 1
         if self.META.DRAWS:  # its stream, at its elements' indices in the full tensor
             hp = {**hp, "seed": seed, "noise_offset": self._noise_offset(p)}
         # per-element inputs in the weight's dtype, as the NumPy reference takes them (a copy
         # only where the dtype differs or the tensor is not contiguous)
         arrays = {
-            key: local(x).detach().to(weight.dtype).contiguous().numpy()
+            key: shown.read(local(x).detach().to(weight.dtype)).numpy()
             for key, x in given.of(p).items()
         }
         self.NUMPY.step(
             weight.detach().numpy(), grad.numpy(), views, t, **hp, **arrays, **given.scalars
         )
-        commit(lambda: self._finish(p, state, views))  # after the module's writes
+        commit(lambda: self._finish(p, state, views, shown))  # after the module's writes
 
     def _use_numba(self) -> bool:
         """CPU parameters run the compiled module: ``backend="numba"``, or ``"auto"`` where the
@@ -401,25 +428,28 @@ class Stepping:
         zero-copy views; a gradient of another dtype than its (master) weight is converted into
         its own slice of a reused scratch buffer (``_grad_scratches``); per-element inputs of
         another dtype into temporaries."""
-        weights = [
-            local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
-        ]
+        weights, shown = self._weights(params, states)
         grads = self._grad_scratches(
-            [local(p.grad).detach() for p in params], [w.dtype for w in weights]
+            [sh.read(local(p.grad).detach()) for p, sh in zip(params, shown, strict=True)],
+            [w.dtype for w in weights],
         )
-        views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
+        views = [
+            self._views(state, lambda t: t.detach().numpy(), sh)
+            for state, sh in zip(states, shown, strict=True)
+        ]
         ts = [int(state["step"]) + 1 for state in states]
-        arrays = self._input_arrays(params, weights, given)
+        arrays = self._input_arrays(params, weights, given, shown)
         self._numba().step_prechecked(  # every array checked in _plans
             [w.numpy() for w in weights],
-            [g.contiguous().numpy() for g in grads],
+            [g.numpy() for g in grads],
             views,
             ts,
             **hp,
             **arrays,
             **given.scalars,
         )
-        commit(lambda: self._finish_each(params, states, views))  # after the module's writes
+        # after the module's writes
+        commit(lambda: self._finish_each(params, states, views, shown))
 
     def _numpy_group_step(
         self,
@@ -432,16 +462,17 @@ class Stepping:
         reductions (a global gradient norm) cover all of them, and every tensor is reduced and
         checked before any is written. A gradient or per-element input of another dtype than
         its (master) weight is converted into a temporary of its own."""
-        weights = [
-            local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
-        ]
+        weights, shown = self._weights(params, states)
         grads = [
-            local(p.grad).detach().to(w.dtype).contiguous()
-            for p, w in zip(params, weights, strict=True)
+            sh.read(local(p.grad).detach().to(w.dtype))
+            for p, w, sh in zip(params, weights, shown, strict=True)
         ]
-        views = [self._views(state, lambda t: t.detach().numpy()) for state in states]
+        views = [
+            self._views(state, lambda t: t.detach().numpy(), sh)
+            for state, sh in zip(states, shown, strict=True)
+        ]
         ts = [int(state["step"]) + 1 for state in states]
-        arrays = self._input_arrays(params, weights, given)
+        arrays = self._input_arrays(params, weights, given, shown)
         self.NUMPY.step_multi(
             [w.numpy() for w in weights],
             [g.numpy() for g in grads],
@@ -451,17 +482,22 @@ class Stepping:
             **arrays,
             **given.scalars,
         )
-        commit(lambda: self._finish_each(params, states, views))  # after the module's writes
+        # after the module's writes
+        commit(lambda: self._finish_each(params, states, views, shown))
 
     def _input_arrays(
-        self, params: list[torch.Tensor], weights: list[torch.Tensor], given: Given
+        self,
+        params: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        given: Given,
+        shown: list[Shown],
     ) -> dict[str, list[Any]]:
-        """Each per-element input as one array per parameter, in its (master) weight's dtype
-        (a copy only where the dtype differs or the tensor is not contiguous)."""
+        """Each per-element input as one array per parameter, in its (master) weight's dtype,
+        shown as its weight (a copy only where the dtype differs or it is not contiguous)."""
         return {
             key: [
-                local(given.of(p)[key]).detach().to(w.dtype).contiguous().numpy()
-                for p, w in zip(params, weights, strict=True)
+                sh.read(local(given.of(p)[key]).detach().to(w.dtype)).numpy()
+                for p, w, sh in zip(params, weights, shown, strict=True)
             ]
             for key in self.META.INPUTS
         }
@@ -524,15 +560,18 @@ class Stepping:
         """One ``step_multi`` for the group's parameters, each at its own step count; the j-th
         draws from ``tensor_seed(seed, streams[j])`` (its index in ``state_dict()``); ``amp``:
         GradScaler's (found_inf, grad_scale) on the device (``amp_flags``), or None."""
-        weights = [
-            local(state.get("master", p)).detach() for p, state in zip(params, states, strict=True)
+        weights, shown = self._weights(params, states)
+        grads = [sh.read(local(p.grad).detach()) for p, sh in zip(params, shown, strict=True)]
+        views = [
+            self._views(state, lambda x: x, sh) for state, sh in zip(states, shown, strict=True)
         ]
-        grads = [local(p.grad).detach().contiguous() for p in params]
-        views = [self._views(state, lambda x: x) for state in states]
         ts = [int(state["step"]) + 1 for state in states]
         given = given or Given()
         arrays = {
-            key: [local(given.of(p)[key]).detach().contiguous() for p in params]
+            key: [
+                sh.read(local(given.of(p)[key]).detach())
+                for p, sh in zip(params, shown, strict=True)
+            ]
             for key in self.META.INPUTS
         }
         if self.META.DRAWS:  # each element at its index in the full tensor
@@ -549,4 +588,5 @@ class Stepping:
             **arrays,
             **given.scalars,
         )
-        commit(lambda: self._finish_each(params, states, views))  # after the module's writes
+        # after the module's writes
+        commit(lambda: self._finish_each(params, states, views, shown))
