@@ -262,3 +262,33 @@ def test_a_buffer_that_overlaps_itself_is_refused_before_any_write(
     assert set(opt.state) == set(states)
     for k, s in states.items():
         assert all(torch.equal(opt.state[k][n], v) for n, v in s.items())
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("name", ["adam", "lamb", "torch_sgd"])
+def test_the_fast_step_takes_channels_last_buffers_as_they_lie(name: str, backend: str) -> None:
+    """Once a step has passed, the fast step (``optgen_runtime.optim.fast``) takes channels_last
+    weights, gradients and states flat, with no copy; a gradient of other strides sends a step
+    back to the full one. The same bits as contiguous copies in memory order throughout."""
+    cls = RULES[name]
+    torch.manual_seed(3)
+    xs = [channels_last(), torch.randn(7, 3)]
+    perms = [memory_order(x) for x in xs]
+    ps = [torch.nn.Parameter(x) for x in xs]
+    qs = [torch.nn.Parameter(_arranged(x.detach(), q)) for x, q in zip(xs, perms, strict=True)]
+    ours, ref = cls(ps, backend=backend), cls(qs, backend=backend)
+    plans = []
+    for t in range(1, 9):
+        gs = [torch.randn(x.shape) for x in xs]
+        for p, q, g, perm in zip(ps, qs, gs, perms, strict=True):
+            p.grad = g.contiguous() if t == 6 else torch.empty_like(p).copy_(g)
+            q.grad = _arranged(g, perm)
+        ours.step()
+        ref.step()
+        plans.append(ours._plan)
+    if backend == "auto" and not ours._use_numba():
+        pytest.skip("numba is not importable: no fast step on the NumPy reference")
+    assert plans[2] is not None and plans[2] is plans[3] is plans[4]  # fast steps, one plan
+    assert plans[5] is not plans[4]  # a contiguous gradient: the full step
+    for p, q, perm in zip(ps, qs, perms, strict=True):
+        assert torch.equal(_arranged(p.detach(), perm), q.detach())

@@ -13,9 +13,12 @@ parameters finds the same:
   state dict the same object with the same entries, each state tensor the same object at the
   same address, unmodified by torch since (its version counter: any in-place torch op, a
   ``resize_`` or ``set_`` bumps it; the compiled loops write through raw addresses and do not);
-- each gradient a plain, dense, contiguous tensor of its parameter's shape, dtype and device,
-  overlapping no buffer the step writes (one vectorised test over the sorted spans of the
-  written buffers, which the full step proved disjoint);
+- each gradient a plain, dense tensor of its parameter's shape, dtype, device and strides
+  (contiguous; or, for a parameter that is not, the parameter's own strides where the rule is
+  shown it in memory order with every state buffer in those strides: channels_last weights,
+  their gradients and states, indexed flat alike), overlapping no buffer the step writes (one
+  vectorised test over the sorted spans of the written buffers, which the full step proved
+  disjoint);
 - each step count the value the last step left (its version counter again).
 
 A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
@@ -66,6 +69,7 @@ _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 _GRAD, _DTYPE, _LAYOUT, _VERSION = (attrgetter(k) for k in ("grad", "dtype", "layout", "_version"))
 _STEP = itemgetter("step")
 _DATA_PTR, _SIZE, _GET_DEVICE = torch.Tensor.data_ptr, torch.Tensor.size, torch.Tensor.get_device
+_STRIDE = torch.Tensor.stride
 SMALL = 64  # gradients compared one by one below this many; vectorised above
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 # hyperparameter values that cannot change while the group holds them (see ``_raw``)
@@ -85,6 +89,7 @@ class Group:
         "group",
         "hp",
         "offsets",
+        "perms",
         "raw",
         "resolved",
         "states",
@@ -108,6 +113,9 @@ class Group:
         self.views: list[dict[str, Any]] = []
         self.streams: list[int] = []
         self.offsets: list[int] = []
+        # the Triton kernels': each parameter's memory order (``ParamState._in_memory_order``)
+        # where it is not contiguous, its gradient permuted alike each step; None if none is
+        self.perms: list[tuple[int, ...] | None] | None = None
         # the last accepted step's hyperparameters: as given (``raw``: the group's values, None
         # when one may change in place), as passed, resolved
         self.raw: tuple[Any, ...] | None = None
@@ -197,8 +205,6 @@ class FastStep:
                 states = list(map(state.get, params))
                 if not {*map(type, params), *map(type, gs)} <= _PLAIN:
                     return None
-                if not all(map(torch.Tensor.is_contiguous, gs)):
-                    return None  # copied by the full step: no address to give
                 steps = list(map(_STEP, states))  # KeyError, TypeError: no state yet
                 if every is None:
                     held = [s[k] for s in states for k in names if k in s or k not in absent]
@@ -213,6 +219,8 @@ class FastStep:
                 parts += (*map(id, params), *map(id, states), *map(len, states))
                 parts += (*map(id, steps), *map(id, held), *map(id, masters))
                 parts += (*map(_DATA_PTR, params), *map(_SIZE, params), *map(_DTYPE, params))
+                if not all(map(torch.Tensor.is_contiguous, gs)):  # strided (channels_last)
+                    parts += (*map(_STRIDE, params), *map(_STRIDE, gs))  # as the plan's
                 parts += (*map(_SIZE, gs), *map(_GET_DEVICE, gs), *map(_DTYPE, gs))
                 parts += (*map(_LAYOUT, gs), *map(_DATA_PTR, held), *map(_VERSION, held))
                 grads.append(gs)
@@ -318,6 +326,8 @@ class FastStep:
         ):
             if plan.kind == "triton" and tabled is not None:
                 part.vouched.pointers = ptrs  # read above: not again
+                if part.perms is not None:  # shown as their parameters (no copy: views)
+                    gs = list(map(_permuted, gs, part.perms))
                 tabled.step_tables(
                     part.weights,
                     gs,
@@ -328,6 +338,8 @@ class FastStep:
                 )
                 continue
             if plan.kind == "triton":
+                if part.perms is not None:  # shown as their parameters (no copy: views)
+                    gs = list(map(_permuted, gs, part.perms))
                 self._fast_triton(part, gs, counts, hp, amps.get(part.device))
                 continue
             assert part.buffers is not None
@@ -536,11 +548,17 @@ class FastStep:
             part.absent = self._absent(resolved)
             present = [k for k in meta.STATES if k not in part.absent]
             rows, shapes = [], []
+            perms: list[tuple[int, ...] | None] = []
             for p, g, s in zip(params, gs, part.states, strict=True):
                 weight = s.get("master", p)
                 buffers = [weight, *(s[k] for k in present)]
-                if any(not x.is_contiguous() for x in buffers):
-                    return
+                perm = None
+                if not all(x.is_contiguous() for x in (*buffers, g)):
+                    # indexed flat alike: a parameter shown in memory order, all in its strides
+                    perm = None if "master" in s else self._in_memory_order(p)
+                    if perm is None or any(x.stride() != p.stride() for x in (*buffers, g)):
+                        return  # working copies: the full step's
+                perms.append(perm)
                 if kind == "numba":
                     if g.dtype != weight.dtype or weight.dtype not in _NUMPY:
                         return  # the full step converts the gradient
@@ -549,8 +567,9 @@ class FastStep:
                     part.dtypes.append(_NUMPY[weight.dtype])
                 else:
                     part.device = weight.device
-                    part.weights.append(weight.detach())
-                    views = self._views(s, lambda x: x)  # the absent states: not passed
+                    part.weights.append(_permuted(weight.detach(), perm))
+                    # the absent states: not passed
+                    views = self._views(s, lambda x, perm=perm: _permuted(x, perm))
                     part.views.append({k: v for k, v in views.items() if k not in part.absent})
                     part.streams.append(self._stream(p, indices))
                     part.offsets.append(self._noise_offset(p))
@@ -573,6 +592,8 @@ class FastStep:
 
                 even = self._numba().EVEN_CHUNKS
                 part.buffers = Buffers.at(rows, shapes, part.dtypes, even=even)
+            elif any(perm is not None for perm in perms):
+                part.perms = perms
             part.tabled = self._tabled(resolved, kind)
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
@@ -613,6 +634,11 @@ class FastStep:
         module = self._numba() if kind == "numba" else self.TRITON
         module = running_module(module, self.META, resolved)
         return module if hasattr(module, "step_tables") else None
+
+
+def _permuted(x: torch.Tensor, perm: tuple[int, ...] | None) -> torch.Tensor:
+    """``x`` in its parameter's memory order (a contiguous view), or as it is (None)."""
+    return x if perm is None else x.permute(perm)
 
 
 def _key(module: ModuleType, value: Any) -> tuple[Any, ...] | None:
