@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from conftest import class_inputs
+from conftest import DEVICE, class_inputs
 
 from generated.torch import RULES
 from generated.torch import optim as dropin
@@ -21,20 +21,26 @@ from optgen_runtime.optim.layout import elementwise, memory_order
 MATRIX = {name for name, cls in RULES.items() if getattr(cls.META, "MATRIX_VALUES", ())}
 
 
-def channels_last() -> torch.Tensor:
-    return torch.randn(4, 3, 2, 5).to(memory_format=torch.channels_last)
+def channels_last(device: str = "cpu") -> torch.Tensor:
+    return torch.randn(4, 3, 2, 5).to(device).to(memory_format=torch.channels_last)
 
 
-def transposed() -> torch.Tensor:
-    return torch.randn(6, 5).t()
+def transposed(device: str = "cpu") -> torch.Tensor:
+    return torch.randn(6, 5).to(device).t()
 
 
-def sliced() -> torch.Tensor:
-    return torch.randn(5, 9)[:, 1:7]  # gaps between its rows: no order makes it contiguous
+def sliced(device: str = "cpu") -> torch.Tensor:
+    # gaps between its rows: no order makes it contiguous
+    return torch.randn(5, 9).to(device)[:, 1:7]
 
 
 LAYOUTS = {"channels_last": channels_last, "transposed": transposed, "sliced": sliced}
 BACKENDS = ["auto", "numpy", "triton"]  # auto: the compiled numba loops where numba imports
+
+
+def _device(backend: str) -> str:
+    """The Triton backend's tensors on the GPU check's device (the interpreter's CPU here)."""
+    return DEVICE if backend == "triton" else "cpu"
 
 
 def _arranged(x: torch.Tensor, perm: tuple[int, ...] | None) -> torch.Tensor:
@@ -59,14 +65,14 @@ def test_a_parameter_of_any_layout_is_updated_as_its_contiguous_copy(
     if name in MATRIX and layout == "channels_last":
         pytest.skip("matrix rules take 2-D weights")
     torch.manual_seed(11)
-    x = LAYOUTS[layout]()
+    x = LAYOUTS[layout](_device(backend))
     perm = memory_order(x) if elementwise(cls.META) else None
     p = torch.nn.Parameter(x)  # the very view: its strides, its storage
     q = torch.nn.Parameter(_arranged(x.detach(), perm))
     strides, address = p.stride(), p.data_ptr()
     ours, ref = cls([p], backend=backend), cls([q], backend=backend)
     for t in range(1, 5):
-        g = torch.randn(x.shape)
+        g = torch.randn(x.shape).to(x.device)
         p.grad, q.grad = _grad_like(p, g, t), _arranged(g, perm)
         inputs = class_inputs(ours, t)
         ours.step(**inputs)
@@ -100,11 +106,15 @@ def test_a_state_buffer_of_other_strides_is_written_in_place(backend: str) -> No
     """A contiguous weight whose state buffer was replaced by one of other strides (the same
     values, transposed in memory): the same bits as the untouched optimizer, the buffer the
     same tensor, written in place."""
-    weights = [torch.nn.Parameter(torch.linspace(-1.0, 1.0, 20).reshape(4, 5)) for _ in range(2)]
+    dev = _device(backend)
+    weights = [
+        torch.nn.Parameter(torch.linspace(-1.0, 1.0, 20, device=dev).reshape(4, 5))
+        for _ in range(2)
+    ]
     opts = [RULES["adam"]([w], backend=backend) for w in weights]
     for t in range(1, 5):
         for w, opt in zip(weights, opts, strict=True):
-            w.grad = torch.full((4, 5), 0.25 * t) - w.detach()
+            w.grad = torch.full((4, 5), 0.25 * t, device=dev) - w.detach()
             opt.step()
         if t == 1:
             state = opts[0].state[weights[0]]
@@ -239,20 +249,22 @@ def test_a_buffer_that_overlaps_itself_is_refused_before_any_write(
 ) -> None:
     """An ``expand``ed tensor (a stride of 0: one element behind several indices) cannot be
     updated in place: refused, naming it, with everything as it was."""
+    dev = _device(backend)
     if where == "parameter":
-        p = torch.nn.Parameter(torch.arange(3.0).reshape(3, 1).expand(3, 4))
-        other = torch.nn.Parameter(torch.ones(5))
+        p = torch.nn.Parameter(torch.arange(3.0, device=dev).reshape(3, 1).expand(3, 4))
+        other = torch.nn.Parameter(torch.ones(5, device=dev))
         opt = RULES["adam"]([other, p], backend=backend)
         match = r"Adam: parameter 1 overlaps itself \(shape \(3, 4\), strides \(1, 0\)\)"
     else:
-        p = torch.nn.Parameter(torch.arange(12.0).reshape(3, 4))
-        other = torch.nn.Parameter(torch.ones(5))
+        p = torch.nn.Parameter(torch.arange(12.0, device=dev).reshape(3, 4))
+        other = torch.nn.Parameter(torch.ones(5, device=dev))
         opt = RULES["adam"]([other, p], backend=backend)
-        other.grad, p.grad = torch.ones(5), torch.ones(3, 4)
+        other.grad, p.grad = torch.ones(5, device=dev), torch.ones(3, 4, device=dev)
         opt.step()
-        opt.state[p]["mean"] = torch.zeros(3, 1).expand(3, 4)
+        opt.state[p]["mean"] = torch.zeros(3, 1, device=dev).expand(3, 4)
         match = r"Adam: parameter 1's state\['mean'\] overlaps itself"
-    other.grad, p.grad = torch.full((5,), 0.5), torch.full((3, 4), 0.5)
+    other.grad = torch.full((5,), 0.5, device=dev)
+    p.grad = torch.full((3, 4), 0.5, device=dev)
     before = [x.detach().clone() for x in (other, p, other.grad, p.grad)]
     states = {k: {n: v.clone() for n, v in s.items()} for k, s in opt.state.items()}
     with pytest.raises(ValueError, match=match):
@@ -272,14 +284,14 @@ def test_the_fast_step_takes_channels_last_buffers_as_they_lie(name: str, backen
     back to the full one. The same bits as contiguous copies in memory order throughout."""
     cls = RULES[name]
     torch.manual_seed(3)
-    xs = [channels_last(), torch.randn(7, 3)]
+    xs = [channels_last(_device(backend)), torch.randn(7, 3).to(_device(backend))]
     perms = [memory_order(x) for x in xs]
     ps = [torch.nn.Parameter(x) for x in xs]
     qs = [torch.nn.Parameter(_arranged(x.detach(), q)) for x, q in zip(xs, perms, strict=True)]
     ours, ref = cls(ps, backend=backend), cls(qs, backend=backend)
     plans = []
     for t in range(1, 9):
-        gs = [torch.randn(x.shape) for x in xs]
+        gs = [torch.randn(x.shape).to(x.device) for x in xs]
         for p, q, g, perm in zip(ps, qs, gs, perms, strict=True):
             p.grad = g.contiguous() if t == 6 else torch.empty_like(p).copy_(g)
             q.grad = _arranged(g, perm)

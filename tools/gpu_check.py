@@ -73,6 +73,7 @@ TEST_FILES = (
     "tests/test_host_cache.py",
     "tests/test_device_combine.py",
     "tests/test_columns.py",  # every tensor's trust ratios at once, on the device's sums
+    "tests/test_layouts.py",  # channels_last, transposed and sliced weights on the kernels
     "tests/test_dropin.py::test_matches_torch",  # the drop-ins against torch's CUDA kernels
     "tests/test_adafactor.py",  # the matrix rules' kernels and products on CUDA
     "tests/test_matrix_rules.py",
