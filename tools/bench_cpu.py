@@ -11,7 +11,9 @@
    tensors, through the torch class (``generated.torch.Adam``: the numba module on CPU) against
    ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` on the same tensors.
    Beside it, LAMB (per-tensor norms) on the same list and on 1,000 tensors of 64 x 64, on the
-   numba and NumPy backends, and Adam on numba: what per-tensor sums cost on many tensors.
+   numba and NumPy backends, and Adam on numba: what per-tensor sums cost on many tensors; and
+   Adam on a convolution stack's parameters in torch's channels_last memory format (weights,
+   gradients and states strided), with our Adam on the same tensors contiguous beside it.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
 3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
@@ -97,18 +99,36 @@ def _no_warmup(fn: Callable[[], object], calls: int) -> list[float]:
     return out
 
 
-def _params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[Any]:
+def conv_stack_shapes() -> list[tuple[int, ...]]:
+    """A VGG-like stack of eight 3 x 3 convolutions (64 to 512 channels) with batch norms: 32
+    tensors, 4.7 M parameters, most in 4-D weights."""
+    shapes: list[tuple[int, ...]] = []
+    channels = 3
+    for out in (64, 64, 128, 128, 256, 256, 512, 512):
+        shapes += [(out, channels, 3, 3), (out,), (out,), (out,)]
+        channels = out
+    return shapes
+
+
+def _params(shapes: list[tuple[int, ...]], seed: int = 0, strided: bool = False) -> list[Any]:
+    """Parameters with gradients; ``strided``: 4-D ones in channels_last, gradients alike (as
+    ``model.to(memory_format=torch.channels_last)`` and a backward make them)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=g)
+        if strided and p.dim() == 4:
+            p.data = p.data.to(memory_format=torch.channels_last)
+        p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=g))
     return params
 
 
-def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
-    """ms/step of generated.torch.Adam (CPU: numba) and of torch's fused and foreach Adam."""
+def adam_class(
+    shapes: list[tuple[int, ...]], steps: int, strided: bool = False
+) -> dict[str, float]:
+    """ms/step of generated.torch.Adam (CPU: numba) and of torch's fused and foreach Adam
+    (``strided``: on channels_last tensors, with our Adam on contiguous ones beside)."""
     import torch
 
     from generated.torch import Adam
@@ -119,7 +139,10 @@ def adam_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
         "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
         "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
     }
-    optimizers = {label: make(_params(shapes)) for label, make in variants.items()}
+    optimizers = {label: make(_params(shapes, strided=strided)) for label, make in variants.items()}
+    if strided:
+        contiguous = Adam(_params(shapes), lr=1e-3)
+        optimizers["generated (numba), contiguous"] = contiguous
     return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
 
 
@@ -298,6 +321,12 @@ def run(
         **adam_class(shapes, steps),
     }
     if not quick:
+        convs = conv_stack_shapes()
+        result["adam_channels_last"] = {
+            "tensors": len(convs),
+            "n": int(sum(np.prod(s) for s in convs)),
+            **adam_class(convs, steps, strided=True),
+        }
         for key, listed in (("lamb_gpt2_small", shapes), ("lamb_1000", [(64, 64)] * 1000)):
             result[key] = {
                 "tensors": len(listed),
@@ -323,6 +352,10 @@ def report(r: dict[str, Any]) -> str:
     for key, title in (
         ("adam_one_tensor", "Adam, one tensor of {n:,} parameters"),
         ("adam_gpt2_small", "Adam, GPT-2-small-shaped list: {tensors} tensors, {n:,} parameters"),
+        (
+            "adam_channels_last",
+            "Adam, a conv stack in channels_last: {tensors} tensors, {n:,} parameters",
+        ),
     ):
         if key not in r:  # --rule: that rule only
             continue
