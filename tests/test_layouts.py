@@ -243,14 +243,20 @@ def test_a_resumed_channels_last_run_is_bit_identical() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("where", ["parameter", "state"])
+@pytest.mark.parametrize("where", ["parameter", "state", "bf16 parameter"])
 def test_a_buffer_that_overlaps_itself_is_refused_before_any_write(
     where: str, backend: str
 ) -> None:
     """An ``expand``ed tensor (a stride of 0: one element behind several indices) cannot be
     updated in place: refused, naming it, with everything as it was."""
     dev = _device(backend)
-    if where == "parameter":
+    if where == "bf16 parameter":  # written from its fp32 master copy: refused all the same
+        low = torch.arange(3.0, device=dev).bfloat16()
+        p = torch.nn.Parameter(low.reshape(3, 1).expand(3, 4))
+        other = torch.nn.Parameter(torch.ones(5, device=dev))
+        opt = RULES["adam"]([other, p], backend=backend, multi_precision=True)
+        match = r"Adam: parameter 1 overlaps itself"
+    elif where == "parameter":
         p = torch.nn.Parameter(torch.arange(3.0, device=dev).reshape(3, 1).expand(3, 4))
         other = torch.nn.Parameter(torch.ones(5, device=dev))
         opt = RULES["adam"]([other, p], backend=backend)
@@ -264,7 +270,7 @@ def test_a_buffer_that_overlaps_itself_is_refused_before_any_write(
         opt.state[p]["mean"] = torch.zeros(3, 1, device=dev).expand(3, 4)
         match = r"Adam: parameter 1's state\['mean'\] overlaps itself"
     other.grad = torch.full((5,), 0.5, device=dev)
-    p.grad = torch.full((3, 4), 0.5, device=dev)
+    p.grad = torch.full((3, 4), 0.5, device=dev, dtype=p.dtype)
     before = [x.detach().clone() for x in (other, p, other.grad, p.grad)]
     states = {k: {n: v.clone() for n, v in s.items()} for k, s in opt.state.items()}
     with pytest.raises(ValueError, match=match):

@@ -227,10 +227,9 @@ class ParamState:
                     f"{p.dtype} parameters on the CPU need multi_precision=True "
                     "(the NumPy reference computes in float32/float64)",
                 )
+        self._check_writable(label, p)  # updated in place (or from its master copy)
         if state:
             self._check_state(param, state, label)
-        elif not self._needs_master(p):
-            self._check_writable(label, p)  # updated in place
 
     def _check_state(self, param: torch.Tensor, state: dict[str, Any], label: str) -> None:
         name, p = type(self).__name__, local(param)
@@ -251,8 +250,6 @@ class ParamState:
         buffers = [(k, state[k], dtype) for k in self.META.STATES if k in state]
         if "master" in state:
             buffers.append(("master", state["master"], torch.float32))
-        else:
-            self._check_writable(label, p)  # updated in place
         for key, value, want in buffers:
             where = f"{label}'s state[{key!r}]"
             check_kind(name, where, value, torch.Tensor, "torch.Tensor")
