@@ -55,6 +55,9 @@ NO_ZERO_LR = {
 }
 SAVE_LOAD = ("adam", "lamb", "sgld", "ftrl")  # DCP through files
 TRITON = ("lamb", "sgld")  # FSDP2 on the Triton backend (interpreted on CPU: slow) too
+# DDP and a DCP resume on weights that are not contiguous (optgen_runtime/optim/layout.py): shown
+# in memory order (adam, lamb) or through working copies (adafactor, sgld)
+STRIDED = ("adam", "lamb", "adafactor", "sgld")
 SETTINGS: dict[str, dict[str, Any]] = {"sgld": {"seed": 3.0, "lr": 1e-3}}
 DEVICE = os.environ.get("OPTGEN_DIST_DEVICE", "cpu")
 
@@ -75,6 +78,15 @@ def model() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Linear(6, 5, bias=False), torch.nn.Tanh(), torch.nn.Linear(5, 3, bias=False)
     ).to(DEVICE)
+
+
+def strided_model() -> torch.nn.Module:
+    """``model()`` with each weight transposed in memory (the same values, not contiguous, as
+    a channels_last convolution's weight is not)."""
+    net = model()
+    for p in net.parameters():
+        p.data = p.data.t().contiguous().t()
+    return net
 
 
 def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,12 +258,42 @@ def run() -> dict[str, Any]:
         check(report, f"zero/{name}", zero)
         check(report, f"fsdp/{name}", fsdp)
         check(report, f"fsdp_dcp/{name}", fsdp_dcp)
+    for name in (n for n in STRIDED if not only or n in only):
+        check(report, f"ddp_strided/{name}", lambda name=name: ddp_strided(name))
     check(report, "refusals", refusals)
     for name in SAVE_LOAD:
         check(report, f"dcp_save_load/{name}", lambda name=name: save_load(name))
     for name in TRITON:
         check(report, f"fsdp_triton/{name}", lambda name=name: fsdp_triton(name))
     return report
+
+
+def ddp_strided(name: str) -> Any:
+    """DDP with a DCP resume halfway, on weights that are not contiguous: the same bits as one
+    process on such weights, the layout kept, the loaded state in the weights' strides where
+    the rule is shown them in memory order."""
+    cls, kw = RULES[name], SETTINGS.get(name, {})
+    alone = strided_model()
+    train(alone, cls(alone.parameters(), **kw), range(1, STEPS + 1))
+    opts: list[Any] = []
+
+    def make(n: torch.nn.Module) -> Any:
+        opts.append(cls(n.parameters(), **kw))
+        return opts[-1]
+
+    net = dcp_resume(name, DDP(strided_model()), make)
+    params = list(net.module.parameters())
+    if any(p.is_contiguous() for p in params):
+        return "a weight's layout was lost"
+    if cls.RULE in ("adam", "lamb"):
+        for p in params:
+            for key, value in opts[-1].state[p].items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.stride() != p.stride():
+                    return f"state {key!r} has strides {value.stride()}, its weight {p.stride()}"
+    got, want = full(net.module), full(alone)
+    if not same_on_ranks(got):
+        return "ranks differ"
+    return None if error(got, want) == 0.0 else f"off by {error(got, want):.3g}"
 
 
 def refusals() -> Any:

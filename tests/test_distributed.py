@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_checks import SAVE_LOAD, TRITON
+from distributed_checks import SAVE_LOAD, STRIDED, TRITON
 
 from generated.torch import RULES
 from tools.ranks import free_port, run_ranks
@@ -48,6 +48,7 @@ CHECKS = [
 ]
 CHECKS += [f"dcp_save_load/{name}" for name in SAVE_LOAD]
 CHECKS += [f"fsdp_triton/{name}" for name in TRITON] + ["refusals"]
+CHECKS += [f"ddp_strided/{name}" for name in STRIDED]
 
 
 @pytest.mark.parametrize("check", CHECKS)
