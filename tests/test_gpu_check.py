@@ -114,35 +114,44 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     and the others still run, each saved as it ends; cases past the budget are listed."""
     args = gpu_check.parse_args(["--steps", "1", "--big", "4096"])
     small = [(16, 8), (8,), (33,)]
+    convs = [(4, 3, 3, 3), (4,)]
     monkeypatch.setattr(gpu_check, "gpt2_small_shapes", lambda: small)
+    monkeypatch.setattr(gpu_check, "conv_stack_shapes", lambda: convs)
     real = gpu_check.bench_case
+    strided: list[bool] = []
 
-    def case(rule: str, shapes: list[tuple[int, ...]], steps: int, device: str) -> dict:
+    def case(
+        rule: str, shapes: list[tuple[int, ...]], steps: int, device: str, channels_last: bool
+    ) -> dict:
+        strided.append(channels_last)
         if rule == "sgld" and shapes == [(4096,)]:
             raise RuntimeError("CUDA out of memory")
-        return real(rule, shapes, steps, device)
+        return real(rule, shapes, steps, device, channels_last)
 
     monkeypatch.setattr(gpu_check, "bench_case", case)
     rows: list[dict] = []
     saved: list[int] = []
     gpu_check.benchmarks(args, rows, lambda: saved.append(len(rows)), math.inf, "cpu")
-    assert saved == list(range(1, 11))
-    assert [r["rule"] for r in rows] == args.rules * 2
-    for row in rows[:-1]:
+    assert saved == list(range(1, 12))
+    assert [r["rule"] for r in rows] == [*args.rules, *args.rules, "adam"]  # conv stack: Adam
+    assert strided == [False] * 10 + [True] and rows[-1]["list"] == gpu_check.CONV_LABEL
+    failed = rows.pop(9)
+    for row in rows:
         assert row["ours_ms"] > 0 and row["copy_ms"] > 0 and row["ours_GBps"] > 0, row
         assert not any("kernel" in key for key in row)  # kernel times: CUDA only
         peer = gpu_check.TORCH[row["rule"]]
         assert ("ours_over_fused" in row) == ("ours_over_foreach" in row) == (peer is not None)
     assert rows[0]["elements"] == 16 * 8 + 8 + 33 and rows[5]["elements"] == 4096
-    assert rows[-1]["error"] == "RuntimeError: CUDA out of memory"
-    assert not gpu_check.passed({"bit_checks": [], "benchmarks": rows})
-    assert gpu_check.passed({"bit_checks": [], "benchmarks": rows[:-1]})
+    assert rows[-1]["elements"] == 4 * 27 + 4
+    assert failed["error"] == "RuntimeError: CUDA out of memory"
+    assert not gpu_check.passed({"bit_checks": [], "benchmarks": [*rows, failed]})
+    assert gpu_check.passed({"bit_checks": [], "benchmarks": rows})
     assert "failed: RuntimeError: CUDA out of memory" in gpu_check.markdown(
-        {"started": "now", "environment": {}, "benchmarks": rows}
+        {"started": "now", "environment": {}, "benchmarks": [*rows, failed]}
     )
     late: list[dict] = []
     gpu_check.benchmarks(args, late, lambda: None, -math.inf, "cpu")
-    assert all(r["skipped"] == "past the time budget (--budget)" for r in late) and len(late) == 10
+    assert all(r["skipped"] == "past the time budget (--budget)" for r in late) and len(late) == 11
 
 
 def test_a_bit_check_that_raises_is_reported_and_the_others_run(monkeypatch) -> None:
@@ -179,8 +188,8 @@ def test_a_pytest_run_stopped_at_its_budget_says_how_far_it_got() -> None:
 
 def test_the_distributed_run_launches_two_ranks_on_cpu() -> None:
     """The GPU run's distributed part, on CPU tensors (``device="cpu"``: the same launcher,
-    environment and report as on CUDA): Adam's five checks, the DCP save/load and Triton
-    checks, the refusals; every one passed."""
+    environment and report as on CUDA): Adam's five checks and its strided-weights check, the
+    DCP save/load and Triton checks, the refusals; every one passed."""
     found = gpu_check.distributed_check(["adam"], device="cpu", budget=200)
     assert found["returncodes"] == [0, 0], found
-    assert found["checks"] == 5 + 4 + 2 + 1 and found["failed"] == {}, found
+    assert found["checks"] == 5 + 1 + 4 + 2 + 1 and found["failed"] == {}, found

@@ -136,6 +136,12 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
     return shapes()
 
 
+def conv_stack_shapes() -> list[tuple[int, ...]]:
+    from tools.bench_cpu import conv_stack_shapes as shapes
+
+    return shapes()
+
+
 def nominal_bytes(states: int, weight_bytes: int = 4) -> int:
     """Bytes per element of one step as torch's fused kernels move them: the weight read and
     written, the gradient read, each fp32 state read and written."""
@@ -479,10 +485,15 @@ def emptied(device: str) -> int | None:
 
 
 def bench_case(
-    rule: str, shapes: list[tuple[int, ...]], steps: int, device: str = "cuda"
+    rule: str,
+    shapes: list[tuple[int, ...]],
+    steps: int,
+    device: str = "cuda",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """One rule on one parameter list: ours, torch fused and foreach (where torch has the rule),
-    and a device copy of a tensor as big as the whole list."""
+    and a device copy of a tensor as big as the whole list; ``channels_last``: the 4-D
+    parameters and their gradients in that memory format (both sides)."""
     import torch
 
     from generated.torch import RULES as CLASSES
@@ -500,7 +511,9 @@ def bench_case(
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
     for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+        if channels_last and p.dim() == 4:
+            p.data = p.data.to(memory_format=torch.channels_last)
+        p.grad = torch.randn_like(p) * 1e-3  # in its parameter's strides
     ours = cls(params, **OURS[rule])
     row["ours_ms"] = timed(ours.step, steps, device)
     row["ours_kernel_ms"] = kernel_ms(ours.step, steps, device)
@@ -534,6 +547,9 @@ def bench_case(
     return {k: v for k, v in row.items() if v is not None}  # no kernel times off CUDA
 
 
+CONV_LABEL = "conv stack, channels_last (32 tensors)"  # Adam only
+
+
 def benchmarks(
     args: argparse.Namespace,
     rows: list[dict[str, Any]],
@@ -547,16 +563,24 @@ def benchmarks(
     shapes = gpt2_small_shapes()
     if args.quick:
         shapes = [tuple(max(1, d // 16) for d in s) for s in shapes]
-    lists = {"GPT-2 small (148 tensors)": shapes, f"one tensor of {args.big:,}": [(args.big,)]}
+    convs = conv_stack_shapes()
+    if args.quick:
+        convs = [(max(1, s[0] // 16), *s[1:]) for s in convs]
+    lists = {
+        "GPT-2 small (148 tensors)": shapes,
+        f"one tensor of {args.big:,}": [(args.big,)],
+        CONV_LABEL: convs,
+    }
     for label, shape_list in lists.items():
-        for rule in args.rules:
+        for rule in args.rules if label != CONV_LABEL else [r for r in args.rules if r == "adam"]:
             started = time.perf_counter()
             row: dict[str, Any] = {"list": label, "rule": rule}
             if started > deadline:
                 row["skipped"] = "past the time budget (--budget)"
             else:
                 try:
-                    row.update(bench_case(rule, shape_list, args.steps, device))
+                    strided = label == CONV_LABEL
+                    row.update(bench_case(rule, shape_list, args.steps, device, strided))
                 except Exception as error:  # reported; the other cases still run
                     row["error"] = f"{type(error).__name__}: {error}"[:300]
                     emptied(device)
