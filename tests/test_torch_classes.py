@@ -22,6 +22,7 @@ from conftest import (
 from reference import sample_hyperparams
 
 from generated.torch import RULES as CLASSES
+from generated.torch import optim as dropin
 from optgen_runtime.optim.layout import elementwise
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.triton_support import LAUNCHES
@@ -968,3 +969,44 @@ def test_an_unknown_keyword_is_refused_with_what_the_class_takes() -> None:
     opt = Adam(params, lr=0.1, beta1=0.8)
     assert opt.param_groups[0]["beta1"] == 0.8
     assert list(inspect.signature(Adam).parameters)[:3] == ["params", "lr", "wd"]
+
+
+PICKLED = {  # class, constructor arguments, parameter dtype
+    "Adam (numba)": (CLASSES["adam"], {"lr": 0.01}, torch.float32),
+    "Adam (NumPy)": (CLASSES["adam"], {"lr": 0.01, "backend": "numpy"}, torch.float32),
+    "Adam (Triton)": (CLASSES["adam"], {"lr": 0.01, "backend": "triton"}, torch.float32),
+    "LAMB": (CLASSES["lamb"], {"lr": 0.01}, torch.float32),
+    "SGLD": (CLASSES["sgld"], {"lr": 0.001, "seed": 5.0}, torch.float32),
+    "NAdam (host states)": (CLASSES["nadam"], {"lr": 0.01}, torch.float32),
+    "bf16 with master": (CLASSES["adam"], {"lr": 0.01, "multi_precision": True}, torch.bfloat16),
+    "drop-in AdamW": (dropin.AdamW, {"lr": 0.01, "weight_decay": 0.1}, torch.float32),
+}
+
+
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+@pytest.mark.parametrize("case", sorted(PICKLED))
+def test_a_pickled_optimizer_steps_as_the_original(case: str, copier: str) -> None:
+    """``pickle`` (torch.save of the object, multiprocessing) and ``copy.deepcopy`` of an
+    optimizer with its parameters, after three steps: the copy keeps the settings (backend,
+    multi_precision) and steps on with the original's bits; each is the other's no longer."""
+    import pickle
+
+    cls, kw, dtype = PICKLED[case]
+    params = make_params(dtype)
+    opt = cls(params, **kw)
+    for t in range(1, 4):
+        set_grads(params, t)
+        opt.step()
+    if copier == "pickle":
+        params2, opt2 = pickle.loads(pickle.dumps((params, opt)))
+    else:
+        params2, opt2 = copy.deepcopy((params, opt))
+    assert (opt2.backend, opt2.multi_precision) == (opt.backend, opt.multi_precision)
+    for t in range(4, 7):
+        for ps in (params, params2):
+            set_grads(ps, t)
+        opt.step()
+        opt2.step()
+    for p, q in zip(params, params2, strict=True):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+    assert_same_state_dict(opt2.state_dict(), opt.state_dict())

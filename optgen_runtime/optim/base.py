@@ -183,6 +183,22 @@ class GeneratedOptimizer(
             )
         super().__init__(params, defaults)
 
+    # What pickling (``pickle``, ``copy.deepcopy``, ``torch.save`` of the object) keeps besides
+    # torch.optim's ``defaults``, ``state`` and ``param_groups``: the constructor's settings.
+    # Caches of the process (plans and tables of addresses, scratch buffers, the last checks'
+    # key, an AMP flag, ZeRO's owner: a weak reference) are left out: they start afresh.
+    _PICKLED = ("multi_precision", "backend", "_numpy_by_env")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # a speculative AMP step settled first (AmpScaling)
+        state.update({key: self.__dict__[key] for key in self._PICKLED if key in self.__dict__})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # torch.optim's: hooks, the step wrapper
+        if "_seen" not in self.__dict__:  # unpickled (not load_state_dict): caches start afresh
+            self._seen = {id(g): (g, self._snapshot(g)) for g in self.param_groups}
+
     @staticmethod
     def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
         """torch.optim's wrapper of ``step`` (step hooks, the profiler's ``record_function``),
