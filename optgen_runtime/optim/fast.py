@@ -184,8 +184,9 @@ class FastStep:
 
     def _survey(self) -> tuple[tuple[Any, ...], list[list[torch.Tensor]]] | None:
         """(signature, each group's gradients) of this step in one pass; None where the fast
-        step does not apply (a tensor subclass, a sparse or non-contiguous gradient, a
-        parameter without state)."""
+        step does not apply (a tensor subclass, a sparse gradient, a parameter without state).
+        The strides of the parameters and gradients are in the signature only where a gradient
+        is not contiguous (a plan takes strided ones only as the parameter's, channels_last)."""
         state = self.state
         names = self.META.STATES
         absent = self.META.ABSENT  # may be missing (``absent_when``): presence in the signature
