@@ -332,37 +332,44 @@ def matrix_views(
     return elements, vectors
 
 
-def matrix_tiles(dims: tuple[int, int, int], chunk: int) -> list[tuple[int, int, int, int, int]]:
-    """(b, r0, r1, c0, c1) tiles of at most ``chunk`` elements covering the (batch, rows, cols)
-    view in order: whole rows when a row fits, else pieces of one row."""
+def matrix_tiles(
+    dims: tuple[int, int, int], chunk: int
+) -> list[tuple[int, int, int, int, int, int]]:
+    """(b0, b1, r0, r1, c0, c1) tiles of at most ``chunk`` elements covering the (batch, rows,
+    cols) view in order: runs of whole matrices when one fits (a convolution's many 3 x 3
+    kernels: a few tiles, not one per kernel), else whole rows of one matrix when a row fits,
+    else pieces of one row."""
     batch, rows, cols = dims
+    if not (batch and rows and cols):
+        return []
+    if rows * cols <= chunk:
+        per = chunk // (rows * cols)
+        return [(b, min(batch, b + per), 0, rows, 0, cols) for b in range(0, batch, per)]
     tiles = []
-    if cols == 0 or rows == 0:
-        return tiles
     per = max(1, chunk // cols)
     for b in range(batch):
         for r0 in range(0, rows, per):
             r1 = min(rows, r0 + per)
             for c0 in range(0, cols, chunk):
-                tiles.append((b, r0, r1, c0, min(cols, c0 + chunk)))
+                tiles.append((b, b + 1, r0, r1, c0, min(cols, c0 + chunk)))
     return tiles
 
 
 def for_tiles(
-    tiles: list[tuple[int, int, int, int, int]],
+    tiles: list[tuple[int, int, int, int, int, int]],
     rows: int,
     dtype: np.dtype,
-    fn: Callable[[tuple[int, int, int, int, int], np.ndarray], T],
+    fn: Callable[[tuple[int, int, int, int, int, int], np.ndarray], T],
 ) -> list[T]:
     """``fn(tile, scratch)`` for each tile, results in tile order. As :func:`for_chunks`: a
     worker thread takes a contiguous run of tiles and its own ``rows x tile size`` scratch;
     the tiles do not depend on the thread count, so neither do the results."""
     global _POOL
     fn = quiet(fn)
-    size = max(((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in tiles), default=0)
+    size = max(((b1 - b0) * (r1 - r0) * (c1 - c0) for b0, b1, r0, r1, c0, c1 in tiles), default=0)
     workers = min(THREADS, len(tiles) // _MIN_CHUNKS_PER_THREAD)
 
-    def run(part: list[tuple[int, int, int, int, int]]) -> list[T]:
+    def run(part: list[tuple[int, int, int, int, int, int]]) -> list[T]:
         scratch = np.empty((rows, size), dtype=dtype)
         return [fn(tile, scratch) for tile in part]
 
@@ -381,7 +388,7 @@ def combine_tiles(
     names: list[str],
     dims: tuple[int, int, int],
     domain: str,
-    tiles: list[tuple[int, int, int, int, int]] | None,
+    tiles: list[tuple[int, int, int, int, int, int]] | None,
     partials: list[tuple[Any, ...]],
     sums: dict[str, float],
     vectors: dict[str, np.ndarray],
@@ -401,8 +408,8 @@ def combine_tiles(
         if tiles is None:
             acc[...] = partials[0][k]
         for tile, partial in zip(tiles or [], partials, strict=False):
-            b, r0, r1, c0, c1 = tile
-            where = acc[b, r0:r1] if axis == "c" else acc[b, :, c0:c1]
+            b0, b1, r0, r1, c0, c1 = tile
+            where = acc[b0:b1, r0:r1] if axis == "c" else acc[b0:b1, :, c0:c1]
             if kind == "sum":
                 where += partial[k]
             else:

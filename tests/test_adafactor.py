@@ -13,7 +13,7 @@ from factored import check_torch_class, row_scaled_case, trajectory
 from generated.numpy import adafactor
 from generated.torch import Adafactor
 
-SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70)]
+SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70), (40, 8, 3, 3)]  # last: conv kernels
 SETTINGS = [
     {},
     {"lr": 0.05, "weight_decay": 0.1},

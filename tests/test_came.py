@@ -14,7 +14,7 @@ from pytorch_optimizer import CAME as ReferenceCAME
 from generated.numpy import came
 from generated.torch import CAME
 
-SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70)]
+SHAPES = [(), (9,), (6, 10), (3, 4, 5), (1, 8), (130, 70), (40, 8, 3, 3)]  # last: conv kernels
 SETTINGS = [
     {},
     {"lr": 0.01, "wd": 0.1, "beta1": 0.5, "beta3": 0.99},

@@ -96,7 +96,7 @@ def test_numpy_module_matches_pytorch_optimizer(shape, dtype, setting: int) -> N
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 2, 3, 4)], ids=str)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 2, 3, 4), (40, 8, 3, 3)], ids=str)
 @pytest.mark.parametrize("setting", range(len(SETTINGS)))
 def test_numpy_module_matches_the_row_and_column_cover(shape, dtype, setting: int) -> None:
     hp = SETTINGS[setting]

@@ -284,9 +284,9 @@ def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str
     vector_reads = [v for v in rule.vector_values if v in used]
     if domain == "brc":
         reads = [
-            (s.name, f"_{s.name}_m[_mb, _r0:_r1, _c0:_c1]") for s in lowered.phase_reads(phase)
+            (s.name, f"_{s.name}_m[_m0:_m1, _r0:_r1, _c0:_c1]") for s in lowered.phase_reads(phase)
         ]
-        where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
+        where = {"br": "[_m0:_m1, _r0:_r1]", "bc": "[_m0:_m1, :, _c0:_c1]", "b": "[_m0:_m1]"}
         reads += [
             (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}') for v in vector_reads
         ]
@@ -323,8 +323,8 @@ def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str
     }
 
 
-# Axis of a tile (2-D: rows, cols) and of a whole vector (3-D: batch, rows, cols) per name.
-TILE_AXIS = {"r": 0, "c": 1}
+# Axis of a tile and of a whole vector (both 3-D: batch, rows, cols) per name.
+TILE_AXIS = {"r": 1, "c": 2}
 AXIS = {"r": 1, "c": 2}
 
 
@@ -347,7 +347,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     rules_names = exported(lowered)
     code = HostCode()
     used = {a for op in lowered.ops for a in op.args if isinstance(a, sp.Symbol)}
-    where = {"br": "[_mb, _r0:_r1]", "bc": "[_mb, :, _c0:_c1]", "b": "[_mb]"}
+    where = {"br": "[_m0:_m1, _r0:_r1]", "bc": "[_m0:_m1, :, _c0:_c1]", "b": "[_m0:_m1]"}
     # A rule with reductions steps as a generator (``_stepper``): its scalars depend on the data,
     # so a many-tensor call reduces and checks every tensor before any writes. ``step_multi``
     # for it too, except with variants or noise draws (the torch classes loop over tensors).
@@ -373,7 +373,9 @@ def context(lowered: Lowered) -> dict[str, object]:
         "flats": [flat(s.name) for s in rule.element_inputs],
         "matrices": [f"_{s.name}_m" for s in rule.element_inputs],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],
-        "tile_reads": [(s.name, f"_{s.name}_m[_mb, _r0:_r1, _c0:_c1]") for s in rule.element_inputs]
+        "tile_reads": [
+            (s.name, f"_{s.name}_m[_m0:_m1, _r0:_r1, _c0:_c1]") for s in rule.element_inputs
+        ]
         + [
             (v.name, f'_vectors["{v.name}"]{where[_domain(rule.domain(v))]}')
             for v in rule.vector_values

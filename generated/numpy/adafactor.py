@@ -213,13 +213,19 @@ def _stepper(
     )
     (_h0,) = (dtype(_x) for _x in pre)
 
-    def _sweep1(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def _sweep1(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
         # specs/adafactor.py:59: row_g2 = g**2
         np.multiply(_grad, _grad, out=_b0)
@@ -230,8 +236,8 @@ def _stepper(
         np.copyto(_b2, _b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
-            np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),
-            np.sum(_b2, axis=0, keepdims=True, dtype=np.float64),
+            np.sum(_b0, axis=2, keepdims=True, dtype=np.float64),
+            np.sum(_b2, axis=1, keepdims=True, dtype=np.float64),
         )
 
     combine_tiles(
@@ -337,13 +343,17 @@ def _stepper(
     )
     _h0, _h3, _h4 = (dtype(_x) for _x in pre)
 
-    def _sweep6(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
-        _scale = _vectors["scale"][_mb, _r0:_r1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def _sweep6(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
+        _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
         # specs/adafactor.py:64: u_sq = U**2
         np.multiply(_grad, _grad, out=_b0)
@@ -377,15 +387,21 @@ def _stepper(
     _h3, _h4, _h5, _h6 = (dtype(_x) for _x in scalars)
     yield None  # every tensor checked and its scalars computed: now the writes
 
-    def update(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
-        _scale = _vectors["scale"][_mb, _r0:_r1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def update(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> None:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
+        _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
         # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
         np.multiply(_h5, _weight, out=_b0)

@@ -233,12 +233,16 @@ def _stepper(
     )
     _h0, eps1 = (dtype(_x) for _x in pre)
 
-    def _sweep1(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def _sweep1(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
@@ -249,8 +253,8 @@ def _stepper(
         # specs/came.py:54: col_sq = sq
         np.copyto(_b1, _b0)
         return (
-            np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),
-            np.sum(_b1, axis=0, keepdims=True, dtype=np.float64),
+            np.sum(_b0, axis=2, keepdims=True, dtype=np.float64),
+            np.sum(_b1, axis=1, keepdims=True, dtype=np.float64),
         )
 
     combine_tiles(
@@ -359,14 +363,18 @@ def _stepper(
     )
     _h0, _h4 = (dtype(_x) for _x in pre)
 
-    def _sweep6(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
-        _r_f = _vectors["r_f"][_mb, _r0:_r1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def _sweep6(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
+        _r_f = _vectors["r_f"][_m0:_m1, _r0:_r1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
@@ -403,16 +411,22 @@ def _stepper(
     )
     _h0, _h4, _h5, _h6, eps2 = (dtype(_x) for _x in pre)
 
-    def _sweep7(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _exp_avg = _exp_avg_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
-        _r_f = _vectors["r_f"][_mb, _r0:_r1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def _sweep7(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _exp_avg = _exp_avg_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
+        _r_f = _vectors["r_f"][_m0:_m1, _r0:_r1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
@@ -437,8 +451,8 @@ def _stepper(
         # specs/came.py:61: rc = res
         np.copyto(_b1, _b0)
         return (
-            np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),
-            np.sum(_b1, axis=0, keepdims=True, dtype=np.float64),
+            np.sum(_b0, axis=2, keepdims=True, dtype=np.float64),
+            np.sum(_b1, axis=1, keepdims=True, dtype=np.float64),
         )
 
     combine_tiles(
@@ -560,18 +574,24 @@ def _stepper(
     _h0, _h4, _h5, _h9, _h10, _h11 = (dtype(_x) for _x in scalars)
     yield None  # every tensor checked and its scalars computed: now the writes
 
-    def update(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _exp_avg = _exp_avg_m[_mb, _r0:_r1, _c0:_c1]
-        _col_new = _vectors["col_new"][_mb, :, _c0:_c1]
-        _r_f = _vectors["r_f"][_mb, _r0:_r1]
-        _res_col_new = _vectors["res_col_new"][_mb, :, _c0:_c1]
-        _s_r = _vectors["s_r"][_mb, _r0:_r1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def update(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> None:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _exp_avg = _exp_avg_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
+        _r_f = _vectors["r_f"][_m0:_m1, _r0:_r1]
+        _res_col_new = _vectors["res_col_new"][_m0:_m1, :, _c0:_c1]
+        _s_r = _vectors["s_r"][_m0:_m1, _r0:_r1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)

@@ -202,13 +202,17 @@ def _stepper(
     )
     _h0, decay = (dtype(_x) for _x in pre)
 
-    def _sweep1(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _row = _vectors["row"][_mb, _r0:_r1]
-        _col = _vectors["col"][_mb, :, _c0:_c1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def _sweep1(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _row = _vectors["row"][_m0:_m1, _r0:_r1]
+        _col = _vectors["col"][_m0:_m1, :, _c0:_c1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
         # specs/sm3.py:46: row_max = nu
         np.multiply(_grad, _grad, out=_b0)
@@ -219,8 +223,8 @@ def _stepper(
         # specs/sm3.py:47: col_max = nu
         np.copyto(_b1, _b0)
         return (
-            np.max(_b0, axis=1, keepdims=True),
-            np.max(_b1, axis=0, keepdims=True),
+            np.max(_b0, axis=2, keepdims=True),
+            np.max(_b1, axis=1, keepdims=True),
         )
 
     combine_tiles(
@@ -277,16 +281,22 @@ def _stepper(
     _h0, _h2, _h3, momentum, epsilon, decay = (dtype(_x) for _x in scalars)
     yield None  # every tensor checked and its scalars computed: now the writes
 
-    def update(_tile: tuple[int, int, int, int, int], scratch: np.ndarray) -> None:
-        _mb, _r0, _r1, _c0, _c1 = _tile
-        _weight = _weight_m[_mb, _r0:_r1, _c0:_c1]
-        _grad = _grad_m[_mb, _r0:_r1, _c0:_c1]
-        _mom = _mom_m[_mb, _r0:_r1, _c0:_c1]
-        _row = _vectors["row"][_mb, _r0:_r1]
-        _col = _vectors["col"][_mb, :, _c0:_c1]
-        _b0 = scratch[0, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b1 = scratch[1, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
-        _b2 = scratch[2, : (_r1 - _r0) * (_c1 - _c0)].reshape(_r1 - _r0, _c1 - _c0)
+    def update(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> None:
+        _m0, _m1, _r0, _r1, _c0, _c1 = _tile
+        _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _mom = _mom_m[_m0:_m1, _r0:_r1, _c0:_c1]
+        _row = _vectors["row"][_m0:_m1, _r0:_r1]
+        _col = _vectors["col"][_m0:_m1, :, _c0:_c1]
+        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
+        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
+            _m1 - _m0, _r1 - _r0, _c1 - _c0
+        )
         # specs/sm3.py:51: mom_new = grad*(1 - momentum)/sqrt(epsilon + nu) + mom*momentum
         np.multiply(momentum, _mom, out=_b0)
         # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
