@@ -13,7 +13,9 @@
    Beside it, LAMB (per-tensor norms) on the same list and on 1,000 tensors of 64 x 64, on the
    numba and NumPy backends, and Adam on numba: what per-tensor sums cost on many tensors; and
    Adam on a convolution stack's parameters in torch's channels_last memory format (weights,
-   gradients and states strided), with our Adam on the same tensors contiguous beside it.
+   gradients and states strided), with our Adam on the same tensors contiguous beside it; and
+   Adafactor (a factored rule: row and column factors of each trailing 3 x 3 kernel, on the
+   NumPy module) on that stack, contiguous and channels_last, against torch.optim.Adafactor.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
 3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
@@ -143,6 +145,25 @@ def adam_class(
     if strided:
         contiguous = Adam(_params(shapes), lr=1e-3)
         optimizers["generated (numba), contiguous"] = contiguous
+    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+
+
+def adafactor_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step of the drop-in Adafactor and of torch.optim.Adafactor, on contiguous and on
+    channels_last tensors."""
+    import torch
+
+    from generated.torch.optim import Adafactor
+
+    variants = {
+        "generated Adafactor": (lambda ps: Adafactor(ps, lr=1e-2), False),
+        "torch Adafactor": (lambda ps: torch.optim.Adafactor(ps, lr=1e-2), False),
+        "generated, channels_last": (lambda ps: Adafactor(ps, lr=1e-2), True),
+        "torch, channels_last": (lambda ps: torch.optim.Adafactor(ps, lr=1e-2), True),
+    }
+    optimizers = {
+        label: make(_params(shapes, strided=strided)) for label, (make, strided) in variants.items()
+    }
     return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
 
 
@@ -327,6 +348,11 @@ def run(
             "n": int(sum(np.prod(s) for s in convs)),
             **adam_class(convs, steps, strided=True),
         }
+        result["adafactor_convs"] = {
+            "tensors": len(convs),
+            "n": int(sum(np.prod(s) for s in convs)),
+            **adafactor_class(convs, max(3, steps // 4)),  # 0.1-0.6 s a step
+        }
         for key, listed in (("lamb_gpt2_small", shapes), ("lamb_1000", [(64, 64)] * 1000)):
             result[key] = {
                 "tensors": len(listed),
@@ -383,6 +409,18 @@ def report(r: dict[str, Any]) -> str:
         for label, ms in block.items():
             if label not in ("n", "tensors"):
                 lines.append(f"  {label:30s} {ms:9.2f} {ms / numpy_ms:10.2f}x")
+    if "adafactor_convs" in r:
+        block = r["adafactor_convs"]
+        torch_ms = block["torch Adafactor"]
+        lines += [
+            "",
+            f"Adafactor (factored over each 3 x 3 kernel), the conv stack: {block['tensors']} "
+            f"tensors, {block['n']:,} parameters",
+            f"  {'':30s} {'ms/step':>9s} {'this/torch':>11s}",
+        ]
+        for label, ms in block.items():
+            if label not in ("n", "tensors"):
+                lines.append(f"  {label:30s} {ms:9.2f} {ms / torch_ms:10.2f}x")
     if "fixed_cost" in r:
         lines += [
             "",
