@@ -217,15 +217,11 @@ def _stepper(
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile
         _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
-        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
-        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
-        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
+        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
+        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
+        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
+        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
+        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
         # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
         # specs/adafactor.py:59: row_g2 = g**2
         np.multiply(_grad, _grad, out=_b0)
@@ -348,12 +344,10 @@ def _stepper(
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
-        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
-        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
+        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
+        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
+        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
+        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
         # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
         # specs/adafactor.py:64: u_sq = U**2
         np.multiply(_grad, _grad, out=_b0)
@@ -393,15 +387,11 @@ def _stepper(
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
-        _b0 = scratch[0, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
-        _b1 = scratch[1, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
-        _b2 = scratch[2, : (_m1 - _m0) * (_r1 - _r0) * (_c1 - _c0)].reshape(
-            _m1 - _m0, _r1 - _r0, _c1 - _c0
-        )
+        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
+        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
+        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
+        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
+        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
         # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
         # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
         np.multiply(_h5, _weight, out=_b0)
