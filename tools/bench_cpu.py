@@ -126,6 +126,17 @@ def _params(shapes: list[tuple[int, ...]], seed: int = 0, strided: bool = False)
     return params
 
 
+def _timed_classes(
+    shapes: list[tuple[int, ...]], steps: int, variants: dict[str, tuple[Callable[..., Any], bool]]
+) -> dict[str, float]:
+    """ms/step of each variant's optimizer, ``make(params)`` on parameters of its own (channels_
+    last 4-D ones where its flag says so), the variants taking turns (``timed_together``)."""
+    optimizers = {
+        label: make(_params(shapes, strided=strided)) for label, (make, strided) in variants.items()
+    }
+    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+
+
 def adam_class(
     shapes: list[tuple[int, ...]], steps: int, strided: bool = False
 ) -> dict[str, float]:
@@ -136,16 +147,14 @@ def adam_class(
     from generated.torch import Adam
 
     variants = {
-        "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
-        "generated.torch.Adam (NumPy)": lambda ps: Adam(ps, lr=1e-3, backend="numpy"),
-        "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-        "torch Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        "generated.torch.Adam (numba)": (lambda ps: Adam(ps, lr=1e-3), strided),
+        "generated.torch.Adam (NumPy)": (lambda ps: Adam(ps, lr=1e-3, backend="numpy"), strided),
+        "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), strided),
+        "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), strided),
     }
-    optimizers = {label: make(_params(shapes, strided=strided)) for label, make in variants.items()}
     if strided:
-        contiguous = Adam(_params(shapes), lr=1e-3)
-        optimizers["generated (numba), contiguous"] = contiguous
-    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+        variants["generated (numba), contiguous"] = (lambda ps: Adam(ps, lr=1e-3), False)
+    return _timed_classes(shapes, steps, variants)
 
 
 def adafactor_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
@@ -155,16 +164,16 @@ def adafactor_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, floa
 
     from generated.torch.optim import Adafactor
 
-    variants = {
-        "generated Adafactor": (lambda ps: Adafactor(ps, lr=1e-2), False),
-        "torch Adafactor": (lambda ps: torch.optim.Adafactor(ps, lr=1e-2), False),
-        "generated, channels_last": (lambda ps: Adafactor(ps, lr=1e-2), True),
-        "torch, channels_last": (lambda ps: torch.optim.Adafactor(ps, lr=1e-2), True),
-    }
-    optimizers = {
-        label: make(_params(shapes, strided=strided)) for label, (make, strided) in variants.items()
-    }
-    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+    return _timed_classes(
+        shapes,
+        steps,
+        {
+            "generated Adafactor": (lambda ps: Adafactor(ps, lr=1e-2), False),
+            "torch Adafactor": (lambda ps: torch.optim.Adafactor(ps, lr=1e-2), False),
+            "generated, channels_last": (lambda ps: Adafactor(ps, lr=1e-2), True),
+            "torch, channels_last": (lambda ps: torch.optim.Adafactor(ps, lr=1e-2), True),
+        },
+    )
 
 
 def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
@@ -180,13 +189,12 @@ def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
         return LAMB(ps, lr=1e-3)
 
     variants = {
-        "generated.torch.LAMB (numba)": lambda ps: LAMB(ps, lr=1e-3),
-        "LAMB (numba), a zero gradient": zero_gradient,
-        "generated.torch.LAMB (NumPy)": lambda ps: LAMB(ps, lr=1e-3, backend="numpy"),
-        "generated.torch.Adam (numba)": lambda ps: Adam(ps, lr=1e-3),
+        "generated.torch.LAMB (numba)": (lambda ps: LAMB(ps, lr=1e-3), False),
+        "LAMB (numba), a zero gradient": (zero_gradient, False),
+        "generated.torch.LAMB (NumPy)": (lambda ps: LAMB(ps, lr=1e-3, backend="numpy"), False),
+        "generated.torch.Adam (numba)": (lambda ps: Adam(ps, lr=1e-3), False),
     }
-    optimizers = {label: make(_params(shapes)) for label, make in variants.items()}
-    return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
+    return _timed_classes(shapes, steps, variants)
 
 
 FIXED_N = 1_000  # elements of the one tensor of the fixed-cost section: the step is all host work

@@ -325,10 +325,10 @@ class FastStep:
         for (part, _, hp, _, counts, tabled, tables), gs, ptrs in zip(
             checked, grads, pointers, strict=True
         ):
+            if part.perms is not None:  # Triton: shown as their parameters (views, no copy)
+                gs = list(map(_permuted, gs, part.perms))
             if plan.kind == "triton" and tabled is not None:
                 part.vouched.pointers = ptrs  # read above: not again
-                if part.perms is not None:  # shown as their parameters (no copy: views)
-                    gs = list(map(_permuted, gs, part.perms))
                 tabled.step_tables(
                     part.weights,
                     gs,
@@ -339,8 +339,6 @@ class FastStep:
                 )
                 continue
             if plan.kind == "triton":
-                if part.perms is not None:  # shown as their parameters (no copy: views)
-                    gs = list(map(_permuted, gs, part.perms))
                 self._fast_triton(part, gs, counts, hp, amps.get(part.device))
                 continue
             assert part.buffers is not None
