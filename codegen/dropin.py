@@ -36,6 +36,19 @@ class DropIn:
     line: int
 
 
+def torch_default(rule: Rule, name: str) -> object:
+    """A hyperparameter's default as torch writes it: an integer one as an int (Muon's
+    ``ns_steps=5``), a choice that ``None`` stands for as None (Muon's ``adjust_lr_fn``)."""
+    hyper = rule.hypers[name]
+    legal, default = hyper.legal, hyper.default
+    if legal.integer and isinstance(default, float):
+        return int(default)
+    none = hyper.none_value
+    if legal.choices and none is not None and legal.choices[int(none)] == default:
+        return None
+    return default
+
+
 def declare(
     rule: Rule,
     where: str,
@@ -55,19 +68,23 @@ def declare(
     if any(d.class_name == class_name for d in rule.drop_ins):
         raise SpecError(f"{where}: drop_in {class_name!r} is declared twice")
     tuples: dict[str, dict[int, str]] = {}
+    ours_of: dict[str, str] = {}  # torch's scalar name -> the hyperparameter's
     for ours, theirs in eq.hyper.items():
         base, _, index = theirs.partition("[")
         if index:
             tuples.setdefault(base, {})[int(index.rstrip("]"))] = ours
-        elif base != ours:
+            continue
+        if base != ours and base in rule.hypers:
             raise SpecError(
-                f"{where}: drop_in: hyperparameter {ours!r} maps to torch's {theirs!r}; "
-                "a drop-in rule names its hyperparameters as torch does"
+                f"{where}: drop_in: hyperparameter {ours!r} maps to torch's {theirs!r}, which "
+                "is the name of another hyperparameter of the rule (a param group would hold "
+                "both under one key)"
             )
+        ours_of[base] = ours
     for state, (key, factor) in eq.states.items():
         if sp.sympify(factor) != 1:
             raise SpecError(f"{where}: drop_in: state {state} ({key!r}) needs factor 1")
-    scalars = {theirs for theirs in eq.hyper.values() if "[" not in theirs}
+    scalars = set(ours_of)
     names_ = [n.strip() for n in signature.split(",")] if isinstance(signature, str) else []
     args: list[tuple[str, object]] = []
     for name in names_:
@@ -75,7 +92,7 @@ def declare(
             args.append(("*", None))
             continue
         if name in scalars:
-            default: object = rule.hypers[name].default
+            default: object = torch_default(rule, ours_of[name])
         elif name in tuples:
             items = tuples[name]
             if sorted(items) != list(range(len(items))):

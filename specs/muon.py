@@ -84,3 +84,7 @@ RULE.torch_equivalent(
     {buf: ("momentum_buffer", 1)},
 )
 RULE.update(w, w * (1 - lr * wd) - lr_adj * ortho)
+RULE.drop_in(
+    "Muon",
+    "lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn",
+)

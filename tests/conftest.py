@@ -90,6 +90,14 @@ def torch_peer(
 ULPS_PER_STEP = 32
 
 
+def float32_newton_schulz(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.optim.Muon's own Newton-Schulz, run in float32: its bfloat16 cast becomes a
+    float32 copy (a copy, as the cast is: torch divides the result in place)."""
+    import torch
+
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.to(torch.float32, copy=True))
+
+
 def eps(dtype: object) -> float:
     """Machine epsilon of a NumPy or torch floating dtype (bfloat16 through torch.finfo)."""
     if "torch." in str(dtype):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, ulp
+from conftest import DEVICE, float32_newton_schulz, ulp
 
 import generated.torch.optim as dropin
 
@@ -115,6 +115,18 @@ CASES += [
     for o in product(weight_decay=[0.0, 0.1], maximize=[False, True])
     for other in ({}, {"eps": (1e-20, 1e-2), "beta2_decay": -0.5, "d": 2.0})
 ]
+CASES += [  # (the rule names two of these otherwise: wd, epsilon; see test_renamed_settings)
+    ("Muon", o)
+    for o in product(
+        nesterov=[True, False], weight_decay=[0.0, 0.1], adjust_lr_fn=[None, "match_rms_adamw"]
+    )
+]
+CASES += [
+    (
+        "Muon",
+        {"momentum": 0.9, "ns_coefficients": (3.0, -3.2, 1.2), "eps": 1e-3, "ns_steps": 3},
+    )
+]
 LR = {
     "SGD": 0.05,
     "Adam": 0.01,
@@ -128,7 +140,27 @@ LR = {
     "ASGD": 0.05,
     "Rprop": 0.01,
     "Adafactor": 0.05,
+    "Muon": 0.02,
 }
+MATRICES = [(6, 4), (3, 9), (5, 5)]  # Muon takes nothing else (torch's and ours refuse others)
+NO_FOREACH = {"Muon"}  # torch.optim classes without the foreach switch
+
+
+def shapes_of(name: str) -> list[tuple[int, ...]]:
+    return MATRICES if name == "Muon" else SHAPES
+
+
+def switches(name: str) -> dict[str, Any]:
+    """torch's single-tensor path where the class has a choice."""
+    return {} if name in NO_FOREACH else {"foreach": False}
+
+
+def torch_in_float32(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.optim.Muon iterates Newton-Schulz in bfloat16, the rule in the weight's dtype
+    (specs/muon.py): compared here with torch's own code run in float32 (test_muon.py bounds
+    the bfloat16 difference)."""
+    if name == "Muon":
+        float32_newton_schulz(monkeypatch)
 
 
 def case_id(case: tuple[str, dict[str, Any]]) -> str:
@@ -170,12 +202,13 @@ def run(opts: list[tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]], step
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_matches_torch(case: tuple[str, dict[str, Any]]) -> None:
+def test_matches_torch(case: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     """50 steps equal to torch's within ULPS; a checkpoint crosses over either way at step 25."""
     name, options = case
+    torch_in_float32(name, monkeypatch)
     torch.manual_seed(0)
-    weights = [torch.randn(s).to(DEVICE) for s in SHAPES]
-    kwargs = {"lr": LR[name], "foreach": False, **options}
+    weights = [torch.randn(s).to(DEVICE) for s in shapes_of(name)]
+    kwargs = {"lr": LR[name], **switches(name), **options}
     theirs_p, ours_p = params_from(weights), params_from(weights)
     theirs = getattr(torch.optim, name)(groups(theirs_p, LR[name]), **kwargs)
     ours = getattr(dropin, name)(groups(ours_p, LR[name]), **kwargs)
@@ -275,7 +308,7 @@ def test_signature_is_torchs(name: str) -> None:
 def test_defaults_match_torch() -> None:
     """A default-constructed drop-in's groups hold torch's settings (and the tuple items)."""
     for name in dropin.__all__:
-        p = torch.nn.Parameter(torch.zeros(2))
+        p = torch.nn.Parameter(torch.zeros(2, 2))
         ours = getattr(dropin, name)([p]).state_dict()["param_groups"][0]
         theirs = getattr(torch.optim, name)([p]).state_dict()["param_groups"][0]
         assert ours == theirs, name
@@ -357,15 +390,14 @@ m = RULE.state("m", 0)
 RULE.update(m, beta1 * m + RULE.grad)
 RULE.update(RULE.weight, RULE.weight - lr * RULE.new(m))
 '''
-MAPPED = (
-    'RULE.torch_equivalent("SGD", {"lr": "lr", "beta1": "momentum"}, {m: ("momentum_buffer", 1)})'
-)
+MAPPED = 'RULE.torch_equivalent("SGD", {"beta1": "lr"}, {m: ("momentum_buffer", 1)})'
 TUPLE = 'RULE.torch_equivalent("Adam", {"lr": "lr", "beta1": "betas[0]"}, {m: ("exp_avg", 1)})'
 SPEC_ERRORS = {
     "no torch_equivalent": ('RULE.drop_in("SGD", "lr")', r"bad.py:11: drop_in\('SGD'\) needs"),
-    "renamed hyperparameter": (
-        MAPPED + '\nRULE.drop_in("SGD", "lr, momentum")',
-        r"bad.py:12: drop_in: hyperparameter 'beta1' maps to torch's 'momentum'",
+    "renamed to another's name": (
+        MAPPED + '\nRULE.drop_in("SGD", "lr")',
+        r"bad.py:12: drop_in: hyperparameter 'beta1' maps to torch's 'lr', which is the name "
+        "of another hyperparameter",
     ),
     "unknown argument": (
         TUPLE + '\nRULE.drop_in("Adam", "lr, betas, amsgrad")',
@@ -423,3 +455,51 @@ def test_spec_named_factored_class_points_to_the_drop_in() -> None:
     opt = Adafactor([torch.nn.Parameter(torch.ones(2, 3))])
     with pytest.raises(NotImplementedError, match=r"generated\.torch\.optim\.Adafactor"):
         opt.to_torch_state_dict()
+
+
+def test_renamed_settings_follow_torchs_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Muon's rule names two settings otherwise (``wd``, ``epsilon``; specs/muon.py): the
+    drop-in's groups keep torch's ``weight_decay`` and ``eps`` beside them, in step. Editing
+    torch's name between steps (as a user or a weight-decay schedule does) changes the step as
+    it changes torch's; editing the rule's does too and shows under torch's name; a group
+    that gives both, or edits both to different values, is refused before anything is
+    written; the state_dict has torch's names alone; optgen's own class keeps the rule's."""
+    from generated.torch import Muon
+
+    float32_newton_schulz(monkeypatch)
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in MATRICES]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = torch.optim.Muon(theirs_p, lr=0.02, weight_decay=0.05)
+    ours = dropin.Muon(ours_p, lr=0.02, weight_decay=0.05)
+    assert ours.param_groups[0]["wd"] == 0.05 and ours.param_groups[0]["epsilon"] == 1e-7
+    for t in range(1, 13):
+        if t == 4:  # torch's name
+            theirs.param_groups[0]["weight_decay"] = ours.param_groups[0]["weight_decay"] = 0.3
+        if t == 8:  # the rule's: torch's name follows
+            theirs.param_groups[0]["weight_decay"] = 0.0
+            ours.param_groups[0]["wd"] = 0.0
+        run([(theirs, theirs_p), (ours, ours_p)], range(t, t + 1))
+        if t >= 8:
+            assert ours.param_groups[0]["weight_decay"] == 0.0
+    for a, b in zip(ours_p, theirs_p, strict=True):
+        assert ulps(a, b) <= ULPS
+    assert_same_state(ours, theirs)
+    assert {"wd", "epsilon"}.isdisjoint(ours.state_dict()["param_groups"][0])
+    before = [p.detach().clone() for p in ours_p]
+    saved = copy.deepcopy(ours.state_dict())
+    ours.param_groups[0]["weight_decay"], ours.param_groups[0]["wd"] = 0.2, 0.4
+    with pytest.raises(ValueError, match=r"Muon: weight_decay was set to 0.2 and wd to 0.4"):
+        run([(ours, ours_p)], range(13, 14))
+    assert all(torch.equal(a, b) for a, b in zip(ours_p, before, strict=True))
+    buffer = ours.state[ours_p[0]]["momentum_buffer"]
+    assert torch.equal(buffer, saved["state"][0]["momentum_buffer"])
+    ours.param_groups[0]["wd"] = 0.2  # agreed again
+    extra = torch.nn.Parameter(torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"param group gives weight_decay=0.1 and wd=0.2"):
+        ours.add_param_group({"params": [extra], "weight_decay": 0.1, "wd": 0.2})
+    with pytest.raises(ValueError, match=r"Muon: eps must be a single value, got \(1e-07,\)"):
+        dropin.Muon([extra], eps=(1e-7,))
+    assert len(ours.param_groups) == 1
+    mine = Muon([extra], wd=0.2)
+    assert "weight_decay" not in mine.param_groups[0] and mine.param_groups[0]["wd"] == 0.2

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
+from conftest import float32_newton_schulz
 from matrix_reference import as_float, mp_array, reference_step
 
 from codegen import matrix, ops
@@ -63,16 +64,10 @@ def _run_both(shape, hp, steps, monkeypatch=None, seed=0):
     return w0, ours, p.detach().numpy(), state, opt.state[p]["momentum_buffer"].numpy()
 
 
-def _float32_newton_schulz(monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch's own Newton-Schulz, run in float32: its bfloat16 cast becomes a float32 copy (a
-    copy, as the cast is: torch divides the result in place)."""
-    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self: self.to(torch.float32, copy=True))
-
-
 @pytest.mark.parametrize("hp", SETTINGS, ids=["default", "no_nesterov", "match_rms"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_numpy_matches_torch_muon_in_float32(shape, hp, monkeypatch) -> None:
-    _float32_newton_schulz(monkeypatch)
+    float32_newton_schulz(monkeypatch)
     w0, ours, theirs, state, buf = _run_both(shape, hp, steps=25)
     assert np.abs(ours - w0).max() > 0.05  # it moved
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=16 * np.finfo(np.float32).eps)
@@ -262,7 +257,7 @@ def test_torch_class_matches_torch_muon_and_exchanges_state(monkeypatch) -> None
     Newton-Schulz) over 20 steps, then its state moved into a torch.optim.Muon and back."""
     from generated.torch import Muon
 
-    _float32_newton_schulz(monkeypatch)
+    float32_newton_schulz(monkeypatch)
     rng = np.random.default_rng(4)
     w0 = [rng.standard_normal(s).astype(np.float32) for s in [(6, 4), (3, 9)]]
     ours = [torch.nn.Parameter(torch.tensor(w)) for w in w0]

@@ -300,6 +300,44 @@ class Adamax(DropIn, _classes.TorchAdamax):
         )
 
 
+class Muon(DropIn, _classes.Muon):
+    """``torch.optim.Muon`` as the rule ``muon`` (specs/muon.py) computes it."""
+
+    DROP_IN = "Muon"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        weight_decay: Any = 0.1,
+        momentum: Any = 0.95,
+        nesterov: Any = True,
+        ns_coefficients: Any = (3.4445, -4.775, 2.0315),
+        eps: Any = 1e-07,
+        ns_steps: Any = 5,
+        adjust_lr_fn: Any = None,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "momentum": momentum,
+                "nesterov": nesterov,
+                "ns_coefficients": ns_coefficients,
+                "eps": eps,
+                "ns_steps": ns_steps,
+                "adjust_lr_fn": adjust_lr_fn,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 class NAdam(DropIn, _classes.TorchNAdam):
     """``torch.optim.NAdam`` as the rule ``torch_nadam`` (specs/torch_nadam.py) computes it."""
 
@@ -509,6 +547,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",

@@ -2,7 +2,10 @@
 
 Rules whose torch equivalent keeps a tuple (``betas``) also keep that tuple in every group, in
 step with ``beta1``/``beta2``: whichever of the two a user or a scheduler (OneCycleLR, CyclicLR
-with ``cycle_momentum``) changed since the last step wins.
+with ``cycle_momentum``) changed since the last step wins. A drop-in class
+(:mod:`~optgen_runtime.optim.dropin`) keeps torch's name of a renamed hyperparameter the same
+way (``Muon``'s ``weight_decay`` beside the rule's ``wd``): an alias of one item that the group
+holds as a plain value, not a tuple (``_renames``).
 """
 
 from __future__ import annotations
@@ -16,26 +19,60 @@ class TupleAliases:
     """The ``betas`` aliases of ``GeneratedOptimizer``'s param groups."""
 
     @classmethod
+    def _renames(cls) -> dict[str, str]:
+        """torch's name -> the rule's, of each hyperparameter kept under both (``DropIn``)."""
+        return {}
+
+    @classmethod
     def _aliases(cls) -> dict[str, list[tuple[int, str]]]:
-        """torch's tuple keys this rule maps item by item: {"betas": [(0, "beta1"), ...]}."""
+        """torch's tuple keys this rule maps item by item: {"betas": [(0, "beta1"), ...]}, and
+        the renamed ones as one item: {"weight_decay": [(0, "wd")]}. Computed once per class
+        (a step asks for them per group)."""
+        cached = cls.__dict__.get("_ALIASES")
+        if cached is not None:
+            return cached
         aliases: dict[str, list[tuple[int, str]]] = {}
         if cls.TORCH is not None:
             for ours, theirs in cls.TORCH.hyper.items():
                 base, index = split_key(theirs)
                 if index is not None:
                     aliases.setdefault(base, []).append((index, ours))
+        for theirs, ours in cls._renames().items():
+            aliases[theirs] = [(0, ours)]
+        cls._ALIASES = aliases
         return aliases
+
+    def _stored(self, base: str, items: tuple[Any, ...] | list[Any]) -> Any:
+        """What a group keeps under ``base`` for these items: the value of a renamed one."""
+        return items[0] if base in self._renames() else tuple(items)
+
+    def _items(self, base: str, value: Any) -> tuple[Any, ...]:
+        """A group's ``base`` value as items, unchecked (see ``_alias_value``)."""
+        return (value,) if base in self._renames() else tuple(value)
+
+    @staticmethod
+    def _item_name(base: str, index: int, renamed: bool) -> str:
+        return base if renamed else f"{base}[{index}]"
 
     def _alias_from_names(
         self, base: str, items: list[tuple[int, str]], values: dict[str, Any]
-    ) -> tuple[Any, ...]:
+    ) -> Any:
         assert self.TORCH is not None
+        if base in self._renames():
+            return values[items[0][1]]
         result = list(torch_defaults(self.TORCH.class_name)[base])
         for index, ours in items:
             result[index] = values[ours]
         return tuple(result)
 
     def _alias_value(self, base: str, items: list[tuple[int, str]], value: Any) -> tuple:
+        """``value`` of ``base`` checked, as items (a renamed one's: one item)."""
+        if base in self._renames():
+            if isinstance(value, (tuple, list, dict, set)):
+                raise ValueError(
+                    f"{type(self).__name__}: {base} must be a single value, got {value!r}"
+                )
+            return (plain(value),)
         size = max(index for index, _ in items) + 1
         if not isinstance(value, (tuple, list)) or len(value) != size:
             raise ValueError(
@@ -45,7 +82,7 @@ class TupleAliases:
 
     def _snapshot(self, group: dict[str, Any]) -> dict[str, Any]:
         return {
-            base: (tuple(group[base]), tuple(group[ours] for _, ours in items))
+            base: (self._items(base, group[base]), tuple(group[ours] for _, ours in items))
             for base, items in self._aliases().items()
         }
 
@@ -58,10 +95,11 @@ class TupleAliases:
                 for index, ours in items:
                     if ours in given and not same(group[ours], value[index]):
                         raise ValueError(
-                            f"{name}: param group gives {base}={value} and {ours}={group[ours]}"
+                            f"{name}: param group gives {base}={self._stored(base, value)} "
+                            f"and {ours}={group[ours]}"
                         )
                     group[ours] = value[index]
-                group[base] = value
+                group[base] = self._stored(base, value)
             else:
                 group[base] = self._alias_from_names(base, items, group)
         self._seen[id(group)] = (group, self._snapshot(group))
@@ -76,9 +114,9 @@ class TupleAliases:
                 if not same(value[index], saved[ours]):
                     raise ValueError(
                         f"{type(self).__name__}.load_state_dict: group has "
-                        f"{base}={value} but {ours}={saved[ours]}"
+                        f"{base}={self._stored(base, value)} but {ours}={saved[ours]}"
                     )
-            saved[base] = value
+            saved[base] = self._stored(base, value)
 
     def _sync_aliases(self, group: dict[str, Any]) -> None:
         """Bring ``betas`` and beta1/beta2 together: the one changed since the last sync wins."""
@@ -110,13 +148,14 @@ class TupleAliases:
                 alias_changed = not same(value[index], old_alias[index])
                 name_changed = not same(group[ours], old_names[k])
                 if alias_changed and name_changed and not same(value[index], group[ours]):
+                    item = self._item_name(base, index, base in self._renames())
                     raise ValueError(
-                        f"{name}: {base}[{index}] was set to {value[index]} and {ours} to "
+                        f"{name}: {item} was set to {value[index]} and {ours} to "
                         f"{group[ours]} since the last step; set one of them"
                     )
                 if alias_changed:
                     updates[ours] = value[index]
                 else:
                     merged[index] = group[ours]
-            updates[base] = tuple(merged)
+            updates[base] = self._stored(base, merged)
         return updates

@@ -73,11 +73,26 @@ class DropIn(GeneratedOptimizer):
             self, params, defaults, multi_precision=multi_precision, backend=backend
         )
 
+    @classmethod
+    def _renames(cls) -> dict[str, str]:
+        """torch's name -> the rule's, of each hyperparameter the rule names otherwise (Muon's
+        ``weight_decay`` is the rule's ``wd``): the group keeps both, in step (see
+        :mod:`~optgen_runtime.optim.aliases`); the state_dict has torch's alone."""
+        cached = cls.__dict__.get("_RENAMES")
+        if cached is None:
+            cached = {}
+            for ours, theirs in cls.TORCH.hyper.items() if cls.TORCH is not None else ():
+                if "[" not in theirs and theirs != ours:
+                    cached[theirs] = ours
+            cls._RENAMES = cached
+        return cached
+
     def _torch_checks(self, settings: dict[str, Any]) -> None:
         """torch's own checks of its constructor arguments (ranges, Nesterov's need of momentum
-        and no dampening, ...): ``torch.optim.<DROP_IN>`` built over a one-element tensor."""
+        and no dampening, ...): ``torch.optim.<DROP_IN>`` built over a 1 x 1 tensor (a matrix:
+        Muon takes nothing else)."""
         try:
-            getattr(torch.optim, self.DROP_IN)([torch.zeros(1, requires_grad=True)], **settings)
+            getattr(torch.optim, self.DROP_IN)([torch.zeros(1, 1, requires_grad=True)], **settings)
         except (TypeError, ValueError, RuntimeError) as error:
             raise type(error)(f"{type(self).__name__}: {error}") from None
 
