@@ -503,3 +503,96 @@ def test_renamed_settings_follow_torchs_names(monkeypatch: pytest.MonkeyPatch) -
     assert len(ours.param_groups) == 1
     mine = Muon([extra], wd=0.2)
     assert "weight_decay" not in mine.param_groups[0] and mine.param_groups[0]["wd"] == 0.2
+
+
+SPARSE_CASES = [
+    ("SGD", {}),
+    ("SGD", {"momentum": 0.9}),
+    ("SGD", {"momentum": 0.9, "nesterov": True}),
+    ("SGD", {"momentum": 0.9, "dampening": 0.5, "maximize": True}),
+    ("Adagrad", {}),
+    ("Adagrad", {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "maximize": True}),
+]
+
+
+def _sparse_run(
+    pairs: list[tuple[torch.optim.Optimizer, torch.nn.Embedding]], steps: range
+) -> None:
+    for t in steps:  # rows 1 and 2 (twice: a duplicate index) every step, one of 5-7 in turn
+        rows = torch.tensor([1, 2, 2, 5 + t % 3])
+        for opt, table in pairs:
+            opt.zero_grad()
+            (table(rows) ** 2 - table(rows)).sum().backward()
+            grad = table.weight.grad
+            assert grad is not None and grad.is_sparse
+            kept = grad._values().clone()
+            opt.step()
+            assert table.weight.grad is grad and torch.equal(grad._values(), kept)
+
+
+def _table(weights: torch.Tensor) -> torch.nn.Embedding:
+    table = torch.nn.Embedding(*weights.shape, sparse=True)
+    with torch.no_grad():
+        table.weight.copy_(weights)
+    return table
+
+
+@pytest.mark.parametrize(("name", "options"), SPARSE_CASES, ids=[case_id(c) for c in SPARSE_CASES])
+def test_sparse_gradients(name: str, options: dict[str, Any]) -> None:
+    """torch's SGD and Adagrad take sparse gradients (``nn.Embedding(sparse=True)``): so do
+    ours, densified for the step (the parameter's sparse grad is left as it was). 12 steps
+    within ULPS of torch's sparse path, the rows without a gradient included, with a
+    checkpoint crossing either way at step 6 (torch's SGD keeps a sparse momentum buffer)."""
+    torch.manual_seed(0)
+    weights = torch.randn(10, 3)
+    kwargs = {"lr": 0.1, **options}
+    tables = [_table(weights) for _ in range(4)]
+    theirs = getattr(torch.optim, name)(tables[0].parameters(), **kwargs)
+    ours = getattr(dropin, name)(tables[1].parameters(), **kwargs)
+    _sparse_run([(theirs, tables[0]), (ours, tables[1])], range(6))
+    theirs2 = getattr(torch.optim, name)(tables[2].parameters(), **kwargs)
+    ours2 = getattr(dropin, name)(tables[3].parameters(), **kwargs)
+    with torch.no_grad():
+        tables[2].weight.copy_(tables[0 if options.get("nesterov") else 1].weight)
+        tables[3].weight.copy_(tables[0].weight)
+    # torch's Nesterov step adds its buffer to a sparse gradient: sparse + dense, which torch
+    # refuses (add(sparse, dense)), so it cannot continue from a dense buffer: ours, or its own
+    # of dense gradients; it continues from its own sparse one there
+    nesterov = options.get("nesterov", False)
+    theirs2.load_state_dict(copy.deepcopy((theirs if nesterov else ours).state_dict()))
+    ours2.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    pairs = [(theirs, tables[0]), (ours, tables[1]), (theirs2, tables[2]), (ours2, tables[3])]
+    _sparse_run(pairs, range(6, 12))
+    reference = tables[0].weight
+    for table in tables[1:]:
+        assert ulps(table.weight, reference) <= ULPS
+    assert not torch.equal(reference[1:], weights[1:])  # it moved, but never row 0 (no grad)
+    assert all(torch.equal(table.weight[0], weights[0]) for table in tables)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("SGD", {"weight_decay": 0.1}, r"SGD: parameter 1's grad is sparse and weight_decay=0.1"),
+        ("Adagrad", {"weight_decay": 0.1}, r"parameter 1's grad is sparse and weight_decay=0.1"),
+        ("Adagrad", {"eps": 0.0}, r"Adagrad: parameter 1's grad is sparse and eps=0.0 \(rows"),
+        ("Adam", {}, r"Adam: parameter 1's grad is sparse \(torch.sparse_coo\)"),
+    ],
+)
+def test_sparse_gradients_refused(name: str, options: dict[str, Any], message: str) -> None:
+    """Where torch refuses a sparse gradient (weight decay; every class but SGD and Adagrad) or
+    the dense update would differ from torch's sparse one (Adagrad at eps=0: 0/0 on rows
+    without a gradient), ours refuses it naming the parameter and setting, before anything is
+    written: weights, state and every grad as they were."""
+    torch.manual_seed(0)
+    dense = torch.nn.Parameter(torch.randn(4))
+    table = _table(torch.randn(10, 3))
+    opt = getattr(dropin, name)([dense, table.weight], lr=0.1, **options)
+    dense.grad = torch.ones(4)
+    table(torch.tensor([1, 2])).sum().backward()
+    before = [dense.detach().clone(), table.weight.detach().clone()]
+    grad = table.weight.grad
+    with pytest.raises((ValueError, TypeError), match=message):
+        opt.step()
+    assert torch.equal(dense, before[0]) and torch.equal(table.weight, before[1])
+    assert table.weight.grad is grad and grad.is_sparse and not opt.state

@@ -69,6 +69,8 @@ class Checkpoint:
             axis = self.META.STATE_AXES.get(key)
             check_state_shape(where, label, value, p, axis, "its parameter")
             shard = self._shard_of(p, value, f"{where}: {label}").detach()
+            if shard.layout != torch.strided:  # torch's SGD keeps a sparse momentum after
+                shard = shard.to_dense()  # sparse gradients: the same values, kept dense
             if axis is None and key != "master":  # laid out as the step would make it
                 buffer = self._new_buffer(p, dtype).copy_(shard)
             else:

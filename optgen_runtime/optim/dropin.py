@@ -12,6 +12,8 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
   scalars from step counts on the host, so it cannot be captured in a CUDA graph), and so is
   ``differentiable=True`` (the step writes in place under ``no_grad``): in the constructor,
   ``add_param_group`` and ``load_state_dict``, before anything is written.
+- Sparse gradients: SGD and Adagrad take them, as torch's do (``SPARSE_GRADS``), densified for
+  the step; the other classes refuse them in the step's checks, as torch's do.
 - ``state_dict()`` is torch's: groups without the tuple items' names; per parameter only the
   buffers torch creates under the group's settings (Adam's ``max_exp_avg_sq`` only with
   ``amsgrad``; the rule keeps every buffer, unused ones at their initial value), under torch's
@@ -43,6 +45,19 @@ REFUSED = {
     "capturable": "the step computes its scalars from step counts on the host: it cannot be "
     "captured in a CUDA graph",
     "differentiable": "the step writes in place under no_grad: it cannot be differentiated",
+}
+
+# torch.optim's classes that take sparse (COO) gradients (nn.Embedding(sparse=True)), each with
+# the settings torch refuses with them or that would then differ from torch's sparse update:
+# (key, refused value, why). The step densifies such a gradient for its update (a copy: the
+# parameter's grad is left as it was): torch's sparse update computes what its dense one does
+# with zeros where the gradient has none (tests/test_dropin.py, test_sparse_gradients).
+SPARSE_GRADS: dict[str, tuple[tuple[str, float | str, str], ...]] = {
+    "SGD": (("weight_decay", "nonzero", "torch refuses it: it would change every row"),),
+    "Adagrad": (
+        ("weight_decay", "nonzero", "torch refuses it: it would change every row"),
+        ("eps", 0.0, "rows without a gradient would divide 0 by 0; torch skips them"),
+    ),
 }
 
 
@@ -105,6 +120,36 @@ class DropIn(GeneratedOptimizer):
                     f"{type(self).__name__}{where}: {key}=True is not supported ({why}); "
                     f"pass {key}=False"
                 )
+
+    def _densify(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each parameter whose grad is a sparse COO tensor (a class of ``SPARSE_GRADS``; the
+        others refuse it in the step's checks) gets a dense copy as its grad for this step;
+        returns the (parameter, sparse grad) pairs that ``step`` puts back when done. Every
+        check comes first: a refused setting or shape leaves every grad as it was."""
+        refused = SPARSE_GRADS.get(self.DROP_IN)
+        if refused is None:
+            return []
+        name, sparse = type(self).__name__, []
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad, index = p.grad, index + 1
+                if grad is None or not grad.is_sparse:
+                    continue
+                label = f"parameter {index - 1}'s grad is sparse"
+                for key, value, why in refused:
+                    setting = group.get(key)
+                    if (setting != 0) if value == "nonzero" else (setting == value):
+                        raise ValueError(f"{name}: {label} and {key}={setting!r} ({why})")
+                if grad.shape != p.shape:
+                    raise ValueError(
+                        f"{name}: {label} of shape {tuple(grad.shape)}, the parameter's is "
+                        f"{tuple(p.shape)}"
+                    )
+                sparse.append((p, grad))
+        for p, grad in sparse:
+            p.grad = grad.to_dense()
+        return sparse
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._refuse_switches(param_group, ".add_param_group")

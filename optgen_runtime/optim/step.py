@@ -95,15 +95,28 @@ class Stepping:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        given = self._given(inputs, loss)
+        sparse = self._densify()  # a drop-in's sparse gradients, dense for this step
+        try:
+            self._update(self._given(inputs, loss), tried)
+        finally:
+            for p, grad in sparse:
+                p.grad = grad
+        return loss
+
+    def _densify(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Sparse gradients this class takes (none here; see ``DropIn._densify``)."""
+        return []
+
+    def _update(self, given: Given, tried: bool) -> None:
+        """The step's update once the closure ran (``_step``)."""
         self._settle()
         if not tried and self._fast_step(given):  # nothing changed but the grads
-            return loss
+            return
         self._plan = None
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         on_device = self._amp_on_device(scale, found_inf)
         if not on_device and found_inf is not None and float(found_inf) != 0.0:
-            return loss  # GradScaler found inf/NaN gradients: skip the step, write nothing
+            return  # GradScaler found inf/NaN gradients: skip the step, write nothing
         inverse = 1.0 / float(scale) if scale is not None and not on_device else 1.0
         indices = self._indices()
         plans, synced = self._plans(indices, inverse, given)  # every check before any write
@@ -119,7 +132,6 @@ class Stepping:
         for group, updates in synced:  # accepted: the synced aliases are written now
             self._apply_aliases(group, updates)
         self._remember()
-        return loss
 
     def _apply(
         self,
