@@ -90,12 +90,14 @@ class Shown:
         """A buffer the step only reads (the gradient, a step input)."""
         return (x.permute(self.perm) if self.perm else x).contiguous()
 
-    def written(self, x: torch.Tensor) -> torch.Tensor:
-        """A buffer the step writes (the weight, a state tensor)."""
+    def written(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A buffer the step writes (the weight, a state tensor); ``dtype``: the one the module
+        computes it in (a fp16/bf16 weight on the CPU: float32, rounded back by ``done`` to
+        the nearest, ties to even, as a kernel's store)."""
         view = x.permute(self.perm) if self.perm else x
-        if view.is_contiguous():
+        if view.is_contiguous() and (dtype is None or dtype == view.dtype):
             return view
-        work = view.contiguous()
+        work = view.to(dtype or view.dtype, memory_format=torch.contiguous_format, copy=True)
         self.copies.append((view, work))
         return work
 

@@ -13,7 +13,9 @@
   it creates state or updates anything, with the checks the generated modules use
   (:mod:`optgen_runtime.checks`); parameters without a gradient are skipped.
 - ``multi_precision=True`` (MXNet's name): fp16/bf16 parameters keep an fp32 master copy that the
-  rule updates, and the parameter is the master rounded to its dtype.
+  rule updates, and the parameter is the master rounded to its dtype. Without it they are
+  updated in float32 with float32 state and rounded once per step: in the Triton kernels, and on
+  the CPU through a float32 working copy (``Stepping._computed_in``).
 - A parameter need not be contiguous (channels_last, a transposed view): it must not overlap
   itself; a rule that sees each element alone gets its state buffers in the parameter's strides
   (:mod:`optgen_runtime.optim.layout`).
@@ -220,12 +222,6 @@ class ParamState:
             if p.device.type != "cpu":
                 self._fail(
                     ValueError, f"{label} is on {p.device}; the {self.backend} backend needs CPU"
-                )
-            if p.dtype in LOW_PRECISION and not self.multi_precision and "master" not in state:
-                self._fail(
-                    TypeError,
-                    f"{p.dtype} parameters on the CPU need multi_precision=True "
-                    "(the NumPy reference computes in float32/float64)",
                 )
         self._check_writable(label, p)  # updated in place (or from its master copy)
         if state:

@@ -43,6 +43,7 @@ from optgen_runtime.common import (
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.optim.layout import Shown
+from optgen_runtime.optim.state import LOW_PRECISION
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards
@@ -364,10 +365,18 @@ class Stepping:
         shown as ``_shown`` says), with how the rest of its buffers are shown."""
         shown = [self._shown(p, s) for p, s in zip(params, states, strict=True)]
         weights = [
-            sh.written(local(s.get("master", p)).detach())
+            sh.written(local(s.get("master", p)).detach(), self._computed_in(p, s))
             for p, s, sh in zip(params, states, shown, strict=True)
         ]
         return weights, shown
+
+    def _computed_in(self, p: torch.Tensor, state: dict[str, Any]) -> torch.dtype | None:
+        """The dtype a CPU module updates a fp16/bf16 parameter without a master copy in:
+        float32, on a working copy rounded back when the step is done, as the Triton kernels
+        load it, compute in float32 and round on store (None: the weight's own)."""
+        if "master" in state or p.dtype not in LOW_PRECISION or self._use_triton(p):
+            return None
+        return torch.float32
 
     def _numpy_step(
         self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int, given: Given
