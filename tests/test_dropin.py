@@ -179,7 +179,8 @@ def groups(params: list[torch.nn.Parameter], lr: float) -> list[dict[str, Any]]:
 def set_grads(params: list[torch.nn.Parameter], step: int) -> None:
     gen = torch.Generator().manual_seed(1000 + step)
     for p in params:  # a pull towards 0.5 plus noise: the weights move on every path
-        noise = torch.randn(p.shape, generator=gen).to(p.device)  # the same draws on any device
+        # the same draws on any device (a complex parameter's: complex noise)
+        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
         p.grad = (p.detach() - 0.5) + noise
 
 
@@ -596,3 +597,56 @@ def test_sparse_gradients_refused(name: str, options: dict[str, Any], message: s
         opt.step()
     assert torch.equal(dense, before[0]) and torch.equal(table.weight, before[1])
     assert table.weight.grad is grad and grad.is_sparse and not opt.state
+
+
+COMPLEX_CASES = [
+    (name, options)
+    for name, options in [
+        ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}),
+        ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+        ("AdamW", {}),
+        ("Adagrad", {"initial_accumulator_value": 0.1, "lr_decay": 0.01}),
+        ("RMSprop", {"centered": True, "momentum": 0.5}),
+        ("Adadelta", {}),
+        ("Adamax", {}),
+        ("NAdam", {}),
+        ("RAdam", {}),
+        ("ASGD", {"t0": 5.0}),
+        ("Rprop", {}),
+    ]
+]
+
+
+def _parts(x: torch.Tensor) -> torch.Tensor:
+    """A complex tensor's real and imaginary parts (``ulps`` compares real tensors)."""
+    return torch.view_as_real(x.detach()) if x.is_complex() else x
+
+
+@pytest.mark.parametrize(("name", "options"), COMPLEX_CASES, ids=[c[0] for c in COMPLEX_CASES])
+def test_complex_parameters(name: str, options: dict[str, Any]) -> None:
+    """torch.optim updates a complex parameter on its real view (real and imaginary parts
+    alone; complex state; Adagrad's and Rprop's initial values in both parts): so do the
+    drop-ins, a real parameter in the same group. 20 steps within ULPS of torch's, complex
+    state of torch's dtype, a checkpoint crossing either way at step 10."""
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 4, dtype=torch.complex64), torch.randn(5), torch.randn(7).cfloat()]
+    kwargs = {"lr": LR[name], "foreach": False, **options}
+    made = [params_from(weights) for _ in range(4)]
+    theirs = getattr(torch.optim, name)(made[0], **kwargs)
+    ours = getattr(dropin, name)(made[1], **kwargs)
+    run([(theirs, made[0]), (ours, made[1])], range(1, 11))
+    buffers = [v for v in ours.state[made[1][0]].values() if torch.is_tensor(v) and v.dim()]
+    assert buffers and all(v.dtype == torch.complex64 for v in buffers)
+    theirs2 = getattr(torch.optim, name)(made[2], **kwargs)
+    ours2 = getattr(dropin, name)(made[3], **kwargs)
+    with torch.no_grad():
+        for a, b, c, d in zip(*made, strict=True):
+            c.copy_(b)
+            d.copy_(a)
+    theirs2.load_state_dict(copy.deepcopy(ours.state_dict()))
+    ours2.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    run([(o, p) for o, p in zip((theirs, ours, theirs2, ours2), made, strict=True)], range(11, 21))
+    for params in made[1:]:
+        for a, b in zip(params, made[0], strict=True):
+            assert ulps(_parts(a), _parts(b)) <= ULPS
+    assert not torch.equal(made[0][0], weights[0])

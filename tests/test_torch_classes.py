@@ -801,15 +801,14 @@ def test_corrupt_state_is_refused_before_any_write(corruption: str, backend: str
 
 
 def test_new_parameter_refused_writes_nothing() -> None:
-    """A complex parameter (not taken: torch's view_as_real semantics are not implemented) in
-    the second group."""
+    """A complex32 parameter (complex64 and complex128 are taken) in the second group."""
     params = make_params()
-    low = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    low = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex32))
     opt = CLASSES["sgd_mom"]([{"params": params}, {"params": [low]}], lr=0.1, momentum=0.9)
     set_grads(params, 1)
     low.grad = torch.ones_like(low)
     before = [p.detach().clone() for p in params]
-    with pytest.raises(TypeError, match="parameter 4 dtype must be floating point"):
+    with pytest.raises(TypeError, match="parameter 4 dtype must be complex64 or complex128"):
         opt.step()
     assert len(opt.state) == 0
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
@@ -1036,3 +1035,57 @@ def test_a_pickled_optimizer_steps_as_the_original(case: str, copier: str) -> No
     for p, q in zip(params, params2, strict=True):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
     assert_same_state_dict(opt2.state_dict(), opt.state_dict())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "auto", "triton"])
+@pytest.mark.parametrize("rule", ["adam", "lamb", "ftrl", "torch_rprop"])
+def test_complex_parameters_step_as_their_real_views(rule: str, backend: str) -> None:
+    """A complex parameter is updated as torch.optim updates one: its real view
+    (``torch.view_as_real``) updated as a real parameter of that shape, each part alone (a
+    whole-tensor sum, LAMB's norms, adds both parts' squares). 6 steps of a complex64
+    parameter, a transposed one among them, to the bit a real parameter holding its real
+    view; its states complex64, their real views the real parameter's."""
+    torch.manual_seed(3)
+    values = [torch.randn(4, 3, dtype=torch.complex64), torch.randn(5, 4, dtype=torch.complex64)]
+    complex_params = [
+        torch.nn.Parameter(values[0].clone()),
+        torch.nn.Parameter(values[1].clone().t().contiguous().t()),  # not contiguous
+    ]
+    real_params = [torch.nn.Parameter(torch.view_as_real(v).clone()) for v in values]
+    ours = CLASSES[rule](complex_params, backend=backend)
+    peer = CLASSES[rule](real_params, backend=backend)
+    for t in range(6):
+        gen = torch.Generator().manual_seed(t)
+        for c, r in zip(complex_params, real_params, strict=True):
+            grad = torch.randn(c.shape, dtype=torch.complex64, generator=gen)
+            c.grad, r.grad = grad, torch.view_as_real(grad).clone()
+        ours.step()
+        peer.step()
+    for c, r in zip(complex_params, real_params, strict=True):
+        assert torch.equal(torch.view_as_real(c.detach()), r.detach())
+        for key, value in ours.state[c].items():
+            if torch.is_tensor(value) and value.dim():
+                assert value.dtype == torch.complex64, key
+                assert torch.equal(torch.view_as_real(value), peer.state[r][key]), key
+    assert not torch.equal(complex_params[0].detach(), values[0])
+
+
+def test_complex_parameters_refused_where_no_real_view_applies() -> None:
+    """A rule whose update does not see each element alone (Adafactor's row/column factors,
+    Muon's matrices, SGLD's noise by index, AdaHessian's per-element input) refuses a complex
+    parameter, naming it, and complex128 on the Triton path (its real view is float64); before
+    anything is written."""
+    for name in ("adafactor", "muon", "sgld", "adahessian"):
+        p = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.complex64))
+        opt = CLASSES[name]([p])
+        p.grad = torch.ones_like(p)
+        before = p.detach().clone()
+        with pytest.raises(TypeError, match=r"parameter 0 is complex \(torch.complex64\)"):
+            opt.step(**({"hessian": [torch.ones_like(p)]} if name == "adahessian" else {}))
+        assert torch.equal(p.detach(), before) and not opt.state
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.complex128))
+    opt = CLASSES["adam"]([p], backend="triton")
+    p.grad = torch.ones_like(p)
+    with pytest.raises(TypeError, match="parameter 0 dtype must be float32, float16 or bfloat16"):
+        opt.step()
+    assert not opt.state

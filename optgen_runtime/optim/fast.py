@@ -549,6 +549,8 @@ class FastStep:
             rows, shapes = [], []
             perms: list[tuple[int, ...] | None] = []
             for p, g, s in zip(params, gs, part.states, strict=True):
+                if p.is_complex():
+                    return  # shown as its real view: the full step's
                 weight = s.get("master", p)
                 buffers = [weight, *(s[k] for k in present)]
                 perm = None

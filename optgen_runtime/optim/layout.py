@@ -62,6 +62,18 @@ def overlaps_itself(x: torch.Tensor) -> bool:
 
 
 @cache
+def real_view(x: torch.Tensor) -> torch.Tensor:
+    """A complex tensor's real view (``torch.view_as_real``), any other as it is."""
+    return torch.view_as_real(x) if x.is_complex() else x
+
+
+def takes_complex(meta: ModuleType) -> bool:
+    """Whether the rule updates a complex parameter as torch.optim does: on its real view,
+    each real and imaginary part alone (an elementwise rule without per-element inputs;
+    whole-tensor sums then add both parts' squares: ``|z|**2``)."""
+    return elementwise(meta) and not meta.INPUTS
+
+
 def elementwise(meta: ModuleType) -> bool:
     """Whether the rule's update sees each element alone (so any order of the elements is
     the same update): no per-row or per-column states or sums, no sizes but the element count,
@@ -86,15 +98,23 @@ class Shown:
         self.perm = perm
         self.copies: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` permuted; a complex tensor as its real view (``torch.view_as_real``: real and
+        imaginary parts as a last dim of 2, each updated alone, as torch.optim does)."""
+        if x.is_complex():
+            x = real_view(x)
+            return x.permute((*self.perm, x.dim() - 1)) if self.perm else x
+        return x.permute(self.perm) if self.perm else x
+
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """A buffer the step only reads (the gradient, a step input)."""
-        return (x.permute(self.perm) if self.perm else x).contiguous()
+        return self._view(x).contiguous()
 
     def written(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A buffer the step writes (the weight, a state tensor); ``dtype``: the one the module
         computes it in (a fp16/bf16 weight on the CPU: float32, rounded back by ``done`` to
         the nearest, ties to even, as a kernel's store)."""
-        view = x.permute(self.perm) if self.perm else x
+        view = self._view(x)
         if view.is_contiguous() and (dtype is None or dtype == view.dtype):
             return view
         work = view.to(dtype or view.dtype, memory_format=torch.contiguous_format, copy=True)

@@ -41,7 +41,14 @@ from optgen_runtime.checks import (
 )
 from optgen_runtime.common import MAX_STEP, absent_states, host_state_values, vector_shape
 from optgen_runtime.optim.distributed import is_dtensor, like, local
-from optgen_runtime.optim.layout import Shown, elementwise, memory_order, overlap_problem
+from optgen_runtime.optim.layout import (
+    Shown,
+    elementwise,
+    memory_order,
+    overlap_problem,
+    real_view,
+    takes_complex,
+)
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -78,10 +85,11 @@ class ParamState:
         return self.backend == "triton" or (self.backend == "auto" and p.device.type == "cuda")
 
     def _working_dtype(self, p: torch.Tensor) -> torch.dtype:
-        """The dtype of the rule's state buffers for ``p``."""
-        if p.dtype == torch.float64 and not self._use_triton(p):
-            return torch.float64
-        return torch.float32
+        """The dtype of the rule's state buffers for ``p`` (a complex ``p``'s are complex, as
+        torch.optim's: their real views hold each part's state)."""
+        if p.dtype in (torch.float64, torch.complex128) and not self._use_triton(p):
+            return p.dtype
+        return torch.complex64 if p.is_complex() else torch.float32
 
     def _state_names(self) -> tuple[str, ...]:
         """The keys every state has (the ``ABSENT`` states may be missing: see ``_absent``)."""
@@ -141,7 +149,11 @@ class ParamState:
         if key in axes:
             shape = vector_shape(weight.shape, axes[key])
             return torch.full(shape, value, dtype=dtype, device=weight.device)
-        return self._new_buffer(p, dtype).fill_(value)
+        # a complex parameter's: each part at the value, as torch.optim makes them
+        # (Adagrad's sum at complex(v, v), Rprop's step size at complex(lr, lr))
+        buffer = self._new_buffer(p, dtype)
+        real_view(buffer).fill_(value)
+        return buffer
 
     def _new_buffer(self, p: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised state buffer of ``p``'s (local shard's) shape on its device:
@@ -209,15 +221,18 @@ class ParamState:
         check_dense(name, f"{label}'s grad", grad)
         check_shape(name, f"{label}'s grad", grad, p, label)
         check_device(name, f"{label}'s grad", grad, p, label)
-        check_dtype(name, label, p, (*KERNEL_DTYPES, torch.float64), "floating point")
-        check_dtype(
-            name, f"{label}'s grad", grad, (*KERNEL_DTYPES, torch.float64), "floating point"
-        )
+        if p.is_complex():
+            self._check_complex(p, grad, label)
+        else:
+            check_dtype(name, label, p, (*KERNEL_DTYPES, torch.float64), "floating point")
+            check_dtype(
+                name, f"{label}'s grad", grad, (*KERNEL_DTYPES, torch.float64), "floating point"
+            )
         state = self.state.get(param) or {}
         if self._use_triton(p):
             check_kernel_device(name, label, p)
-            check_kernel_dtype(name, label, p)
-            check_kernel_dtype(name, f"{label}'s grad", grad)
+            check_kernel_dtype(name, label, real_view(p))
+            check_kernel_dtype(name, f"{label}'s grad", real_view(grad))
         else:
             if p.device.type != "cpu":
                 self._fail(
@@ -226,6 +241,22 @@ class ParamState:
         self._check_writable(label, p)  # updated in place (or from its master copy)
         if state:
             self._check_state(param, state, label)
+
+    def _check_complex(self, p: torch.Tensor, grad: torch.Tensor, label: str) -> None:
+        """A complex parameter: complex64 or complex128, its grad of its dtype, a rule that
+        updates each part alone (``layout.takes_complex``)."""
+        name = type(self).__name__
+        if not takes_complex(self.META):
+            self._fail(
+                TypeError,
+                f"{label} is complex ({p.dtype}): {name}'s update does not see each element "
+                "alone (row/column states, matrices, noise or per-element inputs), so it has "
+                "no real-view (torch.view_as_real) form; pass real parameters",
+            )
+        check_dtype(name, label, p, (torch.complex64, torch.complex128), "complex64 or complex128")
+        check_dtype(name, f"{label}'s grad", grad, (p.dtype,), f"{p.dtype}, as its parameter")
+        if p.is_conj() or grad.is_conj():
+            self._fail(ValueError, f"{label} or its grad is a lazily conjugated view: resolve it")
 
     def _check_state(self, param: torch.Tensor, state: dict[str, Any], label: str) -> None:
         name, p = type(self).__name__, local(param)

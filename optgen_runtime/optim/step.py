@@ -392,7 +392,7 @@ class Stepping:
         # per-element inputs in the weight's dtype, as the NumPy reference takes them (a copy
         # only where the dtype differs or the tensor is not contiguous)
         arrays = {
-            key: shown.read(local(x).detach().to(weight.dtype)).numpy()
+            key: shown.read(local(x).detach()).to(weight.dtype).numpy()
             for key, x in given.of(p).items()
         }
         self.NUMPY.step(
@@ -485,7 +485,7 @@ class Stepping:
         its (master) weight is converted into a temporary of its own."""
         weights, shown = self._weights(params, states)
         grads = [
-            sh.read(local(p.grad).detach().to(w.dtype))
+            sh.read(local(p.grad).detach()).to(w.dtype)  # (a complex one: its real view)
             for p, w, sh in zip(params, weights, shown, strict=True)
         ]
         views = [
@@ -517,7 +517,7 @@ class Stepping:
         shown as its weight (a copy only where the dtype differs or it is not contiguous)."""
         return {
             key: [
-                sh.read(local(given.of(p)[key]).detach().to(w.dtype)).numpy()
+                sh.read(local(given.of(p)[key]).detach()).to(w.dtype).numpy()
                 for p, w, sh in zip(params, weights, shown, strict=True)
             ]
             for key in self.META.INPUTS
