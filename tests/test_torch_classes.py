@@ -1089,3 +1089,18 @@ def test_complex_parameters_refused_where_no_real_view_applies() -> None:
     with pytest.raises(TypeError, match="parameter 0 dtype must be float32, float16 or bfloat16"):
         opt.step()
     assert not opt.state
+
+
+@pytest.mark.parametrize("rule", ["sgd_mom", "lamb", "torch_sgd"])
+def test_a_parameter_listed_twice_is_refused_naming_both(rule: str) -> None:
+    """torch.optim warns of a parameter listed twice in a group (it will refuse it,
+    pytorch/pytorch#40967) and steps it twice meanwhile; ours refuses the step, naming both
+    places, before anything is written."""
+    params = make_params()
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = CLASSES[rule]([params[0], params[1], params[0]])
+    set_grads(params, 1)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match="parameter 0 is listed again as parameter 2"):
+        opt.step()
+    assert not opt.state and all(torch.equal(p, b) for p, b in zip(params, before, strict=True))

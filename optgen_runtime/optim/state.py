@@ -308,6 +308,8 @@ class ParamState:
         gradient when unscaled in place) shares memory with any other buffer of the step, its
         own or another parameter's (``p.grad = p``, one parameter a view of another, one
         gradient another's parameter); gradients only read may share memory. Writes nothing."""
+        if len({id(p) for p in params}) < len(params):
+            self._refuse_listed_twice()
         buffers: list[tuple[str, torch.Tensor, bool]] = []
         grads: set[tuple[Any, ...]] = set()  # a gradient shared by parameters is unscaled once
         for p in params:
@@ -326,6 +328,20 @@ class ParamState:
                 if isinstance(value, torch.Tensor)
             ]
         check_overlaps(type(self).__name__, buffers)
+
+    def _refuse_listed_twice(self) -> None:
+        """A parameter listed twice in the param groups (torch.optim warns that it will refuse
+        this, pytorch/pytorch#40967, and steps it twice until then): refused, naming both."""
+        first: dict[int, int] = {}
+        for index, p in enumerate(p for group in self.param_groups for p in group["params"]):
+            if id(p) in first and p.grad is not None:
+                self._fail(
+                    ValueError,
+                    f"parameter {first[id(p)]} is listed again as parameter {index}: a "
+                    "parameter is updated once per step, so list it once (torch.optim warns "
+                    "that it will refuse this too, and steps it twice meanwhile)",
+                )
+            first.setdefault(id(p), index)
 
     def _indices(self) -> dict[int, int]:
         """id(param) -> its index in ``state_dict()`` (through the groups in order)."""
