@@ -1104,3 +1104,29 @@ def test_a_parameter_listed_twice_is_refused_naming_both(rule: str) -> None:
     with pytest.raises(ValueError, match="parameter 0 is listed again as parameter 2"):
         opt.step()
     assert not opt.state and all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "auto", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_a_step_keeps_no_reference_to_what_it_was_given(backend: str, dtype: torch.dtype) -> None:
+    """Once replaced, a gradient the step read and a state buffer a load replaced are freed:
+    nothing of the step's (a cache, a plan, a working copy) holds them. (A cache decorator
+    slipped onto the real-view helper once kept every gradient of the Triton path alive.)"""
+    import gc
+    import weakref
+
+    p = torch.nn.Parameter(torch.randn(5, dtype=dtype))
+    opt = CLASSES["adam"]([p], backend=backend)
+    p.grad = torch.randn(5, dtype=dtype)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    grads = []
+    for _ in range(3):
+        p.grad = torch.randn(5, dtype=dtype)
+        grads.append(weakref.ref(p.grad))
+        opt.step()
+    state = weakref.ref(opt.state[p]["mean"])
+    opt.load_state_dict(saved)
+    p.grad = None
+    gc.collect()
+    assert [g() for g in grads] == [None, None, None] and state() is None

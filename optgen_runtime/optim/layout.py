@@ -61,7 +61,6 @@ def overlaps_itself(x: torch.Tensor) -> bool:
     return False
 
 
-@cache
 def real_view(x: torch.Tensor) -> torch.Tensor:
     """A complex tensor's real view (``torch.view_as_real``), any other as it is."""
     return torch.view_as_real(x) if x.is_complex() else x
@@ -74,6 +73,7 @@ def takes_complex(meta: ModuleType) -> bool:
     return elementwise(meta) and not meta.INPUTS
 
 
+@cache
 def elementwise(meta: ModuleType) -> bool:
     """Whether the rule's update sees each element alone (so any order of the elements is
     the same update): no per-row or per-column states or sums, no sizes but the element count,
