@@ -112,13 +112,16 @@ def conv_stack_shapes() -> list[tuple[int, ...]]:
     return shapes
 
 
-def _params(shapes: list[tuple[int, ...]], seed: int = 0, strided: bool = False) -> list[Any]:
-    """Parameters with gradients; ``strided``: 4-D ones in channels_last, gradients alike (as
-    ``model.to(memory_format=torch.channels_last)`` and a backward make them)."""
+def _params(
+    shapes: list[tuple[int, ...]], seed: int = 0, strided: bool = False, dtype: Any = None
+) -> list[Any]:
+    """Parameters with gradients (float32, or ``dtype``); ``strided``: 4-D ones in
+    channels_last, gradients alike (as ``model.to(memory_format=torch.channels_last)`` and a
+    backward make them)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
     for p in params:
         if strided and p.dim() == 4:
             p.data = p.data.to(memory_format=torch.channels_last)
@@ -127,12 +130,16 @@ def _params(shapes: list[tuple[int, ...]], seed: int = 0, strided: bool = False)
 
 
 def _timed_classes(
-    shapes: list[tuple[int, ...]], steps: int, variants: dict[str, tuple[Callable[..., Any], bool]]
+    shapes: list[tuple[int, ...]],
+    steps: int,
+    variants: dict[str, tuple[Callable[..., Any], bool]],
+    dtype: Any = None,
 ) -> dict[str, float]:
     """ms/step of each variant's optimizer, ``make(params)`` on parameters of its own (channels_
     last 4-D ones where its flag says so), the variants taking turns (``timed_together``)."""
     optimizers = {
-        label: make(_params(shapes, strided=strided)) for label, (make, strided) in variants.items()
+        label: make(_params(shapes, strided=strided, dtype=dtype))
+        for label, (make, strided) in variants.items()
     }
     return timed_together({label: opt.step for label, opt in optimizers.items()}, steps)
 
@@ -155,6 +162,23 @@ def adam_class(
     if strided:
         variants["generated (numba), contiguous"] = (lambda ps: Adam(ps, lr=1e-3), False)
     return _timed_classes(shapes, steps, variants)
+
+
+def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step on bfloat16 parameters: generated.torch.Adam without a master copy (a float32
+    working copy, rounded once per step: the Triton kernels' semantics) and with one
+    (``multi_precision=True``), and torch's fused and foreach Adam (bfloat16 arithmetic)."""
+    import torch
+
+    from generated.torch import Adam
+
+    variants = {
+        "generated.torch.Adam": (lambda ps: Adam(ps, lr=1e-3), False),
+        "generated, multi_precision": (lambda ps: Adam(ps, lr=1e-3, multi_precision=True), False),
+        "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), False),
+        "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
+    }
+    return _timed_classes(shapes, steps, variants, dtype=torch.bfloat16)
 
 
 def adafactor_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
@@ -356,6 +380,11 @@ def run(
             "n": int(sum(np.prod(s) for s in convs)),
             **adam_class(convs, steps, strided=True),
         }
+        result["adam_bfloat16"] = {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **adam_bfloat16(shapes, steps),
+        }
         result["adafactor_convs"] = {
             "tensors": len(convs),
             "n": int(sum(np.prod(s) for s in convs)),
@@ -389,6 +418,11 @@ def report(r: dict[str, Any]) -> str:
         (
             "adam_channels_last",
             "Adam, a conv stack in channels_last: {tensors} tensors, {n:,} parameters",
+        ),
+        (
+            "adam_bfloat16",
+            "Adam, bfloat16 parameters, the GPT-2-small-shaped list: {tensors} tensors, "
+            "{n:,} parameters",
         ),
     ):
         if key not in r:  # --rule: that rule only
