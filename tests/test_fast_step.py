@@ -306,3 +306,40 @@ def test_the_step_counts_of_a_plan_advance_save_and_load_as_before() -> None:
     want.step()
     assert [int(opt.state[p]["step"]) for p in params] == [11, 5, 10]
     assert all(torch.equal(o, p) for o, p in zip(others, params, strict=True))
+
+
+@pytest.mark.parametrize("multi_precision", [False, True], ids=["working_copy", "master"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["Adam", "LAMB", "TorchSGD"])
+def test_low_precision_fast_steps_equal_full_steps(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: torch.dtype, multi_precision: bool
+) -> None:
+    """fp16/bf16 parameters on the compiled loops take the fast step: their gradients
+    converted into float32 scratch every step (the weight they update, master or working
+    copy, is float32), weights without a master copy through float32 working copies rounded
+    back after the step, as the full step does. 6 steps to the bit the same class stepping in
+    full every time (gradients replaced each step, as a backward pass does)."""
+
+    def run(fast: bool) -> tuple[list[torch.Tensor], Any]:
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in SHAPES]
+        groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
+        hp = {"momentum": 0.9} if name == "TorchSGD" else {}
+        opt = getattr(gt, name)(groups, backend="numba", multi_precision=multi_precision, **hp)
+        if not fast:
+            opt._fast_step = lambda given: False
+        keep: list = []
+        for _ in range(6):
+            keep += [p.grad for p in params if p.grad is not None]
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(dtype)
+            opt.step()
+        return snapshot(opt, params), opt
+
+    calls = count_full_checks(monkeypatch, getattr(gt, name))
+    got, opt = run(True)
+    assert len(calls) == len(SHAPES) and opt._plan is not None  # only the first step in full
+    want, _ = run(False)
+    assert len(calls) == 7 * len(SHAPES)
+    for x, y in zip(want, got, strict=True):
+        assert x.dtype == y.dtype and torch.equal(x, y)

@@ -21,11 +21,17 @@ parameters finds the same:
   disjoint);
 - each step count the value the last step left (its version counter again).
 
+On the compiled loops a gradient of another dtype than the weight it updates (a fp16/bf16
+gradient of a float32 master copy) is converted into a float32 scratch of the plan's every
+step, and a fp16/bf16 parameter without a master copy is updated through a float32 working copy
+of the plan's, copied in before and rounded back after the step: what the full step does with
+temporaries (``Stepping._computed_in``), to the bit.
+
 A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
 device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
 to the kernels, the step counts and host states advanced speculatively, rolled back by
 ``_settle`` if the flag was set. Anything else (a first step, a new or reshaped buffer, a DTensor,
-a GradScaler whose tensors are read on the host, step inputs, a gradient of another dtype, a rule
+a GradScaler whose tensors are read on the host, step inputs, a complex parameter, a rule
 that is not compiled) takes the full step, which checks
 everything and names the culprit, then remembers the new plan. Hyperparameters are resolved and
 checked every step, and every host scalar is checked before anything is written, as in the
@@ -84,6 +90,7 @@ class Group:
     __slots__ = (
         "absent",
         "buffers",
+        "converted",
         "device",
         "dtypes",
         "group",
@@ -105,6 +112,9 @@ class Group:
     def __init__(self, group: dict[str, Any], states: list[dict[str, Any]]) -> None:
         self.group = group
         self.states = states
+        # the numba loops': the gradients of another dtype than the (master) weight they
+        # update, by position, each with its float32 scratch (converted into it every step)
+        self.converted: tuple[list[int], list[torch.Tensor]] = ([], [])
         self.absent: tuple[str, ...] = ()  # the states absent under the plan's hyperparameters
         self.dtypes: list[Any] = []
         self.device: torch.device | None = None  # the Triton kernels': the group's one device
@@ -150,6 +160,7 @@ class Plan:
         "steps",
         "versions",
         "weights",
+        "works",
         "written_ends",
         "written_starts",
     )
@@ -171,6 +182,9 @@ class Plan:
         self.written_ends: np.ndarray = np.zeros(0, dtype=np.int64)
         self.weights: list[torch.Tensor] = []  # parameters written from a master copy
         self.masters: list[torch.Tensor] = []
+        # the numba loops': fp16/bf16 parameters without a master copy and their float32
+        # working copies (``Stepping._computed_in``): copied in before, rounded back after
+        self.works: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.clear: list[int] = []  # the gradient addresses last found clear
         self.names: tuple[str, ...] = ()  # a group's hyperparameters and tuple aliases (_raw)
         # the written spans' starts and ends, and the gradients' sizes, as lists
@@ -296,12 +310,17 @@ class FastStep:
             if updates is not None and tabled is not part.tabled:
                 part.vouched = Vouched()  # another module's chunk table
                 part.tabled = tabled
+        params, works = plan.works
+        if works:  # the fp16/bf16 weights in float32, as the full step's working copies
+            torch._foreach_copy_(works, params)
         # a rule whose modules can refuse after these checks (sums, host states): every group's
         # module checks first, the writes queued (commit) and made once all have passed
         with deferred_writes() if self._refuses_late() else nullcontext([]) as writes:
             self._fast_groups(plan, checked, grads, pointers, amps)
         for write in writes:
             write()
+        if works:  # rounded back to nearest, ties to even
+            torch._foreach_copy_(params, works)
         for part, updates, hp, resolved, _, tabled, _ in checked:  # accepted: the aliases
             if updates is not None:
                 self._apply_aliases(part.group, updates)
@@ -342,6 +361,12 @@ class FastStep:
                 self._fast_triton(part, gs, counts, hp, amps.get(part.device))
                 continue
             assert part.buffers is not None
+            which, scratches = part.converted
+            if which:  # into the float32 scratch the rows name (as the full step converts)
+                torch._foreach_copy_(scratches, [gs[j] for j in which])
+                ptrs = list(ptrs)
+                for j, scratch in zip(which, scratches, strict=True):
+                    ptrs[j] = scratch.data_ptr()
             for indices, addresses, _, _ in part.buffers.groups:
                 addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
             if tabled is not None:
@@ -561,11 +586,26 @@ class FastStep:
                         return  # working copies: the full step's
                 perms.append(perm)
                 if kind == "numba":
-                    if g.dtype != weight.dtype or weight.dtype not in _NUMPY:
-                        return  # the full step converts the gradient
-                    rows.append([x.data_ptr() for x in (weight, g, *buffers[1:])])
+                    work = weight
+                    computed = self._computed_in(p, s)
+                    if computed is not None:  # as the full step: a float32 working copy
+                        work = torch.empty(p.shape, dtype=computed)
+                        if perm is not None or not p.is_contiguous():
+                            return  # (a strided one: the full step's)
+                        plan.works[0].append(p)
+                        plan.works[1].append(work)
+                    if work.dtype not in _NUMPY or not g.is_floating_point():
+                        return
+                    grad = g
+                    if g.dtype != work.dtype:  # converted every step, as the full step does
+                        if not g.is_contiguous():
+                            return
+                        grad = torch.empty(g.shape, dtype=work.dtype)
+                        part.converted[0].append(len(rows))
+                        part.converted[1].append(grad)
+                    rows.append([x.data_ptr() for x in (work, grad, *buffers[1:])])
                     shapes.append(tuple(p.shape))
-                    part.dtypes.append(_NUMPY[weight.dtype])
+                    part.dtypes.append(_NUMPY[work.dtype])
                 else:
                     part.device = weight.device
                     part.weights.append(_permuted(weight.detach(), perm))
