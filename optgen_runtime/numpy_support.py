@@ -355,6 +355,17 @@ def matrix_tiles(
     return tiles
 
 
+def tile_scratch(
+    scratch: np.ndarray, tile: tuple[int, int, int, int, int, int], rows: int
+) -> list[np.ndarray]:
+    """The first ``rows`` rows of a worker's ``scratch`` (``for_tiles``) as arrays of
+    ``tile``'s (batch, rows, cols) shape."""
+    m0, m1, r0, r1, c0, c1 = tile
+    shape = (m1 - m0, r1 - r0, c1 - c0)
+    size = shape[0] * shape[1] * shape[2]
+    return [scratch[k, :size].reshape(shape) for k in range(rows)]
+
+
 def for_tiles(
     tiles: list[tuple[int, int, int, int, int, int]],
     rows: int,

@@ -56,6 +56,7 @@ from optgen_runtime.numpy_support import (
     matrix_tiles,
     matrix_views,
     run_group,
+    tile_scratch,
 )
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -217,11 +218,7 @@ def _stepper(
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile
         _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
-        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
+        _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
         # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
         # specs/adafactor.py:59: row_g2 = g**2
         np.multiply(_grad, _grad, out=_b0)
@@ -344,10 +341,7 @@ def _stepper(
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
+        _b0, _b1 = tile_scratch(scratch, _tile, 2)
         # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
         # specs/adafactor.py:64: u_sq = U**2
         np.multiply(_grad, _grad, out=_b0)
@@ -387,11 +381,7 @@ def _stepper(
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
-        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
+        _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
         # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
         # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
         np.multiply(_h5, _weight, out=_b0)

@@ -53,6 +53,7 @@ from optgen_runtime.numpy_support import (
     matrix_tiles,
     matrix_views,
     run_group,
+    tile_scratch,
 )
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -237,10 +238,7 @@ def _stepper(
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile
         _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
+        _b0, _b1 = tile_scratch(scratch, _tile, 2)
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
@@ -367,10 +365,7 @@ def _stepper(
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _r_f = _vectors["r_f"][_m0:_m1, _r0:_r1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
+        _b0, _b1 = tile_scratch(scratch, _tile, 2)
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
@@ -414,11 +409,7 @@ def _stepper(
         _exp_avg = _exp_avg_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _r_f = _vectors["r_f"][_m0:_m1, _r0:_r1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
-        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
+        _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)
@@ -575,11 +566,7 @@ def _stepper(
         _r_f = _vectors["r_f"][_m0:_m1, _r0:_r1]
         _res_col_new = _vectors["res_col_new"][_m0:_m1, :, _c0:_c1]
         _s_r = _vectors["s_r"][_m0:_m1, _r0:_r1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
-        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
+        _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
         # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
         np.multiply(_h0, _weight, out=_b0)
         np.add(_grad, _b0, out=_b0)

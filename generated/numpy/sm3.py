@@ -56,6 +56,7 @@ from optgen_runtime.numpy_support import (
     matrix_tiles,
     matrix_views,
     run_group,
+    tile_scratch,
 )
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -207,10 +208,7 @@ def _stepper(
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _row = _vectors["row"][_m0:_m1, _r0:_r1]
         _col = _vectors["col"][_m0:_m1, :, _c0:_c1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
+        _b0, _b1 = tile_scratch(scratch, _tile, 2)
         # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
         # specs/sm3.py:46: row_max = nu
         np.multiply(_grad, _grad, out=_b0)
@@ -286,11 +284,7 @@ def _stepper(
         _mom = _mom_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _row = _vectors["row"][_m0:_m1, _r0:_r1]
         _col = _vectors["col"][_m0:_m1, :, _c0:_c1]
-        _tile_shape = (_m1 - _m0, _r1 - _r0, _c1 - _c0)
-        _tile_size = _tile_shape[0] * _tile_shape[1] * _tile_shape[2]
-        _b0 = scratch[0, :_tile_size].reshape(_tile_shape)
-        _b1 = scratch[1, :_tile_size].reshape(_tile_shape)
-        _b2 = scratch[2, :_tile_size].reshape(_tile_shape)
+        _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
         # specs/sm3.py:51: mom_new = grad*(1 - momentum)/sqrt(epsilon + nu) + mom*momentum
         np.multiply(momentum, _mom, out=_b0)
         # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
