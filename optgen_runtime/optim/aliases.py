@@ -50,10 +50,6 @@ class TupleAliases:
         """A group's ``base`` value as items, unchecked (see ``_alias_value``)."""
         return (value,) if base in self._renames() else tuple(value)
 
-    @staticmethod
-    def _item_name(base: str, index: int, renamed: bool) -> str:
-        return base if renamed else f"{base}[{index}]"
-
     def _alias_from_names(
         self, base: str, items: list[tuple[int, str]], values: dict[str, Any]
     ) -> Any:
@@ -148,7 +144,7 @@ class TupleAliases:
                 alias_changed = not same(value[index], old_alias[index])
                 name_changed = not same(group[ours], old_names[k])
                 if alias_changed and name_changed and not same(value[index], group[ours]):
-                    item = self._item_name(base, index, base in self._renames())
+                    item = base if base in self._renames() else f"{base}[{index}]"
                     raise ValueError(
                         f"{name}: {item} was set to {value[index]} and {ours} to "
                         f"{group[ours]} since the last step; set one of them"

@@ -31,7 +31,7 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -49,14 +49,16 @@ REFUSED = {
 
 # torch.optim's classes that take sparse (COO) gradients (nn.Embedding(sparse=True)), each with
 # the settings torch refuses with them or that would then differ from torch's sparse update:
-# (key, refused value, why). The step densifies such a gradient for its update (a copy: the
-# parameter's grad is left as it was): torch's sparse update computes what its dense one does
-# with zeros where the gradient has none (tests/test_dropin.py, test_sparse_gradients).
-SPARSE_GRADS: dict[str, tuple[tuple[str, float | str, str], ...]] = {
-    "SGD": (("weight_decay", "nonzero", "torch refuses it: it would change every row"),),
+# (key, whether its value is refused, why). The step densifies such a gradient for its update
+# (a copy: the parameter's grad is left as it was): torch's sparse update computes what its
+# dense one does with zeros where the gradient has none (tests/test_dropin.py,
+# test_sparse_gradients).
+_DECAY = ("weight_decay", lambda v: v != 0, "torch refuses it: it would change every row")
+SPARSE_GRADS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+    "SGD": (_DECAY,),
     "Adagrad": (
-        ("weight_decay", "nonzero", "torch refuses it: it would change every row"),
-        ("eps", 0.0, "rows without a gradient would divide 0 by 0; torch skips them"),
+        _DECAY,
+        ("eps", lambda v: v == 0, "rows without a gradient would divide 0 by 0; torch skips them"),
     ),
 }
 
@@ -130,23 +132,21 @@ class DropIn(GeneratedOptimizer):
         if refused is None:
             return []
         name, sparse = type(self).__name__, []
-        index = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                grad, index = p.grad, index + 1
-                if grad is None or not grad.is_sparse:
-                    continue
-                label = f"parameter {index - 1}'s grad is sparse"
-                for key, value, why in refused:
-                    setting = group.get(key)
-                    if (setting != 0) if value == "nonzero" else (setting == value):
-                        raise ValueError(f"{name}: {label} and {key}={setting!r} ({why})")
-                if grad.shape != p.shape:
-                    raise ValueError(
-                        f"{name}: {label} of shape {tuple(grad.shape)}, the parameter's is "
-                        f"{tuple(p.shape)}"
-                    )
-                sparse.append((p, grad))
+        placed = ((g, p) for g in self.param_groups for p in g["params"])
+        for index, (group, p) in enumerate(placed):
+            grad = p.grad
+            if grad is None or not grad.is_sparse:
+                continue
+            label = f"parameter {index}'s grad is sparse"
+            for key, is_refused, why in refused:
+                if is_refused(group.get(key)):
+                    raise ValueError(f"{name}: {label} and {key}={group.get(key)!r} ({why})")
+            if grad.shape != p.shape:
+                raise ValueError(
+                    f"{name}: {label} of shape {tuple(grad.shape)}, the parameter's is "
+                    f"{tuple(p.shape)}"
+                )
+            sparse.append((p, grad))
         for p, grad in sparse:
             p.grad = grad.to_dense()
         return sparse

@@ -589,9 +589,9 @@ class FastStep:
                     work = weight
                     computed = self._computed_in(p, s)
                     if computed is not None:  # as the full step: a float32 working copy
-                        work = torch.empty(p.shape, dtype=computed)
                         if perm is not None or not p.is_contiguous():
                             return  # (a strided one: the full step's)
+                        work = torch.empty(p.shape, dtype=computed)
                         plan.works[0].append(p)
                         plan.works[1].append(work)
                     if work.dtype not in _NUMPY or not g.is_floating_point():
