@@ -171,7 +171,9 @@ def _assert_torchs_strides(ours: torch.optim.Optimizer, peer: torch.optim.Optimi
                 assert value.stride() == p.stride(), key
 
 
-@pytest.mark.parametrize("name", [n for n in dropin.__all__ if n != "Muon"])  # 2-D weights only
+# Muon takes 2-D weights only, SparseAdam sparse gradients only (tests/test_sparse_adam.py: a
+# transposed table)
+@pytest.mark.parametrize("name", [n for n in dropin.__all__ if n not in ("Muon", "SparseAdam")])
 def test_drop_ins_match_torch_on_a_channels_last_network(name: str) -> None:
     """torch's channels_last recipe (``model.to(memory_format=torch.channels_last)``; a
     backward gives each gradient its weight's strides, tested below): the drop-in's weights

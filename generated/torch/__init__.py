@@ -57,6 +57,7 @@ from ..numpy import torch_radam as _numpy_torch_radam
 from ..numpy import torch_rmsprop as _numpy_torch_rmsprop
 from ..numpy import torch_rprop as _numpy_torch_rprop
 from ..numpy import torch_sgd as _numpy_torch_sgd
+from ..numpy import torch_sparse_adam as _numpy_torch_sparse_adam
 from ..rules import adabelief as _rules_adabelief
 from ..rules import adadelta as _rules_adadelta
 from ..rules import adafactor as _rules_adafactor
@@ -101,6 +102,7 @@ from ..rules import torch_radam as _rules_torch_radam
 from ..rules import torch_rmsprop as _rules_torch_rmsprop
 from ..rules import torch_rprop as _rules_torch_rprop
 from ..rules import torch_sgd as _rules_torch_sgd
+from ..rules import torch_sparse_adam as _rules_torch_sparse_adam
 from ..triton import adabelief as _triton_adabelief
 from ..triton import adadelta as _triton_adadelta
 from ..triton import adafactor as _triton_adafactor
@@ -145,6 +147,7 @@ from ..triton import torch_radam as _triton_torch_radam
 from ..triton import torch_rmsprop as _triton_torch_rmsprop
 from ..triton import torch_rprop as _triton_torch_rprop
 from ..triton import torch_sgd as _triton_torch_sgd
+from ..triton import torch_sparse_adam as _triton_torch_sparse_adam
 
 
 class AdaBelief(GeneratedOptimizer):
@@ -2867,6 +2870,63 @@ class TorchSGD(GeneratedOptimizer):
         )
 
 
+class TorchSparseAdam(GeneratedOptimizer):
+    """SparseAdam exactly as torch.optim computes it: the drop-in ``SparseAdam``.
+
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", applied lazily: torch's
+    ``SparseAdam`` (torch 2.13, ``torch.optim._functional.sparse_adam``) takes only sparse (COO)
+    gradients, as ``nn.Embedding(sparse=True)`` makes them, and updates only the elements they hold
+    (after ``coalesce``, which sums repeated indices); rows without a gradient keep their weight and
+    both moments (they do not decay), and the step count of a parameter advances on every step it
+    has a gradient, an empty one included. MXNet's ``adam`` with ``lazy_update=True`` is the same
+    idea.
+
+    torch's code on the gradient's values ``g`` (states ``exp_avg`` = m, ``exp_avg_sq`` = v):
+        g = -grad if maximize else grad
+        m <- m + (g - m) * (1 - beta1)
+        v <- v + (g^2 - v) * (1 - beta2)
+        w <- w - (lr * sqrt(1 - beta2^t) / (1 - beta1^t)) * (m / (sqrt(v) + eps))
+
+    These equations are those of one element a gradient holds: the drop-in class gathers the held
+    elements of the weight and its states into dense rows, runs this rule's generated code on them
+    and writes them back (``optgen_runtime.optim.dropin``); the spec-named class ``TorchSparseAdam``
+    applies them to every element of a dense gradient (Adam without weight decay, in SparseAdam's
+    order of operations). Unlike ``torch_adam``, eps is added to sqrt(v) before the bias correction,
+    which is folded into the step size.
+    """
+
+    RULE = "torch_sparse_adam"
+    META = _rules_torch_sparse_adam
+    NUMPY = _numpy_torch_sparse_adam
+    TRITON = _triton_torch_sparse_adam
+    TORCH = _rules_torch_sparse_adam.TORCH
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        beta1: Any = 0.9,
+        beta2: Any = 0.999,
+        eps: Any = 1e-08,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "beta1": beta1,
+                "beta2": beta2,
+                "eps": eps,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 RULES: dict[str, type[GeneratedOptimizer]] = {
     "adabelief": AdaBelief,
     "adadelta": Adadelta,
@@ -2912,4 +2972,5 @@ RULES: dict[str, type[GeneratedOptimizer]] = {
     "torch_rmsprop": TorchRMSprop,
     "torch_rprop": TorchRprop,
     "torch_sgd": TorchSGD,
+    "torch_sparse_adam": TorchSparseAdam,
 }

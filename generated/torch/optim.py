@@ -538,6 +538,36 @@ class SGD(DropIn, _classes.TorchSGD):
         )
 
 
+class SparseAdam(DropIn, _classes.TorchSparseAdam):
+    """``torch.optim.SparseAdam`` as the rule ``torch_sparse_adam`` (specs/torch_sparse_adam.py) computes it."""
+
+    DROP_IN = "SparseAdam"
+    FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 0.001,
+        betas: Any = (0.9, 0.999),
+        eps: Any = 1e-08,
+        maximize: Any = False,
+        *,
+        multi_precision: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "maximize": maximize,
+            },
+            multi_precision=multi_precision,
+            backend=backend,
+        )
+
+
 __all__ = [
     "ASGD",
     "SGD",
@@ -552,4 +582,5 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "Rprop",
+    "SparseAdam",
 ]

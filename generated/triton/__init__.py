@@ -46,6 +46,7 @@ RULES = (
     "torch_rmsprop",
     "torch_rprop",
     "torch_sgd",
+    "torch_sparse_adam",
 )
 MATRIX_RULES = (
     "adamuon",

@@ -13,15 +13,18 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
   ``differentiable=True`` (the step writes in place under ``no_grad``): in the constructor,
   ``add_param_group`` and ``load_state_dict``, before anything is written.
 - Sparse gradients: SGD and Adagrad take them, as torch's do (``SPARSE_GRADS``), densified for
-  the step; the other classes refuse them in the step's checks, as torch's do.
+  the step; SparseAdam takes nothing else and updates only the elements they hold
+  (:mod:`~optgen_runtime.optim.rows`); the other classes refuse them in the step's checks, as
+  torch's do.
 - ``state_dict()`` is torch's: groups without the tuple items' names; per parameter only the
   buffers torch creates under the group's settings (Adam's ``max_exp_avg_sq`` only with
   ``amsgrad``; the rule keeps every buffer, unused ones at their initial value), under torch's
   keys, ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
-  none), host states (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) as 0-d float64 tensors
-  (torch keeps float32 ones; its loader casts them), row/column states (Adafactor's) with
-  torch's kept axis, or under torch's name for a weight of fewer than two dims (``BELOW_2D``);
-  plus the top-level ``"optgen_rule"``, which torch's loader ignores.
+  none; SparseAdam's is a Python int, as torch's), host states (NAdam's ``mu_product``,
+  ASGD's ``eta`` and ``mu``) as 0-d float64 tensors (torch keeps float32 ones; its loader
+  casts them), row/column states (Adafactor's) with torch's kept axis, or under torch's name
+  for a weight of fewer than two dims (``BELOW_2D``); plus the top-level ``"optgen_rule"``,
+  which torch's loader ignores.
 - ``load_state_dict`` takes torch's (or ours): item names filled in from the tuples, absent
   switches and fixed settings from the defaults, buffers torch did not create at the rule's
   initial values, and, where torch keeps no step count (SGD), a count of 1 for a parameter with
@@ -38,6 +41,7 @@ import torch
 
 from optgen_runtime.optim.base import GeneratedOptimizer
 from optgen_runtime.optim.exchange import torch_creates, torch_defaults
+from optgen_runtime.optim.rows import ONLY_SPARSE, SparseRows
 from optgen_runtime.optim.state import step_tensor
 
 # torch.optim's switches that no step of a generated class can honour, and why.
@@ -63,7 +67,7 @@ SPARSE_GRADS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
 }
 
 
-class DropIn(GeneratedOptimizer):
+class DropIn(SparseRows, GeneratedOptimizer):
     """Base of the drop-in classes; see the module docstring."""
 
     DROP_IN: ClassVar[str]  # the torch.optim class name
@@ -194,8 +198,8 @@ class DropIn(GeneratedOptimizer):
                 theirs = "master" if key == "master" else layout.get(key)
                 if theirs is None:
                     continue
-                if key == "step":
-                    value = value.to(torch.float32)  # torch's format
+                if key == "step":  # torch's format: a float32 tensor (SparseAdam: an int)
+                    value = int(value) if self.DROP_IN in ONLY_SPARSE else value.to(torch.float32)
                 elif key in self.META.HOST_STATES:  # torch keeps a 0-d tensor
                     value = torch.tensor(value, dtype=torch.float64)
                 elif key in axes and p.dim() >= 2:  # torch keeps the reduced axis
