@@ -15,7 +15,9 @@
    Adam on a convolution stack's parameters in torch's channels_last memory format (weights,
    gradients and states strided), with our Adam on the same tensors contiguous beside it; and
    Adafactor (a factored rule: row and column factors of each trailing 3 x 3 kernel, on the
-   NumPy module) on that stack, contiguous and channels_last, against torch.optim.Adafactor.
+   NumPy module) on that stack, contiguous and channels_last, against torch.optim.Adafactor;
+   and the drop-in SparseAdam against torch.optim.SparseAdam on an embedding table of 16 M
+   parameters, 4,096 rows looked up per step.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
 3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
@@ -221,6 +223,44 @@ def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     return _timed_classes(shapes, steps, variants)
 
 
+TABLE = (250_000, 64)  # SparseAdam's embedding table: 16 M parameters
+LOOKUPS = 4_096  # rows a batch looks up (some twice: the gradient is uncoalesced)
+
+
+def sparse_adam_table(steps: int) -> dict[str, float]:
+    """ms/step of the drop-in SparseAdam (the rows a batch looked up, gathered, stepped by the
+    numba or the NumPy module and written back) and of torch.optim.SparseAdam, on tables of
+    their own, with the same sparse gradients of ``nn.Embedding(sparse=True)`` in turn."""
+    import torch
+
+    from generated.torch.optim import SparseAdam
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(*TABLE, sparse=True)
+    grads = []
+    for _ in range(8):
+        table.zero_grad()
+        table(torch.randint(0, TABLE[0], (LOOKUPS,))).sum().backward()
+        grads.append(table.weight.grad)
+    variants = {
+        "generated SparseAdam (numba)": lambda ps: SparseAdam(ps),
+        "generated SparseAdam (NumPy)": lambda ps: SparseAdam(ps, backend="numpy"),
+        "torch SparseAdam": lambda ps: torch.optim.SparseAdam(ps),
+    }
+
+    def stepping(make: Callable[..., Any]) -> Callable[[], None]:
+        weight = torch.nn.Parameter(table.weight.detach().clone())
+        opt, turn = make([weight]), iter(range(1 << 62))
+
+        def step() -> None:
+            weight.grad = grads[next(turn) % len(grads)]
+            opt.step()
+
+        return step
+
+    return timed_together({label: stepping(make) for label, make in variants.items()}, steps)
+
+
 FIXED_N = 1_000  # elements of the one tensor of the fixed-cost section: the step is all host work
 FIXED_STEPS = 2_000
 
@@ -300,6 +340,7 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
 
     from generated.torch import RULES as CLASSES
     from optgen_runtime.optim import torch_optimizer
+    from optgen_runtime.optim.rows import ONLY_SPARSE
 
     nb = importlib.import_module(f"generated.numba.{name}")
     ref = importlib.import_module(f"generated.numpy.{name}")
@@ -320,11 +361,14 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
         mine = torch.nn.Parameter(torch.from_numpy(w.copy()))
         mine.grad = torch.from_numpy(g.copy())
         fns["class_ms"] = CLASSES[name]([mine], **hp).step
-    if CLASSES[name].TORCH is not None:
+    peer = CLASSES[name].TORCH
+    # (torch's SparseAdam takes sparse gradients only: its rule is compared with its NumPy
+    # module here, with torch's SparseAdam on a table in sparse_adam_table)
+    if peer is not None and peer.class_name not in ONLY_SPARSE:
         p = torch.nn.Parameter(torch.from_numpy(w.copy()))
         p.grad = torch.from_numpy(g.copy())
         opt = torch_optimizer(CLASSES[name], [p], override={"foreach": True}, **hp)
-        row["peer"] = f"torch.optim.{CLASSES[name].TORCH.class_name}(foreach=True)"
+        row["peer"] = f"torch.optim.{peer.class_name}(foreach=True)"
         fns["peer_ms"] = opt.step
     else:
         w2 = w.copy()
@@ -390,6 +434,7 @@ def run(
             "n": int(sum(np.prod(s) for s in convs)),
             **adafactor_class(convs, max(3, steps // 4)),  # 0.1-0.6 s a step
         }
+        result["sparse_adam"] = sparse_adam_table(steps)
         for key, listed in (("lamb_gpt2_small", shapes), ("lamb_1000", [(64, 64)] * 1000)):
             result[key] = {
                 "tensors": len(listed),
@@ -451,6 +496,17 @@ def report(r: dict[str, Any]) -> str:
         for label, ms in block.items():
             if label not in ("n", "tensors"):
                 lines.append(f"  {label:30s} {ms:9.2f} {ms / numpy_ms:10.2f}x")
+    if "sparse_adam" in r:
+        block = r["sparse_adam"]
+        torch_ms = block["torch SparseAdam"]
+        lines += [
+            "",
+            f"SparseAdam, an embedding table of {TABLE[0]:,} x {TABLE[1]} ({TABLE[0] * TABLE[1]:,} "
+            f"parameters), {LOOKUPS:,} rows looked up per step",
+            f"  {'':30s} {'ms/step':>9s} {'this/torch':>11s}",
+        ]
+        for label, ms in block.items():
+            lines.append(f"  {label:30s} {ms:9.2f} {ms / torch_ms:10.2f}x")
     if "adafactor_convs" in r:
         block = r["adafactor_convs"]
         torch_ms = block["torch Adafactor"]

@@ -33,6 +33,21 @@ ONLY_SPARSE = {
 }
 
 
+def _take(x: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``x[index]``, a copy: the elements (or rows, along the first dims) ``index`` holds; for
+    one index tensor (a table's rows) by ``index_select``, 8x faster than advanced indexing
+    (4,096 rows of 64 floats: 30 against 240 us)."""
+    return x.index_select(0, index[0]) if len(index) == 1 else x[index]
+
+
+def _put(x: torch.Tensor, index: tuple[torch.Tensor, ...], rows: torch.Tensor) -> None:
+    """``x[index] = rows`` in place (``index`` holds no element twice: coalesced)."""
+    if len(index) == 1:
+        x.index_copy_(0, index[0], rows)
+    else:
+        x.index_put_(index, rows)
+
+
 class _Gathered(NamedTuple):
     """One parameter's rows this step: where it sits in its group, the indices its gradient
     holds, and the dense rows the step updates in its place."""
@@ -68,10 +83,16 @@ class SparseRows:
             states = [self.state.pop(g.rows, None) for g in gathered]  # type: ignore[attr-defined]
             for g in gathered:
                 g.group["params"][g.slot] = g.param
-            self._plan = None  # built on this step's rows
-            self._checked = None
+            self._checked = None  # (the key of this step's rows)
             if done:
                 commit(lambda: self._scatter(gathered, states))  # after the rows' writes
+
+    def _remember(self) -> None:
+        """No plan for a fast step: the rows change every step."""
+        if self._only_sparse():
+            self._plan = None
+        else:
+            super()._remember()  # type: ignore[misc]
 
     def _gather(self) -> list[_Gathered]:
         """Every parameter with a gradient checked, then its rows put in its place in its group
@@ -103,12 +124,12 @@ class SparseRows:
         for _, group, slot, p in with_grads:
             grad = p.grad.coalesce()  # repeated indices summed, as torch's step sums them
             index = tuple(grad.indices())
-            rows = p.detach()[index]  # a copy: (held elements, *the dense dims)
+            rows = _take(p.detach(), index)  # a copy: (held elements, *the dense dims)
             rows.grad = grad.values()
             state = self.state.get(p)  # type: ignore[attr-defined]
             if state:  # (else the row step creates the rows' initial state)
                 self.state[rows] = {  # type: ignore[attr-defined]
-                    key: value.clone() if key == "step" else value[index]
+                    key: value.clone() if key == "step" else _take(value, index)
                     for key, value in state.items()
                 }
             gathered.append(_Gathered(group, slot, p, index, rows))
@@ -145,12 +166,12 @@ class SparseRows:
             if not state:
                 hp = self._hyper(g.group)  # type: ignore[attr-defined]
                 state = self._state_for(g.param, hp)  # type: ignore[attr-defined]
-            g.param.detach().index_put_(g.index, g.rows)
+            _put(g.param.detach(), g.index, g.rows)
             for key, value in rows_state.items():
                 if key == "step":
                     state[key] = value
                 else:
-                    state[key].index_put_(g.index, value)
+                    _put(state[key], g.index, value)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's constructor refuses complex parameters (on every group added): so here."""
