@@ -232,3 +232,30 @@ def test_grad_scaler() -> None:
             scaler.update()
     assert ulps(tables[1].weight, tables[0].weight) <= ULPS
     assert opts[1].state_dict()["state"][0]["step"] == opts[0].state_dict()["state"][0]["step"] == 4
+
+
+def test_distributed_checkpoint_state_dict() -> None:
+    """``torch.distributed.checkpoint``'s state dict functions (one process): saved with the
+    int step count; loading into an optimizer without state needs ``init_state()`` first (DCP
+    would initialise it with a step on dense zero gradients, which SparseAdam refuses, torch's
+    as ours: the message says so), then it resumes where the saved one stood."""
+    from torch.distributed.checkpoint import state_dict as dcp
+
+    params = _params()
+    opt = dropin.SparseAdam(params)
+    _run([(opt, params)], range(1, 4))
+    saved = dcp.get_optimizer_state_dict(torch.nn.ParameterList(params), opt)
+    assert [saved["state"][str(i)]["step"] for i in range(3)] == [3, 3, 3]
+    fresh = _params()
+    with torch.no_grad():
+        for a, b in zip(fresh, params, strict=True):
+            a.copy_(b)
+    resumed = dropin.SparseAdam(fresh)
+    with pytest.raises(RuntimeError, match=r"grad is dense.*call init_state\(\) before it"):
+        dcp.set_optimizer_state_dict(torch.nn.ParameterList(fresh), resumed, copy.deepcopy(saved))
+    for p in fresh:
+        p.grad = None
+    resumed.init_state()
+    dcp.set_optimizer_state_dict(torch.nn.ParameterList(fresh), resumed, copy.deepcopy(saved))
+    _run([(opt, params), (resumed, fresh)], range(4, 7))
+    assert all(torch.equal(a, b) for a, b in zip(fresh, params, strict=True))

@@ -142,8 +142,12 @@ class SparseRows:
         gave the gradient ``p``'s shape, dtype and device; the row step checks the rest: dtypes
         it takes, devices its backend takes, its state's)."""
         name, grad = type(self).__name__, p.grad
-        if not grad.is_sparse:  # torch's error and message
-            raise RuntimeError(f"{name}: {label}'s grad is dense. {ONLY_SPARSE[self.DROP_IN]}")
+        if not grad.is_sparse:  # torch's error and message, and what to do under DCP
+            raise RuntimeError(
+                f"{name}: {label}'s grad is dense. {ONLY_SPARSE[self.DROP_IN]} "
+                "(torch.distributed.checkpoint's set_optimizer_state_dict initialises a missing "
+                "state with a step on dense zero gradients: call init_state() before it)"
+            )
         if grad.layout != torch.sparse_coo:
             raise ValueError(f"{name}: {label}'s grad is {grad.layout}: pass a sparse COO one")
         problem = None
