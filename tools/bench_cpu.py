@@ -17,7 +17,8 @@
    Adafactor (a factored rule: row and column factors of each trailing 3 x 3 kernel, on the
    NumPy module) on that stack, contiguous and channels_last, against torch.optim.Adafactor;
    and the drop-in SparseAdam against torch.optim.SparseAdam on an embedding table of 16 M
-   parameters, 4,096 rows looked up per step.
+   parameters, 4,096 rows looked up per step; and Adam on the GPT-2-small-shaped list in
+   complex64 (the fast step on real views, and full steps) against torch's foreach Adam.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
 3. Adam in a training loop (zero_grad, forward, backward, step of a 4 M-parameter MLP whose
@@ -181,6 +182,28 @@ def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
     }
     return _timed_classes(shapes, steps, variants, dtype=torch.bfloat16)
+
+
+def adam_complex(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step on complex64 parameters (torch's fused Adam takes none): generated.torch.Adam
+    (its fast step takes them as their real views), the same stepping in full every time, and
+    torch's foreach and for-loop Adam."""
+    import torch
+
+    from generated.torch import Adam
+
+    def full(ps: list[Any]) -> Any:
+        opt = Adam(ps, lr=1e-3)
+        opt._fast_step = lambda given: False  # every step the full step
+        return opt
+
+    variants = {
+        "generated.torch.Adam": (lambda ps: Adam(ps, lr=1e-3), False),
+        "generated, full steps": (full, False),
+        "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
+        "torch Adam for-loop": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=False), False),
+    }
+    return _timed_classes(shapes, steps, variants, dtype=torch.complex64)
 
 
 def adafactor_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
@@ -429,6 +452,11 @@ def run(
             "n": int(sum(np.prod(s) for s in shapes)),
             **adam_bfloat16(shapes, steps),
         }
+        result["adam_complex"] = {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **adam_complex(shapes, steps),
+        }
         result["adafactor_convs"] = {
             "tensors": len(convs),
             "n": int(sum(np.prod(s) for s in convs)),
@@ -496,6 +524,18 @@ def report(r: dict[str, Any]) -> str:
         for label, ms in block.items():
             if label not in ("n", "tensors"):
                 lines.append(f"  {label:30s} {ms:9.2f} {ms / numpy_ms:10.2f}x")
+    if "adam_complex" in r:
+        block = r["adam_complex"]
+        foreach = block["torch Adam foreach"]
+        lines += [
+            "",
+            f"Adam, complex64 parameters, the GPT-2-small-shaped list: {block['tensors']} "
+            f"tensors, {block['n']:,} parameters (torch's fused Adam takes no complex ones)",
+            f"  {'':30s} {'ms/step':>9s} {'this/foreach':>13s}",
+        ]
+        for label, ms in block.items():
+            if label not in ("n", "tensors"):
+                lines.append(f"  {label:30s} {ms:9.2f} {ms / foreach:12.2f}x")
     if "sparse_adam" in r:
         block = r["sparse_adam"]
         torch_ms = block["torch SparseAdam"]

@@ -31,8 +31,8 @@ A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes
 device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
 to the kernels, the step counts and host states advanced speculatively, rolled back by
 ``_settle`` if the flag was set. Anything else (a first step, a new or reshaped buffer, a DTensor,
-a GradScaler whose tensors are read on the host, step inputs, a complex parameter, a rule
-that is not compiled) takes the full step, which checks
+a GradScaler whose tensors are read on the host, step inputs, a complex parameter on the
+Triton kernels, a rule that is not compiled) takes the full step, which checks
 everything and names the culprit, then remembers the new plan. Hyperparameters are resolved and
 checked every step, and every host scalar is checked before anything is written, as in the
 full step. The step counts advance in one NumPy add per step (``Plan.counter``: the plan makes
@@ -78,6 +78,8 @@ _DATA_PTR, _SIZE, _GET_DEVICE = torch.Tensor.data_ptr, torch.Tensor.size, torch.
 _STRIDE = torch.Tensor.stride
 SMALL = 64  # gradients compared one by one below this many; vectorised above
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+# a complex parameter's dtype -> its real view's (``torch.view_as_real``: the same memory)
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 # hyperparameter values that cannot change while the group holds them (see ``_raw``)
 _IMMUTABLE = frozenset((float, int, bool, str, type(None)))
 
@@ -90,6 +92,7 @@ class Group:
     __slots__ = (
         "absent",
         "buffers",
+        "complex",
         "converted",
         "device",
         "dtypes",
@@ -115,6 +118,9 @@ class Group:
         # the numba loops': the gradients of another dtype than the (master) weight they
         # update, by position, each with its float32 scratch (converted into it every step)
         self.converted: tuple[list[int], list[torch.Tensor]] = ([], [])
+        # the numba loops': the complex parameters' positions (stepped as their real views): a
+        # lazily conjugated gradient there (refused by the full step) is looked for every step
+        self.complex: list[int] = []
         self.absent: tuple[str, ...] = ()  # the states absent under the plan's hyperparameters
         self.dtypes: list[Any] = []
         self.device: torch.device | None = None  # the Triton kernels': the group's one device
@@ -259,6 +265,9 @@ class FastStep:
         if surveyed is None or surveyed[0] != plan.signature:
             return False
         grads = surveyed[1]
+        for part, gs in zip(plan.groups, grads, strict=True):
+            if any(gs[j].is_conj() for j in part.complex):
+                return False  # the full step refuses it, naming it
         pointers = [list(map(torch.Tensor.data_ptr, gs)) for gs in grads]
         if not self._grads_clear(plan, pointers):
             return False  # the full step names the overlap
@@ -574,8 +583,8 @@ class FastStep:
             rows, shapes = [], []
             perms: list[tuple[int, ...] | None] = []
             for p, g, s in zip(params, gs, part.states, strict=True):
-                if p.is_complex():
-                    return  # shown as its real view: the full step's
+                if p.is_complex() and (kind != "numba" or g.dtype != p.dtype):
+                    return  # on the kernels: the full step's real views
                 weight = s.get("master", p)
                 buffers = [weight, *(s[k] for k in present)]
                 perm = None
@@ -594,7 +603,10 @@ class FastStep:
                         work = torch.empty(p.shape, dtype=computed)
                         plan.works[0].append(p)
                         plan.works[1].append(work)
-                    if work.dtype not in _NUMPY or not g.is_floating_point():
+                    real = _REAL.get(work.dtype, work.dtype)  # a complex one as its real view
+                    if real not in _NUMPY or g.is_complex() != work.is_complex():
+                        return
+                    if not (g.is_floating_point() or g.is_complex()):
                         return
                     grad = g
                     if g.dtype != work.dtype:  # converted every step, as the full step does
@@ -604,8 +616,10 @@ class FastStep:
                         part.converted[0].append(len(rows))
                         part.converted[1].append(grad)
                     rows.append([x.data_ptr() for x in (work, grad, *buffers[1:])])
-                    shapes.append(tuple(p.shape))
-                    part.dtypes.append(_NUMPY[work.dtype])
+                    if p.is_complex():
+                        part.complex.append(len(shapes))
+                    shapes.append((*p.shape, 2) if p.is_complex() else tuple(p.shape))
+                    part.dtypes.append(_NUMPY[real])
                 else:
                     part.device = weight.device
                     part.weights.append(_permuted(weight.detach(), perm))
