@@ -651,3 +651,24 @@ def test_complex_parameters(name: str, options: dict[str, Any]) -> None:
         for a, b in zip(params, made[0], strict=True):
             assert ulps(_parts(a), _parts(b)) <= ULPS
     assert not torch.equal(made[0][0], weights[0])
+
+
+def test_torch_optims_other_names_are_its_own() -> None:
+    """``import generated.torch.optim as optim`` serves code written against torch.optim: every
+    name torch.optim exports resolves (ours where a rule is a drop-in, else torch's own:
+    lr_scheduler, swa_utils, Optimizer, LBFGS), and a name neither has is refused as such."""
+    import generated.torch.optim as optim
+
+    for name in torch.optim.__all__:
+        ours = getattr(optim, name)
+        assert (ours is getattr(torch.optim, name)) == (name not in dropin.__all__), name
+    assert optim.lr_scheduler is torch.optim.lr_scheduler and optim.LBFGS is torch.optim.LBFGS
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = optim.SGD([p], lr=0.1)
+    schedule = optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    p.grad = torch.ones(2)
+    opt.step()
+    schedule.step()
+    assert isinstance(opt, optim.Optimizer) and opt.param_groups[0]["lr"] == 0.05
+    with pytest.raises(AttributeError, match=r"no attribute 'Adamm', and neither has torch.optim"):
+        optim.Adamm  # noqa: B018 (the attribute lookup is the test)

@@ -9,12 +9,15 @@ a spec with torch's semantics (``RULE.drop_in`` in specs/torch_*.py). It runs it
 generated code like every class of :mod:`generated.torch` (Triton on CUDA, NumPy on CPU); the
 keyword-only ``multi_precision`` and ``backend`` are optgen's own. ``foreach`` and ``fused`` are
 accepted and change nothing (every step is fused and multi-tensor already); ``capturable=True``
-and ``differentiable=True`` are refused (see :mod:`optgen_runtime.optim.dropin`).
+and ``differentiable=True`` are refused (see :mod:`optgen_runtime.optim.dropin`). Any other
+name (``lr_scheduler``, ``swa_utils``, ``Optimizer``, ``LBFGS``) is torch.optim's own.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch.optim
 
 from optgen_runtime.optim.dropin import DropIn
 
@@ -566,6 +569,19 @@ class SparseAdam(DropIn, _classes.TorchSparseAdam):
             multi_precision=multi_precision,
             backend=backend,
         )
+
+
+def __getattr__(name: str) -> Any:
+    """What this module has no class of its own for is ``torch.optim``'s own, so that code
+    written against ``torch.optim`` runs with ``import optgen.torch.optim as optim``:
+    ``optim.lr_scheduler``, ``optim.swa_utils``, ``optim.Optimizer``, and ``optim.LBFGS`` (a
+    line search driven by a closure, not an update rule: torch's implementation runs)."""
+    try:
+        return getattr(torch.optim, name)
+    except AttributeError:
+        raise AttributeError(
+            f"module {__name__!r} has no attribute {name!r}, and neither has torch.optim"
+        ) from None
 
 
 __all__ = [

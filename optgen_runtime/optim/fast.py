@@ -153,6 +153,7 @@ class Plan:
     __slots__ = (
         "amp",
         "clear",
+        "complex",
         "counter",
         "counts",
         "grad_bytes",
@@ -192,6 +193,7 @@ class Plan:
         # working copies (``Stepping._computed_in``): copied in before, rounded back after
         self.works: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.clear: list[int] = []  # the gradient addresses last found clear
+        self.complex = False  # whether a group has complex parameters (``Group.complex``)
         self.names: tuple[str, ...] = ()  # a group's hyperparameters and tuple aliases (_raw)
         # the written spans' starts and ends, and the gradients' sizes, as lists
         self.spans: tuple[list[int], list[int], list[int]] = ([], [], [])
@@ -265,7 +267,7 @@ class FastStep:
         if surveyed is None or surveyed[0] != plan.signature:
             return False
         grads = surveyed[1]
-        for part, gs in zip(plan.groups, grads, strict=True):
+        for part, gs in zip(plan.groups, grads, strict=True) if plan.complex else ():
             if any(gs[j].is_conj() for j in part.complex):
                 return False  # the full step refuses it, naming it
         pointers = [list(map(torch.Tensor.data_ptr, gs)) for gs in grads]
@@ -618,6 +620,7 @@ class FastStep:
                     rows.append([x.data_ptr() for x in (work, grad, *buffers[1:])])
                     if p.is_complex():
                         part.complex.append(len(shapes))
+                        plan.complex = True
                     shapes.append((*p.shape, 2) if p.is_complex() else tuple(p.shape))
                     part.dtypes.append(_NUMPY[real])
                 else:
