@@ -1,7 +1,9 @@
 """The drop-in ``SparseAdam`` against ``torch.optim.SparseAdam`` on the CPU: sparse gradients only,
 the elements they hold updated (gathered into rows, the rule's generated code run on them on
 every backend, written back), the others untouched; torch's state_dict (an int step count)
-either way; every refusal before anything is written.
+either way; every refusal before anything is written. In a GPU run (``TRITON_INTERPRET=0``,
+tools/gpu_check.py) ``test_matches_torch`` runs on CUDA tensors: the Triton kernels against
+torch's CUDA SparseAdam.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import DEVICE
 from test_dropin import ULPS, ulps
 
 import generated.torch.optim as dropin
@@ -20,17 +23,18 @@ OPTIONS = [
     {"maximize": True},
     {"lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6},
 ]
-BACKENDS = ["auto", "numpy", "triton"]  # auto: the compiled numba loops
+# auto: the compiled numba loops on the CPU, the Triton kernels on CUDA
+BACKENDS = ["auto", "numpy", "triton"] if DEVICE == "cpu" else ["auto"]
 
 
-def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+def _params(seed: int = 0, device: str = "cpu") -> list[torch.nn.Parameter]:
     """A table (rows looked up, a hybrid gradient: sparse rows of dense values), a matrix of
     elementwise sparse gradients, and a transposed (not contiguous) table."""
     torch.manual_seed(seed)
     return [
-        torch.nn.Parameter(torch.randn(12, 3)),
-        torch.nn.Parameter(torch.randn(4, 5)),
-        torch.nn.Parameter(torch.randn(3, 9).t()),
+        torch.nn.Parameter(torch.randn(12, 3).to(device)),
+        torch.nn.Parameter(torch.randn(4, 5).to(device)),
+        torch.nn.Parameter(torch.randn(3, 9).t().to(device)),
     ]
 
 
@@ -57,7 +61,7 @@ def _run(pairs: list[tuple[torch.optim.Optimizer, list[torch.Tensor]]], steps: r
     for t in steps:
         for opt, params in pairs:
             for p, grad in zip(params, _grads(t), strict=True):
-                p.grad = grad.to(p.dtype)
+                p.grad = grad.to(p.device, p.dtype)
             opt.step()
 
 
@@ -79,13 +83,13 @@ def _state_close(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer) -> 
 def test_matches_torch(options: dict[str, Any], backend: str) -> None:
     """12 steps within ULPS of torch's (weights and moments), the elements never held exactly
     as they were, with a checkpoint crossing either way at step 6."""
-    start = [p.detach().clone() for p in _params()]
-    theirs_p, ours_p = _params(), _params()
+    start = [p.detach().clone() for p in _params(device=DEVICE)]
+    theirs_p, ours_p = _params(device=DEVICE), _params(device=DEVICE)
     theirs = torch.optim.SparseAdam(theirs_p, **options)
     ours = dropin.SparseAdam(ours_p, **options, backend=backend)
     _run([(theirs, theirs_p), (ours, ours_p)], range(1, 7))
     _state_close(ours, theirs)
-    theirs2_p, ours2_p = _params(), _params()
+    theirs2_p, ours2_p = _params(device=DEVICE), _params(device=DEVICE)
     with torch.no_grad():
         for a, b, x, y in zip(theirs2_p, ours2_p, ours_p, theirs_p, strict=True):
             a.copy_(x)

@@ -75,6 +75,7 @@ TEST_FILES = (
     "tests/test_columns.py",  # every tensor's trust ratios at once, on the device's sums
     "tests/test_layouts.py",  # channels_last, transposed and sliced weights on the kernels
     "tests/test_dropin.py::test_matches_torch",  # the drop-ins against torch's CUDA kernels
+    "tests/test_sparse_adam.py::test_matches_torch",  # SparseAdam's rows on the kernels
     "tests/test_adafactor.py",  # the matrix rules' kernels and products on CUDA
     "tests/test_matrix_rules.py",
     "tests/test_triton.py",
