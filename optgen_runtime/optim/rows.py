@@ -40,6 +40,11 @@ def _take(x: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return x.index_select(0, index[0]) if len(index) == 1 else x[index]
 
 
+def _taken_state(state: dict[str, Any], index: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """A parameter's state for its rows: each buffer's held elements (``_take``), the count."""
+    return {k: v.clone() if k == "step" else _take(v, index) for k, v in state.items()}
+
+
 def _put(x: torch.Tensor, index: tuple[torch.Tensor, ...], rows: torch.Tensor) -> None:
     """``x[index] = rows`` in place (``index`` holds no element twice: coalesced)."""
     if len(index) == 1:
@@ -120,7 +125,7 @@ class SparseRows:
                     if isinstance(value, torch.Tensor) and value.dim()
                 ]
         check_overlaps(name, written)
-        gathered = []
+        gathered, row_states = [], []
         for _, group, slot, p in with_grads:
             grad = p.grad.coalesce()  # repeated indices summed, as torch's step sums them
             index = tuple(grad.indices())
@@ -128,11 +133,10 @@ class SparseRows:
             rows.grad = grad.values()
             state = self.state.get(p)  # type: ignore[attr-defined]
             if state:  # (else the row step creates the rows' initial state)
-                self.state[rows] = {  # type: ignore[attr-defined]
-                    key: value.clone() if key == "step" else _take(value, index)
-                    for key, value in state.items()
-                }
+                row_states.append((rows, _taken_state(state, index)))
             gathered.append(_Gathered(group, slot, p, index, rows))
+        for rows, row_state in row_states:  # (all gathered: nothing of a refusal above stays)
+            self.state[rows] = row_state  # type: ignore[attr-defined]
         for g in gathered:
             g.group["params"][g.slot] = g.rows
         return gathered
