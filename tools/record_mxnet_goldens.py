@@ -21,6 +21,10 @@ NAdam's file also holds ``shared_schedule``: two parameters updated alternately 
 index 0, then index 1) by ONE optimizer, which shares its schedule product between them, and the
 same inputs through one optimizer per parameter (optgen's per-parameter schedule).
 
+``lazy_rows.json`` holds MXNet's lazy updates of a dense 6 x 4 weight by row_sparse gradients
+(``LAZY_CASES``: SGD, SGD with momentum, Adam, AdaGrad at wd = 0), each step's rows and values
+with the weight and state after it (tests/test_lazy_rows.py).
+
 Only this small JSON data is committed; the script uses only numpy and mxnet.
 """
 
@@ -330,6 +334,59 @@ def record_nadam_shared(steps: int = 10) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# Lazy updates of a dense weight by row_sparse gradients (MXNet 1.9.1's ``lazy_update=True``, the
+# default of SGD and Adam; AdaGrad's sparse kernel at wd = 0): only the rows a gradient holds
+# touch the weight and state. One float32 weight of LAZY_SHAPE; each step's gradient holds a
+# random set of rows (none at step 3).
+LAZY_SHAPE = (6, 4)
+LAZY_CASES: list[Case] = [
+    Case("sgd", "lazy", {"momentum": 0.0, "learning_rate": 0.05, **COMMON}, 6),
+    Case("sgd_mom", "lazy", {"momentum": 0.9, "learning_rate": 0.05, **COMMON}, 6),
+    Case("adam", "lazy", {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.9, **COMMON}, 6),
+    Case("adagrad", "lazy-wd0",
+         {"learning_rate": 0.1, "eps": 1e-5, "rescale_grad": 0.7, "clip_gradient": 0.8}, 6),
+]  # fmt: skip
+
+
+def record_lazy(case: Case) -> dict[str, Any]:
+    rule, name, kwargs, steps, _, _ = case
+    mx_name = RULES[rule][0]
+    rows_n, width = LAZY_SHAPE
+    rng = np.random.default_rng(zlib.crc32(f"{rule}/{name}".encode()))
+    w0 = rng.standard_normal(LAZY_SHAPE).astype(np.float32)
+    opt = mx.optimizer.create(mx_name, **kwargs)
+    weight = mx.nd.array(w0, dtype="float32")
+    state = opt.create_state(0, weight)
+    held: list[list[int]] = []
+    values: list[list[Any]] = []
+    weights: list[list[Any]] = []
+    states: dict[str, list[list[Any]]] = {}
+    for step in range(1, steps + 1):
+        count = 0 if step == 3 else int(rng.integers(1, rows_n))
+        rows = np.sort(rng.choice(rows_n, count, replace=False)).astype(np.int64)
+        data = (rng.standard_normal((count, width)) * 1.5).astype(np.float32)
+        grad = mx.nd.sparse.row_sparse_array((data, rows), shape=LAZY_SHAPE, dtype="float32")
+        opt.update(0, weight, grad, state)
+        held.append([int(r) for r in rows])
+        values.append(encode(data))
+        weights.append(encode(weight.asnumpy()))
+        for n, b in zip(RULES[rule][1], flatten(state), strict=True):
+            states.setdefault(n, []).append(encode(b.asnumpy()))
+    return {
+        "rule": rule,
+        "name": name,
+        "mxnet_optimizer": mx_name,
+        "mxnet_kwargs": kwargs,
+        "hyperparams": hyperparams(rule, kwargs, opt),
+        "shape": list(LAZY_SHAPE),
+        "weight0": encode(w0),
+        "rows": held,
+        "values": values,
+        "weights": weights,
+        "states": states,
+    }
+
+
 def main() -> None:
     assert mx.__version__ == "1.9.1", mx.__version__
     OUT.mkdir(parents=True, exist_ok=True)
@@ -350,6 +407,15 @@ def main() -> None:
         path = OUT / f"{rule}.json"
         path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
         print(f"wrote {path.relative_to(OUT.parent.parent.parent)} ({len(cases)} cases)")
+    data = {
+        "mxnet_version": mx.__version__,
+        "numpy_version": np.__version__,
+        "recorded_by": "tools/record_mxnet_goldens.py",
+        "cases": [record_lazy(case) for case in LAZY_CASES],
+    }
+    path = OUT / "lazy_rows.json"
+    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    print(f"wrote {path.relative_to(OUT.parent.parent.parent)} ({len(LAZY_CASES)} cases)")
 
 
 if __name__ == "__main__":

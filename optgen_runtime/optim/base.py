@@ -16,6 +16,8 @@ It is composed of one part per concern, each in its own module:
 - :mod:`~optgen_runtime.optim.step`: the step on the numba, NumPy or Triton backend;
 - :mod:`~optgen_runtime.optim.fast`: the step of an unchanged parameter set on the numba
   backend, its checks cut to one pass;
+- :mod:`~optgen_runtime.optim.rows`: sparse gradients stepped lazily, on the rows they hold
+  (SparseAdam; MXNet's lazy SGD, Adam, AdaGrad);
 - :mod:`~optgen_runtime.optim.inputs`: a step's inputs besides the gradients (``hessian=``,
   a loss);
 - :mod:`~optgen_runtime.optim.exchange`: state exchange with torch.optim, and the torch.optim
@@ -45,6 +47,7 @@ from optgen_runtime.optim.distributed import Distributed, zero_owner
 from optgen_runtime.optim.exchange import TorchExchange
 from optgen_runtime.optim.fast import FastStep
 from optgen_runtime.optim.inputs import StepInputs
+from optgen_runtime.optim.rows import SparseRows
 from optgen_runtime.optim.state import ParamState
 from optgen_runtime.optim.step import Stepping
 
@@ -106,6 +109,7 @@ class GeneratedOptimizer(
     ParamState,
     AmpScaling,
     StepInputs,
+    SparseRows,
     FastStep,
     Stepping,
     TorchExchange,

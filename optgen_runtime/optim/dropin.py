@@ -41,7 +41,7 @@ import torch
 
 from optgen_runtime.optim.base import GeneratedOptimizer
 from optgen_runtime.optim.exchange import torch_creates, torch_defaults
-from optgen_runtime.optim.rows import ONLY_SPARSE, SparseRows
+from optgen_runtime.optim.rows import ONLY_SPARSE
 from optgen_runtime.optim.state import step_tensor
 
 # torch.optim's switches that no step of a generated class can honour, and why.
@@ -67,7 +67,7 @@ SPARSE_GRADS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
 }
 
 
-class DropIn(SparseRows, GeneratedOptimizer):
+class DropIn(GeneratedOptimizer):
     """Base of the drop-in classes; see the module docstring."""
 
     DROP_IN: ClassVar[str]  # the torch.optim class name

@@ -1,23 +1,29 @@
-"""torch.optim's classes that take only sparse gradients and update only the elements a gradient
-holds (``SparseAdam``: Adam applied lazily, to the rows of ``nn.Embedding(sparse=True)`` that a
-batch looked up).
+"""Sparse gradients updated lazily: only the elements a gradient holds are stepped.
 
-Such a class's step gathers, for each parameter with a gradient, the elements its coalesced
-gradient holds (``grad.coalesce()``: repeated indices summed, as torch sums them) from the
-weight, its state buffers and its master copy into dense rows of their own, runs the ordinary
-step on those rows (every check, every backend: numba, NumPy, Triton; GradScaler's unscaling and
-skipped steps), then writes the rows back with ``index_put_``: a step costs the rows a batch
-touched, not the table. Elements without a gradient keep their weight and state (torch's
-moments do not decay there either); the step count advances on every step a parameter has a
-gradient, an empty one included, as torch's. Every check comes before any write: a dense
-gradient (torch's RuntimeError), a complex, sparse or DTensor parameter, and what the row step
-refuses, leave every parameter and state as it
-was. The fast step (:mod:`~optgen_runtime.optim.fast`) is never taken: the rows change every
-step.
+- torch.optim's classes that take only sparse gradients (``ONLY_SPARSE``: ``SparseAdam``, Adam
+  applied to the rows of ``nn.Embedding(sparse=True)`` that a batch looked up); a dense
+  gradient is refused with torch's RuntimeError.
+- MXNet 1.9.1's lazy updates (``LAZY_RULES``): ``generated.torch.SGD``, ``SGDMomentum`` and
+  ``Adam`` (``lazy_update=True``, MXNet's default for them) and ``AdaGrad`` at ``wd = 0``
+  (MXNet's sparse kernel) take a sparse (COO) gradient, torch's ``row_sparse``, and update only
+  the rows it holds, weight decay included; their dense gradients step as every class's do.
+
+The step gathers, for each parameter with a sparse gradient, the elements its coalesced gradient
+holds (``grad.coalesce()``: repeated indices summed, as torch sums them) from the weight, its
+state buffers and its master copy into dense rows of their own, runs the ordinary step on those
+rows (every check, every backend: numba, NumPy, Triton; GradScaler's unscaling and skipped
+steps), then writes the rows back with ``index_copy_``: a step costs the rows a batch touched,
+not the table. Elements without a gradient keep their weight and state (moments and momentum do
+not decay there); the step count advances on every step a parameter has a gradient, an empty
+one included, as torch's and MXNet's. Every check comes before any write: a dense gradient where
+only sparse ones are taken, a refused setting, a complex, sparse or DTensor parameter, and what
+the row step refuses, leave every parameter and state as it was. A step with sparse gradients
+never takes the fast step (:mod:`~optgen_runtime.optim.fast`): the rows change every step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -30,6 +36,22 @@ from optgen_runtime.optim.distributed import is_dtensor
 # state's step count is a Python int (torch's others keep a float32 tensor).
 ONLY_SPARSE = {
     "SparseAdam": "SparseAdam does not support dense gradients, please consider Adam instead",
+}
+# generated.torch's classes of MXNet 1.9.1's rules whose sparse updates are lazy (its row_sparse
+# kernels: tests/goldens/mxnet/lazy_rows.json), by rule, with the settings under which MXNet
+# updates every row instead (its dense fallback): (key, whether its value is refused, why).
+LAZY_RULES: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+    "sgd": (),
+    "sgd_mom": (),
+    "adam": (),
+    "adagrad": (
+        (
+            "wd",
+            lambda v: v != 0,
+            "MXNet 1.9.1's sparse AdaGrad takes wd = 0 only, and updates every row otherwise: "
+            "pass grad.to_dense() for that",
+        ),
+    ),
 }
 
 
@@ -65,19 +87,26 @@ class _Gathered(NamedTuple):
 
 
 class SparseRows:
-    """The step of a class of ``ONLY_SPARSE``; see the module docstring. Mixed into ``DropIn``;
-    the other drop-ins step as every generated class does."""
+    """The step of the classes of ``ONLY_SPARSE`` and ``LAZY_RULES``; see the module docstring.
+    Mixed into every generated class: the others step as they would without it."""
 
-    DROP_IN: str
+    RULE: str
 
-    def _only_sparse(self) -> bool:
-        return self.DROP_IN in ONLY_SPARSE
+    def _rows_mode(self) -> str | None:
+        """``"only"`` (sparse gradients only), ``"lazy"`` (sparse ones gathered, dense ones as
+        every class steps them), or None (no sparse gradients gathered)."""
+        drop_in = getattr(self, "DROP_IN", None)
+        if drop_in is not None:
+            return "only" if drop_in in ONLY_SPARSE else None
+        return "lazy" if self.RULE in LAZY_RULES else None
 
     def _update(self, given: Any, tried: bool) -> None:
-        if not self._only_sparse():
+        mode = self._rows_mode()
+        gathered = self._gather(mode == "only") if mode is not None else []
+        if not gathered:
             super()._update(given, tried)  # type: ignore[misc]
             return
-        gathered = self._gather()
+        self._gathering = True
         try:
             super()._update(given, True)  # type: ignore[misc]  # (no fast step: new rows)
             done = True
@@ -85,6 +114,7 @@ class SparseRows:
             done = False
             raise
         finally:
+            self._gathering = False
             states = [self.state.pop(g.rows, None) for g in gathered]  # type: ignore[attr-defined]
             for g in gathered:
                 g.group["params"][g.slot] = g.param
@@ -93,16 +123,16 @@ class SparseRows:
                 commit(lambda: self._scatter(gathered, states))  # after the rows' writes
 
     def _remember(self) -> None:
-        """No plan for a fast step: the rows change every step."""
-        if self._only_sparse():
+        """No plan for a fast step after a step of gathered rows: they change every step."""
+        if getattr(self, "_gathering", False):
             self._plan = None
         else:
             super()._remember()  # type: ignore[misc]
 
-    def _gather(self) -> list[_Gathered]:
-        """Every parameter with a gradient checked, then its rows put in its place in its group
-        (with their state under the rows, gathered from the parameter's): nothing of the
-        parameters or their states is written."""
+    def _gather(self, only: bool) -> list[_Gathered]:
+        """Every parameter with a sparse gradient (``only``: with a gradient) checked, then its
+        rows put in its place in its group (with their state under the rows, gathered from the
+        parameter's): nothing of the parameters or their states is written."""
         name = type(self).__name__
         placed = [
             (group, slot, p)
@@ -110,11 +140,15 @@ class SparseRows:
             for slot, p in enumerate(group["params"])
         ]
         with_grads = [(i, *x) for i, x in enumerate(placed) if x[2].grad is not None]
+        if not only:  # (the others step as they are)
+            with_grads = [x for x in with_grads if x[3].grad.layout != torch.strided]
+            if not with_grads:
+                return []
         if len({id(p) for _, _, _, p in with_grads}) < len(with_grads):
             self._refuse_listed_twice()  # type: ignore[attr-defined]
         written: list[tuple[str, Any, bool]] = []
-        for index, _, _, p in with_grads:
-            self._check_sparse(p, f"parameter {index}")
+        for index, group, _, p in with_grads:
+            self._check_sparse(p, f"parameter {index}", group)
             written.append((f"parameter {index}", p, True))
             state = self.state.get(p)  # type: ignore[attr-defined]
             if state:
@@ -141,26 +175,31 @@ class SparseRows:
             g.group["params"][g.slot] = g.rows
         return gathered
 
-    def _check_sparse(self, p: torch.Tensor, label: str) -> None:
-        """What gathering ``p``'s rows needs of it and its gradient (torch's ``grad`` setter
-        gave the gradient ``p``'s shape, dtype and device; the row step checks the rest: dtypes
-        it takes, devices its backend takes, its state's)."""
+    def _check_sparse(self, p: torch.Tensor, label: str, group: dict[str, Any]) -> None:
+        """What gathering ``p``'s rows needs of it, its gradient and its group's settings
+        (torch's ``grad`` setter gave the gradient ``p``'s shape, dtype and device; the row step
+        checks the rest: dtypes it takes, devices its backend takes, its state's)."""
         name, grad = type(self).__name__, p.grad
         if not grad.is_sparse:  # torch's error and message, and what to do under DCP
             raise RuntimeError(
-                f"{name}: {label}'s grad is dense. {ONLY_SPARSE[self.DROP_IN]} "
+                f"{name}: {label}'s grad is dense. {ONLY_SPARSE[self.DROP_IN]} "  # type: ignore[attr-defined]
                 "(torch.distributed.checkpoint's set_optimizer_state_dict initialises a missing "
                 "state with a step on dense zero gradients: call init_state() before it)"
             )
         if grad.layout != torch.sparse_coo:
             raise ValueError(f"{name}: {label}'s grad is {grad.layout}: pass a sparse COO one")
+        for key, is_refused, why in LAZY_RULES.get(self.RULE, ()):
+            if is_refused(group.get(key)):
+                raise ValueError(
+                    f"{name}: {label}'s grad is sparse and {key}={group.get(key)!r} ({why})"
+                )
         problem = None
         if is_dtensor(p):
             problem = "is a DTensor: sparse gradients of sharded parameters are not supported"
         elif p.layout != torch.strided:
-            problem = f"is {p.layout}: {self.DROP_IN} requires dense parameter tensors"
+            problem = f"is {p.layout}: {name} requires dense parameter tensors"
         elif p.is_complex():
-            problem = f"is complex: {self.DROP_IN} does not support complex parameters"
+            problem = f"is complex: {name} takes no complex parameter with a sparse gradient"
         if problem is not None:
             raise ValueError(f"{name}: {label} {problem}")
         self._check_writable(label, p)  # type: ignore[attr-defined]
@@ -183,7 +222,7 @@ class SparseRows:
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's constructor refuses complex parameters (on every group added): so here."""
-        if self._only_sparse() and isinstance(param_group, dict):
+        if self._rows_mode() == "only" and isinstance(param_group, dict):
             params = param_group.get("params")
             params = [params] if isinstance(params, torch.Tensor) else params
             if isinstance(params, list | tuple):
@@ -191,6 +230,6 @@ class SparseRows:
                     if isinstance(p, torch.Tensor) and p.is_complex():
                         raise ValueError(
                             f"{type(self).__name__}: parameter {slot} of the group is complex: "
-                            f"{self.DROP_IN} does not support complex parameters"
+                            f"{type(self).__name__} does not support complex parameters"
                         )
         super().add_param_group(param_group)  # type: ignore[misc]

@@ -218,6 +218,8 @@ class ParamState:
             self._fail(ValueError, f"{label} is a DTensor but its grad is not")
         p, grad = local(param), local(param.grad)
         check_dense(name, label, p)
+        if grad.is_sparse:
+            self._refuse_sparse(label)
         check_dense(name, f"{label}'s grad", grad)
         check_shape(name, f"{label}'s grad", grad, p, label)
         check_device(name, f"{label}'s grad", grad, p, label)
@@ -241,6 +243,16 @@ class ParamState:
         self._check_writable(label, p)  # updated in place (or from its master copy)
         if state:
             self._check_state(param, state, label)
+
+    def _refuse_sparse(self, label: str) -> None:
+        """A sparse (COO) gradient of a class that takes none: refused, saying which do."""
+        self._fail(
+            TypeError,
+            f"{label}'s grad is sparse (torch.sparse_coo); only dense tensors are supported "
+            "here. Sparse gradients are taken by generated.torch's SGD, SGDMomentum, Adam and "
+            "Adagrad (at wd = 0: MXNet's lazy updates of the rows they hold), and by the "
+            "drop-ins SparseAdam, SGD and Adagrad, as torch's; or pass grad.to_dense()",
+        )
 
     def _check_complex(self, p: torch.Tensor, grad: torch.Tensor, label: str) -> None:
         """A complex parameter: complex64 or complex128, its grad of its dtype, a rule that
