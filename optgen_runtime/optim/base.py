@@ -104,12 +104,12 @@ def _unexpected(
 
 
 class GeneratedOptimizer(
+    SparseRows,
     TupleAliases,
     Checkpoint,
     ParamState,
     AmpScaling,
     StepInputs,
-    SparseRows,
     FastStep,
     Stepping,
     TorchExchange,

@@ -122,6 +122,14 @@ class SparseRows:
             if done:
                 commit(lambda: self._scatter(gathered, states))  # after the rows' writes
 
+    def _amp_on_device(self, scale: Any, found_inf: Any) -> bool:
+        """A step of gathered rows reads GradScaler's ``found_inf`` on the host (one sync per
+        step): a step skipped on the device would roll back the rows' step counts, not their
+        parameters' (``AmpScaling._settle``)."""
+        if getattr(self, "_gathering", False):
+            return False
+        return super()._amp_on_device(scale, found_inf)  # type: ignore[misc]
+
     def _remember(self) -> None:
         """No plan for a fast step after a step of gathered rows: they change every step."""
         if getattr(self, "_gathering", False):
