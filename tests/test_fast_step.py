@@ -320,29 +320,45 @@ def test_low_precision_fast_steps_equal_full_steps(
     back after the step, as the full step does. 6 steps to the bit the same class stepping in
     full every time (gradients replaced each step, as a backward pass does)."""
 
-    def run(fast: bool) -> tuple[list[torch.Tensor], Any]:
+    hp = {"momentum": 0.9} if name == "TorchSGD" else {}
+    cls = getattr(gt, name)
+    _fast_steps_equal_full_steps(monkeypatch, cls, dtype, multi_precision=multi_precision, **hp)
+
+
+def _fast_steps_equal_full_steps(
+    monkeypatch: pytest.MonkeyPatch, cls: type, dtype: torch.dtype, **kwargs: Any
+) -> tuple[Any, list[torch.nn.Parameter]]:
+    """6 steps of ``cls(..., **kwargs)`` on the numba backend (two groups, gradients of ``dtype``
+    replaced each step, as a backward pass does): only the first a full step, the rest fast, to
+    the bit the same optimizer stepping in full every time. Returns the fast one and its
+    parameters."""
+
+    def run(fast: bool) -> tuple[list[torch.Tensor], Any, list[torch.nn.Parameter]]:
         g = torch.Generator().manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in SHAPES]
+        if dtype.is_complex:  # both parts drawn
+            for p in params:
+                p.data = torch.randn(p.shape, generator=g, dtype=dtype)
         groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
-        hp = {"momentum": 0.9} if name == "TorchSGD" else {}
-        opt = getattr(gt, name)(groups, backend="numba", multi_precision=multi_precision, **hp)
+        opt = cls(groups, backend="numba", **kwargs)
         if not fast:
             opt._fast_step = lambda given: False
         keep: list = []
         for _ in range(6):
             keep += [p.grad for p in params if p.grad is not None]
             for p in params:
-                p.grad = torch.randn(p.shape, generator=g).to(dtype)
+                p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
             opt.step()
-        return snapshot(opt, params), opt
+        return snapshot(opt, params), opt, params
 
-    calls = count_full_checks(monkeypatch, getattr(gt, name))
-    got, opt = run(True)
+    calls = count_full_checks(monkeypatch, cls)
+    got, opt, params = run(True)
     assert len(calls) == len(SHAPES) and opt._plan is not None  # only the first step in full
-    want, _ = run(False)
+    want, _, _ = run(False)
     assert len(calls) == 7 * len(SHAPES)
     for x, y in zip(want, got, strict=True):
         assert x.dtype == y.dtype and torch.equal(x, y)
+    return opt, params
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
@@ -355,26 +371,7 @@ def test_complex_fast_steps_equal_full_steps(
     time (LAMB's norms add both parts' squares, Adagrad's complex initial sum). A lazily
     conjugated gradient then is not taken fast: the full step refuses it, naming it."""
 
-    def run(fast: bool) -> tuple[list[torch.Tensor], Any, list]:
-        g = torch.Generator().manual_seed(0)
-        params = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in SHAPES]
-        opt = getattr(gt, name)([{"params": params[:2]}, {"params": params[2:]}], backend="numba")
-        if not fast:
-            opt._fast_step = lambda given: False
-        keep: list = []
-        for _ in range(6):
-            keep += [p.grad for p in params if p.grad is not None]
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
-            opt.step()
-        return snapshot(opt, params), opt, params
-
-    calls = count_full_checks(monkeypatch, getattr(gt, name))
-    got, opt, params = run(True)
-    assert len(calls) == len(SHAPES) and opt._plan is not None  # only the first step in full
-    want, _, _ = run(False)
-    for x, y in zip(want, got, strict=True):
-        assert x.dtype == y.dtype and torch.equal(x, y)
+    opt, params = _fast_steps_equal_full_steps(monkeypatch, getattr(gt, name), dtype)
     before = snapshot(opt, params)
     params[1].grad = torch.randn(params[1].shape, dtype=dtype).conj()
     with pytest.raises(ValueError, match="parameter 1 or its grad is a lazily conjugated view"):

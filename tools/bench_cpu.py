@@ -478,6 +478,17 @@ def run(
     return result
 
 
+def _block(title: str, block: dict[str, Any], peer: str, ratio: str) -> list[str]:
+    """A block's lines: its title, then ms per step of each variant and its ratio to ``peer``'s
+    (the block's ``n`` and ``tensors`` are the title's)."""
+    width = max(11, len(ratio) + 1)
+    lines = ["", title, f"  {'':30s} {'ms/step':>9s} {ratio:>{width}s}"]
+    for label, ms in block.items():
+        if label not in ("n", "tensors"):
+            lines.append(f"  {label:30s} {ms:9.2f} {ms / block[peer]:{width - 1}.2f}x")
+    return lines
+
+
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"threads: torch {r['torch_threads']}, numba {r['numba_threads']} "
@@ -500,65 +511,37 @@ def report(r: dict[str, Any]) -> str:
     ):
         if key not in r:  # --rule: that rule only
             continue
-        block = r[key]
-        fused = block["torch Adam fused"]
-        lines += ["", title.format(**block), f"  {'':30s} {'ms/step':>9s} {'this/fused':>11s}"]
-        for label, ms in block.items():
-            if label in ("n", "tensors"):
-                continue
-            lines.append(f"  {label:30s} {ms:9.2f} {ms / fused:10.2f}x")
+        lines += _block(title.format(**r[key]), r[key], "torch Adam fused", "this/fused")
     for key, what in (
         ("lamb_gpt2_small", "GPT-2-small-shaped list"),
         ("lamb_1000", "64 x 64 each"),
     ):
-        if key not in r:
-            continue
-        block = r[key]
-        numpy_ms = block["generated.torch.LAMB (NumPy)"]
-        lines += [
-            "",
-            f"LAMB (per-tensor norms), {what}: {block['tensors']} tensors, {block['n']:,} "
-            "parameters",
-            f"  {'':30s} {'ms/step':>9s} {'this/NumPy':>11s}",
-        ]
-        for label, ms in block.items():
-            if label not in ("n", "tensors"):
-                lines.append(f"  {label:30s} {ms:9.2f} {ms / numpy_ms:10.2f}x")
+        if key in r:
+            title = f"LAMB (per-tensor norms), {what}: {{tensors}} tensors, {{n:,}} parameters"
+            block = r[key]
+            lines += _block(
+                title.format(**block), block, "generated.torch.LAMB (NumPy)", "this/NumPy"
+            )
     if "adam_complex" in r:
         block = r["adam_complex"]
-        foreach = block["torch Adam foreach"]
-        lines += [
-            "",
+        title = (
             f"Adam, complex64 parameters, the GPT-2-small-shaped list: {block['tensors']} "
-            f"tensors, {block['n']:,} parameters (torch's fused Adam takes no complex ones)",
-            f"  {'':30s} {'ms/step':>9s} {'this/foreach':>13s}",
-        ]
-        for label, ms in block.items():
-            if label not in ("n", "tensors"):
-                lines.append(f"  {label:30s} {ms:9.2f} {ms / foreach:12.2f}x")
+            f"tensors, {block['n']:,} parameters (torch's fused Adam takes no complex ones)"
+        )
+        lines += _block(title, block, "torch Adam foreach", "this/foreach")
     if "sparse_adam" in r:
-        block = r["sparse_adam"]
-        torch_ms = block["torch SparseAdam"]
-        lines += [
-            "",
+        title = (
             f"SparseAdam, an embedding table of {TABLE[0]:,} x {TABLE[1]} ({TABLE[0] * TABLE[1]:,} "
-            f"parameters), {LOOKUPS:,} rows looked up per step",
-            f"  {'':30s} {'ms/step':>9s} {'this/torch':>11s}",
-        ]
-        for label, ms in block.items():
-            lines.append(f"  {label:30s} {ms:9.2f} {ms / torch_ms:10.2f}x")
+            f"parameters), {LOOKUPS:,} rows looked up per step"
+        )
+        lines += _block(title, r["sparse_adam"], "torch SparseAdam", "this/torch")
     if "adafactor_convs" in r:
         block = r["adafactor_convs"]
-        torch_ms = block["torch Adafactor"]
-        lines += [
-            "",
+        title = (
             f"Adafactor (factored over each 3 x 3 kernel), the conv stack: {block['tensors']} "
-            f"tensors, {block['n']:,} parameters",
-            f"  {'':30s} {'ms/step':>9s} {'this/torch':>11s}",
-        ]
-        for label, ms in block.items():
-            if label not in ("n", "tensors"):
-                lines.append(f"  {label:30s} {ms:9.2f} {ms / torch_ms:10.2f}x")
+            f"tensors, {block['n']:,} parameters"
+        )
+        lines += _block(title, block, "torch Adafactor", "this/torch")
     if "fixed_cost" in r:
         lines += [
             "",
