@@ -34,14 +34,14 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
 
 from optgen_runtime.optim.base import GeneratedOptimizer
 from optgen_runtime.optim.exchange import torch_creates, torch_defaults
-from optgen_runtime.optim.rows import ONLY_SPARSE
+from optgen_runtime.optim.rows import ONLY_SPARSE, Refused, refuse_settings
 from optgen_runtime.optim.state import step_tensor
 
 # torch.optim's switches that no step of a generated class can honour, and why.
@@ -58,7 +58,7 @@ REFUSED = {
 # dense one does with zeros where the gradient has none (tests/test_dropin.py,
 # test_sparse_gradients).
 _DECAY = ("weight_decay", lambda v: v != 0, "torch refuses it: it would change every row")
-SPARSE_GRADS: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+SPARSE_GRADS: dict[str, tuple[Refused, ...]] = {
     "SGD": (_DECAY,),
     "Adagrad": (
         _DECAY,
@@ -142,9 +142,7 @@ class DropIn(GeneratedOptimizer):
             if grad is None or not grad.is_sparse:
                 continue
             label = f"parameter {index}'s grad is sparse"
-            for key, is_refused, why in refused:
-                if is_refused(group.get(key)):
-                    raise ValueError(f"{name}: {label} and {key}={group.get(key)!r} ({why})")
+            refuse_settings(name, label, group, refused)
             if grad.shape != p.shape:
                 raise ValueError(
                     f"{name}: {label} of shape {tuple(grad.shape)}, the parameter's is "

@@ -40,7 +40,8 @@ ONLY_SPARSE = {
 # generated.torch's classes of MXNet 1.9.1's rules whose sparse updates are lazy (its row_sparse
 # kernels: tests/goldens/mxnet/lazy_rows.json), by rule, with the settings under which MXNet
 # updates every row instead (its dense fallback): (key, whether its value is refused, why).
-LAZY_RULES: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+Refused = tuple[str, Callable[[Any], bool], str]
+LAZY_RULES: dict[str, tuple[Refused, ...]] = {
     "sgd": (),
     "sgd_mom": (),
     "adam": (),
@@ -53,6 +54,16 @@ LAZY_RULES: dict[str, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
         ),
     ),
 }
+
+
+def refuse_settings(
+    name: str, label: str, group: dict[str, Any], refused: tuple[Refused, ...]
+) -> None:
+    """ValueError naming ``label`` and the first of the group's settings that ``refused``
+    refuses (``(key, whether its value is refused, why)``), if any."""
+    for key, is_refused, why in refused:
+        if is_refused(group.get(key)):
+            raise ValueError(f"{name}: {label} and {key}={group.get(key)!r} ({why})")
 
 
 def _take(x: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -109,18 +120,19 @@ class SparseRows:
         self._gathering = True
         try:
             super()._update(given, True)  # type: ignore[misc]  # (no fast step: new rows)
-            done = True
         except BaseException:
-            done = False
+            self._put_back(gathered)
             raise
-        finally:
-            self._gathering = False
-            states = [self.state.pop(g.rows, None) for g in gathered]  # type: ignore[attr-defined]
-            for g in gathered:
-                g.group["params"][g.slot] = g.param
-            self._checked = None  # (the key of this step's rows)
-            if done:
-                commit(lambda: self._scatter(gathered, states))  # after the rows' writes
+        states = self._put_back(gathered)
+        commit(lambda: self._scatter(gathered, states))  # after the rows' writes
+
+    def _put_back(self, gathered: list[_Gathered]) -> list[dict[str, Any] | None]:
+        """Each parameter back in its group's place; returns the rows' states, taken out."""
+        self._gathering = False
+        self._checked = None  # (the key of this step's rows)
+        for g in gathered:
+            g.group["params"][g.slot] = g.param
+        return [self.state.pop(g.rows, None) for g in gathered]  # type: ignore[attr-defined]
 
     def _amp_on_device(self, scale: Any, found_inf: Any) -> bool:
         """A step of gathered rows reads GradScaler's ``found_inf`` on the host (one sync per
@@ -185,22 +197,17 @@ class SparseRows:
 
     def _check_sparse(self, p: torch.Tensor, label: str, group: dict[str, Any]) -> None:
         """What gathering ``p``'s rows needs of it, its gradient and its group's settings
-        (torch's ``grad`` setter gave the gradient ``p``'s shape, dtype and device; the row step
-        checks the rest: dtypes it takes, devices its backend takes, its state's)."""
+        (torch's ``grad`` setter gave the gradient ``p``'s shape, dtype and device, and takes no
+        sparse layout but COO for a strided ``p``; the row step checks the rest: dtypes it
+        takes, devices its backend takes, its state's)."""
         name, grad = type(self).__name__, p.grad
-        if not grad.is_sparse:  # torch's error and message, and what to do under DCP
+        if grad.layout == torch.strided:  # torch's error and message, and what to do under DCP
             raise RuntimeError(
                 f"{name}: {label}'s grad is dense. {ONLY_SPARSE[self.DROP_IN]} "  # type: ignore[attr-defined]
                 "(torch.distributed.checkpoint's set_optimizer_state_dict initialises a missing "
                 "state with a step on dense zero gradients: call init_state() before it)"
             )
-        if grad.layout != torch.sparse_coo:
-            raise ValueError(f"{name}: {label}'s grad is {grad.layout}: pass a sparse COO one")
-        for key, is_refused, why in LAZY_RULES.get(self.RULE, ()):
-            if is_refused(group.get(key)):
-                raise ValueError(
-                    f"{name}: {label}'s grad is sparse and {key}={group.get(key)!r} ({why})"
-                )
+        refuse_settings(name, f"{label}'s grad is sparse", group, LAZY_RULES.get(self.RULE, ()))
         problem = None
         if is_dtensor(p):
             problem = "is a DTensor: sparse gradients of sharded parameters are not supported"
