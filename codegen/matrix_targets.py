@@ -31,7 +31,7 @@ from codegen.spec import SCALAR, Rule, SpecError
 from codegen.targets import ENV
 from codegen.targets.host import HostCode, legal_code, literal
 from codegen.targets.numpy import NumpyOpPrinter
-from codegen.targets.rules import torch_equivalent_code
+from codegen.targets.rules import sparse_context, torch_equivalent_code
 from codegen.targets.triton import TritonOpPrinter
 
 # How each target prints a matrix op (every op of codegen/ops.py marked ``matrix``).
@@ -307,6 +307,7 @@ def _common(rule: Rule, code: HostCode) -> dict[str, object]:
         "triton_kernels": [],
         "reductions": [r.name for r in rule.reductions],
         "torch": torch_equivalent_code(rule, code),
+        "sparse": sparse_context(rule),
     }
 
 

@@ -58,14 +58,15 @@ _reserve(
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars host_scalars_rows reduction_scalars COMPILED FALLBACK "
     "NUMBA EVEN_CHUNKS initial_values "
-    "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL",
+    "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL "
+    "SPARSE LAZY_UPDATE SPARSE_REFUSED SPARSE_WHY",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
     "noise_offsets prechecked even "
-    "self params multi_precision backend",
+    "self params multi_precision backend lazy_update",
 )
 _reserve(
     "a local of the generated kernels",

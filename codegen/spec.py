@@ -203,6 +203,12 @@ class Rule:
             raise SpecError(f"{self._where()}: class name {self.class_name!r} is not an identifier")
         self.torch: TorchEquivalent | None = None
         self.drop_ins: list[DropIn] = []  # torch.optim drop-in classes (generated/torch/optim.py)
+        # sparse gradients (``sparse``): None (refused), "lazy" or "dense"; the class keyword
+        # lazy_update; settings refused as (hyperparameter, "==" or "!=", value), and why
+        self.sparse_mode: str | None = None
+        self.lazy_update = False
+        self.sparse_refused: list[tuple[str, str, float | str | bool]] = []
+        self.sparse_why = ""
         self.doc = inspect.cleandoc(doc)
         self.weight = sp.Symbol("weight", real=True)
         self.grad = sp.Symbol("grad", real=True)
@@ -553,6 +559,55 @@ class Rule:
         self.drop_ins.append(
             declare(self, self._where(), self._line(), class_name, signature, below_2d, settings)
         )
+
+    def sparse(
+        self,
+        mode: str,
+        *,
+        lazy_update: bool = False,
+        only_at: dict[sp.Symbol, float | bool | str] | None = None,
+        not_at: dict[sp.Symbol, float | bool | str] | None = None,
+        why: str = "",
+    ) -> None:
+        """How the torch class steps a parameter whose gradient is sparse (a COO tensor, as
+        ``nn.Embedding(sparse=True)`` makes it; MXNet's ``row_sparse``). Without this
+        declaration such a gradient is refused.
+
+        - ``"lazy"``: only the elements (rows) the gradient holds are updated, with their
+          states; the others keep weight and state, and their moments do not decay (MXNet
+          1.9.1's row_sparse kernels: ``sparse.sgd_update``, ``adam_update``, ...).
+          ``lazy_update=True``: the class takes MXNet's keyword ``lazy_update`` (default
+          True); ``lazy_update=False`` steps as ``"dense"``.
+        - ``"dense"``: the step of ``grad.to_dense()``, every element updated as if absent
+          gradients were 0 (MXNet 1.9.1's storage fallback, for an op without a sparse kernel,
+          and its standard update under ``lazy_update=False``).
+
+        ``only_at`` / ``not_at``: hyperparameter values outside of which / at which a sparse
+        gradient is refused, before anything is written, with ``why`` (MXNet 1.9.1's AdaGrad
+        dispatches its sparse kernel at wd = 0 only and fails otherwise).
+        """
+        where = f"{self._where()}: sparse"
+        if self.sparse_mode is not None:
+            raise SpecError(f"{where} is declared twice")
+        if mode not in ("lazy", "dense"):
+            raise SpecError(f"{where}: mode {mode!r} is not 'lazy' or 'dense'")
+        if not isinstance(lazy_update, bool) or (lazy_update and mode != "lazy"):
+            raise SpecError(f"{where}: lazy_update=True is for mode 'lazy' (a bool)")
+        refused: list[tuple[str, str, float | str | bool]] = []
+        for op, values in (("!=", only_at), ("==", not_at)):
+            if values is None:
+                continue
+            label = "only_at" if op == "!=" else "not_at"
+            self._hyper_values(f"{where}: {label}", values)  # declared, legal values
+            refused += [(str(h), op, v) for h, v in values.items()]
+        if refused and not (isinstance(why, str) and why.strip()):
+            raise SpecError(f"{where}: only_at/not_at need why= (the refusal's reason)")
+        if why and not refused:
+            raise SpecError(f"{where}: why= explains only_at/not_at; none is given")
+        self.sparse_mode = mode
+        self.lazy_update = lazy_update
+        self.sparse_refused = refused
+        self.sparse_why = " ".join(why.split())
 
     def flag(self, name: str, default: bool, doc: str = "") -> sp.Symbol:
         """A True/False hyperparameter; in equations it is 1 or 0 (e.g. ``1 - flag * beta**t``)."""

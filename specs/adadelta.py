@@ -26,6 +26,10 @@ writes the gradient. MXNet master multiplies delta by ``learning_rate`` (default
 1e-6 and feeds clip(rescale_grad * g) + wd * w to everything; optgen follows 1.9.1.
 torch.optim.Adadelta(lr=1.0) is the seed's form with eps inside both roots and wd added to the
 gradient.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import sympy as sp
@@ -35,6 +39,7 @@ from codegen.spec import Rule, positive, unit
 
 RULE = Rule("adadelta", __doc__, class_name="Adadelta", mxnet="adadelta")
 mx = common(RULE, lr=None)
+RULE.sparse("dense")
 rho = RULE.hyper("rho", 0.9, unit(), doc="decay of both running averages")
 epsilon = RULE.hyper("epsilon", 1e-5, positive(), doc="added inside both square roots")
 w = RULE.weight

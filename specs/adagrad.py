@@ -21,6 +21,10 @@ also puts eps outside the root and adds wd * w to the gradient before accumulati
 
 ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
 0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): at wd = 0 only the rows a
+gradient holds are updated (MXNet 1.9.1's ``sparse.adagrad_update``); at wd != 0 they are refused,
+as MXNet 1.9.1 fails there (its sparse kernel takes no wd).
 """
 
 import sympy as sp
@@ -30,6 +34,11 @@ from codegen.spec import Rule, nonnegative, positive
 
 RULE = Rule("adagrad", __doc__, class_name="Adagrad", mxnet="adagrad")
 mx = common(RULE, lr=0.01)
+RULE.sparse(
+    "lazy",
+    only_at={mx.wd: 0},
+    why="MXNet 1.9.1's sparse AdaGrad takes wd = 0 only and fails otherwise: pass grad.to_dense()",
+)
 eps = RULE.hyper("eps", 1e-7, positive(), doc="added to history inside the square root")
 initial_accumulator_value = RULE.hyper(
     "initial_accumulator_value", 0.0, nonnegative(), doc="history's initial value (torch's)"

@@ -19,6 +19,11 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, starting a
 So epsilon is not bias-corrected: in the tutorial's terms MXNet uses epsilon / sqrt(1 - beta2^t).
 torch.optim.Adam(weight_decay=wd) adds wd * w to the gradient as well (without clipping) and
 bias-corrects epsilon; the trajectories coincide up to that epsilon term.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their moments, weight decay
+included (MXNet's ``sparse.adam_update``); ``lazy_update=False`` is MXNet's standard update, the
+step of ``grad.to_dense()``.
 """
 
 import sympy as sp
@@ -28,6 +33,7 @@ from codegen.spec import Rule, positive, unit
 
 RULE = Rule("adam", __doc__, class_name="Adam", mxnet="adam")
 mx = common(RULE, lr=0.001)
+RULE.sparse("lazy", lazy_update=True)
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")
 epsilon = RULE.hyper("epsilon", 1e-8, positive(), doc="added to sqrt(v)")

@@ -21,6 +21,10 @@ whose G has been exactly 0 since the first step gets 0/0 = NaN. optgen adds ``ep
 u of order |G| this changes a step by about epsilon / |G| relative. ``epsilon=0`` gives 1.9.1's
 formula exactly, NaN included. MXNet master also moves wd outside the clip; optgen keeps 1.9.1's
 placement. torch.optim.Adamax adds eps inside the max (u = max(beta2 * u, |g| + eps)).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import sympy as sp
@@ -30,6 +34,7 @@ from codegen.spec import Rule, nonnegative, unit
 
 RULE = Rule("adamax", __doc__, class_name="Adamax", mxnet="adamax")
 mx = common(RULE, lr=0.002)
+RULE.sparse("dense")
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the infinity norm")
 epsilon = RULE.hyper("epsilon", 1e-8, nonnegative(), doc="added to u (0: MXNet 1.9.1 exactly)")

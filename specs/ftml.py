@@ -31,6 +31,10 @@ the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_
 (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import sympy as sp
@@ -40,6 +44,7 @@ from codegen.spec import Rule, positive, unit
 
 RULE = Rule("ftml", __doc__, class_name="FTML", mxnet="ftml")
 mx = common(RULE, lr=0.01, lr_legal=positive())  # lr > 0: d_t divides by lr
+RULE.sparse("dense")
 beta1 = RULE.hyper("beta1", 0.6, unit(), doc="decay of the moving leader")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")
 epsilon = RULE.hyper("epsilon", 1e-8, positive(), doc="added to the root of v")

@@ -21,6 +21,10 @@ enters only the denominator. optgen writes the closed form as MXNet master does,
     w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
 which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
 0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
+weight, and falls back to the dense update for a dense one, as torch's parameters are.
 """
 
 import sympy as sp
@@ -32,6 +36,7 @@ RULE = Rule("ftrl", __doc__, class_name="Ftrl", mxnet="ftrl")
 # lr > 0: z and the weight divide by lr (the weight is recomputed from z, so lr=0 cannot be a
 # step that moves nothing); the only MXNet rules refusing lr=0 are this one and FTML.
 mx = common(RULE, lr=0.1, lr_legal=positive())
+RULE.sparse("dense")
 lamda1 = RULE.hyper("lamda1", 0.01, nonnegative(), doc="L1 regularization strength")
 beta = RULE.hyper("beta", 1.0, nonnegative(), doc="added to sqrt(n) in the per-element rate")
 w = RULE.weight

@@ -26,6 +26,10 @@ NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence ever
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
 step instead.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import sympy as sp
@@ -35,6 +39,7 @@ from codegen.spec import Legal, Rule, positive, unit
 
 RULE = Rule("lamb", __doc__, class_name="LAMB", mxnet="lamb")
 mx = common(RULE, lr=0.001)
+RULE.sparse("dense")
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")
 epsilon = RULE.hyper("epsilon", 1e-6, positive(), doc="added to sqrt(vhat)")

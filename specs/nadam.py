@@ -38,6 +38,10 @@ neither, and optgen clips rescale_grad * g + wd * w (wd inside the clip). With
 decoupled_weight_decay=True (NAdamW) torch instead multiplies w by (1 - lr * wd) before the step
 and leaves wd out of G. torch keeps mu_product in float32 (its default scalar dtype). Tests:
 tests/test_torch_optim.py.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import sympy as sp
@@ -47,6 +51,7 @@ from codegen.spec import Rule, positive, unit
 
 RULE = Rule("nadam", __doc__, class_name="NAdam", mxnet="nadam")
 mx = common(RULE, lr=0.001)
+RULE.sparse("dense")
 beta1 = RULE.hyper("beta1", 0.9, unit(), doc="decay of the first moment")
 beta2 = RULE.hyper("beta2", 0.999, unit(), doc="decay of the second moment")
 epsilon = RULE.hyper("epsilon", 1e-8, positive(), doc="added to sqrt(vhat)")

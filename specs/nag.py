@@ -27,6 +27,11 @@ changes from a to b before step k+1 (a scheduler), the weights part by
     mom_{k+1} + b * buf_{k+1} = momentum * (b - a) * buf_k
 (tests/test_torch_optim.py). torch has no rescale_grad or clip_gradient, and refuses nesterov
 with dampening.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated at momentum > 0: MXNet 1.9.1 has no sparse kernel for
+this rule and falls back to the dense one. At momentum = 0 MXNet 1.9.1's NAG runs ``sgd_update``,
+which updates only the rows held: a sparse gradient is refused there (``SGD`` does that).
 """
 
 from codegen.mxnet import common
@@ -35,6 +40,11 @@ from codegen.spec import Rule, unit
 RULE = Rule("nag", __doc__, class_name="NAG", mxnet="nag")
 mx = common(RULE, lr=0.01)
 momentum = RULE.hyper("momentum", 0.0, unit(), doc="momentum factor")
+RULE.sparse(
+    "dense",
+    not_at={momentum: 0},
+    why="at momentum 0 MXNet 1.9.1's NAG updates only the rows held (sgd_update): use SGD",
+)
 w = RULE.weight
 mom = RULE.state("mom", 0, doc="velocity")
 

@@ -18,6 +18,10 @@ epsilon sits inside the square root. ``clip_weights`` (None: off) clips the new 
 MXNet's ``gamma2`` is used only by the centered variant, so this rule does not take it. MXNet
 master renamed gamma1 to ``rho``, moved wd outside the clip and epsilon outside the root; optgen
 follows 1.9.1. torch.optim.RMSprop(alpha=gamma1) puts eps outside the root.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import math
@@ -29,6 +33,7 @@ from codegen.spec import Rule, positive, unit
 
 RULE = Rule("rmsprop", __doc__, class_name="RMSprop", mxnet="rmsprop")
 mx = common(RULE, lr=0.001)
+RULE.sparse("dense")
 gamma1 = RULE.hyper("gamma1", 0.9, unit(), doc="decay of the mean square")
 epsilon = RULE.hyper("epsilon", 1e-8, positive(), doc="added to n inside the square root")
 clip_weights = RULE.hyper(

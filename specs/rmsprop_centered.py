@@ -21,6 +21,10 @@ The tutorial omits rescale_grad, clip_gradient, wd and ``clip_weights`` (None: o
 0 as off too, optgen accepts None or a value > 0). MXNet master renamed gamma1/gamma2 to ``rho``/
 ``momentum`` and moved wd outside the clip; optgen follows 1.9.1. torch.optim.RMSprop(
 centered=True, momentum=gamma2) puts eps outside the root and keeps its buffer as -delta / lr.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 import math
@@ -32,6 +36,7 @@ from codegen.spec import Rule, positive, unit
 
 RULE = Rule("rmsprop_centered", __doc__, class_name="RMSpropCentered", mxnet="rmsprop")
 mx = common(RULE, lr=0.001)
+RULE.sparse("dense")
 gamma1 = RULE.hyper("gamma1", 0.9, unit(), doc="decay of the mean and mean square")
 gamma2 = RULE.hyper("gamma2", 0.9, unit(), doc="momentum of the step delta")
 epsilon = RULE.hyper("epsilon", 1e-8, positive(), doc="added inside the square root")

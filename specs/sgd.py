@@ -17,6 +17,12 @@ what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their weight decay included
+(MXNet's ``sparse.sgd_update``); ``lazy_update=False`` is MXNet's standard update, the step of
+``grad.to_dense()`` (MXNet's own sparse standard update rounds ``(1 - lr*wd)*w -
+(lr*rescale_grad)*g`` a little differently from its dense op).
 """
 
 from codegen.mxnet import common
@@ -24,6 +30,7 @@ from codegen.spec import Rule
 
 RULE = Rule("sgd", __doc__, class_name="SGD", mxnet="sgd")
 mx = common(RULE, lr=0.01)
+RULE.sparse("lazy", lazy_update=True)
 w = RULE.weight
 
 RULE.torch_equivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {})

@@ -15,6 +15,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their momentum, weight
+decay included (MXNet's ``sparse.sgd_mom_update``); ``lazy_update=False`` is MXNet's standard
+update, the step of ``grad.to_dense()``.
 """
 
 from codegen.mxnet import common
@@ -22,6 +27,7 @@ from codegen.spec import Rule, unit
 
 RULE = Rule("sgd_mom", __doc__, class_name="SGDMomentum", mxnet="sgd")
 mx = common(RULE, lr=0.01)
+RULE.sparse("lazy", lazy_update=True)
 momentum = RULE.hyper("momentum", 0.0, unit(), doc="momentum factor")
 w = RULE.weight
 mom = RULE.state("mom", 0, doc="velocity (MXNet's momentum buffer)")

@@ -16,6 +16,10 @@ stream keyed by (seed, step) with the element index as counter, so the NumPy mod
 Triton kernel produce the same noise (bitwise in the interpreter), and the same seed gives the
 same trajectory. No recorded MXNet golden can match random draws: verified against the equations
 (with the same draws) and statistically.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated, noise drawn for every element: MXNet 1.9.1 has no
+sparse kernel for this rule and falls back to the dense one.
 """
 
 import sympy as sp
@@ -25,6 +29,7 @@ from codegen.spec import Rule
 
 RULE = Rule("sgld", __doc__, class_name="SGLD", mxnet="sgld")
 mx = common(RULE, lr=0.01)
+RULE.sparse("dense")
 w = RULE.weight
 xi = RULE.normal("xi")
 

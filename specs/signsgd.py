@@ -23,6 +23,10 @@ decoupled decay of ``signum``) is nonzero with momentum 0, because ``signsgd_upd
 argument. optgen applies it as MXNet master does, adding it to wd:
     w_{i+1} = (1 - lr * (wd + wd_lh)) * w_i - lr * sign(g)
 With the default wd_lh = 0 this is 1.9.1 exactly.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from codegen.mxnet import common, mxnet_sign
@@ -30,6 +34,7 @@ from codegen.spec import Rule, nonnegative
 
 RULE = Rule("signsgd", __doc__, class_name="SignSGD", mxnet="signum")
 mx = common(RULE, lr=0.01)
+RULE.sparse("dense")
 wd_lh = RULE.hyper("wd_lh", 0.0, nonnegative(), doc="decoupled weight decay, added to wd")
 w, g = RULE.weight, RULE.grad
 

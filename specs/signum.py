@@ -24,6 +24,10 @@ The sign is MXNet's comparison sign (``codegen.mxnet.mxnet_sign``): sign(0) = 0,
 momentum compares false both ways, so its sign is 0: a NaN gradient makes that element's ``mom``
 NaN (for good: it stays NaN), and its weight is from then on only decayed,
 w_{i+1} = (1 - lr * wd_lh) * w_i, as in MXNet (np.sign would make the weight NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from codegen.mxnet import common, mxnet_sign
@@ -31,6 +35,7 @@ from codegen.spec import Rule, nonnegative, unit
 
 RULE = Rule("signum", __doc__, class_name="Signum", mxnet="signum")
 mx = common(RULE, lr=0.01)
+RULE.sparse("dense")
 momentum = RULE.hyper("momentum", 0.9, unit(lo_open=True), doc="decay of the momentum")
 wd_lh = RULE.hyper("wd_lh", 0.0, nonnegative(), doc="decoupled weight decay")
 w = RULE.weight

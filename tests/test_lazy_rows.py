@@ -1,8 +1,12 @@
-"""MXNet 1.9.1's lazy sparse updates through the classes of ``generated.torch``: SGD, SGD with
-momentum and Adam (``lazy_update=True``, MXNet's default) and AdaGrad at wd = 0 (its sparse
-kernel) given a sparse COO gradient (torch's form of MXNet's row_sparse) update only the rows it
-holds, weight decay included. Replayed against ``tests/goldens/mxnet/lazy_rows.json``, recorded
-from the real package by ``tools/record_mxnet_goldens.py`` (``record_lazy``), on every backend.
+"""MXNet 1.9.1's updates of sparse gradients through the classes of ``generated.torch``.
+
+Lazy: SGD, SGD with momentum and Adam (``lazy_update=True``, MXNet's default) and AdaGrad at
+wd = 0 (its sparse kernel) given a sparse COO gradient (torch's form of MXNet's row_sparse)
+update only the rows it holds, weight decay included. Dense: SGD's and Adam's
+``lazy_update=False`` (MXNet's standard update) and the rules MXNet has no sparse kernel for
+(its storage fallback) update every row, as ``grad.to_dense()`` would. Replayed against
+``tests/goldens/mxnet/lazy_rows.json``, recorded from the real package by
+``tools/record_mxnet_goldens.py`` (``record_lazy``), on every backend.
 """
 
 from __future__ import annotations
@@ -19,14 +23,27 @@ from conftest import tolerance
 import generated.torch as gt
 
 GOLDEN = json.loads((Path(__file__).parent / "goldens" / "mxnet" / "lazy_rows.json").read_text())
-CASES = {case["rule"]: case for case in GOLDEN["cases"]}
+CASES = {f"{case['rule']}/{case['name']}": case for case in GOLDEN["cases"]}
 BACKENDS = ["auto", "numpy", "triton"]  # auto: the compiled numba loops
 CLASSES = {  # MXNet's rules (the goldens' names) and the classes of generated.torch here
     "sgd": gt.SGD,
     "sgd_mom": gt.SGDMomentum,
     "adam": gt.Adam,
     "adagrad": gt.Adagrad,
+    "nag": gt.NAG,
     "rmsprop": gt.RMSprop,
+    "rmsprop_centered": gt.RMSpropCentered,
+    "adadelta": gt.Adadelta,
+    "adamax": gt.Adamax,
+    "nadam": gt.NAdam,
+    "signum": gt.Signum,
+    "signsgd": gt.SignSGD,
+    "ftrl": gt.Ftrl,
+    "ftml": gt.FTML,
+    "lamb": gt.LAMB,
+    "lars": gt.LARS,
+    "lbsgd": gt.LBSGD,
+    "dcasgd": gt.DCASGD,
 }
 
 
@@ -42,27 +59,48 @@ def _grad(case: dict[str, Any], t: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("rule", sorted(CASES))
-def test_matches_mxnet(rule: str, backend: str) -> None:
-    """Weight and states after every step within the goldens' tolerance of MXNet's; the rows a
-    step's gradient does not hold exactly as before it (an empty gradient at step 3)."""
-    case = CASES[rule]
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_mxnet(name: str, backend: str) -> None:
+    """Weight and states after every step within the goldens' tolerance of MXNet's; a lazy
+    case's rows that a step's gradient does not hold exactly as before it (an empty gradient at
+    step 3); the caller's sparse gradient left as it was given."""
+    case = CASES[name]
     assert GOLDEN["mxnet_version"] == "1.9.1"
     shape = case["shape"]
     w = torch.nn.Parameter(_arr(case["weight0"], shape))
-    opt = CLASSES[rule]([w], backend=backend, **case["hyperparams"])
+    opt = CLASSES[case["rule"]]([w], backend=backend, **case["hyperparams"], **case["options"])
+    changed = torch.zeros(shape[0], dtype=torch.bool)
     for t in range(len(case["rows"])):
         before = w.detach().clone()
-        w.grad = _grad(case, t)
+        w.grad = grad = _grad(case, t)
         opt.step()
+        assert w.grad is grad and grad.is_sparse
         tol = tolerance(np.float32, t + 1)
         np.testing.assert_allclose(w.detach(), _arr(case["weights"][t], shape), **tol)
         for key, values in case["states"].items():
             got = opt.state[w][key]
             np.testing.assert_allclose(got, _arr(values[t], shape), **tol, err_msg=key)
         untouched = [r for r in range(shape[0]) if r not in case["rows"][t]]
-        assert torch.equal(w.detach()[untouched], before[untouched])
+        changed[untouched] |= (w.detach()[untouched] != before[untouched]).any(1)
+        if case["mode"] == "lazy":
+            assert torch.equal(w.detach()[untouched], before[untouched])
         assert int(opt.state[w]["step"]) == t + 1  # the empty gradient counted too (MXNet's)
+    assert changed.any() == (case["mode"] == "dense")  # (MXNet's dense rows: a live check)
+
+
+def test_every_mxnet_rule_has_a_case_or_refuses() -> None:
+    """Each class of an MXNet 1.9.1 rule with sparse gradients (``META.SPARSE``) is replayed
+    against MXNet in that mode, with lazy_update=False where it takes it; the others are
+    replayed in test_refused_where_mxnet_differs."""
+    modes = {(c["rule"], c["mode"]) for c in CASES.values()}
+    for rule, cls in CLASSES.items():
+        mode = cls.META.SPARSE
+        if mode is not None:
+            assert (rule, mode) in modes, rule
+        if cls.META.LAZY_UPDATE:
+            assert (rule, "dense") in modes, rule
+        if mode is None:
+            assert rule in REFUSED, rule
 
 
 def test_dense_and_sparse_gradients_in_one_step() -> None:
@@ -70,7 +108,7 @@ def test_dense_and_sparse_gradients_in_one_step() -> None:
     alone; the sparse one only its rows: each to the bit its own optimizer's step."""
     torch.manual_seed(0)
     dense, table = torch.randn(5), torch.randn(6, 4)
-    grads = [torch.randn(5), _grad(CASES["adam"], 0)]
+    grads = [torch.randn(5), _grad(CASES["adam/lazy"], 0)]
     both = [torch.nn.Parameter(dense.clone()), torch.nn.Parameter(table.clone())]
     alone = [torch.nn.Parameter(dense.clone()), torch.nn.Parameter(table.clone())]
     opt = CLASSES["adam"](both, lr=0.1, wd=0.01)
@@ -87,20 +125,94 @@ def test_dense_and_sparse_gradients_in_one_step() -> None:
     assert opt._plan is None  # no fast step was built on the rows
 
 
-@pytest.mark.parametrize(
-    ("rule", "options", "message"),
-    [
-        ("adagrad", {"wd": 0.01}, r"Adagrad: parameter 1's grad is sparse and wd=0.01 \(MXNet"),
-        ("rmsprop", {}, r"RMSprop: parameter 1's grad is sparse"),
-    ],
-)
-def test_refused_where_mxnet_updates_every_row(rule: str, options: dict, message: str) -> None:
-    """AdaGrad with weight decay (MXNet's sparse kernel takes wd = 0 only and updates every row
-    otherwise) and the rules without a lazy kernel refuse a sparse gradient, naming it, before
-    anything is written (a dense parameter before it included)."""
+REFUSED = {  # rule: (settings, the refusal's message)
+    "adagrad": ({"wd": 0.01}, r"Adagrad: parameter 1's grad is sparse and wd=0.01 \(MXNet"),
+    "nag": ({}, r"NAG: parameter 1's grad is sparse and momentum=0.0 \(at momentum 0 MXNet"),
+    "lars": ({}, r"LARS: parameter 1's grad is sparse \(torch.sparse_coo\) and LARS's rule"),
+    "lbsgd": ({}, r"LBSGD: parameter 1's grad is sparse"),
+    "dcasgd": ({}, r"DCASGD: parameter 1's grad is sparse"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(REFUSED))
+def test_refused_where_mxnet_differs(rule: str) -> None:
+    """AdaGrad with weight decay (MXNet's sparse kernel takes wd = 0 only, and fails
+    otherwise), NAG at momentum 0 (MXNet's runs the lazy sgd_update there), and the rules whose
+    sparse update is MXNet's own (LARS, LBSGD: lazy with whole-tensor norms) or fails in MXNet
+    (DCASGD) refuse a sparse gradient, naming it, before anything is written (a dense parameter
+    before it included)."""
+    options, message = REFUSED[rule]
     params = [torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(6, 4))]
     opt = CLASSES[rule](params, **options)
-    params[0].grad, params[1].grad = torch.ones(5), _grad(CASES["adam"], 0)
+    params[0].grad, params[1].grad = torch.ones(5), _grad(CASES["adam/lazy"], 0)
     with pytest.raises((ValueError, TypeError), match=message):
         opt.step()
     assert all(torch.equal(p, torch.ones_like(p)) for p in params) and not opt.state
+    assert params[1].grad.is_sparse
+
+
+def test_refusal_names_the_classes_that_take_sparse_gradients() -> None:
+    params = [torch.nn.Parameter(torch.ones(6, 4))]
+    opt = gt.LARS(params)
+    params[0].grad = _grad(CASES["adam/lazy"], 0)
+    with pytest.raises(TypeError) as error:
+        opt.step()
+    named = str(error.value).split("are taken by generated.torch's ")[1].split(" (as MXNet")[0]
+    takers = {cls.__name__ for cls in gt.RULES.values() if cls.META.SPARSE is not None}
+    assert set(named.split(", ")) == takers and {"SGD", "Adam", "RMSprop"} <= takers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sgld_steps_a_sparse_gradient_as_its_dense_form(backend: str) -> None:
+    """SGLD (noise: no MXNet golden) steps a sparse gradient exactly as ``grad.to_dense()``,
+    noise on every element, the same draws."""
+    table = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    ps = [torch.nn.Parameter(table.clone()) for _ in range(2)]
+    opts = [gt.SGLD([p], lr=0.1, wd=0.01, backend=backend) for p in ps]
+    for t in range(3):
+        grad = _grad(CASES["adam/lazy"], t)
+        ps[0].grad, ps[1].grad = grad, grad.to_dense()
+        for opt in opts:
+            opt.step()
+    assert torch.equal(ps[0], ps[1]) and (ps[0] != table).all()
+
+
+def test_lazy_update_is_a_bool_and_is_pickled() -> None:
+    """``lazy_update`` (MXNet's keyword) takes True or False, and a copy keeps it."""
+    import copy
+
+    with pytest.raises(TypeError, match=r"Adam: lazy_update must be True or False, not 0"):
+        gt.Adam([torch.nn.Parameter(torch.ones(2))], lazy_update=0)
+    opt = gt.Adam([torch.nn.Parameter(torch.ones(2))], lazy_update=False)
+    assert copy.deepcopy(opt).lazy_update is False
+    with pytest.raises(TypeError, match="lazy_update"):
+        gt.RMSprop([torch.nn.Parameter(torch.ones(2))], lazy_update=False)  # not MXNet's keyword
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [(gt.RMSprop, {"wd": 0.1}), (gt.Adam, {"wd": 0.1, "lazy_update": False}), (gt.LAMB, {})],
+    ids=["RMSprop", "Adam-standard", "LAMB"],
+)
+def test_dense_steps_of_sparse_gradients_are_those_of_their_dense_form(
+    cls: type, options: dict[str, Any], backend: str
+) -> None:
+    """Sparse and dense gradients in turn (the fast step built on the dense ones, then given a
+    sparse one): every step to the bit that of ``grad.to_dense()``, a dense parameter beside it
+    unchanged by the other's layout; the caller's sparse gradient kept."""
+    gen = torch.Generator().manual_seed(0)
+    table, vector = torch.randn(6, 4, generator=gen), torch.randn(5, generator=gen)
+    ps, qs = ([torch.nn.Parameter(x.clone()) for x in (table, vector)] for _ in range(2))
+    opts = [cls(params, backend=backend, **options) for params in (ps, qs)]
+    for t, kind in enumerate(["dense", "dense", "dense", "sparse", "sparse", "dense", "sparse"]):
+        rows = torch.randperm(6, generator=gen)[:3].sort().values
+        values = torch.randn(3, 4, generator=gen)
+        grad = torch.sparse_coo_tensor(rows[None], values, (6, 4), check_invariants=True)
+        ps[0].grad = grad if kind == "sparse" else grad.to_dense()
+        qs[0].grad = grad.to_dense()
+        ps[1].grad, qs[1].grad = (torch.randn(5, generator=gen),) * 2
+        for opt in opts:
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(ps, qs, strict=True)), t
+        assert ps[0].grad.is_sparse == (kind == "sparse")

@@ -261,6 +261,34 @@ LOAD_CASES = {
         "RULE.test_case(3, 0.1)",
         r"specs/bad.py:9: TypeError: Rule.test_case\(\) takes from 1 to 2 positional arguments",
     ),
+    "a sparse mode that is not lazy or dense": (
+        "RULE.sparse('rows')",
+        r"specs/bad.py:9: sparse: mode 'rows' is not 'lazy' or 'dense'",
+    ),
+    "sparse declared twice": (
+        "RULE.sparse('dense')\nRULE.sparse('lazy')",
+        r"specs/bad.py:10: sparse is declared twice",
+    ),
+    "lazy_update for a dense rule": (
+        "RULE.sparse('dense', lazy_update=True)",
+        r"specs/bad.py:9: sparse: lazy_update=True is for mode 'lazy'",
+    ),
+    "a sparse refusal without its reason": (
+        "RULE.sparse('lazy', only_at={mx.wd: 0})",
+        r"specs/bad.py:9: sparse: only_at/not_at need why=",
+    ),
+    "a sparse refusal's reason without a refusal": (
+        "RULE.sparse('lazy', why='because')",
+        r"specs/bad.py:9: sparse: why= explains only_at/not_at; none is given",
+    ),
+    "a sparse refusal at an undeclared hyperparameter": (
+        "RULE.sparse('dense', not_at={sp.Symbol('beta'): 0}, why='x')",
+        r"specs/bad.py:9: sparse: not_at names beta, which is not a hyperparameter declared",
+    ),
+    "a sparse refusal at an illegal value": (
+        "RULE.sparse('lazy', only_at={mx.wd: -1}, why='x')",
+        r"specs/bad.py:9: sparse: only_at wd=-1 is outside its legal values",
+    ),
     "none given as a string (SymPy would parse it)": (
         "RULE.hyper('b', 0.5, none='oo')",
         r"specs/bad.py:9: none='oo' of 'b' must be a number",

@@ -21,9 +21,11 @@ NAdam's file also holds ``shared_schedule``: two parameters updated alternately 
 index 0, then index 1) by ONE optimizer, which shares its schedule product between them, and the
 same inputs through one optimizer per parameter (optgen's per-parameter schedule).
 
-``lazy_rows.json`` holds MXNet's lazy updates of a dense 6 x 4 weight by row_sparse gradients
-(``LAZY_CASES``: SGD, SGD with momentum, Adam, AdaGrad at wd = 0), each step's rows and values
-with the weight and state after it (tests/test_lazy_rows.py).
+``lazy_rows.json`` holds MXNet's updates of a dense 6 x 4 weight by row_sparse gradients: lazy
+ones (``LAZY_CASES``: SGD, SGD with momentum, Adam, AdaGrad at wd = 0) and dense ones
+(``DENSE_CASES``: SGD's and Adam's ``lazy_update=False``, the storage fallback of the rules
+without a sparse kernel), each step's rows and values with the weight and state after it
+(tests/test_lazy_rows.py).
 
 Only this small JSON data is committed; the script uses only numpy and mxnet.
 """
@@ -334,10 +336,13 @@ def record_nadam_shared(steps: int = 10) -> dict[str, Any]:
     }  # fmt: skip
 
 
-# Lazy updates of a dense weight by row_sparse gradients (MXNet 1.9.1's ``lazy_update=True``, the
+# row_sparse gradients of a dense weight. Lazy updates (MXNet 1.9.1's ``lazy_update=True``, the
 # default of SGD and Adam; AdaGrad's sparse kernel at wd = 0): only the rows a gradient holds
-# touch the weight and state. One float32 weight of LAZY_SHAPE; each step's gradient holds a
-# random set of rows (none at step 3).
+# touch the weight and state. Dense ones (``DENSE_CASES``): SGD's and Adam's standard update
+# (``lazy_update=False``) and the storage fallback of the rules without a sparse kernel, every
+# row updated (at wd > 0: AdaMax has no epsilon, and at wd = 0 divides 0 by 0 in a row that
+# never had a gradient). One float32 weight of LAZY_SHAPE; each step's gradient holds a random
+# set of rows (none at step 3).
 LAZY_SHAPE = (6, 4)
 LAZY_CASES: list[Case] = [
     Case("sgd", "lazy", {"momentum": 0.0, "learning_rate": 0.05, **COMMON}, 6),
@@ -346,9 +351,34 @@ LAZY_CASES: list[Case] = [
     Case("adagrad", "lazy-wd0",
          {"learning_rate": 0.1, "eps": 1e-5, "rescale_grad": 0.7, "clip_gradient": 0.8}, 6),
 ]  # fmt: skip
+# MXNet's keyword that is the torch class's option, not a hyperparameter
+OPTIONS = ("lazy_update",)
+DENSE_CASES: list[Case] = [
+    Case("sgd", "standard",
+         {"momentum": 0.0, "learning_rate": 0.05, "lazy_update": False, **COMMON}, 6),
+    Case("sgd_mom", "standard",
+         {"momentum": 0.9, "learning_rate": 0.05, "lazy_update": False, **COMMON}, 6),
+    Case("adam", "standard",
+         {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.9, "lazy_update": False, **COMMON}, 6),
+    Case("nag", "fallback-wd0",  # (wd > 0: optgen's documented fix of 1.9.1's NAG)
+         {"momentum": 0.9, "learning_rate": 0.05, "rescale_grad": 0.7, "clip_gradient": 0.8}, 6),
+    Case("rmsprop", "fallback", {"centered": False, "learning_rate": 0.01, **COMMON}, 6),
+    Case("rmsprop_centered", "fallback",
+         {"centered": True, "learning_rate": 0.01, "gamma2": 0.7, **COMMON}, 6),
+    Case("adadelta", "fallback", {"rho": 0.8, "epsilon": 1e-4, **COMMON}, 6),
+    Case("adamax", "fallback", {"learning_rate": 0.01, "beta1": 0.8, **COMMON}, 6),
+    Case("nadam", "fallback", {"learning_rate": 0.01, "schedule_decay": 0.01, **COMMON}, 6),
+    Case("signum", "fallback", {"momentum": 0.8, "wd_lh": 0.02, **COMMON}, 6),
+    Case("signsgd", "fallback", {"momentum": 0.0, "learning_rate": 0.05, **COMMON}, 6),
+    Case("ftrl", "fallback", {"learning_rate": 0.3, "lamda1": 0.05, "beta": 0.5, **COMMON}, 6),
+    Case("ftml", "fallback", {"learning_rate": 0.05, "beta1": 0.5, **COMMON}, 6),
+    Case("lamb", "fallback", {"learning_rate": 0.01, "beta1": 0.8, **COMMON}, 6),
+]  # fmt: skip
 
 
-def record_lazy(case: Case) -> dict[str, Any]:
+def record_lazy(case: Case, mode: str) -> dict[str, Any]:
+    """One case's inputs and MXNet's weight and state after each step; ``mode``: "lazy" or
+    "dense", what the case shows."""
     rule, name, kwargs, steps, _, _ = case
     mx_name = RULES[rule][0]
     rows_n, width = LAZY_SHAPE
@@ -372,12 +402,15 @@ def record_lazy(case: Case) -> dict[str, Any]:
         weights.append(encode(weight.asnumpy()))
         for n, b in zip(RULES[rule][1], flatten(state), strict=True):
             states.setdefault(n, []).append(encode(b.asnumpy()))
+    hp = {k: v for k, v in kwargs.items() if k not in OPTIONS}
     return {
         "rule": rule,
         "name": name,
+        "mode": mode,
         "mxnet_optimizer": mx_name,
         "mxnet_kwargs": kwargs,
-        "hyperparams": hyperparams(rule, kwargs, opt),
+        "hyperparams": hyperparams(rule, hp, opt),
+        "options": {k: v for k, v in kwargs.items() if k in OPTIONS},
         "shape": list(LAZY_SHAPE),
         "weight0": encode(w0),
         "rows": held,
@@ -411,11 +444,13 @@ def main() -> None:
         "mxnet_version": mx.__version__,
         "numpy_version": np.__version__,
         "recorded_by": "tools/record_mxnet_goldens.py",
-        "cases": [record_lazy(case) for case in LAZY_CASES],
+        "cases": [record_lazy(case, "lazy") for case in LAZY_CASES]
+        + [record_lazy(case, "dense") for case in DENSE_CASES],
     }
     path = OUT / "lazy_rows.json"
     path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    print(f"wrote {path.relative_to(OUT.parent.parent.parent)} ({len(LAZY_CASES)} cases)")
+    count = len(data["cases"])
+    print(f"wrote {path.relative_to(OUT.parent.parent.parent)} ({count} cases)")
 
 
 if __name__ == "__main__":

@@ -321,6 +321,16 @@ def rows_lines(lowered: Lowered) -> tuple[list[str], RowsCode] | None:
     return lines, code
 
 
+def sparse_context(rule: Rule) -> dict[str, str]:
+    """``Rule.sparse``'s declaration as the rules module's literals."""
+    return {
+        "mode": repr(rule.sparse_mode),
+        "lazy_update": repr(rule.lazy_update),
+        "refused": repr(tuple(rule.sparse_refused)),
+        "why": repr(rule.sparse_why),
+    }
+
+
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
     code = HostCode()
@@ -361,6 +371,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "host_states": list(rule.host_states.values()),
         "folds_scale": folds_gradient_scale(lowered),
         "torch": torch_equivalent_code(rule, code),
+        "sparse": sparse_context(rule),
         "absent": repr(
             {name: {str(h): v for h, v in when.items()} for name, when in rule.absent.items()}
         ),

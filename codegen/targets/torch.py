@@ -20,6 +20,7 @@ def context(rules: list[Rule]) -> dict[str, object]:
             "name": rule.class_name,
             "doc": rule.doc,
             "args": [(h.name, repr(h.default)) for h in rule.hypers.values()],
+            "lazy_update": rule.lazy_update,
         }
         for rule in rules
     ]

@@ -30,6 +30,10 @@ also puts eps outside the root and adds wd * w to the gradient before accumulati
 
 ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
 0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): at wd = 0 only the rows a
+gradient holds are updated (MXNet 1.9.1's ``sparse.adagrad_update``); at wd != 0 they are refused,
+as MXNet 1.9.1 fails there (its sparse kernel takes no wd).
 """
 
 from __future__ import annotations
@@ -126,14 +130,14 @@ def _update_chunk(
             weight = weight_buf[_i]
             grad = grad_buf[_i]
             history = history_buf[_i]
-            # specs/adagrad.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            # specs/adagrad.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/adagrad.py:51: history_new = G**2 + history
+            # specs/adagrad.py:60: history_new = G**2 + history
             _v2 = G * G
             history_new = history + _v2
-            # specs/adagrad.py:52: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+            # specs/adagrad.py:61: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
             _v3 = wd * weight
             _v4 = history_new + eps
             _v5 = np.sqrt(_v4)
@@ -148,14 +152,14 @@ def _update_chunk(
         weight = weight_buf[_i]
         grad = grad_buf[_i]
         history = history_buf[_i]
-        # specs/adagrad.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/adagrad.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/adagrad.py:51: history_new = G**2 + history
+        # specs/adagrad.py:60: history_new = G**2 + history
         _v2 = G * G
         history_new = history + _v2
-        # specs/adagrad.py:52: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+        # specs/adagrad.py:61: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
         _v3 = wd * weight
         _v4 = history_new + eps
         _v5 = np.sqrt(_v4)

@@ -28,6 +28,11 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, starting a
 So epsilon is not bias-corrected: in the tutorial's terms MXNet uses epsilon / sqrt(1 - beta2^t).
 torch.optim.Adam(weight_decay=wd) adds wd * w to the gradient as well (without clipping) and
 bias-corrects epsilon; the trajectories coincide up to that epsilon term.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their moments, weight decay
+included (MXNet's ``sparse.adam_update``); ``lazy_update=False`` is MXNet's standard update, the
+step of ``grad.to_dense()``.
 """
 
 from __future__ import annotations
@@ -134,22 +139,22 @@ def _update_chunk(
             grad = grad_buf[_i]
             mean = mean_buf[_i]
             var = var_buf[_i]
-            # specs/adam.py:38: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/adam.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/adam.py:40: mean_new = G*(1 - beta1) + beta1*mean
+            # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
             _v4 = beta1 * mean
             _v5 = _h1 * G
             mean_new = _v4 + _v5
-            # specs/adam.py:41: var_new = G**2*(1 - beta2) + beta2*var
+            # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
             _v6 = beta2 * var
             _v7 = G * G
             _v8 = _h2 * _v7
             var_new = _v6 + _v8
-            # specs/adam.py:47: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+            # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
             _v9 = np.sqrt(var_new)
             _v10 = _v9 + epsilon
             _v11 = _h3 * mean_new
@@ -164,22 +169,22 @@ def _update_chunk(
         grad = grad_buf[_i]
         mean = mean_buf[_i]
         var = var_buf[_i]
-        # specs/adam.py:38: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/adam.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/adam.py:40: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
         _v4 = beta1 * mean
         _v5 = _h1 * G
         mean_new = _v4 + _v5
-        # specs/adam.py:41: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
         _v6 = beta2 * var
         _v7 = G * G
         _v8 = _h2 * _v7
         var_new = _v6 + _v8
-        # specs/adam.py:47: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+        # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         _v9 = np.sqrt(var_new)
         _v10 = _v9 + epsilon
         _v11 = _h3 * mean_new

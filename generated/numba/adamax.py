@@ -30,6 +30,10 @@ whose G has been exactly 0 since the first step gets 0/0 = NaN. optgen adds ``ep
 u of order |G| this changes a step by about epsilon / |G| relative. ``epsilon=0`` gives 1.9.1's
 formula exactly, NaN included. MXNet master also moves wd outside the clip; optgen keeps 1.9.1's
 placement. torch.optim.Adamax adds eps inside the max (u = max(beta2 * u, |g| + eps)).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -134,21 +138,21 @@ def _update_chunk(
             grad = grad_buf[_i]
             mean = mean_buf[_i]
             u = u_buf[_i]
-            # specs/adamax.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/adamax.py:45: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/adamax.py:47: mean_new = G*(1 - beta1) + beta1*mean
+            # specs/adamax.py:52: mean_new = G*(1 - beta1) + beta1*mean
             _v4 = beta1 * mean
             _v5 = _h1 * G
             mean_new = _v4 + _v5
-            # specs/adamax.py:48: u_new = Max(beta2*u, Abs(G))
+            # specs/adamax.py:53: u_new = Max(beta2*u, Abs(G))
             _v6 = np.abs(G)
             _v7 = beta2 * u
             u_new = _v6 if (_v6 > _v7 or _v6 != _v6) else _v7
-            # specs/adamax.py:49: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
+            # specs/adamax.py:54: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
             _v8 = u_new + epsilon
             _v9 = _h2 * mean_new
             _v10 = _v9 / _v8
@@ -162,21 +166,21 @@ def _update_chunk(
         grad = grad_buf[_i]
         mean = mean_buf[_i]
         u = u_buf[_i]
-        # specs/adamax.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/adamax.py:45: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/adamax.py:47: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/adamax.py:52: mean_new = G*(1 - beta1) + beta1*mean
         _v4 = beta1 * mean
         _v5 = _h1 * G
         mean_new = _v4 + _v5
-        # specs/adamax.py:48: u_new = Max(beta2*u, Abs(G))
+        # specs/adamax.py:53: u_new = Max(beta2*u, Abs(G))
         _v6 = np.abs(G)
         _v7 = beta2 * u
         u_new = _v6 if (_v6 > _v7 or _v6 != _v6) else _v7
-        # specs/adamax.py:49: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
+        # specs/adamax.py:54: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
         _v8 = u_new + epsilon
         _v9 = _h2 * mean_new
         _v10 = _v9 / _v8

@@ -40,6 +40,10 @@ the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_
 (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -154,19 +158,19 @@ def _update_chunk(
             prev_d = prev_d_buf[_i]
             prev_v = prev_v_buf[_i]
             prev_z = prev_z_buf[_i]
-            # specs/ftml.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/ftml.py:52: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
+            # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
             _v4 = beta2 * prev_v
             _v5 = G * G
             _v6 = _h1 * _v5
             prev_v_new = _v4 + _v6
-            # specs/ftml.py:53: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-            # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
+            # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
+            # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
             _v7 = _h2 * prev_v_new
             _v8 = np.sqrt(_v7)
             _t2 = _v8 + epsilon
@@ -178,7 +182,7 @@ def _update_chunk(
             _v13 = prev_d_new + _v12
             _v14 = weight * _v13
             prev_z_new = _v11 - _v14
-            # specs/ftml.py:56: weight_new = -prev_z_new/d_t
+            # specs/ftml.py:61: weight_new = -prev_z_new/d_t
             _v15 = _h6 * prev_z_new
             weight_new = _v15 / _t2
             weight_buf[_i] = weight_new
@@ -192,19 +196,19 @@ def _update_chunk(
         prev_d = prev_d_buf[_i]
         prev_v = prev_v_buf[_i]
         prev_z = prev_z_buf[_i]
-        # specs/ftml.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/ftml.py:52: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
+        # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
         _v4 = beta2 * prev_v
         _v5 = G * G
         _v6 = _h1 * _v5
         prev_v_new = _v4 + _v6
-        # specs/ftml.py:53: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-        # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
+        # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
+        # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
         _v7 = _h2 * prev_v_new
         _v8 = np.sqrt(_v7)
         _t2 = _v8 + epsilon
@@ -216,7 +220,7 @@ def _update_chunk(
         _v13 = prev_d_new + _v12
         _v14 = weight * _v13
         prev_z_new = _v11 - _v14
-        # specs/ftml.py:56: weight_new = -prev_z_new/d_t
+        # specs/ftml.py:61: weight_new = -prev_z_new/d_t
         _v15 = _h6 * prev_z_new
         weight_new = _v15 / _t2
         weight_buf[_i] = weight_new

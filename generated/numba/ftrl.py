@@ -30,6 +30,10 @@ enters only the denominator. optgen writes the closed form as MXNet master does,
     w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
 which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
 0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
+weight, and falls back to the dense update for a dense one, as torch's parameters are.
 """
 
 from __future__ import annotations
@@ -132,11 +136,11 @@ def _update_chunk(
             grad = grad_buf[_i]
             z = z_buf[_i]
             n = n_buf[_i]
-            # specs/ftrl.py:41: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/ftrl.py:42: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+            # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
             _v2 = G * G
             n_new = n + _v2
             _t2 = np.sqrt(n_new)
@@ -146,7 +150,7 @@ def _update_chunk(
             _v6 = _h1 * weight
             _v7 = _v6 * _v5
             z_new = _v3 + _v7
-            # specs/ftrl.py:45: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+            # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
             _v8 = np.abs(z_new)
             _v9 = _v8 + _h3
             _v10 = _T(0.0) if (_T(0.0) > _v9 or _T(0.0) != _T(0.0)) else _v9
@@ -155,7 +159,7 @@ def _update_chunk(
                 if z_new > 0
                 else (_T(-1.0) if z_new < 0 else (z_new if z_new != z_new else _T(0.0)))
             )
-            # specs/ftrl.py:44: denominator = wd + (beta + sqrt(n_new))/lr
+            # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
             _v12 = _t2 + beta
             _v13 = _h2 * _v12
             denominator = _v13 + wd
@@ -171,11 +175,11 @@ def _update_chunk(
         grad = grad_buf[_i]
         z = z_buf[_i]
         n = n_buf[_i]
-        # specs/ftrl.py:41: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/ftrl.py:42: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+        # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
         _v2 = G * G
         n_new = n + _v2
         _t2 = np.sqrt(n_new)
@@ -185,7 +189,7 @@ def _update_chunk(
         _v6 = _h1 * weight
         _v7 = _v6 * _v5
         z_new = _v3 + _v7
-        # specs/ftrl.py:45: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+        # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
         _v8 = np.abs(z_new)
         _v9 = _v8 + _h3
         _v10 = _T(0.0) if (_T(0.0) > _v9 or _T(0.0) != _T(0.0)) else _v9
@@ -194,7 +198,7 @@ def _update_chunk(
             if z_new > 0
             else (_T(-1.0) if z_new < 0 else (z_new if z_new != z_new else _T(0.0)))
         )
-        # specs/ftrl.py:44: denominator = wd + (beta + sqrt(n_new))/lr
+        # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
         _v12 = _t2 + beta
         _v13 = _h2 * _v12
         denominator = _v13 + wd

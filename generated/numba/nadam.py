@@ -47,6 +47,10 @@ neither, and optgen clips rescale_grad * g + wd * w (wd inside the clip). With
 decoupled_weight_decay=True (NAdamW) torch instead multiplies w by (1 - lr * wd) before the step
 and leaves wd out of G. torch keeps mu_product in float32 (its default scalar dtype). Tests:
 tests/test_torch_optim.py.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -164,26 +168,26 @@ def _update_chunk(
             grad = grad_buf[_i]
             mean = mean_buf[_i]
             var = var_buf[_i]
-            # specs/nadam.py:73: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/nadam.py:79: mean_new = G*(1 - beta1) + beta1*mean
+            # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
             _v4 = beta1 * mean
             _v5 = _h1 * G
             mean_new = _v4 + _v5
-            # specs/nadam.py:80: var_new = G**2*(1 - beta2) + beta2*var
+            # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
             _v6 = beta2 * var
             _v7 = G * G
             _v8 = _h2 * _v7
             var_new = _v6 + _v8
-            # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+            # specs/nadam.py:86: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
             _v9 = _h4 * G
             _v10 = _h5 * mean_new
             mbar = _v9 + _v10
-            # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+            # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
             _v12 = _h3 * var_new
             _v13 = np.sqrt(_v12)
             _v14 = _v13 + epsilon
@@ -199,26 +203,26 @@ def _update_chunk(
         grad = grad_buf[_i]
         mean = mean_buf[_i]
         var = var_buf[_i]
-        # specs/nadam.py:73: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/nadam.py:79: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
         _v4 = beta1 * mean
         _v5 = _h1 * G
         mean_new = _v4 + _v5
-        # specs/nadam.py:80: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
         _v6 = beta2 * var
         _v7 = G * G
         _v8 = _h2 * _v7
         var_new = _v6 + _v8
-        # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+        # specs/nadam.py:86: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
         _v9 = _h4 * G
         _v10 = _h5 * mean_new
         mbar = _v9 + _v10
-        # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+        # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
         _v12 = _h3 * var_new
         _v13 = np.sqrt(_v12)
         _v14 = _v13 + epsilon

@@ -30,6 +30,10 @@ The tutorial omits rescale_grad, clip_gradient, wd and ``clip_weights`` (None: o
 0 as off too, optgen accepts None or a value > 0). MXNet master renamed gamma1/gamma2 to ``rho``/
 ``momentum`` and moved wd outside the clip; optgen follows 1.9.1. torch.optim.RMSprop(
 centered=True, momentum=gamma2) puts eps outside the root and keeps its buffer as -delta / lr.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -140,22 +144,22 @@ def _update_chunk(
             n = n_buf[_i]
             g = g_buf[_i]
             delta = delta_buf[_i]
-            # specs/rmsprop_centered.py:50: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/rmsprop_centered.py:55: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/rmsprop_centered.py:58: n_new = G**2*(1 - gamma1) + gamma1*n
+            # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
             _v4 = gamma1 * n
             _v5 = G * G
             _v6 = _h1 * _v5
             n_new = _v4 + _v6
-            # specs/rmsprop_centered.py:59: g_new = G*(1 - gamma1) + g*gamma1
+            # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
             _v7 = gamma1 * g
             _v8 = _h1 * G
             g_new = _v7 + _v8
-            # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+            # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
             _v9 = gamma2 * delta
             _v10 = g_new * g_new
             _v11 = n_new - _v10
@@ -164,7 +168,7 @@ def _update_chunk(
             _v14 = _h2 * G
             _v15 = _v14 / _v13
             delta_new = _v9 + _v15
-            # specs/rmsprop_centered.py:61: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+            # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
             _v16 = delta_new + weight
             _v17 = _v16
             weight_new = _v17
@@ -179,22 +183,22 @@ def _update_chunk(
         n = n_buf[_i]
         g = g_buf[_i]
         delta = delta_buf[_i]
-        # specs/rmsprop_centered.py:50: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/rmsprop_centered.py:55: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/rmsprop_centered.py:58: n_new = G**2*(1 - gamma1) + gamma1*n
+        # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
         _v4 = gamma1 * n
         _v5 = G * G
         _v6 = _h1 * _v5
         n_new = _v4 + _v6
-        # specs/rmsprop_centered.py:59: g_new = G*(1 - gamma1) + g*gamma1
+        # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
         _v7 = gamma1 * g
         _v8 = _h1 * G
         g_new = _v7 + _v8
-        # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+        # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
         _v9 = gamma2 * delta
         _v10 = g_new * g_new
         _v11 = n_new - _v10
@@ -203,7 +207,7 @@ def _update_chunk(
         _v14 = _h2 * G
         _v15 = _v14 / _v13
         delta_new = _v9 + _v15
-        # specs/rmsprop_centered.py:61: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         _v16 = delta_new + weight
         _v17 = _h3 if (_h3 > _v16 or _h3 != _h3) else _v16
         weight_new = clip_weights if (clip_weights < _v17 or clip_weights != clip_weights) else _v17

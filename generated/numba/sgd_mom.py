@@ -24,6 +24,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their momentum, weight
+decay included (MXNet's ``sparse.sgd_mom_update``); ``lazy_update=False`` is MXNet's standard
+update, the step of ``grad.to_dense()``.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def _update_chunk(
             weight = weight_buf[_i]
             grad = grad_buf[_i]
             mom = mom_buf[_i]
-            # specs/sgd_mom.py:35: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+            # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
             _v0 = momentum * mom
             _v1 = wd * weight
             _v2 = rescale_grad * grad
@@ -129,7 +134,7 @@ def _update_chunk(
             _v5 = _v1 + _v4
             _v6 = _h1 * _v5
             mom_new = _v0 + _v6
-            # specs/sgd_mom.py:36: weight_new = mom_new + weight
+            # specs/sgd_mom.py:42: weight_new = mom_new + weight
             weight_new = mom_new + weight
             weight_buf[_i] = weight_new
             mom_buf[_i] = mom_new
@@ -138,7 +143,7 @@ def _update_chunk(
         weight = weight_buf[_i]
         grad = grad_buf[_i]
         mom = mom_buf[_i]
-        # specs/sgd_mom.py:35: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+        # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
         _v0 = momentum * mom
         _v1 = wd * weight
         _v2 = rescale_grad * grad
@@ -147,7 +152,7 @@ def _update_chunk(
         _v5 = _v1 + _v4
         _v6 = _h1 * _v5
         mom_new = _v0 + _v6
-        # specs/sgd_mom.py:36: weight_new = mom_new + weight
+        # specs/sgd_mom.py:42: weight_new = mom_new + weight
         weight_new = mom_new + weight
         weight_buf[_i] = weight_new
         mom_buf[_i] = mom_new

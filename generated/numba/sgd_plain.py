@@ -28,6 +28,12 @@ what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their weight decay included
+(MXNet's ``sparse.sgd_update``); ``lazy_update=False`` is MXNet's standard update, the step of
+``grad.to_dense()`` (MXNet's own sparse standard update rounds ``(1 - lr*wd)*w -
+(lr*rescale_grad)*g`` a little differently from its dense op).
 """
 
 from __future__ import annotations
@@ -116,7 +122,7 @@ def _update_chunk(
         for _i in range(weight_buf.shape[0]):
             weight = weight_buf[_i]
             grad = grad_buf[_i]
-            # specs/sgd.py:30: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+            # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
             _v0 = grad
             _v1 = _v0
             _v2 = _h1 * _v1
@@ -126,7 +132,7 @@ def _update_chunk(
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
-        # specs/sgd.py:30: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+        # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
         _v0 = _h0 if (_h0 > grad or _h0 != _h0) else grad
         _v1 = clip_gradient if (clip_gradient < _v0 or clip_gradient != clip_gradient) else _v0
         _v2 = _h1 * _v1

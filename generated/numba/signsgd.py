@@ -32,6 +32,10 @@ decoupled decay of ``signum``) is nonzero with momentum 0, because ``signsgd_upd
 argument. optgen applies it as MXNet master does, adding it to wd:
     w_{i+1} = (1 - lr * (wd + wd_lh)) * w_i - lr * sign(g)
 With the default wd_lh = 0 this is 1.9.1 exactly.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def _update_chunk(
     for _i in range(weight_buf.shape[0]):
         weight = weight_buf[_i]
         grad = grad_buf[_i]
-        # specs/signsgd.py:36: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
+        # specs/signsgd.py:41: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
         _v0 = _h0 * weight
         _v1 = np.abs(grad)
         _v2 = _v1 > _T(0.0)

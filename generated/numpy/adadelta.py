@@ -30,6 +30,10 @@ writes the gradient. MXNet master multiplies delta by ``learning_rate`` (default
 1e-6 and feeds clip(rescale_grad * g) + wd * w to everything; optgen follows 1.9.1.
 torch.optim.Adadelta(lr=1.0) is the seed's form with eps inside both roots and wd added to the
 gradient.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -128,26 +132,26 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/adadelta.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/adadelta.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adadelta.py:50: acc_g_new = G**2*(1 - rho) + acc_g*rho
+        # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
         np.multiply(_b0, _b0, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.multiply(rho, _acc_g, out=_b2)
         np.add(_b1, _b2, out=_acc_g)
-        # specs/adadelta.py:51: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
+        # specs/adadelta.py:56: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
         np.add(_acc_g, epsilon, out=_b2)
         np.add(_acc_delta, epsilon, out=_b3)
-        # specs/adadelta.py:52: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+        # specs/adadelta.py:57: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
         np.multiply(rho, _acc_delta, out=_b4)
         np.multiply(_b1, _b3, out=_b1)
         np.divide(_b1, _b2, out=_b1)
         np.add(_b4, _b1, out=_acc_delta)
-        # specs/adadelta.py:53: weight_new = -delta - wd*weight + weight
+        # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
         np.multiply(_h2, _weight, out=_b1)
         np.add(_weight, _b1, out=_b1)
         np.sqrt(_b3, out=_b3)

@@ -25,6 +25,10 @@ also puts eps outside the root and adds wd * w to the gradient before accumulati
 
 ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
 0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): at wd = 0 only the rows a
+gradient holds are updated (MXNet 1.9.1's ``sparse.adagrad_update``); at wd != 0 they are refused,
+as MXNet 1.9.1 fails there (its sparse kernel takes no wd).
 """
 
 from __future__ import annotations
@@ -120,16 +124,16 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/adagrad.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/adagrad.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adagrad.py:51: history_new = G**2 + history
+        # specs/adagrad.py:60: history_new = G**2 + history
         np.multiply(_b0, _b0, out=_b1)
         np.add(_history, _b1, out=_history)
-        # specs/adagrad.py:52: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+        # specs/adagrad.py:61: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
         np.multiply(wd, _weight, out=_b1)
         np.add(_history, eps, out=_b2)
         np.sqrt(_b2, out=_b2)

@@ -23,6 +23,11 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, starting a
 So epsilon is not bias-corrected: in the tutorial's terms MXNet uses epsilon / sqrt(1 - beta2^t).
 torch.optim.Adam(weight_decay=wd) adds wd * w to the gradient as well (without clipping) and
 bias-corrects epsilon; the trajectories coincide up to that epsilon term.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their moments, weight decay
+included (MXNet's ``sparse.adam_update``); ``lazy_update=False`` is MXNet's standard update, the
+step of ``grad.to_dense()``.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/adam.py:38: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/adam.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -129,16 +134,16 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adam.py:40: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/adam.py:41: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
         np.multiply(_h2, _b0, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/adam.py:47: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+        # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         np.sqrt(_var, out=_b0)
         np.add(_b0, epsilon, out=_b0)
         np.multiply(_h3, _mean, out=_b1)

@@ -25,6 +25,10 @@ whose G has been exactly 0 since the first step gets 0/0 = NaN. optgen adds ``ep
 u of order |G| this changes a step by about epsilon / |G| relative. ``epsilon=0`` gives 1.9.1's
 formula exactly, NaN included. MXNet master also moves wd outside the clip; optgen keeps 1.9.1's
 placement. torch.optim.Adamax adds eps inside the max (u = max(beta2 * u, |g| + eps)).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/adamax.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/adamax.py:45: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -131,15 +135,15 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adamax.py:47: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/adamax.py:52: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/adamax.py:48: u_new = Max(beta2*u, Abs(G))
+        # specs/adamax.py:53: u_new = Max(beta2*u, Abs(G))
         np.absolute(_b0, out=_b0)
         np.multiply(beta2, _u, out=_b1)
         np.maximum(_b0, _b1, out=_u)
-        # specs/adamax.py:49: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
+        # specs/adamax.py:54: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
         np.add(_u, epsilon, out=_b0)
         np.multiply(_h2, _mean, out=_b1)
         np.divide(_b1, _b0, out=_b0)

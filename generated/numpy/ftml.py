@@ -35,6 +35,10 @@ the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_
 (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        # specs/ftml.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -144,13 +148,13 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/ftml.py:52: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
+        # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
         np.multiply(beta2, _prev_v, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_prev_v)
-        # specs/ftml.py:53: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-        # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
+        # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
+        # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
         np.multiply(_h2, _prev_v, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)
@@ -162,7 +166,7 @@ def step(
         np.add(_b2, _b3, out=_b3)
         np.multiply(_weight, _b3, out=_b3)
         np.subtract(_b0, _b3, out=_prev_z)
-        # specs/ftml.py:56: weight_new = -prev_z_new/d_t
+        # specs/ftml.py:61: weight_new = -prev_z_new/d_t
         np.multiply(_h6, _prev_z, out=_b0)
         np.divide(_b0, _b1, out=_weight)
         np.copyto(_prev_d, _b2)

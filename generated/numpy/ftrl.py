@@ -25,6 +25,10 @@ enters only the denominator. optgen writes the closed form as MXNet master does,
     w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
 which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
 0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
+weight, and falls back to the dense update for a dense one, as torch's parameters are.
 """
 
 from __future__ import annotations
@@ -123,13 +127,13 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/ftrl.py:41: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/ftrl.py:42: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+        # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
         np.multiply(_b0, _b0, out=_b1)
         np.add(_n, _b1, out=_b1)
         np.sqrt(_b1, out=_b2)
@@ -139,12 +143,12 @@ def step(
         np.multiply(_h1, _weight, out=_b4)
         np.multiply(_b4, _b3, out=_b3)
         np.add(_b0, _b3, out=_z)
-        # specs/ftrl.py:45: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+        # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
         np.absolute(_z, out=_b0)
         np.add(_b0, _h3, out=_b0)
         np.maximum(0.0, _b0, out=_b0)
         np.sign(_z, out=_b3)
-        # specs/ftrl.py:44: denominator = wd + (beta + sqrt(n_new))/lr
+        # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
         np.add(_b2, beta, out=_b2)
         np.multiply(_h2, _b2, out=_b2)
         np.add(_b2, wd, out=_b2)

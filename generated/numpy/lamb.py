@@ -30,6 +30,10 @@ NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence ever
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
 step instead.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -190,15 +194,15 @@ def _stepper(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:58: w_sq = weight**2
+        # specs/lamb.py:63: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         np.multiply(wd, _weight, out=_b2)
         np.multiply(beta1, _mean, out=_b3)
         np.multiply(_h3, _b0, out=_b4)
@@ -213,7 +217,7 @@ def _stepper(
         np.multiply(_h4, _b3, out=_b3)
         np.divide(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
-        # specs/lamb.py:59: u_sq = u**2
+        # specs/lamb.py:64: u_sq = u**2
         np.multiply(_b0, _b0, out=_b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -245,22 +249,22 @@ def _stepper(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:53: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/lamb.py:58: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h3, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/lamb.py:54: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/lamb.py:59: var_new = G**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b0)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
         np.multiply(wd, _weight, out=_b0)
         np.multiply(_h2, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
@@ -268,7 +272,7 @@ def _stepper(
         np.multiply(_h4, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/lamb.py:61: weight_new = -lr*ratio*u + weight
+        # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
         np.multiply(_h5, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

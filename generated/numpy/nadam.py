@@ -42,6 +42,10 @@ neither, and optgen clips rescale_grad * g + wd * w (wd inside the clip). With
 decoupled_weight_decay=True (NAdamW) torch instead multiplies w by (1 - lr * wd) before the step
 and leaves wd out of G. torch keeps mu_product in float32 (its default scalar dtype). Tests:
 tests/test_torch_optim.py.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/nadam.py:73: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -149,20 +153,20 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/nadam.py:79: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/nadam.py:80: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_var)
-        # specs/nadam.py:81: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+        # specs/nadam.py:86: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
         np.multiply(_h4, _b0, out=_b0)
         np.multiply(_h5, _mean, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/nadam.py:85: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+        # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
         np.multiply(_h3, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)

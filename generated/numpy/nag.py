@@ -31,6 +31,11 @@ changes from a to b before step k+1 (a scheduler), the weights part by
     mom_{k+1} + b * buf_{k+1} = momentum * (b - a) * buf_k
 (tests/test_torch_optim.py). torch has no rescale_grad or clip_gradient, and refuses nesterov
 with dampening.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated at momentum > 0: MXNet 1.9.1 has no sparse kernel for
+this rule and falls back to the dense one. At momentum = 0 MXNet 1.9.1's NAG runs ``sgd_update``,
+which updates only the rows held: a sparse gradient is refused there (``SGD`` does that).
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ def step(
         _mom = _mom_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/nag.py:41: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/nag.py:51: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(wd, _weight, out=_b0)
         np.multiply(rescale_grad, _grad, out=_b1)
         if _h0 != -np.inf:
@@ -130,11 +135,11 @@ def step(
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/nag.py:42: mom_new = -G*lr + mom*momentum
+        # specs/nag.py:52: mom_new = -G*lr + mom*momentum
         np.multiply(_h1, _b0, out=_b0)
         np.multiply(momentum, _mom, out=_b1)
         np.add(_b0, _b1, out=_mom)
-        # specs/nag.py:43: weight_new = -G*lr + mom_new*momentum + weight
+        # specs/nag.py:53: weight_new = -G*lr + mom_new*momentum + weight
         np.add(_b0, _weight, out=_b0)
         np.multiply(momentum, _mom, out=_b1)
         np.add(_b0, _b1, out=_weight)

@@ -22,6 +22,10 @@ epsilon sits inside the square root. ``clip_weights`` (None: off) clips the new 
 MXNet's ``gamma2`` is used only by the centered variant, so this rule does not take it. MXNet
 master renamed gamma1 to ``rho``, moved wd outside the clip and epsilon outside the root; optgen
 follows 1.9.1. torch.optim.RMSprop(alpha=gamma1) puts eps outside the root.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/rmsprop.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/rmsprop.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -124,12 +128,12 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/rmsprop.py:50: n_new = G**2*(1 - gamma1) + gamma1*n
+        # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
         np.multiply(gamma1, _n, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_n)
-        # specs/rmsprop.py:51: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+        # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
         np.add(_n, epsilon, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.multiply(_h3, _b0, out=_b0)

@@ -25,6 +25,10 @@ The tutorial omits rescale_grad, clip_gradient, wd and ``clip_weights`` (None: o
 0 as off too, optgen accepts None or a value > 0). MXNet master renamed gamma1/gamma2 to ``rho``/
 ``momentum`` and moved wd outside the clip; optgen follows 1.9.1. torch.optim.RMSprop(
 centered=True, momentum=gamma2) puts eps outside the root and keeps its buffer as -delta / lr.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/rmsprop_centered.py:50: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/rmsprop_centered.py:55: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -133,16 +137,16 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/rmsprop_centered.py:58: n_new = G**2*(1 - gamma1) + gamma1*n
+        # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
         np.multiply(gamma1, _n, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h1, _b2, out=_b2)
         np.add(_b1, _b2, out=_n)
-        # specs/rmsprop_centered.py:59: g_new = G*(1 - gamma1) + g*gamma1
+        # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
         np.multiply(gamma1, _g, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_g)
-        # specs/rmsprop_centered.py:60: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+        # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
         np.multiply(gamma2, _delta, out=_b1)
         np.multiply(_g, _g, out=_b2)
         np.subtract(_n, _b2, out=_b2)
@@ -151,7 +155,7 @@ def step(
         np.multiply(_h2, _b0, out=_b0)
         np.divide(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_delta)
-        # specs/rmsprop_centered.py:61: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         np.add(_delta, _weight, out=_b0)
         if _h3 != -np.inf:
             np.maximum(_h3, _b0, out=_b0)

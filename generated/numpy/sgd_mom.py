@@ -19,6 +19,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their momentum, weight
+decay included (MXNet's ``sparse.sgd_mom_update``); ``lazy_update=False`` is MXNet's standard
+update, the step of ``grad.to_dense()``.
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/sgd_mom.py:35: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+        # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
         np.multiply(momentum, _mom, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.multiply(rescale_grad, _grad, out=_b2)
@@ -122,7 +127,7 @@ def step(
         np.add(_b1, _b2, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_mom)
-        # specs/sgd_mom.py:36: weight_new = mom_new + weight
+        # specs/sgd_mom.py:42: weight_new = mom_new + weight
         np.add(_mom, _weight, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)

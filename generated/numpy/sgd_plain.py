@@ -23,6 +23,12 @@ what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their weight decay included
+(MXNet's ``sparse.sgd_update``); ``lazy_update=False`` is MXNet's standard update, the step of
+``grad.to_dense()`` (MXNet's own sparse standard update rounds ``(1 - lr*wd)*w -
+(lr*rescale_grad)*g`` a little differently from its dense op).
 """
 
 from __future__ import annotations
@@ -110,7 +116,7 @@ def step(
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
-        # specs/sgd.py:30: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+        # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
         np.maximum(_h0, _grad, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)

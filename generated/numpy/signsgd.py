@@ -27,6 +27,10 @@ decoupled decay of ``signum``) is nonzero with momentum 0, because ``signsgd_upd
 argument. optgen applies it as MXNet master does, adding it to wd:
     w_{i+1} = (1 - lr * (wd + wd_lh)) * w_i - lr * sign(g)
 With the default wd_lh = 0 this is 1.9.1 exactly.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def step(
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/signsgd.py:36: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
+        # specs/signsgd.py:41: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
         np.multiply(_h0, _weight, out=_b0)
         np.absolute(_grad, out=_b1)
         __v2 = np.greater(_b1, 0.0)

@@ -28,6 +28,10 @@ The sign is MXNet's comparison sign (``codegen.mxnet.mxnet_sign``): sign(0) = 0,
 momentum compares false both ways, so its sign is 0: a NaN gradient makes that element's ``mom``
 NaN (for good: it stays NaN), and its weight is from then on only decayed,
 w_{i+1} = (1 - lr * wd_lh) * w_i, as in MXNet (np.sign would make the weight NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/signum.py:39: mom_new = mom*momentum - (1 - momentum)*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))
+        # specs/signum.py:44: mom_new = mom*momentum - (1 - momentum)*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))
         np.multiply(momentum, _mom, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.multiply(rescale_grad, _grad, out=_b2)
@@ -131,7 +135,7 @@ def step(
         np.add(_b1, _b2, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_mom)
-        # specs/signum.py:40: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(-lr*wd_lh + 1)
+        # specs/signum.py:45: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(-lr*wd_lh + 1)
         np.absolute(_mom, out=_b0)
         __v8 = np.greater(_b0, 0.0)
         np.sign(_mom, out=_b0)

@@ -30,6 +30,10 @@ writes the gradient. MXNet master multiplies delta by ``learning_rate`` (default
 1e-6 and feeds clip(rescale_grad * g) + wd * w to everything; optgen follows 1.9.1.
 torch.optim.Adadelta(lr=1.0) is the seed's form with eps inside both roots and wd added to the
 gradient.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -99,6 +103,14 @@ TORCH = TorchEquivalent(
     {"acc_g": ("square_avg", lambda **_: 1), "acc_delta": ("acc_delta", lambda **_: 1)},
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "max": 1, "min": 1, "mul": 8, "sqrt": 2, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

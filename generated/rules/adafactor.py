@@ -126,6 +126,14 @@ TORCH = TorchEquivalent(
     {"row": ("row_var", lambda **_: 1), "col": ("col_var", lambda **_: 1)},
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = None
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 1, "div": 1, "max": 1, "mul": 3, "ne": 1, "sqrt": 1, "where": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {

@@ -25,6 +25,10 @@ also puts eps outside the root and adds wd * w to the gradient before accumulati
 
 ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
 0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): at wd = 0 only the rows a
+gradient holds are updated (MXNet 1.9.1's ``sparse.adagrad_update``); at wd != 0 they are refused,
+as MXNet 1.9.1 fails there (its sparse kernel takes no wd).
 """
 
 from __future__ import annotations
@@ -100,6 +104,16 @@ TORCH = TorchEquivalent(
     },
     {"history": ("sum", lambda **_: 1)},
     {},
+)
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "lazy"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = (("wd", "!=", 0),)
+SPARSE_WHY = (
+    "MXNet 1.9.1's sparse AdaGrad takes wd = 0 only and fails otherwise: pass grad.to_dense()"
 )
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 4, "sqrt": 1}

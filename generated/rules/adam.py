@@ -23,6 +23,11 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, starting a
 So epsilon is not bias-corrected: in the tutorial's terms MXNet uses epsilon / sqrt(1 - beta2^t).
 torch.optim.Adam(weight_decay=wd) adds wd * w to the gradient as well (without clipping) and
 bias-corrects epsilon; the trajectories coincide up to that epsilon term.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their moments, weight decay
+included (MXNet's ``sparse.adam_update``); ``lazy_update=False`` is MXNet's standard update, the
+step of ``grad.to_dense()``.
 """
 
 from __future__ import annotations
@@ -96,6 +101,14 @@ TORCH = TorchEquivalent(
     {"mean": ("exp_avg", lambda **_: 1), "var": ("exp_avg_sq", lambda **_: 1)},
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "lazy"
+LAZY_UPDATE = True
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 8, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

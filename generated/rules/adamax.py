@@ -25,6 +25,10 @@ whose G has been exactly 0 since the first step gets 0/0 = NaN. optgen adds ``ep
 u of order |G| this changes a step by about epsilon / |G| relative. ``epsilon=0`` gives 1.9.1's
 formula exactly, NaN included. MXNet master also moves wd outside the clip; optgen keeps 1.9.1's
 placement. torch.optim.Adamax adds eps inside the max (u = max(beta2 * u, |g| + eps)).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -98,6 +102,14 @@ TORCH = TorchEquivalent(
     {"mean": ("exp_avg", lambda **_: 1), "u": ("exp_inf", lambda **_: 1)},
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"abs": 1, "add": 4, "div": 1, "max": 2, "min": 1, "mul": 6}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

@@ -99,6 +99,14 @@ INIT_HYPERPARAMS: tuple[str, ...] = ()
 FOLDS_GRAD_SCALE = False
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = None
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Values computed by matrix equations (codegen/matrix.py): the weight must be 2-D.
 MATRIX_VALUES: tuple[str, ...] = ("ortho",)
 # Matrix operations per iteration step of each matrix value.

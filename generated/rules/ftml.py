@@ -35,6 +35,10 @@ the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_
 (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -103,6 +107,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 12, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

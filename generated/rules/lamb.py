@@ -30,6 +30,10 @@ NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence ever
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
 step instead.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -111,6 +115,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 10, "sqrt": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
@@ -171,11 +183,11 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/lamb.py:58: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:63: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = host_min(upper_bound, host_max(lower_bound, math.sqrt(w_sq)))
-    # specs/lamb.py:59: r2 = sqrt(u_sq)
+    # specs/lamb.py:64: r2 = sqrt(u_sq)
     r2 = math.sqrt(u_sq)
-    # specs/lamb.py:60: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:65: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = (1) if (r1 == 0) or (r2 == 0) else (r1 / math.sqrt(u_sq))
     _h0 = -clip_gradient
     _h1 = 1 - beta2
@@ -206,11 +218,11 @@ def host_scalars_rows(
     per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
     (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
     tensor by tensor where NumPy flags what Python would raise on)."""
-    # specs/lamb.py:58: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:63: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = rows_min(upper_bound, rows_max(lower_bound, np.sqrt(w_sq)))
-    # specs/lamb.py:59: r2 = sqrt(u_sq)
+    # specs/lamb.py:64: r2 = sqrt(u_sq)
     r2 = np.sqrt(u_sq)
-    # specs/lamb.py:60: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:65: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = rows_where(
         len(w_sq),
         lambda _r0: np.logical_or((r1[_r0] == 0), (r2[_r0] == 0)),

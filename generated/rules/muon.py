@@ -100,6 +100,14 @@ TORCH = TorchEquivalent(
     {"momentum_buffer": ("momentum_buffer", lambda **_: 1)},
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = None
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Values computed by matrix equations (codegen/matrix.py): the weight must be 2-D.
 MATRIX_VALUES: tuple[str, ...] = ("ortho",)
 # Matrix operations per iteration step of each matrix value.

@@ -42,6 +42,10 @@ neither, and optgen clips rescale_grad * g + wd * w (wd inside the clip). With
 decoupled_weight_decay=True (NAdamW) torch instead multiplies w by (1 - lr * wd) before the step
 and leaves wd out of G. torch keeps mu_product in float32 (its default scalar dtype). Tests:
 tests/test_torch_optim.py.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -128,6 +132,14 @@ TORCH = TorchEquivalent(
     },
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

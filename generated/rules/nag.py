@@ -31,6 +31,11 @@ changes from a to b before step k+1 (a scheduler), the weights part by
     mom_{k+1} + b * buf_{k+1} = momentum * (b - a) * buf_k
 (tests/test_torch_optim.py). torch has no rescale_grad or clip_gradient, and refuses nesterov
 with dampening.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated at momentum > 0: MXNet 1.9.1 has no sparse kernel for
+this rule and falls back to the dense one. At momentum = 0 MXNet 1.9.1's NAG runs ``sgd_update``,
+which updates only the rows held: a sparse gradient is refused there (``SGD`` does that).
 """
 
 from __future__ import annotations
@@ -95,6 +100,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = (("momentum", "==", 0),)
+SPARSE_WHY = "at momentum 0 MXNet 1.9.1's NAG updates only the rows held (sgd_update): use SGD"
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 5}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

@@ -22,6 +22,10 @@ epsilon sits inside the square root. ``clip_weights`` (None: off) clips the new 
 MXNet's ``gamma2`` is used only by the centered variant, so this rule does not take it. MXNet
 master renamed gamma1 to ``rho``, moved wd outside the clip and epsilon outside the root; optgen
 follows 1.9.1. torch.optim.RMSprop(alpha=gamma1) puts eps outside the root.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -96,6 +100,14 @@ TORCH = TorchEquivalent(
     {"n": ("square_avg", lambda **_: 1)},
     {},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 2, "min": 2, "mul": 6, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

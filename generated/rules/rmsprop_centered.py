@@ -25,6 +25,10 @@ The tutorial omits rescale_grad, clip_gradient, wd and ``clip_weights`` (None: o
 0 as off too, optgen accepts None or a value > 0). MXNet master renamed gamma1/gamma2 to ``rho``/
 ``momentum`` and moved wd outside the clip; optgen follows 1.9.1. torch.optim.RMSprop(
 centered=True, momentum=gamma2) puts eps outside the root and keeps its buffer as -delta / lr.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -105,6 +109,14 @@ TORCH = TorchEquivalent(
     },
     {"centered": True},
 )
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 10, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

@@ -23,6 +23,12 @@ what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their weight decay included
+(MXNet's ``sparse.sgd_update``); ``lazy_update=False`` is MXNet's standard update, the step of
+``grad.to_dense()`` (MXNet's own sparse standard update rounds ``(1 - lr*wd)*w -
+(lr*rescale_grad)*g`` a little differently from its dense op).
 """
 
 from __future__ import annotations
@@ -85,6 +91,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "lazy"
+LAZY_UPDATE = True
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 1, "max": 1, "min": 1, "mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

@@ -20,6 +20,10 @@ stream keyed by (seed, step) with the element index as counter, so the NumPy mod
 Triton kernel produce the same noise (bitwise in the interpreter), and the same seed gives the
 same trajectory. No recorded MXNet golden can match random draws: verified against the equations
 (with the same draws) and statistically.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated, noise drawn for every element: MXNet 1.9.1 has no
+sparse kernel for this rule and falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -84,6 +88,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

@@ -27,6 +27,10 @@ decoupled decay of ``signum``) is nonzero with momentum 0, because ``signsgd_upd
 argument. optgen applies it as MXNet master does, adding it to wd:
     w_{i+1} = (1 - lr * (wd + wd_lh)) * w_i - lr * sign(g)
 With the default wd_lh = 0 this is 1.9.1 exactly.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -91,6 +95,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {"abs": 1, "add": 1, "gt": 1, "mul": 2, "sign": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.

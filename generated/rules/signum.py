@@ -28,6 +28,10 @@ The sign is MXNet's comparison sign (``codegen.mxnet.mxnet_sign``): sign(0) = 0,
 momentum compares false both ways, so its sign is 0: a NaN gradient makes that element's ``mom``
 NaN (for good: it stays NaN), and its weight is from then on only decayed,
 w_{i+1} = (1 - lr * wd_lh) * w_i, as in MXNet (np.sign would make the weight NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -94,6 +98,14 @@ VARIANT: str | None = None
 SPECIAL: dict[str, dict[str, float]] = {}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
+# Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
+# updated) or "dense" (the step of grad.to_dense()); LAZY_UPDATE: the class takes MXNet's keyword
+# lazy_update (default True; False steps densely).
+SPARSE: str | None = "dense"
+LAZY_UPDATE = False
+# Settings at which a sparse gradient is refused: (hyperparameter, "==" or "!=", value), and why.
+SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
+SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
     "abs": 1,

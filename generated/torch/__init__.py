@@ -234,6 +234,10 @@ class Adadelta(GeneratedOptimizer):
     1e-6 and feeds clip(rescale_grad * g) + wd * w to everything; optgen follows 1.9.1.
     torch.optim.Adadelta(lr=1.0) is the seed's form with eps inside both roots and wd added to the
     gradient.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "adadelta"
@@ -358,6 +362,10 @@ class Adagrad(GeneratedOptimizer):
 
     ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
     0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): at wd = 0 only the rows a
+    gradient holds are updated (MXNet 1.9.1's ``sparse.adagrad_update``); at wd != 0 they are refused,
+    as MXNet 1.9.1 fails there (its sparse kernel takes no wd).
     """
 
     RULE = "adagrad"
@@ -481,6 +489,11 @@ class Adam(GeneratedOptimizer):
     So epsilon is not bias-corrected: in the tutorial's terms MXNet uses epsilon / sqrt(1 - beta2^t).
     torch.optim.Adam(weight_decay=wd) adds wd * w to the gradient as well (without clipping) and
     bias-corrects epsilon; the trajectories coincide up to that epsilon term.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+    (MXNet 1.9.1's default) only the rows a gradient holds are updated, with their moments, weight decay
+    included (MXNet's ``sparse.adam_update``); ``lazy_update=False`` is MXNet's standard update, the
+    step of ``grad.to_dense()``.
     """
 
     RULE = "adam"
@@ -500,6 +513,7 @@ class Adam(GeneratedOptimizer):
         beta2: Any = 0.999,
         epsilon: Any = 1e-08,
         *,
+        lazy_update: bool = True,
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
@@ -514,6 +528,7 @@ class Adam(GeneratedOptimizer):
                 "beta2": beta2,
                 "epsilon": epsilon,
             },
+            lazy_update=lazy_update,
             multi_precision=multi_precision,
             backend=backend,
         )
@@ -596,6 +611,10 @@ class Adamax(GeneratedOptimizer):
     u of order |G| this changes a step by about epsilon / |G| relative. ``epsilon=0`` gives 1.9.1's
     formula exactly, NaN included. MXNet master also moves wd outside the clip; optgen keeps 1.9.1's
     placement. torch.optim.Adamax adds eps inside the max (u = max(beta2 * u, |g| + eps)).
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "adamax"
@@ -1048,6 +1067,10 @@ class FTML(GeneratedOptimizer):
     (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
     MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
     1.9.1 (lr 0.01, the base optimizer's default).
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "ftml"
@@ -1110,6 +1133,10 @@ class Ftrl(GeneratedOptimizer):
         w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
     which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
     0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
+    weight, and falls back to the dense update for a dense one, as torch's parameters are.
     """
 
     RULE = "ftrl"
@@ -1175,6 +1202,10 @@ class LAMB(GeneratedOptimizer):
     new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
     ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
     step instead.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "lamb"
@@ -1576,6 +1607,10 @@ class NAdam(GeneratedOptimizer):
     decoupled_weight_decay=True (NAdamW) torch instead multiplies w by (1 - lr * wd) before the step
     and leaves wd out of G. torch keeps mu_product in float32 (its default scalar dtype). Tests:
     tests/test_torch_optim.py.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "nadam"
@@ -1646,6 +1681,11 @@ class NAG(GeneratedOptimizer):
         mom_{k+1} + b * buf_{k+1} = momentum * (b - a) * buf_k
     (tests/test_torch_optim.py). torch has no rescale_grad or clip_gradient, and refuses nesterov
     with dampening.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated at momentum > 0: MXNet 1.9.1 has no sparse kernel for
+    this rule and falls back to the dense one. At momentum = 0 MXNet 1.9.1's NAG runs ``sgd_update``,
+    which updates only the rows held: a sparse gradient is refused there (``SGD`` does that).
     """
 
     RULE = "nag"
@@ -1842,6 +1882,10 @@ class RMSprop(GeneratedOptimizer):
     MXNet's ``gamma2`` is used only by the centered variant, so this rule does not take it. MXNet
     master renamed gamma1 to ``rho``, moved wd outside the clip and epsilon outside the root; optgen
     follows 1.9.1. torch.optim.RMSprop(alpha=gamma1) puts eps outside the root.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "rmsprop"
@@ -1904,6 +1948,10 @@ class RMSpropCentered(GeneratedOptimizer):
     0 as off too, optgen accepts None or a value > 0). MXNet master renamed gamma1/gamma2 to ``rho``/
     ``momentum`` and moved wd outside the clip; optgen follows 1.9.1. torch.optim.RMSprop(
     centered=True, momentum=gamma2) puts eps outside the root and keeps its buffer as -delta / lr.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "rmsprop_centered"
@@ -1964,6 +2012,12 @@ class SGD(GeneratedOptimizer):
     The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
     see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
     then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
+
+    Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+    (MXNet 1.9.1's default) only the rows a gradient holds are updated, with their weight decay included
+    (MXNet's ``sparse.sgd_update``); ``lazy_update=False`` is MXNet's standard update, the step of
+    ``grad.to_dense()`` (MXNet's own sparse standard update rounds ``(1 - lr*wd)*w -
+    (lr*rescale_grad)*g`` a little differently from its dense op).
     """
 
     RULE = "sgd"
@@ -1980,6 +2034,7 @@ class SGD(GeneratedOptimizer):
         rescale_grad: Any = 1.0,
         clip_gradient: Any = None,
         *,
+        lazy_update: bool = True,
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
@@ -1991,6 +2046,7 @@ class SGD(GeneratedOptimizer):
                 "rescale_grad": rescale_grad,
                 "clip_gradient": clip_gradient,
             },
+            lazy_update=lazy_update,
             multi_precision=multi_precision,
             backend=backend,
         )
@@ -2014,6 +2070,11 @@ class SGDMomentum(GeneratedOptimizer):
     The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
     torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
     the two trajectories coincide.
+
+    Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+    (MXNet 1.9.1's default) only the rows a gradient holds are updated, with their momentum, weight
+    decay included (MXNet's ``sparse.sgd_mom_update``); ``lazy_update=False`` is MXNet's standard
+    update, the step of ``grad.to_dense()``.
     """
 
     RULE = "sgd_mom"
@@ -2031,6 +2092,7 @@ class SGDMomentum(GeneratedOptimizer):
         clip_gradient: Any = None,
         momentum: Any = 0.0,
         *,
+        lazy_update: bool = True,
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
@@ -2043,6 +2105,7 @@ class SGDMomentum(GeneratedOptimizer):
                 "clip_gradient": clip_gradient,
                 "momentum": momentum,
             },
+            lazy_update=lazy_update,
             multi_precision=multi_precision,
             backend=backend,
         )
@@ -2067,6 +2130,10 @@ class SGLD(GeneratedOptimizer):
     Triton kernel produce the same noise (bitwise in the interpreter), and the same seed gives the
     same trajectory. No recorded MXNet golden can match random draws: verified against the equations
     (with the same draws) and statistically.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated, noise drawn for every element: MXNet 1.9.1 has no
+    sparse kernel for this rule and falls back to the dense one.
     """
 
     RULE = "sgld"
@@ -2127,6 +2194,10 @@ class SignSGD(GeneratedOptimizer):
     argument. optgen applies it as MXNet master does, adding it to wd:
         w_{i+1} = (1 - lr * (wd + wd_lh)) * w_i - lr * sign(g)
     With the default wd_lh = 0 this is 1.9.1 exactly.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "signsgd"
@@ -2188,6 +2259,10 @@ class Signum(GeneratedOptimizer):
     momentum compares false both ways, so its sign is 0: a NaN gradient makes that element's ``mom``
     NaN (for good: it stays NaN), and its weight is from then on only decayed,
     w_{i+1} = (1 - lr * wd_lh) * w_i, as in MXNet (np.sign would make the weight NaN).
+
+    A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+    ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+    falls back to the dense one.
     """
 
     RULE = "signum"

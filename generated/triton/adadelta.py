@@ -30,6 +30,10 @@ writes the gradient. MXNet master multiplies delta by ``learning_rate`` (default
 1e-6 and feeds clip(rescale_grad * g) + wd * w to everything; optgen follows 1.9.1.
 torch.optim.Adadelta(lr=1.0) is the seed's form with eps inside both roots and wd added to the
 gradient.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -137,24 +141,24 @@ def adadelta_kernel_body(
         grad = grad * inv_scale
     acc_g = tl.load(acc_g_ptr + offs, mask=mask).to(tl.float32)
     acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
-    # specs/adadelta.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/adadelta.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/adadelta.py:50: acc_g_new = G**2*(1 - rho) + acc_g*rho
+    # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
     _v2 = G * G
     _t1 = _h1 * _v2
     _v3 = rho * acc_g
     acc_g_new = _t1 + _v3
-    # specs/adadelta.py:51: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
+    # specs/adadelta.py:56: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
     _t3 = acc_g_new + epsilon
     _t4 = acc_delta + epsilon
-    # specs/adadelta.py:52: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+    # specs/adadelta.py:57: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
     _v4 = rho * acc_delta
     _v5 = _t1 * _t4
     _v6 = tl.div_rn(_v5, _t3)
     acc_delta_new = _v4 + _v6
-    # specs/adadelta.py:53: weight_new = -delta - wd*weight + weight
+    # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
     _v7 = _h2 * weight
     _v8 = weight + _v7
     _v9 = tl.sqrt_rn(_t4)

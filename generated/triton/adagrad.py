@@ -25,6 +25,10 @@ also puts eps outside the root and adds wd * w to the gradient before accumulati
 
 ``initial_accumulator_value`` (torch.optim.Adagrad's; MXNet 1.9.1 has none and starts history at
 0, this hyperparameter's default) is history's initial value: ``init_state`` takes it.
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): at wd = 0 only the rows a
+gradient holds are updated (MXNet 1.9.1's ``sparse.adagrad_update``); at wd != 0 they are refused,
+as MXNet 1.9.1 fails there (its sparse kernel takes no wd).
 """
 
 from __future__ import annotations
@@ -128,14 +132,14 @@ def adagrad_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     history = tl.load(history_ptr + offs, mask=mask).to(tl.float32)
-    # specs/adagrad.py:40: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/adagrad.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/adagrad.py:51: history_new = G**2 + history
+    # specs/adagrad.py:60: history_new = G**2 + history
     _v2 = G * G
     history_new = history + _v2
-    # specs/adagrad.py:52: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
+    # specs/adagrad.py:61: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
     _v3 = wd * weight
     _v4 = history_new + eps
     _v5 = tl.sqrt_rn(_v4)

@@ -35,6 +35,10 @@ the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_
 (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -156,19 +160,19 @@ def ftml_kernel_body(
     prev_d = tl.load(prev_d_ptr + offs, mask=mask).to(tl.float32)
     prev_v = tl.load(prev_v_ptr + offs, mask=mask).to(tl.float32)
     prev_z = tl.load(prev_z_ptr + offs, mask=mask).to(tl.float32)
-    # specs/ftml.py:51: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
     _v0 = rescale_grad * grad
     _v1 = wd * weight
     _v2 = _v0 + _v1
     _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/ftml.py:52: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
+    # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
     _v4 = beta2 * prev_v
     _v5 = G * G
     _v6 = _h1 * _v5
     prev_v_new = _v4 + _v6
-    # specs/ftml.py:53: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-    # specs/ftml.py:54: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
+    # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
+    # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
     _v7 = _h2 * prev_v_new
     _v8 = tl.sqrt_rn(_v7)
     _t2 = _v8 + epsilon
@@ -180,7 +184,7 @@ def ftml_kernel_body(
     _v13 = prev_d_new + _v12
     _v14 = weight * _v13
     prev_z_new = _v11 - _v14
-    # specs/ftml.py:56: weight_new = -prev_z_new/d_t
+    # specs/ftml.py:61: weight_new = -prev_z_new/d_t
     _v15 = _h6 * prev_z_new
     weight_new = tl.div_rn(_v15, _t2)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)

@@ -25,6 +25,10 @@ enters only the denominator. optgen writes the closed form as MXNet master does,
     w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
 which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
 0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
+weight, and falls back to the dense update for a dense one, as torch's parameters are.
 """
 
 from __future__ import annotations
@@ -134,11 +138,11 @@ def ftrl_kernel_body(
         grad = grad * inv_scale
     z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
     n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    # specs/ftrl.py:41: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/ftrl.py:42: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+    # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
     _v2 = G * G
     n_new = n + _v2
     _t2 = tl.sqrt_rn(n_new)
@@ -148,12 +152,12 @@ def ftrl_kernel_body(
     _v6 = _h1 * weight
     _v7 = _v6 * _v5
     z_new = _v3 + _v7
-    # specs/ftrl.py:45: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+    # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
     _v8 = tl.abs(z_new)
     _v9 = _v8 + _h3
     _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
     _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
-    # specs/ftrl.py:44: denominator = wd + (beta + sqrt(n_new))/lr
+    # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
     _v12 = _t2 + beta
     _v13 = _h2 * _v12
     denominator = _v13 + wd

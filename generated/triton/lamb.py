@@ -30,6 +30,10 @@ NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence ever
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
 step instead.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -156,20 +160,20 @@ def lamb_kernel_body(
         grad = grad * inv_scale
     mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:53: mean_new = G*(1 - beta1) + beta1*mean
+    # specs/lamb.py:58: mean_new = G*(1 - beta1) + beta1*mean
     _v2 = beta1 * mean
     _v3 = _h3 * G
     mean_new = _v2 + _v3
-    # specs/lamb.py:54: var_new = G**2*(1 - beta2) + beta2*var
+    # specs/lamb.py:59: var_new = G**2*(1 - beta2) + beta2*var
     _v4 = beta2 * var
     _v5 = G * G
     _v6 = _h1 * _v5
     var_new = _v4 + _v6
-    # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
     _v7 = wd * weight
     _v8 = _h2 * var_new
     _v9 = tl.sqrt_rn(_v8)
@@ -177,7 +181,7 @@ def lamb_kernel_body(
     _v11 = _h4 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
     u = _v7 + _v12
-    # specs/lamb.py:61: weight_new = -lr*ratio*u + weight
+    # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
     _v14 = _h5 * u
     weight_new = weight + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
@@ -369,13 +373,13 @@ def lamb_reduce_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/lamb.py:52: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v15 = rescale_grad * grad
     _v16 = tl.maximum(_h0, _v15, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v16, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:58: w_sq = weight**2
+    # specs/lamb.py:63: w_sq = weight**2
     w_sq = weight * weight
-    # specs/lamb.py:57: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
     _v17 = wd * weight
     _v18 = beta1 * mean
     _v19 = _h3 * G
@@ -390,7 +394,7 @@ def lamb_reduce_kernel_body(
     _v28 = _h4 * _v20
     _v29 = tl.div_rn(_v28, _v27)
     u = _v17 + _v29
-    # specs/lamb.py:59: u_sq = u**2
+    # specs/lamb.py:64: u_sq = u**2
     u_sq = u * u
     tl.store(partial_ptr + slot * 2 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
     tl.store(partial_ptr + slot * 2 + 1, fixed_sum(tl.where(mask, u_sq, 0.0)))

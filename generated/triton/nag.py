@@ -31,6 +31,11 @@ changes from a to b before step k+1 (a scheduler), the weights part by
     mom_{k+1} + b * buf_{k+1} = momentum * (b - a) * buf_k
 (tests/test_torch_optim.py). torch has no rescale_grad or clip_gradient, and refuses nesterov
 with dampening.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated at momentum > 0: MXNet 1.9.1 has no sparse kernel for
+this rule and falls back to the dense one. At momentum = 0 MXNet 1.9.1's NAG runs ``sgd_update``,
+which updates only the rows held: a sparse gradient is refused there (``SGD`` does that).
 """
 
 from __future__ import annotations
@@ -134,17 +139,17 @@ def nag_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    # specs/nag.py:41: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/nag.py:51: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = wd * weight
     _v1 = rescale_grad * grad
     _v2 = tl.maximum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
     _v3 = tl.minimum(clip_gradient, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = _v0 + _v3
-    # specs/nag.py:42: mom_new = -G*lr + mom*momentum
+    # specs/nag.py:52: mom_new = -G*lr + mom*momentum
     _t0 = _h1 * G
     _v5 = momentum * mom
     mom_new = _t0 + _v5
-    # specs/nag.py:43: weight_new = -G*lr + mom_new*momentum + weight
+    # specs/nag.py:53: weight_new = -G*lr + mom_new*momentum + weight
     _v6 = _t0 + weight
     _v7 = momentum * mom_new
     weight_new = _v6 + _v7

@@ -22,6 +22,10 @@ epsilon sits inside the square root. ``clip_weights`` (None: off) clips the new 
 MXNet's ``gamma2`` is used only by the centered variant, so this rule does not take it. MXNet
 master renamed gamma1 to ``rho``, moved wd outside the clip and epsilon outside the root; optgen
 follows 1.9.1. torch.optim.RMSprop(alpha=gamma1) puts eps outside the root.
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -133,18 +137,18 @@ def rmsprop_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    # specs/rmsprop.py:44: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    # specs/rmsprop.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
     _v0 = rescale_grad * grad
     _v1 = wd * weight
     _v2 = _v0 + _v1
     _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/rmsprop.py:50: n_new = G**2*(1 - gamma1) + gamma1*n
+    # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
     _v4 = gamma1 * n
     _v5 = G * G
     _v6 = _h1 * _v5
     n_new = _v4 + _v6
-    # specs/rmsprop.py:51: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+    # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
     _v7 = n_new + epsilon
     _v8 = tl.sqrt_rn(_v7)
     _v9 = _h3 * G

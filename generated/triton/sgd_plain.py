@@ -23,6 +23,12 @@ what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
 The tutorial never shows rescale_grad, clip_gradient or wd; they enter as above. For momentum > 0
 see ``sgd_mom``: MXNet's ``SGD`` switches to ``sgd_mom_update`` and allocates a momentum buffer only
 then, so optgen keeps the two as two rules (no unused state buffer for plain SGD).
+
+Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with ``lazy_update=True``
+(MXNet 1.9.1's default) only the rows a gradient holds are updated, with their weight decay included
+(MXNet's ``sparse.sgd_update``); ``lazy_update=False`` is MXNet's standard update, the step of
+``grad.to_dense()`` (MXNet's own sparse standard update rounds ``(1 - lr*wd)*w -
+(lr*rescale_grad)*g`` a little differently from its dense op).
 """
 
 from __future__ import annotations
@@ -118,7 +124,7 @@ def sgd_plain_kernel_body(
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    # specs/sgd.py:30: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+    # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
     _v0 = tl.maximum(_h0, grad, propagate_nan=tl.PropagateNan.ALL)
     _v1 = tl.minimum(clip_gradient, _v0, propagate_nan=tl.PropagateNan.ALL)
     _v2 = _h1 * _v1

@@ -28,6 +28,10 @@ The sign is MXNet's comparison sign (``codegen.mxnet.mxnet_sign``): sign(0) = 0,
 momentum compares false both ways, so its sign is 0: a NaN gradient makes that element's ``mom``
 NaN (for good: it stays NaN), and its weight is from then on only decayed,
 w_{i+1} = (1 - lr * wd_lh) * w_i, as in MXNet (np.sign would make the weight NaN).
+
+A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
+``grad.to_dense()`` would, every row updated: MXNet 1.9.1 has no sparse kernel for this rule and
+falls back to the dense one.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def signum_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    # specs/signum.py:39: mom_new = mom*momentum - (1 - momentum)*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))
+    # specs/signum.py:44: mom_new = mom*momentum - (1 - momentum)*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))
     _v0 = momentum * mom
     _v1 = wd * weight
     _v2 = rescale_grad * grad
@@ -144,7 +148,7 @@ def signum_kernel_body(
     _v5 = _v1 + _v4
     _v6 = _h1 * _v5
     mom_new = _v0 + _v6
-    # specs/signum.py:40: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(-lr*wd_lh + 1)
+    # specs/signum.py:45: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(-lr*wd_lh + 1)
     _v7 = tl.abs(mom_new)
     _v8 = _v7 > 0.0
     _v9 = tl.where(mom_new > 0, 1.0, tl.where(mom_new < 0, -1.0, mom_new))

@@ -156,6 +156,7 @@ class GeneratedOptimizer(
         params: Iterable[Any],
         defaults: dict[str, Any],
         *,
+        lazy_update: bool = True,
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
@@ -166,7 +167,12 @@ class GeneratedOptimizer(
             if not module.COMPILED:
                 raise ValueError(f"{type(self).__name__}: backend='numba': {module.FALLBACK}")
         self._check(defaults)
+        if not isinstance(lazy_update, bool):
+            raise TypeError(
+                f"{type(self).__name__}: lazy_update must be True or False, not {lazy_update!r}"
+            )
         self.multi_precision = bool(multi_precision)
+        self.lazy_update = lazy_update  # (only classes whose rule has META.LAZY_UPDATE take it)
         self.backend = backend
         # OPTGEN_CPU_BACKEND=numpy: "auto" keeps the NumPy reference on CPU (Stepping._use_numba)
         self._numpy_by_env = os.environ.get("OPTGEN_CPU_BACKEND", "") == "numpy"
@@ -191,7 +197,7 @@ class GeneratedOptimizer(
     # torch.optim's ``defaults``, ``state`` and ``param_groups``: the constructor's settings.
     # Caches of the process (plans and tables of addresses, scratch buffers, the last checks'
     # key, an AMP flag, ZeRO's owner: a weak reference) are left out: they start afresh.
-    _PICKLED = ("multi_precision", "backend", "_numpy_by_env")
+    _PICKLED = ("multi_precision", "lazy_update", "backend", "_numpy_by_env")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()  # a speculative AMP step settled first (AmpScaling)

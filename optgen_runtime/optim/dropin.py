@@ -41,7 +41,7 @@ import torch
 
 from optgen_runtime.optim.base import GeneratedOptimizer
 from optgen_runtime.optim.exchange import torch_creates, torch_defaults
-from optgen_runtime.optim.rows import ONLY_SPARSE, Refused, refuse_settings
+from optgen_runtime.optim.rows import ONLY_SPARSE, Refused, densify
 from optgen_runtime.optim.state import step_tensor
 
 # torch.optim's switches that no step of a generated class can honour, and why.
@@ -128,30 +128,12 @@ class DropIn(GeneratedOptimizer):
                 )
 
     def _densify(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each parameter whose grad is a sparse COO tensor (a class of ``SPARSE_GRADS``; the
-        others refuse it in the step's checks) gets a dense copy as its grad for this step;
-        returns the (parameter, sparse grad) pairs that ``step`` puts back when done. Every
-        check comes first: a refused setting or shape leaves every grad as it was."""
+        """Each sparse COO grad of a class of ``SPARSE_GRADS`` densified for this step (the
+        others refuse it in the step's checks), as torch's; see ``rows.densify``."""
         refused = SPARSE_GRADS.get(self.DROP_IN)
         if refused is None:
             return []
-        name, sparse = type(self).__name__, []
-        placed = ((g, p) for g in self.param_groups for p in g["params"])
-        for index, (group, p) in enumerate(placed):
-            grad = p.grad
-            if grad is None or not grad.is_sparse:
-                continue
-            label = f"parameter {index}'s grad is sparse"
-            refuse_settings(name, label, group, refused)
-            if grad.shape != p.shape:
-                raise ValueError(
-                    f"{name}: {label} of shape {tuple(grad.shape)}, the parameter's is "
-                    f"{tuple(p.shape)}"
-                )
-            sparse.append((p, grad))
-        for p, grad in sparse:
-            p.grad = grad.to_dense()
-        return sparse
+        return densify(type(self).__name__, self.param_groups, refused)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._refuse_switches(param_group, ".add_param_group")

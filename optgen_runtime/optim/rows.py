@@ -1,24 +1,31 @@
-"""Sparse gradients updated lazily: only the elements a gradient holds are stepped.
+"""Sparse gradients: updated lazily (only the elements a gradient holds), or densified.
 
-- torch.optim's classes that take only sparse gradients (``ONLY_SPARSE``: ``SparseAdam``, Adam
-  applied to the rows of ``nn.Embedding(sparse=True)`` that a batch looked up); a dense
-  gradient is refused with torch's RuntimeError.
-- MXNet 1.9.1's lazy updates (``LAZY_RULES``): ``generated.torch.SGD``, ``SGDMomentum`` and
-  ``Adam`` (``lazy_update=True``, MXNet's default for them) and ``AdaGrad`` at ``wd = 0``
-  (MXNet's sparse kernel) take a sparse (COO) gradient, torch's ``row_sparse``, and update only
-  the rows it holds, weight decay included; their dense gradients step as every class's do.
+How a class steps a sparse (COO) gradient is its rule's (the spec's ``RULE.sparse``, the rules
+module's ``SPARSE``):
 
-The step gathers, for each parameter with a sparse gradient, the elements its coalesced gradient
-holds (``grad.coalesce()``: repeated indices summed, as torch sums them) from the weight, its
-state buffers and its master copy into dense rows of their own, runs the ordinary step on those
-rows (every check, every backend: numba, NumPy, Triton; GradScaler's unscaling and skipped
-steps), then writes the rows back with ``index_copy_``: a step costs the rows a batch touched,
-not the table. Elements without a gradient keep their weight and state (moments and momentum do
-not decay there); the step count advances on every step a parameter has a gradient, an empty
-one included, as torch's and MXNet's. Every check comes before any write: a dense gradient where
-only sparse ones are taken, a refused setting, a complex, sparse or DTensor parameter, and what
-the row step refuses, leave every parameter and state as it was. A step with sparse gradients
-never takes the fast step (:mod:`~optgen_runtime.optim.fast`): the rows change every step.
+- ``"lazy"``: the rows the gradient holds are gathered and stepped; MXNet 1.9.1's row_sparse
+  kernels (``generated.torch.SGD``, ``SGDMomentum`` and ``Adam``, whose keyword ``lazy_update``,
+  True by default as MXNet's, selects it; ``Adagrad`` at ``wd = 0``), and torch.optim's classes
+  that take only sparse gradients (``ONLY_SPARSE``: ``SparseAdam``), which refuse a dense one
+  with torch's RuntimeError.
+- ``"dense"`` (and ``lazy_update=False``): the step of ``grad.to_dense()``, every element
+  updated as if absent gradients were 0: MXNet 1.9.1's storage fallback for its ops without a
+  sparse kernel (RMSProp, NAG, FTRL, LAMB, ...) and its standard update (``densify``; the
+  drop-ins SGD and Adagrad do the same, as torch's).
+- None: refused, naming the classes that take them.
+
+A lazy step gathers, for each parameter with a sparse gradient, the elements its coalesced
+gradient holds (``grad.coalesce()``: repeated indices summed, as torch sums them) from the
+weight, its state buffers and its master copy into dense rows of their own, runs the ordinary
+step on those rows (every check, every backend: numba, NumPy, Triton; GradScaler's unscaling and
+skipped steps), then writes the rows back with ``index_copy_``: a step costs the rows a batch
+touched, not the table. Elements without a gradient keep their weight and state (moments and
+momentum do not decay there); the step count advances on every step a parameter has a gradient,
+an empty one included, as torch's and MXNet's. Every check comes before any write: a dense
+gradient where only sparse ones are taken, a refused setting (``SPARSE_REFUSED``), a complex,
+sparse or DTensor parameter, and what the row step refuses, leave every parameter and state as
+it was. A step with sparse gradients never takes the fast step
+(:mod:`~optgen_runtime.optim.fast`): the rows change every step.
 """
 
 from __future__ import annotations
@@ -37,23 +44,59 @@ from optgen_runtime.optim.distributed import is_dtensor
 ONLY_SPARSE = {
     "SparseAdam": "SparseAdam does not support dense gradients, please consider Adam instead",
 }
-# generated.torch's classes of MXNet 1.9.1's rules whose sparse updates are lazy (its row_sparse
-# kernels: tests/goldens/mxnet/lazy_rows.json), by rule, with the settings under which MXNet
-# updates every row instead (its dense fallback): (key, whether its value is refused, why).
-Refused = tuple[str, Callable[[Any], bool], str]
-LAZY_RULES: dict[str, tuple[Refused, ...]] = {
-    "sgd": (),
-    "sgd_mom": (),
-    "adam": (),
-    "adagrad": (
-        (
-            "wd",
-            lambda v: v != 0,
-            "MXNet 1.9.1's sparse AdaGrad takes wd = 0 only, and updates every row otherwise: "
-            "pass grad.to_dense() for that",
-        ),
-    ),
-}
+Refused = tuple[str, Callable[[Any], bool], str]  # (key, whether its value is refused, why)
+
+
+def meta_refused(meta: Any) -> tuple[Refused, ...]:
+    """A rule's ``SPARSE_REFUSED`` (``(key, "==" or "!=", value)``) as ``refuse_settings``
+    takes it."""
+    out: list[Refused] = []
+    for key, op, value in meta.SPARSE_REFUSED:
+        if op == "==":
+            out.append((key, lambda v, x=value: bool(v == x), meta.SPARSE_WHY))
+        else:
+            out.append((key, lambda v, x=value: bool(v != x), meta.SPARSE_WHY))
+    return tuple(out)
+
+
+def sparse_classes() -> list[str]:
+    """The names of the loaded classes (not drop-ins) whose rule takes sparse gradients."""
+    names, seen, todo = set(), set(), list(SparseRows.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo += cls.__subclasses__()
+        meta = cls.__dict__.get("META")
+        if meta is not None and "DROP_IN" not in cls.__dict__ and meta.SPARSE is not None:
+            names.add(cls.__name__)
+    return sorted(names)
+
+
+def densify(
+    name: str, groups: list[dict[str, Any]], refused: tuple[Refused, ...]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each parameter whose grad is a sparse COO tensor gets a dense copy as its grad for this
+    step; returns the (parameter, sparse grad) pairs the step puts back when done. Every check
+    comes first (the group's settings ``refused`` refuses, the gradient's shape): a
+    refusal leaves every grad as it was."""
+    sparse = []
+    placed = ((g, p) for g in groups for p in g["params"])
+    for index, (group, p) in enumerate(placed):
+        grad = p.grad
+        if grad is None or not grad.is_sparse:
+            continue
+        label = f"parameter {index}'s grad is sparse"
+        refuse_settings(name, label, group, refused)
+        if grad.shape != p.shape:
+            raise ValueError(
+                f"{name}: {label} of shape {tuple(grad.shape)}, the parameter's is {tuple(p.shape)}"
+            )
+        sparse.append((p, grad))
+    for p, grad in sparse:
+        p.grad = grad.to_dense()
+    return sparse
 
 
 def refuse_settings(
@@ -98,22 +141,33 @@ class _Gathered(NamedTuple):
 
 
 class SparseRows:
-    """The step of the classes of ``ONLY_SPARSE`` and ``LAZY_RULES``; see the module docstring.
+    """The step of sparse gradients (``ONLY_SPARSE``, ``META.SPARSE``); see the module docstring.
     Mixed into every generated class: the others step as they would without it."""
 
     RULE: str
+    META: Any
 
     def _rows_mode(self) -> str | None:
         """``"only"`` (sparse gradients only), ``"lazy"`` (sparse ones gathered, dense ones as
-        every class steps them), or None (no sparse gradients gathered)."""
+        every class steps them), ``"dense"`` (sparse ones densified) or None (refused)."""
         drop_in = getattr(self, "DROP_IN", None)
         if drop_in is not None:
             return "only" if drop_in in ONLY_SPARSE else None
-        return "lazy" if self.RULE in LAZY_RULES else None
+        mode = self.META.SPARSE
+        if mode == "lazy" and self.META.LAZY_UPDATE and not getattr(self, "lazy_update", True):
+            return "dense"  # MXNet's lazy_update=False: its standard update
+        return mode
+
+    def _densify(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A dense rule's sparse gradients (``"dense"``), densified for this step."""
+        if self._rows_mode() != "dense":
+            return super()._densify()  # type: ignore[misc]
+        groups = self.param_groups  # type: ignore[attr-defined]
+        return densify(type(self).__name__, groups, meta_refused(self.META))
 
     def _update(self, given: Any, tried: bool) -> None:
         mode = self._rows_mode()
-        gathered = self._gather(mode == "only") if mode is not None else []
+        gathered = self._gather(mode == "only") if mode in ("only", "lazy") else []
         if not gathered:
             super()._update(given, tried)  # type: ignore[misc]
             return
@@ -207,7 +261,8 @@ class SparseRows:
                 "(torch.distributed.checkpoint's set_optimizer_state_dict initialises a missing "
                 "state with a step on dense zero gradients: call init_state() before it)"
             )
-        refuse_settings(name, f"{label}'s grad is sparse", group, LAZY_RULES.get(self.RULE, ()))
+        refused = () if self._rows_mode() == "only" else meta_refused(self.META)
+        refuse_settings(name, f"{label}'s grad is sparse", group, refused)
         problem = None
         if is_dtensor(p):
             problem = "is a DTensor: sparse gradients of sharded parameters are not supported"

@@ -49,6 +49,7 @@ from optgen_runtime.optim.layout import (
     real_view,
     takes_complex,
 )
+from optgen_runtime.optim.rows import sparse_classes
 from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -248,10 +249,11 @@ class ParamState:
         """A sparse (COO) gradient of a class that takes none: refused, saying which do."""
         self._fail(
             TypeError,
-            f"{label}'s grad is sparse (torch.sparse_coo); only dense tensors are supported "
-            "here. Sparse gradients are taken by generated.torch's SGD, SGDMomentum, Adam and "
-            "Adagrad (at wd = 0: MXNet's lazy updates of the rows they hold), and by the "
-            "drop-ins SparseAdam, SGD and Adagrad, as torch's; or pass grad.to_dense()",
+            f"{label}'s grad is sparse (torch.sparse_coo) and {type(self).__name__}'s rule "
+            "updates no sparse gradients (its spec declares no RULE.sparse). Sparse gradients "
+            f"are taken by generated.torch's {', '.join(sparse_classes())} (as MXNet 1.9.1's: "
+            "lazily or densely), and by the drop-ins SparseAdam, SGD and Adagrad (as torch's); "
+            "or pass grad.to_dense()",
         )
 
     def _check_complex(self, p: torch.Tensor, grad: torch.Tensor, label: str) -> None:
