@@ -59,6 +59,16 @@ TRITON = ("lamb", "sgld")  # FSDP2 on the Triton backend (interpreted on CPU: sl
 # in memory order (adam, lamb) or through working copies (adafactor, sgld)
 STRIDED = ("adam", "lamb", "adafactor", "sgld")
 SETTINGS: dict[str, dict[str, Any]] = {"sgld": {"seed": 3.0, "lr": 1e-3}}
+# DDP of a model with nn.Embedding(sparse=True) (DDP all-reduces its COO gradient): the classes
+# that take sparse gradients, lazily (adam, adagrad, SparseAdam) or densely, check: (class's rule
+# or drop-in name, settings)
+SPARSE_DDP: dict[str, tuple[str, dict[str, Any]]] = {
+    "adam": ("adam", {"lr": 0.05, "wd": 0.01}),
+    "adam_standard": ("adam", {"lr": 0.05, "wd": 0.01, "lazy_update": False}),
+    "adagrad": ("adagrad", {"lr": 0.1}),
+    "rmsprop": ("rmsprop", {"lr": 0.01, "wd": 0.01}),
+    "sparse_adam": ("SparseAdam", {"lr": 0.05}),  # generated.torch.optim's: the embedding only
+}
 DEVICE = os.environ.get("OPTGEN_DIST_DEVICE", "cpu")
 
 
@@ -261,6 +271,8 @@ def run() -> dict[str, Any]:
     for name in (n for n in STRIDED if not only or n in only):
         check(report, f"ddp_strided/{name}", lambda name=name: ddp_strided(name))
     check(report, "refusals", refusals)
+    for key in SPARSE_DDP:
+        check(report, f"ddp_sparse/{key}", lambda key=key: ddp_sparse(key))
     for name in SAVE_LOAD:
         check(report, f"dcp_save_load/{name}", lambda name=name: save_load(name))
     for name in TRITON:
@@ -293,6 +305,59 @@ def ddp_strided(name: str) -> Any:
     got, want = full(net.module), full(alone)
     if not same_on_ranks(got):
         return "ranks differ"
+    return None if error(got, want) == 0.0 else f"off by {error(got, want):.3g}"
+
+
+class Bag(torch.nn.Module):
+    """An embedding table of 10 rows looked up sparsely (rows 8 and 9 never), a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(10, 4, sparse=True)
+        self.out = torch.nn.Linear(4, 3, bias=False)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(index).mean(1))
+
+
+def ddp_sparse(key: str) -> Any:
+    """DDP of ``Bag`` (the embedding's gradient a COO tensor, all-reduced as one) against one
+    process: the same bits on every rank, the unlooked-up rows untouched where the update is
+    lazy."""
+    from generated.torch import optim as drop_ins
+
+    name, kw = SPARSE_DDP[key]
+
+    def make(net: Bag) -> Any:
+        if name == "SparseAdam":
+            return drop_ins.SparseAdam([net.emb.weight], **kw)
+        return RULES[name](net.parameters(), **kw)
+
+    def run_on(net: Any, module: Bag) -> None:
+        opt = make(module)
+        for t in range(1, STEPS + 1):
+            gen = torch.Generator().manual_seed(200 + t)
+            # each row looked up once a batch: the all-reduced COO gradient (every rank's half
+            # of each row, concatenated) sums to one process's exactly
+            index = torch.randperm(8, generator=gen)[:6].reshape(2, 3)
+            y = torch.randn(2, 3, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(net(index.to(DEVICE)), y.to(DEVICE)).backward()
+            if not module.emb.weight.grad.is_sparse:
+                raise AssertionError("the embedding's gradient is not sparse")
+            opt.step()
+
+    alone = Bag().to(DEVICE)
+    run_on(alone, alone)
+    wrapped = DDP(Bag().to(DEVICE))
+    run_on(wrapped, wrapped.module)
+    got, want = full(wrapped.module), full(alone)
+    if not same_on_ranks(got):
+        return "ranks differ"
+    lazy = key != "adam_standard" and name != "rmsprop"
+    if lazy and not torch.equal(got[0][8:], Bag().to(DEVICE).emb.weight.detach()[8:]):
+        return "rows without a gradient changed"
     return None if error(got, want) == 0.0 else f"off by {error(got, want):.3g}"
 
 

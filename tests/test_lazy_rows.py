@@ -12,6 +12,7 @@ update only the rows it holds, weight decay included. Dense: SGD's and Adam's
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ def _grad(case: dict[str, Any], t: int) -> torch.Tensor:
     return torch.sparse_coo_tensor(rows[None], values, shape, check_invariants=True)
 
 
+# MXNet's storage fallback, warned once per optimizer (test_dense_fallback_warns_once)
+DENSE_WARNING = r"stepped as grad.to_dense\(\) \(every row updated, as MXNet 1.9.1's storage"
+quiet = pytest.mark.filterwarnings(f"ignore:.*{DENSE_WARNING}:UserWarning")
+
+
+@quiet
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_mxnet(name: str, backend: str) -> None:
@@ -158,10 +165,12 @@ def test_refusal_names_the_classes_that_take_sparse_gradients() -> None:
     with pytest.raises(TypeError) as error:
         opt.step()
     named = str(error.value).split("are taken by generated.torch's ")[1].split(" (as MXNet")[0]
-    takers = {cls.__name__ for cls in gt.RULES.values() if cls.META.SPARSE is not None}
+    classes = [c for c in vars(gt).values() if isinstance(c, type) and hasattr(c, "META")]
+    takers = {cls.__name__ for cls in classes if cls.META.SPARSE is not None}
     assert set(named.split(", ")) == takers and {"SGD", "Adam", "RMSprop"} <= takers
 
 
+@quiet
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sgld_steps_a_sparse_gradient_as_its_dense_form(backend: str) -> None:
     """SGLD (noise: no MXNet golden) steps a sparse gradient exactly as ``grad.to_dense()``,
@@ -189,6 +198,7 @@ def test_lazy_update_is_a_bool_and_is_pickled() -> None:
         gt.RMSprop([torch.nn.Parameter(torch.ones(2))], lazy_update=False)  # not MXNet's keyword
 
 
+@quiet
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("cls", "options"),
@@ -216,3 +226,57 @@ def test_dense_steps_of_sparse_gradients_are_those_of_their_dense_form(
             opt.step()
         assert all(torch.equal(p, q) for p, q in zip(ps, qs, strict=True)), t
         assert ps[0].grad.is_sparse == (kind == "sparse")
+
+
+@quiet
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_steps_of_sparse_gradients_under_grad_scaler(backend: str) -> None:
+    """``torch.amp.GradScaler`` with sparse gradients stepped densely (RMSprop): unscaled, and
+    the step with an infinite one skipped, to the bit as the same steps of dense gradients."""
+    tables = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        tables.append(torch.nn.Embedding(20, 4, sparse=True))
+    opts = [gt.RMSprop(t.parameters(), lr=0.01, wd=0.1, backend=backend) for t in tables]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2)]
+    for t in range(5):
+        rows = torch.tensor([1, 2, 2, 3 + t])
+        for i, (table, opt, scaler) in enumerate(zip(tables, opts, scalers, strict=True)):
+            opt.zero_grad()
+            scaler.scale((table(rows) ** 2).sum()).backward()
+            if t == 2:
+                inf = torch.full((1, 4), torch.inf)
+                table.weight.grad = torch.sparse_coo_tensor(
+                    [[1]], inf, (20, 4), check_invariants=True
+                )
+            if i == 1:
+                table.weight.grad = table.weight.grad.to_dense()
+            before = table.weight.detach().clone()
+            scaler.step(opt)
+            scaler.update()
+            assert torch.equal(table.weight, before) == (t == 2)
+    assert torch.equal(tables[0].weight, tables[1].weight)
+    assert int(opts[0].state[tables[0].weight]["step"]) == 4
+
+
+def test_dense_fallback_warns_once() -> None:
+    """A rule without a sparse kernel warns, once per optimizer and at the caller's line, that
+    it steps the whole table (MXNet logs its storage fallback); ``lazy_update=False``, asked
+    for, does not warn."""
+    import warnings
+
+    def step(opt: Any, p: torch.nn.Parameter) -> list[warnings.WarningMessage]:
+        p.grad = _grad(CASES["adam/lazy"], 0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt.step()
+        return caught
+
+    p = torch.nn.Parameter(torch.ones(6, 4))
+    opt = gt.RMSprop([p])
+    first = step(opt, p)
+    assert [str(w.message) for w in first] and re.search(DENSE_WARNING, str(first[0].message))
+    assert first[0].filename == __file__ and "Adam, SGD" in str(first[0].message)
+    assert step(opt, p) == []
+    assert step(gt.RMSprop([p]), p) != []  # another optimizer: once more
+    assert step(gt.Adam([p], lazy_update=False), p) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import re
 import sys
 from pathlib import Path
@@ -80,7 +81,11 @@ def features(rule: Rule) -> str:
         out.append(f"input {', '.join(rule.inputs)}")
     if rule.scalars:
         out.append(f"scalar input {', '.join(rule.scalars)}")
-    return ", ".join(out) or "elementwise"
+    text = ", ".join(out) or "elementwise"
+    if rule.sparse_mode:  # RULE.sparse: how the torch class steps a sparse gradient
+        how = "lazily" if rule.sparse_mode == "lazy" else "densely"
+        text += f"; sparse grads {how}" + (" (lazy_update)" if rule.lazy_update else "")
+    return text
 
 
 def oracles(rule: Rule) -> list[str]:
@@ -88,6 +93,9 @@ def oracles(rule: Rule) -> list[str]:
     out = ["equations (40 digits)", "Triton = NumPy"]
     if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
         out.append("MXNet 1.9.1 goldens")
+    lazy_rows = json.loads((ROOT / "tests" / "goldens" / "mxnet" / "lazy_rows.json").read_text())
+    if any(case["rule"] == rule.name for case in lazy_rows["cases"]):
+        out.append("MXNet 1.9.1 sparse goldens")
     if rule.name in _torch_cases():
         out.append("torch.optim")
     if rule.drop_ins:  # tests/test_dropin.py: every option combination, checkpoints

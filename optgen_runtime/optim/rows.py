@@ -30,6 +30,9 @@ it was. A step with sparse gradients never takes the fast step
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,8 +62,24 @@ def meta_refused(meta: Any) -> tuple[Refused, ...]:
     return tuple(out)
 
 
-def sparse_classes() -> list[str]:
-    """The names of the loaded classes (not drop-ins) whose rule takes sparse gradients."""
+def _user_level() -> int:
+    """The ``stacklevel`` of the first caller outside optgen_runtime and torch (a warning shown
+    at the user's ``step()`` line, through however many wrappers torch's hooks add)."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def lazy_classes() -> list[str]:
+    """The names of the loaded classes (not drop-ins) whose rule updates sparse ones lazily."""
+    return sparse_classes("lazy")
+
+
+def sparse_classes(mode: str | None = None) -> list[str]:
+    """The names of the loaded classes (not drop-ins) whose rule takes sparse gradients (in
+    ``mode``, if given)."""
     names, seen, todo = set(), set(), list(SparseRows.__subclasses__())
     while todo:
         cls = todo.pop()
@@ -69,7 +88,9 @@ def sparse_classes() -> list[str]:
         seen.add(cls)
         todo += cls.__subclasses__()
         meta = cls.__dict__.get("META")
-        if meta is not None and "DROP_IN" not in cls.__dict__ and meta.SPARSE is not None:
+        if meta is None or "DROP_IN" in cls.__dict__ or meta.SPARSE is None:
+            continue
+        if mode is None or meta.SPARSE == mode:
             names.add(cls.__name__)
     return sorted(names)
 
@@ -163,7 +184,17 @@ class SparseRows:
         if self._rows_mode() != "dense":
             return super()._densify()  # type: ignore[misc]
         groups = self.param_groups  # type: ignore[attr-defined]
-        return densify(type(self).__name__, groups, meta_refused(self.META))
+        sparse = densify(type(self).__name__, groups, meta_refused(self.META))
+        if sparse and self.META.SPARSE == "dense" and not getattr(self, "_warned_dense", False):
+            self._warned_dense = True  # once per optimizer (MXNet logs its fallback once too)
+            warnings.warn(
+                f"{type(self).__name__}: a sparse gradient is stepped as grad.to_dense() (every "
+                "row updated, as MXNet 1.9.1's storage fallback: its rule has no sparse kernel); "
+                f"only the rows it holds are updated by {', '.join(lazy_classes())}",
+                UserWarning,
+                stacklevel=_user_level(),
+            )
+        return sparse
 
     def _update(self, given: Any, tried: bool) -> None:
         mode = self._rows_mode()
