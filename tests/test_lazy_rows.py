@@ -280,3 +280,28 @@ def test_dense_fallback_warns_once() -> None:
     assert step(opt, p) == []
     assert step(gt.RMSprop([p]), p) != []  # another optimizer: once more
     assert step(gt.Adam([p], lazy_update=False), p) == []
+
+
+@quiet
+def test_dense_fallback_reuses_a_zero_buffer() -> None:
+    """The dense step of a sparse gradient with repeated indices is that of its coalesced
+    form (summed as the lazy step sums them), through a buffer of the parameter's kept across
+    steps and zero again after each, a refused step's too."""
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=gen)
+    p, q = torch.nn.Parameter(table.clone()), torch.nn.Parameter(table.clone())
+    opt, ref = gt.RMSprop([p], wd=0.01), gt.RMSprop([q], wd=0.01)
+    for _ in range(3):
+        index = torch.randint(0, 50, (1, 400), generator=gen)
+        values = torch.randn(400, 8, generator=gen)
+        grad = torch.sparse_coo_tensor(index, values, (50, 8), check_invariants=True)
+        p.grad, q.grad = grad, grad.coalesce().to_dense()
+        opt.step()
+        ref.step()
+        assert torch.equal(p, q) and p.grad is grad
+        (buffer,) = opt._dense_grads.values()
+        assert not buffer.any()
+    opt.param_groups[0]["gamma1"] = -1.0  # refused after the gradient is densified
+    with pytest.raises(ValueError, match="gamma1"):
+        opt.step()
+    assert p.grad is grad and not buffer.any() and torch.equal(p, q)

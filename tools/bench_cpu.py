@@ -17,7 +17,9 @@
    Adafactor (a factored rule: row and column factors of each trailing 3 x 3 kernel, on the
    NumPy module) on that stack, contiguous and channels_last, against torch.optim.Adafactor;
    and the drop-in SparseAdam against torch.optim.SparseAdam on an embedding table of 16 M
-   parameters, 4,096 rows looked up per step; and Adam on the GPT-2-small-shaped list in
+   parameters, 4,096 rows looked up per step, and RMSprop on that table's sparse gradients
+   (every row updated: MXNet's storage fallback) against torch's foreach RMSprop given
+   ``to_dense()`` of them; and Adam on the GPT-2-small-shaped list in
    complex64 (the fast step on real views, and full steps) against torch's foreach Adam.
 2. The fixed cost of a step: one tensor of 1,000 elements, 2,000 steps, through the classes
    ``SGD``, ``TorchSGD`` and ``Adam`` against torch's foreach SGD and Adam.
@@ -250,13 +252,10 @@ TABLE = (250_000, 64)  # SparseAdam's embedding table: 16 M parameters
 LOOKUPS = 4_096  # rows a batch looks up (some twice: the gradient is uncoalesced)
 
 
-def sparse_adam_table(steps: int) -> dict[str, float]:
-    """ms/step of the drop-in SparseAdam (the rows a batch looked up, gathered, stepped by the
-    numba or the NumPy module and written back) and of torch.optim.SparseAdam, on tables of
-    their own, with the same sparse gradients of ``nn.Embedding(sparse=True)`` in turn."""
+def _table_grads() -> tuple[Any, list[Any]]:
+    """TABLE's embedding and 8 sparse gradients of ``nn.Embedding(sparse=True)`` (LOOKUPS rows
+    looked up each, uncoalesced)."""
     import torch
-
-    from generated.torch.optim import SparseAdam
 
     torch.manual_seed(0)
     table = torch.nn.Embedding(*TABLE, sparse=True)
@@ -265,23 +264,71 @@ def sparse_adam_table(steps: int) -> dict[str, float]:
         table.zero_grad()
         table(torch.randint(0, TABLE[0], (LOOKUPS,))).sum().backward()
         grads.append(table.weight.grad)
-    variants = {
-        "generated SparseAdam (numba)": lambda ps: SparseAdam(ps),
-        "generated SparseAdam (NumPy)": lambda ps: SparseAdam(ps, backend="numpy"),
-        "torch SparseAdam": lambda ps: torch.optim.SparseAdam(ps),
-    }
+    return table, grads
 
-    def stepping(make: Callable[..., Any]) -> Callable[[], None]:
+
+def _table_steps(
+    variants: dict[str, tuple[Callable[..., Any], bool]], steps: int
+) -> dict[str, float]:
+    """ms/step of each variant (its optimizer, and whether its step is given ``to_dense()`` of
+    the gradient, made in the timed step) on a copy of TABLE's embedding of its own, the same
+    sparse gradients in turn."""
+    import torch
+
+    table, grads = _table_grads()
+
+    def stepping(make: Callable[..., Any], dense: bool) -> Callable[[], None]:
         weight = torch.nn.Parameter(table.weight.detach().clone())
         opt, turn = make([weight]), iter(range(1 << 62))
 
         def step() -> None:
-            weight.grad = grads[next(turn) % len(grads)]
+            grad = grads[next(turn) % len(grads)]
+            weight.grad = grad.to_dense() if dense else grad
             opt.step()
 
         return step
 
-    return timed_together({label: stepping(make) for label, make in variants.items()}, steps)
+    steppers = {label: stepping(make, dense) for label, (make, dense) in variants.items()}
+    return timed_together(steppers, steps)
+
+
+def sparse_adam_table(steps: int) -> dict[str, float]:
+    """ms/step of the drop-in SparseAdam (the rows a batch looked up, gathered, stepped by the
+    numba or the NumPy module and written back) and of torch.optim.SparseAdam, on tables of
+    their own, with the same sparse gradients of ``nn.Embedding(sparse=True)`` in turn."""
+    import torch
+
+    from generated.torch.optim import SparseAdam
+
+    variants = {
+        "generated SparseAdam (numba)": (lambda ps: SparseAdam(ps), False),
+        "generated SparseAdam (NumPy)": (lambda ps: SparseAdam(ps, backend="numpy"), False),
+        "torch SparseAdam": (lambda ps: torch.optim.SparseAdam(ps), False),
+    }
+    return _table_steps(variants, steps)
+
+
+def rmsprop_dense_table(steps: int) -> dict[str, float]:
+    """ms/step of ``generated.torch.RMSprop`` given the table's sparse gradients (MXNet's
+    storage fallback: the coalesced gradient written into a zero buffer kept across steps),
+    and given ``to_dense()`` of them, against torch's foreach RMSprop given ``to_dense()`` (it
+    takes no sparse gradient)."""
+    import warnings
+
+    import torch
+
+    from generated.torch import RMSprop
+
+    warnings.filterwarnings("ignore", "RMSprop: a sparse gradient is stepped")
+    variants = {
+        "generated, sparse grads": (lambda ps: RMSprop(ps, lr=1e-3), False),
+        "generated, to_dense()": (lambda ps: RMSprop(ps, lr=1e-3), True),
+        "torch foreach, to_dense()": (
+            lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-8, foreach=True),
+            True,
+        ),
+    }
+    return _table_steps(variants, steps)
 
 
 FIXED_N = 1_000  # elements of the one tensor of the fixed-cost section: the step is all host work
@@ -463,6 +510,7 @@ def run(
             **adafactor_class(convs, max(3, steps // 4)),  # 0.1-0.6 s a step
         }
         result["sparse_adam"] = sparse_adam_table(steps)
+        result["rmsprop_dense_table"] = rmsprop_dense_table(steps)
         for key, listed in (("lamb_gpt2_small", shapes), ("lamb_1000", [(64, 64)] * 1000)):
             result[key] = {
                 "tensors": len(listed),
@@ -535,6 +583,13 @@ def report(r: dict[str, Any]) -> str:
             f"parameters), {LOOKUPS:,} rows looked up per step"
         )
         lines += _block(title, r["sparse_adam"], "torch SparseAdam", "this/torch")
+    if "rmsprop_dense_table" in r:
+        title = (
+            "RMSprop on sparse gradients (every row updated), the same table and lookups: "
+            "MXNet's storage fallback"
+        )
+        peer = "torch foreach, to_dense()"
+        lines += _block(title, r["rmsprop_dense_table"], peer, "this/torch")
     if "adafactor_convs" in r:
         block = r["adafactor_convs"]
         title = (

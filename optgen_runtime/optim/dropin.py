@@ -41,7 +41,7 @@ import torch
 
 from optgen_runtime.optim.base import GeneratedOptimizer
 from optgen_runtime.optim.exchange import torch_creates, torch_defaults
-from optgen_runtime.optim.rows import ONLY_SPARSE, Refused, densify
+from optgen_runtime.optim.rows import ONLY_SPARSE, Densified, Refused, densify
 from optgen_runtime.optim.state import step_tensor
 
 # torch.optim's switches that no step of a generated class can honour, and why.
@@ -127,7 +127,7 @@ class DropIn(GeneratedOptimizer):
                     f"pass {key}=False"
                 )
 
-    def _densify(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _densify(self) -> list[Densified]:
         """Each sparse COO grad of a class of ``SPARSE_GRADS`` densified for this step (the
         others refuse it in the step's checks), as torch's; see ``rows.densify``."""
         refused = SPARSE_GRADS.get(self.DROP_IN)

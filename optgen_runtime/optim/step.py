@@ -43,6 +43,7 @@ from optgen_runtime.common import (
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.optim.layout import Shown
+from optgen_runtime.optim.rows import Densified, restore
 from optgen_runtime.optim.state import LOW_PRECISION
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
@@ -96,16 +97,16 @@ class Stepping:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        sparse = self._densify()  # a drop-in's sparse gradients, dense for this step
+        sparse = self._densify()  # sparse gradients stepped densely, dense for this step
         try:
             self._update(self._given(inputs, loss), tried)
         finally:
-            for p, grad in sparse:
-                p.grad = grad
+            restore(sparse)
         return loss
 
-    def _densify(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Sparse gradients this class takes (none here; see ``DropIn._densify``)."""
+    def _densify(self) -> list[Densified]:
+        """Sparse gradients stepped densely (none here; see ``SparseRows._densify``,
+        ``DropIn._densify``)."""
         return []
 
     def _update(self, given: Given, tried: bool) -> None:
