@@ -20,7 +20,7 @@ from typing import Any
 import numba
 import numpy as np
 from numba.core import cgutils, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from optgen_runtime.numpy_support import check_arrays_across, flat_views
 
@@ -52,6 +52,94 @@ def _pointer(typingctx: Any, address: Any) -> Any:
 def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
     """Elements [start, stop) of the buffer at ``address``, of ``like``'s dtype."""
     return numba.carray(_pointer(address + start * like.itemsize), (stop - start,), like.dtype)
+
+
+@numba.njit(**NJIT)
+def view_bits(address: int, start: int, stop: int) -> np.ndarray:
+    """Elements [start, stop) of the bfloat16 buffer at ``address``, as their uint16 bits
+    (``load`` and ``store`` convert them)."""
+    return numba.carray(_pointer(address + start * 2), (stop - start,), np.uint16)
+
+
+# bfloat16 in the compiled loops. NumPy has no bfloat16: a bfloat16 weight and gradient reach
+# a chunk function as uint16 arrays of their bits (``view_bits``), which ``load`` widens to
+# float32 (exact: bfloat16 is float32's upper half) and ``store`` rounds back to nearest, ties
+# to even, as torch's conversion rounds (a NaN stays a NaN of its sign). ``compute_type`` is
+# float32 for them, the array's dtype otherwise; on float32 and float64 arrays ``load`` and
+# ``store`` are plain indexing (inlined: the same loop as ``a[i]``).
+
+
+@intrinsic
+def _float32_of(typingctx: Any, bits: Any) -> Any:
+    """The float32 whose bits are the uint32 ``bits``."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _bits_of(typingctx: Any, value: Any) -> Any:
+    """The uint32 bits of the float32 ``value``."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return types.uint32(types.float32), codegen
+
+
+def load(buffer: np.ndarray, i: int) -> Any:
+    """``buffer[i]`` in the compute type (compiled code only)."""
+    raise NotImplementedError("numba only")
+
+
+def store(buffer: np.ndarray, i: int, value: Any) -> None:
+    """``buffer[i] = value``, rounded to a bfloat16 buffer's type (compiled code only)."""
+    raise NotImplementedError("numba only")
+
+
+def compute_type(buffer: np.ndarray) -> Any:
+    """The type a chunk of ``buffer`` computes in (compiled code only)."""
+    raise NotImplementedError("numba only")
+
+
+_SIXTEEN = np.uint32(16)
+
+
+# (the overloads take no annotations: numba compares their signatures with the implementations')
+@overload(load, inline="always")
+def _load(buffer, i):  # type: ignore[no-untyped-def]
+    if buffer.dtype == types.uint16:
+        return lambda buffer, i: _float32_of(np.uint32(buffer[i]) << _SIXTEEN)
+    return lambda buffer, i: buffer[i]
+
+
+@overload(store, inline="always")
+def _store(buffer, i, value):  # type: ignore[no-untyped-def]
+    if buffer.dtype == types.uint16:
+
+        def rounded(buffer, i, value):  # type: ignore[no-untyped-def]
+            bits = _bits_of(np.float32(value))
+            if value != value:  # NaN: quiet, its sign kept
+                buffer[i] = np.uint16((bits >> _SIXTEEN) | np.uint32(0x40))
+            else:  # to nearest, ties to even (an overflow rounds to inf, as torch's)
+                even = (bits >> _SIXTEEN) & np.uint32(1)
+                buffer[i] = np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
+
+        return rounded
+
+    def plain(buffer, i, value):  # type: ignore[no-untyped-def]
+        buffer[i] = value
+
+    return plain
+
+
+@overload(compute_type, inline="always")
+def _compute_type(buffer):  # type: ignore[no-untyped-def]
+    if buffer.dtype == types.uint16:
+        return lambda buffer: np.float32
+    return lambda buffer: buffer.dtype.type
 
 
 # Below this many chunks per thread, fewer threads: waking a worker costs more than it saves
@@ -158,14 +246,20 @@ class Buffers:
     scalars depend on it). Built by ``prepare`` from checked arrays, or by a caller that
     checked every buffer itself and knows their addresses (``at``: the torch classes)."""
 
-    __slots__ = ("alive", "count", "groups", "shapes")
+    __slots__ = ("alive", "bits", "count", "groups", "shapes")
 
     def __init__(
-        self, groups: list[tuple[list[int], np.ndarray, np.ndarray, Any]], shapes: list[Any]
+        self,
+        groups: list[tuple[list[int], np.ndarray, np.ndarray, Any]],
+        shapes: list[Any],
+        bits: list[bool] | None = None,
     ) -> None:
         self.groups = groups
         self.shapes = shapes
         self.count = len(shapes)
+        # per group: whether its weights and gradients are bfloat16 (``view_bits``; computed
+        # in float32, the group's dtype; only a module's ``step_tables`` takes such groups)
+        self.bits = bits or [False] * len(groups)
         self.alive: object = None  # the arrays ``prepare`` took: alive while writes are queued
 
     @classmethod
@@ -176,20 +270,23 @@ class Buffers:
         dtypes: Sequence[Any],
         *,
         even: bool = False,
+        bits: Sequence[bool] | None = None,
     ) -> Buffers:
         """The buffers at the addresses ``rows`` (one row per tensor, in buffer order), of
         ``shapes`` and (NumPy) ``dtypes``: nothing is checked. ``even``: chunk tables for
-        loops without reductions (``chunk_table``; a module's ``EVEN_CHUNKS``)."""
+        loops without reductions (``chunk_table``; a module's ``EVEN_CHUNKS``). ``bits``: per
+        tensor, whether its weight and gradient are bfloat16 (its dtype float32, the one it
+        computes in); such tensors form groups of their own."""
         by: dict[Any, list[int]] = {}
         for j, dtype in enumerate(dtypes):
-            by.setdefault(np.dtype(dtype), []).append(j)
+            by.setdefault((np.dtype(dtype), bool(bits and bits[j])), []).append(j)
         groups = []
-        for dtype, indices in by.items():
+        for (dtype, _), indices in by.items():
             addresses = np.array([rows[j] for j in indices], dtype=np.int64)
             sizes = [math.prod(shapes[j]) for j in indices]
             table = chunk_table(sizes, even=even)
             groups.append((indices, addresses.reshape(len(indices), -1), table, dtype))
-        return cls(groups, [tuple(s) for s in shapes])
+        return cls(groups, [tuple(s) for s in shapes], [bit for _, bit in by])
 
 
 def prepare(

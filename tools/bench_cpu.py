@@ -170,15 +170,22 @@ def adam_class(
 
 
 def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
-    """ms/step on bfloat16 parameters: generated.torch.Adam without a master copy (a float32
-    working copy, rounded once per step: the Triton kernels' semantics) and with one
+    """ms/step on bfloat16 parameters: generated.torch.Adam without a master copy (computed in
+    float32 and rounded once per step, the Triton kernels' semantics: its fast step on the
+    bfloat16 bits, and through float32 working copies as before), with one
     (``multi_precision=True``), and torch's fused and foreach Adam (bfloat16 arithmetic)."""
     import torch
 
     from generated.torch import Adam
 
+    def copies(ps: list[Any]) -> Any:
+        opt = Adam(ps, lr=1e-3)
+        opt._bf16_bits = False  # the fast step's float32 working copies (fast._on_bits)
+        return opt
+
     variants = {
         "generated.torch.Adam": (lambda ps: Adam(ps, lr=1e-3), False),
+        "generated, working copies": (copies, False),
         "generated, multi_precision": (lambda ps: Adam(ps, lr=1e-3, multi_precision=True), False),
         "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), False),
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),

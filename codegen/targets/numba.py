@@ -1,18 +1,22 @@
 """The numba target: a compiled, multi-threaded CPU module per rule (``generated/numba``).
 
 Each three-address op is one scalar statement in a serial loop over a chunk's elements (LLVM
-vectorises it), in the weight's dtype: values load as float32 or float64, host scalars arrive in
-a table of that dtype (rounded as the NumPy module rounds them) and every literal is cast to it
-(``_T(0.5)``: a bare Python float would promote a float32 expression to float64 in numba). So
-each op computes what the NumPy module's ufunc computes on the same operands: +, -, *, /, sqrt,
+vectorises it), in the weight's dtype: values load as float32 or float64, host scalars arrive in a
+table of that dtype (rounded as the NumPy module rounds them) and every literal is cast to it
+(``_T(0.5)``: a bare Python float would promote a float32 expression to float64 in numba). So each
+op computes what the NumPy module's ufunc computes on the same operands: +, -, *, /, sqrt,
 comparisons, selects, max/min (NumPy's: ``a > b ? a : b`` with a NaN in ``a`` kept) and sign
 (NumPy's: sign(-0.0) = 0.0) to the last bit; exp, log, tanh, softplus, cbrt and pow call the
 platform's libm, which may differ from NumPy's own SIMD routines in the last bit. Reductions
 accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwise: equal up to
-float64 rounding. Rules the target cannot express yet get a module that runs the NumPy
-reference and says so (``COMPILED = False``, ``FALLBACK``): noise draws, row/column states and
-axis reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's
-(``SLOWER``: cube roots).
+float64 rounding. The update loop reads and writes its buffers through ``load`` and ``store``
+(``optgen_runtime.numba_support``): plain indexing on float32 and float64 arrays; on the uint16 bits
+of a bfloat16 weight and gradient (the ``_update_bits`` loops of a module with ``step_tables``, for
+the torch classes' fast step) a widening to float32 and a rounding back to nearest even, the chunk's
+dtype ``_T`` float32. Rules the target cannot express yet get a module that runs the NumPy reference
+and says so (``COMPILED = False``, ``FALLBACK``): noise draws, row/column states and axis
+reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's (``SLOWER``:
+cube roots).
 """
 
 from __future__ import annotations

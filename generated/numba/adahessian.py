@@ -42,7 +42,17 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+    view_bits,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.adahessian import init_state
@@ -131,13 +141,13 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     #   shrink: let, computed by host_scalars from fixed_decay, lr, wd, weight_decouple
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        hessian = hessian_buf[_i]
-        mean = mean_buf[_i]
-        var = var_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        hessian = load(hessian_buf, _i)
+        mean = load(mean_buf, _i)
+        var = load(var_buf, _i)
         # specs/adahessian.py:47: mean_new = G*(1 - beta1) + beta1*mean
         _v0 = beta1 * mean
         # specs/adahessian.py:45: G = grad + wd*weight*(1 - weight_decouple)
@@ -164,9 +174,9 @@ def _update_chunk(
         _v15 = _h6 * mean_new
         _v16 = _v15 / denom
         weight_new = _v7 + _v16
-        weight_buf[_i] = weight_new
-        mean_buf[_i] = mean_new
-        var_buf[_i] = var_new
+        store(weight_buf, _i, weight_new)
+        store(mean_buf, _i, mean_new)
+        store(var_buf, _i, var_new)
 
 
 @numba.njit(parallel=True, **NJIT)
@@ -206,6 +216,60 @@ def _update_serial(_addresses, _chunks, _scalars):
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers.bits), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -336,9 +400,15 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
-    the checked table of a step whose scalars are unchanged; nothing is checked here."""
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, tables, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+    the checked table of a step whose scalars are unchanged; nothing is checked here. A group of
+    bfloat16 weights and gradients (``buffers.bits``) runs on their bits, in float32."""
+    for (_, _addresses, _chunks, _), _bits, _table in zip(
+        buffers.groups, buffers.bits, tables, strict=True
+    ):
+        if _bits:
+            launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
+        else:
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 
 
 def _run(

@@ -34,7 +34,16 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -158,12 +167,12 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     #   wd: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mean = mean_buf[_i]
-        var = var_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        mean = load(mean_buf, _i)
+        var = load(var_buf, _i)
         # specs/adam_clip.py:35: G = grad*Min(1, max_norm/(sqrt(grad_sq) + 1.0e-6)) + wd*weight
         _v0 = _h0 * grad
         _v1 = wd * weight
@@ -185,9 +194,9 @@ def _update_chunk(
         _v10 = _h4 * mean_new
         _v11 = _v10 / _v9
         weight_new = weight + _v11
-        weight_buf[_i] = weight_new
-        mean_buf[_i] = mean_new
-        var_buf[_i] = var_new
+        store(weight_buf, _i, weight_new)
+        store(mean_buf, _i, mean_new)
+        store(var_buf, _i, var_new)
 
 
 @numba.njit(parallel=True, **NJIT)

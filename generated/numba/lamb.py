@@ -50,7 +50,16 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.numpy_support import combine_rows
 from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
 
@@ -258,15 +267,15 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
-            mean = mean_buf[_i]
-            var = var_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
+            mean = load(mean_buf, _i)
+            var = load(var_buf, _i)
             # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v0 = rescale_grad * grad
             _v1 = _v0
@@ -291,15 +300,15 @@ def _update_chunk(
             # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
             _v14 = _h5 * u
             weight_new = weight + _v14
-            weight_buf[_i] = weight_new
-            mean_buf[_i] = mean_new
-            var_buf[_i] = var_new
+            store(weight_buf, _i, weight_new)
+            store(mean_buf, _i, mean_new)
+            store(var_buf, _i, var_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mean = mean_buf[_i]
-        var = var_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        mean = load(mean_buf, _i)
+        var = load(var_buf, _i)
         # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
@@ -324,9 +333,9 @@ def _update_chunk(
         # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
         _v14 = _h5 * u
         weight_new = weight + _v14
-        weight_buf[_i] = weight_new
-        mean_buf[_i] = mean_new
-        var_buf[_i] = var_new
+        store(weight_buf, _i, weight_new)
+        store(mean_buf, _i, mean_new)
+        store(var_buf, _i, var_new)
 
 
 @numba.njit(parallel=True, **NJIT)

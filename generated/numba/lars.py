@@ -39,7 +39,16 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.numpy_support import combine_rows
 from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
 
@@ -165,14 +174,14 @@ def _update_chunk(
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
-            mom = mom_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
+            mom = load(mom_buf, _i)
             # specs/lars.py:41: mom_new = -local_lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
             _v0 = momentum * mom
             _v1 = wd * weight
@@ -184,13 +193,13 @@ def _update_chunk(
             mom_new = _v0 + _v6
             # specs/lars.py:42: weight_new = mom_new + weight
             weight_new = mom_new + weight
-            weight_buf[_i] = weight_new
-            mom_buf[_i] = mom_new
+            store(weight_buf, _i, weight_new)
+            store(mom_buf, _i, mom_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mom = mom_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        mom = load(mom_buf, _i)
         # specs/lars.py:41: mom_new = -local_lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
         _v0 = momentum * mom
         _v1 = wd * weight
@@ -202,8 +211,8 @@ def _update_chunk(
         mom_new = _v0 + _v6
         # specs/lars.py:42: weight_new = mom_new + weight
         weight_new = mom_new + weight
-        weight_buf[_i] = weight_new
-        mom_buf[_i] = mom_new
+        store(weight_buf, _i, weight_new)
+        store(mom_buf, _i, mom_new)
 
 
 @numba.njit(parallel=True, **NJIT)

@@ -48,7 +48,16 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.numpy_support import combine_rows
 from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
 
@@ -187,15 +196,15 @@ def _update_chunk(
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h1 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
-            mom = mom_buf[_i]
-            acc = acc_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
+            mom = load(mom_buf, _i)
+            acc = load(acc_buf, _i)
             # specs/lbsgd.py:55: total = acc + grad
             total = acc + grad
             # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
@@ -218,15 +227,15 @@ def _update_chunk(
             _v10 = _h4 != _T(0.0)
             _v11 = mom_new + weight
             weight_new = _v11 if _v10 else weight
-            weight_buf[_i] = weight_new
-            mom_buf[_i] = mom_new
-            acc_buf[_i] = acc_new
+            store(weight_buf, _i, weight_new)
+            store(mom_buf, _i, mom_new)
+            store(acc_buf, _i, acc_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mom = mom_buf[_i]
-        acc = acc_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        mom = load(mom_buf, _i)
+        acc = load(acc_buf, _i)
         # specs/lbsgd.py:55: total = acc + grad
         total = acc + grad
         # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
@@ -249,9 +258,9 @@ def _update_chunk(
         _v10 = _h4 != _T(0.0)
         _v11 = mom_new + weight
         weight_new = _v11 if _v10 else weight
-        weight_buf[_i] = weight_new
-        mom_buf[_i] = mom_new
-        acc_buf[_i] = acc_new
+        store(weight_buf, _i, weight_new)
+        store(mom_buf, _i, mom_new)
+        store(acc_buf, _i, acc_new)
 
 
 @numba.njit(parallel=True, **NJIT)

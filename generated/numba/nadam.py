@@ -68,7 +68,16 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.nadam import init_state
@@ -159,15 +168,15 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
-            mean = mean_buf[_i]
-            var = var_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
+            mean = load(mean_buf, _i)
+            var = load(var_buf, _i)
             # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
@@ -194,15 +203,15 @@ def _update_chunk(
             _v15 = _h6 * mbar
             _v16 = _v15 / _v14
             weight_new = weight + _v16
-            weight_buf[_i] = weight_new
-            mean_buf[_i] = mean_new
-            var_buf[_i] = var_new
+            store(weight_buf, _i, weight_new)
+            store(mean_buf, _i, mean_new)
+            store(var_buf, _i, var_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mean = mean_buf[_i]
-        var = var_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        mean = load(mean_buf, _i)
+        var = load(var_buf, _i)
         # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
@@ -229,9 +238,9 @@ def _update_chunk(
         _v15 = _h6 * mbar
         _v16 = _v15 / _v14
         weight_new = weight + _v16
-        weight_buf[_i] = weight_new
-        mean_buf[_i] = mean_new
-        var_buf[_i] = var_new
+        store(weight_buf, _i, weight_new)
+        store(mean_buf, _i, mean_new)
+        store(var_buf, _i, var_new)
 
 
 @numba.njit(parallel=True, **NJIT)

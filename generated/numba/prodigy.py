@@ -61,7 +61,16 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_host_states, check_scalars, computed
 
@@ -222,14 +231,14 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   b3: let, computed by host_scalars from beta2, beta3
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        p0 = p0_buf[_i]
-        s = s_buf[_i]
-        mean = mean_buf[_i]
-        var = var_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        p0 = load(p0_buf, _i)
+        s = load(s_buf, _i)
+        mean = load(mean_buf, _i)
+        var = load(var_buf, _i)
         # specs/prodigy.py:67: G = grad + wd*weight*(1 - weight_decouple)
         _v0 = _h0 * weight
         G = grad + _v0
@@ -258,11 +267,11 @@ def _update_chunk(
         _v13 = _v12 / _v11
         _v14 = _v9 + _v13
         weight_new = weight if _v8 else _v14
-        weight_buf[_i] = weight_new
-        p0_buf[_i] = p0_new
-        s_buf[_i] = s_new
-        mean_buf[_i] = mean_new
-        var_buf[_i] = var_new
+        store(weight_buf, _i, weight_new)
+        store(p0_buf, _i, p0_new)
+        store(s_buf, _i, s_new)
+        store(mean_buf, _i, mean_new)
+        store(var_buf, _i, var_new)
 
 
 @numba.njit(parallel=True, **NJIT)

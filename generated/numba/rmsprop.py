@@ -42,7 +42,17 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+    view_bits,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.rmsprop import init_state
@@ -127,14 +137,14 @@ def _update_chunk(
     #   gamma1: hyperparameter
     #   epsilon: hyperparameter
     #   clip_weights: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h0 == -np.inf and _h2 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
-            n = n_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
+            n = load(n_buf, _i)
             # specs/rmsprop.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
@@ -154,13 +164,13 @@ def _update_chunk(
             _v11 = weight + _v10
             _v12 = _v11
             weight_new = _v12
-            weight_buf[_i] = weight_new
-            n_buf[_i] = n_new
+            store(weight_buf, _i, weight_new)
+            store(n_buf, _i, n_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        n = n_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        n = load(n_buf, _i)
         # specs/rmsprop.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
@@ -180,8 +190,8 @@ def _update_chunk(
         _v11 = weight + _v10
         _v12 = _h2 if (_h2 > _v11 or _h2 != _h2) else _v11
         weight_new = clip_weights if (clip_weights < _v12 or clip_weights != clip_weights) else _v12
-        weight_buf[_i] = weight_new
-        n_buf[_i] = n_new
+        store(weight_buf, _i, weight_new)
+        store(n_buf, _i, n_new)
 
 
 @numba.njit(parallel=True, **NJIT)
@@ -218,6 +228,54 @@ def _update_serial(_addresses, _chunks, _scalars):
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers.bits), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -302,9 +360,15 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
-    the checked table of a step whose scalars are unchanged; nothing is checked here."""
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, tables, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+    the checked table of a step whose scalars are unchanged; nothing is checked here. A group of
+    bfloat16 weights and gradients (``buffers.bits``) runs on their bits, in float32."""
+    for (_, _addresses, _chunks, _), _bits, _table in zip(
+        buffers.groups, buffers.bits, tables, strict=True
+    ):
+        if _bits:
+            launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
+        else:
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 
 
 def _run(

@@ -40,7 +40,17 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+    view_bits,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.sgd_mom import init_state
@@ -117,14 +127,14 @@ def _update_chunk(
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
-            mom = mom_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
+            mom = load(mom_buf, _i)
             # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
             _v0 = momentum * mom
             _v1 = wd * weight
@@ -136,13 +146,13 @@ def _update_chunk(
             mom_new = _v0 + _v6
             # specs/sgd_mom.py:42: weight_new = mom_new + weight
             weight_new = mom_new + weight
-            weight_buf[_i] = weight_new
-            mom_buf[_i] = mom_new
+            store(weight_buf, _i, weight_new)
+            store(mom_buf, _i, mom_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        mom = mom_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        mom = load(mom_buf, _i)
         # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
         _v0 = momentum * mom
         _v1 = wd * weight
@@ -154,8 +164,8 @@ def _update_chunk(
         mom_new = _v0 + _v6
         # specs/sgd_mom.py:42: weight_new = mom_new + weight
         weight_new = mom_new + weight
-        weight_buf[_i] = weight_new
-        mom_buf[_i] = mom_new
+        store(weight_buf, _i, weight_new)
+        store(mom_buf, _i, mom_new)
 
 
 @numba.njit(parallel=True, **NJIT)
@@ -188,6 +198,46 @@ def _update_serial(_addresses, _chunks, _scalars):
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers.bits), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -268,9 +318,15 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
-    the checked table of a step whose scalars are unchanged; nothing is checked here."""
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, tables, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+    the checked table of a step whose scalars are unchanged; nothing is checked here. A group of
+    bfloat16 weights and gradients (``buffers.bits``) runs on their bits, in float32."""
+    for (_, _addresses, _chunks, _), _bits, _table in zip(
+        buffers.groups, buffers.bits, tables, strict=True
+    ):
+        if _bits:
+            launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
+        else:
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 
 
 def _run(

@@ -45,7 +45,17 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+    view_bits,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.sgd_plain import init_state
@@ -115,29 +125,29 @@ def _update_chunk(
     #   _h0: = -clip_gradient
     #   _h1: = -lr
     #   clip_gradient: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
-            weight = weight_buf[_i]
-            grad = grad_buf[_i]
+            weight = load(weight_buf, _i)
+            grad = load(grad_buf, _i)
             # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
             _v0 = grad
             _v1 = _v0
             _v2 = _h1 * _v1
             weight_new = weight + _v2
-            weight_buf[_i] = weight_new
+            store(weight_buf, _i, weight_new)
         return
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
         # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
         _v0 = _h0 if (_h0 > grad or _h0 != _h0) else grad
         _v1 = clip_gradient if (clip_gradient < _v0 or clip_gradient != clip_gradient) else _v0
         _v2 = _h1 * _v1
         weight_new = weight + _v2
-        weight_buf[_i] = weight_new
+        store(weight_buf, _i, weight_new)
 
 
 @numba.njit(parallel=True, **NJIT)
@@ -166,6 +176,38 @@ def _update_serial(_addresses, _chunks, _scalars):
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers.bits), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             _scalars[_j, 0],
             _scalars[_j, 1],
             _scalars[_j, 2],
@@ -242,9 +284,15 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
-    the checked table of a step whose scalars are unchanged; nothing is checked here."""
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, tables, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+    the checked table of a step whose scalars are unchanged; nothing is checked here. A group of
+    bfloat16 weights and gradients (``buffers.bits``) runs on their bits, in float32."""
+    for (_, _addresses, _chunks, _), _bits, _table in zip(
+        buffers.groups, buffers.bits, tables, strict=True
+    ):
+        if _bits:
+            launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
+        else:
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 
 
 def _run(

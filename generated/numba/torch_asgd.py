@@ -47,7 +47,16 @@ from optgen_runtime.common import (
     run_variant,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_asgd import init_state
@@ -128,11 +137,11 @@ def _update_chunk(
     #   _h3: = (mu == 1)
     #   weight_decay: hyperparameter
     #   mu: host state
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        ax = ax_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        ax = load(ax_buf, _i)
         # specs/torch_asgd.py:42: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
         _v0 = _h0 * weight
         # specs/torch_asgd.py:41: G = grad*(1 - 2*maximize) + weight*weight_decay
@@ -147,8 +156,8 @@ def _update_chunk(
         _v7 = mu * _v6
         _v8 = ax + _v7
         ax_new = weight_new if _v5 else _v8
-        weight_buf[_i] = weight_new
-        ax_buf[_i] = ax_new
+        store(weight_buf, _i, weight_new)
+        store(ax_buf, _i, ax_new)
 
 
 @numba.njit(parallel=True, **NJIT)

@@ -47,7 +47,16 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_asgd_no_decay import init_state
@@ -119,11 +128,11 @@ def _update_chunk(
     #   _h1: = -eta_t*(1 - 2*maximize), from eta, lr, maximize, t
     #   _h2: = (mu == 1)
     #   mu: host state
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        ax = ax_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        ax = load(ax_buf, _i)
         # specs/torch_asgd.py:41: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         # specs/torch_asgd.py:42: weight_new = -G*eta_t + weight*(-eta_t*lambd + 1)
         _v0 = _h0 * weight
@@ -135,8 +144,8 @@ def _update_chunk(
         _v4 = mu * _v3
         _v5 = ax + _v4
         ax_new = weight_new if _v2 else _v5
-        weight_buf[_i] = weight_new
-        ax_buf[_i] = ax_new
+        store(weight_buf, _i, weight_new)
+        store(ax_buf, _i, ax_new)
 
 
 @numba.njit(parallel=True, **NJIT)

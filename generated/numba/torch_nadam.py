@@ -49,7 +49,16 @@ from optgen_runtime.common import (
     run_variant,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_nadam import init_state
@@ -139,12 +148,12 @@ def _update_chunk(
     #   eps: hyperparameter
     #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
     #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        exp_avg = exp_avg_buf[_i]
-        exp_avg_sq = exp_avg_sq_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        exp_avg = load(exp_avg_buf, _i)
+        exp_avg_sq = load(exp_avg_sq_buf, _i)
         # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
         G = _h0 * grad
         # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
@@ -170,9 +179,9 @@ def _update_chunk(
         _v13 = _h5 * exp_avg_new
         _v14 = _v13 / _t3
         weight_new = _v12 + _v14
-        weight_buf[_i] = weight_new
-        exp_avg_buf[_i] = exp_avg_new
-        exp_avg_sq_buf[_i] = exp_avg_sq_new
+        store(weight_buf, _i, weight_new)
+        store(exp_avg_buf, _i, exp_avg_new)
+        store(exp_avg_sq_buf, _i, exp_avg_sq_new)
 
 
 @numba.njit(parallel=True, **NJIT)

@@ -49,7 +49,16 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_nadam_no_decay import init_state
@@ -130,12 +139,12 @@ def _update_chunk(
     #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        exp_avg = exp_avg_buf[_i]
-        exp_avg_sq = exp_avg_sq_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        exp_avg = load(exp_avg_buf, _i)
+        exp_avg_sq = load(exp_avg_sq_buf, _i)
         # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
         G = _h0 * grad
         # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
@@ -158,9 +167,9 @@ def _update_chunk(
         _v11 = _h5 * grad
         _v12 = _v11 / denom
         weight_new = _v10 + _v12
-        weight_buf[_i] = weight_new
-        exp_avg_buf[_i] = exp_avg_new
-        exp_avg_sq_buf[_i] = exp_avg_sq_new
+        store(weight_buf, _i, weight_new)
+        store(exp_avg_buf, _i, exp_avg_new)
+        store(exp_avg_sq_buf, _i, exp_avg_sq_new)
 
 
 @numba.njit(parallel=True, **NJIT)

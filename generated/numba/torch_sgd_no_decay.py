@@ -44,7 +44,17 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
-from optgen_runtime.numba_support import NJIT, Buffers, launch, prepare, view
+from optgen_runtime.numba_support import (
+    NJIT,
+    Buffers,
+    compute_type,
+    launch,
+    load,
+    prepare,
+    store,
+    view,
+    view_bits,
+)
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_sgd_no_decay import init_state
@@ -123,11 +133,11 @@ def _update_chunk(
     #   _h4: = -lr
     #   momentum: hyperparameter
     #   keep: let, computed by host_scalars from momentum, t
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        momentum_buffer = momentum_buffer_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        momentum_buffer = load(momentum_buffer_buf, _i)
         # specs/torch_sgd.py:45: momentum_buffer_new = G*take + keep*momentum_buffer
         _v0 = keep * momentum_buffer
         _v1 = _h0 * grad
@@ -144,8 +154,8 @@ def _update_chunk(
         _v7 = G if _v2 else _v6
         _v8 = _h4 * _v7
         weight_new = weight + _v8
-        weight_buf[_i] = weight_new
-        momentum_buffer_buf[_i] = momentum_buffer_new
+        store(weight_buf, _i, weight_new)
+        store(momentum_buffer_buf, _i, momentum_buffer_new)
 
 
 @numba.njit(parallel=True, **NJIT)
@@ -179,6 +189,48 @@ def _update_serial(_addresses, _chunks, _scalars):
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers.bits), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -260,9 +312,15 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
-    the checked table of a step whose scalars are unchanged; nothing is checked here."""
-    for (_, _addresses, _chunks, _), _table in zip(buffers.groups, tables, strict=True):
-        launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+    the checked table of a step whose scalars are unchanged; nothing is checked here. A group of
+    bfloat16 weights and gradients (``buffers.bits``) runs on their bits, in float32."""
+    for (_, _addresses, _chunks, _), _bits, _table in zip(
+        buffers.groups, buffers.bits, tables, strict=True
+    ):
+        if _bits:
+            launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
+        else:
+            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 
 
 def _run(

@@ -1,0 +1,119 @@
+"""bfloat16 parameters on the compiled CPU loops without working copies: the fast step hands
+the loops the bits of a bfloat16 weight and gradient (``numba_support.view_bits``), which
+``load`` widens to float32 and ``store`` rounds back to nearest, ties to even, once per step.
+The full step keeps its float32 working copies rounded by torch, so each fast step is checked
+against it: to the bit, for every class whose numba module takes checked tables
+(``step_tables``), on random values and on values that round at ties, overflow, and hold
+infinities and NaN (any NaN for a NaN: torch's conversion and ours may differ in its bits)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import generated.torch as gt
+from optgen_runtime.numba_support import load, store
+
+SHAPES = [(40, 9), (70001,), (5,)]
+
+
+def _bits_classes() -> list[str]:
+    """generated.torch's classes whose numba module's step_tables takes bfloat16 bits."""
+    names = []
+    for name, cls in sorted(vars(gt).items()):
+        if not (isinstance(cls, type) and hasattr(cls, "META")) or "DROP_IN" in cls.__dict__:
+            continue
+        if cls.META.INPUTS or cls.META.STEP_SCALARS:
+            continue  # steps with inputs are full steps
+        module = importlib.import_module(f"generated.numba.{cls.RULE}")
+        if hasattr(module, "step_tables"):
+            names.append(name)
+    return names
+
+
+BITS_CLASSES = _bits_classes()
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to the bit, any NaN for a NaN."""
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan])
+
+
+def _run(cls: type, fast: bool, special: bool) -> tuple[list[torch.Tensor], Any]:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(torch.bfloat16)) for s in SHAPES]
+    opt = cls(params, backend="numba")
+    if not fast:
+        opt._fast_step = lambda given: False
+    for t in range(5):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(torch.bfloat16)
+            if special and t == 3:
+                flat = p.grad.view(-1)
+                flat[:4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 3.3e38])
+        opt.step()
+    out = [p.detach().clone() for p in params]
+    out += [v.clone() for p in params for v in opt.state[p].values() if torch.is_tensor(v)]
+    return out, opt
+
+
+@pytest.mark.parametrize("special", [False, True], ids=["random", "inf-nan"])
+@pytest.mark.parametrize("name", BITS_CLASSES)
+def test_bits_steps_equal_full_steps(name: str, special: bool) -> None:
+    cls = getattr(gt, name)
+    got, opt = _run(cls, True, special)
+    assert opt._plan is not None and all(all(part.bits) for part in opt._plan.groups)
+    want, _ = _run(cls, False, special)
+    assert all(x.dtype == y.dtype and _same(x, y) for x, y in zip(want, got, strict=True))
+
+
+def test_the_sweep_covers_the_common_rules() -> None:
+    assert {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Lion", "TorchAdam"} <= set(BITS_CLASSES)
+
+
+def test_store_rounds_as_torch() -> None:
+    """``store`` of float32 values into bfloat16 bits, against torch's conversion: ties to
+    even both ways, just above and below a tie, the largest finite values (one rounds to
+    inf), subnormals, signed zeros, infinities; a NaN stays a NaN of its sign."""
+    import numba
+
+    @numba.njit
+    def put(out: np.ndarray, values: np.ndarray) -> None:
+        for i in range(values.shape[0]):
+            store(out, i, values[i])
+
+    @numba.njit
+    def get(bits: np.ndarray, out: np.ndarray) -> None:
+        for i in range(bits.shape[0]):
+            out[i] = load(bits, i)
+
+    tie = 2.0**-8
+    values = torch.tensor(
+        [1 + tie, 1 + 3 * tie, 1 + tie + 2**-20, 1 + tie - 2**-20, -(1 + tie), 3.3895e38,
+         3.4e38, -3.4e38, 1e-40, -1e-45, 0.0, -0.0, float("inf"), -float("inf")],
+        dtype=torch.float32,
+    )  # fmt: skip
+    rng = torch.Generator().manual_seed(1)
+    values = torch.cat(
+        [
+            values,
+            torch.randn(10_000, generator=rng)
+            * 10.0 ** torch.randint(-30, 30, (10_000,), generator=rng),
+        ]
+    )
+    bits = np.zeros(len(values), dtype=np.uint16)
+    put(bits, values.numpy())
+    ours = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
+    assert torch.equal(ours.view(torch.int16), values.to(torch.bfloat16).view(torch.int16))
+    back = np.zeros(len(values), dtype=np.float32)
+    get(bits, back)
+    assert torch.equal(torch.from_numpy(back), ours.float())
+    nan = np.zeros(2, dtype=np.uint16)
+    put(nan, np.array([np.nan, -np.nan], dtype=np.float32))
+    widened = torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).float()
+    assert widened.isnan().all() and torch.signbit(widened).tolist() == [False, True]
