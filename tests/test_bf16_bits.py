@@ -117,3 +117,28 @@ def test_store_rounds_as_torch() -> None:
     put(nan, np.array([np.nan, -np.nan], dtype=np.float32))
     widened = torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).float()
     assert widened.isnan().all() and torch.signbit(widened).tolist() == [False, True]
+
+
+def test_mixed_dtypes_in_one_group() -> None:
+    """bfloat16 (on its bits), float16 (through a working copy) and float32 parameters in one
+    group: each its own group of the loops' buffers, every step to the bit the full step."""
+
+    def run(fast: bool) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        dtypes = [torch.bfloat16, torch.float32, torch.float16, torch.bfloat16]
+        params = [
+            torch.nn.Parameter(torch.randn(s, generator=g).to(d))
+            for s, d in zip([*SHAPES, (33,)], dtypes, strict=True)
+        ]
+        opt = gt.AdamW(params, lr=0.01, backend="numba")
+        if not fast:
+            opt._fast_step = lambda given: False
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            opt.step()
+        if fast:
+            assert opt._plan is not None and opt._plan.groups[0].bits == [True, False, False, True]
+        return [p.detach().clone() for p in params]
+
+    assert all(torch.equal(x, y) for x, y in zip(run(False), run(True), strict=True))
