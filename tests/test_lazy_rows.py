@@ -305,3 +305,20 @@ def test_dense_fallback_reuses_a_zero_buffer() -> None:
     with pytest.raises(ValueError, match="gamma1"):
         opt.step()
     assert p.grad is grad and not buffer.any() and torch.equal(p, q)
+
+
+@quiet
+def test_dense_fallback_of_an_elementwise_sparse_gradient() -> None:
+    """A gradient sparse in both dims (``Tensor.to_sparse()``: an index per element) steps as
+    its dense form, and its elements are zeroed in the kept buffer after the step."""
+    gen = torch.Generator().manual_seed(2)
+    table = torch.randn(7, 5, generator=gen)
+    p, q = torch.nn.Parameter(table.clone()), torch.nn.Parameter(table.clone())
+    opt, ref = gt.Ftrl([p], wd=0.01), gt.Ftrl([q], wd=0.01)
+    for _ in range(3):
+        dense = torch.randn(7, 5, generator=gen) * (torch.rand(7, 5, generator=gen) < 0.3)
+        p.grad, q.grad = dense.to_sparse(), dense
+        assert p.grad.sparse_dim() == 2
+        opt.step()
+        ref.step()
+        assert torch.equal(p, q) and not next(iter(opt._dense_grads.values())).any()

@@ -160,7 +160,8 @@ def restore(densified: list[Densified]) -> None:
             if len(d.index) == 1:
                 d.dense.index_fill_(0, d.index[0], 0)
             else:
-                d.dense.index_put_(d.index, torch.zeros((), dtype=d.dense.dtype))
+                zero = torch.zeros((), dtype=d.dense.dtype, device=d.dense.device)
+                d.dense.index_put_(d.index, zero)
 
 
 def refuse_settings(
