@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import re
 import sys
@@ -24,6 +25,7 @@ README = ROOT / "README.md"
 BEGIN, END = "<!-- rules:begin -->", "<!-- rules:end -->"
 
 
+@functools.cache
 def _torch_cases() -> set[str]:
     """Rules compared with torch.optim in tests/test_torch_optim.py (its CASES keys)."""
     tree = ast.parse((ROOT / "tests" / "test_torch_optim.py").read_text())
@@ -33,6 +35,7 @@ def _torch_cases() -> set[str]:
     return set()
 
 
+@functools.cache
 def _references() -> dict[str, str]:
     """Rule -> the reference optimizer tools/references.py runs it against (its REFERENCES
     entries, read without importing torch)."""
@@ -44,6 +47,13 @@ def _references() -> dict[str, str]:
             package = "pytorch_optimizer."  # pinned: pytorch-optimizer 4.1.0 (pyproject.toml)
             out[rule] = "pytorch-optimizer 4.1.0" if name.startswith(package) else name
     return out
+
+
+@functools.cache
+def _sparse_goldens() -> set[str]:
+    """Rules with cases in tests/goldens/mxnet/lazy_rows.json (MXNet's sparse updates)."""
+    golden = json.loads((ROOT / "tests" / "goldens" / "mxnet" / "lazy_rows.json").read_text())
+    return {case["rule"] for case in golden["cases"]}
 
 
 def paper(rule: Rule) -> str:
@@ -93,8 +103,7 @@ def oracles(rule: Rule) -> list[str]:
     out = ["equations (40 digits)", "Triton = NumPy"]
     if (ROOT / "tests" / "goldens" / "mxnet" / f"{rule.name}.json").exists():
         out.append("MXNet 1.9.1 goldens")
-    lazy_rows = json.loads((ROOT / "tests" / "goldens" / "mxnet" / "lazy_rows.json").read_text())
-    if any(case["rule"] == rule.name for case in lazy_rows["cases"]):
+    if rule.name in _sparse_goldens():
         out.append("MXNet 1.9.1 sparse goldens")
     if rule.name in _torch_cases():
         out.append("torch.optim")

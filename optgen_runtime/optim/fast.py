@@ -592,6 +592,7 @@ class FastStep:
             part = Group(group, [self.state[p] for p in params])
             resolved = self._check(self._hyper(group))
             part.absent = self._absent(resolved)
+            part.tabled = self._tabled(resolved, kind)  # the module that runs at resolved
             present = [k for k in meta.STATES if k not in part.absent]
             rows, shapes = [], []
             perms: list[tuple[int, ...] | None] = []
@@ -610,7 +611,8 @@ class FastStep:
                 if kind == "numba":
                     work = weight
                     computed = self._computed_in(p, s)
-                    bits = computed is not None and self._on_bits(p, g, perm, resolved)
+                    bits = computed is not None and part.tabled is not None
+                    bits = bits and self._on_bits(p, g, perm)
                     part.bits.append(bits)
                     if bits:  # the bfloat16 weight and gradient themselves, on their bits
                         rows.append([x.data_ptr() for x in (p, g, *buffers[1:])])
@@ -670,7 +672,6 @@ class FastStep:
                 part.buffers = Buffers.at(rows, shapes, part.dtypes, even=even, bits=part.bits)
             elif any(perm is not None for perm in perms):
                 part.perms = perms
-            part.tabled = self._tabled(resolved, kind)
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
         if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):
@@ -702,22 +703,18 @@ class FastStep:
         plan.signature = surveyed[0]
         self._plan = plan
 
-    def _on_bits(
-        self, p: torch.Tensor, g: torch.Tensor, perm: Any, resolved: dict[str, float]
-    ) -> bool:
+    def _on_bits(self, p: torch.Tensor, g: torch.Tensor, perm: Any) -> bool:
         """Whether the compiled loops update the bfloat16 parameter ``p`` (no master copy) on
         the bits of it and its gradient ``g`` (``numba_support.view_bits``), in float32 and
-        rounded once, as the full step's working copy is: both contiguous bfloat16, and the
-        module that runs at ``resolved`` takes checked tables (``step_tables``, whose loops
+        rounded once, as the full step's working copy is: both contiguous bfloat16 (the caller
+        checked that the module that runs takes checked tables: ``step_tables``, whose loops
         take such groups). ``_bf16_bits = False`` keeps the working copies (the benchmark's
         comparison)."""
         if not getattr(self, "_bf16_bits", True) or p.dtype != torch.bfloat16:
             return False
         if g.dtype != torch.bfloat16 or perm is not None:
             return False
-        if not (p.is_contiguous() and g.is_contiguous()):
-            return False
-        return self._tabled(resolved, "numba") is not None
+        return p.is_contiguous() and g.is_contiguous()
 
     def _tabled(self, resolved: dict[str, float], kind: str) -> ModuleType | None:
         """The numba or Triton (``kind``) module whose update runs at the resolved

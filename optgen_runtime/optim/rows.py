@@ -31,6 +31,7 @@ it was. A step with sparse gradients never takes the fast step
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 import warnings
@@ -49,18 +50,16 @@ ONLY_SPARSE = {
     "SparseAdam": "SparseAdam does not support dense gradients, please consider Adam instead",
 }
 Refused = tuple[str, Callable[[Any], bool], str]  # (key, whether its value is refused, why)
+_COMPARE = {"==": operator.eq, "!=": operator.ne}
 
 
 def meta_refused(meta: Any) -> tuple[Refused, ...]:
     """A rule's ``SPARSE_REFUSED`` (``(key, "==" or "!=", value)``) as ``refuse_settings``
     takes it."""
-    out: list[Refused] = []
-    for key, op, value in meta.SPARSE_REFUSED:
-        if op == "==":
-            out.append((key, lambda v, x=value: bool(v == x), meta.SPARSE_WHY))
-        else:
-            out.append((key, lambda v, x=value: bool(v != x), meta.SPARSE_WHY))
-    return tuple(out)
+    return tuple(
+        (key, lambda v, x=value, c=_COMPARE[op]: bool(c(v, x)), meta.SPARSE_WHY)
+        for key, op, value in meta.SPARSE_REFUSED
+    )
 
 
 def _user_level() -> int:
@@ -71,11 +70,6 @@ def _user_level() -> int:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def lazy_classes() -> list[str]:
-    """The names of the loaded classes (not drop-ins) whose rule updates sparse ones lazily."""
-    return sparse_classes("lazy")
 
 
 def sparse_classes(mode: str | None = None) -> list[str]:
@@ -236,7 +230,7 @@ class SparseRows:
             warnings.warn(
                 f"{type(self).__name__}: a sparse gradient is stepped as grad.to_dense() (every "
                 "row updated, as MXNet 1.9.1's storage fallback: its rule has no sparse kernel); "
-                f"only the rows it holds are updated by {', '.join(lazy_classes())}",
+                f"only the rows it holds are updated by {', '.join(sparse_classes('lazy'))}",
                 UserWarning,
                 stacklevel=_user_level(),
             )
