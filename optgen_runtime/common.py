@@ -200,6 +200,13 @@ def input_lists(rule: str, given: Mapping[str, Any], n: int) -> list[dict[str, A
 # The largest step count: counts are kept exactly as int64 (the torch classes' state["step"]).
 MAX_STEP = 2**63 - 1
 
+# How the compiled CPU loops take a tensor's weight and gradient (``numba_support.Buffers``):
+# arrays of its dtype (PLAIN); a bfloat16 weight and gradient as their bits, computed in float32
+# (BITS: a module's ``_update_bits``); a float32 master copy as the weight, the bfloat16
+# gradient as its bits, the bfloat16 parameter rounded from the master after each chunk's
+# update, its address the row's last (MASTER: ``_update_master``, ``round_into``).
+PLAIN, BITS, MASTER = "plain", "bits", "master"
+
 
 def _short(x: Any) -> str:
     text = repr(x)

@@ -22,6 +22,7 @@ import numpy as np
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
+from optgen_runtime.common import PLAIN
 from optgen_runtime.numpy_support import check_arrays_across, flat_views
 
 # IEEE arithmetic (no reassociation, no contraction to fused multiply-add: float32 results round
@@ -135,6 +136,15 @@ def _store(buffer, i, value):  # type: ignore[no-untyped-def]
     return plain
 
 
+@numba.njit(**NJIT)
+def round_into(bits: np.ndarray, values: np.ndarray) -> None:
+    """``values`` (float32) stored into the bfloat16 ``bits`` (``store``: to nearest, ties to
+    even): a bfloat16 parameter written from its float32 master copy, chunk by chunk right
+    after the chunk's update (the ``_update_master`` loops; the chunk is still in cache)."""
+    for i in range(values.shape[0]):
+        store(bits, i, values[i])
+
+
 @overload(compute_type, inline="always")
 def _compute_type(buffer):  # type: ignore[no-untyped-def]
     if buffer.dtype == types.uint16:
@@ -239,27 +249,30 @@ def _build_chunk_table(sizes: Sequence[int], chunk: int, even: bool, threads: in
 
 
 class Buffers:
-    """Every tensor of a compiled call by address, grouped by dtype (one compiled call each).
+    """Every tensor of a compiled call by address, grouped by dtype and layout (one compiled call
+    each).
 
     ``groups``: (indices of the tensors, their addresses as rows of (weight, grad, inputs,
     states), their chunk table, the dtype); ``shapes``: each tensor's shape (for rules whose
-    scalars depend on it). Built by ``prepare`` from checked arrays, or by a caller that
-    checked every buffer itself and knows their addresses (``at``: the torch classes)."""
+    scalars depend on it); ``layouts``: each group's layout (``common.PLAIN``, ``BITS``,
+    ``MASTER``). Built by
+    ``prepare`` from checked arrays, or by a caller that checked every buffer itself and knows
+    their addresses (``at``: the torch classes)."""
 
-    __slots__ = ("alive", "bits", "count", "groups", "shapes")
+    __slots__ = ("alive", "count", "groups", "layouts", "shapes")
 
     def __init__(
         self,
         groups: list[tuple[list[int], np.ndarray, np.ndarray, Any]],
         shapes: list[Any],
-        bits: list[bool] | None = None,
+        layouts: list[str] | None = None,
     ) -> None:
         self.groups = groups
         self.shapes = shapes
         self.count = len(shapes)
-        # per group: whether its weights and gradients are bfloat16 (``view_bits``; computed
-        # in float32, the group's dtype; only a module's ``step_tables`` takes such groups)
-        self.bits = bits or [False] * len(groups)
+        # per group: how its weights and gradients are laid out (only a module's
+        # ``step_tables`` takes a group whose layout is not PLAIN)
+        self.layouts = layouts or [PLAIN] * len(groups)
         self.alive: object = None  # the arrays ``prepare`` took: alive while writes are queued
 
     @classmethod
@@ -270,23 +283,25 @@ class Buffers:
         dtypes: Sequence[Any],
         *,
         even: bool = False,
-        bits: Sequence[bool] | None = None,
+        layouts: Sequence[str] | None = None,
     ) -> Buffers:
         """The buffers at the addresses ``rows`` (one row per tensor, in buffer order), of
         ``shapes`` and (NumPy) ``dtypes``: nothing is checked. ``even``: chunk tables for
-        loops without reductions (``chunk_table``; a module's ``EVEN_CHUNKS``). ``bits``: per
-        tensor, whether its weight and gradient are bfloat16 (its dtype float32, the one it
-        computes in); such tensors form groups of their own."""
+        loops without reductions (``chunk_table``; a module's ``EVEN_CHUNKS``). ``layouts``:
+        per tensor, PLAIN (the default), BITS (its weight and gradient bfloat16, its dtype
+        float32, the one it computes in) or MASTER (its weight a float32 master copy, its
+        gradient bfloat16, its row ending with the bfloat16 parameter's address); each layout
+        forms groups of its own."""
         by: dict[Any, list[int]] = {}
         for j, dtype in enumerate(dtypes):
-            by.setdefault((np.dtype(dtype), bool(bits and bits[j])), []).append(j)
+            by.setdefault((np.dtype(dtype), layouts[j] if layouts else PLAIN), []).append(j)
         groups = []
         for (dtype, _), indices in by.items():
             addresses = np.array([rows[j] for j in indices], dtype=np.int64)
             sizes = [math.prod(shapes[j]) for j in indices]
             table = chunk_table(sizes, even=even)
             groups.append((indices, addresses.reshape(len(indices), -1), table, dtype))
-        return cls(groups, [tuple(s) for s in shapes], [bit for _, bit in by])
+        return cls(groups, [tuple(s) for s in shapes], [layout for _, layout in by])
 
 
 def prepare(

@@ -4,7 +4,9 @@ the loops the bits of a bfloat16 weight and gradient (``numba_support.view_bits`
 The full step keeps its float32 working copies rounded by torch, so each fast step is checked
 against it: to the bit, for every class whose numba module takes checked tables
 (``step_tables``), on random values and on values that round at ties, overflow, and hold
-infinities and NaN (any NaN for a NaN: torch's conversion and ours may differ in its bits)."""
+infinities and NaN (any NaN for a NaN: torch's conversion and ours may differ in its bits).
+With a float32 master copy (``multi_precision=True``) the loop reads the bfloat16 gradient's
+bits and rounds the parameter from the master, checked against the full step alike."""
 
 from __future__ import annotations
 
@@ -44,10 +46,12 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan])
 
 
-def _run(cls: type, fast: bool, special: bool) -> tuple[list[torch.Tensor], Any]:
+def _run(
+    cls: type, fast: bool, special: bool, master: bool = False
+) -> tuple[list[torch.Tensor], Any]:
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=g).to(torch.bfloat16)) for s in SHAPES]
-    opt = cls(params, backend="numba")
+    opt = cls(params, backend="numba", multi_precision=master)
     if not fast:
         opt._fast_step = lambda given: False
     for t in range(5):
@@ -67,8 +71,25 @@ def _run(cls: type, fast: bool, special: bool) -> tuple[list[torch.Tensor], Any]
 def test_bits_steps_equal_full_steps(name: str, special: bool) -> None:
     cls = getattr(gt, name)
     got, opt = _run(cls, True, special)
-    assert opt._plan is not None and all(all(part.bits) for part in opt._plan.groups)
+    assert opt._plan is not None and all(part.layouts == ["bits"] * 3 for part in opt._plan.groups)
     want, _ = _run(cls, False, special)
+    assert all(x.dtype == y.dtype and _same(x, y) for x, y in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("special", [False, True], ids=["random", "inf-nan"])
+@pytest.mark.parametrize("name", BITS_CLASSES)
+def test_master_steps_equal_full_steps(name: str, special: bool) -> None:
+    """``multi_precision=True``: the bfloat16 gradients read as their bits by the loop that
+    updates the float32 master copy, which rounds the bfloat16 parameter from it chunk by
+    chunk (layout MASTER), against the full step's float32 scratch and ``copy_`` from the
+    master: the parameters, masters and states to the bit."""
+    cls = getattr(gt, name)
+    got, opt = _run(cls, True, special, master=True)
+    plan = opt._plan
+    assert plan is not None and all(part.layouts == ["master"] * 3 for part in plan.groups)
+    assert not plan.masters and not any(part.converted[0] for part in plan.groups)
+    want, _ = _run(cls, False, special, master=True)
+    assert len(want) == len(got) > len(SHAPES)
     assert all(x.dtype == y.dtype and _same(x, y) for x, y in zip(want, got, strict=True))
 
 
@@ -138,7 +159,8 @@ def test_mixed_dtypes_in_one_group() -> None:
                 p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
             opt.step()
         if fast:
-            assert opt._plan is not None and opt._plan.groups[0].bits == [True, False, False, True]
+            layouts = ["bits", "plain", "plain", "bits"]
+            assert opt._plan is not None and opt._plan.groups[0].layouts == layouts
         return [p.detach().clone() for p in params]
 
     assert all(torch.equal(x, y) for x, y in zip(run(False), run(True), strict=True))

@@ -173,20 +173,25 @@ def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]
     """ms/step on bfloat16 parameters: generated.torch.Adam without a master copy (computed in
     float32 and rounded once per step, the Triton kernels' semantics: its fast step on the
     bfloat16 bits, and through float32 working copies as before), with one
-    (``multi_precision=True``), and torch's fused and foreach Adam (bfloat16 arithmetic)."""
+    (``multi_precision=True``: the gradients' bits read and the parameters rounded from the
+    masters in the loop; and as before, through a float32 scratch of each gradient and a copy
+    from the masters after the step), and torch's fused and foreach Adam (bfloat16
+    arithmetic)."""
     import torch
 
     from generated.torch import Adam
 
-    def copies(ps: list[Any]) -> Any:
-        opt = Adam(ps, lr=1e-3)
-        opt._bf16_bits = False  # the fast step's float32 working copies (fast._on_bits)
+    def copies(ps: list[Any], master: bool = False) -> Any:
+        opt = Adam(ps, lr=1e-3, multi_precision=master)
+        # the fast step's float32 working copies or scratches (fast._bits_layout)
+        opt._bf16_bits = False
         return opt
 
     variants = {
         "generated.torch.Adam": (lambda ps: Adam(ps, lr=1e-3), False),
         "generated, working copies": (copies, False),
         "generated, multi_precision": (lambda ps: Adam(ps, lr=1e-3, multi_precision=True), False),
+        "multi_precision, scratch": (lambda ps: copies(ps, True), False),
         "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), False),
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
     }

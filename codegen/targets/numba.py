@@ -12,11 +12,12 @@ accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwi
 float64 rounding. The update loop reads and writes its buffers through ``load`` and ``store``
 (``optgen_runtime.numba_support``): plain indexing on float32 and float64 arrays; on the uint16 bits
 of a bfloat16 weight and gradient (the ``_update_bits`` loops of a module with ``step_tables``, for
-the torch classes' fast step) a widening to float32 and a rounding back to nearest even, the chunk's
-dtype ``_T`` float32. Rules the target cannot express yet get a module that runs the NumPy reference
-and says so (``COMPILED = False``, ``FALLBACK``): noise draws, row/column states and axis
-reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's (``SLOWER``:
-cube roots).
+the torch classes' fast step; ``_update_master``: a bfloat16 gradient of a float32 master copy, the
+bfloat16 parameter rounded from the master chunk by chunk) a widening to float32 and a rounding back
+to nearest even, the chunk's dtype ``_T`` float32. Rules the target cannot express yet get a
+module that runs the NumPy reference and says so (``COMPILED = False``, ``FALLBACK``): noise
+draws, row/column states and axis reductions, matrix rules, and rules whose compiled loop would
+be slower than NumPy's (``SLOWER``: cube roots).
 """
 
 from __future__ import annotations

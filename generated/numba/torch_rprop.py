@@ -34,7 +34,14 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    BITS,
+    MASTER,
+    check_step_count,
+    commit,
+    resolve_hyperparams,
+    step_counts,
+)
 from optgen_runtime.numba_support import (
     NJIT,
     Buffers,
@@ -42,6 +49,7 @@ from optgen_runtime.numba_support import (
     launch,
     load,
     prepare,
+    round_into,
     store,
     view,
     view_bits,
@@ -232,7 +240,7 @@ def _update_serial(_addresses, _chunks, _scalars):
 
 @numba.njit(parallel=True, **NJIT)
 def _update_bits(_addresses, _chunks, _scalars):
-    # _update on bfloat16 weights and gradients (their bits: Buffers.bits), in float32.
+    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
@@ -267,6 +275,52 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_master(_addresses, _chunks, _scalars):
+    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+        )
+        round_into(
+            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+@numba.njit(**NJIT)
+def _update_master_serial(_addresses, _chunks, _scalars):
+    # _update_master's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+        )
+        round_into(
+            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
         )
 
 
@@ -340,13 +394,15 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     per dtype group of ``buffers``, a table in that dtype with one row per tensor of the group
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
-    the checked table of a step whose scalars are unchanged; nothing is checked here. A group of
-    bfloat16 weights and gradients (``buffers.bits``) runs on their bits, in float32."""
-    for (_, _addresses, _chunks, _), _bits, _table in zip(
-        buffers.groups, buffers.bits, tables, strict=True
+    the checked table of a step whose scalars are unchanged; nothing is checked here. A group
+    laid out as bfloat16 bits (``buffers.layouts``: BITS, MASTER) runs on them, in float32."""
+    for (_, _addresses, _chunks, _), _layout, _table in zip(
+        buffers.groups, buffers.layouts, tables, strict=True
     ):
-        if _bits:
+        if _layout == BITS:
             launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
+        elif _layout == MASTER:
+            launch(_update_master, _addresses, _chunks, _table, serial=_update_master_serial)
         else:
             launch(_update, _addresses, _chunks, _table, serial=_update_serial)
 

@@ -27,9 +27,11 @@ step, and a fp16/bf16 parameter without a master copy is updated through a float
 of the plan's, copied in before and rounded back after the step: what the full step does with
 temporaries (``Stepping._computed_in``), to the bit. A contiguous bfloat16 parameter and
 gradient go to the loops as they are where the module that runs takes checked tables
-(``_on_bits``: its ``step_tables`` loads their bits as float32 and rounds the weight back on
+(``_bits_layout``: its ``step_tables`` loads their bits as float32 and rounds the weight back on
 store, ``numba_support.load``/``store``): the same bits, without the copies (2.5 x less
-memory traffic for Adam).
+memory traffic for Adam). So does a contiguous bfloat16 gradient of a float32 master copy,
+its bfloat16 parameter rounded from the master chunk by chunk in the same loop (no scratch, no
+copy pass after the step: 28 bytes per element for Adam against 40).
 
 A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
 device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
@@ -67,7 +69,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import commit, deferred_writes, host_state_values, running_module
+from optgen_runtime.common import (
+    BITS,
+    MASTER,
+    PLAIN,
+    commit,
+    deferred_writes,
+    host_state_values,
+    running_module,
+)
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_support import Amp, ScalarRows, Vouched, float32_rows, spans_overlap
 
@@ -95,7 +105,6 @@ class Group:
 
     __slots__ = (
         "absent",
-        "bits",
         "buffers",
         "complex",
         "converted",
@@ -103,7 +112,9 @@ class Group:
         "dtypes",
         "group",
         "hp",
+        "layouts",
         "offsets",
+        "on_bits",
         "perms",
         "raw",
         "resolved",
@@ -126,10 +137,12 @@ class Group:
         # the numba loops': the complex parameters' positions (stepped as their real views): a
         # lazily conjugated gradient there (refused by the full step) is looked for every step
         self.complex: list[int] = []
-        # the numba loops': per tensor, whether its bfloat16 weight and gradient are updated
-        # on their bits (``numba_support.view_bits``: no working copy, no scratch), which only
-        # a module's ``step_tables`` does
-        self.bits: list[bool] = []
+        # the numba loops': per tensor, its layout (``numba_support.Buffers.at``): PLAIN, or
+        # BITS and MASTER, a bfloat16 gradient (and weight) updated on its bits (``view_bits``:
+        # no working copy, no scratch, no copy from the master), which only a module's
+        # ``step_tables`` does
+        self.layouts: list[str] = []
+        self.on_bits = False  # any layout but PLAIN
         self.absent: tuple[str, ...] = ()  # the states absent under the plan's hyperparameters
         self.dtypes: list[Any] = []
         self.device: torch.device | None = None  # the Triton kernels': the group's one device
@@ -304,7 +317,7 @@ class FastStep:
                 if self._absent(resolved) != part.absent:
                     return False  # a state comes or goes (SGD's momentum switched): a full step
                 tabled = self._tabled(resolved, plan.kind)
-            if tabled is None and any(part.bits):
+            if tabled is None and part.on_bits:
                 return False  # bfloat16 bits go only to step_tables: the full step's copies
             tables = None
             if tabled is not None and plan.kind == "triton":
@@ -608,14 +621,18 @@ class FastStep:
                     if perm is None or any(x.stride() != p.stride() for x in (*buffers, g)):
                         return  # working copies: the full step's
                 perms.append(perm)
+                layout = PLAIN
                 if kind == "numba":
                     work = weight
                     computed = self._computed_in(p, s)
-                    bits = computed is not None and part.tabled is not None
-                    bits = bits and self._on_bits(p, g, perm)
-                    part.bits.append(bits)
-                    if bits:  # the bfloat16 weight and gradient themselves, on their bits
+                    layout = self._bits_layout(p, g, s, perm, part.tabled is not None)
+                    part.layouts.append(layout)
+                    if layout == BITS:  # the bfloat16 weight and gradient, on their bits
                         rows.append([x.data_ptr() for x in (p, g, *buffers[1:])])
+                        shapes.append(tuple(p.shape))
+                        part.dtypes.append(np.float32)
+                    elif layout == MASTER:  # the bfloat16 gradient on its bits, p rounded
+                        rows.append([x.data_ptr() for x in (weight, g, *buffers[1:], p)])
                         shapes.append(tuple(p.shape))
                         part.dtypes.append(np.float32)
                     else:
@@ -660,8 +677,8 @@ class FastStep:
                 written += [
                     (x.data_ptr(), x.data_ptr() + x.element_size() * x.numel()) for x in spans
                 ]
-                if "master" in s:
-                    plan.weights.append(p)
+                if "master" in s and layout != MASTER:
+                    plan.weights.append(p)  # (the loops round a MASTER layout's p themselves)
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
                 plan.states.append(s)
@@ -669,7 +686,10 @@ class FastStep:
                 from optgen_runtime.numba_support import Buffers  # numba is loaded by now
 
                 even = self._numba().EVEN_CHUNKS
-                part.buffers = Buffers.at(rows, shapes, part.dtypes, even=even, bits=part.bits)
+                part.buffers = Buffers.at(
+                    rows, shapes, part.dtypes, even=even, layouts=part.layouts
+                )
+                part.on_bits = any(layout != PLAIN for layout in part.layouts)
             elif any(perm is not None for perm in perms):
                 part.perms = perms
             plan.groups.append(part)
@@ -703,18 +723,28 @@ class FastStep:
         plan.signature = surveyed[0]
         self._plan = plan
 
-    def _on_bits(self, p: torch.Tensor, g: torch.Tensor, perm: Any) -> bool:
-        """Whether the compiled loops update the bfloat16 parameter ``p`` (no master copy) on
-        the bits of it and its gradient ``g`` (``numba_support.view_bits``), in float32 and
-        rounded once, as the full step's working copy is: both contiguous bfloat16 (the caller
-        checked that the module that runs takes checked tables: ``step_tables``, whose loops
-        take such groups). ``_bf16_bits = False`` keeps the working copies (the benchmark's
-        comparison)."""
-        if not getattr(self, "_bf16_bits", True) or p.dtype != torch.bfloat16:
-            return False
-        if g.dtype != torch.bfloat16 or perm is not None:
-            return False
-        return p.is_contiguous() and g.is_contiguous()
+    def _bits_layout(
+        self, p: torch.Tensor, g: torch.Tensor, s: dict[str, Any], perm: Any, tabled: bool
+    ) -> str:
+        """How the compiled loops take parameter ``p``, its gradient ``g`` and state ``s``
+        (``numba_support.Buffers.at``): on the bits of a contiguous bfloat16 ``p`` and ``g``
+        (``view_bits``) in float32, the weight rounded once, as the full step's working copy
+        is (BITS, no master copy) or ``p`` rounded from a contiguous float32 master as the full
+        step's copy from the master is (MASTER) where the module that runs takes checked tables
+        (``tabled``: ``step_tables``, whose loops take such groups); else PLAIN. ``_bf16_bits
+        = False`` keeps the working copies and scratches (the benchmark's comparison)."""
+        if not tabled or not getattr(self, "_bf16_bits", True) or perm is not None:
+            return PLAIN
+        if p.dtype != torch.bfloat16 or g.dtype != torch.bfloat16:
+            return PLAIN
+        if not (p.is_contiguous() and g.is_contiguous()):
+            return PLAIN
+        master = s.get("master")
+        if master is None:
+            return BITS
+        if master.dtype == torch.float32 and master.is_contiguous():
+            return MASTER
+        return PLAIN
 
     def _tabled(self, resolved: dict[str, float], kind: str) -> ModuleType | None:
         """The numba or Triton (``kind``) module whose update runs at the resolved
