@@ -90,19 +90,33 @@ def _bits_of(typingctx: Any, value: Any) -> Any:
     return types.uint32(types.float32), codegen
 
 
+# Each has a Python body too, the compiled one's in NumPy scalars, so that a chunk function run
+# by Python (``py_func``: the tests' reference for a compiled loop's bits) computes as compiled.
+
+
 def load(buffer: np.ndarray, i: int) -> Any:
-    """``buffer[i]`` in the compute type (compiled code only)."""
-    raise NotImplementedError("numba only")
+    """``buffer[i]`` in the compute type: a bfloat16's bits widened to float32."""
+    if buffer.dtype == np.uint16:
+        return np.array(np.uint32(buffer[i]) << _SIXTEEN, dtype=np.uint32).view(np.float32)[()]
+    return buffer[i]
 
 
 def store(buffer: np.ndarray, i: int, value: Any) -> None:
-    """``buffer[i] = value``, rounded to a bfloat16 buffer's type (compiled code only)."""
-    raise NotImplementedError("numba only")
+    """``buffer[i] = value``, rounded to a bfloat16 buffer's type (to nearest, ties to even)."""
+    if buffer.dtype != np.uint16:
+        buffer[i] = value
+        return
+    bits = np.array(value, dtype=np.float32).view(np.uint32)[()]
+    if value != value:  # NaN: quiet, its sign kept
+        buffer[i] = np.uint16((bits >> _SIXTEEN) | np.uint32(0x40))
+    else:
+        even = (bits >> _SIXTEEN) & np.uint32(1)
+        buffer[i] = np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
 
 
 def compute_type(buffer: np.ndarray) -> Any:
-    """The type a chunk of ``buffer`` computes in (compiled code only)."""
-    raise NotImplementedError("numba only")
+    """The type a chunk of ``buffer`` computes in: float32 for bfloat16 bits."""
+    return np.float32 if buffer.dtype == np.uint16 else buffer.dtype.type
 
 
 _SIXTEEN = np.uint32(16)

@@ -2,8 +2,8 @@
 the loops the bits of a bfloat16 weight and gradient (``numba_support.view_bits``), which
 ``load`` widens to float32 and ``store`` rounds back to nearest, ties to even, once per step.
 The full step keeps its float32 working copies rounded by torch, so each fast step is checked
-against it: to the bit, for every class whose numba module takes checked tables
-(``step_tables``), on random values and on values that round at ties, overflow, and hold
+against it: to the bit, for every class whose numba module is compiled (its reduction loops
+read the bits too), on random values and on values that round at ties, overflow, and hold
 infinities and NaN (any NaN for a NaN: torch's conversion and ours may differ in its bits).
 With a float32 master copy (``multi_precision=True``) the loop reads the bfloat16 gradient's
 bits and rounds the parameter from the master, checked against the full step alike."""
@@ -24,7 +24,8 @@ SHAPES = [(40, 9), (70001,), (5,)]
 
 
 def _bits_classes() -> list[str]:
-    """generated.torch's classes whose numba module's step_tables takes bfloat16 bits."""
+    """generated.torch's classes whose numba module is compiled (its update's and reductions'
+    loops take bfloat16 bits) and whose steps can be fast (no step inputs)."""
     names = []
     for name, cls in sorted(vars(gt).items()):
         if not (isinstance(cls, type) and hasattr(cls, "META")) or "DROP_IN" in cls.__dict__:
@@ -32,7 +33,7 @@ def _bits_classes() -> list[str]:
         if cls.META.INPUTS or cls.META.STEP_SCALARS:
             continue  # steps with inputs are full steps
         module = importlib.import_module(f"generated.numba.{cls.RULE}")
-        if hasattr(module, "step_tables"):
+        if module.COMPILED:
             names.append(name)
     return names
 
@@ -46,24 +47,40 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan])
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """Two state values (or refusals' messages) alike: tensors of one dtype to the bit."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a.dtype == b.dtype and _same(a, b)
+
+
 def _run(
     cls: type, fast: bool, special: bool, master: bool = False
 ) -> tuple[list[torch.Tensor], Any]:
+    """Five steps; the parameters and every state value after them, then the messages of the
+    steps refused (a rule whose host states a NaN gradient would make NaN refuses that step,
+    writing nothing: Prodigy)."""
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=g).to(torch.bfloat16)) for s in SHAPES]
     opt = cls(params, backend="numba", multi_precision=master)
-    if not fast:
-        opt._fast_step = lambda given: False
+    taken: list[bool] = []  # each step's fast step: taken or not (a full step instead)
+    plan_step = opt._fast_step
+    opt._fast_step = lambda given: taken.append(fast and plan_step(given)) or taken[-1]
+    refused = []
     for t in range(5):
         for p in params:
             p.grad = torch.randn(p.shape, generator=g).to(torch.bfloat16)
             if special and t == 3:
                 flat = p.grad.view(-1)
                 flat[:4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 3.3e38])
-        opt.step()
+        try:
+            opt.step()
+        except ValueError as error:
+            refused.append(str(error))
     out = [p.detach().clone() for p in params]
-    out += [v.clone() for p in params for v in opt.state[p].values() if torch.is_tensor(v)]
-    return out, opt
+    out += [torch.as_tensor(v).clone() for p in params for v in opt.state[p].values()]
+    assert taken.count(True) >= (3 if fast else 0) and (fast or not any(taken))
+    return out + refused, opt
 
 
 @pytest.mark.parametrize("special", [False, True], ids=["random", "inf-nan"])
@@ -73,7 +90,8 @@ def test_bits_steps_equal_full_steps(name: str, special: bool) -> None:
     got, opt = _run(cls, True, special)
     assert opt._plan is not None and all(part.layouts == ["bits"] * 3 for part in opt._plan.groups)
     want, _ = _run(cls, False, special)
-    assert all(x.dtype == y.dtype and _same(x, y) for x, y in zip(want, got, strict=True))
+    assert len(want) == len(got) > len(SHAPES)
+    assert all(_equal(x, y) for x, y in zip(want, got, strict=True))
 
 
 @pytest.mark.parametrize("special", [False, True], ids=["random", "inf-nan"])
@@ -90,11 +108,14 @@ def test_master_steps_equal_full_steps(name: str, special: bool) -> None:
     assert not plan.masters and not any(part.converted[0] for part in plan.groups)
     want, _ = _run(cls, False, special, master=True)
     assert len(want) == len(got) > len(SHAPES)
-    assert all(x.dtype == y.dtype and _same(x, y) for x, y in zip(want, got, strict=True))
+    assert all(_equal(x, y) for x, y in zip(want, got, strict=True))
 
 
 def test_the_sweep_covers_the_common_rules() -> None:
-    assert {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Lion", "TorchAdam"} <= set(BITS_CLASSES)
+    common = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Lion", "TorchAdam"}
+    # per-tensor sums (reduction loops on the bits too), host states, group sums
+    common |= {"LAMB", "LARS", "NAdam", "Prodigy"}
+    assert common <= set(BITS_CLASSES)
 
 
 def test_store_rounds_as_torch() -> None:
@@ -134,10 +155,20 @@ def test_store_rounds_as_torch() -> None:
     back = np.zeros(len(values), dtype=np.float32)
     get(bits, back)
     assert torch.equal(torch.from_numpy(back), ours.float())
+    # the Python bodies (a chunk function run by Python: the compiled loops' reference)
+    python = np.zeros(len(values), dtype=np.uint16)
+    put.py_func(python, values.numpy()[:2000])
+    assert np.array_equal(python[:2000], bits[:2000])
+    back_python = np.zeros(2000, dtype=np.float32)
+    get.py_func(bits[:2000], back_python)
+    assert np.array_equal(back_python, back[:2000])
     nan = np.zeros(2, dtype=np.uint16)
     put(nan, np.array([np.nan, -np.nan], dtype=np.float32))
     widened = torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).float()
     assert widened.isnan().all() and torch.signbit(widened).tolist() == [False, True]
+    nan_python = np.zeros(2, dtype=np.uint16)
+    put.py_func(nan_python, np.array([np.nan, -np.nan], dtype=np.float32))
+    assert np.array_equal(nan_python, nan)
 
 
 def test_mixed_dtypes_in_one_group() -> None:

@@ -26,7 +26,7 @@ from reference import sample_hyperparams
 from codegen.lower import lower
 from codegen.targets.numba import fallback_reason
 from optgen_runtime import numba_support
-from optgen_runtime.common import resolve_hyperparams
+from optgen_runtime.common import PLAIN, resolve_hyperparams
 
 LIBM = frozenset({"exp", "log", "tanh", "softplus", "cbrt", "pow"})
 # One rule per feature: plain elementwise, sign, selects, per-tensor sums over two phases,
@@ -151,9 +151,10 @@ def test_the_bit_comparison_catches_a_last_bit_difference(monkeypatch: pytest.Mo
 
         return kernel
 
-    # the parallel loop and its serial twin (``launch`` takes it for a few chunks)
-    monkeypatch.setattr(nb, "_update", off_by_one_ulp(nb._update))
-    monkeypatch.setattr(nb, "_update_serial", off_by_one_ulp(nb._update_serial))
+    # the parallel loop and its serial twin (``launch`` takes it for a few chunks), as the
+    # module finds them (``_UPDATES``, by layout: float32 arrays are PLAIN)
+    loops = tuple(map(off_by_one_ulp, nb._UPDATES[PLAIN]))
+    monkeypatch.setitem(nb._UPDATES, PLAIN, loops)
     with pytest.raises(AssertionError, match="differs from NumPy's bits"):
         compare("adam", np.float32)
 

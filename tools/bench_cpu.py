@@ -169,33 +169,51 @@ def adam_class(
     return _timed_classes(shapes, steps, variants)
 
 
+def _bfloat16_variants(cls: Any, name: str) -> dict[str, Any]:
+    """The generated class ``cls`` on bfloat16 parameters four ways: without a master copy on
+    the bfloat16 bits and through float32 working copies, with one (``multi_precision=True``)
+    on the gradients' bits (the parameters rounded from the masters in the loop) and through a
+    float32 scratch of each gradient and a copy from the masters after the step."""
+
+    def copies(ps: list[Any], master: bool = False) -> Any:
+        opt = cls(ps, lr=1e-3, multi_precision=master)
+        # the fast step's float32 working copies or scratches (fast._bits_layout)
+        opt._bf16_bits = False
+        return opt
+
+    return {
+        f"generated.torch.{name}": (lambda ps: cls(ps, lr=1e-3), False),
+        "generated, working copies": (copies, False),
+        "generated, multi_precision": (lambda ps: cls(ps, lr=1e-3, multi_precision=True), False),
+        "multi_precision, scratch": (lambda ps: copies(ps, True), False),
+    }
+
+
 def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step on bfloat16 parameters: generated.torch.Adam without a master copy (computed in
-    float32 and rounded once per step, the Triton kernels' semantics: its fast step on the
-    bfloat16 bits, and through float32 working copies as before), with one
-    (``multi_precision=True``: the gradients' bits read and the parameters rounded from the
-    masters in the loop; and as before, through a float32 scratch of each gradient and a copy
-    from the masters after the step), and torch's fused and foreach Adam (bfloat16
+    float32 and rounded once per step, the Triton kernels' semantics) and with one, each on the
+    bits and as before (``_bfloat16_variants``), and torch's fused and foreach Adam (bfloat16
     arithmetic)."""
     import torch
 
     from generated.torch import Adam
 
-    def copies(ps: list[Any], master: bool = False) -> Any:
-        opt = Adam(ps, lr=1e-3, multi_precision=master)
-        # the fast step's float32 working copies or scratches (fast._bits_layout)
-        opt._bf16_bits = False
-        return opt
-
     variants = {
-        "generated.torch.Adam": (lambda ps: Adam(ps, lr=1e-3), False),
-        "generated, working copies": (copies, False),
-        "generated, multi_precision": (lambda ps: Adam(ps, lr=1e-3, multi_precision=True), False),
-        "multi_precision, scratch": (lambda ps: copies(ps, True), False),
+        **_bfloat16_variants(Adam, "Adam"),
         "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), False),
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
     }
     return _timed_classes(shapes, steps, variants, dtype=torch.bfloat16)
+
+
+def lamb_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step of generated.torch.LAMB on bfloat16 parameters (``_bfloat16_variants``: its
+    reduction loops read the bits too); torch has no LAMB."""
+    import torch
+
+    from generated.torch import LAMB
+
+    return _timed_classes(shapes, steps, _bfloat16_variants(LAMB, "LAMB"), dtype=torch.bfloat16)
 
 
 def adam_complex(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
@@ -511,6 +529,11 @@ def run(
             "n": int(sum(np.prod(s) for s in shapes)),
             **adam_bfloat16(shapes, steps),
         }
+        result["lamb_bfloat16"] = {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **lamb_bfloat16(shapes, steps),
+        }
         result["adam_complex"] = {
             "tensors": len(shapes),
             "n": int(sum(np.prod(s) for s in shapes)),
@@ -582,6 +605,13 @@ def report(r: dict[str, Any]) -> str:
             lines += _block(
                 title.format(**block), block, "generated.torch.LAMB (NumPy)", "this/NumPy"
             )
+    if "lamb_bfloat16" in r:
+        block = r["lamb_bfloat16"]
+        title = (
+            f"LAMB, bfloat16 parameters, the GPT-2-small-shaped list: {block['tensors']} "
+            f"tensors, {block['n']:,} parameters (torch has no LAMB)"
+        )
+        lines += _block(title, block, "generated, working copies", "this/copies")
     if "adam_complex" in r:
         block = r["adam_complex"]
         title = (

@@ -45,6 +45,7 @@ import numpy as np
 from optgen_runtime.common import (
     BITS,
     MASTER,
+    PLAIN,
     check_step_count,
     commit,
     resolve_hyperparams,
@@ -342,6 +343,14 @@ def _update_master_serial(_addresses, _chunks, _scalars):
         )
 
 
+# Each layout's loops (``Buffers.layouts``): the update's (parallel, serial).
+_UPDATES = {
+    PLAIN: (_update, _update_serial),
+    BITS: (_update_bits, _update_bits_serial),
+    MASTER: (_update_master, _update_master_serial),
+}
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -417,12 +426,8 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     for (_, _addresses, _chunks, _), _layout, _table in zip(
         buffers.groups, buffers.layouts, tables, strict=True
     ):
-        if _layout == BITS:
-            launch(_update_bits, _addresses, _chunks, _table, serial=_update_bits_serial)
-        elif _layout == MASTER:
-            launch(_update_master, _addresses, _chunks, _table, serial=_update_master_serial)
-        else:
-            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        _kernel, _serial = _UPDATES[_layout]
+        launch(_kernel, _addresses, _chunks, _table, serial=_serial)
 
 
 def _run(
@@ -452,7 +457,10 @@ def _run(
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 7)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        for (_, _addresses, _chunks, _), _layout, _table in zip(
+            buffers.groups, buffers.layouts, scalars, strict=True
+        ):
+            _kernel, _serial = _UPDATES[_layout]
+            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
 
     commit(_writes, buffers.alive)

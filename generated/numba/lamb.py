@@ -49,7 +49,15 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    BITS,
+    MASTER,
+    PLAIN,
+    check_step_count,
+    commit,
+    resolve_hyperparams,
+    step_counts,
+)
 from optgen_runtime.numba_support import (
     NJIT,
     Buffers,
@@ -57,8 +65,10 @@ from optgen_runtime.numba_support import (
     launch,
     load,
     prepare,
+    round_into,
     store,
     view,
+    view_bits,
 )
 from optgen_runtime.numpy_support import combine_rows
 from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
@@ -154,7 +164,7 @@ def _reduce_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     _p0 = 0.0
     _s0 = np.empty(1024, dtype=np.float64)
     _p1 = 0.0
@@ -168,10 +178,10 @@ def _reduce_chunk(
         _r2 = mean_buf[_lo : _lo + _m]
         _r3 = var_buf[_lo : _lo + _m]
         for _i in range(_m):
-            weight = _r0[_i]
-            grad = _r1[_i]
-            mean = _r2[_i]
-            var = _r3[_i]
+            weight = load(_r0, _i)
+            grad = load(_r1, _i)
+            mean = load(_r2, _i)
+            var = load(_r3, _i)
             # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v15 = rescale_grad * grad
             _v16 = _h0 if (_h0 > _v15 or _h0 != _h0) else _v15
@@ -216,6 +226,62 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
         _row = _reduce_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+        _partials[_c, 0] = _row[0]
+        _partials[_c, 1] = _row[1]
+
+
+@numba.njit(parallel=True, **NJIT)
+def _reduce_bits(_addresses, _chunks, _scalars, _partials):
+    # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _row = _reduce_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+        _partials[_c, 0] = _row[0]
+        _partials[_c, 1] = _row[1]
+
+
+@numba.njit(parallel=True, **NJIT)
+def _reduce_master(_addresses, _chunks, _scalars, _partials):
+    # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _row = _reduce_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -392,6 +458,129 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_master(_addresses, _chunks, _scalars):
+    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+        )
+        round_into(
+            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+@numba.njit(**NJIT)
+def _update_master_serial(_addresses, _chunks, _scalars):
+    # _update_master's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+        )
+        round_into(
+            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+# Each layout's loops (``Buffers.layouts``): the update's (parallel, serial), each reduction's.
+_UPDATES = {
+    PLAIN: (_update, _update_serial),
+    BITS: (_update_bits, _update_bits_serial),
+    MASTER: (_update_master, _update_master_serial),
+}
+_REDUCE = {PLAIN: _reduce, BITS: _reduce_bits, MASTER: _reduce_master}
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -469,12 +658,14 @@ def _run(
     sums = np.zeros((buffers.count, 2), dtype=np.float64)
     # Reduction phase 1 (its scalars depend on the step count alone: once per distinct count):
     # one row of partials per chunk, combined per tensor in chunk order.
-    for _indices, _addresses, _chunks, dtype in buffers.groups:
+    for (_indices, _addresses, _chunks, dtype), _layout in zip(
+        buffers.groups, buffers.layouts, strict=True
+    ):
         _distinct, _which = step_scalar_rows(
             RULE, reduction_scalars, [ts[_j] for _j in _indices], REDUCE_SCALARS, dtype.type, **hp
         )
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
-        launch(_reduce, _addresses, _chunks, _distinct.astype(dtype)[_which], partial)
+        launch(_REDUCE[_layout], _addresses, _chunks, _distinct.astype(dtype)[_which], partial)
         sums[_indices] = combine_rows(
             REDUCE_KINDS, ["w_sq", "u_sq"], partial, _chunks[:, 0], len(_indices)
         )
@@ -496,7 +687,10 @@ def _run(
     ]
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        for (_, _addresses, _chunks, _), _layout, _table in zip(
+            buffers.groups, buffers.layouts, scalars, strict=True
+        ):
+            _kernel, _serial = _UPDATES[_layout]
+            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
 
     commit(_writes, buffers.alive)

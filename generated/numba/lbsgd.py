@@ -47,7 +47,15 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import check_step_count, commit, resolve_hyperparams, step_counts
+from optgen_runtime.common import (
+    BITS,
+    MASTER,
+    PLAIN,
+    check_step_count,
+    commit,
+    resolve_hyperparams,
+    step_counts,
+)
 from optgen_runtime.numba_support import (
     NJIT,
     Buffers,
@@ -55,8 +63,10 @@ from optgen_runtime.numba_support import (
     launch,
     load,
     prepare,
+    round_into,
     store,
     view,
+    view_bits,
 )
 from optgen_runtime.numpy_support import combine_rows
 from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
@@ -132,13 +142,13 @@ def _reduce_chunk(
 ):
     # Reduction phase 1 over one chunk: w_sq, gbar_sq (sums in float64).
     #   _h0: = batch_scale ** (-2)
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     _p0 = 0.0
     _p1 = 0.0
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        acc = acc_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        acc = load(acc_buf, _i)
         # specs/lbsgd.py:58: w_sq = weight**2
         w_sq = weight * weight
         # specs/lbsgd.py:55: total = acc + grad
@@ -165,6 +175,42 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
         _row = _reduce_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+        )
+        _partials[_c, 0] = _row[0]
+        _partials[_c, 1] = _row[1]
+
+
+@numba.njit(parallel=True, **NJIT)
+def _reduce_bits(_addresses, _chunks, _scalars, _partials):
+    # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _row = _reduce_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+        )
+        _partials[_c, 0] = _row[0]
+        _partials[_c, 1] = _row[1]
+
+
+@numba.njit(parallel=True, **NJIT)
+def _reduce_master(_addresses, _chunks, _scalars, _partials):
+    # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _row = _reduce_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -307,6 +353,109 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_master(_addresses, _chunks, _scalars):
+    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+        round_into(
+            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+@numba.njit(**NJIT)
+def _update_master_serial(_addresses, _chunks, _scalars):
+    # _update_master's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+        )
+        round_into(
+            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+# Each layout's loops (``Buffers.layouts``): the update's (parallel, serial), each reduction's.
+_UPDATES = {
+    PLAIN: (_update, _update_serial),
+    BITS: (_update_bits, _update_bits_serial),
+    MASTER: (_update_master, _update_master_serial),
+}
+_REDUCE = {PLAIN: _reduce, BITS: _reduce_bits, MASTER: _reduce_master}
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -384,12 +533,14 @@ def _run(
     sums = np.zeros((buffers.count, 2), dtype=np.float64)
     # Reduction phase 1 (its scalars depend on the step count alone: once per distinct count):
     # one row of partials per chunk, combined per tensor in chunk order.
-    for _indices, _addresses, _chunks, dtype in buffers.groups:
+    for (_indices, _addresses, _chunks, dtype), _layout in zip(
+        buffers.groups, buffers.layouts, strict=True
+    ):
         _distinct, _which = step_scalar_rows(
             RULE, reduction_scalars, [ts[_j] for _j in _indices], REDUCE_SCALARS, dtype.type, **hp
         )
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
-        launch(_reduce, _addresses, _chunks, _distinct.astype(dtype)[_which], partial)
+        launch(_REDUCE[_layout], _addresses, _chunks, _distinct.astype(dtype)[_which], partial)
         sums[_indices] = combine_rows(
             REDUCE_KINDS, ["w_sq", "gbar_sq"], partial, _chunks[:, 0], len(_indices)
         )
@@ -411,7 +562,10 @@ def _run(
     ]
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        for (_, _addresses, _chunks, _), _layout, _table in zip(
+            buffers.groups, buffers.layouts, scalars, strict=True
+        ):
+            _kernel, _serial = _UPDATES[_layout]
+            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
 
     commit(_writes, buffers.alive)

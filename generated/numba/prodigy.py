@@ -55,6 +55,9 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import (
+    BITS,
+    MASTER,
+    PLAIN,
     check_step_count,
     commit,
     host_state_values,
@@ -68,8 +71,10 @@ from optgen_runtime.numba_support import (
     launch,
     load,
     prepare,
+    round_into,
     store,
     view,
+    view_bits,
 )
 from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_host_states, check_scalars, computed
@@ -149,14 +154,14 @@ def _reduce_chunk(
     #   _h0: = wd*(1 - weight_decouple)
     #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
     #   b3: let, computed by host_scalars from beta2, beta3
-    _T = weight_buf.dtype.type
+    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
     _p0 = 0.0
     _p1 = 0.0
     for _i in range(weight_buf.shape[0]):
-        weight = weight_buf[_i]
-        grad = grad_buf[_i]
-        p0 = p0_buf[_i]
-        s = s_buf[_i]
+        weight = load(weight_buf, _i)
+        grad = load(grad_buf, _i)
+        p0 = load(p0_buf, _i)
+        s = load(s_buf, _i)
         # specs/prodigy.py:67: G = grad + wd*weight*(1 - weight_decouple)
         _v15 = _h0 * weight
         G = grad + _v15
@@ -186,6 +191,50 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
         _row = _reduce_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
             view(_addresses[_j, 1], _lo, _hi, _scalars),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            view(_addresses[_j, 5], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+        )
+        _partials[_c, 0] = _row[0]
+        _partials[_c, 1] = _row[1]
+
+
+@numba.njit(parallel=True, **NJIT)
+def _reduce_bits(_addresses, _chunks, _scalars, _partials):
+    # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _row = _reduce_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            view(_addresses[_j, 5], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+        )
+        _partials[_c, 0] = _row[0]
+        _partials[_c, 1] = _row[1]
+
+
+@numba.njit(parallel=True, **NJIT)
+def _reduce_master(_addresses, _chunks, _scalars, _partials):
+    # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _row = _reduce_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -330,6 +379,133 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            view(_addresses[_j, 5], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            view(_addresses[_j, 5], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_master(_addresses, _chunks, _scalars):
+    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            view(_addresses[_j, 5], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+        round_into(
+            view_bits(_addresses[_j, 6], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+@numba.njit(**NJIT)
+def _update_master_serial(_addresses, _chunks, _scalars):
+    # _update_master's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            view(_addresses[_j, 3], _lo, _hi, _scalars),
+            view(_addresses[_j, 4], _lo, _hi, _scalars),
+            view(_addresses[_j, 5], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+        )
+        round_into(
+            view_bits(_addresses[_j, 6], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+# Each layout's loops (``Buffers.layouts``): the update's (parallel, serial), each reduction's.
+_UPDATES = {
+    PLAIN: (_update, _update_serial),
+    BITS: (_update_bits, _update_bits_serial),
+    MASTER: (_update_master, _update_master_serial),
+}
+_REDUCE = {PLAIN: _reduce, BITS: _reduce_bits, MASTER: _reduce_master}
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -411,7 +587,9 @@ def _run(
     checked before anything is written, then the compiled loops."""
     sums: list[dict[str, float]] = [{} for _ in range(buffers.count)]
     # Reduction phase 1: one row of partials per chunk, combined per tensor in chunk order.
-    for _indices, _addresses, _chunks, dtype in buffers.groups:
+    for (_indices, _addresses, _chunks, dtype), _layout in zip(
+        buffers.groups, buffers.layouts, strict=True
+    ):
         pre = [
             check_scalars(
                 RULE,
@@ -423,7 +601,7 @@ def _run(
         ]
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
         launch(
-            _reduce,
+            _REDUCE[_layout],
             _addresses,
             _chunks,
             np.array(pre, dtype=dtype).reshape(len(_indices), 3),
@@ -452,8 +630,11 @@ def _run(
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 11))
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        for (_, _addresses, _chunks, _), _layout, _table in zip(
+            buffers.groups, buffers.layouts, scalars, strict=True
+        ):
+            _kernel, _serial = _UPDATES[_layout]
+            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
         for _s, new in zip(states, host_new, strict=True):
             _s.update(new)
 

@@ -41,6 +41,9 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import (
+    BITS,
+    MASTER,
+    PLAIN,
     check_step_count,
     commit,
     host_state_values,
@@ -54,8 +57,10 @@ from optgen_runtime.numba_support import (
     launch,
     load,
     prepare,
+    round_into,
     store,
     view,
+    view_bits,
 )
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -184,6 +189,92 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
+@numba.njit(parallel=True, **NJIT)
+def _update_bits(_addresses, _chunks, _scalars):
+    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+        )
+
+
+@numba.njit(**NJIT)
+def _update_bits_serial(_addresses, _chunks, _scalars):
+    # _update_bits's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view_bits(_addresses[_j, 0], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+        )
+
+
+@numba.njit(parallel=True, **NJIT)
+def _update_master(_addresses, _chunks, _scalars):
+    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+    for _c in numba.prange(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+        )
+        round_into(
+            view_bits(_addresses[_j, 3], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+@numba.njit(**NJIT)
+def _update_master_serial(_addresses, _chunks, _scalars):
+    # _update_master's loop on the caller's thread.
+    for _c in range(_chunks.shape[0]):
+        _j = _chunks[_c, 0]
+        _lo = _chunks[_c, 1]
+        _hi = _chunks[_c, 2]
+        _update_chunk(
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
+            view_bits(_addresses[_j, 1], _lo, _hi),
+            view(_addresses[_j, 2], _lo, _hi, _scalars),
+            _scalars[_j, 0],
+            _scalars[_j, 1],
+            _scalars[_j, 2],
+            _scalars[_j, 3],
+        )
+        round_into(
+            view_bits(_addresses[_j, 3], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+        )
+
+
+# Each layout's loops (``Buffers.layouts``): the update's (parallel, serial).
+_UPDATES = {
+    PLAIN: (_update, _update_serial),
+    BITS: (_update_bits, _update_bits_serial),
+    MASTER: (_update_master, _update_master_serial),
+}
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
@@ -275,8 +366,11 @@ def _run(
         scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 4))
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for (_, _addresses, _chunks, _), _table in zip(buffers.groups, scalars, strict=True):
-            launch(_update, _addresses, _chunks, _table, serial=_update_serial)
+        for (_, _addresses, _chunks, _), _layout, _table in zip(
+            buffers.groups, buffers.layouts, scalars, strict=True
+        ):
+            _kernel, _serial = _UPDATES[_layout]
+            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
         for _s, new in zip(states, host_new, strict=True):
             _s.update(new)
 

@@ -26,12 +26,12 @@ gradient of a float32 master copy) is converted into a float32 scratch of the pl
 step, and a fp16/bf16 parameter without a master copy is updated through a float32 working copy
 of the plan's, copied in before and rounded back after the step: what the full step does with
 temporaries (``Stepping._computed_in``), to the bit. A contiguous bfloat16 parameter and
-gradient go to the loops as they are where the module that runs takes checked tables
-(``_bits_layout``: its ``step_tables`` loads their bits as float32 and rounds the weight back on
-store, ``numba_support.load``/``store``): the same bits, without the copies (2.5 x less
-memory traffic for Adam). So does a contiguous bfloat16 gradient of a float32 master copy,
-its bfloat16 parameter rounded from the master chunk by chunk in the same loop (no scratch, no
-copy pass after the step: 28 bytes per element for Adam against 40).
+gradient go to the loops as they are (``_bits_layout``: every compiled loop loads their bits
+as float32 and rounds the weight back on store, ``numba_support.load``/``store``): the same
+bits, without the copies (2.5 x less memory traffic for Adam). So does a contiguous bfloat16
+gradient of a float32 master copy, its bfloat16 parameter rounded from the master chunk by
+chunk in the same loop (no scratch, no copy pass after the step: 28 bytes per element for
+Adam against 40).
 
 A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
 device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
@@ -114,7 +114,6 @@ class Group:
         "hp",
         "layouts",
         "offsets",
-        "on_bits",
         "perms",
         "raw",
         "resolved",
@@ -142,7 +141,6 @@ class Group:
         # no working copy, no scratch, no copy from the master), which only a module's
         # ``step_tables`` does
         self.layouts: list[str] = []
-        self.on_bits = False  # any layout but PLAIN
         self.absent: tuple[str, ...] = ()  # the states absent under the plan's hyperparameters
         self.dtypes: list[Any] = []
         self.device: torch.device | None = None  # the Triton kernels': the group's one device
@@ -317,8 +315,6 @@ class FastStep:
                 if self._absent(resolved) != part.absent:
                     return False  # a state comes or goes (SGD's momentum switched): a full step
                 tabled = self._tabled(resolved, plan.kind)
-            if tabled is None and part.on_bits:
-                return False  # bfloat16 bits go only to step_tables: the full step's copies
             tables = None
             if tabled is not None and plan.kind == "triton":
                 tables = self._rows(part, tabled, resolved, counts)
@@ -625,7 +621,7 @@ class FastStep:
                 if kind == "numba":
                     work = weight
                     computed = self._computed_in(p, s)
-                    layout = self._bits_layout(p, g, s, perm, part.tabled is not None)
+                    layout = self._bits_layout(p, g, s, perm)
                     part.layouts.append(layout)
                     if layout == BITS:  # the bfloat16 weight and gradient, on their bits
                         rows.append([x.data_ptr() for x in (p, g, *buffers[1:])])
@@ -689,7 +685,6 @@ class FastStep:
                 part.buffers = Buffers.at(
                     rows, shapes, part.dtypes, even=even, layouts=part.layouts
                 )
-                part.on_bits = any(layout != PLAIN for layout in part.layouts)
             elif any(perm is not None for perm in perms):
                 part.perms = perms
             plan.groups.append(part)
@@ -723,17 +718,15 @@ class FastStep:
         plan.signature = surveyed[0]
         self._plan = plan
 
-    def _bits_layout(
-        self, p: torch.Tensor, g: torch.Tensor, s: dict[str, Any], perm: Any, tabled: bool
-    ) -> str:
+    def _bits_layout(self, p: torch.Tensor, g: torch.Tensor, s: dict[str, Any], perm: Any) -> str:
         """How the compiled loops take parameter ``p``, its gradient ``g`` and state ``s``
         (``numba_support.Buffers.at``): on the bits of a contiguous bfloat16 ``p`` and ``g``
         (``view_bits``) in float32, the weight rounded once, as the full step's working copy
         is (BITS, no master copy) or ``p`` rounded from a contiguous float32 master as the full
-        step's copy from the master is (MASTER) where the module that runs takes checked tables
-        (``tabled``: ``step_tables``, whose loops take such groups); else PLAIN. ``_bf16_bits
-        = False`` keeps the working copies and scratches (the benchmark's comparison)."""
-        if not tabled or not getattr(self, "_bf16_bits", True) or perm is not None:
+        step's copy from the master is (MASTER): every compiled module's loops take such groups
+        (its update's and reductions'); else PLAIN. ``_bf16_bits = False`` keeps the working
+        copies and scratches (the benchmark's comparison)."""
+        if not getattr(self, "_bf16_bits", True) or perm is not None:
             return PLAIN
         if p.dtype != torch.bfloat16 or g.dtype != torch.bfloat16:
             return PLAIN
