@@ -107,7 +107,6 @@ def _variant(
     unsupported = [
         kind
         for kind, present in [
-            ("per-element inputs", rule.inputs),
             ("per-step scalar inputs", rule.scalars),
             ("noise draws", rule.draws),
             ("group reductions", rule.group_reductions),

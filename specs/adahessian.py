@@ -21,7 +21,10 @@ backpropagated with create_graph=True, and does no spatial averaging (4.1.0; the
 Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
 does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
 lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
-step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.));
+at k = 1 (the default) the special case ``sqrt`` takes the square root alone (the general
+update's choice between the two is per element, and its exp and log are calls to libm that do
+not vectorise where the compiled loop does not hoist the choice).
 """
 
 import sympy as sp
@@ -50,5 +53,6 @@ vhat = var_new / (1 - beta2**t)
 power = sp.Piecewise((sp.sqrt(vhat), sp.Eq(k, 1)), (sp.exp(k / 2 * sp.log(vhat)), True))
 denom = RULE.let("denom", power + epsilon)
 RULE.update(w, shrink * w - lr / (1 - beta1**t) * mean_new / denom)
+RULE.special_case("sqrt", {k: 1.0}, doc="hessian_power = 1: the square root, no exp and log")
 RULE.test_case(weight_decouple=False, wd=0.05, hessian_power=0.5)  # coupled L2; the exp/log power
 RULE.test_case(fixed_decay=True, wd=0.05, hessian_power=1.0)  # the decay not scaled by lr

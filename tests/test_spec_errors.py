@@ -321,3 +321,32 @@ def test_a_per_element_constant_outside_float32_names_where_it_is() -> None:
     with pytest.raises(SpecError, match=r"specs/x.py: per-element constant nan is not finite"):
         literal(sp.nan, "specs/x.py")
     assert literal(sp.Float(0.5)) == "0.5"
+
+
+def test_a_special_case_with_a_per_element_input_keeps_it(tmp_path: Path) -> None:
+    """A special case in a rule with a per-element input (AdaHessian's hessian at
+    hessian_power = 1) is the update at those values, the input still taken."""
+    from codegen.variants import variants
+
+    body = """
+    h = RULE.input("h", doc="an estimate")
+    RULE.update(w, w - mx.lr * RULE.grad * h)
+    RULE.special_case("plain", {mx.lr: 1.0}, doc="lr = 1")
+    """
+    (variant,) = variants(load_rule(write_spec(tmp_path, body)))
+    assert variant.name == "bad_plain" and list(variant.inputs) == ["h"]
+    assert lower(variant).rule.name == "bad_plain"
+
+
+def test_a_special_case_with_a_scalar_input_is_refused(tmp_path: Path) -> None:
+    """Not supported yet: refused when generating, naming the spec file and the reason."""
+    from codegen.variants import variants
+
+    body = """
+    loss = RULE.scalar("loss", doc="the step's loss")
+    RULE.update(w, w - mx.lr * RULE.grad * loss)
+    RULE.special_case("plain", {mx.lr: 1.0}, doc="lr = 1")
+    """
+    message = r"specs/bad.py: special_case 'plain' is not supported yet in a rule with per-step "
+    with pytest.raises(SpecError, match=message + "scalar inputs"):
+        variants(load_rule(write_spec(tmp_path, body)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import numpy as np
@@ -133,7 +134,13 @@ def test_lockstep_catches_a_wrong_kernel(
     """Test the tester: a kernel that skips a store or is 1% off fails at the first step,
     fp16/bf16 weights included (their one-ulp allowance does not hide it)."""
     make, message = MUTANTS[mutant]
-    make(triton_module(rule_name), monkeypatch)
+    trm = triton_module(rule_name)
+    # the rule's module and its variants' (a step at the defaults may run one: AdaHessian's
+    # special case ``sqrt`` at hessian_power = 1)
+    rules = importlib.import_module(f"generated.rules.{rule_name}")
+    for name in [*rules.SPECIAL, *filter(None, [rules.VARIANT])]:
+        make(importlib.import_module(f"{trm.__package__}.{name}"), monkeypatch)
+    make(trm, monkeypatch)
     with pytest.raises(AssertionError, match=message):
         list(lockstep(rule_name, 1025, dtype))
 

@@ -30,7 +30,10 @@ backpropagated with create_graph=True, and does no spatial averaging (4.1.0; the
 Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
 does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
 lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
-step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.));
+at k = 1 (the default) the special case ``sqrt`` takes the square root alone (the general
+update's choice between the two is per element, and its exp and log are calls to libm that do
+not vectorise where the compiled loop does not hoist the choice).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ from optgen_runtime.common import (
     PLAIN,
     check_step_count,
     commit,
+    matches,
     resolve_hyperparams,
+    run_variant,
     step_counts,
 )
 from optgen_runtime.numba_support import (
@@ -66,6 +71,7 @@ from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.adahessian import init_state
 from ..rules.adahessian import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -79,13 +85,16 @@ from ..rules.adahessian import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import adahessian_sqrt as _sqrt
 
 # The rule's metadata and host code live in generated.rules.adahessian; re-exported here.
 __all__ = [
+    "ABSENT",
     "COMPILED",
     "DRAWS",
     "EVEN_CHUNKS",
@@ -102,6 +111,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -157,21 +167,21 @@ def _update_chunk(
         hessian = load(hessian_buf, _i)
         mean = load(mean_buf, _i)
         var = load(var_buf, _i)
-        # specs/adahessian.py:47: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/adahessian.py:50: mean_new = G*(1 - beta1) + beta1*mean
         _v0 = beta1 * mean
-        # specs/adahessian.py:45: G = grad + wd*weight*(1 - weight_decouple)
+        # specs/adahessian.py:48: G = grad + wd*weight*(1 - weight_decouple)
         _v1 = _h0 * weight
         G = grad + _v1
         _v3 = _h1 * G
         mean_new = _v0 + _v3
-        # specs/adahessian.py:48: var_new = beta2*var + hessian**2*(1 - beta2)
+        # specs/adahessian.py:51: var_new = beta2*var + hessian**2*(1 - beta2)
         _v4 = beta2 * var
         _v5 = hessian * hessian
         _v6 = _h2 * _v5
         var_new = _v4 + _v6
-        # specs/adahessian.py:51: denom = epsilon + Piecewise((sqrt(var_new/(1 - beta2**t)), Eq(hessian_power, 1)), (exp(hessian_power*log(var_new/(1 - beta2**t))/2), True))
+        # specs/adahessian.py:54: denom = epsilon + Piecewise((sqrt(var_new/(1 - beta2**t)), Eq(hessian_power, 1)), (exp(hessian_power*log(var_new/(1 - beta2**t))/2), True))
         _t2 = _h3 * var_new
-        # specs/adahessian.py:52: weight_new = shrink*weight - lr*mean_new/(denom*(1 - beta1**t))
+        # specs/adahessian.py:55: weight_new = shrink*weight - lr*mean_new/(denom*(1 - beta1**t))
         _v7 = shrink * weight
         _v8 = _h5 != _T(0.0)
         _v9 = np.log(_t2)
@@ -378,6 +388,9 @@ def step(
     Required keyword arguments (None: refused, naming the input): ``hessian`` (an array like the gradient), see INPUTS and STEP_SCALARS.
     """
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # hessian_power = 1: that variant's update
+    if matches(SPECIAL["adahessian_sqrt"], hp):
+        return run_variant(_sqrt.step, weight, grad, state, t, (), hessian=hessian, **hyperparams)
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE,
@@ -408,6 +421,11 @@ def step_multi(
     step count, or one per tensor; ``hessian``: one array per weight. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # hessian_power = 1: that variant's update
+    if matches(SPECIAL["adahessian_sqrt"], hp):
+        return run_variant(
+            _sqrt.step_multi, weights, grads, states, t, (), hessian=hessian, **hyperparams
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE,
@@ -439,6 +457,11 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # hessian_power = 1: that variant's update
+    if matches(SPECIAL["adahessian_sqrt"], hp):
+        return run_variant(
+            _sqrt.step_prechecked, weights, grads, states, t, (), hessian=hessian, **hyperparams
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE,
@@ -468,6 +491,9 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # hessian_power = 1: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["adahessian_sqrt"], hp):
+        return _sqrt.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

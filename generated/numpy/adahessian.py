@@ -25,7 +25,10 @@ backpropagated with create_graph=True, and does no spatial averaging (4.1.0; the
 Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
 does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
 lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
-step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.));
+at k = 1 (the default) the special case ``sqrt`` takes the square root alone (the general
+update's choice between the two is per element, and its exp and log are calls to libm that do
+not vectorise where the compiled loop does not hoist the choice).
 """
 
 from __future__ import annotations
@@ -34,11 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, commit, host_state_values, resolve_hyperparams
+from optgen_runtime.common import (
+    check_step_count,
+    commit,
+    host_state_values,
+    matches,
+    resolve_hyperparams,
+    run_variant,
+)
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..rules.adahessian import (
+    ABSENT,
     DRAWS,
     FOLDS_GRAD_SCALE,
     GROUP_REDUCTIONS,
@@ -52,13 +63,16 @@ from ..rules.adahessian import (
     RULE,
     SCALARS,
     SPEC,
+    SPECIAL,
     STATES,
     STEP_SCALARS,
     host_scalars,
 )
+from . import adahessian_sqrt as _sqrt
 
 # The rule's metadata and host code live in generated.rules.adahessian; re-exported here.
 __all__ = [
+    "ABSENT",
     "DRAWS",
     "FOLDS_GRAD_SCALE",
     "GROUP_REDUCTIONS",
@@ -72,6 +86,7 @@ __all__ = [
     "RULE",
     "SCALARS",
     "SPEC",
+    "SPECIAL",
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
@@ -112,6 +127,9 @@ def step(
     Required keyword arguments (None: refused, naming the input): ``hessian`` (an array like the gradient), see INPUTS and STEP_SCALARS.
     """
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # hessian_power = 1: that variant's update
+    if matches(SPECIAL["adahessian_sqrt"], hp):
+        return run_variant(_sqrt.step, weight, grad, state, t, (), hessian=hessian, **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _hessian_flat, _mean_flat, _var_flat = flat_views(
@@ -140,21 +158,21 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/adahessian.py:47: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/adahessian.py:50: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b0)
-        # specs/adahessian.py:45: G = grad + wd*weight*(1 - weight_decouple)
+        # specs/adahessian.py:48: G = grad + wd*weight*(1 - weight_decouple)
         np.multiply(_h0, _weight, out=_b1)
         np.add(_grad, _b1, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_mean)
-        # specs/adahessian.py:48: var_new = beta2*var + hessian**2*(1 - beta2)
+        # specs/adahessian.py:51: var_new = beta2*var + hessian**2*(1 - beta2)
         np.multiply(beta2, _var, out=_b0)
         np.multiply(_hessian, _hessian, out=_b1)
         np.multiply(_h2, _b1, out=_b1)
         np.add(_b0, _b1, out=_var)
-        # specs/adahessian.py:51: denom = epsilon + Piecewise((sqrt(var_new/(1 - beta2**t)), Eq(hessian_power, 1)), (exp(hessian_power*log(var_new/(1 - beta2**t))/2), True))
+        # specs/adahessian.py:54: denom = epsilon + Piecewise((sqrt(var_new/(1 - beta2**t)), Eq(hessian_power, 1)), (exp(hessian_power*log(var_new/(1 - beta2**t))/2), True))
         np.multiply(_h3, _var, out=_b0)
-        # specs/adahessian.py:52: weight_new = shrink*weight - lr*mean_new/(denom*(1 - beta1**t))
+        # specs/adahessian.py:55: weight_new = shrink*weight - lr*mean_new/(denom*(1 - beta1**t))
         np.multiply(shrink, _weight, out=_b1)
         __v8 = np.not_equal(_h5, 0.0)
         np.log(_b0, out=_b2)

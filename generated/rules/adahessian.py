@@ -25,7 +25,10 @@ backpropagated with create_graph=True, and does no spatial averaging (4.1.0; the
 Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
 does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
 lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
-step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.));
+at k = 1 (the default) the special case ``sqrt`` takes the square root alone (the general
+update's choice between the two is per element, and its exp and log are calls to libm that do
+not vectorise where the compiled loop does not hoist the choice).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ VARIANT: str | None = None
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
 # with them substituted exactly, without the ABSENT states they include (the first that matches;
 # codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {}
+SPECIAL: dict[str, dict[str, float]] = {"adahessian_sqrt": {"hessian_power": 1.0}}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = None
 # Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
@@ -149,7 +152,7 @@ def host_scalars(
     fixed_decay: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adahessian.py:46: shrink = -wd*weight_decouple*(fixed_decay + lr*(1 - fixed_decay)) + 1
+    # specs/adahessian.py:49: shrink = -wd*weight_decouple*(fixed_decay + lr*(1 - fixed_decay)) + 1
     shrink = -wd * weight_decouple * (fixed_decay + lr * (1 - fixed_decay)) + 1
     _h0 = wd * (1 - weight_decouple)
     _h1 = 1 - beta1

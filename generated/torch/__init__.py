@@ -426,7 +426,10 @@ class AdaHessian(GeneratedOptimizer):
     Here h is an input: ``optgen_runtime.hutchinson.hessian_diagonal`` computes it as the reference
     does. epsilon is added after the power (paper: no epsilon). m uses beta1 * m + (1 - beta1) * g,
     lerp's value up to rounding. Not carried over: the reference's update_period (a fresh h every
-    step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.)).
+    step here), num_samples (the helper's), maximize. For k != 1 the power is exp(k/2 * log(.));
+    at k = 1 (the default) the special case ``sqrt`` takes the square root alone (the general
+    update's choice between the two is per element, and its exp and log are calls to libm that do
+    not vectorise where the compiled loop does not hoist the choice).
     """
 
     RULE = "adahessian"
