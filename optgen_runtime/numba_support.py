@@ -107,11 +107,7 @@ def store(buffer: np.ndarray, i: int, value: Any) -> None:
         buffer[i] = value
         return
     bits = np.array(value, dtype=np.float32).view(np.uint32)[()]
-    if value != value:  # NaN: quiet, its sign kept
-        buffer[i] = np.uint16((bits >> _SIXTEEN) | np.uint32(0x40))
-    else:
-        even = (bits >> _SIXTEEN) & np.uint32(1)
-        buffer[i] = np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
+    buffer[i] = _to_bfloat16.py_func(bits, value != value)
 
 
 def compute_type(buffer: np.ndarray) -> Any:
@@ -120,6 +116,17 @@ def compute_type(buffer: np.ndarray) -> Any:
 
 
 _SIXTEEN = np.uint32(16)
+
+
+@numba.njit(inline="always", **NJIT)
+def _to_bfloat16(bits: Any, nan: bool) -> Any:
+    """The bfloat16 bits of the float32 whose bits are ``bits`` (``nan``: it is a NaN): to
+    nearest, ties to even (an overflow rounds to inf, as torch's); a NaN quiet, its sign kept.
+    ``store``'s rounding, compiled and in Python (its ``py_func``)."""
+    if nan:
+        return np.uint16((bits >> _SIXTEEN) | np.uint32(0x40))
+    even = (bits >> _SIXTEEN) & np.uint32(1)
+    return np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
 
 
 # (the overloads take no annotations: numba compares their signatures with the implementations')
@@ -135,12 +142,7 @@ def _store(buffer, i, value):  # type: ignore[no-untyped-def]
     if buffer.dtype == types.uint16:
 
         def rounded(buffer, i, value):  # type: ignore[no-untyped-def]
-            bits = _bits_of(np.float32(value))
-            if value != value:  # NaN: quiet, its sign kept
-                buffer[i] = np.uint16((bits >> _SIXTEEN) | np.uint32(0x40))
-            else:  # to nearest, ties to even (an overflow rounds to inf, as torch's)
-                even = (bits >> _SIXTEEN) & np.uint32(1)
-                buffer[i] = np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
+            buffer[i] = _to_bfloat16(_bits_of(np.float32(value)), value != value)
 
         return rounded
 
