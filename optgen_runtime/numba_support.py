@@ -12,14 +12,17 @@ vectorises. Every array is checked exactly as the NumPy module checks it (``flat
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
 from numba.core import cgutils, types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
 from optgen_runtime.common import PLAIN
@@ -27,12 +30,54 @@ from optgen_runtime.numpy_support import check_arrays_across, flat_views
 
 # IEEE arithmetic (no reassociation, no contraction to fused multiply-add: float32 results round
 # as NumPy's ufuncs do), NumPy's error model (x / 0 is inf, not ZeroDivisionError: it also keeps
-# the element loops free of branches, so they vectorise), the GIL released. Compiled code is
-# cached in ``__pycache__`` next to the generated module, as Python caches bytecode there (numba
-# falls back to its user-wide cache directory when that is not writable; NUMBA_CACHE_DIR moves
-# it); OPTGEN_NUMBA_CACHE=0 compiles in every process.
+# the element loops free of branches, so they vectorise), the GIL released.
+NJIT: dict[str, Any] = {"fastmath": False, "error_model": "numpy", "nogil": True}
+
+# Compiled code is cached in ``__pycache__`` next to the generated module, as Python caches
+# bytecode there (numba falls back to its user-wide cache directory when that is not writable;
+# NUMBA_CACHE_DIR moves it); OPTGEN_NUMBA_CACHE=0 compiles in every process.
 CACHE = os.environ.get("OPTGEN_NUMBA_CACHE", "1") != "0"
-NJIT: dict[str, Any] = {"fastmath": False, "error_model": "numpy", "nogil": True, "cache": CACHE}
+
+
+def runtime_stamp(folder: Path | None = None) -> str:
+    """A digest of the runtime's sources (every ``*.py`` of ``folder``, this package by default).
+
+    numba keys a cached function by its own file only (its modification time and size, its
+    bytecode), yet a compiled step holds this runtime's code too: ``load``, ``store`` and the
+    views are compiled into it, and the module constants (``CHUNK``, ``PLAIN``, ...) frozen as
+    literals. A checkout that changes the runtime and not a generated module (a ``git pull``, an
+    edit) would otherwise run the old runtime from the cache; the digest in every cache key makes
+    it compile afresh instead."""
+    digest = hashlib.sha256()
+    for path in sorted((folder or Path(__file__).parent).glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+RUNTIME_STAMP = runtime_stamp()
+
+
+class _StampedCache(FunctionCache):
+    """numba's cache of one function, each entry keyed by ``RUNTIME_STAMP`` too (read when a key is
+    made, so a test can change it)."""
+
+    def _index_key(self, sig: Any, codegen: Any) -> Any:
+        return (super()._index_key(sig, codegen), RUNTIME_STAMP)
+
+
+def compiled(**flags: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` with ``NJIT``'s options and ``flags``, cached under ``RUNTIME_STAMP``: the
+    decorator of every compiled function of the runtime and the generated modules."""
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        dispatcher = numba.njit(**NJIT, **flags)(function)
+        if CACHE:
+            # numba's ``enable_caching`` with the stamped cache in place of its FunctionCache
+            dispatcher._cache = _StampedCache(function)
+        return dispatcher
+
+    return decorate
+
 
 # Elements per chunk, the NumPy module's CHUNK: a reduction's per-chunk partials cover the same
 # elements in both modules and are combined in the same order.
@@ -49,13 +94,13 @@ def _pointer(typingctx: Any, address: Any) -> Any:
     return types.voidptr(address), codegen
 
 
-@numba.njit(**NJIT)
+@compiled()
 def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
     """Elements [start, stop) of the buffer at ``address``, of ``like``'s dtype."""
     return numba.carray(_pointer(address + start * like.itemsize), (stop - start,), like.dtype)
 
 
-@numba.njit(**NJIT)
+@compiled()
 def view_bits(address: int, start: int, stop: int) -> np.ndarray:
     """Elements [start, stop) of the bfloat16 buffer at ``address``, as their uint16 bits
     (``load`` and ``store`` convert them)."""
@@ -118,7 +163,7 @@ def compute_type(buffer: np.ndarray) -> Any:
 _SIXTEEN = np.uint32(16)
 
 
-@numba.njit(inline="always", **NJIT)
+@compiled(inline="always")
 def _to_bfloat16(bits: Any, nan: bool) -> Any:
     """The bfloat16 bits of the float32 whose bits are ``bits`` (``nan``: it is a NaN): to
     nearest, ties to even (an overflow rounds to inf, as torch's); a NaN quiet, its sign kept.
@@ -152,7 +197,7 @@ def _store(buffer, i, value):  # type: ignore[no-untyped-def]
     return plain
 
 
-@numba.njit(**NJIT)
+@compiled()
 def round_into(bits: np.ndarray, values: np.ndarray) -> None:
     """``values`` (float32) stored into the bfloat16 ``bits`` (``store``: to nearest, ties to
     even): a bfloat16 parameter written from its float32 master copy, chunk by chunk right

@@ -56,8 +56,8 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    NJIT,
     Buffers,
+    compiled,
     compute_type,
     launch,
     load,
@@ -123,7 +123,7 @@ FALLBACK = None
 EVEN_CHUNKS = True
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_chunk(
     weight_buf,
     grad_buf,
@@ -184,7 +184,7 @@ def _update_chunk(
         store(var_buf, _i, var_new)
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update(_addresses, _chunks, _scalars):
     # Every chunk of every tensor; tensor j's host scalars are row j of the table.
     for _c in numba.prange(_chunks.shape[0]):
@@ -209,7 +209,7 @@ def _update(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_serial(_addresses, _chunks, _scalars):
     # _update's loop on the caller's thread (``launch``: a few chunks).
     for _c in range(_chunks.shape[0]):
@@ -234,7 +234,7 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update_bits(_addresses, _chunks, _scalars):
     # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
@@ -259,7 +259,7 @@ def _update_bits(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_bits_serial(_addresses, _chunks, _scalars):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
@@ -284,7 +284,7 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update_master(_addresses, _chunks, _scalars):
     # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
     for _c in numba.prange(_chunks.shape[0]):
@@ -312,7 +312,7 @@ def _update_master(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_master_serial(_addresses, _chunks, _scalars):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):

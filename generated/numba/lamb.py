@@ -59,8 +59,8 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    NJIT,
     Buffers,
+    compiled,
     compute_type,
     launch,
     load,
@@ -134,7 +134,7 @@ FALLBACK = None
 EVEN_CHUNKS = False
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _reduce_chunk(
     weight_buf,
     grad_buf,
@@ -216,7 +216,7 @@ def _reduce_chunk(
     )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _reduce(_addresses, _chunks, _scalars, _partials):
     # Every chunk of every tensor: one row of partials per chunk.
     for _c in numba.prange(_chunks.shape[0]):
@@ -244,7 +244,7 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
         _partials[_c, 1] = _row[1]
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _reduce_bits(_addresses, _chunks, _scalars, _partials):
     # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
     for _c in numba.prange(_chunks.shape[0]):
@@ -272,7 +272,7 @@ def _reduce_bits(_addresses, _chunks, _scalars, _partials):
         _partials[_c, 1] = _row[1]
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _reduce_master(_addresses, _chunks, _scalars, _partials):
     # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
     for _c in numba.prange(_chunks.shape[0]):
@@ -300,7 +300,7 @@ def _reduce_master(_addresses, _chunks, _scalars, _partials):
         _partials[_c, 1] = _row[1]
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_chunk(
     weight_buf,
     grad_buf,
@@ -404,7 +404,7 @@ def _update_chunk(
         store(var_buf, _i, var_new)
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update(_addresses, _chunks, _scalars):
     # Every chunk of every tensor; tensor j's host scalars are row j of the table.
     for _c in numba.prange(_chunks.shape[0]):
@@ -431,7 +431,7 @@ def _update(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_serial(_addresses, _chunks, _scalars):
     # _update's loop on the caller's thread (``launch``: a few chunks).
     for _c in range(_chunks.shape[0]):
@@ -458,7 +458,7 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update_bits(_addresses, _chunks, _scalars):
     # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
@@ -485,7 +485,7 @@ def _update_bits(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_bits_serial(_addresses, _chunks, _scalars):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
@@ -512,7 +512,7 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update_master(_addresses, _chunks, _scalars):
     # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
     for _c in numba.prange(_chunks.shape[0]):
@@ -542,7 +542,7 @@ def _update_master(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_master_serial(_addresses, _chunks, _scalars):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):

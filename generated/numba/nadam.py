@@ -72,8 +72,8 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    NJIT,
     Buffers,
+    compiled,
     compute_type,
     launch,
     load,
@@ -138,7 +138,7 @@ FALLBACK = None
 EVEN_CHUNKS = True
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_chunk(
     weight_buf,
     grad_buf,
@@ -248,7 +248,7 @@ def _update_chunk(
         store(var_buf, _i, var_new)
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update(_addresses, _chunks, _scalars):
     # Every chunk of every tensor; tensor j's host scalars are row j of the table.
     for _c in numba.prange(_chunks.shape[0]):
@@ -276,7 +276,7 @@ def _update(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_serial(_addresses, _chunks, _scalars):
     # _update's loop on the caller's thread (``launch``: a few chunks).
     for _c in range(_chunks.shape[0]):
@@ -304,7 +304,7 @@ def _update_serial(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update_bits(_addresses, _chunks, _scalars):
     # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
@@ -332,7 +332,7 @@ def _update_bits(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_bits_serial(_addresses, _chunks, _scalars):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
@@ -360,7 +360,7 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(parallel=True, **NJIT)
+@compiled(parallel=True)
 def _update_master(_addresses, _chunks, _scalars):
     # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
     for _c in numba.prange(_chunks.shape[0]):
@@ -391,7 +391,7 @@ def _update_master(_addresses, _chunks, _scalars):
         )
 
 
-@numba.njit(**NJIT)
+@compiled()
 def _update_master_serial(_addresses, _chunks, _scalars):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
