@@ -204,8 +204,10 @@ MAX_STEP = 2**63 - 1
 # arrays of its dtype (PLAIN); a bfloat16 weight and gradient as their bits, computed in float32
 # (BITS: a module's ``_update_bits``); a float32 master copy as the weight, the bfloat16
 # gradient as its bits, the bfloat16 parameter rounded from the master after each chunk's
-# update, its address the row's last (MASTER: ``_update_master``, ``round_into``).
+# update, its address the row's last (MASTER: ``_update_master``, ``round_into``); the same two
+# with float16 in place of bfloat16 (HALF_BITS, HALF_MASTER: the same loops on float16 bits).
 PLAIN, BITS, MASTER = "plain", "bits", "master"
+HALF_BITS, HALF_MASTER = "half bits", "half master"
 
 
 def _short(x: Any) -> str:

@@ -15,17 +15,20 @@ import functools
 import hashlib
 import math
 import os
+import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
+from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
-from optgen_runtime.common import PLAIN
+from optgen_runtime.common import BITS, HALF_BITS, HALF_MASTER, MASTER, PLAIN
 from optgen_runtime.numpy_support import check_arrays_across, flat_views
 
 # IEEE arithmetic (no reassociation, no contraction to fused multiply-add: float32 results round
@@ -101,18 +104,34 @@ def view(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
 
 
 @compiled()
-def view_bits(address: int, start: int, stop: int) -> np.ndarray:
-    """Elements [start, stop) of the bfloat16 buffer at ``address``, as their uint16 bits
-    (``load`` and ``store`` convert them)."""
-    return numba.carray(_pointer(address + start * 2), (stop - start,), np.uint16)
+def view_bits(address: int, start: int, stop: int, like: np.ndarray) -> np.ndarray:
+    """Elements [start, stop) of the bfloat16 or float16 buffer at ``address``, as their bits:
+    uint16 for bfloat16, int16 for float16 (``like``'s dtype: ``load`` and ``store`` tell the
+    two formats apart by it and convert them)."""
+    return numba.carray(_pointer(address + start * 2), (stop - start,), like.dtype)
 
 
-# bfloat16 in the compiled loops. NumPy has no bfloat16: a bfloat16 weight and gradient reach
-# a chunk function as uint16 arrays of their bits (``view_bits``), which ``load`` widens to
-# float32 (exact: bfloat16 is float32's upper half) and ``store`` rounds back to nearest, ties
-# to even, as torch's conversion rounds (a NaN stays a NaN of its sign). ``compute_type`` is
-# float32 for them, the array's dtype otherwise; on float32 and float64 arrays ``load`` and
-# ``store`` are plain indexing (inlined: the same loop as ``a[i]``).
+# bfloat16 and float16 in the compiled loops. NumPy has no bfloat16 and numba no float16 on the
+# CPU: a bfloat16 weight and gradient reach a chunk function as uint16 arrays of their bits, a
+# float16 one as int16 arrays of theirs (``view_bits``), which ``load`` widens to float32 (exact)
+# and ``store`` rounds back to nearest, ties to even, as torch's conversions round (a NaN stays a
+# NaN of its sign). ``compute_type`` is float32 for them, the array's dtype otherwise; on float32
+# and float64 arrays ``load`` and ``store`` are plain indexing (inlined: the same loop as
+# ``a[i]``).
+
+_BFLOAT16 = np.empty(0, np.uint16)  # a driver's last argument: its bits are bfloat16's
+_FLOAT16 = np.empty(0, np.int16)  # float16's
+
+# Per layout (``Buffers.layouts``): the drivers that take it (a generated module's ``_UPDATES``
+# and reduction tables are keyed PLAIN, BITS, MASTER) and their trailing arguments (the format
+# of the bits: one compiled specialisation of a driver each).
+LAYOUTS: dict[str, tuple[str, tuple[np.ndarray, ...]]] = {
+    PLAIN: (PLAIN, ()),
+    BITS: (BITS, (_BFLOAT16,)),
+    MASTER: (MASTER, (_BFLOAT16,)),
+    HALF_BITS: (BITS, (_FLOAT16,)),
+    HALF_MASTER: (MASTER, (_FLOAT16,)),
+}
 
 
 @intrinsic
@@ -140,24 +159,31 @@ def _bits_of(typingctx: Any, value: Any) -> Any:
 
 
 def load(buffer: np.ndarray, i: int) -> Any:
-    """``buffer[i]`` in the compute type: a bfloat16's bits widened to float32."""
+    """``buffer[i]`` in the compute type: a bfloat16's or float16's bits widened to float32."""
     if buffer.dtype == np.uint16:
         return np.array(np.uint32(buffer[i]) << _SIXTEEN, dtype=np.uint32).view(np.float32)[()]
+    if buffer.dtype == np.int16:
+        return np.float32(buffer[i : i + 1].view(np.float16)[0])  # NumPy's conversion: exact
     return buffer[i]
 
 
 def store(buffer: np.ndarray, i: int, value: Any) -> None:
-    """``buffer[i] = value``, rounded to a bfloat16 buffer's type (to nearest, ties to even)."""
-    if buffer.dtype != np.uint16:
+    """``buffer[i] = value``, rounded to a bfloat16 or float16 buffer's type (to nearest, ties
+    to even)."""
+    if buffer.dtype == np.uint16:
+        bits = np.array(value, dtype=np.float32).view(np.uint32)[()]
+        buffer[i] = _to_bfloat16.py_func(bits, value != value)
+    elif buffer.dtype == np.int16:  # NumPy's conversion: the same bits but a NaN's payload
+        with np.errstate(over="ignore"):
+            half = np.array(np.float32(value), dtype=np.float16)
+        buffer[i] = half.view(np.int16)[()]
+    else:
         buffer[i] = value
-        return
-    bits = np.array(value, dtype=np.float32).view(np.uint32)[()]
-    buffer[i] = _to_bfloat16.py_func(bits, value != value)
 
 
 def compute_type(buffer: np.ndarray) -> Any:
-    """The type a chunk of ``buffer`` computes in: float32 for bfloat16 bits."""
-    return np.float32 if buffer.dtype == np.uint16 else buffer.dtype.type
+    """The type a chunk of ``buffer`` computes in: float32 for bfloat16 and float16 bits."""
+    return np.float32 if buffer.dtype in (np.uint16, np.int16) else buffer.dtype.type
 
 
 _SIXTEEN = np.uint32(16)
@@ -174,11 +200,43 @@ def _to_bfloat16(bits: Any, nan: bool) -> Any:
     return np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
 
 
+# float16 by the hardware's conversions (x86's F16C, as torch's CPU kernels convert; AArch64's
+# FCVT): LLVM's ``fpext``/``fptrunc`` of ``half``, one instruction per 8 or 16 elements,
+# exact one way and to nearest, ties to even the other (torch's bits, a NaN's included). Without
+# them LLVM would call compiler-rt helpers the JIT does not link: the torch classes then keep
+# their float32 working copies for float16 (``HALF_NATIVE`` False).
+HALF_NATIVE = bool(
+    llvm.get_host_cpu_features().get("f16c") or platform.machine().lower() in ("aarch64", "arm64")
+)
+
+
+@intrinsic
+def _from_float16(typingctx: Any, bits: Any) -> Any:
+    """The float32 of the float16 whose bits are the int16 ``bits`` (exact)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _to_float16(typingctx: Any, value: Any) -> Any:
+    """The bits (int16) of the float32 ``value`` rounded to float16: to nearest, ties to even."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.int16(types.float32), codegen
+
+
 # (the overloads take no annotations: numba compares their signatures with the implementations')
 @overload(load, inline="always")
 def _load(buffer, i):  # type: ignore[no-untyped-def]
     if buffer.dtype == types.uint16:
         return lambda buffer, i: _float32_of(np.uint32(buffer[i]) << _SIXTEEN)
+    if buffer.dtype == types.int16:
+        return lambda buffer, i: _from_float16(buffer[i])
     return lambda buffer, i: buffer[i]
 
 
@@ -191,6 +249,13 @@ def _store(buffer, i, value):  # type: ignore[no-untyped-def]
 
         return rounded
 
+    if buffer.dtype == types.int16:
+
+        def rounded_half(buffer, i, value):  # type: ignore[no-untyped-def]
+            buffer[i] = _to_float16(np.float32(value))
+
+        return rounded_half
+
     def plain(buffer, i, value):  # type: ignore[no-untyped-def]
         buffer[i] = value
 
@@ -199,8 +264,8 @@ def _store(buffer, i, value):  # type: ignore[no-untyped-def]
 
 @compiled()
 def round_into(bits: np.ndarray, values: np.ndarray) -> None:
-    """``values`` (float32) stored into the bfloat16 ``bits`` (``store``: to nearest, ties to
-    even): a bfloat16 parameter written from its float32 master copy, chunk by chunk right
+    """``values`` (float32) stored into the bfloat16 or float16 ``bits`` (``store``: to nearest,
+    ties to even): such a parameter written from its float32 master copy, chunk by chunk right
     after the chunk's update (the ``_update_master`` loops; the chunk is still in cache)."""
     for i in range(values.shape[0]):
         store(bits, i, values[i])
@@ -208,7 +273,7 @@ def round_into(bits: np.ndarray, values: np.ndarray) -> None:
 
 @overload(compute_type, inline="always")
 def _compute_type(buffer):  # type: ignore[no-untyped-def]
-    if buffer.dtype == types.uint16:
+    if buffer.dtype in (types.uint16, types.int16):
         return lambda buffer: np.float32
     return lambda buffer: buffer.dtype.type
 

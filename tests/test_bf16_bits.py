@@ -1,6 +1,8 @@
-"""bfloat16 parameters on the compiled CPU loops without working copies: the fast step hands
-the loops the bits of a bfloat16 weight and gradient (``numba_support.view_bits``), which
-``load`` widens to float32 and ``store`` rounds back to nearest, ties to even, once per step.
+"""bfloat16 and float16 parameters on the compiled CPU loops without working copies: the fast
+step hands the loops the bits of a bfloat16 (float16) weight and gradient
+(``numba_support.view_bits``: uint16 (int16) arrays), which ``load`` widens to float32 and
+``store`` rounds back to nearest, ties to even, once per step (float16 by the CPU's conversion
+instructions, where it has them: ``HALF_NATIVE``).
 The full step keeps its float32 working copies rounded by torch, so each fast step is checked
 against it: to the bit, for every class whose numba module is compiled (its reduction loops
 read the bits too), on random values and on values that round at ties, overflow, and hold
@@ -18,6 +20,7 @@ import pytest
 import torch
 
 import generated.torch as gt
+from optgen_runtime import numba_support
 from optgen_runtime.numba_support import load, store
 
 SHAPES = [(40, 9), (70001,), (5,)]
@@ -54,14 +57,19 @@ def _equal(a: Any, b: Any) -> bool:
     return a.dtype == b.dtype and _same(a, b)
 
 
+DTYPES = [torch.bfloat16, torch.float16]
+# the layouts of each dtype's parameters on their bits: without a master copy, with one
+LAYOUTS = {torch.bfloat16: ("bits", "master"), torch.float16: ("half bits", "half master")}
+
+
 def _run(
-    cls: type, fast: bool, special: bool, master: bool = False
+    cls: type, fast: bool, special: bool, master: bool = False, dtype: Any = torch.bfloat16
 ) -> tuple[list[torch.Tensor], Any]:
     """Five steps; the parameters and every state value after them, then the messages of the
     steps refused (a rule whose host states a NaN gradient would make NaN refuses that step,
     writing nothing: Prodigy)."""
     g = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(torch.bfloat16)) for s in SHAPES]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in SHAPES]
     opt = cls(params, backend="numba", multi_precision=master)
     taken: list[bool] = []  # each step's fast step: taken or not (a full step instead)
     plan_step = opt._fast_step
@@ -69,7 +77,7 @@ def _run(
     refused = []
     for t in range(5):
         for p in params:
-            p.grad = torch.randn(p.shape, generator=g).to(torch.bfloat16)
+            p.grad = torch.randn(p.shape, generator=g).to(dtype)
             if special and t == 3:
                 flat = p.grad.view(-1)
                 flat[:4] = torch.tensor([float("inf"), -float("inf"), float("nan"), 3.3e38])
@@ -83,32 +91,47 @@ def _run(
     return out + refused, opt
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("special", [False, True], ids=["random", "inf-nan"])
 @pytest.mark.parametrize("name", BITS_CLASSES)
-def test_bits_steps_equal_full_steps(name: str, special: bool) -> None:
+def test_bits_steps_equal_full_steps(name: str, special: bool, dtype: Any) -> None:
     cls = getattr(gt, name)
-    got, opt = _run(cls, True, special)
-    assert opt._plan is not None and all(part.layouts == ["bits"] * 3 for part in opt._plan.groups)
-    want, _ = _run(cls, False, special)
+    got, opt = _run(cls, True, special, dtype=dtype)
+    layout = LAYOUTS[dtype][0]
+    assert opt._plan is not None and all(part.layouts == [layout] * 3 for part in opt._plan.groups)
+    want, _ = _run(cls, False, special, dtype=dtype)
     assert len(want) == len(got) > len(SHAPES)
     assert all(_equal(x, y) for x, y in zip(want, got, strict=True))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("special", [False, True], ids=["random", "inf-nan"])
 @pytest.mark.parametrize("name", BITS_CLASSES)
-def test_master_steps_equal_full_steps(name: str, special: bool) -> None:
-    """``multi_precision=True``: the bfloat16 gradients read as their bits by the loop that
-    updates the float32 master copy, which rounds the bfloat16 parameter from it chunk by
-    chunk (layout MASTER), against the full step's float32 scratch and ``copy_`` from the
-    master: the parameters, masters and states to the bit."""
+def test_master_steps_equal_full_steps(name: str, special: bool, dtype: Any) -> None:
+    """``multi_precision=True``: the bfloat16 (float16) gradients read as their bits by the loop
+    that updates the float32 master copy, which rounds the parameter from it chunk by chunk
+    (layout MASTER, HALF_MASTER), against the full step's float32 scratch and ``copy_`` from
+    the master: the parameters, masters and states to the bit."""
     cls = getattr(gt, name)
-    got, opt = _run(cls, True, special, master=True)
+    got, opt = _run(cls, True, special, master=True, dtype=dtype)
     plan = opt._plan
-    assert plan is not None and all(part.layouts == ["master"] * 3 for part in plan.groups)
+    layout = LAYOUTS[dtype][1]
+    assert plan is not None and all(part.layouts == [layout] * 3 for part in plan.groups)
     assert not plan.masters and not any(part.converted[0] for part in plan.groups)
-    want, _ = _run(cls, False, special, master=True)
+    want, _ = _run(cls, False, special, master=True, dtype=dtype)
     assert len(want) == len(got) > len(SHAPES)
     assert all(_equal(x, y) for x, y in zip(want, got, strict=True))
+
+
+def test_float16_without_the_conversions_keeps_working_copies(monkeypatch) -> None:
+    """A CPU without float16 conversion instructions (``HALF_NATIVE`` False): float16
+    parameters take the float32 working copies and scratches, to the same bits."""
+    monkeypatch.setattr(numba_support, "HALF_NATIVE", False)
+    for master in (False, True):
+        got, opt = _run(gt.Adam, True, True, master=master, dtype=torch.float16)
+        assert opt._plan is not None and opt._plan.groups[0].layouts == ["plain"] * 3
+        want, _ = _run(gt.Adam, False, True, master=master, dtype=torch.float16)
+        assert all(_equal(x, y) for x, y in zip(want, got, strict=True))
 
 
 def test_the_sweep_covers_the_common_rules() -> None:
@@ -171,9 +194,62 @@ def test_store_rounds_as_torch() -> None:
     assert np.array_equal(nan_python, nan)
 
 
+def test_float16_store_rounds_as_torch() -> None:
+    """``store`` of float32 values into float16 bits and ``load`` back, against torch's
+    conversions: ties to even both ways, the largest finite value and the tie above it (65520
+    rounds to inf), subnormals and their ties, values too small for a subnormal, signed zeros,
+    infinities, NaN (the same bits as torch's: the same instructions), every float16 widened
+    exactly; the Python bodies give the same bits (NumPy's conversions), but a NaN's payload."""
+    import numba
+
+    if not numba_support.HALF_NATIVE:
+        pytest.skip("this CPU has no float16 conversion instructions: float16 takes copies")
+
+    @numba.njit
+    def put(out: np.ndarray, values: np.ndarray) -> None:
+        for i in range(values.shape[0]):
+            store(out, i, values[i])
+
+    @numba.njit
+    def get(bits: np.ndarray, out: np.ndarray) -> None:
+        for i in range(bits.shape[0]):
+            out[i] = load(bits, i)
+
+    ulp = 2.0**-10
+    values = torch.tensor(
+        [1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2**-20, 1 + ulp / 2 - 2**-20, -(1 + ulp / 2),
+         65504.0, 65519.99, 65520.0, -65520.0, 1e6, 2.0**-24, 2.0**-25, 3 * 2.0**-25,
+         2.0**-26, 1e-45, 2.0**-14 * (1 - 2**-11), 0.0, -0.0, float("inf"), -float("inf"),
+         float("nan"), -float("nan")],
+        dtype=torch.float32,
+    )  # fmt: skip
+    rng = torch.Generator().manual_seed(1)
+    scaled = torch.randn(20_000, generator=rng) * 10.0 ** torch.randint(
+        -9, 6, (20_000,), generator=rng
+    )
+    values = torch.cat([values, scaled])
+    bits = np.zeros(len(values), dtype=np.int16)
+    put(bits, values.numpy())
+    assert torch.equal(torch.from_numpy(bits), values.to(torch.float16).view(torch.int16))
+    every = np.arange(-(2**15), 2**15).astype(np.int16)
+    back = np.zeros(len(every), dtype=np.float32)
+    get(every, back)
+    want = torch.from_numpy(every.copy()).view(torch.float16).float()
+    assert _same(torch.from_numpy(back), want)
+    finite = ~values.isnan().numpy()
+    python = np.zeros(len(values), dtype=np.int16)
+    put.py_func(python, values.numpy())
+    assert np.array_equal(python[finite], bits[finite])
+    assert np.isnan(python[~finite].view(np.float16)).all()
+    sample = every[::21]  # (one in 21: the Python body is slow)
+    back_python = np.zeros(len(sample), dtype=np.float32)
+    get.py_func(sample, back_python)
+    assert _same(torch.from_numpy(back_python), want[::21])
+
+
 def test_mixed_dtypes_in_one_group() -> None:
-    """bfloat16 (on its bits), float16 (through a working copy) and float32 parameters in one
-    group: each its own group of the loops' buffers, every step to the bit the full step."""
+    """bfloat16 and float16 (each on its bits) and float32 parameters in one group: each its
+    own group of the loops' buffers, every step to the bit the full step."""
 
     def run(fast: bool) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -190,7 +266,8 @@ def test_mixed_dtypes_in_one_group() -> None:
                 p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
             opt.step()
         if fast:
-            layouts = ["bits", "plain", "plain", "bits"]
+            half = "half bits" if numba_support.HALF_NATIVE else "plain"
+            layouts = ["bits", "plain", half, "bits"]
             assert opt._plan is not None and opt._plan.groups[0].layouts == layouts
         return [p.detach().clone() for p in params]
 

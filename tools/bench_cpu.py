@@ -170,15 +170,16 @@ def adam_class(
 
 
 def _bfloat16_variants(cls: Any, name: str) -> dict[str, Any]:
-    """The generated class ``cls`` on bfloat16 parameters four ways: without a master copy on
-    the bfloat16 bits and through float32 working copies, with one (``multi_precision=True``)
-    on the gradients' bits (the parameters rounded from the masters in the loop) and through a
-    float32 scratch of each gradient and a copy from the masters after the step."""
+    """The generated class ``cls`` on bfloat16 (or float16) parameters four ways: without a
+    master copy on the bits and through float32 working copies, with one
+    (``multi_precision=True``) on the gradients' bits (the parameters rounded from the masters
+    in the loop) and through a float32 scratch of each gradient and a copy from the masters
+    after the step."""
 
     def copies(ps: list[Any], master: bool = False) -> Any:
         opt = cls(ps, lr=1e-3, multi_precision=master)
         # the fast step's float32 working copies or scratches (fast._bits_layout)
-        opt._bf16_bits = False
+        opt._on_bits = False
         return opt
 
     return {
@@ -189,11 +190,13 @@ def _bfloat16_variants(cls: Any, name: str) -> dict[str, Any]:
     }
 
 
-def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
-    """ms/step on bfloat16 parameters: generated.torch.Adam without a master copy (computed in
-    float32 and rounded once per step, the Triton kernels' semantics) and with one, each on the
-    bits and as before (``_bfloat16_variants``), and torch's fused and foreach Adam (bfloat16
-    arithmetic)."""
+def adam_bfloat16(
+    shapes: list[tuple[int, ...]], steps: int, dtype: str = "bfloat16"
+) -> dict[str, float]:
+    """ms/step on bfloat16 (``dtype``: or float16) parameters: generated.torch.Adam without a
+    master copy (computed in float32 and rounded once per step, the Triton kernels' semantics)
+    and with one, each on the bits and as before (``_bfloat16_variants``), and torch's fused
+    and foreach Adam (arithmetic in the parameters' dtype)."""
     import torch
 
     from generated.torch import Adam
@@ -203,7 +206,7 @@ def adam_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]
         "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), False),
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
     }
-    return _timed_classes(shapes, steps, variants, dtype=torch.bfloat16)
+    return _timed_classes(shapes, steps, variants, dtype=getattr(torch, dtype))
 
 
 def lamb_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
@@ -529,6 +532,11 @@ def run(
             "n": int(sum(np.prod(s) for s in shapes)),
             **adam_bfloat16(shapes, steps),
         }
+        result["adam_float16"] = {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **adam_bfloat16(shapes, steps, "float16"),
+        }
         result["lamb_bfloat16"] = {
             "tensors": len(shapes),
             "n": int(sum(np.prod(s) for s in shapes)),
@@ -589,6 +597,11 @@ def report(r: dict[str, Any]) -> str:
         (
             "adam_bfloat16",
             "Adam, bfloat16 parameters, the GPT-2-small-shaped list: {tensors} tensors, "
+            "{n:,} parameters",
+        ),
+        (
+            "adam_float16",
+            "Adam, float16 parameters, the GPT-2-small-shaped list: {tensors} tensors, "
             "{n:,} parameters",
         ),
     ):

@@ -53,6 +53,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
+    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
@@ -149,7 +150,7 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
@@ -265,15 +266,15 @@ def _update_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_bits(_addresses, _chunks, _scalars):
-    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+def _update_bits(_addresses, _chunks, _scalars, _bits):
+    # _update on bfloat16 or float16 weights and gradients (their bits, _bits their format: layouts BITS, HALF_BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -290,15 +291,15 @@ def _update_bits(_addresses, _chunks, _scalars):
 
 
 @compiled()
-def _update_bits_serial(_addresses, _chunks, _scalars):
+def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -315,15 +316,15 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_master(_addresses, _chunks, _scalars):
-    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+def _update_master(_addresses, _chunks, _scalars, _bits):
+    # _update on float32 masters and bfloat16 or float16 gradients (bits); then p (the row's last) from each (MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -338,12 +339,13 @@ def _update_master(_addresses, _chunks, _scalars):
             _scalars[_j, 9],
         )
         round_into(
-            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 4], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
 @compiled()
-def _update_master_serial(_addresses, _chunks, _scalars):
+def _update_master_serial(_addresses, _chunks, _scalars, _bits):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
@@ -351,7 +353,7 @@ def _update_master_serial(_addresses, _chunks, _scalars):
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -366,7 +368,8 @@ def _update_master_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 9],
         )
         round_into(
-            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 4], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
@@ -449,12 +452,14 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
     the checked table of a step whose scalars are unchanged; nothing is checked here. A group
-    laid out as bfloat16 bits (``buffers.layouts``: BITS, MASTER) runs on them, in float32."""
+    laid out as bfloat16 or float16 bits (``buffers.layouts``: numba_support.LAYOUTS) runs on
+    them, in float32."""
     for (_, _addresses, _chunks, _), _layout, _table in zip(
         buffers.groups, buffers.layouts, tables, strict=True
     ):
-        _kernel, _serial = _UPDATES[_layout]
-        launch(_kernel, _addresses, _chunks, _table, serial=_serial)
+        _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
+        _kernel, _serial = _UPDATES[_kind]
+        launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
 
 
 def _run(
@@ -487,7 +492,8 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kernel, _serial = _UPDATES[_layout]
-            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
+            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
+            _kernel, _serial = _UPDATES[_kind]
+            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
 
     commit(_writes, buffers.alive)

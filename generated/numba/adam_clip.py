@@ -43,6 +43,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
+    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
@@ -124,7 +125,7 @@ def _reduce_chunk(
     var_buf,
 ):
     # Reduction phase 1 over one chunk: grad_sq (sums in float64).
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
     for _i in range(weight_buf.shape[0]):
         grad = load(grad_buf, _i)
@@ -151,15 +152,15 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
 
 
 @compiled(parallel=True)
-def _reduce_bits(_addresses, _chunks, _scalars, _partials):
-    # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
+def _reduce_bits(_addresses, _chunks, _scalars, _partials, _bits):
+    # The same on bfloat16 or float16 weights and gradients (their bits, _bits their format: Buffers layouts BITS, HALF_BITS).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _row = _reduce_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
         )
@@ -167,15 +168,15 @@ def _reduce_bits(_addresses, _chunks, _scalars, _partials):
 
 
 @compiled(parallel=True)
-def _reduce_master(_addresses, _chunks, _scalars, _partials):
-    # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
+def _reduce_master(_addresses, _chunks, _scalars, _partials, _bits):
+    # The same on float32 masters and bfloat16 or float16 gradients (Buffers layouts MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _row = _reduce_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
         )
@@ -209,7 +210,7 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     #   wd: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
@@ -290,15 +291,15 @@ def _update_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_bits(_addresses, _chunks, _scalars):
-    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+def _update_bits(_addresses, _chunks, _scalars, _bits):
+    # _update on bfloat16 or float16 weights and gradients (their bits, _bits their format: layouts BITS, HALF_BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -314,15 +315,15 @@ def _update_bits(_addresses, _chunks, _scalars):
 
 
 @compiled()
-def _update_bits_serial(_addresses, _chunks, _scalars):
+def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -338,15 +339,15 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_master(_addresses, _chunks, _scalars):
-    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+def _update_master(_addresses, _chunks, _scalars, _bits):
+    # _update on float32 masters and bfloat16 or float16 gradients (bits); then p (the row's last) from each (MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -360,12 +361,13 @@ def _update_master(_addresses, _chunks, _scalars):
             _scalars[_j, 8],
         )
         round_into(
-            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 4], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
 @compiled()
-def _update_master_serial(_addresses, _chunks, _scalars):
+def _update_master_serial(_addresses, _chunks, _scalars, _bits):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
@@ -373,7 +375,7 @@ def _update_master_serial(_addresses, _chunks, _scalars):
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             _scalars[_j, 0],
@@ -387,7 +389,8 @@ def _update_master_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 8],
         )
         round_into(
-            view_bits(_addresses[_j, 4], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 4], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
@@ -489,12 +492,14 @@ def _run(
             for _j in _indices
         ]
         partial = np.empty((len(_chunks), 1), dtype=np.float64)
+        _kind, _args = LAYOUTS[_layout]
         launch(
-            _REDUCE[_layout],
+            _REDUCE[_kind],
             _addresses,
             _chunks,
             np.array(pre, dtype=dtype).reshape(len(_indices), 0),
             partial,
+            *_args,
         )
         for _j, _rows in zip(
             _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
@@ -519,7 +524,8 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kernel, _serial = _UPDATES[_layout]
-            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
+            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
+            _kernel, _serial = _UPDATES[_kind]
+            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
 
     commit(_writes, buffers.alive)

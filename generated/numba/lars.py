@@ -48,6 +48,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
+    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
@@ -130,7 +131,7 @@ def _reduce_chunk(
     mom_buf,
 ):
     # Reduction phase 1 over one chunk: w_sq, g_sq (sums in float64).
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
     _p1 = 0.0
     for _i in range(weight_buf.shape[0]):
@@ -165,15 +166,15 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
 
 
 @compiled(parallel=True)
-def _reduce_bits(_addresses, _chunks, _scalars, _partials):
-    # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
+def _reduce_bits(_addresses, _chunks, _scalars, _partials, _bits):
+    # The same on bfloat16 or float16 weights and gradients (their bits, _bits their format: Buffers layouts BITS, HALF_BITS).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _row = _reduce_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
         )
         _partials[_c, 0] = _row[0]
@@ -181,15 +182,15 @@ def _reduce_bits(_addresses, _chunks, _scalars, _partials):
 
 
 @compiled(parallel=True)
-def _reduce_master(_addresses, _chunks, _scalars, _partials):
-    # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
+def _reduce_master(_addresses, _chunks, _scalars, _partials, _bits):
+    # The same on float32 masters and bfloat16 or float16 gradients (Buffers layouts MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _row = _reduce_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
         )
         _partials[_c, 0] = _row[0]
@@ -216,7 +217,7 @@ def _update_chunk(
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
@@ -298,15 +299,15 @@ def _update_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_bits(_addresses, _chunks, _scalars):
-    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+def _update_bits(_addresses, _chunks, _scalars, _bits):
+    # _update on bfloat16 or float16 weights and gradients (their bits, _bits their format: layouts BITS, HALF_BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -318,15 +319,15 @@ def _update_bits(_addresses, _chunks, _scalars):
 
 
 @compiled()
-def _update_bits_serial(_addresses, _chunks, _scalars):
+def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -338,15 +339,15 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_master(_addresses, _chunks, _scalars):
-    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+def _update_master(_addresses, _chunks, _scalars, _bits):
+    # _update on float32 masters and bfloat16 or float16 gradients (bits); then p (the row's last) from each (MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -356,12 +357,13 @@ def _update_master(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
         )
         round_into(
-            view_bits(_addresses[_j, 3], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 3], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
 @compiled()
-def _update_master_serial(_addresses, _chunks, _scalars):
+def _update_master_serial(_addresses, _chunks, _scalars, _bits):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
@@ -369,7 +371,7 @@ def _update_master_serial(_addresses, _chunks, _scalars):
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -379,7 +381,8 @@ def _update_master_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
         )
         round_into(
-            view_bits(_addresses[_j, 3], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 3], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
@@ -476,7 +479,10 @@ def _run(
             RULE, reduction_scalars, [ts[_j] for _j in _indices], REDUCE_SCALARS, dtype.type, **hp
         )
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
-        launch(_REDUCE[_layout], _addresses, _chunks, _distinct.astype(dtype)[_which], partial)
+        _kind, _args = LAYOUTS[_layout]
+        launch(
+            _REDUCE[_kind], _addresses, _chunks, _distinct.astype(dtype)[_which], partial, *_args
+        )
         sums[_indices] = combine_rows(
             REDUCE_KINDS, ["w_sq", "g_sq"], partial, _chunks[:, 0], len(_indices)
         )
@@ -501,7 +507,8 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kernel, _serial = _UPDATES[_layout]
-            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
+            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
+            _kernel, _serial = _UPDATES[_kind]
+            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
 
     commit(_writes, buffers.alive)

@@ -65,6 +65,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
+    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
@@ -154,7 +155,7 @@ def _reduce_chunk(
     #   _h0: = wd*(1 - weight_decouple)
     #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
     #   b3: let, computed by host_scalars from beta2, beta3
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
     _p1 = 0.0
     for _i in range(weight_buf.shape[0]):
@@ -204,15 +205,15 @@ def _reduce(_addresses, _chunks, _scalars, _partials):
 
 
 @compiled(parallel=True)
-def _reduce_bits(_addresses, _chunks, _scalars, _partials):
-    # The same on bfloat16 weights and gradients (their bits: Buffers layout BITS).
+def _reduce_bits(_addresses, _chunks, _scalars, _partials, _bits):
+    # The same on bfloat16 or float16 weights and gradients (their bits, _bits their format: Buffers layouts BITS, HALF_BITS).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _row = _reduce_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -226,15 +227,15 @@ def _reduce_bits(_addresses, _chunks, _scalars, _partials):
 
 
 @compiled(parallel=True)
-def _reduce_master(_addresses, _chunks, _scalars, _partials):
-    # The same on float32 masters and bfloat16 gradients (Buffers layout MASTER).
+def _reduce_master(_addresses, _chunks, _scalars, _partials, _bits):
+    # The same on float32 masters and bfloat16 or float16 gradients (Buffers layouts MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _row = _reduce_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -280,7 +281,7 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   b3: let, computed by host_scalars from beta2, beta3
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
@@ -380,15 +381,15 @@ def _update_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_bits(_addresses, _chunks, _scalars):
-    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+def _update_bits(_addresses, _chunks, _scalars, _bits):
+    # _update on bfloat16 or float16 weights and gradients (their bits, _bits their format: layouts BITS, HALF_BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -408,15 +409,15 @@ def _update_bits(_addresses, _chunks, _scalars):
 
 
 @compiled()
-def _update_bits_serial(_addresses, _chunks, _scalars):
+def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -436,15 +437,15 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_master(_addresses, _chunks, _scalars):
-    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+def _update_master(_addresses, _chunks, _scalars, _bits):
+    # _update on float32 masters and bfloat16 or float16 gradients (bits); then p (the row's last) from each (MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -462,12 +463,13 @@ def _update_master(_addresses, _chunks, _scalars):
             _scalars[_j, 10],
         )
         round_into(
-            view_bits(_addresses[_j, 6], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 6], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
 @compiled()
-def _update_master_serial(_addresses, _chunks, _scalars):
+def _update_master_serial(_addresses, _chunks, _scalars, _bits):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
@@ -475,7 +477,7 @@ def _update_master_serial(_addresses, _chunks, _scalars):
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             view(_addresses[_j, 3], _lo, _hi, _scalars),
             view(_addresses[_j, 4], _lo, _hi, _scalars),
@@ -493,7 +495,8 @@ def _update_master_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 10],
         )
         round_into(
-            view_bits(_addresses[_j, 6], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 6], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
@@ -600,12 +603,14 @@ def _run(
             for _j in _indices
         ]
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
+        _kind, _args = LAYOUTS[_layout]
         launch(
-            _REDUCE[_layout],
+            _REDUCE[_kind],
             _addresses,
             _chunks,
             np.array(pre, dtype=dtype).reshape(len(_indices), 3),
             partial,
+            *_args,
         )
         for _j, _rows in zip(
             _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
@@ -633,8 +638,9 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kernel, _serial = _UPDATES[_layout]
-            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
+            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
+            _kernel, _serial = _UPDATES[_kind]
+            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
         for _s, new in zip(states, host_new, strict=True):
             _s.update(new)
 

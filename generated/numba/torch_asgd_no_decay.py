@@ -51,6 +51,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
+    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
@@ -133,7 +134,7 @@ def _update_chunk(
     #   _h1: = -eta_t*(1 - 2*maximize), from eta, lr, maximize, t
     #   _h2: = (mu == 1)
     #   mu: host state
-    _T = compute_type(weight_buf)  # float32 for bfloat16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
@@ -190,15 +191,15 @@ def _update_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_bits(_addresses, _chunks, _scalars):
-    # _update on bfloat16 weights and gradients (their bits: Buffers layout BITS), in float32.
+def _update_bits(_addresses, _chunks, _scalars, _bits):
+    # _update on bfloat16 or float16 weights and gradients (their bits, _bits their format: layouts BITS, HALF_BITS), in float32.
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -208,15 +209,15 @@ def _update_bits(_addresses, _chunks, _scalars):
 
 
 @compiled()
-def _update_bits_serial(_addresses, _chunks, _scalars):
+def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
     # _update_bits's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
-            view_bits(_addresses[_j, 0], _lo, _hi),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 0], _lo, _hi, _bits),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -226,15 +227,15 @@ def _update_bits_serial(_addresses, _chunks, _scalars):
 
 
 @compiled(parallel=True)
-def _update_master(_addresses, _chunks, _scalars):
-    # _update on float32 masters and bfloat16 gradients (bits); then p (the row's last) from each (MASTER).
+def _update_master(_addresses, _chunks, _scalars, _bits):
+    # _update on float32 masters and bfloat16 or float16 gradients (bits); then p (the row's last) from each (MASTER, HALF_MASTER).
     for _c in numba.prange(_chunks.shape[0]):
         _j = _chunks[_c, 0]
         _lo = _chunks[_c, 1]
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -242,12 +243,13 @@ def _update_master(_addresses, _chunks, _scalars):
             _scalars[_j, 3],
         )
         round_into(
-            view_bits(_addresses[_j, 3], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 3], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
 @compiled()
-def _update_master_serial(_addresses, _chunks, _scalars):
+def _update_master_serial(_addresses, _chunks, _scalars, _bits):
     # _update_master's loop on the caller's thread.
     for _c in range(_chunks.shape[0]):
         _j = _chunks[_c, 0]
@@ -255,7 +257,7 @@ def _update_master_serial(_addresses, _chunks, _scalars):
         _hi = _chunks[_c, 2]
         _update_chunk(
             view(_addresses[_j, 0], _lo, _hi, _scalars),
-            view_bits(_addresses[_j, 1], _lo, _hi),
+            view_bits(_addresses[_j, 1], _lo, _hi, _bits),
             view(_addresses[_j, 2], _lo, _hi, _scalars),
             _scalars[_j, 0],
             _scalars[_j, 1],
@@ -263,7 +265,8 @@ def _update_master_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 3],
         )
         round_into(
-            view_bits(_addresses[_j, 3], _lo, _hi), view(_addresses[_j, 0], _lo, _hi, _scalars)
+            view_bits(_addresses[_j, 3], _lo, _hi, _bits),
+            view(_addresses[_j, 0], _lo, _hi, _scalars),
         )
 
 
@@ -369,8 +372,9 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kernel, _serial = _UPDATES[_layout]
-            launch(_kernel, _addresses, _chunks, _table, serial=_serial)
+            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
+            _kernel, _serial = _UPDATES[_kind]
+            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
         for _s, new in zip(states, host_new, strict=True):
             _s.update(new)
 

@@ -25,13 +25,13 @@ On the compiled loops a gradient of another dtype than the weight it updates (a 
 gradient of a float32 master copy) is converted into a float32 scratch of the plan's every
 step, and a fp16/bf16 parameter without a master copy is updated through a float32 working copy
 of the plan's, copied in before and rounded back after the step: what the full step does with
-temporaries (``Stepping._computed_in``), to the bit. A contiguous bfloat16 parameter and
-gradient go to the loops as they are (``_bits_layout``: every compiled loop loads their bits
-as float32 and rounds the weight back on store, ``numba_support.load``/``store``): the same
-bits, without the copies (2.5 x less memory traffic for Adam). So does a contiguous bfloat16
-gradient of a float32 master copy, its bfloat16 parameter rounded from the master chunk by
-chunk in the same loop (no scratch, no copy pass after the step: 28 bytes per element for
-Adam against 40).
+temporaries (``Stepping._computed_in``), to the bit. A contiguous bfloat16 or float16 parameter
+and gradient of one dtype go to the loops as they are (``_bits_layout``: every compiled loop
+loads their bits as float32 and rounds the weight back on store, ``numba_support.load``/
+``store``): the same bits, without the copies (2.5 x less memory traffic for Adam). So does a
+contiguous bfloat16 or float16 gradient of a float32 master copy, its parameter (of the
+gradient's dtype) rounded from the master chunk by chunk in the same loop (no scratch, no copy
+pass after the step: 28 bytes per element for Adam against 40).
 
 A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
 device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
@@ -71,6 +71,8 @@ import torch
 
 from optgen_runtime.common import (
     BITS,
+    HALF_BITS,
+    HALF_MASTER,
     MASTER,
     PLAIN,
     commit,
@@ -85,6 +87,8 @@ if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (op
     from optgen_runtime.numba_support import Buffers
 
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
+# the compiled loops' layouts of a parameter of these dtypes on its bits: without, with a master
+_BITS_LAYOUTS = {torch.bfloat16: (BITS, MASTER), torch.float16: (HALF_BITS, HALF_MASTER)}
 # what the survey reads of each tensor and state, at C speed
 _GRAD, _DTYPE, _LAYOUT, _VERSION = (attrgetter(k) for k in ("grad", "dtype", "layout", "_version"))
 _STEP = itemgetter("step")
@@ -623,11 +627,11 @@ class FastStep:
                     computed = self._computed_in(p, s)
                     layout = self._bits_layout(p, g, s, perm)
                     part.layouts.append(layout)
-                    if layout == BITS:  # the bfloat16 weight and gradient, on their bits
+                    if layout in (BITS, HALF_BITS):  # the weight and gradient, on their bits
                         rows.append([x.data_ptr() for x in (p, g, *buffers[1:])])
                         shapes.append(tuple(p.shape))
                         part.dtypes.append(np.float32)
-                    elif layout == MASTER:  # the bfloat16 gradient on its bits, p rounded
+                    elif layout in (MASTER, HALF_MASTER):  # the gradient on its bits, p rounded
                         rows.append([x.data_ptr() for x in (weight, g, *buffers[1:], p)])
                         shapes.append(tuple(p.shape))
                         part.dtypes.append(np.float32)
@@ -673,7 +677,7 @@ class FastStep:
                 written += [
                     (x.data_ptr(), x.data_ptr() + x.element_size() * x.numel()) for x in spans
                 ]
-                if "master" in s and layout != MASTER:
+                if "master" in s and layout not in (MASTER, HALF_MASTER):
                     plan.weights.append(p)  # (the loops round a MASTER layout's p themselves)
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
@@ -720,23 +724,30 @@ class FastStep:
 
     def _bits_layout(self, p: torch.Tensor, g: torch.Tensor, s: dict[str, Any], perm: Any) -> str:
         """How the compiled loops take parameter ``p``, its gradient ``g`` and state ``s``
-        (``numba_support.Buffers.at``): on the bits of a contiguous bfloat16 ``p`` and ``g``
-        (``view_bits``) in float32, the weight rounded once, as the full step's working copy
-        is (BITS, no master copy) or ``p`` rounded from a contiguous float32 master as the full
-        step's copy from the master is (MASTER): every compiled module's loops take such groups
-        (its update's and reductions'); else PLAIN. ``_bf16_bits = False`` keeps the working
-        copies and scratches (the benchmark's comparison)."""
-        if not getattr(self, "_bf16_bits", True) or perm is not None:
+        (``numba_support.Buffers.at``): on the bits of a contiguous bfloat16 or float16 ``p``
+        and ``g`` of one dtype (``view_bits``) in float32, the weight rounded once, as the full
+        step's working copy is (BITS, HALF_BITS: no master copy) or ``p`` rounded from a
+        contiguous float32 master as the full step's copy from the master is (MASTER,
+        HALF_MASTER): every compiled module's loops take such groups (its update's and
+        reductions'; float16 where the CPU converts it, ``numba_support.HALF_NATIVE``); else
+        PLAIN. ``_on_bits = False`` keeps the working copies and scratches (the benchmark's
+        comparison)."""
+        if not getattr(self, "_on_bits", True) or perm is not None:
             return PLAIN
-        if p.dtype != torch.bfloat16 or g.dtype != torch.bfloat16:
+        if p.dtype not in _BITS_LAYOUTS or g.dtype != p.dtype:
             return PLAIN
+        if p.dtype == torch.float16:
+            from optgen_runtime.numba_support import HALF_NATIVE  # numba is loaded by now
+
+            if not HALF_NATIVE:
+                return PLAIN  # no hardware conversions: the working copies
         if not (p.is_contiguous() and g.is_contiguous()):
             return PLAIN
         master = s.get("master")
         if master is None:
-            return BITS
+            return _BITS_LAYOUTS[p.dtype][0]
         if master.dtype == torch.float32 and master.is_contiguous():
-            return MASTER
+            return _BITS_LAYOUTS[p.dtype][1]
         return PLAIN
 
     def _tabled(self, resolved: dict[str, float], kind: str) -> ModuleType | None:
