@@ -172,7 +172,7 @@ def store(buffer: np.ndarray, i: int, value: Any) -> None:
     to even)."""
     if buffer.dtype == np.uint16:
         bits = np.array(value, dtype=np.float32).view(np.uint32)[()]
-        buffer[i] = _to_bfloat16.py_func(bits, value != value)
+        buffer[i] = _to_bfloat16.py_func(bits)
     elif buffer.dtype == np.int16:  # NumPy's conversion: the same bits but a NaN's payload
         with np.errstate(over="ignore"):
             half = np.array(np.float32(value), dtype=np.float16)
@@ -187,17 +187,26 @@ def compute_type(buffer: np.ndarray) -> Any:
 
 
 _SIXTEEN = np.uint32(16)
+_MAGNITUDE = np.uint32(0x7FFFFFFF)
+_INF = np.int64(0x7F800000)
+_SIXTY_THREE = np.int64(63)
+_LOW_32 = np.int64(0xFFFFFFFF)
 
 
 @compiled(inline="always")
-def _to_bfloat16(bits: Any, nan: bool) -> Any:
-    """The bfloat16 bits of the float32 whose bits are ``bits`` (``nan``: it is a NaN): to
-    nearest, ties to even (an overflow rounds to inf, as torch's); a NaN quiet, its sign kept.
-    ``store``'s rounding, compiled and in Python (its ``py_func``)."""
-    if nan:
-        return np.uint16((bits >> _SIXTEEN) | np.uint32(0x40))
+def _to_bfloat16(bits: Any) -> Any:
+    """The bfloat16 bits of the float32 whose bits are ``bits``: to nearest, ties to even (an
+    overflow rounds to inf, as torch's); a NaN quiet, its sign kept. ``store``'s rounding,
+    compiled and in Python (its ``py_func``). Without a branch or a bool (a NaN's result picked
+    by a mask from an integer comparison's sign): inlined into numba's IR, a branch left phi
+    nodes that numba's checks warned about on the first compile (NumbaIRAssumptionWarning), and
+    a mask made from a bool kept the loop from vectorising."""
+    magnitude = np.int64(bits & _MAGNITUDE)
+    nan = np.uint32((_INF - magnitude) >> _SIXTY_THREE & _LOW_32)  # all ones for a NaN, else 0
     even = (bits >> _SIXTEEN) & np.uint32(1)
-    return np.uint16((bits + np.uint32(0x7FFF) + even) >> _SIXTEEN)
+    rounded = (bits + np.uint32(0x7FFF) + even) >> _SIXTEEN
+    quiet = (bits >> _SIXTEEN) | np.uint32(0x40)
+    return np.uint16(rounded ^ ((rounded ^ quiet) & nan))
 
 
 # float16 by the hardware's conversions (x86's F16C, as torch's CPU kernels convert; AArch64's
@@ -245,7 +254,7 @@ def _store(buffer, i, value):  # type: ignore[no-untyped-def]
     if buffer.dtype == types.uint16:
 
         def rounded(buffer, i, value):  # type: ignore[no-untyped-def]
-            buffer[i] = _to_bfloat16(_bits_of(np.float32(value)), value != value)
+            buffer[i] = _to_bfloat16(_bits_of(np.float32(value)))
 
         return rounded
 

@@ -272,3 +272,30 @@ def test_mixed_dtypes_in_one_group() -> None:
         return [p.detach().clone() for p in params]
 
     assert all(torch.equal(x, y) for x, y in zip(run(False), run(True), strict=True))
+
+
+def test_the_first_compile_warns_nothing() -> None:
+    """The loops on bfloat16 and float16 bits compiled afresh (no cache) with numba's IR
+    warnings as errors: ``store``'s rounding, inlined into numba's IR, once left phi nodes that
+    numba's own check reported as a NumbaIRAssumptionWarning asking users to file a numba bug."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, generated.torch as gt\n"
+        "for dtype in (torch.bfloat16, torch.float16):\n"
+        "    for master in (False, True):\n"
+        "        ps = [torch.nn.Parameter(torch.randn(70001).to(dtype))]\n"
+        "        opt = gt.Adam(ps, backend='numba', multi_precision=master)\n"
+        "        for _ in range(3):\n"
+        "            ps[0].grad = torch.randn(70001).to(dtype)\n"
+        "            opt.step()\n"
+        "        assert opt._plan.groups[0].layouts[0] != 'plain' or dtype == torch.float16\n"
+    )
+    env = {**os.environ, "OPTGEN_NUMBA_CACHE": "0"}
+    warning = "error::numba.core.errors.NumbaIRAssumptionWarning"
+    done = subprocess.run(
+        [sys.executable, "-W", warning, "-c", script], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
