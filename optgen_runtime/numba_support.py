@@ -211,12 +211,26 @@ def _to_bfloat16(bits: Any) -> Any:
 
 # float16 by the hardware's conversions (x86's F16C, as torch's CPU kernels convert; AArch64's
 # FCVT): LLVM's ``fpext``/``fptrunc`` of ``half``, one instruction per 8 or 16 elements,
-# exact one way and to nearest, ties to even the other (torch's bits, a NaN's included). Without
-# them LLVM would call compiler-rt helpers the JIT does not link: the torch classes then keep
-# their float32 working copies for float16 (``HALF_NATIVE`` False).
-HALF_NATIVE = bool(
-    llvm.get_host_cpu_features().get("f16c") or platform.machine().lower() in ("aarch64", "arm64")
-)
+# exact one way and to nearest, ties to even the other (torch's bits, a NaN's included). Where
+# numba compiles for a target without them, LLVM calls compiler-rt helpers the JIT does not link
+# (``LLVM ERROR: Symbol not found: __extendhfsf2``, the process aborted): the torch classes then
+# keep their float32 working copies for float16 (``HALF_NATIVE`` False).
+
+
+def _half_native(machine: str, cpu_name: str | None, cpu_features: str | None) -> bool:
+    """Whether numba's target converts float16 in hardware: AArch64 always; on x86 the host
+    with F16C when numba compiles for the host (``NUMBA_CPU_NAME`` unset or "host"), a
+    ``NUMBA_CPU_FEATURES`` list naming ``+f16c``, else (another named CPU) not assumed."""
+    if machine.lower() in ("aarch64", "arm64"):
+        return True
+    if cpu_features:
+        return "+f16c" in cpu_features.split(",")
+    if cpu_name and cpu_name != "host":
+        return False
+    return bool(llvm.get_host_cpu_features().get("f16c"))
+
+
+HALF_NATIVE = _half_native(platform.machine(), numba.config.CPU_NAME, numba.config.CPU_FEATURES)
 
 
 @intrinsic

@@ -299,3 +299,40 @@ def test_the_first_compile_warns_nothing() -> None:
     env = {**os.environ, "OPTGEN_NUMBA_CACHE": "0"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_float16_on_the_bits_only_where_numba_targets_the_conversions() -> None:
+    """``HALF_NATIVE``: AArch64; x86 with F16C when numba compiles for the host; a
+    ``NUMBA_CPU_FEATURES`` list with ``+f16c``; never another named CPU. Under
+    ``NUMBA_CPU_NAME=generic`` (no F16C) a float16 step takes the working copies: the
+    conversions compiled for that target would call a helper the JIT cannot find and abort the
+    process (``LLVM ERROR: Symbol not found: __extendhfsf2``)."""
+    import os
+    import subprocess
+    import sys
+
+    native = numba_support._half_native
+    assert native("aarch64", "generic", None) and native("arm64", None, None)
+    assert native("x86_64", "generic", "+avx2,+f16c") and not native("x86_64", None, "+avx2")
+    assert not native("x86_64", "generic", None) and not native("x86_64", "generic", "")
+    host = native("x86_64", None, None)
+    assert (
+        host
+        == native("x86_64", "host", None)
+        == bool(__import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_features().get("f16c"))
+    )
+    script = (
+        "import torch, generated.torch as gt\n"
+        "from optgen_runtime import numba_support\n"
+        "assert not numba_support.HALF_NATIVE\n"
+        "ps = [torch.nn.Parameter(torch.randn(70001).half())]\n"
+        "opt = gt.Adam(ps, backend='numba')\n"
+        "for _ in range(3):\n"
+        "    ps[0].grad = torch.randn(70001).half()\n"
+        "    opt.step()\n"
+        "assert opt._plan.groups[0].layouts == ['plain'], opt._plan.groups[0].layouts\n"
+    )
+    env = {**os.environ, "OPTGEN_NUMBA_CACHE": "0", "NUMBA_CPU_NAME": "generic"}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
