@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import llvmlite.binding as llvm
 import numpy as np
 import pytest
 import torch
@@ -315,12 +316,8 @@ def test_float16_on_the_bits_only_where_numba_targets_the_conversions() -> None:
     assert native("aarch64", "generic", None) and native("arm64", None, None)
     assert native("x86_64", "generic", "+avx2,+f16c") and not native("x86_64", None, "+avx2")
     assert not native("x86_64", "generic", None) and not native("x86_64", "generic", "")
-    host = native("x86_64", None, None)
-    assert (
-        host
-        == native("x86_64", "host", None)
-        == bool(__import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_features().get("f16c"))
-    )
+    host = bool(llvm.get_host_cpu_features().get("f16c"))
+    assert native("x86_64", None, None) == native("x86_64", "host", None) == host
     script = (
         "import torch, generated.torch as gt\n"
         "from optgen_runtime import numba_support\n"
