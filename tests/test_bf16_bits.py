@@ -16,6 +16,7 @@ import importlib
 from typing import Any
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 import pytest
 import torch
@@ -142,22 +143,24 @@ def test_the_sweep_covers_the_common_rules() -> None:
     assert common <= set(BITS_CLASSES)
 
 
+@numba.njit
+def _put(out: np.ndarray, values: np.ndarray) -> None:
+    """``store`` of every value (compiled; ``py_func``: the Python bodies)."""
+    for i in range(values.shape[0]):
+        store(out, i, values[i])
+
+
+@numba.njit
+def _get(bits: np.ndarray, out: np.ndarray) -> None:
+    """``load`` of every element."""
+    for i in range(bits.shape[0]):
+        out[i] = load(bits, i)
+
+
 def test_store_rounds_as_torch() -> None:
     """``store`` of float32 values into bfloat16 bits, against torch's conversion: ties to
     even both ways, just above and below a tie, the largest finite values (one rounds to
     inf), subnormals, signed zeros, infinities; a NaN stays a NaN of its sign."""
-    import numba
-
-    @numba.njit
-    def put(out: np.ndarray, values: np.ndarray) -> None:
-        for i in range(values.shape[0]):
-            store(out, i, values[i])
-
-    @numba.njit
-    def get(bits: np.ndarray, out: np.ndarray) -> None:
-        for i in range(bits.shape[0]):
-            out[i] = load(bits, i)
-
     tie = 2.0**-8
     values = torch.tensor(
         [1 + tie, 1 + 3 * tie, 1 + tie + 2**-20, 1 + tie - 2**-20, -(1 + tie), 3.3895e38,
@@ -173,25 +176,25 @@ def test_store_rounds_as_torch() -> None:
         ]
     )
     bits = np.zeros(len(values), dtype=np.uint16)
-    put(bits, values.numpy())
+    _put(bits, values.numpy())
     ours = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
     assert torch.equal(ours.view(torch.int16), values.to(torch.bfloat16).view(torch.int16))
     back = np.zeros(len(values), dtype=np.float32)
-    get(bits, back)
+    _get(bits, back)
     assert torch.equal(torch.from_numpy(back), ours.float())
     # the Python bodies (a chunk function run by Python: the compiled loops' reference)
     python = np.zeros(len(values), dtype=np.uint16)
-    put.py_func(python, values.numpy()[:2000])
+    _put.py_func(python, values.numpy()[:2000])
     assert np.array_equal(python[:2000], bits[:2000])
     back_python = np.zeros(2000, dtype=np.float32)
-    get.py_func(bits[:2000], back_python)
+    _get.py_func(bits[:2000], back_python)
     assert np.array_equal(back_python, back[:2000])
     nan = np.zeros(2, dtype=np.uint16)
-    put(nan, np.array([np.nan, -np.nan], dtype=np.float32))
+    _put(nan, np.array([np.nan, -np.nan], dtype=np.float32))
     widened = torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).float()
     assert widened.isnan().all() and torch.signbit(widened).tolist() == [False, True]
     nan_python = np.zeros(2, dtype=np.uint16)
-    put.py_func(nan_python, np.array([np.nan, -np.nan], dtype=np.float32))
+    _put.py_func(nan_python, np.array([np.nan, -np.nan], dtype=np.float32))
     assert np.array_equal(nan_python, nan)
 
 
@@ -201,20 +204,8 @@ def test_float16_store_rounds_as_torch() -> None:
     rounds to inf), subnormals and their ties, values too small for a subnormal, signed zeros,
     infinities, NaN (the same bits as torch's: the same instructions), every float16 widened
     exactly; the Python bodies give the same bits (NumPy's conversions), but a NaN's payload."""
-    import numba
-
     if not numba_support.HALF_NATIVE:
         pytest.skip("this CPU has no float16 conversion instructions: float16 takes copies")
-
-    @numba.njit
-    def put(out: np.ndarray, values: np.ndarray) -> None:
-        for i in range(values.shape[0]):
-            store(out, i, values[i])
-
-    @numba.njit
-    def get(bits: np.ndarray, out: np.ndarray) -> None:
-        for i in range(bits.shape[0]):
-            out[i] = load(bits, i)
 
     ulp = 2.0**-10
     values = torch.tensor(
@@ -230,21 +221,21 @@ def test_float16_store_rounds_as_torch() -> None:
     )
     values = torch.cat([values, scaled])
     bits = np.zeros(len(values), dtype=np.int16)
-    put(bits, values.numpy())
+    _put(bits, values.numpy())
     assert torch.equal(torch.from_numpy(bits), values.to(torch.float16).view(torch.int16))
     every = np.arange(-(2**15), 2**15).astype(np.int16)
     back = np.zeros(len(every), dtype=np.float32)
-    get(every, back)
+    _get(every, back)
     want = torch.from_numpy(every.copy()).view(torch.float16).float()
     assert _same(torch.from_numpy(back), want)
     finite = ~values.isnan().numpy()
     python = np.zeros(len(values), dtype=np.int16)
-    put.py_func(python, values.numpy())
+    _put.py_func(python, values.numpy())
     assert np.array_equal(python[finite], bits[finite])
     assert np.isnan(python[~finite].view(np.float16)).all()
     sample = every[::21]  # (one in 21: the Python body is slow)
     back_python = np.zeros(len(sample), dtype=np.float32)
-    get.py_func(sample, back_python)
+    _get.py_func(sample, back_python)
     assert _same(torch.from_numpy(back_python), want[::21])
 
 
