@@ -91,6 +91,8 @@ def resolve_hyperparams(
     (``_RESOLVED``: the modules' every ``step`` resolves its keywords, 10-20 us each time on
     this machine): the same keywords again, for the same tables, return a copy of the result.
     Anything else (a tensor, a NumPy scalar: it may change in place) is resolved every time.
+    The tables are a module's constants (``HYPERPARAMS``, ``LEGAL``, ``NONE_MEANS``): one changed
+    in place is not seen by a call remembered before (``_RESOLVED.clear()`` forgets them).
     """
     tables = (defaults, legal, none_means)  # (a rule's variants share its name, not these)
     key = _resolved_key(rule, tables, given)
