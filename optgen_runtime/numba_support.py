@@ -342,6 +342,18 @@ def launch(
         numba.set_num_threads(threads)
 
 
+def launch_layout(
+    drivers: dict[str, Any], layout: str, addresses: np.ndarray, chunks: np.ndarray, *args: Any
+) -> None:
+    """``launch`` of ``layout``'s driver: ``drivers`` is a module's table keyed PLAIN, BITS,
+    MASTER (``_UPDATES``: (parallel, serial) pairs; a reduction's: one driver each), ``LAYOUTS``
+    says which entry a layout runs and the format of its bits (the driver's last argument)."""
+    kind, extra = LAYOUTS[layout]
+    driver = drivers[kind]
+    kernel, serial = driver if isinstance(driver, tuple) else (driver, None)
+    launch(kernel, addresses, chunks, *args, *extra, serial=serial)
+
+
 def chunk_table(sizes: Sequence[int], chunk: int = CHUNK, *, even: bool = False) -> np.ndarray:
     """``_chunk_table``'s read-only table, built once per list of sizes (a module's ``step``
     builds the table of its tensors on every call)."""

@@ -186,7 +186,7 @@ def test_the_serial_and_the_parallel_loop_give_numpys_bits(
         taken.append(serial is not None and len(chunks) < 2 * numba_support.MIN_CHUNKS_PER_THREAD)
         original(kernel, addresses, chunks, *args, serial=serial)
 
-    monkeypatch.setattr(numba_adam, "launch", spy)
+    monkeypatch.setattr(numba_support, "launch", spy)  # (launch_layout calls it)
     rng = np.random.default_rng(1)
     w = rng.standard_normal(elements).astype(np.float32)
     a, b = w.copy(), w.copy()

@@ -169,7 +169,7 @@ def adam_class(
     return _timed_classes(shapes, steps, variants)
 
 
-def _bfloat16_variants(cls: Any, name: str) -> dict[str, Any]:
+def _bits_variants(cls: Any, name: str) -> dict[str, Any]:
     """The generated class ``cls`` on bfloat16 (or float16) parameters four ways: without a
     master copy on the bits and through float32 working copies, with one
     (``multi_precision=True``) on the gradients' bits (the parameters rounded from the masters
@@ -195,14 +195,14 @@ def adam_bfloat16(
 ) -> dict[str, float]:
     """ms/step on bfloat16 (``dtype``: or float16) parameters: generated.torch.Adam without a
     master copy (computed in float32 and rounded once per step, the Triton kernels' semantics)
-    and with one, each on the bits and as before (``_bfloat16_variants``), and torch's fused
+    and with one, each on the bits and as before (``_bits_variants``), and torch's fused
     and foreach Adam (arithmetic in the parameters' dtype)."""
     import torch
 
     from generated.torch import Adam
 
     variants = {
-        **_bfloat16_variants(Adam, "Adam"),
+        **_bits_variants(Adam, "Adam"),
         "torch Adam fused": (lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), False),
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
     }
@@ -210,13 +210,13 @@ def adam_bfloat16(
 
 
 def lamb_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
-    """ms/step of generated.torch.LAMB on bfloat16 parameters (``_bfloat16_variants``: its
+    """ms/step of generated.torch.LAMB on bfloat16 parameters (``_bits_variants``: its
     reduction loops read the bits too); torch has no LAMB."""
     import torch
 
     from generated.torch import LAMB
 
-    return _timed_classes(shapes, steps, _bfloat16_variants(LAMB, "LAMB"), dtype=torch.bfloat16)
+    return _timed_classes(shapes, steps, _bits_variants(LAMB, "LAMB"), dtype=torch.bfloat16)
 
 
 def adam_complex(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:

@@ -43,11 +43,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
-    launch,
+    launch_layout,
     load,
     prepare,
     round_into,
@@ -492,14 +491,13 @@ def _run(
             for _j in _indices
         ]
         partial = np.empty((len(_chunks), 1), dtype=np.float64)
-        _kind, _args = LAYOUTS[_layout]
-        launch(
-            _REDUCE[_kind],
+        launch_layout(
+            _REDUCE,
+            _layout,
             _addresses,
             _chunks,
             np.array(pre, dtype=dtype).reshape(len(_indices), 0),
             partial,
-            *_args,
         )
         for _j, _rows in zip(
             _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
@@ -524,8 +522,6 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
-            _kernel, _serial = _UPDATES[_kind]
-            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
+            launch_layout(_UPDATES, _layout, _addresses, _chunks, _table)
 
     commit(_writes, buffers.alive)

@@ -54,11 +54,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
-    launch,
+    launch_layout,
     load,
     prepare,
     round_into,
@@ -441,14 +440,12 @@ def step_tables(buffers: Buffers, tables: Sequence[np.ndarray]) -> None:
     (``SCALARS`` in order, from ``host_scalars``) whose every value the caller computed and
     range-checked (``computed``, ``check_scalars``). For the torch classes' fast step, which keeps
     the checked table of a step whose scalars are unchanged; nothing is checked here. A group
-    laid out as bfloat16 or float16 bits (``buffers.layouts``: numba_support.LAYOUTS) runs on
+    laid out as bfloat16 or float16 bits (``buffers.layouts``: numba_support.launch_layout) runs on
     them, in float32."""
     for (_, _addresses, _chunks, _), _layout, _table in zip(
         buffers.groups, buffers.layouts, tables, strict=True
     ):
-        _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
-        _kernel, _serial = _UPDATES[_kind]
-        launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
+        launch_layout(_UPDATES, _layout, _addresses, _chunks, _table)
 
 
 def _run(
@@ -481,8 +478,6 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
-            _kernel, _serial = _UPDATES[_kind]
-            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
+            launch_layout(_UPDATES, _layout, _addresses, _chunks, _table)
 
     commit(_writes, buffers.alive)

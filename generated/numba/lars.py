@@ -48,11 +48,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
-    launch,
+    launch_layout,
     load,
     prepare,
     round_into,
@@ -479,9 +478,8 @@ def _run(
             RULE, reduction_scalars, [ts[_j] for _j in _indices], REDUCE_SCALARS, dtype.type, **hp
         )
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
-        _kind, _args = LAYOUTS[_layout]
-        launch(
-            _REDUCE[_kind], _addresses, _chunks, _distinct.astype(dtype)[_which], partial, *_args
+        launch_layout(
+            _REDUCE, _layout, _addresses, _chunks, _distinct.astype(dtype)[_which], partial
         )
         sums[_indices] = combine_rows(
             REDUCE_KINDS, ["w_sq", "g_sq"], partial, _chunks[:, 0], len(_indices)
@@ -507,8 +505,6 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
-            _kernel, _serial = _UPDATES[_kind]
-            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
+            launch_layout(_UPDATES, _layout, _addresses, _chunks, _table)
 
     commit(_writes, buffers.alive)

@@ -51,11 +51,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import (
-    LAYOUTS,
     Buffers,
     compiled,
     compute_type,
-    launch,
+    launch_layout,
     load,
     prepare,
     round_into,
@@ -408,9 +407,7 @@ def _run(
         for (_, _addresses, _chunks, _), _layout, _table in zip(
             buffers.groups, buffers.layouts, scalars, strict=True
         ):
-            _kind, _args = LAYOUTS[_layout]  # the drivers, the format of the bits
-            _kernel, _serial = _UPDATES[_kind]
-            launch(_kernel, _addresses, _chunks, _table, *_args, serial=_serial)
+            launch_layout(_UPDATES, _layout, _addresses, _chunks, _table)
         for _s, new in zip(states, host_new, strict=True):
             _s.update(new)
 
