@@ -139,6 +139,42 @@ def check_tensors_each(
     ]
 
 
+def check_copies(rule: str, weights: Sequence[Any], copies: Sequence[Any] | None) -> None:
+    """``copies`` of a multi-tensor step (``ChunkTable``): None, or one entry per weight, each
+    None or the tensor the kernel writes the new weight into, rounded to its dtype (a
+    fp16/bf16 parameter of its float32 master copy): a dense, contiguous tensor of a kernel
+    dtype (float32, float16, bfloat16), the weight's shape and device. Its overlaps with every
+    other buffer are checked with theirs (:func:`check_across`)."""
+    if copies is None:
+        return
+    if not isinstance(copies, list | tuple) or len(copies) != len(weights):
+        raise ValueError(
+            f"{rule}: copies must be a list of {len(weights)} tensors or None, one per weight"
+        )
+    for j, (weight, copy) in enumerate(zip(weights, copies, strict=True)):
+        if copy is None:
+            continue
+        label = f"copies[{j}]"
+        check_kind(rule, label, copy, torch.Tensor, "torch.Tensor")
+        check_device(rule, label, copy, weight)
+        check_state_shape(rule, label, copy, weight, None)
+        check_kernel_dtype(rule, label, copy)
+        check_dense(rule, label, copy)
+        check_contiguous(rule, label, copy)
+
+
+def with_copies(tables: Sequence[Checked], copies: Sequence[Any]) -> list[Checked]:
+    """Each tensor's checked buffers with its copy (``copies[j]``, where not None) after them,
+    written: for :func:`check_across`."""
+    out = []
+    for table, copy in zip(tables, copies, strict=True):
+        if copy is not None:
+            labelled = [*zip(table.labels, table, strict=True), ("copy", copy)]
+            table = Checked(table.rule, labelled, table.written.count(False))
+        out.append(table)
+    return out
+
+
 def check_across(tables: Sequence[Sequence[torch.Tensor]]) -> None:
     """No buffer a multi-tensor step writes (a weight, a state) shares memory with any buffer of
     any tensor: the same weight or state dict twice, or a gradient that is another tensor's
@@ -695,6 +731,7 @@ class _Group:
     counts: np.ndarray  # chunks per member
     meta: np.ndarray  # int64: pointer rows, sizes, int rows, chunk tensor ids, chunk starts
     aligned: bool = False  # the vectorised variant (ChunkTable.vectorisable)
+    copied: bool = False  # its tensors have copies (COPY_OUT; ChunkTable's copies)
     meta_device: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -702,6 +739,7 @@ class _Group:
         self.stale: tuple[int, int] | None = None  # meta[lo:hi] rewritten since the upload
         self.whole = False  # the members are every tensor of the step, in order
         self.span: tuple[tuple[int, int], torch.Tensor] | None = None  # meta_device[lo:hi]
+        self.copy_like: torch.Tensor | None = None  # the first member's copy (types COPY_OUT's)
 
     def rewrite(self, lo: int, hi: int, values: np.ndarray | list[int]) -> None:
         """``meta[lo:hi] = values``; on the device with the step's next upload (that span
@@ -752,13 +790,20 @@ class ChunkTable:
     scalar variant). A group's int64 ``meta`` table holds, with ``n`` tensors and ``c`` chunks:
     one row of ``n`` pointers per buffer, the ``n`` sizes, one row of ``n`` per entry of
     ``ints[j]`` (per-tensor integers, such as a Philox key), then the ``c`` chunks' tensor
-    (index into the group) and the ``c`` chunks' first element. Per-tensor host scalars go in a
+    (index into the group) and the ``c`` chunks' first element; a group with copies (below), then
+    one row of ``n`` pointers to them. Per-tensor host scalars go in a
     float32 table, one row per tensor (``update``, ``reduce``): Python floats rounded to float32
     to nearest, as Triton rounds a float kernel argument. Empty tensors launch nothing.
 
     :meth:`prepared` reuses the table (and its copy on the device) of an earlier step while the
     buffers are unchanged but for the gradients' (and inputs') addresses, and rewrites the
     per-tensor integers that changed.
+
+    ``copies`` (:func:`check_copies`): per tensor, None or a tensor the update kernel writes
+    the new weight into, rounded to its dtype (``COPY_OUT``): a fp16/bf16 parameter updated
+    through its float32 master copy gets its new value in the same pass, with no copy after
+    (which would read the master again and cost a launch). Tensors with a copy of one dtype
+    form groups of their own; the copy is part of the alignment class.
     """
 
     VECTOR = 16  # bytes of one vectorised access; element multiple of a vectorisable size
@@ -788,6 +833,7 @@ class ChunkTable:
         block: int,
         ints: Sequence[Sequence[int]] | None = None,
         prechecked: bool | Vouched = False,
+        copies: Sequence[Any] | None = None,
     ) -> ChunkTable:
         """The chunk table of a multi-tensor step, every buffer checked (``check_tensors_each``,
         :func:`check_across`) before it is returned; the table of an earlier call when the
@@ -804,10 +850,12 @@ class ChunkTable:
         overlap check of moved gradients. A :class:`Vouched` ``prechecked`` also vouches that
         nothing but the gradients' addresses changed since the call that filled it in: its
         table is taken without a pass over the buffers.
+
+        ``copies``: as the class says, checked (:func:`check_copies`) whenever a table is built.
         """
         vouched = prechecked if isinstance(prechecked, Vouched) else None
         if vouched is not None and inputs is None:
-            table = vouched.table(rule, weights, grads, states, names, block, ints)
+            table = vouched.table(rule, weights, grads, states, names, block, ints, copies)
             if table is not None:
                 return table
         prechecked = bool(prechecked)
@@ -815,7 +863,9 @@ class ChunkTable:
         # two state dicts would otherwise be reused for one dict given twice
         check_distinct_states(rule, states)
         entries = cls._cache.setdefault(rule, [])
-        found = _Prepared.signature(weights, grads, states, names, host_names, inputs, prechecked)
+        found = _Prepared.signature(
+            weights, grads, states, names, host_names, inputs, prechecked, copies
+        )
         if found is not None:
             for k, entry in enumerate(entries):
                 if entry.table.block == block and entry.reuse(found):
@@ -830,7 +880,8 @@ class ChunkTable:
         for s in states:  # the errors of a step without a cache, in the same order
             host_state_values(rule, s, tuple(host_names))
         tables = check_tensors_each(rule, weights, grads, states, names, host_names, inputs)
-        table = cls(tables, block, ints)  # check_across, before any launch
+        check_copies(rule, weights, copies)
+        table = cls(tables, block, ints, copies)  # check_across, before any launch
         if found is not None:
             entries.insert(0, _Prepared(found, table))
             del entries[cls.CACHE :]
@@ -845,21 +896,24 @@ class ChunkTable:
         tables: list[list[torch.Tensor]],
         block: int,
         ints: Sequence[Sequence[int]] | None = None,
+        copies: Sequence[Any] | None = None,
     ) -> None:
-        check_across(tables)  # before any launch
+        check_across(tables if copies is None else with_copies(tables, copies))  # before launches
         self.plans: dict[torch.device, list[tuple[torch.Tensor, int]]] = {}  # device_plan's
         self.block = block
         self.size = len(tables)
         self.launches = 0
         self.ints = [tuple(row) for row in ints] if ints is not None else None
-        keyed: dict[tuple[torch.device, tuple[torch.dtype, ...], bool], list[int]] = {}
-        for j, buffers in enumerate(tables):
+        keyed: dict[tuple[torch.device, tuple[torch.dtype, ...], Any, bool], list[int]] = {}
+        every = copies if copies is not None else [None] * len(tables)
+        for j, (buffers, copy) in enumerate(zip(tables, every, strict=True)):
             if buffers[0].numel():
-                aligned = vectorisable(buffers)
-                key = (buffers[0].device, tuple(b.dtype for b in buffers), aligned)
+                aligned = vectorisable([*buffers, copy] if copy is not None else buffers)
+                copied = copy.dtype if copy is not None else None
+                key = (buffers[0].device, tuple(b.dtype for b in buffers), copied, aligned)
                 keyed.setdefault(key, []).append(j)
         self.groups: list[_Group] = []
-        for (device, _, aligned), members in keyed.items():
+        for (device, _, copied, aligned), members in keyed.items():
             likes = tables[members[0]]
             sizes = np.array([tables[j][0].numel() for j in members], dtype=np.int64)
             counts = -(-sizes // block)
@@ -868,21 +922,25 @@ class ChunkTable:
             rows.append(sizes.tolist())
             if ints is not None:
                 rows += [list(column) for column in zip(*(ints[j] for j in members), strict=True)]
-            meta = np.concatenate(
-                [
-                    np.array(rows, dtype=np.int64).ravel(),
-                    np.repeat(np.arange(len(members), dtype=np.int64), counts),
-                    (np.arange(int(counts.sum()), dtype=np.int64) - first) * block,
-                ]
-            )
+            parts = [
+                np.array(rows, dtype=np.int64).ravel(),
+                np.repeat(np.arange(len(members), dtype=np.int64), counts),
+                (np.arange(int(counts.sum()), dtype=np.int64) - first) * block,
+            ]
+            if copied is not None:  # the copies' pointers: the row after the chunk rows
+                parts.append(np.array([every[j].data_ptr() for j in members], dtype=np.int64))
+            meta = np.concatenate(parts)
             meta = np.concatenate([meta, np.zeros(_padded(len(meta)) - len(meta), np.int64)])
-            self.groups.append(_Group(device, members, likes, counts, meta, aligned))
+            group = _Group(device, members, likes, counts, meta, aligned, copied is not None)
+            group.copy_like = every[members[0]]
+            self.groups.append(group)
 
     def _retarget(self, tables: Any, ints: Sequence[Sequence[int]] | None) -> None:
         """A cached table for this call: the pointer-typing buffers of this call (a cached
         table holds no tensor of an earlier step alive) and this call's integers."""
         for group in self.groups:
             group.likes = tables[group.members[0]]
+            group.copy_like = tables.copy(group.members[0]) if group.copied else None
         new = [tuple(row) for row in ints] if ints is not None else None
         if new == self.ints:
             return
@@ -895,7 +953,7 @@ class ChunkTable:
     def forget(self) -> None:
         """Drop the tensors of the call (the pointer-typing buffers) once it is done."""
         for group in self.groups:
-            group.likes = []
+            group.likes, group.copy_like = [], None
 
     def _tables(self, group: _Group, rows: ScalarRows) -> tuple[torch.Tensor, torch.Tensor]:
         """The group's meta table and its members' scalar rows on the device (one copy)."""
@@ -923,7 +981,7 @@ class ChunkTable:
         group.meta_device, group.span = both[: len(group.meta)], None
         return group.meta_device, both[len(group.meta) :].view(torch.float32)
 
-    def _launch(self, kernel: Any, group: _Group, *tables: torch.Tensor) -> None:
+    def _launch(self, kernel: Any, group: _Group, *tables: torch.Tensor, **copy: Any) -> None:
         kernel[(group.chunks,)](
             *tables,
             len(group.members),
@@ -931,6 +989,7 @@ class ChunkTable:
             *group.likes,
             BLOCK_SIZE=self.block,
             ALIGNED=group.aligned,
+            **copy,
             **LAUNCH_OPTIONS,
         )
         self.launches += 1
@@ -950,7 +1009,10 @@ class ChunkTable:
         rows = rows if isinstance(rows, ScalarRows) else ScalarRows.of(rows)
         for group, flags in zip(self.groups, amps, strict=True):
             meta, scalars = self._tables(group, rows)
-            self._launch(kernel, group, meta, scalars, *flags)
+            # the weight typing copy_like where the group has no copies (COPY_OUT off: unused)
+            like = group.copy_like if group.copied else group.likes[0]
+            copy = {"copy_like": like, "COPY_OUT": group.copied}
+            self._launch(kernel, group, meta, scalars, *flags, **copy)
         self.forget()
 
     def reduce(
@@ -1059,6 +1121,7 @@ class Vouched:
         names: Sequence[str],
         block: int,
         ints: Sequence[Sequence[int]] | None,
+        copies: Sequence[Any] | None = None,
     ) -> ChunkTable | None:
         """The table of the last call for this one, or None (a pass over the buffers)."""
         given, self.pointers = self.pointers, None
@@ -1069,6 +1132,8 @@ class Vouched:
         n = old.n
         if len(weights) != n or old.reads != 1 or not old.prechecked:
             return None
+        if old.copied != (copies is not None):
+            return None
         if old.interpreting != interpreting():
             return None
         pointers = given if given is not None else list(map(_POINTER, grads))
@@ -1077,21 +1142,31 @@ class Vouched:
                 return None
             old.pointers[n : 2 * n] = pointers  # this signature's own list
         table = entry.table
-        table._retarget(_Buffers(weights, grads, states, names), ints)
+        table._retarget(_Buffers(weights, grads, states, names, copies), ints)
         table.launches = 0
         return table
 
 
 class _Buffers:
-    """Tensor j's buffers [weight, grad, *states] of a call (``ChunkTable._retarget``)."""
+    """Tensor j's buffers [weight, grad, *states] of a call, and its copy
+    (``ChunkTable._retarget``)."""
 
     def __init__(
-        self, weights: Sequence[Any], grads: Sequence[Any], states: Sequence[Any], names: Any
+        self,
+        weights: Sequence[Any],
+        grads: Sequence[Any],
+        states: Sequence[Any],
+        names: Any,
+        copies: Sequence[Any] | None = None,
     ) -> None:
         self.weights, self.grads, self.states, self.names = weights, grads, states, names
+        self.copies = copies
 
     def __getitem__(self, j: int) -> list[Any]:
         return [self.weights[j], self.grads[j], *(self.states[j][k] for k in self.names)]
+
+    def copy(self, j: int) -> Any:
+        return self.copies[j] if self.copies is not None else None
 
 
 @dataclass
@@ -1111,6 +1186,10 @@ class _Signature:
     pointers: list[int]
     looks: tuple[tuple[Any, list[torch.Tensor]], ...]
     kept_looks: tuple[list[Any], ...] = ()
+    # ``copies`` given: the last column holds each tensor's copy, or its weight where it has
+    # none (a stand-in: the pointers then say which tensors have one)
+    copied: bool = False
+    copies: list[Any] | None = None
 
     def same_looks(self, old: tuple[list[Any], ...]) -> bool:
         """Whether every look equals the one ``old`` (a :meth:`kept` of the same layout) holds."""
@@ -1122,7 +1201,7 @@ class _Signature:
     def release(self) -> None:
         """Keep the looks, drop the tensors: a cached table holds no tensor of a step alive."""
         self.kept()
-        self.columns, self.looks = [], ()
+        self.columns, self.looks, self.copies = [], (), None
 
     def kept(self) -> tuple[list[Any], ...]:
         """The looks read into lists, to be compared with a later step's."""
@@ -1132,7 +1211,12 @@ class _Signature:
 
     def __getitem__(self, j: int) -> list[torch.Tensor]:
         """Tensor j's buffers (``ChunkTable._retarget`` types a group's pointers by them)."""
-        return [column[j] for column in self.columns]
+        columns = self.columns[:-1] if self.copied else self.columns
+        return [column[j] for column in columns]
+
+    def copy(self, j: int) -> Any:
+        """Tensor j's copy (None: it has none)."""
+        return self.copies[j] if self.copies is not None else None
 
 
 _FEW = 64  # gradients whose addresses _grads_moved takes as a list, not an array
@@ -1211,6 +1295,7 @@ class _Prepared:
         host_names: Sequence[str],
         inputs: Sequence[dict[str, Any]] | None,
         prechecked: bool,
+        copies: Sequence[Any] | None = None,
     ) -> _Signature | None:
         """The step's buffers in one pass (C-level maps, no Python loop per tensor), or None
         when they cannot be cached (a state that is not a plain dict with exactly the rule's
@@ -1227,6 +1312,11 @@ class _Prepared:
                 columns += [list(map(itemgetter(k), inputs)) for k in inputs[0]]
             reads = len(columns) - 1
             columns += [list(map(itemgetter(k), states)) for k in names]
+            if copies is not None:  # a written column, the weight standing in for a None
+                if not isinstance(copies, list | tuple) or len(copies) != n:
+                    return None  # refused by the full checks
+                pairs = zip(weights, copies, strict=True)
+                columns.append([w if c is None else c for w, c in pairs])
             if n and not prechecked and host_names:
                 list(map(itemgetter(*host_names), states))  # every host state there
             flat = list(chain.from_iterable(columns))
@@ -1236,24 +1326,30 @@ class _Prepared:
             if prechecked:
                 read = flat[: n * (1 + reads)]  # the weights, the gradients, the inputs
                 looks = ((_NUMEL, read), (_DEVICE, columns[0]), (_DTYPE, read))
+                if copies is not None:  # the copies' dtypes type their groups
+                    looks += ((_DTYPE, columns[-1]),)
             else:
                 if not all(map(_CONTIGUOUS, flat)):
                     return None
                 looks = ((_SHAPE, flat), (_DTYPE, flat), (_DEVICE, flat))
         except (KeyError, IndexError, TypeError, RuntimeError, ValueError):
             return None
-        return _Signature(n, reads, prechecked, interpreting(), columns, pointers, looks)
+        found = _Signature(n, reads, prechecked, interpreting(), columns, pointers, looks)
+        if copies is not None:
+            found.copied, found.copies = True, list(copies)
+        return found
 
     def reuse(self, new: _Signature) -> bool:
         """Whether the cached table serves ``new``'s step (its read-only pointer rows rewritten
         where they moved); False: rebuild, with every check."""
         old = self.found
         n = old.n
-        if (new.n, new.reads, new.prechecked, new.interpreting) != (
+        if (new.n, new.reads, new.prechecked, new.interpreting, new.copied) != (
             n,
             old.reads,
             old.prechecked,
             old.interpreting,
+            old.copied,
         ) or len(new.pointers) != len(old.pointers):
             return False
         split = n * (1 + old.reads)

@@ -279,6 +279,9 @@ def context(lowered: Lowered) -> dict[str, object]:
         "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
         "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",
         "outputs": [(names.derived(cur.name, "_ptr"), new.name) for cur, new in _stores(lowered)],
+        # the weight's buffer and its new value (a master's copy-out: COPY_OUT)
+        "weight_ptr": names.derived(rule.weight.name, "_ptr"),
+        "weight_out": lowered.outputs[rule.weight].name,
         "host_names": [s.name for s in lowered.update_scalars],
         "legend": [f"{name}: {what}" for name, what in legend(lowered, lowered.update_scalars)],
         "pointers": pointers,

@@ -101,6 +101,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -122,6 +124,8 @@ def adamax_kernel_body(
     epsilon,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by adamax_kernel and adamax_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adamax, once per step):
@@ -162,6 +166,9 @@ def adamax_kernel_body(
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
     tl.store(u_ptr + offs, u_new.to(u_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -214,6 +221,8 @@ def adamax_kernel(
         epsilon,
         1.0,
         False,
+        weight_ptr,
+        False,
     )
 
 
@@ -229,8 +238,10 @@ def adamax_multi_kernel(
     grad_like,
     mean_like,
     u_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
@@ -255,6 +266,17 @@ def adamax_multi_kernel(
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         mean_ptr = tl.multiple_of(mean_ptr, 16)
         u_ptr = tl.multiple_of(u_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 5 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -290,6 +312,8 @@ def adamax_multi_kernel(
         epsilon,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -334,6 +358,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -354,6 +379,11 @@ def step_multi(
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
 
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
+
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
     rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
@@ -372,7 +402,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
@@ -388,6 +428,7 @@ def step_tables(
     *,
     prechecked: Vouched,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    copies: Sequence[torch.Tensor | None] | None = None,
 ) -> int:
     """``step_multi`` for a caller that resolved the hyperparameters, computed and range-checked
     the host scalars and checked every buffer itself (the torch classes' fast step, which keeps
@@ -396,7 +437,8 @@ def step_tables(
     ``rows``: this module's ``host_scalars`` at each tensor's step count, checked against
     ``SCALARS`` for float32 and rounded as ``step_rows`` rounds them (the rows of the module
     that runs: the caller picks a special case or absent-state variant, ``running_variant``).
-    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``). Returns the launches made.
+    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``); ``copies``: as
+    ``step_multi``'s, checked by the caller too. Returns the launches made.
     """
     if not (len(weights) == len(grads) == len(states) == len(rows.index)):
         raise ValueError(
@@ -407,7 +449,17 @@ def step_tables(
             f"{RULE}: step_tables takes a Vouched prechecked, not {type(prechecked).__name__}"
         )
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, None, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        None,
+        prechecked,
+        copies,
     )
     chunks.update(adamax_multi_kernel, rows, RULE, amp)
     return chunks.launches

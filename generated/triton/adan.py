@@ -98,6 +98,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -125,6 +127,8 @@ def adan_kernel_body(
     epsilon,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by adan_kernel and adan_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adan, once per step):
@@ -186,6 +190,9 @@ def adan_kernel_body(
     tl.store(diff_mean_ptr + offs, diff_mean_new.to(diff_mean_ptr.dtype.element_ty), mask=mask)
     tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
     tl.store(prev_grad_ptr + offs, prev_grad_new.to(prev_grad_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -254,6 +261,8 @@ def adan_kernel(
         epsilon,
         1.0,
         False,
+        weight_ptr,
+        False,
     )
 
 
@@ -271,8 +280,10 @@ def adan_multi_kernel(
     diff_mean_like,
     var_like,
     prev_grad_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (6 x
@@ -305,6 +316,17 @@ def adan_multi_kernel(
         diff_mean_ptr = tl.multiple_of(diff_mean_ptr, 16)
         var_ptr = tl.multiple_of(var_ptr, 16)
         prev_grad_ptr = tl.multiple_of(prev_grad_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 7 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -350,6 +372,8 @@ def adan_multi_kernel(
         epsilon,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -396,6 +420,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -416,6 +441,11 @@ def step_multi(
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
 
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
+
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
     rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
@@ -434,7 +464,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
@@ -450,6 +490,7 @@ def step_tables(
     *,
     prechecked: Vouched,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    copies: Sequence[torch.Tensor | None] | None = None,
 ) -> int:
     """``step_multi`` for a caller that resolved the hyperparameters, computed and range-checked
     the host scalars and checked every buffer itself (the torch classes' fast step, which keeps
@@ -458,7 +499,8 @@ def step_tables(
     ``rows``: this module's ``host_scalars`` at each tensor's step count, checked against
     ``SCALARS`` for float32 and rounded as ``step_rows`` rounds them (the rows of the module
     that runs: the caller picks a special case or absent-state variant, ``running_variant``).
-    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``). Returns the launches made.
+    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``); ``copies``: as
+    ``step_multi``'s, checked by the caller too. Returns the launches made.
     """
     if not (len(weights) == len(grads) == len(states) == len(rows.index)):
         raise ValueError(
@@ -469,7 +511,17 @@ def step_tables(
             f"{RULE}: step_tables takes a Vouched prechecked, not {type(prechecked).__name__}"
         )
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, None, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        None,
+        prechecked,
+        copies,
     )
     chunks.update(adan_multi_kernel, rows, RULE, amp)
     return chunks.launches

@@ -115,6 +115,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -139,6 +141,8 @@ def lamb_kernel_body(
     epsilon,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
@@ -187,6 +191,9 @@ def lamb_kernel_body(
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
     tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -248,6 +255,8 @@ def lamb_kernel(
         epsilon,
         1.0,
         False,
+        weight_ptr,
+        False,
     )
 
 
@@ -263,8 +272,10 @@ def lamb_multi_kernel(
     grad_like,
     mean_like,
     var_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
@@ -289,6 +300,17 @@ def lamb_multi_kernel(
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         mean_ptr = tl.multiple_of(mean_ptr, 16)
         var_ptr = tl.multiple_of(var_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 5 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -330,6 +352,8 @@ def lamb_multi_kernel(
         epsilon,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -582,6 +606,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -606,6 +631,11 @@ def step_multi(
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
 
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
+
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
     rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
@@ -624,7 +654,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # the reduction phase's scalars depend on the step count alone: once per distinct count
     pre = phase_rows(RULE, reduction_scalars, ts, REDUCE_SCALARS, **hp)

@@ -89,6 +89,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -107,6 +109,8 @@ def sgld_kernel_body(
     noise_offset,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by sgld_kernel and sgld_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgld, once per step):
@@ -135,6 +139,9 @@ def sgld_kernel_body(
     _v7 = _h2 * _v6
     weight_new = _v1 + _v7
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["key", "noise_offset"])
@@ -178,6 +185,8 @@ def sgld_kernel(
         noise_offset,
         1.0,
         False,
+        weight_ptr,
+        False,
     )
 
 
@@ -191,8 +200,10 @@ def sgld_multi_kernel(
     n_chunks,
     weight_like,
     grad_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (2 x
@@ -213,6 +224,17 @@ def sgld_multi_kernel(
     if ALIGNED:  # 16-byte aligned pointers: 128-bit loads and stores
         weight_ptr = tl.multiple_of(weight_ptr, 16)
         grad_ptr = tl.multiple_of(grad_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 5 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -244,6 +266,8 @@ def sgld_multi_kernel(
         noise_offset,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -299,6 +323,7 @@ def step_multi(
     noise_offsets: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -322,6 +347,11 @@ def step_multi(
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
 
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
+
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
     rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
@@ -344,7 +374,17 @@ def step_multi(
         for _k, _tj, _o in zip(streams, ts, offsets, strict=True)
     ]
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)

@@ -94,6 +94,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -108,6 +110,8 @@ def torch_adagrad_no_decay_kernel_body(
     eps,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by torch_adagrad_no_decay_kernel and torch_adagrad_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adagrad_no_decay, once per step):
@@ -132,6 +136,9 @@ def torch_adagrad_no_decay_kernel_body(
     weight_new = weight + _v5
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(state_sum_ptr + offs, state_sum_new.to(state_sum_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -154,7 +161,18 @@ def torch_adagrad_no_decay_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     eps = tl.cast(eps, tl.float32)
     torch_adagrad_no_decay_kernel_body(
-        weight_ptr, grad_ptr, state_sum_ptr, offs, mask, _h0, _h1, eps, 1.0, False
+        weight_ptr,
+        grad_ptr,
+        state_sum_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        eps,
+        1.0,
+        False,
+        weight_ptr,
+        False,
     )
 
 
@@ -169,8 +187,10 @@ def torch_adagrad_no_decay_multi_kernel(
     weight_like,
     grad_like,
     state_sum_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (3 x
@@ -195,6 +215,17 @@ def torch_adagrad_no_decay_multi_kernel(
         weight_ptr = tl.multiple_of(weight_ptr, 16)
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         state_sum_ptr = tl.multiple_of(state_sum_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 4 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -207,7 +238,18 @@ def torch_adagrad_no_decay_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 3 + 1)
     eps = tl.load(scalars_ptr + tensor * 3 + 2)
     torch_adagrad_no_decay_kernel_body(
-        weight_ptr, grad_ptr, state_sum_ptr, offs, mask, _h0, _h1, eps, inv_scale, True
+        weight_ptr,
+        grad_ptr,
+        state_sum_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        eps,
+        inv_scale,
+        True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -252,6 +294,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -272,6 +315,11 @@ def step_multi(
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
 
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
+
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
     rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
@@ -290,7 +338,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
@@ -306,6 +364,7 @@ def step_tables(
     *,
     prechecked: Vouched,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    copies: Sequence[torch.Tensor | None] | None = None,
 ) -> int:
     """``step_multi`` for a caller that resolved the hyperparameters, computed and range-checked
     the host scalars and checked every buffer itself (the torch classes' fast step, which keeps
@@ -314,7 +373,8 @@ def step_tables(
     ``rows``: this module's ``host_scalars`` at each tensor's step count, checked against
     ``SCALARS`` for float32 and rounded as ``step_rows`` rounds them (the rows of the module
     that runs: the caller picks a special case or absent-state variant, ``running_variant``).
-    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``). Returns the launches made.
+    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``); ``copies``: as
+    ``step_multi``'s, checked by the caller too. Returns the launches made.
     """
     if not (len(weights) == len(grads) == len(states) == len(rows.index)):
         raise ValueError(
@@ -325,7 +385,17 @@ def step_tables(
             f"{RULE}: step_tables takes a Vouched prechecked, not {type(prechecked).__name__}"
         )
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, None, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        None,
+        prechecked,
+        copies,
     )
     chunks.update(torch_adagrad_no_decay_multi_kernel, rows, RULE, amp)
     return chunks.launches

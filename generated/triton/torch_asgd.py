@@ -101,6 +101,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -118,6 +120,8 @@ def torch_asgd_kernel_body(
     mu,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by torch_asgd_kernel and torch_asgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_asgd, once per step):
@@ -148,6 +152,9 @@ def torch_asgd_kernel_body(
     ax_new = tl.where(_v5, weight_new, _v8)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(ax_ptr + offs, ax_new.to(ax_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -176,7 +183,21 @@ def torch_asgd_kernel(
     weight_decay = tl.cast(weight_decay, tl.float32)
     mu = tl.cast(mu, tl.float32)
     torch_asgd_kernel_body(
-        weight_ptr, grad_ptr, ax_ptr, offs, mask, _h0, _h1, _h2, _h3, weight_decay, mu, 1.0, False
+        weight_ptr,
+        grad_ptr,
+        ax_ptr,
+        offs,
+        mask,
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        weight_decay,
+        mu,
+        1.0,
+        False,
+        weight_ptr,
+        False,
     )
 
 
@@ -191,8 +212,10 @@ def torch_asgd_multi_kernel(
     weight_like,
     grad_like,
     ax_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (3 x
@@ -215,6 +238,17 @@ def torch_asgd_multi_kernel(
         weight_ptr = tl.multiple_of(weight_ptr, 16)
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         ax_ptr = tl.multiple_of(ax_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 4 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -243,6 +277,8 @@ def torch_asgd_multi_kernel(
         mu,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -291,6 +327,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -310,6 +347,11 @@ def step_multi(
     (IEEE fp32, the bits of GradScaler.unscale_'s inverse scale); None is (0, 1)
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
+
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
 
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
@@ -336,6 +378,7 @@ def step_multi(
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,
+            copies=copies,
             **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
@@ -344,7 +387,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count and the host states: once per distinct pair.
     rows, new = host_rows(RULE, host_scalars, ts, HOST_STATES, hosts, SCALARS, **hp)

@@ -103,6 +103,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -125,6 +127,8 @@ def torch_nadam_kernel_body(
     decay,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by torch_nadam_kernel and torch_nadam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_nadam, once per step):
@@ -172,6 +176,9 @@ def torch_nadam_kernel_body(
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, exp_avg_sq_new.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -227,6 +234,8 @@ def torch_nadam_kernel(
         decay,
         1.0,
         False,
+        weight_ptr,
+        False,
     )
 
 
@@ -242,8 +251,10 @@ def torch_nadam_multi_kernel(
     grad_like,
     exp_avg_like,
     exp_avg_sq_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (4 x
@@ -270,6 +281,17 @@ def torch_nadam_multi_kernel(
         grad_ptr = tl.multiple_of(grad_ptr, 16)
         exp_avg_ptr = tl.multiple_of(exp_avg_ptr, 16)
         exp_avg_sq_ptr = tl.multiple_of(exp_avg_sq_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 5 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -307,6 +329,8 @@ def torch_nadam_multi_kernel(
         decay,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -355,6 +379,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -374,6 +399,11 @@ def step_multi(
     (IEEE fp32, the bits of GradScaler.unscale_'s inverse scale); None is (0, 1)
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
+
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
 
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
@@ -400,6 +430,7 @@ def step_multi(
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,
+            copies=copies,
             **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
@@ -408,7 +439,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count and the host states: once per distinct pair.
     rows, new = host_rows(RULE, host_scalars, ts, HOST_STATES, hosts, SCALARS, **hp)

@@ -104,6 +104,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -126,6 +128,8 @@ def torch_rmsprop_kernel_body(
     momentum,
     inv_scale,
     AMP: tl.constexpr,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update of one block, shared by torch_rmsprop_kernel and torch_rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop, once per step):
@@ -192,6 +196,9 @@ def torch_rmsprop_kernel_body(
         mask=mask,
     )
     tl.store(grad_avg_ptr + offs, grad_avg_new.to(grad_avg_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -246,6 +253,8 @@ def torch_rmsprop_kernel(
         momentum,
         1.0,
         False,
+        weight_ptr,
+        False,
     )
 
 
@@ -262,8 +271,10 @@ def torch_rmsprop_multi_kernel(
     square_avg_like,
     momentum_buffer_like,
     grad_avg_like,
+    copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
     # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (5 x
@@ -294,6 +305,17 @@ def torch_rmsprop_multi_kernel(
         square_avg_ptr = tl.multiple_of(square_avg_ptr, 16)
         momentum_buffer_ptr = tl.multiple_of(momentum_buffer_ptr, 16)
         grad_avg_ptr = tl.multiple_of(grad_avg_ptr, 16)
+    # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
+    # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
+    # pointers are the row after the chunk rows.
+    if COPY_OUT:
+        copy_ptr = tl.load(meta_ptr + 6 * n_tensors + 2 * n_chunks + tensor).to(
+            copy_like.dtype, bitcast=True
+        )
+        if ALIGNED:
+            copy_ptr = tl.multiple_of(copy_ptr, 16)
+    else:
+        copy_ptr = weight_ptr
     # torch.amp.GradScaler's found_inf and scale, on the device (no host sync, no launch before
     # this one; 0 and 1 without a scaler). A set flag masks every access: the step writes
     # nothing. inv_scale is the IEEE fp32 reciprocal: GradScaler.unscale_'s
@@ -330,6 +352,8 @@ def torch_rmsprop_multi_kernel(
         momentum,
         inv_scale,
         True,
+        copy_ptr,
+        COPY_OUT,
     )
 
 
@@ -378,6 +402,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -397,6 +422,11 @@ def step_multi(
     (IEEE fp32, the bits of GradScaler.unscale_'s inverse scale); None is (0, 1)
     (bit-identical to no scaler). The host states and the step count advance either way: a
     caller skipping on found_inf rolls them back itself.
+
+    ``copies``: None, or one entry per weight: None, or a tensor of the weight's shape and
+    device (float32, float16 or bfloat16) that the update kernel writes the new weight into,
+    rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
+    the weight: no separate copy after the step). Checked as the weights are.
 
     The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
@@ -423,6 +453,7 @@ def step_multi(
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,
+            copies=copies,
             **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
@@ -430,7 +461,17 @@ def step_multi(
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, ints, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        ints,
+        prechecked,
+        copies,
     )
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
@@ -446,6 +487,7 @@ def step_tables(
     *,
     prechecked: Vouched,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
+    copies: Sequence[torch.Tensor | None] | None = None,
 ) -> int:
     """``step_multi`` for a caller that resolved the hyperparameters, computed and range-checked
     the host scalars and checked every buffer itself (the torch classes' fast step, which keeps
@@ -454,7 +496,8 @@ def step_tables(
     ``rows``: this module's ``host_scalars`` at each tensor's step count, checked against
     ``SCALARS`` for float32 and rounded as ``step_rows`` rounds them (the rows of the module
     that runs: the caller picks a special case or absent-state variant, ``running_variant``).
-    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``). Returns the launches made.
+    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``); ``copies``: as
+    ``step_multi``'s, checked by the caller too. Returns the launches made.
     """
     if not (len(weights) == len(grads) == len(states) == len(rows.index)):
         raise ValueError(
@@ -465,7 +508,17 @@ def step_tables(
             f"{RULE}: step_tables takes a Vouched prechecked, not {type(prechecked).__name__}"
         )
     chunks = ChunkTable.prepared(
-        RULE, weights, grads, states, STATES, HOST_STATES, None, BLOCK_SIZE, None, prechecked
+        RULE,
+        weights,
+        grads,
+        states,
+        STATES,
+        HOST_STATES,
+        None,
+        BLOCK_SIZE,
+        None,
+        prechecked,
+        copies,
     )
     chunks.update(torch_rmsprop_multi_kernel, rows, RULE, amp)
     return chunks.launches

@@ -112,6 +112,7 @@ class Group:
         "buffers",
         "complex",
         "converted",
+        "copies",
         "device",
         "dtypes",
         "group",
@@ -153,6 +154,9 @@ class Group:
         self.views: list[dict[str, Any]] = []
         self.streams: list[int] = []
         self.offsets: list[int] = []
+        # the Triton kernels': each weight's copy-out (``_copy_out``: a master's parameter the
+        # update kernel writes), None where it has none; None if none has one
+        self.copies: list[torch.Tensor | None] | None = []
         # the Triton kernels': each parameter's memory order (``ParamState._in_memory_order``)
         # where it is not contiguous, its gradient permuted alike each step; None if none is
         self.perms: list[tuple[int, ...] | None] | None = None
@@ -390,6 +394,7 @@ class FastStep:
                     tables,
                     prechecked=part.vouched,
                     amp=amps.get(part.device),
+                    **({"copies": part.copies} if part.copies is not None else {}),
                 )
                 continue
             if plan.kind == "triton":
@@ -517,7 +522,9 @@ class FastStep:
         host = self.META.HOST_STATES
         for view, s in zip(part.views, part.states, strict=True) if host else ():
             view.update({key: s[key] for key in host})
-        arrays = {"noise_offsets": part.offsets} if self.META.DRAWS else {}
+        arrays: dict[str, Any] = {"noise_offsets": part.offsets} if self.META.DRAWS else {}
+        if part.copies is not None:
+            arrays["copies"] = part.copies
         self.TRITON.step_multi(  # every buffer checked: by the full step, then _survey
             part.weights,
             grads,
@@ -669,6 +676,8 @@ class FastStep:
                     part.streams.append(self._stream(p, indices))
                     part.offsets.append(self._noise_offset(p))
                     part.dtypes.append(np.float32)
+                    assert part.copies is not None
+                    part.copies.append(self._copy_out(p, s))
                 grad_bytes.append(g.element_size() * g.numel())
                 # every state tensor counts as written, as in the full step's check (a buffer
                 # absent by the hyperparameters but kept is not passed, nor may a grad overlap it)
@@ -677,8 +686,11 @@ class FastStep:
                 written += [
                     (x.data_ptr(), x.data_ptr() + x.element_size() * x.numel()) for x in spans
                 ]
-                if "master" in s and layout not in (MASTER, HALF_MASTER):
-                    plan.weights.append(p)  # (the loops round a MASTER layout's p themselves)
+                # (the loops round a MASTER layout's p themselves, the kernels a copy-out)
+                fused = layout in (MASTER, HALF_MASTER)
+                fused = fused or (kind == "triton" and part.copies[-1] is not None)
+                if "master" in s and not fused:
+                    plan.weights.append(p)
                     plan.masters.append(s["master"])
                 plan.steps.append(s["step"])
                 plan.states.append(s)
@@ -691,6 +703,8 @@ class FastStep:
                 )
             elif any(perm is not None for perm in perms):
                 part.perms = perms
+            if not any(c is not None for c in part.copies or ()):
+                part.copies = None
             plan.groups.append(part)
         written = sorted((a, b) for a, b in written if b > a)
         if any(b[0] < a[1] for a, b in zip(written, written[1:], strict=False)):

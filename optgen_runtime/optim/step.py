@@ -345,19 +345,43 @@ class Stepping:
         states: list[dict[str, Any]],
         views: list[Any],
         shown: list[Shown],
+        copies: list[torch.Tensor | None] | None = None,
     ) -> None:
-        for p, state, v, s in zip(params, states, views, shown, strict=True):
-            self._finish(p, state, v, s)
+        copied = copies or [None] * len(params)
+        for p, state, v, s, c in zip(params, states, views, shown, copied, strict=True):
+            self._finish(p, state, v, s, copied=c is not None)
 
     def _finish(
-        self, p: torch.Tensor, state: dict[str, Any], views: dict[str, Any], shown: Shown
+        self,
+        p: torch.Tensor,
+        state: dict[str, Any],
+        views: dict[str, Any],
+        shown: Shown,
+        *,
+        copied: bool = False,
     ) -> None:
+        """After the module's writes: working copies written back, the step count and host
+        states advanced, a master's parameter copied from it (``copied``: the kernel wrote it)."""
         shown.done()  # working copies of buffers that are not contiguous, written back
         state["step"] += 1
         for key in self.META.HOST_STATES:
             state[key] = float(views[key])
-        if "master" in state:
+        if "master" in state and not copied:
             local(p).copy_(local(state["master"]))
+
+    def _copy_out(self, p: torch.Tensor, state: dict[str, Any]) -> torch.Tensor | None:
+        """The parameter the Triton update kernel writes from ``p``'s float32 master in the same
+        pass (``step_multi``'s ``copies``: no copy after the step, which would read the master
+        again and cost a launch), or None: no master, a module without copies (a rule with row
+        or column states, a matrix rule), or a parameter not contiguous in index order
+        (channels_last: its elements are not in the master's order), copied after the step."""
+        master = state.get("master")
+        if master is None or not getattr(self.TRITON, "COPIES", False):
+            return None
+        q = local(p).detach()
+        if not q.is_contiguous() or q.shape != local(master).shape:
+            return None
+        return q
 
     def _weights(
         self, params: list[torch.Tensor], states: list[dict[str, Any]]
@@ -598,6 +622,10 @@ class Stepping:
         }
         if self.META.DRAWS:  # each element at its index in the full tensor
             arrays["noise_offsets"] = [self._noise_offset(p) for p in params]
+        copies = [self._copy_out(p, state) for p, state in zip(params, states, strict=True)]
+        copied = copies if any(c is not None for c in copies) else None
+        if copied is not None:
+            arrays["copies"] = copied
         self.TRITON.step_multi(  # every buffer checked in _plans, before any write
             weights,
             grads,
@@ -611,4 +639,4 @@ class Stepping:
             **given.scalars,
         )
         # after the module's writes
-        commit(lambda: self._finish_each(params, states, views, shown))
+        commit(lambda: self._finish_each(params, states, views, shown, copied))
