@@ -55,9 +55,12 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled: list[dict], rule_name
         reductions = {f"{rule_name}_reduce_kernel", f"{rule_name}_multi_reduce_kernel"}
         assert bool(module.REDUCTIONS) == (reductions <= kernels) == bool(reductions & kernels)
     rows = [r for r in compiled if r["rule"] == rule_name]
+    # the multi-tensor update also as launched for fp16/bf16 parameters with a float32 master
+    # (COPY_OUT: the kernel writes the parameter); the row-or-column rules' sweeps take none
+    masters = {(k, a) for k in kernels & {f"{rule_name}_multi_kernel"} for a in (80, 90)}
     assert {(r["kernel"], r["arch"], r["weight"]) for r in rows} == {
         (k, a, w) for k in kernels for a in (80, 90) for w in ("fp32", "bf16", "fp16")
-    }
+    } | {(k, a, w) for k, a in masters for w in ("bf16-master", "fp16-master")}
     for r in rows:
         assert r["target_ok"] and r["cubin_bytes"] > 0, r
         assert_ieee_division_and_sqrt(r)
@@ -158,7 +161,8 @@ def test_every_variant_moves_the_minimum_128_bit_when_aligned(compiled: list[dic
     measured = [r for r in compiled if r["min_bytes_per_element"] is not None]
     kernels = {r["kernel"] for r in measured}
     assert {"adam_kernel", "adam_multi_kernel", "lamb_multi_reduce_kernel"} <= kernels
-    assert {r["weight"] for r in measured} == {"fp32", "bf16", "fp16"}
+    weights = {"fp32", "bf16", "fp16", "bf16-master", "fp16-master"}
+    assert {r["weight"] for r in measured} == weights
     assert {r["variant"] for r in measured} == {"aligned", "unaligned"}
     bad = [
         (r["kernel"], r["arch"], r["weight"], r["variant"], r["accesses"])
@@ -173,6 +177,13 @@ def test_every_variant_moves_the_minimum_128_bit_when_aligned(compiled: list[dic
     assert adam["adam_multi_kernel", "fp32", "aligned"]["accesses"]["st.v4.b32"] == 6
     assert adam["adam_multi_kernel", "fp32", "aligned"]["min_bytes_per_element"] == 28
     assert adam["adam_multi_kernel", "bf16", "aligned"]["min_bytes_per_element"] == 22
+    # bf16 parameters with float32 masters: the master (4 bytes) read and written, the bf16
+    # gradient read, the moments read and written, and the bf16 parameter written from the
+    # master in the same pass (COPY_OUT): 4 + 2 + 8 + 4 + 8 + 2, one more 128-bit store per
+    # thread than without the copy, and no pass after it (which would read the master again)
+    master = adam["adam_multi_kernel", "bf16-master", "aligned"]
+    assert master["min_bytes_per_element"] == master["bytes_per_element"] == 28
+    assert master["accesses"]["st.v4.b32"] == 7 and master["accesses"]["ld.v4.b32"] == 7
 
 
 def test_an_absent_state_moves_no_bytes(compiled: list[dict]) -> None:

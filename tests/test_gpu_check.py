@@ -120,21 +120,32 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     real = gpu_check.bench_case
     strided: list[bool] = []
 
+    masters: list[bool] = []
+
     def case(
-        rule: str, shapes: list[tuple[int, ...]], steps: int, device: str, channels_last: bool
+        rule: str,
+        shapes: list[tuple[int, ...]],
+        steps: int,
+        device: str,
+        channels_last: bool,
+        master: bool = False,
     ) -> dict:
         strided.append(channels_last)
+        masters.append(master)
         if rule == "sgld" and shapes == [(4096,)]:
             raise RuntimeError("CUDA out of memory")
-        return real(rule, shapes, steps, device, channels_last)
+        return real(rule, shapes, steps, device, channels_last, master=master)
 
     monkeypatch.setattr(gpu_check, "bench_case", case)
     rows: list[dict] = []
     saved: list[int] = []
     gpu_check.benchmarks(args, rows, lambda: saved.append(len(rows)), math.inf, "cpu")
-    assert saved == list(range(1, 12))
-    assert [r["rule"] for r in rows] == [*args.rules, *args.rules, "adam"]  # conv stack: Adam
-    assert strided == [False] * 10 + [True] and rows[-1]["list"] == gpu_check.CONV_LABEL
+    assert saved == list(range(1, 13))
+    # the conv stack and the bf16 list with masters: Adam only
+    assert [r["rule"] for r in rows] == [*args.rules, *args.rules, "adam", "adam"]
+    assert strided == [False] * 10 + [True, False] and rows[-2]["list"] == gpu_check.CONV_LABEL
+    assert masters == [False] * 11 + [True] and rows[-1]["list"] == gpu_check.MASTER_LABEL
+    assert rows[-1]["elements"] == rows[0]["elements"]
     failed = rows.pop(9)
     for row in rows:
         assert row["ours_ms"] > 0 and row["copy_ms"] > 0 and row["ours_GBps"] > 0, row
@@ -142,7 +153,7 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
         peer = gpu_check.TORCH[row["rule"]]
         assert ("ours_over_fused" in row) == ("ours_over_foreach" in row) == (peer is not None)
     assert rows[0]["elements"] == 16 * 8 + 8 + 33 and rows[5]["elements"] == 4096
-    assert rows[-1]["elements"] == 4 * 27 + 4
+    assert rows[-2]["elements"] == 4 * 27 + 4
     assert failed["error"] == "RuntimeError: CUDA out of memory"
     assert not gpu_check.passed({"bit_checks": [], "benchmarks": [*rows, failed]})
     assert gpu_check.passed({"bit_checks": [], "benchmarks": rows})
@@ -151,7 +162,7 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     )
     late: list[dict] = []
     gpu_check.benchmarks(args, late, lambda: None, -math.inf, "cpu")
-    assert all(r["skipped"] == "past the time budget (--budget)" for r in late) and len(late) == 11
+    assert all(r["skipped"] == "past the time budget (--budget)" for r in late) and len(late) == 12
 
 
 def test_a_bit_check_that_raises_is_reported_and_the_others_run(monkeypatch) -> None:

@@ -46,6 +46,12 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Weights of fp16/bf16 parameters with float32 master copies (``multi_precision``): the weight
+# fp32, the gradient and inputs in the parameter's dtype, and the update kernel writes the
+# parameter from the master (``COPY_OUT``: ChunkTable's copies). Compiled only for the kernels
+# that take COPY_OUT (the multi-tensor updates): the others see an fp32 weight and fp16/bf16
+# gradient as the "fp32" and "bf16" rows do, buffer by buffer.
+MASTERS = {"bf16-master": "bf16", "fp16-master": "fp16"}
 # Buffers our own runtime allocates (tables, partial sums) and GradScaler's one-element tensors:
 # 16-byte aligned in every variant (torch's allocations), read one value per program.
 OWN = ("meta_ptr", "scalars_ptr", "found_inf_ptr", "grad_scale_ptr", "partial_ptr")
@@ -67,14 +73,17 @@ def launch_args(
 ) -> tuple[list[Any], dict[str, Any]]:
     """Stand-ins for the arguments the runtime launches ``kernel`` with (CPU tensors: only their
     dtype and address count), and its constexprs but BLOCK_SIZE: weight, gradient and the rule's
-    ``inputs`` in ``weight_type``, states fp32; ``aligned``: every buffer on a 16-byte boundary
+    ``inputs`` in ``weight_type``, states fp32 (a ``MASTERS`` type: the weight fp32 and
+    ``COPY_OUT`` on, the copy in the parameter's dtype; else ``COPY_OUT`` off, the copy typed
+    as the weight); ``aligned``: every buffer on a 16-byte boundary
     and every size a multiple of 16 (what ``ChunkTable.vectorisable`` sends to ``ALIGNED=True``,
     and what the JIT specialises a single-tensor launch on); else buffers one element off and
     odd sizes. The kernel's own tables and partials are ours, always aligned. Host scalars:
     Python floats (fp32)."""
     import torch
 
-    narrow = getattr(torch, DTYPES[weight_type])
+    master = weight_type in MASTERS
+    narrow = getattr(torch, DTYPES[MASTERS.get(weight_type, weight_type)])
     args: list[Any] = []
     constexprs: dict[str, Any] = {}
     for name, param in zip(kernel.arg_names, kernel.params, strict=True):
@@ -82,12 +91,16 @@ def launch_args(
         if param.is_constexpr:
             if name == "ALIGNED":
                 constexprs[name] = aligned
+            elif name == "COPY_OUT":
+                constexprs[name] = master
         elif name == "meta_ptr":
             args.append(torch.zeros(64, dtype=torch.int64))
         elif name in OWN:
             args.append(torch.zeros(64, dtype=torch.float32))
         elif buffer != name:
-            dtype = narrow if buffer in ("weight", "grad", *inputs) else torch.float32
+            dtype = narrow if buffer in ("weight", "grad", "copy", *inputs) else torch.float32
+            if master and buffer == "weight":
+                dtype = torch.float32
             base = torch.zeros(64, dtype=dtype)
             args.append(base if aligned else base[1:])
         elif name in INTS:
@@ -117,14 +130,19 @@ GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[a-z0-9]+)+)")
 LIBDEVICE_APPROX = frozenset({"rcp.approx.ftz.f32"})
 
 
-def source_ops(source: str, kernel: str) -> dict[str, int]:
+def source_ops(
+    source: str, kernel: str, constexprs: dict[str, Any] | None = None
+) -> dict[str, int]:
     """Division, square-root, ``tl.randn`` and libdevice calls in one kernel's source, including
     the shared ``@triton.jit`` bodies it calls (compiled into it), and its loads and stores of
     one value per program (``uniform``: from the tables and partials the runtime owns, in bytes
-    per thread; what is left of the PTX's global traffic is per element)."""
+    per thread; what is left of the PTX's global traffic is per element). ``constexprs``: the
+    kernel's as compiled; an ``if`` on one of them counts only the branch it takes, as Triton
+    compiles only that one (``if COPY_OUT:``'s load of the copy's pointer)."""
     functions = {
         node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
     }
+    taken = constexprs or {}
     fn = functions[kernel]
     called = {
         node.func.id
@@ -133,7 +151,9 @@ def source_ops(source: str, kernel: str) -> dict[str, int]:
     }
     counts = {"div": 0, "sqrt": 0, "randn": 0, "libdevice": 0, "uniform": 0, "math": 0}
     for node in [
-        n for f in [fn, *(functions[c] for c in called & functions.keys())] for n in ast.walk(f)
+        n
+        for f in [fn, *(functions[c] for c in called & functions.keys())]
+        for n in _walk_taken(f, taken)
     ]:
         if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Div):
             counts["div"] += 1
@@ -152,6 +172,18 @@ def source_ops(source: str, kernel: str) -> dict[str, int]:
                 if base in OWN:
                     counts["uniform"] += 8 if base == "meta_ptr" else 4
     return counts
+
+
+def _walk_taken(node: ast.AST, constexprs: dict[str, Any]) -> list[ast.AST]:
+    """``ast.walk`` of ``node`` but for the branches of an ``if`` on a constexpr in
+    ``constexprs`` that its value does not take."""
+    out = [node]
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id in constexprs:
+        branch = node.body if constexprs[node.test.id] else node.orelse
+        return out + [n for child in branch for n in _walk_taken(child, constexprs)]
+    for child in ast.iter_child_nodes(node):
+        out += _walk_taken(child, constexprs)
+    return out
 
 
 def _base(node: ast.AST) -> str:
@@ -183,21 +215,25 @@ def access_bytes(key: str) -> int:
 
 def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
     """The spec's minimal bytes per element for ``kernel``: each array it reads read once, each
-    it writes written once (weight, gradient and inputs in ``weight_type``, states fp32), from
+    it writes written once (weight, gradient and inputs in ``weight_type``, states fp32; a
+    ``MASTERS`` type: the weight fp32, and the parameter written once more in its dtype), from
     the lowered spec; None for a kernel that is neither the update nor a reduction phase (the
     sweeps of a rule with row or column states), or a rule whose spec is not found."""
     lowered = _lowered(module)
     if lowered is None or lowered.rule.vector_values:
         return None
     rule = lowered.rule
-    narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[weight_type]
+    narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[MASTERS.get(weight_type, weight_type)]
+    master = weight_type in MASTERS
 
     def size(symbol: Any) -> int:
-        return 4 if symbol.name in rule.states else narrow
+        wide = symbol.name in rule.states or (master and symbol == rule.weight)
+        return 4 if wide else narrow
 
     name = rule.name
     if kernel in (f"{name}_kernel", f"{name}_multi_kernel"):
-        return sum(map(size, lowered.reads)) + sum(map(size, lowered.outputs))
+        copy = narrow if master else 0  # the parameter, from its master
+        return sum(map(size, lowered.reads)) + sum(map(size, lowered.outputs)) + copy
     match = re.fullmatch(rf"{name}_(?:multi_)?reduce_kernel(\d*)", kernel)
     if match:
         return sum(map(size, lowered.phase_reads(int(match.group(1) or 1))))
@@ -246,13 +282,16 @@ def compile_module(
     rows = []
     for name in kernels:
         kernel = getattr(module, name)
-        ops = source_ops(source, name)
+        copies = "COPY_OUT" in kernel.arg_names
         for arch in archs:
             for weight_type in weight_types:
+                if weight_type in MASTERS and not copies:
+                    continue  # no master variant (MASTERS)
                 for variant in VARIANTS:
                     args, constexprs = launch_args(
                         kernel, weight_type, variant == "aligned", tuple(module.INPUTS)
                     )
+                    ops = source_ops(source, name, constexprs)
                     constexprs["BLOCK_SIZE"] = module.BLOCK_SIZE
                     compiled = aot_compile_as_launched(kernel, args, constexprs, arch)
                     rows.append(_row(module, name, ops, arch, weight_type, variant, compiled))
@@ -388,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weight",
         nargs="+",
-        default=["fp32", "bf16", "fp16"],
-        help="weight dtypes (fp32 bf16 fp16)",
+        default=["fp32", "bf16", "fp16", *MASTERS],
+        help="weight dtypes (fp32 bf16 fp16 bf16-master fp16-master)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows")
     args = parser.parse_args(argv)

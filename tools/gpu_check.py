@@ -491,10 +491,16 @@ def bench_case(
     steps: int,
     device: str = "cuda",
     channels_last: bool = False,
+    *,
+    master: bool = False,
 ) -> dict[str, Any]:
     """One rule on one parameter list: ours, torch fused and foreach (where torch has the rule),
     and a device copy of a tensor as big as the whole list; ``channels_last``: the 4-D
-    parameters and their gradients in that memory format (both sides)."""
+    parameters and their gradients in that memory format (both sides); ``master``: bfloat16
+    parameters and gradients, ours with ``multi_precision=True`` (float32 masters and states,
+    the parameter written from its master by the update kernel: the fp32 step's bytes, 12 + 8
+    per state), torch's on the bfloat16 parameters as they are (its states bfloat16: half our
+    bytes, no master)."""
     import torch
 
     from generated.torch import RULES as CLASSES
@@ -510,12 +516,13 @@ def bench_case(
         row["skipped"] = f"needs ~{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
         return row
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
+    dtype = torch.bfloat16 if master else torch.float32
+    params = [torch.nn.Parameter(torch.randn(s, device=device).to(dtype)) for s in shapes]
     for p in params:
         if channels_last and p.dim() == 4:
             p.data = p.data.to(memory_format=torch.channels_last)
         p.grad = torch.randn_like(p) * 1e-3  # in its parameter's strides
-    ours = cls(params, **OURS[rule])
+    ours = cls(params, **OURS[rule], **({"multi_precision": True} if master else {}))
     row["ours_ms"] = timed(ours.step, steps, device)
     row["ours_kernel_ms"] = kernel_ms(ours.step, steps, device)
     del ours
@@ -549,6 +556,8 @@ def bench_case(
 
 
 CONV_LABEL = "conv stack, channels_last (32 tensors)"  # Adam only
+# Adam only: bf16 parameters with fp32 masters (``bench_case``'s ``master``; added 2026-12-05)
+MASTER_LABEL = "GPT-2 small, bf16 with fp32 masters (148 tensors)"
 
 
 def benchmarks(
@@ -571,9 +580,13 @@ def benchmarks(
         "GPT-2 small (148 tensors)": shapes,
         f"one tensor of {args.big:,}": [(args.big,)],
         CONV_LABEL: convs,
+        MASTER_LABEL: shapes,
     }
+    adam_only = (CONV_LABEL, MASTER_LABEL)
     for label, shape_list in lists.items():
-        for rule in args.rules if label != CONV_LABEL else [r for r in args.rules if r == "adam"]:
+        for rule in (
+            args.rules if label not in adam_only else [r for r in args.rules if r == "adam"]
+        ):
             started = time.perf_counter()
             row: dict[str, Any] = {"list": label, "rule": rule}
             if started > deadline:
@@ -581,7 +594,8 @@ def benchmarks(
             else:
                 try:
                     strided = label == CONV_LABEL
-                    row.update(bench_case(rule, shape_list, args.steps, device, strided))
+                    master = {"master": True} if label == MASTER_LABEL else {}
+                    row.update(bench_case(rule, shape_list, args.steps, device, strided, **master))
                 except Exception as error:  # reported; the other cases still run
                     row["error"] = f"{type(error).__name__}: {error}"[:300]
                     emptied(device)
