@@ -226,7 +226,7 @@ def test_the_classes_copy_only_what_the_kernel_cannot(
 
     def make() -> tuple[Any, list]:
         g.manual_seed(1)
-        params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
+        params = [torch.nn.Parameter(torch.randn(s, generator=g).to(DEVICE, dtype)) for s in shapes]
         params[2].data = params[2].data.to(memory_format=torch.channels_last)
         opt = gt.Adam(params, lr=0.01, backend="triton", multi_precision=True)
         return opt, params
@@ -235,7 +235,7 @@ def test_the_classes_copy_only_what_the_kernel_cannot(
         for t in range(4):
             g.manual_seed(10 + t)
             for p in params:
-                p.grad = torch.randn(p.shape, generator=g).to(dtype)
+                p.grad = torch.randn(p.shape, generator=g).to(DEVICE, dtype)
             if record is not None:
                 record.append(len(calls))
             opt.step()
