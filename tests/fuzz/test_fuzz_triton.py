@@ -314,8 +314,38 @@ def test_triton_step(drawn):
 MULTI_PERTURBATIONS = [
     "same_weight_twice", "grad_is_other_weight", "shared_state_dict", "shared_state_buffer",
     "weight_overlaps_other", "lengths", "t_list_length", "t_list_bad", "stream_ids_bad",
-    "amp_bad", "same_grad_twice",
+    "amp_bad", "same_grad_twice", "copy_is_grad", "copies_length",
 ]  # fmt: skip
+# What a tensor's copy (``step_multi``'s ``copies``: the new weight written rounded) may be.
+COPY_DTYPES = [None, torch.bfloat16, torch.float16, torch.float32]
+
+
+def rounded_bits(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The bits the interpreter's kernel stores for the stored ``weight`` in a ``dtype`` copy:
+    through float32, truncated to bfloat16 (the interpreter's bf16 store, tests/conftest.py),
+    to nearest for float16."""
+    x = weight.float()
+    if dtype == torch.bfloat16:
+        return (x.view(torch.int32) >> 16).to(torch.int16)
+    return x.to(dtype).view(torch.int16 if dtype == torch.float16 else torch.int32)
+
+
+def copy_differs(case: Case, weights: list[Any], copies: list[Any] | None) -> str | None:
+    """Why a copy is not its tensor's new weight rounded (``rounded_bits``; any NaN equal to any
+    NaN: a NaN's payload is the kernel's business), or None; a bfloat16 copy wrong only where
+    it is subnormal is the interpreter's known conversion (``FOUND_BF16_SUBNORMALS``)."""
+    for j, (w, c) in enumerate(zip(weights, copies or [None] * len(weights), strict=True)):
+        if c is None:
+            continue
+        want = rounded_bits(w, c.dtype)
+        both_nan = torch.isnan(c) & torch.isnan(want.view(c.dtype))
+        wrong = ~((c.view(want.dtype) == want) | both_nan)
+        if bool(torch.any(wrong)):
+            tiny = want.view(c.dtype).abs() < torch.finfo(c.dtype).tiny
+            if c.dtype == torch.bfloat16 and bool(torch.all(tiny[wrong])):
+                case.known = FOUND_BF16_SUBNORMALS
+            return f"copies[{j}] ({c.dtype}) is not tensor {j}'s new {w.dtype} weight rounded"
+    return None
 
 
 @st.composite
@@ -332,6 +362,12 @@ def multi_case(draw: st.DrawFn):
     else:
         t = draw(step_count(case, multi=True))
     kwargs: dict[str, Any] = {}
+    if draw(st.integers(0, 2)) == 0:  # copies of some of the new weights
+        kinds = [draw(st.sampled_from(COPY_DTYPES)) for _ in weights]
+        kwargs["copies"] = [
+            torch.full(tuple(np.shape(w)), 7.0, dtype=d) if d is not None else None
+            for w, d in zip(weights, kinds, strict=True)
+        ]
     count = 0 if per_tensor else draw(st.sampled_from([0, 0, 1, 1, 2]))
     drawn = draw(st.lists(st.sampled_from(MULTI_PERTURBATIONS), min_size=count, max_size=count))
     for p in sorted(drawn, key=lambda p: p == "lengths"):  # shortening a list comes last
@@ -399,6 +435,14 @@ def multi_case(draw: st.DrawFn):
         ):
             grads[1] = grads[0]
             case.perturb(p, [], False)  # gradients are only read: sharing one is fine
+        elif p == "copy_is_grad" and ok and isinstance(grads[0], torch.Tensor):
+            copies = kwargs.get("copies") or [None] * n
+            kwargs["copies"] = [grads[0], *copies[1:]]  # written over a buffer only read
+            legal = grads[0].shape == weights[0].shape and grads[0].is_contiguous()
+            case.perturb(p, ["copy", "copies[0]"], (big or None) if legal else True)
+        elif p == "copies_length" and "copies" in kwargs:
+            kwargs["copies"] = kwargs["copies"][:-1]
+            case.perturb(p, ["copies"], True)
     return case, rule, weights, grads, states, t, hp, kwargs
 
 
@@ -419,7 +463,7 @@ def test_triton_step_multi(drawn):
             module.step_multi(ws, gs, ss, tt, **clone(kwargs), **h)
             if snap((ws, ss)) != snap((weights, states)):
                 return f"step_multi differs from step_multi on clean copies, t={tt!r}, {h!r}"
-            return None
+            return copy_differs(case, ws, kwargs.get("copies"))
         ts = tt if isinstance(tt, list) else [tt] * len(ws)
         for j, (w, g, s, tj) in enumerate(zip(ws, gs, ss, ts, strict=True)):
             hj = dict(h)
@@ -434,7 +478,7 @@ def test_triton_step_multi(drawn):
                 case.known = FOUND_NEGATIVE_ZERO  # step's kernel took a -0.0 scalar as +0.0
             shown = [(tuple(w.shape), w.dtype, g.dtype) for w, g in zip(ws, gs, strict=True)]
             return f"step_multi differs from one step per tensor: {shown}, t={tt!r}, {h!r}"
-        return None
+        return copy_differs(case, ws, kwargs.get("copies"))
 
     verdict(
         "triton step_multi",
