@@ -60,20 +60,20 @@ _reserve(
     "init_state step step_multi host_scalars host_scalars_rows reduction_scalars COMPILED FALLBACK "
     "NUMBA EVEN_CHUNKS initial_values "
     "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL "
-    "SPARSE LAZY_UPDATE SPARSE_REFUSED SPARSE_WHY",
+    "SPARSE LAZY_UPDATE SPARSE_REFUSED SPARSE_WHY COPIES",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
-    "noise_offsets prechecked even "
+    "noise_offsets prechecked even copies "
     "self params multi_precision backend lazy_update",
 )
 _reserve(
     "a local of the generated kernels",
     "pid offs mask tensor start n_elements n_tensors n_chunks found_inf inv_scale key AMP slot "
     "meta meta_ptr scalars_ptr found_inf_ptr grad_scale_ptr partial_ptr n_batch n_rows n_cols "
-    "outer lane n_blocks ALIGNED",
+    "outer lane n_blocks ALIGNED COPY_OUT copy_ptr copy_like",
 )
 _reserve(
     "a local of the generated step functions",

@@ -14,8 +14,10 @@ kernel passes (``if AMP:`` resolved), and the kernel is checked as it runs. Chec
   not the GPU's approximate ``div.full``/``sqrt.approx``); no ``tl.sqrt``, ``tl.rsqrt``,
   ``tl.fdiv``, ``pow``;
 - ``tl.maximum``/``tl.minimum`` propagate NaN (``propagate_nan=tl.PropagateNan.ALL``);
-- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter of a kernel (``AMP`` of a shared body;
-  ``ALIGNED`` too of a multi-tensor kernel: its vectorised variant, ChunkTable.vectorisable);
+- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter of a kernel (``AMP`` and ``COPY_OUT``
+  of a shared body; ``ALIGNED`` and ``COPY_OUT`` too of a multi-tensor kernel: its vectorised
+  variant, ChunkTable.vectorisable, and its copy-out of a master's parameter, ChunkTable's
+  copies: layouts, never values);
   every other parameter is a pointer, a tensor size, a host scalar (the lowering's host scalars,
   launched as Python floats, which Triton never specializes on) or listed in
   ``do_not_specialize``: a new hyperparameter value never recompiles;
@@ -171,7 +173,8 @@ def kernel_violations(fn: ast.FunctionDef, scalars: set[str] = frozenset()) -> l
     params = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
     for arg in params:
         constexpr = arg.annotation is not None and "constexpr" in ast.unparse(arg.annotation)
-        allowed = ("BLOCK_SIZE", "ALIGNED") if "meta_ptr" in [a.arg for a in params] else ()
+        multi = "meta_ptr" in [a.arg for a in params]
+        allowed = ("BLOCK_SIZE", "ALIGNED", "COPY_OUT") if multi else ()
         if constexpr != (arg.arg in (allowed or ("BLOCK_SIZE",))):
             problems.append(f"{where}: parameter {arg.arg} constexpr={constexpr}")
         elif not (
@@ -269,11 +272,12 @@ def amp_violations(fn: ast.FunctionDef) -> list[str]:
 
 
 def body_violations(fn: ast.FunctionDef) -> list[str]:
-    """A shared body: only ``AMP`` is constexpr; it never forms offsets itself."""
+    """A shared body: only ``AMP`` and ``COPY_OUT`` are constexpr; it never forms offsets
+    itself."""
     problems = []
     for arg in fn.args.args:
         constexpr = arg.annotation is not None and "constexpr" in ast.unparse(arg.annotation)
-        if constexpr != (arg.arg == "AMP"):
+        if constexpr != (arg.arg in ("AMP", "COPY_OUT")):
             problems.append(f"{fn.name}: parameter {arg.arg} constexpr={constexpr}")
     if calls_to(fn, "program_id"):
         problems.append(f"{fn.name}: a shared body reads tl.program_id")

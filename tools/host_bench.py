@@ -73,7 +73,7 @@ def stubbed() -> Iterator[dict[str, int]]:
     counts = {"ours": 0, "torch": 0}
     saved_launch = ChunkTable._launch
 
-    def launch(self: Any, kernel: Any, group: Any, *tables: Any) -> None:
+    def launch(self: Any, kernel: Any, group: Any, *tables: Any, **copy: Any) -> None:
         counts["ours"] += 1
         self.launches += 1
 
