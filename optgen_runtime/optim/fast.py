@@ -31,7 +31,10 @@ loads their bits as float32 and rounds the weight back on store, ``numba_support
 ``store``): the same bits, without the copies (2.5 x less memory traffic for Adam). So does a
 contiguous bfloat16 or float16 gradient of a float32 master copy, its parameter (of the
 gradient's dtype) rounded from the master chunk by chunk in the same loop (no scratch, no copy
-pass after the step: 28 bytes per element for Adam against 40).
+pass after the step: 28 bytes per element for Adam against 40). On the Triton kernels the update
+writes such a parameter from its master likewise (``Stepping._copy_out``: the module's
+``copies``); only what neither takes (a channels_last parameter's master) is copied after the
+step, in one ``torch._foreach_copy_``.
 
 A GradScaler's ``grad_scale`` and ``found_inf`` are taken as the full step takes them on the
 device (``AmpScaling._amp_on_device``: the Triton path of a rule without per-tensor sums): passed
@@ -215,7 +218,9 @@ class Plan:
         self.grad_bytes: np.ndarray = np.zeros(0, dtype=np.int64)
         self.written_starts: np.ndarray = np.zeros(0, dtype=np.int64)
         self.written_ends: np.ndarray = np.zeros(0, dtype=np.int64)
-        self.weights: list[torch.Tensor] = []  # parameters written from a master copy
+        # parameters copied from their master copies after the step (neither the loops nor the
+        # kernels wrote them)
+        self.weights: list[torch.Tensor] = []
         self.masters: list[torch.Tensor] = []
         # the numba loops': fp16/bf16 parameters without a master copy and their float32
         # working copies (``Stepping._computed_in``): copied in before, rounded back after
