@@ -47,7 +47,8 @@ _reserve(
     "check_tensors_each step_rows host_states commit _writes all_or_nothing "
     "element_offsets host_columns host_rows "
     "input_lists combine_group DropIn compiled Buffers partials_of prepare view absent_states "
-    "view_bits load store compute_type round_into PLAIN BITS MASTER launch_layout "
+    "view_bits load store compute_type round_into PLAIN BITS MASTER launch_layout check_copies "
+    "with_copies "
     "run_variant matches ScalarRows Vouched phase_rows sum_rows rows_max rows_min scalar_columns "
     "combine_rows step_scalar_rows sum_scalar_rows rows_where",
 )

@@ -1445,8 +1445,15 @@ def matrix_sweep(
     block: int,
     kinds: dict[str, str] | None = None,
     names: Sequence[str] = (),
+    *,
+    update: bool = False,
+    copy: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Launch one kernel of a sweep over ``domain`` of the (batch, rows, cols) view.
+
+    ``update``: the rule's update kernel, which takes ``copy_ptr`` and ``COPY_OUT``: ``copy``
+    (None: none, the weight typing the unused pointer) the tensor it also writes the new weight
+    into, rounded (``step_multi``'s copies).
 
     ``shape`` "flat": one program per block of the domain's flat indices (maps; whole-tensor
     reductions ``names`` as one float32 partial per block, combined on the host as
@@ -1473,6 +1480,8 @@ def matrix_sweep(
             cols,
             *(float(s) for s in scalars),
             BLOCK_SIZE=block,
+            **({"copy_ptr": tensors[0] if copy is None else copy} if update else {}),
+            **({"COPY_OUT": copy is not None} if update else {}),
             **LAUNCH_OPTIONS,
         )
         LAUNCHES["count"] += 1

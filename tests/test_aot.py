@@ -55,9 +55,13 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled: list[dict], rule_name
         reductions = {f"{rule_name}_reduce_kernel", f"{rule_name}_multi_reduce_kernel"}
         assert bool(module.REDUCTIONS) == (reductions <= kernels) == bool(reductions & kernels)
     rows = [r for r in compiled if r["rule"] == rule_name]
-    # the multi-tensor update also as launched for fp16/bf16 parameters with a float32 master
-    # (COPY_OUT: the kernel writes the parameter); the row-or-column rules' sweeps take none
-    masters = {(k, a) for k in kernels & {f"{rule_name}_multi_kernel"} for a in (80, 90)}
+    # the update also as launched for fp16/bf16 parameters with a float32 master (COPY_OUT: the
+    # kernel writes the parameter): the multi-tensor one, or a row-or-column rule's update sweep
+    copying = {k for k in kernels if "COPY_OUT" in getattr(module, k).arg_names}
+    assert copying == {
+        f"{rule_name}_kernel" if RULES[rule_name].vector_values else f"{rule_name}_multi_kernel"
+    }
+    masters = {(k, a) for k in copying for a in (80, 90)}
     assert {(r["kernel"], r["arch"], r["weight"]) for r in rows} == {
         (k, a, w) for k in kernels for a in (80, 90) for w in ("fp32", "bf16", "fp16")
     } | {(k, a, w) for k, a in masters for w in ("bf16-master", "fp16-master")}

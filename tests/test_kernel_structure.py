@@ -14,10 +14,10 @@ kernel passes (``if AMP:`` resolved), and the kernel is checked as it runs. Chec
   not the GPU's approximate ``div.full``/``sqrt.approx``); no ``tl.sqrt``, ``tl.rsqrt``,
   ``tl.fdiv``, ``pow``;
 - ``tl.maximum``/``tl.minimum`` propagate NaN (``propagate_nan=tl.PropagateNan.ALL``);
-- ``BLOCK_SIZE`` is the only ``tl.constexpr`` parameter of a kernel (``AMP`` and ``COPY_OUT``
-  of a shared body; ``ALIGNED`` and ``COPY_OUT`` too of a multi-tensor kernel: its vectorised
-  variant, ChunkTable.vectorisable, and its copy-out of a master's parameter, ChunkTable's
-  copies: layouts, never values);
+- ``BLOCK_SIZE`` and ``COPY_OUT`` (an update's copy-out of a master's parameter: step_multi's
+  copies) are the only ``tl.constexpr`` parameters of a kernel (``AMP`` and ``COPY_OUT`` of a
+  shared body; ``ALIGNED`` too of a multi-tensor kernel: its vectorised variant,
+  ChunkTable.vectorisable): layouts, never values;
   every other parameter is a pointer, a tensor size, a host scalar (the lowering's host scalars,
   launched as Python floats, which Triton never specializes on) or listed in
   ``do_not_specialize``: a new hyperparameter value never recompiles;
@@ -174,8 +174,8 @@ def kernel_violations(fn: ast.FunctionDef, scalars: set[str] = frozenset()) -> l
     for arg in params:
         constexpr = arg.annotation is not None and "constexpr" in ast.unparse(arg.annotation)
         multi = "meta_ptr" in [a.arg for a in params]
-        allowed = ("BLOCK_SIZE", "ALIGNED", "COPY_OUT") if multi else ()
-        if constexpr != (arg.arg in (allowed or ("BLOCK_SIZE",))):
+        allowed = ("BLOCK_SIZE", "COPY_OUT", *(["ALIGNED"] if multi else []))
+        if constexpr != (arg.arg in allowed):
             problems.append(f"{where}: parameter {arg.arg} constexpr={constexpr}")
         elif not (
             constexpr

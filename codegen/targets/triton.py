@@ -202,7 +202,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     whole = {rule.reduction_kinds[r] for r in rule.scalar_reductions}
     support += ["fixed_sum"] if "sum" in whole else []
     if matrix:
-        support += ["LAUNCHES", "check_across", "domain_size"]
+        support += ["LAUNCHES", "check_across", "check_copies", "domain_size", "with_copies"]
         support += ["matrix_sweep"]
     else:
         support += ["ChunkTable", "launch"]

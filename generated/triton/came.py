@@ -52,11 +52,13 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import (
     LAUNCHES,
     check_across,
+    check_copies,
     check_tensors,
     check_weight,
     domain_size,
     fixed_sum,
     matrix_sweep,
+    with_copies,
 )
 
 from ..rules.came import (
@@ -154,8 +156,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
-# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
-COPIES = False
+# step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -896,9 +898,12 @@ def came_kernel(
     _h9,
     _h10,
     _h11,
+    copy_ptr,
     BLOCK_SIZE: tl.constexpr,
+    COPY_OUT: tl.constexpr,
 ):
     # The update: one program per block of elements; vectors gathered at their row/column.
+    # COPY_OUT: the weight is the float32 master of the parameter at copy_ptr, written here.
     # Host scalars (fp32; from host_scalars in generated.rules.came, once per step):
     #   _h0: = ((0) if (weight_decouple > 0) else (wd))
     #   _h4: = (ndim < 2)
@@ -956,6 +961,9 @@ def came_kernel(
     weight_new = _v10 + _v16
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
@@ -1001,10 +1009,12 @@ def _stepper(
     state: dict[str, torch.Tensor],
     t: int,
     hp: dict[str, Any],
+    copy: torch.Tensor | None = None,
 ) -> Iterator[None]:
     """One tensor's step, as run_steps drives it: its sweeps (into temporary vectors), checks
     and host scalars, then it yields None, and writes (the update sweep, the vector states)
-    when resumed, once every tensor of the call has."""
+    when resumed, once every tensor of the call has. ``copy``: the tensor the update also
+    writes the new weight into, rounded (``step_multi``'s copies; checked there)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     buffers = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES, STATE_AXES)
@@ -1157,7 +1167,9 @@ def _stepper(
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
     yield None  # every tensor swept and checked, its scalars computed: now the writes
-    matrix_sweep(came_kernel, "flat", _tensors, _dims, "brc", scalars, BLOCK_SIZE)
+    matrix_sweep(
+        came_kernel, "flat", _tensors, _dims, "brc", scalars, BLOCK_SIZE, update=True, copy=copy
+    )
     state["row"].copy_(_vectors["row_new"].view_as(state["row"]))
     state["col"].copy_(_vectors["col_new"].view_as(state["col"]))
     state["res_row"].copy_(_vectors["res_row_new"].view_as(state["res_row"]))
@@ -1174,6 +1186,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: tuple[torch.Tensor, torch.Tensor] | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """Update many weights that share hyperparameters; returns the kernel launches made.
@@ -1183,7 +1196,10 @@ def step_multi(
     sweeps by each tensor's (batch, rows, cols) view, so there is no one launch for many
     tensors. ``amp`` (a device-side GradScaler state) is not taken: unscale the gradients, or
     skip the step, before calling. ``prechecked`` is taken for one API with the other rules'
-    ``step_multi``; every tensor is checked either way.
+    ``step_multi``; every tensor is checked either way. ``copies``: None, or one entry per
+    weight: None, or a tensor of the weight's shape and device (float32, float16 or bfloat16)
+    that the update kernel writes the new weight into, rounded to its dtype, in the same pass
+    (a fp16/bf16 parameter whose float32 master copy is the weight). Checked as the weights are.
     """
     if not (len(weights) == len(grads) == len(states)):
         raise ValueError(
@@ -1201,13 +1217,15 @@ def step_multi(
         check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, STATE_AXES)
         for _w, _g, _s in zip(weights, grads, states, strict=True)
     ]
-    check_across(tables)
+    check_copies(RULE, weights, copies)
+    check_across(tables if copies is None else with_copies(tables, copies))
+    _copies = list(copies) if copies is not None else [None] * len(weights)
     _before = LAUNCHES["count"]
     run_steps(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp)
-            for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
+            _stepper(_w, _g, _s, _tj, hp, _c)
+            for _w, _g, _s, _tj, _c in zip(weights, grads, states, ts, _copies, strict=True)
         ],
     )
     return LAUNCHES["count"] - _before

@@ -100,7 +100,7 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
-# Whether step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
+# step_multi takes ``copies`` (the update kernel writes a float32 master's parameter).
 COPIES = True
 
 
