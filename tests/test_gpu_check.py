@@ -146,6 +146,10 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     assert strided == [False] * 10 + [True, False] and rows[-2]["list"] == gpu_check.CONV_LABEL
     assert masters == [False] * 11 + [True] and rows[-1]["list"] == gpu_check.MASTER_LABEL
     assert rows[-1]["elements"] == rows[0]["elements"]
+    # Adam in bf16: ours 28 B per element (fp32 master and states, the bf16 parameter written
+    # from the master), torch's 14 (bf16 parameter and states): each GB/s from its own traffic
+    assert rows[-1]["nominal_bytes_per_element"] == 28
+    assert rows[-1]["torch_nominal_bytes_per_element"] == 14
     failed = rows.pop(9)
     for row in rows:
         assert row["ours_ms"] > 0 and row["copy_ms"] > 0 and row["ours_GBps"] > 0, row
