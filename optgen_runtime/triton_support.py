@@ -1470,6 +1470,8 @@ def matrix_sweep(
     else:
         grid = batch * triton.cdiv(cols, block)
     partial = torch.zeros(max(grid * len(names), 1), dtype=torch.float32, device=tensors[0].device)
+    copy_out = {"copy_ptr": tensors[0] if copy is None else copy, "COPY_OUT": copy is not None}
+    copy_out = copy_out if update else {}
     if grid:
         kernel[(grid,)](
             *tensors,
@@ -1480,8 +1482,7 @@ def matrix_sweep(
             cols,
             *(float(s) for s in scalars),
             BLOCK_SIZE=block,
-            **({"copy_ptr": tensors[0] if copy is None else copy} if update else {}),
-            **({"COPY_OUT": copy is not None} if update else {}),
+            **copy_out,
             **LAUNCH_OPTIONS,
         )
         LAUNCHES["count"] += 1
