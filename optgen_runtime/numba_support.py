@@ -516,3 +516,76 @@ def prepare(
     )
     buffers.alive = flats  # the writes may be queued (optgen_runtime.common.commit)
     return buffers
+
+
+# Noise draws (``RULE.normal``) in the compiled loops: optgen_runtime.philox's stream, element by
+# element. The Philox words, the uniforms and theta are integer or exactly rounded float32
+# arithmetic, the same bits as the NumPy module's (and Triton's); ``log`` and ``cos`` are the
+# platform's libm (numba's float32 ``np.log``/``np.cos``: ``logf``/``cosf``) where the NumPy
+# module calls NumPy's own SIMD routines, so a normal may differ from the NumPy module's in its
+# last bits (within 4 ulp over 2**20 draws, tests/test_numba.py). In two loops per block of
+# DRAW_BLOCK: the Philox rounds and uniforms (no call: vectorised), then the libm calls (scalar).
+DRAW_BLOCK = 1024
+_PHILOX_A = np.uint64(0xD2511F53)  # optgen_runtime.philox's constants, as uint64
+_PHILOX_B = np.uint64(0xCD9E8D57)
+_WEYL_0 = np.uint64(0x9E3779B9)
+_WEYL_1 = np.uint64(0xBB67AE85)
+_WORD = np.uint64(0xFFFFFFFF)
+_HALF_WORD = np.uint64(0x80000000)
+_THIRTY_TWO = np.uint64(32)
+_UNIFORM_SCALE = np.float32(4.6566127342e-10)  # philox._UNIFORM_SCALE
+_MIN_U1 = np.float32(1.0e-7)
+_TWO_PI = np.float32(6.283185307179586)
+_MINUS_TWO = np.float32(-2.0)
+
+
+@compiled(inline="always")
+def philox_words(key: int, counter: int) -> tuple[Any, Any, Any, Any]:
+    """Philox-4x32-10's four output words (uint64 holding 32 bits each) for the int64 ``key``
+    (``stream_seed``'s: in [0, 2**63)) and int64 ``counter``: ``philox.randint4x``'s, in 64-bit
+    arithmetic (a 32 x 32-bit product fits; every sum masked to 32 bits)."""
+    k = np.uint64(key)
+    c = np.uint64(counter)
+    k0 = k & _WORD
+    k1 = k >> _THIRTY_TWO
+    c0 = c & _WORD
+    c1 = c >> _THIRTY_TWO
+    c2 = np.uint64(0)
+    c3 = np.uint64(0)
+    for _ in range(10):
+        pb = c2 * _PHILOX_B
+        pa = c0 * _PHILOX_A
+        c0, c1, c2, c3 = (
+            (pb >> _THIRTY_TWO) ^ c1 ^ k0,
+            pb & _WORD,
+            (pa >> _THIRTY_TWO) ^ c3 ^ k1,
+            pa & _WORD,
+        )
+        k0 = (k0 + _WEYL_0) & _WORD
+        k1 = (k1 + _WEYL_1) & _WORD
+    return c0, c1, c2, c3
+
+
+@compiled(inline="always")
+def _uniform(word: Any) -> Any:
+    """``philox.uniform`` of one word: its int32 reading, negative ones complemented, as float32
+    times the scale (the integer is below 2**31: converted exactly as NumPy's int32 cast)."""
+    magnitude = np.int64(word ^ _WORD) if word >= _HALF_WORD else np.int64(word)
+    return np.float32(magnitude) * _UNIFORM_SCALE
+
+
+@compiled()
+def normals(
+    key: int, first: int, count: int, index: int, scratch: np.ndarray, out: np.ndarray
+) -> None:
+    """``out[i]``: the standard normal (float32) of element ``first + i``'s draw ``index`` of
+    ``count`` per element (counter ``(first + i) * count + index``), ``philox.randn``'s
+    Box-Muller; ``scratch``: float32, two rows of at least ``len(out)``."""
+    n = out.shape[0]
+    for i in range(n):
+        w0, w1, _, _ = philox_words(key, (first + i) * count + index)
+        u1 = _uniform(w0)
+        scratch[0, i] = u1 if u1 > _MIN_U1 else _MIN_U1
+        scratch[1, i] = _TWO_PI * _uniform(w1)
+    for i in range(n):
+        out[i] = np.sqrt(_MINUS_TWO * np.log(scratch[0, i])) * np.cos(scratch[1, i])

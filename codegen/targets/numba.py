@@ -14,10 +14,13 @@ float64 rounding. The update loop reads and writes its buffers through ``load`` 
 of a bfloat16 weight and gradient (the ``_update_bits`` loops of a module with ``step_tables``, for
 the torch classes' fast step; ``_update_master``: a bfloat16 gradient of a float32 master copy, the
 bfloat16 parameter rounded from the master chunk by chunk) a widening to float32 and a rounding back
-to nearest even, the chunk's dtype ``_T`` float32. Rules the target cannot express yet get a
-module that runs the NumPy reference and says so (``COMPILED = False``, ``FALLBACK``): noise
-draws, row/column states and axis reductions, matrix rules, and rules whose compiled loop would
-be slower than NumPy's (``SLOWER``: cube roots).
+to nearest even, the chunk's dtype ``_T`` float32. Noise draws (``RULE.normal``) are the
+NumPy module's Philox stream (``numba_support.normals``: its integers and uniforms to the bit,
+its normals through libm's ``logf``/``cosf`` within 4 ulp), drawn a block at a time before the
+block's update loop. Rules the target cannot express yet get a module that runs the NumPy
+reference and says so (``COMPILED = False``, ``FALLBACK``): row/column states and axis
+reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's
+(``SLOWER``: cube roots).
 """
 
 from __future__ import annotations
@@ -149,8 +152,6 @@ SLOWER = frozenset({"cbrt"})
 
 def fallback_reason(rule: Rule, lowered: Lowered | None = None) -> str | None:
     """Why the rule runs the NumPy reference in its numba module (None: it is compiled)."""
-    if rule.draws:
-        return "noise draws (Philox streams) are not compiled yet"
     if rule.vector_values or any(a is not None for a in rule.reduction_axes.values()):
         return "row/column states and axis reductions are not compiled yet"
     kinds = {op.kind for op in [*lowered.ops, *lowered.reduce_ops]} if lowered else set()
@@ -224,7 +225,9 @@ def context(lowered: Lowered) -> dict[str, object]:
     code = HostCode()
     copies, unclamped_if = identity_clamps(lowered.ops, lowered.update_scalars)
     # a table of host scalars that depends on the hyperparameters and t alone: step_tables
+    # (not with noise: its keys depend on the seed, the step and the tensor's stream)
     tables = not (rule.host_states or lowered.summands or rule.sizes or rule.scalars)
+    tables = tables and not lowered.draws
     return (
         common
         | {
@@ -247,6 +250,8 @@ def context(lowered: Lowered) -> dict[str, object]:
                 )
             ],
             "inputs": list(rule.inputs),
+            # (name, draws per element, this one's index): its counter is element * count + index
+            "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
             "scalar_args": list(rule.scalars),
             "host_states": bool(rule.host_states),
             "sizes": bool(rule.sizes),

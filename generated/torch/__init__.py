@@ -2131,8 +2131,10 @@ class SGLD(GeneratedOptimizer):
     does that). MXNet draws xi from its global generator; optgen draws it from a counter-based Philox
     stream keyed by (seed, step) with the element index as counter, so the NumPy module and the
     Triton kernel produce the same noise (bitwise in the interpreter), and the same seed gives the
-    same trajectory. No recorded MXNet golden can match random draws: verified against the equations
-    (with the same draws) and statistically.
+    same trajectory; the compiled CPU module draws the same stream, its normals within 4 ulp
+    (Box-Muller's log and cos by the platform's libm, not NumPy's SIMD routines). No recorded
+    MXNet golden can match random draws: verified against the equations (with the same draws) and
+    statistically.
 
     A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
     ``grad.to_dense()`` would, every row updated, noise drawn for every element: MXNet 1.9.1 has no

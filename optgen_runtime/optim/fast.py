@@ -52,7 +52,7 @@ when each value (and ``betas``) is the very object of the last step that passed 
 immutable type (a float, an int, a bool, a string, None, a tuple of those), are that step's
 resolution; and where the module that runs takes checked tables (``step_tables``: on the
 compiled CPU loops, a rule whose host scalars depend on the hyperparameters and step count
-alone; on the Triton kernels, one that also has no host states, inputs or noise) the host
+alone, without noise; on the Triton kernels, one that also has no host states or inputs) the host
 scalars are computed every step, but range-checked and made into the kernels' table only when
 their values (to the bit) differ from the last step's, and the module neither resolves nor
 checks anything again.
@@ -501,9 +501,12 @@ class FastStep:
     def _fast_numba(self, part: Group, counts: Any, hp: dict[str, Any]) -> None:
         """One compiled call for the group (its gradient addresses written in the table): the
         module checks the hyperparameters and host scalars again, and writes the host states
-        into the state dicts."""
+        into the state dicts. Noise: each tensor's stream and offset, as the full step's."""
         assert part.buffers is not None
-        self._numba().step_buffers(part.buffers, part.states, counts, **hp)
+        noise = {"stream_ids": part.streams, "noise_offsets": part.offsets}
+        self._numba().step_buffers(
+            part.buffers, part.states, counts, **hp, **(noise if self.META.DRAWS else {})
+        )
         if self.META.HOST_STATES:  # after the module's writes (queued with them)
             commit(lambda: self._host_back(part.states, part.states))
 
@@ -600,7 +603,7 @@ class FastStep:
         every = [p for g in groups for p in g["params"] if p.grad is not None]
         if all(self._use_triton(p) for p in every):
             kind = "triton"
-        elif self._use_numba() and not meta.DRAWS and all(p.device.type == "cpu" for p in every):
+        elif self._use_numba() and all(p.device.type == "cpu" for p in every):
             kind = "numba"
         else:
             return
@@ -609,7 +612,7 @@ class FastStep:
         plan = Plan(surveyed[0], kind)
         plan.amp = kind == "triton" and not meta.REDUCTIONS
         plan.names = (*meta.HYPERPARAMS, *self._aliases())
-        indices = self._indices() if kind == "triton" else {}
+        indices = self._indices() if kind == "triton" or meta.DRAWS else {}
         written: list[tuple[int, int]] = []
         grad_bytes: list[int] = []
         for group, gs in zip(groups, surveyed[1], strict=True):
@@ -635,6 +638,9 @@ class FastStep:
                 perms.append(perm)
                 layout = PLAIN
                 if kind == "numba":
+                    if meta.DRAWS:  # its noise stream and offset, as the full step's
+                        part.streams.append(self._stream(p, indices))
+                        part.offsets.append(self._noise_offset(p))
                     work = weight
                     computed = self._computed_in(p, s)
                     layout = self._bits_layout(p, g, s, perm)

@@ -180,7 +180,11 @@ class Stepping:
         numpy = [i for i in range(len(params)) if i not in on_triton]
         if numpy and self._use_numba():  # one compiled call for the group's CPU tensors
             self._numba_step(
-                [params[i] for i in numpy], [group_states[i] for i in numpy], hp, given
+                [params[i] for i in numpy],
+                [group_states[i] for i in numpy],
+                hp,
+                given,
+                [self._stream(params[i], indices) for i in numpy] if self.META.DRAWS else [],
             )
             numpy = []
         if numpy and hasattr(self.NUMPY, "step_multi"):
@@ -469,11 +473,14 @@ class Stepping:
         states: list[dict[str, Any]],
         hp: dict[str, Any],
         given: Given,
+        streams: list[int],
     ) -> None:
         """The group's CPU parameters in one ``step_prechecked`` of the compiled module, on
         zero-copy views; a gradient of another dtype than its (master) weight is converted into
         its own slice of a reused scratch buffer (``_grad_scratches``); per-element inputs of
-        another dtype into temporaries."""
+        another dtype into temporaries. A rule with noise: the j-th parameter draws from
+        ``tensor_seed(seed, streams[j])``, each element at its index in the full tensor, as on
+        the other backends."""
         weights, shown = self._weights(params, states)
         grads = self._grad_scratches(
             [sh.read(local(p.grad).detach()) for p, sh in zip(params, shown, strict=True)],
@@ -484,7 +491,10 @@ class Stepping:
             for state, sh in zip(states, shown, strict=True)
         ]
         ts = [int(state["step"]) + 1 for state in states]
-        arrays = self._input_arrays(params, weights, given, shown)
+        arrays: dict[str, Any] = self._input_arrays(params, weights, given, shown)
+        if self.META.DRAWS:  # each element at its index in the full tensor
+            arrays["stream_ids"] = streams
+            arrays["noise_offsets"] = [self._noise_offset(p) for p in params]
         self._numba().step_prechecked(  # every array checked in _plans
             [w.numpy() for w in weights],
             [g.numpy() for g in grads],
