@@ -6,8 +6,10 @@ table of that dtype (rounded as the NumPy module rounds them) and every literal 
 (``_T(0.5)``: a bare Python float would promote a float32 expression to float64 in numba). So each
 op computes what the NumPy module's ufunc computes on the same operands: +, -, *, /, sqrt,
 comparisons, selects, max/min (NumPy's: ``a > b ? a : b`` with a NaN in ``a`` kept) and sign
-(NumPy's: sign(-0.0) = 0.0) to the last bit; exp, log, tanh, softplus, cbrt and pow call the
-platform's libm, which may differ from NumPy's own SIMD routines in the last bit. Reductions
+(NumPy's: sign(-0.0) = 0.0) to the last bit; exp, log, tanh, softplus and pow call the
+platform's libm, which may differ from NumPy's own SIMD routines in the last bit, and cbrt is
+``numba_support.cbrt`` (float32: float64 Newton and Halley steps that vectorise, rounded once;
+NumPy's float32 ``np.cbrt`` is up to 2 ulp off the correctly rounded root). Reductions
 accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwise: equal up to
 float64 rounding. The update loop reads and writes its buffers through ``load`` and ``store``
 (``optgen_runtime.numba_support``): plain indexing on float32 and float64 arrays; on the uint16 bits
@@ -19,8 +21,7 @@ NumPy module's Philox stream (``numba_support.normals``: its integers and unifor
 its normals through libm's ``logf``/``cosf`` within 4 ulp), drawn a block at a time before the
 block's update loop. Rules the target cannot express yet get a module that runs the NumPy
 reference and says so (``COMPILED = False``, ``FALLBACK``): row/column states and axis
-reductions, matrix rules, and rules whose compiled loop would be slower than NumPy's
-(``SLOWER``: cube roots).
+reductions, and matrix rules.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class NumbaOpPrinter(CommentedLines):
             f"({a[0]} + np.log1p(np.exp(-{a[0]})) if {a[0]} > 0 else "
             f"(np.log1p(np.exp({a[0]})) if {a[0]} <= 0 else {a[0]}))"
         ),
-        "cbrt": lambda a: f"({DTYPE}(np.nan) if {a[0]} < 0.0 else np.cbrt({a[0]}))",
+        # numba_support.cbrt: float32's vectorises (libm's cbrtf would be a call per element)
+        "cbrt": lambda a: f"({DTYPE}(np.nan) if {a[0]} < 0.0 else cbrt({a[0]}))",
         "pow": lambda a: f"{a[0]} ** {a[1]}",  # NaN guard in op() below
         **INFIX_COMPARISONS,
         "where": lambda a: f"({a[1]} if {a[0]} else {a[2]})",
@@ -144,20 +146,10 @@ def _buf(name: str) -> str:
     return names.derived(name, "_buf")
 
 
-# Operations whose compiled form is slower than NumPy's: a scalar libm call per element that
-# LLVM does not vectorise, where NumPy has a SIMD loop (MADGRAD's two cube roots per element:
-# 4.6x the NumPy step's time at 10 M parameters, python -m tools.bench --cpu).
-SLOWER = frozenset({"cbrt"})
-
-
-def fallback_reason(rule: Rule, lowered: Lowered | None = None) -> str | None:
+def fallback_reason(rule: Rule) -> str | None:
     """Why the rule runs the NumPy reference in its numba module (None: it is compiled)."""
     if rule.vector_values or any(a is not None for a in rule.reduction_axes.values()):
         return "row/column states and axis reductions are not compiled yet"
-    kinds = {op.kind for op in [*lowered.ops, *lowered.reduce_ops]} if lowered else set()
-    if kinds & SLOWER:
-        slower = ", ".join(sorted(kinds & SLOWER))
-        return f"{slower} compiles to a scalar libm call per element, slower than NumPy's SIMD loop"
     return None
 
 
@@ -210,7 +202,7 @@ def phase_context(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict
 
 def context(lowered: Lowered) -> dict[str, object]:
     rule = lowered.rule
-    reason = fallback_reason(rule, lowered)
+    reason = fallback_reason(rule)
     rules_names = exported(lowered)
     common = {
         "rule": rule,
@@ -266,6 +258,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             "phases": phases,
         }
         | {"uses_math": code.uses_math}
+        | {"uses_cbrt": any(op.kind == "cbrt" for op in [*lowered.ops, *lowered.reduce_ops])}
     )
 
 
