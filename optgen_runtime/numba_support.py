@@ -154,6 +154,26 @@ def _bits_of(typingctx: Any, value: Any) -> Any:
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _float64_bits(typingctx: Any, value: Any) -> Any:
+    """The int64 bits of the float64 ``value``."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _float64_of(typingctx: Any, bits: Any) -> Any:
+    """The float64 whose bits are the int64 ``bits``."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
 # Each has a Python body too, the compiled one's in NumPy scalars, so that a chunk function run
 # by Python (``py_func``: the tests' reference for a compiled loop's bits) computes as compiled.
 
@@ -520,11 +540,15 @@ def prepare(
 
 # Noise draws (``RULE.normal``) in the compiled loops: optgen_runtime.philox's stream, element by
 # element. The Philox words, the uniforms and theta are integer or exactly rounded float32
-# arithmetic, the same bits as the NumPy module's (and Triton's); ``log`` and ``cos`` are the
-# platform's libm (numba's float32 ``np.log``/``np.cos``: ``logf``/``cosf``) where the NumPy
-# module calls NumPy's own SIMD routines, so a normal may differ from the NumPy module's in its
-# last bits (within 4 ulp over 2**20 draws, tests/test_numba.py). In two loops per block of
-# DRAW_BLOCK: the Philox rounds and uniforms (no call: vectorised), then the libm calls (scalar).
+# arithmetic, the same bits as the NumPy module's (and Triton's). Box-Muller's float32 ``log``
+# and ``cos`` are computed in float64 arithmetic that vectorises and rounded once (libm's
+# ``logf``/``cosf`` are a call per element: SGLD's step took 4x as long): equal to
+# ``float32(log(float64(u)))`` and ``float32(cos(float64(theta)))`` on every float32 the stream
+# gives them (every one in [2**-24, 1) and in [0, 2 pi]: a one-off exhaustive run; the test
+# samples them), where the NumPy module calls NumPy's own float32 SIMD routines, up to a few ulp
+# off: a normal is NumPy's to the bit wherever those are correctly rounded, within 4 ulp
+# elsewhere (tests/test_numba.py). In two loops per block of DRAW_BLOCK, both vectorised: the
+# Philox rounds and uniforms, then Box-Muller.
 DRAW_BLOCK = 1024
 _PHILOX_A = np.uint64(0xD2511F53)  # optgen_runtime.philox's constants, as uint64
 _PHILOX_B = np.uint64(0xCD9E8D57)
@@ -574,6 +598,64 @@ def _uniform(word: Any) -> Any:
     return np.float32(magnitude) * _UNIFORM_SCALE
 
 
+# log(m) = 2 atanh(s), s = (m - 1) / (m + 1), m in [sqrt(1/2), sqrt(2)): |s| < 0.172, the series
+# to s**21 (its next term below 1e-18 of the sum); ln 2 in fdlibm's two parts.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_SQRT_TWO = 1.4142135623730951
+_MANTISSA = np.int64(0x000FFFFFFFFFFFFF)
+_ONE_BITS = np.int64(0x3FF0000000000000)
+_FIFTY_TWO = np.int64(52)
+_BIAS = np.int64(1023)
+
+
+@compiled(inline="always")
+def _log_of(x: Any) -> Any:
+    """``float32(log(x))`` for a positive float32 ``x`` (normal as a float64), the log in
+    float64 arithmetic."""
+    a = np.float64(x)
+    bits_ = _float64_bits(a)
+    e = np.float64((bits_ >> _FIFTY_TWO) - _BIAS)
+    m = _float64_of((bits_ & _MANTISSA) | _ONE_BITS)  # in [1, 2)
+    big = m > _SQRT_TWO
+    m = m * 0.5 if big else m
+    e = e + 1.0 if big else e
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    p = 1.0 / 21.0
+    for k in range(19, 1, -2):  # unrolled by LLVM: 1/19, 1/17, ..., 1/3
+        p = p * z + 1.0 / k
+    return np.float32(e * _LN2_HI + (2.0 * s + 2.0 * s * z * p + e * _LN2_LO))
+
+
+# cos(a) for a in [0, 2 pi]: a = k pi/2 + r, |r| <= pi/4 (pi/2 in fdlibm's two parts: k pi/2 exact
+# in the first), then +-cos(r) or +-sin(r) by their Taylor series to r**18 and r**17.
+_PIO2_HI = 1.57079632673412561417e00
+_PIO2_LO = 6.07710050650619224932e-11
+_TWO_OVER_PI = 6.36619772367581382433e-01
+_COS_TERMS = tuple((-1.0) ** j / math.factorial(2 * j) for j in range(10))
+_SIN_TERMS = tuple((-1.0) ** j / math.factorial(2 * j + 1) for j in range(9))
+
+
+@compiled(inline="always")
+def _cos_of(x: Any) -> Any:
+    """``float32(cos(x))`` for a float32 ``x`` in [0, 2 pi], in float64 arithmetic."""
+    a = np.float64(x)
+    k = np.floor(a * _TWO_OVER_PI + 0.5)
+    r = (a - k * _PIO2_HI) - k * _PIO2_LO
+    z = r * r
+    c = _COS_TERMS[9]
+    for j in range(8, -1, -1):
+        c = c * z + _COS_TERMS[j]
+    s = _SIN_TERMS[8]
+    for j in range(7, -1, -1):
+        s = s * z + _SIN_TERMS[j]
+    s = r * s
+    q = np.int64(k)
+    v = s if (q & 1) == 1 else c  # cos(r + k pi/2): cos r, -sin r, -cos r, sin r
+    return np.float32(-v if ((q + 1) & 2) == 2 else v)
+
+
 @compiled()
 def normals(
     key: int, first: int, count: int, index: int, scratch: np.ndarray, out: np.ndarray
@@ -588,7 +670,7 @@ def normals(
         scratch[0, i] = u1 if u1 > _MIN_U1 else _MIN_U1
         scratch[1, i] = _TWO_PI * _uniform(w1)
     for i in range(n):
-        out[i] = np.sqrt(_MINUS_TWO * np.log(scratch[0, i])) * np.cos(scratch[1, i])
+        out[i] = np.sqrt(_MINUS_TWO * _log_of(scratch[0, i])) * _cos_of(scratch[1, i])
 
 
 # Cube roots in the compiled loops. libm's ``cbrtf`` is a scalar call per element that LLVM does
@@ -599,31 +681,13 @@ def normals(
 # float32 once: the correctly rounded cube root wherever the float64 value is not within 1e-16
 # of a midpoint between two float32s (equal to ``float32(cbrt(float64(x)))`` on every one of the
 # 2**31 - 2**23 - 1 positive finite float32s: a one-off exhaustive run; tests/test_numba.py
-# samples them; NumPy's own float32
-# ``np.cbrt`` is up to 2 ulp off). +-0, inf and NaN are their own cube roots; a negative x is
-# NaN (the printer's guard, as for every fractional power). A float64 takes libm's ``cbrt``.
+# samples them; NumPy's own float32 ``np.cbrt`` is up to 2 ulp off). +-0, inf and NaN are their
+# own cube roots, picked by a mask from the bits (a branch, inlined, left phi nodes numba's IR
+# checks warn about: NumbaIRAssumptionWarning); a negative x is NaN (the printer's guard, as for
+# every fractional power). A float64 takes libm's ``cbrt``.
 _THIRD = 1.0 / 3.0
 _CBRT_MAGIC = np.int64(0x2A9F7893782DA1CE)  # float64 bits of 1 minus a third of them, tuned
-
-
-@intrinsic
-def _float64_bits(typingctx: Any, value: Any) -> Any:
-    """The int64 bits of the float64 ``value``."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _float64_of(typingctx: Any, bits: Any) -> Any:
-    """The float64 whose bits are the int64 ``bits``."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
+_LARGEST_BELOW = np.int64(0x7F7FFFFE)  # the bits of the largest finite float32, less one
 
 
 def cbrt(x: Any) -> Any:
@@ -642,18 +706,24 @@ def cbrt(x: Any) -> Any:
     return np.float32(y * (cube + a + a) / (cube + cube + a))
 
 
+@compiled(inline="always")
+def _cbrt32(x: Any) -> Any:
+    """``cbrt`` of a float32, compiled with NJIT's options (an overload's implementation gets
+    numba's defaults, whose Python error model tests every division for zero)."""
+    a = np.float64(x)
+    y = _float64_of(np.int64(np.float64(_float64_bits(a)) * _THIRD) + _CBRT_MAGIC)
+    y = (y + y + a / (y * y)) * _THIRD
+    y = (y + y + a / (y * y)) * _THIRD
+    cube = y * y * y
+    root = _bits_of(np.float32(y * (cube + a + a) / (cube + cube + a)))
+    given = _bits_of(x)
+    m = np.int64(given) - 1  # in [0, 0x7F7FFFFE] for a positive finite x
+    keep = np.uint32(((_LARGEST_BELOW - m) >> _SIXTY_THREE | m >> _SIXTY_THREE) & _LOW_32)
+    return _float32_of(root ^ ((root ^ given) & keep))  # all ones in keep: x itself
+
+
 @overload(cbrt, inline="always")
 def _cbrt(x):  # type: ignore[no-untyped-def]
     if x != types.float32:
         return lambda x: np.cbrt(x)
-
-    def vectorised(x):  # type: ignore[no-untyped-def]
-        a = np.float64(x)
-        y = _float64_of(np.int64(np.float64(_float64_bits(a)) * _THIRD) + _CBRT_MAGIC)
-        y = (y + y + a / (y * y)) * _THIRD
-        y = (y + y + a / (y * y)) * _THIRD
-        cube = y * y * y
-        y = y * (cube + a + a) / (cube + cube + a)
-        return np.float32(y) if (a > 0.0 and a < np.inf) else x
-
-    return vectorised
+    return lambda x: _cbrt32(x)

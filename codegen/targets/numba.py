@@ -18,7 +18,7 @@ the torch classes' fast step; ``_update_master``: a bfloat16 gradient of a float
 bfloat16 parameter rounded from the master chunk by chunk) a widening to float32 and a rounding back
 to nearest even, the chunk's dtype ``_T`` float32. Noise draws (``RULE.normal``) are the
 NumPy module's Philox stream (``numba_support.normals``: its integers and uniforms to the bit,
-its normals through libm's ``logf``/``cosf`` within 4 ulp), drawn a block at a time before the
+its normals, through its own float32 log and cos, within 4 ulp), drawn a block at a time before the
 block's update loop. Rules the target cannot express yet get a module that runs the NumPy
 reference and says so (``COMPILED = False``, ``FALLBACK``): row/column states and axis
 reductions, and matrix rules.

@@ -2132,7 +2132,7 @@ class SGLD(GeneratedOptimizer):
     stream keyed by (seed, step) with the element index as counter, so the NumPy module and the
     Triton kernel produce the same noise (bitwise in the interpreter), and the same seed gives the
     same trajectory; the compiled CPU module draws the same stream, its normals within 4 ulp
-    (Box-Muller's log and cos by the platform's libm, not NumPy's SIMD routines). No recorded
+    (Box-Muller's float32 log and cos rounded from float64, not NumPy's SIMD routines). No recorded
     MXNet golden can match random draws: verified against the equations (with the same draws) and
     statistically.
 
