@@ -546,7 +546,7 @@ def prepare(
 # ``float32(log(float64(u)))`` and ``float32(cos(float64(theta)))`` on every float32 the stream
 # gives them (every one in [2**-24, 1) and in [0, 2 pi]: a one-off exhaustive run; the test
 # samples them), where the NumPy module calls NumPy's own float32 SIMD routines, up to a few ulp
-# off: a normal is NumPy's to the bit wherever those are correctly rounded, within 4 ulp
+# off: a normal is NumPy's to the bit wherever those give float64's rounded, within 4 ulp
 # elsewhere (tests/test_numba.py). In two loops per block of DRAW_BLOCK, both vectorised: the
 # Philox rounds and uniforms, then Box-Muller.
 DRAW_BLOCK = 1024

@@ -7,7 +7,7 @@ serially in float64 against NumPy's pairwise sum) or calls exp/log/tanh/softplus
 platform's libm against NumPy's own routines), within the rounding budget of
 ``conftest.tolerance``, and the test says which of the two it is. A rule with noise draws
 (SGLD) draws the NumPy module's Philox stream, its integers and uniforms to the bit and its
-normals (its own float32 ``log``/``cos``, correctly rounded, against NumPy's SIMD
+normals (its own float32 ``log``/``cos``, float64's rounded, against NumPy's SIMD
 routines) within 4 ulp: its step is NumPy's to the bit wherever the two
 normals are, and within those ulps elsewhere. Compiling costs about a second
 per rule and dtype (cached in ``generated/numba/__pycache__`` afterwards), so the full sweep over

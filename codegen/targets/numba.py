@@ -9,7 +9,7 @@ comparisons, selects, max/min (NumPy's: ``a > b ? a : b`` with a NaN in ``a`` ke
 (NumPy's: sign(-0.0) = 0.0) to the last bit; exp, log, tanh, softplus and pow call the
 platform's libm, which may differ from NumPy's own SIMD routines in the last bit, and cbrt is
 ``numba_support.cbrt`` (float32: float64 Newton and Halley steps that vectorise, rounded once;
-NumPy's float32 ``np.cbrt`` is up to 2 ulp off the correctly rounded root). Reductions
+NumPy's float32 ``np.cbrt`` is up to 2 ulp off float64's rounded root). Reductions
 accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwise: equal up to
 float64 rounding. The update loop reads and writes its buffers through ``load`` and ``store``
 (``optgen_runtime.numba_support``): plain indexing on float32 and float64 arrays; on the uint16 bits
