@@ -568,3 +568,29 @@ def test_box_muller_log_and_cos_are_float64s_rounded() -> None:
     assert np.array_equal(cos, np.cos(theta.astype(np.float64)).astype(np.float32))
     numpy_apart = (np.log(u) != logs).mean() + (np.cos(theta) != cos).mean()
     assert numpy_apart > 0  # NumPy's own float32 routines: the normals' last bits differ there
+
+
+NOISE_REFUSALS = {
+    "negative offset": ({"noise_offset": -1}, "noise offset -1"),
+    "bool offset": ({"noise_offset": True}, "noise offset True"),
+    "offset past 2**62": ({"noise_offset": 2**62 + 1}, "noise offset"),
+    "offsets for two": ({"noise_offsets": [0, 1]}, "noise offsets must be a sequence of 1"),
+    "streams for two": ({"stream_ids": [0, 1]}, "stream_ids must be a sequence of 1"),
+    "negative stream": ({"stream_ids": [-1]}, "stream id -1"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOISE_REFUSALS))
+@pytest.mark.parametrize("name", NOISY)
+def test_noise_arguments_refused_before_any_write(name: str, case: str) -> None:
+    """A bad noise offset or stream id is refused, naming it, before the weight is touched
+    (``step`` takes ``noise_offset``; ``step_multi`` and ``step_prechecked`` the lists)."""
+    nb = numba_module(name)
+    kwargs, message = NOISE_REFUSALS[case]
+    w, g = np.ones(70001, np.float32), np.ones(70001, np.float32)
+    multi = "noise_offset" not in kwargs
+    calls = [nb.step_multi, nb.step_prechecked] if multi else [nb.step]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call([w], [g], [{}], 1, **kwargs) if multi else call(w, g, {}, 1, **kwargs)
+        assert np.array_equal(w, np.ones_like(w)), (case, call.__name__)
