@@ -28,6 +28,7 @@ from numba.core import cgutils, types
 from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
+from optgen_runtime import philox
 from optgen_runtime.common import BITS, HALF_BITS, HALF_MASTER, MASTER, PLAIN
 from optgen_runtime.numpy_support import check_arrays_across, flat_views
 
@@ -134,44 +135,22 @@ LAYOUTS: dict[str, tuple[str, tuple[np.ndarray, ...]]] = {
 }
 
 
-@intrinsic
-def _float32_of(typingctx: Any, bits: Any) -> Any:
-    """The float32 whose bits are the uint32 ``bits``."""
+def _bitcast(source: Any, target: Any) -> Any:
+    """An intrinsic reading a ``source`` value's bits as a ``target`` (same width)."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    def typer(typingctx: Any, value: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], context.get_value_type(target))
 
-    return types.float32(types.uint32), codegen
+        return target(source), codegen
 
-
-@intrinsic
-def _bits_of(typingctx: Any, value: Any) -> Any:
-    """The uint32 bits of the float32 ``value``."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], context.get_value_type(types.uint32))
-
-    return types.uint32(types.float32), codegen
+    return intrinsic(typer)
 
 
-@intrinsic
-def _float64_bits(typingctx: Any, value: Any) -> Any:
-    """The int64 bits of the float64 ``value``."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _float64_of(typingctx: Any, bits: Any) -> Any:
-    """The float64 whose bits are the int64 ``bits``."""
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
+_float32_of = _bitcast(types.uint32, types.float32)  # the float32 whose bits are a uint32
+_bits_of = _bitcast(types.float32, types.uint32)  # a float32's bits
+_float64_of = _bitcast(types.int64, types.float64)  # the float64 whose bits are an int64
+_float64_bits = _bitcast(types.float64, types.int64)  # a float64's bits
 
 
 # Each has a Python body too, the compiled one's in NumPy scalars, so that a chunk function run
@@ -550,16 +529,17 @@ def prepare(
 # elsewhere (tests/test_numba.py). In two loops per block of DRAW_BLOCK, both vectorised: the
 # Philox rounds and uniforms, then Box-Muller.
 DRAW_BLOCK = 1024
-_PHILOX_A = np.uint64(0xD2511F53)  # optgen_runtime.philox's constants, as uint64
-_PHILOX_B = np.uint64(0xCD9E8D57)
-_WEYL_0 = np.uint64(0x9E3779B9)
-_WEYL_1 = np.uint64(0xBB67AE85)
-_WORD = np.uint64(0xFFFFFFFF)
+# optgen_runtime.philox's constants (the words' as uint64)
+_PHILOX_A = np.uint64(philox._MUL_A)
+_PHILOX_B = np.uint64(philox._MUL_B)
+_WEYL_0 = np.uint64(philox._WEYL_A)
+_WEYL_1 = np.uint64(philox._WEYL_B)
+_WORD = np.uint64(philox._MASK32)
 _HALF_WORD = np.uint64(0x80000000)
-_THIRTY_TWO = np.uint64(32)
-_UNIFORM_SCALE = np.float32(4.6566127342e-10)  # philox._UNIFORM_SCALE
-_MIN_U1 = np.float32(1.0e-7)
-_TWO_PI = np.float32(6.283185307179586)
+_THIRTY_TWO = np.uint64(philox._SHIFT32)
+_UNIFORM_SCALE = philox._UNIFORM_SCALE
+_MIN_U1 = philox._MIN_U1
+_TWO_PI = philox._TWO_PI
 _MINUS_TWO = np.float32(-2.0)
 
 
