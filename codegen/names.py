@@ -50,7 +50,8 @@ _reserve(
     "view_bits load store compute_type round_into PLAIN BITS MASTER launch_layout check_copies "
     "with_copies "
     "run_variant matches ScalarRows Vouched phase_rows sum_rows rows_max rows_min scalar_columns "
-    "combine_rows step_scalar_rows sum_scalar_rows rows_where normals DRAW_BLOCK cbrt",
+    "combine_rows step_scalar_rows sum_scalar_rows rows_where normals DRAW_BLOCK cbrt Tiling "
+    "LANES fold_sum fold_max fold_min lanes_sum lanes_max lanes_min",
 )
 _reserve(
     "a module global of every generated module",

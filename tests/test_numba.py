@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 from types import ModuleType
 
 import numba
@@ -180,6 +181,10 @@ def test_fallback_is_explicit() -> None:
             assert nb.step is ref.step and nb.init_state is ref.init_state
     assert numba_module("sgld").COMPILED  # noise draws compile (numba_support.normals)
     assert numba_module("madgrad").COMPILED  # cube roots: numba_support.cbrt, vectorised
+    for name in ("adafactor", "came", "sm3"):  # row/column states: optgen_runtime.numba_tiles
+        assert (
+            numba_module(name).COMPILED and numba_module(name).step is not numpy_module(name).step
+        )
 
 
 def test_even_chunks_exactly_where_no_loop_reads_a_chunk_boundary() -> None:
@@ -187,7 +192,9 @@ def test_even_chunks_exactly_where_no_loop_reads_a_chunk_boundary() -> None:
     other compiled rule takes even chunks."""
     for name in RULE_NAMES:
         nb = numba_module(name)
-        if nb.COMPILED:
+        if ALL_RULES[name].vector_values:  # tiles of the (batch, rows, cols) view, no chunks
+            assert nb.COMPILED and not hasattr(nb, "EVEN_CHUNKS"), name
+        elif nb.COMPILED:
             reduces = bool(nb.REDUCTIONS or nb.GROUP_REDUCTIONS)
             assert nb.EVEN_CHUNKS is not reduces, name
 
@@ -327,7 +334,7 @@ def test_torch_class_on_numba_equals_numpy_backend(name: str) -> None:
 
 
 def test_auto_runs_numba_on_cpu_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    from generated.torch import Adafactor, Adam
+    from generated.torch import Adafactor, Adam, Muon
 
     calls = []
     monkeypatch.setattr(Adam, "_numba_step", lambda self, *a: calls.append("numba"))
@@ -341,9 +348,11 @@ def test_auto_runs_numba_on_cpu_unless_told_otherwise(monkeypatch: pytest.Monkey
     Adam([p], backend="numpy").step()
     assert calls == ["numba"]
     monkeypatch.delenv("OPTGEN_CPU_BACKEND")
-    assert not Adafactor([p])._use_numba()  # not compiled: the NumPy reference, by its flag
-    with pytest.raises(ValueError, match="Adafactor: backend='numba': row/column states"):
-        Adafactor([p], backend="numba")
+    assert Adafactor([p])._use_numba()  # row/column states compile (numba_tiles)
+    m = torch.nn.Parameter(torch.ones(4, 3))
+    assert not Muon([m])._use_numba()  # not compiled: the NumPy reference, by its flag
+    with pytest.raises(ValueError, match="Muon: backend='numba': matrix rules are not compiled"):
+        Muon([m], backend="numba")
 
 
 def test_step_prechecked_equals_step_multi_and_still_refuses_what_it_cannot_update() -> None:
@@ -363,7 +372,11 @@ def test_step_prechecked_equals_step_multi_and_still_refuses_what_it_cannot_upda
         nb.step_prechecked([strided], [gs[0]], [nb.init_state(gs[0])], 1)
 
 
-REDUCING = [n for n in RULE_NAMES if numba_module(n).COMPILED and numba_module(n).REDUCTIONS]
+REDUCING = [
+    n
+    for n in RULE_NAMES
+    if numba_module(n).COMPILED and numba_module(n).REDUCTIONS and not ALL_RULES[n].vector_values
+]
 
 
 def _reduction_inputs(name: str, dtype: type, specials: bool = False) -> list:
@@ -594,3 +607,140 @@ def test_noise_arguments_refused_before_any_write(name: str, case: str) -> None:
         with pytest.raises(ValueError, match=message):
             call([w], [g], [{}], 1, **kwargs) if multi else call(w, g, {}, 1, **kwargs)
         assert np.array_equal(w, np.ones_like(w)), (case, call.__name__)
+
+
+# ---------------------------------------------------------------------------- row/column rules
+ROW_COLUMN = [n for n in RULE_NAMES if ALL_RULES[n].vector_values]
+# every kind of tile (optgen_runtime.numba_tiles): runs of whole matrices (a batch of small
+# ones), blocks of rows (tall), blocks of columns (wide, and a long 1-D weight), empty ones
+TILED_SHAPES = [(300, 7), (70001,), (400, 300), (3, 70, 1000), (2, 40000), (5, 0), (0,), (1,)]
+
+
+def _tile_kinds(shape: tuple[int, ...]) -> set[str]:
+    from optgen_runtime.common import matrix_dims
+    from optgen_runtime.numba_tiles import Tiling
+
+    dims = matrix_dims(shape)
+    kinds = set()
+    for _b0, _b1, r0, r1, c0, c1 in Tiling(dims).table.tolist():
+        if (r0, r1, c0, c1) == (0, dims[1], 0, dims[2]):
+            kinds.add("matrices")
+        elif (c0, c1) == (0, dims[2]):
+            kinds.add("rows")
+        else:
+            kinds.add("columns")
+    return kinds
+
+
+def test_the_tiled_shapes_cover_every_kind_of_tile() -> None:
+    found = set().union(*map(_tile_kinds, TILED_SHAPES))
+    assert found == {"matrices", "rows", "columns"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ROW_COLUMN)
+def test_row_column_rules_equal_numpy_on_every_kind_of_tile(name: str, dtype: type) -> None:
+    """The compiled tile loops (sums in float64 in lanes, tile after tile) against the NumPy
+    module's (pairwise per tile) over three steps of ``step_multi``, within the sums' rounding."""
+    ref, nb = numpy_module(name), numba_module(name)
+    rng = np.random.default_rng(3)
+    a = [rng.standard_normal(s).astype(dtype) for s in TILED_SHAPES]
+    b = [w.copy() for w in a]
+    sa, sb = [ref.init_state(w) for w in a], [nb.init_state(w) for w in b]
+    for t in range(1, 4):
+        grads = [(rng.standard_normal(s) * 3).astype(dtype) for s in TILED_SHAPES]
+        with np.errstate(all="ignore"):  # CAME's 0/0 on an empty weight, in both modules
+            ref.step_multi(a, grads, sa, t)
+            nb.step_multi(b, grads, sb, t)
+    for shape, wa, wb, xa, xb in zip(TILED_SHAPES, a, b, sa, sb, strict=True):
+        for label, x, y in [("weight", wa, wb)] + [(k, xa[k], xb[k]) for k in nb.STATES]:
+            np.testing.assert_allclose(
+                y, x, **tolerance(dtype, steps=3), err_msg=f"{name} {shape} {label}"
+            )
+
+
+def _sweep_arguments(
+    name: str, kernel: object, dtype: type, rng: np.random.Generator, dims: tuple[int, int, int]
+) -> list:
+    """A compiled tile sweep's arguments on a weight of ``dims`` (batch, rows, cols), every
+    buffer and vector random, NaN in each output slot (each tile writes its own)."""
+    from optgen_runtime.numba_tiles import Tiling
+
+    rule = ALL_RULES[name]
+    tiling = Tiling(dims)
+    args: list = []
+    for param in inspect.signature(kernel.py_func).parameters:  # type: ignore[attr-defined]
+        if param in ("_tiles", "_offsets"):
+            args.append(tiling.table if param == "_tiles" else tiling.offsets)
+        elif param == "_whole":
+            args.append(np.full((len(tiling.table), 4), np.nan))
+        elif param == "_parts":
+            args.append(np.full((4, tiling.width), np.nan))
+        elif param.endswith("_buf"):
+            symbol = next(
+                s for s in [*rule.element_inputs, *rule.vector_values] if s.name == param[:-4]
+            )
+            domain = "".join(a for a in "brc" if a in rule.domain(symbol)) or "brc"
+            shape = tuple(n if a in domain else 1 for n, a in zip(dims, "brc", strict=True))
+            args.append(np.abs(rng.standard_normal(shape)).astype(dtype) + dtype(0.1))
+        else:  # a host scalar
+            args.append(dtype(rng.uniform(0.5, 2.0)))
+    return args
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ROW_COLUMN)
+def test_a_compiled_tile_sweep_is_its_python_code_to_the_bit(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: type
+) -> None:
+    """Each element sweep's kernel, compiled (its blocks vectorised, folded into lanes), against
+    the same function run by Python on NumPy scalars: the same partials to the bit, so the
+    compiled loops keep the order the source states (no reassociation)."""
+    from optgen_runtime import numba_tiles
+
+    monkeypatch.setattr(numba_tiles, "TILE", 1000)
+    numba_tiles._tiles.cache_clear()
+    nb = numba_module(name)
+    kernels = [getattr(nb, k) for k in dir(nb) if k.startswith("_sweep")]
+    assert kernels, name
+    # tiles of 1,000 elements at least: blocks of columns, of rows, runs of whole matrices
+    try:
+        for kernel, dims in itertools.product(kernels, [(2, 37, 300), (2, 300, 37), (40, 5, 6)]):
+            rng = np.random.default_rng(11)
+            args = _sweep_arguments(name, kernel, dtype, rng, dims)
+            py_args = [x.copy() if isinstance(x, np.ndarray) else x for x in args]
+            kernel(*args)
+            with np.errstate(all="ignore"):
+                kernel.py_func(*py_args)
+            for got, want in zip(args[-2:], py_args[-2:], strict=True):
+                assert np.array_equal(got, want, equal_nan=True), kernel.__name__
+    finally:
+        numba_tiles._tiles.cache_clear()
+
+
+def test_lane_folds_and_totals_are_their_python_code_to_the_bit() -> None:
+    """The lane folds and the lanes' totals, compiled, equal their Python code to the bit (NaN
+    kept by max and min), whole blocks and tails alike."""
+    from optgen_runtime import numba_tiles
+
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal(1024) * 10.0 ** rng.integers(-8, 8, 1024)
+    values[[3, 700]] = np.nan
+    folds = {"sum": numba_tiles.fold_sum, "max": numba_tiles.fold_max, "min": numba_tiles.fold_min}
+    totals = {
+        "sum": numba_tiles.lanes_sum,
+        "max": numba_tiles.lanes_max,
+        "min": numba_tiles.lanes_min,
+    }
+    for kind, fold in folds.items():
+        for n in (1024, 1019, 5, 0, 2):
+            got, want = np.zeros(8), np.zeros(8)
+            fold(got, values[2:] if n == 2 else values, n)
+            fold.py_func(want, values[2:] if n == 2 else values, n)
+            assert np.array_equal(got, want, equal_nan=True), (kind, n)
+            total = totals[kind]
+            assert np.array_equal(total(got), total.py_func(want), equal_nan=True), (kind, n)
+    lanes = np.zeros(8)
+    numba_tiles.fold_sum(lanes, np.nan_to_num(values), 1024)
+    pairwise = float(np.sum(np.nan_to_num(values)))
+    assert numba_tiles.lanes_sum(lanes) != pairwise  # an order of its own

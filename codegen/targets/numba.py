@@ -19,9 +19,13 @@ bfloat16 parameter rounded from the master chunk by chunk) a widening to float32
 to nearest even, the chunk's dtype ``_T`` float32. Noise draws (``RULE.normal``) are the
 NumPy module's Philox stream (``numba_support.normals``: its integers and uniforms to the bit,
 its normals, through its own float32 log and cos, within 4 ulp), drawn a block at a time before the
-block's update loop. Rules the target cannot express yet get a module that runs the NumPy
-reference and says so (``COMPILED = False``, ``FALLBACK``): row/column states and axis
-reductions, and matrix rules.
+block's update loop. A rule with row/column states and axis reductions (Adafactor, CAME, SM3)
+gets the NumPy module's stepper with its element sweeps and update compiled as parallel loops over
+tiles of the (batch, rows, cols) view (``optgen_runtime.numba_tiles``; a sweep's sums in float64
+in lanes of 8, tile after tile, against NumPy's pairwise sums: equal to float64 rounding); its
+vector sweeps (a few operations on the row and column vectors) stay NumPy code. Rules the target
+cannot express yet get a module that runs the NumPy reference and says so (``COMPILED = False``,
+``FALLBACK``): matrix rules (Muon, AdaMuon).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import sympy as sp
 
 from codegen import names, ops
 from codegen.lower import Lowered, Op, Operand
-from codegen.spec import Rule
+from codegen.spec import Rule, SpecError
 from codegen.targets import Target
 from codegen.targets.host import INFIX_COMPARISONS, CommentedLines, HostCode, literal
 from codegen.targets.rules import (
@@ -148,9 +152,146 @@ def _buf(name: str) -> str:
 
 def fallback_reason(rule: Rule) -> str | None:
     """Why the rule runs the NumPy reference in its numba module (None: it is compiled)."""
-    if rule.vector_values or any(a is not None for a in rule.reduction_axes.values()):
-        return "row/column states and axis reductions are not compiled yet"
+    if rule.vector_values and variant_context(rule)["variants"]:
+        return "variants of a rule with row/column states are not compiled yet"
     return None
+
+
+# A row or matrix value's element in a tile loop, loaded once per row (a column value: a 1-D view
+# of the row's piece, as the element buffers), by its domain (numpy_support.domain_shape's view).
+PER_ROW = {"br": "[_m, _r, 0]", "b": "[_m, 0, 0]"}
+
+
+def _vector_reads(lowered: Lowered, ops_: list[Op]) -> list[tuple[str, str]]:
+    """(name, domain) of each row, column or matrix value ``ops_`` read."""
+    rule = lowered.rule
+    used = {a for op in ops_ for a in op.args if isinstance(a, sp.Symbol)} - {o.dest for o in ops_}
+    return [
+        (v.name, "".join(a for a in "brc" if a in rule.domain(v)))
+        for v in rule.vector_values
+        if v in used
+    ]
+
+
+def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[str, object]:
+    """An element sweep of a row/column rule, compiled: its tile loop's loads, ops and
+    accumulators. A row is taken a block of REDUCE_BLOCK at a time: the block's values in a loop
+    that vectorises, a per-column partial added there (one per column of the tile), whole-tensor
+    and per-row values stored, then folded into lanes (``optgen_runtime.numba_tiles``)."""
+    rule = lowered.rule
+    ops_ = lowered.reduce_phases[phase - 1]
+    values = lowered.phase_reductions(phase)
+    if any(v not in rule.reductions for v in values):
+        raise SpecError(f"{rule.source}: an element sweep may only reduce (not compiled yet)")
+    whole = [v for v in values if rule.reduction_axes[v] is None]
+    along = [v for v in values if rule.reduction_axes[v] is not None]
+    accs = []
+    for k, v in enumerate([*whole, *along]):
+        kind = rule.reduction_kinds[v]
+        where = "tile" if k < len(whole) else "row" if rule.reduction_axes[v] == -1 else "column"
+        acc = {"where": where, "kind": kind, "identity": IDENTITY[kind], "value": v.name}
+        acc["lanes"] = None
+        if where == "column":  # over the rows: into the tile's partial, a column per element
+            acc["accumulate"] = ACCUMULATE[kind].format(acc=f"_cp{k}[_i]", x=v.name)
+            acc["slice"] = f"_cp{k} = _parts[{k - len(whole)}, _at + _lo : _at + _lo + _n]"
+            acc["fill"] = f"_parts[{k - len(whole)}, _x] = {IDENTITY[kind]}"
+        else:
+            acc["lanes"], acc["scratch"] = f"_lanes{k}", f"_block{k}"
+            acc["store"] = (
+                f"_whole[_k, {k}] = lanes_{kind}(_lanes{k})"
+                if where == "tile"
+                else f"_parts[{k - len(whole)}, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - "
+                f"_r0] = lanes_{kind}(_lanes{k})"
+            )
+        accs.append(acc)
+    vectors = _vector_reads(lowered, ops_)
+    host = lowered.phase_host(phase)
+    return {
+        "kernel": f"_sweep{phase}",
+        "whole": [v.name for v in whole],
+        "along": [v.name for v in along],
+        "params": [_buf(s.name) for s in rule.element_inputs] + [_buf(n) for n, _ in vectors],
+        "args": [f"_{s.name}_m" for s in rule.element_inputs]
+        + [f'_vectors["{n}"]' for n, _ in vectors]
+        + [s.name for s in host],
+        "host_names": [s.name for s in host],
+        "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
+        "block": REDUCE_BLOCK,
+        **_tile_loads([s.name for s in lowered.phase_reads(phase)], vectors),
+        "ops": printer.lines(ops_),
+        "accs": accs,
+        "columns": any(a["where"] == "column" for a in accs),
+        "kinds": sorted({a["kind"] for a in accs if a["where"] != "column"}),
+    }
+
+
+def _tile_loads(
+    buffers: list[str], vectors: list[tuple[str, str]], stored: tuple[str, ...] = ()
+) -> dict[str, list[tuple[str, str]]]:
+    """A tile loop's loads: per row, its row (and matrix) values; per block of a row, a 1-D view
+    of the block in each element buffer read or ``stored`` and each column vector read (indexed
+    from 0: the loop vectorises); per element, the views' values."""
+    per_row, views, per_element = [], [], []
+    for name in dict.fromkeys([*buffers, *stored]):
+        views.append((f"_{name}_row", f"{_buf(name)}[_m, _r, _lo : _lo + _n]"))
+        if name in buffers:
+            per_element.append((name, f"_{name}_row[_i]"))
+    for name, domain in vectors:
+        if domain == "bc":
+            views.append((f"_{name}_row", f"{_buf(name)}[_m, 0, _lo : _lo + _n]"))
+            per_element.append((name, f"_{name}_row[_i]"))
+        else:
+            per_row.append((name, f"{_buf(name)}{PER_ROW[domain]}"))
+    return {"per_row": per_row, "views": views, "per_element": per_element}
+
+
+def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, object]:
+    """A row/column rule's module: the NumPy module's stepper (``_matrix_stepper.j2``), its
+    element sweeps and update compiled tile loops."""
+    from codegen.targets import numpy as numpy_target
+
+    rule = lowered.rule
+    base = numpy_target.context(lowered)
+    printer = NumbaOpPrinter()
+    phases = base["phases"]
+    tiles = {}
+    for p in phases:  # type: ignore[attr-defined]
+        if p["kind"] == "tiles":
+            tiles[p["phase"]] = tile_sweep(lowered, p["phase"], printer)
+            p.update(tiles[p["phase"]])
+    vectors = _vector_reads(lowered, lowered.ops)
+    host = lowered.update_scalars
+    kinds = sorted({k for p in tiles.values() for k in p["kinds"]})  # type: ignore[attr-defined]
+    stored = {
+        cur.name: new.name
+        for cur, new in sorted(
+            lowered.outputs.items(), key=lambda p: rule.element_inputs.index(p[0])
+        )
+    }
+    return (
+        base
+        | common
+        | {
+            "compiled": True,
+            "exports": sorted(
+                [*base["exports"], "COMPILED", "FALLBACK", "step_prechecked"],  # type: ignore[list-item]
+                key=natural,
+            ),
+            "sweeps": list(tiles.values()),
+            "block": REDUCE_BLOCK,
+            "lane_imports": "".join(f", {f}_{k}" for f in ("fold", "lanes") for k in kinds),
+            "update_params": [_buf(s.name) for s in rule.element_inputs]
+            + [_buf(n) for n, _ in vectors],
+            "update_args": [f"_{s.name}_m" for s in rule.element_inputs]
+            + [f'_vectors["{n}"]' for n, _ in vectors]
+            + [s.name for s in host],
+            "host_names": [s.name for s in host],
+            "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
+            **_tile_loads([s.name for s in lowered.reads], vectors, tuple(stored)),
+            "update_ops": printer.lines(lowered.ops),
+            "stores": [(f"_{cur}_row", new) for cur, new in stored.items()],
+        }
+    )
 
 
 # A reduction pass whose values take a division or a square root computes REDUCE_BLOCK elements'
@@ -175,10 +316,11 @@ def phase_context(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict
             {
                 "acc": acc,
                 "init": f"{acc} = {IDENTITY[kind]}",
-                "scratch": f"_s{k} = np.empty({REDUCE_BLOCK}, dtype=np.float64)",
-                "store": f"_s{k}[_i] = np.float64({r.name})",
+                # (not _s<k>: the reduction phases' CSE temporaries, codegen/names.py)
+                "scratch": f"_block{k} = np.empty({REDUCE_BLOCK}, dtype=np.float64)",
+                "store": f"_block{k}[_i] = np.float64({r.name})",
                 "accumulate": ACCUMULATE[kind].format(acc=acc, x=r.name),
-                "accumulate_block": ACCUMULATE[kind].format(acc=acc, x=f"_s{k}[_i]"),
+                "accumulate_block": ACCUMULATE[kind].format(acc=acc, x=f"_block{k}[_i]"),
             }
         )
     reads = lowered.phase_reads(phase)
@@ -205,6 +347,7 @@ def context(lowered: Lowered) -> dict[str, object]:
     reason = fallback_reason(rule)
     rules_names = exported(lowered)
     common = {
+        "matrix": bool(rule.vector_values),
         "rule": rule,
         "doc": rule.doc,
         "fallback": reason,
@@ -212,6 +355,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     } | variant_context(rule)
     if reason is not None:
         return common | {"exports": sorted(rules_names, key=natural)}
+    if rule.vector_values:
+        return matrix_context(lowered, common)
     printer = NumbaOpPrinter()
     phases = [phase_context(lowered, k, printer) for k in range(1, len(lowered.reduce_phases) + 1)]
     code = HostCode()

@@ -370,6 +370,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         ),
         "group": [str(r) for r in rule.group_reductions],
         "matrix": matrix,
+        "compiled": False,  # the numba module's row/column rules: compiled tile loops
         "flats": [flat(s.name) for s in rule.element_inputs],
         "matrices": [f"_{s.name}_m" for s in rule.element_inputs],
         "buffer_flats": [(s.name, flat(s.name)) for s in rule.element_inputs],

@@ -166,9 +166,9 @@ def _reduce_chunk(
     #   epsilon: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
-    _s0 = np.empty(1024, dtype=np.float64)
+    _block0 = np.empty(1024, dtype=np.float64)
     _p1 = 0.0
-    _s1 = np.empty(1024, dtype=np.float64)
+    _block1 = np.empty(1024, dtype=np.float64)
     # In blocks of 1024: the block's values first (no carried dependency: vectorised),
     # then each added in element order (the bits of one loop doing both, which runs scalar).
     for _lo in range(0, weight_buf.shape[0], 1024):
@@ -205,11 +205,11 @@ def _reduce_chunk(
             u = _v17 + _v29
             # specs/lamb.py:64: u_sq = u**2
             u_sq = u * u
-            _s0[_i] = np.float64(w_sq)
-            _s1[_i] = np.float64(u_sq)
+            _block0[_i] = np.float64(w_sq)
+            _block1[_i] = np.float64(u_sq)
         for _i in range(_m):
-            _p0 += np.float64(_s0[_i])
-            _p1 += np.float64(_s1[_i])
+            _p0 += np.float64(_block0[_i])
+            _p1 += np.float64(_block1[_i])
     return (
         _p0,
         _p1,

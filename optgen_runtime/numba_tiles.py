@@ -1,0 +1,235 @@
+"""Tiles of the compiled row/column rules (Adafactor, CAME, SM3: ``generated/numba``).
+
+Such a rule sees every weight as (batch, rows, cols), as its NumPy module does
+(``numpy_support.matrix_views``). Its element sweeps (per-row and per-column sums, a whole
+tensor's sums) and its update are compiled loops over tiles of that view, one tile per
+iteration of a parallel loop; its vector sweeps (a few operations on the row and column
+vectors) stay the NumPy module's code. A tile is a run of whole matrices where one is small,
+else a block of whole rows (a matrix at least as tall as it is wide) or of whole columns (a
+wider one) of one matrix, at most ``SPLIT`` blocks per matrix: so a tile's partial of a
+per-column reduction (from a block of rows) or of a per-row one (from a block of columns) has
+at most ``SPLIT`` times the vector's values, never the weight's count (a 10 M-element weight:
+a few MB of partials, not 80). The tiles depend on the shape alone, never on the thread count,
+and their partials are combined in tile order: the same sums on every run and machine. Each
+tile's partial sums in float64 in element order (the NumPy module sums a tile's rows
+pairwise): equal to NumPy's to float64 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from optgen_runtime.numba_support import compiled
+from optgen_runtime.numpy_support import IDENTITY, combine, domain_shape
+
+TILE = 65536  # elements per tile, at least (the NumPy module's CHUNK)
+SPLIT = 64  # blocks per matrix, at most: enough parallel work for 64 threads
+
+# A reduction's kind as the compiled combination takes it.
+KIND_CODE = {"sum": 0, "max": 1, "min": 2}
+
+
+def _blocks(n: int, pieces: int) -> list[tuple[int, int]]:
+    """``[0, n)`` in ``pieces`` near-equal consecutive blocks."""
+    return [(n * k // pieces, n * (k + 1) // pieces) for k in range(pieces)]
+
+
+@lru_cache(maxsize=256)
+def _tiles(dims: tuple[int, int, int]) -> np.ndarray:
+    batch, rows, cols = dims
+    if not (batch and rows and cols):
+        return np.zeros((0, 6), dtype=np.int64)
+    size = rows * cols
+    if size <= TILE:  # runs of whole matrices
+        per = TILE // size
+        found = [(b, min(batch, b + per), 0, rows, 0, cols) for b in range(0, batch, per)]
+    else:
+        pieces = min(SPLIT, -(-size // TILE))
+        found = []
+        for b in range(batch):
+            if cols <= rows:  # blocks of whole rows
+                found += [(b, b + 1, r0, r1, 0, cols) for r0, r1 in _blocks(rows, pieces)]
+            else:  # blocks of whole columns
+                found += [(b, b + 1, 0, rows, c0, c1) for c0, c1 in _blocks(cols, pieces)]
+    table = np.array(found, dtype=np.int64).reshape(-1, 6)
+    table.flags.writeable = False
+    return table
+
+
+class Tiling:
+    """The tiles of one weight's (batch, rows, cols) view and where each tile's partials go.
+
+    ``table``: a row (b0, b1, r0, r1, c0, c1) per tile; ``offsets``: per tile, where its
+    partial of a per-row reduction (one value per row of the tile) and of a per-column one (one
+    per column) start in a sweep's ``parts`` (its row per reduction along an axis)."""
+
+    def __init__(self, dims: tuple[int, int, int]) -> None:
+        self.dims = dims
+        self.table = _tiles(dims)
+        t = self.table
+        rows = (t[:, 1] - t[:, 0]) * (t[:, 3] - t[:, 2])
+        cols = (t[:, 1] - t[:, 0]) * (t[:, 5] - t[:, 4])
+        self.offsets = np.zeros((len(t), 2), dtype=np.int64)
+        self.offsets[1:, 0] = np.cumsum(rows)[:-1]
+        self.offsets[1:, 1] = np.cumsum(cols)[:-1]
+        self.width = int(max(rows.sum(initial=0), cols.sum(initial=0)))
+        # per reduced axis: does every tile span it (each value of the vector gets one partial,
+        # already laid out as the vector, (batch, rows) or (batch, cols), in order)?
+        self.whole_along = {
+            "c": len(t) > 0 and bool(np.all((t[:, 4] == 0) & (t[:, 5] == dims[2]))),
+            "r": len(t) > 0 and bool(np.all((t[:, 2] == 0) & (t[:, 3] == dims[1]))),
+        }
+
+    def partials(self, whole: int, along: int) -> tuple[np.ndarray, np.ndarray]:
+        """A sweep's partials: ``whole`` per tile (whole-tensor reductions) and ``along`` rows of
+        per-tile vectors (reductions along an axis); each tile writes its own (no fill)."""
+        return (
+            np.empty((len(self.table), whole), dtype=np.float64),
+            np.empty((along, self.width), dtype=np.float64),
+        )
+
+    def combine(
+        self,
+        kinds: dict[str, str],
+        axes: dict[str, str | None],
+        names: list[str],
+        whole: np.ndarray,
+        parts: np.ndarray,
+        sums: dict[str, float],
+        vectors: dict[str, np.ndarray],
+        dtype: type,
+    ) -> None:
+        """A sweep's partials combined in tile order (``names``: its whole-tensor reductions,
+        then those along an axis, each in the order of the sweep's ``whole`` and ``parts``):
+        into ``sums`` (Python floats, as ``numpy_support.combine``) and ``vectors`` (arrays of
+        the reduced domain, accumulated in float64, then cast to ``dtype``)."""
+        at = {"whole": 0, "along": 0}
+        for name in names:
+            kind, axis = kinds[name], axes[name]
+            if axis is None:
+                k = at["whole"]
+                sums[name] = combine(kinds, [name], [(x,) for x in whole[:, k].tolist()])[name]
+                at["whole"] += 1
+                continue
+            shape = domain_shape(self.dims, "br" if axis == "c" else "bc")
+            part = parts[at["along"]]
+            at["along"] += 1
+            if self.whole_along[axis]:  # the identity combined with one partial: the partial
+                vectors[name] = part[: math.prod(shape)].astype(dtype).reshape(shape)
+                continue
+            acc = np.full(shape, IDENTITY[kind], dtype=np.float64)
+            _fold(
+                self.table,
+                self.offsets,
+                part,
+                acc.reshape(shape[0], -1),
+                KIND_CODE[kind],
+                axis == "c",
+            )
+            vectors[name] = acc.astype(dtype)
+
+
+@compiled()
+def _fold(
+    tiles: np.ndarray, offsets: np.ndarray, part: np.ndarray, acc: Any, kind: int, rows: bool
+) -> None:
+    """Each tile's partial (of a per-row reduction where ``rows``, else a per-column one) into
+    ``acc`` (batch, vector), tile after tile: sums added, max and min NaN-propagating, the
+    earlier value on a tie (``numpy_support.COMBINE``)."""
+    for k in range(tiles.shape[0]):
+        m0, m1 = tiles[k, 0], tiles[k, 1]
+        lo, hi = (tiles[k, 2], tiles[k, 3]) if rows else (tiles[k, 4], tiles[k, 5])
+        at = offsets[k, 0] if rows else offsets[k, 1]
+        for m in range(m0, m1):
+            for x in range(lo, hi):
+                a = acc[m, x]
+                b = part[at + (m - m0) * (hi - lo) + (x - lo)]
+                if kind == 0:
+                    acc[m, x] = a + b
+                elif kind == 1:
+                    acc[m, x] = a if (a != a or a >= b) else b
+                else:
+                    acc[m, x] = a if (a != a or a <= b) else b
+
+
+# A tile sweep's sums and extrema along a row piece: its values computed a block at a time (a
+# loop that vectorises), each block then folded into LANES running partials, element p of the
+# row piece into lane p % LANES (independent chains: one vector operation per LANES elements,
+# no reassociation), the lanes combined pairwise at the end. A fixed order: the same bits on
+# every run and machine.
+LANES = 8
+
+
+@compiled()
+def fold_sum(lanes: np.ndarray, values: np.ndarray, n: int) -> None:
+    """``values[:n]`` added into ``lanes`` (value i into lane i % LANES)."""
+    full = n - n % LANES
+    for i in range(0, full, LANES):
+        for lane in range(LANES):
+            lanes[lane] += values[i + lane]
+    for i in range(full, n):
+        lanes[i - full] += values[i]
+
+
+@compiled()
+def fold_max(lanes: np.ndarray, values: np.ndarray, n: int) -> None:
+    """``fold_sum`` for a maximum: NaN-propagating, the earlier value on a tie."""
+    full = n - n % LANES
+    for i in range(0, full, LANES):
+        for lane in range(LANES):
+            a, b = lanes[lane], values[i + lane]
+            lanes[lane] = a if (a != a or a >= b) else b
+    for i in range(full, n):
+        a, b = lanes[i - full], values[i]
+        lanes[i - full] = a if (a != a or a >= b) else b
+
+
+@compiled()
+def fold_min(lanes: np.ndarray, values: np.ndarray, n: int) -> None:
+    """``fold_sum`` for a minimum: NaN-propagating, the earlier value on a tie."""
+    full = n - n % LANES
+    for i in range(0, full, LANES):
+        for lane in range(LANES):
+            a, b = lanes[lane], values[i + lane]
+            lanes[lane] = a if (a != a or a <= b) else b
+    for i in range(full, n):
+        a, b = lanes[i - full], values[i]
+        lanes[i - full] = a if (a != a or a <= b) else b
+
+
+@compiled()
+def lanes_sum(lanes: np.ndarray) -> float:
+    """The lanes' total, pairwise: ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7))."""
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + (
+        (lanes[4] + lanes[5]) + (lanes[6] + lanes[7])
+    )
+
+
+@compiled()
+def _pick_max(a: float, b: float) -> float:
+    return a if (a != a or a >= b) else b
+
+
+@compiled()
+def _pick_min(a: float, b: float) -> float:
+    return a if (a != a or a <= b) else b
+
+
+@compiled()
+def lanes_max(lanes: np.ndarray) -> float:
+    """The lanes' maximum, pairwise as ``lanes_sum`` (NaN-propagating)."""
+    low = _pick_max(_pick_max(lanes[0], lanes[1]), _pick_max(lanes[2], lanes[3]))
+    high = _pick_max(_pick_max(lanes[4], lanes[5]), _pick_max(lanes[6], lanes[7]))
+    return _pick_max(low, high)
+
+
+@compiled()
+def lanes_min(lanes: np.ndarray) -> float:
+    """The lanes' minimum, pairwise as ``lanes_sum`` (NaN-propagating)."""
+    low = _pick_min(_pick_min(lanes[0], lanes[1]), _pick_min(lanes[2], lanes[3]))
+    high = _pick_min(_pick_min(lanes[4], lanes[5]), _pick_min(lanes[6], lanes[7]))
+    return _pick_min(low, high)
