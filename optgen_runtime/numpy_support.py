@@ -305,13 +305,34 @@ def matrix_views(
     names: tuple[str, ...],
     axes: dict[str, int],
     host_names: tuple[str, ...] = (),
+    checked: bool = False,
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Check every array, then return 3-D views of weight, grad and the per-element states (in
     that order) and of the vector states (by name): everything is checked before anything is
-    written, as :func:`flat_views` does."""
+    written, as :func:`flat_views` does. ``checked``: the caller checked them all as this would
+    (a compiled module's ``step_prechecked``): the views alone."""
+    dims = matrix_dims(weight.shape)
+    if not checked:
+        _check_matrix_arrays(rule, weight, grad, state, names, axes, host_names)
+    elements = [weight.reshape(dims), grad.reshape(dims)]
+    elements += [state[n].reshape(dims) for n in names if n not in axes]
+    vectors = {
+        n: state[n].reshape(domain_shape(dims, "br" if axes[n] == -1 else "bc")) for n in axes
+    }
+    return elements, vectors
+
+
+def _check_matrix_arrays(
+    rule: str,
+    weight: Any,
+    grad: Any,
+    state: Any,
+    names: tuple[str, ...],
+    axes: dict[str, int],
+    host_names: tuple[str, ...],
+) -> None:
     check_weight(rule, weight)
     check_state_keys(rule, state, names + host_names)
-    dims = matrix_dims(weight.shape)
     arrays = [("grad", grad, None)] + [(f"state[{n!r}]", state[n], axes.get(n)) for n in names]
     for label, a, axis in arrays:
         check_array(rule, label, a)
@@ -324,12 +345,6 @@ def matrix_views(
         if not a.flags.writeable:
             raise ValueError(f"{rule}: {label} is read-only but is updated in place")
     check_disjoint(rule, everything)
-    elements = [weight.reshape(dims), grad.reshape(dims)]
-    elements += [state[n].reshape(dims) for n in names if n not in axes]
-    vectors = {
-        n: state[n].reshape(domain_shape(dims, "br" if axes[n] == -1 else "bc")) for n in axes
-    }
-    return elements, vectors
 
 
 def matrix_tiles(

@@ -260,6 +260,39 @@ def adafactor_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, floa
     )
 
 
+# Adafactor's factored update on matrices (its purpose), and on one long vector (unfactored: its
+# column factor is the full second moment, as large as the weight): one tensor of each shape.
+ADAFACTOR_SHAPES = {"matrix": (3162, 3162), "tall": (10_000, 1000), "vector": (10_000_000,)}
+
+
+def adafactor_rows(steps: int) -> dict[str, dict[str, Any]]:
+    """ms/step of generated.torch.Adafactor on the numba and NumPy backends and of
+    torch.optim.Adafactor (foreach) on the GPT-2-small-shaped list and on each of
+    ADAFACTOR_SHAPES."""
+    import torch
+
+    from generated.torch import Adafactor
+
+    variants = {
+        "generated Adafactor (numba)": (lambda ps: Adafactor(ps, lr=1e-2), False),
+        "generated Adafactor (NumPy)": (lambda ps: Adafactor(ps, lr=1e-2, backend="numpy"), False),
+        "torch Adafactor foreach": (
+            lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True),
+            False,
+        ),
+    }
+    lists = {"GPT-2-small-shaped list": gpt2_small_shapes()}
+    lists |= {f"one {kind}, {' x '.join(map(str, s))}": [s] for kind, s in ADAFACTOR_SHAPES.items()}
+    return {
+        label: {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **_timed_classes(shapes, steps, variants),
+        }
+        for label, shapes in lists.items()
+    }
+
+
 def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step of generated.torch.LAMB (per-tensor norms: a reduction pass, then each tensor's
     trust ratio) on the numba and the NumPy backend, beside generated.torch.Adam (numba) on the
@@ -449,8 +482,11 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     ref = importlib.import_module(f"generated.numpy.{name}")
     hp = HYPERPARAMS.get(name, {})
     rng = np.random.default_rng(0)
-    w = rng.standard_normal(n).astype(np.float32)
-    g = rng.standard_normal(n).astype(np.float32)
+    # a rule of row and column factors on a matrix of n / 1000 rows (1-D: one row, unfactored)
+    factored = importlib.import_module(f"generated.rules.{name}").STATE_AXES
+    shape = (n // 1000, 1000) if factored else (n,)
+    w = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
     # a rule's inputs besides the gradient (AdaHessian's hessian), a loss for a scalar input
     extra = {**{k: np.abs(g) for k in nb.INPUTS}, **dict.fromkeys(nb.STEP_SCALARS, 1.0)}
     state = nb.init_state(w)
@@ -560,6 +596,7 @@ def run(
                 "n": int(sum(np.prod(s) for s in listed)),
                 **lamb_class(listed, steps),
             }
+        result["adafactor_rows"] = adafactor_rows(steps)
     result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
     result["training_loop"] = training_loop(steps)
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
@@ -652,6 +689,12 @@ def report(r: dict[str, Any]) -> str:
             f"tensors, {block['n']:,} parameters"
         )
         lines += _block(title, block, "torch Adafactor", "this/torch")
+    for label, block in r.get("adafactor_rows", {}).items():
+        title = (
+            f"Adafactor (row and column factors), {label}: {block['tensors']} tensors, "
+            f"{block['n']:,} parameters"
+        )
+        lines += _block(title, block, "torch Adafactor foreach", "this/foreach")
     if "fixed_cost" in r:
         lines += [
             "",
@@ -676,7 +719,8 @@ def report(r: dict[str, Any]) -> str:
     lines += [
         "",
         "every compiled rule: the numba module's step and the torch class's (numba backend)",
-        "against torch foreach (else the NumPy module); ratio = this / peer",
+        "against torch foreach (else the NumPy module); ratio = this / peer; N parameters in",
+        "one tensor (rules of row and column factors: a matrix of N / 1000 x 1000)",
         f"  {'rule':18s} {'N':>11s} {'numba ms':>9s} {'class ms':>9s} {'peer ms':>9s} "
         f"{'module':>7s} {'class':>7s}  peer",
     ]

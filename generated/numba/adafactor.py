@@ -369,26 +369,44 @@ def step_prechecked(
     t: int | Sequence[int],
     **hyperparams: Any,
 ) -> None:
-    """``step_multi`` for a caller that has checked every array (the torch classes): the same
-    call, every array checked again (one pass over the shapes, small beside the sweeps)."""
-    step_multi(weights, grads, states, t, **hyperparams)
+    """``step_multi`` for a caller that has checked every array as ``step_multi`` would, and
+    more (the torch classes check every parameter, state and buffer of a step before any
+    write): the arrays are taken as they are; hyperparameters, step counts and host scalars
+    are still checked."""
+    hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    ts = step_counts(RULE, t, len(weights))
+    run_group(
+        RULE,
+        [
+            _stepper(_w, _g, _s, _tj, hp, checked=True)
+            for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
+        ],
+        REDUCE_KINDS,
+    )
 
 
 def _stepper(
-    weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
+    weight: np.ndarray,
+    grad: np.ndarray,
+    state: dict[str, np.ndarray],
+    t: int,
+    hp: dict[str, float],
+    checked: bool = False,
 ) -> Iterator[None]:
     """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
     its reductions, checks and host scalars, then it yields None, and writes when resumed
-    (once every tensor of the call has)."""
+    (once every tensor of the call has). ``checked``: its arrays were (``step_prechecked``)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
     # (batch, rows, 1), column vectors as (batch, 1, cols): NumPy broadcasting lines them up.
-    _elements, _vectors = matrix_views(RULE, weight, grad, state, STATES, STATE_AXES, HOST_STATES)
+    _elements, _vectors = matrix_views(
+        RULE, weight, grad, state, STATES, STATE_AXES, HOST_STATES, checked=checked
+    )
     _weight_m, _grad_m = _elements
     _dims = matrix_dims(weight.shape)
     _sizes = matrix_sizes(weight.shape, SIZES)
-    _tiling = Tiling(_dims)  # the compiled loops' tiles (optgen_runtime.numba_tiles)
+    _tiling = Tiling.of(_dims)  # the compiled loops' tiles (optgen_runtime.numba_tiles)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
