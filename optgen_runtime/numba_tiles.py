@@ -145,11 +145,32 @@ class Tiling:
                 self.table,
                 self.offsets,
                 part,
-                acc.reshape(shape[0], -1),
+                acc.reshape(shape[0], shape[1] * shape[2]),
                 KIND_CODE[kind],
                 axis == "c",
             )
             vectors[name] = acc.astype(dtype)
+
+    def combine_vectors(
+        self,
+        kinds: dict[str, str],
+        axes: dict[str, str | None],
+        names: list[str],
+        found: np.ndarray,
+        sums: dict[str, float],
+        vectors: dict[str, np.ndarray],
+        dtype: type,
+    ) -> None:
+        """A vector sweep's reductions (column k of ``found``: each matrix's, float64): along
+        the vector, one value per matrix into ``vectors`` (cast to ``dtype``); over the whole
+        tensor, the matrices' combined in order into ``sums`` (``numpy_support.combine``)."""
+        for k, name in enumerate(names):
+            if axes[name] is None:
+                column = [(x,) for x in found[:, k].tolist()]
+                sums[name] = combine(kinds, [name], column)[name]
+            else:
+                shape = domain_shape(self.dims, "b")
+                vectors[name] = found[:, k].astype(dtype).reshape(shape)
 
 
 @compiled()

@@ -245,6 +245,64 @@ def _tile_loads(
     return {"per_row": per_row, "views": views, "per_element": per_element}
 
 
+def vector_sweep(
+    lowered: Lowered, phase: int, printer: NumbaOpPrinter, domain: str
+) -> dict[str, object]:
+    """A sweep over whole row, column or matrix vectors, compiled: each matrix's vector a block of
+    REDUCE_BLOCK at a time (its values in a loop that vectorises; sums along it folded into
+    lanes), the new vectors written to arrays the stepper makes."""
+    rule = lowered.rule
+    ops_ = lowered.reduce_phases[phase - 1]
+    values = lowered.phase_reductions(phase)
+    maps = [v for v in values if v not in rule.reductions]
+    reduced = [v for v in values if v in rule.reductions]
+    vectors = _vector_reads(lowered, ops_)
+    # a vector's length (its shape's axis: rows, columns, or the one value of a matrix's)
+    axis = {"br": 1, "bc": 2, "b": 2}[domain]
+    block_view = "[_m, _lo : _lo + _n, 0]" if domain == "br" else "[_m, 0, _lo : _lo + _n]"
+    per_row, views, per_element = [], [], []
+    for name, d in vectors:
+        if d == domain:
+            views.append((f"_{name}_row", f"{_buf(name)}{block_view}"))
+            per_element.append((name, f"_{name}_row[_i]"))
+        else:  # a matrix's value in a row or column sweep
+            per_row.append((name, f"{_buf(name)}{PER_ROW[d]}"))
+    views += [(f"_{v.name}_row", f"{_buf(v.name)}{block_view}") for v in maps]
+    accs = [
+        {
+            "kind": rule.reduction_kinds[v],
+            "identity": IDENTITY[rule.reduction_kinds[v]],
+            "value": v.name,
+            "lanes": f"_lanes{k}",
+            "scratch": f"_block{k}",
+        }
+        for k, v in enumerate(reduced)
+    ]
+    host = lowered.phase_host(phase)
+    first = maps[0].name if maps else next(n for n, d in vectors if d == domain)
+    return {
+        "kernel": f"_sweep{phase}",
+        "domain": domain,
+        "length": f"{_buf(first)}.shape[{axis}]",
+        "outs": [v.name for v in maps],
+        "reduced": [v.name for v in reduced],
+        "params": ["weight_buf", *(_buf(n) for n, _ in vectors), *(_buf(v.name) for v in maps)],
+        "args": ["_weight_m", *(f'_vectors["{n}"]' for n, _ in vectors)]
+        + [f"_{v.name}_out" for v in maps]
+        + [s.name for s in host],
+        "host_names": [s.name for s in host],
+        "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
+        "block": REDUCE_BLOCK,
+        "per_row": per_row,
+        "views": views,
+        "per_element": per_element,
+        "ops": printer.lines(ops_),
+        "stores": [(f"_{v.name}_row", v.name) for v in maps],
+        "accs": accs,
+        "kinds": sorted({a["kind"] for a in accs}),
+    }
+
+
 def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, object]:
     """A row/column rule's module: the NumPy module's stepper (``_matrix_stepper.j2``), its
     element sweeps and update compiled tile loops."""
@@ -255,13 +313,17 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
     printer = NumbaOpPrinter()
     phases = base["phases"]
     tiles = {}
+    vector_sweeps = []
     for p in phases:  # type: ignore[attr-defined]
         if p["kind"] == "tiles":
             tiles[p["phase"]] = tile_sweep(lowered, p["phase"], printer)
             p.update(tiles[p["phase"]])
+        else:
+            vector_sweeps.append(vector_sweep(lowered, p["phase"], printer, p["domain"]))
+            p.update(vector_sweeps[-1])
     vectors = _vector_reads(lowered, lowered.ops)
     host = lowered.update_scalars
-    kinds = sorted({k for p in tiles.values() for k in p["kinds"]})  # type: ignore[attr-defined]
+    kinds = sorted({k for p in [*tiles.values(), *vector_sweeps] for k in p["kinds"]})  # type: ignore[attr-defined]
     stored = {
         cur.name: new.name
         for cur, new in sorted(
@@ -278,6 +340,7 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
                 key=natural,
             ),
             "sweeps": list(tiles.values()),
+            "vector_sweeps": vector_sweeps,
             "block": REDUCE_BLOCK,
             "lane_imports": "".join(f", {f}_{k}" for f in ("fold", "lanes") for k in kinds),
             "update_params": [_buf(s.name) for s in rule.element_inputs]

@@ -57,13 +57,7 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.numba_support import compiled, compute_type
 from optgen_runtime.numba_tiles import LANES, Tiling, fold_sum, lanes_sum
-from optgen_runtime.numpy_support import (
-    check_arrays_across,
-    combine_tiles,
-    domain_shape,
-    matrix_views,
-    run_group,
-)
+from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.adafactor import init_state
@@ -271,6 +265,142 @@ def _sweep6(
 
 
 @compiled(parallel=True)
+def _sweep2(
+    weight_buf,
+    row_buf,
+    row_g2_buf,
+    row_new_buf,
+    _h1,
+    omb,
+    _sums,
+):
+    # A sweep over whole vectors (br): row_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h1: = host_max(1, cols) ** (-1)
+    #   omb: let, computed by host_scalars from beta2_decay, t
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = row_new_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _row_row = row_buf[_m, _lo : _lo + _n, 0]
+        _row_g2_row = row_g2_buf[_m, _lo : _lo + _n, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row = _row_row[_i]
+            row_g2 = _row_g2_row[_i]
+            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+            _v9 = _h1 * row_g2
+            _v10 = _v9 - row
+            _v11 = omb * _v10
+            row_new = row + _v11
+            _row_new_row[_i] = row_new
+
+
+@compiled(parallel=True)
+def _sweep3(
+    weight_buf,
+    col_buf,
+    col_g2_buf,
+    col_new_buf,
+    _h2,
+    omb,
+    _sums,
+):
+    # A sweep over whole vectors (bc): col_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h2: = host_max(1, rows) ** (-1)
+    #   omb: let, computed by host_scalars from beta2_decay, t
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = col_new_buf.shape[2]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _col_row = col_buf[_m, 0, _lo : _lo + _n]
+        _col_g2_row = col_g2_buf[_m, 0, _lo : _lo + _n]
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+        for _i in range(_n):
+            col = _col_row[_i]
+            col_g2 = _col_g2_row[_i]
+            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+            _v12 = _h2 * col_g2
+            _v13 = _v12 - col
+            _v14 = omb * _v13
+            col_new = col + _v14
+            _col_new_row[_i] = col_new
+
+
+@compiled(parallel=True)
+def _sweep4(
+    weight_buf,
+    row_new_buf,
+    _sums,
+):
+    # A sweep over whole vectors (br): row_mean; each matrix's vector a block
+    # of 1024 at a time, its sums in float64 folded into lanes (optgen_runtime.numba_tiles).
+    for _m in numba.prange(weight_buf.shape[0]):
+        _T = compute_type(weight_buf)
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        _lanes0[:] = 0.0
+        _length = row_new_buf.shape[1]
+        for _lo in range(0, _length, 1024):
+            _n = min(1024, _length - _lo)
+            _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+            for _i in range(_n):
+                row_new = _row_new_row[_i]
+                # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+                # specs/adafactor.py:61: row_mean = row_new
+                row_mean = row_new
+                _block0[_i] = np.float64(row_mean)
+            fold_sum(_lanes0, _block0, _n)
+        _sums[_m, 0] = lanes_sum(_lanes0)
+
+
+@compiled(parallel=True)
+def _sweep5(
+    weight_buf,
+    row_new_buf,
+    row_mean_buf,
+    scale_buf,
+    _h2,
+    eps1,
+    _sums,
+):
+    # A sweep over whole vectors (br): scale; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h2: = host_max(1, rows) ** (-1)
+    #   eps1: hyperparameter
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = scale_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        row_mean = row_mean_buf[_m, 0, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        _scale_row = scale_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row_new = _row_new_row[_i]
+            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+            _v15 = _h2 * row_mean
+            _v16 = eps1 if (eps1 > _v15 or eps1 != eps1) else _v15
+            scale = row_new / _v16
+            _scale_row[_i] = scale
+
+
+@compiled(parallel=True)
 def _update(
     _tiles,
     weight_buf,
@@ -438,16 +568,10 @@ def _stepper(
     )
     _h1, omb = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _row = _vectors["row"]
-    _row_g2 = _vectors["row_g2"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-    np.multiply(_h1, _row_g2, out=_b0)
-    np.subtract(_b0, _row, out=_b0)
-    np.multiply(omb, _b0, out=_b0)
-    np.add(_row, _b0, out=_b0)
-    _vectors["row_new"] = _b0
+    _row_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep2(_weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, omb, _sums)
+    _vectors["row_new"] = _row_new_out
     # Sweep 3 (whole vectors: bc): col_new.
     pre = check_scalars(
         RULE,
@@ -457,16 +581,10 @@ def _stepper(
     )
     _h2, omb = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "bc")
-    _col = _vectors["col"]
-    _col_g2 = _vectors["col_g2"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    np.multiply(_h2, _col_g2, out=_b0)
-    np.subtract(_b0, _col, out=_b0)
-    np.multiply(omb, _b0, out=_b0)
-    np.add(_col, _b0, out=_b0)
-    _vectors["col_new"] = _b0
+    _col_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep3(_weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, omb, _sums)
+    _vectors["col_new"] = _col_new_out
     # Sweep 4 (whole vectors: br): row_mean.
     check_scalars(
         RULE,
@@ -474,24 +592,9 @@ def _stepper(
         computed(RULE, reduction_scalars_4, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _shape = domain_shape(_dims, "br")
-    _row_new = _vectors["row_new"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: row_mean = row_new
-    np.copyto(_b0, _row_new)
-    combine_tiles(
-        REDUCE_KINDS,
-        REDUCE_AXES,
-        ["row_mean"],
-        _dims,
-        "br",
-        None,
-        [(np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),)],
-        sums,
-        _vectors,
-        dtype,
-    )
+    _sums = np.empty((_dims[0], 1), dtype=np.float64)
+    _sweep4(_weight_m, _vectors["row_new"], _sums)
+    _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype)
     # Sweep 5 (whole vectors: br): scale.
     pre = check_scalars(
         RULE,
@@ -501,16 +604,10 @@ def _stepper(
     )
     _h2, eps1 = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _row_new = _vectors["row_new"]
-    _row_mean = _vectors["row_mean"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    np.multiply(_h2, _row_mean, out=_b0)
-    if eps1 != -np.inf:
-        np.maximum(eps1, _b0, out=_b0)
-    np.divide(_row_new, _b0, out=_b0)
-    _vectors["scale"] = _b0
+    _scale_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep5(_weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h2, eps1, _sums)
+    _vectors["scale"] = _scale_out
     # Sweep 6 (tiles of the elements): u_sq.
     pre = check_scalars(
         RULE,

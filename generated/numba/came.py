@@ -54,13 +54,7 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.numba_support import compiled, compute_type
 from optgen_runtime.numba_tiles import LANES, Tiling, fold_sum, lanes_sum
-from optgen_runtime.numpy_support import (
-    check_arrays_across,
-    combine_tiles,
-    domain_shape,
-    matrix_views,
-    run_group,
-)
+from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.came import init_state
@@ -374,6 +368,294 @@ def _sweep7(
 
 
 @compiled(parallel=True)
+def _sweep2(
+    weight_buf,
+    row_buf,
+    row_sq_buf,
+    row_new_buf,
+    _h1,
+    beta2,
+    _sums,
+):
+    # A sweep over whole vectors (br): row_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h1: = (1 - beta2)/host_max(1, cols)
+    #   beta2: hyperparameter
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = row_new_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _row_row = row_buf[_m, _lo : _lo + _n, 0]
+        _row_sq_row = row_sq_buf[_m, _lo : _lo + _n, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row = _row_row[_i]
+            row_sq = _row_sq_row[_i]
+            # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+            # specs/came.py:52: sq = G**2 + eps1
+            # specs/came.py:53: row_new = beta2*row + row_sq*(1 - beta2)/Max(1, cols)
+            _v20 = beta2 * row
+            _v21 = _h1 * row_sq
+            row_new = _v20 + _v21
+            _row_new_row[_i] = row_new
+
+
+@compiled(parallel=True)
+def _sweep3(
+    weight_buf,
+    col_buf,
+    col_sq_buf,
+    col_new_buf,
+    _h2,
+    beta2,
+    _sums,
+):
+    # A sweep over whole vectors (bc): col_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h2: = (1 - beta2)/host_max(1, rows)
+    #   beta2: hyperparameter
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = col_new_buf.shape[2]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _col_row = col_buf[_m, 0, _lo : _lo + _n]
+        _col_sq_row = col_sq_buf[_m, 0, _lo : _lo + _n]
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+        for _i in range(_n):
+            col = _col_row[_i]
+            col_sq = _col_sq_row[_i]
+            # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+            # specs/came.py:52: sq = G**2 + eps1
+            # specs/came.py:54: col_new = beta2*col + col_sq*(1 - beta2)/Max(1, rows)
+            _v22 = beta2 * col
+            _v23 = _h2 * col_sq
+            col_new = _v22 + _v23
+            _col_new_row[_i] = col_new
+
+
+@compiled(parallel=True)
+def _sweep4(
+    weight_buf,
+    row_new_buf,
+    _sums,
+):
+    # A sweep over whole vectors (br): row_mean; each matrix's vector a block
+    # of 1024 at a time, its sums in float64 folded into lanes (optgen_runtime.numba_tiles).
+    for _m in numba.prange(weight_buf.shape[0]):
+        _T = compute_type(weight_buf)
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        _lanes0[:] = 0.0
+        _length = row_new_buf.shape[1]
+        for _lo in range(0, _length, 1024):
+            _n = min(1024, _length - _lo)
+            _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+            for _i in range(_n):
+                row_new = _row_new_row[_i]
+                # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+                # specs/came.py:52: sq = G**2 + eps1
+                # specs/came.py:55: row_mean = row_new
+                row_mean = row_new
+                _block0[_i] = np.float64(row_mean)
+            fold_sum(_lanes0, _block0, _n)
+        _sums[_m, 0] = lanes_sum(_lanes0)
+
+
+@compiled(parallel=True)
+def _sweep5(
+    weight_buf,
+    row_new_buf,
+    row_mean_buf,
+    r_f_buf,
+    _h3,
+    _sums,
+):
+    # A sweep over whole vectors (br): r_f; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h3: = (1.0 / math.sqrt(host_max(1, rows)))
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = r_f_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        row_mean = row_mean_buf[_m, 0, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        _r_f_row = r_f_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row_new = _row_new_row[_i]
+            # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+            # specs/came.py:52: sq = G**2 + eps1
+            # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
+            _v24 = row_new / row_mean
+            _v25 = np.sqrt(_v24)
+            r_f = _h3 / _v25
+            _r_f_row[_i] = r_f
+
+
+@compiled(parallel=True)
+def _sweep8(
+    weight_buf,
+    res_row_buf,
+    rr_buf,
+    res_row_new_buf,
+    _h7,
+    beta3,
+    _sums,
+):
+    # A sweep over whole vectors (br): res_row_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h7: = (1 - beta3)/host_max(1, cols)
+    #   beta3: hyperparameter
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = res_row_new_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _res_row_row = res_row_buf[_m, _lo : _lo + _n, 0]
+        _rr_row = rr_buf[_m, _lo : _lo + _n, 0]
+        _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            res_row = _res_row_row[_i]
+            rr = _rr_row[_i]
+            # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+            # specs/came.py:52: sq = G**2 + eps1
+            # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
+            # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
+            # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
+            # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+            # specs/came.py:60: res_row_new = beta3*res_row + rr*(1 - beta3)/Max(1, cols)
+            _v44 = beta3 * res_row
+            _v45 = _h7 * rr
+            res_row_new = _v44 + _v45
+            _res_row_new_row[_i] = res_row_new
+
+
+@compiled(parallel=True)
+def _sweep9(
+    weight_buf,
+    res_col_buf,
+    rc_buf,
+    res_col_new_buf,
+    _h8,
+    beta3,
+    _sums,
+):
+    # A sweep over whole vectors (bc): res_col_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h8: = (1 - beta3)/host_max(1, rows)
+    #   beta3: hyperparameter
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = res_col_new_buf.shape[2]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _res_col_row = res_col_buf[_m, 0, _lo : _lo + _n]
+        _rc_row = rc_buf[_m, 0, _lo : _lo + _n]
+        _res_col_new_row = res_col_new_buf[_m, 0, _lo : _lo + _n]
+        for _i in range(_n):
+            res_col = _res_col_row[_i]
+            rc = _rc_row[_i]
+            # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+            # specs/came.py:52: sq = G**2 + eps1
+            # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
+            # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
+            # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
+            # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+            # specs/came.py:61: res_col_new = beta3*res_col + rc*(1 - beta3)/Max(1, rows)
+            _v46 = beta3 * res_col
+            _v47 = _h8 * rc
+            res_col_new = _v46 + _v47
+            _res_col_new_row[_i] = res_col_new
+
+
+@compiled(parallel=True)
+def _sweep10(
+    weight_buf,
+    res_row_new_buf,
+    _sums,
+):
+    # A sweep over whole vectors (br): res_mean; each matrix's vector a block
+    # of 1024 at a time, its sums in float64 folded into lanes (optgen_runtime.numba_tiles).
+    for _m in numba.prange(weight_buf.shape[0]):
+        _T = compute_type(weight_buf)
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        _lanes0[:] = 0.0
+        _length = res_row_new_buf.shape[1]
+        for _lo in range(0, _length, 1024):
+            _n = min(1024, _length - _lo)
+            _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
+            for _i in range(_n):
+                res_row_new = _res_row_new_row[_i]
+                # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+                # specs/came.py:52: sq = G**2 + eps1
+                # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
+                # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
+                # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
+                # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+                # specs/came.py:62: res_mean = res_row_new
+                res_mean = res_row_new
+                _block0[_i] = np.float64(res_mean)
+            fold_sum(_lanes0, _block0, _n)
+        _sums[_m, 0] = lanes_sum(_lanes0)
+
+
+@compiled(parallel=True)
+def _sweep11(
+    weight_buf,
+    res_row_new_buf,
+    res_mean_buf,
+    s_r_buf,
+    _h3,
+    _sums,
+):
+    # A sweep over whole vectors (br): s_r; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h3: = (1.0 / math.sqrt(host_max(1, rows)))
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = s_r_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        res_mean = res_mean_buf[_m, 0, 0]
+        _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
+        _s_r_row = s_r_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            res_row_new = _res_row_new_row[_i]
+            # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
+            # specs/came.py:52: sq = G**2 + eps1
+            # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
+            # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
+            # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
+            # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+            # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
+            _v48 = res_row_new / res_mean
+            _v49 = np.sqrt(_v48)
+            s_r = _h3 / _v49
+            _s_r_row[_i] = s_r
+
+
+@compiled(parallel=True)
 def _update(
     _tiles,
     weight_buf,
@@ -563,17 +845,10 @@ def _stepper(
     )
     _h1, beta2 = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _row = _vectors["row"]
-    _row_sq = _vectors["row_sq"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    _b1 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:53: row_new = beta2*row + row_sq*(1 - beta2)/Max(1, cols)
-    np.multiply(beta2, _row, out=_b0)
-    np.multiply(_h1, _row_sq, out=_b1)
-    np.add(_b0, _b1, out=_b0)
-    _vectors["row_new"] = _b0
+    _row_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep2(_weight_m, _vectors["row"], _vectors["row_sq"], _row_new_out, _h1, beta2, _sums)
+    _vectors["row_new"] = _row_new_out
     # Sweep 3 (whole vectors: bc): col_new.
     pre = check_scalars(
         RULE,
@@ -583,17 +858,10 @@ def _stepper(
     )
     _h2, beta2 = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "bc")
-    _col = _vectors["col"]
-    _col_sq = _vectors["col_sq"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    _b1 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:54: col_new = beta2*col + col_sq*(1 - beta2)/Max(1, rows)
-    np.multiply(beta2, _col, out=_b0)
-    np.multiply(_h2, _col_sq, out=_b1)
-    np.add(_b0, _b1, out=_b0)
-    _vectors["col_new"] = _b0
+    _col_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep3(_weight_m, _vectors["col"], _vectors["col_sq"], _col_new_out, _h2, beta2, _sums)
+    _vectors["col_new"] = _col_new_out
     # Sweep 4 (whole vectors: br): row_mean.
     check_scalars(
         RULE,
@@ -601,25 +869,9 @@ def _stepper(
         computed(RULE, reduction_scalars_4, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _shape = domain_shape(_dims, "br")
-    _row_new = _vectors["row_new"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:55: row_mean = row_new
-    np.copyto(_b0, _row_new)
-    combine_tiles(
-        REDUCE_KINDS,
-        REDUCE_AXES,
-        ["row_mean"],
-        _dims,
-        "br",
-        None,
-        [(np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),)],
-        sums,
-        _vectors,
-        dtype,
-    )
+    _sums = np.empty((_dims[0], 1), dtype=np.float64)
+    _sweep4(_weight_m, _vectors["row_new"], _sums)
+    _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype)
     # Sweep 5 (whole vectors: br): r_f.
     pre = check_scalars(
         RULE,
@@ -629,16 +881,10 @@ def _stepper(
     )
     (_h3,) = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _row_new = _vectors["row_new"]
-    _row_mean = _vectors["row_mean"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
-    np.divide(_row_new, _row_mean, out=_b0)
-    np.sqrt(_b0, out=_b0)
-    np.divide(_h3, _b0, out=_b0)
-    _vectors["r_f"] = _b0
+    _r_f_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep5(_weight_m, _vectors["row_new"], _vectors["row_mean"], _r_f_out, _h3, _sums)
+    _vectors["r_f"] = _r_f_out
     # Sweep 6 (tiles of the elements): u_sq.
     pre = check_scalars(
         RULE,
@@ -697,21 +943,10 @@ def _stepper(
     )
     _h7, beta3 = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _res_row = _vectors["res_row"]
-    _rr = _vectors["rr"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    _b1 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
-    # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
-    # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
-    # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-    # specs/came.py:60: res_row_new = beta3*res_row + rr*(1 - beta3)/Max(1, cols)
-    np.multiply(beta3, _res_row, out=_b0)
-    np.multiply(_h7, _rr, out=_b1)
-    np.add(_b0, _b1, out=_b0)
-    _vectors["res_row_new"] = _b0
+    _res_row_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep8(_weight_m, _vectors["res_row"], _vectors["rr"], _res_row_new_out, _h7, beta3, _sums)
+    _vectors["res_row_new"] = _res_row_new_out
     # Sweep 9 (whole vectors: bc): res_col_new.
     pre = check_scalars(
         RULE,
@@ -721,21 +956,10 @@ def _stepper(
     )
     _h8, beta3 = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "bc")
-    _res_col = _vectors["res_col"]
-    _rc = _vectors["rc"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    _b1 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
-    # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
-    # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
-    # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-    # specs/came.py:61: res_col_new = beta3*res_col + rc*(1 - beta3)/Max(1, rows)
-    np.multiply(beta3, _res_col, out=_b0)
-    np.multiply(_h8, _rc, out=_b1)
-    np.add(_b0, _b1, out=_b0)
-    _vectors["res_col_new"] = _b0
+    _res_col_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep9(_weight_m, _vectors["res_col"], _vectors["rc"], _res_col_new_out, _h8, beta3, _sums)
+    _vectors["res_col_new"] = _res_col_new_out
     # Sweep 10 (whole vectors: br): res_mean.
     check_scalars(
         RULE,
@@ -743,29 +967,9 @@ def _stepper(
         computed(RULE, reduction_scalars_10, t, **hp, **host, **_sizes, **sums),
         dtype,
     )
-    _shape = domain_shape(_dims, "br")
-    _res_row_new = _vectors["res_row_new"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
-    # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
-    # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
-    # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-    # specs/came.py:62: res_mean = res_row_new
-    np.copyto(_b0, _res_row_new)
-    combine_tiles(
-        REDUCE_KINDS,
-        REDUCE_AXES,
-        ["res_mean"],
-        _dims,
-        "br",
-        None,
-        [(np.sum(_b0, axis=1, keepdims=True, dtype=np.float64),)],
-        sums,
-        _vectors,
-        dtype,
-    )
+    _sums = np.empty((_dims[0], 1), dtype=np.float64)
+    _sweep10(_weight_m, _vectors["res_row_new"], _sums)
+    _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["res_mean"], _sums, sums, _vectors, dtype)
     # Sweep 11 (whole vectors: br): s_r.
     pre = check_scalars(
         RULE,
@@ -775,20 +979,10 @@ def _stepper(
     )
     (_h3,) = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _res_row_new = _vectors["res_row_new"]
-    _res_mean = _vectors["res_mean"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
-    # specs/came.py:52: sq = G**2 + eps1
-    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
-    # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
-    # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
-    # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-    # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
-    np.divide(_res_row_new, _res_mean, out=_b0)
-    np.sqrt(_b0, out=_b0)
-    np.divide(_h3, _b0, out=_b0)
-    _vectors["s_r"] = _b0
+    _s_r_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep11(_weight_m, _vectors["res_row_new"], _vectors["res_mean"], _s_r_out, _h3, _sums)
+    _vectors["s_r"] = _s_r_out
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)

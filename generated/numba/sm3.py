@@ -198,6 +198,74 @@ def _sweep1(
 
 
 @compiled(parallel=True)
+def _sweep2(
+    weight_buf,
+    row_buf,
+    row_max_buf,
+    row_new_buf,
+    _h1,
+    _sums,
+):
+    # A sweep over whole vectors (br): row_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h1: = (beta > 0) and (ndim > 0)
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = row_new_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _row_row = row_buf[_m, _lo : _lo + _n, 0]
+        _row_max_row = row_max_buf[_m, _lo : _lo + _n, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row = _row_row[_i]
+            row_max = _row_max_row[_i]
+            # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
+            # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
+            _v15 = _h1 != _T(0.0)
+            _v16 = row if (row > row_max or row != row) else row_max
+            row_new = _v16 if _v15 else row_max
+            _row_new_row[_i] = row_new
+
+
+@compiled(parallel=True)
+def _sweep3(
+    weight_buf,
+    col_buf,
+    col_max_buf,
+    col_new_buf,
+    _h1,
+    _sums,
+):
+    # A sweep over whole vectors (bc): col_new; each matrix's vector a block
+    # of 1024 at a time.
+    #   _h1: = (beta > 0) and (ndim > 0)
+    # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
+    _length = col_new_buf.shape[2]
+    _blocks = -(-_length // 1024)
+    for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _col_row = col_buf[_m, 0, _lo : _lo + _n]
+        _col_max_row = col_max_buf[_m, 0, _lo : _lo + _n]
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+        for _i in range(_n):
+            col = _col_row[_i]
+            col_max = _col_max_row[_i]
+            # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
+            # specs/sm3.py:50: col_new = Piecewise((Max(col, col_max), (beta > 0) & (ndim > 0)), (col_max, True))
+            _v17 = _h1 != _T(0.0)
+            _v18 = col if (col > col_max or col != col) else col_max
+            col_new = _v18 if _v17 else col_max
+            _col_new_row[_i] = col_new
+
+
+@compiled(parallel=True)
 def _update(
     _tiles,
     weight_buf,
@@ -380,15 +448,10 @@ def _stepper(
     )
     (_h1,) = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "br")
-    _row = _vectors["row"]
-    _row_max = _vectors["row_max"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
-    # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
-    __v15 = np.not_equal(_h1, 0.0)
-    np.maximum(_row, _row_max, out=_b0)
-    np.copyto(_b0, _row_max, where=np.logical_not(__v15))
-    _vectors["row_new"] = _b0
+    _row_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep2(_weight_m, _vectors["row"], _vectors["row_max"], _row_new_out, _h1, _sums)
+    _vectors["row_new"] = _row_new_out
     # Sweep 3 (whole vectors: bc): col_new.
     pre = check_scalars(
         RULE,
@@ -398,15 +461,10 @@ def _stepper(
     )
     (_h1,) = (dtype(_x) for _x in pre)
     _shape = domain_shape(_dims, "bc")
-    _col = _vectors["col"]
-    _col_max = _vectors["col_max"]
-    _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
-    # specs/sm3.py:50: col_new = Piecewise((Max(col, col_max), (beta > 0) & (ndim > 0)), (col_max, True))
-    __v17 = np.not_equal(_h1, 0.0)
-    np.maximum(_col, _col_max, out=_b0)
-    np.copyto(_b0, _col_max, where=np.logical_not(__v17))
-    _vectors["col_new"] = _b0
+    _col_new_out = np.empty(_shape, dtype=weight.dtype)
+    _sums = np.empty((_dims[0], 0), dtype=np.float64)
+    _sweep3(_weight_m, _vectors["col"], _vectors["col_max"], _col_new_out, _h1, _sums)
+    _vectors["col_new"] = _col_new_out
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
