@@ -3,6 +3,7 @@ reference modules."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -292,6 +293,7 @@ def _combine(
 AXIS_OF = {"r": 1, "c": 2}
 
 
+@functools.lru_cache(maxsize=4096)
 def domain_shape(dims: tuple[int, int, int], domain: str) -> tuple[int, int, int]:
     """The 3-D shape of a value varying along ``domain`` (a subset of "brc")."""
     return tuple(n if a in domain else 1 for n, a in zip(dims, "brc", strict=True))  # type: ignore[return-value]

@@ -43,6 +43,9 @@ def computed(rule: str, host_code: Callable[..., T], *args: Any, **kwargs: Any) 
 # raises OverflowError where the value rounds past the largest finite one (no warning state to
 # save and restore: this runs for every step)
 _FORMATS = {4: "f", 2: "e"}
+# Magnitudes each width holds without a doubt (its smallest subnormal to its largest finite
+# value): a value in range, or zero, skips the packing (most scalars of most steps).
+_HELD = {4: (2.0**-149, 3.4028234663852886e38), 2: (2.0**-24, 65504.0)}
 _DTYPES: dict[Any, np.dtype] = {}
 
 
@@ -68,7 +71,10 @@ def check_scalars(
     form = _FORMATS.get(dtype.itemsize)
     if form is None:
         return values  # float64: a finite double holds itself
+    low, high = _HELD[dtype.itemsize]
     for (name, what), value in zip(legend.items(), values, strict=True):
+        if low <= abs(value) <= high or value == 0.0:
+            continue
         if not math.isfinite(value):
             continue  # an infinite clamp bound, or a NaN the caller's checks let through
         try:

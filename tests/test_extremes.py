@@ -127,3 +127,26 @@ def test_the_host_max_and_min_are_the_kernels_nan_propagating_ones() -> None:
             want = theirs(args)
             assert got == want and type(got) is type(want), args
             assert math.copysign(1.0, got) == math.copysign(1.0, want), args
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_range_check_refuses_exactly_what_the_dtype_rounds_to_inf_or_zero(dtype: type) -> None:
+    """check_scalars' shortcut (a magnitude the width surely holds) and its rounding check agree
+    with NumPy's own cast at every edge: the largest finite value and just past it, the
+    smallest subnormal and the halfway point below it, zero, infinities, NaN."""
+    from optgen_runtime.scalars import check_scalars
+
+    info = np.finfo(dtype)
+    tiny = float(info.smallest_subnormal)
+    big = float(info.max)
+    edges = [big, np.nextafter(big, np.inf), big * (1 + 2.0**-12), big * 2, tiny, tiny / 2]
+    edges += [tiny * 0.75, tiny * 0.25, 0.0, -0.0, 1.0, np.inf, -np.inf, np.nan]
+    for value in [*edges, *(-v for v in edges)]:
+        with np.errstate(over="ignore"):
+            cast = dtype(value)
+        refused = bool(np.isfinite(value)) and (np.isinf(cast) or (cast == 0 and value != 0))
+        if refused:
+            with pytest.raises(ValueError, match="cannot hold"):
+                check_scalars("rule", {"x": "x"}, (float(value),), dtype)
+        else:
+            assert check_scalars("rule", {"x": "x"}, (float(value),), dtype) == (float(value),)
