@@ -3,16 +3,17 @@
 Such a rule sees every weight as (batch, rows, cols), as its NumPy module does
 (``numpy_support.matrix_views``). Its element sweeps (per-row and per-column sums, a whole
 tensor's sums) and its update are compiled loops over tiles of that view, one tile per
-iteration of a parallel loop; its vector sweeps (a few operations on the row and column
-vectors) stay the NumPy module's code. A tile is a run of whole matrices where one is small,
-else a block of whole rows (a matrix at least as tall as it is wide) or of whole columns (a
-wider one) of one matrix, at most ``SPLIT`` blocks per matrix: so a tile's partial of a
+iteration of a parallel loop (its sweeps over the row and column vectors loop over each
+matrix's vector; their sums are ``Tiling.combine_vectors``'s). A tile is a run of whole
+matrices where one is small, else a block of whole rows (a matrix at least as tall as it is
+wide) or of whole columns (a wider one) of one matrix, at most ``SPLIT`` blocks per matrix:
+so a tile's partial of a
 per-column reduction (from a block of rows) or of a per-row one (from a block of columns) has
 at most ``SPLIT`` times the vector's values, never the weight's count (a 10 M-element weight:
 a few MB of partials, not 80). The tiles depend on the shape alone, never on the thread count,
 and their partials are combined in tile order: the same sums on every run and machine. Each
-tile's partial sums in float64 in element order (the NumPy module sums a tile's rows
-pairwise): equal to NumPy's to float64 rounding.
+tile's partial sums in float64 in lanes (``fold_sum``: a fixed order; the NumPy module sums a
+tile's rows pairwise): equal to NumPy's to float64 rounding.
 """
 
 from __future__ import annotations

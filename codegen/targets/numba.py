@@ -20,10 +20,11 @@ to nearest even, the chunk's dtype ``_T`` float32. Noise draws (``RULE.normal``)
 NumPy module's Philox stream (``numba_support.normals``: its integers and uniforms to the bit,
 its normals, through its own float32 log and cos, within 4 ulp), drawn a block at a time before the
 block's update loop. A rule with row/column states and axis reductions (Adafactor, CAME, SM3)
-gets the NumPy module's stepper with its element sweeps and update compiled as parallel loops over
-tiles of the (batch, rows, cols) view (``optgen_runtime.numba_tiles``; a sweep's sums in float64
-in lanes of 8, tile after tile, against NumPy's pairwise sums: equal to float64 rounding); its
-vector sweeps (a few operations on the row and column vectors) stay NumPy code. Rules the target
+gets the NumPy module's stepper with every sweep compiled: its element sweeps and update as
+parallel loops over tiles of the (batch, rows, cols) view (``optgen_runtime.numba_tiles``; a
+sweep's sums in float64 in lanes of 8, tile after tile, against NumPy's pairwise sums: equal to
+float64 rounding), its sweeps over the row and column vectors as loops over each matrix's
+vector. Rules the target
 cannot express yet get a module that runs the NumPy reference and says so (``COMPILED = False``,
 ``FALLBACK``): matrix rules (Muon, AdaMuon).
 """

@@ -2,13 +2,13 @@
 # `python -m tools.generate`.
 """Compiled CPU module for `adafactor` (numba; float32 and float64, in place, multi-threaded).
 
-The NumPy module's API, checks and steps, with its element sweeps (the per-row, per-column and
-whole-tensor reductions) and its update compiled: each one parallel loop over tiles of the
-weight's (batch, rows, cols) view (``optgen_runtime.numba_tiles``), computing each op in the
-weight's dtype as the NumPy reference does; the vector sweeps (a few operations on the row and
-column vectors) are the NumPy module's code. Sums add in float64 in element order within a
-tile, tiles in order: equal to the NumPy module's sums (pairwise within a tile) to float64
-rounding (``codegen/targets/numba.py``).
+The NumPy module's API, checks and steps (its stepper, ``_matrix_stepper.j2``), every sweep
+compiled: an element sweep (the per-row, per-column and whole-tensor reductions) and the update
+each one parallel loop over tiles of the weight's (batch, rows, cols) view
+(``optgen_runtime.numba_tiles``), a sweep over the row and column vectors one loop over each
+matrix's, each op computed in the weight's dtype as the NumPy reference computes it. Sums add in
+float64, a block's values folded into lanes in a fixed order, tiles in order: equal to the NumPy
+module's pairwise sums to float64 rounding (``codegen/targets/numba.py``).
 
 Adafactor: a second moment factored into a row and a column vector, relative step sizes.
 
