@@ -34,8 +34,11 @@ SPLIT = 64  # blocks per matrix, at most: enough parallel work for 64 threads
 # A reduction's kind as the compiled combination takes it.
 KIND_CODE = {"sum": 0, "max": 1, "min": 2}
 
-# Each thread's partials buffer (Tiling.partials), grown to the largest sweep it has run.
+# Each thread's partials buffer (Tiling.partials), grown to the largest sweep it has run, up to
+# KEEP float64 values (32 MiB); a larger one (a long 1-D weight's per-column partials, one per
+# element) is made for its sweep alone, not kept.
 _SCRATCH = threading.local()
+KEEP = 1 << 22
 
 
 def _blocks(n: int, pieces: int) -> list[tuple[int, int]]:
@@ -99,13 +102,15 @@ class Tiling:
     def partials(self, whole: int, along: int) -> tuple[np.ndarray, np.ndarray]:
         """A sweep's partials: ``whole`` per tile (whole-tensor reductions) and ``along`` rows of
         per-tile vectors (reductions along an axis); each tile writes its own (no fill). The
-        calling thread's buffers, reused: a sweep's partials are combined (``combine``) before
-        the thread runs another sweep, and fresh pages cost more than the sweep's own work
-        (a 10 M-element 1-D weight's per-column partials: 80 MB)."""
+        calling thread's buffers, reused up to KEEP values: a sweep's partials are combined
+        (``combine``, which keeps no view of them) before the thread runs another sweep, and
+        fresh pages cost more than the sweep's own work."""
         kept = getattr(_SCRATCH, "buffer", None)
         size = len(self.table) * whole + along * self.width
         if kept is None or kept.size < size:
-            kept = _SCRATCH.buffer = np.empty(size, dtype=np.float64)
+            kept = np.empty(size, dtype=np.float64)
+            if size <= KEEP:
+                _SCRATCH.buffer = kept
         cut = len(self.table) * whole
         return (
             kept[:cut].reshape(len(self.table), whole),

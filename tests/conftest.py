@@ -223,13 +223,13 @@ def rule_name(request: pytest.FixtureRequest) -> str:
 @contextlib.contextmanager
 def temporary_rule(root: Path, name: str, spec: str) -> Iterator[dict[str, ModuleType]]:
     """A spec written under ``root``, generated and importable as ``generated.<target>.<name>``
-    while the context lasts; yields its {"rules", "numpy", "triton"} modules."""
+    while the context lasts; yields its {"rules", "numpy", "triton", "numba"} modules."""
     from codegen.generate import generate_all, write
 
     (root / "specs").mkdir(parents=True, exist_ok=True)
     (root / "specs" / f"{name}.py").write_text(spec)
     write(generate_all(root / "specs"), root / "out")
-    targets = ("rules", "numpy", "triton")
+    targets = ("rules", "numpy", "triton", "numba")
     packages = [importlib.import_module(f"generated.{t}") for t in targets]
     for package, target in zip(packages, targets, strict=True):
         package.__path__.append(str(root / "out" / target))

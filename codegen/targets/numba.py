@@ -155,6 +155,8 @@ def fallback_reason(rule: Rule) -> str | None:
     """Why the rule runs the NumPy reference in its numba module (None: it is compiled)."""
     if rule.vector_values and variant_context(rule)["variants"]:
         return "variants of a rule with row/column states are not compiled yet"
+    if rule.vector_values and rule.draws:
+        return "noise draws in a rule with row/column states are not compiled yet"
     return None
 
 
@@ -336,6 +338,7 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
         | common
         | {
             "compiled": True,
+            "uses_cbrt": any(op.kind == "cbrt" for op in [*lowered.ops, *lowered.reduce_ops]),
             "exports": sorted(
                 [*base["exports"], "COMPILED", "FALLBACK", "step_prechecked"],  # type: ignore[list-item]
                 key=natural,
