@@ -179,6 +179,18 @@ class Tiling:
                 vectors[name] = found[:, k].astype(dtype).reshape(shape)
 
 
+@compiled(inline="always")
+def _pick_max(a: float, b: float) -> float:
+    """NaN-propagating maximum, the earlier value on a tie (``numpy_support.COMBINE``)."""
+    return a if (a != a or a >= b) else b
+
+
+@compiled(inline="always")
+def _pick_min(a: float, b: float) -> float:
+    """NaN-propagating minimum, the earlier value on a tie."""
+    return a if (a != a or a <= b) else b
+
+
 @compiled()
 def _fold(
     tiles: np.ndarray, offsets: np.ndarray, part: np.ndarray, acc: Any, kind: int, rows: bool
@@ -196,10 +208,8 @@ def _fold(
                 b = part[at + (m - m0) * (hi - lo) + (x - lo)]
                 if kind == 0:
                     acc[m, x] = a + b
-                elif kind == 1:
-                    acc[m, x] = a if (a != a or a >= b) else b
                 else:
-                    acc[m, x] = a if (a != a or a <= b) else b
+                    acc[m, x] = _pick_max(a, b) if kind == 1 else _pick_min(a, b)
 
 
 # A tile sweep's sums and extrema along a row piece: its values computed a block at a time (a
@@ -227,11 +237,9 @@ def fold_max(lanes: np.ndarray, values: np.ndarray, n: int) -> None:
     full = n - n % LANES
     for i in range(0, full, LANES):
         for lane in range(LANES):
-            a, b = lanes[lane], values[i + lane]
-            lanes[lane] = a if (a != a or a >= b) else b
+            lanes[lane] = _pick_max(lanes[lane], values[i + lane])
     for i in range(full, n):
-        a, b = lanes[i - full], values[i]
-        lanes[i - full] = a if (a != a or a >= b) else b
+        lanes[i - full] = _pick_max(lanes[i - full], values[i])
 
 
 @compiled()
@@ -240,11 +248,9 @@ def fold_min(lanes: np.ndarray, values: np.ndarray, n: int) -> None:
     full = n - n % LANES
     for i in range(0, full, LANES):
         for lane in range(LANES):
-            a, b = lanes[lane], values[i + lane]
-            lanes[lane] = a if (a != a or a <= b) else b
+            lanes[lane] = _pick_min(lanes[lane], values[i + lane])
     for i in range(full, n):
-        a, b = lanes[i - full], values[i]
-        lanes[i - full] = a if (a != a or a <= b) else b
+        lanes[i - full] = _pick_min(lanes[i - full], values[i])
 
 
 @compiled()
@@ -253,16 +259,6 @@ def lanes_sum(lanes: np.ndarray) -> float:
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + (
         (lanes[4] + lanes[5]) + (lanes[6] + lanes[7])
     )
-
-
-@compiled()
-def _pick_max(a: float, b: float) -> float:
-    return a if (a != a or a >= b) else b
-
-
-@compiled()
-def _pick_min(a: float, b: float) -> float:
-    return a if (a != a or a <= b) else b
 
 
 @compiled()

@@ -220,7 +220,9 @@ def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[st
         "host_names": [s.name for s in host],
         "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
         "block": REDUCE_BLOCK,
-        **_tile_loads([s.name for s in lowered.phase_reads(phase)], vectors),
+        **_block_loads(
+            [s.name for s in lowered.phase_reads(phase)], vectors, (), TILE_VIEW, "bc", COLUMN_VIEW
+        ),
         "ops": printer.lines(ops_),
         "accs": accs,
         "columns": any(a["where"] == "column" for a in accs),
@@ -228,24 +230,34 @@ def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[st
     }
 
 
-def _tile_loads(
-    buffers: list[str], vectors: list[tuple[str, str]], stored: tuple[str, ...] = ()
+def _block_loads(
+    buffers: list[str],
+    vectors: list[tuple[str, str]],
+    stored: tuple[str, ...],
+    view: str,
+    along: str,
+    along_view: str,
 ) -> dict[str, list[tuple[str, str]]]:
-    """A tile loop's loads: per row, its row (and matrix) values; per block of a row, a 1-D view
-    of the block in each element buffer read or ``stored`` and each column vector read (indexed
-    from 0: the loop vectorises); per element, the views' values."""
+    """A blocked loop's loads: per row, the values of the vectors not ``along`` the loop (a
+    matrix's, a row's in a tile); per block, a 1-D view (``view``) of each buffer read or
+    ``stored`` and (``along_view``) of each vector ``along`` it, indexed from 0 so that the loop
+    vectorises; per element, the views' values."""
     per_row, views, per_element = [], [], []
     for name in dict.fromkeys([*buffers, *stored]):
-        views.append((f"_{name}_row", f"{_buf(name)}[_m, _r, _lo : _lo + _n]"))
+        views.append((f"_{name}_row", f"{_buf(name)}{view}"))
         if name in buffers:
             per_element.append((name, f"_{name}_row[_i]"))
     for name, domain in vectors:
-        if domain == "bc":
-            views.append((f"_{name}_row", f"{_buf(name)}[_m, 0, _lo : _lo + _n]"))
+        if domain == along:
+            views.append((f"_{name}_row", f"{_buf(name)}{along_view}"))
             per_element.append((name, f"_{name}_row[_i]"))
         else:
             per_row.append((name, f"{_buf(name)}{PER_ROW[domain]}"))
     return {"per_row": per_row, "views": views, "per_element": per_element}
+
+
+# A tile's row piece, a block at a time (element buffers; column vectors along it).
+TILE_VIEW, COLUMN_VIEW = "[_m, _r, _lo : _lo + _n]", "[_m, 0, _lo : _lo + _n]"
 
 
 def vector_sweep(
@@ -262,15 +274,9 @@ def vector_sweep(
     vectors = _vector_reads(lowered, ops_)
     # a vector's length (its shape's axis: rows, columns, or the one value of a matrix's)
     axis = {"br": 1, "bc": 2, "b": 2}[domain]
-    block_view = "[_m, _lo : _lo + _n, 0]" if domain == "br" else "[_m, 0, _lo : _lo + _n]"
-    per_row, views, per_element = [], [], []
-    for name, d in vectors:
-        if d == domain:
-            views.append((f"_{name}_row", f"{_buf(name)}{block_view}"))
-            per_element.append((name, f"_{name}_row[_i]"))
-        else:  # a matrix's value in a row or column sweep
-            per_row.append((name, f"{_buf(name)}{PER_ROW[d]}"))
-    views += [(f"_{v.name}_row", f"{_buf(v.name)}{block_view}") for v in maps]
+    block_view = "[_m, _lo : _lo + _n, 0]" if domain == "br" else COLUMN_VIEW
+    stored = tuple(v.name for v in maps)
+    loads = _block_loads([], vectors, stored, block_view, domain, block_view)
     accs = [
         {
             "kind": rule.reduction_kinds[v],
@@ -296,9 +302,7 @@ def vector_sweep(
         "host_names": [s.name for s in host],
         "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
         "block": REDUCE_BLOCK,
-        "per_row": per_row,
-        "views": views,
-        "per_element": per_element,
+        **loads,
         "ops": printer.lines(ops_),
         "stores": [(f"_{v.name}_row", v.name) for v in maps],
         "accs": accs,
@@ -354,7 +358,14 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
             + [s.name for s in host],
             "host_names": [s.name for s in host],
             "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
-            **_tile_loads([s.name for s in lowered.reads], vectors, tuple(stored)),
+            **_block_loads(
+                [s.name for s in lowered.reads],
+                vectors,
+                tuple(stored),
+                TILE_VIEW,
+                "bc",
+                COLUMN_VIEW,
+            ),
             "update_ops": printer.lines(lowered.ops),
             "stores": [(f"_{cur}_row", new) for cur, new in stored.items()],
         }

@@ -286,9 +286,9 @@ def _sweep2(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         _row_row = row_buf[_m, _lo : _lo + _n, 0]
         _row_g2_row = row_g2_buf[_m, _lo : _lo + _n, 0]
-        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
             row_g2 = _row_g2_row[_i]
@@ -323,9 +323,9 @@ def _sweep3(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
         _col_row = col_buf[_m, 0, _lo : _lo + _n]
         _col_g2_row = col_g2_buf[_m, 0, _lo : _lo + _n]
-        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
             col_g2 = _col_g2_row[_i]
@@ -388,8 +388,8 @@ def _sweep5(
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
         row_mean = row_mean_buf[_m, 0, 0]
-        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         _scale_row = scale_buf[_m, _lo : _lo + _n, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row_new = _row_new_row[_i]
             # specs/adafactor.py:54: g = grad*(1 - 2*maximize)

@@ -389,9 +389,9 @@ def _sweep2(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         _row_row = row_buf[_m, _lo : _lo + _n, 0]
         _row_sq_row = row_sq_buf[_m, _lo : _lo + _n, 0]
-        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
             row_sq = _row_sq_row[_i]
@@ -426,9 +426,9 @@ def _sweep3(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
         _col_row = col_buf[_m, 0, _lo : _lo + _n]
         _col_sq_row = col_sq_buf[_m, 0, _lo : _lo + _n]
-        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
             col_sq = _col_sq_row[_i]
@@ -490,8 +490,8 @@ def _sweep5(
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
         row_mean = row_mean_buf[_m, 0, 0]
-        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         _r_f_row = r_f_buf[_m, _lo : _lo + _n, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row_new = _row_new_row[_i]
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
@@ -525,9 +525,9 @@ def _sweep8(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         _res_row_row = res_row_buf[_m, _lo : _lo + _n, 0]
         _rr_row = rr_buf[_m, _lo : _lo + _n, 0]
-        _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             res_row = _res_row_row[_i]
             rr = _rr_row[_i]
@@ -566,9 +566,9 @@ def _sweep9(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _res_col_new_row = res_col_new_buf[_m, 0, _lo : _lo + _n]
         _res_col_row = res_col_buf[_m, 0, _lo : _lo + _n]
         _rc_row = rc_buf[_m, 0, _lo : _lo + _n]
-        _res_col_new_row = res_col_new_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             res_col = _res_col_row[_i]
             rc = _rc_row[_i]
@@ -638,8 +638,8 @@ def _sweep11(
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
         res_mean = res_mean_buf[_m, 0, 0]
-        _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         _s_r_row = s_r_buf[_m, _lo : _lo + _n, 0]
+        _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             res_row_new = _res_row_new_row[_i]
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))

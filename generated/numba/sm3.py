@@ -217,9 +217,9 @@ def _sweep2(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         _row_row = row_buf[_m, _lo : _lo + _n, 0]
         _row_max_row = row_max_buf[_m, _lo : _lo + _n, 0]
-        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
             row_max = _row_max_row[_i]
@@ -251,9 +251,9 @@ def _sweep3(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
         _col_row = col_buf[_m, 0, _lo : _lo + _n]
         _col_max_row = col_max_buf[_m, 0, _lo : _lo + _n]
-        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
             col_max = _col_max_row[_i]
