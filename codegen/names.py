@@ -68,7 +68,7 @@ _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
-    "noise_offsets prechecked even copies checked "
+    "noise_offsets prechecked even copies checked memo "
     "self params multi_precision backend lazy_update",
 )
 _reserve(

@@ -92,6 +92,16 @@ class Tiling:
         self.offsets[1:, 1] = np.cumsum(cols)[:-1]
         self.offsets.flags.writeable = False
         self.width = int(max(rows.sum(initial=0), cols.sum(initial=0)))
+        # one tile: the loops over tiles run on the caller's thread (their ``_serial`` twins: a
+        # parallel region costs microseconds to enter, a small weight's whole sweep); likewise a
+        # sweep over vectors (of a domain, numpy_support.domain_shape) of at most TILE values
+        self.serial = len(t) < 2
+        batch, rows, cols = dims
+        self.serial_along = {
+            "b": batch <= TILE,
+            "br": batch * rows <= TILE,
+            "bc": batch * cols <= TILE,
+        }
         # per reduced axis: does every tile span it (each value of the vector gets one partial,
         # already laid out as the vector, (batch, rows) or (batch, cols), in order)?
         self.whole_along = {

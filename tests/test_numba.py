@@ -634,8 +634,59 @@ def _tile_kinds(shape: tuple[int, ...]) -> set[str]:
 
 
 def test_the_tiled_shapes_cover_every_kind_of_tile() -> None:
+    from optgen_runtime.common import matrix_dims
+    from optgen_runtime.numba_tiles import Tiling
+
     found = set().union(*map(_tile_kinds, TILED_SHAPES))
     assert found == {"matrices", "rows", "columns"}
+    # both the parallel loops and their serial twins (one tile, short vectors) run below
+    tilings = [Tiling.of(matrix_dims(s)) for s in TILED_SHAPES]
+    assert {t.serial for t in tilings} == {True, False}
+    assert {t.serial_along["bc"] for t in tilings} == {True, False}
+
+
+@pytest.mark.parametrize("module", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ROW_COLUMN)
+def test_a_many_tensor_step_equals_each_tensor_stepped_alone(name: str, module: str) -> None:
+    """``step_multi`` computes each sweep's host scalars once per distinct value of what they
+    read (the stepper's ``memo``: the step count, the tensor's sizes, earlier sums): tensors of
+    other shapes and step counts in one call must each get their own, to the bit what
+    ``step`` computes for the tensor alone; and tensors of one shape share them (computed
+    once per sweep, not per tensor)."""
+    mod = numpy_module(name) if module == "numpy" else numba_module(name)
+    shapes = [(300, 7), (7, 300), (300, 7), (5,), (4, 6, 8), (300, 7), (70001,), (9, 2)]
+    counts = [1, 3, 3, 2, 5, 3, 1, 4]
+    rng = np.random.default_rng(8)
+    alone = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    together = [w.copy() for w in alone]
+    sa, sb = [mod.init_state(w) for w in alone], [mod.init_state(w) for w in together]
+    for _ in range(2):
+        grads = [(rng.standard_normal(s) * 3).astype(np.float32) for s in shapes]
+        for w, g, s, t in zip(alone, grads, sa, counts, strict=True):
+            mod.step(w, g, s, t)
+        mod.step_multi(together, grads, sb, counts)
+    for shape, wa, wb, xa, xb in zip(shapes, alone, together, sa, sb, strict=True):
+        assert np.array_equal(wa, wb), (name, shape)
+        for k in mod.STATES:
+            assert np.array_equal(xa[k], xb[k]), (name, shape, k)
+
+
+def test_tensors_of_one_shape_share_their_host_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adafactor's second sweep reads the step count and the column count: ten tensors of one
+    shape at one step count compute its scalars once."""
+    mod = numba_module("adafactor")
+    calls: list[str] = []
+    original = mod.computed
+    monkeypatch.setattr(
+        mod,
+        "computed",
+        lambda rule, f, *a, **k: (calls.append(f.__name__), original(rule, f, *a, **k))[1],
+    )
+    weights = [np.ones((30, 20), np.float32) for _ in range(10)]
+    states = [mod.init_state(w) for w in weights]
+    mod.step_multi(weights, [np.ones_like(w) for w in weights], states, 1)
+    assert calls.count("reduction_scalars_2") == 1
+    assert calls.count("host_scalars") == 10  # it reads each tensor's sums
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

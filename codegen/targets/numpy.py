@@ -319,8 +319,33 @@ def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str
         "ops": printer.lines(ops_),
         "partials": partials,
         "unpack": unpack(lowered.phase_host(phase), "pre"),
+        "names": [s.name for s in lowered.phase_host(phase)],
+        "memo_key": memo_key(lowered, phase),
         "scratch": allocation.scratch,
     }
+
+
+def memo_key(lowered: Lowered, phase: int) -> str:
+    """The key of a reduction phase's host scalars in a many-tensor call's memo (the matrix
+    stepper's ``memo``): the phase, the weight's dtype and every value they read besides the
+    call's hyperparameters (the step count, the tensor's sizes, host states, step scalars and
+    earlier sums), as Python expressions. Tensors with equal keys have equal scalars: computed
+    and checked once."""
+    rule = lowered.rule
+    hypers = {h.symbol for h in rule.hypers.values()}
+    where = {rule.t: "t"}
+    where |= {s: f"_sizes[{s.name!r}]" for s in rule.sizes}
+    where |= {h.symbol: f"host[{h.name!r}]" for h in rule.host_states.values()}
+    where |= {x.symbol: f"given[{x.name!r}]" for x in rule.scalars.values()}
+    where |= {r: f"sums[{r.name!r}]" for r in rule.scalar_reductions}
+    read: set[sp.Symbol] = set()
+    for s in lowered.phase_host(phase):
+        read |= lowered.host_value(s).free_symbols
+    unknown = read - hypers - set(where)
+    if unknown:  # a codegen bug, not a spec's: every host input is one of the above
+        raise AssertionError(f"{rule.name}: phase {phase} reads {sorted(map(str, unknown))}")
+    parts = [str(phase), "dtype"] + sorted(where[s] for s in read if s in where)
+    return "(" + ", ".join(parts) + ")"
 
 
 # Axis of a tile and of a whole vector (both 3-D: batch, rows, cols) per name.

@@ -204,6 +204,65 @@ def _sweep1(
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 
+@compiled()
+def _sweep1_serial(
+    _tiles,
+    _offsets,
+    weight_buf,
+    grad_buf,
+    _h0,
+    _whole,
+    _parts,
+):
+    # _sweep1 on the caller's thread (one tile: no worker to wake, Tiling.serial).
+    for _k in range(_tiles.shape[0]):
+        _T = compute_type(weight_buf)
+        _m0, _m1, _r0, _r1, _c0, _c1 = (
+            _tiles[_k, 0],
+            _tiles[_k, 1],
+            _tiles[_k, 2],
+            _tiles[_k, 3],
+            _tiles[_k, 4],
+            _tiles[_k, 5],
+        )
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        _block1 = np.empty(1024, dtype=np.float64)
+        _lanes1 = np.empty(LANES, dtype=np.float64)
+        _lanes0[:] = 0.0
+        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
+            _parts[1, _x] = 0.0
+        for _m in range(_m0, _m1):
+            for _r in range(_r0, _r1):
+                _lanes1[:] = 0.0
+                _at = _offsets[_k, 1] + (_m - _m0) * (_c1 - _c0) - _c0
+                for _lo in range(_c0, _c1, 1024):
+                    _n = min(1024, _c1 - _lo)
+                    _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
+                    _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
+                    _cp2 = _parts[1, _at + _lo : _at + _lo + _n]
+                    for _i in range(_n):
+                        weight = _weight_row[_i]
+                        grad = _grad_row[_i]
+                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:59: row_g2 = g**2
+                        _v8 = grad * grad
+                        row_g2 = _h0 * _v8
+                        # specs/adafactor.py:57: w_sq = weight**2
+                        w_sq = weight * weight
+                        # specs/adafactor.py:60: col_g2 = g**2
+                        col_g2 = row_g2
+                        _block0[_i] = np.float64(w_sq)
+                        _block1[_i] = np.float64(row_g2)
+                        _cp2[_i] += np.float64(col_g2)
+                    fold_sum(_lanes0, _block0, _n)
+                    fold_sum(_lanes1, _block1, _n)
+                _parts[0, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - _r0] = lanes_sum(
+                    _lanes1
+                )
+        _whole[_k, 0] = lanes_sum(_lanes0)
+
+
 @compiled(parallel=True)
 def _sweep6(
     _tiles,
@@ -225,6 +284,61 @@ def _sweep6(
     #   _h3: = eps1 ** 2
     #   _h4: = (ndim < 2)
     for _k in numba.prange(_tiles.shape[0]):
+        _T = compute_type(weight_buf)
+        _m0, _m1, _r0, _r1, _c0, _c1 = (
+            _tiles[_k, 0],
+            _tiles[_k, 1],
+            _tiles[_k, 2],
+            _tiles[_k, 3],
+            _tiles[_k, 4],
+            _tiles[_k, 5],
+        )
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        _lanes0[:] = 0.0
+        for _m in range(_m0, _m1):
+            for _r in range(_r0, _r1):
+                scale = scale_buf[_m, _r, 0]
+                for _lo in range(_c0, _c1, 1024):
+                    _n = min(1024, _c1 - _lo)
+                    _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
+                    _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+                    for _i in range(_n):
+                        grad = _grad_row[_i]
+                        col_new = _col_new_row[_i]
+                        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:64: u_sq = U**2
+                        _v17 = grad * grad
+                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        _v18 = _h4 != _T(0.0)
+                        _v19 = col_new * scale
+                        V = col_new if _v18 else _v19
+                        _v21 = _h3 if (_h3 > V or _h3 != _h3) else V
+                        _v22 = _h0 * _v17
+                        u_sq = _v22 / _v21
+                        _block0[_i] = np.float64(u_sq)
+                    fold_sum(_lanes0, _block0, _n)
+        _whole[_k, 0] = lanes_sum(_lanes0)
+
+
+@compiled()
+def _sweep6_serial(
+    _tiles,
+    _offsets,
+    weight_buf,
+    grad_buf,
+    col_new_buf,
+    scale_buf,
+    _h0,
+    _h3,
+    _h4,
+    _whole,
+    _parts,
+):
+    # _sweep6 on the caller's thread (one tile: no worker to wake, Tiling.serial).
+    for _k in range(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
             _tiles[_k, 0],
@@ -301,6 +415,39 @@ def _sweep2(
             _row_new_row[_i] = row_new
 
 
+@compiled()
+def _sweep2_serial(
+    weight_buf,
+    row_buf,
+    row_g2_buf,
+    row_new_buf,
+    _h1,
+    omb,
+    _sums,
+):
+    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    _length = row_new_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in range(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        _row_row = row_buf[_m, _lo : _lo + _n, 0]
+        _row_g2_row = row_g2_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row = _row_row[_i]
+            row_g2 = _row_g2_row[_i]
+            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+            _v9 = _h1 * row_g2
+            _v10 = _v9 - row
+            _v11 = omb * _v10
+            row_new = row + _v11
+            _row_new_row[_i] = row_new
+
+
 @compiled(parallel=True)
 def _sweep3(
     weight_buf,
@@ -319,6 +466,39 @@ def _sweep3(
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
     for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+        _col_row = col_buf[_m, 0, _lo : _lo + _n]
+        _col_g2_row = col_g2_buf[_m, 0, _lo : _lo + _n]
+        for _i in range(_n):
+            col = _col_row[_i]
+            col_g2 = _col_g2_row[_i]
+            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+            _v12 = _h2 * col_g2
+            _v13 = _v12 - col
+            _v14 = omb * _v13
+            col_new = col + _v14
+            _col_new_row[_i] = col_new
+
+
+@compiled()
+def _sweep3_serial(
+    weight_buf,
+    col_buf,
+    col_g2_buf,
+    col_new_buf,
+    _h2,
+    omb,
+    _sums,
+):
+    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    _length = col_new_buf.shape[2]
+    _blocks = -(-_length // 1024)
+    for _q in range(weight_buf.shape[0] * _blocks):
         _T = compute_type(weight_buf)
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
@@ -365,6 +545,32 @@ def _sweep4(
         _sums[_m, 0] = lanes_sum(_lanes0)
 
 
+@compiled()
+def _sweep4_serial(
+    weight_buf,
+    row_new_buf,
+    _sums,
+):
+    # _sweep4 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    for _m in range(weight_buf.shape[0]):
+        _T = compute_type(weight_buf)
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        _lanes0[:] = 0.0
+        _length = row_new_buf.shape[1]
+        for _lo in range(0, _length, 1024):
+            _n = min(1024, _length - _lo)
+            _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+            for _i in range(_n):
+                row_new = _row_new_row[_i]
+                # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+                # specs/adafactor.py:61: row_mean = row_new
+                row_mean = row_new
+                _block0[_i] = np.float64(row_mean)
+            fold_sum(_lanes0, _block0, _n)
+        _sums[_m, 0] = lanes_sum(_lanes0)
+
+
 @compiled(parallel=True)
 def _sweep5(
     weight_buf,
@@ -383,6 +589,37 @@ def _sweep5(
     _length = scale_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        row_mean = row_mean_buf[_m, 0, 0]
+        _scale_row = scale_buf[_m, _lo : _lo + _n, 0]
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row_new = _row_new_row[_i]
+            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+            _v15 = _h2 * row_mean
+            _v16 = eps1 if (eps1 > _v15 or eps1 != eps1) else _v15
+            scale = row_new / _v16
+            _scale_row[_i] = scale
+
+
+@compiled()
+def _sweep5_serial(
+    weight_buf,
+    row_new_buf,
+    row_mean_buf,
+    scale_buf,
+    _h2,
+    eps1,
+    _sums,
+):
+    # _sweep5 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    _length = scale_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in range(weight_buf.shape[0] * _blocks):
         _T = compute_type(weight_buf)
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
@@ -457,12 +694,64 @@ def _update(
                         _weight_row[_i] = weight_new
 
 
+@compiled()
+def _update_serial(
+    _tiles,
+    weight_buf,
+    grad_buf,
+    col_new_buf,
+    scale_buf,
+    _h3,
+    _h4,
+    _h5,
+    _h6,
+):
+    # _update on the caller's thread (one tile: no worker to wake, Tiling.serial).
+    for _k in range(_tiles.shape[0]):
+        _T = compute_type(weight_buf)
+        _m0, _m1, _r0, _r1, _c0, _c1 = (
+            _tiles[_k, 0],
+            _tiles[_k, 1],
+            _tiles[_k, 2],
+            _tiles[_k, 3],
+            _tiles[_k, 4],
+            _tiles[_k, 5],
+        )
+        for _m in range(_m0, _m1):
+            for _r in range(_r0, _r1):
+                scale = scale_buf[_m, _r, 0]
+                for _lo in range(_c0, _c1, 1024):
+                    _n = min(1024, _c1 - _lo)
+                    _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
+                    _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
+                    _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+                    for _i in range(_n):
+                        weight = _weight_row[_i]
+                        grad = _grad_row[_i]
+                        col_new = _col_new_row[_i]
+                        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+                        _v0 = _h5 * weight
+                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        _v1 = _h4 != _T(0.0)
+                        _v2 = col_new * scale
+                        V = col_new if _v1 else _v2
+                        _v4 = _h3 if (_h3 > V or _h3 != _h3) else V
+                        _v5 = np.sqrt(_v4)
+                        _v6 = _h6 * grad
+                        _v7 = _v6 / _v5
+                        weight_new = _v0 + _v7
+                        _weight_row[_i] = weight_new
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
+    run_group(RULE, [_stepper(weight, grad, state, t, hp, {})], REDUCE_KINDS)
 
 
 def step_multi(
@@ -482,10 +771,11 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # host scalars the tensors share (_stepper)
     run_group(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp)
+            _stepper(_w, _g, _s, _tj, hp, memo)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
         REDUCE_KINDS,
@@ -505,10 +795,11 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # host scalars the tensors share (_stepper)
     run_group(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp, checked=True)
+            _stepper(_w, _g, _s, _tj, hp, memo, checked=True)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
         REDUCE_KINDS,
@@ -521,11 +812,13 @@ def _stepper(
     state: dict[str, np.ndarray],
     t: int,
     hp: dict[str, float],
+    memo: dict[tuple[Any, ...], tuple[Any, ...]],
     checked: bool = False,
 ) -> Iterator[None]:
     """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
     its reductions, checks and host scalars, then it yields None, and writes when resumed
-    (once every tensor of the call has). ``checked``: its arrays were (``step_prechecked``)."""
+    (once every tensor of the call has). ``memo``: the call's host scalars by what they read
+    (tensors of one shape share most); ``checked``: its arrays were (``step_prechecked``)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
@@ -540,15 +833,17 @@ def _stepper(
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS,
-        computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    (_h0,) = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars reads but its hyperparameters
+    _key = (1, dtype)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+    (_h0,) = pre
     _whole, _parts = _tiling.partials(1, 2)
-    _sweep1(_tiling.table, _tiling.offsets, _weight_m, _grad_m, _h0, _whole, _parts)
+    (_sweep1_serial if _tiling.serial else _sweep1)(
+        _tiling.table, _tiling.offsets, _weight_m, _grad_m, _h0, _whole, _parts
+    )
     _tiling.combine(
         REDUCE_KINDS,
         REDUCE_AXES,
@@ -560,64 +855,66 @@ def _stepper(
         dtype,
     )
     # Sweep 2 (whole vectors: br): row_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_2,
-        computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h1, omb = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+    _key = (2, dtype, _sizes["cols"], t)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+    _h1, omb = pre
     _shape = domain_shape(_dims, "br")
     _row_new_out = np.empty(_shape, dtype=weight.dtype)
     _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    _sweep2(_weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, omb, _sums)
+    (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
+        _weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, omb, _sums
+    )
     _vectors["row_new"] = _row_new_out
     # Sweep 3 (whole vectors: bc): col_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_3,
-        computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h2, omb = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+    _key = (3, dtype, _sizes["rows"], t)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+    _h2, omb = pre
     _shape = domain_shape(_dims, "bc")
     _col_new_out = np.empty(_shape, dtype=weight.dtype)
     _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    _sweep3(_weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, omb, _sums)
+    (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
+        _weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, omb, _sums
+    )
     _vectors["col_new"] = _col_new_out
     # Sweep 4 (whole vectors: br): row_mean.
-    check_scalars(
-        RULE,
-        REDUCE_SCALARS_4,
-        computed(RULE, reduction_scalars_4, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
     _sums = np.empty((_dims[0], 1), dtype=np.float64)
-    _sweep4(_weight_m, _vectors["row_new"], _sums)
+    (_sweep4_serial if _tiling.serial_along["br"] else _sweep4)(
+        _weight_m, _vectors["row_new"], _sums
+    )
     _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype)
     # Sweep 5 (whole vectors: br): scale.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_5,
-        computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h2, eps1 = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
+    _key = (5, dtype, _sizes["rows"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
+    _h2, eps1 = pre
     _shape = domain_shape(_dims, "br")
     _scale_out = np.empty(_shape, dtype=weight.dtype)
     _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    _sweep5(_weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h2, eps1, _sums)
+    (_sweep5_serial if _tiling.serial_along["br"] else _sweep5)(
+        _weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h2, eps1, _sums
+    )
     _vectors["scale"] = _scale_out
     # Sweep 6 (tiles of the elements): u_sq.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_6,
-        computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h0, _h3, _h4 = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
+    _key = (6, dtype, _sizes["ndim"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
+    _h0, _h3, _h4 = pre
     _whole, _parts = _tiling.partials(1, 0)
-    _sweep6(
+    (_sweep6_serial if _tiling.serial else _sweep6)(
         _tiling.table,
         _tiling.offsets,
         _weight_m,
@@ -638,7 +935,7 @@ def _stepper(
     yield None  # every tensor checked and its scalars computed: now the writes
 
     def update() -> None:
-        _update(
+        (_update_serial if _tiling.serial else _update)(
             _tiling.table,
             _weight_m,
             _grad_m,

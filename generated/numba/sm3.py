@@ -197,6 +197,69 @@ def _sweep1(
                 )
 
 
+@compiled()
+def _sweep1_serial(
+    _tiles,
+    _offsets,
+    weight_buf,
+    grad_buf,
+    mom_buf,
+    row_buf,
+    col_buf,
+    _h0,
+    decay,
+    _whole,
+    _parts,
+):
+    # _sweep1 on the caller's thread (one tile: no worker to wake, Tiling.serial).
+    for _k in range(_tiles.shape[0]):
+        _T = compute_type(weight_buf)
+        _m0, _m1, _r0, _r1, _c0, _c1 = (
+            _tiles[_k, 0],
+            _tiles[_k, 1],
+            _tiles[_k, 2],
+            _tiles[_k, 3],
+            _tiles[_k, 4],
+            _tiles[_k, 5],
+        )
+        _block0 = np.empty(1024, dtype=np.float64)
+        _lanes0 = np.empty(LANES, dtype=np.float64)
+        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
+            _parts[1, _x] = -np.inf
+        for _m in range(_m0, _m1):
+            for _r in range(_r0, _r1):
+                _lanes0[:] = -np.inf
+                row = row_buf[_m, _r, 0]
+                _at = _offsets[_k, 1] + (_m - _m0) * (_c1 - _c0) - _c0
+                for _lo in range(_c0, _c1, 1024):
+                    _n = min(1024, _c1 - _lo)
+                    _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
+                    _col_row = col_buf[_m, 0, _lo : _lo + _n]
+                    _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    for _i in range(_n):
+                        grad = _grad_row[_i]
+                        col = _col_row[_i]
+                        # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
+                        # specs/sm3.py:46: row_max = nu
+                        _v11 = grad * grad
+                        _v12 = _h0 * _v11
+                        _v13 = col if (col < row or col != col) else row
+                        _v14 = decay * _v13
+                        row_max = _v12 + _v14
+                        # specs/sm3.py:47: col_max = nu
+                        col_max = row_max
+                        _block0[_i] = np.float64(row_max)
+                        _cp1[_i] = (
+                            _cp1[_i]
+                            if (_cp1[_i] != _cp1[_i] or _cp1[_i] >= col_max)
+                            else np.float64(col_max)
+                        )
+                    fold_max(_lanes0, _block0, _n)
+                _parts[0, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - _r0] = lanes_max(
+                    _lanes0
+                )
+
+
 @compiled(parallel=True)
 def _sweep2(
     weight_buf,
@@ -231,6 +294,37 @@ def _sweep2(
             _row_new_row[_i] = row_new
 
 
+@compiled()
+def _sweep2_serial(
+    weight_buf,
+    row_buf,
+    row_max_buf,
+    row_new_buf,
+    _h1,
+    _sums,
+):
+    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    _length = row_new_buf.shape[1]
+    _blocks = -(-_length // 1024)
+    for _q in range(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
+        _row_row = row_buf[_m, _lo : _lo + _n, 0]
+        _row_max_row = row_max_buf[_m, _lo : _lo + _n, 0]
+        for _i in range(_n):
+            row = _row_row[_i]
+            row_max = _row_max_row[_i]
+            # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
+            # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
+            _v15 = _h1 != _T(0.0)
+            _v16 = row if (row > row_max or row != row) else row_max
+            row_new = _v16 if _v15 else row_max
+            _row_new_row[_i] = row_new
+
+
 @compiled(parallel=True)
 def _sweep3(
     weight_buf,
@@ -247,6 +341,37 @@ def _sweep3(
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
     for _q in numba.prange(weight_buf.shape[0] * _blocks):
+        _T = compute_type(weight_buf)
+        _m = _q // _blocks
+        _lo = _q % _blocks * 1024
+        _n = min(1024, _length - _lo)
+        _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
+        _col_row = col_buf[_m, 0, _lo : _lo + _n]
+        _col_max_row = col_max_buf[_m, 0, _lo : _lo + _n]
+        for _i in range(_n):
+            col = _col_row[_i]
+            col_max = _col_max_row[_i]
+            # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
+            # specs/sm3.py:50: col_new = Piecewise((Max(col, col_max), (beta > 0) & (ndim > 0)), (col_max, True))
+            _v17 = _h1 != _T(0.0)
+            _v18 = col if (col > col_max or col != col) else col_max
+            col_new = _v18 if _v17 else col_max
+            _col_new_row[_i] = col_new
+
+
+@compiled()
+def _sweep3_serial(
+    weight_buf,
+    col_buf,
+    col_max_buf,
+    col_new_buf,
+    _h1,
+    _sums,
+):
+    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    _length = col_new_buf.shape[2]
+    _blocks = -(-_length // 1024)
+    for _q in range(weight_buf.shape[0] * _blocks):
         _T = compute_type(weight_buf)
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
@@ -332,12 +457,72 @@ def _update(
                         _mom_row[_i] = mom_new
 
 
+@compiled()
+def _update_serial(
+    _tiles,
+    weight_buf,
+    grad_buf,
+    mom_buf,
+    row_buf,
+    col_buf,
+    _h0,
+    _h2,
+    _h3,
+    momentum,
+    epsilon,
+    decay,
+):
+    # _update on the caller's thread (one tile: no worker to wake, Tiling.serial).
+    for _k in range(_tiles.shape[0]):
+        _T = compute_type(weight_buf)
+        _m0, _m1, _r0, _r1, _c0, _c1 = (
+            _tiles[_k, 0],
+            _tiles[_k, 1],
+            _tiles[_k, 2],
+            _tiles[_k, 3],
+            _tiles[_k, 4],
+            _tiles[_k, 5],
+        )
+        for _m in range(_m0, _m1):
+            for _r in range(_r0, _r1):
+                row = row_buf[_m, _r, 0]
+                for _lo in range(_c0, _c1, 1024):
+                    _n = min(1024, _c1 - _lo)
+                    _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
+                    _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
+                    _mom_row = mom_buf[_m, _r, _lo : _lo + _n]
+                    _col_row = col_buf[_m, 0, _lo : _lo + _n]
+                    for _i in range(_n):
+                        weight = _weight_row[_i]
+                        grad = _grad_row[_i]
+                        mom = _mom_row[_i]
+                        col = _col_row[_i]
+                        # specs/sm3.py:51: mom_new = grad*(1 - momentum)/sqrt(epsilon + nu) + mom*momentum
+                        _v0 = momentum * mom
+                        # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
+                        _v1 = grad * grad
+                        _v2 = _h0 * _v1
+                        _v3 = col if (col < row or col != col) else row
+                        _v4 = decay * _v3
+                        nu = _v2 + _v4
+                        _v6 = nu + epsilon
+                        _v7 = np.sqrt(_v6)
+                        _v8 = _h2 * grad
+                        _v9 = _v8 / _v7
+                        mom_new = _v0 + _v9
+                        # specs/sm3.py:52: weight_new = -lr*mom_new + weight
+                        _v10 = _h3 * mom_new
+                        weight_new = weight + _v10
+                        _weight_row[_i] = weight_new
+                        _mom_row[_i] = mom_new
+
+
 def step(
     weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, **hyperparams: Any
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
+    run_group(RULE, [_stepper(weight, grad, state, t, hp, {})], REDUCE_KINDS)
 
 
 def step_multi(
@@ -357,10 +542,11 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # host scalars the tensors share (_stepper)
     run_group(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp)
+            _stepper(_w, _g, _s, _tj, hp, memo)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
         REDUCE_KINDS,
@@ -380,10 +566,11 @@ def step_prechecked(
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # host scalars the tensors share (_stepper)
     run_group(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp, checked=True)
+            _stepper(_w, _g, _s, _tj, hp, memo, checked=True)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
         REDUCE_KINDS,
@@ -396,11 +583,13 @@ def _stepper(
     state: dict[str, np.ndarray],
     t: int,
     hp: dict[str, float],
+    memo: dict[tuple[Any, ...], tuple[Any, ...]],
     checked: bool = False,
 ) -> Iterator[None]:
     """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
     its reductions, checks and host scalars, then it yields None, and writes when resumed
-    (once every tensor of the call has). ``checked``: its arrays were (``step_prechecked``)."""
+    (once every tensor of the call has). ``memo``: the call's host scalars by what they read
+    (tensors of one shape share most); ``checked``: its arrays were (``step_prechecked``)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
@@ -415,15 +604,15 @@ def _stepper(
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): row_max, col_max.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS,
-        computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h0, decay = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars reads but its hyperparameters
+    _key = (1, dtype)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+    _h0, decay = pre
     _whole, _parts = _tiling.partials(0, 2)
-    _sweep1(
+    (_sweep1_serial if _tiling.serial else _sweep1)(
         _tiling.table,
         _tiling.offsets,
         _weight_m,
@@ -440,30 +629,34 @@ def _stepper(
         REDUCE_KINDS, REDUCE_AXES, ["row_max", "col_max"], _whole, _parts, sums, _vectors, dtype
     )
     # Sweep 2 (whole vectors: br): row_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_2,
-        computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    (_h1,) = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+    _key = (2, dtype, _sizes["ndim"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+    (_h1,) = pre
     _shape = domain_shape(_dims, "br")
     _row_new_out = np.empty(_shape, dtype=weight.dtype)
     _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    _sweep2(_weight_m, _vectors["row"], _vectors["row_max"], _row_new_out, _h1, _sums)
+    (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
+        _weight_m, _vectors["row"], _vectors["row_max"], _row_new_out, _h1, _sums
+    )
     _vectors["row_new"] = _row_new_out
     # Sweep 3 (whole vectors: bc): col_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_3,
-        computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    (_h1,) = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+    _key = (3, dtype, _sizes["ndim"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+    (_h1,) = pre
     _shape = domain_shape(_dims, "bc")
     _col_new_out = np.empty(_shape, dtype=weight.dtype)
     _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    _sweep3(_weight_m, _vectors["col"], _vectors["col_max"], _col_new_out, _h1, _sums)
+    (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
+        _weight_m, _vectors["col"], _vectors["col_max"], _col_new_out, _h1, _sums
+    )
     _vectors["col_new"] = _col_new_out
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
@@ -472,7 +665,7 @@ def _stepper(
     yield None  # every tensor checked and its scalars computed: now the writes
 
     def update() -> None:
-        _update(
+        (_update_serial if _tiling.serial else _update)(
             _tiling.table,
             _weight_m,
             _grad_m,

@@ -158,7 +158,7 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
+    run_group(RULE, [_stepper(weight, grad, state, t, hp, {})], REDUCE_KINDS)
 
 
 def step_multi(
@@ -178,10 +178,11 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # host scalars the tensors share (_stepper)
     run_group(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp)
+            _stepper(_w, _g, _s, _tj, hp, memo)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
         REDUCE_KINDS,
@@ -189,11 +190,17 @@ def step_multi(
 
 
 def _stepper(
-    weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
+    weight: np.ndarray,
+    grad: np.ndarray,
+    state: dict[str, np.ndarray],
+    t: int,
+    hp: dict[str, float],
+    memo: dict[tuple[Any, ...], tuple[Any, ...]],
 ) -> Iterator[None]:
     """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
     its reductions, checks and host scalars, then it yields None, and writes when resumed
-    (once every tensor of the call has)."""
+    (once every tensor of the call has). ``memo``: the call's host scalars by what they
+    read (tensors of one shape share most)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
@@ -206,13 +213,13 @@ def _stepper(
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS,
-        computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    (_h0,) = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars reads but its hyperparameters
+    _key = (1, dtype)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+    (_h0,) = pre
 
     def _sweep1(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile
@@ -246,13 +253,13 @@ def _stepper(
         dtype,
     )
     # Sweep 2 (whole vectors: br): row_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_2,
-        computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h1, omb = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+    _key = (2, dtype, _sizes["cols"], t)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+    _h1, omb = pre
     _shape = domain_shape(_dims, "br")
     _row = _vectors["row"]
     _row_g2 = _vectors["row_g2"]
@@ -265,13 +272,13 @@ def _stepper(
     np.add(_row, _b0, out=_b0)
     _vectors["row_new"] = _b0
     # Sweep 3 (whole vectors: bc): col_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_3,
-        computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h2, omb = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+    _key = (3, dtype, _sizes["rows"], t)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+    _h2, omb = pre
     _shape = domain_shape(_dims, "bc")
     _col = _vectors["col"]
     _col_g2 = _vectors["col_g2"]
@@ -284,12 +291,6 @@ def _stepper(
     np.add(_col, _b0, out=_b0)
     _vectors["col_new"] = _b0
     # Sweep 4 (whole vectors: br): row_mean.
-    check_scalars(
-        RULE,
-        REDUCE_SCALARS_4,
-        computed(RULE, reduction_scalars_4, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
@@ -309,13 +310,13 @@ def _stepper(
         dtype,
     )
     # Sweep 5 (whole vectors: br): scale.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_5,
-        computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h2, eps1 = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
+    _key = (5, dtype, _sizes["rows"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
+    _h2, eps1 = pre
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _row_mean = _vectors["row_mean"]
@@ -328,13 +329,13 @@ def _stepper(
     np.divide(_row_new, _b0, out=_b0)
     _vectors["scale"] = _b0
     # Sweep 6 (tiles of the elements): u_sq.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_6,
-        computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h0, _h3, _h4 = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
+    _key = (6, dtype, _sizes["ndim"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
+    _h0, _h3, _h4 = pre
 
     def _sweep6(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile

@@ -147,7 +147,7 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    run_group(RULE, [_stepper(weight, grad, state, t, hp)], REDUCE_KINDS)
+    run_group(RULE, [_stepper(weight, grad, state, t, hp, {})], REDUCE_KINDS)
 
 
 def step_multi(
@@ -167,10 +167,11 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # host scalars the tensors share (_stepper)
     run_group(
         RULE,
         [
-            _stepper(_w, _g, _s, _tj, hp)
+            _stepper(_w, _g, _s, _tj, hp, memo)
             for _w, _g, _s, _tj in zip(weights, grads, states, ts, strict=True)
         ],
         REDUCE_KINDS,
@@ -178,11 +179,17 @@ def step_multi(
 
 
 def _stepper(
-    weight: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int, hp: dict[str, float]
+    weight: np.ndarray,
+    grad: np.ndarray,
+    state: dict[str, np.ndarray],
+    t: int,
+    hp: dict[str, float],
+    memo: dict[tuple[Any, ...], tuple[Any, ...]],
 ) -> Iterator[None]:
     """One tensor's step, as run_group drives it (no group reductions: nothing to exchange):
     its reductions, checks and host scalars, then it yields None, and writes when resumed
-    (once every tensor of the call has)."""
+    (once every tensor of the call has). ``memo``: the call's host scalars by what they
+    read (tensors of one shape share most)."""
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     # The weight as (batch, rows, cols): 3-D views of the element buffers; row vectors as
@@ -195,13 +202,13 @@ def _stepper(
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     # Sweep 1 (tiles of the elements): row_max, col_max.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS,
-        computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    _h0, decay = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars reads but its hyperparameters
+    _key = (1, dtype)
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+    _h0, decay = pre
 
     def _sweep1(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile
@@ -236,13 +243,13 @@ def _stepper(
         dtype,
     )
     # Sweep 2 (whole vectors: br): row_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_2,
-        computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    (_h1,) = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+    _key = (2, dtype, _sizes["ndim"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+    (_h1,) = pre
     _shape = domain_shape(_dims, "br")
     _row = _vectors["row"]
     _row_max = _vectors["row_max"]
@@ -254,13 +261,13 @@ def _stepper(
     np.copyto(_b0, _row_max, where=np.logical_not(__v15))
     _vectors["row_new"] = _b0
     # Sweep 3 (whole vectors: bc): col_new.
-    pre = check_scalars(
-        RULE,
-        REDUCE_SCALARS_3,
-        computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums),
-        dtype,
-    )
-    (_h1,) = (dtype(_x) for _x in pre)
+    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+    _key = (3, dtype, _sizes["ndim"])
+    pre = memo.get(_key)
+    if pre is None:  # not yet computed and checked in this call: for the first such tensor
+        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+    (_h1,) = pre
     _shape = domain_shape(_dims, "bc")
     _col = _vectors["col"]
     _col_max = _vectors["col_max"]
