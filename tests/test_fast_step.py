@@ -81,6 +81,9 @@ def count_full_checks(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
         ("LAMB", {}, False),  # per-tensor sums: two compiled phases
         ("TorchSGD", {"momentum": 0.9, "nesterov": True}, True),
         ("TorchSGD", {}, True),  # momentum=0: no momentum buffer (absent_when), the variant
+        ("Adafactor", {}, True),  # row and column factors: the plan's step_prechecked
+        ("CAME", {}, True),
+        ("SM3", {}, True),
     ],
 )
 def test_fast_steps_equal_the_numpy_reference(
@@ -145,7 +148,13 @@ def _state_entry_removed(opt: Any, params: list) -> None:
     ],
 )
 def test_a_changed_buffer_is_refused_with_nothing_written(change: Callable, message: str) -> None:
-    opt, params, g, keep = planned_adam()
+    assert_refused_untouched(*planned_adam(), change, message)
+
+
+def assert_refused_untouched(
+    opt: Any, params: list, g: torch.Generator, keep: list, change: Callable, message: str
+) -> None:
+    """A planned optimizer's next step, after ``change``, refused naming it: nothing written."""
     new_grads(params, g, keep)
     change(opt, params)
     before = snapshot(opt, params)
@@ -377,3 +386,82 @@ def test_complex_fast_steps_equal_full_steps(
     with pytest.raises(ValueError, match="parameter 1 or its grad is a lazily conjugated view"):
         opt.step()
     assert all(torch.equal(x, y) for x, y in zip(before, snapshot(opt, params), strict=True))
+
+
+def planned_adafactor() -> tuple[Any, list, torch.Generator, list]:
+    """Adafactor (row and column factors) after three steps: its plan made ("rows")."""
+    opt, params, g = make("Adafactor", "numba")
+    keep: list = []
+    for _ in range(3):
+        new_grads(params, g, keep)
+        opt.step()
+    assert opt._plan is not None and opt._plan.kind == "rows"
+    return opt, params, g, keep
+
+
+def _row_state_resized_in_place(opt: Any, params: list) -> None:
+    opt.state[params[0]]["row"].resize_(3)
+
+
+def _col_state_replaced_by_another_dtype(opt: Any, params: list) -> None:
+    opt.state[params[0]]["col"] = torch.zeros(1, 9, dtype=torch.float64)
+
+
+def _grad_inside_a_col_state(opt: Any, params: list) -> None:
+    params[2].grad = opt.state[params[1]]["col"].reshape(-1)[100:105]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_row_state_resized_in_place, r"parameter 0's state\['row'\]"),
+        (_col_state_replaced_by_another_dtype, r"parameter 0's state\['col'\]"),
+        (_grad_inside_a_col_state, r"share memory"),
+        (_grad_of_another_shape, r"parameter 1's grad"),
+    ],
+)
+def test_a_changed_row_or_column_buffer_is_refused_with_nothing_written(
+    change: Callable, message: str
+) -> None:
+    assert_refused_untouched(*planned_adafactor(), change, message)
+
+
+def _row_state_edited_in_place(opt: Any, params: list) -> None:
+    opt.state[params[0]]["row"].mul_(2.0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _step_count_set_in_place,
+        _grad_not_contiguous,
+        _a_parameter_without_grad,
+        _row_state_edited_in_place,
+        _lr_changed,
+    ],
+)
+def test_a_legal_change_to_a_row_rule_is_computed_as_the_reference_computes_it(
+    change: Callable,
+) -> None:
+    got, opt = trajectory("Adafactor", "numba", 5, change)
+    want, _ = trajectory("Adafactor", "numpy", 5, change)
+    assert all(torch.equal(x, y) for x, y in zip(want, got, strict=True))
+    assert opt._plan is not None and opt._plan.kind == "rows"  # made again after the change
+
+
+def test_a_row_rule_on_bfloat16_takes_the_full_step() -> None:
+    """The plan takes float32 and float64 weights as they are; a bfloat16 one goes through the
+    full step's float32 working copy every step (no plan), as the reference computes it."""
+    g = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(6, 5, generator=g).bfloat16()) for _ in range(2)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = gt.Adafactor(params, backend="numba")
+    ref = gt.Adafactor(twins, backend="numpy")
+    for _ in range(3):
+        for p, q in zip(params, twins, strict=True):
+            p.grad = torch.randn(p.shape, generator=g).bfloat16()
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert opt._plan is None
+    assert all(torch.equal(p, q) for p, q in zip(params, twins, strict=True))

@@ -47,6 +47,12 @@ checked every step, and every host scalar is checked before anything is written,
 full step. The step counts advance in one NumPy add per step (``Plan.counter``: the plan makes
 each step count a 0-d view of one array).
 
+A rule of row and column factors (Adafactor, CAME, SM3: kind "rows") takes the fast step on
+the CPU with float32 or float64 parameters and gradients of the same dtype, neither copied nor
+converted: the plan keeps NumPy views of the weights and states, and the step is one
+``step_prechecked`` of the compiled module per group, which computes and checks every host
+scalar of every tensor before any write, as in the full step.
+
 What the checks found is kept too, where it cannot change unseen: a group's hyperparameters,
 when each value (and ``betas``) is the very object of the last step that passed and of an
 immutable type (a float, an int, a bool, a string, None, a tuple of those), are that step's
@@ -112,6 +118,7 @@ class Group:
 
     __slots__ = (
         "absent",
+        "arrays",
         "buffers",
         "complex",
         "converted",
@@ -154,6 +161,8 @@ class Group:
         self.device: torch.device | None = None  # the Triton kernels': the group's one device
         self.buffers: Buffers | None = None
         self.weights: list[torch.Tensor] = []
+        # a row/column rule's (kind "rows"): its weights and state buffers as NumPy views
+        self.arrays: list[np.ndarray] = []
         self.views: list[dict[str, Any]] = []
         self.streams: list[int] = []
         self.offsets: list[int] = []
@@ -205,7 +214,9 @@ class Plan:
 
     def __init__(self, signature: tuple[Any, ...], kind: str = "numba") -> None:
         self.signature = signature
-        self.kind = kind  # "numba" (the compiled CPU loops) or "triton"
+        # "numba" (the compiled CPU loops' tables), "rows" (a row/column rule's compiled module
+        # on NumPy views: ``step_prechecked``) or "triton"
+        self.kind = kind
         # GradScaler's grad_scale and found_inf taken on the device (``_amp_on_device``)
         self.amp = False
         self.groups: list[Group] = []
@@ -290,7 +301,7 @@ class FastStep:
         plan = self._plan
         if plan is None or given.arrays or given.scalars:
             return False
-        if plan.kind == "numba" and not self._use_numba():
+        if plan.kind != "triton" and not self._use_numba():
             return False
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         scaled = scale is not None or found_inf is not None
@@ -333,7 +344,7 @@ class FastStep:
                 tables = self._rows(part, tabled, resolved, counts)
             elif tabled is not None:
                 tables = self._tables(part, tabled, resolved, counts)
-            else:
+            elif plan.kind != "rows":  # (a row/column rule's module checks every scalar first)
                 self._check_fast_scalars(resolved, each, part)
             checked.append((part, updates, hp, resolved, counts, tabled, tables))
         amps: dict[Any, Amp] = {}
@@ -404,6 +415,10 @@ class FastStep:
                 continue
             if plan.kind == "triton":
                 self._fast_triton(part, gs, counts, hp, amps.get(part.device))
+                continue
+            if plan.kind == "rows":  # every scalar checked before any write (its stepper)
+                grads = list(map(torch.Tensor.numpy, gs))
+                self._numba().step_prechecked(part.arrays, grads, part.views, counts, **hp)
                 continue
             assert part.buffers is not None
             which, scratches = part.converted
@@ -590,10 +605,13 @@ class FastStep:
         kernels, as plain tensors)."""
         self._plan = None
         meta = self.META
-        if meta.INPUTS or meta.STEP_SCALARS or getattr(meta, "SIZES", ()):
+        rows = bool(getattr(meta, "STATE_AXES", None))  # row/column states: Adafactor, CAME, SM3
+        if meta.INPUTS or meta.STEP_SCALARS or (getattr(meta, "SIZES", ()) and not rows):
             return
         if hasattr(meta, "MATRIX_VALUES"):
             return  # a rule of matrix equations: its own kernels and checks, every step
+        if rows and (meta.DRAWS or meta.HOST_STATES):
+            return  # (none has them; the plan would need their streams and write-backs)
         scaled = getattr(self, "grad_scale", None) is not None
         scaled = scaled or getattr(self, "found_inf", None) is not None
         surveyed = self._survey()
@@ -604,8 +622,10 @@ class FastStep:
         if all(self._use_triton(p) for p in every):
             kind = "triton"
         elif self._use_numba() and all(p.device.type == "cpu" for p in every):
-            kind = "numba"
+            kind = "rows" if rows else "numba"
         else:
+            return
+        if rows and kind != "rows":
             return
         if scaled and (kind != "triton" or meta.REDUCTIONS):
             return  # GradScaler's tensors read on the host (``_amp_on_device``): every step full
@@ -637,7 +657,13 @@ class FastStep:
                         return  # working copies: the full step's
                 perms.append(perm)
                 layout = PLAIN
-                if kind == "numba":
+                if kind == "rows":  # as the full step's ``_numba_step`` takes them, without copies
+                    plain = p.dtype in _NUMPY and g.dtype == p.dtype and not p.is_complex()
+                    if weight is not p or perm is not None or not plain:
+                        return
+                    part.arrays.append(p.detach().numpy())
+                    part.views.append(self._views(s, _numpy_view))
+                elif kind == "numba":
                     if meta.DRAWS:  # its noise stream and offset, as the full step's
                         part.streams.append(self._stream(p, indices))
                         part.offsets.append(self._noise_offset(p))
@@ -780,9 +806,16 @@ class FastStep:
         hyperparameters (the rule's, or the variant its ``step_buffers`` or ``step_multi``
         runs: a special case, or the one without the absent states) where it takes checked
         tables (``step_tables``)."""
+        if kind == "rows":
+            return None  # ``step_prechecked``: it computes and checks its own scalars
         module = self._numba() if kind == "numba" else self.TRITON
         module = running_module(module, self.META, resolved)
         return module if hasattr(module, "step_tables") else None
+
+
+def _numpy_view(x: torch.Tensor) -> np.ndarray:
+    """A state buffer as the full step shows it to a module (``Stepping._numba_step``)."""
+    return x.detach().numpy()
 
 
 def _permuted(x: torch.Tensor, perm: tuple[int, ...] | None) -> torch.Tensor:
