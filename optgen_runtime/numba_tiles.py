@@ -12,8 +12,11 @@ per-column reduction (from a block of rows) or of a per-row one (from a block of
 at most ``SPLIT`` times the vector's values, never the weight's count (a 10 M-element weight:
 a few MB of partials, not 80). The tiles depend on the shape alone, never on the thread count,
 and their partials are combined in tile order: the same sums on every run and machine. Each
-tile's partial sums in float64 in lanes (``fold_sum``: a fixed order; the NumPy module sums a
-tile's rows pairwise): equal to NumPy's to float64 rounding.
+tile's partial sums in float64 in a fixed order (the NumPy module sums a tile's rows pairwise):
+equal to NumPy's to float64 rounding. A sum along a row folds each block of the row's values
+into lanes (``fold_sum``); a whole tensor's adds element i of every block of the tile into
+place i of a block-wide row, in the loop that computes them (it vectorises), and folds that row
+into lanes once, at the tile's end.
 """
 
 from __future__ import annotations
@@ -222,11 +225,11 @@ def _fold(
                     acc[m, x] = _pick_max(a, b) if kind == 1 else _pick_min(a, b)
 
 
-# A tile sweep's sums and extrema along a row piece: its values computed a block at a time (a
-# loop that vectorises), each block then folded into LANES running partials, element p of the
-# row piece into lane p % LANES (independent chains: one vector operation per LANES elements,
-# no reassociation), the lanes combined pairwise at the end. A fixed order: the same bits on
-# every run and machine.
+# A tile sweep's sums and extrema along a row piece (and a whole tensor's block-wide row, once
+# per tile): its values computed a block at a time (a loop that vectorises), each block then
+# folded into LANES running partials, element p of the row piece into lane p % LANES
+# (independent chains: one vector operation per LANES elements, no reassociation), the lanes
+# combined pairwise at the end. A fixed order: the same bits on every run and machine.
 LANES = 8
 
 

@@ -178,9 +178,11 @@ def _vector_reads(lowered: Lowered, ops_: list[Op]) -> list[tuple[str, str]]:
 
 def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[str, object]:
     """An element sweep of a row/column rule, compiled: its tile loop's loads, ops and
-    accumulators. A row is taken a block of REDUCE_BLOCK at a time: the block's values in a loop
-    that vectorises, a per-column partial added there (one per column of the tile), whole-tensor
-    and per-row values stored, then folded into lanes (``optgen_runtime.numba_tiles``)."""
+    accumulators. A row is taken a block of REDUCE_BLOCK at a time, in a loop that vectorises:
+    a per-column partial added there (one per column of the tile), a whole-tensor one into a
+    block-wide row of partials (element i of every block of the tile into place i, folded into
+    lanes at the tile's end), per-row values stored, then folded into lanes
+    (``optgen_runtime.numba_tiles``)."""
     rule = lowered.rule
     ops_ = lowered.reduce_phases[phase - 1]
     values = lowered.phase_reductions(phase)
@@ -198,12 +200,15 @@ def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[st
             acc["accumulate"] = ACCUMULATE[kind].format(acc=f"_cp{k}[_i]", x=v.name)
             acc["slice"] = f"_cp{k} = _parts[{k - len(whole)}, _at + _lo : _at + _lo + _n]"
             acc["fill"] = f"_parts[{k - len(whole)}, _x] = {IDENTITY[kind]}"
-        else:
+        elif where == "tile":  # over the tile: element i of every block into place i, then
+            # those REDUCE_BLOCK partials folded into lanes once, at the tile's end
+            acc["lanes"], acc["scratch"] = f"_lanes{k}", f"_wide{k}"
+            acc["accumulate"] = ACCUMULATE[kind].format(acc=f"_wide{k}[_i]", x=v.name)
+            acc["store"] = f"_whole[_k, {k}] = lanes_{kind}(_lanes{k})"
+        else:  # along the row: each block's values folded into lanes, per row
             acc["lanes"], acc["scratch"] = f"_lanes{k}", f"_block{k}"
             acc["store"] = (
-                f"_whole[_k, {k}] = lanes_{kind}(_lanes{k})"
-                if where == "tile"
-                else f"_parts[{k - len(whole)}, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - "
+                f"_parts[{k - len(whole)}, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - "
                 f"_r0] = lanes_{kind}(_lanes{k})"
             )
         accs.append(acc)

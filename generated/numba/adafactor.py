@@ -153,8 +153,9 @@ def _sweep1(
     _parts,
 ):
     # An element sweep, tile by tile: w_sq, row_g2, col_g2 (sums in float64), each row
-    # a block of 1024 at a time: the block's values in a loop that vectorises, then folded
-    # into lanes (optgen_runtime.numba_tiles).
+    # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
+    # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
+    # block by block (optgen_runtime.numba_tiles).
     #   _h0: = (1 - 2*maximize) ** 2
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
@@ -166,11 +167,11 @@ def _sweep1(
             _tiles[_k, 4],
             _tiles[_k, 5],
         )
-        _block0 = np.empty(1024, dtype=np.float64)
+        _wide0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
         _block1 = np.empty(1024, dtype=np.float64)
         _lanes1 = np.empty(LANES, dtype=np.float64)
-        _lanes0[:] = 0.0
+        _wide0[:] = 0.0
         for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
             _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
@@ -193,14 +194,15 @@ def _sweep1(
                         w_sq = weight * weight
                         # specs/adafactor.py:60: col_g2 = g**2
                         col_g2 = row_g2
-                        _block0[_i] = np.float64(w_sq)
+                        _wide0[_i] += np.float64(w_sq)
                         _block1[_i] = np.float64(row_g2)
                         _cp2[_i] += np.float64(col_g2)
-                    fold_sum(_lanes0, _block0, _n)
                     fold_sum(_lanes1, _block1, _n)
                 _parts[0, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - _r0] = lanes_sum(
                     _lanes1
                 )
+        _lanes0[:] = 0.0
+        fold_sum(_lanes0, _wide0, 1024)
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 
@@ -225,11 +227,11 @@ def _sweep1_serial(
             _tiles[_k, 4],
             _tiles[_k, 5],
         )
-        _block0 = np.empty(1024, dtype=np.float64)
+        _wide0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
         _block1 = np.empty(1024, dtype=np.float64)
         _lanes1 = np.empty(LANES, dtype=np.float64)
-        _lanes0[:] = 0.0
+        _wide0[:] = 0.0
         for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
             _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
@@ -252,14 +254,15 @@ def _sweep1_serial(
                         w_sq = weight * weight
                         # specs/adafactor.py:60: col_g2 = g**2
                         col_g2 = row_g2
-                        _block0[_i] = np.float64(w_sq)
+                        _wide0[_i] += np.float64(w_sq)
                         _block1[_i] = np.float64(row_g2)
                         _cp2[_i] += np.float64(col_g2)
-                    fold_sum(_lanes0, _block0, _n)
                     fold_sum(_lanes1, _block1, _n)
                 _parts[0, _offsets[_k, 0] + (_m - _m0) * (_r1 - _r0) + _r - _r0] = lanes_sum(
                     _lanes1
                 )
+        _lanes0[:] = 0.0
+        fold_sum(_lanes0, _wide0, 1024)
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 
@@ -278,8 +281,9 @@ def _sweep6(
     _parts,
 ):
     # An element sweep, tile by tile: u_sq (sums in float64), each row
-    # a block of 1024 at a time: the block's values in a loop that vectorises, then folded
-    # into lanes (optgen_runtime.numba_tiles).
+    # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
+    # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
+    # block by block (optgen_runtime.numba_tiles).
     #   _h0: = (1 - 2*maximize) ** 2
     #   _h3: = eps1 ** 2
     #   _h4: = (ndim < 2)
@@ -293,9 +297,9 @@ def _sweep6(
             _tiles[_k, 4],
             _tiles[_k, 5],
         )
-        _block0 = np.empty(1024, dtype=np.float64)
+        _wide0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        _lanes0[:] = 0.0
+        _wide0[:] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 scale = scale_buf[_m, _r, 0]
@@ -318,8 +322,9 @@ def _sweep6(
                         _v21 = _h3 if (_h3 > V or _h3 != _h3) else V
                         _v22 = _h0 * _v17
                         u_sq = _v22 / _v21
-                        _block0[_i] = np.float64(u_sq)
-                    fold_sum(_lanes0, _block0, _n)
+                        _wide0[_i] += np.float64(u_sq)
+        _lanes0[:] = 0.0
+        fold_sum(_lanes0, _wide0, 1024)
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 
@@ -348,9 +353,9 @@ def _sweep6_serial(
             _tiles[_k, 4],
             _tiles[_k, 5],
         )
-        _block0 = np.empty(1024, dtype=np.float64)
+        _wide0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        _lanes0[:] = 0.0
+        _wide0[:] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 scale = scale_buf[_m, _r, 0]
@@ -373,8 +378,9 @@ def _sweep6_serial(
                         _v21 = _h3 if (_h3 > V or _h3 != _h3) else V
                         _v22 = _h0 * _v17
                         u_sq = _v22 / _v21
-                        _block0[_i] = np.float64(u_sq)
-                    fold_sum(_lanes0, _block0, _n)
+                        _wide0[_i] += np.float64(u_sq)
+        _lanes0[:] = 0.0
+        fold_sum(_lanes0, _wide0, 1024)
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 

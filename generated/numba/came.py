@@ -172,8 +172,9 @@ def _sweep1(
     _parts,
 ):
     # An element sweep, tile by tile: row_sq, col_sq (sums in float64), each row
-    # a block of 1024 at a time: the block's values in a loop that vectorises, then folded
-    # into lanes (optgen_runtime.numba_tiles).
+    # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
+    # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
+    # block by block (optgen_runtime.numba_tiles).
     #   _h0: = ((0) if (weight_decouple > 0) else (wd))
     #   eps1: hyperparameter
     for _k in numba.prange(_tiles.shape[0]):
@@ -290,8 +291,9 @@ def _sweep6(
     _parts,
 ):
     # An element sweep, tile by tile: u_sq (sums in float64), each row
-    # a block of 1024 at a time: the block's values in a loop that vectorises, then folded
-    # into lanes (optgen_runtime.numba_tiles).
+    # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
+    # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
+    # block by block (optgen_runtime.numba_tiles).
     #   _h0: = ((0) if (weight_decouple > 0) else (wd))
     #   _h4: = (ndim < 2)
     for _k in numba.prange(_tiles.shape[0]):
@@ -304,9 +306,9 @@ def _sweep6(
             _tiles[_k, 4],
             _tiles[_k, 5],
         )
-        _block0 = np.empty(1024, dtype=np.float64)
+        _wide0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        _lanes0[:] = 0.0
+        _wide0[:] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 r_f = r_f_buf[_m, _r, 0]
@@ -332,8 +334,9 @@ def _sweep6(
                         conf = _T(1.0) if _v29 else _v30
                         _v32 = _v28 * conf
                         u_sq = _v32 / col_new
-                        _block0[_i] = np.float64(u_sq)
-                    fold_sum(_lanes0, _block0, _n)
+                        _wide0[_i] += np.float64(u_sq)
+        _lanes0[:] = 0.0
+        fold_sum(_lanes0, _wide0, 1024)
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 
@@ -362,9 +365,9 @@ def _sweep6_serial(
             _tiles[_k, 4],
             _tiles[_k, 5],
         )
-        _block0 = np.empty(1024, dtype=np.float64)
+        _wide0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        _lanes0[:] = 0.0
+        _wide0[:] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 r_f = r_f_buf[_m, _r, 0]
@@ -390,8 +393,9 @@ def _sweep6_serial(
                         conf = _T(1.0) if _v29 else _v30
                         _v32 = _v28 * conf
                         u_sq = _v32 / col_new
-                        _block0[_i] = np.float64(u_sq)
-                    fold_sum(_lanes0, _block0, _n)
+                        _wide0[_i] += np.float64(u_sq)
+        _lanes0[:] = 0.0
+        fold_sum(_lanes0, _wide0, 1024)
         _whole[_k, 0] = lanes_sum(_lanes0)
 
 
@@ -413,8 +417,9 @@ def _sweep7(
     _parts,
 ):
     # An element sweep, tile by tile: rr, rc (sums in float64), each row
-    # a block of 1024 at a time: the block's values in a loop that vectorises, then folded
-    # into lanes (optgen_runtime.numba_tiles).
+    # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
+    # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
+    # block by block (optgen_runtime.numba_tiles).
     #   _h0: = ((0) if (weight_decouple > 0) else (wd))
     #   _h4: = (ndim < 2)
     #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)

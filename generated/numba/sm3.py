@@ -145,8 +145,9 @@ def _sweep1(
     _parts,
 ):
     # An element sweep, tile by tile: row_max, col_max (sums in float64), each row
-    # a block of 1024 at a time: the block's values in a loop that vectorises, then folded
-    # into lanes (optgen_runtime.numba_tiles).
+    # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
+    # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
+    # block by block (optgen_runtime.numba_tiles).
     #   _h0: = 1 - beta
     #   decay: let, computed by host_scalars from beta
     for _k in numba.prange(_tiles.shape[0]):
