@@ -53,15 +53,20 @@ def trajectory(
     return snapshot(opt, params), opt
 
 
-def planned_adam() -> tuple[Any, list, torch.Generator, list]:
-    """Adam on the compiled loops after three steps: its fast step's plan made."""
-    opt, params, g = make("Adam", "numba")
+def planned(name: str = "Adam", kind: str = "numba") -> tuple[Any, list, torch.Generator, list]:
+    """``name`` on the compiled loops after three steps: its fast step's plan (``kind``) made."""
+    opt, params, g = make(name, "numba")
     keep: list = []
     for _ in range(3):
         new_grads(params, g, keep)
         opt.step()
-    assert opt._plan is not None
+    assert opt._plan is not None and opt._plan.kind == kind
     return opt, params, g, keep
+
+
+def planned_adam() -> tuple[Any, list, torch.Generator, list]:
+    """Adam on the compiled loops after three steps: its fast step's plan made."""
+    return planned()
 
 
 def count_full_checks(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
@@ -390,13 +395,7 @@ def test_complex_fast_steps_equal_full_steps(
 
 def planned_adafactor() -> tuple[Any, list, torch.Generator, list]:
     """Adafactor (row and column factors) after three steps: its plan made ("rows")."""
-    opt, params, g = make("Adafactor", "numba")
-    keep: list = []
-    for _ in range(3):
-        new_grads(params, g, keep)
-        opt.step()
-    assert opt._plan is not None and opt._plan.kind == "rows"
-    return opt, params, g, keep
+    return planned("Adafactor", "rows")
 
 
 def _row_state_resized_in_place(opt: Any, params: list) -> None:
