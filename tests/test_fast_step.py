@@ -464,3 +464,20 @@ def test_a_row_rule_on_bfloat16_takes_the_full_step() -> None:
         ref.step()
     assert opt._plan is None
     assert all(torch.equal(p, q) for p, q in zip(params, twins, strict=True))
+
+
+def test_a_row_rule_refused_late_in_a_later_group_writes_no_group() -> None:
+    """The plan's step of a row/column rule is one module call per group, which checks its host
+    scalars before writing; a refusal in the second group (a weight decay that makes a kernel
+    scalar float32 cannot hold, 1 - lr wd) leaves the first group unwritten too (the class's
+    deferred writes)."""
+    opt, params, g, keep = planned_adafactor()
+    new_grads(params, g, keep)
+    opt.param_groups[1]["weight_decay"] = 1e300
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match="float32"):
+        opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(before, snapshot(opt, params), strict=True))
+    opt.param_groups[1]["weight_decay"] = 0.0
+    opt.step()  # accepted again
+    assert opt._plan is not None and opt._plan.kind == "rows"
