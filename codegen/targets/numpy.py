@@ -318,7 +318,6 @@ def matrix_sweep(lowered: Lowered, phase: int, host: set[sp.Symbol]) -> dict[str
         "reads": reads,
         "ops": printer.lines(ops_),
         "partials": partials,
-        "unpack": unpack(lowered.phase_host(phase), "pre"),
         "names": [s.name for s in lowered.phase_host(phase)],
         "memo_key": memo_key(lowered, phase),
         "scratch": allocation.scratch,

@@ -431,7 +431,7 @@ def _sweep2_serial(
     omb,
     _sums,
 ):
-    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = row_new_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -501,7 +501,7 @@ def _sweep3_serial(
     omb,
     _sums,
 ):
-    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -557,7 +557,7 @@ def _sweep4_serial(
     row_new_buf,
     _sums,
 ):
-    # _sweep4 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep4 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     for _m in range(weight_buf.shape[0]):
         _T = compute_type(weight_buf)
         _block0 = np.empty(1024, dtype=np.float64)
@@ -622,7 +622,7 @@ def _sweep5_serial(
     eps1,
     _sums,
 ):
-    # _sweep5 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep5 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = scale_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):

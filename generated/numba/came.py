@@ -612,7 +612,7 @@ def _sweep2_serial(
     beta2,
     _sums,
 ):
-    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = row_new_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -682,7 +682,7 @@ def _sweep3_serial(
     beta2,
     _sums,
 ):
-    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -739,7 +739,7 @@ def _sweep4_serial(
     row_new_buf,
     _sums,
 ):
-    # _sweep4 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep4 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     for _m in range(weight_buf.shape[0]):
         _T = compute_type(weight_buf)
         _block0 = np.empty(1024, dtype=np.float64)
@@ -803,7 +803,7 @@ def _sweep5_serial(
     _h3,
     _sums,
 ):
-    # _sweep5 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep5 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = r_f_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -876,7 +876,7 @@ def _sweep8_serial(
     beta3,
     _sums,
 ):
-    # _sweep8 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep8 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = res_row_new_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -954,7 +954,7 @@ def _sweep9_serial(
     beta3,
     _sums,
 ):
-    # _sweep9 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep9 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = res_col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -1019,7 +1019,7 @@ def _sweep10_serial(
     res_row_new_buf,
     _sums,
 ):
-    # _sweep10 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep10 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     for _m in range(weight_buf.shape[0]):
         _T = compute_type(weight_buf)
         _block0 = np.empty(1024, dtype=np.float64)
@@ -1091,7 +1091,7 @@ def _sweep11_serial(
     _h3,
     _sums,
 ):
-    # _sweep11 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep11 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = s_r_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):

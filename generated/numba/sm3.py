@@ -304,7 +304,7 @@ def _sweep2_serial(
     _h1,
     _sums,
 ):
-    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = row_new_buf.shape[1]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):
@@ -369,7 +369,7 @@ def _sweep3_serial(
     _h1,
     _sums,
 ):
-    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial).
+    # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
     for _q in range(weight_buf.shape[0] * _blocks):

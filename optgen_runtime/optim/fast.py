@@ -619,13 +619,11 @@ class FastStep:
             return
         groups = [g for g in self.param_groups if any(p.grad is not None for p in g["params"])]
         every = [p for g in groups for p in g["params"] if p.grad is not None]
-        if all(self._use_triton(p) for p in every):
+        if all(self._use_triton(p) for p in every) and not rows:
             kind = "triton"
         elif self._use_numba() and all(p.device.type == "cpu" for p in every):
             kind = "rows" if rows else "numba"
         else:
-            return
-        if rows and kind != "rows":
             return
         if scaled and (kind != "triton" or meta.REDUCTIONS):
             return  # GradScaler's tensors read on the host (``_amp_on_device``): every step full
