@@ -39,7 +39,8 @@ KIND_CODE = {"sum": 0, "max": 1, "min": 2}
 
 # Each thread's partials buffer (Tiling.partials), grown to the largest sweep it has run, up to
 # KEEP float64 values (32 MiB); a larger one (a long 1-D weight's per-column partials, one per
-# element) is made for its sweep alone, not kept.
+# element) is made for its sweep alone, not kept, and its whole vectors go on to the next sweeps
+# in float64 (Tiling.combine).
 _SCRATCH = threading.local()
 KEEP = 1 << 22
 
@@ -144,7 +145,8 @@ class Tiling:
         """A sweep's partials combined in tile order (``names``: its whole-tensor reductions,
         then those along an axis, each in the order of the sweep's ``whole`` and ``parts``):
         into ``sums`` (Python floats, as ``numpy_support.combine``) and ``vectors`` (arrays of
-        the reduced domain, accumulated in float64, then cast to ``dtype``)."""
+        the reduced domain, accumulated in float64, then cast to ``dtype``; a partial that is
+        the whole vector, from a buffer not kept, handed on in float64)."""
         at = {"whole": 0, "along": 0}
         for name in names:
             kind, axis = kinds[name], axes[name]
@@ -157,7 +159,13 @@ class Tiling:
             part = parts[at["along"]]
             at["along"] += 1
             if self.whole_along[axis]:  # the identity combined with one partial: the partial
-                vectors[name] = part[: math.prod(shape)].astype(dtype).reshape(shape)
+                whole_part = part[: math.prod(shape)].reshape(shape)
+                # uncast where it is the sweep's own buffer (over KEEP): the sweeps load such a
+                # vector cast to the weight's dtype (codegen/targets/numba.py), the bits of
+                # astype, without a fresh array of the vector's size each step; a copy out of
+                # the kept scratch, which the next sweep overwrites
+                kept = whole_part.base is getattr(_SCRATCH, "buffer", None)
+                vectors[name] = whole_part.astype(dtype) if kept else whole_part
                 continue
             acc = np.full(shape, IDENTITY[kind], dtype=np.float64)
             _fold(

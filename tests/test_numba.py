@@ -711,6 +711,48 @@ def test_row_column_rules_equal_numpy_on_every_kind_of_tile(name: str, dtype: ty
             )
 
 
+@pytest.mark.parametrize("name", ROW_COLUMN)
+def test_a_whole_partial_handed_on_in_float64_gives_the_cast_copys_bits(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A per-row or per-column reduction whose every tile spans the reduced axis (a long 1-D
+    weight's columns, a tall matrix's rows) is its vector already: from a sweep's own buffer
+    (over KEEP) it goes on to the next sweeps in float64, which load it cast to the weight's
+    dtype; from the kept scratch, as a cast copy. Both to the bit, float32 weights (where a load
+    left uncast would compute in float64)."""
+    from optgen_runtime import numba_tiles
+
+    nb = numba_module(name)
+    shapes = [(70001,), (400, 300), (2, 40000), (300, 7)]
+    handed: list[np.dtype] = []
+    combine = numba_tiles.Tiling.combine
+
+    def spy(self: object, kinds: dict, axes: dict, names: list, *args: object) -> None:
+        combine(self, kinds, axes, names, *args)  # type: ignore[arg-type]
+        vectors = args[3]
+        handed.extend(vectors[n].dtype for n in names if n in vectors)  # type: ignore[index]
+
+    monkeypatch.setattr(numba_tiles.Tiling, "combine", spy)
+    runs = []
+    for keep in (numba_tiles.KEEP, 0):
+        monkeypatch.setattr(numba_tiles, "KEEP", keep)
+        monkeypatch.setattr(numba_tiles._SCRATCH, "buffer", None, raising=False)
+        handed.clear()
+        rng = np.random.default_rng(4)
+        weights = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        states = [nb.init_state(w) for w in weights]
+        for t in range(1, 3):
+            grads = [(rng.standard_normal(s) * 3).astype(np.float32) for s in shapes]
+            nb.step_multi(weights, grads, states, t)
+        runs.append((weights, states))
+        assert (np.dtype(np.float64) in handed) == (keep == 0), (name, keep, handed)
+    (wa, sa), (wb, sb) = runs
+    for shape, x, y, xs, ys in zip(shapes, wa, wb, sa, sb, strict=True):
+        assert np.array_equal(x, y), (name, shape)
+        for k in nb.STATES:
+            assert np.array_equal(xs[k], ys[k]), (name, shape, k)
+
+
 def _sweep_arguments(
     name: str, kernel: object, dtype: type, rng: np.random.Generator, dims: tuple[int, int, int]
 ) -> list:

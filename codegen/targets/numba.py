@@ -176,6 +176,15 @@ def _vector_reads(lowered: Lowered, ops_: list[Op]) -> list[tuple[str, str]]:
     ]
 
 
+def _float64_vectors(lowered: Lowered) -> frozenset[str]:
+    """The vectors a sweep may be handed in float64: the reductions along an axis (where every
+    tile spans the axis, ``Tiling.combine`` hands a sweep's own unkept partials on uncast: a long
+    1-D weight's per-element column sums, 80 MB at 10 M, not cast to a fresh array each step).
+    Their loads cast to the weight's dtype: the bits NumPy's astype gives."""
+    rule = lowered.rule
+    return frozenset(v.name for v in rule.reductions if rule.reduction_axes[v] is not None)
+
+
 def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[str, object]:
     """An element sweep of a row/column rule, compiled: its tile loop's loads, ops and
     accumulators. A row is taken a block of REDUCE_BLOCK at a time, in a loop that vectorises:
@@ -199,7 +208,7 @@ def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[st
         if where == "column":  # over the rows: into the tile's partial, a column per element
             acc["accumulate"] = ACCUMULATE[kind].format(acc=f"_cp{k}[_i]", x=v.name)
             acc["slice"] = f"_cp{k} = _parts[{k - len(whole)}, _at + _lo : _at + _lo + _n]"
-            acc["fill"] = f"_parts[{k - len(whole)}, _x] = {IDENTITY[kind]}"
+            acc["fill"] = f"_cp{k}[:] = {IDENTITY[kind]}"
         elif where == "tile":  # over the tile: element i of every block into place i, then
             # those REDUCE_BLOCK partials folded into lanes once, at the tile's end
             acc["lanes"], acc["scratch"] = f"_lanes{k}", f"_wide{k}"
@@ -226,7 +235,13 @@ def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[st
         "legend": [f"{n}: {what}" for n, what in legend(lowered, host)],
         "block": REDUCE_BLOCK,
         **_block_loads(
-            [s.name for s in lowered.phase_reads(phase)], vectors, (), TILE_VIEW, "bc", COLUMN_VIEW
+            [s.name for s in lowered.phase_reads(phase)],
+            vectors,
+            (),
+            TILE_VIEW,
+            "bc",
+            COLUMN_VIEW,
+            _float64_vectors(lowered),
         ),
         "ops": printer.lines(ops_),
         "accs": accs,
@@ -242,11 +257,17 @@ def _block_loads(
     view: str,
     along: str,
     along_view: str,
+    cast: frozenset[str],
 ) -> dict[str, list[tuple[str, str]]]:
     """A blocked loop's loads: per row, the values of the vectors not ``along`` the loop (a
     matrix's, a row's in a tile); per block, a 1-D view (``view``) of each buffer read or
     ``stored`` and (``along_view``) of each vector ``along`` it, indexed from 0 so that the loop
-    vectorises; per element, the views' values."""
+    vectorises; per element, the views' values. A vector in ``cast`` (``_float64_vectors``) is
+    loaded cast to the weight's dtype."""
+
+    def load(name: str, at: str) -> str:
+        return f"_T({at})" if name in cast else at
+
     per_row, views, per_element = [], [], []
     for name in dict.fromkeys([*buffers, *stored]):
         views.append((f"_{name}_row", f"{_buf(name)}{view}"))
@@ -255,9 +276,9 @@ def _block_loads(
     for name, domain in vectors:
         if domain == along:
             views.append((f"_{name}_row", f"{_buf(name)}{along_view}"))
-            per_element.append((name, f"_{name}_row[_i]"))
+            per_element.append((name, load(name, f"_{name}_row[_i]")))
         else:
-            per_row.append((name, f"{_buf(name)}{PER_ROW[domain]}"))
+            per_row.append((name, load(name, f"{_buf(name)}{PER_ROW[domain]}")))
     return {"per_row": per_row, "views": views, "per_element": per_element}
 
 
@@ -281,7 +302,9 @@ def vector_sweep(
     axis = {"br": 1, "bc": 2, "b": 2}[domain]
     block_view = "[_m, _lo : _lo + _n, 0]" if domain == "br" else COLUMN_VIEW
     stored = tuple(v.name for v in maps)
-    loads = _block_loads([], vectors, stored, block_view, domain, block_view)
+    loads = _block_loads(
+        [], vectors, stored, block_view, domain, block_view, _float64_vectors(lowered)
+    )
     accs = [
         {
             "kind": rule.reduction_kinds[v],
@@ -370,6 +393,7 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
                 TILE_VIEW,
                 "bc",
                 COLUMN_VIEW,
+                _float64_vectors(lowered),
             ),
             "update_ops": printer.lines(lowered.ops),
             "stores": [(f"_{cur}_row", new) for cur, new in stored.items()],

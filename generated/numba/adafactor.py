@@ -172,8 +172,6 @@ def _sweep1(
         _block1 = np.empty(1024, dtype=np.float64)
         _lanes1 = np.empty(LANES, dtype=np.float64)
         _wide0[:] = 0.0
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes1[:] = 0.0
@@ -183,6 +181,8 @@ def _sweep1(
                     _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
                     _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
                     _cp2 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp2[:] = 0.0
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
@@ -232,8 +232,6 @@ def _sweep1_serial(
         _block1 = np.empty(1024, dtype=np.float64)
         _lanes1 = np.empty(LANES, dtype=np.float64)
         _wide0[:] = 0.0
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes1[:] = 0.0
@@ -243,6 +241,8 @@ def _sweep1_serial(
                     _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
                     _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
                     _cp2 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp2[:] = 0.0
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
@@ -411,7 +411,7 @@ def _sweep2(
         _row_g2_row = row_g2_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
-            row_g2 = _row_g2_row[_i]
+            row_g2 = _T(_row_g2_row[_i])
             # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
             # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
             _v9 = _h1 * row_g2
@@ -444,7 +444,7 @@ def _sweep2_serial(
         _row_g2_row = row_g2_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
-            row_g2 = _row_g2_row[_i]
+            row_g2 = _T(_row_g2_row[_i])
             # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
             # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
             _v9 = _h1 * row_g2
@@ -481,7 +481,7 @@ def _sweep3(
         _col_g2_row = col_g2_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
-            col_g2 = _col_g2_row[_i]
+            col_g2 = _T(_col_g2_row[_i])
             # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
             # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
             _v12 = _h2 * col_g2
@@ -514,7 +514,7 @@ def _sweep3_serial(
         _col_g2_row = col_g2_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
-            col_g2 = _col_g2_row[_i]
+            col_g2 = _T(_col_g2_row[_i])
             # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
             # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
             _v12 = _h2 * col_g2
@@ -599,7 +599,7 @@ def _sweep5(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        row_mean = row_mean_buf[_m, 0, 0]
+        row_mean = _T(row_mean_buf[_m, 0, 0])
         _scale_row = scale_buf[_m, _lo : _lo + _n, 0]
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -630,7 +630,7 @@ def _sweep5_serial(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        row_mean = row_mean_buf[_m, 0, 0]
+        row_mean = _T(row_mean_buf[_m, 0, 0])
         _scale_row = scale_buf[_m, _lo : _lo + _n, 0]
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):

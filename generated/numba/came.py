@@ -189,8 +189,6 @@ def _sweep1(
         )
         _block0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes0[:] = 0.0
@@ -200,6 +198,8 @@ def _sweep1(
                     _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
                     _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
                     _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp1[:] = 0.0
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
@@ -245,8 +245,6 @@ def _sweep1_serial(
         )
         _block0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes0[:] = 0.0
@@ -256,6 +254,8 @@ def _sweep1_serial(
                     _weight_row = weight_buf[_m, _r, _lo : _lo + _n]
                     _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
                     _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp1[:] = 0.0
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
@@ -437,8 +437,6 @@ def _sweep7(
         )
         _block0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes0[:] = 0.0
@@ -451,6 +449,8 @@ def _sweep7(
                     _exp_avg_row = exp_avg_buf[_m, _r, _lo : _lo + _n]
                     _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
                     _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp1[:] = 0.0
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
@@ -516,8 +516,6 @@ def _sweep7_serial(
         )
         _block0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = 0.0
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes0[:] = 0.0
@@ -530,6 +528,8 @@ def _sweep7_serial(
                     _exp_avg_row = exp_avg_buf[_m, _r, _lo : _lo + _n]
                     _col_new_row = col_new_buf[_m, 0, _lo : _lo + _n]
                     _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp1[:] = 0.0
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
@@ -592,7 +592,7 @@ def _sweep2(
         _row_sq_row = row_sq_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
-            row_sq = _row_sq_row[_i]
+            row_sq = _T(_row_sq_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:53: row_new = beta2*row + row_sq*(1 - beta2)/Max(1, cols)
@@ -625,7 +625,7 @@ def _sweep2_serial(
         _row_sq_row = row_sq_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
-            row_sq = _row_sq_row[_i]
+            row_sq = _T(_row_sq_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:53: row_new = beta2*row + row_sq*(1 - beta2)/Max(1, cols)
@@ -662,7 +662,7 @@ def _sweep3(
         _col_sq_row = col_sq_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
-            col_sq = _col_sq_row[_i]
+            col_sq = _T(_col_sq_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:54: col_new = beta2*col + col_sq*(1 - beta2)/Max(1, rows)
@@ -695,7 +695,7 @@ def _sweep3_serial(
         _col_sq_row = col_sq_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
-            col_sq = _col_sq_row[_i]
+            col_sq = _T(_col_sq_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:54: col_new = beta2*col + col_sq*(1 - beta2)/Max(1, rows)
@@ -780,7 +780,7 @@ def _sweep5(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        row_mean = row_mean_buf[_m, 0, 0]
+        row_mean = _T(row_mean_buf[_m, 0, 0])
         _r_f_row = r_f_buf[_m, _lo : _lo + _n, 0]
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -811,7 +811,7 @@ def _sweep5_serial(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        row_mean = row_mean_buf[_m, 0, 0]
+        row_mean = _T(row_mean_buf[_m, 0, 0])
         _r_f_row = r_f_buf[_m, _lo : _lo + _n, 0]
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -852,7 +852,7 @@ def _sweep8(
         _rr_row = rr_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             res_row = _res_row_row[_i]
-            rr = _rr_row[_i]
+            rr = _T(_rr_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
@@ -889,7 +889,7 @@ def _sweep8_serial(
         _rr_row = rr_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             res_row = _res_row_row[_i]
-            rr = _rr_row[_i]
+            rr = _T(_rr_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
@@ -930,7 +930,7 @@ def _sweep9(
         _rc_row = rc_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             res_col = _res_col_row[_i]
-            rc = _rc_row[_i]
+            rc = _T(_rc_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
@@ -967,7 +967,7 @@ def _sweep9_serial(
         _rc_row = rc_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             res_col = _res_col_row[_i]
-            rc = _rc_row[_i]
+            rc = _T(_rc_row[_i])
             # specs/came.py:50: G = grad + weight*Piecewise((0, weight_decouple > 0), (wd, True))
             # specs/came.py:52: sq = G**2 + eps1
             # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
@@ -1064,7 +1064,7 @@ def _sweep11(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        res_mean = res_mean_buf[_m, 0, 0]
+        res_mean = _T(res_mean_buf[_m, 0, 0])
         _s_r_row = s_r_buf[_m, _lo : _lo + _n, 0]
         _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -1099,7 +1099,7 @@ def _sweep11_serial(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        res_mean = res_mean_buf[_m, 0, 0]
+        res_mean = _T(res_mean_buf[_m, 0, 0])
         _s_r_row = s_r_buf[_m, _lo : _lo + _n, 0]
         _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):

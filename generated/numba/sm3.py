@@ -162,8 +162,6 @@ def _sweep1(
         )
         _block0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = -np.inf
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes0[:] = -np.inf
@@ -174,6 +172,8 @@ def _sweep1(
                     _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
                     _col_row = col_buf[_m, 0, _lo : _lo + _n]
                     _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp1[:] = -np.inf
                     for _i in range(_n):
                         grad = _grad_row[_i]
                         col = _col_row[_i]
@@ -225,8 +225,6 @@ def _sweep1_serial(
         )
         _block0 = np.empty(1024, dtype=np.float64)
         _lanes0 = np.empty(LANES, dtype=np.float64)
-        for _x in range(_offsets[_k, 1], _offsets[_k, 1] + (_m1 - _m0) * (_c1 - _c0)):
-            _parts[1, _x] = -np.inf
         for _m in range(_m0, _m1):
             for _r in range(_r0, _r1):
                 _lanes0[:] = -np.inf
@@ -237,6 +235,8 @@ def _sweep1_serial(
                     _grad_row = grad_buf[_m, _r, _lo : _lo + _n]
                     _col_row = col_buf[_m, 0, _lo : _lo + _n]
                     _cp1 = _parts[1, _at + _lo : _at + _lo + _n]
+                    if _r == _r0:  # the matrix's first row in the tile: its partials start
+                        _cp1[:] = -np.inf
                     for _i in range(_n):
                         grad = _grad_row[_i]
                         col = _col_row[_i]
@@ -286,7 +286,7 @@ def _sweep2(
         _row_max_row = row_max_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
-            row_max = _row_max_row[_i]
+            row_max = _T(_row_max_row[_i])
             # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
             # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
             _v15 = _h1 != _T(0.0)
@@ -317,7 +317,7 @@ def _sweep2_serial(
         _row_max_row = row_max_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row = _row_row[_i]
-            row_max = _row_max_row[_i]
+            row_max = _T(_row_max_row[_i])
             # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
             # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
             _v15 = _h1 != _T(0.0)
@@ -351,7 +351,7 @@ def _sweep3(
         _col_max_row = col_max_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
-            col_max = _col_max_row[_i]
+            col_max = _T(_col_max_row[_i])
             # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
             # specs/sm3.py:50: col_new = Piecewise((Max(col, col_max), (beta > 0) & (ndim > 0)), (col_max, True))
             _v17 = _h1 != _T(0.0)
@@ -382,7 +382,7 @@ def _sweep3_serial(
         _col_max_row = col_max_buf[_m, 0, _lo : _lo + _n]
         for _i in range(_n):
             col = _col_row[_i]
-            col_max = _col_max_row[_i]
+            col_max = _T(_col_max_row[_i])
             # specs/sm3.py:45: nu = decay*Min(col, row) + grad**2*(1 - beta)
             # specs/sm3.py:50: col_new = Piecewise((Max(col, col_max), (beta > 0) & (ndim > 0)), (col_max, True))
             _v17 = _h1 != _T(0.0)
