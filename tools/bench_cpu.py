@@ -293,6 +293,24 @@ def adafactor_rows(steps: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def muon_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step of the drop-in Muon (on CPU its NumPy module: Newton-Schulz in the weights'
+    float32, NumPy's matmul) and of torch.optim.Muon (Newton-Schulz in bfloat16) on the same
+    matrices."""
+    import torch
+
+    from generated.torch.optim import Muon
+
+    return _timed_classes(
+        shapes,
+        steps,
+        {
+            "generated Muon (float32 NS)": (lambda ps: Muon(ps, lr=1e-3), False),
+            "torch Muon (bfloat16 NS)": (lambda ps: torch.optim.Muon(ps, lr=1e-3), False),
+        },
+    )
+
+
 def lamb_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step of generated.torch.LAMB (per-tensor norms: a reduction pass, then each tensor's
     trust ratio) on the numba and the NumPy backend, beside generated.torch.Adam (numba) on the
@@ -597,6 +615,12 @@ def run(
                 **lamb_class(listed, steps),
             }
         result["adafactor_rows"] = adafactor_rows(steps)
+        matrices = [s for s in shapes if len(s) == 2]
+        result["muon_matrices"] = {
+            "tensors": len(matrices),
+            "n": int(sum(np.prod(s) for s in matrices)),
+            **muon_class(matrices, max(3, steps // 2)),  # 50-100 ms a step
+        }
     result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
     result["training_loop"] = training_loop(steps)
     compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
@@ -695,6 +719,13 @@ def report(r: dict[str, Any]) -> str:
             f"{block['n']:,} parameters"
         )
         lines += _block(title, block, "torch Adafactor foreach", "this/foreach")
+    if "muon_matrices" in r:
+        block = r["muon_matrices"]
+        title = (
+            f"Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: "
+            f"{block['tensors']} tensors, {block['n']:,} parameters"
+        )
+        lines += _block(title, block, "torch Muon (bfloat16 NS)", "this/torch")
     if "fixed_cost" in r:
         lines += [
             "",
