@@ -59,9 +59,9 @@ def test_references_report() -> None:
     assert 0 <= f64 < f32 < 1e-5  # float32 rounds more; both far below the moved distance
 
 
-def test_cpu_bench_reports_lamb_on_many_tensors() -> None:
-    """``tools.bench --cpu``'s report of the per-tensor-sum sections (figures made up here: a
-    full run takes minutes), each against the NumPy backend in the same run."""
+def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
+    """``tools.bench --cpu``'s report of the per-tensor-sum sections and of Muon (figures made
+    up: a full run takes minutes): LAMB against its NumPy backend, Muon against torch's."""
     from tools.bench_cpu import report
 
     labels = ["generated.torch.LAMB (numba)", "generated.torch.LAMB (NumPy)"]
@@ -76,9 +76,17 @@ def test_cpu_bench_reports_lamb_on_many_tensors() -> None:
         "load_average": (0.5, 0.5, 0.5),
         "lamb_gpt2_small": {"tensors": 148, "n": 2_543_360, **block},
         "lamb_1000": {"tensors": 1000, "n": 4_096_000, **block},
+        "muon_matrices": {
+            "tensors": 50,
+            "n": 2_523_136,
+            "generated Muon (float32 NS)": 90.0,
+            "torch Muon (bfloat16 NS)": 45.0,
+        },
         "rules": [],
     }
     out = report(r)
     assert "LAMB (per-tensor norms), GPT-2-small-shaped list: 148 tensors, 2,543,360" in out
     assert "LAMB (per-tensor norms), 64 x 64 each: 1000 tensors, 4,096,000" in out
     assert out.count("0.25x") == 2 and out.count("0.12x") == 2  # numba/NumPy, Adam/NumPy
+    assert "Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: 50" in out
+    assert out.count("2.00x") == 1  # the drop-in against torch's Muon

@@ -679,20 +679,25 @@ def report(r: dict[str, Any]) -> str:
             lines += _block(
                 title.format(**block), block, "generated.torch.LAMB (NumPy)", "this/NumPy"
             )
-    if "lamb_bfloat16" in r:
-        block = r["lamb_bfloat16"]
-        title = (
-            f"LAMB, bfloat16 parameters, the GPT-2-small-shaped list: {block['tensors']} "
-            f"tensors, {block['n']:,} parameters (torch has no LAMB)"
-        )
-        lines += _block(title, block, "generated, working copies", "this/copies")
-    if "adam_complex" in r:
-        block = r["adam_complex"]
-        title = (
-            f"Adam, complex64 parameters, the GPT-2-small-shaped list: {block['tensors']} "
-            f"tensors, {block['n']:,} parameters (torch's fused Adam takes no complex ones)"
-        )
-        lines += _block(title, block, "torch Adam foreach", "this/foreach")
+    # blocks over one list of tensors: their key, title (of the block's tensors and n), peer
+    for key, title, peer, ratio in (
+        (
+            "lamb_bfloat16",
+            "LAMB, bfloat16 parameters, the GPT-2-small-shaped list: {tensors} tensors, {n:,} "
+            "parameters (torch has no LAMB)",
+            "generated, working copies",
+            "this/copies",
+        ),
+        (
+            "adam_complex",
+            "Adam, complex64 parameters, the GPT-2-small-shaped list: {tensors} tensors, {n:,} "
+            "parameters (torch's fused Adam takes no complex ones)",
+            "torch Adam foreach",
+            "this/foreach",
+        ),
+    ):
+        if key in r:
+            lines += _block(title.format(**r[key]), r[key], peer, ratio)
     if "sparse_adam" in r:
         title = (
             f"SparseAdam, an embedding table of {TABLE[0]:,} x {TABLE[1]} ({TABLE[0] * TABLE[1]:,} "
@@ -706,26 +711,35 @@ def report(r: dict[str, Any]) -> str:
         )
         peer = "torch foreach, to_dense()"
         lines += _block(title, r["rmsprop_dense_table"], peer, "this/torch")
-    if "adafactor_convs" in r:
-        block = r["adafactor_convs"]
-        title = (
-            f"Adafactor (factored over each 3 x 3 kernel), the conv stack: {block['tensors']} "
-            f"tensors, {block['n']:,} parameters"
-        )
-        lines += _block(title, block, "torch Adafactor", "this/torch")
-    for label, block in r.get("adafactor_rows", {}).items():
-        title = (
-            f"Adafactor (row and column factors), {label}: {block['tensors']} tensors, "
-            f"{block['n']:,} parameters"
-        )
-        lines += _block(title, block, "torch Adafactor foreach", "this/foreach")
-    if "muon_matrices" in r:
-        block = r["muon_matrices"]
-        title = (
-            f"Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: "
-            f"{block['tensors']} tensors, {block['n']:,} parameters"
-        )
-        lines += _block(title, block, "torch Muon (bfloat16 NS)", "this/torch")
+    rows = r.get("adafactor_rows", {})
+    for block, title, peer, ratio in (
+        (
+            r.get("adafactor_convs"),
+            "Adafactor (factored over each 3 x 3 kernel), the conv stack: {tensors} tensors, "
+            "{n:,} parameters",
+            "torch Adafactor",
+            "this/torch",
+        ),
+        *(
+            (
+                rows[label],
+                f"Adafactor (row and column factors), {label}: {{tensors}} tensors, {{n:,}} "
+                "parameters",
+                "torch Adafactor foreach",
+                "this/foreach",
+            )
+            for label in rows
+        ),
+        (
+            r.get("muon_matrices"),
+            "Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: {tensors} "
+            "tensors, {n:,} parameters",
+            "torch Muon (bfloat16 NS)",
+            "this/torch",
+        ),
+    ):
+        if block is not None:
+            lines += _block(title.format(**block), block, peer, ratio)
     if "fixed_cost" in r:
         lines += [
             "",
