@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.numba_support import compiled
+from optgen_runtime.numba_support import compiled, compute_type
 from optgen_runtime.numpy_support import IDENTITY, combine, domain_shape
 
 TILE = 65536  # elements per tile, at least (the NumPy module's CHUNK)
@@ -108,6 +108,9 @@ class Tiling:
         }
         # per reduced axis: does every tile span it (each value of the vector gets one partial,
         # already laid out as the vector, (batch, rows) or (batch, cols), in order)?
+        # one tile and short vectors: the sweeps run in chains (codegen/targets/numba.py chains:
+        # each run of sweeps one compiled call, not a call and a combination in Python each)
+        self.chained = len(t) == 1 and all(self.serial_along.values())
         self.whole_along = {
             "c": len(t) > 0 and bool(np.all((t[:, 4] == 0) & (t[:, 5] == dims[2]))),
             "r": len(t) > 0 and bool(np.all((t[:, 2] == 0) & (t[:, 3] == dims[1]))),
@@ -296,3 +299,62 @@ def lanes_min(lanes: np.ndarray) -> float:
     low = _pick_min(_pick_min(lanes[0], lanes[1]), _pick_min(lanes[2], lanes[3]))
     high = _pick_min(_pick_min(lanes[4], lanes[5]), _pick_min(lanes[6], lanes[7]))
     return _pick_min(low, high)
+
+
+# A chain's combinations (codegen/targets/numba.py chains): a weight of one tile, so each sum's
+# partials are one tile's, combined as Tiling.combine (numpy_support.combine) combines them.
+
+
+@compiled()
+def first_sum(x: float) -> float:
+    """A one-tile sum: the identity plus the tile's partial (-0.0 becomes 0.0, as in combine)."""
+    return 0.0 + x
+
+
+@compiled()
+def first_max(x: float) -> float:
+    """A one-tile maximum: the identity's combined with the tile's partial."""
+    return _pick_max(-math.inf, x)
+
+
+@compiled()
+def first_min(x: float) -> float:
+    """A one-tile minimum: the identity's combined with the tile's partial."""
+    return _pick_min(math.inf, x)
+
+
+@compiled()
+def matrices_sum(column: np.ndarray) -> float:
+    """A whole-tensor sum from each matrix's (``Tiling.combine_vectors``): in matrix order."""
+    acc = 0.0
+    for m in range(column.shape[0]):
+        acc = acc + column[m]
+    return acc
+
+
+@compiled()
+def matrices_max(column: np.ndarray) -> float:
+    """A whole-tensor maximum from each matrix's, in matrix order, NaN kept."""
+    acc = -math.inf
+    for m in range(column.shape[0]):
+        acc = _pick_max(acc, column[m])
+    return acc
+
+
+@compiled()
+def matrices_min(column: np.ndarray) -> float:
+    """A whole-tensor minimum from each matrix's, in matrix order, NaN kept."""
+    acc = math.inf
+    for m in range(column.shape[0]):
+        acc = _pick_min(acc, column[m])
+    return acc
+
+
+@compiled()
+def cast_into(vector: np.ndarray, partial: np.ndarray) -> None:
+    """A vector (3-D, C order) from its one-tile partial (float64, its values in that order),
+    each value cast to the vector's dtype: the bits of ``astype``."""
+    flat = vector.reshape(vector.size)
+    cast = compute_type(vector)
+    for i in range(flat.shape[0]):
+        flat[i] = cast(partial[i])

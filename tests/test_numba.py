@@ -753,6 +753,47 @@ def test_a_whole_partial_handed_on_in_float64_gives_the_cast_copys_bits(
             assert np.array_equal(xs[k], ys[k]), (name, shape, k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ROW_COLUMN)
+def test_chained_sweeps_equal_the_sweeps_one_call_each(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: type
+) -> None:
+    """A weight of one tile with short vectors runs its sweeps in chains (one compiled call per
+    run of sweeps, the partials combined in the call): the same bits as a call and a
+    combination in Python per sweep (the path a sharded step, or a larger weight, takes), over
+    three steps of small weights of every kind (runs of matrices, a row, a column, a zero
+    gradient) beside one that is not chained."""
+    nb = numba_module(name)
+    shapes = [(300, 7), (7, 300), (5,), (4, 6, 8), (40, 5, 6), (1,), (400, 300)]
+    chains = sorted(k for k in dir(nb) if k.startswith("_chain"))
+    assert chains, name
+    runs = []
+    for chained in (True, False):
+        calls: list[str] = []
+        for k in chains:
+            kernel = getattr(nb, k)
+            monkeypatch.setattr(
+                nb, k, lambda *a, _k=k, _f=kernel, _c=calls: (_c.append(_k), _f(*a))[1]
+            )
+        monkeypatch.setattr(nb, "shards_combined", lambda _c=chained: not _c)
+        rng = np.random.default_rng(12)
+        weights = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        states = [nb.init_state(w) for w in weights]
+        for t in range(1, 4):
+            grads = [(rng.standard_normal(s) * 3).astype(dtype) for s in shapes]
+            grads[2][:] = 0.0
+            nb.step_multi(weights, grads, states, t)
+        runs.append((weights, states))
+        # every chained weight (all but the last) runs every chain each step
+        assert len(calls) == (3 * (len(shapes) - 1) * len(chains) if chained else 0), calls
+        monkeypatch.undo()
+    (wa, sa), (wb, sb) = runs
+    for shape, x, y, xs, ys in zip(shapes, wa, wb, sa, sb, strict=True):
+        assert np.array_equal(x, y), (name, shape)
+        for k in nb.STATES:
+            assert np.array_equal(xs[k], ys[k]), (name, shape, k)
+
+
 def _sweep_arguments(
     name: str, kernel: object, dtype: type, rng: np.random.Generator, dims: tuple[int, int, int]
 ) -> list:

@@ -32,7 +32,7 @@ cannot express yet get a module that runs the NumPy reference and says so (``COM
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sympy as sp
 
@@ -227,6 +227,12 @@ def tile_sweep(lowered: Lowered, phase: int, printer: NumbaOpPrinter) -> dict[st
         "kernel": f"_sweep{phase}",
         "whole": [v.name for v in whole],
         "along": [v.name for v in along],
+        "along_domains": ["br" if rule.reduction_axes[v] == -1 else "bc" for v in along],
+        "whole_kinds": [rule.reduction_kinds[v] for v in whole],
+        "reads_vectors": [n for n, _ in vectors],
+        "chain_args": [f"_{s.name}_m" for s in rule.element_inputs]
+        + [f"_v_{n}" for n, _ in vectors]
+        + [f"_p{phase}_{k}" for k in range(len(host))],
         "params": [_buf(s.name) for s in rule.element_inputs] + [_buf(n) for n, _ in vectors],
         "args": [f"_{s.name}_m" for s in rule.element_inputs]
         + [f'_vectors["{n}"]' for n, _ in vectors]
@@ -320,6 +326,13 @@ def vector_sweep(
     return {
         "kernel": f"_sweep{phase}",
         "domain": domain,
+        "reduced_axes": [rule.reduction_axes[v] for v in reduced],
+        "reduced_kinds": [rule.reduction_kinds[v] for v in reduced],
+        "reads_vectors": [n for n, _ in vectors],
+        "chain_args": ["_weight_m"]
+        + [f"_v_{n}" for n, _ in vectors]
+        + [f"_v_{v.name}" for v in maps]
+        + [f"_p{phase}_{k}" for k in range(len(host))],
         "length": f"{_buf(first)}.shape[{axis}]",
         "outs": [v.name for v in maps],
         "reduced": [v.name for v in reduced],
@@ -336,6 +349,90 @@ def vector_sweep(
         "accs": accs,
         "kinds": sorted({a["kind"] for a in accs}),
     }
+
+
+def chains(lowered: Lowered, phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sweeps of a weight of one tile whose vectors are short (``Tiling.chained``: most
+    weights of a model, each stepped alone) in runs, each run one compiled call (``_chain<k>``)
+    instead of a call and a combination in Python per sweep. A run ends before a sweep whose
+    host scalars read a sum of the run (they are computed in Python, before its call: a sum of
+    the run that their host code takes but does not read is given as NaN). In the
+    call each sweep's serial loop, then its partials combined as ``Tiling.combine`` would
+    combine one tile's: a whole-tensor sum the identity combined with its partial, a vector
+    its partial cast to the weight's dtype; the vectors a run makes are arrays the stepper
+    makes and passes."""
+    rule = lowered.rule
+    runs: list[list[dict[str, Any]]] = []
+    made: set[sp.Symbol] = set()  # the sums of the current run
+    for p in phases:
+        read: set[sp.Symbol] = set()
+        for s in lowered.phase_host(p["phase"]):
+            read |= lowered.host_value(s).free_symbols
+        if not runs or read & made:
+            runs.append([])
+            made = set()
+        # the run's earlier sums: its host code takes them, reads none (given as NaN)
+        runs[-1].append({**p, "unread": sorted(v.name for v in made)})
+        made |= {v for v in lowered.phase_reductions(p["phase"]) if v in rule.scalar_reductions}
+    found = []
+    for k, run in enumerate(runs, 1):
+        outs: list[tuple[str, str]] = []  # the vectors the run makes, and their domains
+        sums: list[str] = []
+        steps = []
+        helpers: set[str] = set()  # what the run's combinations import from numba_tiles
+        for p in run:
+            after = []
+            if p["kind"] == "tiles":
+                for j, (name, kind) in enumerate(zip(p["whole"], p["whole_kinds"], strict=True)):
+                    after.append(f"_found[{len(sums)}] = first_{kind}(_whole[0, {j}])")
+                    helpers.add(f"first_{kind}")
+                    sums.append(name)
+                for j, (name, domain) in enumerate(
+                    zip(p["along"], p["along_domains"], strict=True)
+                ):
+                    after.append(f"cast_into(_v_{name}, _parts[{j}])")
+                    helpers.add("cast_into")
+                    outs.append((name, domain))
+            else:
+                outs += [(name, p["domain"]) for name in p["outs"]]
+                for j, (name, axis, kind) in enumerate(
+                    zip(p["reduced"], p["reduced_axes"], p["reduced_kinds"], strict=True)
+                ):
+                    if axis is None:
+                        column = f"_s{p['phase']}[:, {j}]"
+                        after.append(f"_found[{len(sums)}] = matrices_{kind}({column})")
+                        helpers.add(f"matrices_{kind}")
+                        sums.append(name)
+                    else:
+                        after.append(f"cast_into(_v_{name}, _s{p['phase']}[:, {j}])")
+                        helpers.add("cast_into")
+                        outs.append((name, "b"))
+            steps.append({**p, "after": after})
+        made_names = {name for name, _ in outs}
+        inputs = list(
+            dict.fromkeys(n for p in run for n in p["reads_vectors"] if n not in made_names)
+        )
+        host = [f"_p{p['phase']}_{j}" for p in run for j in range(len(p["names"]))]
+        elements = [f"_{s.name}_m" for s in rule.element_inputs]
+        found.append(
+            {
+                "name": f"_chain{k}",
+                "phases": [p["phase"] for p in run],
+                "steps": steps,
+                "outs": outs,
+                "sums": sums,
+                "helpers": helpers,
+                "params": elements
+                + [f"_v_{n}" for n in inputs]
+                + [f"_v_{n}" for n, _ in outs]
+                + host,
+                "call_args": elements
+                + [f'_vectors["{n}"]' for n in inputs]
+                + [f'_vectors["{n}"]' for n, _ in outs]
+                + [f"*_pre{p['phase']}" for p in run if p["names"]],
+            }
+        )
+    return found
 
 
 def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, object]:
@@ -358,6 +455,8 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
             p.update(vector_sweeps[-1])
     vectors = _vector_reads(lowered, lowered.ops)
     host = lowered.update_scalars
+    runs = chains(lowered, phases)  # type: ignore[arg-type]
+    helpers = sorted(set().union(*(c["helpers"] for c in runs)))
     kinds = sorted({k for p in [*tiles.values(), *vector_sweeps] for k in p["kinds"]})  # type: ignore[attr-defined]
     stored = {
         cur.name: new.name
@@ -377,8 +476,12 @@ def matrix_context(lowered: Lowered, common: dict[str, object]) -> dict[str, obj
             ),
             "sweeps": list(tiles.values()),
             "vector_sweeps": vector_sweeps,
+            "chains": runs,
             "block": REDUCE_BLOCK,
-            "lane_imports": "".join(f", {f}_{k}" for f in ("fold", "lanes") for k in kinds),
+            "lane_imports": "".join(
+                f", {f}"
+                for f in sorted([*helpers, *(f"{f}_{k}" for f in ("fold", "lanes") for k in kinds)])
+            ),
             "update_params": [_buf(s.name) for s in rule.element_inputs]
             + [_buf(n) for n, _ in vectors],
             "update_args": [f"_{s.name}_m" for s in rule.element_inputs]

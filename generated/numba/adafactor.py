@@ -56,9 +56,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import compiled, compute_type
-from optgen_runtime.numba_tiles import LANES, Tiling, fold_sum, lanes_sum
+from optgen_runtime.numba_tiles import LANES, Tiling, cast_into, first_sum, fold_sum, lanes_sum
 from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.sharding import shards_combined
 
 from ..numpy.adafactor import init_state
 from ..rules.adafactor import (
@@ -643,6 +644,69 @@ def _sweep5_serial(
             _scale_row[_i] = scale
 
 
+@compiled()
+def _chain1(
+    _tiles,
+    _offsets,
+    _width,
+    _weight_m,
+    _grad_m,
+    _v_row,
+    _v_col,
+    _v_row_g2,
+    _v_col_g2,
+    _v_row_new,
+    _v_col_new,
+    _v_row_mean,
+    _v_scale,
+    _p1_0,
+    _p2_0,
+    _p2_1,
+    _p3_0,
+    _p3_1,
+    _p5_0,
+    _p5_1,
+    _p6_0,
+    _p6_1,
+    _p6_2,
+    _found,
+):
+    # Sweeps 1, 2, 3, 4, 5, 6 of a weight of one tile whose vectors are short (Tiling.chained),
+    # in one call: each sweep's serial loop, then its partials combined as Tiling.combine
+    # combines one tile's (a sum: the identity and the partial; a vector: the partial, cast).
+    _whole = np.empty((1, 1), dtype=np.float64)
+    _parts = np.empty((2, _width), dtype=np.float64)
+    _sweep1_serial(_tiles, _offsets, _weight_m, _grad_m, _p1_0, _whole, _parts)
+    _found[0] = first_sum(_whole[0, 0])
+    cast_into(_v_row_g2, _parts[0])
+    cast_into(_v_col_g2, _parts[1])
+    _s2 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep2_serial(_weight_m, _v_row, _v_row_g2, _v_row_new, _p2_0, _p2_1, _s2)
+    _s3 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep3_serial(_weight_m, _v_col, _v_col_g2, _v_col_new, _p3_0, _p3_1, _s3)
+    _s4 = np.empty((_weight_m.shape[0], 1), dtype=np.float64)
+    _sweep4_serial(_weight_m, _v_row_new, _s4)
+    cast_into(_v_row_mean, _s4[:, 0])
+    _s5 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep5_serial(_weight_m, _v_row_new, _v_row_mean, _v_scale, _p5_0, _p5_1, _s5)
+    _whole = np.empty((1, 1), dtype=np.float64)
+    _parts = np.empty((0, _width), dtype=np.float64)
+    _sweep6_serial(
+        _tiles,
+        _offsets,
+        _weight_m,
+        _grad_m,
+        _v_col_new,
+        _v_scale,
+        _p6_0,
+        _p6_1,
+        _p6_2,
+        _whole,
+        _parts,
+    )
+    _found[1] = first_sum(_whole[0, 0])
+
+
 @compiled(parallel=True)
 def _update(
     _tiles,
@@ -838,102 +902,180 @@ def _stepper(
     _tiling = Tiling.of(_dims)  # the compiled loops' tiles (optgen_runtime.numba_tiles)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
-    # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
-    # the call's host scalars by all reduction_scalars reads but its hyperparameters
-    _key = (1, dtype)
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
-    (_h0,) = pre
-    _whole, _parts = _tiling.partials(1, 2)
-    (_sweep1_serial if _tiling.serial else _sweep1)(
-        _tiling.table, _tiling.offsets, _weight_m, _grad_m, _h0, _whole, _parts
-    )
-    _tiling.combine(
-        REDUCE_KINDS,
-        REDUCE_AXES,
-        ["w_sq", "row_g2", "col_g2"],
-        _whole,
-        _parts,
-        sums,
-        _vectors,
-        dtype,
-    )
-    # Sweep 2 (whole vectors: br): row_new.
-    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
-    _key = (2, dtype, _sizes["cols"], t)
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
-    _h1, omb = pre
-    _shape = domain_shape(_dims, "br")
-    _row_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
-        _weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, omb, _sums
-    )
-    _vectors["row_new"] = _row_new_out
-    # Sweep 3 (whole vectors: bc): col_new.
-    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
-    _key = (3, dtype, _sizes["rows"], t)
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
-    _h2, omb = pre
-    _shape = domain_shape(_dims, "bc")
-    _col_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
-        _weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, omb, _sums
-    )
-    _vectors["col_new"] = _col_new_out
-    # Sweep 4 (whole vectors: br): row_mean.
-    _sums = np.empty((_dims[0], 1), dtype=np.float64)
-    (_sweep4_serial if _tiling.serial_along["br"] else _sweep4)(
-        _weight_m, _vectors["row_new"], _sums
-    )
-    _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype)
-    # Sweep 5 (whole vectors: br): scale.
-    # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
-    _key = (5, dtype, _sizes["rows"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
-    _h2, eps1 = pre
-    _shape = domain_shape(_dims, "br")
-    _scale_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep5_serial if _tiling.serial_along["br"] else _sweep5)(
-        _weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h2, eps1, _sums
-    )
-    _vectors["scale"] = _scale_out
-    # Sweep 6 (tiles of the elements): u_sq.
-    # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
-    _key = (6, dtype, _sizes["ndim"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
-    _h0, _h3, _h4 = pre
-    _whole, _parts = _tiling.partials(1, 0)
-    (_sweep6_serial if _tiling.serial else _sweep6)(
-        _tiling.table,
-        _tiling.offsets,
-        _weight_m,
-        _grad_m,
-        _vectors["col_new"],
-        _vectors["scale"],
-        _h0,
-        _h3,
-        _h4,
-        _whole,
-        _parts,
-    )
-    _tiling.combine(REDUCE_KINDS, REDUCE_AXES, ["u_sq"], _whole, _parts, sums, _vectors, dtype)
+    # one tile and short vectors (most weights of a model): a compiled call per run of sweeps
+    if _tiling.chained and not shards_combined():
+        # Sweeps 1, 2, 3, 4, 5, 6 in one call (_chain1).
+        # the call's host scalars by all reduction_scalars reads but its hyperparameters
+        _key = (1, dtype)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+        _pre1 = pre
+        # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+        _key = (2, dtype, _sizes["cols"], t)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(
+                RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums, w_sq=np.nan
+            )
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+        _pre2 = pre
+        # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+        _key = (3, dtype, _sizes["rows"], t)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(
+                RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums, w_sq=np.nan
+            )
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+        _pre3 = pre
+        # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
+        _key = (5, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(
+                RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums, w_sq=np.nan
+            )
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
+        _pre5 = pre
+        # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
+        _key = (6, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(
+                RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums, w_sq=np.nan
+            )
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
+        _pre6 = pre
+        _vectors["row_g2"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["col_g2"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["row_new"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["col_new"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["row_mean"] = np.empty(domain_shape(_dims, "b"), dtype=weight.dtype)
+        _vectors["scale"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _found = np.empty(2, dtype=np.float64)
+        _chain1(
+            _tiling.table,
+            _tiling.offsets,
+            _tiling.width,
+            _weight_m,
+            _grad_m,
+            _vectors["row"],
+            _vectors["col"],
+            _vectors["row_g2"],
+            _vectors["col_g2"],
+            _vectors["row_new"],
+            _vectors["col_new"],
+            _vectors["row_mean"],
+            _vectors["scale"],
+            *_pre1,
+            *_pre2,
+            *_pre3,
+            *_pre5,
+            *_pre6,
+            _found,
+        )
+        sums.update(zip(["w_sq", "u_sq"], _found.tolist(), strict=True))
+    else:
+        # Sweep 1 (tiles of the elements): w_sq, row_g2, col_g2.
+        # the call's host scalars by all reduction_scalars reads but its hyperparameters
+        _key = (1, dtype)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+        (_h0,) = pre
+        _whole, _parts = _tiling.partials(1, 2)
+        (_sweep1_serial if _tiling.serial else _sweep1)(
+            _tiling.table, _tiling.offsets, _weight_m, _grad_m, _h0, _whole, _parts
+        )
+        _tiling.combine(
+            REDUCE_KINDS,
+            REDUCE_AXES,
+            ["w_sq", "row_g2", "col_g2"],
+            _whole,
+            _parts,
+            sums,
+            _vectors,
+            dtype,
+        )
+        # Sweep 2 (whole vectors: br): row_new.
+        # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+        _key = (2, dtype, _sizes["cols"], t)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+        _h1, omb = pre
+        _shape = domain_shape(_dims, "br")
+        _row_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
+            _weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, omb, _sums
+        )
+        _vectors["row_new"] = _row_new_out
+        # Sweep 3 (whole vectors: bc): col_new.
+        # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+        _key = (3, dtype, _sizes["rows"], t)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+        _h2, omb = pre
+        _shape = domain_shape(_dims, "bc")
+        _col_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
+            _weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, omb, _sums
+        )
+        _vectors["col_new"] = _col_new_out
+        # Sweep 4 (whole vectors: br): row_mean.
+        _sums = np.empty((_dims[0], 1), dtype=np.float64)
+        (_sweep4_serial if _tiling.serial_along["br"] else _sweep4)(
+            _weight_m, _vectors["row_new"], _sums
+        )
+        _tiling.combine_vectors(
+            REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype
+        )
+        # Sweep 5 (whole vectors: br): scale.
+        # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
+        _key = (5, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
+        _h2, eps1 = pre
+        _shape = domain_shape(_dims, "br")
+        _scale_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep5_serial if _tiling.serial_along["br"] else _sweep5)(
+            _weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h2, eps1, _sums
+        )
+        _vectors["scale"] = _scale_out
+        # Sweep 6 (tiles of the elements): u_sq.
+        # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
+        _key = (6, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
+        _h0, _h3, _h4 = pre
+        _whole, _parts = _tiling.partials(1, 0)
+        (_sweep6_serial if _tiling.serial else _sweep6)(
+            _tiling.table,
+            _tiling.offsets,
+            _weight_m,
+            _grad_m,
+            _vectors["col_new"],
+            _vectors["scale"],
+            _h0,
+            _h3,
+            _h4,
+            _whole,
+            _parts,
+        )
+        _tiling.combine(REDUCE_KINDS, REDUCE_AXES, ["u_sq"], _whole, _parts, sums, _vectors, dtype)
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)

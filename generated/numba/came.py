@@ -53,9 +53,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import compiled, compute_type
-from optgen_runtime.numba_tiles import LANES, Tiling, fold_sum, lanes_sum
+from optgen_runtime.numba_tiles import LANES, Tiling, cast_into, first_sum, fold_sum, lanes_sum
 from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.sharding import shards_combined
 
 from ..numpy.came import init_state
 from ..rules.came import (
@@ -1117,6 +1118,132 @@ def _sweep11_serial(
             _s_r_row[_i] = s_r
 
 
+@compiled()
+def _chain1(
+    _tiles,
+    _offsets,
+    _width,
+    _weight_m,
+    _grad_m,
+    _exp_avg_m,
+    _v_row,
+    _v_col,
+    _v_row_sq,
+    _v_col_sq,
+    _v_row_new,
+    _v_col_new,
+    _v_row_mean,
+    _v_r_f,
+    _p1_0,
+    _p1_1,
+    _p2_0,
+    _p2_1,
+    _p3_0,
+    _p3_1,
+    _p5_0,
+    _p6_0,
+    _p6_1,
+    _found,
+):
+    # Sweeps 1, 2, 3, 4, 5, 6 of a weight of one tile whose vectors are short (Tiling.chained),
+    # in one call: each sweep's serial loop, then its partials combined as Tiling.combine
+    # combines one tile's (a sum: the identity and the partial; a vector: the partial, cast).
+    _whole = np.empty((1, 0), dtype=np.float64)
+    _parts = np.empty((2, _width), dtype=np.float64)
+    _sweep1_serial(_tiles, _offsets, _weight_m, _grad_m, _exp_avg_m, _p1_0, _p1_1, _whole, _parts)
+    cast_into(_v_row_sq, _parts[0])
+    cast_into(_v_col_sq, _parts[1])
+    _s2 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep2_serial(_weight_m, _v_row, _v_row_sq, _v_row_new, _p2_0, _p2_1, _s2)
+    _s3 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep3_serial(_weight_m, _v_col, _v_col_sq, _v_col_new, _p3_0, _p3_1, _s3)
+    _s4 = np.empty((_weight_m.shape[0], 1), dtype=np.float64)
+    _sweep4_serial(_weight_m, _v_row_new, _s4)
+    cast_into(_v_row_mean, _s4[:, 0])
+    _s5 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep5_serial(_weight_m, _v_row_new, _v_row_mean, _v_r_f, _p5_0, _s5)
+    _whole = np.empty((1, 1), dtype=np.float64)
+    _parts = np.empty((0, _width), dtype=np.float64)
+    _sweep6_serial(
+        _tiles,
+        _offsets,
+        _weight_m,
+        _grad_m,
+        _exp_avg_m,
+        _v_col_new,
+        _v_r_f,
+        _p6_0,
+        _p6_1,
+        _whole,
+        _parts,
+    )
+    _found[0] = first_sum(_whole[0, 0])
+
+
+@compiled()
+def _chain2(
+    _tiles,
+    _offsets,
+    _width,
+    _weight_m,
+    _grad_m,
+    _exp_avg_m,
+    _v_col_new,
+    _v_r_f,
+    _v_res_row,
+    _v_res_col,
+    _v_rr,
+    _v_rc,
+    _v_res_row_new,
+    _v_res_col_new,
+    _v_res_mean,
+    _v_s_r,
+    _p7_0,
+    _p7_1,
+    _p7_2,
+    _p7_3,
+    _p7_4,
+    _p8_0,
+    _p8_1,
+    _p9_0,
+    _p9_1,
+    _p11_0,
+    _found,
+):
+    # Sweeps 7, 8, 9, 10, 11 of a weight of one tile whose vectors are short (Tiling.chained),
+    # in one call: each sweep's serial loop, then its partials combined as Tiling.combine
+    # combines one tile's (a sum: the identity and the partial; a vector: the partial, cast).
+    _whole = np.empty((1, 0), dtype=np.float64)
+    _parts = np.empty((2, _width), dtype=np.float64)
+    _sweep7_serial(
+        _tiles,
+        _offsets,
+        _weight_m,
+        _grad_m,
+        _exp_avg_m,
+        _v_col_new,
+        _v_r_f,
+        _p7_0,
+        _p7_1,
+        _p7_2,
+        _p7_3,
+        _p7_4,
+        _whole,
+        _parts,
+    )
+    cast_into(_v_rr, _parts[0])
+    cast_into(_v_rc, _parts[1])
+    _s8 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep8_serial(_weight_m, _v_res_row, _v_rr, _v_res_row_new, _p8_0, _p8_1, _s8)
+    _s9 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep9_serial(_weight_m, _v_res_col, _v_rc, _v_res_col_new, _p9_0, _p9_1, _s9)
+    _s10 = np.empty((_weight_m.shape[0], 1), dtype=np.float64)
+    _sweep10_serial(_weight_m, _v_res_row_new, _s10)
+    cast_into(_v_res_mean, _s10[:, 0])
+    _s11 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep11_serial(_weight_m, _v_res_row_new, _v_res_mean, _v_s_r, _p11_0, _s11)
+
+
 @compiled(parallel=True)
 def _update(
     _tiles,
@@ -1364,172 +1491,314 @@ def _stepper(
     _tiling = Tiling.of(_dims)  # the compiled loops' tiles (optgen_runtime.numba_tiles)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
-    # Sweep 1 (tiles of the elements): row_sq, col_sq.
-    # the call's host scalars by all reduction_scalars reads but its hyperparameters
-    _key = (1, dtype)
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
-    _h0, eps1 = pre
-    _whole, _parts = _tiling.partials(0, 2)
-    (_sweep1_serial if _tiling.serial else _sweep1)(
-        _tiling.table, _tiling.offsets, _weight_m, _grad_m, _exp_avg_m, _h0, eps1, _whole, _parts
-    )
-    _tiling.combine(
-        REDUCE_KINDS, REDUCE_AXES, ["row_sq", "col_sq"], _whole, _parts, sums, _vectors, dtype
-    )
-    # Sweep 2 (whole vectors: br): row_new.
-    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
-    _key = (2, dtype, _sizes["cols"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
-    _h1, beta2 = pre
-    _shape = domain_shape(_dims, "br")
-    _row_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
-        _weight_m, _vectors["row"], _vectors["row_sq"], _row_new_out, _h1, beta2, _sums
-    )
-    _vectors["row_new"] = _row_new_out
-    # Sweep 3 (whole vectors: bc): col_new.
-    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
-    _key = (3, dtype, _sizes["rows"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
-    _h2, beta2 = pre
-    _shape = domain_shape(_dims, "bc")
-    _col_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
-        _weight_m, _vectors["col"], _vectors["col_sq"], _col_new_out, _h2, beta2, _sums
-    )
-    _vectors["col_new"] = _col_new_out
-    # Sweep 4 (whole vectors: br): row_mean.
-    _sums = np.empty((_dims[0], 1), dtype=np.float64)
-    (_sweep4_serial if _tiling.serial_along["br"] else _sweep4)(
-        _weight_m, _vectors["row_new"], _sums
-    )
-    _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype)
-    # Sweep 5 (whole vectors: br): r_f.
-    # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
-    _key = (5, dtype, _sizes["rows"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
-    (_h3,) = pre
-    _shape = domain_shape(_dims, "br")
-    _r_f_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep5_serial if _tiling.serial_along["br"] else _sweep5)(
-        _weight_m, _vectors["row_new"], _vectors["row_mean"], _r_f_out, _h3, _sums
-    )
-    _vectors["r_f"] = _r_f_out
-    # Sweep 6 (tiles of the elements): u_sq.
-    # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
-    _key = (6, dtype, _sizes["ndim"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
-    _h0, _h4 = pre
-    _whole, _parts = _tiling.partials(1, 0)
-    (_sweep6_serial if _tiling.serial else _sweep6)(
-        _tiling.table,
-        _tiling.offsets,
-        _weight_m,
-        _grad_m,
-        _exp_avg_m,
-        _vectors["col_new"],
-        _vectors["r_f"],
-        _h0,
-        _h4,
-        _whole,
-        _parts,
-    )
-    _tiling.combine(REDUCE_KINDS, REDUCE_AXES, ["u_sq"], _whole, _parts, sums, _vectors, dtype)
-    # Sweep 7 (tiles of the elements): rr, rc.
-    # the call's host scalars by all reduction_scalars_7 reads but its hyperparameters
-    _key = (7, dtype, _sizes["ndim"], _sizes["numel"], sums["u_sq"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_7, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_7, pre, dtype)))
-    _h0, _h4, _h5, _h6, eps2 = pre
-    _whole, _parts = _tiling.partials(0, 2)
-    (_sweep7_serial if _tiling.serial else _sweep7)(
-        _tiling.table,
-        _tiling.offsets,
-        _weight_m,
-        _grad_m,
-        _exp_avg_m,
-        _vectors["col_new"],
-        _vectors["r_f"],
-        _h0,
-        _h4,
-        _h5,
-        _h6,
-        eps2,
-        _whole,
-        _parts,
-    )
-    _tiling.combine(REDUCE_KINDS, REDUCE_AXES, ["rr", "rc"], _whole, _parts, sums, _vectors, dtype)
-    # Sweep 8 (whole vectors: br): res_row_new.
-    # the call's host scalars by all reduction_scalars_8 reads but its hyperparameters
-    _key = (8, dtype, _sizes["cols"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_8, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_8, pre, dtype)))
-    _h7, beta3 = pre
-    _shape = domain_shape(_dims, "br")
-    _res_row_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep8_serial if _tiling.serial_along["br"] else _sweep8)(
-        _weight_m, _vectors["res_row"], _vectors["rr"], _res_row_new_out, _h7, beta3, _sums
-    )
-    _vectors["res_row_new"] = _res_row_new_out
-    # Sweep 9 (whole vectors: bc): res_col_new.
-    # the call's host scalars by all reduction_scalars_9 reads but its hyperparameters
-    _key = (9, dtype, _sizes["rows"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_9, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_9, pre, dtype)))
-    _h8, beta3 = pre
-    _shape = domain_shape(_dims, "bc")
-    _res_col_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep9_serial if _tiling.serial_along["bc"] else _sweep9)(
-        _weight_m, _vectors["res_col"], _vectors["rc"], _res_col_new_out, _h8, beta3, _sums
-    )
-    _vectors["res_col_new"] = _res_col_new_out
-    # Sweep 10 (whole vectors: br): res_mean.
-    _sums = np.empty((_dims[0], 1), dtype=np.float64)
-    (_sweep10_serial if _tiling.serial_along["br"] else _sweep10)(
-        _weight_m, _vectors["res_row_new"], _sums
-    )
-    _tiling.combine_vectors(REDUCE_KINDS, REDUCE_AXES, ["res_mean"], _sums, sums, _vectors, dtype)
-    # Sweep 11 (whole vectors: br): s_r.
-    # the call's host scalars by all reduction_scalars_11 reads but its hyperparameters
-    _key = (11, dtype, _sizes["rows"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_11, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_11, pre, dtype)))
-    (_h3,) = pre
-    _shape = domain_shape(_dims, "br")
-    _s_r_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep11_serial if _tiling.serial_along["br"] else _sweep11)(
-        _weight_m, _vectors["res_row_new"], _vectors["res_mean"], _s_r_out, _h3, _sums
-    )
-    _vectors["s_r"] = _s_r_out
+    # one tile and short vectors (most weights of a model): a compiled call per run of sweeps
+    if _tiling.chained and not shards_combined():
+        # Sweeps 1, 2, 3, 4, 5, 6 in one call (_chain1).
+        # the call's host scalars by all reduction_scalars reads but its hyperparameters
+        _key = (1, dtype)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+        _pre1 = pre
+        # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+        _key = (2, dtype, _sizes["cols"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+        _pre2 = pre
+        # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+        _key = (3, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+        _pre3 = pre
+        # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
+        _key = (5, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
+        _pre5 = pre
+        # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
+        _key = (6, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
+        _pre6 = pre
+        _vectors["row_sq"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["col_sq"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["row_new"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["col_new"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["row_mean"] = np.empty(domain_shape(_dims, "b"), dtype=weight.dtype)
+        _vectors["r_f"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _found = np.empty(1, dtype=np.float64)
+        _chain1(
+            _tiling.table,
+            _tiling.offsets,
+            _tiling.width,
+            _weight_m,
+            _grad_m,
+            _exp_avg_m,
+            _vectors["row"],
+            _vectors["col"],
+            _vectors["row_sq"],
+            _vectors["col_sq"],
+            _vectors["row_new"],
+            _vectors["col_new"],
+            _vectors["row_mean"],
+            _vectors["r_f"],
+            *_pre1,
+            *_pre2,
+            *_pre3,
+            *_pre5,
+            *_pre6,
+            _found,
+        )
+        sums.update(zip(["u_sq"], _found.tolist(), strict=True))
+        # Sweeps 7, 8, 9, 10, 11 in one call (_chain2).
+        # the call's host scalars by all reduction_scalars_7 reads but its hyperparameters
+        _key = (7, dtype, _sizes["ndim"], _sizes["numel"], sums["u_sq"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_7, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_7, pre, dtype)))
+        _pre7 = pre
+        # the call's host scalars by all reduction_scalars_8 reads but its hyperparameters
+        _key = (8, dtype, _sizes["cols"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_8, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_8, pre, dtype)))
+        _pre8 = pre
+        # the call's host scalars by all reduction_scalars_9 reads but its hyperparameters
+        _key = (9, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_9, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_9, pre, dtype)))
+        _pre9 = pre
+        # the call's host scalars by all reduction_scalars_11 reads but its hyperparameters
+        _key = (11, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_11, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_11, pre, dtype)))
+        _pre11 = pre
+        _vectors["rr"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["rc"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["res_row_new"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["res_col_new"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["res_mean"] = np.empty(domain_shape(_dims, "b"), dtype=weight.dtype)
+        _vectors["s_r"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _found = np.empty(0, dtype=np.float64)
+        _chain2(
+            _tiling.table,
+            _tiling.offsets,
+            _tiling.width,
+            _weight_m,
+            _grad_m,
+            _exp_avg_m,
+            _vectors["col_new"],
+            _vectors["r_f"],
+            _vectors["res_row"],
+            _vectors["res_col"],
+            _vectors["rr"],
+            _vectors["rc"],
+            _vectors["res_row_new"],
+            _vectors["res_col_new"],
+            _vectors["res_mean"],
+            _vectors["s_r"],
+            *_pre7,
+            *_pre8,
+            *_pre9,
+            *_pre11,
+            _found,
+        )
+    else:
+        # Sweep 1 (tiles of the elements): row_sq, col_sq.
+        # the call's host scalars by all reduction_scalars reads but its hyperparameters
+        _key = (1, dtype)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+        _h0, eps1 = pre
+        _whole, _parts = _tiling.partials(0, 2)
+        (_sweep1_serial if _tiling.serial else _sweep1)(
+            _tiling.table,
+            _tiling.offsets,
+            _weight_m,
+            _grad_m,
+            _exp_avg_m,
+            _h0,
+            eps1,
+            _whole,
+            _parts,
+        )
+        _tiling.combine(
+            REDUCE_KINDS, REDUCE_AXES, ["row_sq", "col_sq"], _whole, _parts, sums, _vectors, dtype
+        )
+        # Sweep 2 (whole vectors: br): row_new.
+        # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+        _key = (2, dtype, _sizes["cols"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+        _h1, beta2 = pre
+        _shape = domain_shape(_dims, "br")
+        _row_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
+            _weight_m, _vectors["row"], _vectors["row_sq"], _row_new_out, _h1, beta2, _sums
+        )
+        _vectors["row_new"] = _row_new_out
+        # Sweep 3 (whole vectors: bc): col_new.
+        # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+        _key = (3, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+        _h2, beta2 = pre
+        _shape = domain_shape(_dims, "bc")
+        _col_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
+            _weight_m, _vectors["col"], _vectors["col_sq"], _col_new_out, _h2, beta2, _sums
+        )
+        _vectors["col_new"] = _col_new_out
+        # Sweep 4 (whole vectors: br): row_mean.
+        _sums = np.empty((_dims[0], 1), dtype=np.float64)
+        (_sweep4_serial if _tiling.serial_along["br"] else _sweep4)(
+            _weight_m, _vectors["row_new"], _sums
+        )
+        _tiling.combine_vectors(
+            REDUCE_KINDS, REDUCE_AXES, ["row_mean"], _sums, sums, _vectors, dtype
+        )
+        # Sweep 5 (whole vectors: br): r_f.
+        # the call's host scalars by all reduction_scalars_5 reads but its hyperparameters
+        _key = (5, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
+        (_h3,) = pre
+        _shape = domain_shape(_dims, "br")
+        _r_f_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep5_serial if _tiling.serial_along["br"] else _sweep5)(
+            _weight_m, _vectors["row_new"], _vectors["row_mean"], _r_f_out, _h3, _sums
+        )
+        _vectors["r_f"] = _r_f_out
+        # Sweep 6 (tiles of the elements): u_sq.
+        # the call's host scalars by all reduction_scalars_6 reads but its hyperparameters
+        _key = (6, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
+        _h0, _h4 = pre
+        _whole, _parts = _tiling.partials(1, 0)
+        (_sweep6_serial if _tiling.serial else _sweep6)(
+            _tiling.table,
+            _tiling.offsets,
+            _weight_m,
+            _grad_m,
+            _exp_avg_m,
+            _vectors["col_new"],
+            _vectors["r_f"],
+            _h0,
+            _h4,
+            _whole,
+            _parts,
+        )
+        _tiling.combine(REDUCE_KINDS, REDUCE_AXES, ["u_sq"], _whole, _parts, sums, _vectors, dtype)
+        # Sweep 7 (tiles of the elements): rr, rc.
+        # the call's host scalars by all reduction_scalars_7 reads but its hyperparameters
+        _key = (7, dtype, _sizes["ndim"], _sizes["numel"], sums["u_sq"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_7, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_7, pre, dtype)))
+        _h0, _h4, _h5, _h6, eps2 = pre
+        _whole, _parts = _tiling.partials(0, 2)
+        (_sweep7_serial if _tiling.serial else _sweep7)(
+            _tiling.table,
+            _tiling.offsets,
+            _weight_m,
+            _grad_m,
+            _exp_avg_m,
+            _vectors["col_new"],
+            _vectors["r_f"],
+            _h0,
+            _h4,
+            _h5,
+            _h6,
+            eps2,
+            _whole,
+            _parts,
+        )
+        _tiling.combine(
+            REDUCE_KINDS, REDUCE_AXES, ["rr", "rc"], _whole, _parts, sums, _vectors, dtype
+        )
+        # Sweep 8 (whole vectors: br): res_row_new.
+        # the call's host scalars by all reduction_scalars_8 reads but its hyperparameters
+        _key = (8, dtype, _sizes["cols"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_8, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_8, pre, dtype)))
+        _h7, beta3 = pre
+        _shape = domain_shape(_dims, "br")
+        _res_row_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep8_serial if _tiling.serial_along["br"] else _sweep8)(
+            _weight_m, _vectors["res_row"], _vectors["rr"], _res_row_new_out, _h7, beta3, _sums
+        )
+        _vectors["res_row_new"] = _res_row_new_out
+        # Sweep 9 (whole vectors: bc): res_col_new.
+        # the call's host scalars by all reduction_scalars_9 reads but its hyperparameters
+        _key = (9, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_9, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_9, pre, dtype)))
+        _h8, beta3 = pre
+        _shape = domain_shape(_dims, "bc")
+        _res_col_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep9_serial if _tiling.serial_along["bc"] else _sweep9)(
+            _weight_m, _vectors["res_col"], _vectors["rc"], _res_col_new_out, _h8, beta3, _sums
+        )
+        _vectors["res_col_new"] = _res_col_new_out
+        # Sweep 10 (whole vectors: br): res_mean.
+        _sums = np.empty((_dims[0], 1), dtype=np.float64)
+        (_sweep10_serial if _tiling.serial_along["br"] else _sweep10)(
+            _weight_m, _vectors["res_row_new"], _sums
+        )
+        _tiling.combine_vectors(
+            REDUCE_KINDS, REDUCE_AXES, ["res_mean"], _sums, sums, _vectors, dtype
+        )
+        # Sweep 11 (whole vectors: br): s_r.
+        # the call's host scalars by all reduction_scalars_11 reads but its hyperparameters
+        _key = (11, dtype, _sizes["rows"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_11, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_11, pre, dtype)))
+        (_h3,) = pre
+        _shape = domain_shape(_dims, "br")
+        _s_r_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep11_serial if _tiling.serial_along["br"] else _sweep11)(
+            _weight_m, _vectors["res_row_new"], _vectors["res_mean"], _s_r_out, _h3, _sums
+        )
+        _vectors["s_r"] = _s_r_out
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)

@@ -56,9 +56,10 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.numba_support import compiled, compute_type
-from optgen_runtime.numba_tiles import LANES, Tiling, fold_max, lanes_max
+from optgen_runtime.numba_tiles import LANES, Tiling, cast_into, fold_max, lanes_max
 from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.sharding import shards_combined
 
 from ..numpy.sm3 import init_state
 from ..rules.sm3 import (
@@ -391,6 +392,42 @@ def _sweep3_serial(
             _col_new_row[_i] = col_new
 
 
+@compiled()
+def _chain1(
+    _tiles,
+    _offsets,
+    _width,
+    _weight_m,
+    _grad_m,
+    _mom_m,
+    _v_row,
+    _v_col,
+    _v_row_max,
+    _v_col_max,
+    _v_row_new,
+    _v_col_new,
+    _p1_0,
+    _p1_1,
+    _p2_0,
+    _p3_0,
+    _found,
+):
+    # Sweeps 1, 2, 3 of a weight of one tile whose vectors are short (Tiling.chained),
+    # in one call: each sweep's serial loop, then its partials combined as Tiling.combine
+    # combines one tile's (a sum: the identity and the partial; a vector: the partial, cast).
+    _whole = np.empty((1, 0), dtype=np.float64)
+    _parts = np.empty((2, _width), dtype=np.float64)
+    _sweep1_serial(
+        _tiles, _offsets, _weight_m, _grad_m, _mom_m, _v_row, _v_col, _p1_0, _p1_1, _whole, _parts
+    )
+    cast_into(_v_row_max, _parts[0])
+    cast_into(_v_col_max, _parts[1])
+    _s2 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep2_serial(_weight_m, _v_row, _v_row_max, _v_row_new, _p2_0, _s2)
+    _s3 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
+    _sweep3_serial(_weight_m, _v_col, _v_col_max, _v_col_new, _p3_0, _s3)
+
+
 @compiled(parallel=True)
 def _update(
     _tiles,
@@ -604,61 +641,109 @@ def _stepper(
     _tiling = Tiling.of(_dims)  # the compiled loops' tiles (optgen_runtime.numba_tiles)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
-    # Sweep 1 (tiles of the elements): row_max, col_max.
-    # the call's host scalars by all reduction_scalars reads but its hyperparameters
-    _key = (1, dtype)
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
-    _h0, decay = pre
-    _whole, _parts = _tiling.partials(0, 2)
-    (_sweep1_serial if _tiling.serial else _sweep1)(
-        _tiling.table,
-        _tiling.offsets,
-        _weight_m,
-        _grad_m,
-        _mom_m,
-        _vectors["row"],
-        _vectors["col"],
-        _h0,
-        decay,
-        _whole,
-        _parts,
-    )
-    _tiling.combine(
-        REDUCE_KINDS, REDUCE_AXES, ["row_max", "col_max"], _whole, _parts, sums, _vectors, dtype
-    )
-    # Sweep 2 (whole vectors: br): row_new.
-    # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
-    _key = (2, dtype, _sizes["ndim"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
-    (_h1,) = pre
-    _shape = domain_shape(_dims, "br")
-    _row_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
-        _weight_m, _vectors["row"], _vectors["row_max"], _row_new_out, _h1, _sums
-    )
-    _vectors["row_new"] = _row_new_out
-    # Sweep 3 (whole vectors: bc): col_new.
-    # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
-    _key = (3, dtype, _sizes["ndim"])
-    pre = memo.get(_key)
-    if pre is None:  # not yet computed and checked in this call: for the first such tensor
-        pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
-        pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
-    (_h1,) = pre
-    _shape = domain_shape(_dims, "bc")
-    _col_new_out = np.empty(_shape, dtype=weight.dtype)
-    _sums = np.empty((_dims[0], 0), dtype=np.float64)
-    (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
-        _weight_m, _vectors["col"], _vectors["col_max"], _col_new_out, _h1, _sums
-    )
-    _vectors["col_new"] = _col_new_out
+    # one tile and short vectors (most weights of a model): a compiled call per run of sweeps
+    if _tiling.chained and not shards_combined():
+        # Sweeps 1, 2, 3 in one call (_chain1).
+        # the call's host scalars by all reduction_scalars reads but its hyperparameters
+        _key = (1, dtype)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+        _pre1 = pre
+        # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+        _key = (2, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+        _pre2 = pre
+        # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+        _key = (3, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+        _pre3 = pre
+        _vectors["row_max"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["col_max"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _vectors["row_new"] = np.empty(domain_shape(_dims, "br"), dtype=weight.dtype)
+        _vectors["col_new"] = np.empty(domain_shape(_dims, "bc"), dtype=weight.dtype)
+        _found = np.empty(0, dtype=np.float64)
+        _chain1(
+            _tiling.table,
+            _tiling.offsets,
+            _tiling.width,
+            _weight_m,
+            _grad_m,
+            _mom_m,
+            _vectors["row"],
+            _vectors["col"],
+            _vectors["row_max"],
+            _vectors["col_max"],
+            _vectors["row_new"],
+            _vectors["col_new"],
+            *_pre1,
+            *_pre2,
+            *_pre3,
+            _found,
+        )
+    else:
+        # Sweep 1 (tiles of the elements): row_max, col_max.
+        # the call's host scalars by all reduction_scalars reads but its hyperparameters
+        _key = (1, dtype)
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS, pre, dtype)))
+        _h0, decay = pre
+        _whole, _parts = _tiling.partials(0, 2)
+        (_sweep1_serial if _tiling.serial else _sweep1)(
+            _tiling.table,
+            _tiling.offsets,
+            _weight_m,
+            _grad_m,
+            _mom_m,
+            _vectors["row"],
+            _vectors["col"],
+            _h0,
+            decay,
+            _whole,
+            _parts,
+        )
+        _tiling.combine(
+            REDUCE_KINDS, REDUCE_AXES, ["row_max", "col_max"], _whole, _parts, sums, _vectors, dtype
+        )
+        # Sweep 2 (whole vectors: br): row_new.
+        # the call's host scalars by all reduction_scalars_2 reads but its hyperparameters
+        _key = (2, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
+        (_h1,) = pre
+        _shape = domain_shape(_dims, "br")
+        _row_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
+            _weight_m, _vectors["row"], _vectors["row_max"], _row_new_out, _h1, _sums
+        )
+        _vectors["row_new"] = _row_new_out
+        # Sweep 3 (whole vectors: bc): col_new.
+        # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
+        _key = (3, dtype, _sizes["ndim"])
+        pre = memo.get(_key)
+        if pre is None:  # not yet computed and checked in this call: for the first such tensor
+            pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
+            pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
+        (_h1,) = pre
+        _shape = domain_shape(_dims, "bc")
+        _col_new_out = np.empty(_shape, dtype=weight.dtype)
+        _sums = np.empty((_dims[0], 0), dtype=np.float64)
+        (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
+            _weight_m, _vectors["col"], _vectors["col_max"], _col_new_out, _h1, _sums
+        )
+        _vectors["col_new"] = _col_new_out
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
