@@ -106,11 +106,11 @@ class Tiling:
             "br": batch * rows <= TILE,
             "bc": batch * cols <= TILE,
         }
+        # one tile and short vectors: the sweeps run in chains (codegen/targets/numba_rows.py,
+        # chains: each run of sweeps one compiled call, not a call and a combination each)
+        self.chained = len(t) == 1 and all(self.serial_along.values())
         # per reduced axis: does every tile span it (each value of the vector gets one partial,
         # already laid out as the vector, (batch, rows) or (batch, cols), in order)?
-        # one tile and short vectors: the sweeps run in chains (codegen/targets/numba.py chains:
-        # each run of sweeps one compiled call, not a call and a combination in Python each)
-        self.chained = len(t) == 1 and all(self.serial_along.values())
         self.whole_along = {
             "c": len(t) > 0 and bool(np.all((t[:, 4] == 0) & (t[:, 5] == dims[2]))),
             "r": len(t) > 0 and bool(np.all((t[:, 2] == 0) & (t[:, 3] == dims[1]))),
@@ -164,7 +164,7 @@ class Tiling:
             if self.whole_along[axis]:  # the identity combined with one partial: the partial
                 whole_part = part[: math.prod(shape)].reshape(shape)
                 # uncast where it is the sweep's own buffer (over KEEP): the sweeps load such a
-                # vector cast to the weight's dtype (codegen/targets/numba.py), the bits of
+                # vector cast to the weight's dtype (codegen/targets/numba_rows.py), the bits of
                 # astype, without a fresh array of the vector's size each step; a copy out of
                 # the kept scratch, which the next sweep overwrites
                 kept = whole_part.base is getattr(_SCRATCH, "buffer", None)
@@ -301,7 +301,7 @@ def lanes_min(lanes: np.ndarray) -> float:
     return _pick_min(low, high)
 
 
-# A chain's combinations (codegen/targets/numba.py chains): a weight of one tile, so each sum's
+# A chain's combinations (codegen/targets/numba_rows.py chains): a weight of one tile, so each sum's
 # partials are one tile's, combined as Tiling.combine (numpy_support.combine) combines them.
 
 

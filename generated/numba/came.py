@@ -8,7 +8,7 @@ each one parallel loop over tiles of the weight's (batch, rows, cols) view
 (``optgen_runtime.numba_tiles``), a sweep over the row and column vectors one loop over each
 matrix's, each op computed in the weight's dtype as the NumPy reference computes it. Sums add in
 float64, a block's values folded into lanes in a fixed order, tiles in order: equal to the NumPy
-module's pairwise sums to float64 rounding (``codegen/targets/numba.py``).
+module's pairwise sums to float64 rounding (``codegen/targets/numba_rows.py``).
 
 CAME: Adafactor's factored second moment, and a factored confidence of the momentum's update.
 
@@ -781,7 +781,7 @@ def _sweep5(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        row_mean = _T(row_mean_buf[_m, 0, 0])
+        row_mean = row_mean_buf[_m, 0, 0]
         _r_f_row = r_f_buf[_m, _lo : _lo + _n, 0]
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -812,7 +812,7 @@ def _sweep5_serial(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        row_mean = _T(row_mean_buf[_m, 0, 0])
+        row_mean = row_mean_buf[_m, 0, 0]
         _r_f_row = r_f_buf[_m, _lo : _lo + _n, 0]
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -1065,7 +1065,7 @@ def _sweep11(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        res_mean = _T(res_mean_buf[_m, 0, 0])
+        res_mean = res_mean_buf[_m, 0, 0]
         _s_r_row = s_r_buf[_m, _lo : _lo + _n, 0]
         _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
@@ -1100,7 +1100,7 @@ def _sweep11_serial(
         _m = _q // _blocks
         _lo = _q % _blocks * 1024
         _n = min(1024, _length - _lo)
-        res_mean = _T(res_mean_buf[_m, 0, 0])
+        res_mean = res_mean_buf[_m, 0, 0]
         _s_r_row = s_r_buf[_m, _lo : _lo + _n, 0]
         _res_row_new_row = res_row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):

@@ -8,7 +8,7 @@ each one parallel loop over tiles of the weight's (batch, rows, cols) view
 (``optgen_runtime.numba_tiles``), a sweep over the row and column vectors one loop over each
 matrix's, each op computed in the weight's dtype as the NumPy reference computes it. Sums add in
 float64, a block's values folded into lanes in a fixed order, tiles in order: equal to the NumPy
-module's pairwise sums to float64 rounding (``codegen/targets/numba.py``).
+module's pairwise sums to float64 rounding (``codegen/targets/numba_rows.py``).
 
 SM3: Adagrad-like steps from one accumulator per row and one per column (a cover of the weight).
 
