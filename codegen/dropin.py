@@ -26,7 +26,8 @@ class DropIn:
 
     ``signature``: torch's arguments after ``params``, in order, with ``"*"`` where they become
     keyword-only, each with its default; ``fixed``: torch settings the class always passes
-    (AdamW's ``decoupled_weight_decay=True``).
+    (AdamW's ``decoupled_weight_decay=True``); ``own``: the rule's hyperparameters that torch
+    has no argument for (Muon's ``ns_dtype``), keyword-only after torch's, at the rule's defaults.
     """
 
     class_name: str
@@ -34,6 +35,7 @@ class DropIn:
     fixed: dict[str, object]
     below_2d: dict[str, str]  # row/column state -> torch's key for a weight of < 2 dims
     line: int
+    own: tuple[tuple[str, object], ...] = ()  # the rule's hyperparameters torch lacks, defaults
 
 
 def torch_default(rule: Rule, name: str) -> object:
@@ -123,4 +125,5 @@ def declare(
     for key, value in fixed.items():
         if key not in scalars or not isinstance(value, (bool, int, float, str, type(None))):
             raise SpecError(f"{where}: drop_in fixes {key}={value!r}: not a mapped literal")
-    return DropIn(class_name, tuple(args), fixed, below, line)
+    own = tuple((h.name, h.default) for h in rule.hypers.values() if h.name not in eq.hyper)
+    return DropIn(class_name, tuple(args), fixed, below, line, own)

@@ -12,7 +12,12 @@ is four lines::
 
     ortho = matrix.iterate(RULE, "ortho", X0, ns_steps, newton_schulz)
 
-``ortho`` is then a per-element value like any other. A value used twice (``A``) is computed once:
+``ortho`` is then a per-element value like any other. ``precision=`` names a choice
+hyperparameter (:meth:`codegen.spec.Rule.choice`) of the values in :data:`PRECISIONS`: at
+``"bfloat16"`` (or ``"float16"``) the iteration's matrices are held in that format, as
+``torch.optim.Muon`` holds them: the start rounded to it, and every op's result (a product
+accumulated in at least float32) rounded once to it, to nearest, ties to even; at ``"weight"`` in
+the weight's dtype. A value used twice (``A``) is computed once:
 the matrix equations are a graph of :class:`Mat` nodes, lowered to three-address matrix ops of
 the one operation table (``matmul``, ``transpose``, ``madd``, ``mscale`` in :mod:`codegen.ops`),
 each with a flop cost (:func:`codegen.ops.matrix_cost`). The lowering proves with SymPy whether
@@ -108,6 +113,12 @@ class MatOp:
     scalar: sp.Expr | None = None
 
 
+# The formats an iteration may be held in (``iterate(..., precision=choice)``): "weight" is the
+# weight's dtype; the others round every matrix op's result to that format (the generated code
+# maps each name to its NumPy emulation and its torch dtype: optgen_runtime.lowp).
+PRECISIONS = ("weight", "bfloat16", "float16")
+
+
 @dataclass
 class Iteration:
     """``symbol = body^steps(start)``: a per-element value computed by matrix equations."""
@@ -120,6 +131,8 @@ class Iteration:
     line: int
     equivariant: bool = False
     program: list[MatOp] = field(default_factory=list)
+    precision: sp.Symbol | None = None  # a choice hyperparameter of PRECISIONS, or None
+    precisions: tuple[str, ...] = ("weight",)  # its choices, in order
 
     def sympy(self, x: sp.MatrixExpr) -> sp.MatrixExpr:
         """One step as a SymPy matrix expression of ``x`` (built from the ops' ``build``)."""
@@ -165,12 +178,16 @@ def iterate(
     start: sp.Symbol,
     steps: sp.Symbol,
     body: Callable[[Mat], Mat],
+    *,
+    precision: sp.Symbol | None = None,
 ) -> sp.Symbol:
     """Declare ``name = body(body(... body(start)))`` (``steps`` times) on the weight's matrix.
 
     ``start``: a per-element value (a ``let``), viewed as the (rows, cols) matrix of the weight;
     ``steps``: an integer hyperparameter (``integer()``); ``body``: a function of one :class:`Mat`
-    returning a Mat of the same shape. Returns the result as a per-element symbol.
+    returning a Mat of the same shape; ``precision``: a choice hyperparameter whose choices are
+    among :data:`PRECISIONS` (the format the iteration's matrices are held in; default the
+    weight's dtype). Returns the result as a per-element symbol.
     """
     if not isinstance(rule, Rule):
         raise SpecError(f"matrix.iterate needs the spec's Rule, not {rule!r}")
@@ -185,6 +202,21 @@ def iterate(
             f"{where}: matrix value {name!r} repeats its step {steps!r} times: that must be a "
             "hyperparameter declared with integer(0, ...)"
         )
+    precisions: tuple[str, ...] = ("weight",)
+    if precision is not None:
+        chosen = next((h for h in rule.hypers.values() if h.symbol == precision), None)
+        if chosen is None or not chosen.legal.choices:
+            raise SpecError(
+                f"{where}: matrix value {name!r}: precision={precision!r} must be a choice "
+                f"hyperparameter (RULE.choice) of {PRECISIONS}"
+            )
+        unknown = [c for c in chosen.legal.choices if c not in PRECISIONS]
+        if unknown:
+            raise SpecError(
+                f"{where}: matrix value {name!r}: precision {chosen.name!r} offers {unknown}, "
+                f"not among {PRECISIONS}"
+            )
+        precisions = tuple(chosen.legal.choices)
     rule._claim(name, "matrix value")
     x = Mat(rule, "input", (), ("r", "c"))
     result = body(x)
@@ -195,7 +227,9 @@ def iterate(
             f"{where}: the step of matrix value {name!r} maps (rows, cols) to {result._dims()}"
         )
     symbol = sp.Symbol(name, real=True)
-    iteration = Iteration(name, symbol, start, steps, result, rule._line())
+    iteration = Iteration(
+        name, symbol, start, steps, result, rule._line(), precision=precision, precisions=precisions
+    )
     iteration.program = linearize(iteration)
     iteration.equivariant = transpose_equivariant(iteration)
     rule.matrix_values[symbol] = iteration

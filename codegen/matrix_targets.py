@@ -41,13 +41,24 @@ NUMPY_MATRIX = {
     "madd": lambda a: f"np.add({a[0]}, {a[1]})",
     "mscale": lambda a: f"np.multiply({a[0]}, {a[1]})",
 }
+# NumPy, an iteration with a precision: the runtime's ops for its format (optgen_runtime.held)
+HELD_MATRIX = {
+    "matmul": lambda a: f"_ops.matmul({a[0]}, {a[1]})",
+    "transpose": lambda a: f"_ops.transpose({a[0]})",
+    "madd": lambda a: f"_ops.add({a[0]}, {a[1]})",
+    "mscale": lambda a: f"_ops.multiply({a[0]}, {a[1]})",
+}
 TORCH_MATRIX = {
     "matmul": lambda a: f"torch.matmul({a[0]}, {a[1]})",
     "transpose": lambda a: f"torch.t({a[0]})",
     "madd": lambda a: f"torch.add({a[0]}, {a[1]})",
     "mscale": lambda a: f"torch.mul({a[1]}, {a[0]})",
 }
-for _target, _entries in (("NumPy matrix", NUMPY_MATRIX), ("torch matrix", TORCH_MATRIX)):
+for _target, _entries in (
+    ("NumPy matrix", NUMPY_MATRIX),
+    ("held matrix", HELD_MATRIX),
+    ("torch matrix", TORCH_MATRIX),
+):
     if set(_entries) != set(ops.MATRIX_OPS):
         raise ImportError(
             f"the {_target} printer prints {sorted(_entries)}, not the matrix operations "
@@ -249,6 +260,15 @@ def _matrix_lines(it: matrix.Iteration, plan_: Plan, printer: dict) -> list[str]
     return lines
 
 
+def _held(it: matrix.Iteration) -> dict[str, object]:
+    """The template's view of an iteration's format: the choice hyperparameter naming it (None:
+    the weight's dtype) and its choices, in order."""
+    return {
+        "precision": None if it.precision is None else it.precision.name,
+        "formats": repr(it.precisions),
+    }
+
+
 def _costs(it: matrix.Iteration, code: HostCode) -> tuple[str, str]:
     rows, cols = sp.Symbol("rows", positive=True), sp.Symbol("cols", positive=True)
     return code(it.cost(rows, cols)), code(it.cost(cols, rows))
@@ -277,7 +297,10 @@ def numpy_context(plan_: Plan, code: HostCode) -> dict[str, object]:
                     "equivariant": it.equivariant,
                     "cost": direct,
                     "cost_t": swapped,
-                    "lines": _matrix_lines(it, plan_, NUMPY_MATRIX),
+                    "lines": _matrix_lines(
+                        it, plan_, NUMPY_MATRIX if it.precision is None else HELD_MATRIX
+                    ),
+                    **_held(it),
                 }
             )
     return {"stages": stages}
@@ -340,6 +363,7 @@ def render(rule: Rule) -> dict[str, str]:
         }
     )
     ctx["target"] = "numpy"
+    ctx["held"] = any(it.precision is not None for it in matrix.iterations(rule))
     ctx["uses_math"] = code.uses_math
     out["rules"] = ENV.get_template("matrix_rules_module.py.j2").render(ctx)
     out["numpy"] = ENV.get_template("matrix_numpy_module.py.j2").render(ctx)
@@ -359,6 +383,7 @@ def render(rule: Rule) -> dict[str, str]:
         }
     )
     tctx["target"] = "triton"
+    tctx["held"] = ctx["held"]
     tctx["uses_math"] = tcode.uses_math
     out["triton"] = ENV.get_template("matrix_triton_module.py.j2").render(tctx)
     return out
@@ -418,6 +443,7 @@ def triton_context(plan_: Plan, code: HostCode) -> dict[str, object]:
                     "cost": direct,
                     "cost_t": swapped,
                     "lines": _matrix_lines(it, plan_, TORCH_MATRIX),
+                    **_held(it),
                 }
             )
     return {"stages": stages, "kernels": kernels, "triton_kernels": [k["name"] for k in kernels]}

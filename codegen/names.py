@@ -52,7 +52,7 @@ _reserve(
     "run_variant matches ScalarRows Vouched phase_rows sum_rows rows_max rows_min scalar_columns "
     "combine_rows step_scalar_rows sum_scalar_rows rows_where normals DRAW_BLOCK cbrt Tiling "
     "LANES fold_sum fold_max fold_min lanes_sum lanes_max lanes_min shards_combined cast_into "
-    "first_sum first_max first_min matrices_sum matrices_max matrices_min",
+    "first_sum first_max first_min matrices_sum matrices_max matrices_min held_ops held_tensor",
 )
 _reserve(
     "a module global of every generated module",
@@ -70,7 +70,7 @@ _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "
     "noise_offsets prechecked even copies checked memo "
-    "self params multi_precision backend lazy_update",
+    "self params multi_precision backend lazy_update own",
 )
 _reserve(
     "a local of the generated kernels",

@@ -16,7 +16,11 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
 an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
 lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
-X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or float64).
+the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
+float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
+dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
+round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
+into one rounded product each: tests/test_muon.py bounds the difference).
 
 Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
 embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -45,6 +49,12 @@ adjust = RULE.choice(
     doc="learning rate scale (None: original, as torch's default None)",
     none="original",
 )
+ns_dtype = RULE.choice(
+    "ns_dtype",
+    "weight",
+    ("weight", "bfloat16"),
+    doc="the Newton-Schulz iteration's format (bfloat16: torch's, faster where products are)",
+)
 w, g = RULE.weight, RULE.grad
 buf = RULE.state("momentum_buffer", 0, doc="momentum B")
 
@@ -58,7 +68,7 @@ def newton_schulz(X: matrix.Mat) -> matrix.Mat:
     return a * X + (b * A + c * (A @ A)) @ X
 
 
-ortho = matrix.iterate(RULE, "ortho", X0, ns_steps, newton_schulz)
+ortho = matrix.iterate(RULE, "ortho", X0, ns_steps, newton_schulz, precision=ns_dtype)
 rows, cols = RULE.rows, RULE.cols
 lr_adj = RULE.let(
     "lr_adj",

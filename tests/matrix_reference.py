@@ -37,8 +37,10 @@ def reference_step(rule: Rule, weight, grad, state, t: int, hp: dict[str, float]
             it = iterations[sym]
             assert it.start in arrays, f"{sym} is used before its start {it.start} is computed"
             x = mpmath.matrix([[mpmath.mpf(str(v)) for v in row] for row in arrays[it.start]])
+            bits = held_bits(it, values)
+            x = held(x, bits)
             for _ in range(int(values[it.steps])):
-                x = apply(it.body, x, values)
+                x = apply(it.body, x, values, bits)
             arrays[sym] = [[x[i, j] for j in range(cols)] for i in range(rows)]
         if eq.target in rule.reductions:
             values[eq.target] = sum(
@@ -52,8 +54,35 @@ def reference_step(rule: Rule, weight, grad, state, t: int, hp: dict[str, float]
     return arrays[rule.weight_new], new_state
 
 
-def apply(node: matrix.Mat, x, values):
-    """One step of a matrix equation on the mpmath matrix ``x``."""
+# significant bits of each format an iteration may be held in (its mantissa and the leading 1)
+SIGNIFICANT_BITS = {"bfloat16": 8, "float16": 11}
+
+
+def held_bits(it: matrix.Iteration, values: dict) -> int | None:
+    """The significant bits of the format the iteration is held in; None: the weight's dtype
+    (computed exactly here)."""
+    if it.precision is None:
+        return None
+    fmt = it.precisions[int(values[it.precision])]
+    return None if fmt == "weight" else SIGNIFICANT_BITS[fmt]
+
+
+def held(x, bits: int | None):
+    """Each element of the mpmath matrix ``x`` rounded to ``bits`` significant bits, to nearest,
+    ties to even (the values here lie far inside the formats' exponent ranges)."""
+    if bits is None:
+        return x
+    out = x.copy()
+    for i in range(x.rows):
+        for j in range(x.cols):
+            mantissa, exponent = mpmath.frexp(x[i, j])  # x = mantissa 2^exponent, |mantissa| < 1
+            out[i, j] = mpmath.ldexp(mpmath.nint(mpmath.ldexp(mantissa, bits)), exponent - bits)
+    return out
+
+
+def apply(node: matrix.Mat, x, values, bits: int | None = None):
+    """One step of a matrix equation on the mpmath matrix ``x``; ``bits``: each op's result
+    rounded to that many significant bits (:func:`held`), but a transpose's."""
     memo: dict[int, object] = {}
 
     def value(n: matrix.Mat):
@@ -72,6 +101,8 @@ def apply(node: matrix.Mat, x, values):
                 memo[id(n)] = mpmath.mpf(str(sp.N(s, 40))) * args[0]
             else:  # a matrix op this reference does not know: extend it with the table
                 raise AssertionError(n.kind)
+            if n.kind not in ("input", "transpose"):
+                memo[id(n)] = held(memo[id(n)], bits)
         return memo[id(n)]
 
     return value(node)

@@ -295,10 +295,16 @@ def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer
 @pytest.mark.parametrize("name", sorted(dropin.__all__))
 def test_signature_is_torchs(name: str) -> None:
     """torch's arguments, in order, of the same kinds and defaults; ours adds keyword-only
-    ``multi_precision`` and ``backend`` after them."""
+    the rule's hyperparameters torch lacks (Muon's ``ns_dtype``), ``multi_precision`` and
+    ``backend`` after them."""
     theirs = list(inspect.signature(getattr(torch.optim, name)).parameters.values())
     ours = list(inspect.signature(getattr(dropin, name)).parameters.values())
-    assert [p.name for p in ours] == [p.name for p in theirs] + ["multi_precision", "backend"]
+    cls = getattr(dropin, name)
+    own = [h for h in cls.META.HYPERPARAMS if h not in cls.TORCH.hyper]
+    assert own == (["ns_dtype"] if name == "Muon" else [])
+    assert [p.name for p in ours] == [p.name for p in theirs] + own + ["multi_precision", "backend"]
+    for p in ours[len(theirs) :]:
+        assert p.kind == p.KEYWORD_ONLY, p.name
     for a, b in zip(ours, theirs, strict=False):
         assert a.kind == b.kind, a.name
         assert a.default == b.default, a.name

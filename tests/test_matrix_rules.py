@@ -24,6 +24,7 @@ from reference import resolved, sample_hyperparams
 from test_triton import lockstep
 
 from generated.torch import RULES as CLASSES
+from optgen_runtime import held
 
 SHAPES = [(12, 9), (9, 12), (8, 8), (1, 7)]
 SHAPE = (4, 6)
@@ -322,6 +323,7 @@ def test_float32_is_never_promoted_to_float64(name: str, monkeypatch) -> None:
     m = numpy_module(name)
     recorder = numpy_api.RecordingNumPy()
     monkeypatch.setattr(m, "np", recorder)
+    monkeypatch.setattr(held, "np", recorder)  # an iteration with a precision runs its ops there
     rng = np.random.default_rng(0)
     w, g = (rng.standard_normal((20, 30)).astype(np.float32) for _ in range(2))
     state = m.init_state(w)
@@ -412,6 +414,9 @@ def one_product_both(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in MATRIX_RULE_NAMES:
         monkeypatch.setattr(numpy_module(name), "np", OneProductNumPy())
         monkeypatch.setattr(triton_module(name), "torch", OneProductTorch())
+    monkeypatch.setattr(held, "np", OneProductNumPy())  # ops of an iteration with a precision
+    monkeypatch.setattr(held, "HAVE_TORCH", False)  # NumPy's emulation: its products rerouted too
+    monkeypatch.setattr(held, "_HELD", {})
 
 
 def test_the_modules_products_are_rerouted(one_product_both: None) -> None:

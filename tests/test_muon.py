@@ -8,7 +8,11 @@ References, none of them the generator's own output:
   iteration is bounded (a few percent of how far the weight moved);
 - the spec's own equations, evaluated at 40 digits (mpmath; the matrix equations node by node)
   vs the NumPy module in float64;
-- the GPU path (Triton kernels under the interpreter, torch.matmul) vs NumPy.
+- the GPU path (Triton kernels under the interpreter, torch.matmul) vs NumPy;
+- ``ns_dtype="bfloat16"``: the NumPy emulation in float64 against the equations at 40 digits with
+  each matrix op's result rounded to bfloat16 there too (tests/test_matrix_rules.py, every
+  choice); torch's bfloat16 ops on float32 weights (optgen_runtime.held) against the emulation;
+  the unpatched ``torch.optim.Muon`` within the same bound as the float32 iteration.
 """
 
 from __future__ import annotations
@@ -82,6 +86,67 @@ def test_torch_bfloat16_iteration_is_within_a_bound_of_ours(shape) -> None:
     moved = np.abs(ours - w0).max()
     diff = np.abs(ours - theirs).max()
     assert 0 < diff <= 0.03 * moved, (diff, moved)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(64, 96), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bfloat16_iteration_is_within_the_bound_of_torchs(shape) -> None:
+    """Both iterate in bfloat16, rounding in different places (torch rounds the momentum before
+    normalising it and fuses ``b A + c A^2`` and ``a X + B X`` into one rounding each; we round
+    every op's result): over 20 steps the weights differ by the float32 iteration's bound
+    (measured 0.7-1.7% of how far they moved, the float32 iteration's 0.2-0.9%)."""
+    w0, ours, theirs, _, _ = _run_both(shape, {"lr": 0.02, "ns_dtype": "bfloat16"}, steps=20)
+    moved = np.abs(ours - w0).max()
+    diff = np.abs(ours - theirs).max()
+    assert 0 < diff <= 0.03 * moved, (diff, moved)
+    _, ours32, _, _, _ = _run_both(shape, {"lr": 0.02}, steps=20)
+    assert np.abs(ours - ours32).max() > 1e-4 * moved  # the option changed the iteration
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (64, 96)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bfloat16_by_torchs_ops_matches_the_emulation(shape, monkeypatch) -> None:
+    """A float32 weight's bfloat16 iteration runs on torch's CPU ops (NumPy has no bfloat16
+    product); with torch hidden, on NumPy's emulation: the same steps but for each product's
+    accumulation order (a bfloat16 rounding flips where a sum lies near a midpoint; measured: the
+    same bits here). The bound is a tenth of how far the float32 iteration's weights lie from
+    these (1.4-3.4% of the movement over these 5 steps)."""
+    from optgen_runtime import held
+
+    assert isinstance(held.held_ops("bfloat16", np.zeros(1, np.float32)), held.HeldTorch)
+    assert isinstance(held.held_ops("bfloat16", np.zeros(1)), held.HeldNumPy)  # float64
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal(shape).astype(np.float32)
+    grads = [rng.standard_normal(shape).astype(np.float32) for _ in range(5)]
+    results = []
+    for have_torch in (True, False):
+        monkeypatch.setattr(held, "HAVE_TORCH", have_torch)
+        monkeypatch.setattr(held, "_HELD", {})
+        w, state = w0.copy(), muon.init_state(w0)
+        for t, g in enumerate(grads, start=1):
+            muon.step(w, g, state, t, lr=0.02, ns_dtype="bfloat16")
+        results.append(w)
+    moved = np.abs(results[1] - w0).max()
+    assert moved > 0.04
+    np.testing.assert_allclose(results[0], results[1], rtol=0, atol=1e-3 * moved)
+
+
+def test_bfloat16_rounding_is_torchs() -> None:
+    """``held_in`` against torch's own conversion, bit for bit: float32 and float64 values over
+    the whole exponent range, ties, infinities, NaN, subnormals and overflow."""
+    from optgen_runtime.held import held_in
+
+    rng = np.random.default_rng(5)
+    scale = 10.0 ** rng.integers(-44, 38, 20_000)
+    x32 = (rng.standard_normal(20_000) * scale).astype(np.float32)
+    ties = np.float32(1) + np.float32(2**-8) * np.arange(1, 8, dtype=np.float32)
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-45, 1e-39]
+    x32 = np.concatenate([x32, ties, np.array(specials, np.float32)])
+    x64 = np.concatenate([rng.standard_normal(20_000) * 10.0 ** rng.integers(-300, 300, 20_000)])
+    for x in (x32, x64):
+        for fmt, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+            want = torch.from_numpy(x).to(dtype).to(torch.float64).numpy()
+            got = held_in(x, fmt)
+            assert got.dtype == x.dtype
+            np.testing.assert_array_equal(got.astype(np.float64), want)
 
 
 # ------------------------------------------------------------------------ 40-digit equations
@@ -199,7 +264,9 @@ def test_equivariance_is_proven_for_other_steps(tmp_path: Path) -> None:
     assert matrix.iterations(rule)[0].equivariant
 
 
-def _spec(tmp_path: Path, body: str, steps: str = "n", name: str = "probe") -> object:
+def _spec(
+    tmp_path: Path, body: str, steps: str = "n", name: str = "probe", precision: str = "None"
+) -> object:
     path = tmp_path / f"{name}.py"
     path.write_text(
         textwrap.dedent(
@@ -210,10 +277,12 @@ def _spec(tmp_path: Path, body: str, steps: str = "n", name: str = "probe") -> o
             RULE = Rule("{name}", __doc__)
             a = RULE.hyper("a", 1.0)
             n = RULE.hyper("n", 2, integer(0, 9))
+            fmt = RULE.choice("fmt", "weight", ("weight", "float16"))
+            odd = RULE.choice("odd", "weight", ("weight", "int8"))
             x0 = RULE.let("x0", RULE.grad)
             def body(X):
                 {body}
-            ortho = matrix.iterate(RULE, "ortho", x0, {steps}, body)
+            ortho = matrix.iterate(RULE, "ortho", x0, {steps}, body, precision={precision})
             RULE.update(RULE.weight, RULE.weight - ortho)
             '''
         )
@@ -237,6 +306,22 @@ def test_a_malformed_matrix_equation_is_refused_naming_the_spec_line(
 ) -> None:
     with pytest.raises(SpecError, match=message):
         _spec(tmp_path, body, steps)
+
+
+@pytest.mark.parametrize(
+    ("precision", "message"),
+    [
+        ("a", r"probe.py:\d+: matrix value 'ortho': precision=a must be a choice hyperparameter"),
+        ("odd", r"probe.py:\d+: matrix value 'ortho': precision 'odd' offers \['int8'\]"),
+    ],
+)
+def test_a_precision_that_is_not_a_choice_of_formats_is_refused(
+    tmp_path, precision, message
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        _spec(tmp_path, "return X", precision=precision)
+    rule = _spec(tmp_path, "return X", precision="fmt", name="probe_ok")  # float16 is one
+    assert matrix.iterations(rule)[0].precisions == ("weight", "float16")
 
 
 def test_op_counts_are_pinned() -> None:
@@ -363,3 +448,44 @@ def test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90() -> None:
     kernels = {r["kernel"] for r in rows}
     assert kernels == {f"muon_segment{i}_kernel" for i in range(3)}
     assert len(rows) == 3 * 2 * 3 * 2  # kernels x archs x weight dtypes x (un)aligned variants
+
+
+def test_the_drop_in_takes_ns_dtype_and_keeps_torchs_state_dict() -> None:
+    """``optim.Muon(..., ns_dtype="bfloat16")``: torch's signature plus the keyword-only setting
+    torch lacks; it iterates in bfloat16 (within the bound of torch's own bfloat16 Muon, and not
+    the float32 drop-in's weights); the state_dict stays torch's (no ``ns_dtype``), and a
+    checkpoint loaded takes the loading optimizer's value."""
+    from generated.torch import optim
+
+    torch.manual_seed(0)
+    weights = [torch.randn(24, 40), torch.randn(40, 16)]
+    runs = {}
+    for label, make in (
+        ("bf16", lambda ps: optim.Muon(ps, lr=0.02, ns_dtype="bfloat16")),
+        ("f32", lambda ps: optim.Muon(ps, lr=0.02)),
+        ("torch", lambda ps: torch.optim.Muon(ps, lr=0.02)),
+    ):
+        ps = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = make(ps)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(10):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs[label] = (ps, opt)
+    for i, w in enumerate(weights):
+        moved = (runs["torch"][0][i] - w).abs().max().item()
+        assert (runs["bf16"][0][i] - runs["torch"][0][i]).abs().max().item() <= 0.03 * moved
+        assert (runs["bf16"][0][i] - runs["f32"][0][i]).abs().max().item() > 1e-4 * moved
+    ours = runs["bf16"][1]
+    assert ours.param_groups[0]["ns_dtype"] == "bfloat16"
+    saved = ours.state_dict()
+    assert "ns_dtype" not in saved["param_groups"][0]
+    assert (
+        saved["param_groups"][0].keys() == runs["torch"][1].state_dict()["param_groups"][0].keys()
+    )
+    again = optim.Muon([torch.nn.Parameter(w.clone()) for w in weights], ns_dtype="bfloat16")
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["ns_dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="ns_dtype"):
+        optim.Muon([torch.nn.Parameter(weights[0].clone())], ns_dtype="float8")

@@ -80,6 +80,7 @@ def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
             "tensors": 50,
             "n": 2_523_136,
             "generated Muon (float32 NS)": 90.0,
+            "generated Muon (bfloat16 NS)": 67.5,
             "torch Muon (bfloat16 NS)": 45.0,
         },
         "rules": [],
@@ -90,3 +91,4 @@ def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
     assert out.count("0.25x") == 2 and out.count("0.12x") == 2  # numba/NumPy, Adam/NumPy
     assert "Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: 50" in out
     assert out.count("2.00x") == 1  # the drop-in against torch's Muon
+    assert out.count("1.50x") == 1  # its bfloat16 iteration

@@ -295,8 +295,8 @@ def adafactor_rows(steps: int) -> dict[str, dict[str, Any]]:
 
 def muon_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step of the drop-in Muon (on CPU its NumPy module: Newton-Schulz in the weights'
-    float32, NumPy's matmul) and of torch.optim.Muon (Newton-Schulz in bfloat16) on the same
-    matrices."""
+    float32, NumPy's matmul; and at ``ns_dtype="bfloat16"``, torch's bfloat16 CPU ops) and of
+    torch.optim.Muon (Newton-Schulz in bfloat16) on the same matrices."""
     import torch
 
     from generated.torch.optim import Muon
@@ -306,6 +306,10 @@ def muon_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
         steps,
         {
             "generated Muon (float32 NS)": (lambda ps: Muon(ps, lr=1e-3), False),
+            "generated Muon (bfloat16 NS)": (
+                lambda ps: Muon(ps, lr=1e-3, ns_dtype="bfloat16"),
+                False,
+            ),
             "torch Muon (bfloat16 NS)": (lambda ps: torch.optim.Muon(ps, lr=1e-3), False),
         },
     )

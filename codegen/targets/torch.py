@@ -54,6 +54,7 @@ def drop_in_context(rules: list[Rule]) -> dict[str, object]:
                     "rule": rule.name,
                     "base": rule.class_name,
                     "args": [(n, "" if n == "*" else repr(v)) for n, v in d.signature],
+                    "own": [(n, repr(v)) for n, v in d.own],
                     "fixed": repr(dict(d.fixed)),
                     "below_2d": repr(dict(d.below_2d)),
                     "source": rule.source,

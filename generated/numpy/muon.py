@@ -20,7 +20,11 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
 an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
 lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
-X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or float64).
+the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
+float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
+dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
+round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
+into one rounded product each: tests/test_muon.py bounds the difference).
 
 Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
 embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -43,6 +47,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
+from optgen_runtime.held import held_ops
 from optgen_runtime.numpy_support import check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
 
@@ -154,6 +159,7 @@ def _step(
     epsilon = hp["epsilon"]
     ns_steps = hp["ns_steps"]
     adjust_lr_fn = hp["adjust_lr_fn"]
+    ns_dtype = hp["ns_dtype"]
     rows, cols = check_matrix(weight)
     if rows == 0 or cols == 0:
         return  # an empty matrix: nothing to update (and its sizes may divide by 0)
@@ -196,19 +202,21 @@ def _step(
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
         4 * cols * rows**2 + 2 * cols * rows + 2 * rows**3 + 3 * rows**2
     )
-    ortho = np.transpose(X0) if _swap else X0
+    _fmt = ("weight", "bfloat16")[int(ns_dtype)]  # held in this format (optgen_runtime.held)
+    _ops = held_ops(_fmt, X0)
+    ortho = _ops.start(np.transpose(X0) if _swap else X0)
     for _ in range(int(ns_steps)):
-        _m0 = np.multiply(_h6, ortho)
-        _m1 = np.transpose(ortho)
-        _m2 = np.matmul(ortho, _m1)
-        _m3 = np.multiply(_h7, _m2)
-        _m4 = np.matmul(_m2, _m2)
-        _m5 = np.multiply(_h8, _m4)
-        _m6 = np.add(_m3, _m5)
-        _m7 = np.matmul(_m6, ortho)
-        _m8 = np.add(_m0, _m7)
+        _m0 = _ops.multiply(_h6, ortho)
+        _m1 = _ops.transpose(ortho)
+        _m2 = _ops.matmul(ortho, _m1)
+        _m3 = _ops.multiply(_h7, _m2)
+        _m4 = _ops.matmul(_m2, _m2)
+        _m5 = _ops.multiply(_h8, _m4)
+        _m6 = _ops.add(_m3, _m5)
+        _m7 = _ops.matmul(_m6, ortho)
+        _m8 = _ops.add(_m0, _m7)
         ortho = _m8
-    ortho = np.ascontiguousarray(np.transpose(ortho) if _swap else ortho)
+    ortho = _ops.finish(_ops.transpose(ortho) if _swap else ortho, X0)
     _h4 = -lr * wd + 1
     _h4 = dtype(checked_scalar(RULE, "_h4", "-lr*wd + 1", _h4, dtype))
     _h5 = -lr_adj

@@ -21,7 +21,11 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
 an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
 lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
-X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or float64).
+the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
+float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
+dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
+round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
+into one rounded product each: tests/test_muon.py bounds the difference).
 
 Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
 embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -49,6 +53,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "epsilon": 1e-07,  # floor of the Frobenius norm
     "ns_steps": 5.0,  # Newton-Schulz iterations
     "adjust_lr_fn": "original",  # learning rate scale (None: original, as torch's default None)
+    "ns_dtype": "weight",  # the Newton-Schulz iteration's format (bfloat16: torch's, faster where products are)
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
@@ -61,6 +66,7 @@ LEGAL: dict[str, Legal] = {
     "epsilon": Legal(lo=0.0, lo_open=True),
     "ns_steps": Legal(lo=0.0, hi=99.0, integer=True),
     "adjust_lr_fn": Legal(lo=0.0, hi=1.0, allow_none=True, choices=("original", "match_rms_adamw")),
+    "ns_dtype": Legal(lo=0.0, hi=1.0, choices=("weight", "bfloat16")),
 }
 # What None stands for, where a hyperparameter accepts it.
 NONE_MEANS: dict[str, float] = {

@@ -1520,7 +1520,11 @@ class Muon(GeneratedOptimizer):
     torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
     an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
     lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
-    X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or float64).
+    the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
+    float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
+    dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
+    round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
+    into one rounded product each: tests/test_muon.py bounds the difference).
 
     Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
     embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -1546,6 +1550,7 @@ class Muon(GeneratedOptimizer):
         epsilon: Any = 1e-07,
         ns_steps: Any = 5.0,
         adjust_lr_fn: Any = "original",
+        ns_dtype: Any = "weight",
         *,
         multi_precision: bool = False,
         backend: str = "auto",
@@ -1563,6 +1568,7 @@ class Muon(GeneratedOptimizer):
                 "epsilon": epsilon,
                 "ns_steps": ns_steps,
                 "adjust_lr_fn": adjust_lr_fn,
+                "ns_dtype": ns_dtype,
             },
             multi_precision=multi_precision,
             backend=backend,

@@ -321,6 +321,7 @@ class Muon(DropIn, _classes.Muon):
         ns_steps: Any = 5,
         adjust_lr_fn: Any = None,
         *,
+        ns_dtype: Any = "weight",
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
@@ -335,6 +336,9 @@ class Muon(DropIn, _classes.Muon):
                 "eps": eps,
                 "ns_steps": ns_steps,
                 "adjust_lr_fn": adjust_lr_fn,
+            },
+            own={
+                "ns_dtype": ns_dtype,
             },
             multi_precision=multi_precision,
             backend=backend,

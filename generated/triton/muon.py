@@ -21,7 +21,11 @@ Equations (weight W of shape (rows, cols), G the gradient, B the momentum buffer
 torch runs the iteration on the transpose when rows > cols (the smaller Gram matrix); the step is
 an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
 lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
-X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or float64).
+the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
+float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
+dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
+round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
+into one rounded product each: tests/test_muon.py bounds the difference).
 
 Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
 embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -45,6 +49,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.held import held_tensor
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import check_tensors, check_weight, launch
@@ -259,6 +264,7 @@ def _step(
     epsilon = hp["epsilon"]
     ns_steps = hp["ns_steps"]
     adjust_lr_fn = hp["adjust_lr_fn"]
+    ns_dtype = hp["ns_dtype"]
     rows, cols = check_matrix(weight)
     if rows == 0 or cols == 0:
         return  # an empty matrix: nothing to update (and its sizes may divide by 0)
@@ -304,7 +310,8 @@ def _step(
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
         4 * cols * rows**2 + 2 * cols * rows + 2 * rows**3 + 3 * rows**2
     )
-    ortho = torch.t(X0) if _swap else X0
+    _fmt = ("weight", "bfloat16")[int(ns_dtype)]  # held in this format (optgen_runtime.held)
+    ortho = held_tensor(torch.t(X0) if _swap else X0, _fmt)
     for _ in range(int(ns_steps)):
         _m0 = torch.mul(ortho, _h6)
         _m1 = torch.t(ortho)
@@ -316,7 +323,7 @@ def _step(
         _m7 = torch.matmul(_m6, ortho)
         _m8 = torch.add(_m0, _m7)
         ortho = _m8
-    ortho = (torch.t(ortho) if _swap else ortho).contiguous()
+    ortho = (torch.t(ortho) if _swap else ortho).to(X0.dtype).contiguous()
     _h4 = -lr * wd + 1
     checked_scalar(RULE, "_h4", "-lr*wd + 1", _h4, torch.float32)
     _h5 = -lr_adj

@@ -5,7 +5,11 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
   (``betas``, ``etas``) sets the hyperparameters of its items (``beta1``, ``beta2``), which every
   group keeps next to it, in step with it (:mod:`~optgen_runtime.optim.aliases`: a scheduler may
   edit either); the class's ``FIXED`` settings (AdamW's ``decoupled_weight_decay=True``) are
-  always passed. The keyword-only ``multi_precision`` and ``backend`` are optgen's own.
+  always passed. The keyword-only ``multi_precision`` and ``backend`` are optgen's own, and so
+  is each hyperparameter of the rule that torch has no argument for (Muon's ``ns_dtype``):
+  keyword-only, at the rule's default, kept in the groups (a group may set its own) but, like
+  ``backend``, not in the state_dict, which stays torch's: a checkpoint loaded gets the loading
+  optimizer's constructor value.
 - torch's implementation switches: ``foreach`` and ``fused`` are accepted and kept in the groups
   but change nothing: every step already runs one fused kernel per dtype combination on CUDA and
   the chunked NumPy reference on the CPU. ``capturable=True`` is refused (the step computes its
@@ -79,13 +83,14 @@ class DropIn(GeneratedOptimizer):
         params: Iterable[Any],
         settings: dict[str, Any],
         *,
+        own: dict[str, Any] | None = None,
         multi_precision: bool = False,
         backend: str = "auto",
     ) -> None:
         self._refuse_switches(settings, "")
         self._torch_checks(settings)
         settings = {**settings, **self.FIXED}
-        defaults = dict(settings)
+        defaults = {**settings, **(own or {})}
         for base, items in self._aliases().items():
             value = self._alias_value(base, items, defaults.pop(base))
             for index, ours in items:
@@ -107,6 +112,12 @@ class DropIn(GeneratedOptimizer):
                     cached[theirs] = ours
             cls._RENAMES = cached
         return cached
+
+    @classmethod
+    def _own(cls) -> set[str]:
+        """The rule's hyperparameters torch has no argument for (Muon's ``ns_dtype``)."""
+        mapped = cls.TORCH.hyper if cls.TORCH is not None else {}
+        return {k for k in cls.META.HYPERPARAMS if k not in mapped}
 
     def _torch_checks(self, settings: dict[str, Any]) -> None:
         """torch's own checks of its constructor arguments (ranges, Nesterov's need of momentum
@@ -161,6 +172,7 @@ class DropIn(GeneratedOptimizer):
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
         items = {ours for pairs in self._aliases().values() for _, ours in pairs}
+        items |= self._own()
         groups = [{k: v for k, v in g.items() if k not in items} for g in out["param_groups"]]
         params = [p for g in self.param_groups for p in g["params"]]
         group_of = {i: g for g in groups for i in g["params"]}
