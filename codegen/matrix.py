@@ -14,10 +14,14 @@ is four lines::
 
 ``ortho`` is then a per-element value like any other. ``precision=`` names a choice
 hyperparameter (:meth:`codegen.spec.Rule.choice`) of the values in :data:`PRECISIONS`: at
-``"bfloat16"`` (or ``"float16"``) the iteration's matrices are held in that format, as
-``torch.optim.Muon`` holds them: the start rounded to it, and every op's result (a product
-accumulated in at least float32) rounded once to it, to nearest, ties to even; at ``"weight"`` in
-the weight's dtype. A value used twice (``A``) is computed once:
+``"bfloat16"`` (or ``"float16"``) the iteration holds its matrices in that format, as
+``torch.optim.Muon`` holds them: the *held* values (the start, every operand of a product and
+each step's result; :func:`held_values`) are stored in the format, rounded once to nearest, ties
+to even, from the weight's dtype, in which every other value is computed (a product's exact
+sum accumulated in at least float32). So ``b * A + c * (A @ A)``, whose product feeds only
+that sum, is one rounding, as a BLAS ``gemm`` with ``beta`` computes it
+(``torch.addmm``: :func:`held_program` fuses such sums); at ``"weight"`` everything is computed
+and kept in the weight's dtype. A value used twice (``A``) is computed once:
 the matrix equations are a graph of :class:`Mat` nodes, lowered to three-address matrix ops of
 the one operation table (``matmul``, ``transpose``, ``madd``, ``mscale`` in :mod:`codegen.ops`),
 each with a flop cost (:func:`codegen.ops.matrix_cost`). The lowering proves with SymPy whether
@@ -283,6 +287,92 @@ def transpose_equivariant(iteration: Iteration) -> bool:
     except (TypeError, ValueError, AttributeError, NotImplementedError):
         return False
     return difference == 0 or difference == sp.ZeroMatrix(rows, cols)
+
+
+def held_values(iteration: Iteration) -> set[str]:
+    """The values an iteration with a precision stores in its format: the input ``X``, each
+    step's result (the last op's), every operand of a product and the transposes between."""
+    made = {op.dest: op for op in iteration.program}
+    held = {"X", iteration.program[-1].dest}
+
+    def hold(name: str) -> None:
+        held.add(name)
+        op = made.get(name)
+        if op is not None and op.kind == "transpose":  # a transpose moves values: its source
+            hold(op.args[0])
+
+    for op in iteration.program:
+        if op.kind == "matmul":
+            for a in op.args:
+                hold(a)
+    return held
+
+
+@dataclass(frozen=True)
+class HeldOp:
+    """``dest = kind(*args)``, rounded to the iteration's format if ``held``. ``kind`` is a
+    matrix op or ``addmm``: ``dest = s * C + t * (A @ B)`` for args ``(C, A, B)`` and
+    ``scalars`` ``(s, t)`` (None: 1), computed as ``gemm`` computes it, rounded once."""
+
+    dest: str
+    kind: str
+    args: tuple[str, ...]
+    scalars: tuple[sp.Expr | None, ...] = ()
+    held: bool = False
+
+
+def held_program(iteration: Iteration) -> list[HeldOp]:
+    """The step's ops as the generated code runs them: each marked held or not
+    (:func:`held_values`); a held sum of a product that nothing else reads and a held value
+    (or its multiple) is one ``addmm`` (``torch.addmm``'s one rounding of ``beta C + alpha A B``;
+    its operands are held, so a format's product runs in that format)."""
+    program = iteration.program
+    held = held_values(iteration)
+    made = {op.dest: op for op in program}
+    uses: dict[str, int] = {program[-1].dest: 1}
+    for op in program:
+        for a in op.args:
+            uses[a] = uses.get(a, 0) + 1
+
+    def inner(name: str) -> bool:  # computed here, read once, not held: may be fused away
+        return name in made and uses.get(name) == 1 and name not in held
+
+    def product(name: str) -> tuple[tuple[str, ...], sp.Expr | None, list[str]] | None:
+        op = made.get(name)
+        if op is None or not inner(name):
+            return None
+        if op.kind == "matmul":
+            return op.args, None, [name]
+        scaled = made.get(op.args[0]) if op.kind == "mscale" else None
+        if scaled is not None and scaled.kind == "matmul" and inner(scaled.dest):
+            return scaled.args, op.scalar, [name, scaled.dest]
+        return None
+
+    fused: dict[str, HeldOp] = {}
+    gone: set[str] = set()
+    for op in program:
+        if op.kind != "madd" or op.dest not in held:
+            continue
+        for p, q in (op.args, op.args[::-1]):
+            found = product(q)
+            if found is None:
+                continue
+            (a, b), t, parts = found
+            scaled = made.get(p)
+            if scaled is not None and scaled.kind == "mscale" and inner(p):
+                c, s, parts = scaled.args[0], scaled.scalar, [*parts, p]
+            else:
+                c, s = p, None
+            if c not in held:  # the sum's other term must be held (gemm's C, in the format)
+                continue
+            fused[op.dest] = HeldOp(op.dest, "addmm", (c, a, b), (s, t), True)
+            gone |= set(parts)
+            break
+    return [
+        fused.get(op.dest) or HeldOp(op.dest, op.kind, op.args, (op.scalar,), op.dest in held)
+        for op in program
+        if op.dest not in gone
+    ]
 
 
 def iterations(rule: Rule) -> list[Iteration]:

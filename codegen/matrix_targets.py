@@ -41,12 +41,15 @@ NUMPY_MATRIX = {
     "madd": lambda a: f"np.add({a[0]}, {a[1]})",
     "mscale": lambda a: f"np.multiply({a[0]}, {a[1]})",
 }
-# NumPy, an iteration with a precision: the runtime's ops for its format (optgen_runtime.held)
+# An iteration with a precision, either target: the runtime's ops for its format
+# (optgen_runtime.held), each told whether its result is held (codegen.matrix.held_program);
+# ``addmm`` is that program's fused ``s C + t A B``.
 HELD_MATRIX = {
-    "matmul": lambda a: f"_ops.matmul({a[0]}, {a[1]})",
-    "transpose": lambda a: f"_ops.transpose({a[0]})",
-    "madd": lambda a: f"_ops.add({a[0]}, {a[1]})",
-    "mscale": lambda a: f"_ops.multiply({a[0]}, {a[1]})",
+    "matmul": lambda a, held: f"_ops.matmul({a[0]}, {a[1]}, {held})",
+    "transpose": lambda a, held: f"_ops.transpose({a[0]})",
+    "madd": lambda a, held: f"_ops.add({a[0]}, {a[1]}, {held})",
+    "mscale": lambda a, held: f"_ops.multiply({a[0]}, {a[1]}, {held})",
+    "addmm": lambda a, held: f"_ops.addmm({', '.join(a)})",
 }
 TORCH_MATRIX = {
     "matmul": lambda a: f"torch.matmul({a[0]}, {a[1]})",
@@ -56,7 +59,7 @@ TORCH_MATRIX = {
 }
 for _target, _entries in (
     ("NumPy matrix", NUMPY_MATRIX),
-    ("held matrix", HELD_MATRIX),
+    ("held matrix", {k: v for k, v in HELD_MATRIX.items() if k != "addmm"}),
     ("torch matrix", TORCH_MATRIX),
 ):
     if set(_entries) != set(ops.MATRIX_OPS):
@@ -248,9 +251,25 @@ def _host_lines(plan_: Plan, code: HostCode) -> list[str]:
 
 
 def _matrix_lines(it: matrix.Iteration, plan_: Plan, printer: dict) -> list[str]:
-    """One step of the iteration, the iterate named after the matrix value."""
+    """One step of the iteration, the iterate named after the matrix value (an iteration with a
+    precision: its held program through the runtime's ops, whichever the target)."""
     rename = {"X": it.name}
     lines = []
+    if it.precision is not None:
+        for hop in matrix.held_program(it):
+            args = [rename.get(a, a) for a in hop.args]
+            factors = [
+                "None" if e is None else scalar_name(plan_, e)
+                for e in hop.scalars
+                if hop.kind in ("mscale", "addmm")
+            ]
+            if hop.kind == "mscale":
+                args = [*factors, *args]
+            elif hop.kind == "addmm":
+                args = [*args, *factors]
+            lines.append(f"{hop.dest} = {HELD_MATRIX[hop.kind](args, hop.held)}")
+        lines.append(f"{it.name} = {it.program[-1].dest}")
+        return lines
     for op in it.program:
         args = [rename.get(a, a) for a in op.args]
         if op.kind == "mscale":
@@ -297,9 +316,7 @@ def numpy_context(plan_: Plan, code: HostCode) -> dict[str, object]:
                     "equivariant": it.equivariant,
                     "cost": direct,
                     "cost_t": swapped,
-                    "lines": _matrix_lines(
-                        it, plan_, NUMPY_MATRIX if it.precision is None else HELD_MATRIX
-                    ),
+                    "lines": _matrix_lines(it, plan_, NUMPY_MATRIX),
                     **_held(it),
                 }
             )

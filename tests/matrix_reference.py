@@ -80,10 +80,35 @@ def held(x, bits: int | None):
     return out
 
 
+def held_nodes(root: matrix.Mat) -> set[int]:
+    """The nodes a held iteration stores in its format (ids): the step's result and every
+    operand of a product, a transposed operand's source too (the semantics of
+    codegen/matrix.py's docstring, found here on the equations' graph itself)."""
+    held = {id(root)}
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.kind == "matmul":
+            for operand in node.args:
+                while True:
+                    held.add(id(operand))
+                    if operand.kind != "transpose":
+                        break
+                    operand = operand.args[0]
+        stack.extend(node.args)
+    return held
+
+
 def apply(node: matrix.Mat, x, values, bits: int | None = None):
-    """One step of a matrix equation on the mpmath matrix ``x``; ``bits``: each op's result
-    rounded to that many significant bits (:func:`held`), but a transpose's."""
+    """One step of a matrix equation on the mpmath matrix ``x``; ``bits``: each held value
+    (:func:`held_nodes`) rounded to that many significant bits (:func:`held`), the others
+    exact."""
     memo: dict[int, object] = {}
+    stored = held_nodes(node)
 
     def value(n: matrix.Mat):
         if id(n) not in memo:
@@ -101,7 +126,7 @@ def apply(node: matrix.Mat, x, values, bits: int | None = None):
                 memo[id(n)] = mpmath.mpf(str(sp.N(s, 40))) * args[0]
             else:  # a matrix op this reference does not know: extend it with the table
                 raise AssertionError(n.kind)
-            if n.kind not in ("input", "transpose"):
+            if n.kind not in ("input", "transpose") and id(n) in stored:
                 memo[id(n)] = held(memo[id(n)], bits)
         return memo[id(n)]
 

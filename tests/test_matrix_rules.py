@@ -414,8 +414,12 @@ def one_product_both(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in MATRIX_RULE_NAMES:
         monkeypatch.setattr(numpy_module(name), "np", OneProductNumPy())
         monkeypatch.setattr(triton_module(name), "torch", OneProductTorch())
-    monkeypatch.setattr(held, "np", OneProductNumPy())  # ops of an iteration with a precision
-    monkeypatch.setattr(held, "HAVE_TORCH", False)  # NumPy's emulation: its products rerouted too
+    # an iteration with a precision runs its ops in optgen_runtime.held: NumPy's emulation there
+    # (torch's CPU ops hidden) and the GPU path's torch ops, rerouted alike (a held format's
+    # fused addmm makes its own product)
+    monkeypatch.setattr(held, "np", OneProductNumPy())
+    monkeypatch.setattr(held, "_torch_module", OneProductTorch)
+    monkeypatch.setattr(held, "HAVE_TORCH", False)
     monkeypatch.setattr(held, "_HELD", {})
 
 

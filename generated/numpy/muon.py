@@ -21,10 +21,11 @@ torch runs the iteration on the transpose when rows > cols (the smaller Gram mat
 an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
 lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
 the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
-dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
-round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
-into one rounded product each: tests/test_muon.py bounds the difference).
+float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``, holding what torch holds in
+bfloat16 (codegen/matrix.py): X_0, A = X X^T, B = b A + c A^2 and a X + B X, each rounded once
+from float32 (the last two as torch's ``addmm``, one rounding each), the products in bfloat16.
+The one difference: torch rounds the momentum to bfloat16 before it normalises it, optgen
+normalises in the weight's dtype and rounds X_0 (tests/test_muon.py bounds the difference).
 
 Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
 embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -206,15 +207,10 @@ def _step(
     _ops = held_ops(_fmt, X0)
     ortho = _ops.start(np.transpose(X0) if _swap else X0)
     for _ in range(int(ns_steps)):
-        _m0 = _ops.multiply(_h6, ortho)
         _m1 = _ops.transpose(ortho)
-        _m2 = _ops.matmul(ortho, _m1)
-        _m3 = _ops.multiply(_h7, _m2)
-        _m4 = _ops.matmul(_m2, _m2)
-        _m5 = _ops.multiply(_h8, _m4)
-        _m6 = _ops.add(_m3, _m5)
-        _m7 = _ops.matmul(_m6, ortho)
-        _m8 = _ops.add(_m0, _m7)
+        _m2 = _ops.matmul(ortho, _m1, True)
+        _m6 = _ops.addmm(_m2, _m2, _m2, _h7, _h8)
+        _m8 = _ops.addmm(ortho, _m6, ortho, _h6, None)
         ortho = _m8
     ortho = _ops.finish(_ops.transpose(ortho) if _swap else ortho, X0)
     _h4 = -lr * wd + 1

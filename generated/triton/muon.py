@@ -22,10 +22,11 @@ torch runs the iteration on the transpose when rows > cols (the smaller Gram mat
 an odd polynomial p(X X^T) X, so X^T's iteration transposed back is the same matrix: optgen's
 lowering proves this and picks the cheaper orientation from the shape, as torch does. torch casts
 the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``: X_0 (normalised in the weight's
-dtype) rounded to bfloat16 and every matrix op's result rounded once, as torch's bfloat16 ops
-round theirs (torch normalises the bfloat16 momentum and fuses ``b A + c A^2`` and ``a X + B X``
-into one rounded product each: tests/test_muon.py bounds the difference).
+float64) by default, and in bfloat16 at ``ns_dtype="bfloat16"``, holding what torch holds in
+bfloat16 (codegen/matrix.py): X_0, A = X X^T, B = b A + c A^2 and a X + B X, each rounded once
+from float32 (the last two as torch's ``addmm``, one rounding each), the products in bfloat16.
+The one difference: torch rounds the momentum to bfloat16 before it normalises it, optgen
+normalises in the weight's dtype and rounds X_0 (tests/test_muon.py bounds the difference).
 
 Non-matrix weights: torch.optim.Muon refuses every parameter that is not 2-D (biases, gains and
 embeddings belong to another optimizer); optgen does the same, with a ValueError naming the
@@ -49,7 +50,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.held import held_tensor
+from optgen_runtime.held import held_torch_ops
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import check_tensors, check_weight, launch
@@ -311,19 +312,15 @@ def _step(
         4 * cols * rows**2 + 2 * cols * rows + 2 * rows**3 + 3 * rows**2
     )
     _fmt = ("weight", "bfloat16")[int(ns_dtype)]  # held in this format (optgen_runtime.held)
-    ortho = held_tensor(torch.t(X0) if _swap else X0, _fmt)
+    _ops = held_torch_ops(_fmt)
+    ortho = _ops.start(torch.t(X0) if _swap else X0)
     for _ in range(int(ns_steps)):
-        _m0 = torch.mul(ortho, _h6)
-        _m1 = torch.t(ortho)
-        _m2 = torch.matmul(ortho, _m1)
-        _m3 = torch.mul(_m2, _h7)
-        _m4 = torch.matmul(_m2, _m2)
-        _m5 = torch.mul(_m4, _h8)
-        _m6 = torch.add(_m3, _m5)
-        _m7 = torch.matmul(_m6, ortho)
-        _m8 = torch.add(_m0, _m7)
+        _m1 = _ops.transpose(ortho)
+        _m2 = _ops.matmul(ortho, _m1, True)
+        _m6 = _ops.addmm(_m2, _m2, _m2, _h7, _h8)
+        _m8 = _ops.addmm(ortho, _m6, ortho, _h6, None)
         ortho = _m8
-    ortho = (torch.t(ortho) if _swap else ortho).to(X0.dtype).contiguous()
+    ortho = _ops.finish(torch.t(ortho) if _swap else ortho, X0)
     _h4 = -lr * wd + 1
     checked_scalar(RULE, "_h4", "-lr*wd + 1", _h4, torch.float32)
     _h5 = -lr_adj
