@@ -21,9 +21,12 @@ Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
 The reference keeps v flattened (shape (rows*cols,)); here it has the weight's shape, the same
 numbers. Like Muon's, the iteration runs on the cheaper orientation (the lowering proves the step
 transpose-equivariant), as the reference does (it transposes when rows > cols). The reference
-casts X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-float64): tests/test_adamuon.py compares with the reference's own iteration run in float32 and
-bounds the bfloat16 difference.
+casts the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype
+(float32 or float64) by default, and at ``ns_dtype="bfloat16"`` holds what the reference holds
+in bfloat16 (X_0, A = X X^T, b A + c A^2 and a X + B X, the last two one ``addmm`` each;
+codegen/matrix.py), normalising in the weight's dtype where the reference normalises the
+bfloat16 momentum: tests/test_adamuon.py compares with the reference's own iteration run in
+float32 and bounds the bfloat16 difference either way.
 
 Non-matrix weights: the reference flattens a weight of more than 2 dimensions to (rows, rest) and
 sends 1-D ones to its AdamW branch (``use_muon=False``); optgen refuses every weight that is not
@@ -49,6 +52,12 @@ c = RULE.hyper("ns_c", 2.0315, doc="Newton-Schulz coefficient c (of A^2 X)")
 ns_steps = RULE.hyper("ns_steps", 5, integer(1, 99), doc="Newton-Schulz iterations")
 adjusted = RULE.flag("use_adjusted_lr", True, doc="0.2 sqrt(max(rows, cols)), else Jordan's")
 decouple = RULE.flag("weight_decouple", True, doc="decay W by 1 - lr wd, else add wd W to G")
+ns_dtype = RULE.choice(
+    "ns_dtype",
+    "weight",
+    ("weight", "bfloat16"),
+    doc="the Newton-Schulz iteration's format (bfloat16: the reference's)",
+)
 w, g, t = RULE.weight, RULE.grad, RULE.t
 m = RULE.state("m", 0, doc="momentum m")
 v = RULE.state("v", 0, doc="second moment v of the orthogonalised momentum")
@@ -62,7 +71,7 @@ def newton_schulz(X: matrix.Mat) -> matrix.Mat:
     return a * X + (b * A + c * (A @ A)) @ X
 
 
-ortho = matrix.iterate(RULE, "ortho", X0, ns_steps, newton_schulz)
+ortho = matrix.iterate(RULE, "ortho", X0, ns_steps, newton_schulz, precision=ns_dtype)
 v_new = RULE.update(v, beta2 * v + (1 - beta2) * ortho**2)
 U = RULE.let("U", ortho / (sp.sqrt(v_new / (1 - beta2**t)) + eps))
 rows, cols = RULE.rows, RULE.cols

@@ -25,9 +25,12 @@ Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
 The reference keeps v flattened (shape (rows*cols,)); here it has the weight's shape, the same
 numbers. Like Muon's, the iteration runs on the cheaper orientation (the lowering proves the step
 transpose-equivariant), as the reference does (it transposes when rows > cols). The reference
-casts X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-float64): tests/test_adamuon.py compares with the reference's own iteration run in float32 and
-bounds the bfloat16 difference.
+casts the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype
+(float32 or float64) by default, and at ``ns_dtype="bfloat16"`` holds what the reference holds
+in bfloat16 (X_0, A = X X^T, b A + c A^2 and a X + B X, the last two one ``addmm`` each;
+codegen/matrix.py), normalising in the weight's dtype where the reference normalises the
+bfloat16 momentum: tests/test_adamuon.py compares with the reference's own iteration run in
+float32 and bounds the bfloat16 difference either way.
 
 Non-matrix weights: the reference flattens a weight of more than 2 dimensions to (rows, rest) and
 sends 1-D ones to its AdamW branch (``use_muon=False``); optgen refuses every weight that is not
@@ -53,6 +56,7 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
+from optgen_runtime.held import held_ops
 from optgen_runtime.numpy_support import check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
 
@@ -166,6 +170,7 @@ def _step(
     ns_steps = hp["ns_steps"]
     use_adjusted_lr = hp["use_adjusted_lr"]
     weight_decouple = hp["weight_decouple"]
+    ns_dtype = hp["ns_dtype"]
     rows, cols = check_matrix(weight)
     if rows == 0 or cols == 0:
         return  # an empty matrix: nothing to update (and its sizes may divide by 0)
@@ -204,19 +209,16 @@ def _step(
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
         4 * cols * rows**2 + 2 * cols * rows + 2 * rows**3 + 3 * rows**2
     )
-    ortho = np.transpose(X0) if _swap else X0
+    _fmt = ("weight", "bfloat16")[int(ns_dtype)]  # held in this format (optgen_runtime.held)
+    _ops = held_ops(_fmt, X0)
+    ortho = _ops.start(np.transpose(X0) if _swap else X0)
     for _ in range(int(ns_steps)):
-        _m0 = np.multiply(_h9, ortho)
-        _m1 = np.transpose(ortho)
-        _m2 = np.matmul(ortho, _m1)
-        _m3 = np.multiply(_h10, _m2)
-        _m4 = np.matmul(_m2, _m2)
-        _m5 = np.multiply(_h11, _m4)
-        _m6 = np.add(_m3, _m5)
-        _m7 = np.matmul(_m6, ortho)
-        _m8 = np.add(_m0, _m7)
+        _m1 = _ops.transpose(ortho)
+        _m2 = _ops.matmul(ortho, _m1, True)
+        _m6 = _ops.addmm(_m2, _m2, _m2, _h10, _h11)
+        _m8 = _ops.addmm(ortho, _m6, ortho, _h9, None)
         ortho = _m8
-    ortho = np.ascontiguousarray(np.transpose(ortho) if _swap else ortho)
+    ortho = _ops.finish(_ops.transpose(ortho) if _swap else ortho, X0)
     _h3 = beta2
     _h3 = dtype(checked_scalar(RULE, "_h3", "beta2", _h3, dtype))
     _h4 = 1 - beta2

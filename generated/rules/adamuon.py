@@ -26,9 +26,12 @@ Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
 The reference keeps v flattened (shape (rows*cols,)); here it has the weight's shape, the same
 numbers. Like Muon's, the iteration runs on the cheaper orientation (the lowering proves the step
 transpose-equivariant), as the reference does (it transposes when rows > cols). The reference
-casts X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-float64): tests/test_adamuon.py compares with the reference's own iteration run in float32 and
-bounds the bfloat16 difference.
+casts the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype
+(float32 or float64) by default, and at ``ns_dtype="bfloat16"`` holds what the reference holds
+in bfloat16 (X_0, A = X X^T, b A + c A^2 and a X + B X, the last two one ``addmm`` each;
+codegen/matrix.py), normalising in the weight's dtype where the reference normalises the
+bfloat16 momentum: tests/test_adamuon.py compares with the reference's own iteration run in
+float32 and bounds the bfloat16 difference either way.
 
 Non-matrix weights: the reference flattens a weight of more than 2 dimensions to (rows, rest) and
 sends 1-D ones to its AdamW branch (``use_muon=False``); optgen refuses every weight that is not
@@ -59,6 +62,7 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
     "ns_steps": 5.0,  # Newton-Schulz iterations
     "use_adjusted_lr": True,  # 0.2 sqrt(max(rows, cols)), else Jordan's
     "weight_decouple": True,  # decay W by 1 - lr wd, else add wd W to G
+    "ns_dtype": "weight",  # the Newton-Schulz iteration's format (bfloat16: the reference's)
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
@@ -72,6 +76,7 @@ LEGAL: dict[str, Legal] = {
     "ns_steps": Legal(lo=1.0, hi=99.0, integer=True),
     "use_adjusted_lr": Legal(lo=0.0, hi=1.0, flag=True),
     "weight_decouple": Legal(lo=0.0, hi=1.0, flag=True),
+    "ns_dtype": Legal(lo=0.0, hi=1.0, choices=("weight", "bfloat16")),
 }
 # What None stands for, where a hyperparameter accepts it.
 NONE_MEANS: dict[str, float] = {}

@@ -680,9 +680,12 @@ class AdaMuon(GeneratedOptimizer):
     The reference keeps v flattened (shape (rows*cols,)); here it has the weight's shape, the same
     numbers. Like Muon's, the iteration runs on the cheaper orientation (the lowering proves the step
     transpose-equivariant), as the reference does (it transposes when rows > cols). The reference
-    casts X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-    float64): tests/test_adamuon.py compares with the reference's own iteration run in float32 and
-    bounds the bfloat16 difference.
+    casts the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype
+    (float32 or float64) by default, and at ``ns_dtype="bfloat16"`` holds what the reference holds
+    in bfloat16 (X_0, A = X X^T, b A + c A^2 and a X + B X, the last two one ``addmm`` each;
+    codegen/matrix.py), normalising in the weight's dtype where the reference normalises the
+    bfloat16 momentum: tests/test_adamuon.py compares with the reference's own iteration run in
+    float32 and bounds the bfloat16 difference either way.
 
     Non-matrix weights: the reference flattens a weight of more than 2 dimensions to (rows, rest) and
     sends 1-D ones to its AdamW branch (``use_muon=False``); optgen refuses every weight that is not
@@ -711,6 +714,7 @@ class AdaMuon(GeneratedOptimizer):
         ns_steps: Any = 5.0,
         use_adjusted_lr: Any = True,
         weight_decouple: Any = True,
+        ns_dtype: Any = "weight",
         *,
         multi_precision: bool = False,
         backend: str = "auto",
@@ -729,6 +733,7 @@ class AdaMuon(GeneratedOptimizer):
                 "ns_steps": ns_steps,
                 "use_adjusted_lr": use_adjusted_lr,
                 "weight_decouple": weight_decouple,
+                "ns_dtype": ns_dtype,
             },
             multi_precision=multi_precision,
             backend=backend,

@@ -26,9 +26,12 @@ Equations (weight W of shape (rows, cols), G the gradient, m and v the moments):
 The reference keeps v flattened (shape (rows*cols,)); here it has the weight's shape, the same
 numbers. Like Muon's, the iteration runs on the cheaper orientation (the lowering proves the step
 transpose-equivariant), as the reference does (it transposes when rows > cols). The reference
-casts X_0 to bfloat16 and iterates there; optgen iterates in the weight's dtype (float32 or
-float64): tests/test_adamuon.py compares with the reference's own iteration run in float32 and
-bounds the bfloat16 difference.
+casts the momentum to bfloat16 and iterates there; optgen iterates in the weight's dtype
+(float32 or float64) by default, and at ``ns_dtype="bfloat16"`` holds what the reference holds
+in bfloat16 (X_0, A = X X^T, b A + c A^2 and a X + B X, the last two one ``addmm`` each;
+codegen/matrix.py), normalising in the weight's dtype where the reference normalises the
+bfloat16 momentum: tests/test_adamuon.py compares with the reference's own iteration run in
+float32 and bounds the bfloat16 difference either way.
 
 Non-matrix weights: the reference flattens a weight of more than 2 dimensions to (rows, rest) and
 sends 1-D ones to its AdamW branch (``use_muon=False``); optgen refuses every weight that is not
@@ -55,6 +58,7 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
+from optgen_runtime.held import held_torch_ops
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_support import check_tensors, check_weight, launch
@@ -301,6 +305,7 @@ def _step(
     ns_steps = hp["ns_steps"]
     use_adjusted_lr = hp["use_adjusted_lr"]
     weight_decouple = hp["weight_decouple"]
+    ns_dtype = hp["ns_dtype"]
     rows, cols = check_matrix(weight)
     if rows == 0 or cols == 0:
         return  # an empty matrix: nothing to update (and its sizes may divide by 0)
@@ -344,19 +349,16 @@ def _step(
     _swap = (2 * cols**3 + 4 * cols**2 * rows + 3 * cols**2 + 2 * cols * rows) < (
         4 * cols * rows**2 + 2 * cols * rows + 2 * rows**3 + 3 * rows**2
     )
-    ortho = torch.t(X0) if _swap else X0
+    _fmt = ("weight", "bfloat16")[int(ns_dtype)]  # held in this format (optgen_runtime.held)
+    _ops = held_torch_ops(_fmt)
+    ortho = _ops.start(torch.t(X0) if _swap else X0)
     for _ in range(int(ns_steps)):
-        _m0 = torch.mul(ortho, _h9)
-        _m1 = torch.t(ortho)
-        _m2 = torch.matmul(ortho, _m1)
-        _m3 = torch.mul(_m2, _h10)
-        _m4 = torch.matmul(_m2, _m2)
-        _m5 = torch.mul(_m4, _h11)
-        _m6 = torch.add(_m3, _m5)
-        _m7 = torch.matmul(_m6, ortho)
-        _m8 = torch.add(_m0, _m7)
+        _m1 = _ops.transpose(ortho)
+        _m2 = _ops.matmul(ortho, _m1, True)
+        _m6 = _ops.addmm(_m2, _m2, _m2, _h10, _h11)
+        _m8 = _ops.addmm(ortho, _m6, ortho, _h9, None)
         ortho = _m8
-    ortho = (torch.t(ortho) if _swap else ortho).contiguous()
+    ortho = _ops.finish(torch.t(ortho) if _swap else ortho, X0)
     _h3 = beta2
     checked_scalar(RULE, "_h3", "beta2", _h3, torch.float32)
     _h4 = 1 - beta2
