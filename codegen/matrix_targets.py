@@ -10,7 +10,9 @@ Such a rule's step is a sequence of stages over the whole weight matrix, in depe
 - ``matrix``: an iteration of matrix ops (:class:`codegen.matrix.Iteration`); NumPy prints
   ``np.matmul``, the GPU path ``torch.matmul`` (cuBLAS), both in the weight's orientation or its
   transpose, whichever the ops' costs say is cheaper for the shape at run time (when the
-  lowering proved the step transpose-equivariant).
+  lowering proved the step transpose-equivariant). An iteration with a ``precision`` prints its
+  held program instead (:func:`codegen.matrix.held_program`), the same lines for both targets,
+  through the runtime's ops for the chosen format (``optgen_runtime/held.py``).
 
 Host scalars (expressions of hyperparameters, t, sizes and finished reductions) are computed in
 double precision on the host, right before the stage that needs them. New states and the new

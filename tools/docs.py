@@ -70,7 +70,7 @@ def paper(rule: Rule) -> str:
 EXTERNAL = {
     "adafactor": "torch.optim.Adafactor",
     "adam_clip": "torch clip_grad_norm_ + torch.optim.Adam",
-    "muon": "torch.optim.Muon (float32 Newton-Schulz; bfloat16 bounded)",
+    "muon": "torch.optim.Muon (float32 Newton-Schulz; both of ours bounded against its bfloat16)",
 }
 
 
