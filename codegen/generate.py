@@ -18,7 +18,6 @@ from codegen.load import SPECS_DIR, load_rules
 from codegen.lower import lower
 from codegen.spec import SpecError
 from codegen.targets import ENV, package_targets, rule_targets
-from codegen.targets import numba as numba_target
 from codegen.variants import variants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +58,7 @@ def generate_all(specs_dir: Path = SPECS_DIR, names: list[str] | None = None) ->
             what = "absent_when" if rule.absent else "special_case"
             raise SpecError(f"{rule.source}: {what} is not supported in matrix rules yet")
         start = time.perf_counter()
-        texts = matrix_targets.render(rule)
-        texts.setdefault("numba", numba_target.fallback_text(rule, "matrix rules are not compiled"))
+        texts = matrix_targets.render(rule)  # every target, numba's included
         for target in rule_targets():
             path = Path(target.directory) / f"{rule.name}.py"
             text = ruff_format(texts[target.name], str(path))

@@ -325,6 +325,39 @@ def numpy_context(plan_: Plan, code: HostCode) -> dict[str, object]:
     return {"stages": stages}
 
 
+def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The compiled module's kernels: each element segment as one parallel loop over the flat
+    elements (``_a<k>``: its reads, then the arrays it writes), its ops printed by the numba
+    target's op printer (the same IEEE operations as NumPy's ufuncs: the same bits). Each
+    element stage of ``stages`` (the NumPy module's) gets the call that replaces its lines."""
+    from codegen.targets.numba import NumbaOpPrinter
+
+    kernels = []
+    for (kind, what), stage in zip(plan_.stages, stages, strict=True):
+        if kind != "element":
+            continue
+        seg: Segment = what  # type: ignore[assignment]
+        name = f"_segment{seg.index}"
+        arrays = [s.name for s in seg.reads] + [s.name for s in seg.writes]
+        params = [f"_a{k}" for k in range(len(arrays))]
+        scalars = [s.name for s in seg.host]
+        kernels.append(
+            {
+                "name": name,
+                "params": params + scalars,
+                "loads": list(zip([s.name for s in seg.reads], params, strict=False)),
+                "stores": list(
+                    zip([s.name for s in seg.writes], params[len(seg.reads) :], strict=True)
+                ),
+                "lines": NumbaOpPrinter().lines(seg.ops),
+            }
+        )
+        stage["kernel"] = name
+        stage["fresh"] = [s.name for s in seg.writes]
+        stage["args"] = [f"np.ravel({a})" for a in arrays] + scalars
+    return kernels
+
+
 def _common(rule: Rule, code: HostCode) -> dict[str, object]:
     none_means = [
         (h.name, code(sp.sympify(h.none_value)))
@@ -383,9 +416,22 @@ def render(rule: Rule) -> dict[str, str]:
     )
     ctx["target"] = "numpy"
     ctx["held"] = any(it.precision is not None for it in matrix.iterations(rule))
+    ctx["compiled"] = False
     ctx["uses_math"] = code.uses_math
     out["rules"] = ENV.get_template("matrix_rules_module.py.j2").render(ctx)
     out["numpy"] = ENV.get_template("matrix_numpy_module.py.j2").render(ctx)
+    nctx = _common(rule, code)
+    nctx.update(numpy_context(plan_, code))
+    nctx.update(
+        host_lets=ctx["host_lets"],
+        runtime=ctx["runtime"],
+        target="numba",
+        uses_math=code.uses_math,
+        held=ctx["held"],
+        compiled=True,
+    )
+    nctx["kernels"] = numba_kernels(plan_, nctx["stages"])  # type: ignore[arg-type]
+    out["numba"] = ENV.get_template("matrix_numpy_module.py.j2").render(nctx)
     tcode = HostCode()
     tctx = _common(rule, tcode)
     tctx.update(triton_context(plan_, tcode))

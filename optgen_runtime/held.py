@@ -180,7 +180,7 @@ class HeldTorchArrays(HeldTorch):
     """:class:`HeldTorch` for the NumPy module: NumPy arrays in and out, torch CPU ops between."""
 
     def start(self, values: np.ndarray) -> Any:
-        return super().start(self.torch.from_numpy(np.ascontiguousarray(values)))
+        return super().start(self.torch.from_numpy(values))  # a transposed view: its strides
 
     def finish(self, values: Any, like: np.ndarray) -> np.ndarray:
         out = np.empty(values.shape, dtype=like.dtype)

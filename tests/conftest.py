@@ -62,6 +62,10 @@ def triton_module(name: str) -> ModuleType:
     return importlib.import_module(f"generated.triton.{name}")
 
 
+def numba_module(name: str) -> ModuleType:
+    return importlib.import_module(f"generated.numba.{name}")
+
+
 # Where a test's torch.optim side is not what the spec's torch_equivalent maps the rule to:
 # rule -> (the rule whose mapping builds it, torch settings set on top); see
 # tests/test_torch_optim.py's docstring for why.

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, MATRIX_RULE_NAMES, MATRIX_RULES, numpy_module, triton_module
+from conftest import (
+    DEVICE,
+    MATRIX_RULE_NAMES,
+    MATRIX_RULES,
+    numba_module,
+    numpy_module,
+    triton_module,
+)
 from matrix_reference import as_float, mp_array, reference_step
 from reference import resolved, sample_hyperparams
 from test_triton import lockstep
@@ -528,7 +535,31 @@ def _train(opt, params, start: int, steps: int) -> None:
         opt.step()
 
 
-@pytest.mark.parametrize("backend", ["numpy", "triton"])
+@pytest.mark.parametrize(("name", "hp"), VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_compiled_module_equals_the_numpy_module_to_the_bit(name, hp, dtype) -> None:
+    """generated.numba's matrix module: each per-element stage one compiled loop, the
+    reductions and products the reference's own calls: every flag and choice, float32 and
+    float64, a wide and a tall matrix (the products on either orientation), four steps, the
+    same bits (the modules take C-contiguous arrays only: test_numpy_bad_inputs_...)."""
+    ref, compiled = numpy_module(name), numba_module(name)
+    assert compiled.COMPILED and compiled.step is not ref.step
+    rng = np.random.default_rng(3)
+    for shape in [(12, 31), (40, 9)]:
+        w0 = rng.standard_normal(shape).astype(dtype)
+        ours, theirs = w0.copy(), w0.copy()
+        s_ref, s_ours = ref.init_state(theirs), compiled.init_state(ours)
+        for t in range(1, 5):
+            g = rng.standard_normal(shape).astype(dtype)
+            ref.step(theirs, g.copy(), s_ref, t, **hp)
+            compiled.step(ours, g, s_ours, t, **hp)
+        np.testing.assert_array_equal(ours, theirs)
+        for name_ in s_ref:
+            np.testing.assert_array_equal(s_ours[name_], s_ref[name_])
+        assert np.abs(ours - w0).max() > 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "triton"])
 @pytest.mark.parametrize("name", MATRIX_RULE_NAMES)
 def test_torch_class_matches_the_numpy_module(name: str, backend: str) -> None:
     params = _params(device=_device(backend))
@@ -543,7 +574,7 @@ def test_torch_class_matches_the_numpy_module(name: str, backend: str) -> None:
             hp = {k: v for k, v in groups[i // 2].items() if k in m.HYPERPARAMS}
             m.step(a, params[i].grad.cpu().numpy().copy(), s, t, **hp)
     for p, a in zip(params, arrays, strict=True):
-        if backend == "numpy":
+        if backend in ("numpy", "numba"):  # numba: the same IEEE ops, the same products
             np.testing.assert_array_equal(p.detach().numpy(), a)
         else:  # matmul's summation order (torch vs NumPy's BLAS) differs
             np.testing.assert_allclose(p.detach().cpu().numpy(), a, rtol=0, atol=1e-5)

@@ -16,16 +16,14 @@ every rule is marked slow; a representative set covers each feature in the quick
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import itertools
-from types import ModuleType
 
 import numba
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_RULES, RULE_NAMES, numpy_module, step_inputs, tolerance
+from conftest import ALL_RULES, RULE_NAMES, numba_module, numpy_module, step_inputs, tolerance
 from reference import sample_hyperparams
 
 from codegen.lower import lower
@@ -48,10 +46,6 @@ REPRESENTATIVE = [
     "prodigy",
 ]
 SHAPES = [(300, 7), (70001,), (3,), (0,)]  # several chunks with a tail, tiny, empty
-
-
-def numba_module(name: str) -> ModuleType:
-    return importlib.import_module(f"generated.numba.{name}")
 
 
 def exactness(name: str) -> str:
@@ -175,13 +169,13 @@ def test_fallback_is_explicit() -> None:
     for name in [*RULE_NAMES, "muon"]:
         nb, ref = numba_module(name), numpy_module(name)
         rule = ALL_RULES[name]
-        reason = "matrix rules are not compiled" if rule.matrix_values else fallback_reason(rule)
+        reason = None if rule.matrix_values else fallback_reason(rule)
         assert nb.FALLBACK == reason and nb.COMPILED == (reason is None), name
         if reason is not None:
             assert nb.step is ref.step and nb.init_state is ref.init_state
     assert numba_module("sgld").COMPILED  # noise draws compile (numba_support.normals)
     assert numba_module("madgrad").COMPILED  # cube roots: numba_support.cbrt, vectorised
-    for name in ("adafactor", "came", "sm3"):  # row/column states: optgen_runtime.numba_tiles
+    for name in ("adafactor", "came", "sm3", "muon", "adamuon"):  # numba_tiles; matrix rules
         assert (
             numba_module(name).COMPILED and numba_module(name).step is not numpy_module(name).step
         )
@@ -350,8 +344,12 @@ def test_auto_runs_numba_on_cpu_unless_told_otherwise(monkeypatch: pytest.Monkey
     monkeypatch.delenv("OPTGEN_CPU_BACKEND")
     assert Adafactor([p])._use_numba()  # row/column states compile (numba_tiles)
     m = torch.nn.Parameter(torch.ones(4, 3))
-    assert not Muon([m])._use_numba()  # not compiled: the NumPy reference, by its flag
-    with pytest.raises(ValueError, match="Muon: backend='numba': matrix rules are not compiled"):
+    assert Muon([m])._use_numba()  # matrix rules: their per-element stages compile
+    # a module that is not compiled says so (every rule's is today): the NumPy reference runs
+    monkeypatch.setattr(numba_module("muon"), "COMPILED", False)
+    monkeypatch.setattr(numba_module("muon"), "FALLBACK", "not compiled here")
+    assert not Muon([m])._use_numba()
+    with pytest.raises(ValueError, match="Muon: backend='numba': not compiled here"):
         Muon([m], backend="numba")
 
 

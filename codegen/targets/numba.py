@@ -24,9 +24,10 @@ gets the NumPy module's stepper with every sweep compiled: its element sweeps an
 parallel loops over tiles of the (batch, rows, cols) view (``optgen_runtime.numba_tiles``; a
 sweep's sums in float64 in lanes of 8, tile after tile, against NumPy's pairwise sums: equal to
 float64 rounding), its sweeps over the row and column vectors as loops over each matrix's
-vector (``codegen.targets.numba_rows``). Rules the target
-cannot express yet get a module that runs the NumPy reference and says so (``COMPILED = False``,
-``FALLBACK``): matrix rules (Muon, AdaMuon).
+vector (``codegen.targets.numba_rows``). Matrix rules (Muon, AdaMuon) get the NumPy
+module's step with each per-element stage one compiled loop (``codegen/matrix_targets.py``).
+Rules the target cannot express yet would get a module that runs the NumPy reference and says
+so (``COMPILED = False``, ``FALLBACK``); none does today.
 """
 
 from __future__ import annotations
