@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -92,3 +94,14 @@ def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
     assert "Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: 50" in out
     assert out.count("2.00x") == 1  # the drop-in against torch's Muon
     assert out.count("1.50x") == 1  # its bfloat16 iteration
+
+
+def test_bench_cpu_refuses_a_rule_without_a_row() -> None:
+    """``--rule`` names rows of the table "every compiled rule": a matrix rule (its products
+    are the Muon block's) or an unknown name is refused naming it, before anything runs."""
+    from tools import bench_cpu
+
+    for name in ("muon", "adam,nosuchrule"):
+        with pytest.raises(SystemExit, match=f"{name.split(',')[-1]} has no row"):
+            bench_cpu.run(True, 1, name)
+    assert "muon" not in bench_cpu.table_rules() and "adam" in bench_cpu.table_rules()

@@ -543,6 +543,20 @@ def rule_size(name: str, n: int, steps: int) -> dict[str, Any]:
     return row
 
 
+def table_rules() -> list[str]:
+    """The rules of the table "every compiled rule": each compiled one but the matrix rules
+    (the Muon block; a 10 M-element matrix's Newton-Schulz products take seconds a step, not a
+    memory-bound figure)."""
+    from generated.numba import RULES as NAMES
+
+    return [
+        r
+        for r in NAMES
+        if importlib.import_module(f"generated.numba.{r}").COMPILED
+        and not getattr(importlib.import_module(f"generated.rules.{r}"), "MATRIX_VALUES", ())
+    ]
+
+
 def run(
     quick: bool, steps: int | None, rule: str | None = None, threads: int | None = None
 ) -> dict[str, Any]:
@@ -553,8 +567,6 @@ def run(
 
     if threads:
         numba.set_num_threads(threads)
-
-    from generated.numba import RULES as NAMES
 
     n = 100_000 if quick else 10_000_000
     steps = steps or (3 if quick else 20)
@@ -568,6 +580,13 @@ def run(
         "load_average": os.getloadavg(),
     }
     if rule is not None:  # those rules' rows only (at n with --quick, else at every size)
+        unknown = [name for name in rule.split(",") if name not in table_rules()]
+        if unknown:
+            raise SystemExit(
+                f"tools.bench --cpu --rule: {', '.join(unknown)} has no row (the rows: "
+                f"{', '.join(table_rules())}; Muon's and AdaMuon's products are the full run's "
+                "Muon block)"
+            )
         sizes = (n,) if quick else SIZES
         rows = [rule_size(name, size, steps) for name in rule.split(",") for size in sizes]
         return result | {"rules": rows}
@@ -627,8 +646,7 @@ def run(
         }
     result["fixed_cost"] = fixed_cost(steps if quick else FIXED_STEPS)
     result["training_loop"] = training_loop(steps)
-    compiled = [r for r in NAMES if importlib.import_module(f"generated.numba.{r}").COMPILED]
-    names = ["adam"] if quick else compiled
+    names = ["adam"] if quick else table_rules()
     sizes = (n,) if quick else SIZES
     result["rules"] = [rule_size(name, size, steps) for name in names for size in sizes]
     return result
