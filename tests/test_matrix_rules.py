@@ -542,6 +542,7 @@ def test_the_compiled_module_equals_the_numpy_module_to_the_bit(name, hp, dtype)
     reductions and products the reference's own calls: every flag and choice, float32 and
     float64, a wide and a tall matrix (the products on either orientation), four steps, the
     same bits (the modules take C-contiguous arrays only: test_numpy_bad_inputs_...)."""
+    pytest.importorskip("numba")  # the GPU check's machine may lack it
     ref, compiled = numpy_module(name), numba_module(name)
     assert compiled.COMPILED and compiled.step is not ref.step
     rng = np.random.default_rng(3)
@@ -562,6 +563,8 @@ def test_the_compiled_module_equals_the_numpy_module_to_the_bit(name, hp, dtype)
 @pytest.mark.parametrize("backend", ["numpy", "numba", "triton"])
 @pytest.mark.parametrize("name", MATRIX_RULE_NAMES)
 def test_torch_class_matches_the_numpy_module(name: str, backend: str) -> None:
+    if backend == "numba":
+        pytest.importorskip("numba")  # the GPU check's machine may lack it
     params = _params(device=_device(backend))
     groups = _groups(name, params)
     opt = CLASSES[name](groups, backend=backend)
