@@ -212,3 +212,31 @@ def test_the_distributed_run_launches_two_ranks_on_cpu() -> None:
     assert found["returncodes"] == [0, 0], found
     expected = 5 + 1 + 4 + 2 + 1 + len(SPARSE_DDP)
     assert found["checks"] == expected and found["failed"] == {}, found
+
+
+def test_the_muon_case_runs_on_cpu_and_renders(monkeypatch) -> None:
+    """The GPU run's Muon case on CPU tensors: the drop-in in float32 and bfloat16 and torch's
+    Muon each timed, the ratios derived, the section rendered; past the budget it is skipped
+    and a case that raises is reported (and fails the run), as the other benchmarks."""
+    row = gpu_check.muon_case([(16, 8), (8,), (8, 24)], 1, "cpu")
+    assert row["tensors"] == 2 and row["elements"] == 16 * 8 + 8 * 24  # matrices only
+    for key in ("float32_ms", "bfloat16_ms", "torch_ms"):
+        assert row[key] > 0, key
+    assert row["bfloat16_over_torch"] == row["bfloat16_ms"] / row["torch_ms"]
+    text = gpu_check.markdown({"started": "now", "environment": {}, "muon": row})
+    assert f"## Muon (Newton-Schulz, 5 steps) on {gpu_check.MUON_LABEL}" in text
+    assert f"{row['bfloat16_over_torch']:.2f}" in text
+    args = gpu_check.parse_args(["--quick"])
+    assert gpu_check.muon_bench(args, -math.inf, "cpu")["skipped"].startswith("past the time")
+
+    def broken(*_: object) -> dict:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(gpu_check, "muon_case", broken)
+    failed = gpu_check.muon_bench(args, math.inf, "cpu")
+    assert failed["error"] == "RuntimeError: CUDA out of memory"
+    assert not gpu_check.passed({"bit_checks": [], "muon": failed})
+    assert gpu_check.passed({"bit_checks": [], "muon": row})
+    assert "Not run: RuntimeError: CUDA out of memory." in gpu_check.markdown(
+        {"started": "now", "environment": {}, "muon": failed}
+    )

@@ -24,7 +24,10 @@ Uses the machine's own python3 (CUDA torch and Triton, NumPy, SymPy; no package 
    so, when the device lacks the memory), against torch.optim's fused and foreach optimizers
    where torch has the rule, and a device copy of the same bytes: ms per step (median, CUDA
    events), ratios, and effective bandwidth from the nominal traffic (weight read and written,
-   gradient read, every state read and written).
+   gradient read, every state read and written);
+5. Muon on GPT-2 small's 50 matrices (``muon_case``): the drop-in with its Newton-Schulz
+   iteration in float32 and in bfloat16 (``ns_dtype="bfloat16"``: the products in bfloat16, as
+   torch's) against ``torch.optim.Muon``, ms per step and the ratios.
 
 Results go to one markdown file (``--out``; tables, then the raw figures as JSON), rewritten
 after every part, so a run stopped by its caller's time limit leaves what it measured. A rule or
@@ -561,6 +564,40 @@ def bench_case(
     return {k: v for k, v in row.items() if v is not None}  # no kernel times off CUDA
 
 
+MUON_LABEL = "GPT-2 small's matrices"
+
+
+def muon_case(shapes: list[tuple[int, ...]], steps: int, device: str = "cuda") -> dict[str, Any]:
+    """The drop-in Muon on the 2-D ``shapes``, its Newton-Schulz iteration in float32 and in
+    bfloat16, and ``torch.optim.Muon`` (bfloat16) where this torch has it: ms per step (the
+    same gradients each step), and ours over torch's."""
+    import torch
+
+    from generated.torch import optim
+
+    matrices = [s for s in shapes if len(s) == 2]
+    row: dict[str, Any] = {"list": MUON_LABEL, "tensors": len(matrices)}
+    row["elements"] = sum(int(torch.Size(s).numel()) for s in matrices)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in matrices]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    variants: dict[str, Callable[[], Any]] = {
+        "float32_ms": lambda: optim.Muon(params, lr=1e-3),
+        "bfloat16_ms": lambda: optim.Muon(params, lr=1e-3, ns_dtype="bfloat16"),
+    }
+    if hasattr(torch.optim, "Muon"):
+        variants["torch_ms"] = lambda: torch.optim.Muon(params, lr=1e-3)
+    else:
+        row["torch"] = f"torch {torch.__version__} has no torch.optim.Muon"
+    for key, make in variants.items():
+        row[key] = timed(make().step, steps, device)
+    for key in ("float32", "bfloat16"):
+        if "torch_ms" in row:
+            row[f"{key}_over_torch"] = row[f"{key}_ms"] / row["torch_ms"]
+    return row
+
+
 CONV_LABEL = "conv stack, channels_last (32 tensors)"  # Adam only
 # Adam only: bf16 parameters with fp32 masters (``bench_case``'s ``master``; added 2026-12-05)
 MASTER_LABEL = "GPT-2 small, bf16 with fp32 masters (148 tensors)"
@@ -609,6 +646,22 @@ def benchmarks(
             print(json.dumps(row), flush=True)
             rows.append(row)
             save()
+
+
+def muon_bench(args: argparse.Namespace, deadline: float, device: str = "cuda") -> dict[str, Any]:
+    """``muon_case`` on GPT-2 small's matrices (``--quick``: a sixteenth of each side), skipped
+    past ``deadline``, an error reported as the benchmark cases' are."""
+    shapes = gpt2_small_shapes()
+    if args.quick:
+        shapes = [tuple(max(1, d // 16) for d in s) for s in shapes]
+    if time.perf_counter() > deadline:
+        return {"list": MUON_LABEL, "skipped": "past the time budget (--budget)"}
+    try:
+        row = muon_case(shapes, args.steps, device)
+    except Exception as error:  # reported; the run goes on
+        row = {"list": MUON_LABEL, "error": f"{type(error).__name__}: {error}"[:300]}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 # --------------------------------------------------------------------------------- report
@@ -699,6 +752,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"{f(r, 'ours_kernel_ms')} | {f(r, 'torch_fused_kernel_ms')} | "
             f"{f(r, 'kernels_ours_over_fused', '{:.2f}')} | {f(r, 'ours_kernel_GBps', '{:.0f}')} |"
         )
+    muon = result.get("muon")
+    if muon is not None:
+        lines += ["", f"## Muon (Newton-Schulz, 5 steps) on {MUON_LABEL}", ""]
+        if "skipped" in muon or "error" in muon:
+            lines.append(f"Not run: {muon.get('skipped') or muon.get('error')}.")
+        else:
+            lines += [
+                f"{muon['tensors']} matrices, {muon['elements']:,} parameters; ms per step.",
+                "",
+                "| ours, float32 NS | ours, bfloat16 NS | torch.optim.Muon | float32/torch "
+                "| bfloat16/torch |",
+                "|---|---|---|---|---|",
+                f"| {f(muon, 'float32_ms')} | {f(muon, 'bfloat16_ms')} | {f(muon, 'torch_ms')} "
+                f"| {f(muon, 'float32_over_torch', '{:.2f}')} "
+                f"| {f(muon, 'bfloat16_over_torch', '{:.2f}')} |",
+            ]
+            if "torch" in muon:
+                lines.append(f"\n{muon['torch']}.")
     lines += ["", "## Raw figures", "", "```json", json.dumps(result, indent=1), "```", ""]
     return "\n".join(lines)
 
@@ -760,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_bench:
         result["benchmarks"] = []
         benchmarks(args, result["benchmarks"], save, deadline)
+        result["muon"] = muon_bench(args, deadline)
     save()
     print(f"gpu_check: wrote {args.out}")
     return 0 if passed(result) else 1
@@ -771,7 +843,7 @@ def passed(result: dict[str, Any]) -> bool:
     tests = result.get("tests", {})
     if tests.get("ran") and (tests.get("timed_out") or tests.get("returncode") != 0):
         return False
-    if any("error" in row for row in result.get("benchmarks", [])):
+    if any("error" in row for row in [*result.get("benchmarks", []), result.get("muon", {})]):
         return False
     dist = result.get("distributed")
     if dist and (
