@@ -330,7 +330,7 @@ def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str
     elements (``_a<k>``: its reads, then the arrays it writes), its ops printed by the numba
     target's op printer (the same IEEE operations as NumPy's ufuncs: the same bits). Each
     element stage of ``stages`` (the NumPy module's) gets the call that replaces its lines."""
-    from codegen.targets.numba import NumbaOpPrinter
+    from codegen.targets.numba import DTYPE, NumbaOpPrinter
 
     kernels = []
     for (kind, what), stage in zip(plan_.stages, stages, strict=True):
@@ -349,7 +349,8 @@ def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str
                 "stores": list(
                     zip([s.name for s in seg.writes], params[len(seg.reads) :], strict=True)
                 ),
-                "lines": NumbaOpPrinter().lines(seg.ops),
+                "lines": (lines := NumbaOpPrinter().lines(seg.ops)),
+                "dtype": any(f"{DTYPE}(" in line for line in lines),  # a constant cast to it
             }
         )
         stage["kernel"] = name
@@ -420,16 +421,8 @@ def render(rule: Rule) -> dict[str, str]:
     ctx["uses_math"] = code.uses_math
     out["rules"] = ENV.get_template("matrix_rules_module.py.j2").render(ctx)
     out["numpy"] = ENV.get_template("matrix_numpy_module.py.j2").render(ctx)
-    nctx = _common(rule, code)
-    nctx.update(numpy_context(plan_, code))
-    nctx.update(
-        host_lets=ctx["host_lets"],
-        runtime=ctx["runtime"],
-        target="numba",
-        uses_math=code.uses_math,
-        held=ctx["held"],
-        compiled=True,
-    )
+    # the compiled module: the NumPy module's text with its element stages as compiled loops
+    nctx = {**ctx, **numpy_context(plan_, code), "target": "numba", "compiled": True}
     nctx["kernels"] = numba_kernels(plan_, nctx["stages"])  # type: ignore[arg-type]
     out["numba"] = ENV.get_template("matrix_numpy_module.py.j2").render(nctx)
     tcode = HostCode()

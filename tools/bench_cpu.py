@@ -580,11 +580,12 @@ def run(
         "load_average": os.getloadavg(),
     }
     if rule is not None:  # those rules' rows only (at n with --quick, else at every size)
-        unknown = [name for name in rule.split(",") if name not in table_rules()]
+        rows_of = table_rules()
+        unknown = [name for name in rule.split(",") if name not in rows_of]
         if unknown:
             raise SystemExit(
                 f"tools.bench --cpu --rule: {', '.join(unknown)} has no row (the rows: "
-                f"{', '.join(table_rules())}; Muon's and AdaMuon's products are the full run's "
+                f"{', '.join(rows_of)}; Muon's and AdaMuon's products are the full run's "
                 "Muon block)"
             )
         sizes = (n,) if quick else SIZES

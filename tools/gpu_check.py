@@ -141,6 +141,11 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
     return shapes()
 
 
+def sixteenth(shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """``--quick``'s sizes: each side a sixteenth (at least 1)."""
+    return [tuple(max(1, d // 16) for d in s) for s in shapes]
+
+
 def conv_stack_shapes() -> list[tuple[int, ...]]:
     from tools.bench_cpu import conv_stack_shapes as shapes
 
@@ -615,7 +620,7 @@ def benchmarks(
     listed as skipped, so a run cut short by its caller's limit still leaves its figures."""
     shapes = gpt2_small_shapes()
     if args.quick:
-        shapes = [tuple(max(1, d // 16) for d in s) for s in shapes]
+        shapes = sixteenth(shapes)
     convs = conv_stack_shapes()
     if args.quick:
         convs = [(max(1, s[0] // 16), *s[1:]) for s in convs]
@@ -653,7 +658,7 @@ def muon_bench(args: argparse.Namespace, deadline: float, device: str = "cuda") 
     past ``deadline``, an error reported as the benchmark cases' are."""
     shapes = gpt2_small_shapes()
     if args.quick:
-        shapes = [tuple(max(1, d // 16) for d in s) for s in shapes]
+        shapes = sixteenth(shapes)
     if time.perf_counter() > deadline:
         return {"list": MUON_LABEL, "skipped": "past the time budget (--budget)"}
     try:

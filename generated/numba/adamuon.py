@@ -59,7 +59,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.held import held_ops
-from optgen_runtime.numba_support import compiled, compute_type
+from optgen_runtime.numba_support import compiled
 from optgen_runtime.numpy_support import check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
 
@@ -300,7 +300,6 @@ def _step(
 
 @compiled()
 def _segment0(_a0, _a1, _a2, _a3, _a4, _h0, _h1):
-    _T = compute_type(_a0)  # the weight's dtype
     for _i in range(_a0.shape[0]):
         grad = _a0[_i]
         m = _a1[_i]
@@ -317,7 +316,6 @@ def _segment0(_a0, _a1, _a2, _a3, _a4, _h0, _h1):
 
 @compiled()
 def _segment1(_a0, _a1, _h2):
-    _T = compute_type(_a0)  # the weight's dtype
     for _i in range(_a0.shape[0]):
         m_new = _a0[_i]
         X0 = _h2 * m_new
@@ -326,7 +324,6 @@ def _segment1(_a0, _a1, _h2):
 
 @compiled()
 def _segment2(_a0, _a1, _a2, _a3, _a4, _h3, _h4, _h5, _h6):
-    _T = compute_type(_a0)  # the weight's dtype
     for _i in range(_a0.shape[0]):
         v = _a0[_i]
         ortho = _a1[_i]
@@ -346,7 +343,6 @@ def _segment2(_a0, _a1, _a2, _a3, _a4, _h3, _h4, _h5, _h6):
 
 @compiled()
 def _segment3(_a0, _a1, _a2, _h7, _h8):
-    _T = compute_type(_a0)  # the weight's dtype
     for _i in range(_a0.shape[0]):
         weight = _a0[_i]
         U = _a1[_i]

@@ -281,7 +281,6 @@ def _segment0(_a0, _a1, _a2, _a3, _a4, _h0, _h2, _h1):
 
 @compiled()
 def _segment1(_a0, _a1, _h3):
-    _T = compute_type(_a0)  # the weight's dtype
     for _i in range(_a0.shape[0]):
         U = _a0[_i]
         X0 = _h3 * U
@@ -290,7 +289,6 @@ def _segment1(_a0, _a1, _h3):
 
 @compiled()
 def _segment2(_a0, _a1, _a2, _h4, _h5):
-    _T = compute_type(_a0)  # the weight's dtype
     for _i in range(_a0.shape[0]):
         weight = _a0[_i]
         ortho = _a1[_i]
