@@ -325,37 +325,114 @@ def numpy_context(plan_: Plan, code: HostCode) -> dict[str, object]:
     return {"stages": stages}
 
 
-def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The compiled module's kernels: each element segment as one parallel loop over the flat
-    elements (``_a<k>``: its reads, then the arrays it writes), its ops printed by the numba
-    target's op printer (the same IEEE operations as NumPy's ufuncs: the same bits). Each
-    element stage of ``stages`` (the NumPy module's) gets the call that replaces its lines."""
+def _needed(ops_: list[Op], wanted: set[sp.Symbol]) -> list[Op]:
+    """The ops of ``ops_`` that computing ``wanted`` takes, in their order (a backward slice)."""
+    need, kept = set(wanted), []
+    for op in reversed(ops_):
+        if op.dest in need:
+            kept.append(op)
+            need |= {a for a in op.args if isinstance(a, sp.Symbol)}
+    return kept[::-1]
+
+
+def _kernel(
+    name: str, ops_: list[Op], loads: list[str], stores: list[tuple[str, str]], host: list[str]
+) -> dict[str, object]:
+    """A compiled loop's template view: ``loads`` (array names, each loaded as itself),
+    ``stores`` ((value, array) pairs; an array also loaded is the same parameter), ``host``
+    scalars last."""
     from codegen.targets.numba import DTYPE, NumbaOpPrinter
 
+    arrays = list(dict.fromkeys(loads + [array for _, array in stores]))
+    param = {a: f"_a{k}" for k, a in enumerate(arrays)}
+    lines = NumbaOpPrinter().lines(ops_)
+    return {
+        "name": name,
+        "arrays": arrays,
+        "params": list(param.values()) + host,
+        "loads": [(a, param[a]) for a in loads],
+        "stores": [(value, param[array]) for value, array in stores],
+        "lines": lines,
+        "dtype": any(f"{DTYPE}(" in line for line in lines),  # a constant cast to it
+    }
+
+
+def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The compiled module's kernels: each element segment as one serial loop over the flat
+    elements (``_a<k>``: its reads, then the arrays it writes), its ops printed by the numba
+    target's op printer (the same IEEE operations as NumPy's ufuncs: the same bits). Each
+    element stage of ``stages`` (the NumPy module's) gets the call that replaces its lines.
+
+    The new states and weight are made by one more loop, ``_commit``, run by the step's writes
+    (every check passed) in place: a new value that no later stage reads is not stored by its
+    segment and copied, but computed again there from what its segment read (the same ops on
+    the same values: the same bits; the weight and states are unchanged until then); one a
+    later stage reads is stored by its segment and copied by that loop. No fresh array, no copy
+    pass for the values the step writes."""
+    finals = {new: cur for cur, new in plan_.outputs.items()}
+    segments = [(w, st) for (k, w), st in zip(plan_.stages, stages, strict=True) if k == "element"]
+    read_after: dict[sp.Symbol, int] = {}  # array -> index of the last stage reading it
+    starts = {w.start for k, w in plan_.stages if k == "matrix"}  # type: ignore[attr-defined]
+    for i, (kind, what) in enumerate(plan_.stages):
+        reads = {"element": lambda w: w.reads, "matrix": lambda w: [w.start]}.get(
+            kind,
+            lambda w: [w[1]],  # a reduction reads its summand
+        )(what)
+        for s in reads:
+            read_after[s] = i
+    recomputed: dict[sp.Symbol, Segment] = {}  # a new value -> the segment that computes it
+    index = {id(w): i for i, (_, w) in enumerate(plan_.stages)}
+    for seg, _ in segments:
+        for t in seg.writes:
+            if t in finals and read_after.get(t, -1) <= index[id(seg)]:
+                recomputed[t] = seg
+    commit_ops: list[Op] = []
+    loads: list[sp.Symbol] = []
+    host: list[str] = []
+    for seg, _ in segments:
+        sliced = _needed(seg.ops, {t for t, s in recomputed.items() if s is seg})
+        commit_ops += sliced
+        used = {a for op in sliced for a in op.args if isinstance(a, sp.Symbol)}
+        loads += [s for s in seg.reads if s in used and s not in loads]
+        host += [s.name for s in seg.host if s in used and s.name not in host]
+    loads += [new for new in finals if new not in recomputed]  # stored by a segment: copied
+    for s in loads:
+        read_after[s] = len(plan_.stages)  # read by the writes
     kernels = []
-    for (kind, what), stage in zip(plan_.stages, stages, strict=True):
-        if kind != "element":
-            continue
-        seg: Segment = what  # type: ignore[assignment]
+    born: list[sp.Symbol] = []  # the segments' fresh arrays, whose buffers another may take
+    for seg, stage in segments:
+        i = index[id(seg)]
+        writes = [t for t in seg.writes if t not in recomputed]
+        stage["kernel"] = None
+        if not writes:
+            continue  # its every value is a new one, made at commit
+        ops_ = _needed(seg.ops, set(writes))
+        used = {a for op in ops_ for a in op.args if isinstance(a, sp.Symbol)}
+        reads = [s for s in seg.reads if s in used]
+        scalars = [s.name for s in seg.host if s in used]
         name = f"_segment{seg.index}"
-        arrays = [s.name for s in seg.reads] + [s.name for s in seg.writes]
-        params = [f"_a{k}" for k in range(len(arrays))]
-        scalars = [s.name for s in seg.host]
-        kernels.append(
-            {
-                "name": name,
-                "params": params + scalars,
-                "loads": list(zip([s.name for s in seg.reads], params, strict=False)),
-                "stores": list(
-                    zip([s.name for s in seg.writes], params[len(seg.reads) :], strict=True)
-                ),
-                "lines": (lines := NumbaOpPrinter().lines(seg.ops)),
-                "dtype": any(f"{DTYPE}(" in line for line in lines),  # a constant cast to it
-            }
+        kernel = _kernel(
+            name, ops_, [s.name for s in reads], [(t.name, t.name) for t in writes], scalars
         )
+        kernels.append(kernel)
+        # a buffer is free once its last reader has run, or in the loop that reads it last (an
+        # element's load comes before its store, at the same index); never an iteration's
+        # start (the value of no steps is the start itself)
+        free = [s for s in born if read_after.get(s, -1) < i or (read_after[s] == i and s in reads)]
+        fresh = []
+        for t in writes:
+            if free:
+                born.remove(reused := free.pop(0))
+                fresh.append((t.name, reused.name))
+            else:
+                fresh.append((t.name, None))
+            if t not in starts:
+                born.append(t)
         stage["kernel"] = name
-        stage["fresh"] = [s.name for s in seg.writes]
-        stage["args"] = [f"np.ravel({a})" for a in arrays] + scalars
+        stage["fresh"] = fresh
+        stage["args"] = [f"np.ravel({a})" for a in kernel["arrays"]] + scalars  # type: ignore[attr-defined]
+    stores = [(new.name, cur.name) for cur, new in plan_.outputs.items()]
+    kernels.append(_kernel("_commit", commit_ops, [s.name for s in loads], stores, host))
     return kernels
 
 

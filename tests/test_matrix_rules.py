@@ -560,6 +560,87 @@ def test_the_compiled_module_equals_the_numpy_module_to_the_bit(name, hp, dtype)
         assert np.abs(ours - w0).max() > 0
 
 
+# A matrix rule whose writes take every path of the compiled module's commit loop
+# (codegen.matrix_targets.numba_kernels): a new state a later stage reads (m_new: the iteration's
+# start; s_new: the update's), so stored by its segment and copied; a state set to the matrix
+# value itself (last); the new weight computed at commit from a value a segment stored (U);
+# a summand's buffer taken again by a later segment (X0).
+PROBE = '''"""Probe of the compiled matrix module's writes."""
+
+import sympy as sp
+
+from codegen import matrix
+from codegen.spec import Rule, integer, nonnegative, unit
+
+RULE = Rule("probe_matrix", __doc__)
+lr = RULE.hyper("lr", 0.1, nonnegative(), doc="rate")
+beta = RULE.hyper("beta", 0.9, unit(), doc="decay")
+steps = RULE.hyper("ns_steps", 2, integer(0, 9), doc="iterations")
+w, g = RULE.weight, RULE.grad
+m = RULE.state("m", 0, doc="momentum")
+s = RULE.state("s", 1, doc="scale, of the weight")
+last = RULE.state("last", 0, doc="the last iterate")
+m_new = RULE.update(m, beta * m + (1 - beta) * g)
+X0 = RULE.let("X0", m_new / sp.Max(RULE.norm("m_norm", m_new), sp.Float("1e-7")))
+
+
+def step(X: matrix.Mat) -> matrix.Mat:
+    return sp.Rational(3, 2) * X - sp.Rational(1, 2) * ((X @ X.T) @ X)
+
+
+ortho = matrix.iterate(RULE, "ortho", X0, steps, step)
+RULE.update(last, ortho)
+s_new = RULE.update(s, beta * s + (1 - beta) * w * w)
+U = RULE.let("U", ortho / (sp.sqrt(s_new) + 1) + m)
+RULE.update(w, w - lr * U / (RULE.norm("U_norm", U) + 1))
+'''
+
+
+def test_the_compiled_writes_of_a_probe_rule_equal_the_numpy_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROBE generated into a temporary package: its compiled module (the new values made in
+    place by the writes, buffers taken again) equals its NumPy module to the bit, one weight
+    at a time and two in one ``step_multi`` (their writes queued), over steps of the iteration
+    and none (the matrix value is then its start), float32 and float64."""
+    pytest.importorskip("numba")  # the GPU check's machine may lack it
+    import importlib
+
+    from codegen.generate import generate_all, write
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "probe_matrix.py").write_text(PROBE)
+    write(generate_all(tmp_path / "specs", ["probe_matrix"]), tmp_path / "probe_package")
+    (tmp_path / "probe_package" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ref = importlib.import_module("probe_package.numpy.probe_matrix")
+    compiled = importlib.import_module("probe_package.numba.probe_matrix")
+    text = (tmp_path / "probe_package" / "numba" / "probe_matrix.py").read_text()
+    assert "X0 = _sum_m_norm  # its buffer" in text and "last_new = ortho" in text
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for ns_steps in (0, 2):
+            shapes = [(5, 7), (8, 3)]
+            w0 = [rng.standard_normal(s).astype(dtype) for s in shapes]
+            ours, theirs = [w.copy() for w in w0], [w.copy() for w in w0]
+            s_ours = [compiled.init_state(w) for w in ours]
+            s_ref = [ref.init_state(w) for w in theirs]
+            for t in range(1, 4):
+                gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+                ref.step_multi(theirs, gs, s_ref, t, ns_steps=ns_steps)
+                if t == 2:  # one at a time
+                    for w, g, st in zip(ours, gs, s_ours, strict=True):
+                        compiled.step(w, g, st, t, ns_steps=ns_steps)
+                else:
+                    compiled.step_multi(ours, gs, s_ours, t, ns_steps=ns_steps)
+            for a, b, sa, sb in zip(ours, theirs, s_ours, s_ref, strict=True):
+                np.testing.assert_array_equal(a, b)
+                assert sa.keys() == sb.keys()
+                for key in sa:
+                    np.testing.assert_array_equal(sa[key], sb[key])
+            assert all(np.abs(a - w).max() > 0 for a, w in zip(ours, w0, strict=True))
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba", "triton"])
 @pytest.mark.parametrize("name", MATRIX_RULE_NAMES)
 def test_torch_class_matches_the_numpy_module(name: str, backend: str) -> None:
@@ -637,15 +718,21 @@ def test_a_scalar_float32_cannot_hold_is_refused_before_writing(name: str, targe
         assert np.isfinite(w64).all() and not (w64 == 1).all()
 
 
-@pytest.mark.parametrize("target", ["numpy", "triton", "class-numpy", "class-triton"])
+@pytest.mark.parametrize(
+    "target", ["numpy", "numba", "triton", "class-numpy", "class-numba", "class-triton"]
+)
 @pytest.mark.parametrize("name", ["muon"])  # AdaMuon's zero gradient gives NaN, not a refusal
 def test_a_later_weights_refusal_leaves_the_earlier_ones_unwritten(name: str, target: str) -> None:
     """``step_multi`` (and a torch class's step, over two param groups) on two weights, the
     second with a zero gradient: its norm is 0, so 1 / max(epsilon, norm) at epsilon = 1e-40 is
     past float32's range, refused (``checked_scalar``) once the first weight's step was computed,
     which must not be written (the writes are queued: ``optgen_runtime.common.commit``; the
-    matrix modules' code is one template, so AdaMuon's step_multi queues them alike)."""
-    m = numpy_module(name) if target.endswith("numpy") else triton_module(name)
+    matrix modules' code is one template, so AdaMuon's step_multi queues them alike; the
+    compiled module's queued writes compute the new values in place, ``_commit``)."""
+    if target.endswith("numba"):
+        pytest.importorskip("numba")  # the GPU check's machine may lack it
+    modules = {"numpy": numpy_module, "numba": numba_module, "triton": triton_module}
+    m = modules[target.removeprefix("class-")](name)
     torch.manual_seed(0)
     first, second = torch.randn(SHAPE), torch.zeros(SHAPE)
     grads = [torch.randn(SHAPE), torch.zeros(SHAPE)]
@@ -660,7 +747,7 @@ def test_a_later_weights_refusal_leaves_the_earlier_ones_unwritten(name: str, ta
             opt.step()
         assert torch.equal(params[0].detach().cpu(), first) and not opt.state
         return
-    if target == "numpy":
+    if target in ("numpy", "numba"):
         weights = [first.numpy().copy(), second.numpy().copy()]
         gs = [g.numpy() for g in grads]
     else:
@@ -669,6 +756,6 @@ def test_a_later_weights_refusal_leaves_the_earlier_ones_unwritten(name: str, ta
     states = [m.init_state(w) for w in weights]
     with pytest.raises(ValueError, match=r"cannot hold"):
         m.step_multi(weights, gs, states, 1, epsilon=1e-40)
-    got = weights[0] if target == "numpy" else weights[0].cpu().numpy()
+    got = weights[0] if target != "triton" else weights[0].cpu().numpy()
     np.testing.assert_array_equal(got, first.numpy())
     assert all(bool((v == 0).all()) for s in states for v in s.values())
