@@ -509,6 +509,7 @@ def render(rule: Rule) -> dict[str, str]:
     tctx["runtime"] = sorted(
         {
             "all_or_nothing",
+            "check_distinct_states",
             "check_step_count",
             "commit",
             "resolve_hyperparams",

@@ -476,6 +476,39 @@ def test_step_multi_checks_every_tensor_before_writing(name: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(weights, before, strict=True))
 
 
+@pytest.mark.parametrize("target", ["numpy", "numba", "triton"])
+@pytest.mark.parametrize("name", MATRIX_RULE_NAMES)
+def test_step_multi_refuses_buffers_shared_across_tensors(name: str, target: str) -> None:
+    """A gradient that is another tensor's weight or state, or one weight or state dict given
+    twice, is refused before anything is written, as every per-element module's
+    ``step_multi`` refuses it: the writes are queued (the compiled module's compute the new
+    values then, from the gradient), so the second tensor would read the first's new weight."""
+    if target == "numba":
+        pytest.importorskip("numba")  # the GPU check's machine may lack it
+    m = {"numpy": numpy_module, "numba": numba_module, "triton": triton_module}[target](name)
+    torch.manual_seed(0)
+    first, second, grad = (torch.randn(SHAPE) for _ in range(3))
+    if target == "triton":
+        first, second, grad = (x.to(DEVICE) for x in (first, second, grad))
+    else:
+        first, second, grad = (x.numpy() for x in (first, second, grad))
+    state = m.init_state(first)
+    key = next(iter(state))
+    cases = [
+        ([first, second], [grad, first], [state, m.init_state(second)], "tensor 0's weight"),
+        ([first, second], [grad, state[key]], [state, m.init_state(second)], "state"),
+        ([first, first], [grad, grad], [state, m.init_state(first)], "tensor 0's weight"),
+        ([first, second], [grad, grad], [state, state], "share one state dict"),
+    ]
+    for weights, grads, states, why in cases:
+        before = [copy.deepcopy(x) for x in (first, second, state)]
+        with pytest.raises(ValueError, match=why):
+            m.step_multi(weights, grads, states, 1)
+        for was, now in zip(before[:2], (first, second), strict=True):
+            assert (was == now).all()
+        assert all((before[2][k] == v).all() for k, v in state.items())
+
+
 @pytest.mark.parametrize("target", ["numpy", "triton"])
 @pytest.mark.parametrize("name", MATRIX_RULE_NAMES)
 def test_zero_gradients_stay_finite(name: str, target: str) -> None:

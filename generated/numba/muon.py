@@ -53,7 +53,7 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.held import held_ops
 from optgen_runtime.numba_support import compiled, compute_type
-from optgen_runtime.numpy_support import check_weight, flat_views
+from optgen_runtime.numpy_support import check_arrays_across, check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
 
 from ..rules.muon import (
@@ -151,6 +151,9 @@ def step_multi(
     ts = step_counts(RULE, t, len(weights))
     for weight, grad, state in zip(weights, grads, states, strict=True):
         _check(weight, grad, state)
+    # across the tensors: no weight or state twice, no gradient that is another tensor's weight
+    # or state (the writes, queued, would read it changed)
+    check_arrays_across(RULE, weights, grads, states, STATES)
     with all_or_nothing():  # every weight's scalars checked before any is written
         for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
             _step(weight, grad, state, t, hp)

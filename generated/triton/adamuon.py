@@ -50,6 +50,7 @@ import torch
 
 from optgen_runtime.common import (
     all_or_nothing,
+    check_distinct_states,
     check_step_count,
     commit,
     host_max,
@@ -61,7 +62,7 @@ from optgen_runtime.common import (
 from optgen_runtime.held import held_torch_ops
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import check_tensors, check_weight, launch
+from optgen_runtime.triton_support import check_across, check_tensors, check_weight, launch
 
 from ..rules.adamuon import (
     DRAWS,
@@ -238,9 +239,10 @@ def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tens
     }
 
 
-def _check(weight: Any, grad: Any, state: Any) -> None:
-    check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
+def _check(weight: Any, grad: Any, state: Any) -> Any:
+    checked = check_tensors(RULE, weight, grad, state, STATES, HOST_STATES)
     check_matrix(weight)
+    return checked
 
 
 def step(
@@ -283,8 +285,14 @@ def step_multi(
     stream_indices(RULE, stream_ids, len(weights))
     if amp is not None:
         raise ValueError(f"{RULE}: amp flags on the device are not supported (it has reductions)")
-    for weight, grad, state in zip(weights, grads, states, strict=True):
+    # each tensor's buffers, then across them: no weight or state twice, no gradient that is
+    # another tensor's weight or state (the writes, queued, would read it changed)
+    tables = [
         _check(weight, grad, state)
+        for weight, grad, state in zip(weights, grads, states, strict=True)
+    ]
+    check_distinct_states(RULE, states)
+    check_across(tables)
     with all_or_nothing():  # every weight's scalars checked before any is written
         for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
             _step(weight, grad, state, t, hp)
