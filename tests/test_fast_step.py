@@ -481,3 +481,67 @@ def test_a_row_rule_refused_late_in_a_later_group_writes_no_group() -> None:
     opt.param_groups[1]["weight_decay"] = 0.0
     opt.step()  # accepted again
     assert opt._plan is not None and opt._plan.kind == "rows"
+
+
+MATRICES = [(12, 9), (9, 12), (8, 8)]
+
+
+def matrix_trajectory(
+    name: str, backend: str, steps: int, change: Callable[[Any, list], None] | None = None
+) -> tuple[list[torch.Tensor], Any]:
+    """``trajectory`` for a rule of matrix equations, on 2-D parameters in two groups."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in MATRICES]
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
+    opt = getattr(gt, name)(groups, backend=backend)
+    keep: list = []
+    for t in range(steps):
+        new_grads(params, g, keep)
+        if change is not None and t == steps - 2:
+            change(opt, params)
+        opt.step()
+    return snapshot(opt, params), opt
+
+
+def _momentum_edited_in_place(opt: Any, params: list) -> None:
+    state = opt.state[params[0]]
+    state[next(k for k in state if k != "step")].mul_(2.0)
+
+
+@pytest.mark.parametrize(
+    "change", [None, _step_count_set_in_place, _a_parameter_without_grad, _momentum_edited_in_place]
+)
+@pytest.mark.parametrize("name", ["Muon", "AdaMuon"])
+def test_a_matrix_rules_fast_steps_equal_the_numpy_reference(
+    monkeypatch: pytest.MonkeyPatch, name: str, change: Callable | None
+) -> None:
+    """A rule of matrix equations takes the plan of the row/column rules ("rows": its compiled
+    module's ``step_prechecked`` on NumPy views, checking its own scalars): after the first
+    step no parameter is checked in full, and every step equals the NumPy reference's to the
+    bit, a legal change between steps (taken by a full step, then a new plan) included."""
+    calls = count_full_checks(monkeypatch, getattr(gt, name))
+    got, opt = matrix_trajectory(name, "numba", 6, change)
+    assert opt._plan is not None and opt._plan.kind == "rows"
+    if change is None:
+        assert len(calls) == len(MATRICES)  # only the first step in full
+    want, ref = matrix_trajectory(name, "numpy", 6, change)
+    assert ref._plan is None
+    assert len(want) == len(got) and all(map(torch.equal, want, got))
+
+
+def test_a_matrix_rules_plan_refuses_a_gradient_that_is_a_state_buffer() -> None:
+    """The plan's overlap test holds for a matrix rule: a gradient that is a state buffer is
+    refused by the full step it falls back to, naming it, with nothing written."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in MATRICES]
+    opt = gt.Muon(params, backend="numba")
+    keep: list = []
+    for _ in range(3):
+        new_grads(params, g, keep)
+        opt.step()
+    assert opt._plan is not None and opt._plan.kind == "rows"
+
+    def grad_is_the_momentum(opt: Any, params: list) -> None:
+        params[0].grad = opt.state[params[0]]["momentum_buffer"]
+
+    assert_refused_untouched(opt, params, g, keep, grad_is_the_momentum, "share memory")

@@ -47,11 +47,12 @@ checked every step, and every host scalar is checked before anything is written,
 full step. The step counts advance in one NumPy add per step (``Plan.counter``: the plan makes
 each step count a 0-d view of one array).
 
-A rule of row and column factors (Adafactor, CAME, SM3: kind "rows") takes the fast step on
-the CPU with float32 or float64 parameters and gradients of the same dtype, neither copied nor
-converted: the plan keeps NumPy views of the weights and states, and the step is one
-``step_prechecked`` of the compiled module per group, which computes and checks every host
-scalar of every tensor before any write, as in the full step.
+A rule of row and column factors (Adafactor, CAME, SM3: kind "rows") or of matrix equations
+(Muon, AdaMuon: the same kind) takes the fast step on the CPU with float32 or float64
+parameters and gradients of the same dtype, neither copied nor converted: the plan keeps NumPy
+views of the weights and states, and the step is one ``step_prechecked`` of the compiled module
+per group, which computes and checks every host scalar of every tensor before any write, as in
+the full step. (A matrix rule on the Triton kernels takes the full step every time.)
 
 What the checks found is kept too, where it cannot change unseen: a group's hyperparameters,
 when each value (and ``betas``) is the very object of the last step that passed and of an
@@ -605,11 +606,11 @@ class FastStep:
         kernels, as plain tensors)."""
         self._plan = None
         meta = self.META
-        rows = bool(getattr(meta, "STATE_AXES", None))  # row/column states: Adafactor, CAME, SM3
+        # row/column states (Adafactor, CAME, SM3) or matrix equations (Muon, AdaMuon): their
+        # compiled module's ``step_prechecked`` on NumPy views, which checks its own scalars
+        rows = bool(getattr(meta, "STATE_AXES", None)) or hasattr(meta, "MATRIX_VALUES")
         if meta.INPUTS or meta.STEP_SCALARS or (getattr(meta, "SIZES", ()) and not rows):
             return
-        if hasattr(meta, "MATRIX_VALUES"):
-            return  # a rule of matrix equations: its own kernels and checks, every step
         if rows and (meta.DRAWS or meta.HOST_STATES):
             return  # (none has them; the plan would need their streams and write-backs)
         scaled = getattr(self, "grad_scale", None) is not None
