@@ -21,9 +21,11 @@ from optgen_runtime.optim import fast
 SHAPES = [(40, 9), (70001,), (5,)]
 
 
-def make(name: str, backend: str, seed: int = 0, **hp: Any) -> tuple[Any, list, torch.Generator]:
+def make(
+    name: str, backend: str, seed: int = 0, shapes: list = SHAPES, **hp: Any
+) -> tuple[Any, list, torch.Generator]:
     g = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
     return getattr(gt, name)(groups, backend=backend, **hp), params, g
 
@@ -486,23 +488,6 @@ def test_a_row_rule_refused_late_in_a_later_group_writes_no_group() -> None:
 MATRICES = [(12, 9), (9, 12), (8, 8)]
 
 
-def matrix_trajectory(
-    name: str, backend: str, steps: int, change: Callable[[Any, list], None] | None = None
-) -> tuple[list[torch.Tensor], Any]:
-    """``trajectory`` for a rule of matrix equations, on 2-D parameters in two groups."""
-    g = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in MATRICES]
-    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
-    opt = getattr(gt, name)(groups, backend=backend)
-    keep: list = []
-    for t in range(steps):
-        new_grads(params, g, keep)
-        if change is not None and t == steps - 2:
-            change(opt, params)
-        opt.step()
-    return snapshot(opt, params), opt
-
-
 def _momentum_edited_in_place(opt: Any, params: list) -> None:
     state = opt.state[params[0]]
     state[next(k for k in state if k != "step")].mul_(2.0)
@@ -520,11 +505,11 @@ def test_a_matrix_rules_fast_steps_equal_the_numpy_reference(
     step no parameter is checked in full, and every step equals the NumPy reference's to the
     bit, a legal change between steps (taken by a full step, then a new plan) included."""
     calls = count_full_checks(monkeypatch, getattr(gt, name))
-    got, opt = matrix_trajectory(name, "numba", 6, change)
+    got, opt = trajectory(name, "numba", 6, change, shapes=MATRICES)
     assert opt._plan is not None and opt._plan.kind == "rows"
     if change is None:
         assert len(calls) == len(MATRICES)  # only the first step in full
-    want, ref = matrix_trajectory(name, "numpy", 6, change)
+    want, ref = trajectory(name, "numpy", 6, change, shapes=MATRICES)
     assert ref._plan is None
     assert len(want) == len(got) and all(map(torch.equal, want, got))
 
@@ -532,9 +517,7 @@ def test_a_matrix_rules_fast_steps_equal_the_numpy_reference(
 def test_a_matrix_rules_plan_refuses_a_gradient_that_is_a_state_buffer() -> None:
     """The plan's overlap test holds for a matrix rule: a gradient that is a state buffer is
     refused by the full step it falls back to, naming it, with nothing written."""
-    g = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in MATRICES]
-    opt = gt.Muon(params, backend="numba")
+    opt, params, g = make("Muon", "numba", shapes=MATRICES)
     keep: list = []
     for _ in range(3):
         new_grads(params, g, keep)
