@@ -19,6 +19,7 @@ import generated.torch as gt
 from optgen_runtime.optim import fast
 
 SHAPES = [(40, 9), (70001,), (5,)]
+MATRICES = [(12, 9), (9, 12), (8, 8)]  # for the rules of matrix equations
 
 
 def make(
@@ -450,22 +451,39 @@ def test_a_legal_change_to_a_row_rule_is_computed_as_the_reference_computes_it(
     assert opt._plan is not None and opt._plan.kind == "rows"  # made again after the change
 
 
-def test_a_row_rule_on_bfloat16_takes_the_full_step() -> None:
-    """The plan takes float32 and float64 weights as they are; a bfloat16 one goes through the
-    full step's float32 working copy every step (no plan), as the reference computes it."""
-    g = torch.Generator().manual_seed(1)
-    params = [torch.nn.Parameter(torch.randn(6, 5, generator=g).bfloat16()) for _ in range(2)]
-    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    opt = gt.Adafactor(params, backend="numba")
-    ref = gt.Adafactor(twins, backend="numpy")
-    for _ in range(3):
-        for p, q in zip(params, twins, strict=True):
-            p.grad = torch.randn(p.shape, generator=g).bfloat16()
-            q.grad = p.grad.clone()
-        opt.step()
-        ref.step()
-    assert opt._plan is None
-    assert all(torch.equal(p, q) for p, q in zip(params, twins, strict=True))
+@pytest.mark.parametrize(
+    ("dtype", "master"),
+    [(torch.bfloat16, False), (torch.float16, False), (torch.bfloat16, True)],
+)
+@pytest.mark.parametrize("name", ["Adafactor", "Muon"])
+def test_a_row_or_matrix_rule_on_half_precision_takes_the_plan(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: torch.dtype, master: bool
+) -> None:
+    """The plan takes a bfloat16 or float16 weight through a float32 working copy of its own
+    (copied in before the step, rounded back after), and its gradient converted into a
+    float32 scratch of its own, as the full step does with temporaries; with
+    ``multi_precision`` the float32 master is the weight and the parameter is rounded from it
+    after. Only the first step is checked in full; every step equals the NumPy reference's
+    (full steps) to the bit, states included."""
+    calls = count_full_checks(monkeypatch, getattr(gt, name))
+
+    def run(backend: str) -> tuple[list[torch.Tensor], Any]:
+        g = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in MATRICES]
+        opt = getattr(gt, name)(params, backend=backend, multi_precision=master)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(dtype)
+            opt.step()
+        return snapshot(opt, params), opt
+
+    got, opt = run("numba")
+    assert opt._plan is not None and opt._plan.kind == "rows"
+    assert len(calls) == len(MATRICES)  # only the first step in full
+    want, ref = run("numpy")
+    assert ref._plan is None
+    assert len(want) == len(got) and all(map(torch.equal, want, got))
+    assert got[0].dtype == dtype
 
 
 def test_a_row_rule_refused_late_in_a_later_group_writes_no_group() -> None:
@@ -483,9 +501,6 @@ def test_a_row_rule_refused_late_in_a_later_group_writes_no_group() -> None:
     opt.param_groups[1]["weight_decay"] = 0.0
     opt.step()  # accepted again
     assert opt._plan is not None and opt._plan.kind == "rows"
-
-
-MATRICES = [(12, 9), (9, 12), (8, 8)]
 
 
 def _momentum_edited_in_place(opt: Any, params: list) -> None:

@@ -48,11 +48,14 @@ full step. The step counts advance in one NumPy add per step (``Plan.counter``: 
 each step count a 0-d view of one array).
 
 A rule of row and column factors (Adafactor, CAME, SM3: kind "rows") or of matrix equations
-(Muon, AdaMuon: the same kind) takes the fast step on the CPU with float32 or float64
-parameters and gradients of the same dtype, neither copied nor converted: the plan keeps NumPy
-views of the weights and states, and the step is one ``step_prechecked`` of the compiled module
-per group, which computes and checks every host scalar of every tensor before any write, as in
-the full step. (A matrix rule on the Triton kernels takes the full step every time.)
+(Muon, AdaMuon: the same kind) takes the fast step on the CPU: the plan keeps NumPy views of
+the weights and states, and the step is one ``step_prechecked`` of the compiled module per
+group, which computes and checks every host scalar of every tensor before any write, as in the
+full step. Float32 and float64 parameters and gradients of their dtype go as they are; a
+fp16/bf16 parameter through a float32 working copy of the plan's and a gradient of another
+dtype than its (master) weight through a float32 scratch of the plan's, as the full step does
+with temporaries (to the bit); a master copy is the weight, the parameter rounded from it after
+the step. (A matrix rule on the Triton kernels takes the full step every time.)
 
 What the checks found is kept too, where it cannot change unseen: a group's hyperparameters,
 when each value (and ``betas``) is the very object of the last step that passed and of an
@@ -418,6 +421,12 @@ class FastStep:
                 self._fast_triton(part, gs, counts, hp, amps.get(part.device))
                 continue
             if plan.kind == "rows":  # every scalar checked before any write (its stepper)
+                which, scratches = part.converted
+                if which:  # into their float32 scratches (as the full step converts them)
+                    torch._foreach_copy_(scratches, [gs[j] for j in which])
+                    gs = list(gs)
+                    for j, scratch in zip(which, scratches, strict=True):
+                        gs[j] = scratch
                 grads = list(map(torch.Tensor.numpy, gs))
                 self._numba().step_prechecked(part.arrays, grads, part.views, counts, **hp)
                 continue
@@ -656,11 +665,25 @@ class FastStep:
                         return  # working copies: the full step's
                 perms.append(perm)
                 layout = PLAIN
-                if kind == "rows":  # as the full step's ``_numba_step`` takes them, without copies
-                    plain = p.dtype in _NUMPY and g.dtype == p.dtype and not p.is_complex()
-                    if weight is not p or perm is not None or not plain:
+                if kind == "rows":  # as the full step's ``_numba_step`` takes them
+                    if perm is not None or p.is_complex() or not g.is_floating_point():
                         return
-                    part.arrays.append(p.detach().numpy())
+                    work = weight  # the parameter, or its float32 master copy
+                    computed = self._computed_in(p, s)
+                    if computed is not None:  # a fp16/bf16 one: the full step's working copy
+                        if not p.is_contiguous():
+                            return
+                        work = torch.empty(p.shape, dtype=computed)
+                        plan.works[0].append(p)
+                        plan.works[1].append(work)
+                    if work.dtype not in _NUMPY:
+                        return
+                    if g.dtype != work.dtype:  # converted every step, as the full step does
+                        if not g.is_contiguous():
+                            return
+                        part.converted[0].append(len(part.arrays))
+                        part.converted[1].append(torch.empty(g.shape, dtype=work.dtype))
+                    part.arrays.append(work.detach().numpy())
                     part.views.append(self._views(s, _numpy_view))
                 elif kind == "numba":
                     if meta.DRAWS:  # its noise stream and offset, as the full step's
