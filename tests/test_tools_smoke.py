@@ -62,8 +62,9 @@ def test_references_report() -> None:
 
 
 def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
-    """``tools.bench --cpu``'s report of the per-tensor-sum sections and of Muon (figures made
-    up: a full run takes minutes): LAMB against its NumPy backend, Muon against torch's."""
+    """``tools.bench --cpu``'s report of the per-tensor-sum sections, of Muon and of Adafactor
+    on bfloat16 (figures made up: a full run takes minutes): LAMB against its NumPy backend,
+    Muon and Adafactor against torch's."""
     from tools.bench_cpu import report
 
     labels = ["generated.torch.LAMB (numba)", "generated.torch.LAMB (NumPy)"]
@@ -85,6 +86,13 @@ def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
             "generated Muon (bfloat16 NS)": 67.5,
             "torch Muon (bfloat16 NS)": 45.0,
         },
+        "adafactor_bfloat16": {
+            "tensors": 148,
+            "n": 2_543_360,
+            "generated Adafactor": 10.0,
+            "generated, full steps": 17.5,
+            "torch Adafactor foreach": 10.0,
+        },
         "rules": [],
     }
     out = report(r)
@@ -94,6 +102,8 @@ def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
     assert "Muon (Newton-Schulz, 5 steps), the GPT-2-small-shaped list's matrices: 50" in out
     assert out.count("2.00x") == 1  # the drop-in against torch's Muon
     assert out.count("1.50x") == 1  # its bfloat16 iteration
+    assert "Adafactor (row and column factors), bfloat16 parameters, the GPT-2" in out
+    assert out.count("1.75x") == 1  # Adafactor's full steps against torch's on bfloat16
 
 
 def test_bench_cpu_refuses_a_rule_without_a_row() -> None:

@@ -293,6 +293,30 @@ def adafactor_rows(steps: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def adafactor_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
+    """ms/step on bfloat16 parameters: generated.torch.Adafactor (its fast step's plan: float32
+    working copies and gradient scratches of its own), the same stepping in full every time
+    (temporaries each step), and torch.optim.Adafactor (foreach; arithmetic in bfloat16)."""
+    import torch
+
+    from generated.torch import Adafactor
+
+    def full(ps: list[Any]) -> Any:
+        opt = Adafactor(ps, lr=1e-2)
+        opt._fast_step = lambda given: False  # every step the full step
+        return opt
+
+    variants = {
+        "generated Adafactor": (lambda ps: Adafactor(ps, lr=1e-2), False),
+        "generated, full steps": (full, False),
+        "torch Adafactor foreach": (
+            lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True),
+            False,
+        ),
+    }
+    return _timed_classes(shapes, steps, variants, dtype=torch.bfloat16)
+
+
 def muon_class(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step of the drop-in Muon (on CPU its NumPy module: Newton-Schulz in the weights'
     float32, NumPy's matmul; and at ``ns_dtype="bfloat16"``, torch's bfloat16 CPU ops) and of
@@ -639,6 +663,11 @@ def run(
                 **lamb_class(listed, steps),
             }
         result["adafactor_rows"] = adafactor_rows(steps)
+        result["adafactor_bfloat16"] = {
+            "tensors": len(shapes),
+            "n": int(sum(np.prod(s) for s in shapes)),
+            **adafactor_bfloat16(shapes, steps),
+        }
         matrices = [s for s in shapes if len(s) == 2]
         result["muon_matrices"] = {
             "tensors": len(matrices),
@@ -752,6 +781,13 @@ def report(r: dict[str, Any]) -> str:
                 "this/foreach",
             )
             for label in rows
+        ),
+        (
+            r.get("adafactor_bfloat16"),
+            "Adafactor (row and column factors), bfloat16 parameters, the GPT-2-small-shaped "
+            "list: {tensors} tensors, {n:,} parameters",
+            "torch Adafactor foreach",
+            "this/foreach",
         ),
         (
             r.get("muon_matrices"),
