@@ -219,6 +219,17 @@ def lamb_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]
     return _timed_classes(shapes, steps, _bits_variants(LAMB, "LAMB"), dtype=torch.bfloat16)
 
 
+def _full_steps(make: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+    """``make``, its optimizer stepping in full every time (its fast step turned off)."""
+
+    def full(ps: list[Any]) -> Any:
+        opt = make(ps)
+        opt._fast_step = lambda given: False  # every step the full step
+        return opt
+
+    return full
+
+
 def adam_complex(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
     """ms/step on complex64 parameters (torch's fused Adam takes none): generated.torch.Adam
     (its fast step takes them as their real views), the same stepping in full every time, and
@@ -227,14 +238,9 @@ def adam_complex(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:
 
     from generated.torch import Adam
 
-    def full(ps: list[Any]) -> Any:
-        opt = Adam(ps, lr=1e-3)
-        opt._fast_step = lambda given: False  # every step the full step
-        return opt
-
     variants = {
         "generated.torch.Adam": (lambda ps: Adam(ps, lr=1e-3), False),
-        "generated, full steps": (full, False),
+        "generated, full steps": (_full_steps(lambda ps: Adam(ps, lr=1e-3)), False),
         "torch Adam foreach": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True), False),
         "torch Adam for-loop": (lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=False), False),
     }
@@ -301,14 +307,9 @@ def adafactor_bfloat16(shapes: list[tuple[int, ...]], steps: int) -> dict[str, f
 
     from generated.torch import Adafactor
 
-    def full(ps: list[Any]) -> Any:
-        opt = Adafactor(ps, lr=1e-2)
-        opt._fast_step = lambda given: False  # every step the full step
-        return opt
-
     variants = {
         "generated Adafactor": (lambda ps: Adafactor(ps, lr=1e-2), False),
-        "generated, full steps": (full, False),
+        "generated, full steps": (_full_steps(lambda ps: Adafactor(ps, lr=1e-2)), False),
         "torch Adafactor foreach": (
             lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True),
             False,
