@@ -374,10 +374,12 @@ def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str
     read_after: dict[sp.Symbol, int] = {}  # array -> index of the last stage reading it
     starts = {w.start for k, w in plan_.stages if k == "matrix"}  # type: ignore[attr-defined]
     for i, (kind, what) in enumerate(plan_.stages):
-        reads = {"element": lambda w: w.reads, "matrix": lambda w: [w.start]}.get(
-            kind,
-            lambda w: [w[1]],  # a reduction reads its summand
-        )(what)
+        if kind == "element":
+            reads = what.reads  # type: ignore[attr-defined]
+        elif kind == "matrix":
+            reads = [what.start]  # type: ignore[attr-defined]
+        else:
+            reads = [what[1]]  # type: ignore[index]  # a reduction: its summand
         for s in reads:
             read_after[s] = i
     recomputed: dict[sp.Symbol, Segment] = {}  # a new value -> the segment that computes it
@@ -501,6 +503,7 @@ def render(rule: Rule) -> dict[str, str]:
     # the compiled module: the NumPy module's text with its element stages as compiled loops
     nctx = {**ctx, **numpy_context(plan_, code), "target": "numba", "compiled": True}
     nctx["kernels"] = numba_kernels(plan_, nctx["stages"])  # type: ignore[arg-type]
+    nctx["commit"] = nctx["kernels"][-1]  # type: ignore[index]  # the writes' loop
     out["numba"] = ENV.get_template("matrix_numpy_module.py.j2").render(nctx)
     tcode = HostCode()
     tctx = _common(rule, tcode)

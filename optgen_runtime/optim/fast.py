@@ -421,22 +421,15 @@ class FastStep:
                 self._fast_triton(part, gs, counts, hp, amps.get(part.device))
                 continue
             if plan.kind == "rows":  # every scalar checked before any write (its stepper)
-                which, scratches = part.converted
-                if which:  # into their float32 scratches (as the full step converts them)
-                    torch._foreach_copy_(scratches, [gs[j] for j in which])
-                    gs = list(gs)
-                    for j, scratch in zip(which, scratches, strict=True):
-                        gs[j] = scratch
-                grads = list(map(torch.Tensor.numpy, gs))
+                grads = list(map(torch.Tensor.numpy, _converted(part, gs)))
                 self._numba().step_prechecked(part.arrays, grads, part.views, counts, **hp)
                 continue
             assert part.buffers is not None
-            which, scratches = part.converted
-            if which:  # into the float32 scratch the rows name (as the full step converts)
-                torch._foreach_copy_(scratches, [gs[j] for j in which])
+            if part.converted[0]:  # the rows name the scratches
+                gs = _converted(part, gs)
                 ptrs = list(ptrs)
-                for j, scratch in zip(which, scratches, strict=True):
-                    ptrs[j] = scratch.data_ptr()
+                for j in part.converted[0]:
+                    ptrs[j] = gs[j].data_ptr()
             for indices, addresses, _, _ in part.buffers.groups:
                 addresses[:, 1] = ptrs if len(indices) == len(ptrs) else [ptrs[j] for j in indices]
             if tabled is not None:
@@ -668,21 +661,11 @@ class FastStep:
                 if kind == "rows":  # as the full step's ``_numba_step`` takes them
                     if perm is not None or p.is_complex() or not g.is_floating_point():
                         return
-                    work = weight  # the parameter, or its float32 master copy
-                    computed = self._computed_in(p, s)
-                    if computed is not None:  # a fp16/bf16 one: the full step's working copy
-                        if not p.is_contiguous():
-                            return
-                        work = torch.empty(p.shape, dtype=computed)
-                        plan.works[0].append(p)
-                        plan.works[1].append(work)
-                    if work.dtype not in _NUMPY:
+                    work = _work(plan, p, weight, self._computed_in(p, s))
+                    if work is None or work.dtype not in _NUMPY:
                         return
-                    if g.dtype != work.dtype:  # converted every step, as the full step does
-                        if not g.is_contiguous():
-                            return
-                        part.converted[0].append(len(part.arrays))
-                        part.converted[1].append(torch.empty(g.shape, dtype=work.dtype))
+                    if _scratch(part, g, work, len(part.arrays)) is None:
+                        return
                     part.arrays.append(work.detach().numpy())
                     part.views.append(self._views(s, _numpy_view))
                 elif kind == "numba":
@@ -702,24 +685,19 @@ class FastStep:
                         shapes.append(tuple(p.shape))
                         part.dtypes.append(np.float32)
                     else:
-                        if computed is not None:  # as the full step: a float32 working copy
-                            if perm is not None or not p.is_contiguous():
-                                return  # (a strided one: the full step's)
-                            work = torch.empty(p.shape, dtype=computed)
-                            plan.works[0].append(p)
-                            plan.works[1].append(work)
+                        if computed is not None and perm is not None:
+                            return  # (a strided working copy: the full step's)
+                        work = _work(plan, p, weight, computed)
+                        if work is None:
+                            return
                         real = _REAL.get(work.dtype, work.dtype)  # a complex one as its real view
                         if real not in _NUMPY or g.is_complex() != work.is_complex():
                             return
                         if not (g.is_floating_point() or g.is_complex()):
                             return
-                        grad = g
-                        if g.dtype != work.dtype:  # converted every step, as the full step does
-                            if not g.is_contiguous():
-                                return
-                            grad = torch.empty(g.shape, dtype=work.dtype)
-                            part.converted[0].append(len(rows))
-                            part.converted[1].append(grad)
+                        grad = _scratch(part, g, work, len(rows))
+                        if grad is None:
+                            return
                         rows.append([x.data_ptr() for x in (work, grad, *buffers[1:])])
                         if p.is_complex():
                             part.complex.append(len(shapes))
@@ -833,6 +811,50 @@ class FastStep:
         module = self._numba() if kind == "numba" else self.TRITON
         module = running_module(module, self.META, resolved)
         return module if hasattr(module, "step_tables") else None
+
+
+def _work(
+    plan: Plan, p: torch.Tensor, weight: torch.Tensor, computed: torch.dtype | None
+) -> torch.Tensor | None:
+    """The tensor the compiled loops update for ``p``: its (master) ``weight``, or, where the
+    full step computes ``p`` in ``computed`` (a fp16/bf16 one), a working copy of the plan's in
+    that dtype, copied in before each step and rounded back after (``plan.works``); None for a
+    strided one (the full step's)."""
+    if computed is None:
+        return weight
+    if not p.is_contiguous():
+        return None
+    work = torch.empty(p.shape, dtype=computed)
+    plan.works[0].append(p)
+    plan.works[1].append(work)
+    return work
+
+
+def _scratch(part: Group, g: torch.Tensor, work: torch.Tensor, at: int) -> torch.Tensor | None:
+    """The gradient the loops read for the tensor at position ``at`` of ``part``: ``g``, or a
+    scratch of ``work``'s dtype of the plan's that ``g`` is converted into every step
+    (``_converted``), as the full step converts it; None for a strided ``g`` (the full step's)."""
+    if g.dtype == work.dtype:
+        return g
+    if not g.is_contiguous():
+        return None
+    scratch = torch.empty(g.shape, dtype=work.dtype)
+    part.converted[0].append(at)
+    part.converted[1].append(scratch)
+    return scratch
+
+
+def _converted(part: Group, gs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A group's gradients, those of another dtype than their weight converted into their
+    scratches (one ``torch._foreach_copy_``) and given in their place."""
+    which, scratches = part.converted
+    if not which:
+        return gs
+    torch._foreach_copy_(scratches, [gs[j] for j in which])
+    gs = list(gs)
+    for j, scratch in zip(which, scratches, strict=True):
+        gs[j] = scratch
+    return gs
 
 
 def _numpy_view(x: torch.Tensor) -> np.ndarray:
