@@ -335,42 +335,44 @@ def _needed(ops_: list[Op], wanted: set[sp.Symbol]) -> list[Op]:
     return kept[::-1]
 
 
-def _kernel(
-    name: str, ops_: list[Op], loads: list[str], stores: list[tuple[str, str]], host: list[str]
-) -> dict[str, object]:
-    """A compiled loop's template view: ``loads`` (array names, each loaded as itself),
-    ``stores`` ((value, array) pairs; an array also loaded is the same parameter), ``host``
-    scalars last."""
-    from codegen.targets.numba import DTYPE, NumbaOpPrinter
+@dataclass
+class Pass:
+    """One loop over the flat elements of a compiled module: its ops, the arrays it loads (each
+    loaded as itself), the (value, array) pairs it stores (an array also loaded is the same
+    buffer: written in place, each element after its load) and the host scalars it takes."""
 
-    arrays = list(dict.fromkeys(loads + [array for _, array in stores]))
-    param = {a: f"_a{k}" for k, a in enumerate(arrays)}
-    lines = NumbaOpPrinter().lines(ops_)
-    return {
-        "name": name,
-        "arrays": arrays,
-        "params": list(param.values()) + host,
-        "loads": [(a, param[a]) for a in loads],
-        "stores": [(value, param[array]) for value, array in stores],
-        "lines": lines,
-        "dtype": any(f"{DTYPE}(" in line for line in lines),  # a constant cast to it
-    }
+    ops: list[Op]
+    loads: list[sp.Symbol]
+    stores: list[tuple[sp.Symbol, sp.Symbol]]
+    host: list[sp.Symbol]
+    fresh: list[tuple[sp.Symbol, sp.Symbol | None]] = field(default_factory=list)
+    # ^ each array it stores that is not the weight's or a state's, and the buffer it takes
+    # (one no later stage reads), or None for a fresh one
+
+    @property
+    def arrays(self) -> list[sp.Symbol]:
+        return list(dict.fromkeys(self.loads + [array for _, array in self.stores]))
 
 
-def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The compiled module's kernels: each element segment as one serial loop over the flat
-    elements (``_a<k>``: its reads, then the arrays it writes), its ops printed by the numba
-    target's op printer (the same IEEE operations as NumPy's ufuncs: the same bits). Each
-    element stage of ``stages`` (the NumPy module's) gets the call that replaces its lines.
+@dataclass
+class InPlace:
+    """The compiled modules' loops (numba and Triton alike): each element segment's (None where
+    its every value is a new one, made at commit) by the segment's index, then ``commit``."""
 
-    The new states and weight are made by one more loop, ``_commit``, run by the step's writes
-    (every check passed) in place: a new value that no later stage reads is not stored by its
-    segment and copied, but computed again there from what its segment read (the same ops on
-    the same values: the same bits; the weight and states are unchanged until then); one a
-    later stage reads is stored by its segment and copied by that loop. No fresh array, no copy
-    pass for the values the step writes."""
+    segments: dict[int, Pass | None]
+    commit: Pass
+
+
+def in_place(plan_: Plan) -> InPlace:
+    """Each element segment as one loop, and the new states and weight made by one more,
+    ``commit``, run by the step's writes (every check passed) in place: a new value that no
+    later stage reads is not stored by its segment and copied, but computed again there from
+    what its segment read (the same ops on the same values: the same bits; the weight and
+    states are unchanged until then); one a later stage reads is stored by its segment and
+    copied by that loop. No fresh array, no copy pass for the values the step writes; a
+    segment's fresh array takes the buffer of one that no later stage reads."""
     finals = {new: cur for cur, new in plan_.outputs.items()}
-    segments = [(w, st) for (k, w), st in zip(plan_.stages, stages, strict=True) if k == "element"]
+    segments = [w for k, w in plan_.stages if k == "element"]
     read_after: dict[sp.Symbol, int] = {}  # array -> index of the last stage reading it
     starts = {w.start for k, w in plan_.stages if k == "matrix"}  # type: ignore[attr-defined]
     for i, (kind, what) in enumerate(plan_.stages):
@@ -384,57 +386,90 @@ def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str
             read_after[s] = i
     recomputed: dict[sp.Symbol, Segment] = {}  # a new value -> the segment that computes it
     index = {id(w): i for i, (_, w) in enumerate(plan_.stages)}
-    for seg, _ in segments:
+    for seg in segments:
         for t in seg.writes:
             if t in finals and read_after.get(t, -1) <= index[id(seg)]:
                 recomputed[t] = seg
     commit_ops: list[Op] = []
     loads: list[sp.Symbol] = []
-    host: list[str] = []
-    for seg, _ in segments:
+    host: list[sp.Symbol] = []
+    for seg in segments:
         sliced = _needed(seg.ops, {t for t, s in recomputed.items() if s is seg})
         commit_ops += sliced
         used = {a for op in sliced for a in op.args if isinstance(a, sp.Symbol)}
         loads += [s for s in seg.reads if s in used and s not in loads]
-        host += [s.name for s in seg.host if s in used and s.name not in host]
+        host += [s for s in seg.host if s in used and s not in host]
     loads += [new for new in finals if new not in recomputed]  # stored by a segment: copied
     for s in loads:
         read_after[s] = len(plan_.stages)  # read by the writes
-    kernels = []
+    passes: dict[int, Pass | None] = {}
     born: list[sp.Symbol] = []  # the segments' fresh arrays, whose buffers another may take
-    for seg, stage in segments:
+    for seg in segments:
         i = index[id(seg)]
         writes = [t for t in seg.writes if t not in recomputed]
-        stage["kernel"] = None
         if not writes:
-            continue  # its every value is a new one, made at commit
+            passes[seg.index] = None  # its every value is a new one, made at commit
+            continue
         ops_ = _needed(seg.ops, set(writes))
         used = {a for op in ops_ for a in op.args if isinstance(a, sp.Symbol)}
         reads = [s for s in seg.reads if s in used]
-        scalars = [s.name for s in seg.host if s in used]
-        name = f"_segment{seg.index}"
-        kernel = _kernel(
-            name, ops_, [s.name for s in reads], [(t.name, t.name) for t in writes], scalars
-        )
-        kernels.append(kernel)
         # a buffer is free once its last reader has run, or in the loop that reads it last (an
         # element's load comes before its store, at the same index); never an iteration's
         # start (the value of no steps is the start itself)
         free = [s for s in born if read_after.get(s, -1) < i or (read_after[s] == i and s in reads)]
-        fresh = []
+        fresh: list[tuple[sp.Symbol, sp.Symbol | None]] = []
         for t in writes:
             if free:
                 born.remove(reused := free.pop(0))
-                fresh.append((t.name, reused.name))
+                fresh.append((t, reused))
             else:
-                fresh.append((t.name, None))
+                fresh.append((t, None))
             if t not in starts:
                 born.append(t)
+        stores = [(t, t) for t in writes]
+        passes[seg.index] = Pass(ops_, reads, stores, [s for s in seg.host if s in used], fresh)
+    stores = [(new, cur) for cur, new in plan_.outputs.items()]
+    return InPlace(passes, Pass(commit_ops, loads, stores, host))
+
+
+def _numba_kernel(name: str, loop: Pass) -> dict[str, object]:
+    """A compiled loop's template view (``_a<k>``: its arrays, host scalars last)."""
+    from codegen.targets.numba import DTYPE, NumbaOpPrinter
+
+    param = {a: f"_a{k}" for k, a in enumerate(loop.arrays)}
+    lines = NumbaOpPrinter().lines(loop.ops)
+    return {
+        "name": name,
+        "arrays": [a.name for a in loop.arrays],
+        "params": list(param.values()) + [s.name for s in loop.host],
+        "loads": [(a.name, param[a]) for a in loop.loads],
+        "stores": [(value.name, param[array]) for value, array in loop.stores],
+        "lines": lines,
+        "dtype": any(f"{DTYPE}(" in line for line in lines),  # a constant cast to it
+    }
+
+
+def numba_kernels(plan_: Plan, stages: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The compiled module's kernels (:func:`in_place`): each element segment as one serial
+    loop over the flat elements, its ops printed by the numba target's op printer (the same
+    IEEE operations as NumPy's ufuncs: the same bits), then the writes' ``_commit``. Each
+    element stage of ``stages`` (the NumPy module's) gets the call that replaces its lines."""
+    loops = in_place(plan_)
+    segments = [w for k, w in plan_.stages if k == "element"]
+    kernels = []
+    element = [st for (k, _), st in zip(plan_.stages, stages, strict=True) if k == "element"]
+    for seg, stage in zip(segments, element, strict=True):
+        loop = loops.segments[seg.index]
+        stage["kernel"] = None
+        if loop is None:
+            continue
+        name = f"_segment{seg.index}"
+        kernel = _numba_kernel(name, loop)
+        kernels.append(kernel)
         stage["kernel"] = name
-        stage["fresh"] = fresh
-        stage["args"] = [f"np.ravel({a})" for a in kernel["arrays"]] + scalars  # type: ignore[attr-defined]
-    stores = [(new.name, cur.name) for cur, new in plan_.outputs.items()]
-    kernels.append(_kernel("_commit", commit_ops, [s.name for s in loads], stores, host))
+        stage["fresh"] = [(t.name, r.name if r else None) for t, r in loop.fresh]
+        stage["args"] = [f"np.ravel({a})" for a in kernel["arrays"]] + [s.name for s in loop.host]  # type: ignore[attr-defined]
+    kernels.append(_numba_kernel("_commit", loops.commit))
     return kernels
 
 
@@ -528,41 +563,52 @@ def render(rule: Rule) -> dict[str, str]:
     return out
 
 
-def kernel_name(rule: Rule, segment: int) -> str:
+def kernel_name(rule: Rule, segment: int | None) -> str:
+    """A segment's kernel, or (None) the writes' kernel."""
+    if segment is None:
+        return names.derived(rule.name, "_commit_kernel")
     return f"{rule.name}_segment{segment}_kernel"
 
 
+def _triton_kernel(name: str, loop: Pass) -> dict[str, object]:
+    """A Triton kernel's template view of a loop of :func:`in_place` (fp32 compute: each load
+    converted to float32, each store to its array's dtype)."""
+    ptr = {a: names.derived(a.name, "_ptr") for a in loop.arrays}
+    return {
+        "name": name,
+        "params": list(ptr.values()),
+        "scalars": [s.name for s in loop.host],
+        "loads": [(a.name, ptr[a]) for a in loop.loads],
+        "lines": TritonOpPrinter(set(loop.host)).lines(loop.ops),
+        "stores": [(value.name, ptr[array]) for value, array in loop.stores],
+    }
+
+
 def triton_context(plan_: Plan, code: HostCode) -> dict[str, object]:
+    """The GPU module: each element segment a Triton kernel, the new weight and states made in
+    place by the writes' kernel (:func:`in_place`, as the compiled CPU module's loops)."""
     rule = plan_.rule
+    loops = in_place(plan_)
     kernels = []
     stages = []
     for i, (kind, what) in enumerate(plan_.stages):
         host = [(s.name, code(plan_.host[s])) for s in plan_.host_before(i)]
         if kind == "element":
             seg: Segment = what  # type: ignore[assignment]
-            printer = TritonOpPrinter(set(seg.host))
-            name = kernel_name(rule, seg.index)
-            params = [names.derived(s.name, "_ptr") for s in seg.reads]
-            stores = [s for s in seg.writes if s not in seg.reads]
-            params += [names.derived(s.name, "_ptr") for s in stores]
-            kernels.append(
-                {
-                    "name": name,
-                    "params": params,
-                    "scalars": [s.name for s in seg.host],
-                    "loads": [(s.name, names.derived(s.name, "_ptr")) for s in seg.reads],
-                    "lines": printer.lines(seg.ops),
-                    "stores": [(s.name, names.derived(s.name, "_ptr")) for s in seg.writes],
-                }
-            )
+            loop = loops.segments[seg.index]
+            if loop is None:  # its every value is a new one, made at commit
+                stages.append({"kind": kind, "host": host, "kernel": None})
+                continue
+            kernel = _triton_kernel(kernel_name(rule, seg.index), loop)
+            kernels.append(kernel)
             stages.append(
                 {
                     "kind": kind,
                     "host": host,
-                    "kernel": name,
-                    "buffers": [s.name for s in seg.reads] + [s.name for s in stores],
-                    "fresh": [s.name for s in stores],
-                    "scalars": [s.name for s in seg.host],
+                    "kernel": kernel["name"],
+                    "buffers": [a.name for a in loop.arrays],
+                    "fresh": [(t.name, r.name if r else None) for t, r in loop.fresh],
+                    "scalars": kernel["scalars"],
                 }
             )
         elif kind == "reduce":
@@ -585,7 +631,15 @@ def triton_context(plan_: Plan, code: HostCode) -> dict[str, object]:
                     **_held(it),
                 }
             )
-    return {"stages": stages, "kernels": kernels, "triton_kernels": [k["name"] for k in kernels]}
+    commit = _triton_kernel(kernel_name(rule, None), loops.commit)
+    kernels.append(commit)
+    commit["buffers"] = [a.name for a in loops.commit.arrays]
+    return {
+        "stages": stages,
+        "kernels": kernels,
+        "commit": commit,
+        "triton_kernels": [k["name"] for k in kernels],
+    }
 
 
 def op_counts(rule: Rule) -> dict[str, dict[str, dict[str, int]]]:

@@ -113,6 +113,7 @@ RULE_SUFFIXES: tuple[str, ...] = (
     "_row_reduce_kernel",
     "_col_reduce_kernel",
     "_segment_kernel",  # a matrix rule's per-element stages: <rule>_segment<k>_kernel
+    "_commit_kernel",  # a matrix rule's writes: the new weight and states, in place
 )
 TEMP_PREFIX = "_"
 

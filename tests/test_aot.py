@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import MATRIX_RULE_NAMES, MATRIX_RULES, RULE_NAMES, RULES, triton_module
 
-from codegen.matrix_targets import plan
+from codegen.matrix_targets import in_place, plan
 from codegen.variants import variants as all_variants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +106,12 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
     compiled: list[dict], rule: str
 ) -> None:
     """``python -m tools.aot`` with no arguments compiles the matrix rules' Triton too: one
-    kernel per per-element segment (codegen/matrix_targets.py), every arch and weight dtype."""
+    kernel per per-element segment that stores a value a later stage reads, and the writes'
+    kernel (codegen/matrix_targets.py ``in_place``), every arch and weight dtype."""
     kernels = {n for n in vars(triton_module(rule)) if n.endswith("_kernel")}
-    assert kernels and all(k.startswith(f"{rule}_segment") for k in kernels)
-    assert len(kernels) == sum(kind == "element" for kind, _ in plan(MATRIX_RULES[rule]).stages)
+    loops = in_place(plan(MATRIX_RULES[rule])).segments
+    segments = {f"{rule}_segment{i}_kernel" for i, loop in loops.items() if loop is not None}
+    assert segments and kernels == {*segments, f"{rule}_commit_kernel"}
     rows = [r for r in compiled if r["rule"] == rule]
     assert {(r["kernel"], r["arch"], r["weight"]) for r in rows} == {
         (k, a, w) for k in kernels for a in (80, 90) for w in ("fp32", "bf16", "fp16")
@@ -117,6 +119,10 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
     for r in rows:
         assert r["target_ok"] and r["cubin_bytes"] > 0, r
         assert_ieee_division_and_sqrt(r)
+        # each array once, 128-bit when aligned (the segments' fresh arrays and the states are
+        # float32; the writes' kernel reads and writes the weight and states in place)
+        assert r["bytes_per_element"] == r["min_bytes_per_element"], r
+        assert r["variant"] == "unaligned" or r["vectorised"], r
 
 
 def test_all_rules_were_compiled(compiled: list[dict]) -> None:

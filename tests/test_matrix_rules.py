@@ -22,6 +22,7 @@ from conftest import (
     DEVICE,
     MATRIX_RULE_NAMES,
     MATRIX_RULES,
+    assert_matches_float32,
     numba_module,
     numpy_module,
     triton_module,
@@ -629,16 +630,9 @@ RULE.update(w, w - lr * U / (RULE.norm("U_norm", U) + 1))
 '''
 
 
-def test_the_compiled_writes_of_a_probe_rule_equal_the_numpy_modules(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PROBE generated into a temporary package: its compiled module (the new values made in
-    place by the writes, buffers taken again) equals its NumPy module to the bit, one weight
-    at a time and two in one ``step_multi`` (their writes queued), over steps of the iteration
-    and none (the matrix value is then its start), float32 and float64."""
-    pytest.importorskip("numba")  # the GPU check's machine may lack it
-    import importlib
-
+@pytest.fixture
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PROBE generated into a temporary package, ``probe_package``, importable."""
     from codegen.generate import generate_all, write
 
     (tmp_path / "specs").mkdir()
@@ -646,9 +640,20 @@ def test_the_compiled_writes_of_a_probe_rule_equal_the_numpy_modules(
     write(generate_all(tmp_path / "specs", ["probe_matrix"]), tmp_path / "probe_package")
     (tmp_path / "probe_package" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path / "probe_package"
+
+
+def test_the_compiled_writes_of_a_probe_rule_equal_the_numpy_modules(probe: Path) -> None:
+    """PROBE's compiled module (the new values made in place by the writes, buffers taken
+    again) equals its NumPy module to the bit, one weight at a time and two in one
+    ``step_multi`` (their writes queued), over steps of the iteration and none (the matrix value
+    is then its start), float32 and float64."""
+    pytest.importorskip("numba")  # the GPU check's machine may lack it
+    import importlib
+
     ref = importlib.import_module("probe_package.numpy.probe_matrix")
     compiled = importlib.import_module("probe_package.numba.probe_matrix")
-    text = (tmp_path / "probe_package" / "numba" / "probe_matrix.py").read_text()
+    text = (probe / "numba" / "probe_matrix.py").read_text()
     assert "X0 = _sum_m_norm  # its buffer" in text and "last_new = ortho" in text
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -672,6 +677,63 @@ def test_the_compiled_writes_of_a_probe_rule_equal_the_numpy_modules(
                 for key in sa:
                     np.testing.assert_array_equal(sa[key], sb[key])
             assert all(np.abs(a - w).max() > 0 for a, w in zip(ours, w0, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_the_gpu_writes_of_a_probe_rule_match_the_numpy_modules(
+    probe: Path, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROBE's Triton module (the new values made in place by the writes' kernel, buffers
+    taken again) against its NumPy module in lockstep: every step from the same weight, states
+    and gradient, one product for both (``one_product``), to float32's rounding (a bfloat16
+    weight within one ulp); one weight at a time and two in one ``step_multi`` (their writes
+    queued), over steps of the iteration and none."""
+    import importlib
+
+    ref = importlib.import_module("probe_package.numpy.probe_matrix")
+    gpu = importlib.import_module("probe_package.triton.probe_matrix")
+    monkeypatch.setattr(ref, "np", OneProductNumPy())
+    monkeypatch.setattr(gpu, "torch", OneProductTorch())
+    text = (probe / "triton" / "probe_matrix.py").read_text()
+    assert "X0 = _sum_m_norm  # its buffer" in text and "probe_matrix_commit_kernel" in text
+    assert ".copy_(" not in text.split("def _step(")[1]  # nothing copied at commit
+    rng = np.random.default_rng(0)
+    shapes = [(5, 7), (8, 3)]
+    for ns_steps in (0, 2):
+        ws = [torch.tensor(rng.standard_normal(s), dtype=dtype, device=DEVICE) for s in shapes]
+        w0 = [w.clone() for w in ws]
+        states = [gpu.init_state(w) for w in ws]
+        for t in range(1, 4):
+            gs = [torch.tensor(rng.standard_normal(s), dtype=dtype, device=DEVICE) for s in shapes]
+            before = [
+                (w.float().cpu().numpy(), {k: v.cpu().numpy() for k, v in st.items()})
+                for w, st in zip(ws, states, strict=True)
+            ]
+            want = [(w.copy(), {k: v.copy() for k, v in st.items()}) for w, st in before]
+            ref.step_multi(
+                [w for w, _ in want],
+                [g.float().cpu().numpy() for g in gs],
+                [st for _, st in want],
+                t,
+                ns_steps=ns_steps,
+            )
+            if t == 2:  # one at a time
+                for w, g, st in zip(ws, gs, states, strict=True):
+                    gpu.step(w, g, st, t, ns_steps=ns_steps)
+            else:
+                gpu.step_multi(ws, gs, states, t, ns_steps=ns_steps)
+            for (w, st), (w_before, st_before), ours, ours_st in zip(
+                want, before, ws, states, strict=True
+            ):
+                assert ours.dtype == dtype
+                assert_matches_float32(ours.float().cpu().numpy(), w, dtype, w_before, f"t={t}")
+                assert st.keys() == ours_st.keys()
+                for key in st:
+                    scale = np.maximum(np.abs(st_before[key]), np.abs(st[key]))
+                    assert_matches_float32(
+                        ours_st[key].cpu().numpy(), st[key], torch.float32, scale, f"{key}, t={t}"
+                    )
+        assert all(bool((a != w).any()) for a, w in zip(ws, w0, strict=True))
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", "triton"])

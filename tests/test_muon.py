@@ -487,8 +487,16 @@ def test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(done.stdout)
     kernels = {r["kernel"] for r in rows}
-    assert kernels == {f"muon_segment{i}_kernel" for i in range(3)}
+    # the weight's update is made by the writes' kernel with the new momentum (in place)
+    assert kernels == {"muon_segment0_kernel", "muon_segment1_kernel", "muon_commit_kernel"}
     assert len(rows) == 3 * 2 * 3 * 2  # kernels x archs x weight dtypes x (un)aligned variants
+    # the writes' kernel: gradient, momentum, weight and the iteration's result read, momentum
+    # and weight written in place (fp32: 6 x 4 bytes; a bf16 weight and gradient: 2 bytes each)
+    commit = {(r["weight"], r["variant"]): r for r in rows if r["kernel"] == "muon_commit_kernel"}
+    for weight, size in (("fp32", 24), ("bf16", 18), ("fp16", 18)):
+        for variant in ("aligned", "unaligned"):
+            row = commit[weight, variant]
+            assert row["bytes_per_element"] == row["min_bytes_per_element"] == size, row
 
 
 def test_the_drop_in_takes_ns_dtype_and_keeps_torchs_state_dict() -> None:

@@ -217,13 +217,16 @@ def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
     """The spec's minimal bytes per element for ``kernel``: each array it reads read once, each
     it writes written once (weight, gradient and inputs in ``weight_type``, states fp32; a
     ``MASTERS`` type: the weight fp32, and the parameter written once more in its dtype), from
-    the lowered spec; None for a kernel that is neither the update nor a reduction phase (the
-    sweeps of a rule with row or column states), or a rule whose spec is not found."""
+    the lowered spec; a matrix rule's element loops likewise (:func:`_matrix_minimum`); None
+    for a kernel that is neither the update nor a reduction phase (the sweeps of a rule with
+    row or column states), or a rule whose spec is not found."""
+    narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[MASTERS.get(weight_type, weight_type)]
+    if getattr(module, "MATRIX_VALUES", None):
+        return _matrix_minimum(module, kernel, narrow)
     lowered = _lowered(module)
     if lowered is None or lowered.rule.vector_values:
         return None
     rule = lowered.rule
-    narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[MASTERS.get(weight_type, weight_type)]
     master = weight_type in MASTERS
 
     def size(symbol: Any) -> int:
@@ -240,19 +243,41 @@ def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
     return None
 
 
+def _matrix_minimum(module: Any, kernel: str, narrow: int) -> int | None:
+    """A matrix rule's element loop (codegen.matrix_targets.in_place: a segment's, or the
+    writes' that makes the new weight and states in place): each array it reads read once,
+    each it writes written once (weight and gradient ``narrow`` bytes, the states and the
+    step's own arrays float32); None for a kernel it does not generate."""
+    from codegen.matrix_targets import in_place, kernel_name, plan
+
+    rule = _spec(module)
+    if rule is None:
+        return None
+    loops = in_place(plan(rule))
+    by_name = {kernel_name(rule, i): loop for i, loop in loops.segments.items() if loop}
+    loop = {**by_name, kernel_name(rule, None): loops.commit}.get(kernel)
+    if loop is None:
+        return None
+
+    def size(symbol: Any) -> int:
+        return narrow if symbol in (rule.weight, rule.grad) else 4
+
+    return sum(map(size, loop.loads)) + sum(size(array) for _, array in loop.stores)
+
+
+_SPECS: dict[str, Any] = {}
 _LOWERED: dict[str, Any] = {}
 
 
-def _lowered(module: Any) -> Any:
-    """The rule's lowered spec, once per process: specs/<rule>.py of the tree the module was
-    generated in (``<tree>/generated/triton/<rule>.py``), else of the working directory, else
-    this repository's; None when none has it."""
+def _spec(module: Any) -> Any:
+    """The rule's spec (a variant's, codegen/variants.py), once per process: specs/<rule>.py of
+    the tree the module was generated in (``<tree>/generated/triton/<rule>.py``), else of the
+    working directory, else this repository's; None when none has it."""
     from codegen.load import SPECS_DIR, load_rules
-    from codegen.lower import lower
     from codegen.variants import variants as of_rule
 
     rule, name = module.RULE, module_rule(module)
-    if name not in _LOWERED:
+    if name not in _SPECS:
         here = Path(getattr(module, "__file__", "") or ".").resolve()
         trees = [here.parents[2] / "specs"] if len(here.parents) > 2 else []
         found = [
@@ -261,6 +286,17 @@ def _lowered(module: Any) -> Any:
         spec = load_rules(found[0], names=[rule])[0] if found else None
         if spec is not None and name != rule:  # a variant (codegen/variants.py)
             spec = next((v for v in of_rule(spec) if v.name == name), None)
+        _SPECS[name] = spec
+    return _SPECS[name]
+
+
+def _lowered(module: Any) -> Any:
+    """The rule's lowered spec (:func:`_spec`), once per process; None when no spec has it."""
+    from codegen.lower import lower
+
+    name = module_rule(module)
+    if name not in _LOWERED:
+        spec = _spec(module)
         _LOWERED[name] = lower(spec) if spec is not None else None
     return _LOWERED[name]
 
