@@ -581,6 +581,7 @@ def _triton_kernel(name: str, loop: Pass) -> dict[str, object]:
         "loads": [(a.name, ptr[a]) for a in loop.loads],
         "lines": TritonOpPrinter(set(loop.host)).lines(loop.ops),
         "stores": [(value.name, ptr[array]) for value, array in loop.stores],
+        "copy_out": None,  # the writes' kernel: the new weight's value (``copies``)
     }
 
 
@@ -632,6 +633,8 @@ def triton_context(plan_: Plan, code: HostCode) -> dict[str, object]:
                 }
             )
     commit = _triton_kernel(kernel_name(rule, None), loops.commit)
+    # a fp16/bf16 parameter of a float32 master (``copies``): the new weight rounded into it
+    commit["copy_out"] = next(v.name for v, a in loops.commit.stores if a == rule.weight)
     kernels.append(commit)
     commit["buffers"] = [a.name for a in loops.commit.arrays]
     return {

@@ -1414,15 +1414,23 @@ def launch(
     scalars: Sequence[float],
     block: int,
     ints: Sequence[int] = (),
+    **named: Any,
 ) -> None:
-    """One launch over all elements; host scalars passed as Python floats, then ``ints``."""
+    """One launch over all elements; host scalars passed as Python floats, then ``ints``, then
+    the kernel's ``named`` arguments (a matrix rule's writes: ``copy_ptr``, ``COPY_OUT``)."""
     n = buffers[0].numel()
     if n == 0:
         return
     LAUNCHES["count"] += 1
     grid = (triton.cdiv(n, block),)
     kernel[grid](
-        *buffers, n, *(float(s) for s in scalars), *ints, BLOCK_SIZE=block, **LAUNCH_OPTIONS
+        *buffers,
+        n,
+        *(float(s) for s in scalars),
+        *ints,
+        **named,
+        BLOCK_SIZE=block,
+        **LAUNCH_OPTIONS,
     )
 
 

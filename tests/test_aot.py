@@ -17,6 +17,7 @@ from conftest import MATRIX_RULE_NAMES, MATRIX_RULES, RULE_NAMES, RULES, triton_
 
 from codegen.matrix_targets import in_place, plan
 from codegen.variants import variants as all_variants
+from tools.aot import MASTERS
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tree whose generated/ is compiled: OPTGEN_ROOT's, when the suite runs on another tree
@@ -113,14 +114,16 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
     segments = {f"{rule}_segment{i}_kernel" for i, loop in loops.items() if loop is not None}
     assert segments and kernels == {*segments, f"{rule}_commit_kernel"}
     rows = [r for r in compiled if r["rule"] == rule]
-    assert {(r["kernel"], r["arch"], r["weight"]) for r in rows} == {
+    masters = {(f"{rule}_commit_kernel", a, w) for a in (80, 90) for w in MASTERS}
+    assert {(r["kernel"], r["arch"], r["weight"]) for r in rows} == masters | {
         (k, a, w) for k in kernels for a in (80, 90) for w in ("fp32", "bf16", "fp16")
     }
     for r in rows:
         assert r["target_ok"] and r["cubin_bytes"] > 0, r
         assert_ieee_division_and_sqrt(r)
         # each array once, 128-bit when aligned (the segments' fresh arrays and the states are
-        # float32; the writes' kernel reads and writes the weight and states in place)
+        # float32; the writes' kernel reads and writes the weight and states in place, and a
+        # master's parameter, bf16-master/fp16-master, in the same pass)
         assert r["bytes_per_element"] == r["min_bytes_per_element"], r
         assert r["variant"] == "unaligned" or r["vectorised"], r
 

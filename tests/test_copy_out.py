@@ -268,3 +268,110 @@ def test_the_classes_copy_only_what_the_kernel_cannot(
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
         if dtype == torch.float16 or DEVICE == "cuda":  # the same rounding: the same bits
             assert torch.equal(p, q)
+
+
+# A matrix rule's writes' kernel (codegen.matrix_targets.in_place: <rule>_commit_kernel) takes
+# copies too; shapes of both orientations, one that is not a multiple of 16 elements, an empty one.
+MATRIX_CASES = [("muon", {"lr": 0.02}), ("adamuon", {"lr": 0.02})]
+MATRIX_SHAPES = [(64, 16), (12, 9), (0, 4), (16, 64)]
+
+
+def matrix_setup(rule: str, dtype: torch.dtype) -> tuple[list, list, list, list]:
+    g = torch.Generator().manual_seed(2)
+    params = [torch.randn(s, generator=g).to(dtype).to(DEVICE) for s in MATRIX_SHAPES]
+    masters = [p.float() for p in params]
+    grads = [torch.randn(s, generator=g).to(dtype).to(DEVICE) for s in MATRIX_SHAPES]
+    return params, masters, grads, [module(rule).init_state(m) for m in masters]
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["bf16", "fp16"])
+@pytest.mark.parametrize(("rule", "hp"), MATRIX_CASES, ids=[c[0] for c in MATRIX_CASES])
+def test_a_matrix_rules_writes_copy_out_too(rule: str, hp: dict, dtype: torch.dtype) -> None:
+    """Steps with copies give the masters and states of the same steps without, to the bit,
+    and each copy the stored master rounded; a tensor without a copy is not written, and a copy
+    off the 16-byte grid is written whole and nothing beside it."""
+    params, masters, grads, states = matrix_setup(rule, dtype)
+    plain_masters, plain_states = clone(masters), clone(states)
+    base = torch.zeros(MATRIX_SHAPES[3][0] * MATRIX_SHAPES[3][1] + 1, dtype=dtype, device=DEVICE)
+    copies: list[Any] = [p.clone() for p in params]
+    copies[1] = None
+    copies[3] = base[1:].view(MATRIX_SHAPES[3])  # 2-byte aligned
+    before = params[1].clone()
+    for t in (1, 2):
+        module(rule).step_multi(masters, grads, states, t, **hp, copies=copies)
+        module(rule).step_multi(plain_masters, grads, plain_states, t, **hp)
+        for j, (m, want) in enumerate(zip(masters, plain_masters, strict=True)):
+            assert torch.equal(m, want), (rule, t, j)
+            if copies[j] is not None:
+                assert torch.equal(copies[j].view(torch.int16), rounded(want, dtype)), (t, j)
+        for s, want in zip(states, plain_states, strict=True):
+            assert all(torch.equal(s[k], v) for k, v in want.items()), (rule, t)
+    assert all(
+        bool((m != p.float()).any()) for m, p in zip(masters, params, strict=True) if m.numel()
+    )
+    assert torch.equal(params[1], before)  # no copy given: nothing written there
+    assert base[0].item() == 0  # the element before the misaligned copy: untouched
+
+
+@pytest.mark.parametrize("case", ["another shape", "a gradient", "twice", "its own master"])
+def test_a_matrix_rule_refuses_bad_copies_before_any_write(case: str) -> None:
+    params, masters, grads, states = matrix_setup("muon", torch.bfloat16)
+    bad = {
+        "another shape": ([params[0][:-1], *params[1:]], "copies[0]"),
+        "a gradient": ([grads[0], *params[1:]], "copy"),
+        "twice": ([params[0], params[0].view(-1)[:108].view(12, 9), *params[2:]], "copy"),
+        "its own master": (
+            [masters[0].view(torch.bfloat16).view(-1)[:1024].view(64, 16), *params[1:]],
+            "copy",
+        ),
+    }
+    copies, names = bad[case]
+    seen = clone(masters) + clone(params) + clone(states)
+    with pytest.raises((ValueError, TypeError), match=re.escape(names)) as error:
+        module("muon").step_multi(masters, grads, states, 1, lr=0.02, copies=copies)
+    assert "muon" in str(error.value)
+    for a, b in zip(seen, masters + params + states, strict=True):
+        if torch.is_tensor(a):
+            assert torch.equal(a, b), case
+        else:
+            assert all(torch.equal(v, b[k]) for k, v in a.items()), case
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["bf16", "fp16"])
+def test_muon_on_masters_copies_nothing_after_the_kernels(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """``Muon(..., multi_precision=True)`` on the Triton kernels: every parameter is its master
+    rounded after each step with no copy after the kernels (the writes' kernel wrote it), and
+    the masters and states are those of the same optimizer copying after the step."""
+    g = torch.Generator().manual_seed(3)
+
+    def make() -> tuple[Any, list]:
+        g.manual_seed(3)
+        params = [
+            torch.nn.Parameter(torch.randn(s, generator=g).to(DEVICE, dtype)) for s in MATRIX_SHAPES
+        ]
+        return gt.Muon(params, lr=0.02, backend="triton", multi_precision=True), params
+
+    def steps(opt: Any, params: list, kernel: bool) -> None:
+        for t in range(3):
+            g.manual_seed(20 + t)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(DEVICE, dtype)
+            opt.step()
+            for p in params:
+                master = opt.state[p]["master"]
+                want = rounded(master, dtype) if kernel else master.to(dtype).view(torch.int16)
+                assert torch.equal(p.view(torch.int16), want)
+
+    calls = copy_calls(monkeypatch)
+    fused, params = make()
+    steps(fused, params, kernel=True)
+    assert calls == []
+    monkeypatch.setattr(fused.TRITON, "COPIES", False)
+    copied, others = make()
+    steps(copied, others, kernel=False)
+    assert calls  # copied after the step
+    for p, q in zip(params, others, strict=True):
+        a, b = fused.state[p], copied.state[q]
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))

@@ -489,11 +489,14 @@ def test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90() -> None:
     kernels = {r["kernel"] for r in rows}
     # the weight's update is made by the writes' kernel with the new momentum (in place)
     assert kernels == {"muon_segment0_kernel", "muon_segment1_kernel", "muon_commit_kernel"}
-    assert len(rows) == 3 * 2 * 3 * 2  # kernels x archs x weight dtypes x (un)aligned variants
+    # kernels x archs x weight dtypes x (un)aligned variants, and the writes' kernel's
+    # bf16-master and fp16-master variants (it writes the parameter from its master)
+    assert len(rows) == 3 * 2 * 3 * 2 + 2 * 2 * 2
     # the writes' kernel: gradient, momentum, weight and the iteration's result read, momentum
-    # and weight written in place (fp32: 6 x 4 bytes; a bf16 weight and gradient: 2 bytes each)
+    # and weight written in place (fp32: 6 x 4 bytes; a bf16 weight and gradient: 2 bytes each;
+    # a float32 master with a bf16 gradient, its bf16 parameter written: 24 bytes)
     commit = {(r["weight"], r["variant"]): r for r in rows if r["kernel"] == "muon_commit_kernel"}
-    for weight, size in (("fp32", 24), ("bf16", 18), ("fp16", 18)):
+    for weight, size in (("fp32", 24), ("bf16", 18), ("fp16", 18), ("bf16-master", 24)):
         for variant in ("aligned", "unaligned"):
             row = commit[weight, variant]
             assert row["bytes_per_element"] == row["min_bytes_per_element"] == size, row

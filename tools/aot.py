@@ -222,7 +222,7 @@ def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
     row or column states), or a rule whose spec is not found."""
     narrow = {"fp32": 4, "bf16": 2, "fp16": 2}[MASTERS.get(weight_type, weight_type)]
     if getattr(module, "MATRIX_VALUES", None):
-        return _matrix_minimum(module, kernel, narrow)
+        return _matrix_minimum(module, kernel, narrow, weight_type in MASTERS)
     lowered = _lowered(module)
     if lowered is None or lowered.rule.vector_values:
         return None
@@ -243,11 +243,12 @@ def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
     return None
 
 
-def _matrix_minimum(module: Any, kernel: str, narrow: int) -> int | None:
+def _matrix_minimum(module: Any, kernel: str, narrow: int, master: bool) -> int | None:
     """A matrix rule's element loop (codegen.matrix_targets.in_place: a segment's, or the
     writes' that makes the new weight and states in place): each array it reads read once,
     each it writes written once (weight and gradient ``narrow`` bytes, the states and the
-    step's own arrays float32); None for a kernel it does not generate."""
+    step's own arrays float32; ``master``: the weight float32, and the writes' kernel writes
+    the parameter once more in its dtype); None for a kernel it does not generate."""
     from codegen.matrix_targets import in_place, kernel_name, plan
 
     rule = _spec(module)
@@ -260,9 +261,11 @@ def _matrix_minimum(module: Any, kernel: str, narrow: int) -> int | None:
         return None
 
     def size(symbol: Any) -> int:
-        return narrow if symbol in (rule.weight, rule.grad) else 4
+        wide = symbol not in (rule.weight, rule.grad) or (master and symbol == rule.weight)
+        return 4 if wide else narrow
 
-    return sum(map(size, loop.loads)) + sum(size(array) for _, array in loop.stores)
+    copy = narrow if master and loop is loops.commit else 0  # the parameter, from its master
+    return sum(map(size, loop.loads)) + sum(size(array) for _, array in loop.stores) + copy
 
 
 _SPECS: dict[str, Any] = {}

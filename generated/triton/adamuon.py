@@ -64,7 +64,14 @@ from optgen_runtime.common import (
 from optgen_runtime.held import held_torch_ops
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import check_across, check_tensors, check_weight, launch
+from optgen_runtime.triton_support import (
+    check_across,
+    check_copies,
+    check_tensors,
+    check_weight,
+    launch,
+    with_copies,
+)
 
 from ..rules.adamuon import (
     DRAWS,
@@ -112,6 +119,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# step_multi takes ``copies`` (the writes' kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -215,6 +224,8 @@ def adamuon_commit_kernel(
     _h4,
     _h7,
     _h8,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -241,6 +252,9 @@ def adamuon_commit_kernel(
     tl.store(m_ptr + offs, m_new.to(m_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v_new.to(v_ptr.dtype.element_ty), mask=mask)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
@@ -284,6 +298,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """``step`` on each weight (``t``: one step count, or one per weight), after checking all of
@@ -291,7 +306,10 @@ def step_multi(
     ``stream_ids``: checked (the rule draws no noise); ``amp`` (GradScaler's flags on the device)
     is refused: a rule with reductions reads GradScaler's state on the host instead.
     ``prechecked`` is taken for one API with the other rules' ``step_multi``; every weight is
-    checked either way."""
+    checked either way. ``copies``: None, or one entry per weight: None, or a tensor of the
+    weight's shape and device (float32, float16 or bfloat16) that the writes' kernel writes the
+    new weight into, rounded to its dtype, in the same pass (a fp16/bf16 parameter whose
+    float32 master copy is the weight). Checked as the weights are."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     if not len(weights) == len(grads) == len(states):
         raise ValueError(
@@ -308,15 +326,22 @@ def step_multi(
         for weight, grad, state in zip(weights, grads, states, strict=True)
     ]
     check_distinct_states(RULE, states)
-    check_across(tables)
+    check_copies(RULE, weights, copies)
+    check_across(tables if copies is None else with_copies(tables, copies))
+    _copies = list(copies) if copies is not None else [None] * len(weights)
     with all_or_nothing():  # every weight's scalars checked before any is written
-        for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
-            _step(weight, grad, state, t, hp)
+        for weight, grad, state, t, copy in zip(weights, grads, states, ts, _copies, strict=True):
+            _step(weight, grad, state, t, hp, copy)
     return len(weights)
 
 
 def _step(
-    weight: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], t: int, hp: dict
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    t: int,
+    hp: dict,
+    copy: torch.Tensor | None = None,
 ) -> None:
     lr = hp["lr"]
     wd = hp["wd"]
@@ -418,6 +443,8 @@ def _step(
             [v, ortho, weight, U, m_new, m],
             [_h3, _h4, _h7, _h8],
             BLOCK_SIZE,
+            copy_ptr=weight if copy is None else copy,
+            COPY_OUT=copy is not None,
         )
 
     commit(_writes)

@@ -56,7 +56,14 @@ from optgen_runtime.common import (
 from optgen_runtime.held import held_torch_ops
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import check_across, check_tensors, check_weight, launch
+from optgen_runtime.triton_support import (
+    check_across,
+    check_copies,
+    check_tensors,
+    check_weight,
+    launch,
+    with_copies,
+)
 
 from ..rules.muon import (
     DRAWS,
@@ -104,6 +111,8 @@ __all__ = [
 ]
 
 BLOCK_SIZE = 1024
+# step_multi takes ``copies`` (the writes' kernel writes a float32 master's parameter).
+COPIES = True
 
 
 @triton.jit
@@ -170,6 +179,8 @@ def muon_commit_kernel(
     _h0,
     _h4,
     _h5,
+    copy_ptr,
+    COPY_OUT: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -196,6 +207,9 @@ def muon_commit_kernel(
         mask=mask,
     )
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
+    if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
+        weight_new = weight_new.to(weight_ptr.dtype.element_ty)
+        tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
 
 
 def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
@@ -238,6 +252,7 @@ def step_multi(
     stream_ids: Sequence[int] | None = None,
     amp: torch.Tensor | None = None,
     prechecked: bool = False,
+    copies: Sequence[torch.Tensor | None] | None = None,
     **hyperparams: Any,
 ) -> int:
     """``step`` on each weight (``t``: one step count, or one per weight), after checking all of
@@ -245,7 +260,10 @@ def step_multi(
     ``stream_ids``: checked (the rule draws no noise); ``amp`` (GradScaler's flags on the device)
     is refused: a rule with reductions reads GradScaler's state on the host instead.
     ``prechecked`` is taken for one API with the other rules' ``step_multi``; every weight is
-    checked either way."""
+    checked either way. ``copies``: None, or one entry per weight: None, or a tensor of the
+    weight's shape and device (float32, float16 or bfloat16) that the writes' kernel writes the
+    new weight into, rounded to its dtype, in the same pass (a fp16/bf16 parameter whose
+    float32 master copy is the weight). Checked as the weights are."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     if not len(weights) == len(grads) == len(states):
         raise ValueError(
@@ -262,15 +280,22 @@ def step_multi(
         for weight, grad, state in zip(weights, grads, states, strict=True)
     ]
     check_distinct_states(RULE, states)
-    check_across(tables)
+    check_copies(RULE, weights, copies)
+    check_across(tables if copies is None else with_copies(tables, copies))
+    _copies = list(copies) if copies is not None else [None] * len(weights)
     with all_or_nothing():  # every weight's scalars checked before any is written
-        for weight, grad, state, t in zip(weights, grads, states, ts, strict=True):
-            _step(weight, grad, state, t, hp)
+        for weight, grad, state, t, copy in zip(weights, grads, states, ts, _copies, strict=True):
+            _step(weight, grad, state, t, hp, copy)
     return len(weights)
 
 
 def _step(
-    weight: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor], t: int, hp: dict
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    t: int,
+    hp: dict,
+    copy: torch.Tensor | None = None,
 ) -> None:
     lr = hp["lr"]
     wd = hp["wd"]
@@ -349,6 +374,8 @@ def _step(
             [grad, momentum_buffer, weight, ortho],
             [_h0, _h4, _h5],
             BLOCK_SIZE,
+            copy_ptr=weight if copy is None else copy,
+            COPY_OUT=copy is not None,
         )
 
     commit(_writes)

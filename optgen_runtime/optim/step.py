@@ -376,8 +376,8 @@ class Stepping:
     def _copy_out(self, p: torch.Tensor, state: dict[str, Any]) -> torch.Tensor | None:
         """The parameter the Triton update kernel writes from ``p``'s float32 master in the same
         pass (``step_multi``'s ``copies``: no copy after the step, which would read the master
-        again and cost a launch), or None: no master, a module without copies (a matrix rule's:
-        Muon, AdaMuon), or a parameter not contiguous in index order
+        again and cost a launch; a matrix rule's writes' kernel likewise), or None: no master, a
+        module without copies, or a parameter not contiguous in index order
         (channels_last: its elements are not in the master's order), copied after the step."""
         master = state.get("master")
         if master is None or not getattr(self.TRITON, "COPIES", False):
