@@ -16,7 +16,9 @@ Such a rule's step is a sequence of stages over the whole weight matrix, in depe
 
 Host scalars (expressions of hyperparameters, t, sizes and finished reductions) are computed in
 double precision on the host, right before the stage that needs them. New states and the new
-weight are written only after every stage has run (and after every input was checked).
+weight are written only after every stage has run (and after every input was checked): by the
+NumPy module from fresh arrays; by the compiled targets (numba loops, Triton kernels) in place,
+by one more loop that computes again what no later stage reads (:func:`in_place`).
 """
 
 from __future__ import annotations
