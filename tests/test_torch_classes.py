@@ -869,6 +869,50 @@ def test_betas_and_beta1_stay_in_step() -> None:
                              "beta1": 0.4})  # fmt: skip
 
 
+def test_betas_set_in_the_defaults_reach_a_group_added_later() -> None:
+    """torch's ``optimizer.defaults["betas"] = ...`` before ``add_param_group``: the new group
+    takes the defaults' betas (and beta1/beta2 with them), as torch's does."""
+    from generated.torch import optim
+
+    params = make_params()
+    for opt in (optim.Adam(params[:2]), CLASSES["adam"](params[:2])):
+        opt.defaults["betas"] = (0.5, 0.6)
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+        group = opt.param_groups[-1]
+        assert group["betas"] == (0.5, 0.6) and (group["beta1"], group["beta2"]) == (0.5, 0.6)
+        opt.defaults["beta2"] = 0.7  # the name changed: the defaults' betas follows
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+        assert opt.param_groups[-1]["betas"] == (0.5, 0.7)
+        assert opt.param_groups[0]["betas"] == (0.9, 0.999)  # the first group keeps its own
+
+
+def test_a_group_put_in_its_place_keeps_its_betas() -> None:
+    """A copy of a group put in its place (``param_groups[0] = {**group, "betas": ...}``, the
+    same params list) steps with its betas, as torch's does; a group of torch's keys alone
+    takes beta1/beta2 from its betas; a new dict whose betas and beta1 disagree is refused,
+    naming both, before anything is written."""
+    from generated.torch import optim
+
+    params = make_params()
+    opt = optim.Adam(params)
+    train(None, 1, params=params, opt=opt)
+    opt.param_groups[0] = {**opt.param_groups[0], "betas": (0.5, 0.6)}
+    train(None, 1, params=params, opt=opt)
+    group = opt.param_groups[0]
+    assert group["betas"] == (0.5, 0.6) and (group["beta1"], group["beta2"]) == (0.5, 0.6)
+    torch_keys = {k: v for k, v in group.items() if k not in ("beta1", "beta2")}
+    opt.param_groups[0] = {**torch_keys, "betas": (0.3, 0.4)}
+    train(None, 1, params=params, opt=opt)
+    group = opt.param_groups[0]
+    assert group["betas"] == (0.3, 0.4) and (group["beta1"], group["beta2"]) == (0.3, 0.4)
+    stranger = {**group, "params": list(group["params"]), "betas": (0.1, 0.4)}
+    opt.param_groups[0] = stranger  # a new params list: no history to tell which was set
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ValueError, match=r"betas=\(0\.1, 0\.4\) and beta1=0\.3"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+
+
 @pytest.mark.parametrize("backend", ["auto", "numpy"])
 def test_a_step_a_module_refuses_leaves_the_aliases_unsynced(backend: str) -> None:
     """A first step of TorchNAdam whose weight decay float32 cannot hold is refused by the

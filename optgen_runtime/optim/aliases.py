@@ -123,24 +123,54 @@ class TupleAliases:
         if self._aliases():
             self._seen[id(group)] = (group, self._snapshot(group))
 
+    def _remember_groups(self) -> None:
+        """Every param group's aliases and the defaults' as they are now (the last sync)."""
+        self._seen = {id(g): (g, self._snapshot(g)) for g in [*self.param_groups, self.defaults]}
+
+    def _last_seen(self, group: dict[str, Any]) -> dict[str, Any] | None:
+        """``group``'s aliases at its last sync: its own, or, for a copy of a group put in its
+        place (``param_groups[0] = {**group, "betas": ...}``: the same params list), that
+        group's; None for a dict never seen."""
+        seen = self._seen.get(id(group))
+        if seen is not None and seen[0] is group:
+            return seen[1]
+        params = group.get("params")
+        for other, snapshot in reversed(self._seen.values()):
+            if params is not None and other.get("params") is params:
+                return snapshot
+        return None
+
     def _alias_updates(self, group: dict[str, Any]) -> dict[str, Any]:
         """What syncing ``group``'s aliases would write (the group is not changed): ``step``
-        checks the synced values first and writes them only when the whole step is accepted."""
+        checks the synced values first and writes them only when the whole step is accepted.
+        Of ``betas`` and beta1/beta2 the one changed since the last sync wins; a name the
+        group lacks (a group of torch's keys alone) is taken from ``betas``; a group never
+        seen whose two disagree is refused (nothing tells which was set)."""
         aliases = self._aliases()
         updates: dict[str, Any] = {}
         if not aliases:
             return updates
         name = type(self).__name__
-        seen = self._seen.get(id(group))
-        old = seen[1] if seen is not None and seen[0] is group else None
+        old = self._last_seen(group)
         for base, items in aliases.items():
             if base not in group:
                 updates[base] = self._alias_from_names(base, items, group)
                 continue
             value = self._alias_value(base, items, group[base])
-            old_alias, old_names = old[base] if old else (value, tuple(group[o] for _, o in items))
+            if old is None:
+                for index, ours in items:
+                    if ours in group and not same(group[ours], value[index]):
+                        raise ValueError(
+                            f"{name}: param group has {base}={self._stored(base, value)} and "
+                            f"{ours}={group[ours]} (a group this optimizer has not synced: "
+                            "set one of them)"
+                        )
+            old_alias, old_names = old[base] if old else (value, tuple(value[i] for i, _ in items))
             merged = list(value)
             for k, (index, ours) in enumerate(items):
+                if ours not in group:  # torch's keys alone: the name follows the tuple
+                    updates[ours] = value[index]
+                    continue
                 alias_changed = not same(value[index], old_alias[index])
                 name_changed = not same(group[ours], old_names[k])
                 if alias_changed and name_changed and not same(value[index], group[ours]):

@@ -207,7 +207,7 @@ class GeneratedOptimizer(
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # torch.optim's: hooks, the step wrapper
         if "_seen" not in self.__dict__:  # unpickled (not load_state_dict): caches start afresh
-            self._seen = {id(g): (g, self._snapshot(g)) for g in self.param_groups}
+            self._remember_groups()
 
     @staticmethod
     def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -280,6 +280,9 @@ class GeneratedOptimizer(
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._settle()
         given = set(param_group) if isinstance(param_group, dict) else set()
+        # the defaults' betas or beta1/beta2, whichever was set since (torch's users set
+        # ``defaults["betas"]``), before torch fills the group's missing keys from them
+        self._sync_aliases(self.defaults)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:

@@ -203,7 +203,7 @@ class Checkpoint:
                 saved["param_names"] = group["param_names"]
             new_groups.append(saved)
         self.__setstate__({"state": state, "param_groups": new_groups})
-        self._seen = {id(g): (g, self._snapshot(g)) for g in self.param_groups}
+        self._remember_groups()
         self._plan = None  # the fast step's: it holds the replaced buffers (freed now)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
