@@ -48,9 +48,10 @@ def check_state_shape(
     want = vector_shape(like.shape, axis)
     if tuple(x.shape) != want:
         per = "row" if axis == -1 else "column"
+        of = like_label if like_label.startswith(("its ", "the ")) else f"the {like_label}"
         raise ValueError(
             f"{where}: {label} shape is {tuple(x.shape)}, expected {want} (one value per {per} "
-            f"of the {like_label}, {tuple(like.shape)})"
+            f"of {of}, {tuple(like.shape)})"
         )
 
 
@@ -60,13 +61,23 @@ def check_device(where: str, label: str, x: Any, like: Any, like_label: str = "w
         raise ValueError(f"{where}: {label} is on {x.device}, {like_label} is on {like.device}")
 
 
+class SparseRefused(TypeError, RuntimeError):
+    """A sparse tensor where only a dense one is taken: a TypeError, and the RuntimeError that
+    torch.optim raises for a sparse gradient it refuses (either ``except`` catches it)."""
+
+
+class SparseSettingRefused(ValueError, RuntimeError):
+    """A sparse gradient under a setting that refuses it (weight decay): a ValueError, and the
+    RuntimeError that torch.optim raises there."""
+
+
 def check_dense(where: str, label: str, x: Any) -> None:
     """``x`` is a dense (strided) tensor with data: not sparse in any layout (COO, CSR, CSC,
     BSR, BSC), not a meta tensor. NumPy arrays always are."""
     layout = getattr(x, "layout", None)
     if getattr(x, "is_sparse", False) or (layout is not None and "sparse" in str(layout)):
         kind = f" ({layout})" if layout is not None else ""
-        raise TypeError(f"{where}: {label} is sparse{kind}; only dense tensors are supported")
+        raise SparseRefused(f"{where}: {label} is sparse{kind}; only dense tensors are supported")
     if layout is not None and str(layout) != "torch.strided":
         raise TypeError(f"{where}: {label} has layout {layout}; only dense tensors are supported")
     if getattr(x, "is_meta", False):

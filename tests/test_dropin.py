@@ -147,7 +147,14 @@ NO_FOREACH = {"Muon"}  # torch.optim classes without the foreach switch
 
 
 def shapes_of(name: str) -> list[tuple[int, ...]]:
-    return MATRICES if name == "Muon" else SHAPES
+    """The parameters' shapes: Adafactor's with a 0-d one too (a logit scale), whose torch
+    state is its ``variance`` of shape () (this rule's one-column ``col``). Not the others':
+    ``ulps`` scales by a tensor's largest magnitude, and a lone value that ends near 0 shows
+    the rounding drift of 50 steps alone (SGD's: 12 ulps of 0.098, a step of ours and torch's
+    differing in the last bit as often as in the other tensors)."""
+    if name == "Muon":
+        return MATRICES
+    return [*SHAPES, ()] if name == "Adafactor" else SHAPES
 
 
 def switches(name: str) -> dict[str, Any]:
@@ -600,7 +607,7 @@ def test_sparse_gradients_refused(name: str, options: dict[str, Any], message: s
     table(torch.tensor([1, 2])).sum().backward()
     before = [dense.detach().clone(), table.weight.detach().clone()]
     grad = table.weight.grad
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(RuntimeError, match=message):  # torch's type (and ours: Value/TypeError)
         opt.step()
     assert torch.equal(dense, before[0]) and torch.equal(table.weight, before[1])
     assert table.weight.grad is grad and grad.is_sparse and not opt.state

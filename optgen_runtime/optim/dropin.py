@@ -196,6 +196,8 @@ class DropIn(GeneratedOptimizer):
                     value = torch.tensor(value, dtype=torch.float64)
                 elif key in axes and p.dim() >= 2:  # torch keeps the reduced axis
                     value = value.unsqueeze(axes[key])
+                elif key in axes:  # BELOW_2D: torch's state has the parameter's shape (0-d)
+                    value = value.reshape(p.shape)
                 kept[theirs] = value
             if kept:
                 state[index] = kept
@@ -252,6 +254,8 @@ class DropIn(GeneratedOptimizer):
                     value = value.item()  # torch's 0-d tensor: a Python float here
                 elif key in axes and tensor and p.dim() >= 2 and value.dim() == p.dim():
                     value = value.squeeze(axes[key])  # torch keeps the reduced axis
+                elif key in axes and tensor and p.dim() == 0 and value.dim() == 0:
+                    value = value.reshape(1)  # BELOW_2D of a 0-d parameter: one column here
                 out[key] = value
             if layout["step"] is None and "step" not in out:
                 out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
