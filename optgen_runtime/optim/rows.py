@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from optgen_runtime.checks import check_overlaps
+from optgen_runtime.checks import SparseSettingRefused, check_overlaps
 from optgen_runtime.common import commit
 from optgen_runtime.optim.distributed import is_dtensor
 
@@ -161,11 +161,12 @@ def restore(densified: list[Densified]) -> None:
 def refuse_settings(
     name: str, label: str, group: dict[str, Any], refused: tuple[Refused, ...]
 ) -> None:
-    """ValueError naming ``label`` and the first of the group's settings that ``refused``
-    refuses (``(key, whether its value is refused, why)``), if any."""
+    """A ValueError (and RuntimeError, as torch's: ``SparseSettingRefused``) naming ``label``
+    and the first of the group's settings that ``refused`` refuses (``(key, whether its value
+    is refused, why)``), if any."""
     for key, is_refused, why in refused:
         if is_refused(group.get(key)):
-            raise ValueError(f"{name}: {label} and {key}={group.get(key)!r} ({why})")
+            raise SparseSettingRefused(f"{name}: {label} and {key}={group.get(key)!r} ({why})")
 
 
 def _take(x: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:

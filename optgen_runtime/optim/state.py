@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from optgen_runtime.checks import (
+    SparseRefused,
     check_dense,
     check_device,
     check_dtype,
@@ -248,7 +249,7 @@ class ParamState:
     def _refuse_sparse(self, label: str) -> None:
         """A sparse (COO) gradient of a class that takes none: refused, saying which do."""
         self._fail(
-            TypeError,
+            SparseRefused,
             f"{label}'s grad is sparse (torch.sparse_coo) and {type(self).__name__}'s rule "
             "updates no sparse gradients (its spec declares no RULE.sparse). Sparse gradients "
             f"are taken by generated.torch's {', '.join(sparse_classes())} (as MXNet 1.9.1's: "
