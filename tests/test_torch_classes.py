@@ -6,6 +6,7 @@ The NumPy backend runs natively; the Triton backend runs in the interpreter on C
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,6 +246,59 @@ def test_low_precision_with_master_weights(dtype: torch.dtype) -> None:
         torch.testing.assert_close(master, r.detach(), rtol=1e-6, atol=1e-7)
         assert torch.equal(p.detach(), master.to(dtype))
     assert "master" in opt.state_dict()["state"][0]
+
+
+CHANGES = {
+    "fill_": lambda p: p.fill_(0.75),
+    "copy_": lambda p: p.copy_(torch.linspace(-1, 1, p.numel()).view(p.shape)),
+    "data": lambda p: setattr(p, "data", torch.full_like(p, -0.5)),
+}
+
+
+MASTER_CASES = [("adam", "numpy"), ("adam", "auto"), ("adam", "triton"), ("adafactor", "auto")]
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize(("name", "backend"), MASTER_CASES)
+def test_a_parameter_changed_outside_the_optimizer_is_not_lost_to_its_master(
+    name: str, backend: str, change: str
+) -> None:
+    """``multi_precision=True``: a bf16 parameter changed after a step (in place, or another
+    tensor put in) makes its master again before the next step, as the first step makes one,
+    on the full step and the fast one: the same bits as an optimizer whose master was changed
+    with it; a resume (masters loaded) keeps the loaded masters."""
+    dtype = torch.bfloat16
+
+    def make() -> tuple[list[torch.nn.Parameter], Any]:
+        params = make_params(dtype)
+        return params, CLASSES[name](params, lr=0.01, backend=backend, multi_precision=True)
+
+    params, opt = make()
+    others, expected = make()
+    train(None, 3, params=params, opt=opt)  # the later steps fast (a plan)
+    train(None, 3, params=others, opt=expected)
+    with torch.no_grad():
+        CHANGES[change](params[1])
+        CHANGES[change](others[1])
+        expected.state[others[1]]["master"].copy_(others[1].float())
+    train(None, 3, params=params, opt=opt, start=4)
+    train(None, 3, params=others, opt=expected, start=4)
+    assert float(params[1].detach().float().mean()) != float(
+        make_params(dtype)[1].detach().float().mean()
+    )
+    for p, q in zip(params, others, strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["master"], expected.state[q]["master"])
+    # resumed: the model's weights loaded (their versions move), then the optimizer's state
+    saved = copy.deepcopy(opt.state_dict())
+    resumed_params, resumed = make()
+    with torch.no_grad():
+        for a, b in zip(resumed_params, params, strict=True):
+            a.copy_(b)
+    resumed.load_state_dict(saved)
+    train(None, 2, params=resumed_params, opt=resumed, start=7)
+    train(None, 2, params=params, opt=opt, start=7)
+    assert all(torch.equal(a, b) for a, b in zip(resumed_params, params, strict=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

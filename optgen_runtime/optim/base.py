@@ -180,6 +180,9 @@ class GeneratedOptimizer(
         for base, items in self._aliases().items():
             defaults[base] = self._alias_from_names(base, items, defaults)
         self._seen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # see TupleAliases
+        # each parameter with a master copy: (version, address) after the last step that wrote
+        # it (Stepping._masters_moved)
+        self._master_seen: dict[torch.Tensor, tuple[int, int]] = {}
         self._scratch: torch.Tensor | None = None  # see Stepping._grad_scratch
         self._pending: Pending | None = None  # see AmpScaling._settle
         # ZeRO: the ZeroRedundancyOptimizer building this one keys the noise (Distributed._stream)
@@ -208,6 +211,7 @@ class GeneratedOptimizer(
         super().__setstate__(state)  # torch.optim's: hooks, the step wrapper
         if "_seen" not in self.__dict__:  # unpickled (not load_state_dict): caches start afresh
             self._remember_groups()
+        self._master_seen = {}  # the masters as loaded: not made again from the parameters
 
     @staticmethod
     def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:

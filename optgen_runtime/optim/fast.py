@@ -203,6 +203,7 @@ class Plan:
         "grad_bytes",
         "groups",
         "kind",
+        "mastered",
         "masters",
         "names",
         "signature",
@@ -237,6 +238,7 @@ class Plan:
         # kernels wrote them)
         self.weights: list[torch.Tensor] = []
         self.masters: list[torch.Tensor] = []
+        self.mastered: list[torch.Tensor] = []  # every parameter with a master copy
         # the numba loops': fp16/bf16 parameters without a master copy and their float32
         # working copies (``Stepping._computed_in``): copied in before, rounded back after
         self.works: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
@@ -314,6 +316,8 @@ class FastStep:
         surveyed = self._survey()
         if surveyed is None or surveyed[0] != plan.signature:
             return False
+        if plan.mastered and self._masters_moved(plan.mastered):
+            return False  # a parameter changed outside the optimizer: the full step's
         grads = surveyed[1]
         for part, gs in zip(plan.groups, grads, strict=True) if plan.complex else ():
             if any(gs[j].is_conj() for j in part.complex):
@@ -389,6 +393,8 @@ class FastStep:
         plan.counts = ts
         if plan.masters:
             torch._foreach_copy_(plan.weights, plan.masters)
+        if plan.mastered:
+            self._note_masters(plan.mastered)
         return True
 
     def _fast_groups(
@@ -729,6 +735,8 @@ class FastStep:
                 if "master" in s and not fused:
                     plan.weights.append(p)
                     plan.masters.append(s["master"])
+                if "master" in s:
+                    plan.mastered.append(p)
                 plan.steps.append(s["step"])
                 plan.states.append(s)
             if kind == "numba":

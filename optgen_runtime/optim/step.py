@@ -124,6 +124,8 @@ class Stepping:
         plans, synced = self._plans(indices, inverse, given)  # every check before any write
         every = [p for _, _, ps in plans for p in ps]
         fresh = [p for p in every if not self.state.get(p)]
+        for p in self._masters_moved(every):  # the user's value wins, as a plain parameter's
+            local(self.state[p]["master"]).copy_(local(p).detach())
         try:
             self._apply(plans, indices, inverse, on_device, scale, found_inf, given)
         except BaseException:
@@ -133,7 +135,36 @@ class Stepping:
             raise
         for group, updates in synced:  # accepted: the synced aliases are written now
             self._apply_aliases(group, updates)
+        self._note_masters(every)
         self._remember()
+
+    def _masters_moved(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The parameters with a master copy (``multi_precision``) changed since the optimizer
+        last wrote them: in place (``p.fill_``, ``p.copy_``, ``model.load_state_dict``: its
+        version counter) or another tensor put in (``p.data = ...``: its address). Their
+        master copies are made from them again before the step, as the first step makes one,
+        so the change is not lost to the old master. A parameter not written since its master
+        was made or loaded (``load_state_dict``) keeps the master."""
+        seen = self._master_seen
+        if not seen:
+            return []
+        moved = []
+        for p in params:
+            mark = seen.get(p)
+            if mark is not None:
+                q = local(p)
+                if mark != (q._version, q.data_ptr()):
+                    moved.append(p)
+        return moved
+
+    def _note_masters(self, params: list[torch.Tensor]) -> None:
+        """After a step: each parameter with a master copy as it was left (``_masters_moved``)."""
+        state, seen = self.state, self._master_seen
+        for p in params:
+            st = state.get(p)
+            if st and "master" in st:
+                q = local(p)
+                seen[p] = (q._version, q.data_ptr())
 
     def _apply(
         self,
