@@ -171,6 +171,29 @@ def _display_path(path: str) -> str:
     return f"{parent}/{os.path.basename(path)}" if parent else os.path.basename(path)
 
 
+def exact_exponent(exp: sp.Float) -> sp.Number:
+    """A float exponent as the number it is the nearest double of, where that is a whole
+    number or a half or third of one (``2.0``; ``0.5``, ``1.5``; Python's ``1/3`` and ``4/3``):
+    a spec's ``g**2.0`` is ``g**2`` (SymPy keeps a float exponent, and a float power of a
+    negative base is NaN) and its ``x**(1/3)`` the cube root. Any other float stays."""
+    value = float(exp)
+    for q in (1, 2, 3):
+        p = round(value * q)
+        if abs(p) <= 64 and float(sp.Rational(p, q)) == value:
+            return sp.Rational(p, q)
+    return exp
+
+
+def exact_exponents(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with every float exponent :func:`exact_exponent` turns into a rational."""
+    if not expr.has(sp.Pow):
+        return expr
+    return expr.replace(
+        lambda e: isinstance(e, sp.Pow) and e.exp.is_Float,
+        lambda e: sp.Pow(e.base, exact_exponent(e.exp)),
+    )
+
+
 class Rule:
     """One optimizer rule, declared by a spec file."""
 
@@ -300,7 +323,7 @@ class Rule:
                 f"{self._where()}: {what} is {expr} (a {type(expr).__name__}), "
                 "not a number-valued expression"
             )
-        return expr
+        return exact_exponents(expr)
 
     def _equation(self, target: sp.Symbol, expr: sp.Expr) -> None:
         """Record ``target = expr`` with the spec line that wrote it."""

@@ -217,3 +217,44 @@ def test_softplus_on_the_host_is_the_stable_form() -> None:
         assert abs(f(v) - want) <= 2 * math.ulp(want), (v, f(v), want)
     assert ops.softplus(sp.Integer(0)) == sp.log(2)
     assert ops.exact(ops.softplus(x)) == sp.log(1 + sp.exp(x))
+
+
+FLOAT_POWERS = '''"""Float exponents as a spec writes them in Python."""
+
+import sympy as sp
+
+from codegen.spec import Rule
+
+RULE = Rule("float_powers", __doc__)
+w, g = RULE.weight, RULE.grad
+a = sp.Abs(g)
+sq = RULE.update(RULE.state("sq", 0, doc="g**2.0"), g**2.0)
+half = RULE.update(RULE.state("half", 0, doc="|g|**0.5"), a**0.5)
+third = RULE.update(RULE.state("third", 0, doc="|g|**(1/3)"), a ** (1 / 3))
+four = RULE.update(RULE.state("four", 0, doc="|g|**(4/3)"), a ** (4 / 3))
+rest = RULE.update(RULE.state("rest", 0, doc="|g|**0.8"), a**0.8)
+RULE.update(w, w - 0.1 * g)
+'''
+
+
+def test_a_float_exponent_that_is_a_whole_half_or_third_is_that_number(tmp_path: Path) -> None:
+    """``g**2.0`` is g squared (a float exponent was a fractional power: NaN for g < 0),
+    ``x**0.5`` the square root and Python's ``x**(1/3)``, ``x**(4/3)`` cube roots, as the
+    README says; any other float exponent (0.8) stays a power."""
+    from codegen.load import load_rule
+
+    (tmp_path / "float_powers.py").write_text(FLOAT_POWERS)
+    rule = load_rule(tmp_path / "float_powers.py")
+    kinds = [op.kind for op in lower(rule).ops]
+    assert kinds.count("pow") == 1 and kinds.count("cbrt") == 2 and "sqrt" in kinds
+    with temporary_rule(tmp_path / "tree", "float_powers", FLOAT_POWERS) as modules:
+        g = np.array([-2.0, -0.5, 0.5, 3.0], np.float32)
+        w = np.zeros_like(g)
+        state = modules["numpy"].init_state(w)
+        modules["numpy"].step(w, g.copy(), state, 1)
+    a = np.abs(g)
+    np.testing.assert_array_equal(state["sq"], g * g)
+    np.testing.assert_array_equal(state["half"], np.sqrt(a))
+    np.testing.assert_array_equal(state["third"], np.cbrt(a))
+    np.testing.assert_array_equal(state["four"], a * np.cbrt(a))
+    np.testing.assert_allclose(state["rest"], a**0.8, rtol=1e-6)

@@ -49,8 +49,9 @@ w, g, t = RULE.weight, RULE.grad, RULE.t
 # Per-element states (same shape as the weight), with their initial value (a constant, w, or
 # hyperparameters declared above: init_state then takes them):
 #   mean = RULE.state("mean", 0, doc="first moment")
-# Powers: x**2, x**(3/2) (sqrt), x**(1/3) (cbrt), x**sp.Rational(2, 5) (pow); a fractional power
-# of a negative base is NaN.
+# Powers: x**2, x**(3/2) (sqrt), x**(1/3) (cbrt), x**sp.Rational(2, 5) (pow); a float exponent
+# that is a whole number, half or third (2.0, 0.5, Python's 1/3) is that number; a fractional
+# power of a negative base is NaN.
 # Host-side scalars carried across steps (one per weight), e.g. a schedule product:
 #   prod = RULE.host_state("prod", 1.0)
 # Per-tensor reductions over all elements, computed in a phase before the update:
