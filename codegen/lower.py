@@ -256,6 +256,7 @@ class Linearizer:
         self.host = host
         self.temp = temp
         self.assigns: list[Assign] = []
+        self.origins: tuple[Origin, ...] = ()  # the spec lines of the equation being lowered
 
     def emit(self, kind: str, *args: Operand, dest: sp.Symbol | None = None) -> sp.Symbol:
         dest = dest if dest is not None else self.temp()
@@ -264,7 +265,27 @@ class Linearizer:
         return dest
 
     def fail(self, expr: sp.Expr, why: str) -> SpecError:
-        return SpecError(f"{self.rule.source}: cannot generate per-element code for {expr}: {why}")
+        """A refusal at the spec line of the equation being lowered, where it is known."""
+        where = self.rule.source
+        if self.origins:
+            where = f"{self.origins[0].file}:{self.origins[0].line}"
+        return SpecError(f"{where}: cannot generate per-element code for {expr}: {why}")
+
+    def unsupported(self, expr: sp.Expr) -> SpecError:
+        """``expr`` has no per-element op: say what there is, and where it may go instead."""
+        name = type(expr).__name__
+        host = {op.sympy for op in opdefs.OPS if op.host_only and op.sympy is not None}
+        functions = sorted({*self.UNARY.values(), "max", "min", "sqrt", "cbrt", "pow"})
+        where = (
+            f"{name} is computed on the host only (of hyperparameters, t and finished sums)"
+            if type(expr) in host
+            else f"{name} is not supported"
+        )
+        return self.fail(
+            expr,
+            f"{where}; per element there are +, -, *, /, constant powers, "
+            f"{', '.join(functions)}, comparisons, &, |, Eq, Ne and Piecewise",
+        )
 
     def operand(self, expr: sp.Expr) -> Operand:
         """A leaf as it is, anything else computed into a fresh temporary. A constant expression
@@ -308,7 +329,29 @@ class Linearizer:
         if type(expr) in self.RELATIONAL:
             lhs, rhs = (self.operand(a) for a in expr.args)
             return self.emit(self.RELATIONAL[type(expr)], lhs, rhs, dest=dest)
-        raise self.fail(expr, f"{type(expr).__name__} is not supported")
+        if isinstance(expr, (sp.And, sp.Or)):
+            # masks joined by selects: a & b is ``a ? b : a``, a | b is ``a ? a : b``
+            masks = [self.mask(a) for a in expr.args]
+            acc = masks[0]
+            for i, m in enumerate(masks[1:], start=1):
+                last = dest if i == len(masks) - 1 else None
+                yes, no = (m, acc) if isinstance(expr, sp.And) else (acc, m)
+                acc = self.emit("where", acc, yes, no, dest=last)
+            return acc  # type: ignore[return-value]
+        if isinstance(expr, (sp.Eq, sp.Ne)):
+            lhs, rhs = (self.operand(a) for a in expr.args)
+            if isinstance(expr, sp.Ne):  # IEEE: true where either is NaN
+                return self.emit("ne", lhs, rhs, dest=dest)
+            ge = self.emit("ge", lhs, rhs)  # a == b as a >= b and a <= b: false at NaN
+            return self.emit("where", ge, self.emit("le", lhs, rhs), ge, dest=dest)
+        raise self.unsupported(expr)
+
+    def mask(self, condition: sp.Expr) -> Operand:
+        """A condition as a per-element mask (a host condition arrives as 1.0/0.0)."""
+        mask = self.operand(condition)
+        if mask in self.host:
+            mask = self.emit("ne", mask, sp.Integer(0))
+        return mask
 
     def wrap(self, operand: Operand, dest: sp.Symbol | None) -> sp.Symbol:
         """Make sure the value lands in ``dest`` (a copy when it is a leaf)."""
@@ -442,6 +485,7 @@ class Linearizer:
             if a.target in outputs and expr == target:
                 continue  # computed above, in place of its CSE temporary
             start = len(self.assigns)
+            self.origins = origins.get(a.target) or ()
             if isinstance(expr, sp.Symbol) or not expr.free_symbols:
                 self.emit("copy", self.operand(expr), dest=target)
             else:

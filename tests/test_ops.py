@@ -258,3 +258,58 @@ def test_a_float_exponent_that_is_a_whole_half_or_third_is_that_number(tmp_path:
     np.testing.assert_array_equal(state["third"], np.cbrt(a))
     np.testing.assert_array_equal(state["four"], a * np.cbrt(a))
     np.testing.assert_allclose(state["rest"], a**0.8, rtol=1e-6)
+
+
+BOOLEANS = '''"""Conditions joined per element."""
+
+import sympy as sp
+
+from codegen.spec import Rule
+
+RULE = Rule("bool_probe", __doc__)
+w, g = RULE.weight, RULE.grad
+
+
+def flag(name, condition):
+    return RULE.update(RULE.state(name, 0, doc=name), sp.Piecewise((1, condition), (0, True)))
+
+
+flag("both", (g > 0) & (w > 0))
+flag("three", (g > 0) & (w > 0) & (g < 2))
+flag("either", (g > 0) | (w < -1))
+flag("zero", sp.Eq(g, 0))
+flag("nonzero", sp.Ne(g, 0))
+RULE.update(w, w - 0.1 * g)
+'''
+
+
+def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
+    """``&``, ``|``, ``Eq`` and ``Ne`` in a per-element Piecewise (before, refused: "And is not
+    supported"): every target against NumPy's own comparisons, NaN included (a comparison with
+    NaN is false, ``Ne`` true)."""
+    import torch
+
+    g = np.array([1.0, 1.0, -1.0, 0.0, -0.0, np.nan, 3.0, 1.0], np.float32)
+    w = np.array([1.0, -2.0, -2.0, 1.0, 5.0, 1.0, 1.0, np.nan], np.float32)
+    want = {
+        "both": (g > 0) & (w > 0),
+        "three": (g > 0) & (w > 0) & (g < 2),
+        "either": (g > 0) | (w < -1),
+        "zero": g == 0,
+        "nonzero": g != 0,
+    }
+    with temporary_rule(tmp_path, "bool_probe", BOOLEANS) as modules:
+        got = {}
+        for target in ("numpy", "numba", "triton"):
+            if target == "numba":
+                pytest.importorskip("numba")
+            m = modules[target]
+            weight = torch.from_numpy(w.copy()) if target == "triton" else w.copy()
+            grad = torch.from_numpy(g.copy()) if target == "triton" else g.copy()
+            state = m.init_state(weight)
+            with np.errstate(invalid="ignore"):
+                m.step(weight, grad, state, 1)
+            got[target] = {k: np.asarray(v) for k, v in state.items()}
+    for target, states in got.items():
+        for name, mask in want.items():
+            np.testing.assert_array_equal(states[name], mask.astype(np.float32), f"{target} {name}")

@@ -59,7 +59,8 @@ CASES = {
     ),
     "host-only function per element": (
         "RULE.update(w, w - mx.lr * sp.sin(RULE.grad))",
-        r"specs/bad.py: cannot generate per-element code for sin\(grad\): sin is not supported",
+        r"specs/bad.py:\d+: cannot generate per-element code for sin\(grad\): sin is computed on "
+        r"the host only .*; per element there are .*tanh, comparisons, &, \|, Eq, Ne and Piecewise",
     ),
     "undefined function": (
         "RULE.update(w, w - mx.lr * sp.Function('f')(RULE.grad))",
@@ -108,7 +109,7 @@ CASES = {
     ),
     "per-element power with an irrational exponent": (
         "RULE.update(w, w - mx.lr * sp.Abs(RULE.grad) ** sp.pi)",
-        r"specs/bad.py: cannot generate per-element code for Abs\(grad\)\*\*pi: a per-element "
+        r"specs/bad.py:\d+: cannot generate per-element code for Abs\(grad\)\*\*pi: a per-element "
         r"power needs a constant exponent, a number \(2, Rational\(1, 3\), 0.25\), not a "
         r"symbolic constant",
     ),
@@ -118,7 +119,7 @@ CASES = {
     ),
     "per-element power with a symbolic exponent": (
         "RULE.update(w, w - mx.lr * RULE.grad ** RULE.t)",
-        r"specs/bad.py: cannot generate per-element code for .*: a per-element power needs a "
+        r"specs/bad.py:\d+: cannot generate per-element code for .*: a per-element power needs a "
         r"constant exponent",
     ),
 }
