@@ -106,8 +106,10 @@ def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def inputs(opt: Any, params: list[torch.Tensor]) -> dict[str, Any]:
-    """AdaHessian's hessian: the squared gradient (any tensor like the gradient will do)."""
-    return {"hessian": [p.grad * p.grad for p in params]} if "hessian" in opt.META.INPUTS else {}
+    """The rule's step inputs: each per-element one the squared gradient (AdaHessian's
+    hessian; any tensor like the gradient will do), each scalar one 1.0."""
+    out: dict[str, Any] = {name: [p.grad * p.grad for p in params] for name in opt.META.INPUTS}
+    return {**out, **dict.fromkeys(opt.META.STEP_SCALARS, 1.0)}
 
 
 def train(net: torch.nn.Module, opt: Any, steps: range) -> None:

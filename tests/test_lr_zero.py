@@ -40,8 +40,7 @@ def test_lr_zero(name: str) -> None:
         pytest.skip(f"{name} has no learning rate")
     gen = torch.Generator().manual_seed(7)
     grads = [torch.randn(4, 6, generator=gen) for _ in range(5)]
-    if name in REFUSE_ZERO_LR:
-        assert not cls.META.LEGAL["lr"].contains(0.0)
+    if not cls.META.LEGAL["lr"].contains(0.0):  # the spec says so: lr=0 refused
         with pytest.raises(ValueError, match=r"lr=0\.0 is outside"):
             _run(cls, grads[:1], 1)
         return
@@ -61,3 +60,11 @@ def test_lr_zero(name: str) -> None:
     a, b = _run(cls, grads[:4], 4), _run(cls, other, 4)
     assert torch.equal(a, b), f"{name}: at lr=0 the weights depend on the gradient"
     assert not torch.equal(_run(cls, grads[:4], 5), _run(cls, other, 5))  # not vacuous
+
+
+def test_the_rules_that_divide_by_lr_refuse_it_in_their_spec() -> None:
+    """test_lr_zero takes a rule's refusal of lr=0 from its spec (``positive()``): these do."""
+    legal = {n: RULES[n].META.LEGAL.get("lr") for n in RULES}
+    assert {
+        n for n, lr in legal.items() if lr is not None and not lr.contains(0.0)
+    } >= REFUSE_ZERO_LR

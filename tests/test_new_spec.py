@@ -2,9 +2,12 @@
 
 One small synthetic spec combines what per-rule test tables used to be needed for: no MXNet
 preprocessing (no ``wd``, no ``rescale_grad``), a state guarded by an off-by-default flag, a
-branch first taken at step 8, MXNet's sign and a choice. It is generated, with every real spec,
-into a temporary tree, and every test of the suite that is parametrized by rule runs on it there
-(``OPTGEN_ROOT``, tests/conftest.py); nothing in this repository changes.
+branch first taken at step 8, MXNet's sign and a choice, a state whose initial value is a
+hyperparameter set by the spec's test case (the sign test's modules start there, as the
+equations do: Yogi's ``initial_accumulator_value``) and a per-element input (as AdaHessian's).
+It is generated, with every real spec, into a temporary tree, and every test of the suite that
+is parametrized by rule runs on it there (``OPTGEN_ROOT``, tests/conftest.py); nothing in this
+repository changes.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ NAME = "synthetic_probe"
 SPEC = f'''"""Synthetic probe: sign descent on a momentum, every derivable test need in one rule.
 
 No MXNet preprocessing; ``peak`` is kept only with the off-by-default ``keep_max``; the rate halves
-from step 8; MXNet's sign (0 at 0 and at NaN) or the plain momentum, by ``mode``.
+from step 8; MXNet's sign (0 at 0 and at NaN) or the plain momentum, by ``mode``; the momentum
+starts at ``mom0``; each element's step is scaled by the input ``scale``.
 """
 
 import sympy as sp
 
 from codegen.mxnet import mxnet_sign
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, nonnegative, positive, unit
 
 RULE = Rule("{NAME}", __doc__)
 eta = RULE.hyper("eta", 0.05, positive(), doc="step size")
@@ -42,14 +46,17 @@ beta = RULE.hyper("beta", 0.5, unit(), doc="decay of the momentum")
 keep_max = RULE.flag("keep_max", False, doc="scale by the running peak of |mom|")
 mode = RULE.choice("mode", "sign", ("sign", "plain"), doc="direction")
 w, g, t = RULE.weight, RULE.grad, RULE.t
-mom = RULE.state("mom", 0, doc="momentum")
+mom0 = RULE.hyper("mom0", 0.0, nonnegative(), doc="initial momentum")
+scale = RULE.input("scale", doc="per-element step scale")
+mom = RULE.state("mom", mom0, doc="momentum")
+RULE.test_case(mom0=0.5)  # init_state takes it: the equations start there
 peak = RULE.state("peak", 0, doc="running peak of |mom| (only with keep_max)")
 mom_new = RULE.update(mom, beta * mom + (1 - beta) * g)
 on = sp.Eq(keep_max, 1)
 peak_new = RULE.update(peak, sp.Piecewise((sp.Max(peak, sp.Abs(mom_new)), on), (peak, True)))
 rate = RULE.let("rate", sp.Piecewise((eta / 2, t >= 8), (eta, True)))
 d = sp.Piecewise((mxnet_sign(mom_new), RULE.is_choice(mode, "sign")), (mom_new, True))
-RULE.update(w, w - rate * d / (1 + peak_new))
+RULE.update(w, w - rate * scale * d / (1 + peak_new))
 '''
 
 
@@ -61,7 +68,9 @@ def test_the_probe_needs_every_derivation(tmp_path: Path) -> None:
     assert steps_for(rule, {}) == 8  # the halved rate is first taken at step 8
     assert frozen_states(rule, {}) == {"peak"} and not frozen_states(rule, {"keep_max": True})
     assert uses_sign(rule)
-    assert [label for label, _, _ in variants(rule)] == ["keep_max=True", "mode=plain"]
+    labels = ["keep_max=True", "mode=plain", "test_case0@line22"]
+    assert [label for label, _, _ in variants(rule)] == labels
+    assert set(rule.inputs) == {"scale"} and rule.states["mom"].init == rule.hypers["mom0"].symbol
 
 
 def test_a_new_spec_passes_every_rule_test_unedited(tmp_path: Path) -> None:

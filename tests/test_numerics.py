@@ -187,9 +187,13 @@ def test_sign_at_zero_and_nan_matches_equations(rule_name: str, target: str) -> 
             module, w = triton_module(rule_name), torch.full((4,), W0)
             grad = torch.tensor(SIGN_GRADS, dtype=torch.float32)
         dtype = np.float64 if target == "numpy" else np.float32
-        state = module.init_state(w)
+        # the setting's initial values (``RULE.state("v", initial_accumulator_value)``) and
+        # the rule's step inputs, as the equations above take them
+        state = module.init_state(
+            w, **{k: v for k, v in hp.items() if k in module.INIT_HYPERPARAMS}
+        )
         with np.errstate(invalid="ignore"):
-            module.step(w, grad, state, 1, **hp)
+            module.step(w, grad, state, 1, **hp, **step_inputs(module, w, 1))
         for name, value in [("weight", w), *state.items()]:
             got = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value, np.float64)
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want[0][name]), err_msg=name)

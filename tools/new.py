@@ -74,11 +74,11 @@ RULE.update(w, w - mx.lr * G)
 
 # Every command a new rule needs once its spec is written, in order, with what it does.
 NEXT: tuple[tuple[str, str], ...] = (
-    ("python -m tools.generate", "generated/{rules,numpy,triton}/NAME.py and the indexes"),
+    ("python -m tools.generate", "generated/{rules,numpy,numba,triton}/NAME.py, indexes"),
     ("python -m tools.op_counts --write", "pins its op counts (tests/goldens/op_counts.json)"),
     ("python -m tools.docs --write", "adds it to README's rule table"),
     ("python -m tools.trajectories", "draws docs/trajectories/NAME.gif and the comparisons"),
-    ("bash tools/test.sh -k NAME", "its tests: every parametrized test picks it up"),
+    ("bash tools/test.sh -k NAME", "its tests, every parametrized one (2-5 min, 2 cores)"),
     ("bash tools/test.sh", "lint and the whole suite"),
 )
 
