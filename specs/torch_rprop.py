@@ -13,12 +13,15 @@ step size per element, starting at lr):
     g <- 0 where s < 0
     w <- w - sign(g) * step_size;  prev <- g
 
-A NaN product leaves torch's step size NaN and sets this rule's factor to 1 (a NaN gradient
-still makes the weight NaN in both).
+torch's ``sign`` is 0 at NaN (``(0 < x) - (x < 0)``, as ``codegen.mxnet.mxnet_sign``): a NaN
+gradient element leaves its weight and step size as they were and is kept as ``prev``, whose NaN
+product at the next step keeps the step size again, as torch's
+(tests/test_dropin.py ``test_a_nan_gradient_element_steps_as_torchs``).
 """
 
 import sympy as sp
 
+from codegen.mxnet import mxnet_sign
 from codegen.spec import Rule, nonnegative, positive
 
 RULE = Rule("torch_rprop", __doc__)
@@ -39,7 +42,8 @@ s = RULE.let("s", G * prev)
 factor = sp.Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))
 size_new = RULE.update(step_size, sp.Min(sp.Max(step_size * factor, step_size_min), step_size_max))
 used = RULE.let("used", sp.Piecewise((0, s < 0), (G, True)))
-RULE.update(w, w - sp.sign(used) * size_new)
+# torch's sign of ``used``: 0 where s < 0 (used is 0 there), else G's, 0 at NaN
+RULE.update(w, w - sp.Piecewise((0, s < 0), (1, True)) * mxnet_sign(G) * size_new)
 RULE.update(prev, used)
 
 RULE.torch_equivalent(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -685,3 +686,27 @@ def test_torch_optims_other_names_are_its_own() -> None:
     assert isinstance(opt, optim.Optimizer) and opt.param_groups[0]["lr"] == 0.05
     with pytest.raises(AttributeError, match=r"no attribute 'Adamm', and neither has torch.optim"):
         optim.Adamm  # noqa: B018 (the attribute lookup is the test)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_nan_gradient_element_steps_as_torchs(foreach: bool) -> None:
+    """Rprop: torch's sign is 0 at NaN, so a NaN gradient element leaves its weight and step
+    size as they were (and its NaN, kept as ``prev``, the next step size too); ours the same,
+    element for element, NaN where torch has NaN."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = torch.optim.Rprop(theirs_p, lr=0.01, foreach=foreach)
+    ours = dropin.Rprop(ours_p, lr=0.01, foreach=foreach)
+    for t in range(1, 6):
+        set_grads(theirs_p, t)
+        for p in theirs_p:
+            if t in (2, 4):
+                p.grad.view(-1)[:2] = math.nan
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            p.grad = q.grad.clone()
+        theirs.step()
+        ours.step()
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True)
+    assert all(torch.isfinite(p).all() for p in ours_p)

@@ -22,8 +22,10 @@ step size per element, starting at lr):
     g <- 0 where s < 0
     w <- w - sign(g) * step_size;  prev <- g
 
-A NaN product leaves torch's step size NaN and sets this rule's factor to 1 (a NaN gradient
-still makes the weight NaN in both).
+torch's ``sign`` is 0 at NaN (``(0 < x) - (x < 0)``, as ``codegen.mxnet.mxnet_sign``): a NaN
+gradient element leaves its weight and step size as they were and is kept as ``prev``, whose NaN
+product at the next step keeps the step size again, as torch's
+(tests/test_dropin.py ``test_a_nan_gradient_element_steps_as_torchs``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def _update_chunk(
     prev_buf,
     step_size_buf,
     _h0,
+    _h1,
     etaminus,
     etaplus,
     step_size_min,
@@ -126,6 +129,7 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rprop, once per step and tensor):
     #   _h0: = 1 - 2*maximize
+    #   _h1: = 2*maximize - 1
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter
@@ -139,28 +143,31 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             prev = load(prev_buf, _i)
             step_size = load(step_size_buf, _i)
-            # specs/torch_rprop.py:37: G = grad*(1 - 2*maximize)
+            # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
             G = _h0 * grad
-            # specs/torch_rprop.py:38: s = G*prev
+            # specs/torch_rprop.py:41: s = G*prev
             s = G * prev
-            # specs/torch_rprop.py:40: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+            # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
             _t2 = s < _T(0.0)
-            # specs/torch_rprop.py:41: used = Piecewise((0, s < 0), (G, True))
-            prev_new = _T(0.0) if _t2 else G
             _v0 = s > _T(0.0)
             _v1 = etaminus if _t2 else _T(1.0)
             _v2 = etaplus if _v0 else _v1
             _v3 = step_size * _v2
             _v4 = _v3
             step_size_new = _v4
-            used = (
-                _T(1.0)
-                if prev_new > 0
-                else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
-            )
-            # specs/torch_rprop.py:42: weight_new = -step_size_new*sign(used) + weight
-            _v6 = step_size_new * used
-            weight_new = weight - _v6
+            # specs/torch_rprop.py:47: prev_new = used
+            prev_new = _T(0.0) if _t2 else G
+            # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+            used = _T(0.0) if _t2 else _T(1.0)
+            # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
+            _v6 = _h1 * grad
+            _v7 = np.abs(_v6)
+            _v8 = _v7 > _T(0.0)
+            _v9 = _T(1.0) if G > 0 else (_T(-1.0) if G < 0 else (G if G != G else _T(0.0)))
+            _v10 = _v9 if _v8 else _T(0.0)
+            _v11 = step_size_new * used
+            _v12 = _v11 * _v10
+            weight_new = weight - _v12
             store(weight_buf, _i, weight_new)
             store(prev_buf, _i, prev_new)
             store(step_size_buf, _i, step_size_new)
@@ -170,14 +177,12 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         prev = load(prev_buf, _i)
         step_size = load(step_size_buf, _i)
-        # specs/torch_rprop.py:37: G = grad*(1 - 2*maximize)
+        # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
         G = _h0 * grad
-        # specs/torch_rprop.py:38: s = G*prev
+        # specs/torch_rprop.py:41: s = G*prev
         s = G * prev
-        # specs/torch_rprop.py:40: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+        # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
         _t2 = s < _T(0.0)
-        # specs/torch_rprop.py:41: used = Piecewise((0, s < 0), (G, True))
-        prev_new = _T(0.0) if _t2 else G
         _v0 = s > _T(0.0)
         _v1 = etaminus if _t2 else _T(1.0)
         _v2 = etaplus if _v0 else _v1
@@ -186,14 +191,19 @@ def _update_chunk(
         step_size_new = (
             step_size_max if (step_size_max < _v4 or step_size_max != step_size_max) else _v4
         )
-        used = (
-            _T(1.0)
-            if prev_new > 0
-            else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
-        )
-        # specs/torch_rprop.py:42: weight_new = -step_size_new*sign(used) + weight
-        _v6 = step_size_new * used
-        weight_new = weight - _v6
+        # specs/torch_rprop.py:47: prev_new = used
+        prev_new = _T(0.0) if _t2 else G
+        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+        used = _T(0.0) if _t2 else _T(1.0)
+        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
+        _v6 = _h1 * grad
+        _v7 = np.abs(_v6)
+        _v8 = _v7 > _T(0.0)
+        _v9 = _T(1.0) if G > 0 else (_T(-1.0) if G < 0 else (G if G != G else _T(0.0)))
+        _v10 = _v9 if _v8 else _T(0.0)
+        _v11 = step_size_new * used
+        _v12 = _v11 * _v10
+        weight_new = weight - _v12
         store(weight_buf, _i, weight_new)
         store(prev_buf, _i, prev_new)
         store(step_size_buf, _i, step_size_new)
@@ -216,6 +226,7 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -236,6 +247,7 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -256,6 +268,7 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -276,6 +289,7 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -296,6 +310,7 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+            _scalars[_j, 5],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -320,6 +335,7 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
+            _scalars[_j, 5],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -438,7 +454,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 5)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 6)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

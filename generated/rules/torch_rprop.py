@@ -17,8 +17,10 @@ step size per element, starting at lr):
     g <- 0 where s < 0
     w <- w - sign(g) * step_size;  prev <- g
 
-A NaN product leaves torch's step size NaN and sets this rule's factor to 1 (a NaN gradient
-still makes the weight NaN in both).
+torch's ``sign`` is 0 at NaN (``(0 < x) - (x < 0)``, as ``codegen.mxnet.mxnet_sign``): a NaN
+gradient element leaves its weight and step size as they were and is kept as ``prev``, whose NaN
+product at the next step keeps the step size again, as torch's
+(tests/test_dropin.py ``test_a_nan_gradient_element_steps_as_torchs``).
 """
 
 from __future__ import annotations
@@ -103,18 +105,20 @@ SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
-    "gt": 1,
+    "abs": 1,
+    "gt": 2,
     "lt": 1,
     "max": 1,
     "min": 1,
-    "mul": 4,
+    "mul": 6,
     "sign": 1,
     "sub": 1,
-    "where": 3,
+    "where": 5,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize",
+    "_h1": "= 2*maximize - 1",
     "etaminus": "hyperparameter",
     "etaplus": "hyperparameter",
     "step_size_min": "hyperparameter",
@@ -145,5 +149,6 @@ def host_scalars(
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
     _h0 = 1 - 2 * maximize
-    scalars = (_h0, etaminus, etaplus, step_size_min, step_size_max)
+    _h1 = 2 * maximize - 1
+    scalars = (_h0, _h1, etaminus, etaplus, step_size_min, step_size_max)
     return scalars, {}

@@ -2863,8 +2863,10 @@ class TorchRprop(GeneratedOptimizer):
         g <- 0 where s < 0
         w <- w - sign(g) * step_size;  prev <- g
 
-    A NaN product leaves torch's step size NaN and sets this rule's factor to 1 (a NaN gradient
-    still makes the weight NaN in both).
+    torch's ``sign`` is 0 at NaN (``(0 < x) - (x < 0)``, as ``codegen.mxnet.mxnet_sign``): a NaN
+    gradient element leaves its weight and step size as they were and is kept as ``prev``, whose NaN
+    product at the next step keeps the step size again, as torch's
+    (tests/test_dropin.py ``test_a_nan_gradient_element_steps_as_torchs``).
     """
 
     RULE = "torch_rprop"

@@ -17,8 +17,10 @@ step size per element, starting at lr):
     g <- 0 where s < 0
     w <- w - sign(g) * step_size;  prev <- g
 
-A NaN product leaves torch's step size NaN and sets this rule's factor to 1 (a NaN gradient
-still makes the weight NaN in both).
+torch's ``sign`` is 0 at NaN (``(0 < x) - (x < 0)``, as ``codegen.mxnet.mxnet_sign``): a NaN
+gradient element leaves its weight and step size as they were and is kept as ``prev``, whose NaN
+product at the next step keeps the step size again, as torch's
+(tests/test_dropin.py ``test_a_nan_gradient_element_steps_as_torchs``).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def torch_rprop_kernel_body(
     offs,
     mask,
     _h0,
+    _h1,
     etaminus,
     etaplus,
     step_size_min,
@@ -116,6 +119,7 @@ def torch_rprop_kernel_body(
     # The update of one block, shared by torch_rprop_kernel and torch_rprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rprop, once per step):
     #   _h0: = 1 - 2*maximize
+    #   _h1: = 2*maximize - 1
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter
@@ -126,24 +130,31 @@ def torch_rprop_kernel_body(
         grad = grad * inv_scale
     prev = tl.load(prev_ptr + offs, mask=mask).to(tl.float32)
     step_size = tl.load(step_size_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_rprop.py:37: G = grad*(1 - 2*maximize)
+    # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
     G = _h0 * grad
-    # specs/torch_rprop.py:38: s = G*prev
+    # specs/torch_rprop.py:41: s = G*prev
     s = G * prev
-    # specs/torch_rprop.py:40: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+    # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
     _t2 = s < 0.0
-    # specs/torch_rprop.py:41: used = Piecewise((0, s < 0), (G, True))
-    prev_new = tl.where(_t2, 0.0, G)
     _v0 = s > 0.0
     _v1 = tl.where(_t2, etaminus, 1.0)
     _v2 = tl.where(_v0, etaplus, _v1)
     _v3 = step_size * _v2
     _v4 = tl.maximum(step_size_min, _v3, propagate_nan=tl.PropagateNan.ALL)
     step_size_new = tl.minimum(step_size_max, _v4, propagate_nan=tl.PropagateNan.ALL)
-    used = tl.where(prev_new > 0, 1.0, tl.where(prev_new < 0, -1.0, prev_new))
-    # specs/torch_rprop.py:42: weight_new = -step_size_new*sign(used) + weight
-    _v6 = step_size_new * used
-    weight_new = weight - _v6
+    # specs/torch_rprop.py:47: prev_new = used
+    prev_new = tl.where(_t2, 0.0, G)
+    # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+    used = tl.where(_t2, 0.0, 1.0)
+    # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
+    _v6 = _h1 * grad
+    _v7 = tl.abs(_v6)
+    _v8 = _v7 > 0.0
+    _v9 = tl.where(G > 0, 1.0, tl.where(G < 0, -1.0, G))
+    _v10 = tl.where(_v8, _v9, 0.0)
+    _v11 = step_size_new * used
+    _v12 = _v11 * _v10
+    weight_new = weight - _v12
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(prev_ptr + offs, prev_new.to(prev_ptr.dtype.element_ty), mask=mask)
     tl.store(step_size_ptr + offs, step_size_new.to(step_size_ptr.dtype.element_ty), mask=mask)
@@ -160,6 +171,7 @@ def torch_rprop_kernel(
     step_size_ptr,
     n_elements,
     _h0,
+    _h1,
     etaminus,
     etaplus,
     step_size_min,
@@ -172,6 +184,7 @@ def torch_rprop_kernel(
     mask = offs < n_elements
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
+    _h1 = tl.cast(_h1, tl.float32)
     etaminus = tl.cast(etaminus, tl.float32)
     etaplus = tl.cast(etaplus, tl.float32)
     step_size_min = tl.cast(step_size_min, tl.float32)
@@ -184,6 +197,7 @@ def torch_rprop_kernel(
         offs,
         mask,
         _h0,
+        _h1,
         etaminus,
         etaplus,
         step_size_min,
@@ -255,12 +269,13 @@ def torch_rprop_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (5 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 5 + 0)
-    etaminus = tl.load(scalars_ptr + tensor * 5 + 1)
-    etaplus = tl.load(scalars_ptr + tensor * 5 + 2)
-    step_size_min = tl.load(scalars_ptr + tensor * 5 + 3)
-    step_size_max = tl.load(scalars_ptr + tensor * 5 + 4)
+    # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
+    etaminus = tl.load(scalars_ptr + tensor * 6 + 2)
+    etaplus = tl.load(scalars_ptr + tensor * 6 + 3)
+    step_size_min = tl.load(scalars_ptr + tensor * 6 + 4)
+    step_size_max = tl.load(scalars_ptr + tensor * 6 + 5)
     torch_rprop_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -269,6 +284,7 @@ def torch_rprop_multi_kernel(
         offs,
         mask,
         _h0,
+        _h1,
         etaminus,
         etaplus,
         step_size_min,
