@@ -710,3 +710,44 @@ def test_a_nan_gradient_element_steps_as_torchs(foreach: bool) -> None:
         for p, q in zip(ours_p, theirs_p, strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True)
     assert all(torch.isfinite(p).all() for p in ours_p)
+
+
+def test_state_dict_hooks_see_torchs_format() -> None:
+    """A ``register_state_dict_post_hook`` sees the state dict torch's Adagrad hands its own
+    (``sum``, a float32 ``step``; groups without the rule's names) and may replace it; a
+    ``register_load_state_dict_pre_hook`` sees the dict as given (torch's), and what it returns
+    is loaded."""
+    seen: dict[str, Any] = {}
+
+    def post(name: str) -> Any:
+        def hook(opt: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+            seen[name] = copy.deepcopy(state_dict)
+            return {**state_dict, "marked": name}
+
+        return hook
+
+    def pre(opt: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+        seen["pre"] = copy.deepcopy(state_dict)
+        loaded = copy.deepcopy(state_dict)
+        loaded["param_groups"][0]["lr"] = 0.5
+        return loaded
+
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = torch.optim.Adagrad(theirs_p, lr=0.1)
+    ours = dropin.Adagrad(ours_p, lr=0.1)
+    run([(theirs, theirs_p), (ours, ours_p)], range(1, 3))
+    theirs.register_state_dict_post_hook(post("theirs"))
+    ours.register_state_dict_post_hook(post("ours"))
+    assert ours.state_dict()["marked"] == "ours"
+    theirs.state_dict()
+    mine, reference = seen["ours"], seen["theirs"]
+    assert mine["param_groups"][0].keys() == reference["param_groups"][0].keys()
+    for index, st in reference["state"].items():
+        assert mine["state"][index].keys() == st.keys()
+        assert all(mine["state"][index][k].dtype == v.dtype for k, v in st.items())
+    fresh = dropin.Adagrad(params_from(weights), lr=0.1)
+    fresh.register_load_state_dict_pre_hook(pre)
+    fresh.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    assert "sum" in seen["pre"]["state"][0] and fresh.param_groups[0]["lr"] == 0.5

@@ -38,7 +38,9 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -69,6 +71,18 @@ SPARSE_GRADS: dict[str, tuple[Refused, ...]] = {
         ("eps", lambda v: v == 0, "rows without a gradient would divide 0 by 0; torch skips them"),
     ),
 }
+
+
+@contextmanager
+def _aside(opt: torch.optim.Optimizer, hooks: str) -> Iterator[Any]:
+    """``opt``'s hooks of that kind (yielded) set aside while the block runs: torch's loader
+    and saver run them on the rule's format, the drop-in runs them on torch's."""
+    kept = getattr(opt, hooks)
+    setattr(opt, hooks, OrderedDict())
+    try:
+        yield kept
+    finally:
+        setattr(opt, hooks, kept)
 
 
 class DropIn(GeneratedOptimizer):
@@ -170,6 +184,17 @@ class DropIn(GeneratedOptimizer):
         return layout
 
     def state_dict(self) -> dict[str, Any]:
+        """torch's format; the hooks of ``register_state_dict_post_hook`` see it (they run after
+        the conversion from the rule's), as on torch's class."""
+        with _aside(self, "_optimizer_state_dict_post_hooks") as hooks:
+            out = self._torch_state_dict()
+        for hook in hooks.values():
+            result = hook(self, out)
+            if result is not None:
+                out = result
+        return out
+
+    def _torch_state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
         items = {ours for pairs in self._aliases().values() for _, ours in pairs}
         items |= self._own()
@@ -206,6 +231,16 @@ class DropIn(GeneratedOptimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Takes torch's format; the hooks of ``register_load_state_dict_pre_hook`` see it as
+        given (they run before the conversion to the rule's), as on torch's class."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        with _aside(self, "_optimizer_load_state_dict_pre_hooks"):
+            self._load_torch_state_dict(state_dict)
+
+    def _load_torch_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not (
             isinstance(state_dict, dict)
             and {"state", "param_groups"} <= set(state_dict)
