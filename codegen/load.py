@@ -62,7 +62,11 @@ def _run(path: Path, source: str) -> object:
     except BaseException as error:  # a spec must not end or fool the generator
         line = _spec_line(error, path)
         where = f"{source}:{line}" if line else source
-        raise SpecError(f"{where}: {_one_line(error)}") from error
+        hint = ""
+        if isinstance(error, TypeError) and "convert expression to" in str(error):
+            # math.sqrt(beta2), float(lr), np.exp(g): a number wanted of a SymPy symbol
+            hint = " (a math, NumPy or float() call on a symbol: use SymPy's, sp.sqrt, sp.exp)"
+        raise SpecError(f"{where}: {_one_line(error)}{hint}") from error
     finally:
         sys.modules.pop(name, None)
     return getattr(module, "RULE", None)

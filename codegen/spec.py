@@ -923,7 +923,10 @@ class Rule:
         for st in [*self.states.values(), *self.host_states.values()]:
             if st.symbol == current:
                 return st.new
-        raise SpecError(f"{self._where()}: {current} is not the weight or a declared state")
+        raise SpecError(
+            f"{self._where()}: {current} is not the weight or a declared state (declare it "
+            f"with RULE.state({str(current)!r}, init); a value of the step is RULE.let's)"
+        )
 
     def update(self, current: sp.Symbol, expr: sp.Expr | float) -> sp.Symbol:
         """Write the equation ``current_{i+1} = expr``; returns the new symbol."""
@@ -1068,7 +1071,8 @@ class Rule:
                 raise SpecError(
                     f"{self._at(defined[new])}: state {name} holds {_DOMAIN_NAMES[domain]} but its "
                     f"new value varies {_DOMAIN_NAMES.get(got, 'per ' + ''.join(sorted(got)))} "
-                    "(reduce it along an axis first)"
+                    "(reduce it first: RULE.sum, RULE.mean or RULE.norm over the tensor, or "
+                    "over an axis for a row or column state)"
                 )
         self.staged()
         if self.group_reductions and self.vector_values:
@@ -1096,7 +1100,7 @@ class Rule:
             if node is sp.nan or node is sp.zoo:
                 raise SpecError(
                     f"{self._at(eq)}: equation for {eq.target} has the constant {node} "
-                    "(not a number)"
+                    "(not a number: SymPy's value of a division by zero, 0/0 or inf - inf)"
                 )
             if isinstance(node, (sp.Symbol, sp.Number, sp.Add, sp.Mul, sp.Pow)):
                 continue

@@ -47,6 +47,22 @@ CASES = {
         "m = RULE.state('m')\nRULE.update(w, w - mx.lr * m)",
         r"specs/bad.py:9: state m is never updated",
     ),
+    "a math function of a symbol": (
+        "import math\nRULE.update(w, w - math.sqrt(mx.lr) * RULE.grad)",
+        r"specs/bad.py:10: TypeError: Cannot convert expression to float \(a math, NumPy or "
+        r"float\(\) call on a symbol: use SymPy's, sp.sqrt, sp.exp\)",
+    ),
+    "an undeclared state updated": (
+        "RULE.update(sp.Symbol('mom'), RULE.grad)\nRULE.update(w, w - mx.lr * RULE.grad)",
+        r"specs/bad.py:9: mom is not the weight or a declared state \(declare it with "
+        r"RULE.state\('mom', init\)",
+    ),
+    "a host state of per-element values": (
+        "h = RULE.host_state('h', 0.0)\nRULE.update(h, h + RULE.grad)\n"
+        "RULE.update(w, w - mx.lr * RULE.grad)",
+        r"specs/bad.py:10: state h holds .* but its new value varies .* \(reduce it first: "
+        r"RULE.sum, RULE.mean or RULE.norm",
+    ),
     "cycle": (
         "m = RULE.state('m')\n"
         "a = RULE.let('a', RULE.new(m) * 2)\n"
@@ -180,7 +196,8 @@ LOAD_CASES = {
     ),
     "complex infinity": (
         "RULE.update(w, w - mx.lr * RULE.grad / sp.S.Zero)",
-        r"specs/bad.py:9: equation for weight_new has the constant zoo",
+        r"specs/bad.py:9: equation for weight_new has the constant zoo \(not a number: SymPy's "
+        r"value of a division by zero",
     ),
     "sys.exit(0)": ("import sys\nsys.exit(0)", r"specs/bad.py:10: SystemExit: the spec called"),
     "SystemExit": ("raise SystemExit", r"specs/bad.py:9: SystemExit"),
