@@ -322,10 +322,9 @@ class Linearizer:
             # SymPy's form of a comparison with a Piecewise operand (g > Piecewise(...) becomes
             # ITE(c, g > a, g > b)): a select between two masks
             condition, yes, no = expr.args
-            mask = self.operand(condition)
-            if mask in self.host:
-                mask = self.emit("ne", mask, sp.Integer(0))
-            return self.emit("where", mask, self.operand(yes), self.operand(no), dest=dest)
+            mask = self.mask(condition)
+            yes_, no_ = self.branch(yes, mask), self.branch(no, mask)
+            return self.emit("where", mask, yes_, no_, dest=dest)
         if type(expr) in self.RELATIONAL:
             lhs, rhs = (self.operand(a) for a in expr.args)
             return self.emit(self.RELATIONAL[type(expr)], lhs, rhs, dest=dest)
@@ -464,11 +463,17 @@ class Linearizer:
             return self.wrap(self.operand(value), dest)
         if not rest:
             raise self.fail(expr, "a Piecewise needs a final (value, True) branch")
-        mask = self.operand(cond)
-        if mask in self.host:
-            mask = self.emit("ne", mask, sp.Integer(0))  # a host condition arrives as 1.0/0.0
-        otherwise = self.operand(sp.Piecewise(*rest))
-        return self.emit("where", mask, self.operand(value), otherwise, dest=dest)
+        mask = self.mask(cond)
+        otherwise = self.branch(sp.Piecewise(*rest), mask)
+        return self.emit("where", mask, self.branch(value, mask), otherwise, dest=dest)
+
+    def branch(self, value: sp.Basic, mask: Operand) -> Operand:
+        """A select's branch; a Boolean constant (SymPy folds ``Abs(Piecewise((0, c), (g,
+        True))) > 0`` into ``Piecewise((False, c), (|g| > 0, True))``) as a mask of that value
+        made from ``mask`` (no NaN in a mask: ``m >= m`` is true, ``m != m`` false)."""
+        if value is sp.true or value is sp.false:
+            return self.emit("ge" if value is sp.true else "ne", mask, mask)
+        return self.operand(value)
 
     def phase(self, assigns: list[Assign], outputs: set[sp.Symbol]) -> list[Assign]:
         """Linearize a phase's CSE temporaries and outputs (in order)."""

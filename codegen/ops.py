@@ -155,7 +155,16 @@ SPEC_FUNCTIONS: tuple[type[sp.Basic], ...] = tuple(
 )
 # Boolean structure: fine in host expressions (flags, choices, schedules); per element, the
 # lowering accepts only plain comparisons and says so.
-BOOLEAN_STRUCTURE: tuple[type[sp.Basic], ...] = (sp.Eq, sp.Ne, sp.And, sp.Or, sp.Not, ExprCondPair)
+# ITE: SymPy's form of a comparison with a Piecewise operand (a select between two masks)
+BOOLEAN_STRUCTURE: tuple[type[sp.Basic], ...] = (
+    sp.Eq,
+    sp.Ne,
+    sp.And,
+    sp.Or,
+    sp.Not,
+    ExprCondPair,
+    sp.logic.boolalg.ITE,
+)
 
 
 class Guarded(sp.Function):

@@ -313,3 +313,56 @@ def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
     for target, states in got.items():
         for name, mask in want.items():
             np.testing.assert_array_equal(states[name], mask.astype(np.float32), f"{target} {name}")
+
+
+FOLDED = '''"""A condition SymPy folds into a Piecewise of Boolean constants."""
+
+import sympy as sp
+
+from codegen.spec import Rule
+
+RULE = Rule("folded_probe", __doc__)
+w, g = RULE.weight, RULE.grad
+used = sp.Piecewise((0, w < 0), (g, True))
+moved = RULE.state("moved", 0, doc="used != 0")
+RULE.update(moved, sp.Piecewise((1, sp.Abs(used) > 0), (0, True)))
+kept = RULE.state("kept", 0, doc="g >= 1 or w < 0")
+RULE.update(kept, sp.Piecewise((1, sp.Piecewise((True, w < 0), (g >= 1, True))), (0, True)))
+RULE.update(w, w - 0.1 * g)
+'''
+
+
+def test_a_condition_folded_into_boolean_constants_runs_per_element(tmp_path: Path) -> None:
+    """``Abs(Piecewise((0, w < 0), (g, True))) > 0`` is ``Piecewise((False, w < 0), (|g| > 0,
+    True))`` to SymPy (refused before: "BooleanFalse is not supported"); a True branch alike;
+    every target against NumPy's own comparisons, NaN included."""
+    import torch
+
+    g = np.array([1.0, 1.0, 0.0, np.nan, 2.0, np.nan], np.float32)
+    w = np.array([1.0, -1.0, 1.0, 1.0, -3.0, -1.0], np.float32)
+    want = {
+        "moved": np.where(w < 0, False, np.abs(g) > 0),
+        "kept": np.where(w < 0, True, g >= 1),
+    }
+    from codegen.load import load_rule
+
+    (tmp_path / "folded_probe.py").write_text(FOLDED)
+    constants = [
+        op.kind
+        for op in lower(load_rule(tmp_path / "folded_probe.py")).ops
+        if op.kind in ("ge", "ne") and op.args[0] == op.args[1]
+    ]
+    assert sorted(constants) == ["ge", "ne"]  # a True and a False branch, made from a mask
+    with temporary_rule(tmp_path / "tree", "folded_probe", FOLDED) as modules:
+        for target in ("numpy", "numba", "triton"):
+            if target == "numba":
+                pytest.importorskip("numba")
+            m = modules[target]
+            weight = torch.from_numpy(w.copy()) if target == "triton" else w.copy()
+            grad = torch.from_numpy(g.copy()) if target == "triton" else g.copy()
+            state = m.init_state(weight)
+            with np.errstate(invalid="ignore"):
+                m.step(weight, grad, state, 1)
+            for name, mask in want.items():
+                got = np.asarray(state[name])
+                np.testing.assert_array_equal(got, mask.astype(np.float32), f"{target} {name}")
