@@ -287,7 +287,6 @@ def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
     """``&``, ``|``, ``Eq`` and ``Ne`` in a per-element Piecewise (before, refused: "And is not
     supported"): every target against NumPy's own comparisons, NaN included (a comparison with
     NaN is false, ``Ne`` true)."""
-    import torch
 
     g = np.array([1.0, 1.0, -1.0, 0.0, -0.0, np.nan, 3.0, 1.0], np.float32)
     w = np.array([1.0, -2.0, -2.0, 1.0, 5.0, 1.0, 1.0, np.nan], np.float32)
@@ -299,20 +298,25 @@ def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
         "nonzero": g != 0,
     }
     with temporary_rule(tmp_path, "bool_probe", BOOLEANS) as modules:
-        got = {}
-        for target in ("numpy", "numba", "triton"):
-            if target == "numba":
-                pytest.importorskip("numba")
-            m = modules[target]
-            weight = torch.from_numpy(w.copy()) if target == "triton" else w.copy()
-            grad = torch.from_numpy(g.copy()) if target == "triton" else g.copy()
-            state = m.init_state(weight)
-            with np.errstate(invalid="ignore"):
-                m.step(weight, grad, state, 1)
-            got[target] = {k: np.asarray(v) for k, v in state.items()}
-    for target, states in got.items():
+        assert_masks(modules, w, g, want)
+
+
+def assert_masks(modules: dict[str, Any], w: np.ndarray, g: np.ndarray, want: dict) -> None:
+    """One step of each target's module from ``w`` and ``g``: each state is ``want``'s mask."""
+    import torch
+
+    for target in ("numpy", "numba", "triton"):
+        if target == "numba":
+            pytest.importorskip("numba")
+        m = modules[target]
+        weight = torch.from_numpy(w.copy()) if target == "triton" else w.copy()
+        grad = torch.from_numpy(g.copy()) if target == "triton" else g.copy()
+        state = m.init_state(weight)
+        with np.errstate(invalid="ignore"):
+            m.step(weight, grad, state, 1)
         for name, mask in want.items():
-            np.testing.assert_array_equal(states[name], mask.astype(np.float32), f"{target} {name}")
+            got = np.asarray(state[name])
+            np.testing.assert_array_equal(got, mask.astype(np.float32), f"{target} {name}")
 
 
 FOLDED = '''"""A condition SymPy folds into a Piecewise of Boolean constants."""
@@ -336,7 +340,6 @@ def test_a_condition_folded_into_boolean_constants_runs_per_element(tmp_path: Pa
     """``Abs(Piecewise((0, w < 0), (g, True))) > 0`` is ``Piecewise((False, w < 0), (|g| > 0,
     True))`` to SymPy (refused before: "BooleanFalse is not supported"); a True branch alike;
     every target against NumPy's own comparisons, NaN included."""
-    import torch
 
     g = np.array([1.0, 1.0, 0.0, np.nan, 2.0, np.nan], np.float32)
     w = np.array([1.0, -1.0, 1.0, 1.0, -3.0, -1.0], np.float32)
@@ -354,15 +357,4 @@ def test_a_condition_folded_into_boolean_constants_runs_per_element(tmp_path: Pa
     ]
     assert sorted(constants) == ["ge", "ne"]  # a True and a False branch, made from a mask
     with temporary_rule(tmp_path / "tree", "folded_probe", FOLDED) as modules:
-        for target in ("numpy", "numba", "triton"):
-            if target == "numba":
-                pytest.importorskip("numba")
-            m = modules[target]
-            weight = torch.from_numpy(w.copy()) if target == "triton" else w.copy()
-            grad = torch.from_numpy(g.copy()) if target == "triton" else g.copy()
-            state = m.init_state(weight)
-            with np.errstate(invalid="ignore"):
-                m.step(weight, grad, state, 1)
-            for name, mask in want.items():
-                got = np.asarray(state[name])
-                np.testing.assert_array_equal(got, mask.astype(np.float32), f"{target} {name}")
+        assert_masks(modules, w, g, want)
