@@ -959,6 +959,7 @@ def test_a_group_put_in_its_place_keeps_its_betas() -> None:
     train(None, 1, params=params, opt=opt)
     group = opt.param_groups[0]
     assert group["betas"] == (0.3, 0.4) and (group["beta1"], group["beta2"]) == (0.3, 0.4)
+    assert len(opt._seen) == 2  # the group and the defaults: replaced dicts are not kept
     stranger = {**group, "params": list(group["params"]), "betas": (0.1, 0.4)}
     opt.param_groups[0] = stranger  # a new params list: no history to tell which was set
     before = [p.detach().clone() for p in params]

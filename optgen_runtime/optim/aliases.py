@@ -121,6 +121,11 @@ class TupleAliases:
     def _apply_aliases(self, group: dict[str, Any], updates: dict[str, Any]) -> None:
         group.update(updates)
         if self._aliases():
+            if id(group) not in self._seen:  # a dict put in another's place: it replaces it
+                params = group.get("params")
+                for key, (other, _) in list(self._seen.items()):
+                    if params is not None and other.get("params") is params:
+                        del self._seen[key]
             self._seen[id(group)] = (group, self._snapshot(group))
 
     def _remember_groups(self) -> None:
