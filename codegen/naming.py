@@ -136,10 +136,15 @@ def name_values(block: Block) -> Block:
     host_values |= {s: opdefs.unguarded(e) for s, e in scalars.items()}
     points = _Points(rule, host_values)
     wanted = {s: points.values(v) for s, (v, _) in block.lets.items() if s not in lets}
+    # a let that takes one value at both points (a Piecewise on one branch there: 0) says
+    # nothing by its values: it names only a value that is its expression, written out
+    constant = {s for s, w in wanted.items() if _same(w, w[:1] * len(w))}
+    host_symbols = {s: opdefs.unguarded(e) for s, e in scalars.items()}
     out: list[Assign] = []
     for role in phases(block):
         local = dict(rename)
         known: list[dict] = [{} for _ in points.points]
+        written: dict[sp.Symbol, sp.Expr] = dict(host_symbols)
         for a in block.role(role):
             args = tuple(local.get(x, x) if isinstance(x, sp.Symbol) else x for x in a.args)
             value = opdefs.build(a.op, *args) if a.op != "copy" else args[0]
@@ -148,7 +153,13 @@ def name_values(block: Block) -> Block:
             temporary = target not in rule.outputs.values() and target not in rule.reductions
             if temporary and a.op != "copy":
                 name = next(
-                    (s for s, w in wanted.items() if s not in local.values() and _same(found, w)),
+                    (
+                        s
+                        for s, w in wanted.items()
+                        if s not in local.values()
+                        and _same(found, w)
+                        and (s not in constant or value.xreplace(written) == block.lets[s][0])
+                    ),
                     None,
                 )
                 if name is not None:
@@ -156,6 +167,7 @@ def name_values(block: Block) -> Block:
             for k, v in zip(known, found, strict=True):
                 if v is not None:
                     k[target] = v
+            written[target] = value.xreplace(written)
             out.append(a.with_(target=target, args=args))
     return block.then(
         "named",

@@ -42,8 +42,8 @@ s = RULE.let("s", G * prev)
 factor = sp.Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))
 size_new = RULE.update(step_size, sp.Min(sp.Max(step_size * factor, step_size_min), step_size_max))
 used = RULE.let("used", sp.Piecewise((0, s < 0), (G, True)))
-# torch's sign of ``used``: 0 where s < 0 (used is 0 there), else G's, 0 at NaN
-RULE.update(w, w - sp.Piecewise((0, s < 0), (1, True)) * mxnet_sign(G) * size_new)
+# torch's addcmul_(sign(g), step_size, value=-1) with the zeroed g: sign 0 at NaN, as torch's
+RULE.update(w, w - mxnet_sign(used) * size_new)
 RULE.update(prev, used)
 
 RULE.torch_equivalent(

@@ -151,3 +151,31 @@ def test_a_chain_of_host_lets_stays_linear(tmp_path) -> None:
         w = np.ones(5)
         modules["numpy"].step(w, np.ones(5), modules["numpy"].init_state(w), 3)
         assert np.isfinite(w).all()
+
+
+CONSTANT_LET = '''"""A let that is one constant at the naming points (their inputs are positive)."""
+
+import sympy as sp
+
+from codegen.spec import Rule
+
+RULE = Rule("naming_probe", __doc__)
+w, g = RULE.weight, RULE.grad
+gate = RULE.state("gate", 0, doc="w where g <= 0")
+RULE.update(gate, sp.Piecewise((0, g > 0), (1, True)) * w)
+z = RULE.let("z", sp.Piecewise((0, g > 0), (g, True)))
+RULE.update(w, w - 0.5 * z)
+'''
+
+
+def test_a_let_constant_at_the_naming_points_names_only_itself(tmp_path: Path) -> None:
+    """Values are named by comparing them with the lets at two random points; ``z`` is 0 at
+    both, and so was ``where(g > 0, 0, 1)``, which took its name (Rprop's and CAME's kernels
+    had such misnamed temporaries). Such a let now names only a value that is its expression."""
+    from codegen.load import load_rule
+
+    (tmp_path / "naming_probe.py").write_text(CONSTANT_LET)
+    ops = lower(load_rule(tmp_path / "naming_probe.py")).ops
+    named = [op for op in ops if op.dest.name == "z"]
+    assert len(named) == 1
+    assert named[0].kind == "where" and named[0].args[1:] == (0, sp.Symbol("grad", real=True))

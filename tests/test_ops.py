@@ -5,6 +5,7 @@ when it is imported, naming the operation."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Iterator
 from fractions import Fraction
@@ -302,9 +303,11 @@ def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
 
 
 def assert_masks(modules: dict[str, Any], w: np.ndarray, g: np.ndarray, want: dict) -> None:
-    """One step of each target's module from ``w`` and ``g``: each state is ``want``'s mask."""
+    """One step of each target's module from ``w`` and ``g``: each state is ``want``'s mask.
+    NumPy joins masks with logical ops or in place, never ``np.where`` (a chunk's second mask)."""
     import torch
 
+    assert "np.where(" not in inspect.getsource(modules["numpy"])
     for target in ("numpy", "numba", "triton"):
         if target == "numba":
             pytest.importorskip("numba")

@@ -154,7 +154,7 @@ class NumpyOpPrinter(CommentedLines):
         if op.kind == "copy":
             return f"{fn}({dest}, {args})"
         if op.kind == "where" and self.allocation.storage[op.dest][0] == "bool":
-            return f"{dest} = {fn}({args})"  # a select between masks: a mask of its own
+            return self.select_mask(dest, *(self.name(a) for a in op.args))
         if op.kind == "where":
             return self.select(dest, *(self.name(a) for a in op.args))
         if op.kind in ops.BOOLEAN:
@@ -187,6 +187,17 @@ class NumpyOpPrinter(CommentedLines):
         if dest == a:
             return f"np.copyto({dest}, {b}, where=np.logical_not({mask}))"
         return f"np.copyto({dest}, {b})\nnp.copyto({dest}, {a}, where={mask})"
+
+    @staticmethod
+    def select_mask(dest: str, mask: str, a: str, b: str) -> str:
+        """A select between masks, a mask of its own (one bool array per chunk, as a comparison
+        makes; ``np.where`` would be a second): ``m ? m : b`` (``|``) is ``logical_or``,
+        ``m ? a : m`` (``&``) ``logical_and``, else ``b`` copied and ``a`` put where ``m`` holds."""
+        if a == mask:
+            return f"{dest} = np.logical_or({mask}, {b})"
+        if b == mask:
+            return f"{dest} = np.logical_and({mask}, {a})"
+        return f"{dest} = np.copy({b})\nnp.copyto({dest}, {a}, where={mask})"
 
     def identity_bound(self, op: Op) -> str | None:
         """A clamp by a host scalar that is +-inf is the identity: skip the pass at run time.

@@ -332,8 +332,8 @@ def _sweep6(
                         _v28 = G * G
                         _v29 = _h4 != _T(0.0)
                         _v30 = r_f * r_f
-                        conf = _T(1.0) if _v29 else _v30
-                        _v32 = _v28 * conf
+                        _v31 = _T(1.0) if _v29 else _v30
+                        _v32 = _v28 * _v31
                         u_sq = _v32 / col_new
                         _wide0[_i] += np.float64(u_sq)
         _lanes0[:] = 0.0
@@ -391,8 +391,8 @@ def _sweep6_serial(
                         _v28 = G * G
                         _v29 = _h4 != _T(0.0)
                         _v30 = r_f * r_f
-                        conf = _T(1.0) if _v29 else _v30
-                        _v32 = _v28 * conf
+                        _v31 = _T(1.0) if _v29 else _v30
+                        _v32 = _v28 * _v31
                         u_sq = _v32 / col_new
                         _wide0[_i] += np.float64(u_sq)
         _lanes0[:] = 0.0
@@ -465,10 +465,10 @@ def _sweep7(
                         # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
                         # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
                         _v35 = _h4 != _T(0.0)
-                        conf = _T(1.0) if _v35 else r_f
+                        _v36 = _T(1.0) if _v35 else r_f
                         _v37 = np.sqrt(col_new)
                         _v38 = _h5 * G
-                        _v39 = _v38 * conf
+                        _v39 = _v38 * _v36
                         Uc = _v39 / _v37
                         # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
                         # specs/came.py:60: rr = res
@@ -544,10 +544,10 @@ def _sweep7_serial(
                         # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
                         # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
                         _v35 = _h4 != _T(0.0)
-                        conf = _T(1.0) if _v35 else r_f
+                        _v36 = _T(1.0) if _v35 else r_f
                         _v37 = np.sqrt(col_new)
                         _v38 = _h5 * G
-                        _v39 = _v38 * conf
+                        _v39 = _v38 * _v36
                         Uc = _v39 / _v37
                         # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
                         # specs/came.py:60: rr = res
@@ -1304,25 +1304,26 @@ def _update(
                         # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
                         # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
                         _v2 = _h4 != _T(0.0)
-                        conf = _T(1.0) if _v2 else r_f
+                        _v3 = _T(1.0) if _v2 else r_f
                         _v4 = np.sqrt(col_new)
                         _v5 = _h5 * G
-                        _v6 = _v5 * conf
+                        _v6 = _v5 * _v3
                         Uc = _v6 / _v4
                         # specs/came.py:58: exp_avg_new = exp_avg + (1 - beta1)*(Uc - exp_avg)
                         _v8 = Uc - exp_avg
                         _v9 = _h9 * _v8
                         exp_avg_new = exp_avg + _v9
-                        # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-                        # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
                         # specs/came.py:64: weight_new = -conf*exp_avg_new*lr + weight*Piecewise((-wd*Piecewise((1, fixed_decay > 0), (lr, True)) + 1, weight_decouple > 0), (1, True))
                         _v10 = _h10 * weight
+                        # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+                        # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
+                        # specs/came.py:63: conf = Piecewise((1, ndim < 2), (s_r/sqrt(res_col_new), True))
                         _v11 = _h4 != _T(0.0)
                         _v12 = np.sqrt(res_col_new)
                         _v13 = s_r / _v12
-                        _v14 = _T(1.0) if _v11 else _v13
+                        conf = _T(1.0) if _v11 else _v13
                         _v15 = _h11 * exp_avg_new
-                        _v16 = _v15 * _v14
+                        _v16 = _v15 * conf
                         weight_new = _v10 + _v16
                         _weight_row[_i] = weight_new
                         _exp_avg_row[_i] = exp_avg_new
@@ -1381,25 +1382,26 @@ def _update_serial(
                         # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
                         # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
                         _v2 = _h4 != _T(0.0)
-                        conf = _T(1.0) if _v2 else r_f
+                        _v3 = _T(1.0) if _v2 else r_f
                         _v4 = np.sqrt(col_new)
                         _v5 = _h5 * G
-                        _v6 = _v5 * conf
+                        _v6 = _v5 * _v3
                         Uc = _v6 / _v4
                         # specs/came.py:58: exp_avg_new = exp_avg + (1 - beta1)*(Uc - exp_avg)
                         _v8 = Uc - exp_avg
                         _v9 = _h9 * _v8
                         exp_avg_new = exp_avg + _v9
-                        # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-                        # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
                         # specs/came.py:64: weight_new = -conf*exp_avg_new*lr + weight*Piecewise((-wd*Piecewise((1, fixed_decay > 0), (lr, True)) + 1, weight_decouple > 0), (1, True))
                         _v10 = _h10 * weight
+                        # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+                        # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
+                        # specs/came.py:63: conf = Piecewise((1, ndim < 2), (s_r/sqrt(res_col_new), True))
                         _v11 = _h4 != _T(0.0)
                         _v12 = np.sqrt(res_col_new)
                         _v13 = s_r / _v12
-                        _v14 = _T(1.0) if _v11 else _v13
+                        conf = _T(1.0) if _v11 else _v13
                         _v15 = _h11 * exp_avg_new
-                        _v16 = _v15 * _v14
+                        _v16 = _v15 * conf
                         weight_new = _v10 + _v16
                         _weight_row[_i] = weight_new
                         _exp_avg_row[_i] = exp_avg_new

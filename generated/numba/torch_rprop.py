@@ -149,24 +149,27 @@ def _update_chunk(
             s = G * prev
             # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
             _t2 = s < _T(0.0)
+            # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+            # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+            prev_new = _T(0.0) if _t2 else G
             _v0 = s > _T(0.0)
             _v1 = etaminus if _t2 else _T(1.0)
             _v2 = etaplus if _v0 else _v1
             _v3 = step_size * _v2
             _v4 = _v3
             step_size_new = _v4
-            # specs/torch_rprop.py:47: prev_new = used
-            prev_new = _T(0.0) if _t2 else G
-            # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-            used = _T(0.0) if _t2 else _T(1.0)
-            # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
+            _v5 = _t2 != _t2
             _v6 = _h1 * grad
             _v7 = np.abs(_v6)
             _v8 = _v7 > _T(0.0)
-            _v9 = _T(1.0) if G > 0 else (_T(-1.0) if G < 0 else (G if G != G else _T(0.0)))
-            _v10 = _v9 if _v8 else _T(0.0)
-            _v11 = step_size_new * used
-            _v12 = _v11 * _v10
+            _v9 = _v5 if _t2 else _v8
+            _v10 = (
+                _T(1.0)
+                if prev_new > 0
+                else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
+            )
+            _v11 = _v10 if _v9 else _T(0.0)
+            _v12 = step_size_new * _v11
             weight_new = weight - _v12
             store(weight_buf, _i, weight_new)
             store(prev_buf, _i, prev_new)
@@ -183,6 +186,9 @@ def _update_chunk(
         s = G * prev
         # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
         _t2 = s < _T(0.0)
+        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+        prev_new = _T(0.0) if _t2 else G
         _v0 = s > _T(0.0)
         _v1 = etaminus if _t2 else _T(1.0)
         _v2 = etaplus if _v0 else _v1
@@ -191,18 +197,18 @@ def _update_chunk(
         step_size_new = (
             step_size_max if (step_size_max < _v4 or step_size_max != step_size_max) else _v4
         )
-        # specs/torch_rprop.py:47: prev_new = used
-        prev_new = _T(0.0) if _t2 else G
-        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-        used = _T(0.0) if _t2 else _T(1.0)
-        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
+        _v5 = _t2 != _t2
         _v6 = _h1 * grad
         _v7 = np.abs(_v6)
         _v8 = _v7 > _T(0.0)
-        _v9 = _T(1.0) if G > 0 else (_T(-1.0) if G < 0 else (G if G != G else _T(0.0)))
-        _v10 = _v9 if _v8 else _T(0.0)
-        _v11 = step_size_new * used
-        _v12 = _v11 * _v10
+        _v9 = _v5 if _t2 else _v8
+        _v10 = (
+            _T(1.0)
+            if prev_new > 0
+            else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
+        )
+        _v11 = _v10 if _v9 else _T(0.0)
+        _v12 = step_size_new * _v11
         weight_new = weight - _v12
         store(weight_buf, _i, weight_new)
         store(prev_buf, _i, prev_new)

@@ -580,10 +580,11 @@ def _stepper(
         np.subtract(_b0, _exp_avg, out=_b0)
         np.multiply(_h9, _b0, out=_b0)
         np.add(_exp_avg, _b0, out=_exp_avg)
-        # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-        # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
         # specs/came.py:64: weight_new = -conf*exp_avg_new*lr + weight*Piecewise((-wd*Piecewise((1, fixed_decay > 0), (lr, True)) + 1, weight_decouple > 0), (1, True))
         np.multiply(_h10, _weight, out=_b0)
+        # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+        # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
+        # specs/came.py:63: conf = Piecewise((1, ndim < 2), (s_r/sqrt(res_col_new), True))
         __v11 = np.not_equal(_h4, 0.0)
         np.sqrt(_res_col_new, out=_b1)
         np.divide(_s_r, _b1, out=_b1)

@@ -117,39 +117,37 @@ def step(
         _step_size = _step_size_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        _b2 = scratch[2, : stop - start]
         # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
         # specs/torch_rprop.py:41: s = G*prev
         np.multiply(_b0, _prev, out=_b1)
         # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
         __t2 = np.less(_b1, 0.0)
-        __v0 = np.greater(_b1, 0.0)
-        np.copyto(_b1, 1.0)
-        np.copyto(_b1, etaminus, where=__t2)
-        np.copyto(_b1, etaplus, where=__v0)
-        np.multiply(_step_size, _b1, out=_b1)
-        if step_size_min != -np.inf:
-            np.maximum(step_size_min, _b1, out=_b1)
-        np.minimum(step_size_max, _b1, out=_step_size)
-        # specs/torch_rprop.py:47: prev_new = used
+        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
         np.copyto(_prev, _b0)
         np.copyto(_prev, 0.0, where=__t2)
-        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-        np.copyto(_b1, 1.0)
-        np.copyto(_b1, 0.0, where=__t2)
-        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
-        np.multiply(_h1, _grad, out=_b2)
-        np.absolute(_b2, out=_b2)
-        __v8 = np.greater(_b2, 0.0)
-        np.sign(_b0, out=_b0)
-        np.copyto(_b0, 0.0, where=np.logical_not(__v8))
-        np.multiply(_step_size, _b1, out=_b1)
-        np.multiply(_b1, _b0, out=_b0)
+        __v0 = np.greater(_b1, 0.0)
+        np.copyto(_b0, 1.0)
+        np.copyto(_b0, etaminus, where=__t2)
+        np.copyto(_b0, etaplus, where=__v0)
+        np.multiply(_step_size, _b0, out=_b0)
+        if step_size_min != -np.inf:
+            np.maximum(step_size_min, _b0, out=_b0)
+        np.minimum(step_size_max, _b0, out=_step_size)
+        __v5 = np.not_equal(__t2, __t2)
+        np.multiply(_h1, _grad, out=_b0)
+        np.absolute(_b0, out=_b0)
+        __v8 = np.greater(_b0, 0.0)
+        __v9 = np.copy(__v8)
+        np.copyto(__v9, __v5, where=__t2)
+        np.sign(_prev, out=_b0)
+        np.copyto(_b0, 0.0, where=np.logical_not(__v9))
+        np.multiply(_step_size, _b0, out=_b0)
         np.subtract(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

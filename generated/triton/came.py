@@ -505,8 +505,8 @@ def came_reduce6_kernel(
     _v28 = G * G
     _v29 = _h4 != 0.0
     _v30 = r_f * r_f
-    conf = tl.where(_v29, 1.0, _v30)
-    _v32 = _v28 * conf
+    _v31 = tl.where(_v29, 1.0, _v30)
+    _v32 = _v28 * _v31
     u_sq = tl.div_rn(_v32, col_new)
     tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, u_sq, 0.0)))
 
@@ -571,10 +571,10 @@ def came_row_reduce7_kernel(
         # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
         # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
         _v35 = _h4 != 0.0
-        conf = tl.where(_v35, 1.0, r_f)
+        _v36 = tl.where(_v35, 1.0, r_f)
         _v37 = tl.sqrt_rn(col_new)
         _v38 = _h5 * G
-        _v39 = _v38 * conf
+        _v39 = _v38 * _v36
         Uc = tl.div_rn(_v39, _v37)
         # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
         # specs/came.py:60: rr = res
@@ -649,10 +649,10 @@ def came_col_reduce7_kernel(
         # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
         # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
         _v35 = _h4 != 0.0
-        conf = tl.where(_v35, 1.0, r_f)
+        _v36 = tl.where(_v35, 1.0, r_f)
         _v37 = tl.sqrt_rn(col_new)
         _v38 = _h5 * G
-        _v39 = _v38 * conf
+        _v39 = _v38 * _v36
         Uc = tl.div_rn(_v39, _v37)
         # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
         # specs/came.py:60: rr = res
@@ -939,25 +939,26 @@ def came_kernel(
     # specs/came.py:56: U = G*Piecewise((1, ndim < 2), (r_f, True))/sqrt(col_new)
     # specs/came.py:57: Uc = U/Max(1, sqrt(u_sq)/(clip_threshold*sqrt(Max(1, numel))))
     _v2 = _h4 != 0.0
-    conf = tl.where(_v2, 1.0, r_f)
+    _v3 = tl.where(_v2, 1.0, r_f)
     _v4 = tl.sqrt_rn(col_new)
     _v5 = _h5 * G
-    _v6 = _v5 * conf
+    _v6 = _v5 * _v3
     Uc = tl.div_rn(_v6, _v4)
     # specs/came.py:58: exp_avg_new = exp_avg + (1 - beta1)*(Uc - exp_avg)
     _v8 = Uc - exp_avg
     _v9 = _h9 * _v8
     exp_avg_new = exp_avg + _v9
-    # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
-    # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
     # specs/came.py:64: weight_new = -conf*exp_avg_new*lr + weight*Piecewise((-wd*Piecewise((1, fixed_decay > 0), (lr, True)) + 1, weight_decouple > 0), (1, True))
     _v10 = _h10 * weight
+    # specs/came.py:59: res = eps2 + (Uc - exp_avg_new)**2
+    # specs/came.py:62: s_r = 1/(sqrt(res_row_new/res_mean)*sqrt(Max(1, rows)))
+    # specs/came.py:63: conf = Piecewise((1, ndim < 2), (s_r/sqrt(res_col_new), True))
     _v11 = _h4 != 0.0
     _v12 = tl.sqrt_rn(res_col_new)
     _v13 = tl.div_rn(s_r, _v12)
-    _v14 = tl.where(_v11, 1.0, _v13)
+    conf = tl.where(_v11, 1.0, _v13)
     _v15 = _h11 * exp_avg_new
-    _v16 = _v15 * _v14
+    _v16 = _v15 * conf
     weight_new = _v10 + _v16
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)

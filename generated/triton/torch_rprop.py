@@ -136,24 +136,23 @@ def torch_rprop_kernel_body(
     s = G * prev
     # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
     _t2 = s < 0.0
+    # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
+    # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+    prev_new = tl.where(_t2, 0.0, G)
     _v0 = s > 0.0
     _v1 = tl.where(_t2, etaminus, 1.0)
     _v2 = tl.where(_v0, etaplus, _v1)
     _v3 = step_size * _v2
     _v4 = tl.maximum(step_size_min, _v3, propagate_nan=tl.PropagateNan.ALL)
     step_size_new = tl.minimum(step_size_max, _v4, propagate_nan=tl.PropagateNan.ALL)
-    # specs/torch_rprop.py:47: prev_new = used
-    prev_new = tl.where(_t2, 0.0, G)
-    # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-    used = tl.where(_t2, 0.0, 1.0)
-    # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((0, s < 0), (1, True))*Piecewise((sign(G), Abs(G) > 0), (0, True)) + weight
+    _v5 = _t2 != _t2
     _v6 = _h1 * grad
     _v7 = tl.abs(_v6)
     _v8 = _v7 > 0.0
-    _v9 = tl.where(G > 0, 1.0, tl.where(G < 0, -1.0, G))
-    _v10 = tl.where(_v8, _v9, 0.0)
-    _v11 = step_size_new * used
-    _v12 = _v11 * _v10
+    _v9 = tl.where(_t2, _v5, _v8)
+    _v10 = tl.where(prev_new > 0, 1.0, tl.where(prev_new < 0, -1.0, prev_new))
+    _v11 = tl.where(_v9, _v10, 0.0)
+    _v12 = step_size_new * _v11
     weight_new = weight - _v12
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(prev_ptr + offs, prev_new.to(prev_ptr.dtype.element_ty), mask=mask)
