@@ -171,6 +171,14 @@ def _display_path(path: str) -> str:
     return f"{parent}/{os.path.basename(path)}" if parent else os.path.basename(path)
 
 
+def python_max(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    """Python's ``max(a, b)``, as torch computes it on ``.item()`` floats (Adafactor's step
+    size and update clip): ``b`` where ``b > a``, else ``a``, so a NaN ``b`` gives ``a``.
+    ``sp.Max`` is NaN-propagating on every target (the kernels' max), which spreads a NaN
+    element's NaN through a norm to the whole tensor where torch's ``max`` drops it."""
+    return sp.Piecewise((b, b > a), (a, True))
+
+
 def exact_exponent(exp: sp.Float) -> sp.Number:
     """A float exponent as the number it is the nearest double of, where that is a whole
     number or a half or third of one (``2.0``; ``0.5``, ``1.5``; Python's ``1/3`` and ``4/3``):

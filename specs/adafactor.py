@@ -25,11 +25,16 @@ the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Ada
 torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
 (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
 rule's ``col``) instead.
+
+torch takes the step size's and the update clip's maxima with Python's ``max`` on floats
+(``codegen.spec.python_max``): a NaN norm gives ``eps2`` and 1 there, so a NaN or inf gradient
+element of a 1-D weight leaves the other elements finite, as here; a factored weight's row and
+column means spread it to the whole matrix in both.
 """
 
 import sympy as sp
 
-from codegen.spec import Legal, Rule, nonnegative, positive
+from codegen.spec import Legal, Rule, nonnegative, positive, python_max
 
 RULE = Rule("adafactor", __doc__, class_name="Adafactor")
 lr = RULE.hyper(
@@ -54,14 +59,14 @@ col = RULE.state("col", 0, doc="column factor C (mean of g^2 over each column)",
 g = RULE.let("g", (1 - 2 * maximize) * RULE.grad)
 omb = RULE.let("omb", t**c)  # 1 - beta2_t
 alpha = RULE.let(
-    "alpha", sp.Max(eps2, sp.sqrt(RULE.mean("w_sq", w**2))) * sp.Min(lr, 1 / sp.sqrt(t))
+    "alpha", python_max(eps2, sp.sqrt(RULE.mean("w_sq", w**2))) * sp.Min(lr, 1 / sp.sqrt(t))
 )
 row_new = RULE.update(row, row + omb * (RULE.mean("row_g2", g**2, axis=-1) - row))
 col_new = RULE.update(col, col + omb * (RULE.mean("col_g2", g**2, axis=-2) - col))
 scale = RULE.let("scale", row_new / sp.Max(RULE.mean("row_mean", row_new, axis=-1), eps1))
 V = RULE.let("V", sp.Piecewise((col_new, RULE.ndim < 2), (col_new * scale, True)))
 U = RULE.let("U", g / sp.sqrt(sp.Max(V, eps1**2)))
-denom = RULE.let("denom", sp.Max(1, sp.sqrt(RULE.mean("u_sq", U**2)) / d))
+denom = RULE.let("denom", python_max(1, sp.sqrt(RULE.mean("u_sq", U**2)) / d))
 RULE.update(w, w * (1 - lr * wd) - alpha / denom * U)
 
 RULE.torch_equivalent(

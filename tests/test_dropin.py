@@ -712,6 +712,32 @@ def test_a_nan_gradient_element_steps_as_torchs(foreach: bool) -> None:
     assert all(torch.isfinite(p).all() for p in ours_p)
 
 
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adafactor_keeps_a_1d_weights_nan_to_its_element_as_torch(foreach: bool) -> None:
+    """torch's Adafactor takes its step size's and update clip's maxima with Python's ``max``,
+    which drops a NaN norm: a NaN or inf gradient element of a 1-D weight is NaN in that element
+    only (the NaN-propagating max spread it to the whole weight); a matrix's factors spread it
+    to all of it in both. Element for element as torch, NaN where torch has NaN."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in [(7,), (3, 4), (), (5,)]]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = torch.optim.Adafactor(theirs_p, lr=0.01, foreach=foreach)
+    ours = dropin.Adafactor(ours_p, lr=0.01, foreach=foreach)
+    for t in range(1, 5):
+        set_grads(theirs_p, t)
+        for p in theirs_p[:2]:
+            p.grad.view(-1)[t % 2] = math.nan if t == 1 else math.inf
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            p.grad = q.grad.clone()
+        theirs.step()
+        ours.step()
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            assert torch.equal(p.isnan(), q.isnan())
+            torch.testing.assert_close(p, q, equal_nan=True)
+    assert int(ours_p[0].isnan().sum()) == 2 and ours_p[1].isnan().all()
+    assert torch.isfinite(ours_p[3]).all()
+
+
 def test_state_dict_hooks_see_torchs_format() -> None:
     """A ``register_state_dict_post_hook`` sees the state dict torch's Adagrad hands its own
     (``sum``, a float32 ``step``; groups without the rule's names) and may replace it; a

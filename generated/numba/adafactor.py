@@ -37,6 +37,11 @@ the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Ada
 torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
 (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
 rule's ``col``) instead.
+
+torch takes the step size's and the update clip's maxima with Python's ``max`` on floats
+(``codegen.spec.python_max``): a NaN norm gives ``eps2`` and 1 there, so a NaN or inf gradient
+element of a 1-D weight leaves the other elements finite, as here; a factored weight's row and
+column means spread it to the whole matrix in both.
 """
 
 from __future__ import annotations
@@ -187,13 +192,13 @@ def _sweep1(
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
-                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:59: row_g2 = g**2
+                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:64: row_g2 = g**2
                         _v8 = grad * grad
                         row_g2 = _h0 * _v8
-                        # specs/adafactor.py:57: w_sq = weight**2
+                        # specs/adafactor.py:62: w_sq = weight**2
                         w_sq = weight * weight
-                        # specs/adafactor.py:60: col_g2 = g**2
+                        # specs/adafactor.py:65: col_g2 = g**2
                         col_g2 = row_g2
                         _wide0[_i] += np.float64(w_sq)
                         _block1[_i] = np.float64(row_g2)
@@ -247,13 +252,13 @@ def _sweep1_serial(
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
-                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:59: row_g2 = g**2
+                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:64: row_g2 = g**2
                         _v8 = grad * grad
                         row_g2 = _h0 * _v8
-                        # specs/adafactor.py:57: w_sq = weight**2
+                        # specs/adafactor.py:62: w_sq = weight**2
                         w_sq = weight * weight
-                        # specs/adafactor.py:60: col_g2 = g**2
+                        # specs/adafactor.py:65: col_g2 = g**2
                         col_g2 = row_g2
                         _wide0[_i] += np.float64(w_sq)
                         _block1[_i] = np.float64(row_g2)
@@ -311,12 +316,12 @@ def _sweep6(
                     for _i in range(_n):
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:64: u_sq = U**2
+                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:69: u_sq = U**2
                         _v17 = grad * grad
-                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
                         _v18 = _h4 != _T(0.0)
                         _v19 = col_new * scale
                         V = col_new if _v18 else _v19
@@ -367,12 +372,12 @@ def _sweep6_serial(
                     for _i in range(_n):
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:64: u_sq = U**2
+                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:69: u_sq = U**2
                         _v17 = grad * grad
-                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
                         _v18 = _h4 != _T(0.0)
                         _v19 = col_new * scale
                         V = col_new if _v18 else _v19
@@ -413,8 +418,8 @@ def _sweep2(
         for _i in range(_n):
             row = _row_row[_i]
             row_g2 = _T(_row_g2_row[_i])
-            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
             _v9 = _h1 * row_g2
             _v10 = _v9 - row
             _v11 = omb * _v10
@@ -446,8 +451,8 @@ def _sweep2_serial(
         for _i in range(_n):
             row = _row_row[_i]
             row_g2 = _T(_row_g2_row[_i])
-            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
             _v9 = _h1 * row_g2
             _v10 = _v9 - row
             _v11 = omb * _v10
@@ -483,8 +488,8 @@ def _sweep3(
         for _i in range(_n):
             col = _col_row[_i]
             col_g2 = _T(_col_g2_row[_i])
-            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
             _v12 = _h2 * col_g2
             _v13 = _v12 - col
             _v14 = omb * _v13
@@ -516,8 +521,8 @@ def _sweep3_serial(
         for _i in range(_n):
             col = _col_row[_i]
             col_g2 = _T(_col_g2_row[_i])
-            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
             _v12 = _h2 * col_g2
             _v13 = _v12 - col
             _v14 = omb * _v13
@@ -544,8 +549,8 @@ def _sweep4(
             _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
             for _i in range(_n):
                 row_new = _row_new_row[_i]
-                # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                # specs/adafactor.py:61: row_mean = row_new
+                # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                # specs/adafactor.py:66: row_mean = row_new
                 row_mean = row_new
                 _block0[_i] = np.float64(row_mean)
             fold_sum(_lanes0, _block0, _n)
@@ -570,8 +575,8 @@ def _sweep4_serial(
             _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
             for _i in range(_n):
                 row_new = _row_new_row[_i]
-                # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                # specs/adafactor.py:61: row_mean = row_new
+                # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                # specs/adafactor.py:66: row_mean = row_new
                 row_mean = row_new
                 _block0[_i] = np.float64(row_mean)
             fold_sum(_lanes0, _block0, _n)
@@ -605,8 +610,8 @@ def _sweep5(
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row_new = _row_new_row[_i]
-            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
             _v15 = _h2 * row_mean
             _v16 = eps1 if (eps1 > _v15 or eps1 != eps1) else _v15
             scale = row_new / _v16
@@ -636,8 +641,8 @@ def _sweep5_serial(
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row_new = _row_new_row[_i]
-            # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
             _v15 = _h2 * row_mean
             _v16 = eps1 if (eps1 > _v15 or eps1 != eps1) else _v15
             scale = row_new / _v16
@@ -724,7 +729,7 @@ def _update(
     #   _h3: = eps1 ** 2
     #   _h4: = (ndim < 2)
     #   _h5: = -lr*weight_decay + 1
-    #   _h6: = -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom, from d, eps2, lr, maximize, t, u_sq, w_sq
+    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t)))
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -747,12 +752,12 @@ def _update(
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
                         _v0 = _h5 * weight
-                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
                         _v1 = _h4 != _T(0.0)
                         _v2 = col_new * scale
                         V = col_new if _v1 else _v2
@@ -799,12 +804,12 @@ def _update_serial(
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
                         _v0 = _h5 * weight
-                        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
                         _v1 = _h4 != _T(0.0)
                         _v2 = col_new * scale
                         V = col_new if _v1 else _v2

@@ -29,6 +29,11 @@ the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Ada
 torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
 (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
 rule's ``col``) instead.
+
+torch takes the step size's and the update clip's maxima with Python's ``max`` on floats
+(``codegen.spec.python_max``): a NaN norm gives ``eps2`` and 1 there, so a NaN or inf gradient
+element of a 1-D weight leaves the other elements finite, as here; a factored weight's row and
+column means spread it to the whole matrix in both.
 """
 
 from __future__ import annotations
@@ -226,13 +231,13 @@ def _stepper(
         _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
-        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:59: row_g2 = g**2
+        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:64: row_g2 = g**2
         np.multiply(_grad, _grad, out=_b0)
         np.multiply(_h0, _b0, out=_b0)
-        # specs/adafactor.py:57: w_sq = weight**2
+        # specs/adafactor.py:62: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/adafactor.py:60: col_g2 = g**2
+        # specs/adafactor.py:65: col_g2 = g**2
         np.copyto(_b2, _b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -264,8 +269,8 @@ def _stepper(
     _row = _vectors["row"]
     _row_g2 = _vectors["row_g2"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
     np.multiply(_h1, _row_g2, out=_b0)
     np.subtract(_b0, _row, out=_b0)
     np.multiply(omb, _b0, out=_b0)
@@ -283,8 +288,8 @@ def _stepper(
     _col = _vectors["col"]
     _col_g2 = _vectors["col_g2"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
     np.multiply(_h2, _col_g2, out=_b0)
     np.subtract(_b0, _col, out=_b0)
     np.multiply(omb, _b0, out=_b0)
@@ -294,8 +299,8 @@ def _stepper(
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: row_mean = row_new
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:66: row_mean = row_new
     np.copyto(_b0, _row_new)
     combine_tiles(
         REDUCE_KINDS,
@@ -321,8 +326,8 @@ def _stepper(
     _row_new = _vectors["row_new"]
     _row_mean = _vectors["row_mean"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
     np.multiply(_h2, _row_mean, out=_b0)
     if eps1 != -np.inf:
         np.maximum(eps1, _b0, out=_b0)
@@ -343,12 +348,12 @@ def _stepper(
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
         _b0, _b1 = tile_scratch(scratch, _tile, 2)
-        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-        # specs/adafactor.py:64: u_sq = U**2
+        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+        # specs/adafactor.py:69: u_sq = U**2
         np.multiply(_grad, _grad, out=_b0)
-        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
         __v18 = np.not_equal(_h4, 0.0)
         np.multiply(_col_new, _scale, out=_b1)
         np.copyto(_b1, _col_new, where=__v18)
@@ -383,12 +388,12 @@ def _stepper(
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
         _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
-        # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-        # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+        # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
         np.multiply(_h5, _weight, out=_b0)
-        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-        # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
         __v1 = np.not_equal(_h4, 0.0)
         np.multiply(_col_new, _scale, out=_b1)
         np.copyto(_b1, _col_new, where=__v1)

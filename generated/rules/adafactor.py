@@ -29,6 +29,11 @@ the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Ada
 torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
 (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
 rule's ``col``) instead.
+
+torch takes the step size's and the update clip's maxima with Python's ``max`` on floats
+(``codegen.spec.python_max``): a NaN norm gives ``eps2`` and 1 there, so a NaN or inf gradient
+element of a 1-D weight leaves the other elements finite, as here; a factored weight's row and
+column means spread it to the whole matrix in both.
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ SCALARS: dict[str, str] = {
     "_h3": "= eps1 ** 2",
     "_h4": "= (ndim \u003c 2)",
     "_h5": "= -lr*weight_decay + 1",
-    "_h6": "= -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom, from d, eps2, lr, maximize, t, u_sq, w_sq",
+    "_h6": "= -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 \u003c math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) \u003e 1) else (1))*host_min(lr, (1.0 / math.sqrt(t)))",
 }
 # Reduction phase 1's scalars (w_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
@@ -209,16 +214,22 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adafactor.py:64: denom = Max(1, sqrt(u_sq)/(d*sqrt(Max(1, numel))))
-    denom = host_max(1, math.sqrt(u_sq) / (d * math.sqrt(host_max(1, numel))))
     _h3 = eps1**2
     _h4 = ndim < 2
     _h5 = -lr * weight_decay + 1
     _h6 = (
         -(1 - 2 * maximize)
-        * host_max(eps2, math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
+        * (
+            (math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
+            if (eps2 < math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
+            else (eps2)
+        )
+        * (
+            (d * math.sqrt(host_max(1, numel)) / math.sqrt(u_sq))
+            if (math.sqrt(u_sq) / (d * math.sqrt(host_max(1, numel))) > 1)
+            else (1)
+        )
         * host_min(lr, (1.0 / math.sqrt(t)))
-        / denom
     )
     scalars = (_h3, _h4, _h5, _h6)
     return scalars, {}
@@ -259,7 +270,7 @@ def reduction_scalars_2(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
-    # specs/adafactor.py:55: omb = t**beta2_decay
+    # specs/adafactor.py:60: omb = t**beta2_decay
     omb = t**beta2_decay
     _h1 = host_max(1, cols) ** (-1)
     return (_h1, omb)
@@ -281,7 +292,7 @@ def reduction_scalars_3(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
-    # specs/adafactor.py:55: omb = t**beta2_decay
+    # specs/adafactor.py:60: omb = t**beta2_decay
     omb = t**beta2_decay
     _h2 = host_max(1, rows) ** (-1)
     return (_h2, omb)

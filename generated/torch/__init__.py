@@ -300,6 +300,11 @@ class Adafactor(GeneratedOptimizer):
     torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
     (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
     rule's ``col``) instead.
+
+    torch takes the step size's and the update clip's maxima with Python's ``max`` on floats
+    (``codegen.spec.python_max``): a NaN norm gives ``eps2`` and 1 there, so a NaN or inf gradient
+    element of a 1-D weight leaves the other elements finite, as here; a factored weight's row and
+    column means spread it to the whole matrix in both.
     """
 
     RULE = "adafactor"

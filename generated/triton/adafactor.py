@@ -29,6 +29,11 @@ the items of torch's ``eps`` tuple), and the drop-in ``generated.torch.optim.Ada
 torch's signature and state_dict: torch's ``row_var``/``col_var`` keep the reduced axis
 (shape (..., n, 1) and (..., 1, m)), and a weight of fewer than two dims has ``variance`` (this
 rule's ``col``) instead.
+
+torch takes the step size's and the update clip's maxima with Python's ``max`` on floats
+(``codegen.spec.python_max``): a NaN norm gives ``eps2`` and 1 there, so a NaN or inf gradient
+element of a 1-D weight leaves the other elements finite, as here; a factored weight's row and
+column means spread it to the whole matrix in both.
 """
 
 from __future__ import annotations
@@ -169,7 +174,7 @@ def adafactor_reduce_kernel(
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:57: w_sq = weight**2
+    # specs/adafactor.py:62: w_sq = weight**2
     w_sq = weight * weight
     tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
 
@@ -203,8 +208,8 @@ def adafactor_row_reduce_kernel(
         mask = lane < n_cols
         offs = outer * n_cols + lane
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:59: row_g2 = g**2
+        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:64: row_g2 = g**2
         _v8 = grad * grad
         row_g2 = _h0 * _v8
         _acc_row_g2 = _acc_row_g2 + tl.where(mask, row_g2, 0.0)
@@ -242,11 +247,11 @@ def adafactor_col_reduce_kernel(
     for _r in range(0, n_rows):
         offs = (outer * n_rows + _r) * n_cols + lane
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:59: row_g2 = g**2
+        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:64: row_g2 = g**2
         _v8 = grad * grad
         row_g2 = _h0 * _v8
-        # specs/adafactor.py:60: col_g2 = g**2
+        # specs/adafactor.py:65: col_g2 = g**2
         col_g2 = row_g2
         _acc_col_g2 = _acc_col_g2 + tl.where(mask, col_g2, 0.0)
     tl.store(
@@ -283,8 +288,8 @@ def adafactor_reduce2_kernel(
     mask = offs < n_elements
     row = tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     row_g2 = tl.load(row_g2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:59: row_new = omb*(-row + row_g2/Max(1, cols)) + row
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
     _v9 = _h1 * row_g2
     _v10 = _v9 - row
     _v11 = omb * _v10
@@ -321,8 +326,8 @@ def adafactor_reduce3_kernel(
     mask = offs < n_elements
     col = tl.load(col_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     col_g2 = tl.load(col_g2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:60: col_new = col + omb*(-col + col_g2/Max(1, rows))
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
     _v12 = _h2 * col_g2
     _v13 = _v12 - col
     _v14 = omb * _v13
@@ -357,8 +362,8 @@ def adafactor_row_reduce4_kernel(
         mask = lane < n_rows
         offs = outer * n_rows + lane
         row_new = tl.load(row_new_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:61: row_mean = row_new
+        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:66: row_mean = row_new
         row_mean = row_new
         _acc_row_mean = _acc_row_mean + tl.where(mask, row_mean, 0.0)
     tl.store(row_mean_ptr + outer, tl.sum(_acc_row_mean, axis=0).to(row_mean_ptr.dtype.element_ty))
@@ -393,8 +398,8 @@ def adafactor_reduce5_kernel(
     mask = offs < n_elements
     row_new = tl.load(row_new_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     row_mean = tl.load(row_mean_ptr + offs // n_rows, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
     _v15 = _h2 * row_mean
     _v16 = tl.maximum(eps1, _v15, propagate_nan=tl.PropagateNan.ALL)
     scale = tl.div_rn(row_new, _v16)
@@ -435,12 +440,12 @@ def adafactor_reduce6_kernel(
         col_new_ptr + offs // (n_rows * n_cols) * n_cols + offs % n_cols, mask=mask, other=0.0
     ).to(tl.float32)
     scale = tl.load(scale_ptr + offs // n_cols, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-    # specs/adafactor.py:64: u_sq = U**2
+    # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+    # specs/adafactor.py:69: u_sq = U**2
     _v17 = grad * grad
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
     _v18 = _h4 != 0.0
     _v19 = col_new * scale
     V = tl.where(_v18, col_new, _v19)
@@ -481,7 +486,7 @@ def adafactor_kernel(
     #   _h3: = eps1 ** 2
     #   _h4: = (ndim < 2)
     #   _h5: = -lr*weight_decay + 1
-    #   _h6: = -(1 - 2*maximize)*host_max(eps2, math.sqrt(w_sq)/math.sqrt(host_max(1, numel)))*host_min(lr, (1.0 / math.sqrt(t)))/denom, from d, eps2, lr, maximize, t, u_sq, w_sq
+    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t)))
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
@@ -495,12 +500,12 @@ def adafactor_kernel(
         col_new_ptr + offs // (n_rows * n_cols) * n_cols + offs % n_cols, mask=mask, other=0.0
     ).to(tl.float32)
     scale = tl.load(scale_ptr + offs // n_cols, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:63: U = g/sqrt(Max(V, eps1**2))
-    # specs/adafactor.py:65: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+    # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
+    # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
     _v0 = _h5 * weight
-    # specs/adafactor.py:54: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:61: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    # specs/adafactor.py:62: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
     _v1 = _h4 != 0.0
     _v2 = col_new * scale
     V = tl.where(_v1, col_new, _v2)
