@@ -738,6 +738,37 @@ def test_adafactor_keeps_a_1d_weights_nan_to_its_element_as_torch(foreach: bool)
     assert torch.isfinite(ours_p[3]).all()
 
 
+def test_state_dicts_run_no_step_the_global_hooks_see() -> None:
+    """``state_dict()`` learns which buffers torch creates for the settings from a step of a
+    private torch optimizer; the user's global step hooks (``register_optimizer_step_*_hook``)
+    saw that step as one of torch's RMSprop. Now they see only the user's steps."""
+    from torch.optim import optimizer as torch_optimizer
+
+    from optgen_runtime.optim import exchange
+
+    exchange._torch_creates.cache_clear()
+    seen: list[str] = []
+    handles = [
+        torch_optimizer.register_optimizer_step_pre_hook(lambda o, a, k: seen.append("pre")),
+        torch_optimizer.register_optimizer_step_post_hook(
+            lambda o, a, k: seen.append(type(o).__module__)
+        ),
+    ]
+    try:
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = dropin.RMSprop([p], momentum=0.5)
+        p.grad = torch.ones(3)
+        opt.step()
+        assert seen == ["pre", "generated.torch.optim"]
+        state = opt.state_dict()
+        opt.load_state_dict(state)
+        assert seen == ["pre", "generated.torch.optim"]
+        assert "momentum_buffer" in state["state"][0]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_state_dict_hooks_see_torchs_format() -> None:
     """A ``register_state_dict_post_hook`` sees the state dict torch's Adagrad hands its own
     (``sum``, a float32 ``step``; groups without the rule's names) and may replace it; a
