@@ -444,6 +444,38 @@ def test_malformed_drop_in_is_refused(tmp_path: Any, case: str) -> None:
         load_rule(path)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_a_state_dicts_wrong_entries_are_named(amsgrad: bool) -> None:
+    """A saved state without ``step``, or with an entry torch's Adam does not keep, is refused
+    naming them in torch's names (the message listed the converted state's keys, a buffer the
+    dict never had among them, and pointed to ``load_torch_state_dict``, the same loader);
+    nothing written. The rule's own class names them too, in the rule's names."""
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    theirs = torch.optim.Adam([p], lr=0.1, amsgrad=amsgrad)
+    theirs.step()
+    ours = dropin.Adam([torch.nn.Parameter(torch.ones(3))], amsgrad=amsgrad)
+    before = copy.deepcopy(ours.state_dict())
+    lacking = copy.deepcopy(theirs.state_dict())
+    del lacking["state"][0]["step"]
+    with pytest.raises(ValueError, match=r"not a state_dict of Adam .*: state 0 lacks \['step'\]$"):
+        ours.load_state_dict(lacking)
+    extra = copy.deepcopy(theirs.state_dict())
+    extra["state"][0]["ema"] = extra["state"][0].pop("exp_avg")
+    message = r"state 0 lacks \['exp_avg'\] and has \['ema'\], which this optimizer does not keep$"
+    with pytest.raises(ValueError, match=message):
+        ours.load_state_dict(extra)
+    assert ours.state_dict() == before
+    from generated.torch import Adam
+
+    rule = Adam([p], lr=0.1)
+    rule.step()
+    saved = rule.state_dict()
+    saved["state"][0]["ema"] = saved["state"][0].pop("mean")
+    with pytest.raises(ValueError, match=r"state 0 lacks \['mean'\] and has \['ema'\]"):
+        Adam([torch.nn.Parameter(torch.ones(3))]).load_state_dict(saved)
+
+
 def test_another_optimizers_state_dict_is_refused() -> None:
     """torch's SGD state_dict does not load into the Adam drop-in (nothing written); torch's
     Adam one loads into AdamW, as it does in torch."""

@@ -36,6 +36,14 @@ def _generated_classes() -> list[type]:
     return out
 
 
+def key_problems(index: Any, missing: list[str], extra: list[str]) -> str:
+    """What is wrong with saved state ``index``'s entries, naming each."""
+    problems = [f"lacks {missing}"] if missing else []
+    if extra:
+        problems.append(f"has {extra}, which this optimizer does not keep")
+    return f"state {index} " + " and ".join(problems)
+
+
 class Checkpoint:
     """``state_dict`` / ``load_state_dict`` of ``GeneratedOptimizer``."""
 
@@ -46,7 +54,7 @@ class Checkpoint:
         optional = ("master", *self.META.ABSENT)  # may be missing (see ParamState._absent)
         missing, extra = state_key_problems(saved, self._state_names(), optional)
         if extra or missing:
-            raise ValueError(self._foreign(f"state {index} has keys {sorted(saved)}"))
+            raise ValueError(self._foreign(key_problems(index, missing, extra)))
         name = type(self).__name__
         count = step_value(saved["step"])
         if count is None:
@@ -107,7 +115,7 @@ class Checkpoint:
         hint = (
             f"; a torch.optim.{self.TORCH.class_name} state_dict loads with "
             f"{name}.load_torch_state_dict()"
-            if self.TORCH is not None
+            if self.TORCH is not None and not getattr(self, "DROP_IN", None)
             else ""
         )
         return f"{name}.load_state_dict: not a state_dict of {name} ({what}){hint}"

@@ -45,7 +45,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from optgen_runtime.checks import state_key_problems
 from optgen_runtime.optim.base import GeneratedOptimizer
+from optgen_runtime.optim.checkpoint import key_problems
 from optgen_runtime.optim.exchange import torch_creates, torch_defaults
 from optgen_runtime.optim.rows import ONLY_SPARSE, Densified, Refused, densify
 from optgen_runtime.optim.state import step_tensor
@@ -305,6 +307,19 @@ class DropIn(GeneratedOptimizer):
                 initial = self._initial(p, hp)
                 for key in absent:
                     out[key] = initial[key]
+            optional = ("master", *self.META.ABSENT)
+            missing, extra = state_key_problems(out, self._state_names(), optional)
+            if missing or extra:  # named as the state dict names them (torch's names)
+                theirs_of = {v: k for k, v in ours_of.items()}
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: not a state_dict of "
+                    f"{type(self).__name__} (torch.optim.{self.DROP_IN}'s, these settings): "
+                    + key_problems(
+                        index,
+                        [layout.get(k) or k for k in missing],
+                        [theirs_of.get(k, k) for k in extra],
+                    )
+                )
             state[index] = out
         super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
 
