@@ -801,6 +801,36 @@ def test_state_dicts_run_no_step_the_global_hooks_see() -> None:
             handle.remove()
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_tensor_betas_changed_in_place_change_the_step(backend: str) -> None:
+    """torch keeps ``betas`` as given (a tuple of the user's 0-d tensors) and reads them at each
+    step, so ``b1.fill_(0.5)`` between steps changes beta1; the drop-in turned them into floats
+    in its constructor and kept stepping with 0.9. Against torch with the same values as floats
+    (torch's tensor path computes its bias corrections in float32), the fast step included."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    b1, b2 = torch.tensor([0.9]), torch.tensor(0.999)
+    theirs = torch.optim.Adam(theirs_p, lr=0.01)
+    ours = dropin.Adam(ours_p, lr=0.01, betas=[b1, b2], backend=backend)
+    group = ours.param_groups[0]
+    assert type(group["betas"]) is tuple and group["betas"][1] is b2
+    assert group["betas"][0].data_ptr() == b1.data_ptr()  # torch's 0-d view of it
+    for t in range(1, 7):
+        if t in (3, 5):
+            b1.fill_(0.5 if t == 3 else 0.0)
+            b2.fill_(0.99)
+        theirs.param_groups[0]["betas"] = (float(b1), float(b2))
+        set_grads(theirs_p, t)
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            p.grad = q.grad.clone()
+        theirs.step()
+        ours.step()
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            torch.testing.assert_close(p, q)
+    assert ours.state_dict()["param_groups"][0]["betas"][0].item() == 0.0
+
+
 def test_state_dict_hooks_see_torchs_format() -> None:
     """A ``register_state_dict_post_hook`` sees the state dict torch's Adagrad hands its own
     (``sum``, a float32 ``step``; groups without the rule's names) and may replace it; a

@@ -77,8 +77,12 @@ class TupleAliases:
         return tuple(plain(v) for v in value)
 
     def _snapshot(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The aliases' values now (a tensor item's value: one changed in place is a change)."""
         return {
-            base: (self._items(base, group[base]), tuple(group[ours] for _, ours in items))
+            base: (
+                tuple(map(plain, self._items(base, group[base]))),
+                tuple(group[ours] for _, ours in items),
+            )
             for base, items in self._aliases().items()
         }
 
@@ -95,9 +99,14 @@ class TupleAliases:
                             f"and {ours}={group[ours]}"
                         )
                     group[ours] = value[index]
-                group[base] = self._stored(base, value)
-            else:
-                group[base] = self._alias_from_names(base, items, group)
+                if not isinstance(group[base], (tuple, list)) and base not in self._renames():
+                    group[base] = self._stored(base, value)
+                # else kept as given, as torch keeps it: a tensor item changed in place later
+                # changes the rule's value at the next step, as torch reads it then
+            else:  # the defaults' (torch's add_param_group put it there), unless names differ
+                built = self._alias_from_names(base, items, group)
+                if base not in group or not same(group[base], built):
+                    group[base] = built
         self._seen[id(group)] = (group, self._snapshot(group))
 
     def _check_saved_aliases(self, saved: dict[str, Any]) -> None:
@@ -171,7 +180,7 @@ class TupleAliases:
                             "set one of them)"
                         )
             old_alias, old_names = old[base] if old else (value, tuple(value[i] for i, _ in items))
-            merged = list(value)
+            merged, renamed = list(value), False
             for k, (index, ours) in enumerate(items):
                 if ours not in group:  # torch's keys alone: the name follows the tuple
                     updates[ours] = value[index]
@@ -186,7 +195,8 @@ class TupleAliases:
                     )
                 if alias_changed:
                     updates[ours] = value[index]
-                else:
-                    merged[index] = group[ours]
-            updates[base] = self._stored(base, merged)
+                elif not same(group[ours], value[index]):
+                    merged[index], renamed = group[ours], True
+            if renamed:  # a name set since the last sync: the tuple follows it
+                updates[base] = self._stored(base, merged)
         return updates

@@ -178,7 +178,8 @@ class GeneratedOptimizer(
         self._numpy_by_env = os.environ.get("OPTGEN_CPU_BACKEND", "") == "numpy"
         defaults = dict(defaults)
         for base, items in self._aliases().items():
-            defaults[base] = self._alias_from_names(base, items, defaults)
+            if base not in defaults:  # (a drop-in keeps torch's as given: tensors stay tensors)
+                defaults[base] = self._alias_from_names(base, items, defaults)
         self._seen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # see TupleAliases
         # each parameter with a master copy: (version, address) after the last step that wrote
         # it (Stepping._masters_moved)

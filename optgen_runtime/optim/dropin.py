@@ -108,7 +108,13 @@ class DropIn(GeneratedOptimizer):
         settings = {**settings, **self.FIXED}
         defaults = {**settings, **(own or {})}
         for base, items in self._aliases().items():
-            value = self._alias_value(base, items, defaults.pop(base))
+            value = self._alias_value(base, items, defaults[base])
+            if base not in self._renames():  # as torch's constructor keeps it: a tuple whose
+                # tensors (0-d views) a user may change in place between steps
+                defaults[base] = tuple(
+                    x.squeeze() if isinstance(x, torch.Tensor) and x.dim() else x
+                    for x in defaults[base]
+                )
             for index, ours in items:
                 defaults[ours] = value[index]
         GeneratedOptimizer.__init__(
