@@ -468,6 +468,9 @@ class Rule:
                 number = float(hyper.legal.choices.index(value)) if ok else math.nan
             elif hyper.legal.flag:
                 ok, number = isinstance(value, bool), float(bool(value))
+            elif value is None:  # what None stands for, as the host resolves it
+                ok = hyper.none_value is not None
+                number = float(hyper.none_value) if ok else math.nan  # type: ignore[arg-type]
             else:
                 ok = not isinstance(value, bool) and isinstance(value, (int, float))
                 number = float(value) if ok else math.nan

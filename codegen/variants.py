@@ -173,11 +173,12 @@ def _origin(eq: Equation, expr: sp.Expr, at: str) -> Origin:
 
 def _only(hyper: Hyper, value: float) -> Hyper:
     """``hyper`` taking only ``value`` (a choice by its index, a flag as 0.0/1.0), its default."""
-    legal = hyper.legal._replace(lo=value, hi=value, lo_open=False, hi_open=False, allow_none=False)
+    none = hyper.none_value is not None and value == hyper.none_value  # (None stands for it)
+    legal = hyper.legal._replace(lo=value, hi=value, lo_open=False, hi_open=False, allow_none=none)
     if legal.choices:
         default: float | str | bool = legal.choices[int(value)]
     elif legal.flag:
         default = bool(value)
     else:
-        default = value
+        default = None if none else value
     return dataclasses.replace(hyper, legal=legal, default=default)

@@ -5,16 +5,20 @@ The header below is 8 lines (it starts with a newline): a body's first line is l
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sympy as sp
+from conftest import temporary_rule
 
 from codegen.load import load_rule
 from codegen.lower import lower
 from codegen.spec import SpecError
 from codegen.targets.host import literal
+from optgen_runtime import common as runtime_common
 
 HEADER = '''
 """A test rule."""
@@ -368,3 +372,56 @@ def test_a_special_case_with_a_scalar_input_is_refused(tmp_path: Path) -> None:
     message = r"specs/bad.py: special_case 'plain' is not supported yet in a rule with per-step "
     with pytest.raises(SpecError, match=message + "scalar inputs"):
         variants(load_rule(write_spec(tmp_path, body)))
+
+
+NONE_CASES = '''"""Special cases and an absent state at hyperparameters' None."""
+
+import math
+
+import sympy as sp
+
+from codegen.spec import Rule, positive
+
+RULE = Rule("none_probe", __doc__)
+lr = RULE.hyper("lr", 0.1, positive())
+clip = RULE.hyper("clip", None, positive(allow_none=True), none=math.inf, doc="None: no clip")
+cap = RULE.hyper("cap", None, positive(allow_none=True), none=2.0, doc="None: 2")
+w, g = RULE.weight, RULE.grad
+mom = RULE.state("mom", 0, doc="a momentum", absent_when={cap: None})
+mom_new = RULE.update(mom, mom + g)
+step = sp.Piecewise((0, sp.Eq(cap, 2)), (mom_new, True))
+RULE.update(w, w - lr * sp.Min(sp.Max(g, -clip), clip) * cap - step)
+RULE.special_case("plain", {clip: None, cap: None}, doc="no clip, cap 2")
+RULE.special_case("unclipped", {clip: None}, doc="no clip")
+'''
+
+
+def test_special_cases_and_absent_states_at_none(tmp_path: Path) -> None:
+    """``special_case``/``absent_when`` at a hyperparameter's None (what its ``none=`` says it
+    stands for) was refused ("clip=None is outside its legal values ... or None"); an infinite
+    value was printed ``inf`` (no Python name) in the rules module. Both run now: the variants
+    are taken at None and step as the full update does."""
+    with temporary_rule(tmp_path, "none_probe", NONE_CASES) as modules:
+        rules, m = modules["rules"], modules["numpy"]
+        assert rules.SPECIAL == {
+            "none_probe_plain": {"clip": math.inf, "cap": 2.0},
+            "none_probe_unclipped": {"clip": math.inf},
+        }
+        assert rules.ABSENT == {"mom": {"cap": 2.0}}
+        g = np.array([-3.0, 0.5, 4.0], np.float32)
+        for clip, cap in [(None, None), (1.0, None), (None, 3.0), (1.0, 3.0)]:
+            hp = {"clip": clip, "cap": cap}
+            resolved = {"lr": 0.1, "clip": math.inf if clip is None else clip}
+            resolved["cap"] = 2.0 if cap is None else cap
+            variant = {(None, None): "plain", (None, 3.0): "unclipped", (1.0, None): "without_mom"}
+            running = runtime_common.running_variant(rules, resolved)
+            assert running == (
+                f"none_probe_{variant[clip, cap]}" if (clip, cap) in variant else None
+            )
+            w = np.zeros(3, np.float32)
+            state = m.init_state(w, **hp)
+            m.step(w, g, state, 1, **hp)
+            want = -0.1 * np.clip(g, -resolved["clip"], resolved["clip"]) * resolved["cap"]
+            if cap is not None:
+                want -= g
+            np.testing.assert_allclose(w, want, rtol=1e-6)

@@ -5,6 +5,7 @@ states, torch equivalent and host code. The NumPy, Triton and torch layers all r
 
 from __future__ import annotations
 
+import math
 import re
 
 import sympy as sp
@@ -321,6 +322,17 @@ def rows_lines(lowered: Lowered) -> tuple[list[str], RowsCode] | None:
     return lines, code
 
 
+def value_code(value: object, code: HostCode) -> str:
+    """A Python literal of hyperparameter values (dicts of them): an infinite one as
+    ``math.inf`` (its repr, ``inf``, is no Python name), every other by its repr."""
+    if isinstance(value, dict):
+        items = (f"{k!r}: {value_code(v, code)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, float) and math.isinf(value):
+        return code(sp.oo if value > 0 else -sp.oo)
+    return repr(value)
+
+
 def sparse_context(rule: Rule) -> dict[str, str]:
     """``Rule.sparse``'s declaration as the rules module's literals."""
     return {
@@ -342,7 +354,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "hypers": [
             {
                 "name": h.name,
-                "default": repr(h.default),
+                "default": value_code(h.default, code),
                 "legal": legal_code(h.legal, code),
                 "none": None if h.none_value is None else code(sp.sympify(h.none_value)),
                 "doc": h.doc,
@@ -372,15 +384,17 @@ def context(lowered: Lowered) -> dict[str, object]:
         "folds_scale": folds_gradient_scale(lowered),
         "torch": torch_equivalent_code(rule, code),
         "sparse": sparse_context(rule),
-        "absent": repr(
-            {name: {str(h): v for h, v in when.items()} for name, when in rule.absent.items()}
+        "absent": value_code(
+            {name: {str(h): v for h, v in when.items()} for name, when in rule.absent.items()},
+            code,
         ),
         "variant": repr(variant_name(rule) if rule.absent else None),
-        "special": repr(
+        "special": value_code(
             {
                 rule.special_name(name): {str(h): v for h, v in values.items()}
                 for name, values in rule.special.items()
-            }
+            },
+            code,
         ),
         "host_args": host_names + [str(r) for r in lowered.summands if r in rule.scalar_reductions],
         "update_code": _lines(lowered, host_program(lowered, update), code),
