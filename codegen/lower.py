@@ -250,10 +250,16 @@ class Linearizer:
         if op.arity == 1 and op.sympy is not None and not op.host_only
     }
 
-    def __init__(self, rule: Rule, role: str, host: set[sp.Symbol], temp: Callable) -> None:
+    def __init__(
+        self,
+        rule: Rule,
+        role: str,
+        host: set[sp.Symbol] | dict[sp.Symbol, sp.Expr],
+        temp: Callable,
+    ) -> None:
         self.rule = rule
         self.role = role
-        self.host = host
+        self.host = host  # the host scalars (with their values: refusals show those)
         self.temp = temp
         self.assigns: list[Assign] = []
         self.origins: tuple[Origin, ...] = ()  # the spec lines of the equation being lowered
@@ -269,23 +275,23 @@ class Linearizer:
         where = self.rule.source
         if self.origins:
             where = f"{self.origins[0].file}:{self.origins[0].line}"
+        if isinstance(self.host, dict):  # the spec's terms, not the host scalars' names
+            for _ in range(len(self.host)):
+                shown = opdefs.unguarded(expr.xreplace(self.host))
+                if shown == expr:
+                    break
+                expr = shown
         return SpecError(f"{where}: cannot generate per-element code for {expr}: {why}")
 
     def unsupported(self, expr: sp.Expr) -> SpecError:
         """``expr`` has no per-element op: say what there is, and where it may go instead."""
         name = type(expr).__name__
-        host = {op.sympy for op in opdefs.OPS if op.host_only and op.sympy is not None}
-        functions = sorted({*self.UNARY.values(), "max", "min", "sqrt", "cbrt", "pow"})
         where = (
-            f"{name} is computed on the host only (of hyperparameters, t and finished sums)"
-            if type(expr) in host
+            f"{name} is computed on the host only"
+            if type(expr) in opdefs.HOST_ONLY
             else f"{name} is not supported"
         )
-        return self.fail(
-            expr,
-            f"{where}; per element there are +, -, *, /, constant powers, "
-            f"{', '.join(functions)}, comparisons, &, |, Eq, Ne and Piecewise",
-        )
+        return self.fail(expr, f"{where} ({opdefs.supported_text()})")
 
     def operand(self, expr: sp.Expr) -> Operand:
         """A leaf as it is, anything else computed into a fresh temporary. A constant expression
@@ -432,8 +438,13 @@ class Linearizer:
                 expr,
                 "a per-element power needs a constant exponent, a number (2, Rational(1, 3), "
                 "0.25), not "
-                + ("a symbolic constant" if not exp.free_symbols else "a symbol")
-                + " (compute such a power on the host)",
+                + (
+                    "a symbolic constant (write its value as a float)"
+                    if not exp.free_symbols
+                    else "a symbol (for a base > 0, exp(k*log(x)) is x**k: AdaHessian's "
+                    "hessian_power; a special_case at the exponent's usual value makes that one "
+                    "exact)"
+                ),
             )
         if exp < 0:
             return self.emit("div", sp.Integer(1), self.operand(sp.Pow(base, -exp)), dest=dest)
@@ -504,7 +515,7 @@ class Linearizer:
 def linearize(block: Block) -> Block:
     """Three-address operations per phase; temporaries ``_v<k>`` unique across the rule."""
     rule: Rule = block.rule
-    host = {a.target for a in block.role("host")}
+    host = {a.target: a.expr for a in block.role("host")}
     new_value = lambda: block.temps.new("value")  # noqa: E731
     element = Linearizer(rule, "element", host, new_value).phase(
         block.role("element"), set(rule.outputs.values())

@@ -153,6 +153,20 @@ HOST_ONLY: tuple[type[sp.Basic], ...] = tuple(
 SPEC_FUNCTIONS: tuple[type[sp.Basic], ...] = tuple(
     op.sympy for op in OPS if op.sympy is not None and not op.boolean and not op.host_only
 )
+
+
+def supported_text() -> str:
+    """What a spec may write per element and what only on the host, by the names it writes:
+    the one list every refusal of an unsupported function gives."""
+    functions = [f.__name__ for f in SPEC_FUNCTIONS if f is not sp.Piecewise]
+    host = sorted(f.__name__ for f in HOST_ONLY)
+    return (
+        f"per element: +, -, *, /, sqrt, cbrt and other constant powers, {', '.join(functions)}, "
+        "comparisons joined by &, |, Eq, Ne, and Piecewise; on the host only (of "
+        f"hyperparameters, t and finished sums) also {', '.join(host)}"
+    )
+
+
 # Boolean structure: fine in host expressions (flags, choices, schedules); per element, the
 # lowering accepts only plain comparisons and says so.
 # ITE: SymPy's form of a comparison with a Piecewise operand (a select between two masks)

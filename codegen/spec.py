@@ -1123,9 +1123,8 @@ class Rule:
                 continue
             name = getattr(node, "func", type(node)).__name__
             raise SpecError(
-                f"{self._at(eq)}: equation for {eq.target} uses {name}, which is outside the "
-                f"supported elementwise set ({', '.join(f.__name__ for f in SUPPORTED_FUNCTIONS)}, "
-                "+, *, powers)"
+                f"{self._at(eq)}: equation for {eq.target} uses {name}, which optgen does not "
+                f"support ({ops.supported_text()})"
             )
 
     def ordered_equations(self) -> list[Equation]:
