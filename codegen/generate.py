@@ -107,12 +107,20 @@ def write(files: list[Generated], out_dir: Path = GENERATED_DIR, prune: bool = F
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists() or target.read_text() != f.text:
             target.write_text(f.text)
-            changed.append(f"generated/{f.path}")
+            changed.append(_shown(target))
     if prune:
         for path in _orphans(files, out_dir):
             path.unlink()
-            changed.append(f"generated/{path.relative_to(out_dir)} (deleted)")
+            changed.append(f"{_shown(path)} (deleted)")
     return changed
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user finds it: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _orphans(files: list[Generated], out_dir: Path) -> list[Path]:

@@ -222,6 +222,11 @@ class Rule:
         self.line = self._line()  # the spec line of Rule(...)
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise SpecError(f"{self._where()}: rule name {name!r} is not a Python identifier")
+        if name != name.lower():  # module names (its special cases' are lower-case too)
+            raise SpecError(
+                f"{self._where()}: rule name {name!r} must be lower-case ({name.lower()!r}; "
+                "class_name=... names its class)"
+            )
         if not isinstance(doc, str) or not doc.strip():
             raise SpecError(f"{self._where()}: rule {name!r} needs a docstring (pass __doc__)")
         if mxnet is not None and not (isinstance(mxnet, str) and mxnet.isidentifier()):

@@ -73,6 +73,19 @@ def test_tools_new_writes_a_working_skeleton(tmp_path: Path) -> None:
     subprocess.run(run, cwd=ROOT, check=True, capture_output=True)
     again = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "exists" in again.stderr
+    # an upper-case name (a module name: refused by Rule too) and a missing directory: an
+    # error naming them, no traceback
+    for args, said in [
+        (["AdEMAMix", "--specs", str(specs)], "lower-case (module names): 'ademamix'"),
+        (["my_rule", "--specs", str(tmp_path / "none")], f"--specs {tmp_path / 'none'}: no such"),
+    ]:
+        refused = subprocess.run(
+            [sys.executable, "-m", "tools.new", *args], cwd=ROOT, capture_output=True, text=True
+        )
+        assert (
+            refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr
+        )
+    assert not (specs / "AdEMAMix.py").exists()
     out = tmp_path / "generated"
     done = subprocess.run(
         [sys.executable, "-m", "tools.generate", "--specs", str(specs), "--out", str(out)],
@@ -141,6 +154,6 @@ def test_regeneration_deletes_the_modules_of_a_removed_spec(tmp_path: Path) -> N
     changed = write(generate_all(specs), out, prune=True)
     assert not any(out.rglob("adam.py"))
     assert {c for c in changed if "adam" in c} == {
-        f"generated/{t}/adam.py (deleted)" for t in ("rules", "numpy", "triton", "numba")
+        f"{out / t / 'adam.py'} (deleted)" for t in ("rules", "numpy", "triton", "numba")
     }
     assert stale(specs, out) == []

@@ -139,6 +139,10 @@ CASES = {
         "from codegen.spec import softplus\nRULE.update(w, w - mx.lr * softplus(RULE.grad, w))",
         r"specs/bad.py:10: TypeError: softplus takes exactly 1 argument \(2 given\)",
     ),
+    "upper-case rule name": (
+        "Rule('BadRule', __doc__)",
+        r"rule name 'BadRule' must be lower-case \('badrule'; class_name=\.\.\. names its class\)",
+    ),
     "per-element power with a hyperparameter exponent, in the spec's terms": (
         "RULE.update(w, w - mx.lr * sp.Abs(RULE.grad) ** (2 * mx.lr))",
         r"specs/bad.py:\d+: cannot generate per-element code for Abs\(grad\)\*\*\(2\*lr\): ",

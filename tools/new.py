@@ -98,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
         print(f"error: {name!r} is not a valid rule name (a Python identifier)", file=sys.stderr)
         return 2
+    if name != name.lower():
+        print(
+            f"error: rule names are lower-case (module names): {name.lower()!r}; the class "
+            "name is the spec's Rule(..., class_name=...)",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.specs.is_dir():
+        print(f"error: --specs {args.specs}: no such directory", file=sys.stderr)
+        return 2
     path = args.specs / f"{name}.py"
     if path.exists() and not args.force:
         print(f"error: {path} exists (use --force to overwrite)", file=sys.stderr)
