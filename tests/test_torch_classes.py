@@ -1086,6 +1086,16 @@ def test_an_unknown_keyword_is_refused_with_what_the_class_takes() -> None:
         Adam(params, bet1=0.9)
     with pytest.raises(TypeError, match=r"\(did you mean 'betas'\?\); 'beta1' is taken by "):
         dropins.Adam(params, beta1=0.9)
+    # torch's names of MXNet-named hyperparameters: the class's own name, not the closest
+    # spelling (Adan offered 'weight_decouple' for 'weight_decay')
+    for key, said in [
+        ("weight_decay", "'wd': MXNet's name for torch's 'weight_decay'"),
+        ("eps", "'epsilon': MXNet's name for torch's 'eps'"),
+        ("betas", "'beta1' and 'beta2': MXNet's names for torch's 'betas'"),
+    ]:
+        with pytest.raises(TypeError) as error:
+            CLASSES["adan"](params, **{key: 0.1})
+        assert f"({said})" in str(error.value) and "did you mean" not in str(error.value)
     with pytest.raises(TypeError, match=r"^Adam\.__init__\(\) takes from 2 to \d+ positional "):
         Adam(params, *range(12))
     with pytest.raises(TypeError, match=r"^Adam\.__init__\(\) missing 1 required positional"):

@@ -67,6 +67,11 @@ def eager_when_compiled(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+# torch.optim's names of hyperparameters the rules name as MXNet does (a torch user's first
+# guess at a class of MXNet's semantics; the drop-ins take torch's names)
+_SYNONYMS = {"weight_decay": ("wd",), "eps": ("epsilon",), "betas": ("beta1", "beta2")}
+
+
 def _unexpected(
     init: Callable[..., Any], signature: inspect.Signature, given: dict[str, Any], error: TypeError
 ) -> str:
@@ -78,7 +83,11 @@ def _unexpected(
     for key in [k for k in given if k not in signature.parameters]:
         message += f"; {cls} takes {', '.join(taken)}"
         close = difflib.get_close_matches(key, taken, n=1)
-        if close:
+        named = [n for n in _SYNONYMS.get(key, ()) if n in taken]
+        if named:  # torch's name for an MXNet-named hyperparameter
+            names = " and ".join(map(repr, named))
+            message += f" ({names}: MXNet's name{'s' * (len(named) > 1)} for torch's {key!r})"
+        elif close:
             message += f" (did you mean {close[0]!r}?)"
         takers = [
             c
