@@ -183,7 +183,12 @@ def extract_host(block: Block) -> Block:
         extractor.host_inputs |= {a.target for a in block.role(role) if not rule.domain(a.target)}
     extractor.host_inputs = set(rule.scalar_inputs)
     outputs = [a.with_(expr=extractor(a.expr)) for a in block.role("element")]
-    host = [Assign(s, e, "host") for s, e in extractor.host.items()]
+    # each scalar's spec line: the first equation it was taken from (its refusals cite it)
+    origins: dict[sp.Symbol, tuple] = {}
+    for a in [*summands, *outputs]:
+        for s in a.expr.free_symbols & extractor.host.keys():
+            origins.setdefault(s, a.origin)
+    host = [Assign(s, e, "host", origins.get(s, ())) for s, e in extractor.host.items()]
     return block.then("host", [*host, *block.role("host"), *summands, *outputs])
 
 

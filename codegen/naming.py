@@ -112,6 +112,7 @@ def name_values(block: Block) -> Block:
     bare |= {x.symbol for x in rule.scalars.values()}
     rename: dict[sp.Symbol, sp.Symbol] = {}
     scalars: dict[sp.Symbol, sp.Expr] = {}
+    origins: dict[sp.Symbol, tuple] = {}
     positional = Temps()
     for a in host:
         named = a.expr.xreplace(by_value)
@@ -120,6 +121,7 @@ def name_values(block: Block) -> Block:
         else:
             rename[a.target] = positional.new("host")
             scalars[rename[a.target]] = named
+            origins[rename[a.target]] = a.origin
     # the host lets the host code computes by name: those the scalars and updates use
     needed: set[sp.Symbol] = set()
     pending = [*scalars.values(), *rename.values(), *(a.expr for a in updates)]
@@ -171,7 +173,12 @@ def name_values(block: Block) -> Block:
             out.append(a.with_(target=target, args=args))
     return block.then(
         "named",
-        [*let_assigns, *(Assign(h, e, "host") for h, e in scalars.items()), *updates, *out],
+        [
+            *let_assigns,
+            *(Assign(h, e, "host", origins[h]) for h, e in scalars.items()),
+            *updates,
+            *out,
+        ],
         scalars=list(scalars),
         host_lets=[a.target for a in let_assigns],
     )

@@ -11,6 +11,7 @@ before anything is written, naming the scalar, what it is in the spec's terms (t
 
 from __future__ import annotations
 
+import linecache
 import math
 import struct
 import traceback
@@ -33,10 +34,25 @@ def computed(rule: str, host_code: Callable[..., T], *args: Any, **kwargs: Any) 
         return host_code(*args, **kwargs)
     except (ArithmeticError, ValueError) as error:
         frame = traceback.extract_tb(error.__traceback__)[-1]
+        spec = _spec_line(frame.filename, frame.lineno or 0)
         raise ValueError(
             f"{rule}: with these hyperparameters (and sums) the host cannot compute the kernel "
-            f"scalars: {error} in `{(frame.line or '').strip()}` ({frame.filename}:{frame.lineno})"
+            f"scalars: {error} in `{(frame.line or '').strip()}` ({frame.filename}:{frame.lineno}"
+            f"{f'; from {spec}' if spec else ''})"
         ) from error
+
+
+def _spec_line(filename: str, lineno: int) -> str | None:
+    """The spec equation a generated host line computes for: the ``# specs/...`` comment the
+    generator writes above each run of host lines from one equation (None where there is none:
+    the function's start comes first)."""
+    for number in range(lineno - 1, 0, -1):
+        line = linecache.getline(filename, number).strip()
+        if line.startswith("# specs/"):
+            return line[2:]
+        if line.startswith(("def ", '"""')) or not line:
+            return None
+    return None
 
 
 # struct's IEEE formats by width: packing rounds to nearest even, as NumPy's casts do, and

@@ -5,6 +5,7 @@ The header below is 8 lines (it starts with a newline): a body's first line is l
 
 from __future__ import annotations
 
+import inspect
 import math
 import textwrap
 from pathlib import Path
@@ -386,6 +387,7 @@ def test_a_special_case_with_a_scalar_input_is_refused(tmp_path: Path) -> None:
 
 NONE_CASES = '''"""Special cases and an absent state at hyperparameters' None."""
 
+import inspect
 import math
 
 import sympy as sp
@@ -435,3 +437,41 @@ def test_special_cases_and_absent_states_at_none(tmp_path: Path) -> None:
             if cap is not None:
                 want -= g
             np.testing.assert_allclose(w, want, rtol=1e-6)
+
+
+HOST_DIVISION = '''"""A host scalar that a legal setting cannot compute (wd = 0)."""
+
+from codegen.mxnet import common
+from codegen.spec import Rule
+
+RULE = Rule("host_division", __doc__)
+mx = common(RULE, lr=0.1)
+w, g = RULE.weight, RULE.grad
+q = RULE.let("q", mx.lr / mx.wd)
+RULE.update(w, w - q * g)
+'''
+
+
+def test_a_host_scalars_failure_names_its_spec_line(tmp_path: Path) -> None:
+    """``lr / wd`` at wd = 0: the step is refused naming the generated host line, as before,
+    and now the spec equation it computes for (the host code carries each scalar's spec line
+    as a comment); nothing written."""
+    with temporary_rule(tmp_path, "host_division", HOST_DIVISION) as modules:
+        source = inspect.getsource(modules["rules"].host_scalars)
+        assert "# specs/host_division.py:10: weight_new = -grad*q + weight\n" in source
+        m = modules["numpy"]
+        w = np.ones(3, np.float32)
+        with pytest.raises(ValueError) as error:
+            m.step(w, w.copy(), m.init_state(w), 1, wd=0.0)
+        assert str(error.value).endswith(
+            "float division by zero in `_h0 = -lr / wd` "
+            f"({tmp_path / 'out' / 'rules' / 'host_division.py'}:"
+            f"{_line_of(modules['rules'], '_h0 = -lr / wd')}; "
+            "from specs/host_division.py:10: weight_new = -grad*q + weight)"
+        )
+        assert (w == 1).all()
+
+
+def _line_of(module: object, text: str) -> int:
+    lines = inspect.getsource(module).splitlines()
+    return next(i for i, line in enumerate(lines, start=1) if line.strip() == text)

@@ -243,9 +243,13 @@ def _lines(lowered: Lowered, assigns: list[Assign], code: HostCode) -> list[str]
     computed in a ``try``: where it cannot be (``1/n`` at ``n == 0``) it holds
     ``unavailable(...)``, which raises only if the branch taken uses it."""
     guarded = guarded_lets(lowered, assigns)
-    lines = []
+    lines: list[str] = []
+    said: list[str] = []
     for a in assigns:
-        lines += [f"# {o.comment()}" for o in a.origin]
+        comments = [f"# {o.comment()}" for o in a.origin]
+        if comments != said:  # a run of scalars from one equation: its line once
+            lines += comments
+            said = comments
         if a.target not in guarded:
             lines.append(f"{a.target} = {code(a.expr)}")
             continue

@@ -134,11 +134,14 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adabelief.py:34: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/adabelief.py:35: var_new = beta2*var + epsilon + (1 - beta2)*(G - mean_new)**2
     _h2 = -beta1
     _h3 = beta1 - 1
     _h4 = 1 - beta2
+    # specs/adabelief.py:37: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
     _h5 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}

@@ -144,8 +144,10 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
     _h0 = -clip_gradient
     _h1 = 1 - rho
+    # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
     _h2 = -wd
     scalars = (_h0, _h1, _h2, rescale_grad, clip_gradient, rho, epsilon)
     return scalars, {}

@@ -214,8 +214,10 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adafactor.py:69: u_sq = U**2
     _h3 = eps1**2
     _h4 = ndim < 2
+    # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
     _h5 = -lr * weight_decay + 1
     _h6 = (
         -(1 - 2 * maximize)
@@ -250,6 +252,7 @@ def reduction_scalars(
     ndim: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
+    # specs/adafactor.py:64: row_g2 = g**2
     _h0 = (1 - 2 * maximize) ** 2
     return (_h0,)
 
@@ -272,6 +275,7 @@ def reduction_scalars_2(
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
     # specs/adafactor.py:60: omb = t**beta2_decay
     omb = t**beta2_decay
+    # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
     _h1 = host_max(1, cols) ** (-1)
     return (_h1, omb)
 
@@ -294,6 +298,7 @@ def reduction_scalars_3(
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
     # specs/adafactor.py:60: omb = t**beta2_decay
     omb = t**beta2_decay
+    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
     _h2 = host_max(1, rows) ** (-1)
     return (_h2, omb)
 
@@ -333,6 +338,7 @@ def reduction_scalars_5(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 5's scalars (doubles), once per step (after phase 4's reductions)."""
+    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
     _h2 = host_max(1, rows) ** (-1)
     return (_h2, eps1)
 
@@ -353,7 +359,9 @@ def reduction_scalars_6(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 6's scalars (doubles), once per step (after phase 5's reductions)."""
+    # specs/adafactor.py:64: row_g2 = g**2
     _h0 = (1 - 2 * maximize) ** 2
+    # specs/adafactor.py:69: u_sq = U**2
     _h3 = eps1**2
     _h4 = ndim < 2
     return (_h0, _h3, _h4)

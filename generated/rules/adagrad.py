@@ -149,7 +149,9 @@ def host_scalars(
     initial_accumulator_value: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adagrad.py:60: history_new = G**2 + history
     _h0 = -clip_gradient
+    # specs/adagrad.py:61: weight_new = -lr*(G/sqrt(eps + history_new) + wd*weight) + weight
     _h1 = -lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, eps)
     return scalars, {}

@@ -145,9 +145,12 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/adahessian.py:49: shrink = -wd*weight_decouple*(fixed_decay + lr*(1 - fixed_decay)) + 1
     shrink = -wd * weight_decouple * (fixed_decay + lr * (1 - fixed_decay)) + 1
+    # specs/adahessian.py:50: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = wd * (1 - weight_decouple)
     _h1 = 1 - beta1
+    # specs/adahessian.py:51: var_new = beta2*var + hessian**2*(1 - beta2)
     _h2 = 1 - beta2
+    # specs/adahessian.py:55: weight_new = shrink*weight - lr*mean_new/(denom*(1 - beta1**t))
     _h3 = (1 - beta2**t) ** (-1)
     _h4 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, beta1, beta2, epsilon, shrink)

@@ -147,9 +147,12 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
     _h2 = 1 - beta2
+    # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
     _h3 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}

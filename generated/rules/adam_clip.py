@@ -132,9 +132,12 @@ def host_scalars(
     grad_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adam_clip.py:36: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = host_min(1, max_norm / (math.sqrt(grad_sq) + 1e-06))
     _h1 = 1 - beta1
+    # specs/adam_clip.py:37: var_new = G**2*(1 - beta2) + beta2*var
     _h2 = 1 - beta2
+    # specs/adam_clip.py:39: weight_new = weight - lr*mean_new/(denom*(1 - beta1**t))
     _h3 = 1.0 / math.sqrt(1 - beta2**t)
     _h4 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, beta1, beta2, epsilon, wd)

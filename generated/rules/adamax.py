@@ -147,8 +147,10 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adamax.py:52: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/adamax.py:54: weight_new = -lr_t*mean_new/(epsilon + u_new) + weight
     _h2 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}

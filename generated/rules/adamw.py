@@ -137,9 +137,12 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adamw.py:33: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/adamw.py:34: var_new = G**2*(1 - beta2) + beta2*var
     _h2 = 1 - beta2
+    # specs/adamw.py:41: weight_new = -lr*mean_new/((1 - beta1**t)*(epsilon + sqrt(var_new)/sqrt(1 - beta2**t))) - lr*wd*weight + weight
     _h3 = -lr * wd
     _h4 = 1.0 / math.sqrt(1 - beta2**t)
     _h5 = -lr / (1 - beta1**t)

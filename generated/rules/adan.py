@@ -143,10 +143,14 @@ def host_scalars(
     weight_decouple: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/adan.py:50: mean_new = beta1*mean + grad*(1 - beta1)
     _h0 = 1 - beta1
+    # specs/adan.py:51: diff_mean_new = beta2*diff_mean + diff*(1 - beta2)
     _h1 = (1 - beta2) * ((0) if (t == 1) else (1))
+    # specs/adan.py:52: var_new = beta3*var + (1 - beta3)*(beta2*diff + grad)**2
     _h2 = beta2 * ((0) if (t == 1) else (1))
     _h3 = 1 - beta3
+    # specs/adan.py:56: weight_new = (-beta2*diff_mean_new*lr/(denom*(1 - beta2**t)) + weight*(-lr*wd*weight_decouple + 1) - lr*mean_new/(denom*(1 - beta1**t)))/(lr*wd*(1 - weight_decouple) + 1)
     _h4 = -lr * wd * weight_decouple + 1
     _h5 = 1.0 / math.sqrt(1 - beta3**t)
     _h6 = -lr / (1 - beta1**t)

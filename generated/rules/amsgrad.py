@@ -141,9 +141,12 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/amsgrad.py:33: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/amsgrad.py:34: var_new = G**2*(1 - beta2) + beta2*var
     _h2 = 1 - beta2
+    # specs/amsgrad.py:43: weight_new = -lr*mean_new/((1 - beta1**t)*(epsilon + sqrt(max_var_new)/sqrt(1 - beta2**t))) + weight
     _h3 = 1.0 / math.sqrt(1 - beta2**t)
     _h4 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)

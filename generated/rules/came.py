@@ -231,10 +231,15 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/came.py:53: row_sq = sq
     _h0 = (0) if (weight_decouple > 0) else (wd)
+    # specs/came.py:57: u_sq = U**2
     _h4 = ndim < 2
+    # specs/came.py:60: rr = res
     _h5 = host_max(1, math.sqrt(u_sq) / (clip_threshold * math.sqrt(host_max(1, numel)))) ** (-1)
+    # specs/came.py:58: exp_avg_new = exp_avg + (1 - beta1)*(Uc - exp_avg)
     _h9 = 1 - beta1
+    # specs/came.py:64: weight_new = -conf*exp_avg_new*lr + weight*Piecewise((-wd*Piecewise((1, fixed_decay > 0), (lr, True)) + 1, weight_decouple > 0), (1, True))
     _h10 = (-wd * ((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1)
     _h11 = -lr
     scalars = (_h0, _h4, _h5, _h9, _h10, _h11)
@@ -259,6 +264,7 @@ def reduction_scalars(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
+    # specs/came.py:53: row_sq = sq
     _h0 = (0) if (weight_decouple > 0) else (wd)
     return (_h0, eps1)
 
@@ -281,6 +287,7 @@ def reduction_scalars_2(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
+    # specs/came.py:53: row_new = beta2*row + row_sq*(1 - beta2)/Max(1, cols)
     _h1 = (1 - beta2) / host_max(1, cols)
     return (_h1, beta2)
 
@@ -303,6 +310,7 @@ def reduction_scalars_3(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
+    # specs/came.py:54: col_new = beta2*col + col_sq*(1 - beta2)/Max(1, rows)
     _h2 = (1 - beta2) / host_max(1, rows)
     return (_h2, beta2)
 
@@ -346,6 +354,7 @@ def reduction_scalars_5(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 5's scalars (doubles), once per step (after phase 4's reductions)."""
+    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
     _h3 = 1.0 / math.sqrt(host_max(1, rows))
     return (_h3,)
 
@@ -368,7 +377,9 @@ def reduction_scalars_6(
     numel: float,
 ) -> tuple[float, ...]:
     """Reduction phase 6's scalars (doubles), once per step (after phase 5's reductions)."""
+    # specs/came.py:53: row_sq = sq
     _h0 = (0) if (weight_decouple > 0) else (wd)
+    # specs/came.py:57: u_sq = U**2
     _h4 = ndim < 2
     return (_h0, _h4)
 
@@ -392,8 +403,11 @@ def reduction_scalars_7(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 7's scalars (doubles), once per step (after phase 6's reductions)."""
+    # specs/came.py:53: row_sq = sq
     _h0 = (0) if (weight_decouple > 0) else (wd)
+    # specs/came.py:57: u_sq = U**2
     _h4 = ndim < 2
+    # specs/came.py:60: rr = res
     _h5 = host_max(1, math.sqrt(u_sq) / (clip_threshold * math.sqrt(host_max(1, numel)))) ** (-1)
     _h6 = beta1 - 1
     return (_h0, _h4, _h5, _h6, eps2)
@@ -418,6 +432,7 @@ def reduction_scalars_8(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 8's scalars (doubles), once per step (after phase 7's reductions)."""
+    # specs/came.py:60: res_row_new = beta3*res_row + rr*(1 - beta3)/Max(1, cols)
     _h7 = (1 - beta3) / host_max(1, cols)
     return (_h7, beta3)
 
@@ -441,6 +456,7 @@ def reduction_scalars_9(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 9's scalars (doubles), once per step (after phase 8's reductions)."""
+    # specs/came.py:61: res_col_new = beta3*res_col + rc*(1 - beta3)/Max(1, rows)
     _h8 = (1 - beta3) / host_max(1, rows)
     return (_h8, beta3)
 
@@ -486,5 +502,6 @@ def reduction_scalars_11(
     u_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 11's scalars (doubles), once per step (after phase 10's reductions)."""
+    # specs/came.py:55: r_f = 1/(sqrt(row_new/row_mean)*sqrt(Max(1, rows)))
     _h3 = 1.0 / math.sqrt(host_max(1, rows))
     return (_h3,)

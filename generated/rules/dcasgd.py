@@ -135,6 +135,7 @@ def host_scalars(
     lamda: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/dcasgd.py:41: mom_new = mom*momentum + s
     _h0 = -clip_gradient
     _h1 = -lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum, lamda)

@@ -157,12 +157,15 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/ftml.py:60: prev_d_new = d_t
     _h0 = -clip_gradient
     _h1 = 1 - beta2
     _h2 = (1 - beta2**t) ** (-1)
     _h3 = (1 - beta1**t) / lr
+    # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
     _h4 = 1 - beta1
     _h5 = -beta1
+    # specs/ftml.py:61: weight_new = -prev_z_new/d_t
     _h6 = -lr / (1 - beta1**t)
     scalars = (
         _h0,

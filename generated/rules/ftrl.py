@@ -149,8 +149,10 @@ def host_scalars(
     beta: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
     _h0 = -clip_gradient
     _h1 = -1 / lr
+    # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
     _h2 = lr ** (-1)
     _h3 = -lamda1
     scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta)

@@ -189,11 +189,13 @@ def host_scalars(
     r2 = math.sqrt(u_sq)
     # specs/lamb.py:65: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = (1) if (r1 == 0) or (r2 == 0) else (r1 / math.sqrt(u_sq))
+    # specs/lamb.py:64: u_sq = u**2
     _h0 = -clip_gradient
     _h1 = 1 - beta2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
     _h3 = 1 - beta1
     _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
+    # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
     _h5 = -lr * ratio
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}
@@ -229,11 +231,17 @@ def host_scalars_rows(
         lambda _r0: 1,
         lambda _r0: r1[_r0] / np.sqrt(u_sq[_r0]),
     )
+    # specs/lamb.py:64: u_sq = u**2
     _h0 = -clip_gradient
+    # specs/lamb.py:64: u_sq = u**2
     _h1 = 1 - beta2
+    # specs/lamb.py:64: u_sq = u**2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
+    # specs/lamb.py:64: u_sq = u**2
     _h3 = 1 - beta1
+    # specs/lamb.py:64: u_sq = u**2
     _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
+    # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
     _h5 = -lr * ratio
     return scalar_columns(
         len(w_sq),
@@ -255,6 +263,7 @@ def reduction_scalars(
     bias_correction: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
+    # specs/lamb.py:64: u_sq = u**2
     _h0 = -clip_gradient
     _h1 = 1 - beta2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)

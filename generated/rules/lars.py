@@ -152,6 +152,7 @@ def host_scalars(
         if (g_norm > 0) and (w_norm > 0)
         else (lr)
     )
+    # specs/lars.py:41: mom_new = -local_lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
     _h0 = -clip_gradient
     _h1 = -local_lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum)
@@ -185,7 +186,9 @@ def host_scalars_rows(
         lambda _r0: eta * lr * w_norm[_r0] / (eps + g_norm[_r0] * rescale_grad + w_norm[_r0] * wd),
         lambda _r0: lr,
     )
+    # specs/lars.py:41: mom_new = -local_lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
     _h0 = -clip_gradient
+    # specs/lars.py:41: mom_new = -local_lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
     _h1 = -local_lr
     return scalar_columns(len(w_sq), (_h0, _h1, wd, rescale_grad, clip_gradient, momentum))
 

@@ -181,6 +181,7 @@ def host_scalars(
         )
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         mult = unavailable("mult", _error)
+    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
     _h1 = -clip_gradient
     _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
     _h3 = (-lr * mult) if (k % batch_scale == 0) else 0.0
@@ -225,11 +226,15 @@ def host_scalars_rows(
         lambda _r0: k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1,
         lambda _r0: math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1,
     )
+    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
     _h1 = -clip_gradient
+    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
     _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
+    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
     _h3 = rows_where(
         len(w_sq), lambda _r0: k % batch_scale == 0, lambda _r0: -lr * mult[_r0], lambda _r0: 0.0
     )
+    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
     _h4 = k % batch_scale == 0
     return scalar_columns(len(w_sq), (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum))
 
@@ -248,5 +253,6 @@ def reduction_scalars(
     begin_epoch: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
+    # specs/lbsgd.py:59: gbar_sq = gbar**2
     _h0 = batch_scale ** (-2)
     return (_h0,)

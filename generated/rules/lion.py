@@ -124,8 +124,10 @@ def host_scalars(
     beta2: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/lion.py:30: mom_new = G*(1 - beta2) + beta2*mom
     _h0 = -clip_gradient
     _h1 = 1 - beta2
+    # specs/lion.py:31: weight_new = -lr*(wd*weight + sign(c)) + weight
     _h2 = 1 - beta1
     _h3 = -lr
     scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2)

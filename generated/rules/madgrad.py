@@ -138,8 +138,11 @@ def host_scalars(
     lr_eps = epsilon + lr
     # specs/madgrad.py:48: lamb = lr_eps*sqrt(t)
     lamb = lr_eps * math.sqrt(t)
+    # specs/madgrad.py:54: grad_sum_sq_new = G**2*lamb + grad_sum_sq
     _h0 = wd * (1 - weight_decouple)
+    # specs/madgrad.py:53: x0_new = origin
     _h1 = momentum == 0
+    # specs/madgrad.py:57: weight_new = -lr_eps*wd*weight*weight_decouple + momentum*weight + z*(1 - momentum)
     _h2 = 1 - momentum
     _h3 = -lr_eps * wd * weight_decouple
     scalars = (_h0, _h1, _h2, _h3, momentum, epsilon, lamb)

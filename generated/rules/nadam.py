@@ -184,9 +184,12 @@ def host_scalars(
     m_schedule: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
     _h2 = 1 - beta2
+    # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
     _h3 = (1 - beta2**t) ** (-1)
     _h4 = (-beta1 * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1) / (
         -beta1 * m_schedule * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1

@@ -139,6 +139,7 @@ def host_scalars(
     momentum: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/nag.py:52: mom_new = -G*lr + mom*momentum
     _h0 = -clip_gradient
     _h1 = -lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum)

@@ -218,7 +218,9 @@ def host_scalars(
             / s_sum
         )
     )
+    # specs/prodigy.py:71: dot = G*(p0 - weight)
     _h0 = wd * (1 - weight_decouple)
+    # specs/prodigy.py:75: s_sum = Abs(s_new)
     _h1 = (
         d_old
         * (
@@ -231,8 +233,11 @@ def host_scalars(
         )
         / d0
     )
+    # specs/prodigy.py:72: mean_new = G*d_old*(1 - beta1) + beta1*mean
     _h2 = d_old * (1 - beta1)
+    # specs/prodigy.py:73: var_new = G**2*d_old**2*(1 - beta2) + beta2*var
     _h3 = d_old**2 * (1 - beta2)
+    # specs/prodigy.py:81: weight_new = Piecewise((weight, Eq(s_sum, 0)), (moved, True))
     _h4 = (
         -d_old
         * lr
@@ -311,7 +316,9 @@ def reduction_scalars(
     d_old = host_max(d, d0)
     # specs/prodigy.py:69: b3 = Piecewise((sqrt(beta2), beta3 < 0), (beta3, True))
     b3 = (math.sqrt(beta2)) if (beta3 < 0) else (beta3)
+    # specs/prodigy.py:71: dot = G*(p0 - weight)
     _h0 = wd * (1 - weight_decouple)
+    # specs/prodigy.py:75: s_sum = Abs(s_new)
     _h1 = (
         d_old
         * (

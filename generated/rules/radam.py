@@ -175,9 +175,12 @@ def host_scalars(
         )
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         r_t = unavailable("r_t", _error)
+    # specs/radam.py:34: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
+    # specs/radam.py:35: var_new = G**2*(1 - beta2) + beta2*var
     _h2 = 1 - beta2
+    # specs/radam.py:56: weight_new = -lr*Piecewise((mean_new*r_t*sqrt(1 - beta2**t)/((1 - beta1**t)*(epsilon + sqrt(var_new))), rho_t > 5), (mean_new/(1 - beta1**t), True)) + weight
     _h3 = (
         (r_t * math.sqrt(1 - beta2**t) / (1 - beta1**t))
         if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)

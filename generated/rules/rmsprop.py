@@ -145,8 +145,10 @@ def host_scalars(
     clip_weights: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
     _h0 = -clip_gradient
     _h1 = 1 - gamma1
+    # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
     _h2 = -clip_weights
     _h3 = -lr
     scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, gamma1, epsilon, clip_weights)

@@ -158,9 +158,12 @@ def host_scalars(
     clip_weights: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
     _h0 = -clip_gradient
     _h1 = 1 - gamma1
+    # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
     _h2 = -lr
+    # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
     _h3 = -clip_weights
     scalars = (
         _h0,

@@ -124,6 +124,7 @@ def host_scalars(
     clip_gradient: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/sgd.py:37: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
     _h0 = -clip_gradient
     _h1 = -lr
     _h2 = -lr * wd

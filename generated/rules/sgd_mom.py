@@ -132,6 +132,7 @@ def host_scalars(
     momentum: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
     _h0 = -clip_gradient
     _h1 = -lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum)

@@ -124,6 +124,7 @@ def host_scalars(
     clip_gradient: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
     _h0 = -clip_gradient
     _h1 = -lr
     scalars = (_h0, _h1, clip_gradient)

@@ -127,6 +127,7 @@ def host_scalars(
     seed: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/sgld.py:38: weight_new = sqrt(lr)*xi - lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))/2 + weight
     _h0 = math.sqrt(lr)
     _h1 = -clip_gradient
     _h2 = -(1 / 2) * lr

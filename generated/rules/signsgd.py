@@ -128,6 +128,7 @@ def host_scalars(
     wd_lh: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/signsgd.py:41: weight_new = -lr*Piecewise((sign(grad), Abs(grad) > 0), (0, True)) + weight*(-lr*(wd + wd_lh) + 1)
     _h0 = -lr * (wd + wd_lh) + 1
     _h1 = -lr
     scalars = (_h0, _h1)

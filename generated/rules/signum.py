@@ -149,8 +149,10 @@ def host_scalars(
     wd_lh: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/signum.py:44: mom_new = mom*momentum - (1 - momentum)*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))
     _h0 = -clip_gradient
     _h1 = momentum - 1
+    # specs/signum.py:45: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(-lr*wd_lh + 1)
     _h2 = -lr * wd_lh + 1
     scalars = (_h0, _h1, _h2, lr, wd, rescale_grad, clip_gradient, momentum)
     return scalars, {}

@@ -156,8 +156,11 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/sm3.py:44: decay = Piecewise((beta, beta > 0), (1, True))
     decay = (beta) if (beta > 0) else (1)
+    # specs/sm3.py:46: row_max = nu
     _h0 = 1 - beta
+    # specs/sm3.py:51: mom_new = grad*(1 - momentum)/sqrt(epsilon + nu) + mom*momentum
     _h2 = 1 - momentum
+    # specs/sm3.py:52: weight_new = -lr*mom_new + weight
     _h3 = -lr
     scalars = (_h0, _h2, _h3, momentum, epsilon, decay)
     return scalars, {}
@@ -174,6 +177,7 @@ def reduction_scalars(
     """Reduction phase 1's scalars (doubles), once per step."""
     # specs/sm3.py:44: decay = Piecewise((beta, beta > 0), (1, True))
     decay = (beta) if (beta > 0) else (1)
+    # specs/sm3.py:46: row_max = nu
     _h0 = 1 - beta
     return (_h0, decay)
 
@@ -187,6 +191,7 @@ def reduction_scalars_2(
     ndim: float,
 ) -> tuple[float, ...]:
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
+    # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
     _h1 = (beta > 0) and (ndim > 0)
     return (_h1,)
 
@@ -200,5 +205,6 @@ def reduction_scalars_3(
     ndim: float,
 ) -> tuple[float, ...]:
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
+    # specs/sm3.py:49: row_new = Piecewise((Max(row, row_max), (beta > 0) & (ndim > 0)), (row_max, True))
     _h1 = (beta > 0) and (ndim > 0)
     return (_h1,)

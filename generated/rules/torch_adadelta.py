@@ -132,8 +132,10 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
     _h0 = 1 - 2 * maximize
     _h1 = 1 - rho
+    # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
     _h2 = -lr
     scalars = (_h0, _h1, _h2, rho, eps, weight_decay)
     return scalars, {}

@@ -134,7 +134,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
     _h0 = 1 - 2 * maximize
+    # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
     _h1 = -lr / (lr_decay * (t - 1) + 1)
     scalars = (_h0, _h1, weight_decay, eps)
     return scalars, {}

@@ -173,10 +173,14 @@ def host_scalars(
     coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
     # specs/torch_adam.py:47: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
+    # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _h2 = 1 - beta2
+    # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _h3 = amsgrad > 0
+    # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _h4 = 1.0 / math.sqrt(1 - beta2**t)
     _h5 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, beta2, eps, coupled, decay)

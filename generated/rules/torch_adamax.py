@@ -136,10 +136,13 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
     _h2 = 2 * maximize - 1
     _h3 = -weight_decay
+    # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
     _h4 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, beta2, eps, weight_decay)
     return scalars, {}

@@ -131,6 +131,7 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/torch_asgd.py:40: eta_t = Piecewise((lr, Eq(t, 1)), (eta, True))
     eta_t = (lr) if (t == 1) else (eta)
+    # specs/torch_asgd.py:43: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
     _h0 = -eta_t * lambd + 1
     _h1 = -eta_t * (1 - 2 * maximize)
     _h2 = mu == 1

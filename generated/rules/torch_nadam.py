@@ -162,9 +162,12 @@ def host_scalars(
     coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
     # specs/torch_nadam.py:46: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
+    # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _h2 = 1 - beta2
+    # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
     _h3 = (1 - beta2**t) ** (-1)
     _h4 = (
         -lr

@@ -140,9 +140,12 @@ def host_scalars(
     mu_product: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _h2 = (1 - beta2) * (1 - 2 * maximize) ** 2
+    # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
     _h3 = (1 - beta2**t) ** (-1)
     _h4 = (
         -beta1

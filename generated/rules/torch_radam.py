@@ -177,9 +177,12 @@ def host_scalars(
         )
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         r_t = unavailable("r_t", _error)
+    # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
     _h2 = 1 - beta2
+    # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
     _h3 = (
         (r_t * math.sqrt(1 - beta2**t))
         if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)

@@ -149,7 +149,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_rprop.py:47: prev_new = used
     _h0 = 1 - 2 * maximize
+    # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
     _h1 = 2 * maximize - 1
     scalars = (_h0, _h1, etaminus, etaplus, step_size_min, step_size_max)
     return scalars, {}

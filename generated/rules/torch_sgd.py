@@ -149,7 +149,9 @@ def host_scalars(
     keep = (0) if (t == 1) else (momentum)
     # specs/torch_sgd.py:44: take = Piecewise((1, Eq(t, 1)), (1 - dampening, True))
     take = (1) if (t == 1) else (1 - dampening)
+    # specs/torch_sgd.py:45: momentum_buffer_new = G*take + keep*momentum_buffer
     _h0 = 1 - 2 * maximize
+    # specs/torch_sgd.py:50: weight_new = -d*lr + weight
     _h1 = momentum == 0
     _h2 = nesterov > 0
     _h3 = -lr

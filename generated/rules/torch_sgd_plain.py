@@ -123,6 +123,7 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_sgd.py:50: weight_new = -d*lr + weight
     _h0 = -lr * (1 - 2 * maximize)
     scalars = (_h0,)
     return scalars, {}

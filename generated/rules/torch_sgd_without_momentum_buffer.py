@@ -125,6 +125,7 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_sgd.py:50: weight_new = -d*lr + weight
     _h0 = 1 - 2 * maximize
     _h1 = -lr
     scalars = (_h0, _h1, weight_decay)

@@ -131,10 +131,13 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
+    # specs/torch_sparse_adam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    # specs/torch_sparse_adam.py:43: exp_avg_sq_new = exp_avg_sq + (1 - beta2)*(G**2 - exp_avg_sq)
     _h2 = (1 - 2 * maximize) ** 2
     _h3 = 1 - beta2
+    # specs/torch_sparse_adam.py:45: weight_new = -lr*ratio*sqrt(1 - beta2**t)/(1 - beta1**t) + weight
     _h4 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, eps)
     return scalars, {}
