@@ -105,7 +105,10 @@ def test_a_let_the_kernel_cannot_hold_is_named_with_its_inputs() -> None:
     assert sm3.SCALARS["decay"] == "let, computed by host_scalars from beta"
     # an expression that uses a let names the let's inputs too (LARS at momentum=5e-324,
     # rescale_grad=1e308 was refused naming only -local_lr)
-    assert lars.SCALARS["_h1"] == "= -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd"
+    # (and the spec line of the equation it is computed for)
+    assert lars.SCALARS["_h1"] == (
+        "= -local_lr, in specs/lars.py:41, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd"
+    )
 
 
 def test_the_host_max_and_min_are_the_kernels_nan_propagating_ones() -> None:

@@ -139,7 +139,10 @@ def test_a_scalar_that_changes_only_its_sign_is_not_taken_from_the_cache() -> No
     table must follow the bits (the sign of a zero reaches the weights through -0.0 + -0.0)."""
     _, opt = run("SGD", "numba", None, steps=3, rescale_grad=2.0)  # not the special case
     part = opt._plan.groups[0]
-    assert list(opt.META.SCALARS)[2] == "_h2" and opt.META.SCALARS["_h2"] == "= -lr*wd"
+    assert (
+        list(opt.META.SCALARS)[2] == "_h2"
+        and opt.META.SCALARS["_h2"] == "= -lr*wd, in specs/sgd.py:37"
+    )
     assert np.signbit(part.tables[0][:, 2]).all()
     opt.param_groups[0]["wd"] = -0.0
     for p in opt.param_groups[0]["params"] + opt.param_groups[1]["params"]:
@@ -169,7 +172,9 @@ def test_an_overflowing_scalar_is_refused_after_cached_steps(mutable: bool) -> N
         opt.param_groups[0]["lr"].fill_(1e300)
     else:
         opt.param_groups[0]["lr"] = 1e300
-    with pytest.raises(ValueError, match=r"SGD: .*kernel scalar _h1 \(= -lr\).*float32"):
+    with pytest.raises(
+        ValueError, match=r"SGD: .*kernel scalar _h1 \(= -lr, in specs/sgd\.py:37\).*float32"
+    ):
         opt.step()
     after = [p.detach().clone() for p in params] + [s["step"].clone() for s in opt.state.values()]
     assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))

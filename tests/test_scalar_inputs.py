@@ -49,7 +49,7 @@ def test_the_loss_is_a_host_input(demo) -> None:
     meta = modules["rules"]
     assert meta.STEP_SCALARS == ("loss",) and meta.INPUTS == ()
     # the kernel's one scalar, from the loss (the let size names its inputs)
-    assert meta.SCALARS == {"_h0": "= -size, from g_sq, loss, lr"}
+    assert meta.SCALARS == {"_h0": "= -size, in specs/polyak_demo.py:14, from g_sq, loss, lr"}
     assert "loss" in meta.host_scalars.__code__.co_varnames
 
 

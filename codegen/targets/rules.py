@@ -102,6 +102,9 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
             what = f"let, computed by host_scalars{let_inputs(lowered, s)}"
         else:
             what = f"= {host_code(lowered.host[s])}"
+            origin = next((a.origin for a in lowered.block.role("host") if a.target == s), ())
+            if origin:  # the equation it is computed for
+                what += f", in {origin[0].file}:{origin[0].line}"
             used = lowered.host[s].free_symbols & {a.target for a in lowered.block.role("host")}
             if used:  # it uses a let (LARS's local_lr): name what that comes from too
                 what += f",{let_inputs(lowered, s)}"

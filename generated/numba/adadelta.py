@@ -142,9 +142,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adadelta, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - rho
-    #   _h2: = -wd
+    #   _h0: = -clip_gradient, in specs/adadelta.py:55
+    #   _h1: = 1 - rho, in specs/adadelta.py:55
+    #   _h2: = -wd, in specs/adadelta.py:58
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   rho: hyperparameter

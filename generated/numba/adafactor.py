@@ -162,7 +162,7 @@ def _sweep1(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = (1 - 2*maximize) ** 2
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/adafactor.py:64
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -290,9 +290,9 @@ def _sweep6(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = (1 - 2*maximize) ** 2
-    #   _h3: = eps1 ** 2
-    #   _h4: = (ndim < 2)
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/adafactor.py:64
+    #   _h3: = eps1 ** 2, in specs/adafactor.py:69
+    #   _h4: = (ndim < 2), in specs/adafactor.py:69
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -402,7 +402,7 @@ def _sweep2(
 ):
     # A sweep over whole vectors (br): row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = host_max(1, cols) ** (-1)
+    #   _h1: = host_max(1, cols) ** (-1), in specs/adafactor.py:64
     #   omb: let, computed by host_scalars from beta2_decay, t
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = row_new_buf.shape[1]
@@ -472,7 +472,7 @@ def _sweep3(
 ):
     # A sweep over whole vectors (bc): col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = host_max(1, rows) ** (-1)
+    #   _h2: = host_max(1, rows) ** (-1), in specs/adafactor.py:65
     #   omb: let, computed by host_scalars from beta2_decay, t
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = col_new_buf.shape[2]
@@ -595,7 +595,7 @@ def _sweep5(
 ):
     # A sweep over whole vectors (br): scale; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = host_max(1, rows) ** (-1)
+    #   _h2: = host_max(1, rows) ** (-1), in specs/adafactor.py:65
     #   eps1: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = scale_buf.shape[1]
@@ -726,10 +726,10 @@ def _update(
 ):
     # The update, tile by tile, each row a block of 1024 at a time. Host scalars (in the
     # weight's dtype; from host_scalars in generated.rules.adafactor, once per step and tensor):
-    #   _h3: = eps1 ** 2
-    #   _h4: = (ndim < 2)
-    #   _h5: = -lr*weight_decay + 1
-    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t)))
+    #   _h3: = eps1 ** 2, in specs/adafactor.py:69
+    #   _h4: = (ndim < 2), in specs/adafactor.py:69
+    #   _h5: = -lr*weight_decay + 1, in specs/adafactor.py:70
+    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (

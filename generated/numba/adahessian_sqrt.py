@@ -142,11 +142,11 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adahessian_sqrt, once per step and tensor):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = (1 - beta2 ** t) ** (-1)
-    #   _h4: = -lr/(1 - beta1 ** t)
+    #   _h0: = wd*(1 - weight_decouple), in specs/adahessian.py:50
+    #   _h1: = 1 - beta1, in specs/adahessian.py:50
+    #   _h2: = 1 - beta2, in specs/adahessian.py:51
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/adahessian.py:55
+    #   _h4: = -lr/(1 - beta1 ** t), in specs/adahessian.py:55
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter

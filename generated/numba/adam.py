@@ -139,10 +139,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adam, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/adam.py:46
+    #   _h1: = 1 - beta1, in specs/adam.py:46
+    #   _h2: = 1 - beta2, in specs/adam.py:47
+    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:53
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -139,9 +139,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adamax, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/adamax.py:52
+    #   _h1: = 1 - beta1, in specs/adamax.py:52
+    #   _h2: = -lr/(1 - beta1 ** t), in specs/adamax.py:54
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -129,12 +129,12 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adamw, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = -lr*wd
-    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t))
-    #   _h5: = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/adamw.py:33
+    #   _h1: = 1 - beta1, in specs/adamw.py:33
+    #   _h2: = 1 - beta2, in specs/adamw.py:34
+    #   _h3: = -lr*wd, in specs/adamw.py:41
+    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/adamw.py:41
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/adamw.py:41
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   beta1: hyperparameter

@@ -142,15 +142,15 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adan, once per step and tensor):
-    #   _h0: = 1 - beta1
-    #   _h1: = (1 - beta2)*((0) if (t == 1) else (1))
-    #   _h2: = beta2*((0) if (t == 1) else (1))
-    #   _h3: = 1 - beta3
-    #   _h4: = -lr*wd*weight_decouple + 1
-    #   _h5: = (1.0 / math.sqrt(1 - beta3 ** t))
-    #   _h6: = -lr/(1 - beta1 ** t)
-    #   _h7: = -beta2*lr/(1 - beta2 ** t)
-    #   _h8: = (lr*wd*(1 - weight_decouple) + 1) ** (-1)
+    #   _h0: = 1 - beta1, in specs/adan.py:50
+    #   _h1: = (1 - beta2)*((0) if (t == 1) else (1)), in specs/adan.py:51
+    #   _h2: = beta2*((0) if (t == 1) else (1)), in specs/adan.py:52
+    #   _h3: = 1 - beta3, in specs/adan.py:52
+    #   _h4: = -lr*wd*weight_decouple + 1, in specs/adan.py:56
+    #   _h5: = (1.0 / math.sqrt(1 - beta3 ** t)), in specs/adan.py:56
+    #   _h6: = -lr/(1 - beta1 ** t), in specs/adan.py:56
+    #   _h7: = -beta2*lr/(1 - beta2 ** t), in specs/adan.py:56
+    #   _h8: = (lr*wd*(1 - weight_decouple) + 1) ** (-1), in specs/adan.py:56
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   beta3: hyperparameter

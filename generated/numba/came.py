@@ -176,7 +176,7 @@ def _sweep1(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = ((0) if (weight_decouple > 0) else (wd))
+    #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
     #   eps1: hyperparameter
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
@@ -295,8 +295,8 @@ def _sweep6(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = ((0) if (weight_decouple > 0) else (wd))
-    #   _h4: = (ndim < 2)
+    #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
+    #   _h4: = (ndim < 2), in specs/came.py:57
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -421,10 +421,10 @@ def _sweep7(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = ((0) if (weight_decouple > 0) else (wd))
-    #   _h4: = (ndim < 2)
-    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)
-    #   _h6: = beta1 - 1
+    #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
+    #   _h4: = (ndim < 2), in specs/came.py:57
+    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60
+    #   _h6: = beta1 - 1, in specs/came.py:60
     #   eps2: hyperparameter
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
@@ -578,7 +578,7 @@ def _sweep2(
 ):
     # A sweep over whole vectors (br): row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = (1 - beta2)/host_max(1, cols)
+    #   _h1: = (1 - beta2)/host_max(1, cols), in specs/came.py:53
     #   beta2: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = row_new_buf.shape[1]
@@ -648,7 +648,7 @@ def _sweep3(
 ):
     # A sweep over whole vectors (bc): col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = (1 - beta2)/host_max(1, rows)
+    #   _h2: = (1 - beta2)/host_max(1, rows), in specs/came.py:54
     #   beta2: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = col_new_buf.shape[2]
@@ -772,7 +772,7 @@ def _sweep5(
 ):
     # A sweep over whole vectors (br): r_f; each matrix's vector a block
     # of 1024 at a time.
-    #   _h3: = (1.0 / math.sqrt(host_max(1, rows)))
+    #   _h3: = (1.0 / math.sqrt(host_max(1, rows))), in specs/came.py:55
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = r_f_buf.shape[1]
     _blocks = -(-_length // 1024)
@@ -838,7 +838,7 @@ def _sweep8(
 ):
     # A sweep over whole vectors (br): res_row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h7: = (1 - beta3)/host_max(1, cols)
+    #   _h7: = (1 - beta3)/host_max(1, cols), in specs/came.py:60
     #   beta3: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = res_row_new_buf.shape[1]
@@ -916,7 +916,7 @@ def _sweep9(
 ):
     # A sweep over whole vectors (bc): res_col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h8: = (1 - beta3)/host_max(1, rows)
+    #   _h8: = (1 - beta3)/host_max(1, rows), in specs/came.py:61
     #   beta3: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = res_col_new_buf.shape[2]
@@ -1056,7 +1056,7 @@ def _sweep11(
 ):
     # A sweep over whole vectors (br): s_r; each matrix's vector a block
     # of 1024 at a time.
-    #   _h3: = (1.0 / math.sqrt(host_max(1, rows)))
+    #   _h3: = (1.0 / math.sqrt(host_max(1, rows))), in specs/came.py:55
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = s_r_buf.shape[1]
     _blocks = -(-_length // 1024)
@@ -1263,12 +1263,12 @@ def _update(
 ):
     # The update, tile by tile, each row a block of 1024 at a time. Host scalars (in the
     # weight's dtype; from host_scalars in generated.rules.came, once per step and tensor):
-    #   _h0: = ((0) if (weight_decouple > 0) else (wd))
-    #   _h4: = (ndim < 2)
-    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)
-    #   _h9: = 1 - beta1
-    #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1))
-    #   _h11: = -lr
+    #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
+    #   _h4: = (ndim < 2), in specs/came.py:57
+    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60
+    #   _h9: = 1 - beta1, in specs/came.py:58
+    #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1)), in specs/came.py:64
+    #   _h11: = -lr, in specs/came.py:64
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (

@@ -154,13 +154,13 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.ftml, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = (1 - beta2 ** t) ** (-1)
-    #   _h3: = (1 - beta1 ** t)/lr
-    #   _h4: = 1 - beta1
-    #   _h5: = -beta1
-    #   _h6: = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/ftml.py:60
+    #   _h1: = 1 - beta2, in specs/ftml.py:60
+    #   _h2: = (1 - beta2 ** t) ** (-1), in specs/ftml.py:60
+    #   _h3: = (1 - beta1 ** t)/lr, in specs/ftml.py:60
+    #   _h4: = 1 - beta1, in specs/ftml.py:59
+    #   _h5: = -beta1, in specs/ftml.py:59
+    #   _h6: = -lr/(1 - beta1 ** t), in specs/ftml.py:61
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -138,10 +138,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.ftrl, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = -1/lr
-    #   _h2: = lr ** (-1)
-    #   _h3: = -lamda1
+    #   _h0: = -clip_gradient, in specs/ftrl.py:47
+    #   _h1: = -1/lr, in specs/ftrl.py:47
+    #   _h2: = lr ** (-1), in specs/ftrl.py:50
+    #   _h3: = -lamda1, in specs/ftrl.py:50
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

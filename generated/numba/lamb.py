@@ -153,11 +153,11 @@ def _reduce_chunk(
     epsilon,
 ):
     # Reduction phase 1 over one chunk: w_sq, u_sq (sums in float64).
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
-    #   _h3: = 1 - beta1
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
+    #   _h0: = -clip_gradient, in specs/lamb.py:64
+    #   _h1: = 1 - beta2, in specs/lamb.py:64
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h3: = 1 - beta1, in specs/lamb.py:64
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -321,12 +321,12 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lamb, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
-    #   _h3: = 1 - beta1
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
-    #   _h5: = -lr*ratio, from lower_bound, lr, u_sq, upper_bound, w_sq
+    #   _h0: = -clip_gradient, in specs/lamb.py:64
+    #   _h1: = 1 - beta2, in specs/lamb.py:64
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h3: = 1 - beta1, in specs/lamb.py:64
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h5: = -lr*ratio, in specs/lamb.py:66, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

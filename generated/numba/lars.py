@@ -210,8 +210,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lars, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd
+    #   _h0: = -clip_gradient, in specs/lars.py:41
+    #   _h1: = -local_lr, in specs/lars.py:41, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

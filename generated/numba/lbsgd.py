@@ -141,7 +141,7 @@ def _reduce_chunk(
     _h0,
 ):
     # Reduction phase 1 over one chunk: w_sq, gbar_sq (sums in float64).
-    #   _h0: = batch_scale ** (-2)
+    #   _h0: = batch_scale ** (-2), in specs/lbsgd.py:59
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
     _p1 = 0.0
@@ -235,10 +235,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lbsgd, once per step and tensor):
-    #   _h1: = -clip_gradient
-    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
-    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h4: = (k % batch_scale == 0), from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h1: = -clip_gradient, in specs/lbsgd.py:74
+    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
+    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, t, updates_per_epoch
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter

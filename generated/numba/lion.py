@@ -124,10 +124,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lion, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = 1 - beta1
-    #   _h3: = -lr
+    #   _h0: = -clip_gradient, in specs/lion.py:30
+    #   _h1: = 1 - beta2, in specs/lion.py:30
+    #   _h2: = 1 - beta1, in specs/lion.py:31
+    #   _h3: = -lr, in specs/lion.py:31
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

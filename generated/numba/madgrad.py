@@ -140,10 +140,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.madgrad, once per step and tensor):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = (momentum == 0)
-    #   _h2: = 1 - momentum
-    #   _h3: = -lr_eps*wd*weight_decouple, from epsilon, lr, wd, weight_decouple
+    #   _h0: = wd*(1 - weight_decouple), in specs/madgrad.py:54
+    #   _h1: = (momentum == 0), in specs/madgrad.py:53
+    #   _h2: = 1 - momentum, in specs/madgrad.py:57
+    #   _h3: = -lr_eps*wd*weight_decouple, in specs/madgrad.py:57, from epsilon, lr, wd, weight_decouple
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
     #   lamb: let, computed by host_scalars from epsilon, lr, t

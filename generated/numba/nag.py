@@ -142,8 +142,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.nag, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
+    #   _h0: = -clip_gradient, in specs/nag.py:52
+    #   _h1: = -lr, in specs/nag.py:52
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

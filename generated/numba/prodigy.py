@@ -151,8 +151,8 @@ def _reduce_chunk(
     b3,
 ):
     # Reduction phase 1 over one chunk: dot, s_sum (sums in float64).
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
+    #   _h0: = wd*(1 - weight_decouple), in specs/prodigy.py:71
+    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, in specs/prodigy.py:75, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
     #   b3: let, computed by host_scalars from beta2, beta3
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
@@ -269,14 +269,14 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.prodigy, once per step and tensor):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
-    #   _h2: = d_old*(1 - beta1), from beta1, d, d0
-    #   _h3: = d_old ** 2*(1 - beta2), from beta2, d, d0
-    #   _h4: = -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1, from beta1, beta2, bias_correction, d, d0, lr, t, wd, weight_decouple
-    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0), from beta1, beta2, beta3, bias_correction, d, d0, d_coef, d_max, d_numerator, dot, epsilon, growth_rate, lr, s_sum, t
-    #   _h6: = -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1), from beta1, beta2, bias_correction, d, d0, lr, t
-    #   _h7: = (s_sum == 0)
+    #   _h0: = wd*(1 - weight_decouple), in specs/prodigy.py:71
+    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, in specs/prodigy.py:75, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
+    #   _h2: = d_old*(1 - beta1), in specs/prodigy.py:72, from beta1, d, d0
+    #   _h3: = d_old ** 2*(1 - beta2), in specs/prodigy.py:73, from beta2, d, d0
+    #   _h4: = -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1, in specs/prodigy.py:81, from beta1, beta2, bias_correction, d, d0, lr, t, wd, weight_decouple
+    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0), in specs/prodigy.py:81, from beta1, beta2, beta3, bias_correction, d, d0, d_coef, d_max, d_numerator, dot, epsilon, growth_rate, lr, s_sum, t
+    #   _h6: = -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1), in specs/prodigy.py:81, from beta1, beta2, bias_correction, d, d0, lr, t
+    #   _h7: = (s_sum == 0), in specs/prodigy.py:81
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   b3: let, computed by host_scalars from beta2, beta3

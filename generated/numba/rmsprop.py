@@ -136,10 +136,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - gamma1
-    #   _h2: = -clip_weights
-    #   _h3: = -lr
+    #   _h0: = -clip_gradient, in specs/rmsprop.py:55
+    #   _h1: = 1 - gamma1, in specs/rmsprop.py:55
+    #   _h2: = -clip_weights, in specs/rmsprop.py:56
+    #   _h3: = -lr, in specs/rmsprop.py:56
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

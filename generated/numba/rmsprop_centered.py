@@ -142,10 +142,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop_centered, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - gamma1
-    #   _h2: = -lr
-    #   _h3: = -clip_weights
+    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:63
+    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:63
+    #   _h2: = -lr, in specs/rmsprop_centered.py:65
+    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:66
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

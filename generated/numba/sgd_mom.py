@@ -130,8 +130,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd_mom, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
+    #   _h0: = -clip_gradient, in specs/sgd_mom.py:41
+    #   _h1: = -lr, in specs/sgd_mom.py:41
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

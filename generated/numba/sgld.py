@@ -137,9 +137,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgld, once per step and tensor):
-    #   _h0: = math.sqrt(lr)
-    #   _h1: = -clip_gradient
-    #   _h2: = -(1 / 2)*lr
+    #   _h0: = math.sqrt(lr), in specs/sgld.py:38
+    #   _h1: = -clip_gradient, in specs/sgld.py:38
+    #   _h2: = -(1 / 2)*lr, in specs/sgld.py:38
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

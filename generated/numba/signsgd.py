@@ -132,8 +132,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.signsgd, once per step and tensor):
-    #   _h0: = -lr*(wd + wd_lh) + 1
-    #   _h1: = -lr
+    #   _h0: = -lr*(wd + wd_lh) + 1, in specs/signsgd.py:41
+    #   _h1: = -lr, in specs/signsgd.py:41
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)

@@ -140,9 +140,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.signum, once per step and tensor):
-    #   _h0: = -clip_gradient
-    #   _h1: = momentum - 1
-    #   _h2: = -lr*wd_lh + 1
+    #   _h0: = -clip_gradient, in specs/signum.py:44
+    #   _h1: = momentum - 1, in specs/signum.py:44
+    #   _h2: = -lr*wd_lh + 1, in specs/signum.py:45
     #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter

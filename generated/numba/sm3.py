@@ -149,7 +149,7 @@ def _sweep1(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = 1 - beta
+    #   _h0: = 1 - beta, in specs/sm3.py:46
     #   decay: let, computed by host_scalars from beta
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
@@ -273,7 +273,7 @@ def _sweep2(
 ):
     # A sweep over whole vectors (br): row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = (beta > 0) and (ndim > 0)
+    #   _h1: = (beta > 0) and (ndim > 0), in specs/sm3.py:49
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = row_new_buf.shape[1]
     _blocks = -(-_length // 1024)
@@ -338,7 +338,7 @@ def _sweep3(
 ):
     # A sweep over whole vectors (bc): col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = (beta > 0) and (ndim > 0)
+    #   _h1: = (beta > 0) and (ndim > 0), in specs/sm3.py:49
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
@@ -445,9 +445,9 @@ def _update(
 ):
     # The update, tile by tile, each row a block of 1024 at a time. Host scalars (in the
     # weight's dtype; from host_scalars in generated.rules.sm3, once per step and tensor):
-    #   _h0: = 1 - beta
-    #   _h2: = 1 - momentum
-    #   _h3: = -lr
+    #   _h0: = 1 - beta, in specs/sm3.py:46
+    #   _h2: = 1 - momentum, in specs/sm3.py:51
+    #   _h3: = -lr, in specs/sm3.py:52
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
     #   decay: let, computed by host_scalars from beta

@@ -135,9 +135,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adadelta, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - rho
-    #   _h2: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_adadelta.py:37
+    #   _h1: = 1 - rho, in specs/torch_adadelta.py:37
+    #   _h2: = -lr, in specs/torch_adadelta.py:40
     #   rho: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter

@@ -128,8 +128,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adadelta_no_decay, once per step and tensor):
-    #   _h0: = (1 - 2*maximize) ** 2*(1 - rho)
-    #   _h1: = -lr*(1 - 2*maximize)
+    #   _h0: = (1 - 2*maximize) ** 2*(1 - rho), in specs/torch_adadelta.py:37
+    #   _h1: = -lr*(1 - 2*maximize), in specs/torch_adadelta.py:40
     #   rho: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

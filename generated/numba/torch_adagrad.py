@@ -131,8 +131,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adagrad, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = -lr/(lr_decay*(t - 1) + 1)
+    #   _h0: = 1 - 2*maximize, in specs/torch_adagrad.py:37
+    #   _h1: = -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
     #   weight_decay: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

@@ -125,8 +125,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adagrad_no_decay, once per step and tensor):
-    #   _h0: = (1 - 2*maximize) ** 2
-    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1)
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:37
+    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):

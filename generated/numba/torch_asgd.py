@@ -136,10 +136,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_asgd, once per step and tensor):
-    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
-    #   _h1: = 1 - 2*maximize
-    #   _h2: = -eta_t, from eta, lr, t
-    #   _h3: = (mu == 1)
+    #   _h0: = -eta_t*lambd + 1, in specs/torch_asgd.py:43, from eta, lambd, lr, t
+    #   _h1: = 1 - 2*maximize, in specs/torch_asgd.py:43
+    #   _h2: = -eta_t, in specs/torch_asgd.py:43, from eta, lr, t
+    #   _h3: = (mu == 1), in specs/torch_asgd.py:43
     #   weight_decay: hyperparameter
     #   mu: host state
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

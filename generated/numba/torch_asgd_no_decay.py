@@ -129,9 +129,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_asgd_no_decay, once per step and tensor):
-    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
-    #   _h1: = -eta_t*(1 - 2*maximize), from eta, lr, maximize, t
-    #   _h2: = (mu == 1)
+    #   _h0: = -eta_t*lambd + 1, in specs/torch_asgd.py:43, from eta, lambd, lr, t
+    #   _h1: = -eta_t*(1 - 2*maximize), in specs/torch_asgd.py:43, from eta, lr, maximize, t
+    #   _h2: = (mu == 1), in specs/torch_asgd.py:43
     #   mu: host state
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):

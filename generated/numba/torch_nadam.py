@@ -143,12 +143,12 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_nadam, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = (1 - beta2 ** t) ** (-1)
-    #   _h4: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)
-    #   _h5: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1)
+    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
+    #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
+    #   _h2: = 1 - beta2, in specs/torch_nadam.py:53
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:55
+    #   _h4: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:55
+    #   _h5: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:55
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay

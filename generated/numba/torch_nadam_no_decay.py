@@ -136,12 +136,12 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_nadam_no_decay, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2
-    #   _h3: = (1 - beta2 ** t) ** (-1)
-    #   _h4: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1)
-    #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)
+    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
+    #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
+    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_nadam.py:53
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:55
+    #   _h4: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:55
+    #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:55
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

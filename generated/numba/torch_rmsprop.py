@@ -143,11 +143,11 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rmsprop, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - alpha
-    #   _h2: = (centered > 0)
-    #   _h3: = (momentum > 0)
-    #   _h4: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:44
+    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:44
+    #   _h2: = (centered > 0), in specs/torch_rmsprop.py:50
+    #   _h3: = (momentum > 0), in specs/torch_rmsprop.py:50
+    #   _h4: = -lr, in specs/torch_rmsprop.py:54
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter

@@ -139,13 +139,13 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rmsprop_no_decay, once per step and tensor):
-    #   _h0: = (1 - alpha)*(1 - 2*maximize) ** 2
-    #   _h1: = 1 - 2*maximize
-    #   _h2: = 1 - alpha
-    #   _h3: = (centered > 0)
-    #   _h4: = (momentum > 0)
-    #   _h5: = -lr
-    #   _h6: = -lr*(1 - 2*maximize)
+    #   _h0: = (1 - alpha)*(1 - 2*maximize) ** 2, in specs/torch_rmsprop.py:44
+    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
+    #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:50
+    #   _h3: = (centered > 0), in specs/torch_rmsprop.py:50
+    #   _h4: = (momentum > 0), in specs/torch_rmsprop.py:50
+    #   _h5: = -lr, in specs/torch_rmsprop.py:54
+    #   _h6: = -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:54
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   momentum: hyperparameter

@@ -128,8 +128,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rprop, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 2*maximize - 1
+    #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:47
+    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:46
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter

@@ -144,10 +144,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sgd, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = (momentum == 0)
-    #   _h2: = (nesterov > 0)
-    #   _h3: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_sgd.py:45
+    #   _h1: = (momentum == 0), in specs/torch_sgd.py:50
+    #   _h2: = (nesterov > 0), in specs/torch_sgd.py:50
+    #   _h3: = -lr, in specs/torch_sgd.py:50
     #   momentum: hyperparameter
     #   weight_decay: hyperparameter
     #   keep: let, computed by host_scalars from momentum, t

@@ -135,11 +135,11 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sgd_no_decay, once per step and tensor):
-    #   _h0: = take*(1 - 2*maximize), from dampening, maximize, t
-    #   _h1: = 1 - 2*maximize
-    #   _h2: = (momentum == 0)
-    #   _h3: = (nesterov > 0)
-    #   _h4: = -lr
+    #   _h0: = take*(1 - 2*maximize), in specs/torch_sgd.py:45, from dampening, maximize, t
+    #   _h1: = 1 - 2*maximize, in specs/torch_sgd.py:50
+    #   _h2: = (momentum == 0), in specs/torch_sgd.py:50
+    #   _h3: = (nesterov > 0), in specs/torch_sgd.py:50
+    #   _h4: = -lr, in specs/torch_sgd.py:50
     #   momentum: hyperparameter
     #   keep: let, computed by host_scalars from momentum, t
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

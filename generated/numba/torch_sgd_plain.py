@@ -128,7 +128,7 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sgd_plain, once per step and tensor):
-    #   _h0: = -lr*(1 - 2*maximize)
+    #   _h0: = -lr*(1 - 2*maximize), in specs/torch_sgd.py:50
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)

@@ -130,8 +130,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sgd_without_momentum_buffer, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_sgd.py:50
+    #   _h1: = -lr, in specs/torch_sgd.py:50
     #   weight_decay: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):

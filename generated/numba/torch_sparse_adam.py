@@ -131,11 +131,11 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_sparse_adam, once per step and tensor):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = (1 - 2*maximize) ** 2
-    #   _h3: = 1 - beta2
-    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
+    #   _h0: = 1 - 2*maximize, in specs/torch_sparse_adam.py:42
+    #   _h1: = 1 - beta1, in specs/torch_sparse_adam.py:42
+    #   _h2: = (1 - 2*maximize) ** 2, in specs/torch_sparse_adam.py:43
+    #   _h3: = 1 - beta2, in specs/torch_sparse_adam.py:43
+    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:45
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):

@@ -98,12 +98,12 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 8, "div": 1, "max": 1, "min": 1, "mul": 10, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta1",
-    "_h2": "= -beta1",
-    "_h3": "= beta1 - 1",
-    "_h4": "= 1 - beta2",
-    "_h5": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)",
+    "_h0": "= -clip_gradient, in specs/adabelief.py:34",
+    "_h1": "= 1 - beta1, in specs/adabelief.py:34",
+    "_h2": "= -beta1, in specs/adabelief.py:35",
+    "_h3": "= beta1 - 1, in specs/adabelief.py:35",
+    "_h4": "= 1 - beta2, in specs/adabelief.py:35",
+    "_h5": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adabelief.py:37",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

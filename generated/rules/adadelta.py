@@ -115,9 +115,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "max": 1, "min": 1, "mul": 8, "sqrt": 2, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - rho",
-    "_h2": "= -wd",
+    "_h0": "= -clip_gradient, in specs/adadelta.py:55",
+    "_h1": "= 1 - rho, in specs/adadelta.py:55",
+    "_h2": "= -wd, in specs/adadelta.py:58",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "rho": "hyperparameter",

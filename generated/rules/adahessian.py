@@ -116,13 +116,13 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= wd*(1 - weight_decouple)",
-    "_h1": "= 1 - beta1",
-    "_h2": "= 1 - beta2",
-    "_h3": "= (1 - beta2 ** t) ** (-1)",
-    "_h4": "= ((1 / 2))*hessian_power",
-    "_h5": "= (hessian_power == 1)",
-    "_h6": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= wd*(1 - weight_decouple), in specs/adahessian.py:50",
+    "_h1": "= 1 - beta1, in specs/adahessian.py:50",
+    "_h2": "= 1 - beta2, in specs/adahessian.py:51",
+    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/adahessian.py:55",
+    "_h4": "= ((1 / 2))*hessian_power, in specs/adahessian.py:55",
+    "_h5": "= (hessian_power == 1), in specs/adahessian.py:55",
+    "_h6": "= -lr/(1 - beta1 ** t), in specs/adahessian.py:55",
     "beta1": "hyperparameter",
     "beta2": "hyperparameter",
     "epsilon": "hyperparameter",

@@ -113,10 +113,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 8, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta1",
-    "_h2": "= 1 - beta2",
-    "_h3": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)",
+    "_h0": "= -clip_gradient, in specs/adam.py:46",
+    "_h1": "= 1 - beta1, in specs/adam.py:46",
+    "_h2": "= 1 - beta2, in specs/adam.py:47",
+    "_h3": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:53",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -114,9 +114,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"abs": 1, "add": 4, "div": 1, "max": 2, "min": 1, "mul": 6}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta1",
-    "_h2": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= -clip_gradient, in specs/adamax.py:52",
+    "_h1": "= 1 - beta1, in specs/adamax.py:52",
+    "_h2": "= -lr/(1 - beta1 ** t), in specs/adamax.py:54",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

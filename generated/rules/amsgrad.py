@@ -105,11 +105,11 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 2, "min": 1, "mul": 9, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta1",
-    "_h2": "= 1 - beta2",
-    "_h3": "= (1.0 / math.sqrt(1 - beta2 ** t))",
-    "_h4": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= -clip_gradient, in specs/amsgrad.py:33",
+    "_h1": "= 1 - beta1, in specs/amsgrad.py:33",
+    "_h2": "= 1 - beta2, in specs/amsgrad.py:34",
+    "_h3": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/amsgrad.py:43",
+    "_h4": "= -lr/(1 - beta1 ** t), in specs/amsgrad.py:43",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -119,13 +119,13 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 12, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta2",
-    "_h2": "= (1 - beta2 ** t) ** (-1)",
-    "_h3": "= (1 - beta1 ** t)/lr",
-    "_h4": "= 1 - beta1",
-    "_h5": "= -beta1",
-    "_h6": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= -clip_gradient, in specs/ftml.py:60",
+    "_h1": "= 1 - beta2, in specs/ftml.py:60",
+    "_h2": "= (1 - beta2 ** t) ** (-1), in specs/ftml.py:60",
+    "_h3": "= (1 - beta1 ** t)/lr, in specs/ftml.py:60",
+    "_h4": "= 1 - beta1, in specs/ftml.py:59",
+    "_h5": "= -beta1, in specs/ftml.py:59",
+    "_h6": "= -lr/(1 - beta1 ** t), in specs/ftml.py:61",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

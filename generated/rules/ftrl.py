@@ -118,10 +118,10 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= -1/lr",
-    "_h2": "= lr ** (-1)",
-    "_h3": "= -lamda1",
+    "_h0": "= -clip_gradient, in specs/ftrl.py:47",
+    "_h1": "= -1/lr, in specs/ftrl.py:47",
+    "_h2": "= lr ** (-1), in specs/ftrl.py:50",
+    "_h3": "= -lamda1, in specs/ftrl.py:50",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -128,12 +128,12 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 10, 
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta2",
-    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1)",
-    "_h3": "= 1 - beta1",
-    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1)",
-    "_h5": "= -lr*ratio, from lower_bound, lr, u_sq, upper_bound, w_sq",
+    "_h0": "= -clip_gradient, in specs/lamb.py:64",
+    "_h1": "= 1 - beta2, in specs/lamb.py:64",
+    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
+    "_h3": "= 1 - beta1, in specs/lamb.py:64",
+    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
+    "_h5": "= -lr*ratio, in specs/lamb.py:66, from lower_bound, lr, u_sq, upper_bound, w_sq",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -143,11 +143,11 @@ SCALARS: dict[str, str] = {
 }
 # Reduction phase 1's scalars (w_sq, u_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta2",
-    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1)",
-    "_h3": "= 1 - beta1",
-    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1)",
+    "_h0": "= -clip_gradient, in specs/lamb.py:64",
+    "_h1": "= 1 - beta2, in specs/lamb.py:64",
+    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
+    "_h3": "= 1 - beta1, in specs/lamb.py:64",
+    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

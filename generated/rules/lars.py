@@ -109,8 +109,8 @@ OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
 REDUCE_OP_COUNTS: dict[str, int] = {"mul": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd",
+    "_h0": "= -clip_gradient, in specs/lars.py:41",
+    "_h1": "= -local_lr, in specs/lars.py:41, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

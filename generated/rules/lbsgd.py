@@ -124,17 +124,17 @@ OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 4, "ne": 3, "w
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h1": "= -clip_gradient",
-    "_h2": "= ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch",
-    "_h3": "= ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
-    "_h4": "= (k % batch_scale == 0), from batch_scale, begin_epoch, t, updates_per_epoch",
+    "_h1": "= -clip_gradient, in specs/lbsgd.py:74",
+    "_h2": "= ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch",
+    "_h3": "= ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h4": "= (k % batch_scale == 0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, t, updates_per_epoch",
     "wd": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
 }
 # Reduction phase 1's scalars (w_sq, gbar_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= batch_scale ** (-2)",
+    "_h0": "= batch_scale ** (-2), in specs/lbsgd.py:59",
 }
 
 

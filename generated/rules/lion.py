@@ -93,10 +93,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 7, "sign": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta2",
-    "_h2": "= 1 - beta1",
-    "_h3": "= -lr",
+    "_h0": "= -clip_gradient, in specs/lion.py:30",
+    "_h1": "= 1 - beta2, in specs/lion.py:30",
+    "_h2": "= 1 - beta1, in specs/lion.py:31",
+    "_h3": "= -lr, in specs/lion.py:31",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -104,10 +104,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 8, "cbrt": 2, "div": 2, "mul": 7, "ne": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= wd*(1 - weight_decouple)",
-    "_h1": "= (momentum == 0)",
-    "_h2": "= 1 - momentum",
-    "_h3": "= -lr_eps*wd*weight_decouple, from epsilon, lr, wd, weight_decouple",
+    "_h0": "= wd*(1 - weight_decouple), in specs/madgrad.py:54",
+    "_h1": "= (momentum == 0), in specs/madgrad.py:53",
+    "_h2": "= 1 - momentum, in specs/madgrad.py:57",
+    "_h3": "= -lr_eps*wd*weight_decouple, in specs/madgrad.py:57, from epsilon, lr, wd, weight_decouple",
     "momentum": "hyperparameter",
     "epsilon": "hyperparameter",
     "lamb": "let, computed by host_scalars from epsilon, lr, t",

@@ -112,8 +112,8 @@ SPARSE_WHY = "at momentum 0 MXNet 1.9.1's NAG updates only the rows held (sgd_up
 OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 5}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= -lr",
+    "_h0": "= -clip_gradient, in specs/nag.py:52",
+    "_h1": "= -lr, in specs/nag.py:52",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -112,13 +112,13 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - beta1",
-    "_h2": "= 1 - beta2",
-    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), from beta1, beta2, t",
-    "_h4": "= (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003e= -6)) else 0.0)",
-    "_h5": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)",
-    "_h6": "= -lr",
+    "_h0": "= -clip_gradient, in specs/radam.py:34",
+    "_h1": "= 1 - beta1, in specs/radam.py:34",
+    "_h2": "= 1 - beta2, in specs/radam.py:35",
+    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), in specs/radam.py:56, from beta1, beta2, t",
+    "_h4": "= (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003e= -6)) else 0.0), in specs/radam.py:56",
+    "_h5": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6), in specs/radam.py:56",
+    "_h6": "= -lr, in specs/radam.py:56",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

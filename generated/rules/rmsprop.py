@@ -112,10 +112,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 2, "min": 2, "mul": 6, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - gamma1",
-    "_h2": "= -clip_weights",
-    "_h3": "= -lr",
+    "_h0": "= -clip_gradient, in specs/rmsprop.py:55",
+    "_h1": "= 1 - gamma1, in specs/rmsprop.py:55",
+    "_h2": "= -clip_weights, in specs/rmsprop.py:56",
+    "_h3": "= -lr, in specs/rmsprop.py:56",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -121,10 +121,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 10, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= 1 - gamma1",
-    "_h2": "= -lr",
-    "_h3": "= -clip_weights",
+    "_h0": "= -clip_gradient, in specs/rmsprop_centered.py:63",
+    "_h1": "= 1 - gamma1, in specs/rmsprop_centered.py:63",
+    "_h2": "= -lr, in specs/rmsprop_centered.py:65",
+    "_h3": "= -clip_weights, in specs/rmsprop_centered.py:66",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

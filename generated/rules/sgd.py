@@ -101,9 +101,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 2, "max": 1, "min": 1, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= -lr",
-    "_h2": "= -lr*wd",
+    "_h0": "= -clip_gradient, in specs/sgd.py:37",
+    "_h1": "= -lr, in specs/sgd.py:37",
+    "_h2": "= -lr*wd, in specs/sgd.py:37",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
 }

@@ -105,8 +105,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= -lr",
+    "_h0": "= -clip_gradient, in specs/sgd_mom.py:41",
+    "_h1": "= -lr, in specs/sgd_mom.py:41",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -103,8 +103,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 1, "max": 1, "min": 1, "mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= -lr",
+    "_h0": "= -clip_gradient, in specs/sgd.py:37",
+    "_h1": "= -lr, in specs/sgd.py:37",
     "clip_gradient": "hyperparameter",
 }
 

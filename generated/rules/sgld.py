@@ -102,9 +102,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= math.sqrt(lr)",
-    "_h1": "= -clip_gradient",
-    "_h2": "= -(1 / 2)*lr",
+    "_h0": "= math.sqrt(lr), in specs/sgld.py:38",
+    "_h1": "= -clip_gradient, in specs/sgld.py:38",
+    "_h2": "= -(1 / 2)*lr, in specs/sgld.py:38",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

@@ -107,8 +107,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"abs": 1, "add": 1, "gt": 1, "mul": 2, "sign": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -lr*(wd + wd_lh) + 1",
-    "_h1": "= -lr",
+    "_h0": "= -lr*(wd + wd_lh) + 1, in specs/signsgd.py:41",
+    "_h1": "= -lr, in specs/signsgd.py:41",
 }
 
 

@@ -119,9 +119,9 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient",
-    "_h1": "= momentum - 1",
-    "_h2": "= -lr*wd_lh + 1",
+    "_h0": "= -clip_gradient, in specs/signum.py:44",
+    "_h1": "= momentum - 1, in specs/signum.py:44",
+    "_h2": "= -lr*wd_lh + 1, in specs/signum.py:45",
     "lr": "hyperparameter",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",

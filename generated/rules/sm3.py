@@ -112,25 +112,25 @@ REDUCE_OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - beta",
-    "_h2": "= 1 - momentum",
-    "_h3": "= -lr",
+    "_h0": "= 1 - beta, in specs/sm3.py:46",
+    "_h2": "= 1 - momentum, in specs/sm3.py:51",
+    "_h3": "= -lr, in specs/sm3.py:52",
     "momentum": "hyperparameter",
     "epsilon": "hyperparameter",
     "decay": "let, computed by host_scalars from beta",
 }
 # Reduction phase 1's scalars (), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= 1 - beta",
+    "_h0": "= 1 - beta, in specs/sm3.py:46",
     "decay": "let, computed by host_scalars from beta",
 }
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h1": "= (beta \u003e 0) and (ndim \u003e 0)",
+    "_h1": "= (beta \u003e 0) and (ndim \u003e 0), in specs/sm3.py:49",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h1": "= (beta \u003e 0) and (ndim \u003e 0)",
+    "_h1": "= (beta \u003e 0) and (ndim \u003e 0), in specs/sm3.py:49",
 }
 
 

@@ -104,9 +104,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 2, "mul": 9, "sqrt": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - rho",
-    "_h2": "= -lr",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adadelta.py:37",
+    "_h1": "= 1 - rho, in specs/torch_adadelta.py:37",
+    "_h2": "= -lr, in specs/torch_adadelta.py:40",
     "rho": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",

@@ -95,8 +95,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "mul": 7, "sqrt": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - 2*maximize) ** 2*(1 - rho)",
-    "_h1": "= -lr*(1 - 2*maximize)",
+    "_h0": "= (1 - 2*maximize) ** 2*(1 - rho), in specs/torch_adadelta.py:37",
+    "_h1": "= -lr*(1 - 2*maximize), in specs/torch_adadelta.py:40",
     "rho": "hyperparameter",
     "eps": "hyperparameter",
 }

@@ -96,8 +96,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "div": 1, "mul": 3, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - 2*maximize) ** 2",
-    "_h1": "= -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1)",
+    "_h0": "= (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:37",
+    "_h1": "= -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38",
     "eps": "hyperparameter",
 }
 

@@ -117,12 +117,12 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - beta1",
-    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2",
-    "_h3": "= (amsgrad \u003e 0)",
-    "_h4": "= (1.0 / math.sqrt(1 - beta2 ** t))",
-    "_h5": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:48",
+    "_h1": "= 1 - beta1, in specs/torch_adam.py:48",
+    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_adam.py:49",
+    "_h3": "= (amsgrad \u003e 0), in specs/torch_adam.py:50",
+    "_h4": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:56",
+    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:56",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }

@@ -105,11 +105,11 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"abs": 1, "add": 5, "div": 1, "max": 1, "mul": 7, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - beta1",
-    "_h2": "= 2*maximize - 1",
-    "_h3": "= -weight_decay",
-    "_h4": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adamax.py:36",
+    "_h1": "= 1 - beta1, in specs/torch_adamax.py:36",
+    "_h2": "= 2*maximize - 1, in specs/torch_adamax.py:37",
+    "_h3": "= -weight_decay, in specs/torch_adamax.py:37",
+    "_h4": "= -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",

@@ -109,10 +109,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "mul": 5, "ne": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -eta_t*lambd + 1, from eta, lambd, lr, t",
-    "_h1": "= 1 - 2*maximize",
-    "_h2": "= -eta_t, from eta, lr, t",
-    "_h3": "= (mu == 1)",
+    "_h0": "= -eta_t*lambd + 1, in specs/torch_asgd.py:43, from eta, lambd, lr, t",
+    "_h1": "= 1 - 2*maximize, in specs/torch_asgd.py:43",
+    "_h2": "= -eta_t, in specs/torch_asgd.py:43, from eta, lr, t",
+    "_h3": "= (mu == 1), in specs/torch_asgd.py:43",
     "weight_decay": "hyperparameter",
     "mu": "host state",
 }

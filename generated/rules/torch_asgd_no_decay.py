@@ -99,9 +99,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 2, "mul": 3, "ne": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -eta_t*lambd + 1, from eta, lambd, lr, t",
-    "_h1": "= -eta_t*(1 - 2*maximize), from eta, lr, maximize, t",
-    "_h2": "= (mu == 1)",
+    "_h0": "= -eta_t*lambd + 1, in specs/torch_asgd.py:43, from eta, lambd, lr, t",
+    "_h1": "= -eta_t*(1 - 2*maximize), in specs/torch_asgd.py:43, from eta, lr, maximize, t",
+    "_h2": "= (mu == 1), in specs/torch_asgd.py:43",
     "mu": "host state",
 }
 

@@ -105,12 +105,12 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "mul": 8, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - beta1",
-    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2",
-    "_h3": "= (1 - beta2 ** t) ** (-1)",
-    "_h4": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1)",
-    "_h5": "= -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)",
+    "_h0": "= 1 - 2*maximize, in specs/torch_nadam.py:52",
+    "_h1": "= 1 - beta1, in specs/torch_nadam.py:52",
+    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_nadam.py:53",
+    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:55",
+    "_h4": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:55",
+    "_h5": "= -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:55",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }

@@ -102,12 +102,12 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "mul": 7, "ne": 1, "sqrt": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - beta1",
-    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2",
-    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), from beta2, t",
-    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)",
-    "_h5": "= -lr/(1 - beta1 ** t)",
+    "_h0": "= 1 - 2*maximize, in specs/torch_radam.py:42",
+    "_h1": "= 1 - beta1, in specs/torch_radam.py:42",
+    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_radam.py:43",
+    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), in specs/torch_radam.py:59, from beta2, t",
+    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6), in specs/torch_radam.py:59",
+    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_radam.py:59",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }

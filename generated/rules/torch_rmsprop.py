@@ -126,11 +126,11 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - alpha",
-    "_h2": "= (centered \u003e 0)",
-    "_h3": "= (momentum \u003e 0)",
-    "_h4": "= -lr",
+    "_h0": "= 1 - 2*maximize, in specs/torch_rmsprop.py:44",
+    "_h1": "= 1 - alpha, in specs/torch_rmsprop.py:44",
+    "_h2": "= (centered \u003e 0), in specs/torch_rmsprop.py:50",
+    "_h3": "= (momentum \u003e 0), in specs/torch_rmsprop.py:50",
+    "_h4": "= -lr, in specs/torch_rmsprop.py:54",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",

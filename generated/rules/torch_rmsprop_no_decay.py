@@ -111,13 +111,13 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - alpha)*(1 - 2*maximize) ** 2",
-    "_h1": "= 1 - 2*maximize",
-    "_h2": "= 1 - alpha",
-    "_h3": "= (centered \u003e 0)",
-    "_h4": "= (momentum \u003e 0)",
-    "_h5": "= -lr",
-    "_h6": "= -lr*(1 - 2*maximize)",
+    "_h0": "= (1 - alpha)*(1 - 2*maximize) ** 2, in specs/torch_rmsprop.py:44",
+    "_h1": "= 1 - 2*maximize, in specs/torch_rmsprop.py:50",
+    "_h2": "= 1 - alpha, in specs/torch_rmsprop.py:50",
+    "_h3": "= (centered \u003e 0), in specs/torch_rmsprop.py:50",
+    "_h4": "= (momentum \u003e 0), in specs/torch_rmsprop.py:50",
+    "_h5": "= -lr, in specs/torch_rmsprop.py:54",
+    "_h6": "= -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:54",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
     "momentum": "hyperparameter",

@@ -118,8 +118,8 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 2*maximize - 1",
+    "_h0": "= 1 - 2*maximize, in specs/torch_rprop.py:47",
+    "_h1": "= 2*maximize - 1, in specs/torch_rprop.py:46",
     "etaminus": "hyperparameter",
     "etaplus": "hyperparameter",
     "step_size_min": "hyperparameter",

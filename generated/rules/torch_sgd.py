@@ -115,10 +115,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "mul": 6, "ne": 2, "where": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= (momentum == 0)",
-    "_h2": "= (nesterov \u003e 0)",
-    "_h3": "= -lr",
+    "_h0": "= 1 - 2*maximize, in specs/torch_sgd.py:45",
+    "_h1": "= (momentum == 0), in specs/torch_sgd.py:50",
+    "_h2": "= (nesterov \u003e 0), in specs/torch_sgd.py:50",
+    "_h3": "= -lr, in specs/torch_sgd.py:50",
     "momentum": "hyperparameter",
     "weight_decay": "hyperparameter",
     "keep": "let, computed by host_scalars from momentum, t",

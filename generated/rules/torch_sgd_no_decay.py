@@ -102,11 +102,11 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "mul": 5, "ne": 2, "where": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= take*(1 - 2*maximize), from dampening, maximize, t",
-    "_h1": "= 1 - 2*maximize",
-    "_h2": "= (momentum == 0)",
-    "_h3": "= (nesterov \u003e 0)",
-    "_h4": "= -lr",
+    "_h0": "= take*(1 - 2*maximize), in specs/torch_sgd.py:45, from dampening, maximize, t",
+    "_h1": "= 1 - 2*maximize, in specs/torch_sgd.py:50",
+    "_h2": "= (momentum == 0), in specs/torch_sgd.py:50",
+    "_h3": "= (nesterov \u003e 0), in specs/torch_sgd.py:50",
+    "_h4": "= -lr, in specs/torch_sgd.py:50",
     "momentum": "hyperparameter",
     "keep": "let, computed by host_scalars from momentum, t",
 }

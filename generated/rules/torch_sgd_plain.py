@@ -102,7 +102,7 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 1, "mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -lr*(1 - 2*maximize)",
+    "_h0": "= -lr*(1 - 2*maximize), in specs/torch_sgd.py:50",
 }
 
 

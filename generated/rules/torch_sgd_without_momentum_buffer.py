@@ -102,8 +102,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 2, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= -lr",
+    "_h0": "= 1 - 2*maximize, in specs/torch_sgd.py:50",
+    "_h1": "= -lr, in specs/torch_sgd.py:50",
     "weight_decay": "hyperparameter",
 }
 

@@ -103,11 +103,11 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "mul": 6, "sqrt": 1, "sub": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize",
-    "_h1": "= 1 - beta1",
-    "_h2": "= (1 - 2*maximize) ** 2",
-    "_h3": "= 1 - beta2",
-    "_h4": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)",
+    "_h0": "= 1 - 2*maximize, in specs/torch_sparse_adam.py:42",
+    "_h1": "= 1 - beta1, in specs/torch_sparse_adam.py:42",
+    "_h2": "= (1 - 2*maximize) ** 2, in specs/torch_sparse_adam.py:43",
+    "_h3": "= 1 - beta2, in specs/torch_sparse_adam.py:43",
+    "_h4": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:45",
     "eps": "hyperparameter",
 }
 

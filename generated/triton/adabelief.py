@@ -121,12 +121,12 @@ def adabelief_kernel_body(
 ):
     # The update of one block, shared by adabelief_kernel and adabelief_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adabelief, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = -beta1
-    #   _h3: = beta1 - 1
-    #   _h4: = 1 - beta2
-    #   _h5: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/adabelief.py:34
+    #   _h1: = 1 - beta1, in specs/adabelief.py:34
+    #   _h2: = -beta1, in specs/adabelief.py:35
+    #   _h3: = beta1 - 1, in specs/adabelief.py:35
+    #   _h4: = 1 - beta2, in specs/adabelief.py:35
+    #   _h5: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adabelief.py:37
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

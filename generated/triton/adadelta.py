@@ -132,9 +132,9 @@ def adadelta_kernel_body(
 ):
     # The update of one block, shared by adadelta_kernel and adadelta_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adadelta, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - rho
-    #   _h2: = -wd
+    #   _h0: = -clip_gradient, in specs/adadelta.py:55
+    #   _h1: = 1 - rho, in specs/adadelta.py:55
+    #   _h2: = -wd, in specs/adadelta.py:58
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   rho: hyperparameter

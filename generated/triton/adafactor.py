@@ -483,10 +483,10 @@ def adafactor_kernel(
     # The update: one program per block of elements; vectors gathered at their row/column.
     # COPY_OUT: the weight is the float32 master of the parameter at copy_ptr, written here.
     # Host scalars (fp32; from host_scalars in generated.rules.adafactor, once per step):
-    #   _h3: = eps1 ** 2
-    #   _h4: = (ndim < 2)
-    #   _h5: = -lr*weight_decay + 1
-    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t)))
+    #   _h3: = eps1 ** 2, in specs/adafactor.py:69
+    #   _h4: = (ndim < 2), in specs/adafactor.py:69
+    #   _h5: = -lr*weight_decay + 1, in specs/adafactor.py:70
+    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)

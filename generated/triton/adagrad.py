@@ -125,8 +125,8 @@ def adagrad_kernel_body(
 ):
     # The update of one block, shared by adagrad_kernel and adagrad_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adagrad, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
+    #   _h0: = -clip_gradient, in specs/adagrad.py:60
+    #   _h1: = -lr, in specs/adagrad.py:61
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

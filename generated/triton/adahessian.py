@@ -131,13 +131,13 @@ def adahessian_kernel_body(
 ):
     # The update of one block, shared by adahessian_kernel and adahessian_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adahessian, once per step):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = (1 - beta2 ** t) ** (-1)
-    #   _h4: = ((1 / 2))*hessian_power
-    #   _h5: = (hessian_power == 1)
-    #   _h6: = -lr/(1 - beta1 ** t)
+    #   _h0: = wd*(1 - weight_decouple), in specs/adahessian.py:50
+    #   _h1: = 1 - beta1, in specs/adahessian.py:50
+    #   _h2: = 1 - beta2, in specs/adahessian.py:51
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/adahessian.py:55
+    #   _h4: = ((1 / 2))*hessian_power, in specs/adahessian.py:55
+    #   _h5: = (hessian_power == 1), in specs/adahessian.py:55
+    #   _h6: = -lr/(1 - beta1 ** t), in specs/adahessian.py:55
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter

@@ -129,10 +129,10 @@ def adam_kernel_body(
 ):
     # The update of one block, shared by adam_kernel and adam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adam, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/adam.py:46
+    #   _h1: = 1 - beta1, in specs/adam.py:46
+    #   _h2: = 1 - beta2, in specs/adam.py:47
+    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:53
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -129,9 +129,9 @@ def adamax_kernel_body(
 ):
     # The update of one block, shared by adamax_kernel and adamax_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adamax, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/adamax.py:52
+    #   _h1: = 1 - beta1, in specs/adamax.py:52
+    #   _h2: = -lr/(1 - beta1 ** t), in specs/adamax.py:54
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -119,11 +119,11 @@ def amsgrad_kernel_body(
 ):
     # The update of one block, shared by amsgrad_kernel and amsgrad_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.amsgrad, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = (1.0 / math.sqrt(1 - beta2 ** t))
-    #   _h4: = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/amsgrad.py:33
+    #   _h1: = 1 - beta1, in specs/amsgrad.py:33
+    #   _h2: = 1 - beta2, in specs/amsgrad.py:34
+    #   _h3: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/amsgrad.py:43
+    #   _h4: = -lr/(1 - beta1 ** t), in specs/amsgrad.py:43
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -905,12 +905,12 @@ def came_kernel(
     # The update: one program per block of elements; vectors gathered at their row/column.
     # COPY_OUT: the weight is the float32 master of the parameter at copy_ptr, written here.
     # Host scalars (fp32; from host_scalars in generated.rules.came, once per step):
-    #   _h0: = ((0) if (weight_decouple > 0) else (wd))
-    #   _h4: = (ndim < 2)
-    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1)
-    #   _h9: = 1 - beta1
-    #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1))
-    #   _h11: = -lr
+    #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
+    #   _h4: = (ndim < 2), in specs/came.py:57
+    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60
+    #   _h9: = 1 - beta1, in specs/came.py:58
+    #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1)), in specs/came.py:64
+    #   _h11: = -lr, in specs/came.py:64
     _h0 = tl.cast(_h0, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)

@@ -125,8 +125,8 @@ def dcasgd_kernel_body(
 ):
     # The update of one block, shared by dcasgd_kernel and dcasgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.dcasgd, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
+    #   _h0: = -clip_gradient, in specs/dcasgd.py:41
+    #   _h1: = -lr, in specs/dcasgd.py:41
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -144,13 +144,13 @@ def ftml_kernel_body(
 ):
     # The update of one block, shared by ftml_kernel and ftml_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.ftml, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = (1 - beta2 ** t) ** (-1)
-    #   _h3: = (1 - beta1 ** t)/lr
-    #   _h4: = 1 - beta1
-    #   _h5: = -beta1
-    #   _h6: = -lr/(1 - beta1 ** t)
+    #   _h0: = -clip_gradient, in specs/ftml.py:60
+    #   _h1: = 1 - beta2, in specs/ftml.py:60
+    #   _h2: = (1 - beta2 ** t) ** (-1), in specs/ftml.py:60
+    #   _h3: = (1 - beta1 ** t)/lr, in specs/ftml.py:60
+    #   _h4: = 1 - beta1, in specs/ftml.py:59
+    #   _h5: = -beta1, in specs/ftml.py:59
+    #   _h6: = -lr/(1 - beta1 ** t), in specs/ftml.py:61
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

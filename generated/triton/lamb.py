@@ -146,12 +146,12 @@ def lamb_kernel_body(
 ):
     # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
-    #   _h3: = 1 - beta1
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
-    #   _h5: = -lr*ratio, from lower_bound, lr, u_sq, upper_bound, w_sq
+    #   _h0: = -clip_gradient, in specs/lamb.py:64
+    #   _h1: = 1 - beta2, in specs/lamb.py:64
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h3: = 1 - beta1, in specs/lamb.py:64
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h5: = -lr*ratio, in specs/lamb.py:66, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -382,11 +382,11 @@ def lamb_reduce_kernel_body(
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1)
-    #   _h3: = 1 - beta1
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1)
+    #   _h0: = -clip_gradient, in specs/lamb.py:64
+    #   _h1: = 1 - beta2, in specs/lamb.py:64
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h3: = 1 - beta1, in specs/lamb.py:64
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -128,8 +128,8 @@ def lars_kernel_body(
 ):
     # The update of one block, shared by lars_kernel and lars_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lars, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = -local_lr, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd
+    #   _h0: = -clip_gradient, in specs/lars.py:41
+    #   _h1: = -local_lr, in specs/lars.py:41, from eps, eta, g_sq, lr, rescale_grad, w_sq, wd
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

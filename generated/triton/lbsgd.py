@@ -139,10 +139,10 @@ def lbsgd_kernel_body(
 ):
     # The update of one block, shared by lbsgd_kernel and lbsgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lbsgd, once per step):
-    #   _h1: = -clip_gradient
-    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
-    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h4: = (k % batch_scale == 0), from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h1: = -clip_gradient, in specs/lbsgd.py:74
+    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
+    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, t, updates_per_epoch
     #   wd: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
@@ -332,7 +332,7 @@ def lbsgd_reduce_kernel_body(
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by lbsgd_reduce_kernel and lbsgd_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lbsgd, once per step):
-    #   _h0: = batch_scale ** (-2)
+    #   _h0: = batch_scale ** (-2), in specs/lbsgd.py:59
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)

@@ -114,10 +114,10 @@ def lion_kernel_body(
 ):
     # The update of one block, shared by lion_kernel and lion_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lion, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta2
-    #   _h2: = 1 - beta1
-    #   _h3: = -lr
+    #   _h0: = -clip_gradient, in specs/lion.py:30
+    #   _h1: = 1 - beta2, in specs/lion.py:30
+    #   _h2: = 1 - beta1, in specs/lion.py:31
+    #   _h3: = -lr, in specs/lion.py:31
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -129,10 +129,10 @@ def madgrad_kernel_body(
 ):
     # The update of one block, shared by madgrad_kernel and madgrad_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.madgrad, once per step):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = (momentum == 0)
-    #   _h2: = 1 - momentum
-    #   _h3: = -lr_eps*wd*weight_decouple, from epsilon, lr, wd, weight_decouple
+    #   _h0: = wd*(1 - weight_decouple), in specs/madgrad.py:54
+    #   _h1: = (momentum == 0), in specs/madgrad.py:53
+    #   _h2: = 1 - momentum, in specs/madgrad.py:57
+    #   _h3: = -lr_eps*wd*weight_decouple, in specs/madgrad.py:57, from epsilon, lr, wd, weight_decouple
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
     #   lamb: let, computed by host_scalars from epsilon, lr, t

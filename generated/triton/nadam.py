@@ -149,13 +149,13 @@ def nadam_kernel_body(
 ):
     # The update of one block, shared by nadam_kernel and nadam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.nadam, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = (1 - beta2 ** t) ** (-1)
-    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)
-    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1)
-    #   _h6: = -lr
+    #   _h0: = -clip_gradient, in specs/nadam.py:84
+    #   _h1: = 1 - beta1, in specs/nadam.py:84
+    #   _h2: = 1 - beta2, in specs/nadam.py:85
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/nadam.py:90
+    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:90
+    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:90
+    #   _h6: = -lr, in specs/nadam.py:90
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

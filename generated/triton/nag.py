@@ -132,8 +132,8 @@ def nag_kernel_body(
 ):
     # The update of one block, shared by nag_kernel and nag_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.nag, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
+    #   _h0: = -clip_gradient, in specs/nag.py:52
+    #   _h1: = -lr, in specs/nag.py:52
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

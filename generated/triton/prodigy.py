@@ -157,14 +157,14 @@ def prodigy_kernel_body(
 ):
     # The update of one block, shared by prodigy_kernel and prodigy_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.prodigy, once per step):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
-    #   _h2: = d_old*(1 - beta1), from beta1, d, d0
-    #   _h3: = d_old ** 2*(1 - beta2), from beta2, d, d0
-    #   _h4: = -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1, from beta1, beta2, bias_correction, d, d0, lr, t, wd, weight_decouple
-    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0), from beta1, beta2, beta3, bias_correction, d, d0, d_coef, d_max, d_numerator, dot, epsilon, growth_rate, lr, s_sum, t
-    #   _h6: = -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1), from beta1, beta2, bias_correction, d, d0, lr, t
-    #   _h7: = (s_sum == 0)
+    #   _h0: = wd*(1 - weight_decouple), in specs/prodigy.py:71
+    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, in specs/prodigy.py:75, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
+    #   _h2: = d_old*(1 - beta1), in specs/prodigy.py:72, from beta1, d, d0
+    #   _h3: = d_old ** 2*(1 - beta2), in specs/prodigy.py:73, from beta2, d, d0
+    #   _h4: = -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1, in specs/prodigy.py:81, from beta1, beta2, bias_correction, d, d0, lr, t, wd, weight_decouple
+    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0), in specs/prodigy.py:81, from beta1, beta2, beta3, bias_correction, d, d0, d_coef, d_max, d_numerator, dot, epsilon, growth_rate, lr, s_sum, t
+    #   _h6: = -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1), in specs/prodigy.py:81, from beta1, beta2, bias_correction, d, d0, lr, t
+    #   _h7: = (s_sum == 0), in specs/prodigy.py:81
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   b3: let, computed by host_scalars from beta2, beta3
@@ -399,8 +399,8 @@ def prodigy_reduce_kernel_body(
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by prodigy_reduce_kernel and prodigy_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.prodigy, once per step):
-    #   _h0: = wd*(1 - weight_decouple)
-    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
+    #   _h0: = wd*(1 - weight_decouple), in specs/prodigy.py:71
+    #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, in specs/prodigy.py:75, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
     #   b3: let, computed by host_scalars from beta2, beta3
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)

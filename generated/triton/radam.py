@@ -122,13 +122,13 @@ def radam_kernel_body(
 ):
     # The update of one block, shared by radam_kernel and radam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.radam, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - beta1
-    #   _h2: = 1 - beta2
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), from beta1, beta2, t
-    #   _h4: = (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) >= -6)) else 0.0)
-    #   _h5: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)
-    #   _h6: = -lr
+    #   _h0: = -clip_gradient, in specs/radam.py:34
+    #   _h1: = 1 - beta1, in specs/radam.py:34
+    #   _h2: = 1 - beta2, in specs/radam.py:35
+    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/radam.py:56, from beta1, beta2, t
+    #   _h4: = (((1 - beta1 ** t) ** (-1)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) >= -6)) else 0.0), in specs/radam.py:56
+    #   _h5: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/radam.py:56
+    #   _h6: = -lr, in specs/radam.py:56
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

@@ -126,10 +126,10 @@ def rmsprop_kernel_body(
 ):
     # The update of one block, shared by rmsprop_kernel and rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - gamma1
-    #   _h2: = -clip_weights
-    #   _h3: = -lr
+    #   _h0: = -clip_gradient, in specs/rmsprop.py:55
+    #   _h1: = 1 - gamma1, in specs/rmsprop.py:55
+    #   _h2: = -clip_weights, in specs/rmsprop.py:56
+    #   _h3: = -lr, in specs/rmsprop.py:56
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

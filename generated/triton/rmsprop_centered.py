@@ -132,10 +132,10 @@ def rmsprop_centered_kernel_body(
 ):
     # The update of one block, shared by rmsprop_centered_kernel and rmsprop_centered_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop_centered, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = 1 - gamma1
-    #   _h2: = -lr
-    #   _h3: = -clip_weights
+    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:63
+    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:63
+    #   _h2: = -lr, in specs/rmsprop_centered.py:65
+    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:66
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

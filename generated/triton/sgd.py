@@ -128,9 +128,9 @@ def sgd_kernel_body(
 ):
     # The update of one block, shared by sgd_kernel and sgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
-    #   _h2: = -lr*wd
+    #   _h0: = -clip_gradient, in specs/sgd.py:37
+    #   _h1: = -lr, in specs/sgd.py:37
+    #   _h2: = -lr*wd, in specs/sgd.py:37
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

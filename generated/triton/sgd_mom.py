@@ -120,8 +120,8 @@ def sgd_mom_kernel_body(
 ):
     # The update of one block, shared by sgd_mom_kernel and sgd_mom_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd_mom, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = -lr
+    #   _h0: = -clip_gradient, in specs/sgd_mom.py:41
+    #   _h1: = -lr, in specs/sgd_mom.py:41
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

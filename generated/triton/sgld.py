@@ -116,9 +116,9 @@ def sgld_kernel_body(
 ):
     # The update of one block, shared by sgld_kernel and sgld_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgld, once per step):
-    #   _h0: = math.sqrt(lr)
-    #   _h1: = -clip_gradient
-    #   _h2: = -(1 / 2)*lr
+    #   _h0: = math.sqrt(lr), in specs/sgld.py:38
+    #   _h1: = -clip_gradient, in specs/sgld.py:38
+    #   _h2: = -(1 / 2)*lr, in specs/sgld.py:38
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter

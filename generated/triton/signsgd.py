@@ -122,8 +122,8 @@ def signsgd_kernel_body(
 ):
     # The update of one block, shared by signsgd_kernel and signsgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.signsgd, once per step):
-    #   _h0: = -lr*(wd + wd_lh) + 1
-    #   _h1: = -lr
+    #   _h0: = -lr*(wd + wd_lh) + 1, in specs/signsgd.py:41
+    #   _h1: = -lr, in specs/signsgd.py:41
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load

@@ -130,9 +130,9 @@ def signum_kernel_body(
 ):
     # The update of one block, shared by signum_kernel and signum_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.signum, once per step):
-    #   _h0: = -clip_gradient
-    #   _h1: = momentum - 1
-    #   _h2: = -lr*wd_lh + 1
+    #   _h0: = -clip_gradient, in specs/signum.py:44
+    #   _h1: = momentum - 1, in specs/signum.py:44
+    #   _h2: = -lr*wd_lh + 1, in specs/signum.py:45
     #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter

@@ -328,9 +328,9 @@ def sm3_kernel(
     # The update: one program per block of elements; vectors gathered at their row/column.
     # COPY_OUT: the weight is the float32 master of the parameter at copy_ptr, written here.
     # Host scalars (fp32; from host_scalars in generated.rules.sm3, once per step):
-    #   _h0: = 1 - beta
-    #   _h2: = 1 - momentum
-    #   _h3: = -lr
+    #   _h0: = 1 - beta, in specs/sm3.py:46
+    #   _h2: = 1 - momentum, in specs/sm3.py:51
+    #   _h3: = -lr, in specs/sm3.py:52
     #   momentum: hyperparameter
     #   epsilon: hyperparameter
     #   decay: let, computed by host_scalars from beta

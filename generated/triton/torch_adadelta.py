@@ -125,9 +125,9 @@ def torch_adadelta_kernel_body(
 ):
     # The update of one block, shared by torch_adadelta_kernel and torch_adadelta_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adadelta, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - rho
-    #   _h2: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_adadelta.py:37
+    #   _h1: = 1 - rho, in specs/torch_adadelta.py:37
+    #   _h2: = -lr, in specs/torch_adadelta.py:40
     #   rho: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter

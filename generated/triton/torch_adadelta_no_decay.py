@@ -118,8 +118,8 @@ def torch_adadelta_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_adadelta_no_decay_kernel and torch_adadelta_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adadelta_no_decay, once per step):
-    #   _h0: = (1 - 2*maximize) ** 2*(1 - rho)
-    #   _h1: = -lr*(1 - 2*maximize)
+    #   _h0: = (1 - 2*maximize) ** 2*(1 - rho), in specs/torch_adadelta.py:37
+    #   _h1: = -lr*(1 - 2*maximize), in specs/torch_adadelta.py:40
     #   rho: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

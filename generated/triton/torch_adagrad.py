@@ -121,8 +121,8 @@ def torch_adagrad_kernel_body(
 ):
     # The update of one block, shared by torch_adagrad_kernel and torch_adagrad_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adagrad, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = -lr/(lr_decay*(t - 1) + 1)
+    #   _h0: = 1 - 2*maximize, in specs/torch_adagrad.py:37
+    #   _h1: = -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
     #   weight_decay: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

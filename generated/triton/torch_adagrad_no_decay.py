@@ -115,8 +115,8 @@ def torch_adagrad_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_adagrad_no_decay_kernel and torch_adagrad_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adagrad_no_decay, once per step):
-    #   _h0: = (1 - 2*maximize) ** 2
-    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1)
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:37
+    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)

@@ -128,12 +128,12 @@ def torch_adam_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_adam_no_decay_kernel and torch_adam_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adam_no_decay, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2
-    #   _h3: = (amsgrad > 0)
-    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t))
-    #   _h5: = -lr/(1 - beta1 ** t)
+    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:48
+    #   _h1: = 1 - beta1, in specs/torch_adam.py:48
+    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_adam.py:49
+    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:50
+    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:56
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:56
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

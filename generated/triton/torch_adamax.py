@@ -125,11 +125,11 @@ def torch_adamax_kernel_body(
 ):
     # The update of one block, shared by torch_adamax_kernel and torch_adamax_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adamax, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = 2*maximize - 1
-    #   _h3: = -weight_decay
-    #   _h4: = -lr/(1 - beta1 ** t)
+    #   _h0: = 1 - 2*maximize, in specs/torch_adamax.py:36
+    #   _h1: = 1 - beta1, in specs/torch_adamax.py:36
+    #   _h2: = 2*maximize - 1, in specs/torch_adamax.py:37
+    #   _h3: = -weight_decay, in specs/torch_adamax.py:37
+    #   _h4: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter

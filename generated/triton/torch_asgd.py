@@ -125,10 +125,10 @@ def torch_asgd_kernel_body(
 ):
     # The update of one block, shared by torch_asgd_kernel and torch_asgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_asgd, once per step):
-    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
-    #   _h1: = 1 - 2*maximize
-    #   _h2: = -eta_t, from eta, lr, t
-    #   _h3: = (mu == 1)
+    #   _h0: = -eta_t*lambd + 1, in specs/torch_asgd.py:43, from eta, lambd, lr, t
+    #   _h1: = 1 - 2*maximize, in specs/torch_asgd.py:43
+    #   _h2: = -eta_t, in specs/torch_asgd.py:43, from eta, lr, t
+    #   _h3: = (mu == 1), in specs/torch_asgd.py:43
     #   weight_decay: hyperparameter
     #   mu: host state
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

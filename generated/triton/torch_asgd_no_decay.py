@@ -118,9 +118,9 @@ def torch_asgd_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_asgd_no_decay_kernel and torch_asgd_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_asgd_no_decay, once per step):
-    #   _h0: = -eta_t*lambd + 1, from eta, lambd, lr, t
-    #   _h1: = -eta_t*(1 - 2*maximize), from eta, lr, maximize, t
-    #   _h2: = (mu == 1)
+    #   _h0: = -eta_t*lambd + 1, in specs/torch_asgd.py:43, from eta, lambd, lr, t
+    #   _h1: = -eta_t*(1 - 2*maximize), in specs/torch_asgd.py:43, from eta, lr, maximize, t
+    #   _h2: = (mu == 1), in specs/torch_asgd.py:43
     #   mu: host state
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)

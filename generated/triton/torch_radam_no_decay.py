@@ -123,12 +123,12 @@ def torch_radam_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_radam_no_decay_kernel and torch_radam_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_radam_no_decay, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), from beta2, t
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)
-    #   _h5: = -lr/(1 - beta1 ** t)
+    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:42
+    #   _h1: = 1 - beta1, in specs/torch_radam.py:42
+    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_radam.py:43
+    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:59, from beta2, t
+    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:59
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:59
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

@@ -133,11 +133,11 @@ def torch_rmsprop_kernel_body(
 ):
     # The update of one block, shared by torch_rmsprop_kernel and torch_rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - alpha
-    #   _h2: = (centered > 0)
-    #   _h3: = (momentum > 0)
-    #   _h4: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:44
+    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:44
+    #   _h2: = (centered > 0), in specs/torch_rmsprop.py:50
+    #   _h3: = (momentum > 0), in specs/torch_rmsprop.py:50
+    #   _h4: = -lr, in specs/torch_rmsprop.py:54
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter

@@ -118,8 +118,8 @@ def torch_rprop_kernel_body(
 ):
     # The update of one block, shared by torch_rprop_kernel and torch_rprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rprop, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 2*maximize - 1
+    #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:47
+    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:46
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter

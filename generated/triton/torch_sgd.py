@@ -134,10 +134,10 @@ def torch_sgd_kernel_body(
 ):
     # The update of one block, shared by torch_sgd_kernel and torch_sgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sgd, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = (momentum == 0)
-    #   _h2: = (nesterov > 0)
-    #   _h3: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_sgd.py:45
+    #   _h1: = (momentum == 0), in specs/torch_sgd.py:50
+    #   _h2: = (nesterov > 0), in specs/torch_sgd.py:50
+    #   _h3: = -lr, in specs/torch_sgd.py:50
     #   momentum: hyperparameter
     #   weight_decay: hyperparameter
     #   keep: let, computed by host_scalars from momentum, t

@@ -125,11 +125,11 @@ def torch_sgd_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_sgd_no_decay_kernel and torch_sgd_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sgd_no_decay, once per step):
-    #   _h0: = take*(1 - 2*maximize), from dampening, maximize, t
-    #   _h1: = 1 - 2*maximize
-    #   _h2: = (momentum == 0)
-    #   _h3: = (nesterov > 0)
-    #   _h4: = -lr
+    #   _h0: = take*(1 - 2*maximize), in specs/torch_sgd.py:45, from dampening, maximize, t
+    #   _h1: = 1 - 2*maximize, in specs/torch_sgd.py:50
+    #   _h2: = (momentum == 0), in specs/torch_sgd.py:50
+    #   _h3: = (nesterov > 0), in specs/torch_sgd.py:50
+    #   _h4: = -lr, in specs/torch_sgd.py:50
     #   momentum: hyperparameter
     #   keep: let, computed by host_scalars from momentum, t
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

@@ -118,7 +118,7 @@ def torch_sgd_plain_kernel_body(
 ):
     # The update of one block, shared by torch_sgd_plain_kernel and torch_sgd_plain_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sgd_plain, once per step):
-    #   _h0: = -lr*(1 - 2*maximize)
+    #   _h0: = -lr*(1 - 2*maximize), in specs/torch_sgd.py:50
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load

@@ -120,8 +120,8 @@ def torch_sgd_without_momentum_buffer_kernel_body(
 ):
     # The update of one block, shared by torch_sgd_without_momentum_buffer_kernel and torch_sgd_without_momentum_buffer_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sgd_without_momentum_buffer, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = -lr
+    #   _h0: = 1 - 2*maximize, in specs/torch_sgd.py:50
+    #   _h1: = -lr, in specs/torch_sgd.py:50
     #   weight_decay: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)

@@ -121,11 +121,11 @@ def torch_sparse_adam_kernel_body(
 ):
     # The update of one block, shared by torch_sparse_adam_kernel and torch_sparse_adam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_sparse_adam, once per step):
-    #   _h0: = 1 - 2*maximize
-    #   _h1: = 1 - beta1
-    #   _h2: = (1 - 2*maximize) ** 2
-    #   _h3: = 1 - beta2
-    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t)
+    #   _h0: = 1 - 2*maximize, in specs/torch_sparse_adam.py:42
+    #   _h1: = 1 - beta1, in specs/torch_sparse_adam.py:42
+    #   _h2: = (1 - 2*maximize) ** 2, in specs/torch_sparse_adam.py:43
+    #   _h3: = 1 - beta2, in specs/torch_sparse_adam.py:43
+    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:45
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
