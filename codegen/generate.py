@@ -102,12 +102,23 @@ def write(files: list[Generated], out_dir: Path = GENERATED_DIR, prune: bool = F
     """Write what changed; with ``prune`` (a full generation) also delete every generated file no
     spec generates any more (a removed spec's modules). Returns the paths changed or deleted."""
     changed = []
-    for f in files:
-        target = out_dir / f.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists() or target.read_text() != f.text:
-            target.write_text(f.text)
-            changed.append(_shown(target))
+    pending: list[tuple[Path, Path]] = []  # (temporary, target): all written, then renamed
+    try:
+        for f in files:
+            target = out_dir / f.path
+            if target.exists() and target.read_text() == f.text:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.tmp")
+            temporary.write_text(f.text)
+            pending.append((temporary, target))
+    except OSError:  # nothing replaced: a tree half regenerated would import inconsistently
+        for temporary, _ in pending:
+            temporary.unlink(missing_ok=True)
+        raise
+    for temporary, target in pending:
+        temporary.replace(target)
+        changed.append(_shown(target))
     if prune:
         for path in _orphans(files, out_dir):
             path.unlink()
@@ -128,12 +139,15 @@ def _orphans(files: list[Generated], out_dir: Path) -> list[Path]:
     return [p for p in sorted(out_dir.rglob("*.py")) if p.relative_to(out_dir) not in expected]
 
 
-def stale(specs_dir: Path = SPECS_DIR, out_dir: Path = GENERATED_DIR) -> list[str]:
-    """Unified diffs between what the specs generate and what ``out_dir`` holds (empty: fresh).
+def stale(
+    specs_dir: Path = SPECS_DIR, out_dir: Path = GENERATED_DIR, names: list[str] | None = None
+) -> list[str]:
+    """Unified diffs between what the specs generate and what ``out_dir`` holds (empty: fresh);
+    with ``names``, of those rules' modules only.
 
     Shared by ``python -m tools.generate --check`` and the freshness test.
     """
-    files = generate_all(specs_dir)
+    files = generate_all(specs_dir, names)
     diffs: list[str] = []
     for f in files:
         on_disk = out_dir / f.path
@@ -144,14 +158,12 @@ def stale(specs_dir: Path = SPECS_DIR, out_dir: Path = GENERATED_DIR) -> list[st
                     difflib.unified_diff(
                         old.splitlines(keepends=True),
                         f.text.splitlines(keepends=True),
-                        f"generated/{f.path} (on disk)",
-                        f"generated/{f.path} (from specs)",
+                        f"{_shown(on_disk)} (on disk)",
+                        f"{_shown(on_disk)} (from specs)",
                     )
                 )
-                or f"generated/{f.path}: missing\n"
+                or f"{_shown(on_disk)}: missing\n"
             )
-    for path in _orphans(files, out_dir):
-        diffs.append(
-            f"generated/{path.relative_to(out_dir)}: no spec generates this file (remove it)\n"
-        )
+    for path in _orphans(files, out_dir) if names is None else ():
+        diffs.append(f"{_shown(path)}: no spec generates this file (remove it)\n")
     return diffs

@@ -117,3 +117,65 @@ def test_a_named_new_rule_generates_every_spec_for_the_indexes(
     assert "not in the package indexes" not in printed
     assert f"changed {out / 'rules' / 'two.py'}" in printed  # (not "generated/...": --out)
     assert "__init__.py" not in printed
+
+
+def test_command_line_mistakes_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing or empty ``--specs`` made a full generation delete every module of ``--out``
+    and exit 0; an unknown rule name regenerated every spec; ``--check NAME`` diffed every
+    rule; a stale ``--out`` tree was reported as ``generated/``. Each is now one line on stderr
+    and exit 2 (1 for a stale tree), with nothing written."""
+    specs, out = tmp_path / "specs", tmp_path / "out"
+    specs.mkdir()
+    (specs / "one.py").write_text(GOOD.format(name="one"))
+    (specs / "two.py").write_text(GOOD.format(name="two"))
+    assert main(["--specs", str(specs), "--out", str(out)]) == 0
+    before = {p: p.read_text() for p in out.rglob("*.py")}
+    for argv, said in [
+        (["--specs", str(tmp_path / "none")], f"--specs {tmp_path / 'none'}: no such directory"),
+        (["--specs", str(tmp_path)], "no spec files in it (a full generation would delete"),
+        (["--specs", str(specs), "One"], f"no spec named 'One' in {specs}/ (did you mean one?)"),
+        (["--specs", str(specs), "--check", "three"], "no spec named 'three'"),
+    ]:
+        capsys.readouterr()
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and len(err.splitlines()) == 1, err
+    assert {p: p.read_text() for p in out.rglob("*.py")} == before
+    (out / "numpy" / "two.py").write_text("# edited\n")
+    capsys.readouterr()
+    assert main(["--specs", str(specs), "--out", str(out), "--check", "one"]) == 0
+    assert main(["--specs", str(specs), "--out", str(out), "--check", "two"]) == 1
+    printed = capsys.readouterr()
+    assert (
+        f"--- {out / 'numpy' / 'two.py'} (on disk)" in printed.out and "one.py" not in printed.out
+    )
+    again = f"python -m tools.generate two --specs {specs} --out {out}"
+    assert printed.err.startswith(f"{out}/ is stale: 1 file(s) differ; run: {again}")
+
+
+def test_a_failed_write_replaces_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files were written one by one: a write error in the numba tree left the rules and NumPy
+    modules of the new spec beside the old numba one (and said "internal error"). Every changed
+    file is written aside first, then all are renamed: now nothing changes."""
+    specs, out = tmp_path / "specs", tmp_path / "out"
+    specs.mkdir()
+    (specs / "one.py").write_text(GOOD.format(name="one"))
+    assert main(["--specs", str(specs), "--out", str(out)]) == 0
+    before = {p: p.read_text() for p in out.rglob("*.py")}
+    (specs / "one.py").write_text(GOOD.format(name="one").replace("mx.lr *", "2 * mx.lr *"))
+    (tmp_path / "numba_elsewhere").mkdir()
+    for p in (out / "numba").iterdir():
+        p.rename(tmp_path / "numba_elsewhere" / p.name)
+    (out / "numba").rmdir()
+    (out / "numba").write_text("a file where the numba tree was\n")
+    capsys.readouterr()
+    assert main(["--specs", str(specs), "--out", str(out), "one"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write ") and err.endswith("(nothing was written)\n"), err
+    after = {p: p.read_text() for p in out.rglob("*.py")}
+    assert after == {p: t for p, t in before.items() if "numba" not in p.parts}
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import re
 import sys
 import time
@@ -22,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from codegen.generate import GENERATED_DIR, generate_all, stale, write
-from codegen.load import SPECS_DIR, load_rules
+from codegen.load import SPECS_DIR, load_rules, spec_paths
 from codegen.spec import SpecError
 
 _NAMES_A_FILE = re.compile(r"^[^\s:]+\.py(:\d+)?: ")
@@ -63,6 +64,27 @@ def indexed(out: Path) -> set[str]:
     return names
 
 
+def _refused(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line before anything is generated: a missing or empty
+    specs directory (a full generation would delete every module), a rule with no spec."""
+    if not args.specs.is_dir():
+        return f"--specs {args.specs}: no such directory"
+    present = [p.stem for p in spec_paths(args.specs)]
+    if not present:
+        return (
+            f"--specs {args.specs}: no spec files in it (a full generation would delete every "
+            "module)"
+        )
+    for name in args.rules:
+        if name not in present:
+            close = difflib.get_close_matches(name.lower(), present, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"no spec named {name!r} in {args.specs}/{hint}"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out}: not a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.generate", description=__doc__.split("\n")[0]
@@ -77,15 +99,24 @@ def main(argv: list[str] | None = None) -> int:
         "--debug", action="store_true", help="print the traceback of a refused spec"
     )
     args = parser.parse_args(argv)
+    refused = _refused(args)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    out = f"{args.out}/" if args.out != GENERATED_DIR else "generated/"
     try:
         if args.check:
-            diffs = stale(args.specs, args.out)
+            diffs = stale(args.specs, args.out, args.rules or None)
             if diffs:
                 sys.stdout.write("".join(diffs))
-                print(f"generated/ is stale: {len(diffs)} file(s) differ")
-                print("run: python -m tools.generate")
+                again = " ".join(
+                    ["python -m tools.generate", *args.rules]
+                    + [f"--specs {args.specs}"] * (args.specs != SPECS_DIR)
+                    + [f"--out {args.out}"] * (args.out != GENERATED_DIR)
+                )
+                print(f"{out} is stale: {len(diffs)} file(s) differ; run: {again}", file=sys.stderr)
                 return 1
-            print("generated/ is in sync with specs/")
+            print(f"{out} is in sync with {args.specs.name}/")
             return 0
         start = time.perf_counter()
         names = args.rules or None
@@ -112,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"error: {_name_the_spec(error, args.specs, args.rules)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the output tree: nothing in it was replaced (codegen.generate.write)
+        if args.debug:
+            traceback.print_exc()
+        where = f" {error.filename}" if error.filename else ""
+        print(
+            f"error: cannot write{where}: {error.strerror or error} (nothing was written)",
+            file=sys.stderr,
+        )
         return 2
     except Exception as error:  # a generator bug (or a spec it fails to refuse): never exit 0
         if args.debug:
