@@ -528,6 +528,8 @@ def render(rule: Rule) -> dict[str, str]:
             "commit",
             "resolve_hyperparams",
             "step_counts",
+            "check_lists",
+            "each_tensor",
             *code.runtime,
         }
     )
@@ -554,6 +556,8 @@ def render(rule: Rule) -> dict[str, str]:
             "commit",
             "resolve_hyperparams",
             "step_counts",
+            "check_lists",
+            "each_tensor",
             "stream_indices",
             *tcode.runtime,
         }

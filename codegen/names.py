@@ -36,7 +36,8 @@ _reserve(
     "a runtime helper the generated code imports",
     "Legal TorchEquivalent GeneratedOptimizer ChunkTable check_step_count check_tensors "
     "check_weight flat_views for_chunks normal_chunk host_state_values launch reduce_sums "
-    "resolve_hyperparams step_counts stream_indices stream_seed tensor_seed check_scalars computed "
+    "resolve_hyperparams step_counts check_lists each_tensor stream_indices stream_seed "
+    "tensor_seed check_scalars computed "
     "combine fixed_sum nan_max nan_min combine_tiles domain_shape for_tiles matrix_dims "
     "matrix_sizes matrix_tiles matrix_views tile_scratch vector_shape LAUNCHES check_across "
     "domain_size "

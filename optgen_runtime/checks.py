@@ -85,6 +85,11 @@ def check_dense(where: str, label: str, x: Any) -> None:
             f"{where}: {label} is a meta tensor (shape and dtype only, no data); "
             "only tensors with data can be updated"
         )
+    if layout is not None and x.is_neg():  # memory holds -x: the kernels would read x
+        raise ValueError(
+            f"{where}: {label} has torch's negative bit set (a lazily negated view, as "
+            "``z.conj().imag`` makes): pass ``x.resolve_neg()``"
+        )
 
 
 def check_contiguous(where: str, label: str, x: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import operator
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
@@ -182,9 +183,13 @@ def _real(rule: str, name: str, value: Any) -> float:
     if not bad:
         try:
             return float(value)  # numpy and 0-d torch scalars
-        except (TypeError, ValueError, OverflowError, RuntimeError):
+        except OverflowError:
+            raise ValueError(
+                f"{rule}: hyperparameter {name}={_short(value)} is past the largest double"
+            ) from None
+        except (TypeError, ValueError, RuntimeError):
             pass
-    raise TypeError(f"{rule}: hyperparameter {name} must be a real number, got {value!r}")
+    raise TypeError(f"{rule}: hyperparameter {name} must be a real number, got {_short(value)}")
 
 
 def _discrete(rule: str, name: str, value: Any, legal: Legal) -> float:
@@ -299,7 +304,7 @@ def host_state_values(rule: str, state: Any, names: tuple[str, ...]) -> dict[str
         value = state[name]
         if (
             isinstance(value, bool)
-            or not isinstance(value, (int, float))
+            or not isinstance(value, numbers.Real)  # NumPy's float32 too (as a double)
             or not math.isfinite(value)
         ):
             raise ValueError(f"{rule}: host state {name} must be a finite float, got {value!r}")
@@ -307,8 +312,52 @@ def host_state_values(rule: str, state: Any, names: tuple[str, ...]) -> dict[str
     return values
 
 
+def of_tensor(rule: str, j: int, error: Exception) -> Exception:
+    """``error``, raised checking tensor ``j`` of a multi-tensor step, with the tensor named
+    (``adam: tensor 2: grad dtype must be ...``); ``error`` itself when its type takes no plain
+    message."""
+    message = str(error)
+    head = f"{rule}: "
+    named = f"{head}tensor {j}: {message.removeprefix(head)}"
+    try:
+        renamed = type(error)(named)
+    except Exception:
+        return error
+    return renamed.with_traceback(error.__traceback__)
+
+
+def each_tensor(
+    rule: str, check: Callable[..., Any], weights: Sequence[Any], *columns: Sequence[Any]
+) -> list[Any]:
+    """``[check(w, *others) for each tensor]`` (``columns``: the grads, states, ...), a refusal
+    of one of several naming its tensor (:func:`of_tensor`)."""
+    out, j = [], 0
+    try:
+        for j in range(len(weights)):
+            out.append(check(weights[j], *(c[j] for c in columns)))
+    except (TypeError, ValueError) as error:
+        raise (of_tensor(rule, j, error) if len(weights) > 1 else error) from None
+    return out
+
+
+def check_lists(rule: str, weights: Any, grads: Any, states: Any) -> None:
+    """A multi-tensor step's three lists (or tuples): one entry per tensor, as many of each."""
+    for name, value in (("weights", weights), ("grads", grads), ("states", states)):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(
+                f"{rule}: step_multi takes {name} as a list (one per tensor), got "
+                f"{type(value).__name__}"
+            )
+    if not len(weights) == len(grads) == len(states):
+        counts = f"{len(weights)} weights, {len(grads)} grads, {len(states)} states"
+        raise ValueError(f"{rule}: {counts}")
+
+
 def step_counts(rule: str, t: Any, n: int) -> list[int]:
-    """Per-tensor step counts of a multi-tensor step: one int for all, or a sequence of ``n``."""
+    """Per-tensor step counts of a multi-tensor step: one int for all, or a sequence of ``n``
+    (a list, a tuple, or a 1-D NumPy array or tensor of them)."""
+    if getattr(t, "ndim", None) == 1 and hasattr(t, "tolist"):
+        t = t.tolist()
     if isinstance(t, Sequence) and not isinstance(t, str):
         if len(t) != n:
             raise ValueError(f"{rule}: {len(t)} step counts for {n} tensors")
@@ -500,10 +549,21 @@ def run_steps(rule: str, steppers: Sequence[Iterator[None]]) -> None:
     reductions, checks and host scalars: it reads, writes only temporaries) and only when
     every one has does any resume to write, so a refusal of any tensor (a scalar its data
     make unrepresentable) leaves every tensor as it was."""
-    for s in steppers:
-        if next(s) is not None:
+    for j in range(len(steppers)):
+        if advance(rule, steppers, j) is not None:
             raise RuntimeError(f"{rule}: a step yielded before its checks")  # a generator bug
     finish_steps(rule, steppers)
+
+
+def advance(rule: str, steppers: Sequence[Iterator[Any]], j: int, value: Any = None) -> Any:
+    """Stepper ``j`` run to its next ``yield`` (sent ``value``); a refusal of one of several
+    tensors names it (:func:`of_tensor`)."""
+    try:
+        return steppers[j].send(value)
+    except (TypeError, ValueError) as error:
+        if len(steppers) == 1:
+            raise
+        raise of_tensor(rule, j, error) from None
 
 
 def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:

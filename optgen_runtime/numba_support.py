@@ -29,7 +29,15 @@ from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
 from optgen_runtime import philox
-from optgen_runtime.common import BITS, HALF_BITS, HALF_MASTER, MASTER, PLAIN
+from optgen_runtime.common import (
+    BITS,
+    HALF_BITS,
+    HALF_MASTER,
+    MASTER,
+    PLAIN,
+    check_lists,
+    of_tensor,
+)
 from optgen_runtime.numpy_support import check_arrays_across, flat_views
 
 # IEEE arithmetic (no reassociation, no contraction to fused multiply-add: float32 results round
@@ -480,9 +488,7 @@ def prepare(
     address. ``mode``: "single" (one tensor, checked as the NumPy module's ``step`` checks it),
     "multi" (every tensor so, then across tensors: ``step_multi``), "prechecked" (the caller
     checked them all: only the counts are checked here). ``even``: as ``Buffers.at``."""
-    if not (len(weights) == len(grads) == len(states)):
-        counts = f"{len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        raise ValueError(f"{rule}: {counts}")
+    check_lists(rule, weights, grads, states)
     for key, values in inputs.items():
         if values is None:
             continue
@@ -500,11 +506,17 @@ def prepare(
             mode = "multi"
     if flats is None:
         flats = []
-        for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
-            given = {
-                key: (values[j] if values is not None else None) for key, values in inputs.items()
-            }
-            flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
+        j = 0
+        try:
+            for j, (w, g, s) in enumerate(zip(weights, grads, states, strict=True)):
+                given = {
+                    key: (values[j] if values is not None else None)
+                    for key, values in inputs.items()
+                }
+                flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
+        except (TypeError, ValueError) as error:
+            several = mode == "multi" and len(weights) > 1
+            raise (of_tensor(rule, j, error) if several else error) from None
         if mode == "multi":
             check_arrays_across(rule, weights, grads, states, names)
     buffers = Buffers.at(

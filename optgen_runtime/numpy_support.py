@@ -24,6 +24,7 @@ from optgen_runtime.checks import (
     check_state_shape,
 )
 from optgen_runtime.common import (
+    advance,
     check_distinct_states,
     check_inputs_given,
     finish_steps,
@@ -451,11 +452,11 @@ def run_group(rule: str, steppers: list[Iterator[Any]], kinds: dict[str, str]) -
     reductions after a phase and is sent the group's totals (sums added in tensor order, max
     and min NaN-propagating); each then yields None once checked, and only when all have does
     any write (a refusal of any tensor leaves every tensor as it was)."""
-    pending = [next(s) for s in steppers]
+    pending = [advance(rule, steppers, j) for j in range(len(steppers))]
     while pending and pending[0] is not None:
         names = list(pending[0])
         totals = _combine(kinds, names, [tuple(p[n] for n in names) for p in pending])
-        pending = [s.send(totals) for s in steppers]
+        pending = [advance(rule, steppers, j, totals) for j in range(len(steppers))]
     finish_steps(rule, steppers)
 
 

@@ -23,7 +23,12 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import check_distinct_states, check_inputs_given, host_state_values
+from optgen_runtime.common import (
+    check_distinct_states,
+    check_inputs_given,
+    host_state_values,
+    of_tensor,
+)
 from optgen_runtime.scalars import (
     check_scalars,
     computed,
@@ -133,10 +138,14 @@ def check_tensors_each(
     nothing, but their host states would be read once and written twice)."""
     check_distinct_states(rule, states)
     each = inputs or [None] * len(weights)
-    return [
-        check_tensors(rule, w, g, s, names, host_names, inputs=x)
-        for w, g, s, x in zip(weights, grads, states, each, strict=True)
-    ]
+    checked, j = [], 0
+    try:
+        for j in range(len(weights)):
+            w, g, s, x = weights[j], grads[j], states[j], each[j]
+            checked.append(check_tensors(rule, w, g, s, names, host_names, inputs=x))
+    except (TypeError, ValueError) as error:
+        raise (of_tensor(rule, j, error) if len(weights) > 1 else error) from None
+    return checked
 
 
 def check_copies(rule: str, weights: Sequence[Any], copies: Sequence[Any] | None) -> None:
@@ -1086,6 +1095,7 @@ class ChunkTable:
 _PLAIN = {torch.Tensor, torch.nn.Parameter}
 _POINTER = torch.Tensor.data_ptr
 _CONTIGUOUS = torch.Tensor.is_contiguous
+_IS_NEG = torch.Tensor.is_neg
 _NUMEL = torch.Tensor.numel
 _SHAPE, _DTYPE, _DEVICE = attrgetter("shape"), attrgetter("dtype"), attrgetter("device")
 
@@ -1329,8 +1339,8 @@ class _Prepared:
                 if copies is not None:  # the copies' dtypes type their groups
                     looks += ((_DTYPE, columns[-1]),)
             else:
-                if not all(map(_CONTIGUOUS, flat)):
-                    return None
+                if not all(map(_CONTIGUOUS, flat)) or any(map(_IS_NEG, flat)):
+                    return None  # (refused by the full checks, naming it)
                 looks = ((_SHAPE, flat), (_DTYPE, flat), (_DEVICE, flat))
         except (KeyError, IndexError, TypeError, RuntimeError, ValueError):
             return None

@@ -45,6 +45,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tools.cli import check_rules
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Weights of fp16/bf16 parameters with float32 master copies (``multi_precision``): the weight
 # fp32, the gradient and inputs in the parameter's dtype, and the update kernel writes the
@@ -467,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "--weight",
         nargs="+",
         default=["fp32", "bf16", "fp16", *MASTERS],
+        choices=[*DTYPES, *MASTERS],
         help="weight dtypes (fp32 bf16 fp16 bf16-master fp16-master)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON rows")
@@ -478,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # the matrix rules' segment kernels too, and the variants the rules launch where a state is
     # absent (torch_sgd at momentum=0: codegen/variants.py)
+    for rule in args.rules:
+        if rule.endswith(".py") and not Path(rule).is_file():
+            parser.error(f"{rule}: no such module file")
+    names = [r for r in args.rules if not r.endswith(".py")]
+    check_rules(parser, names, [*RULES, *variants(RULES), *MATRIX_RULES])
     rules = args.rules or [*RULES, *variants(RULES), *MATRIX_RULES]
     rows = [row for rule in rules for row in compile_rule(rule, args.arch, args.weight)]
     if args.json:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.numpy_support import _MIN_CHUNKS_PER_THREAD, THREADS
+from tools.cli import check_rules, check_writable, positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 3
@@ -437,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the rule to time (adam; with --cpu: only these rules, comma-separated, at 1 M, "
         "4 M, 10 M)",
     )
-    parser.add_argument("--n", type=int, help="parameters (default 10 000 000)")
-    parser.add_argument("--steps", type=int, help="timed steps (default 20)")
+    parser.add_argument("--n", type=positive_int, help="parameters (default 10 000 000)")
+    parser.add_argument("--steps", type=positive_int, help="timed steps (default 20)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -454,9 +455,23 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu", action="store_true", help="the compiled numba target vs torch (tools/bench_cpu)"
     )
     parser.add_argument(
-        "--threads", type=int, help="with --cpu: torch and numba threads (default: every core)"
+        "--threads",
+        type=positive_int,
+        help="with --cpu: torch and numba threads (default: every core)",
     )
     args = parser.parse_args(argv)
+    if args.host and args.cpu:
+        parser.error("--host and --cpu are two runs: give one")
+    if args.threads is not None and not args.cpu:
+        parser.error("--threads applies to --cpu only")
+    if args.n is not None and (args.host or args.cpu):
+        parser.error("--n applies to the single-rule run (neither --host nor --cpu)")
+    check_writable(parser, args.json, "--json")
+    if args.rule is not None:
+        from generated.numpy import MATRIX_RULES, RULES
+
+        names = args.rule.split(",") if args.cpu else [args.rule]
+        check_rules(parser, names, [*RULES, *MATRIX_RULES])
     if args.host:
         from tools import host_bench
 

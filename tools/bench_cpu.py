@@ -838,3 +838,9 @@ def report(r: dict[str, Any]) -> str:
             f"{row['peer_ms']:9.2f} {row['ratio']:6.2f}x {mine_ratio:>7s}  {row['peer']}"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "tools.bench_cpu is a helper module, not a command: run python -m tools.bench --cpu"
+    )

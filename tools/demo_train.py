@@ -16,6 +16,7 @@ import time
 import torch
 
 from generated.torch import RULES
+from tools.cli import positive_int
 
 # (label, rule, hyperparameters): rates picked for this task, everything else at the defaults.
 OPTIMIZERS = [
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tools.demo_train", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the data (20)")
-    parser.add_argument("--batch", type=int, default=64, help="mini-batch size (64)")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="passes over the data (20)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="mini-batch size (64)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the optimizers' NumPy path runs its own threads
     x, y = task()

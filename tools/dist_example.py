@@ -13,6 +13,7 @@ optimizer, as a restarted job would); rank 0 prints the loss. (``--backend nccl`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from datetime import timedelta
@@ -30,15 +31,21 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generated.torch import RULES
+from tools.cli import positive_int
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rule", default="lamb", choices=sorted(RULES), help="rule to train with")
-    parser.add_argument("--steps", type=int, default=20, help="training steps")
+    parser.add_argument("--steps", type=positive_int, default=20, help="training steps")
     parser.add_argument("--lr", type=float, default=0.01, help="learning rate")
     parser.add_argument("--backend", default="gloo", help="torch.distributed backend (gloo, nccl)")
     args = parser.parse_args()
+    if "RANK" not in os.environ:
+        parser.error(
+            "run it under torchrun, one process per rank: torchrun --nproc-per-node 2 "
+            "tools/dist_example.py (README: Distributed training)"
+        )
     dist.init_process_group(args.backend, timeout=timedelta(seconds=60))
     rank = dist.get_rank()
     torch.manual_seed(0)  # the same initial weights on every rank

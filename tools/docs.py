@@ -19,6 +19,7 @@ from pathlib import Path
 
 from codegen.load import load_rules
 from codegen.spec import Rule
+from tools.cli import check_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -189,11 +190,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rules", nargs="*", help="build: only these rules' pages (default: all)")
     parser.add_argument("--write", action="store_true", help="table: write it into README.md")
     parser.add_argument("--check", action="store_true", help="table: exit 1 when README's is stale")
-    parser.add_argument("--rule", default="adam", help="screenshot: the rule's page (adam)")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "site" / "screenshot.png", help="screenshot: PNG path"
-    )
+    parser.add_argument("--rule", help="screenshot: the rule's page (adam)")
+    parser.add_argument("--out", type=Path, help="screenshot: PNG path (site/screenshot.png)")
     args = parser.parse_args(argv)
+    # each option belongs to one command: one given to another would be ignored
+    misplaced = [
+        flag
+        for flag, given, command in [
+            ("--write", args.write, "table"),
+            ("--check", args.check, "table"),
+            ("rule names", bool(args.rules), "build"),
+            ("--rule", args.rule is not None, "screenshot"),
+            ("--out", args.out is not None, "screenshot"),
+        ]
+        if given and args.command != command
+    ]
+    if misplaced:
+        parser.error(f"{misplaced[0]} does not apply to {args.command!r}")
+    if args.write and args.check:
+        parser.error("--write and --check: give one")
+    if args.command == "screenshot":
+        from generated.rules import MATRIX_RULES, RULES
+
+        args.rule = args.rule or "adam"
+        args.out = args.out or ROOT / "site" / "screenshot.png"
+        check_rules(parser, [args.rule], [*RULES, *MATRIX_RULES])
     if args.command == "build":
         from tools import docs_site
 

@@ -384,3 +384,9 @@ def build(
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # a banner about mkdocs 2, not our build
     subprocess.run(command + (["--strict"] if strict else []), check=True, env=env)
     return site
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "tools.docs_site is a helper module, not a command: run python -m tools.docs build"
+    )

@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.fuzz_report", description=__doc__)
     parser.add_argument("--long", action="store_true", help="the long profile (OPTGEN_FUZZ=long)")
     parser.add_argument("--json", type=Path, help="also write the counts here")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments")
+    parser.add_argument(
+        "pytest_args",
+        nargs="*",
+        help="extra pytest arguments, after -- (python -m tools.fuzz_report -- -k adam)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(args.json or Path(tmp) / "fuzz.json").resolve()

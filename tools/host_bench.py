@@ -334,3 +334,9 @@ def report(rows: list[dict[str, Any]], steps: int) -> str:
         per = r["lamb_ms"] * 1e3 / r["tensors"]
         lines.append(f"{r['list']:32s} {r['lamb_ms']:8.3f} {r['adam_ms']:8.3f} {per:15.2f}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "tools.host_bench is a helper module, not a command: run python -m tools.bench --host"
+    )

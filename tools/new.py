@@ -13,6 +13,7 @@ import keyword
 import sys
 from pathlib import Path
 
+from codegen.generate import GENERATED_DIR
 from codegen.load import SPECS_DIR
 
 SKELETON = '''"""{title}: <one sentence saying what the rule does>.
@@ -112,8 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     if path.exists() and not args.force:
         print(f"error: {path} exists (use --force to overwrite)", file=sys.stderr)
         return 2
+    variant = GENERATED_DIR / "rules" / f"{name}.py"
+    ours = args.specs.resolve() == SPECS_DIR.resolve()
+    if ours and variant.exists() and not path.exists():  # a special case's or variant's module
+        print(
+            f"error: {name!r} is the name of another rule's generated module ({variant}): "
+            "choose another name",
+            file=sys.stderr,
+        )
+        return 2
     title = name.replace("_", " ").title()
-    path.write_text(SKELETON.format(name=name, title=title))
+    try:
+        path.write_text(SKELETON.format(name=name, title=title))
+    except OSError as error:
+        print(f"error: cannot write {path}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     print("next: edit it, then run (python: .venv/bin/python, or source .venv/bin/activate)")
     for command, what in NEXT:

@@ -69,3 +69,10 @@ def run_ranks(
             out.close()
     logs = [(tmp / f"rank{rank}.log").read_text() for rank in range(world)]
     return Ranks([proc.returncode for proc, _ in procs], logs, timed_out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "tools.ranks is a helper module, not a command: "
+        "run the distributed tests (tests/distributed_checks.py)"
+    )

@@ -38,8 +38,12 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import mxnet as mx
 import numpy as np
+
+try:
+    import mxnet as mx
+except ImportError:  # --help works without it; recording needs it (the docstring's venv)
+    mx = None
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "goldens" / "mxnet"
 SIZE = 12
@@ -454,4 +458,17 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m tools.record_mxnet_goldens",
+        description=(__doc__ or "").split("\n")[0],
+        epilog="Run it with mxnet==1.9.1 installed (a throwaway venv, numpy<2): see the module's "
+        "docstring.",
+    ).parse_args()
+    if mx is None:
+        raise SystemExit(
+            "error: mxnet is not installed: record in a throwaway venv with mxnet==1.9.1 and "
+            "numpy<2 (the module's docstring says how)"
+        )
     main()

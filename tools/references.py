@@ -20,6 +20,7 @@ hook: it is called instead of setting the gradients and calling ``step()``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import io
 import os
@@ -262,6 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.references", description=__doc__)
     parser.add_argument("rules", nargs="*", help="rules (default: every entry)")
     args = parser.parse_args(argv)
+    for rule in args.rules:
+        if rule in BY_RULE:
+            continue
+        from generated.rules import MATRIX_RULES, RULES
+
+        entries = f"this tool's entries: {', '.join(BY_RULE)}"
+        if rule in RULES or rule in MATRIX_RULES:
+            parser.error(
+                f"{rule} has no entry here (its tests check it against torch.optim or MXNet's "
+                f"goldens); {entries}"
+            )
+        close = difflib.get_close_matches(rule.lower(), [*RULES, *MATRIX_RULES], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        parser.error(f"no rule named {rule!r}{hint}; {entries}")
     rows = report(args.rules or list(BY_RULE))
     print(
         f"{STEPS} steps, shapes {list(SHAPES)}, every setting of the entry; max relative error "

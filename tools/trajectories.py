@@ -236,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(rules())
     if unknown:
         parser.error(f"no generated module for {', '.join(sorted(unknown))}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: not a directory")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / ".write_test").touch()
+        (args.out / ".write_test").unlink()
+    except OSError as error:
+        parser.error(f"--out {args.out}: cannot write there ({error.strerror or error})")
     by_fn: dict[str, dict[str, tuple[float | None, np.ndarray]]] = {f.name: {} for f in FUNCTIONS}
     for rule in names:
         paths = {fn.name: best(rule, fn) for fn in FUNCTIONS}

@@ -263,12 +263,14 @@ def context(lowered: Lowered) -> dict[str, object]:
         "phases": phases,
         "support_imports": ", ".join(sorted(support)),
         "common_imports": sorted(
-            ["check_step_count", "host_state_values", "resolve_hyperparams", "step_counts"]
+            ["check_lists", "check_step_count", "host_state_values", "resolve_hyperparams"]
+            + ["step_counts"]
             + (["commit"] if per_tensor_scalars and not matrix else [])
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])
-            + (["check_distinct_states", "matrix_dims", "run_steps"] if matrix else [])
+            + (["check_distinct_states", "each_tensor", "matrix_dims"] if matrix else [])
+            + (["run_steps"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
             + (["input_lists"] if rule.inputs else [])
             + (["scalar_inputs"] if rule.scalars else [])

@@ -48,6 +48,7 @@ import numba
 import numpy as np
 
 from optgen_runtime.common import (
+    check_lists,
     check_step_count,
     host_state_values,
     matrix_dims,
@@ -573,10 +574,7 @@ def step_multi(
     """Update many weights, each with its own reductions (row_max, col_max, row_new, col_new): every
     tensor is reduced and checked, and every host scalar computed, before anything is written
     (a refusal leaves every tensor as it was). ``t``: one step count, or one per tensor."""
-    if not (len(weights) == len(grads) == len(states)):
-        raise ValueError(
-            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        )
+    check_lists(RULE, weights, grads, states)
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)

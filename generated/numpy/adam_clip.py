@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.common import (
+    check_lists,
     check_step_count,
     host_state_values,
     resolve_hyperparams,
@@ -130,10 +131,7 @@ def step_multi(
     """Update many weights together: the group reductions (grad_sq) are over all
     of them. ``t``: one step count, or one per tensor. Every tensor is checked, and every
     host scalar computed, before anything is written."""
-    if not (len(weights) == len(grads) == len(states)):
-        raise ValueError(
-            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        )
+    check_lists(RULE, weights, grads, states)
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     check_arrays_across(RULE, weights, grads, states, STATES)

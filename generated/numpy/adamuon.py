@@ -49,8 +49,10 @@ import numpy as np
 
 from optgen_runtime.common import (
     all_or_nothing,
+    check_lists,
     check_step_count,
     commit,
+    each_tensor,
     host_max,
     host_min,
     resolve_hyperparams,
@@ -143,13 +145,9 @@ def step_multi(
     """``step`` on each weight (``t``: one step count, or one per weight), after checking all of
     them: nothing is written if one is bad. Returns the number of weights updated."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    if not len(weights) == len(grads) == len(states):
-        raise ValueError(
-            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        )
+    check_lists(RULE, weights, grads, states)
     ts = step_counts(RULE, t, len(weights))
-    for weight, grad, state in zip(weights, grads, states, strict=True):
-        _check(weight, grad, state)
+    each_tensor(RULE, _check, weights, grads, states)
     # across the tensors: no weight or state twice, no gradient that is another tensor's weight
     # or state (the writes, queued, would read it changed)
     check_arrays_across(RULE, weights, grads, states, STATES)

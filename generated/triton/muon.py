@@ -46,8 +46,10 @@ import torch
 from optgen_runtime.common import (
     all_or_nothing,
     check_distinct_states,
+    check_lists,
     check_step_count,
     commit,
+    each_tensor,
     host_max,
     resolve_hyperparams,
     step_counts,
@@ -265,20 +267,14 @@ def step_multi(
     new weight into, rounded to its dtype, in the same pass (a fp16/bf16 parameter whose
     float32 master copy is the weight). Checked as the weights are."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
-    if not len(weights) == len(grads) == len(states):
-        raise ValueError(
-            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        )
+    check_lists(RULE, weights, grads, states)
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
     if amp is not None:
         raise ValueError(f"{RULE}: amp flags on the device are not supported (it has reductions)")
     # each tensor's buffers, then across them: no weight or state twice, no gradient that is
     # another tensor's weight or state (the writes, queued, would read it changed)
-    tables = [
-        _check(weight, grad, state)
-        for weight, grad, state in zip(weights, grads, states, strict=True)
-    ]
+    tables = each_tensor(RULE, _check, weights, grads, states)
     check_distinct_states(RULE, states)
     check_copies(RULE, weights, copies)
     check_across(tables if copies is None else with_copies(tables, copies))

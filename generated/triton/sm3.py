@@ -40,7 +40,9 @@ import torch
 
 from optgen_runtime.common import (
     check_distinct_states,
+    check_lists,
     check_step_count,
+    each_tensor,
     host_state_values,
     matrix_dims,
     matrix_sizes,
@@ -501,10 +503,7 @@ def step_multi(
     that the update kernel writes the new weight into, rounded to its dtype, in the same pass
     (a fp16/bf16 parameter whose float32 master copy is the weight). Checked as the weights are.
     """
-    if not (len(weights) == len(grads) == len(states)):
-        raise ValueError(
-            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        )
+    check_lists(RULE, weights, grads, states)
     if amp is not None:
         raise TypeError(
             f"{RULE}: step_multi takes no amp state (a rule with row or column vectors)"
@@ -512,11 +511,16 @@ def step_multi(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
+    if not weights:
+        return 0  # no tensor: nothing to launch (the settings checked all the same)
     check_distinct_states(RULE, states)
-    tables = [
-        check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, STATE_AXES)
-        for _w, _g, _s in zip(weights, grads, states, strict=True)
-    ]
+    tables = each_tensor(
+        RULE,
+        lambda _w, _g, _s: check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, STATE_AXES),
+        weights,
+        grads,
+        states,
+    )
     check_copies(RULE, weights, copies)
     check_across(tables if copies is None else with_copies(tables, copies))
     _copies = list(copies) if copies is not None else [None] * len(weights)

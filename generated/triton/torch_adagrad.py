@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
+    check_lists,
     check_step_count,
     host_state_values,
     matches,
@@ -345,10 +346,7 @@ def step_multi(
     then skipped on a reused table (hyperparameters, step counts and host scalars are still
     checked, and a table is never built unchecked).
     """
-    if not (len(weights) == len(grads) == len(states)):
-        raise ValueError(
-            f"{RULE}: {len(weights)} weights, {len(grads)} grads, {len(states)} states"
-        )
+    check_lists(RULE, weights, grads, states)
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     # weight_decay = 0: that variant's kernels
     if matches(SPECIAL["torch_adagrad_no_decay"], hp):
@@ -367,6 +365,8 @@ def step_multi(
         )
     ts = step_counts(RULE, t, len(weights))
     stream_indices(RULE, stream_ids, len(weights))
+    if not weights:
+        return 0  # no tensor: nothing to launch (the settings checked all the same)
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = ChunkTable.prepared(

@@ -106,6 +106,7 @@ _BITS_LAYOUTS = {torch.bfloat16: (BITS, MASTER), torch.float16: (HALF_BITS, HALF
 _GRAD, _DTYPE, _LAYOUT, _VERSION = (attrgetter(k) for k in ("grad", "dtype", "layout", "_version"))
 _STEP = itemgetter("step")
 _DATA_PTR, _SIZE, _GET_DEVICE = torch.Tensor.data_ptr, torch.Tensor.size, torch.Tensor.get_device
+_IS_NEG = torch.Tensor.is_neg
 _STRIDE = torch.Tensor.stride
 SMALL = 64  # gradients compared one by one below this many; vectorised above
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
@@ -322,6 +323,8 @@ class FastStep:
         for part, gs in zip(plan.groups, grads, strict=True) if plan.complex else ():
             if any(gs[j].is_conj() for j in part.complex):
                 return False  # the full step refuses it, naming it
+        if any(any(map(_IS_NEG, gs)) for gs in grads):
+            return False  # a lazily negated view (its memory holds -g): refused, naming it
         pointers = [list(map(torch.Tensor.data_ptr, gs)) for gs in grads]
         if not self._grads_clear(plan, pointers):
             return False  # the full step names the overlap
