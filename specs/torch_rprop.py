@@ -22,14 +22,17 @@ product at the next step keeps the step size again, as torch's
 import sympy as sp
 
 from codegen.mxnet import mxnet_sign
-from codegen.spec import Rule, nonnegative, positive
+from codegen.spec import Legal, Rule, nonnegative, unit
 
 RULE = Rule("torch_rprop", __doc__)
 lr = RULE.hyper("lr", 0.01, nonnegative(), doc="initial step size")
+# torch's range: 0 < etaminus < 1 < etaplus
 etaminus = RULE.hyper(
-    "etaminus", 0.5, positive(), doc="step size factor on a sign change (etas[0])"
+    "etaminus", 0.5, unit(lo_open=True), doc="step size factor on a sign change (etas[0])"
 )
-etaplus = RULE.hyper("etaplus", 1.2, positive(), doc="step size factor otherwise (etas[1])")
+etaplus = RULE.hyper(
+    "etaplus", 1.2, Legal(lo=1.0, lo_open=True), doc="step size factor otherwise (etas[1])"
+)
 step_size_min = RULE.hyper("step_size_min", 1e-6, nonnegative(), doc="(step_sizes[0])")
 step_size_max = RULE.hyper("step_size_max", 50.0, nonnegative(), doc="(step_sizes[1])")
 maximize = RULE.flag("maximize", False, doc="ascend: use -grad")

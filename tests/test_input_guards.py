@@ -874,3 +874,15 @@ def test_hyperparameters_and_host_states_of_numpy_types() -> None:
     assert type(state["d"]) is float
     with pytest.raises(ValueError, match=r"lr=10000000000000000000\.\.\..* is past the largest"):
         np_adam.step(w, w.copy(), np_adam.init_state(w), 1, lr=10**400)
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+def test_torch_rprop_takes_torchs_etas_only(target: str) -> None:
+    """torch.optim.Rprop refuses etas outside 0 < etaminus < 1 < etaplus (its drop-in does too);
+    the module took etaminus=1.5 and etaplus=0.5 (a step size that grows on a sign change)."""
+    m = _module(target, "torch_rprop")
+    w = _arrays(target, 1, (3,))[0]
+    for key, value, legal in [("etaminus", 1.0, r"\(0, 1\)"), ("etaplus", 1.0, r"\(1, inf\)")]:
+        with pytest.raises(ValueError, match=rf"{key}={value} is outside its legal values {legal}"):
+            m.step(w, w * 1, m.init_state(w), 1, **{key: value})
+    assert (np.asarray(w) == 1).all()

@@ -128,8 +128,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rprop, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:47
-    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:46
+    #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:50
+    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:49
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter
@@ -143,14 +143,14 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             prev = load(prev_buf, _i)
             step_size = load(step_size_buf, _i)
-            # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
+            # specs/torch_rprop.py:43: G = grad*(1 - 2*maximize)
             G = _h0 * grad
-            # specs/torch_rprop.py:41: s = G*prev
+            # specs/torch_rprop.py:44: s = G*prev
             s = G * prev
-            # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+            # specs/torch_rprop.py:46: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
             _t2 = s < _T(0.0)
-            # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-            # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+            # specs/torch_rprop.py:47: used = Piecewise((0, s < 0), (G, True))
+            # specs/torch_rprop.py:49: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
             prev_new = _T(0.0) if _t2 else G
             _v0 = s > _T(0.0)
             _v1 = etaminus if _t2 else _T(1.0)
@@ -180,14 +180,14 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         prev = load(prev_buf, _i)
         step_size = load(step_size_buf, _i)
-        # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
+        # specs/torch_rprop.py:43: G = grad*(1 - 2*maximize)
         G = _h0 * grad
-        # specs/torch_rprop.py:41: s = G*prev
+        # specs/torch_rprop.py:44: s = G*prev
         s = G * prev
-        # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+        # specs/torch_rprop.py:46: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
         _t2 = s < _T(0.0)
-        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+        # specs/torch_rprop.py:47: used = Piecewise((0, s < 0), (G, True))
+        # specs/torch_rprop.py:49: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
         prev_new = _T(0.0) if _t2 else G
         _v0 = s > _T(0.0)
         _v1 = etaminus if _t2 else _T(1.0)

@@ -117,14 +117,14 @@ def step(
         _step_size = _step_size_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
+        # specs/torch_rprop.py:43: G = grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_rprop.py:41: s = G*prev
+        # specs/torch_rprop.py:44: s = G*prev
         np.multiply(_b0, _prev, out=_b1)
-        # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+        # specs/torch_rprop.py:46: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
         __t2 = np.less(_b1, 0.0)
-        # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-        # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+        # specs/torch_rprop.py:47: used = Piecewise((0, s < 0), (G, True))
+        # specs/torch_rprop.py:49: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
         np.copyto(_prev, _b0)
         np.copyto(_prev, 0.0, where=__t2)
         __v0 = np.greater(_b1, 0.0)

@@ -41,8 +41,8 @@ HYPERPARAMS: dict[str, float | str | bool | None] = {
 }
 LEGAL: dict[str, Legal] = {
     "lr": Legal(lo=0.0),
-    "etaminus": Legal(lo=0.0, lo_open=True),
-    "etaplus": Legal(lo=0.0, lo_open=True),
+    "etaminus": Legal(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "etaplus": Legal(lo=1.0, lo_open=True),
     "step_size_min": Legal(lo=0.0),
     "step_size_max": Legal(lo=0.0),
     "maximize": Legal(lo=0.0, hi=1.0, flag=True),
@@ -118,8 +118,8 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_rprop.py:47",
-    "_h1": "= 2*maximize - 1, in specs/torch_rprop.py:46",
+    "_h0": "= 1 - 2*maximize, in specs/torch_rprop.py:50",
+    "_h1": "= 2*maximize - 1, in specs/torch_rprop.py:49",
     "etaminus": "hyperparameter",
     "etaplus": "hyperparameter",
     "step_size_min": "hyperparameter",
@@ -149,9 +149,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_rprop.py:47: prev_new = used
+    # specs/torch_rprop.py:50: prev_new = used
     _h0 = 1 - 2 * maximize
-    # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+    # specs/torch_rprop.py:49: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
     _h1 = 2 * maximize - 1
     scalars = (_h0, _h1, etaminus, etaplus, step_size_min, step_size_max)
     return scalars, {}

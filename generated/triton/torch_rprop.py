@@ -119,8 +119,8 @@ def torch_rprop_kernel_body(
 ):
     # The update of one block, shared by torch_rprop_kernel and torch_rprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rprop, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:47
-    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:46
+    #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:50
+    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:49
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter
@@ -131,14 +131,14 @@ def torch_rprop_kernel_body(
         grad = grad * inv_scale
     prev = tl.load(prev_ptr + offs, mask=mask).to(tl.float32)
     step_size = tl.load(step_size_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_rprop.py:40: G = grad*(1 - 2*maximize)
+    # specs/torch_rprop.py:43: G = grad*(1 - 2*maximize)
     G = _h0 * grad
-    # specs/torch_rprop.py:41: s = G*prev
+    # specs/torch_rprop.py:44: s = G*prev
     s = G * prev
-    # specs/torch_rprop.py:43: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
+    # specs/torch_rprop.py:46: step_size_new = Min(step_size_max, Max(step_size_min, step_size*Piecewise((etaplus, s > 0), (etaminus, s < 0), (1, True))))
     _t2 = s < 0.0
-    # specs/torch_rprop.py:44: used = Piecewise((0, s < 0), (G, True))
-    # specs/torch_rprop.py:46: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
+    # specs/torch_rprop.py:47: used = Piecewise((0, s < 0), (G, True))
+    # specs/torch_rprop.py:49: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
     prev_new = tl.where(_t2, 0.0, G)
     _v0 = s > 0.0
     _v1 = tl.where(_t2, etaminus, 1.0)
