@@ -348,6 +348,12 @@ class Linearizer:
                 yes, no = (m, acc) if isinstance(expr, sp.And) else (acc, m)
                 acc = self.emit("where", acc, yes, no, dest=last)
             return acc  # type: ignore[return-value]
+        if isinstance(expr, sp.Not):
+            # Python's ``not`` of a mask (true where the condition is false, NaN's included):
+            # a select between the constant masks made from it
+            mask = self.mask(expr.args[0])
+            no, yes = self.branch(sp.false, mask), self.branch(sp.true, mask)
+            return self.emit("where", mask, no, yes, dest=dest)
         if isinstance(expr, (sp.Eq, sp.Ne)):
             lhs, rhs = (self.operand(a) for a in expr.args)
             if isinstance(expr, sp.Ne):  # IEEE: true where either is NaN

@@ -162,7 +162,7 @@ def supported_text() -> str:
     host = sorted(f.__name__ for f in HOST_ONLY)
     return (
         f"per element: +, -, *, /, sqrt, cbrt and other constant powers, {', '.join(functions)}, "
-        "comparisons joined by &, |, Eq, Ne, and Piecewise; on the host only (of "
+        "comparisons joined by &, |, ~, Eq, Ne, and Piecewise; on the host only (of "
         f"hyperparameters, t and finished sums) also {', '.join(host)}"
     )
 

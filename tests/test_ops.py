@@ -278,6 +278,7 @@ def flag(name, condition):
 flag("both", (g > 0) & (w > 0))
 flag("three", (g > 0) & (w > 0) & (g < 2))
 flag("either", (g > 0) | (w < -1))
+flag("neither", ~((g > 0) | (w < -1)))
 flag("zero", sp.Eq(g, 0))
 flag("nonzero", sp.Ne(g, 0))
 RULE.update(w, w - 0.1 * g)
@@ -285,9 +286,9 @@ RULE.update(w, w - 0.1 * g)
 
 
 def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
-    """``&``, ``|``, ``Eq`` and ``Ne`` in a per-element Piecewise (before, refused: "And is not
-    supported"): every target against NumPy's own comparisons, NaN included (a comparison with
-    NaN is false, ``Ne`` true)."""
+    """``&``, ``|``, ``~``, ``Eq`` and ``Ne`` in a per-element Piecewise (before, refused: "And
+    is not supported", "Not is not supported"): every target against NumPy's own comparisons,
+    NaN included (a comparison with NaN is false, ``Ne`` true, ``~`` of a join Python's not)."""
 
     g = np.array([1.0, 1.0, -1.0, 0.0, -0.0, np.nan, 3.0, 1.0], np.float32)
     w = np.array([1.0, -2.0, -2.0, 1.0, 5.0, 1.0, 1.0, np.nan], np.float32)
@@ -295,6 +296,7 @@ def test_and_or_eq_and_ne_conditions_run_per_element(tmp_path: Path) -> None:
         "both": (g > 0) & (w > 0),
         "three": (g > 0) & (w > 0) & (g < 2),
         "either": (g > 0) | (w < -1),
+        "neither": ~((g > 0) | (w < -1)),  # Python's not: true where g is NaN
         "zero": g == 0,
         "nonzero": g != 0,
     }
