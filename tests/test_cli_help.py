@@ -56,7 +56,17 @@ def test_a_tool_refuses_a_mistake_in_one_line_before_any_work(
     --cpu, --cpu --host) were ignored; trajectories' --out a file, tools.new a name of another
     rule's generated module (sgd_plain) and dist_example outside torchrun got tracebacks or
     succeeded wrongly."""
-    from tools import aot, bench, demo_train, docs, new, references, trajectories
+    from tools import (
+        aot,
+        bench,
+        demo_train,
+        docs,
+        fuzz_report,
+        gpu_check,
+        new,
+        references,
+        trajectories,
+    )
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     afile = tmp_path / "afile"
@@ -65,6 +75,10 @@ def test_a_tool_refuses_a_mistake_in_one_line_before_any_work(
         (aot.main, ["Adam"], "no rule named 'Adam' (did you mean adam?)"),
         (aot.main, ["adam", "--weight", "fp64"], "invalid choice: 'fp64'"),
         (aot.main, [str(tmp_path / "x.py")], "x.py: no such module file"),
+        (aot.main, ["adam", "--arch", "0"], "--arch 0: the kernels are checked for sm_80"),
+        (fuzz_report.main, ["--json", str(tmp_path / "no" / "x.json")], "no such directory"),
+        (gpu_check.parse_args, ["--out", str(tmp_path / "no" / "g.md")], "no such directory"),
+        (gpu_check.parse_args, ["--steps", "0"], "argument --steps: 0 must be at least 1"),
         (bench.main, ["--quick", "--rule", "nosuchrule"], "no rule named 'nosuchrule'"),
         (bench.main, ["--quick", "--n", "0"], "argument --n: 0 must be at least 1"),
         (bench.main, ["--quick", "--steps", "-5"], "argument --steps: -5 must be at least 1"),

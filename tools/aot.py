@@ -48,6 +48,9 @@ from typing import Any
 from tools.cli import check_rules
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The oldest CUDA compute capability checked: Ampere (the classes' bf16 and fp16 kernels; the
+# README's figures are sm_80 and sm_90)
+OLDEST_ARCH = 80
 # Weights of fp16/bf16 parameters with float32 master copies (``multi_precision``): the weight
 # fp32, the gradient and inputs in the parameter's dtype, and the update kernel writes the
 # parameter from the master (``COPY_OUT``: ChunkTable's copies). Compiled only for the kernels
@@ -487,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [r for r in args.rules if not r.endswith(".py")]
     check_rules(parser, names, [*RULES, *variants(RULES), *MATRIX_RULES])
     rules = args.rules or [*RULES, *variants(RULES), *MATRIX_RULES]
+    for arch in args.arch:
+        if arch < OLDEST_ARCH:
+            parser.error(f"--arch {arch}: the kernels are checked for sm_{OLDEST_ARCH} and newer")
     rows = [row for rule in rules for row in compile_rule(rule, args.arch, args.weight)]
     if args.json:
         print(json.dumps(rows))

@@ -42,3 +42,10 @@ def check_writable(parser: argparse.ArgumentParser, path: Path | None, what: str
         parser.error(f"{what} {path}: is a directory, not a file")
     if not path.parent.is_dir():
         parser.error(f"{what} {path}: no such directory {path.parent}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "tools.cli is a helper module, not a command: the tools' argument checks "
+        "(python -m tools.<name> --help)"
+    )

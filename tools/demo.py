@@ -175,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(w, str) and not w.startswith("not generated"):
                 failures.append(f"{rule} ({target}): {w}")
     print(f"total {time.perf_counter() - total:.1f} s")
+    from generated.numpy import MATRIX_RULES
+
+    if MATRIX_RULES and not args.rules:  # said, not silently left out
+        print(
+            f"not on this vector problem: {', '.join(MATRIX_RULES)} (matrix rules, 2-D weights "
+            "only; tests/test_matrix_rules.py and their own tests run them)"
+        )
     for failure in failures:
         print(f"error: {failure}")
     return 1 if failures else 0

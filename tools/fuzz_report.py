@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.cli import check_writable
+
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = [
     ("drawn", "drawn"),
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         help="extra pytest arguments, after -- (python -m tools.fuzz_report -- -k adam)",
     )
     args = parser.parse_args(argv)
+    check_writable(parser, args.json, "--json")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(args.json or Path(tmp) / "fuzz.json").resolve()
         env = dict(os.environ, OPTGEN_FUZZ_REPORT=str(report))

@@ -50,6 +50,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tools.cli import check_writable, positive_int
+
 NO_CUDA = 3
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ("adam", "adamw", "sgd_mom", "lamb", "sgld")
@@ -91,11 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python3 -m tools.gpu_check", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, help="markdown file (default: $OUT/gpu_check.md)")
-    parser.add_argument("--big", type=int, default=1 << 30, help="elements of the one big tensor")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per case")
-    parser.add_argument("--test-budget", type=int, default=240, help="seconds for the pytest run")
     parser.add_argument(
-        "--budget", type=int, default=450, help="seconds for everything; cases past it skipped"
+        "--big", type=positive_int, default=1 << 30, help="elements of the one big tensor"
+    )
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per case")
+    parser.add_argument(
+        "--test-budget", type=positive_int, default=240, help="seconds for the pytest run"
+    )
+    parser.add_argument(
+        "--budget",
+        type=positive_int,
+        default=450,
+        help="seconds for everything; cases past it skipped",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 steps, no pytest")
     parser.add_argument("--skip-tests", action="store_true", help="no pytest run")
@@ -104,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-distributed", action="store_true", help="no distributed run (two ranks)"
     )
     parser.add_argument(
-        "--dist-budget", type=int, default=240, help="seconds for the distributed run"
+        "--dist-budget", type=positive_int, default=240, help="seconds for the distributed run"
     )
     parser.add_argument(
         "--dist-rules", nargs="+", default=None, help="the distributed run's rules (all)"
@@ -115,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(os.environ.get("OUT") or ".") / "gpu_check.md"
+    check_writable(parser, args.out, "--out")  # before minutes of checks, not after
     if args.quick:
         args.big, args.steps, args.skip_tests = min(args.big, 1 << 22), 3, True
         args.skip_distributed = True
