@@ -720,6 +720,27 @@ def test_torch_optims_other_names_are_its_own() -> None:
         optim.Adamm  # noqa: B018 (the attribute lookup is the test)
 
 
+def lockstep(
+    theirs: Any,
+    ours: Any,
+    t: int,
+    nan: list[int] | None = None,
+    value: float = math.nan,
+    first: int | None = None,
+) -> None:
+    """One step of torch's optimizer and of ours on the same gradients (``set_grads``'s at t),
+    with ``value`` put at the flat indices ``nan`` of the first ``first`` parameters' (all)."""
+    theirs_p = [p for g in theirs.param_groups for p in g["params"]]
+    ours_p = [p for g in ours.param_groups for p in g["params"]]
+    set_grads(theirs_p, t)
+    for p in theirs_p[:first] if nan else ():
+        p.grad.view(-1)[nan] = value
+    for p, q in zip(ours_p, theirs_p, strict=True):
+        p.grad = q.grad.clone()
+    theirs.step()
+    ours.step()
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 def test_a_nan_gradient_element_steps_as_torchs(foreach: bool) -> None:
     """Rprop: torch's sign is 0 at NaN, so a NaN gradient element leaves its weight and step
@@ -731,14 +752,7 @@ def test_a_nan_gradient_element_steps_as_torchs(foreach: bool) -> None:
     theirs = torch.optim.Rprop(theirs_p, lr=0.01, foreach=foreach)
     ours = dropin.Rprop(ours_p, lr=0.01, foreach=foreach)
     for t in range(1, 6):
-        set_grads(theirs_p, t)
-        for p in theirs_p:
-            if t in (2, 4):
-                p.grad.view(-1)[:2] = math.nan
-        for p, q in zip(ours_p, theirs_p, strict=True):
-            p.grad = q.grad.clone()
-        theirs.step()
-        ours.step()
+        lockstep(theirs, ours, t, nan=[0, 1] if t in (2, 4) else None)
         for p, q in zip(ours_p, theirs_p, strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True)
     assert all(torch.isfinite(p).all() for p in ours_p)
@@ -756,13 +770,7 @@ def test_adafactor_keeps_a_1d_weights_nan_to_its_element_as_torch(foreach: bool)
     theirs = torch.optim.Adafactor(theirs_p, lr=0.01, foreach=foreach)
     ours = dropin.Adafactor(ours_p, lr=0.01, foreach=foreach)
     for t in range(1, 5):
-        set_grads(theirs_p, t)
-        for p in theirs_p[:2]:
-            p.grad.view(-1)[t % 2] = math.nan if t == 1 else math.inf
-        for p, q in zip(ours_p, theirs_p, strict=True):
-            p.grad = q.grad.clone()
-        theirs.step()
-        ours.step()
+        lockstep(theirs, ours, t, nan=[t % 2], value=math.nan if t == 1 else math.inf, first=2)
         for p, q in zip(ours_p, theirs_p, strict=True):
             assert torch.equal(p.isnan(), q.isnan())
             torch.testing.assert_close(p, q, equal_nan=True)
@@ -821,11 +829,7 @@ def test_tensor_betas_changed_in_place_change_the_step(backend: str) -> None:
             b1.fill_(0.5 if t == 3 else 0.0)
             b2.fill_(0.99)
         theirs.param_groups[0]["betas"] = (float(b1), float(b2))
-        set_grads(theirs_p, t)
-        for p, q in zip(ours_p, theirs_p, strict=True):
-            p.grad = q.grad.clone()
-        theirs.step()
-        ours.step()
+        lockstep(theirs, ours, t)
         for p, q in zip(ours_p, theirs_p, strict=True):
             torch.testing.assert_close(p, q)
     assert ours.state_dict()["param_groups"][0]["betas"][0].item() == 0.0
