@@ -312,10 +312,12 @@ def host_state_values(rule: str, state: Any, names: tuple[str, ...]) -> dict[str
     return values
 
 
-def of_tensor(rule: str, j: int, error: Exception) -> Exception:
-    """``error``, raised checking tensor ``j`` of a multi-tensor step, with the tensor named
-    (``adam: tensor 2: grad dtype must be ...``); ``error`` itself when its type takes no plain
-    message."""
+def of_tensor(rule: str, j: int, error: Exception, n: int) -> Exception:
+    """``error``, raised checking tensor ``j`` of a step of ``n`` tensors, with the tensor named
+    (``adam: tensor 2: grad dtype must be ...``); ``error`` itself for one tensor, or when its
+    type takes no plain message."""
+    if n == 1:
+        return error
     message = str(error)
     head = f"{rule}: "
     named = f"{head}tensor {j}: {message.removeprefix(head)}"
@@ -336,7 +338,7 @@ def each_tensor(
         for j in range(len(weights)):
             out.append(check(weights[j], *(c[j] for c in columns)))
     except (TypeError, ValueError) as error:
-        raise (of_tensor(rule, j, error) if len(weights) > 1 else error) from None
+        raise of_tensor(rule, j, error, len(weights)) from None
     return out
 
 
@@ -561,9 +563,7 @@ def advance(rule: str, steppers: Sequence[Iterator[Any]], j: int, value: Any = N
     try:
         return steppers[j].send(value)
     except (TypeError, ValueError) as error:
-        if len(steppers) == 1:
-            raise
-        raise of_tensor(rule, j, error) from None
+        raise of_tensor(rule, j, error, len(steppers)) from None
 
 
 def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:

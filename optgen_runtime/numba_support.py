@@ -515,8 +515,7 @@ def prepare(
                 }
                 flats.append(flat_views(rule, w, g, s, names, host_names, given or None))
         except (TypeError, ValueError) as error:
-            several = mode == "multi" and len(weights) > 1
-            raise (of_tensor(rule, j, error) if several else error) from None
+            raise of_tensor(rule, j, error, len(weights) if mode == "multi" else 1) from None
         if mode == "multi":
             check_arrays_across(rule, weights, grads, states, names)
     buffers = Buffers.at(

@@ -131,9 +131,11 @@ def check_tensors_each(
     names: Sequence[str],
     host_names: Sequence[str] = (),
     inputs: Sequence[dict[str, Any]] | None = None,
+    axes: dict[str, int] | None = None,
 ) -> list[Checked]:
     """:func:`check_tensors` for every tensor of a multi-tensor step (``ChunkTable.prepared``
-    calls it only when some buffer changed since the last call that passed). One state dict
+    calls it only when some buffer changed since the last call that passed; a row/column
+    rule's ``step_multi`` with its ``axes``), a refusal of one of several naming it. One state dict
     given for two tensors is refused whatever their sizes (empty tensors' buffers overlap
     nothing, but their host states would be read once and written twice)."""
     check_distinct_states(rule, states)
@@ -142,9 +144,9 @@ def check_tensors_each(
     try:
         for j in range(len(weights)):
             w, g, s, x = weights[j], grads[j], states[j], each[j]
-            checked.append(check_tensors(rule, w, g, s, names, host_names, inputs=x))
+            checked.append(check_tensors(rule, w, g, s, names, host_names, axes, inputs=x))
     except (TypeError, ValueError) as error:
-        raise (of_tensor(rule, j, error) if len(weights) > 1 else error) from None
+        raise of_tensor(rule, j, error, len(weights)) from None
     return checked
 
 

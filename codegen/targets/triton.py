@@ -202,7 +202,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     whole = {rule.reduction_kinds[r] for r in rule.scalar_reductions}
     support += ["fixed_sum"] if "sum" in whole else []
     if matrix:
-        support += ["LAUNCHES", "check_across", "check_copies", "domain_size", "with_copies"]
+        support += ["LAUNCHES", "check_across", "check_copies", "check_tensors_each"]
+        support += ["domain_size", "with_copies"]
         support += ["matrix_sweep"]
     else:
         support += ["ChunkTable", "launch"]
@@ -269,7 +270,7 @@ def context(lowered: Lowered) -> dict[str, object]:
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])
-            + (["check_distinct_states", "each_tensor", "matrix_dims"] if matrix else [])
+            + (["matrix_dims"] if matrix else [])
             + (["run_steps"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
             + (["input_lists"] if rule.inputs else [])

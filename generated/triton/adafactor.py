@@ -44,10 +44,8 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
-    check_distinct_states,
     check_lists,
     check_step_count,
-    each_tensor,
     host_state_values,
     matrix_dims,
     matrix_sizes,
@@ -64,6 +62,7 @@ from optgen_runtime.triton_support import (
     check_across,
     check_copies,
     check_tensors,
+    check_tensors_each,
     check_weight,
     domain_size,
     fixed_sum,
@@ -719,14 +718,7 @@ def step_multi(
     stream_indices(RULE, stream_ids, len(weights))
     if not weights:
         return 0  # no tensor: nothing to launch (the settings checked all the same)
-    check_distinct_states(RULE, states)
-    tables = each_tensor(
-        RULE,
-        lambda _w, _g, _s: check_tensors(RULE, _w, _g, _s, STATES, HOST_STATES, STATE_AXES),
-        weights,
-        grads,
-        states,
-    )
+    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES, axes=STATE_AXES)
     check_copies(RULE, weights, copies)
     check_across(tables if copies is None else with_copies(tables, copies))
     _copies = list(copies) if copies is not None else [None] * len(weights)
