@@ -169,7 +169,8 @@ def name_values(block: Block) -> Block:
             for k, v in zip(known, found, strict=True):
                 if v is not None:
                     k[target] = v
-            written[target] = value.xreplace(written)
+            if constant:  # (only a constant let compares expressions)
+                written[target] = value.xreplace(written)
             out.append(a.with_(target=target, args=args))
     return block.then(
         "named",
