@@ -718,7 +718,7 @@ def step_multi(
     stream_indices(RULE, stream_ids, len(weights))
     if not weights:
         return 0  # no tensor: nothing to launch (the settings checked all the same)
-    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES, axes=STATE_AXES)
+    tables = check_tensors_each(RULE, weights, grads, states, STATES, HOST_STATES, None, STATE_AXES)
     check_copies(RULE, weights, copies)
     check_across(tables if copies is None else with_copies(tables, copies))
     _copies = list(copies) if copies is not None else [None] * len(weights)
