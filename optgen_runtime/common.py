@@ -174,12 +174,24 @@ def _resolve(
 
 
 def _real(rule: str, name: str, value: Any) -> float:
-    """A numeric hyperparameter as a float: Python/NumPy reals and 1-element torch tensors;
-    never a bool, a string or bytes (``"0.05"`` would pass ``float()`` and fail later)."""
+    """A numeric hyperparameter as a float: Python/NumPy reals and one-element NumPy arrays and
+    torch tensors, of any shape; never a bool, a string or bytes (``"0.05"`` would pass
+    ``float()`` and fail later) nor an array of several elements (named by its size)."""
     bad = isinstance(value, (bool, str, bytes, bytearray)) or type(value).__name__ == "bool_"
     if not bad and not isinstance(value, (int, float)):
         bad = not (hasattr(value, "__float__") or hasattr(value, "__index__"))
         bad = bad or (getattr(value, "dtype", None) is not None and "bool" in str(value.dtype))
+        size = getattr(value, "size", None)
+        size = size() if callable(size) else size  # torch's is a method, NumPy's a number
+        if not bad and isinstance(size, tuple):
+            size = math.prod(size)
+        if not bad and isinstance(size, int) and size != 1:
+            raise TypeError(
+                f"{rule}: hyperparameter {name} must be a real number, got an array of "
+                f"{size} elements ({_short(value)})"
+            )
+        if not bad and size == 1 and hasattr(value, "item"):
+            value = value.item()  # NumPy refuses float() of a one-element array of rank >= 1
     if not bad:
         try:
             return float(value)  # numpy and 0-d torch scalars

@@ -233,6 +233,28 @@ def test_numeric_hyperparameters_still_accept_numbers():
     Adam([torch.nn.Parameter(torch.ones(2))], lr=np.float32(0.1), wd=torch.tensor(0.01), epsilon=1)
 
 
+@pytest.mark.parametrize("value", [np.array([0.25]), np.array([[0.25]]), torch.tensor([0.25])])
+def test_one_element_arrays_are_hyperparameters_of_any_rank(value):
+    # NumPy refuses float() of a one-element array of rank >= 1; a tensor's is allowed
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    opt = Adam([param], lr=value)
+    assert opt.param_groups[0]["lr"] is value
+    opt.step()
+    assert torch.equal(param.detach(), torch.full((2,), 0.75))  # Adam's first step: w - lr
+    w = np.ones(2, np.float32)
+    np_adam.step(w, np.ones(2, np.float32), np_adam.init_state(w), 1, lr=value)
+    assert np.all(w < 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"), [(np.ones(3), 3), (torch.ones(2), 2), (np.array([]), 0)]
+)
+def test_many_element_hyperparameters_are_refused_by_size(value, size):
+    with pytest.raises(TypeError, match=f"lr must be a real number, got an array of {size} el"):
+        Adam([torch.nn.Parameter(torch.ones(2))], lr=value)
+
+
 def test_flags_and_choices_keep_their_values():
     LAMB([torch.nn.Parameter(torch.ones(2))], bias_correction=False)
     LBSGD([torch.nn.Parameter(torch.ones(2))], warmup_strategy="sqrt")
