@@ -241,7 +241,7 @@ def test_one_element_arrays_are_hyperparameters_of_any_rank(value):
     opt = Adam([param], lr=value)
     assert opt.param_groups[0]["lr"] is value
     opt.step()
-    assert torch.equal(param.detach(), torch.full((2,), 0.75))  # Adam's first step: w - lr
+    assert torch.allclose(param.detach(), torch.full((2,), 0.75))  # Adam's first step: w - lr
     w = np.ones(2, np.float32)
     np_adam.step(w, np.ones(2, np.float32), np_adam.init_state(w), 1, lr=value)
     assert np.all(w < 1)
