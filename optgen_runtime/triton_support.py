@@ -721,6 +721,10 @@ def _check_amp(rule: str, amp: Any, device: torch.device) -> Amp:
     return amp
 
 
+class CheckedAmp(list):
+    """``ChunkTable.checked_amp``'s flags, one pair per group."""
+
+
 _ZERO = np.zeros(1, dtype=np.int64)  # the padding of an odd span
 
 
@@ -751,6 +755,19 @@ class _Group:
         self.whole = False  # the members are every tensor of the step, in order
         self.span: tuple[tuple[int, int], torch.Tensor] | None = None  # meta_device[lo:hi]
         self.copy_like: torch.Tensor | None = None  # the first member's copy (types COPY_OUT's)
+        # the meta offset of each written buffer's pointer row (weight, states, copies) and its
+        # bytes per element; the sizes row's offset (``ChunkTable.__init__``)
+        self.written_rows: list[tuple[int, int]] = []
+        self.sizes_at = 0
+
+    def written_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """The byte spans [start, end) of every buffer the group's launch writes (weights,
+        states, copies), from its meta table: the addresses it launches with."""
+        n = len(self.members)
+        sizes = self.meta[self.sizes_at : self.sizes_at + n]
+        starts = np.concatenate([self.meta[at : at + n] for at, _ in self.written_rows])
+        items = np.repeat([item for _, item in self.written_rows], n)
+        return starts, starts + np.tile(sizes, len(self.written_rows)) * items
 
     def rewrite(self, lo: int, hi: int, values: np.ndarray | list[int]) -> None:
         """``meta[lo:hi] = values``; on the device with the step's next upload (that span
@@ -944,6 +961,14 @@ class ChunkTable:
             meta = np.concatenate([meta, np.zeros(_padded(len(meta)) - len(meta), np.int64)])
             group = _Group(device, members, likes, counts, meta, aligned, copied is not None)
             group.copy_like = every[members[0]]
+            n = len(members)
+            written = getattr(likes, "written", None) or [k != 1 for k in range(len(likes))]
+            group.written_rows = [
+                (k * n, likes[k].element_size()) for k in range(len(likes)) if written[k]
+            ]
+            if copied is not None:
+                group.written_rows.append((len(rows) * n + 2 * int(counts.sum()), copied.itemsize))
+            group.sizes_at = len(likes) * n
             self.groups.append(group)
 
     def _retarget(self, tables: Any, ints: Sequence[Sequence[int]] | None) -> None:
@@ -1016,7 +1041,7 @@ class ChunkTable:
         """One launch per group; ``rows``: the tensors' host scalars (``host_scalars``), one
         row per tensor or a :class:`ScalarRows`; ``amp``: (found_inf, grad_scale) on the groups'
         device (``amp_flags``; None: (0, 1))."""
-        amps = [_check_amp(rule, amp, group.device) for group in self.groups]  # before any write
+        amps = amp if isinstance(amp, CheckedAmp) else self.checked_amp(rule, amp)
         rows = rows if isinstance(rows, ScalarRows) else ScalarRows.of(rows)
         for group, flags in zip(self.groups, amps, strict=True):
             meta, scalars = self._tables(group, rows)
@@ -1025,6 +1050,25 @@ class ChunkTable:
             copy = {"copy_like": like, "COPY_OUT": group.copied}
             self._launch(kernel, group, meta, scalars, *flags, **copy)
         self.forget()
+
+    def checked_amp(self, rule: str, amp: Any) -> CheckedAmp:
+        """``amp`` checked for :meth:`update` (before a step queues its writes): a pair of
+        one-element float32 tensors on each group's device (``amp_flags``; None: (0, 1)), neither
+        overlapping a buffer the launches write (the kernels read the flags while they write)."""
+        flags = CheckedAmp(_check_amp(rule, amp, group.device) for group in self.groups)
+        if amp is None:
+            return flags
+        for group, pair in zip(self.groups, flags, strict=True):
+            low, high = group.written_spans()
+            for name, part in zip(("found_inf", "grad_scale"), pair, strict=True):
+                start = part.data_ptr()
+                hit = np.flatnonzero((low < start + 4) & (start < high) & (low < high))
+                if len(hit):
+                    j = group.members[int(hit[0]) % len(group.members)]
+                    raise ValueError(
+                        f"{rule}: amp's {name} overlaps a buffer that tensor {j}'s update writes"
+                    )
+        return flags
 
     def reduce(
         self,

@@ -22,6 +22,9 @@ from test_torch_classes import make_params as cpu_params
 from test_torch_classes import set_grads, two_groups
 
 from generated.torch import RULES as CLASSES
+from generated.triton import adam as triton_adam
+from generated.triton import lamb as triton_lamb
+from optgen_runtime.common import all_or_nothing
 from optgen_runtime.triton_support import amp_flags
 
 ELEMENTWISE = sorted(rule for rule, cls in CLASSES.items() if not cls.NUMPY.REDUCTIONS)
@@ -271,3 +274,41 @@ def test_the_fast_step_takes_grad_scaler_steps(rule: str, monkeypatch) -> None:
         full_steps.append(len(checked) // len(params))
     assert_same(*results)
     assert full_steps == [2, len(schedule)]
+
+
+@pytest.mark.parametrize("module", [triton_adam, triton_lamb], ids=["adam", "lamb"])
+@pytest.mark.parametrize("alias", ["weight", "state", "copy", "grad"])
+def test_amp_flags_in_a_written_buffer_are_refused_before_any_write(module, alias) -> None:
+    """The kernels read found_inf and grad_scale while they write: either inside a weight, a
+    state or a copy the step writes is refused naming the tensor, before anything is written,
+    inside an all-or-nothing block too (LAMB's update is queued after its sums: the flags are
+    checked before it is); inside a gradient (only read) it is taken."""
+    weights = [torch.ones(n, device=DEVICE) for n in (8, 16)]
+    grads = [torch.full_like(w, 0.5) for w in weights]
+    states = [module.init_state(w) for w in weights]
+    copies = [None, torch.zeros(16, device=DEVICE, dtype=torch.bfloat16)]
+    store = {"weight": weights[1], "state": next(iter(states[1].values())), "grad": grads[1]}
+    store["copy"] = copies[1]
+    found = store[alias].view(torch.float32)[:1] if alias == "copy" else store[alias][3:4]
+    found.zero_()
+    before = [x.clone() for x in [*weights, *copies[1:], *states[1].values()]]
+    pair = (found, torch.ones(1, device=DEVICE))
+    step = lambda: module.step_multi(weights, grads, states, 1, amp=pair, copies=copies)  # noqa: E731
+    if alias == "grad":
+        with all_or_nothing():
+            step()
+        assert not torch.equal(weights[0], torch.ones(8, device=DEVICE))
+        return
+    other = [torch.ones(4, device=DEVICE)]  # a good step queued first in the block
+    other_states = [module.init_state(other[0])]
+    for wrapped in (False, True):
+        with pytest.raises(ValueError, match="amp's found_inf overlaps a buffer that tensor 1"):
+            if wrapped:
+                with all_or_nothing():
+                    module.step_multi(other, [torch.ones(4, device=DEVICE)], other_states, 1)
+                    step()
+            else:
+                step()
+        now = [*weights, *copies[1:], *states[1].values()]
+        assert all(torch.equal(a, b) for a, b in zip(before, now, strict=True))
+        assert torch.equal(other[0], torch.ones(4, device=DEVICE))

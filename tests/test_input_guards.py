@@ -6,6 +6,7 @@ Every refused call leaves parameters, gradients, state and step counts byte-iden
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import numpy as np
@@ -25,7 +26,7 @@ from generated.torch import (
     RMSpropCentered,
     Signum,
 )
-from optgen_runtime.common import check_step_count
+from optgen_runtime.common import all_or_nothing, check_step_count
 
 
 def make(cls, n=5, **hp):
@@ -908,3 +909,38 @@ def test_torch_rprop_takes_torchs_etas_only(target: str) -> None:
         with pytest.raises(ValueError, match=rf"{key}={value} is outside its legal values {legal}"):
             m.step(w, w * 1, m.init_state(w), 1, **{key: value})
     assert (np.asarray(w) == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("backend", "multi"),
+    [("numpy", False), ("numba", False), ("numba", True), ("triton", False), ("triton", True)],
+)
+def test_a_modules_steps_in_an_all_or_nothing_block_write_only_if_all_pass(backend, multi):
+    """Every target's step queues its writes inside the block (``commit``): a later step's
+    refusal leaves an earlier one's weight and state unwritten; without a refusal, both are."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    module = importlib.import_module(f"generated.{backend}.adam")
+    tensor = backend == "triton"
+
+    def array(n: int, value: float):
+        x = torch.full((n,), value, device=DEVICE) if tensor else np.full(n, value, np.float32)
+        return x
+
+    def step(w, g, state) -> None:
+        if multi:
+            module.step_multi([w], [g], [state], 1)
+        else:
+            module.step(w, g, state, 1)
+
+    w, state = array(4, 1.0), None
+    state = module.init_state(w)
+    bad = array(3, 1.0)
+    with pytest.raises(ValueError, match="shape"), all_or_nothing():
+        step(w, array(4, 0.5), state)
+        step(bad, array(2, 0.5), module.init_state(bad))  # a gradient of another shape
+    assert (w == 1).all() and all((x == 0).all() for x in state.values())
+    with all_or_nothing():
+        step(w, array(4, 0.5), state)
+        step(bad, array(3, 0.5), module.init_state(bad))
+    assert (w < 1).all() and (bad < 1).all()

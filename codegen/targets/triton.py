@@ -266,7 +266,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         "common_imports": sorted(
             ["check_lists", "check_step_count", "host_state_values", "resolve_hyperparams"]
             + ["step_counts"]
-            + (["commit"] if per_tensor_scalars and not matrix else [])
+            + (["commit"] if not matrix else [])
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])

@@ -429,8 +429,12 @@ def step(
     )
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(adam_clip_kernel, buffers, scalars, BLOCK_SIZE)
-    state.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        launch(adam_clip_kernel, buffers, scalars, BLOCK_SIZE)
+        state.update(host_new)
+
+    commit(_writes)
 
 
 def step_multi(
@@ -502,6 +506,7 @@ def step_multi(
         prechecked,
         copies,
     )
+    amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
     sums: list[dict[str, float]] = [{} for _ in weights]
     # computed and checked once per distinct (step count, host states, sums)
     pre = checked_each(

@@ -448,8 +448,12 @@ def step(
     )
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(lbsgd_kernel, buffers, scalars, BLOCK_SIZE)
-    state.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        launch(lbsgd_kernel, buffers, scalars, BLOCK_SIZE)
+        state.update(host_new)
+
+    commit(_writes)
 
 
 def step_multi(
@@ -520,6 +524,7 @@ def step_multi(
         prechecked,
         copies,
     )
+    amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
     # the reduction phase's scalars depend on the step count alone: once per distinct count
     pre = phase_rows(RULE, reduction_scalars, ts, REDUCE_SCALARS, **hp)
     sums = chunks.reduce_rows(lbsgd_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "gbar_sq"])

@@ -398,8 +398,12 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(nadam_kernel, buffers, scalars, BLOCK_SIZE)
-    state.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        launch(nadam_kernel, buffers, scalars, BLOCK_SIZE)
+        state.update(host_new)
+
+    commit(_writes)
 
 
 def step_multi(
@@ -467,6 +471,7 @@ def step_multi(
         prechecked,
         copies,
     )
+    amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
     # The host scalars depend on the step count and the host states: once per distinct pair.
     rows, new = host_rows(RULE, host_scalars, ts, HOST_STATES, hosts, SCALARS, **hp)
 

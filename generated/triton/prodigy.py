@@ -541,8 +541,12 @@ def step(
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_host_states(RULE, host_new)  # fed by the step's sums: finite, or refused
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(prodigy_kernel, buffers, scalars, BLOCK_SIZE)
-    state.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        launch(prodigy_kernel, buffers, scalars, BLOCK_SIZE)
+        state.update(host_new)
+
+    commit(_writes)
 
 
 def step_multi(
@@ -614,6 +618,7 @@ def step_multi(
         prechecked,
         copies,
     )
+    amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
     sums: list[dict[str, float]] = [{} for _ in weights]
     # computed and checked once per distinct (step count, host states, sums)
     pre = checked_each(

@@ -38,6 +38,7 @@ import torch
 from optgen_runtime.common import (
     check_lists,
     check_step_count,
+    commit,
     element_offsets,
     host_state_values,
     resolve_hyperparams,
@@ -306,14 +307,18 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(
-        sgld_kernel,
-        buffers,
-        scalars,
-        BLOCK_SIZE,
-        ints=(stream_seed(int(hp["seed"]), t), noise_offset),
-    )
-    state.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        launch(
+            sgld_kernel,
+            buffers,
+            scalars,
+            BLOCK_SIZE,
+            ints=(stream_seed(int(hp["seed"]), t), noise_offset),
+        )
+        state.update(host_new)
+
+    commit(_writes)
 
 
 def step_multi(
@@ -388,7 +393,12 @@ def step_multi(
         prechecked,
         copies,
     )
+    amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
-    chunks.update(sgld_multi_kernel, rows, RULE, amp)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        chunks.update(sgld_multi_kernel, rows, RULE, amp)
+
+    commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches

@@ -36,6 +36,7 @@ import torch
 from optgen_runtime.common import (
     check_lists,
     check_step_count,
+    commit,
     host_state_values,
     resolve_hyperparams,
     step_counts,
@@ -322,8 +323,12 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, torch.float32)
-    launch(torch_sparse_adam_kernel, buffers, scalars, BLOCK_SIZE)
-    state.update(host_new)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        launch(torch_sparse_adam_kernel, buffers, scalars, BLOCK_SIZE)
+        state.update(host_new)
+
+    commit(_writes)
 
 
 def step_multi(
@@ -390,9 +395,14 @@ def step_multi(
         prechecked,
         copies,
     )
+    amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
     # The host scalars depend on the step count alone: once per distinct count, broadcast.
     rows = step_rows(RULE, host_scalars, ts, SCALARS, **hp)
-    chunks.update(torch_sparse_adam_multi_kernel, rows, RULE, amp)
+
+    def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
+        chunks.update(torch_sparse_adam_multi_kernel, rows, RULE, amp)
+
+    commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches
 
 
