@@ -4,7 +4,11 @@
   ``TorchEquivalent`` (a rule's torch.optim mapping).
 - :mod:`optgen_runtime.checks`: the buffer checks, shared by both targets and the torch classes.
 - :mod:`optgen_runtime.numpy_support`: array checks and chunking for the NumPy reference modules.
-- :mod:`optgen_runtime.triton_support`: tensor checks and launch glue for the Triton modules.
+- The Triton modules' glue, one concern per module: ``triton_checks`` (tensor checks),
+  ``triton_launch`` (launches), ``triton_reduce`` (partials combined in a fixed order),
+  ``triton_rows`` (per-tensor host scalars), ``triton_amp`` (GradScaler's flags),
+  ``triton_chunks`` (multi-tensor chunk tables), ``triton_cache`` (tables kept between steps),
+  ``triton_matrix`` (matrix rules).
 - :mod:`optgen_runtime.triton_compat`: the one place that knows about Triton version differences.
 - :mod:`optgen_runtime.optim`: ``GeneratedOptimizer``, the base of the torch.optim-style classes
   (``optgen_runtime.torch_optim`` re-exports it for the generated package).

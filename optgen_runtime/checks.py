@@ -1,7 +1,7 @@
 """The buffer checks, each written once.
 
 The generated NumPy modules (through :mod:`optgen_runtime.numpy_support`), the generated Triton
-modules (through :mod:`optgen_runtime.triton_support`) and the ``torch.optim``-style classes
+modules (through :mod:`optgen_runtime.triton_checks`) and the ``torch.optim``-style classes
 (:mod:`optgen_runtime.optim.state`) check the same facts of a weight, its gradient and its state
 with these functions, every one before anything is written. They take NumPy arrays and torch
 tensors alike and import neither (the NumPy modules run without torch).

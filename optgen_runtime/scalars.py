@@ -182,8 +182,8 @@ def computed_each(
     """``computed(rule, host_code, ts[j], **kwargs, **each[j])`` for every tensor j of a
     multi-tensor step, computed once per distinct (step count, per-tensor values): the tensors
     of a step mostly share both, and then share one result object (``distinct`` lists each
-    once; ``triton_support.ScalarRows.of`` converts each once). A rule whose host code takes the
-    step count alone skips the per-tensor keys: ``triton_support.step_rows``."""
+    once; ``triton_rows.ScalarRows.of`` converts each once). A rule whose host code takes the
+    step count alone skips the per-tensor keys: ``triton_rows.step_rows``."""
     return _each(rule, host_code, ts, each, None, kwargs)
 
 

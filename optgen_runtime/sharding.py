@@ -1,7 +1,7 @@
 """Per-tensor reductions of a sharded tensor, combined across its shards.
 
 The generated modules combine a tensor's per-chunk partials into its sums, maxima and minima
-(``numpy_support.combine``; ``triton_support.reduce_sums`` and ``ChunkTable.reduce``) and pass
+(``numpy_support.combine``; ``triton_reduce.reduce_sums`` and ``ChunkTable.reduce``) and pass
 them through :func:`across_shards`. Outside :func:`shards` that returns them as they are;
 inside (the torch classes enter it around the step of parameters sharded by FSDP2) each value
 is combined with the same value of the tensor's other shards by the given reducer, so a sharded

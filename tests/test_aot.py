@@ -271,7 +271,7 @@ def test_the_traffic_check_catches_lost_vectorisation_and_extra_traffic(tmp_path
 
 COMBINE_PROBE = """
 import json, torch
-from optgen_runtime import triton_support as ts
+from optgen_runtime import triton_reduce
 from optgen_runtime.triton_compat import aot_compile_as_launched
 rows = []
 for src in (torch.float32, torch.float64):
@@ -280,7 +280,10 @@ for src in (torch.float32, torch.float64):
             args = [torch.empty(16, dtype=src), torch.empty(16, dtype=torch.float64),
                     torch.empty(4, dtype=torch.int64), torch.empty(4, dtype=torch.int64), 0, 2]
             ptx = aot_compile_as_launched(
-                ts.combine_kernel, args, {"KIND": kind, "GROUP": ts.COMBINE_GROUP}, arch
+                triton_reduce.combine_kernel,
+                args,
+                {"KIND": kind, "GROUP": triton_reduce.COMBINE_GROUP},
+                arch,
             ).asm["ptx"]
             rows.append({"src": str(src), "kind": kind, "arch": arch, "fma": "fma." in ptx,
                          "local": ".local" in ptx, "adds": ptx.count("add.rn.f64"),
@@ -291,7 +294,7 @@ print(json.dumps(rows))
 
 def test_the_combine_kernel_compiles_for_sm80_and_sm90_in_ieee_float64() -> None:
     """The runtime's combine kernel (a reduction's partials added on the device as one float64
-    pairwise tree, optgen_runtime/triton_support.py) compiles for sm_80 and sm_90 from float32
+    pairwise tree, optgen_runtime/triton_reduce.py) compiles for sm_80 and sm_90 from float32
     partials and from float64 sums, for sums, maxima and minima: its sums in IEEE float64
     additions (``add.rn.f64``; no fma, no float32 addition), no local memory."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -1,5 +1,5 @@
 """Host scalars of many tensors at once: a rule's ``host_scalars_rows`` (generated where every
-sum enters only IEEE-exact operations) and ``triton_support.sum_rows``, which takes it when it
+sum enters only IEEE-exact operations) and ``triton_rows.sum_rows``, which takes it when it
 can and goes tensor by tensor through ``host_scalars`` otherwise.
 
 The reference is ``host_scalars`` called row by row (plain Python floats, the code every other
@@ -22,7 +22,7 @@ from optgen_runtime import scalars
 from optgen_runtime.columns import rows_max, rows_min, rows_where
 from optgen_runtime.common import host_max, host_min, resolve_hyperparams
 from optgen_runtime.numpy_support import combine, combine_rows
-from optgen_runtime.triton_support import ScalarRows, float32_rows, sum_rows
+from optgen_runtime.triton_rows import ScalarRows, float32_rows, sum_rows
 
 COLUMNWISE = sorted(r for r in RULES if hasattr(triton_module(r), "host_scalars_rows"))
 

@@ -179,7 +179,7 @@ def test_bad_copies_are_refused_before_any_write(case: str) -> None:
 
 
 def test_a_cached_table_is_not_taken_for_other_copies() -> None:
-    """The chunk table cache (``ChunkTable.prepared``) keys on the copies too: the same
+    """The chunk table cache (``prepared_table``) keys on the copies too: the same
     buffers with copies, then with other copies, then with none, each writes what it was given
     (a stale table would write the old copies' addresses or skip the new ones)."""
     rule, hp = "adam", {"lr": 0.01}

@@ -1,5 +1,5 @@
 """The combination of a reduction's per-chunk partials: one pairwise tree in float64
-(``triton_support.add_partials`` on the host, ``combine_on_device`` on CUDA), the same bits
+(``triton_reduce.add_partials`` on the host, ``combine_on_device`` on CUDA), the same bits
 either way, so a step's sums do not depend on where they were added.
 
 The references are independent of the runtime's code: the tree written out recursively here,
@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import DEVICE
 
-from optgen_runtime import triton_support
-from optgen_runtime.triton_support import (
+from optgen_runtime import triton_cache, triton_chunks, triton_reduce
+from optgen_runtime.triton_reduce import (
     COMBINE_GROUP,
     add_partials,
     combine_on_device,
@@ -122,16 +122,17 @@ def test_lamb_steps_the_same_bits_with_the_sums_added_on_the_device(monkeypatch)
     weights = [torch.randn(n, device=DEVICE) for n in sizes]
     grads = [torch.randn(n, device=DEVICE) * 1e-2 for n in sizes]
     runs, calls = [], []
-    kernel_combine = triton_support.combine_on_device
+    kernel_combine = triton_reduce.combine_on_device
 
     def counted(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return kernel_combine(*args, **kwargs)
 
-    monkeypatch.setattr(triton_support, "combine_on_device", counted)
+    for module in (triton_reduce, triton_chunks):  # step's reduce_sums, step_multi's table
+        monkeypatch.setattr(module, "combine_on_device", counted)
     for where in (set(), {"cuda", "cpu"}):  # on the host, then by the kernel
-        monkeypatch.setattr(triton_support, "DEVICE_COMBINE", where)
-        triton_support.ChunkTable._cache.clear()
+        monkeypatch.setattr(triton_reduce, "DEVICE_COMBINE", where)
+        triton_cache.TABLES.clear()
         ws = [w.clone() for w in weights]
         states = [lamb.init_state(w) for w in ws]
         lamb.step_multi(ws, grads, states, 1, lr=1e-2)

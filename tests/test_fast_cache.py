@@ -409,7 +409,8 @@ def test_step_tables_refuses_what_it_cannot_take_from_a_caller() -> None:
     """``step_tables`` trusts its rows and buffers: it takes only a ``Vouched`` token and one
     row index per tensor, refused (naming the rule) before anything is written."""
     import generated.triton.adam as triton_adam
-    from optgen_runtime.triton_support import ScalarRows, Vouched
+    from optgen_runtime.triton_cache import Vouched
+    from optgen_runtime.triton_rows import ScalarRows
 
     w = torch.zeros(8)
     g, state = torch.ones(8), triton_adam.init_state(w)

@@ -19,7 +19,7 @@ import torch
 from conftest import DEVICE
 
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import fixed_sum
+from optgen_runtime.triton_reduce import fixed_sum
 
 BLOCK = 1024
 

@@ -25,7 +25,7 @@ from generated.torch import RULES as CLASSES
 from generated.triton import adam as triton_adam
 from generated.triton import lamb as triton_lamb
 from optgen_runtime.common import all_or_nothing
-from optgen_runtime.triton_support import amp_flags
+from optgen_runtime.triton_amp import amp_flags
 
 ELEMENTWISE = sorted(rule for rule, cls in CLASSES.items() if not cls.NUMPY.REDUCTIONS)
 

@@ -1,5 +1,5 @@
 """Host work that does not grow per step: the multi-tensor step's chunk table and checks are
-cached while no buffer changes but the gradients' addresses (``ChunkTable.prepared``, the torch
+cached while no buffer changes but the gradients' addresses (``prepared_table``, the torch
 classes' ``_checked_key``), host scalars computed once per distinct step count (``step_rows``,
 ``computed_each``). What changes per step must still reach the kernels (an lr schedule, bias
 corrections, Philox keys, new gradients), and a buffer that changes must be checked again."""
@@ -21,7 +21,9 @@ from test_torch_classes import TORCH_DIFFERS, network, torch_peer
 from generated.torch import RULES as CLASSES
 from generated.triton import adam, sgld, torch_nadam
 from optgen_runtime.philox import tensor_seed
-from optgen_runtime.triton_support import ChunkTable, ScalarRows, host_rows, spans_overlap
+from optgen_runtime.triton_cache import TABLES, prepared_table, spans_overlap
+from optgen_runtime.triton_chunks import ChunkTable
+from optgen_runtime.triton_rows import ScalarRows, host_rows
 
 
 def test_an_lr_schedule_and_bias_corrections_reach_cached_tables() -> None:
@@ -48,7 +50,7 @@ def test_an_lr_schedule_and_bias_corrections_reach_cached_tables() -> None:
 
 
 def _prepared(weights, grads, states, prechecked: bool = False) -> ChunkTable:
-    return ChunkTable.prepared(
+    return prepared_table(
         "adam", weights, grads, states, adam.STATES, (), None, 1024, None, prechecked
     )
 
@@ -88,7 +90,7 @@ def test_a_moved_gradient_is_read_at_its_new_address() -> None:
     variant's launch (the table rebuilt), still with the same bits."""
     torch.manual_seed(4)
     for prechecked in (False, True):
-        ChunkTable._cache.clear()
+        TABLES.clear()
         weights = [torch.randn(n, device=DEVICE) for n in (32, 1040, 64)]
         singles = [w.clone() for w in weights]
         states = [adam.init_state(w) for w in weights]
@@ -250,13 +252,13 @@ def test_host_bench_runs_and_restores_the_stubs() -> None:
     assert row["ours_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] > 0
     assert torch._foreach_mul_ is real and ChunkTable._launch is launch
     assert len(host_bench.gpt2_small_shapes()) == 148
-    from optgen_runtime import triton_support
+    from optgen_runtime import triton_chunks, triton_reduce
 
-    combine = triton_support.combine_on_device
+    combine = triton_chunks.combine_on_device
     sums = host_bench.bench_reductions([(4, 4)] * 5, steps=2)
     assert sums["lamb_ms"] > 0 and sums["adam_ms"] > 0
-    assert triton_support.combine_on_device is combine and ChunkTable._launch is launch
-    assert "cpu" not in triton_support.DEVICE_COMBINE
+    assert triton_chunks.combine_on_device is combine and ChunkTable._launch is launch
+    assert "cpu" not in triton_reduce.DEVICE_COMBINE
 
 
 def test_the_host_bench_variants_take_turns() -> None:

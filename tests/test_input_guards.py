@@ -470,7 +470,7 @@ MULTI_RULES = ["adam", "nadam", "sgd_mom", "lamb", "sgld", "adadelta"]
 def test_step_multi_refuses_overlaps_across_tensors_before_any_launch(rule, case):
     import importlib
 
-    from optgen_runtime.triton_support import LAUNCHES
+    from optgen_runtime.triton_launch import LAUNCHES
 
     module = importlib.import_module(f"generated.triton.{rule}")
     weights, grads, states = multi_inputs(module)
@@ -630,7 +630,7 @@ def test_numpy_step_refuses_a_bad_input_before_writing(rule, case):
 def test_triton_step_and_step_multi_refuse_a_bad_input_before_any_launch(rule, case):
     import importlib
 
-    from optgen_runtime.triton_support import LAUNCHES
+    from optgen_runtime.triton_launch import LAUNCHES
 
     module = importlib.import_module(f"generated.triton.{rule}")
     key = module.INPUTS[0]
@@ -686,7 +686,7 @@ def test_step_multi_takes_one_launch_per_input_dtype():
     """Inputs, like gradients, may be fp32, fp16 or bf16; tensors whose inputs differ in dtype
     go in separate launches (the pointer tables are typed), and agree with ``step``."""
     from generated.triton import adahessian
-    from optgen_runtime.triton_support import LAUNCHES
+    from optgen_runtime.triton_launch import LAUNCHES
 
     weights, grads, states = multi_inputs(adahessian)
     xs = [torch.randn(7), torch.randn(7).half(), torch.randn(7).bfloat16()]

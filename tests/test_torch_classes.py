@@ -26,7 +26,7 @@ from generated.torch import RULES as CLASSES
 from generated.torch import optim as dropin
 from optgen_runtime.optim.layout import elementwise
 from optgen_runtime.philox import tensor_seed
-from optgen_runtime.triton_support import LAUNCHES
+from optgen_runtime.triton_launch import LAUNCHES
 
 SIZES = [(3, 5), (7,), (1,), (4, 4)]
 

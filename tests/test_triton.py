@@ -22,7 +22,8 @@ from reference import sample_hyperparams
 from test_symbolic import VARIANT_IDS, VARIANTS
 
 from optgen_runtime.philox import tensor_seed
-from optgen_runtime.triton_support import LAUNCHES, scalar_table
+from optgen_runtime.triton_launch import LAUNCHES
+from optgen_runtime.triton_rows import scalar_table
 
 STEPS = 5
 SIZES = [1, 7, 1000, 1025]  # 1025: just above a multiple of the 1024-element block
@@ -375,8 +376,8 @@ def test_vectorised_and_scalar_variants_give_the_same_bits(rule_name, monkeypatc
     per tensor. (Under the
     interpreter the hints are no-ops: this proves the routing; on CUDA, tools/gpu_check.py
     runs it with the hints compiled.)"""
-    from optgen_runtime import triton_support
-    from optgen_runtime.triton_support import ChunkTable, vectorisable
+    from optgen_runtime import triton_chunks
+    from optgen_runtime.triton_cache import TABLES
 
     trm = triton_module(rule_name)
     torch.manual_seed(3)
@@ -391,9 +392,9 @@ def test_vectorised_and_scalar_variants_give_the_same_bits(rule_name, monkeypatc
         ws = [w.clone() for w in weights]
         ws[2] = base.clone()[1:33]  # keep the offset view misaligned
         states = [trm.init_state(w) for w in ws]
-        ChunkTable._cache.clear()
+        TABLES.clear()
         if mode == "scalar":
-            monkeypatch.setattr(triton_support, "vectorisable", lambda buffers: False)
+            monkeypatch.setattr(triton_chunks, "vectorisable", lambda buffers: False)
         for t in (1, 2):
             extra = _multi_inputs(trm, ws, t)
             if mode == "single":
@@ -411,7 +412,14 @@ def test_vectorised_and_scalar_variants_give_the_same_bits(rule_name, monkeypatc
         monkeypatch.undo()
         runs[mode] = (ws, states)
     tables = [[w, g] for w, g in zip(weights, grads, strict=True)]
-    assert [vectorisable(t) for t in tables] == [True, True, False, False, False, True]
+    assert [triton_chunks.vectorisable(t) for t in tables] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
     # a group reduction (adam_clip's global norm) covers every tensor of a step_multi call
     for mode in ("scalar",) if RULES[rule_name].group_reductions else ("scalar", "single"):
         (wa, sa_), (wb, sb_) = runs["routed"], runs[mode]

@@ -203,9 +203,10 @@ def bit_check(rule: str, device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from optgen_runtime import triton_support
+    from optgen_runtime import triton_chunks
     from optgen_runtime.philox import tensor_seed
-    from optgen_runtime.triton_support import ChunkTable, vectorisable
+    from optgen_runtime.triton_cache import TABLES
+    from optgen_runtime.triton_chunks import vectorisable
 
     trm = importlib.import_module(f"generated.triton.{rule}")
     torch.manual_seed(0)
@@ -222,10 +223,10 @@ def bit_check(rule: str, device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
         ws = [w.clone() for w in weights]
         ws[len(sizes)] = base.clone()[1:4097]  # one element off a 16-byte boundary
         states = [trm.init_state(w) for w in ws]
-        ChunkTable._cache.clear()
-        saved = triton_support.vectorisable
+        TABLES.clear()
+        saved = triton_chunks.vectorisable
         if mode == "scalar":
-            triton_support.vectorisable = lambda buffers: False
+            triton_chunks.vectorisable = lambda buffers: False
         try:
             for t in (1, 2, 3):
                 gs = grads if t == 1 else moved
@@ -236,7 +237,7 @@ def bit_check(rule: str, device: str, sizes: tuple[int, ...]) -> dict[str, Any]:
                 else:
                     trm.step_multi(ws, gs, states, t, **OURS[rule])
         finally:
-            triton_support.vectorisable = saved
+            triton_chunks.vectorisable = saved
         if device == "cuda":
             torch.cuda.synchronize()
         runs[mode] = (ws, [copy.deepcopy(s) for s in states])
@@ -268,7 +269,7 @@ def combine_check(device: str) -> bool:
     import numpy as np
     import torch
 
-    from optgen_runtime.triton_support import combine_on_device, combine_partials, device_plan
+    from optgen_runtime.triton_reduce import combine_on_device, combine_partials, device_plan
 
     counts = np.array([1, 1025, 3] + ([(1 << 20) + 1] if device == "cuda" else []))
     starts = np.cumsum(counts) - counts + 1

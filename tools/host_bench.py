@@ -10,7 +10,7 @@ with the device work stubbed: our multi-tensor launch (``ChunkTable._launch``) a
 ``torch._foreach_*`` calls on parameter-sized tensors return at once (its step counters, CPU
 scalars, still advance). What is left is the host work a GPU would wait on
 (or overlap): it must not grow per tensor with the step once nothing changed, since the chunk
-table is cached (``ChunkTable.prepared``) and the host scalars computed once per distinct step
+table is cached (``prepared_table``) and the host scalars computed once per distinct step
 count (``step_rows``). Each list is timed twice: with the gradients kept from step to step
 (``zero_grad(set_to_none=False)``), and with new gradient tensors before every step, at new
 addresses (what ``zero_grad()`` and a backward pass give; made untimed, the last step's kept
@@ -68,7 +68,7 @@ def stubbed() -> Iterator[dict[str, int]]:
     """Our launches and torch's foreach kernels return at once; counts what was stubbed."""
     import torch
 
-    from optgen_runtime.triton_support import ChunkTable
+    from optgen_runtime.triton_chunks import ChunkTable
 
     counts = {"ours": 0, "torch": 0}
     saved_launch = ChunkTable._launch
@@ -251,25 +251,26 @@ def combined_on_the_host_for_free() -> Iterator[None]:
     """The partials of a reduction combined "on the device" (as on CUDA) by a stub that returns
     distinct sums per tensor at once (tensor j: j + 1, 2j + 2, ...): what remains is the host
     work a step with per-tensor sums adds, a row of host scalars per tensor (all at once:
-    ``host_scalars_rows``, ``triton_support.sum_rows``). (The copy of the sums
+    ``host_scalars_rows``, ``triton_rows.sum_rows``). (The copy of the sums
     to the host and the wait for the reduction kernel are not counted.)"""
     import numpy as np
 
-    from optgen_runtime import triton_support
+    from optgen_runtime import triton_chunks, triton_reduce
 
     def combine(partials: Any, plan: Any, kinds: Any, names: Any) -> Any:
         rows = plan[-1][1]
         return np.arange(1.0, rows + 1.0)[:, None] * np.arange(1.0, len(names) + 1.0)
 
-    saved = triton_support.combine_on_device, triton_support.device_plan
-    triton_support.combine_on_device = combine
-    triton_support.device_plan = lambda starts, counts, device: [(None, len(starts))]
-    triton_support.DEVICE_COMBINE.add("cpu")
+    # ChunkTable.reduce_rows (the multi-tensor path) looks both up in triton_chunks
+    saved = triton_chunks.combine_on_device, triton_chunks.device_plan
+    triton_chunks.combine_on_device = combine
+    triton_chunks.device_plan = lambda starts, counts, device: [(None, len(starts))]
+    triton_reduce.DEVICE_COMBINE.add("cpu")
     try:
         yield
     finally:
-        triton_support.combine_on_device, triton_support.device_plan = saved
-        triton_support.DEVICE_COMBINE.discard("cpu")
+        triton_chunks.combine_on_device, triton_chunks.device_plan = saved
+        triton_reduce.DEVICE_COMBINE.discard("cpu")
 
 
 def bench_reductions(shapes: list[tuple[int, ...]], steps: int) -> dict[str, float]:

@@ -27,7 +27,7 @@ from codegen.targets.rules import (
     reduction_scalars_name,
     variant_context,
 )
-from optgen_runtime.triton_support import ChunkTable
+from optgen_runtime.triton_chunks import ChunkTable
 
 
 class TritonOpPrinter(CommentedLines):
@@ -98,6 +98,32 @@ ops.require("Triton", TritonOpPrinter.FORMS)
 LIBDEVICE = frozenset(
     k for k, form in TritonOpPrinter.FORMS.items() if "libdevice." in form(["a"] * 3)
 )
+
+
+# The runtime module of each helper a generated Triton module imports.
+SUPPORT_MODULES = {
+    name: module
+    for module, helpers in {
+        "triton_checks": "check_across check_copies check_tensors check_tensors_each check_weight "
+        "with_copies",
+        "triton_reduce": "fixed_sum nan_max nan_min reduce_sums",
+        "triton_launch": "LAUNCHES launch",
+        "triton_rows": "ScalarRows host_columns host_rows phase_rows step_rows sum_rows",
+        "triton_cache": "Vouched prepared_table",
+        "triton_matrix": "domain_size group_totals matrix_sweep",
+    }.items()
+    for name in helpers.split()
+}
+
+
+def support_imports(support: list[str], libdevice: bool) -> list[tuple[str, str]]:
+    """(runtime module, its helpers joined) for the imports of a generated Triton module, in
+    the order ruff sorts them; ``libdevice``: the kernels call it (``triton_compat``)."""
+    by_module: dict[str, list[str]] = {"triton_compat": ["libdevice"] if libdevice else []}
+    by_module["triton_compat"] += ["tl", "triton"]
+    for name in sorted(support):  # (ruff's order: constants, classes, then functions)
+        by_module.setdefault(SUPPORT_MODULES[name], []).append(name)
+    return [(module, ", ".join(helpers)) for module, helpers in sorted(by_module.items())]
 
 
 def init_code(rule: Rule, state: State, code: HostCode) -> str:
@@ -206,7 +232,7 @@ def context(lowered: Lowered) -> dict[str, object]:
         support += ["domain_size", "with_copies"]
         support += ["matrix_sweep"]
     else:
-        support += ["ChunkTable", "launch"]
+        support += ["launch", "prepared_table"]
         support += [] if per_tensor_scalars else ["step_rows"]
         support += ["ScalarRows", "Vouched"] if tabled else []
         support += ["host_columns", "host_rows"] if host_only else []
@@ -262,7 +288,9 @@ def context(lowered: Lowered) -> dict[str, object]:
         "draws": [(d.name, len(rule.draws), rule.draws.index(d)) for d in lowered.draws],
         "ops": printer.lines(lowered.ops),
         "phases": phases,
-        "support_imports": ", ".join(sorted(support)),
+        "support_imports": support_imports(
+            support, any(op.kind in LIBDEVICE for op in [*lowered.ops, *lowered.reduce_ops])
+        ),
         "common_imports": sorted(
             ["check_lists", "check_step_count", "host_state_values", "resolve_hyperparams"]
             + ["step_counts"]

@@ -56,19 +56,18 @@ from optgen_runtime.common import (
     vector_shape,
 )
 from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    LAUNCHES,
+from optgen_runtime.triton_checks import (
     check_across,
     check_copies,
     check_tensors,
     check_tensors_each,
     check_weight,
-    domain_size,
-    fixed_sum,
-    matrix_sweep,
     with_copies,
 )
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_launch import LAUNCHES
+from optgen_runtime.triton_matrix import domain_size, matrix_sweep
+from optgen_runtime.triton_reduce import fixed_sum
 
 from ..rules.adafactor import (
     DRAWS,

@@ -57,15 +57,15 @@ from optgen_runtime.common import (
 )
 from optgen_runtime.held import held_torch_ops
 from optgen_runtime.scalars import checked_scalar
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
+from optgen_runtime.triton_checks import (
     check_across,
     check_copies,
     check_tensors,
     check_weight,
-    launch,
     with_copies,
 )
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_launch import launch
 
 from ..rules.muon import (
     DRAWS,

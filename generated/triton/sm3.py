@@ -51,19 +51,18 @@ from optgen_runtime.common import (
     vector_shape,
 )
 from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    LAUNCHES,
+from optgen_runtime.triton_checks import (
     check_across,
     check_copies,
     check_tensors,
     check_tensors_each,
     check_weight,
-    domain_size,
-    matrix_sweep,
-    nan_max,
     with_copies,
 )
+from optgen_runtime.triton_compat import tl, triton
+from optgen_runtime.triton_launch import LAUNCHES
+from optgen_runtime.triton_matrix import domain_size, matrix_sweep
+from optgen_runtime.triton_reduce import nan_max
 
 from ..rules.sm3 import (
     DRAWS,

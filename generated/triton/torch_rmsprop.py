@@ -46,16 +46,11 @@ from optgen_runtime.common import (
     stream_indices,
 )
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.triton_cache import Vouched, prepared_table
+from optgen_runtime.triton_checks import check_tensors, check_weight
 from optgen_runtime.triton_compat import tl, triton
-from optgen_runtime.triton_support import (
-    ChunkTable,
-    ScalarRows,
-    Vouched,
-    check_tensors,
-    check_weight,
-    launch,
-    step_rows,
-)
+from optgen_runtime.triton_launch import launch
+from optgen_runtime.triton_rows import ScalarRows, step_rows
 
 from ..rules.torch_rmsprop import (
     ABSENT,
@@ -279,9 +274,9 @@ def torch_rmsprop_multi_kernel(
     COPY_OUT: tl.constexpr,
 ):
     # Many tensors, one launch, one program per chunk of BLOCK_SIZE elements. meta (int64,
-    # optgen_runtime.triton_support.ChunkTable.layout): a pointer table per buffer (5 x
+    # optgen_runtime.triton_chunks.ChunkTable.layout): a pointer table per buffer (5 x
     # n_tensors), the tensors' sizes, then per chunk its tensor and its first element.
-    # ALIGNED (ChunkTable.vectorisable): every buffer starts on a 16-byte boundary and every
+    # ALIGNED (triton_chunks.vectorisable): every buffer starts on a 16-byte boundary and every
     # size is a multiple of 16, so chunks start at multiples of BLOCK_SIZE.
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(meta_ptr + 6 * n_tensors + pid)
@@ -422,7 +417,7 @@ def step_multi(
     ``stream_ids`` is checked, but the rule draws no noise.
 
     ``amp``: torch.amp.GradScaler's ``(found_inf, grad_scale)`` on the weights' device, each a
-    one-element float32 tensor (``optgen_runtime.triton_support.amp_flags`` makes the pair),
+    one-element float32 tensor (``optgen_runtime.triton_amp.amp_flags`` makes the pair),
     read by the kernel itself, with no launch before it and no host sync: it writes nothing
     where found_inf != 0 and multiplies the gradient right after loading it by 1 / grad_scale
     (IEEE fp32, the bits of GradScaler.unscale_'s inverse scale); None is (0, 1)
@@ -434,7 +429,7 @@ def step_multi(
     rounded to its dtype, in the same pass (a fp16/bf16 parameter whose float32 master copy is
     the weight: no separate copy after the step). Checked as the weights are.
 
-    The chunk table is kept between calls (``ChunkTable.prepared``): a step whose buffers are
+    The chunk table is kept between calls (``prepared_table``): a step whose buffers are
     those of an earlier one, but for the gradients' addresses, reads each buffer once and
     rewrites only the gradients' pointers. ``prechecked=True``: the caller promises that every
     buffer passed the checks ``check_tensors`` and ``check_across`` make (the torch classes
@@ -465,7 +460,7 @@ def step_multi(
         return 0  # no tensor: nothing to launch (the settings checked all the same)
     # The per-tensor integers of the meta table: none.
     ints = None
-    chunks = ChunkTable.prepared(
+    chunks = prepared_table(
         RULE,
         weights,
         grads,
@@ -506,7 +501,7 @@ def step_tables(
     ``rows``: this module's ``host_scalars`` at each tensor's step count, checked against
     ``SCALARS`` for float32 and rounded as ``step_rows`` rounds them (the rows of the module
     that runs: the caller picks a special case or absent-state variant, ``running_variant``).
-    ``prechecked``: a ``Vouched`` token (``ChunkTable.prepared``); ``copies``: as
+    ``prechecked``: a ``Vouched`` token (``prepared_table``); ``copies``: as
     ``step_multi``'s, checked by the caller too. Returns the launches made.
     """
     if not (len(weights) == len(grads) == len(states) == len(rows.index)):
@@ -517,7 +512,7 @@ def step_tables(
         raise TypeError(
             f"{RULE}: step_tables takes a Vouched prechecked, not {type(prechecked).__name__}"
         )
-    chunks = ChunkTable.prepared(
+    chunks = prepared_table(
         RULE,
         weights,
         grads,

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from optgen_runtime.checks import view_key
-from optgen_runtime.triton_support import Amp, amp_flags
+from optgen_runtime.triton_amp import Amp, amp_flags
 
 # What a skipped step rolls back, per parameter: (param, its state, its step count before the
 # step or None if the step created the state, its host states before the step). The param is

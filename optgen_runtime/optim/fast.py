@@ -94,7 +94,9 @@ from optgen_runtime.common import (
     running_module,
 )
 from optgen_runtime.scalars import check_scalars, computed
-from optgen_runtime.triton_support import Amp, ScalarRows, Vouched, float32_rows, spans_overlap
+from optgen_runtime.triton_amp import Amp
+from optgen_runtime.triton_cache import Vouched, spans_overlap
+from optgen_runtime.triton_rows import ScalarRows, float32_rows
 
 if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (optional)
     from optgen_runtime.numba_support import Buffers

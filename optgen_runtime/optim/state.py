@@ -51,7 +51,7 @@ from optgen_runtime.optim.layout import (
     takes_complex,
 )
 from optgen_runtime.optim.rows import sparse_classes
-from optgen_runtime.triton_support import check_kernel_device, check_kernel_dtype
+from optgen_runtime.triton_checks import check_kernel_device, check_kernel_dtype
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, *LOW_PRECISION)

@@ -48,7 +48,7 @@ from optgen_runtime.optim.state import LOW_PRECISION
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards
-from optgen_runtime.triton_support import Amp
+from optgen_runtime.triton_amp import Amp
 
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
