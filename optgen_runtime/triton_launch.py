@@ -10,7 +10,8 @@ import torch
 
 from optgen_runtime.triton_compat import LAUNCH_OPTIONS, triton
 
-# Kernel launches made through this module (tests count them).
+# Kernel launches made by the Triton helpers: "count" every launch (launch, ChunkTable, a matrix
+# sweep), "combine" those of the combine kernel (tests count them).
 LAUNCHES = {"count": 0, "combine": 0}
 
 

@@ -240,6 +240,37 @@ def test_matches_torch(case: tuple[str, dict[str, Any]], monkeypatch: pytest.Mon
     assert_same_state(ours2, theirs)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_a_state_written_in_torchs_format_steps_as_a_loaded_one(case, monkeypatch) -> None:
+    """ZeroRedundancyOptimizer.load_state_dict writes the saved (torch-format) state of each
+    parameter straight into its optimizer's ``state``, never calling its ``load_state_dict``:
+    the next step takes such a state as ``load_state_dict`` takes it, to the bit."""
+    name, options = case
+    torch_in_float32(name, monkeypatch)
+    torch.manual_seed(0)
+    weights = [torch.randn(s).to(DEVICE) for s in shapes_of(name)]
+    kwargs = {"lr": LR[name], **switches(name), **options}
+    first_p = params_from(weights)
+    first = getattr(dropin, name)(groups(first_p, LR[name]), **kwargs)
+    run([(first, first_p)], range(1, 3))
+    saved = first.state_dict()
+    loaded_p, written_p = params_from(list(first_p)), params_from(list(first_p))
+    loaded = getattr(dropin, name)(groups(loaded_p, LR[name]), **kwargs)
+    loaded.load_state_dict(copy.deepcopy(saved))
+    written = getattr(dropin, name)(groups(written_p, LR[name]), **kwargs)
+    for index, state in copy.deepcopy(saved)["state"].items():
+        written.state[written_p[index]] = state  # as ZeRO's load_state_dict
+    run([(loaded, loaded_p), (written, written_p)], range(3, 5))
+    assert all(torch.equal(a, b) for a, b in zip(loaded_p, written_p, strict=True))
+    mine, want = written.state_dict(), loaded.state_dict()
+    assert mine["param_groups"] == want["param_groups"]
+    assert mine["state"].keys() == want["state"].keys()
+    for index, st in want["state"].items():
+        assert mine["state"][index].keys() == st.keys()
+        assert all(torch.equal(mine["state"][index][k], v) for k, v in st.items())
+    assert any(not torch.equal(a, b) for a, b in zip(written_p, first_p, strict=True))
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [

@@ -278,56 +278,90 @@ class DropIn(GeneratedOptimizer):
             if isinstance(group, dict) and isinstance(group.get("params"), list):
                 for index, p in zip(group["params"], own["params"], strict=False):
                     param_of[index] = (p, group)
-        axes = self.META.STATE_AXES
         state: dict[Any, Any] = {}
         for index, st in state_dict["state"].items():
             if not isinstance(st, dict) or not st or index not in param_of:
                 state[index] = st
                 continue
             p, group = param_of[index]
-            layout = self._layout(p, group)
-            ours_of = {theirs: key for key, theirs in layout.items() if theirs is not None}
-            out: dict[str, Any] = {}
-            for theirs, value in st.items():
-                key = ours_of.get(theirs, theirs)
-                if value is None and key in self.META.ABSENT:
-                    continue  # torch before 2.x kept momentum_buffer=None where it had none
-                tensor = isinstance(value, torch.Tensor)
-                if key in self.META.HOST_STATES and tensor and value.numel() == 1:
-                    value = value.item()  # torch's 0-d tensor: a Python float here
-                elif key in axes and tensor and p.dim() >= 2 and value.dim() == p.dim():
-                    value = value.squeeze(axes[key])  # torch keeps the reduced axis
-                elif key in axes and tensor and p.dim() == 0 and value.dim() == 0:
-                    value = value.reshape(1)  # BELOW_2D of a 0-d parameter: one column here
-                out[key] = value
-            if layout["step"] is None and "step" not in out:
-                out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
-            hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
-            gone = self._absent(hp)  # no such state under these settings (nor in torch)
-            absent = [
-                key
-                for key in self.META.STATES
-                if key not in out and layout[key] is None and key not in gone
-            ]
-            if absent:  # buffers torch does not keep here: the rule's initial values
-                initial = self._initial(p, hp)
-                for key in absent:
-                    out[key] = initial[key]
-            optional = ("master", *self.META.ABSENT)
-            missing, extra = state_key_problems(out, self._state_names(), optional)
+            out, missing, extra = self._from_torch(p, group, st)
             if missing or extra:  # named as the state dict names them (torch's names)
-                theirs_of = {v: k for k, v in ours_of.items()}
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: not a state_dict of "
                     f"{type(self).__name__} (torch.optim.{self.DROP_IN}'s, these settings): "
-                    + key_problems(
-                        index,
-                        [layout.get(k) or k for k in missing],
-                        [theirs_of.get(k, k) for k in extra],
-                    )
+                    + key_problems(index, missing, extra)
                 )
             state[index] = out
         super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
+
+    def _from_torch(
+        self, p: torch.Tensor, group: dict[str, Any], st: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[str], list[str]]:
+        """Parameter ``p``'s state ``st`` in torch's format (``group``'s settings) as the rule
+        keeps it, and the keys missing from it and extra in it, in torch's names."""
+        axes = self.META.STATE_AXES
+        layout = self._layout(p, group)
+        ours_of = {theirs: key for key, theirs in layout.items() if theirs is not None}
+        out: dict[str, Any] = {}
+        for theirs, value in st.items():
+            key = ours_of.get(theirs, theirs)
+            if value is None and key in self.META.ABSENT:
+                continue  # torch before 2.x kept momentum_buffer=None where it had none
+            tensor = isinstance(value, torch.Tensor)
+            if key in self.META.HOST_STATES and tensor and value.numel() == 1:
+                value = value.item()  # torch's 0-d tensor: a Python float here
+            elif key in axes and tensor and p.dim() >= 2 and value.dim() == p.dim():
+                value = value.squeeze(axes[key])  # torch keeps the reduced axis
+            elif key in axes and tensor and p.dim() == 0 and value.dim() == 0:
+                value = value.reshape(1)  # BELOW_2D of a 0-d parameter: one column here
+            out[key] = value
+        if layout["step"] is None and "step" not in out:
+            out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
+        hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
+        gone = self._absent(hp)  # no such state under these settings (nor in torch)
+        absent = [
+            key
+            for key in self.META.STATES
+            if key not in out and layout[key] is None and key not in gone
+        ]
+        if absent:  # buffers torch does not keep here: the rule's initial values
+            initial = self._initial(p, hp)
+            for key in absent:
+                out[key] = initial[key]
+        optional = ("master", *self.META.ABSENT)
+        missing, extra = state_key_problems(out, self._state_names(), optional)
+        theirs_of = {v: k for k, v in ours_of.items()}
+        return out, [layout.get(k) or k for k in missing], [theirs_of.get(k, k) for k in extra]
+
+    def _adopt_states(self) -> None:
+        """Each parameter's state that a caller put in ``self.state`` in torch's format, as
+        ``ZeroRedundancyOptimizer.load_state_dict`` does (it writes the saved state into its
+        optimizer's ``state`` without calling its ``load_state_dict``), taken as
+        ``load_state_dict`` takes it: the same values in the rule's keys and types. Once per
+        full step, before its checks; a state of neither format is left to them (named)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and isinstance(st, dict) and self._torch_format(p, st):
+                    out, missing, extra = self._from_torch(p, group, st)
+                    if not (missing or extra):
+                        self.state[p] = out
+
+    def _torch_format(self, p: torch.Tensor, st: dict[str, Any]) -> bool:
+        """Whether ``st`` is not kept as the rule keeps it (its keys, a host state held as a
+        tensor, a row/column state with torch's kept axis): torch's format, or neither."""
+        optional = ("master", *self.META.ABSENT)
+        missing, extra = state_key_problems(st, self._state_names(), optional)
+        if missing or extra:
+            return True
+        if any(isinstance(st[k], torch.Tensor) for k in self.META.HOST_STATES):
+            return True
+        axes = self.META.STATE_AXES
+        return any(
+            isinstance(st[k], torch.Tensor) and p.dim() >= 2 and st[k].dim() == p.dim()
+            for k in axes
+            if k in st
+        )
 
     def to_torch_state_dict(self) -> dict[str, Any]:
         """The same as ``state_dict()``: it is torch's format already."""

@@ -109,12 +109,17 @@ class Stepping:
         ``DropIn._densify``)."""
         return []
 
+    def _adopt_states(self) -> None:
+        """States put in ``self.state`` in another format, converted (none here; see
+        ``DropIn._adopt_states``)."""
+
     def _update(self, given: Given, tried: bool) -> None:
         """The step's update once the closure ran (``_step``)."""
         self._settle()
         if not tried and self._fast_step(given):  # nothing changed but the grads
             return
         self._plan = None
+        self._adopt_states()  # a drop-in's state written in torch's format by its caller
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         on_device = self._amp_on_device(scale, found_inf)
         if not on_device and found_inf is not None and float(found_inf) != 0.0:
