@@ -55,6 +55,15 @@ NO_ZERO_LR = {
 }
 SAVE_LOAD = ("adam", "lamb", "sgld", "ftrl")  # DCP through files
 TRITON = ("lamb", "sgld")  # FSDP2 on the Triton backend (interpreted on CPU: slow) too
+# drop-ins (generated.torch.optim) resumed under ZeRO from a consolidated state_dict, which
+# ZeroRedundancyOptimizer.load_state_dict writes into the rank's optimizer's state as saved
+# (torch's format) without calling its load_state_dict
+ZERO_DROP_INS: dict[str, dict[str, Any]] = {
+    "Adam": {"lr": 1e-2},
+    "SGD": {"lr": 1e-2, "momentum": 0.9},
+    "NAdam": {"lr": 1e-2},
+    "Adagrad": {"lr": 1e-2},
+}
 # DDP and a DCP resume on weights that are not contiguous (optgen_runtime/optim/layout.py): shown
 # in memory order (adam, lamb) or through working copies (adafactor, sgld)
 STRIDED = ("adam", "lamb", "adafactor", "sgld")
@@ -279,7 +288,32 @@ def run() -> dict[str, Any]:
         check(report, f"dcp_save_load/{name}", lambda name=name: save_load(name))
     for name in TRITON:
         check(report, f"fsdp_triton/{name}", lambda name=name: fsdp_triton(name))
+    for name in ZERO_DROP_INS:
+        check(report, f"zero_resume/{name}", lambda name=name: zero_resume(name))
     return report
+
+
+def zero_resume(name: str) -> Any:
+    """A drop-in under ZeRO: SPLIT steps, ``consolidate_state_dict`` and ``state_dict()``, a new
+    ZeroRedundancyOptimizer loads it and takes the rest; the same weights as a run without the
+    break, to the bit."""
+    import generated.torch.optim as drop_ins
+
+    cls, kw = getattr(drop_ins, name), ZERO_DROP_INS[name]
+    straight = DDP(model())
+    opt = ZeroRedundancyOptimizer(straight.parameters(), optimizer_class=cls, **kw)
+    train(straight, opt, range(1, STEPS + 1))
+    net = DDP(model())
+    opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **kw)
+    train(net, opt, range(1, SPLIT + 1))
+    opt.consolidate_state_dict(to=0)
+    saved = [opt.state_dict() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(saved, src=0)
+    opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **kw)
+    opt.load_state_dict(saved[0])
+    train(net, opt, range(SPLIT + 1, STEPS + 1))
+    err = error(full(net.module), full(straight.module))
+    return None if err == 0.0 else f"resumed run off by {err:.3g}"
 
 
 def ddp_strided(name: str) -> Any:

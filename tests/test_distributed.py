@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_checks import SAVE_LOAD, SPARSE_DDP, STRIDED, TRITON
+from distributed_checks import SAVE_LOAD, SPARSE_DDP, STRIDED, TRITON, ZERO_DROP_INS
 
 from generated.torch import RULES
 from tools.ranks import free_port, run_ranks
@@ -50,6 +50,7 @@ CHECKS += [f"dcp_save_load/{name}" for name in SAVE_LOAD]
 CHECKS += [f"fsdp_triton/{name}" for name in TRITON] + ["refusals"]
 CHECKS += [f"ddp_strided/{name}" for name in STRIDED]
 CHECKS += [f"ddp_sparse/{key}" for key in SPARSE_DDP]
+CHECKS += [f"zero_resume/{name}" for name in ZERO_DROP_INS]
 
 
 @pytest.mark.parametrize("check", CHECKS)
