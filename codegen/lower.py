@@ -153,6 +153,8 @@ class HostExtractor:
             if host_args:
                 rest.insert(0, self.scalar(expr.func(*host_args)))
             return expr.func(*rest, evaluate=False) if len(rest) > 1 else rest[0]
+        if isinstance(expr, sp.UnevaluatedExpr):  # as_is: host parts inside it, kept whole
+            return expr.func(self(expr.args[0]))
         if isinstance(expr, sp.Piecewise):
             # a branch's scalar that may fail on the host (a division, root or log of what the
             # conditions test: x / s under s > 0) is computed only where its branch is taken
@@ -302,6 +304,8 @@ class Linearizer:
         """A leaf as it is, anything else computed into a fresh temporary. A constant expression
         (``2**(2/5)``, ``sqrt(2)``: SymPy splits ``(2*g)**(2/5)`` into ``2**(2/5) * g**(2/5)``) is
         a leaf: the printers write its value, never an operation per element."""
+        if isinstance(expr, sp.UnevaluatedExpr):  # as_is: its value, computed first
+            return self.operand(expr.args[0])
         if isinstance(expr, sp.Symbol):
             return expr
         if expr.is_Number or isinstance(expr, sp.core.numbers.NumberSymbol):
@@ -312,6 +316,11 @@ class Linearizer:
 
     def node(self, expr: sp.Expr, dest: sp.Symbol | None) -> sp.Symbol:
         """Compute ``expr`` (not a leaf) with its last op writing ``dest``."""
+        if isinstance(expr, sp.UnevaluatedExpr):  # as_is: computed first, one operand
+            inner = expr.args[0]
+            if isinstance(inner, sp.Symbol) or not inner.free_symbols:
+                return self.emit("mul", self.operand(inner), sp.Integer(1), dest=dest)
+            return self.node(inner, dest)
         if isinstance(expr, sp.Add):
             return self.add(expr, dest)
         if isinstance(expr, sp.Mul):

@@ -179,6 +179,39 @@ def python_max(a: sp.Expr, b: sp.Expr) -> sp.Expr:
     return sp.Piecewise((b, b > a), (a, True))
 
 
+class AsIs(sp.UnevaluatedExpr):
+    """:func:`as_is`'s node: SymPy's unevaluated expression with its argument's assumptions (a
+    real one is real: ``Max`` and the comparisons take it)."""
+
+    def _eval_is_extended_real(self) -> bool | None:
+        return self.args[0].is_extended_real
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def _eval_is_finite(self) -> bool | None:
+        return self.args[0].is_finite
+
+    def _eval_is_zero(self) -> bool | None:
+        return self.args[0].is_zero
+
+    def _eval_is_extended_positive(self) -> bool | None:
+        return self.args[0].is_extended_positive
+
+    def _eval_is_extended_negative(self) -> bool | None:
+        return self.args[0].is_extended_negative
+
+
+def as_is(expr: sp.Expr) -> sp.Expr:
+    """``expr`` computed first and used as one operand: SymPy neither merges it into the product
+    it is a factor of nor distributes a power over it. torch's ``addcmul_(g, g, value=1 -
+    beta2)`` is ``as_is((1 - beta2) * g) * g``, which stays finite where ``(1 - beta2) * g**2``
+    squares first and overflows float32 (|g| > 1.8e19); ``as_is(delta)**2`` squares a ``let``
+    that SymPy would otherwise expand (``(sqrt(a) / sqrt(b) * g)**2`` is ``a * g**2 / b``, inf /
+    inf where ``g**2`` overflows). The high-precision references evaluate it as ``expr``."""
+    return AsIs(sp.sympify(expr))
+
+
 def exact_exponent(exp: sp.Float) -> sp.Number:
     """A float exponent as the number it is the nearest double of, where that is a whole
     number or a half or third of one (``2.0``; ``0.5``, ``1.5``; Python's ``1/3`` and ``4/3``):
@@ -1119,6 +1152,8 @@ class Rule:
                     "(not a number: SymPy's value of a division by zero, 0/0 or inf - inf)"
                 )
             if isinstance(node, (sp.Symbol, sp.Number, sp.Add, sp.Mul, sp.Pow)):
+                continue
+            if isinstance(node, sp.UnevaluatedExpr):  # as_is: an operand computed first
                 continue
             if isinstance(node, SUPPORTED_FUNCTIONS + _RELATIONALS + _BOOLEAN + _HOST_ONLY):
                 continue

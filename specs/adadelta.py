@@ -35,7 +35,7 @@ falls back to the dense one.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, as_is, positive, unit
 
 RULE = Rule("adadelta", __doc__, class_name="Adadelta", mxnet="adadelta")
 mx = common(RULE, lr=None)
@@ -52,7 +52,12 @@ RULE.torch_equivalent(
     {"rho": "rho", "epsilon": "eps", "wd": "weight_decay"},
     {acc_g: ("square_avg", 1), acc_delta: ("acc_delta", 1)},
 )
-acc_g_new = RULE.update(acc_g, rho * acc_g + (1 - rho) * G**2)
-delta = RULE.let("delta", sp.sqrt(acc_delta + epsilon) / sp.sqrt(acc_g_new + epsilon) * G)
-RULE.update(acc_delta, rho * acc_delta + (1 - rho) * delta**2)
+# MXNet's NDArray expressions, left to right: (1 - rho) * grad * grad is ((1 - rho) * g) * g, and
+# delta is computed first, then (1 - rho) * delta * delta: SymPy would expand delta**2 into a
+# quotient of squares, inf / inf = NaN where g**2 overflows float32
+acc_g_new = RULE.update(acc_g, rho * acc_g + as_is((1 - rho) * G) * G)
+delta = RULE.let(
+    "delta", as_is(as_is(sp.sqrt(acc_delta + epsilon) / sp.sqrt(acc_g_new + epsilon)) * G)
+)
+RULE.update(acc_delta, rho * acc_delta + as_is((1 - rho) * delta) * delta)
 RULE.update(w, w - delta - mx.wd * w)

@@ -21,7 +21,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, unit
 
 RULE = Rule("torch_adadelta", __doc__)
 lr = RULE.hyper("lr", 1.0, nonnegative(), doc="learning rate (scales dx)")
@@ -34,9 +34,12 @@ square_avg = RULE.state("square_avg", 0, doc="running mean of g^2")
 acc_delta = RULE.state("acc_delta", 0, doc="running mean of dx^2")
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
-sq_new = RULE.update(square_avg, rho * square_avg + (1 - rho) * G**2)
-delta = RULE.let("delta", sp.sqrt(acc_delta + eps) / sp.sqrt(sq_new + eps) * G)
-RULE.update(acc_delta, rho * acc_delta + (1 - rho) * delta**2)
+# torch's addcmul_(x, x, value=1 - rho): ((1 - rho) * x) * x, and delta computed first, as
+# torch's delta.div_(std).mul_(grad): SymPy would expand delta**2 into a quotient of squares,
+# inf / inf = NaN where g**2 overflows float32
+sq_new = RULE.update(square_avg, rho * square_avg + as_is((1 - rho) * G) * G)
+delta = RULE.let("delta", as_is(as_is(sp.sqrt(acc_delta + eps) / sp.sqrt(sq_new + eps)) * G))
+RULE.update(acc_delta, rho * acc_delta + as_is((1 - rho) * delta) * delta)
 RULE.update(w, w - lr * delta)
 
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value

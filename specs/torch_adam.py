@@ -9,7 +9,7 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
     g = -grad if maximize else grad
     decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
     m <- m + (1 - beta1) * (g - m)                      # lerp
-    v <- beta2 * v + (1 - beta2) * g^2
+    v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
     amsgrad: vmax <- max(vmax, v), used for v below
     w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
@@ -26,7 +26,7 @@ would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, unit
 
 RULE = Rule("torch_adam", __doc__)
 lr = RULE.hyper("lr", 0.001, nonnegative(), doc="learning rate")
@@ -46,7 +46,8 @@ coupled = RULE.let("coupled", sp.Piecewise((0, decoupled > 0), (weight_decay, Tr
 G = RULE.let("G", (1 - 2 * maximize) * g + coupled * w)
 decay = RULE.let("decay", sp.Piecewise((1 - lr * weight_decay, decoupled > 0), (1, True)))
 m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
-v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * G**2)
+# torch's addcmul_(g, g, value=1 - beta2): ((1 - beta2) * g) * g, never g**2 (overflows first)
+v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + as_is((1 - beta2) * G) * G)
 vmax_new = RULE.update(
     max_exp_avg_sq,
     sp.Piecewise((sp.Max(max_exp_avg_sq, v_new), amsgrad > 0), (max_exp_avg_sq, True)),

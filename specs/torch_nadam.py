@@ -25,7 +25,7 @@ would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, unit
 
 RULE = Rule("torch_nadam", __doc__, class_name="TorchNAdam")
 lr = RULE.hyper("lr", 0.002, nonnegative(), doc="learning rate")
@@ -50,7 +50,8 @@ mu_t1 = RULE.let(
 )
 M_new = RULE.update(mu_product, mu_product * mu_t)
 m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
-v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * G**2)
+# torch's addcmul_(g, g, value=1 - beta2): ((1 - beta2) * g) * g, never g**2 (overflows first)
+v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + as_is((1 - beta2) * G) * G)
 denom = RULE.let("denom", sp.sqrt(v_new / (1 - beta2**t)) + eps)
 RULE.update(
     w,

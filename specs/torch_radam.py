@@ -22,7 +22,7 @@ would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, unit
 
 RULE = Rule("torch_radam", __doc__, class_name="TorchRAdam")
 lr = RULE.hyper("lr", 0.001, nonnegative(), doc="learning rate")
@@ -40,7 +40,8 @@ coupled = RULE.let("coupled", sp.Piecewise((0, decoupled > 0), (weight_decay, Tr
 G = RULE.let("G", (1 - 2 * maximize) * g + coupled * w)
 decay = RULE.let("decay", sp.Piecewise((1 - lr * weight_decay, decoupled > 0), (1, True)))
 m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
-v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + (1 - beta2) * G**2)
+# torch's addcmul_(g, g, value=1 - beta2): ((1 - beta2) * g) * g, never g**2 (overflows first)
+v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + as_is((1 - beta2) * G) * G)
 mhat = RULE.let("mhat", m_new / (1 - beta1**t))
 rho_inf = RULE.let("rho_inf", 2 / (1 - beta2) - 1)
 rho_t = RULE.let("rho_t", rho_inf - 2 * t * beta2**t / (1 - beta2**t))

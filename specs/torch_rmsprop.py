@@ -25,7 +25,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, unit
 
 RULE = Rule("torch_rmsprop", __doc__, class_name="TorchRMSprop")
 lr = RULE.hyper("lr", 0.01, nonnegative(), doc="learning rate")
@@ -41,7 +41,8 @@ momentum_buffer = RULE.state("momentum_buffer", 0, doc="momentum buffer b (momen
 grad_avg = RULE.state("grad_avg", 0, doc="running mean of g, a (centered)")
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
-n_new = RULE.update(square_avg, alpha * square_avg + (1 - alpha) * G**2)
+# torch's addcmul_(g, g, value=1 - alpha): ((1 - alpha) * g) * g, never g**2 (overflows first)
+n_new = RULE.update(square_avg, alpha * square_avg + as_is((1 - alpha) * G) * G)
 lerp = grad_avg + (1 - alpha) * (G - grad_avg)
 a_new = RULE.update(grad_avg, sp.Piecewise((lerp, centered > 0), (grad_avg, True)))
 avg = RULE.let(

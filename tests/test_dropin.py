@@ -26,6 +26,19 @@ from conftest import DEVICE, float32_newton_schulz, ulp
 import generated.torch.optim as dropin
 
 ULPS = 8  # largest error allowed after 50 steps, in float32 ulps of torch's value
+# torch's CPU addcmul_ (the squares of RMSprop and Adadelta) is contracted into a fused
+# multiply-add, one rounding where ours rounds ((1 - rho) * g) * g before the add: 9 and 11
+# ulps after 50 steps in one case of each since their specs follow torch's order of
+# operations (2026-12-06; that order keeps a gradient whose square overflows float32 from
+# freezing its element: test_a_gradient_spike_whose_square_overflows_steps_as_torchs)
+FMA_ULPS = {"RMSprop": 12, "Adadelta": 12}
+
+
+def allowed(name: str) -> int:
+    """The ulps a class's weights and states may drift from torch's in 50 steps."""
+    return FMA_ULPS.get(name, ULPS)
+
+
 STEPS, RESUME = 50, 25
 SHAPES = [(3, 5), (7,), (2, 2, 3)]
 
@@ -234,10 +247,55 @@ def test_matches_torch(case: tuple[str, dict[str, Any]], monkeypatch: pytest.Mon
     run(everyone, range(RESUME + 1, STEPS + 1))
     for other in (ours_p, theirs2_p, ours2_p):
         for a, b in zip(other, theirs_p, strict=True):
-            assert ulps(a, b) <= ULPS
+            assert ulps(a, b) <= allowed(name)
     assert all(not torch.equal(b, w) for b, w in zip(theirs_p, weights, strict=True))
     assert_same_state(ours, theirs)
     assert_same_state(ours2, theirs)
+
+
+# torch's squares: addcmul_(g, g, value=1 - beta) forms ((1 - beta) * g) * g, never g**2
+SPIKES = [
+    ("Adam", {}),
+    ("Adam", {"amsgrad": True}),
+    ("AdamW", {}),
+    ("NAdam", {}),
+    ("RAdam", {}),
+    ("RMSprop", {}),
+    ("RMSprop", {"centered": True}),
+    ("Adadelta", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), SPIKES, ids=[case_id(c) for c in SPIKES])
+def test_a_gradient_spike_whose_square_overflows_steps_as_torchs(name, options) -> None:
+    """One gradient element of 1e20, whose square overflows float32, then ordinary steps:
+    torch's second moment stays finite (its factor times the gradient, times the gradient)
+    and the element keeps training; ours the same (``as_is`` in the specs), within ULPS of
+    torch's weights and states, inf where torch's is (Adadelta's E[g^2], its factor 0.1: the
+    weight then stays, delta 0). Squaring first, the moment went inf and the element froze
+    for good, and Adadelta's expanded delta**2, inf / inf, made the weight NaN (found by an
+    audit, 2026-12-06)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3)]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    kwargs = {"lr": LR[name], "foreach": False, **options}
+    theirs = getattr(torch.optim, name)(theirs_p, **kwargs)
+    ours = getattr(dropin, name)(ours_p, **kwargs)
+    for t in range(1, 12):
+        set_grads(theirs_p, t)
+        if t == 1:
+            theirs_p[0].grad[0, 0] = 1e20
+        for p, q in zip(ours_p, theirs_p, strict=True):
+            p.grad = q.grad.clone()
+        theirs.step()
+        ours.step()
+    mine, reference = ours.state_dict()["state"], theirs.state_dict()["state"]
+    pairs = [(mine[i][k], v) for i, st in reference.items() for k, v in st.items()]
+    for a, b in [*pairs, *zip(ours_p, theirs_p, strict=True)]:
+        finite = torch.isfinite(b)  # Adadelta's E[g^2] (factor 0.1) overflows in torch's too
+        assert torch.equal(torch.isfinite(a), finite) and torch.equal(a[~finite], b[~finite])
+        assert ulps(a[finite], b[finite]) <= ULPS
+    assert torch.isfinite(ours_p[0]).all()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -328,7 +386,7 @@ def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer
             host = key in type(ours).META.HOST_STATES and got.dtype == torch.float64
             assert got.dtype == value.dtype or host, key
             assert got.shape == value.shape, key
-            assert ulps(got, value) <= ULPS, key
+            assert ulps(got, value) <= allowed(type(ours).__name__), key
 
 
 @pytest.mark.parametrize("name", sorted(dropin.__all__))

@@ -153,3 +153,22 @@ def test_the_range_check_refuses_exactly_what_the_dtype_rounds_to_inf_or_zero(dt
                 check_scalars("rule", {"x": "x"}, (float(value),), dtype)
         else:
             assert check_scalars("rule", {"x": "x"}, (float(value),), dtype) == (float(value),)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_adadelta_takes_a_gradient_whose_square_overflows_as_mxnets_code(backend: str) -> None:
+    """MXNet's AdaDelta computes ``(1 - rho) * grad * grad`` left to right and its delta before
+    squaring it: a gradient element of 1e20 makes acc_g inf, so delta is 0 there and the weight
+    stays; the other elements step. (SymPy's expansion of delta**2, inf / inf, made the weight
+    NaN: found by an audit, 2026-12-06.)"""
+    from generated.torch import Adadelta
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    p = torch.nn.Parameter(torch.tensor([0.5, 0.5]))
+    opt = Adadelta([p], backend=backend)
+    for g in ([1e20, 1.0], [1.0, 1.0]):
+        p.grad = torch.tensor(g)
+        opt.step()
+    assert p[0].item() == 0.5 and 0 < p[1].item() < 0.5
+    assert torch.isinf(opt.state[p]["acc_g"][0]) and opt.state[p]["acc_delta"][0].item() == 0.0

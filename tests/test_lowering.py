@@ -44,7 +44,8 @@ def test_lowered_equals_raw_equations(rule_name: str) -> None:
     expected = {rule.weight_new} | {s.new for s in rule.states.values()} | set(rule.reductions)
     assert set(rebuilt) == expected
     for new, expr in rebuilt.items():
-        difference = sp.simplify(sp.piecewise_fold(expr - raw[new]))
+        # (doit: as_is's unevaluated operands as their values)
+        difference = sp.simplify(sp.piecewise_fold((expr - raw[new]).doit()))
         assert difference == 0, f"{new}: {difference}"
 
 
@@ -179,3 +180,14 @@ def test_a_let_constant_at_the_naming_points_names_only_itself(tmp_path: Path) -
     named = [op for op in ops if op.dest.name == "z"]
     assert len(named) == 1
     assert named[0].kind == "where" and named[0].args[1:] == (0, sp.Symbol("grad", real=True))
+
+
+@pytest.mark.parametrize("rule_name", ["torch_adam", "torch_adadelta", "adadelta"])
+def test_as_is_operands_are_computed_first(rule_name: str) -> None:
+    """``as_is((1 - beta2) * G) * G`` (torch's addcmul_) never forms G * G, and Adadelta's
+    ``as_is((1 - rho) * delta) * delta`` keeps delta one value, not SymPy's expansion of
+    delta**2, a * G**2 / b (two divisions): no op squares a value, one op divides."""
+    lowered = lower(RULES[rule_name])
+    squares = [op for op in lowered.ops if op.kind == "mul" and op.args[0] == op.args[1]]
+    assert not squares
+    assert sum(op.kind == "div" for op in lowered.ops) == 1

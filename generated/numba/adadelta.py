@@ -142,9 +142,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adadelta, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/adadelta.py:55
-    #   _h1: = 1 - rho, in specs/adadelta.py:55
-    #   _h2: = -wd, in specs/adadelta.py:58
+    #   _h0: = -clip_gradient, in specs/adadelta.py:58
+    #   _h1: = 1 - rho, in specs/adadelta.py:58
+    #   _h2: = -wd, in specs/adadelta.py:63
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   rho: hyperparameter
@@ -162,27 +162,27 @@ def _update_chunk(
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
-            _v2 = G * G
-            _t1 = _h1 * _v2
-            _v3 = rho * acc_g
-            acc_g_new = _t1 + _v3
-            # specs/adadelta.py:56: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
-            _t3 = acc_g_new + epsilon
-            _t4 = acc_delta + epsilon
-            # specs/adadelta.py:57: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
-            _v4 = rho * acc_delta
-            _v5 = _t1 * _t4
-            _v6 = _v5 / _t3
-            acc_delta_new = _v4 + _v6
-            # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
-            _v7 = _h2 * weight
-            _v8 = weight + _v7
-            _v9 = np.sqrt(_t4)
-            _v10 = np.sqrt(_t3)
-            _v11 = G * _v9
-            delta = _v11 / _v10
-            weight_new = _v8 - delta
+            # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
+            _v2 = rho * acc_g
+            _v3 = _h1 * G
+            _v4 = G * _v3
+            acc_g_new = _v2 + _v4
+            # specs/adadelta.py:59: delta = G*(sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon))
+            # specs/adadelta.py:62: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+            _v5 = acc_delta + epsilon
+            _v6 = np.sqrt(_v5)
+            _v7 = acc_g_new + epsilon
+            _v8 = np.sqrt(_v7)
+            _v9 = _v6 / _v8
+            _t2 = G * _v9
+            _v10 = rho * acc_delta
+            _v11 = _h1 * _t2
+            _v12 = _t2 * _v11
+            acc_delta_new = _v10 + _v12
+            # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
+            _v13 = weight - _t2
+            _v14 = _h2 * weight
+            weight_new = _v13 + _v14
             store(weight_buf, _i, weight_new)
             store(acc_g_buf, _i, acc_g_new)
             store(acc_delta_buf, _i, acc_delta_new)
@@ -196,27 +196,27 @@ def _update_chunk(
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
-        _v2 = G * G
-        _t1 = _h1 * _v2
-        _v3 = rho * acc_g
-        acc_g_new = _t1 + _v3
-        # specs/adadelta.py:56: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
-        _t3 = acc_g_new + epsilon
-        _t4 = acc_delta + epsilon
-        # specs/adadelta.py:57: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
-        _v4 = rho * acc_delta
-        _v5 = _t1 * _t4
-        _v6 = _v5 / _t3
-        acc_delta_new = _v4 + _v6
-        # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
-        _v7 = _h2 * weight
-        _v8 = weight + _v7
-        _v9 = np.sqrt(_t4)
-        _v10 = np.sqrt(_t3)
-        _v11 = G * _v9
-        delta = _v11 / _v10
-        weight_new = _v8 - delta
+        # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
+        _v2 = rho * acc_g
+        _v3 = _h1 * G
+        _v4 = G * _v3
+        acc_g_new = _v2 + _v4
+        # specs/adadelta.py:59: delta = G*(sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon))
+        # specs/adadelta.py:62: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        _v5 = acc_delta + epsilon
+        _v6 = np.sqrt(_v5)
+        _v7 = acc_g_new + epsilon
+        _v8 = np.sqrt(_v7)
+        _v9 = _v6 / _v8
+        _t2 = G * _v9
+        _v10 = rho * acc_delta
+        _v11 = _h1 * _t2
+        _v12 = _t2 * _v11
+        acc_delta_new = _v10 + _v12
+        # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
+        _v13 = weight - _t2
+        _v14 = _h2 * weight
+        weight_new = _v13 + _v14
         store(weight_buf, _i, weight_new)
         store(acc_g_buf, _i, acc_g_new)
         store(acc_delta_buf, _i, acc_delta_new)

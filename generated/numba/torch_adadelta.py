@@ -135,9 +135,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adadelta, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adadelta.py:37
-    #   _h1: = 1 - rho, in specs/torch_adadelta.py:37
-    #   _h2: = -lr, in specs/torch_adadelta.py:40
+    #   _h0: = 1 - 2*maximize, in specs/torch_adadelta.py:40
+    #   _h1: = 1 - rho, in specs/torch_adadelta.py:40
+    #   _h2: = -lr, in specs/torch_adadelta.py:43
     #   rho: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -151,26 +151,26 @@ def _update_chunk(
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
-        _v2 = G * G
-        _t1 = _h1 * _v2
-        _v3 = rho * square_avg
-        square_avg_new = _t1 + _v3
-        # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-        # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
-        _t3 = square_avg_new + eps
-        _t4 = acc_delta + eps
-        _v4 = rho * acc_delta
-        _v5 = _t1 * _t4
-        _v6 = _v5 / _t3
-        acc_delta_new = _v4 + _v6
-        # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
-        _v7 = np.sqrt(_t4)
-        _v8 = np.sqrt(_t3)
-        _v9 = _h2 * G
-        _v10 = _v9 * _v7
-        _v11 = _v10 / _v8
-        weight_new = weight + _v11
+        # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+        _v2 = rho * square_avg
+        _v3 = _h1 * G
+        _v4 = G * _v3
+        square_avg_new = _v2 + _v4
+        # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
+        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        _v5 = acc_delta + eps
+        _v6 = np.sqrt(_v5)
+        _v7 = square_avg_new + eps
+        _v8 = np.sqrt(_v7)
+        _v9 = _v6 / _v8
+        _t2 = G * _v9
+        _v10 = rho * acc_delta
+        _v11 = _h1 * _t2
+        _v12 = _t2 * _v11
+        acc_delta_new = _v10 + _v12
+        # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
+        _v13 = _h2 * _t2
+        weight_new = weight + _v13
         store(weight_buf, _i, weight_new)
         store(square_avg_buf, _i, square_avg_new)
         store(acc_delta_buf, _i, acc_delta_new)

@@ -123,13 +123,17 @@ def _update_chunk(
     acc_delta_buf,
     _h0,
     _h1,
+    _h2,
+    _h3,
     rho,
     eps,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adadelta_no_decay, once per step and tensor):
-    #   _h0: = (1 - 2*maximize) ** 2*(1 - rho), in specs/torch_adadelta.py:37
-    #   _h1: = -lr*(1 - 2*maximize), in specs/torch_adadelta.py:40
+    #   _h0: = (1 - 2*maximize)*(1 - rho), in specs/torch_adadelta.py:40
+    #   _h1: = 1 - 2*maximize, in specs/torch_adadelta.py:40
+    #   _h2: = 1 - rho, in specs/torch_adadelta.py:42
+    #   _h3: = -lr, in specs/torch_adadelta.py:43
     #   rho: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -139,26 +143,27 @@ def _update_chunk(
         square_avg = load(square_avg_buf, _i)
         acc_delta = load(acc_delta_buf, _i)
         # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) (at weight_decay = 0)
-        # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
-        _v0 = grad * grad
-        _t0 = _h0 * _v0
-        _v1 = rho * square_avg
-        square_avg_new = _t0 + _v1
-        # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-        # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
-        _t2 = square_avg_new + eps
-        _t3 = acc_delta + eps
-        _v2 = rho * acc_delta
-        _v3 = _t0 * _t3
-        _v4 = _v3 / _t2
-        acc_delta_new = _v2 + _v4
-        # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
-        _v5 = np.sqrt(_t3)
-        _v6 = np.sqrt(_t2)
-        _v7 = _h1 * grad
-        _v8 = _v7 * _v5
-        _v9 = _v8 / _v6
-        weight_new = weight + _v9
+        G = _h1 * grad
+        # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+        _v0 = rho * square_avg
+        _v1 = _h0 * grad
+        _v2 = G * _v1
+        square_avg_new = _v0 + _v2
+        # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
+        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        _v3 = acc_delta + eps
+        _v4 = np.sqrt(_v3)
+        _v5 = square_avg_new + eps
+        _v6 = np.sqrt(_v5)
+        _v7 = _v4 / _v6
+        _t2 = G * _v7
+        _v8 = rho * acc_delta
+        _v9 = _h2 * _t2
+        _v10 = _t2 * _v9
+        acc_delta_new = _v8 + _v10
+        # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
+        _v11 = _h3 * _t2
+        weight_new = weight + _v11
         store(weight_buf, _i, weight_new)
         store(square_avg_buf, _i, square_avg_new)
         store(acc_delta_buf, _i, acc_delta_new)
@@ -180,6 +185,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 1],
             _scalars[_j, 2],
             _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -199,6 +206,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 1],
             _scalars[_j, 2],
             _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -218,6 +227,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 1],
             _scalars[_j, 2],
             _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -237,6 +248,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 1],
             _scalars[_j, 2],
             _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
         )
 
 
@@ -256,6 +269,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 1],
             _scalars[_j, 2],
             _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -279,6 +294,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 1],
             _scalars[_j, 2],
             _scalars[_j, 3],
+            _scalars[_j, 4],
+            _scalars[_j, 5],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -397,7 +414,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 4)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 6)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

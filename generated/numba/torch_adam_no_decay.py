@@ -20,7 +20,7 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
     g = -grad if maximize else grad
     decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
     m <- m + (1 - beta1) * (g - m)                      # lerp
-    v <- beta2 * v + (1 - beta2) * g^2
+    v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
     amsgrad: vmax <- max(vmax, v), used for v below
     w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
@@ -140,10 +140,10 @@ def _update_chunk(
     # generated.rules.torch_adam_no_decay, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:48
     #   _h1: = 1 - beta1, in specs/torch_adam.py:48
-    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_adam.py:49
-    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:50
-    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:56
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:56
+    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:50
+    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:51
+    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:57
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:57
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -156,33 +156,33 @@ def _update_chunk(
         # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
         G = _h0 * grad
         # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v1 = G - exp_avg
-        _v2 = _h1 * _v1
-        exp_avg_new = exp_avg + _v2
-        # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-        _v3 = beta2 * exp_avg_sq
-        _v4 = grad * grad
-        _v5 = _h2 * _v4
-        exp_avg_sq_new = _v3 + _v5
-        # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
-        _t2 = (
+        _v0 = G - exp_avg
+        _v1 = _h1 * _v0
+        exp_avg_new = exp_avg + _v1
+        # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v2 = beta2 * exp_avg_sq
+        _v3 = _h2 * grad
+        _v4 = G * _v3
+        exp_avg_sq_new = _v2 + _v4
+        # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        _t3 = (
             exp_avg_sq_new
             if (exp_avg_sq_new > max_exp_avg_sq or exp_avg_sq_new != exp_avg_sq_new)
             else max_exp_avg_sq
         )
+        _v5 = _h3 != _T(0.0)
+        max_exp_avg_sq_new = _t3 if _v5 else max_exp_avg_sq
+        # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         _v6 = _h3 != _T(0.0)
-        max_exp_avg_sq_new = _t2 if _v6 else max_exp_avg_sq
-        # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
-        _v7 = _h3 != _T(0.0)
-        _v8 = np.sqrt(exp_avg_sq_new)
-        _v9 = np.sqrt(_t2)
-        _v10 = _v9 if _v7 else _v8
-        _v11 = _h4 * _v10
-        _v12 = _v11 + eps
-        _v13 = _h5 * exp_avg_new
-        _v14 = _v13 / _v12
-        weight_new = weight + _v14
+        _v7 = np.sqrt(exp_avg_sq_new)
+        _v8 = np.sqrt(_t3)
+        _v9 = _v8 if _v6 else _v7
+        _v10 = _h4 * _v9
+        _v11 = _v10 + eps
+        _v12 = _h5 * exp_avg_new
+        _v13 = _v12 / _v11
+        weight_new = weight + _v13
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)

@@ -145,10 +145,10 @@ def _update_chunk(
     # generated.rules.torch_nadam, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
     #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
-    #   _h2: = 1 - beta2, in specs/torch_nadam.py:53
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:55
-    #   _h4: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:55
-    #   _h5: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:55
+    #   _h2: = 1 - beta2, in specs/torch_nadam.py:54
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56
+    #   _h4: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56
+    #   _h5: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
@@ -167,13 +167,13 @@ def _update_chunk(
         _v2 = _t0 - exp_avg
         _v3 = _h1 * _v2
         exp_avg_new = exp_avg + _v3
-        # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
         _v4 = beta2 * exp_avg_sq
-        _v5 = _t0 * _t0
-        _v6 = _h2 * _v5
+        _v5 = _h2 * _t0
+        _v6 = _t0 * _v5
         exp_avg_sq_new = _v4 + _v6
-        # specs/torch_nadam.py:54: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+        # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+        # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
         _v7 = _h3 * exp_avg_sq_new
         _v8 = np.sqrt(_v7)
         _t3 = _v8 + eps

@@ -138,10 +138,10 @@ def _update_chunk(
     # generated.rules.torch_nadam_no_decay, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
     #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
-    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_nadam.py:53
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:55
-    #   _h4: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:55
-    #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:55
+    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:54
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56
+    #   _h4: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56
+    #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -153,25 +153,25 @@ def _update_chunk(
         # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
         G = _h0 * grad
         # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v1 = G - exp_avg
-        _v2 = _h1 * _v1
-        exp_avg_new = exp_avg + _v2
-        # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-        _v3 = beta2 * exp_avg_sq
-        _v4 = grad * grad
-        _v5 = _h2 * _v4
-        exp_avg_sq_new = _v3 + _v5
-        # specs/torch_nadam.py:54: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        _v6 = _h3 * exp_avg_sq_new
-        _v7 = np.sqrt(_v6)
-        denom = _v7 + eps
-        # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-        _v8 = _h4 * exp_avg_new
-        _v9 = _v8 / denom
-        _v10 = weight + _v9
-        _v11 = _h5 * grad
-        _v12 = _v11 / denom
-        weight_new = _v10 + _v12
+        _v0 = G - exp_avg
+        _v1 = _h1 * _v0
+        exp_avg_new = exp_avg + _v1
+        # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v2 = beta2 * exp_avg_sq
+        _v3 = _h2 * grad
+        _v4 = G * _v3
+        exp_avg_sq_new = _v2 + _v4
+        # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+        # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+        _v5 = _h3 * exp_avg_sq_new
+        _v6 = np.sqrt(_v5)
+        _t3 = _v6 + eps
+        _v7 = _h4 * exp_avg_new
+        _v8 = _v7 / _t3
+        _v9 = weight + _v8
+        _v10 = _h5 * grad
+        _v11 = _v10 / _t3
+        weight_new = _v9 + _v11
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)

@@ -142,10 +142,10 @@ def _update_chunk(
     # generated.rules.torch_radam, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:42
     #   _h1: = 1 - beta1, in specs/torch_radam.py:42
-    #   _h2: = 1 - beta2, in specs/torch_radam.py:43
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:59, from beta2, t
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:59
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:59
+    #   _h2: = 1 - beta2, in specs/torch_radam.py:44
+    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t
+    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:60
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:60
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
@@ -164,13 +164,13 @@ def _update_chunk(
         _v2 = _t0 - exp_avg
         _v3 = _h1 * _v2
         exp_avg_new = exp_avg + _v3
-        # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
         _v4 = beta2 * exp_avg_sq
-        _v5 = _t0 * _t0
-        _v6 = _h2 * _v5
+        _v5 = _h2 * _t0
+        _v6 = _t0 * _v5
         exp_avg_sq_new = _v4 + _v6
-        # specs/torch_radam.py:44: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
         _v7 = decay * weight
         _v8 = _h4 != _T(0.0)
         _v9 = np.sqrt(exp_avg_sq_new)

@@ -139,13 +139,13 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rmsprop_no_decay, once per step and tensor):
-    #   _h0: = (1 - alpha)*(1 - 2*maximize) ** 2, in specs/torch_rmsprop.py:44
-    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
-    #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:50
-    #   _h3: = (centered > 0), in specs/torch_rmsprop.py:50
-    #   _h4: = (momentum > 0), in specs/torch_rmsprop.py:50
-    #   _h5: = -lr, in specs/torch_rmsprop.py:54
-    #   _h6: = -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:54
+    #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:45
+    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
+    #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:51
+    #   _h3: = (centered > 0), in specs/torch_rmsprop.py:51
+    #   _h4: = (momentum > 0), in specs/torch_rmsprop.py:51
+    #   _h5: = -lr, in specs/torch_rmsprop.py:55
+    #   _h6: = -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:55
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   momentum: hyperparameter
@@ -156,19 +156,19 @@ def _update_chunk(
         square_avg = load(square_avg_buf, _i)
         momentum_buffer = load(momentum_buffer_buf, _i)
         grad_avg = load(grad_avg_buf, _i)
-        # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
-        _v0 = alpha * square_avg
-        _v1 = grad * grad
-        _v2 = _h0 * _v1
-        square_avg_new = _v0 + _v2
         # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h1 * grad
-        # specs/torch_rmsprop.py:46: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+        _v0 = alpha * square_avg
+        _v1 = _h0 * grad
+        _v2 = G * _v1
+        square_avg_new = _v0 + _v2
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
         _v3 = G - grad_avg
         _v4 = _h2 * _v3
         _t2 = grad_avg + _v4
-        # specs/torch_rmsprop.py:47: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         _v5 = _h3 != _T(0.0)
         _v6 = np.sqrt(square_avg_new)
         _v7 = _h3 != _T(0.0)
@@ -186,7 +186,7 @@ def _update_chunk(
         momentum_buffer_new = _v17 if _v14 else momentum_buffer
         _v18 = _h3 != _T(0.0)
         grad_avg_new = _t2 if _v18 else grad_avg
-        # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+        # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
         _v19 = _h4 != _T(0.0)
         _v20 = _h6 * grad
         _v21 = _v20 / _t3

@@ -130,38 +130,36 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        _b3 = scratch[3, : stop - start]
-        _b4 = scratch[4, : stop - start]
         # specs/adadelta.py:49: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
-        np.multiply(_b0, _b0, out=_b1)
-        np.multiply(_h1, _b1, out=_b1)
-        np.multiply(rho, _acc_g, out=_b2)
+        # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
+        np.multiply(rho, _acc_g, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_acc_g)
-        # specs/adadelta.py:56: delta = G*sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon)
+        # specs/adadelta.py:59: delta = G*(sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon))
+        # specs/adadelta.py:62: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        np.add(_acc_delta, epsilon, out=_b1)
+        np.sqrt(_b1, out=_b1)
         np.add(_acc_g, epsilon, out=_b2)
-        np.add(_acc_delta, epsilon, out=_b3)
-        # specs/adadelta.py:57: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
-        np.multiply(rho, _acc_delta, out=_b4)
-        np.multiply(_b1, _b3, out=_b1)
-        np.divide(_b1, _b2, out=_b1)
-        np.add(_b4, _b1, out=_acc_delta)
-        # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
-        np.multiply(_h2, _weight, out=_b1)
-        np.add(_weight, _b1, out=_b1)
-        np.sqrt(_b3, out=_b3)
         np.sqrt(_b2, out=_b2)
-        np.multiply(_b0, _b3, out=_b0)
-        np.divide(_b0, _b2, out=_b0)
-        np.subtract(_b1, _b0, out=_weight)
+        np.divide(_b1, _b2, out=_b1)
+        np.multiply(_b0, _b1, out=_b0)
+        np.multiply(rho, _acc_delta, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b2)
+        np.add(_b1, _b2, out=_acc_delta)
+        # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
+        np.subtract(_weight, _b0, out=_b0)
+        np.multiply(_h2, _weight, out=_b1)
+        np.add(_b0, _b1, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

@@ -132,35 +132,33 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        _b3 = scratch[3, : stop - start]
-        _b4 = scratch[4, : stop - start]
         # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
-        np.multiply(_b0, _b0, out=_b1)
-        np.multiply(_h1, _b1, out=_b1)
-        np.multiply(rho, _square_avg, out=_b2)
+        # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+        np.multiply(rho, _square_avg, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-        # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
+        # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
+        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        np.add(_acc_delta, eps, out=_b1)
+        np.sqrt(_b1, out=_b1)
         np.add(_square_avg, eps, out=_b2)
-        np.add(_acc_delta, eps, out=_b3)
-        np.multiply(rho, _acc_delta, out=_b4)
-        np.multiply(_b1, _b3, out=_b1)
-        np.divide(_b1, _b2, out=_b1)
-        np.add(_b4, _b1, out=_acc_delta)
-        # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
-        np.sqrt(_b3, out=_b1)
         np.sqrt(_b2, out=_b2)
-        np.multiply(_h2, _b0, out=_b0)
+        np.divide(_b1, _b2, out=_b1)
         np.multiply(_b0, _b1, out=_b0)
-        np.divide(_b0, _b2, out=_b0)
+        np.multiply(rho, _acc_delta, out=_b1)
+        np.multiply(_h1, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b2)
+        np.add(_b1, _b2, out=_acc_delta)
+        # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
+        np.multiply(_h2, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

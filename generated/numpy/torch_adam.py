@@ -13,7 +13,7 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
     g = -grad if maximize else grad
     decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
     m <- m + (1 - beta1) * (g - m)                      # lerp
-    v <- beta2 * v + (1 - beta2) * g^2
+    v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
     amsgrad: vmax <- max(vmax, v), used for v below
     w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
@@ -147,17 +147,17 @@ def step(
         np.subtract(_b0, _exp_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b1)
         np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+        # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
-        np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h2, _b0, out=_b0)
+        np.multiply(_h2, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         np.maximum(_exp_avg_sq, _max_exp_avg_sq, out=_b0)
         __v7 = np.not_equal(_h3, 0.0)
         np.copyto(_max_exp_avg_sq, _b0, where=__v7)
-        # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         np.multiply(decay, _weight, out=_b1)
         __v9 = np.not_equal(_h3, 0.0)
         np.sqrt(_exp_avg_sq, out=_b2)

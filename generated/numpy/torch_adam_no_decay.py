@@ -15,7 +15,7 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
     g = -grad if maximize else grad
     decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
     m <- m + (1 - beta1) * (g - m)                      # lerp
-    v <- beta2 * v + (1 - beta2) * g^2
+    v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
     amsgrad: vmax <- max(vmax, v), used for v below
     w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
@@ -125,27 +125,28 @@ def step(
         _max_exp_avg_sq = _max_exp_avg_sq_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
+        _b2 = scratch[2, : stop - start]
         # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
         # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        np.subtract(_b0, _exp_avg, out=_b0)
-        np.multiply(_h1, _b0, out=_b0)
-        np.add(_exp_avg, _b0, out=_exp_avg)
-        # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-        np.multiply(beta2, _exp_avg_sq, out=_b0)
-        np.multiply(_grad, _grad, out=_b1)
-        np.multiply(_h2, _b1, out=_b1)
-        np.add(_b0, _b1, out=_exp_avg_sq)
-        # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        np.subtract(_b0, _exp_avg, out=_b1)
+        np.multiply(_h1, _b1, out=_b1)
+        np.add(_exp_avg, _b1, out=_exp_avg)
+        # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        np.multiply(beta2, _exp_avg_sq, out=_b1)
+        np.multiply(_h2, _grad, out=_b2)
+        np.multiply(_b0, _b2, out=_b0)
+        np.add(_b1, _b0, out=_exp_avg_sq)
+        # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         np.maximum(_exp_avg_sq, _max_exp_avg_sq, out=_b0)
+        __v5 = np.not_equal(_h3, 0.0)
+        np.copyto(_max_exp_avg_sq, _b0, where=__v5)
+        # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         __v6 = np.not_equal(_h3, 0.0)
-        np.copyto(_max_exp_avg_sq, _b0, where=__v6)
-        # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
-        __v7 = np.not_equal(_h3, 0.0)
         np.sqrt(_exp_avg_sq, out=_b1)
         np.sqrt(_b0, out=_b0)
-        np.copyto(_b0, _b1, where=np.logical_not(__v7))
+        np.copyto(_b0, _b1, where=np.logical_not(__v6))
         np.multiply(_h4, _b0, out=_b0)
         np.add(_b0, eps, out=_b0)
         np.multiply(_h5, _exp_avg, out=_b1)
@@ -153,7 +154,7 @@ def step(
         np.add(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

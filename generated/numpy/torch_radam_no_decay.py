@@ -119,30 +119,31 @@ def step(
         _exp_avg_sq = _exp_avg_sq_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
+        _b2 = scratch[2, : stop - start]
         # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
         # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        np.subtract(_b0, _exp_avg, out=_b0)
-        np.multiply(_h1, _b0, out=_b0)
-        np.add(_exp_avg, _b0, out=_exp_avg)
-        # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-        np.multiply(beta2, _exp_avg_sq, out=_b0)
-        np.multiply(_grad, _grad, out=_b1)
-        np.multiply(_h2, _b1, out=_b1)
-        np.add(_b0, _b1, out=_exp_avg_sq)
-        # specs/torch_radam.py:44: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
-        __v6 = np.not_equal(_h4, 0.0)
+        np.subtract(_b0, _exp_avg, out=_b1)
+        np.multiply(_h1, _b1, out=_b1)
+        np.add(_exp_avg, _b1, out=_exp_avg)
+        # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        np.multiply(beta2, _exp_avg_sq, out=_b1)
+        np.multiply(_h2, _grad, out=_b2)
+        np.multiply(_b0, _b2, out=_b0)
+        np.add(_b1, _b0, out=_exp_avg_sq)
+        # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        __v5 = np.not_equal(_h4, 0.0)
         np.sqrt(_exp_avg_sq, out=_b0)
         np.add(_b0, eps, out=_b0)
         np.divide(_h3, _b0, out=_b0)
-        np.copyto(_b0, 1.0, where=np.logical_not(__v6))
+        np.copyto(_b0, 1.0, where=np.logical_not(__v5))
         np.multiply(_h5, _exp_avg, out=_b1)
         np.multiply(_b1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

@@ -127,19 +127,19 @@ def step(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
-        # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
-        np.multiply(alpha, _square_avg, out=_b0)
-        np.multiply(_grad, _grad, out=_b1)
-        np.multiply(_h0, _b1, out=_b1)
-        np.add(_b0, _b1, out=_square_avg)
         # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h1, _grad, out=_b0)
-        # specs/torch_rmsprop.py:46: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+        np.multiply(alpha, _square_avg, out=_b1)
+        np.multiply(_h0, _grad, out=_b2)
+        np.multiply(_b0, _b2, out=_b2)
+        np.add(_b1, _b2, out=_square_avg)
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
         np.subtract(_b0, _grad_avg, out=_b1)
         np.multiply(_h2, _b1, out=_b1)
         np.add(_grad_avg, _b1, out=_b1)
-        # specs/torch_rmsprop.py:47: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         __v5 = np.not_equal(_h3, 0.0)
         np.sqrt(_square_avg, out=_b2)
         __v7 = np.not_equal(_h3, 0.0)
@@ -157,7 +157,7 @@ def step(
         np.copyto(_momentum_buffer, _b0, where=__v14)
         __v18 = np.not_equal(_h3, 0.0)
         np.copyto(_grad_avg, _b1, where=__v18)
-        # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+        # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
         __v19 = np.not_equal(_h4, 0.0)
         np.multiply(_h6, _grad, out=_b0)
         np.divide(_b0, _b2, out=_b0)

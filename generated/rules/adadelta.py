@@ -112,12 +112,12 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "max": 1, "min": 1, "mul": 8, "sqrt": 2, "sub": 1}
+OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 9, "sqrt": 2, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/adadelta.py:55",
-    "_h1": "= 1 - rho, in specs/adadelta.py:55",
-    "_h2": "= -wd, in specs/adadelta.py:58",
+    "_h0": "= -clip_gradient, in specs/adadelta.py:58",
+    "_h1": "= 1 - rho, in specs/adadelta.py:58",
+    "_h2": "= -wd, in specs/adadelta.py:63",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "rho": "hyperparameter",
@@ -144,10 +144,10 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adadelta.py:55: acc_g_new = G**2*(1 - rho) + acc_g*rho
+    # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
     _h0 = -clip_gradient
     _h1 = 1 - rho
-    # specs/adadelta.py:58: weight_new = -delta - wd*weight + weight
+    # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
     _h2 = -wd
     scalars = (_h0, _h1, _h2, rescale_grad, clip_gradient, rho, epsilon)
     return scalars, {}

@@ -92,11 +92,13 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "mul": 7, "sqrt": 2}
+OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "mul": 9, "sqrt": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - 2*maximize) ** 2*(1 - rho), in specs/torch_adadelta.py:37",
-    "_h1": "= -lr*(1 - 2*maximize), in specs/torch_adadelta.py:40",
+    "_h0": "= (1 - 2*maximize)*(1 - rho), in specs/torch_adadelta.py:40",
+    "_h1": "= 1 - 2*maximize, in specs/torch_adadelta.py:40",
+    "_h2": "= 1 - rho, in specs/torch_adadelta.py:42",
+    "_h3": "= -lr, in specs/torch_adadelta.py:43",
     "rho": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -121,9 +123,12 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
-    _h0 = (1 - 2 * maximize) ** 2 * (1 - rho)
-    # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
-    _h1 = -lr * (1 - 2 * maximize)
-    scalars = (_h0, _h1, rho, eps)
+    # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+    _h0 = (1 - 2 * maximize) * (1 - rho)
+    _h1 = 1 - 2 * maximize
+    # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+    _h2 = 1 - rho
+    # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
+    _h3 = -lr
+    scalars = (_h0, _h1, _h2, _h3, rho, eps)
     return scalars, {}

@@ -15,7 +15,7 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
     g = -grad if maximize else grad
     decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
     m <- m + (1 - beta1) * (g - m)                      # lerp
-    v <- beta2 * v + (1 - beta2) * g^2
+    v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
     amsgrad: vmax <- max(vmax, v), used for v below
     w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
@@ -119,10 +119,10 @@ OP_COUNTS: dict[str, int] = {
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:48",
     "_h1": "= 1 - beta1, in specs/torch_adam.py:48",
-    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_adam.py:49",
-    "_h3": "= (amsgrad \u003e 0), in specs/torch_adam.py:50",
-    "_h4": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:56",
-    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:56",
+    "_h2": "= (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:50",
+    "_h3": "= (amsgrad \u003e 0), in specs/torch_adam.py:51",
+    "_h4": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:57",
+    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:57",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -154,11 +154,11 @@ def host_scalars(
     # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
-    # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-    _h2 = (1 - beta2) * (1 - 2 * maximize) ** 2
-    # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _h2 = (1 - beta2) * (1 - 2 * maximize)
+    # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _h3 = amsgrad > 0
-    # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _h4 = 1.0 / math.sqrt(1 - beta2**t)
     _h5 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, beta2, eps)

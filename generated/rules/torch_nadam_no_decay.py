@@ -107,10 +107,10 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 2, "mul": 8, "sqrt": 1, "sub": 1}
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_nadam.py:52",
     "_h1": "= 1 - beta1, in specs/torch_nadam.py:52",
-    "_h2": "= (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_nadam.py:53",
-    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:55",
-    "_h4": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:55",
-    "_h5": "= -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:55",
+    "_h2": "= (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:54",
+    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56",
+    "_h4": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56",
+    "_h5": "= -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -143,9 +143,9 @@ def host_scalars(
     # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
-    # specs/torch_nadam.py:53: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-    _h2 = (1 - beta2) * (1 - 2 * maximize) ** 2
-    # specs/torch_nadam.py:55: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+    # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _h2 = (1 - beta2) * (1 - 2 * maximize)
+    # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
     _h3 = (1 - beta2**t) ** (-1)
     _h4 = (
         -beta1

@@ -115,10 +115,10 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "mul": 9, "ne": 1, "sqrt": 1, "
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_radam.py:42",
     "_h1": "= 1 - beta1, in specs/torch_radam.py:42",
-    "_h2": "= 1 - beta2, in specs/torch_radam.py:43",
-    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), in specs/torch_radam.py:59, from beta2, t",
-    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6), in specs/torch_radam.py:59",
-    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_radam.py:59",
+    "_h2": "= 1 - beta2, in specs/torch_radam.py:44",
+    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t",
+    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6), in specs/torch_radam.py:60",
+    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_radam.py:60",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
     "coupled": "let, computed by host_scalars from decoupled_weight_decay, weight_decay",
@@ -151,17 +151,17 @@ def host_scalars(
     coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
     # specs/torch_radam.py:41: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
-    # specs/torch_radam.py:45: rho_inf = -1 + 2/(1 - beta2)
+    # specs/torch_radam.py:46: rho_inf = -1 + 2/(1 - beta2)
     try:
         rho_inf = -1 + 2 / (1 - beta2)
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         rho_inf = unavailable("rho_inf", _error)
-    # specs/torch_radam.py:46: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
+    # specs/torch_radam.py:47: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
     try:
         rho_t = -2 * beta2**t * t / (1 - beta2**t) - 1 + 2 / (1 - beta2)
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         rho_t = unavailable("rho_t", _error)
-    # specs/torch_radam.py:48: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
+    # specs/torch_radam.py:49: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
     try:
         r_t = (
             (
@@ -180,9 +180,9 @@ def host_scalars(
     # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
-    # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+    # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
     _h2 = 1 - beta2
-    # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+    # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
     _h3 = (
         (r_t * math.sqrt(1 - beta2**t))
         if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)

@@ -126,11 +126,11 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_rmsprop.py:44",
-    "_h1": "= 1 - alpha, in specs/torch_rmsprop.py:44",
-    "_h2": "= (centered \u003e 0), in specs/torch_rmsprop.py:50",
-    "_h3": "= (momentum \u003e 0), in specs/torch_rmsprop.py:50",
-    "_h4": "= -lr, in specs/torch_rmsprop.py:54",
+    "_h0": "= 1 - 2*maximize, in specs/torch_rmsprop.py:45",
+    "_h1": "= 1 - alpha, in specs/torch_rmsprop.py:45",
+    "_h2": "= (centered \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h3": "= (momentum \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h4": "= -lr, in specs/torch_rmsprop.py:55",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",
@@ -160,13 +160,13 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
+    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
     _h0 = 1 - 2 * maximize
     _h1 = 1 - alpha
-    # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+    # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _h2 = centered > 0
     _h3 = momentum > 0
-    # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
     _h4 = -lr
     scalars = (_h0, _h1, _h2, _h3, _h4, alpha, eps, weight_decay, momentum)
     return scalars, {}

@@ -111,13 +111,13 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - alpha)*(1 - 2*maximize) ** 2, in specs/torch_rmsprop.py:44",
-    "_h1": "= 1 - 2*maximize, in specs/torch_rmsprop.py:50",
-    "_h2": "= 1 - alpha, in specs/torch_rmsprop.py:50",
-    "_h3": "= (centered \u003e 0), in specs/torch_rmsprop.py:50",
-    "_h4": "= (momentum \u003e 0), in specs/torch_rmsprop.py:50",
-    "_h5": "= -lr, in specs/torch_rmsprop.py:54",
-    "_h6": "= -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:54",
+    "_h0": "= (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:45",
+    "_h1": "= 1 - 2*maximize, in specs/torch_rmsprop.py:45",
+    "_h2": "= 1 - alpha, in specs/torch_rmsprop.py:51",
+    "_h3": "= (centered \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h4": "= (momentum \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h5": "= -lr, in specs/torch_rmsprop.py:55",
+    "_h6": "= -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:55",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
     "momentum": "hyperparameter",
@@ -146,14 +146,14 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
-    _h0 = (1 - alpha) * (1 - 2 * maximize) ** 2
-    # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+    _h0 = (1 - alpha) * (1 - 2 * maximize)
     _h1 = 1 - 2 * maximize
+    # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _h2 = 1 - alpha
     _h3 = centered > 0
     _h4 = momentum > 0
-    # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
     _h5 = -lr
     _h6 = -lr * (1 - 2 * maximize)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, alpha, eps, momentum)

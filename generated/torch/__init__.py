@@ -2502,7 +2502,7 @@ class TorchAdam(GeneratedOptimizer):
         g = -grad if maximize else grad
         decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
         m <- m + (1 - beta1) * (g - m)                      # lerp
-        v <- beta2 * v + (1 - beta2) * g^2
+        v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
         amsgrad: vmax <- max(vmax, v), used for v below
         w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 

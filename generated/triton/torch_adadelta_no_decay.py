@@ -106,6 +106,8 @@ def torch_adadelta_no_decay_kernel_body(
     mask,
     _h0,
     _h1,
+    _h2,
+    _h3,
     rho,
     eps,
     inv_scale,
@@ -115,8 +117,10 @@ def torch_adadelta_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_adadelta_no_decay_kernel and torch_adadelta_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adadelta_no_decay, once per step):
-    #   _h0: = (1 - 2*maximize) ** 2*(1 - rho), in specs/torch_adadelta.py:37
-    #   _h1: = -lr*(1 - 2*maximize), in specs/torch_adadelta.py:40
+    #   _h0: = (1 - 2*maximize)*(1 - rho), in specs/torch_adadelta.py:40
+    #   _h1: = 1 - 2*maximize, in specs/torch_adadelta.py:40
+    #   _h2: = 1 - rho, in specs/torch_adadelta.py:42
+    #   _h3: = -lr, in specs/torch_adadelta.py:43
     #   rho: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -126,26 +130,27 @@ def torch_adadelta_no_decay_kernel_body(
     square_avg = tl.load(square_avg_ptr + offs, mask=mask).to(tl.float32)
     acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) (at weight_decay = 0)
-    # specs/torch_adadelta.py:37: square_avg_new = G**2*(1 - rho) + rho*square_avg
-    _v0 = grad * grad
-    _t0 = _h0 * _v0
-    _v1 = rho * square_avg
-    square_avg_new = _t0 + _v1
-    # specs/torch_adadelta.py:38: delta = G*sqrt(acc_delta + eps)/sqrt(eps + square_avg_new)
-    # specs/torch_adadelta.py:39: acc_delta_new = acc_delta*rho + delta**2*(1 - rho)
-    _t2 = square_avg_new + eps
-    _t3 = acc_delta + eps
-    _v2 = rho * acc_delta
-    _v3 = _t0 * _t3
-    _v4 = tl.div_rn(_v3, _t2)
-    acc_delta_new = _v2 + _v4
-    # specs/torch_adadelta.py:40: weight_new = -delta*lr + weight
-    _v5 = tl.sqrt_rn(_t3)
-    _v6 = tl.sqrt_rn(_t2)
-    _v7 = _h1 * grad
-    _v8 = _v7 * _v5
-    _v9 = tl.div_rn(_v8, _v6)
-    weight_new = weight + _v9
+    G = _h1 * grad
+    # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+    _v0 = rho * square_avg
+    _v1 = _h0 * grad
+    _v2 = G * _v1
+    square_avg_new = _v0 + _v2
+    # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
+    # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+    _v3 = acc_delta + eps
+    _v4 = tl.sqrt_rn(_v3)
+    _v5 = square_avg_new + eps
+    _v6 = tl.sqrt_rn(_v5)
+    _v7 = tl.div_rn(_v4, _v6)
+    _t2 = G * _v7
+    _v8 = rho * acc_delta
+    _v9 = _h2 * _t2
+    _v10 = _t2 * _v9
+    acc_delta_new = _v8 + _v10
+    # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
+    _v11 = _h3 * _t2
+    weight_new = weight + _v11
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptr + offs, square_avg_new.to(square_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_delta_ptr + offs, acc_delta_new.to(acc_delta_ptr.dtype.element_ty), mask=mask)
@@ -163,6 +168,8 @@ def torch_adadelta_no_decay_kernel(
     n_elements,
     _h0,
     _h1,
+    _h2,
+    _h3,
     rho,
     eps,
     BLOCK_SIZE: tl.constexpr,
@@ -174,6 +181,8 @@ def torch_adadelta_no_decay_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
+    _h2 = tl.cast(_h2, tl.float32)
+    _h3 = tl.cast(_h3, tl.float32)
     rho = tl.cast(rho, tl.float32)
     eps = tl.cast(eps, tl.float32)
     torch_adadelta_no_decay_kernel_body(
@@ -185,6 +194,8 @@ def torch_adadelta_no_decay_kernel(
         mask,
         _h0,
         _h1,
+        _h2,
+        _h3,
         rho,
         eps,
         1.0,
@@ -256,11 +267,13 @@ def torch_adadelta_no_decay_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (4 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 4 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 4 + 1)
-    rho = tl.load(scalars_ptr + tensor * 4 + 2)
-    eps = tl.load(scalars_ptr + tensor * 4 + 3)
+    # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 6 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 6 + 3)
+    rho = tl.load(scalars_ptr + tensor * 6 + 4)
+    eps = tl.load(scalars_ptr + tensor * 6 + 5)
     torch_adadelta_no_decay_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -270,6 +283,8 @@ def torch_adadelta_no_decay_multi_kernel(
         mask,
         _h0,
         _h1,
+        _h2,
+        _h3,
         rho,
         eps,
         inv_scale,

@@ -13,7 +13,7 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
     g = -grad if maximize else grad
     decoupled_weight_decay: w <- w * (1 - lr * weight_decay);  else g <- g + weight_decay * w
     m <- m + (1 - beta1) * (g - m)                      # lerp
-    v <- beta2 * v + (1 - beta2) * g^2
+    v <- beta2 * v + ((1 - beta2) * g) * g             # addcmul_: no g^2 formed
     amsgrad: vmax <- max(vmax, v), used for v below
     w <- w - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
@@ -134,10 +134,10 @@ def torch_adam_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adam, once per step):
     #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:48
     #   _h1: = 1 - beta1, in specs/torch_adam.py:48
-    #   _h2: = 1 - beta2, in specs/torch_adam.py:49
-    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:50
-    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:56
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:56
+    #   _h2: = 1 - beta2, in specs/torch_adam.py:50
+    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:51
+    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:57
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:57
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
@@ -157,17 +157,17 @@ def torch_adam_kernel_body(
     _v2 = _t0 - exp_avg
     _v3 = _h1 * _v2
     exp_avg_new = exp_avg + _v3
-    # specs/torch_adam.py:49: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
+    # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
     _v4 = beta2 * exp_avg_sq
-    _v5 = _t0 * _t0
-    _v6 = _h2 * _v5
+    _v5 = _h2 * _t0
+    _v6 = _t0 * _v5
     exp_avg_sq_new = _v4 + _v6
-    # specs/torch_adam.py:50: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _t3 = tl.maximum(exp_avg_sq_new, max_exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
     _v7 = _h3 != 0.0
     max_exp_avg_sq_new = tl.where(_v7, _t3, max_exp_avg_sq)
-    # specs/torch_adam.py:55: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-    # specs/torch_adam.py:56: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+    # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _v8 = decay * weight
     _v9 = _h3 != 0.0
     _v10 = tl.sqrt_rn(exp_avg_sq_new)

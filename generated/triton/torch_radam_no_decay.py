@@ -122,10 +122,10 @@ def torch_radam_no_decay_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.torch_radam_no_decay, once per step):
     #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:42
     #   _h1: = 1 - beta1, in specs/torch_radam.py:42
-    #   _h2: = (1 - beta2)*(1 - 2*maximize) ** 2, in specs/torch_radam.py:43
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:59, from beta2, t
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:59
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:59
+    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_radam.py:44
+    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t
+    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:60
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:60
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -137,24 +137,24 @@ def torch_radam_no_decay_kernel_body(
     # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
     G = _h0 * grad
     # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-    _v1 = G - exp_avg
-    _v2 = _h1 * _v1
-    exp_avg_new = exp_avg + _v2
-    # specs/torch_radam.py:43: exp_avg_sq_new = G**2*(1 - beta2) + beta2*exp_avg_sq
-    _v3 = beta2 * exp_avg_sq
-    _v4 = grad * grad
-    _v5 = _h2 * _v4
-    exp_avg_sq_new = _v3 + _v5
-    # specs/torch_radam.py:44: mhat = exp_avg_new/(1 - beta1**t)
-    # specs/torch_radam.py:59: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
-    _v6 = _h4 != 0.0
-    _v7 = tl.sqrt_rn(exp_avg_sq_new)
-    _v8 = _v7 + eps
-    _v9 = tl.div_rn(_h3, _v8)
-    _v10 = tl.where(_v6, _v9, 1.0)
-    _v11 = _h5 * exp_avg_new
-    _v12 = _v11 * _v10
-    weight_new = weight + _v12
+    _v0 = G - exp_avg
+    _v1 = _h1 * _v0
+    exp_avg_new = exp_avg + _v1
+    # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _v2 = beta2 * exp_avg_sq
+    _v3 = _h2 * grad
+    _v4 = G * _v3
+    exp_avg_sq_new = _v2 + _v4
+    # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
+    # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+    _v5 = _h4 != 0.0
+    _v6 = tl.sqrt_rn(exp_avg_sq_new)
+    _v7 = _v6 + eps
+    _v8 = tl.div_rn(_h3, _v7)
+    _v9 = tl.where(_v5, _v8, 1.0)
+    _v10 = _h5 * exp_avg_new
+    _v11 = _v10 * _v9
+    weight_new = weight + _v11
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, exp_avg_sq_new.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)

@@ -130,11 +130,11 @@ def torch_rmsprop_kernel_body(
 ):
     # The update of one block, shared by torch_rmsprop_kernel and torch_rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:44
-    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:44
-    #   _h2: = (centered > 0), in specs/torch_rmsprop.py:50
-    #   _h3: = (momentum > 0), in specs/torch_rmsprop.py:50
-    #   _h4: = -lr, in specs/torch_rmsprop.py:54
+    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
+    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:45
+    #   _h2: = (centered > 0), in specs/torch_rmsprop.py:51
+    #   _h3: = (momentum > 0), in specs/torch_rmsprop.py:51
+    #   _h4: = -lr, in specs/torch_rmsprop.py:55
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -150,17 +150,17 @@ def torch_rmsprop_kernel_body(
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_rmsprop.py:44: square_avg_new = G**2*(1 - alpha) + alpha*square_avg
+    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
     _v2 = alpha * square_avg
-    _v3 = G * G
-    _v4 = _h1 * _v3
+    _v3 = _h1 * G
+    _v4 = G * _v3
     square_avg_new = _v2 + _v4
-    # specs/torch_rmsprop.py:46: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
+    # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
     _v5 = G - grad_avg
     _v6 = _h1 * _v5
     _t2 = grad_avg + _v6
-    # specs/torch_rmsprop.py:47: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-    # specs/torch_rmsprop.py:50: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+    # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+    # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _v7 = _h2 != 0.0
     _v8 = tl.sqrt_rn(square_avg_new)
     _v9 = _h2 != 0.0
@@ -178,7 +178,7 @@ def torch_rmsprop_kernel_body(
     momentum_buffer_new = tl.where(_v17, _v19, momentum_buffer)
     _v20 = _h2 != 0.0
     grad_avg_new = tl.where(_v20, _t2, grad_avg)
-    # specs/torch_rmsprop.py:54: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
+    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
     _v21 = _h3 != 0.0
     _v22 = _h4 * _t3
     _v23 = weight + _v22
