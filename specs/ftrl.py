@@ -17,10 +17,10 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen writes the closed form as MXNet master does,
-    w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
-which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
-0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
+(-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
+-sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
 
 A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
 ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
@@ -30,7 +30,7 @@ weight, and falls back to the dense update for a dense one, as torch's parameter
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, nonnegative, positive
+from codegen.spec import Rule, as_is, nonnegative, positive
 
 RULE = Rule("ftrl", __doc__, class_name="Ftrl", mxnet="ftrl")
 # lr > 0: z and the weight divide by lr (the weight is recomputed from z, so lr=0 cannot be a
@@ -47,4 +47,6 @@ G = RULE.let("G", mx.clipped())
 z_new = RULE.update(z, z + G - (sp.sqrt(n + G**2) - sp.sqrt(n)) * w / mx.lr)
 n_new = RULE.update(n, n + G**2)
 denominator = RULE.let("denominator", (beta + sp.sqrt(n_new)) / mx.lr + mx.wd)
-RULE.update(w, -sp.sign(z_new) * sp.Max(sp.Abs(z_new) - lamda1, 0) / denominator)
+outside = sp.Piecewise((1, sp.Abs(z_new) > lamda1), (0, True))  # 1.9.1's gt(|z|, lamda1)
+# as_is: z_{i+1} as stored (SymPy would fold z + G - ... into the numerator's sum)
+RULE.update(w, (sp.sign(z_new) * lamda1 - as_is(z_new)) / denominator * outside)

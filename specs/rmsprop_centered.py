@@ -32,7 +32,7 @@ import math
 import sympy as sp
 
 from codegen.mxnet import clip, common
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, as_is, positive, unit
 
 RULE = Rule("rmsprop_centered", __doc__, class_name="RMSpropCentered", mxnet="rmsprop")
 mx = common(RULE, lr=0.001)
@@ -60,7 +60,9 @@ RULE.torch_equivalent(
     {n: ("square_avg", 1), g: ("grad_avg", 1), delta: ("momentum_buffer", -mx.lr)},
     fixed={"centered": True},
 )
-n_new = RULE.update(n, (1 - gamma1) * G**2 + gamma1 * n)
+# MXNet's RMSPropAlexUpdateKernel: (1.f - gamma1) * grad * grad, left to right (its plain
+# RMSProp squares first: specs/rmsprop.py)
+n_new = RULE.update(n, as_is((1 - gamma1) * G) * G + gamma1 * n)
 g_new = RULE.update(g, (1 - gamma1) * G + gamma1 * g)
 delta_new = RULE.update(delta, gamma2 * delta - mx.lr * G / sp.sqrt(n_new - g_new**2 + epsilon))
 RULE.update(w, clip(w + delta_new, clip_weights))

@@ -172,3 +172,25 @@ def test_adadelta_takes_a_gradient_whose_square_overflows_as_mxnets_code(backend
         opt.step()
     assert p[0].item() == 0.5 and 0 < p[1].item() < 0.5
     assert torch.isinf(opt.state[p]["acc_g"][0]) and opt.state[p]["acc_delta"][0].item() == 0.0
+
+
+@pytest.mark.parametrize("g", [0.001, 0.0, -0.001, 0.5])
+def test_ftrl_signs_its_zero_weight_as_mxnets_indicator_product(g: float) -> None:
+    """MXNet 1.9.1's FTRL multiplies (sign(z) * lamda1 - z) / denominator by the indicator
+    |z| > lamda1: a weight inside the L1 dead zone is a zero with that quotient's sign (-0.0
+    for z in (-lamda1, 0)), which master's closed form -sign(z) * max(|z| - lamda1, 0) / ...
+    gives as +0.0 (found by an audit, 2026-12-06). The formula below is 1.9.1's kernel in
+    float32, step by step."""
+    from generated.torch import Ftrl
+
+    f = np.float32
+    p = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = Ftrl([p])
+    p.grad = torch.tensor([g])
+    opt.step()
+    w, z, n, lr, l1, beta, G = f(1), f(0), f(0), f(0.1), f(0.01), f(1), f(g)
+    z = z + (G - (np.sqrt(n + G * G) - np.sqrt(n)) * w / lr)
+    n = n + G * G
+    want = (np.sign(z) * l1 - z) / ((beta + np.sqrt(n)) / lr + f(0)) * f(abs(z) > l1)
+    got = p.detach().numpy()[0]
+    assert got == want and np.signbit(got) == np.signbit(want), (got, want)

@@ -26,10 +26,10 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen writes the closed form as MXNet master does,
-    w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
-which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
-0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
+(-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
+-sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
 
 A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
 ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
@@ -130,21 +130,21 @@ def _update_chunk(
     _h0,
     _h1,
     _h2,
-    _h3,
     wd,
     rescale_grad,
     clip_gradient,
+    lamda1,
     beta,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.ftrl, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/ftrl.py:47
     #   _h1: = -1/lr, in specs/ftrl.py:47
-    #   _h2: = lr ** (-1), in specs/ftrl.py:50
-    #   _h3: = -lamda1, in specs/ftrl.py:50
+    #   _h2: = lr ** (-1), in specs/ftrl.py:52
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
+    #   lamda1: hyperparameter
     #   beta: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
@@ -169,22 +169,23 @@ def _update_chunk(
             _v6 = _h1 * weight
             _v7 = _v6 * _v5
             z_new = _v3 + _v7
-            # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
-            _v8 = np.abs(z_new)
-            _v9 = _v8 + _h3
-            _v10 = _T(0.0) if (_T(0.0) > _v9 or _T(0.0) != _T(0.0)) else _v9
-            _v11 = (
+            # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+            _v8 = (
                 _T(1.0)
                 if z_new > 0
                 else (_T(-1.0) if z_new < 0 else (z_new if z_new != z_new else _T(0.0)))
             )
+            _v9 = lamda1 * _v8
+            _v10 = _v9 - z_new
+            _v11 = np.abs(z_new)
+            _v12 = lamda1 < _v11
+            _v13 = _T(1.0) if _v12 else _T(0.0)
             # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
-            _v12 = _t2 + beta
-            _v13 = _h2 * _v12
-            denominator = _v13 + wd
-            _v15 = _v10 * _v11
-            _v16 = _v15 / denominator
-            weight_new = -_v16
+            _v14 = _t2 + beta
+            _v15 = _h2 * _v14
+            denominator = _v15 + wd
+            _v17 = _v10 * _v13
+            weight_new = _v17 / denominator
             store(weight_buf, _i, weight_new)
             store(z_buf, _i, z_new)
             store(n_buf, _i, n_new)
@@ -208,22 +209,23 @@ def _update_chunk(
         _v6 = _h1 * weight
         _v7 = _v6 * _v5
         z_new = _v3 + _v7
-        # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
-        _v8 = np.abs(z_new)
-        _v9 = _v8 + _h3
-        _v10 = _T(0.0) if (_T(0.0) > _v9 or _T(0.0) != _T(0.0)) else _v9
-        _v11 = (
+        # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+        _v8 = (
             _T(1.0)
             if z_new > 0
             else (_T(-1.0) if z_new < 0 else (z_new if z_new != z_new else _T(0.0)))
         )
+        _v9 = lamda1 * _v8
+        _v10 = _v9 - z_new
+        _v11 = np.abs(z_new)
+        _v12 = lamda1 < _v11
+        _v13 = _T(1.0) if _v12 else _T(0.0)
         # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
-        _v12 = _t2 + beta
-        _v13 = _h2 * _v12
-        denominator = _v13 + wd
-        _v15 = _v10 * _v11
-        _v16 = _v15 / denominator
-        weight_new = -_v16
+        _v14 = _t2 + beta
+        _v15 = _h2 * _v14
+        denominator = _v15 + wd
+        _v17 = _v10 * _v13
+        weight_new = _v17 / denominator
         store(weight_buf, _i, weight_new)
         store(z_buf, _i, z_new)
         store(n_buf, _i, n_new)

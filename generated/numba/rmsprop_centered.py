@@ -142,10 +142,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop_centered, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:63
-    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:63
-    #   _h2: = -lr, in specs/rmsprop_centered.py:65
-    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:66
+    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:65
+    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:65
+    #   _h2: = -lr, in specs/rmsprop_centered.py:67
+    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:68
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -169,28 +169,27 @@ def _update_chunk(
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
+            # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
+            _t1 = _h1 * G
             _v4 = gamma1 * n
-            _v5 = G * G
-            _v6 = _h1 * _v5
-            n_new = _v4 + _v6
-            # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
-            _v7 = gamma1 * g
-            _v8 = _h1 * G
-            g_new = _v7 + _v8
-            # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
-            _v9 = gamma2 * delta
-            _v10 = g_new * g_new
-            _v11 = n_new - _v10
-            _v12 = _v11 + epsilon
-            _v13 = np.sqrt(_v12)
-            _v14 = _h2 * G
-            _v15 = _v14 / _v13
-            delta_new = _v9 + _v15
-            # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
-            _v16 = delta_new + weight
-            _v17 = _v16
-            weight_new = _v17
+            _v5 = G * _t1
+            n_new = _v4 + _v5
+            # specs/rmsprop_centered.py:66: g_new = G*(1 - gamma1) + g*gamma1
+            _v6 = gamma1 * g
+            g_new = _t1 + _v6
+            # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+            _v7 = gamma2 * delta
+            _v8 = g_new * g_new
+            _v9 = n_new - _v8
+            _v10 = _v9 + epsilon
+            _v11 = np.sqrt(_v10)
+            _v12 = _h2 * G
+            _v13 = _v12 / _v11
+            delta_new = _v7 + _v13
+            # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+            _v14 = delta_new + weight
+            _v15 = _v14
+            weight_new = _v15
             store(weight_buf, _i, weight_new)
             store(n_buf, _i, n_new)
             store(g_buf, _i, g_new)
@@ -208,28 +207,27 @@ def _update_chunk(
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
+        # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
+        _t1 = _h1 * G
         _v4 = gamma1 * n
-        _v5 = G * G
-        _v6 = _h1 * _v5
-        n_new = _v4 + _v6
-        # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
-        _v7 = gamma1 * g
-        _v8 = _h1 * G
-        g_new = _v7 + _v8
-        # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
-        _v9 = gamma2 * delta
-        _v10 = g_new * g_new
-        _v11 = n_new - _v10
-        _v12 = _v11 + epsilon
-        _v13 = np.sqrt(_v12)
-        _v14 = _h2 * G
-        _v15 = _v14 / _v13
-        delta_new = _v9 + _v15
-        # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
-        _v16 = delta_new + weight
-        _v17 = _h3 if (_h3 > _v16 or _h3 != _h3) else _v16
-        weight_new = clip_weights if (clip_weights < _v17 or clip_weights != clip_weights) else _v17
+        _v5 = G * _t1
+        n_new = _v4 + _v5
+        # specs/rmsprop_centered.py:66: g_new = G*(1 - gamma1) + g*gamma1
+        _v6 = gamma1 * g
+        g_new = _t1 + _v6
+        # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+        _v7 = gamma2 * delta
+        _v8 = g_new * g_new
+        _v9 = n_new - _v8
+        _v10 = _v9 + epsilon
+        _v11 = np.sqrt(_v10)
+        _v12 = _h2 * G
+        _v13 = _v12 / _v11
+        delta_new = _v7 + _v13
+        # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        _v14 = delta_new + weight
+        _v15 = _h3 if (_h3 > _v14 or _h3 != _h3) else _v14
+        weight_new = clip_weights if (clip_weights < _v15 or clip_weights != clip_weights) else _v15
         store(weight_buf, _i, weight_new)
         store(n_buf, _i, n_new)
         store(g_buf, _i, g_new)

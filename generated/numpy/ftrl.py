@@ -21,10 +21,10 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen writes the closed form as MXNet master does,
-    w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
-which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
-0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
+(-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
+-sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
 
 A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
 ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
@@ -115,7 +115,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, wd, rescale_grad, clip_gradient, lamda1, beta = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -143,18 +143,20 @@ def step(
         np.multiply(_h1, _weight, out=_b4)
         np.multiply(_b4, _b3, out=_b3)
         np.add(_b0, _b3, out=_z)
-        # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
-        np.absolute(_z, out=_b0)
-        np.add(_b0, _h3, out=_b0)
-        np.maximum(0.0, _b0, out=_b0)
-        np.sign(_z, out=_b3)
+        # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+        np.sign(_z, out=_b0)
+        np.multiply(lamda1, _b0, out=_b0)
+        np.subtract(_b0, _z, out=_b0)
+        np.absolute(_z, out=_b3)
+        __v12 = np.less(lamda1, _b3)
+        np.copyto(_b3, 0.0)
+        np.copyto(_b3, 1.0, where=__v12)
         # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
         np.add(_b2, beta, out=_b2)
         np.multiply(_h2, _b2, out=_b2)
         np.add(_b2, wd, out=_b2)
         np.multiply(_b0, _b3, out=_b0)
-        np.divide(_b0, _b2, out=_b0)
-        np.negative(_b0, out=_weight)
+        np.divide(_b0, _b2, out=_weight)
         np.copyto(_n, _b1)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)

@@ -129,6 +129,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
+        _b3 = scratch[3, : stop - start]
         # specs/rmsprop_centered.py:55: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
@@ -137,16 +138,15 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
-        np.multiply(gamma1, _n, out=_b1)
-        np.multiply(_b0, _b0, out=_b2)
-        np.multiply(_h1, _b2, out=_b2)
-        np.add(_b1, _b2, out=_n)
-        # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
-        np.multiply(gamma1, _g, out=_b1)
-        np.multiply(_h1, _b0, out=_b2)
+        # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
+        np.multiply(_h1, _b0, out=_b1)
+        np.multiply(gamma1, _n, out=_b2)
+        np.multiply(_b0, _b1, out=_b3)
+        np.add(_b2, _b3, out=_n)
+        # specs/rmsprop_centered.py:66: g_new = G*(1 - gamma1) + g*gamma1
+        np.multiply(gamma1, _g, out=_b2)
         np.add(_b1, _b2, out=_g)
-        # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+        # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
         np.multiply(gamma2, _delta, out=_b1)
         np.multiply(_g, _g, out=_b2)
         np.subtract(_n, _b2, out=_b2)
@@ -155,14 +155,14 @@ def step(
         np.multiply(_h2, _b0, out=_b0)
         np.divide(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_delta)
-        # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         np.add(_delta, _weight, out=_b0)
         if _h3 != -np.inf:
             np.maximum(_h3, _b0, out=_b0)
         np.minimum(clip_weights, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

@@ -21,10 +21,10 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen writes the closed form as MXNet master does,
-    w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
-which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
-0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
+(-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
+-sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
 
 A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
 ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
@@ -106,25 +106,26 @@ SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
     "abs": 1,
-    "add": 6,
+    "add": 5,
     "div": 1,
-    "max": 2,
+    "lt": 1,
+    "max": 1,
     "min": 1,
-    "mul": 6,
-    "neg": 1,
+    "mul": 7,
     "sign": 1,
     "sqrt": 2,
-    "sub": 1,
+    "sub": 2,
+    "where": 1,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/ftrl.py:47",
     "_h1": "= -1/lr, in specs/ftrl.py:47",
-    "_h2": "= lr ** (-1), in specs/ftrl.py:50",
-    "_h3": "= -lamda1, in specs/ftrl.py:50",
+    "_h2": "= lr ** (-1), in specs/ftrl.py:52",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
+    "lamda1": "hyperparameter",
     "beta": "hyperparameter",
 }
 
@@ -152,8 +153,7 @@ def host_scalars(
     # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
     _h0 = -clip_gradient
     _h1 = -1 / lr
-    # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
+    # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
     _h2 = lr ** (-1)
-    _h3 = -lamda1
-    scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta)
+    scalars = (_h0, _h1, _h2, wd, rescale_grad, clip_gradient, lamda1, beta)
     return scalars, {}

@@ -118,13 +118,13 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 10, "sqrt": 1, "sub": 1}
+OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 9, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/rmsprop_centered.py:63",
-    "_h1": "= 1 - gamma1, in specs/rmsprop_centered.py:63",
-    "_h2": "= -lr, in specs/rmsprop_centered.py:65",
-    "_h3": "= -clip_weights, in specs/rmsprop_centered.py:66",
+    "_h0": "= -clip_gradient, in specs/rmsprop_centered.py:65",
+    "_h1": "= 1 - gamma1, in specs/rmsprop_centered.py:65",
+    "_h2": "= -lr, in specs/rmsprop_centered.py:67",
+    "_h3": "= -clip_weights, in specs/rmsprop_centered.py:68",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -158,12 +158,12 @@ def host_scalars(
     clip_weights: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
+    # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
     _h0 = -clip_gradient
     _h1 = 1 - gamma1
-    # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+    # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
     _h2 = -lr
-    # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+    # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
     _h3 = -clip_weights
     scalars = (
         _h0,

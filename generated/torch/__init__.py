@@ -1142,10 +1142,10 @@ class Ftrl(GeneratedOptimizer):
                   * [|z_{i+1}| > lamda1]
 
     The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-    enters only the denominator. optgen writes the closed form as MXNet master does,
-        w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
-    which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
-    0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+    enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+    where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
+    (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
+    -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
 
     A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
     ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``

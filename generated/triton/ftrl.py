@@ -21,10 +21,10 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen writes the closed form as MXNet master does,
-    w_{i+1} = -sign(z_{i+1}) * max(|z_{i+1}| - lamda1, 0) / ((beta + sqrt(n_{i+1})) / lr + wd),
-which is the same number: where |z| > lamda1 the numerators agree to the bit, elsewhere both are
-0, and a NaN z gives NaN in both (1.9.1 multiplies by the indicator, so NaN * 0 stays NaN).
+enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
+(-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
+-sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
 
 A sparse gradient (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``) steps as
 ``grad.to_dense()`` would, every row updated: MXNet 1.9.1 updates lazily only a ``row_sparse``
@@ -113,10 +113,10 @@ def ftrl_kernel_body(
     _h0,
     _h1,
     _h2,
-    _h3,
     wd,
     rescale_grad,
     clip_gradient,
+    lamda1,
     beta,
     inv_scale,
     AMP: tl.constexpr,
@@ -127,11 +127,11 @@ def ftrl_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.ftrl, once per step):
     #   _h0: = -clip_gradient, in specs/ftrl.py:47
     #   _h1: = -1/lr, in specs/ftrl.py:47
-    #   _h2: = lr ** (-1), in specs/ftrl.py:50
-    #   _h3: = -lamda1, in specs/ftrl.py:50
+    #   _h2: = lr ** (-1), in specs/ftrl.py:52
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
+    #   lamda1: hyperparameter
     #   beta: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
@@ -153,18 +153,19 @@ def ftrl_kernel_body(
     _v6 = _h1 * weight
     _v7 = _v6 * _v5
     z_new = _v3 + _v7
-    # specs/ftrl.py:50: weight_new = -sign(z_new)*Max(0, -lamda1 + Abs(z_new))/denominator
-    _v8 = tl.abs(z_new)
-    _v9 = _v8 + _h3
-    _v10 = tl.maximum(0.0, _v9, propagate_nan=tl.PropagateNan.ALL)
-    _v11 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
+    # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+    _v8 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
+    _v9 = lamda1 * _v8
+    _v10 = _v9 - z_new
+    _v11 = tl.abs(z_new)
+    _v12 = lamda1 < _v11
+    _v13 = tl.where(_v12, 1.0, 0.0)
     # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
-    _v12 = _t2 + beta
-    _v13 = _h2 * _v12
-    denominator = _v13 + wd
-    _v15 = _v10 * _v11
-    _v16 = tl.div_rn(_v15, denominator)
-    weight_new = -_v16
+    _v14 = _t2 + beta
+    _v15 = _h2 * _v14
+    denominator = _v15 + wd
+    _v17 = _v10 * _v13
+    weight_new = tl.div_rn(_v17, denominator)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
     tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
@@ -183,10 +184,10 @@ def ftrl_kernel(
     _h0,
     _h1,
     _h2,
-    _h3,
     wd,
     rescale_grad,
     clip_gradient,
+    lamda1,
     beta,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -198,10 +199,10 @@ def ftrl_kernel(
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
+    lamda1 = tl.cast(lamda1, tl.float32)
     beta = tl.cast(beta, tl.float32)
     ftrl_kernel_body(
         weight_ptr,
@@ -213,10 +214,10 @@ def ftrl_kernel(
         _h0,
         _h1,
         _h2,
-        _h3,
         wd,
         rescale_grad,
         clip_gradient,
+        lamda1,
         beta,
         1.0,
         False,
@@ -287,10 +288,10 @@ def ftrl_multi_kernel(
     _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
-    wd = tl.load(scalars_ptr + tensor * 8 + 4)
-    rescale_grad = tl.load(scalars_ptr + tensor * 8 + 5)
-    clip_gradient = tl.load(scalars_ptr + tensor * 8 + 6)
+    wd = tl.load(scalars_ptr + tensor * 8 + 3)
+    rescale_grad = tl.load(scalars_ptr + tensor * 8 + 4)
+    clip_gradient = tl.load(scalars_ptr + tensor * 8 + 5)
+    lamda1 = tl.load(scalars_ptr + tensor * 8 + 6)
     beta = tl.load(scalars_ptr + tensor * 8 + 7)
     ftrl_kernel_body(
         weight_ptr,
@@ -302,10 +303,10 @@ def ftrl_multi_kernel(
         _h0,
         _h1,
         _h2,
-        _h3,
         wd,
         rescale_grad,
         clip_gradient,
+        lamda1,
         beta,
         inv_scale,
         True,

@@ -129,10 +129,10 @@ def rmsprop_centered_kernel_body(
 ):
     # The update of one block, shared by rmsprop_centered_kernel and rmsprop_centered_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop_centered, once per step):
-    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:63
-    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:63
-    #   _h2: = -lr, in specs/rmsprop_centered.py:65
-    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:66
+    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:65
+    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:65
+    #   _h2: = -lr, in specs/rmsprop_centered.py:67
+    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:68
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -153,28 +153,27 @@ def rmsprop_centered_kernel_body(
     _v2 = _v0 + _v1
     _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/rmsprop_centered.py:63: n_new = G**2*(1 - gamma1) + gamma1*n
+    # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
+    _t1 = _h1 * G
     _v4 = gamma1 * n
-    _v5 = G * G
-    _v6 = _h1 * _v5
-    n_new = _v4 + _v6
-    # specs/rmsprop_centered.py:64: g_new = G*(1 - gamma1) + g*gamma1
-    _v7 = gamma1 * g
-    _v8 = _h1 * G
-    g_new = _v7 + _v8
-    # specs/rmsprop_centered.py:65: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
-    _v9 = gamma2 * delta
-    _v10 = g_new * g_new
-    _v11 = n_new - _v10
-    _v12 = _v11 + epsilon
-    _v13 = tl.sqrt_rn(_v12)
-    _v14 = _h2 * G
-    _v15 = tl.div_rn(_v14, _v13)
-    delta_new = _v9 + _v15
-    # specs/rmsprop_centered.py:66: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
-    _v16 = delta_new + weight
-    _v17 = tl.maximum(_h3, _v16, propagate_nan=tl.PropagateNan.ALL)
-    weight_new = tl.minimum(clip_weights, _v17, propagate_nan=tl.PropagateNan.ALL)
+    _v5 = G * _t1
+    n_new = _v4 + _v5
+    # specs/rmsprop_centered.py:66: g_new = G*(1 - gamma1) + g*gamma1
+    _v6 = gamma1 * g
+    g_new = _t1 + _v6
+    # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+    _v7 = gamma2 * delta
+    _v8 = g_new * g_new
+    _v9 = n_new - _v8
+    _v10 = _v9 + epsilon
+    _v11 = tl.sqrt_rn(_v10)
+    _v12 = _h2 * G
+    _v13 = tl.div_rn(_v12, _v11)
+    delta_new = _v7 + _v13
+    # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+    _v14 = delta_new + weight
+    _v15 = tl.maximum(_h3, _v14, propagate_nan=tl.PropagateNan.ALL)
+    weight_new = tl.minimum(clip_weights, _v15, propagate_nan=tl.PropagateNan.ALL)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
     tl.store(g_ptr + offs, g_new.to(g_ptr.dtype.element_ty), mask=mask)
