@@ -13,7 +13,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from codegen.spec import Rule, SpecError, _display_path
+from codegen.spec import Rule, SpecError
+from codegen.spec_parts import display_path
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
@@ -75,7 +76,7 @@ def _run(path: Path, source: str) -> object:
 def load_rule(path: Path) -> Rule:
     """Run one spec file and return its checked rule."""
     path = Path(path).resolve()
-    source = _display_path(str(path))
+    source = display_path(str(path))
     rule = _run(path, source)
     if not isinstance(rule, Rule):
         raise SpecError(f"{source}: defines no RULE = Rule(...)")

@@ -43,7 +43,8 @@ import sympy as sp
 
 from codegen import ops
 from codegen.errors import SpecError
-from codegen.spec import ELEMENT, Rule
+from codegen.spec import Rule
+from codegen.spec_parts import ELEMENT
 
 
 class Mat:

@@ -31,7 +31,8 @@ from codegen import matrix, names, ops
 from codegen.ir import Assign
 from codegen.lower import HostExtractor, Linearizer, Op
 from codegen.names import Temps
-from codegen.spec import SCALAR, Rule, SpecError
+from codegen.spec import Rule, SpecError
+from codegen.spec_parts import SCALAR
 from codegen.targets import ENV
 from codegen.targets.host import HostCode, legal_code, literal
 from codegen.targets.numpy import NumpyOpPrinter

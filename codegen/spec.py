@@ -16,226 +16,51 @@ from __future__ import annotations
 import inspect
 import keyword
 import math
-import os
-import sys
-from dataclasses import dataclass
 
 import sympy as sp
 
-from codegen import names, ops
+from codegen import names
 from codegen.dropin import DropIn, declare
 from codegen.errors import SpecError
 from codegen.ir import Origin
 from codegen.ops import softplus
+from codegen.spec_checks import Checks
+from codegen.spec_parts import (
+    Equation,
+    HostState,
+    Hyper,
+    Input,
+    ScalarInput,
+    State,
+    TestCase,
+    as_is,
+    caller_file,
+    display_path,
+    exact_exponents,
+    integer,
+    nonnegative,
+    positive,
+    python_max,
+    spec_frame,
+    unit,
+)
+from codegen.spec_reductions import Reductions
 from optgen_runtime.common import Legal, TorchEquivalent
 
-__all__ = ["Legal", "Rule", "integer", "nonnegative", "positive", "softplus", "unit"]
-
-# What a spec may write comes from the one table of operations (codegen/ops.py).
-SUPPORTED_FUNCTIONS = ops.SPEC_FUNCTIONS
-_RELATIONALS = ops.RELATIONALS
-_BOOLEAN = ops.BOOLEAN_STRUCTURE
-_HOST_ONLY = ops.HOST_ONLY
-
-
-def positive(allow_none: bool = False) -> Legal:
-    """x > 0 (finite)."""
-    return Legal(lo=0.0, lo_open=True, allow_none=allow_none)
-
-
-def nonnegative() -> Legal:
-    """x >= 0 (finite)."""
-    return Legal(lo=0.0)
+__all__ = [
+    "Legal",
+    "Rule",
+    "as_is",
+    "integer",
+    "nonnegative",
+    "positive",
+    "python_max",
+    "softplus",
+    "unit",
+]
 
 
-def unit(lo_open: bool = False, hi_open: bool = True) -> Legal:
-    """x in [0, 1) by default; a decay factor."""
-    return Legal(lo=0.0, hi=1.0, lo_open=lo_open, hi_open=hi_open)
-
-
-def integer(lo: float = 0, hi: float = math.inf) -> Legal:
-    """A whole number in [lo, hi]: a count or a period (a macro-batch in calls, epochs). The
-    generated code refuses 1.5, which a step counter compared with it would never reach."""
-    return Legal(lo=float(lo), hi=float(hi), integer=True)
-
-
-# What a value varies along, of the weight viewed as (batch, rows, cols): its domain.
-ELEMENT, ROW, COL, BATCH, SCALAR = (frozenset(a) for a in ("brc", "br", "bc", "b", ""))
-_DOMAIN_NAMES = {
-    ELEMENT: "per element",
-    ROW: "one per row",
-    COL: "one per column",
-    BATCH: "one per matrix",
-    SCALAR: "one per tensor",
-}
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """A hyperparameter: runtime argument of every generated step function."""
-
-    name: str
-    symbol: sp.Symbol
-    default: float | str | bool | None
-    legal: Legal
-    none_value: float | None  # what ``None`` means in the equations (e.g. inf: clipping off)
-    doc: str
-
-
-@dataclass(frozen=True)
-class State:
-    """A per-element state buffer of the weight's shape."""
-
-    name: str
-    symbol: sp.Symbol
-    new: sp.Symbol
-    init: sp.Expr  # a constant, or an expression of the initial weight
-    doc: str
-    axis: int | None = None  # reduced along the weight's axis -1 (a row vector) or -2, or not
-
-
-@dataclass(frozen=True)
-class HostState:
-    """A scalar carried across steps on the host, per weight (e.g. NAdam's momentum schedule).
-
-    Its new value may depend only on hyperparameters, the step count and host states; it lives in
-    the state dict as a Python float next to the per-element buffers.
-    """
-
-    name: str
-    symbol: sp.Symbol
-    new: sp.Symbol
-    init: float
-    doc: str
-
-
-@dataclass(frozen=True)
-class TestCase:
-    """A setting the test suite runs besides the ones it derives (``Rule.test_case``)."""
-
-    __test__ = False  # not a pytest class
-
-    hyperparams: dict[str, float | str | bool | None]
-    steps: int | None  # None: as many as the suite derives for the setting
-    line: int
-
-
-@dataclass(frozen=True)
-class Input:
-    """A per-element input besides the gradient (weight-shaped, read-only): AdaHessian's
-    Hessian-diagonal estimate. Every step function takes it as a keyword argument."""
-
-    name: str
-    symbol: sp.Symbol
-    doc: str
-
-
-@dataclass(frozen=True)
-class ScalarInput:
-    """One number per step given by the caller (the loss, say): a host input like a
-    hyperparameter, but required at every step and never a group setting."""
-
-    name: str
-    symbol: sp.Symbol
-    doc: str
-
-
-@dataclass(frozen=True)
-class Equation:
-    """``target = expr``: target is a new state/weight symbol or a named intermediate."""
-
-    target: sp.Symbol
-    expr: sp.Expr
-    origin: Origin
-
-
-def _spec_frame() -> tuple[str, int] | None:
-    """(file, line) of the innermost caller outside codegen/: the spec line that declared
-    something. Walks the frames directly (``inspect.stack`` reads every frame's source)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if os.path.basename(os.path.dirname(filename)) != "codegen":
-            return filename, frame.f_lineno
-        frame = frame.f_back
-    return None
-
-
-def _caller_file() -> str:
-    frame = _spec_frame()
-    return frame[0] if frame else "<unknown>"
-
-
-def _display_path(path: str) -> str:
-    parent = os.path.basename(os.path.dirname(path))
-    return f"{parent}/{os.path.basename(path)}" if parent else os.path.basename(path)
-
-
-def python_max(a: sp.Expr, b: sp.Expr) -> sp.Expr:
-    """Python's ``max(a, b)``, as torch computes it on ``.item()`` floats (Adafactor's step
-    size and update clip): ``b`` where ``b > a``, else ``a``, so a NaN ``b`` gives ``a``.
-    ``sp.Max`` is NaN-propagating on every target (the kernels' max), which spreads a NaN
-    element's NaN through a norm to the whole tensor where torch's ``max`` drops it."""
-    return sp.Piecewise((b, b > a), (a, True))
-
-
-class AsIs(sp.UnevaluatedExpr):
-    """:func:`as_is`'s node: SymPy's unevaluated expression with its argument's assumptions (a
-    real one is real: ``Max`` and the comparisons take it)."""
-
-    def _eval_is_extended_real(self) -> bool | None:
-        return self.args[0].is_extended_real
-
-    def _eval_is_real(self) -> bool | None:
-        return self.args[0].is_real
-
-    def _eval_is_finite(self) -> bool | None:
-        return self.args[0].is_finite
-
-    def _eval_is_zero(self) -> bool | None:
-        return self.args[0].is_zero
-
-    def _eval_is_extended_positive(self) -> bool | None:
-        return self.args[0].is_extended_positive
-
-    def _eval_is_extended_negative(self) -> bool | None:
-        return self.args[0].is_extended_negative
-
-
-def as_is(expr: sp.Expr) -> sp.Expr:
-    """``expr`` computed first and used as one operand: SymPy neither merges it into the product
-    it is a factor of nor distributes a power over it. torch's ``addcmul_(g, g, value=1 -
-    beta2)`` is ``as_is((1 - beta2) * g) * g``, which stays finite where ``(1 - beta2) * g**2``
-    squares first and overflows float32 (|g| > 1.8e19); ``as_is(delta)**2`` squares a ``let``
-    that SymPy would otherwise expand (``(sqrt(a) / sqrt(b) * g)**2`` is ``a * g**2 / b``, inf /
-    inf where ``g**2`` overflows). The high-precision references evaluate it as ``expr``."""
-    return AsIs(sp.sympify(expr))
-
-
-def exact_exponent(exp: sp.Float) -> sp.Number:
-    """A float exponent as the number it is the nearest double of, where that is a whole
-    number or a half or third of one (``2.0``; ``0.5``, ``1.5``; Python's ``1/3`` and ``4/3``):
-    a spec's ``g**2.0`` is ``g**2`` (SymPy keeps a float exponent, and a float power of a
-    negative base is NaN) and its ``x**(1/3)`` the cube root. Any other float stays."""
-    value = float(exp)
-    for q in (1, 2, 3):
-        p = round(value * q)
-        if abs(p) <= 64 and float(sp.Rational(p, q)) == value:
-            return sp.Rational(p, q)
-    return exp
-
-
-def exact_exponents(expr: sp.Expr) -> sp.Expr:
-    """``expr`` with every float exponent :func:`exact_exponent` turns into a rational."""
-    if not expr.has(sp.Pow):
-        return expr
-    return expr.replace(
-        lambda e: isinstance(e, sp.Pow) and e.exp.is_Float,
-        lambda e: sp.Pow(e.base, exact_exponent(e.exp)),
-    )
-
-
-class Rule:
+class Rule(Reductions, Checks):
     """One optimizer rule, declared by a spec file."""
 
     def __init__(
@@ -250,7 +75,7 @@ class Rule:
         reproduces (``"sgd"`` for sgd_mom), or None where 1.9.1 has no such rule. A rule that
         names one must be verified against goldens recorded from it (tests/test_mxnet_goldens.py),
         unless it draws random numbers (MXNet's own generator cannot be replayed)."""
-        self.source = _display_path(source or _caller_file())
+        self.source = display_path(source or caller_file())
         self._lines: dict[str, int] = {}  # declared name -> its spec line
         self.line = self._line()  # the spec line of Rule(...)
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
@@ -324,8 +149,8 @@ class Rule:
     # ----------------------------------------------------------------------------- declarations
     def _line(self) -> int:
         """The line of the spec file being run (0 when the call does not come from it)."""
-        frame = _spec_frame()
-        return frame[1] if frame and _display_path(frame[0]) == self.source else 0
+        frame = spec_frame()
+        return frame[1] if frame and display_path(frame[0]) == self.source else 0
 
     def _where(self, line: int | None = None) -> str:
         """``specs/<rule>.py:LINE`` for an error message: the given line, else the spec line
@@ -373,11 +198,11 @@ class Rule:
 
     def _equation(self, target: sp.Symbol, expr: sp.Expr) -> None:
         """Record ``target = expr`` with the spec line that wrote it."""
-        frame = _spec_frame()
+        frame = spec_frame()
         if frame is None:
             origin = Origin(self.source, 0, f"{target} = {expr}")
         else:
-            origin = Origin(_display_path(frame[0]), frame[1], f"{target} = {expr}")
+            origin = Origin(display_path(frame[0]), frame[1], f"{target} = {expr}")
         self.equations.append(Equation(target, expr, origin))
 
     def hyper(
@@ -765,154 +590,6 @@ class Rule:
             raise SpecError(f"{self._where()}: {symbol} has no choice {value!r}")
         return sp.Eq(symbol, hyper.legal.choices.index(value))
 
-    def sum(
-        self, name: str, summand: sp.Expr, *, axis: int | None = None, group: bool = False
-    ) -> sp.Symbol:
-        """The sum over all elements of a per-element expression (a per-tensor reduction).
-
-        Computed in a phase before the update. The summand may use step-i values, intermediates,
-        new values and other reductions: a reduction that uses another one (a chained
-        reduction) is computed in a later phase, one more pass over the tensor.
-
-        ``axis=-1``: the sum along the value's last axis instead (one per row of a matrix: a
-        row vector, broadcast back over the row where it is used); ``axis=-2``: along the
-        second-to-last (one per column). The axes are the value's own: the weight viewed as
-        (batch, rows, columns), a row vector as (batch, rows), a column vector as (batch, cols).
-
-        ``group=True``: the sum over every element of every tensor updated together (a torch
-        class's parameter group; a module's ``step_multi`` call): a global gradient norm.
-        """
-        return self._reduction(name, summand, "sum", axis, group)
-
-    def max(
-        self, name: str, expr: sp.Expr, *, axis: int | None = None, group: bool = False
-    ) -> sp.Symbol:
-        """The largest element of a per-element expression (NaN if any element is NaN; -inf for
-        an empty tensor). ``RULE.max("g_inf", sp.Abs(g))`` is the infinity norm."""
-        return self._reduction(name, expr, "max", axis, group)
-
-    def min(
-        self, name: str, expr: sp.Expr, *, axis: int | None = None, group: bool = False
-    ) -> sp.Symbol:
-        """The smallest element of a per-element expression (NaN if any element is NaN; +inf for
-        an empty tensor)."""
-        return self._reduction(name, expr, "min", axis, group)
-
-    def mean(self, name: str, expr: sp.Expr, *, axis: int | None = None) -> sp.Expr:
-        """The mean: the sum reduction ``name`` divided by the number of elements it adds (0 where
-        there are none: an empty tensor, which has no mean and is not updated either)."""
-        total = self.sum(name, expr, axis=axis)
-        return total / sp.Max(self._count(self.domain(self.reductions[total]), axis), 1)
-
-    def _size(self, name: str) -> sp.Symbol:
-        for s in self.sizes:
-            if s.name == name:
-                return s
-        self.sizes.append(sp.Symbol(name, nonnegative=True, integer=True))
-        return self.sizes[-1]
-
-    @property
-    def numel(self) -> sp.Symbol:
-        """The tensor's element count (a per-tensor host input, known before the step)."""
-        return self._size("numel")
-
-    @property
-    def ndim(self) -> sp.Symbol:
-        """The weight's number of dimensions (a per-tensor host input)."""
-        return self._size("ndim")
-
-    @property
-    def rows(self) -> sp.Symbol:
-        """The length of the weight's second-to-last axis (1 for a 0-D or 1-D weight)."""
-        return self._size("rows")
-
-    @property
-    def cols(self) -> sp.Symbol:
-        """The length of the weight's last axis (1 for a 0-D weight)."""
-        return self._size("cols")
-
-    def _count(self, domain: frozenset[str], axis: int | None) -> sp.Expr:
-        """How many values a reduction of a ``domain`` value along ``axis`` adds."""
-
-        def length(a: str) -> sp.Expr:
-            if a == "b":
-                return self.numel / (self.rows * self.cols)
-            return self.rows if a == "r" else self.cols
-
-        if axis is None:
-            return self.numel / sp.Mul(*(length(a) for a in "rc" if a not in domain))
-        return length([a for a in "brc" if a in domain][axis])
-
-    def _reduction(
-        self, name: str, summand: sp.Expr, kind: str, axis: int | None, group: bool = False
-    ) -> sp.Symbol:
-        self._claim(name, "reduction")
-        if axis not in (None, -1, -2):
-            raise SpecError(f"{self._where()}: reduction {name!r}: axis must be None, -1 or -2")
-        if group and axis is not None:
-            raise SpecError(f"{self._where()}: reduction {name!r}: a group reduction has no axis")
-        if group:
-            self.group_reductions.append(sp.Symbol(name, real=True))
-        symbol = sp.Symbol(name, real=True)
-        summand = self._sympify(summand, f"the {kind} {name!r}")
-        self.reductions[symbol] = summand
-        self.reduction_kinds[symbol] = kind
-        self.reduction_axes[symbol] = axis
-        self._equation(symbol, summand)
-        self.domain(symbol)  # raises on a reduction along an axis its value does not have
-        return symbol
-
-    def domain(self, expr: sp.Expr) -> frozenset[str]:
-        """The axes a value varies along: of the weight viewed as (batch, rows, cols), ``b``,
-        ``r`` and ``c`` (all three per element, ``br`` per row, none per tensor or step)."""
-        axes: set[str] = set()
-        for s in expr.free_symbols:
-            axes |= self._domain_of(s)
-        return frozenset(axes)
-
-    def _domain_of(self, symbol: sp.Symbol) -> frozenset[str]:
-        known = self._domains.get(symbol)
-        if known is not None:
-            return known
-        if symbol in (self.weight, self.grad, self.weight_new) or symbol in self.draws:
-            return ELEMENT
-        if any(symbol == i.symbol for i in self.inputs.values()):
-            return ELEMENT
-        if symbol in self.matrix_values:
-            return ELEMENT
-        for st in self.states.values():
-            if symbol in (st.symbol, st.new):
-                return ELEMENT if st.axis is None else (ROW if st.axis == -1 else COL)
-        defined = {eq.target: eq for eq in self.equations}
-        if symbol in self.reductions:
-            inner = self.domain(self.reductions[symbol])
-            axis = self.reduction_axes[symbol]
-            if axis is None:
-                result: frozenset[str] = frozenset()
-            else:
-                present = [a for a in "brc" if a in inner]
-                if len(present) < -axis or present[axis] == "b":
-                    raise SpecError(
-                        f"{self._at(defined[symbol])}: reduction {symbol} along axis {axis}: its "
-                        f"value ({_DOMAIN_NAMES.get(inner, ''.join(present))}) has no such axis"
-                    )
-                result = inner - {present[axis]}
-            self._domains[symbol] = result
-            return result
-        if symbol in defined and symbol not in self._computing:
-            self._computing.add(symbol)
-            result = self.domain(defined[symbol].expr)
-            self._computing.discard(symbol)
-            self._domains[symbol] = result
-            return result
-        return frozenset()  # hyperparameters, t, sizes, host states
-
-    def norm(self, name: str, expr: sp.Expr, *, group: bool = False) -> sp.Expr:
-        """The L2 norm of a per-element expression: sqrt of the reduction ``name`` (its square);
-        ``group=True``: over every tensor of the group (a global norm)."""
-        squared = self._sympify(expr, f"the norm {name!r}") ** 2
-        return sp.sqrt(self.sum(name, squared, group=group))
-
     def normal(self, name: str) -> sp.Symbol:
         """A standard normal draw, fresh for every element and step.
 
@@ -986,246 +663,3 @@ class Rule:
         self._updated[current] = new
         self._equation(new, expr)
         return new
-
-    # ---------------------------------------------------------------------------------- checks
-    @property
-    def element_inputs(self) -> list[sp.Symbol]:
-        """Per-element values at step i, in buffer order: weight, grad, inputs, states (not the
-        states of one value per row or column: :attr:`vector_states`). The one list every phase
-        and target iterates (a reduction's summand may read an input too)."""
-        inputs = [i.symbol for i in self.inputs.values()]
-        states = [s.symbol for s in self.states.values() if s.axis is None]
-        return [self.weight, self.grad, *inputs, *states]
-
-    @property
-    def read_only(self) -> list[sp.Symbol]:
-        """The buffers a step only reads: the gradient and the inputs."""
-        return [self.grad] + [i.symbol for i in self.inputs.values()]
-
-    @property
-    def vector_states(self) -> list[State]:
-        """The states of one value per row (``axis=-1``) or per column (``axis=-2``)."""
-        return [s for s in self.states.values() if s.axis is not None]
-
-    @property
-    def host_inputs(self) -> list[sp.Symbol]:
-        """Values known on the host before a step: hyperparameters, the step count, host states
-        and the per-step scalar inputs."""
-        hypers = [h.symbol for h in self.hypers.values()]
-        states = [s.symbol for s in self.host_states.values()]
-        scalars = [s.symbol for s in self.scalars.values()]
-        return hypers + [self.t] + states + scalars + self.sizes
-
-    @property
-    def outputs(self) -> dict[sp.Symbol, sp.Symbol]:
-        """Per-element buffers written, current -> new, in buffer order (states, then weight)."""
-        out = {s.symbol: s.new for s in self.states.values() if s.axis is None}
-        out[self.weight] = self.weight_new
-        return out
-
-    @property
-    def host_news(self) -> set[sp.Symbol]:
-        """The new values of the host states."""
-        return {s.new for s in self.host_states.values()}
-
-    @property
-    def hypers_symbols(self) -> list[sp.Symbol]:
-        return [h.symbol for h in self.hypers.values()]
-
-    @property
-    def init_hypers(self) -> list[str]:
-        """The hyperparameters the initial state depends on (``init_state`` takes them)."""
-        used = set().union(*(s.init.free_symbols for s in self.states.values()))
-        return [h.name for h in self.hypers.values() if h.symbol in used]
-
-    @property
-    def spec_names(self) -> set[str]:
-        """Every name the spec declared (generated code may use these, and registered names)."""
-        declared = {*self.hypers, *self.states, *self.host_states, *self.lets.values()}
-        declared |= {*self.inputs, *self.scalars}
-        declared |= {str(s) for s in [*self.reductions, *self.draws, *self.sizes]}
-        declared |= {str(s) for s in self.matrix_values}
-        for d in self.drop_ins:  # the drop-in classes and their torch arguments (betas, foreach)
-            declared |= {d.class_name, *(name for name, _ in d.signature if name != "*")}
-        variant = {self.variant_name} if self.absent else set()
-        variant |= {self.special_name(name) for name in self.special}
-        return declared | {self.name, self.class_name} | variant
-
-    @property
-    def variant_name(self) -> str:
-        """``<rule>_without_<state>[_<state>...]``: the modules (and kernels) of the variant
-        without the absent states (:mod:`codegen.variants`)."""
-        return "_".join([self.name, "without", *self.absent])
-
-    def special_name(self, name: str) -> str:
-        """``<rule>_<name>``: the modules (and kernels) of special case ``name``."""
-        return f"{self.name}_{name}"
-
-    @property
-    def scalar_inputs(self) -> list[sp.Symbol]:
-        """Host inputs plus per-tensor reductions: everything that is one number per tensor."""
-        return self.host_inputs + self.scalar_reductions
-
-    @property
-    def scalar_reductions(self) -> list[sp.Symbol]:
-        """The reductions over a whole tensor (one number each; the others are vectors)."""
-        return [r for r in self.reductions if self.reduction_axes[r] is None]
-
-    @property
-    def vector_values(self) -> list[sp.Symbol]:
-        """Values of one number per row, column or matrix: the vector states (old and new),
-        axis reductions and vector lets, each a small buffer a sweep reads."""
-        out = [s.symbol for s in self.vector_states]
-        return out + [v for v in self.staged() if self.domain(v) not in (ELEMENT, SCALAR)]
-
-    def finish(self) -> Rule:
-        """Check the whole rule; called by the loader after the spec module ran."""
-        if self._finished:
-            return self
-        stateful = [*self.states.values(), *self.host_states.values()]
-        for current in [self.weight] + [s.symbol for s in stateful]:
-            if current not in self._updated:
-                what = "the weight" if current == self.weight else f"state {current}"
-                line = self.line if current == self.weight else self._lines.get(str(current), 0)
-                raise SpecError(f"{self._where(line)}: {what} is never updated")
-        known = set(self.element_inputs) | set(self.scalar_inputs) | set(self.lets)
-        known |= {s.symbol for s in self.vector_states} | set(self.reductions)
-        known |= set(self.draws) | set(self.matrix_values)
-        known |= set(self._updated.values())
-        for eq in self.equations:
-            unknown = eq.expr.free_symbols - known
-            if unknown:
-                raise SpecError(
-                    f"{self._at(eq)}: equation for {eq.target} uses undeclared symbol(s) "
-                    f"{', '.join(sorted(map(str, unknown)))}"
-                )
-            self._check_functions(eq)
-            self._check_piecewise(eq)
-        self.ordered_equations()  # raises on a cycle
-        self._check_domains()
-        self._finished = True
-        return self
-
-    def _check_domains(self) -> None:
-        """A state of one value per row (or column, or tensor) gets a value of that domain."""
-        defined = {eq.target: eq for eq in self.equations}
-        targets = [
-            (s.new, ELEMENT if s.axis is None else self._domain_of(s.new), s.name)
-            for s in self.states.values()
-        ]
-        targets += [(h.new, SCALAR, h.name) for h in self.host_states.values()]
-        for new, domain, name in targets:
-            got = self.domain(defined[new].expr)
-            if not got <= domain:
-                raise SpecError(
-                    f"{self._at(defined[new])}: state {name} holds {_DOMAIN_NAMES[domain]} but its "
-                    f"new value varies {_DOMAIN_NAMES.get(got, 'per ' + ''.join(sorted(got)))} "
-                    "(reduce it first: RULE.sum, RULE.mean or RULE.norm over the tensor, or "
-                    "over an axis for a row or column state)"
-                )
-        self.staged()
-        if self.group_reductions and self.vector_values:
-            raise SpecError(
-                f"{self.source}: group reductions ({', '.join(map(str, self.group_reductions))}) "
-                "in a rule with row or column vectors are not supported yet"
-            )
-
-    def _at(self, eq: Equation) -> str:
-        """``file:line`` of the spec line that wrote ``eq``."""
-        return f"{eq.origin.file}:{eq.origin.line}" if eq.origin.line else eq.origin.file
-
-    def _check_piecewise(self, eq: Equation) -> None:
-        """Every Piecewise ends with a ``(value, True)`` branch: without one, a step where no
-        condition holds has no value (host code would return None, a kernel garbage)."""
-        for node in sp.preorder_traversal(eq.expr):
-            if isinstance(node, sp.Piecewise) and node.args[-1].cond is not sp.true:
-                raise SpecError(
-                    f"{self._at(eq)}: equation for {eq.target} has a Piecewise with no default "
-                    f"branch (last condition {node.args[-1].cond}); end it with (value, True)"
-                )
-
-    def _check_functions(self, eq: Equation) -> None:
-        for node in sp.preorder_traversal(eq.expr):
-            if node is sp.nan or node is sp.zoo:
-                raise SpecError(
-                    f"{self._at(eq)}: equation for {eq.target} has the constant {node} "
-                    "(not a number: SymPy's value of a division by zero, 0/0 or inf - inf)"
-                )
-            if isinstance(node, (sp.Symbol, sp.Number, sp.Add, sp.Mul, sp.Pow)):
-                continue
-            if isinstance(node, sp.UnevaluatedExpr):  # as_is: an operand computed first
-                continue
-            if isinstance(node, SUPPORTED_FUNCTIONS + _RELATIONALS + _BOOLEAN + _HOST_ONLY):
-                continue
-            if isinstance(node, (sp.logic.boolalg.BooleanTrue, sp.core.numbers.NumberSymbol)):
-                continue
-            if isinstance(node, sp.logic.boolalg.BooleanFalse):
-                continue
-            name = getattr(node, "func", type(node)).__name__
-            raise SpecError(
-                f"{self._at(eq)}: equation for {eq.target} uses {name}, which optgen does not "
-                f"support ({ops.supported_text()})"
-            )
-
-    def ordered_equations(self) -> list[Equation]:
-        """Equations in dependency order (stable: declaration order among independent ones)."""
-        defined = {eq.target: eq for eq in self.equations}
-        done: set[sp.Symbol] = set()
-        order: list[Equation] = []
-        visiting: list[sp.Symbol] = []
-
-        def visit(target: sp.Symbol) -> None:
-            if target in done:
-                return
-            if target in visiting:
-                cycle = visiting[visiting.index(target) :] + [target]
-                raise SpecError(
-                    f"{self._at(defined[target])}: the equations form a cycle: "
-                    + " -> ".join(str(s) for s in cycle)
-                )
-            visiting.append(target)
-            eq = defined[target]
-            for dep in sorted(eq.expr.free_symbols & defined.keys(), key=str):
-                visit(dep)
-            visiting.pop()
-            done.add(target)
-            order.append(eq)
-
-        for eq in self.equations:
-            visit(eq.target)
-        return order
-
-    def staged(self) -> dict[sp.Symbol, tuple[int, frozenset[str]]]:
-        """Every value computed in a sweep before the update -> (stage, the sweep's domain).
-
-        Reductions are computed in a sweep over their summand's domain, and values of a vector
-        domain (a row factor) in a sweep over that domain; a sweep comes after the sweeps of the
-        staged values it uses (stage = 1 + theirs), so chained reductions become phases.
-        """
-        out: dict[sp.Symbol, tuple[int, frozenset[str]]] = {}
-        uses: dict[sp.Symbol, set[sp.Symbol]] = {}
-        for eq in self.ordered_equations():
-            found: set[sp.Symbol] = set()
-            for s in eq.expr.free_symbols:
-                found |= {s} if s in out else uses.get(s, set())
-            if eq.target in self.reductions:
-                domain = self.domain(eq.expr)
-                if not domain:
-                    raise SpecError(
-                        f"{self._at(eq)}: reduction {eq.target} of {eq.expr}, which is one number "
-                        "per tensor (reduce a per-element value)"
-                    )
-            elif self.domain(eq.target) in (ROW, COL, BATCH):
-                domain = self.domain(eq.target)
-            else:
-                uses[eq.target] = found
-                continue
-            out[eq.target] = (1 + max((out[r][0] for r in found), default=0), domain)
-        return out
-
-    def reduction_phases(self) -> dict[sp.Symbol, int]:
-        """Each reduction's stage (its sweep's place in the order of sweeps)."""
-        return {r: stage for r, (stage, _) in self.staged().items() if r in self.reductions}
-
-    def hyperparameter_defaults(self) -> dict[str, float | None]:
-        return {h.name: h.default for h in self.hypers.values()}

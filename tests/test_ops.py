@@ -20,7 +20,7 @@ from conftest import temporary_rule, ulp
 
 from codegen import ops
 from codegen.lower import Linearizer, lower
-from codegen.spec import SUPPORTED_FUNCTIONS
+from codegen.spec_checks import SUPPORTED_FUNCTIONS
 from codegen.targets import numpy as numpy_target
 from codegen.targets import triton as triton_target
 

@@ -24,7 +24,8 @@ from sympy.printing.latex import LatexPrinter
 
 from codegen import matrix
 from codegen.load import load_rules
-from codegen.spec import SCALAR, Rule
+from codegen.spec import Rule
+from codegen.spec_parts import SCALAR
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "docs"  # generated markdown and mkdocs.yml (build/ is ignored)
