@@ -42,6 +42,7 @@ from codegen.spec_parts import (
     positive,
     python_max,
     spec_frame,
+    torch_lerp,
     unit,
 )
 from codegen.spec_reductions import Reductions
@@ -56,6 +57,7 @@ __all__ = [
     "positive",
     "python_max",
     "softplus",
+    "torch_lerp",
     "unit",
 ]
 

@@ -189,6 +189,19 @@ def as_is(expr: sp.Expr) -> sp.Expr:
     return AsIs(sp.sympify(expr))
 
 
+def torch_lerp(start: sp.Expr, end: sp.Expr, weight: sp.Expr) -> sp.Expr:
+    """``torch.lerp(start, end, weight)`` (``exp_avg.lerp_(grad, 1 - beta1)``) as ATen computes
+    it: ``start + weight * (end - start)`` where ``|weight| < 0.5``, else ``end - (end - start) *
+    (1 - weight)``, exactly ``end`` at weight 1 (Adam's ``beta1 = 0``, common in GAN training,
+    where the first form cancels: m + (g - m) is a rounding of the old m when |m| >> |g|).
+    ``end`` is computed first, then ``end - start`` (``as_is``). ``weight``: host-only (the
+    form is chosen per step; every target computes both and selects)."""
+    end = as_is(end)
+    diff = as_is(end - start)
+    small = sp.Abs(weight) < sp.Rational(1, 2)
+    return sp.Piecewise((start + weight * diff, small), (end - diff * (1 - weight), True))
+
+
 def exact_exponent(exp: sp.Float) -> sp.Number:
     """A float exponent as the number it is the nearest double of, where that is a whole
     number or a half or third of one (``2.0``; ``0.5``, ``1.5``; Python's ``1/3`` and ``4/3``):

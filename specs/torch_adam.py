@@ -26,7 +26,7 @@ would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, as_is, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, torch_lerp, unit
 
 RULE = Rule("torch_adam", __doc__)
 lr = RULE.hyper("lr", 0.001, nonnegative(), doc="learning rate")
@@ -42,10 +42,16 @@ exp_avg = RULE.state("exp_avg", 0, doc="first moment m")
 exp_avg_sq = RULE.state("exp_avg_sq", 0, doc="second moment v")
 max_exp_avg_sq = RULE.state("max_exp_avg_sq", 0, doc="running maximum of v (amsgrad)")
 
-coupled = RULE.let("coupled", sp.Piecewise((0, decoupled > 0), (weight_decay, True)))
-G = RULE.let("G", (1 - 2 * maximize) * g + coupled * w)
+# decoupled: the weight never enters G (0 * an infinite weight would be NaN), as torch's
+G = RULE.let(
+    "G",
+    sp.Piecewise(
+        ((1 - 2 * maximize) * g, decoupled > 0),
+        ((1 - 2 * maximize) * g + weight_decay * w, True),
+    ),
+)
 decay = RULE.let("decay", sp.Piecewise((1 - lr * weight_decay, decoupled > 0), (1, True)))
-m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
+m_new = RULE.update(exp_avg, torch_lerp(exp_avg, G, 1 - beta1))  # exp_avg.lerp_(g, 1 - beta1)
 # torch's addcmul_(g, g, value=1 - beta2): ((1 - beta2) * g) * g, never g**2 (overflows first)
 v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + as_is((1 - beta2) * G) * G)
 vmax_new = RULE.update(

@@ -19,7 +19,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, nonnegative, torch_lerp, unit
 
 RULE = Rule("torch_adamax", __doc__)
 lr = RULE.hyper("lr", 0.002, nonnegative(), doc="learning rate")
@@ -33,7 +33,7 @@ exp_avg = RULE.state("exp_avg", 0, doc="first moment m")
 exp_inf = RULE.state("exp_inf", 0, doc="exponentially weighted infinity norm u")
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
-m_new = RULE.update(exp_avg, exp_avg + (1 - beta1) * (G - exp_avg))
+m_new = RULE.update(exp_avg, torch_lerp(exp_avg, G, 1 - beta1))  # exp_avg.lerp_(g, 1 - beta1)
 u_new = RULE.update(exp_inf, sp.Max(beta2 * exp_inf, sp.Abs(G) + eps))
 RULE.update(w, w - lr / (1 - beta1**t) * m_new / u_new)
 

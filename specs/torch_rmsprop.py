@@ -25,7 +25,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, as_is, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, torch_lerp, unit
 
 RULE = Rule("torch_rmsprop", __doc__, class_name="TorchRMSprop")
 lr = RULE.hyper("lr", 0.01, nonnegative(), doc="learning rate")
@@ -43,7 +43,7 @@ grad_avg = RULE.state("grad_avg", 0, doc="running mean of g, a (centered)")
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 # torch's addcmul_(g, g, value=1 - alpha): ((1 - alpha) * g) * g, never g**2 (overflows first)
 n_new = RULE.update(square_avg, alpha * square_avg + as_is((1 - alpha) * G) * G)
-lerp = grad_avg + (1 - alpha) * (G - grad_avg)
+lerp = torch_lerp(grad_avg, G, 1 - alpha)  # grad_avg.lerp_(g, 1 - alpha)
 a_new = RULE.update(grad_avg, sp.Piecewise((lerp, centered > 0), (grad_avg, True)))
 avg = RULE.let(
     "avg", sp.Piecewise((sp.sqrt(n_new - a_new**2), centered > 0), (sp.sqrt(n_new), True)) + eps
@@ -52,7 +52,8 @@ b_new = RULE.update(
     momentum_buffer,
     sp.Piecewise((momentum * momentum_buffer + G / avg, momentum > 0), (momentum_buffer, True)),
 )
-RULE.update(w, sp.Piecewise((w - lr * b_new, momentum > 0), (w - lr * G / avg, True)))
+# param.addcdiv_(g, avg, value=-lr): (-lr * g) / avg
+RULE.update(w, sp.Piecewise((w - lr * b_new, momentum > 0), (w - as_is(lr * G) / avg, True)))
 
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element

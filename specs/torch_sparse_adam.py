@@ -24,7 +24,7 @@ which is folded into the step size.
 
 import sympy as sp
 
-from codegen.spec import Rule, nonnegative, positive, unit
+from codegen.spec import Rule, as_is, nonnegative, positive, unit
 
 RULE = Rule("torch_sparse_adam", __doc__)
 # torch's constructor refuses lr=0 (the drop-in runs torch's checks), its step takes it (a
@@ -42,7 +42,8 @@ G = RULE.let("G", (1 - 2 * maximize) * g)
 m_new = RULE.update(exp_avg, exp_avg + (G - exp_avg) * (1 - beta1))
 v_new = RULE.update(exp_avg_sq, exp_avg_sq + (G**2 - exp_avg_sq) * (1 - beta2))
 ratio = RULE.let("ratio", m_new / (sp.sqrt(v_new) + eps))
-RULE.update(w, w - lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t) * ratio)
+# param.add_(-step_size * numer.div_(denom)): the ratio first
+RULE.update(w, w - lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t) * as_is(ratio))
 
 RULE.torch_equivalent(
     "SparseAdam",

@@ -289,13 +289,78 @@ def test_a_gradient_spike_whose_square_overflows_steps_as_torchs(name, options) 
             p.grad = q.grad.clone()
         theirs.step()
         ours.step()
+    assert_as_torchs(ours, theirs, ours_p, theirs_p)  # (Adadelta's E[g^2] is inf in both)
+    assert torch.isfinite(ours_p[0]).all()
+
+
+def assert_as_torchs(ours: Any, theirs: Any, ours_p: list[Any], theirs_p: list[Any]) -> None:
+    """Weights and states: inf and NaN where torch's are (the same), the rest within ULPS."""
     mine, reference = ours.state_dict()["state"], theirs.state_dict()["state"]
     pairs = [(mine[i][k], v) for i, st in reference.items() for k, v in st.items()]
     for a, b in [*pairs, *zip(ours_p, theirs_p, strict=True)]:
-        finite = torch.isfinite(b)  # Adadelta's E[g^2] (factor 0.1) overflows in torch's too
-        assert torch.equal(torch.isfinite(a), finite) and torch.equal(a[~finite], b[~finite])
+        a, b = a.detach(), b.detach()
+        finite = torch.isfinite(b)
+        assert torch.equal(torch.isfinite(a), finite)
+        assert torch.equal(a[~finite].nan_to_num(0.0), b[~finite].nan_to_num(0.0))
         assert ulps(a[finite], b[finite]) <= ULPS
-    assert torch.isfinite(ours_p[0]).all()
+
+
+LERPS = [  # betas=(0, 0.99), as in GAN training: torch's lerp at weight 1 is the gradient
+    ("Adam", {"betas": (0.0, 0.99)}),
+    ("AdamW", {"betas": (0.0, 0.99)}),
+    ("NAdam", {"betas": (0.0, 0.99)}),
+    ("RAdam", {"betas": (0.0, 0.99)}),
+    ("Adamax", {"betas": (0.0, 0.99)}),
+    ("Adam", {"betas": (0.3, 0.99)}),
+    ("RMSprop", {"alpha": 0.3, "centered": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), LERPS, ids=[case_id(c) for c in LERPS])
+def test_a_first_moment_at_lerp_weight_half_or_more_is_torchs(name, options) -> None:
+    """torch's ``exp_avg.lerp_(g, 1 - beta1)`` computes ``g - (g - m) * beta1`` where the
+    weight 1 - beta1 is 0.5 or more (ATen's lerp): at beta1 = 0 the moment is the gradient
+    itself. ``m + (1 - beta1) * (g - m)`` cancelled to a rounding of the old m when |m| >>
+    |g| (1e10, then 1e-3: a moment of 0, found by an audit). The moments within ULPS of
+    torch's (at beta1 = 0: equal), the weights within 1e-5."""
+    weights = [torch.ones(2)]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    kwargs = {"lr": 0.01, "foreach": False, **options}
+    theirs = getattr(torch.optim, name)(theirs_p, **kwargs)
+    ours = getattr(dropin, name)(ours_p, **kwargs)
+    key = "grad_avg" if name == "RMSprop" else "exp_avg"
+    for g in ([1e10, 1.0], [1e-3, 1.0], [2e-3, -1.0]):
+        for p in (*theirs_p, *ours_p):
+            p.grad = torch.tensor(g)
+        theirs.step()
+        ours.step()
+        mine, want = ours.state[ours_p[0]][key], theirs.state[theirs_p[0]][key]
+        assert ulps(mine, want) <= ULPS, g
+        if options.get("betas", (1.0,))[0] == 0.0:
+            assert torch.equal(mine, torch.tensor(g)), g  # the gradient itself
+    torch.testing.assert_close(ours_p[0].detach(), theirs_p[0].detach(), rtol=1e-5, atol=0.0)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "NAdam", "RAdam"])
+def test_decoupled_weight_decay_keeps_an_infinite_weight_out_of_the_moments(name) -> None:
+    """Decoupled weight decay multiplies the weight and never adds it to the gradient: an
+    infinite weight stays inf and its moments finite, as torch's (the spec's 0 * w in the
+    gradient made them NaN; found by an audit)."""
+    extra = {} if name == "AdamW" else {"decoupled_weight_decay": True}
+    kwargs = {"lr": 1e-3, "weight_decay": 0.01, "foreach": False, **extra}
+    theirs_p = params_from([torch.tensor([math.inf, 1.0])])
+    ours_p = params_from([torch.tensor([math.inf, 1.0])])
+    theirs = getattr(torch.optim, name)(theirs_p, **kwargs)
+    ours = getattr(dropin, name)(ours_p, **kwargs)
+    for _ in range(2):
+        for p in (*theirs_p, *ours_p):
+            p.grad = torch.ones(2)
+        theirs.step()
+        ours.step()
+    assert_as_torchs(ours, theirs, ours_p, theirs_p)
+    assert (
+        math.isinf(ours_p[0][0].item()) and torch.isfinite(ours.state[ours_p[0]]["exp_avg"]).all()
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])

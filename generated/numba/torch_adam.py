@@ -138,22 +138,28 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
+    _h8,
     beta2,
     eps,
-    coupled,
+    weight_decay,
     decay,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adam, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:48
-    #   _h1: = 1 - beta1, in specs/torch_adam.py:48
-    #   _h2: = 1 - beta2, in specs/torch_adam.py:50
-    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:51
-    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:57
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:57
+    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:54
+    #   _h1: = (decoupled_weight_decay > 0), in specs/torch_adam.py:54
+    #   _h2: = 1 - beta1, in specs/torch_adam.py:54
+    #   _h3: = -beta1, in specs/torch_adam.py:54
+    #   _h4: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adam.py:54
+    #   _h5: = 1 - beta2, in specs/torch_adam.py:56
+    #   _h6: = (amsgrad > 0), in specs/torch_adam.py:57
+    #   _h7: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63
+    #   _h8: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:63
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
+    #   weight_decay: hyperparameter
     #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
@@ -162,39 +168,46 @@ def _update_chunk(
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
         max_exp_avg_sq = load(max_exp_avg_sq_buf, _i)
-        # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_adam.py:46: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         G = _h0 * grad
-        # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v1 = coupled * weight
-        _t0 = G + _v1
-        _v2 = _t0 - exp_avg
-        _v3 = _h1 * _v2
-        exp_avg_new = exp_avg + _v3
-        # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-        _v4 = beta2 * exp_avg_sq
-        _v5 = _h2 * _t0
-        _v6 = _t0 * _v5
-        exp_avg_sq_new = _v4 + _v6
-        # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
-        _t3 = (
+        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _v0 = _h1 != _T(0.0)
+        _v1 = weight_decay * weight
+        _v2 = G + _v1
+        _t1 = G if _v0 else _v2
+        _t2 = _t1 * _T(1.0)
+        _t3 = _t2 - exp_avg
+        _v3 = _h4 != _T(0.0)
+        _v4 = _h3 * _t3
+        _v5 = _t2 + _v4
+        _v6 = _h2 * _t3
+        _v7 = exp_avg + _v6
+        exp_avg_new = _v7 if _v3 else _v5
+        # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v8 = beta2 * exp_avg_sq
+        _v9 = _h5 * _t1
+        _v10 = _t1 * _v9
+        exp_avg_sq_new = _v8 + _v10
+        # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        _t6 = (
             exp_avg_sq_new
             if (exp_avg_sq_new > max_exp_avg_sq or exp_avg_sq_new != exp_avg_sq_new)
             else max_exp_avg_sq
         )
-        _v7 = _h3 != _T(0.0)
-        max_exp_avg_sq_new = _t3 if _v7 else max_exp_avg_sq
-        # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
-        _v8 = decay * weight
-        _v9 = _h3 != _T(0.0)
-        _v10 = np.sqrt(exp_avg_sq_new)
-        _v11 = np.sqrt(_t3)
-        _v12 = _v11 if _v9 else _v10
-        _v13 = _h4 * _v12
-        _v14 = _v13 + eps
-        _v15 = _h5 * exp_avg_new
-        _v16 = _v15 / _v14
-        weight_new = _v8 + _v16
+        _v11 = _h6 != _T(0.0)
+        max_exp_avg_sq_new = _t6 if _v11 else max_exp_avg_sq
+        # specs/torch_adam.py:62: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        _v12 = decay * weight
+        _v13 = _h6 != _T(0.0)
+        _v14 = np.sqrt(exp_avg_sq_new)
+        _v15 = np.sqrt(_t6)
+        _v16 = _v15 if _v13 else _v14
+        _v17 = _h7 * _v16
+        _v18 = _v17 + eps
+        _v19 = _h8 * exp_avg_new
+        _v20 = _v19 / _v18
+        weight_new = _v12 + _v20
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)
@@ -224,6 +237,9 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -250,6 +266,9 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -276,6 +295,9 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -302,6 +324,9 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -328,6 +353,9 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -358,6 +386,9 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -488,7 +519,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 10)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 13)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

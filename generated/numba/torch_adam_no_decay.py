@@ -133,17 +133,21 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adam_no_decay, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:48
-    #   _h1: = 1 - beta1, in specs/torch_adam.py:48
-    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:50
-    #   _h3: = (amsgrad > 0), in specs/torch_adam.py:51
-    #   _h4: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:57
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:57
+    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:54
+    #   _h1: = 1 - beta1, in specs/torch_adam.py:54
+    #   _h2: = -beta1, in specs/torch_adam.py:54
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adam.py:54
+    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:56
+    #   _h5: = (amsgrad > 0), in specs/torch_adam.py:57
+    #   _h6: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63
+    #   _h7: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:63
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -153,36 +157,41 @@ def _update_chunk(
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
         max_exp_avg_sq = load(max_exp_avg_sq_buf, _i)
-        # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_adam.py:46: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h0 * grad
-        # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v0 = G - exp_avg
-        _v1 = _h1 * _v0
-        exp_avg_new = exp_avg + _v1
-        # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-        _v2 = beta2 * exp_avg_sq
-        _v3 = _h2 * grad
-        _v4 = G * _v3
-        exp_avg_sq_new = _v2 + _v4
-        # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
-        _t3 = (
+        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _t1 = G * _T(1.0)
+        _t2 = _t1 - exp_avg
+        _v0 = _h3 != _T(0.0)
+        _v1 = _h2 * _t2
+        _v2 = _t1 + _v1
+        _v3 = _h1 * _t2
+        _v4 = exp_avg + _v3
+        exp_avg_new = _v4 if _v0 else _v2
+        # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v5 = beta2 * exp_avg_sq
+        _v6 = _h4 * grad
+        _v7 = G * _v6
+        exp_avg_sq_new = _v5 + _v7
+        # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        _t5 = (
             exp_avg_sq_new
             if (exp_avg_sq_new > max_exp_avg_sq or exp_avg_sq_new != exp_avg_sq_new)
             else max_exp_avg_sq
         )
-        _v5 = _h3 != _T(0.0)
-        max_exp_avg_sq_new = _t3 if _v5 else max_exp_avg_sq
-        # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
-        _v6 = _h3 != _T(0.0)
-        _v7 = np.sqrt(exp_avg_sq_new)
-        _v8 = np.sqrt(_t3)
-        _v9 = _v8 if _v6 else _v7
-        _v10 = _h4 * _v9
-        _v11 = _v10 + eps
-        _v12 = _h5 * exp_avg_new
-        _v13 = _v12 / _v11
-        weight_new = weight + _v13
+        _v8 = _h5 != _T(0.0)
+        max_exp_avg_sq_new = _t5 if _v8 else max_exp_avg_sq
+        # specs/torch_adam.py:62: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        _v9 = _h5 != _T(0.0)
+        _v10 = np.sqrt(exp_avg_sq_new)
+        _v11 = np.sqrt(_t5)
+        _v12 = _v11 if _v9 else _v10
+        _v13 = _h6 * _v12
+        _v14 = _v13 + eps
+        _v15 = _h7 * exp_avg_new
+        _v16 = _v15 / _v14
+        weight_new = weight + _v16
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)
@@ -210,6 +219,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -234,6 +245,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -258,6 +271,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -282,6 +297,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -306,6 +323,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -334,6 +353,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -452,7 +473,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 10)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -129,6 +129,8 @@ def _update_chunk(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
     beta2,
     eps,
     weight_decay,
@@ -137,9 +139,11 @@ def _update_chunk(
     # generated.rules.torch_adamax, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_adamax.py:36
     #   _h1: = 1 - beta1, in specs/torch_adamax.py:36
-    #   _h2: = 2*maximize - 1, in specs/torch_adamax.py:37
-    #   _h3: = -weight_decay, in specs/torch_adamax.py:37
-    #   _h4: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
+    #   _h2: = -beta1, in specs/torch_adamax.py:36
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adamax.py:36
+    #   _h4: = 2*maximize - 1, in specs/torch_adamax.py:37
+    #   _h5: = -weight_decay, in specs/torch_adamax.py:37
+    #   _h6: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -150,25 +154,29 @@ def _update_chunk(
         exp_avg = load(exp_avg_buf, _i)
         exp_inf = load(exp_inf_buf, _i)
         # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
-        # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         _v0 = _h0 * grad
-        _v1 = _v0 - exp_avg
-        _v2 = weight_decay * weight
-        _v3 = _v1 + _v2
-        _v4 = _h1 * _v3
-        exp_avg_new = exp_avg + _v4
+        _v1 = weight_decay * weight
+        G = _v0 + _v1
+        # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _t1 = G - exp_avg
+        _v2 = _h3 != _T(0.0)
+        _v3 = _h2 * _t1
+        _v4 = G + _v3
+        _v5 = _h1 * _t1
+        _v6 = exp_avg + _v5
+        exp_avg_new = _v6 if _v2 else _v4
         # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
-        _v5 = beta2 * exp_inf
-        _v6 = _h2 * grad
-        _v7 = _h3 * weight
-        _v8 = _v6 + _v7
-        _v9 = np.abs(_v8)
-        _v10 = _v9 + eps
-        exp_inf_new = _v5 if (_v5 > _v10 or _v5 != _v5) else _v10
+        _v7 = beta2 * exp_inf
+        _v8 = _h4 * grad
+        _v9 = _h5 * weight
+        _v10 = _v8 + _v9
+        _v11 = np.abs(_v10)
+        _v12 = _v11 + eps
+        exp_inf_new = _v7 if (_v7 > _v12 or _v7 != _v7) else _v12
         # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
-        _v11 = _h4 * exp_avg_new
-        _v12 = _v11 / exp_inf_new
-        weight_new = weight + _v12
+        _v13 = _h6 * exp_avg_new
+        _v14 = _v13 / exp_inf_new
+        weight_new = weight + _v14
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_inf_buf, _i, exp_inf_new)
@@ -194,6 +202,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -217,6 +227,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -240,6 +252,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -263,6 +277,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -286,6 +302,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -313,6 +331,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -443,7 +463,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 10)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -123,6 +123,8 @@ def _update_chunk(
     _h1,
     _h2,
     _h3,
+    _h4,
+    _h5,
     beta2,
     eps,
 ):
@@ -130,8 +132,10 @@ def _update_chunk(
     # generated.rules.torch_adamax_no_decay, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_adamax.py:36
     #   _h1: = 1 - beta1, in specs/torch_adamax.py:36
-    #   _h2: = 2*maximize - 1, in specs/torch_adamax.py:37
-    #   _h3: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
+    #   _h2: = -beta1, in specs/torch_adamax.py:36
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adamax.py:36
+    #   _h4: = 2*maximize - 1, in specs/torch_adamax.py:37
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -142,20 +146,24 @@ def _update_chunk(
         exp_inf = load(exp_inf_buf, _i)
         # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h0 * grad
-        # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v1 = G - exp_avg
-        _v2 = _h1 * _v1
-        exp_avg_new = exp_avg + _v2
+        # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _t1 = G - exp_avg
+        _v0 = _h3 != _T(0.0)
+        _v1 = _h2 * _t1
+        _v2 = G + _v1
+        _v3 = _h1 * _t1
+        _v4 = exp_avg + _v3
+        exp_avg_new = _v4 if _v0 else _v2
         # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
-        _v3 = beta2 * exp_inf
-        _v4 = _h2 * grad
-        _v5 = np.abs(_v4)
-        _v6 = _v5 + eps
-        exp_inf_new = _v3 if (_v3 > _v6 or _v3 != _v3) else _v6
+        _v5 = beta2 * exp_inf
+        _v6 = _h4 * grad
+        _v7 = np.abs(_v6)
+        _v8 = _v7 + eps
+        exp_inf_new = _v5 if (_v5 > _v8 or _v5 != _v5) else _v8
         # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
-        _v7 = _h3 * exp_avg_new
-        _v8 = _v7 / exp_inf_new
-        weight_new = weight + _v8
+        _v9 = _h5 * exp_avg_new
+        _v10 = _v9 / exp_inf_new
+        weight_new = weight + _v10
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_inf_buf, _i, exp_inf_new)
@@ -179,6 +187,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -200,6 +210,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -221,6 +233,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -242,6 +256,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -263,6 +279,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -288,6 +306,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -406,7 +426,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 6)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

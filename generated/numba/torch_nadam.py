@@ -136,22 +136,28 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
+    _h8,
     beta2,
     eps,
-    coupled,
+    weight_decay,
     decay,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_nadam, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
-    #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
-    #   _h2: = 1 - beta2, in specs/torch_nadam.py:54
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56
-    #   _h4: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56
-    #   _h5: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56
+    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:58
+    #   _h1: = (decoupled_weight_decay > 0), in specs/torch_nadam.py:58
+    #   _h2: = 1 - beta1, in specs/torch_nadam.py:58
+    #   _h3: = -beta1, in specs/torch_nadam.py:58
+    #   _h4: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_nadam.py:58
+    #   _h5: = 1 - beta2, in specs/torch_nadam.py:60
+    #   _h6: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62
+    #   _h7: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62
+    #   _h8: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
+    #   weight_decay: hyperparameter
     #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
@@ -159,31 +165,38 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
-        # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_nadam.py:45: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         G = _h0 * grad
-        # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v1 = coupled * weight
-        _t0 = G + _v1
-        _v2 = _t0 - exp_avg
-        _v3 = _h1 * _v2
-        exp_avg_new = exp_avg + _v3
-        # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-        _v4 = beta2 * exp_avg_sq
-        _v5 = _h2 * _t0
-        _v6 = _t0 * _v5
-        exp_avg_sq_new = _v4 + _v6
-        # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-        _v7 = _h3 * exp_avg_sq_new
-        _v8 = np.sqrt(_v7)
-        _t3 = _v8 + eps
-        _v9 = decay * weight
-        _v10 = _h4 * _t0
-        _v11 = _v10 / _t3
-        _v12 = _v9 + _v11
-        _v13 = _h5 * exp_avg_new
-        _v14 = _v13 / _t3
-        weight_new = _v12 + _v14
+        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _v0 = _h1 != _T(0.0)
+        _v1 = weight_decay * weight
+        _v2 = G + _v1
+        _t1 = G if _v0 else _v2
+        _t2 = _t1 * _T(1.0)
+        _t3 = _t2 - exp_avg
+        _v3 = _h4 != _T(0.0)
+        _v4 = _h3 * _t3
+        _v5 = _t2 + _v4
+        _v6 = _h2 * _t3
+        _v7 = exp_avg + _v6
+        exp_avg_new = _v7 if _v3 else _v5
+        # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v8 = beta2 * exp_avg_sq
+        _v9 = _h5 * _t1
+        _v10 = _t1 * _v9
+        exp_avg_sq_new = _v8 + _v10
+        # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+        _v11 = _h6 * exp_avg_sq_new
+        _v12 = np.sqrt(_v11)
+        _t6 = _v12 + eps
+        _v13 = decay * weight
+        _v14 = _h7 * _t1
+        _v15 = _v14 / _t6
+        _v16 = _v13 + _v15
+        _v17 = _h8 * exp_avg_new
+        _v18 = _v17 / _t6
+        weight_new = _v16 + _v18
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)
@@ -211,6 +224,9 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -236,6 +252,9 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -261,6 +280,9 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -286,6 +308,9 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -311,6 +336,9 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -340,6 +368,9 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -455,7 +486,7 @@ def _run(
             _value, new = computed(RULE, host_scalars, ts[_j], **hp, **hosts[_j])
             _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             host_new[_j] = new
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 10))
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 13))
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

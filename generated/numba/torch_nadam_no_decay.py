@@ -131,17 +131,21 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_nadam_no_decay, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
-    #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
-    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:54
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56
-    #   _h4: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56
-    #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56
+    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:58
+    #   _h1: = 1 - beta1, in specs/torch_nadam.py:58
+    #   _h2: = -beta1, in specs/torch_nadam.py:58
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_nadam.py:58
+    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:60
+    #   _h5: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62
+    #   _h6: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62
+    #   _h7: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -150,28 +154,33 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
-        # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_nadam.py:45: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h0 * grad
-        # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v0 = G - exp_avg
-        _v1 = _h1 * _v0
-        exp_avg_new = exp_avg + _v1
-        # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-        _v2 = beta2 * exp_avg_sq
-        _v3 = _h2 * grad
-        _v4 = G * _v3
-        exp_avg_sq_new = _v2 + _v4
-        # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-        _v5 = _h3 * exp_avg_sq_new
-        _v6 = np.sqrt(_v5)
-        _t3 = _v6 + eps
-        _v7 = _h4 * exp_avg_new
-        _v8 = _v7 / _t3
-        _v9 = weight + _v8
-        _v10 = _h5 * grad
-        _v11 = _v10 / _t3
-        weight_new = _v9 + _v11
+        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _t1 = G * _T(1.0)
+        _t2 = _t1 - exp_avg
+        _v0 = _h3 != _T(0.0)
+        _v1 = _h2 * _t2
+        _v2 = _t1 + _v1
+        _v3 = _h1 * _t2
+        _v4 = exp_avg + _v3
+        exp_avg_new = _v4 if _v0 else _v2
+        # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v5 = beta2 * exp_avg_sq
+        _v6 = _h4 * grad
+        _v7 = G * _v6
+        exp_avg_sq_new = _v5 + _v7
+        # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+        _v8 = _h5 * exp_avg_sq_new
+        _v9 = np.sqrt(_v8)
+        _t5 = _v9 + eps
+        _v10 = _h6 * exp_avg_new
+        _v11 = _v10 / _t5
+        _v12 = weight + _v11
+        _v13 = _h7 * grad
+        _v14 = _v13 / _t5
+        weight_new = _v12 + _v14
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)
@@ -197,6 +206,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -220,6 +231,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -243,6 +256,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -266,6 +281,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -289,6 +306,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -316,6 +335,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -419,7 +440,7 @@ def _run(
             _value, new = computed(RULE, host_scalars, ts[_j], **hp, **hosts[_j])
             _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             host_new[_j] = new
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 8))
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 10))
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -133,22 +133,28 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
+    _h8,
     beta2,
     eps,
-    coupled,
+    weight_decay,
     decay,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_radam, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:42
-    #   _h1: = 1 - beta1, in specs/torch_radam.py:42
-    #   _h2: = 1 - beta2, in specs/torch_radam.py:44
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:60
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:60
+    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:48
+    #   _h1: = (decoupled_weight_decay > 0), in specs/torch_radam.py:48
+    #   _h2: = 1 - beta1, in specs/torch_radam.py:48
+    #   _h3: = -beta1, in specs/torch_radam.py:48
+    #   _h4: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_radam.py:48
+    #   _h5: = 1 - beta2, in specs/torch_radam.py:50
+    #   _h6: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:66, from beta2, t
+    #   _h7: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:66
+    #   _h8: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:66
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
+    #   weight_decay: hyperparameter
     #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
@@ -156,30 +162,37 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
-        # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_radam.py:40: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         G = _h0 * grad
-        # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v1 = coupled * weight
-        _t0 = G + _v1
-        _v2 = _t0 - exp_avg
-        _v3 = _h1 * _v2
-        exp_avg_new = exp_avg + _v3
-        # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-        _v4 = beta2 * exp_avg_sq
-        _v5 = _h2 * _t0
-        _v6 = _t0 * _v5
-        exp_avg_sq_new = _v4 + _v6
-        # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
-        _v7 = decay * weight
-        _v8 = _h4 != _T(0.0)
-        _v9 = np.sqrt(exp_avg_sq_new)
-        _v10 = _v9 + eps
-        _v11 = _h3 / _v10
-        _v12 = _v11 if _v8 else _T(1.0)
-        _v13 = _h5 * exp_avg_new
-        _v14 = _v13 * _v12
-        weight_new = _v7 + _v14
+        # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _v0 = _h1 != _T(0.0)
+        _v1 = weight_decay * weight
+        _v2 = G + _v1
+        _t1 = G if _v0 else _v2
+        _t2 = _t1 * _T(1.0)
+        _t3 = _t2 - exp_avg
+        _v3 = _h4 != _T(0.0)
+        _v4 = _h3 * _t3
+        _v5 = _t2 + _v4
+        _v6 = _h2 * _t3
+        _v7 = exp_avg + _v6
+        exp_avg_new = _v7 if _v3 else _v5
+        # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v8 = beta2 * exp_avg_sq
+        _v9 = _h5 * _t1
+        _v10 = _t1 * _v9
+        exp_avg_sq_new = _v8 + _v10
+        # specs/torch_radam.py:51: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:66: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        _v11 = decay * weight
+        _v12 = _h7 != _T(0.0)
+        _v13 = np.sqrt(exp_avg_sq_new)
+        _v14 = _v13 + eps
+        _v15 = _h6 / _v14
+        _v16 = _v15 if _v12 else _T(1.0)
+        _v17 = _h8 * exp_avg_new
+        _v18 = _v17 * _v16
+        weight_new = _v11 + _v18
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)
@@ -207,6 +220,9 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -232,6 +248,9 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -257,6 +276,9 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -282,6 +304,9 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
 
 
@@ -307,6 +332,9 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -336,6 +364,9 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -466,7 +497,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 10)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 13)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -128,17 +128,21 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_radam_no_decay, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:42
-    #   _h1: = 1 - beta1, in specs/torch_radam.py:42
-    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_radam.py:44
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:60
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:60
+    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:48
+    #   _h1: = 1 - beta1, in specs/torch_radam.py:48
+    #   _h2: = -beta1, in specs/torch_radam.py:48
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_radam.py:48
+    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_radam.py:50
+    #   _h5: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:66, from beta2, t
+    #   _h6: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:66
+    #   _h7: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:66
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -147,27 +151,32 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
-        # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
+        # specs/torch_radam.py:40: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h0 * grad
-        # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        _v0 = G - exp_avg
-        _v1 = _h1 * _v0
-        exp_avg_new = exp_avg + _v1
-        # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-        _v2 = beta2 * exp_avg_sq
-        _v3 = _h2 * grad
-        _v4 = G * _v3
-        exp_avg_sq_new = _v2 + _v4
-        # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
-        _v5 = _h4 != _T(0.0)
-        _v6 = np.sqrt(exp_avg_sq_new)
-        _v7 = _v6 + eps
-        _v8 = _h3 / _v7
-        _v9 = _v8 if _v5 else _T(1.0)
-        _v10 = _h5 * exp_avg_new
-        _v11 = _v10 * _v9
-        weight_new = weight + _v11
+        # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        _t1 = G * _T(1.0)
+        _t2 = _t1 - exp_avg
+        _v0 = _h3 != _T(0.0)
+        _v1 = _h2 * _t2
+        _v2 = _t1 + _v1
+        _v3 = _h1 * _t2
+        _v4 = exp_avg + _v3
+        exp_avg_new = _v4 if _v0 else _v2
+        # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        _v5 = beta2 * exp_avg_sq
+        _v6 = _h4 * grad
+        _v7 = G * _v6
+        exp_avg_sq_new = _v5 + _v7
+        # specs/torch_radam.py:51: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:66: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        _v8 = _h6 != _T(0.0)
+        _v9 = np.sqrt(exp_avg_sq_new)
+        _v10 = _v9 + eps
+        _v11 = _h5 / _v10
+        _v12 = _v11 if _v8 else _T(1.0)
+        _v13 = _h7 * exp_avg_new
+        _v14 = _v13 * _v12
+        weight_new = weight + _v14
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)
         store(exp_avg_sq_buf, _i, exp_avg_sq_new)
@@ -193,6 +202,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -216,6 +227,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -239,6 +252,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -262,6 +277,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
 
 
@@ -285,6 +302,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -312,6 +331,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -430,7 +451,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 10)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

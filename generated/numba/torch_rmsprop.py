@@ -136,6 +136,9 @@ def _update_chunk(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
+    lr,
     alpha,
     eps,
     weight_decay,
@@ -145,9 +148,12 @@ def _update_chunk(
     # generated.rules.torch_rmsprop, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
     #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:45
-    #   _h2: = (centered > 0), in specs/torch_rmsprop.py:51
-    #   _h3: = (momentum > 0), in specs/torch_rmsprop.py:51
-    #   _h4: = -lr, in specs/torch_rmsprop.py:55
+    #   _h2: = -alpha, in specs/torch_rmsprop.py:51
+    #   _h3: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:51
+    #   _h4: = (centered > 0), in specs/torch_rmsprop.py:51
+    #   _h5: = (momentum > 0), in specs/torch_rmsprop.py:51
+    #   _h6: = -lr, in specs/torch_rmsprop.py:56
+    #   lr: hyperparameter
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -168,36 +174,45 @@ def _update_chunk(
         _v3 = _h1 * G
         _v4 = G * _v3
         square_avg_new = _v2 + _v4
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
-        _v5 = G - grad_avg
-        _v6 = _h1 * _v5
-        _t2 = grad_avg + _v6
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+        _t2 = G * _T(1.0)
+        _t3 = _t2 - grad_avg
+        _v5 = _h1 * _t3
+        _t4 = grad_avg + _v5
+        _v6 = _h2 * _t3
+        _t5 = _t2 + _v6
         # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
         # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
-        _v7 = _h2 != _T(0.0)
+        _v7 = _h4 != _T(0.0)
         _v8 = np.sqrt(square_avg_new)
-        _v9 = _h2 != _T(0.0)
+        _v9 = _h4 != _T(0.0)
         _v10 = grad_avg * grad_avg
-        _v11 = _t2 * _t2
-        _v12 = _v11 if _v9 else _v10
-        _v13 = square_avg_new - _v12
-        _v14 = np.sqrt(_v13)
-        _v15 = _v14 if _v7 else _v8
-        _v16 = _v15 + eps
-        _t3 = G / _v16
-        _v17 = _h3 != _T(0.0)
-        _v18 = momentum * momentum_buffer
-        _v19 = _t3 + _v18
-        momentum_buffer_new = _v19 if _v17 else momentum_buffer
-        _v20 = _h2 != _T(0.0)
-        grad_avg_new = _t2 if _v20 else grad_avg
-        # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-        _v21 = _h3 != _T(0.0)
-        _v22 = _h4 * _t3
-        _v23 = weight + _v22
-        _v24 = _h4 * momentum_buffer_new
-        _v25 = weight + _v24
-        weight_new = _v25 if _v21 else _v23
+        _v11 = _h3 != _T(0.0)
+        _v12 = _t5 * _t5
+        _v13 = _t4 * _t4
+        _v14 = _v13 if _v11 else _v12
+        _v15 = _v14 if _v9 else _v10
+        _v16 = square_avg_new - _v15
+        _v17 = np.sqrt(_v16)
+        _v18 = _v17 if _v7 else _v8
+        _t6 = _v18 + eps
+        _v19 = _h5 != _T(0.0)
+        _v20 = momentum * momentum_buffer
+        _v21 = G / _t6
+        _v22 = _v20 + _v21
+        momentum_buffer_new = _v22 if _v19 else momentum_buffer
+        _v23 = _h4 != _T(0.0)
+        _v24 = _h3 != _T(0.0)
+        _v25 = _t4 if _v24 else _t5
+        grad_avg_new = _v25 if _v23 else grad_avg
+        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+        _v26 = _h5 != _T(0.0)
+        _v27 = lr * G
+        _v28 = _v27 / _t6
+        _v29 = weight - _v28
+        _v30 = _h6 * momentum_buffer_new
+        _v31 = weight + _v30
+        weight_new = _v31 if _v26 else _v29
         store(weight_buf, _i, weight_new)
         store(square_avg_buf, _i, square_avg_new)
         store(momentum_buffer_buf, _i, momentum_buffer_new)
@@ -226,6 +241,9 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 6],
             _scalars[_j, 7],
             _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -251,6 +269,9 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 6],
             _scalars[_j, 7],
             _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -276,6 +297,9 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 6],
             _scalars[_j, 7],
             _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -301,6 +325,9 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 6],
             _scalars[_j, 7],
             _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -326,6 +353,9 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 6],
             _scalars[_j, 7],
             _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -355,6 +385,9 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 6],
             _scalars[_j, 7],
             _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -485,7 +518,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 9)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 12)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -133,6 +133,8 @@ def _update_chunk(
     _h4,
     _h5,
     _h6,
+    _h7,
+    _h8,
     alpha,
     eps,
     momentum,
@@ -142,10 +144,12 @@ def _update_chunk(
     #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:45
     #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
     #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:51
-    #   _h3: = (centered > 0), in specs/torch_rmsprop.py:51
-    #   _h4: = (momentum > 0), in specs/torch_rmsprop.py:51
-    #   _h5: = -lr, in specs/torch_rmsprop.py:55
-    #   _h6: = -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:55
+    #   _h3: = -alpha, in specs/torch_rmsprop.py:51
+    #   _h4: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:51
+    #   _h5: = (centered > 0), in specs/torch_rmsprop.py:51
+    #   _h6: = (momentum > 0), in specs/torch_rmsprop.py:51
+    #   _h7: = -lr, in specs/torch_rmsprop.py:56
+    #   _h8: = lr*(1 - 2*maximize), in specs/torch_rmsprop.py:56
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   momentum: hyperparameter
@@ -163,37 +167,45 @@ def _update_chunk(
         _v1 = _h0 * grad
         _v2 = G * _v1
         square_avg_new = _v0 + _v2
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
-        _v3 = G - grad_avg
-        _v4 = _h2 * _v3
-        _t2 = grad_avg + _v4
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+        _t2 = G * _T(1.0)
+        _t3 = _t2 - grad_avg
+        _v3 = _h2 * _t3
+        _t4 = grad_avg + _v3
+        _v4 = _h3 * _t3
+        _t5 = _t2 + _v4
         # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
         # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
-        _v5 = _h3 != _T(0.0)
+        _v5 = _h5 != _T(0.0)
         _v6 = np.sqrt(square_avg_new)
-        _v7 = _h3 != _T(0.0)
+        _v7 = _h5 != _T(0.0)
         _v8 = grad_avg * grad_avg
-        _v9 = _t2 * _t2
-        _v10 = _v9 if _v7 else _v8
-        _v11 = square_avg_new - _v10
-        _v12 = np.sqrt(_v11)
-        _v13 = _v12 if _v5 else _v6
-        _t3 = _v13 + eps
-        _v14 = _h4 != _T(0.0)
-        _v15 = momentum * momentum_buffer
-        _v16 = G / _t3
-        _v17 = _v15 + _v16
-        momentum_buffer_new = _v17 if _v14 else momentum_buffer
-        _v18 = _h3 != _T(0.0)
-        grad_avg_new = _t2 if _v18 else grad_avg
-        # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-        _v19 = _h4 != _T(0.0)
-        _v20 = _h6 * grad
-        _v21 = _v20 / _t3
-        _v22 = weight + _v21
-        _v23 = _h5 * momentum_buffer_new
-        _v24 = weight + _v23
-        weight_new = _v24 if _v19 else _v22
+        _v9 = _h4 != _T(0.0)
+        _v10 = _t5 * _t5
+        _v11 = _t4 * _t4
+        _v12 = _v11 if _v9 else _v10
+        _v13 = _v12 if _v7 else _v8
+        _v14 = square_avg_new - _v13
+        _v15 = np.sqrt(_v14)
+        _v16 = _v15 if _v5 else _v6
+        _t6 = _v16 + eps
+        _v17 = _h6 != _T(0.0)
+        _v18 = momentum * momentum_buffer
+        _v19 = G / _t6
+        _v20 = _v18 + _v19
+        momentum_buffer_new = _v20 if _v17 else momentum_buffer
+        _v21 = _h5 != _T(0.0)
+        _v22 = _h4 != _T(0.0)
+        _v23 = _t4 if _v22 else _t5
+        grad_avg_new = _v23 if _v21 else grad_avg
+        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+        _v24 = _h6 != _T(0.0)
+        _v25 = _h8 * grad
+        _v26 = _v25 / _t6
+        _v27 = weight - _v26
+        _v28 = _h7 * momentum_buffer_new
+        _v29 = weight + _v28
+        weight_new = _v29 if _v24 else _v27
         store(weight_buf, _i, weight_new)
         store(square_avg_buf, _i, square_avg_new)
         store(momentum_buffer_buf, _i, momentum_buffer_new)
@@ -223,6 +235,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -249,6 +263,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -275,6 +291,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -301,6 +319,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
 
 
@@ -327,6 +347,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -357,6 +379,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 7],
             _scalars[_j, 8],
             _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -475,7 +499,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 10)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 12)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

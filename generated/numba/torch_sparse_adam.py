@@ -135,7 +135,7 @@ def _update_chunk(
     #   _h1: = 1 - beta1, in specs/torch_sparse_adam.py:42
     #   _h2: = (1 - 2*maximize) ** 2, in specs/torch_sparse_adam.py:43
     #   _h3: = 1 - beta2, in specs/torch_sparse_adam.py:43
-    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:45
+    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:46
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     for _i in range(weight_buf.shape[0]):
@@ -156,11 +156,11 @@ def _update_chunk(
         _v6 = _h3 * _v5
         exp_avg_sq_new = exp_avg_sq + _v6
         # specs/torch_sparse_adam.py:44: ratio = exp_avg_new/(eps + sqrt(exp_avg_sq_new))
-        # specs/torch_sparse_adam.py:45: weight_new = -lr*ratio*sqrt(1 - beta2**t)/(1 - beta1**t) + weight
         _v7 = np.sqrt(exp_avg_sq_new)
         _v8 = _v7 + eps
-        _v9 = _h4 * exp_avg_new
-        _v10 = _v9 / _v8
+        ratio = exp_avg_new / _v8
+        # specs/torch_sparse_adam.py:46: weight_new = -lr*sqrt(1 - beta2**t)*ratio/(1 - beta1**t) + weight
+        _v10 = _h4 * ratio
         weight_new = weight + _v10
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)

@@ -128,7 +128,9 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, beta2, eps, coupled, decay = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, beta2, eps, weight_decay, decay = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -139,38 +141,47 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_adam.py:46: G = coupled*weight + grad*(1 - 2*maximize)
+        _b3 = scratch[3, : stop - start]
+        # specs/torch_adam.py:46: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        np.multiply(coupled, _weight, out=_b1)
-        np.add(_b0, _b1, out=_b0)
-        np.subtract(_b0, _exp_avg, out=_b1)
-        np.multiply(_h1, _b1, out=_b1)
-        np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        __v0 = np.not_equal(_h1, 0.0)
+        np.multiply(weight_decay, _weight, out=_b1)
+        np.add(_b0, _b1, out=_b1)
+        np.copyto(_b0, _b1, where=np.logical_not(__v0))
+        np.multiply(_b0, 1.0, out=_b1)
+        np.subtract(_b1, _exp_avg, out=_b2)
+        __v3 = np.not_equal(_h4, 0.0)
+        np.multiply(_h3, _b2, out=_b3)
+        np.add(_b1, _b3, out=_b1)
+        np.multiply(_h2, _b2, out=_b2)
+        np.add(_exp_avg, _b2, out=_b2)
+        np.copyto(_exp_avg, _b1)
+        np.copyto(_exp_avg, _b2, where=__v3)
+        # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
-        np.multiply(_h2, _b0, out=_b2)
+        np.multiply(_h5, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         np.maximum(_exp_avg_sq, _max_exp_avg_sq, out=_b0)
-        __v7 = np.not_equal(_h3, 0.0)
-        np.copyto(_max_exp_avg_sq, _b0, where=__v7)
-        # specs/torch_adam.py:56: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        __v11 = np.not_equal(_h6, 0.0)
+        np.copyto(_max_exp_avg_sq, _b0, where=__v11)
+        # specs/torch_adam.py:62: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         np.multiply(decay, _weight, out=_b1)
-        __v9 = np.not_equal(_h3, 0.0)
+        __v13 = np.not_equal(_h6, 0.0)
         np.sqrt(_exp_avg_sq, out=_b2)
         np.sqrt(_b0, out=_b0)
-        np.copyto(_b0, _b2, where=np.logical_not(__v9))
-        np.multiply(_h4, _b0, out=_b0)
+        np.copyto(_b0, _b2, where=np.logical_not(__v13))
+        np.multiply(_h7, _b0, out=_b0)
         np.add(_b0, eps, out=_b0)
-        np.multiply(_h5, _exp_avg, out=_b2)
+        np.multiply(_h8, _exp_avg, out=_b2)
         np.divide(_b2, _b0, out=_b0)
         np.add(_b1, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

@@ -120,7 +120,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, beta2, eps, weight_decay = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, beta2, eps, weight_decay = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -131,23 +131,28 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
-        # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
         np.multiply(_h0, _grad, out=_b0)
-        np.subtract(_b0, _exp_avg, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        np.multiply(_h1, _b0, out=_b0)
-        np.add(_exp_avg, _b0, out=_exp_avg)
+        # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        np.subtract(_b0, _exp_avg, out=_b1)
+        __v2 = np.not_equal(_h3, 0.0)
+        np.multiply(_h2, _b1, out=_b2)
+        np.add(_b0, _b2, out=_b0)
+        np.multiply(_h1, _b1, out=_b1)
+        np.add(_exp_avg, _b1, out=_b1)
+        np.copyto(_exp_avg, _b0)
+        np.copyto(_exp_avg, _b1, where=__v2)
         # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
         np.multiply(beta2, _exp_inf, out=_b0)
-        np.multiply(_h2, _grad, out=_b1)
-        np.multiply(_h3, _weight, out=_b2)
+        np.multiply(_h4, _grad, out=_b1)
+        np.multiply(_h5, _weight, out=_b2)
         np.add(_b1, _b2, out=_b1)
         np.absolute(_b1, out=_b1)
         np.add(_b1, eps, out=_b1)
         np.maximum(_b0, _b1, out=_exp_inf)
         # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
-        np.multiply(_h4, _exp_avg, out=_b0)
+        np.multiply(_h6, _exp_avg, out=_b0)
         np.divide(_b0, _exp_inf, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

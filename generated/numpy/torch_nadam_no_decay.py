@@ -114,7 +114,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, beta2, eps = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, beta2, eps = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -124,31 +124,38 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
+        _b3 = scratch[3, : stop - start]
+        # specs/torch_nadam.py:45: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        np.subtract(_b0, _exp_avg, out=_b1)
-        np.multiply(_h1, _b1, out=_b1)
-        np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        np.multiply(_b0, 1.0, out=_b1)
+        np.subtract(_b1, _exp_avg, out=_b2)
+        __v0 = np.not_equal(_h3, 0.0)
+        np.multiply(_h2, _b2, out=_b3)
+        np.add(_b1, _b3, out=_b1)
+        np.multiply(_h1, _b2, out=_b2)
+        np.add(_exp_avg, _b2, out=_b2)
+        np.copyto(_exp_avg, _b1)
+        np.copyto(_exp_avg, _b2, where=__v0)
+        # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
-        np.multiply(_h2, _grad, out=_b2)
+        np.multiply(_h4, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-        np.multiply(_h3, _exp_avg_sq, out=_b0)
+        # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+        np.multiply(_h5, _exp_avg_sq, out=_b0)
         np.sqrt(_b0, out=_b0)
         np.add(_b0, eps, out=_b0)
-        np.multiply(_h4, _exp_avg, out=_b1)
+        np.multiply(_h6, _exp_avg, out=_b1)
         np.divide(_b1, _b0, out=_b1)
         np.add(_weight, _b1, out=_b1)
-        np.multiply(_h5, _grad, out=_b2)
+        np.multiply(_h7, _grad, out=_b2)
         np.divide(_b2, _b0, out=_b0)
         np.add(_b1, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

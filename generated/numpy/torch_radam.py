@@ -123,7 +123,9 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, beta2, eps, coupled, decay = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, beta2, eps, weight_decay, decay = (
+        dtype(_x) for _x in scalars
+    )
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -133,33 +135,42 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
+        _b3 = scratch[3, : stop - start]
+        # specs/torch_radam.py:40: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-        np.multiply(coupled, _weight, out=_b1)
-        np.add(_b0, _b1, out=_b0)
-        np.subtract(_b0, _exp_avg, out=_b1)
-        np.multiply(_h1, _b1, out=_b1)
-        np.add(_exp_avg, _b1, out=_exp_avg)
-        # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        __v0 = np.not_equal(_h1, 0.0)
+        np.multiply(weight_decay, _weight, out=_b1)
+        np.add(_b0, _b1, out=_b1)
+        np.copyto(_b0, _b1, where=np.logical_not(__v0))
+        np.multiply(_b0, 1.0, out=_b1)
+        np.subtract(_b1, _exp_avg, out=_b2)
+        __v3 = np.not_equal(_h4, 0.0)
+        np.multiply(_h3, _b2, out=_b3)
+        np.add(_b1, _b3, out=_b1)
+        np.multiply(_h2, _b2, out=_b2)
+        np.add(_exp_avg, _b2, out=_b2)
+        np.copyto(_exp_avg, _b1)
+        np.copyto(_exp_avg, _b2, where=__v3)
+        # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
-        np.multiply(_h2, _b0, out=_b2)
+        np.multiply(_h5, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
-        # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+        # specs/torch_radam.py:51: mhat = exp_avg_new/(1 - beta1**t)
+        # specs/torch_radam.py:66: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
         np.multiply(decay, _weight, out=_b0)
-        __v8 = np.not_equal(_h4, 0.0)
+        __v12 = np.not_equal(_h7, 0.0)
         np.sqrt(_exp_avg_sq, out=_b1)
         np.add(_b1, eps, out=_b1)
-        np.divide(_h3, _b1, out=_b1)
-        np.copyto(_b1, 1.0, where=np.logical_not(__v8))
-        np.multiply(_h5, _exp_avg, out=_b2)
+        np.divide(_h6, _b1, out=_b1)
+        np.copyto(_b1, 1.0, where=np.logical_not(__v12))
+        np.multiply(_h8, _exp_avg, out=_b2)
         np.multiply(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

@@ -118,7 +118,6 @@ def step(
         _exp_avg = _exp_avg_flat[start:stop]
         _exp_avg_sq = _exp_avg_sq_flat[start:stop]
         _b0 = scratch[0, : stop - start]
-        _b1 = scratch[1, : stop - start]
         # specs/torch_sparse_adam.py:41: G = grad*(1 - 2*maximize)
         np.multiply(_h0, _grad, out=_b0)
         # specs/torch_sparse_adam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
@@ -132,15 +131,15 @@ def step(
         np.multiply(_h3, _b0, out=_b0)
         np.add(_exp_avg_sq, _b0, out=_exp_avg_sq)
         # specs/torch_sparse_adam.py:44: ratio = exp_avg_new/(eps + sqrt(exp_avg_sq_new))
-        # specs/torch_sparse_adam.py:45: weight_new = -lr*ratio*sqrt(1 - beta2**t)/(1 - beta1**t) + weight
         np.sqrt(_exp_avg_sq, out=_b0)
         np.add(_b0, eps, out=_b0)
-        np.multiply(_h4, _exp_avg, out=_b1)
-        np.divide(_b1, _b0, out=_b0)
+        np.divide(_exp_avg, _b0, out=_b0)
+        # specs/torch_sparse_adam.py:46: weight_new = -lr*sqrt(1 - beta2**t)*ratio/(1 - beta1**t) + weight
+        np.multiply(_h4, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 1, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

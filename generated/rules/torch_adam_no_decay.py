@@ -106,23 +106,25 @@ SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
-    "add": 4,
+    "add": 5,
     "div": 1,
     "max": 1,
-    "mul": 7,
-    "ne": 2,
+    "mul": 9,
+    "ne": 3,
     "sqrt": 2,
     "sub": 1,
-    "where": 2,
+    "where": 3,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:48",
-    "_h1": "= 1 - beta1, in specs/torch_adam.py:48",
-    "_h2": "= (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:50",
-    "_h3": "= (amsgrad \u003e 0), in specs/torch_adam.py:51",
-    "_h4": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:57",
-    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:57",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:54",
+    "_h1": "= 1 - beta1, in specs/torch_adam.py:54",
+    "_h2": "= -beta1, in specs/torch_adam.py:54",
+    "_h3": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_adam.py:54",
+    "_h4": "= (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:56",
+    "_h5": "= (amsgrad \u003e 0), in specs/torch_adam.py:57",
+    "_h6": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63",
+    "_h7": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:63",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -151,15 +153,17 @@ def host_scalars(
     decoupled_weight_decay: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adam.py:48: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
-    # specs/torch_adam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-    _h2 = (1 - beta2) * (1 - 2 * maximize)
-    # specs/torch_adam.py:51: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
-    _h3 = amsgrad > 0
-    # specs/torch_adam.py:57: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
-    _h4 = 1.0 / math.sqrt(1 - beta2**t)
-    _h5 = -lr / (1 - beta1**t)
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, beta2, eps)
+    _h2 = -beta1
+    _h3 = abs(beta1 - 1) < (1 / 2)
+    # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _h4 = (1 - beta2) * (1 - 2 * maximize)
+    # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    _h5 = amsgrad > 0
+    # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    _h6 = 1.0 / math.sqrt(1 - beta2**t)
+    _h7 = -lr / (1 - beta1**t)
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, beta2, eps)
     return scalars, {}

@@ -92,13 +92,24 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"abs": 1, "add": 3, "div": 1, "max": 1, "mul": 5, "sub": 1}
+OP_COUNTS: dict[str, int] = {
+    "abs": 1,
+    "add": 4,
+    "div": 1,
+    "max": 1,
+    "mul": 6,
+    "ne": 1,
+    "sub": 1,
+    "where": 1,
+}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_adamax.py:36",
     "_h1": "= 1 - beta1, in specs/torch_adamax.py:36",
-    "_h2": "= 2*maximize - 1, in specs/torch_adamax.py:37",
-    "_h3": "= -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38",
+    "_h2": "= -beta1, in specs/torch_adamax.py:36",
+    "_h3": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_adamax.py:36",
+    "_h4": "= 2*maximize - 1, in specs/torch_adamax.py:37",
+    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -124,12 +135,14 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
+    _h2 = -beta1
+    _h3 = abs(beta1 - 1) < (1 / 2)
     # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
-    _h2 = 2 * maximize - 1
+    _h4 = 2 * maximize - 1
     # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
-    _h3 = -lr / (1 - beta1**t)
-    scalars = (_h0, _h1, _h2, _h3, beta2, eps)
+    _h5 = -lr / (1 - beta1**t)
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, beta2, eps)
     return scalars, {}

@@ -118,18 +118,29 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 6, "div": 2, "mul": 10, "sqrt": 1, "sub": 1}
+OP_COUNTS: dict[str, int] = {
+    "add": 7,
+    "div": 2,
+    "mul": 12,
+    "ne": 2,
+    "sqrt": 1,
+    "sub": 1,
+    "where": 2,
+}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_nadam.py:52",
-    "_h1": "= 1 - beta1, in specs/torch_nadam.py:52",
-    "_h2": "= 1 - beta2, in specs/torch_nadam.py:54",
-    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56",
-    "_h4": "= -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56",
-    "_h5": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56",
+    "_h0": "= 1 - 2*maximize, in specs/torch_nadam.py:58",
+    "_h1": "= (decoupled_weight_decay \u003e 0), in specs/torch_nadam.py:58",
+    "_h2": "= 1 - beta1, in specs/torch_nadam.py:58",
+    "_h3": "= -beta1, in specs/torch_nadam.py:58",
+    "_h4": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_nadam.py:58",
+    "_h5": "= 1 - beta2, in specs/torch_nadam.py:60",
+    "_h6": "= (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62",
+    "_h7": "= -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62",
+    "_h8": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
-    "coupled": "let, computed by host_scalars from decoupled_weight_decay, weight_decay",
+    "weight_decay": "hyperparameter",
     "decay": "let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay",
 }
 
@@ -158,23 +169,24 @@ def host_scalars(
     mu_product: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_nadam.py:44: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
-    coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
-    # specs/torch_nadam.py:46: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
+    # specs/torch_nadam.py:52: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
-    # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
     _h0 = 1 - 2 * maximize
-    _h1 = 1 - beta1
-    # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-    _h2 = 1 - beta2
-    # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-    _h3 = (1 - beta2**t) ** (-1)
-    _h4 = (
+    _h1 = decoupled_weight_decay > 0
+    _h2 = 1 - beta1
+    _h3 = -beta1
+    _h4 = abs(beta1 - 1) < (1 / 2)
+    # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _h5 = 1 - beta2
+    # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+    _h6 = (1 - beta2**t) ** (-1)
+    _h7 = (
         -lr
         * (-beta1 * (1 - (1 / 2) * 0.96 ** (momentum_decay * t)) + 1)
         / (-beta1 * mu_product * (1 - (1 / 2) * 0.96 ** (momentum_decay * t)) + 1)
     )
-    _h5 = (
+    _h8 = (
         -beta1
         * lr
         * (1 - (1 / 2) * 0.96 ** (momentum_decay * (t + 1)))
@@ -186,7 +198,7 @@ def host_scalars(
             + 1
         )
     )
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, beta2, eps, coupled, decay)
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, beta2, eps, weight_decay, decay)
     return scalars, {
         "mu_product": beta1 * mu_product * (1 - (1 / 2) * 0.96 ** (momentum_decay * t)),
     }

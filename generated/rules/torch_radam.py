@@ -110,18 +110,29 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "mul": 9, "ne": 1, "sqrt": 1, "sub": 1, "where": 1}
+OP_COUNTS: dict[str, int] = {
+    "add": 6,
+    "div": 1,
+    "mul": 11,
+    "ne": 3,
+    "sqrt": 1,
+    "sub": 1,
+    "where": 3,
+}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_radam.py:42",
-    "_h1": "= 1 - beta1, in specs/torch_radam.py:42",
-    "_h2": "= 1 - beta2, in specs/torch_radam.py:44",
-    "_h3": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t",
-    "_h4": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6), in specs/torch_radam.py:60",
-    "_h5": "= -lr/(1 - beta1 ** t), in specs/torch_radam.py:60",
+    "_h0": "= 1 - 2*maximize, in specs/torch_radam.py:48",
+    "_h1": "= (decoupled_weight_decay \u003e 0), in specs/torch_radam.py:48",
+    "_h2": "= 1 - beta1, in specs/torch_radam.py:48",
+    "_h3": "= -beta1, in specs/torch_radam.py:48",
+    "_h4": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_radam.py:48",
+    "_h5": "= 1 - beta2, in specs/torch_radam.py:50",
+    "_h6": "= ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6)) else 0.0), in specs/torch_radam.py:66, from beta2, t",
+    "_h7": "= (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) \u003c -6), in specs/torch_radam.py:66",
+    "_h8": "= -lr/(1 - beta1 ** t), in specs/torch_radam.py:66",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
-    "coupled": "let, computed by host_scalars from decoupled_weight_decay, weight_decay",
+    "weight_decay": "hyperparameter",
     "decay": "let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay",
 }
 
@@ -147,21 +158,19 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_radam.py:39: coupled = Piecewise((0, decoupled_weight_decay > 0), (weight_decay, True))
-    coupled = (0) if (decoupled_weight_decay > 0) else (weight_decay)
-    # specs/torch_radam.py:41: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
+    # specs/torch_radam.py:47: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
-    # specs/torch_radam.py:46: rho_inf = -1 + 2/(1 - beta2)
+    # specs/torch_radam.py:52: rho_inf = -1 + 2/(1 - beta2)
     try:
         rho_inf = -1 + 2 / (1 - beta2)
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         rho_inf = unavailable("rho_inf", _error)
-    # specs/torch_radam.py:47: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
+    # specs/torch_radam.py:53: rho_t = -2*beta2**t*t/(1 - beta2**t) + rho_inf
     try:
         rho_t = -2 * beta2**t * t / (1 - beta2**t) - 1 + 2 / (1 - beta2)
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         rho_t = unavailable("rho_t", _error)
-    # specs/torch_radam.py:49: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
+    # specs/torch_radam.py:55: r_t = Piecewise((sqrt(rho_inf*(rho_t - 4)*(rho_t - 2)/(rho_t*(rho_inf - 4)*(rho_inf - 2))), rho_t > 5), (0, True))
     try:
         r_t = (
             (
@@ -177,18 +186,21 @@ def host_scalars(
         )
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         r_t = unavailable("r_t", _error)
-    # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
+    # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
     _h0 = 1 - 2 * maximize
-    _h1 = 1 - beta1
-    # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-    _h2 = 1 - beta2
-    # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
-    _h3 = (
+    _h1 = decoupled_weight_decay > 0
+    _h2 = 1 - beta1
+    _h3 = -beta1
+    _h4 = abs(beta1 - 1) < (1 / 2)
+    # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _h5 = 1 - beta2
+    # specs/torch_radam.py:66: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+    _h6 = (
         (r_t * math.sqrt(1 - beta2**t))
         if (2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6)
         else 0.0
     )
-    _h4 = 2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6
-    _h5 = -lr / (1 - beta1**t)
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, beta2, eps, coupled, decay)
+    _h7 = 2 * beta2**t * t / (1 - beta2**t) - 2 / (1 - beta2) < -6
+    _h8 = -lr / (1 - beta1**t)
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, beta2, eps, weight_decay, decay)
     return scalars, {}

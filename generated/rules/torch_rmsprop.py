@@ -117,20 +117,23 @@ SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
     "add": 7,
-    "div": 1,
-    "mul": 11,
-    "ne": 5,
+    "div": 2,
+    "mul": 14,
+    "ne": 7,
     "sqrt": 2,
-    "sub": 2,
-    "where": 5,
+    "sub": 3,
+    "where": 7,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_rmsprop.py:45",
     "_h1": "= 1 - alpha, in specs/torch_rmsprop.py:45",
-    "_h2": "= (centered \u003e 0), in specs/torch_rmsprop.py:51",
-    "_h3": "= (momentum \u003e 0), in specs/torch_rmsprop.py:51",
-    "_h4": "= -lr, in specs/torch_rmsprop.py:55",
+    "_h2": "= -alpha, in specs/torch_rmsprop.py:51",
+    "_h3": "= (abs(alpha - 1) \u003c (1 / 2)), in specs/torch_rmsprop.py:51",
+    "_h4": "= (centered \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h5": "= (momentum \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h6": "= -lr, in specs/torch_rmsprop.py:56",
+    "lr": "hyperparameter",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",
@@ -164,9 +167,11 @@ def host_scalars(
     _h0 = 1 - 2 * maximize
     _h1 = 1 - alpha
     # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
-    _h2 = centered > 0
-    _h3 = momentum > 0
-    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-    _h4 = -lr
-    scalars = (_h0, _h1, _h2, _h3, _h4, alpha, eps, weight_decay, momentum)
+    _h2 = -alpha
+    _h3 = abs(alpha - 1) < (1 / 2)
+    _h4 = centered > 0
+    _h5 = momentum > 0
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    _h6 = -lr
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, lr, alpha, eps, weight_decay, momentum)
     return scalars, {}

@@ -103,21 +103,23 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {
     "add": 6,
     "div": 2,
-    "mul": 10,
-    "ne": 5,
+    "mul": 13,
+    "ne": 7,
     "sqrt": 2,
-    "sub": 2,
-    "where": 5,
+    "sub": 3,
+    "where": 7,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:45",
     "_h1": "= 1 - 2*maximize, in specs/torch_rmsprop.py:45",
     "_h2": "= 1 - alpha, in specs/torch_rmsprop.py:51",
-    "_h3": "= (centered \u003e 0), in specs/torch_rmsprop.py:51",
-    "_h4": "= (momentum \u003e 0), in specs/torch_rmsprop.py:51",
-    "_h5": "= -lr, in specs/torch_rmsprop.py:55",
-    "_h6": "= -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:55",
+    "_h3": "= -alpha, in specs/torch_rmsprop.py:51",
+    "_h4": "= (abs(alpha - 1) \u003c (1 / 2)), in specs/torch_rmsprop.py:51",
+    "_h5": "= (centered \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h6": "= (momentum \u003e 0), in specs/torch_rmsprop.py:51",
+    "_h7": "= -lr, in specs/torch_rmsprop.py:56",
+    "_h8": "= lr*(1 - 2*maximize), in specs/torch_rmsprop.py:56",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
     "momentum": "hyperparameter",
@@ -151,10 +153,12 @@ def host_scalars(
     _h1 = 1 - 2 * maximize
     # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _h2 = 1 - alpha
-    _h3 = centered > 0
-    _h4 = momentum > 0
-    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-    _h5 = -lr
-    _h6 = -lr * (1 - 2 * maximize)
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, alpha, eps, momentum)
+    _h3 = -alpha
+    _h4 = abs(alpha - 1) < (1 / 2)
+    _h5 = centered > 0
+    _h6 = momentum > 0
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    _h7 = -lr
+    _h8 = lr * (1 - 2 * maximize)
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, alpha, eps, momentum)
     return scalars, {}

@@ -107,7 +107,7 @@ SCALARS: dict[str, str] = {
     "_h1": "= 1 - beta1, in specs/torch_sparse_adam.py:42",
     "_h2": "= (1 - 2*maximize) ** 2, in specs/torch_sparse_adam.py:43",
     "_h3": "= 1 - beta2, in specs/torch_sparse_adam.py:43",
-    "_h4": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:45",
+    "_h4": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:46",
     "eps": "hyperparameter",
 }
 
@@ -137,7 +137,7 @@ def host_scalars(
     # specs/torch_sparse_adam.py:43: exp_avg_sq_new = exp_avg_sq + (1 - beta2)*(G**2 - exp_avg_sq)
     _h2 = (1 - 2 * maximize) ** 2
     _h3 = 1 - beta2
-    # specs/torch_sparse_adam.py:45: weight_new = -lr*ratio*sqrt(1 - beta2**t)/(1 - beta1**t) + weight
+    # specs/torch_sparse_adam.py:46: weight_new = -lr*sqrt(1 - beta2**t)*ratio/(1 - beta1**t) + weight
     _h4 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, eps)
     return scalars, {}

@@ -112,6 +112,8 @@ def torch_adamax_kernel_body(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
     beta2,
     eps,
     weight_decay,
@@ -124,9 +126,11 @@ def torch_adamax_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adamax, once per step):
     #   _h0: = 1 - 2*maximize, in specs/torch_adamax.py:36
     #   _h1: = 1 - beta1, in specs/torch_adamax.py:36
-    #   _h2: = 2*maximize - 1, in specs/torch_adamax.py:37
-    #   _h3: = -weight_decay, in specs/torch_adamax.py:37
-    #   _h4: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
+    #   _h2: = -beta1, in specs/torch_adamax.py:36
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adamax.py:36
+    #   _h4: = 2*maximize - 1, in specs/torch_adamax.py:37
+    #   _h5: = -weight_decay, in specs/torch_adamax.py:37
+    #   _h6: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -137,25 +141,29 @@ def torch_adamax_kernel_body(
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_inf = tl.load(exp_inf_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
-    # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
     _v0 = _h0 * grad
-    _v1 = _v0 - exp_avg
-    _v2 = weight_decay * weight
-    _v3 = _v1 + _v2
-    _v4 = _h1 * _v3
-    exp_avg_new = exp_avg + _v4
+    _v1 = weight_decay * weight
+    G = _v0 + _v1
+    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    _t1 = G - exp_avg
+    _v2 = _h3 != 0.0
+    _v3 = _h2 * _t1
+    _v4 = G + _v3
+    _v5 = _h1 * _t1
+    _v6 = exp_avg + _v5
+    exp_avg_new = tl.where(_v2, _v6, _v4)
     # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
-    _v5 = beta2 * exp_inf
-    _v6 = _h2 * grad
-    _v7 = _h3 * weight
-    _v8 = _v6 + _v7
-    _v9 = tl.abs(_v8)
-    _v10 = _v9 + eps
-    exp_inf_new = tl.maximum(_v5, _v10, propagate_nan=tl.PropagateNan.ALL)
+    _v7 = beta2 * exp_inf
+    _v8 = _h4 * grad
+    _v9 = _h5 * weight
+    _v10 = _v8 + _v9
+    _v11 = tl.abs(_v10)
+    _v12 = _v11 + eps
+    exp_inf_new = tl.maximum(_v7, _v12, propagate_nan=tl.PropagateNan.ALL)
     # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
-    _v11 = _h4 * exp_avg_new
-    _v12 = tl.div_rn(_v11, exp_inf_new)
-    weight_new = weight + _v12
+    _v13 = _h6 * exp_avg_new
+    _v14 = tl.div_rn(_v13, exp_inf_new)
+    weight_new = weight + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_inf_ptr + offs, exp_inf_new.to(exp_inf_ptr.dtype.element_ty), mask=mask)
@@ -176,6 +184,8 @@ def torch_adamax_kernel(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
     beta2,
     eps,
     weight_decay,
@@ -191,6 +201,8 @@ def torch_adamax_kernel(
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
     weight_decay = tl.cast(weight_decay, tl.float32)
@@ -206,6 +218,8 @@ def torch_adamax_kernel(
         _h2,
         _h3,
         _h4,
+        _h5,
+        _h6,
         beta2,
         eps,
         weight_decay,
@@ -274,15 +288,17 @@ def torch_adamax_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
-    beta2 = tl.load(scalars_ptr + tensor * 8 + 5)
-    eps = tl.load(scalars_ptr + tensor * 8 + 6)
-    weight_decay = tl.load(scalars_ptr + tensor * 8 + 7)
+    # This tensor's host scalars: row `tensor` of the fp32 table (10 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 10 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 10 + 6)
+    beta2 = tl.load(scalars_ptr + tensor * 10 + 7)
+    eps = tl.load(scalars_ptr + tensor * 10 + 8)
+    weight_decay = tl.load(scalars_ptr + tensor * 10 + 9)
     torch_adamax_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -295,6 +311,8 @@ def torch_adamax_multi_kernel(
         _h2,
         _h3,
         _h4,
+        _h5,
+        _h6,
         beta2,
         eps,
         weight_decay,

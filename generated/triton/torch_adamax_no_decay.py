@@ -106,6 +106,8 @@ def torch_adamax_no_decay_kernel_body(
     _h1,
     _h2,
     _h3,
+    _h4,
+    _h5,
     beta2,
     eps,
     inv_scale,
@@ -117,8 +119,10 @@ def torch_adamax_no_decay_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adamax_no_decay, once per step):
     #   _h0: = 1 - 2*maximize, in specs/torch_adamax.py:36
     #   _h1: = 1 - beta1, in specs/torch_adamax.py:36
-    #   _h2: = 2*maximize - 1, in specs/torch_adamax.py:37
-    #   _h3: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
+    #   _h2: = -beta1, in specs/torch_adamax.py:36
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adamax.py:36
+    #   _h4: = 2*maximize - 1, in specs/torch_adamax.py:37
+    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_adamax.py:38
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -129,20 +133,24 @@ def torch_adamax_no_decay_kernel_body(
     exp_inf = tl.load(exp_inf_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
-    # specs/torch_adamax.py:36: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-    _v1 = G - exp_avg
-    _v2 = _h1 * _v1
-    exp_avg_new = exp_avg + _v2
+    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    _t1 = G - exp_avg
+    _v0 = _h3 != 0.0
+    _v1 = _h2 * _t1
+    _v2 = G + _v1
+    _v3 = _h1 * _t1
+    _v4 = exp_avg + _v3
+    exp_avg_new = tl.where(_v0, _v4, _v2)
     # specs/torch_adamax.py:37: exp_inf_new = Max(beta2*exp_inf, eps + Abs(G))
-    _v3 = beta2 * exp_inf
-    _v4 = _h2 * grad
-    _v5 = tl.abs(_v4)
-    _v6 = _v5 + eps
-    exp_inf_new = tl.maximum(_v3, _v6, propagate_nan=tl.PropagateNan.ALL)
+    _v5 = beta2 * exp_inf
+    _v6 = _h4 * grad
+    _v7 = tl.abs(_v6)
+    _v8 = _v7 + eps
+    exp_inf_new = tl.maximum(_v5, _v8, propagate_nan=tl.PropagateNan.ALL)
     # specs/torch_adamax.py:38: weight_new = -exp_avg_new*lr/(exp_inf_new*(1 - beta1**t)) + weight
-    _v7 = _h3 * exp_avg_new
-    _v8 = tl.div_rn(_v7, exp_inf_new)
-    weight_new = weight + _v8
+    _v9 = _h5 * exp_avg_new
+    _v10 = tl.div_rn(_v9, exp_inf_new)
+    weight_new = weight + _v10
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_inf_ptr + offs, exp_inf_new.to(exp_inf_ptr.dtype.element_ty), mask=mask)
@@ -162,6 +170,8 @@ def torch_adamax_no_decay_kernel(
     _h1,
     _h2,
     _h3,
+    _h4,
+    _h5,
     beta2,
     eps,
     BLOCK_SIZE: tl.constexpr,
@@ -175,6 +185,8 @@ def torch_adamax_no_decay_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
+    _h4 = tl.cast(_h4, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
     torch_adamax_no_decay_kernel_body(
@@ -188,6 +200,8 @@ def torch_adamax_no_decay_kernel(
         _h1,
         _h2,
         _h3,
+        _h4,
+        _h5,
         beta2,
         eps,
         1.0,
@@ -255,13 +269,15 @@ def torch_adamax_no_decay_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 6 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 6 + 3)
-    beta2 = tl.load(scalars_ptr + tensor * 6 + 4)
-    eps = tl.load(scalars_ptr + tensor * 6 + 5)
+    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 8 + 5)
+    beta2 = tl.load(scalars_ptr + tensor * 8 + 6)
+    eps = tl.load(scalars_ptr + tensor * 8 + 7)
     torch_adamax_no_decay_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -273,6 +289,8 @@ def torch_adamax_no_decay_multi_kernel(
         _h1,
         _h2,
         _h3,
+        _h4,
+        _h5,
         beta2,
         eps,
         inv_scale,

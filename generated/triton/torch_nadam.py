@@ -118,9 +118,12 @@ def torch_nadam_kernel_body(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
+    _h8,
     beta2,
     eps,
-    coupled,
+    weight_decay,
     decay,
     inv_scale,
     AMP: tl.constexpr,
@@ -129,15 +132,18 @@ def torch_nadam_kernel_body(
 ):
     # The update of one block, shared by torch_nadam_kernel and torch_nadam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_nadam, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
-    #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
-    #   _h2: = 1 - beta2, in specs/torch_nadam.py:54
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56
-    #   _h4: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56
-    #   _h5: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56
+    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:58
+    #   _h1: = (decoupled_weight_decay > 0), in specs/torch_nadam.py:58
+    #   _h2: = 1 - beta1, in specs/torch_nadam.py:58
+    #   _h3: = -beta1, in specs/torch_nadam.py:58
+    #   _h4: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_nadam.py:58
+    #   _h5: = 1 - beta2, in specs/torch_nadam.py:60
+    #   _h6: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62
+    #   _h7: = -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62
+    #   _h8: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    #   coupled: let, computed by host_scalars from decoupled_weight_decay, weight_decay
+    #   weight_decay: hyperparameter
     #   decay: let, computed by host_scalars from decoupled_weight_decay, lr, weight_decay
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
@@ -145,31 +151,38 @@ def torch_nadam_kernel_body(
         grad = grad * inv_scale
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
+    # specs/torch_nadam.py:45: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
     G = _h0 * grad
-    # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-    _v1 = coupled * weight
-    _t0 = G + _v1
-    _v2 = _t0 - exp_avg
-    _v3 = _h1 * _v2
-    exp_avg_new = exp_avg + _v3
-    # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-    _v4 = beta2 * exp_avg_sq
-    _v5 = _h2 * _t0
-    _v6 = _t0 * _v5
-    exp_avg_sq_new = _v4 + _v6
-    # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-    # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-    _v7 = _h3 * exp_avg_sq_new
-    _v8 = tl.sqrt_rn(_v7)
-    _t3 = _v8 + eps
-    _v9 = decay * weight
-    _v10 = _h4 * _t0
-    _v11 = tl.div_rn(_v10, _t3)
-    _v12 = _v9 + _v11
-    _v13 = _h5 * exp_avg_new
-    _v14 = tl.div_rn(_v13, _t3)
-    weight_new = _v12 + _v14
+    # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    _v0 = _h1 != 0.0
+    _v1 = weight_decay * weight
+    _v2 = G + _v1
+    _t1 = tl.where(_v0, G, _v2)
+    _t2 = _t1 * 1.0
+    _t3 = _t2 - exp_avg
+    _v3 = _h4 != 0.0
+    _v4 = _h3 * _t3
+    _v5 = _t2 + _v4
+    _v6 = _h2 * _t3
+    _v7 = exp_avg + _v6
+    exp_avg_new = tl.where(_v3, _v7, _v5)
+    # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _v8 = beta2 * exp_avg_sq
+    _v9 = _h5 * _t1
+    _v10 = _t1 * _v9
+    exp_avg_sq_new = _v8 + _v10
+    # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+    # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+    _v11 = _h6 * exp_avg_sq_new
+    _v12 = tl.sqrt_rn(_v11)
+    _t6 = _v12 + eps
+    _v13 = decay * weight
+    _v14 = _h7 * _t1
+    _v15 = tl.div_rn(_v14, _t6)
+    _v16 = _v13 + _v15
+    _v17 = _h8 * exp_avg_new
+    _v18 = tl.div_rn(_v17, _t6)
+    weight_new = _v16 + _v18
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, exp_avg_sq_new.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
@@ -191,9 +204,12 @@ def torch_nadam_kernel(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
+    _h8,
     beta2,
     eps,
-    coupled,
+    weight_decay,
     decay,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -208,9 +224,12 @@ def torch_nadam_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
+    _h8 = tl.cast(_h8, tl.float32)
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
-    coupled = tl.cast(coupled, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
     decay = tl.cast(decay, tl.float32)
     torch_nadam_kernel_body(
         weight_ptr,
@@ -225,9 +244,12 @@ def torch_nadam_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
+        _h8,
         beta2,
         eps,
-        coupled,
+        weight_decay,
         decay,
         1.0,
         False,
@@ -296,17 +318,20 @@ def torch_nadam_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (10 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 10 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
-    beta2 = tl.load(scalars_ptr + tensor * 10 + 6)
-    eps = tl.load(scalars_ptr + tensor * 10 + 7)
-    coupled = tl.load(scalars_ptr + tensor * 10 + 8)
-    decay = tl.load(scalars_ptr + tensor * 10 + 9)
+    # This tensor's host scalars: row `tensor` of the fp32 table (13 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 13 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 13 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 13 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 13 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 13 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 13 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 13 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 13 + 7)
+    _h8 = tl.load(scalars_ptr + tensor * 13 + 8)
+    beta2 = tl.load(scalars_ptr + tensor * 13 + 9)
+    eps = tl.load(scalars_ptr + tensor * 13 + 10)
+    weight_decay = tl.load(scalars_ptr + tensor * 13 + 11)
+    decay = tl.load(scalars_ptr + tensor * 13 + 12)
     torch_nadam_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -320,9 +345,12 @@ def torch_nadam_multi_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
+        _h8,
         beta2,
         eps,
-        coupled,
+        weight_decay,
         decay,
         inv_scale,
         True,

@@ -113,6 +113,8 @@ def torch_nadam_no_decay_kernel_body(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
     inv_scale,
@@ -122,12 +124,14 @@ def torch_nadam_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_nadam_no_decay_kernel and torch_nadam_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_nadam_no_decay, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:52
-    #   _h1: = 1 - beta1, in specs/torch_nadam.py:52
-    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:54
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:56
-    #   _h4: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:56
-    #   _h5: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:56
+    #   _h0: = 1 - 2*maximize, in specs/torch_nadam.py:58
+    #   _h1: = 1 - beta1, in specs/torch_nadam.py:58
+    #   _h2: = -beta1, in specs/torch_nadam.py:58
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_nadam.py:58
+    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:60
+    #   _h5: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62
+    #   _h6: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62
+    #   _h7: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -136,28 +140,33 @@ def torch_nadam_no_decay_kernel_body(
         grad = grad * inv_scale
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_nadam.py:45: G = coupled*weight + grad*(1 - 2*maximize)
+    # specs/torch_nadam.py:45: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
-    # specs/torch_nadam.py:52: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-    _v0 = G - exp_avg
-    _v1 = _h1 * _v0
-    exp_avg_new = exp_avg + _v1
-    # specs/torch_nadam.py:54: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-    _v2 = beta2 * exp_avg_sq
-    _v3 = _h2 * grad
-    _v4 = G * _v3
-    exp_avg_sq_new = _v2 + _v4
-    # specs/torch_nadam.py:55: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-    # specs/torch_nadam.py:56: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
-    _v5 = _h3 * exp_avg_sq_new
-    _v6 = tl.sqrt_rn(_v5)
-    _t3 = _v6 + eps
-    _v7 = _h4 * exp_avg_new
-    _v8 = tl.div_rn(_v7, _t3)
-    _v9 = weight + _v8
-    _v10 = _h5 * grad
-    _v11 = tl.div_rn(_v10, _t3)
-    weight_new = _v9 + _v11
+    # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    _t1 = G * 1.0
+    _t2 = _t1 - exp_avg
+    _v0 = _h3 != 0.0
+    _v1 = _h2 * _t2
+    _v2 = _t1 + _v1
+    _v3 = _h1 * _t2
+    _v4 = exp_avg + _v3
+    exp_avg_new = tl.where(_v0, _v4, _v2)
+    # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _v5 = beta2 * exp_avg_sq
+    _v6 = _h4 * grad
+    _v7 = G * _v6
+    exp_avg_sq_new = _v5 + _v7
+    # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
+    # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
+    _v8 = _h5 * exp_avg_sq_new
+    _v9 = tl.sqrt_rn(_v8)
+    _t5 = _v9 + eps
+    _v10 = _h6 * exp_avg_new
+    _v11 = tl.div_rn(_v10, _t5)
+    _v12 = weight + _v11
+    _v13 = _h7 * grad
+    _v14 = tl.div_rn(_v13, _t5)
+    weight_new = _v12 + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, exp_avg_sq_new.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
@@ -179,6 +188,8 @@ def torch_nadam_no_decay_kernel(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
     BLOCK_SIZE: tl.constexpr,
@@ -194,6 +205,8 @@ def torch_nadam_no_decay_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
     torch_nadam_no_decay_kernel_body(
@@ -209,6 +222,8 @@ def torch_nadam_no_decay_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         beta2,
         eps,
         1.0,
@@ -278,15 +293,17 @@ def torch_nadam_no_decay_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 8 + 5)
-    beta2 = tl.load(scalars_ptr + tensor * 8 + 6)
-    eps = tl.load(scalars_ptr + tensor * 8 + 7)
+    # This tensor's host scalars: row `tensor` of the fp32 table (10 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 10 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 10 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 10 + 7)
+    beta2 = tl.load(scalars_ptr + tensor * 10 + 8)
+    eps = tl.load(scalars_ptr + tensor * 10 + 9)
     torch_nadam_no_decay_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -300,6 +317,8 @@ def torch_nadam_no_decay_multi_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         beta2,
         eps,
         inv_scale,

@@ -111,6 +111,8 @@ def torch_radam_no_decay_kernel_body(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
     inv_scale,
@@ -120,12 +122,14 @@ def torch_radam_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_radam_no_decay_kernel and torch_radam_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_radam_no_decay, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:42
-    #   _h1: = 1 - beta1, in specs/torch_radam.py:42
-    #   _h2: = (1 - beta2)*(1 - 2*maximize), in specs/torch_radam.py:44
-    #   _h3: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:60, from beta2, t
-    #   _h4: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:60
-    #   _h5: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:60
+    #   _h0: = 1 - 2*maximize, in specs/torch_radam.py:48
+    #   _h1: = 1 - beta1, in specs/torch_radam.py:48
+    #   _h2: = -beta1, in specs/torch_radam.py:48
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_radam.py:48
+    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_radam.py:50
+    #   _h5: = ((r_t*math.sqrt(1 - beta2 ** t)) if ((2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6)) else 0.0), in specs/torch_radam.py:66, from beta2, t
+    #   _h6: = (2*beta2 ** t*t/(1 - beta2 ** t) - 2/(1 - beta2) < -6), in specs/torch_radam.py:66
+    #   _h7: = -lr/(1 - beta1 ** t), in specs/torch_radam.py:66
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -134,27 +138,32 @@ def torch_radam_no_decay_kernel_body(
         grad = grad * inv_scale
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_radam.py:40: G = coupled*weight + grad*(1 - 2*maximize)
+    # specs/torch_radam.py:40: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
-    # specs/torch_radam.py:42: exp_avg_new = exp_avg + (1 - beta1)*(G - exp_avg)
-    _v0 = G - exp_avg
-    _v1 = _h1 * _v0
-    exp_avg_new = exp_avg + _v1
-    # specs/torch_radam.py:44: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
-    _v2 = beta2 * exp_avg_sq
-    _v3 = _h2 * grad
-    _v4 = G * _v3
-    exp_avg_sq_new = _v2 + _v4
-    # specs/torch_radam.py:45: mhat = exp_avg_new/(1 - beta1**t)
-    # specs/torch_radam.py:60: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
-    _v5 = _h4 != 0.0
-    _v6 = tl.sqrt_rn(exp_avg_sq_new)
-    _v7 = _v6 + eps
-    _v8 = tl.div_rn(_h3, _v7)
-    _v9 = tl.where(_v5, _v8, 1.0)
-    _v10 = _h5 * exp_avg_new
-    _v11 = _v10 * _v9
-    weight_new = weight + _v11
+    # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    _t1 = G * 1.0
+    _t2 = _t1 - exp_avg
+    _v0 = _h3 != 0.0
+    _v1 = _h2 * _t2
+    _v2 = _t1 + _v1
+    _v3 = _h1 * _t2
+    _v4 = exp_avg + _v3
+    exp_avg_new = tl.where(_v0, _v4, _v2)
+    # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    _v5 = beta2 * exp_avg_sq
+    _v6 = _h4 * grad
+    _v7 = G * _v6
+    exp_avg_sq_new = _v5 + _v7
+    # specs/torch_radam.py:51: mhat = exp_avg_new/(1 - beta1**t)
+    # specs/torch_radam.py:66: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
+    _v8 = _h6 != 0.0
+    _v9 = tl.sqrt_rn(exp_avg_sq_new)
+    _v10 = _v9 + eps
+    _v11 = tl.div_rn(_h5, _v10)
+    _v12 = tl.where(_v8, _v11, 1.0)
+    _v13 = _h7 * exp_avg_new
+    _v14 = _v13 * _v12
+    weight_new = weight + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offs, exp_avg_sq_new.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
@@ -176,6 +185,8 @@ def torch_radam_no_decay_kernel(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     beta2,
     eps,
     BLOCK_SIZE: tl.constexpr,
@@ -191,6 +202,8 @@ def torch_radam_no_decay_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
     torch_radam_no_decay_kernel_body(
@@ -206,6 +219,8 @@ def torch_radam_no_decay_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         beta2,
         eps,
         1.0,
@@ -275,15 +290,17 @@ def torch_radam_no_decay_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 8 + 5)
-    beta2 = tl.load(scalars_ptr + tensor * 8 + 6)
-    eps = tl.load(scalars_ptr + tensor * 8 + 7)
+    # This tensor's host scalars: row `tensor` of the fp32 table (10 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 10 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 10 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 10 + 7)
+    beta2 = tl.load(scalars_ptr + tensor * 10 + 8)
+    eps = tl.load(scalars_ptr + tensor * 10 + 9)
     torch_radam_no_decay_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -297,6 +314,8 @@ def torch_radam_no_decay_multi_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         beta2,
         eps,
         inv_scale,

@@ -119,6 +119,9 @@ def torch_rmsprop_kernel_body(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
+    lr,
     alpha,
     eps,
     weight_decay,
@@ -132,9 +135,12 @@ def torch_rmsprop_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop, once per step):
     #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
     #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:45
-    #   _h2: = (centered > 0), in specs/torch_rmsprop.py:51
-    #   _h3: = (momentum > 0), in specs/torch_rmsprop.py:51
-    #   _h4: = -lr, in specs/torch_rmsprop.py:55
+    #   _h2: = -alpha, in specs/torch_rmsprop.py:51
+    #   _h3: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:51
+    #   _h4: = (centered > 0), in specs/torch_rmsprop.py:51
+    #   _h5: = (momentum > 0), in specs/torch_rmsprop.py:51
+    #   _h6: = -lr, in specs/torch_rmsprop.py:56
+    #   lr: hyperparameter
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -155,36 +161,45 @@ def torch_rmsprop_kernel_body(
     _v3 = _h1 * G
     _v4 = G * _v3
     square_avg_new = _v2 + _v4
-    # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
-    _v5 = G - grad_avg
-    _v6 = _h1 * _v5
-    _t2 = grad_avg + _v6
+    # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+    _t2 = G * 1.0
+    _t3 = _t2 - grad_avg
+    _v5 = _h1 * _t3
+    _t4 = grad_avg + _v5
+    _v6 = _h2 * _t3
+    _t5 = _t2 + _v6
     # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
     # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
-    _v7 = _h2 != 0.0
+    _v7 = _h4 != 0.0
     _v8 = tl.sqrt_rn(square_avg_new)
-    _v9 = _h2 != 0.0
+    _v9 = _h4 != 0.0
     _v10 = grad_avg * grad_avg
-    _v11 = _t2 * _t2
-    _v12 = tl.where(_v9, _v11, _v10)
-    _v13 = square_avg_new - _v12
-    _v14 = tl.sqrt_rn(_v13)
-    _v15 = tl.where(_v7, _v14, _v8)
-    _v16 = _v15 + eps
-    _t3 = tl.div_rn(G, _v16)
-    _v17 = _h3 != 0.0
-    _v18 = momentum * momentum_buffer
-    _v19 = _t3 + _v18
-    momentum_buffer_new = tl.where(_v17, _v19, momentum_buffer)
-    _v20 = _h2 != 0.0
-    grad_avg_new = tl.where(_v20, _t2, grad_avg)
-    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-    _v21 = _h3 != 0.0
-    _v22 = _h4 * _t3
-    _v23 = weight + _v22
-    _v24 = _h4 * momentum_buffer_new
-    _v25 = weight + _v24
-    weight_new = tl.where(_v21, _v25, _v23)
+    _v11 = _h3 != 0.0
+    _v12 = _t5 * _t5
+    _v13 = _t4 * _t4
+    _v14 = tl.where(_v11, _v13, _v12)
+    _v15 = tl.where(_v9, _v14, _v10)
+    _v16 = square_avg_new - _v15
+    _v17 = tl.sqrt_rn(_v16)
+    _v18 = tl.where(_v7, _v17, _v8)
+    _t6 = _v18 + eps
+    _v19 = _h5 != 0.0
+    _v20 = momentum * momentum_buffer
+    _v21 = tl.div_rn(G, _t6)
+    _v22 = _v20 + _v21
+    momentum_buffer_new = tl.where(_v19, _v22, momentum_buffer)
+    _v23 = _h4 != 0.0
+    _v24 = _h3 != 0.0
+    _v25 = tl.where(_v24, _t4, _t5)
+    grad_avg_new = tl.where(_v23, _v25, grad_avg)
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    _v26 = _h5 != 0.0
+    _v27 = lr * G
+    _v28 = tl.div_rn(_v27, _t6)
+    _v29 = weight - _v28
+    _v30 = _h6 * momentum_buffer_new
+    _v31 = weight + _v30
+    weight_new = tl.where(_v26, _v31, _v29)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptr + offs, square_avg_new.to(square_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(
@@ -211,6 +226,9 @@ def torch_rmsprop_kernel(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
+    lr,
     alpha,
     eps,
     weight_decay,
@@ -227,6 +245,9 @@ def torch_rmsprop_kernel(
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    lr = tl.cast(lr, tl.float32)
     alpha = tl.cast(alpha, tl.float32)
     eps = tl.cast(eps, tl.float32)
     weight_decay = tl.cast(weight_decay, tl.float32)
@@ -244,6 +265,9 @@ def torch_rmsprop_kernel(
         _h2,
         _h3,
         _h4,
+        _h5,
+        _h6,
+        lr,
         alpha,
         eps,
         weight_decay,
@@ -320,16 +344,19 @@ def torch_rmsprop_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (9 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 9 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 9 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 9 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 9 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 9 + 4)
-    alpha = tl.load(scalars_ptr + tensor * 9 + 5)
-    eps = tl.load(scalars_ptr + tensor * 9 + 6)
-    weight_decay = tl.load(scalars_ptr + tensor * 9 + 7)
-    momentum = tl.load(scalars_ptr + tensor * 9 + 8)
+    # This tensor's host scalars: row `tensor` of the fp32 table (12 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 12 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 12 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 12 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 12 + 6)
+    lr = tl.load(scalars_ptr + tensor * 12 + 7)
+    alpha = tl.load(scalars_ptr + tensor * 12 + 8)
+    eps = tl.load(scalars_ptr + tensor * 12 + 9)
+    weight_decay = tl.load(scalars_ptr + tensor * 12 + 10)
+    momentum = tl.load(scalars_ptr + tensor * 12 + 11)
     torch_rmsprop_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -343,6 +370,9 @@ def torch_rmsprop_multi_kernel(
         _h2,
         _h3,
         _h4,
+        _h5,
+        _h6,
+        lr,
         alpha,
         eps,
         weight_decay,

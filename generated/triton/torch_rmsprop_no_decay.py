@@ -116,6 +116,8 @@ def torch_rmsprop_no_decay_kernel_body(
     _h4,
     _h5,
     _h6,
+    _h7,
+    _h8,
     alpha,
     eps,
     momentum,
@@ -129,10 +131,12 @@ def torch_rmsprop_no_decay_kernel_body(
     #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:45
     #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
     #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:51
-    #   _h3: = (centered > 0), in specs/torch_rmsprop.py:51
-    #   _h4: = (momentum > 0), in specs/torch_rmsprop.py:51
-    #   _h5: = -lr, in specs/torch_rmsprop.py:55
-    #   _h6: = -lr*(1 - 2*maximize), in specs/torch_rmsprop.py:55
+    #   _h3: = -alpha, in specs/torch_rmsprop.py:51
+    #   _h4: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:51
+    #   _h5: = (centered > 0), in specs/torch_rmsprop.py:51
+    #   _h6: = (momentum > 0), in specs/torch_rmsprop.py:51
+    #   _h7: = -lr, in specs/torch_rmsprop.py:56
+    #   _h8: = lr*(1 - 2*maximize), in specs/torch_rmsprop.py:56
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   momentum: hyperparameter
@@ -150,37 +154,45 @@ def torch_rmsprop_no_decay_kernel_body(
     _v1 = _h0 * grad
     _v2 = G * _v1
     square_avg_new = _v0 + _v2
-    # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((grad_avg + (1 - alpha)*(G - grad_avg), centered > 0), (grad_avg, True))
-    _v3 = G - grad_avg
-    _v4 = _h2 * _v3
-    _t2 = grad_avg + _v4
+    # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+    _t2 = G * 1.0
+    _t3 = _t2 - grad_avg
+    _v3 = _h2 * _t3
+    _t4 = grad_avg + _v3
+    _v4 = _h3 * _t3
+    _t5 = _t2 + _v4
     # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
     # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
-    _v5 = _h3 != 0.0
+    _v5 = _h5 != 0.0
     _v6 = tl.sqrt_rn(square_avg_new)
-    _v7 = _h3 != 0.0
+    _v7 = _h5 != 0.0
     _v8 = grad_avg * grad_avg
-    _v9 = _t2 * _t2
-    _v10 = tl.where(_v7, _v9, _v8)
-    _v11 = square_avg_new - _v10
-    _v12 = tl.sqrt_rn(_v11)
-    _v13 = tl.where(_v5, _v12, _v6)
-    _t3 = _v13 + eps
-    _v14 = _h4 != 0.0
-    _v15 = momentum * momentum_buffer
-    _v16 = tl.div_rn(G, _t3)
-    _v17 = _v15 + _v16
-    momentum_buffer_new = tl.where(_v14, _v17, momentum_buffer)
-    _v18 = _h3 != 0.0
-    grad_avg_new = tl.where(_v18, _t2, grad_avg)
-    # specs/torch_rmsprop.py:55: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (-G*lr/avg + weight, True))
-    _v19 = _h4 != 0.0
-    _v20 = _h6 * grad
-    _v21 = tl.div_rn(_v20, _t3)
-    _v22 = weight + _v21
-    _v23 = _h5 * momentum_buffer_new
-    _v24 = weight + _v23
-    weight_new = tl.where(_v19, _v24, _v22)
+    _v9 = _h4 != 0.0
+    _v10 = _t5 * _t5
+    _v11 = _t4 * _t4
+    _v12 = tl.where(_v9, _v11, _v10)
+    _v13 = tl.where(_v7, _v12, _v8)
+    _v14 = square_avg_new - _v13
+    _v15 = tl.sqrt_rn(_v14)
+    _v16 = tl.where(_v5, _v15, _v6)
+    _t6 = _v16 + eps
+    _v17 = _h6 != 0.0
+    _v18 = momentum * momentum_buffer
+    _v19 = tl.div_rn(G, _t6)
+    _v20 = _v18 + _v19
+    momentum_buffer_new = tl.where(_v17, _v20, momentum_buffer)
+    _v21 = _h5 != 0.0
+    _v22 = _h4 != 0.0
+    _v23 = tl.where(_v22, _t4, _t5)
+    grad_avg_new = tl.where(_v21, _v23, grad_avg)
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    _v24 = _h6 != 0.0
+    _v25 = _h8 * grad
+    _v26 = tl.div_rn(_v25, _t6)
+    _v27 = weight - _v26
+    _v28 = _h7 * momentum_buffer_new
+    _v29 = weight + _v28
+    weight_new = tl.where(_v24, _v29, _v27)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptr + offs, square_avg_new.to(square_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(
@@ -209,6 +221,8 @@ def torch_rmsprop_no_decay_kernel(
     _h4,
     _h5,
     _h6,
+    _h7,
+    _h8,
     alpha,
     eps,
     momentum,
@@ -226,6 +240,8 @@ def torch_rmsprop_no_decay_kernel(
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
     _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
+    _h8 = tl.cast(_h8, tl.float32)
     alpha = tl.cast(alpha, tl.float32)
     eps = tl.cast(eps, tl.float32)
     momentum = tl.cast(momentum, tl.float32)
@@ -244,6 +260,8 @@ def torch_rmsprop_no_decay_kernel(
         _h4,
         _h5,
         _h6,
+        _h7,
+        _h8,
         alpha,
         eps,
         momentum,
@@ -319,17 +337,19 @@ def torch_rmsprop_no_decay_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (10 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 10 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 10 + 6)
-    alpha = tl.load(scalars_ptr + tensor * 10 + 7)
-    eps = tl.load(scalars_ptr + tensor * 10 + 8)
-    momentum = tl.load(scalars_ptr + tensor * 10 + 9)
+    # This tensor's host scalars: row `tensor` of the fp32 table (12 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 12 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 12 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 12 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 12 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 12 + 7)
+    _h8 = tl.load(scalars_ptr + tensor * 12 + 8)
+    alpha = tl.load(scalars_ptr + tensor * 12 + 9)
+    eps = tl.load(scalars_ptr + tensor * 12 + 10)
+    momentum = tl.load(scalars_ptr + tensor * 12 + 11)
     torch_rmsprop_no_decay_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -345,6 +365,8 @@ def torch_rmsprop_no_decay_multi_kernel(
         _h4,
         _h5,
         _h6,
+        _h7,
+        _h8,
         alpha,
         eps,
         momentum,

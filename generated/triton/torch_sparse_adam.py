@@ -122,7 +122,7 @@ def torch_sparse_adam_kernel_body(
     #   _h1: = 1 - beta1, in specs/torch_sparse_adam.py:42
     #   _h2: = (1 - 2*maximize) ** 2, in specs/torch_sparse_adam.py:43
     #   _h3: = 1 - beta2, in specs/torch_sparse_adam.py:43
-    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:45
+    #   _h4: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/torch_sparse_adam.py:46
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
@@ -143,11 +143,11 @@ def torch_sparse_adam_kernel_body(
     _v6 = _h3 * _v5
     exp_avg_sq_new = exp_avg_sq + _v6
     # specs/torch_sparse_adam.py:44: ratio = exp_avg_new/(eps + sqrt(exp_avg_sq_new))
-    # specs/torch_sparse_adam.py:45: weight_new = -lr*ratio*sqrt(1 - beta2**t)/(1 - beta1**t) + weight
     _v7 = tl.sqrt_rn(exp_avg_sq_new)
     _v8 = _v7 + eps
-    _v9 = _h4 * exp_avg_new
-    _v10 = tl.div_rn(_v9, _v8)
+    ratio = tl.div_rn(exp_avg_new, _v8)
+    # specs/torch_sparse_adam.py:46: weight_new = -lr*sqrt(1 - beta2**t)*ratio/(1 - beta1**t) + weight
+    _v10 = _h4 * ratio
     weight_new = weight + _v10
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offs, exp_avg_new.to(exp_avg_ptr.dtype.element_ty), mask=mask)
