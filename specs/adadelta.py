@@ -60,4 +60,5 @@ delta = RULE.let(
     "delta", as_is(as_is(sp.sqrt(acc_delta + epsilon) / sp.sqrt(acc_g_new + epsilon)) * G)
 )
 RULE.update(acc_delta, rho * acc_delta + as_is((1 - rho) * delta) * delta)
-RULE.update(w, w - delta - mx.wd * w)
+# MXNet: weight[:] -= current_delta + wd * weight (a -0.0 weight stays -0.0 at wd = 0)
+RULE.update(w, w - as_is(delta + mx.wd * w))

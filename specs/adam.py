@@ -29,7 +29,7 @@ step of ``grad.to_dense()``.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, as_is, positive, unit
 
 RULE = Rule("adam", __doc__, class_name="Adam", mxnet="adam")
 mx = common(RULE, lr=0.001)
@@ -44,7 +44,8 @@ var = RULE.state("var", 0, doc="second moment v")
 G = RULE.let("G", mx.wd_inside_clip())
 lr_t = RULE.let("lr_t", mx.lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t))
 mean_new = RULE.update(mean, beta1 * mean + (1 - beta1) * G)
-var_new = RULE.update(var, beta2 * var + (1 - beta2) * G**2)
+# MXNet's kernel: (1.f - beta2) * grad * grad, left to right: never g**2 (overflows first)
+var_new = RULE.update(var, beta2 * var + as_is((1 - beta2) * G) * G)
 RULE.torch_equivalent(
     "Adam",
     {"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "epsilon": "eps", "wd": "weight_decay"},

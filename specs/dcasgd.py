@@ -26,7 +26,7 @@ compensation term); optgen keeps 1.9.1's placement.
 """
 
 from codegen.mxnet import common
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, nonnegative, unit
 
 RULE = Rule("dcasgd", __doc__, class_name="DCASGD", mxnet="dcasgd")
 mx = common(RULE, lr=0.01)
@@ -37,7 +37,9 @@ mom = RULE.state("mom", 0, doc="velocity")
 prev_weight = RULE.state("prev_weight", RULE.weight, doc="weight before the previous step")
 
 G = RULE.let("G", mx.clipped())
-s = RULE.let("s", -mx.lr * (G + mx.wd * w + lamda * G**2 * (w - prev_weight)))
+# MXNet: self.lamda * grad * grad * (weight - previous_weight), left to right: G**2 first
+# overflowed, and times the first step's 0 it was NaN
+s = RULE.let("s", -mx.lr * (G + mx.wd * w + as_is(as_is(lamda * G) * G) * (w - prev_weight)))
 mom_new = RULE.update(mom, momentum * mom + s)
 RULE.update(prev_weight, w)
 RULE.update(w, w + mom_new)

@@ -40,7 +40,7 @@ falls back to the dense one.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, as_is, positive, unit
 
 RULE = Rule("ftml", __doc__, class_name="FTML", mxnet="ftml")
 mx = common(RULE, lr=0.01, lr_legal=positive())  # lr > 0: d_t divides by lr
@@ -58,4 +58,5 @@ v_new = RULE.update(prev_v, beta2 * prev_v + (1 - beta2) * G**2)
 d_t = RULE.let("d_t", (1 - beta1**t) / mx.lr * (sp.sqrt(v_new / (1 - beta2**t)) + epsilon))
 z_new = RULE.update(prev_z, beta1 * prev_z + (1 - beta1) * G - (d_t - beta1 * prev_d) * w)
 RULE.update(prev_d, d_t)
-RULE.update(w, -z_new / d_t)
+# MXNet's kernel: - z[i] / d_t, a division (SymPy folded it into a product)
+RULE.update(w, -as_is(z_new) / as_is(d_t))

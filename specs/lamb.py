@@ -35,7 +35,7 @@ falls back to the dense one.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Legal, Rule, positive, unit
+from codegen.spec import Legal, Rule, as_is, positive, unit
 
 RULE = Rule("lamb", __doc__, class_name="LAMB", mxnet="lamb")
 mx = common(RULE, lr=0.001)
@@ -56,7 +56,8 @@ var = RULE.state("var", 0, doc="second moment v")
 
 G = RULE.let("G", mx.clipped())
 mean_new = RULE.update(mean, beta1 * mean + (1 - beta1) * G)
-var_new = RULE.update(var, beta2 * var + (1 - beta2) * G**2)
+# MXNet's kernel: (1.f - beta2) * grad * grad, left to right: never g**2 (overflows first)
+var_new = RULE.update(var, beta2 * var + as_is((1 - beta2) * G) * G)
 mhat = mean_new / (1 - bias_correction * beta1**t)
 vhat = var_new / (1 - bias_correction * beta2**t)
 u = RULE.let("u", mhat / (sp.sqrt(vhat) + epsilon) + mx.wd * w)

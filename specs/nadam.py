@@ -47,7 +47,7 @@ falls back to the dense one.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, as_is, positive, unit
 
 RULE = Rule("nadam", __doc__, class_name="NAdam", mxnet="nadam")
 mx = common(RULE, lr=0.001)
@@ -82,7 +82,8 @@ mu_t1 = RULE.let(
 )
 m_schedule_new = RULE.update(m_schedule, m_schedule * mu_t)
 mean_new = RULE.update(mean, beta1 * mean + (1 - beta1) * G)
-var_new = RULE.update(var, beta2 * var + (1 - beta2) * G**2)
+# MXNet's Nadam: (1. - self.beta2) * grad * grad, left to right: never g**2 (overflows first)
+var_new = RULE.update(var, beta2 * var + as_is((1 - beta2) * G) * G)
 mbar = RULE.let(
     "mbar",
     (1 - mu_t) * G / (1 - m_schedule_new) + mu_t1 * mean_new / (1 - m_schedule_new * mu_t1),

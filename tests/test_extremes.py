@@ -194,3 +194,52 @@ def test_ftrl_signs_its_zero_weight_as_mxnets_indicator_product(g: float) -> Non
     want = (np.sign(z) * l1 - z) / ((beta + np.sqrt(n)) / lr + f(0)) * f(abs(z) > l1)
     got = p.detach().numpy()[0]
     assert got == want and np.signbit(got) == np.signbit(want), (got, want)
+
+
+@pytest.mark.parametrize("rule", ["adam", "lamb", "nadam"])
+def test_mxnets_second_moment_is_its_factor_times_g_times_g(rule: str) -> None:
+    """MXNet 1.9.1's kernels (AdamUpdateKernel, LAMB's phase one, Nadam's Python) compute
+    ``(1.f - beta2) * grad * grad`` left to right: a gradient element of 3e19, whose square
+    overflows float32, gives a finite second moment (9e35) (Adam's weight moves); squaring
+    first froze the element at inf for good (found by an audit, 2026-12-06)."""
+    module = importlib.import_module(f"generated.numpy.{rule}")
+    w = np.ones(2, np.float32)
+    g = np.array([3e19, 1.0], np.float32)
+    state = module.init_state(w)
+    module.step(w, g, state, 1)
+    # (1 - beta2) is a host scalar, computed in double: MXNet's 1.f - beta2 in float32 is
+    # 1.3e-5 relative off it at beta2 = 0.999 (0.00099998713), the one difference here
+    assert np.isfinite(state["var"][0]) and np.isclose(state["var"][0], 9e35, rtol=1e-6)
+    assert np.isfinite(w).all()
+    # (Nadam and LAMB divide v by 1 - beta2**t = 0.001 at t = 1: inf in MXNet's float32 too)
+    assert w[0] != 1.0 or rule != "adam"
+
+
+def test_dcasgd_takes_a_gradient_whose_square_overflows_as_mxnet() -> None:
+    """MXNet's DCASGD computes ``lamda * grad * grad * (weight - previous_weight)`` left to
+    right: on the first step (weight == previous) that is a finite times 0, where g**2 first
+    was inf * 0 = NaN (found by an audit)."""
+    module = importlib.import_module("generated.numpy.dcasgd")
+    w = np.ones(2, np.float32)
+    state = module.init_state(w)
+    module.step(w, np.array([3e19, 1.0], np.float32), state, 1)
+    assert np.isfinite(w).all() and w[0] == np.float32(1) - np.float32(0.01) * np.float32(3e19)
+
+
+def test_adadelta_keeps_a_negative_zero_weight_as_mxnet() -> None:
+    """MXNet: ``weight[:] -= current_delta + wd * weight``: -0.0 - (0 + 0) is -0.0 (the spec's
+    w - delta - wd * w gave +0.0; found by an audit)."""
+    module = importlib.import_module("generated.numpy.adadelta")
+    w = np.array([-0.0, 1.0], np.float32)
+    module.step(w, np.zeros(2, np.float32), module.init_state(w), 1)
+    assert w[0] == 0.0 and np.signbit(w[0])
+
+
+def test_ftml_divides_z_by_d_as_mxnet() -> None:
+    """MXNet's FTML kernel writes ``- z / d_t``; folding the division into one product of
+    factors overflowed where the quotient is finite (lr 1, wd 0.5, a weight of 3e19: 3e19
+    stays; found by an audit)."""
+    module = importlib.import_module("generated.numpy.ftml")
+    w = np.array([3e19], np.float32)
+    module.step(w, np.array([-0.3], np.float32), module.init_state(w), 1, lr=1.0, wd=0.5)
+    assert np.isfinite(w).all() and abs(w[0] / np.float32(3e19) - 1) < 1e-3

@@ -134,7 +134,7 @@ def _update_chunk(
     acc_delta_buf,
     _h0,
     _h1,
-    _h2,
+    wd,
     rescale_grad,
     clip_gradient,
     rho,
@@ -144,7 +144,7 @@ def _update_chunk(
     # generated.rules.adadelta, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/adadelta.py:58
     #   _h1: = 1 - rho, in specs/adadelta.py:58
-    #   _h2: = -wd, in specs/adadelta.py:63
+    #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   rho: hyperparameter
@@ -179,10 +179,10 @@ def _update_chunk(
             _v11 = _h1 * _t2
             _v12 = _t2 * _v11
             acc_delta_new = _v10 + _v12
-            # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
-            _v13 = weight - _t2
-            _v14 = _h2 * weight
-            weight_new = _v13 + _v14
+            # specs/adadelta.py:64: weight_new = weight - (delta + wd*weight)
+            _v13 = wd * weight
+            _v14 = _t2 + _v13
+            weight_new = weight - _v14
             store(weight_buf, _i, weight_new)
             store(acc_g_buf, _i, acc_g_new)
             store(acc_delta_buf, _i, acc_delta_new)
@@ -213,10 +213,10 @@ def _update_chunk(
         _v11 = _h1 * _t2
         _v12 = _t2 * _v11
         acc_delta_new = _v10 + _v12
-        # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
-        _v13 = weight - _t2
-        _v14 = _h2 * weight
-        weight_new = _v13 + _v14
+        # specs/adadelta.py:64: weight_new = weight - (delta + wd*weight)
+        _v13 = wd * weight
+        _v14 = _t2 + _v13
+        weight_new = weight - _v14
         store(weight_buf, _i, weight_new)
         store(acc_g_buf, _i, acc_g_new)
         store(acc_delta_buf, _i, acc_delta_new)

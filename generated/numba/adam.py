@@ -141,8 +141,8 @@ def _update_chunk(
     # generated.rules.adam, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/adam.py:46
     #   _h1: = 1 - beta1, in specs/adam.py:46
-    #   _h2: = 1 - beta2, in specs/adam.py:47
-    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:53
+    #   _h2: = 1 - beta2, in specs/adam.py:48
+    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:54
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -168,12 +168,12 @@ def _update_chunk(
             _v4 = beta1 * mean
             _v5 = _h1 * G
             mean_new = _v4 + _v5
-            # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
+            # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
             _v6 = beta2 * var
-            _v7 = G * G
-            _v8 = _h2 * _v7
+            _v7 = _h2 * G
+            _v8 = G * _v7
             var_new = _v6 + _v8
-            # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+            # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
             _v9 = np.sqrt(var_new)
             _v10 = _v9 + epsilon
             _v11 = _h3 * mean_new
@@ -198,12 +198,12 @@ def _update_chunk(
         _v4 = beta1 * mean
         _v5 = _h1 * G
         mean_new = _v4 + _v5
-        # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
         _v6 = beta2 * var
-        _v7 = G * G
-        _v8 = _h2 * _v7
+        _v7 = _h2 * G
+        _v8 = G * _v7
         var_new = _v6 + _v8
-        # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+        # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         _v9 = np.sqrt(var_new)
         _v10 = _v9 + epsilon
         _v11 = _h3 * mean_new

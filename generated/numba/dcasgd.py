@@ -135,8 +135,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.dcasgd, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/dcasgd.py:41
-    #   _h1: = -lr, in specs/dcasgd.py:41
+    #   _h0: = -clip_gradient, in specs/dcasgd.py:43
+    #   _h1: = -lr, in specs/dcasgd.py:43
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -155,21 +155,21 @@ def _update_chunk(
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/dcasgd.py:41: mom_new = mom*momentum + s
+            # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*(G*(G*lamda)))
+            # specs/dcasgd.py:43: mom_new = mom*momentum + s
             _v2 = momentum * mom
-            # specs/dcasgd.py:40: s = -lr*(G**2*lamda*(-prev_weight + weight) + G + wd*weight)
             _v3 = wd * weight
             _v4 = G + _v3
-            _v5 = G * G
-            _v6 = weight - prev_weight
-            _v7 = lamda * _v5
-            _v8 = _v7 * _v6
+            _v5 = weight - prev_weight
+            _v6 = lamda * G
+            _v7 = G * _v6
+            _v8 = _v5 * _v7
             _v9 = _v4 + _v8
-            s = _h1 * _v9
-            mom_new = _v2 + s
-            # specs/dcasgd.py:42: prev_weight_new = weight
+            _v10 = _h1 * _v9
+            mom_new = _v2 + _v10
+            # specs/dcasgd.py:44: prev_weight_new = weight
             prev_weight_new = weight
-            # specs/dcasgd.py:43: weight_new = mom_new + weight
+            # specs/dcasgd.py:45: weight_new = mom_new + weight
             weight_new = mom_new + weight
             store(weight_buf, _i, weight_new)
             store(mom_buf, _i, mom_new)
@@ -184,21 +184,21 @@ def _update_chunk(
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/dcasgd.py:41: mom_new = mom*momentum + s
+        # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*(G*(G*lamda)))
+        # specs/dcasgd.py:43: mom_new = mom*momentum + s
         _v2 = momentum * mom
-        # specs/dcasgd.py:40: s = -lr*(G**2*lamda*(-prev_weight + weight) + G + wd*weight)
         _v3 = wd * weight
         _v4 = G + _v3
-        _v5 = G * G
-        _v6 = weight - prev_weight
-        _v7 = lamda * _v5
-        _v8 = _v7 * _v6
+        _v5 = weight - prev_weight
+        _v6 = lamda * G
+        _v7 = G * _v6
+        _v8 = _v5 * _v7
         _v9 = _v4 + _v8
-        s = _h1 * _v9
-        mom_new = _v2 + s
-        # specs/dcasgd.py:42: prev_weight_new = weight
+        _v10 = _h1 * _v9
+        mom_new = _v2 + _v10
+        # specs/dcasgd.py:44: prev_weight_new = weight
         prev_weight_new = weight
-        # specs/dcasgd.py:43: weight_new = mom_new + weight
+        # specs/dcasgd.py:45: weight_new = mom_new + weight
         weight_new = mom_new + weight
         store(weight_buf, _i, weight_new)
         store(mom_buf, _i, mom_new)

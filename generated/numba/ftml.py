@@ -144,7 +144,6 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
-    _h6,
     wd,
     rescale_grad,
     clip_gradient,
@@ -160,7 +159,6 @@ def _update_chunk(
     #   _h3: = (1 - beta1 ** t)/lr, in specs/ftml.py:60
     #   _h4: = 1 - beta1, in specs/ftml.py:59
     #   _h5: = -beta1, in specs/ftml.py:59
-    #   _h6: = -lr/(1 - beta1 ** t), in specs/ftml.py:61
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -192,18 +190,18 @@ def _update_chunk(
             # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
             _v7 = _h2 * prev_v_new
             _v8 = np.sqrt(_v7)
-            _t2 = _v8 + epsilon
-            prev_d_new = _h3 * _t2
-            _v9 = _h4 * G
-            _v10 = beta1 * prev_z
-            _v11 = _v9 + _v10
-            _v12 = _h5 * prev_d
-            _v13 = prev_d_new + _v12
-            _v14 = weight * _v13
-            prev_z_new = _v11 - _v14
-            # specs/ftml.py:61: weight_new = -prev_z_new/d_t
-            _v15 = _h6 * prev_z_new
-            weight_new = _v15 / _t2
+            _v9 = _v8 + epsilon
+            prev_d_new = _h3 * _v9
+            _v10 = _h4 * G
+            _v11 = beta1 * prev_z
+            _v12 = _v10 + _v11
+            _v13 = _h5 * prev_d
+            _v14 = prev_d_new + _v13
+            _v15 = weight * _v14
+            prev_z_new = _v12 - _v15
+            # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+            _v16 = prev_z_new / prev_d_new
+            weight_new = -_v16
             store(weight_buf, _i, weight_new)
             store(prev_d_buf, _i, prev_d_new)
             store(prev_v_buf, _i, prev_v_new)
@@ -230,18 +228,18 @@ def _update_chunk(
         # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
         _v7 = _h2 * prev_v_new
         _v8 = np.sqrt(_v7)
-        _t2 = _v8 + epsilon
-        prev_d_new = _h3 * _t2
-        _v9 = _h4 * G
-        _v10 = beta1 * prev_z
-        _v11 = _v9 + _v10
-        _v12 = _h5 * prev_d
-        _v13 = prev_d_new + _v12
-        _v14 = weight * _v13
-        prev_z_new = _v11 - _v14
-        # specs/ftml.py:61: weight_new = -prev_z_new/d_t
-        _v15 = _h6 * prev_z_new
-        weight_new = _v15 / _t2
+        _v9 = _v8 + epsilon
+        prev_d_new = _h3 * _v9
+        _v10 = _h4 * G
+        _v11 = beta1 * prev_z
+        _v12 = _v10 + _v11
+        _v13 = _h5 * prev_d
+        _v14 = prev_d_new + _v13
+        _v15 = weight * _v14
+        prev_z_new = _v12 - _v15
+        # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+        _v16 = prev_z_new / prev_d_new
+        weight_new = -_v16
         store(weight_buf, _i, weight_new)
         store(prev_d_buf, _i, prev_d_new)
         store(prev_v_buf, _i, prev_v_new)
@@ -273,7 +271,6 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 9],
             _scalars[_j, 10],
             _scalars[_j, 11],
-            _scalars[_j, 12],
         )
 
 
@@ -302,7 +299,6 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 9],
             _scalars[_j, 10],
             _scalars[_j, 11],
-            _scalars[_j, 12],
         )
 
 
@@ -331,7 +327,6 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 9],
             _scalars[_j, 10],
             _scalars[_j, 11],
-            _scalars[_j, 12],
         )
 
 
@@ -360,7 +355,6 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 9],
             _scalars[_j, 10],
             _scalars[_j, 11],
-            _scalars[_j, 12],
         )
 
 
@@ -389,7 +383,6 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 9],
             _scalars[_j, 10],
             _scalars[_j, 11],
-            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -422,7 +415,6 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 9],
             _scalars[_j, 10],
             _scalars[_j, 11],
-            _scalars[_j, 12],
         )
         round_into(
             view_bits(_addresses[_j, 5], _lo, _hi, _bits),
@@ -541,7 +533,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 13)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 12)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -153,11 +153,11 @@ def _reduce_chunk(
     epsilon,
 ):
     # Reduction phase 1 over one chunk: w_sq, u_sq (sums in float64).
-    #   _h0: = -clip_gradient, in specs/lamb.py:64
-    #   _h1: = 1 - beta2, in specs/lamb.py:64
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
-    #   _h3: = 1 - beta1, in specs/lamb.py:64
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h0: = -clip_gradient, in specs/lamb.py:65
+    #   _h1: = 1 - beta2, in specs/lamb.py:65
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h3: = 1 - beta1, in specs/lamb.py:65
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -186,25 +186,25 @@ def _reduce_chunk(
             _v15 = rescale_grad * grad
             _v16 = _h0 if (_h0 > _v15 or _h0 != _h0) else _v15
             G = clip_gradient if (clip_gradient < _v16 or clip_gradient != clip_gradient) else _v16
-            # specs/lamb.py:63: w_sq = weight**2
+            # specs/lamb.py:64: w_sq = weight**2
             w_sq = weight * weight
-            # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:65: u_sq = u**2
             _v17 = wd * weight
             _v18 = beta1 * mean
             _v19 = _h3 * G
             _v20 = _v18 + _v19
             _v21 = beta2 * var
-            _v22 = G * G
-            _v23 = _h1 * _v22
+            _v22 = _h1 * G
+            _v23 = G * _v22
             _v24 = _v21 + _v23
             _v25 = _h2 * _v24
             _v26 = np.sqrt(_v25)
             _v27 = _v26 + epsilon
             _v28 = _h4 * _v20
             _v29 = _v28 / _v27
-            u = _v17 + _v29
-            # specs/lamb.py:64: u_sq = u**2
-            u_sq = u * u
+            _v30 = _v17 + _v29
+            u_sq = _v30 * _v30
             _block0[_i] = np.float64(w_sq)
             _block1[_i] = np.float64(u_sq)
         for _i in range(_m):
@@ -321,12 +321,12 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lamb, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/lamb.py:64
-    #   _h1: = 1 - beta2, in specs/lamb.py:64
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
-    #   _h3: = 1 - beta1, in specs/lamb.py:64
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
-    #   _h5: = -lr*ratio, in specs/lamb.py:66, from lower_bound, lr, u_sq, upper_bound, w_sq
+    #   _h0: = -clip_gradient, in specs/lamb.py:65
+    #   _h1: = 1 - beta2, in specs/lamb.py:65
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h3: = 1 - beta1, in specs/lamb.py:65
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h5: = -lr*ratio, in specs/lamb.py:67, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -350,21 +350,21 @@ def _update_chunk(
             _v2 = beta1 * mean
             _v3 = _h3 * G
             mean_new = _v2 + _v3
-            # specs/lamb.py:59: var_new = G**2*(1 - beta2) + beta2*var
+            # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
             _v4 = beta2 * var
-            _v5 = G * G
-            _v6 = _h1 * _v5
+            _v5 = _h1 * G
+            _v6 = G * _v5
             var_new = _v4 + _v6
-            # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
             _v7 = wd * weight
             _v8 = _h2 * var_new
             _v9 = np.sqrt(_v8)
             _v10 = _v9 + epsilon
             _v11 = _h4 * mean_new
             _v12 = _v11 / _v10
-            u = _v7 + _v12
-            # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
-            _v14 = _h5 * u
+            _v13 = _v7 + _v12
+            _v14 = _h5 * _v13
             weight_new = weight + _v14
             store(weight_buf, _i, weight_new)
             store(mean_buf, _i, mean_new)
@@ -383,21 +383,21 @@ def _update_chunk(
         _v2 = beta1 * mean
         _v3 = _h3 * G
         mean_new = _v2 + _v3
-        # specs/lamb.py:59: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
         _v4 = beta2 * var
-        _v5 = G * G
-        _v6 = _h1 * _v5
+        _v5 = _h1 * G
+        _v6 = G * _v5
         var_new = _v4 + _v6
-        # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
         _v7 = wd * weight
         _v8 = _h2 * var_new
         _v9 = np.sqrt(_v8)
         _v10 = _v9 + epsilon
         _v11 = _h4 * mean_new
         _v12 = _v11 / _v10
-        u = _v7 + _v12
-        # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
-        _v14 = _h5 * u
+        _v13 = _v7 + _v12
+        _v14 = _h5 * _v13
         weight_new = weight + _v14
         store(weight_buf, _i, weight_new)
         store(mean_buf, _i, mean_new)

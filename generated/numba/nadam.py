@@ -162,11 +162,11 @@ def _update_chunk(
     # generated.rules.nadam, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/nadam.py:84
     #   _h1: = 1 - beta1, in specs/nadam.py:84
-    #   _h2: = 1 - beta2, in specs/nadam.py:85
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/nadam.py:90
-    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:90
-    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:90
-    #   _h6: = -lr, in specs/nadam.py:90
+    #   _h2: = 1 - beta2, in specs/nadam.py:86
+    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/nadam.py:91
+    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:91
+    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:91
+    #   _h6: = -lr, in specs/nadam.py:91
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -192,16 +192,16 @@ def _update_chunk(
             _v4 = beta1 * mean
             _v5 = _h1 * G
             mean_new = _v4 + _v5
-            # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
+            # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
             _v6 = beta2 * var
-            _v7 = G * G
-            _v8 = _h2 * _v7
+            _v7 = _h2 * G
+            _v8 = G * _v7
             var_new = _v6 + _v8
-            # specs/nadam.py:86: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+            # specs/nadam.py:87: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
             _v9 = _h4 * G
             _v10 = _h5 * mean_new
             mbar = _v9 + _v10
-            # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+            # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
             _v12 = _h3 * var_new
             _v13 = np.sqrt(_v12)
             _v14 = _v13 + epsilon
@@ -227,16 +227,16 @@ def _update_chunk(
         _v4 = beta1 * mean
         _v5 = _h1 * G
         mean_new = _v4 + _v5
-        # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
         _v6 = beta2 * var
-        _v7 = G * G
-        _v8 = _h2 * _v7
+        _v7 = _h2 * G
+        _v8 = G * _v7
         var_new = _v6 + _v8
-        # specs/nadam.py:86: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
+        # specs/nadam.py:87: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
         _v9 = _h4 * G
         _v10 = _h5 * mean_new
         mbar = _v9 + _v10
-        # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+        # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
         _v12 = _h3 * var_new
         _v13 = np.sqrt(_v12)
         _v14 = _v13 + epsilon

@@ -120,7 +120,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, rescale_grad, clip_gradient, rho, epsilon = (dtype(_x) for _x in scalars)
+    _h0, _h1, wd, rescale_grad, clip_gradient, rho, epsilon = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -153,10 +153,10 @@ def step(
         np.multiply(_h1, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_acc_delta)
-        # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
-        np.subtract(_weight, _b0, out=_b0)
-        np.multiply(_h2, _weight, out=_b1)
-        np.add(_b0, _b1, out=_weight)
+        # specs/adadelta.py:64: weight_new = weight - (delta + wd*weight)
+        np.multiply(wd, _weight, out=_b1)
+        np.add(_b0, _b1, out=_b0)
+        np.subtract(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for_chunks(weight.size, CHUNK, 3, weight.dtype, update)

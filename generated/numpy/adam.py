@@ -138,12 +138,12 @@ def step(
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
         np.multiply(beta2, _var, out=_b1)
-        np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h2, _b0, out=_b0)
+        np.multiply(_h2, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+        # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         np.sqrt(_var, out=_b0)
         np.add(_b0, epsilon, out=_b0)
         np.multiply(_h3, _mean, out=_b1)

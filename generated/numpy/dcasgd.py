@@ -124,31 +124,32 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
+        _b4 = scratch[4, : stop - start]
         # specs/dcasgd.py:39: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/dcasgd.py:41: mom_new = mom*momentum + s
+        # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*(G*(G*lamda)))
+        # specs/dcasgd.py:43: mom_new = mom*momentum + s
         np.multiply(momentum, _mom, out=_b1)
-        # specs/dcasgd.py:40: s = -lr*(G**2*lamda*(-prev_weight + weight) + G + wd*weight)
         np.multiply(wd, _weight, out=_b2)
         np.add(_b0, _b2, out=_b2)
-        np.multiply(_b0, _b0, out=_b0)
         np.subtract(_weight, _prev_weight, out=_b3)
-        np.multiply(lamda, _b0, out=_b0)
-        np.multiply(_b0, _b3, out=_b0)
+        np.multiply(lamda, _b0, out=_b4)
+        np.multiply(_b0, _b4, out=_b0)
+        np.multiply(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
         np.multiply(_h1, _b0, out=_b0)
         np.add(_b1, _b0, out=_mom)
-        # specs/dcasgd.py:42: prev_weight_new = weight
+        # specs/dcasgd.py:44: prev_weight_new = weight
         np.copyto(_prev_weight, _weight)
-        # specs/dcasgd.py:43: weight_new = mom_new + weight
+        # specs/dcasgd.py:45: weight_new = mom_new + weight
         np.add(_mom, _weight, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

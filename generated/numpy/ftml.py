@@ -126,7 +126,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+    _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
         dtype(_x) for _x in scalars
     )
 
@@ -139,7 +139,6 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        _b3 = scratch[3, : stop - start]
         # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
@@ -158,21 +157,21 @@ def step(
         np.multiply(_h2, _prev_v, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)
-        np.multiply(_h3, _b1, out=_b2)
+        np.multiply(_h3, _b1, out=_b1)
         np.multiply(_h4, _b0, out=_b0)
-        np.multiply(beta1, _prev_z, out=_b3)
-        np.add(_b0, _b3, out=_b0)
-        np.multiply(_h5, _prev_d, out=_b3)
-        np.add(_b2, _b3, out=_b3)
-        np.multiply(_weight, _b3, out=_b3)
-        np.subtract(_b0, _b3, out=_prev_z)
-        # specs/ftml.py:61: weight_new = -prev_z_new/d_t
-        np.multiply(_h6, _prev_z, out=_b0)
-        np.divide(_b0, _b1, out=_weight)
-        np.copyto(_prev_d, _b2)
+        np.multiply(beta1, _prev_z, out=_b2)
+        np.add(_b0, _b2, out=_b0)
+        np.multiply(_h5, _prev_d, out=_b2)
+        np.add(_b1, _b2, out=_b2)
+        np.multiply(_weight, _b2, out=_b2)
+        np.subtract(_b0, _b2, out=_prev_z)
+        # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+        np.divide(_prev_z, _b1, out=_b0)
+        np.negative(_b0, out=_weight)
+        np.copyto(_prev_d, _b1)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

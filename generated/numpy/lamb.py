@@ -192,22 +192,24 @@ def _stepper(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
+        _b5 = scratch[5, : stop - start]
         # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:63: w_sq = weight**2
+        # specs/lamb.py:64: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:65: u_sq = u**2
         np.multiply(wd, _weight, out=_b2)
         np.multiply(beta1, _mean, out=_b3)
         np.multiply(_h3, _b0, out=_b4)
         np.add(_b3, _b4, out=_b3)
         np.multiply(beta2, _var, out=_b4)
-        np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h1, _b0, out=_b0)
+        np.multiply(_h1, _b0, out=_b5)
+        np.multiply(_b0, _b5, out=_b0)
         np.add(_b4, _b0, out=_b0)
         np.multiply(_h2, _b0, out=_b0)
         np.sqrt(_b0, out=_b0)
@@ -215,7 +217,6 @@ def _stepper(
         np.multiply(_h4, _b3, out=_b3)
         np.divide(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
-        # specs/lamb.py:64: u_sq = u**2
         np.multiply(_b0, _b0, out=_b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -226,7 +227,7 @@ def _stepper(
         combine(
             REDUCE_KINDS,
             ["w_sq", "u_sq"],
-            for_chunks(weight.size, CHUNK, 5, weight.dtype, _reduce1),
+            for_chunks(weight.size, CHUNK, 6, weight.dtype, _reduce1),
         )
     )
     # The update.
@@ -247,6 +248,7 @@ def _stepper(
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
+        _b5 = scratch[5, : stop - start]
         # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
@@ -257,12 +259,13 @@ def _stepper(
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h3, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/lamb.py:59: var_new = G**2*(1 - beta2) + beta2*var
+        # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
         np.multiply(beta2, _var, out=_b1)
-        np.multiply(_b0, _b0, out=_b0)
-        np.multiply(_h1, _b0, out=_b0)
+        np.multiply(_h1, _b0, out=_b2)
+        np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
         np.multiply(wd, _weight, out=_b0)
         np.multiply(_h2, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
@@ -270,9 +273,8 @@ def _stepper(
         np.multiply(_h4, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
         np.multiply(_h5, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
-    for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+    for_chunks(weight.size, CHUNK, 6, weight.dtype, update)
     state.update(host_new)

@@ -117,7 +117,7 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 9, "
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/adadelta.py:58",
     "_h1": "= 1 - rho, in specs/adadelta.py:58",
-    "_h2": "= -wd, in specs/adadelta.py:63",
+    "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "rho": "hyperparameter",
@@ -147,7 +147,5 @@ def host_scalars(
     # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
     _h0 = -clip_gradient
     _h1 = 1 - rho
-    # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
-    _h2 = -wd
-    scalars = (_h0, _h1, _h2, rescale_grad, clip_gradient, rho, epsilon)
+    scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, rho, epsilon)
     return scalars, {}

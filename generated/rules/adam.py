@@ -115,8 +115,8 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 8, "
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/adam.py:46",
     "_h1": "= 1 - beta1, in specs/adam.py:46",
-    "_h2": "= 1 - beta2, in specs/adam.py:47",
-    "_h3": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:53",
+    "_h2": "= 1 - beta2, in specs/adam.py:48",
+    "_h3": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:54",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -150,9 +150,9 @@ def host_scalars(
     # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
-    # specs/adam.py:47: var_new = G**2*(1 - beta2) + beta2*var
+    # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
     _h2 = 1 - beta2
-    # specs/adam.py:53: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+    # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
     _h3 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}

@@ -105,8 +105,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "copy": 1, "max": 1, "min": 1, "mul": 7, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/dcasgd.py:41",
-    "_h1": "= -lr, in specs/dcasgd.py:41",
+    "_h0": "= -clip_gradient, in specs/dcasgd.py:43",
+    "_h1": "= -lr, in specs/dcasgd.py:43",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -135,7 +135,7 @@ def host_scalars(
     lamda: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/dcasgd.py:41: mom_new = mom*momentum + s
+    # specs/dcasgd.py:43: mom_new = mom*momentum + s
     _h0 = -clip_gradient
     _h1 = -lr
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum, lamda)

@@ -116,7 +116,16 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 12, "sqrt": 1, "sub": 1}
+OP_COUNTS: dict[str, int] = {
+    "add": 5,
+    "div": 1,
+    "max": 1,
+    "min": 1,
+    "mul": 11,
+    "neg": 1,
+    "sqrt": 1,
+    "sub": 1,
+}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/ftml.py:60",
@@ -125,7 +134,6 @@ SCALARS: dict[str, str] = {
     "_h3": "= (1 - beta1 ** t)/lr, in specs/ftml.py:60",
     "_h4": "= 1 - beta1, in specs/ftml.py:59",
     "_h5": "= -beta1, in specs/ftml.py:59",
-    "_h6": "= -lr/(1 - beta1 ** t), in specs/ftml.py:61",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -165,21 +173,5 @@ def host_scalars(
     # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
     _h4 = 1 - beta1
     _h5 = -beta1
-    # specs/ftml.py:61: weight_new = -prev_z_new/d_t
-    _h6 = -lr / (1 - beta1**t)
-    scalars = (
-        _h0,
-        _h1,
-        _h2,
-        _h3,
-        _h4,
-        _h5,
-        _h6,
-        wd,
-        rescale_grad,
-        clip_gradient,
-        beta1,
-        beta2,
-        epsilon,
-    )
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}

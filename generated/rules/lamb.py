@@ -128,12 +128,12 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 10, 
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/lamb.py:64",
-    "_h1": "= 1 - beta2, in specs/lamb.py:64",
-    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
-    "_h3": "= 1 - beta1, in specs/lamb.py:64",
-    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
-    "_h5": "= -lr*ratio, in specs/lamb.py:66, from lower_bound, lr, u_sq, upper_bound, w_sq",
+    "_h0": "= -clip_gradient, in specs/lamb.py:65",
+    "_h1": "= 1 - beta2, in specs/lamb.py:65",
+    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
+    "_h3": "= 1 - beta1, in specs/lamb.py:65",
+    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
+    "_h5": "= -lr*ratio, in specs/lamb.py:67, from lower_bound, lr, u_sq, upper_bound, w_sq",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -143,11 +143,11 @@ SCALARS: dict[str, str] = {
 }
 # Reduction phase 1's scalars (w_sq, u_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/lamb.py:64",
-    "_h1": "= 1 - beta2, in specs/lamb.py:64",
-    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
-    "_h3": "= 1 - beta1, in specs/lamb.py:64",
-    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64",
+    "_h0": "= -clip_gradient, in specs/lamb.py:65",
+    "_h1": "= 1 - beta2, in specs/lamb.py:65",
+    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
+    "_h3": "= 1 - beta1, in specs/lamb.py:65",
+    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -183,19 +183,19 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/lamb.py:63: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:64: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = host_min(upper_bound, host_max(lower_bound, math.sqrt(w_sq)))
-    # specs/lamb.py:64: r2 = sqrt(u_sq)
+    # specs/lamb.py:65: r2 = sqrt(u_sq)
     r2 = math.sqrt(u_sq)
-    # specs/lamb.py:65: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:66: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = (1) if (r1 == 0) or (r2 == 0) else (r1 / math.sqrt(u_sq))
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h0 = -clip_gradient
     _h1 = 1 - beta2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
     _h3 = 1 - beta1
     _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
+    # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
     _h5 = -lr * ratio
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
     return scalars, {}
@@ -220,28 +220,28 @@ def host_scalars_rows(
     per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
     (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
     tensor by tensor where NumPy flags what Python would raise on)."""
-    # specs/lamb.py:63: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:64: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = rows_min(upper_bound, rows_max(lower_bound, np.sqrt(w_sq)))
-    # specs/lamb.py:64: r2 = sqrt(u_sq)
+    # specs/lamb.py:65: r2 = sqrt(u_sq)
     r2 = np.sqrt(u_sq)
-    # specs/lamb.py:65: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:66: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = rows_where(
         len(w_sq),
         lambda _r0: np.logical_or((r1[_r0] == 0), (r2[_r0] == 0)),
         lambda _r0: 1,
         lambda _r0: r1[_r0] / np.sqrt(u_sq[_r0]),
     )
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h0 = -clip_gradient
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h1 = 1 - beta2
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h3 = 1 - beta1
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
+    # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
     _h5 = -lr * ratio
     return scalar_columns(
         len(w_sq),
@@ -263,7 +263,7 @@ def reduction_scalars(
     bias_correction: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    # specs/lamb.py:64: u_sq = u**2
+    # specs/lamb.py:65: u_sq = u**2
     _h0 = -clip_gradient
     _h1 = 1 - beta2
     _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)

@@ -146,11 +146,11 @@ OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 1, "min": 1, "mul": 11, 
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/nadam.py:84",
     "_h1": "= 1 - beta1, in specs/nadam.py:84",
-    "_h2": "= 1 - beta2, in specs/nadam.py:85",
-    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/nadam.py:90",
-    "_h4": "= (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:90",
-    "_h5": "= beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:90",
-    "_h6": "= -lr, in specs/nadam.py:90",
+    "_h2": "= 1 - beta2, in specs/nadam.py:86",
+    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/nadam.py:91",
+    "_h4": "= (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:91",
+    "_h5": "= beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:91",
+    "_h6": "= -lr, in specs/nadam.py:91",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -187,9 +187,9 @@ def host_scalars(
     # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
-    # specs/nadam.py:85: var_new = G**2*(1 - beta2) + beta2*var
+    # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
     _h2 = 1 - beta2
-    # specs/nadam.py:90: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
+    # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
     _h3 = (1 - beta2**t) ** (-1)
     _h4 = (-beta1 * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1) / (
         -beta1 * m_schedule * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1

@@ -117,7 +117,7 @@ def adadelta_kernel_body(
     mask,
     _h0,
     _h1,
-    _h2,
+    wd,
     rescale_grad,
     clip_gradient,
     rho,
@@ -131,7 +131,7 @@ def adadelta_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.adadelta, once per step):
     #   _h0: = -clip_gradient, in specs/adadelta.py:58
     #   _h1: = 1 - rho, in specs/adadelta.py:58
-    #   _h2: = -wd, in specs/adadelta.py:63
+    #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   rho: hyperparameter
@@ -163,10 +163,10 @@ def adadelta_kernel_body(
     _v11 = _h1 * _t2
     _v12 = _t2 * _v11
     acc_delta_new = _v10 + _v12
-    # specs/adadelta.py:63: weight_new = -delta - wd*weight + weight
-    _v13 = weight - _t2
-    _v14 = _h2 * weight
-    weight_new = _v13 + _v14
+    # specs/adadelta.py:64: weight_new = weight - (delta + wd*weight)
+    _v13 = wd * weight
+    _v14 = _t2 + _v13
+    weight_new = weight - _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_g_ptr + offs, acc_g_new.to(acc_g_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_delta_ptr + offs, acc_delta_new.to(acc_delta_ptr.dtype.element_ty), mask=mask)
@@ -184,7 +184,7 @@ def adadelta_kernel(
     n_elements,
     _h0,
     _h1,
-    _h2,
+    wd,
     rescale_grad,
     clip_gradient,
     rho,
@@ -198,7 +198,7 @@ def adadelta_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
-    _h2 = tl.cast(_h2, tl.float32)
+    wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     rho = tl.cast(rho, tl.float32)
@@ -212,7 +212,7 @@ def adadelta_kernel(
         mask,
         _h0,
         _h1,
-        _h2,
+        wd,
         rescale_grad,
         clip_gradient,
         rho,
@@ -287,7 +287,7 @@ def adadelta_multi_kernel(
     # This tensor's host scalars: row `tensor` of the fp32 table (7 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 7 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 7 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 7 + 2)
+    wd = tl.load(scalars_ptr + tensor * 7 + 2)
     rescale_grad = tl.load(scalars_ptr + tensor * 7 + 3)
     clip_gradient = tl.load(scalars_ptr + tensor * 7 + 4)
     rho = tl.load(scalars_ptr + tensor * 7 + 5)
@@ -301,7 +301,7 @@ def adadelta_multi_kernel(
         mask,
         _h0,
         _h1,
-        _h2,
+        wd,
         rescale_grad,
         clip_gradient,
         rho,

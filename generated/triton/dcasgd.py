@@ -122,8 +122,8 @@ def dcasgd_kernel_body(
 ):
     # The update of one block, shared by dcasgd_kernel and dcasgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.dcasgd, once per step):
-    #   _h0: = -clip_gradient, in specs/dcasgd.py:41
-    #   _h1: = -lr, in specs/dcasgd.py:41
+    #   _h0: = -clip_gradient, in specs/dcasgd.py:43
+    #   _h1: = -lr, in specs/dcasgd.py:43
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -139,21 +139,21 @@ def dcasgd_kernel_body(
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/dcasgd.py:41: mom_new = mom*momentum + s
+    # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*(G*(G*lamda)))
+    # specs/dcasgd.py:43: mom_new = mom*momentum + s
     _v2 = momentum * mom
-    # specs/dcasgd.py:40: s = -lr*(G**2*lamda*(-prev_weight + weight) + G + wd*weight)
     _v3 = wd * weight
     _v4 = G + _v3
-    _v5 = G * G
-    _v6 = weight - prev_weight
-    _v7 = lamda * _v5
-    _v8 = _v7 * _v6
+    _v5 = weight - prev_weight
+    _v6 = lamda * G
+    _v7 = G * _v6
+    _v8 = _v5 * _v7
     _v9 = _v4 + _v8
-    s = _h1 * _v9
-    mom_new = _v2 + s
-    # specs/dcasgd.py:42: prev_weight_new = weight
+    _v10 = _h1 * _v9
+    mom_new = _v2 + _v10
+    # specs/dcasgd.py:44: prev_weight_new = weight
     prev_weight_new = weight
-    # specs/dcasgd.py:43: weight_new = mom_new + weight
+    # specs/dcasgd.py:45: weight_new = mom_new + weight
     weight_new = mom_new + weight
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)

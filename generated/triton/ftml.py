@@ -127,7 +127,6 @@ def ftml_kernel_body(
     _h3,
     _h4,
     _h5,
-    _h6,
     wd,
     rescale_grad,
     clip_gradient,
@@ -147,7 +146,6 @@ def ftml_kernel_body(
     #   _h3: = (1 - beta1 ** t)/lr, in specs/ftml.py:60
     #   _h4: = 1 - beta1, in specs/ftml.py:59
     #   _h5: = -beta1, in specs/ftml.py:59
-    #   _h6: = -lr/(1 - beta1 ** t), in specs/ftml.py:61
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -176,18 +174,18 @@ def ftml_kernel_body(
     # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
     _v7 = _h2 * prev_v_new
     _v8 = tl.sqrt_rn(_v7)
-    _t2 = _v8 + epsilon
-    prev_d_new = _h3 * _t2
-    _v9 = _h4 * G
-    _v10 = beta1 * prev_z
-    _v11 = _v9 + _v10
-    _v12 = _h5 * prev_d
-    _v13 = prev_d_new + _v12
-    _v14 = weight * _v13
-    prev_z_new = _v11 - _v14
-    # specs/ftml.py:61: weight_new = -prev_z_new/d_t
-    _v15 = _h6 * prev_z_new
-    weight_new = tl.div_rn(_v15, _t2)
+    _v9 = _v8 + epsilon
+    prev_d_new = _h3 * _v9
+    _v10 = _h4 * G
+    _v11 = beta1 * prev_z
+    _v12 = _v10 + _v11
+    _v13 = _h5 * prev_d
+    _v14 = prev_d_new + _v13
+    _v15 = weight * _v14
+    prev_z_new = _v12 - _v15
+    # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+    _v16 = tl.div_rn(prev_z_new, prev_d_new)
+    weight_new = -_v16
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(prev_d_ptr + offs, prev_d_new.to(prev_d_ptr.dtype.element_ty), mask=mask)
     tl.store(prev_v_ptr + offs, prev_v_new.to(prev_v_ptr.dtype.element_ty), mask=mask)
@@ -211,7 +209,6 @@ def ftml_kernel(
     _h3,
     _h4,
     _h5,
-    _h6,
     wd,
     rescale_grad,
     clip_gradient,
@@ -231,7 +228,6 @@ def ftml_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
@@ -252,7 +248,6 @@ def ftml_kernel(
         _h3,
         _h4,
         _h5,
-        _h6,
         wd,
         rescale_grad,
         clip_gradient,
@@ -327,20 +322,19 @@ def ftml_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (13 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 13 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 13 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 13 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 13 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 13 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 13 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 13 + 6)
-    wd = tl.load(scalars_ptr + tensor * 13 + 7)
-    rescale_grad = tl.load(scalars_ptr + tensor * 13 + 8)
-    clip_gradient = tl.load(scalars_ptr + tensor * 13 + 9)
-    beta1 = tl.load(scalars_ptr + tensor * 13 + 10)
-    beta2 = tl.load(scalars_ptr + tensor * 13 + 11)
-    epsilon = tl.load(scalars_ptr + tensor * 13 + 12)
+    # This tensor's host scalars: row `tensor` of the fp32 table (12 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 12 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 12 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 12 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
+    wd = tl.load(scalars_ptr + tensor * 12 + 6)
+    rescale_grad = tl.load(scalars_ptr + tensor * 12 + 7)
+    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 8)
+    beta1 = tl.load(scalars_ptr + tensor * 12 + 9)
+    beta2 = tl.load(scalars_ptr + tensor * 12 + 10)
+    epsilon = tl.load(scalars_ptr + tensor * 12 + 11)
     ftml_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -355,7 +349,6 @@ def ftml_multi_kernel(
         _h3,
         _h4,
         _h5,
-        _h6,
         wd,
         rescale_grad,
         clip_gradient,

@@ -142,12 +142,12 @@ def lamb_kernel_body(
 ):
     # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
-    #   _h0: = -clip_gradient, in specs/lamb.py:64
-    #   _h1: = 1 - beta2, in specs/lamb.py:64
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
-    #   _h3: = 1 - beta1, in specs/lamb.py:64
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
-    #   _h5: = -lr*ratio, in specs/lamb.py:66, from lower_bound, lr, u_sq, upper_bound, w_sq
+    #   _h0: = -clip_gradient, in specs/lamb.py:65
+    #   _h1: = 1 - beta2, in specs/lamb.py:65
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h3: = 1 - beta1, in specs/lamb.py:65
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h5: = -lr*ratio, in specs/lamb.py:67, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -168,21 +168,21 @@ def lamb_kernel_body(
     _v2 = beta1 * mean
     _v3 = _h3 * G
     mean_new = _v2 + _v3
-    # specs/lamb.py:59: var_new = G**2*(1 - beta2) + beta2*var
+    # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
     _v4 = beta2 * var
-    _v5 = G * G
-    _v6 = _h1 * _v5
+    _v5 = _h1 * G
+    _v6 = G * _v5
     var_new = _v4 + _v6
-    # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
     _v7 = wd * weight
     _v8 = _h2 * var_new
     _v9 = tl.sqrt_rn(_v8)
     _v10 = _v9 + epsilon
     _v11 = _h4 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
-    u = _v7 + _v12
-    # specs/lamb.py:66: weight_new = -lr*ratio*u + weight
-    _v14 = _h5 * u
+    _v13 = _v7 + _v12
+    _v14 = _h5 * _v13
     weight_new = weight + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
@@ -378,11 +378,11 @@ def lamb_reduce_kernel_body(
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
-    #   _h0: = -clip_gradient, in specs/lamb.py:64
-    #   _h1: = 1 - beta2, in specs/lamb.py:64
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
-    #   _h3: = 1 - beta1, in specs/lamb.py:64
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:64
+    #   _h0: = -clip_gradient, in specs/lamb.py:65
+    #   _h1: = 1 - beta2, in specs/lamb.py:65
+    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h3: = 1 - beta1, in specs/lamb.py:65
+    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -397,25 +397,25 @@ def lamb_reduce_kernel_body(
     _v15 = rescale_grad * grad
     _v16 = tl.maximum(_h0, _v15, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v16, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:63: w_sq = weight**2
+    # specs/lamb.py:64: w_sq = weight**2
     w_sq = weight * weight
-    # specs/lamb.py:62: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:65: u_sq = u**2
     _v17 = wd * weight
     _v18 = beta1 * mean
     _v19 = _h3 * G
     _v20 = _v18 + _v19
     _v21 = beta2 * var
-    _v22 = G * G
-    _v23 = _h1 * _v22
+    _v22 = _h1 * G
+    _v23 = G * _v22
     _v24 = _v21 + _v23
     _v25 = _h2 * _v24
     _v26 = tl.sqrt_rn(_v25)
     _v27 = _v26 + epsilon
     _v28 = _h4 * _v20
     _v29 = tl.div_rn(_v28, _v27)
-    u = _v17 + _v29
-    # specs/lamb.py:64: u_sq = u**2
-    u_sq = u * u
+    _v30 = _v17 + _v29
+    u_sq = _v30 * _v30
     tl.store(partial_ptr + slot * 2 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
     tl.store(partial_ptr + slot * 2 + 1, fixed_sum(tl.where(mask, u_sq, 0.0)))
 
