@@ -79,6 +79,25 @@ class softplus(sp.Function):  # a spec function: lower case, as SymPy's
         return True if self.args[0].is_real else None
 
 
+class f32(sp.Function):  # a spec function: lower case, as SymPy's
+    """``f32(x)``: x rounded to the nearest float32 (ties to even; inf past float32's range), a
+    reference kernel's float32 arithmetic on its scalars: MXNet's C++ kernels take their
+    hyperparameters as float32 and compute ``1.f - beta2`` in float32, which is
+    ``f32(1 - f32(beta2))`` (a double holds the difference of two float32 exactly). Host-only:
+    of hyperparameters, t and host states, computed once per step."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_Integer and abs(x) <= 2**24:  # float32 holds it: f32(1) is 1
+            return x
+        return None
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+
 def exact(expr: sp.Expr) -> sp.Expr:
     """``expr`` with every spec function that SymPy does not know written out in SymPy's own
     functions (``softplus(x)`` as ``log(1 + exp(x))``): what the oracle and the proofs read."""
@@ -129,6 +148,9 @@ OPS: tuple[OpDef, ...] = (
     OpDef("cos", 1, sp.cos, sympy=sp.cos, host_only=True, doc="schedules (cosine decay)"),
     OpDef("sin", 1, sp.sin, sympy=sp.sin, host_only=True, doc="schedules"),
     OpDef("floor", 1, sp.floor, sympy=sp.floor, host_only=True),
+    OpDef(
+        "f32", 1, f32, sympy=f32, host_only=True, doc="rounded to float32, as a kernel's scalars"
+    ),
     OpDef("ceiling", 1, sp.ceiling, sympy=sp.ceiling, host_only=True),
     # Matrix operations (codegen/matrix.py): operands are whole (rows, cols) matrices.
     OpDef("matmul", 2, sp.MatMul, matrix=True, cost=2, doc="a @ b: 2 flops per multiply-add"),

@@ -23,7 +23,7 @@ from codegen import names
 from codegen.dropin import DropIn, declare
 from codegen.errors import SpecError
 from codegen.ir import Origin
-from codegen.ops import softplus
+from codegen.ops import f32, softplus
 from codegen.spec_checks import Checks
 from codegen.spec_parts import (
     Equation,
@@ -52,6 +52,7 @@ __all__ = [
     "Legal",
     "Rule",
     "as_is",
+    "f32",
     "integer",
     "nonnegative",
     "positive",

@@ -158,7 +158,19 @@ def python_max(a: sp.Expr, b: sp.Expr) -> sp.Expr:
 
 class AsIs(sp.UnevaluatedExpr):
     """:func:`as_is`'s node: SymPy's unevaluated expression with its argument's assumptions (a
-    real one is real: ``Max`` and the comparisons take it)."""
+    real one is real: ``Max`` and the comparisons take it; commutative, as every scalar here)."""
+
+    is_commutative = True
+
+    def _sympystr(self, printer: object) -> str:
+        """Parenthesised where a sum: SymPy's printers take an unevaluated ``-a + b`` for a
+        negative term of the sum it is part of and move its sign (``eps + (-a + b)`` printed
+        ``eps - (a + b)``), in the generated comments and in code (``lambdify``'s)."""
+        text = printer._print(self.args[0])  # type: ignore[attr-defined]
+        return f"({text})" if isinstance(self.args[0], sp.Add) else text
+
+    # every printer SymPy's lambdify and code printers use (their ``printmethod``)
+    _pythoncode = _mpmathcode = _numpycode = _lambdacode = _sympystr
 
     def _eval_is_extended_real(self) -> bool | None:
         return self.args[0].is_extended_real

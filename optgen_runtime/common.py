@@ -7,6 +7,7 @@ import importlib
 import math
 import numbers
 import operator
+import struct
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -458,6 +459,18 @@ def unavailable(name: str, error: BaseException) -> Unavailable:
 
 
 # ---------------------------------------------------------------------------------- host max/min
+_FLOAT32 = struct.Struct("<f")
+
+
+def host_f32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even) and back: a reference kernel's
+    float32 arithmetic on its scalars (the spec function ``f32``); inf past float32's range."""
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
 def host_max(*values: float) -> float:
     """The largest value, or NaN if any is NaN: the kernels' max, on the host (Python's
     ``max`` keeps whichever comes first when a NaN is compared)."""

@@ -29,7 +29,7 @@ step of ``grad.to_dense()``.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, as_is, positive, unit
+from codegen.spec import Rule, as_is, f32, positive, unit
 
 RULE = Rule("adam", __doc__, class_name="Adam", mxnet="adam")
 mx = common(RULE, lr=0.001)
@@ -43,9 +43,14 @@ var = RULE.state("var", 0, doc="second moment v")
 
 G = RULE.let("G", mx.wd_inside_clip())
 lr_t = RULE.let("lr_t", mx.lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t))
-mean_new = RULE.update(mean, beta1 * mean + (1 - beta1) * G)
-# MXNet's kernel: (1.f - beta2) * grad * grad, left to right: never g**2 (overflows first)
-var_new = RULE.update(var, beta2 * var + as_is((1 - beta2) * G) * G)
+# MXNet's kernel takes beta1 and beta2 as float32 and computes 1.f - beta in float32
+# (0.00099998713 at beta2 = 0.999, not 0.001), and (1.f - beta2) * grad * grad left to right:
+# never g**2 (overflows first)
+# (the float32 betas written f32(beta) too: the 40-digit reference then sums the kernel's
+# numbers, f32(beta) + f32(1 - f32(beta)) == 1)
+b1, b2 = f32(beta1), f32(beta2)
+mean_new = RULE.update(mean, b1 * mean + f32(1 - b1) * G)
+var_new = RULE.update(var, b2 * var + as_is(f32(1 - b2) * G) * G)
 RULE.torch_equivalent(
     "Adam",
     {"lr": "lr", "beta1": "betas[0]", "beta2": "betas[1]", "epsilon": "eps", "wd": "weight_decay"},

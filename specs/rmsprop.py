@@ -29,7 +29,7 @@ import math
 import sympy as sp
 
 from codegen.mxnet import clip, common
-from codegen.spec import Rule, positive, unit
+from codegen.spec import Rule, as_is, f32, positive, unit
 
 RULE = Rule("rmsprop", __doc__, class_name="RMSprop", mxnet="rmsprop")
 mx = common(RULE, lr=0.001)
@@ -52,5 +52,8 @@ RULE.torch_equivalent(
     {"lr": "lr", "gamma1": "alpha", "epsilon": "eps", "wd": "weight_decay"},
     {n: ("square_avg", 1)},
 )
-n_new = RULE.update(n, (1 - gamma1) * G**2 + gamma1 * n)
-RULE.update(w, clip(w - mx.lr * G / sp.sqrt(n_new + epsilon), clip_weights))
+# MXNet's RMSPropUpdateKernel: (1.f - gamma1) * (grad * grad) + gamma1 * n, 1.f - gamma1 in
+# float32 from the float32 gamma1; then weight - lr * (grad / sqrt(n + epsilon))
+# (f32(gamma1) too, the kernel's number: see specs/adam.py)
+n_new = RULE.update(n, f32(1 - f32(gamma1)) * G**2 + f32(gamma1) * n)
+RULE.update(w, clip(w - mx.lr * as_is(G / sp.sqrt(n_new + epsilon)), clip_weights))

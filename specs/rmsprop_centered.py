@@ -32,7 +32,7 @@ import math
 import sympy as sp
 
 from codegen.mxnet import clip, common
-from codegen.spec import Rule, as_is, positive, unit
+from codegen.spec import Rule, as_is, f32, positive, unit
 
 RULE = Rule("rmsprop_centered", __doc__, class_name="RMSpropCentered", mxnet="rmsprop")
 mx = common(RULE, lr=0.001)
@@ -62,7 +62,14 @@ RULE.torch_equivalent(
 )
 # MXNet's RMSPropAlexUpdateKernel: (1.f - gamma1) * grad * grad, left to right (its plain
 # RMSProp squares first: specs/rmsprop.py)
-n_new = RULE.update(n, as_is((1 - gamma1) * G) * G + gamma1 * n)
-g_new = RULE.update(g, (1 - gamma1) * G + gamma1 * g)
-delta_new = RULE.update(delta, gamma2 * delta - mx.lr * G / sp.sqrt(n_new - g_new**2 + epsilon))
+# (1.f - gamma1 in float32 from the float32 gamma1); delta = gamma2 * delta - lr * (grad /
+# sqrt(n - g * g + epsilon)), the quotient first
+# (f32(gamma1) too, the kernel's number: the 40-digit reference's n - g**2 is then >= 0, as
+# with decay + gamma == 1 exactly)
+gamma = f32(gamma1)
+decay = f32(1 - gamma)
+n_new = RULE.update(n, as_is(decay * G) * G + gamma * n)
+g_new = RULE.update(g, decay * G + gamma * g)
+spread = as_is(n_new - g_new**2) + epsilon
+delta_new = RULE.update(delta, gamma2 * delta - mx.lr * as_is(G / sp.sqrt(spread)))
 RULE.update(w, clip(w + delta_new, clip_weights))

@@ -62,6 +62,8 @@ vhat = sp.Piecewise((vmax_new, amsgrad > 0), (v_new, True))
 denom = RULE.let("denom", sp.sqrt(vhat) / sp.sqrt(1 - beta2**t) + eps)
 RULE.update(w, w * decay - lr / (1 - beta1**t) * m_new / denom)
 
+RULE.test_case(beta1=0.3)  # lerp weight 1 - beta1 >= 0.5: torch_lerp's other form
+
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")

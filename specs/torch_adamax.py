@@ -37,6 +37,8 @@ m_new = RULE.update(exp_avg, torch_lerp(exp_avg, G, 1 - beta1))  # exp_avg.lerp_
 u_new = RULE.update(exp_inf, sp.Max(beta2 * exp_inf, sp.Abs(G) + eps))
 RULE.update(w, w - lr / (1 - beta1**t) * m_new / u_new)
 
+RULE.test_case(beta1=0.3)  # lerp weight 1 - beta1 >= 0.5: torch_lerp's other form
+
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")

@@ -66,6 +66,8 @@ RULE.update(
     - lr * mu_t1 / (1 - M_new * mu_t1) * m_new / denom,
 )
 
+RULE.test_case(beta1=0.3)  # lerp weight 1 - beta1 >= 0.5: torch_lerp's other form
+
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")

@@ -65,6 +65,8 @@ r_t = RULE.let(
 adaptive = sp.sqrt(1 - beta2**t) / (sp.sqrt(v_new) + eps)
 RULE.update(w, w * decay - mhat * lr * sp.Piecewise((adaptive * r_t, rectified), (1, True)))
 
+RULE.test_case(beta1=0.3)  # lerp weight 1 - beta1 >= 0.5: torch_lerp's other form
+
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")

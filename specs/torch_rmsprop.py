@@ -55,6 +55,8 @@ b_new = RULE.update(
 # param.addcdiv_(g, avg, value=-lr): (-lr * g) / avg
 RULE.update(w, sp.Piecewise((w - lr * b_new, momentum > 0), (w - as_is(lr * G) / avg, True)))
 
+RULE.test_case(alpha=0.3, centered=True)  # lerp weight 1 - alpha >= 0.5: torch_lerp's
+
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")

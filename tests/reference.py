@@ -29,9 +29,16 @@ def _nan_min(*args: Any) -> Any:
     return mpmath.nan if any(mpmath.isnan(a) for a in args) else min(args)
 
 
+def _f32(x: Any) -> Any:
+    """The spec function ``f32``: rounded to the nearest float32 (NumPy's rounding, an
+    independent one of the runtime's ``host_f32``), inf past its range."""
+    with np.errstate(over="ignore"):
+        return mpmath.mpf(float(np.float32(float(x))))
+
+
 # How the equations are evaluated: mpmath, with Max/Min NaN-propagating as in every target
-# (Python's max/min answer NaN or not depending on the argument order).
-MODULES: list[Any] = [{"Max": _nan_max, "Min": _nan_min}, "mpmath"]
+# (Python's max/min answer NaN or not depending on the argument order), f32 a float32 rounding.
+MODULES: list[Any] = [{"Max": _nan_max, "Min": _nan_min, "f32": _f32}, "mpmath"]
 
 
 def sample_hyperparams(rule: Rule, rng: np.random.Generator) -> dict[str, float | None]:

@@ -249,3 +249,25 @@ def test_nadam_shared_schedule_is_exactly_the_documented_difference(target: str)
         arr(shared[0]["weights"][0]), arr(separate[0]["weights"][0]), **tolerance(np.float32)
     )
     assert largest > 100 * tolerance(np.float32, steps)["rtol"], largest
+
+
+# Rules that match every recorded step of MXNet 1.9.1 to the bit, weights and every state, on
+# both targets: their specs follow the kernels' float32 scalar arithmetic (``f32``: Adam's and
+# RMSProp's ``1.f - beta`` in float32) and order of operations (``as_is``). The other rules are
+# within ``tolerance`` (32 float32 ulps per step): README, "Order of operations".
+BIT_EXACT = ["adadelta", "adagrad", "adam", "adamax", "dcasgd", "rmsprop", "signsgd"]
+
+
+@pytest.mark.parametrize("target", ["numpy", "triton"])
+@pytest.mark.parametrize("rule", BIT_EXACT)
+def test_bit_exact_against_mxnet(rule: str, target: str) -> None:
+    for case in load(rule):
+        for t, w, state in replay(rule, case, target):
+            assert np.array_equal(w, arr(case["weights"][t - 1])), (rule, t)
+            for name, values in case["states"].items():
+                want = (
+                    np.array(values[t - 1])
+                    if name in state and state[name].dtype == np.float64
+                    else arr(values[t - 1])
+                )
+                assert np.array_equal(state[name], want), (rule, name, t)

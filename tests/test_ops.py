@@ -363,3 +363,21 @@ def test_a_condition_folded_into_boolean_constants_runs_per_element(tmp_path: Pa
     assert sorted(constants) == ["ge", "ne"]  # a True and a False branch, made from a mask
     with temporary_rule(tmp_path / "tree", "folded_probe", FOLDED) as modules:
         assert_masks(modules, w, g, want)
+
+
+def test_f32_rounds_to_float32_as_numpy_on_the_host() -> None:
+    """The spec function ``f32`` (host-only; ``host_f32`` at run time): the nearest float32,
+    ties to even, inf past float32's range, NaN kept; exact on integers float32 holds."""
+    import math
+
+    import numpy as np
+
+    from codegen.ops import f32
+    from optgen_runtime.common import host_f32
+
+    values = [0.1, 1 - float(np.float32(0.999)), 3.4028235e38, 3.5e38, -1e39, 1e-46, 2**-149, 0.0]
+    for x in values:
+        with np.errstate(over="ignore"):
+            assert host_f32(x) == float(np.float32(x)), x
+    assert math.isnan(host_f32(math.nan)) and math.copysign(1, host_f32(-0.0)) == -1
+    assert f32(sp.Integer(1)) == 1 and isinstance(f32(sp.Symbol("b")), f32)

@@ -82,7 +82,7 @@ CASES = {
         "RULE.update(w, w - mx.lr * sp.sin(RULE.grad))",
         r"specs/bad.py:\d+: cannot generate per-element code for sin\(grad\): sin is computed on "
         r"the host only \(per element: .*tanh, .*comparisons joined by &, \|, ~, Eq, Ne, and "
-        r"Piecewise; on the host only .* also Mod, ceiling, cos, floor, sin\)",
+        r"Piecewise; on the host only .* also Mod, ceiling, cos, f32, floor, sin\)",
     ),
     "undefined function": (
         "RULE.update(w, w - mx.lr * sp.Function('f')(RULE.grad))",

@@ -60,6 +60,10 @@ class HostPrinter(PythonCodePrinter):
         value, condition = expr.args
         return f"(({self._print(value)}) if ({self._print(condition)}) else 0.0)"
 
+    def _print_f32(self, expr: sp.Expr) -> str:
+        """Rounded to float32 and back (``host_f32``), as a reference kernel's float32 scalars."""
+        return f"{self._runtime('host_f32')}({self._print(expr.args[0])})"
+
     def _print_softplus(self, expr: sp.Expr) -> str:
         """``log(1 + exp(x))`` as ``max(x, 0) + log1p(exp(-|x|))``: no overflow for large x."""
         x = self._print(expr.args[0])

@@ -130,27 +130,27 @@ def _update_chunk(
     _h1,
     _h2,
     _h3,
+    _h4,
+    _h5,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adam, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/adam.py:46
-    #   _h1: = 1 - beta1, in specs/adam.py:46
-    #   _h2: = 1 - beta2, in specs/adam.py:48
-    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:54
+    #   _h0: = host_f32(beta1), in specs/adam.py:52
+    #   _h1: = -clip_gradient, in specs/adam.py:52
+    #   _h2: = host_f32(1 - host_f32(beta1)), in specs/adam.py:52
+    #   _h3: = host_f32(beta2), in specs/adam.py:53
+    #   _h4: = host_f32(1 - host_f32(beta2)), in specs/adam.py:53
+    #   _h5: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:59
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h0 == -np.inf and clip_gradient == np.inf:
+    if _h1 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -164,19 +164,19 @@ def _update_chunk(
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
-            _v4 = beta1 * mean
-            _v5 = _h1 * G
+            # specs/adam.py:52: mean_new = G*f32(1 - f32(beta1)) + mean*f32(beta1)
+            _v4 = _h0 * mean
+            _v5 = _h2 * G
             mean_new = _v4 + _v5
-            # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
-            _v6 = beta2 * var
-            _v7 = _h2 * G
+            # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+            _v6 = _h3 * var
+            _v7 = _h4 * G
             _v8 = G * _v7
             var_new = _v6 + _v8
-            # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+            # specs/adam.py:59: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
             _v9 = np.sqrt(var_new)
             _v10 = _v9 + epsilon
-            _v11 = _h3 * mean_new
+            _v11 = _h5 * mean_new
             _v12 = _v11 / _v10
             weight_new = weight + _v12
             store(weight_buf, _i, weight_new)
@@ -192,21 +192,21 @@ def _update_chunk(
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
-        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
+        _v3 = _h1 if (_h1 > _v2 or _h1 != _h1) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
-        _v4 = beta1 * mean
-        _v5 = _h1 * G
+        # specs/adam.py:52: mean_new = G*f32(1 - f32(beta1)) + mean*f32(beta1)
+        _v4 = _h0 * mean
+        _v5 = _h2 * G
         mean_new = _v4 + _v5
-        # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
-        _v6 = beta2 * var
-        _v7 = _h2 * G
+        # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+        _v6 = _h3 * var
+        _v7 = _h4 * G
         _v8 = G * _v7
         var_new = _v6 + _v8
-        # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+        # specs/adam.py:59: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         _v9 = np.sqrt(var_new)
         _v10 = _v9 + epsilon
-        _v11 = _h3 * mean_new
+        _v11 = _h5 * mean_new
         _v12 = _v11 / _v10
         weight_new = weight + _v12
         store(weight_buf, _i, weight_new)

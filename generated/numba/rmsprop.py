@@ -127,27 +127,27 @@ def _update_chunk(
     _h1,
     _h2,
     _h3,
+    _h4,
     wd,
     rescale_grad,
     clip_gradient,
-    gamma1,
     epsilon,
     clip_weights,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/rmsprop.py:55
-    #   _h1: = 1 - gamma1, in specs/rmsprop.py:55
-    #   _h2: = -clip_weights, in specs/rmsprop.py:56
-    #   _h3: = -lr, in specs/rmsprop.py:56
+    #   _h0: = host_f32(gamma1), in specs/rmsprop.py:58
+    #   _h1: = -clip_gradient, in specs/rmsprop.py:58
+    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop.py:58
+    #   _h3: = -clip_weights, in specs/rmsprop.py:59
+    #   _h4: = -lr, in specs/rmsprop.py:59
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   gamma1: hyperparameter
     #   epsilon: hyperparameter
     #   clip_weights: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h0 == -np.inf and _h2 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
+    if _h1 == -np.inf and _h3 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -160,16 +160,16 @@ def _update_chunk(
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
-            _v4 = gamma1 * n
+            # specs/rmsprop.py:58: n_new = G**2*f32(1 - f32(gamma1)) + n*f32(gamma1)
+            _v4 = _h0 * n
             _v5 = G * G
-            _v6 = _h1 * _v5
+            _v6 = _h2 * _v5
             n_new = _v4 + _v6
-            # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+            # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
             _v7 = n_new + epsilon
             _v8 = np.sqrt(_v7)
-            _v9 = _h3 * G
-            _v10 = _v9 / _v8
+            _v9 = G / _v8
+            _v10 = _h4 * _v9
             _v11 = weight + _v10
             _v12 = _v11
             weight_new = _v12
@@ -184,20 +184,20 @@ def _update_chunk(
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
-        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
+        _v3 = _h1 if (_h1 > _v2 or _h1 != _h1) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
-        _v4 = gamma1 * n
+        # specs/rmsprop.py:58: n_new = G**2*f32(1 - f32(gamma1)) + n*f32(gamma1)
+        _v4 = _h0 * n
         _v5 = G * G
-        _v6 = _h1 * _v5
+        _v6 = _h2 * _v5
         n_new = _v4 + _v6
-        # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+        # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
         _v7 = n_new + epsilon
         _v8 = np.sqrt(_v7)
-        _v9 = _h3 * G
-        _v10 = _v9 / _v8
+        _v9 = G / _v8
+        _v10 = _h4 * _v9
         _v11 = weight + _v10
-        _v12 = _h2 if (_h2 > _v11 or _h2 != _h2) else _v11
+        _v12 = _h3 if (_h3 > _v11 or _h3 != _h3) else _v11
         weight_new = clip_weights if (clip_weights < _v12 or clip_weights != clip_weights) else _v12
         store(weight_buf, _i, weight_new)
         store(n_buf, _i, n_new)

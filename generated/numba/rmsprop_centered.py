@@ -132,29 +132,29 @@ def _update_chunk(
     _h1,
     _h2,
     _h3,
+    _h4,
     wd,
     rescale_grad,
     clip_gradient,
-    gamma1,
     gamma2,
     epsilon,
     clip_weights,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop_centered, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/rmsprop_centered.py:65
-    #   _h1: = 1 - gamma1, in specs/rmsprop_centered.py:65
-    #   _h2: = -lr, in specs/rmsprop_centered.py:67
-    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:68
+    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:71
+    #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:71
+    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:71
+    #   _h3: = -lr, in specs/rmsprop_centered.py:74
+    #   _h4: = -clip_weights, in specs/rmsprop_centered.py:75
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   gamma1: hyperparameter
     #   gamma2: hyperparameter
     #   epsilon: hyperparameter
     #   clip_weights: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h0 == -np.inf and _h3 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
+    if _h1 == -np.inf and _h4 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -169,24 +169,24 @@ def _update_chunk(
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
-            _t1 = _h1 * G
-            _v4 = gamma1 * n
+            # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+            _t1 = _h2 * G
+            _v4 = _h0 * n
             _v5 = G * _t1
             n_new = _v4 + _v5
-            # specs/rmsprop_centered.py:66: g_new = G*(1 - gamma1) + g*gamma1
-            _v6 = gamma1 * g
+            # specs/rmsprop_centered.py:72: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
+            _v6 = _h0 * g
             g_new = _t1 + _v6
-            # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+            # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
             _v7 = gamma2 * delta
             _v8 = g_new * g_new
             _v9 = n_new - _v8
             _v10 = _v9 + epsilon
             _v11 = np.sqrt(_v10)
-            _v12 = _h2 * G
-            _v13 = _v12 / _v11
+            _v12 = G / _v11
+            _v13 = _h3 * _v12
             delta_new = _v7 + _v13
-            # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+            # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
             _v14 = delta_new + weight
             _v15 = _v14
             weight_new = _v15
@@ -205,28 +205,28 @@ def _update_chunk(
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
-        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
+        _v3 = _h1 if (_h1 > _v2 or _h1 != _h1) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
-        _t1 = _h1 * G
-        _v4 = gamma1 * n
+        # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+        _t1 = _h2 * G
+        _v4 = _h0 * n
         _v5 = G * _t1
         n_new = _v4 + _v5
-        # specs/rmsprop_centered.py:66: g_new = G*(1 - gamma1) + g*gamma1
-        _v6 = gamma1 * g
+        # specs/rmsprop_centered.py:72: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
+        _v6 = _h0 * g
         g_new = _t1 + _v6
-        # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
+        # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
         _v7 = gamma2 * delta
         _v8 = g_new * g_new
         _v9 = n_new - _v8
         _v10 = _v9 + epsilon
         _v11 = np.sqrt(_v10)
-        _v12 = _h2 * G
-        _v13 = _v12 / _v11
+        _v12 = G / _v11
+        _v13 = _h3 * _v12
         delta_new = _v7 + _v13
-        # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         _v14 = delta_new + weight
-        _v15 = _h3 if (_h3 > _v14 or _h3 != _h3) else _v14
+        _v15 = _h4 if (_h4 > _v14 or _h4 != _h4) else _v14
         weight_new = clip_weights if (clip_weights < _v15 or clip_weights != clip_weights) else _v15
         store(weight_buf, _i, weight_new)
         store(n_buf, _i, n_new)

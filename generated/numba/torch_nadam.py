@@ -167,7 +167,7 @@ def _update_chunk(
         exp_avg_sq = load(exp_avg_sq_buf, _i)
         # specs/torch_nadam.py:45: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         G = _h0 * grad
-        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         _v0 = _h1 != _T(0.0)
         _v1 = weight_decay * weight
         _v2 = G + _v1

@@ -156,7 +156,7 @@ def _update_chunk(
         exp_avg_sq = load(exp_avg_sq_buf, _i)
         # specs/torch_nadam.py:45: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h0 * grad
-        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         _t1 = G * _T(1.0)
         _t2 = _t1 - exp_avg
         _v0 = _h3 != _T(0.0)

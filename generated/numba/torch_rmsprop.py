@@ -174,7 +174,7 @@ def _update_chunk(
         _v3 = _h1 * G
         _v4 = G * _v3
         square_avg_new = _v2 + _v4
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         _t2 = G * _T(1.0)
         _t3 = _t2 - grad_avg
         _v5 = _h1 * _t3

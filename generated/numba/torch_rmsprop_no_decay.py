@@ -167,7 +167,7 @@ def _update_chunk(
         _v1 = _h0 * grad
         _v2 = G * _v1
         square_avg_new = _v0 + _v2
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         _t2 = G * _T(1.0)
         _t3 = _t2 - grad_avg
         _v3 = _h2 * _t3

@@ -153,7 +153,7 @@ def step(
         np.multiply(_h1, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_acc_delta)
-        # specs/adadelta.py:64: weight_new = weight - (delta + wd*weight)
+        # specs/adadelta.py:64: weight_new = weight - ((delta + wd*weight))
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
         np.subtract(_weight, _b0, out=_weight)

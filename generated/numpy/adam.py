@@ -114,7 +114,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+    _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, epsilon = (
         dtype(_x) for _x in scalars
     )
 
@@ -130,23 +130,23 @@ def step(
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h0 != -np.inf:
-            np.maximum(_h0, _b0, out=_b0)
+        if _h1 != -np.inf:
+            np.maximum(_h1, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
-        np.multiply(beta1, _mean, out=_b1)
-        np.multiply(_h1, _b0, out=_b2)
-        np.add(_b1, _b2, out=_mean)
-        # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
-        np.multiply(beta2, _var, out=_b1)
+        # specs/adam.py:52: mean_new = G*f32(1 - f32(beta1)) + mean*f32(beta1)
+        np.multiply(_h0, _mean, out=_b1)
         np.multiply(_h2, _b0, out=_b2)
+        np.add(_b1, _b2, out=_mean)
+        # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+        np.multiply(_h3, _var, out=_b1)
+        np.multiply(_h4, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+        # specs/adam.py:59: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
         np.sqrt(_var, out=_b0)
         np.add(_b0, epsilon, out=_b0)
-        np.multiply(_h3, _mean, out=_b1)
+        np.multiply(_h5, _mean, out=_b1)
         np.divide(_b1, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 

@@ -109,7 +109,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, gamma1, epsilon, clip_weights = (
+    _h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, epsilon, clip_weights = (
         dtype(_x) for _x in scalars
     )
 
@@ -124,23 +124,23 @@ def step(
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h0 != -np.inf:
-            np.maximum(_h0, _b0, out=_b0)
+        if _h1 != -np.inf:
+            np.maximum(_h1, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
-        np.multiply(gamma1, _n, out=_b1)
+        # specs/rmsprop.py:58: n_new = G**2*f32(1 - f32(gamma1)) + n*f32(gamma1)
+        np.multiply(_h0, _n, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
-        np.multiply(_h1, _b2, out=_b2)
+        np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_n)
-        # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+        # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
         np.add(_n, epsilon, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.multiply(_h3, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)
+        np.multiply(_h4, _b0, out=_b0)
         np.add(_weight, _b0, out=_b0)
-        if _h2 != -np.inf:
-            np.maximum(_h2, _b0, out=_b0)
+        if _h3 != -np.inf:
+            np.maximum(_h3, _b0, out=_b0)
         np.minimum(clip_weights, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)

@@ -129,7 +129,7 @@ def step(
         _b3 = scratch[3, : stop - start]
         # specs/torch_adam.py:46: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         np.multiply(_b0, 1.0, out=_b1)
         np.subtract(_b1, _exp_avg, out=_b2)
         __v0 = np.not_equal(_h3, 0.0)

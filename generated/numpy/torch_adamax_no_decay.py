@@ -119,7 +119,7 @@ def step(
         _b2 = scratch[2, : stop - start]
         # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         np.subtract(_b0, _exp_avg, out=_b1)
         __v0 = np.not_equal(_h3, 0.0)
         np.multiply(_h2, _b1, out=_b2)

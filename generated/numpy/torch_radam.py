@@ -138,7 +138,7 @@ def step(
         _b3 = scratch[3, : stop - start]
         # specs/torch_radam.py:40: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+        # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         __v0 = np.not_equal(_h1, 0.0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b1)

@@ -138,7 +138,7 @@ def step(
         np.multiply(_h0, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*(-grad_avg + G), Abs(alpha - 1) < 1/2), (-alpha*(-grad_avg + G) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         np.multiply(_b0, 1.0, out=_b1)
         np.subtract(_b1, _grad_avg, out=_b2)
         np.multiply(_h2, _b2, out=_b3)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32
 
 RULE = "adam"
 SPEC = "specs/adam.py"
@@ -113,15 +113,15 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 8, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/adam.py:46",
-    "_h1": "= 1 - beta1, in specs/adam.py:46",
-    "_h2": "= 1 - beta2, in specs/adam.py:48",
-    "_h3": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:54",
+    "_h0": "= host_f32(beta1), in specs/adam.py:52",
+    "_h1": "= -clip_gradient, in specs/adam.py:52",
+    "_h2": "= host_f32(1 - host_f32(beta1)), in specs/adam.py:52",
+    "_h3": "= host_f32(beta2), in specs/adam.py:53",
+    "_h4": "= host_f32(1 - host_f32(beta2)), in specs/adam.py:53",
+    "_h5": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:59",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
-    "beta1": "hyperparameter",
-    "beta2": "hyperparameter",
     "epsilon": "hyperparameter",
 }
 
@@ -147,12 +147,14 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
-    _h0 = -clip_gradient
-    _h1 = 1 - beta1
-    # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
-    _h2 = 1 - beta2
-    # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
-    _h3 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
+    # specs/adam.py:52: mean_new = G*f32(1 - f32(beta1)) + mean*f32(beta1)
+    _h0 = host_f32(beta1)
+    _h1 = -clip_gradient
+    _h2 = host_f32(1 - host_f32(beta1))
+    # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+    _h3 = host_f32(beta2)
+    _h4 = host_f32(1 - host_f32(beta2))
+    # specs/adam.py:59: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+    _h5 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, epsilon)
     return scalars, {}

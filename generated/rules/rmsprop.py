@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32
 
 RULE = "rmsprop"
 SPEC = "specs/rmsprop.py"
@@ -112,14 +112,14 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 2, "min": 2, "mul": 6, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/rmsprop.py:55",
-    "_h1": "= 1 - gamma1, in specs/rmsprop.py:55",
-    "_h2": "= -clip_weights, in specs/rmsprop.py:56",
-    "_h3": "= -lr, in specs/rmsprop.py:56",
+    "_h0": "= host_f32(gamma1), in specs/rmsprop.py:58",
+    "_h1": "= -clip_gradient, in specs/rmsprop.py:58",
+    "_h2": "= host_f32(1 - host_f32(gamma1)), in specs/rmsprop.py:58",
+    "_h3": "= -clip_weights, in specs/rmsprop.py:59",
+    "_h4": "= -lr, in specs/rmsprop.py:59",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
-    "gamma1": "hyperparameter",
     "epsilon": "hyperparameter",
     "clip_weights": "hyperparameter",
 }
@@ -145,11 +145,12 @@ def host_scalars(
     clip_weights: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
-    _h0 = -clip_gradient
-    _h1 = 1 - gamma1
-    # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
-    _h2 = -clip_weights
-    _h3 = -lr
-    scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, gamma1, epsilon, clip_weights)
+    # specs/rmsprop.py:58: n_new = G**2*f32(1 - f32(gamma1)) + n*f32(gamma1)
+    _h0 = host_f32(gamma1)
+    _h1 = -clip_gradient
+    _h2 = host_f32(1 - host_f32(gamma1))
+    # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
+    _h3 = -clip_weights
+    _h4 = -lr
+    scalars = (_h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, epsilon, clip_weights)
     return scalars, {}

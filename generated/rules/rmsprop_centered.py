@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32
 
 RULE = "rmsprop_centered"
 SPEC = "specs/rmsprop_centered.py"
@@ -121,14 +121,14 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 9, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/rmsprop_centered.py:65",
-    "_h1": "= 1 - gamma1, in specs/rmsprop_centered.py:65",
-    "_h2": "= -lr, in specs/rmsprop_centered.py:67",
-    "_h3": "= -clip_weights, in specs/rmsprop_centered.py:68",
+    "_h0": "= host_f32(gamma1), in specs/rmsprop_centered.py:71",
+    "_h1": "= -clip_gradient, in specs/rmsprop_centered.py:71",
+    "_h2": "= host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:71",
+    "_h3": "= -lr, in specs/rmsprop_centered.py:74",
+    "_h4": "= -clip_weights, in specs/rmsprop_centered.py:75",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
-    "gamma1": "hyperparameter",
     "gamma2": "hyperparameter",
     "epsilon": "hyperparameter",
     "clip_weights": "hyperparameter",
@@ -158,22 +158,23 @@ def host_scalars(
     clip_weights: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/rmsprop_centered.py:65: n_new = G*(G*(1 - gamma1)) + gamma1*n
-    _h0 = -clip_gradient
-    _h1 = 1 - gamma1
-    # specs/rmsprop_centered.py:67: delta_new = -G*lr/sqrt(epsilon - g_new**2 + n_new) + delta*gamma2
-    _h2 = -lr
-    # specs/rmsprop_centered.py:68: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
-    _h3 = -clip_weights
+    # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+    _h0 = host_f32(gamma1)
+    _h1 = -clip_gradient
+    _h2 = host_f32(1 - host_f32(gamma1))
+    # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
+    _h3 = -lr
+    # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+    _h4 = -clip_weights
     scalars = (
         _h0,
         _h1,
         _h2,
         _h3,
+        _h4,
         wd,
         rescale_grad,
         clip_gradient,
-        gamma1,
         gamma2,
         epsilon,
         clip_weights,

@@ -171,7 +171,7 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/torch_nadam.py:52: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
-    # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = decoupled_weight_decay > 0
     _h2 = 1 - beta1

@@ -162,7 +162,7 @@ def host_scalars(
         )
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         r_t = unavailable("r_t", _error)
-    # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
     _h2 = -beta1

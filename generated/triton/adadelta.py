@@ -163,7 +163,7 @@ def adadelta_kernel_body(
     _v11 = _h1 * _t2
     _v12 = _t2 * _v11
     acc_delta_new = _v10 + _v12
-    # specs/adadelta.py:64: weight_new = weight - (delta + wd*weight)
+    # specs/adadelta.py:64: weight_new = weight - ((delta + wd*weight))
     _v13 = wd * weight
     _v14 = _t2 + _v13
     weight_new = weight - _v14

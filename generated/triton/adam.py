@@ -113,11 +113,11 @@ def adam_kernel_body(
     _h1,
     _h2,
     _h3,
+    _h4,
+    _h5,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     inv_scale,
     AMP: tl.constexpr,
@@ -126,15 +126,15 @@ def adam_kernel_body(
 ):
     # The update of one block, shared by adam_kernel and adam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adam, once per step):
-    #   _h0: = -clip_gradient, in specs/adam.py:46
-    #   _h1: = 1 - beta1, in specs/adam.py:46
-    #   _h2: = 1 - beta2, in specs/adam.py:48
-    #   _h3: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:54
+    #   _h0: = host_f32(beta1), in specs/adam.py:52
+    #   _h1: = -clip_gradient, in specs/adam.py:52
+    #   _h2: = host_f32(1 - host_f32(beta1)), in specs/adam.py:52
+    #   _h3: = host_f32(beta2), in specs/adam.py:53
+    #   _h4: = host_f32(1 - host_f32(beta2)), in specs/adam.py:53
+    #   _h5: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:59
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
@@ -146,21 +146,21 @@ def adam_kernel_body(
     _v0 = rescale_grad * grad
     _v1 = wd * weight
     _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = tl.maximum(_h1, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/adam.py:46: mean_new = G*(1 - beta1) + beta1*mean
-    _v4 = beta1 * mean
-    _v5 = _h1 * G
+    # specs/adam.py:52: mean_new = G*f32(1 - f32(beta1)) + mean*f32(beta1)
+    _v4 = _h0 * mean
+    _v5 = _h2 * G
     mean_new = _v4 + _v5
-    # specs/adam.py:48: var_new = G*(G*(1 - beta2)) + beta2*var
-    _v6 = beta2 * var
-    _v7 = _h2 * G
+    # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+    _v6 = _h3 * var
+    _v7 = _h4 * G
     _v8 = G * _v7
     var_new = _v6 + _v8
-    # specs/adam.py:54: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
+    # specs/adam.py:59: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight
     _v9 = tl.sqrt_rn(var_new)
     _v10 = _v9 + epsilon
-    _v11 = _h3 * mean_new
+    _v11 = _h5 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
     weight_new = weight + _v12
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
@@ -182,11 +182,11 @@ def adam_kernel(
     _h1,
     _h2,
     _h3,
+    _h4,
+    _h5,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -199,11 +199,11 @@ def adam_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
+    _h4 = tl.cast(_h4, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
-    beta1 = tl.cast(beta1, tl.float32)
-    beta2 = tl.cast(beta2, tl.float32)
     epsilon = tl.cast(epsilon, tl.float32)
     adam_kernel_body(
         weight_ptr,
@@ -216,11 +216,11 @@ def adam_kernel(
         _h1,
         _h2,
         _h3,
+        _h4,
+        _h5,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
         1.0,
         False,
@@ -292,11 +292,11 @@ def adam_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
-    wd = tl.load(scalars_ptr + tensor * 10 + 4)
-    rescale_grad = tl.load(scalars_ptr + tensor * 10 + 5)
-    clip_gradient = tl.load(scalars_ptr + tensor * 10 + 6)
-    beta1 = tl.load(scalars_ptr + tensor * 10 + 7)
-    beta2 = tl.load(scalars_ptr + tensor * 10 + 8)
+    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 10 + 5)
+    wd = tl.load(scalars_ptr + tensor * 10 + 6)
+    rescale_grad = tl.load(scalars_ptr + tensor * 10 + 7)
+    clip_gradient = tl.load(scalars_ptr + tensor * 10 + 8)
     epsilon = tl.load(scalars_ptr + tensor * 10 + 9)
     adam_kernel_body(
         weight_ptr,
@@ -309,11 +309,11 @@ def adam_multi_kernel(
         _h1,
         _h2,
         _h3,
+        _h4,
+        _h5,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
         inv_scale,
         True,

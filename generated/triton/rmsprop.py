@@ -110,10 +110,10 @@ def rmsprop_kernel_body(
     _h1,
     _h2,
     _h3,
+    _h4,
     wd,
     rescale_grad,
     clip_gradient,
-    gamma1,
     epsilon,
     clip_weights,
     inv_scale,
@@ -123,14 +123,14 @@ def rmsprop_kernel_body(
 ):
     # The update of one block, shared by rmsprop_kernel and rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop, once per step):
-    #   _h0: = -clip_gradient, in specs/rmsprop.py:55
-    #   _h1: = 1 - gamma1, in specs/rmsprop.py:55
-    #   _h2: = -clip_weights, in specs/rmsprop.py:56
-    #   _h3: = -lr, in specs/rmsprop.py:56
+    #   _h0: = host_f32(gamma1), in specs/rmsprop.py:58
+    #   _h1: = -clip_gradient, in specs/rmsprop.py:58
+    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop.py:58
+    #   _h3: = -clip_weights, in specs/rmsprop.py:59
+    #   _h4: = -lr, in specs/rmsprop.py:59
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   gamma1: hyperparameter
     #   epsilon: hyperparameter
     #   clip_weights: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -142,20 +142,20 @@ def rmsprop_kernel_body(
     _v0 = rescale_grad * grad
     _v1 = wd * weight
     _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = tl.maximum(_h1, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/rmsprop.py:55: n_new = G**2*(1 - gamma1) + gamma1*n
-    _v4 = gamma1 * n
+    # specs/rmsprop.py:58: n_new = G**2*f32(1 - f32(gamma1)) + n*f32(gamma1)
+    _v4 = _h0 * n
     _v5 = G * G
-    _v6 = _h1 * _v5
+    _v6 = _h2 * _v5
     n_new = _v4 + _v6
-    # specs/rmsprop.py:56: weight_new = Min(clip_weights, Max(-clip_weights, -G*lr/sqrt(epsilon + n_new) + weight))
+    # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
     _v7 = n_new + epsilon
     _v8 = tl.sqrt_rn(_v7)
-    _v9 = _h3 * G
-    _v10 = tl.div_rn(_v9, _v8)
+    _v9 = tl.div_rn(G, _v8)
+    _v10 = _h4 * _v9
     _v11 = weight + _v10
-    _v12 = tl.maximum(_h2, _v11, propagate_nan=tl.PropagateNan.ALL)
+    _v12 = tl.maximum(_h3, _v11, propagate_nan=tl.PropagateNan.ALL)
     weight_new = tl.minimum(clip_weights, _v12, propagate_nan=tl.PropagateNan.ALL)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
@@ -174,10 +174,10 @@ def rmsprop_kernel(
     _h1,
     _h2,
     _h3,
+    _h4,
     wd,
     rescale_grad,
     clip_gradient,
-    gamma1,
     epsilon,
     clip_weights,
     BLOCK_SIZE: tl.constexpr,
@@ -191,10 +191,10 @@ def rmsprop_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
+    _h4 = tl.cast(_h4, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
-    gamma1 = tl.cast(gamma1, tl.float32)
     epsilon = tl.cast(epsilon, tl.float32)
     clip_weights = tl.cast(clip_weights, tl.float32)
     rmsprop_kernel_body(
@@ -207,10 +207,10 @@ def rmsprop_kernel(
         _h1,
         _h2,
         _h3,
+        _h4,
         wd,
         rescale_grad,
         clip_gradient,
-        gamma1,
         epsilon,
         clip_weights,
         1.0,
@@ -280,10 +280,10 @@ def rmsprop_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 10 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 10 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 10 + 3)
-    wd = tl.load(scalars_ptr + tensor * 10 + 4)
-    rescale_grad = tl.load(scalars_ptr + tensor * 10 + 5)
-    clip_gradient = tl.load(scalars_ptr + tensor * 10 + 6)
-    gamma1 = tl.load(scalars_ptr + tensor * 10 + 7)
+    _h4 = tl.load(scalars_ptr + tensor * 10 + 4)
+    wd = tl.load(scalars_ptr + tensor * 10 + 5)
+    rescale_grad = tl.load(scalars_ptr + tensor * 10 + 6)
+    clip_gradient = tl.load(scalars_ptr + tensor * 10 + 7)
     epsilon = tl.load(scalars_ptr + tensor * 10 + 8)
     clip_weights = tl.load(scalars_ptr + tensor * 10 + 9)
     rmsprop_kernel_body(
@@ -296,10 +296,10 @@ def rmsprop_multi_kernel(
         _h1,
         _h2,
         _h3,
+        _h4,
         wd,
         rescale_grad,
         clip_gradient,
-        gamma1,
         epsilon,
         clip_weights,
         inv_scale,

@@ -146,7 +146,7 @@ def torch_adam_no_decay_kernel_body(
     max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_adam.py:46: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
-    # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _t1 = G * 1.0
     _t2 = _t1 - exp_avg
     _v0 = _h3 != 0.0

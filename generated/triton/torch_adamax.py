@@ -144,7 +144,7 @@ def torch_adamax_kernel_body(
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _t1 = G - exp_avg
     _v2 = _h3 != 0.0
     _v3 = _h2 * _t1

@@ -133,7 +133,7 @@ def torch_adamax_no_decay_kernel_body(
     exp_inf = tl.load(exp_inf_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_adamax.py:35: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
-    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    # specs/torch_adamax.py:36: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _t1 = G - exp_avg
     _v0 = _h3 != 0.0
     _v1 = _h2 * _t1

@@ -151,7 +151,7 @@ def torch_radam_kernel_body(
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_radam.py:40: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
     G = _h0 * grad
-    # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*(-exp_avg + G), Abs(beta1 - 1) < 1/2), (-beta1*(-exp_avg + G) + G, True))
+    # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _v0 = _h1 != 0.0
     _v1 = weight_decay * weight
     _v2 = G + _v1
