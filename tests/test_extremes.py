@@ -207,9 +207,12 @@ def test_mxnets_second_moment_is_its_factor_times_g_times_g(rule: str) -> None:
     g = np.array([3e19, 1.0], np.float32)
     state = module.init_state(w)
     module.step(w, g, state, 1)
-    # (1 - beta2) is a host scalar, computed in double: MXNet's 1.f - beta2 in float32 is
-    # 1.3e-5 relative off it at beta2 = 0.999 (0.00099998713), the one difference here
-    assert np.isfinite(state["var"][0]) and np.isclose(state["var"][0], 9e35, rtol=1e-6)
+    # Adam's spec computes MXNet's float32 1.f - beta2 (f32): its bits; LAMB's and Nadam's
+    # factor is the double 1 - beta2 rounded once (1.3e-5 relative off MXNet's)
+    f = np.float32
+    mxnet = (f(1) - f(0.999)) * g[0] * g[0]
+    assert np.isfinite(state["var"][0]) and np.isclose(state["var"][0], 9e35, rtol=2e-5)
+    assert state["var"][0] == mxnet or rule != "adam"
     assert np.isfinite(w).all()
     # (Nadam and LAMB divide v by 1 - beta2**t = 0.001 at t = 1: inf in MXNet's float32 too)
     assert w[0] != 1.0 or rule != "adam"
