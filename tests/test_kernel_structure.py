@@ -335,13 +335,13 @@ MUTATIONS = {  # rule: (old, new) in generated/triton/<rule>.py, the violation e
         "unmasked block access",
     ),
     "plain division": ("adam", "tl.div_rn(_v11, _v10)", "_v11 / _v10", "Div in"),
-    "power": ("adam", "_v7 = G * G", "_v7 = G**2", "Pow in"),
+    "power": ("adagrad", "_v2 = G * G", "_v2 = G**2", "Pow in"),  # (Adam: as_is, no square)
     "approximate sqrt": ("adam", "tl.sqrt_rn(var_new)", "tl.sqrt(var_new)", "use tl.sqrt_rn"),
     "fdiv": ("adam", "tl.div_rn(_v11, _v10)", "tl.fdiv(_v11, _v10)", "use tl.div_rn"),
     "NaN-dropping max": (
         "adam",
-        "tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)",
-        "tl.maximum(_h0, _v2)",
+        "tl.maximum(_h1, _v2, propagate_nan=tl.PropagateNan.ALL)",
+        "tl.maximum(_h1, _v2)",
         "maximum without NaN propagation",
     ),
     "constexpr hyperparameter": (
