@@ -138,23 +138,37 @@ class HostExtractor:
             self.host[symbol] = expr
         return self._by_expr[expr]
 
+    def _operation(self, expr: sp.Expr, divide: bool = False) -> sp.Expr:
+        """A sum or product with its host-only operands joined into one scalar (constants join
+        the host part: -1 * lr is one scalar -lr, when there is one). ``divide``: a product
+        whose host factors only divide (``as_is(x / h)``, ``as_is(-x / h)``) divides by their
+        scalar, one rounding as the reference's ``x / h`` (MXNet's ``_div_scalar``), not by a
+        rounded reciprocal and a product."""
+        joins = [self.is_host(a) or (a.is_Number and not a.args) for a in expr.args]
+        if not any(self.is_host(a) for a in expr.args):
+            joins = [False] * len(expr.args)
+        host_args = [a for a, j in zip(expr.args, joins, strict=True) if j]
+        rest = [self(a) for a, j in zip(expr.args, joins, strict=True) if not j]
+        bases = [a.base for a in host_args if isinstance(a, sp.Pow) and a.exp == -1]
+        signs = [a for a in host_args if a in (sp.S.One, sp.S.NegativeOne)]
+        if divide and bases and len(bases) + len(signs) == len(host_args):
+            rest.append(sp.Pow(self.scalar(sp.Mul(*signs, *bases)), -1, evaluate=False))
+        elif host_args:
+            rest.insert(0, self.scalar(expr.func(*host_args)))
+        return expr.func(*rest, evaluate=False) if len(rest) > 1 else rest[0]
+
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         if self.is_host(expr):
             return self.scalar(expr)
         if not expr.args or isinstance(expr, sp.Symbol):
             return expr
         if isinstance(expr, (sp.Add, sp.Mul)):
-            # constants join the host part (-1 * lr is one scalar -lr), when there is one
-            joins = [self.is_host(a) or (a.is_Number and not a.args) for a in expr.args]
-            if not any(self.is_host(a) for a in expr.args):
-                joins = [False] * len(expr.args)
-            host_args = [a for a, j in zip(expr.args, joins, strict=True) if j]
-            rest = [self(a) for a, j in zip(expr.args, joins, strict=True) if not j]
-            if host_args:
-                rest.insert(0, self.scalar(expr.func(*host_args)))
-            return expr.func(*rest, evaluate=False) if len(rest) > 1 else rest[0]
+            return self._operation(expr)
         if isinstance(expr, sp.UnevaluatedExpr):  # as_is: host parts inside it, kept whole
-            return expr.func(self(expr.args[0]))
+            inner = expr.args[0]
+            if isinstance(inner, sp.Mul) and not self.is_host(inner):
+                return expr.func(self._operation(inner, divide=True))
+            return expr.func(self(inner))
         if isinstance(expr, sp.Piecewise):
             # a branch's scalar that may fail on the host (a division, root or log of what the
             # conditions test: x / s under s > 0) is computed only where its branch is taken

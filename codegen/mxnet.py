@@ -8,6 +8,10 @@ section 3). The three forms it uses are written here once, in SymPy:
 - ``wd_outside_clip()`` = clip_c(rho*g) + lambda*w     (sgd, nag, signum, lbsgd, lars)
 - ``wd_inside_clip()``  = clip_c(rho*g + lambda*w)     (adam, adamax, nadam, ftml, rmsprop)
 
+and, for the rules run by MXNet's SGD-family kernels, their float32 scalars: ``times_clipped(s)``
+(s times clip_c(rho*g), ``(s*rho)*g`` with clipping off), ``lr_clipped()``, ``times_wd(s)``,
+``lr_wd()``.
+
 ``mxnet_sign(x)`` is the sign MXNet's signsgd/signum kernels compute, (x > 0) - (x < 0): 0 at 0 and
 at NaN. SymPy's ``sp.sign`` stays available for rules with torch's semantics (NaN stays NaN).
 
@@ -19,11 +23,12 @@ value > 0; MXNet's treatment of 0 differs between its fused and Python optimizer
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import sympy as sp
 
-from codegen.spec import Legal, Rule, nonnegative, positive
+from codegen.spec import Legal, Rule, f32, nonnegative, positive
 
 
 def clip(x: sp.Expr, c: sp.Expr) -> sp.Expr:
@@ -63,6 +68,36 @@ class Common:
     def wd_inside_clip(self) -> sp.Expr:
         """clip_c(rho*g + lambda*w)."""
         return self.clipped(self.wd * self.rule.weight)
+
+    def clipping_off(self) -> sp.Boolean:
+        """A host condition, true where clip_gradient is None (lowered to +inf: no double is
+        larger than the largest finite one, which a legal finite c is at most)."""
+        return self.clip_gradient > sp.Float(sys.float_info.max)
+
+    def times_clipped(self, scale: sp.Expr) -> sp.Expr:
+        """scale * clip_c(rho*g) as MXNet 1.9.1's SGD-family kernels compute it, with float32
+        scalars (``multi_sgd_update``, ``multi_sgd_mom_update``, ``signum_update``): ``scale *
+        clip(rho * g)``, and with clipping off ``(scale * rho) * g`` (two host scalars chosen
+        per step: one multiply per element either way). ``scale``: a float32 value (``f32``).
+        The product of two float32 values is exact in double: a float32 kernel's scalar rounds
+        it as the float32 multiply does, a float64 one keeps it (MXNet's double kernels)."""
+        rho, off = f32(self.rescale_grad), self.clipping_off()
+        outer = sp.Piecewise((scale * rho, off), (scale, True))
+        inner = sp.Piecewise((1, off), (rho, True))
+        return outer * clip(inner * self.rule.grad, self.clip_gradient)
+
+    def lr_clipped(self) -> sp.Expr:
+        """lr * clip_c(rho*g) as MXNet's SGD kernels compute it (:meth:`times_clipped`)."""
+        return self.times_clipped(f32(self.lr))
+
+    def lr_wd(self) -> sp.Expr:
+        """lr * lambda as MXNet's SGD kernels take it: a product of two float32 scalars."""
+        return self.times_wd(f32(self.lr))
+
+    def times_wd(self, scale: sp.Expr) -> sp.Expr:
+        """scale * lambda, a product of two float32 scalars (``scale``: a float32 value), exact
+        in double: rounded as the float32 multiply by a float32 kernel's scalar."""
+        return scale * f32(self.wd)
 
 
 def common(rule: Rule, lr: float | None = 0.01, lr_legal: Legal | None = None) -> Common:

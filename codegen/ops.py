@@ -84,7 +84,9 @@ class f32(sp.Function):  # a spec function: lower case, as SymPy's
     reference kernel's float32 arithmetic on its scalars: MXNet's C++ kernels take their
     hyperparameters as float32 and compute ``1.f - beta2`` in float32, which is
     ``f32(1 - f32(beta2))`` (a double holds the difference of two float32 exactly). Host-only:
-    of hyperparameters, t and host states, computed once per step."""
+    of hyperparameters, t and host states, computed once per step. A finite x that float32
+    cannot hold (past its range; nonzero and rounding to 0) is x itself: a float32 kernel
+    refuses what is computed from it, a float64 one computes with it."""
 
     nargs = 1
 

@@ -162,12 +162,19 @@ class AsIs(sp.UnevaluatedExpr):
 
     is_commutative = True
 
+    def __new__(cls, arg: sp.Expr, **kwargs: object) -> sp.Expr:
+        """A number or a symbol as itself: nothing to keep whole (a special case's ``wd = 0``
+        makes ``as_is(-lr * wd * w)`` a 0 that must vanish from its sum, not be added)."""
+        arg = sp.sympify(arg)
+        return arg if arg.is_Number else super().__new__(cls, arg, **kwargs)
+
     def _sympystr(self, printer: object) -> str:
         """Parenthesised where a sum: SymPy's printers take an unevaluated ``-a + b`` for a
         negative term of the sum it is part of and move its sign (``eps + (-a + b)`` printed
-        ``eps - (a + b)``), in the generated comments and in code (``lambdify``'s)."""
+        ``eps - (a + b)``), in the generated comments and in code (``lambdify``'s); and where a
+        product, which the host code evaluates first (``m * (b * c)``, not ``m * b * c``)."""
         text = printer._print(self.args[0])  # type: ignore[attr-defined]
-        return f"({text})" if isinstance(self.args[0], sp.Add) else text
+        return f"({text})" if isinstance(self.args[0], (sp.Add, sp.Mul)) else text
 
     # every printer SymPy's lambdify and code printers use (their ``printmethod``)
     _pythoncode = _mpmathcode = _numpycode = _lambdacode = _sympystr

@@ -464,11 +464,15 @@ _FLOAT32 = struct.Struct("<f")
 
 def host_f32(value: float) -> float:
     """``value`` rounded to the nearest float32 (ties to even) and back: a reference kernel's
-    float32 arithmetic on its scalars (the spec function ``f32``); inf past float32's range."""
+    float32 arithmetic on its scalars (the spec function ``f32``). A finite value float32
+    cannot hold (past its range, or a nonzero one that rounds to 0) stays as it is: a float32
+    kernel then refuses the scalar computed from it (``check_scalars``) and a float64 one
+    computes with it, where an inf or a 0 would pass unnoticed."""
     try:
-        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+        held = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
     except OverflowError:
-        return math.copysign(math.inf, value)
+        return value
+    return value if held == 0.0 and value != 0.0 else held
 
 
 def host_max(*values: float) -> float:

@@ -28,7 +28,9 @@ starting at 0):
 The tutorial omits rescale_grad, clip_gradient (the op's keyword is ``clip_grad``; optgen uses
 the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_0 - lr * G /
 (|G| + epsilon). MXNet computes beta1^t and beta2^t in float32 inside the kernel; optgen computes
-(1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
+them once per step on the host with the kernel's float32 roundings (``f32``: beta1^t, 1 - beta1^t,
+its quotient by lr, 1 - beta2^t), divides v by 1 - beta2^t in the kernel (``as_is(v / s)``) and
+sums z's decayed terms before subtracting the correction: every recorded MXNet step to the bit.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
 
@@ -40,7 +42,7 @@ falls back to the dense one.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, as_is, positive, unit
+from codegen.spec import Rule, as_is, f32, positive, unit
 
 RULE = Rule("ftml", __doc__, class_name="FTML", mxnet="ftml")
 mx = common(RULE, lr=0.01, lr_legal=positive())  # lr > 0: d_t divides by lr
@@ -54,9 +56,14 @@ prev_v = RULE.state("prev_v", 0, doc="second moment v")
 prev_z = RULE.state("prev_z", 0, doc="moving leader z")
 
 G = RULE.let("G", mx.wd_inside_clip())
-v_new = RULE.update(prev_v, beta2 * prev_v + (1 - beta2) * G**2)
-d_t = RULE.let("d_t", (1 - beta1**t) / mx.lr * (sp.sqrt(v_new / (1 - beta2**t)) + epsilon))
-z_new = RULE.update(prev_z, beta1 * prev_z + (1 - beta1) * G - (d_t - beta1 * prev_d) * w)
+# MXNet's FTMLKernel in float32: its scalars float32 (1 - beta2, beta1^t and 1 - beta1^t, the
+# quotient by lr), v / (1 - beta2^t) a division, z's two decayed terms summed first
+b1, b2 = f32(beta1), f32(beta2)
+v_new = RULE.update(prev_v, b2 * prev_v + f32(1 - b2) * G**2)
+rate = f32(f32(1 - f32(b1**t)) / f32(mx.lr))
+d_t = RULE.let("d_t", rate * (sp.sqrt(as_is(v_new / f32(1 - f32(b2**t)))) + epsilon))
+leader = as_is(b1 * prev_z + f32(1 - b1) * G)
+z_new = RULE.update(prev_z, leader - as_is(d_t - b1 * prev_d) * w)
 RULE.update(prev_d, d_t)
 # MXNet's kernel: - z[i] / d_t, a division (SymPy folded it into a product)
 RULE.update(w, -as_is(z_new) / as_is(d_t))

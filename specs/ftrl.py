@@ -17,7 +17,9 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+enters only the denominator. In 1.9.1's float32 order: ``z + (G - (sqrt(n + G*G) - sqrt(n)) * w
+/ lr)`` and ``((beta + sqrt(n)) / lr + wd)``, each quotient by lr a division (``as_is(x / lr)``):
+every recorded MXNet step to the bit. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
 where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
 (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
 -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
@@ -44,9 +46,12 @@ z = RULE.state("z", 0, doc="accumulated gradient minus the proximal correction")
 n = RULE.state("n", 0, doc="sum of squared clipped gradients")
 
 G = RULE.let("G", mx.clipped())
-z_new = RULE.update(z, z + G - (sp.sqrt(n + G**2) - sp.sqrt(n)) * w / mx.lr)
+# 1.9.1's kernel in float32: z + (G - (sqrt(n + G*G) - sqrt(n)) * w / lr), each quotient by lr a
+# division, the weight (sign(z) * lamda1 - z) / ((beta + sqrt(n)) / lr + wd) * gt(|z|, lamda1)
+correction = as_is(as_is((sp.sqrt(n + G**2) - sp.sqrt(n)) * w) / mx.lr)
+z_new = RULE.update(z, z + as_is(G - correction))
 n_new = RULE.update(n, n + G**2)
-denominator = RULE.let("denominator", (beta + sp.sqrt(n_new)) / mx.lr + mx.wd)
+denominator = RULE.let("denominator", as_is((beta + sp.sqrt(n_new)) / mx.lr) + mx.wd)
 outside = sp.Piecewise((1, sp.Abs(z_new) > lamda1), (0, True))  # 1.9.1's gt(|z|, lamda1)
 # as_is: z_{i+1} as stored (SymPy would fold z + G - ... into the numerator's sum)
-RULE.update(w, (sp.sign(z_new) * lamda1 - as_is(z_new)) / denominator * outside)
+RULE.update(w, as_is((sp.sign(z_new) * lamda1 - as_is(z_new)) / denominator) * outside)

@@ -22,6 +22,10 @@ float32 (the same bits from the vectorised and the scalar kernel variant), added
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
+The moments follow the phase-1 kernel's float32 arithmetic (``1.f - beta`` from the float32 beta,
+``f32``): MXNet's m and v to the bit at every recorded step. The weight does not, within a few
+float32 ulps: MXNet computes the norms in float32 and m's bias correction in double.
+
 NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
@@ -35,7 +39,7 @@ falls back to the dense one.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Legal, Rule, as_is, positive, unit
+from codegen.spec import Legal, Rule, as_is, f32, positive, unit
 
 RULE = Rule("lamb", __doc__, class_name="LAMB", mxnet="lamb")
 mx = common(RULE, lr=0.001)
@@ -55,9 +59,11 @@ mean = RULE.state("mean", 0, doc="first moment m")
 var = RULE.state("var", 0, doc="second moment v")
 
 G = RULE.let("G", mx.clipped())
-mean_new = RULE.update(mean, beta1 * mean + (1 - beta1) * G)
-# MXNet's kernel: (1.f - beta2) * grad * grad, left to right: never g**2 (overflows first)
-var_new = RULE.update(var, beta2 * var + as_is((1 - beta2) * G) * G)
+# MXNet's kernel: 1.f - beta in float32, (1.f - beta2) * grad * grad left to right (never g**2:
+# it overflows first)
+b1, b2 = f32(beta1), f32(beta2)
+mean_new = RULE.update(mean, b1 * mean + (1 - b1) * G)
+var_new = RULE.update(var, b2 * var + as_is((1 - b2) * G) * G)
 mhat = mean_new / (1 - bias_correction * beta1**t)
 vhat = var_new / (1 - bias_correction * beta2**t)
 u = RULE.let("u", mhat / (sp.sqrt(vhat) + epsilon) + mx.wd * w)

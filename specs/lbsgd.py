@@ -19,9 +19,13 @@ Tutorial: "no additional modifications to SGD". MXNet's code (1.9.1, followed he
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps the first gradient of a
 macro-batch by reference, so a trainer that reuses one gradient buffer accumulates g2 + g2 instead
 of g1 + g2; optgen accumulates into its own buffer. With momentum = 0 MXNet calls sgd_update
-(w - lr' wd w - lr' G): the same algebra as here. ``num_epochs`` is accepted by MXNet and unused:
-it is not a hyperparameter here. The norms are per-tensor reductions, computed every step (also
-for the warmup strategies that do not use them).
+(w - lr' wd w - lr' G): the same algebra as here, computed as that kernel does ((1 - lr' wd) w -
+lr' G), as sgd_mom_update's order is followed at momentum > 0, with their float32 scalars
+(``times_clipped``, ``times_wd``) and gbar = C / batch_scale a division: every recorded MXNet
+step to the bit but the 'lars' strategy's, whose norms MXNet sums in float32 (NumPy's pairwise
+sum of the float32 squares; optgen's reductions are double). ``num_epochs`` is accepted by MXNet
+and unused: it is not a hyperparameter here. The norms are per-tensor reductions, computed every
+step (also for the warmup strategies that do not use them).
 
 batch_scale, updates_per_epoch, begin_epoch and warmup_epochs are counts (MXNet documents them as
 unsigned; the macro-batch test k mod B == 0 and the counter k need whole numbers), so other values
@@ -33,7 +37,7 @@ are left out.
 import sympy as sp
 
 from codegen.mxnet import common
-from codegen.spec import Rule, integer, unit
+from codegen.spec import Rule, as_is, f32, integer, unit
 
 RULE = Rule("lbsgd", __doc__, class_name="LBSGD", mxnet="lbsgd")
 mx = common(RULE, lr=0.01)
@@ -53,7 +57,7 @@ B = batch_scale
 k = RULE.let("k", begin_epoch * updates_per_epoch + t)
 complete = sp.Eq(sp.Mod(k, B), 0)
 total = RULE.let("total", acc + g)
-gbar = RULE.let("gbar", total / B)
+gbar = RULE.let("gbar", as_is(total / B))
 n_warmup = warmup_epochs * updates_per_epoch
 w_sq = RULE.sum("w_sq", w**2)
 gbar_sq = RULE.sum("gbar_sq", gbar**2)
@@ -70,10 +74,19 @@ mult = RULE.let(
         (1 + (B - 1) * sp.sqrt(k / n_warmup), True),  # sqrt
     ),
 )
-G = RULE.let("G", mx.clipped().xreplace({g: gbar}) + mx.wd * w)
-mom_new = RULE.update(mom, sp.Piecewise((momentum * mom - mx.lr * mult * G, complete), (mom, True)))
+# MXNet's kernels in float32: the rate lr * mult a float32 scalar, sgd_mom_update's
+# (momentum * mom - (rate*wd) * w) - rate * clip(rescale_grad * gbar), and at momentum 0
+# sgd_update's (1 - rate*wd) * w - rate * clip(rescale_grad * gbar)
+rate = f32(mx.lr * mult)
+scaled = mx.times_clipped(rate).xreplace({g: gbar})
+step = as_is(as_is(momentum * mom - mx.times_wd(rate) * w) - scaled)
+mom_new = RULE.update(mom, sp.Piecewise((step, complete), (mom, True)))
 RULE.update(acc, sp.Piecewise((0, complete), (total, True)))
-RULE.update(w, sp.Piecewise((w + mom_new, complete), (w, True)))
+plain = as_is(as_is((1 - f32(mx.times_wd(rate))) * w) - scaled)
+RULE.update(
+    w,
+    sp.Piecewise((w, sp.Not(complete)), (plain, sp.Eq(momentum, 0)), (w + mom_new, True)),
+)
 
 # Each strategy with a macro-batch of 2 calls and a warmup of 3 that ends within the 8 steps
 # (k < N and k >= N both taken), besides the settings the tests derive.

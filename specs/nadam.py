@@ -25,6 +25,10 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, host state
     mbar = (1 - mu_t) * G / (1 - M_{i+1}) + mu_t1 * m_{i+1} / (1 - M')
     w_{i+1} = w_i - lr * mbar / (sqrt(v_{i+1} / (1 - beta2^t)) + epsilon)
 
+in its order (NDArray operations in float32, each scalar once in double: M and M' as products
+of the previous value, each division by a scalar a division (``as_is(x / s)``), ``lr * mbar``
+before its quotient): every recorded MXNet step to the bit, M included.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps ONE schedule product M per
 optimizer, advanced by every parameter's update, so a parameter's schedule depends on how many
 tensors the model has. optgen keeps M per weight (a host state next to its buffers); for a model
@@ -76,16 +80,22 @@ RULE.torch_equivalent(
     {mean: ("exp_avg", 1), var: ("exp_avg_sq", 1), m_schedule: ("mu_product", 1)},
 )
 G = RULE.let("G", mx.wd_inside_clip())
-mu_t = RULE.let("mu_t", beta1 * (1 - sp.Rational(1, 2) * sp.Float("0.96") ** (t * schedule_decay)))
-mu_t1 = RULE.let(
-    "mu_t1", beta1 * (1 - sp.Rational(1, 2) * sp.Float("0.96") ** ((t + 1) * schedule_decay))
+# the schedule as MXNet's Python computes it in double: M_t = M_{t-1} * mu_t, then M_t * mu_t1
+mu_t = RULE.let(
+    "mu_t", as_is(beta1 * (1 - sp.Rational(1, 2) * sp.Float("0.96") ** (t * schedule_decay)))
 )
-m_schedule_new = RULE.update(m_schedule, m_schedule * mu_t)
+mu_t1 = RULE.let(
+    "mu_t1", as_is(beta1 * (1 - sp.Rational(1, 2) * sp.Float("0.96") ** ((t + 1) * schedule_decay)))
+)
+schedule = as_is(m_schedule * mu_t)
+m_schedule_new = RULE.update(m_schedule, schedule)
 mean_new = RULE.update(mean, beta1 * mean + (1 - beta1) * G)
 # MXNet's Nadam: (1. - self.beta2) * grad * grad, left to right: never g**2 (overflows first)
 var_new = RULE.update(var, beta2 * var + as_is((1 - beta2) * G) * G)
-mbar = RULE.let(
-    "mbar",
-    (1 - mu_t) * G / (1 - m_schedule_new) + mu_t1 * mean_new / (1 - m_schedule_new * mu_t1),
-)
-RULE.update(w, w - mx.lr * mbar / (sp.sqrt(var_new / (1 - beta2**t)) + epsilon))
+# MXNet's NDArray code divides by each host scalar (grad / (1 - M): _div_scalar), then
+# lr * m_t_bar / (sqrt(v_t_prime) + eps), the product first
+grad_prime = as_is(G / (1 - schedule))
+mean_prime = as_is(mean_new / (1 - schedule * mu_t1))
+var_prime = as_is(var_new / (1 - beta2**t))
+mbar = RULE.let("mbar", (1 - mu_t) * grad_prime + mu_t1 * mean_prime)
+RULE.update(w, w - as_is(mx.lr * mbar) / (sp.sqrt(var_prime) + epsilon))

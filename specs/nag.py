@@ -13,6 +13,9 @@ weight and uses the reformulation (state ``mom`` = v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + momentum * mom_{i+1} - lr * G
 
+computed in the kernel's float32 order, ``(w_i - momentum * mom_i) + (momentum + 1) * mom_{i+1}``
+(``momentum + 1`` a float32 sum): at wd = 0 every recorded MXNet step to the bit.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1's in-place kernel writes the new
 weight before it computes the momentum, so with wd > 0 the momentum's wd term reads w_{i+1}
 instead of w_i. optgen uses w_i (MXNet master's fixed kernel). With wd = 0 the two agree exactly.
@@ -35,7 +38,7 @@ which updates only the rows held: a sparse gradient is refused there (``SGD`` do
 """
 
 from codegen.mxnet import common
-from codegen.spec import Rule, unit
+from codegen.spec import Rule, as_is, f32, unit
 
 RULE = Rule("nag", __doc__, class_name="NAG", mxnet="nag")
 mx = common(RULE, lr=0.01)
@@ -49,5 +52,6 @@ w = RULE.weight
 mom = RULE.state("mom", 0, doc="velocity")
 
 G = RULE.let("G", mx.wd_outside_clip())
-mom_new = RULE.update(mom, momentum * mom - mx.lr * G)
-RULE.update(w, w + momentum * mom_new - mx.lr * G)
+decayed = momentum * mom
+mom_new = RULE.update(mom, decayed - mx.lr * G)
+RULE.update(w, as_is(w - decayed) + (f32(momentum) + 1) * mom_new)

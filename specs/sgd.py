@@ -10,6 +10,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -26,7 +32,7 @@ Sparse gradients (``nn.Embedding(sparse=True)``; MXNet's ``row_sparse``): with `
 """
 
 from codegen.mxnet import common
-from codegen.spec import Rule
+from codegen.spec import Rule, as_is
 
 RULE = Rule("sgd", __doc__, class_name="SGD", mxnet="sgd")
 mx = common(RULE, lr=0.01)
@@ -34,7 +40,7 @@ RULE.sparse("lazy", lazy_update=True)
 w = RULE.weight
 
 RULE.torch_equivalent("SGD", {"lr": "lr", "wd": "weight_decay"}, {})
-RULE.update(w, w - mx.lr * mx.wd * w - mx.lr * mx.clipped())
+RULE.update(w, w + as_is(as_is(-(mx.lr_wd() * w)) - mx.lr_clipped()))
 # At the defaults the update is w - lr * clip(g): one multiply and one add per element (clip off)
 # where the whole update computes five, and MXNet's value there ((1 - lr*wd)*w keeps an infinite
 # weight infinite; w - lr*wd*w would give inf - inf = NaN).

@@ -12,6 +12,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + mom_{i+1}
 
+in 1.9.1's float32 order (``multi_sgd_mom_update``, which ``SGD.update`` calls even for one
+weight): ``(momentum * mom - (lr*wd) * w) - lr * clip(rescale_grad * g)``, and with clipping off
+``... - (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``):
+every recorded MXNet step to the bit.
+
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
@@ -23,7 +28,7 @@ update, the step of ``grad.to_dense()``.
 """
 
 from codegen.mxnet import common
-from codegen.spec import Rule, unit
+from codegen.spec import Rule, as_is, unit
 
 RULE = Rule("sgd_mom", __doc__, class_name="SGDMomentum", mxnet="sgd")
 mx = common(RULE, lr=0.01)
@@ -38,5 +43,5 @@ RULE.torch_equivalent(
     {"lr": "lr", "momentum": "momentum", "wd": "weight_decay"},
     {mom: ("momentum_buffer", -mx.lr)},
 )
-mom_new = RULE.update(mom, momentum * mom - mx.lr * mx.wd_outside_clip())
+mom_new = RULE.update(mom, as_is(as_is(momentum * mom - mx.lr_wd() * w) - mx.lr_clipped()))
 RULE.update(w, w + mom_new)

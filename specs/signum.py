@@ -14,6 +14,10 @@ MXNet's code (1.9.1, followed here; the state ``mom`` starts at 0):
     w_{i+1} = (1 - lr * wd_lh) * w_i + lr * sign(mom_{i+1})
     sign(m) = (m > 0) - (m < 0)                                # MXNet's kernel
 
+in the kernel's float32 order: ``(momentum * mom - ((1 - momentum) * wd) * w) - (1 - momentum) *
+clip(rescale_grad * g)``, ``(1 - momentum) * rescale_grad`` scaling g with clipping off, the
+scalars float32 (``times_clipped``, ``times_wd``): every recorded MXNet step to the bit.
+
 The tutorial omits rescale_grad, clip_gradient, wd and wd_lh. MXNet stores the negated average,
 mom = -v, and adds lr * sign(mom); optgen keeps its sign
 convention, so ``mom`` is MXNet's buffer. wd enters the momentum (coupled), ``wd_lh`` decays the
@@ -31,7 +35,7 @@ falls back to the dense one.
 """
 
 from codegen.mxnet import common, mxnet_sign
-from codegen.spec import Rule, nonnegative, unit
+from codegen.spec import Rule, as_is, f32, nonnegative, unit
 
 RULE = Rule("signum", __doc__, class_name="Signum", mxnet="signum")
 mx = common(RULE, lr=0.01)
@@ -41,5 +45,7 @@ wd_lh = RULE.hyper("wd_lh", 0.0, nonnegative(), doc="decoupled weight decay")
 w = RULE.weight
 mom = RULE.state("mom", 0, doc="negated momentum -v (MXNet's buffer)")
 
-mom_new = RULE.update(mom, momentum * mom - (1 - momentum) * mx.wd_outside_clip())
-RULE.update(w, (1 - mx.lr * wd_lh) * w + mx.lr * mxnet_sign(mom_new))
+decay = f32(1 - f32(momentum))
+decayed = as_is(momentum * mom - mx.times_wd(decay) * w)
+mom_new = RULE.update(mom, as_is(decayed - mx.times_clipped(decay)))
+RULE.update(w, (1 - f32(f32(mx.lr) * f32(wd_lh))) * w + mx.lr * mxnet_sign(mom_new))

@@ -31,9 +31,13 @@ def _nan_min(*args: Any) -> Any:
 
 def _f32(x: Any) -> Any:
     """The spec function ``f32``: rounded to the nearest float32 (NumPy's rounding, an
-    independent one of the runtime's ``host_f32``), inf past its range."""
-    with np.errstate(over="ignore"):
-        return mpmath.mpf(float(np.float32(float(x))))
+    independent one of the runtime's ``host_f32``); a finite value float32 cannot hold (past its
+    range, or nonzero and rounding to 0) as it is, inf and NaN as they are."""
+    with np.errstate(over="ignore", under="ignore"):
+        held = np.float32(float(x))
+    if not mpmath.isfinite(x) or (np.isfinite(held) and (held != 0 or x == 0)):
+        return mpmath.mpf(float(held)) if mpmath.isfinite(x) else x
+    return x
 
 
 # How the equations are evaluated: mpmath, with Max/Min NaN-propagating as in every target

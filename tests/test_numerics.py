@@ -115,7 +115,9 @@ W0 = 0.75
 #   ftrl:    z = g - |g| * w / lr (n = 0), then -sign(z) max(|z| - lamda1, 0) / ((beta + |g|) / lr
 #            + wd): 0 for g = 0; NaN for NaN, as MXNet's (sign(z) lamda1 - z) / (...) * [|z| >
 #            lamda1] (its sign gives 0, but NaN * 0 is NaN).
-_LR, _WD, _WD_LH = 0.1, 0.2, 0.05
+#   The hyperparameters are binary fractions: MXNet's rules take theirs as float32 (``f32`` in
+#   signum's spec), which these float64 expectations then need not model.
+_LR, _WD, _WD_LH = 0.125, 0.25, 0.0625
 SIGN_CASES: dict[str, tuple[dict[str, float], list[float]]] = {
     "signsgd": (
         dict(lr=_LR, wd=_WD, wd_lh=_WD_LH),

@@ -367,17 +367,22 @@ def test_a_condition_folded_into_boolean_constants_runs_per_element(tmp_path: Pa
 
 def test_f32_rounds_to_float32_as_numpy_on_the_host() -> None:
     """The spec function ``f32`` (host-only; ``host_f32`` at run time): the nearest float32,
-    ties to even, inf past float32's range, NaN kept; exact on integers float32 holds."""
+    ties to even, NaN and inf kept; a finite value float32 cannot hold (past its range, or
+    nonzero and rounding to 0) kept as it is, for the kernel's scalar check to refuse (an inf or
+    a 0 would pass it); exact on integers float32 holds. The 40-digit reference's ``f32`` alike."""
     import math
 
+    import mpmath
     import numpy as np
+    from reference import MODULES
 
     from codegen.ops import f32
     from optgen_runtime.common import host_f32
 
-    values = [0.1, 1 - float(np.float32(0.999)), 3.4028235e38, 3.5e38, -1e39, 1e-46, 2**-149, 0.0]
-    for x in values:
-        with np.errstate(over="ignore"):
-            assert host_f32(x) == float(np.float32(x)), x
+    reference = MODULES[0]["f32"]
+    for x in [0.1, 1 - float(np.float32(0.999)), 3.4028235e38, 2**-149, 0.0, math.inf]:
+        assert host_f32(x) == float(np.float32(x)) == reference(mpmath.mpf(x)), x
+    for x in [3.5e38, -1e39, 1e300, 1e-46, -1e-300]:  # float32: inf or 0
+        assert host_f32(x) == x == reference(mpmath.mpf(x)), x
     assert math.isnan(host_f32(math.nan)) and math.copysign(1, host_f32(-0.0)) == -1
     assert f32(sp.Integer(1)) == 1 and isinstance(f32(sp.Symbol("b")), f32)

@@ -90,9 +90,14 @@ CASES: list[Case] = [
     Case("sgd", "defaults", {"momentum": 0.0}),
     Case("sgd", "wd-rescale-clip", {"momentum": 0.0, "learning_rate": 0.05, **COMMON}),
     Case("sgd", "wd-rescale-clip-strong", {"momentum": 0.0, "learning_rate": 0.1, **STRONG}),
+    # clipping off: 1.9.1's SGD kernels scale by (lr * rescale_grad), one float32 product
+    Case("sgd", "wd-rescale-noclip",
+         {"momentum": 0.0, "learning_rate": 0.05, "wd": 0.01, "rescale_grad": 0.7}),
     Case("sgd_mom", "defaults-0.9", {"momentum": 0.9}),
     Case("sgd_mom", "wd-rescale-clip", {"momentum": 0.5, "learning_rate": 0.05, **COMMON}),
     Case("sgd_mom", "wd-rescale-clip-strong", {"momentum": 0.9, "learning_rate": 0.02, **STRONG}),
+    Case("sgd_mom", "wd-rescale-noclip",
+         {"momentum": 0.9, "learning_rate": 0.05, "wd": 0.01, "rescale_grad": 0.7}),
     Case("nag", "wd0", {"momentum": 0.9, "learning_rate": 0.05, "rescale_grad": 0.7}),
     Case("nag", "clip-wd0", {"momentum": 0.9, "clip_gradient": 0.8}),
     Case("nag", "rescale-clip-wd0",
@@ -134,6 +139,7 @@ CASES: list[Case] = [
     Case("signum", "defaults", {}),
     Case("signum", "wd-wd_lh-rescale-clip", {"momentum": 0.8, "wd_lh": 0.02, **COMMON}),
     Case("signum", "wd-rescale-clip-strong", {"momentum": 0.5, "learning_rate": 0.05, **STRONG}),
+    Case("signum", "wd-rescale-noclip", {"momentum": 0.8, "wd": 0.01, "rescale_grad": 0.7}),
     Case("signsgd", "defaults", {"momentum": 0.0}),
     Case("signsgd", "wd", {"momentum": 0.0, "learning_rate": 0.05, "wd": 0.05}),
     # MXNet's signsgd_update ignores rescale_grad and clip_gradient, even a negative rescale_grad

@@ -37,7 +37,9 @@ starting at 0):
 The tutorial omits rescale_grad, clip_gradient (the op's keyword is ``clip_grad``; optgen uses
 the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_0 - lr * G /
 (|G| + epsilon). MXNet computes beta1^t and beta2^t in float32 inside the kernel; optgen computes
-(1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
+them once per step on the host with the kernel's float32 roundings (``f32``: beta1^t, 1 - beta1^t,
+its quotient by lr, 1 - beta2^t), divides v by 1 - beta2^t in the kernel (``as_is(v / s)``) and
+sums z's decayed terms before subtracting the correction: every recorded MXNet step to the bit.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
 
@@ -144,29 +146,29 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.ftml, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/ftml.py:60
-    #   _h1: = 1 - beta2, in specs/ftml.py:60
-    #   _h2: = (1 - beta2 ** t) ** (-1), in specs/ftml.py:60
-    #   _h3: = (1 - beta1 ** t)/lr, in specs/ftml.py:60
-    #   _h4: = 1 - beta1, in specs/ftml.py:59
-    #   _h5: = -beta1, in specs/ftml.py:59
+    #   _h0: = host_f32(beta2), in specs/ftml.py:67
+    #   _h1: = -clip_gradient, in specs/ftml.py:67
+    #   _h2: = host_f32(1 - host_f32(beta2)), in specs/ftml.py:67
+    #   _h3: = host_f32(1 - host_f32((host_f32(beta2)) ** t)), in specs/ftml.py:67
+    #   _h4: = host_f32(host_f32(1 - host_f32((host_f32(beta1)) ** t))/host_f32(lr)), in specs/ftml.py:67
+    #   _h5: = -host_f32(beta1), in specs/ftml.py:66
+    #   _h6: = host_f32(beta1), in specs/ftml.py:66
+    #   _h7: = host_f32(1 - host_f32(beta1)), in specs/ftml.py:66
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h0 == -np.inf and clip_gradient == np.inf:
+    if _h1 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -175,31 +177,31 @@ def _update_chunk(
             prev_d = load(prev_d_buf, _i)
             prev_v = load(prev_v_buf, _i)
             prev_z = load(prev_z_buf, _i)
-            # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/ftml.py:58: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
-            _v4 = beta2 * prev_v
+            # specs/ftml.py:62: prev_v_new = G**2*f32(1 - f32(beta2)) + prev_v*f32(beta2)
+            _v4 = _h0 * prev_v
             _v5 = G * G
-            _v6 = _h1 * _v5
+            _v6 = _h2 * _v5
             prev_v_new = _v4 + _v6
-            # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-            # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
-            _v7 = _h2 * prev_v_new
+            # specs/ftml.py:64: d_t = (epsilon + sqrt((prev_v_new/f32(1 - f32(f32(beta2)**t)))))*f32(f32(1 - f32(f32(beta1)**t))/f32(lr))
+            # specs/ftml.py:66: prev_z_new = -weight*((d_t - prev_d*f32(beta1))) + ((G*f32(1 - f32(beta1)) + prev_z*f32(beta1)))
+            _v7 = prev_v_new / _h3
             _v8 = np.sqrt(_v7)
             _v9 = _v8 + epsilon
-            prev_d_new = _h3 * _v9
-            _v10 = _h4 * G
-            _v11 = beta1 * prev_z
+            prev_d_new = _h4 * _v9
+            _v10 = _h6 * prev_z
+            _v11 = _h7 * G
             _v12 = _v10 + _v11
             _v13 = _h5 * prev_d
             _v14 = prev_d_new + _v13
             _v15 = weight * _v14
             prev_z_new = _v12 - _v15
-            # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+            # specs/ftml.py:69: weight_new = -prev_z_new/d_t
             _v16 = prev_z_new / prev_d_new
             weight_new = -_v16
             store(weight_buf, _i, weight_new)
@@ -213,31 +215,31 @@ def _update_chunk(
         prev_d = load(prev_d_buf, _i)
         prev_v = load(prev_v_buf, _i)
         prev_z = load(prev_z_buf, _i)
-        # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/ftml.py:58: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
-        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
+        _v3 = _h1 if (_h1 > _v2 or _h1 != _h1) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
-        _v4 = beta2 * prev_v
+        # specs/ftml.py:62: prev_v_new = G**2*f32(1 - f32(beta2)) + prev_v*f32(beta2)
+        _v4 = _h0 * prev_v
         _v5 = G * G
-        _v6 = _h1 * _v5
+        _v6 = _h2 * _v5
         prev_v_new = _v4 + _v6
-        # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-        # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
-        _v7 = _h2 * prev_v_new
+        # specs/ftml.py:64: d_t = (epsilon + sqrt((prev_v_new/f32(1 - f32(f32(beta2)**t)))))*f32(f32(1 - f32(f32(beta1)**t))/f32(lr))
+        # specs/ftml.py:66: prev_z_new = -weight*((d_t - prev_d*f32(beta1))) + ((G*f32(1 - f32(beta1)) + prev_z*f32(beta1)))
+        _v7 = prev_v_new / _h3
         _v8 = np.sqrt(_v7)
         _v9 = _v8 + epsilon
-        prev_d_new = _h3 * _v9
-        _v10 = _h4 * G
-        _v11 = beta1 * prev_z
+        prev_d_new = _h4 * _v9
+        _v10 = _h6 * prev_z
+        _v11 = _h7 * G
         _v12 = _v10 + _v11
         _v13 = _h5 * prev_d
         _v14 = prev_d_new + _v13
         _v15 = weight * _v14
         prev_z_new = _v12 - _v15
-        # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+        # specs/ftml.py:69: weight_new = -prev_z_new/d_t
         _v16 = prev_z_new / prev_d_new
         weight_new = -_v16
         store(weight_buf, _i, weight_new)

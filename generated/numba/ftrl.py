@@ -26,7 +26,9 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+enters only the denominator. In 1.9.1's float32 order: ``z + (G - (sqrt(n + G*G) - sqrt(n)) * w
+/ lr)`` and ``((beta + sqrt(n)) / lr + wd)``, each quotient by lr a division (``as_is(x / lr)``):
+every recorded MXNet step to the bit. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
 where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
 (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
 -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
@@ -128,8 +130,7 @@ def _update_chunk(
     z_buf,
     n_buf,
     _h0,
-    _h1,
-    _h2,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
@@ -138,9 +139,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.ftrl, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/ftrl.py:47
-    #   _h1: = -1/lr, in specs/ftrl.py:47
-    #   _h2: = lr ** (-1), in specs/ftrl.py:52
+    #   _h0: = -clip_gradient, in specs/ftrl.py:52
+    #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -155,21 +155,21 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             z = load(z_buf, _i)
             n = load(n_buf, _i)
-            # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            # specs/ftrl.py:48: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+            # specs/ftrl.py:52: z_new = z + ((G - (((weight*(-sqrt(n) + sqrt(G**2 + n))))/lr)))
             _v2 = G * G
             n_new = n + _v2
-            _t2 = np.sqrt(n_new)
-            _v3 = G + z
-            _v4 = np.sqrt(n)
-            _v5 = _t2 - _v4
-            _v6 = _h1 * weight
-            _v7 = _v6 * _v5
-            z_new = _v3 + _v7
-            # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+            _t3 = np.sqrt(n_new)
+            _v3 = np.sqrt(n)
+            _v4 = _t3 - _v3
+            _v5 = weight * _v4
+            _v6 = _v5 / lr
+            _v7 = G - _v6
+            z_new = z + _v7
+            # specs/ftrl.py:57: weight_new = Piecewise((1, lamda1 < Abs(z_new)), (0, True))*(((lamda1*sign(z_new) - z_new)/denominator))
             _v8 = (
                 _T(1.0)
                 if z_new > 0
@@ -177,15 +177,15 @@ def _update_chunk(
             )
             _v9 = lamda1 * _v8
             _v10 = _v9 - z_new
-            _v11 = np.abs(z_new)
-            _v12 = lamda1 < _v11
-            _v13 = _T(1.0) if _v12 else _T(0.0)
-            # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
-            _v14 = _t2 + beta
-            _v15 = _h2 * _v14
-            denominator = _v15 + wd
-            _v17 = _v10 * _v13
-            weight_new = _v17 / denominator
+            # specs/ftrl.py:54: denominator = wd + ((beta + sqrt(n_new))/lr)
+            _v11 = _t3 + beta
+            _v12 = _v11 / lr
+            denominator = _v12 + wd
+            _v14 = _v10 / denominator
+            _v15 = np.abs(z_new)
+            _v16 = lamda1 < _v15
+            _v17 = _T(1.0) if _v16 else _T(0.0)
+            weight_new = _v14 * _v17
             store(weight_buf, _i, weight_new)
             store(z_buf, _i, z_new)
             store(n_buf, _i, n_new)
@@ -195,21 +195,21 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         z = load(z_buf, _i)
         n = load(n_buf, _i)
-        # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/ftrl.py:48: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v0 = rescale_grad * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+        # specs/ftrl.py:52: z_new = z + ((G - (((weight*(-sqrt(n) + sqrt(G**2 + n))))/lr)))
         _v2 = G * G
         n_new = n + _v2
-        _t2 = np.sqrt(n_new)
-        _v3 = G + z
-        _v4 = np.sqrt(n)
-        _v5 = _t2 - _v4
-        _v6 = _h1 * weight
-        _v7 = _v6 * _v5
-        z_new = _v3 + _v7
-        # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+        _t3 = np.sqrt(n_new)
+        _v3 = np.sqrt(n)
+        _v4 = _t3 - _v3
+        _v5 = weight * _v4
+        _v6 = _v5 / lr
+        _v7 = G - _v6
+        z_new = z + _v7
+        # specs/ftrl.py:57: weight_new = Piecewise((1, lamda1 < Abs(z_new)), (0, True))*(((lamda1*sign(z_new) - z_new)/denominator))
         _v8 = (
             _T(1.0)
             if z_new > 0
@@ -217,15 +217,15 @@ def _update_chunk(
         )
         _v9 = lamda1 * _v8
         _v10 = _v9 - z_new
-        _v11 = np.abs(z_new)
-        _v12 = lamda1 < _v11
-        _v13 = _T(1.0) if _v12 else _T(0.0)
-        # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
-        _v14 = _t2 + beta
-        _v15 = _h2 * _v14
-        denominator = _v15 + wd
-        _v17 = _v10 * _v13
-        weight_new = _v17 / denominator
+        # specs/ftrl.py:54: denominator = wd + ((beta + sqrt(n_new))/lr)
+        _v11 = _t3 + beta
+        _v12 = _v11 / lr
+        denominator = _v12 + wd
+        _v14 = _v10 / denominator
+        _v15 = np.abs(z_new)
+        _v16 = lamda1 < _v15
+        _v17 = _T(1.0) if _v16 else _T(0.0)
+        weight_new = _v14 * _v17
         store(weight_buf, _i, weight_new)
         store(z_buf, _i, z_new)
         store(n_buf, _i, n_new)
@@ -250,7 +250,6 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
-            _scalars[_j, 7],
         )
 
 
@@ -273,7 +272,6 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
-            _scalars[_j, 7],
         )
 
 
@@ -296,7 +294,6 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
-            _scalars[_j, 7],
         )
 
 
@@ -319,7 +316,6 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
-            _scalars[_j, 7],
         )
 
 
@@ -342,7 +338,6 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
-            _scalars[_j, 7],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -369,7 +364,6 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
-            _scalars[_j, 7],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -488,7 +482,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 7)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -31,6 +31,10 @@ float32 (the same bits from the vectorised and the scalar kernel variant), added
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
+The moments follow the phase-1 kernel's float32 arithmetic (``1.f - beta`` from the float32 beta,
+``f32``): MXNet's m and v to the bit at every recorded step. The weight does not, within a few
+float32 ulps: MXNet computes the norms in float32 and m's bias correction in double.
+
 NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
@@ -145,24 +149,24 @@ def _reduce_chunk(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
 ):
     # Reduction phase 1 over one chunk: w_sq, u_sq (sums in float64).
-    #   _h0: = -clip_gradient, in specs/lamb.py:65
-    #   _h1: = 1 - beta2, in specs/lamb.py:65
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
-    #   _h3: = 1 - beta1, in specs/lamb.py:65
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h1: = -clip_gradient, in specs/lamb.py:71
+    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
+    #   _h4: = host_f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
@@ -182,26 +186,26 @@ def _reduce_chunk(
             grad = load(_r1, _i)
             mean = load(_r2, _i)
             var = load(_r3, _i)
-            # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v15 = rescale_grad * grad
-            _v16 = _h0 if (_h0 > _v15 or _h0 != _h0) else _v15
+            _v16 = _h1 if (_h1 > _v15 or _h1 != _h1) else _v15
             G = clip_gradient if (clip_gradient < _v16 or clip_gradient != clip_gradient) else _v16
-            # specs/lamb.py:64: w_sq = weight**2
+            # specs/lamb.py:70: w_sq = weight**2
             w_sq = weight * weight
-            # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-            # specs/lamb.py:65: u_sq = u**2
+            # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:71: u_sq = u**2
             _v17 = wd * weight
-            _v18 = beta1 * mean
-            _v19 = _h3 * G
+            _v18 = _h4 * mean
+            _v19 = _h5 * G
             _v20 = _v18 + _v19
-            _v21 = beta2 * var
-            _v22 = _h1 * G
+            _v21 = _h0 * var
+            _v22 = _h2 * G
             _v23 = G * _v22
             _v24 = _v21 + _v23
-            _v25 = _h2 * _v24
+            _v25 = _h3 * _v24
             _v26 = np.sqrt(_v25)
             _v27 = _v26 + epsilon
-            _v28 = _h4 * _v20
+            _v28 = _h6 * _v20
             _v29 = _v28 / _v27
             _v30 = _v17 + _v29
             u_sq = _v30 * _v30
@@ -312,29 +316,29 @@ def _update_chunk(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lamb, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/lamb.py:65
-    #   _h1: = 1 - beta2, in specs/lamb.py:65
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
-    #   _h3: = 1 - beta1, in specs/lamb.py:65
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
-    #   _h5: = -lr*ratio, in specs/lamb.py:67, from lower_bound, lr, u_sq, upper_bound, w_sq
+    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h1: = -clip_gradient, in specs/lamb.py:71
+    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
+    #   _h4: = host_f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
+    #   _h7: = -lr*ratio, in specs/lamb.py:73, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h0 == -np.inf and clip_gradient == np.inf:
+    if _h1 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -342,29 +346,29 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             mean = load(mean_buf, _i)
             var = load(var_buf, _i)
-            # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
             _v0 = rescale_grad * grad
             _v1 = _v0
             G = _v1
-            # specs/lamb.py:58: mean_new = G*(1 - beta1) + beta1*mean
-            _v2 = beta1 * mean
-            _v3 = _h3 * G
+            # specs/lamb.py:65: mean_new = G*(1 - f32(beta1)) + mean*f32(beta1)
+            _v2 = _h4 * mean
+            _v3 = _h5 * G
             mean_new = _v2 + _v3
-            # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
-            _v4 = beta2 * var
-            _v5 = _h1 * G
+            # specs/lamb.py:66: var_new = G*((G*(1 - f32(beta2)))) + var*f32(beta2)
+            _v4 = _h0 * var
+            _v5 = _h2 * G
             _v6 = G * _v5
             var_new = _v4 + _v6
-            # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-            # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
+            # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+            # specs/lamb.py:73: weight_new = -lr*ratio*u + weight
             _v7 = wd * weight
-            _v8 = _h2 * var_new
+            _v8 = _h3 * var_new
             _v9 = np.sqrt(_v8)
             _v10 = _v9 + epsilon
-            _v11 = _h4 * mean_new
+            _v11 = _h6 * mean_new
             _v12 = _v11 / _v10
             _v13 = _v7 + _v12
-            _v14 = _h5 * _v13
+            _v14 = _h7 * _v13
             weight_new = weight + _v14
             store(weight_buf, _i, weight_new)
             store(mean_buf, _i, mean_new)
@@ -375,29 +379,29 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         mean = load(mean_buf, _i)
         var = load(var_buf, _i)
-        # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         _v0 = rescale_grad * grad
-        _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
+        _v1 = _h1 if (_h1 > _v0 or _h1 != _h1) else _v0
         G = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        # specs/lamb.py:58: mean_new = G*(1 - beta1) + beta1*mean
-        _v2 = beta1 * mean
-        _v3 = _h3 * G
+        # specs/lamb.py:65: mean_new = G*(1 - f32(beta1)) + mean*f32(beta1)
+        _v2 = _h4 * mean
+        _v3 = _h5 * G
         mean_new = _v2 + _v3
-        # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
-        _v4 = beta2 * var
-        _v5 = _h1 * G
+        # specs/lamb.py:66: var_new = G*((G*(1 - f32(beta2)))) + var*f32(beta2)
+        _v4 = _h0 * var
+        _v5 = _h2 * G
         _v6 = G * _v5
         var_new = _v4 + _v6
-        # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-        # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
+        # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:73: weight_new = -lr*ratio*u + weight
         _v7 = wd * weight
-        _v8 = _h2 * var_new
+        _v8 = _h3 * var_new
         _v9 = np.sqrt(_v8)
         _v10 = _v9 + epsilon
-        _v11 = _h4 * mean_new
+        _v11 = _h6 * mean_new
         _v12 = _v11 / _v10
         _v13 = _v7 + _v12
-        _v14 = _h5 * _v13
+        _v14 = _h7 * _v13
         weight_new = weight + _v14
         store(weight_buf, _i, weight_new)
         store(mean_buf, _i, mean_new)

@@ -28,9 +28,13 @@ Tutorial: "no additional modifications to SGD". MXNet's code (1.9.1, followed he
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps the first gradient of a
 macro-batch by reference, so a trainer that reuses one gradient buffer accumulates g2 + g2 instead
 of g1 + g2; optgen accumulates into its own buffer. With momentum = 0 MXNet calls sgd_update
-(w - lr' wd w - lr' G): the same algebra as here. ``num_epochs`` is accepted by MXNet and unused:
-it is not a hyperparameter here. The norms are per-tensor reductions, computed every step (also
-for the warmup strategies that do not use them).
+(w - lr' wd w - lr' G): the same algebra as here, computed as that kernel does ((1 - lr' wd) w -
+lr' G), as sgd_mom_update's order is followed at momentum > 0, with their float32 scalars
+(``times_clipped``, ``times_wd``) and gbar = C / batch_scale a division: every recorded MXNet
+step to the bit but the 'lars' strategy's, whose norms MXNet sums in float32 (NumPy's pairwise
+sum of the float32 squares; optgen's reductions are double). ``num_epochs`` is accepted by MXNet
+and unused: it is not a hyperparameter here. The norms are per-tensor reductions, computed every
+step (also for the warmup strategies that do not use them).
 
 batch_scale, updates_per_epoch, begin_epoch and warmup_epochs are counts (MXNet documents them as
 unsigned; the macro-batch test k mod B == 0 and the counter k need whole numbers), so other values
@@ -68,8 +72,8 @@ from optgen_runtime.numba_support import (
     view,
     view_bits,
 )
-from optgen_runtime.numpy_support import combine_rows
-from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
+from optgen_runtime.numpy_support import combine, partials_of
+from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.lbsgd import init_state
 from ..rules.lbsgd import (
@@ -91,7 +95,6 @@ from ..rules.lbsgd import (
     STATES,
     STEP_SCALARS,
     host_scalars,
-    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -118,7 +121,6 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
-    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",
@@ -138,27 +140,39 @@ def _reduce_chunk(
     grad_buf,
     mom_buf,
     acc_buf,
-    _h0,
+    batch_scale,
 ):
     # Reduction phase 1 over one chunk: w_sq, gbar_sq (sums in float64).
-    #   _h0: = batch_scale ** (-2), in specs/lbsgd.py:59
+    #   batch_scale: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     _p0 = 0.0
+    _block0 = np.empty(1024, dtype=np.float64)
     _p1 = 0.0
-    for _i in range(weight_buf.shape[0]):
-        weight = load(weight_buf, _i)
-        grad = load(grad_buf, _i)
-        acc = load(acc_buf, _i)
-        # specs/lbsgd.py:58: w_sq = weight**2
-        w_sq = weight * weight
-        # specs/lbsgd.py:55: total = acc + grad
-        total = acc + grad
-        # specs/lbsgd.py:56: gbar = total/batch_scale
-        # specs/lbsgd.py:59: gbar_sq = gbar**2
-        _v13 = total * total
-        gbar_sq = _h0 * _v13
-        _p0 += np.float64(w_sq)
-        _p1 += np.float64(gbar_sq)
+    _block1 = np.empty(1024, dtype=np.float64)
+    # In blocks of 1024: the block's values first (no carried dependency: vectorised),
+    # then each added in element order (the bits of one loop doing both, which runs scalar).
+    for _lo in range(0, weight_buf.shape[0], 1024):
+        _m = min(1024, weight_buf.shape[0] - _lo)
+        _r0 = weight_buf[_lo : _lo + _m]
+        _r1 = grad_buf[_lo : _lo + _m]
+        _r2 = acc_buf[_lo : _lo + _m]
+        for _i in range(_m):
+            weight = load(_r0, _i)
+            grad = load(_r1, _i)
+            acc = load(_r2, _i)
+            # specs/lbsgd.py:62: w_sq = weight**2
+            w_sq = weight * weight
+            # specs/lbsgd.py:59: total = acc + grad
+            total = acc + grad
+            # specs/lbsgd.py:60: gbar = (total/batch_scale)
+            gbar = total / batch_scale
+            # specs/lbsgd.py:63: gbar_sq = gbar**2
+            gbar_sq = gbar * gbar
+            _block0[_i] = np.float64(w_sq)
+            _block1[_i] = np.float64(gbar_sq)
+        for _i in range(_m):
+            _p0 += np.float64(_block0[_i])
+            _p1 += np.float64(_block1[_i])
     return (
         _p0,
         _p1,
@@ -225,25 +239,39 @@ def _update_chunk(
     grad_buf,
     mom_buf,
     acc_buf,
+    _h0,
     _h1,
     _h2,
     _h3,
     _h4,
-    wd,
+    _h5,
+    _h6,
+    _h7,
+    _h8,
+    _h9,
+    _h10,
     clip_gradient,
     momentum,
+    batch_scale,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lbsgd, once per step and tensor):
-    #   _h1: = -clip_gradient, in specs/lbsgd.py:74
-    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
-    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, t, updates_per_epoch
-    #   wd: hyperparameter
+    #   _h0: = -clip_gradient, in specs/lbsgd.py:83
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/lbsgd.py:83
+    #   _h2: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h3: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h5: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h6: = ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h7: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h8: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h9: = (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h10: = (momentum == 0), in specs/lbsgd.py:86
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
+    #   batch_scale: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h1 == -np.inf and clip_gradient == np.inf:
+    if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -251,28 +279,39 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             mom = load(mom_buf, _i)
             acc = load(acc_buf, _i)
-            # specs/lbsgd.py:55: total = acc + grad
+            # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+            _t0 = momentum * mom
+            # specs/lbsgd.py:59: total = acc + grad
             total = acc + grad
-            # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-            _v0 = _h4 != _T(0.0)
-            _v1 = momentum * mom
-            # specs/lbsgd.py:56: gbar = total/batch_scale
-            # specs/lbsgd.py:73: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, gbar*rescale_grad))
-            _v2 = wd * weight
-            _v3 = _h2 * total
-            _v4 = _v3
-            _v5 = _v4
-            G = _v2 + _v5
-            _v7 = _h3 * G
-            _v8 = _v1 + _v7
-            mom_new = _v8 if _v0 else mom
-            # specs/lbsgd.py:75: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-            _v9 = _h4 != _T(0.0)
-            acc_new = _T(0.0) if _v9 else total
-            # specs/lbsgd.py:76: weight_new = Piecewise((mom_new + weight, Eq(Mod(k, batch_scale), 0)), (weight, True))
-            _v10 = _h4 != _T(0.0)
-            _v11 = mom_new + weight
-            weight_new = _v11 if _v10 else weight
+            # specs/lbsgd.py:60: gbar = (total/batch_scale)
+            gbar = total / batch_scale
+            _v1 = _h1 * gbar
+            _v2 = _v1
+            _t2 = _v2
+            _v3 = _h4 != _T(0.0)
+            _v4 = _h2 * _t2
+            _v5 = _h3 * weight
+            _v6 = _t0 + _v5
+            _v7 = _v4 + _v6
+            mom_new = _v7 if _v3 else mom
+            # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
+            _v8 = _h4 != _T(0.0)
+            acc_new = _T(0.0) if _v8 else total
+            # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+            _v9 = _h9 != _T(0.0)
+            _v10 = _h10 != _T(0.0)
+            _v11 = _h4 != _T(0.0)
+            _v12 = _h7 * _t2
+            _v13 = _h8 * weight
+            _v14 = _t0 + _v13
+            _v15 = _v12 + _v14
+            _v16 = _v15 if _v11 else mom
+            _v17 = weight + _v16
+            _v18 = _h5 * _t2
+            _v19 = _h6 * weight
+            _v20 = _v18 + _v19
+            _v21 = _v20 if _v10 else _v17
+            weight_new = weight if _v9 else _v21
             store(weight_buf, _i, weight_new)
             store(mom_buf, _i, mom_new)
             store(acc_buf, _i, acc_new)
@@ -282,28 +321,39 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         mom = load(mom_buf, _i)
         acc = load(acc_buf, _i)
-        # specs/lbsgd.py:55: total = acc + grad
+        # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+        _t0 = momentum * mom
+        # specs/lbsgd.py:59: total = acc + grad
         total = acc + grad
-        # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-        _v0 = _h4 != _T(0.0)
-        _v1 = momentum * mom
-        # specs/lbsgd.py:56: gbar = total/batch_scale
-        # specs/lbsgd.py:73: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, gbar*rescale_grad))
-        _v2 = wd * weight
-        _v3 = _h2 * total
-        _v4 = _h1 if (_h1 > _v3 or _h1 != _h1) else _v3
-        _v5 = clip_gradient if (clip_gradient < _v4 or clip_gradient != clip_gradient) else _v4
-        G = _v2 + _v5
-        _v7 = _h3 * G
-        _v8 = _v1 + _v7
-        mom_new = _v8 if _v0 else mom
-        # specs/lbsgd.py:75: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-        _v9 = _h4 != _T(0.0)
-        acc_new = _T(0.0) if _v9 else total
-        # specs/lbsgd.py:76: weight_new = Piecewise((mom_new + weight, Eq(Mod(k, batch_scale), 0)), (weight, True))
-        _v10 = _h4 != _T(0.0)
-        _v11 = mom_new + weight
-        weight_new = _v11 if _v10 else weight
+        # specs/lbsgd.py:60: gbar = (total/batch_scale)
+        gbar = total / batch_scale
+        _v1 = _h1 * gbar
+        _v2 = _h0 if (_h0 > _v1 or _h0 != _h0) else _v1
+        _t2 = clip_gradient if (clip_gradient < _v2 or clip_gradient != clip_gradient) else _v2
+        _v3 = _h4 != _T(0.0)
+        _v4 = _h2 * _t2
+        _v5 = _h3 * weight
+        _v6 = _t0 + _v5
+        _v7 = _v4 + _v6
+        mom_new = _v7 if _v3 else mom
+        # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
+        _v8 = _h4 != _T(0.0)
+        acc_new = _T(0.0) if _v8 else total
+        # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+        _v9 = _h9 != _T(0.0)
+        _v10 = _h10 != _T(0.0)
+        _v11 = _h4 != _T(0.0)
+        _v12 = _h7 * _t2
+        _v13 = _h8 * weight
+        _v14 = _t0 + _v13
+        _v15 = _v12 + _v14
+        _v16 = _v15 if _v11 else mom
+        _v17 = weight + _v16
+        _v18 = _h5 * _t2
+        _v19 = _h6 * weight
+        _v20 = _v18 + _v19
+        _v21 = _v20 if _v10 else _v17
+        weight_new = weight if _v9 else _v21
         store(weight_buf, _i, weight_new)
         store(mom_buf, _i, mom_new)
         store(acc_buf, _i, acc_new)
@@ -328,6 +378,13 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
+            _scalars[_j, 13],
         )
 
 
@@ -350,6 +407,13 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
+            _scalars[_j, 13],
         )
 
 
@@ -372,6 +436,13 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
+            _scalars[_j, 13],
         )
 
 
@@ -394,6 +465,13 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
+            _scalars[_j, 13],
         )
 
 
@@ -416,6 +494,13 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
+            _scalars[_j, 13],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -442,6 +527,13 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 4],
             _scalars[_j, 5],
             _scalars[_j, 6],
+            _scalars[_j, 7],
+            _scalars[_j, 8],
+            _scalars[_j, 9],
+            _scalars[_j, 10],
+            _scalars[_j, 11],
+            _scalars[_j, 12],
+            _scalars[_j, 13],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -532,38 +624,41 @@ def _run(
 ) -> None:
     """The host scalars of every tensor of ``buffers`` (checked by the caller), every one
     checked before anything is written, then the compiled loops."""
-    sums = np.zeros((buffers.count, 2), dtype=np.float64)
-    # Reduction phase 1 (its scalars depend on the step count alone: once per distinct count):
-    # one row of partials per chunk, combined per tensor in chunk order.
+    sums: list[dict[str, float]] = [{} for _ in range(buffers.count)]
+    # Reduction phase 1: one row of partials per chunk, combined per tensor in chunk order.
     for (_indices, _addresses, _chunks, dtype), _layout in zip(
         buffers.groups, buffers.layouts, strict=True
     ):
-        _distinct, _which = step_scalar_rows(
-            RULE, reduction_scalars, [ts[_j] for _j in _indices], REDUCE_SCALARS, dtype.type, **hp
-        )
+        pre = [
+            check_scalars(
+                RULE,
+                REDUCE_SCALARS,
+                computed(RULE, reduction_scalars, ts[_j], **hp, **sums[_j]),
+                dtype.type,
+            )
+            for _j in _indices
+        ]
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
         launch_layout(
-            _REDUCE, _layout, _addresses, _chunks, _distinct.astype(dtype)[_which], partial
+            _REDUCE,
+            _layout,
+            _addresses,
+            _chunks,
+            np.array(pre, dtype=dtype).reshape(len(_indices), 1),
+            partial,
         )
-        sums[_indices] = combine_rows(
-            REDUCE_KINDS, ["w_sq", "gbar_sq"], partial, _chunks[:, 0], len(_indices)
-        )
-    # The update's host scalars, every one checked before anything is written: every tensor's
-    # of a group at once (host_scalars_rows), or tensor by tensor where that cannot be.
-    scalars = [
-        sum_scalar_rows(
-            RULE,
-            host_scalars,
-            host_scalars_rows,
-            [ts[_j] for _j in _indices],
-            ["w_sq", "gbar_sq"],
-            sums[_indices],
-            SCALARS,
-            dtype.type,
-            **hp,
-        ).astype(dtype)
-        for _indices, _, _, dtype in buffers.groups
-    ]
+        for _j, _rows in zip(
+            _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
+        ):
+            sums[_j].update(combine(REDUCE_KINDS, ["w_sq", "gbar_sq"], _rows))
+    # The update's host scalars, every one checked before anything is written.
+    scalars = []
+    for _indices, _, _, dtype in buffers.groups:
+        _rows = []
+        for _j in _indices:
+            _value, _ = computed(RULE, host_scalars, ts[_j], **hp, **sums[_j])
+            _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 14))
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

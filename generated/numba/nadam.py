@@ -34,6 +34,10 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, host state
     mbar = (1 - mu_t) * G / (1 - M_{i+1}) + mu_t1 * m_{i+1} / (1 - M')
     w_{i+1} = w_i - lr * mbar / (sqrt(v_{i+1} / (1 - beta2^t)) + epsilon)
 
+in its order (NDArray operations in float32, each scalar once in double: M and M' as products
+of the previous value, each division by a scalar a division (``as_is(x / s)``), ``lr * mbar``
+before its quotient): every recorded MXNet step to the bit, M included.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps ONE schedule product M per
 optimizer, advanced by every parameter's update, so a parameter's schedule depends on how many
 tensors the model has. optgen keeps M per weight (a host state next to its buffers); for a model
@@ -151,28 +155,32 @@ def _update_chunk(
     _h4,
     _h5,
     _h6,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
     beta1,
     beta2,
     epsilon,
+    mu_t1,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.nadam, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/nadam.py:84
-    #   _h1: = 1 - beta1, in specs/nadam.py:84
-    #   _h2: = 1 - beta2, in specs/nadam.py:86
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/nadam.py:91
-    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:91
-    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:91
-    #   _h6: = -lr, in specs/nadam.py:91
+    #   _h0: = -clip_gradient, in specs/nadam.py:92
+    #   _h1: = 1 - beta1, in specs/nadam.py:92
+    #   _h2: = 1 - beta2, in specs/nadam.py:94
+    #   _h3: = 1 - beta2 ** t, in specs/nadam.py:101
+    #   _h4: = 1 - ((m_schedule*mu_t)), in specs/nadam.py:101, from beta1, m_schedule, schedule_decay, t
+    #   _h5: = 1 - mu_t, in specs/nadam.py:101, from beta1, schedule_decay, t
+    #   _h6: = -mu_t1*(m_schedule*mu_t) + 1, in specs/nadam.py:101, from beta1, m_schedule, schedule_decay, t
+    #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
+    #   mu_t1: let, computed by host_scalars from beta1, schedule_decay, t
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
@@ -182,32 +190,34 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             mean = load(mean_buf, _i)
             var = load(var_buf, _i)
-            # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+            # specs/nadam.py:82: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
             _v0 = rescale_grad * grad
             _v1 = wd * weight
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
+            # specs/nadam.py:92: mean_new = G*(1 - beta1) + beta1*mean
             _v4 = beta1 * mean
             _v5 = _h1 * G
             mean_new = _v4 + _v5
-            # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
+            # specs/nadam.py:94: var_new = G*((G*(1 - beta2))) + beta2*var
             _v6 = beta2 * var
             _v7 = _h2 * G
             _v8 = G * _v7
             var_new = _v6 + _v8
-            # specs/nadam.py:87: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
-            _v9 = _h4 * G
-            _v10 = _h5 * mean_new
-            mbar = _v9 + _v10
-            # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
-            _v12 = _h3 * var_new
-            _v13 = np.sqrt(_v12)
-            _v14 = _v13 + epsilon
-            _v15 = _h6 * mbar
-            _v16 = _v15 / _v14
-            weight_new = weight + _v16
+            # specs/nadam.py:100: mbar = mu_t1*((mean_new/(-mu_t1*(m_schedule*mu_t) + 1))) + (1 - mu_t)*((G/(1 - (m_schedule*mu_t))))
+            _v9 = G / _h4
+            _v10 = _h5 * _v9
+            _v11 = mean_new / _h6
+            _v12 = mu_t1 * _v11
+            mbar = _v10 + _v12
+            # specs/nadam.py:101: weight_new = weight - (lr*mbar)/(epsilon + sqrt((var_new/(1 - beta2**t))))
+            _v14 = lr * mbar
+            _v15 = var_new / _h3
+            _v16 = np.sqrt(_v15)
+            _v17 = _v16 + epsilon
+            _v18 = _v14 / _v17
+            weight_new = weight - _v18
             store(weight_buf, _i, weight_new)
             store(mean_buf, _i, mean_new)
             store(var_buf, _i, var_new)
@@ -217,32 +227,34 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         mean = load(mean_buf, _i)
         var = load(var_buf, _i)
-        # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/nadam.py:82: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         _v0 = rescale_grad * grad
         _v1 = wd * weight
         _v2 = _v0 + _v1
         _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/nadam.py:92: mean_new = G*(1 - beta1) + beta1*mean
         _v4 = beta1 * mean
         _v5 = _h1 * G
         mean_new = _v4 + _v5
-        # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
+        # specs/nadam.py:94: var_new = G*((G*(1 - beta2))) + beta2*var
         _v6 = beta2 * var
         _v7 = _h2 * G
         _v8 = G * _v7
         var_new = _v6 + _v8
-        # specs/nadam.py:87: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
-        _v9 = _h4 * G
-        _v10 = _h5 * mean_new
-        mbar = _v9 + _v10
-        # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
-        _v12 = _h3 * var_new
-        _v13 = np.sqrt(_v12)
-        _v14 = _v13 + epsilon
-        _v15 = _h6 * mbar
-        _v16 = _v15 / _v14
-        weight_new = weight + _v16
+        # specs/nadam.py:100: mbar = mu_t1*((mean_new/(-mu_t1*(m_schedule*mu_t) + 1))) + (1 - mu_t)*((G/(1 - (m_schedule*mu_t))))
+        _v9 = G / _h4
+        _v10 = _h5 * _v9
+        _v11 = mean_new / _h6
+        _v12 = mu_t1 * _v11
+        mbar = _v10 + _v12
+        # specs/nadam.py:101: weight_new = weight - (lr*mbar)/(epsilon + sqrt((var_new/(1 - beta2**t))))
+        _v14 = lr * mbar
+        _v15 = var_new / _h3
+        _v16 = np.sqrt(_v15)
+        _v17 = _v16 + epsilon
+        _v18 = _v14 / _v17
+        weight_new = weight - _v18
         store(weight_buf, _i, weight_new)
         store(mean_buf, _i, mean_new)
         store(var_buf, _i, var_new)
@@ -273,6 +285,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 10],
             _scalars[_j, 11],
             _scalars[_j, 12],
+            _scalars[_j, 13],
+            _scalars[_j, 14],
         )
 
 
@@ -301,6 +315,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 10],
             _scalars[_j, 11],
             _scalars[_j, 12],
+            _scalars[_j, 13],
+            _scalars[_j, 14],
         )
 
 
@@ -329,6 +345,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 10],
             _scalars[_j, 11],
             _scalars[_j, 12],
+            _scalars[_j, 13],
+            _scalars[_j, 14],
         )
 
 
@@ -357,6 +375,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 10],
             _scalars[_j, 11],
             _scalars[_j, 12],
+            _scalars[_j, 13],
+            _scalars[_j, 14],
         )
 
 
@@ -385,6 +405,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 10],
             _scalars[_j, 11],
             _scalars[_j, 12],
+            _scalars[_j, 13],
+            _scalars[_j, 14],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -417,6 +439,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 10],
             _scalars[_j, 11],
             _scalars[_j, 12],
+            _scalars[_j, 13],
+            _scalars[_j, 14],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -520,7 +544,7 @@ def _run(
             _value, new = computed(RULE, host_scalars, ts[_j], **hp, **hosts[_j])
             _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             host_new[_j] = new
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 13))
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 15))
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -22,6 +22,9 @@ weight and uses the reformulation (state ``mom`` = v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + momentum * mom_{i+1} - lr * G
 
+computed in the kernel's float32 order, ``(w_i - momentum * mom_i) + (momentum + 1) * mom_{i+1}``
+(``momentum + 1`` a float32 sum): at wd = 0 every recorded MXNet step to the bit.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1's in-place kernel writes the new
 weight before it computes the momentum, so with wd > 0 the momentum's wd term reads w_{i+1}
 instead of w_i. optgen uses w_i (MXNet master's fixed kernel). With wd = 0 the two agree exactly.
@@ -135,6 +138,8 @@ def _update_chunk(
     mom_buf,
     _h0,
     _h1,
+    _h2,
+    _h3,
     wd,
     rescale_grad,
     clip_gradient,
@@ -142,8 +147,10 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.nag, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/nag.py:52
-    #   _h1: = -lr, in specs/nag.py:52
+    #   _h0: = -clip_gradient, in specs/nag.py:56
+    #   _h1: = -lr, in specs/nag.py:56
+    #   _h2: = host_f32(momentum) + 1, in specs/nag.py:57
+    #   _h3: = -momentum, in specs/nag.py:57
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -156,20 +163,21 @@ def _update_chunk(
             weight = load(weight_buf, _i)
             grad = load(grad_buf, _i)
             mom = load(mom_buf, _i)
-            # specs/nag.py:51: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
-            _v0 = wd * weight
-            _v1 = rescale_grad * grad
-            _v2 = _v1
+            # specs/nag.py:56: mom_new = -G*lr + mom*momentum
+            _v0 = momentum * mom
+            # specs/nag.py:54: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+            _v1 = wd * weight
+            _v2 = rescale_grad * grad
             _v3 = _v2
-            G = _v0 + _v3
-            # specs/nag.py:52: mom_new = -G*lr + mom*momentum
-            _t0 = _h1 * G
-            _v5 = momentum * mom
-            mom_new = _t0 + _v5
-            # specs/nag.py:53: weight_new = -G*lr + mom_new*momentum + weight
-            _v6 = _t0 + weight
-            _v7 = momentum * mom_new
-            weight_new = _v6 + _v7
+            _v4 = _v3
+            G = _v1 + _v4
+            _v6 = _h1 * G
+            mom_new = _v0 + _v6
+            # specs/nag.py:57: weight_new = mom_new*(f32(momentum) + 1) + ((-mom*momentum + weight))
+            _v7 = _h2 * mom_new
+            _v8 = _h3 * mom
+            _v9 = weight + _v8
+            weight_new = _v7 + _v9
             store(weight_buf, _i, weight_new)
             store(mom_buf, _i, mom_new)
         return
@@ -177,20 +185,21 @@ def _update_chunk(
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
         mom = load(mom_buf, _i)
-        # specs/nag.py:51: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
-        _v0 = wd * weight
-        _v1 = rescale_grad * grad
-        _v2 = _h0 if (_h0 > _v1 or _h0 != _h0) else _v1
-        _v3 = clip_gradient if (clip_gradient < _v2 or clip_gradient != clip_gradient) else _v2
-        G = _v0 + _v3
-        # specs/nag.py:52: mom_new = -G*lr + mom*momentum
-        _t0 = _h1 * G
-        _v5 = momentum * mom
-        mom_new = _t0 + _v5
-        # specs/nag.py:53: weight_new = -G*lr + mom_new*momentum + weight
-        _v6 = _t0 + weight
-        _v7 = momentum * mom_new
-        weight_new = _v6 + _v7
+        # specs/nag.py:56: mom_new = -G*lr + mom*momentum
+        _v0 = momentum * mom
+        # specs/nag.py:54: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        _v1 = wd * weight
+        _v2 = rescale_grad * grad
+        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
+        _v4 = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
+        G = _v1 + _v4
+        _v6 = _h1 * G
+        mom_new = _v0 + _v6
+        # specs/nag.py:57: weight_new = mom_new*(f32(momentum) + 1) + ((-mom*momentum + weight))
+        _v7 = _h2 * mom_new
+        _v8 = _h3 * mom
+        _v9 = weight + _v8
+        weight_new = _v7 + _v9
         store(weight_buf, _i, weight_new)
         store(mom_buf, _i, mom_new)
 
@@ -212,6 +221,8 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -232,6 +243,8 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -252,6 +265,8 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -272,6 +287,8 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
 
 
@@ -292,6 +309,8 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
         round_into(
             view_bits(_addresses[_j, 3], _lo, _hi, _bits),
@@ -316,6 +335,8 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 3],
             _scalars[_j, 4],
             _scalars[_j, 5],
+            _scalars[_j, 6],
+            _scalars[_j, 7],
         )
         round_into(
             view_bits(_addresses[_j, 3], _lo, _hi, _bits),
@@ -434,7 +455,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 6)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

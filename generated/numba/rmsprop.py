@@ -165,7 +165,7 @@ def _update_chunk(
             _v5 = G * G
             _v6 = _h2 * _v5
             n_new = _v4 + _v6
-            # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
+            # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*(G/sqrt(epsilon + n_new)) + weight))
             _v7 = n_new + epsilon
             _v8 = np.sqrt(_v7)
             _v9 = G / _v8
@@ -191,7 +191,7 @@ def _update_chunk(
         _v5 = G * G
         _v6 = _h2 * _v5
         n_new = _v4 + _v6
-        # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
+        # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*(G/sqrt(epsilon + n_new)) + weight))
         _v7 = n_new + epsilon
         _v8 = np.sqrt(_v7)
         _v9 = G / _v8

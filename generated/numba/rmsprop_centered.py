@@ -132,7 +132,7 @@ def _update_chunk(
     _h1,
     _h2,
     _h3,
-    _h4,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
@@ -142,11 +142,11 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop_centered, once per step and tensor):
-    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:71
-    #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:71
-    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:71
-    #   _h3: = -lr, in specs/rmsprop_centered.py:74
-    #   _h4: = -clip_weights, in specs/rmsprop_centered.py:75
+    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:72
+    #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:72
+    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:72
+    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:76
+    #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -154,7 +154,7 @@ def _update_chunk(
     #   epsilon: hyperparameter
     #   clip_weights: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
-    if _h1 == -np.inf and _h4 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
+    if _h1 == -np.inf and _h3 == -np.inf and clip_gradient == np.inf and clip_weights == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)
         for _i in range(weight_buf.shape[0]):
@@ -169,24 +169,24 @@ def _update_chunk(
             _v2 = _v0 + _v1
             _v3 = _v2
             G = _v3
-            # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+            # specs/rmsprop_centered.py:72: n_new = G*((G*f32(1 - f32(gamma1)))) + n*f32(gamma1)
             _t1 = _h2 * G
             _v4 = _h0 * n
             _v5 = G * _t1
             n_new = _v4 + _v5
-            # specs/rmsprop_centered.py:72: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
+            # specs/rmsprop_centered.py:73: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
             _v6 = _h0 * g
             g_new = _t1 + _v6
-            # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
+            # specs/rmsprop_centered.py:75: delta_new = delta*gamma2 - (G*lr)/sqrt(epsilon + ((-g_new**2 + n_new)))
             _v7 = gamma2 * delta
-            _v8 = g_new * g_new
-            _v9 = n_new - _v8
-            _v10 = _v9 + epsilon
-            _v11 = np.sqrt(_v10)
-            _v12 = G / _v11
-            _v13 = _h3 * _v12
-            delta_new = _v7 + _v13
-            # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+            _v8 = lr * G
+            _v9 = g_new * g_new
+            _v10 = n_new - _v9
+            _v11 = _v10 + epsilon
+            _v12 = np.sqrt(_v11)
+            _v13 = _v8 / _v12
+            delta_new = _v7 - _v13
+            # specs/rmsprop_centered.py:76: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
             _v14 = delta_new + weight
             _v15 = _v14
             weight_new = _v15
@@ -207,26 +207,26 @@ def _update_chunk(
         _v2 = _v0 + _v1
         _v3 = _h1 if (_h1 > _v2 or _h1 != _h1) else _v2
         G = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+        # specs/rmsprop_centered.py:72: n_new = G*((G*f32(1 - f32(gamma1)))) + n*f32(gamma1)
         _t1 = _h2 * G
         _v4 = _h0 * n
         _v5 = G * _t1
         n_new = _v4 + _v5
-        # specs/rmsprop_centered.py:72: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
+        # specs/rmsprop_centered.py:73: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
         _v6 = _h0 * g
         g_new = _t1 + _v6
-        # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
+        # specs/rmsprop_centered.py:75: delta_new = delta*gamma2 - (G*lr)/sqrt(epsilon + ((-g_new**2 + n_new)))
         _v7 = gamma2 * delta
-        _v8 = g_new * g_new
-        _v9 = n_new - _v8
-        _v10 = _v9 + epsilon
-        _v11 = np.sqrt(_v10)
-        _v12 = G / _v11
-        _v13 = _h3 * _v12
-        delta_new = _v7 + _v13
-        # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        _v8 = lr * G
+        _v9 = g_new * g_new
+        _v10 = n_new - _v9
+        _v11 = _v10 + epsilon
+        _v12 = np.sqrt(_v11)
+        _v13 = _v8 / _v12
+        delta_new = _v7 - _v13
+        # specs/rmsprop_centered.py:76: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         _v14 = delta_new + weight
-        _v15 = _h4 if (_h4 > _v14 or _h4 != _h4) else _v14
+        _v15 = _h3 if (_h3 > _v14 or _h3 != _h3) else _v14
         weight_new = clip_weights if (clip_weights < _v15 or clip_weights != clip_weights) else _v15
         store(weight_buf, _i, weight_new)
         store(n_buf, _i, n_new)

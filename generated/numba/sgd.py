@@ -19,6 +19,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -133,15 +139,15 @@ def _update_chunk(
     _h0,
     _h1,
     _h2,
-    rescale_grad,
+    _h3,
     clip_gradient,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/sgd.py:37
-    #   _h1: = -lr, in specs/sgd.py:37
-    #   _h2: = -lr*wd, in specs/sgd.py:37
-    #   rescale_grad: hyperparameter
+    #   _h0: = -clip_gradient, in specs/sgd.py:43
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd.py:43
+    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd.py:43
+    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
@@ -150,27 +156,27 @@ def _update_chunk(
         for _i in range(weight_buf.shape[0]):
             weight = load(weight_buf, _i)
             grad = load(grad_buf, _i)
-            # specs/sgd.py:37: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
-            _v0 = rescale_grad * grad
+            # specs/sgd.py:43: weight_new = weight + ((-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((-weight*f32(lr)*f32(wd)))))
+            _v0 = _h1 * grad
             _v1 = _v0
             _v2 = _v1
-            _v3 = _h1 * _v2
-            _v4 = weight + _v3
-            _v5 = _h2 * weight
-            weight_new = _v4 + _v5
+            _v3 = _h2 * _v2
+            _v4 = _h3 * weight
+            _v5 = _v3 + _v4
+            weight_new = weight + _v5
             store(weight_buf, _i, weight_new)
         return
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
-        # specs/sgd.py:37: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
-        _v0 = rescale_grad * grad
+        # specs/sgd.py:43: weight_new = weight + ((-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((-weight*f32(lr)*f32(wd)))))
+        _v0 = _h1 * grad
         _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
         _v2 = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
-        _v3 = _h1 * _v2
-        _v4 = weight + _v3
-        _v5 = _h2 * weight
-        weight_new = _v4 + _v5
+        _v3 = _h2 * _v2
+        _v4 = _h3 * weight
+        _v5 = _v3 + _v4
+        weight_new = weight + _v5
         store(weight_buf, _i, weight_new)
 
 

@@ -21,6 +21,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + mom_{i+1}
 
+in 1.9.1's float32 order (``multi_sgd_mom_update``, which ``SGD.update`` calls even for one
+weight): ``(momentum * mom - (lr*wd) * w) - lr * clip(rescale_grad * g)``, and with clipping off
+``... - (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``):
+every recorded MXNet step to the bit.
+
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
@@ -123,17 +128,17 @@ def _update_chunk(
     mom_buf,
     _h0,
     _h1,
-    wd,
-    rescale_grad,
+    _h2,
+    _h3,
     clip_gradient,
     momentum,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd_mom, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/sgd_mom.py:41
-    #   _h1: = -lr, in specs/sgd_mom.py:41
-    #   wd: hyperparameter
-    #   rescale_grad: hyperparameter
+    #   _h0: = -clip_gradient, in specs/sgd_mom.py:46
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd_mom.py:46
+    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd_mom.py:46
+    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd_mom.py:46
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
@@ -144,16 +149,16 @@ def _update_chunk(
             weight = load(weight_buf, _i)
             grad = load(grad_buf, _i)
             mom = load(mom_buf, _i)
-            # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
-            _v0 = momentum * mom
-            _v1 = wd * weight
-            _v2 = rescale_grad * grad
-            _v3 = _v2
-            _v4 = _v3
-            _v5 = _v1 + _v4
-            _v6 = _h1 * _v5
-            mom_new = _v0 + _v6
-            # specs/sgd_mom.py:42: weight_new = mom_new + weight
+            # specs/sgd_mom.py:46: mom_new = (-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(lr)*f32(wd))))
+            _v0 = _h1 * grad
+            _v1 = _v0
+            _v2 = _v1
+            _v3 = _h2 * _v2
+            _v4 = momentum * mom
+            _v5 = _h3 * weight
+            _v6 = _v4 + _v5
+            mom_new = _v3 + _v6
+            # specs/sgd_mom.py:47: weight_new = mom_new + weight
             weight_new = mom_new + weight
             store(weight_buf, _i, weight_new)
             store(mom_buf, _i, mom_new)
@@ -162,16 +167,16 @@ def _update_chunk(
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
         mom = load(mom_buf, _i)
-        # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
-        _v0 = momentum * mom
-        _v1 = wd * weight
-        _v2 = rescale_grad * grad
-        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
-        _v4 = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        _v5 = _v1 + _v4
-        _v6 = _h1 * _v5
-        mom_new = _v0 + _v6
-        # specs/sgd_mom.py:42: weight_new = mom_new + weight
+        # specs/sgd_mom.py:46: mom_new = (-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(lr)*f32(wd))))
+        _v0 = _h1 * grad
+        _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
+        _v2 = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
+        _v3 = _h2 * _v2
+        _v4 = momentum * mom
+        _v5 = _h3 * weight
+        _v6 = _v4 + _v5
+        mom_new = _v3 + _v6
+        # specs/sgd_mom.py:47: weight_new = mom_new + weight
         weight_new = mom_new + weight
         store(weight_buf, _i, weight_new)
         store(mom_buf, _i, mom_new)

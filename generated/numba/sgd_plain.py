@@ -21,6 +21,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -131,8 +137,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd_plain, once per step and tensor):
-    #   _h0: = -clip_gradient, in specs/sgd.py:37
-    #   _h1: = -lr, in specs/sgd.py:37
+    #   _h0: = -clip_gradient, in specs/sgd.py:43
+    #   _h1: = -host_f32(lr), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
@@ -141,7 +147,7 @@ def _update_chunk(
         for _i in range(weight_buf.shape[0]):
             weight = load(weight_buf, _i)
             grad = load(grad_buf, _i)
-            # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+            # specs/sgd.py:43: weight_new = weight + ((-f32(lr)*Min(clip_gradient, Max(-clip_gradient, grad)))) (at wd = 0, rescale_grad = 1)
             _v0 = grad
             _v1 = _v0
             _v2 = _h1 * _v1
@@ -151,7 +157,7 @@ def _update_chunk(
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
-        # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+        # specs/sgd.py:43: weight_new = weight + ((-f32(lr)*Min(clip_gradient, Max(-clip_gradient, grad)))) (at wd = 0, rescale_grad = 1)
         _v0 = _h0 if (_h0 > grad or _h0 != _h0) else grad
         _v1 = clip_gradient if (clip_gradient < _v0 or clip_gradient != clip_gradient) else _v0
         _v2 = _h1 * _v1

@@ -151,25 +151,25 @@ def _update_chunk(
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+        # specs/torch_adadelta.py:40: square_avg_new = G*((G*(1 - rho))) + rho*square_avg
         _v2 = rho * square_avg
         _v3 = _h1 * G
         _v4 = G * _v3
         square_avg_new = _v2 + _v4
-        # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
-        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        # specs/torch_adadelta.py:41: delta = (G*((sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))))
         _v5 = acc_delta + eps
         _v6 = np.sqrt(_v5)
         _v7 = square_avg_new + eps
         _v8 = np.sqrt(_v7)
         _v9 = _v6 / _v8
-        _t2 = G * _v9
+        delta = G * _v9
+        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*((delta*(1 - rho)))
         _v10 = rho * acc_delta
-        _v11 = _h1 * _t2
-        _v12 = _t2 * _v11
+        _v11 = _h1 * delta
+        _v12 = delta * _v11
         acc_delta_new = _v10 + _v12
         # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
-        _v13 = _h2 * _t2
+        _v13 = _h2 * delta
         weight_new = weight + _v13
         store(weight_buf, _i, weight_new)
         store(square_avg_buf, _i, square_avg_new)

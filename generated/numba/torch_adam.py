@@ -183,7 +183,7 @@ def _update_chunk(
         _v6 = _h2 * _t3
         _v7 = exp_avg + _v6
         exp_avg_new = _v7 if _v3 else _v5
-        # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         _v8 = beta2 * exp_avg_sq
         _v9 = _h5 * _t1
         _v10 = _t1 * _v9

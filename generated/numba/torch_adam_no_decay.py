@@ -168,7 +168,7 @@ def _update_chunk(
         _v3 = _h1 * _t2
         _v4 = exp_avg + _v3
         exp_avg_new = _v4 if _v0 else _v2
-        # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         _v5 = beta2 * exp_avg_sq
         _v6 = _h4 * grad
         _v7 = G * _v6

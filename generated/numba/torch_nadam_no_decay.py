@@ -165,21 +165,21 @@ def _update_chunk(
         _v3 = _h1 * _t2
         _v4 = exp_avg + _v3
         exp_avg_new = _v4 if _v0 else _v2
-        # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_nadam.py:60: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         _v5 = beta2 * exp_avg_sq
         _v6 = _h4 * grad
         _v7 = G * _v6
         exp_avg_sq_new = _v5 + _v7
         # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
         _v8 = _h5 * exp_avg_sq_new
         _v9 = np.sqrt(_v8)
-        _t5 = _v9 + eps
+        denom = _v9 + eps
+        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
         _v10 = _h6 * exp_avg_new
-        _v11 = _v10 / _t5
+        _v11 = _v10 / denom
         _v12 = weight + _v11
         _v13 = _h7 * grad
-        _v14 = _v13 / _t5
+        _v14 = _v13 / denom
         weight_new = _v12 + _v14
         store(weight_buf, _i, weight_new)
         store(exp_avg_buf, _i, exp_avg_new)

@@ -169,7 +169,7 @@ def _update_chunk(
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+        # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         _v2 = alpha * square_avg
         _v3 = _h1 * G
         _v4 = G * _v3
@@ -205,7 +205,7 @@ def _update_chunk(
         _v24 = _h3 != _T(0.0)
         _v25 = _t4 if _v24 else _t5
         grad_avg_new = _v25 if _v23 else grad_avg
-        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         _v26 = _h5 != _T(0.0)
         _v27 = lr * G
         _v28 = _v27 / _t6

@@ -162,7 +162,7 @@ def _update_chunk(
         grad_avg = load(grad_avg_buf, _i)
         # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h1 * grad
-        # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+        # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         _v0 = alpha * square_avg
         _v1 = _h0 * grad
         _v2 = G * _v1
@@ -198,7 +198,7 @@ def _update_chunk(
         _v22 = _h4 != _T(0.0)
         _v23 = _t4 if _v22 else _t5
         grad_avg_new = _v23 if _v21 else grad_avg
-        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         _v24 = _h6 != _T(0.0)
         _v25 = _h8 * grad
         _v26 = _v25 / _t6

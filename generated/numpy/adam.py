@@ -138,7 +138,7 @@ def step(
         np.multiply(_h0, _mean, out=_b1)
         np.multiply(_h2, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+        # specs/adam.py:53: var_new = G*((G*f32(1 - f32(beta2)))) + var*f32(beta2)
         np.multiply(_h3, _var, out=_b1)
         np.multiply(_h4, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b0)

@@ -131,9 +131,9 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*(G*(G*lamda)))
         # specs/dcasgd.py:43: mom_new = mom*momentum + s
         np.multiply(momentum, _mom, out=_b1)
+        # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*((G*((G*lamda)))))
         np.multiply(wd, _weight, out=_b2)
         np.add(_b0, _b2, out=_b2)
         np.subtract(_weight, _prev_weight, out=_b3)

@@ -32,7 +32,9 @@ starting at 0):
 The tutorial omits rescale_grad, clip_gradient (the op's keyword is ``clip_grad``; optgen uses
 the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_0 - lr * G /
 (|G| + epsilon). MXNet computes beta1^t and beta2^t in float32 inside the kernel; optgen computes
-(1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
+them once per step on the host with the kernel's float32 roundings (``f32``: beta1^t, 1 - beta1^t,
+its quotient by lr, 1 - beta2^t), divides v by 1 - beta2^t in the kernel (``as_is(v / s)``) and
+sums z's decayed terms before subtracting the correction: every recorded MXNet step to the bit.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
 
@@ -126,7 +128,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, wd, rescale_grad, clip_gradient, epsilon = (
         dtype(_x) for _x in scalars
     )
 
@@ -139,33 +141,33 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/ftml.py:58: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        if _h0 != -np.inf:
-            np.maximum(_h0, _b0, out=_b0)
+        if _h1 != -np.inf:
+            np.maximum(_h1, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
-        np.multiply(beta2, _prev_v, out=_b1)
+        # specs/ftml.py:62: prev_v_new = G**2*f32(1 - f32(beta2)) + prev_v*f32(beta2)
+        np.multiply(_h0, _prev_v, out=_b1)
         np.multiply(_b0, _b0, out=_b2)
-        np.multiply(_h1, _b2, out=_b2)
+        np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_prev_v)
-        # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-        # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
-        np.multiply(_h2, _prev_v, out=_b1)
+        # specs/ftml.py:64: d_t = (epsilon + sqrt((prev_v_new/f32(1 - f32(f32(beta2)**t)))))*f32(f32(1 - f32(f32(beta1)**t))/f32(lr))
+        # specs/ftml.py:66: prev_z_new = -weight*((d_t - prev_d*f32(beta1))) + ((G*f32(1 - f32(beta1)) + prev_z*f32(beta1)))
+        np.divide(_prev_v, _h3, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)
-        np.multiply(_h3, _b1, out=_b1)
-        np.multiply(_h4, _b0, out=_b0)
-        np.multiply(beta1, _prev_z, out=_b2)
-        np.add(_b0, _b2, out=_b0)
+        np.multiply(_h4, _b1, out=_b1)
+        np.multiply(_h6, _prev_z, out=_b2)
+        np.multiply(_h7, _b0, out=_b0)
+        np.add(_b2, _b0, out=_b0)
         np.multiply(_h5, _prev_d, out=_b2)
         np.add(_b1, _b2, out=_b2)
         np.multiply(_weight, _b2, out=_b2)
         np.subtract(_b0, _b2, out=_prev_z)
-        # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+        # specs/ftml.py:69: weight_new = -prev_z_new/d_t
         np.divide(_prev_z, _b1, out=_b0)
         np.negative(_b0, out=_weight)
         np.copyto(_prev_d, _b1)

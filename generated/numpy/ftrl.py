@@ -21,7 +21,9 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+enters only the denominator. In 1.9.1's float32 order: ``z + (G - (sqrt(n + G*G) - sqrt(n)) * w
+/ lr)`` and ``((beta + sqrt(n)) / lr + wd)``, each quotient by lr a division (``as_is(x / lr)``):
+every recorded MXNet step to the bit. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
 where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
 (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
 -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
@@ -115,7 +117,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, wd, rescale_grad, clip_gradient, lamda1, beta = (dtype(_x) for _x in scalars)
+    _h0, lr, wd, rescale_grad, clip_gradient, lamda1, beta = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -126,41 +128,40 @@ def step(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        _b4 = scratch[4, : stop - start]
-        # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/ftrl.py:48: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+        # specs/ftrl.py:52: z_new = z + ((G - (((weight*(-sqrt(n) + sqrt(G**2 + n))))/lr)))
         np.multiply(_b0, _b0, out=_b1)
         np.add(_n, _b1, out=_b1)
         np.sqrt(_b1, out=_b2)
-        np.add(_b0, _z, out=_b0)
         np.sqrt(_n, out=_b3)
         np.subtract(_b2, _b3, out=_b3)
-        np.multiply(_h1, _weight, out=_b4)
-        np.multiply(_b4, _b3, out=_b3)
-        np.add(_b0, _b3, out=_z)
-        # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+        np.multiply(_weight, _b3, out=_b3)
+        np.divide(_b3, lr, out=_b3)
+        np.subtract(_b0, _b3, out=_b0)
+        np.add(_z, _b0, out=_z)
+        # specs/ftrl.py:57: weight_new = Piecewise((1, lamda1 < Abs(z_new)), (0, True))*(((lamda1*sign(z_new) - z_new)/denominator))
         np.sign(_z, out=_b0)
         np.multiply(lamda1, _b0, out=_b0)
         np.subtract(_b0, _z, out=_b0)
-        np.absolute(_z, out=_b3)
-        __v12 = np.less(lamda1, _b3)
-        np.copyto(_b3, 0.0)
-        np.copyto(_b3, 1.0, where=__v12)
-        # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
+        # specs/ftrl.py:54: denominator = wd + ((beta + sqrt(n_new))/lr)
         np.add(_b2, beta, out=_b2)
-        np.multiply(_h2, _b2, out=_b2)
+        np.divide(_b2, lr, out=_b2)
         np.add(_b2, wd, out=_b2)
-        np.multiply(_b0, _b3, out=_b0)
-        np.divide(_b0, _b2, out=_weight)
+        np.divide(_b0, _b2, out=_b0)
+        np.absolute(_z, out=_b2)
+        __v16 = np.less(lamda1, _b2)
+        np.copyto(_b2, 0.0)
+        np.copyto(_b2, 1.0, where=__v16)
+        np.multiply(_b0, _b2, out=_weight)
         np.copyto(_n, _b1)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

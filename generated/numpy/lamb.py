@@ -26,6 +26,10 @@ float32 (the same bits from the vectorised and the scalar kernel variant), added
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
+The moments follow the phase-1 kernel's float32 arithmetic (``1.f - beta`` from the float32 beta,
+``f32``): MXNet's m and v to the bit at every recorded step. The weight does not, within a few
+float32 ulps: MXNet computes the norms in float32 and m's bias correction in double.
+
 NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
@@ -178,7 +182,7 @@ def _stepper(
     pre = check_scalars(
         RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host, **sums), dtype
     )
-    _h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, wd, rescale_grad, clip_gradient, epsilon = (
         dtype(_x) for _x in pre
     )
 
@@ -193,28 +197,28 @@ def _stepper(
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
         _b5 = scratch[5, : stop - start]
-        # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
-        if _h0 != -np.inf:
-            np.maximum(_h0, _b0, out=_b0)
+        if _h1 != -np.inf:
+            np.maximum(_h1, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:64: w_sq = weight**2
+        # specs/lamb.py:70: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-        # specs/lamb.py:65: u_sq = u**2
+        # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:71: u_sq = u**2
         np.multiply(wd, _weight, out=_b2)
-        np.multiply(beta1, _mean, out=_b3)
-        np.multiply(_h3, _b0, out=_b4)
+        np.multiply(_h4, _mean, out=_b3)
+        np.multiply(_h5, _b0, out=_b4)
         np.add(_b3, _b4, out=_b3)
-        np.multiply(beta2, _var, out=_b4)
-        np.multiply(_h1, _b0, out=_b5)
+        np.multiply(_h0, _var, out=_b4)
+        np.multiply(_h2, _b0, out=_b5)
         np.multiply(_b0, _b5, out=_b0)
         np.add(_b4, _b0, out=_b0)
-        np.multiply(_h2, _b0, out=_b0)
+        np.multiply(_h3, _b0, out=_b0)
         np.sqrt(_b0, out=_b0)
         np.add(_b0, epsilon, out=_b0)
-        np.multiply(_h4, _b3, out=_b3)
+        np.multiply(_h6, _b3, out=_b3)
         np.divide(_b3, _b0, out=_b0)
         np.add(_b2, _b0, out=_b0)
         np.multiply(_b0, _b0, out=_b0)
@@ -233,7 +237,7 @@ def _stepper(
     # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, wd, rescale_grad, clip_gradient, epsilon = (
         dtype(_x) for _x in scalars
     )
     yield None  # every tensor checked and its scalars computed: now the writes
@@ -249,31 +253,31 @@ def _stepper(
         _b3 = scratch[3, : stop - start]
         _b4 = scratch[4, : stop - start]
         _b5 = scratch[5, : stop - start]
-        # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
         np.multiply(rescale_grad, _grad, out=_b0)
-        if _h0 != -np.inf:
-            np.maximum(_h0, _b0, out=_b0)
+        if _h1 != -np.inf:
+            np.maximum(_h1, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/lamb.py:58: mean_new = G*(1 - beta1) + beta1*mean
-        np.multiply(beta1, _mean, out=_b1)
-        np.multiply(_h3, _b0, out=_b2)
+        # specs/lamb.py:65: mean_new = G*(1 - f32(beta1)) + mean*f32(beta1)
+        np.multiply(_h4, _mean, out=_b1)
+        np.multiply(_h5, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
-        np.multiply(beta2, _var, out=_b1)
-        np.multiply(_h1, _b0, out=_b2)
+        # specs/lamb.py:66: var_new = G*((G*(1 - f32(beta2)))) + var*f32(beta2)
+        np.multiply(_h0, _var, out=_b1)
+        np.multiply(_h2, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_var)
-        # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-        # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
+        # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+        # specs/lamb.py:73: weight_new = -lr*ratio*u + weight
         np.multiply(wd, _weight, out=_b0)
-        np.multiply(_h2, _var, out=_b1)
+        np.multiply(_h3, _var, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)
-        np.multiply(_h4, _mean, out=_b2)
+        np.multiply(_h6, _mean, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        np.multiply(_h5, _b0, out=_b0)
+        np.multiply(_h7, _b0, out=_b0)
         np.add(_weight, _b0, out=_weight)
 
     for_chunks(weight.size, CHUNK, 6, weight.dtype, update)

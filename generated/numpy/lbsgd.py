@@ -23,9 +23,13 @@ Tutorial: "no additional modifications to SGD". MXNet's code (1.9.1, followed he
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps the first gradient of a
 macro-batch by reference, so a trainer that reuses one gradient buffer accumulates g2 + g2 instead
 of g1 + g2; optgen accumulates into its own buffer. With momentum = 0 MXNet calls sgd_update
-(w - lr' wd w - lr' G): the same algebra as here. ``num_epochs`` is accepted by MXNet and unused:
-it is not a hyperparameter here. The norms are per-tensor reductions, computed every step (also
-for the warmup strategies that do not use them).
+(w - lr' wd w - lr' G): the same algebra as here, computed as that kernel does ((1 - lr' wd) w -
+lr' G), as sgd_mom_update's order is followed at momentum > 0, with their float32 scalars
+(``times_clipped``, ``times_wd``) and gbar = C / batch_scale a division: every recorded MXNet
+step to the bit but the 'lars' strategy's, whose norms MXNet sums in float32 (NumPy's pairwise
+sum of the float32 squares; optgen's reductions are double). ``num_epochs`` is accepted by MXNet
+and unused: it is not a hyperparameter here. The norms are per-tensor reductions, computed every
+step (also for the warmup strategies that do not use them).
 
 batch_scale, updates_per_epoch, begin_epoch and warmup_epochs are counts (MXNet documents them as
 unsigned; the macro-batch test k mod B == 0 and the counter k need whole numbers), so other values
@@ -77,7 +81,6 @@ from ..rules.lbsgd import (
     STATES,
     STEP_SCALARS,
     host_scalars,
-    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -101,7 +104,6 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
-    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",
@@ -176,7 +178,7 @@ def _stepper(
     pre = check_scalars(
         RULE, REDUCE_SCALARS, computed(RULE, reduction_scalars, t, **hp, **host, **sums), dtype
     )
-    (_h0,) = (dtype(_x) for _x in pre)
+    (batch_scale,) = (dtype(_x) for _x in pre)
 
     def _reduce1(start: int, stop: int, scratch: np.ndarray) -> tuple[float, ...]:
         _weight = _weight_flat[start:stop]
@@ -184,14 +186,14 @@ def _stepper(
         _acc = _acc_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/lbsgd.py:58: w_sq = weight**2
+        # specs/lbsgd.py:62: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b0)
-        # specs/lbsgd.py:55: total = acc + grad
+        # specs/lbsgd.py:59: total = acc + grad
         np.add(_acc, _grad, out=_b1)
-        # specs/lbsgd.py:56: gbar = total/batch_scale
-        # specs/lbsgd.py:59: gbar_sq = gbar**2
+        # specs/lbsgd.py:60: gbar = (total/batch_scale)
+        np.divide(_b1, batch_scale, out=_b1)
+        # specs/lbsgd.py:63: gbar_sq = gbar**2
         np.multiply(_b1, _b1, out=_b1)
-        np.multiply(_h0, _b1, out=_b1)
         return (
             float(np.sum(_b0, dtype=np.float64)),
             float(np.sum(_b1, dtype=np.float64)),
@@ -201,13 +203,15 @@ def _stepper(
         combine(
             REDUCE_KINDS,
             ["w_sq", "gbar_sq"],
-            for_chunks(weight.size, CHUNK, 4, weight.dtype, _reduce1),
+            for_chunks(weight.size, CHUNK, 5, weight.dtype, _reduce1),
         )
     )
     # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h1, _h2, _h3, _h4, wd, clip_gradient, momentum = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, clip_gradient, momentum, batch_scale = (
+        dtype(_x) for _x in scalars
+    )
     yield None  # every tensor checked and its scalars computed: now the writes
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
@@ -219,31 +223,44 @@ def _stepper(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        # specs/lbsgd.py:55: total = acc + grad
-        np.add(_acc, _grad, out=_b0)
-        # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-        __v0 = np.not_equal(_h4, 0.0)
-        np.multiply(momentum, _mom, out=_b1)
-        # specs/lbsgd.py:56: gbar = total/batch_scale
-        # specs/lbsgd.py:73: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, gbar*rescale_grad))
-        np.multiply(wd, _weight, out=_b2)
-        np.multiply(_h2, _b0, out=_b3)
-        if _h1 != -np.inf:
-            np.maximum(_h1, _b3, out=_b3)
+        _b4 = scratch[4, : stop - start]
+        # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+        np.multiply(momentum, _mom, out=_b0)
+        # specs/lbsgd.py:59: total = acc + grad
+        np.add(_acc, _grad, out=_b1)
+        # specs/lbsgd.py:60: gbar = (total/batch_scale)
+        np.divide(_b1, batch_scale, out=_b2)
+        np.multiply(_h1, _b2, out=_b2)
+        if _h0 != -np.inf:
+            np.maximum(_h0, _b2, out=_b2)
         if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b3, out=_b3)
-        np.add(_b2, _b3, out=_b2)
-        np.multiply(_h3, _b2, out=_b2)
+            np.minimum(clip_gradient, _b2, out=_b2)
+        __v3 = np.not_equal(_h4, 0.0)
+        np.multiply(_h2, _b2, out=_b3)
+        np.multiply(_h3, _weight, out=_b4)
+        np.add(_b0, _b4, out=_b4)
+        np.add(_b3, _b4, out=_b3)
+        np.copyto(_b3, _mom, where=np.logical_not(__v3))
+        # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
+        __v8 = np.not_equal(_h4, 0.0)
+        np.copyto(_acc, _b1)
+        np.copyto(_acc, 0.0, where=__v8)
+        # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+        __v9 = np.not_equal(_h9, 0.0)
+        __v10 = np.not_equal(_h10, 0.0)
+        __v11 = np.not_equal(_h4, 0.0)
+        np.multiply(_h7, _b2, out=_b1)
+        np.multiply(_h8, _weight, out=_b4)
+        np.add(_b0, _b4, out=_b0)
+        np.add(_b1, _b0, out=_b0)
+        np.copyto(_b0, _mom, where=np.logical_not(__v11))
+        np.add(_weight, _b0, out=_b0)
+        np.multiply(_h5, _b2, out=_b1)
+        np.multiply(_h6, _weight, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.copyto(_mom, _b1, where=__v0)
-        # specs/lbsgd.py:75: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-        __v9 = np.not_equal(_h4, 0.0)
-        np.copyto(_acc, _b0)
-        np.copyto(_acc, 0.0, where=__v9)
-        # specs/lbsgd.py:76: weight_new = Piecewise((mom_new + weight, Eq(Mod(k, batch_scale), 0)), (weight, True))
-        __v10 = np.not_equal(_h4, 0.0)
-        np.add(_mom, _weight, out=_b0)
-        np.copyto(_weight, _b0, where=__v10)
+        np.copyto(_b0, _b1, where=__v10)
+        np.copyto(_weight, _b0, where=np.logical_not(__v9))
+        np.copyto(_mom, _b3)
 
-    for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
+    for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
     state.update(host_new)

@@ -29,6 +29,10 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, host state
     mbar = (1 - mu_t) * G / (1 - M_{i+1}) + mu_t1 * m_{i+1} / (1 - M')
     w_{i+1} = w_i - lr * mbar / (sqrt(v_{i+1} / (1 - beta2^t)) + epsilon)
 
+in its order (NDArray operations in float32, each scalar once in double: M and M' as products
+of the previous value, each division by a scalar a division (``as_is(x / s)``), ``lr * mbar``
+before its quotient): every recorded MXNet step to the bit, M included.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps ONE schedule product M per
 optimizer, advanced by every parameter's update, so a parameter's schedule depends on how many
 tensors the model has. optgen keeps M per weight (a host state next to its buffers); for a model
@@ -133,9 +137,23 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon = (
-        dtype(_x) for _x in scalars
-    )
+    (
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        _h5,
+        _h6,
+        lr,
+        wd,
+        rescale_grad,
+        clip_gradient,
+        beta1,
+        beta2,
+        epsilon,
+        mu_t1,
+    ) = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -145,7 +163,7 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+        # specs/nadam.py:82: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
         np.multiply(rescale_grad, _grad, out=_b0)
         np.multiply(wd, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
@@ -153,26 +171,28 @@ def step(
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
+        # specs/nadam.py:92: mean_new = G*(1 - beta1) + beta1*mean
         np.multiply(beta1, _mean, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.add(_b1, _b2, out=_mean)
-        # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
+        # specs/nadam.py:94: var_new = G*((G*(1 - beta2))) + beta2*var
         np.multiply(beta2, _var, out=_b1)
         np.multiply(_h2, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_var)
-        # specs/nadam.py:87: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
-        np.multiply(_h4, _b0, out=_b0)
-        np.multiply(_h5, _mean, out=_b1)
+        # specs/nadam.py:100: mbar = mu_t1*((mean_new/(-mu_t1*(m_schedule*mu_t) + 1))) + (1 - mu_t)*((G/(1 - (m_schedule*mu_t))))
+        np.divide(_b0, _h4, out=_b0)
+        np.multiply(_h5, _b0, out=_b0)
+        np.divide(_mean, _h6, out=_b1)
+        np.multiply(mu_t1, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
-        np.multiply(_h3, _var, out=_b1)
+        # specs/nadam.py:101: weight_new = weight - (lr*mbar)/(epsilon + sqrt((var_new/(1 - beta2**t))))
+        np.multiply(lr, _b0, out=_b0)
+        np.divide(_var, _h3, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_b1, epsilon, out=_b1)
-        np.multiply(_h6, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)
-        np.add(_weight, _b0, out=_weight)
+        np.subtract(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for_chunks(weight.size, CHUNK, 3, weight.dtype, update)

@@ -17,6 +17,9 @@ weight and uses the reformulation (state ``mom`` = v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + momentum * mom_{i+1} - lr * G
 
+computed in the kernel's float32 order, ``(w_i - momentum * mom_i) + (momentum + 1) * mom_{i+1}``
+(``momentum + 1`` a float32 sum): at wd = 0 every recorded MXNet step to the bit.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1's in-place kernel writes the new
 weight before it computes the momentum, so with wd > 0 the momentum's wd term reads w_{i+1}
 instead of w_i. optgen uses w_i (MXNet master's fixed kernel). With wd = 0 the two agree exactly.
@@ -119,7 +122,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -127,25 +130,28 @@ def step(
         _mom = _mom_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/nag.py:51: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
-        np.multiply(wd, _weight, out=_b0)
-        np.multiply(rescale_grad, _grad, out=_b1)
+        _b2 = scratch[2, : stop - start]
+        # specs/nag.py:56: mom_new = -G*lr + mom*momentum
+        np.multiply(momentum, _mom, out=_b0)
+        # specs/nag.py:54: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+        np.multiply(wd, _weight, out=_b1)
+        np.multiply(rescale_grad, _grad, out=_b2)
         if _h0 != -np.inf:
-            np.maximum(_h0, _b1, out=_b1)
+            np.maximum(_h0, _b2, out=_b2)
         if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b1, out=_b1)
+            np.minimum(clip_gradient, _b2, out=_b2)
+        np.add(_b1, _b2, out=_b1)
+        np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/nag.py:52: mom_new = -G*lr + mom*momentum
-        np.multiply(_h1, _b0, out=_b0)
-        np.multiply(momentum, _mom, out=_b1)
-        np.add(_b0, _b1, out=_mom)
-        # specs/nag.py:53: weight_new = -G*lr + mom_new*momentum + weight
-        np.add(_b0, _weight, out=_b0)
-        np.multiply(momentum, _mom, out=_b1)
-        np.add(_b0, _b1, out=_weight)
+        # specs/nag.py:57: weight_new = mom_new*(f32(momentum) + 1) + ((-mom*momentum + weight))
+        np.multiply(_h2, _b0, out=_b1)
+        np.multiply(_h3, _mom, out=_b2)
+        np.add(_weight, _b2, out=_b2)
+        np.add(_b1, _b2, out=_weight)
+        np.copyto(_mom, _b0)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

@@ -133,7 +133,7 @@ def step(
         np.multiply(_b0, _b0, out=_b2)
         np.multiply(_h2, _b2, out=_b2)
         np.add(_b1, _b2, out=_n)
-        # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
+        # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*(G/sqrt(epsilon + n_new)) + weight))
         np.add(_n, epsilon, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.divide(_b0, _b1, out=_b0)

@@ -116,7 +116,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, gamma2, epsilon, clip_weights = (
+    _h0, _h1, _h2, _h3, lr, wd, rescale_grad, clip_gradient, gamma2, epsilon, clip_weights = (
         dtype(_x) for _x in scalars
     )
 
@@ -138,27 +138,27 @@ def step(
             np.maximum(_h1, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+        # specs/rmsprop_centered.py:72: n_new = G*((G*f32(1 - f32(gamma1)))) + n*f32(gamma1)
         np.multiply(_h2, _b0, out=_b1)
         np.multiply(_h0, _n, out=_b2)
         np.multiply(_b0, _b1, out=_b3)
         np.add(_b2, _b3, out=_n)
-        # specs/rmsprop_centered.py:72: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
+        # specs/rmsprop_centered.py:73: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
         np.multiply(_h0, _g, out=_b2)
         np.add(_b1, _b2, out=_g)
-        # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
+        # specs/rmsprop_centered.py:75: delta_new = delta*gamma2 - (G*lr)/sqrt(epsilon + ((-g_new**2 + n_new)))
         np.multiply(gamma2, _delta, out=_b1)
+        np.multiply(lr, _b0, out=_b0)
         np.multiply(_g, _g, out=_b2)
         np.subtract(_n, _b2, out=_b2)
         np.add(_b2, epsilon, out=_b2)
         np.sqrt(_b2, out=_b2)
         np.divide(_b0, _b2, out=_b0)
-        np.multiply(_h3, _b0, out=_b0)
-        np.add(_b1, _b0, out=_delta)
-        # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+        np.subtract(_b1, _b0, out=_delta)
+        # specs/rmsprop_centered.py:76: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
         np.add(_delta, _weight, out=_b0)
-        if _h4 != -np.inf:
-            np.maximum(_h4, _b0, out=_b0)
+        if _h3 != -np.inf:
+            np.maximum(_h3, _b0, out=_b0)
         np.minimum(clip_weights, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)

@@ -14,6 +14,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -123,23 +129,23 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, rescale_grad, clip_gradient = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, clip_gradient = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/sgd.py:37: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
-        np.multiply(rescale_grad, _grad, out=_b0)
+        # specs/sgd.py:43: weight_new = weight + ((-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((-weight*f32(lr)*f32(wd)))))
+        np.multiply(_h1, _grad, out=_b0)
         if _h0 != -np.inf:
             np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)
-        np.multiply(_h1, _b0, out=_b0)
-        np.add(_weight, _b0, out=_b0)
-        np.multiply(_h2, _weight, out=_b1)
-        np.add(_b0, _b1, out=_weight)
+        np.multiply(_h2, _b0, out=_b0)
+        np.multiply(_h3, _weight, out=_b1)
+        np.add(_b0, _b1, out=_b0)
+        np.add(_weight, _b0, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for_chunks(weight.size, CHUNK, 2, weight.dtype, update)

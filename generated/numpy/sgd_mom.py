@@ -16,6 +16,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + mom_{i+1}
 
+in 1.9.1's float32 order (``multi_sgd_mom_update``, which ``SGD.update`` calls even for one
+weight): ``(momentum * mom - (lr*wd) * w) - lr * clip(rescale_grad * g)``, and with clipping off
+``... - (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``):
+every recorded MXNet step to the bit.
+
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
@@ -107,7 +112,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, wd, rescale_grad, clip_gradient, momentum = (dtype(_x) for _x in scalars)
+    _h0, _h1, _h2, _h3, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -116,18 +121,18 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
-        np.multiply(momentum, _mom, out=_b0)
-        np.multiply(wd, _weight, out=_b1)
-        np.multiply(rescale_grad, _grad, out=_b2)
+        # specs/sgd_mom.py:46: mom_new = (-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(lr)*f32(wd))))
+        np.multiply(_h1, _grad, out=_b0)
         if _h0 != -np.inf:
-            np.maximum(_h0, _b2, out=_b2)
+            np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b2, out=_b2)
+            np.minimum(clip_gradient, _b0, out=_b0)
+        np.multiply(_h2, _b0, out=_b0)
+        np.multiply(momentum, _mom, out=_b1)
+        np.multiply(_h3, _weight, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.multiply(_h1, _b1, out=_b1)
         np.add(_b0, _b1, out=_mom)
-        # specs/sgd_mom.py:42: weight_new = mom_new + weight
+        # specs/sgd_mom.py:47: weight_new = mom_new + weight
         np.add(_mom, _weight, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)

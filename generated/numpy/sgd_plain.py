@@ -16,6 +16,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -116,7 +122,7 @@ def step(
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
         _b0 = scratch[0, : stop - start]
-        # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+        # specs/sgd.py:43: weight_new = weight + ((-f32(lr)*Min(clip_gradient, Max(-clip_gradient, grad)))) (at wd = 0, rescale_grad = 1)
         np.maximum(_h0, _grad, out=_b0)
         if clip_gradient != np.inf:
             np.minimum(clip_gradient, _b0, out=_b0)

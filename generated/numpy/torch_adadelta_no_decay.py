@@ -121,19 +121,19 @@ def step(
         _b2 = scratch[2, : stop - start]
         # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h1, _grad, out=_b0)
-        # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+        # specs/torch_adadelta.py:40: square_avg_new = G*((G*(1 - rho))) + rho*square_avg
         np.multiply(rho, _square_avg, out=_b1)
         np.multiply(_h0, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
-        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+        # specs/torch_adadelta.py:41: delta = (G*((sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))))
         np.add(_acc_delta, eps, out=_b1)
         np.sqrt(_b1, out=_b1)
         np.add(_square_avg, eps, out=_b2)
         np.sqrt(_b2, out=_b2)
         np.divide(_b1, _b2, out=_b1)
         np.multiply(_b0, _b1, out=_b0)
+        # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*((delta*(1 - rho)))
         np.multiply(rho, _acc_delta, out=_b1)
         np.multiply(_h2, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)

@@ -137,16 +137,16 @@ def step(
         np.add(_exp_avg, _b2, out=_b2)
         np.copyto(_exp_avg, _b1)
         np.copyto(_exp_avg, _b2, where=__v0)
-        # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_nadam.py:60: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_h4, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
         # specs/torch_nadam.py:61: denom = eps + sqrt(exp_avg_sq_new/(1 - beta2**t))
-        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
         np.multiply(_h5, _exp_avg_sq, out=_b0)
         np.sqrt(_b0, out=_b0)
         np.add(_b0, eps, out=_b0)
+        # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
         np.multiply(_h6, _exp_avg, out=_b1)
         np.divide(_b1, _b0, out=_b1)
         np.add(_weight, _b1, out=_b1)

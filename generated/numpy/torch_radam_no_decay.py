@@ -133,7 +133,7 @@ def step(
         np.add(_exp_avg, _b2, out=_b2)
         np.copyto(_exp_avg, _b1)
         np.copyto(_exp_avg, _b2, where=__v0)
-        # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+        # specs/torch_radam.py:50: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_h4, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b0)

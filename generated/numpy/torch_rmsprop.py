@@ -148,7 +148,7 @@ def step(
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+        # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         np.multiply(alpha, _square_avg, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
@@ -184,7 +184,7 @@ def step(
         __v24 = np.not_equal(_h3, 0.0)
         np.copyto(_b1, _b3, where=__v24)
         np.copyto(_grad_avg, _b1, where=__v23)
-        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         __v26 = np.not_equal(_h5, 0.0)
         np.multiply(lr, _b0, out=_b0)
         np.divide(_b0, _b2, out=_b0)

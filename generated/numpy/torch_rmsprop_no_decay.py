@@ -133,7 +133,7 @@ def step(
         _b6 = scratch[6, : stop - start]
         # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h1, _grad, out=_b0)
-        # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+        # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         np.multiply(alpha, _square_avg, out=_b1)
         np.multiply(_h0, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
@@ -170,7 +170,7 @@ def step(
         np.copyto(_b0, _b1)
         np.copyto(_b0, _b3, where=__v22)
         np.copyto(_grad_avg, _b0, where=__v21)
-        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         __v24 = np.not_equal(_h6, 0.0)
         np.multiply(_h8, _grad, out=_b0)
         np.divide(_b0, _b2, out=_b0)

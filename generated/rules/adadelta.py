@@ -144,7 +144,7 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
+    # specs/adadelta.py:58: acc_g_new = G*((G*(1 - rho))) + acc_g*rho
     _h0 = -clip_gradient
     _h1 = 1 - rho
     scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, rho, epsilon)

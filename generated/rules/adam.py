@@ -151,7 +151,7 @@ def host_scalars(
     _h0 = host_f32(beta1)
     _h1 = -clip_gradient
     _h2 = host_f32(1 - host_f32(beta1))
-    # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+    # specs/adam.py:53: var_new = G*((G*f32(1 - f32(beta2)))) + var*f32(beta2)
     _h3 = host_f32(beta2)
     _h4 = host_f32(1 - host_f32(beta2))
     # specs/adam.py:59: weight_new = -lr_t*mean_new/(epsilon + sqrt(var_new)) + weight

@@ -32,7 +32,9 @@ starting at 0):
 The tutorial omits rescale_grad, clip_gradient (the op's keyword is ``clip_grad``; optgen uses
 the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_0 - lr * G /
 (|G| + epsilon). MXNet computes beta1^t and beta2^t in float32 inside the kernel; optgen computes
-(1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
+them once per step on the host with the kernel's float32 roundings (``f32``: beta1^t, 1 - beta1^t,
+its quotient by lr, 1 - beta2^t), divides v by 1 - beta2^t in the kernel (``as_is(v / s)``) and
+sums z's decayed terms before subtracting the correction: every recorded MXNet step to the bit.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
 
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_f32
 
 RULE = "ftml"
 SPEC = "specs/ftml.py"
@@ -118,27 +120,27 @@ SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
     "add": 5,
-    "div": 1,
+    "div": 2,
     "max": 1,
     "min": 1,
-    "mul": 11,
+    "mul": 10,
     "neg": 1,
     "sqrt": 1,
     "sub": 1,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/ftml.py:60",
-    "_h1": "= 1 - beta2, in specs/ftml.py:60",
-    "_h2": "= (1 - beta2 ** t) ** (-1), in specs/ftml.py:60",
-    "_h3": "= (1 - beta1 ** t)/lr, in specs/ftml.py:60",
-    "_h4": "= 1 - beta1, in specs/ftml.py:59",
-    "_h5": "= -beta1, in specs/ftml.py:59",
+    "_h0": "= host_f32(beta2), in specs/ftml.py:67",
+    "_h1": "= -clip_gradient, in specs/ftml.py:67",
+    "_h2": "= host_f32(1 - host_f32(beta2)), in specs/ftml.py:67",
+    "_h3": "= host_f32(1 - host_f32((host_f32(beta2)) ** t)), in specs/ftml.py:67",
+    "_h4": "= host_f32(host_f32(1 - host_f32((host_f32(beta1)) ** t))/host_f32(lr)), in specs/ftml.py:67",
+    "_h5": "= -host_f32(beta1), in specs/ftml.py:66",
+    "_h6": "= host_f32(beta1), in specs/ftml.py:66",
+    "_h7": "= host_f32(1 - host_f32(beta1)), in specs/ftml.py:66",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
-    "beta1": "hyperparameter",
-    "beta2": "hyperparameter",
     "epsilon": "hyperparameter",
 }
 
@@ -165,13 +167,15 @@ def host_scalars(
     epsilon: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/ftml.py:60: prev_d_new = d_t
-    _h0 = -clip_gradient
-    _h1 = 1 - beta2
-    _h2 = (1 - beta2**t) ** (-1)
-    _h3 = (1 - beta1**t) / lr
-    # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
-    _h4 = 1 - beta1
-    _h5 = -beta1
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
+    # specs/ftml.py:67: prev_d_new = d_t
+    _h0 = host_f32(beta2)
+    _h1 = -clip_gradient
+    _h2 = host_f32(1 - host_f32(beta2))
+    _h3 = host_f32(1 - host_f32((host_f32(beta2)) ** t))
+    _h4 = host_f32(host_f32(1 - host_f32((host_f32(beta1)) ** t)) / host_f32(lr))
+    # specs/ftml.py:66: prev_z_new = -weight*((d_t - prev_d*f32(beta1))) + ((G*f32(1 - f32(beta1)) + prev_z*f32(beta1)))
+    _h5 = -host_f32(beta1)
+    _h6 = host_f32(beta1)
+    _h7 = host_f32(1 - host_f32(beta1))
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, wd, rescale_grad, clip_gradient, epsilon)
     return scalars, {}

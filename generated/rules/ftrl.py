@@ -21,7 +21,9 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+enters only the denominator. In 1.9.1's float32 order: ``z + (G - (sqrt(n + G*G) - sqrt(n)) * w
+/ lr)`` and ``((beta + sqrt(n)) / lr + wd)``, each quotient by lr a division (``as_is(x / lr)``):
+every recorded MXNet step to the bit. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
 where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
 (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
 -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
@@ -106,22 +108,21 @@ SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
     "abs": 1,
-    "add": 5,
-    "div": 1,
+    "add": 4,
+    "div": 3,
     "lt": 1,
     "max": 1,
     "min": 1,
-    "mul": 7,
+    "mul": 5,
     "sign": 1,
     "sqrt": 2,
-    "sub": 2,
+    "sub": 3,
     "where": 1,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/ftrl.py:47",
-    "_h1": "= -1/lr, in specs/ftrl.py:47",
-    "_h2": "= lr ** (-1), in specs/ftrl.py:52",
+    "_h0": "= -clip_gradient, in specs/ftrl.py:52",
+    "lr": "hyperparameter",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -150,10 +151,7 @@ def host_scalars(
     beta: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+    # specs/ftrl.py:52: z_new = z + ((G - (((weight*(-sqrt(n) + sqrt(G**2 + n))))/lr)))
     _h0 = -clip_gradient
-    _h1 = -1 / lr
-    # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
-    _h2 = lr ** (-1)
-    scalars = (_h0, _h1, _h2, wd, rescale_grad, clip_gradient, lamda1, beta)
+    scalars = (_h0, lr, wd, rescale_grad, clip_gradient, lamda1, beta)
     return scalars, {}

@@ -26,6 +26,10 @@ float32 (the same bits from the vectorised and the scalar kernel variant), added
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
+The moments follow the phase-1 kernel's float32 arithmetic (``1.f - beta`` from the float32 beta,
+``f32``): MXNet's m and v to the bit at every recorded step. The weight does not, within a few
+float32 ulps: MXNet computes the norms in float32 and m's bias correction in double.
+
 NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
@@ -43,7 +47,7 @@ import math
 import numpy as np
 
 from optgen_runtime.columns import rows_max, rows_min, rows_where, scalar_columns
-from optgen_runtime.common import Legal, host_max, host_min
+from optgen_runtime.common import Legal, host_f32, host_max, host_min
 
 RULE = "lamb"
 SPEC = "specs/lamb.py"
@@ -128,31 +132,31 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 10, 
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/lamb.py:65",
-    "_h1": "= 1 - beta2, in specs/lamb.py:65",
-    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
-    "_h3": "= 1 - beta1, in specs/lamb.py:65",
-    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
-    "_h5": "= -lr*ratio, in specs/lamb.py:67, from lower_bound, lr, u_sq, upper_bound, w_sq",
+    "_h0": "= host_f32(beta2), in specs/lamb.py:71",
+    "_h1": "= -clip_gradient, in specs/lamb.py:71",
+    "_h2": "= 1 - host_f32(beta2), in specs/lamb.py:71",
+    "_h3": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
+    "_h4": "= host_f32(beta1), in specs/lamb.py:71",
+    "_h5": "= 1 - host_f32(beta1), in specs/lamb.py:71",
+    "_h6": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
+    "_h7": "= -lr*ratio, in specs/lamb.py:73, from lower_bound, lr, u_sq, upper_bound, w_sq",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
-    "beta1": "hyperparameter",
-    "beta2": "hyperparameter",
     "epsilon": "hyperparameter",
 }
 # Reduction phase 1's scalars (w_sq, u_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/lamb.py:65",
-    "_h1": "= 1 - beta2, in specs/lamb.py:65",
-    "_h2": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
-    "_h3": "= 1 - beta1, in specs/lamb.py:65",
-    "_h4": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65",
+    "_h0": "= host_f32(beta2), in specs/lamb.py:71",
+    "_h1": "= -clip_gradient, in specs/lamb.py:71",
+    "_h2": "= 1 - host_f32(beta2), in specs/lamb.py:71",
+    "_h3": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
+    "_h4": "= host_f32(beta1), in specs/lamb.py:71",
+    "_h5": "= 1 - host_f32(beta1), in specs/lamb.py:71",
+    "_h6": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
-    "beta1": "hyperparameter",
-    "beta2": "hyperparameter",
     "epsilon": "hyperparameter",
 }
 
@@ -183,21 +187,23 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/lamb.py:64: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:70: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = host_min(upper_bound, host_max(lower_bound, math.sqrt(w_sq)))
-    # specs/lamb.py:65: r2 = sqrt(u_sq)
+    # specs/lamb.py:71: r2 = sqrt(u_sq)
     r2 = math.sqrt(u_sq)
-    # specs/lamb.py:66: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:72: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = (1) if (r1 == 0) or (r2 == 0) else (r1 / math.sqrt(u_sq))
-    # specs/lamb.py:65: u_sq = u**2
-    _h0 = -clip_gradient
-    _h1 = 1 - beta2
-    _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
-    _h3 = 1 - beta1
-    _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
-    _h5 = -lr * ratio
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
+    # specs/lamb.py:71: u_sq = u**2
+    _h0 = host_f32(beta2)
+    _h1 = -clip_gradient
+    _h2 = 1 - host_f32(beta2)
+    _h3 = (-(beta2**t) * bias_correction + 1) ** (-1)
+    _h4 = host_f32(beta1)
+    _h5 = 1 - host_f32(beta1)
+    _h6 = (-(beta1**t) * bias_correction + 1) ** (-1)
+    # specs/lamb.py:73: weight_new = -lr*ratio*u + weight
+    _h7 = -lr * ratio
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, wd, rescale_grad, clip_gradient, epsilon)
     return scalars, {}
 
 
@@ -220,32 +226,36 @@ def host_scalars_rows(
     per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
     (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
     tensor by tensor where NumPy flags what Python would raise on)."""
-    # specs/lamb.py:64: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
+    # specs/lamb.py:70: r1 = Min(upper_bound, Max(lower_bound, sqrt(w_sq)))
     r1 = rows_min(upper_bound, rows_max(lower_bound, np.sqrt(w_sq)))
-    # specs/lamb.py:65: r2 = sqrt(u_sq)
+    # specs/lamb.py:71: r2 = sqrt(u_sq)
     r2 = np.sqrt(u_sq)
-    # specs/lamb.py:66: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
+    # specs/lamb.py:72: ratio = Piecewise((1, Eq(r1, 0) | Eq(r2, 0)), (r1/r2, True))
     ratio = rows_where(
         len(w_sq),
         lambda _r0: np.logical_or((r1[_r0] == 0), (r2[_r0] == 0)),
         lambda _r0: 1,
         lambda _r0: r1[_r0] / np.sqrt(u_sq[_r0]),
     )
-    # specs/lamb.py:65: u_sq = u**2
-    _h0 = -clip_gradient
-    # specs/lamb.py:65: u_sq = u**2
-    _h1 = 1 - beta2
-    # specs/lamb.py:65: u_sq = u**2
-    _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
-    # specs/lamb.py:65: u_sq = u**2
-    _h3 = 1 - beta1
-    # specs/lamb.py:65: u_sq = u**2
-    _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
-    _h5 = -lr * ratio
+    # specs/lamb.py:71: u_sq = u**2
+    _h0 = host_f32(beta2)
+    # specs/lamb.py:71: u_sq = u**2
+    _h1 = -clip_gradient
+    # specs/lamb.py:71: u_sq = u**2
+    _h2 = 1 - host_f32(beta2)
+    # specs/lamb.py:71: u_sq = u**2
+    _h3 = (-(beta2**t) * bias_correction + 1) ** (-1)
+    # specs/lamb.py:71: u_sq = u**2
+    _h4 = host_f32(beta1)
+    # specs/lamb.py:71: u_sq = u**2
+    _h5 = 1 - host_f32(beta1)
+    # specs/lamb.py:71: u_sq = u**2
+    _h6 = (-(beta1**t) * bias_correction + 1) ** (-1)
+    # specs/lamb.py:73: weight_new = -lr*ratio*u + weight
+    _h7 = -lr * ratio
     return scalar_columns(
         len(w_sq),
-        (_h0, _h1, _h2, _h3, _h4, _h5, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon),
+        (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, wd, rescale_grad, clip_gradient, epsilon),
     )
 
 
@@ -263,10 +273,12 @@ def reduction_scalars(
     bias_correction: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    # specs/lamb.py:65: u_sq = u**2
-    _h0 = -clip_gradient
-    _h1 = 1 - beta2
-    _h2 = (-(beta2**t) * bias_correction + 1) ** (-1)
-    _h3 = 1 - beta1
-    _h4 = (-(beta1**t) * bias_correction + 1) ** (-1)
-    return (_h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, beta1, beta2, epsilon)
+    # specs/lamb.py:71: u_sq = u**2
+    _h0 = host_f32(beta2)
+    _h1 = -clip_gradient
+    _h2 = 1 - host_f32(beta2)
+    _h3 = (-(beta2**t) * bias_correction + 1) ** (-1)
+    _h4 = host_f32(beta1)
+    _h5 = 1 - host_f32(beta1)
+    _h6 = (-(beta1**t) * bias_correction + 1) ** (-1)
+    return (_h0, _h1, _h2, _h3, _h4, _h5, _h6, wd, rescale_grad, clip_gradient, epsilon)

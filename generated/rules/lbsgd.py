@@ -23,9 +23,13 @@ Tutorial: "no additional modifications to SGD". MXNet's code (1.9.1, followed he
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps the first gradient of a
 macro-batch by reference, so a trainer that reuses one gradient buffer accumulates g2 + g2 instead
 of g1 + g2; optgen accumulates into its own buffer. With momentum = 0 MXNet calls sgd_update
-(w - lr' wd w - lr' G): the same algebra as here. ``num_epochs`` is accepted by MXNet and unused:
-it is not a hyperparameter here. The norms are per-tensor reductions, computed every step (also
-for the warmup strategies that do not use them).
+(w - lr' wd w - lr' G): the same algebra as here, computed as that kernel does ((1 - lr' wd) w -
+lr' G), as sgd_mom_update's order is followed at momentum > 0, with their float32 scalars
+(``times_clipped``, ``times_wd``) and gbar = C / batch_scale a division: every recorded MXNet
+step to the bit but the 'lars' strategy's, whose norms MXNet sums in float32 (NumPy's pairwise
+sum of the float32 squares; optgen's reductions are double). ``num_epochs`` is accepted by MXNet
+and unused: it is not a hyperparameter here. The norms are per-tensor reductions, computed every
+step (also for the warmup strategies that do not use them).
 
 batch_scale, updates_per_epoch, begin_epoch and warmup_epochs are counts (MXNet documents them as
 unsigned; the macro-batch test k mod B == 0 and the counter k need whole numbers), so other values
@@ -38,10 +42,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from optgen_runtime.columns import rows_max, rows_min, rows_where, scalar_columns
-from optgen_runtime.common import Legal, host_max, host_min, unavailable
+from optgen_runtime.common import Legal, host_f32, host_max, host_min, unavailable
 
 RULE = "lbsgd"
 SPEC = "specs/lbsgd.py"
@@ -120,21 +121,28 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update and of the reduction phase.
-OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 4, "ne": 3, "where": 3}
-REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "mul": 3}
+OP_COUNTS: dict[str, int] = {"add": 7, "div": 1, "max": 1, "min": 1, "mul": 8, "ne": 5, "where": 5}
+REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "div": 1, "mul": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h1": "= -clip_gradient, in specs/lbsgd.py:74",
-    "_h2": "= ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch",
-    "_h3": "= ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
-    "_h4": "= (k % batch_scale == 0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, t, updates_per_epoch",
-    "wd": "hyperparameter",
+    "_h0": "= -clip_gradient, in specs/lbsgd.py:83",
+    "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/lbsgd.py:83",
+    "_h2": "= ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h3": "= ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h4": "= (k % batch_scale == 0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, t, updates_per_epoch",
+    "_h5": "= ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h6": "= ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h7": "= ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h8": "= ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h9": "= (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch",
+    "_h10": "= (momentum == 0), in specs/lbsgd.py:86",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
+    "batch_scale": "hyperparameter",
 }
 # Reduction phase 1's scalars (w_sq, gbar_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= batch_scale ** (-2), in specs/lbsgd.py:59",
+    "batch_scale": "hyperparameter",
 }
 
 
@@ -164,9 +172,9 @@ def host_scalars(
     gbar_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/lbsgd.py:53: k = begin_epoch*updates_per_epoch + t
+    # specs/lbsgd.py:57: k = begin_epoch*updates_per_epoch + t
     k = begin_epoch * updates_per_epoch + t
-    # specs/lbsgd.py:63: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
+    # specs/lbsgd.py:67: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
     try:
         mult = (
             (host_min(100, host_max(0.01, math.sqrt(w_sq / (gbar_sq + w_sq * wd + 1e-18)))))
@@ -181,62 +189,74 @@ def host_scalars(
         )
     except (ArithmeticError, ValueError) as _error:  # used only under a guard
         mult = unavailable("mult", _error)
-    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _h1 = -clip_gradient
-    _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
-    _h3 = (-lr * mult) if (k % batch_scale == 0) else 0.0
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _h0 = -clip_gradient
+    _h1 = (1) if (clip_gradient > 1.7976931348623157e308) else (host_f32(rescale_grad))
+    _h2 = (
+        (
+            -(
+                (host_f32(rescale_grad) * host_f32(lr * mult))
+                if (clip_gradient > 1.7976931348623157e308)
+                else (host_f32(lr * mult))
+            )
+        )
+        if (k % batch_scale == 0)
+        else 0.0
+    )
+    _h3 = (-host_f32(wd) * host_f32(lr * mult)) if (k % batch_scale == 0) else 0.0
     _h4 = k % batch_scale == 0
-    scalars = (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum)
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h5 = (
+        (
+            -(
+                (host_f32(rescale_grad) * host_f32(lr * mult))
+                if (clip_gradient > 1.7976931348623157e308)
+                else (host_f32(lr * mult))
+            )
+        )
+        if ((momentum == 0) and (k % batch_scale == 0))
+        else 0.0
+    )
+    _h6 = (
+        (1 - host_f32(host_f32(wd) * host_f32(lr * mult)))
+        if ((momentum == 0) and (k % batch_scale == 0))
+        else 0.0
+    )
+    _h7 = (
+        (
+            -(
+                (host_f32(rescale_grad) * host_f32(lr * mult))
+                if (clip_gradient > 1.7976931348623157e308)
+                else (host_f32(lr * mult))
+            )
+        )
+        if ((k % batch_scale == 0) and (momentum != 0))
+        else 0.0
+    )
+    _h8 = (
+        (-host_f32(wd) * host_f32(lr * mult))
+        if ((k % batch_scale == 0) and (momentum != 0))
+        else 0.0
+    )
+    _h9 = k % batch_scale != 0
+    _h10 = momentum == 0
+    scalars = (
+        _h0,
+        _h1,
+        _h2,
+        _h3,
+        _h4,
+        _h5,
+        _h6,
+        _h7,
+        _h8,
+        _h9,
+        _h10,
+        clip_gradient,
+        momentum,
+        batch_scale,
+    )
     return scalars, {}
-
-
-def host_scalars_rows(
-    t: int,
-    lr: float,
-    wd: float,
-    rescale_grad: float,
-    clip_gradient: float,
-    momentum: float,
-    warmup_strategy: float,
-    warmup_epochs: float,
-    batch_scale: float,
-    updates_per_epoch: float,
-    begin_epoch: float,
-    w_sq: np.ndarray,
-    gbar_sq: np.ndarray,
-) -> np.ndarray:
-    """``host_scalars`` of many tensors at one step count: each sum a float64 column (one entry
-    per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
-    (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
-    tensor by tensor where NumPy flags what Python would raise on)."""
-    # specs/lbsgd.py:53: k = begin_epoch*updates_per_epoch + t
-    k = begin_epoch * updates_per_epoch + t
-    # specs/lbsgd.py:63: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
-    mult = rows_where(
-        len(w_sq),
-        lambda _r0: warmup_strategy == 3,
-        lambda _r0: rows_min(
-            100, rows_max(0.01, np.sqrt(w_sq[_r0] / (gbar_sq[_r0] + w_sq[_r0] * wd + 1e-18)))
-        ),
-        lambda _r0: k >= updates_per_epoch * warmup_epochs,
-        lambda _r0: batch_scale,
-        lambda _r0: warmup_strategy == 0,
-        lambda _r0: k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1,
-        lambda _r0: warmup_strategy == 1,
-        lambda _r0: k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1,
-        lambda _r0: math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1,
-    )
-    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _h1 = -clip_gradient
-    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _h2 = (rescale_grad / batch_scale) if (k % batch_scale == 0) else 0.0
-    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _h3 = rows_where(
-        len(w_sq), lambda _r0: k % batch_scale == 0, lambda _r0: -lr * mult[_r0], lambda _r0: 0.0
-    )
-    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _h4 = k % batch_scale == 0
-    return scalar_columns(len(w_sq), (_h1, _h2, _h3, _h4, wd, clip_gradient, momentum))
 
 
 def reduction_scalars(
@@ -253,6 +273,4 @@ def reduction_scalars(
     begin_epoch: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    # specs/lbsgd.py:59: gbar_sq = gbar**2
-    _h0 = batch_scale ** (-2)
-    return (_h0,)
+    return (batch_scale,)

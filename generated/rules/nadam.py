@@ -29,6 +29,10 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, host state
     mbar = (1 - mu_t) * G / (1 - M_{i+1}) + mu_t1 * m_{i+1} / (1 - M')
     w_{i+1} = w_i - lr * mbar / (sqrt(v_{i+1} / (1 - beta2^t)) + epsilon)
 
+in its order (NDArray operations in float32, each scalar once in double: M and M' as products
+of the previous value, each division by a scalar a division (``as_is(x / s)``), ``lr * mbar``
+before its quotient): every recorded MXNet step to the bit, M included.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps ONE schedule product M per
 optimizer, advanced by every parameter's update, so a parameter's schedule depends on how many
 tensors the model has. optgen keeps M per weight (a host state next to its buffers); for a model
@@ -141,22 +145,24 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
+OP_COUNTS: dict[str, int] = {"add": 5, "div": 4, "max": 1, "min": 1, "mul": 10, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/nadam.py:84",
-    "_h1": "= 1 - beta1, in specs/nadam.py:84",
-    "_h2": "= 1 - beta2, in specs/nadam.py:86",
-    "_h3": "= (1 - beta2 ** t) ** (-1), in specs/nadam.py:91",
-    "_h4": "= (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:91",
-    "_h5": "= beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:91",
-    "_h6": "= -lr, in specs/nadam.py:91",
+    "_h0": "= -clip_gradient, in specs/nadam.py:92",
+    "_h1": "= 1 - beta1, in specs/nadam.py:92",
+    "_h2": "= 1 - beta2, in specs/nadam.py:94",
+    "_h3": "= 1 - beta2 ** t, in specs/nadam.py:101",
+    "_h4": "= 1 - ((m_schedule*mu_t)), in specs/nadam.py:101, from beta1, m_schedule, schedule_decay, t",
+    "_h5": "= 1 - mu_t, in specs/nadam.py:101, from beta1, schedule_decay, t",
+    "_h6": "= -mu_t1*(m_schedule*mu_t) + 1, in specs/nadam.py:101, from beta1, m_schedule, schedule_decay, t",
+    "lr": "hyperparameter",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "beta1": "hyperparameter",
     "beta2": "hyperparameter",
     "epsilon": "hyperparameter",
+    "mu_t1": "let, computed by host_scalars from beta1, schedule_decay, t",
 }
 
 
@@ -184,28 +190,20 @@ def host_scalars(
     m_schedule: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
+    # specs/nadam.py:84: mu_t = (beta1*(1 - 0.96**(schedule_decay*t)/2))
+    mu_t = beta1 * (1 - (1 / 2) * 0.96 ** (schedule_decay * t))
+    # specs/nadam.py:87: mu_t1 = (beta1*(1 - 0.96**(schedule_decay*(t + 1))/2))
+    mu_t1 = beta1 * (1 - (1 / 2) * 0.96 ** (schedule_decay * (t + 1)))
+    # specs/nadam.py:92: mean_new = G*(1 - beta1) + beta1*mean
     _h0 = -clip_gradient
     _h1 = 1 - beta1
-    # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
+    # specs/nadam.py:94: var_new = G*((G*(1 - beta2))) + beta2*var
     _h2 = 1 - beta2
-    # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
-    _h3 = (1 - beta2**t) ** (-1)
-    _h4 = (-beta1 * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1) / (
-        -beta1 * m_schedule * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)) + 1
-    )
-    _h5 = (
-        beta1
-        * (1 - (1 / 2) * 0.96 ** (schedule_decay * (t + 1)))
-        / (
-            -(beta1**2)
-            * m_schedule
-            * (1 - (1 / 2) * 0.96 ** (schedule_decay * t))
-            * (1 - (1 / 2) * 0.96 ** (schedule_decay * (t + 1)))
-            + 1
-        )
-    )
-    _h6 = -lr
+    # specs/nadam.py:101: weight_new = weight - (lr*mbar)/(epsilon + sqrt((var_new/(1 - beta2**t))))
+    _h3 = 1 - beta2**t
+    _h4 = 1 - (m_schedule * mu_t)
+    _h5 = 1 - mu_t
+    _h6 = -mu_t1 * (m_schedule * mu_t) + 1
     scalars = (
         _h0,
         _h1,
@@ -214,13 +212,15 @@ def host_scalars(
         _h4,
         _h5,
         _h6,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,
         beta1,
         beta2,
         epsilon,
+        mu_t1,
     )
     return scalars, {
-        "m_schedule": beta1 * m_schedule * (1 - (1 / 2) * 0.96 ** (schedule_decay * t)),
+        "m_schedule": (m_schedule * mu_t),
     }

@@ -17,6 +17,9 @@ weight and uses the reformulation (state ``mom`` = v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + momentum * mom_{i+1} - lr * G
 
+computed in the kernel's float32 order, ``(w_i - momentum * mom_i) + (momentum + 1) * mom_{i+1}``
+(``momentum + 1`` a float32 sum): at wd = 0 every recorded MXNet step to the bit.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1's in-place kernel writes the new
 weight before it computes the momentum, so with wd > 0 the momentum's wd term reads w_{i+1}
 instead of w_i. optgen uses w_i (MXNet master's fixed kernel). With wd = 0 the two agree exactly.
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_f32
 
 RULE = "nag"
 SPEC = "specs/nag.py"
@@ -109,11 +112,13 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = (("momentum", "==", 0),)
 SPARSE_WHY = "at momentum 0 MXNet 1.9.1's NAG updates only the rows held (sgd_update): use SGD"
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 5}
+OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 6}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/nag.py:52",
-    "_h1": "= -lr, in specs/nag.py:52",
+    "_h0": "= -clip_gradient, in specs/nag.py:56",
+    "_h1": "= -lr, in specs/nag.py:56",
+    "_h2": "= host_f32(momentum) + 1, in specs/nag.py:57",
+    "_h3": "= -momentum, in specs/nag.py:57",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -139,8 +144,11 @@ def host_scalars(
     momentum: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/nag.py:52: mom_new = -G*lr + mom*momentum
+    # specs/nag.py:56: mom_new = -G*lr + mom*momentum
     _h0 = -clip_gradient
     _h1 = -lr
-    scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum)
+    # specs/nag.py:57: weight_new = mom_new*(f32(momentum) + 1) + ((-mom*momentum + weight))
+    _h2 = host_f32(momentum) + 1
+    _h3 = -momentum
+    scalars = (_h0, _h1, _h2, _h3, wd, rescale_grad, clip_gradient, momentum)
     return scalars, {}

@@ -149,7 +149,7 @@ def host_scalars(
     _h0 = host_f32(gamma1)
     _h1 = -clip_gradient
     _h2 = host_f32(1 - host_f32(gamma1))
-    # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
+    # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*(G/sqrt(epsilon + n_new)) + weight))
     _h3 = -clip_weights
     _h4 = -lr
     scalars = (_h0, _h1, _h2, _h3, _h4, wd, rescale_grad, clip_gradient, epsilon, clip_weights)

@@ -118,14 +118,14 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {"add": 6, "div": 1, "max": 2, "min": 2, "mul": 9, "sqrt": 1, "sub": 1}
+OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 2, "min": 2, "mul": 9, "sqrt": 1, "sub": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(gamma1), in specs/rmsprop_centered.py:71",
-    "_h1": "= -clip_gradient, in specs/rmsprop_centered.py:71",
-    "_h2": "= host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:71",
-    "_h3": "= -lr, in specs/rmsprop_centered.py:74",
-    "_h4": "= -clip_weights, in specs/rmsprop_centered.py:75",
+    "_h0": "= host_f32(gamma1), in specs/rmsprop_centered.py:72",
+    "_h1": "= -clip_gradient, in specs/rmsprop_centered.py:72",
+    "_h2": "= host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:72",
+    "_h3": "= -clip_weights, in specs/rmsprop_centered.py:76",
+    "lr": "hyperparameter",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
@@ -158,20 +158,18 @@ def host_scalars(
     clip_weights: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+    # specs/rmsprop_centered.py:72: n_new = G*((G*f32(1 - f32(gamma1)))) + n*f32(gamma1)
     _h0 = host_f32(gamma1)
     _h1 = -clip_gradient
     _h2 = host_f32(1 - host_f32(gamma1))
-    # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
-    _h3 = -lr
-    # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
-    _h4 = -clip_weights
+    # specs/rmsprop_centered.py:76: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+    _h3 = -clip_weights
     scalars = (
         _h0,
         _h1,
         _h2,
         _h3,
-        _h4,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,

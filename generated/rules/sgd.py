@@ -14,6 +14,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32
 
 RULE = "sgd"
 SPEC = "specs/sgd.py"
@@ -75,7 +81,7 @@ SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
+FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (state(absent_when=...)): a step at
@@ -101,10 +107,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 2, "max": 1, "min": 1, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/sgd.py:37",
-    "_h1": "= -lr, in specs/sgd.py:37",
-    "_h2": "= -lr*wd, in specs/sgd.py:37",
-    "rescale_grad": "hyperparameter",
+    "_h0": "= -clip_gradient, in specs/sgd.py:43",
+    "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd.py:43",
+    "_h2": "= -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd.py:43",
+    "_h3": "= -host_f32(lr)*host_f32(wd), in specs/sgd.py:43",
     "clip_gradient": "hyperparameter",
 }
 
@@ -124,9 +130,14 @@ def host_scalars(
     clip_gradient: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/sgd.py:37: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
+    # specs/sgd.py:43: weight_new = weight + ((-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((-weight*f32(lr)*f32(wd)))))
     _h0 = -clip_gradient
-    _h1 = -lr
-    _h2 = -lr * wd
-    scalars = (_h0, _h1, _h2, rescale_grad, clip_gradient)
+    _h1 = (1) if (clip_gradient > 1.7976931348623157e308) else (host_f32(rescale_grad))
+    _h2 = -(
+        (host_f32(lr) * host_f32(rescale_grad))
+        if (clip_gradient > 1.7976931348623157e308)
+        else (host_f32(lr))
+    )
+    _h3 = -host_f32(lr) * host_f32(wd)
+    scalars = (_h0, _h1, _h2, _h3, clip_gradient)
     return scalars, {}

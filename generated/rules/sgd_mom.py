@@ -16,6 +16,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + mom_{i+1}
 
+in 1.9.1's float32 order (``multi_sgd_mom_update``, which ``SGD.update`` calls even for one
+weight): ``(momentum * mom - (lr*wd) * w) - lr * clip(rescale_grad * g)``, and with clipping off
+``... - (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``):
+every recorded MXNet step to the bit.
+
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32
 
 RULE = "sgd_mom"
 SPEC = "specs/sgd_mom.py"
@@ -74,7 +79,7 @@ SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
+FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (state(absent_when=...)): a step at
@@ -105,10 +110,10 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "max": 1, "min": 1, "mul": 4}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/sgd_mom.py:41",
-    "_h1": "= -lr, in specs/sgd_mom.py:41",
-    "wd": "hyperparameter",
-    "rescale_grad": "hyperparameter",
+    "_h0": "= -clip_gradient, in specs/sgd_mom.py:46",
+    "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd_mom.py:46",
+    "_h2": "= -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd_mom.py:46",
+    "_h3": "= -host_f32(lr)*host_f32(wd), in specs/sgd_mom.py:46",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
 }
@@ -132,8 +137,14 @@ def host_scalars(
     momentum: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
+    # specs/sgd_mom.py:46: mom_new = (-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(lr)*f32(wd))))
     _h0 = -clip_gradient
-    _h1 = -lr
-    scalars = (_h0, _h1, wd, rescale_grad, clip_gradient, momentum)
+    _h1 = (1) if (clip_gradient > 1.7976931348623157e308) else (host_f32(rescale_grad))
+    _h2 = -(
+        (host_f32(lr) * host_f32(rescale_grad))
+        if (clip_gradient > 1.7976931348623157e308)
+        else (host_f32(lr))
+    )
+    _h3 = -host_f32(lr) * host_f32(wd)
+    scalars = (_h0, _h1, _h2, _h3, clip_gradient, momentum)
     return scalars, {}

@@ -16,6 +16,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_f32
 
 RULE = "sgd"
 SPEC = "specs/sgd.py"
@@ -103,8 +109,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 1, "max": 1, "min": 1, "mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/sgd.py:37",
-    "_h1": "= -lr, in specs/sgd.py:37",
+    "_h0": "= -clip_gradient, in specs/sgd.py:43",
+    "_h1": "= -host_f32(lr), in specs/sgd.py:43",
     "clip_gradient": "hyperparameter",
 }
 
@@ -124,8 +130,8 @@ def host_scalars(
     clip_gradient: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+    # specs/sgd.py:43: weight_new = weight + ((-f32(lr)*Min(clip_gradient, Max(-clip_gradient, grad)))) (at wd = 0, rescale_grad = 1)
     _h0 = -clip_gradient
-    _h1 = -lr
+    _h1 = -host_f32(lr)
     scalars = (_h0, _h1, clip_gradient)
     return scalars, {}

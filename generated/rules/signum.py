@@ -18,6 +18,10 @@ MXNet's code (1.9.1, followed here; the state ``mom`` starts at 0):
     w_{i+1} = (1 - lr * wd_lh) * w_i + lr * sign(mom_{i+1})
     sign(m) = (m > 0) - (m < 0)                                # MXNet's kernel
 
+in the kernel's float32 order: ``(momentum * mom - ((1 - momentum) * wd) * w) - (1 - momentum) *
+clip(rescale_grad * g)``, ``(1 - momentum) * rescale_grad`` scaling g with clipping off, the
+scalars float32 (``times_clipped``, ``times_wd``): every recorded MXNet step to the bit.
+
 The tutorial omits rescale_grad, clip_gradient, wd and wd_lh. MXNet stores the negated average,
 mom = -v, and adds lr * sign(mom); optgen keeps its sign
 convention, so ``mom`` is MXNet's buffer. wd enters the momentum (coupled), ``wd_lh`` decays the
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.common import Legal, host_f32
 
 RULE = "signum"
 SPEC = "specs/signum.py"
@@ -84,7 +88,7 @@ SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = True
+FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (state(absent_when=...)): a step at
@@ -108,23 +112,28 @@ SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
-    "abs": 1,
-    "add": 3,
-    "gt": 1,
-    "max": 1,
-    "min": 1,
-    "mul": 6,
+    "abs": 2,
+    "add": 5,
+    "gt": 2,
+    "max": 3,
+    "min": 3,
+    "mul": 9,
+    "ne": 1,
     "sign": 1,
-    "where": 1,
+    "where": 2,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= -clip_gradient, in specs/signum.py:44",
-    "_h1": "= momentum - 1, in specs/signum.py:44",
-    "_h2": "= -lr*wd_lh + 1, in specs/signum.py:45",
+    "_h0": "= -clip_gradient, in specs/signum.py:50",
+    "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/signum.py:50",
+    "_h2": "= -((host_f32(rescale_grad)*host_f32(1 - host_f32(momentum))) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(1 - host_f32(momentum)))), in specs/signum.py:50",
+    "_h3": "= -host_f32(wd)*host_f32(1 - host_f32(momentum)), in specs/signum.py:50",
+    "_h4": "= (clip_gradient \u003e 1.7976931348623157e+308), in specs/signum.py:51",
+    "_h5": "= -host_f32(rescale_grad)*host_f32(1 - host_f32(momentum)), in specs/signum.py:51",
+    "_h6": "= host_f32(rescale_grad), in specs/signum.py:51",
+    "_h7": "= -host_f32(1 - host_f32(momentum)), in specs/signum.py:51",
+    "_h8": "= 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51",
     "lr": "hyperparameter",
-    "wd": "hyperparameter",
-    "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
 }
@@ -149,10 +158,20 @@ def host_scalars(
     wd_lh: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/signum.py:44: mom_new = mom*momentum - (1 - momentum)*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)))
+    # specs/signum.py:50: mom_new = (-Piecewise((f32(rescale_grad)*f32(1 - f32(momentum)), clip_gradient > 1.79769313486232e+308), (f32(1 - f32(momentum)), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(1 - f32(momentum)))))
     _h0 = -clip_gradient
-    _h1 = momentum - 1
-    # specs/signum.py:45: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(-lr*wd_lh + 1)
-    _h2 = -lr * wd_lh + 1
-    scalars = (_h0, _h1, _h2, lr, wd, rescale_grad, clip_gradient, momentum)
+    _h1 = (1) if (clip_gradient > 1.7976931348623157e308) else (host_f32(rescale_grad))
+    _h2 = -(
+        (host_f32(rescale_grad) * host_f32(1 - host_f32(momentum)))
+        if (clip_gradient > 1.7976931348623157e308)
+        else (host_f32(1 - host_f32(momentum)))
+    )
+    _h3 = -host_f32(wd) * host_f32(1 - host_f32(momentum))
+    # specs/signum.py:51: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(1 - f32(f32(lr)*f32(wd_lh)))
+    _h4 = clip_gradient > 1.7976931348623157e308
+    _h5 = -host_f32(rescale_grad) * host_f32(1 - host_f32(momentum))
+    _h6 = host_f32(rescale_grad)
+    _h7 = -host_f32(1 - host_f32(momentum))
+    _h8 = 1 - host_f32(host_f32(lr) * host_f32(wd_lh))
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, lr, clip_gradient, momentum)
     return scalars, {}

@@ -132,7 +132,7 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+    # specs/torch_adadelta.py:40: square_avg_new = G*((G*(1 - rho))) + rho*square_avg
     _h0 = 1 - 2 * maximize
     _h1 = 1 - rho
     # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight

@@ -123,10 +123,10 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+    # specs/torch_adadelta.py:40: square_avg_new = G*((G*(1 - rho))) + rho*square_avg
     _h0 = (1 - 2 * maximize) * (1 - rho)
     _h1 = 1 - 2 * maximize
-    # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+    # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*((delta*(1 - rho)))
     _h2 = 1 - rho
     # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
     _h3 = -lr

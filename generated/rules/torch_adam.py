@@ -180,7 +180,7 @@ def host_scalars(
     _h2 = 1 - beta1
     _h3 = -beta1
     _h4 = abs(beta1 - 1) < (1 / 2)
-    # specs/torch_adam.py:56: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _h5 = 1 - beta2
     # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _h6 = amsgrad > 0

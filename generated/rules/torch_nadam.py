@@ -177,7 +177,7 @@ def host_scalars(
     _h2 = 1 - beta1
     _h3 = -beta1
     _h4 = abs(beta1 - 1) < (1 / 2)
-    # specs/torch_nadam.py:60: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    # specs/torch_nadam.py:60: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _h5 = 1 - beta2
     # specs/torch_nadam.py:62: weight_new = -G*lr*(1 - mu_t)/(denom*(1 - mu_product_new)) + decay*weight - exp_avg_new*lr*mu_t1/(denom*(-mu_product_new*mu_t1 + 1))
     _h6 = (1 - beta2**t) ** (-1)

@@ -192,7 +192,7 @@ def host_scalars(
     _h2 = 1 - beta1
     _h3 = -beta1
     _h4 = abs(beta1 - 1) < (1 / 2)
-    # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    # specs/torch_radam.py:50: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _h5 = 1 - beta2
     # specs/torch_radam.py:66: weight_new = decay*weight - lr*mhat*Piecewise((r_t*sqrt(1 - beta2**t)/(eps + sqrt(exp_avg_sq_new)), rho_t > 5), (1, True))
     _h6 = (

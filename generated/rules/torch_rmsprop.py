@@ -163,7 +163,7 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+    # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _h0 = 1 - 2 * maximize
     _h1 = 1 - alpha
     # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
@@ -171,7 +171,7 @@ def host_scalars(
     _h3 = abs(alpha - 1) < (1 / 2)
     _h4 = centered > 0
     _h5 = momentum > 0
-    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
     _h6 = -lr
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, lr, alpha, eps, weight_decay, momentum)
     return scalars, {}

@@ -148,7 +148,7 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+    # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _h0 = (1 - alpha) * (1 - 2 * maximize)
     _h1 = 1 - 2 * maximize
     # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
@@ -157,7 +157,7 @@ def host_scalars(
     _h4 = abs(alpha - 1) < (1 / 2)
     _h5 = centered > 0
     _h6 = momentum > 0
-    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
     _h7 = -lr
     _h8 = lr * (1 - 2 * maximize)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, alpha, eps, momentum)

@@ -1077,7 +1077,9 @@ class FTML(GeneratedOptimizer):
     The tutorial omits rescale_grad, clip_gradient (the op's keyword is ``clip_grad``; optgen uses
     the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_0 - lr * G /
     (|G| + epsilon). MXNet computes beta1^t and beta2^t in float32 inside the kernel; optgen computes
-    (1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
+    them once per step on the host with the kernel's float32 roundings (``f32``: beta1^t, 1 - beta1^t,
+    its quotient by lr, 1 - beta2^t), divides v by 1 - beta2^t in the kernel (``as_is(v / s)``) and
+    sums z's decayed terms before subtracting the correction: every recorded MXNet step to the bit.
     MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
     1.9.1 (lr 0.01, the base optimizer's default).
 
@@ -1142,7 +1144,9 @@ class Ftrl(GeneratedOptimizer):
                   * [|z_{i+1}| > lamda1]
 
     The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-    enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+    enters only the denominator. In 1.9.1's float32 order: ``z + (G - (sqrt(n + G*G) - sqrt(n)) * w
+    / lr)`` and ``((beta + sqrt(n)) / lr + wd)``, each quotient by lr a division (``as_is(x / lr)``):
+    every recorded MXNet step to the bit. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
     where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
     (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
     -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
@@ -1210,6 +1214,10 @@ class LAMB(GeneratedOptimizer):
     float32 (the same bits from the vectorised and the scalar kernel variant), added on the host in
     float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
     phase instead of storing it (no extra buffer).
+
+    The moments follow the phase-1 kernel's float32 arithmetic (``1.f - beta`` from the float32 beta,
+    ``f32``): MXNet's m and v to the bit at every recorded step. The weight does not, within a few
+    float32 ulps: MXNet computes the norms in float32 and m's bias correction in double.
 
     NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
     new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
@@ -1345,9 +1353,13 @@ class LBSGD(GeneratedOptimizer):
     Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps the first gradient of a
     macro-batch by reference, so a trainer that reuses one gradient buffer accumulates g2 + g2 instead
     of g1 + g2; optgen accumulates into its own buffer. With momentum = 0 MXNet calls sgd_update
-    (w - lr' wd w - lr' G): the same algebra as here. ``num_epochs`` is accepted by MXNet and unused:
-    it is not a hyperparameter here. The norms are per-tensor reductions, computed every step (also
-    for the warmup strategies that do not use them).
+    (w - lr' wd w - lr' G): the same algebra as here, computed as that kernel does ((1 - lr' wd) w -
+    lr' G), as sgd_mom_update's order is followed at momentum > 0, with their float32 scalars
+    (``times_clipped``, ``times_wd``) and gbar = C / batch_scale a division: every recorded MXNet
+    step to the bit but the 'lars' strategy's, whose norms MXNet sums in float32 (NumPy's pairwise
+    sum of the float32 squares; optgen's reductions are double). ``num_epochs`` is accepted by MXNet
+    and unused: it is not a hyperparameter here. The norms are per-tensor reductions, computed every
+    step (also for the warmup strategies that do not use them).
 
     batch_scale, updates_per_epoch, begin_epoch and warmup_epochs are counts (MXNet documents them as
     unsigned; the macro-batch test k mod B == 0 and the counter k need whole numbers), so other values
@@ -1614,6 +1626,10 @@ class NAdam(GeneratedOptimizer):
         mbar = (1 - mu_t) * G / (1 - M_{i+1}) + mu_t1 * m_{i+1} / (1 - M')
         w_{i+1} = w_i - lr * mbar / (sqrt(v_{i+1} / (1 - beta2^t)) + epsilon)
 
+    in its order (NDArray operations in float32, each scalar once in double: M and M' as products
+    of the previous value, each division by a scalar a division (``as_is(x / s)``), ``lr * mbar``
+    before its quotient): every recorded MXNet step to the bit, M included.
+
     Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps ONE schedule product M per
     optimizer, advanced by every parameter's update, so a parameter's schedule depends on how many
     tensors the model has. optgen keeps M per weight (a host state next to its buffers); for a model
@@ -1686,6 +1702,9 @@ class NAG(GeneratedOptimizer):
         G = clip(rescale_grad * g, clip_gradient) + wd * w_i     # wd outside the clip
         mom_{i+1} = momentum * mom_i - lr * G
         w_{i+1} = w_i + momentum * mom_{i+1} - lr * G
+
+    computed in the kernel's float32 order, ``(w_i - momentum * mom_i) + (momentum + 1) * mom_{i+1}``
+    (``momentum + 1`` a float32 sum): at wd = 0 every recorded MXNet step to the bit.
 
     Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1's in-place kernel writes the new
     weight before it computes the momentum, so with wd > 0 the momentum's wd term reads w_{i+1}
@@ -2025,6 +2044,12 @@ class SGD(GeneratedOptimizer):
         G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
         w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+    in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+    ``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+    (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+    recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+    zero, and only where the weight is a zero too).
+
     At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
     special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
     what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -2086,6 +2111,11 @@ class SGDMomentum(GeneratedOptimizer):
         G = clip(rescale_grad * g, clip_gradient) + wd * w_i     # wd outside the clip
         mom_{i+1} = momentum * mom_i - lr * G
         w_{i+1} = w_i + mom_{i+1}
+
+    in 1.9.1's float32 order (``multi_sgd_mom_update``, which ``SGD.update`` calls even for one
+    weight): ``(momentum * mom - (lr*wd) * w) - lr * clip(rescale_grad * g)``, and with clipping off
+    ``... - (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``):
+    every recorded MXNet step to the bit.
 
     The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
     torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
@@ -2270,6 +2300,10 @@ class Signum(GeneratedOptimizer):
         mom_{i+1} = momentum * mom_i - (1 - momentum) * G
         w_{i+1} = (1 - lr * wd_lh) * w_i + lr * sign(mom_{i+1})
         sign(m) = (m > 0) - (m < 0)                                # MXNet's kernel
+
+    in the kernel's float32 order: ``(momentum * mom - ((1 - momentum) * wd) * w) - (1 - momentum) *
+    clip(rescale_grad * g)``, ``(1 - momentum) * rescale_grad`` scaling g with clipping off, the
+    scalars float32 (``times_clipped``, ``times_wd``): every recorded MXNet step to the bit.
 
     The tutorial omits rescale_grad, clip_gradient, wd and wd_lh. MXNet stores the negated average,
     mom = -v, and adds lr * sign(mom); optgen keeps its sign

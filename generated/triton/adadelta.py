@@ -146,26 +146,26 @@ def adadelta_kernel_body(
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/adadelta.py:58: acc_g_new = G*(G*(1 - rho)) + acc_g*rho
+    # specs/adadelta.py:58: acc_g_new = G*((G*(1 - rho))) + acc_g*rho
     _v2 = rho * acc_g
     _v3 = _h1 * G
     _v4 = G * _v3
     acc_g_new = _v2 + _v4
-    # specs/adadelta.py:59: delta = G*(sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon))
-    # specs/adadelta.py:62: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+    # specs/adadelta.py:59: delta = (G*((sqrt(acc_delta + epsilon)/sqrt(acc_g_new + epsilon))))
     _v5 = acc_delta + epsilon
     _v6 = tl.sqrt_rn(_v5)
     _v7 = acc_g_new + epsilon
     _v8 = tl.sqrt_rn(_v7)
     _v9 = tl.div_rn(_v6, _v8)
-    _t2 = G * _v9
+    delta = G * _v9
+    # specs/adadelta.py:62: acc_delta_new = acc_delta*rho + delta*((delta*(1 - rho)))
     _v10 = rho * acc_delta
-    _v11 = _h1 * _t2
-    _v12 = _t2 * _v11
+    _v11 = _h1 * delta
+    _v12 = delta * _v11
     acc_delta_new = _v10 + _v12
     # specs/adadelta.py:64: weight_new = weight - ((delta + wd*weight))
     _v13 = wd * weight
-    _v14 = _t2 + _v13
+    _v14 = delta + _v13
     weight_new = weight - _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_g_ptr + offs, acc_g_new.to(acc_g_ptr.dtype.element_ty), mask=mask)

@@ -152,7 +152,7 @@ def adam_kernel_body(
     _v4 = _h0 * mean
     _v5 = _h2 * G
     mean_new = _v4 + _v5
-    # specs/adam.py:53: var_new = G*(G*f32(1 - f32(beta2))) + var*f32(beta2)
+    # specs/adam.py:53: var_new = G*((G*f32(1 - f32(beta2)))) + var*f32(beta2)
     _v6 = _h3 * var
     _v7 = _h4 * G
     _v8 = G * _v7

@@ -139,9 +139,9 @@ def dcasgd_kernel_body(
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*(G*(G*lamda)))
     # specs/dcasgd.py:43: mom_new = mom*momentum + s
     _v2 = momentum * mom
+    # specs/dcasgd.py:42: s = -lr*(G + wd*weight + (-prev_weight + weight)*((G*((G*lamda)))))
     _v3 = wd * weight
     _v4 = G + _v3
     _v5 = weight - prev_weight
@@ -149,8 +149,8 @@ def dcasgd_kernel_body(
     _v7 = G * _v6
     _v8 = _v5 * _v7
     _v9 = _v4 + _v8
-    _v10 = _h1 * _v9
-    mom_new = _v2 + _v10
+    s = _h1 * _v9
+    mom_new = _v2 + s
     # specs/dcasgd.py:44: prev_weight_new = weight
     prev_weight_new = weight
     # specs/dcasgd.py:45: weight_new = mom_new + weight

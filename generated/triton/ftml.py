@@ -32,7 +32,9 @@ starting at 0):
 The tutorial omits rescale_grad, clip_gradient (the op's keyword is ``clip_grad``; optgen uses
 the optimizer's ``clip_gradient``) and wd. The first step is sign-like, w_1 = w_0 - lr * G /
 (|G| + epsilon). MXNet computes beta1^t and beta2^t in float32 inside the kernel; optgen computes
-(1 - beta1^t) / lr and 1 / (1 - beta2^t) once per step in double and rounds them to float32.
+them once per step on the host with the kernel's float32 roundings (``f32``: beta1^t, 1 - beta1^t,
+its quotient by lr, 1 - beta2^t), divides v by 1 - beta2^t in the kernel (``as_is(v / s)``) and
+sums z's decayed terms before subtracting the correction: every recorded MXNet step to the bit.
 MXNet master changed the default lr to 0.0025 and moved wd outside the clip; optgen follows
 1.9.1 (lr 0.01, the base optimizer's default).
 
@@ -127,11 +129,11 @@ def ftml_kernel_body(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     inv_scale,
     AMP: tl.constexpr,
@@ -140,17 +142,17 @@ def ftml_kernel_body(
 ):
     # The update of one block, shared by ftml_kernel and ftml_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.ftml, once per step):
-    #   _h0: = -clip_gradient, in specs/ftml.py:60
-    #   _h1: = 1 - beta2, in specs/ftml.py:60
-    #   _h2: = (1 - beta2 ** t) ** (-1), in specs/ftml.py:60
-    #   _h3: = (1 - beta1 ** t)/lr, in specs/ftml.py:60
-    #   _h4: = 1 - beta1, in specs/ftml.py:59
-    #   _h5: = -beta1, in specs/ftml.py:59
+    #   _h0: = host_f32(beta2), in specs/ftml.py:67
+    #   _h1: = -clip_gradient, in specs/ftml.py:67
+    #   _h2: = host_f32(1 - host_f32(beta2)), in specs/ftml.py:67
+    #   _h3: = host_f32(1 - host_f32((host_f32(beta2)) ** t)), in specs/ftml.py:67
+    #   _h4: = host_f32(host_f32(1 - host_f32((host_f32(beta1)) ** t))/host_f32(lr)), in specs/ftml.py:67
+    #   _h5: = -host_f32(beta1), in specs/ftml.py:66
+    #   _h6: = host_f32(beta1), in specs/ftml.py:66
+    #   _h7: = host_f32(1 - host_f32(beta1)), in specs/ftml.py:66
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
@@ -159,31 +161,31 @@ def ftml_kernel_body(
     prev_d = tl.load(prev_d_ptr + offs, mask=mask).to(tl.float32)
     prev_v = tl.load(prev_v_ptr + offs, mask=mask).to(tl.float32)
     prev_z = tl.load(prev_z_ptr + offs, mask=mask).to(tl.float32)
-    # specs/ftml.py:56: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    # specs/ftml.py:58: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
     _v0 = rescale_grad * grad
     _v1 = wd * weight
     _v2 = _v0 + _v1
-    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = tl.maximum(_h1, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/ftml.py:57: prev_v_new = G**2*(1 - beta2) + beta2*prev_v
-    _v4 = beta2 * prev_v
+    # specs/ftml.py:62: prev_v_new = G**2*f32(1 - f32(beta2)) + prev_v*f32(beta2)
+    _v4 = _h0 * prev_v
     _v5 = G * G
-    _v6 = _h1 * _v5
+    _v6 = _h2 * _v5
     prev_v_new = _v4 + _v6
-    # specs/ftml.py:58: d_t = (1 - beta1**t)*(epsilon + sqrt(prev_v_new/(1 - beta2**t)))/lr
-    # specs/ftml.py:59: prev_z_new = G*(1 - beta1) + beta1*prev_z - weight*(-beta1*prev_d + d_t)
-    _v7 = _h2 * prev_v_new
+    # specs/ftml.py:64: d_t = (epsilon + sqrt((prev_v_new/f32(1 - f32(f32(beta2)**t)))))*f32(f32(1 - f32(f32(beta1)**t))/f32(lr))
+    # specs/ftml.py:66: prev_z_new = -weight*((d_t - prev_d*f32(beta1))) + ((G*f32(1 - f32(beta1)) + prev_z*f32(beta1)))
+    _v7 = tl.div_rn(prev_v_new, _h3)
     _v8 = tl.sqrt_rn(_v7)
     _v9 = _v8 + epsilon
-    prev_d_new = _h3 * _v9
-    _v10 = _h4 * G
-    _v11 = beta1 * prev_z
+    prev_d_new = _h4 * _v9
+    _v10 = _h6 * prev_z
+    _v11 = _h7 * G
     _v12 = _v10 + _v11
     _v13 = _h5 * prev_d
     _v14 = prev_d_new + _v13
     _v15 = weight * _v14
     prev_z_new = _v12 - _v15
-    # specs/ftml.py:62: weight_new = -prev_z_new/d_t
+    # specs/ftml.py:69: weight_new = -prev_z_new/d_t
     _v16 = tl.div_rn(prev_z_new, prev_d_new)
     weight_new = -_v16
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
@@ -209,11 +211,11 @@ def ftml_kernel(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -228,11 +230,11 @@ def ftml_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
-    beta1 = tl.cast(beta1, tl.float32)
-    beta2 = tl.cast(beta2, tl.float32)
     epsilon = tl.cast(epsilon, tl.float32)
     ftml_kernel_body(
         weight_ptr,
@@ -248,11 +250,11 @@ def ftml_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
         1.0,
         False,
@@ -329,11 +331,11 @@ def ftml_multi_kernel(
     _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
     _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
     _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
-    wd = tl.load(scalars_ptr + tensor * 12 + 6)
-    rescale_grad = tl.load(scalars_ptr + tensor * 12 + 7)
-    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 8)
-    beta1 = tl.load(scalars_ptr + tensor * 12 + 9)
-    beta2 = tl.load(scalars_ptr + tensor * 12 + 10)
+    _h6 = tl.load(scalars_ptr + tensor * 12 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 12 + 7)
+    wd = tl.load(scalars_ptr + tensor * 12 + 8)
+    rescale_grad = tl.load(scalars_ptr + tensor * 12 + 9)
+    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 10)
     epsilon = tl.load(scalars_ptr + tensor * 12 + 11)
     ftml_kernel_body(
         weight_ptr,
@@ -349,11 +351,11 @@ def ftml_multi_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
         inv_scale,
         True,

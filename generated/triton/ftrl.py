@@ -21,7 +21,9 @@ MXNet's code (1.9.1, followed here; states ``z`` and ``n`` = eta, starting at 0)
               * [|z_{i+1}| > lamda1]
 
 The tutorial drops the + G term of z (and the sign of the correction); wd is the L2 strength and
-enters only the denominator. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
+enters only the denominator. In 1.9.1's float32 order: ``z + (G - (sqrt(n + G*G) - sqrt(n)) * w
+/ lr)`` and ``((beta + sqrt(n)) / lr + wd)``, each quotient by lr a division (``as_is(x / lr)``):
+every recorded MXNet step to the bit. optgen follows 1.9.1's form, the indicator a factor of 1 or 0:
 where |z| <= lamda1 the weight is a zero signed as (sign(z) * lamda1 - z) / denominator is
 (-0.0 for a z in (-lamda1, 0)), and a NaN z gives NaN (NaN * 0). MXNet master's closed form
 -sign(z) * max(|z| - lamda1, 0) / denominator is the same number but for that sign of zero.
@@ -111,8 +113,7 @@ def ftrl_kernel_body(
     offs,
     mask,
     _h0,
-    _h1,
-    _h2,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
@@ -125,9 +126,8 @@ def ftrl_kernel_body(
 ):
     # The update of one block, shared by ftrl_kernel and ftrl_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.ftrl, once per step):
-    #   _h0: = -clip_gradient, in specs/ftrl.py:47
-    #   _h1: = -1/lr, in specs/ftrl.py:47
-    #   _h2: = lr ** (-1), in specs/ftrl.py:52
+    #   _h0: = -clip_gradient, in specs/ftrl.py:52
+    #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -139,33 +139,33 @@ def ftrl_kernel_body(
         grad = grad * inv_scale
     z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
     n = tl.load(n_ptr + offs, mask=mask).to(tl.float32)
-    # specs/ftrl.py:46: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/ftrl.py:48: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/ftrl.py:47: z_new = G + z - weight*(-sqrt(n) + sqrt(G**2 + n))/lr
+    # specs/ftrl.py:52: z_new = z + ((G - (((weight*(-sqrt(n) + sqrt(G**2 + n))))/lr)))
     _v2 = G * G
     n_new = n + _v2
-    _t2 = tl.sqrt_rn(n_new)
-    _v3 = G + z
-    _v4 = tl.sqrt_rn(n)
-    _v5 = _t2 - _v4
-    _v6 = _h1 * weight
-    _v7 = _v6 * _v5
-    z_new = _v3 + _v7
-    # specs/ftrl.py:52: weight_new = (lamda1*sign(z_new) - z_new)*Piecewise((1, lamda1 < Abs(z_new)), (0, True))/denominator
+    _t3 = tl.sqrt_rn(n_new)
+    _v3 = tl.sqrt_rn(n)
+    _v4 = _t3 - _v3
+    _v5 = weight * _v4
+    _v6 = tl.div_rn(_v5, lr)
+    _v7 = G - _v6
+    z_new = z + _v7
+    # specs/ftrl.py:57: weight_new = Piecewise((1, lamda1 < Abs(z_new)), (0, True))*(((lamda1*sign(z_new) - z_new)/denominator))
     _v8 = tl.where(z_new > 0, 1.0, tl.where(z_new < 0, -1.0, z_new))
     _v9 = lamda1 * _v8
     _v10 = _v9 - z_new
-    _v11 = tl.abs(z_new)
-    _v12 = lamda1 < _v11
-    _v13 = tl.where(_v12, 1.0, 0.0)
-    # specs/ftrl.py:49: denominator = wd + (beta + sqrt(n_new))/lr
-    _v14 = _t2 + beta
-    _v15 = _h2 * _v14
-    denominator = _v15 + wd
-    _v17 = _v10 * _v13
-    weight_new = tl.div_rn(_v17, denominator)
+    # specs/ftrl.py:54: denominator = wd + ((beta + sqrt(n_new))/lr)
+    _v11 = _t3 + beta
+    _v12 = tl.div_rn(_v11, lr)
+    denominator = _v12 + wd
+    _v14 = tl.div_rn(_v10, denominator)
+    _v15 = tl.abs(z_new)
+    _v16 = lamda1 < _v15
+    _v17 = tl.where(_v16, 1.0, 0.0)
+    weight_new = _v14 * _v17
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(z_ptr + offs, z_new.to(z_ptr.dtype.element_ty), mask=mask)
     tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
@@ -182,8 +182,7 @@ def ftrl_kernel(
     n_ptr,
     n_elements,
     _h0,
-    _h1,
-    _h2,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
@@ -197,8 +196,7 @@ def ftrl_kernel(
     mask = offs < n_elements
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
-    _h1 = tl.cast(_h1, tl.float32)
-    _h2 = tl.cast(_h2, tl.float32)
+    lr = tl.cast(lr, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
@@ -212,8 +210,7 @@ def ftrl_kernel(
         offs,
         mask,
         _h0,
-        _h1,
-        _h2,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,
@@ -284,15 +281,14 @@ def ftrl_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
-    wd = tl.load(scalars_ptr + tensor * 8 + 3)
-    rescale_grad = tl.load(scalars_ptr + tensor * 8 + 4)
-    clip_gradient = tl.load(scalars_ptr + tensor * 8 + 5)
-    lamda1 = tl.load(scalars_ptr + tensor * 8 + 6)
-    beta = tl.load(scalars_ptr + tensor * 8 + 7)
+    # This tensor's host scalars: row `tensor` of the fp32 table (7 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 7 + 0)
+    lr = tl.load(scalars_ptr + tensor * 7 + 1)
+    wd = tl.load(scalars_ptr + tensor * 7 + 2)
+    rescale_grad = tl.load(scalars_ptr + tensor * 7 + 3)
+    clip_gradient = tl.load(scalars_ptr + tensor * 7 + 4)
+    lamda1 = tl.load(scalars_ptr + tensor * 7 + 5)
+    beta = tl.load(scalars_ptr + tensor * 7 + 6)
     ftrl_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -301,8 +297,7 @@ def ftrl_multi_kernel(
         offs,
         mask,
         _h0,
-        _h1,
-        _h2,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,

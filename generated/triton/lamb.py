@@ -26,6 +26,10 @@ float32 (the same bits from the vectorised and the scalar kernel variant), added
 float64 in block order, a fixed order that repeats run to run) and recomputes u in the update
 phase instead of storing it (no extra buffer).
 
+The moments follow the phase-1 kernel's float32 arithmetic (``1.f - beta`` from the float32 beta,
+``f32``): MXNet's m and v to the bit at every recorded step. The weight does not, within a few
+float32 ulps: MXNet computes the norms in float32 and m's bias correction in double.
+
 NaN: one NaN gradient element makes ||u|| NaN, hence the trust ratio, hence every element of the
 new weight NaN (the whole tensor, not just that element), as MXNet 1.9.1's formula gives (its
 ratio is r1 / r2 unless one of them is 0). With torch.amp.GradScaler the torch class skips such a
@@ -129,11 +133,11 @@ def lamb_kernel_body(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     inv_scale,
     AMP: tl.constexpr,
@@ -142,17 +146,17 @@ def lamb_kernel_body(
 ):
     # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
-    #   _h0: = -clip_gradient, in specs/lamb.py:65
-    #   _h1: = 1 - beta2, in specs/lamb.py:65
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
-    #   _h3: = 1 - beta1, in specs/lamb.py:65
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
-    #   _h5: = -lr*ratio, in specs/lamb.py:67, from lower_bound, lr, u_sq, upper_bound, w_sq
+    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h1: = -clip_gradient, in specs/lamb.py:71
+    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
+    #   _h4: = host_f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
+    #   _h7: = -lr*ratio, in specs/lamb.py:73, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
@@ -160,29 +164,29 @@ def lamb_kernel_body(
         grad = grad * inv_scale
     mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v0 = rescale_grad * grad
-    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    _v1 = tl.maximum(_h1, _v0, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:58: mean_new = G*(1 - beta1) + beta1*mean
-    _v2 = beta1 * mean
-    _v3 = _h3 * G
+    # specs/lamb.py:65: mean_new = G*(1 - f32(beta1)) + mean*f32(beta1)
+    _v2 = _h4 * mean
+    _v3 = _h5 * G
     mean_new = _v2 + _v3
-    # specs/lamb.py:60: var_new = G*(G*(1 - beta2)) + beta2*var
-    _v4 = beta2 * var
-    _v5 = _h1 * G
+    # specs/lamb.py:66: var_new = G*((G*(1 - f32(beta2)))) + var*f32(beta2)
+    _v4 = _h0 * var
+    _v5 = _h2 * G
     _v6 = G * _v5
     var_new = _v4 + _v6
-    # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-    # specs/lamb.py:67: weight_new = -lr*ratio*u + weight
+    # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:73: weight_new = -lr*ratio*u + weight
     _v7 = wd * weight
-    _v8 = _h2 * var_new
+    _v8 = _h3 * var_new
     _v9 = tl.sqrt_rn(_v8)
     _v10 = _v9 + epsilon
-    _v11 = _h4 * mean_new
+    _v11 = _h6 * mean_new
     _v12 = tl.div_rn(_v11, _v10)
     _v13 = _v7 + _v12
-    _v14 = _h5 * _v13
+    _v14 = _h7 * _v13
     weight_new = weight + _v14
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
@@ -205,11 +209,11 @@ def lamb_kernel(
     _h3,
     _h4,
     _h5,
+    _h6,
+    _h7,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -224,11 +228,11 @@ def lamb_kernel(
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
-    beta1 = tl.cast(beta1, tl.float32)
-    beta2 = tl.cast(beta2, tl.float32)
     epsilon = tl.cast(epsilon, tl.float32)
     lamb_kernel_body(
         weight_ptr,
@@ -243,11 +247,11 @@ def lamb_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
         1.0,
         False,
@@ -321,11 +325,11 @@ def lamb_multi_kernel(
     _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
     _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
     _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
-    wd = tl.load(scalars_ptr + tensor * 12 + 6)
-    rescale_grad = tl.load(scalars_ptr + tensor * 12 + 7)
-    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 8)
-    beta1 = tl.load(scalars_ptr + tensor * 12 + 9)
-    beta2 = tl.load(scalars_ptr + tensor * 12 + 10)
+    _h6 = tl.load(scalars_ptr + tensor * 12 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 12 + 7)
+    wd = tl.load(scalars_ptr + tensor * 12 + 8)
+    rescale_grad = tl.load(scalars_ptr + tensor * 12 + 9)
+    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 10)
     epsilon = tl.load(scalars_ptr + tensor * 12 + 11)
     lamb_kernel_body(
         weight_ptr,
@@ -340,11 +344,11 @@ def lamb_multi_kernel(
         _h3,
         _h4,
         _h5,
+        _h6,
+        _h7,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
         inv_scale,
         True,
@@ -368,51 +372,51 @@ def lamb_reduce_kernel_body(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
 ):
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
-    #   _h0: = -clip_gradient, in specs/lamb.py:65
-    #   _h1: = 1 - beta2, in specs/lamb.py:65
-    #   _h2: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
-    #   _h3: = 1 - beta1, in specs/lamb.py:65
-    #   _h4: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:65
+    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h1: = -clip_gradient, in specs/lamb.py:71
+    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
+    #   _h4: = host_f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
-    #   beta1: hyperparameter
-    #   beta2: hyperparameter
     #   epsilon: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/lamb.py:57: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    # specs/lamb.py:61: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
     _v15 = rescale_grad * grad
-    _v16 = tl.maximum(_h0, _v15, propagate_nan=tl.PropagateNan.ALL)
+    _v16 = tl.maximum(_h1, _v15, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v16, propagate_nan=tl.PropagateNan.ALL)
-    # specs/lamb.py:64: w_sq = weight**2
+    # specs/lamb.py:70: w_sq = weight**2
     w_sq = weight * weight
-    # specs/lamb.py:63: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
-    # specs/lamb.py:65: u_sq = u**2
+    # specs/lamb.py:69: u = mean_new/((epsilon + sqrt(var_new/(-beta2**t*bias_correction + 1)))*(-beta1**t*bias_correction + 1)) + wd*weight
+    # specs/lamb.py:71: u_sq = u**2
     _v17 = wd * weight
-    _v18 = beta1 * mean
-    _v19 = _h3 * G
+    _v18 = _h4 * mean
+    _v19 = _h5 * G
     _v20 = _v18 + _v19
-    _v21 = beta2 * var
-    _v22 = _h1 * G
+    _v21 = _h0 * var
+    _v22 = _h2 * G
     _v23 = G * _v22
     _v24 = _v21 + _v23
-    _v25 = _h2 * _v24
+    _v25 = _h3 * _v24
     _v26 = tl.sqrt_rn(_v25)
     _v27 = _v26 + epsilon
-    _v28 = _h4 * _v20
+    _v28 = _h6 * _v20
     _v29 = tl.div_rn(_v28, _v27)
     _v30 = _v17 + _v29
     u_sq = _v30 * _v30
@@ -433,11 +437,11 @@ def lamb_reduce_kernel(
     _h2,
     _h3,
     _h4,
+    _h5,
+    _h6,
     wd,
     rescale_grad,
     clip_gradient,
-    beta1,
-    beta2,
     epsilon,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -450,11 +454,11 @@ def lamb_reduce_kernel(
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
-    beta1 = tl.cast(beta1, tl.float32)
-    beta2 = tl.cast(beta2, tl.float32)
     epsilon = tl.cast(epsilon, tl.float32)
     lamb_reduce_kernel_body(
         weight_ptr,
@@ -470,11 +474,11 @@ def lamb_reduce_kernel(
         _h2,
         _h3,
         _h4,
+        _h5,
+        _h6,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
     )
 
@@ -523,11 +527,11 @@ def lamb_multi_reduce_kernel(
     _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 11 + 3)
     _h4 = tl.load(scalars_ptr + tensor * 11 + 4)
-    wd = tl.load(scalars_ptr + tensor * 11 + 5)
-    rescale_grad = tl.load(scalars_ptr + tensor * 11 + 6)
-    clip_gradient = tl.load(scalars_ptr + tensor * 11 + 7)
-    beta1 = tl.load(scalars_ptr + tensor * 11 + 8)
-    beta2 = tl.load(scalars_ptr + tensor * 11 + 9)
+    _h5 = tl.load(scalars_ptr + tensor * 11 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 11 + 6)
+    wd = tl.load(scalars_ptr + tensor * 11 + 7)
+    rescale_grad = tl.load(scalars_ptr + tensor * 11 + 8)
+    clip_gradient = tl.load(scalars_ptr + tensor * 11 + 9)
     epsilon = tl.load(scalars_ptr + tensor * 11 + 10)
     lamb_reduce_kernel_body(
         weight_ptr,
@@ -543,11 +547,11 @@ def lamb_multi_reduce_kernel(
         _h2,
         _h3,
         _h4,
+        _h5,
+        _h6,
         wd,
         rescale_grad,
         clip_gradient,
-        beta1,
-        beta2,
         epsilon,
     )
 

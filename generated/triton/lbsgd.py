@@ -23,9 +23,13 @@ Tutorial: "no additional modifications to SGD". MXNet's code (1.9.1, followed he
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps the first gradient of a
 macro-batch by reference, so a trainer that reuses one gradient buffer accumulates g2 + g2 instead
 of g1 + g2; optgen accumulates into its own buffer. With momentum = 0 MXNet calls sgd_update
-(w - lr' wd w - lr' G): the same algebra as here. ``num_epochs`` is accepted by MXNet and unused:
-it is not a hyperparameter here. The norms are per-tensor reductions, computed every step (also
-for the warmup strategies that do not use them).
+(w - lr' wd w - lr' G): the same algebra as here, computed as that kernel does ((1 - lr' wd) w -
+lr' G), as sgd_mom_update's order is followed at momentum > 0, with their float32 scalars
+(``times_clipped``, ``times_wd``) and gbar = C / batch_scale a division: every recorded MXNet
+step to the bit but the 'lars' strategy's, whose norms MXNet sums in float32 (NumPy's pairwise
+sum of the float32 squares; optgen's reductions are double). ``num_epochs`` is accepted by MXNet
+and unused: it is not a hyperparameter here. The norms are per-tensor reductions, computed every
+step (also for the warmup strategies that do not use them).
 
 batch_scale, updates_per_epoch, begin_epoch and warmup_epochs are counts (MXNet documents them as
 unsigned; the macro-batch test k mod B == 0 and the counter k need whole numbers), so other values
@@ -50,13 +54,19 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.scalars import (
+    check_scalars,
+    check_scalars_each,
+    checked_each,
+    computed,
+    computed_each,
+    distinct,
+)
 from optgen_runtime.triton_cache import prepared_table
 from optgen_runtime.triton_checks import check_tensors, check_weight
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_launch import launch
 from optgen_runtime.triton_reduce import fixed_sum, reduce_sums
-from optgen_runtime.triton_rows import phase_rows, sum_rows
 
 from ..rules.lbsgd import (
     DRAWS,
@@ -77,7 +87,6 @@ from ..rules.lbsgd import (
     STATES,
     STEP_SCALARS,
     host_scalars,
-    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -101,7 +110,6 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
-    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",
@@ -121,13 +129,20 @@ def lbsgd_kernel_body(
     acc_ptr,
     offs,
     mask,
+    _h0,
     _h1,
     _h2,
     _h3,
     _h4,
-    wd,
+    _h5,
+    _h6,
+    _h7,
+    _h8,
+    _h9,
+    _h10,
     clip_gradient,
     momentum,
+    batch_scale,
     inv_scale,
     AMP: tl.constexpr,
     copy_ptr,
@@ -135,41 +150,59 @@ def lbsgd_kernel_body(
 ):
     # The update of one block, shared by lbsgd_kernel and lbsgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lbsgd, once per step):
-    #   _h1: = -clip_gradient, in specs/lbsgd.py:74
-    #   _h2: = ((rescale_grad/batch_scale) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, rescale_grad, t, updates_per_epoch
-    #   _h3: = ((-lr*mult) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:74, from batch_scale, begin_epoch, t, updates_per_epoch
-    #   wd: hyperparameter
+    #   _h0: = -clip_gradient, in specs/lbsgd.py:83
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/lbsgd.py:83
+    #   _h2: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h3: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h5: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h6: = ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h7: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h8: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h9: = (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h10: = (momentum == 0), in specs/lbsgd.py:86
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
+    #   batch_scale: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
     acc = tl.load(acc_ptr + offs, mask=mask).to(tl.float32)
-    # specs/lbsgd.py:55: total = acc + grad
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _t0 = momentum * mom
+    # specs/lbsgd.py:59: total = acc + grad
     total = acc + grad
-    # specs/lbsgd.py:74: mom_new = Piecewise((-G*lr*mult + mom*momentum, Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _v0 = _h4 != 0.0
-    _v1 = momentum * mom
-    # specs/lbsgd.py:56: gbar = total/batch_scale
-    # specs/lbsgd.py:73: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, gbar*rescale_grad))
-    _v2 = wd * weight
-    _v3 = _h2 * total
-    _v4 = tl.maximum(_h1, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = tl.minimum(clip_gradient, _v4, propagate_nan=tl.PropagateNan.ALL)
-    G = _v2 + _v5
-    _v7 = _h3 * G
-    _v8 = _v1 + _v7
-    mom_new = tl.where(_v0, _v8, mom)
-    # specs/lbsgd.py:75: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-    _v9 = _h4 != 0.0
-    acc_new = tl.where(_v9, 0.0, total)
-    # specs/lbsgd.py:76: weight_new = Piecewise((mom_new + weight, Eq(Mod(k, batch_scale), 0)), (weight, True))
-    _v10 = _h4 != 0.0
-    _v11 = mom_new + weight
-    weight_new = tl.where(_v10, _v11, weight)
+    # specs/lbsgd.py:60: gbar = (total/batch_scale)
+    gbar = tl.div_rn(total, batch_scale)
+    _v1 = _h1 * gbar
+    _v2 = tl.maximum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
+    _t2 = tl.minimum(clip_gradient, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = _h4 != 0.0
+    _v4 = _h2 * _t2
+    _v5 = _h3 * weight
+    _v6 = _t0 + _v5
+    _v7 = _v4 + _v6
+    mom_new = tl.where(_v3, _v7, mom)
+    # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
+    _v8 = _h4 != 0.0
+    acc_new = tl.where(_v8, 0.0, total)
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _v9 = _h9 != 0.0
+    _v10 = _h10 != 0.0
+    _v11 = _h4 != 0.0
+    _v12 = _h7 * _t2
+    _v13 = _h8 * weight
+    _v14 = _t0 + _v13
+    _v15 = _v12 + _v14
+    _v16 = tl.where(_v11, _v15, mom)
+    _v17 = weight + _v16
+    _v18 = _h5 * _t2
+    _v19 = _h6 * weight
+    _v20 = _v18 + _v19
+    _v21 = tl.where(_v10, _v20, _v17)
+    weight_new = tl.where(_v9, weight, _v21)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_ptr + offs, acc_new.to(acc_ptr.dtype.element_ty), mask=mask)
@@ -185,13 +218,20 @@ def lbsgd_kernel(
     mom_ptr,
     acc_ptr,
     n_elements,
+    _h0,
     _h1,
     _h2,
     _h3,
     _h4,
-    wd,
+    _h5,
+    _h6,
+    _h7,
+    _h8,
+    _h9,
+    _h10,
     clip_gradient,
     momentum,
+    batch_scale,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -199,13 +239,20 @@ def lbsgd_kernel(
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
+    _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
-    wd = tl.cast(wd, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
+    _h8 = tl.cast(_h8, tl.float32)
+    _h9 = tl.cast(_h9, tl.float32)
+    _h10 = tl.cast(_h10, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     momentum = tl.cast(momentum, tl.float32)
+    batch_scale = tl.cast(batch_scale, tl.float32)
     lbsgd_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -213,13 +260,20 @@ def lbsgd_kernel(
         acc_ptr,
         offs,
         mask,
+        _h0,
         _h1,
         _h2,
         _h3,
         _h4,
-        wd,
+        _h5,
+        _h6,
+        _h7,
+        _h8,
+        _h9,
+        _h10,
         clip_gradient,
         momentum,
+        batch_scale,
         1.0,
         False,
         weight_ptr,
@@ -285,14 +339,21 @@ def lbsgd_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (7 per tensor).
-    _h1 = tl.load(scalars_ptr + tensor * 7 + 0)
-    _h2 = tl.load(scalars_ptr + tensor * 7 + 1)
-    _h3 = tl.load(scalars_ptr + tensor * 7 + 2)
-    _h4 = tl.load(scalars_ptr + tensor * 7 + 3)
-    wd = tl.load(scalars_ptr + tensor * 7 + 4)
-    clip_gradient = tl.load(scalars_ptr + tensor * 7 + 5)
-    momentum = tl.load(scalars_ptr + tensor * 7 + 6)
+    # This tensor's host scalars: row `tensor` of the fp32 table (14 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 14 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 14 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 14 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 14 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 14 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 14 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 14 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 14 + 7)
+    _h8 = tl.load(scalars_ptr + tensor * 14 + 8)
+    _h9 = tl.load(scalars_ptr + tensor * 14 + 9)
+    _h10 = tl.load(scalars_ptr + tensor * 14 + 10)
+    clip_gradient = tl.load(scalars_ptr + tensor * 14 + 11)
+    momentum = tl.load(scalars_ptr + tensor * 14 + 12)
+    batch_scale = tl.load(scalars_ptr + tensor * 14 + 13)
     lbsgd_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -300,13 +361,20 @@ def lbsgd_multi_kernel(
         acc_ptr,
         offs,
         mask,
+        _h0,
         _h1,
         _h2,
         _h3,
         _h4,
-        wd,
+        _h5,
+        _h6,
+        _h7,
+        _h8,
+        _h9,
+        _h10,
         clip_gradient,
         momentum,
+        batch_scale,
         inv_scale,
         True,
         copy_ptr,
@@ -323,23 +391,23 @@ def lbsgd_reduce_kernel_body(
     slot,
     offs,
     mask,
-    _h0,
+    batch_scale,
 ):
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by lbsgd_reduce_kernel and lbsgd_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lbsgd, once per step):
-    #   _h0: = batch_scale ** (-2), in specs/lbsgd.py:59
+    #   batch_scale: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/lbsgd.py:58: w_sq = weight**2
+    # specs/lbsgd.py:62: w_sq = weight**2
     w_sq = weight * weight
-    # specs/lbsgd.py:55: total = acc + grad
+    # specs/lbsgd.py:59: total = acc + grad
     total = acc + grad
-    # specs/lbsgd.py:56: gbar = total/batch_scale
-    # specs/lbsgd.py:59: gbar_sq = gbar**2
-    _v13 = total * total
-    gbar_sq = _h0 * _v13
+    # specs/lbsgd.py:60: gbar = (total/batch_scale)
+    gbar = tl.div_rn(total, batch_scale)
+    # specs/lbsgd.py:63: gbar_sq = gbar**2
+    gbar_sq = gbar * gbar
     tl.store(partial_ptr + slot * 2 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
     tl.store(partial_ptr + slot * 2 + 1, fixed_sum(tl.where(mask, gbar_sq, 0.0)))
 
@@ -352,15 +420,17 @@ def lbsgd_reduce_kernel(
     acc_ptr,
     partial_ptr,
     n_elements,
-    _h0,
+    batch_scale,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Phase 1: one partial per block, combined by reduce_sums (sums: a float64 tree).
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
-    _h0 = tl.cast(_h0, tl.float32)
-    lbsgd_reduce_kernel_body(weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, _h0)
+    batch_scale = tl.cast(batch_scale, tl.float32)
+    lbsgd_reduce_kernel_body(
+        weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, batch_scale
+    )
 
 
 @triton.jit
@@ -400,8 +470,10 @@ def lbsgd_multi_reduce_kernel(
         acc_ptr = tl.multiple_of(acc_ptr, 16)
     # Phase 1 over the chunk table: ChunkTable.reduce combines each tensor's partials
     # (sums: a float64 tree; on CUDA on the device).
-    _h0 = tl.load(scalars_ptr + tensor * 1 + 0)
-    lbsgd_reduce_kernel_body(weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, _h0)
+    batch_scale = tl.load(scalars_ptr + tensor * 1 + 0)
+    lbsgd_reduce_kernel_body(
+        weight_ptr, grad_ptr, acc_ptr, partial_ptr, pid, offs, mask, batch_scale
+    )
 
 
 def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tensor]:
@@ -504,6 +576,7 @@ def step_multi(
     stream_indices(RULE, stream_ids, len(weights))
     if not weights:
         return 0  # no tensor: nothing to launch (the settings checked all the same)
+    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = prepared_table(
@@ -520,16 +593,34 @@ def step_multi(
         copies,
     )
     amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
-    # the reduction phase's scalars depend on the step count alone: once per distinct count
-    pre = phase_rows(RULE, reduction_scalars, ts, REDUCE_SCALARS, **hp)
-    sums = chunks.reduce_rows(lbsgd_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "gbar_sq"])
-    # every tensor's scalars at once (host_scalars_rows), or tensor by tensor where that cannot be
-    rows = sum_rows(
-        RULE, host_scalars, host_scalars_rows, ts, ["w_sq", "gbar_sq"], sums, SCALARS, **hp
+    sums: list[dict[str, float]] = [{} for _ in weights]
+    # computed and checked once per distinct (step count, host states, sums)
+    pre = checked_each(
+        RULE,
+        REDUCE_SCALARS,
+        reduction_scalars,
+        ts,
+        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
+        **hp,
     )
+    for _sums, _new in zip(
+        sums,
+        chunks.reduce(lbsgd_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "gbar_sq"]),
+        strict=True,
+    ):
+        _sums.update(_new)
+    # computed once per distinct (step count, host states, sums): mostly once per call
+    new = computed_each(
+        RULE,
+        host_scalars,
+        ts,
+        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
+        **hp,
+    )
+    check_scalars_each(RULE, SCALARS, distinct(new), torch.float32)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        chunks.update(lbsgd_multi_kernel, rows, RULE, amp)
+        chunks.update(lbsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
 
     commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches

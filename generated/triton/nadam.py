@@ -29,6 +29,10 @@ MXNet's code (1.9.1, followed here; states ``mean`` = m, ``var`` = v, host state
     mbar = (1 - mu_t) * G / (1 - M_{i+1}) + mu_t1 * m_{i+1} / (1 - M')
     w_{i+1} = w_i - lr * mbar / (sqrt(v_{i+1} / (1 - beta2^t)) + epsilon)
 
+in its order (NDArray operations in float32, each scalar once in double: M and M' as products
+of the previous value, each division by a scalar a division (``as_is(x / s)``), ``lr * mbar``
+before its quotient): every recorded MXNet step to the bit, M included.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1 keeps ONE schedule product M per
 optimizer, advanced by every parameter's update, so a parameter's schedule depends on how many
 tensors the model has. optgen keeps M per weight (a host state next to its buffers); for a model
@@ -133,12 +137,14 @@ def nadam_kernel_body(
     _h4,
     _h5,
     _h6,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
     beta1,
     beta2,
     epsilon,
+    mu_t1,
     inv_scale,
     AMP: tl.constexpr,
     copy_ptr,
@@ -146,51 +152,55 @@ def nadam_kernel_body(
 ):
     # The update of one block, shared by nadam_kernel and nadam_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.nadam, once per step):
-    #   _h0: = -clip_gradient, in specs/nadam.py:84
-    #   _h1: = 1 - beta1, in specs/nadam.py:84
-    #   _h2: = 1 - beta2, in specs/nadam.py:86
-    #   _h3: = (1 - beta2 ** t) ** (-1), in specs/nadam.py:91
-    #   _h4: = (-beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1)/(-beta1*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t)) + 1), in specs/nadam.py:91
-    #   _h5: = beta1*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1)))/(-beta1 ** 2*m_schedule*(1 - (1 / 2)*0.96 ** (schedule_decay*t))*(1 - (1 / 2)*0.96 ** (schedule_decay*(t + 1))) + 1), in specs/nadam.py:91
-    #   _h6: = -lr, in specs/nadam.py:91
+    #   _h0: = -clip_gradient, in specs/nadam.py:92
+    #   _h1: = 1 - beta1, in specs/nadam.py:92
+    #   _h2: = 1 - beta2, in specs/nadam.py:94
+    #   _h3: = 1 - beta2 ** t, in specs/nadam.py:101
+    #   _h4: = 1 - ((m_schedule*mu_t)), in specs/nadam.py:101, from beta1, m_schedule, schedule_decay, t
+    #   _h5: = 1 - mu_t, in specs/nadam.py:101, from beta1, schedule_decay, t
+    #   _h6: = -mu_t1*(m_schedule*mu_t) + 1, in specs/nadam.py:101, from beta1, m_schedule, schedule_decay, t
+    #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
+    #   mu_t1: let, computed by host_scalars from beta1, schedule_decay, t
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     mean = tl.load(mean_ptr + offs, mask=mask).to(tl.float32)
     var = tl.load(var_ptr + offs, mask=mask).to(tl.float32)
-    # specs/nadam.py:78: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
+    # specs/nadam.py:82: G = Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad + wd*weight))
     _v0 = rescale_grad * grad
     _v1 = wd * weight
     _v2 = _v0 + _v1
     _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/nadam.py:84: mean_new = G*(1 - beta1) + beta1*mean
+    # specs/nadam.py:92: mean_new = G*(1 - beta1) + beta1*mean
     _v4 = beta1 * mean
     _v5 = _h1 * G
     mean_new = _v4 + _v5
-    # specs/nadam.py:86: var_new = G*(G*(1 - beta2)) + beta2*var
+    # specs/nadam.py:94: var_new = G*((G*(1 - beta2))) + beta2*var
     _v6 = beta2 * var
     _v7 = _h2 * G
     _v8 = G * _v7
     var_new = _v6 + _v8
-    # specs/nadam.py:87: mbar = G*(1 - mu_t)/(1 - m_schedule_new) + mean_new*mu_t1/(-m_schedule_new*mu_t1 + 1)
-    _v9 = _h4 * G
-    _v10 = _h5 * mean_new
-    mbar = _v9 + _v10
-    # specs/nadam.py:91: weight_new = -lr*mbar/(epsilon + sqrt(var_new/(1 - beta2**t))) + weight
-    _v12 = _h3 * var_new
-    _v13 = tl.sqrt_rn(_v12)
-    _v14 = _v13 + epsilon
-    _v15 = _h6 * mbar
-    _v16 = tl.div_rn(_v15, _v14)
-    weight_new = weight + _v16
+    # specs/nadam.py:100: mbar = mu_t1*((mean_new/(-mu_t1*(m_schedule*mu_t) + 1))) + (1 - mu_t)*((G/(1 - (m_schedule*mu_t))))
+    _v9 = tl.div_rn(G, _h4)
+    _v10 = _h5 * _v9
+    _v11 = tl.div_rn(mean_new, _h6)
+    _v12 = mu_t1 * _v11
+    mbar = _v10 + _v12
+    # specs/nadam.py:101: weight_new = weight - (lr*mbar)/(epsilon + sqrt((var_new/(1 - beta2**t))))
+    _v14 = lr * mbar
+    _v15 = tl.div_rn(var_new, _h3)
+    _v16 = tl.sqrt_rn(_v15)
+    _v17 = _v16 + epsilon
+    _v18 = tl.div_rn(_v14, _v17)
+    weight_new = weight - _v18
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + offs, mean_new.to(mean_ptr.dtype.element_ty), mask=mask)
     tl.store(var_ptr + offs, var_new.to(var_ptr.dtype.element_ty), mask=mask)
@@ -213,12 +223,14 @@ def nadam_kernel(
     _h4,
     _h5,
     _h6,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
     beta1,
     beta2,
     epsilon,
+    mu_t1,
     BLOCK_SIZE: tl.constexpr,
 ):
     # int64 offsets: tensors past 2**31 elements must not wrap.
@@ -233,12 +245,14 @@ def nadam_kernel(
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)
     _h6 = tl.cast(_h6, tl.float32)
+    lr = tl.cast(lr, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     beta1 = tl.cast(beta1, tl.float32)
     beta2 = tl.cast(beta2, tl.float32)
     epsilon = tl.cast(epsilon, tl.float32)
+    mu_t1 = tl.cast(mu_t1, tl.float32)
     nadam_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -253,12 +267,14 @@ def nadam_kernel(
         _h4,
         _h5,
         _h6,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,
         beta1,
         beta2,
         epsilon,
+        mu_t1,
         1.0,
         False,
         weight_ptr,
@@ -324,20 +340,22 @@ def nadam_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (13 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 13 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 13 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 13 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 13 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 13 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 13 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 13 + 6)
-    wd = tl.load(scalars_ptr + tensor * 13 + 7)
-    rescale_grad = tl.load(scalars_ptr + tensor * 13 + 8)
-    clip_gradient = tl.load(scalars_ptr + tensor * 13 + 9)
-    beta1 = tl.load(scalars_ptr + tensor * 13 + 10)
-    beta2 = tl.load(scalars_ptr + tensor * 13 + 11)
-    epsilon = tl.load(scalars_ptr + tensor * 13 + 12)
+    # This tensor's host scalars: row `tensor` of the fp32 table (15 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 15 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 15 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 15 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 15 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 15 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 15 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 15 + 6)
+    lr = tl.load(scalars_ptr + tensor * 15 + 7)
+    wd = tl.load(scalars_ptr + tensor * 15 + 8)
+    rescale_grad = tl.load(scalars_ptr + tensor * 15 + 9)
+    clip_gradient = tl.load(scalars_ptr + tensor * 15 + 10)
+    beta1 = tl.load(scalars_ptr + tensor * 15 + 11)
+    beta2 = tl.load(scalars_ptr + tensor * 15 + 12)
+    epsilon = tl.load(scalars_ptr + tensor * 15 + 13)
+    mu_t1 = tl.load(scalars_ptr + tensor * 15 + 14)
     nadam_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -352,12 +370,14 @@ def nadam_multi_kernel(
         _h4,
         _h5,
         _h6,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,
         beta1,
         beta2,
         epsilon,
+        mu_t1,
         inv_scale,
         True,
         copy_ptr,

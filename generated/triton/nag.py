@@ -17,6 +17,9 @@ weight and uses the reformulation (state ``mom`` = v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + momentum * mom_{i+1} - lr * G
 
+computed in the kernel's float32 order, ``(w_i - momentum * mom_i) + (momentum + 1) * mom_{i+1}``
+(``momentum + 1`` a float32 sum): at wd = 0 every recorded MXNet step to the bit.
+
 Difference from MXNet 1.9.1, on purpose (optgen's policy): 1.9.1's in-place kernel writes the new
 weight before it computes the momentum, so with wd > 0 the momentum's wd term reads w_{i+1}
 instead of w_i. optgen uses w_i (MXNet master's fixed kernel). With wd = 0 the two agree exactly.
@@ -118,6 +121,8 @@ def nag_kernel_body(
     mask,
     _h0,
     _h1,
+    _h2,
+    _h3,
     wd,
     rescale_grad,
     clip_gradient,
@@ -129,8 +134,10 @@ def nag_kernel_body(
 ):
     # The update of one block, shared by nag_kernel and nag_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.nag, once per step):
-    #   _h0: = -clip_gradient, in specs/nag.py:52
-    #   _h1: = -lr, in specs/nag.py:52
+    #   _h0: = -clip_gradient, in specs/nag.py:56
+    #   _h1: = -lr, in specs/nag.py:56
+    #   _h2: = host_f32(momentum) + 1, in specs/nag.py:57
+    #   _h3: = -momentum, in specs/nag.py:57
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -140,20 +147,21 @@ def nag_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    # specs/nag.py:51: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
-    _v0 = wd * weight
-    _v1 = rescale_grad * grad
-    _v2 = tl.maximum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v3 = tl.minimum(clip_gradient, _v2, propagate_nan=tl.PropagateNan.ALL)
-    G = _v0 + _v3
-    # specs/nag.py:52: mom_new = -G*lr + mom*momentum
-    _t0 = _h1 * G
-    _v5 = momentum * mom
-    mom_new = _t0 + _v5
-    # specs/nag.py:53: weight_new = -G*lr + mom_new*momentum + weight
-    _v6 = _t0 + weight
-    _v7 = momentum * mom_new
-    weight_new = _v6 + _v7
+    # specs/nag.py:56: mom_new = -G*lr + mom*momentum
+    _v0 = momentum * mom
+    # specs/nag.py:54: G = wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))
+    _v1 = wd * weight
+    _v2 = rescale_grad * grad
+    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _v4 = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
+    G = _v1 + _v4
+    _v6 = _h1 * G
+    mom_new = _v0 + _v6
+    # specs/nag.py:57: weight_new = mom_new*(f32(momentum) + 1) + ((-mom*momentum + weight))
+    _v7 = _h2 * mom_new
+    _v8 = _h3 * mom
+    _v9 = weight + _v8
+    weight_new = _v7 + _v9
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
     if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
@@ -169,6 +177,8 @@ def nag_kernel(
     n_elements,
     _h0,
     _h1,
+    _h2,
+    _h3,
     wd,
     rescale_grad,
     clip_gradient,
@@ -182,6 +192,8 @@ def nag_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
+    _h2 = tl.cast(_h2, tl.float32)
+    _h3 = tl.cast(_h3, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
@@ -194,6 +206,8 @@ def nag_kernel(
         mask,
         _h0,
         _h1,
+        _h2,
+        _h3,
         wd,
         rescale_grad,
         clip_gradient,
@@ -260,13 +274,15 @@ def nag_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
-    wd = tl.load(scalars_ptr + tensor * 6 + 2)
-    rescale_grad = tl.load(scalars_ptr + tensor * 6 + 3)
-    clip_gradient = tl.load(scalars_ptr + tensor * 6 + 4)
-    momentum = tl.load(scalars_ptr + tensor * 6 + 5)
+    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
+    wd = tl.load(scalars_ptr + tensor * 8 + 4)
+    rescale_grad = tl.load(scalars_ptr + tensor * 8 + 5)
+    clip_gradient = tl.load(scalars_ptr + tensor * 8 + 6)
+    momentum = tl.load(scalars_ptr + tensor * 8 + 7)
     nag_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -275,6 +291,8 @@ def nag_multi_kernel(
         mask,
         _h0,
         _h1,
+        _h2,
+        _h3,
         wd,
         rescale_grad,
         clip_gradient,

@@ -149,7 +149,7 @@ def rmsprop_kernel_body(
     _v5 = G * G
     _v6 = _h2 * _v5
     n_new = _v4 + _v6
-    # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*G/sqrt(epsilon + n_new) + weight))
+    # specs/rmsprop.py:59: weight_new = Min(clip_weights, Max(-clip_weights, -lr*(G/sqrt(epsilon + n_new)) + weight))
     _v7 = n_new + epsilon
     _v8 = tl.sqrt_rn(_v7)
     _v9 = tl.div_rn(G, _v8)

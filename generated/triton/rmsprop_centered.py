@@ -115,7 +115,7 @@ def rmsprop_centered_kernel_body(
     _h1,
     _h2,
     _h3,
-    _h4,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
@@ -129,11 +129,11 @@ def rmsprop_centered_kernel_body(
 ):
     # The update of one block, shared by rmsprop_centered_kernel and rmsprop_centered_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop_centered, once per step):
-    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:71
-    #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:71
-    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:71
-    #   _h3: = -lr, in specs/rmsprop_centered.py:74
-    #   _h4: = -clip_weights, in specs/rmsprop_centered.py:75
+    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:72
+    #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:72
+    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:72
+    #   _h3: = -clip_weights, in specs/rmsprop_centered.py:76
+    #   lr: hyperparameter
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
@@ -153,26 +153,26 @@ def rmsprop_centered_kernel_body(
     _v2 = _v0 + _v1
     _v3 = tl.maximum(_h1, _v2, propagate_nan=tl.PropagateNan.ALL)
     G = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    # specs/rmsprop_centered.py:71: n_new = G*(G*f32(1 - f32(gamma1))) + n*f32(gamma1)
+    # specs/rmsprop_centered.py:72: n_new = G*((G*f32(1 - f32(gamma1)))) + n*f32(gamma1)
     _t1 = _h2 * G
     _v4 = _h0 * n
     _v5 = G * _t1
     n_new = _v4 + _v5
-    # specs/rmsprop_centered.py:72: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
+    # specs/rmsprop_centered.py:73: g_new = G*f32(1 - f32(gamma1)) + g*f32(gamma1)
     _v6 = _h0 * g
     g_new = _t1 + _v6
-    # specs/rmsprop_centered.py:74: delta_new = delta*gamma2 - lr*G/sqrt(epsilon + ((-g_new**2 + n_new)))
+    # specs/rmsprop_centered.py:75: delta_new = delta*gamma2 - (G*lr)/sqrt(epsilon + ((-g_new**2 + n_new)))
     _v7 = gamma2 * delta
-    _v8 = g_new * g_new
-    _v9 = n_new - _v8
-    _v10 = _v9 + epsilon
-    _v11 = tl.sqrt_rn(_v10)
-    _v12 = tl.div_rn(G, _v11)
-    _v13 = _h3 * _v12
-    delta_new = _v7 + _v13
-    # specs/rmsprop_centered.py:75: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
+    _v8 = lr * G
+    _v9 = g_new * g_new
+    _v10 = n_new - _v9
+    _v11 = _v10 + epsilon
+    _v12 = tl.sqrt_rn(_v11)
+    _v13 = tl.div_rn(_v8, _v12)
+    delta_new = _v7 - _v13
+    # specs/rmsprop_centered.py:76: weight_new = Min(clip_weights, Max(-clip_weights, delta_new + weight))
     _v14 = delta_new + weight
-    _v15 = tl.maximum(_h4, _v14, propagate_nan=tl.PropagateNan.ALL)
+    _v15 = tl.maximum(_h3, _v14, propagate_nan=tl.PropagateNan.ALL)
     weight_new = tl.minimum(clip_weights, _v15, propagate_nan=tl.PropagateNan.ALL)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(n_ptr + offs, n_new.to(n_ptr.dtype.element_ty), mask=mask)
@@ -195,7 +195,7 @@ def rmsprop_centered_kernel(
     _h1,
     _h2,
     _h3,
-    _h4,
+    lr,
     wd,
     rescale_grad,
     clip_gradient,
@@ -213,7 +213,7 @@ def rmsprop_centered_kernel(
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
+    lr = tl.cast(lr, tl.float32)
     wd = tl.cast(wd, tl.float32)
     rescale_grad = tl.cast(rescale_grad, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
@@ -232,7 +232,7 @@ def rmsprop_centered_kernel(
         _h1,
         _h2,
         _h3,
-        _h4,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,
@@ -312,7 +312,7 @@ def rmsprop_centered_multi_kernel(
     _h1 = tl.load(scalars_ptr + tensor * 11 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
     _h3 = tl.load(scalars_ptr + tensor * 11 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 11 + 4)
+    lr = tl.load(scalars_ptr + tensor * 11 + 4)
     wd = tl.load(scalars_ptr + tensor * 11 + 5)
     rescale_grad = tl.load(scalars_ptr + tensor * 11 + 6)
     clip_gradient = tl.load(scalars_ptr + tensor * 11 + 7)
@@ -331,7 +331,7 @@ def rmsprop_centered_multi_kernel(
         _h1,
         _h2,
         _h3,
-        _h4,
+        lr,
         wd,
         rescale_grad,
         clip_gradient,

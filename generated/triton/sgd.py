@@ -14,6 +14,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -116,7 +122,7 @@ def sgd_kernel_body(
     _h0,
     _h1,
     _h2,
-    rescale_grad,
+    _h3,
     clip_gradient,
     inv_scale,
     AMP: tl.constexpr,
@@ -125,23 +131,23 @@ def sgd_kernel_body(
 ):
     # The update of one block, shared by sgd_kernel and sgd_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd, once per step):
-    #   _h0: = -clip_gradient, in specs/sgd.py:37
-    #   _h1: = -lr, in specs/sgd.py:37
-    #   _h2: = -lr*wd, in specs/sgd.py:37
-    #   rescale_grad: hyperparameter
+    #   _h0: = -clip_gradient, in specs/sgd.py:43
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd.py:43
+    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd.py:43
+    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    # specs/sgd.py:37: weight_new = -lr*wd*weight - lr*Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad)) + weight
-    _v0 = rescale_grad * grad
+    # specs/sgd.py:43: weight_new = weight + ((-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((-weight*f32(lr)*f32(wd)))))
+    _v0 = _h1 * grad
     _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
     _v2 = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _v3 = _h1 * _v2
-    _v4 = weight + _v3
-    _v5 = _h2 * weight
-    weight_new = _v4 + _v5
+    _v3 = _h2 * _v2
+    _v4 = _h3 * weight
+    _v5 = _v3 + _v4
+    weight_new = weight + _v5
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
         weight_new = weight_new.to(weight_ptr.dtype.element_ty)
@@ -156,7 +162,7 @@ def sgd_kernel(
     _h0,
     _h1,
     _h2,
-    rescale_grad,
+    _h3,
     clip_gradient,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -168,7 +174,7 @@ def sgd_kernel(
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
     _h2 = tl.cast(_h2, tl.float32)
-    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    _h3 = tl.cast(_h3, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     sgd_kernel_body(
         weight_ptr,
@@ -178,7 +184,7 @@ def sgd_kernel(
         _h0,
         _h1,
         _h2,
-        rescale_grad,
+        _h3,
         clip_gradient,
         1.0,
         False,
@@ -243,7 +249,7 @@ def sgd_multi_kernel(
     _h0 = tl.load(scalars_ptr + tensor * 5 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 5 + 1)
     _h2 = tl.load(scalars_ptr + tensor * 5 + 2)
-    rescale_grad = tl.load(scalars_ptr + tensor * 5 + 3)
+    _h3 = tl.load(scalars_ptr + tensor * 5 + 3)
     clip_gradient = tl.load(scalars_ptr + tensor * 5 + 4)
     sgd_kernel_body(
         weight_ptr,
@@ -253,7 +259,7 @@ def sgd_multi_kernel(
         _h0,
         _h1,
         _h2,
-        rescale_grad,
+        _h3,
         clip_gradient,
         inv_scale,
         True,

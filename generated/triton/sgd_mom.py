@@ -16,6 +16,11 @@ MXNet's code (1.9.1, followed here; the state ``mom`` is v, starting at 0):
     mom_{i+1} = momentum * mom_i - lr * G
     w_{i+1} = w_i + mom_{i+1}
 
+in 1.9.1's float32 order (``multi_sgd_mom_update``, which ``SGD.update`` calls even for one
+weight): ``(momentum * mom - (lr*wd) * w) - lr * clip(rescale_grad * g)``, and with clipping off
+``... - (lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``):
+every recorded MXNet step to the bit.
+
 The default ``momentum=0`` is MXNet's (its ``SGD`` then has no momentum buffer; see ``sgd``).
 torch.optim.SGD(momentum, weight_decay, dampening=0) keeps ``buf = -mom / lr``: with a constant lr
 the two trajectories coincide.
@@ -106,8 +111,8 @@ def sgd_mom_kernel_body(
     mask,
     _h0,
     _h1,
-    wd,
-    rescale_grad,
+    _h2,
+    _h3,
     clip_gradient,
     momentum,
     inv_scale,
@@ -117,10 +122,10 @@ def sgd_mom_kernel_body(
 ):
     # The update of one block, shared by sgd_mom_kernel and sgd_mom_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd_mom, once per step):
-    #   _h0: = -clip_gradient, in specs/sgd_mom.py:41
-    #   _h1: = -lr, in specs/sgd_mom.py:41
-    #   wd: hyperparameter
-    #   rescale_grad: hyperparameter
+    #   _h0: = -clip_gradient, in specs/sgd_mom.py:46
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd_mom.py:46
+    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd_mom.py:46
+    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd_mom.py:46
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -128,16 +133,16 @@ def sgd_mom_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
-    # specs/sgd_mom.py:41: mom_new = -lr*(wd*weight + Min(clip_gradient, Max(-clip_gradient, grad*rescale_grad))) + mom*momentum
-    _v0 = momentum * mom
-    _v1 = wd * weight
-    _v2 = rescale_grad * grad
-    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = _v1 + _v4
-    _v6 = _h1 * _v5
-    mom_new = _v0 + _v6
-    # specs/sgd_mom.py:42: weight_new = mom_new + weight
+    # specs/sgd_mom.py:46: mom_new = (-Piecewise((f32(lr)*f32(rescale_grad), clip_gradient > 1.79769313486232e+308), (f32(lr), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(lr)*f32(wd))))
+    _v0 = _h1 * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    _v2 = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = _h2 * _v2
+    _v4 = momentum * mom
+    _v5 = _h3 * weight
+    _v6 = _v4 + _v5
+    mom_new = _v3 + _v6
+    # specs/sgd_mom.py:47: weight_new = mom_new + weight
     weight_new = mom_new + weight
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
@@ -154,8 +159,8 @@ def sgd_mom_kernel(
     n_elements,
     _h0,
     _h1,
-    wd,
-    rescale_grad,
+    _h2,
+    _h3,
     clip_gradient,
     momentum,
     BLOCK_SIZE: tl.constexpr,
@@ -167,8 +172,8 @@ def sgd_mom_kernel(
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
     _h1 = tl.cast(_h1, tl.float32)
-    wd = tl.cast(wd, tl.float32)
-    rescale_grad = tl.cast(rescale_grad, tl.float32)
+    _h2 = tl.cast(_h2, tl.float32)
+    _h3 = tl.cast(_h3, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     momentum = tl.cast(momentum, tl.float32)
     sgd_mom_kernel_body(
@@ -179,8 +184,8 @@ def sgd_mom_kernel(
         mask,
         _h0,
         _h1,
-        wd,
-        rescale_grad,
+        _h2,
+        _h3,
         clip_gradient,
         momentum,
         1.0,
@@ -248,8 +253,8 @@ def sgd_mom_multi_kernel(
     # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
     _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
     _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
-    wd = tl.load(scalars_ptr + tensor * 6 + 2)
-    rescale_grad = tl.load(scalars_ptr + tensor * 6 + 3)
+    _h2 = tl.load(scalars_ptr + tensor * 6 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 6 + 3)
     clip_gradient = tl.load(scalars_ptr + tensor * 6 + 4)
     momentum = tl.load(scalars_ptr + tensor * 6 + 5)
     sgd_mom_kernel_body(
@@ -260,8 +265,8 @@ def sgd_mom_multi_kernel(
         mask,
         _h0,
         _h1,
-        wd,
-        rescale_grad,
+        _h2,
+        _h3,
         clip_gradient,
         momentum,
         inv_scale,

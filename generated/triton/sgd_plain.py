@@ -16,6 +16,12 @@ MXNet's code (1.9.1, followed here):
     G = clip(rescale_grad * g, clip_gradient)           # wd outside the clip
     w_{i+1} = w_i - lr * wd * w_i - lr * G
 
+in 1.9.1's float32 order (``multi_sgd_update``, which ``SGD.update`` calls even for one weight):
+``w + ((0 - (lr*wd) * w) - lr * clip(rescale_grad * g))``, and with clipping off ``... -
+(lr*rescale_grad) * g``, the scalar products in float32 (``lr_clipped``, ``lr_wd``): every
+recorded MXNet step to the bit (``0 - x`` is written ``-x``: they differ only in the sign of a
+zero, and only where the weight is a zero too).
+
 At wd = 0 and rescale_grad = 1 (the defaults) the update runs as ``w - lr * clip(g)`` (the
 special case ``plain``: those values substituted exactly, so ``0 * w`` is not computed), which is
 what MXNet's ``(1 - lr*wd)*w - lr*G`` gives there even for an infinite weight.
@@ -118,14 +124,14 @@ def sgd_plain_kernel_body(
 ):
     # The update of one block, shared by sgd_plain_kernel and sgd_plain_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd_plain, once per step):
-    #   _h0: = -clip_gradient, in specs/sgd.py:37
-    #   _h1: = -lr, in specs/sgd.py:37
+    #   _h0: = -clip_gradient, in specs/sgd.py:43
+    #   _h1: = -host_f32(lr), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    # specs/sgd.py:37: weight_new = -lr*Min(clip_gradient, Max(-clip_gradient, grad)) + weight (at wd = 0, rescale_grad = 1)
+    # specs/sgd.py:43: weight_new = weight + ((-f32(lr)*Min(clip_gradient, Max(-clip_gradient, grad)))) (at wd = 0, rescale_grad = 1)
     _v0 = tl.maximum(_h0, grad, propagate_nan=tl.PropagateNan.ALL)
     _v1 = tl.minimum(clip_gradient, _v0, propagate_nan=tl.PropagateNan.ALL)
     _v2 = _h1 * _v1

@@ -131,25 +131,25 @@ def torch_adadelta_no_decay_kernel_body(
     acc_delta = tl.load(acc_delta_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_adadelta.py:36: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h1 * grad
-    # specs/torch_adadelta.py:40: square_avg_new = G*(G*(1 - rho)) + rho*square_avg
+    # specs/torch_adadelta.py:40: square_avg_new = G*((G*(1 - rho))) + rho*square_avg
     _v0 = rho * square_avg
     _v1 = _h0 * grad
     _v2 = G * _v1
     square_avg_new = _v0 + _v2
-    # specs/torch_adadelta.py:41: delta = G*(sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))
-    # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*(delta*(1 - rho))
+    # specs/torch_adadelta.py:41: delta = (G*((sqrt(acc_delta + eps)/sqrt(eps + square_avg_new))))
     _v3 = acc_delta + eps
     _v4 = tl.sqrt_rn(_v3)
     _v5 = square_avg_new + eps
     _v6 = tl.sqrt_rn(_v5)
     _v7 = tl.div_rn(_v4, _v6)
-    _t2 = G * _v7
+    delta = G * _v7
+    # specs/torch_adadelta.py:42: acc_delta_new = acc_delta*rho + delta*((delta*(1 - rho)))
     _v8 = rho * acc_delta
-    _v9 = _h2 * _t2
-    _v10 = _t2 * _v9
+    _v9 = _h2 * delta
+    _v10 = delta * _v9
     acc_delta_new = _v8 + _v10
     # specs/torch_adadelta.py:43: weight_new = -delta*lr + weight
-    _v11 = _h3 * _t2
+    _v11 = _h3 * delta
     weight_new = weight + _v11
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptr + offs, square_avg_new.to(square_avg_ptr.dtype.element_ty), mask=mask)

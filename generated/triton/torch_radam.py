@@ -164,7 +164,7 @@ def torch_radam_kernel_body(
     _v6 = _h2 * _t3
     _v7 = exp_avg + _v6
     exp_avg_new = tl.where(_v3, _v7, _v5)
-    # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    # specs/torch_radam.py:50: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _v8 = beta2 * exp_avg_sq
     _v9 = _h5 * _t1
     _v10 = _t1 * _v9

@@ -149,7 +149,7 @@ def torch_radam_no_decay_kernel_body(
     _v3 = _h1 * _t2
     _v4 = exp_avg + _v3
     exp_avg_new = tl.where(_v0, _v4, _v2)
-    # specs/torch_radam.py:50: exp_avg_sq_new = G*(G*(1 - beta2)) + beta2*exp_avg_sq
+    # specs/torch_radam.py:50: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _v5 = beta2 * exp_avg_sq
     _v6 = _h4 * grad
     _v7 = G * _v6

@@ -156,7 +156,7 @@ def torch_rmsprop_kernel_body(
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+    # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _v2 = alpha * square_avg
     _v3 = _h1 * G
     _v4 = G * _v3
@@ -192,7 +192,7 @@ def torch_rmsprop_kernel_body(
     _v24 = _h3 != 0.0
     _v25 = tl.where(_v24, _t4, _t5)
     grad_avg_new = tl.where(_v23, _v25, grad_avg)
-    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
     _v26 = _h5 != 0.0
     _v27 = lr * G
     _v28 = tl.div_rn(_v27, _t6)

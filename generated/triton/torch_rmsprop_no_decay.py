@@ -149,7 +149,7 @@ def torch_rmsprop_no_decay_kernel_body(
     grad_avg = tl.load(grad_avg_ptr + offs, mask=mask).to(tl.float32)
     # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h1 * grad
-    # specs/torch_rmsprop.py:45: square_avg_new = G*(G*(1 - alpha)) + alpha*square_avg
+    # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _v0 = alpha * square_avg
     _v1 = _h0 * grad
     _v2 = G * _v1
@@ -185,7 +185,7 @@ def torch_rmsprop_no_decay_kernel_body(
     _v22 = _h4 != 0.0
     _v23 = tl.where(_v22, _t4, _t5)
     grad_avg_new = tl.where(_v21, _v23, grad_avg)
-    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - G*lr/avg, True))
+    # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
     _v24 = _h6 != 0.0
     _v25 = _h8 * grad
     _v26 = tl.div_rn(_v25, _t6)
