@@ -216,9 +216,33 @@ def _cse_phase(assigns: list[Assign], prefix: str, role: str) -> list[Assign]:
         order="canonical",
         optimizations=None,
     )
-    replacements, reduced = _keep_quotients(replacements, reduced)
+    replacements, reduced = _named_as_is(*_keep_quotients(replacements, reduced))
     temps = [Assign(t, e, role) for t, e in replacements]
     return temps + [a.with_(expr=e) for a, e in zip(assigns, reduced, strict=True)]
+
+
+def _named_as_is(
+    replacements: list[tuple[sp.Symbol, sp.Expr]], reduced: list[sp.Expr]
+) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+    """``as_is`` of a named value as the name: CSE names what an ``as_is`` holds (torch_lerp's
+    ``as_is(end)`` of a computed gradient) and leaves ``_t2 = as_is(_t1)``, one value already,
+    which was a copy per element (a pass of the NumPy step). Such a temporary is ``_t1``."""
+
+    def strip(expr: sp.Expr) -> sp.Expr:
+        return expr.replace(
+            lambda e: isinstance(e, sp.UnevaluatedExpr) and isinstance(e.args[0], sp.Symbol),
+            lambda e: e.args[0],
+        )
+
+    alias: dict[sp.Symbol, sp.Expr] = {}
+    kept: list[tuple[sp.Symbol, sp.Expr]] = []
+    for t, e in replacements:
+        e = strip(e.xreplace(alias))
+        if isinstance(e, sp.Symbol):
+            alias[t] = e
+        else:
+            kept.append((t, e))
+    return kept, [strip(r.xreplace(alias)) for r in reduced]
 
 
 def _keep_quotients(

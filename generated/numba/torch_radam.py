@@ -169,11 +169,10 @@ def _update_chunk(
         _v1 = weight_decay * weight
         _v2 = G + _v1
         _t1 = G if _v0 else _v2
-        _t2 = _t1 * _T(1.0)
-        _t3 = _t2 - exp_avg
+        _t3 = _t1 - exp_avg
         _v3 = _h4 != _T(0.0)
         _v4 = _h3 * _t3
-        _v5 = _t2 + _v4
+        _v5 = _t1 + _v4
         _v6 = _h2 * _t3
         _v7 = exp_avg + _v6
         exp_avg_new = _v7 if _v3 else _v5

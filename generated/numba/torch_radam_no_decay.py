@@ -154,11 +154,10 @@ def _update_chunk(
         # specs/torch_radam.py:40: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         G = _h0 * grad
         # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
-        _t1 = G * _T(1.0)
-        _t2 = _t1 - exp_avg
+        _t2 = G - exp_avg
         _v0 = _h3 != _T(0.0)
         _v1 = _h2 * _t2
-        _v2 = _t1 + _v1
+        _v2 = G + _v1
         _v3 = _h1 * _t2
         _v4 = exp_avg + _v3
         exp_avg_new = _v4 if _v0 else _v2

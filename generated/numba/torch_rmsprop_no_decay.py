@@ -168,12 +168,11 @@ def _update_chunk(
         _v2 = G * _v1
         square_avg_new = _v0 + _v2
         # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
-        _t2 = G * _T(1.0)
-        _t3 = _t2 - grad_avg
+        _t3 = G - grad_avg
         _v3 = _h2 * _t3
         _t4 = grad_avg + _v3
         _v4 = _h3 * _t3
-        _t5 = _t2 + _v4
+        _t5 = G + _v4
         # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
         # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         _v5 = _h5 != _T(0.0)

@@ -135,7 +135,6 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        _b3 = scratch[3, : stop - start]
         # specs/torch_radam.py:40: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         np.multiply(_h0, _grad, out=_b0)
         # specs/torch_radam.py:48: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
@@ -143,15 +142,14 @@ def step(
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b1)
         np.copyto(_b0, _b1, where=np.logical_not(__v0))
-        np.multiply(_b0, 1.0, out=_b1)
-        np.subtract(_b1, _exp_avg, out=_b2)
+        np.subtract(_b0, _exp_avg, out=_b1)
         __v3 = np.not_equal(_h4, 0.0)
-        np.multiply(_h3, _b2, out=_b3)
-        np.add(_b1, _b3, out=_b1)
-        np.multiply(_h2, _b2, out=_b2)
-        np.add(_exp_avg, _b2, out=_b2)
-        np.copyto(_exp_avg, _b1)
-        np.copyto(_exp_avg, _b2, where=__v3)
+        np.multiply(_h3, _b1, out=_b2)
+        np.add(_b0, _b2, out=_b2)
+        np.multiply(_h2, _b1, out=_b1)
+        np.add(_exp_avg, _b1, out=_b1)
+        np.copyto(_exp_avg, _b2)
+        np.copyto(_exp_avg, _b1, where=__v3)
         # specs/torch_radam.py:50: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_h5, _b0, out=_b2)
@@ -170,7 +168,7 @@ def step(
         np.add(_b0, _b1, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

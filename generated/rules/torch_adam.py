@@ -125,7 +125,7 @@ OP_COUNTS: dict[str, int] = {
     "add": 6,
     "div": 1,
     "max": 1,
-    "mul": 11,
+    "mul": 10,
     "ne": 4,
     "sqrt": 2,
     "sub": 1,

@@ -109,7 +109,7 @@ OP_COUNTS: dict[str, int] = {
     "add": 5,
     "div": 1,
     "max": 1,
-    "mul": 9,
+    "mul": 8,
     "ne": 3,
     "sqrt": 2,
     "sub": 1,

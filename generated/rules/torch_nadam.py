@@ -121,7 +121,7 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {
     "add": 7,
     "div": 2,
-    "mul": 12,
+    "mul": 11,
     "ne": 2,
     "sqrt": 1,
     "sub": 1,

@@ -102,15 +102,7 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
-OP_COUNTS: dict[str, int] = {
-    "add": 6,
-    "div": 2,
-    "mul": 10,
-    "ne": 1,
-    "sqrt": 1,
-    "sub": 1,
-    "where": 1,
-}
+OP_COUNTS: dict[str, int] = {"add": 6, "div": 2, "mul": 9, "ne": 1, "sqrt": 1, "sub": 1, "where": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_nadam.py:58",

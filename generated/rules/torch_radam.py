@@ -113,7 +113,7 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {
     "add": 6,
     "div": 1,
-    "mul": 11,
+    "mul": 10,
     "ne": 3,
     "sqrt": 1,
     "sub": 1,

@@ -118,7 +118,7 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {
     "add": 7,
     "div": 2,
-    "mul": 14,
+    "mul": 13,
     "ne": 7,
     "sqrt": 2,
     "sub": 3,

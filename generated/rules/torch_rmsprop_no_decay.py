@@ -103,7 +103,7 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {
     "add": 6,
     "div": 2,
-    "mul": 13,
+    "mul": 12,
     "ne": 7,
     "sqrt": 2,
     "sub": 3,

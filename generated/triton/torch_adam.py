@@ -162,11 +162,10 @@ def torch_adam_kernel_body(
     _v1 = weight_decay * weight
     _v2 = G + _v1
     _t1 = tl.where(_v0, G, _v2)
-    _t2 = _t1 * 1.0
-    _t3 = _t2 - exp_avg
+    _t3 = _t1 - exp_avg
     _v3 = _h4 != 0.0
     _v4 = _h3 * _t3
-    _v5 = _t2 + _v4
+    _v5 = _t1 + _v4
     _v6 = _h2 * _t3
     _v7 = exp_avg + _v6
     exp_avg_new = tl.where(_v3, _v7, _v5)

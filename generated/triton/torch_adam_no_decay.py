@@ -147,11 +147,10 @@ def torch_adam_no_decay_kernel_body(
     # specs/torch_adam.py:46: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
     # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
-    _t1 = G * 1.0
-    _t2 = _t1 - exp_avg
+    _t2 = G - exp_avg
     _v0 = _h3 != 0.0
     _v1 = _h2 * _t2
-    _v2 = _t1 + _v1
+    _v2 = G + _v1
     _v3 = _h1 * _t2
     _v4 = exp_avg + _v3
     exp_avg_new = tl.where(_v0, _v4, _v2)
