@@ -51,7 +51,8 @@ _reserve(
     "view_bits load store compute_type round_into PLAIN BITS MASTER launch_layout check_copies "
     "with_copies prepared_table "
     "run_variant matches ScalarRows Vouched phase_rows sum_rows rows_max rows_min scalar_columns "
-    "combine_rows step_scalar_rows sum_scalar_rows rows_where normals DRAW_BLOCK cbrt Tiling "
+    "rows_f32 combine_rows step_scalar_rows sum_scalar_rows rows_where normals DRAW_BLOCK cbrt "
+    "Tiling "
     "LANES fold_sum fold_max fold_min lanes_sum lanes_max lanes_min shards_combined cast_into "
     "first_sum first_max first_min matrices_sum matrices_max matrices_min held_ops held_torch_ops "
     "host_f32",

@@ -35,6 +35,17 @@ def rows_min(*values: Any) -> Any:
     return _first_by(np.less, values)
 
 
+def rows_f32(values: Any) -> Any:
+    """``common.host_f32`` over a column: each entry rounded to the nearest float32 (NumPy's
+    cast, ties to even, as the struct packing ``host_f32`` uses), a finite entry float32 cannot
+    hold (past its range; nonzero and rounding to 0) kept as it is."""
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):
+        held = values.astype(np.float32).astype(np.float64)
+    kept = (np.isinf(held) & np.isfinite(values)) | ((held == 0.0) & (values != 0.0))
+    return np.where(kept, values, held)
+
+
 def _first_by(beats: Any, values: Sequence[Any]) -> Any:
     """Per entry, the first of ``values`` no later one ``beats`` (a later value replaces the
     kept one only when strictly beyond it: max's and min's choice), or NaN where any is NaN."""

@@ -385,4 +385,14 @@ def test_f32_rounds_to_float32_as_numpy_on_the_host() -> None:
     for x in [3.5e38, -1e39, 1e300, 1e-46, -1e-300]:  # float32: inf or 0
         assert host_f32(x) == x == reference(mpmath.mpf(x)), x
     assert math.isnan(host_f32(math.nan)) and math.copysign(1, host_f32(-0.0)) == -1
+    # host_scalars_rows' column form, entry by entry the same bits
+    from optgen_runtime.columns import rows_f32
+
+    column = [0.1, 3.4028235e38, 3.5e38, -1e39, 1e-46, 2**-149, -0.0, math.inf, math.nan, 1e300]
+    got = rows_f32(np.array(column))
+    for x, y in zip(column, got, strict=True):
+        want = host_f32(x)
+        assert (math.isnan(y) and math.isnan(want)) or (
+            y == want and math.copysign(1, y) == math.copysign(1, want)
+        ), x
     assert f32(sp.Integer(1)) == 1 and isinstance(f32(sp.Symbol("b")), f32)

@@ -13,7 +13,7 @@ from typing import Any
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from codegen.ops import Guarded, element_constant
+from codegen.ops import Guarded, element_constant, f32
 from codegen.spec import SpecError
 from optgen_runtime.common import Legal
 
@@ -182,6 +182,7 @@ COLUMNWISE = (
     sp.Or,
     sp.Not,
     sp.logic.boolalg.BooleanAtom,
+    f32,
 )
 
 
@@ -218,6 +219,11 @@ class RowsPrinter(HostPrinter):
         if expr.exp == -sp.Rational(1, 2):
             return f"(1.0 / {self._numpy('sqrt')}({self._print(expr.base)}))"
         raise NotColumnwise(f"a power of a sum: {expr}")  # libm's pow and NumPy's may differ
+
+    def _print_f32(self, expr: sp.Expr) -> str:
+        if not self.varies(expr):
+            return super()._print_f32(expr)
+        return f"{self._columns('rows_f32')}({self._print(expr.args[0])})"
 
     def _print_Max(self, expr: sp.Expr) -> str:
         if not self.varies(expr):

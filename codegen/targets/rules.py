@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 import sympy as sp
 
 from codegen import names
 from codegen.ir import Assign
 from codegen.lower import Lowered
-from codegen.ops import Guarded
+from codegen.ops import Guarded, f32
 from codegen.spec import Rule, State
 from codegen.targets import Target
 from codegen.targets.host import (
@@ -32,7 +33,9 @@ def folds_gradient_scale(lowered: Lowered) -> bool:
 
     Then an AMP loss scale s can be undone by passing ``rescale_grad / s`` to the kernel instead
     of a pass over the gradients: substituting grad -> grad / s, rescale_grad -> rescale_grad * s
-    must leave every output and every reduction unchanged (SymPy cancels s in products).
+    must leave every output and every reduction unchanged (SymPy cancels s in products). An
+    ``f32`` rounding counts as its argument here: the folded factor reaches the kernel as a
+    float32 scalar either way (MXNet's SGD kernels' ``f32(lr) * f32(rescale_grad)``).
     """
     rule = lowered.rule
     rescale = rule.hypers.get("rescale_grad")
@@ -41,7 +44,42 @@ def folds_gradient_scale(lowered: Lowered) -> bool:
     s = sp.Symbol("_loss_scale", positive=True)
     swap = {rule.grad: rule.grad / s, rescale.symbol: rescale.symbol * s}
     exprs = [*lowered.inlined.values(), *lowered.raw_summands.values()]
-    return all(sp.expand(e.xreplace(swap) - e) == 0 for e in exprs)
+    return all(_cancels(e, swap) for e in exprs)
+
+
+def _cancels(expr: sp.Expr, swap: dict[sp.Symbol, sp.Expr]) -> bool:
+    """``expr`` unchanged by ``swap``, expanded; where it chooses on the host between clipping
+    and its absence (``clip_gradient > max``: MXNet's SGD-family scaling, ``Common.clipping_off``),
+    in each case: clipping on, and off with the clip by that bound the identity."""
+    expr = expr.replace(lambda x: isinstance(x, f32), lambda x: x.args[0]).doit()
+    largest = sp.Float(sys.float_info.max)
+    off = {r for r in expr.atoms(sp.StrictGreaterThan) if r.rhs == largest and r.lhs.is_Symbol}
+    cases = [{r: value for r in off} for value in (sp.true, sp.false)] if off else [{}]
+    for case in cases:
+        value = expr.xreplace(case)
+        for r, taken in case.items():
+            if taken is sp.true:
+                value = _unclipped(value, r.lhs)
+        if sp.expand(value.xreplace(swap) - value) != 0:
+            return False
+    return True
+
+
+def _unclipped(expr: sp.Expr, c: sp.Expr) -> sp.Expr:
+    """``expr`` with each clip by ``c``, ``Min(c, Max(-c, x))``, as ``x`` (``c`` infinite)."""
+
+    def is_clip(x: sp.Basic) -> bool:
+        return (
+            isinstance(x, sp.Min)
+            and c in x.args
+            and any(isinstance(a, sp.Max) and -c in a.args for a in x.args)
+        )
+
+    def inside(x: sp.Min) -> sp.Expr:
+        clamp = next(a for a in x.args if isinstance(a, sp.Max) and -c in a.args)
+        return sp.Max(*(a for a in clamp.args if a != -c))
+
+    return expr.replace(is_clip, inside)
 
 
 def initial_code(rule: Rule, state: State, code: HostCode) -> str:

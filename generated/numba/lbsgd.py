@@ -72,8 +72,8 @@ from optgen_runtime.numba_support import (
     view,
     view_bits,
 )
-from optgen_runtime.numpy_support import combine, partials_of
-from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.numpy_support import combine_rows
+from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
 
 from ..numpy.lbsgd import init_state
 from ..rules.lbsgd import (
@@ -95,6 +95,7 @@ from ..rules.lbsgd import (
     STATES,
     STEP_SCALARS,
     host_scalars,
+    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -121,6 +122,7 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
+    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",
@@ -624,41 +626,38 @@ def _run(
 ) -> None:
     """The host scalars of every tensor of ``buffers`` (checked by the caller), every one
     checked before anything is written, then the compiled loops."""
-    sums: list[dict[str, float]] = [{} for _ in range(buffers.count)]
-    # Reduction phase 1: one row of partials per chunk, combined per tensor in chunk order.
+    sums = np.zeros((buffers.count, 2), dtype=np.float64)
+    # Reduction phase 1 (its scalars depend on the step count alone: once per distinct count):
+    # one row of partials per chunk, combined per tensor in chunk order.
     for (_indices, _addresses, _chunks, dtype), _layout in zip(
         buffers.groups, buffers.layouts, strict=True
     ):
-        pre = [
-            check_scalars(
-                RULE,
-                REDUCE_SCALARS,
-                computed(RULE, reduction_scalars, ts[_j], **hp, **sums[_j]),
-                dtype.type,
-            )
-            for _j in _indices
-        ]
+        _distinct, _which = step_scalar_rows(
+            RULE, reduction_scalars, [ts[_j] for _j in _indices], REDUCE_SCALARS, dtype.type, **hp
+        )
         partial = np.empty((len(_chunks), 2), dtype=np.float64)
         launch_layout(
-            _REDUCE,
-            _layout,
-            _addresses,
-            _chunks,
-            np.array(pre, dtype=dtype).reshape(len(_indices), 1),
-            partial,
+            _REDUCE, _layout, _addresses, _chunks, _distinct.astype(dtype)[_which], partial
         )
-        for _j, _rows in zip(
-            _indices, partials_of(partial, _chunks[:, 0], len(_indices)), strict=True
-        ):
-            sums[_j].update(combine(REDUCE_KINDS, ["w_sq", "gbar_sq"], _rows))
-    # The update's host scalars, every one checked before anything is written.
-    scalars = []
-    for _indices, _, _, dtype in buffers.groups:
-        _rows = []
-        for _j in _indices:
-            _value, _ = computed(RULE, host_scalars, ts[_j], **hp, **sums[_j])
-            _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_indices), 14))
+        sums[_indices] = combine_rows(
+            REDUCE_KINDS, ["w_sq", "gbar_sq"], partial, _chunks[:, 0], len(_indices)
+        )
+    # The update's host scalars, every one checked before anything is written: every tensor's
+    # of a group at once (host_scalars_rows), or tensor by tensor where that cannot be.
+    scalars = [
+        sum_scalar_rows(
+            RULE,
+            host_scalars,
+            host_scalars_rows,
+            [ts[_j] for _j in _indices],
+            ["w_sq", "gbar_sq"],
+            sums[_indices],
+            SCALARS,
+            dtype.type,
+            **hp,
+        ).astype(dtype)
+        for _indices, _, _, dtype in buffers.groups
+    ]
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -42,6 +42,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from optgen_runtime.columns import rows_f32, rows_max, rows_min, rows_where, scalar_columns
 from optgen_runtime.common import Legal, host_f32, host_max, host_min, unavailable
 
 RULE = "lbsgd"
@@ -257,6 +260,136 @@ def host_scalars(
         batch_scale,
     )
     return scalars, {}
+
+
+def host_scalars_rows(
+    t: int,
+    lr: float,
+    wd: float,
+    rescale_grad: float,
+    clip_gradient: float,
+    momentum: float,
+    warmup_strategy: float,
+    warmup_epochs: float,
+    batch_scale: float,
+    updates_per_epoch: float,
+    begin_epoch: float,
+    w_sq: np.ndarray,
+    gbar_sq: np.ndarray,
+) -> np.ndarray:
+    """``host_scalars`` of many tensors at one step count: each sum a float64 column (one entry
+    per tensor), the scalars one float64 row per tensor, the bits of ``host_scalars`` row by row
+    (``optgen_runtime.columns``; the caller computes under ``np.errstate`` raising, and goes
+    tensor by tensor where NumPy flags what Python would raise on)."""
+    # specs/lbsgd.py:57: k = begin_epoch*updates_per_epoch + t
+    k = begin_epoch * updates_per_epoch + t
+    # specs/lbsgd.py:67: mult = Piecewise((Min(100, Max(0.01, sqrt(w_sq/(gbar_sq + w_sq*wd + 1.0e-18)))), Eq(warmup_strategy, 3)), (batch_scale, k >= updates_per_epoch*warmup_epochs), (k*(batch_scale - 1)/(updates_per_epoch*warmup_epochs) + 1, Eq(warmup_strategy, 0)), (k**2*(batch_scale - 1)/(updates_per_epoch**2*warmup_epochs**2) + 1, Eq(warmup_strategy, 1)), (sqrt(k/(updates_per_epoch*warmup_epochs))*(batch_scale - 1) + 1, True))
+    mult = rows_where(
+        len(w_sq),
+        lambda _r0: warmup_strategy == 3,
+        lambda _r0: rows_min(
+            100, rows_max(0.01, np.sqrt(w_sq[_r0] / (gbar_sq[_r0] + w_sq[_r0] * wd + 1e-18)))
+        ),
+        lambda _r0: k >= updates_per_epoch * warmup_epochs,
+        lambda _r0: batch_scale,
+        lambda _r0: warmup_strategy == 0,
+        lambda _r0: k * (batch_scale - 1) / (updates_per_epoch * warmup_epochs) + 1,
+        lambda _r0: warmup_strategy == 1,
+        lambda _r0: k**2 * (batch_scale - 1) / (updates_per_epoch**2 * warmup_epochs**2) + 1,
+        lambda _r0: math.sqrt(k / (updates_per_epoch * warmup_epochs)) * (batch_scale - 1) + 1,
+    )
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _h0 = -clip_gradient
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _h1 = (1) if (clip_gradient > 1.7976931348623157e308) else (host_f32(rescale_grad))
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _h2 = rows_where(
+        len(w_sq),
+        lambda _r0: k % batch_scale == 0,
+        lambda _r0: (
+            -rows_where(
+                _r0,
+                lambda _r1: clip_gradient > 1.7976931348623157e308,
+                lambda _r1: host_f32(rescale_grad) * rows_f32(lr * mult[_r1]),
+                lambda _r1: rows_f32(lr * mult[_r1]),
+            )
+        ),
+        lambda _r0: 0.0,
+    )
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _h3 = rows_where(
+        len(w_sq),
+        lambda _r0: k % batch_scale == 0,
+        lambda _r0: -host_f32(wd) * rows_f32(lr * mult[_r0]),
+        lambda _r0: 0.0,
+    )
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+    _h4 = k % batch_scale == 0
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h5 = rows_where(
+        len(w_sq),
+        lambda _r0: (momentum == 0) and (k % batch_scale == 0),
+        lambda _r0: (
+            -rows_where(
+                _r0,
+                lambda _r1: clip_gradient > 1.7976931348623157e308,
+                lambda _r1: host_f32(rescale_grad) * rows_f32(lr * mult[_r1]),
+                lambda _r1: rows_f32(lr * mult[_r1]),
+            )
+        ),
+        lambda _r0: 0.0,
+    )
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h6 = rows_where(
+        len(w_sq),
+        lambda _r0: (momentum == 0) and (k % batch_scale == 0),
+        lambda _r0: 1 - rows_f32(host_f32(wd) * rows_f32(lr * mult[_r0])),
+        lambda _r0: 0.0,
+    )
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h7 = rows_where(
+        len(w_sq),
+        lambda _r0: (k % batch_scale == 0) and (momentum != 0),
+        lambda _r0: (
+            -rows_where(
+                _r0,
+                lambda _r1: clip_gradient > 1.7976931348623157e308,
+                lambda _r1: host_f32(rescale_grad) * rows_f32(lr * mult[_r1]),
+                lambda _r1: rows_f32(lr * mult[_r1]),
+            )
+        ),
+        lambda _r0: 0.0,
+    )
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h8 = rows_where(
+        len(w_sq),
+        lambda _r0: (k % batch_scale == 0) and (momentum != 0),
+        lambda _r0: -host_f32(wd) * rows_f32(lr * mult[_r0]),
+        lambda _r0: 0.0,
+    )
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h9 = k % batch_scale != 0
+    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
+    _h10 = momentum == 0
+    return scalar_columns(
+        len(w_sq),
+        (
+            _h0,
+            _h1,
+            _h2,
+            _h3,
+            _h4,
+            _h5,
+            _h6,
+            _h7,
+            _h8,
+            _h9,
+            _h10,
+            clip_gradient,
+            momentum,
+            batch_scale,
+        ),
+    )
 
 
 def reduction_scalars(

@@ -81,7 +81,7 @@ SIZES: tuple[str, ...] = ()
 # Standard normal draws per element and step (counter-based Philox, keyed by seed and t).
 DRAWS: tuple[str, ...] = ()
 # The gradient enters only as rescale_grad * grad: a loss scale folds into rescale_grad.
-FOLDS_GRAD_SCALE = False
+FOLDS_GRAD_SCALE = True
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (state(absent_when=...)): a step at

@@ -54,19 +54,13 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.scalars import (
-    check_scalars,
-    check_scalars_each,
-    checked_each,
-    computed,
-    computed_each,
-    distinct,
-)
+from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_cache import prepared_table
 from optgen_runtime.triton_checks import check_tensors, check_weight
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_launch import launch
 from optgen_runtime.triton_reduce import fixed_sum, reduce_sums
+from optgen_runtime.triton_rows import phase_rows, sum_rows
 
 from ..rules.lbsgd import (
     DRAWS,
@@ -87,6 +81,7 @@ from ..rules.lbsgd import (
     STATES,
     STEP_SCALARS,
     host_scalars,
+    host_scalars_rows,
     reduction_scalars,
 )
 
@@ -110,6 +105,7 @@ __all__ = [
     "STATES",
     "STEP_SCALARS",
     "host_scalars",
+    "host_scalars_rows",
     "init_state",
     "reduction_scalars",
     "step",
@@ -576,7 +572,6 @@ def step_multi(
     stream_indices(RULE, stream_ids, len(weights))
     if not weights:
         return 0  # no tensor: nothing to launch (the settings checked all the same)
-    hosts = [host_state_values(RULE, _s, HOST_STATES) for _s in states]
     # The per-tensor integers of the meta table: none.
     ints = None
     chunks = prepared_table(
@@ -593,34 +588,16 @@ def step_multi(
         copies,
     )
     amp = chunks.checked_amp(RULE, amp)  # before the writes are made or queued
-    sums: list[dict[str, float]] = [{} for _ in weights]
-    # computed and checked once per distinct (step count, host states, sums)
-    pre = checked_each(
-        RULE,
-        REDUCE_SCALARS,
-        reduction_scalars,
-        ts,
-        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
-        **hp,
+    # the reduction phase's scalars depend on the step count alone: once per distinct count
+    pre = phase_rows(RULE, reduction_scalars, ts, REDUCE_SCALARS, **hp)
+    sums = chunks.reduce_rows(lbsgd_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "gbar_sq"])
+    # every tensor's scalars at once (host_scalars_rows), or tensor by tensor where that cannot be
+    rows = sum_rows(
+        RULE, host_scalars, host_scalars_rows, ts, ["w_sq", "gbar_sq"], sums, SCALARS, **hp
     )
-    for _sums, _new in zip(
-        sums,
-        chunks.reduce(lbsgd_multi_reduce_kernel, pre, REDUCE_KINDS, ["w_sq", "gbar_sq"]),
-        strict=True,
-    ):
-        _sums.update(_new)
-    # computed once per distinct (step count, host states, sums): mostly once per call
-    new = computed_each(
-        RULE,
-        host_scalars,
-        ts,
-        [{**_host, **_sums} for _host, _sums in zip(hosts, sums, strict=True)],
-        **hp,
-    )
-    check_scalars_each(RULE, SCALARS, distinct(new), torch.float32)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        chunks.update(lbsgd_multi_kernel, [_scalars for _scalars, _ in new], RULE, amp)
+        chunks.update(lbsgd_multi_kernel, rows, RULE, amp)
 
     commit(_writes, weights, grads)  # alive while queued: the tables hold their addresses
     return chunks.launches
