@@ -131,6 +131,9 @@ class HostExtractor:
     def scalar(self, expr: sp.Expr) -> sp.Symbol:
         guarded = self.guard is not sp.true and _may_fail(expr)
         if guarded and expr.free_symbols & self.guard.free_symbols:
+            known = self._covering(expr)
+            if known is not None:
+                return known
             expr = opdefs.Guarded(expr, self.guard)
         if expr not in self._by_expr:
             symbol = self.new()
@@ -156,6 +159,20 @@ class HostExtractor:
         elif host_args:
             rest.insert(0, self.scalar(expr.func(*host_args)))
         return expr.func(*rest, evaluate=False) if len(rest) > 1 else rest[0]
+
+    def _covering(self, expr: sp.Expr) -> sp.Symbol | None:
+        """A scalar of ``expr`` already computed wherever the current guard holds: unguarded, or
+        under a guard whose conditions are among the current one's (LBSGD's step under "the
+        macro-batch is complete", reused in the weight's branch "complete and momentum > 0"):
+        one scalar, and the per-element expressions that use it stay one for CSE."""
+        if expr in self._by_expr:
+            return self._by_expr[expr]
+        current = set(sp.And.make_args(self.guard))
+        for known, symbol in self._by_expr.items():
+            covers = isinstance(known, opdefs.Guarded) and known.args[0] == expr
+            if covers and set(sp.And.make_args(known.args[1])) <= current:
+                return symbol
+        return None
 
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         if self.is_host(expr):

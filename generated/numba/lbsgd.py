@@ -249,9 +249,6 @@ def _update_chunk(
     _h5,
     _h6,
     _h7,
-    _h8,
-    _h9,
-    _h10,
     clip_gradient,
     momentum,
     batch_scale,
@@ -263,12 +260,9 @@ def _update_chunk(
     #   _h2: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
     #   _h3: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
     #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, t, updates_per_epoch
-    #   _h5: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h6: = ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h7: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h8: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h9: = (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch
-    #   _h10: = (momentum == 0), in specs/lbsgd.py:86
+    #   _h5: = ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h6: = (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h7: = (momentum == 0), in specs/lbsgd.py:86
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     #   batch_scale: hyperparameter
@@ -281,39 +275,32 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             mom = load(mom_buf, _i)
             acc = load(acc_buf, _i)
-            # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
-            _t0 = momentum * mom
             # specs/lbsgd.py:59: total = acc + grad
             total = acc + grad
             # specs/lbsgd.py:60: gbar = (total/batch_scale)
             gbar = total / batch_scale
+            # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
             _v1 = _h1 * gbar
             _v2 = _v1
-            _t2 = _v2
-            _v3 = _h4 != _T(0.0)
-            _v4 = _h2 * _t2
-            _v5 = _h3 * weight
-            _v6 = _t0 + _v5
-            _v7 = _v4 + _v6
-            mom_new = _v7 if _v3 else mom
+            _v3 = _v2
+            _t1 = _h2 * _v3
+            _v4 = _h4 != _T(0.0)
+            _v5 = momentum * mom
+            _v6 = _h3 * weight
+            _v7 = _v5 + _v6
+            _v8 = _t1 + _v7
+            mom_new = _v8 if _v4 else mom
             # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-            _v8 = _h4 != _T(0.0)
-            acc_new = _T(0.0) if _v8 else total
+            _v9 = _h4 != _T(0.0)
+            acc_new = _T(0.0) if _v9 else total
             # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-            _v9 = _h9 != _T(0.0)
-            _v10 = _h10 != _T(0.0)
-            _v11 = _h4 != _T(0.0)
-            _v12 = _h7 * _t2
-            _v13 = _h8 * weight
-            _v14 = _t0 + _v13
-            _v15 = _v12 + _v14
-            _v16 = _v15 if _v11 else mom
-            _v17 = weight + _v16
-            _v18 = _h5 * _t2
-            _v19 = _h6 * weight
-            _v20 = _v18 + _v19
-            _v21 = _v20 if _v10 else _v17
-            weight_new = weight if _v9 else _v21
+            _v10 = _h6 != _T(0.0)
+            _v11 = _h7 != _T(0.0)
+            _v12 = mom_new + weight
+            _v13 = _h5 * weight
+            _v14 = _t1 + _v13
+            _v15 = _v14 if _v11 else _v12
+            weight_new = weight if _v10 else _v15
             store(weight_buf, _i, weight_new)
             store(mom_buf, _i, mom_new)
             store(acc_buf, _i, acc_new)
@@ -323,39 +310,32 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         mom = load(mom_buf, _i)
         acc = load(acc_buf, _i)
-        # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
-        _t0 = momentum * mom
         # specs/lbsgd.py:59: total = acc + grad
         total = acc + grad
         # specs/lbsgd.py:60: gbar = (total/batch_scale)
         gbar = total / batch_scale
+        # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
         _v1 = _h1 * gbar
         _v2 = _h0 if (_h0 > _v1 or _h0 != _h0) else _v1
-        _t2 = clip_gradient if (clip_gradient < _v2 or clip_gradient != clip_gradient) else _v2
-        _v3 = _h4 != _T(0.0)
-        _v4 = _h2 * _t2
-        _v5 = _h3 * weight
-        _v6 = _t0 + _v5
-        _v7 = _v4 + _v6
-        mom_new = _v7 if _v3 else mom
+        _v3 = clip_gradient if (clip_gradient < _v2 or clip_gradient != clip_gradient) else _v2
+        _t1 = _h2 * _v3
+        _v4 = _h4 != _T(0.0)
+        _v5 = momentum * mom
+        _v6 = _h3 * weight
+        _v7 = _v5 + _v6
+        _v8 = _t1 + _v7
+        mom_new = _v8 if _v4 else mom
         # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-        _v8 = _h4 != _T(0.0)
-        acc_new = _T(0.0) if _v8 else total
+        _v9 = _h4 != _T(0.0)
+        acc_new = _T(0.0) if _v9 else total
         # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-        _v9 = _h9 != _T(0.0)
-        _v10 = _h10 != _T(0.0)
-        _v11 = _h4 != _T(0.0)
-        _v12 = _h7 * _t2
-        _v13 = _h8 * weight
-        _v14 = _t0 + _v13
-        _v15 = _v12 + _v14
-        _v16 = _v15 if _v11 else mom
-        _v17 = weight + _v16
-        _v18 = _h5 * _t2
-        _v19 = _h6 * weight
-        _v20 = _v18 + _v19
-        _v21 = _v20 if _v10 else _v17
-        weight_new = weight if _v9 else _v21
+        _v10 = _h6 != _T(0.0)
+        _v11 = _h7 != _T(0.0)
+        _v12 = mom_new + weight
+        _v13 = _h5 * weight
+        _v14 = _t1 + _v13
+        _v15 = _v14 if _v11 else _v12
+        weight_new = weight if _v10 else _v15
         store(weight_buf, _i, weight_new)
         store(mom_buf, _i, mom_new)
         store(acc_buf, _i, acc_new)
@@ -384,9 +364,6 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 8],
             _scalars[_j, 9],
             _scalars[_j, 10],
-            _scalars[_j, 11],
-            _scalars[_j, 12],
-            _scalars[_j, 13],
         )
 
 
@@ -413,9 +390,6 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 8],
             _scalars[_j, 9],
             _scalars[_j, 10],
-            _scalars[_j, 11],
-            _scalars[_j, 12],
-            _scalars[_j, 13],
         )
 
 
@@ -442,9 +416,6 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 8],
             _scalars[_j, 9],
             _scalars[_j, 10],
-            _scalars[_j, 11],
-            _scalars[_j, 12],
-            _scalars[_j, 13],
         )
 
 
@@ -471,9 +442,6 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 8],
             _scalars[_j, 9],
             _scalars[_j, 10],
-            _scalars[_j, 11],
-            _scalars[_j, 12],
-            _scalars[_j, 13],
         )
 
 
@@ -500,9 +468,6 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 8],
             _scalars[_j, 9],
             _scalars[_j, 10],
-            _scalars[_j, 11],
-            _scalars[_j, 12],
-            _scalars[_j, 13],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -533,9 +498,6 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 8],
             _scalars[_j, 9],
             _scalars[_j, 10],
-            _scalars[_j, 11],
-            _scalars[_j, 12],
-            _scalars[_j, 13],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),

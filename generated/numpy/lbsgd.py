@@ -205,13 +205,13 @@ def _stepper(
         combine(
             REDUCE_KINDS,
             ["w_sq", "gbar_sq"],
-            for_chunks(weight.size, CHUNK, 5, weight.dtype, _reduce1),
+            for_chunks(weight.size, CHUNK, 4, weight.dtype, _reduce1),
         )
     )
     # The update.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, _h9, _h10, clip_gradient, momentum, batch_scale = (
+    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, clip_gradient, momentum, batch_scale = (
         dtype(_x) for _x in scalars
     )
     yield None  # every tensor checked and its scalars computed: now the writes
@@ -225,44 +225,35 @@ def _stepper(
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
         _b3 = scratch[3, : stop - start]
-        _b4 = scratch[4, : stop - start]
-        # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
-        np.multiply(momentum, _mom, out=_b0)
         # specs/lbsgd.py:59: total = acc + grad
-        np.add(_acc, _grad, out=_b1)
+        np.add(_acc, _grad, out=_b0)
         # specs/lbsgd.py:60: gbar = (total/batch_scale)
-        np.divide(_b1, batch_scale, out=_b2)
-        np.multiply(_h1, _b2, out=_b2)
+        np.divide(_b0, batch_scale, out=_b1)
+        # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
+        np.multiply(_h1, _b1, out=_b1)
         if _h0 != -np.inf:
-            np.maximum(_h0, _b2, out=_b2)
+            np.maximum(_h0, _b1, out=_b1)
         if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b2, out=_b2)
-        __v3 = np.not_equal(_h4, 0.0)
-        np.multiply(_h2, _b2, out=_b3)
-        np.multiply(_h3, _weight, out=_b4)
-        np.add(_b0, _b4, out=_b4)
-        np.add(_b3, _b4, out=_b3)
-        np.copyto(_b3, _mom, where=np.logical_not(__v3))
+            np.minimum(clip_gradient, _b1, out=_b1)
+        np.multiply(_h2, _b1, out=_b1)
+        __v4 = np.not_equal(_h4, 0.0)
+        np.multiply(momentum, _mom, out=_b2)
+        np.multiply(_h3, _weight, out=_b3)
+        np.add(_b2, _b3, out=_b2)
+        np.add(_b1, _b2, out=_b2)
+        np.copyto(_mom, _b2, where=__v4)
         # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-        __v8 = np.not_equal(_h4, 0.0)
-        np.copyto(_acc, _b1)
-        np.copyto(_acc, 0.0, where=__v8)
+        __v9 = np.not_equal(_h4, 0.0)
+        np.copyto(_acc, _b0)
+        np.copyto(_acc, 0.0, where=__v9)
         # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-        __v9 = np.not_equal(_h9, 0.0)
-        __v10 = np.not_equal(_h10, 0.0)
-        __v11 = np.not_equal(_h4, 0.0)
-        np.multiply(_h7, _b2, out=_b1)
-        np.multiply(_h8, _weight, out=_b4)
-        np.add(_b0, _b4, out=_b0)
-        np.add(_b1, _b0, out=_b0)
-        np.copyto(_b0, _mom, where=np.logical_not(__v11))
-        np.add(_weight, _b0, out=_b0)
-        np.multiply(_h5, _b2, out=_b1)
-        np.multiply(_h6, _weight, out=_b2)
+        __v10 = np.not_equal(_h6, 0.0)
+        __v11 = np.not_equal(_h7, 0.0)
+        np.add(_mom, _weight, out=_b0)
+        np.multiply(_h5, _weight, out=_b2)
         np.add(_b1, _b2, out=_b1)
-        np.copyto(_b0, _b1, where=__v10)
-        np.copyto(_weight, _b0, where=np.logical_not(__v9))
-        np.copyto(_mom, _b3)
+        np.copyto(_b0, _b1, where=__v11)
+        np.copyto(_weight, _b0, where=np.logical_not(__v10))
 
-    for_chunks(weight.size, CHUNK, 5, weight.dtype, update)
+    for_chunks(weight.size, CHUNK, 4, weight.dtype, update)
     state.update(host_new)

@@ -124,7 +124,7 @@ LAZY_UPDATE = False
 SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update and of the reduction phase.
-OP_COUNTS: dict[str, int] = {"add": 7, "div": 1, "max": 1, "min": 1, "mul": 8, "ne": 5, "where": 5}
+OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 5, "ne": 4, "where": 4}
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 1, "div": 1, "mul": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
@@ -133,12 +133,9 @@ SCALARS: dict[str, str] = {
     "_h2": "= ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
     "_h3": "= ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
     "_h4": "= (k % batch_scale == 0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, t, updates_per_epoch",
-    "_h5": "= ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
-    "_h6": "= ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
-    "_h7": "= ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
-    "_h8": "= ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
-    "_h9": "= (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch",
-    "_h10": "= (momentum == 0), in specs/lbsgd.py:86",
+    "_h5": "= ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd",
+    "_h6": "= (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch",
+    "_h7": "= (momentum == 0), in specs/lbsgd.py:86",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
     "batch_scale": "hyperparameter",
@@ -210,55 +207,13 @@ def host_scalars(
     _h4 = k % batch_scale == 0
     # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
     _h5 = (
-        (
-            -(
-                (host_f32(rescale_grad) * host_f32(lr * mult))
-                if (clip_gradient > 1.7976931348623157e308)
-                else (host_f32(lr * mult))
-            )
-        )
-        if ((momentum == 0) and (k % batch_scale == 0))
-        else 0.0
-    )
-    _h6 = (
         (1 - host_f32(host_f32(wd) * host_f32(lr * mult)))
         if ((momentum == 0) and (k % batch_scale == 0))
         else 0.0
     )
-    _h7 = (
-        (
-            -(
-                (host_f32(rescale_grad) * host_f32(lr * mult))
-                if (clip_gradient > 1.7976931348623157e308)
-                else (host_f32(lr * mult))
-            )
-        )
-        if ((k % batch_scale == 0) and (momentum != 0))
-        else 0.0
-    )
-    _h8 = (
-        (-host_f32(wd) * host_f32(lr * mult))
-        if ((k % batch_scale == 0) and (momentum != 0))
-        else 0.0
-    )
-    _h9 = k % batch_scale != 0
-    _h10 = momentum == 0
-    scalars = (
-        _h0,
-        _h1,
-        _h2,
-        _h3,
-        _h4,
-        _h5,
-        _h6,
-        _h7,
-        _h8,
-        _h9,
-        _h10,
-        clip_gradient,
-        momentum,
-        batch_scale,
-    )
+    _h6 = k % batch_scale != 0
+    _h7 = momentum == 0
+    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, clip_gradient, momentum, batch_scale)
     return scalars, {}
 
 
@@ -329,66 +284,15 @@ def host_scalars_rows(
     _h5 = rows_where(
         len(w_sq),
         lambda _r0: (momentum == 0) and (k % batch_scale == 0),
-        lambda _r0: (
-            -rows_where(
-                _r0,
-                lambda _r1: clip_gradient > 1.7976931348623157e308,
-                lambda _r1: host_f32(rescale_grad) * rows_f32(lr * mult[_r1]),
-                lambda _r1: rows_f32(lr * mult[_r1]),
-            )
-        ),
-        lambda _r0: 0.0,
-    )
-    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-    _h6 = rows_where(
-        len(w_sq),
-        lambda _r0: (momentum == 0) and (k % batch_scale == 0),
         lambda _r0: 1 - rows_f32(host_f32(wd) * rows_f32(lr * mult[_r0])),
         lambda _r0: 0.0,
     )
     # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-    _h7 = rows_where(
-        len(w_sq),
-        lambda _r0: (k % batch_scale == 0) and (momentum != 0),
-        lambda _r0: (
-            -rows_where(
-                _r0,
-                lambda _r1: clip_gradient > 1.7976931348623157e308,
-                lambda _r1: host_f32(rescale_grad) * rows_f32(lr * mult[_r1]),
-                lambda _r1: rows_f32(lr * mult[_r1]),
-            )
-        ),
-        lambda _r0: 0.0,
-    )
+    _h6 = k % batch_scale != 0
     # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-    _h8 = rows_where(
-        len(w_sq),
-        lambda _r0: (k % batch_scale == 0) and (momentum != 0),
-        lambda _r0: -host_f32(wd) * rows_f32(lr * mult[_r0]),
-        lambda _r0: 0.0,
-    )
-    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-    _h9 = k % batch_scale != 0
-    # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-    _h10 = momentum == 0
+    _h7 = momentum == 0
     return scalar_columns(
-        len(w_sq),
-        (
-            _h0,
-            _h1,
-            _h2,
-            _h3,
-            _h4,
-            _h5,
-            _h6,
-            _h7,
-            _h8,
-            _h9,
-            _h10,
-            clip_gradient,
-            momentum,
-            batch_scale,
-        ),
+        len(w_sq), (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, clip_gradient, momentum, batch_scale)
     )
 
 

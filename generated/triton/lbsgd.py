@@ -133,9 +133,6 @@ def lbsgd_kernel_body(
     _h5,
     _h6,
     _h7,
-    _h8,
-    _h9,
-    _h10,
     clip_gradient,
     momentum,
     batch_scale,
@@ -151,12 +148,9 @@ def lbsgd_kernel_body(
     #   _h2: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
     #   _h3: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, gbar_sq, lr, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
     #   _h4: = (k % batch_scale == 0), in specs/lbsgd.py:83, from batch_scale, begin_epoch, t, updates_per_epoch
-    #   _h5: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h6: = ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h7: = ((-((host_f32(rescale_grad)*host_f32(lr*mult)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr*mult)))) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, clip_gradient, gbar_sq, lr, momentum, rescale_grad, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h8: = ((-host_f32(wd)*host_f32(lr*mult)) if ((k % batch_scale == 0) and (momentum != 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
-    #   _h9: = (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch
-    #   _h10: = (momentum == 0), in specs/lbsgd.py:86
+    #   _h5: = ((1 - host_f32(host_f32(wd)*host_f32(lr*mult))) if ((momentum == 0) and (k % batch_scale == 0)) else 0.0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, gbar_sq, lr, momentum, t, updates_per_epoch, w_sq, warmup_epochs, warmup_strategy, wd
+    #   _h6: = (k % batch_scale != 0), in specs/lbsgd.py:86, from batch_scale, begin_epoch, t, updates_per_epoch
+    #   _h7: = (momentum == 0), in specs/lbsgd.py:86
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     #   batch_scale: hyperparameter
@@ -166,39 +160,32 @@ def lbsgd_kernel_body(
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
     acc = tl.load(acc_ptr + offs, mask=mask).to(tl.float32)
-    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
-    _t0 = momentum * mom
     # specs/lbsgd.py:59: total = acc + grad
     total = acc + grad
     # specs/lbsgd.py:60: gbar = (total/batch_scale)
     gbar = tl.div_rn(total, batch_scale)
+    # specs/lbsgd.py:83: mom_new = Piecewise(((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(lr*mult)))), Eq(Mod(k, batch_scale), 0)), (mom, True))
     _v1 = _h1 * gbar
     _v2 = tl.maximum(_h0, _v1, propagate_nan=tl.PropagateNan.ALL)
-    _t2 = tl.minimum(clip_gradient, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _v3 = _h4 != 0.0
-    _v4 = _h2 * _t2
-    _v5 = _h3 * weight
-    _v6 = _t0 + _v5
-    _v7 = _v4 + _v6
-    mom_new = tl.where(_v3, _v7, mom)
+    _v3 = tl.minimum(clip_gradient, _v2, propagate_nan=tl.PropagateNan.ALL)
+    _t1 = _h2 * _v3
+    _v4 = _h4 != 0.0
+    _v5 = momentum * mom
+    _v6 = _h3 * weight
+    _v7 = _v5 + _v6
+    _v8 = _t1 + _v7
+    mom_new = tl.where(_v4, _v8, mom)
     # specs/lbsgd.py:84: acc_new = Piecewise((0, Eq(Mod(k, batch_scale), 0)), (total, True))
-    _v8 = _h4 != 0.0
-    acc_new = tl.where(_v8, 0.0, total)
+    _v9 = _h4 != 0.0
+    acc_new = tl.where(_v9, 0.0, total)
     # specs/lbsgd.py:86: weight_new = Piecewise((weight, Ne(Mod(k, batch_scale), 0)), ((-Piecewise((f32(rescale_grad)*f32(lr*mult), clip_gradient > 1.79769313486232e+308), (f32(lr*mult), True))*Min(clip_gradient, Max(-clip_gradient, gbar*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + (weight*(1 - f32(f32(wd)*f32(lr*mult))))), Eq(momentum, 0)), (mom_new + weight, True))
-    _v9 = _h9 != 0.0
-    _v10 = _h10 != 0.0
-    _v11 = _h4 != 0.0
-    _v12 = _h7 * _t2
-    _v13 = _h8 * weight
-    _v14 = _t0 + _v13
-    _v15 = _v12 + _v14
-    _v16 = tl.where(_v11, _v15, mom)
-    _v17 = weight + _v16
-    _v18 = _h5 * _t2
-    _v19 = _h6 * weight
-    _v20 = _v18 + _v19
-    _v21 = tl.where(_v10, _v20, _v17)
-    weight_new = tl.where(_v9, weight, _v21)
+    _v10 = _h6 != 0.0
+    _v11 = _h7 != 0.0
+    _v12 = mom_new + weight
+    _v13 = _h5 * weight
+    _v14 = _t1 + _v13
+    _v15 = tl.where(_v11, _v14, _v12)
+    weight_new = tl.where(_v10, weight, _v15)
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
     tl.store(acc_ptr + offs, acc_new.to(acc_ptr.dtype.element_ty), mask=mask)
@@ -222,9 +209,6 @@ def lbsgd_kernel(
     _h5,
     _h6,
     _h7,
-    _h8,
-    _h9,
-    _h10,
     clip_gradient,
     momentum,
     batch_scale,
@@ -243,9 +227,6 @@ def lbsgd_kernel(
     _h5 = tl.cast(_h5, tl.float32)
     _h6 = tl.cast(_h6, tl.float32)
     _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
-    _h9 = tl.cast(_h9, tl.float32)
-    _h10 = tl.cast(_h10, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     momentum = tl.cast(momentum, tl.float32)
     batch_scale = tl.cast(batch_scale, tl.float32)
@@ -264,9 +245,6 @@ def lbsgd_kernel(
         _h5,
         _h6,
         _h7,
-        _h8,
-        _h9,
-        _h10,
         clip_gradient,
         momentum,
         batch_scale,
@@ -335,21 +313,18 @@ def lbsgd_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (14 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 14 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 14 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 14 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 14 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 14 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 14 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 14 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 14 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 14 + 8)
-    _h9 = tl.load(scalars_ptr + tensor * 14 + 9)
-    _h10 = tl.load(scalars_ptr + tensor * 14 + 10)
-    clip_gradient = tl.load(scalars_ptr + tensor * 14 + 11)
-    momentum = tl.load(scalars_ptr + tensor * 14 + 12)
-    batch_scale = tl.load(scalars_ptr + tensor * 14 + 13)
+    # This tensor's host scalars: row `tensor` of the fp32 table (11 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 11 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 11 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 11 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 11 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 11 + 4)
+    _h5 = tl.load(scalars_ptr + tensor * 11 + 5)
+    _h6 = tl.load(scalars_ptr + tensor * 11 + 6)
+    _h7 = tl.load(scalars_ptr + tensor * 11 + 7)
+    clip_gradient = tl.load(scalars_ptr + tensor * 11 + 8)
+    momentum = tl.load(scalars_ptr + tensor * 11 + 9)
+    batch_scale = tl.load(scalars_ptr + tensor * 11 + 10)
     lbsgd_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -365,9 +340,6 @@ def lbsgd_multi_kernel(
         _h5,
         _h6,
         _h7,
-        _h8,
-        _h9,
-        _h10,
         clip_gradient,
         momentum,
         batch_scale,
