@@ -30,6 +30,10 @@ import sympy as sp
 
 from codegen.spec import Legal, Rule, f32, nonnegative, positive
 
+# clip_gradient = None is lowered to +inf: the one value past the largest double, which a legal
+# finite clip_gradient is at most. ``clip_gradient > UNCLIPPED_ABOVE`` is "clipping off".
+UNCLIPPED_ABOVE = sp.Float(sys.float_info.max)
+
 
 def clip(x: sp.Expr, c: sp.Expr) -> sp.Expr:
     """clip_c(x) = min(max(x, -c), c), as MXNet's kernels compute it."""
@@ -70,9 +74,8 @@ class Common:
         return self.clipped(self.wd * self.rule.weight)
 
     def clipping_off(self) -> sp.Boolean:
-        """A host condition, true where clip_gradient is None (lowered to +inf: no double is
-        larger than the largest finite one, which a legal finite c is at most)."""
-        return self.clip_gradient > sp.Float(sys.float_info.max)
+        """A host condition, true where clip_gradient is None (``UNCLIPPED_ABOVE``)."""
+        return self.clip_gradient > UNCLIPPED_ABOVE
 
     def times_clipped(self, scale: sp.Expr) -> sp.Expr:
         """scale * clip_c(rho*g) as MXNet 1.9.1's SGD-family kernels compute it, with float32

@@ -163,8 +163,9 @@ class AsIs(sp.UnevaluatedExpr):
     is_commutative = True
 
     def __new__(cls, arg: sp.Expr, **kwargs: object) -> sp.Expr:
-        """A number or a symbol as itself: nothing to keep whole (a special case's ``wd = 0``
-        makes ``as_is(-lr * wd * w)`` a 0 that must vanish from its sum, not be added)."""
+        """A number as itself: nothing to keep whole (a special case's ``wd = 0`` makes
+        ``as_is(-lr * wd * w)`` a 0 that must vanish from its sum, not be added). A symbol stays
+        wrapped: a ``let`` is inlined later, and ``as_is`` keeps its value whole."""
         arg = sp.sympify(arg)
         return arg if arg.is_Number else super().__new__(cls, arg, **kwargs)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 
 import sympy as sp
 
 from codegen import names
 from codegen.ir import Assign
 from codegen.lower import Lowered
+from codegen.mxnet import UNCLIPPED_ABOVE
 from codegen.ops import Guarded, f32
 from codegen.spec import Rule, State
 from codegen.targets import Target
@@ -49,11 +49,12 @@ def folds_gradient_scale(lowered: Lowered) -> bool:
 
 def _cancels(expr: sp.Expr, swap: dict[sp.Symbol, sp.Expr]) -> bool:
     """``expr`` unchanged by ``swap``, expanded; where it chooses on the host between clipping
-    and its absence (``clip_gradient > max``: MXNet's SGD-family scaling, ``Common.clipping_off``),
+    and its absence (``codegen.mxnet``'s ``clipping_off``: its SGD-family scaling),
     in each case: clipping on, and off with the clip by that bound the identity."""
     expr = expr.replace(lambda x: isinstance(x, f32), lambda x: x.args[0]).doit()
-    largest = sp.Float(sys.float_info.max)
-    off = {r for r in expr.atoms(sp.StrictGreaterThan) if r.rhs == largest and r.lhs.is_Symbol}
+    off = {
+        r for r in expr.atoms(sp.StrictGreaterThan) if r.rhs == UNCLIPPED_ABOVE and r.lhs.is_Symbol
+    }
     cases = [{r: value for r in off} for value in (sp.true, sp.false)] if off else [{}]
     for case in cases:
         value = expr.xreplace(case)
