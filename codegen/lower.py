@@ -35,6 +35,7 @@ from functools import cached_property
 from typing import ClassVar
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from codegen import ops as opdefs
 from codegen.ir import Assign, Block, Operand, Origin, free_symbols, sweep_role
@@ -74,7 +75,7 @@ def inline(block: Block) -> Block:
     origins: dict[sp.Symbol, tuple[Origin, ...]] = {}
     staged = rule.staged()
     for a in block.assigns:
-        expr = a.expr.xreplace(values)
+        expr = _substitute(a.expr, values)
         origins[a.target] = a.origin
         if a.target in staged:  # computed in a sweep: later phases read it by name
             summands.append(a.with_(expr=expr))
@@ -100,6 +101,27 @@ def inline(block: Block) -> Block:
         "inlined", [*summands, *host_updates, *outputs], inlined=inlined, raw_summands=raw_summands
     )
     return replace(block, lets=lets)
+
+
+def _substitute(expr: sp.Expr, values: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
+    """``expr.xreplace(values)``, but a Piecewise condition that a substituted value puts a
+    Piecewise into is kept as written: SymPy would fold it (``ExprCondPair``), and Signum's
+    ``sign(mom_new)`` under ``|mom_new| > 0``, mom_new holding the host's choice between
+    clipping and none, became ``ITE(off, |a| > 0, |b| > 0)``: both forms of the momentum
+    computed per element where the one named value serves."""
+    if expr in values:
+        return values[expr]
+    if not expr.args or not expr.free_symbols & values.keys():
+        return expr
+    if not isinstance(expr, sp.Piecewise):
+        return expr.func(*(_substitute(a, values) for a in expr.args))
+    pairs = [(_substitute(e, values), _substitute(c, values)) for e, c in expr.args]
+    if not any(
+        c.has(sp.Piecewise) and not old.has(sp.Piecewise)
+        for (_, c), (_, old) in zip(pairs, expr.args, strict=True)
+    ):
+        return sp.Piecewise(*pairs)
+    return sp.Basic.__new__(sp.Piecewise, *(sp.Tuple.__new__(ExprCondPair, *p) for p in pairs))
 
 
 # ---------------------------------------------------------------------------------- pass 2

@@ -138,10 +138,6 @@ def _update_chunk(
     _h2,
     _h3,
     _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
     lr,
     clip_gradient,
     momentum,
@@ -152,11 +148,7 @@ def _update_chunk(
     #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/signum.py:50
     #   _h2: = -((host_f32(rescale_grad)*host_f32(1 - host_f32(momentum))) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(1 - host_f32(momentum)))), in specs/signum.py:50
     #   _h3: = -host_f32(wd)*host_f32(1 - host_f32(momentum)), in specs/signum.py:50
-    #   _h4: = (clip_gradient > 1.7976931348623157e+308), in specs/signum.py:51
-    #   _h5: = -host_f32(rescale_grad)*host_f32(1 - host_f32(momentum)), in specs/signum.py:51
-    #   _h6: = host_f32(rescale_grad), in specs/signum.py:51
-    #   _h7: = -host_f32(1 - host_f32(momentum)), in specs/signum.py:51
-    #   _h8: = 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51
+    #   _h4: = 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51
     #   lr: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
@@ -169,39 +161,26 @@ def _update_chunk(
             grad = load(grad_buf, _i)
             mom = load(mom_buf, _i)
             # specs/signum.py:50: mom_new = (-Piecewise((f32(rescale_grad)*f32(1 - f32(momentum)), clip_gradient > 1.79769313486232e+308), (f32(1 - f32(momentum)), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(1 - f32(momentum)))))
-            _v0 = momentum * mom
-            _v1 = _h3 * weight
-            _t0 = _v0 + _v1
-            _v2 = _h1 * grad
-            _v3 = _v2
-            _v4 = _v3
-            _v5 = _h2 * _v4
-            mom_new = _t0 + _v5
+            _v0 = _h1 * grad
+            _v1 = _v0
+            _v2 = _v1
+            _v3 = _h2 * _v2
+            _v4 = momentum * mom
+            _v5 = _h3 * weight
+            _v6 = _v4 + _v5
+            mom_new = _v3 + _v6
             # specs/signum.py:51: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(1 - f32(f32(lr)*f32(wd_lh)))
-            _v6 = _h4 != _T(0.0)
-            _v7 = grad
-            _v8 = _v7
-            _v9 = _h5 * _v8
-            _v10 = _t0 + _v9
-            _v11 = np.abs(_v10)
-            _v12 = _v11 > _T(0.0)
-            _v13 = _h6 * grad
-            _v14 = _v13
-            _v15 = _v14
-            _v16 = _h7 * _v15
-            _v17 = _t0 + _v16
-            _v18 = np.abs(_v17)
-            _v19 = _v18 > _T(0.0)
-            _v20 = _v12 if _v6 else _v19
-            _v21 = (
+            _v7 = np.abs(mom_new)
+            _v8 = _v7 > _T(0.0)
+            _v9 = (
                 _T(1.0)
                 if mom_new > 0
                 else (_T(-1.0) if mom_new < 0 else (mom_new if mom_new != mom_new else _T(0.0)))
             )
-            _v22 = _v21 if _v20 else _T(0.0)
-            _v23 = lr * _v22
-            _v24 = _h8 * weight
-            weight_new = _v23 + _v24
+            _v10 = _v9 if _v8 else _T(0.0)
+            _v11 = lr * _v10
+            _v12 = _h4 * weight
+            weight_new = _v11 + _v12
             store(weight_buf, _i, weight_new)
             store(mom_buf, _i, mom_new)
         return
@@ -210,39 +189,26 @@ def _update_chunk(
         grad = load(grad_buf, _i)
         mom = load(mom_buf, _i)
         # specs/signum.py:50: mom_new = (-Piecewise((f32(rescale_grad)*f32(1 - f32(momentum)), clip_gradient > 1.79769313486232e+308), (f32(1 - f32(momentum)), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(1 - f32(momentum)))))
-        _v0 = momentum * mom
-        _v1 = _h3 * weight
-        _t0 = _v0 + _v1
-        _v2 = _h1 * grad
-        _v3 = _h0 if (_h0 > _v2 or _h0 != _h0) else _v2
-        _v4 = clip_gradient if (clip_gradient < _v3 or clip_gradient != clip_gradient) else _v3
-        _v5 = _h2 * _v4
-        mom_new = _t0 + _v5
+        _v0 = _h1 * grad
+        _v1 = _h0 if (_h0 > _v0 or _h0 != _h0) else _v0
+        _v2 = clip_gradient if (clip_gradient < _v1 or clip_gradient != clip_gradient) else _v1
+        _v3 = _h2 * _v2
+        _v4 = momentum * mom
+        _v5 = _h3 * weight
+        _v6 = _v4 + _v5
+        mom_new = _v3 + _v6
         # specs/signum.py:51: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(1 - f32(f32(lr)*f32(wd_lh)))
-        _v6 = _h4 != _T(0.0)
-        _v7 = _h0 if (_h0 > grad or _h0 != _h0) else grad
-        _v8 = clip_gradient if (clip_gradient < _v7 or clip_gradient != clip_gradient) else _v7
-        _v9 = _h5 * _v8
-        _v10 = _t0 + _v9
-        _v11 = np.abs(_v10)
-        _v12 = _v11 > _T(0.0)
-        _v13 = _h6 * grad
-        _v14 = _h0 if (_h0 > _v13 or _h0 != _h0) else _v13
-        _v15 = clip_gradient if (clip_gradient < _v14 or clip_gradient != clip_gradient) else _v14
-        _v16 = _h7 * _v15
-        _v17 = _t0 + _v16
-        _v18 = np.abs(_v17)
-        _v19 = _v18 > _T(0.0)
-        _v20 = _v12 if _v6 else _v19
-        _v21 = (
+        _v7 = np.abs(mom_new)
+        _v8 = _v7 > _T(0.0)
+        _v9 = (
             _T(1.0)
             if mom_new > 0
             else (_T(-1.0) if mom_new < 0 else (mom_new if mom_new != mom_new else _T(0.0)))
         )
-        _v22 = _v21 if _v20 else _T(0.0)
-        _v23 = lr * _v22
-        _v24 = _h8 * weight
-        weight_new = _v23 + _v24
+        _v10 = _v9 if _v8 else _T(0.0)
+        _v11 = lr * _v10
+        _v12 = _h4 * weight
+        weight_new = _v11 + _v12
         store(weight_buf, _i, weight_new)
         store(mom_buf, _i, mom_new)
 
@@ -266,10 +232,6 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
-            _scalars[_j, 8],
-            _scalars[_j, 9],
-            _scalars[_j, 10],
-            _scalars[_j, 11],
         )
 
 
@@ -292,10 +254,6 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
-            _scalars[_j, 8],
-            _scalars[_j, 9],
-            _scalars[_j, 10],
-            _scalars[_j, 11],
         )
 
 
@@ -318,10 +276,6 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
-            _scalars[_j, 8],
-            _scalars[_j, 9],
-            _scalars[_j, 10],
-            _scalars[_j, 11],
         )
 
 
@@ -344,10 +298,6 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
-            _scalars[_j, 8],
-            _scalars[_j, 9],
-            _scalars[_j, 10],
-            _scalars[_j, 11],
         )
 
 
@@ -370,10 +320,6 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
-            _scalars[_j, 8],
-            _scalars[_j, 9],
-            _scalars[_j, 10],
-            _scalars[_j, 11],
         )
         round_into(
             view_bits(_addresses[_j, 3], _lo, _hi, _bits),
@@ -400,10 +346,6 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 5],
             _scalars[_j, 6],
             _scalars[_j, 7],
-            _scalars[_j, 8],
-            _scalars[_j, 9],
-            _scalars[_j, 10],
-            _scalars[_j, 11],
         )
         round_into(
             view_bits(_addresses[_j, 3], _lo, _hi, _bits),
@@ -522,7 +464,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 12)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 8)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

@@ -120,7 +120,6 @@ def _update_chunk(
     prev_buf,
     step_size_buf,
     _h0,
-    _h1,
     etaminus,
     etaplus,
     step_size_min,
@@ -129,7 +128,6 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rprop, once per step and tensor):
     #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:50
-    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:49
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter
@@ -159,18 +157,17 @@ def _update_chunk(
             _v4 = _v3
             step_size_new = _v4
             _v5 = _t2 != _t2
-            _v6 = _h1 * grad
-            _v7 = np.abs(_v6)
-            _v8 = _v7 > _T(0.0)
-            _v9 = _v5 if _t2 else _v8
-            _v10 = (
+            _v6 = np.abs(G)
+            _v7 = _v6 > _T(0.0)
+            _v8 = _v5 if _t2 else _v7
+            _v9 = (
                 _T(1.0)
                 if prev_new > 0
                 else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
             )
-            _v11 = _v10 if _v9 else _T(0.0)
-            _v12 = step_size_new * _v11
-            weight_new = weight - _v12
+            _v10 = _v9 if _v8 else _T(0.0)
+            _v11 = step_size_new * _v10
+            weight_new = weight - _v11
             store(weight_buf, _i, weight_new)
             store(prev_buf, _i, prev_new)
             store(step_size_buf, _i, step_size_new)
@@ -198,18 +195,17 @@ def _update_chunk(
             step_size_max if (step_size_max < _v4 or step_size_max != step_size_max) else _v4
         )
         _v5 = _t2 != _t2
-        _v6 = _h1 * grad
-        _v7 = np.abs(_v6)
-        _v8 = _v7 > _T(0.0)
-        _v9 = _v5 if _t2 else _v8
-        _v10 = (
+        _v6 = np.abs(G)
+        _v7 = _v6 > _T(0.0)
+        _v8 = _v5 if _t2 else _v7
+        _v9 = (
             _T(1.0)
             if prev_new > 0
             else (_T(-1.0) if prev_new < 0 else (prev_new if prev_new != prev_new else _T(0.0)))
         )
-        _v11 = _v10 if _v9 else _T(0.0)
-        _v12 = step_size_new * _v11
-        weight_new = weight - _v12
+        _v10 = _v9 if _v8 else _T(0.0)
+        _v11 = step_size_new * _v10
+        weight_new = weight - _v11
         store(weight_buf, _i, weight_new)
         store(prev_buf, _i, prev_new)
         store(step_size_buf, _i, step_size_new)
@@ -232,7 +228,6 @@ def _update(_addresses, _chunks, _scalars):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
-            _scalars[_j, 5],
         )
 
 
@@ -253,7 +248,6 @@ def _update_serial(_addresses, _chunks, _scalars):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
-            _scalars[_j, 5],
         )
 
 
@@ -274,7 +268,6 @@ def _update_bits(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
-            _scalars[_j, 5],
         )
 
 
@@ -295,7 +288,6 @@ def _update_bits_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
-            _scalars[_j, 5],
         )
 
 
@@ -316,7 +308,6 @@ def _update_master(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
-            _scalars[_j, 5],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -341,7 +332,6 @@ def _update_master_serial(_addresses, _chunks, _scalars, _bits):
             _scalars[_j, 2],
             _scalars[_j, 3],
             _scalars[_j, 4],
-            _scalars[_j, 5],
         )
         round_into(
             view_bits(_addresses[_j, 4], _lo, _hi, _bits),
@@ -460,7 +450,7 @@ def _run(
                 at = _distinct[key] = len(_rows)
                 _rows.append(check_scalars(RULE, SCALARS, _value, dtype.type))
             _which.append(at)
-        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 6)[_which])
+        scalars.append(np.array(_rows, dtype=dtype).reshape(len(_rows), 5)[_which])
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
         for (_, _addresses, _chunks, _), _layout, _table in zip(

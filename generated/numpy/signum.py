@@ -119,9 +119,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, lr, clip_gradient, momentum = (
-        dtype(_x) for _x in scalars
-    )
+    _h0, _h1, _h2, _h3, _h4, lr, clip_gradient, momentum = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -129,45 +127,29 @@ def step(
         _mom = _mom_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
+        _b2 = scratch[2, : stop - start]
         # specs/signum.py:50: mom_new = (-Piecewise((f32(rescale_grad)*f32(1 - f32(momentum)), clip_gradient > 1.79769313486232e+308), (f32(1 - f32(momentum)), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(1 - f32(momentum)))))
-        np.multiply(momentum, _mom, out=_b0)
-        np.multiply(_h3, _weight, out=_b1)
-        np.add(_b0, _b1, out=_b0)
-        np.multiply(_h1, _grad, out=_b1)
+        np.multiply(_h1, _grad, out=_b0)
         if _h0 != -np.inf:
-            np.maximum(_h0, _b1, out=_b1)
+            np.maximum(_h0, _b0, out=_b0)
         if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b1, out=_b1)
-        np.multiply(_h2, _b1, out=_b1)
+            np.minimum(clip_gradient, _b0, out=_b0)
+        np.multiply(_h2, _b0, out=_b0)
+        np.multiply(momentum, _mom, out=_b1)
+        np.multiply(_h3, _weight, out=_b2)
+        np.add(_b1, _b2, out=_b1)
         np.add(_b0, _b1, out=_mom)
         # specs/signum.py:51: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(1 - f32(f32(lr)*f32(wd_lh)))
-        __v6 = np.not_equal(_h4, 0.0)
-        np.maximum(_h0, _grad, out=_b1)
-        if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b1, out=_b1)
-        np.multiply(_h5, _b1, out=_b1)
-        np.add(_b0, _b1, out=_b1)
-        np.absolute(_b1, out=_b1)
-        __v12 = np.greater(_b1, 0.0)
-        np.multiply(_h6, _grad, out=_b1)
-        if _h0 != -np.inf:
-            np.maximum(_h0, _b1, out=_b1)
-        if clip_gradient != np.inf:
-            np.minimum(clip_gradient, _b1, out=_b1)
-        np.multiply(_h7, _b1, out=_b1)
-        np.add(_b0, _b1, out=_b0)
-        np.absolute(_b0, out=_b0)
-        __v19 = np.greater(_b0, 0.0)
-        __v20 = np.copy(__v19)
-        np.copyto(__v20, __v12, where=__v6)
+        np.absolute(_mom, out=_b0)
+        __v8 = np.greater(_b0, 0.0)
         np.sign(_mom, out=_b0)
-        np.copyto(_b0, 0.0, where=np.logical_not(__v20))
+        np.copyto(_b0, 0.0, where=np.logical_not(__v8))
         np.multiply(lr, _b0, out=_b0)
-        np.multiply(_h8, _weight, out=_b1)
+        np.multiply(_h4, _weight, out=_b1)
         np.add(_b0, _b1, out=_weight)
 
     def _writes() -> None:  # every check passed: now, or once the caller's block has (commit)
-        for_chunks(weight.size, CHUNK, 2, weight.dtype, update)
+        for_chunks(weight.size, CHUNK, 3, weight.dtype, update)
         state.update(host_new)
 
     commit(_writes)

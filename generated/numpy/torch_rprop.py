@@ -108,7 +108,7 @@ def step(
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h0, _h1, etaminus, etaplus, step_size_min, step_size_max = (dtype(_x) for _x in scalars)
+    _h0, etaminus, etaplus, step_size_min, step_size_max = (dtype(_x) for _x in scalars)
 
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
@@ -128,21 +128,20 @@ def step(
         np.copyto(_prev, _b0)
         np.copyto(_prev, 0.0, where=__t2)
         __v0 = np.greater(_b1, 0.0)
-        np.copyto(_b0, 1.0)
-        np.copyto(_b0, etaminus, where=__t2)
-        np.copyto(_b0, etaplus, where=__v0)
-        np.multiply(_step_size, _b0, out=_b0)
+        np.copyto(_b1, 1.0)
+        np.copyto(_b1, etaminus, where=__t2)
+        np.copyto(_b1, etaplus, where=__v0)
+        np.multiply(_step_size, _b1, out=_b1)
         if step_size_min != -np.inf:
-            np.maximum(step_size_min, _b0, out=_b0)
-        np.minimum(step_size_max, _b0, out=_step_size)
+            np.maximum(step_size_min, _b1, out=_b1)
+        np.minimum(step_size_max, _b1, out=_step_size)
         __v5 = np.not_equal(__t2, __t2)
-        np.multiply(_h1, _grad, out=_b0)
         np.absolute(_b0, out=_b0)
-        __v8 = np.greater(_b0, 0.0)
-        __v9 = np.copy(__v8)
-        np.copyto(__v9, __v5, where=__t2)
+        __v7 = np.greater(_b0, 0.0)
+        __v8 = np.copy(__v7)
+        np.copyto(__v8, __v5, where=__t2)
         np.sign(_prev, out=_b0)
-        np.copyto(_b0, 0.0, where=np.logical_not(__v9))
+        np.copyto(_b0, 0.0, where=np.logical_not(__v8))
         np.multiply(_step_size, _b0, out=_b0)
         np.subtract(_weight, _b0, out=_weight)
 

@@ -112,15 +112,14 @@ SPARSE_REFUSED: tuple[tuple[str, str, float | str | bool], ...] = ()
 SPARSE_WHY = ""
 # Operations per element of the update.
 OP_COUNTS: dict[str, int] = {
-    "abs": 2,
-    "add": 5,
-    "gt": 2,
-    "max": 3,
-    "min": 3,
-    "mul": 9,
-    "ne": 1,
+    "abs": 1,
+    "add": 3,
+    "gt": 1,
+    "max": 1,
+    "min": 1,
+    "mul": 6,
     "sign": 1,
-    "where": 2,
+    "where": 1,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
@@ -128,11 +127,7 @@ SCALARS: dict[str, str] = {
     "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/signum.py:50",
     "_h2": "= -((host_f32(rescale_grad)*host_f32(1 - host_f32(momentum))) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(1 - host_f32(momentum)))), in specs/signum.py:50",
     "_h3": "= -host_f32(wd)*host_f32(1 - host_f32(momentum)), in specs/signum.py:50",
-    "_h4": "= (clip_gradient \u003e 1.7976931348623157e+308), in specs/signum.py:51",
-    "_h5": "= -host_f32(rescale_grad)*host_f32(1 - host_f32(momentum)), in specs/signum.py:51",
-    "_h6": "= host_f32(rescale_grad), in specs/signum.py:51",
-    "_h7": "= -host_f32(1 - host_f32(momentum)), in specs/signum.py:51",
-    "_h8": "= 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51",
+    "_h4": "= 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51",
     "lr": "hyperparameter",
     "clip_gradient": "hyperparameter",
     "momentum": "hyperparameter",
@@ -168,10 +163,6 @@ def host_scalars(
     )
     _h3 = -host_f32(wd) * host_f32(1 - host_f32(momentum))
     # specs/signum.py:51: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(1 - f32(f32(lr)*f32(wd_lh)))
-    _h4 = clip_gradient > 1.7976931348623157e308
-    _h5 = -host_f32(rescale_grad) * host_f32(1 - host_f32(momentum))
-    _h6 = host_f32(rescale_grad)
-    _h7 = -host_f32(1 - host_f32(momentum))
-    _h8 = 1 - host_f32(host_f32(lr) * host_f32(wd_lh))
-    scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, lr, clip_gradient, momentum)
+    _h4 = 1 - host_f32(host_f32(lr) * host_f32(wd_lh))
+    scalars = (_h0, _h1, _h2, _h3, _h4, lr, clip_gradient, momentum)
     return scalars, {}

@@ -110,7 +110,7 @@ OP_COUNTS: dict[str, int] = {
     "lt": 1,
     "max": 1,
     "min": 1,
-    "mul": 5,
+    "mul": 4,
     "ne": 1,
     "sign": 1,
     "sub": 1,
@@ -119,7 +119,6 @@ OP_COUNTS: dict[str, int] = {
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= 1 - 2*maximize, in specs/torch_rprop.py:50",
-    "_h1": "= 2*maximize - 1, in specs/torch_rprop.py:49",
     "etaminus": "hyperparameter",
     "etaplus": "hyperparameter",
     "step_size_min": "hyperparameter",
@@ -151,7 +150,5 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/torch_rprop.py:50: prev_new = used
     _h0 = 1 - 2 * maximize
-    # specs/torch_rprop.py:49: weight_new = -step_size_new*Piecewise((sign(used), Abs(used) > 0), (0, True)) + weight
-    _h1 = 2 * maximize - 1
-    scalars = (_h0, _h1, etaminus, etaplus, step_size_min, step_size_max)
+    scalars = (_h0, etaminus, etaplus, step_size_min, step_size_max)
     return scalars, {}

@@ -121,10 +121,6 @@ def signum_kernel_body(
     _h2,
     _h3,
     _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
     lr,
     clip_gradient,
     momentum,
@@ -139,11 +135,7 @@ def signum_kernel_body(
     #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/signum.py:50
     #   _h2: = -((host_f32(rescale_grad)*host_f32(1 - host_f32(momentum))) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(1 - host_f32(momentum)))), in specs/signum.py:50
     #   _h3: = -host_f32(wd)*host_f32(1 - host_f32(momentum)), in specs/signum.py:50
-    #   _h4: = (clip_gradient > 1.7976931348623157e+308), in specs/signum.py:51
-    #   _h5: = -host_f32(rescale_grad)*host_f32(1 - host_f32(momentum)), in specs/signum.py:51
-    #   _h6: = host_f32(rescale_grad), in specs/signum.py:51
-    #   _h7: = -host_f32(1 - host_f32(momentum)), in specs/signum.py:51
-    #   _h8: = 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51
+    #   _h4: = 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51
     #   lr: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
@@ -153,35 +145,22 @@ def signum_kernel_body(
         grad = grad * inv_scale
     mom = tl.load(mom_ptr + offs, mask=mask).to(tl.float32)
     # specs/signum.py:50: mom_new = (-Piecewise((f32(rescale_grad)*f32(1 - f32(momentum)), clip_gradient > 1.79769313486232e+308), (f32(1 - f32(momentum)), True))*Min(clip_gradient, Max(-clip_gradient, grad*Piecewise((1, clip_gradient > 1.79769313486232e+308), (f32(rescale_grad), True)))) + ((mom*momentum - weight*f32(wd)*f32(1 - f32(momentum)))))
-    _v0 = momentum * mom
-    _v1 = _h3 * weight
-    _t0 = _v0 + _v1
-    _v2 = _h1 * grad
-    _v3 = tl.maximum(_h0, _v2, propagate_nan=tl.PropagateNan.ALL)
-    _v4 = tl.minimum(clip_gradient, _v3, propagate_nan=tl.PropagateNan.ALL)
-    _v5 = _h2 * _v4
-    mom_new = _t0 + _v5
+    _v0 = _h1 * grad
+    _v1 = tl.maximum(_h0, _v0, propagate_nan=tl.PropagateNan.ALL)
+    _v2 = tl.minimum(clip_gradient, _v1, propagate_nan=tl.PropagateNan.ALL)
+    _v3 = _h2 * _v2
+    _v4 = momentum * mom
+    _v5 = _h3 * weight
+    _v6 = _v4 + _v5
+    mom_new = _v3 + _v6
     # specs/signum.py:51: weight_new = lr*Piecewise((sign(mom_new), Abs(mom_new) > 0), (0, True)) + weight*(1 - f32(f32(lr)*f32(wd_lh)))
-    _v6 = _h4 != 0.0
-    _v7 = tl.maximum(_h0, grad, propagate_nan=tl.PropagateNan.ALL)
-    _v8 = tl.minimum(clip_gradient, _v7, propagate_nan=tl.PropagateNan.ALL)
-    _v9 = _h5 * _v8
-    _v10 = _t0 + _v9
-    _v11 = tl.abs(_v10)
-    _v12 = _v11 > 0.0
-    _v13 = _h6 * grad
-    _v14 = tl.maximum(_h0, _v13, propagate_nan=tl.PropagateNan.ALL)
-    _v15 = tl.minimum(clip_gradient, _v14, propagate_nan=tl.PropagateNan.ALL)
-    _v16 = _h7 * _v15
-    _v17 = _t0 + _v16
-    _v18 = tl.abs(_v17)
-    _v19 = _v18 > 0.0
-    _v20 = tl.where(_v6, _v12, _v19)
-    _v21 = tl.where(mom_new > 0, 1.0, tl.where(mom_new < 0, -1.0, mom_new))
-    _v22 = tl.where(_v20, _v21, 0.0)
-    _v23 = lr * _v22
-    _v24 = _h8 * weight
-    weight_new = _v23 + _v24
+    _v7 = tl.abs(mom_new)
+    _v8 = _v7 > 0.0
+    _v9 = tl.where(mom_new > 0, 1.0, tl.where(mom_new < 0, -1.0, mom_new))
+    _v10 = tl.where(_v8, _v9, 0.0)
+    _v11 = lr * _v10
+    _v12 = _h4 * weight
+    weight_new = _v11 + _v12
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(mom_ptr + offs, mom_new.to(mom_ptr.dtype.element_ty), mask=mask)
     if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
@@ -200,10 +179,6 @@ def signum_kernel(
     _h2,
     _h3,
     _h4,
-    _h5,
-    _h6,
-    _h7,
-    _h8,
     lr,
     clip_gradient,
     momentum,
@@ -219,10 +194,6 @@ def signum_kernel(
     _h2 = tl.cast(_h2, tl.float32)
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
-    _h7 = tl.cast(_h7, tl.float32)
-    _h8 = tl.cast(_h8, tl.float32)
     lr = tl.cast(lr, tl.float32)
     clip_gradient = tl.cast(clip_gradient, tl.float32)
     momentum = tl.cast(momentum, tl.float32)
@@ -237,10 +208,6 @@ def signum_kernel(
         _h2,
         _h3,
         _h4,
-        _h5,
-        _h6,
-        _h7,
-        _h8,
         lr,
         clip_gradient,
         momentum,
@@ -306,19 +273,15 @@ def signum_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (12 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 12 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 12 + 1)
-    _h2 = tl.load(scalars_ptr + tensor * 12 + 2)
-    _h3 = tl.load(scalars_ptr + tensor * 12 + 3)
-    _h4 = tl.load(scalars_ptr + tensor * 12 + 4)
-    _h5 = tl.load(scalars_ptr + tensor * 12 + 5)
-    _h6 = tl.load(scalars_ptr + tensor * 12 + 6)
-    _h7 = tl.load(scalars_ptr + tensor * 12 + 7)
-    _h8 = tl.load(scalars_ptr + tensor * 12 + 8)
-    lr = tl.load(scalars_ptr + tensor * 12 + 9)
-    clip_gradient = tl.load(scalars_ptr + tensor * 12 + 10)
-    momentum = tl.load(scalars_ptr + tensor * 12 + 11)
+    # This tensor's host scalars: row `tensor` of the fp32 table (8 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 8 + 0)
+    _h1 = tl.load(scalars_ptr + tensor * 8 + 1)
+    _h2 = tl.load(scalars_ptr + tensor * 8 + 2)
+    _h3 = tl.load(scalars_ptr + tensor * 8 + 3)
+    _h4 = tl.load(scalars_ptr + tensor * 8 + 4)
+    lr = tl.load(scalars_ptr + tensor * 8 + 5)
+    clip_gradient = tl.load(scalars_ptr + tensor * 8 + 6)
+    momentum = tl.load(scalars_ptr + tensor * 8 + 7)
     signum_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -330,10 +293,6 @@ def signum_multi_kernel(
         _h2,
         _h3,
         _h4,
-        _h5,
-        _h6,
-        _h7,
-        _h8,
         lr,
         clip_gradient,
         momentum,

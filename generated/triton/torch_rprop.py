@@ -103,7 +103,6 @@ def torch_rprop_kernel_body(
     offs,
     mask,
     _h0,
-    _h1,
     etaminus,
     etaplus,
     step_size_min,
@@ -116,7 +115,6 @@ def torch_rprop_kernel_body(
     # The update of one block, shared by torch_rprop_kernel and torch_rprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rprop, once per step):
     #   _h0: = 1 - 2*maximize, in specs/torch_rprop.py:50
-    #   _h1: = 2*maximize - 1, in specs/torch_rprop.py:49
     #   etaminus: hyperparameter
     #   etaplus: hyperparameter
     #   step_size_min: hyperparameter
@@ -143,14 +141,13 @@ def torch_rprop_kernel_body(
     _v4 = tl.maximum(step_size_min, _v3, propagate_nan=tl.PropagateNan.ALL)
     step_size_new = tl.minimum(step_size_max, _v4, propagate_nan=tl.PropagateNan.ALL)
     _v5 = _t2 != _t2
-    _v6 = _h1 * grad
-    _v7 = tl.abs(_v6)
-    _v8 = _v7 > 0.0
-    _v9 = tl.where(_t2, _v5, _v8)
-    _v10 = tl.where(prev_new > 0, 1.0, tl.where(prev_new < 0, -1.0, prev_new))
-    _v11 = tl.where(_v9, _v10, 0.0)
-    _v12 = step_size_new * _v11
-    weight_new = weight - _v12
+    _v6 = tl.abs(G)
+    _v7 = _v6 > 0.0
+    _v8 = tl.where(_t2, _v5, _v7)
+    _v9 = tl.where(prev_new > 0, 1.0, tl.where(prev_new < 0, -1.0, prev_new))
+    _v10 = tl.where(_v8, _v9, 0.0)
+    _v11 = step_size_new * _v10
+    weight_new = weight - _v11
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
     tl.store(prev_ptr + offs, prev_new.to(prev_ptr.dtype.element_ty), mask=mask)
     tl.store(step_size_ptr + offs, step_size_new.to(step_size_ptr.dtype.element_ty), mask=mask)
@@ -167,7 +164,6 @@ def torch_rprop_kernel(
     step_size_ptr,
     n_elements,
     _h0,
-    _h1,
     etaminus,
     etaplus,
     step_size_min,
@@ -180,7 +176,6 @@ def torch_rprop_kernel(
     mask = offs < n_elements
     # Host scalars arrive as Python floats (fp32 when compiled): compute in fp32.
     _h0 = tl.cast(_h0, tl.float32)
-    _h1 = tl.cast(_h1, tl.float32)
     etaminus = tl.cast(etaminus, tl.float32)
     etaplus = tl.cast(etaplus, tl.float32)
     step_size_min = tl.cast(step_size_min, tl.float32)
@@ -193,7 +188,6 @@ def torch_rprop_kernel(
         offs,
         mask,
         _h0,
-        _h1,
         etaminus,
         etaplus,
         step_size_min,
@@ -265,13 +259,12 @@ def torch_rprop_multi_kernel(
     found_inf = tl.load(found_inf_ptr)
     inv_scale = tl.div_rn(1.0, tl.load(grad_scale_ptr))
     mask = tl.where(found_inf == 0.0, mask, False)
-    # This tensor's host scalars: row `tensor` of the fp32 table (6 per tensor).
-    _h0 = tl.load(scalars_ptr + tensor * 6 + 0)
-    _h1 = tl.load(scalars_ptr + tensor * 6 + 1)
-    etaminus = tl.load(scalars_ptr + tensor * 6 + 2)
-    etaplus = tl.load(scalars_ptr + tensor * 6 + 3)
-    step_size_min = tl.load(scalars_ptr + tensor * 6 + 4)
-    step_size_max = tl.load(scalars_ptr + tensor * 6 + 5)
+    # This tensor's host scalars: row `tensor` of the fp32 table (5 per tensor).
+    _h0 = tl.load(scalars_ptr + tensor * 5 + 0)
+    etaminus = tl.load(scalars_ptr + tensor * 5 + 1)
+    etaplus = tl.load(scalars_ptr + tensor * 5 + 2)
+    step_size_min = tl.load(scalars_ptr + tensor * 5 + 3)
+    step_size_max = tl.load(scalars_ptr + tensor * 5 + 4)
     torch_rprop_kernel_body(
         weight_ptr,
         grad_ptr,
@@ -280,7 +273,6 @@ def torch_rprop_multi_kernel(
         offs,
         mask,
         _h0,
-        _h1,
         etaminus,
         etaplus,
         step_size_min,
