@@ -15,8 +15,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
 
 Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-without amsgrad too; the state_dict leaves it out there, as torch's does.
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+memory.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -40,7 +41,9 @@ decoupled = RULE.flag("decoupled_weight_decay", False, doc="decay the weight (Ad
 w, g, t = RULE.weight, RULE.grad, RULE.t
 exp_avg = RULE.state("exp_avg", 0, doc="first moment m")
 exp_avg_sq = RULE.state("exp_avg_sq", 0, doc="second moment v")
-max_exp_avg_sq = RULE.state("max_exp_avg_sq", 0, doc="running maximum of v (amsgrad)")
+max_exp_avg_sq = RULE.state(
+    "max_exp_avg_sq", 0, doc="running maximum of v (amsgrad)", absent_when={amsgrad: False}
+)
 
 # decoupled: the weight never enters G (0 * an infinite weight would be NaN), as torch's
 G = RULE.let(
@@ -65,7 +68,9 @@ RULE.update(w, w * decay - lr / (1 - beta1**t) * m_new / denom)
 RULE.test_case(beta1=0.3)  # lerp weight 1 - beta1 >= 0.5: torch_lerp's other form
 
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
-# where 0 * inf would be NaN), and one multiply-add less per element
+# where 0 * inf would be NaN), and one multiply-add less per element; without amsgrad first (no
+# max_exp_avg_sq), then with it (the first runs wherever that buffer is absent)
+RULE.special_case("plain", {weight_decay: 0, amsgrad: False}, doc="no weight decay or amsgrad")
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(

@@ -14,9 +14,11 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
-out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
-negative and the root NaN, is refused.
+At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
+``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
+memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
+there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
+here alpha > 1, which makes n negative and the root NaN, is refused.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
@@ -37,8 +39,11 @@ centered = RULE.flag("centered", False, doc="divide by an estimate of the gradie
 maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
 w, g = RULE.weight, RULE.grad
 square_avg = RULE.state("square_avg", 0, doc="running mean of g^2, n")
-momentum_buffer = RULE.state("momentum_buffer", 0, doc="momentum buffer b (momentum > 0)")
-grad_avg = RULE.state("grad_avg", 0, doc="running mean of g, a (centered)")
+plain = {momentum: 0, centered: False}  # torch's defaults: neither buffer exists
+momentum_buffer = RULE.state(
+    "momentum_buffer", 0, doc="momentum buffer b (momentum > 0)", absent_when=plain
+)
+grad_avg = RULE.state("grad_avg", 0, doc="running mean of g, a (centered)", absent_when=plain)
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 # torch's addcmul_(g, g, value=1 - alpha): ((1 - alpha) * g) * g, never g**2 (overflows first)
@@ -59,6 +64,8 @@ RULE.test_case(alpha=0.3, centered=True)  # lerp weight 1 - alpha >= 0.5: torch_
 
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
+# (torch's defaults first: no buffer but square_avg; then with momentum or centered)
+RULE.special_case("plain", {**plain, weight_decay: 0}, doc="no momentum, centering or decay")
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(

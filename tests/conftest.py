@@ -178,9 +178,15 @@ def input_names(source: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def states_present(module: Any) -> dict[str, float]:
     """Hyperparameters under which every state of ``module``'s rule exists: a state absent at
     some value (``absent_when``: torch_sgd's momentum buffer at momentum=0) is neither read nor
-    checked there, so a test of bad states sets that value plus 0.5."""
-    absent = importlib.import_module(f"generated.rules.{module.RULE}").ABSENT
-    return {h: v + 0.5 for when in absent.values() for h, v in when.items()}
+    checked there, so a test of bad states sets that value plus 0.5 (a flag: the other value,
+    torch_adam's amsgrad)."""
+    rules = importlib.import_module(f"generated.rules.{module.RULE}")
+    flags = {h for h, v in rules.HYPERPARAMS.items() if isinstance(v, bool)}
+    return {
+        h: (not v) if h in flags else v + 0.5
+        for when in rules.ABSENT.values()
+        for h, v in when.items()
+    }
 
 
 def step_inputs(source: Any, like: Any, t: int, seed: int = 0) -> dict[str, Any]:

@@ -397,19 +397,19 @@ def test_a_state_written_in_torchs_format_steps_as_a_loaded_one(case, monkeypatc
 @pytest.mark.parametrize(
     ("name", "options"),
     [
-        ("Adam", {"amsgrad": False}),
-        ("AdamW", {"amsgrad": False}),
-        ("RMSprop", {"centered": False, "momentum": 0.0}),
+        ("RMSprop", {"centered": False, "momentum": 0.9}),
+        ("RMSprop", {"centered": True, "momentum": 0.0}),
         ("Adafactor", {}),
     ],
 )
 def test_a_buffer_torch_does_not_keep_loads_as_a_first_step_makes_it(
     name: str, options: dict[str, Any]
 ) -> None:
-    """A state dict of torch's that lacks a buffer of ours (kept by neither at these settings:
-    amsgrad's maximum, RMSprop's mean gradient and momentum, Adafactor's factors of another
-    rank) loads it as our first step would make it: the NumPy module's ``init_state`` of that
-    parameter, in float32, where the parameter lives; a later switch (amsgrad on) starts there."""
+    """A state dict of torch's that lacks a buffer of ours (used by neither at these settings:
+    RMSprop's mean gradient with momentum alone, its momentum with centering alone, Adafactor's
+    factors of another rank) loads it as our first step would make it: the NumPy module's
+    ``init_state`` of that parameter, in float32, where the parameter lives; a later switch
+    (centered on) starts there."""
     torch.manual_seed(0)
     weights = [torch.randn(s) for s in SHAPES]
     theirs_p, ours_p = params_from(weights), params_from(weights)
@@ -434,12 +434,46 @@ def test_a_buffer_torch_does_not_keep_loads_as_a_first_step_makes_it(
     assert filled  # the case has a buffer torch does not keep
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("Adam", {}),
+        ("AdamW", {}),
+        ("Adam", {"amsgrad": True}),
+        ("RMSprop", {}),
+        ("SGD", {"momentum": 0.9}),
+        ("Adagrad", {}),
+        ("NAdam", {}),
+    ],
+)
+def test_state_memory_is_torchs(name: str, options: dict[str, Any]) -> None:
+    """After a step each parameter holds the buffers torch's holds, no more (Adam without
+    amsgrad: no ``max_exp_avg_sq``; RMSprop at its defaults: ``square_avg`` alone): the same
+    bytes of state as the torch.optim class replaced."""
+
+    def buffer_bytes(opt: torch.optim.Optimizer, p: torch.Tensor) -> int:
+        st = opt.state[p]
+        return sum(
+            v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v) and v.dim()
+        )
+
+    sizes = []
+    for module in (dropin, torch.optim):
+        p = torch.nn.Parameter(torch.randn(64, 8))
+        opt = getattr(module, name)([p], **options)
+        p.grad = torch.randn(64, 8)
+        opt.step()
+        sizes.append(buffer_bytes(opt, p))
+    assert sizes[0] == sizes[1] > 0
+
+
 def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer) -> None:
     """Our state_dict has torch's keys, group settings and (within ULPS) values."""
     mine, reference = ours.state_dict(), theirs.state_dict()
     assert mine.keys() - {"optgen_rule"} == reference.keys()
+    own = type(ours)._own()  # the rule's settings torch lacks (Muon's ns_dtype), where given
     for a, b in zip(mine["param_groups"], reference["param_groups"], strict=True):
-        assert a.keys() == b.keys()
+        assert a.keys() - own == b.keys()
         for key in b:
             assert a[key] == b[key], key
     assert mine["state"].keys() == reference["state"].keys()
@@ -661,11 +695,11 @@ def test_spec_named_factored_class_points_to_the_drop_in() -> None:
 
 def test_renamed_settings_follow_torchs_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """Muon's rule names two settings otherwise (``wd``, ``epsilon``; specs/muon.py): the
-    drop-in's groups keep torch's ``weight_decay`` and ``eps`` beside them, in step. Editing
-    torch's name between steps (as a user or a weight-decay schedule does) changes the step as
-    it changes torch's; editing the rule's does too and shows under torch's name; a group
-    that gives both, or edits both to different values, is refused before anything is
-    written; the state_dict has torch's names alone; optgen's own class keeps the rule's."""
+    drop-in's groups hold torch's ``weight_decay`` and ``eps`` alone, as torch's do (DCP's
+    flattened load rebuilds a state dict from the live keys). Editing torch's name between
+    steps (as a user or a weight-decay schedule does) changes the step as it changes torch's;
+    a group given the rule's name is refused before anything is written (it would change
+    nothing), in a step and in ``add_param_group``; optgen's own class keeps the rule's."""
     from generated.torch import Muon
 
     float32_newton_schulz(monkeypatch)
@@ -674,31 +708,29 @@ def test_renamed_settings_follow_torchs_names(monkeypatch: pytest.MonkeyPatch) -
     theirs_p, ours_p = params_from(weights), params_from(weights)
     theirs = torch.optim.Muon(theirs_p, lr=0.02, weight_decay=0.05)
     ours = dropin.Muon(ours_p, lr=0.02, weight_decay=0.05)
-    assert ours.param_groups[0]["wd"] == 0.05 and ours.param_groups[0]["epsilon"] == 1e-7
+    assert {"wd", "epsilon", "ns_a"}.isdisjoint(ours.param_groups[0])
     for t in range(1, 13):
-        if t == 4:  # torch's name
-            theirs.param_groups[0]["weight_decay"] = ours.param_groups[0]["weight_decay"] = 0.3
-        if t == 8:  # the rule's: torch's name follows
-            theirs.param_groups[0]["weight_decay"] = 0.0
-            ours.param_groups[0]["wd"] = 0.0
+        if t in (4, 8):  # torch's name, as a schedule edits it
+            weight_decay = 0.3 if t == 4 else 0.0
+            theirs.param_groups[0]["weight_decay"] = weight_decay
+            ours.param_groups[0]["weight_decay"] = weight_decay
         run([(theirs, theirs_p), (ours, ours_p)], range(t, t + 1))
-        if t >= 8:
-            assert ours.param_groups[0]["weight_decay"] == 0.0
     for a, b in zip(ours_p, theirs_p, strict=True):
         assert ulps(a, b) <= ULPS
     assert_same_state(ours, theirs)
-    assert {"wd", "epsilon"}.isdisjoint(ours.state_dict()["param_groups"][0])
     before = [p.detach().clone() for p in ours_p]
     saved = copy.deepcopy(ours.state_dict())
-    ours.param_groups[0]["weight_decay"], ours.param_groups[0]["wd"] = 0.2, 0.4
-    with pytest.raises(ValueError, match=r"Muon: weight_decay was set to 0.2 and wd to 0.4"):
+    ours.param_groups[0]["wd"] = 0.4
+    with pytest.raises(
+        ValueError, match=r"Muon: param group has 'wd', the rule's name of torch's "
+    ):
         run([(ours, ours_p)], range(13, 14))
     assert all(torch.equal(a, b) for a, b in zip(ours_p, before, strict=True))
     buffer = ours.state[ours_p[0]]["momentum_buffer"]
     assert torch.equal(buffer, saved["state"][0]["momentum_buffer"])
-    ours.param_groups[0]["wd"] = 0.2  # agreed again
+    del ours.param_groups[0]["wd"]
     extra = torch.nn.Parameter(torch.ones(2, 3))
-    with pytest.raises(ValueError, match=r"param group gives weight_decay=0.1 and wd=0.2"):
+    with pytest.raises(ValueError, match=r"param group has 'wd'.*; set weight_decay"):
         ours.add_param_group({"params": [extra], "weight_decay": 0.1, "wd": 0.2})
     with pytest.raises(ValueError, match=r"Muon: eps must be a single value, got \(1e-07,\)"):
         dropin.Muon([extra], eps=(1e-7,))
@@ -1028,3 +1060,76 @@ def test_state_dict_hooks_see_torchs_format() -> None:
     fresh.register_load_state_dict_pre_hook(pre)
     fresh.load_state_dict(copy.deepcopy(theirs.state_dict()))
     assert "sum" in seen["pre"]["state"][0] and fresh.param_groups[0]["lr"] == 0.5
+
+
+# torch.distributed.checkpoint's flattened load rebuilds a state dict from the live group keys
+# and state names: those of Adagrad ('sum', kept as the rule's 'state_sum') and Adafactor
+# ('row_var'/'col_var', the rule's 'row'/'col') differ from their state_dict's
+FLATTEN_REFUSED = {"Adagrad": "state_sum", "Adafactor": "row"}
+FLATTEN_CASES = [
+    *((name, {}) for name in sorted(dropin.__all__) if name != "SparseAdam"),
+    ("Adam", {"amsgrad": True}),
+    ("RMSprop", {"momentum": 0.9}),
+    ("RMSprop", {"centered": True}),
+    ("SGD", {"momentum": 0.9}),
+]
+
+
+def _flat_model(name: str) -> torch.nn.Module:
+    bias = name != "Muon"  # (Muon takes matrices alone)
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 3, bias=bias), torch.nn.Tanh(), torch.nn.Linear(3, 2, bias=bias)
+    )
+
+
+def _flat_train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    for t in steps:
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(t))
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("case", FLATTEN_CASES, ids=case_id)
+def test_dcp_flattened_state_dict_resumes(case: tuple[str, dict[str, Any]]) -> None:
+    """torch.distributed.checkpoint with ``flatten_optimizer_state_dict=True`` (torchtitan's
+    setting: its load rebuilds the state dict from the optimizer's live group keys and state
+    names, so the drop-in's must be its state_dict's): saved after 3 steps and loaded into a
+    fresh optimizer, 3 more steps equal an unbroken run to the bit; torch.optim's flattened
+    state dict loads too (torch's values). Adagrad and Adafactor keep a buffer under another
+    name than torch's: refused, naming the setting to use."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    name, options = case
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    settings = {"lr": LR[name], **options}
+    unbroken, saver = _flat_model(name), _flat_model(name)
+    whole = getattr(dropin, name)(unbroken.parameters(), **settings)
+    _flat_train(unbroken, whole, range(1, 7))
+    first = getattr(dropin, name)(saver.parameters(), **settings)
+    _flat_train(saver, first, range(1, 4))
+    saved = get_optimizer_state_dict(saver, first, options=flat)
+    assert all(not isinstance(v, dict) for v in saved.values())  # flattened
+    loader = copy.deepcopy(saver)
+    resumed = getattr(dropin, name)(loader.parameters(), **settings)
+    if name in FLATTEN_REFUSED:
+        with pytest.raises(ValueError, match=rf"'{FLATTEN_REFUSED[name]}' = \{{\}}.*=False"):
+            set_optimizer_state_dict(loader, resumed, saved, options=flat)
+        return
+    set_optimizer_state_dict(loader, resumed, saved, options=flat)
+    _flat_train(loader, resumed, range(4, 7))
+    for a, b in zip(loader.parameters(), unbroken.parameters(), strict=True):
+        assert torch.equal(a, b)
+    theirs_model = _flat_model(name)
+    theirs = getattr(torch.optim, name)(theirs_model.parameters(), **settings)
+    _flat_train(theirs_model, theirs, range(1, 4))
+    mine = copy.deepcopy(theirs_model)
+    ours = getattr(dropin, name)(mine.parameters(), **settings)
+    torchs = get_optimizer_state_dict(theirs_model, theirs, options=flat)
+    set_optimizer_state_dict(mine, ours, torchs, options=flat)
+    assert_same_state(ours, theirs)

@@ -533,17 +533,20 @@ def test_state_dict_exchange_with_torch(rule: str, direction: str) -> None:
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("rule", "peer"), [("torch_adam", "Adam"), ("torch_rmsprop", "RMSprop")])
-def test_a_buffer_torch_did_not_make_loads_as_a_first_step_makes_it(rule: str, peer: str) -> None:
+@pytest.mark.parametrize("settings", [{"momentum": 0.9}, {"centered": True}])
+def test_a_buffer_torch_did_not_make_loads_as_a_first_step_makes_it(
+    settings: dict[str, Any],
+) -> None:
     """``load_torch_state_dict`` from a torch optimizer that never made one of our buffers at
-    its settings (Adam's amsgrad maximum, RMSprop's mean gradient and momentum at the
-    defaults): that buffer is the NumPy module's ``init_state`` of the parameter, float32,
-    where the parameter lives, as our first step would have made it."""
+    its settings (RMSprop's mean gradient with momentum alone, its momentum with centering
+    alone): that buffer is the NumPy module's ``init_state`` of the parameter, float32, where
+    the parameter lives, as our first step would have made it."""
+    rule, peer = "torch_rmsprop", "RMSprop"
     params = make_params()
     theirs_p = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    theirs = getattr(torch.optim, peer)(theirs_p, lr=0.01)
+    theirs = getattr(torch.optim, peer)(theirs_p, lr=0.01, **settings)
     train(None, 2, params=theirs_p, opt=theirs)
-    ours = CLASSES[rule](params, lr=0.01)
+    ours = CLASSES[rule](params, lr=0.01, **settings)
     ours.load_torch_state_dict(copy.deepcopy(theirs.state_dict()))
     meta, filled = type(ours).META, 0
     for p, q in zip(params, theirs_p, strict=True):
@@ -925,7 +928,8 @@ def test_betas_and_beta1_stay_in_step() -> None:
 
 def test_betas_set_in_the_defaults_reach_a_group_added_later() -> None:
     """torch's ``optimizer.defaults["betas"] = ...`` before ``add_param_group``: the new group
-    takes the defaults' betas (and beta1/beta2 with them), as torch's does."""
+    takes the defaults' betas (and beta1/beta2 with them: in the group, or, for the drop-in,
+    whose groups hold torch's keys alone, read from it), as torch's does."""
     from generated.torch import optim
 
     params = make_params()
@@ -933,8 +937,13 @@ def test_betas_set_in_the_defaults_reach_a_group_added_later() -> None:
         opt.defaults["betas"] = (0.5, 0.6)
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
         group = opt.param_groups[-1]
-        assert group["betas"] == (0.5, 0.6) and (group["beta1"], group["beta2"]) == (0.5, 0.6)
-        opt.defaults["beta2"] = 0.7  # the name changed: the defaults' betas follows
+        hp = opt._hyper(group)
+        assert group["betas"] == (0.5, 0.6) and (hp["beta1"], hp["beta2"]) == (0.5, 0.6)
+        if isinstance(opt, optim.Adam):
+            assert "beta1" not in group and "beta1" not in opt.defaults
+            opt.defaults["betas"] = (0.5, 0.7)
+        else:
+            opt.defaults["beta2"] = 0.7  # the name changed: the defaults' betas follows
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
         assert opt.param_groups[-1]["betas"] == (0.5, 0.7)
         assert opt.param_groups[0]["betas"] == (0.9, 0.999)  # the first group keeps its own
@@ -944,11 +953,19 @@ def test_a_group_put_in_its_place_keeps_its_betas() -> None:
     """A copy of a group put in its place (``param_groups[0] = {**group, "betas": ...}``, the
     same params list) steps with its betas, as torch's does; a group of torch's keys alone
     takes beta1/beta2 from its betas; a new dict whose betas and beta1 disagree is refused,
-    naming both, before anything is written."""
+    naming both, before anything is written (the generated class, whose groups keep both; a
+    drop-in's hold torch's keys alone and step with the new dict's betas)."""
     from generated.torch import optim
 
     params = make_params()
-    opt = optim.Adam(params)
+    dropped = optim.Adam(params)
+    train(None, 1, params=params, opt=dropped)
+    dropped.param_groups[0] = {**dropped.param_groups[0], "betas": (0.5, 0.6)}
+    train(None, 1, params=params, opt=dropped)
+    group = dropped.param_groups[0]
+    assert "beta1" not in group and dropped._hyper(group)["beta1"] == 0.5
+    params = make_params()
+    opt = CLASSES["adam"](params)
     train(None, 1, params=params, opt=opt)
     opt.param_groups[0] = {**opt.param_groups[0], "betas": (0.5, 0.6)}
     train(None, 1, params=params, opt=opt)

@@ -24,8 +24,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
 
 Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-without amsgrad too; the state_dict leaves it out there, as torch's does.
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+memory.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -45,6 +46,7 @@ from optgen_runtime.common import (
     BITS,
     MASTER,
     PLAIN,
+    absent_states,
     check_step_count,
     commit,
     matches,
@@ -88,6 +90,8 @@ from ..rules.torch_adam import (
     host_scalars,
 )
 from . import torch_adam_no_decay as _no_decay
+from . import torch_adam_plain as _plain
+from . import torch_adam_without_max_exp_avg_sq as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
@@ -148,15 +152,15 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adam, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:54
-    #   _h1: = (decoupled_weight_decay > 0), in specs/torch_adam.py:54
-    #   _h2: = 1 - beta1, in specs/torch_adam.py:54
-    #   _h3: = -beta1, in specs/torch_adam.py:54
-    #   _h4: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adam.py:54
-    #   _h5: = 1 - beta2, in specs/torch_adam.py:56
-    #   _h6: = (amsgrad > 0), in specs/torch_adam.py:57
-    #   _h7: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63
-    #   _h8: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:63
+    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:57
+    #   _h1: = (decoupled_weight_decay > 0), in specs/torch_adam.py:57
+    #   _h2: = 1 - beta1, in specs/torch_adam.py:57
+    #   _h3: = -beta1, in specs/torch_adam.py:57
+    #   _h4: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adam.py:57
+    #   _h5: = 1 - beta2, in specs/torch_adam.py:59
+    #   _h6: = (amsgrad > 0), in specs/torch_adam.py:60
+    #   _h7: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:66
+    #   _h8: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:66
     #   beta2: hyperparameter
     #   eps: hyperparameter
     #   weight_decay: hyperparameter
@@ -168,9 +172,9 @@ def _update_chunk(
         exp_avg = load(exp_avg_buf, _i)
         exp_avg_sq = load(exp_avg_sq_buf, _i)
         max_exp_avg_sq = load(max_exp_avg_sq_buf, _i)
-        # specs/torch_adam.py:46: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
+        # specs/torch_adam.py:49: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         G = _h0 * grad
-        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
+        # specs/torch_adam.py:57: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         _v0 = _h1 != _T(0.0)
         _v1 = weight_decay * weight
         _v2 = G + _v1
@@ -182,12 +186,12 @@ def _update_chunk(
         _v6 = _h2 * _t3
         _v7 = exp_avg + _v6
         exp_avg_new = _v7 if _v3 else _v5
-        # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
+        # specs/torch_adam.py:59: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         _v8 = beta2 * exp_avg_sq
         _v9 = _h5 * _t1
         _v10 = _t1 * _v9
         exp_avg_sq_new = _v8 + _v10
-        # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        # specs/torch_adam.py:60: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         _t6 = (
             exp_avg_sq_new
             if (exp_avg_sq_new > max_exp_avg_sq or exp_avg_sq_new != exp_avg_sq_new)
@@ -195,8 +199,8 @@ def _update_chunk(
         )
         _v11 = _h6 != _T(0.0)
         max_exp_avg_sq_new = _t6 if _v11 else max_exp_avg_sq
-        # specs/torch_adam.py:62: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        # specs/torch_adam.py:65: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:66: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         _v12 = decay * weight
         _v13 = _h6 != _T(0.0)
         _v14 = np.sqrt(exp_avg_sq_new)
@@ -408,9 +412,17 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0, amsgrad = 0: that variant's update
+    if matches(SPECIAL["torch_adam_plain"], hp):
+        return run_variant(_plain.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams)
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
+    # amsgrad = 0: no max_exp_avg_sq: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams
+        )
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -429,9 +441,19 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0, amsgrad = 0: that variant's update
+    if matches(SPECIAL["torch_adam_plain"], hp):
+        return run_variant(
+            _plain.step_multi, weights, grads, states, t, ("max_exp_avg_sq",), **hyperparams
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
+    # amsgrad = 0: no max_exp_avg_sq: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step_multi, weights, grads, states, t, ("max_exp_avg_sq",), **hyperparams
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -451,9 +473,19 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0, amsgrad = 0: that variant's update
+    if matches(SPECIAL["torch_adam_plain"], hp):
+        return run_variant(
+            _plain.step_prechecked, weights, grads, states, t, ("max_exp_avg_sq",), **hyperparams
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
+    # amsgrad = 0: no max_exp_avg_sq: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step_prechecked, weights, grads, states, t, ("max_exp_avg_sq",), **hyperparams
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -473,9 +505,15 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0, amsgrad = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_adam_plain"], hp):
+        return _plain.step_buffers(buffers, states, t, **hyperparams)
     # weight_decay = 0: that variant's update (``buffers``: its columns)
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return _no_decay.step_buffers(buffers, states, t, **hyperparams)
+    # amsgrad = 0: no max_exp_avg_sq: that variant's update (``buffers``: its columns)
+    if absent_states(ABSENT, hp):
+        return _variant.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

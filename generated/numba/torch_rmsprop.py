@@ -23,9 +23,11 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
-out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
-negative and the root NaN, is refused.
+At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
+``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
+memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
+there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
+here alpha > 1, which makes n negative and the root NaN, is refused.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
@@ -44,6 +46,7 @@ from optgen_runtime.common import (
     BITS,
     MASTER,
     PLAIN,
+    absent_states,
     check_step_count,
     commit,
     matches,
@@ -87,6 +90,8 @@ from ..rules.torch_rmsprop import (
     host_scalars,
 )
 from . import torch_rmsprop_no_decay as _no_decay
+from . import torch_rmsprop_plain as _plain
+from . import torch_rmsprop_without_momentum_buffer_grad_avg as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
@@ -146,13 +151,13 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rmsprop, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:45
-    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:45
-    #   _h2: = -alpha, in specs/torch_rmsprop.py:51
-    #   _h3: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:51
-    #   _h4: = (centered > 0), in specs/torch_rmsprop.py:51
-    #   _h5: = (momentum > 0), in specs/torch_rmsprop.py:51
-    #   _h6: = -lr, in specs/torch_rmsprop.py:56
+    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
+    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:50
+    #   _h2: = -alpha, in specs/torch_rmsprop.py:56
+    #   _h3: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:56
+    #   _h4: = (centered > 0), in specs/torch_rmsprop.py:56
+    #   _h5: = (momentum > 0), in specs/torch_rmsprop.py:56
+    #   _h6: = -lr, in specs/torch_rmsprop.py:61
     #   lr: hyperparameter
     #   alpha: hyperparameter
     #   eps: hyperparameter
@@ -165,23 +170,23 @@ def _update_chunk(
         square_avg = load(square_avg_buf, _i)
         momentum_buffer = load(momentum_buffer_buf, _i)
         grad_avg = load(grad_avg_buf, _i)
-        # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+        # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         _v2 = alpha * square_avg
         _v3 = _h1 * G
         _v4 = G * _v3
         square_avg_new = _v2 + _v4
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:52: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         _t3 = G - grad_avg
         _v5 = _h1 * _t3
         _t4 = grad_avg + _v5
         _v6 = _h2 * _t3
         _t5 = G + _v6
-        # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:53: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:56: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         _v7 = _h4 != _T(0.0)
         _v8 = np.sqrt(square_avg_new)
         _v9 = _h4 != _T(0.0)
@@ -204,7 +209,7 @@ def _update_chunk(
         _v24 = _h3 != _T(0.0)
         _v25 = _t4 if _v24 else _t5
         grad_avg_new = _v25 if _v23 else grad_avg
-        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
+        # specs/torch_rmsprop.py:61: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         _v26 = _h5 != _T(0.0)
         _v27 = lr * G
         _v28 = _v27 / _t6
@@ -407,9 +412,19 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # momentum = 0, centered = 0, weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_plain"], hp):
+        return run_variant(
+            _plain.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
+    # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
+        )
     t = check_step_count(RULE, t)
     buffers = prepare(
         RULE, [weight], [grad], [state], STATES, HOST_STATES, {}, "single", even=EVEN_CHUNKS
@@ -428,9 +443,31 @@ def step_multi(
     step count, or one per tensor. Every tensor is checked, and every host scalar
     computed, before anything is written."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # momentum = 0, centered = 0, weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_plain"], hp):
+        return run_variant(
+            _plain.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer", "grad_avg"),
+            **hyperparams,
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
+    # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer", "grad_avg"),
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "multi", even=EVEN_CHUNKS
@@ -450,9 +487,31 @@ def step_prechecked(
     write): the arrays are taken as they are; hyperparameters, step counts and host scalars
     are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # momentum = 0, centered = 0, weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_plain"], hp):
+        return run_variant(
+            _plain.step_prechecked,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer", "grad_avg"),
+            **hyperparams,
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
+    # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step_prechecked,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer", "grad_avg"),
+            **hyperparams,
+        )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
         RULE, weights, grads, states, STATES, HOST_STATES, {}, "prechecked", even=EVEN_CHUNKS
@@ -472,9 +531,15 @@ def step_buffers(
     when nothing changed since): ``states`` only for their host states (none: unused);
     hyperparameters, step counts and host scalars are still checked."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # momentum = 0, centered = 0, weight_decay = 0: that variant's update (``buffers``: its columns)
+    if matches(SPECIAL["torch_rmsprop_plain"], hp):
+        return _plain.step_buffers(buffers, states, t, **hyperparams)
     # weight_decay = 0: that variant's update (``buffers``: its columns)
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return _no_decay.step_buffers(buffers, states, t, **hyperparams)
+    # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's update (``buffers``: its columns)
+    if absent_states(ABSENT, hp):
+        return _variant.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

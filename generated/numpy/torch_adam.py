@@ -19,8 +19,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
 
 Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-without amsgrad too; the state_dict leaves it out there, as torch's does.
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+memory.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.common import (
+    absent_states,
     check_step_count,
     commit,
     host_state_values,
@@ -66,6 +68,8 @@ from ..rules.torch_adam import (
     host_scalars,
 )
 from . import torch_adam_no_decay as _no_decay
+from . import torch_adam_plain as _plain
+from . import torch_adam_without_max_exp_avg_sq as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
@@ -116,9 +120,17 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # weight_decay = 0, amsgrad = 0: that variant's update
+    if matches(SPECIAL["torch_adam_plain"], hp):
+        return run_variant(_plain.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams)
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
+    # amsgrad = 0: no max_exp_avg_sq: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams
+        )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _exp_avg_flat, _exp_avg_sq_flat, _max_exp_avg_sq_flat = flat_views(
@@ -141,9 +153,9 @@ def step(
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
         _b2 = scratch[2, : stop - start]
-        # specs/torch_adam.py:46: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
+        # specs/torch_adam.py:49: G = Piecewise((grad*(1 - 2*maximize), decoupled_weight_decay > 0), (grad*(1 - 2*maximize) + weight*weight_decay, True))
         np.multiply(_h0, _grad, out=_b0)
-        # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
+        # specs/torch_adam.py:57: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
         __v0 = np.not_equal(_h1, 0.0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b1)
@@ -156,17 +168,17 @@ def step(
         np.add(_exp_avg, _b1, out=_b1)
         np.copyto(_exp_avg, _b2)
         np.copyto(_exp_avg, _b1, where=__v3)
-        # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
+        # specs/torch_adam.py:59: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
         np.multiply(beta2, _exp_avg_sq, out=_b1)
         np.multiply(_h5, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b0)
         np.add(_b1, _b0, out=_exp_avg_sq)
-        # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+        # specs/torch_adam.py:60: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
         np.maximum(_exp_avg_sq, _max_exp_avg_sq, out=_b0)
         __v11 = np.not_equal(_h6, 0.0)
         np.copyto(_max_exp_avg_sq, _b0, where=__v11)
-        # specs/torch_adam.py:62: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-        # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+        # specs/torch_adam.py:65: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+        # specs/torch_adam.py:66: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
         np.multiply(decay, _weight, out=_b1)
         __v13 = np.not_equal(_h6, 0.0)
         np.sqrt(_exp_avg_sq, out=_b2)

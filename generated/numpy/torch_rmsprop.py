@@ -18,9 +18,11 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
-out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
-negative and the root NaN, is refused.
+At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
+``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
+memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
+there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
+here alpha > 1, which makes n negative and the root NaN, is refused.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.common import (
+    absent_states,
     check_step_count,
     commit,
     host_state_values,
@@ -65,6 +68,8 @@ from ..rules.torch_rmsprop import (
     host_scalars,
 )
 from . import torch_rmsprop_no_decay as _no_decay
+from . import torch_rmsprop_plain as _plain
+from . import torch_rmsprop_without_momentum_buffer_grad_avg as _variant
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
@@ -115,9 +120,19 @@ def step(
 ) -> None:
     """Update ``weight`` and ``state`` in place for step ``t`` (1 on the first step)."""
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
+    # momentum = 0, centered = 0, weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_plain"], hp):
+        return run_variant(
+            _plain.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
+    # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's update
+    if absent_states(ABSENT, hp):
+        return run_variant(
+            _variant.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
+        )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
     _weight_flat, _grad_flat, _square_avg_flat, _momentum_buffer_flat, _grad_avg_flat = flat_views(
@@ -144,23 +159,23 @@ def step(
         _b4 = scratch[4, : stop - start]
         _b5 = scratch[5, : stop - start]
         _b6 = scratch[6, : stop - start]
-        # specs/torch_rmsprop.py:43: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_rmsprop.py:45: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+        # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         np.multiply(alpha, _square_avg, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_rmsprop.py:47: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:52: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         np.subtract(_b0, _grad_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b2)
         np.add(_grad_avg, _b2, out=_b2)
         np.multiply(_h2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b1)
-        # specs/torch_rmsprop.py:48: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:51: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:53: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:56: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         __v7 = np.not_equal(_h4, 0.0)
         np.sqrt(_square_avg, out=_b3)
         __v9 = np.not_equal(_h4, 0.0)
@@ -183,7 +198,7 @@ def step(
         __v24 = np.not_equal(_h3, 0.0)
         np.copyto(_b1, _b2, where=__v24)
         np.copyto(_grad_avg, _b1, where=__v23)
-        # specs/torch_rmsprop.py:56: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
+        # specs/torch_rmsprop.py:61: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         __v26 = np.not_equal(_h5, 0.0)
         np.multiply(lr, _b0, out=_b0)
         np.divide(_b0, _b3, out=_b0)

@@ -19,8 +19,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
 
 Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-without amsgrad too; the state_dict leaves it out there, as torch's does.
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+memory.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -86,12 +87,15 @@ HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (state(absent_when=...)): a step at
 # those values runs the modules of VARIANT, generated.<target>.<VARIANT>, which neither read nor
 # write them (codegen/variants.py).
-ABSENT: dict[str, dict[str, float]] = {}
-VARIANT: str | None = None
+ABSENT: dict[str, dict[str, float]] = {"max_exp_avg_sq": {"amsgrad": 0.0}}
+VARIANT: str | None = "torch_adam_without_max_exp_avg_sq"
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
 # with them substituted exactly, without the ABSENT states they include (the first that matches;
 # codegen/variants.py).
-SPECIAL: dict[str, dict[str, float]] = {"torch_adam_no_decay": {"weight_decay": 0.0}}
+SPECIAL: dict[str, dict[str, float]] = {
+    "torch_adam_plain": {"weight_decay": 0.0, "amsgrad": 0.0},
+    "torch_adam_no_decay": {"weight_decay": 0.0},
+}
 # The torch.optim optimizer whose state_dict the torch class exchanges (ours = factor * torch's).
 TORCH = TorchEquivalent(
     "Adam",
@@ -133,15 +137,15 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:54",
-    "_h1": "= (decoupled_weight_decay \u003e 0), in specs/torch_adam.py:54",
-    "_h2": "= 1 - beta1, in specs/torch_adam.py:54",
-    "_h3": "= -beta1, in specs/torch_adam.py:54",
-    "_h4": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_adam.py:54",
-    "_h5": "= 1 - beta2, in specs/torch_adam.py:56",
-    "_h6": "= (amsgrad \u003e 0), in specs/torch_adam.py:57",
-    "_h7": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63",
-    "_h8": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:63",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:57",
+    "_h1": "= (decoupled_weight_decay \u003e 0), in specs/torch_adam.py:57",
+    "_h2": "= 1 - beta1, in specs/torch_adam.py:57",
+    "_h3": "= -beta1, in specs/torch_adam.py:57",
+    "_h4": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_adam.py:57",
+    "_h5": "= 1 - beta2, in specs/torch_adam.py:59",
+    "_h6": "= (amsgrad \u003e 0), in specs/torch_adam.py:60",
+    "_h7": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:66",
+    "_h8": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:66",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",
@@ -172,19 +176,19 @@ def host_scalars(
     decoupled_weight_decay: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adam.py:53: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
+    # specs/torch_adam.py:56: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
-    # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
+    # specs/torch_adam.py:57: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = decoupled_weight_decay > 0
     _h2 = 1 - beta1
     _h3 = -beta1
     _h4 = abs(beta1 - 1) < (1 / 2)
-    # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
+    # specs/torch_adam.py:59: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _h5 = 1 - beta2
-    # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    # specs/torch_adam.py:60: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _h6 = amsgrad > 0
-    # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    # specs/torch_adam.py:66: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _h7 = 1.0 / math.sqrt(1 - beta2**t)
     _h8 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, beta2, eps, weight_decay, decay)

@@ -21,8 +21,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
 
 Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-without amsgrad too; the state_dict leaves it out there, as torch's does.
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+memory.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -117,14 +118,14 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:54",
-    "_h1": "= 1 - beta1, in specs/torch_adam.py:54",
-    "_h2": "= -beta1, in specs/torch_adam.py:54",
-    "_h3": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_adam.py:54",
-    "_h4": "= (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:56",
-    "_h5": "= (amsgrad \u003e 0), in specs/torch_adam.py:57",
-    "_h6": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63",
-    "_h7": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:63",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adam.py:57",
+    "_h1": "= 1 - beta1, in specs/torch_adam.py:57",
+    "_h2": "= -beta1, in specs/torch_adam.py:57",
+    "_h3": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_adam.py:57",
+    "_h4": "= (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:59",
+    "_h5": "= (amsgrad \u003e 0), in specs/torch_adam.py:60",
+    "_h6": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:66",
+    "_h7": "= -lr/(1 - beta1 ** t), in specs/torch_adam.py:66",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -153,16 +154,16 @@ def host_scalars(
     decoupled_weight_decay: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
+    # specs/torch_adam.py:57: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = 1 - beta1
     _h2 = -beta1
     _h3 = abs(beta1 - 1) < (1 / 2)
-    # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
+    # specs/torch_adam.py:59: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _h4 = (1 - beta2) * (1 - 2 * maximize)
-    # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    # specs/torch_adam.py:60: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _h5 = amsgrad > 0
-    # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    # specs/torch_adam.py:66: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _h6 = 1.0 / math.sqrt(1 - beta2**t)
     _h7 = -lr / (1 - beta1**t)
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, beta2, eps)

@@ -2542,8 +2542,9 @@ class TorchAdam(GeneratedOptimizer):
 
     Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
     never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-    ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-    without amsgrad too; the state_dict leaves it out there, as torch's does.
+    ``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+    ``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+    memory.
 
     At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
     (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -2841,9 +2842,11 @@ class TorchRMSprop(GeneratedOptimizer):
         else:         w <- w - lr * g / avg
 
     Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-    ``grad_avg`` and ``momentum_buffer`` are kept (at 0) when unused; the state_dict leaves them
-    out there, as torch's does. torch accepts any alpha >= 0; here alpha > 1, which makes n
-    negative and the root NaN, is refused.
+    At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
+    ``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
+    memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
+    there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
+    here alpha > 1, which makes n negative and the root NaN, is refused.
 
     At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
     ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite

@@ -21,8 +21,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, ``max_e
 
 Unlike MXNet's Adam, eps is added after the bias correction of sqrt(v), and weight decay is
 never clipped (torch has no rescale_grad or clip_gradient). ``AdamW`` is torch's subclass with
-``decoupled_weight_decay=True`` and ``weight_decay=0.01``. ``max_exp_avg_sq`` is kept (at 0)
-without amsgrad too; the state_dict leaves it out there, as torch's does.
+``decoupled_weight_decay=True`` and ``weight_decay=0.01``. Without amsgrad there is no
+``max_exp_avg_sq`` (``absent_when``), as torch keeps none: two buffers per parameter, torch's
+memory.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -127,14 +128,14 @@ def torch_adam_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_adam_no_decay_kernel and torch_adam_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adam_no_decay, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:54
-    #   _h1: = 1 - beta1, in specs/torch_adam.py:54
-    #   _h2: = -beta1, in specs/torch_adam.py:54
-    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adam.py:54
-    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:56
-    #   _h5: = (amsgrad > 0), in specs/torch_adam.py:57
-    #   _h6: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:63
-    #   _h7: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:63
+    #   _h0: = 1 - 2*maximize, in specs/torch_adam.py:57
+    #   _h1: = 1 - beta1, in specs/torch_adam.py:57
+    #   _h2: = -beta1, in specs/torch_adam.py:57
+    #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_adam.py:57
+    #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_adam.py:59
+    #   _h5: = (amsgrad > 0), in specs/torch_adam.py:60
+    #   _h6: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/torch_adam.py:66
+    #   _h7: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:66
     #   beta2: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -144,9 +145,9 @@ def torch_adam_no_decay_kernel_body(
     exp_avg = tl.load(exp_avg_ptr + offs, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
     max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adam.py:46: G = grad*(1 - 2*maximize) (at weight_decay = 0)
+    # specs/torch_adam.py:49: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h0 * grad
-    # specs/torch_adam.py:54: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
+    # specs/torch_adam.py:57: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _t2 = G - exp_avg
     _v0 = _h3 != 0.0
     _v1 = _h2 * _t2
@@ -154,17 +155,17 @@ def torch_adam_no_decay_kernel_body(
     _v3 = _h1 * _t2
     _v4 = exp_avg + _v3
     exp_avg_new = tl.where(_v0, _v4, _v2)
-    # specs/torch_adam.py:56: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
+    # specs/torch_adam.py:59: exp_avg_sq_new = G*((G*(1 - beta2))) + beta2*exp_avg_sq
     _v5 = beta2 * exp_avg_sq
     _v6 = _h4 * grad
     _v7 = G * _v6
     exp_avg_sq_new = _v5 + _v7
-    # specs/torch_adam.py:57: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
+    # specs/torch_adam.py:60: max_exp_avg_sq_new = Piecewise((Max(exp_avg_sq_new, max_exp_avg_sq), amsgrad > 0), (max_exp_avg_sq, True))
     _t5 = tl.maximum(exp_avg_sq_new, max_exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
     _v8 = _h5 != 0.0
     max_exp_avg_sq_new = tl.where(_v8, _t5, max_exp_avg_sq)
-    # specs/torch_adam.py:62: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
-    # specs/torch_adam.py:63: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
+    # specs/torch_adam.py:65: denom = eps + Piecewise((sqrt(max_exp_avg_sq_new), amsgrad > 0), (sqrt(exp_avg_sq_new), True))/sqrt(1 - beta2**t)
+    # specs/torch_adam.py:66: weight_new = decay*weight - exp_avg_new*lr/(denom*(1 - beta1**t))
     _v9 = _h5 != 0.0
     _v10 = tl.sqrt_rn(exp_avg_sq_new)
     _v11 = tl.sqrt_rn(_t5)

@@ -3,9 +3,10 @@
 Rules whose torch equivalent keeps a tuple (``betas``) also keep that tuple in every group, in
 step with ``beta1``/``beta2``: whichever of the two a user or a scheduler (OneCycleLR, CyclicLR
 with ``cycle_momentum``) changed since the last step wins. A drop-in class
-(:mod:`~optgen_runtime.optim.dropin`) keeps torch's name of a renamed hyperparameter the same
-way (``Muon``'s ``weight_decay`` beside the rule's ``wd``): an alias of one item that the group
-holds as a plain value, not a tuple (``_renames``).
+(:mod:`~optgen_runtime.optim.dropin`) maps torch's name of a renamed hyperparameter the same
+way (``Muon``'s ``weight_decay`` to the rule's ``wd``: an alias of one item, held as a plain
+value, not a tuple: ``_renames``), but its groups hold torch's keys alone: it reads the items
+from them at each step and syncs nothing (``DropIn._hyper``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ class TupleAliases:
             aliases[theirs] = [(0, ours)]
         cls._ALIASES = aliases
         return aliases
+
+    def _group_keys(self) -> tuple[str, ...]:
+        """The keys of a param group that hold the rule's hyperparameters: the fast step's
+        record of what the last step resolved (a drop-in's: torch's keys alone)."""
+        return (*self.META.HYPERPARAMS, *self._aliases())
+
+    def _required_keys(self) -> tuple[str, ...]:
+        """The keys a saved param group must hold (``betas`` is filled in from the names)."""
+        return tuple(self.META.HYPERPARAMS)
 
     def _stored(self, base: str, items: tuple[Any, ...] | list[Any]) -> Any:
         """What a group keeps under ``base`` for these items: the value of a renamed one."""

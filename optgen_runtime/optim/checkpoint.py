@@ -188,7 +188,7 @@ class Checkpoint:
                     f"{len(saved['params'])} parameters, the optimizer's {len(g['params'])}"
                 )
         for saved in saved_groups:
-            missing = [k for k in self.META.HYPERPARAMS if k not in saved]
+            missing = [k for k in self._required_keys() if k not in saved]
             if missing:
                 raise ValueError(self._foreign(f"its param groups lack {missing}"))
             self._check(saved)

@@ -1,15 +1,18 @@
 """Drop-in ``torch.optim`` classes (``generated/torch/optim.py``): torch's constructor and
 state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``specs/torch_*.py``).
 
-- Constructor: torch's arguments and defaults (generated from the spec). A torch tuple
-  (``betas``, ``etas``) sets the hyperparameters of its items (``beta1``, ``beta2``), which every
-  group keeps next to it, in step with it (:mod:`~optgen_runtime.optim.aliases`: a scheduler may
-  edit either); the class's ``FIXED`` settings (AdamW's ``decoupled_weight_decay=True``) are
-  always passed. The keyword-only ``multi_precision`` and ``backend`` are optgen's own, and so
-  is each hyperparameter of the rule that torch has no argument for (Muon's ``ns_dtype``):
-  keyword-only, at the rule's default, kept in the groups (a group may set its own) but, like
-  ``backend``, not in the state_dict, which stays torch's: a checkpoint loaded gets the loading
-  optimizer's constructor value.
+- Constructor: torch's arguments and defaults (generated from the spec). The param groups
+  hold torch's keys alone, as torch's do: a torch tuple (``betas``, ``etas``) is read into the
+  rule's hyperparameters of its items (``beta1``, ``beta2``) at each step (``_hyper``; a
+  scheduler edits the tuple), and a renamed setting likewise (Muon's ``weight_decay`` is the
+  rule's ``wd``); a group given a rule's name of one is refused. So the live keys are the
+  state_dict's, which torch.distributed.checkpoint's flattened load
+  (``flatten_optimizer_state_dict=True``) rebuilds the state dict from. The class's ``FIXED``
+  settings (AdamW's ``decoupled_weight_decay=True``) are always passed. The keyword-only
+  ``multi_precision`` and ``backend`` are optgen's own, and so is each hyperparameter of the
+  rule that torch has no argument for (Muon's ``ns_dtype``): keyword-only, at the rule's
+  default; given otherwise, the groups (and so the state_dict) hold it, and a group may set its
+  own; absent, the rule's default applies.
 - torch's implementation switches: ``foreach`` and ``fused`` are accepted and kept in the groups
   but change nothing: every step already runs one fused kernel per dtype combination on CUDA and
   the chunked NumPy reference on the CPU. ``capturable=True`` is refused (the step computes its
@@ -20,10 +23,10 @@ state_dict format over a rule with torch's semantics (``RULE.drop_in`` in ``spec
   the step; SparseAdam takes nothing else and updates only the elements they hold
   (:mod:`~optgen_runtime.optim.rows`); the other classes refuse them in the step's checks, as
   torch's do.
-- ``state_dict()`` is torch's: groups without the tuple items' names; per parameter only the
-  buffers torch creates under the group's settings (Adam's ``max_exp_avg_sq`` only with
-  ``amsgrad``; the rule keeps every buffer, unused ones at their initial value), under torch's
-  keys, ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
+- ``state_dict()`` is torch's: per parameter only the buffers torch creates under the group's
+  settings (RMSprop's ``grad_avg`` only when centered; the rule keeps no buffer torch lacks at
+  torch's defaults, ``absent_when``, and unused ones elsewhere at their initial value), under
+  torch's keys, ``step`` as torch's float32 count (exact to 2**24, as torch's own; torch's SGD keeps
   none; SparseAdam's is a Python int, as torch's), host states (NAdam's ``mu_product``,
   ASGD's ``eta`` and ``mu``) as 0-d float64 tensors (torch keeps float32 ones; its loader
   casts them), row/column states (Adafactor's) with torch's kept axis, or under torch's name
@@ -106,7 +109,10 @@ class DropIn(GeneratedOptimizer):
         self._refuse_switches(settings, "")
         self._torch_checks(settings)
         settings = {**settings, **self.FIXED}
-        defaults = {**settings, **(own or {})}
+        # the rule's own settings (Muon's ns_dtype) in the groups where given otherwise than
+        # the rule's default: at it the groups hold torch's keys alone, as torch's saves them
+        given = {k: v for k, v in (own or {}).items() if v != self.META.HYPERPARAMS[k]}
+        defaults = {**settings, **given}
         for base, items in self._aliases().items():
             value = self._alias_value(base, items, defaults[base])
             if base not in self._renames():  # as torch's constructor keeps it: a tuple whose
@@ -115,8 +121,7 @@ class DropIn(GeneratedOptimizer):
                     x.squeeze() if isinstance(x, torch.Tensor) and x.dim() else x
                     for x in defaults[base]
                 )
-            for index, ours in items:
-                defaults[ours] = value[index]
+            del value  # checked: the groups keep torch's key alone (see ``_hyper``)
         GeneratedOptimizer.__init__(
             self, params, defaults, multi_precision=multi_precision, backend=backend
         )
@@ -134,6 +139,71 @@ class DropIn(GeneratedOptimizer):
                     cached[theirs] = ours
             cls._RENAMES = cached
         return cached
+
+    # The param groups hold torch's keys alone (``betas``, not the rule's ``beta1``/``beta2``;
+    # Muon's ``weight_decay``, not ``wd``): the rule's values are read from them at each step.
+    # torch.distributed.checkpoint's flattened load (``flatten_optimizer_state_dict=True``)
+    # rebuilds the state dict from the live group keys, which are then ``state_dict()``'s.
+
+    def _items(self) -> dict[str, tuple[str, int]]:
+        """The rule's name of each item of torch's tuples and renamed settings -> (torch's
+        key, index)."""
+        return {ours: (base, i) for base, items in self._aliases().items() for i, ours in items}
+
+    def _group_keys(self) -> tuple[str, ...]:
+        # (the items' names too: a group given one is refused, not passed over by the fast
+        # step, which re-resolves a group whose record changed)
+        return (*self.META.HYPERPARAMS, *self._aliases())
+
+    def _rule_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` (a group, or the rule's values) with torch's tuples and renamed settings
+        read into the rule's names (checked; a tensor item by its value now)."""
+        out = {k: values[k] for k in self.META.HYPERPARAMS if k in values}
+        for key in self._own() - out.keys():  # not given: the rule's default
+            out[key] = self.META.HYPERPARAMS[key]
+        for base, items in self._aliases().items():
+            if base in values:
+                value = self._alias_value(base, items, values[base])
+                out.update((ours, value[index]) for index, ours in items)
+        return out
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        values = self._rule_values(group)
+        return {k: values[k] for k in self.META.HYPERPARAMS}
+
+    def _check(self, values: dict[str, Any]) -> dict[str, float]:
+        return super()._check(self._rule_values(values))
+
+    def _alias_updates(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Nothing to sync (no rule names in the group): torch's tuples checked, and a rule
+        name put in a group refused (it would change nothing)."""
+        name = type(self).__name__
+        for ours, (base, index) in self._items().items():
+            if ours in group:
+                item = base if base in self._renames() else f"{base}[{index}]"
+                raise ValueError(
+                    f"{name}: param group has {ours!r}, the rule's name of torch's {item}: a "
+                    f"{name} group holds torch's keys; set {base}"
+                )
+        for base, items in self._aliases().items():
+            self._alias_value(base, items, group[base])
+        return {}
+
+    def _apply_aliases(self, group: dict[str, Any], updates: dict[str, Any]) -> None:
+        group.update(updates)
+
+    def _adopt_aliases(self, group: dict[str, Any], given: set[str]) -> None:
+        self._alias_updates(group)
+
+    def _remember_groups(self) -> None:
+        self._seen = {}
+
+    def _check_saved_aliases(self, saved: dict[str, Any]) -> None:
+        self._alias_updates(saved)
+
+    def _required_keys(self) -> tuple[str, ...]:
+        skip = self._own() | self._items().keys()  # (own ones: the rule's default if absent)
+        return tuple(k for k in self._group_keys() if k not in skip)
 
     @classmethod
     def _own(cls) -> set[str]:
@@ -204,9 +274,7 @@ class DropIn(GeneratedOptimizer):
 
     def _torch_state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
-        items = {ours for pairs in self._aliases().values() for _, ours in pairs}
-        items |= self._own()
-        groups = [{k: v for k, v in g.items() if k not in items} for g in out["param_groups"]]
+        groups = out["param_groups"]  # torch's keys, and the rule's own (Muon's ns_dtype)
         params = [p for g in self.param_groups for p in g["params"]]
         group_of = {i: g for g in groups for i in g["params"]}
         axes = self.META.STATE_AXES
@@ -264,11 +332,6 @@ class DropIn(GeneratedOptimizer):
                 groups.append(saved)
                 continue
             group = dict(saved)
-            for base, items in self._aliases().items():
-                if base in group:
-                    value = self._alias_value(base, items, group[base])
-                    for index, ours in items:
-                        group.setdefault(ours, value[index])
             for key, default in self.defaults.items():
                 group.setdefault(key, default)
             self._refuse_switches(group, f".load_state_dict: param group {number}")
@@ -284,7 +347,7 @@ class DropIn(GeneratedOptimizer):
                 state[index] = st
                 continue
             p, group = param_of[index]
-            out, missing, extra = self._from_torch(p, group, st)
+            out, missing, extra = self._from_torch(p, group, st, index)
             if missing or extra:  # named as the state dict names them (torch's names)
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: not a state_dict of "
@@ -295,16 +358,31 @@ class DropIn(GeneratedOptimizer):
         super().load_state_dict({**state_dict, "state": state, "param_groups": groups})
 
     def _from_torch(
-        self, p: torch.Tensor, group: dict[str, Any], st: dict[str, Any]
+        self, p: torch.Tensor, group: dict[str, Any], st: dict[str, Any], index: Any = None
     ) -> tuple[dict[str, Any], list[str], list[str]]:
         """Parameter ``p``'s state ``st`` in torch's format (``group``'s settings) as the rule
-        keeps it, and the keys missing from it and extra in it, in torch's names."""
+        keeps it, and the keys missing from it and extra in it, in torch's names. ``index``:
+        its key in the state dict, for the message of a refusal."""
         axes = self.META.STATE_AXES
         layout = self._layout(p, group)
         ours_of = {theirs: key for key, theirs in layout.items() if theirs is not None}
         out: dict[str, Any] = {}
         for theirs, value in st.items():
             key = ours_of.get(theirs, theirs)
+            if isinstance(value, dict) and not value and key in layout:
+                # torch.distributed.checkpoint's flattened load rebuilds each entry of the live
+                # state by its name, a name the saved dict lacks as an empty dict: one torch does
+                # not keep here is absent (made below as a first step makes it); one it keeps
+                # under another name is refused (its saved values were left behind)
+                if layout[key] is None:
+                    continue
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: state {index!r} has "
+                    f"{theirs!r} = {{}}, torch.distributed.checkpoint's rebuilding of a name "
+                    "its flattened state dict lacks (flatten_optimizer_state_dict=True): "
+                    f"{type(self).__name__} keeps torch's {layout[key]!r} as {key!r}; load "
+                    "with flatten_optimizer_state_dict=False"
+                )
             if value is None and key in self.META.ABSENT:
                 continue  # torch before 2.x kept momentum_buffer=None where it had none
             tensor = isinstance(value, torch.Tensor)
@@ -317,7 +395,7 @@ class DropIn(GeneratedOptimizer):
             out[key] = value
         if layout["step"] is None and "step" not in out:
             out["step"] = step_tensor(1)  # torch's SGD keeps no count: not the first step
-        hp = {k: group[k] for k in self.META.HYPERPARAMS if k in group}
+        hp = self._rule_values(group)
         gone = self._absent(hp)  # no such state under these settings (nor in torch)
         absent = [
             key

@@ -115,7 +115,14 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 # a complex parameter's dtype -> its real view's (``torch.view_as_real``: the same memory)
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 # hyperparameter values that cannot change while the group holds them (see ``_raw``)
-_IMMUTABLE = frozenset((float, int, bool, str, type(None)))
+
+
+class _Absent:
+    """A key a param group lacks, in ``Fast._raw``'s record."""
+
+
+_ABSENT = _Absent()
+_IMMUTABLE = frozenset((float, int, bool, str, type(None), _Absent))
 
 
 class Group:
@@ -450,13 +457,11 @@ class FastStep:
 
     @staticmethod
     def _raw(group: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...] | None:
-        """The group's hyperparameters and tuple aliases as the objects it holds, or None when
-        one is of a type that may change in place (a tensor) or a key is missing: equal by
-        identity to the last accepted step's, they resolve as it did."""
-        try:
-            raw = tuple(map(group.__getitem__, names))
-        except KeyError:
-            return None
+        """The group's hyperparameters and tuple aliases as the objects it holds (``_ABSENT``
+        for a key it lacks: a drop-in's own setting at its default), or None when one is of a
+        type that may change in place (a tensor): equal by identity to the last accepted
+        step's, they resolve as it did."""
+        raw = tuple(group.get(name, _ABSENT) for name in names)
         for value in raw:
             kind = type(value)
             if kind is tuple:
@@ -643,7 +648,7 @@ class FastStep:
             return  # GradScaler's tensors read on the host (``_amp_on_device``): every step full
         plan = Plan(surveyed[0], kind)
         plan.amp = kind == "triton" and not meta.REDUCTIONS
-        plan.names = (*meta.HYPERPARAMS, *self._aliases())
+        plan.names = self._group_keys()
         indices = self._indices() if kind == "triton" or meta.DRAWS else {}
         written: list[tuple[int, int]] = []
         grad_bytes: list[int] = []
