@@ -12,9 +12,9 @@ the end of each step for the next one: eta starts at lr, mu at 1):
     eta <- lr / (1 + lambd * lr * t)^alpha;  mu <- 1 / max(1, t - t0)
 
 At the first step eta is lr (torch's initial value; the host state starts at 0 and is set by
-the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
-(exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
-the weights.
+the first step). torch keeps eta and mu as float32 tensors (``torch.as_tensor`` of each new
+value, its default dtype) and reads eta as a double (``.item()``); so does this spec (``f32``),
+at every weight dtype: float64 weights step with torch's eta and mu too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
@@ -23,7 +23,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Legal, Rule, nonnegative
+from codegen.spec import Legal, Rule, f32, nonnegative
 
 RULE = Rule("torch_asgd", __doc__, class_name="TorchASGD")
 lr = RULE.hyper("lr", 0.01, nonnegative(), doc="learning rate")
@@ -37,12 +37,12 @@ ax = RULE.state("ax", 0, doc="the averaged weight")
 eta = RULE.host_state("eta", 0.0, doc="step size of this step (lr at the first)")
 mu = RULE.host_state("mu", 1.0, doc="averaging factor of this step")
 
-eta_t = RULE.let("eta_t", sp.Piecewise((lr, sp.Eq(t, 1)), (eta, True)))
+eta_t = RULE.let("eta_t", sp.Piecewise((f32(lr), sp.Eq(t, 1)), (eta, True)))
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 w_new = RULE.update(w, w * (1 - lambd * eta_t) - eta_t * G)
 RULE.update(ax, sp.Piecewise((w_new, sp.Eq(mu, 1)), (ax + (w_new - ax) * mu, True)))
-RULE.update(eta, lr / (1 + lambd * lr * t) ** alpha)
-RULE.update(mu, 1 / sp.Max(1, t - t0))
+RULE.update(eta, f32(lr / (1 + lambd * lr * t) ** alpha))  # torch's float32 tensors
+RULE.update(mu, f32(1 / sp.Max(1, t - t0)))
 
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element

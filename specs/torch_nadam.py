@@ -13,9 +13,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
     denom = sqrt(v / (1 - beta2^t)) + eps
     w <- w - lr (1 - mu_t) / (1 - M) * g / denom - lr mu_t1 / (1 - M mu_t1) * m / denom
 
-torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
-(exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
-the weights.
+torch keeps M as a float32 tensor (its default scalar dtype) and multiplies it in float32 by
+mu_t rounded to float32 (``mu_product *= mu``), then reads it as a double (``.item()``); so does
+this spec (``f32``), at every weight dtype: float64 weights step with torch's M too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -25,7 +25,7 @@ would be NaN).
 
 import sympy as sp
 
-from codegen.spec import Rule, as_is, nonnegative, torch_lerp, unit
+from codegen.spec import Rule, as_is, f32, nonnegative, torch_lerp, unit
 
 RULE = Rule("torch_nadam", __doc__, class_name="TorchNAdam")
 lr = RULE.hyper("lr", 0.002, nonnegative(), doc="learning rate")
@@ -54,7 +54,7 @@ mu_t = RULE.let("mu_t", beta1 * (1 - sp.Rational(1, 2) * sp.Float("0.96") ** (t 
 mu_t1 = RULE.let(
     "mu_t1", beta1 * (1 - sp.Rational(1, 2) * sp.Float("0.96") ** ((t + 1) * momentum_decay))
 )
-M_new = RULE.update(mu_product, mu_product * mu_t)
+M_new = RULE.update(mu_product, f32(mu_product * f32(mu_t)))  # torch's float32 tensor
 m_new = RULE.update(exp_avg, torch_lerp(exp_avg, G, 1 - beta1))  # exp_avg.lerp_(g, 1 - beta1)
 # torch's addcmul_(g, g, value=1 - beta2): ((1 - beta2) * g) * g, never g**2 (overflows first)
 v_new = RULE.update(exp_avg_sq, beta2 * exp_avg_sq + as_is((1 - beta2) * G) * G)

@@ -437,6 +437,32 @@ def test_a_buffer_torch_does_not_keep_loads_as_a_first_step_makes_it(
 @pytest.mark.parametrize(
     ("name", "options"),
     [
+        ("NAdam", {"lr": 0.01}),
+        ("NAdam", {"lr": 0.01, "momentum_decay": 0.1}),
+        ("ASGD", {"lr": 0.05, "t0": 10.0}),
+        ("ASGD", {"lr": 0.05, "lambd": 0.01, "t0": 5.0}),
+    ],
+)
+def test_float64_weights_step_with_torchs_float32_host_states(
+    name: str, options: dict[str, Any]
+) -> None:
+    """torch keeps NAdam's ``mu_product`` and ASGD's ``eta`` and ``mu`` as float32 tensors
+    (its default scalar dtype) whatever the weights' dtype; the specs round them so (``f32``):
+    float64 weights stay within 4 float64 ulps of torch's over 50 steps (as float64 host states
+    they were 3e5 to 4.5e7 ulps away)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(16, 8, dtype=torch.float64) for _ in range(2)]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = getattr(torch.optim, name)(theirs_p, foreach=False, **options)
+    ours = getattr(dropin, name)(ours_p, **options)
+    run([(theirs, theirs_p), (ours, ours_p)], range(1, 51))
+    for a, b in zip(ours_p, theirs_p, strict=True):
+        assert (a - b).abs().max() <= 4 * torch.finfo(torch.float64).eps * b.abs().max()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
         ("Adam", {}),
         ("AdamW", {}),
         ("Adam", {"amsgrad": True}),

@@ -141,7 +141,7 @@ def test_a_scalar_that_changes_only_its_sign_is_not_taken_from_the_cache() -> No
     part = opt._plan.groups[0]
     # the scalar -(f32(lr) * f32(wd)): MXNet's float32 lr * wd (specs/sgd.py)
     legend = {k: v for k, v in opt.META.SCALARS.items() if "wd" in v}
-    assert len(legend) == 1 and "host_f32(lr)*host_f32(wd)" in next(iter(legend.values()))
+    assert len(legend) == 1 and "f32(lr)*f32(wd)" in next(iter(legend.values()))
     column = list(opt.META.SCALARS).index(next(iter(legend)))
     assert np.signbit(part.tables[0][:, column]).all()
     opt.param_groups[0]["wd"] = -0.0
@@ -174,7 +174,7 @@ def test_an_overflowing_scalar_is_refused_after_cached_steps(mutable: bool) -> N
         opt.param_groups[0]["lr"] = 1e300
     with pytest.raises(
         ValueError,
-        match=r"SGD: .*kernel scalar _h1 \(= -host_f32\(lr\), in specs/sgd\.py:\d+\).*float32",
+        match=r"SGD: .*kernel scalar _h1 \(= -f32\(lr\), in specs/sgd\.py:\d+\).*float32",
     ):
         opt.step()
     after = [p.detach().clone() for p in params] + [s["step"].clone() for s in opt.state.values()]
@@ -400,7 +400,7 @@ def test_an_overflowing_scalar_is_refused_after_cached_triton_steps(name: str) -
     state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
     before = [x.detach().clone() for x in params + state]
     opt.param_groups[1]["lr"] = 1e300  # the second group: the first group's check passed
-    lr = r"-(host_f32\()?lr"  # SGD's float32 lr (specs/sgd.py), Adam's
+    lr = r"-(f32\()?lr"  # SGD's float32 lr (specs/sgd.py), Adam's
     with pytest.raises(ValueError, match=rf"{name}: .*kernel scalar _h\d \(= {lr}.*float32"):
         opt.step()
     after = [x.detach().clone() for x in params + state]

@@ -146,3 +146,14 @@ def test_names_next_to_registered_ones_work_on_every_target(freenames: Path) -> 
         triton_module.step(wt, torch.from_numpy(g), state_t, t, k=0.7, s=0.3)
     np.testing.assert_allclose(wt.numpy(), w, rtol=2e-6, atol=1e-7)
     assert not np.array_equal(w, w0)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))  # (matrix rules keep no SCALARS)
+def test_scalar_legends_use_the_specs_function_names(rule: str) -> None:
+    """A kernel scalar's legend (``SCALARS``, quoted by every refusal of its value) is in the
+    spec's terms: ``f32(lr)``, ``Max(...)``, not the runtime helpers the host code calls
+    (``host_f32``, ``host_max``, ``host_min``), which a spec author never wrote."""
+    module = importlib.import_module(f"generated.rules.{rule}")
+    for name, legend in module.SCALARS.items():
+        for helper in ("host_f32", "host_max", "host_min"):
+            assert helper not in legend, (name, legend)

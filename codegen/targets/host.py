@@ -81,6 +81,28 @@ class HostPrinter(PythonCodePrinter):
         return f"{base} ** {exponent}"
 
 
+class SpecTermsPrinter(HostPrinter):
+    """A host expression as the host code computes it but with the spec's function names
+    (``f32``, ``Max``, ``Min``, not the runtime's ``host_f32``, ...): the legends of kernel
+    scalars, which refusals quote to the user who wrote the spec."""
+
+    def _print_f32(self, expr: sp.Expr) -> str:
+        return f"f32({self._print(expr.args[0])})"
+
+    def _print_Max(self, expr: sp.Expr) -> str:
+        return f"Max({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr: sp.Expr) -> str:
+        return f"Min({', '.join(self._print(a) for a in expr.args)})"
+
+
+def spec_terms(expr: sp.Expr) -> str:
+    """One host expression in the spec's terms (``SpecTermsPrinter``)."""
+    printer = SpecTermsPrinter({"standard": "python3", "fully_qualified_modules": True})
+    printer.runtime = set()
+    return printer.doprint(expr)
+
+
 class HostCode:
     """Prints host expressions for one generated file and records the modules they need."""
 

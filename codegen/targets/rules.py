@@ -21,9 +21,9 @@ from codegen.targets.host import (
     HostCode,
     NotColumnwise,
     RowsCode,
-    host_code,
     legal_code,
     literal,
+    spec_terms,
 )
 from codegen.variants import special_absent, variant_name
 
@@ -140,7 +140,7 @@ def legend(lowered: Lowered, scalars: list[sp.Symbol]) -> list[tuple[str, str]]:
         elif s in lets:
             what = f"let, computed by host_scalars{let_inputs(lowered, s)}"
         else:
-            what = f"= {host_code(lowered.host[s])}"
+            what = f"= {spec_terms(lowered.host[s])}"
             origin = next((a.origin for a in lowered.block.role("host") if a.target == s), ())
             if origin:  # the equation it is computed for
                 what += f", in {origin[0].file}:{origin[0].line}"

@@ -403,7 +403,7 @@ def _sweep2(
 ):
     # A sweep over whole vectors (br): row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = host_max(1, cols) ** (-1), in specs/adafactor.py:64
+    #   _h1: = Max(1, cols) ** (-1), in specs/adafactor.py:64
     #   omb: let, computed by host_scalars from beta2_decay, t
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = row_new_buf.shape[1]
@@ -473,7 +473,7 @@ def _sweep3(
 ):
     # A sweep over whole vectors (bc): col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = host_max(1, rows) ** (-1), in specs/adafactor.py:65
+    #   _h2: = Max(1, rows) ** (-1), in specs/adafactor.py:65
     #   omb: let, computed by host_scalars from beta2_decay, t
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = col_new_buf.shape[2]
@@ -596,7 +596,7 @@ def _sweep5(
 ):
     # A sweep over whole vectors (br): scale; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = host_max(1, rows) ** (-1), in specs/adafactor.py:65
+    #   _h2: = Max(1, rows) ** (-1), in specs/adafactor.py:65
     #   eps1: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = scale_buf.shape[1]
@@ -730,7 +730,7 @@ def _update(
     #   _h3: = eps1 ** 2, in specs/adafactor.py:69
     #   _h4: = (ndim < 2), in specs/adafactor.py:69
     #   _h5: = -lr*weight_decay + 1, in specs/adafactor.py:70
-    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
+    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) > 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (

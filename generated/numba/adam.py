@@ -139,11 +139,11 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adam, once per step and tensor):
-    #   _h0: = host_f32(beta1), in specs/adam.py:52
+    #   _h0: = f32(beta1), in specs/adam.py:52
     #   _h1: = -clip_gradient, in specs/adam.py:52
-    #   _h2: = host_f32(1 - host_f32(beta1)), in specs/adam.py:52
-    #   _h3: = host_f32(beta2), in specs/adam.py:53
-    #   _h4: = host_f32(1 - host_f32(beta2)), in specs/adam.py:53
+    #   _h2: = f32(1 - f32(beta1)), in specs/adam.py:52
+    #   _h3: = f32(beta2), in specs/adam.py:53
+    #   _h4: = f32(1 - f32(beta2)), in specs/adam.py:53
     #   _h5: = -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:59
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter

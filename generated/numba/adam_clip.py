@@ -200,7 +200,7 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.adam_clip, once per step and tensor):
-    #   _h0: = host_min(1, max_norm/(math.sqrt(grad_sq) + 1e-06)), in specs/adam_clip.py:36
+    #   _h0: = Min(1, max_norm/(math.sqrt(grad_sq) + 1e-06)), in specs/adam_clip.py:36
     #   _h1: = 1 - beta1, in specs/adam_clip.py:36
     #   _h2: = 1 - beta2, in specs/adam_clip.py:37
     #   _h3: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/adam_clip.py:39

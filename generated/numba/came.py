@@ -424,7 +424,7 @@ def _sweep7(
     # block by block (optgen_runtime.numba_tiles).
     #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
     #   _h4: = (ndim < 2), in specs/came.py:57
-    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60
+    #   _h5: = Max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(Max(1, numel)))) ** (-1), in specs/came.py:60
     #   _h6: = beta1 - 1, in specs/came.py:60
     #   eps2: hyperparameter
     for _k in numba.prange(_tiles.shape[0]):
@@ -579,7 +579,7 @@ def _sweep2(
 ):
     # A sweep over whole vectors (br): row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = (1 - beta2)/host_max(1, cols), in specs/came.py:53
+    #   _h1: = (1 - beta2)/Max(1, cols), in specs/came.py:53
     #   beta2: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = row_new_buf.shape[1]
@@ -649,7 +649,7 @@ def _sweep3(
 ):
     # A sweep over whole vectors (bc): col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = (1 - beta2)/host_max(1, rows), in specs/came.py:54
+    #   _h2: = (1 - beta2)/Max(1, rows), in specs/came.py:54
     #   beta2: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = col_new_buf.shape[2]
@@ -773,7 +773,7 @@ def _sweep5(
 ):
     # A sweep over whole vectors (br): r_f; each matrix's vector a block
     # of 1024 at a time.
-    #   _h3: = (1.0 / math.sqrt(host_max(1, rows))), in specs/came.py:55
+    #   _h3: = (1.0 / math.sqrt(Max(1, rows))), in specs/came.py:55
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = r_f_buf.shape[1]
     _blocks = -(-_length // 1024)
@@ -839,7 +839,7 @@ def _sweep8(
 ):
     # A sweep over whole vectors (br): res_row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h7: = (1 - beta3)/host_max(1, cols), in specs/came.py:60
+    #   _h7: = (1 - beta3)/Max(1, cols), in specs/came.py:60
     #   beta3: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = res_row_new_buf.shape[1]
@@ -917,7 +917,7 @@ def _sweep9(
 ):
     # A sweep over whole vectors (bc): res_col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h8: = (1 - beta3)/host_max(1, rows), in specs/came.py:61
+    #   _h8: = (1 - beta3)/Max(1, rows), in specs/came.py:61
     #   beta3: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = res_col_new_buf.shape[2]
@@ -1057,7 +1057,7 @@ def _sweep11(
 ):
     # A sweep over whole vectors (br): s_r; each matrix's vector a block
     # of 1024 at a time.
-    #   _h3: = (1.0 / math.sqrt(host_max(1, rows))), in specs/came.py:55
+    #   _h3: = (1.0 / math.sqrt(Max(1, rows))), in specs/came.py:55
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = s_r_buf.shape[1]
     _blocks = -(-_length // 1024)
@@ -1266,7 +1266,7 @@ def _update(
     # weight's dtype; from host_scalars in generated.rules.came, once per step and tensor):
     #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
     #   _h4: = (ndim < 2), in specs/came.py:57
-    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60
+    #   _h5: = Max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(Max(1, numel)))) ** (-1), in specs/came.py:60
     #   _h9: = 1 - beta1, in specs/came.py:58
     #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1)), in specs/came.py:64
     #   _h11: = -lr, in specs/came.py:64

@@ -157,12 +157,12 @@ def _reduce_chunk(
     epsilon,
 ):
     # Reduction phase 1 over one chunk: w_sq, u_sq (sums in float64).
-    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h0: = f32(beta2), in specs/lamb.py:71
     #   _h1: = -clip_gradient, in specs/lamb.py:71
-    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h2: = 1 - f32(beta2), in specs/lamb.py:71
     #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
-    #   _h4: = host_f32(beta1), in specs/lamb.py:71
-    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h4: = f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - f32(beta1), in specs/lamb.py:71
     #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter
@@ -325,12 +325,12 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.lamb, once per step and tensor):
-    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h0: = f32(beta2), in specs/lamb.py:71
     #   _h1: = -clip_gradient, in specs/lamb.py:71
-    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h2: = 1 - f32(beta2), in specs/lamb.py:71
     #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
-    #   _h4: = host_f32(beta1), in specs/lamb.py:71
-    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h4: = f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - f32(beta1), in specs/lamb.py:71
     #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
     #   _h7: = -lr*ratio, in specs/lamb.py:73, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter

@@ -274,7 +274,7 @@ def _update_chunk(
     #   _h2: = d_old*(1 - beta1), in specs/prodigy.py:72, from beta1, d, d0
     #   _h3: = d_old ** 2*(1 - beta2), in specs/prodigy.py:73, from beta2, d, d0
     #   _h4: = -d_old*lr*wd*weight_decouple*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + 1, in specs/prodigy.py:81, from beta1, beta2, bias_correction, d, d0, lr, t, wd, weight_decouple
-    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (host_min(host_max(d0, d_hat, d_max), growth_rate*((host_max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0), in specs/prodigy.py:81, from beta1, beta2, beta3, bias_correction, d, d0, d_coef, d_max, d_numerator, dot, epsilon, growth_rate, lr, s_sum, t
+    #   _h5: = ((epsilon*((d_old) if (s_sum == 0) else (Min(Max(d0, d_hat, d_max), growth_rate*((Max(d, d0, d_hat)) if (d0 == d_old) else (d_old)))))) if ((s_sum != 0)) else 0.0), in specs/prodigy.py:81, from beta1, beta2, beta3, bias_correction, d, d0, d_coef, d_max, d_numerator, dot, epsilon, growth_rate, lr, s_sum, t
     #   _h6: = -d_old*lr*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1), in specs/prodigy.py:81, from beta1, beta2, bias_correction, d, d0, lr, t
     #   _h7: = (s_sum == 0), in specs/prodigy.py:81
     #   beta1: hyperparameter

@@ -136,9 +136,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop, once per step and tensor):
-    #   _h0: = host_f32(gamma1), in specs/rmsprop.py:58
+    #   _h0: = f32(gamma1), in specs/rmsprop.py:58
     #   _h1: = -clip_gradient, in specs/rmsprop.py:58
-    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop.py:58
+    #   _h2: = f32(1 - f32(gamma1)), in specs/rmsprop.py:58
     #   _h3: = -clip_weights, in specs/rmsprop.py:59
     #   _h4: = -lr, in specs/rmsprop.py:59
     #   wd: hyperparameter

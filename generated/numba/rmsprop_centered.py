@@ -142,9 +142,9 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.rmsprop_centered, once per step and tensor):
-    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:72
+    #   _h0: = f32(gamma1), in specs/rmsprop_centered.py:72
     #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:72
-    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:72
+    #   _h2: = f32(1 - f32(gamma1)), in specs/rmsprop_centered.py:72
     #   _h3: = -clip_weights, in specs/rmsprop_centered.py:76
     #   lr: hyperparameter
     #   wd: hyperparameter

@@ -145,9 +145,9 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/sgd.py:43
-    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd.py:43
-    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd.py:43
-    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd.py:43
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (f32(rescale_grad))), in specs/sgd.py:43
+    #   _h2: = -((f32(lr)*f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (f32(lr))), in specs/sgd.py:43
+    #   _h3: = -f32(lr)*f32(wd), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:

@@ -136,9 +136,9 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd_mom, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/sgd_mom.py:46
-    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd_mom.py:46
-    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd_mom.py:46
-    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd_mom.py:46
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (f32(rescale_grad))), in specs/sgd_mom.py:46
+    #   _h2: = -((f32(lr)*f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (f32(lr))), in specs/sgd_mom.py:46
+    #   _h3: = -f32(lr)*f32(wd), in specs/sgd_mom.py:46
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

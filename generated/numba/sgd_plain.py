@@ -138,7 +138,7 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.sgd_plain, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/sgd.py:43
-    #   _h1: = -host_f32(lr), in specs/sgd.py:43
+    #   _h1: = -f32(lr), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
     if _h0 == -np.inf and clip_gradient == np.inf:

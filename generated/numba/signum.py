@@ -145,10 +145,10 @@ def _update_chunk(
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.signum, once per step and tensor):
     #   _h0: = -clip_gradient, in specs/signum.py:50
-    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/signum.py:50
-    #   _h2: = -((host_f32(rescale_grad)*host_f32(1 - host_f32(momentum))) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(1 - host_f32(momentum)))), in specs/signum.py:50
-    #   _h3: = -host_f32(wd)*host_f32(1 - host_f32(momentum)), in specs/signum.py:50
-    #   _h4: = 1 - host_f32(host_f32(lr)*host_f32(wd_lh)), in specs/signum.py:51
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (f32(rescale_grad))), in specs/signum.py:50
+    #   _h2: = -((f32(rescale_grad)*f32(1 - f32(momentum))) if (clip_gradient > 1.7976931348623157e+308) else (f32(1 - f32(momentum)))), in specs/signum.py:50
+    #   _h3: = -f32(wd)*f32(1 - f32(momentum)), in specs/signum.py:50
+    #   _h4: = 1 - f32(f32(lr)*f32(wd_lh)), in specs/signum.py:51
     #   lr: hyperparameter
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter

@@ -24,9 +24,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
     denom = sqrt(v / (1 - beta2^t)) + eps
     w <- w - lr (1 - mu_t) / (1 - M) * g / denom - lr mu_t1 / (1 - M mu_t1) * m / denom
 
-torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
-(exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
-the weights.
+torch keeps M as a float32 tensor (its default scalar dtype) and multiplies it in float32 by
+mu_t rounded to float32 (``mu_product *= mu``), then reads it as a double (``.item()``); so does
+this spec (``f32``), at every weight dtype: float64 weights step with torch's M too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -144,8 +144,8 @@ def _update_chunk(
     #   _h3: = (abs(beta1 - 1) < (1 / 2)), in specs/torch_nadam.py:58
     #   _h4: = (1 - beta2)*(1 - 2*maximize), in specs/torch_nadam.py:60
     #   _h5: = (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62
-    #   _h6: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62
-    #   _h7: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62
+    #   _h6: = -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))*f32(mu_product*f32(mu_t)) + 1), in specs/torch_nadam.py:62, from beta1, lr, momentum_decay, mu_product, t
+    #   _h7: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(1 - f32(mu_product*f32(mu_t))), in specs/torch_nadam.py:62, from beta1, lr, maximize, momentum_decay, mu_product, t
     #   beta2: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)

@@ -19,9 +19,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
     denom = sqrt(v / (1 - beta2^t)) + eps
     w <- w - lr (1 - mu_t) / (1 - M) * g / denom - lr mu_t1 / (1 - M mu_t1) * m / denom
 
-torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
-(exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
-the weights.
+torch keeps M as a float32 tensor (its default scalar dtype) and multiplies it in float32 by
+mu_t rounded to float32 (``mu_product *= mu``), then reads it as a double (``.item()``); so does
+this spec (``f32``), at every weight dtype: float64 weights step with torch's M too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what

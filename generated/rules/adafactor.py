@@ -156,7 +156,7 @@ SCALARS: dict[str, str] = {
     "_h3": "= eps1 ** 2, in specs/adafactor.py:69",
     "_h4": "= (ndim \u003c 2), in specs/adafactor.py:69",
     "_h5": "= -lr*weight_decay + 1, in specs/adafactor.py:70",
-    "_h6": "= -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 \u003c math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) \u003e 1) else (1))*host_min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70",
+    "_h6": "= -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 \u003c math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) \u003e 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70",
 }
 # Reduction phase 1's scalars (w_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
@@ -164,19 +164,19 @@ REDUCE_SCALARS: dict[str, str] = {
 }
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h1": "= host_max(1, cols) ** (-1), in specs/adafactor.py:64",
+    "_h1": "= Max(1, cols) ** (-1), in specs/adafactor.py:64",
     "omb": "let, computed by host_scalars from beta2_decay, t",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h2": "= host_max(1, rows) ** (-1), in specs/adafactor.py:65",
+    "_h2": "= Max(1, rows) ** (-1), in specs/adafactor.py:65",
     "omb": "let, computed by host_scalars from beta2_decay, t",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}
 # Reduction phase 5's scalars (), in the order reduction_scalars_5 returns them.
 REDUCE_SCALARS_5: dict[str, str] = {
-    "_h2": "= host_max(1, rows) ** (-1), in specs/adafactor.py:65",
+    "_h2": "= Max(1, rows) ** (-1), in specs/adafactor.py:65",
     "eps1": "hyperparameter",
 }
 # Reduction phase 6's scalars (u_sq), in the order reduction_scalars_6 returns them.

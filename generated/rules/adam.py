@@ -113,11 +113,11 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 8, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(beta1), in specs/adam.py:52",
+    "_h0": "= f32(beta1), in specs/adam.py:52",
     "_h1": "= -clip_gradient, in specs/adam.py:52",
-    "_h2": "= host_f32(1 - host_f32(beta1)), in specs/adam.py:52",
-    "_h3": "= host_f32(beta2), in specs/adam.py:53",
-    "_h4": "= host_f32(1 - host_f32(beta2)), in specs/adam.py:53",
+    "_h2": "= f32(1 - f32(beta1)), in specs/adam.py:52",
+    "_h3": "= f32(beta2), in specs/adam.py:53",
+    "_h4": "= f32(1 - f32(beta2)), in specs/adam.py:53",
     "_h5": "= -lr*math.sqrt(1 - beta2 ** t)/(1 - beta1 ** t), in specs/adam.py:59",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",

@@ -97,7 +97,7 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "mul": 9, "sqrt": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {"mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_min(1, max_norm/(math.sqrt(grad_sq) + 1e-06)), in specs/adam_clip.py:36",
+    "_h0": "= Min(1, max_norm/(math.sqrt(grad_sq) + 1e-06)), in specs/adam_clip.py:36",
     "_h1": "= 1 - beta1, in specs/adam_clip.py:36",
     "_h2": "= 1 - beta2, in specs/adam_clip.py:37",
     "_h3": "= (1.0 / math.sqrt(1 - beta2 ** t)), in specs/adam_clip.py:39",

@@ -142,7 +142,7 @@ REDUCE_OP_COUNTS: dict[str, int] = {
 SCALARS: dict[str, str] = {
     "_h0": "= ((0) if (weight_decouple \u003e 0) else (wd)), in specs/came.py:53",
     "_h4": "= (ndim \u003c 2), in specs/came.py:57",
-    "_h5": "= host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60",
+    "_h5": "= Max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(Max(1, numel)))) ** (-1), in specs/came.py:60",
     "_h9": "= 1 - beta1, in specs/came.py:58",
     "_h10": "= ((-wd*((1) if (fixed_decay \u003e 0) else (lr)) + 1) if (weight_decouple \u003e 0) else (1)), in specs/came.py:64",
     "_h11": "= -lr, in specs/came.py:64",
@@ -154,19 +154,19 @@ REDUCE_SCALARS: dict[str, str] = {
 }
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h1": "= (1 - beta2)/host_max(1, cols), in specs/came.py:53",
+    "_h1": "= (1 - beta2)/Max(1, cols), in specs/came.py:53",
     "beta2": "hyperparameter",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h2": "= (1 - beta2)/host_max(1, rows), in specs/came.py:54",
+    "_h2": "= (1 - beta2)/Max(1, rows), in specs/came.py:54",
     "beta2": "hyperparameter",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}
 # Reduction phase 5's scalars (), in the order reduction_scalars_5 returns them.
 REDUCE_SCALARS_5: dict[str, str] = {
-    "_h3": "= (1.0 / math.sqrt(host_max(1, rows))), in specs/came.py:55",
+    "_h3": "= (1.0 / math.sqrt(Max(1, rows))), in specs/came.py:55",
 }
 # Reduction phase 6's scalars (u_sq), in the order reduction_scalars_6 returns them.
 REDUCE_SCALARS_6: dict[str, str] = {
@@ -177,25 +177,25 @@ REDUCE_SCALARS_6: dict[str, str] = {
 REDUCE_SCALARS_7: dict[str, str] = {
     "_h0": "= ((0) if (weight_decouple \u003e 0) else (wd)), in specs/came.py:53",
     "_h4": "= (ndim \u003c 2), in specs/came.py:57",
-    "_h5": "= host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60",
+    "_h5": "= Max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(Max(1, numel)))) ** (-1), in specs/came.py:60",
     "_h6": "= beta1 - 1, in specs/came.py:60",
     "eps2": "hyperparameter",
 }
 # Reduction phase 8's scalars (), in the order reduction_scalars_8 returns them.
 REDUCE_SCALARS_8: dict[str, str] = {
-    "_h7": "= (1 - beta3)/host_max(1, cols), in specs/came.py:60",
+    "_h7": "= (1 - beta3)/Max(1, cols), in specs/came.py:60",
     "beta3": "hyperparameter",
 }
 # Reduction phase 9's scalars (), in the order reduction_scalars_9 returns them.
 REDUCE_SCALARS_9: dict[str, str] = {
-    "_h8": "= (1 - beta3)/host_max(1, rows), in specs/came.py:61",
+    "_h8": "= (1 - beta3)/Max(1, rows), in specs/came.py:61",
     "beta3": "hyperparameter",
 }
 # Reduction phase 10's scalars (), in the order reduction_scalars_10 returns them.
 REDUCE_SCALARS_10: dict[str, str] = {}
 # Reduction phase 11's scalars (), in the order reduction_scalars_11 returns them.
 REDUCE_SCALARS_11: dict[str, str] = {
-    "_h3": "= (1.0 / math.sqrt(host_max(1, rows))), in specs/came.py:55",
+    "_h3": "= (1.0 / math.sqrt(Max(1, rows))), in specs/came.py:55",
 }
 
 

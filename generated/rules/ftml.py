@@ -130,14 +130,14 @@ OP_COUNTS: dict[str, int] = {
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(beta2), in specs/ftml.py:67",
+    "_h0": "= f32(beta2), in specs/ftml.py:67",
     "_h1": "= -clip_gradient, in specs/ftml.py:67",
-    "_h2": "= host_f32(1 - host_f32(beta2)), in specs/ftml.py:67",
-    "_h3": "= host_f32(1 - host_f32((host_f32(beta2)) ** t)), in specs/ftml.py:67",
-    "_h4": "= host_f32(host_f32(1 - host_f32((host_f32(beta1)) ** t))/host_f32(lr)), in specs/ftml.py:67",
-    "_h5": "= -host_f32(beta1), in specs/ftml.py:66",
-    "_h6": "= host_f32(beta1), in specs/ftml.py:66",
-    "_h7": "= host_f32(1 - host_f32(beta1)), in specs/ftml.py:66",
+    "_h2": "= f32(1 - f32(beta2)), in specs/ftml.py:67",
+    "_h3": "= f32(1 - f32((f32(beta2)) ** t)), in specs/ftml.py:67",
+    "_h4": "= f32(f32(1 - f32((f32(beta1)) ** t))/f32(lr)), in specs/ftml.py:67",
+    "_h5": "= -f32(beta1), in specs/ftml.py:66",
+    "_h6": "= f32(beta1), in specs/ftml.py:66",
+    "_h7": "= f32(1 - f32(beta1)), in specs/ftml.py:66",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",
     "clip_gradient": "hyperparameter",

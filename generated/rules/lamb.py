@@ -132,12 +132,12 @@ OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 1, "min": 1, "mul": 10, 
 REDUCE_OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 1, "min": 1, "mul": 11, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(beta2), in specs/lamb.py:71",
+    "_h0": "= f32(beta2), in specs/lamb.py:71",
     "_h1": "= -clip_gradient, in specs/lamb.py:71",
-    "_h2": "= 1 - host_f32(beta2), in specs/lamb.py:71",
+    "_h2": "= 1 - f32(beta2), in specs/lamb.py:71",
     "_h3": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
-    "_h4": "= host_f32(beta1), in specs/lamb.py:71",
-    "_h5": "= 1 - host_f32(beta1), in specs/lamb.py:71",
+    "_h4": "= f32(beta1), in specs/lamb.py:71",
+    "_h5": "= 1 - f32(beta1), in specs/lamb.py:71",
     "_h6": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
     "_h7": "= -lr*ratio, in specs/lamb.py:73, from lower_bound, lr, u_sq, upper_bound, w_sq",
     "wd": "hyperparameter",
@@ -147,12 +147,12 @@ SCALARS: dict[str, str] = {
 }
 # Reduction phase 1's scalars (w_sq, u_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(beta2), in specs/lamb.py:71",
+    "_h0": "= f32(beta2), in specs/lamb.py:71",
     "_h1": "= -clip_gradient, in specs/lamb.py:71",
-    "_h2": "= 1 - host_f32(beta2), in specs/lamb.py:71",
+    "_h2": "= 1 - f32(beta2), in specs/lamb.py:71",
     "_h3": "= (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
-    "_h4": "= host_f32(beta1), in specs/lamb.py:71",
-    "_h5": "= 1 - host_f32(beta1), in specs/lamb.py:71",
+    "_h4": "= f32(beta1), in specs/lamb.py:71",
+    "_h5": "= 1 - f32(beta1), in specs/lamb.py:71",
     "_h6": "= (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",

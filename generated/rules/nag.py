@@ -117,7 +117,7 @@ OP_COUNTS: dict[str, int] = {"add": 4, "max": 1, "min": 1, "mul": 6}
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/nag.py:56",
     "_h1": "= -lr, in specs/nag.py:56",
-    "_h2": "= host_f32(momentum) + 1, in specs/nag.py:57",
+    "_h2": "= f32(momentum) + 1, in specs/nag.py:57",
     "_h3": "= -momentum, in specs/nag.py:57",
     "wd": "hyperparameter",
     "rescale_grad": "hyperparameter",

@@ -112,9 +112,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "max": 2, "min": 2, "mul": 6, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(gamma1), in specs/rmsprop.py:58",
+    "_h0": "= f32(gamma1), in specs/rmsprop.py:58",
     "_h1": "= -clip_gradient, in specs/rmsprop.py:58",
-    "_h2": "= host_f32(1 - host_f32(gamma1)), in specs/rmsprop.py:58",
+    "_h2": "= f32(1 - f32(gamma1)), in specs/rmsprop.py:58",
     "_h3": "= -clip_weights, in specs/rmsprop.py:59",
     "_h4": "= -lr, in specs/rmsprop.py:59",
     "wd": "hyperparameter",

@@ -121,9 +121,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 5, "div": 1, "max": 2, "min": 2, "mul": 9, "sqrt": 1, "sub": 2}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= host_f32(gamma1), in specs/rmsprop_centered.py:72",
+    "_h0": "= f32(gamma1), in specs/rmsprop_centered.py:72",
     "_h1": "= -clip_gradient, in specs/rmsprop_centered.py:72",
-    "_h2": "= host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:72",
+    "_h2": "= f32(1 - f32(gamma1)), in specs/rmsprop_centered.py:72",
     "_h3": "= -clip_weights, in specs/rmsprop_centered.py:76",
     "lr": "hyperparameter",
     "wd": "hyperparameter",

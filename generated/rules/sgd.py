@@ -108,9 +108,9 @@ OP_COUNTS: dict[str, int] = {"add": 2, "max": 1, "min": 1, "mul": 3}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/sgd.py:43",
-    "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd.py:43",
-    "_h2": "= -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient \u003e 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd.py:43",
-    "_h3": "= -host_f32(lr)*host_f32(wd), in specs/sgd.py:43",
+    "_h1": "= ((1) if (clip_gradient \u003e 1.7976931348623157e+308) else (f32(rescale_grad))), in specs/sgd.py:43",
+    "_h2": "= -((f32(lr)*f32(rescale_grad)) if (clip_gradient \u003e 1.7976931348623157e+308) else (f32(lr))), in specs/sgd.py:43",
+    "_h3": "= -f32(lr)*f32(wd), in specs/sgd.py:43",
     "clip_gradient": "hyperparameter",
 }
 

@@ -110,7 +110,7 @@ OP_COUNTS: dict[str, int] = {"add": 1, "max": 1, "min": 1, "mul": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
     "_h0": "= -clip_gradient, in specs/sgd.py:43",
-    "_h1": "= -host_f32(lr), in specs/sgd.py:43",
+    "_h1": "= -f32(lr), in specs/sgd.py:43",
     "clip_gradient": "hyperparameter",
 }
 

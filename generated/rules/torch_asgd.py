@@ -16,9 +16,9 @@ the end of each step for the next one: eta starts at lr, mu at 1):
     eta <- lr / (1 + lambd * lr * t)^alpha;  mu <- 1 / max(1, t - t0)
 
 At the first step eta is lr (torch's initial value; the host state starts at 0 and is set by
-the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
-(exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
-the weights.
+the first step). torch keeps eta and mu as float32 tensors (``torch.as_tensor`` of each new
+value, its default dtype) and reads eta as a double (``.item()``); so does this spec (``f32``),
+at every weight dtype: float64 weights step with torch's eta and mu too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
@@ -27,7 +27,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent, host_max
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32, host_max
 
 RULE = "torch_asgd"
 SPEC = "specs/torch_asgd.py"
@@ -141,8 +141,8 @@ def host_scalars(
     mu: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_asgd.py:40: eta_t = Piecewise((lr, Eq(t, 1)), (eta, True))
-    eta_t = (lr) if (t == 1) else (eta)
+    # specs/torch_asgd.py:40: eta_t = Piecewise((f32(lr), Eq(t, 1)), (eta, True))
+    eta_t = (host_f32(lr)) if (t == 1) else (eta)
     # specs/torch_asgd.py:43: ax_new = Piecewise((weight_new, Eq(mu, 1)), (ax + mu*(-ax + weight_new), True))
     _h0 = -eta_t * lambd + 1
     _h1 = 1 - 2 * maximize
@@ -150,6 +150,6 @@ def host_scalars(
     _h3 = mu == 1
     scalars = (_h0, _h1, _h2, _h3, weight_decay, mu)
     return scalars, {
-        "eta": lr * (lambd * lr * t + 1) ** (-alpha),
-        "mu": host_max(1, t - t0) ** (-1),
+        "eta": host_f32(lr * (lambd * lr * t + 1) ** (-alpha)),
+        "mu": host_f32(host_max(1, t - t0) ** (-1)),
     }

@@ -17,9 +17,9 @@ torch's code (followed here; states ``exp_avg`` = m, ``exp_avg_sq`` = v, host st
     denom = sqrt(v / (1 - beta2^t)) + eps
     w <- w - lr (1 - mu_t) / (1 - M) * g / denom - lr mu_t1 / (1 - M mu_t1) * m / denom
 
-torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
-(exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
-the weights.
+torch keeps M as a float32 tensor (its default scalar dtype) and multiplies it in float32 by
+mu_t rounded to float32 (``mu_product *= mu``), then reads it as a double (``.item()``); so does
+this spec (``f32``), at every weight dtype: float64 weights step with torch's M too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
 (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what
@@ -29,7 +29,7 @@ would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.common import Legal, TorchEquivalent, host_f32
 
 RULE = "torch_nadam"
 SPEC = "specs/torch_nadam.py"
@@ -136,8 +136,8 @@ SCALARS: dict[str, str] = {
     "_h4": "= (abs(beta1 - 1) \u003c (1 / 2)), in specs/torch_nadam.py:58",
     "_h5": "= 1 - beta2, in specs/torch_nadam.py:60",
     "_h6": "= (1 - beta2 ** t) ** (-1), in specs/torch_nadam.py:62",
-    "_h7": "= -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(-beta1*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1), in specs/torch_nadam.py:62",
-    "_h8": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1 ** 2*mu_product*(1 - (1 / 2)*0.96 ** (momentum_decay*t))*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1))) + 1), in specs/torch_nadam.py:62",
+    "_h7": "= -lr*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(1 - f32(mu_product*f32(mu_t))), in specs/torch_nadam.py:62, from beta1, lr, momentum_decay, mu_product, t",
+    "_h8": "= -beta1*lr*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))/(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*(t + 1)))*f32(mu_product*f32(mu_t)) + 1), in specs/torch_nadam.py:62, from beta1, lr, momentum_decay, mu_product, t",
     "beta2": "hyperparameter",
     "eps": "hyperparameter",
     "weight_decay": "hyperparameter",
@@ -171,6 +171,8 @@ def host_scalars(
     """The update kernel's scalars and the new host states (doubles), once per step."""
     # specs/torch_nadam.py:52: decay = Piecewise((-lr*weight_decay + 1, decoupled_weight_decay > 0), (1, True))
     decay = (-lr * weight_decay + 1) if (decoupled_weight_decay > 0) else (1)
+    # specs/torch_nadam.py:53: mu_t = beta1*(1 - 0.96**(momentum_decay*t)/2)
+    mu_t = beta1 * (1 - (1 / 2) * 0.96 ** (momentum_decay * t))
     # specs/torch_nadam.py:58: exp_avg_new = Piecewise((exp_avg + (1 - beta1)*((-exp_avg + G)), Abs(beta1 - 1) < 1/2), (-beta1*((-exp_avg + G)) + G, True))
     _h0 = 1 - 2 * maximize
     _h1 = decoupled_weight_decay > 0
@@ -184,21 +186,20 @@ def host_scalars(
     _h7 = (
         -lr
         * (-beta1 * (1 - (1 / 2) * 0.96 ** (momentum_decay * t)) + 1)
-        / (-beta1 * mu_product * (1 - (1 / 2) * 0.96 ** (momentum_decay * t)) + 1)
+        / (1 - host_f32(mu_product * host_f32(mu_t)))
     )
     _h8 = (
         -beta1
         * lr
         * (1 - (1 / 2) * 0.96 ** (momentum_decay * (t + 1)))
         / (
-            -(beta1**2)
-            * mu_product
-            * (1 - (1 / 2) * 0.96 ** (momentum_decay * t))
+            -beta1
             * (1 - (1 / 2) * 0.96 ** (momentum_decay * (t + 1)))
+            * host_f32(mu_product * host_f32(mu_t))
             + 1
         )
     )
     scalars = (_h0, _h1, _h2, _h3, _h4, _h5, _h6, _h7, _h8, beta2, eps, weight_decay, decay)
     return scalars, {
-        "mu_product": beta1 * mu_product * (1 - (1 / 2) * 0.96 ** (momentum_decay * t)),
+        "mu_product": host_f32(mu_product * host_f32(mu_t)),
     }

@@ -2659,9 +2659,9 @@ class TorchASGD(GeneratedOptimizer):
         eta <- lr / (1 + lambd * lr * t)^alpha;  mu <- 1 / max(1, t - t0)
 
     At the first step eta is lr (torch's initial value; the host state starts at 0 and is set by
-    the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
-    (exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
-    the weights.
+    the first step). torch keeps eta and mu as float32 tensors (``torch.as_tensor`` of each new
+    value, its default dtype) and reads eta as a double (``.item()``); so does this spec (``f32``),
+    at every weight dtype: float64 weights step with torch's eta and mu too.
 
     At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
     ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
@@ -2718,9 +2718,9 @@ class TorchNAdam(GeneratedOptimizer):
         denom = sqrt(v / (1 - beta2^t)) + eps
         w <- w - lr (1 - mu_t) / (1 - M) * g / denom - lr mu_t1 / (1 - M mu_t1) * m / denom
 
-    torch keeps M as a float32 tensor (its default scalar dtype); here it is a float64 host state
-    (exported as a 0-d tensor), so the two differ by float32's rounding of M, far below an ulp of
-    the weights.
+    torch keeps M as a float32 tensor (its default scalar dtype) and multiplies it in float32 by
+    mu_t rounded to float32 (``mu_product *= mu``), then reads it as a double (``.item()``); so does
+    this spec (``f32``), at every weight dtype: float64 weights step with torch's M too.
 
     At weight_decay = 0 (torch's default) the update runs without weight decay, coupled or decoupled
     (the special case ``no_decay``: the value substituted exactly, both forms vanish), which is what

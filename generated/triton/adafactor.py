@@ -486,7 +486,7 @@ def adafactor_kernel(
     #   _h3: = eps1 ** 2, in specs/adafactor.py:69
     #   _h4: = (ndim < 2), in specs/adafactor.py:69
     #   _h5: = -lr*weight_decay + 1, in specs/adafactor.py:70
-    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(host_max(1, numel))) else (eps2))*((d*math.sqrt(host_max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(host_max(1, numel))) > 1) else (1))*host_min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
+    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) > 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
     _h3 = tl.cast(_h3, tl.float32)
     _h4 = tl.cast(_h4, tl.float32)
     _h5 = tl.cast(_h5, tl.float32)

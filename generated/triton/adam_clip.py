@@ -128,7 +128,7 @@ def adam_clip_kernel_body(
 ):
     # The update of one block, shared by adam_clip_kernel and adam_clip_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.adam_clip, once per step):
-    #   _h0: = host_min(1, max_norm/(math.sqrt(grad_sq) + 1e-06)), in specs/adam_clip.py:36
+    #   _h0: = Min(1, max_norm/(math.sqrt(grad_sq) + 1e-06)), in specs/adam_clip.py:36
     #   _h1: = 1 - beta1, in specs/adam_clip.py:36
     #   _h2: = 1 - beta2, in specs/adam_clip.py:37
     #   _h3: = (1.0 / math.sqrt(1 - beta2 ** t)), in specs/adam_clip.py:39

@@ -907,7 +907,7 @@ def came_kernel(
     # Host scalars (fp32; from host_scalars in generated.rules.came, once per step):
     #   _h0: = ((0) if (weight_decouple > 0) else (wd)), in specs/came.py:53
     #   _h4: = (ndim < 2), in specs/came.py:57
-    #   _h5: = host_max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(host_max(1, numel)))) ** (-1), in specs/came.py:60
+    #   _h5: = Max(1, math.sqrt(u_sq)/(clip_threshold*math.sqrt(Max(1, numel)))) ** (-1), in specs/came.py:60
     #   _h9: = 1 - beta1, in specs/came.py:58
     #   _h10: = ((-wd*((1) if (fixed_decay > 0) else (lr)) + 1) if (weight_decouple > 0) else (1)), in specs/came.py:64
     #   _h11: = -lr, in specs/came.py:64

@@ -146,12 +146,12 @@ def lamb_kernel_body(
 ):
     # The update of one block, shared by lamb_kernel and lamb_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.lamb, once per step):
-    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h0: = f32(beta2), in specs/lamb.py:71
     #   _h1: = -clip_gradient, in specs/lamb.py:71
-    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h2: = 1 - f32(beta2), in specs/lamb.py:71
     #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
-    #   _h4: = host_f32(beta1), in specs/lamb.py:71
-    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h4: = f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - f32(beta1), in specs/lamb.py:71
     #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
     #   _h7: = -lr*ratio, in specs/lamb.py:73, from lower_bound, lr, u_sq, upper_bound, w_sq
     #   wd: hyperparameter
@@ -382,12 +382,12 @@ def lamb_reduce_kernel_body(
     # Reduction phase 1 for one block: one float32 partial per reduction into slot `slot`
     # of the partials (no atomics), shared by lamb_reduce_kernel and lamb_multi_reduce_kernel.
     # Host scalars (fp32; from reduction_scalars in generated.rules.lamb, once per step):
-    #   _h0: = host_f32(beta2), in specs/lamb.py:71
+    #   _h0: = f32(beta2), in specs/lamb.py:71
     #   _h1: = -clip_gradient, in specs/lamb.py:71
-    #   _h2: = 1 - host_f32(beta2), in specs/lamb.py:71
+    #   _h2: = 1 - f32(beta2), in specs/lamb.py:71
     #   _h3: = (-beta2 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
-    #   _h4: = host_f32(beta1), in specs/lamb.py:71
-    #   _h5: = 1 - host_f32(beta1), in specs/lamb.py:71
+    #   _h4: = f32(beta1), in specs/lamb.py:71
+    #   _h5: = 1 - f32(beta1), in specs/lamb.py:71
     #   _h6: = (-beta1 ** t*bias_correction + 1) ** (-1), in specs/lamb.py:71
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter

@@ -136,7 +136,7 @@ def nag_kernel_body(
     # Host scalars (fp32; from host_scalars in generated.rules.nag, once per step):
     #   _h0: = -clip_gradient, in specs/nag.py:56
     #   _h1: = -lr, in specs/nag.py:56
-    #   _h2: = host_f32(momentum) + 1, in specs/nag.py:57
+    #   _h2: = f32(momentum) + 1, in specs/nag.py:57
     #   _h3: = -momentum, in specs/nag.py:57
     #   wd: hyperparameter
     #   rescale_grad: hyperparameter

@@ -129,9 +129,9 @@ def rmsprop_centered_kernel_body(
 ):
     # The update of one block, shared by rmsprop_centered_kernel and rmsprop_centered_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.rmsprop_centered, once per step):
-    #   _h0: = host_f32(gamma1), in specs/rmsprop_centered.py:72
+    #   _h0: = f32(gamma1), in specs/rmsprop_centered.py:72
     #   _h1: = -clip_gradient, in specs/rmsprop_centered.py:72
-    #   _h2: = host_f32(1 - host_f32(gamma1)), in specs/rmsprop_centered.py:72
+    #   _h2: = f32(1 - f32(gamma1)), in specs/rmsprop_centered.py:72
     #   _h3: = -clip_weights, in specs/rmsprop_centered.py:76
     #   lr: hyperparameter
     #   wd: hyperparameter

@@ -123,9 +123,9 @@ def sgd_mom_kernel_body(
     # The update of one block, shared by sgd_mom_kernel and sgd_mom_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd_mom, once per step):
     #   _h0: = -clip_gradient, in specs/sgd_mom.py:46
-    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(rescale_grad))), in specs/sgd_mom.py:46
-    #   _h2: = -((host_f32(lr)*host_f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (host_f32(lr))), in specs/sgd_mom.py:46
-    #   _h3: = -host_f32(lr)*host_f32(wd), in specs/sgd_mom.py:46
+    #   _h1: = ((1) if (clip_gradient > 1.7976931348623157e+308) else (f32(rescale_grad))), in specs/sgd_mom.py:46
+    #   _h2: = -((f32(lr)*f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (f32(lr))), in specs/sgd_mom.py:46
+    #   _h3: = -f32(lr)*f32(wd), in specs/sgd_mom.py:46
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)

@@ -125,7 +125,7 @@ def sgd_plain_kernel_body(
     # The update of one block, shared by sgd_plain_kernel and sgd_plain_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.sgd_plain, once per step):
     #   _h0: = -clip_gradient, in specs/sgd.py:43
-    #   _h1: = -host_f32(lr), in specs/sgd.py:43
+    #   _h1: = -f32(lr), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)

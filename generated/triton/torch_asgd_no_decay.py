@@ -18,9 +18,9 @@ the end of each step for the next one: eta starts at lr, mu at 1):
     eta <- lr / (1 + lambd * lr * t)^alpha;  mu <- 1 / max(1, t - t0)
 
 At the first step eta is lr (torch's initial value; the host state starts at 0 and is set by
-the first step). torch keeps eta and mu as float32 tensors, here they are float64 host states
-(exported as 0-d tensors): the two differ by float32's rounding of eta, far below an ulp of
-the weights.
+the first step). torch keeps eta and mu as float32 tensors (``torch.as_tensor`` of each new
+value, its default dtype) and reads eta as a double (``.item()``); so does this spec (``f32``),
+at every weight dtype: float64 weights step with torch's eta and mu too.
 
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
