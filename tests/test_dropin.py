@@ -1159,3 +1159,23 @@ def test_dcp_flattened_state_dict_resumes(case: tuple[str, dict[str, Any]]) -> N
     torchs = get_optimizer_state_dict(theirs_model, theirs, options=flat)
     set_optimizer_state_dict(mine, ours, torchs, options=flat)
     assert_same_state(ours, theirs)
+
+
+@pytest.mark.parametrize("dampening", [0.0, 0.5])
+def test_sgd_momentum_switched_on_mid_run_starts_from_the_gradient(dampening: float) -> None:
+    """torch's SGD makes its momentum buffer when momentum is first non-zero, from the gradient
+    itself (``clone(grad)``: no dampening), at any step; so does the drop-in (it restarts the
+    step count, which torch does not keep): within ULPS of torch after 3 steps without momentum
+    and 6 with (the rule's running count made the first buffer ``(1 - dampening) * g``)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    theirs_p, ours_p = params_from(weights), params_from(weights)
+    theirs = torch.optim.SGD(theirs_p, lr=0.05, foreach=False)
+    ours = dropin.SGD(ours_p, lr=0.05, foreach=False)
+    run([(theirs, theirs_p), (ours, ours_p)], range(1, 4))
+    for opt in (theirs, ours):
+        opt.param_groups[0].update(momentum=0.9, dampening=dampening)
+    run([(theirs, theirs_p), (ours, ours_p)], range(4, 10))
+    for a, b in zip(ours_p, theirs_p, strict=True):
+        assert ulps(a, b) <= ULPS
+    assert_same_state(ours, theirs)

@@ -411,6 +411,19 @@ class DropIn(GeneratedOptimizer):
         theirs_of = {v: k for k, v in ours_of.items()}
         return out, [layout.get(k) or k for k in missing], [theirs_of.get(k, k) for k in extra]
 
+    def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
+        """As the rule's, but a buffer made mid-run (SGD's momentum switched on) where torch
+        keeps no step count restarts the count: torch makes that buffer from the gradient
+        itself (``clone(grad)``, no dampening), which is what the rule's first step does."""
+        before = set(self.state[p])
+        state = super()._state_for(p, hp)
+        if before and state.keys() - before:
+            group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+            created = torch_creates(self.DROP_IN, self._torch_settings(group))
+            if "step" not in created and "*" not in created:
+                state["step"] = step_tensor(0)
+        return state
+
     def _adopt_states(self) -> None:
         """Each parameter's state that a caller put in ``self.state`` in torch's format, as
         ``ZeroRedundancyOptimizer.load_state_dict`` does (it writes the saved state into its
