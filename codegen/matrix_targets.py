@@ -29,7 +29,9 @@ import sympy as sp
 
 from codegen import matrix, names, ops
 from codegen.ir import Assign
-from codegen.lower import HostExtractor, Linearizer, Op
+from codegen.linearize import Linearizer
+from codegen.lower import HostExtractor
+from codegen.lowered import Op
 from codegen.names import Temps
 from codegen.spec import Rule, SpecError
 from codegen.spec_parts import SCALAR

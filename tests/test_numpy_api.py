@@ -12,7 +12,8 @@ from conftest import RULES, numpy_module, step_inputs, tolerance
 from reference import sample_hyperparams, spec_trajectory
 from test_symbolic import case, max_rel_error, run_numpy
 
-from codegen.lower import Op, lower
+from codegen.lower import lower
+from codegen.lowered import Op
 from codegen.targets.numpy import TARGET as NUMPY_TARGET
 from optgen_runtime.numpy_support import THREADS
 

@@ -19,7 +19,8 @@ import sympy as sp
 from conftest import temporary_rule, ulp
 
 from codegen import ops
-from codegen.lower import Linearizer, lower
+from codegen.linearize import Linearizer
+from codegen.lower import lower
 from codegen.spec_checks import SUPPORTED_FUNCTIONS
 from codegen.targets import numpy as numpy_target
 from codegen.targets import triton as triton_target

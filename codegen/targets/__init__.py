@@ -1,7 +1,7 @@
 """Targets as configuration: what each generated file is made of.
 
 A :class:`Target` names its output directory, its jinja2 template and the function that builds the
-template's context from the lowered rule (:class:`codegen.lower.Lowered`); its printer lives in
+template's context from the lowered rule (:class:`codegen.lowered.Lowered`); its printer lives in
 its own module and declares one entry per operation of :mod:`codegen.ops`. ``codegen/generate.py``
 runs the pipeline over :data:`RULE_TARGETS` (one file per rule) and :data:`PACKAGE_TARGETS` (one
 file for all rules), and writes and checks the results.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from codegen.lower import Lowered
+from codegen.lowered import Lowered
 from codegen.spec import Rule
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

@@ -11,7 +11,7 @@ from typing import Any
 
 import sympy as sp
 
-from codegen.lower import Lowered, Op
+from codegen.lowered import Lowered, Op
 from codegen.spec import SpecError
 from codegen.targets.numba import (
     ACCUMULATE,

@@ -14,7 +14,8 @@ from typing import ClassVar
 import sympy as sp
 
 from codegen import names, ops
-from codegen.lower import Lowered, Op, Operand
+from codegen.ir import Operand
+from codegen.lowered import Lowered, Op
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
 from codegen.targets.host import CommentedLines, HostCode, literal

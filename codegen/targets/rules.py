@@ -12,7 +12,7 @@ import sympy as sp
 
 from codegen import names
 from codegen.ir import Assign
-from codegen.lower import Lowered
+from codegen.lowered import Lowered
 from codegen.mxnet import UNCLIPPED_ABOVE
 from codegen.ops import Guarded, f32
 from codegen.spec import Rule, State
