@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from generated.numpy import adam as reference
 from generated.torch import Adam
-from optgen_runtime.optim.step import NumbaMissing
+from optgen_runtime.optim.backends import NumbaMissing
 from tools import gpu_check
 
 p = torch.nn.Parameter(torch.linspace(-1, 1, 300))

@@ -13,7 +13,8 @@ It is composed of one part per concern, each in its own module:
 - :mod:`~optgen_runtime.optim.state`: per-parameter state, its checks, ``state_dict()`` /
   ``load_state_dict()``, multi-precision master weights;
 - :mod:`~optgen_runtime.optim.amp`: ``torch.amp.GradScaler`` support (skipped steps rolled back);
-- :mod:`~optgen_runtime.optim.step`: the step on the numba, NumPy or Triton backend;
+- :mod:`~optgen_runtime.optim.step`: the step's checks, then the numba, NumPy or Triton backend
+  (:mod:`~optgen_runtime.optim.backends`);
 - :mod:`~optgen_runtime.optim.fast`: the step of an unchanged parameter set on the numba
   backend, its checks cut to one pass, on the plan :mod:`~optgen_runtime.optim.plan` keeps;
 - :mod:`~optgen_runtime.optim.rows`: sparse gradients stepped lazily, on the rows they hold

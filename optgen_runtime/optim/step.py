@@ -25,21 +25,18 @@ kernels.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from types import ModuleType
 from typing import Any
 
 import torch
 
 from optgen_runtime.common import (
-    commit,
     deferred_writes,
-    deferring,
     host_state_values,
     running_module,
 )
+from optgen_runtime.optim.backends import Backends
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.optim.layout import Shown
@@ -59,16 +56,9 @@ def _as_it_is(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class NumbaMissing(ImportError):
-    """numba (or llvmlite) cannot be imported: the compiled CPU loops cannot run."""
-
-
-_NUMBA_MODULES: dict[ModuleType, ModuleType] = {}  # a rule's metadata module: its numba module
-_NUMBA_MISSING: dict[ModuleType, str] = {}  # or why it cannot be imported (not tried again)
-
-
-class Stepping:
-    """``step`` of ``GeneratedOptimizer`` and its two backends."""
+class Stepping(Backends):
+    """``step`` of ``GeneratedOptimizer``: every check, then one of its backends
+    (:mod:`~optgen_runtime.optim.backends`)."""
 
     def step(self, closure: Callable[[], Any] | None = None, **inputs: Any) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss.
@@ -442,247 +432,3 @@ class Stepping:
         if "master" in state or p.dtype not in LOW_PRECISION or self._use_triton(p):
             return None
         return torch.float32
-
-    def _numpy_step(
-        self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any], seed: int, given: Given
-    ) -> None:
-        [weight], [shown] = self._weights([p], [state])
-        grad = shown.read(local(p.grad).detach())
-        if grad.dtype != weight.dtype:
-            grad = self._grad_scratch(grad, weight.dtype)
-        views = self._views(state, lambda t: t.detach().numpy(), shown)
-        t = int(state["step"]) + 1
-        if self.META.DRAWS:  # its stream, at its elements' indices in the full tensor
-            hp = {**hp, "seed": seed, "noise_offset": self._noise_offset(p)}
-        # per-element inputs in the weight's dtype, as the NumPy reference takes them (a copy
-        # only where the dtype differs or the tensor is not contiguous)
-        arrays = {
-            key: shown.read(local(x).detach()).to(weight.dtype).numpy()
-            for key, x in given.of(p).items()
-        }
-        self.NUMPY.step(
-            weight.detach().numpy(), grad.numpy(), views, t, **hp, **arrays, **given.scalars
-        )
-        commit(lambda: self._finish(p, state, views, shown))  # after the module's writes
-
-    def _use_numba(self) -> bool:
-        """CPU parameters run the compiled module: ``backend="numba"``, or ``"auto"`` where the
-        rule is compiled and OPTGEN_CPU_BACKEND did not say ``numpy`` when the optimizer was
-        built (read once: the environment is not looked up on every step)."""
-        if self.backend == "numba":
-            return True
-        if self.backend != "auto" or self._numpy_by_env:
-            return False
-        try:
-            return bool(self._numba().COMPILED)
-        except NumbaMissing:
-            return False  # the NumPy reference on CPU (a GPU machine's Python often lacks numba)
-
-    def _numba(self) -> ModuleType:
-        """The rule's numba module, imported on first use (numba loads only when needed), from
-        the package of the rule's metadata (``generated`` in a checkout, ``optgen`` installed).
-        Raises ``NumbaMissing`` (an ImportError naming the class) where numba cannot be
-        imported: numba is needed only for the compiled CPU loops."""
-        module = _NUMBA_MODULES.get(self.META)
-        if module is None:
-            why = _NUMBA_MISSING.get(self.META)
-            if why is not None:
-                raise NumbaMissing(why)  # a new one each time: a kept one's traceback would grow
-            package = self.META.__name__.rsplit(".", 2)[0]
-            try:
-                module = importlib.import_module(f"{package}.numba.{self.RULE}")
-            except ImportError as error:
-                if error.name is None or error.name.split(".")[0] not in ("numba", "llvmlite"):
-                    raise
-                why = _NUMBA_MISSING[self.META] = (
-                    f"{type(self).__name__}: the compiled CPU loops need numba, which cannot be "
-                    f"imported here ({error}); backend='auto' or 'numpy' runs the NumPy "
-                    "reference on CPU, 'triton' the Triton kernels"
-                )
-                raise NumbaMissing(why) from error
-            _NUMBA_MODULES[self.META] = module
-        return module
-
-    def _numba_step(
-        self,
-        params: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        hp: dict[str, Any],
-        given: Given,
-        streams: list[int],
-    ) -> None:
-        """The group's CPU parameters in one ``step_prechecked`` of the compiled module, on
-        zero-copy views; a gradient of another dtype than its (master) weight is converted into
-        its own slice of a reused scratch buffer (``_grad_scratches``); per-element inputs of
-        another dtype into temporaries. A rule with noise: the j-th parameter draws from
-        ``tensor_seed(seed, streams[j])``, each element at its index in the full tensor, as on
-        the other backends."""
-        weights, shown = self._weights(params, states)
-        grads = self._grad_scratches(
-            [sh.read(local(p.grad).detach()) for p, sh in zip(params, shown, strict=True)],
-            [w.dtype for w in weights],
-        )
-        views = [
-            self._views(state, lambda t: t.detach().numpy(), sh)
-            for state, sh in zip(states, shown, strict=True)
-        ]
-        ts = [int(state["step"]) + 1 for state in states]
-        arrays: dict[str, Any] = self._input_arrays(params, weights, given, shown)
-        if self.META.DRAWS:  # each element at its index in the full tensor
-            arrays["stream_ids"] = streams
-            arrays["noise_offsets"] = [self._noise_offset(p) for p in params]
-        self._numba().step_prechecked(  # every array checked in _plans
-            [w.numpy() for w in weights],
-            [g.numpy() for g in grads],
-            views,
-            ts,
-            **hp,
-            **arrays,
-            **given.scalars,
-        )
-        # after the module's writes
-        commit(lambda: self._finish_each(params, states, views, shown))
-
-    def _numpy_group_step(
-        self,
-        params: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        hp: dict[str, Any],
-        given: Given,
-    ) -> None:
-        """The group's CPU parameters in one ``step_multi`` of a rule with reductions: its group
-        reductions (a global gradient norm) cover all of them, and every tensor is reduced and
-        checked before any is written. A gradient or per-element input of another dtype than
-        its (master) weight is converted into a temporary of its own."""
-        weights, shown = self._weights(params, states)
-        grads = [
-            sh.read(local(p.grad).detach()).to(w.dtype)  # (a complex one: its real view)
-            for p, w, sh in zip(params, weights, shown, strict=True)
-        ]
-        views = [
-            self._views(state, lambda t: t.detach().numpy(), sh)
-            for state, sh in zip(states, shown, strict=True)
-        ]
-        ts = [int(state["step"]) + 1 for state in states]
-        arrays = self._input_arrays(params, weights, given, shown)
-        self.NUMPY.step_multi(
-            [w.numpy() for w in weights],
-            [g.numpy() for g in grads],
-            views,
-            ts,
-            **hp,
-            **arrays,
-            **given.scalars,
-        )
-        # after the module's writes
-        commit(lambda: self._finish_each(params, states, views, shown))
-
-    def _input_arrays(
-        self,
-        params: list[torch.Tensor],
-        weights: list[torch.Tensor],
-        given: Given,
-        shown: list[Shown],
-    ) -> dict[str, list[Any]]:
-        """Each per-element input as one array per parameter, in its (master) weight's dtype,
-        shown as its weight (a copy only where the dtype differs or it is not contiguous)."""
-        return {
-            key: [
-                sh.read(local(given.of(p)[key]).detach()).to(w.dtype).numpy()
-                for p, w, sh in zip(params, weights, shown, strict=True)
-            ]
-            for key in self.META.INPUTS
-        }
-
-    def _grad_scratch(self, grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``grad`` converted to ``dtype`` (a fp16/bf16 gradient for its fp32 master) in a
-        scratch buffer the optimizer reuses, sized to its largest parameter and never part of
-        ``state_dict()``: no parameter-sized allocation per step."""
-        if deferring():  # a queued step still reads it: no buffer shared with the next
-            return grad.to(dtype)
-        n = grad.numel()
-        scratch = getattr(self, "_scratch", None)
-        if scratch is None or scratch.numel() < n or scratch.dtype != dtype:
-            sizes = [p.numel() for group in self.param_groups for p in group["params"]]
-            scratch = torch.empty(max([n, *sizes]), dtype=dtype, device=grad.device)
-            self._scratch = scratch
-        view = scratch[:n].view(grad.shape)
-        view.copy_(grad)
-        return view
-
-    def _grad_scratches(
-        self, grads: list[torch.Tensor], dtypes: list[torch.dtype]
-    ) -> list[torch.Tensor]:
-        """``grads`` converted to ``dtypes`` where they differ (fp16/bf16 gradients for their
-        fp32 masters), all at once: each in its own slice of one scratch buffer the optimizer
-        reuses (sized to the largest total a group needed), never part of ``state_dict()``."""
-        need = [g.numel() for g, d in zip(grads, dtypes, strict=True) if g.dtype != d]
-        if not need:
-            return grads
-        if deferring():  # a queued step still reads them: no buffer shared with the next
-            return [g if g.dtype == d else g.to(d) for g, d in zip(grads, dtypes, strict=True)]
-        dtype = next(d for g, d in zip(grads, dtypes, strict=True) if g.dtype != d)
-        scratch = getattr(self, "_scratch", None)
-        if scratch is None or scratch.numel() < sum(need) or scratch.dtype != dtype:
-            scratch = torch.empty(sum(need), dtype=dtype, device=grads[0].device)
-            self._scratch = scratch
-        out, at = [], 0
-        for g, d in zip(grads, dtypes, strict=True):
-            if g.dtype == d:
-                out.append(g)
-                continue
-            if d != dtype:  # another master dtype in the same group: a temporary
-                out.append(g.to(d))
-                continue
-            view = scratch[at : at + g.numel()].view(g.shape)
-            view.copy_(g)
-            out.append(view)
-            at += g.numel()
-        return out
-
-    def _triton_step(
-        self,
-        params: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        hp: dict[str, Any],
-        streams: list[int],
-        amp: Amp | None = None,
-        given: Given | None = None,
-    ) -> None:
-        """One ``step_multi`` for the group's parameters, each at its own step count; the j-th
-        draws from ``tensor_seed(seed, streams[j])`` (its index in ``state_dict()``); ``amp``:
-        GradScaler's (found_inf, grad_scale) on the device (``amp_flags``), or None."""
-        weights, shown = self._weights(params, states)
-        grads = [sh.read(local(p.grad).detach()) for p, sh in zip(params, shown, strict=True)]
-        views = [
-            self._views(state, lambda x: x, sh) for state, sh in zip(states, shown, strict=True)
-        ]
-        ts = [int(state["step"]) + 1 for state in states]
-        given = given or Given()
-        arrays = {
-            key: [
-                sh.read(local(given.of(p)[key]).detach())
-                for p, sh in zip(params, shown, strict=True)
-            ]
-            for key in self.META.INPUTS
-        }
-        if self.META.DRAWS:  # each element at its index in the full tensor
-            arrays["noise_offsets"] = [self._noise_offset(p) for p in params]
-        copies = [self._copy_out(p, state) for p, state in zip(params, states, strict=True)]
-        copied = copies if any(c is not None for c in copies) else None
-        if copied is not None:
-            arrays["copies"] = copied
-        self.TRITON.step_multi(  # every buffer checked in _plans, before any write
-            weights,
-            grads,
-            views,
-            ts,
-            stream_ids=streams,
-            amp=amp,
-            prechecked=True,
-            **hp,
-            **arrays,
-            **given.scalars,
-        )
-        # after the module's writes
-        commit(lambda: self._finish_each(params, states, views, shown, copied))
