@@ -505,8 +505,9 @@ def test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90() -> None:
 def test_the_drop_in_takes_ns_dtype_and_keeps_torchs_state_dict() -> None:
     """``optim.Muon(..., ns_dtype="bfloat16")``: torch's signature plus the keyword-only setting
     torch lacks; it iterates in bfloat16 (within the bound of torch's own bfloat16 Muon, and not
-    the float32 drop-in's weights); the state_dict stays torch's (no ``ns_dtype``), and a
-    checkpoint loaded takes the loading optimizer's value."""
+    the float32 drop-in's weights); given, the groups and the state_dict hold it besides
+    torch's keys, and a checkpoint loaded takes the saved value; at its default neither does
+    (torch's keys alone, as torch.distributed.checkpoint's flattened load needs)."""
     from generated.torch import optim
 
     torch.manual_seed(0)
@@ -532,12 +533,14 @@ def test_the_drop_in_takes_ns_dtype_and_keeps_torchs_state_dict() -> None:
     ours = runs["bf16"][1]
     assert ours.param_groups[0]["ns_dtype"] == "bfloat16"
     saved = ours.state_dict()
-    assert "ns_dtype" not in saved["param_groups"][0]
-    assert (
-        saved["param_groups"][0].keys() == runs["torch"][1].state_dict()["param_groups"][0].keys()
-    )
-    again = optim.Muon([torch.nn.Parameter(w.clone()) for w in weights], ns_dtype="bfloat16")
+    torchs = runs["torch"][1].state_dict()["param_groups"][0].keys()
+    assert saved["param_groups"][0]["ns_dtype"] == "bfloat16"
+    assert saved["param_groups"][0].keys() - {"ns_dtype"} == torchs
+    again = optim.Muon([torch.nn.Parameter(w.clone()) for w in weights])
     again.load_state_dict(saved)
     assert again.param_groups[0]["ns_dtype"] == "bfloat16"
+    plain = runs["f32"][1]
+    assert "ns_dtype" not in plain.param_groups[0]
+    assert plain.state_dict()["param_groups"][0].keys() == torchs
     with pytest.raises(ValueError, match="ns_dtype"):
         optim.Muon([torch.nn.Parameter(weights[0].clone())], ns_dtype="float8")
