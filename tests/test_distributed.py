@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_checks import SAVE_LOAD, SPARSE_DDP, STRIDED, TRITON, ZERO_DROP_INS
+from distributed_checks import (
+    FLAT_DROP_INS,
+    SAVE_LOAD,
+    SPARSE_DDP,
+    STRIDED,
+    TRITON,
+    ZERO_DROP_INS,
+)
 
 from generated.torch import RULES
 from tools.ranks import free_port, run_ranks
@@ -51,6 +58,7 @@ CHECKS += [f"fsdp_triton/{name}" for name in TRITON] + ["refusals"]
 CHECKS += [f"ddp_strided/{name}" for name in STRIDED]
 CHECKS += [f"ddp_sparse/{key}" for key in SPARSE_DDP]
 CHECKS += [f"zero_resume/{name}" for name in ZERO_DROP_INS]
+CHECKS += [f"fsdp_flat_dcp/{name}" for name in FLAT_DROP_INS]
 
 
 @pytest.mark.parametrize("check", CHECKS)
