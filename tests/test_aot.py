@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import MATRIX_RULE_NAMES, MATRIX_RULES, RULE_NAMES, RULES, triton_module
 
-from codegen.matrix_targets import in_place, plan
+from codegen.matrix_plan import in_place, plan
 from codegen.variants import variants as all_variants
 from tools.aot import MASTERS
 
@@ -108,7 +108,7 @@ def test_no_arguments_compiles_the_matrix_rules_segment_kernels(
 ) -> None:
     """``python -m tools.aot`` with no arguments compiles the matrix rules' Triton too: one
     kernel per per-element segment that stores a value a later stage reads, and the writes'
-    kernel (codegen/matrix_targets.py ``in_place``), every arch and weight dtype."""
+    kernel (codegen/matrix_plan.py ``in_place``), every arch and weight dtype."""
     kernels = {n for n in vars(triton_module(rule)) if n.endswith("_kernel")}
     loops = in_place(plan(MATRIX_RULES[rule])).segments
     segments = {f"{rule}_segment{i}_kernel" for i, loop in loops.items() if loop is not None}

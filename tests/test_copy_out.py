@@ -270,7 +270,7 @@ def test_the_classes_copy_only_what_the_kernel_cannot(
             assert torch.equal(p, q)
 
 
-# A matrix rule's writes' kernel (codegen.matrix_targets.in_place: <rule>_commit_kernel) takes
+# A matrix rule's writes' kernel (codegen.matrix_plan.in_place: <rule>_commit_kernel) takes
 # copies too; shapes of both orientations, one that is not a multiple of 16 elements, an empty one.
 MATRIX_CASES = [("muon", {"lr": 0.02}), ("adamuon", {"lr": 0.02})]
 MATRIX_SHAPES = [(64, 16), (12, 9), (0, 4), (16, 64)]

@@ -1181,7 +1181,7 @@ def test_sgd_momentum_switched_on_mid_run_starts_from_the_gradient(dampening: fl
     assert_same_state(ours, theirs)
 
 
-@pytest.mark.parametrize("rule", ["adam", "lamb", "sgld", "adafactor", "sgd_mom", "ftml"])
+@pytest.mark.parametrize("rule", ["Adam", "LAMB", "SGLD", "Adafactor", "SGDMomentum", "FTML"])
 def test_dcp_flattened_state_dict_resumes_the_spec_named_classes(rule: str) -> None:
     """The spec-named classes (``generated.torch``: the rule's names in their groups and state,
     ``betas`` beside ``beta1``/``beta2`` where torch has it) under the same flattened DCP
@@ -1193,11 +1193,11 @@ def test_dcp_flattened_state_dict_resumes_the_spec_named_classes(rule: str) -> N
         set_optimizer_state_dict,
     )
 
-    from generated.torch import RULES
+    import generated.torch as classes
 
-    cls = RULES[rule]
+    cls = getattr(classes, rule)
     flat = StateDictOptions(flatten_optimizer_state_dict=True)
-    settings = {"lr": 1e-3} if rule == "sgld" else {}
+    settings = {"lr": 1e-3} if rule == "SGLD" else {}
     unbroken, saver = _flat_model(rule), _flat_model(rule)
     _flat_train(unbroken, cls(unbroken.parameters(), **settings), range(1, 7))
     first = cls(saver.parameters(), **settings)
@@ -1205,7 +1205,7 @@ def test_dcp_flattened_state_dict_resumes_the_spec_named_classes(rule: str) -> N
     saved = get_optimizer_state_dict(saver, first, options=flat)
     loader = copy.deepcopy(saver)
     resumed = cls(loader.parameters(), **settings)
-    if rule == "ftml":  # (lr=0 is outside its legal values: DCP's own initialising step)
+    if rule == "FTML":  # (lr=0 is outside its legal values: DCP's own initialising step)
         resumed.init_state()
     set_optimizer_state_dict(loader, resumed, saved, options=flat)
     _flat_train(loader, resumed, range(4, 7))

@@ -64,7 +64,7 @@ NOT_FOR_MATRIX_RULES: dict[str, tuple[str, list[str]]] = {
         ["test_muon.py::test_the_gpu_kernels_compile_ahead_of_time_for_sm80_and_sm90"],
     ),
     "test_lowering.py": (
-        "codegen.lower's passes; matrix rules are planned by codegen.matrix_targets.plan",
+        "codegen.lower's passes; matrix rules are planned by codegen.matrix_plan.plan",
         [
             "test_muon.py::test_op_counts_are_pinned",
             "test_adamuon.py::test_the_iteration_is_muons_and_the_op_counts_are_pinned",

@@ -249,12 +249,13 @@ def minimum_traffic(module: Any, kernel: str, weight_type: str) -> int | None:
 
 
 def _matrix_minimum(module: Any, kernel: str, narrow: int, master: bool) -> int | None:
-    """A matrix rule's element loop (codegen.matrix_targets.in_place: a segment's, or the
+    """A matrix rule's element loop (codegen.matrix_plan.in_place: a segment's, or the
     writes' that makes the new weight and states in place): each array it reads read once,
     each it writes written once (weight and gradient ``narrow`` bytes, the states and the
     step's own arrays float32; ``master``: the weight float32, and the writes' kernel writes
     the parameter once more in its dtype); None for a kernel it does not generate."""
-    from codegen.matrix_targets import in_place, kernel_name, plan
+    from codegen.matrix_plan import in_place, plan
+    from codegen.matrix_targets import kernel_name
 
     rule = _spec(module)
     if rule is None:
