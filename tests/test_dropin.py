@@ -1117,6 +1117,34 @@ def _flat_train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: range
         opt.step()
 
 
+def _flat_resume(name: str, make: Any, init_state: bool = False) -> None:
+    """3 steps of ``make(params)``'s optimizer, its flattened DCP state dict
+    (``flatten_optimizer_state_dict=True``) loaded into a fresh one (after ``init_state()`` if
+    asked: DCP's own initialising step is at lr=0), 3 more steps: the weights of an unbroken
+    run of 6, to the bit."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    unbroken, saver = _flat_model(name), _flat_model(name)
+    _flat_train(unbroken, make(unbroken.parameters()), range(1, 7))
+    first = make(saver.parameters())
+    _flat_train(saver, first, range(1, 4))
+    saved = get_optimizer_state_dict(saver, first, options=flat)
+    assert all(not isinstance(v, dict) for v in saved.values())  # flattened
+    loader = copy.deepcopy(saver)
+    resumed = make(loader.parameters())
+    if init_state:
+        resumed.init_state()
+    set_optimizer_state_dict(loader, resumed, saved, options=flat)
+    _flat_train(loader, resumed, range(4, 7))
+    for a, b in zip(loader.parameters(), unbroken.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("case", FLATTEN_CASES, ids=case_id)
 def test_dcp_flattened_state_dict_resumes(case: tuple[str, dict[str, Any]]) -> None:
     """torch.distributed.checkpoint with ``flatten_optimizer_state_dict=True`` (torchtitan's
@@ -1134,23 +1162,15 @@ def test_dcp_flattened_state_dict_resumes(case: tuple[str, dict[str, Any]]) -> N
     name, options = case
     flat = StateDictOptions(flatten_optimizer_state_dict=True)
     settings = {"lr": LR[name], **options}
-    unbroken, saver = _flat_model(name), _flat_model(name)
-    whole = getattr(dropin, name)(unbroken.parameters(), **settings)
-    _flat_train(unbroken, whole, range(1, 7))
-    first = getattr(dropin, name)(saver.parameters(), **settings)
-    _flat_train(saver, first, range(1, 4))
-    saved = get_optimizer_state_dict(saver, first, options=flat)
-    assert all(not isinstance(v, dict) for v in saved.values())  # flattened
-    loader = copy.deepcopy(saver)
-    resumed = getattr(dropin, name)(loader.parameters(), **settings)
+
+    def make(params: Any) -> torch.optim.Optimizer:
+        return getattr(dropin, name)(params, **settings)
+
     if name in FLATTEN_REFUSED:
         with pytest.raises(ValueError, match=rf"'{FLATTEN_REFUSED[name]}' = \{{\}}.*=False"):
-            set_optimizer_state_dict(loader, resumed, saved, options=flat)
+            _flat_resume(name, make)
         return
-    set_optimizer_state_dict(loader, resumed, saved, options=flat)
-    _flat_train(loader, resumed, range(4, 7))
-    for a, b in zip(loader.parameters(), unbroken.parameters(), strict=True):
-        assert torch.equal(a, b)
+    _flat_resume(name, make)
     theirs_model = _flat_model(name)
     theirs = getattr(torch.optim, name)(theirs_model.parameters(), **settings)
     _flat_train(theirs_model, theirs, range(1, 4))
@@ -1187,27 +1207,9 @@ def test_dcp_flattened_state_dict_resumes_the_spec_named_classes(rule: str) -> N
     ``betas`` beside ``beta1``/``beta2`` where torch has it) under the same flattened DCP
     round trip: their live keys are their state_dict's, so 3 more steps equal an unbroken run
     to the bit (noise, per-tensor norms and row/column factors included)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
-    )
-
     import generated.torch as classes
 
     cls = getattr(classes, rule)
-    flat = StateDictOptions(flatten_optimizer_state_dict=True)
     settings = {"lr": 1e-3} if rule == "SGLD" else {}
-    unbroken, saver = _flat_model(rule), _flat_model(rule)
-    _flat_train(unbroken, cls(unbroken.parameters(), **settings), range(1, 7))
-    first = cls(saver.parameters(), **settings)
-    _flat_train(saver, first, range(1, 4))
-    saved = get_optimizer_state_dict(saver, first, options=flat)
-    loader = copy.deepcopy(saver)
-    resumed = cls(loader.parameters(), **settings)
-    if rule == "FTML":  # (lr=0 is outside its legal values: DCP's own initialising step)
-        resumed.init_state()
-    set_optimizer_state_dict(loader, resumed, saved, options=flat)
-    _flat_train(loader, resumed, range(4, 7))
-    for a, b in zip(loader.parameters(), unbroken.parameters(), strict=True):
-        assert torch.equal(a, b)
+    # (FTML's lr=0 is outside its legal values: init_state() before DCP's initialising step)
+    _flat_resume(rule, lambda params: cls(params, **settings), init_state=rule == "FTML")
