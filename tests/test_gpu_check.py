@@ -204,13 +204,14 @@ def test_a_pytest_run_stopped_at_its_budget_says_how_far_it_got() -> None:
 def test_the_distributed_run_launches_two_ranks_on_cpu() -> None:
     """The GPU run's distributed part, on CPU tensors (``device="cpu"``: the same launcher,
     environment and report as on CUDA): Adam's five checks and its strided-weights check, the
-    DCP save/load and Triton checks, the refusals, the sparse embedding's DDP checks and the
-    drop-ins' ZeRO resumes (run for any rules named); every one passed."""
-    from distributed_checks import SPARSE_DDP, ZERO_DROP_INS
+    DCP save/load and Triton checks, the refusals, the sparse embedding's DDP checks, the
+    drop-ins' ZeRO resumes and their flattened DCP resumes under FSDP2 (run for any rules
+    named); every one passed."""
+    from distributed_checks import FLAT_DROP_INS, SPARSE_DDP, ZERO_DROP_INS
 
     found = gpu_check.distributed_check(["adam"], device="cpu", budget=200)
     assert found["returncodes"] == [0, 0], found
-    expected = 5 + 1 + 4 + 2 + 1 + len(SPARSE_DDP) + len(ZERO_DROP_INS)
+    expected = 5 + 1 + 4 + 2 + 1 + len(SPARSE_DDP) + len(ZERO_DROP_INS) + len(FLAT_DROP_INS)
     assert found["checks"] == expected and found["failed"] == {}, found
 
 
