@@ -98,16 +98,14 @@ class SpecTermsPrinter(HostPrinter):
 
 def spec_terms(expr: sp.Expr) -> str:
     """One host expression in the spec's terms (``SpecTermsPrinter``)."""
-    printer = SpecTermsPrinter({"standard": "python3", "fully_qualified_modules": True})
-    printer.runtime = set()
-    return printer.doprint(expr)
+    return HostCode(SpecTermsPrinter)(expr)
 
 
 class HostCode:
     """Prints host expressions for one generated file and records the modules they need."""
 
-    def __init__(self) -> None:
-        self.printer = HostPrinter({"standard": "python3", "fully_qualified_modules": True})
+    def __init__(self, printer: type[HostPrinter] = HostPrinter) -> None:
+        self.printer = printer({"standard": "python3", "fully_qualified_modules": True})
         self.printer.runtime = set()
 
     def __call__(self, expr: sp.Expr) -> str:

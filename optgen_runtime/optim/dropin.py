@@ -114,14 +114,13 @@ class DropIn(GeneratedOptimizer):
         given = {k: v for k, v in (own or {}).items() if v != self.META.HYPERPARAMS[k]}
         defaults = {**settings, **given}
         for base, items in self._aliases().items():
-            value = self._alias_value(base, items, defaults[base])
+            self._alias_value(base, items, defaults[base])  # checked (the groups keep it)
             if base not in self._renames():  # as torch's constructor keeps it: a tuple whose
                 # tensors (0-d views) a user may change in place between steps
                 defaults[base] = tuple(
                     x.squeeze() if isinstance(x, torch.Tensor) and x.dim() else x
                     for x in defaults[base]
                 )
-            del value  # checked: the groups keep torch's key alone (see ``_hyper``)
         GeneratedOptimizer.__init__(
             self, params, defaults, multi_precision=multi_precision, backend=backend
         )
@@ -149,11 +148,6 @@ class DropIn(GeneratedOptimizer):
         """The rule's name of each item of torch's tuples and renamed settings -> (torch's
         key, index)."""
         return {ours: (base, i) for base, items in self._aliases().items() for i, ours in items}
-
-    def _group_keys(self) -> tuple[str, ...]:
-        # (the items' names too: a group given one is refused, not passed over by the fast
-        # step, which re-resolves a group whose record changed)
-        return (*self.META.HYPERPARAMS, *self._aliases())
 
     def _rule_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` (a group, or the rule's values) with torch's tuples and renamed settings
@@ -202,6 +196,8 @@ class DropIn(GeneratedOptimizer):
         self._alias_updates(saved)
 
     def _required_keys(self) -> tuple[str, ...]:
+        # (``_group_keys`` keeps the items' names: a group given one then changes the fast
+        # step's record and is re-resolved, so refused, not passed over)
         skip = self._own() | self._items().keys()  # (own ones: the rule's default if absent)
         return tuple(k for k in self._group_keys() if k not in skip)
 

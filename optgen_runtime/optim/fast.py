@@ -87,7 +87,7 @@ from optgen_runtime.common import (
     deferred_writes,
     host_state_values,
 )
-from optgen_runtime.optim.plan import Group, Plan, Planning, _permuted
+from optgen_runtime.optim.plan import _VERSION, Group, Plan, Planning, _permuted
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_amp import Amp
 from optgen_runtime.triton_cache import Vouched, spans_overlap
@@ -98,7 +98,7 @@ if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (op
 
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 # what the survey reads of each tensor and state, at C speed
-_GRAD, _DTYPE, _LAYOUT, _VERSION = (attrgetter(k) for k in ("grad", "dtype", "layout", "_version"))
+_GRAD, _DTYPE, _LAYOUT = (attrgetter(k) for k in ("grad", "dtype", "layout"))
 _STEP = itemgetter("step")
 _DATA_PTR, _SIZE, _GET_DEVICE = torch.Tensor.data_ptr, torch.Tensor.size, torch.Tensor.get_device
 _IS_NEG = torch.Tensor.is_neg
