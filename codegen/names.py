@@ -65,7 +65,7 @@ _reserve(
     "CHUNK RULES MATRIX_RULES META NUMPY TRITON MATRIX_VALUES MATRIX_OP_COUNTS check_matrix "
     "init_state step step_multi host_scalars host_scalars_rows reduction_scalars COMPILED FALLBACK "
     "NUMBA EVEN_CHUNKS initial_values "
-    "step_prechecked step_buffers step_tables ABSENT VARIANT SPECIAL "
+    "step_prechecked step_buffers step_tables ABSENT WITHOUT SPECIAL "
     "SPARSE LAZY_UPDATE SPARSE_REFUSED SPARSE_WHY COPIES",
 )
 _reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")

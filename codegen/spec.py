@@ -20,6 +20,7 @@ import math
 import sympy as sp
 
 from codegen import names
+from codegen.absence import check_special_cases
 from codegen.dropin import DropIn, declare
 from codegen.errors import SpecError
 from codegen.ir import Origin
@@ -295,26 +296,21 @@ class Rule(Reductions, Checks):
         self.states[name] = State(name, symbol, new, init_expr, doc, axis)
         if absent is not None:
             self.absent[name] = absent
+            check_special_cases(self, f"{self._where()}: state {name!r}")  # (declared after)
         return symbol
 
     def _absent_when(
         self, name: str, absent_when: object, axis: int | None
     ) -> dict[sp.Symbol, float] | None:
-        """``absent_when`` checked: hyperparameters declared before, each at a legal value; one
-        condition per rule (its variant is one more set of modules)."""
+        """``absent_when`` checked: hyperparameters declared before, each at a legal value.
+        Each state has its own condition: a variant per set of absent states some setting
+        gives (:mod:`codegen.absence`)."""
         if absent_when is None:
             return None
         where = f"{self._where()}: state {name!r}: absent_when"
         if axis is not None:
             raise SpecError(f"{where} is for per-element states (this one has an axis)")
-        out = self._hyper_values(where, absent_when)
-        for other, condition in self.absent.items():
-            if condition != out:
-                raise SpecError(
-                    f"{where} differs from state {other!r}'s; a rule has one absent_when "
-                    "condition (one variant of the update)"
-                )
-        return out
+        return self._hyper_values(where, absent_when)
 
     def _hyper_values(self, where: str, values: object) -> dict[sp.Symbol, float]:
         """``{hyperparameter: value}`` checked (hyperparameters declared before, each at a legal
@@ -362,10 +358,10 @@ class Rule(Reductions, Checks):
         give there: ``0 * w`` vanishes for an infinite weight too (torch skips weight decay at
         0; MXNet computes ``(1 - lr * wd) * w``) where the general update's ``w - lr*wd*w``
         gives NaN. A state whose ``absent_when`` these values include is absent in the special
-        case too; values that neither include nor contradict an ``absent_when`` are refused (a
-        step would match both), unless an earlier special case has them together with those of
-        the ``absent_when`` (it runs wherever the state is absent, so this one runs only where
-        the state exists: torch_sgd's ``no_decay`` after ``plain``).
+        case too; one that is absent somewhere the case runs first but kept by it is refused
+        (:func:`codegen.absence.check_special_cases`): the values must include or exclude its
+        ``absent_when``'s, or earlier special cases must run wherever it is absent (torch_sgd's
+        ``no_decay`` after ``plain``).
         """
         where = f"{self._where()}: special_case {name!r}"
         if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
@@ -374,29 +370,12 @@ class Rule(Reductions, Checks):
             raise SpecError(f"{where} is declared twice")
         out = self._hyper_values(where, values)
         self._doc(doc, f"special case {name!r}")
-        for state, condition in self.absent.items():
-            implied = all(out.get(h) == v for h, v in condition.items())
-            excluded = any(h in out and out[h] != v for h, v in condition.items())
-            # an earlier case with the absent_when's values and only values of ``out`` matches
-            # first wherever this one matches with the state absent
-            both = {**out, **condition}
-            covered = any(
-                all(before.get(h) == v for h, v in condition.items())
-                and all(both.get(h) == v for h, v in before.items())
-                for before in self.special.values()
-            )
-            if not implied and not excluded and not covered:
-                setting = ", ".join(f"{h} = {v:g}" for h, v in condition.items())
-                raise SpecError(
-                    f"{where}: state {state!r} is absent at {setting} (absent_when); the special "
-                    "case must include those values or exclude them, or follow a special case "
-                    "with its values and those"
-                )
         for other, before in self.special.items():
             if before == out:
                 raise SpecError(f"{where} has the values of special case {other!r}")
         self.special[name] = out
         self.special_docs[name] = doc
+        check_special_cases(self, self._where())
 
     def torch_equivalent(
         self,

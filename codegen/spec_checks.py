@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
-from codegen import ops
+from codegen import absence, ops
 from codegen.errors import SpecError
 from codegen.spec_parts import BATCH, COL, DOMAIN_NAMES, ELEMENT, ROW, SCALAR, Equation, State
 
@@ -83,15 +83,14 @@ class Checks:
         declared |= {str(s) for s in self.matrix_values}
         for d in self.drop_ins:  # the drop-in classes and their torch arguments (betas, foreach)
             declared |= {d.class_name, *(name for name, _ in d.signature if name != "*")}
-        variant = {self.variant_name} if self.absent else set()
+        variant = {self.without_name(gone) for gone in absence.absent_sets(self)}
         variant |= {self.special_name(name) for name in self.special}
         return declared | {self.name, self.class_name} | variant
 
-    @property
-    def variant_name(self) -> str:
+    def without_name(self, gone: tuple[str, ...]) -> str:
         """``<rule>_without_<state>[_<state>...]``: the modules (and kernels) of the variant
-        without the absent states (:mod:`codegen.variants`)."""
-        return "_".join([self.name, "without", *self.absent])
+        without the absent states ``gone`` (:mod:`codegen.variants`)."""
+        return "_".join([self.name, "without", *gone])
 
     def special_name(self, name: str) -> str:
         """``<rule>_<name>``: the modules (and kernels) of special case ``name``."""

@@ -4,9 +4,10 @@ Two kinds, each a variant rule lowered and printed like any rule into its own mo
 rule's own step functions run it whenever a call's hyperparameters have those values, so the
 values stay runtime arguments (no recompilation):
 
-- without absent states (``Rule.state(absent_when=...)``; ``<rule>_without_<state>``): torch's
-  SGD keeps no momentum buffer at momentum=0, and one update for every setting would read and
-  write it anyway (20 bytes per float32 element where 12 do);
+- without absent states (``Rule.state(absent_when=...)``; ``<rule>_without_<state>[_...]``, one
+  per set of absent states some setting gives: :mod:`codegen.absence`): torch's SGD keeps no
+  momentum buffer at momentum=0, and one update for every setting would read and write it
+  anyway (20 bytes per float32 element where 12 do);
 - special cases (``Rule.special_case``; ``<rule>_<name>``): plain SGD at ``wd = 0`` and
   ``rescale_grad = 1`` is one multiply and one add per element where the whole update computes
   five operations whatever the values.
@@ -25,13 +26,9 @@ import dataclasses
 
 import sympy as sp
 
+from codegen import absence
 from codegen.ir import Origin
 from codegen.spec import Equation, Hyper, Rule, SpecError
-
-
-def variant_name(rule: Rule) -> str:
-    """``<rule>_without_<state>[_<state>...]``: the module (and kernel) name of the variant."""
-    return rule.variant_name
 
 
 def _needed(rule: Rule, equations: list[Equation]) -> list[Equation]:
@@ -49,17 +46,19 @@ def _needed(rule: Rule, equations: list[Equation]) -> list[Equation]:
     return [eq for eq in equations if eq.target in keep]
 
 
-def absent_variant(rule: Rule) -> Rule | None:
-    """The rule without its absent states (None when it declares none), finished (checked)."""
-    if not rule.absent:
-        return None
-    values = next(iter(rule.absent.values()))
-    setting = _setting(values)
-    doc = (
-        f"`{rule.name}` at {setting}, where {', '.join(rule.absent)} does not exist: "
-        f"its step functions run this module then (codegen/variants.py)."
-    )
-    return _variant(rule, rule.variant_name, values, set(rule.absent), "absent_when", doc)
+def absent_variants(rule: Rule) -> list[Rule]:
+    """The rule without each set of absent states some setting gives (none when it declares
+    none; :func:`codegen.absence.absent_sets`), each finished (checked)."""
+    out = []
+    for gone in absence.absent_sets(rule):
+        values = absence.conditions(rule, gone)
+        doc = (
+            f"`{rule.name}` at {_setting(values)}, where {', '.join(gone)} does not exist: "
+            f"its step functions run this module then (codegen/variants.py)."
+        )
+        name = rule.without_name(gone)
+        out.append(_variant(rule, name, values, set(gone), "absent_when", doc))
+    return out
 
 
 def special_variants(rule: Rule) -> list[Rule]:
@@ -90,9 +89,8 @@ def special_absent(rule: Rule, name: str) -> list[str]:
 
 
 def variants(rule: Rule) -> list[Rule]:
-    """Every variant of the rule: its special cases, then the one without its absent states."""
-    absent = absent_variant(rule)
-    return special_variants(rule) + ([absent] if absent else [])
+    """Every variant of the rule: its special cases, then those without absent states."""
+    return special_variants(rule) + absent_variants(rule)
 
 
 def _setting(values: dict[sp.Symbol, float]) -> str:

@@ -512,10 +512,13 @@ def element_offsets(rule: str, offsets: Any, n: int) -> list[int]:
     return out
 
 
-def absent_states(absent: Mapping[str, Mapping[str, float]], hp: Mapping[str, float]) -> bool:
-    """True when the resolved hyperparameters ``hp`` make a rule's ``ABSENT`` states absent (its
-    spec's ``state(absent_when=...)``): the step then runs the rule's variant modules."""
-    return any(all(hp[n] == v for n, v in when.items()) for when in absent.values())
+def absent_states(
+    absent: Mapping[str, Mapping[str, float]], hp: Mapping[str, float]
+) -> tuple[str, ...]:
+    """The rule's ``ABSENT`` states that the resolved hyperparameters ``hp`` make absent (each
+    by its spec's ``state(absent_when=...)``), in order: where there are some, the step runs the
+    rule's variant modules without them (its ``WITHOUT``)."""
+    return tuple(k for k, when in absent.items() if all(hp[n] == v for n, v in when.items()))
 
 
 def matches(when: Mapping[str, float], hp: Mapping[str, float]) -> bool:
@@ -530,7 +533,8 @@ def running_variant(meta: Any, hp: Mapping[str, float]) -> str | None:
     for name, when in meta.SPECIAL.items():
         if matches(when, hp):
             return name
-    return meta.VARIANT if absent_states(meta.ABSENT, hp) else None
+    gone = absent_states(meta.ABSENT, hp)
+    return meta.WITHOUT[gone] if gone else None
 
 
 def running_module(module: Any, meta: Any, hp: Mapping[str, float]) -> Any:

@@ -14,15 +14,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 import sympy as sp
@@ -39,11 +39,12 @@ centered = RULE.flag("centered", False, doc="divide by an estimate of the gradie
 maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
 w, g = RULE.weight, RULE.grad
 square_avg = RULE.state("square_avg", 0, doc="running mean of g^2, n")
-plain = {momentum: 0, centered: False}  # torch's defaults: neither buffer exists
 momentum_buffer = RULE.state(
-    "momentum_buffer", 0, doc="momentum buffer b (momentum > 0)", absent_when=plain
+    "momentum_buffer", 0, doc="momentum buffer b (momentum > 0)", absent_when={momentum: 0}
 )
-grad_avg = RULE.state("grad_avg", 0, doc="running mean of g, a (centered)", absent_when=plain)
+grad_avg = RULE.state(
+    "grad_avg", 0, doc="running mean of g, a (centered)", absent_when={centered: False}
+)
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 # torch's addcmul_(g, g, value=1 - alpha): ((1 - alpha) * g) * g, never g**2 (overflows first)
@@ -64,8 +65,13 @@ RULE.test_case(alpha=0.3, centered=True)  # lerp weight 1 - alpha >= 0.5: torch_
 
 # torch's default: no weight decay (torch skips it at 0, so an infinite weight keeps its value
 # where 0 * inf would be NaN), and one multiply-add less per element
-# (torch's defaults first: no buffer but square_avg; then with momentum or centered)
-RULE.special_case("plain", {**plain, weight_decay: 0}, doc="no momentum, centering or decay")
+# (torch's defaults first: no buffer but square_avg; then one per set of buffers)
+plain = {momentum: 0, centered: False, weight_decay: 0}
+RULE.special_case("plain", plain, doc="no momentum, centering or decay")
+centered_only = {momentum: 0, centered: True, weight_decay: 0}
+RULE.special_case("centered_only", centered_only, doc="centered, no momentum or decay")
+momentum_only = {centered: False, weight_decay: 0}
+RULE.special_case("momentum_only", momentum_only, doc="momentum, not centered, no decay")
 RULE.special_case("no_decay", {weight_decay: 0}, doc="no weight decay")
 
 RULE.torch_equivalent(

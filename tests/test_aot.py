@@ -134,7 +134,9 @@ def test_all_rules_were_compiled(compiled: list[dict]) -> None:
     assert len(no_decay) == 9
     others = {"torch_sgd_without_momentum_buffer", "torch_sgd_plain", "sgd_plain"}
     others |= {"torch_adam_without_max_exp_avg_sq", "torch_adam_plain"}
-    others |= {"torch_rmsprop_without_momentum_buffer_grad_avg", "torch_rmsprop_plain"}
+    others |= {"torch_rmsprop_plain", "torch_rmsprop_centered_only"}
+    others |= {"torch_rmsprop_momentum_only", "torch_rmsprop_without_momentum_buffer_grad_avg"}
+    others |= {"torch_rmsprop_without_momentum_buffer", "torch_rmsprop_without_grad_avg"}
     others |= {"adahessian_sqrt"}
     assert variants == others | no_decay
     assert {r["rule"] for r in compiled} == set(RULE_NAMES) | set(MATRIX_RULE_NAMES) | variants

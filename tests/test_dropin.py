@@ -397,8 +397,6 @@ def test_a_state_written_in_torchs_format_steps_as_a_loaded_one(case, monkeypatc
 @pytest.mark.parametrize(
     ("name", "options"),
     [
-        ("RMSprop", {"centered": False, "momentum": 0.9}),
-        ("RMSprop", {"centered": True, "momentum": 0.0}),
         ("Adafactor", {}),
     ],
 )
@@ -406,10 +404,10 @@ def test_a_buffer_torch_does_not_keep_loads_as_a_first_step_makes_it(
     name: str, options: dict[str, Any]
 ) -> None:
     """A state dict of torch's that lacks a buffer of ours (used by neither at these settings:
-    RMSprop's mean gradient with momentum alone, its momentum with centering alone, Adafactor's
-    factors of another rank) loads it as our first step would make it: the NumPy module's
-    ``init_state`` of that parameter, in float32, where the parameter lives; a later switch
-    (centered on) starts there."""
+    Adafactor's factors of another rank; RMSprop's mean gradient with momentum alone and its
+    momentum with centering alone were such until 2026-12-06, now absent as in torch) loads it
+    as our first step would make it: the NumPy module's ``init_state`` of that parameter, in
+    float32, where the parameter lives."""
     torch.manual_seed(0)
     weights = [torch.randn(s) for s in SHAPES]
     theirs_p, ours_p = params_from(weights), params_from(weights)
@@ -467,6 +465,9 @@ def test_float64_weights_step_with_torchs_float32_host_states(
         ("AdamW", {}),
         ("Adam", {"amsgrad": True}),
         ("RMSprop", {}),
+        ("RMSprop", {"momentum": 0.9}),
+        ("RMSprop", {"centered": True}),
+        ("RMSprop", {"momentum": 0.9, "centered": True, "weight_decay": 0.1}),
         ("SGD", {"momentum": 0.9}),
         ("Adagrad", {}),
         ("NAdam", {}),
@@ -474,8 +475,9 @@ def test_float64_weights_step_with_torchs_float32_host_states(
 )
 def test_state_memory_is_torchs(name: str, options: dict[str, Any]) -> None:
     """After a step each parameter holds the buffers torch's holds, no more (Adam without
-    amsgrad: no ``max_exp_avg_sq``; RMSprop at its defaults: ``square_avg`` alone): the same
-    bytes of state as the torch.optim class replaced."""
+    amsgrad: no ``max_exp_avg_sq``; RMSprop at its defaults: ``square_avg`` alone, with
+    momentum alone no ``grad_avg``, centered alone no ``momentum_buffer``: until 2026-12-06 it
+    kept the other one unused): the same bytes of state as the torch.optim class replaced."""
 
     def buffer_bytes(opt: torch.optim.Optimizer, p: torch.Tensor) -> int:
         st = opt.state[p]

@@ -445,9 +445,9 @@ def compile_rule(rule: str, archs: list[int], weight_types: list[str]) -> list[d
 
 def variants(rules: list[str]) -> list[str]:
     """The variant modules of ``rules`` (``generated.rules.<rule>``'s ``SPECIAL`` cases, then
-    its ``VARIANT`` without absent states), in order."""
+    those ``WITHOUT`` absent states), in order."""
     metas = [importlib.import_module(f"generated.rules.{rule}") for rule in rules]
-    return [v for meta in metas for v in [*meta.SPECIAL, *[meta.VARIANT] * bool(meta.VARIANT)]]
+    return [v for meta in metas for v in [*meta.SPECIAL, *meta.WITHOUT.values()]]
 
 
 def module_rule(module: Any) -> str:

@@ -73,9 +73,11 @@ FUNCTIONS = (
 
 def rules() -> list[str]:
     """Every generated NumPy module (per-element and matrix rules alike), but the variants a
-    rule runs where a state is absent (``VARIANT``: its own module runs them)."""
+    rule runs where a state is absent (``WITHOUT``: its own module runs them)."""
     names = sorted(p.stem for p in (ROOT / "generated" / "numpy").glob("*.py") if p.stem[0] != "_")
-    variants = {importlib.import_module(f"generated.rules.{n}").VARIANT for n in names}
+    variants = {
+        v for n in names for v in importlib.import_module(f"generated.rules.{n}").WITHOUT.values()
+    }
     return [n for n in names if n not in variants]
 
 

@@ -10,7 +10,7 @@ import re
 
 import sympy as sp
 
-from codegen import names
+from codegen import absence, names
 from codegen.ir import Assign
 from codegen.lowered import Lowered
 from codegen.mxnet import UNCLIPPED_ABOVE
@@ -25,7 +25,7 @@ from codegen.targets.host import (
     literal,
     spec_terms,
 )
-from codegen.variants import special_absent, variant_name
+from codegen.variants import special_absent
 
 
 def folds_gradient_scale(lowered: Lowered) -> bool:
@@ -220,18 +220,16 @@ def variant_context(rule: Rule) -> dict[str, object]:
                 "absent_code": repr(tuple(absent)),
             }
         )
-    if rule.absent:
-        when = next(iter(rule.absent.values()))
+    for gone in absence.absent_sets(rule):
+        when = absence.conditions(rule, gone)
         setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
-        doc = f"{setting}: no {', '.join(rule.absent)}"
-        test = "absent_states(ABSENT, hp)"
         out.append(
             {
-                "module": rule.variant_name,
-                "alias": "_variant",
-                "test": test,
-                "doc": doc,
-                "absent_code": repr(tuple(rule.absent)),
+                "module": rule.without_name(gone),
+                "alias": f"_without_{'_'.join(gone)}",
+                "test": f"absent_states(ABSENT, hp) == {gone!r}",
+                "doc": f"{setting}: no {', '.join(gone)}",
+                "absent_code": repr(gone),
             }
         )
     tests = ["absent_states"] * bool(rule.absent) + ["matches"] * bool(rule.special)
@@ -434,7 +432,9 @@ def context(lowered: Lowered) -> dict[str, object]:
             {name: {str(h): v for h, v in when.items()} for name, when in rule.absent.items()},
             code,
         ),
-        "variant": repr(variant_name(rule) if rule.absent else None),
+        "without": value_code(
+            {gone: rule.without_name(gone) for gone in absence.absent_sets(rule)}, code
+        ),
         "special": value_code(
             {
                 rule.special_name(name): {str(h): v for h, v in values.items()}

@@ -91,7 +91,7 @@ from ..rules.torch_adam import (
 )
 from . import torch_adam_no_decay as _no_decay
 from . import torch_adam_plain as _plain
-from . import torch_adam_without_max_exp_avg_sq as _variant
+from . import torch_adam_without_max_exp_avg_sq as _without_max_exp_avg_sq
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
@@ -419,9 +419,9 @@ def step(
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # amsgrad = 0: no max_exp_avg_sq: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("max_exp_avg_sq",):
         return run_variant(
-            _variant.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams
+            _without_max_exp_avg_sq.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams
         )
     t = check_step_count(RULE, t)
     buffers = prepare(
@@ -450,9 +450,15 @@ def step_multi(
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     # amsgrad = 0: no max_exp_avg_sq: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("max_exp_avg_sq",):
         return run_variant(
-            _variant.step_multi, weights, grads, states, t, ("max_exp_avg_sq",), **hyperparams
+            _without_max_exp_avg_sq.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("max_exp_avg_sq",),
+            **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
@@ -482,9 +488,15 @@ def step_prechecked(
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     # amsgrad = 0: no max_exp_avg_sq: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("max_exp_avg_sq",):
         return run_variant(
-            _variant.step_prechecked, weights, grads, states, t, ("max_exp_avg_sq",), **hyperparams
+            _without_max_exp_avg_sq.step_prechecked,
+            weights,
+            grads,
+            states,
+            t,
+            ("max_exp_avg_sq",),
+            **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
@@ -512,8 +524,8 @@ def step_buffers(
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     # amsgrad = 0: no max_exp_avg_sq: that variant's update (``buffers``: its columns)
-    if absent_states(ABSENT, hp):
-        return _variant.step_buffers(buffers, states, t, **hyperparams)
+    if absent_states(ABSENT, hp) == ("max_exp_avg_sq",):
+        return _without_max_exp_avg_sq.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

@@ -25,15 +25,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_rmsprop_without_momentum_buffer_grad_avg, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
-    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:50
+    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:51
+    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:51
     #   lr: hyperparameter
     #   alpha: hyperparameter
     #   eps: hyperparameter
@@ -146,18 +146,18 @@ def _update_chunk(
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
         square_avg = load(square_avg_buf, _i)
-        # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_rmsprop.py:49: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+        # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         _v2 = alpha * square_avg
         _v3 = _h1 * G
         _v4 = G * _v3
         square_avg_new = _v2 + _v4
-        # specs/torch_rmsprop.py:61: weight_new = weight - (G*lr)/avg (at momentum = 0, centered = 0)
+        # specs/torch_rmsprop.py:62: weight_new = weight - (G*lr)/avg (at momentum = 0, centered = 0)
         _v5 = lr * G
-        # specs/torch_rmsprop.py:53: avg = eps + sqrt(square_avg_new) (at momentum = 0, centered = 0)
+        # specs/torch_rmsprop.py:54: avg = eps + sqrt(square_avg_new) (at momentum = 0, centered = 0)
         _v6 = np.sqrt(square_avg_new)
         avg = _v6 + eps
         _v8 = _v5 / avg

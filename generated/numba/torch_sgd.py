@@ -90,7 +90,7 @@ from ..rules.torch_sgd import (
 )
 from . import torch_sgd_no_decay as _no_decay
 from . import torch_sgd_plain as _plain
-from . import torch_sgd_without_momentum_buffer as _variant
+from . import torch_sgd_without_momentum_buffer as _without_momentum_buffer
 
 # The rule's metadata and host code live in generated.rules.torch_sgd; re-exported here.
 __all__ = [
@@ -339,9 +339,15 @@ def step(
     if matches(SPECIAL["torch_sgd_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
         return run_variant(
-            _variant.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+            _without_momentum_buffer.step,
+            weight,
+            grad,
+            state,
+            t,
+            ("momentum_buffer",),
+            **hyperparams,
         )
     t = check_step_count(RULE, t)
     buffers = prepare(
@@ -370,9 +376,15 @@ def step_multi(
     if matches(SPECIAL["torch_sgd_no_decay"], hp):
         return run_variant(_no_decay.step_multi, weights, grads, states, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
         return run_variant(
-            _variant.step_multi, weights, grads, states, t, ("momentum_buffer",), **hyperparams
+            _without_momentum_buffer.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer",),
+            **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
@@ -402,9 +414,15 @@ def step_prechecked(
     if matches(SPECIAL["torch_sgd_no_decay"], hp):
         return run_variant(_no_decay.step_prechecked, weights, grads, states, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
         return run_variant(
-            _variant.step_prechecked, weights, grads, states, t, ("momentum_buffer",), **hyperparams
+            _without_momentum_buffer.step_prechecked,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer",),
+            **hyperparams,
         )
     ts = step_counts(RULE, t, len(weights))
     buffers = prepare(
@@ -432,8 +450,8 @@ def step_buffers(
     if matches(SPECIAL["torch_sgd_no_decay"], hp):
         return _no_decay.step_buffers(buffers, states, t, **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update (``buffers``: its columns)
-    if absent_states(ABSENT, hp):
-        return _variant.step_buffers(buffers, states, t, **hyperparams)
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
+        return _without_momentum_buffer.step_buffers(buffers, states, t, **hyperparams)
     ts = step_counts(RULE, t, buffers.count)
     _run(buffers, states, ts, hp, {})
 

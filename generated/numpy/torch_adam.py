@@ -69,7 +69,7 @@ from ..rules.torch_adam import (
 )
 from . import torch_adam_no_decay as _no_decay
 from . import torch_adam_plain as _plain
-from . import torch_adam_without_max_exp_avg_sq as _variant
+from . import torch_adam_without_max_exp_avg_sq as _without_max_exp_avg_sq
 
 # The rule's metadata and host code live in generated.rules.torch_adam; re-exported here.
 __all__ = [
@@ -127,9 +127,9 @@ def step(
     if matches(SPECIAL["torch_adam_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # amsgrad = 0: no max_exp_avg_sq: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("max_exp_avg_sq",):
         return run_variant(
-            _variant.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams
+            _without_max_exp_avg_sq.step, weight, grad, state, t, ("max_exp_avg_sq",), **hyperparams
         )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)

@@ -18,15 +18,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -67,9 +67,13 @@ from ..rules.torch_rmsprop import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_rmsprop_centered_only as _centered_only
+from . import torch_rmsprop_momentum_only as _momentum_only
 from . import torch_rmsprop_no_decay as _no_decay
 from . import torch_rmsprop_plain as _plain
-from . import torch_rmsprop_without_momentum_buffer_grad_avg as _variant
+from . import torch_rmsprop_without_grad_avg as _without_grad_avg
+from . import torch_rmsprop_without_momentum_buffer as _without_momentum_buffer
+from . import torch_rmsprop_without_momentum_buffer_grad_avg as _without_momentum_buffer_grad_avg
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
@@ -125,13 +129,45 @@ def step(
         return run_variant(
             _plain.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
         )
+    # momentum = 0, centered = 1, weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_centered_only"], hp):
+        return run_variant(
+            _centered_only.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+        )
+    # centered = 0, weight_decay = 0: that variant's update
+    if matches(SPECIAL["torch_rmsprop_momentum_only"], hp):
+        return run_variant(
+            _momentum_only.step, weight, grad, state, t, ("grad_avg",), **hyperparams
+        )
     # weight_decay = 0: that variant's update
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer", "grad_avg"):
         return run_variant(
-            _variant.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
+            _without_momentum_buffer_grad_avg.step,
+            weight,
+            grad,
+            state,
+            t,
+            ("momentum_buffer", "grad_avg"),
+            **hyperparams,
+        )
+    # momentum = 0: no momentum_buffer: that variant's update
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
+        return run_variant(
+            _without_momentum_buffer.step,
+            weight,
+            grad,
+            state,
+            t,
+            ("momentum_buffer",),
+            **hyperparams,
+        )
+    # centered = 0: no grad_avg: that variant's update
+    if absent_states(ABSENT, hp) == ("grad_avg",):
+        return run_variant(
+            _without_grad_avg.step, weight, grad, state, t, ("grad_avg",), **hyperparams
         )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
@@ -159,23 +195,23 @@ def step(
         _b4 = scratch[4, : stop - start]
         _b5 = scratch[5, : stop - start]
         _b6 = scratch[6, : stop - start]
-        # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_rmsprop.py:49: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+        # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         np.multiply(alpha, _square_avg, out=_b1)
         np.multiply(_h1, _b0, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_rmsprop.py:52: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:53: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         np.subtract(_b0, _grad_avg, out=_b1)
         np.multiply(_h1, _b1, out=_b2)
         np.add(_grad_avg, _b2, out=_b2)
         np.multiply(_h2, _b1, out=_b1)
         np.add(_b0, _b1, out=_b1)
-        # specs/torch_rmsprop.py:53: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:56: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:54: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:57: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         __v7 = np.not_equal(_h4, 0.0)
         np.sqrt(_square_avg, out=_b3)
         __v9 = np.not_equal(_h4, 0.0)
@@ -198,7 +234,7 @@ def step(
         __v24 = np.not_equal(_h3, 0.0)
         np.copyto(_b1, _b2, where=__v24)
         np.copyto(_grad_avg, _b1, where=__v23)
-        # specs/torch_rmsprop.py:61: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
+        # specs/torch_rmsprop.py:62: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         __v26 = np.not_equal(_h5, 0.0)
         np.multiply(lr, _b0, out=_b0)
         np.divide(_b0, _b3, out=_b0)

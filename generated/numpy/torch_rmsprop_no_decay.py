@@ -20,15 +20,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -133,21 +133,21 @@ def step(
         _b4 = scratch[4, : stop - start]
         _b5 = scratch[5, : stop - start]
         _b6 = scratch[6, : stop - start]
-        # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) (at weight_decay = 0)
+        # specs/torch_rmsprop.py:49: G = grad*(1 - 2*maximize) (at weight_decay = 0)
         np.multiply(_h1, _grad, out=_b0)
-        # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+        # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
         np.multiply(alpha, _square_avg, out=_b1)
         np.multiply(_h0, _grad, out=_b2)
         np.multiply(_b0, _b2, out=_b2)
         np.add(_b1, _b2, out=_square_avg)
-        # specs/torch_rmsprop.py:52: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
+        # specs/torch_rmsprop.py:53: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
         np.subtract(_b0, _grad_avg, out=_b1)
         np.multiply(_h2, _b1, out=_b2)
         np.add(_grad_avg, _b2, out=_b2)
         np.multiply(_h3, _b1, out=_b1)
         np.add(_b0, _b1, out=_b1)
-        # specs/torch_rmsprop.py:53: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-        # specs/torch_rmsprop.py:56: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+        # specs/torch_rmsprop.py:54: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+        # specs/torch_rmsprop.py:57: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
         __v5 = np.not_equal(_h5, 0.0)
         np.sqrt(_square_avg, out=_b3)
         __v7 = np.not_equal(_h5, 0.0)
@@ -171,7 +171,7 @@ def step(
         np.copyto(_b0, _b1)
         np.copyto(_b0, _b2, where=__v22)
         np.copyto(_grad_avg, _b0, where=__v21)
-        # specs/torch_rmsprop.py:61: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
+        # specs/torch_rmsprop.py:62: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
         __v24 = np.not_equal(_h6, 0.0)
         np.multiply(_h8, _grad, out=_b0)
         np.divide(_b0, _b3, out=_b0)

@@ -68,7 +68,7 @@ from ..rules.torch_sgd import (
 )
 from . import torch_sgd_no_decay as _no_decay
 from . import torch_sgd_plain as _plain
-from . import torch_sgd_without_momentum_buffer as _variant
+from . import torch_sgd_without_momentum_buffer as _without_momentum_buffer
 
 # The rule's metadata and host code live in generated.rules.torch_sgd; re-exported here.
 __all__ = [
@@ -124,9 +124,15 @@ def step(
     if matches(SPECIAL["torch_sgd_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0: no momentum_buffer: that variant's update
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
         return run_variant(
-            _variant.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+            _without_momentum_buffer.step,
+            weight,
+            grad,
+            state,
+            t,
+            ("momentum_buffer",),
+            **hyperparams,
         )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)

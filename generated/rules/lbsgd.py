@@ -104,11 +104,11 @@ DRAWS: tuple[str, ...] = ()
 FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
-# States absent while hyperparameters have these values (state(absent_when=...)): a step at
-# those values runs the modules of VARIANT, generated.<target>.<VARIANT>, which neither read nor
-# write them (codegen/variants.py).
+# States absent while hyperparameters have these values (state(absent_when=...)): a step where
+# some are absent runs the modules WITHOUT names for them, generated.<target>.<module>, which
+# neither read nor write them (codegen/variants.py).
 ABSENT: dict[str, dict[str, float]] = {}
-VARIANT: str | None = None
+WITHOUT: dict[tuple[str, ...], str] = {}
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
 # with them substituted exactly, without the ABSENT states they include (the first that matches;
 # codegen/variants.py).

@@ -78,7 +78,7 @@ STATES: tuple[str, ...] = ("momentum_buffer",)
 HOST_STATES: tuple[str, ...] = ()
 # States absent while hyperparameters have these values (none in a matrix rule).
 ABSENT: dict[str, dict[str, float]] = {}
-VARIANT: str | None = None
+WITHOUT: dict[tuple[str, ...], str] = {}
 SPECIAL: dict[str, dict[str, float]] = {}
 STATE_AXES: dict[str, int] = {}
 # Per-tensor reductions (summed in float64 on the host between stages).

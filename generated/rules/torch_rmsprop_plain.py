@@ -20,15 +20,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ DRAWS: tuple[str, ...] = ()
 FOLDS_GRAD_SCALE = False
 # Scalars carried across steps on the host (Python floats in the state dict).
 HOST_STATES: tuple[str, ...] = ()
-# States absent while hyperparameters have these values (state(absent_when=...)): a step at
-# those values runs the modules of VARIANT, generated.<target>.<VARIANT>, which neither read nor
-# write them (codegen/variants.py).
+# States absent while hyperparameters have these values (state(absent_when=...)): a step where
+# some are absent runs the modules WITHOUT names for them, generated.<target>.<module>, which
+# neither read nor write them (codegen/variants.py).
 ABSENT: dict[str, dict[str, float]] = {}
-VARIANT: str | None = None
+WITHOUT: dict[tuple[str, ...], str] = {}
 # Special cases (special_case): a step at these values runs generated.<target>.<name>, the update
 # with them substituted exactly, without the ABSENT states they include (the first that matches;
 # codegen/variants.py).
@@ -105,9 +105,9 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 2, "div": 1, "mul": 5, "sqrt": 1, "sub": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:50",
-    "_h1": "= 1 - 2*maximize, in specs/torch_rmsprop.py:50",
-    "_h2": "= lr*(1 - 2*maximize), in specs/torch_rmsprop.py:61",
+    "_h0": "= (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:51",
+    "_h1": "= 1 - 2*maximize, in specs/torch_rmsprop.py:51",
+    "_h2": "= lr*(1 - 2*maximize), in specs/torch_rmsprop.py:62",
     "alpha": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -133,10 +133,10 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+    # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _h0 = (1 - alpha) * (1 - 2 * maximize)
     _h1 = 1 - 2 * maximize
-    # specs/torch_rmsprop.py:61: weight_new = weight - (G*lr)/avg (at momentum = 0, centered = 0, weight_decay = 0)
+    # specs/torch_rmsprop.py:62: weight_new = weight - (G*lr)/avg (at momentum = 0, centered = 0, weight_decay = 0)
     _h2 = lr * (1 - 2 * maximize)
     scalars = (_h0, _h1, _h2, alpha, eps)
     return scalars, {}

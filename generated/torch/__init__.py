@@ -2842,15 +2842,15 @@ class TorchRMSprop(GeneratedOptimizer):
         else:         w <- w - lr * g / avg
 
     Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-    At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-    ``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-    memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-    there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-    here alpha > 1, which makes n negative and the root NaN, is refused.
+    ``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+    own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+    and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+    buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+    and the root NaN, is refused.
 
-    At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-    ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-    weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+    At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+    below: the value substituted exactly, one per set of buffers), which is what torch computes
+    there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
     """
 
     RULE = "torch_rmsprop"

@@ -18,15 +18,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -75,9 +75,13 @@ from ..rules.torch_rmsprop import (
     STEP_SCALARS,
     host_scalars,
 )
+from . import torch_rmsprop_centered_only as _centered_only
+from . import torch_rmsprop_momentum_only as _momentum_only
 from . import torch_rmsprop_no_decay as _no_decay
 from . import torch_rmsprop_plain as _plain
-from . import torch_rmsprop_without_momentum_buffer_grad_avg as _variant
+from . import torch_rmsprop_without_grad_avg as _without_grad_avg
+from . import torch_rmsprop_without_momentum_buffer as _without_momentum_buffer
+from . import torch_rmsprop_without_momentum_buffer_grad_avg as _without_momentum_buffer_grad_avg
 
 # The rule's metadata and host code live in generated.rules.torch_rmsprop; re-exported here.
 __all__ = [
@@ -138,13 +142,13 @@ def torch_rmsprop_kernel_body(
 ):
     # The update of one block, shared by torch_rmsprop_kernel and torch_rmsprop_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
-    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:50
-    #   _h2: = -alpha, in specs/torch_rmsprop.py:56
-    #   _h3: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:56
-    #   _h4: = (centered > 0), in specs/torch_rmsprop.py:56
-    #   _h5: = (momentum > 0), in specs/torch_rmsprop.py:56
-    #   _h6: = -lr, in specs/torch_rmsprop.py:61
+    #   _h0: = 1 - 2*maximize, in specs/torch_rmsprop.py:51
+    #   _h1: = 1 - alpha, in specs/torch_rmsprop.py:51
+    #   _h2: = -alpha, in specs/torch_rmsprop.py:57
+    #   _h3: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:57
+    #   _h4: = (centered > 0), in specs/torch_rmsprop.py:57
+    #   _h5: = (momentum > 0), in specs/torch_rmsprop.py:57
+    #   _h6: = -lr, in specs/torch_rmsprop.py:62
     #   lr: hyperparameter
     #   alpha: hyperparameter
     #   eps: hyperparameter
@@ -157,23 +161,23 @@ def torch_rmsprop_kernel_body(
     square_avg = tl.load(square_avg_ptr + offs, mask=mask).to(tl.float32)
     momentum_buffer = tl.load(momentum_buffer_ptr + offs, mask=mask).to(tl.float32)
     grad_avg = tl.load(grad_avg_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) + weight*weight_decay
+    # specs/torch_rmsprop.py:49: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+    # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _v2 = alpha * square_avg
     _v3 = _h1 * G
     _v4 = G * _v3
     square_avg_new = _v2 + _v4
-    # specs/torch_rmsprop.py:52: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
+    # specs/torch_rmsprop.py:53: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
     _t3 = G - grad_avg
     _v5 = _h1 * _t3
     _t4 = grad_avg + _v5
     _v6 = _h2 * _t3
     _t5 = G + _v6
-    # specs/torch_rmsprop.py:53: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-    # specs/torch_rmsprop.py:56: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+    # specs/torch_rmsprop.py:54: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+    # specs/torch_rmsprop.py:57: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _v7 = _h4 != 0.0
     _v8 = tl.sqrt_rn(square_avg_new)
     _v9 = _h4 != 0.0
@@ -196,7 +200,7 @@ def torch_rmsprop_kernel_body(
     _v24 = _h3 != 0.0
     _v25 = tl.where(_v24, _t4, _t5)
     grad_avg_new = tl.where(_v23, _v25, grad_avg)
-    # specs/torch_rmsprop.py:61: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
+    # specs/torch_rmsprop.py:62: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
     _v26 = _h5 != 0.0
     _v27 = lr * G
     _v28 = tl.div_rn(_v27, _t6)
@@ -416,13 +420,45 @@ def step(
         return run_variant(
             _plain.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
         )
+    # momentum = 0, centered = 1, weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_rmsprop_centered_only"], hp):
+        return run_variant(
+            _centered_only.step, weight, grad, state, t, ("momentum_buffer",), **hyperparams
+        )
+    # centered = 0, weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_rmsprop_momentum_only"], hp):
+        return run_variant(
+            _momentum_only.step, weight, grad, state, t, ("grad_avg",), **hyperparams
+        )
     # weight_decay = 0: that variant's kernels
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's kernels
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer", "grad_avg"):
         return run_variant(
-            _variant.step, weight, grad, state, t, ("momentum_buffer", "grad_avg"), **hyperparams
+            _without_momentum_buffer_grad_avg.step,
+            weight,
+            grad,
+            state,
+            t,
+            ("momentum_buffer", "grad_avg"),
+            **hyperparams,
+        )
+    # momentum = 0: no momentum_buffer: that variant's kernels
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
+        return run_variant(
+            _without_momentum_buffer.step,
+            weight,
+            grad,
+            state,
+            t,
+            ("momentum_buffer",),
+            **hyperparams,
+        )
+    # centered = 0: no grad_avg: that variant's kernels
+    if absent_states(ABSENT, hp) == ("grad_avg",):
+        return run_variant(
+            _without_grad_avg.step, weight, grad, state, t, ("grad_avg",), **hyperparams
         )
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
@@ -498,6 +534,36 @@ def step_multi(
             copies=copies,
             **hyperparams,
         )
+    # momentum = 0, centered = 1, weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_rmsprop_centered_only"], hp):
+        return run_variant(
+            _centered_only.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer",),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            copies=copies,
+            **hyperparams,
+        )
+    # centered = 0, weight_decay = 0: that variant's kernels
+    if matches(SPECIAL["torch_rmsprop_momentum_only"], hp):
+        return run_variant(
+            _momentum_only.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("grad_avg",),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            copies=copies,
+            **hyperparams,
+        )
     # weight_decay = 0: that variant's kernels
     if matches(SPECIAL["torch_rmsprop_no_decay"], hp):
         return run_variant(
@@ -514,14 +580,44 @@ def step_multi(
             **hyperparams,
         )
     # momentum = 0, centered = 0: no momentum_buffer, grad_avg: that variant's kernels
-    if absent_states(ABSENT, hp):
+    if absent_states(ABSENT, hp) == ("momentum_buffer", "grad_avg"):
         return run_variant(
-            _variant.step_multi,
+            _without_momentum_buffer_grad_avg.step_multi,
             weights,
             grads,
             states,
             t,
             ("momentum_buffer", "grad_avg"),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            copies=copies,
+            **hyperparams,
+        )
+    # momentum = 0: no momentum_buffer: that variant's kernels
+    if absent_states(ABSENT, hp) == ("momentum_buffer",):
+        return run_variant(
+            _without_momentum_buffer.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("momentum_buffer",),
+            stream_ids=stream_ids,
+            amp=amp,
+            prechecked=prechecked,
+            copies=copies,
+            **hyperparams,
+        )
+    # centered = 0: no grad_avg: that variant's kernels
+    if absent_states(ABSENT, hp) == ("grad_avg",):
+        return run_variant(
+            _without_grad_avg.step_multi,
+            weights,
+            grads,
+            states,
+            t,
+            ("grad_avg",),
             stream_ids=stream_ids,
             amp=amp,
             prechecked=prechecked,

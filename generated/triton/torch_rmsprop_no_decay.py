@@ -20,15 +20,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -130,15 +130,15 @@ def torch_rmsprop_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_rmsprop_no_decay_kernel and torch_rmsprop_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop_no_decay, once per step):
-    #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:50
-    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
-    #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:56
-    #   _h3: = -alpha, in specs/torch_rmsprop.py:56
-    #   _h4: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:56
-    #   _h5: = (centered > 0), in specs/torch_rmsprop.py:56
-    #   _h6: = (momentum > 0), in specs/torch_rmsprop.py:56
-    #   _h7: = -lr, in specs/torch_rmsprop.py:61
-    #   _h8: = lr*(1 - 2*maximize), in specs/torch_rmsprop.py:61
+    #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:51
+    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:51
+    #   _h2: = 1 - alpha, in specs/torch_rmsprop.py:57
+    #   _h3: = -alpha, in specs/torch_rmsprop.py:57
+    #   _h4: = (abs(alpha - 1) < (1 / 2)), in specs/torch_rmsprop.py:57
+    #   _h5: = (centered > 0), in specs/torch_rmsprop.py:57
+    #   _h6: = (momentum > 0), in specs/torch_rmsprop.py:57
+    #   _h7: = -lr, in specs/torch_rmsprop.py:62
+    #   _h8: = lr*(1 - 2*maximize), in specs/torch_rmsprop.py:62
     #   alpha: hyperparameter
     #   eps: hyperparameter
     #   momentum: hyperparameter
@@ -149,21 +149,21 @@ def torch_rmsprop_no_decay_kernel_body(
     square_avg = tl.load(square_avg_ptr + offs, mask=mask).to(tl.float32)
     momentum_buffer = tl.load(momentum_buffer_ptr + offs, mask=mask).to(tl.float32)
     grad_avg = tl.load(grad_avg_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) (at weight_decay = 0)
+    # specs/torch_rmsprop.py:49: G = grad*(1 - 2*maximize) (at weight_decay = 0)
     G = _h1 * grad
-    # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+    # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _v0 = alpha * square_avg
     _v1 = _h0 * grad
     _v2 = G * _v1
     square_avg_new = _v0 + _v2
-    # specs/torch_rmsprop.py:52: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
+    # specs/torch_rmsprop.py:53: grad_avg_new = Piecewise((Piecewise((grad_avg + (1 - alpha)*((-grad_avg + G)), Abs(alpha - 1) < 1/2), (-alpha*((-grad_avg + G)) + G, True)), centered > 0), (grad_avg, True))
     _t3 = G - grad_avg
     _v3 = _h2 * _t3
     _t4 = grad_avg + _v3
     _v4 = _h3 * _t3
     _t5 = G + _v4
-    # specs/torch_rmsprop.py:53: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
-    # specs/torch_rmsprop.py:56: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
+    # specs/torch_rmsprop.py:54: avg = eps + Piecewise((sqrt(-grad_avg_new**2 + square_avg_new), centered > 0), (sqrt(square_avg_new), True))
+    # specs/torch_rmsprop.py:57: momentum_buffer_new = Piecewise((G/avg + momentum*momentum_buffer, momentum > 0), (momentum_buffer, True))
     _v5 = _h5 != 0.0
     _v6 = tl.sqrt_rn(square_avg_new)
     _v7 = _h5 != 0.0
@@ -186,7 +186,7 @@ def torch_rmsprop_no_decay_kernel_body(
     _v22 = _h4 != 0.0
     _v23 = tl.where(_v22, _t4, _t5)
     grad_avg_new = tl.where(_v21, _v23, grad_avg)
-    # specs/torch_rmsprop.py:61: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
+    # specs/torch_rmsprop.py:62: weight_new = Piecewise((-lr*momentum_buffer_new + weight, momentum > 0), (weight - (G*lr)/avg, True))
     _v24 = _h6 != 0.0
     _v25 = _h8 * grad
     _v26 = tl.div_rn(_v25, _t6)

@@ -20,15 +20,15 @@ torch's code (followed here; states ``square_avg`` = n, ``grad_avg`` = a, ``mome
     else:         w <- w - lr * g / avg
 
 Unlike MXNet's RMSProp, eps sits outside the square root and there is no weight clipping.
-At torch's defaults (momentum 0, not centered) there is neither ``grad_avg`` nor
-``momentum_buffer`` (``absent_when``), as torch keeps none: one buffer per parameter, torch's
-memory. With one of the two on, the other is kept (at 0) unused; the state_dict leaves it out
-there, as torch's does (a rule has one ``absent_when`` condition). torch accepts any alpha >= 0;
-here alpha > 1, which makes n negative and the root NaN, is refused.
+``momentum_buffer`` exists at momentum > 0 only and ``grad_avg`` when centered only (each its
+own ``absent_when``), as in torch: at torch's defaults one buffer per parameter, with momentum
+and not centered (timm's and TensorFlow's setting) two, torch's memory and no traffic for the
+buffer that is not there. torch accepts any alpha >= 0; here alpha > 1, which makes n negative
+and the root NaN, is refused.
 
-At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
-``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
-weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+At weight_decay = 0 (torch's default) the update runs without weight decay (the special cases
+below: the value substituted exactly, one per set of buffers), which is what torch computes
+there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def torch_rmsprop_plain_kernel_body(
 ):
     # The update of one block, shared by torch_rmsprop_plain_kernel and torch_rmsprop_plain_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_rmsprop_plain, once per step):
-    #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:50
-    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:50
-    #   _h2: = lr*(1 - 2*maximize), in specs/torch_rmsprop.py:61
+    #   _h0: = (1 - alpha)*(1 - 2*maximize), in specs/torch_rmsprop.py:51
+    #   _h1: = 1 - 2*maximize, in specs/torch_rmsprop.py:51
+    #   _h2: = lr*(1 - 2*maximize), in specs/torch_rmsprop.py:62
     #   alpha: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
@@ -131,16 +131,16 @@ def torch_rmsprop_plain_kernel_body(
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     square_avg = tl.load(square_avg_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_rmsprop.py:50: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
+    # specs/torch_rmsprop.py:51: square_avg_new = G*((G*(1 - alpha))) + alpha*square_avg
     _v0 = alpha * square_avg
     _v1 = _h0 * grad
-    # specs/torch_rmsprop.py:48: G = grad*(1 - 2*maximize) (at momentum = 0, centered = 0, weight_decay = 0)
+    # specs/torch_rmsprop.py:49: G = grad*(1 - 2*maximize) (at momentum = 0, centered = 0, weight_decay = 0)
     G = _h1 * grad
     _v3 = G * _v1
     square_avg_new = _v0 + _v3
-    # specs/torch_rmsprop.py:61: weight_new = weight - (G*lr)/avg (at momentum = 0, centered = 0, weight_decay = 0)
+    # specs/torch_rmsprop.py:62: weight_new = weight - (G*lr)/avg (at momentum = 0, centered = 0, weight_decay = 0)
     _v4 = _h2 * grad
-    # specs/torch_rmsprop.py:53: avg = eps + sqrt(square_avg_new) (at momentum = 0, centered = 0, weight_decay = 0)
+    # specs/torch_rmsprop.py:54: avg = eps + sqrt(square_avg_new) (at momentum = 0, centered = 0, weight_decay = 0)
     _v5 = tl.sqrt_rn(square_avg_new)
     avg = _v5 + eps
     _v7 = tl.div_rn(_v4, avg)

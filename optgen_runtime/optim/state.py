@@ -104,10 +104,7 @@ class ParamState:
         spec's ``absent_when``: SGD's momentum buffer at momentum=0, as torch keeps none): not
         created, not expected, and where a state has one (momentum switched off mid-run) kept
         but neither read nor written. Created when the hyperparameters change back."""
-        absent = self.META.ABSENT
-        if not absent or not absent_states(absent, hp):
-            return ()
-        return tuple(absent)
+        return absent_states(self.META.ABSENT, hp)
 
     def _needs_master(self, p: torch.Tensor) -> bool:
         return self.multi_precision and p.dtype in LOW_PRECISION
