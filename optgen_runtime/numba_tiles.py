@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.numba_support import compiled, compute_type
+from optgen_runtime.numba_bits import compute_type
+from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numpy_support import IDENTITY, combine, domain_shape
 
 TILE = 65536  # elements per tile, at least (the NumPy module's CHUNK)

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import generated.torch as gt
-from optgen_runtime import numba_support
-from optgen_runtime.numba_support import load, store
+from optgen_runtime import numba_bits
+from optgen_runtime.numba_bits import load, store
 
 SHAPES = [(40, 9), (70001,), (5,)]
 
@@ -128,7 +128,7 @@ def test_master_steps_equal_full_steps(name: str, special: bool, dtype: Any) -> 
 def test_float16_without_the_conversions_keeps_working_copies(monkeypatch) -> None:
     """A CPU without float16 conversion instructions (``HALF_NATIVE`` False): float16
     parameters take the float32 working copies and scratches, to the same bits."""
-    monkeypatch.setattr(numba_support, "HALF_NATIVE", False)
+    monkeypatch.setattr(numba_bits, "HALF_NATIVE", False)
     for master in (False, True):
         got, opt = _run(gt.Adam, True, True, master=master, dtype=torch.float16)
         assert opt._plan is not None and opt._plan.groups[0].layouts == ["plain"] * 3
@@ -204,7 +204,7 @@ def test_float16_store_rounds_as_torch() -> None:
     rounds to inf), subnormals and their ties, values too small for a subnormal, signed zeros,
     infinities, NaN (the same bits as torch's: the same instructions), every float16 widened
     exactly; the Python bodies give the same bits (NumPy's conversions), but a NaN's payload."""
-    if not numba_support.HALF_NATIVE:
+    if not numba_bits.HALF_NATIVE:
         pytest.skip("this CPU has no float16 conversion instructions: float16 takes copies")
 
     ulp = 2.0**-10
@@ -258,7 +258,7 @@ def test_mixed_dtypes_in_one_group() -> None:
                 p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
             opt.step()
         if fast:
-            half = "half bits" if numba_support.HALF_NATIVE else "plain"
+            half = "half bits" if numba_bits.HALF_NATIVE else "plain"
             layouts = ["bits", "plain", half, "bits"]
             assert opt._plan is not None and opt._plan.groups[0].layouts == layouts
         return [p.detach().clone() for p in params]
@@ -303,7 +303,7 @@ def test_float16_on_the_bits_only_where_numba_targets_the_conversions() -> None:
     import subprocess
     import sys
 
-    native = numba_support._half_native
+    native = numba_bits._half_native
     assert native("aarch64", "generic", None) and native("arm64", None, None)
     assert native("x86_64", "generic", "+avx2,+f16c") and not native("x86_64", None, "+avx2")
     assert not native("x86_64", "generic", None) and not native("x86_64", "generic", "")
@@ -311,8 +311,8 @@ def test_float16_on_the_bits_only_where_numba_targets_the_conversions() -> None:
     assert native("x86_64", None, None) == native("x86_64", "host", None) == host
     script = (
         "import torch, generated.torch as gt\n"
-        "from optgen_runtime import numba_support\n"
-        "assert not numba_support.HALF_NATIVE\n"
+        "from optgen_runtime import numba_bits\n"
+        "assert not numba_bits.HALF_NATIVE\n"
         "ps = [torch.nn.Parameter(torch.randn(70001).half())]\n"
         "opt = gt.Adam(ps, backend='numba')\n"
         "for _ in range(3):\n"

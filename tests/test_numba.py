@@ -28,7 +28,7 @@ from reference import sample_hyperparams
 
 from codegen.lower import lower
 from codegen.targets.numba import fallback_reason
-from optgen_runtime import numba_support
+from optgen_runtime import numba_math, numba_support
 from optgen_runtime.common import PLAIN, resolve_hyperparams
 from optgen_runtime.philox import randint4x, randn, stream_seed, tensor_seed, uniform
 
@@ -173,8 +173,8 @@ def test_fallback_is_explicit() -> None:
         assert nb.FALLBACK == reason and nb.COMPILED == (reason is None), name
         if reason is not None:
             assert nb.step is ref.step and nb.init_state is ref.init_state
-    assert numba_module("sgld").COMPILED  # noise draws compile (numba_support.normals)
-    assert numba_module("madgrad").COMPILED  # cube roots: numba_support.cbrt, vectorised
+    assert numba_module("sgld").COMPILED  # noise draws compile (numba_math.normals)
+    assert numba_module("madgrad").COMPILED  # cube roots: numba_math.cbrt, vectorised
     for name in ("adafactor", "came", "sm3", "muon", "adamuon"):  # numba_tiles; matrix rules
         assert (
             numba_module(name).COMPILED and numba_module(name).step is not numpy_module(name).step
@@ -436,7 +436,7 @@ KEYS = [0, 1, 2**63 - 1, stream_seed(5, 3), stream_seed(tensor_seed(7, 2), 40)]
 def _philox_table(key: int, counters: np.ndarray) -> np.ndarray:
     out = np.empty((4, counters.shape[0]), np.uint64)
     for i in range(counters.shape[0]):
-        out[0, i], out[1, i], out[2, i], out[3, i] = numba_support.philox_words(key, counters[i])
+        out[0, i], out[1, i], out[2, i], out[3, i] = numba_math.philox_words(key, counters[i])
     return out
 
 
@@ -463,14 +463,14 @@ def test_compiled_normals_uniforms_exact_normals_within_4_ulp(count: int, index:
     counters = np.arange(first, first + n, dtype=np.int64) * count + index
     scratch = np.empty((2, n), np.float32)
     out = np.empty(n, np.float32)
-    numba_support.normals(key, first, count, index, scratch, out)
+    numba_math.normals(key, first, count, index, scratch, out)
     words = randint4x(key, counters)
     assert np.array_equal(scratch[0], np.maximum(np.float32(1e-7), uniform(words[0])))
     assert np.array_equal(scratch[1], np.float32(6.283185307179586) * uniform(words[1]))
     want = randn(key, counters)
     apart = np.abs(out.view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64))
     assert apart.max() <= 4 and (apart == 0).mean() > 0.5
-    numba_support.normals(key, first + 1, count, index, scratch, out)
+    numba_math.normals(key, first + 1, count, index, scratch, out)
     shifted = np.abs(out.astype(np.float64) - want)
     assert shifted.max() > 1.0  # another counter's normals: the comparison sees it
 
@@ -479,7 +479,7 @@ def _noise(key: int, offset: int, n: int, count: int, index: int) -> tuple[np.nd
     """The NumPy module's normals of elements offset..offset+n and the compiled ones."""
     counters = (np.arange(n, dtype=np.int64) + offset) * count + index
     compiled_ = np.empty(n, np.float32)
-    numba_support.normals(key, offset, count, index, np.empty((2, n), np.float32), compiled_)
+    numba_math.normals(key, offset, count, index, np.empty((2, n), np.float32), compiled_)
     return randn(key, counters), compiled_
 
 
@@ -523,11 +523,11 @@ def test_noisy_step_is_numpys_wherever_the_noise_is(name: str, dtype: type) -> N
 @numba.njit
 def _cube_roots(x: np.ndarray, out: np.ndarray) -> None:
     for i in range(x.shape[0]):
-        out[i] = numba_support.cbrt(x[i])
+        out[i] = numba_math.cbrt(x[i])
 
 
 def test_float32_cbrt_is_float64s_rounded_and_its_python_body_the_same() -> None:
-    """``numba_support.cbrt`` of float32 (float64 Newton and Halley steps, vectorised) equals
+    """``numba_math.cbrt`` of float32 (float64 Newton and Halley steps, vectorised) equals
     ``float32(cbrt(float64(x)))`` on 2**20 random positive float32 bit patterns (subnormals,
     huge values) and at zeros, inf, NaN and exact cubes (a one-off run found it equal on every
     positive finite float32); its Python body gives the same bits; NumPy's own float32 np.cbrt,
@@ -540,7 +540,7 @@ def test_float32_cbrt_is_float64s_rounded_and_its_python_body_the_same() -> None
     _cube_roots(x, got)
     want = np.cbrt(x.astype(np.float64)).astype(np.float32)
     assert np.array_equal(bits(got), bits(want))  # -0.0 -> -0.0, NaN's bits kept
-    python = np.array([numba_support.cbrt(v) for v in x[::257]], dtype=np.float32)
+    python = np.array([numba_math.cbrt(v) for v in x[::257]], dtype=np.float32)
     assert np.array_equal(bits(python), bits(got[::257]))
     apart = np.abs(
         np.cbrt(x).view(np.int32).astype(np.int64) - want.view(np.int32).astype(np.int64)
@@ -555,9 +555,9 @@ def test_float32_cbrt_is_float64s_rounded_and_its_python_body_the_same() -> None
 @numba.njit
 def _box_muller_parts(u: np.ndarray, theta: np.ndarray, logs: np.ndarray, cos: np.ndarray) -> None:
     for i in range(u.shape[0]):
-        logs[i] = numba_support._log_of(u[i])
+        logs[i] = numba_math._log_of(u[i])
     for i in range(theta.shape[0]):
-        cos[i] = numba_support._cos_of(theta[i])
+        cos[i] = numba_math._cos_of(theta[i])
 
 
 def test_box_muller_log_and_cos_are_float64s_rounded() -> None:

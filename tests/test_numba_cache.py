@@ -1,5 +1,5 @@
 """The compiled modules' on-disk cache follows the runtime: a cached step is reused only under
-the runtime sources it was compiled with (``numba_support.RUNTIME_STAMP``)."""
+the runtime sources it was compiled with (``numba_jit.RUNTIME_STAMP``)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from optgen_runtime import numba_support
+from optgen_runtime import numba_jit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # A caller and a compiled helper in another file, as a generated step and the runtime's ``load``:
 # the helper is compiled into the caller, so the caller's cache entry holds the helper's code.
 HELPER = """
-from optgen_runtime.numba_support import compiled
+from optgen_runtime.numba_jit import compiled
 
 @compiled()
 def helper(x):
@@ -24,7 +24,7 @@ def helper(x):
 """
 CALLER = """
 from helper import helper
-from optgen_runtime.numba_support import compiled
+from optgen_runtime.numba_jit import compiled
 
 @compiled()
 def caller(x):
@@ -32,9 +32,9 @@ def caller(x):
 """
 RUN = """
 import json, sys
-from optgen_runtime import numba_support
+from optgen_runtime import numba_jit
 if len(sys.argv) > 1:
-    numba_support.RUNTIME_STAMP = sys.argv[1]
+    numba_jit.RUNTIME_STAMP = sys.argv[1]
 from caller import caller
 value = caller(1.0)
 stats = caller.stats
@@ -67,12 +67,12 @@ def test_a_runtime_change_compiles_afresh(tmp_path: Path) -> None:
 
 
 def test_the_stamp_is_a_digest_of_every_runtime_source(tmp_path: Path) -> None:
-    folder = Path(numba_support.__file__).parent
-    assert numba_support.runtime_stamp() == numba_support.runtime_stamp(folder)
-    assert numba_support.RUNTIME_STAMP == numba_support.runtime_stamp()
+    folder = Path(numba_jit.__file__).parent
+    assert numba_jit.runtime_stamp() == numba_jit.runtime_stamp(folder)
+    assert numba_jit.RUNTIME_STAMP == numba_jit.runtime_stamp()
     for name in ("numba_support.py", "common.py", "numpy_support.py"):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
-    before = numba_support.runtime_stamp(tmp_path)
+    before = numba_jit.runtime_stamp(tmp_path)
     stamps = {before}
     for name in ("numba_support.py", "common.py"):  # its own code, the constants it freezes
         path = tmp_path / name
@@ -82,10 +82,10 @@ def test_the_stamp_is_a_digest_of_every_runtime_source(tmp_path: Path) -> None:
         )
         assert changed != text
         path.write_bytes(changed)
-        stamps.add(numba_support.runtime_stamp(tmp_path))
+        stamps.add(numba_jit.runtime_stamp(tmp_path))
         path.write_bytes(text)
     (tmp_path / "new.py").write_text("")
-    stamps.add(numba_support.runtime_stamp(tmp_path))
+    stamps.add(numba_jit.runtime_stamp(tmp_path))
     assert len(stamps) == 4
     (tmp_path / "new.py").unlink()
-    assert numba_support.runtime_stamp(tmp_path) == before
+    assert numba_jit.runtime_stamp(tmp_path) == before

@@ -8,16 +8,16 @@ op computes what the NumPy module's ufunc computes on the same operands: +, -, *
 comparisons, selects, max/min (NumPy's: ``a > b ? a : b`` with a NaN in ``a`` kept) and sign
 (NumPy's: sign(-0.0) = 0.0) to the last bit; exp, log, tanh, softplus and pow call the
 platform's libm, which may differ from NumPy's own SIMD routines in the last bit, and cbrt is
-``numba_support.cbrt`` (float32: float64 Newton and Halley steps that vectorise, rounded once;
+``numba_math.cbrt`` (float32: float64 Newton and Halley steps that vectorise, rounded once;
 NumPy's float32 ``np.cbrt`` is up to 2 ulp off float64's rounded root). Reductions
 accumulate each chunk serially (sums in float64) where NumPy sums a chunk pairwise: equal up to
 float64 rounding. The update loop reads and writes its buffers through ``load`` and ``store``
-(``optgen_runtime.numba_support``): plain indexing on float32 and float64 arrays; on the uint16 bits
+(``optgen_runtime.numba_bits``): plain indexing on float32 and float64 arrays; on the uint16 bits
 of a bfloat16 weight and gradient (the ``_update_bits`` loops of a module with ``step_tables``, for
 the torch classes' fast step; ``_update_master``: a bfloat16 gradient of a float32 master copy, the
 bfloat16 parameter rounded from the master chunk by chunk) a widening to float32 and a rounding back
 to nearest even, the chunk's dtype ``_T`` float32. Noise draws (``RULE.normal``) are the
-NumPy module's Philox stream (``numba_support.normals``: its integers and uniforms to the bit,
+NumPy module's Philox stream (``numba_math.normals``: its integers and uniforms to the bit,
 its normals, through its own float32 log and cos, within 4 ulp), drawn a block at a time before the
 block's update loop. A rule with row/column states and axis reductions (Adafactor, CAME, SM3)
 gets the NumPy module's stepper with every sweep compiled: its element sweeps and update as
@@ -89,7 +89,7 @@ class NumbaOpPrinter(CommentedLines):
             f"({a[0]} + np.log1p(np.exp(-{a[0]})) if {a[0]} > 0 else "
             f"(np.log1p(np.exp({a[0]})) if {a[0]} <= 0 else {a[0]}))"
         ),
-        # numba_support.cbrt: float32's vectorises (libm's cbrtf would be a call per element)
+        # numba_math.cbrt: float32's vectorises (libm's cbrtf would be a call per element)
         "cbrt": lambda a: f"({DTYPE}(np.nan) if {a[0]} < 0.0 else cbrt({a[0]}))",
         "pow": lambda a: f"{a[0]} ** {a[1]}",  # NaN guard in op() below
         **INFIX_COMPARISONS,

@@ -53,18 +53,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.adagrad import init_state
@@ -141,7 +132,7 @@ def _update_chunk(
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     #   eps: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)

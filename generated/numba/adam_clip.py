@@ -42,18 +42,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -124,7 +115,7 @@ def _reduce_chunk(
     var_buf,
 ):
     # Reduction phase 1 over one chunk: grad_sq (sums in float64).
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     _p0 = 0.0
     for _i in range(weight_buf.shape[0]):
         grad = load(grad_buf, _i)
@@ -209,7 +200,7 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     #   wd: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)

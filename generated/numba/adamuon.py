@@ -62,7 +62,7 @@ from optgen_runtime.common import (
     step_counts,
 )
 from optgen_runtime.held import held_ops
-from optgen_runtime.numba_support import compiled
+from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numpy_support import check_arrays_across, check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
 

@@ -53,7 +53,8 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import compiled, compute_type
+from optgen_runtime.numba_bits import compute_type
+from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numba_tiles import LANES, Tiling, cast_into, first_sum, fold_sum, lanes_sum
 from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
 from optgen_runtime.scalars import check_scalars, computed

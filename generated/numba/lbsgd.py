@@ -60,18 +60,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.numpy_support import combine_rows
 from optgen_runtime.scalars import step_scalar_rows, sum_scalar_rows
 
@@ -146,7 +137,7 @@ def _reduce_chunk(
 ):
     # Reduction phase 1 over one chunk: w_sq, gbar_sq (sums in float64).
     #   batch_scale: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     _p0 = 0.0
     _block0 = np.empty(1024, dtype=np.float64)
     _p1 = 0.0
@@ -266,7 +257,7 @@ def _update_chunk(
     #   clip_gradient: hyperparameter
     #   momentum: hyperparameter
     #   batch_scale: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)

@@ -75,18 +75,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.nadam import init_state
@@ -181,7 +172,7 @@ def _update_chunk(
     #   beta2: hyperparameter
     #   epsilon: hyperparameter
     #   mu_t1: let, computed by host_scalars from beta1, schedule_decay, t
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)

@@ -64,18 +64,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.numpy_support import combine, combine_group, partials_of
 from optgen_runtime.scalars import check_host_states, check_scalars, computed
 
@@ -154,7 +145,7 @@ def _reduce_chunk(
     #   _h0: = wd*(1 - weight_decouple), in specs/prodigy.py:71
     #   _h1: = d_old*(d_old*lr*(1 - safeguard_warmup)*math.sqrt(-beta2 ** t*bias_correction + 1)/(-beta1 ** t*bias_correction + 1) + d_old*safeguard_warmup)/d0, in specs/prodigy.py:75, from beta1, beta2, bias_correction, d, d0, lr, safeguard_warmup, t
     #   b3: let, computed by host_scalars from beta2, beta3
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     _p0 = 0.0
     _p1 = 0.0
     for _i in range(weight_buf.shape[0]):
@@ -280,7 +271,7 @@ def _update_chunk(
     #   beta1: hyperparameter
     #   beta2: hyperparameter
     #   b3: let, computed by host_scalars from beta2, beta3
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)

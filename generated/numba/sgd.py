@@ -59,18 +59,9 @@ from optgen_runtime.common import (
     run_variant,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.sgd import init_state
@@ -149,7 +140,7 @@ def _update_chunk(
     #   _h2: = -((f32(lr)*f32(rescale_grad)) if (clip_gradient > 1.7976931348623157e+308) else (f32(lr))), in specs/sgd.py:43
     #   _h3: = -f32(lr)*f32(wd), in specs/sgd.py:43
     #   clip_gradient: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     if _h0 == -np.inf and clip_gradient == np.inf:
         # every clamp by a host scalar is by an infinite bound (clip to None): the identity,
         # NaN included, so the loop leaves them out (same bits, fewer instructions)

@@ -52,20 +52,10 @@ from optgen_runtime.common import (
     step_counts,
     stream_indices,
 )
-from optgen_runtime.numba_support import (
-    DRAW_BLOCK,
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    normals,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_math import DRAW_BLOCK, normals
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.philox import stream_seed, tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 
@@ -144,8 +134,8 @@ def _update_chunk(
     #   rescale_grad: hyperparameter
     #   clip_gradient: hyperparameter
     # Noise (xi): the Philox stream ``_key`` (stream_seed's) at elements
-    # _first + i, DRAW_BLOCK at a time (numba_support.normals), widened to the chunk's dtype.
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    # _first + i, DRAW_BLOCK at a time (numba_math.normals), widened to the chunk's dtype.
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     _scratch = np.empty((2, DRAW_BLOCK), dtype=np.float32)
     _noise = np.empty((1, DRAW_BLOCK), dtype=np.float32)
     if _h1 == -np.inf and clip_gradient == np.inf:

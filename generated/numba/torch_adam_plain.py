@@ -53,18 +53,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_adam_plain import init_state
@@ -148,7 +139,7 @@ def _update_chunk(
     #   _h6: = -lr/(1 - beta1 ** t), in specs/torch_adam.py:66
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)

@@ -52,18 +52,9 @@ from optgen_runtime.common import (
     resolve_hyperparams,
     step_counts,
 )
-from optgen_runtime.numba_support import (
-    Buffers,
-    compiled,
-    compute_type,
-    launch_layout,
-    load,
-    prepare,
-    round_into,
-    store,
-    view,
-    view_bits,
-)
+from optgen_runtime.numba_bits import compute_type, load, round_into, store
+from optgen_runtime.numba_jit import compiled
+from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
 
 from ..numpy.torch_nadam_no_decay import init_state
@@ -148,7 +139,7 @@ def _update_chunk(
     #   _h7: = -lr*(1 - 2*maximize)*(-beta1*(1 - (1 / 2)*0.96 ** (momentum_decay*t)) + 1)/(1 - f32(mu_product*f32(mu_t))), in specs/torch_nadam.py:62, from beta1, lr, maximize, momentum_decay, mu_product, t
     #   beta2: hyperparameter
     #   eps: hyperparameter
-    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_support.load)
+    _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)

@@ -27,7 +27,7 @@ step, and a fp16/bf16 parameter without a master copy is updated through a float
 of the plan's, copied in before and rounded back after the step: what the full step does with
 temporaries (``Stepping._computed_in``), to the bit. A contiguous bfloat16 or float16 parameter
 and gradient of one dtype go to the loops as they are (``_bits_layout``: every compiled loop
-loads their bits as float32 and rounds the weight back on store, ``numba_support.load``/
+loads their bits as float32 and rounds the weight back on store, ``numba_bits.load``/
 ``store``): the same bits, without the copies (2.5 x less memory traffic for Adam). So does a
 contiguous bfloat16 or float16 gradient of a float32 master copy, its parameter (of the
 gradient's dtype) rounded from the master chunk by chunk in the same loop (no scratch, no copy

@@ -354,7 +354,7 @@ class Planning:
         step's working copy is (BITS, HALF_BITS: no master copy) or ``p`` rounded from a
         contiguous float32 master as the full step's copy from the master is (MASTER,
         HALF_MASTER): every compiled module's loops take such groups (its update's and
-        reductions'; float16 where the CPU converts it, ``numba_support.HALF_NATIVE``); else
+        reductions'; float16 where the CPU converts it, ``numba_bits.HALF_NATIVE``); else
         PLAIN. ``_on_bits = False`` keeps the working copies and scratches (the benchmark's
         comparison)."""
         if not getattr(self, "_on_bits", True) or perm is not None:
@@ -362,7 +362,7 @@ class Planning:
         if p.dtype not in _BITS_LAYOUTS or g.dtype != p.dtype:
             return PLAIN
         if p.dtype == torch.float16:
-            from optgen_runtime.numba_support import HALF_NATIVE  # numba is loaded by now
+            from optgen_runtime.numba_bits import HALF_NATIVE  # numba is loaded by now
 
             if not HALF_NATIVE:
                 return PLAIN  # no hardware conversions: the working copies
