@@ -257,16 +257,7 @@ def render(rule: Rule) -> dict[str, str]:
     ctx.update(numpy_context(plan_, code))
     ctx["host_lets"] = _host_lines(plan_, code)
     ctx["runtime"] = sorted(
-        {
-            "all_or_nothing",
-            "check_step_count",
-            "commit",
-            "resolve_hyperparams",
-            "step_counts",
-            "check_lists",
-            "each_tensor",
-            *code.runtime,
-        }
+        {"check_step_count", "step_counts", "check_lists", "each_tensor", *code.runtime}
     )
     ctx["target"] = "numpy"
     ctx["held"] = any(it.precision is not None for it in matrix.iterations(rule))
@@ -285,11 +276,8 @@ def render(rule: Rule) -> dict[str, str]:
     tctx["host_lets"] = _host_lines(plan_, tcode)
     tctx["runtime"] = sorted(
         {
-            "all_or_nothing",
             "check_distinct_states",
             "check_step_count",
-            "commit",
-            "resolve_hyperparams",
             "step_counts",
             "check_lists",
             "each_tensor",

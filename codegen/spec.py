@@ -47,7 +47,7 @@ from codegen.spec_parts import (
     unit,
 )
 from codegen.spec_reductions import Reductions
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 __all__ = [
     "Legal",

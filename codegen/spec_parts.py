@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from codegen.ir import Origin
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 
 def positive(allow_none: bool = False) -> Legal:

@@ -1,7 +1,10 @@
 """Hand-written runtime support imported by the generated modules (no sympy, no jinja2).
 
-- :mod:`optgen_runtime.common`: hyperparameter and step-count checks shared by every target, and
-  ``TorchEquivalent`` (a rule's torch.optim mapping).
+- :mod:`optgen_runtime.hyperparams`: hyperparameters' legal values and their resolution at a
+  step, scalar and per-element inputs, and ``TorchEquivalent`` (a rule's torch.optim mapping).
+- :mod:`optgen_runtime.common`: step-count, host-state and list checks shared by every target.
+- :mod:`optgen_runtime.variants`: which update runs (special cases, absent states).
+- :mod:`optgen_runtime.writes`: all-or-nothing steps (writes made once every check passed).
 - :mod:`optgen_runtime.checks`: the buffer checks, shared by both targets and the torch classes.
 - :mod:`optgen_runtime.numpy_support`: array checks and chunking for the NumPy reference modules.
 - The Triton modules' glue, one concern per module: ``triton_checks`` (tensor checks),

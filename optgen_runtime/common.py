@@ -1,270 +1,19 @@
-"""Checks shared by every generated module (hyperparameters, the step count, host states) and
-the torch.optim mapping type of a rule; imports neither torch nor sympy."""
+"""Checks shared by every generated module (the step count, host states, lists of tensors,
+stream and element offsets), the layouts of the compiled loops, matrix sizes and the host
+scalars' float32 and NaN-propagating max/min; imports neither torch nor sympy (hyperparameters:
+:mod:`optgen_runtime.hyperparams`; variants: :mod:`optgen_runtime.variants`; all-or-nothing
+writes: :mod:`optgen_runtime.writes`)."""
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import operator
 import struct
-from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-
-class Legal(NamedTuple):
-    """The legal values of a hyperparameter: an interval (of integers when ``integer``), and
-    whether ``None`` is accepted."""
-
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_open: bool = False
-    hi_open: bool = False
-    allow_none: bool = False
-    choices: tuple[str, ...] = ()  # a choice: one of these strings, passed as its index
-    flag: bool = False  # a flag: True/False, passed as 1.0/0.0
-    integer: bool = False  # a count or period: only whole numbers (passed as floats)
-
-    def contains(self, value: float) -> bool:
-        above = value > self.lo if self.lo_open else value >= self.lo
-        below = value < self.hi if self.hi_open else value <= self.hi
-        whole = not self.integer or float(value).is_integer()
-        return above and below and whole and not math.isinf(value)
-
-    def describe(self) -> str:
-        if self.lo == self.hi:  # a variant's hyperparameter (codegen/variants.py): one value
-            if self.choices:
-                return f"only {self.choices[int(self.lo)]!r}"
-            if self.flag:
-                return f"only {bool(self.lo)}"
-        if self.choices:
-            text = "one of " + ", ".join(repr(c) for c in self.choices)
-            return text + " or None" if self.allow_none else text
-        if self.flag:
-            return "True or False"
-
-        def num(x: float) -> str:
-            if math.isinf(x):
-                return "inf" if x > 0 else "-inf"
-            return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-        lo = "(" if self.lo_open or math.isinf(self.lo) else "["
-        hi = ")" if self.hi_open or math.isinf(self.hi) else "]"
-        text = f"{lo}{num(self.lo)}, {num(self.hi)}{hi}"
-        if self.lo == self.hi:
-            text = f"only {num(self.lo)}"
-        if self.integer:
-            text = f"an integer in {text}"
-        return text + " or None" if self.allow_none else text
-
-
-class TorchEquivalent(NamedTuple):
-    """How a torch.optim optimizer maps onto a rule (for state_dict exchange and comparison).
-
-    ``hyper``: our hyperparameter -> torch's param-group key (``"betas[0]"`` for a tuple item).
-    ``states``: our state -> (torch's state key, factor), ours = factor * torch's. In a spec a
-    factor is a SymPy expression of hyperparameters (SGD keeps ``momentum_buffer = -mom / lr``:
-    factor ``-lr``); in generated code, a function of the hyperparameters as keyword arguments.
-    ``fixed``: torch settings the rule always has (``{"centered": True}``): exported as such and
-    required on import. Every other torch setting must keep torch's default on import.
-    """
-
-    class_name: str
-    hyper: dict[str, str]
-    states: dict[str, tuple[str, Any]]
-    fixed: dict[str, bool | int | float | str | None] = {}  # noqa: RUF012 (never mutated)
-
-
-def resolve_hyperparams(
-    rule: str,
-    defaults: Mapping[str, float | None],
-    legal: Mapping[str, Legal],
-    none_means: Mapping[str, float],
-    given: Mapping[str, Any],
-) -> dict[str, float]:
-    """Defaults overridden by ``given``, checked, with ``None`` replaced by what it means.
-
-    Raises TypeError for unknown names or non-numbers and ValueError for illegal values (NaN
-    included), naming the rule and the hyperparameter, before anything is computed.
-
-    A call whose given values are all Python floats, ints, strings or None is remembered
-    (``_RESOLVED``: the modules' every ``step`` resolves its keywords, 10-20 us each time on
-    this machine): the same keywords again, for the same tables, return a copy of the result.
-    Anything else (a tensor, a NumPy scalar: it may change in place) is resolved every time.
-    The tables are a module's constants (``HYPERPARAMS``, ``LEGAL``, ``NONE_MEANS``): one changed
-    in place is not seen by a call remembered before (``_RESOLVED.clear()`` forgets them).
-    """
-    tables = (defaults, legal, none_means)  # (a rule's variants share its name, not these)
-    key = _resolved_key(rule, tables, given)
-    if key is not None:
-        entry = _RESOLVED.get(key)
-        # keyed by the tables' ids, checked to be them: an entry keeps its tables alive, so an
-        # id it was made with is no other table's while it is there
-        if entry is not None and all(map(operator.is_, entry[:3], tables)):
-            return dict(entry[3])
-    values = _resolve(rule, defaults, legal, none_means, given)
-    if key is not None:
-        if len(_RESOLVED) >= _RESOLVED_MAX:
-            _RESOLVED.clear()
-        _RESOLVED[key] = (defaults, legal, none_means, dict(values))
-    return values
-
-
-_RESOLVED: dict[tuple[Any, ...], tuple[Any, Any, Any, dict[str, float]]] = {}
-_RESOLVED_MAX = 1024
-_REMEMBERED = frozenset((float, int, str, type(None)))
-
-
-def _resolved_key(
-    rule: str, tables: tuple[Any, ...], given: Mapping[str, Any]
-) -> tuple[Any, ...] | None:
-    """``resolve_hyperparams``'s memo key: the rule, its tables' ids and each given (name, type,
-    value, sign), the sign telling -0.0 from 0.0 (equal as keys); None where a value is not
-    plain."""
-    parts: list[Any] = [rule, *map(id, tables)]
-    for name, value in given.items():
-        kind = type(value)
-        if kind not in _REMEMBERED:
-            return None
-        parts.append((name, kind, value, kind is float and math.copysign(1.0, value) < 0))
-    return tuple(parts)
-
-
-def _resolve(
-    rule: str,
-    defaults: Mapping[str, float | None],
-    legal: Mapping[str, Legal],
-    none_means: Mapping[str, float],
-    given: Mapping[str, Any],
-) -> dict[str, float]:
-    """``resolve_hyperparams``, every time."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise TypeError(
-            f"{rule}: unknown hyperparameter(s) {', '.join(unknown)}; "
-            f"expected some of {', '.join(defaults)}"
-        )
-    values: dict[str, float] = {}
-    for name, default in defaults.items():
-        value = given.get(name, default)
-        rule_legal = legal[name]
-        if rule_legal.choices or rule_legal.flag:
-            none = value is None and rule_legal.allow_none  # the choice None stands for
-            values[name] = none_means[name] if none else _discrete(rule, name, value, rule_legal)
-            continue
-        if value is None:
-            if not legal[name].allow_none:
-                raise ValueError(f"{rule}: hyperparameter {name} may not be None")
-            values[name] = none_means[name]
-            continue
-        value = _real(rule, name, value)
-        if rule_legal.integer and math.isfinite(value) and not value.is_integer():
-            raise ValueError(
-                f"{rule}: hyperparameter {name}={value!r} must be an integer "
-                f"({rule_legal.describe()})"
-            )
-        if not legal[name].contains(value):
-            raise ValueError(
-                f"{rule}: hyperparameter {name}={value!r} is outside its legal values "
-                f"{legal[name].describe()}"
-            )
-        values[name] = value
-    return values
-
-
-def _real(rule: str, name: str, value: Any) -> float:
-    """A numeric hyperparameter as a float: Python/NumPy reals and one-element NumPy arrays and
-    torch tensors, of any shape; never a bool, a string or bytes (``"0.05"`` would pass
-    ``float()`` and fail later) nor an array of several elements (named by its size)."""
-    bad = isinstance(value, (bool, str, bytes, bytearray)) or type(value).__name__ == "bool_"
-    if not bad and not isinstance(value, (int, float)):
-        bad = not (hasattr(value, "__float__") or hasattr(value, "__index__"))
-        bad = bad or (getattr(value, "dtype", None) is not None and "bool" in str(value.dtype))
-        size = getattr(value, "size", None)
-        size = size() if callable(size) else size  # torch's is a method, NumPy's a number
-        if not bad and isinstance(size, tuple):
-            size = math.prod(size)
-        if not bad and isinstance(size, int) and size != 1:
-            raise TypeError(
-                f"{rule}: hyperparameter {name} must be a real number, got an array of "
-                f"{size} elements ({_short(value)})"
-            )
-        if not bad and size == 1 and hasattr(value, "item"):
-            value = value.item()  # NumPy refuses float() of a one-element array of rank >= 1
-    if not bad:
-        try:
-            return float(value)  # numpy and 0-d torch scalars
-        except OverflowError:
-            raise ValueError(
-                f"{rule}: hyperparameter {name}={_short(value)} is past the largest double"
-            ) from None
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    raise TypeError(f"{rule}: hyperparameter {name} must be a real number, got {_short(value)}")
-
-
-def _discrete(rule: str, name: str, value: Any, legal: Legal) -> float:
-    """A choice as the index of its string, a flag as 1.0/0.0."""
-    if legal.flag:
-        if value not in (True, False, 0, 1) or value is None:
-            raise ValueError(f"{rule}: hyperparameter {name}={value!r} must be True or False")
-        return 1.0 if value else 0.0
-    if value not in legal.choices:
-        raise ValueError(f"{rule}: hyperparameter {name}={value!r} is not {legal.describe()}")
-    return float(legal.choices.index(value))
-
-
-def scalar_inputs(rule: str, names: Sequence[str], given: Mapping[str, Any]) -> dict[str, float]:
-    """A step's scalar inputs (the loss, say) as floats, each a finite real number: NaN, an
-    infinity, a bool, a string or a many-element tensor is refused naming the input, before
-    anything is written."""
-    values = {}
-    for name in names:
-        value = given[name]
-        if value is None:
-            raise TypeError(f"{rule}: the scalar input {name} is missing (a keyword argument)")
-        try:
-            number = _real(rule, name, value)
-        except TypeError:
-            raise TypeError(
-                f"{rule}: scalar input {name} must be a real number, got {_short(value)}"
-            ) from None
-        if not math.isfinite(number):
-            raise ValueError(f"{rule}: scalar input {name}={number!r} must be finite")
-        values[name] = number
-    return values
-
-
-def check_inputs_given(rule: str, given: Mapping[str, Any]) -> None:
-    """Every per-element input of a step is there: a TypeError naming the first missing one."""
-    for name, value in given.items():
-        if value is None:
-            raise TypeError(
-                f"{rule}: the input {name} is missing (a keyword argument of the step, "
-                "shaped like the weight)"
-            )
-
-
-def input_lists(rule: str, given: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
-    """A multi-tensor step's per-element inputs, one list of ``n`` per input, as one dict per
-    tensor; a list of another length (or no list) is refused naming the input."""
-    out: list[dict[str, Any]] = [{} for _ in range(n)]
-    for name, values in given.items():
-        if values is None:
-            raise TypeError(f"{rule}: the input {name} is missing (a list of {n} tensors)")
-        if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
-            raise TypeError(
-                f"{rule}: input {name} must be a list of {n} tensors (one per weight), "
-                f"got {type(values).__name__}"
-            )
-        if len(values) != n:
-            raise ValueError(f"{rule}: {len(values)} {name} tensors for {n} weights")
-        for j, value in enumerate(values):
-            out[j][name] = value
-    return out
-
+from optgen_runtime.hyperparams import short_repr
 
 # The largest step count: counts are kept exactly as int64 (the torch classes' state["step"]).
 MAX_STEP = 2**63 - 1
@@ -279,11 +28,6 @@ PLAIN, BITS, MASTER = "plain", "bits", "master"
 HALF_BITS, HALF_MASTER = "half bits", "half master"
 
 
-def _short(x: Any) -> str:
-    text = repr(x)
-    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
-
-
 def check_step_count(rule: str, t: Any) -> int:
     """The step count is an integer in [1, 2**63 - 1] (1 on the first step); a bool, a float
     (even 2.0), NaN or a string is refused with a TypeError, an out-of-range integer with a
@@ -295,13 +39,14 @@ def check_step_count(rule: str, t: Any) -> int:
             t = operator.index(t)
         except TypeError:
             raise TypeError(
-                f"{rule}: step count t must be an int >= 1, got {_short(t)} ({type(t).__name__})"
+                f"{rule}: step count t must be an int >= 1, got {short_repr(t)} "
+                f"({type(t).__name__})"
             ) from None
     if t < 1:
         raise ValueError(f"{rule}: step count t must be >= 1 (1 on the first step), got {t}")
     if t > MAX_STEP:
         raise ValueError(
-            f"{rule}: step count t={_short(t)} is past the largest step count 2**63 - 1"
+            f"{rule}: step count t={short_repr(t)} is past the largest step count 2**63 - 1"
         )
     return int(t)
 
@@ -510,172 +255,6 @@ def element_offsets(rule: str, offsets: Any, n: int) -> list[int]:
             raise ValueError(f"{rule}: noise offset {k!r} is not an int in [0, 2**62]")
         out.append(value)
     return out
-
-
-def absent_states(
-    absent: Mapping[str, Mapping[str, float]], hp: Mapping[str, float]
-) -> tuple[str, ...]:
-    """The rule's ``ABSENT`` states that the resolved hyperparameters ``hp`` make absent (each
-    by its spec's ``state(absent_when=...)``), in order: where there are some, the step runs the
-    rule's variant modules without them (its ``WITHOUT``)."""
-    return tuple(k for k, when in absent.items() if all(hp[n] == v for n, v in when.items()))
-
-
-def matches(when: Mapping[str, float], hp: Mapping[str, float]) -> bool:
-    """True when the resolved hyperparameters ``hp`` have the values ``when`` (a rule's
-    ``SPECIAL`` case: its spec's ``special_case``): the step then runs that case's modules."""
-    return all(hp[n] == v for n, v in when.items())
-
-
-def running_variant(meta: Any, hp: Mapping[str, float]) -> str | None:
-    """The variant a rules module ``meta``'s step functions run at the resolved ``hp``: its
-    first matching special case, else the variant without its absent states, else None."""
-    for name, when in meta.SPECIAL.items():
-        if matches(when, hp):
-            return name
-    gone = absent_states(meta.ABSENT, hp)
-    return meta.WITHOUT[gone] if gone else None
-
-
-def running_module(module: Any, meta: Any, hp: Mapping[str, float]) -> Any:
-    """The module of ``module``'s package (a rule's rules, numba or Triton module) whose update
-    runs at the resolved ``hp``: ``running_variant``'s, else ``module`` itself."""
-    variant = running_variant(meta, hp)
-    if variant is None:
-        return module
-    package = module.__name__.rsplit(".", 1)[0]
-    return importlib.import_module(f"{package}.{variant}")
-
-
-def run_variant(
-    function: Callable[..., Any],
-    weights: Any,
-    grads: Any,
-    states: Any,
-    t: Any,
-    absent: Collection[str],
-    **kwargs: Any,
-) -> Any:
-    """``function`` (a variant's step function) on ``states`` without the ``absent`` entries: a
-    state that has them (momentum switched off mid-run) keeps them, untouched; what the variant
-    sets (host states) is written back. States that are not dicts go as they are (refused)."""
-    single = isinstance(states, Mapping)
-    given = [states] if single else list(states) if isinstance(states, Sequence) else []
-    if not any(isinstance(s, Mapping) and any(k in s for k in absent) for s in given):
-        return function(weights, grads, states, t, **kwargs)
-    made: dict[int, dict[str, Any]] = {}  # one view per state dict: a dict given twice stays
-    views = []  # one object, so the variant's step refuses it as it refuses the dict itself
-    for s in given:
-        if isinstance(s, Mapping):
-            if id(s) not in made:
-                made[id(s)] = {k: v for k, v in s.items() if k not in absent}
-            views.append(made[id(s)])
-        else:
-            views.append(s)
-    result = function(weights, grads, views[0] if single else views, t, **kwargs)
-    for s, view in zip(given, views, strict=True):
-        if isinstance(s, MutableMapping):
-            s.update(view)
-    return result
-
-
-def run_steps(rule: str, steppers: Sequence[Iterator[None]]) -> None:
-    """One step per tensor in two stages: each stepper runs to its ``yield None`` (its
-    reductions, checks and host scalars: it reads, writes only temporaries) and only when
-    every one has does any resume to write, so a refusal of any tensor (a scalar its data
-    make unrepresentable) leaves every tensor as it was."""
-    for j in range(len(steppers)):
-        if advance(rule, steppers, j) is not None:
-            raise RuntimeError(f"{rule}: a step yielded before its checks")  # a generator bug
-    finish_steps(rule, steppers)
-
-
-def advance(rule: str, steppers: Sequence[Iterator[Any]], j: int, value: Any = None) -> Any:
-    """Stepper ``j`` run to its next ``yield`` (sent ``value``); a refusal of one of several
-    tensors names it (:func:`of_tensor`)."""
-    try:
-        return steppers[j].send(value)
-    except (TypeError, ValueError) as error:
-        raise of_tensor(rule, j, error, len(steppers)) from None
-
-
-def finish_steps(rule: str, steppers: Sequence[Iterator[Any]]) -> None:
-    """Resume every stepper, each at its ``yield None``, to its writes and its end (through
-    :func:`commit`: inside :func:`deferred_writes`, once every step of the block has passed)."""
-
-    def writes() -> None:
-        for s in steppers:
-            try:
-                next(s)
-            except StopIteration:
-                continue
-            raise RuntimeError(f"{rule}: a step did not finish after its writes")  # a bug
-
-    commit(writes)
-
-
-# The writes of the steps made inside ``deferred_writes()``, queued in order (None: none is
-# open, a step writes at once). A torch class steps its param groups one after the other, and a
-# module can refuse a group only once it has its sums or host states: the class opens the block
-# around every group's step and runs the writes once all have passed, so a later group's refusal
-# leaves every group as it was.
-_PENDING: ContextVar[list[Callable[[], None]] | None] = ContextVar("optgen_pending", default=None)
-
-
-def commit(writes: Callable[[], None], *alive: object) -> None:
-    """Run a step's ``writes`` (its every check passed) now, or queue them inside
-    :func:`deferred_writes`, with ``alive`` (the buffers the writes reach by address: a
-    gradient converted for the step, say) kept alive while they wait."""
-    pending = _PENDING.get()
-    if pending is None:
-        writes()
-    else:
-        pending.append(_Queued(writes, alive))
-
-
-class _Queued:
-    """Queued writes and what they need alive until they run."""
-
-    __slots__ = ("alive", "writes")
-
-    def __init__(self, writes: Callable[[], None], alive: tuple[object, ...]) -> None:
-        self.writes, self.alive = writes, alive
-
-    def __call__(self) -> None:
-        self.writes()
-
-
-@contextmanager
-def deferred_writes() -> Iterator[list[Callable[[], None]]]:
-    """A block whose steps queue their writes (:func:`commit`) instead of making them: the
-    caller runs the list it yields, in order, once the block has ended without an error (a
-    refused step leaves the list to be dropped: nothing written). Steps that take buffers of
-    the caller's must keep them unchanged until then (no scratch reused between them)."""
-    pending: list[Callable[[], None]] = []
-    token = _PENDING.set(pending)
-    try:
-        yield pending
-    finally:
-        _PENDING.reset(token)
-
-
-@contextmanager
-def all_or_nothing() -> Iterator[None]:
-    """The steps made inside write only if every one passes: their writes queued and made at
-    the end of the block, or, inside an enclosing :func:`deferred_writes` (a torch class's
-    step), left queued for its caller."""
-    if deferring():
-        yield
-        return
-    with deferred_writes() as writes:
-        yield
-    for write in writes:
-        write()
-
-
-def deferring() -> bool:
-    """Whether a :func:`deferred_writes` block is open (its steps' writes are queued)."""
-    return _PENDING.get() is not None
 
 
 def check_distinct_states(rule: str, states: Sequence[Any]) -> None:

@@ -273,5 +273,5 @@ def prepare(
         [f[0].dtype for f in flats],
         even=even,
     )
-    buffers.alive = flats  # the writes may be queued (optgen_runtime.common.commit)
+    buffers.alive = flats  # the writes may be queued (optgen_runtime.writes.commit)
     return buffers

@@ -23,15 +23,11 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import (
-    advance,
-    check_distinct_states,
-    check_inputs_given,
-    finish_steps,
-    matrix_dims,
-)
+from optgen_runtime.common import check_distinct_states, matrix_dims
+from optgen_runtime.hyperparams import check_inputs_given
 from optgen_runtime.philox import randn
 from optgen_runtime.sharding import across_shards, shards_combined
+from optgen_runtime.writes import advance, finish_steps
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

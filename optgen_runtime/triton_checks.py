@@ -18,11 +18,8 @@ from optgen_runtime.checks import (
     check_state_keys,
     check_state_shape,
 )
-from optgen_runtime.common import (
-    check_distinct_states,
-    check_inputs_given,
-    of_tensor,
-)
+from optgen_runtime.common import check_distinct_states, of_tensor
+from optgen_runtime.hyperparams import check_inputs_given
 from optgen_runtime.triton_compat import interpreting
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

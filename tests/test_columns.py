@@ -20,7 +20,8 @@ from reference import sample_hyperparams
 
 from optgen_runtime import scalars
 from optgen_runtime.columns import rows_max, rows_min, rows_where
-from optgen_runtime.common import host_max, host_min, resolve_hyperparams
+from optgen_runtime.common import host_max, host_min
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numpy_support import combine, combine_rows
 from optgen_runtime.triton_rows import ScalarRows, float32_rows, sum_rows
 

@@ -24,8 +24,8 @@ from test_torch_classes import set_grads, two_groups
 from generated.torch import RULES as CLASSES
 from generated.triton import adam as triton_adam
 from generated.triton import lamb as triton_lamb
-from optgen_runtime.common import all_or_nothing
 from optgen_runtime.triton_amp import amp_flags
+from optgen_runtime.writes import all_or_nothing
 
 ELEMENTWISE = sorted(rule for rule, cls in CLASSES.items() if not cls.NUMPY.REDUCTIONS)
 

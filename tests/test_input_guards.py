@@ -26,7 +26,8 @@ from generated.torch import (
     RMSpropCentered,
     Signum,
 )
-from optgen_runtime.common import all_or_nothing, check_step_count
+from optgen_runtime.common import check_step_count
+from optgen_runtime.writes import all_or_nothing
 
 
 def make(cls, n=5, **hp):
@@ -756,7 +757,7 @@ def test_torch_class_refuses_bad_step_inputs_before_anything(backend):
 # A later param group's refusal that only the module can make (host scalars that depend on the
 # step's sums or on host states) once came after the earlier groups were written: group 0's
 # weights moved and the optimizer's state stayed empty (found by hand on 2026-12-04). Every
-# module now queues its writes (``optgen_runtime.common.commit``) inside the class's
+# module now queues its writes (``optgen_runtime.writes.commit``) inside the class's
 # ``deferred_writes`` block, run once every group has passed.
 LATE_REFUSALS = [
     ("lars", {"rescale_grad": 0.0, "wd": 0.0, "eps": 0.0}),  # a zero trust-ratio denominator

@@ -824,7 +824,7 @@ def test_a_later_weights_refusal_leaves_the_earlier_ones_unwritten(name: str, ta
     """``step_multi`` (and a torch class's step, over two param groups) on two weights, the
     second with a zero gradient: its norm is 0, so 1 / max(epsilon, norm) at epsilon = 1e-40 is
     past float32's range, refused (``checked_scalar``) once the first weight's step was computed,
-    which must not be written (the writes are queued: ``optgen_runtime.common.commit``; the
+    which must not be written (the writes are queued: ``optgen_runtime.writes.commit``; the
     matrix modules' code is one template, so AdaMuon's step_multi queues them alike; the
     compiled module's queued writes compute the new values in place, ``_commit``)."""
     if target.endswith("numba"):

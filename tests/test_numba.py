@@ -29,7 +29,8 @@ from reference import sample_hyperparams
 from codegen.lower import lower
 from codegen.targets.numba import fallback_reason
 from optgen_runtime import numba_math, numba_support
-from optgen_runtime.common import PLAIN, resolve_hyperparams
+from optgen_runtime.common import PLAIN
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.philox import randint4x, randn, stream_seed, tensor_seed, uniform
 
 LIBM = frozenset({"exp", "log", "tanh", "softplus", "cbrt", "pow"})

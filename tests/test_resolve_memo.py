@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from optgen_runtime import common
-from optgen_runtime.common import Legal, resolve_hyperparams
+from optgen_runtime import hyperparams
+from optgen_runtime.hyperparams import Legal, resolve_hyperparams
 
 DEFAULTS = {"lr": 0.1, "wd": 0.0, "mode": "a"}
 LEGAL = {
@@ -27,10 +27,10 @@ def resolve(given: dict, legal: dict = LEGAL) -> dict[str, float]:
 
 
 def test_a_remembered_call_returns_what_it_computes() -> None:
-    common._RESOLVED.clear()
+    hyperparams._RESOLVED.clear()
     first = resolve({"lr": 0.5, "mode": "b"})
     assert first == {"lr": 0.5, "wd": 0.0, "mode": 1.0}
-    assert len(common._RESOLVED) == 1
+    assert len(hyperparams._RESOLVED) == 1
     first["lr"] = 9.0  # the caller's copy
     again = resolve({"lr": 0.5, "mode": "b"})
     assert again == {"lr": 0.5, "wd": 0.0, "mode": 1.0} and again is not first
@@ -38,7 +38,7 @@ def test_a_remembered_call_returns_what_it_computes() -> None:
 
 
 def test_signed_zeros_and_types_are_told_apart() -> None:
-    common._RESOLVED.clear()
+    hyperparams._RESOLVED.clear()
     assert math.copysign(1.0, resolve({"wd": 0.0})["wd"]) == 1.0
     assert math.copysign(1.0, resolve({"wd": -0.0})["wd"]) == -1.0
     assert math.copysign(1.0, resolve({"wd": 0.0})["wd"]) == 1.0
@@ -46,7 +46,7 @@ def test_signed_zeros_and_types_are_told_apart() -> None:
 
 
 def test_refusals_are_never_remembered() -> None:
-    common._RESOLVED.clear()
+    hyperparams._RESOLVED.clear()
     for _ in range(2):
         with pytest.raises(ValueError, match=r"lr=-1\.0 is outside"):
             resolve({"lr": -1.0})
@@ -54,13 +54,13 @@ def test_refusals_are_never_remembered() -> None:
             resolve({"lr": math.nan})
         with pytest.raises(TypeError, match="unknown hyperparameter"):
             resolve({"momentum": 0.9})
-    assert not common._RESOLVED
+    assert not hyperparams._RESOLVED
 
 
 def test_the_same_name_with_other_tables_is_checked_against_them() -> None:
     """A variant's tables (the rule's name, narrower legal values): a value its tables refuse
     is refused, whatever the rule's own tables accepted and remembered before."""
-    common._RESOLVED.clear()
+    hyperparams._RESOLVED.clear()
     assert resolve({"wd": 0.5})["wd"] == 0.5
     with pytest.raises(ValueError, match=r"wd=0\.5 is outside"):
         resolve({"wd": 0.5}, NARROW)
@@ -69,7 +69,7 @@ def test_the_same_name_with_other_tables_is_checked_against_them() -> None:
 
 
 def test_values_that_can_change_are_resolved_every_time() -> None:
-    common._RESOLVED.clear()
+    hyperparams._RESOLVED.clear()
     lr = torch.tensor(0.5)
     assert resolve({"lr": lr})["lr"] == 0.5
     lr.fill_(0.25)  # in place, as a scheduler may
@@ -77,12 +77,12 @@ def test_values_that_can_change_are_resolved_every_time() -> None:
     lr.fill_(-1.0)
     with pytest.raises(ValueError, match="outside"):
         resolve({"lr": lr})
-    assert not common._RESOLVED
+    assert not hyperparams._RESOLVED
 
 
 def test_the_memo_is_bounded(monkeypatch) -> None:
-    common._RESOLVED.clear()
-    monkeypatch.setattr(common, "_RESOLVED_MAX", 8)
+    hyperparams._RESOLVED.clear()
+    monkeypatch.setattr(hyperparams, "_RESOLVED_MAX", 8)
     for k in range(20):
         assert resolve({"lr": float(k)})["lr"] == float(k)
-        assert len(common._RESOLVED) <= 8
+        assert len(hyperparams._RESOLVED) <= 8

@@ -19,7 +19,7 @@ from codegen.load import load_rule
 from codegen.lower import lower
 from codegen.spec import SpecError
 from codegen.targets.host import literal
-from optgen_runtime import common as runtime_common
+from optgen_runtime import variants as runtime_variants
 
 HEADER = '''
 """A test rule."""
@@ -426,7 +426,7 @@ def test_special_cases_and_absent_states_at_none(tmp_path: Path) -> None:
             resolved = {"lr": 0.1, "clip": math.inf if clip is None else clip}
             resolved["cap"] = 2.0 if cap is None else cap
             variant = {(None, None): "plain", (None, 3.0): "unclipped", (1.0, None): "without_mom"}
-            running = runtime_common.running_variant(rules, resolved)
+            running = runtime_variants.running_variant(rules, resolved)
             assert running == (
                 f"none_probe_{variant[clip, cap]}" if (clip, cap) in variant else None
             )

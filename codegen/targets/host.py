@@ -15,7 +15,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from codegen.ops import Guarded, element_constant, f32
 from codegen.spec import SpecError
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 
 class HostPrinter(PythonCodePrinter):

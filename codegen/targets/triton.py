@@ -112,6 +112,8 @@ SUPPORT_MODULES = {
         "triton_rows": "ScalarRows host_columns host_rows phase_rows step_rows sum_rows",
         "triton_cache": "Vouched prepared_table",
         "triton_matrix": "domain_size group_totals matrix_sweep",
+        "variants": "absent_states matches run_variant",
+        "writes": "commit run_steps",
     }.items()
     for name in helpers.split()
 }
@@ -240,6 +242,10 @@ def context(lowered: Lowered) -> dict[str, object]:
         support += ["reduce_sums"] if phases else []
         support += ["phase_rows", "sum_rows"] if columnwise else []
         support += ["group_totals"] if rule.group_reductions else []
+    support += ["run_steps"] if matrix else ["commit"]
+    support += ["absent_states"] if rule.absent else []
+    support += ["matches"] if rule.special else []
+    support += ["run_variant"] if rule.absent or rule.special else []
     key = "stream_seed(tensor_seed(hp['seed'], _k), _tj)"
     doc = [
         "The reductions take one more launch per combination, over the same chunk table: one",
@@ -293,20 +299,17 @@ def context(lowered: Lowered) -> dict[str, object]:
             support, any(op.kind in LIBDEVICE for op in [*lowered.ops, *lowered.reduce_ops])
         ),
         "common_imports": sorted(
-            ["check_lists", "check_step_count", "host_state_values", "resolve_hyperparams"]
-            + ["step_counts"]
-            + (["commit"] if not matrix else [])
+            ["check_lists", "check_step_count", "host_state_values", "step_counts"]
             + ["stream_indices"]
             + (["element_offsets"] if lowered.draws else [])
             + (["matrix_sizes"] if rule.sizes or matrix else [])
             + (["matrix_dims"] if matrix else [])
-            + (["run_steps"] if matrix else [])
             + (["vector_shape"] if rule.vector_states else [])
+        ),
+        "hyperparam_imports": sorted(
+            ["resolve_hyperparams"]
             + (["input_lists"] if rule.inputs else [])
             + (["scalar_inputs"] if rule.scalars else [])
-            + (["absent_states"] if rule.absent else [])
-            + (["matches"] if rule.special else [])
-            + (["run_variant"] if rule.absent or rule.special else [])
         ),
         "sizes": ", **matrix_sizes(weight.shape, SIZES)" if rule.sizes else "",
         "multi_sizes": ", **matrix_sizes(_w.shape, SIZES)" if rule.sizes else "",

@@ -51,20 +51,19 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.common import (
-    all_or_nothing,
     check_lists,
     check_step_count,
-    commit,
     each_tensor,
     host_max,
     host_min,
-    resolve_hyperparams,
     step_counts,
 )
 from optgen_runtime.held import held_ops
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numpy_support import check_arrays_across, check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
+from optgen_runtime.writes import all_or_nothing, commit
 
 from ..rules.adamuon import (
     DRAWS,

@@ -44,19 +44,13 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import (
-    BITS,
-    MASTER,
-    PLAIN,
-    check_step_count,
-    commit,
-    resolve_hyperparams,
-    step_counts,
-)
+from optgen_runtime.common import BITS, MASTER, PLAIN, check_step_count, step_counts
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numba_bits import compute_type, load, round_into, store
 from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.writes import commit
 
 from ..numpy.sgd_mom import init_state
 from ..rules.sgd_mom import (

@@ -46,18 +46,18 @@ from optgen_runtime.common import (
     MASTER,
     PLAIN,
     check_step_count,
-    commit,
     element_offsets,
-    resolve_hyperparams,
     step_counts,
     stream_indices,
 )
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numba_bits import compute_type, load, round_into, store
 from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numba_math import DRAW_BLOCK, normals
 from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.philox import stream_seed, tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.writes import commit
 
 from ..numpy.sgld import init_state
 from ..rules.sgld import (

@@ -53,9 +53,9 @@ from optgen_runtime.common import (
     host_state_values,
     matrix_dims,
     matrix_sizes,
-    resolve_hyperparams,
     step_counts,
 )
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numba_bits import compute_type
 from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numba_tiles import LANES, Tiling, cast_into, fold_max, lanes_max

@@ -42,22 +42,14 @@ from typing import Any
 import numba
 import numpy as np
 
-from optgen_runtime.common import (
-    BITS,
-    MASTER,
-    PLAIN,
-    absent_states,
-    check_step_count,
-    commit,
-    matches,
-    resolve_hyperparams,
-    run_variant,
-    step_counts,
-)
+from optgen_runtime.common import BITS, MASTER, PLAIN, check_step_count, step_counts
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numba_bits import compute_type, load, round_into, store
 from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numba_support import Buffers, launch_layout, prepare, view, view_bits
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.variants import absent_states, matches, run_variant
+from optgen_runtime.writes import commit
 
 from ..numpy.torch_rmsprop import init_state
 from ..rules.torch_rmsprop import (

@@ -41,10 +41,10 @@ from optgen_runtime.common import (
     host_state_values,
     matrix_dims,
     matrix_sizes,
-    resolve_hyperparams,
     step_counts,
     vector_shape,
 )
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numpy_support import (
     check_arrays_across,
     check_weight,

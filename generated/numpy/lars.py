@@ -32,13 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    check_lists,
-    check_step_count,
-    host_state_values,
-    resolve_hyperparams,
-    step_counts,
-)
+from optgen_runtime.common import check_lists, check_step_count, host_state_values, step_counts
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numpy_support import (
     check_arrays_across,
     check_weight,

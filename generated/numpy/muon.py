@@ -40,19 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    all_or_nothing,
-    check_lists,
-    check_step_count,
-    commit,
-    each_tensor,
-    host_max,
-    resolve_hyperparams,
-    step_counts,
-)
+from optgen_runtime.common import check_lists, check_step_count, each_tensor, host_max, step_counts
 from optgen_runtime.held import held_ops
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numpy_support import check_arrays_across, check_weight, flat_views
 from optgen_runtime.scalars import checked_scalar
+from optgen_runtime.writes import all_or_nothing, commit
 
 from ..rules.muon import (
     DRAWS,

@@ -34,16 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import (
-    check_step_count,
-    commit,
-    element_offsets,
-    host_state_values,
-    resolve_hyperparams,
-)
+from optgen_runtime.common import check_step_count, element_offsets, host_state_values
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks, normal_chunk
 from optgen_runtime.philox import stream_seed
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.writes import commit
 
 from ..rules.sgld import (
     DRAWS,

@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from optgen_runtime.common import check_step_count, commit, host_state_values, resolve_hyperparams
+from optgen_runtime.common import check_step_count, host_state_values
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numpy_support import check_weight, flat_views, for_chunks
 from optgen_runtime.scalars import check_scalars, computed
+from optgen_runtime.writes import commit
 
 from ..rules.torch_sgd_without_momentum_buffer import (
     DRAWS,

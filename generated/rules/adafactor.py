@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent, host_max, host_min
+from optgen_runtime.common import host_max, host_min
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "adafactor"
 SPEC = "specs/adafactor.py"

@@ -33,7 +33,7 @@ not vectorise where the compiled loop does not hoist the choice).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "adahessian"
 SPEC = "specs/adahessian.py"

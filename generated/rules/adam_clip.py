@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, host_min
+from optgen_runtime.common import host_min
+from optgen_runtime.hyperparams import Legal
 
 RULE = "adam_clip"
 SPEC = "specs/adam_clip.py"

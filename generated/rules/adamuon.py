@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "adamuon"
 SPEC = "specs/adamuon.py"

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "adan"
 SPEC = "specs/adan.py"

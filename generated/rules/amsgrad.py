@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "amsgrad"
 SPEC = "specs/amsgrad.py"

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, host_max
+from optgen_runtime.common import host_max
+from optgen_runtime.hyperparams import Legal
 
 RULE = "came"
 SPEC = "specs/came.py"

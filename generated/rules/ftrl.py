@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "ftrl"
 SPEC = "specs/ftrl.py"

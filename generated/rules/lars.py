@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from optgen_runtime.columns import rows_where, scalar_columns
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "lars"
 SPEC = "specs/lars.py"

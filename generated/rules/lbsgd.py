@@ -45,7 +45,8 @@ import math
 import numpy as np
 
 from optgen_runtime.columns import rows_f32, rows_max, rows_min, rows_where, scalar_columns
-from optgen_runtime.common import Legal, host_f32, host_max, host_min, unavailable
+from optgen_runtime.common import host_f32, host_max, host_min, unavailable
+from optgen_runtime.hyperparams import Legal
 
 RULE = "lbsgd"
 SPEC = "specs/lbsgd.py"

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "madgrad"
 SPEC = "specs/madgrad.py"

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "muon"
 SPEC = "specs/muon.py"

@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, host_max, host_min
+from optgen_runtime.common import host_max, host_min
+from optgen_runtime.hyperparams import Legal
 
 RULE = "prodigy"
 SPEC = "specs/prodigy.py"

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent, unavailable
+from optgen_runtime.common import unavailable
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "radam"
 SPEC = "specs/radam.py"

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent, host_f32
+from optgen_runtime.common import host_f32
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "sgd_mom"
 SPEC = "specs/sgd_mom.py"

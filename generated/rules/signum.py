@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, host_f32
+from optgen_runtime.common import host_f32
+from optgen_runtime.hyperparams import Legal
 
 RULE = "signum"
 SPEC = "specs/signum.py"

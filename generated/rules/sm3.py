@@ -33,7 +33,7 @@ accumulator the reference sets to nu without the max when beta > 0 (an EMA of G^
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "sm3"
 SPEC = "specs/sm3.py"

@@ -24,7 +24,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_adagrad"
 SPEC = "specs/torch_adagrad.py"

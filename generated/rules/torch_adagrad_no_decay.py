@@ -26,7 +26,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_adagrad"
 SPEC = "specs/torch_adagrad.py"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_adam"
 SPEC = "specs/torch_adam.py"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_adam"
 SPEC = "specs/torch_adam.py"

@@ -25,7 +25,7 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_adamax"
 SPEC = "specs/torch_adamax.py"

@@ -29,7 +29,8 @@ weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, host_f32, host_max
+from optgen_runtime.common import host_f32, host_max
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_asgd"
 SPEC = "specs/torch_asgd.py"

@@ -29,7 +29,8 @@ would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent, host_f32
+from optgen_runtime.common import host_f32
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_nadam"
 SPEC = "specs/torch_nadam.py"

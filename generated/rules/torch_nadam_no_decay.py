@@ -31,7 +31,8 @@ would be NaN).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, host_f32
+from optgen_runtime.common import host_f32
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_nadam"
 SPEC = "specs/torch_nadam.py"

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent, unavailable
+from optgen_runtime.common import unavailable
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_radam"
 SPEC = "specs/torch_radam.py"

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, unavailable
+from optgen_runtime.common import unavailable
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_radam"
 SPEC = "specs/torch_radam.py"

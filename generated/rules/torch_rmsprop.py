@@ -31,7 +31,7 @@ there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` w
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_rmsprop"
 SPEC = "specs/torch_rmsprop.py"

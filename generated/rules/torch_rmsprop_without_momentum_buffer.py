@@ -33,7 +33,7 @@ there, an infinite weight included (torch skips weight decay at 0; ``0 * inf`` w
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_rmsprop"
 SPEC = "specs/torch_rmsprop.py"

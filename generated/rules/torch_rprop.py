@@ -25,7 +25,7 @@ product at the next step keeps the step size again, as torch's
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_rprop"
 SPEC = "specs/torch_rprop.py"

@@ -30,7 +30,7 @@ a buffer (the count only tells the first step from the others).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_sgd"
 SPEC = "specs/torch_sgd.py"

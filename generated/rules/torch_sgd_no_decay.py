@@ -32,7 +32,7 @@ a buffer (the count only tells the first step from the others).
 
 from __future__ import annotations
 
-from optgen_runtime.common import Legal
+from optgen_runtime.hyperparams import Legal
 
 RULE = "torch_sgd"
 SPEC = "specs/torch_sgd.py"

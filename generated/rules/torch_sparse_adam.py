@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from optgen_runtime.common import Legal, TorchEquivalent
+from optgen_runtime.hyperparams import Legal, TorchEquivalent
 
 RULE = "torch_sparse_adam"
 SPEC = "specs/torch_sparse_adam.py"

@@ -30,12 +30,11 @@ import torch
 from optgen_runtime.common import (
     check_lists,
     check_step_count,
-    commit,
     host_state_values,
-    resolve_hyperparams,
     step_counts,
     stream_indices,
 )
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.scalars import (
     check_scalars,
     check_scalars_each,
@@ -50,6 +49,7 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_launch import launch
 from optgen_runtime.triton_matrix import group_totals
 from optgen_runtime.triton_reduce import fixed_sum, reduce_sums
+from optgen_runtime.writes import commit
 
 from ..rules.adam_clip import (
     DRAWS,

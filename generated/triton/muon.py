@@ -44,18 +44,16 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
-    all_or_nothing,
     check_distinct_states,
     check_lists,
     check_step_count,
-    commit,
     each_tensor,
     host_max,
-    resolve_hyperparams,
     step_counts,
     stream_indices,
 )
 from optgen_runtime.held import held_torch_ops
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.scalars import checked_scalar
 from optgen_runtime.triton_checks import (
     check_across,
@@ -66,6 +64,7 @@ from optgen_runtime.triton_checks import (
 )
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_launch import launch
+from optgen_runtime.writes import all_or_nothing, commit
 
 from ..rules.muon import (
     DRAWS,

@@ -44,12 +44,11 @@ from optgen_runtime.common import (
     host_state_values,
     matrix_dims,
     matrix_sizes,
-    resolve_hyperparams,
-    run_steps,
     step_counts,
     stream_indices,
     vector_shape,
 )
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_checks import (
     check_across,
@@ -63,6 +62,7 @@ from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_launch import LAUNCHES
 from optgen_runtime.triton_matrix import domain_size, matrix_sweep
 from optgen_runtime.triton_reduce import nan_max
+from optgen_runtime.writes import run_steps
 
 from ..rules.sm3 import (
     DRAWS,

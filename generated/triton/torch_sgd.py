@@ -36,23 +36,21 @@ from typing import Any
 import torch
 
 from optgen_runtime.common import (
-    absent_states,
     check_lists,
     check_step_count,
-    commit,
     host_state_values,
-    matches,
-    resolve_hyperparams,
-    run_variant,
     step_counts,
     stream_indices,
 )
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_cache import Vouched, prepared_table
 from optgen_runtime.triton_checks import check_tensors, check_weight
 from optgen_runtime.triton_compat import tl, triton
 from optgen_runtime.triton_launch import launch
 from optgen_runtime.triton_rows import ScalarRows, step_rows
+from optgen_runtime.variants import absent_states, matches, run_variant
+from optgen_runtime.writes import commit
 
 from ..rules.torch_sgd import (
     ABSENT,

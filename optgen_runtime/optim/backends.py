@@ -12,14 +12,11 @@ from typing import Any
 
 import torch
 
-from optgen_runtime.common import (
-    commit,
-    deferring,
-)
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.optim.layout import Shown
 from optgen_runtime.triton_amp import Amp
+from optgen_runtime.writes import commit, deferring
 
 
 class NumbaMissing(ImportError):

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch.optim import optimizer as torch_optimizer
 
-from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
+from optgen_runtime.hyperparams import TorchEquivalent, resolve_hyperparams
 from optgen_runtime.optim.aliases import TupleAliases
 from optgen_runtime.optim.amp import AmpScaling, Pending
 from optgen_runtime.optim.checkpoint import Checkpoint

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from optgen_runtime.checks import check_kind
-from optgen_runtime.common import TorchEquivalent, resolve_hyperparams
+from optgen_runtime.hyperparams import TorchEquivalent, resolve_hyperparams
 
 # torch.optim group keys that choose an implementation, not the math: never refused on import.
 IMPLEMENTATION_ONLY = frozenset({"foreach", "fused", "capturable", "differentiable"})

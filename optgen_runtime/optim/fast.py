@@ -82,16 +82,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import (
-    commit,
-    deferred_writes,
-    host_state_values,
-)
+from optgen_runtime.common import host_state_values
 from optgen_runtime.optim.plan import _VERSION, Group, Plan, Planning, _permuted
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_amp import Amp
 from optgen_runtime.triton_cache import Vouched, spans_overlap
 from optgen_runtime.triton_rows import ScalarRows, float32_rows
+from optgen_runtime.writes import commit, deferred_writes
 
 if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (optional)
     pass

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from optgen_runtime.checks import check_dense, check_device, check_dtype, check_kind, check_shape
-from optgen_runtime.common import scalar_inputs
+from optgen_runtime.hyperparams import scalar_inputs
 
 FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

@@ -14,15 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from optgen_runtime.common import (
-    BITS,
-    HALF_BITS,
-    HALF_MASTER,
-    MASTER,
-    PLAIN,
-    running_module,
-)
+from optgen_runtime.common import BITS, HALF_BITS, HALF_MASTER, MASTER, PLAIN
 from optgen_runtime.triton_cache import Vouched
+from optgen_runtime.variants import running_module
 
 if TYPE_CHECKING:  # numba is imported only where the compiled CPU loops run (optional)
     from optgen_runtime.numba_support import Buffers

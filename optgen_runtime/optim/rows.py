@@ -41,8 +41,8 @@ from typing import Any, NamedTuple
 import torch
 
 from optgen_runtime.checks import SparseSettingRefused, check_overlaps
-from optgen_runtime.common import commit
 from optgen_runtime.optim.distributed import is_dtensor
+from optgen_runtime.writes import commit
 
 # torch.optim's classes that take only sparse gradients: torch's message for a dense one. Their
 # state's step count is a Python int (torch's others keep a float32 tensor).

@@ -40,7 +40,7 @@ from optgen_runtime.checks import (
     check_state_shape,
     view_key,
 )
-from optgen_runtime.common import MAX_STEP, absent_states, host_state_values, vector_shape
+from optgen_runtime.common import MAX_STEP, host_state_values, vector_shape
 from optgen_runtime.optim.distributed import is_dtensor, like, local
 from optgen_runtime.optim.layout import (
     Shown,
@@ -52,6 +52,7 @@ from optgen_runtime.optim.layout import (
 )
 from optgen_runtime.optim.rows import sparse_classes
 from optgen_runtime.triton_checks import check_kernel_device, check_kernel_dtype
+from optgen_runtime.variants import absent_states
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, *LOW_PRECISION)

@@ -31,11 +31,7 @@ from typing import Any
 
 import torch
 
-from optgen_runtime.common import (
-    deferred_writes,
-    host_state_values,
-    running_module,
-)
+from optgen_runtime.common import host_state_values
 from optgen_runtime.optim.backends import Backends
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
@@ -46,6 +42,8 @@ from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards
 from optgen_runtime.triton_amp import Amp
+from optgen_runtime.variants import running_module
+from optgen_runtime.writes import deferred_writes
 
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]

@@ -33,7 +33,7 @@ from fuzz.harness import (
     triton_module,
     verdict,
 )
-from optgen_runtime.common import resolve_hyperparams
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.philox import tensor_seed
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")

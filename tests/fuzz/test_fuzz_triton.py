@@ -35,7 +35,7 @@ from fuzz.harness import (
     verdict,
     zero_signs_only,
 )
-from optgen_runtime.common import resolve_hyperparams
+from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.philox import tensor_seed
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
