@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools import gpu_check
+from tools import gpu_bench, gpu_bits, gpu_check
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,20 +43,20 @@ def test_the_script_runs_the_module(tmp_path: Path) -> None:
 
 
 def test_gpt2_small_and_the_figures() -> None:
-    shapes = gpu_check.gpt2_small_shapes()
+    shapes = gpu_bench.gpt2_small_shapes()
     assert len(shapes) == 148
     # GPT-2 small's parameter count (124,439,808 with the output layer tied to the embedding)
     assert sum(math.prod(s) for s in shapes) == 124_439_808
-    assert gpu_check.nominal_bytes(2) == 28  # Adam, fp32: tools.aot's minimum for adam_kernel
-    assert gpu_check.nominal_bytes(0, weight_bytes=2) == 6
-    assert gpu_check.bandwidth(28, 10**9, 7.0) == 4000.0
-    assert gpu_check.fits(100, 120) and not gpu_check.fits(100, 119)
+    assert gpu_bench.nominal_bytes(2) == 28  # Adam, fp32: tools.aot's minimum for adam_kernel
+    assert gpu_bench.nominal_bytes(0, weight_bytes=2) == 6
+    assert gpu_bench.bandwidth(28, 10**9, 7.0) == 4000.0
+    assert gpu_bench.fits(100, 120) and not gpu_bench.fits(100, 119)
 
 
 def test_the_bit_checks_run_under_the_interpreter() -> None:
     """The GPU run's bit checks, on CPU tensors through the interpreter with small sizes: the
     code path cannot rot, and both variants and one step per tensor agree here too."""
-    rows = gpu_check.bit_checks(["adam", "sgld", "lamb"], device="cpu", sizes=(16, 48, 7))
+    rows = gpu_bits.bit_checks(["adam", "sgld", "lamb"], device="cpu", sizes=(16, 48, 7))
     assert [r["rule"] for r in rows] == ["adam", "sgld", "lamb"]
     assert rows[0]["aligned"] == [True, True, False, False, True]  # 16, 48, 7, view, bf16
     assert all(r["ok"] and r["same_bits_as_scalar"] and r["same_bits_as_single"] for r in rows)
@@ -115,9 +115,9 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     args = gpu_check.parse_args(["--steps", "1", "--big", "4096"])
     small = [(16, 8), (8,), (33,)]
     convs = [(4, 3, 3, 3), (4,)]
-    monkeypatch.setattr(gpu_check, "gpt2_small_shapes", lambda: small)
-    monkeypatch.setattr(gpu_check, "conv_stack_shapes", lambda: convs)
-    real = gpu_check.bench_case
+    monkeypatch.setattr(gpu_bench, "gpt2_small_shapes", lambda: small)
+    monkeypatch.setattr(gpu_bench, "conv_stack_shapes", lambda: convs)
+    real = gpu_bench.bench_case
     strided: list[bool] = []
 
     masters: list[bool] = []
@@ -136,15 +136,15 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
             raise RuntimeError("CUDA out of memory")
         return real(rule, shapes, steps, device, channels_last, master=master)
 
-    monkeypatch.setattr(gpu_check, "bench_case", case)
+    monkeypatch.setattr(gpu_bench, "bench_case", case)
     rows: list[dict] = []
     saved: list[int] = []
-    gpu_check.benchmarks(args, rows, lambda: saved.append(len(rows)), math.inf, "cpu")
+    gpu_bench.benchmarks(args, rows, lambda: saved.append(len(rows)), math.inf, "cpu")
     assert saved == list(range(1, 13))
     # the conv stack and the bf16 list with masters: Adam only
     assert [r["rule"] for r in rows] == [*args.rules, *args.rules, "adam", "adam"]
-    assert strided == [False] * 10 + [True, False] and rows[-2]["list"] == gpu_check.CONV_LABEL
-    assert masters == [False] * 11 + [True] and rows[-1]["list"] == gpu_check.MASTER_LABEL
+    assert strided == [False] * 10 + [True, False] and rows[-2]["list"] == gpu_bench.CONV_LABEL
+    assert masters == [False] * 11 + [True] and rows[-1]["list"] == gpu_bench.MASTER_LABEL
     assert rows[-1]["elements"] == rows[0]["elements"]
     # Adam in bf16: ours 28 B per element (fp32 master and states, the bf16 parameter written
     # from the master), torch's 14 (bf16 parameter and states): each GB/s from its own traffic
@@ -154,7 +154,7 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     for row in rows:
         assert row["ours_ms"] > 0 and row["copy_ms"] > 0 and row["ours_GBps"] > 0, row
         assert not any("kernel" in key for key in row)  # kernel times: CUDA only
-        peer = gpu_check.TORCH[row["rule"]]
+        peer = gpu_bench.TORCH[row["rule"]]
         assert ("ours_over_fused" in row) == ("ours_over_foreach" in row) == (peer is not None)
     assert rows[0]["elements"] == 16 * 8 + 8 + 33 and rows[5]["elements"] == 4096
     assert rows[-2]["elements"] == 4 * 27 + 4
@@ -165,20 +165,20 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
         {"started": "now", "environment": {}, "benchmarks": [*rows, failed]}
     )
     late: list[dict] = []
-    gpu_check.benchmarks(args, late, lambda: None, -math.inf, "cpu")
+    gpu_bench.benchmarks(args, late, lambda: None, -math.inf, "cpu")
     assert all(r["skipped"] == "past the time budget (--budget)" for r in late) and len(late) == 12
 
 
 def test_a_bit_check_that_raises_is_reported_and_the_others_run(monkeypatch) -> None:
-    real = gpu_check.bit_check
+    real = gpu_bits.bit_check
 
     def check(rule: str, device: str, sizes: tuple[int, ...]) -> dict:
         if rule == "adam":
             raise ValueError("no such kernel")
         return real(rule, device, sizes)
 
-    monkeypatch.setattr(gpu_check, "bit_check", check)
-    rows = gpu_check.bit_checks(["adam", "sgd_mom"], device="cpu", sizes=(16, 7))
+    monkeypatch.setattr(gpu_bits, "bit_check", check)
+    rows = gpu_bits.bit_checks(["adam", "sgd_mom"], device="cpu", sizes=(16, 7))
     assert rows[0] == {"rule": "adam", "ok": False, "error": "ValueError: no such kernel"}
     assert rows[1]["ok"] and not gpu_check.passed({"bit_checks": rows})
     text = gpu_check.markdown({"started": "now", "environment": {}, "bit_checks": rows})
@@ -219,22 +219,22 @@ def test_the_muon_case_runs_on_cpu_and_renders(monkeypatch) -> None:
     """The GPU run's Muon case on CPU tensors: the drop-in in float32 and bfloat16 and torch's
     Muon each timed, the ratios derived, the section rendered; past the budget it is skipped
     and a case that raises is reported (and fails the run), as the other benchmarks."""
-    row = gpu_check.muon_case([(16, 8), (8,), (8, 24)], 1, "cpu")
+    row = gpu_bench.muon_case([(16, 8), (8,), (8, 24)], 1, "cpu")
     assert row["tensors"] == 2 and row["elements"] == 16 * 8 + 8 * 24  # matrices only
     for key in ("float32_ms", "bfloat16_ms", "torch_ms"):
         assert row[key] > 0, key
     assert row["bfloat16_over_torch"] == row["bfloat16_ms"] / row["torch_ms"]
     text = gpu_check.markdown({"started": "now", "environment": {}, "muon": row})
-    assert f"## Muon (Newton-Schulz, 5 steps) on {gpu_check.MUON_LABEL}" in text
+    assert f"## Muon (Newton-Schulz, 5 steps) on {gpu_bench.MUON_LABEL}" in text
     assert f"{row['bfloat16_over_torch']:.2f}" in text
     args = gpu_check.parse_args(["--quick"])
-    assert gpu_check.muon_bench(args, -math.inf, "cpu")["skipped"].startswith("past the time")
+    assert gpu_bench.muon_bench(args, -math.inf, "cpu")["skipped"].startswith("past the time")
 
     def broken(*_: object) -> dict:
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(gpu_check, "muon_case", broken)
-    failed = gpu_check.muon_bench(args, math.inf, "cpu")
+    monkeypatch.setattr(gpu_bench, "muon_case", broken)
+    failed = gpu_bench.muon_bench(args, math.inf, "cpu")
     assert failed["error"] == "RuntimeError: CUDA out of memory"
     assert not gpu_check.passed({"bit_checks": [], "muon": failed})
     assert gpu_check.passed({"bit_checks": [], "muon": row})
