@@ -34,7 +34,7 @@ def sixteenth(shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
 
 
 def conv_stack_shapes() -> list[tuple[int, ...]]:
-    from tools.bench_cpu import conv_stack_shapes as shapes
+    from tools.bench_cases import conv_stack_shapes as shapes
 
     return shapes()
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tools.bench import WARMUP
-from tools.bench_cpu import BLOCK
+from tools.bench_cases import BLOCK
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -112,7 +112,7 @@ def taking_turns(
 ) -> dict[str, tuple[float, float, dict[str, int]]]:
     """Per variant: (its first step in ms, the median ms of ``steps`` more after WARMUP
     untimed ones, the stubbed launches per call by kind, from ``counts``). The variants take
-    turns, BLOCK calls each (``tools.bench_cpu.timed_together``): a change of load during the
+    turns, BLOCK calls each (``tools.bench_cases.timed_together``): a change of load during the
     run falls on all of them alike, not on whichever ran last."""
     first: dict[str, float] = {}
     times: dict[str, list[float]] = {label: [] for label in variants}
