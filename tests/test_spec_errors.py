@@ -294,6 +294,10 @@ LOAD_CASES = {
         "RULE.test_case(3, 0.1)",
         r"specs/bad.py:9: TypeError: Rule.test_case\(\) takes from 1 to 2 positional arguments",
     ),
+    "a reduction called without its summand": (  # (named Reductions.sum() until 2026-12-06)
+        "RULE.sum('s')",
+        r"specs/bad.py:9: TypeError: Rule.sum\(\) missing 1 required positional argument",
+    ),
     "a sparse mode that is not lazy or dense": (
         "RULE.sparse('rows')",
         r"specs/bad.py:9: sparse: mode 'rows' is not 'lazy' or 'dense'",
