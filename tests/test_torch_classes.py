@@ -534,33 +534,27 @@ def test_state_dict_exchange_with_torch(rule: str, direction: str) -> None:
 
 
 @pytest.mark.parametrize("settings", [{"momentum": 0.9}, {"centered": True}])
-def test_a_buffer_torch_did_not_make_loads_as_a_first_step_makes_it(
-    settings: dict[str, Any],
-) -> None:
-    """``load_torch_state_dict`` from a torch optimizer that never made one of our buffers at
-    its settings (RMSprop's mean gradient with momentum alone, its momentum with centering
-    alone): that buffer is the NumPy module's ``init_state`` of the parameter, float32, where
-    the parameter lives, as our first step would have made it."""
+def test_after_loading_torchs_state_the_buffers_are_torchs(settings: dict[str, Any]) -> None:
+    """``load_torch_state_dict`` from torch's RMSprop with momentum alone or centered alone: the
+    class holds torch's buffers and no more (until 2026-12-06 it made the other one, unused, at
+    its initial value: each state has its own ``absent_when`` now), and steps on as torch does."""
     rule, peer = "torch_rmsprop", "RMSprop"
     params = make_params()
     theirs_p = [torch.nn.Parameter(p.detach().clone()) for p in params]
     theirs = getattr(torch.optim, peer)(theirs_p, lr=0.01, **settings)
     train(None, 2, params=theirs_p, opt=theirs)
+    with torch.no_grad():  # the weights torch's two steps left, and its state
+        for p, q in zip(params, theirs_p, strict=True):
+            p.copy_(q)
     ours = CLASSES[rule](params, lr=0.01, **settings)
     ours.load_torch_state_dict(copy.deepcopy(theirs.state_dict()))
-    meta, filled = type(ours).META, 0
     for p, q in zip(params, theirs_p, strict=True):
-        hp = {k: ours.param_groups[0][k] for k in meta.INIT_HYPERPARAMS}
-        init = type(ours).NUMPY.init_state(p.detach().numpy().copy(), **hp)
-        made = theirs.state[q]
-        for key in init:
-            if key in made or key not in ours.state[p]:
-                continue  # torch's (exchanged, tested above), or absent at these settings
-            got = ours.state[p][key]
-            assert got.dtype == torch.float32 and got.device == p.device, key
-            assert torch.equal(got, torch.from_numpy(init[key])), key
-            filled += 1
-    assert filled  # the case has a buffer torch did not make
+        assert set(ours.state[p]) == set(theirs.state[q]), settings
+    for opt, ps in ((ours, params), (theirs, theirs_p)):
+        train(None, 3, params=ps, opt=opt, start=3)
+    for p, q in zip(params, theirs_p, strict=True):
+        assert set(ours.state[p]) == set(theirs.state[q]), settings
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def _continue_torch(make, params, first):
