@@ -269,6 +269,13 @@ CASES = {
         r"specs/bad.py:12: special case 'a' runs at wd = 0, rescale_grad = 1, where state\(s\) "
         r"'m' are absent \(absent_when\), but keeps them",
     ),
+    "an absent state declared after a case that would keep it": (
+        "RULE.special_case('a', {mx.rescale_grad: 1}, doc='x')\n"
+        "m = RULE.state('m', absent_when={mx.wd: 0})\n"
+        "RULE.update(m, mx.wd * m + RULE.grad)\nRULE.update(w, w - mx.lr * mx.wd * m)",
+        r"specs/bad.py:10: state 'm': special case 'a' runs at wd = 0, rescale_grad = 1, where "
+        r"state\(s\) 'm' are absent",
+    ),
     "the case that runs where the state is absent declared after": (
         "m = RULE.state('m', absent_when={mx.wd: 0})\n"
         "RULE.update(m, mx.wd * m + RULE.grad)\nRULE.update(w, w - mx.lr * mx.wd * m)\n"
