@@ -73,11 +73,11 @@ FUNCTIONS = (
 
 def rules() -> list[str]:
     """Every generated NumPy module (per-element and matrix rules alike), but the variants a
-    rule runs where a state is absent (``WITHOUT``: its own module runs them)."""
+    rule runs at some of its hyperparameters' values (``SPECIAL``, ``WITHOUT``: its own module
+    runs them, and its picture shows them)."""
     names = sorted(p.stem for p in (ROOT / "generated" / "numpy").glob("*.py") if p.stem[0] != "_")
-    variants = {
-        v for n in names for v in importlib.import_module(f"generated.rules.{n}").WITHOUT.values()
-    }
+    metas = [importlib.import_module(f"generated.rules.{n}") for n in names]
+    variants = {v for meta in metas for v in [*meta.SPECIAL, *meta.WITHOUT.values()]}
     return [n for n in names if n not in variants]
 
 
