@@ -23,6 +23,14 @@ def test_every_rule_runs(rule: str) -> None:
         assert not np.array_equal(path[0], path[-1]), (rule, fn.name)
 
 
+def test_every_rule_has_a_picture_and_only_rules_do() -> None:
+    """docs/trajectories holds one GIF per rule of ``tr.rules()`` (a variant's path is its rule's:
+    none has its own). torch_sparse_adam's was missing until 2026-12-06."""
+    folder = Path(tr.ROOT) / "docs" / "trajectories"
+    assert {p.stem for p in folder.glob("*.gif")} == set(tr.rules())
+    assert {p.name for p in folder.glob("*.png")} == {f"compare_{f.name}.png" for f in tr.FUNCTIONS}
+
+
 def test_sgd_path_is_the_closed_form() -> None:
     """SGD on 0.5 (x^2 + 25 y^2): x_t = x_0 (1 - lr)^t, y_t = y_0 (1 - 25 lr)^t. lr is a binary
     fraction: MXNet's SGD takes it as float32 (specs/sgd.py), at float64 weights too."""
