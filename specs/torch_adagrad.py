@@ -4,7 +4,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -30,7 +30,10 @@ initial = RULE.hyper("initial_accumulator_value", 0.0, nonnegative(), doc="the s
 eps = RULE.hyper("eps", 1e-10, nonnegative(), doc="added to sqrt(sum)")
 maximize = RULE.flag("maximize", False, doc="ascend: use -grad")
 w, g, t = RULE.weight, RULE.grad, RULE.t
-state_sum = RULE.state("state_sum", initial, doc="sum of squared gradients (torch's 'sum')")
+# named as torch names it: the drop-in's live state has torch's keys, which
+# torch.distributed.checkpoint's flattened load rebuilds the state by (``sum`` is a builtin no
+# generated module calls: codegen/names.py's UNCALLED_BUILTINS)
+state_sum = RULE.state("sum", initial, doc="sum of squared gradients")
 
 G = RULE.let("G", (1 - 2 * maximize) * g + weight_decay * w)
 clr = RULE.let("clr", lr / (1 + (t - 1) * lr_decay))

@@ -1091,9 +1091,9 @@ def test_state_dict_hooks_see_torchs_format() -> None:
 
 
 # torch.distributed.checkpoint's flattened load rebuilds a state dict from the live group keys
-# and state names: those of Adagrad ('sum', kept as the rule's 'state_sum') and Adafactor
-# ('row_var'/'col_var', the rule's 'row'/'col') differ from their state_dict's
-FLATTEN_REFUSED = {"Adagrad": "state_sum", "Adafactor": "row"}
+# and state names: Adafactor's ('row_var'/'col_var', the rule's 'row'/'col') differ from its
+# state_dict's (Adagrad's did until 2026-12-06: its state is named 'sum' now, as torch's)
+FLATTEN_REFUSED = {"Adafactor": "row"}
 FLATTEN_CASES = [
     *((name, {}) for name in sorted(dropin.__all__) if name != "SparseAdam"),
     ("Adam", {"amsgrad": True}),
@@ -1153,8 +1153,8 @@ def test_dcp_flattened_state_dict_resumes(case: tuple[str, dict[str, Any]]) -> N
     setting: its load rebuilds the state dict from the optimizer's live group keys and state
     names, so the drop-in's must be its state_dict's): saved after 3 steps and loaded into a
     fresh optimizer, 3 more steps equal an unbroken run to the bit; torch.optim's flattened
-    state dict loads too (torch's values). Adagrad and Adafactor keep a buffer under another
-    name than torch's: refused, naming the setting to use."""
+    state dict loads too (torch's values). Adafactor keeps its factors under other names than
+    torch's: refused, naming the setting to use."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_optimizer_state_dict,

@@ -49,6 +49,26 @@ def test_every_generated_identifier_is_declared_or_registered(path: Path) -> Non
     assert unregistered(path.read_text(), declared | BUFFERS) == []
 
 
+def called_names(source: str) -> set[str]:
+    """The names a module calls by name (``f(...)``, not ``x.f(...)``)."""
+    return {
+        node.func.id
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(GENERATED_DIR)))
+def test_no_generated_module_calls_a_builtin_a_spec_may_name(path: Path) -> None:
+    """``names.UNCALLED_BUILTINS`` (``sum``: torch_adagrad's state) may be a spec's names only
+    while no generated module calls the builtin, which such a local would shadow."""
+    assert not called_names(path.read_text()) & names.UNCALLED_BUILTINS
+
+
+def test_the_builtin_call_check_sees_a_call() -> None:
+    assert called_names("def f(x):\n    return sum(x) + y.sum()\n") == {"sum"}
+
+
 def test_the_identifier_check_catches_an_unregistered_name() -> None:
     """Test the tester: a template local that nobody registered is reported."""
     source = (GENERATED_DIR / "triton" / "adam.py").read_text()

@@ -13,7 +13,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -107,7 +107,7 @@ EVEN_CHUNKS = True
 def _update_chunk(
     weight_buf,
     grad_buf,
-    state_sum_buf,
+    sum_buf,
     _h0,
     _h1,
     weight_decay,
@@ -115,30 +115,30 @@ def _update_chunk(
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adagrad, once per step and tensor):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adagrad.py:37
-    #   _h1: = -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
+    #   _h0: = 1 - 2*maximize, in specs/torch_adagrad.py:40
+    #   _h1: = -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:41
     #   weight_decay: hyperparameter
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
-        state_sum = load(state_sum_buf, _i)
-        # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+        sum = load(sum_buf, _i)
+        # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) + weight*weight_decay
         _v0 = _h0 * grad
         _v1 = weight_decay * weight
         G = _v0 + _v1
-        # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
+        # specs/torch_adagrad.py:40: sum_new = G**2 + sum
         _v2 = G * G
-        state_sum_new = state_sum + _v2
-        # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
-        _v3 = np.sqrt(state_sum_new)
+        sum_new = sum + _v2
+        # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+        _v3 = np.sqrt(sum_new)
         _v4 = _v3 + eps
         _v5 = _h1 * G
         _v6 = _v5 / _v4
         weight_new = weight + _v6
         store(weight_buf, _i, weight_new)
-        store(state_sum_buf, _i, state_sum_new)
+        store(sum_buf, _i, sum_new)
 
 
 @compiled(parallel=True)

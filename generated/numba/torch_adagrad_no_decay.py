@@ -15,7 +15,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -103,34 +103,34 @@ EVEN_CHUNKS = True
 def _update_chunk(
     weight_buf,
     grad_buf,
-    state_sum_buf,
+    sum_buf,
     _h0,
     _h1,
     eps,
 ):
     # The update of one chunk. Host scalars (in the weight's dtype; from host_scalars in
     # generated.rules.torch_adagrad_no_decay, once per step and tensor):
-    #   _h0: = (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:37
-    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:40
+    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:41
     #   eps: hyperparameter
     _T = compute_type(weight_buf)  # float32 for bfloat16 and float16 bits (numba_bits.load)
     for _i in range(weight_buf.shape[0]):
         weight = load(weight_buf, _i)
         grad = load(grad_buf, _i)
-        state_sum = load(state_sum_buf, _i)
-        # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) (at weight_decay = 0)
-        # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
+        sum = load(sum_buf, _i)
+        # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) (at weight_decay = 0)
+        # specs/torch_adagrad.py:40: sum_new = G**2 + sum
         _v0 = grad * grad
         _v1 = _h0 * _v0
-        state_sum_new = state_sum + _v1
-        # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
-        _v2 = np.sqrt(state_sum_new)
+        sum_new = sum + _v1
+        # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+        _v2 = np.sqrt(sum_new)
         _v3 = _v2 + eps
         _v4 = _h1 * grad
         _v5 = _v4 / _v3
         weight_new = weight + _v5
         store(weight_buf, _i, weight_new)
-        store(state_sum_buf, _i, state_sum_new)
+        store(sum_buf, _i, sum_new)
 
 
 @compiled(parallel=True)

@@ -8,7 +8,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -96,7 +96,7 @@ def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
     check_weight(RULE, weight)
     initial_accumulator_value = hp["initial_accumulator_value"]
     return {
-        "state_sum": np.full_like(weight, initial_accumulator_value),
+        "sum": np.full_like(weight, initial_accumulator_value),
     }
 
 
@@ -110,9 +110,7 @@ def step(
         return run_variant(_no_decay.step, weight, grad, state, t, (), **hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
-    _weight_flat, _grad_flat, _state_sum_flat = flat_views(
-        RULE, weight, grad, state, STATES, HOST_STATES
-    )
+    _weight_flat, _grad_flat, _sum_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
@@ -122,18 +120,18 @@ def step(
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
-        _state_sum = _state_sum_flat[start:stop]
+        _sum = _sum_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
+        # specs/torch_adagrad.py:40: sum_new = G**2 + sum
         np.multiply(_b0, _b0, out=_b1)
-        np.add(_state_sum, _b1, out=_state_sum)
-        # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
-        np.sqrt(_state_sum, out=_b1)
+        np.add(_sum, _b1, out=_sum)
+        # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+        np.sqrt(_sum, out=_b1)
         np.add(_b1, eps, out=_b1)
         np.multiply(_h1, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)

@@ -10,7 +10,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -92,7 +92,7 @@ def init_state(weight: np.ndarray, **hyperparams: Any) -> dict[str, np.ndarray]:
     check_weight(RULE, weight)
     initial_accumulator_value = hp["initial_accumulator_value"]
     return {
-        "state_sum": np.full_like(weight, initial_accumulator_value),
+        "sum": np.full_like(weight, initial_accumulator_value),
     }
 
 
@@ -103,9 +103,7 @@ def step(
     hp = resolve_hyperparams(RULE, HYPERPARAMS, LEGAL, NONE_MEANS, hyperparams)
     t = check_step_count(RULE, t)
     host = host_state_values(RULE, state, HOST_STATES)
-    _weight_flat, _grad_flat, _state_sum_flat = flat_views(
-        RULE, weight, grad, state, STATES, HOST_STATES
-    )
+    _weight_flat, _grad_flat, _sum_flat = flat_views(RULE, weight, grad, state, STATES, HOST_STATES)
     dtype = weight.dtype.type
     sums: dict[str, float] = {}
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **sums)
@@ -115,16 +113,16 @@ def step(
     def update(start: int, stop: int, scratch: np.ndarray) -> None:
         _weight = _weight_flat[start:stop]
         _grad = _grad_flat[start:stop]
-        _state_sum = _state_sum_flat[start:stop]
+        _sum = _sum_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) (at weight_decay = 0)
-        # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
+        # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) (at weight_decay = 0)
+        # specs/torch_adagrad.py:40: sum_new = G**2 + sum
         np.multiply(_grad, _grad, out=_b0)
         np.multiply(_h0, _b0, out=_b0)
-        np.add(_state_sum, _b0, out=_state_sum)
-        # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
-        np.sqrt(_state_sum, out=_b0)
+        np.add(_sum, _b0, out=_sum)
+        # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+        np.sqrt(_sum, out=_b0)
         np.add(_b0, eps, out=_b0)
         np.multiply(_h1, _grad, out=_b1)
         np.divide(_b1, _b0, out=_b0)

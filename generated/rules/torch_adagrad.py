@@ -8,7 +8,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -49,7 +49,7 @@ LEGAL: dict[str, Legal] = {
 # What None stands for, where a hyperparameter accepts it.
 NONE_MEANS: dict[str, float] = {}
 # Per-element state buffers (the weight's shape).
-STATES: tuple[str, ...] = ("state_sum",)
+STATES: tuple[str, ...] = ("sum",)
 # Per-element inputs besides the gradient (the weight's shape, read-only): keyword arguments of
 # every step function (none).
 INPUTS: tuple[str, ...] = ()
@@ -91,7 +91,7 @@ TORCH = TorchEquivalent(
         "eps": "eps",
         "maximize": "maximize",
     },
-    {"state_sum": ("sum", lambda **_: 1)},
+    {"sum": ("sum", lambda **_: 1)},
     {},
 )
 # Sparse (COO) gradients (Rule.sparse): None (refused), "lazy" (only the rows they hold are
@@ -106,8 +106,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 4, "div": 1, "mul": 4, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= 1 - 2*maximize, in specs/torch_adagrad.py:37",
-    "_h1": "= -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38",
+    "_h0": "= 1 - 2*maximize, in specs/torch_adagrad.py:40",
+    "_h1": "= -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:41",
     "weight_decay": "hyperparameter",
     "eps": "hyperparameter",
 }
@@ -120,7 +120,7 @@ def initial_values(
     number (a double, rounded to the buffer's dtype; from INIT_HYPERPARAMS, checked by the
     caller) or None where it starts as a copy of the weight; a host state's number."""
     return {
-        "state_sum": initial_accumulator_value,
+        "sum": initial_accumulator_value,
     }
 
 
@@ -134,9 +134,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
+    # specs/torch_adagrad.py:40: sum_new = G**2 + sum
     _h0 = 1 - 2 * maximize
-    # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
+    # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
     _h1 = -lr / (lr_decay * (t - 1) + 1)
     scalars = (_h0, _h1, weight_decay, eps)
     return scalars, {}

@@ -2476,7 +2476,7 @@ class TorchAdagrad(GeneratedOptimizer):
     Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
     gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-    torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+    torch's code (followed here; the state is torch's ``sum``, by its name):
         g = (-grad if maximize else grad) + weight_decay * w
         clr = lr / (1 + (t - 1) * lr_decay)
         sum <- sum + g^2                                   # starts at initial_accumulator_value

@@ -8,7 +8,7 @@ Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning 
 Optimization". Follows ``torch.optim.Adagrad`` (torch 2.13, single-tensor path, dense
 gradients), names and defaults included; the MXNet-semantics rule is ``adagrad``.
 
-torch's code (followed here; the state ``state_sum`` is torch's ``sum``):
+torch's code (followed here; the state is torch's ``sum``, by its name):
     g = (-grad if maximize else grad) + weight_decay * w
     clr = lr / (1 + (t - 1) * lr_decay)
     sum <- sum + g^2                                   # starts at initial_accumulator_value
@@ -103,7 +103,7 @@ COPIES = True
 def torch_adagrad_kernel_body(
     weight_ptr,
     grad_ptr,
-    state_sum_ptr,
+    sum_ptr,
     offs,
     mask,
     _h0,
@@ -117,30 +117,30 @@ def torch_adagrad_kernel_body(
 ):
     # The update of one block, shared by torch_adagrad_kernel and torch_adagrad_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adagrad, once per step):
-    #   _h0: = 1 - 2*maximize, in specs/torch_adagrad.py:37
-    #   _h1: = -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:38
+    #   _h0: = 1 - 2*maximize, in specs/torch_adagrad.py:40
+    #   _h1: = -lr/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:41
     #   weight_decay: hyperparameter
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
-    state_sum = tl.load(state_sum_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adagrad.py:35: G = grad*(1 - 2*maximize) + weight*weight_decay
+    sum = tl.load(sum_ptr + offs, mask=mask).to(tl.float32)
+    # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) + weight*weight_decay
     _v0 = _h0 * grad
     _v1 = weight_decay * weight
     G = _v0 + _v1
-    # specs/torch_adagrad.py:37: state_sum_new = G**2 + state_sum
+    # specs/torch_adagrad.py:40: sum_new = G**2 + sum
     _v2 = G * G
-    state_sum_new = state_sum + _v2
-    # specs/torch_adagrad.py:38: weight_new = -G*clr/(eps + sqrt(state_sum_new)) + weight
-    _v3 = tl.sqrt_rn(state_sum_new)
+    sum_new = sum + _v2
+    # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+    _v3 = tl.sqrt_rn(sum_new)
     _v4 = _v3 + eps
     _v5 = _h1 * G
     _v6 = tl.div_rn(_v5, _v4)
     weight_new = weight + _v6
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
-    tl.store(state_sum_ptr + offs, state_sum_new.to(state_sum_ptr.dtype.element_ty), mask=mask)
+    tl.store(sum_ptr + offs, sum_new.to(sum_ptr.dtype.element_ty), mask=mask)
     if COPY_OUT:  # the parameter of a float32 master: the stored weight rounded to its dtype
         weight_new = weight_new.to(weight_ptr.dtype.element_ty)
         tl.store(copy_ptr + offs, weight_new.to(copy_ptr.dtype.element_ty), mask=mask)
@@ -150,7 +150,7 @@ def torch_adagrad_kernel_body(
 def torch_adagrad_kernel(
     weight_ptr,
     grad_ptr,
-    state_sum_ptr,
+    sum_ptr,
     n_elements,
     _h0,
     _h1,
@@ -170,7 +170,7 @@ def torch_adagrad_kernel(
     torch_adagrad_kernel_body(
         weight_ptr,
         grad_ptr,
-        state_sum_ptr,
+        sum_ptr,
         offs,
         mask,
         _h0,
@@ -194,7 +194,7 @@ def torch_adagrad_multi_kernel(
     n_chunks,
     weight_like,
     grad_like,
-    state_sum_like,
+    sum_like,
     copy_like,
     BLOCK_SIZE: tl.constexpr,
     ALIGNED: tl.constexpr,
@@ -216,13 +216,11 @@ def torch_adagrad_multi_kernel(
     mask = offs < n_elements
     weight_ptr = tl.load(meta_ptr + 0 * n_tensors + tensor).to(weight_like.dtype, bitcast=True)
     grad_ptr = tl.load(meta_ptr + 1 * n_tensors + tensor).to(grad_like.dtype, bitcast=True)
-    state_sum_ptr = tl.load(meta_ptr + 2 * n_tensors + tensor).to(
-        state_sum_like.dtype, bitcast=True
-    )
+    sum_ptr = tl.load(meta_ptr + 2 * n_tensors + tensor).to(sum_like.dtype, bitcast=True)
     if ALIGNED:  # 16-byte aligned pointers: 128-bit loads and stores
         weight_ptr = tl.multiple_of(weight_ptr, 16)
         grad_ptr = tl.multiple_of(grad_ptr, 16)
-        state_sum_ptr = tl.multiple_of(state_sum_ptr, 16)
+        sum_ptr = tl.multiple_of(sum_ptr, 16)
     # COPY_OUT (ChunkTable's copies): the weights are float32 masters of parameters of
     # copy_like's dtype, written here from the stored weight (one pass, no separate copy); their
     # pointers are the row after the chunk rows.
@@ -249,7 +247,7 @@ def torch_adagrad_multi_kernel(
     torch_adagrad_kernel_body(
         weight_ptr,
         grad_ptr,
-        state_sum_ptr,
+        sum_ptr,
         offs,
         mask,
         _h0,
@@ -272,7 +270,7 @@ def init_state(weight: torch.Tensor, **hyperparams: Any) -> dict[str, torch.Tens
     check_weight(RULE, weight)
     initial_accumulator_value = hp["initial_accumulator_value"]
     return {
-        "state_sum": torch.full_like(weight, initial_accumulator_value, dtype=torch.float32),
+        "sum": torch.full_like(weight, initial_accumulator_value, dtype=torch.float32),
     }
 
 
