@@ -71,7 +71,8 @@ FLAT_DROP_INS: dict[str, dict[str, Any]] = {
     "AdamW": {"lr": 1e-2},
     "SGD": {"lr": 1e-2, "momentum": 0.9},
     "NAdam": {"lr": 1e-2},
-    "RMSprop": {"lr": 1e-3},
+    "RMSprop": {"lr": 1e-3, "momentum": 0.9},  # momentum alone: no grad_avg, as torch's
+    "Adagrad": {"lr": 1e-2},  # its state named torch's 'sum' (refused before 2026-12-07)
 }
 # DDP and a DCP resume on weights that are not contiguous (optgen_runtime/optim/layout.py): shown
 # in memory order (adam, lamb) or through working copies (adafactor, sgld)
