@@ -75,6 +75,12 @@ def conditions(rule: Rule, gone: tuple[str, ...]) -> dict[sp.Symbol, float]:
     return out
 
 
+def special_absent(rule: Rule, name: str) -> list[str]:
+    """The states special case ``name`` has not: those whose ``absent_when`` its values
+    include (the others exist wherever it runs: :func:`check_special_cases`)."""
+    return [state for state, when in rule.absent.items() if holds(when, rule.special[name])]
+
+
 def describe(values: Setting) -> str:
     """``h = v, ...`` (a value no condition names: ``h = another value``)."""
     return ", ".join(
@@ -90,9 +96,7 @@ def check_special_cases(rule: Rule, where: str) -> None:
         first = next((n for n, v in rule.special.items() if holds(v, setting)), None)
         if first is None:
             continue
-        kept = [
-            s for s in absent_at(rule, setting) if not holds(rule.absent[s], rule.special[first])
-        ]
+        kept = [s for s in absent_at(rule, setting) if s not in special_absent(rule, first)]
         if kept:
             which = ", ".join(repr(s) for s in kept)
             raise SpecError(

@@ -53,7 +53,7 @@ def absent_variants(rule: Rule) -> list[Rule]:
     for gone in absence.absent_sets(rule):
         values = absence.conditions(rule, gone)
         doc = (
-            f"`{rule.name}` at {_setting(values)}, where {', '.join(gone)} does not exist: "
+            f"`{rule.name}` at {absence.describe(values)}, where {', '.join(gone)} does not exist: "
             f"its step functions run this module then (codegen/variants.py)."
         )
         name = rule.without_name(gone)
@@ -66,9 +66,9 @@ def special_variants(rule: Rule) -> list[Rule]:
     with the values substituted exactly, without the states they make absent."""
     out = []
     for name, values in rule.special.items():
-        gone = set(special_absent(rule, name))
+        gone = set(absence.special_absent(rule, name))
         doc = (
-            f"`{rule.name}` at {_setting(values)} (special case {name!r}: "
+            f"`{rule.name}` at {absence.describe(values)} (special case {name!r}: "
             f"{rule.special_docs[name]}): the update with those values substituted exactly; "
             f"its step functions run this module then (codegen/variants.py)."
         )
@@ -77,24 +77,9 @@ def special_variants(rule: Rule) -> list[Rule]:
     return out
 
 
-def special_absent(rule: Rule, name: str) -> list[str]:
-    """The states special case ``name`` has not: those whose ``absent_when`` its values
-    include (the others exist wherever it runs: ``Rule.special_case``)."""
-    values = rule.special[name]
-    return [
-        state
-        for state, condition in rule.absent.items()
-        if all(values.get(h) == v for h, v in condition.items())
-    ]
-
-
 def variants(rule: Rule) -> list[Rule]:
     """Every variant of the rule: its special cases, then those without absent states."""
     return special_variants(rule) + absent_variants(rule)
-
-
-def _setting(values: dict[sp.Symbol, float]) -> str:
-    return ", ".join(f"{k} = {v:g}" for k, v in values.items())
 
 
 def _variant(
@@ -128,7 +113,7 @@ def _variant(
     substitution = {
         s: sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v) for s, v in values.items()
     }
-    at = f"(at {_setting(values)})"
+    at = f"(at {absence.describe(values)})"
     equations = [
         Equation(eq.target, new, _origin(eq, new, at) if new != eq.expr else eq.origin)
         for eq in rule.equations
@@ -142,8 +127,8 @@ def _variant(
             state = ", ".join(sorted(str(x) for x in read))
             raise SpecError(
                 f"{rule._at(eq)}: state(s) {', '.join(sorted(absent))} are absent at "
-                f"{_setting(values)} ({what}), but the equation for {eq.target} still reads "
-                f"{state} there"
+                f"{absence.describe(values)} ({what}), but the equation for {eq.target} still "
+                f"reads {state} there"
             )
     kept = {eq.target for eq in equations}
     variant.equations = equations

@@ -25,7 +25,6 @@ from codegen.targets.host import (
     literal,
     spec_terms,
 )
-from codegen.variants import special_absent
 
 
 def folds_gradient_scale(lowered: Lowered) -> bool:
@@ -208,9 +207,9 @@ def variant_context(rule: Rule) -> dict[str, object]:
     out = []
     for name, values in rule.special.items():
         module = rule.special_name(name)
-        setting = ", ".join(f"{h} = {v:g}" for h, v in values.items())
+        setting = absence.describe(values)
         test = f"matches(SPECIAL[{module!r}], hp)"
-        absent = special_absent(rule, name)
+        absent = absence.special_absent(rule, name)
         out.append(
             {
                 "module": module,
@@ -221,8 +220,7 @@ def variant_context(rule: Rule) -> dict[str, object]:
             }
         )
     for gone in absence.absent_sets(rule):
-        when = absence.conditions(rule, gone)
-        setting = ", ".join(f"{h} = {v:g}" for h, v in when.items())
+        setting = absence.describe(absence.conditions(rule, gone))
         out.append(
             {
                 "module": rule.without_name(gone),
