@@ -6,7 +6,8 @@ In a checkout the package is ``generated.torch.optim``.
 Each class has torch.optim's name, constructor signature, defaults, math and state_dict format
 (a torch.optim state_dict loads with ``load_state_dict``, and ours loads into torch.optim), from
 a spec with torch's semantics (``RULE.drop_in`` in specs/torch_*.py). It runs its rule's
-generated code like every class of :mod:`generated.torch` (Triton on CUDA, NumPy on CPU); the
+generated code like every class of :mod:`generated.torch` (Triton on CUDA; on CPU the compiled
+numba loops, or the NumPy reference where numba is missing or ``backend="numpy"``); the
 keyword-only ``multi_precision`` and ``backend`` are optgen's own. ``foreach`` and ``fused`` are
 accepted and change nothing (every step is fused and multi-tensor already); ``capturable=True``
 and ``differentiable=True`` are refused (see :mod:`optgen_runtime.optim.dropin`). Any other
