@@ -7,6 +7,8 @@
 - :mod:`optgen_runtime.writes`: all-or-nothing steps (writes made once every check passed).
 - :mod:`optgen_runtime.checks`: the buffer checks, shared by both targets and the torch classes.
 - :mod:`optgen_runtime.numpy_support`: array checks and chunking for the NumPy reference modules.
+- :mod:`optgen_runtime.numpy_tiles`: the matrix view, tiles and tiled sweeps of row/column and
+  matrix rules' NumPy modules.
 - The Triton modules' glue, one concern per module: ``triton_checks`` (tensor checks),
   ``triton_launch`` (launches), ``triton_reduce`` (partials combined in a fixed order),
   ``triton_rows`` (per-tensor host scalars), ``triton_amp`` (GradScaler's flags),

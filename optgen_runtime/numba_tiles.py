@@ -1,7 +1,7 @@
 """Tiles of the compiled row/column rules (Adafactor, CAME, SM3: ``generated/numba``).
 
 Such a rule sees every weight as (batch, rows, cols), as its NumPy module does
-(``numpy_support.matrix_views``). Its element sweeps (per-row and per-column sums, a whole
+(``numpy_tiles.matrix_views``). Its element sweeps (per-row and per-column sums, a whole
 tensor's sums) and its update are compiled loops over tiles of that view, one tile per
 iteration of a parallel loop (its sweeps over the row and column vectors loop over each
 matrix's vector; their sums are ``Tiling.combine_vectors``'s). A tile is a run of whole
@@ -30,7 +30,8 @@ import numpy as np
 
 from optgen_runtime.numba_bits import compute_type
 from optgen_runtime.numba_jit import compiled
-from optgen_runtime.numpy_support import IDENTITY, combine, domain_shape
+from optgen_runtime.numpy_support import IDENTITY, combine
+from optgen_runtime.numpy_tiles import domain_shape
 
 TILE = 65536  # elements per tile, at least (the NumPy module's CHUNK)
 SPLIT = 64  # blocks per matrix, at most: enough parallel work for 64 threads
@@ -99,7 +100,7 @@ class Tiling:
         self.width = int(max(rows.sum(initial=0), cols.sum(initial=0)))
         # one tile: the loops over tiles run on the caller's thread (their ``_serial`` twins: a
         # parallel region costs microseconds to enter, a small weight's whole sweep); likewise a
-        # sweep over vectors (of a domain, numpy_support.domain_shape) of at most TILE values
+        # sweep over vectors (of a domain, numpy_tiles.domain_shape) of at most TILE values
         self.serial = len(t) < 2
         batch, rows, cols = dims
         self.serial_along = {

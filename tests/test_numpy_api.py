@@ -363,7 +363,7 @@ def test_matrix_tiles_cover_the_view_in_order(dims: tuple[int, int, int], chunk:
     at most ``chunk`` per tile; runs of whole matrices where one fits (a convolution's 3 x 3
     kernels: 4,096 of them in one tile, where one tile per kernel made Adafactor's NumPy step
     on a 64 x 64 x 3 x 3 weight 80 times slower), else rows or pieces of one matrix's row."""
-    from optgen_runtime.numpy_support import matrix_tiles
+    from optgen_runtime.numpy_tiles import matrix_tiles
 
     tiles = matrix_tiles(dims, chunk)
     seen = np.zeros(dims, dtype=np.int64)

@@ -23,7 +23,7 @@ from codegen.targets.numba import (
 from codegen.targets.rules import legend, natural
 
 # A row or matrix value's element in a tile loop, loaded once per row (a column value: a 1-D view
-# of the row's piece, as the element buffers), by its domain (numpy_support.domain_shape's view).
+# of the row's piece, as the element buffers), by its domain (numpy_tiles.domain_shape's view).
 PER_ROW = {"br": "[_m, _r, 0]", "b": "[_m, 0, 0]"}
 
 

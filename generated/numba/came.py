@@ -56,7 +56,8 @@ from optgen_runtime.hyperparams import resolve_hyperparams
 from optgen_runtime.numba_bits import compute_type
 from optgen_runtime.numba_jit import compiled
 from optgen_runtime.numba_tiles import LANES, Tiling, cast_into, first_sum, fold_sum, lanes_sum
-from optgen_runtime.numpy_support import check_arrays_across, domain_shape, matrix_views, run_group
+from optgen_runtime.numpy_support import check_arrays_across, run_group
+from optgen_runtime.numpy_tiles import domain_shape, matrix_views
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards_combined
 

@@ -45,15 +45,13 @@ from optgen_runtime.common import (
     vector_shape,
 )
 from optgen_runtime.hyperparams import resolve_hyperparams
-from optgen_runtime.numpy_support import (
-    check_arrays_across,
-    check_weight,
+from optgen_runtime.numpy_support import check_arrays_across, check_weight, run_group
+from optgen_runtime.numpy_tiles import (
     combine_tiles,
     domain_shape,
     for_tiles,
     matrix_tiles,
     matrix_views,
-    run_group,
     tile_scratch,
 )
 from optgen_runtime.scalars import check_scalars, computed
