@@ -56,8 +56,8 @@ def matrix_views(
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Check every array, then return 3-D views of weight, grad and the per-element states (in
     that order) and of the vector states (by name): everything is checked before anything is
-    written, as :func:`flat_views` does. ``checked``: the caller checked them all as this would
-    (a compiled module's ``step_prechecked``): the views alone."""
+    written, as ``numpy_support.flat_views`` does. ``checked``: the caller checked them all as
+    this would (a compiled module's ``step_prechecked``): the views alone."""
     dims = matrix_dims(weight.shape)
     if not checked:
         _check_matrix_arrays(rule, weight, grad, state, names, axes, host_names)
