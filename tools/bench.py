@@ -86,7 +86,7 @@ def scratch_per_element(lowered: Any, itemsize: int) -> tuple[int, int, int]:
     ``np.copyto(..., where=...)``, never a chunk-sized ``np.where`` result).
     """
     from codegen.ops import BOOLEAN as BOOL_KINDS
-    from codegen.targets.numpy import allocate
+    from codegen.targets.numpy_storage import allocate
 
     phases = range(1, len(lowered.reduce_phases) + 1)
     rows = max([allocate(lowered).scratch, *(allocate(lowered, k).scratch for k in phases)])

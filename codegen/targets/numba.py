@@ -43,14 +43,8 @@ from codegen.lowered import Lowered, Op
 from codegen.spec import Rule
 from codegen.targets import Target
 from codegen.targets.host import INFIX_COMPARISONS, CommentedLines, HostCode, literal
-from codegen.targets.rules import (
-    exported,
-    legend,
-    natural,
-    reduce_scalars_name,
-    reduction_scalars_name,
-    variant_context,
-)
+from codegen.targets.host_program import legend, reduce_scalars_name, reduction_scalars_name
+from codegen.targets.rules import exported, natural, variant_context
 
 DTYPE = "_T"  # the chunk's dtype (float32 or float64), as a callable: literals are cast to it
 
@@ -246,7 +240,7 @@ def context(lowered: Lowered) -> dict[str, object]:
                 key=natural,
             ),
             "host_fed": bool(rule.host_states and rule.scalar_reductions),
-            # host scalars of every tensor at once (codegen.targets.rules.columnwise)
+            # host scalars of every tensor at once (codegen.targets.host_program.columnwise)
             "columnwise": "host_scalars_rows" in rules_names,
             "buffers": [_buf(s.name) for s in rule.element_inputs],
             "reads": [(s.name, _buf(s.name)) for s in lowered.reads],

@@ -13,6 +13,7 @@ import sympy as sp
 
 from codegen.lowered import Lowered, Op
 from codegen.spec import SpecError
+from codegen.targets.host_program import legend
 from codegen.targets.numba import (
     ACCUMULATE,
     IDENTITY,
@@ -20,7 +21,7 @@ from codegen.targets.numba import (
     NumbaOpPrinter,
     _buf,
 )
-from codegen.targets.rules import legend, natural
+from codegen.targets.rules import natural
 
 # A row or matrix value's element in a tile loop, loaded once per row (a column value: a 1-D view
 # of the row's piece, as the element buffers), by its domain (numpy_tiles.domain_shape's view).

@@ -20,14 +20,8 @@ from codegen.lowered import Lowered, Op
 from codegen.spec import Rule, SpecError, State
 from codegen.targets import Target
 from codegen.targets.host import INFIX_COMPARISONS, CommentedLines, HostCode, literal
-from codegen.targets.rules import (
-    exported,
-    legend,
-    natural,
-    reduce_scalars_name,
-    reduction_scalars_name,
-    variant_context,
-)
+from codegen.targets.host_program import legend, reduce_scalars_name, reduction_scalars_name
+from codegen.targets.rules import exported, natural, variant_context
 from codegen.targets.triton_matrix import PARTIAL, matrix_context
 from optgen_runtime.triton_chunks import ChunkTable
 
@@ -214,7 +208,8 @@ def context(lowered: Lowered) -> dict[str, object]:
     tabled = not matrix and not per_tensor_scalars and not rule.inputs and not rule.scalars
     tabled = tabled and not lowered.draws
     rules_names = exported(lowered)
-    # host scalars of every tensor at once (host_scalars_rows): see codegen.targets.rules.columnwise
+    # host scalars of every tensor at once (host_scalars_rows): see
+    # codegen.targets.host_program.columnwise
     columnwise = "host_scalars_rows" in rules_names
     support = ["check_tensors", "check_weight"]
     support += [f"nan_{k}" for k in ("max", "min") if k in kinds]

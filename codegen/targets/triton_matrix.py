@@ -11,7 +11,7 @@ import sympy as sp
 from codegen import names
 from codegen.lowered import Lowered, Op
 from codegen.spec import Rule
-from codegen.targets.rules import reduce_scalars_name, reduction_scalars_name
+from codegen.targets.host_program import reduce_scalars_name, reduction_scalars_name
 
 if TYPE_CHECKING:
     from codegen.targets.triton import TritonOpPrinter
