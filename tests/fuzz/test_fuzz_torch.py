@@ -500,7 +500,7 @@ def test_torch_load_state_dict(drawn):
 
 
 # Rules with row/column states (Adafactor) exchange through their drop-in class only
-# (tests/test_dropin.py): the spec-named class refuses.
+# (tests/test_dropin.py; the spec-named class refuses: tests/test_dropin_state.py).
 TORCH_RULES = [r for r in RULE_NAMES if META[r].TORCH is not None and not META[r].STATE_AXES]
 
 TORCH_LOAD_PERTURBATIONS = [
