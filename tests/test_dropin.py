@@ -380,9 +380,7 @@ def assert_same_state(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer
         assert mine["state"][index].keys() == st.keys()
         for key, value in st.items():
             got = mine["state"][index][key]
-            # host states (NAdam's mu_product, ASGD's eta and mu): float64 here, float32 there
-            host = key in type(ours).META.HOST_STATES and got.dtype == torch.float64
-            assert got.dtype == value.dtype or host, key
+            assert got.dtype == value.dtype, key
             assert got.shape == value.shape, key
             assert ulps(got, value) <= allowed(type(ours).__name__), key
 

@@ -125,6 +125,61 @@ def test_float64_weights_step_with_torchs_float32_host_states(
         assert (a - b).abs().max() <= 4 * torch.finfo(torch.float64).eps * b.abs().max()
 
 
+HOST_STATE_CASES = [  # (our class, its options, torch's class, its options)
+    ("optim.NAdam", {"lr": 0.01}, "NAdam", {"lr": 0.01}),
+    (
+        "optim.NAdam",
+        {"lr": 0.01, "momentum_decay": 0.1},
+        "NAdam",
+        {"lr": 0.01, "momentum_decay": 0.1},
+    ),
+    ("optim.ASGD", {"lr": 0.05, "t0": 2.0}, "ASGD", {"lr": 0.05, "t0": 2.0}),
+    ("TorchNAdam", {"lr": 0.01}, "NAdam", {"lr": 0.01}),
+    ("TorchASGD", {"lr": 0.05, "t0": 2.0}, "ASGD", {"lr": 0.05, "t0": 2.0}),
+    ("NAdam", {"lr": 0.01}, "NAdam", {"lr": 0.01}),
+]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+@pytest.mark.parametrize("case", HOST_STATE_CASES, ids=lambda c: f"{c[0]}{c[1]}")
+def test_torch_resumes_from_our_host_states_to_the_bit(case: tuple, foreach: bool) -> None:
+    """A torch state dict passed through our class (loaded, then given back: the drop-in's
+    ``state_dict``, a spec-named class's ``to_torch_state_dict``) holds NAdam's ``mu_product`` and
+    ASGD's ``eta``/``mu`` as torch's own does, 0-d tensors of its dtype (until 2026-12-07: float64
+    tensors from the drop-ins, Python floats from the spec-named classes; torch's loader casts
+    either), and torch resumes from it to the bit. A spec-named class gives torch's default
+    ``foreach`` (None: the for-loop on CPU), which the unbroken run takes too from then on."""
+    import generated.torch as classes
+
+    ours_name, ours_options, torch_name, torch_options = case
+    make = getattr(dropin, ours_name[6:]) if ours_name.startswith("optim.") else None
+    make = make or getattr(classes, ours_name)
+    torch.manual_seed(0)
+    weights = [torch.randn(16, 8), torch.randn(8)]
+    unbroken_p, resumed_p = params_from(weights), params_from(weights)
+    unbroken = getattr(torch.optim, torch_name)(unbroken_p, foreach=foreach, **torch_options)
+    run([(unbroken, unbroken_p)], range(1, 4))
+    with torch.no_grad():
+        for p, q in zip(resumed_p, unbroken_p, strict=True):
+            p.copy_(q)
+    ours = make(resumed_p, **ours_options)
+    spec_named = not ours_name.startswith("optim.")
+    (ours.load_torch_state_dict if spec_named else ours.load_state_dict)(unbroken.state_dict())
+    given = ours.to_torch_state_dict() if spec_named else ours.state_dict()
+    theirs = unbroken.state_dict()["state"]
+    for index, st in theirs.items():
+        for key, value in st.items():
+            assert isinstance(given["state"][index][key], torch.Tensor), key
+            assert given["state"][index][key].dtype == value.dtype, key
+    resumed = getattr(torch.optim, torch_name)(resumed_p, foreach=foreach, **torch_options)
+    resumed.load_state_dict(given)
+    for group in unbroken.param_groups:
+        group["foreach"] = given["param_groups"][0]["foreach"]
+    run([(unbroken, unbroken_p), (resumed, resumed_p)], range(4, 9))
+    for a, b in zip(resumed_p, unbroken_p, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [

@@ -52,7 +52,7 @@ import torch
 from optgen_runtime.checks import state_key_problems
 from optgen_runtime.optim.base import GeneratedOptimizer
 from optgen_runtime.optim.checkpoint import key_problems
-from optgen_runtime.optim.exchange import torch_creates, torch_defaults
+from optgen_runtime.optim.exchange import host_state_tensor, torch_creates, torch_defaults
 from optgen_runtime.optim.rows import ONLY_SPARSE, Densified, Refused, densify
 from optgen_runtime.optim.state import step_tensor
 from optgen_runtime.optim.torch_groups import TorchKeyedGroups
@@ -210,7 +210,7 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
                 if key == "step":  # torch's format: a float32 tensor (SparseAdam: an int)
                     value = int(value) if self.DROP_IN in ONLY_SPARSE else value.to(torch.float32)
                 elif key in self.META.HOST_STATES:  # torch keeps a 0-d tensor
-                    value = torch.tensor(value, dtype=torch.float64)
+                    value = host_state_tensor(value)
                 elif key in axes and p.dim() >= 2:  # torch keeps the reduced axis
                     value = value.unsqueeze(axes[key])
                 elif key in axes:  # BELOW_2D: torch's state has the parameter's shape (0-d)

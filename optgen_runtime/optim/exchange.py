@@ -69,6 +69,19 @@ def _torch_creates(class_name: str, settings: tuple[tuple[str, Any], ...]) -> fr
     return frozenset(k for k, v in opt.state[p].items() if v is not None)
 
 
+def host_state_tensor(value: float) -> torch.Tensor:
+    """A host state (NAdam's ``mu_product``, ASGD's ``eta``) as torch.optim keeps it: a 0-d CPU
+    tensor of torch's scalar dtype (float32; float64 where that is the default dtype, as
+    ``torch.optim.optimizer._get_scalar_dtype``), or float64 where the value is not exactly a
+    float32 (an MXNet rule's double: nothing is lost). Given a Python float, torch's foreach
+    ASGD steps once with it unrounded."""
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    out = torch.tensor(value, dtype=dtype)
+    if dtype != torch.float64 and value == value and out.item() != value:
+        out = torch.tensor(value, dtype=torch.float64)
+    return out
+
+
 def split_key(key: str) -> tuple[str, int | None]:
     """``"betas[0]"`` -> ("betas", 0); ``"lr"`` -> ("lr", None)."""
     if key.endswith("]"):
@@ -209,7 +222,10 @@ class TorchExchange:
                 if key not in st and key in self.META.ABSENT:
                     continue  # absent under the group's settings: torch keeps none either
                 value = st[key]
-                out[theirs] = value / factor(**hp) if isinstance(value, torch.Tensor) else value
+                if isinstance(value, torch.Tensor):
+                    out[theirs] = value / factor(**hp)
+                else:  # a host state, as torch keeps it
+                    out[theirs] = host_state_tensor(value)
             state[index] = out
         return {"state": state, "param_groups": groups}
 
