@@ -455,3 +455,23 @@ def test_dcp_flattened_state_dict_resumes_the_spec_named_classes(rule: str) -> N
     settings = {"lr": 1e-3} if rule == "SGLD" else {}
     # (FTML's lr=0 is outside its legal values: init_state() before DCP's initialising step)
     _flat_resume(rule, lambda params: cls(params, **settings), init_state=rule == "FTML")
+
+
+def test_a_host_state_keeps_torchs_dtype_unless_that_loses_its_value() -> None:
+    """``host_state_tensor``: torch's scalar dtype (float32; float64 under a float64 default
+    dtype), float64 where float32 would round the value (an MXNet rule's double)."""
+    from optgen_runtime.optim.exchange import host_state_tensor
+
+    exact = float(torch.tensor(0.1, dtype=torch.float32))
+    assert host_state_tensor(exact).dtype == torch.float32
+    assert host_state_tensor(exact).item() == exact
+    assert host_state_tensor(0.1).dtype == torch.float64  # 0.1 is no float32
+    assert host_state_tensor(0.1).item() == 0.1
+    assert host_state_tensor(float("nan")).dtype == torch.float32
+    assert host_state_tensor(float("inf")).dtype == torch.float32
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert host_state_tensor(exact).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(before)
