@@ -51,19 +51,27 @@ class _Group:
         # bytes per element; the sizes row's offset (``ChunkTable.__init__``)
         self.written_rows: list[tuple[int, int]] = []
         self.sizes_at = 0
+        self.spans: tuple[np.ndarray, np.ndarray] | None = None  # written_spans, until rewritten
 
     def written_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """The byte spans [start, end) of every buffer the group's launch writes (weights,
-        states, copies), from its meta table: the addresses it launches with."""
-        n = len(self.members)
-        sizes = self.meta[self.sizes_at : self.sizes_at + n]
-        starts = np.concatenate([self.meta[at : at + n] for at, _ in self.written_rows])
-        items = np.repeat([item for _, item in self.written_rows], n)
-        return starts, starts + np.tile(sizes, len(self.written_rows)) * items
+        states, copies), from its meta table: the addresses it launches with. Kept until a
+        ``rewrite`` touches their rows (a step's new gradients rewrite only theirs)."""
+        if self.spans is None:
+            n = len(self.members)
+            sizes = self.meta[self.sizes_at : self.sizes_at + n]
+            starts = np.concatenate([self.meta[at : at + n] for at, _ in self.written_rows])
+            items = np.repeat([item for _, item in self.written_rows], n)
+            self.spans = starts, starts + np.tile(sizes, len(self.written_rows)) * items
+        return self.spans
 
     def rewrite(self, lo: int, hi: int, values: np.ndarray | list[int]) -> None:
         """``meta[lo:hi] = values``; on the device with the step's next upload (that span
         only: the chunk rows, most of the table, are uploaded once)."""
+        n = len(self.members)
+        rows = [at for at, _ in self.written_rows] + [self.sizes_at]
+        if any(lo < at + n and at < hi for at in rows):
+            self.spans = None
         self.meta[lo:hi] = values
         if self.meta_device is not None:
             old = self.stale or (lo, hi)

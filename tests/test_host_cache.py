@@ -82,6 +82,29 @@ def test_the_chunk_table_is_reused_until_a_buffer_changes() -> None:
     assert _prepared(shrunk, [moved[0], moved[1][:-16]], shrunk_states) is not first
 
 
+def test_the_written_spans_are_kept_until_their_rows_are_rewritten() -> None:
+    """The byte spans a group's launch writes (``written_spans``: GradScaler's flags are checked
+    against them every step) are computed once and kept while only the gradients' row is
+    rewritten (new gradients each step); a rewrite of a written row or of the sizes makes them
+    anew, from the table."""
+    torch.manual_seed(0)
+    weights = [torch.randn(n, device=DEVICE) for n in (16, 48)]
+    grads = [torch.randn_like(w) for w in weights]
+    states = [adam.init_state(w) for w in weights]
+    table = _prepared(weights, grads, states)
+    (group,) = table.groups
+    low, high = group.written_spans()
+    buffers = [*weights, *(s[k] for k in adam.STATES for s in states)]
+    expected = sorted((b.data_ptr(), b.data_ptr() + 4 * b.numel()) for b in buffers)
+    assert sorted(zip(low.tolist(), high.tolist(), strict=True)) == expected
+    assert _prepared(weights, [torch.randn_like(g) for g in grads], states) is table
+    assert group.written_spans()[0] is low  # the gradients' row rewritten: kept
+    group.rewrite(0, 2, [16, 32])  # row 0, the weights' pointers (a made-up move)
+    assert group.written_spans()[0][:2].tolist() == [16, 32]
+    group.rewrite(group.sizes_at, group.sizes_at + 2, [1, 2])
+    assert group.written_spans()[1][:2].tolist() == [20, 40]
+
+
 def test_a_moved_gradient_is_read_at_its_new_address() -> None:
     """New gradient tensors every step (``zero_grad()`` and a backward pass), the old ones still
     alive with other values: step_multi (both with its own checks and prechecked) gives the bits
