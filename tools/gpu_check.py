@@ -69,6 +69,7 @@ TEST_FILES = (
     "tests/test_sparse_adam.py::test_matches_torch",  # SparseAdam's rows on the kernels
     "tests/test_adafactor.py",  # the matrix rules' kernels and products on CUDA
     "tests/test_matrix_rules.py",
+    "tests/test_matrix_rules_torch_classes.py",  # the matrix rules' classes on the kernels
     "tests/test_triton.py",
 )
 
