@@ -259,6 +259,8 @@ def element_offsets(rule: str, offsets: Any, n: int) -> list[int]:
 
 def check_distinct_states(rule: str, states: Sequence[Any]) -> None:
     """ValueError if one state dict is given for two tensors of a multi-tensor step."""
+    if len(set(map(id, states))) == len(states):
+        return  # all distinct objects: one C-level pass (the step's common case)
     first: dict[int, int] = {}
     for j, state in enumerate(states):
         k = first.setdefault(id(state), j)

@@ -52,6 +52,7 @@ class _Group:
         self.written_rows: list[tuple[int, int]] = []
         self.sizes_at = 0
         self.spans: tuple[np.ndarray, np.ndarray] | None = None  # written_spans, until rewritten
+        self.amp_clear: tuple[int, int] | None = None  # flag addresses checked against spans
 
     def written_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """The byte spans [start, end) of every buffer the group's launch writes (weights,
@@ -71,7 +72,7 @@ class _Group:
         n = len(self.members)
         rows = [at for at, _ in self.written_rows] + [self.sizes_at]
         if any(lo < at + n and at < hi for at in rows):
-            self.spans = None
+            self.spans = self.amp_clear = None
         self.meta[lo:hi] = values
         if self.meta_device is not None:
             old = self.stale or (lo, hi)
@@ -286,6 +287,9 @@ class ChunkTable:
         if amp is None:
             return flags
         for group, pair in zip(self.groups, flags, strict=True):
+            addresses = (pair[0].data_ptr(), pair[1].data_ptr())
+            if group.spans is not None and group.amp_clear == addresses:
+                continue  # the flags where they were last step, clear of the same spans
             low, high = group.written_spans()
             for name, part in zip(("found_inf", "grad_scale"), pair, strict=True):
                 start = part.data_ptr()
@@ -295,6 +299,7 @@ class ChunkTable:
                     raise ValueError(
                         f"{rule}: amp's {name} overlaps a buffer that tensor {j}'s update writes"
                     )
+            group.amp_clear = addresses
         return flags
 
     def reduce(

@@ -312,3 +312,23 @@ def test_amp_flags_in_a_written_buffer_are_refused_before_any_write(module, alia
         now = [*weights, *copies[1:], *states[1].values()]
         assert all(torch.equal(a, b) for a, b in zip(before, now, strict=True))
         assert torch.equal(other[0], torch.ones(4, device=DEVICE))
+
+
+def test_flags_moved_into_a_written_buffer_of_a_cached_table_are_refused() -> None:
+    """The flags' check is skipped while they sit where they were last step (GradScaler makes
+    them anew each step, mostly at the same addresses) and the table's written buffers have not
+    moved; flags at another address are checked again: one now inside a state the cached
+    table's launch writes is refused, before anything is written."""
+    weights = [torch.ones(n, device=DEVICE) for n in (8, 16)]
+    grads = [torch.full_like(w, 0.5) for w in weights]
+    states = [triton_adam.init_state(w) for w in weights]
+    pair = (flag(0.0), flag(1.0))
+    for t in (1, 2):  # the second step: the cached table, the flags' check skipped
+        triton_adam.step_multi(weights, grads, states, t, amp=pair)
+    inside = states[1]["var"][5:6]
+    inside.zero_()
+    before = [x.clone() for x in [*weights, *states[0].values(), *states[1].values()]]
+    with pytest.raises(ValueError, match="amp's found_inf overlaps a buffer that tensor 1"):
+        triton_adam.step_multi(weights, grads, states, 3, amp=(inside, pair[1]))
+    now = [*weights, *states[0].values(), *states[1].values()]
+    assert all(torch.equal(a, b) for a, b in zip(before, now, strict=True))
