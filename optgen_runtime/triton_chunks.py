@@ -4,6 +4,7 @@ rows per group."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ class _Group:
         self.written_rows: list[tuple[int, int]] = []
         self.sizes_at = 0
         self.spans: tuple[np.ndarray, np.ndarray] | None = None  # written_spans, until rewritten
-        self.amp_clear: tuple[int, int] | None = None  # flag addresses checked against spans
+        self.reach: tuple[list[int], list[int]] | None = None  # see ``written_over``
 
     def written_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """The byte spans [start, end) of every buffer the group's launch writes (weights,
@@ -66,13 +67,27 @@ class _Group:
             self.spans = starts, starts + np.tile(sizes, len(self.written_rows)) * items
         return self.spans
 
+    def written_over(self, start: int, end: int) -> bool:
+        """Whether a launch of the group writes any byte of [start, end): one bisect over the
+        written spans' starts in order (each with the furthest end of the spans up to it),
+        kept with ``written_spans``."""
+        if self.reach is None:
+            low, high = self.written_spans()
+            keep = low < high  # an empty buffer's span writes nothing
+            order = np.argsort(low[keep], kind="stable")
+            ends = np.maximum.accumulate(high[keep][order]) if order.size else order
+            self.reach = low[keep][order].tolist(), ends.tolist()
+        lows, ends = self.reach
+        k = bisect.bisect_left(lows, end) - 1  # the last span starting before ``end``
+        return k >= 0 and ends[k] > start
+
     def rewrite(self, lo: int, hi: int, values: np.ndarray | list[int]) -> None:
         """``meta[lo:hi] = values``; on the device with the step's next upload (that span
         only: the chunk rows, most of the table, are uploaded once)."""
         n = len(self.members)
         rows = [at for at, _ in self.written_rows] + [self.sizes_at]
         if any(lo < at + n and at < hi for at in rows):
-            self.spans = self.amp_clear = None
+            self.spans = self.reach = None
         self.meta[lo:hi] = values
         if self.meta_device is not None:
             old = self.stale or (lo, hi)
@@ -287,10 +302,9 @@ class ChunkTable:
         if amp is None:
             return flags
         for group, pair in zip(self.groups, flags, strict=True):
-            addresses = (pair[0].data_ptr(), pair[1].data_ptr())
-            if group.spans is not None and group.amp_clear == addresses:
-                continue  # the flags where they were last step, clear of the same spans
-            low, high = group.written_spans()
+            if not any(group.written_over(f.data_ptr(), f.data_ptr() + 4) for f in pair):
+                continue
+            low, high = group.written_spans()  # a hit: the first, named as before
             for name, part in zip(("found_inf", "grad_scale"), pair, strict=True):
                 start = part.data_ptr()
                 hit = np.flatnonzero((low < start + 4) & (start < high) & (low < high))
@@ -299,7 +313,6 @@ class ChunkTable:
                     raise ValueError(
                         f"{rule}: amp's {name} overlaps a buffer that tensor {j}'s update writes"
                     )
-            group.amp_clear = addresses
         return flags
 
     def reduce(

@@ -105,6 +105,24 @@ def test_the_written_spans_are_kept_until_their_rows_are_rewritten() -> None:
     assert group.written_spans()[1][:2].tolist() == [20, 40]
 
 
+def test_written_over_finds_every_overlap_a_full_scan_finds() -> None:
+    """``written_over`` (GradScaler's flags against the written spans, one bisect) agrees with
+    a scan of every span, on random spans that overlap, nest, touch or are empty."""
+    torch.manual_seed(0)
+    weights = [torch.randn(16, device=DEVICE)]
+    table = _prepared(weights, [torch.randn(16, device=DEVICE)], [adam.init_state(weights[0])])
+    (group,) = table.groups
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        low = rng.integers(0, 200, size=int(rng.integers(1, 8)))
+        high = low + rng.integers(0, 40, size=low.size)  # some empty
+        group.spans, group.reach = (low, high), None
+        for start in range(0, 250, 3):
+            end = start + int(rng.integers(1, 9))
+            scan = bool(np.any((low < end) & (start < high) & (low < high)))
+            assert group.written_over(start, end) == scan, (low, high, start, end)
+
+
 def test_a_moved_gradient_is_read_at_its_new_address() -> None:
     """New gradient tensors every step (``zero_grad()`` and a backward pass), the old ones still
     alive with other values: step_multi (both with its own checks and prechecked) gives the bits
