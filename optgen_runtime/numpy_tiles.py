@@ -58,9 +58,9 @@ def matrix_views(
     that order) and of the vector states (by name): everything is checked before anything is
     written, as ``numpy_support.flat_views`` does. ``checked``: the caller checked them all as
     this would (a compiled module's ``step_prechecked``): the views alone."""
-    dims = matrix_dims(weight.shape)
-    if not checked:
+    if not checked:  # first: a weight that is no array has no shape to view it by
         _check_matrix_arrays(rule, weight, grad, state, names, axes, host_names)
+    dims = matrix_dims(weight.shape)
     elements = [weight.reshape(dims), grad.reshape(dims)]
     elements += [state[n].reshape(dims) for n in names if n not in axes]
     vectors = {

@@ -269,3 +269,24 @@ def test_a_buffer_a_setting_needs_is_refused_naming_the_setting():
     with pytest.raises(ValueError, match=r"TorchRMSprop.*'grad_avg'.*\(centered=True\)"):
         ours.load_torch_state_dict(saved)
     assert everything(p, ours) == before
+
+
+# Fixed on 2026-12-07 (OPTGEN_FUZZ=long, test_numpy_step: sm3 with a float weight): the row and
+# column rules' NumPy and numba modules read ``weight.shape`` before checking the weight
+# (``numpy_tiles.matrix_views``), so a weight that is no array gave an AttributeError naming
+# neither the rule nor the weight.
+@pytest.mark.parametrize("target", ["numpy", "numba"])
+@pytest.mark.parametrize("rule", ["adafactor", "came", "sm3"])
+@pytest.mark.parametrize("weight", [0.125, [0.5, 0.25], None], ids=["float", "list", "None"])
+def test_a_weight_that_is_no_array_is_refused_by_the_row_rules(target, rule, weight):
+    import importlib
+
+    import numpy as np
+
+    module = importlib.import_module(f"generated.{target}.{rule}")
+    grad = np.full((2, 3), 0.5, np.float32)
+    state = module.init_state(np.ones((2, 3), np.float32))
+    before = snap((grad, state))
+    with pytest.raises(TypeError, match=f"{rule}: weight must be a numpy.ndarray"):
+        module.step(weight, grad, state, 1)
+    assert snap((grad, state)) == before

@@ -518,8 +518,10 @@ def torch_load_case(draw: st.DrawFn):
     params, opt = make(draw, rule, "auto", n)
     opt.step()
     peer_params = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+    sparse_only = META[rule].TORCH.class_name == "SparseAdam"  # torch's: sparse gradients only
     for p, q in zip(peer_params, params, strict=True):
-        p.grad = q.grad.detach().float().clone()
+        g = q.grad.detach().float().clone()
+        p.grad = g.to_sparse() if sparse_only else g
     peer = torch_peer(rule, peer_params, {})
     peer.step()
     sd = copy.deepcopy(peer.state_dict())
