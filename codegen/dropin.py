@@ -36,6 +36,7 @@ class DropIn:
     below_2d: dict[str, str]  # row/column state -> torch's key for a weight of < 2 dims
     line: int
     own: tuple[tuple[str, object], ...] = ()  # the rule's hyperparameters torch lacks, defaults
+    state_from_defaults: bool = False  # state made at construction, from the defaults (Adagrad)
 
 
 def torch_default(rule: Rule, name: str) -> object:
@@ -59,6 +60,7 @@ def declare(
     signature: str,
     below_2d: dict[str, str] | None,
     settings: dict[str, object],
+    state_from_defaults: bool = False,
 ) -> DropIn:
     """``rule.drop_in(...)`` checked against the rule (see :meth:`codegen.spec.Rule.drop_in`);
     ``where``/``line``: the spec line, for errors and the record."""
@@ -126,4 +128,6 @@ def declare(
         if key not in scalars or not isinstance(value, (bool, int, float, str, type(None))):
             raise SpecError(f"{where}: drop_in fixes {key}={value!r}: not a mapped literal")
     own = tuple((h.name, h.default) for h in rule.hypers.values() if h.name not in eq.hyper)
-    return DropIn(class_name, tuple(args), fixed, below, line, own)
+    if not isinstance(state_from_defaults, bool):
+        raise SpecError(f"{where}: drop_in state_from_defaults={state_from_defaults!r}: not a bool")
+    return DropIn(class_name, tuple(args), fixed, below, line, own, state_from_defaults)

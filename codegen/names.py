@@ -68,7 +68,7 @@ _reserve(
     "step_prechecked step_buffers step_tables ABSENT WITHOUT SPECIAL "
     "SPARSE LAZY_UPDATE SPARSE_REFUSED SPARSE_WHY COPIES",
 )
-_reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D")
+_reserve("a class attribute of the drop-in classes", "DROP_IN FIXED BELOW_2D STATE_FROM_DEFAULTS")
 _reserve(
     "an argument of the step API (module step/step_multi, torch classes)",
     "weight grad state t hyperparams weights grads states stream_ids amp noise_offset "

@@ -143,6 +143,7 @@ class Cases:
         signature: str,
         *,
         below_2d: dict[str, str] | None = None,
+        state_from_defaults: bool = False,
         **settings: object,
     ) -> None:
         """Declare ``torch.optim.<class_name>`` as this rule, generated as a drop-in class of that
@@ -155,9 +156,21 @@ class Cases:
         always passes (AdamW's ``decoupled_weight_decay=True``). ``below_2d``: for a rule with
         row/column states (``axis``), torch's key of each state kept for a weight of fewer than
         two dims (Adafactor's ``{"col": "variance"}``; the others are not kept there); for
-        larger weights torch keeps them with the reduced axis (keepdim)."""
+        larger weights torch keeps them with the reduced axis (keepdim).
+        ``state_from_defaults``: torch's class makes every parameter's state when it is built,
+        and any state it makes later, from the constructor's values (``self.defaults``), never a
+        group's (torch.optim.Adagrad's ``initial_accumulator_value``): so does the drop-in."""
         self.drop_ins.append(
-            declare(self, self._where(), self._line(), class_name, signature, below_2d, settings)
+            declare(
+                self,
+                self._where(),
+                self._line(),
+                class_name,
+                signature,
+                below_2d,
+                settings,
+                state_from_defaults,
+            )
         )
 
     def sparse(

@@ -86,11 +86,14 @@ def resolve_hyperparams(
     legal: Mapping[str, Legal],
     none_means: Mapping[str, float],
     given: Mapping[str, Any],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Defaults overridden by ``given``, checked, with ``None`` replaced by what it means.
 
     Raises TypeError for unknown names or non-numbers and ValueError for illegal values (NaN
-    included), naming the rule and the hyperparameter, before anything is computed.
+    included), naming the rule and the hyperparameter, before anything is computed: as
+    ``labels`` calls it where it has a label (a drop-in's ``betas[1]`` for the rule's
+    ``beta2``: what its user set).
 
     A call whose given values are all Python floats, ints, strings or None is remembered
     (``_RESOLVED``: the modules' every ``step`` resolves its keywords, 10-20 us each time on
@@ -107,7 +110,7 @@ def resolve_hyperparams(
         # id it was made with is no other table's while it is there
         if entry is not None and all(map(operator.is_, entry[:3], tables)):
             return dict(entry[3])
-    values = _resolve(rule, defaults, legal, none_means, given)
+    values = _resolve(rule, defaults, legal, none_means, given, labels or {})
     if key is not None:
         if len(_RESOLVED) >= _RESOLVED_MAX:
             _RESOLVED.clear()
@@ -141,6 +144,7 @@ def _resolve(
     legal: Mapping[str, Legal],
     none_means: Mapping[str, float],
     given: Mapping[str, Any],
+    labels: Mapping[str, str],
 ) -> dict[str, float]:
     """``resolve_hyperparams``, every time."""
     unknown = sorted(set(given) - set(defaults))
@@ -153,24 +157,25 @@ def _resolve(
     for name, default in defaults.items():
         value = given.get(name, default)
         rule_legal = legal[name]
+        shown = labels.get(name, name)  # the name the messages give it
         if rule_legal.choices or rule_legal.flag:
             none = value is None and rule_legal.allow_none  # the choice None stands for
-            values[name] = none_means[name] if none else _discrete(rule, name, value, rule_legal)
+            values[name] = none_means[name] if none else _discrete(rule, shown, value, rule_legal)
             continue
         if value is None:
             if not legal[name].allow_none:
-                raise ValueError(f"{rule}: hyperparameter {name} may not be None")
+                raise ValueError(f"{rule}: hyperparameter {shown} may not be None")
             values[name] = none_means[name]
             continue
-        value = _real(rule, name, value)
+        value = _real(rule, shown, value)
         if rule_legal.integer and math.isfinite(value) and not value.is_integer():
             raise ValueError(
-                f"{rule}: hyperparameter {name}={value!r} must be an integer "
+                f"{rule}: hyperparameter {shown}={value!r} must be an integer "
                 f"({rule_legal.describe()})"
             )
         if not legal[name].contains(value):
             raise ValueError(
-                f"{rule}: hyperparameter {name}={value!r} is outside its legal values "
+                f"{rule}: hyperparameter {shown}={value!r} is outside its legal values "
                 f"{legal[name].describe()}"
             )
         values[name] = value

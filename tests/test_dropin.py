@@ -478,11 +478,16 @@ def test_sparse_gradients_refused(name: str, options: dict[str, Any], message: s
     dense.grad = torch.ones(4)
     table(torch.tensor([1, 2])).sum().backward()
     before = [dense.detach().clone(), table.weight.detach().clone()]
+    state = {p: copy.deepcopy(v) for p, v in opt.state.items()}  # Adagrad: made when built
     grad = table.weight.grad
     with pytest.raises(RuntimeError, match=message):  # torch's type (and ours: Value/TypeError)
         opt.step()
     assert torch.equal(dense, before[0]) and torch.equal(table.weight, before[1])
-    assert table.weight.grad is grad and grad.is_sparse and not opt.state
+    assert table.weight.grad is grad and grad.is_sparse
+    assert opt.state.keys() == state.keys()
+    for p, entries in state.items():
+        assert opt.state[p].keys() == entries.keys()
+        assert all(torch.equal(opt.state[p][k], v) for k, v in entries.items())
 
 
 COMPLEX_CASES = [

@@ -149,6 +149,10 @@ SPEC_ERRORS = {
         TUPLE + '\nRULE.drop_in("Adam", "lr, betas")\nRULE.drop_in("Adam", "lr, betas")',
         r"bad.py:13: drop_in 'Adam' is declared twice",
     ),
+    "state_from_defaults not a bool": (
+        TUPLE + '\nRULE.drop_in("Adam", "lr, betas", state_from_defaults="yes")',
+        r"bad.py:12: drop_in state_from_defaults='yes': not a bool",
+    ),
 }
 
 
@@ -274,6 +278,65 @@ def test_sgd_momentum_switched_on_mid_run_starts_from_the_gradient(dampening: fl
     for opt in (theirs, ours):
         opt.param_groups[0].update(momentum=0.9, dampening=dampening)
     run([(theirs, theirs_p), (ours, ours_p)], range(4, 10))
+    for a, b in zip(ours_p, theirs_p, strict=True):
+        assert ulps(a, b) <= ULPS
+    assert_same_state(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "named"),
+    [
+        ("Adam", "betas", (0.9, 1.0), r"betas\[1\]=1.0 is outside"),
+        ("NAdam", "betas", ("x", 0.999), r"betas\[0\] must be a real number"),
+        ("Rprop", "etas", (1.5, 1.2), r"etas\[0\]=1.5 is outside"),
+        ("Rprop", "step_sizes", (1e-6, -1.0), r"step_sizes\[1\]=-1.0 is outside"),
+        ("Adafactor", "eps", (None, -1.0), r"eps\[1\]=-1.0 is outside"),
+        ("Muon", "weight_decay", -1.0, r"weight_decay=-1.0 is outside"),
+        ("Adam", "eps", -1.0, r"eps=-1.0 is outside"),
+    ],
+)
+def test_a_refused_setting_is_named_as_torch_names_it(name, key, value, named) -> None:
+    """A group setting refused at a step is named by the key the user set, torch's (an item
+    of ``betas``, ``etas``, ``step_sizes``, Adafactor's ``eps``; Muon's ``weight_decay``), not
+    by the rule's name for it (``beta2``, ``etaminus``, ``eps2``, ``wd``: until 2026-12-07,
+    found by tests/fuzz/test_fuzz_dropin.py), and nothing is written."""
+    torch.manual_seed(0)
+    params = params_from([torch.randn(s) for s in (MATRICES if name == "Muon" else SHAPES)])
+    opt = getattr(dropin, name)(params)
+    opt.param_groups[0][key] = value
+    set_grads(params, 1)
+    before = [p.detach().clone() for p in params]
+    with pytest.raises((TypeError, ValueError), match=rf"^{name}: hyperparameter {named}"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert not opt.state
+
+
+def test_adagrad_makes_its_state_when_built_from_the_constructors_value() -> None:
+    """torch.optim.Adagrad makes every parameter's ``sum`` in its constructor, from its
+    ``initial_accumulator_value`` argument, and a state made later (a group added) from that
+    argument too (``self.defaults``), never from a group's own value: so does the drop-in
+    (``state_from_defaults`` in specs/torch_adagrad.py). Before 2026-12-07 it made each state
+    on the first step from the group's value: an empty ``state_dict()`` before training, and
+    other weights where a group set its own (found by tests/fuzz/test_fuzz_dropin.py)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in SHAPES]
+    runs = []
+    for make in (torch.optim.Adagrad, dropin.Adagrad):
+        params = params_from(weights)
+        first = [{"params": params[:2], "initial_accumulator_value": 0.5}]
+        opt = make(first, lr=0.1, initial_accumulator_value=0.1)
+        built = copy.deepcopy(opt.state_dict())
+        opt.param_groups[0]["initial_accumulator_value"] = 2.0  # read by neither
+        opt.add_param_group({"params": params[2:], "initial_accumulator_value": 3.0})
+        run([(opt, params)], range(1, 4))
+        runs.append((built, opt, params))
+    (built_t, theirs, theirs_p), (built_o, ours, ours_p) = runs
+    assert built_o["state"].keys() == built_t["state"].keys() == {0, 1}
+    for index, entries in built_t["state"].items():
+        assert built_o["state"][index].keys() == entries.keys()
+        for key, value in entries.items():
+            assert torch.equal(built_o["state"][index][key], value), key
     for a, b in zip(ours_p, theirs_p, strict=True):
         assert ulps(a, b) <= ULPS
     assert_same_state(ours, theirs)

@@ -57,6 +57,7 @@ def drop_in_context(rules: list[Rule]) -> dict[str, object]:
                     "own": [(n, repr(v)) for n, v in d.own],
                     "fixed": repr(dict(d.fixed)),
                     "below_2d": repr(dict(d.below_2d)),
+                    "state_from_defaults": d.state_from_defaults,
                     "source": rule.source,
                 }
             )

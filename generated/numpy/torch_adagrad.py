@@ -20,6 +20,13 @@ enters the accumulated gradient.
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
 weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+
+torch's Adagrad makes every parameter's ``sum`` in its constructor, and any it makes later (a
+group added, an empty state loaded) from the constructor's ``initial_accumulator_value``
+(``self.defaults``), never a group's own (torch 2.13, ``Adagrad.__init__`` and
+``_init_group``): the drop-in does both (``state_from_defaults``), so its ``state_dict()``
+before the first step holds torch's entries. The spec-named ``TorchAdagrad`` makes its state on
+a parameter's first step, from its group's value.
 """
 
 from __future__ import annotations
@@ -123,14 +130,14 @@ def step(
         _sum = _sum_flat[start:stop]
         _b0 = scratch[0, : stop - start]
         _b1 = scratch[1, : stop - start]
-        # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) + weight*weight_decay
+        # specs/torch_adagrad.py:45: G = grad*(1 - 2*maximize) + weight*weight_decay
         np.multiply(_h0, _grad, out=_b0)
         np.multiply(weight_decay, _weight, out=_b1)
         np.add(_b0, _b1, out=_b0)
-        # specs/torch_adagrad.py:40: sum_new = G**2 + sum
+        # specs/torch_adagrad.py:47: sum_new = G**2 + sum
         np.multiply(_b0, _b0, out=_b1)
         np.add(_sum, _b1, out=_sum)
-        # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+        # specs/torch_adagrad.py:48: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
         np.sqrt(_sum, out=_b1)
         np.add(_b1, eps, out=_b1)
         np.multiply(_h1, _b0, out=_b0)

@@ -22,6 +22,13 @@ enters the accumulated gradient.
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
 weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+
+torch's Adagrad makes every parameter's ``sum`` in its constructor, and any it makes later (a
+group added, an empty state loaded) from the constructor's ``initial_accumulator_value``
+(``self.defaults``), never a group's own (torch 2.13, ``Adagrad.__init__`` and
+``_init_group``): the drop-in does both (``state_from_defaults``), so its ``state_dict()``
+before the first step holds torch's entries. The spec-named ``TorchAdagrad`` makes its state on
+a parameter's first step, from its group's value.
 """
 
 from __future__ import annotations
@@ -96,8 +103,8 @@ SPARSE_WHY = ""
 OP_COUNTS: dict[str, int] = {"add": 3, "div": 1, "mul": 3, "sqrt": 1}
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h0": "= (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:40",
-    "_h1": "= -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:41",
+    "_h0": "= (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:47",
+    "_h1": "= -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:48",
     "eps": "hyperparameter",
 }
 
@@ -123,9 +130,9 @@ def host_scalars(
     maximize: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/torch_adagrad.py:40: sum_new = G**2 + sum
+    # specs/torch_adagrad.py:47: sum_new = G**2 + sum
     _h0 = (1 - 2 * maximize) ** 2
-    # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+    # specs/torch_adagrad.py:48: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
     _h1 = -lr * (1 - 2 * maximize) / (lr_decay * (t - 1) + 1)
     scalars = (_h0, _h1, eps)
     return scalars, {}

@@ -2488,6 +2488,13 @@ class TorchAdagrad(GeneratedOptimizer):
     At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
     ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
     weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+
+    torch's Adagrad makes every parameter's ``sum`` in its constructor, and any it makes later (a
+    group added, an empty state loaded) from the constructor's ``initial_accumulator_value``
+    (``self.defaults``), never a group's own (torch 2.13, ``Adagrad.__init__`` and
+    ``_init_group``): the drop-in does both (``state_from_defaults``), so its ``state_dict()``
+    before the first step holds torch's entries. The spec-named ``TorchAdagrad`` makes its state on
+    a parameter's first step, from its group's value.
     """
 
     RULE = "torch_adagrad"

@@ -145,6 +145,7 @@ class Adagrad(DropIn, _classes.TorchAdagrad):
 
     DROP_IN = "Adagrad"
     FIXED: dict[str, Any] = {}  # noqa: RUF012 (never mutated)
+    STATE_FROM_DEFAULTS = True  # state made when built, from the constructor's values
 
     def __init__(
         self,

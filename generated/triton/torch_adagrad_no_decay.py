@@ -22,6 +22,13 @@ enters the accumulated gradient.
 At weight_decay = 0 (torch's default) the update runs without weight decay (the special case
 ``no_decay``: the value substituted exactly), which is what torch computes there, an infinite
 weight included (torch skips weight decay at 0; ``0 * inf`` would be NaN).
+
+torch's Adagrad makes every parameter's ``sum`` in its constructor, and any it makes later (a
+group added, an empty state loaded) from the constructor's ``initial_accumulator_value``
+(``self.defaults``), never a group's own (torch 2.13, ``Adagrad.__init__`` and
+``_init_group``): the drop-in does both (``state_from_defaults``), so its ``state_dict()``
+before the first step holds torch's entries. The spec-named ``TorchAdagrad`` makes its state on
+a parameter's first step, from its group's value.
 """
 
 from __future__ import annotations
@@ -112,20 +119,20 @@ def torch_adagrad_no_decay_kernel_body(
 ):
     # The update of one block, shared by torch_adagrad_no_decay_kernel and torch_adagrad_no_decay_multi_kernel.
     # Host scalars (fp32; from host_scalars in generated.rules.torch_adagrad_no_decay, once per step):
-    #   _h0: = (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:40
-    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:41
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/torch_adagrad.py:47
+    #   _h1: = -lr*(1 - 2*maximize)/(lr_decay*(t - 1) + 1), in specs/torch_adagrad.py:48
     #   eps: hyperparameter
     weight = tl.load(weight_ptr + offs, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     if AMP:  # GradScaler's inverse scale, right after the load
         grad = grad * inv_scale
     sum = tl.load(sum_ptr + offs, mask=mask).to(tl.float32)
-    # specs/torch_adagrad.py:38: G = grad*(1 - 2*maximize) (at weight_decay = 0)
-    # specs/torch_adagrad.py:40: sum_new = G**2 + sum
+    # specs/torch_adagrad.py:45: G = grad*(1 - 2*maximize) (at weight_decay = 0)
+    # specs/torch_adagrad.py:47: sum_new = G**2 + sum
     _v0 = grad * grad
     _v1 = _h0 * _v0
     sum_new = sum + _v1
-    # specs/torch_adagrad.py:41: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
+    # specs/torch_adagrad.py:48: weight_new = -G*clr/(eps + sqrt(sum_new)) + weight
     _v2 = tl.sqrt_rn(sum_new)
     _v3 = _v2 + eps
     _v4 = _h1 * grad

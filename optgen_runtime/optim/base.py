@@ -259,13 +259,24 @@ class GeneratedOptimizer(
 
         return eager_when_compiled(wrapper)
 
+    @classmethod
+    def _labels(cls) -> dict[str, str]:
+        """The names a refusal gives the rule's hyperparameters where the class's groups call
+        them otherwise (a drop-in's torch keys); none here."""
+        return {}
+
     def _check(self, values: dict[str, Any]) -> dict[str, float]:
         """The group's hyperparameters, resolved and checked (the generated modules' check)."""
         meta = self.META
         hp = {k: values[k] for k in meta.HYPERPARAMS if k in values}
         try:
             return resolve_hyperparams(
-                type(self).__name__, meta.HYPERPARAMS, meta.LEGAL, meta.NONE_MEANS, hp
+                type(self).__name__,
+                meta.HYPERPARAMS,
+                meta.LEGAL,
+                meta.NONE_MEANS,
+                hp,
+                self._labels(),
             )
         except (TypeError, ValueError) as error:
             message = str(error)

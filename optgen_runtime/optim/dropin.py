@@ -98,6 +98,7 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
     DROP_IN: ClassVar[str]  # the torch.optim class name
     FIXED: ClassVar[dict[str, Any]] = {}
     BELOW_2D: ClassVar[dict[str, str]] = {}  # see Rule.drop_in (Adafactor's variance)
+    STATE_FROM_DEFAULTS: ClassVar[bool] = False  # see Rule.drop_in (Adagrad's)
 
     def __init__(
         self,
@@ -126,6 +127,8 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
         GeneratedOptimizer.__init__(
             self, params, defaults, multi_precision=multi_precision, backend=backend
         )
+        if self.STATE_FROM_DEFAULTS:  # torch's Adagrad makes every state in its constructor
+            self.init_state()
 
     def _torch_checks(self, settings: dict[str, Any]) -> None:
         """torch's own checks of its constructor arguments (ranges, Nesterov's need of momentum
@@ -330,7 +333,13 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
     def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
         """As the rule's, but a buffer made mid-run (SGD's momentum switched on) where torch
         keeps no step count restarts the count: torch makes that buffer from the gradient
-        itself (``clone(grad)``, no dampening), which is what the rule's first step does."""
+        itself (``clone(grad)``, no dampening), which is what the rule's first step does. With
+        ``STATE_FROM_DEFAULTS`` the initial values come from the constructor's settings
+        (``self.defaults``), as torch.optim.Adagrad's: a group's own
+        ``initial_accumulator_value``, or one set after construction, is not read."""
+        if self.STATE_FROM_DEFAULTS:  # torch's initial values from its defaults, not the group's
+            made = self._check(self.defaults)
+            hp = {**hp, **{k: made[k] for k in self.META.INIT_HYPERPARAMS}}
         before = set(self.state[p])
         state = super()._state_for(p, hp)
         if before and state.keys() - before:

@@ -39,6 +39,22 @@ class TorchKeyedGroups:
         key, index)."""
         return {ours: (base, i) for base, items in self._aliases().items() for i, ours in items}
 
+    @classmethod
+    def _labels(cls) -> dict[str, str]:
+        """The rule's name of each item of torch's tuples and renamed settings -> torch's
+        spelling of it (``beta2`` -> ``betas[1]``, Muon's ``wd`` -> ``weight_decay``): what a
+        refusal calls it, as the user set it."""
+        cached = cls.__dict__.get("_LABELS")
+        if cached is None:
+            renames = cls._renames()
+            cached = {
+                ours: base if base in renames else f"{base}[{index}]"
+                for base, items in cls._aliases().items()
+                for index, ours in items
+            }
+            cls._LABELS = cached
+        return cached
+
     def _rule_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` (a group, or the rule's values) with torch's tuples and renamed settings
         read into the rule's names (checked; a tensor item by its value now)."""
