@@ -11,7 +11,10 @@ Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
 
 torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
     eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
-    eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+    eps1^2)); c = beta2_decay (-0.8); R and C updated by torch's lerp (``torch_lerp``: at weight
+    1 - beta2_t = 1, on the first step and at beta2_decay = 0, the new mean itself; until
+    2026-12-07 R + 1 * (mean - R), a rounding of the old R where it dwarfs the mean, found by
+    tests/fuzz/test_fuzz_dropin.py); decoupled weight decay first: W <- W (1 - lr wd), with
     alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
     last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
 
@@ -34,7 +37,7 @@ column means spread it to the whole matrix in both.
 
 import sympy as sp
 
-from codegen.spec import Legal, Rule, nonnegative, positive, python_max
+from codegen.spec import Legal, Rule, nonnegative, positive, python_max, torch_lerp
 
 RULE = Rule("adafactor", __doc__, class_name="Adafactor")
 lr = RULE.hyper(
@@ -61,8 +64,10 @@ omb = RULE.let("omb", t**c)  # 1 - beta2_t
 alpha = RULE.let(
     "alpha", python_max(eps2, sp.sqrt(RULE.mean("w_sq", w**2))) * sp.Min(lr, 1 / sp.sqrt(t))
 )
-row_new = RULE.update(row, row + omb * (RULE.mean("row_g2", g**2, axis=-1) - row))
-col_new = RULE.update(col, col + omb * (RULE.mean("col_g2", g**2, axis=-2) - col))
+# torch's row_var.lerp_(row_mean, 1 - beta2_t): at a weight of 1 (t = 1, beta2_decay = 0) the
+# new mean itself, where row + 1 * (mean - row) keeps a rounding of the old row
+row_new = RULE.update(row, torch_lerp(row, RULE.mean("row_g2", g**2, axis=-1), omb))
+col_new = RULE.update(col, torch_lerp(col, RULE.mean("col_g2", g**2, axis=-2), omb))
 scale = RULE.let("scale", row_new / sp.Max(RULE.mean("row_mean", row_new, axis=-1), eps1))
 V = RULE.let("V", sp.Piecewise((col_new, RULE.ndim < 2), (col_new * scale, True)))
 U = RULE.let("U", g / sp.sqrt(sp.Max(V, eps1**2)))

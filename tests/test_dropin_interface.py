@@ -340,3 +340,27 @@ def test_adagrad_makes_its_state_when_built_from_the_constructors_value() -> Non
     for a, b in zip(ours_p, theirs_p, strict=True):
         assert ulps(a, b) <= ULPS
     assert_same_state(ours, theirs)
+
+
+def test_adafactor_at_beta2_decay_0_takes_the_new_mean_itself() -> None:
+    """torch's Adafactor updates its factors with ``lerp_``, which at weight 1 (``beta2_decay=0``
+    after the first step) gives the new mean itself; ``R + 1 * (mean - R)`` gave a rounding of
+    the old factor where it dwarfs the mean (until 2026-12-07: 8e-5 off torch's weights in a
+    fuzz case, found by tests/fuzz/test_fuzz_dropin.py; here, gradients 1e5 times smaller than
+    the last ones, further)."""
+    torch.manual_seed(0)
+    weights = [torch.randn(s) for s in [(2, 3), (3,)]]
+    runs = []
+    for make in (torch.optim.Adafactor, dropin.Adafactor):
+        params = params_from(weights)
+        opt = make(params, lr=0.05, foreach=False)
+        for t, scale in ((1, 100.0), (2, 100.0), (3, 1e-3)):
+            if t == 3:
+                opt.param_groups[0]["beta2_decay"] = 0.0
+            for p in params:
+                gen = torch.Generator().manual_seed(t)
+                p.grad = scale * torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs.append(params)
+    for a, b in zip(runs[1], runs[0], strict=True):
+        assert ulps(a, b) <= ULPS

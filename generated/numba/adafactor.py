@@ -23,7 +23,10 @@ Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
 
 torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
     eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
-    eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+    eps1^2)); c = beta2_decay (-0.8); R and C updated by torch's lerp (``torch_lerp``: at weight
+    1 - beta2_t = 1, on the first step and at beta2_decay = 0, the new mean itself; until
+    2026-12-07 R + 1 * (mean - R), a rounding of the old R where it dwarfs the mean, found by
+    tests/fuzz/test_fuzz_dropin.py); decoupled weight decay first: W <- W (1 - lr wd), with
     alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
     last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
 
@@ -165,7 +168,7 @@ def _sweep1(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = (1 - 2*maximize) ** 2, in specs/adafactor.py:64
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/adafactor.py:69
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -195,13 +198,13 @@ def _sweep1(
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
-                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:64: row_g2 = g**2
+                        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:69: row_g2 = g**2
                         _v8 = grad * grad
                         row_g2 = _h0 * _v8
-                        # specs/adafactor.py:62: w_sq = weight**2
+                        # specs/adafactor.py:65: w_sq = weight**2
                         w_sq = weight * weight
-                        # specs/adafactor.py:65: col_g2 = g**2
+                        # specs/adafactor.py:70: col_g2 = g**2
                         col_g2 = row_g2
                         _wide0[_i] += np.float64(w_sq)
                         _block1[_i] = np.float64(row_g2)
@@ -255,13 +258,13 @@ def _sweep1_serial(
                     for _i in range(_n):
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
-                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:64: row_g2 = g**2
+                        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:69: row_g2 = g**2
                         _v8 = grad * grad
                         row_g2 = _h0 * _v8
-                        # specs/adafactor.py:62: w_sq = weight**2
+                        # specs/adafactor.py:65: w_sq = weight**2
                         w_sq = weight * weight
-                        # specs/adafactor.py:65: col_g2 = g**2
+                        # specs/adafactor.py:70: col_g2 = g**2
                         col_g2 = row_g2
                         _wide0[_i] += np.float64(w_sq)
                         _block1[_i] = np.float64(row_g2)
@@ -284,8 +287,8 @@ def _sweep6(
     col_new_buf,
     scale_buf,
     _h0,
-    _h3,
-    _h4,
+    _h7,
+    _h8,
     _whole,
     _parts,
 ):
@@ -293,9 +296,9 @@ def _sweep6(
     # a block of 1024 at a time in a loop that vectorises: a whole tensor's into place i of a
     # block-wide row for element i, folded into lanes at the tile's end; a row's folded into lanes
     # block by block (optgen_runtime.numba_tiles).
-    #   _h0: = (1 - 2*maximize) ** 2, in specs/adafactor.py:64
-    #   _h3: = eps1 ** 2, in specs/adafactor.py:69
-    #   _h4: = (ndim < 2), in specs/adafactor.py:69
+    #   _h0: = (1 - 2*maximize) ** 2, in specs/adafactor.py:69
+    #   _h7: = eps1 ** 2, in specs/adafactor.py:74
+    #   _h8: = (ndim < 2), in specs/adafactor.py:74
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -319,18 +322,18 @@ def _sweep6(
                     for _i in range(_n):
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:69: u_sq = U**2
-                        _v17 = grad * grad
-                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-                        _v18 = _h4 != _T(0.0)
-                        _v19 = col_new * scale
-                        V = col_new if _v18 else _v19
-                        _v21 = _h3 if (_h3 > V or _h3 != _h3) else V
-                        _v22 = _h0 * _v17
-                        u_sq = _v22 / _v21
+                        # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:74: u_sq = U**2
+                        _v21 = grad * grad
+                        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        _v22 = _h8 != _T(0.0)
+                        _v23 = col_new * scale
+                        V = col_new if _v22 else _v23
+                        _v25 = _h7 if (_h7 > V or _h7 != _h7) else V
+                        _v26 = _h0 * _v21
+                        u_sq = _v26 / _v25
                         _wide0[_i] += np.float64(u_sq)
         _lanes0[:] = 0.0
         fold_sum(_lanes0, _wide0, 1024)
@@ -346,8 +349,8 @@ def _sweep6_serial(
     col_new_buf,
     scale_buf,
     _h0,
-    _h3,
-    _h4,
+    _h7,
+    _h8,
     _whole,
     _parts,
 ):
@@ -375,18 +378,18 @@ def _sweep6_serial(
                     for _i in range(_n):
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:69: u_sq = U**2
-                        _v17 = grad * grad
-                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-                        _v18 = _h4 != _T(0.0)
-                        _v19 = col_new * scale
-                        V = col_new if _v18 else _v19
-                        _v21 = _h3 if (_h3 > V or _h3 != _h3) else V
-                        _v22 = _h0 * _v17
-                        u_sq = _v22 / _v21
+                        # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:74: u_sq = U**2
+                        _v21 = grad * grad
+                        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        _v22 = _h8 != _T(0.0)
+                        _v23 = col_new * scale
+                        V = col_new if _v22 else _v23
+                        _v25 = _h7 if (_h7 > V or _h7 != _h7) else V
+                        _v26 = _h0 * _v21
+                        u_sq = _v26 / _v25
                         _wide0[_i] += np.float64(u_sq)
         _lanes0[:] = 0.0
         fold_sum(_lanes0, _wide0, 1024)
@@ -400,13 +403,17 @@ def _sweep2(
     row_g2_buf,
     row_new_buf,
     _h1,
-    omb,
+    _h2,
+    _h3,
+    _h4,
     _sums,
 ):
     # A sweep over whole vectors (br): row_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h1: = Max(1, cols) ** (-1), in specs/adafactor.py:64
-    #   omb: let, computed by host_scalars from beta2_decay, t
+    #   _h1: = Max(1, cols), in specs/adafactor.py:69
+    #   _h2: = ((omb) if ((omb < (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t
+    #   _h3: = ((omb - 1) if ((omb >= (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t
+    #   _h4: = (omb < (1 / 2)), in specs/adafactor.py:69, from beta2_decay, t
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = row_new_buf.shape[1]
     _blocks = -(-_length // 1024)
@@ -421,12 +428,16 @@ def _sweep2(
         for _i in range(_n):
             row = _row_row[_i]
             row_g2 = _T(_row_g2_row[_i])
-            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-            _v9 = _h1 * row_g2
-            _v10 = _v9 - row
-            _v11 = omb * _v10
-            row_new = row + _v11
+            # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:69: row_new = Piecewise((omb*((-row + (row_g2/Max(1, cols)))) + row, Abs(omb) < 1/2), (-(1 - omb)*((-row + (row_g2/Max(1, cols)))) + (row_g2/Max(1, cols)), True))
+            _s0 = row_g2 / _h1
+            _s1 = _s0 - row
+            _v9 = _h4 != _T(0.0)
+            _v10 = _h3 * _s1
+            _v11 = _s0 + _v10
+            _v12 = _h2 * _s1
+            _v13 = row + _v12
+            row_new = _v13 if _v9 else _v11
             _row_new_row[_i] = row_new
 
 
@@ -437,7 +448,9 @@ def _sweep2_serial(
     row_g2_buf,
     row_new_buf,
     _h1,
-    omb,
+    _h2,
+    _h3,
+    _h4,
     _sums,
 ):
     # _sweep2 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
@@ -454,12 +467,16 @@ def _sweep2_serial(
         for _i in range(_n):
             row = _row_row[_i]
             row_g2 = _T(_row_g2_row[_i])
-            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-            _v9 = _h1 * row_g2
-            _v10 = _v9 - row
-            _v11 = omb * _v10
-            row_new = row + _v11
+            # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:69: row_new = Piecewise((omb*((-row + (row_g2/Max(1, cols)))) + row, Abs(omb) < 1/2), (-(1 - omb)*((-row + (row_g2/Max(1, cols)))) + (row_g2/Max(1, cols)), True))
+            _s0 = row_g2 / _h1
+            _s1 = _s0 - row
+            _v9 = _h4 != _T(0.0)
+            _v10 = _h3 * _s1
+            _v11 = _s0 + _v10
+            _v12 = _h2 * _s1
+            _v13 = row + _v12
+            row_new = _v13 if _v9 else _v11
             _row_new_row[_i] = row_new
 
 
@@ -470,13 +487,17 @@ def _sweep3(
     col_g2_buf,
     col_new_buf,
     _h2,
-    omb,
+    _h3,
+    _h4,
+    _h5,
     _sums,
 ):
     # A sweep over whole vectors (bc): col_new; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = Max(1, rows) ** (-1), in specs/adafactor.py:65
-    #   omb: let, computed by host_scalars from beta2_decay, t
+    #   _h2: = ((omb) if ((omb < (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t
+    #   _h3: = ((omb - 1) if ((omb >= (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t
+    #   _h4: = (omb < (1 / 2)), in specs/adafactor.py:69, from beta2_decay, t
+    #   _h5: = Max(1, rows), in specs/adafactor.py:70
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = col_new_buf.shape[2]
     _blocks = -(-_length // 1024)
@@ -491,12 +512,16 @@ def _sweep3(
         for _i in range(_n):
             col = _col_row[_i]
             col_g2 = _T(_col_g2_row[_i])
-            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
-            _v12 = _h2 * col_g2
-            _v13 = _v12 - col
-            _v14 = omb * _v13
-            col_new = col + _v14
+            # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:70: col_new = Piecewise((col + omb*((-col + (col_g2/Max(1, rows)))), Abs(omb) < 1/2), (-(1 - omb)*((-col + (col_g2/Max(1, rows)))) + (col_g2/Max(1, rows)), True))
+            _s0 = col_g2 / _h5
+            _s1 = _s0 - col
+            _v14 = _h4 != _T(0.0)
+            _v15 = _h3 * _s1
+            _v16 = _s0 + _v15
+            _v17 = _h2 * _s1
+            _v18 = col + _v17
+            col_new = _v18 if _v14 else _v16
             _col_new_row[_i] = col_new
 
 
@@ -507,7 +532,9 @@ def _sweep3_serial(
     col_g2_buf,
     col_new_buf,
     _h2,
-    omb,
+    _h3,
+    _h4,
+    _h5,
     _sums,
 ):
     # _sweep3 on the caller's thread (short vectors: no worker to wake, Tiling.serial_along).
@@ -524,12 +551,16 @@ def _sweep3_serial(
         for _i in range(_n):
             col = _col_row[_i]
             col_g2 = _T(_col_g2_row[_i])
-            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
-            _v12 = _h2 * col_g2
-            _v13 = _v12 - col
-            _v14 = omb * _v13
-            col_new = col + _v14
+            # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:70: col_new = Piecewise((col + omb*((-col + (col_g2/Max(1, rows)))), Abs(omb) < 1/2), (-(1 - omb)*((-col + (col_g2/Max(1, rows)))) + (col_g2/Max(1, rows)), True))
+            _s0 = col_g2 / _h5
+            _s1 = _s0 - col
+            _v14 = _h4 != _T(0.0)
+            _v15 = _h3 * _s1
+            _v16 = _s0 + _v15
+            _v17 = _h2 * _s1
+            _v18 = col + _v17
+            col_new = _v18 if _v14 else _v16
             _col_new_row[_i] = col_new
 
 
@@ -552,8 +583,8 @@ def _sweep4(
             _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
             for _i in range(_n):
                 row_new = _row_new_row[_i]
-                # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                # specs/adafactor.py:66: row_mean = row_new
+                # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                # specs/adafactor.py:71: row_mean = row_new
                 row_mean = row_new
                 _block0[_i] = np.float64(row_mean)
             fold_sum(_lanes0, _block0, _n)
@@ -578,8 +609,8 @@ def _sweep4_serial(
             _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
             for _i in range(_n):
                 row_new = _row_new_row[_i]
-                # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                # specs/adafactor.py:66: row_mean = row_new
+                # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                # specs/adafactor.py:71: row_mean = row_new
                 row_mean = row_new
                 _block0[_i] = np.float64(row_mean)
             fold_sum(_lanes0, _block0, _n)
@@ -592,13 +623,13 @@ def _sweep5(
     row_new_buf,
     row_mean_buf,
     scale_buf,
-    _h2,
+    _h6,
     eps1,
     _sums,
 ):
     # A sweep over whole vectors (br): scale; each matrix's vector a block
     # of 1024 at a time.
-    #   _h2: = Max(1, rows) ** (-1), in specs/adafactor.py:65
+    #   _h6: = Max(1, rows) ** (-1), in specs/adafactor.py:71
     #   eps1: hyperparameter
     # no sums: every block of every matrix's vector in one parallel loop (a long vector too)
     _length = scale_buf.shape[1]
@@ -613,11 +644,11 @@ def _sweep5(
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row_new = _row_new_row[_i]
-            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-            _v15 = _h2 * row_mean
-            _v16 = eps1 if (eps1 > _v15 or eps1 != eps1) else _v15
-            scale = row_new / _v16
+            # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+            _v19 = _h6 * row_mean
+            _v20 = eps1 if (eps1 > _v19 or eps1 != eps1) else _v19
+            scale = row_new / _v20
             _scale_row[_i] = scale
 
 
@@ -627,7 +658,7 @@ def _sweep5_serial(
     row_new_buf,
     row_mean_buf,
     scale_buf,
-    _h2,
+    _h6,
     eps1,
     _sums,
 ):
@@ -644,11 +675,11 @@ def _sweep5_serial(
         _row_new_row = row_new_buf[_m, _lo : _lo + _n, 0]
         for _i in range(_n):
             row_new = _row_new_row[_i]
-            # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-            # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-            _v15 = _h2 * row_mean
-            _v16 = eps1 if (eps1 > _v15 or eps1 != eps1) else _v15
-            scale = row_new / _v16
+            # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+            # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+            _v19 = _h6 * row_mean
+            _v20 = eps1 if (eps1 > _v19 or eps1 != eps1) else _v19
+            scale = row_new / _v20
             _scale_row[_i] = scale
 
 
@@ -670,8 +701,12 @@ def _chain1(
     _p1_0,
     _p2_0,
     _p2_1,
+    _p2_2,
+    _p2_3,
     _p3_0,
     _p3_1,
+    _p3_2,
+    _p3_3,
     _p5_0,
     _p5_1,
     _p6_0,
@@ -689,9 +724,9 @@ def _chain1(
     cast_into(_v_row_g2, _parts[0])
     cast_into(_v_col_g2, _parts[1])
     _s2 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
-    _sweep2_serial(_weight_m, _v_row, _v_row_g2, _v_row_new, _p2_0, _p2_1, _s2)
+    _sweep2_serial(_weight_m, _v_row, _v_row_g2, _v_row_new, _p2_0, _p2_1, _p2_2, _p2_3, _s2)
     _s3 = np.empty((_weight_m.shape[0], 0), dtype=np.float64)
-    _sweep3_serial(_weight_m, _v_col, _v_col_g2, _v_col_new, _p3_0, _p3_1, _s3)
+    _sweep3_serial(_weight_m, _v_col, _v_col_g2, _v_col_new, _p3_0, _p3_1, _p3_2, _p3_3, _s3)
     _s4 = np.empty((_weight_m.shape[0], 1), dtype=np.float64)
     _sweep4_serial(_weight_m, _v_row_new, _s4)
     cast_into(_v_row_mean, _s4[:, 0])
@@ -722,17 +757,17 @@ def _update(
     grad_buf,
     col_new_buf,
     scale_buf,
-    _h3,
-    _h4,
-    _h5,
-    _h6,
+    _h7,
+    _h8,
+    _h9,
+    _h10,
 ):
     # The update, tile by tile, each row a block of 1024 at a time. Host scalars (in the
     # weight's dtype; from host_scalars in generated.rules.adafactor, once per step and tensor):
-    #   _h3: = eps1 ** 2, in specs/adafactor.py:69
-    #   _h4: = (ndim < 2), in specs/adafactor.py:69
-    #   _h5: = -lr*weight_decay + 1, in specs/adafactor.py:70
-    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) > 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
+    #   _h7: = eps1 ** 2, in specs/adafactor.py:74
+    #   _h8: = (ndim < 2), in specs/adafactor.py:74
+    #   _h9: = -lr*weight_decay + 1, in specs/adafactor.py:75
+    #   _h10: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) > 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:75
     for _k in numba.prange(_tiles.shape[0]):
         _T = compute_type(weight_buf)
         _m0, _m1, _r0, _r1, _c0, _c1 = (
@@ -755,18 +790,18 @@ def _update(
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
-                        _v0 = _h5 * weight
-                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-                        _v1 = _h4 != _T(0.0)
+                        # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:75: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+                        _v0 = _h9 * weight
+                        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        _v1 = _h8 != _T(0.0)
                         _v2 = col_new * scale
                         V = col_new if _v1 else _v2
-                        _v4 = _h3 if (_h3 > V or _h3 != _h3) else V
+                        _v4 = _h7 if (_h7 > V or _h7 != _h7) else V
                         _v5 = np.sqrt(_v4)
-                        _v6 = _h6 * grad
+                        _v6 = _h10 * grad
                         _v7 = _v6 / _v5
                         weight_new = _v0 + _v7
                         _weight_row[_i] = weight_new
@@ -779,10 +814,10 @@ def _update_serial(
     grad_buf,
     col_new_buf,
     scale_buf,
-    _h3,
-    _h4,
-    _h5,
-    _h6,
+    _h7,
+    _h8,
+    _h9,
+    _h10,
 ):
     # _update on the caller's thread (one tile: no worker to wake, Tiling.serial).
     for _k in range(_tiles.shape[0]):
@@ -807,18 +842,18 @@ def _update_serial(
                         weight = _weight_row[_i]
                         grad = _grad_row[_i]
                         col_new = _col_new_row[_i]
-                        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-                        # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
-                        _v0 = _h5 * weight
-                        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-                        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-                        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-                        _v1 = _h4 != _T(0.0)
+                        # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+                        # specs/adafactor.py:75: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+                        _v0 = _h9 * weight
+                        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+                        # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+                        # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+                        _v1 = _h8 != _T(0.0)
                         _v2 = col_new * scale
                         V = col_new if _v1 else _v2
-                        _v4 = _h3 if (_h3 > V or _h3 != _h3) else V
+                        _v4 = _h7 if (_h7 > V or _h7 != _h7) else V
                         _v5 = np.sqrt(_v4)
-                        _v6 = _h6 * grad
+                        _v6 = _h10 * grad
                         _v7 = _v6 / _v5
                         weight_new = _v0 + _v7
                         _weight_row[_i] = weight_new
@@ -1012,12 +1047,12 @@ def _stepper(
         if pre is None:  # not yet computed and checked in this call: for the first such tensor
             pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
             pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
-        _h1, omb = pre
+        _h1, _h2, _h3, _h4 = pre
         _shape = domain_shape(_dims, "br")
         _row_new_out = np.empty(_shape, dtype=weight.dtype)
         _sums = np.empty((_dims[0], 0), dtype=np.float64)
         (_sweep2_serial if _tiling.serial_along["br"] else _sweep2)(
-            _weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, omb, _sums
+            _weight_m, _vectors["row"], _vectors["row_g2"], _row_new_out, _h1, _h2, _h3, _h4, _sums
         )
         _vectors["row_new"] = _row_new_out
         # Sweep 3 (whole vectors: bc): col_new.
@@ -1027,12 +1062,12 @@ def _stepper(
         if pre is None:  # not yet computed and checked in this call: for the first such tensor
             pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
             pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
-        _h2, omb = pre
+        _h2, _h3, _h4, _h5 = pre
         _shape = domain_shape(_dims, "bc")
         _col_new_out = np.empty(_shape, dtype=weight.dtype)
         _sums = np.empty((_dims[0], 0), dtype=np.float64)
         (_sweep3_serial if _tiling.serial_along["bc"] else _sweep3)(
-            _weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, omb, _sums
+            _weight_m, _vectors["col"], _vectors["col_g2"], _col_new_out, _h2, _h3, _h4, _h5, _sums
         )
         _vectors["col_new"] = _col_new_out
         # Sweep 4 (whole vectors: br): row_mean.
@@ -1050,12 +1085,12 @@ def _stepper(
         if pre is None:  # not yet computed and checked in this call: for the first such tensor
             pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
             pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
-        _h2, eps1 = pre
+        _h6, eps1 = pre
         _shape = domain_shape(_dims, "br")
         _scale_out = np.empty(_shape, dtype=weight.dtype)
         _sums = np.empty((_dims[0], 0), dtype=np.float64)
         (_sweep5_serial if _tiling.serial_along["br"] else _sweep5)(
-            _weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h2, eps1, _sums
+            _weight_m, _vectors["row_new"], _vectors["row_mean"], _scale_out, _h6, eps1, _sums
         )
         _vectors["scale"] = _scale_out
         # Sweep 6 (tiles of the elements): u_sq.
@@ -1065,7 +1100,7 @@ def _stepper(
         if pre is None:  # not yet computed and checked in this call: for the first such tensor
             pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
             pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
-        _h0, _h3, _h4 = pre
+        _h0, _h7, _h8 = pre
         _whole, _parts = _tiling.partials(1, 0)
         (_sweep6_serial if _tiling.serial else _sweep6)(
             _tiling.table,
@@ -1075,8 +1110,8 @@ def _stepper(
             _vectors["col_new"],
             _vectors["scale"],
             _h0,
-            _h3,
-            _h4,
+            _h7,
+            _h8,
             _whole,
             _parts,
         )
@@ -1084,7 +1119,7 @@ def _stepper(
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h3, _h4, _h5, _h6 = (dtype(_x) for _x in scalars)
+    _h7, _h8, _h9, _h10 = (dtype(_x) for _x in scalars)
     yield None  # every tensor checked and its scalars computed: now the writes
 
     def update() -> None:
@@ -1094,10 +1129,10 @@ def _stepper(
             _grad_m,
             _vectors["col_new"],
             _vectors["scale"],
-            _h3,
-            _h4,
-            _h5,
-            _h6,
+            _h7,
+            _h8,
+            _h9,
+            _h10,
         )
 
     update()

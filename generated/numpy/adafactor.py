@@ -15,7 +15,10 @@ Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
 
 torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
     eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
-    eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+    eps1^2)); c = beta2_decay (-0.8); R and C updated by torch's lerp (``torch_lerp``: at weight
+    1 - beta2_t = 1, on the first step and at beta2_decay = 0, the new mean itself; until
+    2026-12-07 R + 1 * (mean - R), a rounding of the old R where it dwarfs the mean, found by
+    tests/fuzz/test_fuzz_dropin.py); decoupled weight decay first: W <- W (1 - lr wd), with
     alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
     last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
 
@@ -227,13 +230,13 @@ def _stepper(
         _weight = _weight_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _grad = _grad_m[_m0:_m1, _r0:_r1, _c0:_c1]
         _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
-        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:64: row_g2 = g**2
+        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:69: row_g2 = g**2
         np.multiply(_grad, _grad, out=_b0)
         np.multiply(_h0, _b0, out=_b0)
-        # specs/adafactor.py:62: w_sq = weight**2
+        # specs/adafactor.py:65: w_sq = weight**2
         np.multiply(_weight, _weight, out=_b1)
-        # specs/adafactor.py:65: col_g2 = g**2
+        # specs/adafactor.py:70: col_g2 = g**2
         np.copyto(_b2, _b0)
         return (
             float(np.sum(_b1, dtype=np.float64)),
@@ -260,17 +263,23 @@ def _stepper(
     if pre is None:  # not yet computed and checked in this call: for the first such tensor
         pre = computed(RULE, reduction_scalars_2, t, **hp, **host, **_sizes, **sums)
         pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_2, pre, dtype)))
-    _h1, omb = pre
+    _h1, _h2, _h3, _h4 = pre
     _shape = domain_shape(_dims, "br")
     _row = _vectors["row"]
     _row_g2 = _vectors["row_g2"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-    np.multiply(_h1, _row_g2, out=_b0)
-    np.subtract(_b0, _row, out=_b0)
-    np.multiply(omb, _b0, out=_b0)
-    np.add(_row, _b0, out=_b0)
+    _b1 = np.empty(_shape, dtype=weight.dtype)
+    _b2 = np.empty(_shape, dtype=weight.dtype)
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:69: row_new = Piecewise((omb*((-row + (row_g2/Max(1, cols)))) + row, Abs(omb) < 1/2), (-(1 - omb)*((-row + (row_g2/Max(1, cols)))) + (row_g2/Max(1, cols)), True))
+    np.divide(_row_g2, _h1, out=_b0)
+    np.subtract(_b0, _row, out=_b1)
+    __v9 = np.not_equal(_h4, 0.0)
+    np.multiply(_h3, _b1, out=_b2)
+    np.add(_b0, _b2, out=_b0)
+    np.multiply(_h2, _b1, out=_b1)
+    np.add(_row, _b1, out=_b1)
+    np.copyto(_b0, _b1, where=__v9)
     _vectors["row_new"] = _b0
     # Sweep 3 (whole vectors: bc): col_new.
     # the call's host scalars by all reduction_scalars_3 reads but its hyperparameters
@@ -279,24 +288,30 @@ def _stepper(
     if pre is None:  # not yet computed and checked in this call: for the first such tensor
         pre = computed(RULE, reduction_scalars_3, t, **hp, **host, **_sizes, **sums)
         pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_3, pre, dtype)))
-    _h2, omb = pre
+    _h2, _h3, _h4, _h5 = pre
     _shape = domain_shape(_dims, "bc")
     _col = _vectors["col"]
     _col_g2 = _vectors["col_g2"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    np.multiply(_h2, _col_g2, out=_b0)
-    np.subtract(_b0, _col, out=_b0)
-    np.multiply(omb, _b0, out=_b0)
-    np.add(_col, _b0, out=_b0)
+    _b1 = np.empty(_shape, dtype=weight.dtype)
+    _b2 = np.empty(_shape, dtype=weight.dtype)
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:70: col_new = Piecewise((col + omb*((-col + (col_g2/Max(1, rows)))), Abs(omb) < 1/2), (-(1 - omb)*((-col + (col_g2/Max(1, rows)))) + (col_g2/Max(1, rows)), True))
+    np.divide(_col_g2, _h5, out=_b0)
+    np.subtract(_b0, _col, out=_b1)
+    __v14 = np.not_equal(_h4, 0.0)
+    np.multiply(_h3, _b1, out=_b2)
+    np.add(_b0, _b2, out=_b0)
+    np.multiply(_h2, _b1, out=_b1)
+    np.add(_col, _b1, out=_b1)
+    np.copyto(_b0, _b1, where=__v14)
     _vectors["col_new"] = _b0
     # Sweep 4 (whole vectors: br): row_mean.
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:66: row_mean = row_new
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:71: row_mean = row_new
     np.copyto(_b0, _row_new)
     combine_tiles(
         REDUCE_KINDS,
@@ -317,14 +332,14 @@ def _stepper(
     if pre is None:  # not yet computed and checked in this call: for the first such tensor
         pre = computed(RULE, reduction_scalars_5, t, **hp, **host, **_sizes, **sums)
         pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_5, pre, dtype)))
-    _h2, eps1 = pre
+    _h6, eps1 = pre
     _shape = domain_shape(_dims, "br")
     _row_new = _vectors["row_new"]
     _row_mean = _vectors["row_mean"]
     _b0 = np.empty(_shape, dtype=weight.dtype)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    np.multiply(_h2, _row_mean, out=_b0)
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    np.multiply(_h6, _row_mean, out=_b0)
     if eps1 != -np.inf:
         np.maximum(eps1, _b0, out=_b0)
     np.divide(_row_new, _b0, out=_b0)
@@ -336,7 +351,7 @@ def _stepper(
     if pre is None:  # not yet computed and checked in this call: for the first such tensor
         pre = computed(RULE, reduction_scalars_6, t, **hp, **host, **_sizes, **sums)
         pre = memo[_key] = tuple(map(dtype, check_scalars(RULE, REDUCE_SCALARS_6, pre, dtype)))
-    _h0, _h3, _h4 = pre
+    _h0, _h7, _h8 = pre
 
     def _sweep6(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> tuple[Any, ...]:
         _m0, _m1, _r0, _r1, _c0, _c1 = _tile
@@ -344,17 +359,17 @@ def _stepper(
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
         _b0, _b1 = tile_scratch(scratch, _tile, 2)
-        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-        # specs/adafactor.py:69: u_sq = U**2
+        # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+        # specs/adafactor.py:74: u_sq = U**2
         np.multiply(_grad, _grad, out=_b0)
-        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-        __v18 = np.not_equal(_h4, 0.0)
+        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+        # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+        __v22 = np.not_equal(_h8, 0.0)
         np.multiply(_col_new, _scale, out=_b1)
-        np.copyto(_b1, _col_new, where=__v18)
-        if _h3 != -np.inf:
-            np.maximum(_h3, _b1, out=_b1)
+        np.copyto(_b1, _col_new, where=__v22)
+        if _h7 != -np.inf:
+            np.maximum(_h7, _b1, out=_b1)
         np.multiply(_h0, _b0, out=_b0)
         np.divide(_b0, _b1, out=_b0)
         return (float(np.sum(_b0, dtype=np.float64)),)
@@ -374,7 +389,7 @@ def _stepper(
     # The update, tile by tile; then the vector states.
     scalars, host_new = computed(RULE, host_scalars, t, **hp, **host, **_sizes, **sums)
     check_scalars(RULE, SCALARS, scalars, dtype)
-    _h3, _h4, _h5, _h6 = (dtype(_x) for _x in scalars)
+    _h7, _h8, _h9, _h10 = (dtype(_x) for _x in scalars)
     yield None  # every tensor checked and its scalars computed: now the writes
 
     def update(_tile: tuple[int, int, int, int, int, int], scratch: np.ndarray) -> None:
@@ -384,19 +399,19 @@ def _stepper(
         _col_new = _vectors["col_new"][_m0:_m1, :, _c0:_c1]
         _scale = _vectors["scale"][_m0:_m1, _r0:_r1]
         _b0, _b1, _b2 = tile_scratch(scratch, _tile, 3)
-        # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-        # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
-        np.multiply(_h5, _weight, out=_b0)
-        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-        # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-        __v1 = np.not_equal(_h4, 0.0)
+        # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+        # specs/adafactor.py:75: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+        np.multiply(_h9, _weight, out=_b0)
+        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+        # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+        __v1 = np.not_equal(_h8, 0.0)
         np.multiply(_col_new, _scale, out=_b1)
         np.copyto(_b1, _col_new, where=__v1)
-        if _h3 != -np.inf:
-            np.maximum(_h3, _b1, out=_b1)
+        if _h7 != -np.inf:
+            np.maximum(_h7, _b1, out=_b1)
         np.sqrt(_b1, out=_b1)
-        np.multiply(_h6, _grad, out=_b2)
+        np.multiply(_h10, _grad, out=_b2)
         np.divide(_b2, _b1, out=_b1)
         np.add(_b0, _b1, out=_weight)
 

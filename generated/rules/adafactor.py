@@ -15,7 +15,10 @@ Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
 
 torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
     eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
-    eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+    eps1^2)); c = beta2_decay (-0.8); R and C updated by torch's lerp (``torch_lerp``: at weight
+    1 - beta2_t = 1, on the first step and at beta2_decay = 0, the new mean itself; until
+    2026-12-07 R + 1 * (mean - R), a rounding of the old R where it dwarfs the mean, found by
+    tests/fuzz/test_fuzz_dropin.py); decoupled weight decay first: W <- W (1 - lr wd), with
     alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
     last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
 
@@ -143,48 +146,52 @@ SPARSE_WHY = ""
 # Operations per element of the update and of the reduction phase.
 OP_COUNTS: dict[str, int] = {"add": 1, "div": 1, "max": 1, "mul": 3, "ne": 1, "sqrt": 1, "where": 1}
 REDUCE_OP_COUNTS: dict[str, int] = {
-    "add": 2,
+    "add": 4,
     "copy": 2,
-    "div": 2,
+    "div": 4,
     "max": 2,
     "mul": 11,
-    "ne": 1,
+    "ne": 3,
     "sub": 2,
-    "where": 1,
+    "where": 3,
 }
 # The update kernel's scalars, in the order host_scalars returns them: what each one is.
 SCALARS: dict[str, str] = {
-    "_h3": "= eps1 ** 2, in specs/adafactor.py:69",
-    "_h4": "= (ndim \u003c 2), in specs/adafactor.py:69",
-    "_h5": "= -lr*weight_decay + 1, in specs/adafactor.py:70",
-    "_h6": "= -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 \u003c math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) \u003e 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70",
+    "_h7": "= eps1 ** 2, in specs/adafactor.py:74",
+    "_h8": "= (ndim \u003c 2), in specs/adafactor.py:74",
+    "_h9": "= -lr*weight_decay + 1, in specs/adafactor.py:75",
+    "_h10": "= -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 \u003c math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) \u003e 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:75",
 }
 # Reduction phase 1's scalars (w_sq), in the order reduction_scalars returns them.
 REDUCE_SCALARS: dict[str, str] = {
-    "_h0": "= (1 - 2*maximize) ** 2, in specs/adafactor.py:64",
+    "_h0": "= (1 - 2*maximize) ** 2, in specs/adafactor.py:69",
 }
 # Reduction phase 2's scalars (), in the order reduction_scalars_2 returns them.
 REDUCE_SCALARS_2: dict[str, str] = {
-    "_h1": "= Max(1, cols) ** (-1), in specs/adafactor.py:64",
-    "omb": "let, computed by host_scalars from beta2_decay, t",
+    "_h1": "= Max(1, cols), in specs/adafactor.py:69",
+    "_h2": "= ((omb) if ((omb \u003c (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t",
+    "_h3": "= ((omb - 1) if ((omb \u003e= (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t",
+    "_h4": "= (omb \u003c (1 / 2)), in specs/adafactor.py:69, from beta2_decay, t",
 }
 # Reduction phase 3's scalars (), in the order reduction_scalars_3 returns them.
 REDUCE_SCALARS_3: dict[str, str] = {
-    "_h2": "= Max(1, rows) ** (-1), in specs/adafactor.py:65",
-    "omb": "let, computed by host_scalars from beta2_decay, t",
+    "_h2": "= ((omb) if ((omb \u003c (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t",
+    "_h3": "= ((omb - 1) if ((omb \u003e= (1 / 2))) else 0.0), in specs/adafactor.py:69, from beta2_decay, t",
+    "_h4": "= (omb \u003c (1 / 2)), in specs/adafactor.py:69, from beta2_decay, t",
+    "_h5": "= Max(1, rows), in specs/adafactor.py:70",
 }
 # Reduction phase 4's scalars (), in the order reduction_scalars_4 returns them.
 REDUCE_SCALARS_4: dict[str, str] = {}
 # Reduction phase 5's scalars (), in the order reduction_scalars_5 returns them.
 REDUCE_SCALARS_5: dict[str, str] = {
-    "_h2": "= Max(1, rows) ** (-1), in specs/adafactor.py:65",
+    "_h6": "= Max(1, rows) ** (-1), in specs/adafactor.py:71",
     "eps1": "hyperparameter",
 }
 # Reduction phase 6's scalars (u_sq), in the order reduction_scalars_6 returns them.
 REDUCE_SCALARS_6: dict[str, str] = {
-    "_h0": "= (1 - 2*maximize) ** 2, in specs/adafactor.py:64",
-    "_h3": "= eps1 ** 2, in specs/adafactor.py:69",
-    "_h4": "= (ndim \u003c 2), in specs/adafactor.py:69",
+    "_h0": "= (1 - 2*maximize) ** 2, in specs/adafactor.py:69",
+    "_h7": "= eps1 ** 2, in specs/adafactor.py:74",
+    "_h8": "= (ndim \u003c 2), in specs/adafactor.py:74",
 }
 
 
@@ -215,12 +222,12 @@ def host_scalars(
     u_sq: float,
 ) -> tuple[tuple[float, ...], dict[str, float]]:
     """The update kernel's scalars and the new host states (doubles), once per step."""
-    # specs/adafactor.py:69: u_sq = U**2
-    _h3 = eps1**2
-    _h4 = ndim < 2
-    # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
-    _h5 = -lr * weight_decay + 1
-    _h6 = (
+    # specs/adafactor.py:74: u_sq = U**2
+    _h7 = eps1**2
+    _h8 = ndim < 2
+    # specs/adafactor.py:75: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+    _h9 = -lr * weight_decay + 1
+    _h10 = (
         -(1 - 2 * maximize)
         * (
             (math.sqrt(w_sq) / math.sqrt(host_max(1, numel)))
@@ -234,7 +241,7 @@ def host_scalars(
         )
         * host_min(lr, (1.0 / math.sqrt(t)))
     )
-    scalars = (_h3, _h4, _h5, _h6)
+    scalars = (_h7, _h8, _h9, _h10)
     return scalars, {}
 
 
@@ -253,7 +260,7 @@ def reduction_scalars(
     ndim: float,
 ) -> tuple[float, ...]:
     """Reduction phase 1's scalars (doubles), once per step."""
-    # specs/adafactor.py:64: row_g2 = g**2
+    # specs/adafactor.py:69: row_g2 = g**2
     _h0 = (1 - 2 * maximize) ** 2
     return (_h0,)
 
@@ -274,11 +281,14 @@ def reduction_scalars_2(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 2's scalars (doubles), once per step (after phase 1's reductions)."""
-    # specs/adafactor.py:60: omb = t**beta2_decay
+    # specs/adafactor.py:63: omb = t**beta2_decay
     omb = t**beta2_decay
-    # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-    _h1 = host_max(1, cols) ** (-1)
-    return (_h1, omb)
+    # specs/adafactor.py:69: row_new = Piecewise((omb*((-row + (row_g2/Max(1, cols)))) + row, Abs(omb) < 1/2), (-(1 - omb)*((-row + (row_g2/Max(1, cols)))) + (row_g2/Max(1, cols)), True))
+    _h1 = host_max(1, cols)
+    _h2 = (omb) if (omb < (1 / 2)) else 0.0
+    _h3 = (omb - 1) if (omb >= (1 / 2)) else 0.0
+    _h4 = omb < (1 / 2)
+    return (_h1, _h2, _h3, _h4)
 
 
 def reduction_scalars_3(
@@ -297,11 +307,15 @@ def reduction_scalars_3(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 3's scalars (doubles), once per step (after phase 2's reductions)."""
-    # specs/adafactor.py:60: omb = t**beta2_decay
+    # specs/adafactor.py:63: omb = t**beta2_decay
     omb = t**beta2_decay
-    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    _h2 = host_max(1, rows) ** (-1)
-    return (_h2, omb)
+    # specs/adafactor.py:69: row_new = Piecewise((omb*((-row + (row_g2/Max(1, cols)))) + row, Abs(omb) < 1/2), (-(1 - omb)*((-row + (row_g2/Max(1, cols)))) + (row_g2/Max(1, cols)), True))
+    _h2 = (omb) if (omb < (1 / 2)) else 0.0
+    _h3 = (omb - 1) if (omb >= (1 / 2)) else 0.0
+    _h4 = omb < (1 / 2)
+    # specs/adafactor.py:70: col_new = Piecewise((col + omb*((-col + (col_g2/Max(1, rows)))), Abs(omb) < 1/2), (-(1 - omb)*((-col + (col_g2/Max(1, rows)))) + (col_g2/Max(1, rows)), True))
+    _h5 = host_max(1, rows)
+    return (_h2, _h3, _h4, _h5)
 
 
 def reduction_scalars_4(
@@ -339,9 +353,9 @@ def reduction_scalars_5(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 5's scalars (doubles), once per step (after phase 4's reductions)."""
-    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    _h2 = host_max(1, rows) ** (-1)
-    return (_h2, eps1)
+    # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    _h6 = host_max(1, rows) ** (-1)
+    return (_h6, eps1)
 
 
 def reduction_scalars_6(
@@ -360,9 +374,9 @@ def reduction_scalars_6(
     w_sq: float,
 ) -> tuple[float, ...]:
     """Reduction phase 6's scalars (doubles), once per step (after phase 5's reductions)."""
-    # specs/adafactor.py:64: row_g2 = g**2
+    # specs/adafactor.py:69: row_g2 = g**2
     _h0 = (1 - 2 * maximize) ** 2
-    # specs/adafactor.py:69: u_sq = U**2
-    _h3 = eps1**2
-    _h4 = ndim < 2
-    return (_h0, _h3, _h4)
+    # specs/adafactor.py:74: u_sq = U**2
+    _h7 = eps1**2
+    _h8 = ndim < 2
+    return (_h0, _h7, _h8)

@@ -286,7 +286,10 @@ class Adafactor(GeneratedOptimizer):
 
     torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
         eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
-        eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+        eps1^2)); c = beta2_decay (-0.8); R and C updated by torch's lerp (``torch_lerp``: at weight
+        1 - beta2_t = 1, on the first step and at beta2_decay = 0, the new mean itself; until
+        2026-12-07 R + 1 * (mean - R), a rounding of the old R where it dwarfs the mean, found by
+        tests/fuzz/test_fuzz_dropin.py); decoupled weight decay first: W <- W (1 - lr wd), with
         alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
         last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
 

@@ -15,7 +15,10 @@ Paper's equations (Algorithm 4, weight W of shape (n, m), G the gradient):
 
 torch's code (followed here; states ``row`` = R, ``col`` = C, ``variance`` for < 2-D weights):
     eps1 is not added to G^2: V_t = R_t C_t / max(mean(R_t), eps1), and U_t = G / sqrt(max(V_t,
-    eps1^2)); c = beta2_decay (-0.8); decoupled weight decay first: W <- W (1 - lr wd), with
+    eps1^2)); c = beta2_decay (-0.8); R and C updated by torch's lerp (``torch_lerp``: at weight
+    1 - beta2_t = 1, on the first step and at beta2_decay = 0, the new mean itself; until
+    2026-12-07 R + 1 * (mean - R), a rounding of the old R where it dwarfs the mean, found by
+    tests/fuzz/test_fuzz_dropin.py); decoupled weight decay first: W <- W (1 - lr wd), with
     alpha_t from RMS of W before the decay. A weight of more than two dims is factored over its
     last two (one R and C per matrix); a 0-D or 1-D weight keeps the full second moment.
 
@@ -174,7 +177,7 @@ def adafactor_reduce_kernel(
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     weight = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:62: w_sq = weight**2
+    # specs/adafactor.py:65: w_sq = weight**2
     w_sq = weight * weight
     tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, w_sq, 0.0)))
 
@@ -208,8 +211,8 @@ def adafactor_row_reduce_kernel(
         mask = lane < n_cols
         offs = outer * n_cols + lane
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:64: row_g2 = g**2
+        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:69: row_g2 = g**2
         _v8 = grad * grad
         row_g2 = _h0 * _v8
         _acc_row_g2 = _acc_row_g2 + tl.where(mask, row_g2, 0.0)
@@ -247,11 +250,11 @@ def adafactor_col_reduce_kernel(
     for _r in range(0, n_rows):
         offs = (outer * n_rows + _r) * n_cols + lane
         grad = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:64: row_g2 = g**2
+        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:69: row_g2 = g**2
         _v8 = grad * grad
         row_g2 = _h0 * _v8
-        # specs/adafactor.py:65: col_g2 = g**2
+        # specs/adafactor.py:70: col_g2 = g**2
         col_g2 = row_g2
         _acc_col_g2 = _acc_col_g2 + tl.where(mask, col_g2, 0.0)
     tl.store(
@@ -277,23 +280,31 @@ def adafactor_reduce2_kernel(
     n_rows,
     n_cols,
     _h1,
-    omb,
+    _h2,
+    _h3,
+    _h4,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over br of the (batch, rows, cols) view: one program per block of flat indices.
     _h1 = tl.cast(_h1, tl.float32)
-    omb = tl.cast(omb, tl.float32)
+    _h2 = tl.cast(_h2, tl.float32)
+    _h3 = tl.cast(_h3, tl.float32)
+    _h4 = tl.cast(_h4, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     row = tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     row_g2 = tl.load(row_g2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:64: row_new = omb*(-row + row_g2/Max(1, cols)) + row
-    _v9 = _h1 * row_g2
-    _v10 = _v9 - row
-    _v11 = omb * _v10
-    row_new = row + _v11
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:69: row_new = Piecewise((omb*((-row + (row_g2/Max(1, cols)))) + row, Abs(omb) < 1/2), (-(1 - omb)*((-row + (row_g2/Max(1, cols)))) + (row_g2/Max(1, cols)), True))
+    _s0 = tl.div_rn(row_g2, _h1)
+    _s1 = _s0 - row
+    _v9 = _h4 != 0.0
+    _v10 = _h3 * _s1
+    _v11 = _s0 + _v10
+    _v12 = _h2 * _s1
+    _v13 = row + _v12
+    row_new = tl.where(_v9, _v13, _v11)
     tl.store(row_new_ptr + offs, row_new.to(row_new_ptr.dtype.element_ty), mask=mask)
 
 
@@ -315,23 +326,31 @@ def adafactor_reduce3_kernel(
     n_rows,
     n_cols,
     _h2,
-    omb,
+    _h3,
+    _h4,
+    _h5,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over bc of the (batch, rows, cols) view: one program per block of flat indices.
     _h2 = tl.cast(_h2, tl.float32)
-    omb = tl.cast(omb, tl.float32)
+    _h3 = tl.cast(_h3, tl.float32)
+    _h4 = tl.cast(_h4, tl.float32)
+    _h5 = tl.cast(_h5, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     col = tl.load(col_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     col_g2 = tl.load(col_g2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:65: col_new = col + omb*(-col + col_g2/Max(1, rows))
-    _v12 = _h2 * col_g2
-    _v13 = _v12 - col
-    _v14 = omb * _v13
-    col_new = col + _v14
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:70: col_new = Piecewise((col + omb*((-col + (col_g2/Max(1, rows)))), Abs(omb) < 1/2), (-(1 - omb)*((-col + (col_g2/Max(1, rows)))) + (col_g2/Max(1, rows)), True))
+    _s0 = tl.div_rn(col_g2, _h5)
+    _s1 = _s0 - col
+    _v14 = _h4 != 0.0
+    _v15 = _h3 * _s1
+    _v16 = _s0 + _v15
+    _v17 = _h2 * _s1
+    _v18 = col + _v17
+    col_new = tl.where(_v14, _v18, _v16)
     tl.store(col_new_ptr + offs, col_new.to(col_new_ptr.dtype.element_ty), mask=mask)
 
 
@@ -362,8 +381,8 @@ def adafactor_row_reduce4_kernel(
         mask = lane < n_rows
         offs = outer * n_rows + lane
         row_new = tl.load(row_new_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-        # specs/adafactor.py:66: row_mean = row_new
+        # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+        # specs/adafactor.py:71: row_mean = row_new
         row_mean = row_new
         _acc_row_mean = _acc_row_mean + tl.where(mask, row_mean, 0.0)
     tl.store(row_mean_ptr + outer, tl.sum(_acc_row_mean, axis=0).to(row_mean_ptr.dtype.element_ty))
@@ -386,23 +405,23 @@ def adafactor_reduce5_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h2,
+    _h6,
     eps1,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over br of the (batch, rows, cols) view: one program per block of flat indices.
-    _h2 = tl.cast(_h2, tl.float32)
+    _h6 = tl.cast(_h6, tl.float32)
     eps1 = tl.cast(eps1, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
     row_new = tl.load(row_new_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     row_mean = tl.load(row_mean_ptr + offs // n_rows, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    _v15 = _h2 * row_mean
-    _v16 = tl.maximum(eps1, _v15, propagate_nan=tl.PropagateNan.ALL)
-    scale = tl.div_rn(row_new, _v16)
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    _v19 = _h6 * row_mean
+    _v20 = tl.maximum(eps1, _v19, propagate_nan=tl.PropagateNan.ALL)
+    scale = tl.div_rn(row_new, _v20)
     tl.store(scale_ptr + offs, scale.to(scale_ptr.dtype.element_ty), mask=mask)
 
 
@@ -424,14 +443,14 @@ def adafactor_reduce6_kernel(
     n_rows,
     n_cols,
     _h0,
-    _h3,
-    _h4,
+    _h7,
+    _h8,
     BLOCK_SIZE: tl.constexpr,
 ):
     # Sweep over brc of the (batch, rows, cols) view: one program per block of flat indices.
     _h0 = tl.cast(_h0, tl.float32)
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
+    _h7 = tl.cast(_h7, tl.float32)
+    _h8 = tl.cast(_h8, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -440,18 +459,18 @@ def adafactor_reduce6_kernel(
         col_new_ptr + offs // (n_rows * n_cols) * n_cols + offs % n_cols, mask=mask, other=0.0
     ).to(tl.float32)
     scale = tl.load(scale_ptr + offs // n_cols, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-    # specs/adafactor.py:69: u_sq = U**2
-    _v17 = grad * grad
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-    _v18 = _h4 != 0.0
-    _v19 = col_new * scale
-    V = tl.where(_v18, col_new, _v19)
-    _v21 = tl.maximum(_h3, V, propagate_nan=tl.PropagateNan.ALL)
-    _v22 = _h0 * _v17
-    u_sq = tl.div_rn(_v22, _v21)
+    # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+    # specs/adafactor.py:74: u_sq = U**2
+    _v21 = grad * grad
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+    _v22 = _h8 != 0.0
+    _v23 = col_new * scale
+    V = tl.where(_v22, col_new, _v23)
+    _v25 = tl.maximum(_h7, V, propagate_nan=tl.PropagateNan.ALL)
+    _v26 = _h0 * _v21
+    u_sq = tl.div_rn(_v26, _v25)
     tl.store(partial_ptr + pid * 1 + 0, fixed_sum(tl.where(mask, u_sq, 0.0)))
 
 
@@ -472,10 +491,10 @@ def adafactor_kernel(
     n_batch,
     n_rows,
     n_cols,
-    _h3,
-    _h4,
-    _h5,
-    _h6,
+    _h7,
+    _h8,
+    _h9,
+    _h10,
     copy_ptr,
     BLOCK_SIZE: tl.constexpr,
     COPY_OUT: tl.constexpr,
@@ -483,14 +502,14 @@ def adafactor_kernel(
     # The update: one program per block of elements; vectors gathered at their row/column.
     # COPY_OUT: the weight is the float32 master of the parameter at copy_ptr, written here.
     # Host scalars (fp32; from host_scalars in generated.rules.adafactor, once per step):
-    #   _h3: = eps1 ** 2, in specs/adafactor.py:69
-    #   _h4: = (ndim < 2), in specs/adafactor.py:69
-    #   _h5: = -lr*weight_decay + 1, in specs/adafactor.py:70
-    #   _h6: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) > 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:70
-    _h3 = tl.cast(_h3, tl.float32)
-    _h4 = tl.cast(_h4, tl.float32)
-    _h5 = tl.cast(_h5, tl.float32)
-    _h6 = tl.cast(_h6, tl.float32)
+    #   _h7: = eps1 ** 2, in specs/adafactor.py:74
+    #   _h8: = (ndim < 2), in specs/adafactor.py:74
+    #   _h9: = -lr*weight_decay + 1, in specs/adafactor.py:75
+    #   _h10: = -(1 - 2*maximize)*((math.sqrt(w_sq)/math.sqrt(Max(1, numel))) if (eps2 < math.sqrt(w_sq)/math.sqrt(Max(1, numel))) else (eps2))*((d*math.sqrt(Max(1, numel))/math.sqrt(u_sq)) if (math.sqrt(u_sq)/(d*math.sqrt(Max(1, numel))) > 1) else (1))*Min(lr, (1.0 / math.sqrt(t))), in specs/adafactor.py:75
+    _h7 = tl.cast(_h7, tl.float32)
+    _h8 = tl.cast(_h8, tl.float32)
+    _h9 = tl.cast(_h9, tl.float32)
+    _h10 = tl.cast(_h10, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offs < n_elements
@@ -500,18 +519,18 @@ def adafactor_kernel(
         col_new_ptr + offs // (n_rows * n_cols) * n_cols + offs % n_cols, mask=mask, other=0.0
     ).to(tl.float32)
     scale = tl.load(scale_ptr + offs // n_cols, mask=mask, other=0.0).to(tl.float32)
-    # specs/adafactor.py:68: U = g/sqrt(Max(V, eps1**2))
-    # specs/adafactor.py:70: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
-    _v0 = _h5 * weight
-    # specs/adafactor.py:59: g = grad*(1 - 2*maximize)
-    # specs/adafactor.py:66: scale = row_new/Max(eps1, row_mean/Max(1, rows))
-    # specs/adafactor.py:67: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
-    _v1 = _h4 != 0.0
+    # specs/adafactor.py:73: U = g/sqrt(Max(V, eps1**2))
+    # specs/adafactor.py:75: weight_new = -U*alpha/denom + weight*(-lr*weight_decay + 1)
+    _v0 = _h9 * weight
+    # specs/adafactor.py:62: g = grad*(1 - 2*maximize)
+    # specs/adafactor.py:71: scale = row_new/Max(eps1, row_mean/Max(1, rows))
+    # specs/adafactor.py:72: V = Piecewise((col_new, ndim < 2), (col_new*scale, True))
+    _v1 = _h8 != 0.0
     _v2 = col_new * scale
     V = tl.where(_v1, col_new, _v2)
-    _v4 = tl.maximum(_h3, V, propagate_nan=tl.PropagateNan.ALL)
+    _v4 = tl.maximum(_h7, V, propagate_nan=tl.PropagateNan.ALL)
     _v5 = tl.sqrt_rn(_v4)
-    _v6 = _h6 * grad
+    _v6 = _h10 * grad
     _v7 = tl.div_rn(_v6, _v5)
     weight_new = _v0 + _v7
     tl.store(weight_ptr + offs, weight_new.to(weight_ptr.dtype.element_ty), mask=mask)
