@@ -475,3 +475,71 @@ def test_a_host_state_keeps_torchs_dtype_unless_that_loses_its_value() -> None:
         assert host_state_tensor(exact).dtype == torch.float64
     finally:
         torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "variance",
+            torch.zeros(4),
+            r"saved state 1\['variance'\] shape is \(4,\), expected \(3,\)",
+        ),
+        (
+            "variance",
+            [0.5, 0.5, 0.5],
+            r"saved state 1\['variance'\] must be a torch.Tensor, got list",
+        ),
+        (
+            "row_var",
+            torch.zeros(2),
+            r"saved state 0\['row_var'\] shape is \(2,\), expected \(2, 1\)",
+        ),
+        ("col_var", torch.zeros(1, 4), r"saved state 0\['col_var'\] shape is \(1, 4\), expected"),
+    ],
+)
+def test_a_bad_adafactor_factor_is_named_as_torch_keeps_it(key, value, message) -> None:
+    """A torch Adafactor state dict whose factor is not torch's shape is refused naming torch's
+    key and shape (until 2026-12-07 the rule's ``row``/``col`` and their squeezed shapes: found
+    by tests/fuzz/test_fuzz_dropin.py), and the optimizer is left as it was."""
+    torch.manual_seed(0)
+    weights = [torch.randn(2, 3), torch.randn(3)]
+    theirs_p = params_from(weights)
+    theirs = torch.optim.Adafactor(theirs_p, lr=0.05)
+    run([(theirs, theirs_p)], range(1, 3))
+    sd = copy.deepcopy(theirs.state_dict())
+    sd["state"][1 if key == "variance" else 0][key] = value
+    ours = dropin.Adafactor(params_from(weights), lr=0.05)
+    with pytest.raises((TypeError, ValueError), match=f"^Adafactor.load_state_dict: {message}"):
+        ours.load_state_dict(sd)
+    assert not ours.state
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "named"),
+    [
+        ("Muon", "eps", torch.tensor([0.5, 0.5]), "eps must be a real number"),
+        ("Muon", "ns_steps", None, "ns_steps may not be None"),
+        ("Adam", "betas", (0.9, 1.5), r"betas\[1\]=1.5 is outside"),
+    ],
+)
+def test_a_loaded_groups_bad_setting_is_named_before_its_states(name, key, value, named) -> None:
+    """A loaded group's setting our rule cannot take is refused naming it, before its states are
+    read (Muon's ``eps`` as a two-element tensor was refused as a state lacking ``step``: torch's
+    probe of which buffers it keeps failed on it; found by tests/fuzz/test_fuzz_dropin.py)."""
+    torch.manual_seed(0)
+    shapes = [(4, 3)] if name == "Muon" else [(3,)]
+    weights = [torch.randn(s) for s in shapes]
+    theirs_p = params_from(weights)
+    theirs = getattr(torch.optim, name)(theirs_p)
+    run([(theirs, theirs_p)], range(1, 3))
+    sd = copy.deepcopy(theirs.state_dict())
+    sd["param_groups"][0][key] = value
+    ours = getattr(dropin, name)(params_from(weights))
+    groups = copy.deepcopy(
+        [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups]
+    )
+    with pytest.raises((TypeError, ValueError), match=f"^{name}: hyperparameter {named}"):
+        ours.load_state_dict(sd)
+    assert not ours.state
+    assert [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups] == groups

@@ -254,6 +254,7 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
             for key, default in self.defaults.items():
                 group.setdefault(key, default)
             self._refuse_switches(group, f".load_state_dict: param group {number}")
+            self._check(group)  # its settings, named as torch names them, before its states
             groups.append(group)
         param_of: dict[Any, tuple[torch.Tensor, dict[str, Any]]] = {}
         for group, own in zip(groups, self.param_groups, strict=False):
@@ -305,6 +306,8 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
             if value is None and key in self.META.ABSENT:
                 continue  # torch before 2.x kept momentum_buffer=None where it had none
             tensor = isinstance(value, torch.Tensor)
+            if key in axes and layout.get(key) == theirs:
+                self._check_torch_factor(index, theirs, value, p, axes[key])
             if key in self.META.HOST_STATES and tensor and value.numel() == 1:
                 value = value.item()  # torch's 0-d tensor: a Python float here
             elif key in axes and tensor and p.dim() >= 2 and value.dim() == p.dim():
@@ -329,6 +332,25 @@ class DropIn(TorchKeyedGroups, GeneratedOptimizer):
         missing, extra = state_key_problems(out, self._state_names(), optional)
         theirs_of = {v: k for k, v in ours_of.items()}
         return out, [layout.get(k) or k for k in missing], [theirs_of.get(k, k) for k in extra]
+
+    def _check_torch_factor(
+        self, index: Any, theirs: str, value: Any, p: torch.Tensor, axis: int
+    ) -> None:
+        """A row/column state in torch's format (Adafactor's ``row_var``/``col_var`` with the
+        reduced axis kept, ``variance`` of the parameter's shape below two dims) is a tensor of
+        that shape: refused otherwise naming torch's key and shape, as the user's dict has
+        them (the rule's own check, after the conversion, would name ``row``/``col``)."""
+        name = f"{type(self).__name__}.load_state_dict: saved state {index}[{theirs!r}]"
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        shape = list(p.shape)
+        if p.dim() >= 2:
+            shape[axis] = 1  # torch keeps the reduced axis
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(
+                f"{name} shape is {tuple(value.shape)}, expected {tuple(shape)} "
+                f"(torch.optim.{self.DROP_IN}'s, for its parameter of shape {tuple(p.shape)})"
+            )
 
     def _state_for(self, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, Any]:
         """As the rule's, but a buffer made mid-run (SGD's momentum switched on) where torch

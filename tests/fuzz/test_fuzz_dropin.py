@@ -33,7 +33,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dropin import LR, MATRICES, allowed, params_from, set_grads, switches
+from test_dropin import CASES, LR, MATRICES, allowed, params_from, set_grads, switches
 
 import generated.torch.optim as dropin
 from fuzz.conftest import examples
@@ -225,3 +225,134 @@ def test_dropin_step_group_settings(drawn):
             return None
 
         verdict("drop-in step (torch's settings)", case, inputs, ours.step, reference)
+
+
+LOAD_PERTURBATIONS = ["none", "missing", "step", "shape", "list", "dtype", "setting", "extra"]
+BAD_STEPS: list[Any] = [-1.0, 1.5, math.nan, "x", torch.tensor([1.0, 2.0]), 2.0**63, None]
+
+
+@st.composite
+def dropin_load_case(draw: st.DrawFn):
+    name = draw(st.sampled_from(DROP_INS))
+    case = Case(name)
+    shapes = (
+        MATRICES
+        if name == "Muon"
+        else draw(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3))
+    )
+    options = draw(st.sampled_from([o for n, o in CASES if n == name]))
+    what = draw(st.sampled_from(LOAD_PERTURBATIONS))
+    pick = draw(st.integers(0, 2**16))  # which state entry, key and value
+    return case, name, shapes, draw(st.integers(0, 2**16)), options, what, pick
+
+
+def perturbed(case: Case, name: str, sd: dict, what: str, pick: int) -> dict:
+    """``sd`` (torch's state dict, copied) with one perturbation ``what``, noted in ``case``."""
+    sd = copy.deepcopy(sd)
+    entries = sorted(sd["state"])
+    index = entries[pick % len(entries)] if entries else None
+    keys = sorted(sd["state"][index]) if index is not None else []
+    tensors = [k for k in keys if torch.is_tensor(sd["state"][index][k]) and k != "step"]
+    key = tensors[pick % len(tensors)] if tensors else None
+    if what == "missing" and key is not None:
+        del sd["state"][index][key]
+        case.perturb(f"state {index} without {key!r}", [key], None)
+    elif what == "step" and "step" in keys:
+        value = BAD_STEPS[pick % len(BAD_STEPS)]
+        sd["state"][index]["step"] = value
+        case.perturb(f"state {index} step={value!r}", ["step"], None)
+    elif what == "shape" and key is not None:
+        sd["state"][index][key] = torch.zeros(sd["state"][index][key].numel() + 1)
+        case.perturb(f"state {index}[{key!r}] of another shape", [key], None)
+    elif what == "list" and key is not None:
+        sd["state"][index][key] = sd["state"][index][key].tolist()
+        case.perturb(f"state {index}[{key!r}] a list", [key], None)
+    elif what == "dtype" and key is not None:
+        sd["state"][index][key] = sd["state"][index][key].double()
+        case.perturb(f"state {index}[{key!r}] float64", [key], None)  # torch casts it
+    elif what == "setting":
+        defaults = torch_defaults(name)
+        settings_ = sorted(k for k in defaults if k not in IMPLEMENTATION_ONLY)
+        setting = settings_[pick % len(settings_)]
+        values = candidates(name, setting, defaults[setting])
+        value = values[pick // len(settings_) % len(values)]
+        sd["param_groups"][0][setting] = copy.deepcopy(value)
+        case.perturb(f"group {setting}={value!r}", [setting], None)
+    elif what == "extra" and index is not None:
+        sd["state"][index]["extra_buffer"] = torch.zeros(1)
+        case.perturb(f"state {index} with 'extra_buffer'", ["extra_buffer"], None)
+    return sd
+
+
+@settings(max_examples=examples(100))
+@given(dropin_load_case())
+def test_dropin_load_state_dict(drawn):
+    """A torch state dict, perturbed, loaded into a drop-in: refused cleanly (naming the class
+    and the key, the optimizer as it was) or taken, and then the next step equals the step of
+    torch's class that loaded the same dict (and loads for torch too)."""
+    case, name, shapes, seed, options, what, pick = drawn
+    case.also = getattr(dropin, name).RULE
+    with pytest.MonkeyPatch.context() as patch:
+        if name == "Muon":  # torch's Newton-Schulz in the weights' dtype, as the rule's
+            patch.setattr(torch.Tensor, "bfloat16", lambda x: x.to(x.dtype, copy=True))
+        gen = torch.Generator().manual_seed(seed)
+        weights = [torch.randn(s, generator=gen) for s in shapes]
+        kwargs = {"lr": LR[name], **switches(name), **options}
+        source_p = params_from(weights)
+        source = getattr(torch.optim, name)(source_p, **kwargs)
+        for t in (1, 2):
+            set_grads(source_p, t)
+            source.step()
+        sd = perturbed(case, name, source.state_dict(), what, pick)
+        runs = []
+        for make in (getattr(dropin, name), getattr(torch.optim, name), F64):
+            wide = make is F64
+            params = params_from([p.detach().double() if wide else p.detach() for p in source_p])
+            runs.append(((getattr(torch.optim, name) if wide else make)(params, **kwargs), params))
+        (ours, ours_p), (theirs, theirs_p), (wide, wide_p) = runs
+        given = copy.deepcopy(sd)
+
+        def inputs() -> Any:
+            groups = [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups]
+            state = [dict(ours.state.get(p, {})) for p in ours_p]
+            return [p.detach() for p in ours_p], state, groups, given
+
+        def reference(_: Any) -> str | None:
+            try:
+                theirs.load_state_dict(copy.deepcopy(sd))
+                for p in (*theirs_p, *ours_p):
+                    p.grad = None
+                set_grads(theirs_p, 3)
+                start = [p.detach().clone() for p in theirs_p]
+                theirs.step()
+            except KeyError as error:  # torch's step crashes on a buffer the dict lacks (one
+                # removed, or amsgrad switched on): the drop-in makes it as a first step would
+                set_grads(ours_p, 3)
+                ours.step()
+                if error.args[0] in {k for st_ in ours.state.values() for k in st_}:
+                    return None
+                return f"torch.optim.{name} refused it (KeyError: {error})"
+            except Exception as error:
+                return f"torch.optim.{name} refused it ({type(error).__name__}: {error})"
+            set_grads(ours_p, 3)
+            try:
+                ours.step()
+            except (TypeError, ValueError, RuntimeError) as error:  # the step refuses a setting
+                # the load took (eps=5e-324, which float32 cannot hold): named, or it is a fault
+                named = any(c in str(error) for c in case.culprits) and name in str(error)
+                return None if named else f"the step after the load raised {error!r}"
+            try:
+                wide.load_state_dict(copy.deepcopy(sd))
+                set_grads(wide_p, 3)
+                wide.step()
+            except Exception:
+                wide_p[:] = [None] * len(wide_p)
+            ulps = allowed(name)
+            for j, (p, q, r, w) in enumerate(zip(ours_p, theirs_p, wide_p, start, strict=True)):
+                if not close(p, q, r, ulps, w):
+                    return f"parameter {j} differs from torch's: {p} against {q}"
+            return None
+
+        verdict(
+            "drop-in load_state_dict", case, inputs, lambda: ours.load_state_dict(sd), reference
+        )
