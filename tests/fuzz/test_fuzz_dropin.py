@@ -69,14 +69,17 @@ def candidates(name: str, key: str, default: Any) -> list[Any]:
 
 
 @st.composite
-def dropin_group_case(draw: st.DrawFn):
+def drawn_class(draw: st.DrawFn):
+    """A drop-in's name, its case and its parameters' shapes (Muon's: matrices)."""
     name = draw(st.sampled_from(DROP_INS))
-    case = Case(name)
-    shapes = (
-        MATRICES
-        if name == "Muon"
-        else draw(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3))
-    )
+    if name == "Muon":
+        return name, Case(name), MATRICES
+    return name, Case(name), draw(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3))
+
+
+@st.composite
+def dropin_group_case(draw: st.DrawFn):
+    name, case, shapes = draw(drawn_class())
     seed = draw(st.integers(0, 2**16))
     steps_before = draw(st.integers(0, 1))  # a state to perturb around, or a first step
     defaults = torch_defaults(name)
@@ -233,13 +236,7 @@ BAD_STEPS: list[Any] = [-1.0, 1.5, math.nan, "x", torch.tensor([1.0, 2.0]), 2.0*
 
 @st.composite
 def dropin_load_case(draw: st.DrawFn):
-    name = draw(st.sampled_from(DROP_INS))
-    case = Case(name)
-    shapes = (
-        MATRICES
-        if name == "Muon"
-        else draw(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3))
-    )
+    name, case, shapes = draw(drawn_class())
     options = draw(st.sampled_from([o for n, o in CASES if n == name]))
     what = draw(st.sampled_from(LOAD_PERTURBATIONS))
     pick = draw(st.integers(0, 2**16))  # which state entry, key and value
