@@ -77,6 +77,7 @@ def test_a_tool_refuses_a_mistake_in_one_line_before_any_work(
         (aot.main, [str(tmp_path / "x.py")], "x.py: no such module file"),
         (aot.main, ["adam", "--arch", "0"], "--arch 0: the kernels are checked for sm_80"),
         (fuzz_report.main, ["--json", str(tmp_path / "no" / "x.json")], "no such directory"),
+        (fuzz_report.main, ["--log", str(tmp_path)], "is a directory, not a file"),
         (gpu_check.parse_args, ["--out", str(tmp_path / "no" / "g.md")], "no such directory"),
         (gpu_check.parse_args, ["--steps", "0"], "argument --steps: 0 must be at least 1"),
         (bench.main, ["--quick", "--rule", "nosuchrule"], "no rule named 'nosuchrule'"),

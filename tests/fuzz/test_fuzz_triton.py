@@ -443,6 +443,15 @@ def multi_case(draw: st.DrawFn):
         elif p == "copies_length" and "copies" in kwargs:
             kwargs["copies"] = kwargs["copies"][:-1]
             case.perturb(p, ["copies"], True)
+    # A perturbation that put another tensor in a weight's place keeps that weight's copy of its
+    # shape: the copy is not the culprit (the long profile found a copy of the replaced weight's
+    # shape refused, naming copies[1], where the case named only the shared state).
+    copies = kwargs.get("copies") or []
+    for j, (w, c) in enumerate(zip(weights, copies, strict=False)):
+        if j == 0 and "copy_is_grad" in case.notes:
+            continue
+        if c is not None and isinstance(w, torch.Tensor) and c.shape != w.shape:
+            copies[j] = torch.full(tuple(w.shape), 7.0, dtype=c.dtype)
     return case, rule, weights, grads, states, t, hp, kwargs
 
 
