@@ -13,7 +13,8 @@
   ``triton_launch`` (launches), ``triton_reduce`` (partials combined in a fixed order),
   ``triton_rows`` (per-tensor host scalars), ``triton_amp`` (GradScaler's flags),
   ``triton_chunks`` (multi-tensor chunk tables), ``triton_cache`` (tables kept between steps),
-  ``triton_matrix`` (matrix rules).
+  ``triton_vouched`` (a caller's word that only the gradients moved), ``triton_matrix`` (matrix
+  rules).
 - :mod:`optgen_runtime.triton_compat`: the one place that knows about Triton version differences.
 - :mod:`optgen_runtime.optim`: ``GeneratedOptimizer``, the base of the torch.optim-style classes
   (``optgen_runtime.torch_optim`` re-exports it for the generated package).

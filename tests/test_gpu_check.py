@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools import gpu_bench, gpu_bits, gpu_check
+from tools import gpu_bench, gpu_bits, gpu_check, gpu_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def test_the_report_renders() -> None:
             "largest_relative_error": 0.0,
         },
     }
-    text = gpu_check.markdown(result)
+    text = gpu_report.markdown(result)
     assert "11 of 12 checks passed (adam rules;" in text
     assert "- fsdp/adam: `RuntimeError: no reduce_scatter`" in text
     assert not gpu_check.passed(result)
@@ -161,7 +161,7 @@ def test_the_benchmarks_run_on_cpu_with_small_sizes(monkeypatch) -> None:
     assert failed["error"] == "RuntimeError: CUDA out of memory"
     assert not gpu_check.passed({"bit_checks": [], "benchmarks": [*rows, failed]})
     assert gpu_check.passed({"bit_checks": [], "benchmarks": rows})
-    assert "failed: RuntimeError: CUDA out of memory" in gpu_check.markdown(
+    assert "failed: RuntimeError: CUDA out of memory" in gpu_report.markdown(
         {"started": "now", "environment": {}, "benchmarks": [*rows, failed]}
     )
     late: list[dict] = []
@@ -181,7 +181,7 @@ def test_a_bit_check_that_raises_is_reported_and_the_others_run(monkeypatch) -> 
     rows = gpu_bits.bit_checks(["adam", "sgd_mom"], device="cpu", sizes=(16, 7))
     assert rows[0] == {"rule": "adam", "ok": False, "error": "ValueError: no such kernel"}
     assert rows[1]["ok"] and not gpu_check.passed({"bit_checks": rows})
-    text = gpu_check.markdown({"started": "now", "environment": {}, "bit_checks": rows})
+    text = gpu_report.markdown({"started": "now", "environment": {}, "bit_checks": rows})
     assert "| adam | failed: ValueError: no such kernel |" in text
 
 
@@ -194,7 +194,7 @@ def test_a_pytest_run_stopped_at_its_budget_says_how_far_it_got() -> None:
     assert (seen["passed"], seen["failed"], seen["errors"], seen["skipped"]) == (140, 1, 1, 1)
     result = {"started": "now", "environment": {}, "tests": {"ran": True, "timed_out": True}}
     result["tests"] |= {"budget_s": 240, **seen}
-    text = gpu_check.markdown(result)
+    text = gpu_report.markdown(result)
     assert "Stopped at the budget (240 s) after 140 passed, 1 failed, 1 errors, 1 skipped." in text
     assert not gpu_check.passed(result)
     # the small files first: a run stopped at its budget has checked them
@@ -224,7 +224,7 @@ def test_the_muon_case_runs_on_cpu_and_renders(monkeypatch) -> None:
     for key in ("float32_ms", "bfloat16_ms", "torch_ms"):
         assert row[key] > 0, key
     assert row["bfloat16_over_torch"] == row["bfloat16_ms"] / row["torch_ms"]
-    text = gpu_check.markdown({"started": "now", "environment": {}, "muon": row})
+    text = gpu_report.markdown({"started": "now", "environment": {}, "muon": row})
     assert f"## Muon (Newton-Schulz, 5 steps) on {gpu_bench.MUON_LABEL}" in text
     assert f"{row['bfloat16_over_torch']:.2f}" in text
     args = gpu_check.parse_args(["--quick"])
@@ -238,6 +238,6 @@ def test_the_muon_case_runs_on_cpu_and_renders(monkeypatch) -> None:
     assert failed["error"] == "RuntimeError: CUDA out of memory"
     assert not gpu_check.passed({"bit_checks": [], "muon": failed})
     assert gpu_check.passed({"bit_checks": [], "muon": row})
-    assert "Not run: RuntimeError: CUDA out of memory." in gpu_check.markdown(
+    assert "Not run: RuntimeError: CUDA out of memory." in gpu_report.markdown(
         {"started": "now", "environment": {}, "muon": failed}
     )

@@ -65,7 +65,7 @@ def test_cpu_bench_reports_lamb_on_many_tensors_and_muon() -> None:
     """``tools.bench --cpu``'s report of the per-tensor-sum sections, of Muon and of Adafactor
     on bfloat16 (figures made up: a full run takes minutes): LAMB against its NumPy backend,
     Muon and Adafactor against torch's."""
-    from tools.bench_cpu import report
+    from tools.bench_cpu_report import report
 
     labels = ["generated.torch.LAMB (numba)", "generated.torch.LAMB (NumPy)"]
     block = {labels[0]: 2.0, labels[1]: 8.0, "generated.torch.Adam (numba)": 1.0}

@@ -328,10 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(rows, indent=1) + "\n")
         return 0
     if args.cpu:
-        from tools import bench_cpu
+        from tools import bench_cpu, bench_cpu_report
 
         figures = bench_cpu.run(args.quick, args.steps, args.rule, args.threads)
-        print(bench_cpu.report(figures))
+        print(bench_cpu_report.report(figures))
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")
         return 0

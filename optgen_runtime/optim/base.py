@@ -16,7 +16,8 @@ It is composed of one part per concern, each in its own module:
 - :mod:`~optgen_runtime.optim.step`: the step's checks, then the numba, NumPy or Triton backend
   (:mod:`~optgen_runtime.optim.backends`);
 - :mod:`~optgen_runtime.optim.fast`: the step of an unchanged parameter set on the numba
-  backend, its checks cut to one pass, on the plan :mod:`~optgen_runtime.optim.plan` keeps;
+  backend, its checks cut to one pass, on the plan :mod:`~optgen_runtime.optim.plan` keeps
+  (its classes: :mod:`~optgen_runtime.optim.plan_data`);
 - :mod:`~optgen_runtime.optim.rows`: sparse gradients stepped lazily, on the rows they hold
   (SparseAdam; MXNet's lazy SGD, Adam, AdaGrad);
 - :mod:`~optgen_runtime.optim.inputs`: a step's inputs besides the gradients (``hessian=``,

@@ -81,9 +81,11 @@ import numpy as np
 import torch
 
 from optgen_runtime.optim.fast_scalars import FastScalars
-from optgen_runtime.optim.plan import _VERSION, Group, Plan, _permuted
+from optgen_runtime.optim.plan import _VERSION, _permuted
+from optgen_runtime.optim.plan_data import Group, Plan
 from optgen_runtime.triton_amp import Amp
-from optgen_runtime.triton_cache import Vouched, spans_overlap
+from optgen_runtime.triton_cache import spans_overlap
+from optgen_runtime.triton_vouched import Vouched
 from optgen_runtime.writes import commit, deferred_writes
 
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))

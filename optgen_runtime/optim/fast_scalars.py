@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from optgen_runtime.common import host_state_values
-from optgen_runtime.optim.plan import Group, Planning
+from optgen_runtime.optim.plan import Planning
+from optgen_runtime.optim.plan_data import Group
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.triton_rows import ScalarRows, float32_rows
 
