@@ -9,9 +9,10 @@ and its equations, written in the seed's notation: the value at step i+1 from va
 Everything a rule declares is checked as it is declared; :meth:`Rule.finish` checks the whole
 (every state and the weight updated exactly once, only declared symbols, only supported functions,
 no cycles). Every error is a :class:`SpecError` that names the spec file and the culprit.
-Parts of :class:`Rule` live beside it: reductions (``codegen/spec_reductions.py``), special
-cases, absent states, the torch mapping, sparse mode and test cases (``codegen/spec_cases.py``),
-and the whole-rule queries and checks (``codegen/spec_checks.py``).
+Parts of :class:`Rule` live beside it: hyperparameters (``codegen/spec_hypers.py``), reductions
+(``codegen/spec_reductions.py``), special cases, absent states, the torch mapping, sparse mode
+and test cases (``codegen/spec_cases.py``), and the whole-rule queries and checks
+(``codegen/spec_checks.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from codegen.ir import Origin
 from codegen.ops import f32, softplus
 from codegen.spec_cases import Cases
 from codegen.spec_checks import Checks
+from codegen.spec_hypers import Hypers
 from codegen.spec_parts import (
     Equation,
     HostState,
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 
-class Rule(Reductions, Cases, Checks):
+class Rule(Hypers, Reductions, Cases, Checks):
     """One optimizer rule, declared by a spec file."""
 
     def __init__(
@@ -213,45 +215,6 @@ class Rule(Reductions, Cases, Checks):
             origin = Origin(display_path(frame[0]), frame[1], f"{target} = {expr}")
         self.equations.append(Equation(target, expr, origin))
 
-    def hyper(
-        self,
-        name: str,
-        default: float | None,
-        legal: Legal | None = None,
-        *,
-        none: float | None = None,
-        doc: str = "",
-    ) -> sp.Symbol:
-        """Declare a hyperparameter with its default; ``none`` is what ``None`` stands for."""
-        self._claim(name, "hyperparameter")
-        doc = self._doc(doc, f"hyperparameter {name!r}")
-        if legal is not None and not isinstance(legal, Legal):
-            raise SpecError(f"{self._where()}: legal values of {name!r} must be a Legal(...)")
-        legal = legal or Legal()
-        if none is not None and (
-            isinstance(none, bool) or not isinstance(none, (int, float)) or math.isnan(none)
-        ):
-            raise SpecError(f"{self._where()}: none={none!r} of {name!r} must be a number")
-        if none is not None:
-            legal = legal._replace(allow_none=True)
-        if default is None and not legal.allow_none:
-            raise SpecError(
-                f"{self._where()}: hyperparameter {name!r} has no default "
-                "(give one, or declare what None means with none=...)"
-            )
-        if isinstance(default, bool) or not (default is None or isinstance(default, (int, float))):
-            raise SpecError(f"{self._where()}: hyperparameter {name!r} default must be a number")
-        if default is not None and not legal.contains(float(default)):
-            raise SpecError(
-                f"{self._where()}: default {name}={default!r} is outside its legal values "
-                f"{legal.describe()}"
-            )
-        symbol = sp.Symbol(name, real=True)
-        self.hypers[name] = Hyper(
-            name, symbol, None if default is None else float(default), legal, none, doc
-        )
-        return symbol
-
     def state(
         self,
         name: str,
@@ -302,53 +265,6 @@ class Rule(Reductions, Cases, Checks):
             self.absent[name] = absent
             check_special_cases(self, f"{self._where()}: state {name!r}")  # (declared after)
         return symbol
-
-    def flag(self, name: str, default: bool, doc: str = "") -> sp.Symbol:
-        """A True/False hyperparameter; in equations it is 1 or 0 (e.g. ``1 - flag * beta**t``)."""
-        if not isinstance(default, bool):
-            raise SpecError(f"{self._where()}: flag {name!r} needs a bool default")
-        return self._discrete(name, default, Legal(0.0, 1.0, flag=True), doc)
-
-    def choice(
-        self,
-        name: str,
-        default: str,
-        choices: tuple[str, ...],
-        doc: str = "",
-        *,
-        none: str | None = None,
-    ) -> sp.Symbol:
-        """A hyperparameter taking one of ``choices`` (strings); see :meth:`is_choice`.
-        ``none``: the choice that ``None`` stands for, where the reference takes None (torch's
-        ``Muon(adjust_lr_fn=None)`` is "original")."""
-        if default not in choices:
-            raise SpecError(f"{self._where()}: default {name}={default!r} is not one of {choices}")
-        if none is not None and none not in choices:
-            raise SpecError(f"{self._where()}: none={none!r} of {name!r} is not one of {choices}")
-        legal = Legal(0.0, float(len(choices) - 1), allow_none=none is not None, choices=choices)
-        none_value = None if none is None else float(choices.index(none))
-        return self._discrete(name, default, legal, doc, none_value)
-
-    def _discrete(
-        self,
-        name: str,
-        default: str | bool,
-        legal: Legal,
-        doc: str,
-        none_value: float | None = None,
-    ) -> sp.Symbol:
-        self._claim(name, "hyperparameter")
-        doc = self._doc(doc, f"hyperparameter {name!r}")
-        symbol = sp.Symbol(name, real=True)
-        self.hypers[name] = Hyper(name, symbol, default, legal, none_value, doc)
-        return symbol
-
-    def is_choice(self, symbol: sp.Symbol, value: str) -> sp.Expr:
-        """The condition ``symbol == value`` for a choice hyperparameter (for a Piecewise)."""
-        hyper = self.hypers.get(str(symbol))
-        if hyper is None or not hyper.legal.choices or value not in hyper.legal.choices:
-            raise SpecError(f"{self._where()}: {symbol} has no choice {value!r}")
-        return sp.Eq(symbol, hyper.legal.choices.index(value))
 
     def normal(self, name: str) -> sp.Symbol:
         """A standard normal draw, fresh for every element and step.
@@ -427,7 +343,7 @@ class Rule(Reductions, Cases, Checks):
 
 # The parts' methods are the rule's to a spec author: a wrong call's TypeError names what was
 # called (``RULE.test_case``: "Rule.test_case() takes ..."), not the part that holds it.
-for _part in (Reductions, Cases, Checks):
+for _part in (Hypers, Reductions, Cases, Checks):
     for _name, _method in vars(_part).items():
         if inspect.isfunction(_method):
             _method.__qualname__ = f"Rule.{_name}"

@@ -1,12 +1,16 @@
 """The step's backends (:mod:`optgen_runtime.optim.step` decides and checks, then calls one):
 the NumPy reference, the compiled numba loops (imported once per rule, or why they cannot be)
 and the Triton kernels, each on one param group's parameters with a gradient, with the scratch
-buffers a fp16/bf16 gradient of a float32 (master) weight is converted into.
+buffers a fp16/bf16 gradient of a float32 (master) weight is converted into; and what every
+backend does around its module's call: each parameter's weight and states as the module takes
+them (``_weights``, ``_views``), and after its writes the working copies written back, the step
+count and host states advanced (``_finish``).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -15,6 +19,7 @@ import torch
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
 from optgen_runtime.optim.layout import Shown
+from optgen_runtime.optim.state import LOW_PRECISION
 from optgen_runtime.triton_amp import Amp
 from optgen_runtime.writes import commit, deferring
 
@@ -25,6 +30,10 @@ class NumbaMissing(ImportError):
 
 _NUMBA_MODULES: dict[ModuleType, ModuleType] = {}  # a rule's metadata module: its numba module
 _NUMBA_MISSING: dict[ModuleType, str] = {}  # or why it cannot be imported (not tried again)
+
+
+def _as_it_is(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Backends:
@@ -273,3 +282,79 @@ class Backends:
         )
         # after the module's writes
         commit(lambda: self._finish_each(params, states, views, shown, copied))
+
+    def _views(
+        self,
+        state: dict[str, Any],
+        convert: Callable[[torch.Tensor], Any],
+        shown: Shown | None = None,
+    ) -> dict[str, Any]:
+        # an ABSENT state may be missing (the modules then run the variant without it)
+        show = shown.written if shown is not None else _as_it_is
+        views = {key: convert(show(local(state[key]))) for key in self.META.STATES if key in state}
+        views.update({key: state[key] for key in self.META.HOST_STATES})
+        return views
+
+    def _finish_each(
+        self,
+        params: list[torch.Tensor],
+        states: list[dict[str, Any]],
+        views: list[Any],
+        shown: list[Shown],
+        copies: list[torch.Tensor | None] | None = None,
+    ) -> None:
+        copied = copies or [None] * len(params)
+        for p, state, v, s, c in zip(params, states, views, shown, copied, strict=True):
+            self._finish(p, state, v, s, copied=c is not None)
+
+    def _finish(
+        self,
+        p: torch.Tensor,
+        state: dict[str, Any],
+        views: dict[str, Any],
+        shown: Shown,
+        *,
+        copied: bool = False,
+    ) -> None:
+        """After the module's writes: working copies written back, the step count and host
+        states advanced, a master's parameter copied from it (``copied``: the kernel wrote it)."""
+        shown.done()  # working copies of buffers that are not contiguous, written back
+        state["step"] += 1
+        for key in self.META.HOST_STATES:
+            state[key] = float(views[key])
+        if "master" in state and not copied:
+            local(p).copy_(local(state["master"]))
+
+    def _copy_out(self, p: torch.Tensor, state: dict[str, Any]) -> torch.Tensor | None:
+        """The parameter the Triton update kernel writes from ``p``'s float32 master in the same
+        pass (``step_multi``'s ``copies``: no copy after the step, which would read the master
+        again and cost a launch; a matrix rule's writes' kernel likewise), or None: no master, a
+        module without copies, or a parameter not contiguous in index order
+        (channels_last: its elements are not in the master's order), copied after the step."""
+        master = state.get("master")
+        if master is None or not getattr(self.TRITON, "COPIES", False):
+            return None
+        q = local(p).detach()
+        if not q.is_contiguous() or q.shape != local(master).shape:
+            return None
+        return q
+
+    def _weights(
+        self, params: list[torch.Tensor], states: list[dict[str, Any]]
+    ) -> tuple[list[torch.Tensor], list[Shown]]:
+        """Each parameter's weight as its module updates it (its master copy, or the parameter
+        shown as ``_shown`` says), with how the rest of its buffers are shown."""
+        shown = [self._shown(p, s) for p, s in zip(params, states, strict=True)]
+        weights = [
+            sh.written(local(s.get("master", p)).detach(), self._computed_in(p, s))
+            for p, s, sh in zip(params, states, shown, strict=True)
+        ]
+        return weights, shown
+
+    def _computed_in(self, p: torch.Tensor, state: dict[str, Any]) -> torch.dtype | None:
+        """The dtype a CPU module updates a fp16/bf16 parameter without a master copy in:
+        float32, on a working copy rounded back when the step is done, as the Triton kernels
+        load it, compute in float32 and round on store (None: the weight's own)."""
+        if "master" in state or p.dtype not in LOW_PRECISION or self._use_triton(p):
+            return None
+        return torch.float32

@@ -35,9 +35,7 @@ from optgen_runtime.common import host_state_values
 from optgen_runtime.optim.backends import Backends
 from optgen_runtime.optim.distributed import local
 from optgen_runtime.optim.inputs import Given
-from optgen_runtime.optim.layout import Shown
 from optgen_runtime.optim.rows import Densified, restore
-from optgen_runtime.optim.state import LOW_PRECISION
 from optgen_runtime.philox import tensor_seed
 from optgen_runtime.scalars import check_scalars, computed
 from optgen_runtime.sharding import shards
@@ -48,10 +46,6 @@ from optgen_runtime.writes import deferred_writes
 # One group's step: (hyperparameters as given, resolved, parameters with a gradient).
 Plan = tuple[dict[str, Any], dict[str, float], list[torch.Tensor]]
 NO_INPUTS = Given()  # a step's inputs where none are given (of a rule that takes none)
-
-
-def _as_it_is(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 class Stepping(Backends):
@@ -349,84 +343,8 @@ class Stepping(Backends):
             scalars, _ = computed(name, meta.host_scalars, t, **resolved, **host, **given, **sizes)
             check_scalars(name, meta.SCALARS, scalars, dtype)
 
-    def _views(
-        self,
-        state: dict[str, Any],
-        convert: Callable[[torch.Tensor], Any],
-        shown: Shown | None = None,
-    ) -> dict[str, Any]:
-        # an ABSENT state may be missing (the modules then run the variant without it)
-        show = shown.written if shown is not None else _as_it_is
-        views = {key: convert(show(local(state[key]))) for key in self.META.STATES if key in state}
-        views.update({key: state[key] for key in self.META.HOST_STATES})
-        return views
-
     def _refuses_late(self) -> bool:
         """Whether the rule's modules can refuse a step after the class's checks: host scalars
         that depend on the step's sums or on host states, computed by the module."""
         meta = self.META
         return bool(meta.REDUCTIONS or meta.HOST_STATES)
-
-    def _finish_each(
-        self,
-        params: list[torch.Tensor],
-        states: list[dict[str, Any]],
-        views: list[Any],
-        shown: list[Shown],
-        copies: list[torch.Tensor | None] | None = None,
-    ) -> None:
-        copied = copies or [None] * len(params)
-        for p, state, v, s, c in zip(params, states, views, shown, copied, strict=True):
-            self._finish(p, state, v, s, copied=c is not None)
-
-    def _finish(
-        self,
-        p: torch.Tensor,
-        state: dict[str, Any],
-        views: dict[str, Any],
-        shown: Shown,
-        *,
-        copied: bool = False,
-    ) -> None:
-        """After the module's writes: working copies written back, the step count and host
-        states advanced, a master's parameter copied from it (``copied``: the kernel wrote it)."""
-        shown.done()  # working copies of buffers that are not contiguous, written back
-        state["step"] += 1
-        for key in self.META.HOST_STATES:
-            state[key] = float(views[key])
-        if "master" in state and not copied:
-            local(p).copy_(local(state["master"]))
-
-    def _copy_out(self, p: torch.Tensor, state: dict[str, Any]) -> torch.Tensor | None:
-        """The parameter the Triton update kernel writes from ``p``'s float32 master in the same
-        pass (``step_multi``'s ``copies``: no copy after the step, which would read the master
-        again and cost a launch; a matrix rule's writes' kernel likewise), or None: no master, a
-        module without copies, or a parameter not contiguous in index order
-        (channels_last: its elements are not in the master's order), copied after the step."""
-        master = state.get("master")
-        if master is None or not getattr(self.TRITON, "COPIES", False):
-            return None
-        q = local(p).detach()
-        if not q.is_contiguous() or q.shape != local(master).shape:
-            return None
-        return q
-
-    def _weights(
-        self, params: list[torch.Tensor], states: list[dict[str, Any]]
-    ) -> tuple[list[torch.Tensor], list[Shown]]:
-        """Each parameter's weight as its module updates it (its master copy, or the parameter
-        shown as ``_shown`` says), with how the rest of its buffers are shown."""
-        shown = [self._shown(p, s) for p, s in zip(params, states, strict=True)]
-        weights = [
-            sh.written(local(s.get("master", p)).detach(), self._computed_in(p, s))
-            for p, s, sh in zip(params, states, shown, strict=True)
-        ]
-        return weights, shown
-
-    def _computed_in(self, p: torch.Tensor, state: dict[str, Any]) -> torch.dtype | None:
-        """The dtype a CPU module updates a fp16/bf16 parameter without a master copy in:
-        float32, on a working copy rounded back when the step is done, as the Triton kernels
-        load it, compute in float32 and round on store (None: the weight's own)."""
-        if "master" in state or p.dtype not in LOW_PRECISION or self._use_triton(p):
-            return None
-        return torch.float32
