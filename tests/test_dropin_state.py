@@ -263,9 +263,10 @@ def test_another_optimizers_state_dict_is_refused() -> None:
     assert ours.state_dict() == before
     adam = torch.optim.Adam([p], lr=0.1)
     adam.step()
-    adamw = dropin.AdamW([torch.nn.Parameter(torch.ones(3))])
-    adamw.load_state_dict(copy.deepcopy(adam.state_dict()))
-    assert adamw.param_groups[0]["decoupled_weight_decay"] is False  # the saved group, as torch
+    for cls in (dropin.AdamW, torch.optim.AdamW):  # the group AdamW's, as torch's __setstate__
+        adamw = cls([torch.nn.Parameter(torch.ones(3))])
+        adamw.load_state_dict(copy.deepcopy(adam.state_dict()))
+        assert adamw.param_groups[0]["decoupled_weight_decay"] is True
 
 
 def test_spec_named_factored_class_points_to_the_drop_in() -> None:
@@ -543,3 +544,32 @@ def test_a_loaded_groups_bad_setting_is_named_before_its_states(name, key, value
         ours.load_state_dict(sd)
     assert not ours.state
     assert [{k: v for k, v in g.items() if k != "params"} for g in ours.param_groups] == groups
+
+
+def test_adamw_keeps_its_decoupled_weight_decay_through_a_load_and_pickling() -> None:
+    """torch.optim.AdamW's ``__setstate__`` sets ``decoupled_weight_decay=True`` in every group
+    when it loads a state dict or is unpickled, whatever the group held (the long fuzz profile
+    found the drop-in loading ``decoupled_weight_decay=0`` and decaying as Adam does); a group
+    changed between steps is read as torch reads it."""
+    import pickle
+
+    weights = [torch.tensor([1.5, -0.3, -2.1])]
+    runs = []
+    for cls in (dropin.AdamW, torch.optim.AdamW):
+        source_p = params_from(weights)
+        source = cls(source_p, lr=0.1, weight_decay=0.5)
+        source_p[0].grad = torch.full((3,), 0.3)
+        source.step()
+        saved = source.state_dict()
+        saved["param_groups"][0]["decoupled_weight_decay"] = 0
+        params = params_from(weights)
+        opt = cls(params, lr=0.1, weight_decay=0.5)
+        opt.load_state_dict(saved)
+        assert opt.param_groups[0]["decoupled_weight_decay"] is True
+        params[0].grad = torch.full((3,), 0.9)
+        opt.step()
+        opt.param_groups[0]["decoupled_weight_decay"] = False  # read at the next step
+        opt.step()
+        assert pickle.loads(pickle.dumps(opt)).param_groups[0]["decoupled_weight_decay"] is True
+        runs.append(params[0].detach())
+    assert torch.allclose(runs[0], runs[1], rtol=1e-6, atol=0)

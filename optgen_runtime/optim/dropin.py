@@ -226,6 +226,15 @@ class DropIn(TorchKeyedGroups, TorchStates, GeneratedOptimizer):
         out["param_groups"] = groups
         return out
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """As torch's: the class's fixed settings are put back in every group (torch.optim.AdamW's
+        ``__setstate__`` sets ``decoupled_weight_decay=True`` when it is unpickled or loads a
+        state dict, whatever the group held)."""
+        for group in state.get("param_groups", ()):
+            if isinstance(group, dict):
+                group.update(self.FIXED)
+        super().__setstate__(state)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Takes torch's format; the hooks of ``register_load_state_dict_pre_hook`` see it as
         given (they run before the conversion to the rule's), as on torch's class."""
@@ -251,7 +260,7 @@ class DropIn(TorchKeyedGroups, TorchStates, GeneratedOptimizer):
             if not isinstance(saved, dict):
                 groups.append(saved)
                 continue
-            group = dict(saved)
+            group = {**saved, **self.FIXED}  # AdamW's decoupling, whatever the dict says
             for key, default in self.defaults.items():
                 group.setdefault(key, default)
             self._refuse_switches(group, f".load_state_dict: param group {number}")

@@ -197,7 +197,10 @@ def perturb(draw, rule, case, p, weight, grad, state, rng):
         }
         state.update({k: 1.0 for k in META[other].HOST_STATES})
         names = sorted(set(meta.STATES + meta.HOST_STATES) ^ set(state))
-        case.perturb(f"{p}:{other}", names, True)
+        # another rule's names may be exactly those this rule reads at these settings (sgd's
+        # none for torch_sgd without momentum: found by the long profile): then it is legal
+        legal = set(state) == set(live_states(rule, case) + list(meta.HOST_STATES))
+        case.perturb(f"{p}:{other}", names, None if legal else True)
     elif p == "state_dtype" and s and is_dict and isinstance(state.get(s), np.ndarray):
         other = np.float64 if state[s].dtype == np.float32 else np.float32
         state[s] = state[s].astype(other)
