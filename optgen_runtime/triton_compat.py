@@ -107,8 +107,32 @@ def _quiet_interpreter() -> None:
     InterpretedFunction.run = quiet_run  # type: ignore[method-assign]
 
 
+def _float_arguments_as_fp32() -> None:
+    """Under the interpreter, a kernel's float argument arrives as a float32 value, as a compiled
+    kernel's does (its launcher passes an fp32 runtime argument). The interpreter hands it over
+    as a Python float, and Triton 3.8's ``scalar_constant`` makes any value equal to 0 the type's
+    null value: a -0.0 argument arrived as +0.0 (found by the fuzz suite: the single-tensor
+    kernels' host scalars, where the multi-tensor kernels read theirs from a float32 table)."""
+    from triton.runtime import interpreter
+
+    convert = interpreter._implicit_cvt
+    if getattr(convert, "optgen_fp32", False):
+        return
+
+    def implicit_cvt(arg: Any) -> Any:
+        if isinstance(arg, float):
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, as the launcher's
+                value = np.array([arg], dtype=np.float32)
+            return tl.core.tensor(interpreter.TensorHandle(value, tl.float32), tl.float32)
+        return convert(arg)
+
+    implicit_cvt.optgen_fp32 = True  # type: ignore[attr-defined]
+    interpreter._implicit_cvt = implicit_cvt
+
+
 if interpreting():
     _quiet_interpreter()
+    _float_arguments_as_fp32()
 
 
 def aot_compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int) -> Any:

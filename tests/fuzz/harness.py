@@ -321,18 +321,6 @@ def targets(perturbation: str) -> set[str]:
     return out or {perturbation}
 
 
-def zero_signs_only(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` (nested tensors) differ only in the signs of zeros."""
-    if isinstance(a, dict):
-        return all(zero_signs_only(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return all(zero_signs_only(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, torch.Tensor):
-        x, y = a.detach().double(), b.detach().double()
-        return bool(((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
-    return a == b
-
-
 def fill(rng: np.random.Generator, shape: tuple[int, ...], kind: str, role: str) -> np.ndarray:
     """float64 values of ``shape``: normal, with NaN/inf sprinkled, zeros, huge or tiny."""
     x = np.asarray(rng.standard_normal(shape), dtype=np.float64)

@@ -103,7 +103,11 @@ def test_a_spec_that_raises_is_named(tmp_path, text):
         load_rule(path)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzz suite: -0.0 scalar arrives as +0.0")
+# Fixed on 2026-12-07, a regression test (was a strict xfail: found by the fuzz suite: -0.0
+# scalar arrives as +0.0): Triton's interpreter made a float argument equal to 0 its +0.0
+# constant; optgen_runtime.triton_compat hands float arguments over as float32 values, as the
+# compiled launcher does. The long profile found it again in the torch classes (LBSGD's -0.0
+# scalar -wd*lr at wd=0 against a momentum of -0.0), where no known-case label covered it.
 def test_single_tensor_kernel_keeps_the_sign_of_a_zero_scalar():
     from generated.numpy import dcasgd as numpy_dcasgd
     from generated.triton import dcasgd
@@ -290,3 +294,20 @@ def test_a_weight_that_is_no_array_is_refused_by_the_row_rules(target, rule, wei
     with pytest.raises(TypeError, match=f"{rule}: weight must be a numpy.ndarray"):
         module.step(weight, grad, state, 1)
     assert snap((grad, state)) == before
+
+
+def test_a_torch_class_on_triton_keeps_the_signs_of_zero_momenta():
+    """The long profile's case: LBSGD at its defaults (momentum 0, wd 0: a -0.0 host scalar),
+    a zero gradient and a momentum of -0.0 and +0.0, on the Triton backend, as the NumPy module
+    computes it."""
+    import numpy as np
+
+    from generated.numpy import lbsgd as numpy_lbsgd
+    from generated.triton import lbsgd
+
+    w0, mom = torch.tensor([0.1221, -0.1451]), torch.tensor([-0.0, 0.0])
+    w, s = w0.clone(), {"mom": mom.clone(), "acc": torch.zeros(2)}
+    lbsgd.step(w, torch.zeros(2), s, 2)
+    want = {"mom": mom.numpy().copy(), "acc": np.zeros(2, np.float32)}
+    numpy_lbsgd.step(w0.numpy().copy(), np.zeros(2, np.float32), want, 2)
+    assert snap(s["mom"]) == snap(torch.from_numpy(want["mom"]))  # was: [+0.0, +0.0]
