@@ -130,9 +130,42 @@ def _float_arguments_as_fp32() -> None:
     interpreter._implicit_cvt = implicit_cvt
 
 
+def _bfloat16_casts_as_on_a_gpu() -> None:
+    """Under the interpreter, float32 <-> bfloat16 casts give a GPU's bits: a bfloat16 widened
+    exactly (its bits are float32's upper half), a float32 narrowed to nearest even (as
+    ``cvt.rn.bf16.f32`` and torch's CPU conversion; a NaN stays a quiet NaN of its sign).
+    Triton 3.8's interpreter converts field by field (``_convert_float``): it truncated every
+    narrowing (round toward zero: an ulp off for about half of all values) and read bfloat16
+    subnormals wrongly (``1e-39`` became ``5.9e-39``; found by the fuzz suite)."""
+    from triton.runtime import interpreter
+
+    cast = interpreter.InterpreterBuilder.cast_impl
+    if getattr(cast, "optgen_bf16", False):
+        return
+    handle = interpreter.TensorHandle
+
+    def cast_impl(self: Any, src: Any, dst_type: Any) -> Any:
+        source, target = src.dtype.scalar, dst_type.scalar
+        if source == tl.bfloat16 and target == tl.float32:
+            bits = src.data.view(np.uint16).astype(np.uint32) << np.uint32(16)
+            return handle(bits.view(np.float32), target)
+        if source == tl.float32 and target == tl.bfloat16:
+            bits = src.data.view(np.uint32)
+            odd = (bits >> np.uint32(16)) & np.uint32(1)
+            nearest = (bits + np.uint32(0x7FFF) + odd) >> np.uint32(16)  # a NaN's may wrap
+            quiet = (bits >> np.uint32(16)) | np.uint32(0x40)
+            rounded = np.where(np.isnan(src.data), quiet, nearest).astype(np.uint16)
+            return handle(rounded, target)
+        return cast(self, src, dst_type)
+
+    cast_impl.optgen_bf16 = True  # type: ignore[attr-defined]
+    interpreter.InterpreterBuilder.cast_impl = cast_impl  # type: ignore[method-assign]
+
+
 if interpreting():
     _quiet_interpreter()
     _float_arguments_as_fp32()
+    _bfloat16_casts_as_on_a_gpu()
 
 
 def aot_compile(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], arch: int) -> Any:

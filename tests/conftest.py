@@ -146,10 +146,11 @@ def assert_matches_float32(
     the float32 rounding budget ``tolerance(float32)`` at ``max(|want|, scale)``, ``scale`` being
     the magnitude the value was computed from (the value before the step; an array or a number).
 
-    The one-ulp allowance is needed for bfloat16: Triton's CPU interpreter truncates on a bf16
-    store (measured on every rule: each bf16 weight equals NumPy's float32 result with its low
-    16 bits cleared, about half of them 1 ulp below round-to-nearest; fp16 stores round to
-    nearest). For float32 outputs it is the last rounding.
+    The kernels round to nearest even on a store (a GPU's ``cvt.rn``; the interpreter's bf16
+    casts through optgen_runtime.triton_compat since 2026-12-07: Triton 3.8's truncated, about
+    half of all bf16 weights 1 ulp below round-to-nearest), so a result a half-ulp from a grid
+    point may fall either way after the float32 budget: one ulp covers it. For float32 outputs
+    it is the last rounding.
     """
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)

@@ -3,8 +3,8 @@ parameter whose float32 master copy is the weight gets its new value from the ke
 same pass, instead of from a copy after the step (which reads the master again and costs a
 launch). The weights and states are those of a step without copies, to the bit; each copy is
 the stored master rounded to its dtype (round-to-nearest-even on a GPU, ``cvt.rn``, which is
-``master.to(dtype)``; Triton's CPU interpreter truncates on a bf16 store, tests/conftest.py's
-``assert_matches_float32`` says so, and rounds fp16 to nearest). Bad copies are refused, naming
+``master.to(dtype)``; in Triton's CPU interpreter too, bf16 through
+optgen_runtime.triton_compat's cast, fp16 by NumPy's). Bad copies are refused, naming
 them, before anything is written; the torch classes use it for their masters and copy only
 what it cannot take (a channels_last parameter: not in its master's element order)."""
 
@@ -42,9 +42,8 @@ SIZES = [4096, 1000, 33, 0, 2048]
 
 
 def rounded(master: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The bits the kernel stores for ``master`` in ``dtype`` (as int16)."""
-    if dtype == torch.bfloat16 and DEVICE == "cpu":  # the interpreter truncates
-        return (master.view(torch.int32) >> 16).to(torch.int16)
+    """The bits the kernel stores for ``master`` in ``dtype`` (as int16): rounded to nearest
+    even, on a GPU and in the interpreter (optgen_runtime.triton_compat)."""
     return master.to(dtype).view(torch.int16)
 
 
@@ -266,8 +265,7 @@ def test_the_classes_copy_only_what_the_kernel_cannot(
     for p, q in zip(params, others, strict=True):
         a, b = fused.state[p], copied.state[q]
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
-        if dtype == torch.float16 or DEVICE == "cuda":  # the same rounding: the same bits
-            assert torch.equal(p, q)
+        assert torch.equal(p, q)  # the same rounding (to nearest even): the same bits
 
 
 # A matrix rule's writes' kernel (codegen.matrix_plan.in_place: <rule>_commit_kernel) takes
