@@ -183,6 +183,18 @@ def noise(b: torch.Tensor, c: torch.Tensor) -> bool:
     return (b[finite] - c[finite]).abs().max().item() > 1e-3 * scale
 
 
+def fma_decided(name: str, opt: Any) -> bool:
+    """Whether torch's step is decided by its fused multiply-add, not by the arithmetic both
+    sides share: centered RMSprop at ``alpha=0`` holds ``v = g^2`` and ``m = g``, so its
+    variance ``v - m*m`` is 0 unfused (the drop-in's, as NumPy's) and, fused on the CPU, the
+    rounding error of ``g^2`` in float32 and again in the float64 run: negative (a NaN weight)
+    in both for about one tensor in four (the long profile found one; ``close``'s float64
+    rescue covers the others)."""
+    return name == "RMSprop" and any(
+        g.get("centered") and float(g.get("alpha", 1)) == 0.0 for g in opt.param_groups
+    )
+
+
 @settings(max_examples=examples(150))
 @given(dropin_group_case())
 def test_dropin_step_group_settings(drawn):
@@ -218,6 +230,8 @@ def test_dropin_step_group_settings(drawn):
                 wide.step()
             except Exception:
                 wide_p[:] = [None] * len(wide_p)
+            if fma_decided(name, theirs):
+                return None
             ulps = allowed(name)
             differs = weights_differ(ours_p, theirs_p, wide_p, start, ulps)
             if differs:
@@ -352,6 +366,8 @@ def test_dropin_load_state_dict(drawn):
                 who = name in said or f"{case.also}:" in said
                 named = who and any(c in said for c in case.culprits)
                 return None if named else f"the step after the load raised {error!r}"
+            if fma_decided(name, theirs):
+                return None
             try:
                 wide.load_state_dict(copy.deepcopy(sd))
                 set_grads(wide_p, 3)
