@@ -223,6 +223,11 @@ def predicted_legal(rule: str, name: str, value: Any) -> bool | None:
     magnitude = abs(float(value))
     if magnitude and not 1e-6 <= magnitude <= 1e6:
         return None  # legal, but a kernel scalar made from it may not fit float32: refused
+    if 0.0 < abs(1.0 - magnitude) < 2.0**-24:
+        # legal, but float32 rounds it to 1: a host state held in float32 (torch NAdam's
+        # mu_product at beta1 = 1 - 2**-53, the long profile) may make a denominator 1 - 1:
+        # refused, naming the spec line
+        return None
     return True
 
 
