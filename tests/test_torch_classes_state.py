@@ -227,3 +227,27 @@ def test_a_step_keeps_no_reference_to_what_it_was_given(backend: str, dtype: tor
     p.grad = None
     gc.collect()
     assert [g() for g in grads] == [None, None, None] and state() is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_an_initial_value_past_float32s_range_is_rounded_as_numpy_rounds_it(backend) -> None:
+    """TorchAdagrad at ``initial_accumulator_value=1e308`` on float32 weights: the state is
+    made as the NumPy module's ``init_state`` makes it (``np.full_like``: inf) and the step is
+    the module's; torch's ``fill_`` refused the value with a RuntimeError naming neither the
+    class nor the setting (the long fuzz profile)."""
+    import numpy as np
+
+    from generated.torch import TorchAdagrad
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    p.grad = torch.tensor([0.5, 0.25, -1.0])
+    opt = TorchAdagrad([p], lr=0.1, backend=backend)
+    opt.param_groups[0]["initial_accumulator_value"] = 1e308
+    module = numpy_module("torch_adagrad")
+    w, g = p.detach().numpy().copy(), p.grad.numpy().copy()
+    with np.errstate(over="ignore"):
+        state = module.init_state(w, initial_accumulator_value=1e308)
+    module.step(w, g, state, 1, lr=0.1, initial_accumulator_value=1e308)
+    opt.step()
+    assert torch.equal(opt.state[p]["sum"], torch.from_numpy(state["sum"]))
+    assert torch.equal(p.detach(), torch.from_numpy(w))
