@@ -54,8 +54,6 @@ from optgen_runtime.optim.rows import sparse_classes
 from optgen_runtime.triton_checks import check_kernel_device, check_kernel_dtype
 from optgen_runtime.variants import absent_states
 
-_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, *LOW_PRECISION)
 
@@ -149,7 +147,7 @@ class ParamState:
             return self._new_buffer(p, dtype).copy_(weight)
         # rounded as NumPy rounds a double (past the dtype's range: inf, where torch's fill
         # refuses it; the long fuzz profile's initial_accumulator_value=1e308)
-        value = torch.tensor(value, dtype=torch.float64).to(_REAL.get(dtype, dtype)).item()
+        value = torch.tensor(value, dtype=torch.float64).to(dtype.to_real()).item()
         axes = self.META.STATE_AXES
         if key in axes:
             shape = vector_shape(weight.shape, axes[key])
